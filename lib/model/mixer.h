@@ -1,0 +1,46 @@
+// The token-mixer interface shared by attention, SWA and the SSM layers, and their caches.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace prime::model {
+
+// Decode state of one layer for a batch of sequences: a KV cache for attention, conv + recurrent
+// state for an SSM. States of SSMs are always fp32.
+class LayerCache {
+ public:
+  virtual ~LayerCache() = default;
+  // Bytes held per sequence right now (a KV cache grows with length; an SSM state does not).
+  virtual int64_t bytes_per_sequence() const = 0;
+  // Tokens consumed so far (the next token's position).
+  virtual int64_t length() const = 0;
+};
+
+// Maps a layer's input [B, T, hidden] (after input_layernorm) to its output [B, T, hidden].
+class Mixer {
+ public:
+  virtual ~Mixer() = default;
+  // Layer symbol as used in hybrid_override_pattern: "*", "GKA", "GDN", "M2", "SWA".
+  virtual std::string symbol() const = 0;
+  virtual std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const = 0;
+  // cache == nullptr: the sequence starts here and nothing is kept. Otherwise the call continues
+  // from the cache's state and leaves it advanced past these T tokens (prefill, or T = 1 decode).
+  virtual at::Tensor forward(const at::Tensor& x, LayerCache* cache) = 0;
+};
+
+// The three forms every SSM type has, which must agree (see design/ssm-layers.md):
+// forward() = chunked parallel form (differentiable, used for training and prefill);
+// forward_recurrent() = naive per-token recurrence (the readable reference);
+// step() = single-token decode on an explicit state. forward() with a cache and T == 1 uses step().
+class SsmMixer : public Mixer {
+ public:
+  virtual at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) = 0;
+  // x [B, 1, hidden]; advances cache by one token.
+  virtual at::Tensor step(const at::Tensor& x, LayerCache& cache) = 0;
+};
+
+}  // namespace prime::model

@@ -1,0 +1,53 @@
+#include "model/ssm_common.h"
+
+#include "util/error.h"
+
+namespace prime::model {
+
+at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                       at::Tensor* conv_state) {
+  PRIME_CHECK(u.dim() == 3 && weight.dim() == 3 && weight.size(0) == u.size(2));
+  const int64_t channels = u.size(2);
+  const int64_t history = weight.size(2) - 1;
+  at::Tensor input = u.transpose(1, 2);  // [B,C,T]
+  if (conv_state && conv_state->defined()) {
+    input = at::cat({conv_state->to(input.scalar_type()), input}, 2);
+  } else {
+    input = at::constant_pad_nd(input, {history, 0});
+  }
+  std::optional<at::Tensor> bias_cast;
+  if (bias.defined()) bias_cast = bias.to(input.scalar_type());
+  at::Tensor y = at::conv1d(input, weight.to(input.scalar_type()), bias_cast,
+                            at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, channels);
+  if (conv_state) {
+    at::Tensor tail = input.narrow(2, input.size(2) - history, history);
+    *conv_state = conv_state->defined() ? tail.to(conv_state->scalar_type()) : tail.contiguous();
+  }
+  return y.transpose(1, 2);
+}
+
+at::Tensor expand_heads(const at::Tensor& x, int64_t groups) {
+  if (groups == 1) return x;
+  const auto sizes = x.sizes();
+  return x.unsqueeze(3)
+      .expand({sizes[0], sizes[1], sizes[2], groups, sizes[3]})
+      .reshape({sizes[0], sizes[1], sizes[2] * groups, sizes[3]});
+}
+
+at::Tensor log_decay(const at::Tensor& a, const at::Tensor& A_log, const at::Tensor& dt_bias) {
+  at::Tensor a32 = a.to(at::kFloat);
+  return -at::exp(A_log.to(at::kFloat)) * at::softplus(a32 + dt_bias.to(at::kFloat));
+}
+
+at::Tensor l2_normalize(const at::Tensor& x, double eps) {
+  return x / (at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true) + eps);
+}
+
+at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
+                          double eps) {
+  at::Tensor o32 = o.to(at::kFloat);
+  at::Tensor normed = o32 * at::rsqrt(o32.pow(2).mean({-1}, /*keepdim=*/true) + eps);
+  return normed * weight.to(at::kFloat) * at::silu(gate.to(at::kFloat));
+}
+
+}  // namespace prime::model
