@@ -35,8 +35,9 @@ at::Tensor expand_heads(const at::Tensor& x, int64_t groups) {
 }
 
 at::Tensor log_decay(const at::Tensor& a, const at::Tensor& A_log, const at::Tensor& dt_bias) {
-  at::Tensor a32 = a.to(at::kFloat);
-  return -at::exp(A_log.to(at::kFloat)) * at::softplus(a32 + dt_bias.to(at::kFloat));
+  // fp32, except that f64 stays f64 (gradient checks against finite differences need it).
+  const auto type = at::promote_types(a.scalar_type(), at::kFloat);
+  return -at::exp(A_log.to(type)) * at::softplus(a.to(type) + dt_bias.to(type));
 }
 
 at::Tensor l2_normalize(const at::Tensor& x, double eps) {
@@ -45,9 +46,10 @@ at::Tensor l2_normalize(const at::Tensor& x, double eps) {
 
 at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
                           double eps) {
-  at::Tensor o32 = o.to(at::kFloat);
+  const auto type = at::promote_types(o.scalar_type(), at::kFloat);  // f64 stays f64
+  at::Tensor o32 = o.to(type);
   at::Tensor normed = o32 * at::rsqrt(o32.pow(2).mean({-1}, /*keepdim=*/true) + eps);
-  return normed * weight.to(at::kFloat) * at::silu(gate.to(at::kFloat));
+  return normed * weight.to(type) * at::silu(gate.to(type));
 }
 
 }  // namespace prime::model

@@ -1,0 +1,236 @@
+// GDN layer: config parsing, weights, projections + short convs, output norm, and the three
+// forms wired to the delta-rule core in gdn_rule.cpp.
+#include "model/gdn.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/ssm_common.h"
+#include "model/ssm_config_json.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+namespace {
+
+// fp32 internals; f64 stays f64 so that gradients can be checked against finite differences.
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
+  return at::linear(x, weight.to(x.scalar_type()));
+}
+
+// The normalisation inside the GDN op: x * rsqrt(sum x^2 + 1e-6) * scale, per head vector.
+at::Tensor rsqrt_normalize(const at::Tensor& x, double scale) {
+  return x * (at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true) + 1e-6) * scale);
+}
+
+}  // namespace
+
+GdnConfig::GdnConfig(int64_t hidden, int64_t head_dim_, int64_t q_heads, int64_t kv_heads)
+    : hidden_size(hidden), head_dim(head_dim_), num_q_heads(q_heads), num_k_heads(kv_heads),
+      num_v_heads(kv_heads) {}
+
+int64_t GdnConfig::num_heads() const {
+  return std::max({num_q_heads, num_k_heads, num_v_heads});
+}
+
+void GdnConfig::validate(const std::string& layer_desc) const {
+  if (hidden_size <= 0 || head_dim <= 0 || num_q_heads <= 0 || num_k_heads <= 0 ||
+      num_v_heads <= 0)
+    throw user_error("GDN layer ", layer_desc, ": hidden_size, head_dim and head counts must be "
+                     "positive (got hidden_size=", hidden_size, ", head_dim=", head_dim,
+                     ", num_q_heads=", num_q_heads, ", num_k_heads=", num_k_heads,
+                     ", num_v_heads=", num_v_heads, ")");
+  const int64_t heads = num_heads();
+  if (heads % num_q_heads || heads % num_k_heads || heads % num_v_heads)
+    throw user_error("GDN layer ", layer_desc, ": num_q_heads=", num_q_heads, ", num_k_heads=",
+                     num_k_heads, " and num_v_heads=", num_v_heads,
+                     " must each divide their maximum");
+  if (use_short_conv && conv_size < 1)
+    throw user_error("GDN layer ", layer_desc, ": conv_size must be >= 1, got ", conv_size);
+  if (!(norm_eps > 0)) throw user_error("GDN layer ", layer_desc, ": norm_eps must be > 0");
+  if (chunk_size < 1) throw user_error("GDN layer ", layer_desc, ": chunk_size must be >= 1");
+}
+
+GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& layer_desc) {
+  namespace cj = config_json;
+  const std::string what = "gdn_config of layer " + layer_desc;
+  cj::require_object(sub, what);
+  // use_state_passing_sp and mode only choose how HMF schedules the same math.
+  cj::refuse_unknown(sub, what,
+                     {"hidden_size", "head_dim", "num_q_heads", "num_k_heads", "num_v_heads",
+                      "use_gate", "use_short_conv", "allow_neg_eigval", "conv_size", "conv_bias",
+                      "norm_eps", "kv_proj_rank", "kv_learnable_residual", "use_state_passing_sp",
+                      "mode", "chunk_size"});
+  GdnConfig config;
+  config.hidden_size = cj::get_int(sub, what, "hidden_size", 0, true);
+  config.head_dim = cj::get_int(sub, what, "head_dim", 0, true);
+  config.num_q_heads = cj::get_int(sub, what, "num_q_heads", 0, true);
+  // HMF: absent k/v head counts default to the query heads.
+  config.num_k_heads = cj::get_int(sub, what, "num_k_heads", config.num_q_heads);
+  config.num_v_heads = cj::get_int(sub, what, "num_v_heads", config.num_q_heads);
+  config.use_gate = cj::get_bool(sub, what, "use_gate", true);
+  config.use_short_conv = cj::get_bool(sub, what, "use_short_conv", true);
+  config.allow_neg_eigval = cj::get_bool(sub, what, "allow_neg_eigval", false);
+  config.conv_size = cj::get_int(sub, what, "conv_size", 4);
+  config.conv_bias = cj::get_bool(sub, what, "conv_bias", false);
+  config.norm_eps = cj::get_double(sub, what, "norm_eps", 1e-5);
+  config.chunk_size = cj::get_int(sub, what, "chunk_size", 64);
+  if (cj::has(sub, "kv_proj_rank"))
+    throw user_error(what, ": option 'kv_proj_rank' = ", sub.at("kv_proj_rank").dump(),
+                     " (low-rank K/V head expansion) is not supported; use null");
+  // Without kv_proj_rank HMF ignores kv_learnable_residual, and so do we.
+  cj::get_bool(sub, what, "kv_learnable_residual", false);
+  if (cj::has(sub, "mode")) {
+    const auto& mode = sub.at("mode");
+    if (!mode.is_string() || (mode != "chunk" && mode != "fused_recurrent"))
+      throw user_error(what, ": option 'mode' must be \"chunk\" or \"fused_recurrent\", got ",
+                       mode.dump());
+  }
+  cj::get_bool(sub, what, "use_state_passing_sp", false);
+  config.validate(layer_desc);
+  return config;
+}
+
+int64_t GdnCache::bytes_per_sequence() const {
+  int64_t bytes = 0;
+  for (const at::Tensor* tensor : {&q_conv_state, &k_conv_state, &v_conv_state, &state})
+    if (tensor->defined()) bytes += tensor->nbytes();
+  return state.defined() && state.size(0) ? bytes / state.size(0) : 0;
+}
+
+GdnMixer::GdnMixer(const GdnConfig& config, const TensorMap& weights, const std::string& prefix)
+    : config_(config), prefix_(prefix) {
+  config_.validate(prefix);
+  const int64_t hidden = config_.hidden_size, D = config_.head_dim, H = config_.num_heads();
+  const int64_t q_dim = config_.num_q_heads * D, k_dim = config_.num_k_heads * D;
+  const int64_t v_dim = config_.num_v_heads * D;
+  q_proj_ = take_weight(weights, prefix, "q_proj.weight", {q_dim, hidden});
+  k_proj_ = take_weight(weights, prefix, "k_proj.weight", {k_dim, hidden});
+  v_proj_ = take_weight(weights, prefix, "v_proj.weight", {v_dim, hidden});
+  b_proj_ = take_weight(weights, prefix, "b_proj.weight", {H, hidden});
+  gk_proj_ = take_weight(weights, prefix, "gk_proj.weight", {H, hidden});
+  A_log_ = take_weight(weights, prefix, "A_log", {H});
+  dt_bias_ = take_weight(weights, prefix, "dt_bias", {H});
+  if (config_.use_short_conv) {
+    const int64_t K = config_.conv_size;
+    q_conv_ = take_weight(weights, prefix, "q_conv1d.weight", {q_dim, 1, K});
+    k_conv_ = take_weight(weights, prefix, "k_conv1d.weight", {k_dim, 1, K});
+    v_conv_ = take_weight(weights, prefix, "v_conv1d.weight", {v_dim, 1, K});
+    if (config_.conv_bias) {
+      q_conv_bias_ = take_weight(weights, prefix, "q_conv1d.bias", {q_dim});
+      k_conv_bias_ = take_weight(weights, prefix, "k_conv1d.bias", {k_dim});
+      v_conv_bias_ = take_weight(weights, prefix, "v_conv1d.bias", {v_dim});
+    }
+  }
+  if (config_.use_gate) g_proj_ = take_weight(weights, prefix, "g_proj.weight", {H * D, hidden});
+  o_norm_ = take_weight(weights, prefix, "o_norm.weight", {D});
+  o_proj_ = take_weight(weights, prefix, "o_proj.weight", {hidden, H * D});
+}
+
+std::unique_ptr<LayerCache> GdnMixer::make_cache(int64_t batch, const at::Device& device) const {
+  auto cache = std::make_unique<GdnCache>();
+  const auto options = at::TensorOptions().dtype(at::kFloat).device(device);
+  const int64_t D = config_.head_dim, H = config_.num_heads();
+  if (config_.use_short_conv) {
+    const int64_t history = config_.conv_size - 1;
+    cache->q_conv_state = at::zeros({batch, config_.num_q_heads * D, history}, options);
+    cache->k_conv_state = at::zeros({batch, config_.num_k_heads * D, history}, options);
+    cache->v_conv_state = at::zeros({batch, config_.num_v_heads * D, history}, options);
+  }
+  cache->state = at::zeros({batch, H, D, D}, options);
+  return cache;
+}
+
+GdnCache* GdnMixer::check_cache(LayerCache* cache, const at::Tensor& x) const {
+  if (!cache) return nullptr;
+  auto* gdn_cache = dynamic_cast<GdnCache*>(cache);
+  PRIME_CHECK(gdn_cache != nullptr, "GDN layer ", prefix_, " was given another layer's cache");
+  PRIME_CHECK(gdn_cache->state.defined() && gdn_cache->state.size(0) == x.size(0),
+              "GDN layer ", prefix_, ": cache batch does not match the input batch");
+  return gdn_cache;
+}
+
+GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache) const {
+  PRIME_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "GDN layer ", prefix_,
+              ": input must be [B, T, ", config_.hidden_size, "], got ", shape_string(x.sizes()));
+  const auto ct = compute_type(x);
+  const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
+  const int64_t H = config_.num_heads();
+  auto branch = [&](const at::Tensor& proj, const at::Tensor& conv, const at::Tensor& conv_bias,
+                    at::Tensor* conv_state, int64_t heads) {
+    at::Tensor y = project(x, proj).to(ct);
+    if (config_.use_short_conv)
+      y = causal_conv(y, conv, conv_bias, cache ? conv_state : nullptr);
+    return expand_heads(at::silu(y).reshape({batch, length, heads, D}), H / heads);
+  };
+  Inputs in;
+  at::Tensor q = branch(q_proj_, q_conv_, q_conv_bias_, cache ? &cache->q_conv_state : nullptr,
+                        config_.num_q_heads);
+  at::Tensor k = branch(k_proj_, k_conv_, k_conv_bias_, cache ? &cache->k_conv_state : nullptr,
+                        config_.num_k_heads);
+  in.v = branch(v_proj_, v_conv_, v_conv_bias_, cache ? &cache->v_conv_state : nullptr,
+                config_.num_v_heads);
+  in.q = rsqrt_normalize(q, 1.0 / std::sqrt(static_cast<double>(D)));
+  in.k = rsqrt_normalize(k, 1.0);
+  in.beta = at::sigmoid(project(x, b_proj_).to(ct));
+  if (config_.allow_neg_eigval) in.beta = in.beta * 2.0;
+  in.g = log_decay(project(x, gk_proj_).to(ct), A_log_, dt_bias_);
+  return in;
+}
+
+at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o) const {
+  const int64_t batch = o.size(0), length = o.size(1), H = o.size(2), D = o.size(3);
+  at::Tensor normed;
+  if (config_.use_gate) {
+    at::Tensor gate = project(x, g_proj_).reshape({batch, length, H, D});
+    normed = gated_rms_norm(o, gate, o_norm_, config_.norm_eps);
+  } else {
+    normed = o * at::rsqrt(o.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
+             o_norm_.to(o.scalar_type());
+  }
+  return project(normed.reshape({batch, length, H * D}).to(x.scalar_type()), o_proj_);
+}
+
+at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
+  GdnCache* gdn_cache = check_cache(cache, x);
+  if (gdn_cache && x.size(1) == 1) return step(x, *gdn_cache);
+  Inputs in = prepare(x, gdn_cache);
+  at::Tensor state = gdn_cache ? gdn_cache->state.to(in.q.scalar_type()) : at::Tensor();
+  auto [o, final_state] = gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, state,
+                                                   config_.chunk_size);
+  if (gdn_cache) {
+    gdn_cache->state = final_state.to(at::kFloat);
+    gdn_cache->tokens += x.size(1);
+  }
+  return finish(x, o);
+}
+
+at::Tensor GdnMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
+  GdnCache* gdn_cache = check_cache(cache, x);
+  Inputs in = prepare(x, gdn_cache);
+  at::Tensor state = gdn_cache ? gdn_cache->state.to(in.q.scalar_type()) : at::Tensor();
+  auto [o, final_state] = gated_delta_rule_recurrent(in.q, in.k, in.v, in.g, in.beta, state);
+  if (gdn_cache) {
+    gdn_cache->state = final_state.to(at::kFloat);
+    gdn_cache->tokens += x.size(1);
+  }
+  return finish(x, o);
+}
+
+at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
+  GdnCache* gdn_cache = check_cache(&cache, x);
+  PRIME_CHECK(x.dim() == 3 && x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token");
+  Inputs in = prepare(x, gdn_cache);
+  auto [o, state] = gated_delta_rule_step(in.q.select(1, 0), in.k.select(1, 0), in.v.select(1, 0),
+                                          in.g.select(1, 0), in.beta.select(1, 0),
+                                          gdn_cache->state.to(in.q.scalar_type()));
+  gdn_cache->state = state.to(at::kFloat);
+  gdn_cache->tokens += 1;
+  return finish(x, o.unsqueeze(1));
+}
+
+}  // namespace prime::model

@@ -1,0 +1,99 @@
+// The gated delta rule core of GDN in its three forms: chunked (WY/UT representation), the
+// per-token recurrence, and the single step the recurrence is built from.
+#include "model/gdn.h"
+
+#include "model/ssm_chunks.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+std::pair<at::Tensor, at::Tensor> gated_delta_rule_step(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v, const at::Tensor& g,
+                                                        const at::Tensor& beta,
+                                                        const at::Tensor& state) {
+  // state [B,H,Dk,Dv]; vectors as rows so that S^T k = (k^T S)^T.
+  at::Tensor decayed = state * at::exp(g).unsqueeze(-1).unsqueeze(-1);
+  at::Tensor predicted = at::matmul(k.unsqueeze(-2), decayed).squeeze(-2);  // S^T k  [B,H,Dv]
+  at::Tensor u = beta.unsqueeze(-1) * (v - predicted);
+  at::Tensor next = decayed + k.unsqueeze(-1) * u.unsqueeze(-2);
+  at::Tensor o = at::matmul(q.unsqueeze(-2), next).squeeze(-2);
+  return {o, next};
+}
+
+std::pair<at::Tensor, at::Tensor> gated_delta_rule_recurrent(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+    const at::Tensor& beta, const at::Tensor& state) {
+  const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), dim = q.size(3);
+  at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(length);
+  for (int64_t t = 0; t < length; ++t) {
+    auto [o, next] = gated_delta_rule_step(q.select(1, t), k.select(1, t), v.select(1, t),
+                                           g.select(1, t), beta.select(1, t), S);
+    outputs.push_back(o);
+    S = next;
+  }
+  at::Tensor o = length ? at::stack(outputs, 1) : at::empty({batch, 0, heads, dim}, q.options());
+  return {o, S};
+}
+
+// Within a chunk with chunk-start state S0 and Gamma_t = sum_{s<=t} g_s (chunk-local), unrolling
+// the recurrence gives u_t = beta_t (v_t - e^Gamma_t S0^T k_t - sum_{j<t} e^(Gamma_t-Gamma_j)
+// (k_t.k_j) u_j), i.e. (I + A) U = diag(beta) V - diag(beta e^Gamma) K S0 with
+// A = strictly-lower(beta K K^T * decay). One triangular solve per chunk gives
+// U' = (I+A)^-1 diag(beta) V and W = (I+A)^-1 diag(beta e^Gamma) K, so U = U' - W S0. Then
+// O = diag(e^Gamma) Q S0 + (Q K^T * decay_incl) U and S_end = e^Gamma_C S0 + K_d^T U with
+// K_d = diag(e^(Gamma_C - Gamma)) K. All exponents are <= 0, so nothing overflows. Only the
+// three small matmuls per chunk that involve S0 run sequentially.
+std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& g,
+                                                           const at::Tensor& beta,
+                                                           const at::Tensor& state,
+                                                           int64_t chunk_size) {
+  PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes());
+  PRIME_CHECK(g.dim() == 3 && beta.sizes() == g.sizes() && chunk_size > 0);
+  const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), dim = q.size(3);
+  if (length == 0) {
+    at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
+    return {at::empty({batch, 0, heads, dim}, q.options()), S};
+  }
+  // Zero padding is harmless: beta = 0 and k = 0 leave the state alone, g = 0 does not decay it.
+  const at::Tensor qc = chunks::split(q, chunk_size), kc = chunks::split(k, chunk_size);
+  const at::Tensor vc = chunks::split(v, chunk_size);
+  const at::Tensor gc = chunks::split(g, chunk_size);  // [B,H,N,C]
+  const at::Tensor bc = chunks::split(beta, chunk_size);
+  const int64_t num_chunks = gc.size(2);
+
+  const at::Tensor gamma = at::cumsum(gc, -1);
+  const at::Tensor decay_incl = chunks::segment_decay(gamma);
+  const at::Tensor decay_strict = decay_incl.tril(-1);
+
+  const at::Tensor kt = kc.transpose(-1, -2);
+  const at::Tensor A = bc.unsqueeze(-1) * at::matmul(kc, kt) * decay_strict;
+  const at::Tensor eye = at::eye(chunk_size, q.options());
+  const at::Tensor rhs =
+      at::cat({bc.unsqueeze(-1) * vc, (bc * at::exp(gamma)).unsqueeze(-1) * kc}, -1);
+  const at::Tensor solved = at::linalg_solve_triangular(A + eye, rhs, /*upper=*/false,
+                                                        /*left=*/true, /*unitriangular=*/true);
+  const at::Tensor u_local = solved.narrow(-1, 0, dim);  // U'
+  const at::Tensor w = solved.narrow(-1, dim, dim);      // W
+  const at::Tensor scores = at::matmul(qc, kt) * decay_incl;
+  const at::Tensor out_local = at::matmul(scores, u_local);
+  // O = diag(e^Gamma) Q S0 + scores (U' - W S0) = out_local + (Q e^Gamma - scores W) S0.
+  const at::Tensor q_state = qc * at::exp(gamma).unsqueeze(-1) - at::matmul(scores, w);
+  const at::Tensor gamma_end = gamma.narrow(-1, chunk_size - 1, 1);  // [B,H,N,1]
+  const at::Tensor k_decayed_t = (kc * at::exp(gamma_end - gamma).unsqueeze(-1)).transpose(-1, -2);
+  const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
+
+  at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(num_chunks);
+  for (int64_t n = 0; n < num_chunks; ++n) {
+    outputs.push_back(out_local.select(2, n) + at::matmul(q_state.select(2, n), S));
+    at::Tensor u = u_local.select(2, n) - at::matmul(w.select(2, n), S);
+    S = chunk_decay.select(2, n) * S + at::matmul(k_decayed_t.select(2, n), u);
+  }
+  return {chunks::merge(at::stack(outputs, 2), length), S};
+}
+
+}  // namespace prime::model
