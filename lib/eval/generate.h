@@ -1,0 +1,22 @@
+// Greedy decoding with the per-layer cache: prefill the prompt once, then one token per step.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "model/hybrid_model.h"
+
+namespace prime::eval {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 16;
+  std::vector<int64_t> stop_ids;  // a sequence stops after emitting one of these
+};
+
+// prompt [B,P] int64 -> new tokens per sequence (at most max_new_tokens each).
+std::vector<std::vector<int64_t>> greedy_generate(model::HybridModel& model, const at::Tensor& prompt,
+                                                  const GenerateOptions& options);
+
+}  // namespace prime::eval

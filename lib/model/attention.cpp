@@ -1,0 +1,138 @@
+#include "model/attention.h"
+
+#include <cmath>
+
+#include "model/feed_forward.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+int64_t KvCache::bytes_per_sequence() const {
+  if (!keys_.defined()) return 0;
+  return 2 * stored_ * kv_heads_ * head_dim_ * static_cast<int64_t>(keys_.element_size());
+}
+
+void KvCache::append(const at::Tensor& k, const at::Tensor& v) {
+  const int64_t incoming = k.size(2);
+  if (!keys_.defined() || stored_ + incoming > keys_.size(2)) {
+    const int64_t capacity = std::max<int64_t>(2 * (stored_ + incoming), 16);
+    at::Tensor new_keys = at::empty({k.size(0), kv_heads_, capacity, head_dim_}, k.options());
+    at::Tensor new_values = at::empty_like(new_keys);
+    at::Tensor new_positions = at::empty({capacity}, k.options().dtype(at::kLong));
+    if (stored_ > 0) {
+      new_keys.narrow(2, 0, stored_).copy_(keys());
+      new_values.narrow(2, 0, stored_).copy_(values());
+      new_positions.narrow(0, 0, stored_).copy_(positions());
+    }
+    keys_ = new_keys, values_ = new_values, positions_ = new_positions;
+  }
+  keys_.narrow(2, stored_, incoming).copy_(k);
+  values_.narrow(2, stored_, incoming).copy_(v);
+  positions_.narrow(0, stored_, incoming).copy_(at::arange(length_, length_ + incoming, positions_.options()));
+  stored_ += incoming;
+  length_ += incoming;
+}
+
+void KvCache::evict_outside_window() {
+  // The next query can see the sinks and the last window-1 keys; evict in batches of 64.
+  if (window_ <= 0) return;
+  const int64_t keep_recent = window_ - 1;
+  const int64_t sinks = std::min(sink_tokens_, length_);
+  if (stored_ <= sinks + keep_recent + 64) return;
+  const int64_t recent_start = stored_ - keep_recent;
+  at::Tensor index = at::cat({at::arange(0, sinks, positions_.options()),
+                              at::arange(recent_start, stored_, positions_.options())});
+  at::Tensor kept_keys = keys().index_select(2, index), kept_values = values().index_select(2, index);
+  at::Tensor kept_positions = positions().index_select(0, index);
+  stored_ = index.size(0);
+  keys_.narrow(2, 0, stored_).copy_(kept_keys);
+  values_.narrow(2, 0, stored_).copy_(kept_values);
+  positions_.narrow(0, 0, stored_).copy_(kept_positions);
+}
+
+AttentionMixer::AttentionMixer(const io::ModelConfig& config, const TensorMap& weights, const std::string& prefix,
+                               AttentionOptions options)
+    : q_heads_(config.num_attention_heads),
+      kv_heads_(config.num_key_value_heads),
+      head_dim_(config.head_dim),
+      norm_eps_(config.rms_norm_eps),
+      options_(options),
+      rope_(config.rope, config.head_dim, config.max_position_embeddings) {
+  const int64_t d = config.hidden_size, q_dim = q_heads_ * head_dim_, kv_dim = kv_heads_ * head_dim_;
+  q_proj_ = take_weight(weights, prefix, "q_proj.weight", {q_dim, d});
+  k_proj_ = take_weight(weights, prefix, "k_proj.weight", {kv_dim, d});
+  v_proj_ = take_weight(weights, prefix, "v_proj.weight", {kv_dim, d});
+  o_proj_ = take_weight(weights, prefix, "o_proj.weight", {d, q_dim});
+  if (config.attention_bias) {
+    q_bias_ = take_weight(weights, prefix, "q_proj.bias", {q_dim});
+    k_bias_ = take_weight(weights, prefix, "k_proj.bias", {kv_dim});
+    v_bias_ = take_weight(weights, prefix, "v_proj.bias", {kv_dim});
+  }
+  o_bias_ = take_optional_weight(weights, prefix, "o_proj.bias", {d});  // Llama with attention_bias
+  if (config.qk_norm) {
+    q_norm_ = take_weight(weights, prefix, "q_norm.weight", {head_dim_});
+    k_norm_ = take_weight(weights, prefix, "k_norm.weight", {head_dim_});
+  }
+}
+
+std::unique_ptr<LayerCache> AttentionMixer::make_cache(int64_t, const at::Device&) const {
+  return std::make_unique<KvCache>(kv_heads_, head_dim_, options_.window, options_.sink_tokens);
+}
+
+at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache) {
+  const int64_t batch = x.size(0), steps = x.size(1);
+  auto project = [&](const at::Tensor& weight, const at::Tensor& bias, int64_t heads) {
+    at::Tensor out = bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+    return out.view({batch, steps, heads, head_dim_});
+  };
+  at::Tensor q = project(q_proj_, q_bias_, q_heads_);
+  at::Tensor k = project(k_proj_, k_bias_, kv_heads_);
+  at::Tensor v = project(v_proj_, v_bias_, kv_heads_);
+  if (q_norm_.defined()) {
+    q = rms_norm(q, q_norm_, norm_eps_);
+    k = rms_norm(k, k_norm_, norm_eps_);
+  }
+  auto* cache = dynamic_cast<KvCache*>(layer_cache);
+  if (layer_cache && !cache) throw internal_error("attention layer given a non-KV cache");
+  const int64_t start = cache ? cache->length() : 0;
+  at::Tensor query_positions = at::arange(start, start + steps, at::TensorOptions().dtype(at::kLong));
+  std::tie(q, k) = rope_.apply(q, k, query_positions);
+  q = q.transpose(1, 2);  // [B,H,T,D]
+  k = k.transpose(1, 2);
+  v = v.transpose(1, 2);
+
+  at::Tensor key_positions = query_positions;
+  if (cache) {
+    cache->append(k, v);
+    k = cache->keys();
+    v = cache->values();
+    key_positions = cache->positions().cpu();
+  }
+  // Visibility: causal, and inside the window (or a sink) when there is one.
+  at::Tensor mask;
+  const bool plain_causal = options_.window <= 0 && key_positions.size(0) == steps;
+  const bool sees_everything = options_.window <= 0 && steps == 1;
+  if (!plain_causal && !sees_everything) {
+    at::Tensor qp = query_positions.unsqueeze(1), kp = key_positions.unsqueeze(0);
+    mask = kp <= qp;
+    if (options_.window > 0) {
+      at::Tensor in_window = (qp - kp) < options_.window;
+      if (options_.sink_tokens > 0) in_window = in_window.logical_or(kp < options_.sink_tokens);
+      mask = mask.logical_and(in_window);
+    }
+    mask = mask.to(x.device());
+  }
+  const bool grouped = kv_heads_ != q_heads_;
+  if (grouped) {  // repeat-interleave: query head h reads kv head h / G
+    k = k.repeat_interleave(q_heads_ / kv_heads_, 1);
+    v = v.repeat_interleave(q_heads_ / kv_heads_, 1);
+  }
+  at::Tensor attended = at::scaled_dot_product_attention(
+      q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0,
+      /*is_causal=*/plain_causal && steps > 1, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  if (cache) cache->evict_outside_window();
+  at::Tensor merged = attended.transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_});
+  return o_bias_.defined() ? at::linear(merged, o_proj_, o_bias_) : at::linear(merged, o_proj_);
+}
+
+}  // namespace prime::model

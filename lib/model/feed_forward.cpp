@@ -1,0 +1,48 @@
+#include "model/feed_forward.h"
+
+namespace prime::model {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const auto accum_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor xf = x.to(accum_type);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean({-1}, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+SwigluMlp::SwigluMlp(const TensorMap& weights, const std::string& prefix, int64_t hidden, int64_t intermediate)
+    : gate_(take_weight(weights, prefix, "gate_proj.weight", {intermediate, hidden})),
+      up_(take_weight(weights, prefix, "up_proj.weight", {intermediate, hidden})),
+      down_(take_weight(weights, prefix, "down_proj.weight", {hidden, intermediate})) {}
+
+at::Tensor SwigluMlp::forward(const at::Tensor& x) const {
+  return at::linear(at::silu(at::linear(x, gate_)) * at::linear(x, up_), down_);
+}
+
+MoeBlock::MoeBlock(const TensorMap& weights, const std::string& router_name,
+                   const std::vector<std::string>& expert_prefixes, int64_t hidden, const io::MoeConfig& config)
+    : router_(take_weight(weights, "", router_name, {config.num_experts, hidden})), config_(config) {
+  for (const auto& prefix : expert_prefixes)
+    experts_.push_back(std::make_unique<SwigluMlp>(weights, prefix, hidden, config.moe_intermediate_size));
+}
+
+at::Tensor MoeBlock::forward(const at::Tensor& x) const {
+  const auto sizes = x.sizes();
+  at::Tensor tokens = x.reshape({-1, sizes.back()});
+  at::Tensor probs = at::softmax(at::linear(tokens, router_).to(at::kFloat), -1);
+  auto [top_weights, top_experts] = probs.topk(config_.num_experts_per_tok, -1);
+  if (config_.norm_topk_prob) top_weights = top_weights / top_weights.sum(-1, /*keepdim=*/true);
+  top_weights = top_weights.to(x.scalar_type());
+  at::Tensor out = at::zeros_like(tokens);
+  // Gather the tokens routed to each expert so each expert runs one matmul.
+  for (int64_t expert = 0; expert < config_.num_experts; ++expert) {
+    at::Tensor hits = (top_experts == expert).nonzero();  // [n, 2]: token, slot
+    if (hits.size(0) == 0) continue;
+    at::Tensor token_index = hits.select(1, 0);
+    at::Tensor weight = top_weights.index({token_index, hits.select(1, 1)}).unsqueeze(1);
+    at::Tensor expert_out = experts_[expert]->forward(tokens.index_select(0, token_index)) * weight;
+    out.index_add_(0, token_index, expert_out);
+  }
+  return out.reshape(sizes);
+}
+
+}  // namespace prime::model

@@ -1,0 +1,85 @@
+#include "model/hybrid_model.h"
+
+#include "io/architecture.h"
+#include "util/error.h"
+
+namespace prime::model {
+namespace {
+
+bool stays_fp32(const std::string& name) {
+  for (const char* suffix : {".A_log", ".dt_bias", ".D"})
+    if (name.size() >= std::strlen(suffix) && name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+      return true;
+  return false;
+}
+
+}  // namespace
+
+int64_t ModelCache::bytes_per_sequence() const {
+  int64_t total = 0;
+  for (const auto& layer : layers) total += layer->bytes_per_sequence();
+  return total;
+}
+
+TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options) {
+  TensorMap prepared;
+  for (const auto& [name, tensor] : weights) {
+    const bool floating = at::isFloatingType(tensor.scalar_type());
+    const auto dtype = !floating ? tensor.scalar_type() : (stays_fp32(name) ? at::kFloat : options.dtype);
+    prepared[name] = tensor.to(options.device, dtype);
+  }
+  return prepared;
+}
+
+HybridModel::HybridModel(io::ModelConfig config, const TensorMap& weights) : config_(std::move(config)) {
+  const auto& arch = io::find_architecture(config_.model_type, config_.architecture, config_.model_type);
+  const int64_t d = config_.hidden_size;
+  embed_tokens_ = take_weight(weights, "", arch.name("embed_tokens"), {config_.vocab_size, d});
+  final_norm_ = take_weight(weights, "", arch.name("final_norm"), {d});
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_
+                                         : take_weight(weights, "", arch.name("lm_head"), {config_.vocab_size, d});
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    Layer layer;
+    layer.input_norm = take_weight(weights, "", arch.name("input_layernorm", i), {d});
+    layer.post_attention_norm = take_weight(weights, "", arch.name("post_attention_layernorm", i), {d});
+    layer.mixer = make_mixer(config_, weights, i);
+    if (config_.layer_is_moe(i)) {
+      std::vector<std::string> experts;
+      for (int64_t e = 0; e < config_.moe.num_experts; ++e) experts.push_back(arch.name("moe_expert_prefix", i, e));
+      layer.feed_forward = std::make_unique<MoeBlock>(weights, arch.name("moe_router", i), experts, d, config_.moe);
+    } else {
+      layer.feed_forward = std::make_unique<SwigluMlp>(weights, arch.name("mlp_prefix", i), d, config_.intermediate_size);
+    }
+    layers_.push_back(std::move(layer));
+  }
+}
+
+ModelCache HybridModel::make_cache(int64_t batch) const {
+  ModelCache cache;
+  for (const auto& layer : layers_) cache.layers.push_back(layer.mixer->make_cache(batch, embed_tokens_.device()));
+  return cache;
+}
+
+at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, std::vector<at::Tensor>* layer_outputs) {
+  if (input_ids.dim() != 2) throw user_error("input_ids must be [batch, tokens], got ", input_ids.dim(), " dims");
+  if (input_ids.numel() > 0) {
+    const int64_t low = input_ids.min().item<int64_t>(), high = input_ids.max().item<int64_t>();
+    if (low < 0 || high >= config_.vocab_size)
+      throw user_error("token id out of range [0, ", config_.vocab_size, "): ", low < 0 ? low : high);
+  }
+  if (cache && static_cast<int64_t>(cache->layers.size()) != num_layers())
+    throw internal_error("cache has ", cache->layers.size(), " layers, model has ", num_layers());
+  at::Tensor hidden = at::embedding(embed_tokens_, input_ids.to(embed_tokens_.device()));
+  for (int64_t i = 0; i < num_layers(); ++i) {
+    Layer& layer = layers_[i];
+    LayerCache* layer_cache = cache ? cache->layers[i].get() : nullptr;
+    at::Tensor mixed = layer.mixer->forward(rms_norm(hidden, layer.input_norm, config_.rms_norm_eps), layer_cache);
+    hidden = hidden + mixed;
+    at::Tensor fed = layer.feed_forward->forward(rms_norm(hidden, layer.post_attention_norm, config_.rms_norm_eps));
+    hidden = hidden + fed;
+    if (layer_outputs) layer_outputs->push_back(hidden);
+  }
+  return at::linear(rms_norm(hidden, final_norm_, config_.rms_norm_eps), lm_head_);
+}
+
+}  // namespace prime::model

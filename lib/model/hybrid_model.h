@@ -1,0 +1,67 @@
+// A decoder-only LM whose layers each hold one mixer (attention, SWA, GKA, GDN or Mamba-2, per
+// config.layer_pattern) and one feed-forward (SwiGLU MLP or MoE). A plain Transformer is the
+// all-"*" pattern. The forward loop reads like llama.cpp's hybrid graphs: one mixer per layer.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/model_config.h"
+#include "model/feed_forward.h"
+#include "model/mixer.h"
+#include "model/weights.h"
+
+namespace prime::model {
+
+// One LayerCache per layer: KV caches for attention, fp32 states for SSMs.
+struct ModelCache {
+  std::vector<std::unique_ptr<LayerCache>> layers;
+  int64_t length() const { return layers.empty() ? 0 : layers.front()->length(); }
+  int64_t bytes_per_sequence() const;
+};
+
+struct LoadOptions {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;  // weights; SSM decay/skip parameters stay fp32
+};
+
+// Casts/moves checkpoint tensors for a model: floating tensors to options.dtype except the SSM
+// parameters that must stay fp32 (A_log, dt_bias, D), on options.device.
+TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options);
+
+// Builds the mixer of layer `layer` for its pattern symbol. Weights are full names.
+std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer);
+
+class HybridModel {
+ public:
+  // `weights` already prepared (device/dtype); shapes are checked against the config.
+  HybridModel(io::ModelConfig config, const TensorMap& weights);
+
+  const io::ModelConfig& config() const { return config_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  Mixer& mixer(int64_t layer) { return *layers_.at(layer).mixer; }
+  at::Device device() const { return embed_tokens_.device(); }
+
+  ModelCache make_cache(int64_t batch) const;
+
+  // input_ids [B,T] (int64) -> logits [B,T,vocab] (in the weights' dtype). With a cache, continues
+  // from it and advances it. If layer_outputs is given, it receives each layer's output hidden
+  // state [B,T,d] (for alignment training).
+  at::Tensor forward(const at::Tensor& input_ids, ModelCache* cache = nullptr,
+                     std::vector<at::Tensor>* layer_outputs = nullptr);
+
+ private:
+  struct Layer {
+    at::Tensor input_norm, post_attention_norm;
+    std::unique_ptr<Mixer> mixer;
+    std::unique_ptr<FeedForward> feed_forward;
+  };
+  io::ModelConfig config_;
+  at::Tensor embed_tokens_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace prime::model

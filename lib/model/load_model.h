@@ -1,0 +1,19 @@
+// One call from a --model/--source string to a ready HybridModel.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "io/source.h"
+#include "model/hybrid_model.h"
+
+namespace prime::model {
+
+struct LoadedModel {
+  io::Source source;
+  std::unique_ptr<HybridModel> model;
+};
+
+LoadedModel load_model(const std::string& spec, const LoadOptions& options);
+
+}  // namespace prime::model

@@ -1,0 +1,31 @@
+// Maps a layer's pattern symbol to its mixer, with the layer's weights and sub-config.
+#include "io/architecture.h"
+#include "model/attention.h"
+#include "model/hybrid_model.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer) {
+  const auto& arch = io::find_architecture(config.model_type, config.architecture, config.model_type);
+  const std::string& symbol = config.layer_pattern.at(layer);
+  const std::string layer_prefix = arch.name("layer_prefix", layer);
+  const std::string where = "layer " + std::to_string(layer) + " (" + symbol + ")";
+  if (symbol == "*") {
+    AttentionOptions options;
+    options.window = config.attention_window.at(layer);
+    return std::make_unique<AttentionMixer>(config, weights, arch.name("attention_prefix", layer), options);
+  }
+  if (symbol == "SWA") {
+    const auto& sub = config.raw.value("swa_config", nlohmann::json::object());
+    AttentionOptions options;
+    options.symbol = "SWA";
+    options.window = sub.value("window_size", int64_t{2048});
+    options.sink_tokens = sub.value("num_sink_tokens", int64_t{0});
+    if (options.window <= 0) throw user_error(where, ": swa_config.window_size must be > 0");
+    return std::make_unique<AttentionMixer>(config, weights, layer_prefix + "swa.", options);
+  }
+  throw user_error(where, ": layer type ", symbol, " is not available in this build");
+}
+
+}  // namespace prime::model

@@ -1,0 +1,126 @@
+#include "model/rope.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/error.h"
+
+namespace prime::model {
+namespace {
+
+// 1 / theta^(2i/D), computed like transformers (fp32 exponent, fp32 division).
+at::Tensor default_inv_freq(double theta, int64_t dim) {
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<float>(dim);
+  return (1.0 / at::pow(at::scalar_tensor(theta, at::kFloat), exponents)).to(at::kFloat);
+}
+
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+at::Tensor llama3_inv_freq(const io::RopeConfig& rope, int64_t dim) {
+  at::Tensor inv_freq = default_inv_freq(rope.theta, dim);
+  const double old_context = static_cast<double>(rope.original_max_position_embeddings);
+  if (old_context <= 0) throw user_error("llama3 rope needs original_max_position_embeddings");
+  const double low_freq_wavelen = old_context / rope.low_freq_factor;
+  const double high_freq_wavelen = old_context / rope.high_freq_factor;
+  at::Tensor wavelen = 2.0 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
+  at::Tensor smooth = (old_context / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+  at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
+  at::Tensor is_medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return at::where(is_medium, smoothed, scaled);
+}
+
+std::pair<at::Tensor, double> yarn_inv_freq(const io::RopeConfig& rope, int64_t dim, int64_t max_positions) {
+  double factor = rope.factor;
+  int64_t original = max_positions;
+  if (rope.original_max_position_embeddings > 0) {
+    // As transformers: when the original length is given, the ratio of the two lengths is the factor.
+    original = rope.original_max_position_embeddings;
+    factor = static_cast<double>(max_positions) / static_cast<double>(original);
+  }
+  double attention_factor;
+  if (rope.attention_factor) {
+    attention_factor = *rope.attention_factor;
+  } else if (rope.mscale && rope.mscale_all_dim && *rope.mscale && *rope.mscale_all_dim) {
+    attention_factor = yarn_mscale(factor, *rope.mscale) / yarn_mscale(factor, *rope.mscale_all_dim);
+  } else {
+    attention_factor = yarn_mscale(factor, 1.0);
+  }
+  auto correction_dim = [&](double rotations) {
+    return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(rope.theta));
+  };
+  double low = correction_dim(rope.beta_fast), high = correction_dim(rope.beta_slow);
+  if (rope.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;
+  at::Tensor ramp = ((at::arange(dim / 2, at::kFloat) - low) / (high - low)).clamp(0, 1);
+  at::Tensor extrapolation_factor = 1 - ramp;
+  at::Tensor pos_freqs = at::pow(at::scalar_tensor(rope.theta, at::kFloat),
+                                 at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<float>(dim));
+  at::Tensor extrapolation = 1.0 / pos_freqs;
+  at::Tensor interpolation = 1.0 / (factor * pos_freqs);
+  at::Tensor inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
+  return {inv_freq, attention_factor};
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+Rope::Rope(const io::RopeConfig& config, int64_t head_dim, int64_t max_position_embeddings)
+    : config_(config), head_dim_(head_dim), max_position_embeddings_(max_position_embeddings) {
+  if (config.partial_rotary_factor != 1.0)
+    throw user_error("partial_rotary_factor ", config.partial_rotary_factor, " is not supported");
+  if (config.type == "default" || config.type == "dynamic") {
+    base_inv_freq_ = default_inv_freq(config.theta, head_dim);
+  } else if (config.type == "linear") {
+    base_inv_freq_ = default_inv_freq(config.theta, head_dim) / config.factor;
+  } else if (config.type == "llama3") {
+    base_inv_freq_ = llama3_inv_freq(config, head_dim);
+  } else if (config.type == "yarn") {
+    std::tie(base_inv_freq_, attention_scaling_) = yarn_inv_freq(config, head_dim, max_position_embeddings);
+  } else {
+    throw user_error("unsupported rope type ", config.type);
+  }
+}
+
+std::pair<at::Tensor, double> Rope::inv_freq(int64_t seq_len) const {
+  if (config_.type == "dynamic") {
+    const int64_t original = config_.original_max_position_embeddings > 0 ? config_.original_max_position_embeddings
+                                                                          : max_position_embeddings_;
+    if (seq_len > original) {
+      const double dim = static_cast<double>(head_dim_);
+      const double base = config_.theta * std::pow(config_.factor * seq_len / original - (config_.factor - 1),
+                                                   dim / (dim - 2));
+      return {default_inv_freq(base, head_dim_), 1.0};
+    }
+  }
+  return {base_inv_freq_, attention_scaling_};
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::apply(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& positions) const {
+  const int64_t seq_len = positions.numel() ? positions.max().item<int64_t>() + 1 : 0;
+  auto [frequencies, scaling] = inv_freq(seq_len);
+  const auto angle_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor freqs = positions.to(q.device(), angle_type).unsqueeze(1) * frequencies.to(q.device(), angle_type).unsqueeze(0);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [T, D]
+  at::Tensor cos = (emb.cos() * scaling).unsqueeze(0).unsqueeze(2);  // [1,T,1,D]
+  at::Tensor sin = (emb.sin() * scaling).unsqueeze(0).unsqueeze(2);
+  auto rotate = [&](const at::Tensor& x) {
+    at::Tensor xf = x.to(angle_type);
+    return (xf * cos + rotate_half(xf) * sin).to(x.scalar_type());
+  };
+  return {rotate(q), rotate(k)};
+}
+
+}  // namespace prime::model
