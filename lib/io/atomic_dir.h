@@ -1,0 +1,42 @@
+// An output directory that appears complete or not at all: everything is written into a hidden
+// staging directory beside the final path, fsync'd, then renamed into place.
+#pragma once
+
+#include <filesystem>
+#include <system_error>
+
+namespace prime::io {
+
+// Removes `path` and everything under it without following symlinks; a missing path is no
+// error. Use this, not std::filesystem::remove_all: libtorch.so exports its own copy of that
+// function, which wins symbol resolution and crashes (null call) with the system libstdc++.
+std::error_code remove_tree(const std::filesystem::path& path) noexcept;
+
+class AtomicDirectory {
+ public:
+  // Creates "<parent>/.<name>.tmp-<random>". UserError when final_path exists and !overwrite,
+  // when the parent is missing or not writable, or when overwriting would remove a directory
+  // that is never an output (/, $HOME, the working directory or one of its ancestors).
+  AtomicDirectory(std::filesystem::path final_path, bool overwrite);
+  AtomicDirectory(const AtomicDirectory&) = delete;
+  AtomicDirectory& operator=(const AtomicDirectory&) = delete;
+  // Not committed: the staging directory is removed recursively.
+  ~AtomicDirectory();
+
+  const std::filesystem::path& staging() const { return staging_; }
+  const std::filesystem::path& final_path() const { return final_path_; }
+  bool committed() const { return committed_; }
+
+  // fsyncs every file and directory under staging, puts staging in place of final_path (an
+  // atomic exchange when overwriting, where the filesystem supports it), removes the old
+  // directory, and fsyncs the parent. Errors are UserErrors with strerror.
+  void commit();
+
+ private:
+  std::filesystem::path final_path_;
+  std::filesystem::path staging_;
+  bool overwrite_ = false;
+  bool committed_ = false;
+};
+
+}  // namespace prime::io

@@ -1,0 +1,222 @@
+#include "io/safetensors_writer.h"
+
+#include <ATen/core/Tensor.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "io/checkpoint.h"
+#include "util/error.h"
+
+namespace prime::io {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Buffers small writes (headers, norms, biases) and passes large tensors straight through, so a
+// model with thousands of tiny tensors does not cost a syscall each.
+class OutputFile {
+ public:
+  static constexpr size_t kBufferBytes = 8 << 20;
+  // Writeback is started every this many bytes so that dirty pages stay bounded and the final
+  // fsync in AtomicDirectory::commit has little left to do.
+  static constexpr uint64_t kWritebackBytes = 64ull << 20;
+
+  explicit OutputFile(fs::path path) : path_(std::move(path)) {
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("cannot create");
+    buffer_.reserve(kBufferBytes);
+  }
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  ~OutputFile() {
+    if (fd_ >= 0) ::close(fd_);  // only on an error path; close() reports errors otherwise
+  }
+
+  void append(const void* data, size_t size) {
+    if (size >= kBufferBytes) {
+      flush();
+      write_all(static_cast<const char*>(data), size);
+      return;
+    }
+    if (buffer_.size() + size > kBufferBytes) flush();
+    buffer_.insert(buffer_.end(), static_cast<const char*>(data), static_cast<const char*>(data) + size);
+  }
+
+  void close() {
+    flush();
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail("cannot write");
+  }
+
+ private:
+  [[noreturn]] void fail(const char* what) const {
+    throw user_error(what, " ", path_.string(), ": ", std::strerror(errno));
+  }
+  void flush() {
+    write_all(buffer_.data(), buffer_.size());
+    buffer_.clear();
+  }
+  void write_all(const char* data, size_t size) {
+    while (size > 0) {
+      const ssize_t written = ::write(fd_, data, std::min<size_t>(size, 1 << 30));
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        fail("cannot write");
+      }
+      data += written;
+      size -= static_cast<size_t>(written);
+      offset_ += static_cast<uint64_t>(written);
+    }
+    if (offset_ - synced_ >= kWritebackBytes) {
+      sync_file_range(fd_, static_cast<off64_t>(synced_), static_cast<off64_t>(offset_ - synced_),
+                      SYNC_FILE_RANGE_WRITE);
+      synced_ = offset_;
+    }
+  }
+
+  fs::path path_;
+  int fd_ = -1;
+  std::vector<char> buffer_;
+  uint64_t offset_ = 0, synced_ = 0;
+};
+
+std::string shape_text(at::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t dim = 0; dim < shape.size(); ++dim) text += (dim ? ", " : "") + std::to_string(shape[dim]);
+  return text + "]";
+}
+
+}  // namespace
+
+SafetensorsWriter::SafetensorsWriter(fs::path dir, WriterOptions options)
+    : dir_(std::move(dir)), options_(std::move(options)) {
+  std::error_code error;
+  if (!fs::is_directory(dir_, error))
+    throw user_error("output directory ", dir_.string(), " does not exist");
+  PRIME_CHECK(options_.max_shard_bytes > 0, "max_shard_bytes must be positive");
+  options_.metadata.emplace("format", "pt");
+}
+
+void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> shape,
+                            std::function<at::Tensor()> produce) {
+  PRIME_CHECK(!written_, "SafetensorsWriter::add after write: ", name);
+  if (name.empty()) throw user_error("cannot write a tensor with an empty name");
+  if (name == "__metadata__") throw user_error("\"__metadata__\" is reserved, not a tensor name");
+  if (by_name_.count(name) != 0) throw user_error("duplicate tensor name ", name, " in output");
+  uint64_t nbytes = dtype_size(dtype);
+  for (int64_t extent : shape) {
+    PRIME_CHECK(extent >= 0, "negative dimension in the shape of ", name);
+    PRIME_CHECK(!__builtin_mul_overflow(nbytes, static_cast<uint64_t>(extent), &nbytes),
+                "byte count of ", name, " overflows");
+  }
+  by_name_.emplace(name, declared_.size());
+  total_bytes_ += nbytes;
+  declared_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(produce)});
+}
+
+std::vector<std::vector<size_t>> SafetensorsWriter::plan_shards() const {
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t shard_bytes = 0;
+  for (size_t position = 0; position < declared_.size(); ++position) {
+    const uint64_t nbytes = declared_[position].nbytes;
+    if (!shards.back().empty() && shard_bytes + nbytes > options_.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(position);
+    shard_bytes += nbytes;
+  }
+  // Wider elements first (stable, as the Python writer does): every group then ends on a
+  // multiple of the next group's element size, so each tensor is naturally aligned in the file
+  // (given the 8-byte aligned data start) and can be mapped as a view without copying.
+  for (auto& shard : shards)
+    std::stable_sort(shard.begin(), shard.end(), [this](size_t a, size_t b) {
+      return dtype_size(declared_[a].dtype) > dtype_size(declared_[b].dtype);
+    });
+  return shards;
+}
+
+std::string SafetensorsWriter::shard_name(size_t shard, size_t shard_count) const {
+  if (shard_count == 1) return kSingleFileName;
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", shard + 1, shard_count);
+  return name;
+}
+
+std::vector<std::string> SafetensorsWriter::file_names() const {
+  const size_t shard_count = plan_shards().size();
+  std::vector<std::string> names;
+  for (size_t shard = 0; shard < shard_count; ++shard) names.push_back(shard_name(shard, shard_count));
+  if (shard_count > 1) names.push_back(kIndexFileName);
+  return names;
+}
+
+void SafetensorsWriter::write(const std::function<void(const WriteProgress&)>& progress) {
+  PRIME_CHECK(!written_, "SafetensorsWriter::write called twice for ", dir_.string());
+  written_ = true;
+  const auto shards = plan_shards();
+  WriteProgress done{0, declared_.size(), 0, total_bytes_};
+  nlohmann::json weight_map = nlohmann::json::object();
+
+  for (size_t shard = 0; shard < shards.size(); ++shard) {
+    const std::string file_name = shard_name(shard, shards.size());
+    nlohmann::json header = nlohmann::json::object();
+    if (!options_.metadata.empty()) header["__metadata__"] = options_.metadata;
+    uint64_t offset = 0;
+    for (size_t position : shards[shard]) {
+      const Declared& tensor = declared_[position];
+      header[tensor.name] = {{"dtype", std::string(dtype_name(tensor.dtype))},
+                             {"shape", tensor.shape},
+                             {"data_offsets", {offset, offset + tensor.nbytes}}};
+      offset += tensor.nbytes;
+      weight_map[tensor.name] = file_name;
+    }
+    std::string header_text = header.dump();
+    // Pad so the data region starts 8-byte aligned, which keeps every mapped view aligned.
+    header_text.append((8 - header_text.size() % 8) % 8, ' ');
+    const uint64_t header_length = header_text.size();
+
+    OutputFile out(dir_ / file_name);
+    out.append(&header_length, sizeof header_length);  // little-endian host
+    out.append(header_text.data(), header_text.size());
+    for (size_t position : shards[shard]) {
+      Declared& tensor = declared_[position];
+      at::Tensor produced = tensor.produce();
+      tensor.produce = nullptr;  // drop whatever the producer captured as soon as possible
+      if (!produced.defined()) throw internal_error("producer of ", tensor.name, " returned no tensor");
+      if (produced.scalar_type() != to_scalar_type(tensor.dtype) || !produced.sizes().equals(tensor.shape))
+        throw internal_error("tensor ", tensor.name, " was declared ", dtype_name(tensor.dtype), " ",
+                             shape_text(tensor.shape), " but produced as ",
+                             c10::toString(produced.scalar_type()), " ", shape_text(produced.sizes()));
+      if (!produced.device().is_cpu()) produced = produced.cpu();
+      produced = produced.contiguous();
+      PRIME_CHECK(produced.nbytes() == tensor.nbytes, "byte count of ", tensor.name);
+      if (tensor.nbytes > 0) out.append(produced.data_ptr(), tensor.nbytes);
+      produced.reset();
+      done.tensors_done += 1;
+      done.bytes_done += tensor.nbytes;
+      if (progress) progress(done);
+    }
+    out.close();
+  }
+
+  if (shards.size() > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", total_bytes_}}},
+                                  {"weight_map", weight_map}};
+    const std::string text = index.dump(2) + "\n";
+    OutputFile out(dir_ / kIndexFileName);
+    out.append(text.data(), text.size());
+    out.close();
+  }
+}
+
+}  // namespace prime::io
