@@ -11,7 +11,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
 packages=(build-essential cmake nlohmann-json3-dev libeigen3-dev libcli11-dev catch2 libsqlite3-dev
-          libpcre2-dev libopenblas0-pthread xz-utils ccache python3-pip)
+          libpcre2-dev libutf8proc-dev libopenblas0-pthread xz-utils ccache python3-pip)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
