@@ -25,7 +25,8 @@ struct Case {
   uint64_t seed;
   std::string name() const {
     return shape_name(batch, length, q_heads, kv_heads, head_dim, hidden) +
-           (neg_eigval ? " neg_eigval" : "") + (chunk != 64 ? " chunk=" + std::to_string(chunk) : "");
+           (neg_eigval ? " neg_eigval" : "") +
+           (chunk != 64 ? " chunk=" + std::to_string(chunk) : "");
   }
 };
 

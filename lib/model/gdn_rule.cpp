@@ -65,7 +65,7 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const int64_t num_chunks = gc.size(2);
 
   const at::Tensor gamma = at::cumsum(gc, -1);
-  const at::Tensor decay_incl = chunks::segment_decay(gamma);
+  const at::Tensor decay_incl = chunks::segment_decay(gc);
   const at::Tensor decay_strict = decay_incl.tril(-1);
 
   const at::Tensor kt = kc.transpose(-1, -2);
@@ -82,7 +82,8 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   // O = diag(e^Gamma) Q S0 + scores (U' - W S0) = out_local + (Q e^Gamma - scores W) S0.
   const at::Tensor q_state = qc * at::exp(gamma).unsqueeze(-1) - at::matmul(scores, w);
   const at::Tensor gamma_end = gamma.narrow(-1, chunk_size - 1, 1);  // [B,H,N,1]
-  const at::Tensor k_decayed_t = (kc * at::exp(gamma_end - gamma).unsqueeze(-1)).transpose(-1, -2);
+  const at::Tensor k_decayed_t =
+      (kc * at::exp(chunks::suffix_sum(gc)).unsqueeze(-1)).transpose(-1, -2);
   const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
 
   at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());

@@ -32,15 +32,26 @@ inline at::Tensor merge(const at::Tensor& x, int64_t length) {
   return x.reshape({batch, heads, x.size(2) * x.size(3), dim}).narrow(2, 0, length).transpose(1, 2);
 }
 
-// gamma [..., C] = cumulative log decay within each chunk. Returns [..., C, C] with
-// exp(gamma_t - gamma_j) where j <= t, 0 elsewhere. The mask goes on before the exp: above the
-// diagonal the exponent is positive and could overflow.
-inline at::Tensor segment_decay(const at::Tensor& gamma) {
-  const int64_t chunk = gamma.size(-1);
-  const at::Tensor diff = gamma.unsqueeze(-1) - gamma.unsqueeze(-2);
-  const at::Tensor keep =
-      at::ones({chunk, chunk}, gamma.options().dtype(at::kBool)).tril();
-  return at::exp(diff.masked_fill(keep.logical_not(), -std::numeric_limits<double>::infinity()));
+// log_decay [..., C]: the per-step log decays of each chunk. Returns [..., C, C] holding
+// exp(sum_{j<k<=t} log_decay_k) where j <= t, 0 elsewhere. The sums are taken directly rather
+// than as differences of one cumulative sum, which would cancel badly in fp32 once the
+// cumulative decay is large (long chunks, strong decay). The mask goes on before the exp: above
+// the diagonal the sum is meaningless and could overflow.
+inline at::Tensor segment_decay(const at::Tensor& log_decay) {
+  const int64_t chunk = log_decay.size(-1);
+  const auto bool_options = log_decay.options().dtype(at::kBool);
+  const at::Tensor below = at::ones({chunk, chunk}, bool_options).tril(-1);  // k > j
+  // [..., k, j] = log_decay_k for k > j, else 0; summing over k <= t gives row t.
+  const at::Tensor per_step = log_decay.unsqueeze(-1).masked_fill(below.logical_not(), 0.0);
+  const at::Tensor sums = at::cumsum(per_step, -2);
+  const at::Tensor keep = at::ones({chunk, chunk}, bool_options).tril();
+  return at::exp(sums.masked_fill(keep.logical_not(), -std::numeric_limits<double>::infinity()));
+}
+
+// sum_{k>t} log_decay_k over the chunk (the decay from step t to the chunk end), [..., C],
+// summed from the end for the same reason.
+inline at::Tensor suffix_sum(const at::Tensor& log_decay) {
+  return at::flip(at::cumsum(at::flip(log_decay, {-1}), -1), {-1}) - log_decay;
 }
 
 }  // namespace prime::model::chunks

@@ -23,7 +23,8 @@ inline void refuse_unknown(const nlohmann::json& object, const std::string& what
   for (const auto& item : object.items()) {
     bool found = false;
     for (const char* name : known) found = found || item.key() == name;
-    if (!found) throw user_error(what, ": unknown option '", item.key(), "' (not supported by prime)");
+    if (!found)
+      throw user_error(what, ": unknown option '", item.key(), "' (not supported by prime)");
   }
 }
 

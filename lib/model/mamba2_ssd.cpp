@@ -1,0 +1,81 @@
+// The SSD scan core of Mamba-2 in its three forms: chunked (quadratic within a chunk, states
+// passed between chunks), the per-token recurrence, and the single step it is built from.
+#include "model/mamba2.h"
+
+#include "model/ssm_chunks.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+std::pair<at::Tensor, at::Tensor> ssd_step(const at::Tensor& x, const at::Tensor& delta,
+                                           const at::Tensor& A, const at::Tensor& Bm,
+                                           const at::Tensor& Cm, const at::Tensor& state) {
+  const at::Tensor decay = at::exp(delta * A).unsqueeze(-1).unsqueeze(-1);  // [B,H,1,1]
+  const at::Tensor next =
+      decay * state + (delta.unsqueeze(-1) * x).unsqueeze(-1) * Bm.unsqueeze(-2);
+  const at::Tensor y = at::matmul(next, Cm.unsqueeze(-1)).squeeze(-1);  // h C  [B,H,P]
+  return {y, next};
+}
+
+std::pair<at::Tensor, at::Tensor> ssd_recurrent(const at::Tensor& x, const at::Tensor& delta,
+                                                const at::Tensor& A, const at::Tensor& Bm,
+                                                const at::Tensor& Cm, const at::Tensor& state) {
+  const int64_t batch = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3);
+  at::Tensor h = state.defined() ? state : at::zeros({batch, heads, dim, Bm.size(3)}, x.options());
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(length);
+  for (int64_t t = 0; t < length; ++t) {
+    auto [y, next] = ssd_step(x.select(1, t), delta.select(1, t), A, Bm.select(1, t),
+                              Cm.select(1, t), h);
+    outputs.push_back(y);
+    h = next;
+  }
+  at::Tensor y = length ? at::stack(outputs, 1) : at::empty({batch, 0, heads, dim}, x.options());
+  return {y, h};
+}
+
+// Within a chunk with chunk-start state h0 and Gamma_t = sum_{s<=t} delta_s A (chunk-local):
+// y_t = e^Gamma_t h0 C_t + sum_{j<=t} e^(Gamma_t - Gamma_j) (C_t.B_j) delta_j x_j, i.e.
+// Y = diag(e^Gamma) C h0^T + (C B^T * decay) diag(delta) X, and the chunk's own contribution to
+// the end state is X^T diag(delta e^(Gamma_C - Gamma)) B. Everything but the chain
+// h_n = e^Gamma_C h_{n-1} + local_n (elementwise, cheap) runs in parallel over chunks.
+std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta,
+                                              const at::Tensor& A, const at::Tensor& Bm,
+                                              const at::Tensor& Cm, const at::Tensor& state,
+                                              int64_t chunk_size) {
+  PRIME_CHECK(x.dim() == 4 && delta.dim() == 3 && Bm.dim() == 4 && Cm.sizes() == Bm.sizes());
+  PRIME_CHECK(chunk_size > 0);
+  const int64_t batch = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3);
+  at::Tensor h = state.defined() ? state : at::zeros({batch, heads, dim, Bm.size(3)}, x.options());
+  if (length == 0) return {at::empty({batch, 0, heads, dim}, x.options()), h};
+  // Zero padding is harmless: delta = 0 means no decay and no input.
+  const at::Tensor xc = chunks::split(x * delta.unsqueeze(-1), chunk_size);  // delta x [B,H,N,C,P]
+  const at::Tensor bc = chunks::split(Bm, chunk_size);                      // [B,H,N,C,N]
+  const at::Tensor cc = chunks::split(Cm, chunk_size);
+  const at::Tensor log_decay = chunks::split(delta * A, chunk_size);  // [B,H,N,C]
+  const at::Tensor gamma = at::cumsum(log_decay, -1);
+  const int64_t num_chunks = gamma.size(2);
+
+  const at::Tensor scores =
+      at::matmul(cc, bc.transpose(-1, -2)) * chunks::segment_decay(log_decay);
+  const at::Tensor y_local = at::matmul(scores, xc);
+  const at::Tensor gamma_end = gamma.narrow(-1, chunk_size - 1, 1);  // [B,H,N,1]
+  // [B,H,N,P,N]: each chunk's end state when it starts from zero.
+  const at::Tensor to_end = at::exp(chunks::suffix_sum(log_decay)).unsqueeze(-1);
+  const at::Tensor local_state = at::matmul((xc * to_end).transpose(-1, -2), bc);
+  const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
+
+  std::vector<at::Tensor> start_states;  // state entering each chunk
+  start_states.reserve(num_chunks);
+  for (int64_t n = 0; n < num_chunks; ++n) {
+    start_states.push_back(h);
+    h = chunk_decay.select(2, n) * h + local_state.select(2, n);
+  }
+  const at::Tensor starts = at::stack(start_states, 2);  // [B,H,N,P,N]
+  // diag(e^Gamma) C h0^T
+  const at::Tensor y_state =
+      at::exp(gamma).unsqueeze(-1) * at::matmul(cc, starts.transpose(-1, -2));
+  return {chunks::merge(y_local + y_state, length), h};
+}
+
+}  // namespace prime::model
