@@ -3,6 +3,8 @@
 # builds into ./build. Safe to run again: each step is skipped when already satisfied.
 #   ./setup.sh            install + build
 #   PRIME_SKIP_BUILD=1    install only
+#   ./setup.sh --gather-deps   also copy the Debian-provided headers/libraries into .deps/ (git-
+#                              ignored) so a machine without them (the GPU machine) can build
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -37,16 +39,25 @@ if [ "$have_torch" != "$TORCH_VERSION" ]; then
 fi
 TORCH_CMAKE=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 
+# 2b. For machines without the -dev packages: a self-contained copy under .deps/.
+if [ "${1:-}" = "--gather-deps" ]; then
+  log "gathering headers and libraries into .deps/"
+  rm -rf .deps && mkdir -p .deps/include .deps/lib/cmake
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/catch2 /usr/include/eigen3 .deps/include/
+  cp /usr/include/pcre2.h /usr/include/utf8proc.h /usr/include/sqlite3.h /usr/include/sqlite3ext.h .deps/include/
+  cp -a /usr/lib/x86_64-linux-gnu/libpcre2-8.so* /usr/lib/x86_64-linux-gnu/libutf8proc.so* \
+        /usr/lib/x86_64-linux-gnu/libsqlite3.so* .deps/lib/
+  cp -r /usr/lib/cmake/Catch2 .deps/lib/cmake/
+  du -sh .deps
+fi
+
 # 3. Configure and build (ccache keeps rebuilds cheap; PCH needs these sloppiness settings).
 [ "${PRIME_SKIP_BUILD:-0}" = 1 ] && exit 0
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 export CCACHE_BASEDIR="$PWD"
 jobs=${PRIME_JOBS:-$(nproc)}
-if [ ! -f build/CMakeCache.txt ]; then
-  log "configuring build/"
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" >build.configure.log 2>&1 \
-    || { cat build.configure.log; exit 1; }
-fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" -DPRIME_SOURCE_FILTER= \
+  >build.configure.log 2>&1 || { cat build.configure.log; exit 1; }
 log "building (-j$jobs)"
 if ! cmake --build build -j"$jobs" >build.log 2>&1; then
   grep -E -B2 -A12 'error|Error' build.log | head -120

@@ -1,6 +1,8 @@
 // Maps a layer's pattern symbol to its mixer, with the layer's weights and sub-config.
 #include "io/architecture.h"
 #include "model/attention.h"
+#include "model/gdn.h"
+#include "model/mamba2.h"
 #include "model/hybrid_model.h"
 #include "util/error.h"
 
@@ -25,6 +27,19 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
     if (options.window <= 0) throw user_error(where, ": swa_config.window_size must be > 0");
     return std::make_unique<AttentionMixer>(config, weights, layer_prefix + "swa.", options);
   }
+  // SSM layers read their own sub-config (formats.md) and weights under their own prefix.
+  auto sub_config = [&](const char* key) -> const nlohmann::json& {
+    auto found = config.raw.find(key);
+    if (found == config.raw.end() || !found->is_object())
+      throw user_error(where, ": config.json has no ", key, " for this layer type");
+    return *found;
+  };
+  if (symbol == "GDN")
+    return std::make_unique<GdnMixer>(GdnConfig::from_json(sub_config("gdn_config"), where), weights,
+                                      layer_prefix + "gdn.");
+  if (symbol == "M2")
+    return std::make_unique<Mamba2Mixer>(Mamba2Config::from_json(sub_config("mamba2_config"), where), weights,
+                                         layer_prefix + "mamba.");
   throw user_error(where, ": layer type ", symbol, " is not available in this build");
 }
 

@@ -1,0 +1,119 @@
+#include "eval/ssm_bench.h"
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+
+#include "model/gdn.h"
+#include "model/gka_core.h"
+#include "model/mamba2.h"
+#include "util/error.h"
+
+namespace prime::eval {
+namespace {
+
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index() < 0 ? 0 : device.index());
+}
+
+// Median wall time of `repeats` runs after `warmup` runs, in ms.
+double time_ms(const std::function<void()>& body, const at::Device& device, int warmup, int repeats) {
+  for (int i = 0; i < warmup; ++i) body();
+  synchronize(device);
+  std::vector<double> samples;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    synchronize(device);
+    samples.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+struct CoreInputs {
+  at::Tensor q, k, v, log_decay, beta, alpha;
+};
+
+CoreInputs make_inputs(const SsmBenchOptions& o, const at::Device& device) {
+  auto options = at::TensorOptions().device(device).dtype(o.dtype);
+  const std::vector<int64_t> shape = {o.batch, o.tokens, o.heads, o.head_dim}, gates = {o.batch, o.tokens, o.heads};
+  CoreInputs in;
+  auto unit = [&](const std::vector<int64_t>& s) {
+    at::Tensor x = at::randn(s, options);
+    return x / x.norm(2, {-1}, true);
+  };
+  in.q = unit(shape);
+  in.k = unit(shape);
+  in.v = at::randn(shape, options);
+  in.log_decay = -at::softplus(at::randn(gates, options)) * 0.1;
+  in.beta = at::sigmoid(at::randn(gates, options));
+  in.alpha = at::sigmoid(at::randn(gates, options));
+  for (at::Tensor* t : {&in.q, &in.k, &in.v}) t->requires_grad_(true);
+  return in;
+}
+
+// Runs the chunked core of `type` on the inputs and returns its output.
+at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenchOptions& o) {
+  if (type == "GDN") {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
+    return model::gated_delta_rule_chunked(in.q * scale, in.k, in.v, in.log_decay, in.beta, at::Tensor(), 64).first;
+  }
+  if (type == "M2") {
+    // x = v, B = k, C = q; delta in (0, 1), A = -1 per head.
+    at::Tensor delta = at::sigmoid(in.log_decay * 10);
+    at::Tensor A = -at::ones({o.heads}, in.q.options().requires_grad(false));
+    return model::ssd_chunked(in.v, delta, A, in.k, in.q, at::Tensor(), 256).first;
+  }
+  if (type == "GKA") {
+    model::GkaMixer::Prepared prepared;
+    prepared.q = in.q;
+    prepared.k = in.k * in.beta.unsqueeze(-1);
+    prepared.v = in.v * in.beta.unsqueeze(-1);
+    prepared.alpha = in.alpha;
+    prepared.log_decay_kv = in.log_decay;
+    prepared.log_decay_kk = in.log_decay;
+    model::gka_detail::SolveOptions solve;
+    solve.num_iter = o.gka_iterations;
+    solve.output_scale = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
+    return model::gka_detail::chunked_core(prepared, at::Tensor(), at::Tensor(), 64, solve).o;
+  }
+  throw user_error("unknown SSM type '", type, "' (GDN, GKA, M2)");
+}
+
+}  // namespace
+
+std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device) {
+  std::vector<SsmBenchRow> rows;
+  const CoreInputs inputs = make_inputs(options, device);
+  for (const auto& type : options.types) {
+    SsmBenchRow row;
+    row.type = type;
+    row.shape = "(" + std::to_string(options.batch) + "," + std::to_string(options.tokens) + "," +
+                std::to_string(options.heads) + "," + std::to_string(options.head_dim) + ") " +
+                std::string(c10::toString(options.dtype));
+    {
+      at::NoGradGuard no_grad;
+      row.forward_ms = time_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
+    }
+    if (options.backward) {
+      at::Tensor grad;
+      row.forward_backward_ms = time_ms(
+          [&] {
+            at::Tensor out = run_core(type, inputs, options);
+            if (!grad.defined()) grad = at::randn_like(out);
+            out.backward(grad);
+            for (const at::Tensor* t : {&inputs.q, &inputs.k, &inputs.v})
+              if (t->grad().defined()) const_cast<at::Tensor*>(t)->mutable_grad().reset();
+          },
+          device, options.warmup, options.repeats);
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace prime::eval

@@ -1,0 +1,31 @@
+// Timing of the SSM cores' chunked torch-ops forms (forward, forward+backward) at a given
+// (B, T, H, D): the baseline prime's CUDA kernels must beat. Inputs are random, shaped as the
+// mixers feed their cores (normalised q/k, gates in range).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace prime::eval {
+
+struct SsmBenchOptions {
+  int64_t batch = 4, tokens = 8192, heads = 32, head_dim = 128;
+  at::ScalarType dtype = at::kFloat;  // the cores' compute dtype (the mixers use fp32)
+  std::vector<std::string> types = {"GDN", "GKA", "M2"};
+  int gka_iterations = 30;
+  int warmup = 1, repeats = 3;
+  bool backward = true;
+};
+
+struct SsmBenchRow {
+  std::string type;
+  std::string shape;
+  double forward_ms = 0;
+  double forward_backward_ms = 0;  // 0 when not measured
+};
+
+std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device);
+
+}  // namespace prime::eval
