@@ -3,8 +3,13 @@
 
 #include <iostream>
 
+#include <iomanip>
+#include <sstream>
+
+#include "eval/ssm_bench.h"
 #include "io/tokenizer.h"
 #include "io/tokenizer_bench.h"
+#include "util/cli.h"
 #include "util/error.h"
 
 namespace {
@@ -42,6 +47,43 @@ void run_tokenizer(const TokenizerOptions& options) {
       prime::io::bench_encode(tokenizer, chunks, options.threads, options.repeat), std::cout);
 }
 
+struct SsmOptions {
+  prime::eval::SsmBenchOptions bench;
+  std::string device = "auto";
+  std::string dtype = "fp32";
+  std::string types = "GDN,GKA,M2";
+  bool no_backward = false;
+};
+
+void add_ssm_command(CLI::App& app, SsmOptions& options) {
+  CLI::App* command = app.add_subcommand("ssm", "chunked SSM cores (torch-ops forms): forward and forward+backward time");
+  command->add_option("--types", options.types, "comma-separated: GDN, GKA, M2 (default all)")->group("Inputs");
+  command->add_option("--batch", options.bench.batch, "B (default 4)")->group("Shape");
+  command->add_option("--tokens", options.bench.tokens, "T (default 8192)")->group("Shape");
+  command->add_option("--heads", options.bench.heads, "H (default 32)")->group("Shape");
+  command->add_option("--head-dim", options.bench.head_dim, "D (default 128)")->group("Shape");
+  command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")->group("Shape");
+  command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
+  command->add_option("--dtype", options.dtype, "core compute dtype: fp32 (what the mixers use) or bf16")->group("Measurement");
+  command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
+  command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
+}
+
+void run_ssm(SsmOptions& options) {
+  options.bench.dtype = prime::parse_dtype_flag(options.dtype);
+  options.bench.backward = !options.no_backward;
+  options.bench.types.clear();
+  std::stringstream items(options.types);
+  for (std::string item; std::getline(items, item, ',');) options.bench.types.push_back(item);
+  const at::Device device = prime::parse_device(options.device);
+  std::cout << "device " << device << "\n" << std::left << std::setw(6) << "type" << std::setw(30) << "(B,T,H,D) dtype"
+            << std::right << std::setw(12) << "fwd ms" << std::setw(14) << "fwd+bwd ms" << "\n";
+  for (const auto& row : prime::eval::run_ssm_bench(options.bench, device))
+    std::cout << std::left << std::setw(6) << row.type << std::setw(30) << row.shape << std::right << std::fixed
+              << std::setprecision(2) << std::setw(12) << row.forward_ms << std::setw(14) << row.forward_backward_ms
+              << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,15 +91,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   TokenizerOptions tokenizer_options;
   add_tokenizer_command(app, tokenizer_options);
+  SsmOptions ssm_options;
+  add_ssm_command(app, ssm_options);
   CLI11_PARSE(app, argc, argv);
-  try {
+  return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
-    return 0;
-  } catch (const prime::UserError& e) {
-    std::cerr << "prime-bench: error: " << e.what() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "prime-bench: internal error: " << e.what() << "\n";
-    return 2;
-  }
+    if (app.got_subcommand("ssm")) run_ssm(ssm_options);
+  });
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds prime with CUDA on the GPU machine, runs the whole test suite there (the [gpu] tests
+# execute instead of skipping) and the GPU benchmarks, writing logs and tables under $OUT.
+# Needs .deps/ (./setup.sh --gather-deps) and .gpu/shared (a copy of ../shared/data's small
+# files) carried along, since that machine has neither the Debian -dev packages nor ../shared.
+#   bash experiments/gpu/run_on_gpu.sh [build|test|bench|all]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/prime-gpu-out}
+mkdir -p "$OUT"
+what=${1:-all}
+[ -d ../shared ] || { mkdir -p ../shared && cp -r .gpu/shared/* ../shared/; }
+export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+export TORCH_CUDA_ARCH_LIST=9.0a
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nvcc --version | tail -1;
+  python3 -c 'import torch;print("torch", torch.__version__)'; } > "$OUT/machine.txt" 2>&1
+
+if [ "$what" = build ] || [ "$what" = all ] || [ ! -x build-gpu/bin/prime_tests ]; then
+  generator=""; command -v ninja >/dev/null && generator="-GNinja"
+  cmake -S . -B build-gpu $generator -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON -DPRIME_SOURCE_FILTER= \
+    > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
+  start=$(date +%s)
+  cmake --build build-gpu -j"$(nproc)" > "$OUT/build.log" 2>&1 || { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s"
+fi
+if [ "$what" = test ] || [ "$what" = all ]; then
+  start=$(date +%s)
+  ctest --test-dir build-gpu -j8 --output-on-failure > "$OUT/ctest.log" 2>&1
+  echo "ctest exit $?: $(( $(date +%s) - start )) s"; tail -5 "$OUT/ctest.log"
+  build-gpu/bin/prime_tests "[gpu]" -s 2>&1 | grep -E "WARN|gpu|max rel|error|passed|failed" > "$OUT/gpu_tests.txt"
+  tail -3 "$OUT/gpu_tests.txt"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  build-gpu/bin/prime-bench ssm --device cuda --dtype fp32 > "$OUT/ssm_fp32.txt" 2>&1; cat "$OUT/ssm_fp32.txt"
+  build-gpu/bin/prime-bench ssm --device cuda --dtype bf16 > "$OUT/ssm_bf16.txt" 2>&1; cat "$OUT/ssm_bf16.txt"
+fi
