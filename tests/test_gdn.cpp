@@ -65,6 +65,7 @@ Setup make_setup(const Case& c) {
 }  // namespace
 
 TEST_CASE("GDN chunked, recurrent and float64 reference agree", "[gdn]") {
+  SingleThreaded single_threaded;
   for (const Case& c : kCases) {
     Setup s = make_setup(c);
     GdnMixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
@@ -84,6 +85,7 @@ TEST_CASE("GDN chunked, recurrent and float64 reference agree", "[gdn]") {
 }
 
 TEST_CASE("GDN step() token by token equals the full forward", "[gdn]") {
+  SingleThreaded single_threaded;
   for (const Case& c : kCases) {
     Setup s = make_setup(c);
     GdnMixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
@@ -110,6 +112,7 @@ TEST_CASE("GDN step() token by token equals the full forward", "[gdn]") {
 }
 
 TEST_CASE("GDN continues from the cache when a sequence is split", "[gdn]") {
+  SingleThreaded single_threaded;
   Setup s = make_setup(kCases[0]);  // T=130
   GdnMixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
   const at::Tensor x = s.x64.to(at::kFloat);
@@ -136,6 +139,7 @@ TEST_CASE("GDN continues from the cache when a sequence is split", "[gdn]") {
 }
 
 TEST_CASE("GDN chunked gradients match finite differences (float64)", "[gdn]") {
+  SingleThreaded single_threaded;
   prime::reference::GdnDims dims;
   dims.hidden = 8;
   dims.head_dim = 4;
@@ -166,6 +170,7 @@ TEST_CASE("GDN chunked gradients match finite differences (float64)", "[gdn]") {
 }
 
 TEST_CASE("GDN GQA: expanded head e reads kv head floor(e/G)", "[gdn]") {
+  SingleThreaded single_threaded;
   // Hq=8, Hkv=2 (G=4), hidden = H*D and o_proj = I, so output block e is head e's output.
   prime::reference::GdnDims dims;
   dims.hidden = 32;

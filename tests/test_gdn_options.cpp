@@ -57,6 +57,7 @@ double three_forms_error(GdnMixer& mixer, const at::Tensor& x, const std::string
 }  // namespace
 
 TEST_CASE("GDN config parses gdn_config and refuses what it cannot honour", "[gdn]") {
+  SingleThreaded single_threaded;
   const GdnConfig config = GdnConfig::from_json(formats_config(), "3");
   CHECK(config.hidden_size == 4096);
   CHECK(config.num_q_heads == 32);
@@ -110,6 +111,7 @@ TEST_CASE("GDN config parses gdn_config and refuses what it cannot honour", "[gd
 }
 
 TEST_CASE("GDN bad weights name the layer and the tensor", "[gdn]") {
+  SingleThreaded single_threaded;
   prime::reference::Weights weights = small_weights(41);
   const GdnConfig config(32, 8, 4, 1);
   REQUIRE_NOTHROW(GdnMixer(config, with_prefix(weights, kPrefix, at::kFloat), kPrefix));
@@ -140,6 +142,7 @@ TEST_CASE("GDN bad weights name the layer and the tensor", "[gdn]") {
 }
 
 TEST_CASE("GDN options: conv bias, no short conv, no gate", "[gdn]") {
+  SingleThreaded single_threaded;
   prime::reference::Weights weights = small_weights(51);
   const at::Tensor x = random_input(2, 75, 32, 52).to(at::kFloat);
   std::mt19937_64 rng(53);
@@ -187,6 +190,7 @@ TEST_CASE("GDN options: conv bias, no short conv, no gate", "[gdn]") {
 }
 
 TEST_CASE("GDN with bf16 weights keeps fp32 states", "[gdn]") {
+  SingleThreaded single_threaded;
   prime::reference::GdnDims dims;
   dims.hidden = 32;
   dims.head_dim = 8;

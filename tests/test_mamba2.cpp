@@ -59,6 +59,7 @@ Setup make_setup(const Case& c) {
 }  // namespace
 
 TEST_CASE("Mamba-2 chunked, recurrent and float64 reference agree", "[mamba2]") {
+  SingleThreaded single_threaded;
   for (const Case& c : kCases) {
     Setup s = make_setup(c);
     Mamba2Mixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
@@ -77,6 +78,7 @@ TEST_CASE("Mamba-2 chunked, recurrent and float64 reference agree", "[mamba2]") 
 }
 
 TEST_CASE("Mamba-2 step() token by token equals the full forward", "[mamba2]") {
+  SingleThreaded single_threaded;
   for (const Case& c : kCases) {
     Setup s = make_setup(c);
     Mamba2Mixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
@@ -103,6 +105,7 @@ TEST_CASE("Mamba-2 step() token by token equals the full forward", "[mamba2]") {
 }
 
 TEST_CASE("Mamba-2 continues from the cache when a sequence is split", "[mamba2]") {
+  SingleThreaded single_threaded;
   Setup s = make_setup(kCases[0]);  // T=300
   Mamba2Mixer mixer(s.config, with_prefix(s.weights, kPrefix, at::kFloat), kPrefix);
   const at::Tensor x = s.x64.to(at::kFloat);
@@ -129,6 +132,7 @@ TEST_CASE("Mamba-2 continues from the cache when a sequence is split", "[mamba2]
 }
 
 TEST_CASE("Mamba-2 chunked gradients match finite differences (float64)", "[mamba2]") {
+  SingleThreaded single_threaded;
   prime::reference::Mamba2Dims dims;
   dims.hidden = 8;
   dims.head_dim = 4;
@@ -156,6 +160,7 @@ TEST_CASE("Mamba-2 chunked gradients match finite differences (float64)", "[mamb
 }
 
 TEST_CASE("Mamba-2 GQA: expanded head e reads x/B head floor(e/G)", "[mamba2]") {
+  SingleThreaded single_threaded;
   // Hq=8, Hkv=2 (G=4), hidden = H*D and out_proj = I, so output block e is head e's output.
   prime::reference::Mamba2Dims dims;
   dims.hidden = 32;

@@ -57,6 +57,7 @@ double three_forms_error(Mamba2Mixer& mixer, const at::Tensor& x, const std::str
 }  // namespace
 
 TEST_CASE("Mamba-2 config parses mamba2_config and refuses what it cannot honour", "[mamba2]") {
+  SingleThreaded single_threaded;
   const Mamba2Config config = Mamba2Config::from_json(formats_config(), "3");
   CHECK(config.hidden_size == 4096);
   CHECK(config.head_dim == 128);
@@ -125,6 +126,7 @@ TEST_CASE("Mamba-2 config parses mamba2_config and refuses what it cannot honour
 }
 
 TEST_CASE("Mamba-2 bad weights name the layer and the tensor", "[mamba2]") {
+  SingleThreaded single_threaded;
   const prime::reference::Weights weights = small_weights(41);
   const Mamba2Config config(32, 8, 4, 1);
   REQUIRE_NOTHROW(Mamba2Mixer(config, with_prefix(weights, kPrefix, at::kFloat), kPrefix));
@@ -153,6 +155,7 @@ TEST_CASE("Mamba-2 bad weights name the layer and the tensor", "[mamba2]") {
 }
 
 TEST_CASE("Mamba-2 options: no conv bias, no B/C norm", "[mamba2]") {
+  SingleThreaded single_threaded;
   prime::reference::Weights weights = small_weights(51);
   const at::Tensor x = random_input(2, 75, 32, 52).to(at::kFloat);
 
@@ -187,6 +190,7 @@ TEST_CASE("Mamba-2 options: no conv bias, no B/C norm", "[mamba2]") {
 }
 
 TEST_CASE("Mamba-2 with bf16 weights keeps fp32 states", "[mamba2]") {
+  SingleThreaded single_threaded;
   prime::reference::Mamba2Dims dims;
   dims.hidden = 32;
   dims.head_dim = 8;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,20 @@
 #include "reference/random_weights.h"
 
 namespace prime::testing {
+
+// These tests run thousands of tiny ops (one per token in the recurrent and step forms); handing
+// each to a thread pool costs more than the op, and on a shared 2-core machine it made the files
+// 10x slower. One thread for the scope of a test case, restored afterwards.
+class SingleThreaded {
+ public:
+  SingleThreaded() : previous_(at::get_num_threads()) { at::set_num_threads(1); }
+  ~SingleThreaded() { at::set_num_threads(previous_); }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int previous_;
+};
 
 // Reference weights (float64, prefix-relative names) as a mixer's TensorMap in `dtype`.
 inline model::TensorMap with_prefix(const reference::Weights& weights, const std::string& prefix,
