@@ -48,6 +48,7 @@ if [ "${1:-}" = "--gather-deps" ]; then
   cp -a /usr/lib/x86_64-linux-gnu/libpcre2-8.so* /usr/lib/x86_64-linux-gnu/libutf8proc.so* \
         /usr/lib/x86_64-linux-gnu/libsqlite3.so* .deps/lib/
   cp -r /usr/lib/cmake/Catch2 .deps/lib/cmake/
+  cp /usr/lib/libCatch2WithMain.a .deps/lib/ 2>/dev/null || true
   du -sh .deps
 fi
 
