@@ -1,0 +1,273 @@
+// GKA weights, the shared input preparation / output stage, and the recurrent and single-step
+// forms. Config parsing is in gka_config.cpp, the chunked form in gka_chunked.cpp.
+#include "model/gka.h"
+
+#include <cmath>
+#include <vector>
+
+#include "model/gka_core.h"
+#include "model/ssm_common.h"
+#include "util/error.h"
+
+namespace prime::model {
+
+namespace {
+
+// Casts to `type` (no-op when it already is); an undefined tensor (an absent optional weight,
+// no H state when num_iter == 0) stays undefined.
+at::Tensor to_type(const at::Tensor& t, at::ScalarType type) {
+  return t.defined() ? t.to(type) : t;
+}
+
+}  // namespace
+
+int64_t GkaCache::bytes_per_sequence() const {
+  int64_t bytes = 0;
+  for (const at::Tensor* t : {&conv_q, &conv_k, &conv_v, &kk_state, &kv_state})
+    if (t->defined() && t->size(0) > 0) bytes += t->nbytes() / t->size(0);
+  return bytes;
+}
+
+GkaMixer::GkaMixer(GkaConfig config, const TensorMap& weights, const std::string& prefix)
+    : config_(std::move(config)), prefix_(prefix) {
+  config_.validate();
+  const int64_t d = config_.hidden_size, D = config_.head_dim, H = config_.num_heads();
+  const int64_t K = config_.conv_size;
+  const int64_t q_dim = config_.num_q_heads * D, k_dim = config_.num_k_heads * D,
+                v_dim = config_.num_v_heads * D;
+  q_proj_ = take_weight(weights, prefix, "q_proj.weight", {q_dim, d});
+  k_proj_ = take_weight(weights, prefix, "k_proj.weight", {k_dim, d});
+  v_proj_ = take_weight(weights, prefix, "v_proj.weight", {v_dim, d});
+  // HMF stores a_proj, A_log and dt_bias even without the forgetting gate.
+  if (config_.use_forgetting_gate) {
+    a_proj_ = take_weight(weights, prefix, "a_proj.weight", {H, d});
+    A_log_ = take_weight(weights, prefix, "A_log", {H});
+    dt_bias_ = take_weight(weights, prefix, "dt_bias", {H});
+  } else {
+    take_optional_weight(weights, prefix, "a_proj.weight", {H, d});
+    take_optional_weight(weights, prefix, "A_log", {H});
+    take_optional_weight(weights, prefix, "dt_bias", {H});
+  }
+  if (config_.use_beta_gate) {
+    b_proj_ = take_weight(weights, prefix, "b_proj.weight", {H, d});
+    b_bias_ = take_weight(weights, prefix, "b_proj.bias", {H});
+  }
+  if (config_.use_alpha_connection) {
+    alpha_proj_ = take_weight(weights, prefix, "alpha_proj.weight", {H, d});
+    alpha_bias_ = take_weight(weights, prefix, "alpha_proj.bias", {H});
+  }
+  q_conv_ = take_weight(weights, prefix, "q_conv1d.weight", {q_dim, 1, K});
+  k_conv_ = take_weight(weights, prefix, "k_conv1d.weight", {k_dim, 1, K});
+  if (config_.use_v_conv) v_conv_ = take_weight(weights, prefix, "v_conv1d.weight", {v_dim, 1, K});
+  if (config_.use_gate) g_proj_ = take_weight(weights, prefix, "g_proj.weight", {H * D, d});
+  o_norm_ = take_weight(weights, prefix, "o_norm.weight", {D});
+  o_proj_ = take_weight(weights, prefix, "o_proj.weight", {d, H * D});
+  for (const at::Tensor* t : {&q_proj_, &k_proj_, &v_proj_, &q_conv_, &k_conv_, &o_norm_, &o_proj_})
+    if (!at::isFloatingType(t->scalar_type()))
+      throw user_error(prefix, ": GKA weights must be floating point, got ", t->scalar_type());
+  // float64 weights (tests, gradient checks) compute in float64; anything else in fp32.
+  compute_type_ = q_proj_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void GkaMixer::set_solve_dtype(at::ScalarType type) {
+  PRIME_CHECK(type == at::kFloat || type == at::kDouble, "GKA solve dtype must be fp32 or float64");
+  solve_type_ = type;
+}
+
+void GkaMixer::check_input(const at::Tensor& x) const {
+  if (x.dim() != 3 || x.size(2) != config_.hidden_size)
+    throw user_error(prefix_, " (", config_.layer_desc, "): GKA input must be [B, T, ",
+                     config_.hidden_size, "], got ", shape_string(x.sizes()));
+}
+
+std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device& device) const {
+  const int64_t D = config_.head_dim, H = config_.num_heads(), K = config_.conv_size;
+  const auto options = at::TensorOptions().dtype(compute_type_).device(device);
+  auto cache = std::make_unique<GkaCache>();
+  cache->conv_q = at::zeros({batch, config_.num_q_heads * D, K - 1}, options);
+  cache->conv_k = at::zeros({batch, config_.num_k_heads * D, K - 1}, options);
+  if (config_.use_v_conv) cache->conv_v = at::zeros({batch, config_.num_v_heads * D, K - 1}, options);
+  if (config_.num_iter > 0) cache->kk_state = at::zeros({batch, H, D, D}, options);
+  cache->kv_state = at::zeros({batch, H, D, D}, options);
+  return cache;
+}
+
+GkaCache& GkaMixer::cast_cache(LayerCache& cache, int64_t batch) const {
+  auto* gka_cache = dynamic_cast<GkaCache*>(&cache);
+  PRIME_CHECK(gka_cache != nullptr, "GKA layer ", prefix_, " was given another layer's cache");
+  PRIME_CHECK(gka_cache->kv_state.size(0) == batch, "cache batch ", gka_cache->kv_state.size(0),
+              " != input batch ", batch);
+  return *gka_cache;
+}
+
+GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const {
+  const int64_t B = x.size(0), T = x.size(1), D = config_.head_dim, H = config_.num_heads();
+  const at::ScalarType ct = compute_type_;
+  const at::Tensor xw = x.to(q_proj_.scalar_type());
+  auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
+    return at::silu(causal_conv(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(),
+                                state));
+  };
+  // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads.
+  auto heads = [&](const at::Tensor& flat, int64_t count) {
+    return expand_heads(flat.to(ct).reshape({B, T, count, D}), H / count);
+  };
+  Prepared out;
+  out.q = heads(conv_silu(q_proj_, q_conv_, cache ? &cache->conv_q : nullptr), config_.num_q_heads);
+  out.k = heads(conv_silu(k_proj_, k_conv_, cache ? &cache->conv_k : nullptr), config_.num_k_heads);
+  const at::Tensor v_flat = config_.use_v_conv
+      ? conv_silu(v_proj_, v_conv_, cache ? &cache->conv_v : nullptr)
+      : at::linear(xw, v_proj_.to(xw.scalar_type()));
+  out.v = heads(v_flat, config_.num_v_heads);
+  out.q = l2_normalize(out.q, 1e-6);
+  out.k = l2_normalize(out.k, 1e-6);
+  // Per-head gates from x in the compute dtype (small matmuls; keeps the gates exact in fp32).
+  const at::Tensor xc = x.to(ct);
+  if (config_.use_beta_gate) {
+    const at::Tensor beta = at::sigmoid(at::linear(xc, to_type(b_proj_, ct), to_type(b_bias_, ct)));
+    const at::Tensor scale = (beta + 1e-6).unsqueeze(-1);
+    out.k = out.k * scale;
+    out.v = out.v * scale;
+  }
+  if (config_.use_alpha_connection)
+    out.alpha = at::sigmoid(at::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
+  if (config_.use_forgetting_gate) {
+    // log_decay in ssm_common always computes in fp32; here float64 weights stay float64 so
+    // the gradient check is not limited by fp32 rounding. Same formula.
+    const at::Tensor a = at::linear(xc, to_type(a_proj_, ct));
+    out.log_decay_kv = -at::exp(to_type(A_log_, ct)) * at::softplus(a + to_type(dt_bias_, ct));
+    if (config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
+  }
+  if (config_.use_gate) out.gate = at::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
+  // The recurrence inputs move to the solve dtype (rounding them to fp32 first costs nothing
+  // measurable: the layer is well conditioned in its inputs, only the solve is not).
+  for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv, &out.log_decay_kk})
+    if (t->defined()) *t = t->to(solve_type_);
+  return out;
+}
+
+at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
+                            const at::Tensor& x) const {
+  // RMSNorm over each head's D values, times o_norm, then (with use_gate) SiLU(g_proj x). Done
+  // here rather than with gated_rms_norm because that one is fixed to fp32.
+  const at::ScalarType ct = compute_type_;
+  const at::Tensor oc = o.to(ct);
+  at::Tensor y = oc * at::rsqrt(oc.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
+                 to_type(o_norm_, ct);
+  if (prepared.gate.defined()) y = y * at::silu(prepared.gate.to(ct));
+  y = y.reshape({o.size(0), o.size(1), -1}).to(o_proj_.scalar_type());
+  return at::linear(y, o_proj_).to(x.scalar_type());
+}
+
+namespace gka_detail {
+
+at::Tensor recurrent_step(const GkaMixer::Prepared& in, int64_t t, at::Tensor& kk_state,
+                          at::Tensor& kv_state, const SolveOptions& options) {
+  const at::Tensor q = in.q.select(1, t);  // [B,H,D]
+  const at::Tensor k = in.k.select(1, t);
+  const at::Tensor v = in.v.select(1, t);
+  at::Tensor q_tilde = q;
+  if (options.num_iter > 0) {
+    at::Tensor H_prev = kk_state;
+    if (in.log_decay_kk.defined())
+      H_prev = at::exp(in.log_decay_kk.select(1, t)).unsqueeze(-1).unsqueeze(-1) * H_prev;
+    const at::Tensor H = H_prev + k.unsqueeze(-1) * k.unsqueeze(-2);
+    const at::Tensor frob =
+        frobenius_from_square(H.pow(2).sum({-2, -1}), options.bp_lambda).unsqueeze(-1);
+    auto apply_H = [&](const at::Tensor& x) { return at::matmul(H, x.unsqueeze(-1)).squeeze(-1); };
+    const at::Tensor x = chebyshev_iterate(apply_H, q, frob, options.ridge_strength, options.num_iter);
+    q_tilde = alpha_mix(q, x, in.alpha.defined() ? in.alpha.select(1, t) : at::Tensor());
+    kk_state = H;
+  }
+  at::Tensor S_prev = kv_state;
+  if (in.log_decay_kv.defined())
+    S_prev = at::exp(in.log_decay_kv.select(1, t)).unsqueeze(-1).unsqueeze(-1) * S_prev;
+  kv_state = S_prev + k.unsqueeze(-1) * v.unsqueeze(-2);
+  // o = scale * S^T q~: row vector q~ times S.
+  return at::matmul(q_tilde.unsqueeze(-2), kv_state).squeeze(-2) * options.output_scale;
+}
+
+}  // namespace gka_detail
+
+namespace {
+
+gka_detail::SolveOptions solve_options(const GkaConfig& config) {
+  gka_detail::SolveOptions options;
+  options.ridge_strength = config.ridge_strength;
+  options.num_iter = config.num_iter;
+  options.bp_lambda = config.bp_lambda;
+  options.output_scale =
+      config.gla_rescale ? 1.0 / std::sqrt(static_cast<double>(config.head_dim)) : 1.0;
+  return options;
+}
+
+}  // namespace
+
+at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
+  check_input(x);
+  if (cache && x.size(1) == 1) return step(x, *cache);
+  GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
+  std::unique_ptr<LayerCache> fresh;
+  if (!gka_cache) {
+    fresh = make_cache(x.size(0), x.device());
+    gka_cache = static_cast<GkaCache*>(fresh.get());
+  }
+  const Prepared prepared = prepare(x, gka_cache);
+  gka_detail::ChunkedResult result = gka_detail::chunked_core(
+      prepared, to_type(gka_cache->kk_state, solve_type_), to_type(gka_cache->kv_state, solve_type_),
+      config_.chunk_size, solve_options(config_));
+  gka_cache->kk_state = to_type(result.kk_state, compute_type_);
+  gka_cache->kv_state = to_type(result.kv_state, compute_type_);
+  gka_cache->tokens += x.size(1);
+  return finish(result.o, prepared, x);
+}
+
+at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
+  check_input(x);
+  GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
+  std::unique_ptr<LayerCache> fresh;
+  if (!gka_cache) {
+    fresh = make_cache(x.size(0), x.device());
+    gka_cache = static_cast<GkaCache*>(fresh.get());
+  }
+  const Prepared prepared = prepare(x, gka_cache);
+  const gka_detail::SolveOptions options = solve_options(config_);
+  // Within one call the states stay in the solve dtype, as in the chunked form.
+  at::Tensor kk_state = to_type(gka_cache->kk_state, solve_type_);
+  at::Tensor kv_state = to_type(gka_cache->kv_state, solve_type_);
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(x.size(1)));
+  for (int64_t t = 0; t < x.size(1); ++t)
+    outputs.push_back(gka_detail::recurrent_step(prepared, t, kk_state, kv_state, options));
+  gka_cache->kk_state = to_type(kk_state, compute_type_);
+  gka_cache->kv_state = to_type(kv_state, compute_type_);
+  gka_cache->tokens += x.size(1);
+  return finish(at::stack(outputs, 1), prepared, x);
+}
+
+at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
+  check_input(x);
+  PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
+  GkaCache& gka_cache = cast_cache(cache, x.size(0));
+  const Prepared prepared = prepare(x, &gka_cache);
+  at::Tensor kk_state = to_type(gka_cache.kk_state, solve_type_);
+  at::Tensor kv_state = to_type(gka_cache.kv_state, solve_type_);
+  const at::Tensor o =
+      gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve_options(config_));
+  gka_cache.kk_state = to_type(kk_state, compute_type_);
+  gka_cache.kv_state = to_type(kv_state, compute_type_);
+  gka_cache.tokens += 1;
+  return finish(o.unsqueeze(1), prepared, x);
+}
+
+at::Tensor gka_chebyshev_solve(const at::Tensor& H, const at::Tensor& q, double ridge_strength,
+                               int num_iter, bool bp_lambda) {
+  PRIME_CHECK(H.dim() >= 2 && H.size(-1) == H.size(-2) && q.size(-1) == H.size(-1));
+  const at::Tensor Hc = H.to(q.scalar_type());
+  const at::Tensor frob =
+      gka_detail::frobenius_from_square(Hc.pow(2).sum({-2, -1}), bp_lambda).unsqueeze(-1);
+  auto apply_H = [&](const at::Tensor& x) { return at::matmul(Hc, x.unsqueeze(-1)).squeeze(-1); };
+  return gka_detail::chebyshev_iterate(apply_H, q, frob, ridge_strength, num_iter);
+}
+
+}  // namespace prime::model

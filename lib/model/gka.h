@@ -1,0 +1,129 @@
+// Gated KalmaNet (GKA) mixer: online ridge regression over the keys seen so far, in three forms
+// that agree (chunked for training/prefill, per-token recurrence, single-step decode).
+// Math: design/ssm-layers.md ("GKA"); config and tensor names: design/formats.md.
+//
+// Option semantics (matching HMF's GatedKalmaNet, so HMF checkpoints load unchanged):
+//  - use_forgetting_gate=false: no decay at all (e^g = 1 for both H and S); a_proj, A_log and
+//    dt_bias are then unused (HMF still stores them; we accept them if present).
+//  - use_forgetting_gate_kk=false: H (the k k^T state) does not decay, S still does.
+//  - use_beta_gate=false: k and v are not scaled at all (beta = 1 and no +1e-6); no b_proj.
+//  - use_alpha_connection=false: alpha = 1, i.e. q~ = x; no alpha_proj.
+//  - use_v_conv=false: v = v_proj(x) with neither conv nor SiLU; no v_conv1d.
+//  - gla_rescale: the D^-1/2 factor on o = S^T q~ (false: factor 1).
+//  - use_gate=false: plain RMSNorm (weight o_norm, eps norm_eps) with no SiLU gate; no g_proj.
+//  - num_iter=0: no ridge solve (q~ = q); H is then not tracked.
+//  - bp_lambda=true: gradients flow through ||H_t||_F (into lambda and the Chebyshev step
+//    size, i.e. the exact derivative of the computed function); false: ||H_t||_F is treated
+//    as a constant by autograd (HMF then drops the lambda term of its backward).
+//  - Expanded heads H = max(num_q_heads, num_k_heads, num_v_heads); each of q, k, v is
+//    repeat-interleaved to H heads, so every count must divide H.
+//  - Refused with a UserError naming the layer: solver_type other than "chebyshev",
+//    kv_proj_rank non-null, kv_learnable_residual true, unknown keys, bad values.
+//
+// Numerics: projections run in the weight dtype; conv output, L2 norms, gates and the output
+// norm in fp32 (float64 for float64 weights, for gradient checks); o_proj in the weight dtype.
+// States are stored in fp32. The state recurrence and the Chebyshev solve run in float64 by
+// default (solve_dtype): x = (H + lambda I)^-1 q is up to 1/r = 50x larger along H's small
+// eigenvectors than along the directions S^T keeps, so fp32 rounding in the 30 iterations
+// reaches the output amplified ~50x (measured: up to 4e-5 relative error at the first tokens,
+// against ~1e-6 with the float64 solve). set_solve_dtype(at::kFloat) trades that for speed.
+// If ||H_t||_F is exactly 0 (all keys so far are zero) it is floored at 1e-15 so the solve
+// stays finite.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/mixer.h"
+#include "model/weights.h"
+
+namespace prime::model {
+
+struct GkaConfig {
+  int64_t hidden_size = 0;
+  int64_t head_dim = 0;
+  int64_t num_q_heads = 0;
+  int64_t num_k_heads = 0;
+  int64_t num_v_heads = 0;
+  bool use_alpha_connection = true;
+  bool use_v_conv = true;
+  bool use_forgetting_gate = true;
+  bool gla_rescale = true;
+  std::string solver_type = "chebyshev";
+  bool bp_lambda = true;
+  int num_iter = 30;
+  double ridge_strength = 0.02;
+  bool use_gate = true;
+  int64_t conv_size = 4;
+  double norm_eps = 1e-6;
+  bool use_forgetting_gate_kk = true;
+  bool use_beta_gate = true;
+  int64_t chunk_size = 64;
+  // Where the config came from ("layer 3"), used in every error message.
+  std::string layer_desc;
+
+  // Parses formats.md's gka_config. hidden_size, head_dim, num_q_heads are required;
+  // num_k_heads/num_v_heads default to num_q_heads (null too); every other key to HMF's
+  // default. Refuses unknown keys, wrong types and unsupported options (UserError).
+  static GkaConfig from_json(const nlohmann::json& gka_config, const std::string& layer_desc);
+  // Throws a UserError naming layer_desc and the option for any value we cannot honour.
+  void validate() const;
+  int64_t num_heads() const;  // expanded heads H
+};
+
+// Decode state of one GKA layer for a batch. States are fp32 (float64 for float64 weights).
+class GkaCache : public LayerCache {
+ public:
+  at::Tensor conv_q, conv_k, conv_v;  // last conv_size-1 projections [B, C, K-1]; v may be undefined
+  at::Tensor kk_state;                // H = sum of decayed k k^T [B, H, D, D]; undefined if num_iter=0
+  at::Tensor kv_state;                // S = sum of decayed k v^T [B, H, D, D]
+  int64_t tokens = 0;
+
+  int64_t bytes_per_sequence() const override;
+  int64_t length() const override { return tokens; }
+};
+
+class GkaMixer : public SsmMixer {
+ public:
+  // prefix: e.g. "model.layers.3.gka."; weights are taken (shape-checked) from `weights`.
+  GkaMixer(GkaConfig config, const TensorMap& weights, const std::string& prefix);
+
+  std::string symbol() const override { return "GKA"; }
+  std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
+  at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
+  at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
+  at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
+
+  const GkaConfig& config() const { return config_; }
+  // Dtype of the state recurrence and solve (float64 by default; see Numerics above).
+  at::ScalarType solve_dtype() const { return solve_type_; }
+  void set_solve_dtype(at::ScalarType type);
+
+  // The per-token inputs of the state recurrence, in the compute dtype (see gka_core.h).
+  struct Prepared;
+
+ private:
+  Prepared prepare(const at::Tensor& x, GkaCache* cache) const;
+  at::Tensor finish(const at::Tensor& o, const Prepared& prepared, const at::Tensor& x) const;
+  GkaCache& cast_cache(LayerCache& cache, int64_t batch) const;
+  void check_input(const at::Tensor& x) const;
+
+  GkaConfig config_;
+  std::string prefix_;
+  at::ScalarType compute_type_;               // fp32, or float64 for float64 weights
+  at::ScalarType solve_type_ = at::kDouble;    // state recurrence and solve
+  at::Tensor q_proj_, k_proj_, v_proj_, a_proj_, b_proj_, b_bias_, alpha_proj_, alpha_bias_;
+  at::Tensor A_log_, dt_bias_, q_conv_, k_conv_, v_conv_, g_proj_, o_norm_, o_proj_;
+};
+
+// Chebyshev iteration of design/ssm-layers.md step 6 for (H + lambda I) x = q with
+// lambda = ridge_strength * ||H||_F, batched over leading dims: H [..., D, D] symmetric PSD,
+// q [..., D]. Differentiable (through ||H||_F only if bp_lambda). Computes in q's dtype.
+at::Tensor gka_chebyshev_solve(const at::Tensor& H, const at::Tensor& q, double ridge_strength,
+                               int num_iter, bool bp_lambda = true);
+
+}  // namespace prime::model

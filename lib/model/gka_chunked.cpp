@@ -1,0 +1,159 @@
+// The chunked parallel form of GKA (training and prefill).
+//
+// Both states are linear recurrences driven by k alone, so the state at every chunk start
+// is found first by a cheap scan over chunks; then every position of every chunk solves in
+// parallel. Inside a chunk (positions t, j = 0..C-1, G_t = sum of the log decays up to t
+// within the chunk, w_tj = e^{G_t - G_j} for j <= t, H_0 / S_0 the chunk-start states):
+//   H_t x   = e^{G_t} H_0 x + sum_j w_tj k_j (k_j . x)                       ([C,C] matmuls)
+//   ||H_t||^2 = e^{2G_t} ||H_0||^2 + 2 e^{G_t} sum_j w_tj k_j^T H_0 k_j
+//             + sum_{i,j} w_ti w_tj (k_i . k_j)^2
+//   o_t     = scale (e^{G_t} S_0^T q~_t + sum_j w_tj (k_j . q~_t) v_j)
+// Every term of ||H_t||^2 is non-negative (H_0 is PSD), so it has no cancellation in fp32.
+// w_tj comes from a segment sum of the log decays g_{j+1..t}, never from a difference of two
+// cumulative sums (which loses |G| * 2^-24 absolutely) nor from a ratio of exponentials.
+#include <cstdint>
+#include <vector>
+
+#include "model/gka_core.h"
+#include "util/error.h"
+
+namespace prime::model::gka_detail {
+
+namespace {
+
+// Log decays of one state, chunked: per position the decay since the chunk start (e^{G_t})
+// and the intra-chunk weights w_tj (zero above the diagonal).
+struct ChunkDecay {
+  at::Tensor from_start;  // e^{G_t}          [B,H,n,C]
+  at::Tensor weights;     // e^{G_t - G_j}     [B,H,n,C,C], lower triangle incl. diagonal
+  at::Tensor to_end;      // e^{G_{C-1} - G_j} [B,H,n,C] (the last row of weights)
+  at::Tensor whole;       // e^{G_{C-1}}       [B,H,n]
+};
+
+// g [B,H,n,C] or undefined (no decay: every factor is 1).
+ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chunk) {
+  const auto options = like.options();
+  const at::Tensor lower = at::ones({chunk, chunk}, options.dtype(at::kBool)).tril();
+  ChunkDecay out;
+  if (!g.defined()) {
+    const auto sizes = like.sizes();  // [B,H,n,C,D]
+    out.from_start = at::ones({sizes[0], sizes[1], sizes[2], chunk}, options);
+    out.weights = lower.to(like.scalar_type()).expand({sizes[0], sizes[1], sizes[2], chunk, chunk});
+    out.to_end = out.from_start;
+    out.whole = at::ones({sizes[0], sizes[1], sizes[2]}, options);
+    return out;
+  }
+  const at::Tensor cumulative = at::cumsum(g, -1);
+  out.from_start = at::exp(cumulative);
+  out.whole = at::exp(cumulative.select(-1, chunk - 1));
+  // segment[t, j] = sum_{s = j+1..t} g_s: g_s placed at [s, j] for s > j, summed down columns.
+  const at::Tensor strictly_lower = at::ones({chunk, chunk}, options.dtype(at::kBool)).tril(-1);
+  const at::Tensor spread = at::where(strictly_lower, g.unsqueeze(-1), at::zeros({}, options));
+  const at::Tensor segment = at::cumsum(spread, -2);
+  // Above the diagonal segment is 0, so exp gives 1 there before the mask zeroes it.
+  out.weights = at::where(lower, at::exp(segment), at::zeros({}, options));
+  out.to_end = out.weights.select(-2, chunk - 1);
+  return out;
+}
+
+// [B,T,H,...] -> [B,H,n,C,...] with zero padding of T up to n*C.
+at::Tensor to_chunks(const at::Tensor& x, int64_t chunk) {
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
+  const int64_t n = (T + chunk - 1) / chunk;
+  at::Tensor moved = x.movedim(1, 2);  // [B,H,T,...]
+  if (n * chunk != T) {
+    std::vector<int64_t> pad(static_cast<size_t>(2 * (x.dim() - 2)), 0);
+    pad.back() = n * chunk - T;  // pad the T axis (the first padded dim is listed last)
+    moved = at::constant_pad_nd(moved, pad);
+  }
+  std::vector<int64_t> sizes = {B, H, n, chunk};
+  for (int64_t dim = 3; dim < x.dim(); ++dim) sizes.push_back(x.size(dim));
+  return moved.reshape(sizes);
+}
+
+// The state at the start of every chunk, [B,H,n,D,D], and the final state, given each chunk's
+// own contribution [B,H,n,D,D] and whole-chunk decay [B,H,n].
+std::pair<at::Tensor, at::Tensor> scan_chunk_starts(const at::Tensor& initial,
+                                                    const at::Tensor& contribution,
+                                                    const at::Tensor& whole_decay) {
+  const int64_t n = contribution.size(2);
+  std::vector<at::Tensor> starts;
+  starts.reserve(static_cast<size_t>(n));
+  at::Tensor state = initial;
+  for (int64_t c = 0; c < n; ++c) {
+    starts.push_back(state);
+    state = whole_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) * state + contribution.select(2, c);
+  }
+  return {at::stack(starts, 2), state};
+}
+
+}  // namespace
+
+ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
+                           const at::Tensor& kv_state, int64_t chunk_size,
+                           const SolveOptions& options) {
+  const int64_t T = in.q.size(1);
+  PRIME_CHECK(T > 0 && chunk_size > 0);
+  // A chunk longer than the sequence only costs padding.
+  const int64_t C = std::min(chunk_size, T);
+  const at::Tensor Q = to_chunks(in.q, C);  // [B,H,n,C,D]
+  const at::Tensor K = to_chunks(in.k, C);
+  const at::Tensor V = to_chunks(in.v, C);
+  const at::Tensor Kt = K.transpose(-1, -2);
+  const ChunkDecay decay_kv =
+      chunk_decay(in.log_decay_kv.defined() ? to_chunks(in.log_decay_kv, C) : at::Tensor(), K, C);
+
+  ChunkedResult result;
+  at::Tensor Q_tilde = Q;
+  if (options.num_iter > 0) {
+    PRIME_CHECK(kk_state.defined(), "GKA chunked form needs an H state when solving");
+    const bool shared_decay = in.log_decay_kk.defined() && in.log_decay_kk.is_same(in.log_decay_kv);
+    const ChunkDecay decay_kk =
+        shared_decay ? decay_kv
+                     : chunk_decay(in.log_decay_kk.defined() ? to_chunks(in.log_decay_kk, C)
+                                                             : at::Tensor(),
+                                   K, C);
+    // Chunk-start H for every chunk, then the final H.
+    const at::Tensor contribution = at::matmul(Kt * decay_kk.to_end.unsqueeze(-2), K);
+    const auto H_scan = scan_chunk_starts(kk_state, contribution, decay_kk.whole);
+    const at::Tensor& H0 = H_scan.first;  // [B,H,n,D,D]
+    result.kk_state = H_scan.second;
+
+    const at::Tensor& W = decay_kk.weights;                  // [B,H,n,C,C]
+    const at::Tensor e_start = decay_kk.from_start.unsqueeze(-1);  // [B,H,n,C,1]
+    // ||H_t||_F^2, all parts non-negative.
+    const at::Tensor gram = at::matmul(K, Kt);               // k_i . k_j
+    const at::Tensor H0_norm2 = H0.pow(2).sum({-2, -1}).unsqueeze(-1).unsqueeze(-1);  // [B,H,n,1,1]
+    const at::Tensor kHk = (at::matmul(K, H0) * K).sum(-1, /*keepdim=*/true);   // [B,H,n,C,1]
+    const at::Tensor cross = at::matmul(W, kHk);                                // [B,H,n,C,1]
+    const at::Tensor intra = (at::matmul(W, gram.pow(2)) * W).sum(-1, /*keepdim=*/true);
+    const at::Tensor frob_square =
+        e_start.pow(2) * H0_norm2 + 2.0 * e_start * cross + intra;
+    const at::Tensor frob = frobenius_from_square(frob_square, options.bp_lambda);  // [..,C,1]
+
+    // H_t x_t for all positions at once (H_0 is symmetric, so x H_0 = (H_0 x)^T).
+    auto apply_H = [&](const at::Tensor& X) {
+      return e_start * at::matmul(X, H0) + at::matmul(W * at::matmul(X, Kt), K);
+    };
+    const at::Tensor X = chebyshev_iterate(apply_H, Q, frob, options.ridge_strength, options.num_iter);
+    Q_tilde = alpha_mix(Q, X, in.alpha.defined() ? to_chunks(in.alpha, C) : at::Tensor());
+  }
+
+  // Gated linear attention on q~.
+  const at::Tensor contribution_kv = at::matmul(Kt * decay_kv.to_end.unsqueeze(-2), V);
+  const auto S_scan = scan_chunk_starts(kv_state, contribution_kv, decay_kv.whole);
+  const at::Tensor& S0 = S_scan.first;
+  result.kv_state = S_scan.second;
+  const at::Tensor o_chunks =
+      (decay_kv.from_start.unsqueeze(-1) * at::matmul(Q_tilde, S0) +
+       at::matmul(decay_kv.weights * at::matmul(Q_tilde, Kt), V)) *
+      options.output_scale;
+  // [B,H,n,C,D] -> [B,T,H,D]
+  const auto sizes = o_chunks.sizes();
+  result.o = o_chunks.reshape({sizes[0], sizes[1], sizes[2] * sizes[3], sizes[4]})
+                 .narrow(2, 0, T)
+                 .movedim(2, 1);
+  return result;
+}
+
+}  // namespace prime::model::gka_detail

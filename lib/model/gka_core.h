@@ -1,0 +1,88 @@
+// Internals of the GKA mixer shared by gka.cpp (recurrent and step forms) and gka_chunked.cpp
+// (chunked form): the prepared per-token inputs, the Chebyshev iteration and the state cores.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "model/gka.h"
+
+namespace prime::model {
+
+// Per-token inputs of the GKA state recurrence, [B, T, H, ...] in the compute dtype.
+struct GkaMixer::Prepared {
+  at::Tensor q, k, v;       // [B,T,H,D]: q, k L2-normalised; k, v scaled by (beta + 1e-6)
+  at::Tensor alpha;         // [B,T,H]; undefined: alpha = 1
+  at::Tensor log_decay_kv;  // [B,T,H] log decay of S; undefined: no decay
+  at::Tensor log_decay_kk;  // [B,T,H] log decay of H; undefined: no decay
+  at::Tensor gate;          // [B,T,H,D] output gate pre-activation; undefined: no gate
+};
+
+namespace gka_detail {
+
+struct SolveOptions {
+  double ridge_strength = 0.02;
+  int num_iter = 30;  // 0: no solve, q~ = q
+  bool bp_lambda = true;
+  double output_scale = 1.0;  // D^-1/2 with gla_rescale
+};
+
+// ||H||_F from ||H||_F^2 (which the chunked form assembles from parts, so it may come out a
+// hair below 0 or exactly 0): floored at 1e-15 so eta = 2/(2 lambda + f) stays finite, and
+// with a zero gradient where floored. Detached unless bp_lambda.
+inline at::Tensor frobenius_from_square(const at::Tensor& square, bool bp_lambda) {
+  at::Tensor frob = at::sqrt(at::clamp_min(square, 1e-30));
+  return bp_lambda ? frob : frob.detach();
+}
+
+// Chebyshev iteration of design/ssm-layers.md step 6 for (H + lambda I) x = q on the spectrum
+// [lambda, lambda + f], lambda = r f. apply_H(x) returns H x for x shaped like q; frob is f,
+// broadcastable against q (trailing dim 1). Since lambda is proportional to f, c and hence the
+// omega sequence are the same scalars for every position; only eta and lambda vary.
+template <typename ApplyH>
+at::Tensor chebyshev_iterate(const ApplyH& apply_H, const at::Tensor& q, const at::Tensor& frob,
+                             double ridge_strength, int num_iter) {
+  const at::Tensor lambda = frob * ridge_strength;
+  const at::Tensor eta = 2.0 / (2.0 * lambda + frob);
+  const double spread = 1.0 / (2.0 * (2.0 * ridge_strength + 1.0));  // f / (2 (2 lambda + f))
+  const double c = spread * spread;
+  at::Tensor x = eta * q;
+  at::Tensor x_prev;  // undefined: zero, the first step has no momentum term
+  double omega = 2.0;
+  for (int iteration = 0; iteration < num_iter; ++iteration) {
+    omega = 1.0 / (1.0 - c * omega);
+    const at::Tensor residual = apply_H(x) + lambda * x - q;
+    at::Tensor x_next = omega * (x - eta * residual);
+    if (x_prev.defined()) x_next = x_next + (1.0 - omega) * x_prev;
+    x_prev = x;
+    x = x_next;
+  }
+  return x;
+}
+
+// q~ = q + alpha (x - q), alpha undefined meaning 1. Shapes [..., H, D] and [..., H].
+inline at::Tensor alpha_mix(const at::Tensor& q, const at::Tensor& x, const at::Tensor& alpha) {
+  if (!alpha.defined()) return x;
+  return q + alpha.unsqueeze(-1) * (x - q);
+}
+
+// One token (index t of `in`) of the recurrence: updates kk_state (if num_iter > 0) and
+// kv_state [B,H,D,D] out of place and returns o [B,H,D] before the output norm.
+at::Tensor recurrent_step(const GkaMixer::Prepared& in, int64_t t, at::Tensor& kk_state,
+                          at::Tensor& kv_state, const SolveOptions& options);
+
+struct ChunkedResult {
+  at::Tensor o;         // [B,T,H,D] before the output norm
+  at::Tensor kk_state;  // final H [B,H,D,D] (undefined if num_iter == 0)
+  at::Tensor kv_state;  // final S [B,H,D,D]
+};
+
+// The chunked parallel form over all T tokens of `in`, starting from kk_state / kv_state
+// (kk_state may be undefined when num_iter == 0). Differentiable: no in-place ops.
+ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
+                           const at::Tensor& kv_state, int64_t chunk_size,
+                           const SolveOptions& options);
+
+}  // namespace gka_detail
+}  // namespace prime::model
