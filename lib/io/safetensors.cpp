@@ -80,6 +80,7 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const TensorInfo* info = find(name);
   if (info == nullptr) throw user_error("missing tensor ", name, " in ", path_.string());
   const auto options = at::TensorOptions().dtype(to_scalar_type(info->dtype));
+  if (info->nbytes() == 0) return at::empty(info->shape, options);
   const char* data = mapping_->base + data_start_ + info->begin;
   if (reinterpret_cast<uintptr_t>(data) % dtype_size(info->dtype) != 0) {
     // Kernels may assume natural alignment; files from other writers need not provide it.
