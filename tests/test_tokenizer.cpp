@@ -9,6 +9,7 @@
 
 #include "io/tokenizer.h"
 #include "io/tokenizer_bench.h"
+#include "io/tokenizer_regex.h"
 
 using prime::io::Tokenizer;
 
@@ -192,4 +193,17 @@ TEST_CASE("tokenizer survives long runs of one character class", "[tokenizer]") 
       CHECK(tokenizer.decode(tokenizer.encode(text)) == text);
     }
   }
+}
+
+TEST_CASE("tokenizer regexes use Oniguruma's \\s", "[tokenizer]") {
+  using prime::io::detail::oniguruma_compatible;
+  CHECK(oniguruma_compatible(R"(\s+(?!\S))") == R"([\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}]))");
+  CHECK(oniguruma_compatible(R"( ?[^\s\p{L}\p{N}]+)") == R"( ?[^\t-\r\x{85}\p{Z}\p{L}\p{N}]+)");
+  // Escaped backslashes, quoted text, a leading ']' and POSIX classes stay as they are.
+  CHECK(oniguruma_compatible(R"([]\s][[:alpha:]\s]\\s\Q\s\E)") ==
+        R"([]\t-\r\x{85}\p{Z}][[:alpha:]\t-\r\x{85}\p{Z}]\\s\Q\s\E)");
+  const prime::io::detail::SplitRegex gpt2(prime::io::kGpt2SplitRegex, false);
+  std::vector<std::string> pieces;
+  gpt2.for_each_piece("a \u180e\u180eb", [&](std::string_view piece) { pieces.emplace_back(piece); });
+  CHECK(pieces == std::vector<std::string>{"a", " \u180e\u180e", "b"});
 }

@@ -8,6 +8,9 @@
 
 namespace prime::io::detail {
 
+// `pattern` with \s and \S spelled out as Oniguruma (HF's regex engine) defines them.
+std::string oniguruma_compatible(const std::string& pattern);
+
 class SplitRegex {
  public:
   // `literal`: match `pattern` verbatim (HF Split with a "String" pattern). Throws UserError
