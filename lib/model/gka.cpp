@@ -132,10 +132,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
   if (config_.use_alpha_connection)
     out.alpha = at::sigmoid(at::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
   if (config_.use_forgetting_gate) {
-    // log_decay in ssm_common always computes in fp32; here float64 weights stay float64 so
-    // the gradient check is not limited by fp32 rounding. Same formula.
-    const at::Tensor a = at::linear(xc, to_type(a_proj_, ct));
-    out.log_decay_kv = -at::exp(to_type(A_log_, ct)) * at::softplus(a + to_type(dt_bias_, ct));
+    out.log_decay_kv = log_decay(at::linear(xc, to_type(a_proj_, ct)), A_log_, dt_bias_);
     if (config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
   }
   if (config_.use_gate) out.gate = at::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
@@ -148,13 +145,15 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
 
 at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
                             const at::Tensor& x) const {
-  // RMSNorm over each head's D values, times o_norm, then (with use_gate) SiLU(g_proj x). Done
-  // here rather than with gated_rms_norm because that one is fixed to fp32.
-  const at::ScalarType ct = compute_type_;
-  const at::Tensor oc = o.to(ct);
-  at::Tensor y = oc * at::rsqrt(oc.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
-                 to_type(o_norm_, ct);
-  if (prepared.gate.defined()) y = y * at::silu(prepared.gate.to(ct));
+  // RMSNorm over each head's D values times o_norm, then (use_gate) times SiLU(g_proj x).
+  const at::Tensor oc = o.to(compute_type_);
+  at::Tensor y;
+  if (prepared.gate.defined()) {
+    y = gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps);
+  } else {
+    y = oc * at::rsqrt(oc.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
+        to_type(o_norm_, compute_type_);
+  }
   y = y.reshape({o.size(0), o.size(1), -1}).to(o_proj_.scalar_type());
   return at::linear(y, o_proj_).to(x.scalar_type());
 }
