@@ -136,6 +136,29 @@ TEST_CASE("GKA weights: shapes are checked by name, optional tensors follow the 
                     Contains("model.layers.3.gka.") && Contains("[1, 4, 31]"));
 }
 
+TEST_CASE("GKA edge inputs: all-zero tokens (H = 0), empty sequences", "[gka]") {
+  // Zero rows (e.g. padding) give k = q = 0, so H_t = 0 and ||H||_F = 0 until the first real
+  // token: the floor on ||H||_F keeps everything finite, forms still agree, gradients finite.
+  const Shape shape{32, 8, 4, 2};
+  const model::GkaConfig config = make_config(shape, {{"chunk_size", 8}});
+  model::TensorMap w = random_weights(config, 75);
+  at::Tensor x = random_input(2, 20, 32, 76);
+  x = at::cat({at::zeros({2, 5, 32}, at::kDouble), x}, 1);
+  model::GkaMixer mixer32(config, cast_weights(w, at::kFloat), kPrefix);
+  const at::Tensor chunked = mixer32.forward(x.to(at::kFloat), nullptr);
+  CHECK(at::isfinite(chunked).all().item<bool>());
+  CHECK(chunked.narrow(1, 0, 5).abs().max().item<double>() == 0.0);
+  CHECK(rel_error(chunked, mixer32.forward_recurrent(x.to(at::kFloat), nullptr)) <= 1e-5);
+  at::Tensor k_proj = w.at(kPrefix + "k_proj.weight").requires_grad_(true);
+  model::GkaMixer mixer64(config, w, kPrefix);
+  const at::Tensor grad =
+      torch::autograd::grad({mixer64.forward(x, nullptr).pow(2).sum()}, {k_proj})[0];
+  CHECK(at::isfinite(grad).all().item<bool>());
+  auto cache = mixer32.make_cache(2, at::kCPU);
+  CHECK(mixer32.forward(at::zeros({2, 0, 32}), cache.get()).size(1) == 0);
+  CHECK(cache->length() == 0);
+}
+
 TEST_CASE("GKA GQA: expanded head e reads kv head floor(e / G)", "[gka]") {
   // A GQA layer equals an MHA layer whose k/v weights repeat each kv head's block G times in
   // place (head-level repeat-interleave).

@@ -30,6 +30,7 @@ int64_t GkaCache::bytes_per_sequence() const {
 
 GkaMixer::GkaMixer(GkaConfig config, const TensorMap& weights, const std::string& prefix)
     : config_(std::move(config)), prefix_(prefix) {
+  if (config_.layer_desc.empty()) config_.layer_desc = prefix;
   config_.validate();
   const int64_t d = config_.hidden_size, D = config_.head_dim, H = config_.num_heads();
   const int64_t K = config_.conv_size;
@@ -108,19 +109,22 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
     return at::silu(causal_conv(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(),
                                 state));
   };
-  // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads.
-  auto heads = [&](const at::Tensor& flat, int64_t count) {
-    return expand_heads(flat.to(ct).reshape({B, T, count, D}), H / count);
+  // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads (q and k
+  // L2-normalised before the expansion: same values, G times less work).
+  auto heads = [&](const at::Tensor& flat, int64_t count, bool normalize) {
+    at::Tensor per_head = flat.to(ct).reshape({B, T, count, D});
+    if (normalize) per_head = l2_normalize(per_head, 1e-6);
+    return expand_heads(per_head, H / count);
   };
   Prepared out;
-  out.q = heads(conv_silu(q_proj_, q_conv_, cache ? &cache->conv_q : nullptr), config_.num_q_heads);
-  out.k = heads(conv_silu(k_proj_, k_conv_, cache ? &cache->conv_k : nullptr), config_.num_k_heads);
+  out.q = heads(conv_silu(q_proj_, q_conv_, cache ? &cache->conv_q : nullptr),
+                config_.num_q_heads, true);
+  out.k = heads(conv_silu(k_proj_, k_conv_, cache ? &cache->conv_k : nullptr),
+                config_.num_k_heads, true);
   const at::Tensor v_flat = config_.use_v_conv
       ? conv_silu(v_proj_, v_conv_, cache ? &cache->conv_v : nullptr)
       : at::linear(xw, v_proj_.to(xw.scalar_type()));
-  out.v = heads(v_flat, config_.num_v_heads);
-  out.q = l2_normalize(out.q, 1e-6);
-  out.k = l2_normalize(out.k, 1e-6);
+  out.v = heads(v_flat, config_.num_v_heads, false);
   // Per-head gates from x in the compute dtype (small matmuls; keeps the gates exact in fp32).
   const at::Tensor xc = x.to(ct);
   if (config_.use_beta_gate) {
@@ -131,15 +135,15 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
   }
   if (config_.use_alpha_connection)
     out.alpha = at::sigmoid(at::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
-  if (config_.use_forgetting_gate) {
+  if (config_.use_forgetting_gate)
     out.log_decay_kv = log_decay(at::linear(xc, to_type(a_proj_, ct)), A_log_, dt_bias_);
-    if (config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
-  }
   if (config_.use_gate) out.gate = at::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
   // The recurrence inputs move to the solve dtype (rounding them to fp32 first costs nothing
   // measurable: the layer is well conditioned in its inputs, only the solve is not).
-  for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv, &out.log_decay_kk})
+  for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv})
     if (t->defined()) *t = t->to(solve_type_);
+  // The same tensor object, so the chunked form computes the decay weights once.
+  if (config_.use_forgetting_gate && config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
   return out;
 }
 
@@ -204,6 +208,7 @@ gka_detail::SolveOptions solve_options(const GkaConfig& config) {
 
 at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
   check_input(x);
+  if (x.size(1) == 0) return at::zeros_like(x);  // nothing to mix; the cache is untouched
   if (cache && x.size(1) == 1) return step(x, *cache);
   GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
   std::unique_ptr<LayerCache> fresh;
@@ -223,6 +228,7 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
 
 at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
   check_input(x);
+  if (x.size(1) == 0) return at::zeros_like(x);
   GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
   std::unique_ptr<LayerCache> fresh;
   if (!gka_cache) {
