@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <queue>
-#include <unordered_map>
 
 #include "util/error.h"
 
@@ -78,53 +76,11 @@ std::optional<int32_t> BytesIdMap::find(std::string_view key) const {
   return std::nullopt;
 }
 
-// Words seen before, shared by all threads. Sharded so that parallel encoders rarely wait on
-// one another; a full shard is simply emptied (text has a small working set of words).
-class BpeModel::WordCache {
- public:
-  static constexpr size_t kShards = 64;
-  static constexpr size_t kEntriesPerShard = 4096;
-  static constexpr size_t kMaxWordBytes = 256;  // longer words are rare; HF skips them too
-
-  bool find(std::string_view word, uint64_t hash, std::vector<int32_t>& out) {
-    Shard& shard = shards_[hash % kShards];
-    std::lock_guard<std::mutex> lock(shard.mutex);
-    auto found = shard.map.find(Key{std::string(word), hash});
-    if (found == shard.map.end()) return false;
-    out.insert(out.end(), found->second.begin(), found->second.end());
-    return true;
-  }
-
-  void insert(std::string_view word, uint64_t hash, const int32_t* ids, size_t count) {
-    if (word.size() > kMaxWordBytes) return;
-    Shard& shard = shards_[hash % kShards];
-    std::lock_guard<std::mutex> lock(shard.mutex);
-    if (shard.map.size() >= kEntriesPerShard) shard.map.clear();
-    shard.map.emplace(Key{std::string(word), hash}, std::vector<int32_t>(ids, ids + count));
-  }
-
- private:
-  struct Key {
-    std::string bytes;
-    uint64_t hash;
-    bool operator==(const Key& other) const { return bytes == other.bytes; }
-  };
-  struct KeyHash {
-    size_t operator()(const Key& key) const { return static_cast<size_t>(key.hash >> 6); }
-  };
-  struct Shard {
-    std::mutex mutex;
-    std::unordered_map<Key, std::vector<int32_t>, KeyHash> map;
-  };
-  std::array<Shard, kShards> shards_;
-};
-
 BpeModel::BpeModel(const std::array<int32_t, 256>& byte_ids, const std::vector<BpeMerge>& merges,
                    BytesIdMap whole_words, BpeOptions options)
     : byte_ids_(byte_ids),
       whole_words_(std::move(whole_words)),
-      options_(options),
-      cache_(std::make_unique<WordCache>()) {
+      options_(options) {
   size_t capacity = 16;
   while (capacity < merges.size() * 2) capacity *= 2;
   pairs_.assign(capacity, PairEntry{});
@@ -162,10 +118,11 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
     return;
   }
   const uint64_t hash = hash_bytes(word);
-  if (cache_->find(word, hash, out)) return;
+  LocalWordCache& cache = cache_.local();
+  if (cache.find(word, hash, out)) return;
   const size_t first = out.size();
   merge_word(word, out);
-  cache_->insert(word, hash, out.data() + first, out.size() - first);
+  cache.insert(word, hash, out.data() + first, out.size() - first);
 }
 
 void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) const {

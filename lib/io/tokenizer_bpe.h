@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "io/tokenizer_cache.h"
+
 namespace prime::io::detail {
 
 // Open-addressing map from byte strings to ids. Keys are copied into one arena, so lookups by
@@ -74,8 +76,7 @@ class BpeModel {
   uint64_t pair_mask_ = 0;
   BytesIdMap whole_words_;
   BpeOptions options_;
-  class WordCache;
-  std::unique_ptr<WordCache> cache_;
+  WordCacheOwner cache_;
 };
 
 }  // namespace prime::io::detail
