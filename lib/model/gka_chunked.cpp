@@ -133,7 +133,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
 
     // H_t x_t for all positions at once (H_0 is symmetric, so x H_0 = (H_0 x)^T).
     auto apply_H = [&](const at::Tensor& X) {
-      return e_start * at::matmul(X, H0) + at::matmul(W * at::matmul(X, Kt), K);
+      return at::addcmul(at::matmul(W * at::matmul(X, Kt), K), e_start, at::matmul(X, H0));
     };
     const at::Tensor X = chebyshev_iterate(apply_H, Q, frob, options.ridge_strength, options.num_iter);
     Q_tilde = alpha_mix(Q, X, in.alpha.defined() ? to_chunks(in.alpha, C) : at::Tensor());

@@ -47,16 +47,19 @@ at::Tensor chebyshev_iterate(const ApplyH& apply_H, const at::Tensor& q, const a
   const at::Tensor eta = 2.0 / (2.0 * lambda + frob);
   const double spread = 1.0 / (2.0 * (2.0 * ridge_strength + 1.0));  // f / (2 (2 lambda + f))
   const double c = spread * spread;
-  at::Tensor x = eta * q;
+  const at::Tensor eta_q = eta * q;
+  const at::Tensor one_minus_eta_lambda = 1.0 - eta * lambda;  // per position, small
+  at::Tensor x = eta_q;
   at::Tensor x_prev;  // undefined: zero, the first step has no momentum term
   double omega = 2.0;
   for (int iteration = 0; iteration < num_iter; ++iteration) {
     omega = 1.0 / (1.0 - c * omega);
-    const at::Tensor residual = apply_H(x) + lambda * x - q;
-    at::Tensor x_next = omega * (x - eta * residual);
-    if (x_prev.defined()) x_next = x_next + (1.0 - omega) * x_prev;
+    // x' = omega (x - eta ((H + lambda) x - q)) + (1 - omega) x_prev, regrouped as
+    //    = [omega eta q + (1 - omega) x_prev] + omega (1 - eta lambda) x - omega eta H x
+    // so that each full-size tensor is touched by one fused op (lerp / addcmul) instead of ~8.
+    const at::Tensor base = x_prev.defined() ? at::lerp(x_prev, eta_q, omega) : eta_q * omega;
     x_prev = x;
-    x = x_next;
+    x = at::addcmul(at::addcmul(base, one_minus_eta_lambda * omega, x), eta * omega, apply_H(x), -1.0);
   }
   return x;
 }
