@@ -120,7 +120,13 @@ void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> 
   }
   by_name_.emplace(name, declared_.size());
   total_bytes_ += nbytes;
-  declared_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(produce)});
+  declared_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(produce), {}});
+}
+
+void SafetensorsWriter::add_stream(std::string name, DType dtype, std::vector<int64_t> shape,
+                                   std::function<void(const ByteSink&)> stream) {
+  add(std::move(name), dtype, std::move(shape), {});
+  declared_.back().stream = std::move(stream);
 }
 
 std::vector<std::vector<size_t>> SafetensorsWriter::plan_shards() const {
@@ -190,6 +196,22 @@ void SafetensorsWriter::write(const std::function<void(const WriteProgress&)>& p
     out.append(header_text.data(), header_text.size());
     for (size_t position : shards[shard]) {
       Declared& tensor = declared_[position];
+      if (tensor.stream) {
+        uint64_t passed = 0;
+        tensor.stream([&](const void* data, size_t size) {
+          if (passed + size > tensor.nbytes)
+            throw internal_error("stream of ", tensor.name, " passed more than its ", tensor.nbytes, " bytes");
+          if (size > 0) out.append(data, size);
+          passed += size;
+        });
+        tensor.stream = nullptr;
+        if (passed != tensor.nbytes)
+          throw internal_error("stream of ", tensor.name, " passed ", passed, " of its ", tensor.nbytes, " bytes");
+        done.tensors_done += 1;
+        done.bytes_done += tensor.nbytes;
+        if (progress) progress(done);
+        continue;
+      }
       at::Tensor produced = tensor.produce();
       tensor.produce = nullptr;  // drop whatever the producer captured as soon as possible
       if (!produced.defined()) throw internal_error("producer of ", tensor.name, " returned no tensor");

@@ -38,6 +38,14 @@ class SafetensorsWriter {
   void add(std::string name, DType dtype, std::vector<int64_t> shape,
            std::function<at::Tensor()> produce);
 
+  // Receives a tensor's bytes in order, in pieces of any size.
+  using ByteSink = std::function<void(const void* data, size_t size)>;
+  // Like add(), for data that arrives in pieces (e.g. copied from another file through a small
+  // buffer), so that no whole tensor is ever resident: `stream(sink)` runs once, during write(),
+  // and must pass exactly the declared byte count to `sink` (InternalError otherwise).
+  void add_stream(std::string name, DType dtype, std::vector<int64_t> shape,
+                  std::function<void(const ByteSink&)> stream);
+
   // Shards in declaration order, starting a new one when the next tensor would exceed
   // max_shard_bytes. Within a shard, tensors are laid out (and produced) by decreasing element
   // size, stably, so that every tensor is aligned; with one dtype that is declaration order. One shard: model.safetensors. Several: model-00001-of-0000N.safetensors
@@ -57,6 +65,7 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     uint64_t nbytes;
     std::function<at::Tensor()> produce;
+    std::function<void(const ByteSink&)> stream;  // instead of produce, see add_stream
   };
   std::vector<std::vector<size_t>> plan_shards() const;
   std::string shard_name(size_t shard, size_t shard_count) const;
