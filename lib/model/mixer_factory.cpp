@@ -2,6 +2,7 @@
 #include "io/architecture.h"
 #include "model/attention.h"
 #include "model/gdn.h"
+#include "model/gka.h"
 #include "model/mamba2.h"
 #include "model/hybrid_model.h"
 #include "util/error.h"
@@ -34,6 +35,9 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
       throw user_error(where, ": config.json has no ", key, " for this layer type");
     return *found;
   };
+  if (symbol == "GKA")
+    return std::make_unique<GkaMixer>(GkaConfig::from_json(sub_config("gka_config"), where), weights,
+                                      layer_prefix + "gka.");
   if (symbol == "GDN")
     return std::make_unique<GdnMixer>(GdnConfig::from_json(sub_config("gdn_config"), where), weights,
                                       layer_prefix + "gdn.");
