@@ -6,6 +6,8 @@
 #include <iomanip>
 #include <sstream>
 
+#include "eval/decode_bench.h"
+#include "eval/json_output.h"
 #include "eval/ssm_bench.h"
 #include "io/tokenizer.h"
 #include "io/tokenizer_bench.h"
@@ -84,6 +86,47 @@ void run_ssm(SsmOptions& options) {
               << "\n";
 }
 
+struct DecodeOptions {
+  prime::eval::DecodeBenchOptions bench;
+  std::vector<std::string> models;
+  std::string device = "auto";
+  std::string dtype = "bf16";
+  std::string json;
+};
+
+void add_decode_command(CLI::App& app, DecodeOptions& options) {
+  CLI::App* command = app.add_subcommand(
+      "decode", "prefill P tokens, decode N for batch B: tok/s, cache bytes per sequence, HBM traffic floor");
+  command->add_option("--model", options.models, "model specs, benched in turn; ratios are vs the first (repeatable)")
+      ->required()->group("Inputs");
+  command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')->group("Shape");
+  command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
+  command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")->group("Shape");
+  command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");
+  command->add_option("--prefill-tokens", options.bench.prefill_tokens, "max B x T per prefill forward (default 8192)")
+      ->group("Measurement");
+  command->add_option("--hbm-gbps", options.bench.hbm_gbps, "HBM bandwidth for the floor, GB/s (default 4800, H200)")
+      ->group("Measurement");
+  command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
+  command->add_option("--dtype", options.dtype, "weights dtype (default bf16)")->group("Measurement");
+  command->add_option("--json", options.json, "also write the rows to this JSON file")->group("Output");
+}
+
+void run_decode(DecodeOptions& options) {
+  const prime::model::LoadOptions load{prime::parse_device(options.device), prime::parse_dtype_flag(options.dtype)};
+  std::vector<prime::eval::DecodeBenchRow> rows;
+  for (const auto& spec : options.models) {
+    // One model in memory at a time.
+    auto bench = prime::eval::load_bench_model(spec, load);
+    std::cerr << spec << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
+              << " GB of weights read per step\n";
+    for (auto& row : prime::eval::run_decode_bench(bench, options.bench)) rows.push_back(std::move(row));
+  }
+  std::cout << "device " << load.device << ", weights " << options.dtype << "\n";
+  prime::eval::print_decode_table(rows, options.bench, std::cout);
+  if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -93,9 +136,12 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, tokenizer_options);
   SsmOptions ssm_options;
   add_ssm_command(app, ssm_options);
+  DecodeOptions decode_options;
+  add_decode_command(app, decode_options);
   CLI11_PARSE(app, argc, argv);
   return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
     if (app.got_subcommand("ssm")) run_ssm(ssm_options);
+    if (app.got_subcommand("decode")) run_decode(decode_options);
   });
 }

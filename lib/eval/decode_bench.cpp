@@ -1,0 +1,187 @@
+#include "eval/decode_bench.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iomanip>
+#include <map>
+
+#include "io/architecture.h"
+#include "io/source.h"
+#include "model/attention.h"
+#include "util/error.h"
+
+namespace prime::eval {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+struct CacheBytes {
+  int64_t kv = 0, state = 0;
+};
+
+// KV caches grow with the context; everything else (SSM conv + recurrent state) is fixed size.
+CacheBytes cache_bytes(const model::ModelCache& cache) {
+  CacheBytes bytes;
+  for (const auto& layer : cache.layers) {
+    if (dynamic_cast<const model::KvCache*>(layer.get())) bytes.kv += layer->bytes_per_sequence();
+    else bytes.state += layer->bytes_per_sequence();
+  }
+  return bytes;
+}
+
+std::string mib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f", bytes / (1024.0 * 1024.0));
+  return text;
+}
+
+}  // namespace
+
+BenchModel make_bench_model(std::string name, const io::ModelConfig& config, const model::TensorMap& weights) {
+  BenchModel bench;
+  bench.spec = std::move(name);
+  const auto& arch = io::find_architecture(config.model_type, config.architecture, bench.spec);
+  int64_t embed_bytes = 0;
+  for (const auto& [tensor_name, tensor] : weights) {
+    const auto bytes = static_cast<int64_t>(tensor.numel() * tensor.element_size());
+    bench.weight_bytes_per_step += bytes;
+    bench.parameters += tensor.numel();
+    if (tensor_name == arch.name("embed_tokens")) embed_bytes = bytes;
+  }
+  if (!config.tie_word_embeddings) bench.weight_bytes_per_step -= embed_bytes;
+  bench.model = std::make_unique<model::HybridModel>(config, weights);
+  return bench;
+}
+
+BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options) {
+  const io::Source source = io::resolve_source(spec);
+  return make_bench_model(spec, source.config, model::prepare_weights(io::load_source_weights(source), options));
+}
+
+DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const DecodeBenchOptions& options) {
+  if (batch < 1 || prompt < 1 || options.new_tokens < 1)
+    throw user_error("decode bench needs batch, prompt and new tokens >= 1");
+  model::HybridModel& model = *bench.model;
+  DecodeBenchRow row;
+  row.model = bench.spec;
+  row.batch = batch;
+  row.prompt = prompt;
+  row.new_tokens = options.new_tokens;
+  at::NoGradGuard no_grad;
+  try {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed + 1000003 * batch + prompt);
+    const at::Tensor prompt_ids =
+        at::randint(model.config().vocab_size, {batch, prompt}, generator, at::TensorOptions().dtype(at::kLong))
+            .to(model.device());
+    model::ModelCache cache = model.make_cache(batch);
+    // Prefill in chunks so the [B, T, vocab] logits stay bounded; only the last position matters.
+    const int64_t chunk = std::max<int64_t>(1, options.prefill_tokens / batch);
+    auto start = Clock::now();
+    at::Tensor last;
+    for (int64_t begin = 0; begin < prompt; begin += chunk) {
+      const int64_t length = std::min(chunk, prompt - begin);
+      last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
+    }
+    at::Tensor next = last.argmax(-1, /*keepdim=*/true);
+    next.cpu();  // waits for the device
+    row.prefill_seconds = since(start);
+    const CacheBytes after_prefill = cache_bytes(cache);
+
+    for (int64_t step = 0; step < options.warmup; ++step) next = model.forward(next, &cache).select(1, 0).argmax(-1, true);
+    next.cpu();
+    start = Clock::now();
+    for (int64_t step = 0; step < options.new_tokens; ++step)
+      next = model.forward(next, &cache).select(1, 0).argmax(-1, true);
+    next.cpu();
+    row.decode_seconds = since(start);
+
+    const CacheBytes at_end = cache_bytes(cache);
+    row.kv_bytes_per_sequence = at_end.kv;
+    row.state_bytes_per_sequence = at_end.state;
+    // Per sequence and step: read the KV cache (its mean size over the steps) and read + write
+    // the SSM state; the weights are read once per step for the whole batch.
+    const double kv_read = 0.5 * double(after_prefill.kv + at_end.kv);
+    row.step_bytes = double(bench.weight_bytes_per_step) + double(batch) * (kv_read + 2.0 * double(at_end.state));
+    row.floor_step_seconds = row.step_bytes / (options.hbm_gbps * 1e9);
+  } catch (const c10::OutOfMemoryError&) {
+    row.error = "out of memory";
+    return row;
+  }
+  row.prefill_tokens_per_s = double(batch * prompt) / row.prefill_seconds;
+  row.decode_tokens_per_s = double(batch * options.new_tokens) / row.decode_seconds;
+  return row;
+}
+
+std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options) {
+  std::vector<DecodeBenchRow> rows;
+  for (int64_t prompt : options.prompts)
+    for (int64_t batch : options.batches) rows.push_back(run_decode_point(bench, batch, prompt, options));
+  return rows;
+}
+
+void print_decode_table(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options, std::ostream& out) {
+  std::map<std::pair<int64_t, int64_t>, const DecodeBenchRow*> anchor;  // first model's row per (B, P)
+  const std::string first_model = rows.empty() ? "" : rows.front().model;
+  for (const auto& row : rows)
+    if (row.model == first_model && row.error.empty()) anchor[{row.batch, row.prompt}] = &row;
+  out << "decode: prefill P, then " << options.new_tokens << " steps (" << options.warmup
+      << " warm-up steps untimed); floor = (weights + B x cache traffic) / " << options.hbm_gbps << " GB/s\n";
+  out << std::left << std::setw(28) << "model" << std::right << std::setw(5) << "B" << std::setw(8) << "P"
+      << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10) << "ms/step"
+      << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms" << std::setw(9)
+      << "% floor" << std::setw(9) << "x dec" << std::setw(9) << "x cache" << "\n";
+  for (const auto& row : rows) {
+    std::string name = row.model.size() > 27 ? row.model.substr(0, 24) + "..." : row.model;
+    out << std::left << std::setw(28) << name << std::right << std::setw(5) << row.batch << std::setw(8) << row.prompt;
+    if (!row.error.empty()) {
+      out << "  " << row.error << "\n";
+      continue;
+    }
+    char cells[256];
+    std::snprintf(cells, sizeof(cells), "%13.0f%12.1f%10.2f%10s%11s%10.3f%8.1f%%", row.prefill_tokens_per_s,
+                  row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
+                  mib(row.state_bytes_per_sequence).c_str(), 1e3 * row.floor_step_seconds, 100 * row.floor_fraction());
+    out << cells;
+    auto found = anchor.find({row.batch, row.prompt});
+    if (row.model != first_model && found != anchor.end()) {
+      const auto& base = *found->second;
+      const double base_cache = double(base.kv_bytes_per_sequence + base.state_bytes_per_sequence);
+      const double cache = double(row.kv_bytes_per_sequence + row.state_bytes_per_sequence);
+      std::snprintf(cells, sizeof(cells), "%8.2fx%8.2fx", row.decode_tokens_per_s / base.decode_tokens_per_s,
+                    base_cache > 0 ? cache / base_cache : 0.0);
+      out << cells;
+    }
+    out << "\n";
+  }
+}
+
+nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options) {
+  nlohmann::json out = {{"new_tokens", options.new_tokens}, {"warmup", options.warmup}, {"hbm_gbps", options.hbm_gbps}};
+  nlohmann::json items = nlohmann::json::array();
+  for (const auto& row : rows) {
+    nlohmann::json item = {{"model", row.model}, {"batch", row.batch}, {"prompt", row.prompt}};
+    if (!row.error.empty()) {
+      item["error"] = row.error;
+    } else {
+      item.update({{"prefill_tokens_per_s", row.prefill_tokens_per_s},
+                   {"decode_tokens_per_s", row.decode_tokens_per_s},
+                   {"step_ms", 1e3 * row.step_seconds()},
+                   {"kv_bytes_per_sequence", row.kv_bytes_per_sequence},
+                   {"state_bytes_per_sequence", row.state_bytes_per_sequence},
+                   {"step_bytes", row.step_bytes},
+                   {"floor_step_ms", 1e3 * row.floor_step_seconds},
+                   {"floor_fraction", row.floor_fraction()}});
+    }
+    items.push_back(item);
+  }
+  out["rows"] = items;
+  return out;
+}
+
+}  // namespace prime::eval

@@ -1,0 +1,65 @@
+// Decode throughput of a model (Transformer or hybrid, any source): prefill P tokens for B
+// sequences, then decode N tokens one step at a time with the per-layer cache, and compare the
+// step time with the memory-traffic floor: every decode step must at least read the weights once
+// and each sequence's cache (KV read; SSM state read and written), at --hbm-gbps.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/hybrid_model.h"
+
+namespace prime::eval {
+
+struct DecodeBenchOptions {
+  std::vector<int64_t> batches = {1};
+  std::vector<int64_t> prompts = {512};
+  int64_t new_tokens = 32;
+  int64_t warmup = 2;             // decode steps before the timed ones (not counted)
+  int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
+  double hbm_gbps = 4800;         // H200 HBM3e
+  uint64_t seed = 0;
+};
+
+// A model ready to bench plus what a decode step reads of its weights: every tensor once, except
+// the embedding table (B rows) when it is not tied to the LM head.
+struct BenchModel {
+  std::string spec;
+  std::unique_ptr<model::HybridModel> model;
+  int64_t weight_bytes_per_step = 0;
+  int64_t parameters = 0;
+};
+BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options);
+// From a config and weights already prepared (device/dtype), e.g. a hybrid built in a test.
+BenchModel make_bench_model(std::string name, const io::ModelConfig& config, const model::TensorMap& weights);
+
+struct DecodeBenchRow {
+  std::string model;
+  int64_t batch = 0, prompt = 0, new_tokens = 0;
+  std::string error;  // non-empty: the run failed (e.g. "out of memory")
+  double prefill_seconds = 0, decode_seconds = 0;
+  double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;
+  int64_t kv_bytes_per_sequence = 0, state_bytes_per_sequence = 0;  // at context P + N
+  double step_bytes = 0;         // floor traffic of an average decode step
+  double floor_step_seconds = 0;  // step_bytes / HBM bandwidth
+  double step_seconds() const { return new_tokens > 0 ? decode_seconds / new_tokens : 0; }
+  double floor_fraction() const { return step_seconds() > 0 ? floor_step_seconds / step_seconds() : 0; }
+};
+
+// One (B, P) point; a CUDA out-of-memory becomes row.error instead of an exception.
+DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const DecodeBenchOptions& options);
+
+// Every (B, P) of options for one model.
+std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options);
+
+// One table; for models after the first, decode tok/s and cache bytes also as ratios to the first
+// model's row with the same (B, P).
+void print_decode_table(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options, std::ostream& out);
+nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options);
+
+}  // namespace prime::eval

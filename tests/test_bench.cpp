@@ -1,0 +1,98 @@
+// prime-bench decode: rows for every (B, P), cache bytes (KV grows with context, SSM state does
+// not), the traffic floor, ratios vs the first model; the CLI end to end.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "eval/decode_bench.h"
+#include "io/source.h"
+#include "io/synthetic.h"
+#include "test_data_util.h"
+#include "util/error.h"
+
+using namespace prime;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// The tiny Qwen3 with its first layer turned into GDN (tensor layout of design/formats.md).
+eval::BenchModel gdn_hybrid() {
+  auto source = io::resolve_source(test::tiny_model(97));
+  nlohmann::json raw = source.config.raw;
+  raw["model_type"] = "hybrid_qwen3";
+  raw["hybrid_override_pattern"] = "GDN-*";
+  raw["gdn_config"] = {{"hidden_size", 64}, {"head_dim", 16}, {"num_q_heads", 4}, {"num_k_heads", 2}, {"num_v_heads", 2}};
+  auto weights = io::load_source_weights(source);
+  for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight"})
+    weights.erase(std::string("model.layers.0.self_attn.") + name);
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> gdn = {
+      {"q_proj.weight", {64, 64}}, {"k_proj.weight", {32, 64}},   {"v_proj.weight", {32, 64}},
+      {"b_proj.weight", {4, 64}},  {"gk_proj.weight", {4, 64}},   {"A_log", {4}},
+      {"dt_bias", {4}},            {"q_conv1d.weight", {64, 1, 4}}, {"k_conv1d.weight", {32, 1, 4}},
+      {"v_conv1d.weight", {32, 1, 4}}, {"g_proj.weight", {64, 64}}, {"o_norm.weight", {16}},
+      {"o_proj.weight", {64, 64}}};
+  for (const auto& [name, shape] : gdn)
+    weights["model.layers.0.gdn." + name] = io::synthetic_tensor("model.layers.0.gdn." + name, shape, 3);
+  return eval::make_bench_model("tiny GDN hybrid", io::ModelConfig::from_json(raw, "test hybrid"),
+                                model::prepare_weights(weights, {}));
+}
+
+}  // namespace
+
+TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]") {
+  auto transformer = eval::load_bench_model(test::tiny_model(97), {});
+  auto hybrid = gdn_hybrid();
+  eval::DecodeBenchOptions options;
+  options.batches = {1, 2};
+  options.prompts = {5, 9};
+  options.new_tokens = 3;
+  options.warmup = 1;
+  options.prefill_tokens = 8;  // forces a chunked prefill
+  std::vector<eval::DecodeBenchRow> rows = eval::run_decode_bench(transformer, options);
+  REQUIRE(rows.size() == 4);
+  const int64_t kv_per_token = 2 /*layers*/ * 2 /*k,v*/ * 2 /*kv heads*/ * 16 * 4 /*fp32*/;
+  for (const auto& row : rows) {
+    INFO(row.batch << " x " << row.prompt);
+    CHECK(row.error.empty());
+    CHECK(row.decode_tokens_per_s > 0);
+    CHECK(row.prefill_tokens_per_s > 0);
+    CHECK(row.kv_bytes_per_sequence == kv_per_token * (row.prompt + 4));
+    CHECK(row.state_bytes_per_sequence == 0);
+    // Every weight once per step (the tiny Qwen3 ties the embedding table to the LM head).
+    const double kv_mean = 0.5 * kv_per_token * (2 * row.prompt + 4);
+    CHECK(row.step_bytes == Approx(double(transformer.weight_bytes_per_step) + row.batch * kv_mean));
+    CHECK(row.floor_step_seconds == Approx(row.step_bytes / 4.8e12));
+  }
+  CHECK(transformer.weight_bytes_per_step == transformer.parameters * 4);
+
+  for (auto& row : eval::run_decode_bench(hybrid, options)) {
+    CHECK(row.kv_bytes_per_sequence == kv_per_token / 2 * (row.prompt + 4));  // one attention layer left
+    CHECK(row.state_bytes_per_sequence > 0);
+    rows.push_back(row);
+  }
+  // The GDN state does not grow with the context.
+  CHECK(rows[4].state_bytes_per_sequence == rows[6].state_bytes_per_sequence);
+  std::ostringstream table;
+  eval::print_decode_table(rows, options, table);
+  INFO(table.str());
+  CHECK_THAT(table.str(), Contains("tiny GDN hybrid"));
+  CHECK_THAT(table.str(), Contains("x dec"));
+  const auto json = eval::to_json(rows, options);
+  CHECK(json["rows"].size() == 8);
+  CHECK(json["rows"][0]["kv_bytes_per_sequence"] == kv_per_token * 9);
+}
+
+TEST_CASE("prime-bench decode: several models side by side; bad input exits 1", "[bench][cli]") {
+  test::ScratchDir dir("bench");
+  auto result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --model '" + test::tiny_model(300) +
+                              "' --device cpu --dtype fp32 --batch 1,2 --prompt 8 --new-tokens 2 --json " + dir.file("d.json"));
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("decode t/s"));
+  const auto json = nlohmann::json::parse(test::read_bytes(dir.file("d.json")));
+  CHECK(json["rows"].size() == 4);
+  result = test::run_cli("prime-bench decode --model synthetic:nope --device cpu");
+  CHECK(result.exit_code == 1);
+  result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --batch 0");
+  CHECK(result.exit_code == 1);
+}
