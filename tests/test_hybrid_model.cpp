@@ -148,3 +148,29 @@ TEST_CASE("hybrid model: bad hybrid configs and tensors name the layer", "[hybri
   missing.erase("model.layers.0.gdn.o_norm.weight");
   CHECK_THROWS_WITH(model::HybridModel(built.config, missing), Contains("missing tensor model.layers.0.gdn.o_norm.weight"));
 }
+
+TEST_CASE("hybrid model on CUDA: matches CPU, cached decode equals full forward (fp32 and bf16)", "[hybrid][gpu]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: skipped");
+    return;
+  }
+  at::NoGradGuard no_grad;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const std::vector<std::string> pattern = {"GDN", "*", "M2", "SWA", "GKA", "*"};
+  Built built = build_hybrid(pattern);
+  model::HybridModel cpu(built.config, model::prepare_weights(built.weights, {}));
+  at::Tensor ids = at::randint(0, 97, {2, 23}, at::kLong);
+  at::Tensor expected = cpu.forward(ids);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    model::HybridModel gpu(built.config, model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), dtype}));
+    at::Tensor full = gpu.forward(ids);
+    auto cache = gpu.make_cache(2);
+    std::vector<at::Tensor> parts{gpu.forward(ids.narrow(1, 0, 9), &cache)};
+    for (int64_t t = 9; t < 23; ++t) parts.push_back(gpu.forward(ids.narrow(1, t, 1), &cache));
+    const double vs_cpu = test::relative_error(full, expected);
+    const double cached = test::relative_error(at::cat(parts, 1), full);
+    std::cout << "hybrid cuda " << c10::toString(dtype) << ": vs cpu " << vs_cpu << ", cached vs full " << cached << "\n";
+    CHECK(vs_cpu <= (dtype == at::kFloat ? 1e-5 : 5e-2));
+    CHECK(cached <= (dtype == at::kFloat ? 1e-5 : 5e-2));
+  }
+}

@@ -84,3 +84,31 @@ TEST_CASE("transformers parity: logits, greedy tokens, cached decode", "[parity]
     }
   }
 }
+
+TEST_CASE("transformers parity on CUDA: fp32 logits and greedy tokens; bf16 close", "[parity][gpu]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: skipped");
+    return;
+  }
+  at::NoGradGuard no_grad;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  for (const auto& name : parity_cases()) {
+    const auto dir = fixtures_dir() / "parity" / name;
+    auto reference = prime::io::SafetensorsFile::open(dir / "reference.safetensors");
+    at::Tensor input_ids = reference->tensor("input_ids").unsqueeze(0);
+    at::Tensor expected = reference->tensor("logits");
+    auto fp32 = prime::model::load_model(dir.string(), {at::Device(at::kCUDA, 0), at::kFloat});
+    const double fp32_error = relative_error(fp32.model->forward(input_ids).squeeze(0), expected);
+    auto bf16 = prime::model::load_model(dir.string(), {at::Device(at::kCUDA, 0), at::kBFloat16});
+    const double bf16_error = relative_error(bf16.model->forward(input_ids).squeeze(0), expected);
+    std::cout << "parity cuda " << name << ": fp32 " << fp32_error << ", bf16 " << bf16_error << "\n";
+    CHECK(fp32_error <= 1e-4);
+    CHECK(bf16_error <= 5e-2);
+    at::Tensor greedy_ids = reference->tensor("greedy_ids");
+    const int64_t prompt_len = reference->tensor("prompt_len").item<int64_t>();
+    auto generated = prime::eval::greedy_generate(*fp32.model, input_ids.narrow(1, 0, prompt_len),
+                                                  {greedy_ids.size(0), {}});
+    CHECK(generated.front() ==
+          std::vector<int64_t>(greedy_ids.data_ptr<int64_t>(), greedy_ids.data_ptr<int64_t>() + greedy_ids.size(0)));
+  }
+}

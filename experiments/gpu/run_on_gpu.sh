@@ -17,7 +17,7 @@ export TORCH_CUDA_ARCH_LIST=9.0a
 
 if [ "$what" = build ] || [ "$what" = all ] || [ ! -x build-gpu/bin/prime_tests ]; then
   generator=""; command -v ninja >/dev/null && generator="-GNinja"
-  cmake -S . -B build-gpu $generator -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON -DPRIME_SOURCE_FILTER= \
+  cmake -S . -B build-gpu $generator -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON -DPRIME_SOURCE_FILTER="${PRIME_SOURCE_FILTER:-}" \
     > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
   start=$(date +%s)
   cmake --build build-gpu -j"$(nproc)" > "$OUT/build.log" 2>&1 || { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }

@@ -79,7 +79,8 @@ at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenc
     model::gka_detail::SolveOptions solve;
     solve.num_iter = o.gka_iterations;
     solve.output_scale = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
-    return model::gka_detail::chunked_core(prepared, at::Tensor(), at::Tensor(), 64, solve).o;
+    at::Tensor zero_state = at::zeros({o.batch, o.heads, o.head_dim, o.head_dim}, in.q.options().requires_grad(false));
+    return model::gka_detail::chunked_core(prepared, zero_state, zero_state, 64, solve).o;
   }
   throw user_error("unknown SSM type '", type, "' (GDN, GKA, M2)");
 }
