@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "io/architecture.h"
+#include "io/atomic_dir.h"
 #include "io/model_config.h"
 #include "io/source.h"
 #include "model/load_model.h"
@@ -28,7 +29,7 @@ nlohmann::json tiny_config() {
 
 std::filesystem::path temp_dir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / ("prime_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  io::remove_tree(dir);
   std::filesystem::create_directories(dir);
   return dir;
 }
@@ -133,7 +134,7 @@ TEST_CASE("sources: a known alias is looked up in the HF cache, else the downloa
   auto loaded = model::load_model("qwen3-0.6b", {});
   CHECK(loaded.model->num_layers() == source.config.num_hidden_layers);
   ::unsetenv("HF_HUB_CACHE");
-  std::filesystem::remove_all(cache);
+  io::remove_tree(cache);
 }
 
 TEST_CASE("sources: config/weights disagreement names the tensor", "[source][bad-input]") {
@@ -151,5 +152,5 @@ TEST_CASE("sources: config/weights disagreement names the tensor", "[source][bad
   CHECK_THROWS_WITH(model::load_model(dir.string(), {}), Contains("missing tensor lm_head.weight"));
   std::filesystem::remove(dir / "config.json");
   CHECK_THROWS_WITH(model::load_model(dir.string(), {}), Contains("has no config.json"));
-  std::filesystem::remove_all(dir);
+  io::remove_tree(dir);
 }

@@ -195,7 +195,7 @@ TEST_CASE("tokenizer survives long runs of one character class", "[tokenizer]") 
   }
 }
 
-TEST_CASE("tokenizer regexes use Oniguruma's \\s", "[tokenizer]") {
+TEST_CASE("tokenizer regexes use Oniguruma's whitespace class", "[tokenizer]") {
   using prime::io::detail::oniguruma_compatible;
   CHECK(oniguruma_compatible(R"(\s+(?!\S))") == R"([\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}]))");
   CHECK(oniguruma_compatible(R"( ?[^\s\p{L}\p{N}]+)") == R"( ?[^\t-\r\x{85}\p{Z}\p{L}\p{N}]+)");
