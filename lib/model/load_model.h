@@ -14,6 +14,8 @@ struct LoadedModel {
   std::unique_ptr<HybridModel> model;
 };
 
+// spec: a source (directory, alias, synthetic:...), or SOURCE+convert:LAYER:A:S (or
+// SOURCE+convert:pattern=P) for the hybrid prime-convert would make of it, built in memory.
 LoadedModel load_model(const std::string& spec, const LoadOptions& options);
 
 }  // namespace prime::model
