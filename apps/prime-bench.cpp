@@ -105,6 +105,8 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");
   command->add_option("--prefill-tokens", options.bench.prefill_tokens, "max B x T per prefill forward (default 8192)")
       ->group("Measurement");
+  command->add_option("--max-batch-tokens", options.bench.max_batch_tokens, "skip (B, P) with B x P above this (default: none)")
+      ->group("Shape");
   command->add_option("--hbm-gbps", options.bench.hbm_gbps, "HBM bandwidth for the floor, GB/s (default 4800, H200)")
       ->group("Measurement");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
@@ -114,15 +116,10 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
 
 void run_decode(DecodeOptions& options) {
   const prime::model::LoadOptions load{prime::parse_device(options.device), prime::parse_dtype_flag(options.dtype)};
-  std::vector<prime::eval::DecodeBenchRow> rows;
-  for (const auto& spec : options.models) {
-    // One model in memory at a time.
-    auto bench = prime::eval::load_bench_model(spec, load);
-    std::cerr << spec << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
-              << " GB of weights read per step\n";
-    for (auto& row : prime::eval::run_decode_bench(bench, options.bench)) rows.push_back(std::move(row));
-  }
   std::cout << "device " << load.device << ", weights " << options.dtype << "\n";
+  // Rows stream to stdout as they are measured; the full table follows at the end.
+  const auto rows = prime::eval::run_decode_models(options.models, load, options.bench, &std::cout);
+  std::cout << "\n";
   prime::eval::print_decode_table(rows, options.bench, std::cout);
   if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench));
 }

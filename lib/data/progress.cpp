@@ -27,12 +27,13 @@ std::string ProgressMeter::line(uint64_t done) const {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double rate = elapsed > 0 ? done / scale_ / elapsed : 0;
   char text[256];
-  int used = std::snprintf(text, sizeof(text), "%s %.1f", label_.c_str(), done / scale_);
-  if (total_ > 0) used += std::snprintf(text + used, sizeof(text) - used, "/%.1f", total_ / scale_);
+  const int decimals = scale_ > 1 ? 1 : 0;  // MB with one decimal, plain counts without
+  int used = std::snprintf(text, sizeof(text), "%s %.*f", label_.c_str(), decimals, done / scale_);
+  if (total_ > 0) used += std::snprintf(text + used, sizeof(text) - used, "/%.*f", decimals, total_ / scale_);
   used += std::snprintf(text + used, sizeof(text) - used, " %s", unit_.c_str());
   if (total_ > 0)
     used += std::snprintf(text + used, sizeof(text) - used, " (%.0f%%)", 100.0 * std::min(done, total_) / total_);
-  used += std::snprintf(text + used, sizeof(text) - used, ", %.2f %s/s", rate, unit_.c_str());
+  used += std::snprintf(text + used, sizeof(text) - used, ", %.*f %s/s", scale_ > 1 ? 2 : 0, rate, unit_.c_str());
   std::string result(text);
   if (total_ > 0 && done > 0 && done < total_ && rate > 0)
     result += ", ETA " + format_duration((total_ - done) / scale_ / rate);

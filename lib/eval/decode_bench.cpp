@@ -4,11 +4,14 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
 #include <map>
+#include <sstream>
 
+#include "convert/in_memory.h"
 #include "io/architecture.h"
 #include "io/source.h"
 #include "model/attention.h"
@@ -37,7 +40,7 @@ CacheBytes cache_bytes(const model::ModelCache& cache) {
 
 std::string mib(double bytes) {
   char text[32];
-  std::snprintf(text, sizeof(text), "%.1f", bytes / (1024.0 * 1024.0));
+  std::snprintf(text, sizeof(text), "%.2f", bytes / (1024.0 * 1024.0));
   return text;
 }
 
@@ -60,6 +63,13 @@ BenchModel make_bench_model(std::string name, const io::ModelConfig& config, con
 }
 
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options) {
+  // The same specs as model::load_model, kept apart so the weights can be counted.
+  if (auto request = convert::parse_convert_spec(spec)) {
+    convert::ConvertedModel converted = convert::convert_in_memory(*request);
+    const model::TensorMap prepared = model::prepare_weights(converted.weights, options);
+    converted.weights.clear();
+    return make_bench_model(spec, converted.config, prepared);
+  }
   const io::Source source = io::resolve_source(spec);
   return make_bench_model(spec, source.config, model::prepare_weights(io::load_source_weights(source), options));
 }
@@ -119,46 +129,100 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
 }
 
 std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options) {
+  // One short untimed point first: the first forward pays for kernel selection, allocator growth
+  // and thread-pool start-up, which would otherwise land in the first row.
+  DecodeBenchOptions warm = options;
+  warm.new_tokens = 2;
+  run_decode_point(bench, options.batches.empty() ? 1 : options.batches.front(), 16, warm);
   std::vector<DecodeBenchRow> rows;
-  for (int64_t prompt : options.prompts)
-    for (int64_t batch : options.batches) rows.push_back(run_decode_point(bench, batch, prompt, options));
+  for (int64_t prompt : options.prompts) {
+    for (int64_t batch : options.batches) {
+      if (options.max_batch_tokens > 0 && batch * prompt > options.max_batch_tokens) {
+        DecodeBenchRow row;
+        row.model = bench.spec, row.batch = batch, row.prompt = prompt, row.new_tokens = options.new_tokens;
+        row.error = "skipped (B x P > " + std::to_string(options.max_batch_tokens) + ")";
+        rows.push_back(row);
+        continue;
+      }
+      rows.push_back(run_decode_point(bench, batch, prompt, options));
+    }
+  }
   return rows;
+}
+
+std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor, int name_width) {
+  std::ostringstream out;
+  const std::string name = static_cast<int>(row.model.size()) > name_width
+                               ? "..." + row.model.substr(row.model.size() - (name_width - 3))
+                               : row.model;
+  out << std::left << std::setw(name_width + 1) << name << std::right << std::setw(5) << row.batch << std::setw(8)
+      << row.prompt;
+  if (!row.error.empty()) {
+    out << "  " << row.error;
+    return out.str();
+  }
+  char cells[256];
+  std::snprintf(cells, sizeof(cells), "%13.0f%12.1f%10.2f%10s%11s%10.3f%8.1f%%", row.prefill_tokens_per_s,
+                row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
+                mib(row.state_bytes_per_sequence).c_str(), 1e3 * row.floor_step_seconds, 100 * row.floor_fraction());
+  out << cells;
+  if (anchor && anchor != &row && anchor->error.empty() && anchor->model != row.model) {
+    const double base_cache = double(anchor->kv_bytes_per_sequence + anchor->state_bytes_per_sequence);
+    const double cache = double(row.kv_bytes_per_sequence + row.state_bytes_per_sequence);
+    std::snprintf(cells, sizeof(cells), "%8.2fx%8.2fx", row.decode_tokens_per_s / anchor->decode_tokens_per_s,
+                  base_cache > 0 ? cache / base_cache : 0.0);
+    out << cells;
+  }
+  return out.str();
+}
+
+std::string decode_table_header(const DecodeBenchOptions& options, int name_width) {
+  std::ostringstream out;
+  out << "decode: prefill P, then " << options.new_tokens << " steps (" << options.warmup
+      << " warm-up steps untimed); floor = (weights + B x cache traffic) / " << options.hbm_gbps << " GB/s; "
+      << "x dec, x cache: vs the first model\n";
+  out << std::left << std::setw(name_width + 1) << "model" << std::right << std::setw(5) << "B" << std::setw(8) << "P"
+      << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10) << "ms/step"
+      << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms" << std::setw(9)
+      << "% floor" << std::setw(9) << "x dec" << std::setw(9) << "x cache";
+  return out.str();
 }
 
 void print_decode_table(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options, std::ostream& out) {
   std::map<std::pair<int64_t, int64_t>, const DecodeBenchRow*> anchor;  // first model's row per (B, P)
   const std::string first_model = rows.empty() ? "" : rows.front().model;
   for (const auto& row : rows)
-    if (row.model == first_model && row.error.empty()) anchor[{row.batch, row.prompt}] = &row;
-  out << "decode: prefill P, then " << options.new_tokens << " steps (" << options.warmup
-      << " warm-up steps untimed); floor = (weights + B x cache traffic) / " << options.hbm_gbps << " GB/s\n";
-  out << std::left << std::setw(28) << "model" << std::right << std::setw(5) << "B" << std::setw(8) << "P"
-      << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10) << "ms/step"
-      << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms" << std::setw(9)
-      << "% floor" << std::setw(9) << "x dec" << std::setw(9) << "x cache" << "\n";
+    if (row.model == first_model) anchor[{row.batch, row.prompt}] = &row;
+  int name_width = 5;
+  for (const auto& row : rows) name_width = std::max(name_width, std::min<int>(static_cast<int>(row.model.size()), 60));
+  out << decode_table_header(options, name_width) << "\n";
   for (const auto& row : rows) {
-    std::string name = row.model.size() > 27 ? row.model.substr(0, 24) + "..." : row.model;
-    out << std::left << std::setw(28) << name << std::right << std::setw(5) << row.batch << std::setw(8) << row.prompt;
-    if (!row.error.empty()) {
-      out << "  " << row.error << "\n";
-      continue;
-    }
-    char cells[256];
-    std::snprintf(cells, sizeof(cells), "%13.0f%12.1f%10.2f%10s%11s%10.3f%8.1f%%", row.prefill_tokens_per_s,
-                  row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
-                  mib(row.state_bytes_per_sequence).c_str(), 1e3 * row.floor_step_seconds, 100 * row.floor_fraction());
-    out << cells;
     auto found = anchor.find({row.batch, row.prompt});
-    if (row.model != first_model && found != anchor.end()) {
-      const auto& base = *found->second;
-      const double base_cache = double(base.kv_bytes_per_sequence + base.state_bytes_per_sequence);
-      const double cache = double(row.kv_bytes_per_sequence + row.state_bytes_per_sequence);
-      std::snprintf(cells, sizeof(cells), "%8.2fx%8.2fx", row.decode_tokens_per_s / base.decode_tokens_per_s,
-                    base_cache > 0 ? cache / base_cache : 0.0);
-      out << cells;
-    }
-    out << "\n";
+    out << format_decode_row(row, found == anchor.end() ? nullptr : found->second, name_width) << "\n";
   }
+}
+
+std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& specs, const model::LoadOptions& load,
+                                              const DecodeBenchOptions& options, std::ostream* log) {
+  std::vector<DecodeBenchRow> rows;
+  int name_width = 5;
+  for (const auto& spec : specs) name_width = std::max(name_width, std::min<int>(static_cast<int>(spec.size()), 60));
+  if (log) *log << decode_table_header(options, name_width) << std::endl;
+  const size_t per_model = options.batches.size() * options.prompts.size();
+  for (size_t m = 0; m < specs.size(); ++m) {
+    BenchModel bench = load_bench_model(specs[m], load);  // one model in memory at a time
+    if (log)
+      *log << "# " << specs[m] << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
+           << " GB of weights read per step" << std::endl;
+    for (auto& row : run_decode_bench(bench, options)) {
+      rows.push_back(std::move(row));
+      // Rows come in the same (P, B) order for every model: the anchor is the first model's.
+      const size_t index = rows.size() - 1;
+      const DecodeBenchRow* anchor = m > 0 ? &rows[index % per_model] : nullptr;
+      if (log) *log << format_decode_row(rows.back(), anchor, name_width) << std::endl;
+    }
+  }
+  return rows;
 }
 
 nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options) {

@@ -23,6 +23,7 @@ struct DecodeBenchOptions {
   int64_t warmup = 2;             // decode steps before the timed ones (not counted)
   int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
   double hbm_gbps = 4800;         // H200 HBM3e
+  int64_t max_batch_tokens = 0;  // > 0: skip points with B x P above this (time/memory guard)
   uint64_t seed = 0;
 };
 
@@ -34,6 +35,7 @@ struct BenchModel {
   int64_t weight_bytes_per_step = 0;
   int64_t parameters = 0;
 };
+// spec: anything model::load_model takes (SOURCE+convert:LAYER:A:S hybrids included).
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options);
 // From a config and weights already prepared (device/dtype), e.g. a hybrid built in a test.
 BenchModel make_bench_model(std::string name, const io::ModelConfig& config, const model::TensorMap& weights);
@@ -56,6 +58,15 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
 
 // Every (B, P) of options for one model.
 std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options);
+
+// Loads each spec in turn (one model in memory at a time) and runs every (B, P); with a log,
+// each row is printed as a table line (ratios included) as soon as it is measured, so a run cut
+// short still leaves its figures.
+std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& specs, const model::LoadOptions& load,
+                                              const DecodeBenchOptions& options, std::ostream* log = nullptr);
+
+// A table line; `anchor` (the first model's row at the same (B, P), or null) gives the ratios.
+std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor, int name_width);
 
 // One table; for models after the first, decode tok/s and cache bytes also as ratios to the first
 // model's row with the same (B, P).
