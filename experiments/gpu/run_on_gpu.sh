@@ -3,7 +3,7 @@
 # execute instead of skipping) and the GPU benchmarks, writing logs and tables under $OUT.
 # Needs .deps/ (./setup.sh --gather-deps) and .gpu/shared (a copy of ../shared/data's small
 # files) carried along, since that machine has neither the Debian -dev packages nor ../shared.
-#   bash experiments/gpu/run_on_gpu.sh [build|test|bench|all]
+#   bash experiments/gpu/run_on_gpu.sh [build|test|bench|decode|all]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-gpu-out}
@@ -33,4 +33,12 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   # The mixers run their recurrences in fp32 whatever the weights' dtype, so the cores are timed in fp32.
   build-gpu/bin/prime-bench ssm --device cuda --dtype fp32 > "$OUT/ssm_fp32.txt" 2>&1; cat "$OUT/ssm_fp32.txt"
+fi
+if [ "$what" = decode ] || [ "$what" = all ]; then
+  # Qwen3-8B shape, bf16: the Transformer vs 50% GDN and 50% GKA hybrids (prime-convert's hmf
+  # init, built in memory), side by side in one run.
+  build-gpu/bin/prime-bench decode --device cuda --dtype bf16 --model synthetic:qwen3-8b \
+    --model synthetic:qwen3-8b+convert:GDN:1:1 --model synthetic:qwen3-8b+convert:GKA:1:1 \
+    --batch ${DECODE_BATCHES:-1,16,64} --prompt ${DECODE_PROMPTS:-4096} --new-tokens 32 \
+    --json "$OUT/decode.json" > "$OUT/decode.txt" 2>&1; tail -20 "$OUT/decode.txt"
 fi

@@ -18,7 +18,8 @@ void KvCache::append(const at::Tensor& k, const at::Tensor& v) {
     const int64_t capacity = std::max<int64_t>(2 * (stored_ + incoming), 16);
     at::Tensor new_keys = at::empty({k.size(0), kv_heads_, capacity, head_dim_}, k.options());
     at::Tensor new_values = at::empty_like(new_keys);
-    at::Tensor new_positions = at::empty({capacity}, k.options().dtype(at::kLong));
+    // Positions live on the host: masks are built there, and reading them costs no device sync.
+    at::Tensor new_positions = at::empty({capacity}, at::TensorOptions().dtype(at::kLong));
     if (stored_ > 0) {
       new_keys.narrow(2, 0, stored_).copy_(keys());
       new_values.narrow(2, 0, stored_).copy_(values());
@@ -42,7 +43,8 @@ void KvCache::evict_outside_window() {
   const int64_t recent_start = stored_ - keep_recent;
   at::Tensor index = at::cat({at::arange(0, sinks, positions_.options()),
                               at::arange(recent_start, stored_, positions_.options())});
-  at::Tensor kept_keys = keys().index_select(2, index), kept_values = values().index_select(2, index);
+  const at::Tensor device_index = index.to(keys_.device());
+  at::Tensor kept_keys = keys().index_select(2, device_index), kept_values = values().index_select(2, device_index);
   at::Tensor kept_positions = positions().index_select(0, index);
   stored_ = index.size(0);
   keys_.narrow(2, 0, stored_).copy_(kept_keys);
@@ -106,7 +108,7 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
     cache->append(k, v);
     k = cache->keys();
     v = cache->values();
-    key_positions = cache->positions().cpu();
+    key_positions = cache->positions();
   }
   // Visibility: causal, and inside the window (or a sink) when there is one.
   at::Tensor mask;
@@ -122,14 +124,11 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
     }
     mask = mask.to(x.device());
   }
-  const bool grouped = kv_heads_ != q_heads_;
-  if (grouped) {  // repeat-interleave: query head h reads kv head h / G
-    k = k.repeat_interleave(q_heads_ / kv_heads_, 1);
-    v = v.repeat_interleave(q_heads_ / kv_heads_, 1);
-  }
+  // enable_gqa: query head h reads kv head h / G (repeat-interleave) without copying the cache.
   at::Tensor attended = at::scaled_dot_product_attention(
       q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0,
-      /*is_causal=*/plain_causal && steps > 1, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+      /*is_causal=*/plain_causal && steps > 1, 1.0 / std::sqrt(static_cast<double>(head_dim_)),
+      /*enable_gqa=*/kv_heads_ != q_heads_);
   if (cache) cache->evict_outside_window();
   at::Tensor merged = attended.transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_});
   return o_bias_.defined() ? at::linear(merged, o_proj_, o_bias_) : at::linear(merged, o_proj_);

@@ -62,7 +62,8 @@ ModelCache HybridModel::make_cache(int64_t batch) const {
 
 at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, std::vector<at::Tensor>* layer_outputs) {
   if (input_ids.dim() != 2) throw user_error("input_ids must be [batch, tokens], got ", input_ids.dim(), " dims");
-  if (input_ids.numel() > 0) {
+  // Checked where the ids are host memory (the usual case); a device tensor would cost a sync.
+  if (input_ids.numel() > 0 && input_ids.device().is_cpu()) {
     const int64_t low = input_ids.min().item<int64_t>(), high = input_ids.max().item<int64_t>();
     if (low < 0 || high >= config_.vocab_size)
       throw user_error("token id out of range [0, ", config_.vocab_size, "): ", low < 0 ? low : high);
