@@ -66,10 +66,4 @@ inline std::string read_text(const std::filesystem::path& path) {
   return content.str();
 }
 
-// True when the build's HybridModel can run GKA layers (the mixer lands separately).
-inline bool hybrid_supports(const std::string& what, const std::exception& error) {
-  const std::string message = error.what();
-  return message.find("not available in this build") == std::string::npos || message.find(what) == std::string::npos;
-}
-
 }  // namespace prime::test

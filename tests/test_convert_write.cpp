@@ -291,7 +291,7 @@ TEST_CASE("convert: tokenizer files are copied; existing outputs, missing attent
                     Contains("has no attention weights for layer 1"));
 }
 
-TEST_CASE("convert: SafetensorsWriter::add_stream writes pieces; a wrong byte count is an InternalError", "[convert]") {
+TEST_CASE("convert: SafetensorsWriter::add_stream and add_file_copy; wrong byte counts and short files", "[convert]") {
   test::ConvertTempDir dir("stream");
   const at::Tensor values = at::arange(1000, at::kFloat);
   {
@@ -316,4 +316,23 @@ TEST_CASE("convert: SafetensorsWriter::add_stream writes pieces; a wrong byte co
     });
     CHECK_THROWS_AS(writer.write(), InternalError);
   }
+  // add_file_copy: bytes taken from another file at an offset, as they are.
+  const io::Checkpoint source = io::Checkpoint::open(dir.path());
+  const io::TensorInfo& info = source.info("pieces");
+  const auto file = source.files().front()->path();
+  const uint64_t offset = source.files().front()->data_start() + info.begin;
+  test::ConvertTempDir copy_dir("file_copy");
+  {
+    io::SafetensorsWriter writer(copy_dir / "", {});
+    writer.add_file_copy("copied", io::DType::F32, {1000}, file, offset);
+    writer.add_file_copy("tail", io::DType::F32, {10}, file, offset + 3960);
+    writer.write();
+  }
+  const io::Checkpoint copied = io::Checkpoint::open(copy_dir.path());
+  CHECK(at::equal(copied.tensor("copied"), values));
+  CHECK(at::equal(copied.tensor("tail"), values.narrow(0, 990, 10)));
+  test::ConvertTempDir short_dir("file_copy_short");
+  io::SafetensorsWriter writer(short_dir.path(), {});
+  writer.add_file_copy("past_the_end", io::DType::F32, {1000}, file, offset + 400);
+  CHECK_THROWS_WITH(writer.write(), Contains("ended before byte"));
 }

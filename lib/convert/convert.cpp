@@ -1,6 +1,11 @@
 #include "convert/convert.h"
 
+#include <ATen/Parallel.h>
+
+#include <cstdint>
 #include <cstdio>
+#include <future>
+#include <map>
 #include <fstream>
 #include <sstream>
 
@@ -31,6 +36,54 @@ void copy_bytes(const std::filesystem::path& from, const std::filesystem::path& 
   out.close();
   if (!out) throw user_error("cannot write ", to.string());
 }
+
+// Computed targets read their sources with pread (see SourceWeights::read): nothing mapped.
+class ReadingSource : public SourceReader {
+ public:
+  explicit ReadingSource(const SourceWeights& weights) : weights_(weights) {}
+  at::Tensor tensor(const std::string& name) const override { return weights_.read(name); }
+
+ private:
+  const SourceWeights& weights_;
+};
+
+// Makes the large computed targets (gates, Mamba-2 in_proj) one ahead on a worker thread, in
+// declaration order, which is the order the writer asks for them (one dtype, declaration order
+// within a shard): the arithmetic then overlaps the writer's copies, which are kernel work.
+// Small computed targets are made when asked. At most one made tensor waits at a time.
+class Prefetcher {
+ public:
+  static constexpr uint64_t kLargeBytes = 1u << 20;
+
+  Prefetcher(const std::vector<TargetTensor>& targets, const SourceReader& reader) : reader_(reader) {
+    for (const auto& target : targets)
+      if (!target.copy && target.nbytes() >= kLargeBytes) {
+        position_[&target] = large_.size();
+        large_.push_back(&target);
+      }
+  }
+
+  at::Tensor make(const TargetTensor& target) {
+    auto found = position_.find(&target);
+    if (found == position_.end()) return target.make(reader_);
+    const size_t position = found->second;
+    at::Tensor made = ahead_position_ == position ? ahead_.get() : target.make(reader_);
+    if (ahead_.valid()) ahead_.wait();  // a guess that missed: let it finish before the next
+    ahead_position_ = position + 1;
+    if (ahead_position_ < large_.size()) {
+      const TargetTensor* next = large_[ahead_position_];
+      ahead_ = std::async(std::launch::async, [next, this] { return next->make(reader_); });
+    }
+    return made;
+  }
+
+ private:
+  const SourceReader& reader_;
+  std::vector<const TargetTensor*> large_;
+  std::map<const TargetTensor*, size_t> position_;
+  std::future<at::Tensor> ahead_;
+  size_t ahead_position_ = SIZE_MAX;
+};
 
 std::string format_seconds(double seconds) {
   char text[32];
@@ -102,26 +155,20 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
     writer_options.max_shard_bytes = plan.max_shard_bytes;
     writer_options.metadata = shard_metadata(plan, options.command_line);
     io::SafetensorsWriter writer(staging, writer_options);
-    // Views of mapped source pages stay valid until written; they are dropped when the next
-    // computed tensor starts (and after the last), which keeps the resident set to one step.
-    std::vector<std::string> mapped;
-    auto release_mapped = [&] {
-      for (const auto& name : mapped) weights.release(name);
-      mapped.clear();
-    };
+    const ReadingSource reader(weights);
+    Prefetcher prefetcher(plan.targets, reader);
     for (const TargetTensor& target : plan.targets) {
       const io::DType dtype = io::from_scalar_type(target.dtype);
-      if (target.copy) {
+      const auto location = target.copy ? weights.file_location(target.sources[0]) : std::nullopt;
+      if (location && weights.dtype(target.sources[0]) == target.dtype) {
+        // Unchanged bytes: file to file inside the kernel, as cp copies.
+        writer.add_file_copy(target.name, dtype, target.shape, location->path, location->offset);
+      } else if (target.copy) {
         writer.add_stream(target.name, dtype, target.shape, [&weights, &target](const io::SafetensorsWriter::ByteSink& sink) {
           weights.stream(target.sources[0], target.dtype, sink);
         });
       } else {
-        writer.add(target.name, dtype, target.shape, [&weights, &target, &mapped, &release_mapped] {
-          release_mapped();
-          at::Tensor made = target.make(weights);
-          mapped = target.sources;
-          return made;
-        });
+        writer.add(target.name, dtype, target.shape, [&prefetcher, &target] { return prefetcher.make(target); });
       }
     }
     ProgressMeter meter(log, style, "writing");
@@ -129,7 +176,6 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
       meter.update(progress.tensors_done, progress.tensors_total, progress.bytes_done, progress.bytes_total);
     });
     meter.finish();
-    release_mapped();
     result.files = writer.file_names();
     result.tensors = plan.targets.size();
     result.bytes = writer.total_bytes();
@@ -149,6 +195,9 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
 void run_convert(const ConvertOptions& options, bool dry_run, bool every_tensor, ProgressStyle style,
                  std::ostream& out) {
   if (!dry_run && options.out.empty()) throw user_error("--out is required (or use --dry-run)");
+  // The arithmetic here (gates, random init) is small and memory-bound; idle OpenMP workers
+  // spinning between those steps cost the copies more CPU than extra threads save.
+  at::set_num_threads(1);
   const ConversionPlan plan = plan_conversion(options);
   if (dry_run) {
     out << "prime-convert plan (dry run: nothing is written)\n" << plan.summary(every_tensor);

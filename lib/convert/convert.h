@@ -1,7 +1,8 @@
 // prime-convert's writer: carries out a ConversionPlan tensor by tensor, from the mmap'd (or
 // pread) source into sharded safetensors in a staging directory that is renamed into place only
-// when complete. Copied tensors stream through a 16 MB buffer; computed ones exist one at a
-// time; source pages are dropped after use, so memory stays flat whatever the model size.
+// when complete. Copied tensors go file to file inside the kernel (copy_file_range, as cp does)
+// or, when cast to another dtype, through a 16 MB buffer; computed ones read their sources with
+// pread (nothing stays mapped) and exist one at a time, so memory stays flat whatever the size.
 #pragma once
 
 #include <chrono>
@@ -35,7 +36,7 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
                          ProgressStyle style = ProgressStyle::Lines);
 
 // The whole command: plan, print the plan (in full with dry_run, which then stops before
-// anything is created), write, print where it went.
+// anything is created), write, print where it went. Uses one intra-op thread (see convert.cpp).
 void run_convert(const ConvertOptions& options, bool dry_run, bool every_tensor, ProgressStyle style,
                  std::ostream& out);
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace prime::convert {
 
@@ -18,6 +19,7 @@ struct ConvertBenchOptions {
   std::filesystem::path work_dir = "/tmp/prime-bench";
   bool keep_outputs = false;  // keep the copy and the converted checkpoint
   bool evict = true;          // drop the source from the page cache before each timed run
+  int rounds = 3;             // cp, convert, cp, convert, ...: medians, and the spread shows the noise
 };
 
 struct ConvertBenchResult {
@@ -27,11 +29,11 @@ struct ConvertBenchResult {
   double materialise_seconds = 0;
   size_t source_files = 0;
   uint64_t source_bytes = 0;        // bytes of the source's files
-  double copy_seconds = 0;          // cp -r --reflink=never, then fsync of every file
-  double convert_seconds = 0;       // plan + write + fsync + rename
+  std::vector<double> copy_seconds;     // per round: cp -r --reflink=never, then fsync of every file
+  std::vector<double> convert_seconds;  // per round: plan + write + fsync + rename
   uint64_t output_bytes = 0;        // bytes of the converted directory's files
   uint64_t rss_before_bytes = 0;    // VmRSS when the conversion started
-  uint64_t peak_rss_bytes = 0;      // VmHWM over the conversion
+  uint64_t peak_rss_bytes = 0;      // VmHWM over the conversions
   std::string peak_rss_how;
   bool evicted = false;
   unsigned cpus = 0;
@@ -40,7 +42,7 @@ struct ConvertBenchResult {
 // UserError for a non-synthetic source or an unusable work directory.
 ConvertBenchResult run_convert_bench(const ConvertBenchOptions& options, std::ostream& log);
 
-// The table prime-bench prints.
+// The table prime-bench prints: per-round times, medians and the ratio of the medians.
 std::string format_convert_bench(const ConvertBenchResult& result, const ConvertBenchOptions& options);
 
 // Resident memory of this process from /proc/self/status ("VmRSS", "VmHWM"); 0 when unreadable.

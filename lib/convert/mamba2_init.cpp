@@ -31,12 +31,12 @@ TargetTensor in_proj_target(const LayerInit& init, const std::string& name, std:
   const uint64_t seed = init.seed;
   const at::ScalarType dtype = target.dtype;
   target.make = [=](const SourceReader& reader) {
-    // Filled slice by slice so that only one fp32 block exists at a time.
+    // Filled slice by slice, the gate block by block: no whole fp32 copy of anything.
     at::Tensor out = at::empty({2 * q_rows + 2 * kv_rows + heads, d}, at::TensorOptions().dtype(dtype));
-    at::Tensor z = random_z ? normal_init(name + "#z", {q_rows, d}, seed)
-                            : gate_from_attention(reader.tensor(attention.o), reader.tensor(attention.v), D, mode);
-    out.narrow(0, 0, q_rows).copy_(z);
-    z.reset();
+    if (random_z)
+      out.narrow(0, 0, q_rows).copy_(normal_init(name + "#z", {q_rows, d}, seed));
+    else
+      write_gate(reader.tensor(attention.o), reader.tensor(attention.v), D, mode, out.narrow(0, 0, q_rows));
     out.narrow(0, q_rows, kv_rows).copy_(reader.tensor(attention.v));
     out.narrow(0, q_rows + kv_rows, kv_rows).copy_(reader.tensor(attention.k));
     out.narrow(0, q_rows + 2 * kv_rows, q_rows).copy_(reader.tensor(attention.q));

@@ -134,7 +134,8 @@ std::string ConversionPlan::summary(bool every_tensor) const {
       << " copied (" << format_bytes(copy_bytes) << "), " << targets.size() - copies << " computed or initialised\n";
   out << "  output files           " << shard_count << " shard" << (shard_count == 1 ? "" : "s") << " of <= "
       << format_bytes(max_shard_bytes) << (shard_count > 1 ? " + index" : "")
-      << ", config.json, prime.json, README.md, tokenizer files\n";
+      << ", config.json, prime.json, README.md"
+      << (source.dir.empty() ? "" : ", tokenizer files and generation_config.json when present") << "\n";
   out << "  not carried over       " << dropped.size() << " source tensors\n";
   out << "  estimated peak memory  " << format_bytes(peak_bytes_estimate) << " (largest step: " << peak_step << ")\n";
   return out.str();

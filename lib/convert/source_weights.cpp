@@ -92,6 +92,24 @@ at::Tensor SourceWeights::tensor(const std::string& name) const {
   return io::synthetic_tensor(spec.name, spec.shape, source_.seed).to(synthetic_dtype_);
 }
 
+at::Tensor SourceWeights::read(const std::string& name) const {
+  if (!checkpoint_) return tensor(name);
+  const Location where = locate(name);
+  at::Tensor out = at::empty(shape(name), at::TensorOptions().dtype(dtype(name)));
+  char* data = static_cast<char*>(out.data_ptr());
+  const uint64_t total = nbytes(name);
+  const int fd = descriptor(where.path);
+  for (uint64_t done = 0; done < total;) {
+    const ssize_t n = ::pread(fd, data + done, std::min<uint64_t>(total - done, 1u << 30),
+                              static_cast<off_t>(where.offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw user_error("cannot read ", where.path.string(), ": ", std::strerror(errno));
+    if (n == 0) throw user_error(where.path.string(), " ended inside tensor ", name, " (file truncated?)");
+    done += static_cast<uint64_t>(n);
+  }
+  return out;
+}
+
 void SourceWeights::release(const std::string& name) const {
   if (checkpoint_ && checkpoint_->contains(name)) checkpoint_->release(name);
 }
@@ -102,7 +120,13 @@ SourceWeights::Location SourceWeights::locate(const std::string& name) const {
   throw user_error("missing tensor ", name, " in ", source_.dir.string());
 }
 
+std::optional<SourceWeights::Location> SourceWeights::file_location(const std::string& name) const {
+  if (!checkpoint_) return std::nullopt;
+  return locate(name);
+}
+
 int SourceWeights::descriptor(const std::filesystem::path& path) const {
+  std::lock_guard<std::mutex> lock(descriptors_mutex_);
   auto found = descriptors_.find(path.string());
   if (found != descriptors_.end()) return found->second;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,6 +42,9 @@ class SourceWeights : public SourceReader {
 
   // A zero-copy view (checkpoint) or a fresh tensor (synthetic), in the source dtype.
   at::Tensor tensor(const std::string& name) const override;
+  // A fresh tensor read with one pread (checkpoint): unlike faulting a view in page by page,
+  // a cold file is read in large sequential requests. Synthetic: as tensor().
+  at::Tensor read(const std::string& name) const;
   // Drops `name`'s mapped pages from this process's resident set (no-op for synthetic).
   void release(const std::string& name) const;
 
@@ -50,11 +54,15 @@ class SourceWeights : public SourceReader {
   void stream(const std::string& name, at::ScalarType dtype, const ByteSink& sink) const;
   static constexpr size_t kChunkBytes = 16u << 20;
 
- private:
+  // Where a checkpoint tensor's bytes are, for copying them file to file as they are; absent
+  // for synthetic sources.
   struct Location {
     std::filesystem::path path;
     uint64_t offset;  // of the tensor's first byte in the file
   };
+  std::optional<Location> file_location(const std::string& name) const;
+
+ private:
   Location locate(const std::string& name) const;
   int descriptor(const std::filesystem::path& path) const;
   const io::TensorSpec& synthetic_spec(const std::string& name) const;
@@ -65,7 +73,9 @@ class SourceWeights : public SourceReader {
   std::vector<io::TensorSpec> synthetic_specs_;
   std::map<std::string, size_t> synthetic_index_;
   at::ScalarType synthetic_dtype_ = at::kFloat;
-  // Open descriptors for pread, and the one copy buffer.
+  // Open descriptors for pread (shared by threads: read() may run on a worker), and the one
+  // copy buffer of stream() (its caller's thread only).
+  mutable std::mutex descriptors_mutex_;
   mutable std::map<std::string, int> descriptors_;
   mutable std::vector<char> buffer_;
 };

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "io/architecture.h"
@@ -146,13 +147,29 @@ at::Tensor repeat_value_rows(const at::Tensor& v_proj, int64_t rows, int64_t hea
   return v_proj.reshape({kv_rows / head_dim, head_dim, d}).repeat_interleave(group, 0).reshape({rows, d});
 }
 
-at::Tensor gate_from_attention(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode) {
-  const int64_t rows = o_proj.size(1);
+void write_gate(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode, at::Tensor out) {
+  const int64_t rows = o_proj.size(1), kv_rows = v_proj.size(0);
   PRIME_CHECK(o_proj.size(0) == v_proj.size(1), "W_O and W_V disagree on the hidden size");
-  // In fp32: 0.5*(a + b) rounds once to the output dtype, which equals HMF's add-then-halve in
-  // bf16 (halving is exact).
-  at::Tensor repeated = repeat_value_rows(v_proj.to(at::kFloat), rows, head_dim, mode);
-  return (o_proj.to(at::kFloat).t() + repeated).mul_(0.5);
+  PRIME_CHECK(out.dim() == 2 && out.size(0) == rows && out.size(1) == o_proj.size(0), "gate output shape");
+  PRIME_CHECK(kv_rows > 0 && rows % kv_rows == 0, "cannot expand W_V of ", kv_rows, " rows to ", rows);
+  const int64_t group = rows / kv_rows;
+  // Blocks of whole groups (G*D rows read one kv head), about 512 rows each.
+  const int64_t unit = group * head_dim, block = std::max<int64_t>(1, 512 / unit) * unit;
+  for (int64_t first = 0; first < rows; first += block) {
+    const int64_t count = std::min(block, rows - first);
+    // In fp32: 0.5*(a + b) rounds once to the output dtype, which equals HMF's add-then-halve
+    // in bf16 (halving is exact).
+    at::Tensor repeated =
+        repeat_value_rows(v_proj.narrow(0, first / group, count / group).to(at::kFloat), count, head_dim, mode);
+    out.narrow(0, first, count).copy_((o_proj.narrow(1, first, count).to(at::kFloat).t() + repeated).mul_(0.5));
+  }
+}
+
+at::Tensor gate_from_attention(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode,
+                               at::ScalarType dtype) {
+  at::Tensor out = at::empty({o_proj.size(1), o_proj.size(0)}, at::TensorOptions().dtype(dtype));
+  write_gate(o_proj, v_proj, head_dim, mode, out);
+  return out;
 }
 
 TargetTensor copy_target(const LayerInit& init, const std::string& name, const std::string& source_name,
@@ -227,7 +244,7 @@ TargetTensor gate_target(const LayerInit& init, const std::string& name, std::ve
   const int64_t head_dim = init.source->head_dim;
   const at::ScalarType dtype = target.dtype;
   target.make = [o, v, head_dim, mode, dtype](const SourceReader& reader) {
-    return gate_from_attention(reader.tensor(o), reader.tensor(v), head_dim, mode).to(dtype);
+    return gate_from_attention(reader.tensor(o), reader.tensor(v), head_dim, mode, dtype);
   };
   return target;
 }

@@ -94,8 +94,13 @@ at::Tensor dt_bias_init(const std::string& name, int64_t heads, uint64_t seed);
 // e*D + j <- row floor(e/G)*D + j (whole head blocks, as the forward expands heads).
 enum class GateMode { RowRepeat, HeadRepeat };
 at::Tensor repeat_value_rows(const at::Tensor& v_proj, int64_t rows, int64_t head_dim, GateMode mode);
-// 0.5 * (W_O^T + R(W_V)) in fp32: the output gate's initialisation [rows, d].
-at::Tensor gate_from_attention(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode);
+// 0.5 * (W_O^T + R(W_V)), the output gate's initialisation [rows, d], computed in fp32 and
+// rounded once into `out` (any floating dtype), a block of whole kv-head groups at a time so the
+// fp32 temporaries stay a few MB whatever the model size.
+void write_gate(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode, at::Tensor out);
+// The same into a new tensor of `dtype` (fp32 by default).
+at::Tensor gate_from_attention(const at::Tensor& o_proj, const at::Tensor& v_proj, int64_t head_dim, GateMode mode,
+                               at::ScalarType dtype = at::kFloat);
 
 // Target builders used by the maps.
 TargetTensor copy_target(const LayerInit& init, const std::string& name, const std::string& source_name,

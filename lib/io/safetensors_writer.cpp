@@ -50,6 +50,33 @@ class OutputFile {
     buffer_.insert(buffer_.end(), static_cast<const char*>(data), static_cast<const char*>(data) + size);
   }
 
+  // Appends `size` bytes of `source_fd` from `offset`, as cp does: read/write through a small
+  // buffer that stays in the CPU cache (measured as fast as cp here; copy_file_range and
+  // multi-MB buffers were 15-30% slower), leaving writeback to the kernel.
+  void copy_from(int source_fd, uint64_t offset, uint64_t size, const fs::path& source) {
+    static constexpr size_t kCopyChunk = 128 << 10;
+    flush();
+    posix_fadvise(source_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (copy_buffer_.size() < kCopyChunk) copy_buffer_.resize(kCopyChunk);
+    while (size > 0) {
+      const ssize_t got = ::pread(source_fd, copy_buffer_.data(), std::min<uint64_t>(size, kCopyChunk),
+                                  static_cast<off_t>(offset));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) throw user_error("cannot read ", source.string(), ": ", std::strerror(errno));
+      if (got == 0) throw user_error(source.string(), " ended before byte ", offset + size, " (truncated?)");
+      for (const char* data = copy_buffer_.data(); data < copy_buffer_.data() + got;) {
+        const ssize_t written = ::write(fd_, data, static_cast<size_t>(copy_buffer_.data() + got - data));
+        if (written < 0 && errno == EINTR) continue;
+        if (written < 0) fail("cannot write");
+        data += written;
+      }
+      offset += static_cast<uint64_t>(got);
+      size -= static_cast<uint64_t>(got);
+      offset_ += static_cast<uint64_t>(got);
+    }
+    synced_ = offset_;
+  }
+
   void close() {
     flush();
     const int fd = fd_;
@@ -86,6 +113,7 @@ class OutputFile {
   fs::path path_;
   int fd_ = -1;
   std::vector<char> buffer_;
+  std::vector<char> copy_buffer_;
   uint64_t offset_ = 0, synced_ = 0;
 };
 
@@ -120,13 +148,20 @@ void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> 
   }
   by_name_.emplace(name, declared_.size());
   total_bytes_ += nbytes;
-  declared_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(produce), {}});
+  declared_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(produce), {}, {}, 0});
 }
 
 void SafetensorsWriter::add_stream(std::string name, DType dtype, std::vector<int64_t> shape,
                                    std::function<void(const ByteSink&)> stream) {
   add(std::move(name), dtype, std::move(shape), {});
   declared_.back().stream = std::move(stream);
+}
+
+void SafetensorsWriter::add_file_copy(std::string name, DType dtype, std::vector<int64_t> shape,
+                                      fs::path source, uint64_t offset) {
+  add(std::move(name), dtype, std::move(shape), {});
+  declared_.back().copy_source = std::move(source);
+  declared_.back().copy_offset = offset;
 }
 
 std::vector<std::vector<size_t>> SafetensorsWriter::plan_shards() const {
@@ -196,6 +231,22 @@ void SafetensorsWriter::write(const std::function<void(const WriteProgress&)>& p
     out.append(header_text.data(), header_text.size());
     for (size_t position : shards[shard]) {
       Declared& tensor = declared_[position];
+      if (!tensor.copy_source.empty()) {
+        const int source_fd = ::open(tensor.copy_source.c_str(), O_RDONLY | O_CLOEXEC);
+        if (source_fd < 0)
+          throw user_error("cannot open ", tensor.copy_source.string(), ": ", std::strerror(errno));
+        try {
+          out.copy_from(source_fd, tensor.copy_offset, tensor.nbytes, tensor.copy_source);
+        } catch (...) {
+          ::close(source_fd);
+          throw;
+        }
+        ::close(source_fd);
+        done.tensors_done += 1;
+        done.bytes_done += tensor.nbytes;
+        if (progress) progress(done);
+        continue;
+      }
       if (tensor.stream) {
         uint64_t passed = 0;
         tensor.stream([&](const void* data, size_t size) {

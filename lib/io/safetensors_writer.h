@@ -46,6 +46,12 @@ class SafetensorsWriter {
   void add_stream(std::string name, DType dtype, std::vector<int64_t> shape,
                   std::function<void(const ByteSink&)> stream);
 
+  // Like add(), for bytes that already exist in another file at `offset` (a tensor kept as it
+  // is): copied as cp copies, through a 128 KB buffer, so nothing is held or mapped. A source
+  // file shorter than offset + the tensor's bytes is a UserError.
+  void add_file_copy(std::string name, DType dtype, std::vector<int64_t> shape,
+                     std::filesystem::path source, uint64_t offset);
+
   // Shards in declaration order, starting a new one when the next tensor would exceed
   // max_shard_bytes. Within a shard, tensors are laid out (and produced) by decreasing element
   // size, stably, so that every tensor is aligned; with one dtype that is declaration order. One shard: model.safetensors. Several: model-00001-of-0000N.safetensors
@@ -66,6 +72,8 @@ class SafetensorsWriter {
     uint64_t nbytes;
     std::function<at::Tensor()> produce;
     std::function<void(const ByteSink&)> stream;  // instead of produce, see add_stream
+    std::filesystem::path copy_source;            // instead of produce, see add_file_copy
+    uint64_t copy_offset = 0;
   };
   std::vector<std::vector<size_t>> plan_shards() const;
   std::string shard_name(size_t shard, size_t shard_count) const;
