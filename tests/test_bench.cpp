@@ -82,7 +82,7 @@ TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]"
   CHECK(json["rows"][0]["kv_bytes_per_sequence"] == kv_per_token * 9);
 }
 
-TEST_CASE("prime-bench decode: several models side by side; bad input exits 1", "[bench][cli]") {
+TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", "[bench][cli]") {
   test::ScratchDir dir("bench");
   auto result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --model '" + test::tiny_model(300) +
                               "' --device cpu --dtype fp32 --batch 1,2 --prompt 8 --new-tokens 2 --json " + dir.file("d.json"));

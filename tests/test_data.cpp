@@ -326,7 +326,7 @@ TEST_CASE("inspect: counts, histograms and decoded samples", "[data]") {
   CHECK_THAT(out.str(), Contains("sample 0 (4 tokens)"));
 }
 
-TEST_CASE("prime-data CLI: tokenize, inspect, pack; bad input exits 1 and writes nothing", "[data][cli]") {
+TEST_CASE("prime-data CLI: tokenize, inspect, pack, bad input exits 1 and writes nothing", "[data][cli]") {
   test::ScratchDir dir("data_cli");
   test::write_text(dir.file("a.txt"), "One paragraph.\n\nAnother one here.\n");
   const std::string tokenizer = "--tokenizer " + (test::shared_dir() / "data/tokenizers/gpt2-bytelevel-bpe.tokenizer.json").string();

@@ -86,7 +86,7 @@ TEST_CASE("perplexity equals exp(mean NLL) of the direct forward", "[ppl]") {
   CHECK(result.bytes == Approx(600));
 }
 
-TEST_CASE("perplexity on a shard; the model's vocab must cover the shard's ids", "[ppl][bad-input]") {
+TEST_CASE("perplexity on a shard, the model's vocab must cover the shard's ids", "[ppl][bad-input]") {
   test::ScratchDir dir("ppl");
   auto loaded = model::load_model(test::tiny_model(300), {});
   io::TokenShardHeader header;

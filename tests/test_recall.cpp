@@ -190,7 +190,7 @@ TEST_CASE("recall probes: a hand-built 2-layer induction model scores 100%, a ra
   for (const auto& cell : guessed_mqar.cells) CHECK(cell.accuracy() < 0.2);
 }
 
-TEST_CASE("recall probes draw filler and ids from a shard; prime-eval --recall end to end", "[recall][cli]") {
+TEST_CASE("recall probes draw filler and ids from a shard, prime-eval --recall end to end", "[recall][cli]") {
   test::ScratchDir dir("recall");
   io::TokenShardHeader header;
   header.width = 2;
