@@ -6,6 +6,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/json_output.h"
 #include "eval/ssm_bench.h"
@@ -124,6 +125,21 @@ void run_decode(DecodeOptions& options) {
   if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench));
 }
 
+void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& options) {
+  CLI::App* command = app.add_subcommand(
+      "convert", "prime-convert wall time next to cp of the same source files, and its peak RSS");
+  command->add_option("--source", options.source, "synthetic:ALIAS[@k=v,...], written to disk once in bf16 (default synthetic:qwen3-8b)")
+      ->group("Inputs");
+  command->add_option("--layer", options.layer, "GKA, GDN, M2 or SWA (default GKA)")->group("Inputs");
+  command->add_option("--ratio", options.ratio, "attention:SSM layers (default 1:3)")->group("Inputs");
+  command->add_option("--init", options.init, "hmf, head, mambainllama or random (default hmf)")->group("Inputs");
+  command->add_option("--work-dir", options.work_dir, "caches the source; copies and outputs go here (default /tmp/prime-bench)")
+      ->group("Measurement");
+  command->add_option("--rounds", options.rounds, "rounds of cp then prime-convert (default 3)")->group("Measurement");
+  command->add_flag("--keep", options.keep_outputs, "keep the last copy and converted checkpoint")->group("Measurement");
+  command->add_flag("!--no-evict", options.evict, "leave the source in the page cache between runs")->group("Measurement");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,10 +151,15 @@ int main(int argc, char** argv) {
   add_ssm_command(app, ssm_options);
   DecodeOptions decode_options;
   add_decode_command(app, decode_options);
+  prime::convert::ConvertBenchOptions convert_options;
+  add_convert_command(app, convert_options);
   CLI11_PARSE(app, argc, argv);
   return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
     if (app.got_subcommand("ssm")) run_ssm(ssm_options);
     if (app.got_subcommand("decode")) run_decode(decode_options);
+    if (app.got_subcommand("convert"))
+      std::cout << prime::convert::format_convert_bench(prime::convert::run_convert_bench(convert_options, std::cerr),
+                                                        convert_options);
   });
 }

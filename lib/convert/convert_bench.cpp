@@ -255,7 +255,8 @@ std::string format_convert_bench(const ConvertBenchResult& r, const ConvertBench
     std::snprintf(line, sizeof line, "         materialised in %.1f s (bf16, once)\n", r.materialise_seconds);
     out << line;
   }
-  out << "         " << r.copy_seconds.size() << " rounds of cp then prime-convert; page cache: "
+  out << "         " << r.copy_seconds.size() << (r.copy_seconds.size() == 1 ? " round" : " rounds")
+      << " of cp then prime-convert; page cache: "
       << (r.evicted ? "source evicted before each run" : "left as it was") << "\n";
   const double copy = median(r.copy_seconds), convert = median(r.convert_seconds);
   const double copy_best = *std::min_element(r.copy_seconds.begin(), r.copy_seconds.end());
