@@ -38,7 +38,7 @@ const std::string tiny = "'" + test::tiny_synthetic(4) + "'";
 
 }  // namespace
 
-TEST_CASE("prime-convert --dry-run prints the plan and writes nothing; a real run writes", "[convert][cli]") {
+TEST_CASE("prime-convert --dry-run prints the plan and writes nothing, a real run writes", "[convert][cli]") {
   test::ConvertTempDir dir("cli");
   const std::string out = (dir / "out").string();
   auto result = run("prime-convert --source " + tiny + " --layer GKA --ratio 1:3 --out " + out + " --dry-run");

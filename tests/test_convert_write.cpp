@@ -225,7 +225,7 @@ TEST_CASE("convert: deterministic, seeded, and the recipes differ where they sho
   CHECK(at::equal(r.tensor("model.layers.3.swa.q_proj.weight"), source_tensor("model.layers.3.self_attn.q_proj.weight")));
 }
 
-TEST_CASE("convert: --dtype casts weights but keeps A_log, dt_bias, D in fp32; shards + index", "[convert]") {
+TEST_CASE("convert: --dtype casts weights but keeps A_log, dt_bias, D in fp32, shards + index", "[convert]") {
   test::ConvertTempDir dir("dtype");
   auto options = test::pattern_options(test::tiny_synthetic(3), "M2-GKA-*", dir / "out");
   options.dtype = "bf16";
@@ -244,7 +244,7 @@ TEST_CASE("convert: --dtype casts weights but keeps A_log, dt_bias, D in fp32; s
   runs_in_hybrid_model(dir / "out");
 }
 
-TEST_CASE("convert: tokenizer files are copied; existing outputs, missing attention and failures", "[convert][bad-input]") {
+TEST_CASE("convert: tokenizer files are copied, existing outputs, missing attention and failures", "[convert][bad-input]") {
   test::ConvertTempDir dir("files");
   const auto fixture = test::parity_fixture("qwen3");
   // A source directory with tokenizer files, written by our writer from the fixture.
@@ -291,7 +291,7 @@ TEST_CASE("convert: tokenizer files are copied; existing outputs, missing attent
                     Contains("has no attention weights for layer 1"));
 }
 
-TEST_CASE("convert: SafetensorsWriter::add_stream and add_file_copy; wrong byte counts and short files", "[convert]") {
+TEST_CASE("convert: SafetensorsWriter::add_stream and add_file_copy, wrong byte counts and short files", "[convert]") {
   test::ConvertTempDir dir("stream");
   const at::Tensor values = at::arange(1000, at::kFloat);
   {
