@@ -5,6 +5,8 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <cstring>
+
 #include "convert/hybrid_config.h"
 #include "eval/generate.h"
 #include "io/safetensors_writer.h"
@@ -238,6 +240,28 @@ TEST_CASE("convert: --dtype casts weights but keeps A_log, dt_bias, D in fp32, s
     CHECK(out.info(name).dtype == (is_fp32_parameter(name) ? io::DType::F32 : io::DType::BF16));
   const auto config = nlohmann::json::parse(test::read_text(dir / "out" / "config.json"));
   CHECK(config["torch_dtype"] == "bfloat16");
+  // A checkpoint source cast on the way: streamed in pieces (tiny ones here), values exact.
+  const auto fixture = test::parity_fixture("qwen3");
+  auto cast = test::pattern_options(fixture.string(), "GKA-*", dir / "cast");
+  cast.dtype = "bf16";
+  ConversionPlan cast_plan = plan_conversion(cast);
+  cast_plan.weights->set_chunk_bytes(100);
+  std::ostringstream log;
+  write_hybrid(cast_plan, cast, log, ProgressStyle::Quiet);
+  const io::Checkpoint in = io::Checkpoint::open(fixture), cast_out = io::Checkpoint::open(dir / "cast");
+  for (const char* name : {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"})
+    CHECK(at::equal(cast_out.tensor(name), in.tensor(name).to(at::kBFloat16)));
+  CHECK(at::equal(cast_out.tensor("model.layers.0.gka.q_proj.weight"),
+                  in.tensor("model.layers.0.self_attn.q_proj.weight").to(at::kBFloat16)));
+  CHECK(cast_out.info("model.layers.0.gka.A_log").dtype == io::DType::F32);
+  std::vector<char> streamed;
+  cast_plan.weights->stream("lm_head.weight", at::kFloat, [&](const void* data, size_t size) {
+    CHECK(size <= 100);
+    streamed.insert(streamed.end(), static_cast<const char*>(data), static_cast<const char*>(data) + size);
+  });
+  const at::Tensor lm_head = in.tensor("lm_head.weight").contiguous();
+  REQUIRE(streamed.size() == lm_head.nbytes());
+  CHECK(std::memcmp(streamed.data(), lm_head.data_ptr(), streamed.size()) == 0);
   // A bf16 source converts in bf16 by default.
   auto again = test::pattern_options((dir / "out").string(), "", dir / "again");
   CHECK_THROWS_WITH(plan_conversion(again), Contains("already a hybrid"));

@@ -137,7 +137,9 @@ std::string ConversionPlan::summary(bool every_tensor) const {
       << ", config.json, prime.json, README.md"
       << (source.dir.empty() ? "" : ", tokenizer files and generation_config.json when present") << "\n";
   out << "  not carried over       " << dropped.size() << " source tensors\n";
-  out << "  estimated peak memory  " << format_bytes(peak_bytes_estimate) << " (largest step: " << peak_step << ")\n";
+  out << "  estimated peak memory  " << format_bytes(peak_bytes_estimate) << " (largest step: " << peak_step
+      << (source.kind == "synthetic" ? "; a synthetic source makes each tensor whole in fp32, a checkpoint streams" : "")
+      << ")\n";
   return out.str();
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -147,7 +148,7 @@ void SourceWeights::stream(const std::string& name, at::ScalarType dtype, const 
   const Location where = locate(name);
   const uint64_t total = nbytes(name);
   const size_t element = at::elementSize(from);
-  const size_t chunk = kChunkBytes / element * element;
+  const size_t chunk = std::max(chunk_bytes_ / element, size_t{1}) * element;
   if (buffer_.size() < chunk) buffer_.resize(chunk);
   const int fd = descriptor(where.path);
   for (uint64_t done = 0; done < total;) {

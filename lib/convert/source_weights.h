@@ -53,6 +53,7 @@ class SourceWeights : public SourceReader {
   using ByteSink = std::function<void(const void* data, size_t size)>;
   void stream(const std::string& name, at::ScalarType dtype, const ByteSink& sink) const;
   static constexpr size_t kChunkBytes = 16u << 20;
+  void set_chunk_bytes(size_t bytes) { chunk_bytes_ = bytes; }  // tests: many small pieces
 
   // Where a checkpoint tensor's bytes are, for copying them file to file as they are; absent
   // for synthetic sources.
@@ -78,6 +79,7 @@ class SourceWeights : public SourceReader {
   mutable std::mutex descriptors_mutex_;
   mutable std::map<std::string, int> descriptors_;
   mutable std::vector<char> buffer_;
+  size_t chunk_bytes_ = kChunkBytes;
 };
 
 // The dtype a synthetic source stands for: config torch_dtype/dtype (bfloat16, float16,
