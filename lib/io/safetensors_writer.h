@@ -54,7 +54,8 @@ class SafetensorsWriter {
 
   // Shards in declaration order, starting a new one when the next tensor would exceed
   // max_shard_bytes. Within a shard, tensors are laid out (and produced) by decreasing element
-  // size, stably, so that every tensor is aligned; with one dtype that is declaration order. One shard: model.safetensors. Several: model-00001-of-0000N.safetensors
+  // size, stably, so that every tensor is aligned; with one dtype that is declaration order.
+  // One shard: model.safetensors. Several: model-00001-of-0000N.safetensors
   // plus model.safetensors.index.json {"metadata":{"total_size":N},"weight_map":{...}}.
   // A produced tensor whose dtype/shape differ from its declaration is an InternalError;
   // I/O failures (ENOSPC, ...) are UserErrors naming the file and strerror. Call once.
