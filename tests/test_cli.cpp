@@ -14,27 +14,13 @@
 
 namespace {
 
-struct Run {
-  int exit_code;
-  std::string output;
-};
-
-Run run(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen((std::string(PRIME_BIN_DIR) + "/" + command + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buffer{};
-  while (size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  return {WEXITSTATUS(status), output};
-}
-
 const std::string tiny = "synthetic:qwen3-0.6b@layers=2,hidden=64,heads=4,kv_heads=2,head_dim=16,intermediate=96,vocab=300";
 
 }  // namespace
 
 TEST_CASE("prime-eval dumps logits and generates", "[cli]") {
   auto out = std::filesystem::temp_directory_path() / ("prime_cli_logits_" + std::to_string(::getpid()) + ".safetensors");
-  auto result = run("prime-eval --model '" + tiny + "' --token-ids 5,6,7 --dump-logits " + out.string() + " --generate 4");
+  auto result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 5,6,7 --dump-logits " + out.string() + " --generate 4");
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK(result.output.find("generated:") != std::string::npos);
@@ -45,36 +31,36 @@ TEST_CASE("prime-eval dumps logits and generates", "[cli]") {
   std::filesystem::remove(out);
   // The same fixture model through a directory: greedy ids equal those transformers produced.
   auto parity = prime::test::fixtures_dir() / "parity" / "qwen3";
-  result = run("prime-eval --model " + parity.string() + " --token-ids 1,2,3 --generate 3");
+  result = prime::test::run_cli("prime-eval --model " + parity.string() + " --token-ids 1,2,3 --generate 3");
   CHECK(result.exit_code == 0);
 }
 
 TEST_CASE("prime-eval and prime-inspect refuse bad input with exit 1 and write nothing", "[cli][bad-input]") {
   auto out = std::filesystem::temp_directory_path() / ("prime_cli_bad_" + std::to_string(::getpid()) + ".safetensors");
-  auto result = run("prime-eval --model synthetic:nope --dump-logits " + out.string());
+  auto result = prime::test::run_cli("prime-eval --model synthetic:nope --dump-logits " + out.string());
   CHECK(result.exit_code == 1);
   CHECK(result.output.find("unknown model alias") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(out));
-  result = run("prime-eval --model '" + tiny + "' --token-ids 1,x --dump-logits " + out.string());
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 1,x --dump-logits " + out.string());
   CHECK(result.exit_code == 1);
   CHECK_FALSE(std::filesystem::exists(out));
-  result = run("prime-eval --model '" + tiny + "' --token-ids 1,999999 --dump-logits " + out.string());
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 1,999999 --dump-logits " + out.string());
   CHECK(result.exit_code == 1);
   CHECK(result.output.find("out of range") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(out));
-  result = run("prime-inspect /definitely/not/here");
+  result = prime::test::run_cli("prime-inspect /definitely/not/here");
   CHECK(result.exit_code == 1);
-  result = run("prime-eval --model " + tiny + " --bogus-flag");
+  result = prime::test::run_cli("prime-eval --model " + tiny + " --bogus-flag");
   CHECK(result.exit_code != 0);
 }
 
 TEST_CASE("prime-inspect prints config, parameter count and the layer table", "[cli]") {
-  auto result = run("prime-inspect synthetic:qwen3-8b");
+  auto result = prime::test::run_cli("prime-inspect synthetic:qwen3-8b");
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK(result.output.find("parameters  8190735360") != std::string::npos);
   CHECK(result.output.find("head_dim 128") != std::string::npos);
-  result = run("prime-inspect --tensors " + (prime::test::fixtures_dir() / "parity" / "qwen2").string());
+  result = prime::test::run_cli("prime-inspect --tensors " + (prime::test::fixtures_dir() / "parity" / "qwen2").string());
   REQUIRE(result.exit_code == 0);
   CHECK(result.output.find("model.layers.0.self_attn.q_proj.bias") != std::string::npos);
 }

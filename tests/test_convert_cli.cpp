@@ -20,20 +20,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct Run {
-  int exit_code;
-  std::string output;
-};
-
-Run run(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen((std::string(PRIME_BIN_DIR) + "/" + command + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buffer{};
-  while (size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  return {WEXITSTATUS(status), output};
-}
-
 const std::string tiny = "'" + test::tiny_synthetic(4) + "'";
 
 }  // namespace
@@ -41,7 +27,7 @@ const std::string tiny = "'" + test::tiny_synthetic(4) + "'";
 TEST_CASE("prime-convert --dry-run prints the plan and writes nothing, a real run writes", "[convert][cli]") {
   test::ConvertTempDir dir("cli");
   const std::string out = (dir / "out").string();
-  auto result = run("prime-convert --source " + tiny + " --layer GKA --ratio 1:3 --out " + out + " --dry-run");
+  auto result = prime::test::run_cli("prime-convert --source " + tiny + " --layer GKA --ratio 1:3 --out " + out + " --dry-run");
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("dry run: nothing is written"));
@@ -51,7 +37,7 @@ TEST_CASE("prime-convert --dry-run prints the plan and writes nothing, a real ru
   CHECK_THAT(result.output, Contains("estimated peak memory"));
   CHECK_FALSE(std::filesystem::exists(out));
 
-  result = run("prime-convert --source " + tiny + " --layer GDN --ratio 1:1 --placement middle --out " + out);
+  result = prime::test::run_cli("prime-convert --source " + tiny + " --layer GDN --ratio 1:1 --placement middle --out " + out);
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("wrote " + out));
   CHECK(std::filesystem::exists(dir / "out" / "model.safetensors"));
@@ -61,10 +47,10 @@ TEST_CASE("prime-convert --dry-run prints the plan and writes nothing, a real ru
   CHECK(model::load_model(out, {at::kCPU, at::kFloat}).model->num_layers() == 4);
 
   // Existing output: refused without --force, replaced with it.
-  result = run("prime-convert --source " + tiny + " --layer GDN --ratio 1:1 --out " + out);
+  result = prime::test::run_cli("prime-convert --source " + tiny + " --layer GDN --ratio 1:1 --out " + out);
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("already exists"));
-  result = run("prime-convert --source " + tiny + " --layer M2 --ratio 1:1 --out " + out + " --force --quiet");
+  result = prime::test::run_cli("prime-convert --source " + tiny + " --layer M2 --ratio 1:1 --out " + out + " --force --quiet");
   CHECK(result.exit_code == 0);
   CHECK(nlohmann::json::parse(test::read_text(dir / "out" / "config.json")).contains("mamba2_config"));
 }
@@ -92,15 +78,15 @@ TEST_CASE("prime-convert refuses bad input with exit 1, a clear message and noth
       {"--source " + tiny + " --layer GKA", "--ratio A:S is required"},
   };
   for (const auto& [args, message] : cases) {
-    const auto result = run("prime-convert " + args + " --out " + out);
+    const auto result = prime::test::run_cli("prime-convert " + args + " --out " + out);
     INFO(args << "\n" << result.output);
     CHECK(result.exit_code == 1);
     CHECK_THAT(result.output, Contains(message));
     CHECK_FALSE(std::filesystem::exists(out));
   }
   // Missing required flags are CLI11's (exit code != 0), still nothing written.
-  CHECK(run("prime-convert --layer GKA --ratio 1:3 --out " + out).exit_code != 0);
-  CHECK(run("prime-convert --source " + tiny + " --layer GKA --ratio 1:3").exit_code == 1);
+  CHECK(prime::test::run_cli("prime-convert --layer GKA --ratio 1:3 --out " + out).exit_code != 0);
+  CHECK(prime::test::run_cli("prime-convert --source " + tiny + " --layer GKA --ratio 1:3").exit_code == 1);
   CHECK_FALSE(std::filesystem::exists(out));
 }
 

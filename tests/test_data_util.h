@@ -1,6 +1,8 @@
 // Helpers for the data/eval tests: a scratch directory, small files, and running a built CLI.
 #pragma once
 
+#include "test_helpers.h"
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -59,21 +61,6 @@ inline std::vector<uint32_t> shard_ids(const io::TokenShard& shard) {
   std::vector<uint32_t> ids(static_cast<size_t>(shard.size()));
   shard.read(0, shard.size(), ids.data());
   return ids;
-}
-
-struct CliRun {
-  int exit_code;
-  std::string output;
-};
-
-// Runs PRIME_BIN_DIR/<command> through the shell, stdout and stderr together.
-inline CliRun run_cli(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen((std::string(PRIME_BIN_DIR) + "/" + command + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buffer{};
-  while (size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  return {WEXITSTATUS(status), output};
 }
 
 // A tiny synthetic Qwen3 (2 layers, d=64) whose vocabulary is `vocab`.
