@@ -53,13 +53,14 @@ void KvCache::evict_outside_window() {
 }
 
 AttentionMixer::AttentionMixer(const io::ModelConfig& config, const TensorMap& weights, const std::string& prefix,
-                               AttentionOptions options)
+                               AttentionOptions options, std::shared_ptr<const Rope> rope)
     : q_heads_(config.num_attention_heads),
       kv_heads_(config.num_key_value_heads),
       head_dim_(config.head_dim),
       norm_eps_(config.rms_norm_eps),
       options_(options),
-      rope_(config.rope, config.head_dim, config.max_position_embeddings) {
+      rope_(rope ? std::move(rope)
+                 : std::make_shared<const Rope>(config.rope, config.head_dim, config.max_position_embeddings)) {
   const int64_t d = config.hidden_size, q_dim = q_heads_ * head_dim_, kv_dim = kv_heads_ * head_dim_;
   q_proj_ = take_weight(weights, prefix, "q_proj.weight", {q_dim, d});
   k_proj_ = take_weight(weights, prefix, "k_proj.weight", {kv_dim, d});
@@ -98,7 +99,7 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
   if (layer_cache && !cache) throw internal_error("attention layer given a non-KV cache");
   const int64_t start = cache ? cache->length() : 0;
   at::Tensor query_positions = at::arange(start, start + steps, at::TensorOptions().dtype(at::kLong));
-  std::tie(q, k) = rope_.apply(q, k, query_positions);
+  std::tie(q, k) = rope_->apply(q, k, start);
   q = q.transpose(1, 2);  // [B,H,T,D]
   k = k.transpose(1, 2);
   v = v.transpose(1, 2);

@@ -48,8 +48,10 @@ class AttentionMixer : public Mixer {
  public:
   // Weights under `prefix` ("model.layers.3.self_attn." or "...swa."): q/k/v/o_proj(.weight,
   // .bias when config.attention_bias), q_norm/k_norm when config.qk_norm.
+  // `rope`: shared by a model's attention layers so the angles are computed once per forward;
+  // null makes a private one.
   AttentionMixer(const io::ModelConfig& config, const TensorMap& weights, const std::string& prefix,
-                 AttentionOptions options);
+                 AttentionOptions options, std::shared_ptr<const Rope> rope = nullptr);
   std::string symbol() const override { return options_.symbol; }
   std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
   at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
@@ -58,7 +60,7 @@ class AttentionMixer : public Mixer {
   int64_t q_heads_, kv_heads_, head_dim_;
   double norm_eps_;
   AttentionOptions options_;
-  Rope rope_;
+  std::shared_ptr<const Rope> rope_;
   at::Tensor q_proj_, k_proj_, v_proj_, o_proj_;
   at::Tensor q_bias_, k_bias_, v_bias_, o_bias_;
   at::Tensor q_norm_, k_norm_;

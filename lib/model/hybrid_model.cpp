@@ -38,11 +38,12 @@ HybridModel::HybridModel(io::ModelConfig config, const TensorMap& weights) : con
   final_norm_ = take_weight(weights, "", arch.name("final_norm"), {d});
   lm_head_ = config_.tie_word_embeddings ? embed_tokens_
                                          : take_weight(weights, "", arch.name("lm_head"), {config_.vocab_size, d});
+  const auto rope = std::make_shared<const Rope>(config_.rope, config_.head_dim, config_.max_position_embeddings);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     Layer layer;
     layer.input_norm = take_weight(weights, "", arch.name("input_layernorm", i), {d});
     layer.post_attention_norm = take_weight(weights, "", arch.name("post_attention_layernorm", i), {d});
-    layer.mixer = make_mixer(config_, weights, i);
+    layer.mixer = make_mixer(config_, weights, i, rope);
     if (config_.layer_is_moe(i)) {
       std::vector<std::string> experts;
       for (int64_t e = 0; e < config_.moe.num_experts; ++e) experts.push_back(arch.name("moe_expert_prefix", i, e));

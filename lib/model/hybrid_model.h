@@ -12,6 +12,7 @@
 #include "io/model_config.h"
 #include "model/feed_forward.h"
 #include "model/mixer.h"
+#include "model/rope.h"
 #include "model/weights.h"
 
 namespace prime::model {
@@ -32,8 +33,10 @@ struct LoadOptions {
 // parameters that must stay fp32 (A_log, dt_bias, D), on options.device.
 TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options);
 
-// Builds the mixer of layer `layer` for its pattern symbol. Weights are full names.
-std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer);
+// Builds the mixer of layer `layer` for its pattern symbol. Weights are full names. Attention
+// layers use `rope` (one per model, so the angles are computed once per forward) or their own.
+std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer,
+                                  std::shared_ptr<const Rope> rope = nullptr);
 
 class HybridModel {
  public:

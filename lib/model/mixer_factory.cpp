@@ -9,7 +9,8 @@
 
 namespace prime::model {
 
-std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer) {
+std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap& weights, int64_t layer,
+                                  std::shared_ptr<const Rope> rope) {
   const auto& arch = io::find_architecture(config.model_type, config.architecture, config.model_type);
   const std::string& symbol = config.layer_pattern.at(layer);
   const std::string layer_prefix = arch.name("layer_prefix", layer);
@@ -17,7 +18,7 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
   if (symbol == "*") {
     AttentionOptions options;
     options.window = config.attention_window.at(layer);
-    return std::make_unique<AttentionMixer>(config, weights, arch.name("attention_prefix", layer), options);
+    return std::make_unique<AttentionMixer>(config, weights, arch.name("attention_prefix", layer), options, rope);
   }
   if (symbol == "SWA") {
     const auto& sub = config.raw.value("swa_config", nlohmann::json::object());
@@ -26,7 +27,7 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
     options.window = sub.value("window_size", int64_t{2048});
     options.sink_tokens = sub.value("num_sink_tokens", int64_t{0});
     if (options.window <= 0) throw user_error(where, ": swa_config.window_size must be > 0");
-    return std::make_unique<AttentionMixer>(config, weights, layer_prefix + "swa.", options);
+    return std::make_unique<AttentionMixer>(config, weights, layer_prefix + "swa.", options, rope);
   }
   // SSM layers read their own sub-config (formats.md) and weights under their own prefix.
   auto sub_config = [&](const char* key) -> const nlohmann::json& {

@@ -107,18 +107,20 @@ std::pair<at::Tensor, double> Rope::inv_freq(int64_t seq_len) const {
   return {base_inv_freq_, attention_scaling_};
 }
 
-std::pair<at::Tensor, at::Tensor> Rope::apply(const at::Tensor& q, const at::Tensor& k,
-                                              const at::Tensor& positions) const {
-  const int64_t seq_len = positions.numel() ? positions.max().item<int64_t>() + 1 : 0;
-  auto [frequencies, scaling] = inv_freq(seq_len);
+std::pair<at::Tensor, at::Tensor> Rope::apply(const at::Tensor& q, const at::Tensor& k, int64_t start) const {
+  const int64_t steps = q.size(1);
   const auto angle_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor freqs = positions.to(q.device(), angle_type).unsqueeze(1) * frequencies.to(q.device(), angle_type).unsqueeze(0);
-  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [T, D]
-  at::Tensor cos = (emb.cos() * scaling).unsqueeze(0).unsqueeze(2);  // [1,T,1,D]
-  at::Tensor sin = (emb.sin() * scaling).unsqueeze(0).unsqueeze(2);
+  if (last_.start != start || last_.steps != steps || last_.device != q.device() || last_.dtype != angle_type) {
+    auto [frequencies, scaling] = inv_freq(start + steps);
+    at::Tensor positions = at::arange(start, start + steps, at::TensorOptions().dtype(angle_type));
+    at::Tensor freqs = positions.to(q.device()).unsqueeze(1) * frequencies.to(q.device(), angle_type).unsqueeze(0);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);  // [T, D]
+    last_ = {start, steps, q.device(), angle_type, (emb.cos() * scaling).unsqueeze(0).unsqueeze(2),
+             (emb.sin() * scaling).unsqueeze(0).unsqueeze(2)};
+  }
   auto rotate = [&](const at::Tensor& x) {
     at::Tensor xf = x.to(angle_type);
-    return (xf * cos + rotate_half(xf) * sin).to(x.scalar_type());
+    return (xf * last_.cos + rotate_half(xf) * last_.sin).to(x.scalar_type());
   };
   return {rotate(q), rotate(k)};
 }

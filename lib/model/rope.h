@@ -13,11 +13,11 @@ class Rope {
  public:
   Rope(const io::RopeConfig& config, int64_t head_dim, int64_t max_position_embeddings);
 
-  // Rotates q [B,T,Hq,D] and k [B,T,Hkv,D] in place of a copy for the given absolute positions
-  // [T] (int64). Returns {q, k} in their dtype; the angles are computed in fp32 (or fp64 when q
-  // is fp64).
-  std::pair<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& positions) const;
+  // Rotates q [B,T,Hq,D] and k [B,T,Hkv,D] at absolute positions start, ..., start+T-1.
+  // Returns rotated copies in their dtype; the angles are computed in fp32 (fp64 when q is fp64).
+  // The last call's cos/sin are kept, so the layers of one model sharing this Rope compute them
+  // once per forward: not for concurrent use from several threads.
+  std::pair<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k, int64_t start) const;
 
   // Inverse frequencies [D/2] and the cos/sin scale for a call whose largest position + 1 is
   // seq_len (only dynamic rope depends on it).
@@ -27,8 +27,16 @@ class Rope {
   io::RopeConfig config_;
   int64_t head_dim_;
   int64_t max_position_embeddings_;
-  at::Tensor base_inv_freq_;  // fp64 [D/2], static types only
+  at::Tensor base_inv_freq_;  // fp32 [D/2], static types only
   double attention_scaling_ = 1.0;
+
+  struct Angles {
+    int64_t start = -1, steps = -1;
+    at::Device device = at::kCPU;
+    at::ScalarType dtype = at::kFloat;
+    at::Tensor cos, sin;  // [1,T,1,D]
+  };
+  mutable Angles last_;
 };
 
 }  // namespace prime::model
