@@ -64,3 +64,17 @@ TEST_CASE("prime-inspect prints config, parameter count and the layer table", "[
   REQUIRE(result.exit_code == 0);
   CHECK(result.output.find("model.layers.0.self_attn.q_proj.bias") != std::string::npos);
 }
+
+TEST_CASE("prime-bench ssm and tokenizer: tiny runs work and bad input exits 1", "[cli][bench]") {
+  auto result = prime::test::run_cli("prime-bench ssm --device cpu --batch 1 --tokens 70 --heads 2 --head-dim 8 --repeats 1");
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK(result.output.find("GKA") != std::string::npos);
+  result = prime::test::run_cli("prime-bench ssm --device cpu --types XYZ --tokens 8 --head-dim 8 --heads 1 --no-backward");
+  CHECK(result.exit_code == 1);
+  CHECK(result.output.find("unknown SSM type 'XYZ'") != std::string::npos);
+  result = prime::test::run_cli("prime-bench ssm --device cpu --dtype int7");
+  CHECK(result.exit_code == 1);
+  result = prime::test::run_cli("prime-bench tokenizer --tokenizer /no/such/tokenizer.json --text /no/such.txt");
+  CHECK(result.exit_code == 1);
+}
