@@ -100,6 +100,10 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
       "decode", "prefill P tokens, decode N for batch B: tok/s, cache bytes per sequence, HBM traffic floor");
   command->add_option("--model", options.models, "model specs, benched in turn; ratios are vs the first (repeatable)")
       ->required()->group("Inputs");
+  command->add_option("--mode", options.bench.modes,
+                      "decode modes, each run per point: eager (growing cache), static (static cache), graph (static "
+                      "cache, CUDA graph per step; runs as static where impossible) (default eager,graph)")
+      ->delimiter(',')->group("Measurement");
   command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')->group("Shape");
   command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
   command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")->group("Shape");

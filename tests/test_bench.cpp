@@ -49,13 +49,16 @@ TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]"
   options.warmup = 1;
   options.prefill_tokens = 8;  // forces a chunked prefill
   std::vector<eval::DecodeBenchRow> rows = eval::run_decode_bench(transformer, options);
-  REQUIRE(rows.size() == 4);
+  REQUIRE(rows.size() == 8);  // (P, B, mode): eager, then graph (static on a CPU)
   const int64_t kv_per_token = 2 /*layers*/ * 2 /*k,v*/ * 2 /*kv heads*/ * 16 * 4 /*fp32*/;
-  for (const auto& row : rows) {
-    INFO(row.batch << " x " << row.prompt);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
+    INFO(row.batch << " x " << row.prompt << " " << row.mode);
+    CHECK(row.mode == (i % 2 == 0 ? "eager" : "static"));  // a CPU model has no graph
     CHECK(row.error.empty());
     CHECK(row.decode_tokens_per_s > 0);
     CHECK(row.prefill_tokens_per_s > 0);
+    // Both modes allocate the cache once for P + warm-up + N tokens and fill it.
     CHECK(row.kv_bytes_per_sequence == kv_per_token * (row.prompt + 4));
     CHECK(row.state_bytes_per_sequence == 0);
     // Every weight once per step (the tiny Qwen3 ties the embedding table to the LM head).
@@ -71,14 +74,16 @@ TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]"
     rows.push_back(row);
   }
   // The GDN state does not grow with the context.
-  CHECK(rows[4].state_bytes_per_sequence == rows[6].state_bytes_per_sequence);
+  CHECK(rows[8].state_bytes_per_sequence == rows[12].state_bytes_per_sequence);
   std::ostringstream table;
   eval::print_decode_table(rows, options, table);
   INFO(table.str());
   CHECK_THAT(table.str(), Contains("tiny GDN hybrid"));
   CHECK_THAT(table.str(), Contains("x dec"));
+  CHECK_THAT(table.str(), Contains("x eager"));
   const auto json = eval::to_json(rows, options);
-  CHECK(json["rows"].size() == 8);
+  CHECK(json["rows"].size() == 16);
+  CHECK(json["rows"][1]["mode"] == "static");
   CHECK(json["rows"][0]["kv_bytes_per_sequence"] == kv_per_token * 9);
 }
 
@@ -90,8 +95,10 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("decode t/s"));
   const auto json = nlohmann::json::parse(test::read_bytes(dir.file("d.json")));
-  CHECK(json["rows"].size() == 4);
+  CHECK(json["rows"].size() == 8);  // 2 models x 2 batches x (eager, graph)
   result = test::run_cli("prime-bench decode --model synthetic:nope --device cpu");
+  CHECK(result.exit_code == 1);
+  result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --mode fast");
   CHECK(result.exit_code == 1);
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --batch 0");
   CHECK(result.exit_code == 1);

@@ -9,12 +9,15 @@
 #include <cstdio>
 #include <iomanip>
 #include <map>
+#include <memory>
+#include <tuple>
 #include <sstream>
 
 #include "convert/in_memory.h"
 #include "io/architecture.h"
 #include "io/source.h"
 #include "model/attention.h"
+#include "model/step_decoder.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -74,12 +77,31 @@ BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& o
   return make_bench_model(spec, source.config, model::prepare_weights(io::load_source_weights(source), options));
 }
 
-DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const DecodeBenchOptions& options) {
+const std::vector<std::string>& decode_modes() {
+  static const std::vector<std::string> modes = {"eager", "static", "graph"};
+  return modes;
+}
+
+namespace {
+
+void check_modes(const std::vector<std::string>& modes) {
+  if (modes.empty()) throw user_error("decode bench needs at least one mode");
+  for (const auto& mode : modes)
+    if (std::find(decode_modes().begin(), decode_modes().end(), mode) == decode_modes().end())
+      throw user_error("unknown decode mode '", mode, "' (eager, static, graph)");
+}
+
+}  // namespace
+
+DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const std::string& mode,
+                                const DecodeBenchOptions& options) {
   if (batch < 1 || prompt < 1 || options.new_tokens < 1)
     throw user_error("decode bench needs batch, prompt and new tokens >= 1");
+  check_modes({mode});
   model::HybridModel& model = *bench.model;
   DecodeBenchRow row;
   row.model = bench.spec;
+  row.mode = mode;
   row.batch = batch;
   row.prompt = prompt;
   row.new_tokens = options.new_tokens;
@@ -89,7 +111,11 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     const at::Tensor prompt_ids =
         at::randint(model.config().vocab_size, {batch, prompt}, generator, at::TensorOptions().dtype(at::kLong))
             .to(model.device());
-    model::ModelCache cache = model.make_cache(batch);
+    // A graph's first two steps are an eager one and the capture: both belong to the warm-up.
+    const bool graph = mode == "graph" && model::StepDecoder::graph_possible(model);
+    const int64_t warmup = graph ? std::max<int64_t>(options.warmup, 2) : options.warmup;
+    const int64_t total = prompt + warmup + options.new_tokens;
+    model::ModelCache cache = model.make_cache(batch, total);  // allocated once in every mode
     // Prefill in chunks so the [B, T, vocab] logits stay bounded; only the last position matters.
     const int64_t chunk = std::max<int64_t>(1, options.prefill_tokens / batch);
     auto start = Clock::now();
@@ -98,16 +124,23 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
       const int64_t length = std::min(chunk, prompt - begin);
       last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
     }
-    at::Tensor next = last.argmax(-1, /*keepdim=*/true);
+    at::Tensor next = last.argmax(-1);  // [B]
     next.cpu();  // waits for the device
     row.prefill_seconds = since(start);
     const CacheBytes after_prefill = cache_bytes(cache);
 
-    for (int64_t step = 0; step < options.warmup; ++step) next = model.forward(next, &cache).select(1, 0).argmax(-1, true);
+    std::unique_ptr<model::StepDecoder> decoder;
+    if (mode != "eager") {
+      decoder = std::make_unique<model::StepDecoder>(model, cache, total, mode == "graph");
+      row.mode = decoder->uses_graph() ? "graph" : "static";
+    }
+    auto decode_step = [&](const at::Tensor& ids) {
+      return decoder ? decoder->step(ids).argmax(-1) : model.forward(ids.unsqueeze(1), &cache).select(1, 0).argmax(-1);
+    };
+    for (int64_t step = 0; step < warmup; ++step) next = decode_step(next);
     next.cpu();
     start = Clock::now();
-    for (int64_t step = 0; step < options.new_tokens; ++step)
-      next = model.forward(next, &cache).select(1, 0).argmax(-1, true);
+    for (int64_t step = 0; step < options.new_tokens; ++step) next = decode_step(next);
     next.cpu();
     row.decode_seconds = since(start);
 
@@ -129,34 +162,46 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
 }
 
 std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options) {
-  // One short untimed point first: the first forward pays for kernel selection, allocator growth
-  // and thread-pool start-up, which would otherwise land in the first row.
+  check_modes(options.modes);
+  // One short untimed point per mode first: the first forward pays for kernel selection,
+  // allocator growth and thread-pool start-up, which would otherwise land in the first row.
   DecodeBenchOptions warm = options;
   warm.new_tokens = 2;
-  run_decode_point(bench, options.batches.empty() ? 1 : options.batches.front(), 16, warm);
+  for (const auto& mode : options.modes)
+    run_decode_point(bench, options.batches.empty() ? 1 : options.batches.front(), 16, mode, warm);
   std::vector<DecodeBenchRow> rows;
   for (int64_t prompt : options.prompts) {
     for (int64_t batch : options.batches) {
-      if (options.max_batch_tokens > 0 && batch * prompt > options.max_batch_tokens) {
-        DecodeBenchRow row;
-        row.model = bench.spec, row.batch = batch, row.prompt = prompt, row.new_tokens = options.new_tokens;
-        row.error = "skipped (B x P > " + std::to_string(options.max_batch_tokens) + ")";
-        rows.push_back(row);
-        continue;
+      for (const auto& mode : options.modes) {
+        if (options.max_batch_tokens > 0 && batch * prompt > options.max_batch_tokens) {
+          DecodeBenchRow row;
+          row.model = bench.spec, row.mode = mode, row.batch = batch, row.prompt = prompt;
+          row.new_tokens = options.new_tokens;
+          row.error = "skipped (B x P > " + std::to_string(options.max_batch_tokens) + ")";
+          rows.push_back(row);
+          continue;
+        }
+        rows.push_back(run_decode_point(bench, batch, prompt, mode, options));
       }
-      rows.push_back(run_decode_point(bench, batch, prompt, options));
     }
   }
   return rows;
 }
 
-std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor, int name_width) {
+namespace {
+
+bool usable(const DecodeBenchRow* row) { return row && row->error.empty() && row->decode_tokens_per_s > 0; }
+
+}  // namespace
+
+std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor, const DecodeBenchRow* first_mode,
+                              int name_width) {
   std::ostringstream out;
   const std::string name = static_cast<int>(row.model.size()) > name_width
                                ? "..." + row.model.substr(row.model.size() - (name_width - 3))
                                : row.model;
-  out << std::left << std::setw(name_width + 1) << name << std::right << std::setw(5) << row.batch << std::setw(8)
-      << row.prompt;
+  out << std::left << std::setw(name_width + 1) << name << std::setw(7) << row.mode << std::right << std::setw(5)
+      << row.batch << std::setw(8) << row.prompt;
   if (!row.error.empty()) {
     out << "  " << row.error;
     return out.str();
@@ -166,11 +211,19 @@ std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* a
                 row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
                 mib(row.state_bytes_per_sequence).c_str(), 1e3 * row.floor_step_seconds, 100 * row.floor_fraction());
   out << cells;
-  if (anchor && anchor != &row && anchor->error.empty() && anchor->model != row.model) {
+  const bool vs_model = usable(anchor) && anchor != &row && anchor->model != row.model;
+  const bool vs_mode = usable(first_mode) && first_mode != &row && first_mode->mode != row.mode;
+  if (vs_model) {
     const double base_cache = double(anchor->kv_bytes_per_sequence + anchor->state_bytes_per_sequence);
     const double cache = double(row.kv_bytes_per_sequence + row.state_bytes_per_sequence);
     std::snprintf(cells, sizeof(cells), "%8.2fx%8.2fx", row.decode_tokens_per_s / anchor->decode_tokens_per_s,
                   base_cache > 0 ? cache / base_cache : 0.0);
+    out << cells;
+  } else if (vs_mode) {
+    out << std::string(18, ' ');
+  }
+  if (vs_mode) {
+    std::snprintf(cells, sizeof(cells), "%9.2fx", row.decode_tokens_per_s / first_mode->decode_tokens_per_s);
     out << cells;
   }
   return out.str();
@@ -178,58 +231,79 @@ std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* a
 
 std::string decode_table_header(const DecodeBenchOptions& options, int name_width) {
   std::ostringstream out;
+  const std::string first_mode = options.modes.empty() ? "" : options.modes.front();
   out << "decode: prefill P, then " << options.new_tokens << " steps (" << options.warmup
-      << " warm-up steps untimed); floor = (weights + B x cache traffic) / " << options.hbm_gbps << " GB/s; "
-      << "x dec, x cache: vs the first model\n";
-  out << std::left << std::setw(name_width + 1) << "model" << std::right << std::setw(5) << "B" << std::setw(8) << "P"
-      << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10) << "ms/step"
-      << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms" << std::setw(9)
-      << "% floor" << std::setw(9) << "x dec" << std::setw(9) << "x cache";
+      << " warm-up steps untimed, 2 with a graph); floor = (weights + B x cache traffic) / " << options.hbm_gbps
+      << " GB/s; x dec, x cache: vs the first model in the same mode; x " << first_mode << ": vs the same model "
+      << first_mode << "\n";
+  out << std::left << std::setw(name_width + 1) << "model" << std::setw(7) << "mode" << std::right << std::setw(5)
+      << "B" << std::setw(8) << "P" << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10)
+      << "ms/step" << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms"
+      << std::setw(9) << "% floor" << std::setw(9) << "x dec" << std::setw(9) << "x cache" << std::setw(10)
+      << ("x " + first_mode);
   return out.str();
 }
 
+namespace {
+
+// The rows a row's ratios refer to: the first model's at the same (B, P, mode) and the same
+// model's at the same (B, P) in the first mode.
+struct Anchors {
+  std::map<std::tuple<std::string, int64_t, int64_t>, const DecodeBenchRow*> first_model;
+  std::map<std::tuple<std::string, int64_t, int64_t>, const DecodeBenchRow*> first_mode;
+
+  explicit Anchors(const std::vector<DecodeBenchRow>& rows) {
+    const std::string model = rows.empty() ? "" : rows.front().model;
+    for (const auto& row : rows) {
+      if (row.model == model) first_model.emplace(std::make_tuple(row.mode, row.batch, row.prompt), &row);
+      first_mode.emplace(std::make_tuple(row.model, row.batch, row.prompt), &row);  // the first one stays
+    }
+  }
+  std::string format(const DecodeBenchRow& row, int name_width) const {
+    auto a = first_model.find({row.mode, row.batch, row.prompt});
+    auto m = first_mode.find({row.model, row.batch, row.prompt});
+    return format_decode_row(row, a == first_model.end() ? nullptr : a->second,
+                             m == first_mode.end() ? nullptr : m->second, name_width);
+  }
+};
+
+}  // namespace
+
 void print_decode_table(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options, std::ostream& out) {
-  std::map<std::pair<int64_t, int64_t>, const DecodeBenchRow*> anchor;  // first model's row per (B, P)
-  const std::string first_model = rows.empty() ? "" : rows.front().model;
-  for (const auto& row : rows)
-    if (row.model == first_model) anchor[{row.batch, row.prompt}] = &row;
   int name_width = 5;
   for (const auto& row : rows) name_width = std::max(name_width, std::min<int>(static_cast<int>(row.model.size()), 60));
   out << decode_table_header(options, name_width) << "\n";
-  for (const auto& row : rows) {
-    auto found = anchor.find({row.batch, row.prompt});
-    out << format_decode_row(row, found == anchor.end() ? nullptr : found->second, name_width) << "\n";
-  }
+  const Anchors anchors(rows);
+  for (const auto& row : rows) out << anchors.format(row, name_width) << "\n";
 }
 
 std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& specs, const model::LoadOptions& load,
                                               const DecodeBenchOptions& options, std::ostream* log) {
+  check_modes(options.modes);
   std::vector<DecodeBenchRow> rows;
+  rows.reserve(specs.size() * options.batches.size() * options.prompts.size() * options.modes.size());
   int name_width = 5;
   for (const auto& spec : specs) name_width = std::max(name_width, std::min<int>(static_cast<int>(spec.size()), 60));
   if (log) *log << decode_table_header(options, name_width) << std::endl;
-  const size_t per_model = options.batches.size() * options.prompts.size();
-  for (size_t m = 0; m < specs.size(); ++m) {
-    BenchModel bench = load_bench_model(specs[m], load);  // one model in memory at a time
+  for (const auto& spec : specs) {
+    BenchModel bench = load_bench_model(spec, load);  // one model in memory at a time
     if (log)
-      *log << "# " << specs[m] << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
+      *log << "# " << spec << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
            << " GB of weights read per step" << std::endl;
     for (auto& row : run_decode_bench(bench, options)) {
       rows.push_back(std::move(row));
-      // Rows come in the same (P, B) order for every model: the anchor is the first model's.
-      const size_t index = rows.size() - 1;
-      const DecodeBenchRow* anchor = m > 0 ? &rows[index % per_model] : nullptr;
-      if (log) *log << format_decode_row(rows.back(), anchor, name_width) << std::endl;
+      if (log) *log << Anchors(rows).format(rows.back(), name_width) << std::endl;
     }
   }
   return rows;
 }
 
 nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options) {
-  nlohmann::json out = {{"new_tokens", options.new_tokens}, {"warmup", options.warmup}, {"hbm_gbps", options.hbm_gbps}};
+  nlohmann::json out = {{"new_tokens", options.new_tokens}, {"warmup", options.warmup}, {"hbm_gbps", options.hbm_gbps},
+                        {"modes", options.modes}};
   nlohmann::json items = nlohmann::json::array();
   for (const auto& row : rows) {
-    nlohmann::json item = {{"model", row.model}, {"batch", row.batch}, {"prompt", row.prompt}};
+    nlohmann::json item = {{"model", row.model}, {"mode", row.mode}, {"batch", row.batch}, {"prompt", row.prompt}};
     if (!row.error.empty()) {
       item["error"] = row.error;
     } else {

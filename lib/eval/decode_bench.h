@@ -16,11 +16,19 @@
 
 namespace prime::eval {
 
+// How the decode steps run: "eager" (the growing KV cache, every op dispatched from the host),
+// "static" (static cache, ops dispatched from the host) or "graph" (static cache, each step one
+// CUDA-graph replay; where a graph is impossible, e.g. on CPU, it runs as "static" and the row
+// says so).
+const std::vector<std::string>& decode_modes();
+
 struct DecodeBenchOptions {
+  std::vector<std::string> modes = {"eager", "graph"};  // each (model, B, P) is run in every mode
   std::vector<int64_t> batches = {1};
   std::vector<int64_t> prompts = {512};
   int64_t new_tokens = 32;
-  int64_t warmup = 2;             // decode steps before the timed ones (not counted)
+  int64_t warmup = 2;             // decode steps before the timed ones (not counted; >= 2 with a graph:
+                                  // one eager step, then the capture)
   int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
   double hbm_gbps = 4800;         // H200 HBM3e
   int64_t max_batch_tokens = 0;  // > 0: skip points with B x P above this (time/memory guard)
@@ -42,6 +50,7 @@ BenchModel make_bench_model(std::string name, const io::ModelConfig& config, con
 
 struct DecodeBenchRow {
   std::string model;
+  std::string mode;  // what ran: eager, static or graph
   int64_t batch = 0, prompt = 0, new_tokens = 0;
   std::string error;  // non-empty: the run failed (e.g. "out of memory")
   double prefill_seconds = 0, decode_seconds = 0;
@@ -53,10 +62,11 @@ struct DecodeBenchRow {
   double floor_fraction() const { return step_seconds() > 0 ? floor_step_seconds / step_seconds() : 0; }
 };
 
-// One (B, P) point; a CUDA out-of-memory becomes row.error instead of an exception.
-DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const DecodeBenchOptions& options);
+// One (B, P, mode) point; a CUDA out-of-memory becomes row.error instead of an exception.
+DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const std::string& mode,
+                                const DecodeBenchOptions& options);
 
-// Every (B, P) of options for one model.
+// Every (P, B, mode) of options for one model, in that nesting order.
 std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options);
 
 // Loads each spec in turn (one model in memory at a time) and runs every (B, P); with a log,
@@ -65,11 +75,14 @@ std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenc
 std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& specs, const model::LoadOptions& load,
                                               const DecodeBenchOptions& options, std::ostream* log = nullptr);
 
-// A table line; `anchor` (the first model's row at the same (B, P), or null) gives the ratios.
-std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor, int name_width);
+// A table line; `anchor` (the first model's row at the same (B, P, mode), or null) and
+// `first_mode` (this model's row at the same (B, P) in the first mode, or null) give the ratios.
+std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* anchor,
+                              const DecodeBenchRow* first_mode, int name_width);
 
 // One table; for models after the first, decode tok/s and cache bytes also as ratios to the first
-// model's row with the same (B, P).
+// model's row with the same (B, P, mode); for modes after the first, decode tok/s also as a ratio
+// to the same model's row in the first mode.
 void print_decode_table(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options, std::ostream& out);
 nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options);
 

@@ -1,9 +1,11 @@
 #include "eval/generate.h"
 
 #include <algorithm>
+#include <memory>
 
 #include <ATen/core/grad_mode.h>
 
+#include "model/step_decoder.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -13,12 +15,14 @@ std::vector<std::vector<int64_t>> greedy_generate(model::HybridModel& model, con
   if (prompt.dim() != 2 || prompt.size(1) == 0) throw user_error("the prompt must hold at least one token");
   at::NoGradGuard no_grad;
   const int64_t batch = prompt.size(0);
-  model::ModelCache cache = model.make_cache(batch);
+  const int64_t max_tokens = prompt.size(1) + options.max_new_tokens;  // the last new token is not fed back
+  model::ModelCache cache = model.make_cache(batch, max_tokens);
+  std::unique_ptr<model::StepDecoder> decoder;
   std::vector<std::vector<int64_t>> generated(batch);
   std::vector<bool> done(batch, false);
-  at::Tensor logits = model.forward(prompt, &cache);
+  at::Tensor logits = model.forward(prompt, &cache).select(1, prompt.size(1) - 1);  // [B, vocab]
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1).cpu();  // [B]
+    const at::Tensor next = logits.argmax(-1).cpu();  // [B]
     bool all_done = true;
     for (int64_t b = 0; b < batch; ++b) {
       if (done[b]) continue;
@@ -28,7 +32,8 @@ std::vector<std::vector<int64_t>> greedy_generate(model::HybridModel& model, con
       all_done = all_done && done[b];
     }
     if (all_done || step + 1 == options.max_new_tokens) break;
-    logits = model.forward(next.unsqueeze(1), &cache);
+    if (!decoder) decoder = std::make_unique<model::StepDecoder>(model, cache, max_tokens, options.graph);
+    logits = decoder->step(next);
   }
   return generated;
 }

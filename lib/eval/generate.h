@@ -1,4 +1,5 @@
-// Greedy decoding with the per-layer cache: prefill the prompt once, then one token per step.
+// Greedy decoding with the per-layer cache: prefill the prompt once, then one token per step on a
+// static cache (model::StepDecoder: a CUDA graph per step on a GPU).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,6 +14,7 @@ namespace prime::eval {
 struct GenerateOptions {
   int64_t max_new_tokens = 16;
   std::vector<int64_t> stop_ids;  // a sequence stops after emitting one of these
+  bool graph = true;              // replay the decode step as a CUDA graph where possible
 };
 
 // prompt [B,P] int64 -> new tokens per sequence (at most max_new_tokens each).

@@ -7,51 +7,6 @@
 
 namespace prime::model {
 
-int64_t KvCache::bytes_per_sequence() const {
-  if (!keys_.defined()) return 0;
-  return 2 * stored_ * kv_heads_ * head_dim_ * static_cast<int64_t>(keys_.element_size());
-}
-
-void KvCache::append(const at::Tensor& k, const at::Tensor& v) {
-  const int64_t incoming = k.size(2);
-  if (!keys_.defined() || stored_ + incoming > keys_.size(2)) {
-    const int64_t capacity = std::max<int64_t>(2 * (stored_ + incoming), 16);
-    at::Tensor new_keys = at::empty({k.size(0), kv_heads_, capacity, head_dim_}, k.options());
-    at::Tensor new_values = at::empty_like(new_keys);
-    // Positions live on the host: masks are built there, and reading them costs no device sync.
-    at::Tensor new_positions = at::empty({capacity}, at::TensorOptions().dtype(at::kLong));
-    if (stored_ > 0) {
-      new_keys.narrow(2, 0, stored_).copy_(keys());
-      new_values.narrow(2, 0, stored_).copy_(values());
-      new_positions.narrow(0, 0, stored_).copy_(positions());
-    }
-    keys_ = new_keys, values_ = new_values, positions_ = new_positions;
-  }
-  keys_.narrow(2, stored_, incoming).copy_(k);
-  values_.narrow(2, stored_, incoming).copy_(v);
-  positions_.narrow(0, stored_, incoming).copy_(at::arange(length_, length_ + incoming, positions_.options()));
-  stored_ += incoming;
-  length_ += incoming;
-}
-
-void KvCache::evict_outside_window() {
-  // The next query can see the sinks and the last window-1 keys; evict in batches of 64.
-  if (window_ <= 0) return;
-  const int64_t keep_recent = window_ - 1;
-  const int64_t sinks = std::min(sink_tokens_, length_);
-  if (stored_ <= sinks + keep_recent + 64) return;
-  const int64_t recent_start = stored_ - keep_recent;
-  at::Tensor index = at::cat({at::arange(0, sinks, positions_.options()),
-                              at::arange(recent_start, stored_, positions_.options())});
-  const at::Tensor device_index = index.to(keys_.device());
-  at::Tensor kept_keys = keys().index_select(2, device_index), kept_values = values().index_select(2, device_index);
-  at::Tensor kept_positions = positions().index_select(0, index);
-  stored_ = index.size(0);
-  keys_.narrow(2, 0, stored_).copy_(kept_keys);
-  values_.narrow(2, 0, stored_).copy_(kept_values);
-  positions_.narrow(0, 0, stored_).copy_(kept_positions);
-}
-
 AttentionMixer::AttentionMixer(const io::ModelConfig& config, const TensorMap& weights, const std::string& prefix,
                                AttentionOptions options, std::shared_ptr<const Rope> rope)
     : q_heads_(config.num_attention_heads),
@@ -97,6 +52,15 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
   }
   auto* cache = dynamic_cast<KvCache*>(layer_cache);
   if (layer_cache && !cache) throw internal_error("attention layer given a non-KV cache");
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  if (cache && cache->is_static()) {
+    // A decode step whose position is read on the device: nothing here waits for the host.
+    if (steps != 1) throw user_error("a static KV cache takes one token per step, got ", steps);
+    std::tie(q, k) = rope_->apply_at(q, k, cache->position());
+    const KvCache::StepView view = cache->write_step(k.transpose(1, 2), v.transpose(1, 2));
+    at::Tensor attended = attend_one_token(q.transpose(1, 2), view, scale);
+    return output(attended.transpose(1, 2).reshape({batch, 1, q_heads_ * head_dim_}));
+  }
   const int64_t start = cache ? cache->length() : 0;
   at::Tensor query_positions = at::arange(start, start + steps, at::TensorOptions().dtype(at::kLong));
   std::tie(q, k) = rope_->apply(q, k, start);
@@ -128,10 +92,13 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
   // enable_gqa: query head h reads kv head h / G (repeat-interleave) without copying the cache.
   at::Tensor attended = at::scaled_dot_product_attention(
       q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0,
-      /*is_causal=*/plain_causal && steps > 1, 1.0 / std::sqrt(static_cast<double>(head_dim_)),
+      /*is_causal=*/plain_causal && steps > 1, scale,
       /*enable_gqa=*/kv_heads_ != q_heads_);
   if (cache) cache->evict_outside_window();
-  at::Tensor merged = attended.transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_});
+  return output(attended.transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_}));
+}
+
+at::Tensor AttentionMixer::output(const at::Tensor& merged) const {
   return o_bias_.defined() ? at::linear(merged, o_proj_, o_bias_) : at::linear(merged, o_proj_);
 }
 

@@ -203,7 +203,7 @@ at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
   auto [o, final_state] = gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, state,
                                                    config_.chunk_size);
   if (gdn_cache) {
-    gdn_cache->state = final_state.to(at::kFloat);
+    store_state(gdn_cache->state, final_state);
     gdn_cache->tokens += x.size(1);
   }
   return finish(x, o);
@@ -215,7 +215,7 @@ at::Tensor GdnMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
   at::Tensor state = gdn_cache ? gdn_cache->state.to(in.q.scalar_type()) : at::Tensor();
   auto [o, final_state] = gated_delta_rule_recurrent(in.q, in.k, in.v, in.g, in.beta, state);
   if (gdn_cache) {
-    gdn_cache->state = final_state.to(at::kFloat);
+    store_state(gdn_cache->state, final_state);
     gdn_cache->tokens += x.size(1);
   }
   return finish(x, o);
@@ -228,7 +228,7 @@ at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
   auto [o, state] = gated_delta_rule_step(in.q.select(1, 0), in.k.select(1, 0), in.v.select(1, 0),
                                           in.g.select(1, 0), in.beta.select(1, 0),
                                           gdn_cache->state.to(in.q.scalar_type()));
-  gdn_cache->state = state.to(at::kFloat);
+  store_state(gdn_cache->state, state);
   gdn_cache->tokens += 1;
   return finish(x, o.unsqueeze(1));
 }

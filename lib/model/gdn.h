@@ -50,10 +50,8 @@ class GdnCache : public LayerCache {
  public:
   at::Tensor q_conv_state, k_conv_state, v_conv_state;  // [B, C, K-1]
   at::Tensor state;                                     // [B, H, D, D]
-  int64_t tokens = 0;
 
   int64_t bytes_per_sequence() const override;
-  int64_t length() const override { return tokens; }
 };
 
 class GdnMixer : public SsmMixer {

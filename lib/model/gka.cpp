@@ -220,8 +220,8 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
   gka_detail::ChunkedResult result = gka_detail::chunked_core(
       prepared, to_type(gka_cache->kk_state, solve_type_), to_type(gka_cache->kv_state, solve_type_),
       config_.chunk_size, solve_options(config_));
-  gka_cache->kk_state = to_type(result.kk_state, compute_type_);
-  gka_cache->kv_state = to_type(result.kv_state, compute_type_);
+  store_state(gka_cache->kk_state, result.kk_state);
+  store_state(gka_cache->kv_state, result.kv_state);
   gka_cache->tokens += x.size(1);
   return finish(result.o, prepared, x);
 }
@@ -244,8 +244,8 @@ at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
   outputs.reserve(static_cast<size_t>(x.size(1)));
   for (int64_t t = 0; t < x.size(1); ++t)
     outputs.push_back(gka_detail::recurrent_step(prepared, t, kk_state, kv_state, options));
-  gka_cache->kk_state = to_type(kk_state, compute_type_);
-  gka_cache->kv_state = to_type(kv_state, compute_type_);
+  store_state(gka_cache->kk_state, kk_state);
+  store_state(gka_cache->kv_state, kv_state);
   gka_cache->tokens += x.size(1);
   return finish(at::stack(outputs, 1), prepared, x);
 }
@@ -259,8 +259,8 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   at::Tensor kv_state = to_type(gka_cache.kv_state, solve_type_);
   const at::Tensor o =
       gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve_options(config_));
-  gka_cache.kk_state = to_type(kk_state, compute_type_);
-  gka_cache.kv_state = to_type(kv_state, compute_type_);
+  store_state(gka_cache.kk_state, kk_state);
+  store_state(gka_cache.kv_state, kv_state);
   gka_cache.tokens += 1;
   return finish(o.unsqueeze(1), prepared, x);
 }

@@ -81,10 +81,8 @@ class GkaCache : public LayerCache {
   at::Tensor conv_q, conv_k, conv_v;  // last conv_size-1 projections [B, C, K-1]; v may be undefined
   at::Tensor kk_state;                // H = sum of decayed k k^T [B, H, D, D]; undefined if num_iter=0
   at::Tensor kv_state;                // S = sum of decayed k v^T [B, H, D, D]
-  int64_t tokens = 0;
 
   int64_t bytes_per_sequence() const override;
-  int64_t length() const override { return tokens; }
 };
 
 class GkaMixer : public SsmMixer {

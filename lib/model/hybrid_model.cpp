@@ -1,6 +1,7 @@
 #include "model/hybrid_model.h"
 
 #include "io/architecture.h"
+#include "model/kv_cache.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -55,22 +56,44 @@ HybridModel::HybridModel(io::ModelConfig config, const TensorMap& weights) : con
   }
 }
 
-ModelCache HybridModel::make_cache(int64_t batch) const {
+void ModelCache::set_length(int64_t tokens) {
+  for (auto& layer : layers) layer->tokens = tokens;
+}
+
+ModelCache HybridModel::make_cache(int64_t batch, int64_t max_tokens) const {
   ModelCache cache;
-  for (const auto& layer : layers_) cache.layers.push_back(layer.mixer->make_cache(batch, embed_tokens_.device()));
+  cache.batch = batch;
+  for (const auto& layer : layers_) {
+    cache.layers.push_back(layer.mixer->make_cache(batch, embed_tokens_.device()));
+    if (auto* kv = dynamic_cast<KvCache*>(cache.layers.back().get()); kv && max_tokens > 0) kv->reserve(max_tokens);
+  }
   return cache;
+}
+
+void HybridModel::make_static(ModelCache& cache, int64_t max_tokens) const {
+  if (cache.is_static()) throw internal_error("the cache is already static");
+  if (cache.length() < 1) throw user_error("static decoding starts after a prompt of at least one token");
+  if (max_tokens <= cache.length())
+    throw user_error("a static cache for ", max_tokens, " tokens has no room past the ", cache.length(), " already seen");
+  cache.position = at::full({1}, cache.length(), at::TensorOptions().dtype(at::kLong).device(device()));
+  for (auto& layer : cache.layers)
+    if (auto* kv = dynamic_cast<KvCache*>(layer.get())) kv->make_static(max_tokens, cache.position);
+}
+
+void HybridModel::check_token_ids(const at::Tensor& input_ids) const {
+  if (input_ids.numel() == 0 || !input_ids.device().is_cpu()) return;
+  const int64_t low = input_ids.min().item<int64_t>(), high = input_ids.max().item<int64_t>();
+  if (low < 0 || high >= config_.vocab_size)
+    throw user_error("token id out of range [0, ", config_.vocab_size, "): ", low < 0 ? low : high);
 }
 
 at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, std::vector<at::Tensor>* layer_outputs) {
   if (input_ids.dim() != 2) throw user_error("input_ids must be [batch, tokens], got ", input_ids.dim(), " dims");
-  // Checked where the ids are host memory (the usual case); a device tensor would cost a sync.
-  if (input_ids.numel() > 0 && input_ids.device().is_cpu()) {
-    const int64_t low = input_ids.min().item<int64_t>(), high = input_ids.max().item<int64_t>();
-    if (low < 0 || high >= config_.vocab_size)
-      throw user_error("token id out of range [0, ", config_.vocab_size, "): ", low < 0 ? low : high);
-  }
+  check_token_ids(input_ids);
   if (cache && static_cast<int64_t>(cache->layers.size()) != num_layers())
     throw internal_error("cache has ", cache->layers.size(), " layers, model has ", num_layers());
+  if (cache && cache->is_static() && input_ids.size(1) != 1)
+    throw user_error("a static cache decodes one token per sequence per step, got ", input_ids.size(1));
   at::Tensor hidden = at::embedding(embed_tokens_, input_ids.to(embed_tokens_.device()));
   for (int64_t i = 0; i < num_layers(); ++i) {
     Layer& layer = layers_[i];
@@ -81,6 +104,7 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
     hidden = hidden + fed;
     if (layer_outputs) layer_outputs->push_back(hidden);
   }
+  if (cache && cache->is_static()) cache->position.add_(1);
   return at::linear(rms_norm(hidden, final_norm_, config_.rms_norm_eps), lm_head_);
 }
 

@@ -20,7 +20,15 @@ namespace prime::model {
 // One LayerCache per layer: KV caches for attention, fp32 states for SSMs.
 struct ModelCache {
   std::vector<std::unique_ptr<LayerCache>> layers;
+  int64_t batch = 0;
+  // Static mode (HybridModel::make_static): the next token's position, int64 [1] on the model's
+  // device, read by the attention layers on the device and advanced by each forward.
+  at::Tensor position;
+
+  bool is_static() const { return position.defined(); }
   int64_t length() const { return layers.empty() ? 0 : layers.front()->length(); }
+  // Host bookkeeping only (the device state is not touched): after CUDA-graph replays.
+  void set_length(int64_t tokens);
   int64_t bytes_per_sequence() const;
 };
 
@@ -48,7 +56,16 @@ class HybridModel {
   Mixer& mixer(int64_t layer) { return *layers_.at(layer).mixer; }
   at::Device device() const { return embed_tokens_.device(); }
 
-  ModelCache make_cache(int64_t batch) const;
+  // max_tokens > 0: the KV caches are allocated once for that many tokens (prompt + new).
+  ModelCache make_cache(int64_t batch, int64_t max_tokens = 0) const;
+  // Switches a prefilled cache (length >= 1) to static mode for up to max_tokens tokens in all:
+  // KV caches become fixed slots written at a device-side position, so a decode step launches
+  // the same kernels on the same memory every time and can be captured as a CUDA graph. Then
+  // forward() takes one token per sequence per call.
+  void make_static(ModelCache& cache, int64_t max_tokens) const;
+  // Throws a UserError when a host tensor of ids holds one outside [0, vocab); device tensors are
+  // not read (that would wait for the device).
+  void check_token_ids(const at::Tensor& input_ids) const;
 
   // input_ids [B,T] (int64) -> logits [B,T,vocab] (in the weights' dtype). With a cache, continues
   // from it and advances it. If layer_outputs is given, it receives each layer's output hidden

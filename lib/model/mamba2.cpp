@@ -189,7 +189,7 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
   at::Tensor state = m2_cache ? m2_cache->state.to(in.x.scalar_type()) : at::Tensor();
   auto [y, final_state] = ssd_chunked(in.x, in.delta, in.A, in.B, in.C, state, config_.chunk_size);
   if (m2_cache) {
-    m2_cache->state = final_state.to(at::kFloat);
+    store_state(m2_cache->state, final_state);
     m2_cache->tokens += x.size(1);
   }
   return finish(x, in, y);
@@ -201,7 +201,7 @@ at::Tensor Mamba2Mixer::forward_recurrent(const at::Tensor& x, LayerCache* cache
   at::Tensor state = m2_cache ? m2_cache->state.to(in.x.scalar_type()) : at::Tensor();
   auto [y, final_state] = ssd_recurrent(in.x, in.delta, in.A, in.B, in.C, state);
   if (m2_cache) {
-    m2_cache->state = final_state.to(at::kFloat);
+    store_state(m2_cache->state, final_state);
     m2_cache->tokens += x.size(1);
   }
   return finish(x, in, y);
@@ -214,7 +214,7 @@ at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
   Inputs in = prepare(x, m2_cache);
   auto [y, state] = ssd_step(in.x.select(1, 0), in.delta.select(1, 0), in.A, in.B.select(1, 0),
                              in.C.select(1, 0), m2_cache->state.to(in.x.scalar_type()));
-  m2_cache->state = state.to(at::kFloat);
+  store_state(m2_cache->state, state);
   m2_cache->tokens += 1;
   return finish(x, in, y.unsqueeze(1));
 }

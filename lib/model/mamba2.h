@@ -52,10 +52,8 @@ class Mamba2Cache : public LayerCache {
  public:
   at::Tensor conv_state;  // [B, conv_channels, K-1]
   at::Tensor state;       // [B, H, P, N]
-  int64_t tokens = 0;
 
   int64_t bytes_per_sequence() const override;
-  int64_t length() const override { return tokens; }
 };
 
 class Mamba2Mixer : public SsmMixer {

@@ -10,14 +10,18 @@
 namespace prime::model {
 
 // Decode state of one layer for a batch of sequences: a KV cache for attention, conv + recurrent
-// state for an SSM. States of SSMs are always fp32.
+// state for an SSM. States of SSMs are always fp32. A mixer writes an SSM state back into the
+// cache's own tensors (never replaces them), so a decode step captured as a CUDA graph reads and
+// writes the same memory on every replay.
 class LayerCache {
  public:
   virtual ~LayerCache() = default;
   // Bytes held per sequence right now (a KV cache grows with length; an SSM state does not).
   virtual int64_t bytes_per_sequence() const = 0;
-  // Tokens consumed so far (the next token's position).
-  virtual int64_t length() const = 0;
+  // Tokens consumed so far (the next token's position). Host bookkeeping: a replayed CUDA graph
+  // runs no host code, so whoever replays one advances it (ModelCache::set_length).
+  int64_t length() const { return tokens; }
+  int64_t tokens = 0;
 };
 
 // Maps a layer's input [B, T, hidden] (after input_layernorm) to its output [B, T, hidden].

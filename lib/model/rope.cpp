@@ -118,11 +118,57 @@ std::pair<at::Tensor, at::Tensor> Rope::apply(const at::Tensor& q, const at::Ten
     last_ = {start, steps, q.device(), angle_type, (emb.cos() * scaling).unsqueeze(0).unsqueeze(2),
              (emb.sin() * scaling).unsqueeze(0).unsqueeze(2)};
   }
-  auto rotate = [&](const at::Tensor& x) {
-    at::Tensor xf = x.to(angle_type);
-    return (xf * last_.cos + rotate_half(xf) * last_.sin).to(x.scalar_type());
+  return rotate(q, k, last_.cos, last_.sin);
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                               const at::Tensor& sin) const {
+  auto turn = [&](const at::Tensor& x) {
+    at::Tensor xf = x.to(cos.scalar_type());
+    return (xf * cos + rotate_half(xf) * sin).to(x.scalar_type());
   };
-  return {rotate(q), rotate(k)};
+  return {turn(q), turn(k)};
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::apply_at(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& position) const {
+  PRIME_CHECK(q.size(1) == 1 && position.numel() == 1 && position.device() == q.device());
+  const auto angle_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const bool tracked = !position.is_inference();  // inference tensors have no version counter
+  const int64_t version = tracked ? static_cast<int64_t>(position._version()) : -1;
+  const bool new_tables =
+      !step_.inv_freq.defined() || step_.dtype != angle_type || step_.inv_freq.device() != q.device();
+  if (new_tables || !tracked || step_.position != position.unsafeGetTensorImpl() || step_.version != version) {
+    if (new_tables) {
+      // Host-to-device copies happen here, at the first step, never inside a captured step.
+      step_.inv_freq = base_inv_freq_.to(q.device(), angle_type);
+      step_.exponents = (at::arange(0, head_dim_, 2, at::kLong).to(at::kFloat) / static_cast<float>(head_dim_))
+                            .to(q.device());
+    }
+    const at::Tensor pos = position.to(angle_type);  // [1]
+    at::Tensor inv_freq = step_.inv_freq;
+    double scaling = attention_scaling_;
+    if (config_.type == "dynamic") {
+      // As inv_freq(position + 1), on the device: past the original length the base grows.
+      const int64_t original = config_.original_max_position_embeddings > 0 ? config_.original_max_position_embeddings
+                                                                            : max_position_embeddings_;
+      const double dim = static_cast<double>(head_dim_);
+      const at::Tensor seq_len = position.to(at::kDouble) + 1;
+      const at::Tensor base = config_.theta * at::pow(config_.factor * seq_len / original - (config_.factor - 1),
+                                                      dim / (dim - 2));
+      const at::Tensor grown = 1.0 / at::pow(base.to(at::kFloat), step_.exponents);
+      inv_freq = at::where(seq_len > original, grown, step_.inv_freq.to(at::kFloat)).to(angle_type);
+      scaling = 1.0;
+    }
+    const at::Tensor freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);  // [1, D/2]
+    const at::Tensor emb = at::cat({freqs, freqs}, -1).view({1, 1, 1, head_dim_});
+    step_.position = position.unsafeGetTensorImpl();
+    step_.version = version;
+    step_.dtype = angle_type;
+    step_.cos = emb.cos() * scaling;
+    step_.sin = emb.sin() * scaling;
+  }
+  return rotate(q, k, step_.cos, step_.sin);
 }
 
 }  // namespace prime::model

@@ -19,6 +19,12 @@ class Rope {
   // once per forward: not for concurrent use from several threads.
   std::pair<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k, int64_t start) const;
 
+  // The same for one token per sequence at the position held in `position` (int64 [1] on q's
+  // device), without reading it on the host: the angles are computed on the device, so a CUDA
+  // graph that captures this call is right at every replay. Kept per (position tensor, version),
+  // so the layers of one decode step compute them once.
+  std::pair<at::Tensor, at::Tensor> apply_at(const at::Tensor& q, const at::Tensor& k, const at::Tensor& position) const;
+
   // Inverse frequencies [D/2] and the cos/sin scale for a call whose largest position + 1 is
   // seq_len (only dynamic rope depends on it).
   std::pair<at::Tensor, double> inv_freq(int64_t seq_len) const;
@@ -37,6 +43,17 @@ class Rope {
     at::Tensor cos, sin;  // [1,T,1,D]
   };
   mutable Angles last_;
+
+  struct StepAngles {
+    const void* position = nullptr;
+    int64_t version = -1;
+    at::ScalarType dtype = at::kFloat;
+    at::Tensor inv_freq, exponents;  // on the position's device, in dtype (made before any capture)
+    at::Tensor cos, sin;             // [1,1,1,D]
+  };
+  mutable StepAngles step_;
+  std::pair<at::Tensor, at::Tensor> rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                           const at::Tensor& sin) const;
 };
 
 }  // namespace prime::model

@@ -1,5 +1,7 @@
 #include "model/ssm_common.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include "util/error.h"
 
 namespace prime::model {
@@ -21,9 +23,22 @@ at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::
                             at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, channels);
   if (conv_state) {
     at::Tensor tail = input.narrow(2, input.size(2) - history, history);
-    *conv_state = conv_state->defined() ? tail.to(conv_state->scalar_type()) : tail.contiguous();
+    store_state(*conv_state, tail);
   }
   return y.transpose(1, 2);
+}
+
+void store_state(at::Tensor& slot, const at::Tensor& value) {
+  if (!value.defined()) return;  // e.g. GKA's H without a solve
+  // Under autograd the state stays a node of the graph (an in-place write could clobber a tensor
+  // saved for backward); decode steps run without grad, and those are what a graph captures.
+  const bool tracked = at::GradMode::is_enabled() && (value.requires_grad() || (slot.defined() && slot.requires_grad()));
+  if (!slot.defined() || tracked) {
+    slot = slot.defined() ? value.to(slot.scalar_type()) : value.contiguous();
+    return;
+  }
+  PRIME_CHECK(slot.sizes() == value.sizes(), "cache state ", slot.sizes(), " given ", value.sizes());
+  if (!slot.is_same(value)) slot.copy_(value);
 }
 
 at::Tensor expand_heads(const at::Tensor& x, int64_t groups) {

@@ -17,6 +17,11 @@ namespace prime::model {
 at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                        at::Tensor* conv_state);
 
+// Writes `value` into the cache tensor `slot` in place, in slot's dtype, so the cache keeps its
+// memory (see LayerCache); an undefined slot takes a contiguous copy of value, and so does any
+// slot while autograd tracks the state.
+void store_state(at::Tensor& slot, const at::Tensor& value);
+
 // GQA expansion [B,T,Hkv,D] -> [B,T,Hkv*groups,D]; expanded head e reads kv head floor(e/groups).
 at::Tensor expand_heads(const at::Tensor& x, int64_t groups);
 
