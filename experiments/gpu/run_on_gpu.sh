@@ -36,9 +36,12 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
 fi
 if [ "$what" = decode ] || [ "$what" = all ]; then
   # Qwen3-8B shape, bf16: the Transformer vs 50% GDN and 50% GKA hybrids (prime-convert's hmf
-  # init, built in memory), side by side in one run.
+  # init, built in memory), side by side in one run, each point in every decode mode.
+  # DECODE_TAG names the output files, so several calls (4K, 32K, 128K) keep theirs.
+  tag=${DECODE_TAG:-}
   build-gpu/bin/prime-bench decode --device cuda --dtype bf16 --model synthetic:qwen3-8b \
     --model synthetic:qwen3-8b+convert:GDN:1:1 --model synthetic:qwen3-8b+convert:GKA:1:1 \
-    --batch ${DECODE_BATCHES:-1,16,64} --prompt ${DECODE_PROMPTS:-4096} --new-tokens 32 \
-    --json "$OUT/decode.json" > "$OUT/decode.txt" 2>&1; tail -20 "$OUT/decode.txt"
+    --batch ${DECODE_BATCHES:-1,16,64} --prompt ${DECODE_PROMPTS:-4096} --new-tokens ${DECODE_NEW:-32} \
+    --mode ${DECODE_MODES:-eager,graph} --prefill-tokens 16384 --max-batch-tokens ${DECODE_MAX_BATCH_TOKENS:-0} \
+    --json "$OUT/decode$tag.json" > "$OUT/decode$tag.txt" 2>&1; tail -40 "$OUT/decode$tag.txt"
 fi
