@@ -27,7 +27,7 @@ if [ "$what" = test ] || [ "$what" = all ]; then
   start=$(date +%s)
   ctest --test-dir build-gpu -j8 --output-on-failure > "$OUT/ctest.log" 2>&1
   echo "ctest exit $?: $(( $(date +%s) - start )) s"; tail -5 "$OUT/ctest.log"
-  build-gpu/bin/prime_tests "[gpu]" 2>&1 | grep -E "cuda|gpu|FAILED|with expansion|<=|passed|failed" > "$OUT/gpu_tests.txt"
+  build-gpu/bin/prime_tests "[gpu]" 2>&1 | grep -E "cuda|gpu|graph|FAILED|with expansion|<=|passed|failed" > "$OUT/gpu_tests.txt"
   tail -3 "$OUT/gpu_tests.txt"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
