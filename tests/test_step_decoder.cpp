@@ -166,3 +166,54 @@ TEST_CASE("CUDA graph decode equals eager static steps and the full forward", "[
   INFO("MoE static decode vs full forward " << error);
   CHECK(error <= 1e-5);
 }
+
+#ifdef PRIME_WITH_CUDA
+#include "kernels/decode_attention/decode_attention.h"
+
+TEST_CASE("decode attention kernel equals a float64 softmax over the visible slots", "[static][gpu][kernel]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: skipped");
+    return;
+  }
+  const at::Device cuda(at::kCUDA, 0);
+  struct Case {
+    int64_t batch, q_heads, kv_heads, dim, slots, position, window, sinks;
+  };
+  // Head dims on each per-lane width (16 .. 256), group sizes 1 .. 8 incl. 7, full attention and
+  // windows with and without sinks, slot counts from one split to many.
+  const std::vector<Case> cases = {{1, 32, 8, 128, 4100, 4099, 0, 0}, {3, 4, 2, 16, 23, 17, 0, 0},
+                                   {2, 28, 4, 64, 700, 650, 0, 0},   {2, 8, 1, 256, 300, 299, 0, 0},
+                                   {2, 4, 2, 96, 7, 30, 5, 2},       {4, 16, 8, 128, 2048, 5000, 2048, 0},
+                                   {1, 2, 2, 32, 64, 40, 0, 0}};
+  for (const auto& c : cases) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const at::Tensor q = at::randn({c.batch, c.q_heads, c.dim}).to(dtype);
+      const at::Tensor keys = at::randn({c.batch, c.kv_heads, c.slots, c.dim}).to(dtype);
+      const at::Tensor values = at::randn({c.batch, c.kv_heads, c.slots, c.dim}).to(dtype);
+      // Slot positions as a ring would hold them, some slots empty (-1) and some in the future.
+      at::Tensor slot_positions = at::randint(-1, c.position + 3, {c.slots}, at::kLong);
+      slot_positions[0] = c.position;
+      const at::Tensor position = at::full({1}, c.position, at::kLong);
+      const double scale = 1.0 / std::sqrt(double(c.dim));
+      const at::Tensor got = kernels::decode_attention(q.to(cuda), keys.to(cuda), values.to(cuda),
+                                                        slot_positions.to(cuda), position.to(cuda), c.window, c.sinks,
+                                                        scale)
+                                 .cpu();
+      model::KvCache::StepView view{keys, values, slot_positions, position, c.window, c.sinks};
+      const at::Tensor visible = view.visible();
+      const int64_t groups = c.q_heads / c.kv_heads;
+      const at::Tensor k64 = keys.to(at::kDouble).repeat_interleave(groups, 1);  // [B, Hq, S, D]
+      const at::Tensor v64 = values.to(at::kDouble).repeat_interleave(groups, 1);
+      at::Tensor scores = at::matmul(k64, q.to(at::kDouble).unsqueeze(-1)).squeeze(-1) * scale;  // [B, Hq, S]
+      scores.masked_fill_(visible.logical_not(), -std::numeric_limits<double>::infinity());
+      const at::Tensor expected = at::matmul(at::softmax(scores, -1).unsqueeze(-2), v64).squeeze(-2);
+      const double error = test::relative_error(got.to(at::kDouble), expected);
+      INFO("B " << c.batch << " Hq " << c.q_heads << " Hkv " << c.kv_heads << " D " << c.dim << " S " << c.slots
+                << " window " << c.window << " " << c10::toString(dtype) << ": max relative error " << error);
+      std::cout << "decode attention kernel D=" << c.dim << " G=" << groups << " S=" << c.slots << " "
+                << c10::toString(dtype) << ": " << error << "\n";
+      CHECK(error <= (dtype == at::kFloat ? 1e-5 : 2e-2));
+    }
+  }
+}
+#endif
