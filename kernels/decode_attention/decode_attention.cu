@@ -1,8 +1,7 @@
-// Two kernels: per (split of the slots, kv head, sequence) a block of 4 warps walks its slots, each
-// warp 4 slots at a time (their loads in flight together), lanes across the head dim; each warp
-// keeps an online softmax per query head of the group, the block merges its warps and writes an
-// unnormalised partial result; a second kernel merges the splits. Each K/V row is read once, by one
-// warp, for all G query heads that share it.
+// Two kernels: per (split of the slots, kv head, sequence) a block of 4 warps walks its slots, one
+// warp per slot at a time, lanes across the head dim; each warp keeps an online softmax per query
+// head of the group, the block merges its warps and writes an unnormalised partial result; a second
+// kernel merges the splits. Inputs are read once: each K/V row by one warp, for all G query heads.
 #include "kernels/decode_attention/decode_attention.h"
 
 #include <ATen/cuda/CUDAContext.h>
@@ -18,7 +17,6 @@ namespace prime::kernels {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kUnroll = 4;
 constexpr int kMaxGroups = 8;
 
 __device__ inline float warp_sum(float value) {
@@ -59,44 +57,34 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   const int64_t base = (static_cast<int64_t>(batch) * kv_heads + kv_head) * slots;
   const int first = split * slots_per_split, last = min(slots, first + slots_per_split);
-  // kUnroll slots per warp and iteration: their K/V loads are all in flight before any is used
-  // (one row at a time leaves the loop waiting on memory latency).
-  for (int start = first + warp * kUnroll; start < last; start += kWarps * kUnroll) {
-    float k_part[kUnroll][kPerLane], v_part[kUnroll][kPerLane];
-    bool visible[kUnroll];
+  for (int slot = first + warp; slot < last; slot += kWarps) {
+    const int64_t held = slot_positions[slot];
+    bool visible = held >= 0 && held <= now;
+    if (window > 0) visible = visible && (now - held < window || held < sinks);
+    if (!visible) continue;  // the same for the whole warp
+    const scalar_t* key = keys + (base + slot) * dim;
+    const scalar_t* value = values + (base + slot) * dim;
+    float k_part[kPerLane], v_part[kPerLane];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int slot = start + u;
-      const int64_t held = slot < last ? slot_positions[slot] : -1;
-      visible[u] = held >= 0 && held <= now && (window <= 0 || now - held < window || held < sinks);
-      const scalar_t* key = keys + (base + slot) * dim;
-      const scalar_t* value = values + (base + slot) * dim;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int d = lane * kPerLane + i;
-        const bool load = visible[u] && d < dim;
-        k_part[u][i] = load ? static_cast<float>(key[d]) : 0.f;
-        v_part[u][i] = load ? static_cast<float>(value[d]) : 0.f;
-      }
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane * kPerLane + i;
+      k_part[i] = d < dim ? static_cast<float>(key[d]) : 0.f;
+      v_part[i] = d < dim ? static_cast<float>(value[d]) : 0.f;
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (!visible[u]) continue;  // the same for the whole warp
+    for (int g = 0; g < kGroups; ++g) {
+      if (g >= groups) break;
+      float dot = 0.f;
 #pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        if (g >= groups) break;
-        float dot = 0.f;
+      for (int i = 0; i < kPerLane; ++i) dot += query[g][i] * k_part[i];
+      const float score = warp_sum(dot);
+      const float new_max = fmaxf(running_max[g], score);
+      const float rescale = __expf(running_max[g] - new_max);  // 0 while nothing was seen
+      const float weight = __expf(score - new_max);
+      running_sum[g] = running_sum[g] * rescale + weight;
 #pragma unroll
-        for (int i = 0; i < kPerLane; ++i) dot += query[g][i] * k_part[u][i];
-        const float score = warp_sum(dot);
-        const float new_max = fmaxf(running_max[g], score);
-        const float rescale = __expf(running_max[g] - new_max);  // 0 while nothing was seen
-        const float weight = __expf(score - new_max);
-        running_sum[g] = running_sum[g] * rescale + weight;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) acc[g][i] = acc[g][i] * rescale + weight * v_part[u][i];
-        running_max[g] = new_max;
-      }
+      for (int i = 0; i < kPerLane; ++i) acc[g][i] = acc[g][i] * rescale + weight * v_part[i];
+      running_max[g] = new_max;
     }
   }
   // Merge the warps: each publishes (max, sum, acc) per group; the block combines them.
@@ -162,11 +150,10 @@ void launch(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& value
             const at::Tensor& position, int64_t window, int64_t sinks, float scale, at::Tensor& out) {
   const int batch = q.size(0), q_heads = q.size(1), dim = q.size(2);
   const int kv_heads = keys.size(1), slots = keys.size(2), groups = q_heads / kv_heads;
-  // Enough blocks for ~8 per SM, each with at least one unrolled pass of its warps over the slots.
+  // Enough blocks for ~4 per SM, each with at least 32 slots.
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int want = std::max(1, (8 * sms + batch * kv_heads - 1) / (batch * kv_heads));
-  const int min_slots = kWarps * kUnroll;
-  const int splits = std::max(1, std::min(want, (slots + min_slots - 1) / min_slots));
+  const int want = std::max(1, (4 * sms + batch * kv_heads - 1) / (batch * kv_heads));
+  const int splits = std::max(1, std::min(want, (slots + 31) / 32));
   const int slots_per_split = (slots + splits - 1) / splits;
   const auto float_options = q.options().dtype(at::kFloat);
   at::Tensor partial = at::empty({batch, q_heads, splits, dim}, float_options);
