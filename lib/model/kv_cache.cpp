@@ -5,10 +5,6 @@
 
 #include "util/error.h"
 
-#ifdef PRIME_WITH_CUDA
-#include "kernels/decode_attention/decode_attention.h"
-#endif
-
 namespace prime::model {
 
 int64_t KvCache::bytes_per_sequence() const {
@@ -99,33 +95,23 @@ KvCache::StepView KvCache::write_step(const at::Tensor& k, const at::Tensor& v) 
   keys_.index_copy_(2, slot, k);
   values_.index_copy_(2, slot, v);
   slot_positions_.index_copy_(0, slot, p);
-  tokens += 1;
-  return {keys_, values_, slot_positions_, p, window_, sink_tokens_};
-}
-
-at::Tensor KvCache::StepView::visible() const {
-  at::Tensor seen = (slot_positions >= 0).logical_and(slot_positions <= position);
-  if (window > 0) {
-    at::Tensor in_window = (position - slot_positions) < window;
-    if (sinks > 0) in_window = in_window.logical_or(slot_positions < sinks);
-    seen = seen.logical_and(in_window);
+  at::Tensor visible = (slot_positions_ >= 0).logical_and(slot_positions_ <= p);
+  if (window_ > 0) {
+    at::Tensor in_window = (p - slot_positions_) < window_;
+    if (sink_tokens_ > 0) in_window = in_window.logical_or(slot_positions_ < sink_tokens_);
+    visible = visible.logical_and(in_window);
   }
-  return seen;
+  tokens += 1;
+  return {keys_, values_, visible};
 }
 
 at::Tensor attend_one_token(const at::Tensor& q, const KvCache::StepView& view, double scale) {
   const int64_t batch = q.size(0), q_heads = q.size(1), dim = q.size(3), kv_heads = view.keys.size(1);
   PRIME_CHECK(q.size(2) == 1 && q_heads % kv_heads == 0);
-#ifdef PRIME_WITH_CUDA
-  if (q.is_cuda() && kernels::decode_attention_supported(dim, q_heads / kv_heads, q.scalar_type()))
-    return kernels::decode_attention(q.reshape({batch, q_heads, dim}), view.keys, view.values, view.slot_positions,
-                                     view.position, view.window, view.sinks, scale)
-        .view({batch, q_heads, 1, dim});
-#endif
   // [B, Hkv, G, D]: the G query heads that share a kv head read it in one batched matmul.
   const at::Tensor grouped = q.reshape({batch, kv_heads, q_heads / kv_heads, dim});
   at::Tensor scores = at::matmul(grouped, view.keys.transpose(-1, -2)).to(at::kFloat) * scale;  // [B,Hkv,G,S]
-  scores.masked_fill_(view.visible().logical_not(), -std::numeric_limits<float>::infinity());
+  scores.masked_fill_(view.visible.logical_not(), -std::numeric_limits<float>::infinity());
   const at::Tensor probabilities = at::softmax(scores, -1).to(q.scalar_type());
   return at::matmul(probabilities, view.values).reshape({batch, q_heads, 1, dim});
 }

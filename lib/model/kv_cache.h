@@ -39,14 +39,10 @@ class KvCache : public LayerCache {
   const at::Tensor& position() const { return position_; }
   struct StepView {
     at::Tensor keys, values;  // [B, Hkv, slots, D]
-    at::Tensor slot_positions;  // [slots] int64, -1 for an empty slot
-    at::Tensor position;        // [1] int64: the query's position
-    int64_t window = 0, sinks = 0;
-    // [slots] bool: the slots the query sees (held, not in its future, inside the window or a sink).
-    at::Tensor visible() const;
+    at::Tensor visible;       // [slots] bool: what the query at `position` sees
   };
   // Static mode: writes k, v [B, Hkv, 1, D] at the slot of `position` (no host sync) and returns
-  // every slot, with what the query at `position` needs to tell which it sees.
+  // every slot with its visibility for that query.
   StepView write_step(const at::Tensor& k, const at::Tensor& v);
 
  private:
@@ -61,10 +57,8 @@ class KvCache : public LayerCache {
 };
 
 // One query token per sequence against a static cache's slots: q [B, Hq, 1, D] (Hq a multiple of
-// Hkv, query head h reading kv head h / (Hq/Hkv)), the view's keys/values [B, Hkv, S, D].
-// Returns [B, Hq, 1, D] in q's dtype. On CUDA (fp32/fp16/bf16, D <= 256, Hq/Hkv <= 8):
-// kernels/decode_attention, split over the slots; elsewhere ATen ops (batched matmuls, fp32
-// masked softmax), which are also its reference.
+// Hkv, query head h reading kv head h / (Hq/Hkv)), keys/values [B, Hkv, S, D], visible [S].
+// Scores and softmax in fp32; returns [B, Hq, 1, D] in q's dtype.
 at::Tensor attend_one_token(const at::Tensor& q, const KvCache::StepView& view, double scale);
 
 }  // namespace prime::model
