@@ -62,8 +62,7 @@ void KvCache::evict_outside_window() {
 void KvCache::make_static(int64_t max_tokens, const at::Tensor& position) {
   PRIME_CHECK(!is_static(), "KV cache is already static");
   PRIME_CHECK(keys_.defined() && tokens > 0, "a static KV cache starts after a prefill of at least one token");
-  if (max_tokens <= tokens)
-    throw user_error("a static cache for ", max_tokens, " tokens has no room past the ", tokens, " already seen");
+  PRIME_CHECK(max_tokens > tokens, "static KV cache without room (HybridModel::make_static checks this)");
   const int64_t sinks = window_ > 0 ? std::min(sink_tokens_, max_tokens) : 0;
   const int64_t slots = window_ > 0 ? std::min(max_tokens, sinks + window_) : max_tokens;
   // Keep what the query at position `tokens` and later ones can see.

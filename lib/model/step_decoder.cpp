@@ -49,7 +49,8 @@ at::Tensor StepDecoder::step(const at::Tensor& ids) {
   if (cache_.length() + 1 > max_tokens_)
     throw user_error("decoding past the static cache: it holds ", max_tokens_, " tokens");
   at::NoGradGuard no_grad;
-  model_.check_token_ids(ids);
+  // On a CPU model forward() checks ids_ itself; elsewhere it never reads device ids.
+  if (!model_.device().is_cpu()) model_.check_token_ids(ids);
   const at::Tensor column = ids.reshape({-1, 1}).to(at::kLong);
   if (column.size(0) != ids_.size(0))
     throw user_error("decode step given ", column.size(0), " ids for a batch of ", ids_.size(0));
