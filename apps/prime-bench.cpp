@@ -10,8 +10,8 @@
 #include "eval/decode_bench.h"
 #include "eval/json_output.h"
 #include "eval/ssm_bench.h"
-#include "io/tokenizer.h"
-#include "io/tokenizer_bench.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_bench.h"
 #include "util/cli.h"
 #include "util/error.h"
 

@@ -11,7 +11,7 @@
 #include "data/progress.h"
 #include "data/tokenize.h"
 #include "data/tokenizer_spec.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "util/cli.h"
 #include "util/error.h"
 

@@ -16,7 +16,7 @@
 #include "eval/mqar.h"
 #include "eval/needle.h"
 #include "eval/perplexity.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "io/tensor_file.h"
 #include "model/load_model.h"
 #include "util/cli.h"

@@ -10,7 +10,7 @@
 #include "data/pack.h"
 #include "data/tokenize.h"
 #include "data/tokenizer_spec.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "test_data_util.h"
 #include "test_helpers.h"
 #include "util/error.h"

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 
 namespace prime::test {
 

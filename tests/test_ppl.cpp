@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/perplexity.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "model/load_model.h"
 #include "test_data_util.h"
 #include "util/error.h"

@@ -7,9 +7,9 @@
 #include <map>
 #include <thread>
 
-#include "io/tokenizer.h"
-#include "io/tokenizer_bench.h"
-#include "io/tokenizer_regex.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_bench.h"
+#include "tokenizer/tokenizer_regex.h"
 
 using prime::io::Tokenizer;
 

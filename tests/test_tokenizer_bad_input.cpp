@@ -8,7 +8,7 @@
 #include <random>
 #include <unistd.h>
 
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 using Catch::Matchers::Contains;

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "io/token_shard.h"
-#include "io/tokenizer.h"
+#include "data/token_shard.h"
+#include "tokenizer/tokenizer.h"
 
 namespace prime::data {
 

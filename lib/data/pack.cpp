@@ -4,7 +4,7 @@
 #include <cmath>
 #include <memory>
 
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "util/error.h"
 
 namespace prime::data {

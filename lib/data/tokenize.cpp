@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "data/progress.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 #include "util/error.h"
 
 namespace prime::data {

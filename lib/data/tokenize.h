@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "data/text_input.h"
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace prime::data {
 

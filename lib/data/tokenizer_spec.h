@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace prime::data {
 

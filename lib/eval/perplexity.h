@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/logits_fn.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 
 namespace prime::eval {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "eval/logits_fn.h"
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 
 namespace prime::eval {
 

@@ -1,4 +1,4 @@
-#include "io/token_shard.h"
+#include "data/token_shard.h"
 
 #include <atomic>
 #include <cerrno>

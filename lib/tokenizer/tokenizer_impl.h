@@ -8,10 +8,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "io/tokenizer.h"
-#include "io/tokenizer_added.h"
-#include "io/tokenizer_bpe.h"
-#include "io/tokenizer_regex.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_added.h"
+#include "tokenizer/tokenizer_bpe.h"
+#include "tokenizer/tokenizer_regex.h"
 
 namespace prime::io {
 

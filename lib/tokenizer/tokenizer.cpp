@@ -1,9 +1,9 @@
-#include "io/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <algorithm>
 
-#include "io/tokenizer_impl.h"
-#include "io/tokenizer_text.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/tokenizer_text.h"
 #include "util/error.h"
 
 namespace prime::io {

@@ -1,4 +1,4 @@
-#include "io/tokenizer_text.h"
+#include "tokenizer/tokenizer_text.h"
 
 #include <utf8proc.h>
 

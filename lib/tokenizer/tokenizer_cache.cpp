@@ -1,4 +1,4 @@
-#include "io/tokenizer_cache.h"
+#include "tokenizer/tokenizer_cache.h"
 
 #include <algorithm>
 #include <atomic>

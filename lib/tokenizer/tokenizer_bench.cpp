@@ -1,4 +1,4 @@
-#include "io/tokenizer_bench.h"
+#include "tokenizer/tokenizer_bench.h"
 
 #include <atomic>
 #include <chrono>
@@ -7,7 +7,7 @@
 #include <memory>
 #include <thread>
 
-#include "io/tokenizer_impl.h"
+#include "tokenizer/tokenizer_impl.h"
 #include "util/error.h"
 
 namespace prime::io {

@@ -3,8 +3,8 @@
 // ranks below r, ends in exactly the two parts a and b. Merge priority is the token's rank.
 #include <charconv>
 
-#include "io/tokenizer_impl.h"
-#include "io/tokenizer_text.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/tokenizer_text.h"
 #include "util/error.h"
 
 namespace prime::io {

@@ -1,4 +1,4 @@
-#include "io/tokenizer_regex.h"
+#include "tokenizer/tokenizer_regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>

@@ -1,6 +1,6 @@
-#include "io/tokenizer_added.h"
+#include "tokenizer/tokenizer_added.h"
 
-#include "io/tokenizer_text.h"
+#include "tokenizer/tokenizer_text.h"
 #include "util/error.h"
 
 namespace prime::io::detail {

@@ -1,4 +1,4 @@
-#include "io/tokenizer_bpe.h"
+#include "tokenizer/tokenizer_bpe.h"
 
 #include <algorithm>
 #include <cstring>

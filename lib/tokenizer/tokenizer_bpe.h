@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "io/tokenizer_cache.h"
+#include "tokenizer/tokenizer_cache.h"
 
 namespace prime::io::detail {
 

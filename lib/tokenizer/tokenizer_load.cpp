@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "io/tokenizer_impl.h"
-#include "io/tokenizer_text.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/tokenizer_text.h"
 #include "util/error.h"
 
 namespace prime::io {
