@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "convert/in_memory.h"
+#include "convert/model_spec.h"
 #include "io/atomic_dir.h"
 #include "model/load_model.h"
 #include "test_helpers.h"
@@ -35,7 +36,7 @@ TEST_CASE("in-memory conversion equals the written checkpoint and keeps attentio
 
   // All-attention pattern: the source model, bit for bit.
   auto plain = model::load_model(source, {});
-  auto same = model::load_model(source + "+convert:pattern=*-*", {});
+  auto same = convert::load_model_spec(source + "+convert:pattern=*-*", {});
   CHECK(at::equal(same.model->forward(ids), plain.model->forward(ids)));
 
   auto out = std::filesystem::temp_directory_path() / ("prime_inmem_" + std::to_string(::getpid()));
@@ -43,7 +44,7 @@ TEST_CASE("in-memory conversion equals the written checkpoint and keeps attentio
                               " --pattern 'GDN-*' --out " + out.string() + " > /dev/null 2>&1";
   REQUIRE(std::system(command.c_str()) == 0);
   auto written = model::load_model(out.string(), {});
-  auto in_memory = model::load_model(source + "+convert:pattern=GDN-*", {});
+  auto in_memory = convert::load_model_spec(source + "+convert:pattern=GDN-*", {});
   CHECK(in_memory.model->mixer(0).symbol() == "GDN");
   CHECK(at::equal(in_memory.model->forward(ids), written.model->forward(ids)));
   io::remove_tree(out);

@@ -13,7 +13,7 @@
 #include <tuple>
 #include <sstream>
 
-#include "convert/in_memory.h"
+#include "convert/model_spec.h"
 #include "io/architecture.h"
 #include "io/source.h"
 #include "model/attention.h"
@@ -66,15 +66,9 @@ BenchModel make_bench_model(std::string name, const io::ModelConfig& config, con
 }
 
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options) {
-  // The same specs as model::load_model, kept apart so the weights can be counted.
-  if (auto request = convert::parse_convert_spec(spec)) {
-    convert::ConvertedModel converted = convert::convert_in_memory(*request);
-    const model::TensorMap prepared = model::prepare_weights(converted.weights, options);
-    converted.weights.clear();
-    return make_bench_model(spec, converted.config, prepared);
-  }
-  const io::Source source = io::resolve_source(spec);
-  return make_bench_model(spec, source.config, model::prepare_weights(io::load_source_weights(source), options));
+  // The weights rather than the model, so they can be counted.
+  const convert::SpecWeights loaded = convert::load_spec_weights(spec, options);
+  return make_bench_model(spec, loaded.config, loaded.weights);
 }
 
 const std::vector<std::string>& decode_modes() {

@@ -43,7 +43,7 @@ struct BenchModel {
   int64_t weight_bytes_per_step = 0;
   int64_t parameters = 0;
 };
-// spec: anything model::load_model takes (SOURCE+convert:LAYER:A:S hybrids included).
+// spec: anything convert::load_model_spec takes (SOURCE+convert:LAYER:A:S hybrids included).
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options);
 // From a config and weights already prepared (device/dtype), e.g. a hybrid built in a test.
 BenchModel make_bench_model(std::string name, const io::ModelConfig& config, const model::TensorMap& weights);

@@ -14,8 +14,8 @@ struct LoadedModel {
   std::unique_ptr<HybridModel> model;
 };
 
-// spec: a source (directory, alias, synthetic:...), or SOURCE+convert:LAYER:A:S (or
-// SOURCE+convert:pattern=P) for the hybrid prime-convert would make of it, built in memory.
+// spec: a source (directory, alias, synthetic:...). Specs that convert in memory
+// (SOURCE+convert:...) are resolved above lib/convert: convert::load_model_spec.
 LoadedModel load_model(const std::string& spec, const LoadOptions& options);
 
 }  // namespace prime::model
