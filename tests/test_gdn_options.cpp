@@ -4,6 +4,7 @@
 
 #include "model/gdn.h"
 #include "reference/ssm_reference.h"
+#include "test_helpers.h"
 #include "test_ssm_mixer_util.h"
 #include "util/error.h"
 
@@ -35,23 +36,35 @@ prime::reference::Weights small_weights(uint64_t seed) {
   return prime::reference::testing::random_gdn_weights(dims, rng);
 }
 
-// chunked vs recurrent, step vs chunked, and a split prefill; returns the worst error.
-double three_forms_error(GdnMixer& mixer, const at::Tensor& x, const std::string& name) {
-  const at::Tensor chunked = mixer.forward(x, nullptr);
-  double worst = report("GDN", "chunked-vs-recurrent", name,
-                        max_rel_error(chunked, mixer.forward_recurrent(x, nullptr)));
+// Every form against the float64 reference `expected`: chunked, recurrent, step by step, and a
+// split prefill through the cache. Returns the worst error.
+double forms_vs_reference(GdnMixer& mixer, const at::Tensor& x, const at::Tensor& expected,
+                          const std::string& name) {
+  double worst = report("GDN", "chunked-vs-reference", name,
+                        max_rel_error(mixer.forward(x, nullptr), expected));
+  worst = std::max(worst, report("GDN", "recurrent-vs-reference", name,
+                                 max_rel_error(mixer.forward_recurrent(x, nullptr), expected)));
   auto cache = mixer.make_cache(x.size(0), x.device());
   std::vector<at::Tensor> steps;
   for (int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.step(x.narrow(1, t, 1), *cache));
-  worst = std::max(worst, report("GDN", "step-vs-chunked", name,
-                                 max_rel_error(at::cat(steps, 1), chunked)));
+  worst = std::max(worst, report("GDN", "step-vs-reference", name,
+                                 max_rel_error(at::cat(steps, 1), expected)));
   auto split_cache = mixer.make_cache(x.size(0), x.device());
   const int64_t half = x.size(1) / 2;
   const at::Tensor split =
       at::cat({mixer.forward(x.narrow(1, 0, half), split_cache.get()),
                mixer.forward(x.narrow(1, half, x.size(1) - half), split_cache.get())},
               1);
-  return std::max(worst, max_rel_error(split, chunked));
+  return std::max(worst, max_rel_error(split, expected));
+}
+
+prime::reference::GdnDims small_dims() {
+  prime::reference::GdnDims dims;
+  dims.hidden = 32;
+  dims.head_dim = 8;
+  dims.num_q_heads = 4;
+  dims.num_kv_heads = 1;
+  return dims;
 }
 
 }  // namespace
@@ -90,6 +103,12 @@ TEST_CASE("GDN config parses gdn_config and refuses what it cannot honour", "[gd
   sub = formats_config();
   sub["mode"] = "parallel";
   refused(sub, "mode");
+  sub = formats_config();
+  sub["kv_learnable_residual"] = true;  // refused as in GKA: not implemented
+  refused(sub, "kv_learnable_residual");
+  sub = formats_config();
+  sub["norm_eps"] = "small";
+  refused(sub, "norm_eps");
   REQUIRE_THROWS_AS(GdnConfig::from_json(nlohmann::json::array(), "7"), UserError);
 
   // Accepted and honoured.
@@ -99,7 +118,6 @@ TEST_CASE("GDN config parses gdn_config and refuses what it cannot honour", "[gd
   sub["use_gate"] = false;
   sub["use_short_conv"] = false;
   sub["conv_size"] = 3;
-  sub["kv_learnable_residual"] = true;  // no effect without kv_proj_rank, as in HMF
   sub.erase("num_v_heads");             // defaults to num_q_heads, as in HMF
   const GdnConfig honoured = GdnConfig::from_json(sub, "7");
   CHECK(honoured.allow_neg_eigval);
@@ -141,10 +159,12 @@ TEST_CASE("GDN bad weights name the layer and the tensor", "[gdn]") {
                       Contains("model.layers.5.gdn."));
 }
 
-TEST_CASE("GDN options: conv bias, no short conv, no gate", "[gdn]") {
+TEST_CASE("GDN options against the float64 reference", "[gdn]") {
   SingleThreaded single_threaded;
   prime::reference::Weights weights = small_weights(51);
-  const at::Tensor x = random_input(2, 75, 32, 52).to(at::kFloat);
+  const at::Tensor x64 = random_input(2, 75, 32, 52);
+  const at::Tensor x = x64.to(at::kFloat);
+  const at::Tensor plain = prime::reference::gdn_forward(small_dims(), weights, x64);
   std::mt19937_64 rng(53);
 
   SECTION("conv_bias") {
@@ -154,38 +174,64 @@ TEST_CASE("GDN options: conv bias, no short conv, no gate", "[gdn]") {
     weights["q_conv1d.bias"] = prime::reference::testing::random_normal({32}, 0.3, rng);
     weights["k_conv1d.bias"] = prime::reference::testing::random_normal({8}, 0.3, rng);
     weights["v_conv1d.bias"] = prime::reference::testing::random_normal({8}, 0.3, rng);
+    prime::reference::GdnDims dims = small_dims();
+    dims.conv_bias = true;
+    const at::Tensor expected = prime::reference::gdn_forward(dims, weights, x64);
     GdnMixer mixer(config, with_prefix(weights, kPrefix, at::kFloat), kPrefix);
-    CHECK(three_forms_error(mixer, x, "conv_bias T=75 chunk=32") <= 1e-5);
-    // The bias matters: the same weights without it give another function.
-    GdnMixer without(GdnConfig(32, 8, 4, 1), with_prefix(weights, kPrefix, at::kFloat), kPrefix);
-    CHECK(max_rel_error(without.forward(x, nullptr), mixer.forward(x, nullptr)) > 1e-3);
+    CHECK(forms_vs_reference(mixer, x, expected, "conv_bias T=75 chunk=32") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);  // the bias changes the function
   }
-  SECTION("use_short_conv false equals identity conv taps") {
+  SECTION("use_short_conv false") {
     GdnConfig config(32, 8, 4, 1);
     config.use_short_conv = false;
     prime::reference::Weights no_conv = weights;
     for (const char* name : {"q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight"})
       no_conv.erase(name);
+    prime::reference::GdnDims dims = small_dims();
+    dims.use_short_conv = false;
+    const at::Tensor expected = prime::reference::gdn_forward(dims, no_conv, x64);
     GdnMixer mixer(config, with_prefix(no_conv, kPrefix, at::kFloat), kPrefix);
-    CHECK(three_forms_error(mixer, x, "no_short_conv T=75") <= 1e-5);
+    CHECK(forms_vs_reference(mixer, x, expected, "no_short_conv T=75") <= 1e-5);
     CHECK(mixer.make_cache(2, at::kCPU)->bytes_per_sequence() == 4 * 4 * 8 * 8);
-    prime::reference::Weights identity = weights;
-    for (auto [name, channels] : {std::pair{"q_conv1d.weight", 32}, {"k_conv1d.weight", 8},
-                                  {"v_conv1d.weight", 8}}) {
-      identity[name] = at::zeros({channels, 1, 4}, at::kDouble);
-      identity[name].select(2, 3).fill_(1.0);  // last tap = current token
-    }
-    GdnMixer with_identity(GdnConfig(32, 8, 4, 1), with_prefix(identity, kPrefix, at::kFloat),
-                           kPrefix);
-    CHECK(max_rel_error(mixer.forward(x, nullptr), with_identity.forward(x, nullptr)) <= 1e-6);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
   }
   SECTION("use_gate false") {
     GdnConfig config(32, 8, 4, 1);
     config.use_gate = false;
     prime::reference::Weights no_gate = weights;
     no_gate.erase("g_proj.weight");
+    prime::reference::GdnDims dims = small_dims();
+    dims.use_gate = false;
+    const at::Tensor expected = prime::reference::gdn_forward(dims, no_gate, x64);
     GdnMixer mixer(config, with_prefix(no_gate, kPrefix, at::kFloat), kPrefix);
-    CHECK(three_forms_error(mixer, x, "no_gate T=75") <= 1e-5);
+    CHECK(forms_vs_reference(mixer, x, expected, "no_gate T=75") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
+  }
+  SECTION("conv_size 3 and norm_eps 1e-2") {
+    GdnConfig config(32, 8, 4, 1);
+    config.conv_size = 3;
+    config.norm_eps = 1e-2;
+    for (auto [name, channels] : {std::pair{"q_conv1d.weight", 32}, {"k_conv1d.weight", 8},
+                                  {"v_conv1d.weight", 8}})
+      weights[name] = prime::reference::testing::random_normal({channels, 1, 3}, 0.5, rng);
+    prime::reference::GdnDims dims = small_dims();
+    dims.norm_eps = 1e-2;
+    const at::Tensor expected = prime::reference::gdn_forward(dims, weights, x64);
+    GdnMixer mixer(config, with_prefix(weights, kPrefix, at::kFloat), kPrefix);
+    CHECK(forms_vs_reference(mixer, x, expected, "conv_size=3 norm_eps=1e-2 T=75") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
+  }
+  SECTION("num_k_heads != num_v_heads") {
+    prime::reference::GdnDims dims = small_dims();
+    dims.num_k_heads = 2;
+    dims.num_v_heads = 1;
+    std::mt19937_64 heads_rng(54);
+    const prime::reference::Weights mixed = prime::reference::testing::random_gdn_weights(dims, heads_rng);
+    GdnConfig config(32, 8, 4, 1);
+    config.num_k_heads = 2;
+    const at::Tensor expected = prime::reference::gdn_forward(dims, mixed, x64);
+    GdnMixer mixer(config, with_prefix(mixed, kPrefix, at::kFloat), kPrefix);
+    CHECK(forms_vs_reference(mixer, x, expected, "Hq=4 Hk=2 Hv=1 T=75") <= 1e-5);
   }
 }
 
@@ -217,10 +263,7 @@ TEST_CASE("GDN with bf16 weights keeps fp32 states", "[gdn]") {
 }
 
 TEST_CASE("GDN forms agree on CUDA", "[gdn][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   at::globalContext().setAllowTF32CuBLAS(false);
   at::globalContext().setAllowTF32CuDNN(false);
   struct GpuCase { int64_t batch, length, hidden, head_dim, q_heads, kv_heads; };
@@ -240,10 +283,8 @@ TEST_CASE("GDN forms agree on CUDA", "[gdn][gpu]") {
     GdnMixer mixer(config, map, kPrefix);
     const at::Tensor x64 = random_input(c.batch, c.length, c.hidden, 72);
     const at::Tensor x = x64.to(at::kFloat).to(at::kCUDA);
-    CHECK(three_forms_error(mixer, x, name) <= 1e-5);
     const at::Tensor expected = prime::reference::gdn_forward(dims, weights, x64);
-    CHECK(report("GDN", "chunked-vs-reference", name,
-                 max_rel_error(mixer.forward(x, nullptr), expected)) <= 1e-5);
+    CHECK(forms_vs_reference(mixer, x, expected, name) <= 1e-5);
     for (auto& [key, tensor] : map) tensor = tensor.to(at::kBFloat16);
     GdnMixer bf16(config, map, kPrefix);
     const at::Tensor xb = x.to(at::kBFloat16);

@@ -86,7 +86,14 @@ inline reference::GkaDims reference_dims(const model::GkaConfig& config) {
   dims.head_dim = config.head_dim;
   dims.num_q_heads = config.num_q_heads;
   dims.num_kv_heads = config.num_k_heads;
+  dims.num_k_heads = config.num_k_heads;
+  dims.num_v_heads = config.num_v_heads;
   dims.use_alpha_connection = config.use_alpha_connection;
+  dims.use_forgetting_gate = config.use_forgetting_gate;
+  dims.use_forgetting_gate_kk = config.use_forgetting_gate_kk;
+  dims.use_beta_gate = config.use_beta_gate;
+  dims.use_gate = config.use_gate;
+  dims.gla_rescale = config.gla_rescale;
   dims.use_v_conv = config.use_v_conv;
   dims.ridge_solve = config.num_iter > 0;
   dims.num_iter = config.num_iter;

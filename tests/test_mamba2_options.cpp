@@ -4,6 +4,7 @@
 
 #include "model/mamba2.h"
 #include "reference/ssm_reference.h"
+#include "test_helpers.h"
 #include "test_ssm_mixer_util.h"
 #include "util/error.h"
 
@@ -35,23 +36,35 @@ prime::reference::Weights small_weights(uint64_t seed) {
   return prime::reference::testing::random_mamba2_weights(dims, rng);
 }
 
-// chunked vs recurrent, step vs chunked, and a split prefill; returns the worst error.
-double three_forms_error(Mamba2Mixer& mixer, const at::Tensor& x, const std::string& name) {
-  const at::Tensor chunked = mixer.forward(x, nullptr);
-  double worst = report("M2", "chunked-vs-recurrent", name,
-                        max_rel_error(chunked, mixer.forward_recurrent(x, nullptr)));
+// Every form against the float64 reference `expected`: chunked, recurrent, step by step, and a
+// split prefill through the cache. Returns the worst error.
+double forms_vs_reference(Mamba2Mixer& mixer, const at::Tensor& x, const at::Tensor& expected,
+                          const std::string& name) {
+  double worst = report("M2", "chunked-vs-reference", name,
+                        max_rel_error(mixer.forward(x, nullptr), expected));
+  worst = std::max(worst, report("M2", "recurrent-vs-reference", name,
+                                 max_rel_error(mixer.forward_recurrent(x, nullptr), expected)));
   auto cache = mixer.make_cache(x.size(0), x.device());
   std::vector<at::Tensor> steps;
   for (int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.step(x.narrow(1, t, 1), *cache));
-  worst = std::max(worst, report("M2", "step-vs-chunked", name,
-                                 max_rel_error(at::cat(steps, 1), chunked)));
+  worst = std::max(worst, report("M2", "step-vs-reference", name,
+                                 max_rel_error(at::cat(steps, 1), expected)));
   auto split_cache = mixer.make_cache(x.size(0), x.device());
   const int64_t half = x.size(1) / 2;
   const at::Tensor split =
       at::cat({mixer.forward(x.narrow(1, 0, half), split_cache.get()),
                mixer.forward(x.narrow(1, half, x.size(1) - half), split_cache.get())},
               1);
-  return std::max(worst, max_rel_error(split, chunked));
+  return std::max(worst, max_rel_error(split, expected));
+}
+
+prime::reference::Mamba2Dims small_dims() {
+  prime::reference::Mamba2Dims dims;
+  dims.hidden = 32;
+  dims.head_dim = 8;
+  dims.num_q_heads = 4;
+  dims.num_kv_heads = 1;
+  return dims;
 }
 
 }  // namespace
@@ -154,10 +167,12 @@ TEST_CASE("Mamba-2 bad weights name the layer and the tensor", "[mamba2]") {
                       Contains("model.layers.5.mamba."));
 }
 
-TEST_CASE("Mamba-2 options: no conv bias, no B/C norm", "[mamba2]") {
+TEST_CASE("Mamba-2 options against the float64 reference", "[mamba2]") {
   SingleThreaded single_threaded;
   prime::reference::Weights weights = small_weights(51);
-  const at::Tensor x = random_input(2, 75, 32, 52).to(at::kFloat);
+  const at::Tensor x64 = random_input(2, 75, 32, 52);
+  const at::Tensor x = x64.to(at::kFloat);
+  const at::Tensor plain = prime::reference::mamba2_forward(small_dims(), weights, x64);
 
   SECTION("conv_bias false") {
     Mamba2Config config(32, 8, 4, 1);
@@ -165,14 +180,12 @@ TEST_CASE("Mamba-2 options: no conv bias, no B/C norm", "[mamba2]") {
     config.chunk_size = 32;
     prime::reference::Weights no_bias = weights;
     no_bias.erase("conv1d.bias");
+    prime::reference::Mamba2Dims dims = small_dims();
+    dims.conv_bias = false;
+    const at::Tensor expected = prime::reference::mamba2_forward(dims, no_bias, x64);
     Mamba2Mixer mixer(config, with_prefix(no_bias, kPrefix, at::kFloat), kPrefix);
-    CHECK(three_forms_error(mixer, x, "no_conv_bias T=75 chunk=32") <= 1e-5);
-    // Same as a zero bias (up to the different chunk size).
-    prime::reference::Weights zero_bias = weights;
-    zero_bias["conv1d.bias"] = at::zeros({48}, at::kDouble);
-    Mamba2Mixer zero(Mamba2Config(32, 8, 4, 1), with_prefix(zero_bias, kPrefix, at::kFloat),
-                     kPrefix);
-    CHECK(max_rel_error(mixer.forward(x, nullptr), zero.forward(x, nullptr)) <= 1e-5);
+    CHECK(forms_vs_reference(mixer, x, expected, "no_conv_bias T=75 chunk=32") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
   }
   SECTION("use_qk_norm false") {
     Mamba2Config config(32, 8, 4, 1);
@@ -180,12 +193,22 @@ TEST_CASE("Mamba-2 options: no conv bias, no B/C norm", "[mamba2]") {
     prime::reference::Weights no_norm = weights;
     no_norm.erase("B_norm.weight");
     no_norm.erase("C_norm.weight");
+    prime::reference::Mamba2Dims dims = small_dims();
+    dims.use_qk_norm = false;
+    const at::Tensor expected = prime::reference::mamba2_forward(dims, no_norm, x64);
     Mamba2Mixer mixer(config, with_prefix(no_norm, kPrefix, at::kFloat), kPrefix);
-    CHECK(three_forms_error(mixer, x, "no_qk_norm T=75") <= 1e-5);
-    // The norms matter: with them the function differs.
-    Mamba2Mixer normed(Mamba2Config(32, 8, 4, 1), with_prefix(weights, kPrefix, at::kFloat),
-                       kPrefix);
-    CHECK(max_rel_error(mixer.forward(x, nullptr), normed.forward(x, nullptr)) > 1e-3);
+    CHECK(forms_vs_reference(mixer, x, expected, "no_qk_norm T=75") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
+  }
+  SECTION("d_conv 3") {
+    Mamba2Config config(32, 8, 4, 1);
+    config.conv_size = 3;
+    std::mt19937_64 rng(53);
+    weights["conv1d.weight"] = prime::reference::testing::random_normal({48, 1, 3}, 0.5, rng);
+    const at::Tensor expected = prime::reference::mamba2_forward(small_dims(), weights, x64);
+    Mamba2Mixer mixer(config, with_prefix(weights, kPrefix, at::kFloat), kPrefix);
+    CHECK(forms_vs_reference(mixer, x, expected, "d_conv=3 T=75") <= 1e-5);
+    CHECK(max_rel_error(expected, plain) > 1e-3);
   }
 }
 
@@ -217,10 +240,7 @@ TEST_CASE("Mamba-2 with bf16 weights keeps fp32 states", "[mamba2]") {
 }
 
 TEST_CASE("Mamba-2 forms agree on CUDA", "[mamba2][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   at::globalContext().setAllowTF32CuBLAS(false);
   at::globalContext().setAllowTF32CuDNN(false);
   struct GpuCase { int64_t batch, length, hidden, head_dim, q_heads, kv_heads; };
@@ -241,10 +261,8 @@ TEST_CASE("Mamba-2 forms agree on CUDA", "[mamba2][gpu]") {
     Mamba2Mixer mixer(config, map, kPrefix);
     const at::Tensor x64 = random_input(c.batch, c.length, c.hidden, 72);
     const at::Tensor x = x64.to(at::kFloat).to(at::kCUDA);
-    CHECK(three_forms_error(mixer, x, name) <= 1e-5);
     const at::Tensor expected = prime::reference::mamba2_forward(dims, weights, x64);
-    CHECK(report("M2", "chunked-vs-reference", name,
-                 max_rel_error(mixer.forward(x, nullptr), expected)) <= 1e-5);
+    CHECK(forms_vs_reference(mixer, x, expected, name) <= 1e-5);
     for (auto& [key, tensor] : map) tensor = tensor.to(at::kBFloat16);
     Mamba2Mixer bf16(config, map, kPrefix);
     const at::Tensor xb = x.to(at::kBFloat16);

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "model/feed_forward.h"
+#include "model/rms_norm.h"
 #include "util/error.h"
 
 namespace prime::model {

@@ -2,13 +2,6 @@
 
 namespace prime::model {
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const auto accum_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor xf = x.to(accum_type);
-  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean({-1}, /*keepdim=*/true) + eps);
-  return weight * normed.to(x.scalar_type());
-}
-
 SwigluMlp::SwigluMlp(const TensorMap& weights, const std::string& prefix, int64_t hidden, int64_t intermediate)
     : gate_(take_weight(weights, prefix, "gate_proj.weight", {intermediate, hidden})),
       up_(take_weight(weights, prefix, "up_proj.weight", {intermediate, hidden})),

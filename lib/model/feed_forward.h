@@ -1,4 +1,5 @@
-// The non-mixer parts of a decoder layer: RMSNorm, the SwiGLU MLP and the Qwen3-MoE sparse block.
+// The non-mixer parts of a decoder layer: the SwiGLU MLP and the Qwen3-MoE sparse block (the
+// block norms are model/rms_norm.h's rms_norm, included here for the decoder code).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,12 +9,10 @@
 #include <vector>
 
 #include "io/model_config.h"
+#include "model/rms_norm.h"
 #include "model/weights.h"
 
 namespace prime::model {
-
-// x * rsqrt(mean(x^2) + eps) in fp32, cast back to x's dtype, times weight (transformers order).
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 class FeedForward {
  public:

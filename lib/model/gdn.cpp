@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "io/model_config.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
@@ -12,15 +13,6 @@
 namespace prime::model {
 
 namespace {
-
-// fp32 internals; f64 stays f64 so that gradients can be checked against finite differences.
-at::ScalarType compute_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
-  return at::linear(x, weight.to(x.scalar_type()));
-}
 
 // The normalisation inside the GDN op: x * rsqrt(sum x^2 + 1e-6) * scale, per head vector.
 at::Tensor rsqrt_normalize(const at::Tensor& x, double scale) {
@@ -38,26 +30,35 @@ int64_t GdnConfig::num_heads() const {
 }
 
 void GdnConfig::validate(const std::string& layer_desc) const {
-  if (hidden_size <= 0 || head_dim <= 0 || num_q_heads <= 0 || num_k_heads <= 0 ||
-      num_v_heads <= 0)
-    throw user_error("GDN layer ", layer_desc, ": hidden_size, head_dim and head counts must be "
-                     "positive (got hidden_size=", hidden_size, ", head_dim=", head_dim,
-                     ", num_q_heads=", num_q_heads, ", num_k_heads=", num_k_heads,
-                     ", num_v_heads=", num_v_heads, ")");
+  namespace cj = config_json;
+  const std::string what = cj::describe(layer_desc, "gdn_config");
+  auto positive = [&](const char* key, int64_t value) {
+    if (value <= 0) throw cj::option_error(what, key, "must be positive, got ", value);
+  };
+  positive("hidden_size", hidden_size);
+  positive("head_dim", head_dim);
+  positive("num_q_heads", num_q_heads);
+  positive("num_k_heads", num_k_heads);
+  positive("num_v_heads", num_v_heads);
   const int64_t heads = num_heads();
-  if (heads % num_q_heads || heads % num_k_heads || heads % num_v_heads)
-    throw user_error("GDN layer ", layer_desc, ": num_q_heads=", num_q_heads, ", num_k_heads=",
-                     num_k_heads, " and num_v_heads=", num_v_heads,
-                     " must each divide their maximum");
-  if (use_short_conv && conv_size < 1)
-    throw user_error("GDN layer ", layer_desc, ": conv_size must be >= 1, got ", conv_size);
-  if (!(norm_eps > 0)) throw user_error("GDN layer ", layer_desc, ": norm_eps must be > 0");
-  if (chunk_size < 1) throw user_error("GDN layer ", layer_desc, ": chunk_size must be >= 1");
+  auto divides = [&](const char* key, int64_t count) {
+    if (heads % count != 0)
+      throw cj::option_error(what, key, "= ", count, " does not divide the expanded head count ",
+                             heads, " (repeat-interleave needs whole groups)");
+  };
+  divides("num_q_heads", num_q_heads);
+  divides("num_k_heads", num_k_heads);
+  divides("num_v_heads", num_v_heads);
+  if (use_short_conv) positive("conv_size", conv_size);
+  if (!(norm_eps > 0) || !std::isfinite(norm_eps))
+    throw cj::option_error(what, "norm_eps", "must be a positive number");
+  positive("chunk_size", chunk_size);
 }
 
-GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& layer_desc) {
+GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& layer_desc,
+                               const io::ModelConfig* base) {
   namespace cj = config_json;
-  const std::string what = "gdn_config of layer " + layer_desc;
+  const std::string what = cj::describe(layer_desc, "gdn_config");
   cj::require_object(sub, what);
   // use_state_passing_sp and mode only choose how HMF schedules the same math.
   cj::refuse_unknown(sub, what,
@@ -66,12 +67,23 @@ GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& lay
                       "norm_eps", "kv_proj_rank", "kv_learnable_residual", "use_state_passing_sp",
                       "mode", "chunk_size"});
   GdnConfig config;
-  config.hidden_size = cj::get_int(sub, what, "hidden_size", 0, true);
-  config.head_dim = cj::get_int(sub, what, "head_dim", 0, true);
-  config.num_q_heads = cj::get_int(sub, what, "num_q_heads", 0, true);
-  // HMF: absent k/v head counts default to the query heads.
-  config.num_k_heads = cj::get_int(sub, what, "num_k_heads", config.num_q_heads);
-  config.num_v_heads = cj::get_int(sub, what, "num_v_heads", config.num_q_heads);
+  // Structural fields: from the base config when there is one (as HMF derives them).
+  if (base) {
+    config.hidden_size = cj::get_structural(sub, what, "hidden_size", base->hidden_size, "hidden_size");
+    config.head_dim = cj::get_structural(sub, what, "head_dim", base->head_dim, "head_dim");
+    config.num_q_heads = cj::get_structural(sub, what, "num_q_heads", base->num_attention_heads,
+                                            "num_attention_heads");
+    config.num_k_heads = cj::get_structural(sub, what, "num_k_heads", base->num_key_value_heads,
+                                            "num_key_value_heads");
+    config.num_v_heads = cj::get_structural(sub, what, "num_v_heads", base->num_key_value_heads,
+                                            "num_key_value_heads");
+  } else {  // absent k/v head counts default to the query heads
+    config.hidden_size = cj::get_int(sub, what, "hidden_size", 0, true);
+    config.head_dim = cj::get_int(sub, what, "head_dim", 0, true);
+    config.num_q_heads = cj::get_int(sub, what, "num_q_heads", 0, true);
+    config.num_k_heads = cj::get_int(sub, what, "num_k_heads", config.num_q_heads);
+    config.num_v_heads = cj::get_int(sub, what, "num_v_heads", config.num_q_heads);
+  }
   config.use_gate = cj::get_bool(sub, what, "use_gate", true);
   config.use_short_conv = cj::get_bool(sub, what, "use_short_conv", true);
   config.allow_neg_eigval = cj::get_bool(sub, what, "allow_neg_eigval", false);
@@ -80,16 +92,17 @@ GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& lay
   config.norm_eps = cj::get_double(sub, what, "norm_eps", 1e-5);
   config.chunk_size = cj::get_int(sub, what, "chunk_size", 64);
   if (cj::has(sub, "kv_proj_rank"))
-    throw user_error(what, ": option 'kv_proj_rank' = ", sub.at("kv_proj_rank").dump(),
-                     " (low-rank K/V head expansion) is not supported; use null");
-  // Without kv_proj_rank HMF ignores kv_learnable_residual, and so do we.
-  cj::get_bool(sub, what, "kv_learnable_residual", false);
-  if (cj::has(sub, "mode")) {
-    const auto& mode = sub.at("mode");
-    if (!mode.is_string() || (mode != "chunk" && mode != "fused_recurrent"))
-      throw user_error(what, ": option 'mode' must be \"chunk\" or \"fused_recurrent\", got ",
-                       mode.dump());
-  }
+    throw cj::option_error(what, "kv_proj_rank", "= ", sub.at("kv_proj_rank").dump(),
+                           ": low-rank k/v head expansion is not supported; use null");
+  // As in GKA: a learnable k/v head mixing is not implemented, so a checkpoint that asks for it
+  // is refused rather than run with a fixed repeat.
+  if (cj::get_bool(sub, what, "kv_learnable_residual", false))
+    throw cj::option_error(what, "kv_learnable_residual",
+                           "= true: learnable k/v head mixing is not supported; use false");
+  const std::string mode = cj::get_string(sub, what, "mode", "chunk");
+  if (mode != "chunk" && mode != "fused_recurrent")
+    throw cj::option_error(what, "mode", "must be \"chunk\" or \"fused_recurrent\", got \"", mode,
+                           "\"");
   cj::get_bool(sub, what, "use_state_passing_sp", false);
   config.validate(layer_desc);
   return config;
@@ -145,19 +158,8 @@ std::unique_ptr<LayerCache> GdnMixer::make_cache(int64_t batch, const at::Device
   return cache;
 }
 
-GdnCache* GdnMixer::check_cache(LayerCache* cache, const at::Tensor& x) const {
-  if (!cache) return nullptr;
-  auto* gdn_cache = dynamic_cast<GdnCache*>(cache);
-  PRIME_CHECK(gdn_cache != nullptr, "GDN layer ", prefix_, " was given another layer's cache");
-  PRIME_CHECK(gdn_cache->state.defined() && gdn_cache->state.size(0) == x.size(0),
-              "GDN layer ", prefix_, ": cache batch does not match the input batch");
-  return gdn_cache;
-}
-
 GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache) const {
-  PRIME_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "GDN layer ", prefix_,
-              ": input must be [B, T, ", config_.hidden_size, "], got ", shape_string(x.sizes()));
-  const auto ct = compute_type(x);
+  const auto ct = ssm_compute_type(x);
   const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
   const int64_t H = config_.num_heads();
   auto branch = [&](const at::Tensor& proj, const at::Tensor& conv, const at::Tensor& conv_bias,
@@ -189,48 +191,44 @@ at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o) const {
     at::Tensor gate = project(x, g_proj_).reshape({batch, length, H, D});
     normed = gated_rms_norm(o, gate, o_norm_, config_.norm_eps);
   } else {
-    normed = o * at::rsqrt(o.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
-             o_norm_.to(o.scalar_type());
+    normed = head_rms_norm(o, o_norm_, config_.norm_eps);
   }
   return project(normed.reshape({batch, length, H * D}).to(x.scalar_type()), o_proj_);
 }
 
 at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
-  GdnCache* gdn_cache = check_cache(cache, x);
+  check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
+  GdnCache* gdn_cache = typed_cache<GdnCache>(cache, x, "GDN", prefix_);
   if (gdn_cache && x.size(1) == 1) return step(x, *gdn_cache);
-  Inputs in = prepare(x, gdn_cache);
-  at::Tensor state = gdn_cache ? gdn_cache->state.to(in.q.scalar_type()) : at::Tensor();
-  auto [o, final_state] = gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, state,
-                                                   config_.chunk_size);
-  if (gdn_cache) {
-    store_state(gdn_cache->state, final_state);
-    gdn_cache->tokens += x.size(1);
-  }
+  const Inputs in = prepare(x, gdn_cache);
+  const at::Tensor o = run_on_state(gdn_cache, x.size(1), in.q.scalar_type(), [&](const at::Tensor& state) {
+    return gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, state, config_.chunk_size);
+  });
   return finish(x, o);
 }
 
 at::Tensor GdnMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
-  GdnCache* gdn_cache = check_cache(cache, x);
-  Inputs in = prepare(x, gdn_cache);
-  at::Tensor state = gdn_cache ? gdn_cache->state.to(in.q.scalar_type()) : at::Tensor();
-  auto [o, final_state] = gated_delta_rule_recurrent(in.q, in.k, in.v, in.g, in.beta, state);
-  if (gdn_cache) {
-    store_state(gdn_cache->state, final_state);
-    gdn_cache->tokens += x.size(1);
-  }
+  check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
+  GdnCache* gdn_cache = typed_cache<GdnCache>(cache, x, "GDN", prefix_);
+  const Inputs in = prepare(x, gdn_cache);
+  const at::Tensor o = run_on_state(gdn_cache, x.size(1), in.q.scalar_type(), [&](const at::Tensor& state) {
+    return gated_delta_rule_recurrent(in.q, in.k, in.v, in.g, in.beta, state);
+  });
   return finish(x, o);
 }
 
 at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
-  GdnCache* gdn_cache = check_cache(&cache, x);
-  PRIME_CHECK(x.dim() == 3 && x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token");
-  Inputs in = prepare(x, gdn_cache);
-  auto [o, state] = gated_delta_rule_step(in.q.select(1, 0), in.k.select(1, 0), in.v.select(1, 0),
-                                          in.g.select(1, 0), in.beta.select(1, 0),
-                                          gdn_cache->state.to(in.q.scalar_type()));
-  store_state(gdn_cache->state, state);
-  gdn_cache->tokens += 1;
-  return finish(x, o.unsqueeze(1));
+  check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
+  PRIME_CHECK(x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token, got ", x.size(1));
+  GdnCache* gdn_cache = typed_cache<GdnCache>(&cache, x, "GDN", prefix_);
+  const Inputs in = prepare(x, gdn_cache);
+  const at::Tensor o = run_on_state(gdn_cache, 1, in.q.scalar_type(), [&](const at::Tensor& state) {
+    auto [o_token, next] = gated_delta_rule_step(in.q.select(1, 0), in.k.select(1, 0),
+                                                 in.v.select(1, 0), in.g.select(1, 0),
+                                                 in.beta.select(1, 0), state);
+    return std::make_pair(o_token.unsqueeze(1), next);
+  });
+  return finish(x, o);
 }
 
 }  // namespace prime::model

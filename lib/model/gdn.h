@@ -13,6 +13,10 @@
 #include "model/mixer.h"
 #include "model/weights.h"
 
+namespace prime::io {
+struct ModelConfig;
+}
+
 namespace prime::model {
 
 // `gdn_config` of a hybrid checkpoint (design/formats.md). Head counts may differ per q/k/v;
@@ -36,8 +40,11 @@ struct GdnConfig {
   GdnConfig(int64_t hidden, int64_t head_dim, int64_t num_q_heads, int64_t num_kv_heads);
 
   // Parses a `gdn_config` object; any field that prime cannot honour (or does not know) is a
-  // UserError naming `layer_desc` and the field.
-  static GdnConfig from_json(const nlohmann::json& sub_config, const std::string& layer_desc);
+  // UserError naming `layer_desc` and the field. With `base` (the model's config) the structural
+  // fields come from it as in HMF: absent ones are filled in, present ones must agree. Without
+  // it hidden_size, head_dim, num_q_heads are required, num_k/v_heads default to num_q_heads.
+  static GdnConfig from_json(const nlohmann::json& sub_config, const std::string& layer_desc,
+                             const io::ModelConfig* base = nullptr);
 
   int64_t num_heads() const;  // expanded head count H
   // Throws a UserError naming `layer_desc` when the dimensions are inconsistent.
@@ -52,6 +59,7 @@ class GdnCache : public LayerCache {
   at::Tensor state;                                     // [B, H, D, D]
 
   int64_t bytes_per_sequence() const override;
+  int64_t batch() const { return state.size(0); }
 };
 
 class GdnMixer : public SsmMixer {
@@ -75,7 +83,6 @@ class GdnMixer : public SsmMixer {
   };
   Inputs prepare(const at::Tensor& x, GdnCache* cache) const;
   at::Tensor finish(const at::Tensor& x, const at::Tensor& o) const;  // norm, gate, o_proj
-  GdnCache* check_cache(LayerCache* cache, const at::Tensor& x) const;
 
   GdnConfig config_;
   std::string prefix_;

@@ -75,12 +75,6 @@ void GkaMixer::set_solve_dtype(at::ScalarType type) {
   solve_type_ = type;
 }
 
-void GkaMixer::check_input(const at::Tensor& x) const {
-  if (x.dim() != 3 || x.size(2) != config_.hidden_size)
-    throw user_error(prefix_, " (", config_.layer_desc, "): GKA input must be [B, T, ",
-                     config_.hidden_size, "], got ", shape_string(x.sizes()));
-}
-
 std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device& device) const {
   const int64_t D = config_.head_dim, H = config_.num_heads(), K = config_.conv_size;
   const auto options = at::TensorOptions().dtype(compute_type_).device(device);
@@ -91,14 +85,6 @@ std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device
   if (config_.num_iter > 0) cache->kk_state = at::zeros({batch, H, D, D}, options);
   cache->kv_state = at::zeros({batch, H, D, D}, options);
   return cache;
-}
-
-GkaCache& GkaMixer::cast_cache(LayerCache& cache, int64_t batch) const {
-  auto* gka_cache = dynamic_cast<GkaCache*>(&cache);
-  PRIME_CHECK(gka_cache != nullptr, "GKA layer ", prefix_, " was given another layer's cache");
-  PRIME_CHECK(gka_cache->kv_state.size(0) == batch, "cache batch ", gka_cache->kv_state.size(0),
-              " != input batch ", batch);
-  return *gka_cache;
 }
 
 GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const {
@@ -151,13 +137,9 @@ at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
                             const at::Tensor& x) const {
   // RMSNorm over each head's D values times o_norm, then (use_gate) times SiLU(g_proj x).
   const at::Tensor oc = o.to(compute_type_);
-  at::Tensor y;
-  if (prepared.gate.defined()) {
-    y = gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps);
-  } else {
-    y = oc * at::rsqrt(oc.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps) *
-        to_type(o_norm_, compute_type_);
-  }
+  at::Tensor y = prepared.gate.defined()
+      ? gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps)
+      : head_rms_norm(oc, o_norm_, config_.norm_eps);
   y = y.reshape({o.size(0), o.size(1), -1}).to(o_proj_.scalar_type());
   return at::linear(y, o_proj_).to(x.scalar_type());
 }
@@ -207,10 +189,10 @@ gka_detail::SolveOptions solve_options(const GkaConfig& config) {
 }  // namespace
 
 at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
-  check_input(x);
+  check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   if (x.size(1) == 0) return at::zeros_like(x);  // nothing to mix; the cache is untouched
   if (cache && x.size(1) == 1) return step(x, *cache);
-  GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
+  GkaCache* gka_cache = typed_cache<GkaCache>(cache, x, "GKA", prefix_);
   std::unique_ptr<LayerCache> fresh;
   if (!gka_cache) {
     fresh = make_cache(x.size(0), x.device());
@@ -227,9 +209,9 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
-  check_input(x);
+  check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   if (x.size(1) == 0) return at::zeros_like(x);
-  GkaCache* gka_cache = cache ? &cast_cache(*cache, x.size(0)) : nullptr;
+  GkaCache* gka_cache = typed_cache<GkaCache>(cache, x, "GKA", prefix_);
   std::unique_ptr<LayerCache> fresh;
   if (!gka_cache) {
     fresh = make_cache(x.size(0), x.device());
@@ -251,9 +233,9 @@ at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
-  check_input(x);
+  check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
-  GkaCache& gka_cache = cast_cache(cache, x.size(0));
+  GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);
   const Prepared prepared = prepare(x, &gka_cache);
   at::Tensor kk_state = to_type(gka_cache.kk_state, solve_type_);
   at::Tensor kv_state = to_type(gka_cache.kv_state, solve_type_);

@@ -41,6 +41,10 @@
 #include "model/mixer.h"
 #include "model/weights.h"
 
+namespace prime::io {
+struct ModelConfig;
+}
+
 namespace prime::model {
 
 struct GkaConfig {
@@ -66,10 +70,14 @@ struct GkaConfig {
   // Where the config came from ("layer 3"), used in every error message.
   std::string layer_desc;
 
-  // Parses formats.md's gka_config. hidden_size, head_dim, num_q_heads are required;
-  // num_k_heads/num_v_heads default to num_q_heads (null too); every other key to HMF's
-  // default. Refuses unknown keys, wrong types and unsupported options (UserError).
-  static GkaConfig from_json(const nlohmann::json& gka_config, const std::string& layer_desc);
+  // Parses formats.md's gka_config. With `base` (the model's config) the structural fields
+  // (hidden_size, head_dim, num_q/k/v_heads) come from it, as HMF derives them: absent ones are
+  // filled in, present ones must agree (a UserError names both values). Without `base`,
+  // hidden_size, head_dim, num_q_heads are required and num_k/v_heads default to num_q_heads.
+  // Every other key defaults as in HMF. Refuses unknown keys, wrong types and unsupported
+  // options (UserError naming layer_desc and the key).
+  static GkaConfig from_json(const nlohmann::json& gka_config, const std::string& layer_desc,
+                             const io::ModelConfig* base = nullptr);
   // Throws a UserError naming layer_desc and the option for any value we cannot honour.
   void validate() const;
   int64_t num_heads() const;  // expanded heads H
@@ -83,6 +91,7 @@ class GkaCache : public LayerCache {
   at::Tensor kv_state;                // S = sum of decayed k v^T [B, H, D, D]
 
   int64_t bytes_per_sequence() const override;
+  int64_t batch() const { return kv_state.size(0); }
 };
 
 class GkaMixer : public SsmMixer {
@@ -107,8 +116,6 @@ class GkaMixer : public SsmMixer {
  private:
   Prepared prepare(const at::Tensor& x, GkaCache* cache) const;
   at::Tensor finish(const at::Tensor& o, const Prepared& prepared, const at::Tensor& x) const;
-  GkaCache& cast_cache(LayerCache& cache, int64_t batch) const;
-  void check_input(const at::Tensor& x) const;
 
   GkaConfig config_;
   std::string prefix_;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model/gka_core.h"
+#include "model/ssm_chunks.h"
 #include "util/error.h"
 
 namespace prime::model::gka_detail {
@@ -33,9 +34,9 @@ struct ChunkDecay {
 // g [B,H,n,C] or undefined (no decay: every factor is 1).
 ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chunk) {
   const auto options = like.options();
-  const at::Tensor lower = at::ones({chunk, chunk}, options.dtype(at::kBool)).tril();
   ChunkDecay out;
   if (!g.defined()) {
+    const at::Tensor lower = at::ones({chunk, chunk}, options.dtype(at::kBool)).tril();
     const auto sizes = like.sizes();  // [B,H,n,C,D]
     out.from_start = at::ones({sizes[0], sizes[1], sizes[2], chunk}, options);
     out.weights = lower.to(like.scalar_type()).expand({sizes[0], sizes[1], sizes[2], chunk, chunk});
@@ -46,29 +47,9 @@ ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chun
   const at::Tensor cumulative = at::cumsum(g, -1);
   out.from_start = at::exp(cumulative);
   out.whole = at::exp(cumulative.select(-1, chunk - 1));
-  // segment[t, j] = sum_{s = j+1..t} g_s: g_s placed at [s, j] for s > j, summed down columns.
-  const at::Tensor strictly_lower = at::ones({chunk, chunk}, options.dtype(at::kBool)).tril(-1);
-  const at::Tensor spread = at::where(strictly_lower, g.unsqueeze(-1), at::zeros({}, options));
-  const at::Tensor segment = at::cumsum(spread, -2);
-  // Above the diagonal segment is 0, so exp gives 1 there before the mask zeroes it.
-  out.weights = at::where(lower, at::exp(segment), at::zeros({}, options));
+  out.weights = chunks::segment_decay(g);
   out.to_end = out.weights.select(-2, chunk - 1);
   return out;
-}
-
-// [B,T,H,...] -> [B,H,n,C,...] with zero padding of T up to n*C.
-at::Tensor to_chunks(const at::Tensor& x, int64_t chunk) {
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
-  const int64_t n = (T + chunk - 1) / chunk;
-  at::Tensor moved = x.movedim(1, 2);  // [B,H,T,...]
-  if (n * chunk != T) {
-    std::vector<int64_t> pad(static_cast<size_t>(2 * (x.dim() - 2)), 0);
-    pad.back() = n * chunk - T;  // pad the T axis (the first padded dim is listed last)
-    moved = at::constant_pad_nd(moved, pad);
-  }
-  std::vector<int64_t> sizes = {B, H, n, chunk};
-  for (int64_t dim = 3; dim < x.dim(); ++dim) sizes.push_back(x.size(dim));
-  return moved.reshape(sizes);
 }
 
 // The state at the start of every chunk, [B,H,n,D,D], and the final state, given each chunk's
@@ -96,12 +77,12 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
   PRIME_CHECK(T > 0 && chunk_size > 0);
   // A chunk longer than the sequence only costs padding.
   const int64_t C = std::min(chunk_size, T);
-  const at::Tensor Q = to_chunks(in.q, C);  // [B,H,n,C,D]
-  const at::Tensor K = to_chunks(in.k, C);
-  const at::Tensor V = to_chunks(in.v, C);
+  const at::Tensor Q = chunks::split(in.q, C);  // [B,H,n,C,D]
+  const at::Tensor K = chunks::split(in.k, C);
+  const at::Tensor V = chunks::split(in.v, C);
   const at::Tensor Kt = K.transpose(-1, -2);
   const ChunkDecay decay_kv =
-      chunk_decay(in.log_decay_kv.defined() ? to_chunks(in.log_decay_kv, C) : at::Tensor(), K, C);
+      chunk_decay(in.log_decay_kv.defined() ? chunks::split(in.log_decay_kv, C) : at::Tensor(), K, C);
 
   ChunkedResult result;
   at::Tensor Q_tilde = Q;
@@ -110,7 +91,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
     const bool shared_decay = in.log_decay_kk.defined() && in.log_decay_kk.is_same(in.log_decay_kv);
     const ChunkDecay decay_kk =
         shared_decay ? decay_kv
-                     : chunk_decay(in.log_decay_kk.defined() ? to_chunks(in.log_decay_kk, C)
+                     : chunk_decay(in.log_decay_kk.defined() ? chunks::split(in.log_decay_kk, C)
                                                              : at::Tensor(),
                                    K, C);
     // Chunk-start H for every chunk, then the final H.
@@ -136,7 +117,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
       return at::addcmul(at::matmul(W * at::matmul(X, Kt), K), e_start, at::matmul(X, H0));
     };
     const at::Tensor X = chebyshev_iterate(apply_H, Q, frob, options.ridge_strength, options.num_iter);
-    Q_tilde = alpha_mix(Q, X, in.alpha.defined() ? to_chunks(in.alpha, C) : at::Tensor());
+    Q_tilde = alpha_mix(Q, X, in.alpha.defined() ? chunks::split(in.alpha, C) : at::Tensor());
   }
 
   // Gated linear attention on q~.
@@ -148,11 +129,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
       (decay_kv.from_start.unsqueeze(-1) * at::matmul(Q_tilde, S0) +
        at::matmul(decay_kv.weights * at::matmul(Q_tilde, Kt), V)) *
       options.output_scale;
-  // [B,H,n,C,D] -> [B,T,H,D]
-  const auto sizes = o_chunks.sizes();
-  result.o = o_chunks.reshape({sizes[0], sizes[1], sizes[2] * sizes[3], sizes[4]})
-                 .narrow(2, 0, T)
-                 .movedim(2, 1);
+  result.o = chunks::merge(o_chunks, T);
   return result;
 }
 

@@ -2,98 +2,112 @@
 // output gate + grouped norm, and the three forms wired to the SSD core in mamba2_ssd.cpp.
 #include "model/mamba2.h"
 
+#include "io/model_config.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
 
 namespace prime::model {
 
-namespace {
-
-// fp32 internals; f64 stays f64 so that gradients can be checked against finite differences.
-at::ScalarType compute_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
-  return at::linear(x, weight.to(x.scalar_type()));
-}
-
-// RMSNorm over the last dim (a head), times weight [D].
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return x * at::rsqrt(x.pow(2).mean({-1}, /*keepdim=*/true) + eps) * weight.to(x.scalar_type());
-}
-
-}  // namespace
-
 Mamba2Config::Mamba2Config(int64_t hidden, int64_t head_dim_, int64_t q_heads, int64_t kv_heads)
     : hidden_size(hidden), head_dim(head_dim_), num_q_heads(q_heads), num_kv_heads(kv_heads) {}
 
 void Mamba2Config::validate(const std::string& layer_desc) const {
-  if (hidden_size <= 0 || head_dim <= 0 || num_q_heads <= 0 || num_kv_heads <= 0)
-    throw user_error("Mamba-2 layer ", layer_desc, ": d_model, d_state and head counts must be "
-                     "positive (got hidden_size=", hidden_size, ", head_dim=", head_dim,
-                     ", num_q_heads=", num_q_heads, ", num_kv_heads=", num_kv_heads, ")");
+  namespace cj = config_json;
+  const std::string what = cj::describe(layer_desc, "mamba2_config");
+  if (hidden_size <= 0) throw cj::option_error(what, "d_model", "must be positive, got ", hidden_size);
+  if (head_dim <= 0) throw cj::option_error(what, "ssm_cfg.d_state", "must be positive, got ", head_dim);
+  if (num_q_heads <= 0)
+    throw cj::option_error(what, "d_inner", "must be a positive multiple of d_state, got ",
+                           num_q_heads * head_dim);
+  if (num_kv_heads <= 0)
+    throw cj::option_error(what, "d_xb", "must be a positive multiple of d_state, got ",
+                           num_kv_heads * head_dim);
   // z and C have num_q_heads heads, and the output y has H heads: they only line up if the
   // x/B heads expand onto the query heads.
   if (num_q_heads % num_kv_heads)
-    throw user_error("Mamba-2 layer ", layer_desc, ": d_xb/d_state = ", num_kv_heads,
-                     " must divide d_inner/d_state = ", num_q_heads);
-  if (conv_size < 1) throw user_error("Mamba-2 layer ", layer_desc, ": d_conv must be >= 1");
+    throw cj::option_error(what, "d_xb", "/ d_state = ", num_kv_heads,
+                           " must divide d_inner / d_state = ", num_q_heads);
+  if (conv_size < 1) throw cj::option_error(what, "ssm_cfg.d_conv", "must be >= 1, got ", conv_size);
   if (!(norm_eps > 0) || !(bc_norm_eps > 0))
-    throw user_error("Mamba-2 layer ", layer_desc, ": norm eps must be > 0");
-  if (chunk_size < 1) throw user_error("Mamba-2 layer ", layer_desc, ": chunk_size must be >= 1");
+    throw user_error(what, ": the norm eps values must be > 0");
+  if (chunk_size < 1)
+    throw cj::option_error(what, "ssm_cfg.chunk_size", "must be >= 1, got ", chunk_size);
 }
 
-Mamba2Config Mamba2Config::from_json(const nlohmann::json& sub, const std::string& layer_desc) {
+Mamba2Config Mamba2Config::from_json(const nlohmann::json& sub, const std::string& layer_desc,
+                                     const io::ModelConfig* base) {
   namespace cj = config_json;
-  const std::string what = "mamba2_config of layer " + layer_desc;
+  const std::string what = cj::describe(layer_desc, "mamba2_config");
   cj::require_object(sub, what);
-  // intermediate_size, hidden_act, rms_norm_eps and n_layer describe the surrounding decoder
-  // block (MLP, block norms), not the mixer.
   cj::refuse_unknown(sub, what,
                      {"d_model", "d_inner", "d_xb", "intermediate_size", "hidden_act",
                       "rms_norm_eps", "n_layer", "ssm_cfg", "use_qk_norm", "use_pos_emb"});
   if (cj::get_bool(sub, what, "use_pos_emb", false))
-    throw user_error(what, ": option 'use_pos_emb' = true (RoPE on B/C) is not supported");
-  Mamba2Config config;
-  config.use_qk_norm = cj::get_bool(sub, what, "use_qk_norm", true);
-  config.hidden_size = cj::get_int(sub, what, "d_model", 0, true);
-  const int64_t d_inner = cj::get_int(sub, what, "d_inner", 0, true);
-  const int64_t d_xb = cj::get_int(sub, what, "d_xb", 0, true);
-
+    throw cj::option_error(what, "use_pos_emb", "= true (RoPE on B/C) is not supported");
   const nlohmann::json ssm = sub.contains("ssm_cfg") ? sub.at("ssm_cfg") : nlohmann::json::object();
-  const std::string ssm_what = what + " ssm_cfg";
+  const std::string ssm_what = what + ".ssm_cfg";
   cj::require_object(ssm, ssm_what);
-  // dt_*, A_init_range: initialisation only. expand: superseded by the explicit d_inner.
+  // dt_*, A_init_range: initialisation only.
   cj::refuse_unknown(ssm, ssm_what,
                      {"expand", "ngroups", "d_state", "headdim", "d_conv", "conv_bias", "bias",
                       "chunk_size", "dt_min", "dt_max", "dt_init_floor", "dt_scale", "dt_init",
                       "A_init_range", "D_has_hdim", "rmsnorm", "norm_before_gate"});
-  config.head_dim = cj::get_int(ssm, ssm_what, "d_state", 0, true);
+  Mamba2Config config;
+  config.use_qk_norm = cj::get_bool(sub, what, "use_qk_norm", true);
+  // Structural fields: from the base config when there is one (as HMF derives them).
+  int64_t d_inner = 0, d_xb = 0;
+  if (base) {
+    const int64_t D = base->head_dim;
+    config.hidden_size = cj::get_structural(sub, what, "d_model", base->hidden_size, "hidden_size");
+    config.head_dim = cj::get_structural(ssm, ssm_what, "d_state", D, "head_dim");
+    d_inner = cj::get_structural(sub, what, "d_inner", base->num_attention_heads * D,
+                                 "num_attention_heads * head_dim");
+    d_xb = cj::get_structural(sub, what, "d_xb", base->num_key_value_heads * D,
+                              "num_key_value_heads * head_dim");
+    cj::get_structural(ssm, ssm_what, "ngroups", base->num_attention_heads, "num_attention_heads");
+    // The surrounding decoder block's fields: the block is built from the base config, so a
+    // sub-config that disagrees describes another model.
+    cj::get_structural(sub, what, "n_layer", base->num_hidden_layers, "num_hidden_layers");
+    cj::get_structural(sub, what, "intermediate_size", base->intermediate_size, "intermediate_size");
+    cj::check_structural_string(sub, what, "hidden_act", base->hidden_act, "hidden_act");
+    cj::check_structural_double(sub, what, "rms_norm_eps", base->rms_norm_eps, "rms_norm_eps");
+  } else {
+    config.hidden_size = cj::get_int(sub, what, "d_model", 0, true);
+    config.head_dim = cj::get_int(ssm, ssm_what, "d_state", 0, true);
+    d_inner = cj::get_int(sub, what, "d_inner", 0, true);
+    d_xb = cj::get_int(sub, what, "d_xb", 0, true);
+    cj::get_int(sub, what, "n_layer", 0);
+    cj::get_int(sub, what, "intermediate_size", 0);
+    cj::get_string(sub, what, "hidden_act", "");
+    cj::get_double(sub, what, "rms_norm_eps", 0.0);
+  }
   if (config.head_dim <= 0 || d_inner % config.head_dim || d_xb % config.head_dim)
-    throw user_error(what, ": d_inner=", d_inner, " and d_xb=", d_xb,
-                     " must be positive multiples of ssm_cfg.d_state=", config.head_dim);
+    throw user_error(what, ": d_inner = ", d_inner, " and d_xb = ", d_xb,
+                     " must be positive multiples of ssm_cfg.d_state = ", config.head_dim);
   config.num_q_heads = d_inner / config.head_dim;
   config.num_kv_heads = d_xb / config.head_dim;
   if (cj::has(ssm, "headdim") && cj::get_int(ssm, ssm_what, "headdim", 0) != config.head_dim)
-    throw user_error(ssm_what, ": option 'headdim' must equal d_state (", config.head_dim, ")");
+    throw cj::option_error(ssm_what, "headdim", "= ", ssm.at("headdim").dump(),
+                           " must equal d_state = ", config.head_dim);
   if (cj::has(ssm, "ngroups") && cj::get_int(ssm, ssm_what, "ngroups", 0) != config.num_q_heads)
-    throw user_error(ssm_what, ": option 'ngroups' must equal d_inner/d_state (",
-                     config.num_q_heads, ")");
+    throw cj::option_error(ssm_what, "ngroups", "= ", ssm.at("ngroups").dump(),
+                           " must equal d_inner / d_state = ", config.num_q_heads);
   config.conv_size = cj::get_int(ssm, ssm_what, "d_conv", 4);
   config.conv_bias = cj::get_bool(ssm, ssm_what, "conv_bias", true);
   config.chunk_size = cj::get_int(ssm, ssm_what, "chunk_size", 256);
   if (cj::get_bool(ssm, ssm_what, "bias", false))
-    throw user_error(ssm_what,
-                     ": option 'bias' = true (in/out projection biases) is not supported");
+    throw cj::option_error(ssm_what, "bias", "= true (in/out projection biases) is not supported");
   if (cj::get_bool(ssm, ssm_what, "D_has_hdim", false))
-    throw user_error(ssm_what, ": option 'D_has_hdim' = true is not supported");
+    throw cj::option_error(ssm_what, "D_has_hdim", "= true is not supported");
   if (!cj::get_bool(ssm, ssm_what, "rmsnorm", true))
-    throw user_error(ssm_what, ": option 'rmsnorm' = false is not supported");
+    throw cj::option_error(ssm_what, "rmsnorm", "= false is not supported");
   if (cj::get_bool(ssm, ssm_what, "norm_before_gate", false))
-    throw user_error(ssm_what, ": option 'norm_before_gate' = true is not supported");
+    throw cj::option_error(ssm_what, "norm_before_gate", "= true is not supported");
+  // expand: d_inner is given (or derived) explicitly, so expand is read but not used.
   cj::get_int(ssm, ssm_what, "expand", 1);
+  for (const char* init_only : {"dt_min", "dt_max", "dt_init_floor", "dt_scale"})
+    cj::get_double(ssm, ssm_what, init_only, 0.0);
   config.validate(layer_desc);
   return config;
 }
@@ -134,28 +148,17 @@ std::unique_ptr<LayerCache> Mamba2Mixer::make_cache(int64_t batch, const at::Dev
   return cache;
 }
 
-Mamba2Cache* Mamba2Mixer::check_cache(LayerCache* cache, const at::Tensor& x) const {
-  if (!cache) return nullptr;
-  auto* m2_cache = dynamic_cast<Mamba2Cache*>(cache);
-  PRIME_CHECK(m2_cache != nullptr, "Mamba-2 layer ", prefix_, " was given another layer's cache");
-  PRIME_CHECK(m2_cache->state.defined() && m2_cache->state.size(0) == x.size(0),
-              "Mamba-2 layer ", prefix_, ": cache batch does not match the input batch");
-  return m2_cache;
-}
-
 Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache) const {
-  PRIME_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "Mamba-2 layer ", prefix_,
-              ": input must be [B, T, ", config_.hidden_size, "], got ", shape_string(x.sizes()));
-  const auto ct = compute_type(x);
+  const auto ct = ssm_compute_type(x);
   const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
   const int64_t Hq = config_.num_q_heads, Hkv = config_.num_kv_heads, H = config_.num_heads();
   const at::Tensor zxbcdt = project(x, in_proj_).to(ct);
   const auto parts = zxbcdt.split_with_sizes({Hq * D, Hkv * D, Hkv * D, Hq * D, H}, -1);
   at::Tensor xs = parts[1], Bs = parts[2], Cs = parts[3];
   if (config_.use_qk_norm) {  // per-head norms on B and C come before the conv
-    Bs = rms_norm(Bs.reshape({batch, length, Hkv, D}), B_norm_, config_.bc_norm_eps)
+    Bs = head_rms_norm(Bs.reshape({batch, length, Hkv, D}), B_norm_, config_.bc_norm_eps)
              .reshape({batch, length, Hkv * D});
-    Cs = rms_norm(Cs.reshape({batch, length, Hq, D}), C_norm_, config_.bc_norm_eps)
+    Cs = head_rms_norm(Cs.reshape({batch, length, Hq, D}), C_norm_, config_.bc_norm_eps)
              .reshape({batch, length, Hq * D});
   }
   at::Tensor xbc = at::silu(causal_conv(at::cat({xs, Bs, Cs}, -1), conv_, conv_bias_,
@@ -176,47 +179,43 @@ at::Tensor Mamba2Mixer::finish(const at::Tensor& x, const Inputs& in, const at::
   const at::Tensor skipped = y + D_.to(y.scalar_type()).unsqueeze(-1) * in.x;
   // Gate, then normalise each head's group of D, then the [H*D] weight.
   const at::Tensor gated = skipped * at::silu(in.z.reshape({batch, length, H, D}));
-  const at::Tensor normed =
-      gated * at::rsqrt(gated.pow(2).mean({-1}, /*keepdim=*/true) + config_.norm_eps);
+  const at::Tensor normed = rms_normalize(gated, config_.norm_eps);
   const at::Tensor out = normed.reshape({batch, length, H * D}) * norm_.to(y.scalar_type());
   return project(out.to(x.scalar_type()), out_proj_);
 }
 
 at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
-  Mamba2Cache* m2_cache = check_cache(cache, x);
+  check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
+  Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(cache, x, "Mamba-2", prefix_);
   if (m2_cache && x.size(1) == 1) return step(x, *m2_cache);
-  Inputs in = prepare(x, m2_cache);
-  at::Tensor state = m2_cache ? m2_cache->state.to(in.x.scalar_type()) : at::Tensor();
-  auto [y, final_state] = ssd_chunked(in.x, in.delta, in.A, in.B, in.C, state, config_.chunk_size);
-  if (m2_cache) {
-    store_state(m2_cache->state, final_state);
-    m2_cache->tokens += x.size(1);
-  }
+  const Inputs in = prepare(x, m2_cache);
+  const at::Tensor y = run_on_state(m2_cache, x.size(1), in.x.scalar_type(), [&](const at::Tensor& state) {
+    return ssd_chunked(in.x, in.delta, in.A, in.B, in.C, state, config_.chunk_size);
+  });
   return finish(x, in, y);
 }
 
 at::Tensor Mamba2Mixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
-  Mamba2Cache* m2_cache = check_cache(cache, x);
-  Inputs in = prepare(x, m2_cache);
-  at::Tensor state = m2_cache ? m2_cache->state.to(in.x.scalar_type()) : at::Tensor();
-  auto [y, final_state] = ssd_recurrent(in.x, in.delta, in.A, in.B, in.C, state);
-  if (m2_cache) {
-    store_state(m2_cache->state, final_state);
-    m2_cache->tokens += x.size(1);
-  }
+  check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
+  Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(cache, x, "Mamba-2", prefix_);
+  const Inputs in = prepare(x, m2_cache);
+  const at::Tensor y = run_on_state(m2_cache, x.size(1), in.x.scalar_type(), [&](const at::Tensor& state) {
+    return ssd_recurrent(in.x, in.delta, in.A, in.B, in.C, state);
+  });
   return finish(x, in, y);
 }
 
 at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
-  Mamba2Cache* m2_cache = check_cache(&cache, x);
-  PRIME_CHECK(x.dim() == 3 && x.size(1) == 1, "Mamba-2 layer ", prefix_,
-              ": step() takes one token");
-  Inputs in = prepare(x, m2_cache);
-  auto [y, state] = ssd_step(in.x.select(1, 0), in.delta.select(1, 0), in.A, in.B.select(1, 0),
-                             in.C.select(1, 0), m2_cache->state.to(in.x.scalar_type()));
-  store_state(m2_cache->state, state);
-  m2_cache->tokens += 1;
-  return finish(x, in, y.unsqueeze(1));
+  check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
+  PRIME_CHECK(x.size(1) == 1, "Mamba-2 layer ", prefix_, ": step() takes one token, got ", x.size(1));
+  Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(&cache, x, "Mamba-2", prefix_);
+  const Inputs in = prepare(x, m2_cache);
+  const at::Tensor y = run_on_state(m2_cache, 1, in.x.scalar_type(), [&](const at::Tensor& state) {
+    auto [y_token, next] = ssd_step(in.x.select(1, 0), in.delta.select(1, 0), in.A,
+                                    in.B.select(1, 0), in.C.select(1, 0), state);
+    return std::make_pair(y_token.unsqueeze(1), next);
+  });
+  return finish(x, in, y);
 }
 
 }  // namespace prime::model

@@ -13,6 +13,10 @@
 #include "model/mixer.h"
 #include "model/weights.h"
 
+namespace prime::io {
+struct ModelConfig;
+}
+
 namespace prime::model {
 
 // `mamba2_config` of a hybrid checkpoint (design/formats.md). Heads have dimension
@@ -36,7 +40,12 @@ struct Mamba2Config {
 
   // Parses a `mamba2_config` object; any field that prime cannot honour (or does not know) is a
   // UserError naming `layer_desc` and the field.
-  static Mamba2Config from_json(const nlohmann::json& sub_config, const std::string& layer_desc);
+  // With `base` (the model's config) the structural fields (d_model, d_inner, d_xb, d_state,
+  // ngroups, n_layer, intermediate_size, hidden_act, rms_norm_eps) come from it as in HMF:
+  // absent ones are filled in, present ones must agree. Without it d_model, d_inner, d_xb and
+  // ssm_cfg.d_state are required.
+  static Mamba2Config from_json(const nlohmann::json& sub_config, const std::string& layer_desc,
+                                const io::ModelConfig* base = nullptr);
 
   int64_t num_heads() const { return num_q_heads; }  // H = max(Hq, Hkv) = Hq
   int64_t conv_channels() const { return (2 * num_kv_heads + num_q_heads) * head_dim; }
@@ -54,6 +63,7 @@ class Mamba2Cache : public LayerCache {
   at::Tensor state;       // [B, H, P, N]
 
   int64_t bytes_per_sequence() const override;
+  int64_t batch() const { return state.size(0); }
 };
 
 class Mamba2Mixer : public SsmMixer {
@@ -80,7 +90,6 @@ class Mamba2Mixer : public SsmMixer {
   Inputs prepare(const at::Tensor& x, Mamba2Cache* cache) const;
   // D skip, gate, grouped RMSNorm, out_proj.
   at::Tensor finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const;
-  Mamba2Cache* check_cache(LayerCache* cache, const at::Tensor& x) const;
 
   Mamba2Config config_;
   std::string prefix_;

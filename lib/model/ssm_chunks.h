@@ -1,5 +1,5 @@
-// Helpers of the chunked SSM forms (GDN, Mamba-2): time split into chunks, and the causal
-// in-chunk decay matrix built from cumulative log decays.
+// Helpers of the chunked SSM forms (GKA, GDN, Mamba-2): time split into chunks and merged back,
+// and the causal in-chunk decay matrix built from the per-step log decays.
 #pragma once
 
 #include <ATen/ATen.h>

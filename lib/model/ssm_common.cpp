@@ -59,12 +59,5 @@ at::Tensor l2_normalize(const at::Tensor& x, double eps) {
   return x / (at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true) + eps);
 }
 
-at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
-                          double eps) {
-  const auto type = at::promote_types(o.scalar_type(), at::kFloat);  // f64 stays f64
-  at::Tensor o32 = o.to(type);
-  at::Tensor normed = o32 * at::rsqrt(o32.pow(2).mean({-1}, /*keepdim=*/true) + eps);
-  return normed * weight.to(type) * at::silu(gate.to(type));
-}
 
 }  // namespace prime::model

@@ -1,11 +1,18 @@
 // Pieces shared by the SSM mixers (GKA, GDN, Mamba-2): the short causal conv, GQA head
-// expansion, the decay gate, L2 normalisation and the gated output norm. Math in
+// expansion, the decay gate, L2 normalisation (the norms are in rms_norm.h). Math in
 // design/ssm-layers.md ("Shared pieces").
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
+
+#include "model/mixer.h"
+#include "model/rms_norm.h"
+#include "model/weights.h"
+#include "util/error.h"
 
 namespace prime::model {
 
@@ -31,9 +38,54 @@ at::Tensor log_decay(const at::Tensor& a, const at::Tensor& A_log, const at::Ten
 // x / (||x||_2 + eps) over the last dim (GKA's normalisation).
 at::Tensor l2_normalize(const at::Tensor& x, double eps);
 
-// RMSNorm over the last dim times weight, then times SiLU(gate) (normalise, then gate).
-// o, gate [..., D]; weight [D]. Computed in fp32, returned fp32.
-at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
-                          double eps);
+
+// --- The wiring the SSM mixers' forms share (projection dtype, input and cache checks, state
+// hand-over). Errors name the layer as "<symbol> layer <prefix>".
+
+// fp32 internals; float64 stays float64 so that gradients can be checked against finite
+// differences.
+inline at::ScalarType ssm_compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// x W^T in x's dtype (the weight is cast, so bf16 weights serve an fp32 computation).
+inline at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
+  return at::linear(x, weight.to(x.scalar_type()));
+}
+
+// x must be [B, T, hidden]: a wrong shape is the caller's input, so a UserError.
+inline void check_mixer_input(const at::Tensor& x, int64_t hidden, const char* symbol,
+                              const std::string& prefix) {
+  if (x.dim() != 3 || x.size(2) != hidden)
+    throw user_error(symbol, " layer ", prefix, ": input must be [B, T, ", hidden, "], got ",
+                     shape_string(x.sizes()));
+}
+
+// The mixer's own cache type behind `cache` (nullptr without one). Another layer's cache or
+// another batch size is a programming error. CacheT has batch().
+template <typename CacheT>
+CacheT* typed_cache(LayerCache* cache, const at::Tensor& x, const char* symbol,
+                    const std::string& prefix) {
+  if (!cache) return nullptr;
+  auto* typed = dynamic_cast<CacheT*>(cache);
+  PRIME_CHECK(typed != nullptr, symbol, " layer ", prefix, " was given another layer's cache");
+  PRIME_CHECK(typed->batch() == x.size(0), symbol, " layer ", prefix, ": cache batch ",
+              typed->batch(), " does not match the input batch ", x.size(0));
+  return typed;
+}
+
+// One form's state hand-over for a cache with one recurrent `state`: the core runs from the
+// cache's state in `type` (undefined, i.e. zeros, without a cache), its final state is written
+// back into the cache's own tensor (see store_state) and the cache advances by `tokens`.
+// core(initial_state) returns (output, final_state).
+template <typename CacheT, typename Core>
+at::Tensor run_on_state(CacheT* cache, int64_t tokens, at::ScalarType type, const Core& core) {
+  std::pair<at::Tensor, at::Tensor> result = core(cache ? cache->state.to(type) : at::Tensor());
+  if (cache) {
+    store_state(cache->state, result.second);
+    cache->tokens += tokens;
+  }
+  return result.first;
+}
 
 }  // namespace prime::model

@@ -1,18 +1,33 @@
-// Reading an SSM sub-config (gdn_config, mamba2_config) from config.json: typed field access
-// whose errors name the layer and the field, and refusal of fields prime does not know.
+// Reading a layer sub-config (gka_config, gdn_config, mamba2_config, swa_config) from
+// config.json: typed field access whose errors name the layer and the field, refusal of fields
+// prime does not know, and the structural fields that the base config decides.
+//
+// Every message has the form "<what>: option '<name>' <problem>", where `what` names the layer
+// and the sub-config ("layer 3 (GDN): gdn_config"), so a user can find the line to fix.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "util/error.h"
 
 namespace prime::model::config_json {
 
-// `object` must be a JSON object; `what` names it ("gdn_config of model.layers.3.gdn.").
+// "layer 3 (GDN)" + "gdn_config" -> "layer 3 (GDN): gdn_config".
+inline std::string describe(const std::string& layer_desc, const char* sub_config) {
+  return layer_desc.empty() ? std::string(sub_config) : layer_desc + ": " + sub_config;
+}
+
+template <typename... Details>
+UserError option_error(const std::string& what, const std::string& name, const Details&... details) {
+  return user_error(what, ": option '", name, "' ", details...);
+}
+
+// `object` must be a JSON object; `what` names it.
 inline void require_object(const nlohmann::json& object, const std::string& what) {
   if (!object.is_object()) throw user_error(what, " must be a JSON object, got ", object.dump());
 }
@@ -23,8 +38,7 @@ inline void refuse_unknown(const nlohmann::json& object, const std::string& what
   for (const auto& item : object.items()) {
     bool found = false;
     for (const char* name : known) found = found || item.key() == name;
-    if (!found)
-      throw user_error(what, ": unknown option '", item.key(), "' (not supported by prime)");
+    if (!found) throw option_error(what, item.key(), "is not known (not supported by prime)");
   }
 }
 
@@ -35,12 +49,12 @@ inline bool has(const nlohmann::json& object, const char* name) {
 inline int64_t get_int(const nlohmann::json& object, const std::string& what, const char* name,
                        int64_t fallback, bool required = false) {
   if (!has(object, name)) {
-    if (required) throw user_error(what, ": missing required option '", name, "'");
+    if (required) throw option_error(what, name, "is missing");
     return fallback;
   }
   const nlohmann::json& value = object.at(name);
   if (!value.is_number_integer())
-    throw user_error(what, ": option '", name, "' must be an integer, got ", value.dump());
+    throw option_error(what, name, "must be an integer, got ", value.dump());
   return value.get<int64_t>();
 }
 
@@ -49,7 +63,7 @@ inline bool get_bool(const nlohmann::json& object, const std::string& what, cons
   if (!has(object, name)) return fallback;
   const nlohmann::json& value = object.at(name);
   if (!value.is_boolean())
-    throw user_error(what, ": option '", name, "' must be true or false, got ", value.dump());
+    throw option_error(what, name, "must be true or false, got ", value.dump());
   return value.get<bool>();
 }
 
@@ -57,9 +71,67 @@ inline double get_double(const nlohmann::json& object, const std::string& what, 
                          double fallback) {
   if (!has(object, name)) return fallback;
   const nlohmann::json& value = object.at(name);
-  if (!value.is_number())
-    throw user_error(what, ": option '", name, "' must be a number, got ", value.dump());
+  if (!value.is_number()) throw option_error(what, name, "must be a number, got ", value.dump());
   return value.get<double>();
+}
+
+inline std::string get_string(const nlohmann::json& object, const std::string& what,
+                              const char* name, const std::string& fallback) {
+  if (!has(object, name)) return fallback;
+  const nlohmann::json& value = object.at(name);
+  if (!value.is_string()) throw option_error(what, name, "must be a string, got ", value.dump());
+  return value.get<std::string>();
+}
+
+// A structural field (sizes, head counts). The reference implementation derives these from the
+// base config whatever the sub-config says, so: absent -> `derived`; present -> it must agree
+// with `derived`, or the checkpoint describes two different layers and we refuse it naming both
+// values. Without a base config (`derived` empty) the field is required.
+inline int64_t get_structural(const nlohmann::json& object, const std::string& what,
+                              const char* name, const std::optional<int64_t>& derived,
+                              const std::string& base_field) {
+  if (!has(object, name)) {
+    if (!derived) throw option_error(what, name, "is missing");
+    return *derived;
+  }
+  const int64_t value = get_int(object, what, name, 0);
+  if (derived && value != *derived)
+    throw option_error(what, name, "= ", value, " disagrees with the base config's ", base_field,
+                       " = ", *derived);
+  return value;
+}
+
+// Same for a string field (Mamba-2's hidden_act).
+inline void check_structural_string(const nlohmann::json& object, const std::string& what,
+                                    const char* name, const std::optional<std::string>& derived,
+                                    const std::string& base_field) {
+  if (!has(object, name)) return;
+  const std::string value = get_string(object, what, name, "");
+  if (derived && value != *derived)
+    throw option_error(what, name, "= \"", value, "\" disagrees with the base config's ",
+                       base_field, " = \"", *derived, "\"");
+}
+
+// Same for a number field (Mamba-2's rms_norm_eps).
+inline void check_structural_double(const nlohmann::json& object, const std::string& what,
+                                    const char* name, const std::optional<double>& derived,
+                                    const std::string& base_field) {
+  if (!has(object, name)) return;
+  const double value = get_double(object, what, name, 0.0);
+  if (derived && value != *derived)
+    throw option_error(what, name, "= ", value, " disagrees with the base config's ", base_field,
+                       " = ", *derived);
+}
+
+// Runs `parse`; a JSON library error that slipped past the typed reads above (they should
+// catch every type problem first) still ends as a UserError naming the sub-config.
+template <typename Parse>
+auto guarded(const std::string& what, const Parse& parse) -> decltype(parse()) {
+  try {
+    return parse();
+  } catch (const nlohmann::json::exception& error) {
+    throw user_error(what, ": ", error.what());
+  }
 }
 
 }  // namespace prime::model::config_json

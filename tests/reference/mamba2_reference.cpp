@@ -24,11 +24,14 @@ at::Tensor mamba2_forward(const Mamba2Dims& dims, const Weights& weights, const 
   const int64_t conv_channels = x_width + b_width + c_width;  // conv runs over [x | B | C]
 
   const double* in_proj = detail::require_weight(weights, "in_proj.weight", {in_rows, d});
-  const double* B_norm = detail::require_weight(weights, "B_norm.weight", {D});
-  const double* C_norm = detail::require_weight(weights, "C_norm.weight", {D});
+  const double* B_norm =
+      dims.use_qk_norm ? detail::require_weight(weights, "B_norm.weight", {D}) : nullptr;
+  const double* C_norm =
+      dims.use_qk_norm ? detail::require_weight(weights, "C_norm.weight", {D}) : nullptr;
   int64_t kernel = 0;
   const double* conv = detail::require_conv_weight(weights, "conv1d.weight", conv_channels, &kernel);
-  const double* conv_bias = detail::require_weight(weights, "conv1d.bias", {conv_channels});
+  const double* conv_bias =
+      dims.conv_bias ? detail::require_weight(weights, "conv1d.bias", {conv_channels}) : nullptr;
   const double* dt_bias = detail::require_weight(weights, "dt_bias", {H});
   const double* A_log = detail::require_weight(weights, "A_log", {H});
   const double* D_skip = detail::require_weight(weights, "D", {H});
@@ -44,7 +47,7 @@ at::Tensor mamba2_forward(const Mamba2Dims& dims, const Weights& weights, const 
     const Matrix z_all = detail::column_block(projected, z_first, z_width);
     const Matrix dt_all = detail::column_block(projected, dt_first, H);
     Matrix xbc = detail::column_block(projected, x_first, conv_channels);
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T && dims.use_qk_norm; ++t) {
       double* b_row = xbc.row(t) + x_width;
       double* c_row = xbc.row(t) + x_width + b_width;
       for (int64_t head = 0; head < Hkv; ++head)

@@ -57,11 +57,11 @@ inline at::Tensor random_conv(int64_t channels, std::mt19937_64& rng) {
 
 inline Weights random_gka_weights(const GkaDims& dims, std::mt19937_64& rng) {
   const int64_t d = dims.hidden, D = dims.head_dim, Hq = dims.num_q_heads,
-                Hkv = dims.num_kv_heads, H = std::max(Hq, Hkv);
+                Hk = dims.k_heads(), Hv = dims.v_heads(), H = std::max({Hq, Hk, Hv});
   Weights w;
   w["q_proj.weight"] = random_linear(Hq * D, d, rng);
-  w["k_proj.weight"] = random_linear(Hkv * D, d, rng);
-  w["v_proj.weight"] = random_linear(Hkv * D, d, rng);
+  w["k_proj.weight"] = random_linear(Hk * D, d, rng);
+  w["v_proj.weight"] = random_linear(Hv * D, d, rng);
   w["a_proj.weight"] = random_linear(H, d, rng);
   w["b_proj.weight"] = random_linear(H, d, rng);
   w["b_proj.bias"] = random_normal({H}, 0.5, rng);
@@ -71,30 +71,36 @@ inline Weights random_gka_weights(const GkaDims& dims, std::mt19937_64& rng) {
   }
   add_decay_parameters(w, H, rng);
   w["q_conv1d.weight"] = random_conv(Hq * D, rng);
-  w["k_conv1d.weight"] = random_conv(Hkv * D, rng);
-  if (dims.use_v_conv) w["v_conv1d.weight"] = random_conv(Hkv * D, rng);
+  w["k_conv1d.weight"] = random_conv(Hk * D, rng);
+  if (dims.use_v_conv) w["v_conv1d.weight"] = random_conv(Hv * D, rng);
   w["g_proj.weight"] = random_linear(H * D, d, rng);
   w["o_norm.weight"] = random_uniform({D}, 0.5, 1.5, rng);
   w["o_proj.weight"] = random_linear(d, H * D, rng);
   return w;
 }
 
+// Every optional tensor too (conv biases last, so the other draws do not depend on them).
 inline Weights random_gdn_weights(const GdnDims& dims, std::mt19937_64& rng) {
   const int64_t d = dims.hidden, D = dims.head_dim, Hq = dims.num_q_heads,
-                Hkv = dims.num_kv_heads, H = std::max(Hq, Hkv);
+                Hk = dims.k_heads(), Hv = dims.v_heads(), H = std::max({Hq, Hk, Hv});
   Weights w;
   w["q_proj.weight"] = random_linear(Hq * D, d, rng);
-  w["k_proj.weight"] = random_linear(Hkv * D, d, rng);
-  w["v_proj.weight"] = random_linear(Hkv * D, d, rng);
+  w["k_proj.weight"] = random_linear(Hk * D, d, rng);
+  w["v_proj.weight"] = random_linear(Hv * D, d, rng);
   w["b_proj.weight"] = random_linear(H, d, rng);
   w["gk_proj.weight"] = random_linear(H, d, rng);
   add_decay_parameters(w, H, rng);
   w["q_conv1d.weight"] = random_conv(Hq * D, rng);
-  w["k_conv1d.weight"] = random_conv(Hkv * D, rng);
-  w["v_conv1d.weight"] = random_conv(Hkv * D, rng);
+  w["k_conv1d.weight"] = random_conv(Hk * D, rng);
+  w["v_conv1d.weight"] = random_conv(Hv * D, rng);
   w["g_proj.weight"] = random_linear(H * D, d, rng);
   w["o_norm.weight"] = random_uniform({D}, 0.5, 1.5, rng);
   w["o_proj.weight"] = random_linear(d, H * D, rng);
+  if (dims.conv_bias) {
+    w["q_conv1d.bias"] = random_normal({Hq * D}, 0.2, rng);
+    w["k_conv1d.bias"] = random_normal({Hk * D}, 0.2, rng);
+    w["v_conv1d.bias"] = random_normal({Hv * D}, 0.2, rng);
+  }
   return w;
 }
 

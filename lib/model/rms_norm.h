@@ -1,0 +1,27 @@
+// RMSNorm, the one normalisation of every layer: x * rsqrt(mean(x^2) + eps) over the last dim.
+// The forms below differ only in where the dtype changes and what multiplies the result, each
+// matching the implementation its weights were trained with (so none may be swapped for
+// another: the roundings differ).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::model {
+
+// x * rsqrt(mean(x^2) + eps) in x's own dtype, no weight.
+at::Tensor rms_normalize(const at::Tensor& x, double eps);
+
+// Decoder-block norms and q_norm/k_norm, in transformers order: normalised in fp32 (float64
+// stays float64), cast back to x's dtype, then weight times that.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// An SSM head norm in the mixer's compute dtype (x's dtype): rms_normalize(x) * weight.
+// x [..., D], weight [D].
+at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// The gated output norm of GKA and GDN (normalise, then gate): head_rms_norm(o) * SiLU(gate),
+// computed and returned in fp32 (float64 stays float64). o, gate [..., D]; weight [D].
+at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
+                          double eps);
+
+}  // namespace prime::model
