@@ -13,16 +13,14 @@
 
 #include "model/gka_core.h"
 #include "model/ssm_common.h"
+#include "test_helpers.h"
 #include "test_gka_util.h"
 
 using namespace prime;
 using namespace prime::test_gka;
 
 TEST_CASE("GKA forms agree on CUDA", "[gka][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   // cuDNN may run fp32 convs in TF32; the agreement is about the mixer's own arithmetic.
   const bool tf32 = at::globalContext().allowTF32CuDNN();
   at::globalContext().setAllowTF32CuDNN(false);
@@ -71,10 +69,7 @@ double time_ms(const Fn& fn, const at::Tensor& sync_on, int reps) {
 }  // namespace
 
 TEST_CASE("GKA chunked core timing on CUDA (LibTorch ops)", "[gka][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   // design/DESIGN.md's benchmark shape (B,T,H,D) = (4,8192,32,128), N = 30 and 10; the CUDA
   // kernel (kernels/) is what has to meet the targets; these are the op-level figures.
   const at::Device cuda(at::kCUDA, 0);

@@ -1,10 +1,12 @@
-// Shared helpers for tests: fixture paths, relative error, seeded random tensors.
+// Shared helpers for tests: fixture paths, relative error, CLI runs, the [gpu] tests' CUDA check.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <catch2/catch.hpp>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -35,6 +37,32 @@ inline CliRun run_cli(const std::string& command) {
   while (size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
   const int status = ::pclose(pipe);
   return {WEXITSTATUS(status), output};
+}
+
+// [gpu] tests without a CUDA device: skipped with a warning on CPU machines (CI), but a failure
+// where PRIME_REQUIRE_CUDA=1 (the GPU runner sets it), so a broken GPU setup cannot pass as green.
+struct GpuDecision {
+  bool run = false;
+  std::string failure;  // non-empty: fail the test with this message
+};
+
+// The decision for a machine with or without CUDA, under the current PRIME_REQUIRE_CUDA.
+inline GpuDecision gpu_decision(bool has_cuda) {
+  const char* require = std::getenv("PRIME_REQUIRE_CUDA");
+  const std::string value = require ? require : "";
+  if (value != "" && value != "0" && value != "1")
+    return {false, "PRIME_REQUIRE_CUDA must be 0 or 1, not '" + value + "'"};
+  if (has_cuda) return {true, ""};
+  if (value == "1") return {false, "no CUDA device, and PRIME_REQUIRE_CUDA=1 requires one"};
+  return {false, ""};
+}
+
+// At the top of every [gpu] test: `if (!test::gpu_available_or_fail()) return;`
+inline bool gpu_available_or_fail() {
+  const GpuDecision decision = gpu_decision(at::hasCUDA());
+  if (!decision.failure.empty()) FAIL(decision.failure);
+  if (!decision.run) WARN("no CUDA device: skipped (PRIME_REQUIRE_CUDA=1 makes this a failure)");
+  return decision.run;
 }
 
 }  // namespace prime::test

@@ -69,10 +69,7 @@ TEST_CASE("hybrid model: bad hybrid configs and tensors name the layer", "[hybri
 }
 
 TEST_CASE("hybrid model on CUDA: matches CPU, cached decode equals full forward (fp32 and bf16)", "[hybrid][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   at::NoGradGuard no_grad;
   at::globalContext().setAllowTF32CuBLAS(false);
   const std::vector<std::string> pattern = {"GDN", "*", "M2", "SWA", "GKA", "*"};

@@ -86,10 +86,7 @@ TEST_CASE("transformers parity: logits, greedy tokens, cached decode", "[parity]
 }
 
 TEST_CASE("transformers parity on CUDA: fp32 logits and greedy tokens, bf16 close", "[parity][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   at::NoGradGuard no_grad;
   at::globalContext().setAllowTF32CuBLAS(false);
   for (const auto& name : parity_cases()) {

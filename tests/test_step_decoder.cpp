@@ -128,10 +128,7 @@ TEST_CASE("rope at a device-side position equals rope at a host position for eve
 }
 
 TEST_CASE("CUDA graph decode equals eager static steps and the full forward", "[static][gpu]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  if (!prime::test::gpu_available_or_fail()) return;
   at::NoGradGuard no_grad;
   at::globalContext().setAllowTF32CuBLAS(false);
   const at::Device cuda(at::kCUDA, 0);

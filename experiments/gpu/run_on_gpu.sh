@@ -24,6 +24,8 @@ if [ "$what" = build ] || [ "$what" = all ] || [ ! -x build-gpu/bin/prime_tests 
   echo "build: $(( $(date +%s) - start )) s"
 fi
 if [ "$what" = test ] || [ "$what" = all ]; then
+  # Here a [gpu] test that finds no CUDA device fails instead of skipping.
+  export PRIME_REQUIRE_CUDA=1
   start=$(date +%s)
   ctest --test-dir build-gpu -j8 --output-on-failure > "$OUT/ctest.log" 2>&1
   echo "ctest exit $?: $(( $(date +%s) - start )) s"; tail -5 "$OUT/ctest.log"
