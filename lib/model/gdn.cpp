@@ -12,15 +12,6 @@
 
 namespace prime::model {
 
-namespace {
-
-// The normalisation inside the GDN op: x * rsqrt(sum x^2 + 1e-6) * scale, per head vector.
-at::Tensor rsqrt_normalize(const at::Tensor& x, double scale) {
-  return x * (at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true) + 1e-6) * scale);
-}
-
-}  // namespace
-
 GdnConfig::GdnConfig(int64_t hidden, int64_t head_dim_, int64_t q_heads, int64_t kv_heads)
     : hidden_size(hidden), head_dim(head_dim_), num_q_heads(q_heads), num_k_heads(kv_heads),
       num_v_heads(kv_heads) {}
@@ -29,7 +20,7 @@ int64_t GdnConfig::num_heads() const {
   return std::max({num_q_heads, num_k_heads, num_v_heads});
 }
 
-void GdnConfig::validate(const std::string& layer_desc) const {
+void GdnConfig::validate() const {
   namespace cj = config_json;
   const std::string what = cj::describe(layer_desc, "gdn_config");
   auto positive = [&](const char* key, int64_t value) {
@@ -67,6 +58,7 @@ GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& lay
                       "norm_eps", "kv_proj_rank", "kv_learnable_residual", "use_state_passing_sp",
                       "mode", "chunk_size"});
   GdnConfig config;
+  config.layer_desc = layer_desc;
   // Structural fields: from the base config when there is one (as HMF derives them).
   if (base) {
     config.hidden_size = cj::get_structural(sub, what, "hidden_size", base->hidden_size, "hidden_size");
@@ -104,7 +96,7 @@ GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& lay
     throw cj::option_error(what, "mode", "must be \"chunk\" or \"fused_recurrent\", got \"", mode,
                            "\"");
   cj::get_bool(sub, what, "use_state_passing_sp", false);
-  config.validate(layer_desc);
+  config.validate();
   return config;
 }
 
@@ -117,7 +109,8 @@ int64_t GdnCache::bytes_per_sequence() const {
 
 GdnMixer::GdnMixer(const GdnConfig& config, const TensorMap& weights, const std::string& prefix)
     : config_(config), prefix_(prefix) {
-  config_.validate(prefix);
+  if (config_.layer_desc.empty()) config_.layer_desc = prefix;
+  config_.validate();
   const int64_t hidden = config_.hidden_size, D = config_.head_dim, H = config_.num_heads();
   const int64_t q_dim = config_.num_q_heads * D, k_dim = config_.num_k_heads * D;
   const int64_t v_dim = config_.num_v_heads * D;
@@ -176,8 +169,8 @@ GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache) const {
                         config_.num_k_heads);
   in.v = branch(v_proj_, v_conv_, v_conv_bias_, cache ? &cache->v_conv_state : nullptr,
                 config_.num_v_heads);
-  in.q = rsqrt_normalize(q, 1.0 / std::sqrt(static_cast<double>(D)));
-  in.k = rsqrt_normalize(k, 1.0);
+  in.q = l2_normalize_inside(q, 1.0 / std::sqrt(static_cast<double>(D)));
+  in.k = l2_normalize_inside(k, 1.0);
   in.beta = at::sigmoid(project(x, b_proj_).to(ct));
   if (config_.allow_neg_eigval) in.beta = in.beta * 2.0;
   in.g = log_decay(project(x, gk_proj_).to(ct), A_log_, dt_bias_);

@@ -34,6 +34,8 @@ struct GdnConfig {
   bool conv_bias = false;
   double norm_eps = 1e-5;
   int64_t chunk_size = 64;  // chunked form only; not a checkpoint field
+  // Where the config came from ("layer 3 (GDN)"), used in every error message.
+  std::string layer_desc;
 
   GdnConfig() = default;
   // Attention-shaped layer: k and v share num_kv_heads. The rest keeps its defaults.
@@ -47,8 +49,8 @@ struct GdnConfig {
                              const io::ModelConfig* base = nullptr);
 
   int64_t num_heads() const;  // expanded head count H
-  // Throws a UserError naming `layer_desc` when the dimensions are inconsistent.
-  void validate(const std::string& layer_desc) const;
+  // Throws a UserError naming layer_desc and the option for any value we cannot honour.
+  void validate() const;
 };
 
 // Decode state of a GDN layer for a batch: the last conv_size-1 projections per conv (absent

@@ -12,7 +12,7 @@ namespace prime::model {
 Mamba2Config::Mamba2Config(int64_t hidden, int64_t head_dim_, int64_t q_heads, int64_t kv_heads)
     : hidden_size(hidden), head_dim(head_dim_), num_q_heads(q_heads), num_kv_heads(kv_heads) {}
 
-void Mamba2Config::validate(const std::string& layer_desc) const {
+void Mamba2Config::validate() const {
   namespace cj = config_json;
   const std::string what = cj::describe(layer_desc, "mamba2_config");
   if (hidden_size <= 0) throw cj::option_error(what, "d_model", "must be positive, got ", hidden_size);
@@ -54,6 +54,7 @@ Mamba2Config Mamba2Config::from_json(const nlohmann::json& sub, const std::strin
                       "chunk_size", "dt_min", "dt_max", "dt_init_floor", "dt_scale", "dt_init",
                       "A_init_range", "D_has_hdim", "rmsnorm", "norm_before_gate"});
   Mamba2Config config;
+  config.layer_desc = layer_desc;
   config.use_qk_norm = cj::get_bool(sub, what, "use_qk_norm", true);
   // Structural fields: from the base config when there is one (as HMF derives them).
   int64_t d_inner = 0, d_xb = 0;
@@ -108,7 +109,7 @@ Mamba2Config Mamba2Config::from_json(const nlohmann::json& sub, const std::strin
   cj::get_int(ssm, ssm_what, "expand", 1);
   for (const char* init_only : {"dt_min", "dt_max", "dt_init_floor", "dt_scale"})
     cj::get_double(ssm, ssm_what, init_only, 0.0);
-  config.validate(layer_desc);
+  config.validate();
   return config;
 }
 
@@ -122,7 +123,8 @@ int64_t Mamba2Cache::bytes_per_sequence() const {
 Mamba2Mixer::Mamba2Mixer(const Mamba2Config& config, const TensorMap& weights,
                          const std::string& prefix)
     : config_(config), prefix_(prefix) {
-  config_.validate(prefix);
+  if (config_.layer_desc.empty()) config_.layer_desc = prefix;
+  config_.validate();
   const int64_t hidden = config_.hidden_size, D = config_.head_dim, H = config_.num_heads();
   const int64_t channels = config_.conv_channels();
   in_proj_ = take_weight(weights, prefix, "in_proj.weight", {config_.in_proj_rows(), hidden});

@@ -34,6 +34,8 @@ struct Mamba2Config {
   double bc_norm_eps = 1e-6;
   double norm_eps = 1e-5;
   int64_t chunk_size = 256;  // chunked form only
+  // Where the config came from ("layer 3 (M2)"), used in every error message.
+  std::string layer_desc;
 
   Mamba2Config() = default;
   Mamba2Config(int64_t hidden, int64_t head_dim, int64_t num_q_heads, int64_t num_kv_heads);
@@ -52,7 +54,8 @@ struct Mamba2Config {
   int64_t in_proj_rows() const {  // [z | x | B | C | dt]
     return 2 * num_q_heads * head_dim + 2 * num_kv_heads * head_dim + num_heads();
   }
-  void validate(const std::string& layer_desc) const;
+  // Throws a UserError naming layer_desc and the option for any value we cannot honour.
+  void validate() const;
 };
 
 // Decode state of a Mamba-2 layer: the conv history over [x|B|C] and h [B,H,P,N] (P = head dim

@@ -59,5 +59,9 @@ at::Tensor l2_normalize(const at::Tensor& x, double eps) {
   return x / (at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true) + eps);
 }
 
+at::Tensor l2_normalize_inside(const at::Tensor& x, double scale) {
+  return x * (at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true) + 1e-6) * scale);
+}
+
 
 }  // namespace prime::model

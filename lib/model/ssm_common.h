@@ -35,8 +35,12 @@ at::Tensor expand_heads(const at::Tensor& x, int64_t groups);
 // Log of the per-step decay, fp32: g = -exp(A_log) * softplus(a + dt_bias). a [B,T,H].
 at::Tensor log_decay(const at::Tensor& a, const at::Tensor& A_log, const at::Tensor& dt_bias);
 
-// x / (||x||_2 + eps) over the last dim (GKA's normalisation).
+// x / (||x||_2 + eps) over the last dim (GKA's normalisation: eps outside the root).
 at::Tensor l2_normalize(const at::Tensor& x, double eps);
+
+// x * rsqrt(||x||_2^2 + 1e-6) * scale over the last dim (GDN's normalisation: eps inside the
+// root, the attention scale folded in). Not interchangeable with l2_normalize near x = 0.
+at::Tensor l2_normalize_inside(const at::Tensor& x, double scale);
 
 
 // --- The wiring the SSM mixers' forms share (projection dtype, input and cache checks, state
