@@ -96,6 +96,7 @@ std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at:
     row.shape = "(" + std::to_string(options.batch) + "," + std::to_string(options.tokens) + "," +
                 std::to_string(options.heads) + "," + std::to_string(options.head_dim) + ") " +
                 std::string(c10::toString(options.dtype));
+    if (type == "GKA") row.shape += " N=" + std::to_string(options.gka_iterations);
     {
       at::NoGradGuard no_grad;
       row.forward_ms = time_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);

@@ -1,6 +1,6 @@
 // Timing of the SSM cores' chunked torch-ops forms (forward, forward+backward) at a given
 // (B, T, H, D): the baseline prime's CUDA kernels must beat. Inputs are random, shaped as the
-// mixers feed their cores (normalised q/k, gates in range).
+// mixers feed their cores (normalised q/k, gates in range); the backward takes q/k/v's gradients.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,9 @@ namespace prime::eval {
 
 struct SsmBenchOptions {
   int64_t batch = 4, tokens = 8192, heads = 32, head_dim = 128;
-  at::ScalarType dtype = at::kFloat;  // the cores' compute dtype (the mixers use fp32)
+  // The cores' compute dtype: the mixers use fp32, except GKA's state recurrence and solve, which
+  // run in float64 by default (time that with kDouble; fp32 is the faster solve option).
+  at::ScalarType dtype = at::kFloat;
   std::vector<std::string> types = {"GDN", "GKA", "M2"};
   int gka_iterations = 30;
   int warmup = 1, repeats = 3;
