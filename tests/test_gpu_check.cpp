@@ -1,9 +1,13 @@
 // The [gpu] tests' CUDA check: skip without a GPU on CI, fail without one on the GPU runner.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "test_helpers.h"
 
@@ -51,4 +55,30 @@ TEST_CASE("gpu check: skip without CUDA, fail without it when PRIME_REQUIRE_CUDA
     CHECK_FALSE(gpu_decision(false).failure.empty());
     CHECK_FALSE(gpu_decision(true).failure.empty());
   }
+}
+
+TEST_CASE("every [gpu] test starts with the CUDA check", "[gpu-check]") {
+  // A [gpu] test with its own `if (!at::hasCUDA()) return;` would pass on the GPU runner without
+  // a GPU; this keeps new ones on the shared check.
+  const std::filesystem::path tests = std::filesystem::path(PRIME_SOURCE_DIR) / "tests";
+  int gpu_tests = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(tests)) {
+    if (entry.path().extension() != ".cpp") continue;
+    std::ifstream in(entry.path());
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    for (size_t index = 0; index < lines.size(); ++index) {
+      // The tags may sit on the line after the name.
+      const std::string head = lines[index] + (index + 1 < lines.size() ? lines[index + 1] : "");
+      const bool gpu_tag = head.find("\"[gpu]") != std::string::npos || head.find("][gpu]") != std::string::npos;
+      if (lines[index].find("TEST_CASE(") == std::string::npos || !gpu_tag) continue;
+      ++gpu_tests;
+      bool checked = false;
+      for (size_t next = index; next < std::min(lines.size(), index + 4); ++next)
+        checked |= lines[next].find("gpu_available_or_fail()") != std::string::npos;
+      INFO(entry.path().filename().string() << ":" << index + 1 << ": " << lines[index]);
+      CHECK(checked);
+    }
+  }
+  CHECK(gpu_tests >= 6);
 }
