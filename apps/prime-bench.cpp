@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   add_decode_command(app, decode_options);
   prime::convert::ConvertBenchOptions convert_options;
   add_convert_command(app, convert_options);
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_code = prime::parse_command_line(app, "prime-bench", argc, argv)) return *exit_code;
   return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
     if (app.got_subcommand("ssm")) run_ssm(ssm_options);

@@ -24,9 +24,9 @@ int main(int argc, char** argv) {
   CLI::App app{"prime-convert: convert a Transformer (Qwen3, Qwen3-MoE, Qwen2.5, Llama-3.x, Mistral) into a hybrid "
                "of attention and SSM layers, initialised from the attention weights"};
   prime::convert::ConvertOptions options;
-  bool dry_run = false, every_tensor = false, quiet = false;
+  bool dry_run = false, every_tensor = false, quiet = false, json = false;
   std::string out;
-  app.add_option("--source", options.source, "checkpoint dir, known alias (HF cache), or synthetic:ALIAS[@k=v,...]")
+  app.add_option("--source", options.source, "checkpoint dir, known alias or HF id (HF cache), or synthetic:ALIAS[@k=v,...]")
       ->required()->group("Source");
   app.add_option("--layer", options.layers.layer, "SSM type for replaced layers: GKA, GDN, M2 (Mamba-2) or SWA")
       ->group("Layers");
@@ -47,15 +47,16 @@ int main(int argc, char** argv) {
   app.add_option("--init", options.init, "hmf (default), head, mambainllama or random")->group("Initialisation");
   app.add_option("--seed", options.seed, "seed of the random parts (default 0)")->group("Initialisation");
   app.add_option("--out", out, "output directory (written atomically)")->group("Output");
-  app.add_flag("--force", options.force, "replace an existing output directory")->group("Output");
+  app.add_flag("--force", options.force, "replace an existing output directory (never the source)")->group("Output");
   app.add_option("--dtype", options.dtype, "cast weights: bf16, fp16 or fp32 (default: keep the source's)")
       ->group("Output");
   double shard_gb = 5;
   app.add_option("--shard-size", shard_gb, "GB of tensors per shard (default 5)")->group("Output");
   app.add_flag("--dry-run", dry_run, "print the plan and write nothing")->group("Output");
   app.add_flag("--tensors", every_tensor, "list every output tensor in the plan")->group("Output");
+  app.add_flag("--json", json, "with --dry-run: print the plan as JSON (for scripts)")->group("Output");
   app.add_flag("--quiet", quiet, "no progress display")->group("Output");
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_code = prime::parse_command_line(app, "prime-convert", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-convert", [&] {
     options.out = out;
@@ -66,6 +67,6 @@ int main(int argc, char** argv) {
     const auto style = quiet ? prime::convert::ProgressStyle::Quiet
                        : isatty(STDOUT_FILENO) ? prime::convert::ProgressStyle::Tty
                                                : prime::convert::ProgressStyle::Lines;
-    prime::convert::run_convert(options, dry_run, every_tensor, style, std::cout);
+    prime::convert::run_convert(options, dry_run, every_tensor, style, std::cout, json);
   });
 }

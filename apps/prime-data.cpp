@@ -54,8 +54,9 @@ int main(int argc, char** argv) {
                              "treat special-token text in the corpus as special tokens (default: plain text)")
       ->group("Tokenizer (one of)");
   tokenize_command->add_option("--out", tokenize.out, "one shard for all inputs, in order")->group("Output");
-  tokenize_command->add_option("--out-dir", tokenize.out_dir, "one shard per input: DIR/<name>.tok (DIR must exist)")
+  tokenize_command->add_option("--out-dir", tokenize.out_dir, "one shard per input: DIR/<name>.tok (DIR is created when missing)")
       ->group("Output");
+  tokenize_command->add_flag("--force", tokenize.force, "replace existing output shards")->group("Output");
   tokenize_command->add_option("--threads", tokenize.threads, "encoding threads (default: all cores)")->group("Run");
   tokenize_command->add_flag("--quiet", quiet, "no progress")->group("Run");
 
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
   pack_command->add_flag("--document-mask", pack.document_mask,
                          "also write per-token positions inside each document (restart after EOS)");
   pack_command->add_option("--positions-out", pack.positions_out, "positions shard (default: OUT with .pos.tok)");
+  pack_command->add_flag("--force", pack.force, "replace existing output shards");
 
   std::string inspect_path;
   prime::data::InspectOptions inspect;
@@ -77,7 +79,7 @@ int main(int argc, char** argv) {
   inspect_command->add_option("--samples", inspect.samples, "random windows to decode (default 2, needs a tokenizer)");
   inspect_command->add_option("--sample-tokens", inspect.sample_tokens, "tokens per sample (default 48)");
   inspect_command->add_option("--seed", inspect.seed, "sample seed (default 0)");
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_code = prime::parse_command_line(app, "prime-data", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-data", [&] {
     if (tokenize_command->parsed()) {

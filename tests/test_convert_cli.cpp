@@ -65,7 +65,6 @@ TEST_CASE("prime-convert refuses bad input with exit 1, a clear message and noth
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--source " + tiny + " --layer LSTM --ratio 1:3", "unknown --layer 'LSTM'"},
       {"--source " + tiny + " --layer GKA --ratio 1-3", "--ratio '1-3' is malformed"},
-      {"--source " + tiny + " --layer GKA --ratio 1:0", "nothing to convert"},
       {"--source " + qwen3 + " --layer GKA --ratio 3:1", "cannot be met with 2 layers"},
       {"--source " + tiny + " --layer GKA --keep-attention 1,4", "layer 4 is out of range"},
       {"--source " + tiny + " --layer GKA --keep-attention 1,1", "layer 1 is listed twice"},

@@ -41,7 +41,10 @@ TEST_CASE("convert plan: ratio rounding is round(L*A/(A+S)) with halves up, at l
   CHECK(attention_layer_count(36, parse_ratio(" 2 : 6 ")) == 9);
   CHECK_THAT(user_error_of([] { attention_layer_count(2, parse_ratio("3:1")); }), Contains("cannot be met with 2 layers"));
   CHECK_THAT(user_error_of([] { attention_layer_count(1, parse_ratio("1:3")); }), Contains("cannot be met"));
-  CHECK_THAT(user_error_of([] { parse_ratio("1:0"); }), Contains("nothing to convert"));
+  // A:0, an all-'*' pattern and --keep-attention of every layer mean the same: all attention.
+  CHECK(attention_layer_count(4, parse_ratio("1:0")) == 4);
+  CHECK(plan_layers(3, {"GDN", "1:0", "", "", "", ""}).count("*") == 3);
+  CHECK(plan_layers(3, {"", "", "", "", "*-*-*", ""}).count("*") == 3);
   for (const char* bad : {"", "1", "1:", ":3", "a:b", "1:3:4", "-1:3", "1.5:3", "1/3"})
     CHECK_THAT(user_error_of([&] { parse_ratio(bad); }), Contains("malformed"));
   CHECK_THAT(user_error_of([] { parse_ratio("0:0"); }), Contains("0:0"));
@@ -85,7 +88,7 @@ TEST_CASE("convert plan: --keep-attention and --pattern", "[convert]") {
   CHECK_THAT(user_error_of([] { plan_layers(8, {"GDN", "", "", "-1", "", ""}); }), Contains("out of range"));
   CHECK_THAT(user_error_of([] { plan_layers(8, {"GDN", "", "", "2,2", "", ""}); }), Contains("listed twice"));
   CHECK_THAT(user_error_of([] { plan_layers(8, {"GDN", "", "", "2,x", "", ""}); }), Contains("'x' is not a layer index"));
-  CHECK_THAT(user_error_of([] { plan_layers(2, {"GDN", "", "", "0,1", "", ""}); }), Contains("nothing to convert"));
+  CHECK(plan_layers(2, {"GDN", "", "", "0,1", "", ""}).count("*") == 2);
 
   plan = plan_layers(4, {"", "", "", "", "*-GKA-M2-SWA", ""});
   CHECK(plan.method == "pattern");

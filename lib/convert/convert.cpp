@@ -96,6 +96,20 @@ std::string format_seconds(double seconds) {
   return text;
 }
 
+// --out equal to the source, or a directory holding it, would delete the source on --force.
+void refuse_output_over_source(const io::Source& source, const std::filesystem::path& out) {
+  if (source.dir.empty()) return;
+  std::error_code error;
+  const auto source_dir = std::filesystem::weakly_canonical(source.dir, error);
+  const auto out_dir = std::filesystem::weakly_canonical(out, error);
+  if (error) return;
+  auto source_part = source_dir.begin();
+  for (auto part = out_dir.begin(); part != out_dir.end(); ++part, ++source_part)
+    if (source_part == source_dir.end() || *source_part != *part) return;
+  throw user_error("--out ", out.string(), " is the source ", source.dir.string(),
+                   source_dir == out_dir ? "" : " or holds it", ": refusing to write over the source");
+}
+
 }  // namespace
 
 ProgressMeter::ProgressMeter(std::ostream& out, ProgressStyle style, std::string what)
@@ -139,6 +153,8 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
   if (options.out.empty()) throw user_error("--out is required (or use --dry-run)");
   const auto start = Clock::now();
   io::AtomicDirectory dir(options.out, options.force);
+  for (const auto& stale : dir.removed_stale())
+    log << "removed " << stale.string() << ", the partial output of an earlier run that was killed\n";
   const std::filesystem::path& staging = dir.staging();
   const SourceWeights& weights = *plan.weights;
   WriteResult result;
@@ -181,6 +197,8 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
     result.bytes = writer.total_bytes();
     dir.commit();
   } catch (const UserError& error) {
+    // After the rename the output is complete: only the clean-up after it failed.
+    if (dir.committed()) throw user_error(error.what(), "\n", dir.final_path().string(), " was written completely");
     throw user_error(error.what(), "\nnothing was written to ", dir.final_path().string(), ": the partial output in ",
                      staging.string(), " has been removed");
   }
@@ -192,17 +210,39 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
   return result;
 }
 
+nlohmann::json plan_json(const ConversionPlan& plan, const std::string& command_line, bool every_tensor) {
+  nlohmann::json json = provenance_json(plan, command_line);
+  json["config"] = plan.config;
+  json["read_bytes"] = plan.read_bytes;
+  json["peak_bytes_estimate"] = plan.peak_bytes_estimate;
+  json["dropped"] = plan.dropped;
+  if (every_tensor) {
+    nlohmann::json tensors = nlohmann::json::array();
+    for (const TargetTensor& target : plan.targets)
+      tensors.push_back({{"name", target.name}, {"dtype", dtype_short_name(target.dtype)}, {"shape", target.shape},
+                         {"how", target.how}, {"sources", target.sources}, {"bytes", target.nbytes()}});
+    json["tensors"] = tensors;
+  }
+  return json;
+}
+
 void run_convert(const ConvertOptions& options, bool dry_run, bool every_tensor, ProgressStyle style,
-                 std::ostream& out) {
+                 std::ostream& out, bool json) {
+  if (json && !dry_run) throw user_error("--json prints the plan: use it with --dry-run");
   if (!dry_run && options.out.empty()) throw user_error("--out is required (or use --dry-run)");
   // The arithmetic here (gates, random init) is small and memory-bound; idle OpenMP workers
   // spinning between those steps cost the copies more CPU than extra threads save.
   at::set_num_threads(1);
   const ConversionPlan plan = plan_conversion(options);
+  if (dry_run && json) {
+    out << plan_json(plan, options.command_line, every_tensor).dump(2) << "\n";
+    return;
+  }
   if (dry_run) {
     out << "prime-convert plan (dry run: nothing is written)\n" << plan.summary(every_tensor);
     return;
   }
+  refuse_output_over_source(plan.source, options.out);
   // Refuse an existing output before the plan scrolls by.
   std::error_code error;
   if (!options.force && std::filesystem::exists(std::filesystem::symlink_status(options.out, error)))

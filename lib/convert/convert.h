@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "convert/conversion_plan.h"
 
 namespace prime::convert {
@@ -36,9 +38,15 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
                          ProgressStyle style = ProgressStyle::Lines);
 
 // The whole command: plan, print the plan (in full with dry_run, which then stops before
-// anything is created), write, print where it went. Uses one intra-op thread (see convert.cpp).
+// anything is created; as plan_json with json, dry runs only), write, print where it went. Uses
+// one intra-op thread (see convert.cpp).
 void run_convert(const ConvertOptions& options, bool dry_run, bool every_tensor, ProgressStyle style,
-                 std::ostream& out);
+                 std::ostream& out, bool json = false);
+
+// The plan for scripts (prime-convert --dry-run --json): prime.json's provenance, the output
+// config.json and peak-memory estimate, and with every_tensor each output tensor (name, dtype,
+// shape, how it is made, the source tensors it reads).
+nlohmann::json plan_json(const ConversionPlan& plan, const std::string& command_line, bool every_tensor);
 
 // Reports a running byte count: rate and ETA from the elapsed wall time.
 class ProgressMeter {

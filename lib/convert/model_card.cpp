@@ -1,5 +1,8 @@
 #include "convert/model_card.h"
 
+#include <filesystem>
+#include <fstream>
+
 #include <algorithm>
 #include <sstream>
 
@@ -27,13 +30,38 @@ std::string layer_recipe(const ConversionPlan& plan, int64_t layer) {
   return "from attention layer " + std::to_string(layer) + (gate.empty() ? "" : "; " + gate);
 }
 
+// The source model card's "license:" front-matter value ("apache-2.0"), when it has one.
+std::string source_license(const io::Source& source) {
+  if (source.dir.empty()) return "";
+  std::ifstream in(source.dir / "README.md");
+  std::string line;
+  if (!std::getline(in, line) || line != "---") return "";
+  while (std::getline(in, line) && line != "---")
+    if (line.rfind("license:", 0) == 0) {
+      std::string value = line.substr(8);
+      value.erase(0, value.find_first_not_of(" \t\"'"));
+      value.erase(value.find_last_not_of(" \t\r\"'") + 1);
+      return value;
+    }
+  return "";
+}
+
+// License files carried over from the source, as named in the output.
+std::vector<std::string> license_files(const io::Source& source) {
+  std::vector<std::string> found;
+  if (source.dir.empty()) return found;
+  for (const char* name : {"LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE"})
+    if (std::filesystem::exists(source.dir / name)) found.push_back(name);
+  return found;
+}
+
 }  // namespace
 
 const std::vector<std::string>& carried_files() {
   static const std::vector<std::string> files = {
       "tokenizer.json",    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
       "vocab.json",        "merges.txt",            "tokenizer.model",         "chat_template.jinja",
-      "chat_template.json", "generation_config.json"};
+      "chat_template.json", "generation_config.json", "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE"};
   return files;
 }
 
@@ -91,6 +119,8 @@ std::string model_card(const ConversionPlan& plan, const std::string& command_li
   std::ostringstream out;
   out << "---\n";
   if (!source.hf_id.empty()) out << "base_model: " << source.hf_id << "\n";
+  const std::string license = source_license(source);
+  if (!license.empty()) out << "license: " << license << "\n";
   out << "library_name: transformers\ntags:\n- prime\n- hybrid\n";
   std::vector<std::string> tagged;
   for (const auto& symbol : plan.layers.types)
@@ -104,7 +134,7 @@ std::string model_card(const ConversionPlan& plan, const std::string& command_li
   if (!source.hf_id.empty()) out << " (" << source.hf_id << (source.revision.empty() ? "" : " @ " + source.revision) << ")";
   if (source.kind == "synthetic") out << " (synthetic random weights, seed " << source.seed << ")";
   out << ". This is a primed initialisation: its SSM layers are seeded from the attention layers they "
-         "replace and need distillation (prime-train) before the model is useful.\n\n";
+         "replace and need distillation from the source model before the model is useful.\n\n";
   out << "| | |\n|---|---|\n";
   out << "| architecture | `" << plan.config.value("model_type", "") << "` / `"
       << plan.config["architectures"][0].get<std::string>() << "` |\n";
@@ -128,6 +158,17 @@ std::string model_card(const ConversionPlan& plan, const std::string& command_li
   out << "\n## Reproduce\n\n```\n" << command_line << "\n```\n\n";
   out << "Provenance (source revision, plan, scores, recipe, prime version) is in `prime.json` and in each "
          "shard's safetensors metadata.\n\n";
+  const auto licenses = license_files(source);
+  out << "## License\n\n";
+  if (!licenses.empty()) {
+    out << "The source model's terms apply to these weights, which derive from it: see";
+    for (size_t i = 0; i < licenses.size(); ++i) out << (i ? ", " : " ") << "`" << licenses[i] << "`";
+    out << " (copied from the source)" << (license.empty() ? "" : " and the `license: " + license + "` above") << ".\n\n";
+  } else if (!license.empty()) {
+    out << "The source model's license (`" << license << "`) applies to these weights, which derive from it.\n\n";
+  } else {
+    out << "The source ships no license file; its terms, wherever they are stated, apply to these weights.\n\n";
+  }
   out << "## Use\n\n```\nprime-eval --model <this directory> --token-ids 1,2,3 --generate 16\n```\n\n"
          "config.json follows Hybrid Model Factory's layout (`hybrid_override_pattern`, `layer_types`, "
          "per-type sub-configs; SSM tensors under `gka.`, `gdn.`, `mamba.`, `swa.`).\n";

@@ -74,14 +74,15 @@ Ratio parse_ratio(const std::string& text) {
     throw user_error("--ratio '", text, "' is malformed: expected A:S with non-negative integers, attention : SSM ",
                      "layers (e.g. 1:3, or 0:1 for all SSM)");
   if (ratio.attention == 0 && ratio.ssm == 0) throw user_error("--ratio 0:0 is meaningless (expected e.g. 1:3)");
-  if (ratio.ssm == 0)
-    throw user_error("--ratio ", text, " keeps every layer as attention: nothing to convert (use e.g. 1:3)");
   return ratio;
 }
 
 int64_t attention_layer_count(int64_t num_layers, const Ratio& ratio) {
   const int64_t total = ratio.attention + ratio.ssm;
   if (ratio.attention == 0) return 0;
+  // A:0 asks for every layer as attention, like an all-'*' --pattern: the identity conversion
+  // (a control whose output reproduces the source).
+  if (ratio.ssm == 0) return num_layers;
   // round(L*A/T) with halves up: floor((2LA + T) / 2T).
   int64_t count = (2 * num_layers * ratio.attention + total) / (2 * total);
   count = std::max<int64_t>(count, 1);
@@ -237,8 +238,6 @@ LayerPlan plan_layers(int64_t num_layers, const PlanRequest& request) {
   if (!request.keep_attention.empty()) {
     plan.method = "keep-attention";
     const auto keep = parse_layer_list(request.keep_attention, num_layers, "--keep-attention");
-    if (static_cast<int64_t>(keep.size()) == num_layers)
-      throw user_error("--keep-attention lists every layer: nothing to convert");
     if (plan.ratio) {
       const int64_t expected = attention_layer_count(num_layers, *plan.ratio);
       if (expected != static_cast<int64_t>(keep.size()))
@@ -251,6 +250,11 @@ LayerPlan plan_layers(int64_t num_layers, const PlanRequest& request) {
   if (!plan.ratio) throw user_error("--ratio A:S is required (attention : SSM layers, e.g. 1:3)");
   const int64_t keep_count = attention_layer_count(num_layers, *plan.ratio);
   std::vector<int64_t> keep;
+  if (keep_count == num_layers) {  // --ratio A:0
+    plan.method = "ratio";
+    plan.types.assign(num_layers, "*");
+    return plan;
+  }
   if (!request.scores.empty()) {
     plan.method = "scores";
     plan.scores = read_layer_scores(request.scores, num_layers);

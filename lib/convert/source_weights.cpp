@@ -13,17 +13,7 @@
 
 namespace prime::convert {
 
-at::ScalarType synthetic_source_dtype(const io::ModelConfig& config) {
-  for (const char* key : {"torch_dtype", "dtype"}) {
-    auto found = config.raw.find(key);
-    if (found == config.raw.end() || !found->is_string()) continue;
-    const std::string name = found->get<std::string>();
-    if (name == "bfloat16") return at::kBFloat16;
-    if (name == "float16") return at::kHalf;
-    if (name == "float32") return at::kFloat;
-  }
-  return at::kFloat;
-}
+at::ScalarType synthetic_source_dtype(const io::ModelConfig& config) { return io::synthetic_dtype(config); }
 
 SourceWeights::SourceWeights(const io::Source& source) : source_(source) {
   if (source.kind == "synthetic") {
@@ -33,6 +23,7 @@ SourceWeights::SourceWeights(const io::Source& source) : source_(source) {
     return;
   }
   checkpoint_.emplace(io::Checkpoint::open(source.dir));
+  io::check_weights_match_config(source.config, *checkpoint_);
 }
 
 SourceWeights::~SourceWeights() {

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "data/token_shard.h"
+#include "util/cli.h"
 #include "util/error.h"
 
 namespace prime::data {
@@ -62,6 +63,10 @@ PackReport pack_shards(const PackOptions& options) {
   header.row_length = static_cast<uint32_t>(options.seq_len);
   // Bytes scale with the tokens kept (the dropped tail's share is unknown exactly).
   header.source_bytes = total ? static_cast<uint64_t>(std::llround(double(source_bytes) * kept / total)) : 0;
+  check_output_file(options.out, "--out", options.force);
+  if (options.document_mask)
+    check_output_file(options.positions_out.empty() ? positions_path_for(options.out) : options.positions_out,
+                      "--positions-out", options.force);
   io::TokenShardWriter writer(options.out, header);
   std::unique_ptr<io::TokenShardWriter> positions_writer;
   PackReport report;

@@ -21,6 +21,7 @@ struct PackOptions {
   int64_t seq_len = 0;
   bool document_mask = false;
   std::string positions_out;  // default: positions_path_for(out)
+  bool force = false;         // replace existing output shards (refused otherwise)
 };
 
 struct PackReport {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/atomic_dir.h"
 #include "util/error.h"
 
 // The body is mapped and handed out as-is, which is only right on a little-endian host.
@@ -111,6 +112,8 @@ TokenShardWriter::TokenShardWriter(std::filesystem::path path, TokenShardHeader 
   struct stat info {};
   if (::stat(path_.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
     throw user_error("cannot write token shard ", path_.string(), ": it is a directory");
+  remove_stale_staging(path_);  // temporary files of runs that were killed (SIGKILL)
+  interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(temp_path_);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw user_error("cannot create ", path_.string(), " (temporary ", temp_path_.string(), "): ", errno_text());
   const auto placeholder = encode_shard_header(header_);
@@ -164,6 +167,7 @@ void TokenShardWriter::finish() {
   fd_ = -1;
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0)
     throw user_error("cannot move ", temp_path_.string(), " to ", path_.string(), ": ", errno_text());
+  interrupt_cleanup_.reset();
   finished_ = true;
   // Make the rename itself durable.
   const auto parent = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");

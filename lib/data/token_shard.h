@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "util/interrupt.h"
+
 namespace prime::io {
 
 inline constexpr char kTokenShardMagic[8] = {'P', 'R', 'I', 'M', 'E', 'T', 'O', 'K'};
@@ -59,7 +61,9 @@ uint32_t width_for_vocab(int64_t vocab_size);
 
 // Streams ids into "<dir>/.<name>.tmp-<pid>-<n>", then fsyncs and renames it over `path` in
 // finish(). Destroyed without finish(), it removes the temporary file: a shard appears complete
-// or not at all. count is filled in by finish(); the other header fields come from `header`.
+// or not at all; SIGINT/SIGTERM remove it too (util/interrupt.h), and temporary files of killed
+// runs for the same path are removed first. count is filled in by finish(); the other header
+// fields come from `header`.
 class TokenShardWriter {
  public:
   TokenShardWriter(std::filesystem::path path, TokenShardHeader header);
@@ -78,6 +82,7 @@ class TokenShardWriter {
  private:
   void flush_buffer();
   std::filesystem::path path_, temp_path_;
+  std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;  // the temporary file, until renamed
   TokenShardHeader header_;
   int fd_ = -1;
   std::vector<uint8_t> buffer_;

@@ -15,6 +15,7 @@
 
 #include "data/progress.h"
 #include "data/token_shard.h"
+#include "util/cli.h"
 #include "util/error.h"
 
 namespace prime::data {
@@ -209,8 +210,11 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
     report.outputs.push_back(options.out);
   } else {
     struct stat info {};
-    if (::stat(options.out_dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
-      throw user_error("--out-dir ", options.out_dir, " is not an existing directory");
+    if (::stat(options.out_dir.c_str(), &info) == 0 && !S_ISDIR(info.st_mode))
+      throw user_error("--out-dir ", options.out_dir, " exists and is not a directory");
+    std::error_code error;
+    std::filesystem::create_directories(options.out_dir, error);
+    if (error) throw user_error("cannot create --out-dir ", options.out_dir, ": ", error.message());
     std::set<std::string> names;
     for (const auto& input : options.inputs) {
       const std::string name = shard_name_for(input);
@@ -218,6 +222,7 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
       report.outputs.push_back((std::filesystem::path(options.out_dir) / name).string());
     }
   }
+  for (const auto& output : report.outputs) check_output_file(output, options.out.empty() ? "--out-dir" : "--out", options.force);
   for (const auto& output : report.outputs) writers.push_back(std::make_unique<io::TokenShardWriter>(output, header));
 
   std::vector<uint64_t> sizes;

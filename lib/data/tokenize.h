@@ -19,7 +19,8 @@ namespace prime::data {
 struct TokenizeOptions {
   std::vector<std::string> inputs;
   std::string out;      // one shard holding every input in order, or
-  std::string out_dir;  // one shard per input: <out_dir>/<name without .xz/.txt/.jsonl>.tok
+  std::string out_dir;  // one shard per input: <out_dir>/<name without .xz/.txt/.jsonl>.tok (created)
+  bool force = false;   // replace existing output shards (refused otherwise)
   DocumentOptions documents;
   int threads = 0;                   // 0: hardware concurrency
   bool parse_special = false;        // match special tokens written in the text (off: plain text)

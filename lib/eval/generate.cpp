@@ -31,6 +31,7 @@ std::vector<std::vector<int64_t>> greedy_generate(model::HybridModel& model, con
       if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end()) done[b] = true;
       all_done = all_done && done[b];
     }
+    if (options.progress) options.progress(step + 1);
     if (all_done || step + 1 == options.max_new_tokens) break;
     if (!decoder) decoder = std::make_unique<model::StepDecoder>(model, cache, max_tokens, options.graph);
     logits = decoder->step(next);

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/hybrid_model.h"
@@ -15,6 +16,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 16;
   std::vector<int64_t> stop_ids;  // a sequence stops after emitting one of these
   bool graph = true;              // replay the decode step as a CUDA graph where possible
+  std::function<void(int64_t tokens_done)> progress;  // after each generated step
 };
 
 // prompt [B,P] int64 -> new tokens per sequence (at most max_new_tokens each).

@@ -55,6 +55,7 @@ MqarResult run_mqar(const LogitsFn& logits, const ProbeVocabulary& vocabulary, c
       if (length < 4 * pairs) {
         cell.skipped = true;
         result.cells.push_back(cell);
+        if (options.progress) options.progress(result.cells.size(), options.pairs.size() * options.lengths.size());
         continue;
       }
       const auto sequences = mqar_sequences(vocabulary, pairs, length, options);
@@ -64,6 +65,7 @@ MqarResult run_mqar(const LogitsFn& logits, const ProbeVocabulary& vocabulary, c
         cell.total += outcome.total;
       }
       result.cells.push_back(cell);
+      if (options.progress) options.progress(result.cells.size(), options.pairs.size() * options.lengths.size());
     }
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

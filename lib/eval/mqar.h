@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include "eval/probe_common.h"
 
 namespace prime::eval {
@@ -24,6 +26,7 @@ struct MqarOptions {
   int64_t trials = 10;
   uint64_t seed = 0;
   int64_t batch = 4;
+  std::function<void(size_t cells_done, size_t cells_total)> progress;  // after each cell
 };
 
 struct MqarCell {

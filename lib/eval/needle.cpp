@@ -73,6 +73,7 @@ NeedleResult run_needle(const LogitsFn& logits, const ProbeVocabulary& vocabular
         cell.tokens_total += outcome.total;
       }
       result.cells.push_back(cell);
+      if (options.progress) options.progress(result.cells.size(), options.lengths.size() * options.depths.size());
     }
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

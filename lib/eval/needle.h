@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include "eval/probe_common.h"
 
 namespace prime::eval {
@@ -28,6 +30,7 @@ struct NeedleOptions {
   int64_t key_tokens = 4, value_tokens = 4;
   uint64_t seed = 0;
   int64_t batch = 4;
+  std::function<void(size_t cells_done, size_t cells_total)> progress;  // after each cell
 };
 
 struct NeedleCell {

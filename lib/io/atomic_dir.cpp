@@ -122,12 +122,27 @@ AtomicDirectory::AtomicDirectory(fs::path final_path, bool overwrite) : overwrit
       throw user_error("refusing to overwrite ", where,
                        ": it is /, $HOME, or the working directory or one of its parents");
   }
-  staging_ = unique_sibling(final_path_, "tmp", true);
+  removed_stale_ = remove_stale_staging(final_path_);
+  staging_ = unique_sibling(final_path_, "tmp-" + std::to_string(::getpid()), true);
+  interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(staging_);
 }
 
 AtomicDirectory::~AtomicDirectory() {
   if (committed_ || staging_.empty()) return;
-  remove_tree(staging_);  // a destructor must not throw; leftovers are named .tmp- anyway
+  remove_tree(staging_);  // a destructor must not throw; leftovers are named .tmp-<pid>- anyway
+}
+
+std::vector<fs::path> remove_stale_staging(const fs::path& final_path) {
+  std::vector<fs::path> removed;
+  const fs::path parent = final_path.has_parent_path() ? final_path.parent_path() : fs::path(".");
+  const std::string prefix = "." + final_path.filename().string() + ".tmp-";
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(parent, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!stale_staging_pid(name, prefix)) continue;
+    if (!remove_tree(entry.path())) removed.push_back(entry.path());
+  }
+  return removed;
 }
 
 void AtomicDirectory::commit() {
@@ -164,6 +179,8 @@ void AtomicDirectory::commit() {
     }
   }
   committed_ = true;
+  interrupt_cleanup_.reset();  // staging_ now names the final output (or the replaced one)
+  if (!old_contents.empty()) interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(old_contents);
   fsync_path(final_path_.parent_path(), true);
   if (!old_contents.empty()) {
     error = remove_tree(old_contents);

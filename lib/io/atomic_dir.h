@@ -3,7 +3,11 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <system_error>
+#include <vector>
+
+#include "util/interrupt.h"
 
 namespace prime::io {
 
@@ -14,9 +18,12 @@ std::error_code remove_tree(const std::filesystem::path& path) noexcept;
 
 class AtomicDirectory {
  public:
-  // Creates "<parent>/.<name>.tmp-<random>". UserError when final_path exists and !overwrite,
-  // when the parent is missing or not writable, or when overwriting would remove a directory
-  // that is never an output (/, $HOME, the working directory or one of its ancestors).
+  // Creates "<parent>/.<name>.tmp-<pid>-<random>", removed again if SIGINT/SIGTERM/SIGHUP end
+  // the process (util/interrupt.h). Staging directories of this name left by processes that no
+  // longer exist (a SIGKILL) are removed first: see removed_stale(). UserError when final_path
+  // exists and !overwrite, when the parent is missing or not writable, or when overwriting would
+  // remove a directory that is never an output (/, $HOME, the working directory or one of its
+  // ancestors).
   AtomicDirectory(std::filesystem::path final_path, bool overwrite);
   AtomicDirectory(const AtomicDirectory&) = delete;
   AtomicDirectory& operator=(const AtomicDirectory&) = delete;
@@ -26,6 +33,8 @@ class AtomicDirectory {
   const std::filesystem::path& staging() const { return staging_; }
   const std::filesystem::path& final_path() const { return final_path_; }
   bool committed() const { return committed_; }
+  // Leftover staging directories of dead processes removed by the constructor.
+  const std::vector<std::filesystem::path>& removed_stale() const { return removed_stale_; }
 
   // fsyncs every file and directory under staging, puts staging in place of final_path (an
   // atomic exchange when overwriting, where the filesystem supports it), removes the old
@@ -37,6 +46,12 @@ class AtomicDirectory {
   std::filesystem::path staging_;
   bool overwrite_ = false;
   bool committed_ = false;
+  std::vector<std::filesystem::path> removed_stale_;
+  std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;
 };
+
+// Removes "<parent>/.<name>.tmp-<pid>-*" entries (directories or files) whose pid is dead;
+// returns what was removed.
+std::vector<std::filesystem::path> remove_stale_staging(const std::filesystem::path& final_path);
 
 }  // namespace prime::io

@@ -37,16 +37,19 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 std::vector<TensorRow> describe_tensors(const Source& source) {
   std::vector<TensorRow> rows;
   if (source.kind == "synthetic") {
+    const at::ScalarType dtype = synthetic_dtype(source.config);
+    const std::string dtype_text(dtype_name(from_scalar_type(dtype)));
     for (const auto& spec : transformer_tensor_specs(source.config)) {
-      TensorRow row{spec.name, "F32", spec.shape, layer_of(spec.name)};
+      TensorRow row{spec.name, dtype_text, spec.shape, layer_of(spec.name)};
       row.elements = 1;
       for (int64_t dim : spec.shape) row.elements *= static_cast<uint64_t>(dim);
-      row.bytes = row.elements * 4;
+      row.bytes = row.elements * at::elementSize(dtype);
       rows.push_back(row);
     }
     return rows;
   }
   Checkpoint checkpoint = Checkpoint::open(source.dir);
+  check_weights_match_config(source.config, checkpoint);
   for (const auto& name : checkpoint.names()) {
     const TensorInfo& info = checkpoint.info(name);
     TensorRow row{name, std::string(dtype_name(info.dtype)), info.shape, layer_of(name)};
@@ -106,6 +109,64 @@ void print_inspection(const Source& source, std::ostream& out, bool all_tensors)
       out << std::left << std::setw(64) << row.name << std::setw(9) << row.dtype << std::setw(20)
           << shape_text(row.shape) << std::right << std::setw(12) << human_bytes(row.bytes) << "\n";
   }
+}
+
+nlohmann::json inspection_json(const Source& source, bool all_tensors) {
+  const ModelConfig& c = source.config;
+  nlohmann::json json = {{"source", source.spec}, {"kind", source.kind}};
+  if (!source.hf_id.empty()) json["hf_id"] = source.hf_id;
+  if (!source.revision.empty()) json["revision"] = source.revision;
+  if (!source.dir.empty()) json["path"] = source.dir.string();
+  json["config"] = {{"family", c.family},
+                    {"model_type", c.model_type},
+                    {"architecture", c.architecture},
+                    {"num_hidden_layers", c.num_hidden_layers},
+                    {"hidden_size", c.hidden_size},
+                    {"num_attention_heads", c.num_attention_heads},
+                    {"num_key_value_heads", c.num_key_value_heads},
+                    {"head_dim", c.head_dim},
+                    {"intermediate_size", c.intermediate_size},
+                    {"vocab_size", c.vocab_size},
+                    {"max_position_embeddings", c.max_position_embeddings},
+                    {"rope", {{"type", c.rope.type}, {"theta", c.rope.theta}, {"factor", c.rope.factor}}},
+                    {"tie_word_embeddings", c.tie_word_embeddings},
+                    {"attention_bias", c.attention_bias},
+                    {"qk_norm", c.qk_norm}};
+  if (c.moe.num_experts > 0)
+    json["config"]["moe"] = {{"num_experts", c.moe.num_experts},
+                             {"num_experts_per_tok", c.moe.num_experts_per_tok},
+                             {"moe_intermediate_size", c.moe.moe_intermediate_size},
+                             {"norm_topk_prob", c.moe.norm_topk_prob}};
+  json["pattern"] = join_layer_pattern(c.layer_pattern);
+  const auto rows = describe_tensors(source);
+  std::map<int64_t, nlohmann::json> per_layer;
+  std::map<std::string, uint64_t> bytes_by_dtype;
+  uint64_t params = 0, bytes = 0;
+  for (const auto& row : rows) {
+    auto& layer = per_layer[row.layer];
+    if (layer.is_null()) {
+      layer = {{"layer", row.layer < 0 ? nlohmann::json("other") : nlohmann::json(row.layer)},
+               {"type", row.layer < 0 ? std::string("-") : c.layer_pattern.at(row.layer)},
+               {"tensors", 0}, {"parameters", 0}, {"bytes", 0}};
+    }
+    layer["tensors"] = layer["tensors"].get<int64_t>() + 1;
+    layer["parameters"] = layer["parameters"].get<uint64_t>() + row.elements;
+    layer["bytes"] = layer["bytes"].get<uint64_t>() + row.bytes;
+    bytes_by_dtype[row.dtype] += row.bytes;
+    params += row.elements;
+    bytes += row.bytes;
+  }
+  json["parameters"] = params;
+  json["bytes"] = bytes;
+  json["bytes_by_dtype"] = bytes_by_dtype;
+  json["layers"] = nlohmann::json::array();
+  for (auto& [layer, totals] : per_layer) json["layers"].push_back(totals);
+  if (all_tensors) {
+    json["tensors"] = nlohmann::json::array();
+    for (const auto& row : rows)
+      json["tensors"].push_back({{"name", row.name}, {"dtype", row.dtype}, {"shape", row.shape}, {"bytes", row.bytes}});
+  }
+  return json;
 }
 
 }  // namespace prime::io

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/source.h"
 
 namespace prime::io {
@@ -20,9 +22,14 @@ struct TensorRow {
 };
 
 // Tensors of the source: from the checkpoint headers (no data read), or the synthetic spec
-// (float32, as synthetic weights are made).
+// (in io::synthetic_dtype, as every command loads them). UserError when the checkpoint does not
+// hold what its config implies (io::check_weights_match_config).
 std::vector<TensorRow> describe_tensors(const Source& source);
 
 void print_inspection(const Source& source, std::ostream& out, bool all_tensors);
+
+// The same report for scripts (prime-inspect --json): source, config summary, parameters, bytes,
+// dtype, per-layer totals, and with all_tensors every tensor.
+nlohmann::json inspection_json(const Source& source, bool all_tensors);
 
 }  // namespace prime::io

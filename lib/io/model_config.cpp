@@ -48,6 +48,10 @@ RopeConfig parse_rope(const json& config, const std::string& where) {
   rope.factor = get_or<double>(params, "factor", 1.0);
   rope.partial_rotary_factor =
       get_or<double>(params, "partial_rotary_factor", get_or<double>(config, "partial_rotary_factor", 1.0));
+  // Refused here, where every command reads configs, so no command accepts what another refuses.
+  if (rope.partial_rotary_factor != 1.0)
+    throw user_error(where, ": partial_rotary_factor ", rope.partial_rotary_factor,
+                     " is not supported (RoPE on part of each head); only 1.0 is");
   rope.low_freq_factor = get_or<double>(params, "low_freq_factor", 1.0);
   rope.high_freq_factor = get_or<double>(params, "high_freq_factor", 4.0);
   rope.original_max_position_embeddings = get_or<int64_t>(params, "original_max_position_embeddings", 0);

@@ -1,5 +1,6 @@
 #include "io/source.h"
 
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -7,6 +8,7 @@
 
 #include "io/architecture.h"
 #include "io/checkpoint.h"
+#include "io/dtype.h"
 #include "io/synthetic.h"
 #include "util/error.h"
 
@@ -63,6 +65,35 @@ std::filesystem::path find_in_hf_cache(const std::string& hf_id, std::string* re
   return {};
 }
 
+// "Org/Name" as the hub spells ids: two non-empty parts of letters, digits, '-', '_', '.'.
+bool looks_like_hf_id(const std::string& spec) {
+  const auto slash = spec.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == spec.size() || spec.find('/', slash + 1) != std::string::npos)
+    return false;
+  if (spec[0] == '.' || spec[slash + 1] == '.') return false;  // ./dir, ../dir: paths, not ids
+  for (char c : spec)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '/')) return false;
+  return true;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// Tensor names of attention layer `layer` start with this prefix (model.layers.N.).
+bool in_layer(const std::string& name, int64_t* layer) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return false;
+  size_t position = prefix.size();
+  int64_t value = 0;
+  while (position < name.size() && std::isdigit(static_cast<unsigned char>(name[position])))
+    value = value * 10 + (name[position++] - '0');
+  *layer = value;
+  return true;
+}
+
 Source from_synthetic(const std::string& spec) {
   std::string rest = spec.substr(std::string("synthetic:").size());
   std::string alias = rest, overrides;
@@ -116,6 +147,18 @@ Source resolve_source(const std::string& spec) {
   if (std::filesystem::is_directory(spec, ec)) return from_directory(spec, spec);
   const auto& models = known_models();
   auto found = models.find(spec);
+  if (found == models.end() && looks_like_hf_id(spec)) {
+    std::string revision;
+    const auto snapshot = find_in_hf_cache(spec, &revision);
+    if (snapshot.empty())
+      throw user_error("source '", spec, "' is neither a directory nor a model in the Hugging Face cache at ",
+                       hf_hub_cache().string(), ". Download it with:\n  hf download ", spec);
+    Source source = from_directory(spec, snapshot);
+    source.kind = "hf-cache";
+    source.hf_id = spec;
+    source.revision = revision;
+    return source;
+  }
   if (found == models.end()) {
     if (std::filesystem::exists(spec, ec)) throw user_error(spec, " is not a directory");
     std::string aliases;
@@ -183,9 +226,78 @@ std::vector<TensorSpec> transformer_tensor_specs(const ModelConfig& config) {
   return specs;
 }
 
+at::ScalarType synthetic_dtype(const ModelConfig& config) {
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    auto found = config.raw.find(key);
+    if (found == config.raw.end() || !found->is_string()) continue;
+    const std::string name = found->get<std::string>();
+    if (name == "bfloat16") return at::kBFloat16;
+    if (name == "float16") return at::kHalf;
+    if (name == "float32") return at::kFloat;
+  }
+  return at::kFloat;
+}
+
+void check_weights_match_config(const ModelConfig& config, const Checkpoint& checkpoint) {
+  const bool hybrid = config.is_hybrid();
+  for (const auto& spec : transformer_tensor_specs(config)) {
+    int64_t layer = -1;
+    const bool layered = in_layer(spec.name, &layer);
+    if (hybrid && layered && layer < static_cast<int64_t>(config.layer_pattern.size()) &&
+        config.layer_pattern[layer] != "*")
+      continue;  // an SSM layer: its mixer's loader checks it
+    if (!checkpoint.contains(spec.name)) {
+      if (hybrid) continue;
+      throw user_error(checkpoint.path().string(), ": missing tensor ", spec.name, " (shape ", shape_text(spec.shape),
+                       " by config.json)");
+    }
+    const auto& shape = checkpoint.info(spec.name).shape;
+    if (shape != spec.shape)
+      throw user_error(checkpoint.path().string(), ": tensor ", spec.name, " has shape ", shape_text(shape),
+                       " but config.json implies ", shape_text(spec.shape));
+  }
+}
+
+WeightsSummary summarize_weights(const Source& source) {
+  WeightsSummary summary;
+  if (source.kind == "synthetic") {
+    summary.dtype = synthetic_dtype(source.config);
+    for (const auto& spec : transformer_tensor_specs(source.config)) {
+      uint64_t elements = 1;
+      for (int64_t extent : spec.shape) elements *= static_cast<uint64_t>(extent);
+      summary.parameters += elements;
+    }
+    summary.bytes = summary.parameters * at::elementSize(summary.dtype);
+    return summary;
+  }
+  const Checkpoint checkpoint = Checkpoint::open(source.dir);
+  std::map<DType, uint64_t> bytes_by_dtype;
+  for (const auto& name : checkpoint.names()) {
+    const TensorInfo& info = checkpoint.info(name);
+    uint64_t elements = 1;
+    for (int64_t extent : info.shape) elements *= static_cast<uint64_t>(extent);
+    summary.parameters += elements;
+    summary.bytes += info.nbytes();
+    bytes_by_dtype[info.dtype] += info.nbytes();
+  }
+  uint64_t most = 0;
+  for (const auto& [dtype, bytes] : bytes_by_dtype) {
+    const bool floating = dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
+    if (floating && bytes > most) most = bytes, summary.dtype = to_scalar_type(dtype);
+  }
+  return summary;
+}
+
 std::map<std::string, at::Tensor> load_source_weights(const Source& source) {
-  if (source.kind == "synthetic") return synthetic_weights(transformer_tensor_specs(source.config), source.seed);
+  if (source.kind == "synthetic") {
+    auto weights = synthetic_weights(transformer_tensor_specs(source.config), source.seed);
+    const at::ScalarType dtype = synthetic_dtype(source.config);
+    if (dtype != at::kFloat)
+      for (auto& [name, tensor] : weights) tensor = tensor.to(dtype);
+    return weights;
+  }
   Checkpoint checkpoint = Checkpoint::open(source.dir);
+  check_weights_match_config(source.config, checkpoint);
   std::map<std::string, at::Tensor> weights;
   for (const auto& name : checkpoint.names()) weights[name] = checkpoint.tensor(name);
   return weights;

@@ -19,7 +19,8 @@ struct TensorSpec;
 // config.json object; returns the seed (default 0). UserError on an unknown key or bad value.
 uint64_t apply_synthetic_overrides(nlohmann::json& config, const std::string& overrides, const std::string& spec);
 
-// Seeded random tensors for the given specs (fp32): norms 1 + N(0, 0.02), everything else
+// Seeded random tensors for the given specs (fp32; sources cast them to io::synthetic_dtype):
+// norms 1 + N(0, 0.02), everything else
 // N(0, 0.02). Each tensor's stream depends only on (seed, name), so adding tensors never changes
 // the others.
 std::map<std::string, at::Tensor> synthetic_weights(const std::vector<TensorSpec>& specs, uint64_t seed);

@@ -5,9 +5,22 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 
+namespace CLI {
+class App;
+}
+
 namespace prime {
+
+// Parses the command line the one way every prime-<verb> does. Adds --version; installs the
+// interrupt cleanup (util/interrupt.h). Returns nullopt when the command should run, else the
+// exit code: 0 after --help / --version, 1 for any parse error (unknown flag, missing or
+// malformed value, extra argument, missing required option), printed as
+// "<program>: error: <message naming the flag>". An unknown flag is reported as such even when
+// a required option is also missing.
+std::optional<int> parse_command_line(CLI::App& app, const std::string& program, int argc, char** argv);
 
 // Runs body(); maps prime::UserError to exit 1 and anything else to exit 2, printing
 // "<program>: error: <message>" to stderr.
@@ -16,7 +29,13 @@ int run_command(const std::string& program, const std::function<void()>& body);
 // "cpu", "cuda", "cuda:1" or "auto" (cuda when available). UserError when CUDA is asked for
 // but absent.
 at::Device parse_device(const std::string& name);
+// --force means the same for every output: an existing file given as `flag` is replaced only
+// with force (UserError otherwise, naming the flag); a directory in its place is always refused.
+void check_output_file(const std::string& path, const std::string& flag, bool force);
+
 // "fp32" | "float32" | "bf16" | "bfloat16" | "fp16" | "float16" | "fp64".
 at::ScalarType parse_dtype_flag(const std::string& name);
+// The short name parse_dtype_flag reads back: fp32, bf16, fp16, fp64.
+std::string dtype_flag_name(at::ScalarType dtype);
 
 }  // namespace prime

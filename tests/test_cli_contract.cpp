@@ -1,0 +1,283 @@
+// The command-line contract every prime-<verb> keeps: parse errors exit 1 naming the flag,
+// --version everywhere, interrupted runs leave nothing, one source validation for all commands,
+// --force alike for files and directories, outputs for scripts (--json).
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "io/atomic_dir.h"
+#include "io/safetensors.h"
+#include "test_helpers.h"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const std::string tiny = "synthetic:qwen3-0.6b@layers=2,hidden=64,heads=4,kv_heads=2,head_dim=16,intermediate=96,vocab=300";
+
+class TempDir {
+ public:
+  explicit TempDir(const std::string& name)
+      : path_(fs::temp_directory_path() / ("prime_contract_" + name + "_" + std::to_string(::getpid()))) {
+    prime::io::remove_tree(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { prime::io::remove_tree(path_); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// A copy of a parity fixture checkpoint (config.json + model.safetensors) whose config can be edited.
+fs::path copy_fixture(const TempDir& dir, const std::string& name, const std::string& fixture = "qwen3") {
+  const fs::path from = prime::test::fixtures_dir() / "parity" / fixture, to = dir.path() / name;
+  fs::create_directories(to);
+  for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(from / file, to / file);
+  return to;
+}
+
+void edit_config(const fs::path& dir, const std::function<void(nlohmann::json&)>& edit) {
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+  edit(config);
+  std::ofstream(dir / "config.json") << config.dump(2);
+}
+
+std::vector<std::string> hidden_entries(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().filename().string().rfind(".", 0) == 0) names.push_back(entry.path().filename().string());
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("every command: parse errors exit 1 naming the flag, --version exits 0", "[cli][contract]") {
+  for (const char* command : {"prime-eval", "prime-inspect", "prime-convert", "prime-data", "prime-bench"}) {
+    auto result = prime::test::run_cli(std::string(command) + " --version");
+    INFO(command << ": " << result.output);
+    CHECK(result.exit_code == 0);
+    CHECK_THAT(result.output, Contains(std::string(command) + " " + PRIME_VERSION));
+    result = prime::test::run_cli(std::string(command) + " --no-such-flag");
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains("--no-such-flag"));
+  }
+  // An unknown flag is named even though a required option is missing too.
+  auto result = prime::test::run_cli("prime-convert --sorce x --layer GDN");
+  INFO(result.output);
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("unknown option --sorce"));
+  result = prime::test::run_cli("prime-convert --layer GDN");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--source is required"));
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --ctx abc");  // malformed value
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--ctx"));
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --generate");  // missing value
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--generate"));
+  result = prime::test::run_cli("prime-inspect " + tiny + " extra");  // extra argument
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("unexpected argument extra"));
+  result = prime::test::run_cli("prime-eval --help");
+  CHECK(result.exit_code == 0);
+}
+
+TEST_CASE("prime-eval --dump-logits holds transformers' logits for the parity fixture", "[cli][contract][parity]") {
+  TempDir dir("dump");
+  const fs::path fixture = prime::test::fixtures_dir() / "parity" / "qwen3";
+  auto reference = prime::io::SafetensorsFile::open(fixture / "reference.safetensors");
+  const at::Tensor ids = reference->tensor("input_ids").to(at::kLong), expected = reference->tensor("logits");
+  std::string id_list;
+  for (int64_t i = 0; i < ids.size(0); ++i) id_list += (i ? "," : "") + std::to_string(ids[i].item<int64_t>());
+  auto result = prime::test::run_cli("prime-eval --model " + fixture.string() + " --device cpu --token-ids " +
+                                     id_list + " --dump-logits " + (dir / "logits.safetensors"));
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  const at::Tensor dumped = prime::io::SafetensorsFile::open(dir / "logits.safetensors")->tensor("logits");
+  REQUIRE(dumped.sizes() == expected.sizes());
+  CHECK(prime::test::relative_error(dumped, expected) <= 1e-4);
+  // A different prompt gives different logits: the check above can fail.
+  CHECK(prime::test::relative_error(dumped.narrow(0, 0, 3), expected.narrow(0, 1, 3)) > 1e-2);
+}
+
+TEST_CASE("--force means the same for files: existing --dump-logits / --json refused without it", "[cli][contract]") {
+  TempDir dir("force");
+  const std::string out = dir / "logits.safetensors";
+  std::ofstream(out) << "keep me";
+  auto result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 1,2 --dump-logits " + out);
+  INFO(result.output);
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--dump-logits " + out + " already exists"));
+  CHECK(fs::file_size(out) == 7);
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 1,2 --dump-logits " + out + " --force");
+  CHECK(result.exit_code == 0);
+  CHECK(prime::io::SafetensorsFile::open(out)->tensor("logits").size(0) == 2);
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --json " + out + " --recall --trials 1");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--json " + out + " already exists"));
+}
+
+TEST_CASE("one validation of a source: every command refuses what one refuses", "[cli][contract]") {
+  TempDir dir("validate");
+  const fs::path partial = copy_fixture(dir, "partial");
+  edit_config(partial, [](nlohmann::json& config) { config["partial_rotary_factor"] = 0.5; });
+  const fs::path mismatch = copy_fixture(dir, "mismatch");
+  edit_config(mismatch, [](nlohmann::json& config) { config["intermediate_size"] = 100; });
+  for (const auto& [source, message] : {std::pair{partial, std::string("partial_rotary_factor")},
+                                        std::pair{mismatch, std::string("but config.json implies")}}) {
+    for (const std::string command :
+         {"prime-inspect " + source.string(), "prime-eval --model " + source.string() + " --device cpu",
+          "prime-convert --source " + source.string() + " --layer GDN --ratio 1:1 --out " + (dir / "out")}) {
+      const auto result = prime::test::run_cli(command);
+      INFO(command << "\n" << result.output);
+      CHECK(result.exit_code == 1);
+      CHECK_THAT(result.output, Contains(message));
+    }
+  }
+  CHECK_FALSE(fs::exists(dir / "out"));
+  // An all-attention --pattern, --ratio A:0 and --keep-attention of every layer mean the same plan.
+  for (const std::string layers : {"--pattern '*-*'", "--layer GDN --ratio 1:0", "--layer GDN --keep-attention 0,1"}) {
+    auto result = prime::test::run_cli("prime-convert --source '" + tiny + "' " + layers + " --dry-run --json");
+    INFO(layers << "\n" << result.output);
+    REQUIRE(result.exit_code == 0);
+    CHECK(nlohmann::json::parse(result.output)["plan"]["pattern"] == "*-*");
+  }
+  // --out equal to the source (or holding it) never deletes it, --force or not.
+  const fs::path source = copy_fixture(dir, "source");
+  for (const std::string out : {source.string(), dir.path().string()}) {
+    auto result = prime::test::run_cli("prime-convert --source " + source.string() + " --layer GDN --ratio 1:1 --force --out " + out);
+    INFO(result.output);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains("refusing to write over the source"));
+    CHECK(fs::exists(source / "model.safetensors"));
+  }
+}
+
+TEST_CASE("synthetic sources have one dtype everywhere: their config's torch_dtype", "[cli][contract]") {
+  auto result = prime::test::run_cli("prime-inspect --json --tensors '" + tiny + "'");
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  const auto report = nlohmann::json::parse(result.output);
+  CHECK(report["tensors"][0]["dtype"] == "BF16");
+  CHECK(report["bytes"].get<uint64_t>() == 2 * report["parameters"].get<uint64_t>());
+  TempDir dir("dtype");
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --recall --trials 1 --needle-lengths 16 "
+                                "--mqar-lengths 16 --mqar-pairs 2 --json " + (dir / "eval.json"));
+  CHECK(result.exit_code == 0);
+  CHECK(nlohmann::json::parse(std::ifstream(dir / "eval.json"))["dtype"] == "bf16");
+  result = prime::test::run_cli("prime-convert --source '" + tiny + "' --layer SWA --ratio 1:1 --dry-run --json");
+  REQUIRE(result.exit_code == 0);
+  const auto plan = nlohmann::json::parse(result.output);
+  CHECK(plan["config"]["torch_dtype"] == "bfloat16");
+  CHECK(plan["plan"]["pattern"].is_string());
+}
+
+TEST_CASE("prime-eval checks memory before loading and warns past max_position_embeddings", "[cli][contract]") {
+  auto result = prime::test::run_cli("prime-eval --model synthetic:qwen3-8b@layers=4000 --device cpu --dtype fp32");
+  INFO(result.output);
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("needs about"));
+  CHECK_THAT(result.output, Contains("--dtype bf16"));
+  result = prime::test::run_cli("prime-eval --model '" + tiny + ",max_positions=6' --token-ids 1,2,3 --generate 5");
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("past max_position_embeddings 6"));
+}
+
+TEST_CASE("a Hugging Face id is a source when it is in the cache", "[cli][contract]") {
+  TempDir dir("hfcache");
+  const fs::path repo = dir.path() / "models--Tiny--Qwen3-Fixture";
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots");
+  copy_fixture(dir, "models--Tiny--Qwen3-Fixture/snapshots/abc123");
+  std::ofstream(repo / "refs" / "main") << "abc123";
+  ::setenv("HF_HUB_CACHE", dir.path().c_str(), 1);
+  auto result = prime::test::run_cli("prime-inspect Tiny/Qwen3-Fixture");
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("hf-cache"));
+  result = prime::test::run_cli("prime-eval --model Tiny/Qwen3-Fixture --token-ids 1,2 --device cpu");
+  CHECK(result.exit_code == 0);
+  result = prime::test::run_cli("prime-inspect Tiny/Not-Here");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("hf download Tiny/Not-Here"));
+  ::unsetenv("HF_HUB_CACHE");
+}
+
+TEST_CASE("converted outputs carry the source's LICENSE and the card names it", "[cli][contract][convert]") {
+  TempDir dir("license");
+  const fs::path source = copy_fixture(dir, "source");
+  std::ofstream(source / "LICENSE") << "Apache License 2.0 (test)\n";
+  auto result = prime::test::run_cli("prime-convert --source " + source.string() + " --layer GDN --ratio 1:1 --out " +
+                                     (dir / "out"));
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(fs::exists(dir.path() / "out" / "LICENSE"));
+  std::ifstream card(dir.path() / "out" / "README.md");
+  const std::string text((std::istreambuf_iterator<char>(card)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Contains("`LICENSE`"));
+  CHECK_THAT(text, !Contains("prime-train"));
+}
+
+TEST_CASE("an interrupted prime-convert leaves nothing; a killed one is cleaned up by the next run", "[cli][contract][convert]") {
+  TempDir dir("signal");
+  // Large enough that writing takes a while (a 6-layer Qwen3-0.6B-shaped model, ~370 MB in bf16).
+  const std::string source = "synthetic:qwen3-0.6b@layers=6";
+  const std::string out = dir / "out";
+  for (int signal_number : {SIGINT, SIGTERM}) {
+    std::fflush(nullptr);  // the child must not print this process's buffered output again
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      const std::string binary = std::string(PRIME_BIN_DIR) + "/prime-convert";
+      ::freopen("/dev/null", "w", stdout);
+      ::execl(binary.c_str(), "prime-convert", "--source", source.c_str(), "--layer", "GDN", "--ratio", "1:1", "--out",
+              out.c_str(), "--quiet", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Signal once the staging directory holds a shard being written.
+    bool writing = false;
+    for (int wait = 0; wait < 1200 && !writing; ++wait) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      for (const auto& name : hidden_entries(dir.path()))
+        if (fs::exists(dir.path() / name / "config.json")) writing = true;
+    }
+    CHECK(writing);
+    ::kill(child, signal_number);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    INFO("signal " << signal_number << ", status " << status);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == signal_number);
+    CHECK(hidden_entries(dir.path()).empty());
+    CHECK_FALSE(fs::exists(out));
+  }
+  // SIGKILL cannot be caught: its leftover (named after the dead pid) goes at the next run.
+  std::fflush(nullptr);
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  const fs::path leftover = dir.path() / (".small.tmp-" + std::to_string(dead) + "-abc");
+  fs::create_directories(leftover);
+  std::ofstream(leftover / "model-00001-of-00001.safetensors") << "partial";
+  const fs::path alive = dir.path() / (".small.tmp-" + std::to_string(::getpid()) + "-abc");
+  fs::create_directories(alive);  // a running process's staging directory is left alone
+  auto result = prime::test::run_cli("prime-convert --source '" + tiny + "' --layer GDN --ratio 1:1 --out " +
+                                     (dir / "small"));
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("removed " + leftover.string()));
+  CHECK_FALSE(fs::exists(leftover));
+  CHECK(fs::exists(alive));
+}
