@@ -1,7 +1,12 @@
 #include "model/hybrid_model.h"
 
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+
 #include "io/architecture.h"
 #include "model/kv_cache.h"
+#include "model/recompute.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -32,7 +37,8 @@ TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options) 
   return prepared;
 }
 
-HybridModel::HybridModel(io::ModelConfig config, const TensorMap& weights) : config_(std::move(config)) {
+HybridModel::HybridModel(io::ModelConfig config, const TensorMap& weights)
+    : config_(std::move(config)), weights_(weights) {
   const auto& arch = io::find_architecture(config_.model_type, config_.architecture, config_.model_type);
   const int64_t d = config_.hidden_size;
   embed_tokens_ = take_weight(weights, "", arch.name("embed_tokens"), {config_.vocab_size, d});
@@ -88,24 +94,56 @@ void HybridModel::check_token_ids(const at::Tensor& input_ids) const {
 }
 
 at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, std::vector<at::Tensor>* layer_outputs) {
+  ForwardTrace trace;
+  if (layer_outputs)
+    for (int64_t i = 0; i < num_layers(); ++i) trace.layers.push_back(i);
+  ForwardOptions options;
+  options.trace = layer_outputs ? &trace : nullptr;
+  at::Tensor logits = forward(input_ids, cache, options);
+  if (layer_outputs)
+    for (auto& [layer, traced] : trace.traced) layer_outputs->push_back(traced.layer_output);
+  return logits;
+}
+
+at::Tensor HybridModel::forward_layer(int64_t index, const at::Tensor& hidden, LayerCache* layer_cache,
+                                      LayerTrace* trace) {
+  Layer& layer = layers_.at(index);
+  at::Tensor mixer_input = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
+  at::Tensor mixed = layer.mixer->forward(mixer_input, layer_cache);
+  at::Tensor after_mixer = hidden + mixed;
+  at::Tensor fed = layer.feed_forward->forward(rms_norm(after_mixer, layer.post_attention_norm, config_.rms_norm_eps));
+  at::Tensor output = after_mixer + fed;
+  if (trace) *trace = {hidden, mixer_input, mixed, output};
+  return output;
+}
+
+at::Tensor HybridModel::final_norm(const at::Tensor& hidden) const {
+  return rms_norm(hidden, final_norm_, config_.rms_norm_eps);
+}
+
+at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, const ForwardOptions& options) {
   if (input_ids.dim() != 2) throw user_error("input_ids must be [batch, tokens], got ", input_ids.dim(), " dims");
   check_token_ids(input_ids);
   if (cache && static_cast<int64_t>(cache->layers.size()) != num_layers())
     throw internal_error("cache has ", cache->layers.size(), " layers, model has ", num_layers());
   if (cache && cache->is_static() && input_ids.size(1) != 1)
     throw user_error("a static cache decodes one token per sequence per step, got ", input_ids.size(1));
+  if (cache && options.recompute) throw internal_error("activation recomputation runs without a cache");
   at::Tensor hidden = at::embedding(embed_tokens_, input_ids.to(embed_tokens_.device()));
   for (int64_t i = 0; i < num_layers(); ++i) {
-    Layer& layer = layers_[i];
     LayerCache* layer_cache = cache ? cache->layers[i].get() : nullptr;
-    at::Tensor mixed = layer.mixer->forward(rms_norm(hidden, layer.input_norm, config_.rms_norm_eps), layer_cache);
-    hidden = hidden + mixed;
-    at::Tensor fed = layer.feed_forward->forward(rms_norm(hidden, layer.post_attention_norm, config_.rms_norm_eps));
-    hidden = hidden + fed;
-    if (layer_outputs) layer_outputs->push_back(hidden);
+    LayerTrace* trace = nullptr;
+    if (options.trace && std::find(options.trace->layers.begin(), options.trace->layers.end(), i) !=
+                             options.trace->layers.end())
+      trace = &options.trace->traced[i];
+    if (options.recompute && at::GradMode::is_enabled() && !trace)
+      hidden = recompute_in_backward([this, i](const at::Tensor& input) { return forward_layer(i, input); }, hidden);
+    else
+      hidden = forward_layer(i, hidden, layer_cache, trace);
   }
   if (cache && cache->is_static()) cache->position.add_(1);
-  return at::linear(rms_norm(hidden, final_norm_, config_.rms_norm_eps), lm_head_);
+  at::Tensor normed = final_norm(hidden);
+  return options.return_hidden ? normed : at::linear(normed, lm_head_);
 }
 
 }  // namespace prime::model

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +17,26 @@
 #include "model/weights.h"
 
 namespace prime::model {
+
+// What a forward keeps of each traced layer, for layer-local losses (alignment): the layer's
+// input hidden state, its mixer's input (after input_layernorm) and output, and the layer output.
+struct LayerTrace {
+  at::Tensor layer_input, mixer_input, mixer_output, layer_output;
+};
+struct ForwardTrace {
+  std::vector<int64_t> layers;           // which layers to trace
+  std::map<int64_t, LayerTrace> traced;  // filled by forward()
+};
+
+struct ForwardOptions {
+  // Return the final hidden state after the final norm, before lm_head ([B,T,hidden]), so that a
+  // loss over a large vocabulary can run in chunks.
+  bool return_hidden = false;
+  ForwardTrace* trace = nullptr;
+  // Per-layer activation recomputation: each layer keeps only its input for backward and runs
+  // again during it (no cache allowed).
+  bool recompute = false;
+};
 
 // One LayerCache per layer: KV caches for attention, fp32 states for SSMs.
 struct ModelCache {
@@ -72,6 +93,16 @@ class HybridModel {
   // state [B,T,d] (for alignment training).
   at::Tensor forward(const at::Tensor& input_ids, ModelCache* cache = nullptr,
                      std::vector<at::Tensor>* layer_outputs = nullptr);
+  at::Tensor forward(const at::Tensor& input_ids, ModelCache* cache, const ForwardOptions& options);
+  // One decoder layer: hidden [B,T,d] (the layer's input) -> the layer's output.
+  at::Tensor forward_layer(int64_t layer, const at::Tensor& hidden, LayerCache* cache = nullptr,
+                           LayerTrace* trace = nullptr);
+  // Final norm, then lm_head: hidden [.., d] -> logits.
+  at::Tensor final_norm(const at::Tensor& hidden) const;
+  const at::Tensor& lm_head() const { return lm_head_; }
+  // The tensors the model was built from, by checkpoint name (the model holds these very
+  // tensors: a trained one updated in place is what the next forward uses).
+  const TensorMap& weights() const { return weights_; }
 
  private:
   struct Layer {
@@ -80,6 +111,7 @@ class HybridModel {
     std::unique_ptr<FeedForward> feed_forward;
   };
   io::ModelConfig config_;
+  TensorMap weights_;
   at::Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<Layer> layers_;
 };

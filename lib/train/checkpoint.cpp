@@ -1,0 +1,145 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <system_error>
+#include <unistd.h>
+
+#include "convert/model_card.h"
+#include "io/atomic_dir.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
+#include "io/safetensors_writer.h"
+#include "io/tensor_file.h"
+#include "util/error.h"
+
+namespace prime::train {
+namespace fs = std::filesystem;
+namespace {
+
+bool stays_fp32(const std::string& name) {
+  for (const std::string suffix : {".A_log", ".dt_bias", ".D"})
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  out.close();
+  if (!out) throw user_error("cannot write ", path.string());
+}
+
+// Points run_dir/final at target (relative), replacing any previous link atomically.
+void point_final(const fs::path& run_dir, const fs::path& target) {
+  const fs::path link = run_dir / "final";
+  const fs::path staging = run_dir / (".final.tmp-" + std::to_string(::getpid()));
+  ::unlink(staging.c_str());
+  if (::symlink(fs::relative(target, run_dir).c_str(), staging.c_str()) != 0 ||
+      ::rename(staging.c_str(), link.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(staging.c_str());
+    throw user_error("cannot point ", link.string(), " at ", target.string(), ": ", std::strerror(error));
+  }
+}
+
+}  // namespace
+
+nlohmann::json TrainerCounters::to_json() const {
+  return {{"step", step},           {"tokens", tokens},   {"data_position", data_position},
+          {"bad_steps", bad_steps}, {"bad_in_row", bad_in_row}, {"rollbacks", rollbacks},
+          {"lr_scale", lr_scale},   {"seed", seed}};
+}
+
+TrainerCounters TrainerCounters::from_json(const nlohmann::json& json, const std::string& where) {
+  try {
+    TrainerCounters counters;
+    counters.step = json.at("step").get<int64_t>();
+    counters.tokens = json.at("tokens").get<int64_t>();
+    counters.data_position = json.at("data_position").get<int64_t>();
+    counters.bad_steps = json.at("bad_steps").get<int64_t>();
+    counters.bad_in_row = json.at("bad_in_row").get<int64_t>();
+    counters.rollbacks = json.at("rollbacks").get<int64_t>();
+    counters.lr_scale = json.at("lr_scale").get<double>();
+    counters.seed = json.at("seed").get<uint64_t>();
+    return counters;
+  } catch (const nlohmann::json::exception& error) {
+    throw user_error(where, ": bad trainer state: ", error.what());
+  }
+}
+
+fs::path checkpoint_path(const fs::path& run_dir, int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(step));
+  return run_dir / "checkpoints" / name;
+}
+
+std::vector<fs::path> list_checkpoints(const fs::path& run_dir) {
+  std::vector<fs::path> found;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(run_dir / "checkpoints", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && entry.is_directory()) found.push_back(entry.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+fs::path write_checkpoint(const fs::path& run_dir, const CheckpointContents& contents, int64_t keep) {
+  const fs::path target = checkpoint_path(run_dir, contents.counters.step);
+  fs::create_directories(target.parent_path());
+  {
+    io::AtomicDirectory staging(target, /*overwrite=*/true);
+    io::WriterOptions writer_options;
+    writer_options.metadata["prime"] = contents.provenance.dump();
+    io::SafetensorsWriter model_writer(staging.staging(), writer_options);
+    model::TensorMap master;
+    for (const auto& [name, tensor] : *contents.weights) {
+      const bool floating = at::isFloatingType(tensor.scalar_type());
+      const at::ScalarType dtype = !floating ? tensor.scalar_type() : stays_fp32(name) ? at::kFloat : contents.save_dtype;
+      if (tensor.requires_grad() && dtype != tensor.scalar_type()) master[name] = tensor;
+      const at::Tensor value = tensor;
+      model_writer.add(name, io::from_scalar_type(dtype), tensor.sizes().vec(),
+                       [value, dtype] { return value.detach().to(at::kCPU, dtype).contiguous(); });
+    }
+    model_writer.write();
+
+    model::TensorMap state = contents.optimizer->state();
+    for (const auto& [name, tensor] : master) state["master." + name] = tensor.detach().cpu();
+    io::save_tensor_file(staging.staging() / "trainer_state.safetensors", state);
+    write_text(staging.staging() / "config.json", contents.config->raw.dump(2) + "\n");
+    write_text(staging.staging() / "prime.json", contents.provenance.dump(2) + "\n");
+    write_text(staging.staging() / "trainer.json", contents.counters.to_json().dump(2) + "\n");
+    for (const std::string& file : convert::carried_files())
+      if (!contents.carry_from.empty() && fs::is_regular_file(contents.carry_from / file))
+        fs::copy_file(contents.carry_from / file, staging.staging() / file);
+    staging.commit();
+  }
+  point_final(run_dir, target);
+  std::vector<fs::path> all = list_checkpoints(run_dir);
+  for (size_t i = 0; keep > 0 && i + keep < all.size(); ++i) io::remove_tree(all[i]);
+  return target;
+}
+
+LoadedTrainerState read_trainer_state(const fs::path& checkpoint) {
+  LoadedTrainerState loaded;
+  const fs::path json_path = checkpoint / "trainer.json";
+  std::ifstream in(json_path);
+  if (!in) throw user_error(json_path.string(), ": missing (not a prime-train checkpoint)");
+  const auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) throw user_error(json_path.string(), ": not valid JSON");
+  loaded.counters = TrainerCounters::from_json(json, json_path.string());
+  const io::Checkpoint state = io::Checkpoint::open(checkpoint / "trainer_state.safetensors");
+  for (const std::string& name : state.names()) {
+    at::Tensor tensor = state.tensor(name).clone();
+    if (name.rfind("master.", 0) == 0) loaded.master[name.substr(7)] = tensor;
+    else loaded.optimizer[name] = tensor;
+  }
+  return loaded;
+}
+
+}  // namespace prime::train

@@ -1,0 +1,38 @@
+// Data parallelism over c10d process groups, started by torchrun or srun (RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT, LOCAL_RANK in the environment): each rank reads its own slice of the
+// data, gradients of the trained tensors are averaged after backward, rank 0 writes checkpoints
+// and metrics. Without those variables it is one process and every call is a no-op.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "train/parameters.h"
+
+namespace prime::train {
+
+class Distributed {
+ public:
+  // device: the --device flag ("cuda" picks LOCAL_RANK's GPU when several ranks run).
+  static Distributed from_environment(const std::string& device);
+
+  int64_t rank() const { return rank_; }
+  int64_t world() const { return world_; }
+  // Averages the tensors in place across ranks (bucketed into flat buffers).
+  void average(std::vector<at::Tensor>& tensors);
+  double average_scalar(double value);
+  // Rank 0's values to every rank (so all start from the same weights).
+  void broadcast_parameters(std::vector<TrainedParameter>& parameters);
+  void barrier();
+
+  struct Group;
+
+ private:
+  int64_t rank_ = 0, world_ = 1;
+  std::shared_ptr<Group> group_;
+};
+
+}  // namespace prime::train

@@ -1,0 +1,118 @@
+#include "train/train_options.h"
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace prime::train {
+
+Stage parse_stage(const std::string& name) {
+  if (name == "align") return Stage::Align;
+  if (name == "distill") return Stage::Distill;
+  if (name == "pt") return Stage::Pt;
+  throw user_error("--stage: unknown stage '", name, "' (align, distill, pt)");
+}
+
+const char* stage_name(Stage stage) {
+  switch (stage) {
+    case Stage::Align: return "align";
+    case Stage::Distill: return "distill";
+    case Stage::Pt: return "pt";
+  }
+  return "?";
+}
+
+AlignLayers parse_align_layers(const std::string& name) {
+  if (name == "none") return AlignLayers::None;
+  if (name == "mixer") return AlignLayers::Mixer;
+  if (name == "block") return AlignLayers::Block;
+  throw user_error("--align-layers: unknown value '", name, "' (none, mixer, block)");
+}
+
+const char* align_layers_name(AlignLayers layers) {
+  switch (layers) {
+    case AlignLayers::None: return "none";
+    case AlignLayers::Mixer: return "mixer";
+    case AlignLayers::Block: return "block";
+  }
+  return "?";
+}
+
+const char* default_groups(Stage stage) {
+  switch (stage) {
+    case Stage::Align: return "ssm";
+    case Stage::Distill: return "ssm,norm";
+    case Stage::Pt: return "all";
+  }
+  return "all";
+}
+
+int64_t parse_count(const std::string& text, const std::string& flag) {
+  if (text.empty()) throw user_error(flag, ": empty value");
+  double scale = 1;
+  std::string number = text;
+  switch (text.back()) {
+    case 'K': case 'k': scale = 1e3; break;
+    case 'M': case 'm': scale = 1e6; break;
+    case 'B': case 'b': case 'G': case 'g': scale = 1e9; break;
+    default: break;
+  }
+  if (scale != 1) number.pop_back();
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(number, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != number.size() || !(value > 0) || !std::isfinite(value))
+    throw user_error(flag, ": '", text, "' is not a positive count (e.g. 4096, 256K, 50M, 1.5B)");
+  // Binary multiples: 256K tokens = 64 sequences of 4096, as batch sizes are meant.
+  if (scale == 1e3) scale = 1024;
+  if (scale == 1e6) scale = 1024 * 1024;
+  if (scale == 1e9) scale = 1024.0 * 1024 * 1024;
+  return static_cast<int64_t>(std::llround(value * scale));
+}
+
+void apply_flags(const TrainFlags& flags, TrainOptions& options) {
+  options.stage = parse_stage(flags.stage);
+  options.schedule = parse_schedule(flags.schedule);
+  options.align_layers = parse_align_layers(flags.align_layers);
+  if (!flags.resume.empty()) {
+    if (!options.out.empty() && options.out != flags.resume)
+      throw user_error("--resume ", flags.resume, " and --out ", options.out, " name different runs");
+    options.out = flags.resume;
+    options.resume = true;
+  }
+  if (options.model.empty() && !options.resume) throw user_error("--model is required");
+  if (options.data.empty()) throw user_error("--data is required");
+  if (options.out.empty()) throw user_error("--out RUN_DIR is required");
+  struct Count {
+    const std::string& text;
+    const char* flag;
+    int64_t& target;
+  };
+  for (const Count& count : {Count{flags.tokens, "--tokens", options.tokens},
+                             Count{flags.batch_tokens, "--batch-tokens", options.batch_tokens},
+                             Count{flags.seq_len, "--seq-len", options.seq_len}}) {
+    if (count.text.empty()) throw user_error(count.flag, " is required");
+    count.target = parse_count(count.text, count.flag);
+  }
+  if (!flags.micro_batch_tokens.empty())
+    options.micro_batch_tokens = parse_count(flags.micro_batch_tokens, "--micro-batch-tokens");
+  if (!flags.val_tokens.empty()) options.val_tokens = parse_count(flags.val_tokens, "--val-tokens");
+}
+
+nlohmann::json plan_json(const TrainOptions& options) {
+  return {{"model", options.model},
+          {"teacher", options.teacher},
+          {"stage", stage_name(options.stage)},
+          {"data", options.data},
+          {"batch_tokens", options.batch_tokens},
+          {"seq_len", options.seq_len},
+          {"train", options.train},
+          {"align_layers", align_layers_name(options.align_layers)},
+          {"seed", options.seed}};
+}
+
+}  // namespace prime::train

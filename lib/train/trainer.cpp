@@ -1,0 +1,416 @@
+#include "train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "eval/logits_fn.h"
+#include "io/checkpoint.h"
+#include "eval/perplexity.h"
+#include "train/batches.h"
+#include "train/checkpoint.h"
+#include "train/distributed.h"
+#include "train/models.h"
+#include "train/step_loss.h"
+#include "train/throughput.h"
+#include "util/cli.h"
+#include "util/error.h"
+
+namespace prime::train {
+namespace fs = std::filesystem;
+namespace {
+
+struct StepPlan {
+  int64_t total_steps = 0;
+  int64_t sequences_per_step = 0;  // global
+  int64_t micro_sequences = 0;     // per rank per pass
+  int64_t accumulation = 0;        // passes per step per rank
+};
+
+StepPlan plan_steps(const TrainOptions& options, int64_t world) {
+  if (options.seq_len < 2) throw user_error("--seq-len must be at least 2");
+  if (options.batch_tokens < options.seq_len || options.batch_tokens % options.seq_len)
+    throw user_error("--batch-tokens (", options.batch_tokens, ") must be a multiple of --seq-len (", options.seq_len, ")");
+  StepPlan plan;
+  plan.sequences_per_step = options.batch_tokens / options.seq_len;
+  if (plan.sequences_per_step % world)
+    throw user_error("--batch-tokens gives ", plan.sequences_per_step, " sequences per step, not divisible by ", world,
+                     " ranks");
+  const int64_t per_rank = plan.sequences_per_step / world;
+  const int64_t micro_tokens = options.micro_batch_tokens ? options.micro_batch_tokens : per_rank * options.seq_len;
+  if (micro_tokens % options.seq_len || per_rank % (micro_tokens / options.seq_len))
+    throw user_error("--micro-batch-tokens (", micro_tokens, ") must be a multiple of --seq-len dividing the ",
+                     per_rank * options.seq_len, " tokens each rank takes per step");
+  plan.micro_sequences = micro_tokens / options.seq_len;
+  plan.accumulation = per_rank / plan.micro_sequences;
+  if (options.tokens < options.batch_tokens)
+    throw user_error("--tokens (", options.tokens, ") is smaller than one step of --batch-tokens (", options.batch_tokens,
+                     ")");
+  plan.total_steps = options.tokens / options.batch_tokens;
+  return plan;
+}
+
+// Autocast to bf16 around CUDA forwards when the run's dtype is bf16 (trained weights are fp32).
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool enabled_;
+};
+
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index() < 0 ? 0 : device.index());
+}
+
+std::string human_count(double value) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(value >= 1e9 ? 2 : 1);
+  if (value >= 1e9) out << value / 1e9 << "B";
+  else if (value >= 1e6) out << value / 1e6 << "M";
+  else if (value >= 1e3) out << value / 1e3 << "K";
+  else out << std::setprecision(0) << value;
+  return out.str();
+}
+
+std::string human_seconds(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  std::ostringstream out;
+  if (s >= 3600) out << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
+  else if (s >= 60) out << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
+  else out << s << "s";
+  return out.str();
+}
+
+// The run's options as they will be compared on resume, and the directory checks.
+// On resume, a model or teacher the command leaves out is the one the run was started with.
+void prepare_run_dir(TrainOptions& options) {
+  const fs::path run_dir = options.out;
+  if (options.resume) {
+    std::ifstream in(run_dir / "run.json");
+    if (!in) throw user_error("--resume ", run_dir.string(), ": no run.json there (not a prime-train run directory)");
+    const auto saved = nlohmann::json::parse(in, nullptr, false);
+    if (saved.is_discarded() || !saved.contains("plan"))
+      throw user_error("--resume ", run_dir.string(), ": run.json is not valid");
+    if (options.model.empty()) options.model = saved["plan"].value("model", "");
+    if (options.teacher.empty()) options.teacher = saved["plan"].value("teacher", "");
+    const nlohmann::json plan = plan_json(options);
+    for (const auto& [key, value] : plan.items())
+      if (!saved["plan"].contains(key) || saved["plan"][key] != value)
+        throw user_error("--resume ", run_dir.string(), ": this run was started with ", key, " = ",
+                         saved["plan"].value(key, nlohmann::json()).dump(), ", this command has ", value.dump(),
+                         " (a checkpoint of another plan)");
+    return;
+  }
+  std::error_code error;
+  if (fs::exists(run_dir, error) && !fs::is_empty(run_dir, error))
+    throw user_error("--out ", run_dir.string(), " exists and is not empty: pass --resume ", run_dir.string(),
+                     " to continue that run, or choose another --out");
+}
+
+void write_run_json(const TrainOptions& options, const std::string& command_line, const RunModels& models,
+                    const StepPlan& plan, int64_t world) {
+  nlohmann::json run = {{"command_line", command_line},
+                        {"prime_version", PRIME_VERSION},
+                        {"plan", plan_json(options)},
+                        {"options",
+                         {{"tokens", options.tokens}, {"lr", options.lr}, {"schedule", schedule_name(options.schedule)},
+                          {"warmup", options.warmup}, {"min_lr_ratio", options.min_lr_ratio},
+                          {"weight_decay", options.weight_decay}, {"betas", {options.beta1, options.beta2}},
+                          {"grad_clip", options.grad_clip}, {"temperature", options.temperature},
+                          {"ce_weight", options.ce_weight}, {"device", options.device}, {"dtype", options.dtype},
+                          {"recompute", options.recompute}, {"save_every", options.save_every}, {"keep", options.keep}}},
+                        {"steps", plan.total_steps},
+                        {"sequences_per_step", plan.sequences_per_step},
+                        {"gradient_accumulation", plan.accumulation},
+                        {"world_size", world},
+                        {"student_parameters", models.student_parameters},
+                        {"teacher_parameters", models.teacher_parameters},
+                        {"trained_parameters", models.trained_parameters},
+                        {"shared_tensors", models.shared_tensors},
+                        {"replaced_layers", models.replaced_layers},
+                        {"layer_pattern", io::join_layer_pattern(models.student->config().layer_pattern)}};
+  fs::create_directories(options.out);
+  std::ofstream out(fs::path(options.out) / "run.json");
+  out << run.dump(2) << "\n";
+  if (!out) throw user_error("cannot write ", (fs::path(options.out) / "run.json").string());
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainOptions& requested, const std::string& command_line, std::ostream& log,
+                         MetricsSink* extra_metrics) {
+  TrainOptions options = requested;
+  const auto started = std::chrono::steady_clock::now();
+  Distributed dist = Distributed::from_environment(options.device);
+  const bool lead = dist.rank() == 0;
+  if (options.out.empty()) throw user_error("--out RUN_DIR is required");
+  prepare_run_dir(options);
+  const bool needs_teacher = options.stage != Stage::Pt;
+  if (needs_teacher && options.teacher.empty())
+    throw user_error("--stage ", stage_name(options.stage), " needs --teacher (the frozen source model)");
+  if (!needs_teacher && !options.teacher.empty())
+    throw user_error("--stage pt trains on next-token loss alone; --teacher is not used (drop it)");
+  if (options.save_every < 0 || options.keep < 1 || options.eval_every < 0 || options.max_bad_steps < 1)
+    throw user_error("--save-every/--eval-every must be >= 0, --keep and --max-bad-steps >= 1");
+  const StepPlan plan = plan_steps(options, dist.world());
+
+  const at::Device device = parse_device(options.device);
+  const at::ScalarType dtype = parse_dtype_flag(options.dtype);
+  if (device.is_cpu() && dtype != at::kFloat)
+    throw user_error("--dtype ", options.dtype, " trains on CUDA (bf16 autocast); on the CPU use --dtype fp32");
+  const bool autocast = device.is_cuda() && dtype != at::kFloat;
+
+  // Data first: a bad shard should fail before minutes of model loading.
+  DataOptions data_options;
+  data_options.shards = options.data;
+  data_options.seq_len = options.seq_len;
+  data_options.sequences_per_micro_batch = plan.micro_sequences;
+  data_options.seed = options.seed;
+  data_options.rank = dist.rank();
+  data_options.world = dist.world();
+  TrainData data(data_options);
+  if (data.has_positions())
+    throw user_error("--data ", options.data.front(), " has a positions shard (document masking); document-masked "
+                     "training is not available yet: pack without --document-mask");
+
+  ModelSetup setup;
+  setup.teacher_spec = options.teacher;
+  setup.groups = parse_groups(options.train.empty() ? default_groups(options.stage) : options.train);
+  setup.device = device;
+  setup.dtype = dtype;
+  fs::path resume_from;
+  if (options.resume) {
+    const auto checkpoints = list_checkpoints(options.out);
+    if (checkpoints.empty()) throw user_error("--resume ", options.out, ": the run has no checkpoint yet");
+    resume_from = checkpoints.back();
+    setup.student_spec = resume_from.string();
+  } else {
+    setup.student_spec = options.model;
+  }
+  RunModels models = build_run_models(setup);
+  const int64_t vocab = models.student->config().vocab_size;
+  if (data.max_token_id() >= vocab)
+    throw user_error("--data holds token id ", data.max_token_id(), ", beyond the model's vocabulary of ", vocab);
+  if (options.stage == Stage::Align && models.replaced_layers.empty() && options.align_layers != AlignLayers::None)
+    throw user_error("--align-layers ", align_layers_name(options.align_layers),
+                     ": the student has no layer of another type than the teacher's");
+
+  AdamWOptions adam;
+  adam.beta1 = options.beta1, adam.beta2 = options.beta2, adam.weight_decay = options.weight_decay;
+  AdamW optimizer(models.trained, adam);
+  TrainerCounters counters;
+  counters.seed = options.seed;
+  if (options.resume) {
+    LoadedTrainerState state = read_trainer_state(resume_from);
+    optimizer.load_state(state.optimizer);
+    at::NoGradGuard no_grad;
+    for (auto& parameter : models.trained)
+      if (auto found = state.master.find(parameter.name); found != state.master.end())
+        parameter.tensor.copy_(found->second);
+    counters = state.counters;
+    data.seek(counters.data_position);
+    if (lead) log << "resuming " << options.out << " from " << resume_from.filename().string() << " (step "
+                  << counters.step << ", " << counters.tokens << " tokens)\n";
+  } else if (lead) {
+    write_run_json(options, command_line, models, plan, dist.world());
+  }
+  dist.broadcast_parameters(models.trained);
+
+  MetricsFanout metrics;
+  if (lead) {
+    metrics.add(std::make_unique<JsonlMetrics>((fs::path(options.out) / "metrics.jsonl").string(),
+                                               options.resume ? counters.step + 1 : -1));
+    if (!options.metrics.empty())
+      metrics.add(std::make_unique<JsonlMetrics>(options.metrics, options.resume ? counters.step + 1 : -1));
+  }
+  auto record = [&](const MetricRecord& r) {
+    if (!lead) return;
+    metrics.write(r);
+    if (extra_metrics) extra_metrics->write(r);
+  };
+
+  Schedule schedule;
+  schedule.kind = options.schedule;
+  schedule.lr = options.lr;
+  schedule.warmup_steps = options.warmup;
+  schedule.total_steps = plan.total_steps;
+  schedule.min_lr_ratio = options.min_lr_ratio;
+
+  const double flops_per_token = step_flops_per_token(models, options);
+  const double peak_flops = device_peak_flops(device, options.peak_tflops);
+  const bool tty = ::isatty(STDERR_FILENO);
+  std::optional<io::TokenShard> val_shard;
+  if (!options.val_data.empty()) val_shard = io::TokenShard::open(options.val_data.front());
+
+  const fs::path carry_from = models.student_source.dir;
+  const at::ScalarType save_dtype = dtype;
+  auto save = [&]() -> fs::path {
+    if (!lead) return {};
+    metrics.flush();
+    CheckpointContents contents{&models.student->config(), &models.student->weights(), save_dtype, &optimizer,
+                                counters, carry_from,
+                                {{"trained_by", "prime-train"}, {"prime_version", PRIME_VERSION},
+                                 {"plan", plan_json(options)}, {"step", counters.step}, {"tokens", counters.tokens}}};
+    return write_checkpoint(options.out, contents, options.keep);
+  };
+
+  TrainResult result;
+  result.run_dir = options.out;
+  double window_seconds = 0;
+  int64_t window_tokens = 0;
+  while (counters.step < plan.total_steps) {
+    const auto step_start = std::chrono::steady_clock::now();
+    const double lr = schedule.at(counters.step) * counters.lr_scale;
+    optimizer.zero_grad();
+    double loss_sum = 0;
+    std::map<std::string, double> part_sums;
+    for (int64_t pass = 0; pass < plan.accumulation; ++pass) {
+      const Batch batch = data.next();
+      StepLoss step_loss;
+      {
+        AutocastScope scope(autocast);
+        step_loss = compute_step_loss(options, models, batch);
+      }
+      (step_loss.loss / static_cast<double>(plan.accumulation)).backward();
+      loss_sum += step_loss.loss.item<double>();
+      for (const auto& [key, value] : step_loss.parts) part_sums[key] += value;
+    }
+    std::vector<at::Tensor> grads;
+    for (auto& parameter : models.trained) {
+      at::Tensor& grad = parameter.tensor.mutable_grad();
+      if (!grad.defined()) grad = at::zeros_like(parameter.tensor);
+      grads.push_back(grad);
+    }
+    dist.average(grads);
+    loss_sum = dist.average_scalar(loss_sum);
+    double squared = 0;
+    for (const auto& grad : grads) squared += grad.to(at::kDouble).pow(2).sum().item<double>();
+    const double grad_norm = std::sqrt(squared);
+    const double loss = loss_sum / plan.accumulation;
+    counters.data_position = data.position();
+
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      ++counters.bad_steps;
+      ++counters.bad_in_row;
+      if (lead) log << "step " << counters.step + 1 << ": non-finite " << (std::isfinite(loss) ? "gradient" : "loss")
+                    << ", step skipped (" << counters.bad_in_row << " in a row)\n";
+      if (counters.bad_in_row < options.max_bad_steps) continue;
+      const auto checkpoints = list_checkpoints(options.out);
+      if (checkpoints.empty() || counters.rollbacks >= options.max_rollbacks)
+        throw user_error("training diverged: ", counters.bad_in_row, " non-finite steps in a row after ",
+                         counters.rollbacks, " rollback(s); ",
+                         checkpoints.empty() ? std::string("no checkpoint was written yet")
+                                             : "the last good checkpoint is " + checkpoints.back().string(),
+                         ". Lower --lr or check the data.");
+      // Roll back: the last checkpoint's weights and moments, half the learning rate, and the
+      // data moves on past the batches that diverged.
+      LoadedTrainerState state = read_trainer_state(checkpoints.back());
+      const io::Checkpoint weights = io::Checkpoint::open(checkpoints.back());
+      {
+        at::NoGradGuard no_grad;
+        for (auto& parameter : models.trained) {
+          auto master = state.master.find(parameter.name);
+          parameter.tensor.copy_(master != state.master.end() ? master->second : weights.tensor(parameter.name));
+        }
+      }
+      optimizer.load_state(state.optimizer);
+      // Step and tokens go back with the weights; the data position, the bad-step count, the
+      // rollbacks and the learning-rate scale carry on.
+      const TrainerCounters now = counters;
+      counters = state.counters;
+      counters.data_position = now.data_position;
+      counters.bad_steps = now.bad_steps;
+      counters.rollbacks = now.rollbacks + 1;
+      counters.lr_scale = now.lr_scale * 0.5;
+      counters.bad_in_row = 0;
+      ++result.rollbacks;
+      if (lead) log << "rolled back to " << checkpoints.back().filename().string() << " with the learning rate halved (x"
+                    << counters.lr_scale << ")\n";
+      MetricRecord r{"rollback", counters.step, {{"lr_scale", counters.lr_scale}}, {}};
+      record(r);
+      continue;
+    }
+    counters.bad_in_row = 0;
+    counters.tokens += options.batch_tokens;
+    if (options.grad_clip > 0 && grad_norm > options.grad_clip) {
+      at::NoGradGuard no_grad;
+      for (auto& grad : grads) grad.mul_(options.grad_clip / grad_norm);
+    }
+    optimizer.step(lr);
+    ++counters.step;
+    synchronize(device);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    window_seconds += seconds;
+    window_tokens += options.batch_tokens;
+    const double tokens_per_second = options.batch_tokens / seconds;
+    const double mfu = peak_flops > 0 ? flops_per_token * tokens_per_second / peak_flops : std::nan("");
+    result.last_loss = loss;
+
+    MetricRecord step_record{"step", counters.step,
+                             {{"tokens", static_cast<double>(counters.tokens)}, {"loss", loss}, {"lr", lr},
+                              {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_second}, {"mfu", mfu},
+                              {"time", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()}},
+                             {}};
+    for (const auto& [key, value] : part_sums) step_record.values[key] = dist.average_scalar(value) / plan.accumulation;
+    record(step_record);
+
+    if (lead && (counters.step % options.log_every == 0 || counters.step == plan.total_steps)) {
+      const double rate = window_tokens / std::max(window_seconds, 1e-9);
+      const double eta = (plan.total_steps - counters.step) * options.batch_tokens / std::max(rate, 1e-9);
+      std::ostringstream line;
+      line << "step " << counters.step << "/" << plan.total_steps << " | tokens " << human_count(counters.tokens)
+           << " | loss " << std::setprecision(5) << loss << " | lr " << std::scientific << std::setprecision(2) << lr
+           << std::defaultfloat << " | grad-norm " << std::setprecision(3) << grad_norm << " | "
+           << human_count(rate) << " tok/s";
+      if (std::isfinite(mfu)) line << " | MFU " << std::fixed << std::setprecision(1) << 100 * mfu << "%";
+      line << " | ETA " << human_seconds(eta);
+      if (tty) log << "\r\033[K" << line.str() << (counters.step == plan.total_steps ? "\n" : "") << std::flush;
+      else log << line.str() << "\n";
+      window_seconds = 0, window_tokens = 0;
+    }
+
+    if (val_shard && options.eval_every > 0 &&
+        (counters.step % options.eval_every == 0 || counters.step == plan.total_steps) && lead) {
+      eval::PerplexityOptions ppl;
+      ppl.ctx = options.seq_len;
+      ppl.stride = options.seq_len / 2;
+      ppl.max_tokens = std::min<int64_t>(options.val_tokens, val_shard->size());
+      AutocastScope scope(autocast);
+      const eval::PerplexityResult val = eval::perplexity(eval::model_logits(*models.student), *val_shard, ppl, vocab);
+      result.last_val_ppl = val.ppl;
+      record({"eval", counters.step, {{"val_loss", val.nll_mean}, {"val_ppl", val.ppl}, {"tokens", static_cast<double>(counters.tokens)}}, {}});
+      if (tty) log << "\n";
+      log << "eval at step " << counters.step << ": val loss " << val.nll_mean << ", val ppl " << val.ppl << "\n";
+    }
+    if (options.save_every > 0 && counters.step % options.save_every == 0 && counters.step < plan.total_steps) save();
+  }
+  result.final_checkpoint = save().string();
+  if (lead) metrics.flush();
+  dist.barrier();
+  result.steps = counters.step;
+  result.tokens = counters.tokens;
+  result.bad_steps = counters.bad_steps;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  result.tokens_per_second = result.seconds > 0 ? result.tokens / result.seconds : 0;
+  return result;
+}
+
+}  // namespace prime::train
