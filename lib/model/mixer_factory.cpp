@@ -46,8 +46,8 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
   // the JSON library still throws into a UserError naming the sub-config.
   if (symbol == "SWA") {
     const nlohmann::json sub = config.raw.value("swa_config", nlohmann::json::object());
-    const AttentionOptions options =
-        config_json::guarded(where + ": swa_config", [&] { return swa_options(sub, where); });
+    const AttentionOptions options = config_json::guarded(
+        config_json::describe(where, "swa_config"), [&] { return swa_options(sub, where); });
     return std::make_unique<AttentionMixer>(config, weights, layer_prefix + "swa.", options, rope);
   }
   // SSM layers read their own sub-config (formats.md) and weights under their own prefix. The
@@ -59,19 +59,19 @@ std::unique_ptr<Mixer> make_mixer(const io::ModelConfig& config, const TensorMap
     return *found;
   };
   if (symbol == "GKA") {
-    GkaConfig sub = config_json::guarded(where + ": gka_config", [&] {
+    GkaConfig sub = config_json::guarded(config_json::describe(where, "gka_config"), [&] {
       return GkaConfig::from_json(sub_config("gka_config"), where, &config);
     });
     return std::make_unique<GkaMixer>(std::move(sub), weights, layer_prefix + "gka.");
   }
   if (symbol == "GDN") {
-    const GdnConfig sub = config_json::guarded(where + ": gdn_config", [&] {
+    const GdnConfig sub = config_json::guarded(config_json::describe(where, "gdn_config"), [&] {
       return GdnConfig::from_json(sub_config("gdn_config"), where, &config);
     });
     return std::make_unique<GdnMixer>(sub, weights, layer_prefix + "gdn.");
   }
   if (symbol == "M2") {
-    const Mamba2Config sub = config_json::guarded(where + ": mamba2_config", [&] {
+    const Mamba2Config sub = config_json::guarded(config_json::describe(where, "mamba2_config"), [&] {
       return Mamba2Config::from_json(sub_config("mamba2_config"), where, &config);
     });
     return std::make_unique<Mamba2Mixer>(sub, weights, layer_prefix + "mamba.");

@@ -42,7 +42,6 @@ at::Tensor l2_normalize(const at::Tensor& x, double eps);
 // root, the attention scale folded in). Not interchangeable with l2_normalize near x = 0.
 at::Tensor l2_normalize_inside(const at::Tensor& x, double scale);
 
-
 // --- The wiring the SSM mixers' forms share (projection dtype, input and cache checks, state
 // hand-over). Errors name the layer as "<symbol> layer <prefix>".
 

@@ -3,7 +3,7 @@
 // prime does not know, and the structural fields that the base config decides.
 //
 // Every message has the form "<what>: option '<name>' <problem>", where `what` names the layer
-// and the sub-config ("layer 3 (GDN): gdn_config"), so a user can find the line to fix.
+// and the sub-config ("layer 3 (GDN): config.json gdn_config"), so a user can find the line.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -17,9 +17,11 @@
 
 namespace prime::model::config_json {
 
-// "layer 3 (GDN)" + "gdn_config" -> "layer 3 (GDN): gdn_config".
+// "layer 3 (GDN)" + "gdn_config" -> "layer 3 (GDN): config.json gdn_config" (names the file,
+// the object and, in the messages below, the key).
 inline std::string describe(const std::string& layer_desc, const char* sub_config) {
-  return layer_desc.empty() ? std::string(sub_config) : layer_desc + ": " + sub_config;
+  const std::string object = std::string("config.json ") + sub_config;
+  return layer_desc.empty() ? object : layer_desc + ": " + object;
 }
 
 template <typename... Details>
