@@ -2,32 +2,11 @@
 
 #include <ATen/core/grad_mode.h>
 
-#include "convert/in_memory.h"
+#include "convert/model_spec.h"
 #include "util/error.h"
 
 namespace prime::train {
 namespace {
-
-struct Resolved {
-  io::Source source;
-  io::ModelConfig config;
-  model::TensorMap weights;
-};
-
-Resolved resolve(const std::string& spec, const model::LoadOptions& options) {
-  Resolved resolved;
-  if (auto request = convert::parse_convert_spec(spec)) {
-    convert::ConvertedModel converted = convert::convert_in_memory(*request);
-    resolved.source = converted.source;
-    resolved.config = converted.config;
-    resolved.weights = model::prepare_weights(converted.weights, options);
-    return resolved;
-  }
-  resolved.source = io::resolve_source(spec);
-  resolved.config = resolved.source.config;
-  resolved.weights = model::prepare_weights(io::load_source_weights(resolved.source), options);
-  return resolved;
-}
 
 int64_t count_parameters(const model::TensorMap& weights) {
   int64_t total = 0;
@@ -42,10 +21,10 @@ RunModels build_run_models(const ModelSetup& setup) {
   options.device = setup.device;
   options.dtype = setup.dtype;
   RunModels run;
-  Resolved student = resolve(setup.student_spec, options);
+  convert::SpecWeights student = convert::load_spec_weights(setup.student_spec, options);
   run.student_source = student.source;
   if (!setup.teacher_spec.empty()) {
-    Resolved teacher = resolve(setup.teacher_spec, options);
+    convert::SpecWeights teacher = convert::load_spec_weights(setup.teacher_spec, options);
     const io::ModelConfig &s = student.config, &t = teacher.config;
     if (s.vocab_size != t.vocab_size)
       throw user_error("teacher and student have different vocabularies: ", t.vocab_size, " (", setup.teacher_spec,
