@@ -94,7 +94,7 @@ TEST_CASE("every command: parse errors exit 1 naming the flag, --version exits 0
   CHECK(result.exit_code == 0);
 }
 
-TEST_CASE("prime-eval --dump-logits holds transformers' logits for the parity fixture", "[cli][contract][parity]") {
+TEST_CASE("prime-eval --dump-logits holds the transformers logits of the parity fixture", "[cli][contract][parity]") {
   TempDir dir("dump");
   const fs::path fixture = prime::test::fixtures_dir() / "parity" / "qwen3";
   auto reference = prime::io::SafetensorsFile::open(fixture / "reference.safetensors");
@@ -112,7 +112,7 @@ TEST_CASE("prime-eval --dump-logits holds transformers' logits for the parity fi
   CHECK(prime::test::relative_error(dumped.narrow(0, 0, 3), expected.narrow(0, 1, 3)) > 1e-2);
 }
 
-TEST_CASE("--force means the same for files: existing --dump-logits / --json refused without it", "[cli][contract]") {
+TEST_CASE("prime-eval: --force means the same for files, existing --dump-logits / --json refused without it", "[cli][contract]") {
   TempDir dir("force");
   const std::string out = dir / "logits.safetensors";
   std::ofstream(out) << "keep me";
@@ -230,7 +230,7 @@ TEST_CASE("converted outputs carry the source's LICENSE and the card names it", 
   CHECK_THAT(text, !Contains("prime-train"));
 }
 
-TEST_CASE("an interrupted prime-convert leaves nothing; a killed one is cleaned up by the next run", "[cli][contract][convert]") {
+TEST_CASE("an interrupted prime-convert leaves nothing, a killed one is cleaned up by the next run", "[cli][contract][convert]") {
   TempDir dir("signal");
   // Large enough that writing takes a while (a 6-layer Qwen3-0.6B-shaped model, ~370 MB in bf16).
   const std::string source = "synthetic:qwen3-0.6b@layers=6";

@@ -153,16 +153,21 @@ TEST_CASE("convert: every family converts and runs (MoE passes through, biases, 
   }
 }
 
-TEST_CASE("convert: an all-attention pattern reproduces the source logits exactly", "[convert]") {
+TEST_CASE("convert: an all-attention pattern reproduces the source weights exactly and its logits", "[convert]") {
   for (const char* fixture : {"qwen3", "qwen3_moe", "qwen2"}) {
     test::ConvertTempDir dir(std::string("identity_") + fixture);
     const auto source_dir = test::parity_fixture(fixture);
     const int64_t layers = io::resolve_source(source_dir.string()).config.num_hidden_layers;
     test::convert_quietly(test::pattern_options(
         source_dir.string(), io::join_layer_pattern(std::vector<std::string>(layers, "*")), dir / "out"));
-    const std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
     INFO(fixture);
-    CHECK(at::equal(logits_of((dir / "out").string(), ids), logits_of(source_dir.string(), ids)));
+    const io::Checkpoint in = io::Checkpoint::open(source_dir), out = io::Checkpoint::open(dir / "out");
+    CHECK(out.names().size() == in.names().size());
+    for (const auto& name : in.names()) CHECK(at::equal(out.tensor(name), in.tensor(name)));
+    // The same weights at other file offsets: CPU kernels may pick another summation order for
+    // differently aligned data (seen for the MoE experts), so the logits agree to fp32 rounding.
+    const std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
+    CHECK(test::relative_error(logits_of((dir / "out").string(), ids), logits_of(source_dir.string(), ids)) <= 1e-5);
   }
 }
 
