@@ -13,7 +13,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
 packages=(build-essential cmake nlohmann-json3-dev libeigen3-dev libcli11-dev catch2 libsqlite3-dev
-          libpcre2-dev libutf8proc-dev libopenblas0-pthread xz-utils ccache python3-pip)
+          libpcre2-dev libutf8proc-dev libgloo-dev libopenblas0-pthread xz-utils ccache python3-pip)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -43,7 +43,7 @@ TORCH_CMAKE=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 if [ "${1:-}" = "--gather-deps" ]; then
   log "gathering headers and libraries into .deps/"
   rm -rf .deps && mkdir -p .deps/include .deps/lib/cmake
-  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/catch2 /usr/include/eigen3 .deps/include/
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/catch2 /usr/include/eigen3 /usr/include/gloo .deps/include/
   cp /usr/include/pcre2.h /usr/include/utf8proc.h /usr/include/sqlite3.h /usr/include/sqlite3ext.h .deps/include/
   cp -a /usr/lib/x86_64-linux-gnu/libpcre2-8.so* /usr/lib/x86_64-linux-gnu/libutf8proc.so* \
         /usr/lib/x86_64-linux-gnu/libsqlite3.so* .deps/lib/

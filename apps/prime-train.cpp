@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
     std::cout << "trained " << result.steps << " steps, " << result.tokens << " tokens in " << result.seconds
               << " s; final loss " << result.last_loss;
     if (result.last_val_ppl > 0) std::cout << ", val ppl " << result.last_val_ppl;
-    std::cout << "\ncheckpoint: " << result.final_checkpoint << "\n";
+    std::cout << "\n";
+    if (!result.final_checkpoint.empty()) std::cout << "checkpoint: " << result.final_checkpoint << "\n";
   });
 }

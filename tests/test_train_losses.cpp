@@ -76,13 +76,23 @@ TEST_CASE("chunked LM loss and its gradients equal full-vocabulary autograd (flo
   }
 }
 
-TEST_CASE("normalized MSE divides by the teacher's variance and treats it as a constant", "[train]") {
+TEST_CASE("normalized MSE divides each token by the teacher's variance and treats it as a constant", "[train]") {
   at::manual_seed(3);
   const at::Tensor teacher = at::randn({2, 5, 8}, at::kDouble) * 3 + 1;
   const at::Tensor student = (teacher + 0.1 * at::randn_like(teacher)).requires_grad_(true);
   const at::Tensor loss = normalized_mse(student, teacher);
-  const double expected = (student.detach() - teacher).pow(2).mean().item<double>() / teacher.var(c10::nullopt, 0).item<double>();
+  double expected = 0;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 5; ++t) {
+      const at::Tensor h = teacher[b][t];
+      const double variance = (h - h.mean()).pow(2).mean().item<double>();
+      expected += (student[b][t].detach() - h).pow(2).mean().item<double>() / variance / 10;
+    }
   CHECK(loss.item<double>() == Approx(expected).epsilon(1e-6));
+  // Split in two halves, the mean of the halves' losses is the whole batch's.
+  const double halves = 0.5 * (normalized_mse(student.narrow(0, 0, 1), teacher.narrow(0, 0, 1)).item<double>() +
+                               normalized_mse(student.narrow(0, 1, 1), teacher.narrow(0, 1, 1)).item<double>());
+  CHECK(halves == Approx(loss.item<double>()).epsilon(1e-6));
   loss.backward();
   CHECK(student.grad().defined());
 }

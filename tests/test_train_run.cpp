@@ -53,6 +53,15 @@ std::vector<double> losses_of(const std::string& metrics_path) {
   return losses;
 }
 
+prime::test::CliRun run_shell(const std::string& command) {
+  std::string output;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {WEXITSTATUS(status), output};
+}
+
 model::TensorMap snapshot(const model::HybridModel& model) {
   model::TensorMap copy;
   for (const auto& [name, tensor] : model.weights()) copy[name] = tensor.detach().clone();
@@ -195,6 +204,31 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   const auto eval = prime::test::run_cli("prime-eval --model " + killed_dir + "/final --token-ids 1,2,3 --generate 2");
   INFO(eval.output);
   CHECK(eval.exit_code == 0);
+}
+
+TEST_CASE("two Gloo ranks under torchrun give the loss curve of one rank with the same global batch", "[train][cli]") {
+  TrainDir dir("ranks");
+  const std::string data = prime::test::write_pattern_shard(dir / "data.tok", 20000);
+  const std::string args = " --model '" + prime::test::kTinyTeacher + "+convert:GDN:1:1' --teacher '" +
+                           prime::test::kTinyTeacher + "' --stage align --align-layers mixer --data " + data +
+                           " --tokens 2048 --batch-tokens 256 --seq-len 32 --lr 3e-3 --save-every 4";
+  const auto one = prime::test::run_cli("prime-train" + args + " --out " + (dir / "one"));
+  INFO(one.output);
+  REQUIRE(one.exit_code == 0);
+  const std::string port = std::to_string(20000 + ::getpid() % 20000);
+  // torchrun comes with the torch wheel setup.sh installs.
+  const auto two = run_shell("python3 -m torch.distributed.run --no-python --nproc-per-node 2 --master-port " + port +
+                             " " + PRIME_BIN_DIR + "/prime-train" + args + " --out " + (dir / "two"));
+  INFO(two.output);
+  REQUIRE(two.exit_code == 0);
+  const std::vector<double> a = losses_of(dir / "one/metrics.jsonl"), b = losses_of(dir / "two/metrics.jsonl");
+  REQUIRE(a.size() == 8);
+  REQUIRE(b.size() == a.size());  // rank 0 alone writes metrics
+  for (size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(i, a[i], b[i]);
+    CHECK(std::abs(a[i] - b[i]) <= 1e-5 * std::abs(a[i]));
+  }
+  CHECK(list_checkpoints(dir / "two").size() == 2);
 }
 
 TEST_CASE("a diverging run rolls back with half the learning rate, then stops with its checkpoint intact", "[train]") {

@@ -1,25 +1,144 @@
 #include "train/distributed.h"
 
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
 #include <cstdlib>
+#include <string>
 
 #include "util/error.h"
 
 namespace prime::train {
 
-struct Distributed::Group {};
+struct Distributed::Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
 
-Distributed Distributed::from_environment(const std::string& device) {
+namespace {
+
+std::string environment(const char* name, const std::string& fallback = "") {
+  const char* value = std::getenv(name);
+  return value && *value ? value : fallback;
+}
+
+int64_t environment_int(const char* name, int64_t fallback) {
+  const std::string text = environment(name);
+  if (text.empty()) return fallback;
+  try {
+    return std::stoll(text);
+  } catch (const std::exception&) {
+    throw user_error("environment variable ", name, "=", text, " is not an integer");
+  }
+}
+
+// Gradients go through buffers of about this many bytes: few collectives, bounded extra memory.
+constexpr int64_t kBucketBytes = 32 << 20;
+
+// Runs `collective` on the tensors packed into flat buckets (one dtype and device per bucket),
+// then copies the results back.
+template <typename Collective>
+void bucketed(std::vector<at::Tensor>& tensors, Collective collective) {
+  size_t begin = 0;
+  while (begin < tensors.size()) {
+    size_t end = begin;
+    int64_t bytes = 0;
+    while (end < tensors.size() && (end == begin || (bytes + tensors[end].nbytes() <= kBucketBytes &&
+                                                     tensors[end].scalar_type() == tensors[begin].scalar_type() &&
+                                                     tensors[end].device() == tensors[begin].device())))
+      bytes += tensors[end++].nbytes();
+    std::vector<at::Tensor> pieces;
+    for (size_t i = begin; i < end; ++i) pieces.push_back(tensors[i].reshape({-1}));
+    at::Tensor flat = at::cat(pieces);
+    collective(flat);
+    int64_t offset = 0;
+    for (size_t i = begin; i < end; ++i) {
+      const int64_t n = tensors[i].numel();
+      tensors[i].copy_(flat.narrow(0, offset, n).view(tensors[i].sizes()));
+      offset += n;
+    }
+    begin = end;
+  }
+}
+
+}  // namespace
+
+Distributed Distributed::from_environment() {
   Distributed dist;
-  const char* world = std::getenv("WORLD_SIZE");
-  if (world && std::atoll(world) > 1)
-    throw user_error("WORLD_SIZE=", world, ": this build of prime-train runs one process; data-parallel ranks "
-                     "need the c10d backends");
+  dist.world_ = environment_int("WORLD_SIZE", 1);
+  if (dist.world_ <= 1) {
+    dist.world_ = 1;
+    return dist;
+  }
+  dist.rank_ = environment_int("RANK", -1);
+  if (dist.rank_ < 0 || dist.rank_ >= dist.world_)
+    throw user_error("WORLD_SIZE=", dist.world_, " needs RANK in [0, ", dist.world_, ") (start ranks with torchrun or srun)");
+  const std::string address = environment("MASTER_ADDR", "127.0.0.1");
+  const int64_t port = environment_int("MASTER_PORT", 29500);
+  c10d::TCPStoreOptions store_options;
+  store_options.port = static_cast<uint16_t>(port);
+  // Under torchrun the agent already serves the store on MASTER_PORT; otherwise (srun, by hand)
+  // rank 0 serves it.
+  store_options.isServer = environment("TORCHELASTIC_USE_AGENT_STORE") != "True" && dist.rank_ == 0;
+  store_options.numWorkers = dist.world_;
+  store_options.timeout = std::chrono::seconds(300);
+  dist.group_ = std::make_shared<Group>();
+  try {
+    dist.group_->store = c10::make_intrusive<c10d::TCPStore>(address, store_options);
+    // Gloo for CPU tensors, and for CUDA tensors too (through host memory), so one backend
+    // serves both; the gradient traffic of priming (SSM layers only) is small.
+    auto options = c10d::ProcessGroupGloo::Options::create();
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    dist.group_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("prime-train", dist.group_->store), static_cast<int>(dist.rank_),
+        static_cast<int>(dist.world_), options);
+  } catch (const c10::Error& error) {
+    throw user_error("cannot join the process group at ", address, ":", port, " as rank ", dist.rank_, " of ",
+                     dist.world_, ": ", error.what_without_backtrace());
+  }
+  dist.local_rank_ = environment_int("LOCAL_RANK", dist.rank_);
   return dist;
 }
 
-void Distributed::average(std::vector<at::Tensor>& tensors) {}
-double Distributed::average_scalar(double value) { return value; }
-void Distributed::broadcast_parameters(std::vector<TrainedParameter>& parameters) {}
-void Distributed::barrier() {}
+at::Device Distributed::local_device(const at::Device& device) const {
+  if (world_ == 1 || !device.is_cuda() || device.has_index()) return device;
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank_));
+}
+
+void Distributed::average(std::vector<at::Tensor>& tensors) {
+  if (world_ == 1) return;
+  at::NoGradGuard no_grad;
+  const double scale = 1.0 / static_cast<double>(world_);
+  bucketed(tensors, [&](at::Tensor& flat) {
+    std::vector<at::Tensor> buffer{flat};
+    group_->backend->allreduce(buffer)->wait();
+    flat.mul_(scale);
+  });
+}
+
+double Distributed::average_scalar(double value) {
+  if (world_ == 1) return value;
+  std::vector<at::Tensor> buffer{at::full({1}, value, at::kDouble)};
+  group_->backend->allreduce(buffer)->wait();
+  return buffer[0].item<double>() / static_cast<double>(world_);
+}
+
+void Distributed::broadcast_parameters(std::vector<TrainedParameter>& parameters) {
+  if (world_ == 1) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> tensors;
+  for (auto& parameter : parameters) tensors.push_back(parameter.tensor.detach());
+  bucketed(tensors, [&](at::Tensor& flat) {
+    std::vector<at::Tensor> buffer{flat};
+    group_->backend->broadcast(buffer)->wait();
+  });
+}
+
+void Distributed::barrier() {
+  if (world_ == 1) return;
+  group_->backend->barrier()->wait();
+}
 
 }  // namespace prime::train

@@ -16,11 +16,13 @@ namespace prime::train {
 
 class Distributed {
  public:
-  // device: the --device flag ("cuda" picks LOCAL_RANK's GPU when several ranks run).
-  static Distributed from_environment(const std::string& device);
+  // UserError when the variables are inconsistent or the group cannot be joined.
+  static Distributed from_environment();
 
   int64_t rank() const { return rank_; }
   int64_t world() const { return world_; }
+  // "cuda" without an index means this rank's GPU (LOCAL_RANK) when several ranks run.
+  at::Device local_device(const at::Device& device) const;
   // Averages the tensors in place across ranks (bucketed into flat buffers).
   void average(std::vector<at::Tensor>& tensors);
   double average_scalar(double value);
@@ -31,7 +33,7 @@ class Distributed {
   struct Group;
 
  private:
-  int64_t rank_ = 0, world_ = 1;
+  int64_t rank_ = 0, world_ = 1, local_rank_ = 0;
   std::shared_ptr<Group> group_;
 };
 

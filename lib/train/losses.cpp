@@ -152,8 +152,10 @@ struct ChunkedLmLoss : public torch::autograd::Function<ChunkedLmLoss> {
 
 at::Tensor normalized_mse(const at::Tensor& student, const at::Tensor& teacher) {
   const at::Tensor target = teacher.detach().to(at::kFloat);
-  const at::Tensor variance = target.var(/*dim=*/c10::nullopt, /*correction=*/0).clamp_min(1e-12);
-  return (student.to(at::kFloat) - target).pow(2).mean() / variance;
+  // Per token, so the loss of a batch is the mean of its tokens' losses: split over micro-batches
+  // or ranks it sums back to the same value (a batch-wide variance would not).
+  const at::Tensor variance = target.var(-1, /*correction=*/0, /*keepdim=*/true).clamp_min(1e-12);
+  return ((student.to(at::kFloat) - target).pow(2) / variance).mean();
 }
 
 at::Tensor chunked_lm_loss(const at::Tensor& student_hidden, const at::Tensor& head,

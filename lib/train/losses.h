@@ -9,8 +9,9 @@
 
 namespace prime::train {
 
-// MSE over tokens and channels divided by the teacher's variance (so values compare across
-// models and sizes); teacher is treated as a constant.
+// MSE over tokens and channels, each token's divided by the variance of the teacher's vector for
+// that token (so values compare across models and sizes, and a batch's loss is the mean of its
+// tokens'); teacher is treated as a constant.
 at::Tensor normalized_mse(const at::Tensor& student, const at::Tensor& teacher);
 
 struct LmLossOptions {

@@ -159,7 +159,7 @@ TrainResult run_training(const TrainOptions& requested, const std::string& comma
                          MetricsSink* extra_metrics) {
   TrainOptions options = requested;
   const auto started = std::chrono::steady_clock::now();
-  Distributed dist = Distributed::from_environment(options.device);
+  Distributed dist = Distributed::from_environment();
   const bool lead = dist.rank() == 0;
   if (options.out.empty()) throw user_error("--out RUN_DIR is required");
   prepare_run_dir(options);
@@ -172,7 +172,7 @@ TrainResult run_training(const TrainOptions& requested, const std::string& comma
     throw user_error("--save-every/--eval-every must be >= 0, --keep and --max-bad-steps >= 1");
   const StepPlan plan = plan_steps(options, dist.world());
 
-  const at::Device device = parse_device(options.device);
+  const at::Device device = dist.local_device(parse_device(options.device));
   const at::ScalarType dtype = parse_dtype_flag(options.dtype);
   if (device.is_cpu() && dtype != at::kFloat)
     throw user_error("--dtype ", options.dtype, " trains on CUDA (bf16 autocast); on the CPU use --dtype fp32");
@@ -402,7 +402,7 @@ TrainResult run_training(const TrainOptions& requested, const std::string& comma
     }
     if (options.save_every > 0 && counters.step % options.save_every == 0 && counters.step < plan.total_steps) save();
   }
-  result.final_checkpoint = save().string();
+  result.final_checkpoint = save().string();  // empty on ranks other than 0
   if (lead) metrics.flush();
   dist.barrier();
   result.steps = counters.step;
