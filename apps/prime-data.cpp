@@ -91,12 +91,16 @@ int main(int argc, char** argv) {
         tokenize.progress_tty = prime::data::ProgressMeter::stderr_is_tty();
       }
       const auto report = prime::data::tokenize_files(tokenizer, tokenize);
+      for (const auto& stale : report.removed_stale)
+        std::cout << "removed " << stale << ", the partial output of an earlier run that was killed\n";
       for (const auto& output : report.outputs) std::cout << "wrote " << output << "\n";
       std::printf("%lld files, %lld documents, %lld tokens, %.1f MB of text in %.2f s (%.2f MB/s)\n",
                   static_cast<long long>(report.files), static_cast<long long>(report.documents),
                   static_cast<long long>(report.tokens), report.bytes / 1e6, report.seconds, report.mb_per_s());
     } else if (pack_command->parsed()) {
       const auto report = prime::data::pack_shards(pack);
+      for (const auto& stale : report.removed_stale)
+        std::cout << "removed " << stale << ", the partial output of an earlier run that was killed\n";
       std::cout << "wrote " << report.out << ": " << report.windows << " windows of " << pack.seq_len << " tokens ("
                 << report.tokens_dropped << " of " << report.tokens_in << " tokens dropped at the end)\n";
       if (!report.positions_out.empty()) std::cout << "wrote " << report.positions_out << " (document positions)\n";

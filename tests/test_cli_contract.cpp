@@ -281,3 +281,32 @@ TEST_CASE("an interrupted prime-convert leaves nothing, a killed one is cleaned 
   CHECK_FALSE(fs::exists(leftover));
   CHECK(fs::exists(alive));
 }
+
+TEST_CASE("prime-data: --out-dir is created, existing shards need --force, a killed run's temp file is removed", "[cli][contract][data]") {
+  TempDir dir("data");
+  std::ofstream(dir / "a.txt") << "One paragraph.\n\nAnother one here.\n";
+  const std::string tokenizer =
+      " --tokenizer " + (prime::test::shared_dir() / "data/tokenizers/gpt2-bytelevel-bpe.tokenizer.json").string();
+  const std::string out_dir = dir / "new/shards";
+  auto result = prime::test::run_cli("prime-data tokenize " + (dir / "a.txt") + tokenizer + " --out-dir " + out_dir);
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(fs::exists(fs::path(out_dir) / "a.tok"));
+  result = prime::test::run_cli("prime-data tokenize " + (dir / "a.txt") + tokenizer + " --out-dir " + out_dir);
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("already exists"));
+  // A temporary shard left by a process that no longer exists goes, and the run says so.
+  std::fflush(nullptr);
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  const fs::path leftover = fs::path(out_dir) / (".a.tok.tmp-" + std::to_string(dead) + "-0");
+  std::ofstream(leftover) << "partial";
+  result = prime::test::run_cli("prime-data tokenize " + (dir / "a.txt") + tokenizer + " --out-dir " + out_dir + " --force");
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("removed " + leftover.string()));
+  CHECK_FALSE(fs::exists(leftover));
+  result = prime::test::run_cli("prime-data pack " + out_dir + "/a.tok --seq-len 4 --out " + out_dir + "/a.tok");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--out " + out_dir + "/a.tok already exists"));
+}

@@ -71,6 +71,7 @@ PackReport pack_shards(const PackOptions& options) {
   std::unique_ptr<io::TokenShardWriter> positions_writer;
   PackReport report;
   report.out = options.out;
+  for (const auto& stale : writer.removed_stale()) report.removed_stale.push_back(stale.string());
   if (options.document_mask) {
     report.positions_out = options.positions_out.empty() ? positions_path_for(options.out) : options.positions_out;
     io::TokenShardHeader positions = header;
@@ -78,6 +79,7 @@ PackReport pack_shards(const PackOptions& options) {
     positions.width = io::width_for_vocab(options.seq_len);
     positions.vocab_size = static_cast<uint32_t>(options.seq_len);
     positions_writer = std::make_unique<io::TokenShardWriter>(report.positions_out, positions);
+    for (const auto& stale : positions_writer->removed_stale()) report.removed_stale.push_back(stale.string());
   }
 
   // Walk the concatenated stream one window at a time.

@@ -27,6 +27,7 @@ struct PackOptions {
 struct PackReport {
   int64_t windows = 0, tokens_in = 0, tokens_dropped = 0, documents = 0;
   std::string out, positions_out;
+  std::vector<std::string> removed_stale;  // leftovers of killed runs removed before writing
 };
 
 // "windows.tok" -> "windows.pos.tok"; other names get ".pos.tok" appended.

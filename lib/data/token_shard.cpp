@@ -112,7 +112,7 @@ TokenShardWriter::TokenShardWriter(std::filesystem::path path, TokenShardHeader 
   struct stat info {};
   if (::stat(path_.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
     throw user_error("cannot write token shard ", path_.string(), ": it is a directory");
-  remove_stale_staging(path_);  // temporary files of runs that were killed (SIGKILL)
+  removed_stale_ = remove_stale_staging(path_);  // temporary files of runs that were killed (SIGKILL)
   interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(temp_path_);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw user_error("cannot create ", path_.string(), " (temporary ", temp_path_.string(), "): ", errno_text());

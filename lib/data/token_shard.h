@@ -78,11 +78,14 @@ class TokenShardWriter {
   TokenShardHeader& header() { return header_; }
   uint64_t count() const { return count_; }
   void finish();
+  // Temporary files of killed runs (named after dead pids) the constructor removed.
+  const std::vector<std::filesystem::path>& removed_stale() const { return removed_stale_; }
 
  private:
   void flush_buffer();
   std::filesystem::path path_, temp_path_;
   std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;  // the temporary file, until renamed
+  std::vector<std::filesystem::path> removed_stale_;
   TokenShardHeader header_;
   int fd_ = -1;
   std::vector<uint8_t> buffer_;

@@ -223,7 +223,10 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
     }
   }
   for (const auto& output : report.outputs) check_output_file(output, options.out.empty() ? "--out-dir" : "--out", options.force);
-  for (const auto& output : report.outputs) writers.push_back(std::make_unique<io::TokenShardWriter>(output, header));
+  for (const auto& output : report.outputs) {
+    writers.push_back(std::make_unique<io::TokenShardWriter>(output, header));
+    for (const auto& stale : writers.back()->removed_stale()) report.removed_stale.push_back(stale.string());
+  }
 
   std::vector<uint64_t> sizes;
   uint64_t total = 0;

@@ -34,6 +34,7 @@ struct TokenizeReport {
   int64_t files = 0, documents = 0, tokens = 0, bytes = 0;
   double seconds = 0;
   std::vector<std::string> outputs;
+  std::vector<std::string> removed_stale;  // leftovers of killed runs removed before writing
   double mb_per_s() const { return seconds > 0 ? bytes / seconds / 1e6 : 0; }
 };
 
