@@ -190,6 +190,7 @@ at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o) const {
 }
 
 at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
   GdnCache* gdn_cache = typed_cache<GdnCache>(cache, x, "GDN", prefix_);
   if (gdn_cache && x.size(1) == 1) return step(x, *gdn_cache);
@@ -201,6 +202,7 @@ at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GdnMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
   GdnCache* gdn_cache = typed_cache<GdnCache>(cache, x, "GDN", prefix_);
   const Inputs in = prepare(x, gdn_cache);
@@ -211,6 +213,7 @@ at::Tensor GdnMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
   PRIME_CHECK(x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token, got ", x.size(1));
   GdnCache* gdn_cache = typed_cache<GdnCache>(&cache, x, "GDN", prefix_);

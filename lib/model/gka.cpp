@@ -189,6 +189,7 @@ gka_detail::SolveOptions solve_options(const GkaConfig& config) {
 }  // namespace
 
 at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   if (x.size(1) == 0) return at::zeros_like(x);  // nothing to mix; the cache is untouched
   if (cache && x.size(1) == 1) return step(x, *cache);
@@ -209,6 +210,7 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   if (x.size(1) == 0) return at::zeros_like(x);
   GkaCache* gka_cache = typed_cache<GkaCache>(cache, x, "GKA", prefix_);
@@ -233,6 +235,7 @@ at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
   GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);

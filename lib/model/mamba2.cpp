@@ -187,6 +187,7 @@ at::Tensor Mamba2Mixer::finish(const at::Tensor& x, const Inputs& in, const at::
 }
 
 at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
   Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(cache, x, "Mamba-2", prefix_);
   if (m2_cache && x.size(1) == 1) return step(x, *m2_cache);
@@ -198,6 +199,7 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
 }
 
 at::Tensor Mamba2Mixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
   Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(cache, x, "Mamba-2", prefix_);
   const Inputs in = prepare(x, m2_cache);
@@ -208,6 +210,7 @@ at::Tensor Mamba2Mixer::forward_recurrent(const at::Tensor& x, LayerCache* cache
 }
 
 at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
+  const OutsideAutocast outside_autocast;
   check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
   PRIME_CHECK(x.size(1) == 1, "Mamba-2 layer ", prefix_, ": step() takes one token, got ", x.size(1));
   Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(&cache, x, "Mamba-2", prefix_);

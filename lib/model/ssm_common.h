@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdint>
 #include <string>
@@ -44,6 +45,14 @@ at::Tensor l2_normalize_inside(const at::Tensor& x, double scale);
 
 // --- The wiring the SSM mixers' forms share (projection dtype, input and cache checks, state
 // hand-over). Errors name the layer as "<symbol> layer <prefix>".
+
+// SSM mixers run outside autocast: under a bf16 autocast region (training on CUDA) their
+// recurrences, decays and states stay fp32, as design/ssm-layers.md requires, and the chunked
+// forms' triangular solves (which have no bf16 kernels) get fp32. Projections keep the input's
+// dtype. Construct one at the top of a mixer's forward.
+struct OutsideAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 // fp32 internals; float64 stays float64 so that gradients can be checked against finite
 // differences.
