@@ -97,7 +97,7 @@ TEST_CASE("batches: stream windows shift targets by one, ranks take disjoint sli
   CHECK_THROWS_WITH(TrainData(options), Catch::Contains("one batch needs 120"));
 }
 
-TEST_CASE("align trains only the SSM layers; the teacher's tensors are shared, not copied", "[train]") {
+TEST_CASE("align trains only the SSM layers, and the teacher's tensors are shared, not copied", "[train]") {
   TrainDir dir("align");
   TrainOptions options = tiny_options(dir, Stage::Align);
   options.align_layers = AlignLayers::Mixer;

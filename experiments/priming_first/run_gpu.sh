@@ -27,7 +27,7 @@ if [ ! -x $bin/prime-train ] || [ ! -x $bin/prime-eval ]; then
     { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
   echo "build: $(( $(date +%s) - start )) s"
 fi
-teacher_spec='synthetic:qwen3-0.6b@layers=6,hidden=512,heads=8,kv_heads=4,head_dim=64,intermediate=1536,vocab=50257,max_positions=4096,seed=1'
+teacher_spec='synthetic:qwen3-0.6b@layers=6,hidden=512,heads=8,kv_heads=4,head_dim=64,intermediate=1536,vocab=50304,max_positions=4096,seed=1'
 seq=512
 ppl() {  # ppl MODEL -> "ppl tokens"
   $bin/prime-eval --model "$1" --device cuda --dtype bf16 --ppl $data/gutenberg.valid.gpt2.tok --ctx $seq --stride 256 \

@@ -65,8 +65,9 @@ Scales scales_for(int64_t tokens, int64_t scored, const LmLossOptions& options) 
   return scales;
 }
 
+// In the head's dtype (bf16 heads stay bf16: no fp32 copy of a [V, d] matrix per chunk), then fp32.
 at::Tensor logits_of(const at::Tensor& hidden, const at::Tensor& head) {
-  return at::linear(hidden, head).to(at::kFloat);
+  return at::linear(hidden.to(head.scalar_type()), head).to(at::kFloat);
 }
 
 // Inputs that take no gradient (and may be undefined), kept out of autograd's argument list.
@@ -140,7 +141,7 @@ struct ChunkedLmLoss : public torch::autograd::Function<ChunkedLmLoss> {
           teacher_hidden.defined() ? logits_of(teacher_hidden.narrow(0, begin, n), teacher_head) : at::Tensor();
       const at::Tensor chunk_targets = targets.defined() ? targets.narrow(0, begin, n) : at::Tensor();
       const at::Tensor dz = chunk_terms(z, teacher_z, chunk_targets, temperature, kl_scale, ce_scale, true).grad_logits * upstream;
-      grad_hidden.narrow(0, begin, n).copy_(at::matmul(dz, head.to(at::kFloat)));
+      grad_hidden.narrow(0, begin, n).copy_(at::matmul(dz.to(head.scalar_type()), head));
       if (grad_head.defined()) grad_head.add_(at::matmul(dz.t(), h.to(at::kFloat)));
     }
     return {grad_hidden, grad_head.defined() ? grad_head.to(head.scalar_type()) : at::Tensor(), at::Tensor(),
