@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
       ->group("Compute");
   app.add_flag("--recompute", options.recompute, "recompute each layer's activations in backward (less memory)")
       ->group("Compute");
-  app.add_option("--loss-chunk-tokens", options.loss_chunk_tokens, "tokens per vocabulary-loss chunk (default 2048)")
+  app.add_option("--loss-chunk-tokens", options.loss_chunk_tokens, "tokens per vocabulary-loss chunk (default: ~16 MB of logits on CPU, ~512 MB on GPU)")
       ->group("Compute");
   app.add_option("--peak-tflops", options.peak_tflops, "device bf16 peak for MFU (default: 989 on CUDA)")
       ->group("Compute");

@@ -10,6 +10,15 @@ namespace {
 
 at::Tensor flat(const at::Tensor& hidden) { return hidden.reshape({-1, hidden.size(-1)}); }
 
+// Tokens per vocabulary chunk: as asked, or so that one chunk's fp32 logits stay near 16 MB on a
+// CPU (larger buffers go to fresh mmap'd pages each time, and page faults then dominate) and near
+// 512 MB on a GPU (whose caching allocator reuses them).
+int64_t chunk_tokens(const TrainOptions& options, const model::HybridModel& model) {
+  if (options.loss_chunk_tokens > 0) return options.loss_chunk_tokens;
+  const int64_t budget = model.device().is_cuda() ? (int64_t{128} << 20) : (int64_t{4} << 20);
+  return std::max<int64_t>(1, budget / model.config().vocab_size);
+}
+
 }  // namespace
 
 StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const Batch& batch) {
@@ -26,7 +35,7 @@ StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const
     const at::Tensor hidden = student.forward(ids, nullptr, student_options);
     LmLossOptions lm;
     lm.ce_weight = 1;
-    lm.chunk_tokens = options.loss_chunk_tokens;
+    lm.chunk_tokens = chunk_tokens(options, student);
     LmLossParts parts;
     result.loss = chunked_lm_loss(flat(hidden), student.lm_head(), {}, {}, targets, lm, &parts);
     result.parts["ce"] = parts.ce;
@@ -53,7 +62,7 @@ StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const
     lm.kl_weight = 1;
     lm.ce_weight = options.ce_weight;
     lm.temperature = options.temperature;
-    lm.chunk_tokens = options.loss_chunk_tokens;
+    lm.chunk_tokens = chunk_tokens(options, student);
     LmLossParts parts;
     result.loss = chunked_lm_loss(flat(hidden), student.lm_head(), flat(teacher_hidden), teacher.lm_head(), targets,
                                   lm, &parts);

@@ -40,7 +40,7 @@ struct TrainOptions {
   bool recompute = false;
   uint64_t seed = 0;
   int64_t log_every = 1;
-  int64_t loss_chunk_tokens = 2048;
+  int64_t loss_chunk_tokens = 0;  // 0: from the vocabulary and device (step_loss.cpp)
   double peak_tflops = 0;  // 0: the device's known bf16 peak (H100/H200 989), none on CPU
 };
 

@@ -155,8 +155,8 @@ void write_run_json(const TrainOptions& options, const std::string& command_line
 
 }  // namespace
 
-TrainResult run_training(const TrainOptions& requested, const std::string& command_line, std::ostream& log,
-                         MetricsSink* extra_metrics) {
+static TrainResult run_training_unguarded(const TrainOptions& requested, const std::string& command_line,
+                                          std::ostream& log, MetricsSink* extra_metrics) {
   TrainOptions options = requested;
   const auto started = std::chrono::steady_clock::now();
   Distributed dist = Distributed::from_environment();
@@ -411,6 +411,17 @@ TrainResult run_training(const TrainOptions& requested, const std::string& comma
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   result.tokens_per_second = result.seconds > 0 ? result.tokens / result.seconds : 0;
   return result;
+}
+
+TrainResult run_training(const TrainOptions& options, const std::string& command_line, std::ostream& log,
+                         MetricsSink* extra_metrics) {
+  try {
+    return run_training_unguarded(options, command_line, log, extra_metrics);
+  } catch (const c10::OutOfMemoryError& error) {
+    // A model or batch that does not fit is the run's size, not a bug: say what to change.
+    throw user_error("out of device memory (", error.what_without_backtrace(),
+                     "). Try --recompute, a smaller --micro-batch-tokens, or fewer trained groups");
+  }
 }
 
 }  // namespace prime::train
