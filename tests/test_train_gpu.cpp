@@ -2,10 +2,8 @@
 // every layer type.
 #include <catch2/catch.hpp>
 
-#include <fstream>
+#include <cmath>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "test_train_util.h"
 #include "train/trainer.h"
@@ -14,20 +12,6 @@ using namespace prime;
 using namespace prime::train;
 using prime::test::TrainDir;
 
-namespace {
-
-std::vector<double> step_losses(const std::string& run_dir) {
-  std::vector<double> losses;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto json = nlohmann::json::parse(line);
-    if (json["kind"] == "step") losses.push_back(json["loss"].get<double>());
-  }
-  return losses;
-}
-
-}  // namespace
 
 TEST_CASE("priming on CUDA: fp32 follows the CPU run, bf16 autocast trains GDN, Mamba-2 and GKA", "[gpu][train]") {
   if (!prime::test::gpu_available_or_fail()) return;
@@ -49,7 +33,8 @@ TEST_CASE("priming on CUDA: fp32 follows the CPU run, bf16 autocast trains GDN, 
   options.device = "cuda";
   options.out = dir / "cuda";
   run_training(options, "test", log);
-  const auto cpu = step_losses(dir / "cpu"), cuda = step_losses(dir / "cuda");
+  const auto cpu = prime::test::step_losses(dir / "cpu/metrics.jsonl");
+  const auto cuda = prime::test::step_losses(dir / "cuda/metrics.jsonl");
   REQUIRE(cuda.size() == cpu.size());
   for (size_t i = 0; i < cpu.size(); ++i) {
     CAPTURE(i, cpu[i], cuda[i]);
@@ -62,7 +47,7 @@ TEST_CASE("priming on CUDA: fp32 follows the CPU run, bf16 autocast trains GDN, 
     options.out = dir / (std::string("bf16-") + pattern);
     options.tokens = 512 * 16;
     const TrainResult result = run_training(options, "test", log);
-    const auto losses = step_losses(options.out);
+    const auto losses = prime::test::step_losses(options.out + "/metrics.jsonl");
     REQUIRE(losses.size() == 16);
     for (double loss : losses) CHECK(std::isfinite(loss));
     CHECK(losses.back() < losses.front());

@@ -42,17 +42,6 @@ TrainOptions tiny_options(const TrainDir& dir, Stage stage) {
   return options;
 }
 
-std::vector<double> losses_of(const std::string& metrics_path) {
-  std::vector<double> losses;
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto json = nlohmann::json::parse(line);
-    if (json["kind"] == "step") losses.push_back(json["loss"].get<double>());
-  }
-  return losses;
-}
-
 prime::test::CliRun run_shell(const std::string& command) {
   std::string output;
   FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
@@ -166,7 +155,7 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
                              "--save-every 3 --keep 2 --log-every 100";
   const auto whole = prime::test::run_cli(common + " --out " + (dir / "whole"));
   REQUIRE(whole.exit_code == 0);
-  const std::vector<double> expected = losses_of(dir / "whole/metrics.jsonl");
+  const std::vector<double> expected = prime::test::step_losses(dir / "whole/metrics.jsonl");
   REQUIRE(expected.size() == 20);
 
   // Start the same run, kill it once a checkpoint exists and a few more steps have run.
@@ -193,7 +182,7 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK(resumed.output.find("resuming") != std::string::npos);
-  const std::vector<double> actual = losses_of(killed_dir + "/metrics.jsonl");
+  const std::vector<double> actual = prime::test::step_losses(killed_dir + "/metrics.jsonl");
   REQUIRE(actual.size() == expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {
     CAPTURE(i);
@@ -221,7 +210,7 @@ TEST_CASE("two Gloo ranks under torchrun give the loss curve of one rank with th
                              " " + PRIME_BIN_DIR + "/prime-train" + args + " --out " + (dir / "two"));
   INFO(two.output);
   REQUIRE(two.exit_code == 0);
-  const std::vector<double> a = losses_of(dir / "one/metrics.jsonl"), b = losses_of(dir / "two/metrics.jsonl");
+  const std::vector<double> a = prime::test::step_losses(dir / "one/metrics.jsonl"), b = prime::test::step_losses(dir / "two/metrics.jsonl");
   REQUIRE(a.size() == 8);
   REQUIRE(b.size() == a.size());  // rank 0 alone writes metrics
   for (size_t i = 0; i < a.size(); ++i) {

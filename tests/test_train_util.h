@@ -4,10 +4,13 @@
 #include "test_helpers.h"
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "data/token_shard.h"
 #include "io/atomic_dir.h"
@@ -52,6 +55,18 @@ inline std::string write_pattern_shard(const std::string& path, int64_t count, u
   writer.append(ids);
   writer.finish();
   return path;
+}
+
+// The "loss" of every step line of a run's metrics.jsonl, in order.
+inline std::vector<double> step_losses(const std::string& metrics_path) {
+  std::vector<double> losses;
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto json = nlohmann::json::parse(line);
+    if (json["kind"] == "step") losses.push_back(json["loss"].get<double>());
+  }
+  return losses;
 }
 
 }  // namespace prime::test

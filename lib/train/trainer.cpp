@@ -19,6 +19,7 @@
 #include "train/checkpoint.h"
 #include "train/distributed.h"
 #include "train/models.h"
+#include "train/run_dir.h"
 #include "train/step_loss.h"
 #include "train/throughput.h"
 #include "util/cli.h"
@@ -99,60 +100,6 @@ std::string human_seconds(double seconds) {
   return out.str();
 }
 
-// The run's options as they will be compared on resume, and the directory checks.
-// On resume, a model or teacher the command leaves out is the one the run was started with.
-void prepare_run_dir(TrainOptions& options) {
-  const fs::path run_dir = options.out;
-  if (options.resume) {
-    std::ifstream in(run_dir / "run.json");
-    if (!in) throw user_error("--resume ", run_dir.string(), ": no run.json there (not a prime-train run directory)");
-    const auto saved = nlohmann::json::parse(in, nullptr, false);
-    if (saved.is_discarded() || !saved.contains("plan"))
-      throw user_error("--resume ", run_dir.string(), ": run.json is not valid");
-    if (options.model.empty()) options.model = saved["plan"].value("model", "");
-    if (options.teacher.empty()) options.teacher = saved["plan"].value("teacher", "");
-    const nlohmann::json plan = plan_json(options);
-    for (const auto& [key, value] : plan.items())
-      if (!saved["plan"].contains(key) || saved["plan"][key] != value)
-        throw user_error("--resume ", run_dir.string(), ": this run was started with ", key, " = ",
-                         saved["plan"].value(key, nlohmann::json()).dump(), ", this command has ", value.dump(),
-                         " (a checkpoint of another plan)");
-    return;
-  }
-  std::error_code error;
-  if (fs::exists(run_dir, error) && !fs::is_empty(run_dir, error))
-    throw user_error("--out ", run_dir.string(), " exists and is not empty: pass --resume ", run_dir.string(),
-                     " to continue that run, or choose another --out");
-}
-
-void write_run_json(const TrainOptions& options, const std::string& command_line, const RunModels& models,
-                    const StepPlan& plan, int64_t world) {
-  nlohmann::json run = {{"command_line", command_line},
-                        {"prime_version", PRIME_VERSION},
-                        {"plan", plan_json(options)},
-                        {"options",
-                         {{"tokens", options.tokens}, {"lr", options.lr}, {"schedule", schedule_name(options.schedule)},
-                          {"warmup", options.warmup}, {"min_lr_ratio", options.min_lr_ratio},
-                          {"weight_decay", options.weight_decay}, {"betas", {options.beta1, options.beta2}},
-                          {"grad_clip", options.grad_clip}, {"temperature", options.temperature},
-                          {"ce_weight", options.ce_weight}, {"device", options.device}, {"dtype", options.dtype},
-                          {"recompute", options.recompute}, {"save_every", options.save_every}, {"keep", options.keep}}},
-                        {"steps", plan.total_steps},
-                        {"sequences_per_step", plan.sequences_per_step},
-                        {"gradient_accumulation", plan.accumulation},
-                        {"world_size", world},
-                        {"student_parameters", models.student_parameters},
-                        {"teacher_parameters", models.teacher_parameters},
-                        {"trained_parameters", models.trained_parameters},
-                        {"shared_tensors", models.shared_tensors},
-                        {"replaced_layers", models.replaced_layers},
-                        {"layer_pattern", io::join_layer_pattern(models.student->config().layer_pattern)}};
-  fs::create_directories(options.out);
-  std::ofstream out(fs::path(options.out) / "run.json");
-  out << run.dump(2) << "\n";
-  if (!out) throw user_error("cannot write ", (fs::path(options.out) / "run.json").string());
-}
-
 }  // namespace
 
 static TrainResult run_training_unguarded(const TrainOptions& requested, const std::string& command_line,
@@ -230,7 +177,9 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
     if (lead) log << "resuming " << options.out << " from " << resume_from.filename().string() << " (step "
                   << counters.step << ", " << counters.tokens << " tokens)\n";
   } else if (lead) {
-    write_run_json(options, command_line, models, plan, dist.world());
+    write_run_json(options, command_line, models,
+                   {{"steps", plan.total_steps}, {"sequences_per_step", plan.sequences_per_step},
+                    {"gradient_accumulation", plan.accumulation}, {"world_size", dist.world()}});
   }
   dist.broadcast_parameters(models.trained);
 
