@@ -176,9 +176,9 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   REQUIRE(WIFSIGNALED(status));
   REQUIRE(list_checkpoints(killed_dir).size() >= 1);
 
+  // The plan (models, stage, data, sizes) comes from the run; what is not part of it is given again.
   const auto resumed = prime::test::run_cli("prime-train --resume " + killed_dir +
-                                            " --data " + data + " --tokens 2560 --batch-tokens 128 --seq-len 32 "
-                                            "--micro-batch-tokens 64 --lr 3e-3 --save-every 3 --keep 2 --stage distill");
+                                            " --micro-batch-tokens 64 --lr 3e-3 --save-every 3 --keep 2");
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK(resumed.output.find("resuming") != std::string::npos);
@@ -287,6 +287,9 @@ TEST_CASE("prime-train refuses bad input with a clear message and writes nothing
   TrainOptions again = pt;
   expect_error(again, "exists and is not empty");
 
+  const auto not_a_run = prime::test::run_cli("prime-train --resume " + (dir / "nothing-here"));
+  CHECK(not_a_run.exit_code == 1);
+  CHECK_THAT(not_a_run.output, Catch::Contains("no run.json there"));
   const auto cli = prime::test::run_cli("prime-train --model x --data y --tokens 1K --batch-tokens 12Q --seq-len 8 --out z");
   CHECK(cli.exit_code == 1);
   CHECK_THAT(cli.output, Catch::Contains("--batch-tokens"));

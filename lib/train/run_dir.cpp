@@ -11,11 +11,7 @@ namespace fs = std::filesystem;
 void prepare_run_dir(TrainOptions& options) {
   const fs::path run_dir = options.out;
   if (options.resume) {
-    std::ifstream in(run_dir / "run.json");
-    if (!in) throw user_error("--resume ", run_dir.string(), ": no run.json there (not a prime-train run directory)");
-    const auto saved = nlohmann::json::parse(in, nullptr, false);
-    if (saved.is_discarded() || !saved.contains("plan"))
-      throw user_error("--resume ", run_dir.string(), ": run.json is not valid");
+    const nlohmann::json saved = read_run_json(run_dir.string());
     if (options.model.empty()) options.model = saved["plan"].value("model", "");
     if (options.teacher.empty()) options.teacher = saved["plan"].value("teacher", "");
     const nlohmann::json plan = plan_json(options);

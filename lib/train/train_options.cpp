@@ -1,6 +1,7 @@
 #include "train/train_options.h"
 
 #include <cmath>
+#include <fstream>
 
 #include "util/error.h"
 
@@ -74,17 +75,32 @@ int64_t parse_count(const std::string& text, const std::string& flag) {
   return static_cast<int64_t>(std::llround(value * scale));
 }
 
-void apply_flags(const TrainFlags& flags, TrainOptions& options) {
-  options.stage = parse_stage(flags.stage);
-  options.schedule = parse_schedule(flags.schedule);
-  options.align_layers = parse_align_layers(flags.align_layers);
+void apply_flags(const TrainFlags& given, TrainOptions& options) {
+  TrainFlags flags = given;
   if (!flags.resume.empty()) {
     if (!options.out.empty() && options.out != flags.resume)
       throw user_error("--resume ", flags.resume, " and --out ", options.out, " name different runs");
     options.out = flags.resume;
     options.resume = true;
+    // What the command leaves out is what the run was started with.
+    const nlohmann::json run = read_run_json(flags.resume);
+    const nlohmann::json& plan = run.at("plan");
+    auto text = [](const nlohmann::json& value) { return value.is_string() ? value.get<std::string>() : value.dump(); };
+    if (flags.stage.empty()) flags.stage = text(plan.at("stage"));
+    if (flags.align_layers.empty()) flags.align_layers = text(plan.at("align_layers"));
+    if (flags.batch_tokens.empty()) flags.batch_tokens = text(plan.at("batch_tokens"));
+    if (flags.seq_len.empty()) flags.seq_len = text(plan.at("seq_len"));
+    if (flags.tokens.empty() && run.contains("options")) flags.tokens = text(run["options"].at("tokens"));
+    if (options.data.empty()) options.data = plan.at("data").get<std::vector<std::string>>();
+    if (options.train.empty()) options.train = plan.at("train").get<std::string>();
+    if (options.seed == 0) options.seed = plan.at("seed").get<uint64_t>();
+    if (options.model.empty()) options.model = plan.at("model").get<std::string>();
+    if (options.teacher.empty()) options.teacher = plan.at("teacher").get<std::string>();
   }
-  if (options.model.empty() && !options.resume) throw user_error("--model is required");
+  options.stage = parse_stage(flags.stage.empty() ? "align" : flags.stage);
+  options.schedule = parse_schedule(flags.schedule);
+  options.align_layers = parse_align_layers(flags.align_layers.empty() ? "none" : flags.align_layers);
+  if (options.model.empty()) throw user_error("--model is required");
   if (options.data.empty()) throw user_error("--data is required");
   if (options.out.empty()) throw user_error("--out RUN_DIR is required");
   struct Count {
@@ -101,6 +117,25 @@ void apply_flags(const TrainFlags& flags, TrainOptions& options) {
   if (!flags.micro_batch_tokens.empty())
     options.micro_batch_tokens = parse_count(flags.micro_batch_tokens, "--micro-batch-tokens");
   if (!flags.val_tokens.empty()) options.val_tokens = parse_count(flags.val_tokens, "--val-tokens");
+}
+
+nlohmann::json read_run_json(const std::string& run_dir) {
+  const std::string path = run_dir + "/run.json";
+  std::ifstream in(path);
+  if (!in) throw user_error("--resume ", run_dir, ": no run.json there (not a prime-train run directory)");
+  const auto run = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (run.is_discarded() || !run.is_object() || !run.contains("plan") || !run["plan"].is_object())
+    throw user_error(path, ": not a valid run.json");
+  try {
+    for (const char* key : {"model", "teacher", "stage", "train", "align_layers"}) (void)run["plan"].at(key).get<std::string>();
+    (void)run["plan"].at("data").get<std::vector<std::string>>();
+    (void)run["plan"].at("seed").get<uint64_t>();
+    (void)run["plan"].at("batch_tokens").get<int64_t>();
+    (void)run["plan"].at("seq_len").get<int64_t>();
+  } catch (const nlohmann::json::exception& error) {
+    throw user_error(path, ": not a valid run.json (", error.what(), ")");
+  }
+  return run;
 }
 
 nlohmann::json plan_json(const TrainOptions& options) {

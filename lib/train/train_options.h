@@ -46,12 +46,14 @@ struct TrainOptions {
 
 // The flags that arrive as text and are checked and converted by apply_flags.
 struct TrainFlags {
-  std::string stage = "align", schedule = "cosine", align_layers = "none";
+  std::string stage, schedule = "cosine", align_layers;  // stage: align; align_layers: none
   std::string tokens, batch_tokens, seq_len, micro_batch_tokens, val_tokens;
   std::string resume;  // --resume RUN_DIR: sets out (which may repeat it) and resume
 };
 
-// Parses the text flags into options; UserError naming the flag for a missing or bad value.
+// Parses the text flags into options; UserError naming the flag for a missing or bad value. With
+// --resume, the stage, data, sizes, align layers, groups and seed the command leaves out are the
+// run's own (from its run.json).
 void apply_flags(const TrainFlags& flags, TrainOptions& options);
 
 Stage parse_stage(const std::string& name);
@@ -63,6 +65,9 @@ const char* default_groups(Stage stage);
 // "50M", "256K", "1.5B", "4096" -> count, K/M/B binary (2^10, 2^20, 2^30); UserError naming the
 // flag otherwise.
 int64_t parse_count(const std::string& text, const std::string& flag);
+
+// RUN_DIR/run.json, checked to hold a plan (UserError otherwise).
+nlohmann::json read_run_json(const std::string& run_dir);
 
 // The options that define a run's plan: a resumed run must be started with the same.
 nlohmann::json plan_json(const TrainOptions& options);
