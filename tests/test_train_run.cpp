@@ -294,3 +294,39 @@ TEST_CASE("prime-train refuses bad input with a clear message and writes nothing
   CHECK(cli.exit_code == 1);
   CHECK_THAT(cli.output, Catch::Contains("--batch-tokens"));
 }
+
+TEST_CASE("MoE layers train: the router and the chosen experts get gradients", "[train]") {
+  TrainDir dir("moe");
+  TrainOptions options = tiny_options(dir, Stage::Pt);
+  const std::string moe = "synthetic:qwen3-30b-a3b@layers=2,hidden=32,heads=2,kv_heads=1,head_dim=16,intermediate=64,"
+                          "moe_intermediate=32,experts=4,experts_per_tok=2,vocab=64,seed=5";
+  ModelSetup setup;
+  setup.student_spec = moe;
+  setup.groups = parse_groups("mlp");
+  RunModels models = build_run_models(setup);
+  TrainData data({options.data, options.seq_len, 4, 0, 0, 1});
+  AdamW optimizer(models.trained, {});
+  double first = 0, last = 0;
+  for (int step = 0; step < 10; ++step) {
+    optimizer.zero_grad();
+    const StepLoss loss = compute_step_loss(options, models, data.next());
+    loss.loss.backward();
+    if (step == 0) {
+      int64_t routers = 0, experts_with_grad = 0;
+      for (const auto& parameter : models.trained) {
+        const bool has_grad = parameter.tensor.grad().defined() && parameter.tensor.grad().abs().sum().item<double>() > 0;
+        if (parameter.name.find("mlp.gate.weight") != std::string::npos) {
+          ++routers;
+          CHECK(has_grad);
+        } else if (has_grad) {
+          ++experts_with_grad;
+        }
+      }
+      CHECK(routers == 2);
+      CHECK(experts_with_grad > 0);
+    }
+    optimizer.step(3e-3);
+    (step == 0 ? first : last) = loss.loss.item<double>();
+  }
+  CHECK(last < first);
+}
