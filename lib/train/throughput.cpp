@@ -1,6 +1,12 @@
 #include "train/throughput.h"
 
+#include <cmath>
+
 #include "io/architecture.h"
+
+#ifdef PRIME_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace prime::train {
 namespace {
@@ -47,6 +53,23 @@ double device_peak_flops(const at::Device& device, double override_tflops) {
   if (override_tflops > 0) return override_tflops * 1e12;
   if (!device.is_cuda()) return 0;
   return 989e12;  // H100/H200 SXM dense bf16, our GPUs; others: --peak-tflops
+}
+
+double peak_device_bytes(const at::Device& device) {
+#ifdef PRIME_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return static_cast<double>(
+        stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
+  }
+#endif
+  return std::nan("");
+}
+
+void reset_peak_device_bytes(const at::Device& device) {
+#ifdef PRIME_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
 }
 
 }  // namespace prime::train

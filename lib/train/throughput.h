@@ -18,4 +18,9 @@ double step_flops_per_token(const RunModels& models, const TrainOptions& options
 // be an H100/H200 (989 TFLOP/s); 0 on the CPU (MFU is not reported).
 double device_peak_flops(const at::Device& device, double override_tflops);
 
+// Peak bytes the caching allocator has handed out on a CUDA device since the last reset (NaN on
+// a CPU, or in a build without CUDA); reset_peak_device_bytes starts a new window.
+double peak_device_bytes(const at::Device& device);
+void reset_peak_device_bytes(const at::Device& device);
+
 }  // namespace prime::train

@@ -311,11 +311,13 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
     window_tokens += options.batch_tokens;
     const double tokens_per_second = options.batch_tokens / seconds;
     const double mfu = peak_flops > 0 ? flops_per_token * tokens_per_second / peak_flops : std::nan("");
+    const double peak_bytes = peak_device_bytes(device);
     result.last_loss = loss;
 
     MetricRecord step_record{"step", counters.step,
                              {{"tokens", static_cast<double>(counters.tokens)}, {"loss", loss}, {"lr", lr},
                               {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_second}, {"mfu", mfu},
+                              {"peak_memory_gb", peak_bytes / 1e9},
                               {"time", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()}},
                              {}};
     for (const auto& [key, value] : part_sums) step_record.values[key] = dist.average_scalar(value) / plan.accumulation;
@@ -330,6 +332,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
            << std::defaultfloat << " | grad-norm " << std::setprecision(3) << grad_norm << " | "
            << human_count(rate) << " tok/s";
       if (std::isfinite(mfu)) line << " | MFU " << std::fixed << std::setprecision(1) << 100 * mfu << "%";
+      if (std::isfinite(peak_bytes)) line << " | peak " << std::fixed << std::setprecision(1) << peak_bytes / 1e9 << " GB";
       line << " | ETA " << human_seconds(eta);
       if (tty) log << "\r\033[K" << line.str() << (counters.step == plan.total_steps ? "\n" : "") << std::flush;
       else log << line.str() << "\n";
