@@ -10,16 +10,13 @@
 #include "util/error.h"
 
 namespace prime::model {
-namespace {
 
-bool stays_fp32(const std::string& name) {
+bool stays_fp32_tensor(const std::string& name) {
   for (const char* suffix : {".A_log", ".dt_bias", ".D"})
     if (name.size() >= std::strlen(suffix) && name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
       return true;
   return false;
 }
-
-}  // namespace
 
 int64_t ModelCache::bytes_per_sequence() const {
   int64_t total = 0;
@@ -31,7 +28,7 @@ TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options) 
   TensorMap prepared;
   for (const auto& [name, tensor] : weights) {
     const bool floating = at::isFloatingType(tensor.scalar_type());
-    const auto dtype = !floating ? tensor.scalar_type() : (stays_fp32(name) ? at::kFloat : options.dtype);
+    const auto dtype = !floating ? tensor.scalar_type() : (stays_fp32_tensor(name) ? at::kFloat : options.dtype);
     prepared[name] = tensor.to(options.device, dtype);
   }
   return prepared;

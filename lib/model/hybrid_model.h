@@ -58,6 +58,10 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // weights; SSM decay/skip parameters stay fp32
 };
 
+// SSM decay/skip parameters (A_log, dt_bias, D) are fp32 in every dtype a model is loaded or
+// saved in.
+bool stays_fp32_tensor(const std::string& name);
+
 // Casts/moves checkpoint tensors for a model: floating tensors to options.dtype except the SSM
 // parameters that must stay fp32 (A_log, dt_bias, D), on options.device.
 TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options);

@@ -14,18 +14,12 @@
 #include "io/dtype.h"
 #include "io/safetensors_writer.h"
 #include "io/tensor_file.h"
+#include "model/hybrid_model.h"
 #include "util/error.h"
 
 namespace prime::train {
 namespace fs = std::filesystem;
 namespace {
-
-bool stays_fp32(const std::string& name) {
-  for (const std::string suffix : {".A_log", ".dt_bias", ".D"})
-    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      return true;
-  return false;
-}
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
@@ -100,7 +94,9 @@ fs::path write_checkpoint(const fs::path& run_dir, const CheckpointContents& con
     model::TensorMap master;
     for (const auto& [name, tensor] : *contents.weights) {
       const bool floating = at::isFloatingType(tensor.scalar_type());
-      const at::ScalarType dtype = !floating ? tensor.scalar_type() : stays_fp32(name) ? at::kFloat : contents.save_dtype;
+      const at::ScalarType dtype = !floating                           ? tensor.scalar_type()
+                                   : model::stays_fp32_tensor(name) ? at::kFloat
+                                                                    : contents.save_dtype;
       if (tensor.requires_grad() && dtype != tensor.scalar_type()) master[name] = tensor;
       const at::Tensor value = tensor;
       model_writer.add(name, io::from_scalar_type(dtype), tensor.sizes().vec(),
