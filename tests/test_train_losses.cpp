@@ -3,6 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
 
 #include "io/source.h"
 #include "test_helpers.h"
@@ -12,6 +16,7 @@
 #include "train/schedule.h"
 #include "train/train_options.h"
 #include "util/error.h"
+#include "util/metrics.h"
 
 using namespace prime;
 using namespace prime::train;
@@ -196,4 +201,25 @@ TEST_CASE("parameter groups of a hybrid: every tensor has one, flags parse, deca
   CHECK_FALSE(takes_weight_decay("model.layers.2.gdn.o_norm.weight", at::zeros({4})));
   CHECK_FALSE(takes_weight_decay("model.layers.2.gka.b_proj.bias", at::zeros({4})));
   CHECK(takes_weight_decay("model.layers.2.gdn.q_proj.weight", at::zeros({4, 4})));
+}
+
+TEST_CASE("resumed metrics drop the steps to be run again and a torn last line", "[train]") {
+  const std::string path = (std::filesystem::temp_directory_path() / ("prime_metrics_" + std::to_string(::getpid()) + ".jsonl")).string();
+  {
+    std::ofstream out(path);
+    out << "{\"kind\":\"step\",\"step\":1,\"loss\":3}\n{\"kind\":\"step\",\"step\":2,\"loss\":2}\n"
+        << "{\"kind\":\"step\",\"step\":3,\"loss\":1}\n{\"kind\":\"step\",\"st";
+  }
+  {
+    JsonlMetrics metrics(path, 3);
+    metrics.write({"step", 3, {{"loss", 0.5}}, {}});
+    metrics.flush();
+  }
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::filesystem::remove(path);
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[1].find("\"step\":2") != std::string::npos);
+  CHECK(lines[2].find("0.5") != std::string::npos);
 }

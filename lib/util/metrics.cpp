@@ -15,8 +15,9 @@ JsonlMetrics::JsonlMetrics(std::string path, int64_t resume_step) : path_(std::m
     std::ostringstream kept;
     std::string line;
     while (std::getline(in, line)) {
+      // A killed run can leave a torn last line: keep only whole records of earlier steps.
       const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_object() && parsed.contains("step") && parsed["step"].is_number_integer() &&
+      if (!parsed.is_object() || !parsed.contains("step") || !parsed["step"].is_number_integer() ||
           parsed["step"].get<int64_t>() >= resume_step)
         continue;
       kept << line << '\n';
