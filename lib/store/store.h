@@ -201,7 +201,8 @@ class Store {
   struct MetricRow {
     std::string name;
     int64_t step = 0;
-    double value = 0;
+    double value = 0;  // non-finite values are stored as NULL
+    double time = 0;   // Unix seconds; 0 = when written
   };
   void log_metrics(int64_t trial_id, const std::vector<MetricRow>& rows);
   // A MetricsSink that writes each record's values as trial_metrics rows (labels are not

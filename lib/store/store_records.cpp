@@ -1,0 +1,119 @@
+// What trials record besides their outcome: training curves (batched), artifacts, and the
+// layer-selection engine's per-layer scores.
+#include "store/database.h"
+#include "store/store.h"
+#include "util/error.h"
+
+namespace prime::store {
+
+using detail::as_double;
+using detail::as_int;
+using detail::as_text;
+using detail::SqlValue;
+using detail::WriteTransaction;
+
+namespace {
+
+// Multi-row INSERTs: one statement per chunk instead of one per row (a round trip each in
+// PostgreSQL). 200 rows x 5 values stays far below both backends' parameter limits.
+constexpr size_t kRowsPerInsert = 200;
+
+std::string insert_values_sql(const std::string& head, size_t rows, size_t columns) {
+  std::string tuple = "(";
+  for (size_t column = 0; column < columns; ++column) tuple += column ? ", ?" : "?";
+  tuple += ")";
+  std::string sql = head + " VALUES ";
+  for (size_t row = 0; row < rows; ++row) sql += (row ? ", " : "") + tuple;
+  return sql;
+}
+
+class StoreMetrics : public MetricsSink {
+ public:
+  StoreMetrics(Store& store, int64_t trial_id, size_t batch_rows)
+      : store_(store), trial_id_(trial_id), batch_rows_(std::max<size_t>(batch_rows, 1)) {}
+  ~StoreMetrics() override {
+    try {
+      flush();
+    } catch (const std::exception&) {
+      // A destructor must not throw; whoever needs the rows durable calls flush() first.
+    }
+  }
+  void write(const MetricRecord& record) override {
+    const double now = unix_now();
+    for (const auto& [name, value] : record.values) pending_.push_back({name, record.step, value, now});
+    if (pending_.size() >= batch_rows_) flush();
+  }
+  void flush() override {
+    if (pending_.empty()) return;
+    store_.log_metrics(trial_id_, pending_);
+    pending_.clear();
+  }
+
+ private:
+  Store& store_;
+  int64_t trial_id_;
+  size_t batch_rows_;
+  std::vector<Store::MetricRow> pending_;
+};
+
+}  // namespace
+
+void Store::log_metrics(int64_t trial_id, const std::vector<MetricRow>& rows) {
+  if (rows.empty()) return;
+  const double now = unix_now();
+  WriteTransaction transaction(*db_);
+  for (size_t begin = 0; begin < rows.size(); begin += kRowsPerInsert) {
+    const size_t count = std::min(kRowsPerInsert, rows.size() - begin);
+    std::vector<SqlValue> params;
+    params.reserve(count * 5);
+    for (size_t index = begin; index < begin + count; ++index) {
+      const MetricRow& row = rows[index];
+      params.insert(params.end(), {trial_id, row.name, row.step, detail::real_or_null(row.value),
+                                   row.time > 0 ? row.time : now});
+    }
+    db_->exec(insert_values_sql("INSERT INTO trial_metrics (trial_id, name, step, value, time)", count, 5), params);
+  }
+  transaction.commit();
+}
+
+std::unique_ptr<MetricsSink> Store::metrics_sink(int64_t trial_id, size_t batch_rows) {
+  return std::make_unique<StoreMetrics>(*this, trial_id, batch_rows);
+}
+
+void Store::add_artifact(int64_t trial_id, const Artifact& artifact) {
+  if (artifact.kind.empty() || artifact.path.empty()) throw user_error("an artifact needs a kind and a path");
+  db_->exec("INSERT INTO trial_artifacts (trial_id, kind, path, sha256) VALUES (?, ?, ?, ?)",
+            {trial_id, artifact.kind, artifact.path, artifact.sha256});
+}
+
+std::vector<Artifact> Store::artifacts(int64_t trial_id) {
+  std::vector<Artifact> artifacts;
+  for (const auto& row :
+       db_->query("SELECT kind, path, sha256 FROM trial_artifacts WHERE trial_id = ? ORDER BY kind, path", {trial_id}))
+    artifacts.push_back({as_text(row[0]), as_text(row[1]), as_text(row[2])});
+  return artifacts;
+}
+
+void Store::add_layer_scores(const std::vector<LayerScore>& scores) {
+  const double now = unix_now();
+  WriteTransaction transaction(*db_);
+  for (const LayerScore& score : scores)
+    db_->exec("INSERT INTO layer_scores (source, scorer, layer, score, cost_seconds, device, created) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+              {score.source, score.scorer, score.layer, detail::real_or_null(score.score), score.cost_seconds,
+               score.device, now});
+  transaction.commit();
+}
+
+std::vector<LayerScore> Store::layer_scores(const std::string& source, const std::string& scorer) {
+  std::vector<LayerScore> scores;
+  for (const auto& row : db_->query("SELECT source, scorer, layer, score, cost_seconds, device FROM layer_scores "
+                                    "WHERE (? = '' OR source = ?) AND (? = '' OR scorer = ?) "
+                                    "ORDER BY source, scorer, layer, id",
+                                    {source, source, scorer, scorer}))
+    scores.push_back({as_text(row[0]), as_text(row[1]), as_int(row[2]), as_double(row[3]), as_double(row[4]),
+                      as_text(row[5])});
+  return scores;
+}
+
+}  // namespace prime::store
