@@ -13,7 +13,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
 packages=(build-essential cmake nlohmann-json3-dev libeigen3-dev libcli11-dev catch2 libsqlite3-dev
-          libpcre2-dev libutf8proc-dev libgloo-dev libopenblas0-pthread xz-utils ccache python3-pip)
+          libpcre2-dev libutf8proc-dev libgloo-dev libopenblas0-pthread xz-utils ccache python3-pip
+          libpq-dev postgresql gnuplot-nox)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
