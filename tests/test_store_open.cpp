@@ -1,0 +1,122 @@
+// Opening stores: forward migration of an older schema, and clear errors (with nothing
+// written) for paths and databases that are no prime store.
+#include <sqlite3.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "store/store.h"
+#include "test_helpers.h"
+#include "test_store_util.h"
+#include "util/error.h"
+
+using namespace prime::store;
+using prime::test::StoreScratch;
+
+namespace {
+void run_sqlite(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  char* message = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &message);
+  INFO((message ? message : ""));
+  sqlite3_free(message);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+}  // namespace
+
+TEST_CASE("Store: a store of schema version 1 is migrated forward with its data", "[store]") {
+  StoreScratch scratch("migrate");
+  const std::string path = scratch.file("old.db");
+  run_sqlite(path, read_file((prime::test::fixtures_dir() / "store_v1.sql").string()));
+  CHECK_THROWS_WITH(Store::open(path, OpenMode::ReadOnly), Catch::Contains("older schema version 1"));
+  auto store = Store::open(path);
+  CHECK(store->schema_version() == 2);
+  const Study study = store->study("old");
+  const auto trials = store->trials(study.id);
+  REQUIRE(trials.size() == 1);
+  CHECK(trials[0].values.at(0) == 17.25);
+  CHECK(trials[0].param("layer")->value == "GDN");
+  CHECK(store->curve(trials[0].id, "loss").at(0).value == 3.5);
+  const auto scores = store->layer_scores();
+  REQUIRE(scores.size() == 1);
+  CHECK(scores[0].score == 0.75);
+  CHECK(scores[0].cost_seconds == 0);
+  store->add_layer_scores({{"synthetic:tiny", "kl", 4, 0.5, 3.0, "cpu"}});
+  CHECK(store->layer_scores("", "kl").at(1).device == "cpu");
+  store.reset();
+  CHECK(Store::open(path, OpenMode::ReadOnly)->schema_version() == 2);
+}
+
+TEST_CASE("Store: paths and databases that are no store give a clear error and stay untouched", "[store]") {
+  StoreScratch scratch("bad");
+  namespace fs = std::filesystem;
+  CHECK_THROWS_WITH(Store::open(scratch.path().string()), Catch::Contains("is a directory"));
+
+  const std::string corrupt = scratch.file("corrupt.db");
+  std::ofstream(corrupt) << "this is a text file, not a database\n";
+  CHECK_THROWS_WITH(Store::open(corrupt), Catch::Contains("not an SQLite database"));
+  CHECK(read_file(corrupt) == "this is a text file, not a database\n");
+
+  // A valid SQLite header over garbage pages.
+  const std::string truncated = scratch.file("truncated.db");
+  std::ofstream(truncated, std::ios::binary) << std::string("SQLite format 3\0", 16) << std::string(4080, '\x7f');
+  CHECK_THROWS_AS(Store::open(truncated), prime::UserError);
+
+  const std::string foreign = scratch.file("foreign.db");
+  run_sqlite(foreign, "CREATE TABLE users (id INTEGER, name TEXT); INSERT INTO users VALUES (1, 'a');");
+  const std::string foreign_bytes = read_file(foreign);
+  CHECK_THROWS_WITH(Store::open(foreign), Catch::Contains("another program"));
+  CHECK_THROWS_WITH(Store::open(foreign, OpenMode::ReadOnly), Catch::Contains("another program"));
+  CHECK(read_file(foreign) == foreign_bytes);
+  CHECK_FALSE(fs::exists(foreign + "-wal"));
+
+  const std::string newer = scratch.file("newer.db");
+  run_sqlite(newer, "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (99);");
+  CHECK_THROWS_WITH(Store::open(newer), Catch::Contains("newer than this build"));
+
+  CHECK_THROWS_WITH(Store::open(scratch.file("missing.db"), OpenMode::ReadOnly), Catch::Contains("does not exist"));
+  CHECK_FALSE(fs::exists(scratch.file("missing.db")));
+
+  const std::string read_only = scratch.file("read_only.db");
+  Store::open(read_only)->create_study({"s", {{"loss", Direction::Minimize}}, "{}", {}});
+  fs::permissions(read_only, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  CHECK_THROWS_WITH(Store::open(read_only), Catch::Contains("read-only"));
+  CHECK(Store::open(read_only, OpenMode::ReadOnly)->studies().size() == 1);
+
+  const fs::path locked_dir = scratch.path() / "locked";
+  fs::create_directories(locked_dir);
+  fs::permissions(locked_dir, fs::perms::owner_read | fs::perms::owner_exec);
+  CHECK_THROWS_WITH(Store::open((locked_dir / "runs.db").string()), Catch::Contains("read-only"));
+  CHECK(fs::is_empty(locked_dir));
+  fs::permissions(locked_dir, fs::perms::owner_all);
+
+  CHECK_THROWS_WITH(Store::open("postgresql://prime@127.0.0.1:1/none?connect_timeout=2"),
+                    Catch::Contains("cannot connect to the PostgreSQL store"));
+  CHECK_THROWS_WITH(Store::open("postgresql://prime:secret@127.0.0.1:1/none?connect_timeout=2"),
+                    !Catch::Contains("secret"));
+}
+
+TEST_CASE("Store: a PostgreSQL store has the same schema version and refuses a foreign database", "[store][postgres]") {
+  if (prime::test::postgres_test_url().empty()) {
+    WARN("PRIME_TEST_POSTGRES_URL is not set: skipped (see README, Experiment store)");
+    return;
+  }
+  const std::string url = prime::test::fresh_postgres_store("open");
+  {
+    auto db = prime::store::detail::open_postgres(url, prime::store::detail::Access::ReadWrite);
+    db->exec_script("CREATE TABLE users (id INTEGER)");
+  }
+  CHECK_THROWS_WITH(Store::open(url), Catch::Contains("another program"));
+  const std::string fresh = prime::test::fresh_postgres_store("open");
+  CHECK_THROWS_WITH(Store::open(fresh, OpenMode::ReadOnly), Catch::Contains("empty"));
+  CHECK(Store::open(fresh)->schema_version() == Store::current_schema_version());
+  CHECK(Store::open(fresh, OpenMode::ReadOnly)->studies().empty());
+}
