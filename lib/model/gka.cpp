@@ -70,9 +70,24 @@ GkaMixer::GkaMixer(GkaConfig config, const TensorMap& weights, const std::string
   compute_type_ = q_proj_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void GkaMixer::set_solve_dtype(at::ScalarType type) {
-  PRIME_CHECK(type == at::kFloat || type == at::kDouble, "GKA solve dtype must be fp32 or float64");
-  solve_type_ = type;
+void GkaMixer::set_solve_dtype(std::optional<at::ScalarType> type) {
+  PRIME_CHECK(!type || *type == at::kFloat || *type == at::kDouble,
+              "GKA solve dtype must be fp32 or float64");
+  solve_override_ = type;
+}
+
+at::ScalarType GkaMixer::solve_dtype(const at::Device& device) const {
+  if (solve_override_) return *solve_override_;
+  if (compute_type_ == at::kDouble) return at::kDouble;
+  return device.is_cuda() && trained() ? at::kFloat : at::kDouble;
+}
+
+bool GkaMixer::trained() const {
+  for (const at::Tensor* t : {&q_proj_, &k_proj_, &v_proj_, &a_proj_, &b_proj_, &b_bias_,
+                              &alpha_proj_, &alpha_bias_, &A_log_, &dt_bias_, &q_conv_, &k_conv_,
+                              &v_conv_, &g_proj_, &o_norm_, &o_proj_})
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
 }
 
 std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device& device) const {
@@ -90,6 +105,7 @@ std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device
 GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const {
   const int64_t B = x.size(0), T = x.size(1), D = config_.head_dim, H = config_.num_heads();
   const at::ScalarType ct = compute_type_;
+  const at::ScalarType solve_type = solve_dtype(x.device());
   const at::Tensor xw = x.to(q_proj_.scalar_type());
   auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
     return at::silu(causal_conv(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(),
@@ -127,7 +143,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
   // The recurrence inputs move to the solve dtype (rounding them to fp32 first costs nothing
   // measurable: the layer is well conditioned in its inputs, only the solve is not).
   for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv})
-    if (t->defined()) *t = t->to(solve_type_);
+    if (t->defined()) *t = t->to(solve_type);
   // The same tensor object, so the chunked form computes the decay weights once.
   if (config_.use_forgetting_gate && config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
   return out;
@@ -200,8 +216,9 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
     gka_cache = static_cast<GkaCache*>(fresh.get());
   }
   const Prepared prepared = prepare(x, gka_cache);
+  const at::ScalarType solve_type = prepared.q.scalar_type();
   gka_detail::ChunkedResult result = gka_detail::chunked_core(
-      prepared, to_type(gka_cache->kk_state, solve_type_), to_type(gka_cache->kv_state, solve_type_),
+      prepared, to_type(gka_cache->kk_state, solve_type), to_type(gka_cache->kv_state, solve_type),
       config_.chunk_size, solve_options(config_));
   store_state(gka_cache->kk_state, result.kk_state);
   store_state(gka_cache->kv_state, result.kv_state);
@@ -222,8 +239,8 @@ at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {
   const Prepared prepared = prepare(x, gka_cache);
   const gka_detail::SolveOptions options = solve_options(config_);
   // Within one call the states stay in the solve dtype, as in the chunked form.
-  at::Tensor kk_state = to_type(gka_cache->kk_state, solve_type_);
-  at::Tensor kv_state = to_type(gka_cache->kv_state, solve_type_);
+  at::Tensor kk_state = to_type(gka_cache->kk_state, prepared.q.scalar_type());
+  at::Tensor kv_state = to_type(gka_cache->kv_state, prepared.q.scalar_type());
   std::vector<at::Tensor> outputs;
   outputs.reserve(static_cast<size_t>(x.size(1)));
   for (int64_t t = 0; t < x.size(1); ++t)
@@ -240,8 +257,8 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
   GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);
   const Prepared prepared = prepare(x, &gka_cache);
-  at::Tensor kk_state = to_type(gka_cache.kk_state, solve_type_);
-  at::Tensor kv_state = to_type(gka_cache.kv_state, solve_type_);
+  at::Tensor kk_state = to_type(gka_cache.kk_state, prepared.q.scalar_type());
+  at::Tensor kv_state = to_type(gka_cache.kv_state, prepared.q.scalar_type());
   const at::Tensor o =
       gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve_options(config_));
   store_state(gka_cache.kk_state, kk_state);

@@ -36,6 +36,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "model/mixer.h"
@@ -106,21 +107,25 @@ class GkaMixer : public SsmMixer {
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
 
   const GkaConfig& config() const { return config_; }
-  // Dtype of the state recurrence and solve (float64 by default; see Numerics above).
-  at::ScalarType solve_dtype() const { return solve_type_; }
-  void set_solve_dtype(at::ScalarType type);
+  // Dtype of the state recurrence and solve for inputs on `device` (see Numerics above):
+  // fp32 for a layer being trained on CUDA (a weight requires grad) unless its weights are
+  // float64, float64 otherwise; set_solve_dtype overrides.
+  at::ScalarType solve_dtype(const at::Device& device) const;
+  // fp32 or float64 for every device (checks, measurements); nullopt: back to the default.
+  void set_solve_dtype(std::optional<at::ScalarType> type);
 
   // The per-token inputs of the state recurrence, in the compute dtype (see gka_core.h).
   struct Prepared;
 
  private:
   Prepared prepare(const at::Tensor& x, GkaCache* cache) const;
+  bool trained() const;  // some weight requires grad
   at::Tensor finish(const at::Tensor& o, const Prepared& prepared, const at::Tensor& x) const;
 
   GkaConfig config_;
   std::string prefix_;
   at::ScalarType compute_type_;               // fp32, or float64 for float64 weights
-  at::ScalarType solve_type_ = at::kDouble;    // state recurrence and solve
+  std::optional<at::ScalarType> solve_override_;  // set_solve_dtype
   at::Tensor q_proj_, k_proj_, v_proj_, a_proj_, b_proj_, b_bias_, alpha_proj_, alpha_bias_;
   at::Tensor A_log_, dt_bias_, q_conv_, k_conv_, v_conv_, g_proj_, o_norm_, o_proj_;
 };

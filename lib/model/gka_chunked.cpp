@@ -112,11 +112,8 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
         e_start.pow(2) * H0_norm2 + 2.0 * e_start * cross + intra;
     const at::Tensor frob = frobenius_from_square(frob_square, options.bp_lambda);  // [..,C,1]
 
-    // H_t x_t for all positions at once (H_0 is symmetric, so x H_0 = (H_0 x)^T).
-    auto apply_H = [&](const at::Tensor& X) {
-      return at::addcmul(at::matmul(W * at::matmul(X, Kt), K), e_start, at::matmul(X, H0));
-    };
-    const at::Tensor X = chebyshev_iterate(apply_H, Q, frob, options.ridge_strength, options.num_iter);
+    const ChunkSystem system{K, H0, W, e_start};
+    const at::Tensor X = chunk_solve(Q, system, frob, options.ridge_strength, options.num_iter);
     Q_tilde = alpha_mix(Q, X, in.alpha.defined() ? chunks::split(in.alpha, C) : at::Tensor());
   }
 

@@ -64,6 +64,24 @@ at::Tensor chebyshev_iterate(const ApplyH& apply_H, const at::Tensor& q, const a
   return x;
 }
 
+// The systems H_t of every position of every chunk, as the chunked form applies them:
+// H_t x = e^{G_t} H_0 x + sum_{j<=t} w_tj k_j (k_j . x).
+struct ChunkSystem {
+  at::Tensor keys;        // k_j        [B,H,n,C,D]
+  at::Tensor start;       // H_0        [B,H,n,D,D], the chunk-start states (symmetric)
+  at::Tensor weights;     // w_tj       [B,H,n,C,C], zero above the diagonal
+  at::Tensor from_start;  // e^{G_t}    [B,H,n,C,1]
+};
+
+// chebyshev_iterate over a ChunkSystem (q [B,H,n,C,D], frob [B,H,n,C,1]) as one autograd node
+// (gka_solve.cpp): saves only its inputs and recomputes the iterates in backward, giving the
+// gradient of the unrolled iteration to rounding. num_iter > 0.
+at::Tensor chunk_solve(const at::Tensor& q, const ChunkSystem& system, const at::Tensor& frob,
+                       double ridge_strength, int num_iter);
+// The same function left to autograd (keeps every iterate): the reference for checks.
+at::Tensor chunk_solve_unrolled(const at::Tensor& q, const ChunkSystem& system,
+                                const at::Tensor& frob, double ridge_strength, int num_iter);
+
 // q~ = q + alpha (x - q), alpha undefined meaning 1. Shapes [..., H, D] and [..., H].
 inline at::Tensor alpha_mix(const at::Tensor& q, const at::Tensor& x, const at::Tensor& alpha) {
   if (!alpha.defined()) return x;

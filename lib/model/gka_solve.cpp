@@ -1,0 +1,166 @@
+// The Chebyshev solve of GKA's chunked form as one autograd node.
+//
+// Unrolled by autograd, the 30 iterations keep every iterate and every intermediate of
+// H_t x (several [B,H,n,C,D] tensors per iteration and layer, alive until the backward pass):
+// the bulk of a GKA layer's training memory. This node saves only its inputs, which other nodes
+// of the chunked form keep anyway, and in backward recomputes the iterates and runs the exact
+// reverse of the iteration: the same gradient as the unrolled graph, to rounding.
+//
+// Iteration (y_0 = 0, y_1 = eta q; i = 1..N, output y_{N+1}):
+//   y_{i+1} = omega_i eta q + (1 - omega_i) y_{i-1} + omega_i kappa y_i - omega_i eta H y_i
+// with kappa = 1 - eta lambda (= 1/(1 + 2r): its derivative in ||H||_F is exactly 0) and
+// eta = 2 / ((2r + 1) f), so d eta / d f = -eta / f. H_t is symmetric, so with A_{i+1} the
+// adjoint of y_{i+1} and U_i = -omega_i eta A_{i+1}:
+//   adjoint of y_i     += omega_i kappa A_{i+1} + H U_i
+//   adjoint of y_{i-1} += (1 - omega_i) A_{i+1}
+//   d/d eta            += omega_i A_{i+1} . q + (H U_i) . y_i / eta
+// and every U_i y_i^T is an upstream gradient of H_t, taken apart into K, H_0, W and e^{G_t}
+// exactly as autograd would take apart apply_H below.
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <vector>
+
+#include "model/gka_core.h"
+#include "util/error.h"
+
+namespace prime::model::gka_detail {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// H_t X for all positions of every chunk: X [..,C,D] -> [..,C,D] (H_0 symmetric, so
+// x H_0 = (H_0 x)^T).
+at::Tensor apply_chunk_H(const at::Tensor& X, const ChunkSystem& system) {
+  return at::addcmul(at::matmul(system.weights * at::matmul(X, system.keys.transpose(-1, -2)),
+                                system.keys),
+                     system.from_start, at::matmul(X, system.start));
+}
+
+// Adds `term` into `sum` (undefined meaning zero).
+void accumulate(at::Tensor& sum, const at::Tensor& term) {
+  sum = sum.defined() ? sum.add_(term) : term;
+}
+
+struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
+  // Inputs in ChunkSystem order: q, keys, start, weights, from_start, frob.
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& keys,
+                            const at::Tensor& start, const at::Tensor& weights,
+                            const at::Tensor& from_start, const at::Tensor& frob,
+                            double ridge_strength, int64_t num_iter) {
+    context->save_for_backward({q, keys, start, weights, from_start, frob});
+    context->saved_data["ridge_strength"] = ridge_strength;
+    context->saved_data["num_iter"] = num_iter;
+    const ChunkSystem system{keys, start, weights, from_start};
+    return chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q,
+                             frob, ridge_strength, static_cast<int>(num_iter));
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor &q = saved[0], &frob = saved[5];
+    const ChunkSystem system{saved[1], saved[2], saved[3], saved[4]};
+    const double r = context->saved_data["ridge_strength"].toDouble();
+    const int num_iter = static_cast<int>(context->saved_data["num_iter"].toInt());
+    const bool need_keys = context->needs_input_grad(1), need_start = context->needs_input_grad(2),
+               need_weights = context->needs_input_grad(3),
+               need_from_start = context->needs_input_grad(4), need_frob = context->needs_input_grad(5);
+    at::NoGradGuard no_grad;
+
+    // Recompute the iterates y_1..y_N with the forward's exact arithmetic (chebyshev_iterate).
+    const at::Tensor lambda = frob * r;
+    const at::Tensor eta = 2.0 / (2.0 * lambda + frob);
+    const double spread = 1.0 / (2.0 * (2.0 * r + 1.0));
+    const double c = spread * spread;
+    const at::Tensor eta_q = eta * q;
+    const at::Tensor kappa = 1.0 - eta * lambda;
+    std::vector<at::Tensor> ys{eta_q};
+    std::vector<double> omegas;
+    {
+      at::Tensor x = eta_q, x_prev;
+      double omega = 2.0;
+      for (int i = 0; i < num_iter; ++i) {
+        omega = 1.0 / (1.0 - c * omega);
+        omegas.push_back(omega);
+        if (i + 1 == num_iter) break;  // y_{N+1} (the output) is not needed
+        const at::Tensor base = x_prev.defined() ? at::lerp(x_prev, eta_q, omega) : eta_q * omega;
+        x_prev = x;
+        x = at::addcmul(at::addcmul(base, kappa * omega, x), eta * omega,
+                        apply_chunk_H(x, system), -1.0);
+        ys.push_back(x);
+      }
+    }
+
+    // Reverse sweep. adjoint_next: complete adjoint of y_{i+1}; adjoint_cur / adjoint_prev:
+    // what is known so far of the adjoints of y_i / y_{i-1}.
+    const at::Tensor keys_t = system.keys.transpose(-1, -2);
+    at::Tensor adjoint_next = grad_outputs[0], adjoint_cur, adjoint_prev;
+    at::Tensor q_coeff;  // sum of omega_i A_{i+1}, plus A_1: d/dq = eta * q_coeff
+    at::Tensor hy;       // sum of (H U_i) . y_i
+    at::Tensor g_keys, g_start, g_weights, g_from_start;
+    for (int i = num_iter; i >= 1; --i) {
+      const double omega = omegas[static_cast<size_t>(i - 1)];
+      const at::Tensor& y = ys[static_cast<size_t>(i - 1)];
+      const at::Tensor U = adjoint_next * (eta * -omega);
+      const at::Tensor UK = at::matmul(U, keys_t);  // [..,C,C]
+      const at::Tensor WUK = system.weights * UK;
+      const at::Tensor UH0 = at::matmul(U, system.start);
+      const at::Tensor HU = at::addcmul(at::matmul(WUK, system.keys), system.from_start, UH0);
+      if (need_weights || need_keys) {
+        const at::Tensor YK = at::matmul(y, keys_t);
+        if (need_weights) accumulate(g_weights, UK * YK);
+        if (need_keys) {
+          accumulate(g_keys, at::matmul((system.weights * YK).transpose(-1, -2), U));
+          g_keys.add_(at::matmul(WUK.transpose(-1, -2), y));
+        }
+      }
+      if (need_from_start) accumulate(g_from_start, (UH0 * y).sum(-1, /*keepdim=*/true));
+      if (need_start) accumulate(g_start, at::matmul(y.transpose(-1, -2), U * system.from_start));
+      if (need_frob) accumulate(hy, (HU * y).sum(-1, /*keepdim=*/true));
+      accumulate(q_coeff, adjoint_next * omega);
+      // Adjoints flowing to y_i (iteration i) and y_{i-1} (momentum term of iteration i).
+      at::Tensor to_cur = at::addcmul(HU, kappa * omega, adjoint_next);
+      adjoint_cur = adjoint_cur.defined() ? adjoint_cur.add_(to_cur) : to_cur;
+      if (i >= 2) accumulate(adjoint_prev, adjoint_next * (1.0 - omega));
+      adjoint_next = adjoint_cur;
+      adjoint_cur = adjoint_prev;
+      adjoint_prev = at::Tensor();
+    }
+    accumulate(q_coeff, adjoint_next);  // y_1 = eta q
+
+    variable_list grads(8);
+    grads[0] = eta * q_coeff;
+    grads[1] = g_keys;
+    grads[2] = g_start;
+    grads[3] = g_weights;
+    grads[4] = g_from_start;
+    if (need_frob) {
+      // d eta / d f = -eta / f, eta and f per position.
+      const at::Tensor d_eta = (q_coeff * q).sum(-1, /*keepdim=*/true) + hy / eta;
+      grads[5] = d_eta * (-eta / frob);
+    }
+    // An input broadcast in the forward takes its gradient summed back to its own shape.
+    for (int index = 1; index <= 5; ++index)
+      if (grads[index].defined() && grads[index].sizes() != saved[index].sizes())
+        grads[index] = at::sum_to(grads[index], saved[index].sizes());
+    return grads;
+  }
+};
+
+}  // namespace
+
+at::Tensor chunk_solve(const at::Tensor& q, const ChunkSystem& system, const at::Tensor& frob,
+                       double ridge_strength, int num_iter) {
+  PRIME_CHECK(num_iter > 0, "GKA chunk solve needs at least one iteration");
+  return ChunkSolve::apply(q, system.keys, system.start, system.weights, system.from_start, frob,
+                           ridge_strength, static_cast<int64_t>(num_iter));
+}
+
+at::Tensor chunk_solve_unrolled(const at::Tensor& q, const ChunkSystem& system,
+                                const at::Tensor& frob, double ridge_strength, int num_iter) {
+  return chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q, frob,
+                           ridge_strength, num_iter);
+}
+
+}  // namespace prime::model::gka_detail
