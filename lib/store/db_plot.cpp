@@ -1,0 +1,195 @@
+// prime-db plot / curves: the data and the gnuplot script are written beside the image so a
+// user can restyle it and re-run `gnuplot NAME.gp`.
+#include "store/db_plot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <set>
+
+#include "store/pareto.h"
+
+#include "util/error.h"
+
+namespace prime::store {
+namespace detail {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string terminal_for(const std::string& image) {
+  const std::string extension = fs::path(image).extension().string();
+  if (extension == ".png") return "pngcairo size 1000,700 noenhanced font 'Sans,10'";
+  if (extension == ".svg") return "svg size 1000,700 dynamic noenhanced font 'Sans,10' background '#ffffff'";
+  throw user_error("--out '", image, "' must end in .png or .svg");
+}
+
+// gnuplot double-quoted strings: backslashes and quotes escaped.
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c != '\n') out += c;
+  }
+  return out + "\"";
+}
+
+// Data-file labels cannot hold a double quote at all.
+std::string data_label(std::string text) {
+  std::replace(text.begin(), text.end(), '"', '\'');
+  return "\"" + text + "\"";
+}
+
+void check_output(const std::string& image) {
+  const fs::path parent = fs::path(image).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent)) throw user_error("--out: directory ", parent.string(), " does not exist");
+  if (fs::is_directory(image)) throw user_error("--out '", image, "' is a directory");
+}
+
+std::string shell_quoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// Runs gnuplot on `script` from the script's directory, where its data and output names are.
+void run_gnuplot(const std::string& script, const std::string& image) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
+    throw user_error("gnuplot is not installed (Debian: apt-get install gnuplot-nox); the data and script are in ",
+                     script, " and beside it");
+  const fs::path script_path = fs::absolute(script);
+  const std::string log = script_path.string() + ".log";
+  const std::string command = "cd " + shell_quoted(script_path.parent_path().string()) + " && gnuplot " +
+                              shell_quoted(script_path.filename().string()) + " >" + shell_quoted(log) + " 2>&1";
+  const int status = std::system(command.c_str());
+  std::ifstream in(log);
+  const std::string messages((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  fs::remove(log);
+  if (status != 0 || !fs::exists(image)) throw internal_error("gnuplot failed on ", script, ":\n", messages);
+}
+
+}  // namespace
+
+void render_pareto(const ParetoTable& table, const std::string& stem, const std::string& image) {
+  check_output(image);
+  const std::string data = stem + ".dat", script = stem + ".gp";
+  // One block, rows grouped (0 dominated, 1 infeasible, 2 front sorted by x) so the front's
+  // rows are contiguous and its line connects only them.
+  // The highlighted front is that of the feasible trials; infeasible ones are greyed wherever
+  // they lie.
+  std::vector<std::vector<double>> feasible_points;
+  std::vector<const ParetoRow*> feasible_rows;
+  for (const ParetoRow& row : table.rows)
+    if (row.feasible) {
+      feasible_points.push_back({row.point[0], row.point[1]});
+      feasible_rows.push_back(&row);
+    }
+  std::set<const ParetoRow*> front;
+  for (size_t index : pareto_front(feasible_points, {table.objectives[0].direction, table.objectives[1].direction}))
+    front.insert(feasible_rows[index]);
+  std::vector<std::tuple<int, double, double, std::string>> rows;
+  for (const ParetoRow& row : table.rows) {
+    if (std::isnan(row.point[0]) || std::isnan(row.point[1])) continue;
+    const int group = !row.feasible ? 1 : front.count(&row) ? 2 : 0;
+    rows.emplace_back(group, row.point[0], row.point[1], trial_label(row.trial));
+  }
+  std::sort(rows.begin(), rows.end());
+  {
+    std::ofstream out(data);
+    out << "# " << table.objectives[0].name << " " << table.objectives[1].name
+        << " label group (0 dominated, 1 infeasible, 2 Pareto front)\n" << std::setprecision(10);
+    for (const auto& [group, x, y, label] : rows) out << x << " " << y << " " << data_label(label) << " " << group << "\n";
+    if (rows.empty()) out << "NaN NaN \"\" 0\n";
+  }
+  const std::string data_name = fs::path(data).filename().string();
+  std::ofstream out(script);
+  out << "# Pareto plot of study " << table.study.name << ": `gnuplot " << fs::path(script).filename().string()
+      << "` from this directory redraws it.\n"
+      << "set terminal " << terminal_for(image) << "\n"
+      << "set output " << quoted(fs::path(image).filename().string()) << "\n"
+      << "set title " << quoted("study " + table.study.name + ": Pareto front (" + objective_text(table.objectives[0]) +
+                                ", " + objective_text(table.objectives[1]) + ")")
+      << "\n"
+      << "set xlabel " << quoted(axis_title(table.objectives[0].name)) << "\n"
+      << "set ylabel " << quoted(axis_title(table.objectives[1].name)) << "\n"
+      << "set grid lc rgb '#dddddd'\nset key outside right top\nset offsets graph 0.08, graph 0.08, graph 0.08, graph 0.08\n"
+      << "data = " << quoted(data_name) << "\n"
+      << "plot data using 1:($4 == 0 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#4a7ab5' title 'dominated', \\\n"
+      << "     data using 1:($4 == 1 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#b0b0b0' title 'infeasible', \\\n"
+      << "     data using 1:($4 == 2 ? $2 : 1/0) with linespoints pt 7 ps 1.7 lw 2 lc rgb '#d62728' title 'Pareto front (feasible)', \\\n"
+      << "     data using 1:2:3 with labels offset char 0.8, char 0.7 left font ',8' tc rgb '#333333' notitle\n";
+  out.close();
+  run_gnuplot(script, image);
+}
+
+}  // namespace detail
+
+namespace {
+// One metric: its own title; several with one unit ("loss", "val_loss"): "value (nats/token)".
+std::string shared_axis_title(const std::vector<std::string>& metrics) {
+  if (metrics.size() == 1) return axis_title(metrics[0]);
+  std::string unit;
+  for (const std::string& metric : metrics) {
+    const std::string title = axis_title(metric), this_unit = title.substr(metric.size());
+    if (this_unit.empty() || (!unit.empty() && this_unit != unit)) return "value";
+    unit = this_unit;
+  }
+  return "value" + unit;
+}
+
+std::string stem_of(const std::string& image) {
+  const std::filesystem::path path(image);
+  return (path.parent_path() / path.stem()).string();
+}
+}  // namespace
+
+void plot_pareto(Store& store, const std::string& study, const Objective& x, const Objective& y, const std::string& out,
+                 bool feasible_only) {
+  const ParetoTable table = pareto_table(store, study, {x, y}, feasible_only);
+  detail::render_pareto(table, stem_of(out), out);
+}
+
+void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>& metrics, const std::string& out) {
+  namespace fs = std::filesystem;
+  detail::check_output(out);
+  const TrialDetail detail = store.trial_detail(trial_id);
+  const std::string stem = stem_of(out), data = stem + ".dat", script = stem + ".gp";
+  std::vector<std::string> plotted;
+  {
+    std::ofstream file(data);
+    file << "# metric step value\n" << std::setprecision(10);
+    for (const std::string& metric : metrics) {
+      const auto curve = store.curve(trial_id, metric);
+      if (curve.empty()) {
+        std::string known;
+        for (const auto& name : store.metric_names(trial_id)) known += (known.empty() ? "" : ", ") + name;
+        throw user_error("trial ", trial_id, " has no metric '", metric, "' (it has: ", known.empty() ? "none" : known, ")");
+      }
+      for (const MetricPoint& point : curve)
+        if (std::isfinite(point.value)) file << detail::data_label(metric) << " " << point.step << " " << point.value << "\n";
+      file << "\n";  // a blank line ends each metric's line
+      plotted.push_back(metric);
+    }
+  }
+  std::ofstream file(script);
+  file << "# Curves of trial " << trial_id << ": `gnuplot " << fs::path(script).filename().string()
+       << "` from this directory redraws them.\n"
+       << "set terminal " << detail::terminal_for(out) << "\n"
+       << "set output " << detail::quoted(fs::path(out).filename().string()) << "\n"
+       << "set title " << detail::quoted("trial " + std::to_string(trial_id) + " (" + trial_label(detail.trial) + ", study " +
+                                         detail.study.name + ")")
+       << "\nset xlabel 'step'\nset ylabel "
+       << detail::quoted(shared_axis_title(plotted)) << "\n"
+       << "set grid lc rgb '#dddddd'\nset key outside right top\n"
+       << "data = " << detail::quoted(fs::path(data).filename().string()) << "\nplot ";
+  for (size_t index = 0; index < plotted.size(); ++index)
+    file << (index ? ", \\\n     " : "") << "data using 2:(strcol(1) eq " << detail::quoted(plotted[index])
+         << " ? $3 : 1/0) with lines lw 2 title " << detail::quoted(plotted[index]);
+  file << "\n";
+  file.close();
+  detail::run_gnuplot(script, out);
+}
+
+}  // namespace prime::store
