@@ -3,13 +3,10 @@
 // dtype, and what the autograd graph keeps alive between forward and backward.
 #include <catch2/catch.hpp>
 
-#include <c10/core/Allocator.h>
-#include <c10/util/ThreadLocalDebugInfo.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <iomanip>
 #include <iostream>
-#include <memory>
 
 #include "model/gka_core.h"
 #include "model/ssm_chunks.h"
@@ -77,20 +74,6 @@ std::vector<at::Tensor> solve_gradients(const SolveLeaves& leaves, at::ScalarTyp
 }
 
 const char* const kLeafNames[] = {"q", "keys", "start", "weights", "from_start"};
-
-// Current and peak bytes allocated on the calling thread while installed (the allocators
-// report to the profiler hook through it), per device type.
-struct AllocationMeter : c10::MemoryReportingInfoBase {
-  int64_t current = 0, peak = 0;
-  c10::DeviceType device;
-  explicit AllocationMeter(c10::DeviceType type) : device(type) {}
-  void reportMemoryUsage(void*, int64_t size, size_t, size_t, c10::Device where) override {
-    if (where.type() != device) return;
-    current += size;
-    peak = std::max(peak, current);
-  }
-  bool memoryProfilingEnabled() const override { return true; }
-};
 
 }  // namespace
 

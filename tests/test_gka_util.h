@@ -3,9 +3,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Allocator.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "model/gka.h"
@@ -113,5 +117,20 @@ inline double rel_error(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor b64 = b.detach().to(at::kCPU, at::kDouble);
   return (a64 - b64).abs().max().item<double>() / b64.abs().max().item<double>();
 }
+
+// Bytes allocated (current and peak) on one device type by the calling thread while installed
+// as the profiler's memory reporter (c10::DebugInfoGuard with DebugInfoKind::PROFILER_STATE):
+// the CPU and CUDA allocators report every allocation and free to it.
+struct AllocationMeter : c10::MemoryReportingInfoBase {
+  int64_t current = 0, peak = 0;
+  c10::DeviceType device;
+  explicit AllocationMeter(c10::DeviceType type) : device(type) {}
+  void reportMemoryUsage(void*, int64_t size, size_t, size_t, c10::Device where) override {
+    if (where.type() != device) return;
+    current += size;
+    peak = std::max(peak, current);
+  }
+  bool memoryProfilingEnabled() const override { return true; }
+};
 
 }  // namespace prime::test_gka

@@ -22,11 +22,19 @@
 //
 // Numerics: projections run in the weight dtype; conv output, L2 norms, gates and the output
 // norm in fp32 (float64 for float64 weights, for gradient checks); o_proj in the weight dtype.
-// States are stored in fp32. The state recurrence and the Chebyshev solve run in float64 by
-// default (solve_dtype): x = (H + lambda I)^-1 q is up to 1/r = 50x larger along H's small
-// eigenvectors than along the directions S^T keeps, so fp32 rounding in the 30 iterations
-// reaches the output amplified ~50x (measured: up to 4e-5 relative error at the first tokens,
-// against ~1e-6 with the float64 solve). set_solve_dtype(at::kFloat) trades that for speed.
+// States are stored in fp32. The state recurrence and the Chebyshev solve run in the solve
+// dtype (solve_dtype): x = (H + lambda I)^-1 q is up to 1/r = 50x larger along H's small
+// eigenvectors than along the directions S^T keeps, so fp32 rounding in the iterations reaches
+// the output amplified ~50x. float64 is the default (every form within ~1e-6 of the float64
+// reference) except for a layer being trained on CUDA (a weight requires grad, weights not
+// float64), which solves in fp32 for speed and memory: measured on CPU, its output is within
+// 9e-5 of the float64 reference (worst at the first tokens) and its gradients within 7e-5
+// (bp_lambda true) / 1e-3 (false) of float64 autograd. The fp32 solve assumes TF32 matmuls
+// are off (LibTorch's default). set_solve_dtype overrides the choice.
+// Training memory: the chunked form's solve is one autograd node (gka_solve.cpp) that saves
+// only its inputs and recomputes the iterates in backward, giving the unrolled gradient to
+// rounding; so the graph does not grow with num_iter. The recurrent and step forms are left
+// to autograd (the unrolled reference).
 // If ||H_t||_F is exactly 0 (all keys so far are zero) it is floored at 1e-15 so the solve
 // stays finite.
 #pragma once

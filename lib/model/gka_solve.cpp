@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "model/gka_core.h"
+#include "model/ssm_common.h"
 #include "util/error.h"
 
 namespace prime::model::gka_detail {
@@ -67,6 +68,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
                need_weights = context->needs_input_grad(3),
                need_from_start = context->needs_input_grad(4), need_frob = context->needs_input_grad(5);
     at::NoGradGuard no_grad;
+    const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
 
     // Recompute the iterates y_1..y_N with the forward's exact arithmetic (chebyshev_iterate).
     const at::Tensor lambda = frob * r;
