@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "model/gka.h"
 
@@ -40,9 +41,11 @@ inline at::Tensor frobenius_from_square(const at::Tensor& square, bool bp_lambda
 // [lambda, lambda + f], lambda = r f. apply_H(x) returns H x for x shaped like q; frob is f,
 // broadcastable against q (trailing dim 1). Since lambda is proportional to f, c and hence the
 // omega sequence are the same scalars for every position; only eta and lambda vary.
+// `iterates` (optional) receives the x each iteration starts from, for a backward pass.
 template <typename ApplyH>
 at::Tensor chebyshev_iterate(const ApplyH& apply_H, const at::Tensor& q, const at::Tensor& frob,
-                             double ridge_strength, int num_iter) {
+                             double ridge_strength, int num_iter,
+                             std::vector<at::Tensor>* iterates = nullptr) {
   const at::Tensor lambda = frob * ridge_strength;
   const at::Tensor eta = 2.0 / (2.0 * lambda + frob);
   const double spread = 1.0 / (2.0 * (2.0 * ridge_strength + 1.0));  // f / (2 (2 lambda + f))
@@ -54,6 +57,7 @@ at::Tensor chebyshev_iterate(const ApplyH& apply_H, const at::Tensor& q, const a
   double omega = 2.0;
   for (int iteration = 0; iteration < num_iter; ++iteration) {
     omega = 1.0 / (1.0 - c * omega);
+    if (iterates) iterates->push_back(x);
     // x' = omega (x - eta ((H + lambda) x - q)) + (1 - omega) x_prev, regrouped as
     //    = [omega eta q + (1 - omega) x_prev] + omega (1 - eta lambda) x - omega eta H x
     // so that each full-size tensor is touched by one fused op (lerp / addcmul) instead of ~8.

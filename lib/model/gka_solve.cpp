@@ -70,28 +70,17 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     at::NoGradGuard no_grad;
     const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
 
-    // Recompute the iterates y_1..y_N with the forward's exact arithmetic (chebyshev_iterate).
-    const at::Tensor lambda = frob * r;
-    const at::Tensor eta = 2.0 / (2.0 * lambda + frob);
+    // Recompute the iterates y_1..y_N with the forward's own arithmetic.
+    std::vector<at::Tensor> ys;
+    chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q, frob, r,
+                      num_iter, &ys);
+    const at::Tensor eta = 2.0 / (2.0 * (frob * r) + frob);  // as chebyshev_iterate
+    const at::Tensor kappa = 1.0 - eta * (frob * r);
     const double spread = 1.0 / (2.0 * (2.0 * r + 1.0));
-    const double c = spread * spread;
-    const at::Tensor eta_q = eta * q;
-    const at::Tensor kappa = 1.0 - eta * lambda;
-    std::vector<at::Tensor> ys{eta_q};
     std::vector<double> omegas;
-    {
-      at::Tensor x = eta_q, x_prev;
-      double omega = 2.0;
-      for (int i = 0; i < num_iter; ++i) {
-        omega = 1.0 / (1.0 - c * omega);
-        omegas.push_back(omega);
-        if (i + 1 == num_iter) break;  // y_{N+1} (the output) is not needed
-        const at::Tensor base = x_prev.defined() ? at::lerp(x_prev, eta_q, omega) : eta_q * omega;
-        x_prev = x;
-        x = at::addcmul(at::addcmul(base, kappa * omega, x), eta * omega,
-                        apply_chunk_H(x, system), -1.0);
-        ys.push_back(x);
-      }
+    for (double omega = 2.0; omegas.size() < ys.size();) {
+      omega = 1.0 / (1.0 - spread * spread * omega);
+      omegas.push_back(omega);
     }
 
     // Reverse sweep. adjoint_next: complete adjoint of y_{i+1}; adjoint_cur / adjoint_prev:
