@@ -41,7 +41,7 @@ data=.gpu/priming/gutenberg.valid.gpt2.tok
 [ -s "$data" ] || { echo "missing $data (see experiments/priming_first/run_gpu.sh)"; exit 1; }
 for recompute in "" "--recompute"; do
   name=gka_1to3_align${recompute:+_recompute}
-  rm -rf "/tmp/$name"
+  rm -rf "/tmp/$name" "$OUT/$name.jsonl"
   start=$(date +%s)
   $bin/prime-train --model synthetic:qwen3-8b+convert:GKA:1:3 --teacher synthetic:qwen3-8b --stage align \
     --data "$data" --seq-len 4096 --batch-tokens 4K --tokens $(( steps * 4096 )) --lr 1e-4 --warmup 1 \
@@ -50,8 +50,7 @@ for recompute in "" "--recompute"; do
   code=$?
   echo "GKA 1:3 align ${recompute:-(no --recompute)}: exit $code after $(( $(date +%s) - start )) s"
   python3 - "$OUT/$name.jsonl" <<'PY'
-import json, sys
-import os
+import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()] if os.path.exists(sys.argv[1]) else []
 rows = [r for r in rows if 'tokens_per_s' in r]
 for r in rows:
