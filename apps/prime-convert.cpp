@@ -3,9 +3,12 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "convert/convert.h"
+#include "search/scorers/select.h"
 #include "util/cli.h"
 #include "util/error.h"
 
@@ -43,6 +46,15 @@ int main(int argc, char** argv) {
   app.add_option("--scores", options.layers.scores,
                  "per-layer scores CSV (layer,score or HMF importance CSV); higher = safer to replace")
       ->group("Layers");
+  prime::search::SelectOptions select;
+  app.add_option("--select", select.scorer,
+                 "run a prime-select scorer (or reuse the scores it kept beside --out) and keep its lowest-scoring "
+                 "layers: " + prime::search::scorer_names())
+      ->group("Layers");
+  app.add_option("--select-data", select.data, "token shard for --select (prime-select --data)")->group("Layers");
+  app.add_option("--select-window", select.settings.window, "--select's W (default 128)")->group("Layers");
+  app.add_option("--select-seq-len", select.settings.seq_len, "--select's sequence length (default 512)")->group("Layers");
+  app.add_option("--select-device", select.device, "--select's device: cpu (default), cuda or auto")->group("Layers");
   app.add_option("--swa-window", options.swa_window, "window of SWA layers (default 2048)")->group("Layers");
   app.add_option("--init", options.init, "hmf (default), head, mambainllama or random")->group("Initialisation");
   app.add_option("--seed", options.seed, "seed of the random parts (default 0)")->group("Initialisation");
@@ -67,6 +79,19 @@ int main(int argc, char** argv) {
     const auto style = quiet ? prime::convert::ProgressStyle::Quiet
                        : isatty(STDOUT_FILENO) ? prime::convert::ProgressStyle::Tty
                                                : prime::convert::ProgressStyle::Lines;
+    std::optional<prime::search::ConvertSelection> selection;
+    if (!select.scorer.empty()) {
+      if (!options.layers.scores.empty()) throw prime::user_error("choose one of --scores and --select");
+      select.source = options.source;
+      if (!options.layers.ratio.empty()) select.settings.ratios = {options.layers.ratio};
+      const std::string kept = out.empty() ? "" : out.substr(0, out.find_last_not_of('/') + 1) + "." + select.scorer + "-scores.csv";
+      selection = prime::search::scores_for_convert(select, kept, std::cerr);
+      options.layers.scores = selection->path;
+    }
+    struct RemoveTemporary {
+      const std::optional<prime::search::ConvertSelection>& selection;
+      ~RemoveTemporary() { if (selection && selection->temporary) std::remove(selection->path.c_str()); }
+    } remove_temporary{selection};
     prime::convert::run_convert(options, dry_run, every_tensor, style, std::cout, json);
   });
 }

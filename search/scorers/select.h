@@ -1,0 +1,68 @@
+// prime-select as a library call: load the teacher and the scoring sequences, run one scorer,
+// write its per-layer scores as a CSV that prime-convert --scores reads, and report per ratio
+// which layers stay attention and the predicted loss increase. prime-convert --select runs the
+// same (or reuses the scores it kept).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "search/scorers/ratio_report.h"
+#include "search/scorers/scorer.h"
+
+namespace prime::search {
+
+struct SelectOptions {
+  std::string source;   // --source: a Transformer (directory, alias, HF id, synthetic:...)
+  std::string scorer;   // --scorer
+  std::string data;     // --data: a prime-data token shard (not read by the baselines)
+  std::string out;      // --out: scores CSV (empty: not written)
+  bool force = false;   // --force: replace --out
+  std::string device = "cpu";
+  std::string dtype = "fp32";
+  ScorerSettings settings;
+};
+
+struct SelectOutcome {
+  std::string source, scorer, device;
+  int64_t num_layers = 0;
+  ScorerResult result;
+  double seconds = 0;  // the scorer's own time (loading excluded)
+  std::vector<RatioChoice> ratios;
+  std::string key;     // the settings line of the CSV: what the scores depend on
+};
+
+// Checks every option (UserError, before anything heavy is loaded), then scores. `log` gets
+// progress lines (may be null).
+SelectOutcome run_select(const SelectOptions& options, std::ostream* log);
+
+// The table, the per-ratio choices and the cost, as prime-select prints them.
+void print_select(const SelectOutcome& outcome, std::ostream& out);
+
+// The CSV: '#' lines with the settings, cost and calibration, then `layer,score`.
+std::string scores_csv(const SelectOutcome& outcome);
+// Written atomically (temporary file + rename); an existing file needs force.
+void write_text_file(const std::string& path, const std::string& text, bool force, const std::string& flag);
+
+// What a kept CSV says about itself: its settings line and calibration.
+struct KeptScores {
+  std::string key;
+  std::vector<double> scores;
+  std::optional<double> total_increase;
+};
+std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, int64_t num_layers);
+
+// prime-convert --select NAME: the scores file its plan reads. With `keep_path` the scores are
+// kept there and reused when that file holds scores of the same source, scorer and settings;
+// without it they go to a temporary file (`temporary` set; the caller removes it).
+struct ConvertSelection {
+  std::string path;
+  bool temporary = false;
+  bool reused = false;
+};
+ConvertSelection scores_for_convert(const SelectOptions& options, const std::string& keep_path, std::ostream& log);
+
+}  // namespace prime::search
