@@ -16,7 +16,7 @@ struct ParetoRow {
   Trial trial;
   std::vector<double> point;
   bool on_front = false;
-  int rank = 0;
+  int rank = -1;  // non-dominated sorting rank (0 = front) when asked for, else -1
   bool feasible = true;
 };
 struct ParetoTable {
@@ -28,8 +28,9 @@ struct ParetoTable {
 };
 // UserError when an objective is something no complete trial has (naming what they have).
 // feasible_only: infeasible trials are left out before the front is computed.
+// with_ranks: also every trial's rank (peeling fronts: quadratic, so only when shown).
 ParetoTable pareto_table(Store& store, const std::string& study_name, const std::vector<Objective>& objectives,
-                         bool feasible_only);
+                         bool feasible_only, bool with_ranks = false);
 
 // "GKA 1:3" from the layer and ratio params (else "#number").
 std::string trial_label(const Trial& trial);

@@ -105,7 +105,7 @@ void write_report(Store& store, const std::string& study_name, const std::string
   const fs::path parent = fs::path(out).parent_path();
   if (!parent.empty() && !fs::is_directory(parent)) throw user_error("--out: directory ", parent.string(), " does not exist");
   const Study study = store.study(study_name);
-  const ParetoTable table = pareto_table(store, study_name, study.objectives, false);
+  const ParetoTable table = pareto_table(store, study_name, study.objectives, false, true);
   std::map<int64_t, const ParetoRow*> placed;
   for (const ParetoRow& row : table.rows) placed[row.trial.id] = &row;
 
@@ -150,7 +150,9 @@ void write_report(Store& store, const std::string& study_name, const std::string
     page << "</td>";
     for (size_t k = 0; k < study.objectives.size(); ++k)
       page << "<td>" << (k < trial.values.size() && trial.values[k] ? number(*trial.values[k]) : "") << "</td>";
-    page << "<td>" << (row && !std::isnan(row->point[0]) ? std::to_string(row->rank) : "") << "</td><td>";
+    page << "<td>" << (row && row->rank >= 0 && std::none_of(row->point.begin(), row->point.end(), [](double v) { return std::isnan(v); })
+                           ? std::to_string(row->rank)
+                           : "") << "</td><td>";
     for (const auto& [key, value] : trial.attrs) page << html(key) << "=" << html(value) << "<br>";
     if (!trial.error.empty()) page << "<i>" << html(trial.error) << "</i>";
     page << "</td><td>";

@@ -94,7 +94,7 @@ std::string axis_title(const std::string& name) {
 }
 
 ParetoTable pareto_table(Store& store, const std::string& study_name, const std::vector<Objective>& objectives,
-                         bool feasible_only) {
+                         bool feasible_only, bool with_ranks) {
   if (objectives.empty()) throw user_error("give at least one objective");
   ParetoTable table;
   table.study = store.study(study_name);
@@ -124,11 +124,10 @@ ParetoTable pareto_table(Store& store, const std::string& study_name, const std:
     }
   std::vector<std::vector<double>> points;
   for (const ParetoRow& row : table.rows) points.push_back(row.point);
-  const auto ranks = pareto_ranks(points, directions_of(objectives));
-  for (size_t i = 0; i < table.rows.size(); ++i) {
-    table.rows[i].rank = ranks[i];
-    table.rows[i].on_front = ranks[i] == 0 && !std::isnan(table.rows[i].point[0]) &&
-                             std::none_of(points[i].begin(), points[i].end(), [](double v) { return std::isnan(v); });
+  for (size_t index : pareto_front(points, directions_of(objectives))) table.rows[index].on_front = true;
+  if (with_ranks) {
+    const auto ranks = pareto_ranks(points, directions_of(objectives));
+    for (size_t i = 0; i < table.rows.size(); ++i) table.rows[i].rank = ranks[i];
   }
   return table;
 }
