@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <string>
 
@@ -246,4 +247,15 @@ TEST_CASE("successive halving: several metrics by Pareto rank", "[search]") {
   CHECK(keep_at_rung(points, mixed, 0, 3, 3));
   CHECK(keep_at_rung(points, mixed, 4, 3, 3));
   CHECK_FALSE(keep_at_rung(points, mixed, 1, 3, 3));
+}
+
+TEST_CASE("every sweep template in templates/sweeps parses", "[search]") {
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path(PRIME_SOURCE_DIR) / "templates/sweeps")) {
+    INFO(entry.path().string());
+    const SweepSpec spec = read_spec(entry.path());
+    CHECK_FALSE(sample_trials(spec).empty());
+    ++count;
+  }
+  CHECK(count >= 3);
 }

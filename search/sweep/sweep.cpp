@@ -15,6 +15,7 @@
 #include <thread>
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 
 #include "search/sweep/halving.h"
 #include "search/sweep/sampler.h"
@@ -219,7 +220,14 @@ int run_worker(const SweepSpec& spec, const SweepOptions& options, const std::st
   auto store = store::Store::open(options.store_url);
   const store::Study study = store->study(spec.study);
   const fs::path study_dir = trials_root(options) / spec.study;
-  const StudyInputs inputs = prepare_study_inputs(spec, study_dir, trial_device(spec, options), log);
+  const std::string device = trial_device(spec, options);
+  // On a CPU the workers share the cores: one intra-op pool per core each, not a full pool each
+  // (oversubscribed OpenMP pools spin against each other and run many times slower).
+  if (device == "cpu") {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(std::max(1, cores / options.workers));
+  }
+  const StudyInputs inputs = prepare_study_inputs(spec, study_dir, device, log);
   int ran = 0;
   while (true) {
     store->fail_stale_trials(study.id, options.stale_seconds, spec.retries);
