@@ -46,12 +46,6 @@ std::string make_study(const StoreScratch& scratch) {
   return path;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 
@@ -93,7 +87,7 @@ TEST_CASE("prime-db: studies, trials, show, pareto, hypervolume and export", "[s
   CHECK_THAT(csv.output, Catch::StartsWith("trial,study,number,state") && Catch::Contains("param:layer") &&
                              Catch::Contains("value:val_ppl") && Catch::Contains("attr:state_bytes"));
   CHECK(run_cli(db + "export --format json --out " + scratch.file("all.json")).exit_code == 0);
-  CHECK_THAT(read_text(scratch.file("all.json")), Catch::Contains("\"decode_tok_s\": 1500.0"));
+  CHECK_THAT(prime::test::read_text(scratch.file("all.json")), Catch::Contains("\"decode_tok_s\": 1500.0"));
 }
 
 TEST_CASE("prime-db: plot, curves and report write their files", "[store][db][cli]") {
@@ -104,14 +98,14 @@ TEST_CASE("prime-db: plot, curves and report write their files", "[store][db][cl
   INFO(plot.output);
   CHECK(plot.exit_code == 0);
   CHECK(std::filesystem::file_size(scratch.file("pareto.png")) > 1000);
-  CHECK_THAT(read_text(scratch.file("pareto.gp")), Catch::Contains("val_ppl (perplexity)"));
-  CHECK_THAT(read_text(scratch.file("pareto.dat")), Catch::Contains("\"M2 1:7\" 2"));
+  CHECK_THAT(prime::test::read_text(scratch.file("pareto.gp")), Catch::Contains("val_ppl (perplexity)"));
+  CHECK_THAT(prime::test::read_text(scratch.file("pareto.dat")), Catch::Contains("\"M2 1:7\" 2"));
   CHECK(run_cli(db + "plot --study demo --x val_ppl --y decode_tok_s --out " + scratch.file("pareto.svg")).exit_code == 0);
   CHECK(run_cli(db + "curves --trial 1 --metric loss --metric val_loss --out " + scratch.file("curves.png")).exit_code == 0);
   CHECK(std::filesystem::file_size(scratch.file("curves.png")) > 1000);
   auto report = run_cli(db + "report --study demo --out " + scratch.file("report.html"));
   CHECK(report.exit_code == 0);
-  const std::string page = read_text(scratch.file("report.html"));
+  const std::string page = prime::test::read_text(scratch.file("report.html"));
   CHECK_THAT(page, Catch::Contains("<svg") && Catch::Contains("<script>") && Catch::Contains("M2 1:7") &&
                        !Catch::Contains("http://cdn") && !Catch::Contains("src="));
 }

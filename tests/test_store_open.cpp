@@ -24,18 +24,12 @@ void run_sqlite(const std::string& path, const std::string& sql) {
   sqlite3_close(db);
   REQUIRE(rc == SQLITE_OK);
 }
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 }  // namespace
 
 TEST_CASE("Store: a store of schema version 1 is migrated forward with its data", "[store]") {
   StoreScratch scratch("migrate");
   const std::string path = scratch.file("old.db");
-  run_sqlite(path, read_file((prime::test::fixtures_dir() / "store_v1.sql").string()));
+  run_sqlite(path, prime::test::read_text((prime::test::fixtures_dir() / "store_v1.sql").string()));
   CHECK_THROWS_WITH(Store::open(path, OpenMode::ReadOnly), Catch::Contains("older schema version 1"));
   auto store = Store::open(path);
   CHECK(store->schema_version() == 2);
@@ -63,7 +57,7 @@ TEST_CASE("Store: paths and databases that are no store give a clear error and s
   const std::string corrupt = scratch.file("corrupt.db");
   std::ofstream(corrupt) << "this is a text file, not a database\n";
   CHECK_THROWS_WITH(Store::open(corrupt), Catch::Contains("not an SQLite database"));
-  CHECK(read_file(corrupt) == "this is a text file, not a database\n");
+  CHECK(prime::test::read_text(corrupt) == "this is a text file, not a database\n");
 
   // A valid SQLite header over garbage pages.
   const std::string truncated = scratch.file("truncated.db");
@@ -72,10 +66,10 @@ TEST_CASE("Store: paths and databases that are no store give a clear error and s
 
   const std::string foreign = scratch.file("foreign.db");
   run_sqlite(foreign, "CREATE TABLE users (id INTEGER, name TEXT); INSERT INTO users VALUES (1, 'a');");
-  const std::string foreign_bytes = read_file(foreign);
+  const std::string foreign_bytes = prime::test::read_text(foreign);
   CHECK_THROWS_WITH(Store::open(foreign), Catch::Contains("another program"));
   CHECK_THROWS_WITH(Store::open(foreign, OpenMode::ReadOnly), Catch::Contains("another program"));
-  CHECK(read_file(foreign) == foreign_bytes);
+  CHECK(prime::test::read_text(foreign) == foreign_bytes);
   CHECK_FALSE(fs::exists(foreign + "-wal"));
 
   const std::string newer = scratch.file("newer.db");

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,13 @@ class StoreScratch {
   }
   std::filesystem::path path_;
 };
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 inline std::string postgres_test_url() {
   const char* url = std::getenv("PRIME_TEST_POSTGRES_URL");

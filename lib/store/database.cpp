@@ -1,5 +1,6 @@
 // SqlValue conversions shared by both backends (PostgreSQL hands every value over as text).
 #include <cmath>
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 
@@ -34,6 +35,26 @@ std::string as_text(const SqlValue& value) {
 SqlValue real_or_null(double value) {
   if (!std::isfinite(value)) return std::monostate{};
   return value;
+}
+
+void Database::insert_rows(const std::string& table, const std::vector<std::string>& columns,
+                           const std::vector<SqlValue>& values) {
+  // 200 rows x a few columns stays far below both backends' parameter limits.
+  constexpr size_t kRowsPerInsert = 200;
+  const size_t width = columns.size(), rows = values.size() / width;
+  std::string head = "INSERT INTO " + table + " (", tuple = "(";
+  for (size_t column = 0; column < width; ++column) {
+    head += (column ? ", " : "") + columns[column];
+    tuple += column ? ", ?" : "?";
+  }
+  head += ") VALUES ";
+  tuple += ")";
+  for (size_t begin = 0; begin < rows; begin += kRowsPerInsert) {
+    const size_t count = std::min(kRowsPerInsert, rows - begin);
+    std::string sql = head;
+    for (size_t row = 0; row < count; ++row) sql += (row ? ", " : "") + tuple;
+    exec(sql, std::vector<SqlValue>(values.begin() + begin * width, values.begin() + (begin + count) * width));
+  }
 }
 
 }  // namespace prime::store::detail

@@ -37,6 +37,10 @@ class Database {
   // Appended to a SELECT that picks a row to update in a transaction: row locks where the
   // backend has them (PostgreSQL), nothing where the transaction already serialises (SQLite).
   virtual std::string row_lock_clause() const = 0;
+  // Appends rows (row-major `values`, columns.size() per row) to `table`: multi-row INSERTs by
+  // default; PostgreSQL streams them with COPY (one parse instead of one per statement).
+  virtual void insert_rows(const std::string& table, const std::vector<std::string>& columns,
+                           const std::vector<SqlValue>& values);
   // Column type words for schema scripts.
   virtual std::string id_column() const = 0;  // an auto-assigned 64-bit primary key
   virtual std::string real_type() const = 0;

@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "store/database.h"
 #include "store/db_commands.h"
 #include "util/error.h"
 
@@ -63,7 +64,7 @@ void generate(Store& store, const std::string& name, int64_t trials, int metrics
 void run_store_bench(Store& store, int64_t trials, int metrics, int steps, std::ostream& out) {
   const std::string name = "bench";
   if (!store.find_study(name)) {
-    out << "filling " << store.url() << " with study 'bench': " << trials << " trials x " << metrics << " metrics x " << steps
+    out << "filling " << store.database().display_url() << " with study 'bench': " << trials << " trials x " << metrics << " metrics x " << steps
         << " steps\n";
     generate(store, name, trials, metrics, steps, out);
   }
@@ -85,7 +86,7 @@ void run_store_bench(Store& store, int64_t trials, int metrics, int steps, std::
   });
   std::vector<IntermediateValue> rung;
   const double rung_s = seconds_of([&] { rung = store.intermediate_values(study.id, "metric_0", 500); });
-  out << std::fixed << std::setprecision(3) << store.backend() << " store " << store.url() << ", study 'bench' with "
+  out << std::fixed << std::setprecision(3) << store.backend() << " store " << store.database().display_url() << ", study 'bench' with "
       << listed.size() << " trials:\n"
       << "  trials (load)              " << trials_s << " s\n"
       << "  trials (prime-db table)    " << trials_print_s << " s\n"

@@ -81,7 +81,7 @@ class PostgresDatabase : public Database {
     }
     PGresult* result = PQexecParams(conn_, numbered_placeholders(sql).c_str(), static_cast<int>(params.size()),
                                     nullptr, pointers.data(), nullptr, nullptr, 0);
-    check(result, sql);
+    check_keep(result, sql);
     std::vector<Row> rows(PQntuples(result));
     const int columns = PQnfields(result);
     for (int row = 0; row < static_cast<int>(rows.size()); ++row) {
@@ -95,14 +95,28 @@ class PostgresDatabase : public Database {
   }
 
   void exec_script(const std::string& sql) override {
-    PGresult* result = PQexec(conn_, sql.c_str());
-    check(result, sql);
-    PQclear(result);
+    check(PQexec(conn_, sql.c_str()), sql);
   }
 
   void begin_write() override { exec_script("BEGIN"); }
   void commit() override { exec_script("COMMIT"); }
   void rollback() override { exec_script("ROLLBACK"); }
+
+  void insert_rows(const std::string& table, const std::vector<std::string>& columns,
+                   const std::vector<SqlValue>& values) override {
+    std::string sql = "COPY " + table + " (";
+    for (size_t column = 0; column < columns.size(); ++column) sql += (column ? ", " : "") + columns[column];
+    check(PQexec(conn_, (sql + ") FROM STDIN").c_str()), sql, PGRES_COPY_IN);
+    std::string data;
+    for (size_t index = 0; index < values.size(); ++index) {
+      data += copy_text(values[index]);
+      data += (index + 1) % columns.size() ? '\t' : '\n';
+    }
+    const bool sent = PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) == 1 && PQputCopyEnd(conn_, nullptr) == 1;
+    if (!sent) throw Error("store " + display_ + ": COPY failed: " + PQerrorMessage(conn_));
+    check(PQgetResult(conn_), sql);
+    while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
+  }
 
   bool has_table(const std::string& name) override {
     return !query("SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?",
@@ -111,9 +125,26 @@ class PostgresDatabase : public Database {
   }
 
  private:
-  void check(PGresult* result, const std::string& sql) {
+  // COPY's text format: NULL is \N; backslash, tab, newline and carriage return escaped.
+  static std::string copy_text(const SqlValue& value) {
+    if (is_null(value)) return "\\N";
+    std::string out;
+    for (char c : param_text(value)) {
+      if (c == '\\') out += "\\\\";
+      else if (c == '\t') out += "\\t";
+      else if (c == '\n') out += "\\n";
+      else if (c == '\r') out += "\\r";
+      else out += c;
+    }
+    return out;
+  }
+
+  void check(PGresult* result, const std::string& sql, ExecStatusType expected = PGRES_COMMAND_OK) {
     const ExecStatusType status = PQresultStatus(result);
-    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
+    if (status == expected || status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+      PQclear(result);
+      return;
+    }
     std::string message = result ? PQresultErrorMessage(result) : PQerrorMessage(conn_);
     const char* state = result ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
     PQclear(result);
@@ -121,6 +152,13 @@ class PostgresDatabase : public Database {
     if (PQstatus(conn_) != CONNECTION_OK) throw user_error("lost the PostgreSQL store ", display_, ": ", message);
     if (state && std::string(state) == "25006") throw user_error("store ", display_, " is opened read-only: ", message);
     throw Error("store " + display_ + ": " + message + " (in: " + sql.substr(0, 120) + ")");
+  }
+
+  // As check(), but a good result stays for the caller to read (and clear).
+  void check_keep(PGresult* result, const std::string& sql) {
+    const ExecStatusType status = PQresultStatus(result);
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
+    check(result, sql);
   }
 
   std::string display_;

@@ -14,19 +14,6 @@ using detail::WriteTransaction;
 
 namespace {
 
-// Multi-row INSERTs: one statement per chunk instead of one per row (a round trip each in
-// PostgreSQL). 200 rows x 5 values stays far below both backends' parameter limits.
-constexpr size_t kRowsPerInsert = 200;
-
-std::string insert_values_sql(const std::string& head, size_t rows, size_t columns) {
-  std::string tuple = "(";
-  for (size_t column = 0; column < columns; ++column) tuple += column ? ", ?" : "?";
-  tuple += ")";
-  std::string sql = head + " VALUES ";
-  for (size_t row = 0; row < rows; ++row) sql += (row ? ", " : "") + tuple;
-  return sql;
-}
-
 class StoreMetrics : public MetricsSink {
  public:
   StoreMetrics(Store& store, int64_t trial_id, size_t batch_rows)
@@ -61,18 +48,12 @@ class StoreMetrics : public MetricsSink {
 void Store::log_metrics(int64_t trial_id, const std::vector<MetricRow>& rows) {
   if (rows.empty()) return;
   const double now = unix_now();
+  std::vector<SqlValue> values;
+  values.reserve(rows.size() * 5);
+  for (const MetricRow& row : rows)
+    values.insert(values.end(), {trial_id, row.name, row.step, detail::real_or_null(row.value), row.time > 0 ? row.time : now});
   WriteTransaction transaction(*db_);
-  for (size_t begin = 0; begin < rows.size(); begin += kRowsPerInsert) {
-    const size_t count = std::min(kRowsPerInsert, rows.size() - begin);
-    std::vector<SqlValue> params;
-    params.reserve(count * 5);
-    for (size_t index = begin; index < begin + count; ++index) {
-      const MetricRow& row = rows[index];
-      params.insert(params.end(), {trial_id, row.name, row.step, detail::real_or_null(row.value),
-                                   row.time > 0 ? row.time : now});
-    }
-    db_->exec(insert_values_sql("INSERT INTO trial_metrics (trial_id, name, step, value, time)", count, 5), params);
-  }
+  db_->insert_rows("trial_metrics", {"trial_id", "name", "step", "value", "time"}, values);
   transaction.commit();
 }
 
