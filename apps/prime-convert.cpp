@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
   app.add_option("--select-window", select.settings.window, "--select's W (default 128)")->group("Layers");
   app.add_option("--select-seq-len", select.settings.seq_len, "--select's sequence length (default 512)")->group("Layers");
   app.add_option("--select-device", select.device, "--select's device: cpu (default), cuda or auto")->group("Layers");
+  app.add_option("--select-store", select.store, "--select reuses (or adds) the scores in this experiment store")
+      ->group("Layers");
   app.add_option("--swa-window", options.swa_window, "window of SWA layers (default 2048)")->group("Layers");
   app.add_option("--init", options.init, "hmf (default), head, mambainllama or random")->group("Initialisation");
   app.add_option("--seed", options.seed, "seed of the random parts (default 0)")->group("Initialisation");

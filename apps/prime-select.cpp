@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   app.add_option("--ratios", ratios, "attention:SSM ratios to report, e.g. 1:1,1:3,1:7 (default 1:3)")->group("Output");
   app.add_option("--out", options.out, "write the scores as CSV (prime-convert --scores reads it)")->group("Output");
   app.add_flag("--force", options.force, "replace an existing --out")->group("Output");
+  app.add_option("--store", options.store, "experiment store (SQLite path or postgresql://...): scores to its layer_scores")
+      ->group("Output");
   app.add_option("--device", options.device, "cpu (default), cuda or auto")->group("Device");
   app.add_option("--dtype", options.dtype, "fp32 (default), bf16 or fp16 (the training scorers run in fp32)")
       ->group("Device");
@@ -57,6 +59,10 @@ int main(int argc, char** argv) {
     if (!options.out.empty()) {
       prime::search::write_text_file(options.out, prime::search::scores_csv(outcome), options.force, "--out");
       std::cout << "scores written to " << options.out << "\n";
+    }
+    if (!options.store.empty()) {
+      prime::search::store_scores(outcome, options.store);
+      std::cout << "scores stored in " << options.store << "\n";
     }
   });
 }

@@ -121,6 +121,17 @@ TEST_CASE("prime-select CLI: the CSV round-trips through prime-convert --scores;
   INFO(convert.output);
   REQUIRE(convert.exit_code == 0);
   REQUIRE(convert.output.find("\"hybrid_override_pattern\": \"GDN-*-GDN-*\"") != std::string::npos);
+  // --store: the scores go to the store's layer_scores, and --select-store reuses them.
+  const std::string store = (fixture.dir / "runs.db").string();
+  auto stored = run_cli("prime-select --scorer attention-locality" + common + " --store " + store);
+  INFO(stored.output);
+  REQUIRE(stored.exit_code == 0);
+  auto reused = run_cli("prime-convert --source " + fixture.model + " --layer GDN --ratio 1:1 --select attention-locality"
+                        " --select-store " + store + " --dry-run --json");
+  INFO(reused.output);
+  REQUIRE(reused.exit_code == 0);
+  REQUIRE(reused.output.find("reusing the scores stored in") != std::string::npos);
+  REQUIRE(reused.output.find("\"hybrid_override_pattern\": \"GDN-*-GDN-*\"") != std::string::npos);
   // An existing --out needs --force.
   REQUIRE(run_cli("prime-select --scorer attention-locality" + common + " --out " + csv).exit_code == 1);
 

@@ -44,7 +44,7 @@ say "teacher $teacher: $layers layers, val PPL $(ppl "$teacher" "$OUT/teacher_pp
 select_one() {  # select_one NAME SCORER [extra flags]
   local name=$1 scorer=$2; shift 2
   $BIN/prime-select --source "$teacher" --scorer $scorer --data "$TRAIN" $SELECT_ARGS --layer $LAYER \
-    --ratios 1:1,1:3,1:7 --device $DEVICE --out "$OUT/scores_$name.csv" --force "$@" > "$OUT/select_$name.txt" 2>>"$log" ||
+    --ratios ${RATIOS:-1:1,1:3,1:7} --device $DEVICE --out "$OUT/scores_$name.csv" --force "$@" > "$OUT/select_$name.txt" 2>>"$log" ||
     say "prime-select $name failed"
   say "$name: $(tail -1 "$OUT/select_$name.txt")"
 }
@@ -54,8 +54,8 @@ select_one linearization-error linearization-error
 select_one linearization-error-aligned linearization-error --align-steps $ALIGN_STEPS
 select_one kl-restore kl-restore --restore-align-steps $RESTORE_ALIGN_STEPS --restore-steps $RESTORE_STEPS
 ratio=$KEEP:$((layers - KEEP))
-select_one uniform uniform --ratios $ratio
-select_one middle middle --ratios $ratio
+RATIOS=$ratio select_one uniform uniform
+RATIOS=$ratio select_one middle middle
 
 # 3. Hybrids: every placement of KEEP attention layers, primed the same way.
 hybrid() {  # hybrid "i,j"

@@ -17,6 +17,15 @@ std::vector<double> placement_scores(int64_t num_layers, const std::vector<int64
   return scores;
 }
 
+std::vector<double> placement_baseline(int64_t num_layers, const std::string& ratio_text, const std::string& placement,
+                                       std::string* detail) {
+  const convert::Ratio ratio = convert::parse_ratio(ratio_text);
+  const int64_t count = convert::attention_layer_count(num_layers, ratio);
+  *detail = placement + " placement at " + ratio.text();
+  return placement_scores(num_layers, placement == "middle" ? convert::middle_placement(num_layers, count)
+                                                            : convert::uniform_placement(num_layers, count));
+}
+
 double predicted_increase(const std::vector<double>& cost, double total, const std::vector<int64_t>& kept) {
   double all = 0, replaced = 0;
   int64_t replaced_count = 0;

@@ -16,6 +16,11 @@ namespace prime::search {
 // for the rest.
 std::vector<double> placement_scores(int64_t num_layers, const std::vector<int64_t>& kept);
 
+// The baselines' scores: placement_scores of `placement` ("uniform" | "middle") at `ratio`;
+// `detail` receives a one-line description.
+std::vector<double> placement_baseline(int64_t num_layers, const std::string& ratio, const std::string& placement,
+                                       std::string* detail);
+
 struct RatioChoice {
   std::string ratio;
   std::vector<int64_t> kept;         // attention layers, sorted

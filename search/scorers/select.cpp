@@ -15,6 +15,7 @@
 #include "data/token_shard.h"
 #include "io/source.h"
 #include "model/load_model.h"
+#include "store/store.h"
 #include "util/cli.h"
 #include "util/error.h"
 
@@ -217,13 +218,49 @@ std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, in
   return kept;
 }
 
+void store_scores(const SelectOutcome& outcome, const std::string& url) {
+  std::vector<store::LayerScore> rows;
+  for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
+    rows.push_back({outcome.source, outcome.scorer, layer, outcome.result.scores[layer], outcome.seconds, outcome.device});
+  store::Store::open(url)->add_layer_scores(rows);
+}
+
+std::optional<std::vector<double>> stored_scores(const std::string& url, const std::string& source,
+                                                 const std::string& scorer, int64_t num_layers) {
+  // Rows come ordered by layer; of several runs, the last row of a layer is kept.
+  std::vector<std::optional<double>> by_layer(num_layers);
+  for (const auto& row : store::Store::open(url)->layer_scores(source, scorer))
+    if (row.layer >= 0 && row.layer < num_layers) by_layer[row.layer] = row.score;
+  std::vector<double> scores;
+  for (const auto& score : by_layer) {
+    if (!score) return std::nullopt;
+    scores.push_back(*score);
+  }
+  return scores;
+}
+
 ConvertSelection scores_for_convert(const SelectOptions& options, const std::string& keep_path, std::ostream& log) {
   const ScorerInfo& scorer = find_scorer(options.scorer);
-  check_options(options, scorer);
   ConvertSelection selection;
+  const int64_t layers = io::resolve_source(options.source).config.num_hidden_layers;
+  auto temporary_path = [&] {
+    return (std::filesystem::temp_directory_path() /
+            ("prime-select-" + scorer.name + "-" + std::to_string(::getpid()) + ".csv"))
+        .string();
+  };
+  if (!options.store.empty() && scorer.needs_data) {
+    if (const auto stored = stored_scores(options.store, options.source, scorer.name, layers)) {
+      log << "--select " << scorer.name << ": reusing the scores stored in " << options.store << "\n";
+      std::string csv = "# scores of " + scorer.name + " from " + options.store + "\nlayer,score\n";
+      for (int64_t layer = 0; layer < layers; ++layer) csv += std::to_string(layer) + "," + number((*stored)[layer]) + "\n";
+      selection = {keep_path.empty() ? temporary_path() : keep_path, keep_path.empty(), true};
+      write_text_file(selection.path, csv, true, "--select");
+      return selection;
+    }
+  }
+  check_options(options, scorer);  // stored scores need no data; anything else does
   if (!keep_path.empty()) {
     selection.path = keep_path;
-    const int64_t layers = io::resolve_source(options.source).config.num_hidden_layers;
     if (std::filesystem::exists(keep_path)) {
       const auto kept = read_kept_scores(keep_path, layers);
       if (kept && kept->key == settings_key(options, scorer)) {
@@ -233,13 +270,12 @@ ConvertSelection scores_for_convert(const SelectOptions& options, const std::str
       }
     }
   } else {
-    selection.path = (std::filesystem::temp_directory_path() /
-                      ("prime-select-" + scorer.name + "-" + std::to_string(::getpid()) + ".csv"))
-                         .string();
+    selection.path = temporary_path();
     selection.temporary = true;
   }
   const SelectOutcome outcome = run_select(options, nullptr);
   print_select(outcome, log);
+  if (!options.store.empty()) store_scores(outcome, options.store);
   write_text_file(selection.path, scores_csv(outcome), true, "--select");
   if (!selection.temporary) log << "--select " << scorer.name << ": scores kept in " << selection.path << "\n";
   return selection;

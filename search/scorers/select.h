@@ -21,6 +21,7 @@ struct SelectOptions {
   std::string data;     // --data: a prime-data token shard (not read by the baselines)
   std::string out;      // --out: scores CSV (empty: not written)
   bool force = false;   // --force: replace --out
+  std::string store;    // --store: experiment store URL (layer_scores table); empty: none
   std::string device = "cpu";
   std::string dtype = "fp32";
   ScorerSettings settings;
@@ -47,6 +48,12 @@ std::string scores_csv(const SelectOutcome& outcome);
 // Written atomically (temporary file + rename); an existing file needs force.
 void write_text_file(const std::string& path, const std::string& text, bool force, const std::string& flag);
 
+// The outcome's scores into the store's layer_scores table (one row per layer, each with the
+// scorer's whole cost and device), and the newest stored scores of (source, scorer), if any.
+void store_scores(const SelectOutcome& outcome, const std::string& url);
+std::optional<std::vector<double>> stored_scores(const std::string& url, const std::string& source,
+                                                 const std::string& scorer, int64_t num_layers);
+
 // What a kept CSV says about itself: its settings line and calibration.
 struct KeptScores {
   std::string key;
@@ -55,9 +62,10 @@ struct KeptScores {
 };
 std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, int64_t num_layers);
 
-// prime-convert --select NAME: the scores file its plan reads. With `keep_path` the scores are
-// kept there and reused when that file holds scores of the same source, scorer and settings;
-// without it they go to a temporary file (`temporary` set; the caller removes it).
+// prime-convert --select NAME: the scores file its plan reads. With options.store, scores stored
+// there for the source and scorer are reused, and new ones are stored. With `keep_path` the
+// scores are kept there and reused when that file holds scores of the same source, scorer and
+// settings; without it they go to a temporary file (`temporary` set; the caller removes it).
 struct ConvertSelection {
   std::string path;
   bool temporary = false;
