@@ -12,6 +12,7 @@
 #include "eval/ssm_bench.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_bench.h"
+#include "train/train_bench.h"
 #include "util/cli.h"
 #include "util/error.h"
 
@@ -144,6 +145,44 @@ void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& opt
   command->add_flag("!--no-evict", options.evict, "leave the source in the page cache between runs")->group("Measurement");
 }
 
+struct TrainCommand {
+  prime::train::TrainBenchOptions bench;
+  std::string stage = "align", align_layers = "none";
+};
+
+void add_train_command(CLI::App& app, TrainCommand& options) {
+  prime::train::TrainOptions& train = options.bench.train;
+  train.model = "synthetic:qwen3-8b+convert:GKA:1:3";
+  train.teacher = "synthetic:qwen3-8b";
+  train.seq_len = 4096;
+  train.device = "auto";
+  train.dtype = "auto";
+  CLI::App* command = app.add_subcommand(
+      "train", "one prime-train step of a hybrid: time, tokens/s, MFU, peak memory, share of the replaced layers");
+  command->add_option("--model", train.model, "student model spec (default synthetic:qwen3-8b+convert:GKA:1:3)")
+      ->group("Inputs");
+  command->add_option("--teacher", train.teacher, "teacher source (default synthetic:qwen3-8b)")->group("Inputs");
+  command->add_option("--stage", options.stage, "align, distill or pt (default align)")->group("Step");
+  command->add_option("--align-layers", options.align_layers, "none, mixer or block (default none)")->group("Step");
+  command->add_option("--train", train.train, "parameter groups (default: the stage's)")->group("Step");
+  command->add_flag("--recompute", train.recompute, "per-layer activation recomputation")->group("Step");
+  command->add_option("--batch", options.bench.batch, "sequences per step (default 1)")->group("Shape");
+  command->add_option("--seq-len", train.seq_len, "tokens per sequence (default 4096)")->group("Shape");
+  command->add_option("--device", train.device, "cpu, cuda, auto")->group("Measurement");
+  command->add_option("--dtype", train.dtype, "auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 or fp32")->group("Measurement");
+  command->add_option("--repeats", options.bench.repeats, "timed steps, median reported (default 3)")->group("Measurement");
+  command->add_option("--warmup", options.bench.warmup, "untimed steps first (default 1)")->group("Measurement");
+  command->add_option("--peak-tflops", train.peak_tflops, "device bf16 peak for MFU (default: H100/H200 989)")
+      ->group("Measurement");
+}
+
+void run_train(TrainCommand& options) {
+  prime::train::TrainOptions& train = options.bench.train;
+  train.stage = prime::train::parse_stage(options.stage);
+  train.align_layers = prime::train::parse_align_layers(options.align_layers);
+  std::cout << prime::train::format_train_bench(prime::train::run_train_bench(options.bench), options.bench);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,11 +196,14 @@ int main(int argc, char** argv) {
   add_decode_command(app, decode_options);
   prime::convert::ConvertBenchOptions convert_options;
   add_convert_command(app, convert_options);
+  TrainCommand train_options;
+  add_train_command(app, train_options);
   if (auto exit_code = prime::parse_command_line(app, "prime-bench", argc, argv)) return *exit_code;
   return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
     if (app.got_subcommand("ssm")) run_ssm(ssm_options);
     if (app.got_subcommand("decode")) run_decode(decode_options);
+    if (app.got_subcommand("train")) run_train(train_options);
     if (app.got_subcommand("convert"))
       std::cout << prime::convert::format_convert_bench(prime::convert::run_convert_bench(convert_options, std::cerr),
                                                         convert_options);

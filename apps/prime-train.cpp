@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
       ->group("Compute");
   app.add_option("--peak-tflops", options.peak_tflops, "device bf16 peak for MFU (default: 989 on CUDA)")
       ->group("Compute");
+  app.add_option("--dist-backend", options.dist_backend,
+                 "data parallel under torchrun/srun: auto (NCCL on CUDA, Gloo on CPU), nccl or gloo")
+      ->group("Compute");
   if (auto exit_code = prime::parse_command_line(app, "prime-train", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-train", [&] {

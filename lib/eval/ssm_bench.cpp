@@ -1,7 +1,6 @@
 #include "eval/ssm_bench.h"
 
 #include <ATen/core/grad_mode.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>
 #include <chrono>
@@ -10,29 +9,11 @@
 #include "model/gdn.h"
 #include "model/gka_core.h"
 #include "model/mamba2.h"
+#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::eval {
 namespace {
-
-void synchronize(const at::Device& device) {
-  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index() < 0 ? 0 : device.index());
-}
-
-// Median wall time of `repeats` runs after `warmup` runs, in ms.
-double time_ms(const std::function<void()>& body, const at::Device& device, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) body();
-  synchronize(device);
-  std::vector<double> samples;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    body();
-    synchronize(device);
-    samples.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
 
 struct CoreInputs {
   at::Tensor q, k, v, log_decay, beta, alpha;
@@ -99,11 +80,11 @@ std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at:
     if (type == "GKA") row.shape += " N=" + std::to_string(options.gka_iterations);
     {
       at::NoGradGuard no_grad;
-      row.forward_ms = time_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
+      row.forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
     }
     if (options.backward) {
       at::Tensor grad;
-      row.forward_backward_ms = time_ms(
+      row.forward_backward_ms = median_ms(
           [&] {
             at::Tensor out = run_core(type, inputs, options);
             if (!grad.defined()) grad = at::randn_like(out);

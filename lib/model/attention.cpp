@@ -1,6 +1,7 @@
 #include "model/attention.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "model/rms_norm.h"
 #include "util/error.h"
@@ -37,7 +38,7 @@ std::unique_ptr<LayerCache> AttentionMixer::make_cache(int64_t, const at::Device
   return std::make_unique<KvCache>(kv_heads_, head_dim_, options_.window, options_.sink_tokens);
 }
 
-at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionMixer::project_qkv(const at::Tensor& x) const {
   const int64_t batch = x.size(0), steps = x.size(1);
   auto project = [&](const at::Tensor& weight, const at::Tensor& bias, int64_t heads) {
     at::Tensor out = bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
@@ -50,6 +51,32 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
     q = rms_norm(q, q_norm_, norm_eps_);
     k = rms_norm(k, k_norm_, norm_eps_);
   }
+  return {q, k, v};
+}
+
+at::Tensor AttentionMixer::forward_documents(const at::Tensor& x, const Documents& documents) {
+  if (documents.one_per_row) return forward(x, nullptr);
+  const int64_t batch = x.size(0), steps = x.size(1);
+  auto [q, k, v] = project_qkv(x);
+  std::tie(q, k) = rope_->apply_positions(q, k, documents.positions, documents.max_position);
+  at::Tensor mask = documents.visible;
+  if (options_.window > 0) {
+    // Inside one document, in-document positions differ as token indices do.
+    const at::Tensor qp = documents.positions.unsqueeze(2), kp = documents.positions.unsqueeze(1);
+    at::Tensor in_window = (qp - kp) < options_.window;
+    if (options_.sink_tokens > 0) in_window = in_window.logical_or(kp < options_.sink_tokens);
+    mask = mask.logical_and(in_window.unsqueeze(1));
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  at::Tensor attended = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                         mask, 0.0, /*is_causal=*/false, scale,
+                                                         /*enable_gqa=*/kv_heads_ != q_heads_);
+  return output(attended.transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_}));
+}
+
+at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache) {
+  const int64_t batch = x.size(0), steps = x.size(1);
+  auto [q, k, v] = project_qkv(x);
   auto* cache = dynamic_cast<KvCache*>(layer_cache);
   if (layer_cache && !cache) throw internal_error("attention layer given a non-KV cache");
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));

@@ -33,8 +33,13 @@ class AttentionMixer : public Mixer {
   std::string symbol() const override { return options_.symbol; }
   std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
   at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
+  // Block-diagonal causal mask (plus the window and sinks, counted inside each document) and
+  // RoPE at the in-document positions.
+  at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
 
  private:
+  // q/k/v projections (+ q/k norm) of x [B, T, d]: [B, T, H, D] each, before RoPE.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> project_qkv(const at::Tensor& x) const;
   at::Tensor output(const at::Tensor& merged) const;  // o_proj (+ bias) of [B, T, Hq*D]
 
   int64_t q_heads_, kv_heads_, head_dim_;

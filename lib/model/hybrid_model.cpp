@@ -103,10 +103,12 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
 }
 
 at::Tensor HybridModel::forward_layer(int64_t index, const at::Tensor& hidden, LayerCache* layer_cache,
-                                      LayerTrace* trace) {
+                                      LayerTrace* trace, const Documents* documents) {
+  if (documents && layer_cache) throw internal_error("packed documents run without a cache");
   Layer& layer = layers_.at(index);
   at::Tensor mixer_input = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
-  at::Tensor mixed = layer.mixer->forward(mixer_input, layer_cache);
+  at::Tensor mixed = documents ? layer.mixer->forward_documents(mixer_input, *documents)
+                               : layer.mixer->forward(mixer_input, layer_cache);
   at::Tensor after_mixer = hidden + mixed;
   at::Tensor fed = layer.feed_forward->forward(rms_norm(after_mixer, layer.post_attention_norm, config_.rms_norm_eps));
   at::Tensor output = after_mixer + fed;
@@ -126,6 +128,11 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
   if (cache && cache->is_static() && input_ids.size(1) != 1)
     throw user_error("a static cache decodes one token per sequence per step, got ", input_ids.size(1));
   if (cache && options.recompute) throw internal_error("activation recomputation runs without a cache");
+  if (cache && options.documents) throw internal_error("packed documents run without a cache");
+  const Documents* documents = options.documents;
+  if (documents && (documents->batch != input_ids.size(0) || documents->steps != input_ids.size(1)))
+    throw internal_error("document positions are [", documents->batch, ", ", documents->steps, "], input_ids [",
+                         input_ids.size(0), ", ", input_ids.size(1), "]");
   at::Tensor hidden = at::embedding(embed_tokens_, input_ids.to(embed_tokens_.device()));
   for (int64_t i = 0; i < num_layers(); ++i) {
     LayerCache* layer_cache = cache ? cache->layers[i].get() : nullptr;
@@ -134,9 +141,11 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
                              options.trace->layers.end())
       trace = &options.trace->traced[i];
     if (options.recompute && at::GradMode::is_enabled() && !trace)
-      hidden = recompute_in_backward([this, i](const at::Tensor& input) { return forward_layer(i, input); }, hidden);
+      hidden = recompute_in_backward(
+          [this, i, documents](const at::Tensor& input) { return forward_layer(i, input, nullptr, nullptr, documents); },
+          hidden);
     else
-      hidden = forward_layer(i, hidden, layer_cache, trace);
+      hidden = forward_layer(i, hidden, layer_cache, trace, documents);
   }
   if (cache && cache->is_static()) cache->position.add_(1);
   at::Tensor normed = final_norm(hidden);

@@ -36,6 +36,9 @@ struct ForwardOptions {
   // Per-layer activation recomputation: each layer keeps only its input for backward and runs
   // again during it (no cache allowed).
   bool recompute = false;
+  // Packed rows of several documents (no cache): attention stays inside each document and
+  // rotates by in-document positions; SSM states restart at every document.
+  const Documents* documents = nullptr;
 };
 
 // One LayerCache per layer: KV caches for attention, fp32 states for SSMs.
@@ -100,7 +103,7 @@ class HybridModel {
   at::Tensor forward(const at::Tensor& input_ids, ModelCache* cache, const ForwardOptions& options);
   // One decoder layer: hidden [B,T,d] (the layer's input) -> the layer's output.
   at::Tensor forward_layer(int64_t layer, const at::Tensor& hidden, LayerCache* cache = nullptr,
-                           LayerTrace* trace = nullptr);
+                           LayerTrace* trace = nullptr, const Documents* documents = nullptr);
   // Final norm, then lm_head: hidden [.., d] -> logits.
   at::Tensor final_norm(const at::Tensor& hidden) const;
   const at::Tensor& lm_head() const { return lm_head_; }

@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include "model/documents.h"
+
 namespace prime::model {
 
 // Decode state of one layer for a batch of sequences: a KV cache for attention, conv + recurrent
@@ -34,6 +36,13 @@ class Mixer {
   // cache == nullptr: the sequence starts here and nothing is kept. Otherwise the call continues
   // from the cache's state and leaves it advanced past these T tokens (prefill, or T = 1 decode).
   virtual at::Tensor forward(const at::Tensor& x, LayerCache* cache) = 0;
+  // x [B, T, hidden] of packed rows holding several documents (no cache): each document as if
+  // run alone. By default each document runs through forward() as its own sequence, which is
+  // exact for any causal mixer (a state per sequence, reset at its start); attention overrides
+  // it with a block-diagonal mask.
+  virtual at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) {
+    return run_per_document(documents, x, [this](const at::Tensor& part) { return forward(part, nullptr); });
+  }
 };
 
 // The three forms every SSM type has, which must agree (see design/ssm-layers.md):

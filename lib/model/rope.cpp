@@ -121,6 +121,17 @@ std::pair<at::Tensor, at::Tensor> Rope::apply(const at::Tensor& q, const at::Ten
   return rotate(q, k, last_.cos, last_.sin);
 }
 
+std::pair<at::Tensor, at::Tensor> Rope::apply_positions(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& positions, int64_t max_position) const {
+  PRIME_CHECK(positions.dim() == 2 && positions.size(0) == q.size(0) && positions.size(1) == q.size(1));
+  const auto angle_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto [frequencies, scaling] = inv_freq(max_position);
+  const at::Tensor freqs = positions.to(q.device(), angle_type).unsqueeze(2) *
+                           frequencies.to(q.device(), angle_type).view({1, 1, -1});  // [B, T, D/2]
+  const at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);                // [B, T, 1, D]
+  return rotate(q, k, emb.cos() * scaling, emb.sin() * scaling);
+}
+
 std::pair<at::Tensor, at::Tensor> Rope::rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                                const at::Tensor& sin) const {
   auto turn = [&](const at::Tensor& x) {

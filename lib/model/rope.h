@@ -19,6 +19,11 @@ class Rope {
   // once per forward: not for concurrent use from several threads.
   std::pair<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k, int64_t start) const;
 
+  // The same at per-token positions [B, T] (int64, on q's device), e.g. positions inside packed
+  // documents; max_position = the largest position + 1 (dynamic rope grows its base from it).
+  std::pair<at::Tensor, at::Tensor> apply_positions(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
+                                                    int64_t max_position) const;
+
   // The same for one token per sequence at the position held in `position` (int64 [1] on q's
   // device), without reading it on the host: the angles are computed on the device, so a CUDA
   // graph that captures this call is right at every replay. Kept per (position tensor, version),

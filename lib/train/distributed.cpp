@@ -4,6 +4,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 #include <string>
@@ -65,7 +69,9 @@ void bucketed(std::vector<at::Tensor>& tensors, Collective collective) {
 
 }  // namespace
 
-Distributed Distributed::from_environment() {
+Distributed Distributed::from_environment(const at::Device& device, const std::string& backend) {
+  if (backend != "auto" && backend != "nccl" && backend != "gloo")
+    throw user_error("--dist-backend ", backend, ": expected auto, nccl or gloo");
   Distributed dist;
   dist.world_ = environment_int("WORLD_SIZE", 1);
   if (dist.world_ <= 1) {
@@ -87,18 +93,37 @@ Distributed Distributed::from_environment() {
   dist.group_ = std::make_shared<Group>();
   try {
     dist.group_->store = c10::make_intrusive<c10d::TCPStore>(address, store_options);
-    // Gloo for CPU tensors, and for CUDA tensors too (through host memory), so one backend
-    // serves both; the gradient traffic of priming (SSM layers only) is small.
-    auto options = c10d::ProcessGroupGloo::Options::create();
-    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    dist.group_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("prime-train", dist.group_->store), static_cast<int>(dist.rank_),
-        static_cast<int>(dist.world_), options);
+    const auto prefixed = c10::make_intrusive<c10d::PrefixStore>("prime-train", dist.group_->store);
+    dist.local_rank_ = environment_int("LOCAL_RANK", dist.rank_);
+#ifdef USE_C10D_NCCL
+    const bool nccl = backend == "nccl" || (backend == "auto" && device.is_cuda());
+#else
+    if (backend == "nccl") throw user_error("--dist-backend nccl: this build has no NCCL (a CUDA build has it)");
+    const bool nccl = false;
+#endif
+    if (nccl) {
+#ifdef USE_C10D_NCCL
+      if (!device.is_cuda()) throw user_error("--dist-backend nccl reduces CUDA tensors: train with --device cuda");
+      // One GPU per rank: LOCAL_RANK's, made current before NCCL creates its communicator.
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(dist.local_rank_));
+      dist.group_->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          prefixed, static_cast<int>(dist.rank_), static_cast<int>(dist.world_),
+          c10::make_intrusive<c10d::ProcessGroupNCCL::Options>());
+      dist.backend_ = "nccl";
+      dist.scalar_device_ = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(dist.local_rank_));
+#endif
+    } else {
+      // Gloo for CPU tensors, and for CUDA tensors too (through host memory).
+      auto options = c10d::ProcessGroupGloo::Options::create();
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      dist.group_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          prefixed, static_cast<int>(dist.rank_), static_cast<int>(dist.world_), options);
+      dist.backend_ = "gloo";
+    }
   } catch (const c10::Error& error) {
     throw user_error("cannot join the process group at ", address, ":", port, " as rank ", dist.rank_, " of ",
                      dist.world_, ": ", error.what_without_backtrace());
   }
-  dist.local_rank_ = environment_int("LOCAL_RANK", dist.rank_);
   return dist;
 }
 
@@ -120,7 +145,7 @@ void Distributed::average(std::vector<at::Tensor>& tensors) {
 
 double Distributed::average_scalar(double value) {
   if (world_ == 1) return value;
-  std::vector<at::Tensor> buffer{at::full({1}, value, at::kDouble)};
+  std::vector<at::Tensor> buffer{at::full({1}, value, at::TensorOptions().dtype(at::kDouble).device(scalar_device_))};
   group_->backend->allreduce(buffer)->wait();
   return buffer[0].item<double>() / static_cast<double>(world_);
 }

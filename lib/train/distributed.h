@@ -16,8 +16,13 @@ namespace prime::train {
 
 class Distributed {
  public:
-  // UserError when the variables are inconsistent or the group cannot be joined.
-  static Distributed from_environment();
+  // backend: "nccl" (CUDA tensors, GPU to GPU), "gloo" (CPU tensors, or CUDA tensors through
+  // host memory) or "auto": NCCL when `device` is CUDA and the build has it, else Gloo.
+  // UserError when the variables are inconsistent, the backend is unknown or unavailable, or the
+  // group cannot be joined.
+  static Distributed from_environment(const at::Device& device = at::kCPU, const std::string& backend = "auto");
+
+  const std::string& backend() const { return backend_; }
 
   int64_t rank() const { return rank_; }
   int64_t world() const { return world_; }
@@ -34,6 +39,8 @@ class Distributed {
 
  private:
   int64_t rank_ = 0, world_ = 1, local_rank_ = 0;
+  std::string backend_ = "none";
+  at::Device scalar_device_ = at::kCPU;  // where average_scalar's buffer lives (NCCL: the GPU)
   std::shared_ptr<Group> group_;
 };
 

@@ -1,5 +1,7 @@
 #include "train/step_loss.h"
 
+#include <optional>
+
 #include <ATen/core/grad_mode.h>
 
 #include "train/losses.h"
@@ -26,9 +28,14 @@ StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const
   const at::Device device = student.device();
   const at::Tensor ids = batch.input_ids.to(device);
   const at::Tensor targets = batch.targets.to(device).reshape({-1});
+  // Packed rows of several documents: every forward keeps them apart.
+  std::optional<model::Documents> documents;
+  if (batch.positions.defined()) documents = model::make_documents(batch.positions, device);
+  const model::Documents* docs = documents ? &*documents : nullptr;
   model::ForwardOptions student_options;
   student_options.return_hidden = true;
   student_options.recompute = options.recompute;
+  student_options.documents = docs;
   StepLoss result;
 
   if (options.stage == Stage::Pt) {
@@ -50,6 +57,7 @@ StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const
   model::ForwardOptions teacher_options;
   teacher_options.return_hidden = true;
   teacher_options.trace = layer_local ? &trace : nullptr;
+  teacher_options.documents = docs;
   at::Tensor teacher_hidden;
   {
     at::NoGradGuard no_grad;
@@ -78,10 +86,15 @@ StepLoss compute_step_loss(const TrainOptions& options, RunModels& models, const
     for (int64_t layer : models.replaced_layers) {
       const model::LayerTrace& seen = trace.traced.at(layer);
       at::Tensor layer_loss;
-      if (options.align_layers == AlignLayers::Mixer)
-        layer_loss = normalized_mse(student.mixer(layer).forward(seen.mixer_input, nullptr), seen.mixer_output);
-      else
-        layer_loss = normalized_mse(student.forward_layer(layer, seen.layer_input), seen.layer_output);
+      if (options.align_layers == AlignLayers::Mixer) {
+        model::Mixer& mixer = student.mixer(layer);
+        const at::Tensor mixed =
+            docs ? mixer.forward_documents(seen.mixer_input, *docs) : mixer.forward(seen.mixer_input, nullptr);
+        layer_loss = normalized_mse(mixed, seen.mixer_output);
+      } else {
+        layer_loss =
+            normalized_mse(student.forward_layer(layer, seen.layer_input, nullptr, nullptr, docs), seen.layer_output);
+      }
       local = local + layer_loss;
     }
     result.parts["mse_layers"] = local.item<double>();

@@ -38,6 +38,7 @@ struct TrainOptions {
   std::string device = "cpu";
   std::string dtype = "fp32";
   bool recompute = false;
+  std::string dist_backend = "auto";  // data parallel: auto (NCCL on CUDA), nccl or gloo
   uint64_t seed = 0;
   int64_t log_every = 1;
   int64_t loss_chunk_tokens = 0;  // 0: from the vocabulary and device (step_loss.cpp)

@@ -1,8 +1,6 @@
 #include "train/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,6 +13,7 @@
 #include "eval/logits_fn.h"
 #include "io/checkpoint.h"
 #include "eval/perplexity.h"
+#include "train/autocast.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 #include "train/distributed.h"
@@ -23,6 +22,7 @@
 #include "train/step_loss.h"
 #include "train/throughput.h"
 #include "util/cli.h"
+#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::train {
@@ -59,28 +59,6 @@ StepPlan plan_steps(const TrainOptions& options, int64_t world) {
   return plan;
 }
 
-// Autocast to bf16 around CUDA forwards when the run's dtype is bf16 (trained weights are fp32).
-class AutocastScope {
- public:
-  explicit AutocastScope(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool enabled_;
-};
-
-void synchronize(const at::Device& device) {
-  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index() < 0 ? 0 : device.index());
-}
-
 std::string human_count(double value) {
   std::ostringstream out;
   out << std::fixed << std::setprecision(value >= 1e9 ? 2 : 1);
@@ -106,7 +84,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
                                           std::ostream& log, MetricsSink* extra_metrics) {
   TrainOptions options = requested;
   const auto started = std::chrono::steady_clock::now();
-  Distributed dist = Distributed::from_environment();
+  Distributed dist = Distributed::from_environment(parse_device(options.device), options.dist_backend);
   const bool lead = dist.rank() == 0;
   if (options.out.empty()) throw user_error("--out RUN_DIR is required");
   prepare_run_dir(options);
@@ -134,9 +112,6 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
   data_options.rank = dist.rank();
   data_options.world = dist.world();
   TrainData data(data_options);
-  if (data.has_positions())
-    throw user_error("--data ", options.data.front(), " has a positions shard (document masking); document-masked "
-                     "training is not available yet: pack without --document-mask");
 
   ModelSetup setup;
   setup.teacher_spec = options.teacher;
@@ -179,7 +154,8 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
   } else if (lead) {
     write_run_json(options, command_line, models,
                    {{"steps", plan.total_steps}, {"sequences_per_step", plan.sequences_per_step},
-                    {"gradient_accumulation", plan.accumulation}, {"world_size", dist.world()}});
+                    {"gradient_accumulation", plan.accumulation}, {"world_size", dist.world()},
+                    {"dist_backend", dist.backend()}});
   }
   dist.broadcast_parameters(models.trained);
 
@@ -305,7 +281,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
     }
     optimizer.step(lr);
     ++counters.step;
-    synchronize(device);
+    synchronize_device(device);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
     window_seconds += seconds;
     window_tokens += options.batch_tokens;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One training step of Qwen3-8B-shaped hybrids on one GPU (prime-bench train: synthetic weights,
+# bf16 autocast, seq 4096): step time, tokens/s, MFU, peak memory and the share of the step spent
+# in the replaced layers' mixers, for GDN and GKA at 1:3, with and without --recompute. These are
+# the torch-ops baseline the CUDA kernels are judged against. Tables go to $OUT.
+#   bash experiments/train_bench/run_gpu.sh
+# Needs .deps (./setup.sh --gather-deps) carried along. TYPES (default "GDN GKA"), RECOMPUTE
+# (default "no yes"), REPEATS (default 3).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/prime-train-bench-out}
+mkdir -p "$OUT"
+export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+export TORCH_CUDA_ARCH_LIST=9.0a
+bin=build-gpu/bin
+if [ ! -x $bin/prime-bench ]; then
+  generator=""; command -v ninja >/dev/null && generator="-GNinja"
+  cmake -S . -B build-gpu $generator -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON \
+    > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  cmake --build build-gpu -j"$(nproc)" --target prime-bench > "$OUT/build.log" 2>&1 ||
+    { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
+fi
+for layer in ${TYPES:-GDN GKA}; do
+  for recompute in ${RECOMPUTE:-no yes}; do
+    flag=""; [ "$recompute" = yes ] && flag=--recompute
+    name=train_${layer}_1to3${flag:+_recompute}
+    $bin/prime-bench train --model synthetic:qwen3-8b+convert:$layer:1:3 --teacher synthetic:qwen3-8b \
+      --stage align --seq-len 4096 --batch 1 --device cuda --dtype bf16 --repeats ${REPEATS:-3} $flag \
+      > "$OUT/$name.txt" 2>&1
+    echo "== $layer 1:3 align ${flag:-(no --recompute)}: exit $?"; cat "$OUT/$name.txt"
+  done
+done

@@ -1,0 +1,47 @@
+// Packed rows holding several documents (prime-data pack --document-mask): each token's position
+// inside its document, 0 at a document's first token. A forward given Documents keeps documents
+// apart: attention never looks across a boundary (block-diagonal causal mask) and rotates by
+// the in-document positions; every SSM layer and its short conv start from a zero state at each
+// document, because each document runs as its own sequence (run_per_document), so the packed
+// result equals the documents run one by one by construction.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <vector>
+
+namespace prime::model {
+
+struct Documents {
+  at::Tensor positions;      // [B, T] int64, on the model's device
+  int64_t max_position = 0;  // largest position + 1 (dynamic RoPE grows its base with it)
+  at::Tensor visible;        // [B, 1, T, T] bool: key j visible to query i (same document, j <= i)
+
+  // Documents of equal padded length, run as one batch: `gather` [count * length] picks each
+  // document's tokens (flat index into B*T; past a document's end, its last token again, which
+  // a causal map never lets reach the real ones); `real` [tokens] picks the real tokens of the
+  // bucket's output.
+  struct Bucket {
+    int64_t count = 0, length = 0;
+    at::Tensor gather, real;
+  };
+  std::vector<Bucket> buckets;
+  // The buckets' real tokens, concatenated, are a permutation of B*T; `restore` [B*T] undoes it.
+  at::Tensor restore;
+  int64_t batch = 0, steps = 0;
+  bool one_per_row = false;  // every row is a single document: nothing to split
+};
+
+// positions [B, T] (any integer dtype, host or device; read on the host once): a row's first
+// token always starts a document. UserError when a position is neither 0 nor the previous one
+// + 1. Buckets pad each document to a power of two (at least `min_length`), so padding stays
+// below half the tokens and the number of batched calls is logarithmic in T.
+Documents make_documents(const at::Tensor& positions, const at::Device& device, int64_t min_length = 64);
+
+// Runs fn (a causal map [n, L, d] -> [n, L, d'] with a fresh state per sequence) once per
+// bucket and puts the results back in place: x [B, T, d] -> [B, T, d']. Differentiable.
+at::Tensor run_per_document(const Documents& documents, const at::Tensor& x,
+                            const std::function<at::Tensor(const at::Tensor&)>& fn);
+
+}  // namespace prime::model

@@ -1,0 +1,128 @@
+#include "train/train_bench.h"
+
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
+#include "train/adamw.h"
+#include "train/autocast.h"
+#include "train/batches.h"
+#include "train/models.h"
+#include "train/step_loss.h"
+#include "train/throughput.h"
+#include "util/cli.h"
+#include "util/device_timing.h"
+#include "util/error.h"
+
+namespace prime::train {
+namespace {
+
+TrainBenchResult bench(const TrainBenchOptions& options) {
+  TrainOptions train = options.train;
+  const at::Device device = parse_device(train.device);  // "auto": CUDA when there is one
+  if (train.dtype == "auto") train.dtype = device.is_cuda() ? "bf16" : "fp32";
+  if (options.batch < 1 || train.seq_len < 2) throw user_error("--batch must be >= 1 and --seq-len >= 2");
+  if (options.repeats < 1) throw user_error("--repeats must be >= 1");
+  if (train.stage != Stage::Pt && train.teacher.empty())
+    throw user_error("--stage ", stage_name(train.stage), " needs --teacher");
+  const at::ScalarType dtype = parse_dtype_flag(train.dtype);
+  if (device.is_cpu() && dtype != at::kFloat) throw user_error("--dtype ", train.dtype, " runs on CUDA; on the CPU use fp32");
+  const bool autocast = device.is_cuda() && dtype != at::kFloat;
+
+  ModelSetup setup;
+  setup.student_spec = train.model;
+  setup.teacher_spec = train.stage == Stage::Pt ? "" : train.teacher;
+  setup.groups = parse_groups(train.train.empty() ? default_groups(train.stage) : train.train);
+  setup.device = device;
+  setup.dtype = dtype;
+  RunModels models = build_run_models(setup);
+  AdamW optimizer(models.trained, {});
+  const int64_t vocab = models.student->config().vocab_size;
+  Batch batch;
+  batch.input_ids = at::randint(0, vocab, {options.batch, train.seq_len}, at::kLong);
+  batch.targets = at::randint(0, vocab, {options.batch, train.seq_len}, at::kLong);
+
+  TrainBenchResult result;
+  std::ostringstream device_name;
+  device_name << device;
+  result.device = device_name.str();
+  result.dtype = train.dtype;
+  result.tokens_per_step = options.batch * train.seq_len;
+  result.student_parameters = models.student_parameters;
+  result.trained_parameters = models.trained_parameters;
+  result.replaced_layers = models.replaced_layers;
+
+  reset_peak_device_bytes(device);
+  auto step = [&] {
+    optimizer.zero_grad();
+    StepLoss loss;
+    {
+      AutocastScope scope(autocast);
+      loss = compute_step_loss(train, models, batch);
+    }
+    loss.loss.backward();
+    optimizer.step(1e-6);
+  };
+  result.step_ms = median_ms(step, device, options.warmup, options.repeats);
+  result.peak_bytes = peak_device_bytes(device);
+  result.tokens_per_second = result.tokens_per_step / (result.step_ms / 1e3);
+  const double peak = device_peak_flops(device, train.peak_tflops);
+  if (peak > 0) result.mfu = step_flops_per_token(models, train) * result.tokens_per_second / peak;
+
+  // Each replaced layer's mixer alone, forward + backward, on an input that needs its gradient
+  // (the layers below it train too), under the step's autocast.
+  const int64_t hidden = models.student->config().hidden_size;
+  const auto input_type = autocast ? at::kBFloat16 : models.student->weights().begin()->second.scalar_type();
+  for (int64_t layer : models.replaced_layers) {
+    model::Mixer& mixer = models.student->mixer(layer);
+    const at::Tensor x =
+        at::randn({options.batch, train.seq_len, hidden}, at::TensorOptions().device(device).dtype(input_type))
+            .set_requires_grad(true);
+    auto run = [&] {
+      at::Tensor y;
+      {
+        AutocastScope scope(autocast);
+        y = mixer.forward(x, nullptr);
+      }
+      y.backward(at::ones_like(y));
+    };
+    result.ssm_ms += median_ms(run, device, options.warmup, options.repeats);
+  }
+  optimizer.zero_grad();
+  result.ssm_share = result.step_ms > 0 ? result.ssm_ms / result.step_ms : 0;
+  return result;
+}
+
+}  // namespace
+
+TrainBenchResult run_train_bench(const TrainBenchOptions& options) {
+  try {
+    return bench(options);
+  } catch (const c10::OutOfMemoryError& error) {
+    throw user_error("out of device memory at batch ", options.batch, " x ", options.train.seq_len, " tokens (",
+                     error.what_without_backtrace(), "). Try --recompute or a smaller --batch/--seq-len");
+  }
+}
+
+std::string format_train_bench(const TrainBenchResult& r, const TrainBenchOptions& options) {
+  std::ostringstream out;
+  out << std::fixed;
+  out << "model " << options.train.model << " (" << std::setprecision(1) << r.student_parameters / 1e6
+      << "M parameters, " << r.trained_parameters / 1e6 << "M trained, " << r.replaced_layers.size()
+      << " replaced layers)\n";
+  out << "step: " << stage_name(options.train.stage) << ", " << options.batch << " x " << options.train.seq_len
+      << " tokens, " << r.dtype << (options.train.recompute ? ", --recompute" : "") << ", on " << r.device
+      << "\n";
+  out << std::setprecision(1) << "step time " << r.step_ms << " ms (median of " << options.repeats << "), "
+      << std::setprecision(0) << r.tokens_per_second << " tokens/s";
+  if (r.mfu > 0) out << ", MFU " << std::setprecision(1) << 100 * r.mfu << "%";
+  if (std::isfinite(r.peak_bytes)) out << ", peak memory " << std::setprecision(1) << r.peak_bytes / 1e9 << " GB";
+  out << "\n" << std::setprecision(1) << "replaced layers' mixers (forward + backward): " << r.ssm_ms << " ms = "
+      << 100 * r.ssm_share << "% of the step\n";
+  return out.str();
+}
+
+}  // namespace prime::train

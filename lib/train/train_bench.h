@@ -1,0 +1,41 @@
+// `prime-bench train`: the time of one training step of a hybrid and where it goes. Builds the
+// run's models as prime-train does (teacher and student sharing tensors), feeds random token ids
+// (the content does not change the work), and times whole steps (loss, backward, AdamW update)
+// and, apart, each replaced layer's mixer forward + backward on an input of the step's shape: their
+// sum over the step time is the share of the step spent in the SSM layers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "train/train_options.h"
+
+namespace prime::train {
+
+struct TrainBenchOptions {
+  // model, teacher, stage, align_layers, train, seq_len, recompute, peak_tflops; device may be
+  // "auto" (CUDA when there is one) and dtype "auto" (bf16 autocast on CUDA, fp32 on the CPU).
+  TrainOptions train;
+  int64_t batch = 1;   // sequences per step
+  int warmup = 1, repeats = 3;
+};
+
+struct TrainBenchResult {
+  std::string device, dtype;  // as run ("auto" resolved)
+  int64_t tokens_per_step = 0, student_parameters = 0, trained_parameters = 0;
+  std::vector<int64_t> replaced_layers;
+  double step_ms = 0, tokens_per_second = 0, mfu = 0;  // mfu 0 where the peak is unknown (CPU)
+  double peak_bytes = 0;                               // NaN on the CPU
+  double ssm_ms = 0, ssm_share = 0;                    // replaced layers' mixers, forward + backward
+};
+
+// UserError for bad specs or options (as prime-train); a device out of memory is a UserError
+// naming the shape and suggesting --recompute.
+TrainBenchResult run_train_bench(const TrainBenchOptions& options);
+
+// The result as the lines prime-bench prints.
+std::string format_train_bench(const TrainBenchResult& result, const TrainBenchOptions& options);
+
+}  // namespace prime::train

@@ -1,0 +1,17 @@
+// Wall-clock timing of device work: a CUDA device runs asynchronously, so a timed body ends with
+// a device synchronisation.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+
+namespace prime {
+
+// Waits for the device's queued work (nothing to wait for on the CPU).
+void synchronize_device(const at::Device& device);
+
+// Median wall time in ms of `repeats` runs of body after `warmup` untimed runs.
+double median_ms(const std::function<void()>& body, const at::Device& device, int warmup, int repeats);
+
+}  // namespace prime
