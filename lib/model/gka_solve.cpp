@@ -117,6 +117,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       adjoint_next = adjoint_cur;
       adjoint_cur = adjoint_prev;
       adjoint_prev = at::Tensor();
+      ys[static_cast<size_t>(i - 1)].reset();  // y_i has no later use: free it as the sweep goes
     }
     accumulate(q_coeff, adjoint_next);  // y_1 = eta q
 
