@@ -41,3 +41,5 @@ $BIN/prime-select --source synthetic:qwen3-8b --scorer attention-locality --data
   --sequences 4 --batch 1 --device cuda --dtype bf16 --ratios 1:1,1:3,1:7 > "$OUT/select_8b.txt" 2>&1
 echo "8B attention-locality: exit $? in $(( $(date +%s) - start )) s wall (model generation included)" >> "$OUT/select_8b.txt"
 tail -6 "$OUT/select_8b.txt"
+# Everything in one archive too, for machines that return few files.
+tar czf /tmp/layer-selection-out.tgz -C "$OUT" . && mv /tmp/layer-selection-out.tgz "$OUT/all.tgz"
