@@ -106,7 +106,7 @@ TEST_CASE("select: baselines place as prime-convert does, predictions are calibr
   REQUIRE(search::predicted_increase(cost, 2.0, {1}) == Approx(0.5));
 }
 
-TEST_CASE("prime-select CLI: the CSV round-trips through prime-convert --scores; --select", "[select][cli]") {
+TEST_CASE("prime-select CLI: the CSV round-trips through prime-convert --scores, and --select reuses scores", "[select][cli]") {
   PlantedFixture fixture;
   const std::string csv = (fixture.dir / "scores.csv").string();
   const std::string common = " --source " + fixture.model + " --data " + fixture.shard +
