@@ -119,7 +119,7 @@ TEST_CASE("sweep spec: objectives and constraints no trial produces are refused"
   CHECK_THAT(spec_error(spec), Catch::StartsWith("objectives[0]: "));
 }
 
-TEST_CASE("sweep spec: ranges need the random sampler; early stopping needs intermediate values", "[search]") {
+TEST_CASE("sweep spec: ranges need the random sampler, early stopping needs intermediate values", "[search]") {
   json spec = base_spec();
   spec["space"]["lr"] = {{"log_uniform", {1e-4, 3e-3}}};
   CHECK_THAT(spec_error(spec), Catch::StartsWith("space.lr: a range needs the random sampler"));

@@ -119,7 +119,7 @@ TEST_CASE("prime-search: a bad spec exits 1 naming the key and writes nothing", 
   CHECK_FALSE(std::filesystem::exists(dir / "runs.db.trials"));
 }
 
-TEST_CASE("prime-search: a worker killed with SIGKILL mid-trial; its trial is re-queued and the sweep completes",
+TEST_CASE("prime-search: a worker killed with SIGKILL mid-trial has its trial re-queued and the sweep completes",
           "[search]") {
   test::TrainDir dir("search_kill");
   const std::string store_path = dir / "runs.db";
