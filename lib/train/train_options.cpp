@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "util/error.h"
+#include "util/quantity.h"
 
 namespace prime::train {
 
@@ -50,29 +51,10 @@ const char* default_groups(Stage stage) {
 
 int64_t parse_count(const std::string& text, const std::string& flag) {
   if (text.empty()) throw user_error(flag, ": empty value");
-  double scale = 1;
-  std::string number = text;
-  switch (text.back()) {
-    case 'K': case 'k': scale = 1e3; break;
-    case 'M': case 'm': scale = 1e6; break;
-    case 'B': case 'b': case 'G': case 'g': scale = 1e9; break;
-    default: break;
-  }
-  if (scale != 1) number.pop_back();
-  size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(number, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != number.size() || !(value > 0) || !std::isfinite(value))
+  const std::optional<double> value = parse_quantity_text(text);
+  if (!value || !(*value > 0))
     throw user_error(flag, ": '", text, "' is not a positive count (e.g. 4096, 256K, 50M, 1.5B)");
-  // Binary multiples: 256K tokens = 64 sequences of 4096, as batch sizes are meant.
-  if (scale == 1e3) scale = 1024;
-  if (scale == 1e6) scale = 1024 * 1024;
-  if (scale == 1e9) scale = 1024.0 * 1024 * 1024;
-  return static_cast<int64_t>(std::llround(value * scale));
+  return static_cast<int64_t>(std::llround(*value));
 }
 
 void apply_flags(const TrainFlags& given, TrainOptions& options) {

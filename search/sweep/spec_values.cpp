@@ -6,6 +6,7 @@
 #include "search/sweep/spec.h"
 #include "train/schedule.h"
 #include "util/error.h"
+#include "util/quantity.h"
 
 namespace prime::search {
 
@@ -49,29 +50,9 @@ double parse_quantity(const nlohmann::json& value, const std::string& path) {
   if (value.is_number()) return value.get<double>();
   if (!value.is_string()) throw user_error(path, ": expected a number or a size such as 64MiB or 2M, got ", value.dump());
   const std::string text = value.get<std::string>();
-  static const std::vector<std::pair<std::string, double>> units = {
-      {"KiB", 1024.0}, {"MiB", 1024.0 * 1024}, {"GiB", 1024.0 * 1024 * 1024}, {"TiB", 1024.0 * 1024 * 1024 * 1024},
-      {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-      {"K", 1024.0}, {"M", 1024.0 * 1024}, {"B", 1024.0 * 1024 * 1024}, {"G", 1024.0 * 1024 * 1024}};
-  double scale = 1;
-  std::string number = text;
-  for (const auto& [suffix, factor] : units) {
-    if (text.size() > suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      scale = factor;
-      number = text.substr(0, text.size() - suffix.size());
-      break;
-    }
-  }
-  size_t used = 0;
-  double parsed = 0;
-  try {
-    parsed = std::stod(number, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != number.size() || !std::isfinite(parsed))
-    throw user_error(path, ": '", text, "' is not a number or size (e.g. 64MiB, 500MB, 2M tokens, 1e-3)");
-  return parsed * scale;
+  const std::optional<double> parsed = parse_quantity_text(text);
+  if (!parsed) throw user_error(path, ": '", text, "' is not a number or size (e.g. 64MiB, 500MB, 2M tokens, 1e-3)");
+  return *parsed;
 }
 
 bool Constraint::satisfied(double value) const {
