@@ -103,3 +103,23 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --batch 0");
   CHECK(result.exit_code == 1);
 }
+
+TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1", "[bench][cli][train]") {
+  const std::string teacher =
+      "synthetic:qwen3-0.6b@layers=2,hidden=32,heads=2,kv_heads=1,head_dim=16,intermediate=64,vocab=64,seed=3";
+  auto result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
+                              "' --seq-len 32 --device cpu --repeats 1 --warmup 0");
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("1 replaced layers"));
+  CHECK_THAT(result.output, Contains("% of the step"));
+  result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '' --device cpu");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("needs --teacher"));
+  result = test::run_cli("prime-bench train --model synthetic:nope --teacher '" + teacher + "' --device cpu");
+  CHECK(result.exit_code == 1);
+  result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
+                         "' --device cpu --batch 0");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--batch must be >= 1"));
+}
