@@ -48,18 +48,24 @@ std::vector<Trial> load_trials(detail::Database& db, const std::string& where, c
     objective_count[as_int(row[0])] = static_cast<size_t>(as_int(row[1]));
   for (Trial& trial : trials) trial.values.resize(objective_count[trial.study_id]);
 
+  // The queries below select the trials again: a trial that entered `where` since the first one
+  // (another worker claimed it; PostgreSQL reads each statement's own snapshot) is not ours.
+  auto ours = [&](const SqlValue& id) -> Trial* {
+    const auto found = index_of.find(as_int(id));
+    return found == index_of.end() ? nullptr : &trials[found->second];
+  };
   const std::string in_trials = " WHERE x.trial_id IN (SELECT t.id FROM trials t WHERE " + where + ")";
   for (const auto& row : db.query("SELECT x.trial_id, x.name, x.value, x.kind FROM trial_params x" + in_trials +
                                       " ORDER BY x.trial_id, x.position",
                                   params))
-    trials[index_of.at(as_int(row[0]))].params.push_back({as_text(row[1]), as_text(row[2]), as_text(row[3])});
+    if (Trial* trial = ours(row[0])) trial->params.push_back({as_text(row[1]), as_text(row[2]), as_text(row[3])});
   for (const auto& row : db.query("SELECT x.trial_id, x.objective, x.value FROM trial_values x" + in_trials, params)) {
-    Trial& trial = trials[index_of.at(as_int(row[0]))];
+    Trial* trial = ours(row[0]);
     const auto objective = static_cast<size_t>(as_int(row[1]));
-    if (objective < trial.values.size() && !is_null(row[2])) trial.values[objective] = as_double(row[2]);
+    if (trial && objective < trial->values.size() && !is_null(row[2])) trial->values[objective] = as_double(row[2]);
   }
   for (const auto& row : db.query("SELECT x.trial_id, x.key, x.value FROM trial_user_attrs x" + in_trials, params))
-    trials[index_of.at(as_int(row[0]))].attrs[as_text(row[1])] = as_text(row[2]);
+    if (Trial* trial = ours(row[0])) trial->attrs[as_text(row[1])] = as_text(row[2]);
   return trials;
 }
 
