@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -49,9 +50,14 @@ inline std::string read_text(const std::string& path) {
   return text.str();
 }
 
+// The server the PostgreSQL tests run against; a value that is not a postgresql:// URL (e.g. a
+// setup script's stray output captured with it) is an error rather than a skip.
 inline std::string postgres_test_url() {
-  const char* url = std::getenv("PRIME_TEST_POSTGRES_URL");
-  return url ? url : "";
+  const char* env = std::getenv("PRIME_TEST_POSTGRES_URL");
+  const std::string url = env ? env : "";
+  if (!url.empty() && url.rfind("postgresql://", 0) != 0 && url.rfind("postgres://", 0) != 0)
+    throw std::runtime_error("PRIME_TEST_POSTGRES_URL is not a postgresql:// URL: '" + url + "'");
+  return url;
 }
 
 // A fresh, empty PostgreSQL schema of its own for one test: the returned URL selects it through
