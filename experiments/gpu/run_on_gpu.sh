@@ -35,6 +35,8 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   # The mixers run their recurrences in fp32 whatever the weights' dtype, so the cores are timed in fp32.
   build-gpu/bin/prime-bench ssm --device cuda --dtype fp32 > "$OUT/ssm_fp32.txt" 2>&1; cat "$OUT/ssm_fp32.txt"
+  # prime's CUDA kernels vs the torch-ops forms, side by side (kernels/README.md).
+  build-gpu/bin/prime-bench kernels --device cuda --repeats 5 > "$OUT/kernels_bench.txt" 2>&1; cat "$OUT/kernels_bench.txt"
 fi
 if [ "$what" = decode ] || [ "$what" = all ]; then
   # Qwen3-8B shape, bf16: the Transformer vs 50% GDN and 50% GKA hybrids (prime-convert's hmf

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <tuple>
+#include <utility>
 
+#include "kernels/common/policy.h"
 #include "model/gdn.h"
 #include "model/gka_core.h"
 #include "model/mamba2.h"
@@ -66,34 +69,75 @@ at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenc
   throw user_error("unknown SSM type '", type, "' (GDN, GKA, M2)");
 }
 
+std::string shape_label(const std::string& type, const SsmBenchOptions& options) {
+  std::string shape = "(" + std::to_string(options.batch) + "," + std::to_string(options.tokens) + "," +
+                      std::to_string(options.heads) + "," + std::to_string(options.head_dim) + ") " +
+                      std::string(c10::toString(options.dtype));
+  if (type == "GKA") shape += " N=" + std::to_string(options.gka_iterations);
+  return shape;
+}
+
+// Median forward and (when asked) forward+backward time of one core on the inputs.
+std::pair<double, double> time_core(const std::string& type, const CoreInputs& inputs,
+                                    const SsmBenchOptions& options, const at::Device& device) {
+  double forward_ms = 0, forward_backward_ms = 0;
+  {
+    at::NoGradGuard no_grad;
+    forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
+  }
+  if (options.backward) {
+    at::Tensor grad;
+    forward_backward_ms = median_ms(
+        [&] {
+          at::Tensor out = run_core(type, inputs, options);
+          if (!grad.defined()) grad = at::randn_like(out);
+          out.backward(grad);
+          for (const at::Tensor* t : {&inputs.q, &inputs.k, &inputs.v})
+            if (t->grad().defined()) const_cast<at::Tensor*>(t)->mutable_grad().reset();
+        },
+        device, options.warmup, options.repeats);
+  }
+  return {forward_ms, forward_backward_ms};
+}
+
 }  // namespace
 
 std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device) {
   std::vector<SsmBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
+  // This table is the torch-ops forms' baseline, whatever PRIME_KERNELS says.
+  const kernels::ScopedKernelPolicy torch_ops(kernels::Policy::Torch);
   for (const auto& type : options.types) {
     SsmBenchRow row;
     row.type = type;
-    row.shape = "(" + std::to_string(options.batch) + "," + std::to_string(options.tokens) + "," +
-                std::to_string(options.heads) + "," + std::to_string(options.head_dim) + ") " +
-                std::string(c10::toString(options.dtype));
-    if (type == "GKA") row.shape += " N=" + std::to_string(options.gka_iterations);
+    row.shape = shape_label(type, options);
+    std::tie(row.forward_ms, row.forward_backward_ms) = time_core(type, inputs, options, device);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device) {
+  if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
+    throw user_error("prime-bench kernels needs a CUDA device and a build with the CUDA kernels ",
+                     "(PRIME_CUDA=ON)");
+  std::vector<KernelBenchRow> rows;
+  const CoreInputs inputs = make_inputs(options, device);
+  for (const auto& type : options.types) {
+    if (type != "GDN") continue;  // the types with kernels so far
+    KernelBenchRow row;
+    row.type = type;
+    row.shape = shape_label(type, options);
     {
-      at::NoGradGuard no_grad;
-      row.forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
+      const kernels::ScopedKernelPolicy with_kernels(kernels::Policy::Auto);
+      std::tie(row.kernel_forward_ms, row.kernel_forward_backward_ms) = time_core(type, inputs, options, device);
     }
-    if (options.backward) {
-      at::Tensor grad;
-      row.forward_backward_ms = median_ms(
-          [&] {
-            at::Tensor out = run_core(type, inputs, options);
-            if (!grad.defined()) grad = at::randn_like(out);
-            out.backward(grad);
-            for (const at::Tensor* t : {&inputs.q, &inputs.k, &inputs.v})
-              if (t->grad().defined()) const_cast<at::Tensor*>(t)->mutable_grad().reset();
-          },
-          device, options.warmup, options.repeats);
+    {
+      const kernels::ScopedKernelPolicy torch_ops(kernels::Policy::Torch);
+      std::tie(row.torch_forward_ms, row.torch_forward_backward_ms) = time_core(type, inputs, options, device);
     }
+    const double flops = 4.0 * options.head_dim * options.head_dim * options.batch * options.tokens * options.heads;
+    row.kernel_forward_tflops = flops / (row.kernel_forward_ms * 1e-3) / 1e12;
     rows.push_back(row);
   }
   return rows;

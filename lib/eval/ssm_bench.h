@@ -30,4 +30,14 @@ struct SsmBenchRow {
 
 std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device);
 
+// prime's CUDA kernels (kernels/<op>/) against the torch-ops forms, the same core on the same
+// inputs in one run: one row per (type, path). Types without kernels yet are skipped.
+struct KernelBenchRow {
+  std::string type, shape;
+  double kernel_forward_ms = 0, kernel_forward_backward_ms = 0;
+  double torch_forward_ms = 0, torch_forward_backward_ms = 0;
+  double kernel_forward_tflops = 0;  // 4 K V flops per token and head (the GLA-shaped part)
+};
+std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device);
+
 }  // namespace prime::eval

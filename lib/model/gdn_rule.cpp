@@ -2,6 +2,7 @@
 // per-token recurrence, and the single step the recurrence is built from.
 #include "model/gdn.h"
 
+#include "kernels/gdn_chunk/gdn_chunk.h"
 #include "model/ssm_chunks.h"
 #include "util/error.h"
 
@@ -68,13 +69,18 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const at::Tensor decay_incl = chunks::segment_decay(gc);
   const at::Tensor decay_strict = decay_incl.tril(-1);
 
+  // On CUDA (fp32, chunk <= 64, head dim 32..256) kernels/gdn_chunk takes the triangular
+  // solve and the loop over chunks; the batched matmuls around them are the same.
+  const bool use_kernels = kernels::gdn_chunk_kernels_apply(q, chunk_size);
   const at::Tensor kt = kc.transpose(-1, -2);
   const at::Tensor A = bc.unsqueeze(-1) * at::matmul(kc, kt) * decay_strict;
-  const at::Tensor eye = at::eye(chunk_size, q.options());
   const at::Tensor rhs =
       at::cat({bc.unsqueeze(-1) * vc, (bc * at::exp(gamma)).unsqueeze(-1) * kc}, -1);
-  const at::Tensor solved = at::linalg_solve_triangular(A + eye, rhs, /*upper=*/false,
-                                                        /*left=*/true, /*unitriangular=*/true);
+  const at::Tensor solved =
+      use_kernels
+          ? at::matmul(kernels::unit_lower_inverse(A), rhs)
+          : at::linalg_solve_triangular(A + at::eye(chunk_size, q.options()), rhs,
+                                        /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
   const at::Tensor u_local = solved.narrow(-1, 0, dim);  // U'
   const at::Tensor w = solved.narrow(-1, dim, dim);      // W
   const at::Tensor scores = at::matmul(qc, kt) * decay_incl;
@@ -82,8 +88,13 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   // O = diag(e^Gamma) Q S0 + scores (U' - W S0) = out_local + (Q e^Gamma - scores W) S0.
   const at::Tensor q_state = qc * at::exp(gamma).unsqueeze(-1) - at::matmul(scores, w);
   const at::Tensor gamma_end = gamma.narrow(-1, chunk_size - 1, 1);  // [B,H,N,1]
-  const at::Tensor k_decayed_t =
-      (kc * at::exp(chunks::suffix_sum(gc)).unsqueeze(-1)).transpose(-1, -2);
+  const at::Tensor k_decayed = kc * at::exp(chunks::suffix_sum(gc)).unsqueeze(-1);
+  if (use_kernels) {
+    auto [states, final_state] = kernels::chunk_state_scan(
+        w, k_decayed, u_local, at::exp(gamma_end).squeeze(-1), state);
+    return {chunks::merge(out_local + at::matmul(q_state, states), length), final_state};
+  }
+  const at::Tensor k_decayed_t = k_decayed.transpose(-1, -2);
   const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
 
   at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());

@@ -1,0 +1,55 @@
+#include "kernels/common/policy.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "util/error.h"
+
+namespace prime::kernels {
+
+namespace {
+
+constexpr int kNoOverride = -1;
+std::atomic<int> override_policy{kNoOverride};
+
+Policy policy_from_environment() {
+  const char* value = std::getenv("PRIME_KERNELS");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "auto") return Policy::Auto;
+  if (text == "torch") return Policy::Torch;
+  throw user_error("PRIME_KERNELS=", text, ": must be \"auto\" (prime's CUDA kernels where they ",
+                   "apply) or \"torch\" (the LibTorch-ops forms)");
+}
+
+}  // namespace
+
+Policy policy() {
+  const int forced = override_policy.load();
+  if (forced != kNoOverride) return static_cast<Policy>(forced);
+  return policy_from_environment();  // read each time, so a test can set it
+}
+
+bool built_with_cuda_kernels() {
+#ifdef PRIME_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool use_cuda_kernels(const at::Tensor& like) {
+  return built_with_cuda_kernels() && like.is_cuda() && policy() == Policy::Auto;
+}
+
+bool poison_outputs() {
+  const char* value = std::getenv("PRIME_KERNELS_POISON");
+  return value != nullptr && std::string(value) == "1";
+}
+
+ScopedKernelPolicy::ScopedKernelPolicy(Policy policy)
+    : previous_(override_policy.exchange(static_cast<int>(policy))) {}
+
+ScopedKernelPolicy::~ScopedKernelPolicy() { override_policy.store(previous_); }
+
+}  // namespace prime::kernels

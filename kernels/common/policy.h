@@ -1,0 +1,39 @@
+// Which implementation the model's SSM ops use: prime's CUDA kernels (kernels/<op>/) on CUDA
+// tensors, or the LibTorch-ops forms in lib/model (the correctness reference). Chosen by the
+// PRIME_KERNELS environment variable: unset or "auto" = the kernels wherever they apply,
+// "torch" = the torch-ops forms everywhere. Tests and prime-bench switch it with
+// ScopedKernelPolicy to run both paths side by side in one process.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels {
+
+enum class Policy { Auto, Torch };
+
+// The policy in force: a ScopedKernelPolicy's if one is alive, else PRIME_KERNELS (any other
+// value than auto/torch is a UserError naming the variable).
+Policy policy();
+
+// True when this build compiled the CUDA kernels (PRIME_CUDA on and nvcc found).
+bool built_with_cuda_kernels();
+
+// The hook every op's dispatch asks first: a CUDA tensor, kernels built, policy Auto.
+bool use_cuda_kernels(const at::Tensor& like);
+
+// PRIME_KERNELS_POISON=1 makes the launchers fill their outputs with NaN before writing them,
+// so a test sees any element a kernel leaves unwritten.
+bool poison_outputs();
+
+class ScopedKernelPolicy {
+ public:
+  explicit ScopedKernelPolicy(Policy policy);
+  ~ScopedKernelPolicy();
+  ScopedKernelPolicy(const ScopedKernelPolicy&) = delete;
+  ScopedKernelPolicy& operator=(const ScopedKernelPolicy&) = delete;
+
+ private:
+  int previous_;
+};
+
+}  // namespace prime::kernels

@@ -1,0 +1,146 @@
+// Autograd wrappers of kernels/gdn_chunk. The backward of each op is written out here: the
+// inverse's in two matmuls, the scan's as the same scan kernel walking the chunks backwards
+// (the adjoint recurrence has the scan's shape) plus batched matmuls.
+#include "kernels/gdn_chunk/gdn_chunk.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <limits>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#endif
+
+namespace prime::kernels {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::Tensor& like) {
+  return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), like.options())
+                          : at::empty(sizes, like.options());
+}
+
+void require_cuda_build(const char* op) {
+  if (!built_with_cuda_kernels())
+    throw internal_error(op, ": this build has no CUDA kernels (configure with PRIME_CUDA=ON)");
+}
+
+at::Tensor inverse_forward(const at::Tensor& A) {
+  require_cuda_build("unit_lower_inverse");
+  const int64_t chunk = A.size(-1);
+  const at::Tensor flat = A.reshape({-1, chunk, chunk}).contiguous();
+  at::Tensor T = new_output(flat.sizes(), flat);
+#ifdef PRIME_WITH_CUDA
+  detail::launch_unit_lower_inverse(flat, T);
+#endif
+  return T.view(A.sizes());
+}
+
+// states/final of one walk of the scan (see gdn_chunk_launch.h), batch dims flattened.
+std::pair<at::Tensor, at::Tensor> scan(const at::Tensor& probe, const at::Tensor& writer,
+                                       const at::Tensor& target, const at::Tensor& addend,
+                                       const at::Tensor& decay, const at::Tensor& initial,
+                                       bool reverse, int64_t value_dim) {
+  require_cuda_build("chunk_state_scan");
+  const int64_t M = probe.size(0), N = probe.size(1), Dk = probe.size(3);
+  at::Tensor states = new_output({M, N, Dk, value_dim}, probe);
+  at::Tensor final_state = new_output({M, Dk, value_dim}, probe);
+#ifdef PRIME_WITH_CUDA
+  detail::launch_chunk_scan(probe, writer, target, addend, decay, initial, reverse, states,
+                            final_state);
+#else
+  (void)target, (void)addend, (void)decay, (void)initial, (void)reverse;
+#endif
+  return {states, final_state};
+}
+
+at::Tensor flat_or_undefined(const at::Tensor& tensor, int64_t keep_dims) {
+  if (!tensor.defined()) return tensor;
+  std::vector<int64_t> shape{-1};
+  for (int64_t dim = tensor.dim() - keep_dims; dim < tensor.dim(); ++dim) shape.push_back(tensor.size(dim));
+  return tensor.reshape(shape).contiguous();
+}
+
+struct UnitLowerInverse : public torch::autograd::Function<UnitLowerInverse> {
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& A) {
+    at::Tensor T = inverse_forward(A);
+    context->save_for_backward({T});
+    return T;
+  }
+  // dT -> dA = -T^T dT T^T, on the strictly lower triangle the forward read.
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const at::Tensor T = context->get_saved_variables()[0];
+    const at::Tensor Tt = T.transpose(-1, -2);
+    return {(-at::matmul(at::matmul(Tt, grad_outputs[0]), Tt)).tril(-1)};
+  }
+};
+
+// Inputs flattened to [M, N, ...]; the caller restores the batch dims.
+struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& w,
+                               const at::Tensor& k_decayed, const at::Tensor& u_local,
+                               const at::Tensor& decay, const at::Tensor& initial) {
+    auto [states, final_state] =
+        scan(w, k_decayed, u_local, at::Tensor(), decay, initial, /*reverse=*/false, u_local.size(3));
+    context->save_for_backward({w, k_decayed, u_local, decay, states});
+    return {states, final_state};
+  }
+
+  // With G_n the gradient reaching S_{n+1} (from S_{n+1}'s own uses and through the recurrence):
+  //   G_{n-1} = dstates_n + decay_n G_n - w_n^T (k_decayed_n G_n),   G_{N-1} = dfinal
+  // the scan walked backwards with probe = k_decayed, writer = w, addend = dstates. Then per
+  // chunk: du_n = k_decayed_n G_n, dk_decayed_n = U_n G_n^T, dw_n = -du_n S_n^T,
+  // ddecay_n = <S_n, G_n>, dinitial = the walk's final value.
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor &w = saved[0], &k_decayed = saved[1], &u_local = saved[2], &decay = saved[3];
+    const at::Tensor& states = saved[4];
+    const at::Tensor d_states = grad_outputs[0].defined() ? grad_outputs[0].contiguous() : at::Tensor();
+    const at::Tensor d_final = grad_outputs[1].defined() ? grad_outputs[1].contiguous() : at::Tensor();
+    auto [gradients, d_initial] =
+        scan(k_decayed, w, at::Tensor(), d_states, decay, d_final, /*reverse=*/true, u_local.size(3));
+    const at::Tensor U = u_local - at::matmul(w, states);
+    const at::Tensor d_u = at::matmul(k_decayed, gradients);
+    const at::Tensor d_k_decayed = at::matmul(U, gradients.transpose(-1, -2));
+    const at::Tensor d_w = -at::matmul(d_u, states.transpose(-1, -2));
+    const at::Tensor d_decay = (states * gradients).sum({-1, -2});
+    return {d_w, d_k_decayed, d_u, d_decay, d_initial};
+  }
+};
+
+}  // namespace
+
+bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
+  const int64_t dim = q.size(-1);
+  return use_cuda_kernels(q) && q.scalar_type() == at::kFloat && chunk_size <= 64 &&
+         (dim == 32 || dim == 64 || dim == 128 || dim == 256);
+}
+
+at::Tensor unit_lower_inverse(const at::Tensor& A) {
+  PRIME_CHECK(A.dim() >= 2 && A.size(-1) == A.size(-2) && A.size(-1) <= 64,
+              "unit_lower_inverse: A must be [..., C, C] with C <= 64, got ", A.sizes());
+  return UnitLowerInverse::apply(A);
+}
+
+std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at::Tensor& k_decayed,
+                                                   const at::Tensor& u_local,
+                                                   const at::Tensor& decay,
+                                                   const at::Tensor& initial) {
+  PRIME_CHECK(w.dim() == 5 && k_decayed.sizes() == w.sizes() && u_local.dim() == 5,
+              "chunk_state_scan: w ", w.sizes(), ", k_decayed ", k_decayed.sizes(), ", u_local ",
+              u_local.sizes());
+  const int64_t B = w.size(0), H = w.size(1), N = w.size(2), Dk = w.size(4), Dv = u_local.size(4);
+  const at::Tensor start = initial.defined() ? initial : at::zeros({B, H, Dk, Dv}, w.options());
+  variable_list outputs = ChunkStateScan::apply(
+      flat_or_undefined(w, 3), flat_or_undefined(k_decayed, 3), flat_or_undefined(u_local, 3),
+      decay.reshape({B * H, N}).contiguous(), flat_or_undefined(start, 2));
+  return {outputs[0].view({B, H, N, Dk, Dv}), outputs[1].view({B, H, Dk, Dv})};
+}
+
+}  // namespace prime::kernels

@@ -1,0 +1,36 @@
+// CUDA kernels of GDN's chunked form (lib/model/gdn_rule.cpp, gated_delta_rule_chunked): the two
+// pieces the torch-ops form runs worst. Both are autograd functions, so training uses them too.
+//  - unit_lower_inverse: (I + A)^-1 of each chunk's strictly lower triangular A, by forward
+//    substitution in shared memory (replaces a batched triangular solve whose backward is
+//    another solve).
+//  - chunk_state_scan: the recurrence over chunks, which the torch form runs as a host loop of
+//    small matmuls per chunk; one kernel walks all chunks with the state tile resident on chip.
+// Everything that is parallel over chunks stays in batched cuBLAS matmuls around them.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace prime::kernels {
+
+// Whether these kernels serve gated_delta_rule_chunked for these operands: policy Auto, a CUDA
+// fp32 tensor, chunk <= 64, head dim a multiple of 32 up to 256. Otherwise the torch form runs.
+bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size);
+
+// T = (I + A)^-1 where only A's strictly lower triangle is read. A [..., C, C] fp32 CUDA,
+// C <= 64. Returns T (unit lower triangular, zeros above the diagonal). Differentiable in A.
+at::Tensor unit_lower_inverse(const at::Tensor& A);
+
+// The state recurrence over chunks n = 0..N-1 from S_0 = initial (zeros if undefined):
+//   U_n = u_local_n - w_n S_n,   S_{n+1} = decay_n S_n + k_decayed_n^T U_n.
+// w, k_decayed [B,H,N,C,Dk]; u_local [B,H,N,C,Dv]; decay [B,H,N]; initial [B,H,Dk,Dv], all fp32
+// CUDA. Returns (states [B,H,N,Dk,Dv] with states_n = S_n, the state entering chunk n; S_N).
+// Differentiable in every input.
+std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at::Tensor& k_decayed,
+                                                   const at::Tensor& u_local,
+                                                   const at::Tensor& decay,
+                                                   const at::Tensor& initial);
+
+}  // namespace prime::kernels

@@ -1,0 +1,23 @@
+// Launchers of kernels/gdn_chunk (defined in gdn_chunk_kernels.cu; called only by
+// gdn_chunk.cpp in CUDA builds). Operands are contiguous fp32 CUDA tensors with the leading
+// batch dims flattened; the launchers check shapes and the launch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels::detail {
+
+// A [M, C, C] -> T [M, C, C] = (I + strictly_lower(A))^-1; C <= 64.
+void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T);
+
+// The scan both directions share, per (m, step n in walking order):
+//   states[n] = S;  Y = target_n - probe_n S;  S = decay_n S + addend_n + writer_n^T Y
+// probe, writer [M, N, C, Dk]; target [M, N, C, Dv] or undefined (zero); addend [M, N, Dk, Dv] or
+// undefined (zero); decay [M, N]; initial [M, Dk, Dv] or undefined (zero). Writes states
+// [M, N, Dk, Dv] and final [M, Dk, Dv]. reverse walks n = N-1..0. Dk in {32, 64, 128, 256},
+// C <= 64, Dv a multiple of 4.
+void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const at::Tensor& target,
+                       const at::Tensor& addend, const at::Tensor& decay, const at::Tensor& initial,
+                       bool reverse, const at::Tensor& states, const at::Tensor& final_state);
+
+}  // namespace prime::kernels::detail

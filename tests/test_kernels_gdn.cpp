@@ -1,0 +1,209 @@
+// kernels/gdn_chunk: the triangular inverse and the chunk-state scan against float64 references,
+// and GDN's chunked core with the kernels against its torch-ops form (outputs and every
+// gradient), on CUDA. Outputs are poisoned with NaN first, so an unwritten element fails.
+#include <catch2/catch.hpp>
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <tuple>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "kernels/gdn_chunk/gdn_chunk.h"
+#include "model/gdn.h"
+#include "test_helpers.h"
+#include "util/error.h"
+
+using namespace prime;
+
+namespace {
+
+double rel_error(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor a = got.to(at::kCPU, at::kDouble), b = want.to(at::kCPU, at::kDouble);
+  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
+}
+
+// Every output a launcher allocates starts as NaN while a test runs.
+struct PoisonOutputs {
+  PoisonOutputs() { ::setenv("PRIME_KERNELS_POISON", "1", 1); }
+  ~PoisonOutputs() { ::unsetenv("PRIME_KERNELS_POISON"); }
+};
+
+// The scan's recurrence, float64, one chunk at a time (see kernels/gdn_chunk/gdn_chunk.h).
+std::pair<at::Tensor, at::Tensor> reference_scan(const at::Tensor& w, const at::Tensor& kd,
+                                                 const at::Tensor& u, const at::Tensor& decay,
+                                                 const at::Tensor& initial) {
+  at::Tensor S = initial;
+  std::vector<at::Tensor> states;
+  for (int64_t n = 0; n < w.size(2); ++n) {
+    states.push_back(S);
+    const at::Tensor U = u.select(2, n) - at::matmul(w.select(2, n), S);
+    S = decay.select(2, n).unsqueeze(-1).unsqueeze(-1) * S +
+        at::matmul(kd.select(2, n).transpose(-1, -2), U);
+  }
+  return {at::stack(states, 2), S};
+}
+
+struct CoreInputs {
+  at::Tensor q, k, v, g, beta, state;
+};
+
+// Operands as the GDN mixer feeds its core: normalised q/k, beta in (0,1), log decays < 0.
+CoreInputs random_core_inputs(int64_t B, int64_t T, int64_t H, int64_t D, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  CoreInputs in;
+  in.q = at::randn({B, T, H, D}, f64);
+  in.q = in.q / in.q.norm(2, -1, true) / std::sqrt(static_cast<double>(D));
+  in.k = at::randn({B, T, H, D}, f64);
+  in.k = in.k / in.k.norm(2, -1, true);
+  in.v = at::randn({B, T, H, D}, f64);
+  in.g = -at::rand({B, T, H}, f64) * 0.3 - 0.01;
+  in.beta = at::rand({B, T, H}, f64) * 0.9 + 0.05;
+  in.state = at::randn({B, H, D, D}, f64) * 0.1;
+  return in;
+}
+
+std::vector<at::Tensor> as_leaves(const CoreInputs& in, const at::Device& device, at::ScalarType type) {
+  std::vector<at::Tensor> leaves;
+  for (const at::Tensor* t : {&in.q, &in.k, &in.v, &in.g, &in.beta, &in.state})
+    leaves.push_back(t->to(device, type).detach().requires_grad_(true));
+  return leaves;
+}
+
+// Output, final state and the gradients of a fixed random functional of both.
+struct CoreRun {
+  at::Tensor out, final_state;
+  std::vector<at::Tensor> grads;
+};
+CoreRun run_core(const std::vector<at::Tensor>& leaves, int64_t chunk, const at::Tensor& out_weight,
+                 const at::Tensor& state_weight) {
+  auto [out, final_state] = model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3],
+                                                            leaves[4], leaves[5], chunk);
+  const at::Tensor loss = (out * out_weight.to(out.options())).sum() +
+                          (final_state * state_weight.to(out.options())).sum();
+  CoreRun run{out.detach(), final_state.detach(), {}};
+  for (const at::Tensor& grad : torch::autograd::grad({loss}, leaves)) run.grads.push_back(grad.detach());
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch; CPU tensors never take the kernels", "[kernels]") {
+  ::setenv("PRIME_KERNELS", "cuda-please", 1);
+  CHECK_THROWS_AS(kernels::policy(), UserError);
+  CHECK_THROWS_WITH(kernels::policy(), Catch::Contains("PRIME_KERNELS=cuda-please"));
+  ::setenv("PRIME_KERNELS", "torch", 1);
+  CHECK(kernels::policy() == kernels::Policy::Torch);
+  ::unsetenv("PRIME_KERNELS");
+  CHECK(kernels::policy() == kernels::Policy::Auto);
+  {
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    CHECK(kernels::policy() == kernels::Policy::Torch);
+  }
+  CHECK(kernels::policy() == kernels::Policy::Auto);
+  CHECK_FALSE(kernels::gdn_chunk_kernels_apply(at::zeros({1, 4, 2, 64}), 64));
+}
+
+TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 references, gradients too",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  at::manual_seed(7);
+  for (int64_t chunk : {64, 37}) {
+    // Entries as large as GDN's (beta k.k decay, |.| < 1) make a well-conditioned unit triangle.
+    const at::Tensor A = (at::rand({3, 5, chunk, chunk}, at::kDouble) * 2 - 1) * 0.2;
+    const at::Tensor want = at::linalg_inv(A.tril(-1) + at::eye(chunk, at::kDouble));
+    const at::Tensor A_cuda = A.to(cuda, at::kFloat).requires_grad_(true);
+    const at::Tensor T = kernels::unit_lower_inverse(A_cuda);
+    const double forward = rel_error(T, want);
+    const at::Tensor weight = at::randn({3, 5, chunk, chunk}, at::kDouble);
+    const at::Tensor A64 = A.clone().requires_grad_(true);
+    const at::Tensor grad_want = torch::autograd::grad(
+        {(at::linalg_inv(A64.tril(-1) + at::eye(chunk, at::kDouble)) * weight).sum()}, {A64})[0];
+    const at::Tensor grad = torch::autograd::grad({(T * weight.to(cuda, at::kFloat)).sum()}, {A_cuda})[0];
+    const double backward = rel_error(grad, grad_want);
+    std::cout << "[kernels][gdn] unit_lower_inverse C=" << chunk << ": T " << forward << ", dA "
+              << backward << std::endl;
+    CHECK(forward <= 1e-5);
+    CHECK(backward <= 1e-5);
+  }
+  for (const auto& [Dk, Dv, N] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {32, 32, 5}, {64, 100, 4}, {128, 128, 3}, {256, 64, 2}}) {
+    const int64_t B = 2, H = 3, C = 64;
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    std::vector<at::Tensor> inputs = {at::randn({B, H, N, C, Dk}, f64) * 0.1,
+                                      at::randn({B, H, N, C, Dk}, f64) * 0.1,
+                                      at::randn({B, H, N, C, Dv}, f64), at::rand({B, H, N}, f64) * 0.5 + 0.5,
+                                      at::randn({B, H, Dk, Dv}, f64)};
+    std::vector<at::Tensor> leaves64, leaves32;
+    for (const at::Tensor& t : inputs) {
+      leaves64.push_back(t.clone().requires_grad_(true));
+      leaves32.push_back(t.to(cuda, at::kFloat).requires_grad_(true));
+    }
+    auto [states64, final64] = reference_scan(leaves64[0], leaves64[1], leaves64[2], leaves64[3], leaves64[4]);
+    auto [states32, final32] =
+        kernels::chunk_state_scan(leaves32[0], leaves32[1], leaves32[2], leaves32[3], leaves32[4]);
+    const at::Tensor ws = at::randn(states64.sizes(), f64), wf = at::randn(final64.sizes(), f64);
+    const auto grads64 = torch::autograd::grad({(states64 * ws).sum() + (final64 * wf).sum()}, leaves64);
+    const auto grads32 = torch::autograd::grad(
+        {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
+    double worst_grad = 0;
+    for (size_t i = 0; i < grads64.size(); ++i) worst_grad = std::max(worst_grad, rel_error(grads32[i], grads64[i]));
+    const double states_error = rel_error(states32, states64), final_error = rel_error(final32, final64);
+    std::cout << "[kernels][gdn] chunk_state_scan Dk=" << Dk << " Dv=" << Dv << " N=" << N << ": states "
+              << states_error << ", final " << final_error << ", worst input gradient " << worst_grad << std::endl;
+    CHECK(states_error <= 1e-5);
+    CHECK(final_error <= 1e-5);
+    CHECK(worst_grad <= 1e-4);
+  }
+}
+
+TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's output, state and gradients",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const PoisonOutputs poison;
+  // TF32 would blur the comparison: both paths' matmuls run in full fp32.
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const at::Device cuda(at::kCUDA, 0);
+  for (const auto& [B, T, H, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {2, 200, 3, 64}, {1, 130, 2, 128}, {2, 192, 2, 32}, {1, 70, 1, 256}}) {
+    const CoreInputs in = random_core_inputs(B, T, H, D, 11 + T);
+    const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble);
+    const at::Tensor state_weight = at::randn({B, H, D, D}, at::kDouble);
+    REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), 64));
+    const CoreRun with_kernels = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
+    CoreRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
+    }
+    const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), 64, out_weight, state_weight);
+    const double out_error = rel_error(with_kernels.out, torch_ops.out);
+    const double state_error = rel_error(with_kernels.final_state, torch_ops.final_state);
+    double worst_grad = 0, worst_grad_f64 = 0;
+    for (size_t i = 0; i < reference.grads.size(); ++i) {
+      worst_grad = std::max(worst_grad, rel_error(with_kernels.grads[i], torch_ops.grads[i]));
+      worst_grad_f64 = std::max(worst_grad_f64, rel_error(with_kernels.grads[i], reference.grads[i]));
+    }
+    const double out_f64 = rel_error(with_kernels.out, reference.out);
+    std::cout << "[kernels][gdn] core B=" << B << " T=" << T << " H=" << H << " D=" << D
+              << ": vs torch ops out " << out_error << ", state " << state_error << ", worst gradient "
+              << worst_grad << "; vs float64 out " << out_f64 << ", worst gradient " << worst_grad_f64
+              << std::endl;
+    CHECK(out_error <= 1e-4);
+    CHECK(state_error <= 1e-4);
+    CHECK(worst_grad <= 1e-4);
+    CHECK(out_f64 <= 1e-4);
+    CHECK(worst_grad_f64 <= 1e-4);
+  }
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+}
