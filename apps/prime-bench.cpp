@@ -59,8 +59,11 @@ struct SsmOptions {
   bool no_backward = false;
 };
 
-void add_ssm_command(CLI::App& app, SsmOptions& options) {
-  CLI::App* command = app.add_subcommand("ssm", "chunked SSM cores (torch-ops forms): forward and forward+backward time");
+// `ssm` (the torch-ops forms alone) and `kernels` (prime's CUDA kernels vs those forms) share
+// their options.
+void add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm",
+                     const char* description = "chunked SSM cores (torch-ops forms): forward and forward+backward time") {
+  CLI::App* command = app.add_subcommand(name, description);
   command->add_option("--types", options.types, "comma-separated: GDN, GKA, M2 (default all)")->group("Inputs");
   command->add_option("--batch", options.bench.batch, "B (default 4)")->group("Shape");
   command->add_option("--tokens", options.bench.tokens, "T (default 8192)")->group("Shape");
@@ -73,13 +76,35 @@ void add_ssm_command(CLI::App& app, SsmOptions& options) {
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
 }
 
-void run_ssm(SsmOptions& options) {
+at::Device finish_ssm_options(SsmOptions& options) {
   options.bench.dtype = prime::parse_dtype_flag(options.dtype);
   options.bench.backward = !options.no_backward;
   options.bench.types.clear();
   std::stringstream items(options.types);
   for (std::string item; std::getline(items, item, ',');) options.bench.types.push_back(item);
-  const at::Device device = prime::parse_device(options.device);
+  return prime::parse_device(options.device);
+}
+
+void run_kernels(SsmOptions& options) {
+  const at::Device device = finish_ssm_options(options);
+  std::cout << "device " << device << "; each core timed with prime's kernels and with the torch-ops form\n"
+            << std::left << std::setw(6) << "type" << std::setw(28) << "(B,T,H,D) dtype" << std::right
+            << std::setw(11) << "fwd ms" << std::setw(11) << "torch ms" << std::setw(8) << "ratio"
+            << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << std::setw(11) << "torch ms"
+            << std::setw(8) << "ratio" << "\n";
+  for (const auto& row : prime::eval::run_kernel_bench(options.bench, device)) {
+    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
+    std::cout << std::left << std::setw(6) << row.type << std::setw(28) << row.shape << std::right << std::fixed
+              << std::setprecision(2) << std::setw(11) << row.kernel_forward_ms << std::setw(11)
+              << row.torch_forward_ms << std::setw(7) << ratio(row.kernel_forward_ms, row.torch_forward_ms) << "x"
+              << std::setw(10) << row.kernel_forward_tflops << std::setw(14) << row.kernel_forward_backward_ms
+              << std::setw(11) << row.torch_forward_backward_ms << std::setw(7)
+              << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
+  }
+}
+
+void run_ssm(SsmOptions& options) {
+  const at::Device device = finish_ssm_options(options);
   std::cout << "device " << device << "\n" << std::left << std::setw(6) << "type" << std::setw(30) << "(B,T,H,D) dtype"
             << std::right << std::setw(12) << "fwd ms" << std::setw(14) << "fwd+bwd ms" << "\n";
   for (const auto& row : prime::eval::run_ssm_bench(options.bench, device))
@@ -111,6 +136,10 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");
   command->add_option("--prefill-tokens", options.bench.prefill_tokens, "max B x T per prefill forward (default 8192)")
       ->group("Measurement");
+  command->add_option("--context", options.bench.context,
+                      "prefill (run the model over the B x P prompt tokens) or synthetic (random keys, values and "
+                      "states at length P: the same decode step without the prefill; default prefill)")
+      ->check(CLI::IsMember({"prefill", "synthetic"}))->group("Shape");
   command->add_option("--max-batch-tokens", options.bench.max_batch_tokens, "skip (B, P) with B x P above this (default: none)")
       ->group("Shape");
   command->add_option("--hbm-gbps", options.bench.hbm_gbps, "HBM bandwidth for the floor, GB/s (default 4800, H200)")
@@ -192,6 +221,10 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, tokenizer_options);
   SsmOptions ssm_options;
   add_ssm_command(app, ssm_options);
+  SsmOptions kernel_options;
+  kernel_options.types = "GDN";
+  add_ssm_command(app, kernel_options, "kernels",
+                  "prime's CUDA kernels vs the torch-ops forms of the SSM cores, side by side (CUDA only)");
   DecodeOptions decode_options;
   add_decode_command(app, decode_options);
   prime::convert::ConvertBenchOptions convert_options;
@@ -202,6 +235,7 @@ int main(int argc, char** argv) {
   return prime::run_command("prime-bench", [&] {
     if (app.got_subcommand("tokenizer")) run_tokenizer(tokenizer_options);
     if (app.got_subcommand("ssm")) run_ssm(ssm_options);
+    if (app.got_subcommand("kernels")) run_kernels(kernel_options);
     if (app.got_subcommand("decode")) run_decode(decode_options);
     if (app.got_subcommand("train")) run_train(train_options);
     if (app.got_subcommand("convert"))

@@ -18,6 +18,7 @@
 #include "io/source.h"
 #include "model/attention.h"
 #include "model/step_decoder.h"
+#include "eval/synthetic_context.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -92,10 +93,13 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
   if (batch < 1 || prompt < 1 || options.new_tokens < 1)
     throw user_error("decode bench needs batch, prompt and new tokens >= 1");
   check_modes({mode});
+  if (options.context != "prefill" && options.context != "synthetic")
+    throw user_error("unknown decode context '", options.context, "' (prefill, synthetic)");
   model::HybridModel& model = *bench.model;
   DecodeBenchRow row;
   row.model = bench.spec;
   row.mode = mode;
+  row.context = options.context;
   row.batch = batch;
   row.prompt = prompt;
   row.new_tokens = options.new_tokens;
@@ -110,15 +114,21 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     const int64_t warmup = graph ? std::max<int64_t>(options.warmup, 2) : options.warmup;
     const int64_t total = prompt + warmup + options.new_tokens;
     model::ModelCache cache = model.make_cache(batch, total);  // allocated once in every mode
-    // Prefill in chunks so the [B, T, vocab] logits stay bounded; only the last position matters.
-    const int64_t chunk = std::max<int64_t>(1, options.prefill_tokens / batch);
     auto start = Clock::now();
-    at::Tensor last;
-    for (int64_t begin = 0; begin < prompt; begin += chunk) {
-      const int64_t length = std::min(chunk, prompt - begin);
-      last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
+    at::Tensor next;  // [B]
+    if (options.context == "synthetic") {
+      fill_synthetic_context(model, cache, prompt);
+      next = prompt_ids.select(1, prompt - 1);
+    } else {
+      // Prefill in chunks so the [B, T, vocab] logits stay bounded; only the last position matters.
+      const int64_t chunk = std::max<int64_t>(1, options.prefill_tokens / batch);
+      at::Tensor last;
+      for (int64_t begin = 0; begin < prompt; begin += chunk) {
+        const int64_t length = std::min(chunk, prompt - begin);
+        last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
+      }
+      next = last.argmax(-1);
     }
-    at::Tensor next = last.argmax(-1);  // [B]
     next.cpu();  // waits for the device
     row.prefill_seconds = since(start);
     const CacheBytes after_prefill = cache_bytes(cache);
@@ -150,7 +160,8 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     row.error = "out of memory";
     return row;
   }
-  row.prefill_tokens_per_s = double(batch * prompt) / row.prefill_seconds;
+  // A synthetic context has no prefill rate to report.
+  if (options.context == "prefill") row.prefill_tokens_per_s = double(batch * prompt) / row.prefill_seconds;
   row.decode_tokens_per_s = double(batch * options.new_tokens) / row.decode_seconds;
   return row;
 }
@@ -170,7 +181,7 @@ std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenc
         if (options.max_batch_tokens > 0 && batch * prompt > options.max_batch_tokens) {
           DecodeBenchRow row;
           row.model = bench.spec, row.mode = mode, row.batch = batch, row.prompt = prompt;
-          row.new_tokens = options.new_tokens;
+          row.new_tokens = options.new_tokens, row.context = options.context;
           row.error = "skipped (B x P > " + std::to_string(options.max_batch_tokens) + ")";
           rows.push_back(row);
           continue;
@@ -201,8 +212,10 @@ std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* a
     return out.str();
   }
   char cells[256];
-  std::snprintf(cells, sizeof(cells), "%13.0f%12.1f%10.2f%10s%11s%10.3f%8.1f%%", row.prefill_tokens_per_s,
-                row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
+  char prefill[32];
+  if (row.context == "synthetic") std::snprintf(prefill, sizeof(prefill), "%13s", "synthetic");
+  else std::snprintf(prefill, sizeof(prefill), "%13.0f", row.prefill_tokens_per_s);
+  std::snprintf(cells, sizeof(cells), "%s%12.1f%10.2f%10s%11s%10.3f%8.1f%%", prefill, row.decode_tokens_per_s, 1e3 * row.step_seconds(), mib(row.kv_bytes_per_sequence).c_str(),
                 mib(row.state_bytes_per_sequence).c_str(), 1e3 * row.floor_step_seconds, 100 * row.floor_fraction());
   out << cells;
   const bool vs_model = usable(anchor) && anchor != &row && anchor->model != row.model;
@@ -226,7 +239,8 @@ std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* a
 std::string decode_table_header(const DecodeBenchOptions& options, int name_width) {
   std::ostringstream out;
   const std::string first_mode = options.modes.empty() ? "" : options.modes.front();
-  out << "decode: prefill P, then " << options.new_tokens << " steps (" << options.warmup
+  out << "decode: " << (options.context == "synthetic" ? "a synthetic context of P tokens (no prefill)" : "prefill P")
+      << ", then " << options.new_tokens << " steps (" << options.warmup
       << " warm-up steps untimed, 2 with a graph); floor = (weights + B x cache traffic) / " << options.hbm_gbps
       << " GB/s; x dec, x cache: vs the first model in the same mode; x " << first_mode << ": vs the same model "
       << first_mode << "\n";
@@ -297,7 +311,8 @@ nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenc
                         {"modes", options.modes}};
   nlohmann::json items = nlohmann::json::array();
   for (const auto& row : rows) {
-    nlohmann::json item = {{"model", row.model}, {"mode", row.mode}, {"batch", row.batch}, {"prompt", row.prompt}};
+    nlohmann::json item = {{"model", row.model}, {"mode", row.mode},     {"context", row.context},
+                           {"batch", row.batch}, {"prompt", row.prompt}};
     if (!row.error.empty()) {
       item["error"] = row.error;
     } else {

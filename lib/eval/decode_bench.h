@@ -32,6 +32,10 @@ struct DecodeBenchOptions {
   int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
   double hbm_gbps = 4800;         // H200 HBM3e
   int64_t max_batch_tokens = 0;  // > 0: skip points with B x P above this (time/memory guard)
+  // "prefill": run the model over B x P random prompt tokens; "synthetic": fill the cache with
+  // random keys, values and states at length P instead (eval/synthetic_context.h): the same
+  // decode step, without the prefill's cost.
+  std::string context = "prefill";
   uint64_t seed = 0;
 };
 
@@ -51,6 +55,7 @@ BenchModel make_bench_model(std::string name, const io::ModelConfig& config, con
 struct DecodeBenchRow {
   std::string model;
   std::string mode;  // what ran: eager, static or graph
+  std::string context = "prefill";  // how the context was made: prefill or synthetic
   int64_t batch = 0, prompt = 0, new_tokens = 0;
   std::string error;  // non-empty: the run failed (e.g. "out of memory")
   double prefill_seconds = 0, decode_seconds = 0;
