@@ -91,9 +91,9 @@ TEST_CASE("Store: the trial life cycle, curves, intermediate values, artifacts a
       CHECK(running[1].heartbeat > 0);
       CHECK(store->heartbeat(running[0].id));
 
-      // Curves through the MetricsSink, batched (3 rows per batch here), NaN kept as missing.
+      // Curves through the MetricsSink, batched (by count here: 3 rows per batch), NaN kept as missing.
       {
-        auto sink = store->metrics_sink(running[0].id, 3);
+        auto sink = store->metrics_sink(running[0].id, {3600, 3});
         for (int step = 0; step < 10; ++step)
           sink->write({"step", step * 10, {{"loss", 5.0 - step * 0.1}, {"lr", 1e-3}}, {{"stage", "align"}}});
         sink->write({"eval", 95, {{"val_loss", std::nan("")}}, {}});

@@ -37,7 +37,7 @@ void worker_loop(const std::string& url, const std::string& study_name, const st
       continue;
     }
     claims << trial->id << std::endl;
-    auto sink = store->metrics_sink(trial->id, 16);
+    auto sink = store->metrics_sink(trial->id, {3600, 16});
     for (int step = 0; step < 5; ++step) {
       sink->write({"step", step, {{"loss", 1.0 / (step + 1)}}, {}});
       store->heartbeat(trial->id);

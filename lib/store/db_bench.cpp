@@ -7,6 +7,7 @@
 #include <ostream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "store/database.h"
 #include "store/db_commands.h"
@@ -96,23 +97,52 @@ void run_store_bench(Store& store, int64_t trials, int metrics, int steps, std::
       << " points)\n"
       << "  intermediate values @500   " << rung_s << " s (" << rung.size() << " trials)\n";
 
-  // Logging: a record of 6 values per training step through the default-batched sink.
+  // Logging: a record of 6 values per training step through the default sink, first back to
+  // back (the sink's whole cost per record, flushes included), then paced like a tiny CPU
+  // training step (20 ms, slept) to see what a step pays: appends, plus a time-triggered flush
+  // every few seconds.
   const Study logging = store.create_study({"bench_logging", {{"loss", Direction::Minimize}}, "{}", {}});
-  const int64_t trial_id = store.enqueue_trial(logging.id, {});
-  store.claim_trial(logging.id, "bench");
+  const MetricRecord step_record{
+      "step", 0, {{"loss", 3.0}, {"lr", 1e-3}, {"grad_norm", 1.0}, {"tok_s", 1e4}, {"step_s", 0.1}, {"mem_gb", 1}}, {}};
+  const auto logged_trial = [&] {
+    const int64_t trial_id = store.enqueue_trial(logging.id, {});
+    store.claim_trial(logging.id, "bench");
+    return trial_id;
+  };
+  const int64_t burst_trial = logged_trial();
   const int records = 20000;
-  const double logging_s = seconds_of([&] {
-    auto metrics_sink = store.metrics_sink(trial_id);
-    for (int step = 0; step < records; ++step)
-      metrics_sink->write({"step",
-                           step,
-                           {{"loss", 3.0}, {"lr", 1e-3}, {"grad_norm", 1.0}, {"tok_s", 1e4}, {"step_s", 0.1}, {"mem_gb", 1}},
-                           {}});
+  const double burst_s = seconds_of([&] {
+    auto metrics_sink = store.metrics_sink(burst_trial);
+    MetricRecord record = step_record;
+    for (record.step = 0; record.step < records; ++record.step) metrics_sink->write(record);
     metrics_sink->flush();
   });
-  store.finish_trial(trial_id, {TrialState::Complete, {{"loss", 3.0}}, {}, std::nullopt, ""});
-  out << "  metric logging             " << std::setprecision(2) << 1e6 * logging_s / records
-      << " us per step (6 values per step, 512-row batches, " << records << " steps)\n";
+  store.finish_trial(burst_trial, {TrialState::Complete, {{"loss", 3.0}}, {}, std::nullopt, ""});
+
+  const int64_t paced_trial = logged_trial();
+  const auto step_time = std::chrono::milliseconds(20);
+  const int paced_steps = 600;
+  double paced_s = 0, worst_s = 0;
+  {
+    auto metrics_sink = store.metrics_sink(paced_trial);
+    MetricRecord record = step_record;
+    auto next = std::chrono::steady_clock::now();
+    for (record.step = 0; record.step < paced_steps; ++record.step) {
+      next += step_time;
+      std::this_thread::sleep_until(next);
+      const double seconds = seconds_of([&] { metrics_sink->write(record); });
+      paced_s += seconds;
+      worst_s = std::max(worst_s, seconds);
+    }
+    paced_s += seconds_of([&] { metrics_sink->flush(); });
+  }
+  store.finish_trial(paced_trial, {TrialState::Complete, {{"loss", 3.0}}, {}, std::nullopt, ""});
+  const double step_s = std::chrono::duration<double>(step_time).count();
+  out << "  metric logging, back to back " << std::setprecision(2) << 1e6 * burst_s / records
+      << " us per step (6 values per step, " << records << " steps)\n"
+      << "  metric logging, 20 ms steps  " << 1e6 * paced_s / paced_steps << " us per step = " << std::setprecision(3)
+      << 100 * paced_s / paced_steps / step_s << " % of the step (" << paced_steps << " steps; slowest write "
+      << std::setprecision(1) << 1e3 * worst_s << " ms, a flush)\n";
 }
 
 }  // namespace prime::store

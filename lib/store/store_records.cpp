@@ -1,5 +1,7 @@
 // What trials record besides their outcome: training curves (batched), artifacts, and the
 // layer-selection engine's per-layer scores.
+#include <chrono>
+
 #include "store/database.h"
 #include "store/store.h"
 #include "util/error.h"
@@ -16,8 +18,10 @@ namespace {
 
 class StoreMetrics : public MetricsSink {
  public:
-  StoreMetrics(Store& store, int64_t trial_id, size_t batch_rows)
-      : store_(store), trial_id_(trial_id), batch_rows_(std::max<size_t>(batch_rows, 1)) {}
+  StoreMetrics(Store& store, int64_t trial_id, MetricsFlush when)
+      : store_(store), trial_id_(trial_id), when_(when), last_flush_(std::chrono::steady_clock::now()) {
+    when_.rows = std::max<size_t>(when_.rows, 1);
+  }
   ~StoreMetrics() override {
     try {
       flush();
@@ -28,9 +32,12 @@ class StoreMetrics : public MetricsSink {
   void write(const MetricRecord& record) override {
     const double now = unix_now();
     for (const auto& [name, value] : record.values) pending_.push_back({name, record.step, value, now});
-    if (pending_.size() >= batch_rows_) flush();
+    if (pending_.size() >= when_.rows ||
+        std::chrono::steady_clock::now() - last_flush_ >= std::chrono::duration<double>(when_.seconds))
+      flush();
   }
   void flush() override {
+    last_flush_ = std::chrono::steady_clock::now();
     if (pending_.empty()) return;
     store_.log_metrics(trial_id_, pending_);
     pending_.clear();
@@ -39,7 +46,8 @@ class StoreMetrics : public MetricsSink {
  private:
   Store& store_;
   int64_t trial_id_;
-  size_t batch_rows_;
+  MetricsFlush when_;
+  std::chrono::steady_clock::time_point last_flush_;
   std::vector<Store::MetricRow> pending_;
 };
 
@@ -57,8 +65,8 @@ void Store::log_metrics(int64_t trial_id, const std::vector<MetricRow>& rows) {
   transaction.commit();
 }
 
-std::unique_ptr<MetricsSink> Store::metrics_sink(int64_t trial_id, size_t batch_rows) {
-  return std::make_unique<StoreMetrics>(*this, trial_id, batch_rows);
+std::unique_ptr<MetricsSink> Store::metrics_sink(int64_t trial_id, MetricsFlush flush) {
+  return std::make_unique<StoreMetrics>(*this, trial_id, flush);
 }
 
 void Store::add_artifact(int64_t trial_id, const Artifact& artifact) {

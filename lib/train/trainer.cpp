@@ -190,6 +190,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
   auto save = [&]() -> fs::path {
     if (!lead) return {};
     metrics.flush();
+    if (extra_metrics) extra_metrics->flush();  // a resumed run must find every checkpointed step in each sink
     CheckpointContents contents{&models.student->config(), &models.student->weights(), save_dtype, &optimizer,
                                 counters, carry_from,
                                 {{"trained_by", "prime-train"}, {"prime_version", PRIME_VERSION},

@@ -41,6 +41,7 @@ class TrialRecorder : public MetricsSink {
       shifted.values["tokens"] = static_cast<double>(tokens);
     }
     if (sink_) sink_->write(shifted);
+    if (record.values.count("tokens")) tokens_ = tokens;
     for (const auto& [name, value] : record.values) latest_[name] = value;
     if (prune_ && prune_(shifted, latest_)) {
       if (sink_) sink_->flush();
@@ -50,11 +51,12 @@ class TrialRecorder : public MetricsSink {
   void flush() override {
     if (sink_) sink_->flush();
   }
+  int64_t tokens() const { return tokens_; }  // over all stages, as of the latest record
 
  private:
   MetricsSink* sink_;
   const PruneCheck& prune_;
-  int64_t step_offset_ = 0, token_offset_ = 0;
+  int64_t step_offset_ = 0, token_offset_ = 0, tokens_ = 0;
   std::map<std::string, double> latest_;
 };
 
@@ -216,10 +218,10 @@ TrialOutcome run_trial(const SweepSpec& spec, const StudyInputs& inputs, const P
     try {
       result = train::run_training(stages[i], convert_options.command_line, log, &recorder);
     } catch (const TrialPruned& pruned) {
-      log << "pruned at step " << pruned.step << " (" << tokens << "+ tokens)\n";
+      log << "pruned at step " << pruned.step << " (" << recorder.tokens() << " tokens)\n";
       outcome.pruned = true;
       outcome.pruned_step = pruned.step;
-      outcome.measured["train_tokens"] = static_cast<double>(tokens);
+      outcome.measured["train_tokens"] = static_cast<double>(recorder.tokens());
       return outcome;
     }
     steps += result.steps, tokens += result.tokens, seconds += result.seconds;
