@@ -23,6 +23,13 @@ int main(int argc, char** argv) {
   app.add_option("--sequences", s.sequences, "scoring sequences (default 8)")->group("Scorer");
   app.add_option("--batch", s.batch, "sequences per forward (default 4)")->group("Scorer");
   app.add_option("--seed", s.seed, "which windows of the shard are scored, training order (default 0)")->group("Scorer");
+  app.add_option("--probes", s.probes, "swa-sensitivity: MQAR recall-probe sequences of --seq-len tokens (default 16)")
+      ->group("Scorer");
+  app.add_option("--probe-pairs", s.probe_pairs, "swa-sensitivity: key/value pairs per probe sequence (default 8)")
+      ->group("Scorer");
+  app.add_option("--recall-weight", s.recall_weight,
+                 "swa-sensitivity: weight of the recall-drop term against the NLL term, both standardised over "
+                 "the layers (default 1; 0 = NLL only)")->group("Scorer");
   app.add_option("--layer", s.layer, "SSM replacing layers: GDN (default), GKA or M2 (linearization-error, kl-restore)")
       ->group("Training scorers");
   app.add_option("--align-steps", s.align_steps, "linearization-error: layer-local alignment steps first (default 0)")

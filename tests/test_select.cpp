@@ -3,10 +3,13 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "search/scorers/ratio_report.h"
+#include "search/scorers/scoring_passes.h"
 #include "search/scorers/select.h"
+#include "store/store.h"
 #include "test_convert_util.h"
 #include "test_select_util.h"
 
@@ -76,6 +79,75 @@ TEST_CASE("select: every scorer keeps the planted long-range layers as attention
   restore.settings.restore_steps = 10;
   restore.settings.lr = 1e-2;
   require_long_range_kept(search::run_select(restore, nullptr));
+}
+
+// The column a scorer reported under `name`.
+std::vector<double> column(const search::SelectOutcome& outcome, const std::string& name) {
+  for (const auto& [column_name, values] : outcome.result.columns)
+    if (column_name == name) return values;
+  FAIL("no column " << name);
+  return {};
+}
+
+TEST_CASE("select: swa-sensitivity measures the copy head's recall beyond W and adds it to the score", "[select]") {
+  PlantedFixture fixture;
+  // One key/value pair per probe, queried kCopyOffset + 1 tokens later: layer 1's copy head
+  // (offset kCopyOffset) reads the value, so the teacher answers far above chance (1 in ~40); the
+  // head windowed to W = 8 cannot reach it. (Layer 3's head reads the residual at the value's
+  // position, where layer 1 has copied in other tokens, and adds little here.)
+  auto options = fixture.options("swa-sensitivity");
+  options.settings.seq_len = kCopyOffset + 3;
+  options.settings.probe_pairs = 1;
+  options.settings.probes = 24;
+  const auto outcome = search::run_select(options, nullptr);
+  std::ostringstream table;
+  search::print_select(outcome, table);
+  INFO(table.str());
+  const auto drop = column(outcome, "recall_drop");
+  const auto accuracy = column(outcome, "recall_accuracy");
+  REQUIRE(drop.size() == static_cast<size_t>(kToyLayers));
+  const double teacher = drop[0] + accuracy[0];
+  REQUIRE(teacher >= 0.25);
+  REQUIRE(table.str().find("recall probe: 24 MQAR sequences x 1 pairs") != std::string::npos);
+  for (int64_t layer = 0; layer < kToyLayers; ++layer) {
+    const bool long_range = std::count(kLongRangeLayers.begin(), kLongRangeLayers.end(), layer) > 0;
+    REQUIRE(drop[layer] + accuracy[layer] == Approx(teacher));
+    if (!long_range) REQUIRE(std::abs(drop[layer]) <= 1.0 / 24 + 1e-9);  // a position-0 head: one query at most
+  }
+  REQUIRE(drop[1] == Approx(teacher));  // without layer 1's reach no probe is answered
+  // score = -(z_nll + w z_recall), the recall spread floored at 1/sqrt(2 x queries).
+  using search::standardized;
+  const auto z_nll = standardized(outcome.result.cost, 0.0);
+  const auto z_recall = standardized(drop, 1.0 / std::sqrt(2.0 * 24));
+  for (int64_t layer = 0; layer < kToyLayers; ++layer)
+    REQUIRE(outcome.result.scores[layer] == Approx(-(z_nll[layer] + z_recall[layer])).margin(1e-9));
+  options.settings.recall_weight = 0;
+  const auto nll_only = search::run_select(options, nullptr).result.scores;
+  for (int64_t layer = 0; layer < kToyLayers; ++layer) REQUIRE(nll_only[layer] == Approx(-z_nll[layer]).margin(1e-9));
+
+  // Both raw terms reach the CSV (as '#' lines: --scores still reads the score alone) and the store.
+  const std::string csv = search::scores_csv(outcome);
+  REQUIRE(csv.find("# cost=") != std::string::npos);
+  REQUIRE(csv.find("# recall_drop=") != std::string::npos);
+  const auto parsed = convert::parse_layer_scores(csv, kToyLayers, "scores.csv").scores;
+  for (int64_t layer = 0; layer < kToyLayers; ++layer)
+    REQUIRE(parsed.at(layer) == Approx(outcome.result.scores[layer]).epsilon(1e-8));
+  const std::string store = (fixture.dir / "runs.db").string();
+  search::store_scores(outcome, store);
+  const auto stored = store::Store::open(store)->layer_scores(fixture.model, "swa-sensitivity/recall_drop");
+  REQUIRE(stored.size() == static_cast<size_t>(kToyLayers));
+  REQUIRE(stored[1].score == Approx(drop[1]));
+  REQUIRE(store::Store::open(store)->layer_scores(fixture.model, "swa-sensitivity/cost").size() == 4);
+  const auto reread = search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers);
+  REQUIRE(reread.has_value());
+  REQUIRE(reread->at(1) == Approx(outcome.result.scores[1]));
+}
+
+TEST_CASE("select: standardized terms have mean 0 and unit spread, never more than the floor allows", "[select]") {
+  using search::standardized;
+  REQUIRE(standardized({0, 0, 2, 2}, 0.0) == std::vector<double>{-1, -1, 1, 1});
+  REQUIRE(standardized({0, 0, 2, 2}, 2.0) == std::vector<double>{-0.5, -0.5, 0.5, 0.5});  // noise floor
+  REQUIRE(standardized({3, 3, 3}, 0.0) == std::vector<double>{0, 0, 0});                 // no signal
 }
 
 TEST_CASE("select: scores are deterministic for a seed and depend on it", "[select]") {
@@ -180,6 +252,17 @@ TEST_CASE("prime-select CLI: bad input is a clear exit 1", "[select][cli]") {
                              " --scorer attention-locality --window 8 --seq-len 48");
   REQUIRE(short_shard.exit_code == 1);
   REQUIRE(short_shard.output.find("holds 5 tokens, not more than the window (--window 8)") != std::string::npos);
+  auto no_probes = run_cli(base + " --scorer swa-sensitivity --window 8 --seq-len 48 --probes 0");
+  REQUIRE(no_probes.exit_code == 1);
+  REQUIRE(no_probes.output.find("--probes must be at least 1, got 0") != std::string::npos);
+  auto probe_window = run_cli(base + " --scorer swa-sensitivity --window 24 --seq-len 48 --probe-pairs 8");
+  INFO(probe_window.output);
+  REQUIRE(probe_window.exit_code == 1);
+  REQUIRE(probe_window.output.find("--window 24 is too large for the recall probe") != std::string::npos);
+  REQUIRE(probe_window.output.find("--seq-len >= 4 x --probe-pairs + --window = 56, got 48") != std::string::npos);
+  auto negative_weight = run_cli(base + " --scorer swa-sensitivity --window 8 --seq-len 48 --recall-weight -1");
+  REQUIRE(negative_weight.exit_code == 1);
+  REQUIRE(negative_weight.output.find("--recall-weight must be a finite number >= 0") != std::string::npos);
   auto no_data = run_cli("prime-select --source " + fixture.model + " --scorer kl-restore");
   REQUIRE(no_data.exit_code == 1);
   REQUIRE(no_data.output.find("--data SHARD is required by scorer kl-restore") != std::string::npos);

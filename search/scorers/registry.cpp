@@ -6,7 +6,8 @@ namespace prime::search {
 
 const std::vector<ScorerInfo>& scorers() {
   static const std::vector<ScorerInfo> all = {
-      {"swa-sensitivity", "each layer alone switched to a window of W: NLL increase beyond W (L passes)", true, false,
+      {"swa-sensitivity", "each layer alone switched to a window of W: NLL increase beyond W and recall-probe accuracy drop "
+                          "(L passes)", true, false,
        score_swa_sensitivity},
       {"attention-locality", "attention mass beyond distance W per layer (1 pass)", true, false,
        score_attention_locality},

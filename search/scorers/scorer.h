@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "data/token_shard.h"
 #include "model/hybrid_model.h"
 
 namespace prime::search {
@@ -32,6 +33,9 @@ struct ScorerSettings {
   int64_t restore_align_steps = 50;  // --restore-align-steps (kl-restore)
   int64_t restore_steps = 20;  // --restore-steps: distillation steps per restored layer (kl-restore)
   double lr = 1e-3;            // --lr of the alignment and distillation steps
+  int64_t probes = 16;         // --probes: MQAR recall-probe sequences (swa-sensitivity)
+  int64_t probe_pairs = 8;     // --probe-pairs: key/value pairs per probe sequence (of --seq-len)
+  double recall_weight = 1.0;  // --recall-weight: the recall term's weight in swa-sensitivity's score
   std::vector<std::string> ratios = {"1:3"};  // the baselines place their layers for the first
 };
 
@@ -43,6 +47,7 @@ struct ScoringContext {
   std::vector<at::Tensor> inputs;    // scoring batches: ids [b, seq_len] int64 on the device
   std::vector<at::Tensor> targets;   // the next tokens [b, seq_len] int64 on the device
   std::vector<at::Tensor> train_inputs;  // other windows of the shard, for the training scorers
+  const io::TokenShard* shard = nullptr;  // --data (recall probes draw filler and ids from it)
   ScorerSettings settings;
   at::Device device = at::kCPU;
   std::ostream* log = nullptr;       // progress lines (may be null)

@@ -2,6 +2,8 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace prime::search {
@@ -62,6 +64,17 @@ double all_windowed_increase(const ScoringContext& context) {
 
 void log_progress(const ScoringContext& context, const std::string& label, int64_t done, int64_t total) {
   if (context.log) *context.log << label << ": " << done << "/" << total << std::endl;
+}
+
+std::vector<double> standardized(const std::vector<double>& values, double min_spread) {
+  const double n = static_cast<double>(values.size());
+  double mean = 0, squares = 0;
+  for (double v : values) mean += v / n;
+  for (double v : values) squares += (v - mean) * (v - mean) / n;
+  const double spread = std::max(std::sqrt(squares), min_spread);
+  std::vector<double> z;
+  for (double v : values) z.push_back(spread > 0 ? (v - mean) / spread : 0.0);
+  return z;
 }
 
 at::Tensor beyond_window_mask(int64_t steps, int64_t window, const at::Device& device) {

@@ -1,4 +1,4 @@
-// Forward passes the scorers share: per-token NLL and KL, a pass of the teacher that keeps every
+// What the scorers share: per-token NLL and KL, a pass of the teacher that keeps every
 // layer's input, the rest of a model from one layer on, and the teacher with some of its layers
 // switched to a sliding window (the same weights: no copy).
 #pragma once
@@ -42,6 +42,11 @@ double all_windowed_increase(const ScoringContext& context);
 
 // Writes "label: done/total" progress to the context's log.
 void log_progress(const ScoringContext& context, const std::string& label, int64_t done, int64_t total);
+
+// Per-layer values put on a common scale, for scores that add terms of different units:
+// (value - mean) / spread with spread = max(population standard deviation, min_spread); all 0
+// when the spread is 0 (a term that is the same for every layer says nothing).
+std::vector<double> standardized(const std::vector<double>& values, double min_spread);
 
 // The positions beyond the window: [1, T] mask of positions t >= window (their context is longer
 // than the window, so a windowed layer sees less of it).

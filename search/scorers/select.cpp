@@ -34,6 +34,12 @@ std::string number(double value) {
   return out.str();
 }
 
+std::string joined(const std::vector<double>& values) {
+  std::string text;
+  for (double value : values) text += (text.empty() ? "" : ",") + number(value);
+  return text;
+}
+
 // The settings line: everything the scores depend on (and nothing they do not, so a reused file
 // is found again).
 std::string settings_key(const SelectOptions& options, const ScorerInfo& scorer) {
@@ -42,6 +48,9 @@ std::string settings_key(const SelectOptions& options, const ScorerInfo& scorer)
   if (!scorer.needs_data) return key + " ratio=" + s.ratios.at(0);
   key += " data=" + options.data + " window=" + std::to_string(s.window) + " seq_len=" + std::to_string(s.seq_len) +
          " sequences=" + std::to_string(s.sequences) + " seed=" + std::to_string(s.seed) + " dtype=" + options.dtype;
+  if (scorer.name == "swa-sensitivity")
+    key += " probes=" + std::to_string(s.probes) + " probe_pairs=" + std::to_string(s.probe_pairs) +
+           " recall_weight=" + number(s.recall_weight);
   if (scorer.trains) {
     key += " layer=" + s.layer + " lr=" + number(s.lr);
     key += scorer.name == "kl-restore" ? " restore_align_steps=" + std::to_string(s.restore_align_steps) +
@@ -70,6 +79,18 @@ void check_options(const SelectOptions& options, const ScorerInfo& scorer) {
   if (s.align_steps < 0 || s.restore_steps < 0 || s.restore_align_steps < 0)
     throw user_error("step counts (--align-steps, --restore-steps, --restore-align-steps) must be >= 0");
   if (!(s.lr > 0)) throw user_error("--lr must be positive, got ", s.lr);
+  if (scorer.name == "swa-sensitivity") {
+    if (s.probes < 1) throw user_error("--probes must be at least 1, got ", s.probes, " (swa-sensitivity's recall probe)");
+    if (s.probe_pairs < 1) throw user_error("--probe-pairs must be at least 1, got ", s.probe_pairs);
+    if (!(s.recall_weight >= 0) || !std::isfinite(s.recall_weight))
+      throw user_error("--recall-weight must be a finite number >= 0, got ", s.recall_weight);
+    // Filler of at least W tokens puts every query more than W tokens after its key and value.
+    if (s.seq_len - 4 * s.probe_pairs < s.window)
+      throw user_error("--window ", s.window, " is too large for the recall probe: every query must be more than W tokens "
+                       "after its key, which needs --seq-len >= 4 x --probe-pairs + --window = ",
+                       4 * s.probe_pairs + s.window, ", got ", s.seq_len, " (raise --seq-len, or lower --probe-pairs "
+                       "or --window)");
+  }
   if (scorer.trains) {
     const std::string layer = convert::parse_layer_type(s.layer);
     if (layer == "SWA") throw user_error("--layer SWA: ", scorer.name, " replaces layers with an SSM (GKA, GDN or M2)");
@@ -103,8 +124,9 @@ SelectOutcome run_select(const SelectOptions& options, std::ostream* log) {
   context.settings = options.settings;
   context.log = log;
   std::unique_ptr<model::HybridModel> teacher;
+  std::optional<io::TokenShard> opened;
   if (scorer.needs_data) {
-    const io::TokenShard shard = io::TokenShard::open(options.data);
+    const io::TokenShard& shard = opened.emplace(io::TokenShard::open(options.data));
     const ScorerSettings& s = options.settings;
     if (shard.size() <= s.window)
       throw user_error("--data ", options.data, " holds ", shard.size(), " tokens, not more than the window (--window ",
@@ -127,6 +149,7 @@ SelectOutcome run_select(const SelectOptions& options, std::ostream* log) {
       sample_batches(shard, s, train_windows, s.seed + 0x5eed, context.device, &context.train_inputs, nullptr);
     }
     context.teacher = teacher.get();
+    context.shard = &shard;
     context.num_layers = teacher->num_layers();
   } else {
     context.num_layers = io::resolve_source(options.source).config.num_hidden_layers;
@@ -180,6 +203,10 @@ std::string scores_csv(const SelectOutcome& outcome) {
   csv << "# cost_seconds=" << number(outcome.seconds) << " device=" << outcome.device << "\n";
   csv << "# total_increase=" << (outcome.result.total_increase ? number(*outcome.result.total_increase) : "none")
       << " cost_unit=" << outcome.result.cost_unit << "\n";
+  // The measured terms behind the score, one line each (comment lines: --scores reads only the
+  // score column).
+  if (!outcome.result.cost.empty()) csv << "# cost=" << joined(outcome.result.cost) << "\n";
+  for (const auto& [name, values] : outcome.result.columns) csv << "# " << name << "=" << joined(values) << "\n";
   csv << "layer,score\n";
   for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
     csv << layer << "," << number(outcome.result.scores[layer]) << "\n";
@@ -222,6 +249,15 @@ void store_scores(const SelectOutcome& outcome, const std::string& url) {
   std::vector<store::LayerScore> rows;
   for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
     rows.push_back({outcome.source, outcome.scorer, layer, outcome.result.scores[layer], outcome.seconds, outcome.device});
+  // The measured terms behind the score as rows of their own, under "SCORER/TERM".
+  auto add_term = [&](const std::string& term, const std::vector<double>& values) {
+    for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
+      if (std::isfinite(values.at(layer)))  // a layer a scorer did not measure has no row
+        rows.push_back({outcome.source, outcome.scorer + "/" + term, layer, values.at(layer), outcome.seconds,
+                        outcome.device});
+  };
+  if (!outcome.result.cost.empty()) add_term("cost", outcome.result.cost);
+  for (const auto& [name, values] : outcome.result.columns) add_term(name, values);
   store::Store::open(url)->add_layer_scores(rows);
 }
 
