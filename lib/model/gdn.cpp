@@ -158,9 +158,9 @@ GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache) const {
   auto branch = [&](const at::Tensor& proj, const at::Tensor& conv, const at::Tensor& conv_bias,
                     at::Tensor* conv_state, int64_t heads) {
     at::Tensor y = project(x, proj).to(ct);
-    if (config_.use_short_conv)
-      y = causal_conv(y, conv, conv_bias, cache ? conv_state : nullptr);
-    return expand_heads(at::silu(y).reshape({batch, length, heads, D}), H / heads);
+    y = config_.use_short_conv ? causal_conv_silu(y, conv, conv_bias, cache ? conv_state : nullptr)
+                               : at::silu(y);
+    return expand_heads(y.reshape({batch, length, heads, D}), H / heads);
   };
   Inputs in;
   at::Tensor q = branch(q_proj_, q_conv_, q_conv_bias_, cache ? &cache->q_conv_state : nullptr,

@@ -108,8 +108,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
   const at::ScalarType solve_type = solve_dtype(x.device());
   const at::Tensor xw = x.to(q_proj_.scalar_type());
   auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
-    return at::silu(causal_conv(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(),
-                                state));
+    return causal_conv_silu(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state);
   };
   // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads (q and k
   // L2-normalised before the expansion: same values, G times less work).

@@ -163,8 +163,8 @@ Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache
     Cs = head_rms_norm(Cs.reshape({batch, length, Hq, D}), C_norm_, config_.bc_norm_eps)
              .reshape({batch, length, Hq * D});
   }
-  at::Tensor xbc = at::silu(causal_conv(at::cat({xs, Bs, Cs}, -1), conv_, conv_bias_,
-                                        cache ? &cache->conv_state : nullptr));
+  at::Tensor xbc = causal_conv_silu(at::cat({xs, Bs, Cs}, -1), conv_, conv_bias_,
+                                    cache ? &cache->conv_state : nullptr);
   const auto conv_parts = xbc.split_with_sizes({Hkv * D, Hkv * D, Hq * D}, -1);
   Inputs in;
   in.x = expand_heads(conv_parts[0].reshape({batch, length, Hkv, D}), H / Hkv);

@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "kernels/short_conv/short_conv.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -26,6 +27,13 @@ at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::
     store_state(*conv_state, tail);
   }
   return y.transpose(1, 2);
+}
+
+at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                            at::Tensor* conv_state) {
+  if (kernels::short_conv_apply(u, weight, conv_state ? *conv_state : at::Tensor()))
+    return kernels::short_conv_silu(u, weight, bias, conv_state);
+  return at::silu(causal_conv(u, weight, bias, conv_state));
 }
 
 void store_state(at::Tensor& slot, const at::Tensor& value) {

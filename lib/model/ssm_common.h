@@ -25,6 +25,13 @@ namespace prime::model {
 at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                        at::Tensor* conv_state);
 
+// silu(causal_conv(u, weight, bias, conv_state)), same operands and state hand-over. On CUDA it
+// runs prime's fused kernel where kernels::short_conv_apply holds (kernels/short_conv: fp32
+// accumulation, one rounding to u's dtype; without autograd the state is updated in place);
+// elsewhere causal_conv then silu.
+at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                            at::Tensor* conv_state);
+
 // Writes `value` into the cache tensor `slot` in place, in slot's dtype, so the cache keeps its
 // memory (see LayerCache); an undefined slot takes a contiguous copy of value, and so does any
 // slot while autograd tracks the state.

@@ -1,0 +1,384 @@
+// CUDA kernels of the fused depthwise causal short conv + SiLU (see short_conv.h for the op,
+// short_conv_launch.h for the operands). Memory bound: one thread owns one channel and walks a
+// tile of time steps with the last K inputs in registers, so each warp reads and writes 32
+// consecutive channels (coalesced) and u is read once plus a K-1 step halo per tile. All sums
+// are fp32 whatever the storage type.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <type_traits>
+
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/short_conv/short_conv_launch.h"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+constexpr int kChannels = 128;  // threads per block, one channel each
+constexpr int kTimeTile = 64;   // time steps per thread (the halo costs (K-1)/64 extra reads)
+constexpr int kUnroll = 8;      // steps whose loads a thread issues together
+
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// Input step s of channel c in batch row b: u for s >= 0, else the history (zeros without one).
+template <typename T, typename S, int K>
+__device__ __forceinline__ float input_at(const T* u, const S* history, int64_t b, int s, int c,
+                                          int tokens, int channels) {
+  if (s >= 0) return load(u + (b * tokens + s) * channels + c);
+  if (history == nullptr) return 0.0f;
+  return load(history + (b * channels + c) * (K - 1) + (s + K - 1));
+}
+
+template <typename T, typename S, int K>
+__global__ void __launch_bounds__(kChannels)
+short_conv_forward_kernel(const T* __restrict__ u, const float* __restrict__ weight,
+                          const float* __restrict__ bias, const S* __restrict__ history,
+                          T* __restrict__ y, int tokens, int channels) {
+  const int c = blockIdx.x * kChannels + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kTimeTile, t_end = min(t0 + kTimeTile, tokens);
+  float w[K], x[K];  // x[j] = input step t-K+1+j
+#pragma unroll
+  for (int j = 0; j < K; ++j) w[j] = weight[c * K + j];
+  const float bias_c = bias ? bias[c] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j)
+    x[j + 1] = input_at<T, S, K>(u, history, b, t0 - (K - 1) + j, c, tokens, channels);
+  for (int base = t0; base < t_end; base += kUnroll) {
+    float in[kUnroll];  // loaded together: kUnroll reads in flight per thread
+#pragma unroll
+    for (int i = 0; i < kUnroll; ++i)
+      in[i] = base + i < t_end ? load(u + (b * tokens + base + i) * channels + c) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < kUnroll; ++i) {
+#pragma unroll
+      for (int j = 0; j < K - 1; ++j) x[j] = x[j + 1];
+      x[K - 1] = in[i];
+      float z = bias_c;
+#pragma unroll
+      for (int j = 0; j < K; ++j) z = fmaf(w[j], x[j], z);
+      if (base + i < t_end) store(y + (b * tokens + base + i) * channels + c, z * sigmoid(z));
+    }
+  }
+}
+
+// With gz_t = dy_t silu'(z_t): dx_s = sum_j w_j gz_{s+K-1-j}, dw_j = sum gz_t x_{t-K+1+j},
+// dbias = sum gz_t. A thread recomputes z over its tile plus K-1 steps after it (the gz its
+// last dx need), keeps the last K gz in registers, and writes dx for its own steps (tile 0 also
+// the history's K-1 steps). dw and dbias: one partial per thread, summed by the caller.
+template <typename T, typename S, int K>
+__global__ void __launch_bounds__(kChannels)
+short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u,
+                           const float* __restrict__ weight, const float* __restrict__ bias,
+                           const S* __restrict__ history, T* __restrict__ grad_u,
+                           S* __restrict__ grad_history, float* __restrict__ partials, int tokens,
+                           int channels) {
+  const int c = blockIdx.x * kChannels + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kTimeTile, t_end = min(t0 + kTimeTile, tokens);
+  float w[K], x[K], gz[K], dw[K];  // gz[i] = gz at step t-K+1+i
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    w[j] = weight[c * K + j];
+    gz[j] = 0.0f;
+    dw[j] = 0.0f;
+  }
+  float dbias = 0.0f;
+  const float bias_c = bias ? bias[c] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j)
+    x[j + 1] = input_at<T, S, K>(u, history, b, t0 - (K - 1) + j, c, tokens, channels);
+  const int emit_from = t0 > 0 ? t0 : -(K - 1);
+  const int t_stop = t_end + K - 1, t_load = min(t_stop, tokens);
+  for (int base = t0; base < t_stop; base += kUnroll) {
+    float in[kUnroll], dy[kUnroll];
+#pragma unroll
+    for (int i = 0; i < kUnroll; ++i) {
+      const bool inside = base + i < t_load;
+      const int64_t index = (b * tokens + base + i) * channels + c;
+      in[i] = inside ? load(u + index) : 0.0f;
+      dy[i] = inside ? load(grad_y + index) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kUnroll; ++i) {
+      const int t = base + i;
+      if (t >= t_stop) break;
+      float g = 0.0f;
+      if (t < tokens) {
+#pragma unroll
+        for (int j = 0; j < K - 1; ++j) x[j] = x[j + 1];
+        x[K - 1] = in[i];
+        float z = bias_c;
+#pragma unroll
+        for (int j = 0; j < K; ++j) z = fmaf(w[j], x[j], z);
+        const float s = sigmoid(z);
+        g = dy[i] * s * (1.0f + z * (1.0f - s));
+        if (t < t_end) {
+#pragma unroll
+          for (int j = 0; j < K; ++j) dw[j] = fmaf(g, x[j], dw[j]);
+          dbias += g;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < K - 1; ++j) gz[j] = gz[j + 1];
+      gz[K - 1] = g;
+      const int step = t - (K - 1);
+      if (step < emit_from) continue;
+      float dx = 0.0f;
+#pragma unroll
+      for (int j = 0; j < K; ++j) dx = fmaf(w[j], gz[K - 1 - j], dx);
+      if (step >= 0)
+        store(grad_u + (b * tokens + step) * channels + c, dx);
+      else if (grad_history != nullptr)
+        store(grad_history + (b * channels + c) * (K - 1) + (step + K - 1), dx);
+    }
+  }
+  const int64_t row = b * gridDim.y + blockIdx.y;
+#pragma unroll
+  for (int j = 0; j < K; ++j) partials[(row * (K + 1) + j) * channels + c] = dw[j];
+  partials[(row * (K + 1) + K) * channels + c] = dbias;
+}
+
+// One thread per (b, c): reads the K-1 new values (from u, or from the old state when T < K-1)
+// before writing any, so the update is safe in place.
+template <typename T, typename S, int K>
+__global__ void __launch_bounds__(kChannels)
+short_conv_state_update_kernel(const T* __restrict__ u, S* __restrict__ state, int tokens,
+                               int channels) {
+  const int c = blockIdx.x * kChannels + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t b = blockIdx.y;
+  float x[K - 1];
+#pragma unroll
+  for (int i = 0; i < K - 1; ++i)
+    x[i] = input_at<T, S, K>(u, state, b, tokens - (K - 1) + i, c, tokens, channels);
+  S* own = state + (b * channels + c) * (K - 1);
+#pragma unroll
+  for (int i = 0; i < K - 1; ++i) store(own + i, x[i]);
+}
+
+// T == 1: the state is read once and written once, together with the output.
+template <typename T, typename S, int K>
+__global__ void __launch_bounds__(kChannels)
+short_conv_decode_kernel(const T* __restrict__ u, const float* __restrict__ weight,
+                         const float* __restrict__ bias, S* __restrict__ state,
+                         T* __restrict__ y, int channels) {
+  const int c = blockIdx.x * kChannels + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t b = blockIdx.y;
+  S* own = state + (b * channels + c) * (K - 1);
+  float x[K];
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) x[j] = load(own + j);
+  x[K - 1] = load(u + b * channels + c);
+  float z = bias ? bias[c] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < K; ++j) z = fmaf(weight[c * K + j], x[j], z);
+  store(y + b * channels + c, z * sigmoid(z));
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) store(own + j, x[j + 1]);
+}
+
+template <typename V>
+struct Type {
+  using type = V;
+};
+
+// Calls body(Type<T>, Type<S>, integral_constant<K>) for u's dtype T, the state's dtype S (fp32
+// when there is none) and K in {2, 3, 4}.
+template <typename Body>
+void dispatch(at::ScalarType u_type, at::ScalarType state_type, int64_t K, const char* op,
+              const Body& body) {
+  const auto with_k = [&](auto t, auto s) {
+    switch (K) {
+      case 2: body(t, s, std::integral_constant<int, 2>{}); break;
+      case 3: body(t, s, std::integral_constant<int, 3>{}); break;
+      case 4: body(t, s, std::integral_constant<int, 4>{}); break;
+      default: PRIME_CHECK(false, op, ": kernel size ", K, " is not 2, 3 or 4");
+    }
+  };
+  const auto with_s = [&](auto t) {
+    if (state_type == at::kFloat) with_k(t, Type<float>{});
+    else with_k(t, Type<__nv_bfloat16>{});
+  };
+  if (u_type == at::kFloat) with_s(Type<float>{});
+  else with_s(Type<__nv_bfloat16>{});
+}
+
+void check_storage(const at::Tensor& tensor, const char* op, const char* name, int64_t dims) {
+  PRIME_CHECK(tensor.defined(), op, ": ", name, " is undefined");
+  const at::ScalarType type = tensor.scalar_type();
+  check_operand(tensor, op, name, type == at::kBFloat16 ? at::kBFloat16 : at::kFloat, dims);
+}
+
+// Checks u [B,T,C], weight [C,K], bias; returns K.
+int64_t check_conv_operands(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                            const char* op) {
+  check_storage(u, op, "u", 3);
+  check_operand(weight, op, "weight", at::kFloat, 2);
+  const int64_t K = weight.size(1);
+  PRIME_CHECK(weight.size(0) == u.size(2) && K >= 2 && K <= 4, op, ": weight ", weight.sizes(),
+              " for u ", u.sizes(), " (must be [C, K], 2 <= K <= 4)");
+  if (bias.defined()) {
+    check_operand(bias, op, "bias", at::kFloat, 1);
+    PRIME_CHECK(bias.size(0) == u.size(2), op, ": bias ", bias.sizes(), " for u ", u.sizes());
+  }
+  PRIME_CHECK(u.size(2) <= INT32_MAX && u.size(1) <= INT32_MAX, op, ": u ", u.sizes());
+  return K;
+}
+
+void check_history(const at::Tensor& history, const at::Tensor& u, int64_t K, const char* op,
+                   const char* name) {
+  if (!history.defined()) return;
+  check_storage(history, op, name, 3);
+  PRIME_CHECK(history.size(0) == u.size(0) && history.size(1) == u.size(2) &&
+              history.size(2) == K - 1, op, ": ", name, " ", history.sizes(), " for u ", u.sizes(),
+              " and K = ", K);
+}
+
+void check_same(const at::Tensor& tensor, const at::Tensor& like, const char* op, const char* name) {
+  check_storage(tensor, op, name, like.dim());
+  PRIME_CHECK(tensor.sizes() == like.sizes() && tensor.scalar_type() == like.scalar_type(), op,
+              ": ", name, " ", tensor.sizes(), " ", tensor.scalar_type(), " must match ",
+              like.sizes(), " ", like.scalar_type());
+}
+
+template <typename V>
+V* data(const at::Tensor& tensor) {
+  return tensor.defined() ? static_cast<V*>(tensor.data_ptr()) : nullptr;
+}
+
+at::ScalarType state_type(const at::Tensor& state) {
+  return state.defined() ? state.scalar_type() : at::kFloat;
+}
+
+unsigned channel_blocks(int64_t channels) {
+  return static_cast<unsigned>((channels + kChannels - 1) / kChannels);
+}
+
+unsigned time_tiles(int64_t tokens) {
+  return static_cast<unsigned>((tokens + kTimeTile - 1) / kTimeTile);
+}
+
+dim3 tiled_grid(const at::Tensor& u, const char* op) {
+  const int64_t batch = u.size(0), tokens = u.size(1);
+  PRIME_CHECK(batch <= 65535 && time_tiles(tokens) <= 65535, op, ": u ", u.sizes(),
+              " exceeds the grid");
+  return dim3(channel_blocks(u.size(2)), time_tiles(tokens), static_cast<unsigned>(batch));
+}
+
+}  // namespace
+
+int64_t short_conv_partial_rows(int64_t batch, int64_t tokens) { return batch * time_tiles(tokens); }
+
+void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& history, const at::Tensor& y) {
+  const char* op = "short_conv_forward";
+  const int64_t K = check_conv_operands(u, weight, bias, op);
+  check_history(history, u, K, op, "history");
+  check_same(y, u, op, "y");
+  if (u.numel() == 0) return;
+  const at::cuda::CUDAGuard guard(u.device());
+  const dim3 grid = tiled_grid(u, op);
+  dispatch(u.scalar_type(), state_type(history), K, op, [&](auto t, auto s, auto k) {
+    using T = typename decltype(t)::type;
+    using S = typename decltype(s)::type;
+    short_conv_forward_kernel<T, S, decltype(k)::value>
+        <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
+            data<const T>(u), data<const float>(weight), data<const float>(bias),
+            data<const S>(history), data<T>(y), static_cast<int>(u.size(1)),
+            static_cast<int>(u.size(2)));
+  });
+  PRIME_CUDA_CHECK_LAUNCH("short_conv_forward_kernel");
+}
+
+void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
+                                const at::Tensor& weight, const at::Tensor& bias,
+                                const at::Tensor& history, const at::Tensor& grad_u,
+                                const at::Tensor& grad_history, const at::Tensor& partials) {
+  const char* op = "short_conv_backward";
+  const int64_t K = check_conv_operands(u, weight, bias, op);
+  check_history(history, u, K, op, "history");
+  check_same(grad_y, u, op, "grad_y");
+  check_same(grad_u, u, op, "grad_u");
+  if (grad_history.defined()) {
+    PRIME_CHECK(history.defined(), op, ": grad_history without a history");
+    check_same(grad_history, history, op, "grad_history");
+  }
+  check_operand(partials, op, "partials", at::kFloat, 3);
+  const int64_t batch = u.size(0), tokens = u.size(1), channels = u.size(2);
+  PRIME_CHECK(partials.size(0) == short_conv_partial_rows(batch, tokens) && partials.size(1) == K + 1 &&
+              partials.size(2) == channels, op, ": partials ", partials.sizes(), " for u ", u.sizes());
+  if (u.numel() == 0) return;
+  const at::cuda::CUDAGuard guard(u.device());
+  const dim3 grid = tiled_grid(u, op);
+  dispatch(u.scalar_type(), state_type(history), K, op, [&](auto t, auto s, auto k) {
+    using T = typename decltype(t)::type;
+    using S = typename decltype(s)::type;
+    short_conv_backward_kernel<T, S, decltype(k)::value>
+        <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
+            data<const T>(grad_y), data<const T>(u), data<const float>(weight),
+            data<const float>(bias), data<const S>(history), data<T>(grad_u),
+            data<S>(grad_history), data<float>(partials), static_cast<int>(tokens),
+            static_cast<int>(channels));
+  });
+  PRIME_CUDA_CHECK_LAUNCH("short_conv_backward_kernel");
+}
+
+void launch_short_conv_state_update(const at::Tensor& u, const at::Tensor& state) {
+  const char* op = "short_conv_state_update";
+  check_storage(u, op, "u", 3);
+  check_storage(state, op, "state", 3);
+  const int64_t K = state.size(2) + 1;
+  PRIME_CHECK(K >= 2 && K <= 4, op, ": state ", state.sizes(), " (K - 1 must be 1, 2 or 3)");
+  check_history(state, u, K, op, "state");
+  if (state.numel() == 0) return;
+  PRIME_CHECK(u.size(0) <= 65535 && u.size(1) <= INT32_MAX && u.size(2) <= INT32_MAX, op, ": u ",
+              u.sizes());
+  const at::cuda::CUDAGuard guard(u.device());
+  const dim3 grid(channel_blocks(u.size(2)), static_cast<unsigned>(u.size(0)));
+  dispatch(u.scalar_type(), state.scalar_type(), K, op, [&](auto t, auto s, auto k) {
+    using T = typename decltype(t)::type;
+    using S = typename decltype(s)::type;
+    short_conv_state_update_kernel<T, S, decltype(k)::value>
+        <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
+            data<const T>(u), data<S>(state), static_cast<int>(u.size(1)),
+            static_cast<int>(u.size(2)));
+  });
+  PRIME_CUDA_CHECK_LAUNCH("short_conv_state_update_kernel");
+}
+
+void launch_short_conv_decode(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                              const at::Tensor& state, const at::Tensor& y) {
+  const char* op = "short_conv_decode";
+  const int64_t K = check_conv_operands(u, weight, bias, op);
+  PRIME_CHECK(u.size(1) == 1, op, ": u ", u.sizes(), " must hold one step");
+  PRIME_CHECK(state.defined(), op, ": state is undefined");
+  check_history(state, u, K, op, "state");
+  check_same(y, u, op, "y");
+  if (u.numel() == 0) return;
+  PRIME_CHECK(u.size(0) <= 65535, op, ": batch ", u.size(0), " exceeds the grid");
+  const at::cuda::CUDAGuard guard(u.device());
+  const dim3 grid(channel_blocks(u.size(2)), static_cast<unsigned>(u.size(0)));
+  dispatch(u.scalar_type(), state.scalar_type(), K, op, [&](auto t, auto s, auto k) {
+    using T = typename decltype(t)::type;
+    using S = typename decltype(s)::type;
+    short_conv_decode_kernel<T, S, decltype(k)::value>
+        <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
+            data<const T>(u), data<const float>(weight), data<const float>(bias), data<S>(state),
+            data<T>(y), static_cast<int>(u.size(2)));
+  });
+  PRIME_CUDA_CHECK_LAUNCH("short_conv_decode_kernel");
+}
+
+}  // namespace prime::kernels::detail

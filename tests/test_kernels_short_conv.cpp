@@ -1,0 +1,280 @@
+// kernels/short_conv: the fused causal short conv + SiLU against a float64 reference (conv1d +
+// silu on double, on the CPU): output and every gradient, with and without bias and history;
+// prefill then decode steps against the full sequence, the decode step writing the cache's own
+// state tensor. Outputs are poisoned with NaN first, so an unwritten element fails.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "kernels/short_conv/short_conv.h"
+#include "model/gdn.h"
+#include "model/mamba2.h"
+#include "model/ssm_common.h"
+#include "test_helpers.h"
+#include "test_ssm_mixer_util.h"
+
+using namespace prime;
+
+namespace {
+
+// Every output a launcher allocates starts as NaN while a test runs.
+struct PoisonOutputs {
+  PoisonOutputs() { ::setenv("PRIME_KERNELS_POISON", "1", 1); }
+  ~PoisonOutputs() { ::unsetenv("PRIME_KERNELS_POISON"); }
+};
+
+// silu(conv1d([history, u])) in float64 on the CPU; history zeros when undefined.
+at::Tensor reference_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& history) {
+  const int64_t B = u.size(0), C = u.size(2), K = weight.size(2);
+  const at::Tensor before = history.defined() ? history : at::zeros({B, C, K - 1}, u.options());
+  const at::Tensor input = at::cat({before, u.transpose(1, 2)}, 2);
+  std::optional<at::Tensor> b;
+  if (bias.defined()) b = bias;
+  return at::silu(at::conv1d(input, weight, b, at::IntArrayRef{1}, at::IntArrayRef{0},
+                             at::IntArrayRef{1}, C))
+      .transpose(1, 2);
+}
+
+// Values exactly representable in `type`, as float64 CPU tensors.
+at::Tensor representable(at::IntArrayRef sizes, at::ScalarType type, double scale = 1.0) {
+  return (at::randn(sizes, at::kDouble) * scale).to(type).to(at::kDouble);
+}
+
+std::vector<at::Tensor> leaves_on(const std::vector<at::Tensor>& values, const at::Device& device,
+                                  const std::vector<at::ScalarType>& types) {
+  std::vector<at::Tensor> leaves;
+  for (size_t i = 0; i < values.size(); ++i)
+    leaves.push_back(values[i].defined()
+                         ? values[i].to(device, types[i]).detach().requires_grad_(true)
+                         : at::Tensor());
+  return leaves;
+}
+
+std::vector<at::Tensor> defined_only(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : tensors)
+    if (t.defined()) out.push_back(t);
+  return out;
+}
+
+// A mixer's full forward, and a prefill then `decode_steps` one-token steps through its cache
+// (whose conv states the decode kernel writes in place), without grad as decoding runs.
+struct MixerRun {
+  at::Tensor full, cached;
+};
+MixerRun run_mixer(model::Mixer& mixer, const at::Tensor& x, int64_t decode_steps) {
+  const at::NoGradGuard no_grad;
+  MixerRun run;
+  run.full = mixer.forward(x, nullptr);
+  auto cache = mixer.make_cache(x.size(0), x.device());
+  const int64_t prefill = x.size(1) - decode_steps;
+  std::vector<at::Tensor> parts{mixer.forward(x.narrow(1, 0, prefill).contiguous(), cache.get())};
+  for (int64_t t = prefill; t < x.size(1); ++t)
+    parts.push_back(mixer.forward(x.narrow(1, t, 1).contiguous(), cache.get()));
+  run.cached = at::cat(parts, 1);
+  return run;
+}
+
+model::TensorMap on_device(model::TensorMap map, const at::Device& device) {
+  for (auto& entry : map) entry.second = entry.second.to(device);
+  return map;
+}
+
+}  // namespace
+
+TEST_CASE("short conv kernel: never applies to CPU tensors, where causal_conv_silu is silu(causal_conv)",
+          "[kernels][short_conv]") {
+  const at::Tensor u = at::randn({2, 5, 6}), weight = at::randn({6, 1, 4}), bias = at::randn({6});
+  at::Tensor state = at::randn({2, 6, 3});
+  CHECK_FALSE(kernels::short_conv_apply(u, weight, at::Tensor()));
+  CHECK_FALSE(kernels::short_conv_apply(u, weight, state));
+  {
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    CHECK_FALSE(kernels::short_conv_apply(u, weight, state));
+  }
+  at::Tensor state_copy = state.clone();
+  const at::Tensor fused = model::causal_conv_silu(u, weight, bias, &state);
+  const at::Tensor plain = at::silu(model::causal_conv(u, weight, bias, &state_copy));
+  CHECK(at::equal(fused, plain));
+  CHECK(at::equal(state, state_copy));
+}
+
+TEST_CASE("short conv kernel: output and gradients of u, weight, bias and history equal float64",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const int64_t B = 2, C = 203;  // C not a multiple of the 128-channel block
+  {
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    CHECK_FALSE(kernels::short_conv_apply(at::zeros({B, 4, C}, cuda), at::zeros({C, 1, 4}, cuda),
+                                          at::Tensor()));
+  }
+  CHECK_FALSE(kernels::short_conv_apply(at::zeros({B, 4, C}, at::TensorOptions(cuda).dtype(at::kDouble)),
+                                        at::zeros({C, 1, 4}, cuda), at::Tensor()));
+  CHECK_FALSE(kernels::short_conv_apply(at::zeros({B, 4, C}, cuda), at::zeros({C, 1, 5}, cuda),
+                                        at::Tensor()));
+  std::map<std::string, double> worst;  // "<dtype> <quantity>" -> largest relative error
+  at::manual_seed(11);
+  for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    const double tolerance = type == at::kFloat ? 1e-5 : 1e-2;
+    const std::string name = c10::toString(type);
+    for (int64_t K : {2, 3, 4})
+      for (int64_t T : {1, 3, 64, 1000})
+        for (bool with_bias : {false, true})
+          for (bool with_history : {false, true}) {
+            // float64 values the device dtypes hold exactly: both sides see the same operands.
+            const at::Tensor u = representable({B, T, C}, type);
+            const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+            const at::Tensor bias = with_bias ? representable({C}, at::kFloat, 0.3) : at::Tensor();
+            const at::Tensor history = with_history ? representable({B, C, K - 1}, at::kFloat) : at::Tensor();
+            const at::Tensor probe = representable({B, T, C}, type);
+            const std::vector<at::Tensor> values{u, weight, bias, history};
+            auto ref = leaves_on(values, at::kCPU, {at::kDouble, at::kDouble, at::kDouble, at::kDouble});
+            auto dev = leaves_on(values, cuda, {type, at::kFloat, at::kFloat, at::kFloat});
+            REQUIRE(kernels::short_conv_apply(dev[0], dev[1], dev[3]));
+            const at::Tensor y_ref = reference_conv_silu(ref[0], ref[1], ref[2], ref[3]);
+            at::Tensor state = dev[3];
+            const at::Tensor y = kernels::short_conv_silu(dev[0], dev[1], dev[2], with_history ? &state : nullptr);
+            REQUIRE(y.scalar_type() == type);
+            const auto grads_ref = torch::autograd::grad({(y_ref * probe).sum()}, defined_only(ref));
+            const auto grads = torch::autograd::grad({(y.to(at::kDouble) * probe.to(cuda)).sum()},
+                                                     defined_only(dev));
+            std::vector<std::string> labels{"y", "du", "dweight"};
+            if (with_bias) labels.push_back("dbias");
+            if (with_history) labels.push_back("dhistory");
+            std::vector<double> errors{test::relative_error(y, y_ref)};
+            for (size_t i = 0; i < grads.size(); ++i)
+              errors.push_back(test::relative_error(grads[i], grads_ref[i]));
+            for (size_t i = 0; i < errors.size(); ++i) {
+              INFO(name << " K=" << K << " T=" << T << " bias=" << with_bias << " history="
+                        << with_history << ": " << labels[i]);
+              CHECK(errors[i] <= tolerance);
+              double& w = worst[name + " " + labels[i]];
+              w = std::max(w, errors[i]);
+            }
+            if (with_history) {  // the state now holds the last K-1 inputs, out of place
+              const at::Tensor tail = at::cat({history, u.transpose(1, 2)}, 2).narrow(2, T, K - 1);
+              CHECK(!state.is_same(dev[3]));
+              CHECK(test::relative_error(state, tail) == 0.0);
+            }
+            if (T == 1000 && K == 4 && with_bias) {  // the weight gradient's sum has a fixed order
+              const at::Tensor y2 = kernels::short_conv_silu(dev[0], dev[1], dev[2], nullptr);
+              const auto again = torch::autograd::grad({(y2.to(at::kDouble) * probe.to(cuda)).sum()},
+                                                       {dev[1], dev[2]});
+              const at::Tensor y1 = kernels::short_conv_silu(dev[0], dev[1], dev[2], nullptr);
+              const auto first = torch::autograd::grad({(y1.to(at::kDouble) * probe.to(cuda)).sum()},
+                                                       {dev[1], dev[2]});
+              CHECK(at::equal(again[0], first[0]));
+              CHECK(at::equal(again[1], first[1]));
+            }
+          }
+  }
+  for (const auto& [key, error] : worst)
+    std::cout << "[kernels][short_conv] B=" << B << " C=" << C << " T<=1000 K<=4 " << key
+              << ": max relative error " << error << "\n";
+}
+
+TEST_CASE("short conv kernel: prefill then decode steps equal the full sequence, decoding updates the state in place",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const at::NoGradGuard no_grad;  // as decoding runs
+  const int64_t B = 3, C = 203;
+  // Piece lengths: shorter than the history (the new state keeps old state values), a long
+  // prefill, then decode steps.
+  const std::vector<int64_t> pieces{2, 995, 1, 1, 1};
+  at::manual_seed(12);
+  for (auto [type, state_type] : std::vector<std::pair<at::ScalarType, at::ScalarType>>{
+           {at::kFloat, at::kFloat}, {at::kBFloat16, at::kFloat}, {at::kBFloat16, at::kBFloat16}})
+    for (int64_t K : {2, 3, 4})
+      for (bool with_bias : {false, true}) {
+        const int64_t T = 1000;
+        const at::Tensor u = representable({B, T, C}, type);
+        const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+        const at::Tensor bias = with_bias ? representable({C}, at::kFloat, 0.3) : at::Tensor();
+        const at::Tensor y_ref = reference_conv_silu(u, weight, bias, at::Tensor());
+        const at::Tensor u_dev = u.to(cuda, type), weight_dev = weight.to(cuda, at::kFloat);
+        const at::Tensor bias_dev = with_bias ? bias.to(cuda, at::kFloat) : at::Tensor();
+        at::Tensor state = at::zeros({B, C, K - 1}, at::TensorOptions(cuda).dtype(state_type));
+        const void* storage = state.data_ptr();
+        std::vector<at::Tensor> outputs;
+        int64_t start = 0;
+        for (int64_t length : pieces) {
+          const at::Tensor piece = u_dev.narrow(1, start, length).contiguous();
+          REQUIRE(kernels::short_conv_apply(piece, weight_dev, state));
+          outputs.push_back(model::causal_conv_silu(piece, weight_dev, bias_dev, &state));
+          CHECK(state.data_ptr() == storage);  // the cache's own tensor, written in place
+          start += length;
+          const at::Tensor tail =
+              at::cat({at::zeros({B, K - 1, C}, u.options()), u}, 1).narrow(1, start, K - 1).transpose(1, 2);
+          CHECK(test::relative_error(state, tail.to(state_type)) == 0.0);
+        }
+        const double error = test::relative_error(at::cat(outputs, 1), y_ref);
+        const double decode_error = test::relative_error(at::cat({outputs[2], outputs[3], outputs[4]}, 1),
+                                                         y_ref.narrow(1, T - 3, 3));
+        INFO(c10::toString(type) << " state " << c10::toString(state_type) << " K=" << K
+                                 << " bias=" << with_bias);
+        const double tolerance = type == at::kFloat ? 1e-5 : 1e-2;
+        CHECK(error <= tolerance);
+        CHECK(decode_error <= tolerance);
+        std::cout << "[kernels][short_conv] prefill+decode " << c10::toString(type) << " state "
+                  << c10::toString(state_type) << " K=" << K << " bias=" << with_bias
+                  << ": relative error " << error << " (decode steps " << decode_error << ")\n";
+      }
+}
+
+TEST_CASE("short conv kernel inside the GDN and Mamba-2 mixers: forward and cached decode equal the torch-ops forms",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const int64_t hidden = 64, D = 16, q_heads = 4, kv_heads = 2;
+  std::mt19937_64 rng(21);
+  reference::GdnDims gdn_dims;
+  gdn_dims.hidden = hidden, gdn_dims.head_dim = D, gdn_dims.num_q_heads = q_heads, gdn_dims.num_kv_heads = kv_heads;
+  reference::Mamba2Dims m2_dims;
+  m2_dims.hidden = hidden, m2_dims.head_dim = D, m2_dims.num_q_heads = q_heads, m2_dims.num_kv_heads = kv_heads;
+  const std::string prefix = "model.layers.0.mixer.";
+  model::GdnMixer gdn(model::GdnConfig(hidden, D, q_heads, kv_heads),
+                      on_device(testing::with_prefix(reference::testing::random_gdn_weights(gdn_dims, rng),
+                                                     prefix, at::kFloat), cuda),
+                      prefix);
+  model::Mamba2Mixer mamba2(model::Mamba2Config(hidden, D, q_heads, kv_heads),
+                            on_device(testing::with_prefix(reference::testing::random_mamba2_weights(m2_dims, rng),
+                                                           prefix, at::kFloat), cuda),
+                            prefix);
+  const at::Tensor x = testing::random_input(2, 70, hidden, 22).to(cuda, at::kFloat);
+  for (model::Mixer* mixer : std::vector<model::Mixer*>{&gdn, &mamba2}) {
+    const MixerRun with_kernels = run_mixer(*mixer, x, 3);
+    MixerRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run_mixer(*mixer, x, 3);
+    }
+    const double full = test::relative_error(with_kernels.full, torch_ops.full);
+    const double cached = test::relative_error(with_kernels.cached, torch_ops.cached);
+    const double split = test::relative_error(with_kernels.cached, with_kernels.full);
+    std::cout << "[kernels][short_conv] " << mixer->symbol() << " mixer (2,70," << hidden
+              << "): kernels vs torch forward " << full << ", prefill+decode " << cached
+              << "; prefill+decode vs forward " << split << "\n";
+    INFO(mixer->symbol());
+    CHECK(full <= 1e-4);
+    CHECK(cached <= 1e-4);
+    CHECK(split <= 1e-4);
+  }
+}
