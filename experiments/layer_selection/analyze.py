@@ -10,6 +10,8 @@ per line: kept attention layers as "1,4", then its final validation PPL) and pri
   3. the PPL of the hybrid each scorer chooses at the study's ratio (its lowest-scoring layers
      kept), against uniform, middle and the best and worst placement trained;
   4. each scorer's cost (seconds, device).
+swa-sensitivity's two measured terms (NLL increase, recall drop) and linearization-error's error
+carried to the output (kl_alone) get rows of their own.
 usage: analyze.py RESULTS_DIR KEPT_COUNT
 """
 import itertools
@@ -33,6 +35,11 @@ def read_scores(path):
         layer, score = line.split(",")
         scores[int(layer)] = float(score)
     return [scores[i] for i in range(len(scores))], meta
+
+
+TERMS = {"swa-sensitivity": [("cost", "nll"), ("recall_drop", "recall")],
+         "linearization-error": [("kl_alone", "kl_alone")],
+         "linearization-error-aligned": [("kl_alone", "kl_alone")]}
 
 
 def ranks(values):
@@ -94,6 +101,15 @@ def main():
     for name in sorted(os.listdir(results)):
         if name.startswith("scores_") and name.endswith(".csv"):
             scorers[name[len("scores_"):-len(".csv")]] = read_scores(os.path.join(results, name))
+    # Measured terms ('#' lines of a CSV) are ranked on their own too, each as score = -term, so
+    # the table shows what every term says.
+    for name, terms in TERMS.items():
+        if name not in scorers:
+            continue
+        meta = scorers[name][1]
+        for term, label in terms:
+            if term in meta:
+                scorers["%s/%s" % (name, label)] = ([-float(v) for v in meta[term].split(",")], meta)
     hybrids = []
     path = os.path.join(results, "hybrids.tsv")
     if os.path.exists(path):
