@@ -4,6 +4,8 @@
 
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "store/store.h"
 #include "test_helpers.h"
@@ -24,6 +26,20 @@ void run_sqlite(const std::string& path, const std::string& sql) {
   sqlite3_close(db);
   REQUIRE(rc == SQLITE_OK);
 }
+
+// The first column of every row `sql` returns.
+std::vector<std::string> sqlite_column(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* statement = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK);
+  std::vector<std::string> column;
+  while (sqlite3_step(statement) == SQLITE_ROW)
+    column.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(statement, sqlite3_column_count(statement) - 1)));
+  sqlite3_finalize(statement);
+  sqlite3_close(db);
+  return column;
+}
 }  // namespace
 
 TEST_CASE("Store: a store of schema version 1 is migrated forward with its data", "[store]") {
@@ -32,7 +48,13 @@ TEST_CASE("Store: a store of schema version 1 is migrated forward with its data"
   run_sqlite(path, prime::test::read_text((prime::test::fixtures_dir() / "store_v1.sql").string()));
   CHECK_THROWS_WITH(Store::open(path, OpenMode::ReadOnly), Catch::Contains("older schema version 1"));
   auto store = Store::open(path);
-  CHECK(store->schema_version() == 2);
+  CHECK(store->schema_version() == 3);
+  // Version 3: curves and intermediate values are read from the covering index alone.
+  CHECK(sqlite_column(path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trial_metrics'") ==
+        std::vector<std::string>{"trial_metrics_points"});
+  CHECK(sqlite_column(path, "EXPLAIN QUERY PLAN SELECT step, value, time FROM trial_metrics "
+                            "WHERE trial_id = 1 AND name = 'loss' ORDER BY step, time") ==
+        std::vector<std::string>{"SEARCH trial_metrics USING COVERING INDEX trial_metrics_points (trial_id=? AND name=?)"});
   const Study study = store->study("old");
   const auto trials = store->trials(study.id);
   REQUIRE(trials.size() == 1);
@@ -46,7 +68,7 @@ TEST_CASE("Store: a store of schema version 1 is migrated forward with its data"
   store->add_layer_scores({{"synthetic:tiny", "kl", 4, 0.5, 3.0, "cpu"}});
   CHECK(store->layer_scores("", "kl").at(1).device == "cpu");
   store.reset();
-  CHECK(Store::open(path, OpenMode::ReadOnly)->schema_version() == 2);
+  CHECK(Store::open(path, OpenMode::ReadOnly)->schema_version() == 3);
 }
 
 TEST_CASE("Store: paths and databases that are no store give a clear error and stay untouched", "[store]") {

@@ -87,6 +87,16 @@ ALTER TABLE layer_scores ADD COLUMN device TEXT NOT NULL DEFAULT '';
 UPDATE schema_version SET version = 2;
 )";
 
+// Version 3: the curve index carries the values, so a curve or a rung's intermediate values are
+// read from the index alone. Cold, the table page each row needed was half the reads: on a
+// 2 GB store (30,000 trials) all trials' intermediate values took 5.8 s and take 2.3-2.5 s.
+// Building it costs ~35 s per 30 M rows, once.
+const char* const kVersion3 = R"(
+CREATE INDEX trial_metrics_points ON trial_metrics (trial_id, name, step, time, value);
+DROP INDEX trial_metrics_curve;
+UPDATE schema_version SET version = 3;
+)";
+
 bool has_other_tables(Database& db) {
   const std::string sql = db.backend() == "sqlite"
                               ? "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -104,7 +114,9 @@ void lock_schema(Database& db) {
 
 std::string migration_script(const Database& db, int version) {
   if (version < 1 || version > kSchemaVersion) throw internal_error("no migration to schema version ", version);
-  std::string script = version == 1 ? kVersion1 : kVersion2;
+  const char* const scripts[] = {kVersion1, kVersion2, kVersion3};
+  static_assert(sizeof scripts / sizeof *scripts == kSchemaVersion, "one migration per schema version");
+  std::string script = scripts[version - 1];
   script = std::regex_replace(script, std::regex(R"(\{id\})"), db.id_column());
   return std::regex_replace(script, std::regex(R"(\{real\})"), db.real_type());
 }

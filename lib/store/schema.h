@@ -7,7 +7,7 @@
 
 namespace prime::store::detail {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // The statements that take a store from version `version - 1` to `version` (1 creates it),
 // with the backend's column types filled in.

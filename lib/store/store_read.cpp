@@ -135,7 +135,8 @@ std::vector<MetricPoint> Store::curve(int64_t trial_id, const std::string& metri
 
 std::vector<IntermediateValue> Store::intermediate_values(int64_t study_id, const std::string& metric, int64_t step) {
   std::vector<IntermediateValue> values;
-  // The correlated MAX(step) walks the (trial_id, name, step) index: one seek per trial.
+  // The correlated MAX(step) and the row itself come from the (trial_id, name, step, time,
+  // value) index alone: one leaf per trial, no table page (schema version 3).
   for (const auto& row : db_->query(
            "SELECT t.id, t.number, t.state, m.step, m.value, m.time FROM trials t JOIN trial_metrics m ON m.trial_id = t.id "
            "WHERE t.study_id = ? AND m.name = ? AND m.step = (SELECT MAX(m2.step) FROM trial_metrics m2 "
