@@ -9,6 +9,7 @@
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/json_output.h"
+#include "eval/short_conv_bench.h"
 #include "eval/ssm_bench.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_bench.h"
@@ -87,12 +88,13 @@ at::Device finish_ssm_options(SsmOptions& options) {
 
 void run_kernels(SsmOptions& options) {
   const at::Device device = finish_ssm_options(options);
+  const auto rows = prime::eval::run_kernel_bench(options.bench, device);
   std::cout << "device " << device << "; each core timed with prime's kernels and with the torch-ops form\n"
             << std::left << std::setw(6) << "type" << std::setw(28) << "(B,T,H,D) dtype" << std::right
             << std::setw(11) << "fwd ms" << std::setw(11) << "torch ms" << std::setw(8) << "ratio"
             << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << std::setw(11) << "torch ms"
             << std::setw(8) << "ratio" << "\n";
-  for (const auto& row : prime::eval::run_kernel_bench(options.bench, device)) {
+  for (const auto& row : rows) {
     auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(6) << row.type << std::setw(28) << row.shape << std::right << std::fixed
               << std::setprecision(2) << std::setw(11) << row.kernel_forward_ms << std::setw(11)
@@ -100,6 +102,24 @@ void run_kernels(SsmOptions& options) {
               << std::setw(10) << row.kernel_forward_tflops << std::setw(14) << row.kernel_forward_backward_ms
               << std::setw(11) << row.torch_forward_backward_ms << std::setw(7)
               << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
+  }
+  // The short conv kernel, called directly (the model does not dispatch to it yet: kernels/README.md).
+  prime::eval::ShortConvBenchOptions conv;
+  conv.repeats = options.bench.repeats;
+  conv.backward = options.bench.backward;
+  std::cout << "\nshort conv + SiLU (kernels/short_conv), TB/s = traffic floor / time\n"
+            << std::left << std::setw(34) << "(B,T,C) dtype K" << std::right << std::setw(11) << "fwd ms"
+            << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(8) << "TB/s" << std::setw(14)
+            << "fwd+bwd ms" << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(8) << "TB/s\n";
+  for (const auto& row : prime::eval::run_short_conv_bench(conv, device)) {
+    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
+    std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(3)
+              << std::setw(11) << row.kernel_forward_ms << std::setw(11) << row.torch_forward_ms << std::setw(7)
+              << std::setprecision(2) << ratio(row.kernel_forward_ms, row.torch_forward_ms) << "x" << std::setw(8)
+              << row.kernel_forward_tbps << std::setprecision(3) << std::setw(14) << row.kernel_forward_backward_ms
+              << std::setw(11) << row.torch_forward_backward_ms << std::setw(7) << std::setprecision(2)
+              << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x" << std::setw(8)
+              << row.kernel_forward_backward_tbps << "\n";
   }
 }
 

@@ -102,6 +102,17 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --batch 0");
   CHECK(result.exit_code == 1);
+  result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --context cached");
+  CHECK(result.exit_code == 1);
+  result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) +
+                         "' --device cpu --context synthetic --prompt 16 --new-tokens 2 --mode static");
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("synthetic"));
+  // The kernels' benchmark needs CUDA; on a CPU it says so before printing anything.
+  result = test::run_cli("prime-bench kernels --device cpu");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("needs a CUDA device"));
+  CHECK_THAT(result.output, !Contains("TFLOP/s"));
 }
 
 TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1", "[bench][cli][train]") {

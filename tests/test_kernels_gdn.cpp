@@ -16,6 +16,7 @@
 #include "kernels/gdn_chunk/gdn_chunk.h"
 #include "model/gdn.h"
 #include "test_helpers.h"
+#include "test_kernels_util.h"
 #include "util/error.h"
 
 using namespace prime;
@@ -26,12 +27,6 @@ double rel_error(const at::Tensor& got, const at::Tensor& want) {
   const at::Tensor a = got.to(at::kCPU, at::kDouble), b = want.to(at::kCPU, at::kDouble);
   return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
 }
-
-// Every output a launcher allocates starts as NaN while a test runs.
-struct PoisonOutputs {
-  PoisonOutputs() { ::setenv("PRIME_KERNELS_POISON", "1", 1); }
-  ~PoisonOutputs() { ::unsetenv("PRIME_KERNELS_POISON"); }
-};
 
 // The scan's recurrence, float64, one chunk at a time (see kernels/gdn_chunk/gdn_chunk.h).
 std::pair<at::Tensor, at::Tensor> reference_scan(const at::Tensor& w, const at::Tensor& kd,
@@ -93,7 +88,7 @@ CoreRun run_core(const std::vector<at::Tensor>& leaves, int64_t chunk, const at:
 
 }  // namespace
 
-TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch; CPU tensors never take the kernels", "[kernels]") {
+TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never take the kernels", "[kernels]") {
   ::setenv("PRIME_KERNELS", "cuda-please", 1);
   CHECK_THROWS_AS(kernels::policy(), UserError);
   CHECK_THROWS_WITH(kernels::policy(), Catch::Contains("PRIME_KERNELS=cuda-please"));
@@ -113,7 +108,7 @@ TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 refere
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
-  const PoisonOutputs poison;
+  const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
   at::manual_seed(7);
   for (int64_t chunk : {64, 37}) {
@@ -169,7 +164,7 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
-  const PoisonOutputs poison;
+  const test::PoisonOutputs poison;
   // TF32 would blur the comparison: both paths' matmuls run in full fp32.
   const bool tf32 = at::globalContext().allowTF32CuBLAS();
   at::globalContext().setAllowTF32CuBLAS(false);

@@ -16,21 +16,13 @@
 
 #include "kernels/common/policy.h"
 #include "kernels/short_conv/short_conv.h"
-#include "model/gdn.h"
-#include "model/mamba2.h"
 #include "model/ssm_common.h"
 #include "test_helpers.h"
-#include "test_ssm_mixer_util.h"
+#include "test_kernels_util.h"
 
 using namespace prime;
 
 namespace {
-
-// Every output a launcher allocates starts as NaN while a test runs.
-struct PoisonOutputs {
-  PoisonOutputs() { ::setenv("PRIME_KERNELS_POISON", "1", 1); }
-  ~PoisonOutputs() { ::unsetenv("PRIME_KERNELS_POISON"); }
-};
 
 // silu(conv1d([history, u])) in float64 on the CPU; history zeros when undefined.
 at::Tensor reference_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
@@ -67,29 +59,6 @@ std::vector<at::Tensor> defined_only(const std::vector<at::Tensor>& tensors) {
   return out;
 }
 
-// A mixer's full forward, and a prefill then `decode_steps` one-token steps through its cache
-// (whose conv states the decode kernel writes in place), without grad as decoding runs.
-struct MixerRun {
-  at::Tensor full, cached;
-};
-MixerRun run_mixer(model::Mixer& mixer, const at::Tensor& x, int64_t decode_steps) {
-  const at::NoGradGuard no_grad;
-  MixerRun run;
-  run.full = mixer.forward(x, nullptr);
-  auto cache = mixer.make_cache(x.size(0), x.device());
-  const int64_t prefill = x.size(1) - decode_steps;
-  std::vector<at::Tensor> parts{mixer.forward(x.narrow(1, 0, prefill).contiguous(), cache.get())};
-  for (int64_t t = prefill; t < x.size(1); ++t)
-    parts.push_back(mixer.forward(x.narrow(1, t, 1).contiguous(), cache.get()));
-  run.cached = at::cat(parts, 1);
-  return run;
-}
-
-model::TensorMap on_device(model::TensorMap map, const at::Device& device) {
-  for (auto& entry : map) entry.second = entry.second.to(device);
-  return map;
-}
-
 }  // namespace
 
 TEST_CASE("short conv kernel: never applies to CPU tensors, where causal_conv_silu is silu(causal_conv)",
@@ -113,7 +82,7 @@ TEST_CASE("short conv kernel: output and gradients of u, weight, bias and histor
           "[kernels][short_conv][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
-  const PoisonOutputs poison;
+  const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
   const int64_t B = 2, C = 203;  // C not a multiple of the 128-channel block
   {
@@ -190,7 +159,7 @@ TEST_CASE("short conv kernel: prefill then decode steps equal the full sequence,
           "[kernels][short_conv][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
-  const PoisonOutputs poison;
+  const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
   const at::NoGradGuard no_grad;  // as decoding runs
   const int64_t B = 3, C = 203;
@@ -235,46 +204,4 @@ TEST_CASE("short conv kernel: prefill then decode steps equal the full sequence,
                   << c10::toString(state_type) << " K=" << K << " bias=" << with_bias
                   << ": relative error " << error << " (decode steps " << decode_error << ")\n";
       }
-}
-
-TEST_CASE("short conv kernel inside the GDN and Mamba-2 mixers: forward and cached decode equal the torch-ops forms",
-          "[kernels][short_conv][gpu]") {
-  if (!test::gpu_available_or_fail()) return;
-  REQUIRE(kernels::built_with_cuda_kernels());
-  const PoisonOutputs poison;
-  const at::Device cuda(at::kCUDA, 0);
-  const int64_t hidden = 64, D = 16, q_heads = 4, kv_heads = 2;
-  std::mt19937_64 rng(21);
-  reference::GdnDims gdn_dims;
-  gdn_dims.hidden = hidden, gdn_dims.head_dim = D, gdn_dims.num_q_heads = q_heads, gdn_dims.num_kv_heads = kv_heads;
-  reference::Mamba2Dims m2_dims;
-  m2_dims.hidden = hidden, m2_dims.head_dim = D, m2_dims.num_q_heads = q_heads, m2_dims.num_kv_heads = kv_heads;
-  const std::string prefix = "model.layers.0.mixer.";
-  model::GdnMixer gdn(model::GdnConfig(hidden, D, q_heads, kv_heads),
-                      on_device(testing::with_prefix(reference::testing::random_gdn_weights(gdn_dims, rng),
-                                                     prefix, at::kFloat), cuda),
-                      prefix);
-  model::Mamba2Mixer mamba2(model::Mamba2Config(hidden, D, q_heads, kv_heads),
-                            on_device(testing::with_prefix(reference::testing::random_mamba2_weights(m2_dims, rng),
-                                                           prefix, at::kFloat), cuda),
-                            prefix);
-  const at::Tensor x = testing::random_input(2, 70, hidden, 22).to(cuda, at::kFloat);
-  for (model::Mixer* mixer : std::vector<model::Mixer*>{&gdn, &mamba2}) {
-    const MixerRun with_kernels = run_mixer(*mixer, x, 3);
-    MixerRun torch_ops;
-    {
-      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
-      torch_ops = run_mixer(*mixer, x, 3);
-    }
-    const double full = test::relative_error(with_kernels.full, torch_ops.full);
-    const double cached = test::relative_error(with_kernels.cached, torch_ops.cached);
-    const double split = test::relative_error(with_kernels.cached, with_kernels.full);
-    std::cout << "[kernels][short_conv] " << mixer->symbol() << " mixer (2,70," << hidden
-              << "): kernels vs torch forward " << full << ", prefill+decode " << cached
-              << "; prefill+decode vs forward " << split << "\n";
-    INFO(mixer->symbol());
-    CHECK(full <= 1e-4);
-    CHECK(cached <= 1e-4);
-    CHECK(split <= 1e-4);
-  }
 }

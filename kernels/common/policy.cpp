@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "util/error.h"
@@ -45,6 +46,16 @@ bool use_cuda_kernels(const at::Tensor& like) {
 bool poison_outputs() {
   const char* value = std::getenv("PRIME_KERNELS_POISON");
   return value != nullptr && std::string(value) == "1";
+}
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
+                          : at::empty(sizes, options);
+}
+
+void require_cuda_build(const char* op) {
+  if (!built_with_cuda_kernels())
+    throw internal_error(op, ": this build has no CUDA kernels (configure with PRIME_CUDA=ON)");
 }
 
 ScopedKernelPolicy::ScopedKernelPolicy(Policy policy)

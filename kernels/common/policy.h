@@ -25,6 +25,13 @@ bool use_cuda_kernels(const at::Tensor& like);
 // so a test sees any element a kernel leaves unwritten.
 bool poison_outputs();
 
+// A kernel's output tensor: NaN-filled under poison_outputs(), uninitialised otherwise.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Throws an InternalError naming `op` when this build has no CUDA kernels (a dispatch bug: the
+// op's *_apply predicate is false there).
+void require_cuda_build(const char* op);
+
 class ScopedKernelPolicy {
  public:
   explicit ScopedKernelPolicy(Policy policy);

@@ -5,7 +5,6 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <limits>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -21,21 +20,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::Tensor& like) {
-  return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), like.options())
-                          : at::empty(sizes, like.options());
-}
-
-void require_cuda_build(const char* op) {
-  if (!built_with_cuda_kernels())
-    throw internal_error(op, ": this build has no CUDA kernels (configure with PRIME_CUDA=ON)");
-}
-
 at::Tensor inverse_forward(const at::Tensor& A) {
   require_cuda_build("unit_lower_inverse");
   const int64_t chunk = A.size(-1);
   const at::Tensor flat = A.reshape({-1, chunk, chunk}).contiguous();
-  at::Tensor T = new_output(flat.sizes(), flat);
+  at::Tensor T = new_output(flat.sizes(), flat.options());
 #ifdef PRIME_WITH_CUDA
   detail::launch_unit_lower_inverse(flat, T);
 #endif
@@ -49,8 +38,8 @@ std::pair<at::Tensor, at::Tensor> scan(const at::Tensor& probe, const at::Tensor
                                        bool reverse, int64_t value_dim) {
   require_cuda_build("chunk_state_scan");
   const int64_t M = probe.size(0), N = probe.size(1), Dk = probe.size(3);
-  at::Tensor states = new_output({M, N, Dk, value_dim}, probe);
-  at::Tensor final_state = new_output({M, Dk, value_dim}, probe);
+  at::Tensor states = new_output({M, N, Dk, value_dim}, probe.options());
+  at::Tensor final_state = new_output({M, Dk, value_dim}, probe.options());
 #ifdef PRIME_WITH_CUDA
   detail::launch_chunk_scan(probe, writer, target, addend, decay, initial, reverse, states,
                             final_state);

@@ -6,7 +6,6 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <limits>
 
 #include "kernels/common/policy.h"
 #include "util/error.h"
@@ -21,31 +20,27 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
-                          : at::empty(sizes, options);
-}
-
-void require_cuda_build() {
-  if (!built_with_cuda_kernels())
-    throw internal_error("short_conv_silu: this build has no CUDA kernels (configure with PRIME_CUDA=ON)");
-}
-
 bool is_storage_type(const at::Tensor& tensor) {
   return tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kBFloat16;
 }
 
-// Inputs: u [B,T,C] contiguous, weight [C,K] fp32, bias [C] fp32 or undefined, history
-// [B,C,K-1] contiguous or undefined. Output y [B,T,C] in u's dtype.
+// An absent bias or history travels through the autograd function as an empty tensor: autograd
+// records every input's device and dtype, which an undefined tensor has not.
+at::Tensor absent(const at::Tensor& like) { return at::empty({0}, like.options().dtype(at::kFloat)); }
+at::Tensor present_or_undefined(const at::Tensor& tensor) { return tensor.numel() > 0 ? tensor : at::Tensor(); }
+
+// Inputs: u [B,T,C] contiguous, weight [C,K] fp32, bias [C] fp32 or empty, history [B,C,K-1]
+// contiguous or empty. Output y [B,T,C] in u's dtype.
 struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
   static at::Tensor forward(AutogradContext* context, const at::Tensor& u, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& history) {
-    require_cuda_build();
+                            const at::Tensor& bias_or_empty, const at::Tensor& history_or_empty) {
+    require_cuda_build("short_conv_silu");
     at::Tensor y = new_output(u.sizes(), u.options());
 #ifdef PRIME_WITH_CUDA
-    detail::launch_short_conv_forward(u, weight, bias, history, y);
+    detail::launch_short_conv_forward(u, weight, present_or_undefined(bias_or_empty),
+                                      present_or_undefined(history_or_empty), y);
 #endif
-    context->save_for_backward({u, weight, bias, history});
+    context->save_for_backward({u, weight, bias_or_empty, history_or_empty});
     return y;
   }
 
@@ -54,7 +49,8 @@ struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
   // reduction, so the gradients are deterministic.
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const variable_list saved = context->get_saved_variables();
-    const at::Tensor &u = saved[0], &weight = saved[1], &bias = saved[2], &history = saved[3];
+    const at::Tensor &u = saved[0], &weight = saved[1];
+    const at::Tensor bias = present_or_undefined(saved[2]), history = present_or_undefined(saved[3]);
     const at::Tensor grad_y = grad_outputs[0].to(u.scalar_type()).contiguous();
     const int64_t B = u.size(0), T = u.size(1), C = u.size(2), K = weight.size(1);
     at::Tensor grad_u = new_output(u.sizes(), u.options());
@@ -69,7 +65,7 @@ struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
                                        partials);
 #else
     (void)B, (void)T, (void)C, (void)K;
-    require_cuda_build();
+    require_cuda_build("short_conv_silu");
 #endif
     const at::Tensor sums = partials.sum(0);  // [K+1, C]
     const at::Tensor grad_weight = sums.narrow(0, 0, K).t().contiguous();
@@ -108,7 +104,7 @@ at::Tensor short_conv_silu(const at::Tensor& u, const at::Tensor& weight, const 
   PRIME_CHECK(short_conv_apply(u, weight, conv_state ? *conv_state : at::Tensor()),
               "short_conv_silu: operands the kernel does not serve (u ", u.sizes(), ", weight ",
               weight.sizes(), "); ask short_conv_apply first");
-  require_cuda_build();
+  require_cuda_build("short_conv_silu");
   const int64_t C = weight.size(0), K = weight.size(2);
   // fp32 copies for the kernels; autograd casts their gradients back to the parameters' dtype.
   const at::Tensor w = weight.to(at::kFloat).reshape({C, K}).contiguous();
@@ -123,7 +119,8 @@ at::Tensor short_conv_silu(const at::Tensor& u, const at::Tensor& weight, const 
     return y;
   }
 #endif
-  at::Tensor y = ShortConvSilu::apply(input, w, b, state ? *state : at::Tensor());
+  at::Tensor y = ShortConvSilu::apply(input, w, b.defined() ? b : absent(input),
+                                      state ? *state : absent(input));
   if (in_place) {
 #ifdef PRIME_WITH_CUDA
     detail::launch_short_conv_state_update(input, *state);  // after the forward read the history

@@ -25,10 +25,9 @@ namespace prime::model {
 at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                        at::Tensor* conv_state);
 
-// silu(causal_conv(u, weight, bias, conv_state)), same operands and state hand-over. On CUDA it
-// runs prime's fused kernel where kernels::short_conv_apply holds (kernels/short_conv: fp32
-// accumulation, one rounding to u's dtype; without autograd the state is updated in place);
-// elsewhere causal_conv then silu.
+// silu(causal_conv(u, weight, bias, conv_state)), same operands and state hand-over: the one
+// place every SSM mixer's short conv goes through, where prime's fused CUDA kernel
+// (kernels/short_conv) will serve once validated on a GPU.
 at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                             at::Tensor* conv_state);
 
