@@ -82,3 +82,24 @@ TEST_CASE("every [gpu] test starts with the CUDA check", "[gpu-check]") {
   }
   CHECK(gpu_tests >= 6);
 }
+
+TEST_CASE("no test name holds a semicolon, which ctest would split into two unmatched tests", "[gpu-check]") {
+  const std::filesystem::path tests = std::filesystem::path(PRIME_SOURCE_DIR) / "tests";
+  int names = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(tests)) {
+    if (entry.path().extension() != ".cpp") continue;
+    std::ifstream in(entry.path());
+    int line_number = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++line_number;
+      const size_t start = line.find("TEST_CASE(\"");
+      if (start == std::string::npos) continue;
+      const size_t name_start = start + 11, name_end = line.find('"', name_start);
+      if (name_end == std::string::npos) continue;
+      ++names;
+      INFO(entry.path().filename().string() << ":" << line_number << ": " << line);
+      CHECK(line.substr(name_start, name_end - name_start).find(';') == std::string::npos);
+    }
+  }
+  CHECK(names > 100);
+}

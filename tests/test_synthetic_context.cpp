@@ -63,7 +63,7 @@ TEST_CASE("synthetic context: a real prefill's length, KV slots, positions and b
   }
 }
 
-TEST_CASE("synthetic context: refuses a used cache and an empty context; prime-bench decode takes --context",
+TEST_CASE("synthetic context: refuses a used cache and an empty context, and the decode bench takes it",
           "[bench][decode]") {
   eval::BenchModel bench = eval::load_bench_model(std::string(kTeacher) + "+convert:GDN:1:1", {});
   model::ModelCache cache = bench.model->make_cache(1, 16);

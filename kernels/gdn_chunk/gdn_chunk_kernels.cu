@@ -3,6 +3,7 @@
 // fp32 throughout: the scan is a chain of N dependent steps whose rounding adds up, and the
 // reference it must match to 1e-4 is fp32.
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -195,6 +196,7 @@ void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T) {
   PRIME_CHECK(A.size(2) == chunk && chunk <= kMaxChunk && T.sizes() == A.sizes(), op,
               ": A must be [M, C, C] with C <= ", kMaxChunk, ", got ", A.sizes());
   if (A.size(0) == 0) return;
+  const at::cuda::CUDAGuard guard(A.device());  // the stream and launch of the tensors' device
   unit_lower_inverse_kernel<<<static_cast<unsigned>(A.size(0)), kMaxChunk, 0,
                               at::cuda::getCurrentCUDAStream()>>>(
       A.data_ptr<float>(), T.data_ptr<float>(), static_cast<int>(chunk));
@@ -234,6 +236,7 @@ void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const 
     PRIME_CHECK(initial.sizes() == final_state.sizes(), op, ": initial ", initial.sizes());
   }
   if (M == 0 || Dv == 0) return;
+  const at::cuda::CUDAGuard guard(probe.device());
   const auto run = [&](auto launcher) {
     launcher(probe.data_ptr<float>(), writer.data_ptr<float>(), optional_data(target),
              optional_data(addend), decay.data_ptr<float>(), optional_data(initial),
