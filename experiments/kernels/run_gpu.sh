@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The kernels on one GPU, in one call: build, the [kernels] tests (outputs poisoned, float64 and
+# torch-ops references), compute-sanitizer on the kernel tests, `prime-bench kernels`, and the
+# public anchor (fla's chunked GDN) timed on the same GPU. Results under $OUT.
+#   bash experiments/kernels/run_gpu.sh       (carry .deps, and third_party_fetched for the anchor:
+#   its fla/ folder from github.com/fla-org/flash-linear-attention, never committed)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/prime-kernels-out}
+mkdir -p "$OUT"
+export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+export TORCH_CUDA_ARCH_LIST=9.0a
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/machine.txt" 2>&1
+if [ ! -x build-gpu/bin/prime_tests ] || [ ! -x build-gpu/bin/prime-bench ]; then
+  generator=""; command -v ninja >/dev/null && generator="-GNinja"
+  cmake -S . -B build-gpu $generator -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON > "$OUT/configure.log" 2>&1 ||
+    { tail -30 "$OUT/configure.log"; exit 1; }
+  start=$(date +%s)
+  cmake --build build-gpu -j"$(nproc)" --target prime_tests prime-bench > "$OUT/build.log" 2>&1 ||
+    { grep -B2 -A12 -m5 -E "error|Error" "$OUT/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s"
+fi
+export PRIME_REQUIRE_CUDA=1
+timeout 300 build-gpu/bin/prime_tests "[kernels]" > "$OUT/kernels_tests.txt" 2>&1
+echo "kernel tests: exit $?"; grep -E "^\[kernels|FAILED|passed|failed" "$OUT/kernels_tests.txt" | head -60
+for tool in memcheck racecheck; do
+  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*" \
+    > "$OUT/$tool.txt" 2>&1
+  echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.txt" | tail -1)"
+done
+timeout 240 build-gpu/bin/prime-bench kernels --device cuda --repeats 5 > "$OUT/kernels_bench.txt" 2>&1
+echo "prime-bench kernels: exit $?"; cat "$OUT/kernels_bench.txt"
+if [ -d third_party_fetched/fla ]; then
+  timeout 240 python3 experiments/kernels/time_anchor_fla.py > "$OUT/anchor_fla.txt" 2>&1
+  echo "anchor: exit $?"; tail -3 "$OUT/anchor_fla.txt"
+fi
