@@ -72,7 +72,7 @@ void add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm
   command->add_option("--head-dim", options.bench.head_dim, "D (default 128)")->group("Shape");
   command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")->group("Shape");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
-  command->add_option("--dtype", options.dtype, "core compute dtype: fp32 (what the mixers use), bf16 or fp64")->group("Measurement");
+  command->add_option("--dtype", options.dtype, "core compute dtype: fp32 (what the mixers use) or fp64")->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
 }

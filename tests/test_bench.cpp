@@ -108,6 +108,10 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
                          "' --device cpu --context synthetic --prompt 16 --new-tokens 2 --mode static");
   CHECK(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("synthetic"));
+  // The cores compute in fp32 or fp64: a bf16 core is refused, not an internal error.
+  result = test::run_cli("prime-bench ssm --device cpu --dtype bf16 --batch 1 --tokens 16 --heads 1 --head-dim 16");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("fp32 or fp64"));
   // The kernels' benchmark needs CUDA; on a CPU it says so before printing anything.
   result = test::run_cli("prime-bench kernels --device cpu");
   CHECK(result.exit_code == 1);

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include <ATen/Context.h>
 #include <nlohmann/json.hpp>
 
 #include "search/sweep/spec.h"
@@ -117,6 +118,16 @@ TEST_CASE("prime-search: a bad spec exits 1 naming the key and writes nothing", 
   CHECK_THAT(run.output, Catch::Contains("stages[0].tokns: unknown key"));
   CHECK_FALSE(std::filesystem::exists(dir / "runs.db"));
   CHECK_FALSE(std::filesystem::exists(dir / "runs.db.trials"));
+  // Trials on CUDA where there is no GPU: refused before the store is created.
+  if (!at::hasCUDA()) {
+    json cuda_spec = tiny_spec("cuda", "1K");
+    cuda_spec["train"]["device"] = "cuda";
+    const auto cuda_run = test::run_cli("prime-search --spec " + write_spec(dir, cuda_spec) + " --store " +
+                                        (dir / "runs.db") + " --workers 2");
+    CHECK(cuda_run.exit_code == 1);
+    CHECK_THAT(cuda_run.output, Catch::Contains("no CUDA device"));
+    CHECK_FALSE(std::filesystem::exists(dir / "runs.db"));
+  }
 }
 
 TEST_CASE("prime-search: a worker killed with SIGKILL mid-trial has its trial re-queued and the sweep completes",

@@ -102,7 +102,16 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 
 }  // namespace
 
+// The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
+// solve); a half-precision core is not a form the model runs, and has no triangular solve.
+void check_core_dtype(const SsmBenchOptions& options) {
+  if (options.dtype != at::kFloat && options.dtype != at::kDouble)
+    throw user_error("--dtype ", c10::toString(options.dtype),
+                     ": the SSM cores compute in fp32 or fp64 (the mixers cast bf16 inputs to fp32)");
+}
+
 std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device) {
+  check_core_dtype(options);
   std::vector<SsmBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   // This table is the torch-ops forms' baseline, whatever PRIME_KERNELS says.
@@ -121,6 +130,7 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
   if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
     throw user_error("prime-bench kernels needs a CUDA device and a build with the CUDA kernels ",
                      "(PRIME_CUDA=ON)");
+  check_core_dtype(options);
   std::vector<KernelBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   for (const auto& type : options.types) {

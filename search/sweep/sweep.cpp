@@ -305,6 +305,10 @@ void print_trials(const store::Study& study, const std::vector<store::Trial>& tr
 int run_search(const SweepOptions& options, std::ostream& out, std::ostream& log) {
   const SweepSpec spec = read_spec(options.spec_path);
   if (options.workers < 1) throw user_error("--workers must be >= 1");
+  // Before anything is written: a sweep whose trials run on CUDA needs a GPU here.
+  if (trial_device(spec, options) == "cuda" && !at::hasCUDA())
+    throw user_error("the trials run on CUDA (", spec.train.contains("device") ? "the spec's train.device" : "--device",
+                     ") but this machine has no CUDA device; nothing was written");
   const fs::path root = trials_root(options);
   auto store = store::Store::open(options.store_url);
   const store::Study study = prepare_study(*store, spec, options.enqueue, log);
