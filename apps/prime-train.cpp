@@ -75,6 +75,12 @@ int main(int argc, char** argv) {
     std::string command_line;
     for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
     const TrainResult result = run_training(options, command_line, std::cerr);
+    if (result.steps_run == 0) {
+      std::cout << "nothing to train: the run is complete at " << result.steps << " steps, " << result.tokens
+                << " tokens\n";
+      if (!result.final_checkpoint.empty()) std::cout << "checkpoint: " << result.final_checkpoint << "\n";
+      return;
+    }
     std::cout << "trained " << result.steps << " steps, " << result.tokens << " tokens in " << result.seconds
               << " s; final loss " << result.last_loss;
     if (result.last_val_ppl > 0) std::cout << ", val ppl " << result.last_val_ppl;

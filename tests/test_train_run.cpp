@@ -189,6 +189,13 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
     CHECK(actual[i] == expected[i]);
   }
   CHECK(list_checkpoints(killed_dir).size() == 2);  // --keep 2
+  // Resuming a finished run trains nothing and says so (no "final loss" of a step not taken).
+  const auto again = prime::test::run_cli("prime-train --resume " + killed_dir +
+                                          " --micro-batch-tokens 64 --lr 3e-3 --save-every 3 --keep 2");
+  INFO(again.output);
+  CHECK(again.exit_code == 0);
+  CHECK_THAT(again.output, Catch::Contains("nothing to train: the run is complete"));
+  CHECK(prime::test::step_losses(killed_dir + "/metrics.jsonl").size() == expected.size());
   // The final checkpoint is a model prime-eval loads as is.
   const auto eval = prime::test::run_cli("prime-eval --model " + killed_dir + "/final --token-ids 1,2,3 --generate 2");
   INFO(eval.output);

@@ -290,6 +290,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
     const double mfu = peak_flops > 0 ? flops_per_token * tokens_per_second / peak_flops : std::nan("");
     const double peak_bytes = peak_device_bytes(device);
     result.last_loss = loss;
+    ++result.steps_run;
 
     MetricRecord step_record{"step", counters.step,
                              {{"tokens", static_cast<double>(counters.tokens)}, {"loss", loss}, {"lr", lr},
