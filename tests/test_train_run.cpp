@@ -211,10 +211,10 @@ TEST_CASE("two Gloo ranks under torchrun give the loss curve of one rank with th
   const auto one = prime::test::run_cli("prime-train" + args + " --out " + (dir / "one"));
   INFO(one.output);
   REQUIRE(one.exit_code == 0);
-  const std::string port = std::to_string(20000 + ::getpid() % 20000);
-  // torchrun comes with the torch wheel setup.sh installs.
-  const auto two = run_shell("python3 -m torch.distributed.run --no-python --nproc-per-node 2 --master-port " + port +
-                             " " + PRIME_BIN_DIR + "/prime-train" + args + " --out " + (dir / "two"));
+  // torchrun comes with the torch wheel setup.sh installs; --standalone has its rendezvous pick a
+  // free port (a fixed one can be taken by another test or process).
+  const auto two = run_shell("python3 -m torch.distributed.run --no-python --standalone --nproc-per-node 2 " +
+                             std::string(PRIME_BIN_DIR) + "/prime-train" + args + " --out " + (dir / "two"));
   INFO(two.output);
   REQUIRE(two.exit_code == 0);
   const std::vector<double> a = prime::test::step_losses(dir / "one/metrics.jsonl"), b = prime::test::step_losses(dir / "two/metrics.jsonl");

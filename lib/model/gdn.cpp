@@ -218,6 +218,12 @@ at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
   PRIME_CHECK(x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token, got ", x.size(1));
   GdnCache* gdn_cache = typed_cache<GdnCache>(&cache, x, "GDN", prefix_);
   const Inputs in = prepare(x, gdn_cache);
+  if (state_updates_in_place(gdn_cache->state, in.q)) {  // decoding: the cache's own state
+    const at::Tensor o = gated_delta_rule_step_in_place(in.q.select(1, 0), in.k.select(1, 0), in.v.select(1, 0),
+                                                        in.g.select(1, 0), in.beta.select(1, 0), gdn_cache->state);
+    gdn_cache->tokens += 1;
+    return finish(x, o.unsqueeze(1));
+  }
   const at::Tensor o = run_on_state(gdn_cache, 1, in.q.scalar_type(), [&](const at::Tensor& state) {
     auto [o_token, next] = gated_delta_rule_step(in.q.select(1, 0), in.k.select(1, 0),
                                                  in.v.select(1, 0), in.g.select(1, 0),

@@ -110,5 +110,11 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_step(const at::Tensor& q, con
                                                         const at::Tensor& v, const at::Tensor& g,
                                                         const at::Tensor& beta,
                                                         const at::Tensor& state);
+// The same step written into `state` itself (contiguous, q's dtype; no autograd: the decode
+// path): the state is read three times and written twice, where the step above plus the cache's
+// copy read it six times and write it four. Returns o [B,H,D].
+at::Tensor gated_delta_rule_step_in_place(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, at::Tensor& state);
 
 }  // namespace prime::model

@@ -21,6 +21,19 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_step(const at::Tensor& q, con
   return {o, next};
 }
 
+at::Tensor gated_delta_rule_step_in_place(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& g,
+                                          const at::Tensor& beta, at::Tensor& state) {
+  PRIME_CHECK(state.is_contiguous() && state.scalar_type() == q.scalar_type() && !state.requires_grad());
+  const int64_t batch_heads = state.size(0) * state.size(1), Dk = state.size(2), Dv = state.size(3);
+  state.mul_(at::exp(g).view({state.size(0), state.size(1), 1, 1}));  // decayed, in place
+  at::Tensor flat = state.view({batch_heads, Dk, Dv});
+  const at::Tensor predicted = at::bmm(k.reshape({batch_heads, 1, Dk}), flat);  // S^T k
+  const at::Tensor u = beta.reshape({batch_heads, 1, 1}) * (v.reshape({batch_heads, 1, Dv}) - predicted);
+  flat.baddbmm_(k.reshape({batch_heads, Dk, 1}), u);  // S += k u^T
+  return at::bmm(q.reshape({batch_heads, 1, Dk}), flat).view({state.size(0), state.size(1), Dv});
+}
+
 std::pair<at::Tensor, at::Tensor> gated_delta_rule_recurrent(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
     const at::Tensor& beta, const at::Tensor& state) {

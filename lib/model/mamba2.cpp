@@ -215,6 +215,12 @@ at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
   PRIME_CHECK(x.size(1) == 1, "Mamba-2 layer ", prefix_, ": step() takes one token, got ", x.size(1));
   Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(&cache, x, "Mamba-2", prefix_);
   const Inputs in = prepare(x, m2_cache);
+  if (state_updates_in_place(m2_cache->state, in.x)) {  // decoding: the cache's own state
+    const at::Tensor y = ssd_step_in_place(in.x.select(1, 0), in.delta.select(1, 0), in.A, in.B.select(1, 0),
+                                           in.C.select(1, 0), m2_cache->state);
+    m2_cache->tokens += 1;
+    return finish(x, in, y.unsqueeze(1));
+  }
   const at::Tensor y = run_on_state(m2_cache, 1, in.x.scalar_type(), [&](const at::Tensor& state) {
     auto [y_token, next] = ssd_step(in.x.select(1, 0), in.delta.select(1, 0), in.A,
                                     in.B.select(1, 0), in.C.select(1, 0), state);

@@ -114,5 +114,9 @@ std::pair<at::Tensor, at::Tensor> ssd_recurrent(const at::Tensor& x, const at::T
 std::pair<at::Tensor, at::Tensor> ssd_step(const at::Tensor& x, const at::Tensor& delta,
                                            const at::Tensor& A, const at::Tensor& Bm,
                                            const at::Tensor& Cm, const at::Tensor& state);
+// The same step written into `state` itself (contiguous, x's dtype; no autograd: the decode
+// path): the state is read twice and written twice instead of five and four times. Returns y.
+at::Tensor ssd_step_in_place(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                             const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state);
 
 }  // namespace prime::model

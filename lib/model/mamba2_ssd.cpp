@@ -17,6 +17,16 @@ std::pair<at::Tensor, at::Tensor> ssd_step(const at::Tensor& x, const at::Tensor
   return {y, next};
 }
 
+at::Tensor ssd_step_in_place(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                             const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state) {
+  PRIME_CHECK(state.is_contiguous() && state.scalar_type() == x.scalar_type() && !state.requires_grad());
+  const int64_t batch = state.size(0), heads = state.size(1), P = state.size(2), N = state.size(3);
+  state.mul_(at::exp(delta * A).view({batch, heads, 1, 1}));
+  at::Tensor flat = state.view({batch * heads, P, N});
+  flat.baddbmm_((delta.unsqueeze(-1) * x).reshape({batch * heads, P, 1}), Bm.reshape({batch * heads, 1, N}));
+  return at::bmm(flat, Cm.reshape({batch * heads, N, 1})).view({batch, heads, P});  // h C
+}
+
 std::pair<at::Tensor, at::Tensor> ssd_recurrent(const at::Tensor& x, const at::Tensor& delta,
                                                 const at::Tensor& A, const at::Tensor& Bm,
                                                 const at::Tensor& Cm, const at::Tensor& state) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdint>
@@ -90,6 +91,14 @@ CacheT* typed_cache(LayerCache* cache, const at::Tensor& x, const char* symbol,
   PRIME_CHECK(typed->batch() == x.size(0), symbol, " layer ", prefix, ": cache batch ",
               typed->batch(), " does not match the input batch ", x.size(0));
   return typed;
+}
+
+// Whether a decode step may write the cache's recurrent state in place: no autograd recording,
+// and the state already contiguous in the step's compute dtype (else the out-of-place step and
+// store_state, which also keep a tracked state a node of the graph).
+inline bool state_updates_in_place(const at::Tensor& state, const at::Tensor& like) {
+  return !at::GradMode::is_enabled() && state.defined() && state.is_contiguous() &&
+         state.scalar_type() == like.scalar_type() && !state.requires_grad();
 }
 
 // One form's state hand-over for a cache with one recurrent `state`: the core runs from the
