@@ -26,13 +26,21 @@ at::Tensor MoeBlock::forward(const at::Tensor& x) const {
   if (config_.norm_topk_prob) top_weights = top_weights / top_weights.sum(-1, /*keepdim=*/true);
   top_weights = top_weights.to(x.scalar_type());
   at::Tensor out = at::zeros_like(tokens);
-  // Gather the tokens routed to each expert so each expert runs one matmul.
-  for (int64_t expert = 0; expert < config_.num_experts; ++expert) {
-    at::Tensor hits = (top_experts == expert).nonzero();  // [n, 2]: token, slot
-    if (hits.size(0) == 0) continue;
-    at::Tensor token_index = hits.select(1, 0);
-    at::Tensor weight = top_weights.index({token_index, hits.select(1, 1)}).unsqueeze(1);
-    at::Tensor expert_out = experts_[expert]->forward(tokens.index_select(0, token_index)) * weight;
+  // Gather the tokens routed to each expert so each expert runs one matmul. The (token, slot)
+  // pairs are sorted by expert on the device and the per-expert counts read once: one host sync
+  // per layer, not one per expert (a nonzero() per expert waits for the device each time).
+  const int64_t slots = top_experts.size(1);
+  const at::Tensor flat_experts = top_experts.reshape({-1});
+  const at::Tensor order = at::argsort(flat_experts, /*stable=*/true);
+  const at::Tensor sorted_tokens = at::div(order, slots, "floor");
+  const at::Tensor sorted_weights = top_weights.reshape({-1}).index_select(0, order).unsqueeze(1);
+  const at::Tensor counts = at::bincount(flat_experts, {}, config_.num_experts).cpu();
+  const int64_t* count = counts.data_ptr<int64_t>();
+  for (int64_t expert = 0, begin = 0; expert < config_.num_experts; begin += count[expert], ++expert) {
+    if (count[expert] == 0) continue;
+    const at::Tensor token_index = sorted_tokens.narrow(0, begin, count[expert]);
+    const at::Tensor expert_out = experts_[expert]->forward(tokens.index_select(0, token_index)) *
+                                  sorted_weights.narrow(0, begin, count[expert]);
     out.index_add_(0, token_index, expert_out);
   }
   return out.reshape(sizes);
