@@ -100,8 +100,6 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
   return {forward_ms, forward_backward_ms};
 }
 
-}  // namespace
-
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
 // solve); a half-precision core is not a form the model runs, and has no triangular solve.
 void check_core_dtype(const SsmBenchOptions& options) {
@@ -109,6 +107,8 @@ void check_core_dtype(const SsmBenchOptions& options) {
     throw user_error("--dtype ", c10::toString(options.dtype),
                      ": the SSM cores compute in fp32 or fp64 (the mixers cast bf16 inputs to fp32)");
 }
+
+}  // namespace
 
 std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device) {
   check_core_dtype(options);
