@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "kernels/short_conv/short_conv.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -30,8 +31,13 @@ at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::
 
 at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                             at::Tensor* conv_state) {
-  // kernels/short_conv (kernels::short_conv_silu, where kernels::short_conv_apply holds) takes
-  // this on CUDA once its GPU tests have passed on an H200; until then the torch form serves.
+  // On CUDA the fused kernel (kernels/short_conv) where it applies; the torch form otherwise.
+  if (kernels::short_conv_apply(u, weight, conv_state ? *conv_state : at::Tensor())) {
+    // A cache's first prefill: zeros are the history the torch form pads with.
+    if (conv_state && !conv_state->defined())
+      *conv_state = at::zeros({u.size(0), u.size(2), weight.size(2) - 1}, u.options());
+    return kernels::short_conv_silu(u, weight, bias, conv_state);
+  }
   return at::silu(causal_conv(u, weight, bias, conv_state));
 }
 

@@ -27,8 +27,8 @@ at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::
                        at::Tensor* conv_state);
 
 // silu(causal_conv(u, weight, bias, conv_state)), same operands and state hand-over: the one
-// place every SSM mixer's short conv goes through, where prime's fused CUDA kernel
-// (kernels/short_conv) will serve once validated on a GPU.
+// place every SSM mixer's short conv goes through. On CUDA, prime's fused kernel
+// (kernels/short_conv) serves wherever kernels::short_conv_apply holds.
 at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
                             at::Tensor* conv_state);
 

@@ -1,0 +1,139 @@
+// prime's CUDA kernels inside the model: a hybrid of every layer type on CUDA, trained one step's
+// worth (logits and every weight's gradient) with the kernels dispatched and with the torch-ops
+// forms, and cached prefill + decode with the kernels against the full torch-ops forward. The
+// autograd graph shows which kernels ran, so a dispatch that silently stops applying fails.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function.h>
+
+#include <algorithm>
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "model/hybrid_model.h"
+#include "test_helpers.h"
+#include "test_hybrid_util.h"
+#include "test_kernels_util.h"
+
+using namespace prime;
+
+namespace {
+
+struct Step {
+  at::Tensor logits;
+  model::TensorMap grads;
+  std::set<std::string> nodes;  // names of the autograd nodes behind the loss
+};
+
+std::set<std::string> graph_node_names(const at::Tensor& root) {
+  std::set<std::string> names;
+  std::vector<torch::autograd::Node*> pending{root.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!pending.empty()) {
+    torch::autograd::Node* node = pending.back();
+    pending.pop_back();
+    if (!node || !seen.insert(node).second) continue;
+    names.insert(node->name());
+    for (const auto& edge : node->next_edges()) pending.push_back(edge.function.get());
+  }
+  return names;
+}
+
+bool any_contains(const std::set<std::string>& names, const std::string& part) {
+  return std::any_of(names.begin(), names.end(),
+                     [&](const std::string& n) { return n.find(part) != std::string::npos; });
+}
+
+Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tensor& probe,
+                at::ScalarType dtype, kernels::Policy policy) {
+  const kernels::ScopedKernelPolicy scoped(policy);
+  model::TensorMap weights = model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), dtype});
+  for (auto& [name, tensor] : weights)
+    if (tensor.is_floating_point()) tensor.requires_grad_(true);
+  model::HybridModel model(built.config, weights);
+  Step step;
+  step.logits = model.forward(ids.to(model.device()));
+  const at::Tensor loss = (step.logits.to(at::kFloat) * probe.to(model.device())).sum();
+  step.nodes = graph_node_names(loss);
+  loss.backward();
+  for (const auto& [name, tensor] : weights)
+    if (tensor.grad().defined()) step.grads[name] = tensor.grad();
+  return step;
+}
+
+}  // namespace
+
+TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient equal the torch-ops forms",
+          "[kernels][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);
+  // T = 150: GDN's chunks of 64 end in a partial one.
+  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"});
+  at::manual_seed(3);
+  const at::Tensor ids = at::randint(0, 97, {2, 150}, at::kLong);
+  const at::Tensor probe = at::randn({2, 150, 97});
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const Step ours = train_step(built, ids, probe, dtype, kernels::Policy::Auto);
+    const Step reference = train_step(built, ids, probe, dtype, kernels::Policy::Torch);
+    INFO(c10::toString(dtype));
+    // The kernels ran in the first step and not in the second.
+    CHECK(any_contains(ours.nodes, "ShortConvSilu"));
+    CHECK(any_contains(ours.nodes, "ChunkStateScan"));
+    CHECK(any_contains(ours.nodes, "UnitLowerInverse"));
+    CHECK_FALSE(any_contains(reference.nodes, "ShortConvSilu"));
+    CHECK_FALSE(any_contains(reference.nodes, "ChunkStateScan"));
+
+    const double tolerance = dtype == at::kFloat ? 1e-4 : 5e-2;
+    const double logits_error = test::relative_error(ours.logits, reference.logits);
+    CHECK(logits_error <= tolerance);
+    REQUIRE(ours.grads.size() == reference.grads.size());
+    double worst = 0;
+    std::string worst_name;
+    for (const auto& [name, grad] : reference.grads) {
+      REQUIRE(ours.grads.count(name));
+      const double error = test::relative_error(ours.grads.at(name), grad);
+      INFO(name);
+      CHECK(error <= tolerance);
+      if (error > worst) worst = error, worst_name = name;
+    }
+    std::cout << "[kernels] model " << c10::toString(dtype) << ": logits " << logits_error << ", "
+              << reference.grads.size() << " gradients, worst " << worst << " (" << worst_name << ")\n";
+  }
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+}
+
+TEST_CASE("kernels in the model: cached prefill + decode with the kernels equals the torch-ops full forward",
+          "[kernels][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::NoGradGuard no_grad;
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"});
+  model::HybridModel model(built.config, model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), at::kFloat}));
+  at::manual_seed(4);
+  const at::Tensor ids = at::randint(0, 97, {3, 140}, at::kLong).to(model.device());
+  at::Tensor full;
+  {
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    full = model.forward(ids);
+  }
+  auto cache = model.make_cache(3);
+  // A prefill into the fresh cache (the short conv's state starts undefined), a second prefill
+  // continuing it, then single-token steps (the fused decode kernels).
+  std::vector<at::Tensor> parts{model.forward(ids.narrow(1, 0, 70), &cache),
+                                model.forward(ids.narrow(1, 70, 65), &cache)};
+  for (int64_t t = 135; t < 140; ++t) parts.push_back(model.forward(ids.narrow(1, t, 1), &cache));
+  const double error = test::relative_error(at::cat(parts, 1), full);
+  std::cout << "[kernels] model cached prefill + decode vs torch-ops full forward: " << error << "\n";
+  CHECK(error <= 1e-4);
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+}
