@@ -23,10 +23,7 @@ using namespace prime;
 
 namespace {
 
-double rel_error(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor a = got.to(at::kCPU, at::kDouble), b = want.to(at::kCPU, at::kDouble);
-  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
-}
+using test::norm_relative_error;
 
 // The scan's recurrence, float64, one chunk at a time (see kernels/gdn_chunk/gdn_chunk.h).
 std::pair<at::Tensor, at::Tensor> reference_scan(const at::Tensor& w, const at::Tensor& kd,
@@ -117,13 +114,13 @@ TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 refere
     const at::Tensor want = at::linalg_inv(A.tril(-1) + at::eye(chunk, at::kDouble));
     const at::Tensor A_cuda = A.to(cuda, at::kFloat).requires_grad_(true);
     const at::Tensor T = kernels::unit_lower_inverse(A_cuda);
-    const double forward = rel_error(T, want);
+    const double forward = norm_relative_error(T, want);
     const at::Tensor weight = at::randn({3, 5, chunk, chunk}, at::kDouble);
     const at::Tensor A64 = A.clone().requires_grad_(true);
     const at::Tensor grad_want = torch::autograd::grad(
         {(at::linalg_inv(A64.tril(-1) + at::eye(chunk, at::kDouble)) * weight).sum()}, {A64})[0];
     const at::Tensor grad = torch::autograd::grad({(T * weight.to(cuda, at::kFloat)).sum()}, {A_cuda})[0];
-    const double backward = rel_error(grad, grad_want);
+    const double backward = norm_relative_error(grad, grad_want);
     std::cout << "[kernels][gdn] unit_lower_inverse C=" << chunk << ": T " << forward << ", dA "
               << backward << std::endl;
     CHECK(forward <= 1e-5);
@@ -150,8 +147,8 @@ TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 refere
     const auto grads32 = torch::autograd::grad(
         {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
     double worst_grad = 0;
-    for (size_t i = 0; i < grads64.size(); ++i) worst_grad = std::max(worst_grad, rel_error(grads32[i], grads64[i]));
-    const double states_error = rel_error(states32, states64), final_error = rel_error(final32, final64);
+    for (size_t i = 0; i < grads64.size(); ++i) worst_grad = std::max(worst_grad, norm_relative_error(grads32[i], grads64[i]));
+    const double states_error = norm_relative_error(states32, states64), final_error = norm_relative_error(final32, final64);
     std::cout << "[kernels][gdn] chunk_state_scan Dk=" << Dk << " Dv=" << Dv << " N=" << N << ": states "
               << states_error << ", final " << final_error << ", worst input gradient " << worst_grad << std::endl;
     CHECK(states_error <= 1e-5);
@@ -182,14 +179,14 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
       torch_ops = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
     }
     const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), 64, out_weight, state_weight);
-    const double out_error = rel_error(with_kernels.out, torch_ops.out);
-    const double state_error = rel_error(with_kernels.final_state, torch_ops.final_state);
+    const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
+    const double state_error = norm_relative_error(with_kernels.final_state, torch_ops.final_state);
     double worst_grad = 0, worst_grad_f64 = 0;
     for (size_t i = 0; i < reference.grads.size(); ++i) {
-      worst_grad = std::max(worst_grad, rel_error(with_kernels.grads[i], torch_ops.grads[i]));
-      worst_grad_f64 = std::max(worst_grad_f64, rel_error(with_kernels.grads[i], reference.grads[i]));
+      worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
+      worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
     }
-    const double out_f64 = rel_error(with_kernels.out, reference.out);
+    const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
     std::cout << "[kernels][gdn] core B=" << B << " T=" << T << " H=" << H << " D=" << D
               << ": vs torch ops out " << out_error << ", state " << state_error << ", worst gradient "
               << worst_grad << "; vs float64 out " << out_f64 << ", worst gradient " << worst_grad_f64

@@ -1,6 +1,9 @@
 // Shared by the kernels' tests (tests/test_kernels_*.cpp).
 #pragma once
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <cstdlib>
 
 namespace prime::test {
@@ -13,5 +16,11 @@ struct PoisonOutputs {
   PoisonOutputs(const PoisonOutputs&) = delete;
   PoisonOutputs& operator=(const PoisonOutputs&) = delete;
 };
+
+// ||got - want|| / ||want|| (Frobenius norms, float64 on the CPU): the kernels' error measure.
+inline double norm_relative_error(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor a = got.to(at::kCPU, at::kDouble), b = want.to(at::kCPU, at::kDouble);
+  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
+}
 
 }  // namespace prime::test

@@ -134,7 +134,7 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
   std::vector<KernelBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   for (const auto& type : options.types) {
-    if (type != "GDN") continue;  // the types with kernels so far
+    if (type != "GDN" && type != "GKA") continue;  // the types with kernels so far
     KernelBenchRow row;
     row.type = type;
     row.shape = shape_label(type, options);

@@ -20,6 +20,7 @@
 
 #include <vector>
 
+#include "kernels/gka_solve/gka_solve.h"
 #include "model/gka_core.h"
 #include "model/ssm_common.h"
 #include "util/error.h"
@@ -53,6 +54,10 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     context->save_for_backward({q, keys, start, weights, from_start, frob});
     context->saved_data["ridge_strength"] = ridge_strength;
     context->saved_data["num_iter"] = num_iter;
+    // On CUDA the fused kernel (kernels/gka_solve) runs the same iteration on chip.
+    if (kernels::gka_chunk_solve_apply(q))
+      return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
+                                      static_cast<int>(num_iter));
     const ChunkSystem system{keys, start, weights, from_start};
     return chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q,
                              frob, ridge_strength, static_cast<int>(num_iter));
@@ -70,10 +75,17 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     at::NoGradGuard no_grad;
     const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
 
-    // Recompute the iterates y_1..y_N with the forward's own arithmetic.
+    // Recompute the iterates y_1..y_N with the forward's own arithmetic (the kernel's on CUDA).
     std::vector<at::Tensor> ys;
-    chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q, frob, r,
-                      num_iter, &ys);
+    if (kernels::gka_chunk_solve_apply(q)) {
+      at::Tensor iterates;
+      kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
+                               r, num_iter, &iterates);
+      ys = iterates.unbind(0);
+    } else {
+      chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q, frob, r,
+                        num_iter, &ys);
+    }
     const at::Tensor eta = 2.0 / (2.0 * (frob * r) + frob);  // as chebyshev_iterate
     const at::Tensor kappa = 1.0 - eta * (frob * r);
     const double spread = 1.0 / (2.0 * (2.0 * r + 1.0));
@@ -117,7 +129,9 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       adjoint_next = adjoint_cur;
       adjoint_cur = adjoint_prev;
       adjoint_prev = at::Tensor();
-      ys[static_cast<size_t>(i - 1)].reset();  // y_i has no later use: free it as the sweep goes
+      // y_i has no later use: free it as the sweep goes (the kernel's iterates share one
+      // buffer, freed with the last of them).
+      ys[static_cast<size_t>(i - 1)].reset();
     }
     accumulate(q_coeff, adjoint_next);  // y_1 = eta q
 

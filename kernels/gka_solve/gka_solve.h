@@ -1,0 +1,29 @@
+// CUDA kernel of GKA's chunked Chebyshev solve (lib/model/gka_solve.cpp, chunk_solve): for every
+// position t of every chunk, N iterations of
+//   x' = omega (x - eta ((H_t + lambda) x - q)) + (1 - omega) x_prev,
+//   H_t x = e^{G_t} H_0 x + sum_{j<=t} w_tj k_j (k_j . x),  lambda = r ||H_t||_F,
+// exactly as model::gka_detail::chebyshev_iterate runs it with torch ops (30 iterations of three
+// batched matmuls and several full passes over [B,H,n,C,D] tensors each). Here one block per
+// chunk keeps the iterate, the keys, H_0 and W on chip for all N iterations, with the matmuls on
+// the tensor cores at fp32 accuracy (3xTF32). Not an autograd function: model::ChunkSolve (whose
+// backward is written out) calls it for its forward and for the iterates its backward needs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels {
+
+// Whether gka_chunk_solve serves this solve: policy Auto, q a CUDA fp32 tensor [..., C, D] with
+// C <= 64 and D a multiple of 16 up to 128. Otherwise the torch-ops iteration runs.
+bool gka_chunk_solve_apply(const at::Tensor& q);
+
+// x after num_iter (>= 1) iterations for q [..., C, D]; keys like q, start [..., D, D], weights
+// [..., C, C], from_start and frob [..., C, 1], all fp32 on q's device and broadcastable to q's
+// leading dims. With `iterates`, it also receives [num_iter, ..., C, D]: the x each iteration
+// starts from (the first is eta q), as chebyshev_iterate's `iterates`.
+at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                           const at::Tensor& weights, const at::Tensor& from_start,
+                           const at::Tensor& frob, double ridge_strength, int num_iter,
+                           at::Tensor* iterates = nullptr);
+
+}  // namespace prime::kernels

@@ -1,0 +1,163 @@
+// kernels/gka_solve: GKA's chunked Chebyshev solve on CUDA against the torch-ops iteration (on
+// CUDA, fp32) and against float64 on the CPU: the solution, the iterates the backward uses, and
+// the gradients of all six inputs through model::gka_detail::chunk_solve. Outputs are poisoned
+// with NaN first, so an unwritten element fails.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <iostream>
+#include <tuple>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "kernels/gka_solve/gka_solve.h"
+#include "model/gka_core.h"
+#include "test_helpers.h"
+#include "test_kernels_util.h"
+
+using namespace prime;
+using test::norm_relative_error;
+
+namespace {
+
+// A chunked system as GKA's chunked form builds it, float64 on the CPU: unit keys scaled by
+// beta, decays e^{G_t - G_j} from log decays < 0, H_0 a decayed sum of key outer products (PSD),
+// and f = ||H_t||_F computed from H_t itself.
+struct System {
+  at::Tensor q, keys, start, weights, from_start, frob;
+  std::vector<at::Tensor> all() const { return {q, keys, start, weights, from_start, frob}; }
+};
+
+System random_system(int64_t B, int64_t H, int64_t n, int64_t C, int64_t D, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  System s;
+  const auto unit = [&](std::vector<int64_t> sizes) {
+    const at::Tensor x = at::randn(sizes, f64);
+    return x / x.norm(2, -1, true);
+  };
+  s.q = unit({B, H, n, C, D});
+  s.keys = unit({B, H, n, C, D}) * (at::rand({B, H, n, C, 1}, f64) * 0.9 + 0.1);
+  const at::Tensor history = unit({B, H, n, 3 * D, D}) * 0.5;
+  s.start = at::matmul(history.transpose(-1, -2), history);
+  const at::Tensor g = -at::rand({B, H, n, C}, f64) * 0.2 - 0.005;
+  const at::Tensor G = at::cumsum(g, -1);
+  const at::Tensor lower = at::ones({C, C}, f64).tril();
+  s.weights = at::exp((G.unsqueeze(-1) - G.unsqueeze(-2)) * lower) * lower;
+  s.from_start = at::exp(G).unsqueeze(-1);
+  // H_t = e^{G_t} H_0 + sum_{j<=t} w_tj k_j k_j^T, [B,H,n,C,D,D].
+  const at::Tensor outer = s.keys.unsqueeze(-1) * s.keys.unsqueeze(-2);  // [..,C,D,D]
+  const at::Tensor H_t = s.from_start.unsqueeze(-1) * s.start.unsqueeze(-3) +
+                         at::einsum("...tj,...jab->...tab", {s.weights, outer});
+  s.frob = H_t.pow(2).sum({-2, -1}).sqrt().unsqueeze(-1);
+  return s;
+}
+
+std::vector<at::Tensor> leaves(const System& s, const at::Device& device, at::ScalarType type) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : s.all()) out.push_back(t.to(device, type).detach().requires_grad_(true));
+  return out;
+}
+
+struct SolveRun {
+  at::Tensor x;
+  std::vector<at::Tensor> grads;
+};
+
+// x and the gradients of sum(x * probe) in the six inputs; `unrolled` leaves the iteration to
+// autograd (the reference), else chunk_solve's own node (the kernel on CUDA under Auto).
+SolveRun run_solve(const std::vector<at::Tensor>& in, const at::Tensor& probe, int iterations, bool unrolled) {
+  const model::gka_detail::ChunkSystem system{in[1], in[2], in[3], in[4]};
+  const at::Tensor x = unrolled
+                           ? model::gka_detail::chunk_solve_unrolled(in[0], system, in[5], 0.02, iterations)
+                           : model::gka_detail::chunk_solve(in[0], system, in[5], 0.02, iterations);
+  SolveRun run{x.detach(), {}};
+  const at::Tensor loss = (x * probe.to(x.options())).sum();
+  for (const at::Tensor& grad : torch::autograd::grad({loss}, in)) run.grads.push_back(grad.detach());
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("GKA solve kernel: never applies to CPU tensors, other dtypes or shapes it does not serve", "[kernels][gka]") {
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128})));
+  if (!torch::cuda::is_available() || !kernels::built_with_cuda_kernels()) return;
+  const auto cuda = at::TensorOptions().device(at::kCUDA, 0);
+  CHECK(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128}, cuda)));
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128}, cuda.dtype(at::kDouble))));
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 65, 128}, cuda)));
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 100}, cuda)));
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 256}, cuda)));
+  const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+  CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128}, cuda)));
+}
+
+TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the torch-ops iteration and float64",
+          "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  // TF32 would blur the comparison: the torch-ops matmuls run in full fp32.
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const at::Device cuda(at::kCUDA, 0);
+  const int iterations = 30;
+  // (B, H, n, C, D): full chunks of the 8B shape, chunks padded to 16 rows (37, 23), D = 16
+  // (the test hybrids), D = 48 (no 64-wide tiles).
+  for (const auto& [B, H, n, C, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>>{
+           {2, 2, 3, 64, 128}, {1, 3, 2, 37, 16}, {2, 1, 2, 64, 48}, {1, 2, 2, 23, 128}, {1, 1, 3, 64, 64}}) {
+    const System system = random_system(B, H, n, C, D, 7 + C + D);
+    const at::Tensor probe = at::randn({B, H, n, C, D}, at::kDouble);
+    const auto on_cuda = leaves(system, cuda, at::kFloat);
+    REQUIRE(kernels::gka_chunk_solve_apply(on_cuda[0]));
+    const SolveRun ours = run_solve(on_cuda, probe, iterations, false);
+    SolveRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run_solve(leaves(system, cuda, at::kFloat), probe, iterations, false);
+    }
+    const SolveRun reference = run_solve(leaves(system, at::kCPU, at::kDouble), probe, iterations, true);
+
+    // The iterates the backward reads: iterate i is the solution after i iterations.
+    at::Tensor iterates;
+    {
+      const at::NoGradGuard no_grad;
+      kernels::gka_chunk_solve(on_cuda[0], on_cuda[1], on_cuda[2], on_cuda[3], on_cuda[4], on_cuda[5], 0.02,
+                               iterations, &iterates);
+    }
+    REQUIRE(iterates.size(0) == iterations);
+    double iterate_error = 0;
+    for (int i : {0, 1, 7, iterations - 1}) {
+      const at::NoGradGuard no_grad;
+      const auto f64 = leaves(system, at::kCPU, at::kDouble);
+      const model::gka_detail::ChunkSystem s64{f64[1], f64[2], f64[3], f64[4]};
+      const at::Tensor after_i = model::gka_detail::chunk_solve_unrolled(f64[0], s64, f64[5], 0.02, i);
+      iterate_error = std::max(iterate_error, norm_relative_error(iterates[i], after_i));
+    }
+
+    const double vs_torch = norm_relative_error(ours.x, torch_ops.x);
+    const double vs_f64 = norm_relative_error(ours.x, reference.x);
+    double grad_vs_torch = 0, grad_vs_f64 = 0;
+    for (size_t i = 0; i < reference.grads.size(); ++i) {
+      INFO("gradient of input " << i);
+      const double a = norm_relative_error(ours.grads[i], torch_ops.grads[i]);
+      const double b = norm_relative_error(ours.grads[i], reference.grads[i]);
+      CHECK(a <= 1e-4);
+      CHECK(b <= 1e-4);
+      grad_vs_torch = std::max(grad_vs_torch, a);
+      grad_vs_f64 = std::max(grad_vs_f64, b);
+    }
+    std::cout << "[kernels][gka] solve B=" << B << " H=" << H << " n=" << n << " C=" << C << " D=" << D
+              << " N=" << iterations << ": vs torch ops x " << vs_torch << ", worst gradient " << grad_vs_torch
+              << "; vs float64 x " << vs_f64 << ", worst gradient " << grad_vs_f64 << ", iterates "
+              << iterate_error << std::endl;
+    CHECK(vs_torch <= 1e-4);
+    CHECK(vs_f64 <= 1e-4);
+    CHECK(iterate_error <= 1e-4);
+  }
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+}
