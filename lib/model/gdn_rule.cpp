@@ -3,6 +3,7 @@
 #include "model/gdn.h"
 
 #include "kernels/gdn_chunk/gdn_chunk.h"
+#include "kernels/ssm_decode/ssm_decode.h"
 #include "model/ssm_chunks.h"
 #include "util/error.h"
 
@@ -24,6 +25,9 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_step(const at::Tensor& q, con
 at::Tensor gated_delta_rule_step_in_place(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& g,
                                           const at::Tensor& beta, at::Tensor& state) {
+  // On CUDA one fused kernel reads and writes the state once (kernels/ssm_decode).
+  if (kernels::gdn_decode_apply(q, k, v, g, beta, state))
+    return kernels::gdn_decode_step(q, k, v, g, beta, state);
   PRIME_CHECK(state.is_contiguous() && state.scalar_type() == q.scalar_type() && !state.requires_grad());
   const int64_t batch_heads = state.size(0) * state.size(1), Dk = state.size(2), Dv = state.size(3);
   state.mul_(at::exp(g).view({state.size(0), state.size(1), 1, 1}));  // decayed, in place

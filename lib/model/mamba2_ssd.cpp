@@ -2,6 +2,8 @@
 // passed between chunks), the per-token recurrence, and the single step it is built from.
 #include "model/mamba2.h"
 
+#include "kernels/ssm_decode/ssm_decode.h"
+
 #include "model/ssm_chunks.h"
 #include "util/error.h"
 
@@ -19,6 +21,9 @@ std::pair<at::Tensor, at::Tensor> ssd_step(const at::Tensor& x, const at::Tensor
 
 at::Tensor ssd_step_in_place(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                              const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state) {
+  // On CUDA one fused kernel reads and writes the state once (kernels/ssm_decode).
+  if (kernels::mamba2_decode_apply(x, delta, A, Bm, Cm, state))
+    return kernels::mamba2_decode_step(x, delta, A, Bm, Cm, state);
   PRIME_CHECK(state.is_contiguous() && state.scalar_type() == x.scalar_type() && !state.requires_grad());
   const int64_t batch = state.size(0), heads = state.size(1), P = state.size(2), N = state.size(3);
   state.mul_(at::exp(delta * A).view({batch, heads, 1, 1}));
