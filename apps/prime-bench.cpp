@@ -8,6 +8,7 @@
 
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
+#include "eval/decode_step_bench.h"
 #include "eval/json_output.h"
 #include "eval/short_conv_bench.h"
 #include "eval/ssm_bench.h"
@@ -103,7 +104,7 @@ void run_kernels(SsmOptions& options) {
               << std::setw(11) << row.torch_forward_backward_ms << std::setw(7)
               << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
   }
-  // The short conv kernel, called directly (the model does not dispatch to it yet: kernels/README.md).
+  // The short conv through model::causal_conv_silu: the kernel under policy Auto, the torch form under Torch.
   prime::eval::ShortConvBenchOptions conv;
   conv.repeats = options.bench.repeats;
   conv.backward = options.bench.backward;
@@ -120,6 +121,22 @@ void run_kernels(SsmOptions& options) {
               << std::setw(11) << row.torch_forward_backward_ms << std::setw(7) << std::setprecision(2)
               << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x" << std::setw(8)
               << row.kernel_forward_backward_tbps << "\n";
+  }
+  // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
+  prime::eval::DecodeStepBenchOptions step;
+  step.repeats = options.bench.repeats;
+  std::cout << "\nSSM decode step (kernels/ssm_decode), TB/s = traffic floor / time, % of " << std::fixed << std::setprecision(1)
+            << step.hbm_tbps << " TB/s\n"
+            << std::left << std::setw(6) << "type" << std::setw(24) << "shape" << std::right << std::setw(10) << "MB"
+            << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(11)
+            << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_decode_step_bench(step, device)) {
+    std::cout << std::left << std::setw(6) << row.type << std::setw(24) << row.shape << std::right << std::fixed
+              << std::setprecision(1) << std::setw(10) << row.floor_bytes / 1e6 << std::setprecision(4)
+              << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
+              << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
+              << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)
+              << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
   }
 }
 

@@ -1,0 +1,89 @@
+#include "eval/decode_step_bench.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <functional>
+#include <string>
+
+#include "kernels/common/policy.h"
+#include "kernels/ssm_decode/ssm_decode.h"
+#include "model/gdn.h"
+#include "model/mamba2.h"
+#include "util/device_timing.h"
+#include "util/error.h"
+
+namespace prime::eval {
+
+namespace {
+
+// Per-step median time of `step` under `policy`: each timed run queues steps_per_repeat steps.
+double time_step(const std::function<void()>& step, kernels::Policy policy,
+                 const DecodeStepBenchOptions& options, const at::Device& device) {
+  const kernels::ScopedKernelPolicy scoped(policy);
+  const int steps = options.steps_per_repeat;
+  return median_ms([&] { for (int i = 0; i < steps; ++i) step(); }, device, options.warmup,
+                   options.repeats) / steps;
+}
+
+DecodeStepBenchRow measure(const std::string& type, const std::string& shape, double floor_bytes,
+                           const std::function<void()>& step, const DecodeStepBenchOptions& options,
+                           const at::Device& device) {
+  DecodeStepBenchRow row;
+  row.type = type;
+  row.shape = shape;
+  row.floor_bytes = floor_bytes;
+  row.kernel_ms = time_step(step, kernels::Policy::Auto, options, device);
+  row.torch_ms = time_step(step, kernels::Policy::Torch, options, device);
+  row.kernel_tbps = floor_bytes / (row.kernel_ms * 1e-3) / 1e12;
+  row.torch_tbps = floor_bytes / (row.torch_ms * 1e-3) / 1e12;
+  row.kernel_fraction_of_hbm = row.kernel_tbps / options.hbm_tbps;
+  return row;
+}
+
+std::string shape_text(int64_t B, int64_t H, int64_t rows, int64_t columns) {
+  return "B=" + std::to_string(B) + " H=" + std::to_string(H) + " " + std::to_string(rows) + "x" +
+         std::to_string(columns);
+}
+
+}  // namespace
+
+std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptions& options,
+                                                      const at::Device& device) {
+  if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
+    throw user_error("the decode step benchmark needs a CUDA device and a build with the CUDA ",
+                     "kernels (PRIME_CUDA=ON)");
+  at::NoGradGuard no_grad;
+  const auto fp32 = at::TensorOptions().device(device).dtype(at::kFloat);
+  std::vector<DecodeStepBenchRow> rows;
+  for (const int64_t B : options.batches) {
+    const int64_t H = options.gdn_heads, Dk = options.gdn_key_dim, Dv = options.gdn_value_dim;
+    at::Tensor k = at::randn({B, H, Dk}, fp32);
+    k = k / k.norm(2, -1, true);
+    const at::Tensor q = at::randn({B, H, Dk}, fp32) * 0.1, v = at::randn({B, H, Dv}, fp32);
+    const at::Tensor g = -at::rand({B, H}, fp32) * 0.1, beta = at::rand({B, H}, fp32);
+    at::Tensor state = at::randn({B, H, Dk, Dv}, fp32) * 0.1;
+    PRIME_CHECK(kernels::gdn_decode_apply(q, k, v, g, beta, state),
+                "decode step benchmark: the GDN kernel does not serve ", state.sizes());
+    // Floor: the state read and written; q, k, v, g, beta read and o written.
+    const double gdn_bytes = 4.0 * B * H * (2 * Dk * Dv + 2 * Dk + 2 * Dv + 2);
+    rows.push_back(measure("GDN", shape_text(B, H, Dk, Dv), gdn_bytes,
+                           [&] { model::gated_delta_rule_step_in_place(q, k, v, g, beta, state); },
+                           options, device));
+  }
+  for (const int64_t B : options.batches) {
+    const int64_t H = options.mamba2_heads, P = options.mamba2_head_dim, N = options.mamba2_state_dim;
+    const at::Tensor x = at::randn({B, H, P}, fp32), delta = at::rand({B, H}, fp32) * 0.1;
+    const at::Tensor A = -at::rand({H}, fp32) - 0.1;
+    const at::Tensor Bm = at::randn({B, H, N}, fp32) * 0.1, Cm = at::randn({B, H, N}, fp32) * 0.1;
+    at::Tensor state = at::randn({B, H, P, N}, fp32) * 0.1;
+    PRIME_CHECK(kernels::mamba2_decode_apply(x, delta, A, Bm, Cm, state),
+                "decode step benchmark: the Mamba-2 kernel does not serve ", state.sizes());
+    // Floor: the state read and written; x, delta, Bm, Cm read and y written (A is negligible).
+    const double m2_bytes = 4.0 * B * H * (2 * P * N + 2 * P + 2 * N + 1);
+    rows.push_back(measure("M2", shape_text(B, H, P, N), m2_bytes,
+                           [&] { model::ssd_step_in_place(x, delta, A, Bm, Cm, state); }, options, device));
+  }
+  return rows;
+}
+
+}  // namespace prime::eval
