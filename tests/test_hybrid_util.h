@@ -17,8 +17,9 @@ namespace prime::test {
 constexpr int64_t kHidden = 64, kHeads = 4, kKvHeads = 2, kHeadDim = 16;
 
 // The tensors formats.md places under each SSM prefix, written out independently of the mixers.
-inline std::vector<io::TensorSpec> ssm_specs(const std::string& symbol, const std::string& layer_prefix) {
-  const int64_t d = kHidden, D = kHeadDim, H = kHeads, q = kHeads * D, kv = kKvHeads * D;
+inline std::vector<io::TensorSpec> ssm_specs(const std::string& symbol, const std::string& layer_prefix,
+                                             int64_t head_dim = kHeadDim) {
+  const int64_t d = kHidden, D = head_dim, H = kHeads, q = kHeads * D, kv = kKvHeads * D;
   std::vector<io::TensorSpec> specs;
   auto add = [&](const std::string& prefix, const std::string& name, std::vector<int64_t> shape) {
     specs.push_back({layer_prefix + prefix + name, std::move(shape)});
@@ -71,19 +72,20 @@ struct Built {
 };
 
 // swa: the swa_config (window 6 unless given).
+// head_dim: the SSM layers' head dim (attention layers keep the source's 16).
 inline Built build_hybrid(const std::vector<std::string>& pattern,
-                          const nlohmann::json& swa = {{"window_size", 6}}) {
+                          const nlohmann::json& swa = {{"window_size", 6}}, int64_t head_dim = kHeadDim) {
   auto source = io::resolve_source("synthetic:qwen3-0.6b@layers=" + std::to_string(pattern.size()) +
                                    ",hidden=64,heads=4,kv_heads=2,head_dim=16,intermediate=96,vocab=97,seed=5");
   nlohmann::json raw = source.config.raw;
   raw["model_type"] = "hybrid_qwen3";
   raw["hybrid_override_pattern"] = io::join_layer_pattern(pattern);
-  raw["gdn_config"] = {{"hidden_size", kHidden}, {"head_dim", kHeadDim}, {"num_q_heads", kHeads},
+  raw["gdn_config"] = {{"hidden_size", kHidden}, {"head_dim", head_dim}, {"num_q_heads", kHeads},
                        {"num_k_heads", kKvHeads}, {"num_v_heads", kKvHeads}};
-  raw["gka_config"] = {{"hidden_size", kHidden}, {"head_dim", kHeadDim}, {"num_q_heads", kHeads},
+  raw["gka_config"] = {{"hidden_size", kHidden}, {"head_dim", head_dim}, {"num_q_heads", kHeads},
                        {"num_k_heads", kKvHeads}, {"num_v_heads", kKvHeads}, {"num_iter", 30}};
-  raw["mamba2_config"] = {{"d_model", kHidden}, {"d_inner", kHeads * kHeadDim}, {"d_xb", kKvHeads * kHeadDim},
-                          {"ssm_cfg", {{"d_state", kHeadDim}, {"ngroups", kHeads}}}};
+  raw["mamba2_config"] = {{"d_model", kHidden}, {"d_inner", kHeads * head_dim}, {"d_xb", kKvHeads * head_dim},
+                          {"ssm_cfg", {{"d_state", head_dim}, {"ngroups", kHeads}}}};
   raw["swa_config"] = swa;
   Built built{io::ModelConfig::from_json(raw, "test hybrid"), {}};
   built.weights = io::load_source_weights(source);
@@ -93,7 +95,7 @@ inline Built build_hybrid(const std::vector<std::string>& pattern,
     for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight",
                              "k_norm.weight"})
       built.weights.erase(prefix + "self_attn." + name);
-    for (const auto& spec : ssm_specs(pattern[i], prefix))
+    for (const auto& spec : ssm_specs(pattern[i], prefix, head_dim))
       built.weights[spec.name] = io::synthetic_tensor(spec.name, spec.shape, 11);
   }
   for (auto& [name, tensor] : built.weights)  // decay parameters in a realistic range

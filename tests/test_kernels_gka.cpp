@@ -161,3 +161,24 @@ TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the 
   }
   at::globalContext().setAllowTF32CuBLAS(tf32);
 }
+
+// Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh):
+// one padded chunk, a few iterations, with the iterates.
+TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const at::NoGradGuard no_grad;
+  const System system = random_system(1, 1, 2, 23, 32, 5);
+  const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
+  const int iterations = 3;
+  at::Tensor iterates;
+  const at::Tensor x = kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &iterates);
+  const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+  const model::gka_detail::ChunkSystem s{in[1], in[2], in[3], in[4]};
+  CHECK(norm_relative_error(x, model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, iterations)) <= 1e-5);
+  CHECK(norm_relative_error(iterates[2], model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, 2)) <= 1e-5);
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+}

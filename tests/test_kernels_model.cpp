@@ -1,7 +1,8 @@
 // prime's CUDA kernels inside the model: a hybrid of every layer type on CUDA, trained one step's
 // worth (logits and every weight's gradient) with the kernels dispatched and with the torch-ops
-// forms, and cached prefill + decode with the kernels against the full torch-ops forward. The
-// autograd graph shows which kernels ran, so a dispatch that silently stops applying fails.
+// forms, both against float64; and cached prefill + decode with the kernels against the full
+// torch-ops forward. The autograd graph shows which kernels ran, so a dispatch that silently
+// stops applying fails.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -49,9 +50,9 @@ bool any_contains(const std::set<std::string>& names, const std::string& part) {
 }
 
 Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tensor& probe,
-                at::ScalarType dtype, kernels::Policy policy) {
+                const at::Device& device, at::ScalarType dtype, kernels::Policy policy) {
   const kernels::ScopedKernelPolicy scoped(policy);
-  model::TensorMap weights = model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), dtype});
+  model::TensorMap weights = model::prepare_weights(built.weights, {device, dtype});
   for (auto& [name, tensor] : weights)
     if (tensor.is_floating_point()) tensor.requires_grad_(true);
   model::HybridModel model(built.config, weights);
@@ -67,44 +68,56 @@ Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tenso
 
 }  // namespace
 
-TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient equal the torch-ops forms",
+TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient are as close to float64 as the torch-ops forms",
           "[kernels][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const bool tf32 = at::globalContext().allowTF32CuBLAS();
   at::globalContext().setAllowTF32CuBLAS(false);
-  // T = 150: GDN's chunks of 64 end in a partial one.
-  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"});
+  // SSM head dim 32, which every kernel serves; T = 150: the chunks of 64 end in a partial one.
+  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"}, {{"window_size", 6}}, 32);
   at::manual_seed(3);
   const at::Tensor ids = at::randint(0, 97, {2, 150}, at::kLong);
   const at::Tensor probe = at::randn({2, 150, 97});
+  const at::Device cuda(at::kCUDA, 0);
+  // The reference: the same step in float64 on the CPU.
+  const Step reference = train_step(built, ids, probe, at::kCPU, at::kDouble, kernels::Policy::Torch);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const Step ours = train_step(built, ids, probe, dtype, kernels::Policy::Auto);
-    const Step reference = train_step(built, ids, probe, dtype, kernels::Policy::Torch);
+    const Step ours = train_step(built, ids, probe, cuda, dtype, kernels::Policy::Auto);
+    const Step torch_ops = train_step(built, ids, probe, cuda, dtype, kernels::Policy::Torch);
     INFO(c10::toString(dtype));
-    // The kernels ran in the first step and not in the second.
-    CHECK(any_contains(ours.nodes, "ShortConvSilu"));
-    CHECK(any_contains(ours.nodes, "ChunkStateScan"));
-    CHECK(any_contains(ours.nodes, "UnitLowerInverse"));
-    CHECK_FALSE(any_contains(reference.nodes, "ShortConvSilu"));
-    CHECK_FALSE(any_contains(reference.nodes, "ChunkStateScan"));
-
-    const double tolerance = dtype == at::kFloat ? 1e-4 : 5e-2;
-    const double logits_error = test::relative_error(ours.logits, reference.logits);
-    CHECK(logits_error <= tolerance);
+    // The kernels ran in the first step and not in the second (GKA's solve kernel runs inside
+    // the solve's own autograd node: tests/test_kernels_gka.cpp).
+    for (const char* node : {"ShortConvSilu", "ChunkStateScan", "UnitLowerInverse"}) {
+      INFO(node);
+      CHECK(any_contains(ours.nodes, node));
+      CHECK_FALSE(any_contains(torch_ops.nodes, node));
+    }
+    // Both paths round in fp32 (or bf16) where float64 does not, and GKA's solve amplifies
+    // rounding (gka.h): the kernels must be as close to float64 as the torch-ops forms are,
+    // within a factor of 2, or within the dtype's plain bound.
+    const double bound = dtype == at::kFloat ? 1e-4 : 5e-2;
+    const auto check = [&](const std::string& what, const at::Tensor& a, const at::Tensor& b,
+                           const at::Tensor& want) {
+      const double ours_error = test::relative_error(a, want), torch_error = test::relative_error(b, want);
+      INFO(what << ": kernels " << ours_error << ", torch ops " << torch_error);
+      CHECK(ours_error <= std::max(bound, 2 * torch_error));
+      return std::make_pair(ours_error, torch_error);
+    };
+    const auto logits = check("logits", ours.logits, torch_ops.logits, reference.logits);
     REQUIRE(ours.grads.size() == reference.grads.size());
-    double worst = 0;
+    REQUIRE(torch_ops.grads.size() == reference.grads.size());
+    std::pair<double, double> worst{0, 0};
     std::string worst_name;
     for (const auto& [name, grad] : reference.grads) {
       REQUIRE(ours.grads.count(name));
-      const double error = test::relative_error(ours.grads.at(name), grad);
-      INFO(name);
-      CHECK(error <= tolerance);
-      if (error > worst) worst = error, worst_name = name;
+      const auto errors = check(name, ours.grads.at(name), torch_ops.grads.at(name), grad);
+      if (errors.first > worst.first) worst = errors, worst_name = name;
     }
-    std::cout << "[kernels] model " << c10::toString(dtype) << ": logits " << logits_error << ", "
-              << reference.grads.size() << " gradients, worst " << worst << " (" << worst_name << ")\n";
+    std::cout << "[kernels] model " << c10::toString(dtype) << " vs float64: logits " << logits.first
+              << " (torch ops " << logits.second << "), " << reference.grads.size() << " gradients, worst "
+              << worst.first << " (torch ops " << worst.second << ", " << worst_name << ")\n";
   }
   at::globalContext().setAllowTF32CuBLAS(tf32);
 }
@@ -117,7 +130,7 @@ TEST_CASE("kernels in the model: cached prefill + decode with the kernels equals
   const at::NoGradGuard no_grad;
   const bool tf32 = at::globalContext().allowTF32CuBLAS();
   at::globalContext().setAllowTF32CuBLAS(false);
-  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"});
+  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"}, {{"window_size", 6}}, 32);
   model::HybridModel model(built.config, model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), at::kFloat}));
   at::manual_seed(4);
   const at::Tensor ids = at::randint(0, 97, {3, 140}, at::kLong).to(model.device());
