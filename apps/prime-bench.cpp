@@ -125,8 +125,8 @@ void run_kernels(SsmOptions& options) {
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;
-  std::cout << "\nSSM decode step (kernels/ssm_decode), TB/s = traffic floor / time, % of " << std::fixed << std::setprecision(1)
-            << step.hbm_tbps << " TB/s\n"
+  std::cout << "\nSSM decode step (kernels/ssm_decode), TB/s = traffic floor / time, % of " << std::fixed
+            << std::setprecision(1) << step.hbm_tbps << " TB/s\n"
             << std::left << std::setw(6) << "type" << std::setw(24) << "shape" << std::right << std::setw(10) << "MB"
             << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(11)
             << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio\n";
@@ -259,7 +259,7 @@ int main(int argc, char** argv) {
   SsmOptions ssm_options;
   add_ssm_command(app, ssm_options);
   SsmOptions kernel_options;
-  kernel_options.types = "GDN";
+  kernel_options.types = "GDN,GKA";
   add_ssm_command(app, kernel_options, "kernels",
                   "prime's CUDA kernels vs the torch-ops forms of the SSM cores, side by side (CUDA only)");
   DecodeOptions decode_options;

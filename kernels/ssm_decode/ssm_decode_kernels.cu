@@ -58,6 +58,20 @@ constexpr int kGdnRowsPerWarp = 16;
 
 __host__ __device__ constexpr int gdn_warps(int dk) { return (dk + kGdnRowsPerWarp - 1) / kGdnRowsPerWarp; }
 
+// The column sums of a [warps][tile] block of per-warp partials, at this thread's columns.
+template <int Width>
+__device__ __forceinline__ void sum_over_warps(const float* partials, int warps, int tile,
+                                               int tile_column, float (&sum)[Width]) {
+#pragma unroll
+  for (int c = 0; c < Width; ++c) sum[c] = 0.0f;
+  for (int w = 0; w < warps; ++w) {
+    float part[Width];
+    load_row<Width>(partials + w * tile + tile_column, part);
+#pragma unroll
+    for (int c = 0; c < Width; ++c) sum[c] += part[c];
+  }
+}
+
 template <int Width>
 __global__ void __launch_bounds__(kWarp * kMaxDim / kGdnRowsPerWarp)
 gdn_decode_kernel(const float* __restrict__ q, const float* __restrict__ k,
@@ -122,14 +136,7 @@ gdn_decode_kernel(const float* __restrict__ q, const float* __restrict__ k,
 
   // u = beta (v - S^T k) for the own columns (every warp needs it: each sums the partials).
   float u[Width];
-#pragma unroll
-  for (int c = 0; c < Width; ++c) u[c] = 0.0f;
-  for (int w = 0; w < warps; ++w) {
-    float part[Width];
-    load_row<Width>(predicted_partial + w * kTile + tile_column, part);
-#pragma unroll
-    for (int c = 0; c < Width; ++c) u[c] += part[c];
-  }
+  sum_over_warps<Width>(predicted_partial, warps, kTile, tile_column, u);
 #pragma unroll
   for (int c = 0; c < Width; ++c) {
     u[c] = beta_bh * (v_own[c] - u[c]);
@@ -152,14 +159,7 @@ gdn_decode_kernel(const float* __restrict__ q, const float* __restrict__ k,
   __syncthreads();
   if (warp != 0 || !owns_columns) return;
   float out[Width];
-#pragma unroll
-  for (int c = 0; c < Width; ++c) out[c] = 0.0f;
-  for (int w = 0; w < warps; ++w) {
-    float part[Width];
-    load_row<Width>(output_partial + w * kTile + tile_column, part);
-#pragma unroll
-    for (int c = 0; c < Width; ++c) out[c] += part[c];
-  }
+  sum_over_warps<Width>(output_partial, warps, kTile, tile_column, out);
 #pragma unroll
   for (int c = 0; c < Width; ++c) o[bh * dv + column + c] = out[c];
 }
