@@ -16,6 +16,7 @@
 
 #include "kernels/common/policy.h"
 #include "kernels/ssm_decode/ssm_decode.h"
+#include "eval/decode_bench.h"
 #include "model/gdn.h"
 #include "model/mamba2.h"
 #include "test_helpers.h"
@@ -296,3 +297,52 @@ TEST_CASE("SSM decode kernels: a CUDA graph of the steps replays as the eager st
   CHECK(at::equal(m2_graph, m2_eager));
 }
 #endif
+
+TEST_CASE("SSM decode kernels: GDN and Mamba-2 hybrids decode on CUDA as with the torch steps",
+          "[kernels][gpu][decode]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const std::string teacher =
+      "synthetic:qwen3-0.6b@layers=2,hidden=64,heads=4,kv_heads=2,head_dim=32,intermediate=128,vocab=64,seed=7";
+  model::LoadOptions load;
+  load.device = at::Device(at::kCUDA);
+  for (const char* type : {"GDN", "M2"}) {
+    INFO(type);
+    eval::BenchModel bench = eval::load_bench_model(teacher + "+convert:" + type + ":1:1", load);
+    model::HybridModel& model = *bench.model;
+    const at::Tensor ids = at::randint(64, {3, 12}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+    at::NoGradGuard no_grad;
+    // Prefill 8 tokens, then 4 decode steps; the kernels' run and the torch steps' run.
+    const auto decode = [&](kernels::Policy policy, std::vector<const void*>* addresses) {
+      const kernels::ScopedKernelPolicy scoped(policy);
+      model::ModelCache cache = model.make_cache(3, 12);
+      std::vector<at::Tensor> logits{model.forward(ids.narrow(1, 0, 8), &cache)};
+      for (int64_t t = 8; t < 12; ++t) {
+        logits.push_back(model.forward(ids.narrow(1, t, 1), &cache));
+        for (auto& layer : cache.layers) {
+          at::Tensor state;
+          if (auto* gdn = dynamic_cast<model::GdnCache*>(layer.get())) state = gdn->state;
+          if (auto* m2 = dynamic_cast<model::Mamba2Cache*>(layer.get())) state = m2->state;
+          if (!state.defined() || !addresses) continue;
+          // The cache's state is one the kernels serve, and it stays the same tensor.
+          CHECK(state.is_cuda());
+          CHECK(state.scalar_type() == at::kFloat);
+          CHECK(state.is_contiguous());
+          CHECK(state.size(2) <= kernels::kDecodeMaxDim);
+          CHECK(state.size(3) <= kernels::kDecodeMaxDim);
+          addresses->push_back(state.data_ptr());
+        }
+      }
+      return at::cat(logits, 1);
+    };
+    std::vector<const void*> addresses;
+    const at::Tensor with_kernels = decode(kernels::Policy::Auto, &addresses);
+    const at::Tensor with_torch = decode(kernels::Policy::Torch, nullptr);
+    REQUIRE(addresses.size() == 4);
+    CHECK(std::all_of(addresses.begin(), addresses.end(), [&](const void* a) { return a == addresses[0]; }));
+    const double error = test::relative_error(with_kernels, with_torch);
+    std::cout << "[kernels][decode] " << type << " hybrid, 8-token prefill + 4 decode steps, logits vs torch steps "
+              << error << "\n";
+    CHECK(error <= 1e-4);
+  }
+}
