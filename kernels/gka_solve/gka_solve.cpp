@@ -29,7 +29,12 @@ at::Tensor flat(const at::Tensor& tensor, at::IntArrayRef lead, std::vector<int6
 bool gka_chunk_solve_apply(const at::Tensor& q) {
   if (!use_cuda_kernels(q) || q.scalar_type() != at::kFloat || q.dim() < 3) return false;
   const int64_t C = q.size(-2), D = q.size(-1);
-  return C >= 1 && C <= 64 && D >= 16 && D <= 128 && D % 16 == 0;
+  if (C < 1 || C > 64 || D < 16 || D > 128 || D % 16 != 0) return false;
+#ifdef PRIME_WITH_CUDA
+  return detail::gka_chunk_solve_fits(q.device(), C, D);
+#else
+  return true;  // never reached: use_cuda_kernels is false without the CUDA build
+#endif
 }
 
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,

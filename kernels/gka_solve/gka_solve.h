@@ -14,7 +14,8 @@
 namespace prime::kernels {
 
 // Whether gka_chunk_solve serves this solve: policy Auto, q a CUDA fp32 tensor [..., C, D] with
-// C <= 64 and D a multiple of 16 up to 128. Otherwise the torch-ops iteration runs.
+// C <= 64 and D a multiple of 16 up to 128, whose block fits the device's shared memory (every
+// such shape on an H100/H200). Otherwise the torch-ops iteration runs.
 bool gka_chunk_solve_apply(const at::Tensor& q);
 
 // x after num_iter (>= 1) iterations for q [..., C, D]; keys like q, start [..., D, D], weights

@@ -128,6 +128,26 @@ __device__ void block_gemm_any(float* out, int ld_out, bool accumulate, const fl
     block_gemm<1, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
 }
 
+// The elements i = threadIdx.x + j * kThreads (j = 0, 1, ...) of a row-major [rows, width]
+// matrix, as (row, column): when width divides kThreads (D or Cp of 16, 32, 64, 128) the column
+// is the same for every j and the row advances by kThreads / width, so the per-iteration passes
+// need no integer division.
+struct Owned {
+  int row0, col, row_step, width;
+  bool even;
+  __device__ explicit Owned(int w) : width(w), even(kThreads % w == 0) {
+    row0 = threadIdx.x / w;
+    col = threadIdx.x % w;
+    row_step = kThreads / w;
+  }
+  __device__ __forceinline__ int row(int j) const {
+    return even ? row0 + j * row_step : (threadIdx.x + j * kThreads) / width;
+  }
+  __device__ __forceinline__ int column(int j) const {
+    return even ? col : (threadIdx.x + j * kThreads) % width;
+  }
+};
+
 // One block per chunk m. Iteration (as model::gka_detail::chebyshev_iterate, same order of ops):
 //   omega <- 1 / (1 - c omega);  base = i ? lerp(x_prev, eta q, omega) : omega eta q
 //   x' = base + omega (1 - eta lambda) x - omega eta H x,  H x = (W o X K^T) K + e^{G} o X H_0.
@@ -181,15 +201,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // This thread's elements of X: i = tid + j * kThreads over [Cp, D].
   const int owned = padded_chunk * dim;
-  float eta_q[kPerThread], x_prev[kPerThread];
+  const Owned by_x(dim), by_p(padded_chunk);
+  // x_prev stays in registers; eta q is re-read from q (an L2 hit: the block's own chunk) each
+  // iteration, which keeps the kernel within its 255 registers.
+  const float* q_chunk = q + m * cd;
+  float x_prev[kPerThread];
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    const int i = tid + j * kThreads;
-    if (i < owned) {
-      const int t = i / dim, d = i % dim;
-      eta_q[j] = t < chunk ? eta[t] * q[m * cd + i] : 0.0f;
-      x_prev[j] = 0.0f;
-      X[t * L.ld_x + d] = eta_q[j];
+    x_prev[j] = 0.0f;
+    if (tid + j * kThreads < owned) {
+      const int t = by_x.row(j), d = by_x.column(j);
+      X[t * L.ld_x + d] = t < chunk ? eta[t] * __ldg(q_chunk + t * dim + d) : 0.0f;
     }
   }
   __syncthreads();
@@ -208,21 +230,32 @@ __global__ void __launch_bounds__(kThreads, 1)
     block_gemm_any<wmma::col_major>(P, L.ld_p, false, X, L.ld_x, K, L.ld_x, padded_chunk, padded_chunk, dim);
     block_gemm_any<wmma::row_major>(Y, L.ld_x, false, X, L.ld_x, H0, L.ld_x, padded_chunk, dim, dim);
     __syncthreads();
-    for (int i = tid; i < padded_chunk * padded_chunk; i += kThreads)
-      P[(i / padded_chunk) * L.ld_p + i % padded_chunk] *= W[i];
-    for (int i = tid; i < padded_chunk * dim; i += kThreads) Y[(i / dim) * L.ld_x + i % dim] *= decay[i / dim];
+#pragma unroll
+    for (int j = 0; j < kMaxChunk * kMaxChunk / kThreads; ++j) {
+      if (tid + j * kThreads < padded_chunk * padded_chunk) {
+        const int t = by_p.row(j), s = by_p.column(j);
+        P[t * L.ld_p + s] *= W[t * padded_chunk + s];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      if (tid + j * kThreads < owned) {
+        const int t = by_x.row(j);
+        Y[t * L.ld_x + by_x.column(j)] *= decay[t];
+      }
+    }
     __syncthreads();
     // Y = H X = e^{G} o X H_0 + (W o X K^T) K.
     block_gemm_any<wmma::row_major>(Y, L.ld_x, true, P, L.ld_p, K, L.ld_x, padded_chunk, dim, padded_chunk);
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < owned) {
-        const int t = i / dim, at = t * L.ld_x + i % dim;
+      if (tid + j * kThreads < owned) {
+        const int t = by_x.row(j), at = t * L.ld_x + by_x.column(j);
         const float x = X[at];
+        const float eta_q = t < chunk ? eta[t] * __ldg(q_chunk + t * dim + by_x.column(j)) : 0.0f;
         // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
-        const float base = iteration ? eta_q[j] - (eta_q[j] - x_prev[j]) * (1.0f - w) : eta_q[j] * w;
+        const float base = iteration ? eta_q - (eta_q - x_prev[j]) * (1.0f - w) : eta_q * w;
         const float next = base + keep[t] * w * x - eta[t] * w * Y[at];
         x_prev[j] = x;
         X[at] = next;
@@ -233,7 +266,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = tid; i < chunk * dim; i += kThreads) x_out[m * cd + i] = X[(i / dim) * L.ld_x + i % dim];
 }
 
+size_t shared_bytes(int64_t C, int64_t D) {
+  return static_cast<size_t>(Layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D)).floats) *
+         sizeof(float);
+}
+
 }  // namespace
+
+bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D) {
+  const cudaDeviceProp* properties = at::cuda::getDeviceProperties(device.index());
+  return shared_bytes(C, D) <= properties->sharedMemPerBlockOptin;
+}
 
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
@@ -267,8 +310,9 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   }
   if (M == 0) return;
   const int padded = static_cast<int>((C + 15) / 16 * 16);
-  const Layout layout(padded, static_cast<int>(D));
-  const size_t bytes = static_cast<size_t>(layout.floats) * sizeof(float);
+  const size_t bytes = shared_bytes(C, D);
+  PRIME_CHECK(gka_chunk_solve_fits(q.device(), C, D), op, ": ", bytes, " bytes of shared memory for C = ", C,
+              ", D = ", D, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));

@@ -11,6 +11,10 @@ namespace prime::kernels::detail {
 // q, keys [M, C, D]; start [M, D, D]; weights [M, C, C]; from_start, frob [M, C]. Writes x
 // [M, C, D] and, when defined, iterates [N, M, C, D] (the x each iteration starts from).
 // C <= 64, D a multiple of 16 up to 128.
+// Whether one block's shared memory for chunks of C rows and head dim D fits the device's limit
+// (H100/H200: D = 128 with C = 64 does; an A100 takes smaller shapes only).
+bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D);
+
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
