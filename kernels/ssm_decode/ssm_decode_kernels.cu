@@ -240,6 +240,17 @@ void check_dim(int64_t dim, const char* op, const char* name) {
   PRIME_CHECK(dim >= 1 && dim <= kMaxDim, op, ": ", name, " = ", dim, " is not in [1, ", kMaxDim, "]");
 }
 
+// Every operand on the state's device; false when there is nothing to launch (B*H == 0), one
+// CTA row per (b, h) otherwise.
+bool check_device_and_grid(const at::Tensor& state, std::initializer_list<const at::Tensor*> operands,
+                           const char* op) {
+  for (const at::Tensor* t : operands)
+    PRIME_CHECK(t->device() == state.device(), op, ": operands on ", t->device(), " and ", state.device());
+  const int64_t batch_heads = state.size(0) * state.size(1);
+  PRIME_CHECK(batch_heads <= INT_MAX, op, ": B*H = ", batch_heads, " exceeds the grid");
+  return batch_heads > 0;
+}
+
 // Width-4 accesses need rows of a multiple of 4 floats starting on 16 bytes.
 bool rows_of_float4(const at::Tensor& state, int64_t row_length) {
   return row_length % 4 == 0 && reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 == 0;
@@ -266,10 +277,7 @@ void launch_gdn_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_shape(g, op, "g", {B, H});
   check_shape(beta, op, "beta", {B, H});
   check_shape(o, op, "o", {B, H, Dv});
-  for (const at::Tensor* t : {&q, &k, &v, &g, &beta, &o})
-    PRIME_CHECK(t->device() == state.device(), op, ": operands on ", t->device(), " and ", state.device());
-  if (B * H == 0) return;
-  PRIME_CHECK(B * H <= INT_MAX, op, ": B*H = ", B * H, " exceeds the grid");
+  if (!check_device_and_grid(state, {&q, &k, &v, &g, &beta, &o}, op)) return;
   const at::cuda::CUDAGuard guard(state.device());
   const int warps = gdn_warps(static_cast<int>(Dk));
   const auto launch = [&](auto width) {
@@ -301,10 +309,7 @@ void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at
   check_shape(Bm, op, "Bm", {B, H, N});
   check_shape(Cm, op, "Cm", {B, H, N});
   check_shape(y, op, "y", {B, H, P});
-  for (const at::Tensor* t : {&x, &delta, &A, &Bm, &Cm, &y})
-    PRIME_CHECK(t->device() == state.device(), op, ": operands on ", t->device(), " and ", state.device());
-  if (B * H == 0) return;
-  PRIME_CHECK(B * H <= INT_MAX, op, ": B*H = ", B * H, " exceeds the grid");
+  if (!check_device_and_grid(state, {&x, &delta, &A, &Bm, &Cm, &y}, op)) return;
   const at::cuda::CUDAGuard guard(state.device());
   const dim3 grid(static_cast<unsigned>(B * H),
                   static_cast<unsigned>((P + kM2RowsPerBlock - 1) / kM2RowsPerBlock));
