@@ -290,7 +290,11 @@ void launch_gdn_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
         data<const float>(beta), data<float>(state), data<float>(o), static_cast<int>(Dk),
         static_cast<int>(Dv));
   };
-  if (rows_of_float4(state, Dv)) launch(std::integral_constant<int, 4>{});
+  // Width 4 makes a quarter of the CTAs of width 1: at small B*H (B = 1 at the 8B shape: 32
+  // CTAs at width 4) that leaves most SMs idle, and width 1 (still coalesced) fills them.
+  const int64_t wide_ctas = B * H * ((Dv + 4 * kWarp - 1) / (4 * kWarp));
+  const bool enough_ctas = wide_ctas >= at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (enough_ctas && rows_of_float4(state, Dv)) launch(std::integral_constant<int, 4>{});
   else launch(std::integral_constant<int, 1>{});
   PRIME_CUDA_CHECK_LAUNCH("gdn_decode_kernel");
 }
