@@ -72,11 +72,12 @@ struct Built {
 };
 
 // swa: the swa_config (window 6 unless given).
-// head_dim: the SSM layers' head dim (attention layers keep the source's 16).
+// head_dim: every layer's head dim (the SSM configs must agree with the model's).
 inline Built build_hybrid(const std::vector<std::string>& pattern,
                           const nlohmann::json& swa = {{"window_size", 6}}, int64_t head_dim = kHeadDim) {
   auto source = io::resolve_source("synthetic:qwen3-0.6b@layers=" + std::to_string(pattern.size()) +
-                                   ",hidden=64,heads=4,kv_heads=2,head_dim=16,intermediate=96,vocab=97,seed=5");
+                                   ",hidden=64,heads=4,kv_heads=2,head_dim=" + std::to_string(head_dim) +
+                                   ",intermediate=96,vocab=97,seed=5");
   nlohmann::json raw = source.config.raw;
   raw["model_type"] = "hybrid_qwen3";
   raw["hybrid_override_pattern"] = io::join_layer_pattern(pattern);

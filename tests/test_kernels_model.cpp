@@ -68,6 +68,22 @@ Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tenso
 
 }  // namespace
 
+// The hybrid the GPU tests below use, on the CPU: it builds, and cached decode equals the full
+// forward (so the GPU tests fail only for the kernels).
+TEST_CASE("kernels in the model: the head-dim-32 hybrid of every layer type decodes on the CPU as its full forward",
+          "[kernels][hybrid]") {
+  const at::NoGradGuard no_grad;
+  const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"}, {{"window_size", 6}}, 32);
+  model::HybridModel model(built.config, model::prepare_weights(built.weights, {}));
+  at::manual_seed(4);
+  const at::Tensor ids = at::randint(0, 97, {2, 70}, at::kLong);
+  const at::Tensor full = model.forward(ids);
+  auto cache = model.make_cache(2);
+  std::vector<at::Tensor> parts{model.forward(ids.narrow(1, 0, 66), &cache)};
+  for (int64_t t = 66; t < 70; ++t) parts.push_back(model.forward(ids.narrow(1, t, 1), &cache));
+  CHECK(test::relative_error(at::cat(parts, 1), full) <= 1e-5);
+}
+
 TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient are as close to float64 as the torch-ops forms",
           "[kernels][gpu]") {
   if (!test::gpu_available_or_fail()) return;
