@@ -24,7 +24,7 @@ export PRIME_REQUIRE_CUDA=1
 timeout 300 build-gpu/bin/prime_tests "[kernels]" > "$OUT/kernels_tests.txt" 2>&1
 echo "kernel tests: exit $?"; grep -E "^\[kernels|FAILED|passed|failed" "$OUT/kernels_tests.txt" | head -60
 for tool in memcheck racecheck; do
-  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*" \
+  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GDN decode kernel*,Mamba-2 decode kernel*" \
     > "$OUT/$tool.txt" 2>&1
   echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.txt" | tail -1)"
 done
