@@ -53,8 +53,10 @@ Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tenso
                 const at::Device& device, at::ScalarType dtype, kernels::Policy policy) {
   const kernels::ScopedKernelPolicy scoped(policy);
   model::TensorMap weights = model::prepare_weights(built.weights, {device, dtype});
+  // Detached: a tensor prepare_weights passes through unchanged (an fp32 decay parameter on the
+  // CPU) is built.weights' own, which must not become a leaf of this step's graph.
   for (auto& [name, tensor] : weights)
-    if (tensor.is_floating_point()) tensor.requires_grad_(true);
+    if (tensor.is_floating_point()) tensor = tensor.detach().requires_grad_(true);
   model::HybridModel model(built.config, weights);
   Step step;
   step.logits = model.forward(ids.to(model.device()));

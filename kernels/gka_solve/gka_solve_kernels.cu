@@ -1,7 +1,8 @@
 // CUDA kernel of GKA's chunked Chebyshev solve (gka_solve.h has the math). One block per chunk
-// holds everything the N iterations touch on chip: the iterate X [C, D], the keys K [C, D], the
-// chunk-start state H_0 [D, D], the decay weights W [C, C] and the products; only q and the
-// operands are read from memory once and x written once (plus the iterates when asked).
+// holds what the N iterations touch on chip: the iterates x and x_prev [C, D], the keys K [C, D],
+// the chunk-start state H_0 [D, D] and the products (q and the decay weights W [C, C] are re-read
+// from L2 each iteration); the operands are read from memory once and x written once (plus the
+// iterates when asked).
 //
 // The three matmuls per iteration (X K^T, X H_0, (W o X K^T) K) run on the tensor cores in
 // TF32 with the 3xTF32 split (a = a_hi + a_lo, a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi, fp32
@@ -22,7 +23,9 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int kThreads = 256;
+// 16 warps: a block holds one chunk (all of shared memory at D = 128), so its own warps are
+// what hides the shared-memory and tensor-core latencies.
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxChunk = 64;
 constexpr int kMaxDim = 128;
@@ -33,7 +36,7 @@ constexpr int kPad = 4;  // row padding of the wmma operands: breaks bank aliasi
 struct Layout {
   int chunk, dim;      // padded chunk Cp (multiple of 16) and D
   int ld_x, ld_p;      // row strides of the [Cp, D] buffers and of P [Cp, Cp]
-  int x, k, h, w, p, y, rows;  // offsets
+  int x, k, h, xp, p, y, rows;  // offsets
   int floats;
 
   __host__ __device__ Layout(int padded_chunk, int d) : chunk(padded_chunk), dim(d) {
@@ -42,8 +45,8 @@ struct Layout {
     x = 0;
     k = x + padded_chunk * ld_x;
     h = k + padded_chunk * ld_x;
-    w = h + d * ld_x;
-    p = w + padded_chunk * padded_chunk;
+    xp = h + d * ld_x;  // x_prev
+    p = xp + padded_chunk * ld_x;
     y = p + padded_chunk * ld_p;
     rows = y + padded_chunk * ld_x;
     floats = rows + 3 * padded_chunk;  // eta, 1 - eta lambda, e^{G_t}
@@ -119,10 +122,8 @@ __device__ void block_gemm(float* out, int ld_out, bool accumulate, const float*
 template <typename Major>
 __device__ void block_gemm_any(float* out, int ld_out, bool accumulate, const float* A, int lda,
                                const float* B, int ldb, int rows, int ncols, int depth) {
-  // The widest tiles (most reuse of each A fragment) that still give every warp a task.
-  if (ncols % 64 == 0 && (rows / 16) * (ncols / 64) >= kWarps)
-    block_gemm<4, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
-  else if (ncols % 32 == 0)
+  // Two tiles per task (reusing each A fragment) where that still gives every warp a task.
+  if (ncols % 32 == 0 && (rows / 16) * (ncols / 32) >= kWarps)
     block_gemm<2, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
   else
     block_gemm<1, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* X = smem + L.x;
   float* K = smem + L.k;
   float* H0 = smem + L.h;
-  float* W = smem + L.w;
+  float* X_prev = smem + L.xp;
   float* P = smem + L.p;
   float* Y = smem + L.y;
   float* eta = smem + L.rows;
@@ -189,10 +190,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   for (int i = tid; i < dim * dim; i += kThreads)
     H0[(i / dim) * L.ld_x + i % dim] = start[m * dim * dim + i];
-  for (int i = tid; i < padded_chunk * padded_chunk; i += kThreads) {
-    const int t = i / padded_chunk, j = i % padded_chunk;
-    W[i] = t < chunk && j < chunk ? weights[(m * chunk + t) * chunk + j] : 0.0f;
-  }
   for (int i = tid; i < padded_chunk * dim; i += kThreads) {
     const int t = i / dim, d = i % dim;
     K[t * L.ld_x + d] = t < chunk ? keys[m * cd + i] : 0.0f;
@@ -202,16 +199,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   // This thread's elements of X: i = tid + j * kThreads over [Cp, D].
   const int owned = padded_chunk * dim;
   const Owned by_x(dim), by_p(padded_chunk);
-  // x_prev stays in registers; eta q is re-read from q (an L2 hit: the block's own chunk) each
-  // iteration, which keeps the kernel within its 255 registers.
+  // x_prev lives in shared memory and eta q is re-read from q (an L2 hit: the block's own
+  // chunk) each iteration, which keeps 16 warps within 128 registers; W too is read from L2.
   const float* q_chunk = q + m * cd;
-  float x_prev[kPerThread];
+  const float* W = weights + m * chunk * chunk;
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    x_prev[j] = 0.0f;
     if (tid + j * kThreads < owned) {
       const int t = by_x.row(j), d = by_x.column(j);
       X[t * L.ld_x + d] = t < chunk ? eta[t] * __ldg(q_chunk + t * dim + d) : 0.0f;
+      X_prev[t * L.ld_x + d] = 0.0f;
     }
   }
   __syncthreads();
@@ -230,14 +227,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     block_gemm_any<wmma::col_major>(P, L.ld_p, false, X, L.ld_x, K, L.ld_x, padded_chunk, padded_chunk, dim);
     block_gemm_any<wmma::row_major>(Y, L.ld_x, false, X, L.ld_x, H0, L.ld_x, padded_chunk, dim, dim);
     __syncthreads();
-#pragma unroll
+#pragma unroll 4
     for (int j = 0; j < kMaxChunk * kMaxChunk / kThreads; ++j) {
       if (tid + j * kThreads < padded_chunk * padded_chunk) {
         const int t = by_p.row(j), s = by_p.column(j);
-        P[t * L.ld_p + s] *= W[t * padded_chunk + s];
+        P[t * L.ld_p + s] *= t < chunk && s < chunk ? __ldg(W + t * chunk + s) : 0.0f;
       }
     }
-#pragma unroll
+#pragma unroll 4
     for (int j = 0; j < kPerThread; ++j) {
       if (tid + j * kThreads < owned) {
         const int t = by_x.row(j);
@@ -248,16 +245,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Y = H X = e^{G} o X H_0 + (W o X K^T) K.
     block_gemm_any<wmma::row_major>(Y, L.ld_x, true, P, L.ld_p, K, L.ld_x, padded_chunk, dim, padded_chunk);
     __syncthreads();
-#pragma unroll
+#pragma unroll 4
     for (int j = 0; j < kPerThread; ++j) {
       if (tid + j * kThreads < owned) {
         const int t = by_x.row(j), at = t * L.ld_x + by_x.column(j);
         const float x = X[at];
         const float eta_q = t < chunk ? eta[t] * __ldg(q_chunk + t * dim + by_x.column(j)) : 0.0f;
         // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
-        const float base = iteration ? eta_q - (eta_q - x_prev[j]) * (1.0f - w) : eta_q * w;
+        const float base = iteration ? eta_q - (eta_q - X_prev[at]) * (1.0f - w) : eta_q * w;
         const float next = base + keep[t] * w * x - eta[t] * w * Y[at];
-        x_prev[j] = x;
+        X_prev[at] = x;
         X[at] = next;
       }
     }
