@@ -258,8 +258,7 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, tokenizer_options);
   SsmOptions ssm_options;
   add_ssm_command(app, ssm_options);
-  SsmOptions kernel_options;
-  kernel_options.types = "GDN,GKA";
+  SsmOptions kernel_options;  // every type by default; those without kernels are skipped
   add_ssm_command(app, kernel_options, "kernels",
                   "prime's CUDA kernels vs the torch-ops forms of the SSM cores, side by side (CUDA only)");
   DecodeOptions decode_options;
