@@ -162,9 +162,7 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  // TF32 would blur the comparison: both paths' matmuls run in full fp32.
-  const bool tf32 = at::globalContext().allowTF32CuBLAS();
-  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::Device cuda(at::kCUDA, 0);
   for (const auto& [B, T, H, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
            {2, 200, 3, 64}, {1, 130, 2, 128}, {2, 192, 2, 32}, {1, 70, 1, 256}}) {
@@ -197,5 +195,4 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
     CHECK(out_f64 <= 1e-4);
     CHECK(worst_grad_f64 <= 1e-4);
   }
-  at::globalContext().setAllowTF32CuBLAS(tf32);
 }

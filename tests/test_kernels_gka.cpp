@@ -101,9 +101,7 @@ TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the 
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  // TF32 would blur the comparison: the torch-ops matmuls run in full fp32.
-  const bool tf32 = at::globalContext().allowTF32CuBLAS();
-  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::Device cuda(at::kCUDA, 0);
   const int iterations = 30;
   // (B, H, n, C, D): full chunks of the 8B shape, chunks padded to 16 rows (37, 23), D = 16
@@ -159,7 +157,6 @@ TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the 
     CHECK(vs_f64 <= 1e-4);
     CHECK(iterate_error <= 1e-4);
   }
-  at::globalContext().setAllowTF32CuBLAS(tf32);
 }
 
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh):
@@ -168,8 +165,7 @@ TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  const bool tf32 = at::globalContext().allowTF32CuBLAS();
-  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::NoGradGuard no_grad;
   const System system = random_system(1, 1, 2, 23, 32, 5);
   const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
@@ -180,5 +176,4 @@ TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[
   const model::gka_detail::ChunkSystem s{in[1], in[2], in[3], in[4]};
   CHECK(norm_relative_error(x, model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, iterations)) <= 1e-5);
   CHECK(norm_relative_error(iterates[2], model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, 2)) <= 1e-5);
-  at::globalContext().setAllowTF32CuBLAS(tf32);
 }

@@ -91,8 +91,7 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  const bool tf32 = at::globalContext().allowTF32CuBLAS();
-  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   // SSM head dim 32, which every kernel serves; T = 150: the chunks of 64 end in a partial one.
   const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"}, {{"window_size", 6}}, 32);
   at::manual_seed(3);
@@ -137,7 +136,6 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
               << " (torch ops " << logits.second << "), " << reference.grads.size() << " gradients, worst "
               << worst.first << " (torch ops " << worst.second << ", " << worst_name << ")\n";
   }
-  at::globalContext().setAllowTF32CuBLAS(tf32);
 }
 
 TEST_CASE("kernels in the model: cached prefill + decode with the kernels equals the torch-ops full forward",
@@ -146,8 +144,7 @@ TEST_CASE("kernels in the model: cached prefill + decode with the kernels equals
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const at::NoGradGuard no_grad;
-  const bool tf32 = at::globalContext().allowTF32CuBLAS();
-  at::globalContext().setAllowTF32CuBLAS(false);
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const test::Built built = test::build_hybrid({"GDN", "*", "M2", "SWA", "GKA", "*"}, {{"window_size", 6}}, 32);
   model::HybridModel model(built.config, model::prepare_weights(built.weights, {at::Device(at::kCUDA, 0), at::kFloat}));
   at::manual_seed(4);
@@ -166,5 +163,4 @@ TEST_CASE("kernels in the model: cached prefill + decode with the kernels equals
   const double error = test::relative_error(at::cat(parts, 1), full);
   std::cout << "[kernels] model cached prefill + decode vs torch-ops full forward: " << error << "\n";
   CHECK(error <= 1e-4);
-  at::globalContext().setAllowTF32CuBLAS(tf32);
 }
