@@ -199,8 +199,8 @@ TEST_CASE("GDN decode kernel: steps equal float64 and the torch step, the state 
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   at::manual_seed(7);
-  // (B, H, Dk, Dv): B*H of no particular multiple, Dk != Dv; float4 rows when B*H fills the
-  // GPU (the last two: >= 132 SMs' worth of CTAs) and Dv % 4 == 0, scalar ones otherwise.
+  // (B, H, Dk, Dv): B*H of no particular multiple, Dk != Dv; float4 rows where Dv % 4 == 0,
+  // scalar ones otherwise (Dv = 100 is float4, 37 scalar); the last two fill the GPU.
   const std::vector<std::array<int64_t, 4>> shapes = {
       {3, 5, 32, 32}, {2, 7, 64, 100}, {5, 3, 128, 128}, {1, 3, 256, 64}, {2, 3, 100, 256},
       {3, 2, 256, 256}, {1, 1, 37, 37}, {17, 2, 128, 64}, {71, 2, 128, 128}, {45, 3, 64, 256}};
@@ -262,7 +262,7 @@ TEST_CASE("SSM decode kernels: a CUDA graph of the steps replays as the eager st
   REQUIRE(kernels::built_with_cuda_kernels());
   at::NoGradGuard no_grad;
   at::manual_seed(13);
-  const int64_t B = 24, H = 6, D = 128;  // B*H >= the SM count: the float4 GDN kernel
+  const int64_t B = 24, H = 6, D = 128;
   const GdnInputs g = on_cuda(gdn_inputs(B, H, D, D));
   const Mamba2Inputs m = on_cuda(mamba2_inputs(B, H, D, D));
   const at::Tensor gdn0 = at::randn({B, H, D, D}, at::TensorOptions().device(at::kCUDA)) * 0.5;
