@@ -1,0 +1,65 @@
+// Dispatch of kernels/rope: which operands the fused rotation serves, and the call that
+// allocates the outputs and launches.
+#include "kernels/rope/rope.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <climits>
+
+#include "kernels/common/policy.h"
+#include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/rope/rope_launch.h"
+#endif
+
+namespace prime::kernels {
+
+namespace {
+
+constexpr int64_t kMaxHeadElements = int64_t{1} << 26;  // (Hq + Hkv) * D
+
+bool rotated_dtype(at::ScalarType type) {
+  return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
+}
+
+// cos or sin: fp32 [1 or B, T, 1, D] on `device`.
+bool angle_table(const at::Tensor& table, int64_t B, int64_t T, int64_t D, const at::Device& device) {
+  return table.defined() && table.scalar_type() == at::kFloat && table.device() == device && table.dim() == 4 &&
+         (table.size(0) == 1 || table.size(0) == B) && table.size(1) == T && table.size(2) == 1 &&
+         table.size(3) == D;
+}
+
+}  // namespace
+
+bool rope_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin) {
+  if (!q.defined() || !k.defined() || !use_cuda_kernels(q)) return false;
+  // Inference only: the kernel is no autograd function.
+  const bool tracked = q.requires_grad() || k.requires_grad() || (cos.defined() && cos.requires_grad()) ||
+                       (sin.defined() && sin.requires_grad());
+  if (at::GradMode::is_enabled() && tracked) return false;
+  if (q.dim() != 4 || k.dim() != 4 || !rotated_dtype(q.scalar_type()) || k.scalar_type() != q.scalar_type() ||
+      k.device() != q.device())
+    return false;
+  const int64_t B = q.size(0), T = q.size(1), D = q.size(3);
+  if (k.size(0) != B || k.size(1) != T || k.size(3) != D || D <= 0 || D % 2 != 0) return false;
+  // The grid: B*T tokens, (Hq + Hkv) * D/2 threads at most per token (a few grid rows of them).
+  if (B * T > INT_MAX || (q.size(2) + k.size(2)) * D > kMaxHeadElements) return false;
+  return angle_table(cos, B, T, D, q.device()) && angle_table(sin, B, T, D, q.device()) &&
+         cos.size(0) == sin.size(0);
+}
+
+std::pair<at::Tensor, at::Tensor> rope_rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                              const at::Tensor& sin) {
+  PRIME_CHECK(rope_apply(q, k, cos, sin), "rope_rotate: operands the kernel does not serve (q ", q.sizes(), " ",
+              q.scalar_type(), ", k ", k.sizes(), ", cos ", cos.sizes(), "); ask rope_apply first");
+  require_cuda_build("rope_rotate");
+  at::Tensor q_out = new_output(q.sizes(), q.options());
+  at::Tensor k_out = new_output(k.sizes(), k.options());
+#ifdef PRIME_WITH_CUDA
+  // The model's tables are contiguous already; contiguous() copies only a caller's strided one.
+  detail::launch_rope(q, k, cos.contiguous(), sin.contiguous(), q_out, k_out);
+#endif
+  return {q_out, k_out};
+}
+
+}  // namespace prime::kernels

@@ -1,0 +1,97 @@
+#include "eval/rope_bench.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <functional>
+#include <string>
+
+#include "kernels/common/policy.h"
+#include "kernels/rope/rope.h"
+#include "model/rope.h"
+#include "util/device_timing.h"
+#include "util/error.h"
+
+#ifdef PRIME_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace prime::eval {
+
+namespace {
+
+// Per-call median time in us of `call` queued calls_per_repeat times per timed run.
+double eager_us(const std::function<void()>& call, const RopeBenchOptions& options, const at::Device& device) {
+  const int calls = options.calls_per_repeat;
+  return 1e3 * median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, options.warmup, options.repeats) /
+         calls;
+}
+
+// Per-call median time in us of a CUDA graph holding calls_per_repeat calls, replayed.
+double graph_us(const std::function<void()>& call, const RopeBenchOptions& options, const at::Device& device) {
+#ifdef PRIME_WITH_CUDA
+  const c10::cuda::CUDAGuard device_guard(device);
+  at::cuda::CUDAGraph graph;
+  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
+  at::cuda::getCurrentCUDAStream().synchronize();
+  {
+    const c10::cuda::CUDAStreamGuard guard(stream);
+    call();  // eager on the capture stream first
+    stream.synchronize();
+    graph.capture_begin();
+    for (int i = 0; i < options.calls_per_repeat; ++i) call();
+    graph.capture_end();
+  }
+  stream.synchronize();
+  return 1e3 * median_ms([&] { graph.replay(); }, device, options.warmup, options.repeats) /
+         options.calls_per_repeat;
+#else
+  (void)call, (void)options, (void)device;
+  return 0;
+#endif
+}
+
+}  // namespace
+
+std::vector<RopeBenchRow> run_rope_bench(const RopeBenchOptions& options, const at::Device& device) {
+  if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
+    throw user_error("the RoPE benchmark needs a CUDA device and a build with the CUDA kernels (PRIME_CUDA=ON)");
+  at::NoGradGuard no_grad;
+  const int64_t Hq = options.query_heads, Hkv = options.kv_heads, D = options.head_dim;
+  io::RopeConfig config;
+  config.theta = 1000000.0;  // Qwen3's
+  const model::Rope rope(config, D, 40960);
+  std::vector<RopeBenchRow> rows;
+  for (const auto& [B, T] : options.shapes) {
+    // q and k as the attention layer gets them: slices of one projection output.
+    const at::Tensor projection =
+        at::randn({B, T, (Hq + 2 * Hkv) * D}, at::TensorOptions().device(device).dtype(options.dtype));
+    const at::Tensor q = projection.narrow(-1, 0, Hq * D).unflatten(-1, {Hq, D});
+    const at::Tensor k = projection.narrow(-1, Hq * D, Hkv * D).unflatten(-1, {Hkv, D});
+    const int64_t start = 1000;  // fixed: the tables are computed once, the calls time the rotation
+    const auto call = [&] { rope.apply(q, k, start); };
+    {
+      const kernels::ScopedKernelPolicy with_kernels(kernels::Policy::Auto);
+      call();
+      const at::Tensor cos = at::ones({1, T, 1, D}, q.options().dtype(at::kFloat));
+      PRIME_CHECK(kernels::rope_apply(q, k, cos, cos), "RoPE benchmark: the kernel does not serve ", q.sizes());
+    }
+    RopeBenchRow row;
+    row.shape = "(" + std::to_string(B) + "," + std::to_string(T) + ") " + std::to_string(Hq) + "/" +
+                std::to_string(Hkv) + "/" + std::to_string(D) + " " + c10::toString(options.dtype);
+    row.floor_bytes = 2.0 * B * T * (Hq + Hkv) * D * at::elementSize(options.dtype) + 2.0 * T * D * 4;
+    for (const kernels::Policy policy : {kernels::Policy::Auto, kernels::Policy::Torch}) {
+      const kernels::ScopedKernelPolicy scoped(policy);
+      const bool kernel = policy == kernels::Policy::Auto;
+      (kernel ? row.kernel_eager_us : row.torch_eager_us) = eager_us(call, options, device);
+      (kernel ? row.kernel_graph_us : row.torch_graph_us) = graph_us(call, options, device);
+    }
+    row.kernel_graph_gbps = row.floor_bytes / (row.kernel_graph_us * 1e-6) / 1e9;
+    row.torch_graph_gbps = row.floor_bytes / (row.torch_graph_us * 1e-6) / 1e9;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace prime::eval
