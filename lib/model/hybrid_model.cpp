@@ -109,8 +109,9 @@ at::Tensor HybridModel::forward_layer(int64_t index, const at::Tensor& hidden, L
   at::Tensor mixer_input = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
   at::Tensor mixed = documents ? layer.mixer->forward_documents(mixer_input, *documents)
                                : layer.mixer->forward(mixer_input, layer_cache);
-  at::Tensor after_mixer = hidden + mixed;
-  at::Tensor fed = layer.feed_forward->forward(rms_norm(after_mixer, layer.post_attention_norm, config_.rms_norm_eps));
+  // The residual add and the post-attention norm: one fused kernel at inference on CUDA.
+  auto [after_mixer, ffn_input] = add_rms_norm(hidden, mixed, layer.post_attention_norm, config_.rms_norm_eps);
+  at::Tensor fed = layer.feed_forward->forward(ffn_input);
   at::Tensor output = after_mixer + fed;
   if (trace) *trace = {hidden, mixer_input, mixed, output};
   return output;

@@ -1,5 +1,7 @@
 #include "model/rms_norm.h"
 
+#include "kernels/rms_norm/rms_norm.h"
+
 namespace prime::model {
 
 at::Tensor rms_normalize(const at::Tensor& x, double eps) {
@@ -7,8 +9,18 @@ at::Tensor rms_normalize(const at::Tensor& x, double eps) {
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (kernels::rms_norm_apply(x, weight)) return kernels::rms_norm(x, weight, eps);
   const auto accum_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return weight * rms_normalize(x.to(accum_type), eps).to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden, const at::Tensor& mixed,
+                                               const at::Tensor& weight, double eps) {
+  if (kernels::add_rms_norm_apply(hidden, mixed, weight))
+    return kernels::add_rms_norm(hidden, mixed, weight, eps);
+  at::Tensor sum = hidden + mixed;
+  at::Tensor normed = rms_norm(sum, weight, eps);
+  return {sum, normed};
 }
 
 at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

@@ -6,14 +6,24 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 namespace prime::model {
 
 // x * rsqrt(mean(x^2) + eps) in x's own dtype, no weight.
 at::Tensor rms_normalize(const at::Tensor& x, double eps);
 
 // Decoder-block norms and q_norm/k_norm, in transformers order: normalised in fp32 (float64
-// stays float64), cast back to x's dtype, then weight times that.
+// stays float64), cast back to x's dtype, then weight times that. On CUDA, without autograd, the
+// fused kernel (kernels/rms_norm) where kernels::rms_norm_apply holds; this torch form otherwise
+// (the reference, and the training path).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// A decoder block's residual add and the norm after it: {hidden + mixed, rms_norm(hidden + mixed)}.
+// One fused kernel where kernels::add_rms_norm_apply holds (the same sum, bit for bit), else the
+// torch ops.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden, const at::Tensor& mixed,
+                                               const at::Tensor& weight, double eps);
 
 // An SSM head norm in the mixer's compute dtype (x's dtype): rms_normalize(x) * weight.
 // x [..., D], weight [D].

@@ -1,0 +1,70 @@
+#include "eval/rms_norm_bench.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <functional>
+#include <string>
+
+#include "kernels/common/policy.h"
+#include "kernels/rms_norm/rms_norm.h"
+#include "model/rms_norm.h"
+#include "util/device_timing.h"
+#include "util/error.h"
+
+namespace prime::eval {
+
+namespace {
+
+constexpr double kEps = 1e-6;
+
+// Per-call median time of `call` under `policy`: each timed run queues calls_per_repeat calls.
+double time_call(const std::function<void()>& call, kernels::Policy policy,
+                 const RmsNormBenchOptions& options, const at::Device& device) {
+  const kernels::ScopedKernelPolicy scoped(policy);
+  const int calls = options.calls_per_repeat;
+  return median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, options.warmup,
+                   options.repeats) / calls;
+}
+
+RmsNormBenchRow measure(const std::string& shape, bool fused_add, double bytes,
+                        const std::function<void()>& call, const RmsNormBenchOptions& options,
+                        const at::Device& device) {
+  RmsNormBenchRow row;
+  row.shape = shape;
+  row.fused_add = fused_add;
+  row.bytes = bytes;
+  row.kernel_ms = time_call(call, kernels::Policy::Auto, options, device);
+  row.torch_ms = time_call(call, kernels::Policy::Torch, options, device);
+  row.kernel_tbps = bytes / (row.kernel_ms * 1e-3) / 1e12;
+  row.torch_tbps = bytes / (row.torch_ms * 1e-3) / 1e12;
+  return row;
+}
+
+}  // namespace
+
+std::vector<RmsNormBenchRow> run_rms_norm_bench(const RmsNormBenchOptions& options,
+                                                const at::Device& device) {
+  if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
+    throw user_error("the RMSNorm benchmark needs a CUDA device and a build with the CUDA ",
+                     "kernels (PRIME_CUDA=ON)");
+  at::NoGradGuard no_grad;
+  const auto on_device = at::TensorOptions().device(device).dtype(options.dtype);
+  const double element = static_cast<double>(at::elementSize(options.dtype));
+  std::vector<RmsNormBenchRow> rows;
+  for (const auto& [R, D] : options.shapes) {
+    const at::Tensor x = at::randn({R, D}, on_device), residual = at::randn({R, D}, on_device);
+    const at::Tensor weight = 1 + 0.1 * at::randn({D}, on_device);
+    PRIME_CHECK(kernels::add_rms_norm_apply(x, residual, weight),
+                "RMSNorm benchmark: the kernel does not serve ", x.sizes());
+    const std::string shape = std::to_string(R) + " x " + std::to_string(D) + " " +
+                              c10::toString(options.dtype);
+    const double weight_bytes = element * D, row_bytes = element * R * D;
+    rows.push_back(measure(shape, false, 2 * row_bytes + weight_bytes,
+                           [&] { model::rms_norm(x, weight, kEps); }, options, device));
+    rows.push_back(measure(shape, true, 4 * row_bytes + weight_bytes,
+                           [&] { model::add_rms_norm(x, residual, weight, kEps); }, options, device));
+  }
+  return rows;
+}
+
+}  // namespace prime::eval
