@@ -107,6 +107,13 @@ void check_rotated(const std::vector<Rotated>& r, const at::Tensor& q, const at:
     std::cout << "[kernels][rope] " << what << ": q vs float64 " << q_error << ", k " << k_error << "\n";
 }
 
+// The kernel serves q, k with fp32 tables of `table_batch` x T rows (as the form under test
+// passes them), so the policy Auto run below is the kernel's.
+void require_served(const at::Tensor& q, const at::Tensor& k, int64_t table_batch) {
+  const at::Tensor table = at::ones({table_batch, q.size(1), 1, q.size(3)}, q.options().dtype(at::kFloat));
+  REQUIRE(kernels::rope_apply(q, k, table, table));
+}
+
 std::string describe(const std::string& rope, at::ScalarType type, int64_t D, const std::string& form) {
   return rope + " " + c10::toString(type) + " D=" + std::to_string(D) + " " + form;
 }
@@ -160,8 +167,7 @@ TEST_CASE("RoPE kernel: bitwise equal to the torch form, close to float64, for e
         // Prefill of 37 tokens from position 5; strided views of a projection.
         {
           auto [q, k] = projection_views(B, 37, Hq, Hkv, D, type, 0, 1);
-          REQUIRE(kernels::rope_apply(q, k, at::ones({1, 37, 1, D}, q.options().dtype(at::kFloat)),
-                                      at::ones({1, 37, 1, D}, q.options().dtype(at::kFloat))));
+          require_served(q, k, 1);
           const auto r = rotate_three_ways(config, D, q, k, [](const model::Rope& rope, const at::Tensor& q,
                                                                const at::Tensor& k) { return rope.apply(q, k, 5); });
           check_rotated(r, q, k, describe(name, type, D, "apply T=37 start=5"));
@@ -169,6 +175,7 @@ TEST_CASE("RoPE kernel: bitwise equal to the torch form, close to float64, for e
         // Decode: one token at a position held on the device (apply_at, cos [1,1,1,D]).
         {
           auto [q, k] = projection_views(B, 1, Hq, Hkv, D, type, 0, 1);
+          require_served(q, k, 1);
           const at::Tensor position = at::full({1}, 517, device_long);
           const auto r = rotate_three_ways(config, D, q, k,
                                            [&](const model::Rope& rope, const at::Tensor& q, const at::Tensor& k) {
@@ -179,6 +186,7 @@ TEST_CASE("RoPE kernel: bitwise equal to the torch form, close to float64, for e
         // Per-token positions (apply_positions, cos [B,T,1,D]).
         {
           auto [q, k] = projection_views(B, 9, Hq, Hkv, D, type, 0, 1);
+          require_served(q, k, B);
           const at::Tensor positions = at::randint(0, 600, {B, 9}, device_long);
           const auto r = rotate_three_ways(config, D, q, k,
                                            [&](const model::Rope& rope, const at::Tensor& q, const at::Tensor& k) {
@@ -202,6 +210,7 @@ TEST_CASE("RoPE kernel: misaligned rows and a non-unit element stride take the s
   for (const at::ScalarType type : {at::kBFloat16, at::kFloat}) {
     for (const auto& [offset, element_stride] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {0, 2}, {3, 2}}) {
       auto [q, k] = projection_views(3, 11, 4, 1, 64, type, offset, element_stride);
+      require_served(q, k, 1);
       const auto r = rotate_three_ways(config, 64, q, k, [](const model::Rope& rope, const at::Tensor& q,
                                                             const at::Tensor& k) { return rope.apply(q, k, 2); });
       check_rotated(r, q, k,
