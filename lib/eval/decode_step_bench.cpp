@@ -2,12 +2,15 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 
+#include "kernels/attention_decode/attention_decode.h"
 #include "kernels/common/policy.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/gdn.h"
+#include "model/kv_cache.h"
 #include "model/mamba2.h"
 #include "util/device_timing.h"
 #include "util/error.h"
@@ -82,6 +85,22 @@ std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptio
     const double m2_bytes = 4.0 * B * H * (2 * P * N + 2 * P + 2 * N + 1);
     rows.push_back(measure("M2", shape_text(B, H, P, N), m2_bytes,
                            [&] { model::ssd_step_in_place(x, delta, A, Bm, Cm, state); }, options, device));
+  }
+  const auto bf16 = fp32.dtype(at::kBFloat16);
+  for (const auto& [B, S] : options.attention_points) {
+    const int64_t Hq = options.attention_heads, Hkv = options.attention_kv_heads, D = options.attention_head_dim;
+    const at::Tensor q = at::randn({B, Hq, 1, D}, bf16);
+    model::KvCache::StepView view{at::randn({B, Hkv, S, D}, bf16), at::randn({B, Hkv, S, D}, bf16),
+                                  at::ones({S}, fp32.dtype(at::kBool))};
+    PRIME_CHECK(kernels::attention_decode_apply(q, view.keys, view.values, view.visible),
+                "decode step benchmark: the attention kernel does not serve ", view.keys.sizes());
+    // Floor: every key and value read once (bf16), the query read and the output written.
+    const double attention_bytes = 2.0 * (2.0 * B * Hkv * S * D + 2.0 * B * Hq * D);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    rows.push_back(measure("ATTN",
+                           "B=" + std::to_string(B) + " S=" + std::to_string(S) + " " + std::to_string(Hq) + "/" +
+                               std::to_string(Hkv) + "x" + std::to_string(D),
+                           attention_bytes, [&] { model::attend_one_token(q, view, scale); }, options, device));
   }
   return rows;
 }

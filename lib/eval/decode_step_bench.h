@@ -1,8 +1,10 @@
-// Timing of one SSM decode step (kernels/ssm_decode) against the torch in-place step it replaces
-// (model::gated_delta_rule_step_in_place, model::ssd_step_in_place under policy Torch), the same
-// state and operands in one run, for prime-bench's kernel tables. Decode is memory bound: the
-// figure of merit is the traffic floor (state read once and written once, plus the token's
-// vectors) over the time, against the HBM bandwidth.
+// Timing of one decode step of a layer's core with prime's kernels against the torch form it
+// replaces, the same operands in one run, for prime-bench's kernel tables: the SSM steps
+// (kernels/ssm_decode vs model::gated_delta_rule_step_in_place / model::ssd_step_in_place under
+// policy Torch) and attention over a static cache's slots (kernels/attention_decode vs
+// model::attend_one_token's torch form). Decode is memory bound: the figure of merit is the
+// traffic floor (state read once and written once, or every key and value read once, plus the
+// token's vectors) over the time, against the HBM bandwidth.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,15 +20,20 @@ struct DecodeStepBenchOptions {
   // H = 32, Dk = Dv = 128; Mamba-2 H = 32 heads of P = 128 with state dim N = 128.
   int64_t gdn_heads = 32, gdn_key_dim = 128, gdn_value_dim = 128;
   int64_t mamba2_heads = 32, mamba2_head_dim = 128, mamba2_state_dim = 128;
+  // Attention of the same shape (32 query heads over 8 KV heads of 128, bf16 cache) at
+  // (B, slots) points: 4K and 32K contexts, one sequence and a batch.
+  int64_t attention_heads = 32, attention_kv_heads = 8, attention_head_dim = 128;
+  std::vector<std::pair<int64_t, int64_t>> attention_points = {{1, 4096},   {16, 4096},  {64, 4096},
+                                                               {1, 32768},  {16, 32768}, {1, 131072}};
   int warmup = 2, repeats = 5;
   int steps_per_repeat = 20;  // steps queued per timed run, so the synchronisation is amortised
   double hbm_tbps = 4.8;      // H200
 };
 
 struct DecodeStepBenchRow {
-  std::string type;   // GDN or M2
-  std::string shape;  // "B=.. H=.. 128x128"
-  double floor_bytes = 0;  // 2 x state bytes + the vectors read and written
+  std::string type;   // GDN, M2 or ATTN
+  std::string shape;  // "B=.. H=.. 128x128" (ATTN: "B=.. S=.. 32/8x128")
+  double floor_bytes = 0;  // 2 x state bytes (ATTN: the keys and values) + the vectors
   double kernel_ms = 0, torch_ms = 0;  // per step, median of the repeats
   double kernel_tbps = 0, torch_tbps = 0;  // floor bytes / time
   double kernel_fraction_of_hbm = 0;       // kernel_tbps / hbm_tbps

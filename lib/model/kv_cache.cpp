@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "kernels/attention_decode/attention_decode.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -107,6 +108,9 @@ KvCache::StepView KvCache::write_step(const at::Tensor& k, const at::Tensor& v) 
 at::Tensor attend_one_token(const at::Tensor& q, const KvCache::StepView& view, double scale) {
   const int64_t batch = q.size(0), q_heads = q.size(1), dim = q.size(3), kv_heads = view.keys.size(1);
   PRIME_CHECK(q.size(2) == 1 && q_heads % kv_heads == 0);
+  // On CUDA the split-K kernel reads the slots once for all query heads of a KV head.
+  if (kernels::attention_decode_apply(q, view.keys, view.values, view.visible))
+    return kernels::attention_decode(q, view.keys, view.values, view.visible, scale);
   // [B, Hkv, G, D]: the G query heads that share a kv head read it in one batched matmul.
   const at::Tensor grouped = q.reshape({batch, kv_heads, q_heads / kv_heads, dim});
   at::Tensor scores = at::matmul(grouped, view.keys.transpose(-1, -2)).to(at::kFloat) * scale;  // [B,Hkv,G,S]

@@ -58,7 +58,8 @@ class KvCache : public LayerCache {
 
 // One query token per sequence against a static cache's slots: q [B, Hq, 1, D] (Hq a multiple of
 // Hkv, query head h reading kv head h / (Hq/Hkv)), keys/values [B, Hkv, S, D], visible [S].
-// Scores and softmax in fp32; returns [B, Hq, 1, D] in q's dtype.
+// Scores and softmax in fp32; returns [B, Hq, 1, D] in q's dtype. On CUDA, kernels/attention_decode
+// where it applies; the torch form (two batched matmuls around a softmax) otherwise.
 at::Tensor attend_one_token(const at::Tensor& q, const KvCache::StepView& view, double scale);
 
 }  // namespace prime::model

@@ -1,0 +1,319 @@
+// CUDA kernels of the split-K decode attention (see attention_decode.h for the op,
+// attention_decode_launch.h for the operands). Decode attention is bound by reading the cache:
+// B * Hkv * S * D elements of keys and as many of values per step, each read once here.
+//
+// Layout of the work: a block (4 warps) takes one (sequence b, KV head, range of slots). A group
+// of D / V lanes holds one key (V elements per lane: 16-byte loads), so a warp reads 32 / (D / V)
+// consecutive keys per access (bf16, D = 128: two keys, 512 contiguous bytes) and the block's
+// warps read consecutive keys too. Each lane group keeps, for all G query heads of the KV head, a
+// running max m, a running sum l and its V elements of the output accumulator (the online
+// softmax, in log2 units: q is pre-scaled by scale * log2(e)). Keys the query cannot see are
+// neither loaded nor counted. At the end the groups merge by shuffles, the warps through shared
+// memory; with one range per (b, KV head) the block writes the output, else its unnormalised
+// partial (m, l, acc) which attention_decode_combine merges across ranges.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/attention_decode/attention_decode_launch.h"
+#include "kernels/common/cuda_check.cuh"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+// Keys per lane group per loop trip: 8 16-byte loads in flight per lane (4 with 8 query heads
+// per KV head, whose accumulators take the registers).
+constexpr int kUnroll = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 16 bytes at p (16-byte aligned) as floats.
+__device__ __forceinline__ void load16(const __nv_bfloat16* p, float (&out)[8]) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ void load16(const float* p, float (&out)[4]) {
+  const float4 raw = __ldg(reinterpret_cast<const float4*>(p));
+  out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float value);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float(float value) { return __float2bfloat16_rn(value); }
+template <>
+__device__ __forceinline__ float from_float(float value) { return value; }
+
+// The max of a running softmax state, as the reference exponent: 0 while nothing is seen (every
+// exp2(-inf - 0) is then 0 and no -inf - -inf arises).
+__device__ __forceinline__ float reference(float max) { return max == -INFINITY ? 0.0f : max; }
+
+// One block per (range, KV head, sequence). T the element type, D the head dim, G the largest
+// number of query heads per KV head served by this instance (groups <= G at run time).
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads)
+    attention_decode_split_kernel(const T* __restrict__ q, const T* __restrict__ keys,
+                                  const T* __restrict__ values, const bool* __restrict__ visible,
+                                  float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                  T* __restrict__ out, int kv_heads, int groups, int slots,
+                                  int keys_per_split, int splits, float scale_log2) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kLanes = D / kVec;            // lanes holding one key
+  constexpr int kKeysPerWarp = 32 / kLanes;   // keys a warp reads per access
+  constexpr int kKeysPerStep = kWarps * kKeysPerWarp;
+  constexpr int kSteps = G >= 8 ? kUnroll / 2 : kUnroll;
+  static_assert(kLanes >= 1 && kLanes <= 32 && 32 % kLanes == 0, "head dim not served");
+  __shared__ float shared_m[kWarps][G], shared_l[kWarps][G];
+  __shared__ float shared_acc[kWarps][G][D];
+
+  const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int key_slot = lane / kLanes, part = lane % kLanes;
+  const long long sequence_head = static_cast<long long>(b) * kv_heads + kv_head;
+  const T* key_base = keys + sequence_head * slots * D + part * kVec;
+  const T* value_base = values + sequence_head * slots * D + part * kVec;
+
+  // This lane's elements of the group's queries, scaled into log2 units.
+  float query[G][kVec];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (g < groups) {
+      load16(q + (sequence_head * groups + g) * D + part * kVec, query[g]);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) query[g][e] *= scale_log2;
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) query[g][e] = 0.0f;
+    }
+  }
+  float m[G], l[G], acc[G][kVec];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[g][e] = 0.0f;
+  }
+
+  const int begin = split * keys_per_split;
+  const int end = min(slots, begin + keys_per_split);
+  for (int base = begin; base < end; base += kKeysPerStep * kSteps) {
+    float key[kSteps][kVec], value[kSteps][kVec];
+    bool seen[kSteps];
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const int s = base + (u * kWarps + warp) * kKeysPerWarp + key_slot;
+      seen[u] = s < end && visible[s];
+      if (seen[u]) {
+        load16(key_base + static_cast<long long>(s) * D, key[u]);
+        load16(value_base + static_cast<long long>(s) * D, value[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) key[u][e] = value[u][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float score[kSteps];
+      float top = m[g];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dot = fmaf(query[g][e], key[u][e], dot);
+        // Butterfly over the key's lanes: every lane ends with the same (commutative) sum.
+#pragma unroll
+        for (int offset = kLanes / 2; offset >= 1; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+        score[u] = seen[u] ? dot : -INFINITY;
+        top = fmaxf(top, score[u]);
+      }
+      const float ref = reference(top);
+      const float rescale = exp2f(m[g] - ref);
+      l[g] *= rescale;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[g][e] *= rescale;
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        const float p = exp2f(score[u] - ref);
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[g][e] = fmaf(p, value[u][e], acc[g][e]);
+      }
+      m[g] = top;
+    }
+  }
+
+  // Merge the warp's key slots (lanes with the same part), then the warps.
+#pragma unroll
+  for (int offset = kLanes; offset < 32; offset *= 2) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float other_m = __shfl_xor_sync(0xffffffffu, m[g], offset);
+      const float other_l = __shfl_xor_sync(0xffffffffu, l[g], offset);
+      const float top = fmaxf(m[g], other_m), ref = reference(top);
+      const float mine = exp2f(m[g] - ref), theirs = exp2f(other_m - ref);
+      l[g] = l[g] * mine + other_l * theirs;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const float other = __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+        acc[g][e] = acc[g][e] * mine + other * theirs;
+      }
+      m[g] = top;
+    }
+  }
+  if (key_slot == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) shared_acc[warp][g][part * kVec + e] = acc[g][e];
+      if (part == 0) {
+        shared_m[warp][g] = m[g];
+        shared_l[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < groups * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float top = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, shared_m[w][g]);
+    const float ref = reference(top);
+    float sum = 0.0f, total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float weight = exp2f(shared_m[w][g] - ref);
+      sum += shared_l[w][g] * weight;
+      total += shared_acc[w][g][d] * weight;
+    }
+    const long long row = sequence_head * groups + g;  // the query head's row of [B * Hq]
+    if (splits == 1) {
+      out[row * D + d] = from_float<T>(sum > 0.0f ? total / sum : 0.0f);
+    } else {
+      part_acc[(row * splits + split) * D + d] = total;
+      if (d == 0) {
+        part_ml[(row * splits + split) * 2] = top;
+        part_ml[(row * splits + split) * 2 + 1] = sum;
+      }
+    }
+  }
+}
+
+// One block of D threads per query head row: merges the ranges' partial softmax states.
+template <typename T>
+__global__ void attention_decode_combine_kernel(const float* __restrict__ part_acc,
+                                                const float* __restrict__ part_ml, T* __restrict__ out,
+                                                int splits, int D) {
+  const long long row = blockIdx.x;
+  const int d = threadIdx.x;
+  const float* ml = part_ml + row * splits * 2;
+  float top = -INFINITY;
+  for (int s = 0; s < splits; ++s) top = fmaxf(top, ml[2 * s]);
+  const float ref = reference(top);
+  float sum = 0.0f, total = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float weight = exp2f(ml[2 * s] - ref);
+    sum += ml[2 * s + 1] * weight;
+    total += part_acc[(row * splits + s) * D + d] * weight;
+  }
+  out[row * D + d] = from_float<T>(sum > 0.0f ? total / sum : 0.0f);
+}
+
+template <typename T>
+void launch_typed(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                  const at::Tensor& visible, double scale, const at::Tensor& out) {
+  const int64_t B = keys.size(0), Hkv = keys.size(1), S = keys.size(2), D = keys.size(3);
+  const int64_t groups = q.size(1) / Hkv;
+  // Ranges: enough blocks for about four per multiprocessor, each range at least 128 slots (the
+  // merge is then small next to the streaming), a multiple of what a block reads per trip.
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t per_trip = kWarps * (32 / (D / (16 / static_cast<int64_t>(sizeof(T))))) * kUnroll;
+  const int64_t wanted = std::max<int64_t>(1, (4 * sms + B * Hkv - 1) / (B * Hkv));
+  const int64_t most = std::max<int64_t>(1, (S + 127) / 128);
+  int64_t splits = std::min(wanted, most);
+  int64_t keys_per_split = (S + splits - 1) / splits;
+  keys_per_split = (keys_per_split + per_trip - 1) / per_trip * per_trip;
+  splits = (S + keys_per_split - 1) / keys_per_split;
+  PRIME_CHECK(splits <= 65535 && Hkv <= 65535 && B <= 65535, "attention_decode: grid too large (B ", B,
+              ", Hkv ", Hkv, ", ranges ", splits, ")");
+
+  at::Tensor part_acc, part_ml;
+  if (splits > 1) {
+    part_acc = at::empty({B * q.size(1), splits, D}, q.options().dtype(at::kFloat));
+    part_ml = at::empty({B * q.size(1), splits, 2}, q.options().dtype(at::kFloat));
+  }
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const float scale_log2 = static_cast<float>(scale) * kLog2e;
+  const auto launch = [&](auto dim, auto group_limit) {
+    constexpr int kD = decltype(dim)::value, kG = decltype(group_limit)::value;
+    attention_decode_split_kernel<T, kD, kG><<<grid, kThreads, 0, stream>>>(
+        reinterpret_cast<const T*>(q.const_data_ptr()), reinterpret_cast<const T*>(keys.const_data_ptr()),
+        reinterpret_cast<const T*>(values.const_data_ptr()), visible.const_data_ptr<bool>(),
+        splits > 1 ? part_acc.mutable_data_ptr<float>() : nullptr,
+        splits > 1 ? part_ml.mutable_data_ptr<float>() : nullptr, reinterpret_cast<T*>(out.mutable_data_ptr()),
+        static_cast<int>(Hkv), static_cast<int>(groups), static_cast<int>(S), static_cast<int>(keys_per_split),
+        static_cast<int>(splits), scale_log2);
+  };
+  const auto by_groups = [&](auto dim) {
+    // One query head per KV head runs the two-head instance (each instance costs build time).
+    if (groups <= 2) launch(dim, std::integral_constant<int, 2>{});
+    else if (groups <= 4) launch(dim, std::integral_constant<int, 4>{});
+    else launch(dim, std::integral_constant<int, 8>{});
+  };
+  switch (D) {
+    case 32: by_groups(std::integral_constant<int, 32>{}); break;
+    case 64: by_groups(std::integral_constant<int, 64>{}); break;
+    case 128: by_groups(std::integral_constant<int, 128>{}); break;
+    default:
+      if constexpr (sizeof(T) == 2) by_groups(std::integral_constant<int, 256>{});
+      else PRIME_CHECK(false, "attention_decode: head dim ", D, " not served for float");
+  }
+  PRIME_CUDA_CHECK_LAUNCH("attention_decode_split_kernel");
+  if (splits > 1) {
+    attention_decode_combine_kernel<T><<<static_cast<unsigned>(B * q.size(1)), static_cast<unsigned>(D), 0, stream>>>(
+        part_acc.const_data_ptr<float>(), part_ml.const_data_ptr<float>(), reinterpret_cast<T*>(out.mutable_data_ptr()),
+        static_cast<int>(splits), static_cast<int>(D));
+    PRIME_CUDA_CHECK_LAUNCH("attention_decode_combine_kernel");
+  }
+}
+
+}  // namespace
+
+void launch_attention_decode(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                             const at::Tensor& visible, double scale, const at::Tensor& out) {
+  const char* op = "attention_decode";
+  const at::ScalarType type = q.scalar_type();
+  check_operand(q, op, "q", type, 3);
+  check_operand(keys, op, "keys", type, 4);
+  check_operand(values, op, "values", type, 4);
+  check_operand(visible, op, "visible", at::kBool, 1);
+  check_operand(out, op, "out", type, 3);
+  const int64_t B = keys.size(0), Hkv = keys.size(1), S = keys.size(2), D = keys.size(3);
+  PRIME_CHECK(values.sizes() == keys.sizes() && q.size(0) == B && q.size(2) == D && q.size(1) % Hkv == 0 &&
+                  q.size(1) / Hkv <= 8 && visible.size(0) == S && out.sizes() == q.sizes(),
+              op, ": q ", q.sizes(), ", keys ", keys.sizes(), ", values ", values.sizes(), ", visible ",
+              visible.sizes(), ", out ", out.sizes());
+  PRIME_CHECK(S * D <= INT32_MAX, op, ": ", S, " slots of dim ", D, " exceed the kernel's indexing");
+  for (const at::Tensor* t : {&keys, &values, &visible, &out})
+    PRIME_CHECK(t->device() == q.device(), op, ": operands on different devices");
+  if (B == 0 || q.size(1) == 0) return;
+  const at::cuda::CUDAGuard guard(q.device());
+  if (type == at::kBFloat16) launch_typed<__nv_bfloat16>(q, keys, values, visible, scale, out);
+  else if (type == at::kFloat) launch_typed<float>(q, keys, values, visible, scale, out);
+  else PRIME_CHECK(false, op, ": dtype ", c10::toString(type), " not served");
+}
+
+}  // namespace prime::kernels::detail
