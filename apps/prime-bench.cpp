@@ -125,7 +125,7 @@ void run_kernels(SsmOptions& options) {
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;
-  std::cout << "\nSSM decode step (kernels/ssm_decode), TB/s = traffic floor / time, % of " << std::fixed
+  std::cout << "\ndecode step of a layer (kernels/ssm_decode, kernels/attention_decode; ATTN: bf16 cache), TB/s = traffic floor / time, % of " << std::fixed
             << std::setprecision(1) << step.hbm_tbps << " TB/s\n"
             << std::left << std::setw(6) << "type" << std::setw(24) << "shape" << std::right << std::setw(10) << "MB"
             << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(11)
@@ -167,7 +167,15 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
                       "decode modes, each run per point: eager (growing cache), static (static cache), graph (static "
                       "cache, CUDA graph per step; runs as static where impossible) (default eager,graph)")
       ->delimiter(',')->group("Measurement");
-  command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')->group("Shape");
+  CLI::Option* batch =
+      command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')->group("Shape");
+  CLI::Option* fit = command->add_flag("--fit-batch", options.bench.fit_batch,
+                                       "per prompt length, the largest batch whose caches fit next to the weights "
+                                       "(measured per sequence; retried at 7/8 on out-of-memory)")
+                         ->excludes(batch)->group("Shape");
+  command->add_option("--memory-gib", options.bench.memory_gib,
+                      "memory --fit-batch fills, GiB (default: the CUDA device's; required on the CPU)")
+      ->needs(fit)->check(CLI::PositiveNumber)->group("Shape");
   command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
   command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")->group("Shape");
   command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");

@@ -18,6 +18,7 @@
 #include "io/source.h"
 #include "model/attention.h"
 #include "model/step_decoder.h"
+#include "eval/decode_fit.h"
 #include "eval/synthetic_context.h"
 #include "util/error.h"
 
@@ -27,20 +28,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-struct CacheBytes {
-  int64_t kv = 0, state = 0;
-};
-
-// KV caches grow with the context; everything else (SSM conv + recurrent state) is fixed size.
-CacheBytes cache_bytes(const model::ModelCache& cache) {
-  CacheBytes bytes;
-  for (const auto& layer : cache.layers) {
-    if (dynamic_cast<const model::KvCache*>(layer.get())) bytes.kv += layer->bytes_per_sequence();
-    else bytes.state += layer->bytes_per_sequence();
-  }
-  return bytes;
-}
 
 std::string mib(double bytes) {
   char text[32];
@@ -166,6 +153,23 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
   return row;
 }
 
+namespace {
+
+// A --fit-batch point: what the estimate misses (allocator fragmentation, a library's workspace)
+// shows up as an out-of-memory, and the point is retried at 7/8 of the batch.
+DecodeBenchRow run_fitted_point(BenchModel& bench, int64_t batch, int64_t prompt, const std::string& mode,
+                                const DecodeBenchOptions& options) {
+  for (int attempt = 0;; ++attempt) {
+    DecodeBenchRow row = run_decode_point(bench, batch, prompt, mode, options);
+    row.fitted = true;
+    if (row.error != "out of memory" || batch == 1 || attempt == 8) return row;
+    release_cached_memory(bench.model->device());
+    batch = std::max<int64_t>(1, batch * 7 / 8);
+  }
+}
+
+}  // namespace
+
 std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenchOptions& options) {
   check_modes(options.modes);
   // One short untimed point per mode first: the first forward pays for kernel selection,
@@ -173,9 +177,14 @@ std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenc
   DecodeBenchOptions warm = options;
   warm.new_tokens = 2;
   for (const auto& mode : options.modes)
-    run_decode_point(bench, options.batches.empty() ? 1 : options.batches.front(), 16, mode, warm);
+    run_decode_point(bench, options.batches.empty() || options.fit_batch ? 1 : options.batches.front(), 16, mode, warm);
   std::vector<DecodeBenchRow> rows;
   for (int64_t prompt : options.prompts) {
+    if (options.fit_batch) {
+      const BatchFit fit = fit_decode_batch(bench, prompt, options);
+      for (const auto& mode : options.modes) rows.push_back(run_fitted_point(bench, fit.batch, prompt, mode, options));
+      continue;
+    }
     for (int64_t batch : options.batches) {
       for (const auto& mode : options.modes) {
         if (options.max_batch_tokens > 0 && batch * prompt > options.max_batch_tokens) {
@@ -243,7 +252,14 @@ std::string decode_table_header(const DecodeBenchOptions& options, int name_widt
       << ", then " << options.new_tokens << " steps (" << options.warmup
       << " warm-up steps untimed, 2 with a graph); floor = (weights + B x cache traffic) / " << options.hbm_gbps
       << " GB/s; x dec, x cache: vs the first model in the same mode; x " << first_mode << ": vs the same model "
-      << first_mode << "\n";
+      << first_mode;
+  if (options.fit_batch) {
+    out << "; B: the largest batch whose caches fit ";
+    if (options.memory_gib > 0) out << options.memory_gib << " GiB";
+    else out << "the device's memory";
+    out << " next to the weights (8% kept in reserve), ratios at the same P";
+  }
+  out << "\n";
   out << std::left << std::setw(name_width + 1) << "model" << std::setw(7) << "mode" << std::right << std::setw(5)
       << "B" << std::setw(8) << "P" << std::setw(13) << "prefill t/s" << std::setw(12) << "decode t/s" << std::setw(10)
       << "ms/step" << std::setw(10) << "KV MiB" << std::setw(11) << "state MiB" << std::setw(10) << "floor ms"
@@ -255,21 +271,23 @@ std::string decode_table_header(const DecodeBenchOptions& options, int name_widt
 namespace {
 
 // The rows a row's ratios refer to: the first model's at the same (B, P, mode) and the same
-// model's at the same (B, P) in the first mode.
+// model's at the same (B, P) in the first mode. Fitted rows compare at the same P whatever their
+// batch (each model's largest): there B is keyed as 0.
 struct Anchors {
   std::map<std::tuple<std::string, int64_t, int64_t>, const DecodeBenchRow*> first_model;
   std::map<std::tuple<std::string, int64_t, int64_t>, const DecodeBenchRow*> first_mode;
 
+  static int64_t key_batch(const DecodeBenchRow& row) { return row.fitted ? 0 : row.batch; }
   explicit Anchors(const std::vector<DecodeBenchRow>& rows) {
     const std::string model = rows.empty() ? "" : rows.front().model;
     for (const auto& row : rows) {
-      if (row.model == model) first_model.emplace(std::make_tuple(row.mode, row.batch, row.prompt), &row);
-      first_mode.emplace(std::make_tuple(row.model, row.batch, row.prompt), &row);  // the first one stays
+      if (row.model == model) first_model.emplace(std::make_tuple(row.mode, key_batch(row), row.prompt), &row);
+      first_mode.emplace(std::make_tuple(row.model, key_batch(row), row.prompt), &row);  // the first one stays
     }
   }
   std::string format(const DecodeBenchRow& row, int name_width) const {
-    auto a = first_model.find({row.mode, row.batch, row.prompt});
-    auto m = first_mode.find({row.model, row.batch, row.prompt});
+    auto a = first_model.find({row.mode, key_batch(row), row.prompt});
+    auto m = first_mode.find({row.model, key_batch(row), row.prompt});
     return format_decode_row(row, a == first_model.end() ? nullptr : a->second,
                              m == first_mode.end() ? nullptr : m->second, name_width);
   }
@@ -313,6 +331,7 @@ nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenc
   for (const auto& row : rows) {
     nlohmann::json item = {{"model", row.model}, {"mode", row.mode},     {"context", row.context},
                            {"batch", row.batch}, {"prompt", row.prompt}};
+    if (row.fitted) item["fitted_batch"] = true;
     if (!row.error.empty()) {
       item["error"] = row.error;
     } else {

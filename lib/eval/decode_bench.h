@@ -32,6 +32,10 @@ struct DecodeBenchOptions {
   int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
   double hbm_gbps = 4800;         // H200 HBM3e
   int64_t max_batch_tokens = 0;  // > 0: skip points with B x P above this (time/memory guard)
+  // Instead of `batches`: per prompt length, the largest batch whose caches fit memory_gib GiB
+  // (0: the CUDA device's memory) next to the weights (eval/decode_fit.h).
+  bool fit_batch = false;
+  double memory_gib = 0;
   // "prefill": run the model over B x P random prompt tokens; "synthetic": fill the cache with
   // random keys, values and states at length P instead (eval/synthetic_context.h): the same
   // decode step, without the prefill's cost.
@@ -58,6 +62,7 @@ struct DecodeBenchRow {
   std::string context = "prefill";  // how the context was made: prefill or synthetic
   int64_t batch = 0, prompt = 0, new_tokens = 0;
   std::string error;  // non-empty: the run failed (e.g. "out of memory")
+  bool fitted = false;  // batch chosen by --fit-batch (the largest that ran)
   double prefill_seconds = 0, decode_seconds = 0;
   double prefill_tokens_per_s = 0, decode_tokens_per_s = 0;
   int64_t kv_bytes_per_sequence = 0, state_bytes_per_sequence = 0;  // at context P + N
