@@ -9,6 +9,8 @@
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/decode_step_bench.h"
+#include "eval/rms_norm_bench.h"
+#include "eval/rope_bench.h"
 #include "eval/json_output.h"
 #include "eval/short_conv_bench.h"
 #include "eval/ssm_bench.h"
@@ -137,6 +139,35 @@ void run_kernels(SsmOptions& options) {
               << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
               << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)
               << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+  }
+  // The decode step's fused elementwise kernels against their torch forms.
+  prime::eval::RmsNormBenchOptions norm;
+  norm.repeats = options.bench.repeats;
+  std::cout << "\nRMSNorm (kernels/rms_norm), TB/s = bytes read and written / time\n"
+            << std::left << std::setw(24) << "rows x D dtype" << std::setw(11) << "op" << std::right << std::setw(11)
+            << "ours ms" << std::setw(8) << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "TB/s"
+            << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_rms_norm_bench(norm, device)) {
+    std::cout << std::left << std::setw(24) << row.shape << std::setw(11) << (row.fused_add ? "add+norm" : "norm")
+              << std::right << std::fixed << std::setprecision(4) << std::setw(11) << row.kernel_ms
+              << std::setprecision(2) << std::setw(8) << row.kernel_tbps << std::setprecision(4) << std::setw(11)
+              << row.torch_ms << std::setprecision(2) << std::setw(8) << row.torch_tbps << std::setw(7)
+              << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+  }
+  prime::eval::RopeBenchOptions rope;
+  rope.repeats = std::max(rope.repeats, options.bench.repeats);
+  std::cout << "\nRoPE of q and k (kernels/rope), per call: in a CUDA graph and launched eagerly\n"
+            << std::left << std::setw(34) << "shape" << std::right << std::setw(12) << "graph us" << std::setw(10)
+            << "GB/s" << std::setw(12) << "torch us" << std::setw(8) << "ratio" << std::setw(12) << "eager us"
+            << std::setw(12) << "torch us" << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_rope_bench(rope, device)) {
+    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
+    std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(2)
+              << std::setw(12) << row.kernel_graph_us << std::setprecision(1) << std::setw(10) << row.kernel_graph_gbps
+              << std::setprecision(2) << std::setw(12) << row.torch_graph_us << std::setw(7)
+              << ratio(row.kernel_graph_us, row.torch_graph_us) << "x" << std::setw(12) << row.kernel_eager_us
+              << std::setw(12) << row.torch_eager_us << std::setw(7) << ratio(row.kernel_eager_us, row.torch_eager_us)
+              << "x\n";
   }
 }
 

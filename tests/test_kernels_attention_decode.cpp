@@ -120,7 +120,7 @@ TEST_CASE("attention decode kernel: equals float64 and the torch form", "[kernel
   }
 }
 
-TEST_CASE("attention decode kernel: only where it serves; the torch form elsewhere",
+TEST_CASE("attention decode kernel: only where it serves, the torch form elsewhere",
           "[kernels][gpu][attention]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
