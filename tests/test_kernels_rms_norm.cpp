@@ -130,6 +130,10 @@ TEST_CASE("rms_norm kernel: equals float64 and the torch form for warp and block
                    describe(type, transposed.sizes(), "transposed"));
     const at::Tensor sliced = input_rows(7, 4097, type).to(cuda, type).narrow(1, 1, 4096);
     check_rms_norm(sliced, input_weight(4096, type).to(cuda, type), describe(type, sliced.sizes(), "sliced"));
+    // Contiguous but starting one element into its storage: not 16-byte aligned, scalar accesses.
+    const at::Tensor offset =
+        input_rows(1, 1 + 9 * 4096, type).to(cuda, type).view({-1}).narrow(0, 1, 9 * 4096).view({9, 4096});
+    check_rms_norm(offset, input_weight(4096, type).to(cuda, type), describe(type, offset.sizes(), "offset"));
     // A q_norm input: [B,T,H,D], a view of the projection's output.
     const at::Tensor heads = input_rows(2 * 3 * 4, 128, type).to(cuda, type).view({2, 3, 4, 128});
     check_rms_norm(heads, input_weight(128, type).to(cuda, type), describe(type, heads.sizes(), "heads"));
