@@ -33,9 +33,12 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// 16 bytes at p (16-byte aligned) as floats.
-__device__ __forceinline__ void load16(const __nv_bfloat16* p, float (&out)[8]) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+// 16 bytes at p (16-byte aligned), raw: loads are issued as raw words (fewer registers in flight)
+// and converted where they are used.
+__device__ __forceinline__ uint4 load_raw(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+// The 16 raw bytes as floats: 8 bf16 or 4 floats.
+__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
   const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -44,9 +47,9 @@ __device__ __forceinline__ void load16(const __nv_bfloat16* p, float (&out)[8]) 
   }
 }
 
-__device__ __forceinline__ void load16(const float* p, float (&out)[4]) {
-  const float4 raw = __ldg(reinterpret_cast<const float4*>(p));
-  out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
+__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[4]) {
+  out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
 }
 
 template <typename T>
@@ -62,8 +65,9 @@ __device__ __forceinline__ float reference(float max) { return max == -INFINITY 
 
 // One block per (range, KV head, sequence). T the element type, D the head dim, G the largest
 // number of query heads per KV head served by this instance (groups <= G at run time).
+// Registers held so that 4 (2 heads per KV head), 3 (4) or 2 (8) blocks share a multiprocessor.
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
     attention_decode_split_kernel(const T* __restrict__ q, const T* __restrict__ keys,
                                   const T* __restrict__ values, const bool* __restrict__ visible,
                                   float* __restrict__ part_acc, float* __restrict__ part_ml,
@@ -77,6 +81,14 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kLanes >= 1 && kLanes <= 32 && 32 % kLanes == 0, "head dim not served");
   __shared__ float shared_m[kWarps][G], shared_l[kWarps][G];
   __shared__ float shared_acc[kWarps][G][D];
+  // Per lane group: the trip's complete scores, then its softmax weights, index g * kSteps + u.
+  constexpr int kValues = kSteps * G;
+  __shared__ float exchange[kWarps][kKeysPerWarp][2][kValues];
+  // The reduce-scatter leaves lane `part` of a group the kKeep consecutive values from
+  // owned_index; with fewer values than lanes, kLanes / kValues lanes hold each and the lowest
+  // of them publishes it.
+  constexpr int kKeep = kValues >= kLanes ? kValues / kLanes : 1;
+  constexpr int kDup = kValues >= kLanes ? 1 : kLanes / kValues;
 
   const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -84,13 +96,17 @@ __global__ void __launch_bounds__(kThreads)
   const long long sequence_head = static_cast<long long>(b) * kv_heads + kv_head;
   const T* key_base = keys + sequence_head * slots * D + part * kVec;
   const T* value_base = values + sequence_head * slots * D + part * kVec;
+  const int owned_index = (part / kDup) * kKeep;
+  const bool writer = part % kDup == 0;
+  float* exchange_score = exchange[warp][key_slot][0];
+  float* exchange_weight = exchange[warp][key_slot][1];
 
   // This lane's elements of the group's queries, scaled into log2 units.
   float query[G][kVec];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     if (g < groups) {
-      load16(q + (sequence_head * groups + g) * D + part * kVec, query[g]);
+      unpack(load_raw(q + (sequence_head * groups + g) * D + part * kVec), query[g]);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) query[g][e] *= scale_log2;
     } else {
@@ -109,49 +125,110 @@ __global__ void __launch_bounds__(kThreads)
 
   const int begin = split * keys_per_split;
   const int end = min(slots, begin + keys_per_split);
-  for (int base = begin; base < end; base += kKeysPerStep * kSteps) {
-    float key[kSteps][kVec], value[kSteps][kVec];
-    bool seen[kSteps];
+  constexpr int kTrip = kKeysPerStep * kSteps;
+  // Which of a trip's keys the query sees, read one trip ahead so that the key and value loads
+  // never wait for it.
+  const int lane_key = (warp * kKeysPerWarp + key_slot);
+  bool seen_next[kSteps];
+#pragma unroll
+  for (int u = 0; u < kSteps; ++u) {
+    const int s = begin + u * kKeysPerStep + lane_key;
+    seen_next[u] = s < end && visible[s];
+  }
+  for (int base = begin; base < end; base += kTrip) {
+    unsigned seen_mask = 0;  // bit u: key u of the trip is seen
+    uint4 key_raw[kSteps], value_raw[kSteps];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
-      const int s = base + (u * kWarps + warp) * kKeysPerWarp + key_slot;
-      seen[u] = s < end && visible[s];
-      if (seen[u]) {
-        load16(key_base + static_cast<long long>(s) * D, key[u]);
-        load16(value_base + static_cast<long long>(s) * D, value[u]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) key[u][e] = value[u][e] = 0.0f;
-      }
+      seen_mask |= static_cast<unsigned>(seen_next[u]) << u;
+      const long long s = base + u * kKeysPerStep + lane_key;
+      key_raw[u] = seen_next[u] ? load_raw(key_base + s * D) : make_uint4(0, 0, 0, 0);
+      value_raw[u] = seen_next[u] ? load_raw(value_base + s * D) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float score[kSteps];
-      float top = m[g];
+    for (int u = 0; u < kSteps; ++u) {
+      const int s = base + kTrip + u * kKeysPerStep + lane_key;
+      seen_next[u] = s < end && visible[s];
+    }
+    // The lane's partial dot products for every (head, key) of the trip, index g * kSteps + u.
+    float partial[kValues];
 #pragma unroll
-      for (int u = 0; u < kSteps; ++u) {
+    for (int u = 0; u < kSteps; ++u) {
+      float key[kVec];
+      unpack(key_raw[u], key);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dot = fmaf(query[g][e], key[u][e], dot);
-        // Butterfly over the key's lanes: every lane ends with the same (commutative) sum.
-#pragma unroll
-        for (int offset = kLanes / 2; offset >= 1; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-        score[u] = seen[u] ? dot : -INFINITY;
-        top = fmaxf(top, score[u]);
+        for (int e = 0; e < kVec; ++e) dot = fmaf(query[g][e], key[e], dot);
+        partial[g * kSteps + u] = dot;
       }
-      const float ref = reference(top);
-      const float rescale = exp2f(m[g] - ref);
+    }
+    // Reduce-scatter over the key's lanes: each step halves what a lane holds and exchanges the
+    // other half with one shuffle per value (kValues - 1 shuffles in all where a butterfly per
+    // value would take kValues * log2(kLanes)); once a lane holds one value, butterflies.
+#pragma unroll
+    for (int step = 0; (kLanes >> (step + 1)) >= 1; ++step) {
+      const int offset = kLanes >> (step + 1), count = kValues >> step;
+      if (count >= 2) {
+        const int half = count / 2;
+        const bool upper = (part & offset) != 0;
+#pragma unroll
+        for (int i = 0; i < half; ++i) {
+          const float send = upper ? partial[i] : partial[i + half];
+          const float keep = upper ? partial[i + half] : partial[i];
+          partial[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+        }
+      } else {
+        partial[0] += __shfl_xor_sync(0xffffffffu, partial[0], offset);
+      }
+    }
+    // Publish the complete scores (-inf for keys not seen) to the lane group, take each head's
+    // maximum, then each owner turns its scores into weights and publishes those.
+    __syncwarp();
+    if (writer) {
+#pragma unroll
+      for (int i = 0; i < kKeep; ++i) {
+        const int index = owned_index + i;
+        exchange_score[index] = (seen_mask >> (index % kSteps)) & 1u ? partial[i] : -INFINITY;
+      }
+    }
+    __syncwarp();
+    float ref[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float top = m[g];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) top = fmaxf(top, exchange_score[g * kSteps + u]);
+      ref[g] = reference(top);
+      const float rescale = exp2f(m[g] - ref[g]);
       l[g] *= rescale;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[g][e] *= rescale;
+      m[g] = top;
+    }
+    if (writer) {
 #pragma unroll
-      for (int u = 0; u < kSteps; ++u) {
-        const float p = exp2f(score[u] - ref);
+      for (int i = 0; i < kKeep; ++i) {
+        const int index = owned_index + i;
+        float head_ref = 0.0f;  // ref[index / kSteps], without indexing registers at run time
+#pragma unroll
+        for (int g = 0; g < G; ++g) head_ref = g == index / kSteps ? ref[g] : head_ref;
+        exchange_weight[index] = exp2f(exchange_score[index] - head_ref);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      float value[kVec];
+      unpack(value_raw[u], value);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = exchange_weight[g * kSteps + u];
         l[g] += p;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[g][e] = fmaf(p, value[u][e], acc[g][e]);
+        for (int e = 0; e < kVec; ++e) acc[g][e] = fmaf(p, value[e], acc[g][e]);
       }
-      m[g] = top;
     }
   }
 
