@@ -23,9 +23,7 @@ namespace {
 double time_step(const std::function<void()>& step, kernels::Policy policy,
                  const DecodeStepBenchOptions& options, const at::Device& device) {
   const kernels::ScopedKernelPolicy scoped(policy);
-  const int steps = options.steps_per_repeat;
-  return median_ms([&] { for (int i = 0; i < steps; ++i) step(); }, device, options.warmup,
-                   options.repeats) / steps;
+  return median_ms_per_call(step, options.steps_per_repeat, device, options.warmup, options.repeats);
 }
 
 DecodeStepBenchRow measure(const std::string& type, const std::string& shape, double floor_bytes,

@@ -21,9 +21,7 @@ constexpr double kEps = 1e-6;
 double time_call(const std::function<void()>& call, kernels::Policy policy,
                  const RmsNormBenchOptions& options, const at::Device& device) {
   const kernels::ScopedKernelPolicy scoped(policy);
-  const int calls = options.calls_per_repeat;
-  return median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, options.warmup,
-                   options.repeats) / calls;
+  return median_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
 }
 
 RmsNormBenchRow measure(const std::string& shape, bool fused_add, double bytes,

@@ -23,9 +23,7 @@ namespace {
 
 // Per-call median time in us of `call` queued calls_per_repeat times per timed run.
 double eager_us(const std::function<void()>& call, const RopeBenchOptions& options, const at::Device& device) {
-  const int calls = options.calls_per_repeat;
-  return 1e3 * median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, options.warmup, options.repeats) /
-         calls;
+  return 1e3 * median_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
 }
 
 // Per-call median time in us of a CUDA graph holding calls_per_repeat calls, replayed.

@@ -26,4 +26,9 @@ double median_ms(const std::function<void()>& body, const at::Device& device, in
   return samples[samples.size() / 2];
 }
 
+double median_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
+                          int repeats) {
+  return median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, warmup, repeats) / calls;
+}
+
 }  // namespace prime

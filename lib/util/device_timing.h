@@ -14,4 +14,9 @@ void synchronize_device(const at::Device& device);
 // Median wall time in ms of `repeats` runs of body after `warmup` untimed runs.
 double median_ms(const std::function<void()>& body, const at::Device& device, int warmup, int repeats);
 
+// Median time in ms of one call of `call` when `calls` calls are queued per timed run (so that a
+// short call's timing is not its synchronisation), after `warmup` untimed runs.
+double median_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
+                          int repeats);
+
 }  // namespace prime
