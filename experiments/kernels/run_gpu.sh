@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The kernels on one GPU, in one call: build, the [kernels] tests (outputs poisoned, float64 and
-# torch-ops references), compute-sanitizer on the kernel tests, `prime-bench kernels`, and the
-# public anchor (fla's chunked GDN) timed on the same GPU. Results under $OUT.
+# torch-ops references), compute-sanitizer on the kernel tests, `prime-bench kernels`, the 8B
+# decode step with and without the kernels, and the public anchor (fla's chunked GDN) timed on
+# the same GPU. Results under $OUT. (All of it takes longer than one 10-minute device call: run
+# it in parts on a warm machine, or on your own GPU.)
 #   bash experiments/kernels/run_gpu.sh       (carry .deps, and third_party_fetched for the anchor:
 #   its fla/ folder from github.com/fla-org/flash-linear-attention, never committed)
 set -uo pipefail
@@ -24,12 +26,23 @@ export PRIME_REQUIRE_CUDA=1
 timeout 300 build-gpu/bin/prime_tests "[kernels]" > "$OUT/kernels_tests.txt" 2>&1
 echo "kernel tests: exit $?"; grep -E "^\[kernels|FAILED|passed|failed" "$OUT/kernels_tests.txt" | head -60
 for tool in memcheck racecheck; do
-  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GDN decode kernel*,Mamba-2 decode kernel*" \
+  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GDN decode kernel*,Mamba-2 decode kernel*,attention decode kernel: only where*,attention decode kernel: a CUDA graph*,RoPE kernel: misaligned*,add_rms_norm kernel*" \
     > "$OUT/$tool.txt" 2>&1
   echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.txt" | tail -1)"
 done
 timeout 240 build-gpu/bin/prime-bench kernels --device cuda --repeats 5 > "$OUT/kernels_bench.txt" 2>&1
 echo "prime-bench kernels: exit $?"; cat "$OUT/kernels_bench.txt"
+# The whole decode step of the 8B shape with every kernel and with none, then each model at the
+# largest batch that fits at 32K.
+models="--model synthetic:qwen3-8b --model synthetic:qwen3-8b+convert:GDN:1:1"
+for policy in torch auto; do
+  PRIME_KERNELS=$policy timeout 200 build-gpu/bin/prime-bench decode --device cuda --dtype bf16 $models \
+    --batch 1,64 --prompt 4096 --new-tokens 32 --mode graph --context synthetic > "$OUT/decode_4k_$policy.txt" 2>&1
+  echo "decode, PRIME_KERNELS=$policy: exit $?"; tail -4 "$OUT/decode_4k_$policy.txt"
+done
+timeout 200 build-gpu/bin/prime-bench decode --device cuda --dtype bf16 $models --fit-batch --prompt 32768 \
+  --new-tokens 16 --mode graph --context synthetic > "$OUT/decode_32k_fit.txt" 2>&1
+echo "decode --fit-batch: exit $?"; tail -2 "$OUT/decode_32k_fit.txt"
 if [ -d third_party_fetched/fla ]; then
   timeout 240 python3 experiments/kernels/time_anchor_fla.py > "$OUT/anchor_fla.txt" 2>&1
   echo "anchor: exit $?"; tail -3 "$OUT/anchor_fla.txt"
