@@ -1,5 +1,6 @@
-// Which implementation the model's SSM ops use: prime's CUDA kernels (kernels/<op>/) on CUDA
-// tensors, or the LibTorch-ops forms in lib/model (the correctness reference). Chosen by the
+// Which implementation the model's ops use where prime has a kernel (the SSM cores, the short
+// conv, the decode step's attention, RMSNorm and RoPE): prime's CUDA kernels (kernels/<op>/) on
+// CUDA tensors, or the LibTorch-ops forms in lib/model (the correctness reference). Chosen by the
 // PRIME_KERNELS environment variable: unset or "auto" = the kernels wherever they apply,
 // "torch" = the torch-ops forms everywhere. Tests and prime-bench switch it with
 // ScopedKernelPolicy to run both paths side by side in one process.
