@@ -6,37 +6,32 @@
 #include <functional>
 #include <string>
 
+#include "eval/kernel_vs_torch.h"
 #include "kernels/attention_decode/attention_decode.h"
 #include "kernels/common/policy.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/gdn.h"
 #include "model/kv_cache.h"
 #include "model/mamba2.h"
-#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::eval {
 
 namespace {
 
-// Per-step median time of `step` under `policy`: each timed run queues steps_per_repeat steps.
-double time_step(const std::function<void()>& step, kernels::Policy policy,
-                 const DecodeStepBenchOptions& options, const at::Device& device) {
-  const kernels::ScopedKernelPolicy scoped(policy);
-  return median_ms_per_call(step, options.steps_per_repeat, device, options.warmup, options.repeats);
-}
-
 DecodeStepBenchRow measure(const std::string& type, const std::string& shape, double floor_bytes,
                            const std::function<void()>& step, const DecodeStepBenchOptions& options,
                            const at::Device& device) {
+  const KernelVsTorch times =
+      time_kernel_vs_torch(step, floor_bytes, options.steps_per_repeat, options.warmup, options.repeats, device);
   DecodeStepBenchRow row;
   row.type = type;
   row.shape = shape;
   row.floor_bytes = floor_bytes;
-  row.kernel_ms = time_step(step, kernels::Policy::Auto, options, device);
-  row.torch_ms = time_step(step, kernels::Policy::Torch, options, device);
-  row.kernel_tbps = floor_bytes / (row.kernel_ms * 1e-3) / 1e12;
-  row.torch_tbps = floor_bytes / (row.torch_ms * 1e-3) / 1e12;
+  row.kernel_ms = times.kernel_ms;
+  row.torch_ms = times.torch_ms;
+  row.kernel_tbps = times.kernel_tbps;
+  row.torch_tbps = times.torch_tbps;
   row.kernel_fraction_of_hbm = row.kernel_tbps / options.hbm_tbps;
   return row;
 }

@@ -5,10 +5,10 @@
 #include <functional>
 #include <string>
 
+#include "eval/kernel_vs_torch.h"
 #include "kernels/common/policy.h"
 #include "kernels/rms_norm/rms_norm.h"
 #include "model/rms_norm.h"
-#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -17,24 +17,19 @@ namespace {
 
 constexpr double kEps = 1e-6;
 
-// Per-call median time of `call` under `policy`: each timed run queues calls_per_repeat calls.
-double time_call(const std::function<void()>& call, kernels::Policy policy,
-                 const RmsNormBenchOptions& options, const at::Device& device) {
-  const kernels::ScopedKernelPolicy scoped(policy);
-  return median_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
-}
-
 RmsNormBenchRow measure(const std::string& shape, bool fused_add, double bytes,
                         const std::function<void()>& call, const RmsNormBenchOptions& options,
                         const at::Device& device) {
+  const KernelVsTorch times =
+      time_kernel_vs_torch(call, bytes, options.calls_per_repeat, options.warmup, options.repeats, device);
   RmsNormBenchRow row;
   row.shape = shape;
   row.fused_add = fused_add;
   row.bytes = bytes;
-  row.kernel_ms = time_call(call, kernels::Policy::Auto, options, device);
-  row.torch_ms = time_call(call, kernels::Policy::Torch, options, device);
-  row.kernel_tbps = bytes / (row.kernel_ms * 1e-3) / 1e12;
-  row.torch_tbps = bytes / (row.torch_ms * 1e-3) / 1e12;
+  row.kernel_ms = times.kernel_ms;
+  row.torch_ms = times.torch_ms;
+  row.kernel_tbps = times.kernel_tbps;
+  row.torch_tbps = times.torch_tbps;
   return row;
 }
 
