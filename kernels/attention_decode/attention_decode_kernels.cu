@@ -5,7 +5,8 @@
 // Layout of the work: a block (4 warps) takes one (sequence b, KV head, range of slots). A group
 // of D / V lanes holds one key (V elements per lane: 16-byte loads), so a warp reads 32 / (D / V)
 // consecutive keys per access (bf16, D = 128: two keys, 512 contiguous bytes) and the block's
-// warps read consecutive keys too. Each lane group keeps, for all G query heads of the KV head, a
+// warps read consecutive keys too. Keys and values reach shared memory through a kStages-deep
+// cp.async pipeline (the copies of trip t + kStages - 1 are in flight while trip t computes). Each lane group keeps, for all G query heads of the KV head, a
 // running max m, a running sum l and its V elements of the output accumulator (the online
 // softmax, in log2 units: q is pre-scaled by scale * log2(e)). Keys the query cannot see are
 // neither loaded nor counted. At the end the groups merge by shuffles, the warps through shared
@@ -52,6 +53,18 @@ __device__ __forceinline__ void unpack(const uint4& raw, float (&out)[4]) {
   out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
 }
 
+// 16 bytes global -> shared without registers (cp.async, sm_80+); zero-filled when !fill.
+__device__ __forceinline__ void copy_async16(void* shared, const void* global, bool fill) {
+  const unsigned destination = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(global), "r"(fill ? 16 : 0));
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int Pending>
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending)); }
+
+// Trips of keys in flight per block: stage t + kStages - 1 is loading while trip t computes.
+constexpr int kStages = 4;
+
 template <typename T>
 __device__ __forceinline__ T from_float(float value);
 template <>
@@ -94,8 +107,6 @@ __global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int key_slot = lane / kLanes, part = lane % kLanes;
   const long long sequence_head = static_cast<long long>(b) * kv_heads + kv_head;
-  const T* key_base = keys + sequence_head * slots * D + part * kVec;
-  const T* value_base = values + sequence_head * slots * D + part * kVec;
   const int owned_index = (part / kDup) * kKeep;
   const bool writer = part % kDup == 0;
   float* exchange_score = exchange[warp][key_slot][0];
@@ -125,30 +136,46 @@ __global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
 
   const int begin = split * keys_per_split;
   const int end = min(slots, begin + keys_per_split);
-  constexpr int kTrip = kKeysPerStep * kSteps;
-  // Which of a trip's keys the query sees, read one trip ahead so that the key and value loads
-  // never wait for it.
-  const int lane_key = (warp * kKeysPerWarp + key_slot);
-  bool seen_next[kSteps];
-#pragma unroll
-  for (int u = 0; u < kSteps; ++u) {
-    const int s = begin + u * kKeysPerStep + lane_key;
-    seen_next[u] = s < end && visible[s];
-  }
-  for (int base = begin; base < end; base += kTrip) {
-    unsigned seen_mask = 0;  // bit u: key u of the trip is seen
-    uint4 key_raw[kSteps], value_raw[kSteps];
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      seen_mask |= static_cast<unsigned>(seen_next[u]) << u;
-      const long long s = base + u * kKeysPerStep + lane_key;
-      key_raw[u] = seen_next[u] ? load_raw(key_base + s * D) : make_uint4(0, 0, 0, 0);
-      value_raw[u] = seen_next[u] ? load_raw(value_base + s * D) : make_uint4(0, 0, 0, 0);
+  constexpr int kTrip = kKeysPerStep * kSteps;  // keys per trip
+  constexpr int kStageElements = kTrip * D;     // of keys (and of values) per stage
+  extern __shared__ __align__(16) unsigned char stage_memory[];
+  T* stage_keys = reinterpret_cast<T*>(stage_memory);              // [kStages][kTrip][D]
+  T* stage_values = stage_keys + kStages * kStageElements;         // [kStages][kTrip][D]
+  unsigned char* stage_seen = reinterpret_cast<unsigned char*>(stage_values + kStages * kStageElements);
+  const T* key_rows = keys + sequence_head * slots * D;
+  const T* value_rows = values + sequence_head * slots * D;
+  const int trips = (end - begin + kTrip - 1) / kTrip;
+  const int lane_key = warp * kKeysPerWarp + key_slot;  // the lane group's key within a step
+
+  // Every thread copies its share of a trip's keys and values (16 bytes each) into the trip's
+  // stage; keys the query does not see (and past the range) are zero-filled, not read.
+  const auto issue = [&](int trip) {
+    const int buffer = trip % kStages, base = begin + trip * kTrip;
+    for (int c = threadIdx.x; c < kTrip * kLanes; c += kThreads) {
+      const int row = c / kLanes, chunk = c % kLanes, s = base + row;
+      const bool seen = trip < trips && s < end && visible[s];
+      const long long from = static_cast<long long>(seen ? s : 0) * D + chunk * kVec;
+      const int to = buffer * kStageElements + row * D + chunk * kVec;
+      copy_async16(stage_keys + to, key_rows + from, seen);
+      copy_async16(stage_values + to, value_rows + from, seen);
+      if (chunk == 0) stage_seen[buffer * kTrip + row] = seen;
     }
+    copy_async_commit();  // empty groups too: the wait below counts groups
+  };
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) issue(t);
+  for (int trip = 0; trip < trips; ++trip) {
+    copy_async_wait<kStages - 2>();
+    __syncthreads();  // trip's stage landed for all threads; the stage of trip - 1 is free
+    issue(trip + kStages - 1);
+    const int buffer = trip % kStages;
+    unsigned seen_mask = 0;  // bit u: key u of the trip is seen
+    uint4 key_raw[kSteps];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
-      const int s = base + kTrip + u * kKeysPerStep + lane_key;
-      seen_next[u] = s < end && visible[s];
+      const int row = u * kKeysPerStep + lane_key;
+      seen_mask |= static_cast<unsigned>(stage_seen[buffer * kTrip + row]) << u;
+      key_raw[u] = *reinterpret_cast<const uint4*>(stage_keys + buffer * kStageElements + row * D + part * kVec);
     }
     // The lane's partial dot products for every (head, key) of the trip, index g * kSteps + u.
     float partial[kValues];
@@ -221,7 +248,9 @@ __global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       float value[kVec];
-      unpack(value_raw[u], value);
+      unpack(*reinterpret_cast<const uint4*>(stage_values + buffer * kStageElements +
+                                             (u * kKeysPerStep + lane_key) * D + part * kVec),
+             value);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const float p = exchange_weight[g * kSteps + u];
@@ -336,7 +365,12 @@ void launch_typed(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
   const float scale_log2 = static_cast<float>(scale) * kLog2e;
   const auto launch = [&](auto dim, auto group_limit) {
     constexpr int kD = decltype(dim)::value, kG = decltype(group_limit)::value;
-    attention_decode_split_kernel<T, kD, kG><<<grid, kThreads, 0, stream>>>(
+    constexpr int kSteps = kG >= 8 ? kUnroll / 2 : kUnroll;
+    constexpr int kTrip = kWarps * (32 / (kD / (16 / static_cast<int>(sizeof(T))))) * kSteps;
+    constexpr int kBytes = kStages * (2 * kTrip * kD * static_cast<int>(sizeof(T)) + kTrip);
+    PRIME_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_split_kernel<T, kD, kG>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+    attention_decode_split_kernel<T, kD, kG><<<grid, kThreads, kBytes, stream>>>(
         reinterpret_cast<const T*>(q.const_data_ptr()), reinterpret_cast<const T*>(keys.const_data_ptr()),
         reinterpret_cast<const T*>(values.const_data_ptr()), visible.const_data_ptr<bool>(),
         splits > 1 ? part_acc.mutable_data_ptr<float>() : nullptr,
