@@ -1,80 +1,48 @@
-// CUDA kernels of the split-K decode attention (see attention_decode.h for the op,
-// attention_decode_launch.h for the operands). Decode attention is bound by reading the cache:
-// B * Hkv * S * D elements of keys and as many of values per step, each read once here.
+// The split-K decode attention for fp32 caches on the CUDA cores, and the launcher of both
+// kernels (see attention_decode.h for the op, attention_decode_launch.h for the operands; bf16
+// caches go to the tensor-core kernel of attention_decode_mma.cu). Decode attention is bound by
+// reading the cache: B * Hkv * S * D elements of keys and as many of values per step, each read
+// once here.
 //
 // Layout of the work: a block (4 warps) takes one (sequence b, KV head, range of slots). A group
-// of D / V lanes holds one key (V elements per lane: 16-byte loads), so a warp reads 32 / (D / V)
-// consecutive keys per access (bf16, D = 128: two keys, 512 contiguous bytes) and the block's
-// warps read consecutive keys too. Keys and values reach shared memory through a kStages-deep
-// cp.async pipeline (the copies of trip t + kStages - 1 are in flight while trip t computes). Each lane group keeps, for all G query heads of the KV head, a
-// running max m, a running sum l and its V elements of the output accumulator (the online
+// of D / 4 lanes holds one key (4 elements per lane: 16-byte loads), so a warp reads 32 / (D / 4)
+// consecutive keys per access and the block's warps read consecutive keys too. Keys and values
+// reach shared memory through a kStages-deep cp.async pipeline (the copies of trip t + kStages - 1
+// are in flight while trip t computes). Each lane group keeps, for all G query heads of the KV
+// head, a running max m, a running sum l and its 4 elements of the output accumulator (the online
 // softmax, in log2 units: q is pre-scaled by scale * log2(e)). Keys the query cannot see are
 // neither loaded nor counted. At the end the groups merge by shuffles, the warps through shared
-// memory; with one range per (b, KV head) the block writes the output, else its unnormalised
-// partial (m, l, acc) which attention_decode_combine merges across ranges.
+// memory (store_block_result).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "kernels/attention_decode/attention_decode_common.cuh"
 #include "kernels/attention_decode/attention_decode_launch.h"
-#include "kernels/common/cuda_check.cuh"
 
 namespace prime::kernels::detail {
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-// Keys per lane group per loop trip: 8 16-byte loads in flight per lane (4 with 8 query heads
-// per KV head, whose accumulators take the registers).
+// Keys per lane group per loop trip: 4 16-byte loads per lane (2 with 8 query heads per KV
+// head, whose accumulators take the registers).
 constexpr int kUnroll = 4;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // 16 bytes at p (16-byte aligned), raw: loads are issued as raw words (fewer registers in flight)
 // and converted where they are used.
 __device__ __forceinline__ uint4 load_raw(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
-// The 16 raw bytes as floats: 8 bf16 or 4 floats.
-__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
-  const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(words[i] << 16);
-    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-  }
-}
-
+// The 16 raw bytes as 4 floats.
 __device__ __forceinline__ void unpack(const uint4& raw, float (&out)[4]) {
   out[0] = __uint_as_float(raw.x), out[1] = __uint_as_float(raw.y);
   out[2] = __uint_as_float(raw.z), out[3] = __uint_as_float(raw.w);
 }
 
-// 16 bytes global -> shared without registers (cp.async, sm_80+); zero-filled when !fill.
-__device__ __forceinline__ void copy_async16(void* shared, const void* global, bool fill) {
-  const unsigned destination = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(global), "r"(fill ? 16 : 0));
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending>
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending)); }
-
 // Trips of keys in flight per block: stage t + kStages - 1 is loading while trip t computes.
 constexpr int kStages = 4;
-
-template <typename T>
-__device__ __forceinline__ T from_float(float value);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float(float value) { return __float2bfloat16_rn(value); }
-template <>
-__device__ __forceinline__ float from_float(float value) { return value; }
-
-// The max of a running softmax state, as the reference exponent: 0 while nothing is seen (every
-// exp2(-inf - 0) is then 0 and no -inf - -inf arises).
-__device__ __forceinline__ float reference(float max) { return max == -INFINITY ? 0.0f : max; }
 
 // One block per (range, KV head, sequence). T the element type, D the head dim, G the largest
 // number of query heads per KV head served by this instance (groups <= G at run time).
@@ -291,92 +259,33 @@ __global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < groups * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float top = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, shared_m[w][g]);
-    const float ref = reference(top);
-    float sum = 0.0f, total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float weight = exp2f(shared_m[w][g] - ref);
-      sum += shared_l[w][g] * weight;
-      total += shared_acc[w][g][d] * weight;
-    }
-    const long long row = sequence_head * groups + g;  // the query head's row of [B * Hq]
-    if (splits == 1) {
-      out[row * D + d] = from_float<T>(sum > 0.0f ? total / sum : 0.0f);
-    } else {
-      part_acc[(row * splits + split) * D + d] = total;
-      if (d == 0) {
-        part_ml[(row * splits + split) * 2] = top;
-        part_ml[(row * splits + split) * 2 + 1] = sum;
-      }
-    }
-  }
+  store_block_result<T, D, G>(&shared_m[0][0], &shared_l[0][0], &shared_acc[0][0][0], groups, sequence_head,
+                              split, splits, part_acc, part_ml, out);
 }
 
-// One block of D threads per query head row: merges the ranges' partial softmax states.
-template <typename T>
-__global__ void attention_decode_combine_kernel(const float* __restrict__ part_acc,
-                                                const float* __restrict__ part_ml, T* __restrict__ out,
-                                                int splits, int D) {
-  const long long row = blockIdx.x;
-  const int d = threadIdx.x;
-  const float* ml = part_ml + row * splits * 2;
-  float top = -INFINITY;
-  for (int s = 0; s < splits; ++s) top = fmaxf(top, ml[2 * s]);
-  const float ref = reference(top);
-  float sum = 0.0f, total = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float weight = exp2f(ml[2 * s] - ref);
-    sum += ml[2 * s + 1] * weight;
-    total += part_acc[(row * splits + s) * D + d] * weight;
-  }
-  out[row * D + d] = from_float<T>(sum > 0.0f ? total / sum : 0.0f);
-}
-
-template <typename T>
-void launch_typed(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+void launch_float(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                   const at::Tensor& visible, double scale, const at::Tensor& out) {
+  using T = float;
   const int64_t B = keys.size(0), Hkv = keys.size(1), S = keys.size(2), D = keys.size(3);
   const int64_t groups = q.size(1) / Hkv;
-  // Ranges: enough blocks for about four per multiprocessor, each range at least 128 slots (the
-  // merge is then small next to the streaming), a multiple of what a block reads per trip.
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t per_trip = kWarps * (32 / (D / (16 / static_cast<int64_t>(sizeof(T))))) * kUnroll;
-  const int64_t wanted = std::max<int64_t>(1, (4 * sms + B * Hkv - 1) / (B * Hkv));
-  const int64_t most = std::max<int64_t>(1, (S + 127) / 128);
-  int64_t splits = std::min(wanted, most);
-  int64_t keys_per_split = (S + splits - 1) / splits;
-  keys_per_split = (keys_per_split + per_trip - 1) / per_trip * per_trip;
-  splits = (S + keys_per_split - 1) / keys_per_split;
-  PRIME_CHECK(splits <= 65535 && Hkv <= 65535 && B <= 65535, "attention_decode: grid too large (B ", B,
-              ", Hkv ", Hkv, ", ranges ", splits, ")");
-
-  at::Tensor part_acc, part_ml;
-  if (splits > 1) {
-    part_acc = at::empty({B * q.size(1), splits, D}, q.options().dtype(at::kFloat));
-    part_ml = at::empty({B * q.size(1), splits, 2}, q.options().dtype(at::kFloat));
-  }
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
+  const int64_t per_trip = kWarps * (32 / (D / 4)) * kUnroll;
+  const Ranges ranges = plan_ranges(q, B, Hkv, S, D, per_trip, /*blocks_per_sm=*/4);
+  const dim3 grid(static_cast<unsigned>(ranges.splits), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const float scale_log2 = static_cast<float>(scale) * kLog2e;
   const auto launch = [&](auto dim, auto group_limit) {
     constexpr int kD = decltype(dim)::value, kG = decltype(group_limit)::value;
     constexpr int kSteps = kG >= 8 ? kUnroll / 2 : kUnroll;
-    constexpr int kTrip = kWarps * (32 / (kD / (16 / static_cast<int>(sizeof(T))))) * kSteps;
+    constexpr int kTrip = kWarps * (32 / (kD / 4)) * kSteps;
     constexpr int kBytes = kStages * (2 * kTrip * kD * static_cast<int>(sizeof(T)) + kTrip);
     PRIME_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_split_kernel<T, kD, kG>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
     attention_decode_split_kernel<T, kD, kG><<<grid, kThreads, kBytes, stream>>>(
-        reinterpret_cast<const T*>(q.const_data_ptr()), reinterpret_cast<const T*>(keys.const_data_ptr()),
-        reinterpret_cast<const T*>(values.const_data_ptr()), visible.const_data_ptr<bool>(),
-        splits > 1 ? part_acc.mutable_data_ptr<float>() : nullptr,
-        splits > 1 ? part_ml.mutable_data_ptr<float>() : nullptr, reinterpret_cast<T*>(out.mutable_data_ptr()),
-        static_cast<int>(Hkv), static_cast<int>(groups), static_cast<int>(S), static_cast<int>(keys_per_split),
-        static_cast<int>(splits), scale_log2);
+        q.const_data_ptr<T>(), keys.const_data_ptr<T>(), values.const_data_ptr<T>(), visible.const_data_ptr<bool>(),
+        ranges.splits > 1 ? ranges.part_acc.mutable_data_ptr<float>() : nullptr,
+        ranges.splits > 1 ? ranges.part_ml.mutable_data_ptr<float>() : nullptr, out.mutable_data_ptr<T>(),
+        static_cast<int>(Hkv), static_cast<int>(groups), static_cast<int>(S),
+        static_cast<int>(ranges.keys_per_split), static_cast<int>(ranges.splits), scale_log2);
   };
   const auto by_groups = [&](auto dim) {
     // One query head per KV head runs the two-head instance (each instance costs build time).
@@ -388,17 +297,10 @@ void launch_typed(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
     case 32: by_groups(std::integral_constant<int, 32>{}); break;
     case 64: by_groups(std::integral_constant<int, 64>{}); break;
     case 128: by_groups(std::integral_constant<int, 128>{}); break;
-    default:
-      if constexpr (sizeof(T) == 2) by_groups(std::integral_constant<int, 256>{});
-      else PRIME_CHECK(false, "attention_decode: head dim ", D, " not served for float");
+    default: PRIME_CHECK(false, "attention_decode: head dim ", D, " not served for float");
   }
   PRIME_CUDA_CHECK_LAUNCH("attention_decode_split_kernel");
-  if (splits > 1) {
-    attention_decode_combine_kernel<T><<<static_cast<unsigned>(B * q.size(1)), static_cast<unsigned>(D), 0, stream>>>(
-        part_acc.const_data_ptr<float>(), part_ml.const_data_ptr<float>(), reinterpret_cast<T*>(out.mutable_data_ptr()),
-        static_cast<int>(splits), static_cast<int>(D));
-    PRIME_CUDA_CHECK_LAUNCH("attention_decode_combine_kernel");
-  }
+  combine_ranges<T>(ranges, out, B * q.size(1), D, stream);
 }
 
 }  // namespace
@@ -422,8 +324,8 @@ void launch_attention_decode(const at::Tensor& q, const at::Tensor& keys, const 
     PRIME_CHECK(t->device() == q.device(), op, ": operands on different devices");
   if (B == 0 || q.size(1) == 0) return;
   const at::cuda::CUDAGuard guard(q.device());
-  if (type == at::kBFloat16) launch_typed<__nv_bfloat16>(q, keys, values, visible, scale, out);
-  else if (type == at::kFloat) launch_typed<float>(q, keys, values, visible, scale, out);
+  if (type == at::kBFloat16) launch_attention_decode_mma(q, keys, values, visible, scale, out);
+  else if (type == at::kFloat) launch_float(q, keys, values, visible, scale, out);
   else PRIME_CHECK(false, op, ": dtype ", c10::toString(type), " not served");
 }
 

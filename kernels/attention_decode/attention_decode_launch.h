@@ -10,4 +10,9 @@ namespace prime::kernels::detail {
 void launch_attention_decode(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                              const at::Tensor& visible, double scale, const at::Tensor& out);
 
+// The bf16 case on the tensor cores (attention_decode_mma.cu), after launch_attention_decode's
+// checks.
+void launch_attention_decode_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                                 const at::Tensor& visible, double scale, const at::Tensor& out);
+
 }  // namespace prime::kernels::detail
