@@ -25,13 +25,16 @@ namespace {
 
 using test::norm_relative_error;
 
-// The scan's recurrence, float64, one chunk at a time (see kernels/gdn_chunk/gdn_chunk.h).
+// The scan's recurrence, float64, one chunk at a time (see kernels/gdn_chunk/gdn_chunk.h); the
+// state entering a chunk flagged in `starts` is zero.
 std::pair<at::Tensor, at::Tensor> reference_scan(const at::Tensor& w, const at::Tensor& kd,
                                                  const at::Tensor& u, const at::Tensor& decay,
-                                                 const at::Tensor& initial) {
+                                                 const at::Tensor& initial,
+                                                 const std::vector<bool>& starts = {}) {
   at::Tensor S = initial;
   std::vector<at::Tensor> states;
   for (int64_t n = 0; n < w.size(2); ++n) {
+    if (!starts.empty() && starts[n]) S = at::zeros_like(S);
     states.push_back(S);
     const at::Tensor U = u.select(2, n) - at::matmul(w.select(2, n), S);
     S = decay.select(2, n).unsqueeze(-1).unsqueeze(-1) * S +
@@ -191,6 +194,106 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
               << std::endl;
     CHECK(out_error <= 1e-4);
     CHECK(state_error <= 1e-4);
+    CHECK(worst_grad <= 1e-4);
+    CHECK(out_f64 <= 1e-4);
+    CHECK(worst_grad_f64 <= 1e-4);
+  }
+}
+
+TEST_CASE("GDN kernels: the chunk-state scan with document starts equals a float64 loop that resets there",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  at::manual_seed(17);
+  // Resets at the first chunk, at two neighbours, and none at the last: both walk directions.
+  const std::vector<bool> starts = {true, false, true, true, false, false};
+  std::vector<int64_t> flags(starts.begin(), starts.end());
+  const at::Tensor starts_dev = at::tensor(flags, at::kLong).to(at::kBool).to(cuda);
+  for (const auto& [Dk, Dv] : std::vector<std::pair<int64_t, int64_t>>{{32, 32}, {64, 100}, {128, 128}, {256, 64}}) {
+    const int64_t B = 2, H = 2, N = static_cast<int64_t>(starts.size()), C = 64;
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    const std::vector<at::Tensor> inputs = {at::randn({B, H, N, C, Dk}, f64) * 0.1, at::randn({B, H, N, C, Dk}, f64) * 0.1,
+                                            at::randn({B, H, N, C, Dv}, f64), at::rand({B, H, N}, f64) * 0.5 + 0.5,
+                                            at::randn({B, H, Dk, Dv}, f64)};
+    std::vector<at::Tensor> leaves64, leaves32;
+    for (const at::Tensor& t : inputs) {
+      leaves64.push_back(t.clone().requires_grad_(true));
+      leaves32.push_back(t.to(cuda, at::kFloat).requires_grad_(true));
+    }
+    auto [states64, final64] =
+        reference_scan(leaves64[0], leaves64[1], leaves64[2], leaves64[3], leaves64[4], starts);
+    auto [states32, final32] =
+        kernels::chunk_state_scan(leaves32[0], leaves32[1], leaves32[2], leaves32[3], leaves32[4], starts_dev);
+    const at::Tensor ws = at::randn(states64.sizes(), f64), wf = at::randn(final64.sizes(), f64);
+    const auto grads64 = torch::autograd::grad({(states64 * ws).sum() + (final64 * wf).sum()}, leaves64);
+    const auto grads32 = torch::autograd::grad(
+        {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
+    double worst_grad = 0;
+    for (size_t i = 0; i + 1 < grads64.size(); ++i)
+      worst_grad = std::max(worst_grad, norm_relative_error(grads32[i], grads64[i]));
+    // The initial state never reaches anything (chunk 0 resets): its gradient is exactly zero.
+    CHECK(grads32.back().abs().max().item<double>() == 0.0);
+    const double states_error = norm_relative_error(states32, states64), final_error = norm_relative_error(final32, final64);
+    std::cout << "[kernels][gdn] chunk_state_scan with starts Dk=" << Dk << " Dv=" << Dv << " N=" << N << ": states "
+              << states_error << ", final " << final_error << ", worst input gradient " << worst_grad << std::endl;
+    CHECK(states_error <= 1e-5);
+    CHECK(final_error <= 1e-5);
+    CHECK(worst_grad <= 1e-4);
+  }
+}
+
+TEST_CASE("GDN varlen core on CUDA: the kernels give the torch-ops form's packed output and gradients",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  const at::Device cuda(at::kCUDA, 0);
+  // Ragged documents (1, 63, 64, 65, 200 tokens around the 64-token chunk), a one-document row.
+  const std::vector<std::vector<int64_t>> rows = {{1, 63, 64, 65, 107}, {200, 1, 99}, {300}};
+  const int64_t T = 300, B = static_cast<int64_t>(rows.size());
+  at::Tensor positions = at::empty({B, T}, at::kLong);
+  for (int64_t r = 0; r < B; ++r) {
+    int64_t t = 0;
+    for (int64_t length : rows[r])
+      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
+  }
+  const model::Documents on_cuda = model::make_documents(positions, cuda);
+  const model::Documents on_cpu = model::make_documents(positions, at::kCPU);
+  for (const auto& [H, D] : std::vector<std::pair<int64_t, int64_t>>{{3, 64}, {2, 128}, {2, 32}}) {
+    const CoreInputs in = random_core_inputs(B, T, H, D, 23 + D);
+    const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble);
+    const auto run = [&](const model::Documents& documents, const at::Device& device, at::ScalarType type) {
+      std::vector<at::Tensor> leaves = as_leaves(in, device, type);
+      leaves.pop_back();  // packed documents start from zero states
+      const at::Tensor out = model::gated_delta_rule_varlen(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4],
+                                                            documents.chunks(64), 64);
+      CoreRun result{out.detach(), at::Tensor(), {}};
+      for (const at::Tensor& grad : torch::autograd::grad({(out * out_weight.to(out.options())).sum()}, leaves))
+        result.grads.push_back(grad.detach());
+      return result;
+    };
+    REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), 64));
+    const CoreRun with_kernels = run(on_cuda, cuda, at::kFloat);
+    CoreRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run(on_cuda, cuda, at::kFloat);
+    }
+    const CoreRun reference = run(on_cpu, at::kCPU, at::kDouble);
+    const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
+    const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
+    double worst_grad = 0, worst_grad_f64 = 0;
+    for (size_t i = 0; i < reference.grads.size(); ++i) {
+      worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
+      worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
+    }
+    std::cout << "[kernels][gdn] varlen core H=" << H << " D=" << D << " rows 1,63,64,65,107 / 200,1,99 / 300"
+              << ": vs torch ops out " << out_error << ", worst gradient " << worst_grad << "; vs float64 out "
+              << out_f64 << ", worst gradient " << worst_grad_f64 << std::endl;
+    CHECK(out_error <= 1e-4);
     CHECK(worst_grad <= 1e-4);
     CHECK(out_f64 <= 1e-4);
     CHECK(worst_grad_f64 <= 1e-4);

@@ -205,3 +205,60 @@ TEST_CASE("short conv kernel: prefill then decode steps equal the full sequence,
                   << ": relative error " << error << " (decode steps " << decode_error << ")\n";
       }
 }
+
+TEST_CASE("short conv kernel with document starts: output and gradients equal the torch form in float64",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  // Starts at 0, 1 (a one-token document), 63, 64, 65 (around the 64-step time tile), 129, 194,
+  // 197; row 1 at 0, 128, 130. T = 300 spans five tiles.
+  const std::vector<std::vector<int64_t>> rows = {{1, 62, 1, 1, 64, 65, 3, 103}, {128, 2, 170}};
+  const int64_t B = 2, T = 300, C = 203;
+  at::Tensor positions = at::empty({B, T}, at::kLong);
+  for (int64_t r = 0; r < B; ++r) {
+    int64_t t = 0;
+    for (int64_t length : rows[r])
+      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
+  }
+  const at::Tensor starts = positions.eq(0);
+  at::manual_seed(13);
+  std::map<std::string, double> worst;
+  for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    const double tolerance = type == at::kFloat ? 1e-5 : 1e-2;
+    for (int64_t K : {2, 3, 4})
+      for (bool with_bias : {false, true}) {
+        const at::Tensor u = representable({B, T, C}, type);
+        const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+        const at::Tensor bias = with_bias ? representable({C}, at::kFloat, 0.3) : at::Tensor();
+        const at::Tensor probe = representable({B, T, C}, type);
+        const std::vector<at::Tensor> values{u, weight, bias};
+        auto ref = leaves_on(values, at::kCPU, {at::kDouble, at::kDouble, at::kDouble});
+        auto dev = leaves_on(values, cuda, {type, at::kFloat, at::kFloat});
+        const at::Tensor starts_dev = starts.to(cuda);
+        REQUIRE(kernels::short_conv_apply(dev[0], dev[1], at::Tensor(), starts_dev));
+        const at::Tensor y_ref = model::causal_conv_silu(ref[0], ref[1], ref[2], nullptr, starts);
+        const at::Tensor y = model::causal_conv_silu(dev[0], dev[1], dev[2], nullptr, starts_dev);
+        REQUIRE(y.scalar_type() == type);
+        const auto grads_ref = torch::autograd::grad({(y_ref * probe).sum()}, defined_only(ref));
+        const auto grads = torch::autograd::grad({(y.to(at::kDouble) * probe.to(cuda)).sum()}, defined_only(dev));
+        std::vector<std::string> labels{"y", "du", "dweight", "dbias"};
+        std::vector<double> errors{test::relative_error(y, y_ref)};
+        for (size_t i = 0; i < grads.size(); ++i) errors.push_back(test::relative_error(grads[i], grads_ref[i]));
+        for (size_t i = 0; i < errors.size(); ++i) {
+          INFO(c10::toString(type) << " K=" << K << " bias=" << with_bias << ": " << labels[i]);
+          CHECK(errors[i] <= tolerance);
+          double& w = worst[std::string(c10::toString(type)) + " " + labels[i]];
+          w = std::max(w, errors[i]);
+        }
+      }
+  }
+  // The starts matter: without them the output differs.
+  const at::Tensor u = at::randn({B, T, C}, cuda), weight = at::randn({C, 1, 4}, cuda);
+  CHECK(test::relative_error(model::causal_conv_silu(u, weight, at::Tensor(), nullptr, starts.to(cuda)),
+                             model::causal_conv_silu(u, weight, at::Tensor(), nullptr)) > 1e-3);
+  for (const auto& [key, error] : worst)
+    std::cout << "[kernels][short_conv] document starts B=" << B << " T=" << T << " C=" << C << " " << key
+              << ": max relative error " << error << "\n";
+}

@@ -35,16 +35,16 @@ at::Tensor inverse_forward(const at::Tensor& A) {
 std::pair<at::Tensor, at::Tensor> scan(const at::Tensor& probe, const at::Tensor& writer,
                                        const at::Tensor& target, const at::Tensor& addend,
                                        const at::Tensor& decay, const at::Tensor& initial,
-                                       bool reverse, int64_t value_dim) {
+                                       const at::Tensor& starts, bool reverse, int64_t value_dim) {
   require_cuda_build("chunk_state_scan");
   const int64_t M = probe.size(0), N = probe.size(1), Dk = probe.size(3);
   at::Tensor states = new_output({M, N, Dk, value_dim}, probe.options());
   at::Tensor final_state = new_output({M, Dk, value_dim}, probe.options());
 #ifdef PRIME_WITH_CUDA
-  detail::launch_chunk_scan(probe, writer, target, addend, decay, initial, reverse, states,
+  detail::launch_chunk_scan(probe, writer, target, addend, decay, initial, starts, reverse, states,
                             final_state);
 #else
-  (void)target, (void)addend, (void)decay, (void)initial, (void)reverse;
+  (void)target, (void)addend, (void)decay, (void)initial, (void)starts, (void)reverse;
 #endif
   return {states, final_state};
 }
@@ -70,14 +70,17 @@ struct UnitLowerInverse : public torch::autograd::Function<UnitLowerInverse> {
   }
 };
 
-// Inputs flattened to [M, N, ...]; the caller restores the batch dims.
+// Inputs flattened to [M, N, ...]; the caller restores the batch dims. starts: [N] bool, or
+// empty for none (an undefined tensor cannot be an autograd input).
 struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
   static variable_list forward(AutogradContext* context, const at::Tensor& w,
                                const at::Tensor& k_decayed, const at::Tensor& u_local,
-                               const at::Tensor& decay, const at::Tensor& initial) {
-    auto [states, final_state] =
-        scan(w, k_decayed, u_local, at::Tensor(), decay, initial, /*reverse=*/false, u_local.size(3));
-    context->save_for_backward({w, k_decayed, u_local, decay, states});
+                               const at::Tensor& decay, const at::Tensor& initial,
+                               const at::Tensor& starts_or_empty) {
+    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    auto [states, final_state] = scan(w, k_decayed, u_local, at::Tensor(), decay, initial, starts,
+                                      /*reverse=*/false, u_local.size(3));
+    context->save_for_backward({w, k_decayed, u_local, decay, states, starts_or_empty});
     return {states, final_state};
   }
 
@@ -85,21 +88,23 @@ struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
   //   G_{n-1} = dstates_n + decay_n G_n - w_n^T (k_decayed_n G_n),   G_{N-1} = dfinal
   // the scan walked backwards with probe = k_decayed, writer = w, addend = dstates. Then per
   // chunk: du_n = k_decayed_n G_n, dk_decayed_n = U_n G_n^T, dw_n = -du_n S_n^T,
-  // ddecay_n = <S_n, G_n>, dinitial = the walk's final value.
+  // ddecay_n = <S_n, G_n>, dinitial = the walk's final value. A reset S_n = 0 stops the walk's
+  // G there (G_{n-1} = 0), and S_n = 0 in the products above.
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const variable_list saved = context->get_saved_variables();
     const at::Tensor &w = saved[0], &k_decayed = saved[1], &u_local = saved[2], &decay = saved[3];
     const at::Tensor& states = saved[4];
+    const at::Tensor starts = saved[5].numel() > 0 ? saved[5] : at::Tensor();
     const at::Tensor d_states = grad_outputs[0].defined() ? grad_outputs[0].contiguous() : at::Tensor();
     const at::Tensor d_final = grad_outputs[1].defined() ? grad_outputs[1].contiguous() : at::Tensor();
     auto [gradients, d_initial] =
-        scan(k_decayed, w, at::Tensor(), d_states, decay, d_final, /*reverse=*/true, u_local.size(3));
+        scan(k_decayed, w, at::Tensor(), d_states, decay, d_final, starts, /*reverse=*/true, u_local.size(3));
     const at::Tensor U = u_local - at::matmul(w, states);
     const at::Tensor d_u = at::matmul(k_decayed, gradients);
     const at::Tensor d_k_decayed = at::matmul(U, gradients.transpose(-1, -2));
     const at::Tensor d_w = -at::matmul(d_u, states.transpose(-1, -2));
     const at::Tensor d_decay = (states * gradients).sum({-1, -2});
-    return {d_w, d_k_decayed, d_u, d_decay, d_initial};
+    return {d_w, d_k_decayed, d_u, d_decay, d_initial, at::Tensor()};
   }
 };
 
@@ -120,15 +125,21 @@ at::Tensor unit_lower_inverse(const at::Tensor& A) {
 std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at::Tensor& k_decayed,
                                                    const at::Tensor& u_local,
                                                    const at::Tensor& decay,
-                                                   const at::Tensor& initial) {
+                                                   const at::Tensor& initial,
+                                                   const at::Tensor& starts) {
   PRIME_CHECK(w.dim() == 5 && k_decayed.sizes() == w.sizes() && u_local.dim() == 5,
               "chunk_state_scan: w ", w.sizes(), ", k_decayed ", k_decayed.sizes(), ", u_local ",
               u_local.sizes());
   const int64_t B = w.size(0), H = w.size(1), N = w.size(2), Dk = w.size(4), Dv = u_local.size(4);
+  PRIME_CHECK(!starts.defined() || (starts.dim() == 1 && starts.size(0) == N &&
+                                     starts.scalar_type() == at::kBool && starts.device() == w.device()),
+              "chunk_state_scan: starts must be [", N, "] bool on ", w.device());
   const at::Tensor start = initial.defined() ? initial : at::zeros({B, H, Dk, Dv}, w.options());
+  const at::Tensor starts_or_empty =
+      starts.defined() ? starts.contiguous() : at::empty({0}, w.options().dtype(at::kBool));
   variable_list outputs = ChunkStateScan::apply(
       flat_or_undefined(w, 3), flat_or_undefined(k_decayed, 3), flat_or_undefined(u_local, 3),
-      decay.reshape({B * H, N}).contiguous(), flat_or_undefined(start, 2));
+      decay.reshape({B * H, N}).contiguous(), flat_or_undefined(start, 2), starts_or_empty);
   return {outputs[0].view({B, H, N, Dk, Dv}), outputs[1].view({B, H, Dk, Dv})};
 }
 

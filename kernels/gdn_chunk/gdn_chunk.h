@@ -26,11 +26,14 @@ at::Tensor unit_lower_inverse(const at::Tensor& A);
 // The state recurrence over chunks n = 0..N-1 from S_0 = initial (zeros if undefined):
 //   U_n = u_local_n - w_n S_n,   S_{n+1} = decay_n S_n + k_decayed_n^T U_n.
 // w, k_decayed [B,H,N,C,Dk]; u_local [B,H,N,C,Dv]; decay [B,H,N]; initial [B,H,Dk,Dv], all fp32
-// CUDA. Returns (states [B,H,N,Dk,Dv] with states_n = S_n, the state entering chunk n; S_N).
-// Differentiable in every input.
+// CUDA. starts [N] bool CUDA (shared by every (batch, head)) or undefined: S_n = 0 where
+// starts[n] (packed documents: a document's first chunk), whatever the chunks before it left.
+// Returns (states [B,H,N,Dk,Dv] with states_n = S_n, the state entering chunk n; S_N).
+// Differentiable in every input but starts.
 std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at::Tensor& k_decayed,
                                                    const at::Tensor& u_local,
                                                    const at::Tensor& decay,
-                                                   const at::Tensor& initial);
+                                                   const at::Tensor& initial,
+                                                   const at::Tensor& starts = at::Tensor());
 
 }  // namespace prime::kernels

@@ -68,8 +68,9 @@ __global__ void __launch_bounds__(kThreads)
 chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ writer,
                   const float* __restrict__ target, const float* __restrict__ addend,
                   const float* __restrict__ decay, const float* __restrict__ initial,
-                  float* __restrict__ states, float* __restrict__ final_state, int num_chunks,
-                  int chunk, int value_dim, bool reverse) {
+                  const bool* __restrict__ starts, float* __restrict__ states,
+                  float* __restrict__ final_state, int num_chunks, int chunk, int value_dim,
+                  bool reverse) {
   constexpr int kKeys = 32 * KR;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   auto& shared = *reinterpret_cast<ScanShared<KR>*>(shared_bytes);
@@ -91,6 +92,10 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
   for (int step = 0; step < num_chunks; ++step) {
     const int n = reverse ? num_chunks - 1 - step : step;
     const size_t chunk_offset = (m * num_chunks + n) * static_cast<size_t>(chunk);
+    const bool reset = starts != nullptr && starts[n];  // uniform over the block
+    if (reset && !reverse)  // a document starts here: it enters from zero
+      for (int i = 0; i < KR; ++i)
+        for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
     const float* probe_n = probe + chunk_offset * kKeys;
     const float* writer_n = writer + chunk_offset * kKeys;
     for (int index = thread; index < kMaxChunk * kKeys; index += kThreads) {
@@ -156,6 +161,9 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
         s[i][2] = fmaf(w, y.z, s[i][2]); s[i][3] = fmaf(w, y.w, s[i][3]);
       }
     }
+    if (reset && reverse)  // the forward reset's adjoint: nothing flows to the chunks before
+      for (int i = 0; i < KR; ++i)
+        for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
     __syncthreads();  // before the next step overwrites probe_t, writer and state
   }
   for (int i = 0; i < KR; ++i)
@@ -167,9 +175,9 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
 
 template <int KR>
 void launch_scan_for(const float* probe, const float* writer, const float* target,
-                     const float* addend, const float* decay, const float* initial, float* states,
-                     float* final_state, int64_t batch_heads, int64_t num_chunks, int64_t chunk,
-                     int64_t value_dim, bool reverse) {
+                     const float* addend, const float* decay, const float* initial,
+                     const bool* starts, float* states, float* final_state, int64_t batch_heads,
+                     int64_t num_chunks, int64_t chunk, int64_t value_dim, bool reverse) {
   const size_t shared = sizeof(ScanShared<KR>);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<KR>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -177,7 +185,7 @@ void launch_scan_for(const float* probe, const float* writer, const float* targe
   const dim3 grid(static_cast<unsigned>((value_dim + kColumns - 1) / kColumns),
                   static_cast<unsigned>(batch_heads));
   chunk_scan_kernel<KR><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
-      probe, writer, target, addend, decay, initial, states, final_state,
+      probe, writer, target, addend, decay, initial, starts, states, final_state,
       static_cast<int>(num_chunks), static_cast<int>(chunk), static_cast<int>(value_dim), reverse);
   PRIME_CUDA_CHECK_LAUNCH("chunk_scan_kernel");
 }
@@ -205,7 +213,8 @@ void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T) {
 
 void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const at::Tensor& target,
                        const at::Tensor& addend, const at::Tensor& decay, const at::Tensor& initial,
-                       bool reverse, const at::Tensor& states, const at::Tensor& final_state) {
+                       const at::Tensor& starts, bool reverse, const at::Tensor& states,
+                       const at::Tensor& final_state) {
   const char* op = "chunk_scan";
   check_operand(probe, op, "probe", at::kFloat, 4);
   const int64_t M = probe.size(0), N = probe.size(1), C = probe.size(2), Dk = probe.size(3);
@@ -235,12 +244,16 @@ void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const 
     check_operand(initial, op, "initial", at::kFloat, 3);
     PRIME_CHECK(initial.sizes() == final_state.sizes(), op, ": initial ", initial.sizes());
   }
+  if (starts.defined()) {
+    check_operand(starts, op, "starts", at::kBool, 1);
+    PRIME_CHECK(starts.size(0) == N, op, ": starts ", starts.sizes(), " for ", N, " chunks");
+  }
   if (M == 0 || Dv == 0) return;
   const at::cuda::CUDAGuard guard(probe.device());
   const auto run = [&](auto launcher) {
     launcher(probe.data_ptr<float>(), writer.data_ptr<float>(), optional_data(target),
              optional_data(addend), decay.data_ptr<float>(), optional_data(initial),
-             states.data_ptr<float>(), final_state.data_ptr<float>(), M, N, C, Dv, reverse);
+             starts.defined() ? starts.data_ptr<bool>() : nullptr, states.data_ptr<float>(), final_state.data_ptr<float>(), M, N, C, Dv, reverse);
   };
   switch (Dk) {
     case 32: run(launch_scan_for<1>); break;

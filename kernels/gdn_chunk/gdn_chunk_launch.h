@@ -15,9 +15,12 @@ void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T);
 // probe, writer [M, N, C, Dk]; target [M, N, C, Dv] or undefined (zero); addend [M, N, Dk, Dv] or
 // undefined (zero); decay [M, N]; initial [M, Dk, Dv] or undefined (zero). Writes states
 // [M, N, Dk, Dv] and final [M, Dk, Dv]. reverse walks n = N-1..0. Dk in {32, 64, 128, 256},
-// C <= 64, Dv a multiple of 4.
+// C <= 64, Dv a multiple of 4. starts [N] bool or undefined: the forward walk sets S = 0 at the
+// start of a flagged step (before states[n] is written), the reverse walk at its end (the
+// adjoint of that reset: no gradient flows past a document's first chunk).
 void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const at::Tensor& target,
                        const at::Tensor& addend, const at::Tensor& decay, const at::Tensor& initial,
-                       bool reverse, const at::Tensor& states, const at::Tensor& final_state);
+                       const at::Tensor& starts, bool reverse, const at::Tensor& states,
+                       const at::Tensor& final_state);
 
 }  // namespace prime::kernels::detail

@@ -30,17 +30,19 @@ at::Tensor absent(const at::Tensor& like) { return at::empty({0}, like.options()
 at::Tensor present_or_undefined(const at::Tensor& tensor) { return tensor.numel() > 0 ? tensor : at::Tensor(); }
 
 // Inputs: u [B,T,C] contiguous, weight [C,K] fp32, bias [C] fp32 or empty, history [B,C,K-1]
-// contiguous or empty. Output y [B,T,C] in u's dtype.
+// contiguous or empty, starts [B,T] bool contiguous or empty. Output y [B,T,C] in u's dtype.
 struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
   static at::Tensor forward(AutogradContext* context, const at::Tensor& u, const at::Tensor& weight,
-                            const at::Tensor& bias_or_empty, const at::Tensor& history_or_empty) {
+                            const at::Tensor& bias_or_empty, const at::Tensor& history_or_empty,
+                            const at::Tensor& starts_or_empty) {
     require_cuda_build("short_conv_silu");
     at::Tensor y = new_output(u.sizes(), u.options());
 #ifdef PRIME_WITH_CUDA
     detail::launch_short_conv_forward(u, weight, present_or_undefined(bias_or_empty),
-                                      present_or_undefined(history_or_empty), y);
+                                      present_or_undefined(history_or_empty),
+                                      present_or_undefined(starts_or_empty), y);
 #endif
-    context->save_for_backward({u, weight, bias_or_empty, history_or_empty});
+    context->save_for_backward({u, weight, bias_or_empty, history_or_empty, starts_or_empty});
     return y;
   }
 
@@ -51,6 +53,7 @@ struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
     const variable_list saved = context->get_saved_variables();
     const at::Tensor &u = saved[0], &weight = saved[1];
     const at::Tensor bias = present_or_undefined(saved[2]), history = present_or_undefined(saved[3]);
+    const at::Tensor starts = present_or_undefined(saved[4]);
     const at::Tensor grad_y = grad_outputs[0].to(u.scalar_type()).contiguous();
     const int64_t B = u.size(0), T = u.size(1), C = u.size(2), K = weight.size(1);
     at::Tensor grad_u = new_output(u.sizes(), u.options());
@@ -61,8 +64,8 @@ struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
 #ifdef PRIME_WITH_CUDA
     partials = new_output({detail::short_conv_partial_rows(B, T), K + 1, C},
                           u.options().dtype(at::kFloat));
-    detail::launch_short_conv_backward(grad_y, u, weight, bias, history, grad_u, grad_history,
-                                       partials);
+    detail::launch_short_conv_backward(grad_y, u, weight, bias, history, starts, grad_u,
+                                       grad_history, partials);
 #else
     (void)B, (void)T, (void)C, (void)K;
     require_cuda_build("short_conv_silu");
@@ -70,7 +73,7 @@ struct ShortConvSilu : public torch::autograd::Function<ShortConvSilu> {
     const at::Tensor sums = partials.sum(0);  // [K+1, C]
     const at::Tensor grad_weight = sums.narrow(0, 0, K).t().contiguous();
     const at::Tensor grad_bias = bias.defined() ? sums.select(0, K) : at::Tensor();
-    return {grad_u, grad_weight, grad_bias, grad_history};
+    return {grad_u, grad_weight, grad_bias, grad_history, at::Tensor()};
   }
 };
 
@@ -86,12 +89,16 @@ bool tracked(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bi
 
 }  // namespace
 
-bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& conv_state) {
+bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& conv_state,
+                      const at::Tensor& starts) {
   if (!use_cuda_kernels(u) || !is_storage_type(u) || u.dim() != 3) return false;
   if (weight.dim() != 3 || weight.size(0) != u.size(2) || weight.size(1) != 1 ||
       weight.size(2) < 2 || weight.size(2) > 4 || !at::isFloatingType(weight.scalar_type()) ||
       weight.device() != u.device())
     return false;
+  if (starts.defined())
+    return !conv_state.defined() && starts.scalar_type() == at::kBool && starts.dim() == 2 &&
+           starts.size(0) == u.size(0) && starts.size(1) == u.size(1) && starts.device() == u.device();
   if (!conv_state.defined()) return true;
   return is_storage_type(conv_state) && conv_state.device() == u.device() &&
          conv_state.is_contiguous() && conv_state.dim() == 3 &&
@@ -100,8 +107,8 @@ bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::T
 }
 
 at::Tensor short_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                           at::Tensor* conv_state) {
-  PRIME_CHECK(short_conv_apply(u, weight, conv_state ? *conv_state : at::Tensor()),
+                           at::Tensor* conv_state, const at::Tensor& starts) {
+  PRIME_CHECK(short_conv_apply(u, weight, conv_state ? *conv_state : at::Tensor(), starts),
               "short_conv_silu: operands the kernel does not serve (u ", u.sizes(), ", weight ",
               weight.sizes(), "); ask short_conv_apply first");
   require_cuda_build("short_conv_silu");
@@ -120,7 +127,8 @@ at::Tensor short_conv_silu(const at::Tensor& u, const at::Tensor& weight, const 
   }
 #endif
   at::Tensor y = ShortConvSilu::apply(input, w, b.defined() ? b : absent(input),
-                                      state ? *state : absent(input));
+                                      state ? *state : absent(input),
+                                      starts.defined() ? starts.contiguous() : absent(input));
   if (in_place) {
 #ifdef PRIME_WITH_CUDA
     detail::launch_short_conv_state_update(input, *state);  // after the forward read the history

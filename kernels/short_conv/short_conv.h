@@ -11,8 +11,10 @@ namespace prime::kernels {
 
 // Whether short_conv_silu serves these operands: policy Auto, u a CUDA [B,T,C] tensor of fp32 or
 // bf16, weight [C,1,K] floating with 2 <= K <= 4, on u's device; a defined conv_state must be a
-// contiguous [B,C,K-1] fp32 or bf16 tensor on that device. Otherwise the torch form runs.
-bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& conv_state);
+// contiguous [B,C,K-1] fp32 or bf16 tensor on that device; defined starts must be [B,T] bool on
+// that device, with no conv_state. Otherwise the torch form runs.
+bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& conv_state,
+                      const at::Tensor& starts = at::Tensor());
 
 // silu(causal_conv(u, weight, bias, conv_state)) in u's dtype, accumulated in fp32 (see
 // model::causal_conv_silu for the operands). bias [C] or undefined. With a conv_state it is read
@@ -20,7 +22,9 @@ bool short_conv_apply(const at::Tensor& u, const at::Tensor& weight, const at::T
 // dtype): overwritten in place when autograd does not track the call (decode, prefill under no
 // grad; T == 1 takes the fused decode kernel), else replaced out of place like store_state does,
 // and then the old state is an input of the graph (its gradient flows when it requires grad).
+// starts [B,T] bool (packed documents) or undefined: no window reaches back across a flagged
+// step, forward and backward (see model::causal_conv).
 at::Tensor short_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                           at::Tensor* conv_state);
+                           at::Tensor* conv_state, const at::Tensor& starts = at::Tensor());
 
 }  // namespace prime::kernels

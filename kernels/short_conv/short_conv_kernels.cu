@@ -37,11 +37,40 @@ __device__ __forceinline__ float input_at(const T* u, const S* history, int64_t 
   return load(history + (b * channels + c) * (K - 1) + (s + K - 1));
 }
 
+// Whether step s of batch row b starts a document (never for s < 0: the history precedes t = 0).
+__device__ __forceinline__ bool starts_at(const bool* starts, int64_t b, int s, int tokens) {
+  return starts != nullptr && s >= 0 && s < tokens && starts[b * tokens + s];
+}
+
+// Steps s into the window x (x[j] = step s-K+1+j after the shift). A document start at s zeroes
+// the older steps, so no window reaches across it: the same as a zero history at each document.
+template <int K>
+__device__ __forceinline__ void shift_in(float (&x)[K], float value, bool start) {
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) x[j] = start ? 0.0f : x[j + 1];
+  x[K - 1] = value;
+}
+
+// The window of the K-1 steps before t0 (the halo), reset where a document starts inside it.
+template <typename T, typename S, int K>
+__device__ __forceinline__ void load_halo(float (&x)[K], const T* u, const S* history,
+                                          const bool* starts, int64_t b, int t0, int tokens,
+                                          int c, int channels) {
+#pragma unroll
+  for (int j = 0; j < K; ++j) x[j] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) {
+    const int s = t0 - (K - 1) + j;
+    shift_in(x, input_at<T, S, K>(u, history, b, s, c, tokens, channels), starts_at(starts, b, s, tokens));
+  }
+}
+
 template <typename T, typename S, int K>
 __global__ void __launch_bounds__(kChannels)
 short_conv_forward_kernel(const T* __restrict__ u, const float* __restrict__ weight,
                           const float* __restrict__ bias, const S* __restrict__ history,
-                          T* __restrict__ y, int tokens, int channels) {
+                          const bool* __restrict__ starts, T* __restrict__ y, int tokens,
+                          int channels) {
   const int c = blockIdx.x * kChannels + threadIdx.x;
   if (c >= channels) return;
   const int64_t b = blockIdx.z;
@@ -50,19 +79,18 @@ short_conv_forward_kernel(const T* __restrict__ u, const float* __restrict__ wei
 #pragma unroll
   for (int j = 0; j < K; ++j) w[j] = weight[c * K + j];
   const float bias_c = bias ? bias[c] : 0.0f;
-#pragma unroll
-  for (int j = 0; j < K - 1; ++j)
-    x[j + 1] = input_at<T, S, K>(u, history, b, t0 - (K - 1) + j, c, tokens, channels);
+  load_halo<T, S, K>(x, u, history, starts, b, t0, tokens, c, channels);
   for (int base = t0; base < t_end; base += kUnroll) {
     float in[kUnroll];  // loaded together: kUnroll reads in flight per thread
-#pragma unroll
-    for (int i = 0; i < kUnroll; ++i)
-      in[i] = base + i < t_end ? load(u + (b * tokens + base + i) * channels + c) : 0.0f;
+    bool start[kUnroll];
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i) {
+      in[i] = base + i < t_end ? load(u + (b * tokens + base + i) * channels + c) : 0.0f;
+      start[i] = base + i < t_end && starts_at(starts, b, base + i, tokens);
+    }
 #pragma unroll
-      for (int j = 0; j < K - 1; ++j) x[j] = x[j + 1];
-      x[K - 1] = in[i];
+    for (int i = 0; i < kUnroll; ++i) {
+      shift_in(x, in[i], start[i]);
       float z = bias_c;
 #pragma unroll
       for (int j = 0; j < K; ++j) z = fmaf(w[j], x[j], z);
@@ -79,14 +107,15 @@ template <typename T, typename S, int K>
 __global__ void __launch_bounds__(kChannels)
 short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u,
                            const float* __restrict__ weight, const float* __restrict__ bias,
-                           const S* __restrict__ history, T* __restrict__ grad_u,
-                           S* __restrict__ grad_history, float* __restrict__ partials, int tokens,
-                           int channels) {
+                           const S* __restrict__ history, const bool* __restrict__ starts,
+                           T* __restrict__ grad_u, S* __restrict__ grad_history,
+                           float* __restrict__ partials, int tokens, int channels) {
   const int c = blockIdx.x * kChannels + threadIdx.x;
   if (c >= channels) return;
   const int64_t b = blockIdx.z;
   const int t0 = blockIdx.y * kTimeTile, t_end = min(t0 + kTimeTile, tokens);
   float w[K], x[K], gz[K], dw[K];  // gz[i] = gz at step t-K+1+i
+  bool start[K];                   // start[i]: step t-K+1+i starts a document
 #pragma unroll
   for (int j = 0; j < K; ++j) {
     w[j] = weight[c * K + j];
@@ -95,19 +124,21 @@ short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u
   }
   float dbias = 0.0f;
   const float bias_c = bias ? bias[c] : 0.0f;
+  load_halo<T, S, K>(x, u, history, starts, b, t0, tokens, c, channels);
 #pragma unroll
-  for (int j = 0; j < K - 1; ++j)
-    x[j + 1] = input_at<T, S, K>(u, history, b, t0 - (K - 1) + j, c, tokens, channels);
+  for (int j = 0; j < K; ++j) start[j] = starts_at(starts, b, t0 - K + j, tokens);
   const int emit_from = t0 > 0 ? t0 : -(K - 1);
   const int t_stop = t_end + K - 1, t_load = min(t_stop, tokens);
   for (int base = t0; base < t_stop; base += kUnroll) {
     float in[kUnroll], dy[kUnroll];
+    bool start_in[kUnroll];
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i) {
       const bool inside = base + i < t_load;
       const int64_t index = (b * tokens + base + i) * channels + c;
       in[i] = inside ? load(u + index) : 0.0f;
       dy[i] = inside ? load(grad_y + index) : 0.0f;
+      start_in[i] = inside && starts_at(starts, b, base + i, tokens);
     }
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i) {
@@ -115,9 +146,7 @@ short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u
       if (t >= t_stop) break;
       float g = 0.0f;
       if (t < tokens) {
-#pragma unroll
-        for (int j = 0; j < K - 1; ++j) x[j] = x[j + 1];
-        x[K - 1] = in[i];
+        shift_in(x, in[i], start_in[i]);
         float z = bias_c;
 #pragma unroll
         for (int j = 0; j < K; ++j) z = fmaf(w[j], x[j], z);
@@ -132,11 +161,20 @@ short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u
 #pragma unroll
       for (int j = 0; j < K - 1; ++j) gz[j] = gz[j + 1];
       gz[K - 1] = g;
+#pragma unroll
+      for (int j = 0; j < K - 1; ++j) start[j] = start[j + 1];
+      start[K - 1] = start_in[i];
       const int step = t - (K - 1);
       if (step < emit_from) continue;
+      // x_step reaches gz[d] (step + d) through w[K-1-d] unless a document starts in
+      // (step, step + d]: then that window never saw it.
+      bool open[K];
+      open[0] = true;
+#pragma unroll
+      for (int d = 1; d < K; ++d) open[d] = open[d - 1] && !start[d];
       float dx = 0.0f;
 #pragma unroll
-      for (int j = 0; j < K; ++j) dx = fmaf(w[j], gz[K - 1 - j], dx);
+      for (int j = 0; j < K; ++j) dx = fmaf(open[K - 1 - j] ? w[j] : 0.0f, gz[K - 1 - j], dx);
       if (step >= 0)
         store(grad_u + (b * tokens + step) * channels + c, dx);
       else if (grad_history != nullptr)
@@ -246,6 +284,13 @@ void check_history(const at::Tensor& history, const at::Tensor& u, int64_t K, co
               " and K = ", K);
 }
 
+void check_starts(const at::Tensor& starts, const at::Tensor& u, const char* op) {
+  if (!starts.defined()) return;
+  check_operand(starts, op, "starts", at::kBool, 2);
+  PRIME_CHECK(starts.size(0) == u.size(0) && starts.size(1) == u.size(1), op, ": starts ",
+              starts.sizes(), " for u ", u.sizes());
+}
+
 void check_same(const at::Tensor& tensor, const at::Tensor& like, const char* op, const char* name) {
   check_storage(tensor, op, name, like.dim());
   PRIME_CHECK(tensor.sizes() == like.sizes() && tensor.scalar_type() == like.scalar_type(), op,
@@ -282,10 +327,12 @@ dim3 tiled_grid(const at::Tensor& u, const char* op) {
 int64_t short_conv_partial_rows(int64_t batch, int64_t tokens) { return batch * time_tiles(tokens); }
 
 void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                               const at::Tensor& history, const at::Tensor& y) {
+                               const at::Tensor& history, const at::Tensor& starts,
+                               const at::Tensor& y) {
   const char* op = "short_conv_forward";
   const int64_t K = check_conv_operands(u, weight, bias, op);
   check_history(history, u, K, op, "history");
+  check_starts(starts, u, op);
   check_same(y, u, op, "y");
   if (u.numel() == 0) return;
   const at::cuda::CUDAGuard guard(u.device());
@@ -296,7 +343,7 @@ void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, co
     short_conv_forward_kernel<T, S, decltype(k)::value>
         <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
             data<const T>(u), data<const float>(weight), data<const float>(bias),
-            data<const S>(history), data<T>(y), static_cast<int>(u.size(1)),
+            data<const S>(history), data<const bool>(starts), data<T>(y), static_cast<int>(u.size(1)),
             static_cast<int>(u.size(2)));
   });
   PRIME_CUDA_CHECK_LAUNCH("short_conv_forward_kernel");
@@ -304,11 +351,13 @@ void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, co
 
 void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
                                 const at::Tensor& weight, const at::Tensor& bias,
-                                const at::Tensor& history, const at::Tensor& grad_u,
-                                const at::Tensor& grad_history, const at::Tensor& partials) {
+                                const at::Tensor& history, const at::Tensor& starts,
+                                const at::Tensor& grad_u, const at::Tensor& grad_history,
+                                const at::Tensor& partials) {
   const char* op = "short_conv_backward";
   const int64_t K = check_conv_operands(u, weight, bias, op);
   check_history(history, u, K, op, "history");
+  check_starts(starts, u, op);
   check_same(grad_y, u, op, "grad_y");
   check_same(grad_u, u, op, "grad_u");
   if (grad_history.defined()) {
@@ -328,7 +377,7 @@ void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
     short_conv_backward_kernel<T, S, decltype(k)::value>
         <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
             data<const T>(grad_y), data<const T>(u), data<const float>(weight),
-            data<const float>(bias), data<const S>(history), data<T>(grad_u),
+            data<const float>(bias), data<const S>(history), data<const bool>(starts), data<T>(grad_u),
             data<S>(grad_history), data<float>(partials), static_cast<int>(tokens),
             static_cast<int>(channels));
   });

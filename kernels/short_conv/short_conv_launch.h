@@ -2,7 +2,8 @@
 // short_conv.cpp in CUDA builds). u, y and their gradients are contiguous [B,T,C] CUDA tensors
 // of fp32 or bf16; weight is fp32 [C,K] with 2 <= K <= 4, bias fp32 [C] or undefined; history
 // and state are contiguous [B,C,K-1] of fp32 or bf16 (any mix with u's dtype) or undefined
-// (zeros before t = 0). The launchers check shapes, dtypes and the launch.
+// (zeros before t = 0); starts a contiguous [B,T] bool CUDA tensor or undefined (packed documents:
+// no window reaches back across a flagged step). The launchers check shapes, dtypes and the launch.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,14 +17,16 @@ int64_t short_conv_partial_rows(int64_t batch, int64_t tokens);
 
 // y = silu(bias + sum_j weight[:, j] x_{t-K+1+j}), x = [history, u] along time.
 void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                               const at::Tensor& history, const at::Tensor& y);
+                               const at::Tensor& history, const at::Tensor& starts,
+                               const at::Tensor& y);
 
 // From grad_y: writes grad_u, grad_history (skipped when undefined) and partials
 // [short_conv_partial_rows(B, T), K+1, C] fp32, whose sum over rows is [dweight^T; dbias].
 void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
                                 const at::Tensor& weight, const at::Tensor& bias,
-                                const at::Tensor& history, const at::Tensor& grad_u,
-                                const at::Tensor& grad_history, const at::Tensor& partials);
+                                const at::Tensor& history, const at::Tensor& starts,
+                                const at::Tensor& grad_u, const at::Tensor& grad_history,
+                                const at::Tensor& partials);
 
 // state (in place) = the last K-1 steps of [state, u] along time.
 void launch_short_conv_state_update(const at::Tensor& u, const at::Tensor& state);

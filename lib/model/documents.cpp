@@ -1,5 +1,6 @@
 #include "model/documents.h"
 
+#include <algorithm>
 #include <map>
 
 #include "util/error.h"
@@ -40,6 +41,11 @@ Documents make_documents(const at::Tensor& positions, const at::Device& device, 
   documents.max_position = max_position;
   documents.positions = host.to(device);
   documents.one_per_row = static_cast<int64_t>(spans.size()) == batch;
+  documents.starts = starts.to(at::kBool).to(device);
+  documents.cu_seqlens_host.reserve(spans.size() + 1);
+  for (const Span& span : spans) documents.cu_seqlens_host.push_back(span.row * steps + span.start);
+  documents.cu_seqlens_host.push_back(batch * steps);
+  documents.cu_seqlens = at::tensor(documents.cu_seqlens_host, at::kLong).to(device);
   // Query i sees key j when j <= i and both lie in one document (same count of starts so far).
   const at::Tensor document_id = starts.cumsum(1).to(device);
   const at::Tensor causal = at::ones({steps, steps}, at::TensorOptions().dtype(at::kBool).device(device)).tril();
@@ -77,6 +83,35 @@ Documents make_documents(const at::Tensor& positions, const at::Device& device, 
   for (int64_t i = 0; i < static_cast<int64_t>(order.size()); ++i) r[order[i]] = i;
   documents.restore = restore.to(device);
   return documents;
+}
+
+const DocumentChunks& Documents::chunks(int64_t chunk_size) const {
+  PRIME_CHECK(chunk_size > 0 && cu_seqlens.defined(), "Documents::chunks: chunk size ", chunk_size);
+  const std::lock_guard<std::mutex> lock(chunk_cache_->mutex);
+  auto found = chunk_cache_->by_size.find(chunk_size);
+  if (found != chunk_cache_->by_size.end()) return found->second;
+  std::vector<int64_t> gather, scatter(batch * steps);
+  std::vector<uint8_t> chunk_starts;
+  for (size_t d = 0; d + 1 < cu_seqlens_host.size(); ++d) {
+    const int64_t begin = cu_seqlens_host[d], end = cu_seqlens_host[d + 1];
+    for (int64_t chunk_begin = begin; chunk_begin < end; chunk_begin += chunk_size) {
+      chunk_starts.push_back(chunk_begin == begin ? 1 : 0);
+      for (int64_t i = 0; i < chunk_size; ++i) {
+        const int64_t token = chunk_begin + i;
+        if (token < end) scatter[token] = static_cast<int64_t>(gather.size());
+        gather.push_back(std::min(token, end - 1));
+      }
+    }
+  }
+  DocumentChunks layout;
+  layout.count = static_cast<int64_t>(chunk_starts.size());
+  const at::Device device = cu_seqlens.device();
+  layout.gather = at::tensor(gather, at::kLong).to(device);
+  layout.scatter = at::tensor(scatter, at::kLong).to(device);
+  layout.starts = at::tensor(std::vector<int64_t>(chunk_starts.begin(), chunk_starts.end()), at::kLong)
+                      .to(at::kBool)
+                      .to(device);
+  return chunk_cache_->by_size.emplace(chunk_size, std::move(layout)).first->second;
 }
 
 at::Tensor run_per_document(const Documents& documents, const at::Tensor& x,

@@ -151,14 +151,14 @@ std::unique_ptr<LayerCache> GdnMixer::make_cache(int64_t batch, const at::Device
   return cache;
 }
 
-GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache) const {
+GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache, const at::Tensor& starts) const {
   const auto ct = ssm_compute_type(x);
   const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
   const int64_t H = config_.num_heads();
   auto branch = [&](const at::Tensor& proj, const at::Tensor& conv, const at::Tensor& conv_bias,
                     at::Tensor* conv_state, int64_t heads) {
     at::Tensor y = project(x, proj).to(ct);
-    y = config_.use_short_conv ? causal_conv_silu(y, conv, conv_bias, cache ? conv_state : nullptr)
+    y = config_.use_short_conv ? causal_conv_silu(y, conv, conv_bias, cache ? conv_state : nullptr, starts)
                                : at::silu(y);
     return expand_heads(y.reshape({batch, length, heads, D}), H / heads);
   };
@@ -198,6 +198,18 @@ at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
   const at::Tensor o = run_on_state(gdn_cache, x.size(1), in.q.scalar_type(), [&](const at::Tensor& state) {
     return gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, state, config_.chunk_size);
   });
+  return finish(x, o);
+}
+
+at::Tensor GdnMixer::forward_documents(const at::Tensor& x, const Documents& documents) {
+  if (documents.one_per_row) return forward(x, nullptr);
+  const OutsideAutocast outside_autocast;
+  check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
+  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "GDN layer ", prefix_,
+              ": input ", x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  const Inputs in = prepare(x, nullptr, documents.starts);
+  const at::Tensor o = gated_delta_rule_varlen(in.q, in.k, in.v, in.g, in.beta,
+                                               documents.chunks(config_.chunk_size), config_.chunk_size);
   return finish(x, o);
 }
 

@@ -73,6 +73,10 @@ class GdnMixer : public SsmMixer {
   std::string symbol() const override { return "GDN"; }
   std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
   at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
+  // The packed rows at once: projections over all B*T tokens, the short convs with document
+  // resets, the chunked core over the documents' chunks (gated_delta_rule_varlen). Equal to
+  // the per-document default to rounding, with no document padded beyond its last chunk.
+  at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
 
@@ -83,7 +87,8 @@ class GdnMixer : public SsmMixer {
     at::Tensor q, k, v;  // [B,T,H,D], q and k normalised (q also scaled by D^-1/2)
     at::Tensor g, beta;  // [B,T,H]
   };
-  Inputs prepare(const at::Tensor& x, GdnCache* cache) const;
+  // starts [B,T] bool (packed documents) or undefined: the short convs restart at each flag.
+  Inputs prepare(const at::Tensor& x, GdnCache* cache, const at::Tensor& starts = at::Tensor()) const;
   at::Tensor finish(const at::Tensor& x, const at::Tensor& o) const;  // norm, gate, o_proj
 
   GdnConfig config_;
@@ -96,12 +101,22 @@ class GdnMixer : public SsmMixer {
 // The gated delta rule core, per expanded head: S <- e^g S; u = beta (v - S^T k);
 // S += k u^T; o = S^T q. q, k, v [B,T,H,D]; g, beta [B,T,H]; state [B,H,D,D] or undefined
 // (zeros). All in one floating dtype (fp32, or f64 for gradient checks). Returns o [B,T,H,D] and
-// the final state. The chunked form is differentiable by autograd.
+// the final state. The chunked form is differentiable by autograd. chunk_starts [N] bool (N =
+// ceil(T / chunk_size)) or undefined: the state entering a flagged chunk is zero (a document
+// starts there; see gated_delta_rule_varlen).
 std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v, const at::Tensor& g,
                                                            const at::Tensor& beta,
                                                            const at::Tensor& state,
-                                                           int64_t chunk_size);
+                                                           int64_t chunk_size,
+                                                           const at::Tensor& chunk_starts = at::Tensor());
+// The chunked core over packed documents: q, k, v [B,T,H,D]; g, beta [B,T,H] of the rows that
+// `layout` (Documents::chunks(chunk_size)) describes. Each document starts from a zero state
+// and its chunks start at its first token, so the output [B,T,H,D] equals the documents run one
+// by one through gated_delta_rule_chunked, without padding any document beyond its last chunk.
+at::Tensor gated_delta_rule_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, const at::Tensor& beta,
+                                   const DocumentChunks& layout, int64_t chunk_size);
 std::pair<at::Tensor, at::Tensor> gated_delta_rule_recurrent(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
     const at::Tensor& beta, const at::Tensor& state);

@@ -67,7 +67,8 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
                                                            const at::Tensor& v, const at::Tensor& g,
                                                            const at::Tensor& beta,
                                                            const at::Tensor& state,
-                                                           int64_t chunk_size) {
+                                                           int64_t chunk_size,
+                                                           const at::Tensor& chunk_starts) {
   PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes());
   PRIME_CHECK(g.dim() == 3 && beta.sizes() == g.sizes() && chunk_size > 0);
   const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), dim = q.size(3);
@@ -81,6 +82,9 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const at::Tensor gc = chunks::split(g, chunk_size);  // [B,H,N,C]
   const at::Tensor bc = chunks::split(beta, chunk_size);
   const int64_t num_chunks = gc.size(2);
+  PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == num_chunks &&
+                                          chunk_starts.scalar_type() == at::kBool),
+              "gated_delta_rule_chunked: chunk_starts must be [", num_chunks, "] bool");
 
   const at::Tensor gamma = at::cumsum(gc, -1);
   const at::Tensor decay_incl = chunks::segment_decay(gc);
@@ -108,21 +112,43 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const at::Tensor k_decayed = kc * at::exp(chunks::suffix_sum(gc)).unsqueeze(-1);
   if (use_kernels) {
     auto [states, final_state] = kernels::chunk_state_scan(
-        w, k_decayed, u_local, at::exp(gamma_end).squeeze(-1), state);
+        w, k_decayed, u_local, at::exp(gamma_end).squeeze(-1), state, chunk_starts);
     return {chunks::merge(out_local + at::matmul(q_state, states), length), final_state};
   }
   const at::Tensor k_decayed_t = k_decayed.transpose(-1, -2);
   const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
 
   at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
+  // A reset multiplies the state by 0 (flags stay on the device: no host sync per chunk).
+  const at::Tensor keep = chunk_starts.defined() ? chunk_starts.logical_not().to(q.scalar_type()) : at::Tensor();
   std::vector<at::Tensor> outputs;
   outputs.reserve(num_chunks);
   for (int64_t n = 0; n < num_chunks; ++n) {
+    if (keep.defined()) S = S * keep.select(0, n);
     outputs.push_back(out_local.select(2, n) + at::matmul(q_state.select(2, n), S));
     at::Tensor u = u_local.select(2, n) - at::matmul(w.select(2, n), S);
     S = chunk_decay.select(2, n) * S + at::matmul(k_decayed_t.select(2, n), u);
   }
   return {chunks::merge(at::stack(outputs, 2), length), S};
+}
+
+at::Tensor gated_delta_rule_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& g, const at::Tensor& beta,
+                                   const DocumentChunks& layout, int64_t chunk_size) {
+  PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes() && g.dim() == 3 &&
+              beta.sizes() == g.sizes() && layout.scatter.size(0) == q.size(0) * q.size(1) &&
+              layout.gather.size(0) == layout.count * chunk_size);
+  const int64_t tokens = q.size(0) * q.size(1);
+  // [B,T,...] -> [1, count * chunk_size, ...]: the documents' chunks side by side, as one row.
+  const auto to_chunks = [&](const at::Tensor& x) {
+    std::vector<int64_t> flat_shape{tokens};
+    for (int64_t dim = 2; dim < x.dim(); ++dim) flat_shape.push_back(x.size(dim));
+    return x.reshape(flat_shape).index_select(0, layout.gather).unsqueeze(0);
+  };
+  const at::Tensor o = gated_delta_rule_chunked(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(g),
+                                                to_chunks(beta), at::Tensor(), chunk_size, layout.starts)
+                           .first;
+  return o.squeeze(0).index_select(0, layout.scatter).view(q.sizes());
 }
 
 }  // namespace prime::model

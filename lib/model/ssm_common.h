@@ -23,14 +23,17 @@ namespace prime::model {
 // u [B,T,C], weight [C,1,K], bias [C] or undefined. If conv_state is given ([B,C,K-1], the last
 // K-1 inputs of the previous call) it is read as the history and replaced by the new last K-1
 // inputs. Returns [B,T,C] in u's dtype.
+// starts [B,T] bool (packed documents, Documents::starts) or undefined: a token flagged true
+// begins a document, and no window reaches back across it (as if each document started from a
+// zero conv state). Exclusive with conv_state.
 at::Tensor causal_conv(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                       at::Tensor* conv_state);
+                       at::Tensor* conv_state, const at::Tensor& starts = at::Tensor());
 
-// silu(causal_conv(u, weight, bias, conv_state)), same operands and state hand-over: the one
-// place every SSM mixer's short conv goes through. On CUDA, prime's fused kernel
+// silu(causal_conv(u, weight, bias, conv_state, starts)), same operands and state hand-over: the
+// one place every SSM mixer's short conv goes through. On CUDA, prime's fused kernel
 // (kernels/short_conv) serves wherever kernels::short_conv_apply holds.
 at::Tensor causal_conv_silu(const at::Tensor& u, const at::Tensor& weight, const at::Tensor& bias,
-                            at::Tensor* conv_state);
+                            at::Tensor* conv_state, const at::Tensor& starts = at::Tensor());
 
 // Writes `value` into the cache tensor `slot` in place, in slot's dtype, so the cache keeps its
 // memory (see LayerCache); an undefined slot takes a contiguous copy of value, and so does any
