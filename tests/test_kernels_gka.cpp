@@ -32,7 +32,11 @@ struct System {
   std::vector<at::Tensor> all() const { return {q, keys, start, weights, from_start, frob}; }
 };
 
-System random_system(int64_t B, int64_t H, int64_t n, int64_t C, int64_t D, uint64_t seed) {
+// With `broadcast`, H_0 is one state per (batch, head) [B,H,1,D,D] and the decays are shared by
+// every chunk and head (W [C,C], e^{G} [C,1]): the forward broadcasts them and their gradients
+// are summed back.
+System random_system(int64_t B, int64_t H, int64_t n, int64_t C, int64_t D, uint64_t seed,
+                     bool broadcast = false) {
   at::manual_seed(seed);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   System s;
@@ -42,9 +46,9 @@ System random_system(int64_t B, int64_t H, int64_t n, int64_t C, int64_t D, uint
   };
   s.q = unit({B, H, n, C, D});
   s.keys = unit({B, H, n, C, D}) * (at::rand({B, H, n, C, 1}, f64) * 0.9 + 0.1);
-  const at::Tensor history = unit({B, H, n, 3 * D, D}) * 0.5;
+  const at::Tensor history = unit({B, H, broadcast ? 1 : n, 3 * D, D}) * 0.5;
   s.start = at::matmul(history.transpose(-1, -2), history);
-  const at::Tensor g = -at::rand({B, H, n, C}, f64) * 0.2 - 0.005;
+  const at::Tensor g = broadcast ? -at::rand({C}, f64) * 0.2 - 0.005 : -at::rand({B, H, n, C}, f64) * 0.2 - 0.005;
   const at::Tensor G = at::cumsum(g, -1);
   const at::Tensor lower = at::ones({C, C}, f64).tril();
   s.weights = at::exp((G.unsqueeze(-1) - G.unsqueeze(-2)) * lower) * lower;
@@ -52,7 +56,7 @@ System random_system(int64_t B, int64_t H, int64_t n, int64_t C, int64_t D, uint
   // H_t = e^{G_t} H_0 + sum_{j<=t} w_tj k_j k_j^T, [B,H,n,C,D,D].
   const at::Tensor outer = s.keys.unsqueeze(-1) * s.keys.unsqueeze(-2);  // [..,C,D,D]
   const at::Tensor H_t = s.from_start.unsqueeze(-1) * s.start.unsqueeze(-3) +
-                         at::einsum("...tj,...jab->...tab", {s.weights, outer});
+                         at::einsum("...tj,...jab->...tab", {s.weights.expand({B, H, n, C, C}), outer});
   s.frob = H_t.pow(2).sum({-2, -1}).sqrt().unsqueeze(-1);
   return s;
 }
@@ -81,10 +85,28 @@ SolveRun run_solve(const std::vector<at::Tensor>& in, const at::Tensor& probe, i
   return run;
 }
 
+// The gradients of sum(x * probe) in the six inputs from the backward kernel called directly (the
+// iterates from the forward kernel), summed back to the inputs' shapes as ChunkSolve does.
+std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const at::Tensor& probe, int iterations) {
+  const at::NoGradGuard no_grad;
+  at::Tensor iterates;
+  kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &iterates);
+  const kernels::GkaSolveGradients g = kernels::gka_chunk_solve_backward(
+      in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, iterates, probe.to(in[0].options()));
+  std::vector<at::Tensor> out;
+  const at::Tensor per_chunk[] = {g.q, g.keys, g.start, g.weights, g.from_start, g.frob};
+  for (size_t i = 0; i < in.size(); ++i) {
+    REQUIRE(per_chunk[i].size(-1) == in[i].size(-1));
+    out.push_back(at::sum_to(per_chunk[i], in[i].sizes()));
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("GKA solve kernel: never applies to CPU tensors, other dtypes or shapes it does not serve", "[kernels][gka]") {
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128})));
+  CHECK_FALSE(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 64, 128}), 30));
   if (!torch::cuda::is_available() || !kernels::built_with_cuda_kernels()) return;
   const auto cuda = at::TensorOptions().device(at::kCUDA, 0);
   CHECK(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128}, cuda)));
@@ -92,8 +114,13 @@ TEST_CASE("GKA solve kernel: never applies to CPU tensors, other dtypes or shape
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 65, 128}, cuda)));
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 100}, cuda)));
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 256}, cuda)));
+  CHECK(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 64, 128}, cuda), 30));
+  CHECK(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 37, 48}, cuda), 1));
+  CHECK_FALSE(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 64, 128}, cuda), 0));
+  CHECK_FALSE(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 64, 100}, cuda), 30));
   const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128}, cuda)));
+  CHECK_FALSE(kernels::gka_chunk_solve_backward_apply(at::zeros({1, 2, 64, 128}, cuda), 30));
 }
 
 TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the torch-ops iteration and float64",
@@ -176,4 +203,88 @@ TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[
   const model::gka_detail::ChunkSystem s{in[1], in[2], in[3], in[4]};
   CHECK(norm_relative_error(x, model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, iterations)) <= 1e-5);
   CHECK(norm_relative_error(iterates[2], model::gka_detail::chunk_solve_unrolled(in[0], s, in[5], 0.02, 2)) <= 1e-5);
+}
+
+// The reverse sweep kernel (gka_chunk_solve_backward) against the torch-ops sweep of ChunkSolve
+// on CUDA (fp32, policy Torch) and, for two shapes, the unrolled iteration in float64 on the CPU:
+// chunks of 64 and of 37 rows (padded to 48), D = 32, 64, 128, N = 1, 2, 30, and H_0 and the
+// decays broadcast. The gradients autograd returns under policy Auto must be the kernel's, bit
+// for bit (the kernels are deterministic): ChunkSolve's backward took the kernel.
+TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops sweep and float64",
+          "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
+  const at::Device cuda(at::kCUDA, 0);
+  struct Case {
+    int64_t B, H, n, C, D;
+    int iterations;
+    bool broadcast, float64;
+  };
+  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false, true},
+                                         {2, 1, 2, 64, 64, 2, false, false},
+                                         {1, 2, 3, 64, 32, 1, false, false},
+                                         {2, 2, 2, 37, 32, 30, false, false},
+                                         {1, 1, 2, 37, 128, 2, false, false},
+                                         {2, 1, 3, 37, 64, 1, false, false},
+                                         {2, 2, 2, 64, 64, 30, true, false},
+                                         {1, 2, 2, 37, 128, 30, true, true}}) {
+    INFO("B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C << " D=" << c.D << " N=" << c.iterations
+              << (c.broadcast ? " broadcast" : ""));
+    const System system = random_system(c.B, c.H, c.n, c.C, c.D, 11 + c.C + c.D + c.iterations, c.broadcast);
+    const at::Tensor probe = at::randn({c.B, c.H, c.n, c.C, c.D}, at::kDouble);
+    const auto on_cuda = leaves(system, cuda, at::kFloat);
+    REQUIRE(kernels::gka_chunk_solve_backward_apply(on_cuda[0], c.iterations));
+    const std::vector<at::Tensor> direct = kernel_backward(on_cuda, probe, c.iterations);
+    const SolveRun ours = run_solve(on_cuda, probe, c.iterations, false);
+    SolveRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    }
+    double vs_torch = 0, vs_f64 = 0;
+    const SolveRun reference =
+        c.float64 ? run_solve(leaves(system, at::kCPU, at::kDouble), probe, c.iterations, true) : SolveRun{};
+    for (size_t i = 0; i < direct.size(); ++i) {
+      INFO("gradient of input " << i);
+      REQUIRE(direct[i].sizes() == on_cuda[i].sizes());
+      CHECK(at::isfinite(direct[i]).all().item<bool>());  // every element written
+      CHECK(at::equal(ours.grads[i], direct[i]));
+      const double error = norm_relative_error(direct[i], torch_ops.grads[i]);
+      CHECK(error <= 1e-4);
+      vs_torch = std::max(vs_torch, error);
+      if (c.float64) {
+        const double error64 = norm_relative_error(direct[i], reference.grads[i]);
+        CHECK(error64 <= 1e-4);
+        vs_f64 = std::max(vs_f64, error64);
+      }
+    }
+    std::cout << "[kernels][gka] backward B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C << " D=" << c.D
+              << " N=" << c.iterations << (c.broadcast ? " (H_0, decays broadcast)" : "")
+              << ": worst gradient vs torch ops " << vs_torch;
+    if (c.float64) std::cout << ", vs float64 " << vs_f64;
+    std::cout << std::endl;
+  }
+}
+
+// Small enough for compute-sanitizer's memcheck and racecheck: one padded chunk (23 rows) and
+// one full chunk, a few iterations, every output poisoned first.
+TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  for (const int64_t C : {23, 16}) {
+    const System system = random_system(1, 1, 2, C, 32, 9 + C);
+    const at::Tensor probe = at::randn({1, 1, 2, C, 32}, at::kDouble);
+    const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
+    const std::vector<at::Tensor> direct = kernel_backward(in, probe, 3);
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    const SolveRun torch_ops = run_solve(in, probe, 3, false);
+    for (size_t i = 0; i < direct.size(); ++i) {
+      INFO("C=" << C << ", gradient of input " << i);
+      CHECK(norm_relative_error(direct[i], torch_ops.grads[i]) <= 1e-4);
+    }
+  }
 }

@@ -1,7 +1,8 @@
 // Host side of kernels/gka_solve: operands broadcast to q's leading dims, flattened and made
-// contiguous for the launcher.
+// contiguous for the launchers; the backward's per-chunk gradients reshaped to q's leading dims.
 #include "kernels/gka_solve/gka_solve.h"
 
+#include <initializer_list>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -22,6 +23,13 @@ at::Tensor flat(const at::Tensor& tensor, at::IntArrayRef lead, std::vector<int6
               " must be an fp32 tensor");
   tail.insert(tail.begin(), -1);
   return tensor.expand(sizes).reshape(tail).contiguous();
+}
+
+// lead + tail.
+std::vector<int64_t> with_tail(at::IntArrayRef lead, std::initializer_list<int64_t> tail) {
+  std::vector<int64_t> sizes(lead.begin(), lead.end());
+  sizes.insert(sizes.end(), tail);
+  return sizes;
 }
 
 }  // namespace
@@ -65,6 +73,57 @@ at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at
     *iterates = all.view(sizes);
   }
   return x.view(q.sizes());
+}
+
+bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter) {
+  if (!gka_chunk_solve_apply(q) || num_iter < 1) return false;
+#ifdef PRIME_WITH_CUDA
+  return detail::gka_chunk_solve_backward_fits(q.device(), q.size(-2), q.size(-1), num_iter);
+#else
+  return true;  // never reached: gka_chunk_solve_apply is false without the CUDA build
+#endif
+}
+
+GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                           const at::Tensor& weights, const at::Tensor& from_start,
+                                           const at::Tensor& frob, double ridge_strength, int num_iter,
+                                           const at::Tensor& iterates, const at::Tensor& grad) {
+  PRIME_CHECK(gka_chunk_solve_backward_apply(q, num_iter), "gka_chunk_solve_backward: operands the kernel does not ",
+              "serve (q ", q.sizes(), ", N = ", num_iter, "); ask gka_chunk_solve_backward_apply first");
+  require_cuda_build("gka_chunk_solve_backward");
+  const int64_t C = q.size(-2), D = q.size(-1), padded = (C + 15) / 16 * 16;
+  const at::IntArrayRef lead = q.sizes().slice(0, q.dim() - 2);
+  PRIME_CHECK(iterates.defined() && iterates.dim() == q.dim() + 1 && iterates.size(0) == num_iter &&
+                  iterates.sizes().slice(1) == q.sizes(),
+              "gka_chunk_solve_backward: iterates ", iterates.defined() ? iterates.sizes() : at::IntArrayRef(),
+              " must be [", num_iter, ", ", q.sizes(), "]");
+  PRIME_CHECK(grad.defined() && grad.sizes() == q.sizes(), "gka_chunk_solve_backward: grad ",
+              grad.defined() ? grad.sizes() : at::IntArrayRef(), " vs q ", q.sizes());
+  const at::Tensor q3 = flat(q, lead, {C, D}, "q");
+  const int64_t M = q3.size(0);
+  PRIME_CHECK(iterates.scalar_type() == at::kFloat, "gka_chunk_solve_backward: iterates must be fp32");
+  const at::Tensor all = iterates.reshape({num_iter, M, C, D}).contiguous();
+  GkaSolveGradients per_chunk;
+  per_chunk.q = new_output({M, C, D}, q3.options());
+  per_chunk.keys = new_output({M, padded, D}, q3.options());
+  per_chunk.start = new_output({M, D, D}, q3.options());
+  per_chunk.weights = new_output({M, C, C}, q3.options());
+  per_chunk.from_start = new_output({M, C}, q3.options());
+  per_chunk.frob = new_output({M, C}, q3.options());
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gka_chunk_solve_backward(
+      q3, flat(keys, lead, {C, D}, "keys"), flat(start, lead, {D, D}, "start"), flat(weights, lead, {C, C}, "weights"),
+      flat(from_start, lead, {C, 1}, "from_start").view({M, C}), flat(frob, lead, {C, 1}, "frob").view({M, C}),
+      ridge_strength, num_iter, all, flat(grad, lead, {C, D}, "grad"), per_chunk);
+#endif
+  GkaSolveGradients out;
+  out.q = per_chunk.q.view(q.sizes());
+  out.keys = per_chunk.keys.narrow(1, 0, C).reshape(q.sizes());
+  out.start = per_chunk.start.view(with_tail(lead, {D, D}));
+  out.weights = per_chunk.weights.view(with_tail(lead, {C, C}));
+  out.from_start = per_chunk.from_start.view(with_tail(lead, {C, 1}));
+  out.frob = per_chunk.frob.view(with_tail(lead, {C, 1}));
+  return out;
 }
 
 }  // namespace prime::kernels

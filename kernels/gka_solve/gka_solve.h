@@ -27,4 +27,24 @@ at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at
                            const at::Tensor& frob, double ridge_strength, int num_iter,
                            at::Tensor* iterates = nullptr);
 
+// The gradients of gka_chunk_solve's six operands, per chunk: q and keys [..., C, D], start
+// [..., D, D], weights [..., C, C], from_start and frob [..., C, 1], with q's leading dims (an
+// operand broadcast in the forward takes its gradient summed back to its own shape: at::sum_to).
+struct GkaSolveGradients {
+  at::Tensor q, keys, start, weights, from_start, frob;
+};
+
+// Whether gka_chunk_solve_backward serves this solve: gka_chunk_solve_apply(q) and a block for
+// num_iter iterations fits the device's shared memory (every served shape on an H100/H200).
+bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter);
+
+// The reverse sweep of the solve (the backward of model::gka_detail::chunk_solve, whose comment
+// states the math) on chip, one block per chunk: the gradients of x = gka_chunk_solve(...) for
+// the upstream gradient `grad` (like q), given the solve's `iterates` [num_iter, ..., C, D] as
+// gka_chunk_solve returns them.
+GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                           const at::Tensor& weights, const at::Tensor& from_start,
+                                           const at::Tensor& frob, double ridge_strength, int num_iter,
+                                           const at::Tensor& iterates, const at::Tensor& grad);
+
 }  // namespace prime::kernels

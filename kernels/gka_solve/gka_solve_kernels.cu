@@ -10,27 +10,18 @@
 // matmuls in full fp32, and 30 iterations of plain TF32 (10-bit mantissa) would not.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <mma.h>
-
-#include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/gka_solve/gka_mma.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
 
 namespace prime::kernels::detail {
 
 namespace {
 
-using namespace nvcuda;
+using namespace gka;
 
-// 16 warps: a block holds one chunk (all of shared memory at D = 128), so its own warps are
-// what hides the shared-memory and tensor-core latencies.
-constexpr int kThreads = 512;
-constexpr int kWarps = kThreads / 32;
-constexpr int kMaxChunk = 64;
-constexpr int kMaxDim = 128;
 constexpr int kPerThread = kMaxChunk * kMaxDim / kThreads;  // elements of X a thread updates
-constexpr int kPad = 4;  // row padding of the wmma operands: breaks bank aliasing, keeps 32 B alignment
 
 // Shared-memory layout in floats; every buffer starts 32-byte aligned (C and D multiples of 16).
 struct Layout {
@@ -50,102 +41,6 @@ struct Layout {
     y = p + padded_chunk * ld_p;
     rows = y + padded_chunk * ld_x;
     floats = rows + 3 * padded_chunk;  // eta, 1 - eta lambda, e^{G_t}
-  }
-};
-
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-template <typename Major>
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-
-// hi <- tf32(v), lo <- tf32(v - hi) for the fp32 values loaded into hi.
-template <typename Frag>
-__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
-#pragma unroll
-  for (int i = 0; i < hi.num_elements; ++i) {
-    const float value = hi.x[i];
-    const float high = wmma::__float_to_tf32(value);
-    lo.x[i] = wmma::__float_to_tf32(value - high);
-    hi.x[i] = high;
-  }
-}
-
-// acc[t] += A[16 rows, 0:depth] B[0:depth, col0 + 16 t : +16] for t < NT, 3xTF32. A row-major
-// (lda); B row-major (ldb) or, with Major = col_major, B = M^T for a row-major M (ldb = M's
-// row stride), so B's column n is M's row n.
-template <int NT, typename Major>
-__device__ __forceinline__ void warp_gemm(FragC (&acc)[NT], const float* A, int lda, const float* B,
-                                          int ldb, int depth, int col0) {
-  constexpr bool kRowMajor = std::is_same<Major, wmma::row_major>::value;
-  for (int k0 = 0; k0 < depth; k0 += 8) {
-    FragA a_hi, a_lo;
-    wmma::load_matrix_sync(a_hi, A + k0, lda);
-    split_tf32(a_hi, a_lo);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int col = col0 + 16 * t;
-      FragB<Major> b_hi, b_lo;
-      wmma::load_matrix_sync(b_hi, kRowMajor ? B + k0 * ldb + col : B + col * ldb + k0, ldb);
-      split_tf32(b_hi, b_lo);
-      wmma::mma_sync(acc[t], a_lo, b_hi, acc[t]);  // small terms first
-      wmma::mma_sync(acc[t], a_hi, b_lo, acc[t]);
-      wmma::mma_sync(acc[t], a_hi, b_hi, acc[t]);
-    }
-  }
-}
-
-// out[Cp, ncols] (ld_out) = (init ? init : 0) + A[Cp, depth] B[depth, ncols], the tiles spread
-// over the warps: a task is one 16-row block times NT 16-column tiles.
-template <int NT, typename Major>
-__device__ void block_gemm(float* out, int ld_out, bool accumulate, const float* A, int lda,
-                           const float* B, int ldb, int rows, int ncols, int depth) {
-  const int warp = threadIdx.x / 32;
-  const int groups = ncols / (16 * NT);
-  const int tasks = (rows / 16) * groups;
-  for (int task = warp; task < tasks; task += kWarps) {
-    const int row0 = (task / groups) * 16, col0 = (task % groups) * 16 * NT;
-    FragC acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      if (accumulate)
-        wmma::load_matrix_sync(acc[t], out + row0 * ld_out + col0 + 16 * t, ld_out, wmma::mem_row_major);
-      else
-        wmma::fill_fragment(acc[t], 0.0f);
-    }
-    warp_gemm<NT, Major>(acc, A + row0 * lda, lda, B, ldb, depth, col0);
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-      wmma::store_matrix_sync(out + row0 * ld_out + col0 + 16 * t, acc[t], ld_out, wmma::mem_row_major);
-  }
-}
-
-template <typename Major>
-__device__ void block_gemm_any(float* out, int ld_out, bool accumulate, const float* A, int lda,
-                               const float* B, int ldb, int rows, int ncols, int depth) {
-  // Two tiles per task (reusing each A fragment) where that still gives every warp a task.
-  if (ncols % 32 == 0 && (rows / 16) * (ncols / 32) >= kWarps)
-    block_gemm<2, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
-  else
-    block_gemm<1, Major>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
-}
-
-// The elements i = threadIdx.x + j * kThreads (j = 0, 1, ...) of a row-major [rows, width]
-// matrix, as (row, column): when width divides kThreads (D or Cp of 16, 32, 64, 128) the column
-// is the same for every j and the row advances by kThreads / width, so the per-iteration passes
-// need no integer division.
-struct Owned {
-  int row0, col, row_step, width;
-  bool even;
-  __device__ explicit Owned(int w) : width(w), even(kThreads % w == 0) {
-    row0 = threadIdx.x / w;
-    col = threadIdx.x % w;
-    row_step = kThreads / w;
-  }
-  __device__ __forceinline__ int row(int j) const {
-    return even ? row0 + j * row_step : (threadIdx.x + j * kThreads) / width;
-  }
-  __device__ __forceinline__ int column(int j) const {
-    return even ? col : (threadIdx.x + j * kThreads) % width;
   }
 };
 
@@ -188,12 +83,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       decay[t] = 0.0f;
     }
   }
-  for (int i = tid; i < dim * dim; i += kThreads)
-    H0[(i / dim) * L.ld_x + i % dim] = start[m * dim * dim + i];
-  for (int i = tid; i < padded_chunk * dim; i += kThreads) {
-    const int t = i / dim, d = i % dim;
-    K[t * L.ld_x + d] = t < chunk ? keys[m * cd + i] : 0.0f;
-  }
+  load_rows(H0, L.ld_x, start + m * dim * dim, dim, dim, dim);
+  load_rows(K, L.ld_x, keys + m * cd, padded_chunk, chunk, dim);
   __syncthreads();
 
   // This thread's elements of X: i = tid + j * kThreads over [Cp, D].

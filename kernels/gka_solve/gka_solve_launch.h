@@ -1,9 +1,12 @@
-// Launcher of kernels/gka_solve (defined in gka_solve_kernels.cu; called only by gka_solve.cpp in
-// CUDA builds). Operands are contiguous fp32 CUDA tensors with the leading dims flattened to M
-// chunks; the launcher checks shapes and the launch.
+// Launchers of kernels/gka_solve (defined in gka_solve_kernels.cu and
+// gka_solve_backward_kernels.cu; called only by gka_solve.cpp in CUDA builds). Operands are
+// contiguous fp32 CUDA tensors with the leading dims flattened to M chunks; the launchers check
+// shapes and the launch.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include "kernels/gka_solve/gka_solve.h"
 
 namespace prime::kernels::detail {
 
@@ -19,5 +22,17 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
                             const at::Tensor& x, const at::Tensor& iterates);
+
+// The reverse sweep (gka_solve.h, gka_chunk_solve_backward) for M chunks: operands as above,
+// iterates [N, M, C, D], grad [M, C, D]; writes every gradient in `out`: q [M, C, D], keys
+// [M, Cp, D] (rows padded to Cp, a multiple of 16, the padding rows zero), start [M, D, D],
+// weights [M, C, C], from_start and frob [M, C].
+bool gka_chunk_solve_backward_fits(const at::Device& device, int64_t C, int64_t D, int64_t num_iter);
+
+void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                     const at::Tensor& weights, const at::Tensor& from_start,
+                                     const at::Tensor& frob, double ridge_strength, int num_iter,
+                                     const at::Tensor& iterates, const at::Tensor& grad,
+                                     const GkaSolveGradients& out);
 
 }  // namespace prime::kernels::detail

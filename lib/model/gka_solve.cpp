@@ -15,7 +15,9 @@
 //   adjoint of y_{i-1} += (1 - omega_i) A_{i+1}
 //   d/d eta            += omega_i A_{i+1} . q + (H U_i) . y_i / eta
 // and every U_i y_i^T is an upstream gradient of H_t, taken apart into K, H_0, W and e^{G_t}
-// exactly as autograd would take apart apply_H below.
+// exactly as autograd would take apart apply_H below. On CUDA, where the kernels serve the solve,
+// kernels/gka_solve runs the iterates and this whole reverse sweep on chip; the torch-ops sweep
+// below is the reference (and the CPU path).
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <vector>
@@ -81,6 +83,17 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
                                r, num_iter, &iterates);
+      // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk.
+      if (kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
+        const kernels::GkaSolveGradients g =
+            kernels::gka_chunk_solve_backward(q, system.keys, system.start, system.weights, system.from_start,
+                                              frob, r, num_iter, iterates, grad_outputs[0]);
+        return gradients_of_inputs(saved, {g.q, need_keys ? g.keys : at::Tensor(),
+                                           need_start ? g.start : at::Tensor(),
+                                           need_weights ? g.weights : at::Tensor(),
+                                           need_from_start ? g.from_start : at::Tensor(),
+                                           need_frob ? g.frob : at::Tensor()});
+      }
       ys = iterates.unbind(0);
     } else {
       chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q, frob, r,
@@ -135,21 +148,24 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     }
     accumulate(q_coeff, adjoint_next);  // y_1 = eta q
 
-    variable_list grads(8);
-    grads[0] = eta * q_coeff;
-    grads[1] = g_keys;
-    grads[2] = g_start;
-    grads[3] = g_weights;
-    grads[4] = g_from_start;
+    at::Tensor g_frob;
     if (need_frob) {
       // d eta / d f = -eta / f, eta and f per position.
       const at::Tensor d_eta = (q_coeff * q).sum(-1, /*keepdim=*/true) + hy / eta;
-      grads[5] = d_eta * (-eta / frob);
+      g_frob = d_eta * (-eta / frob);
     }
-    // An input broadcast in the forward takes its gradient summed back to its own shape.
-    for (int index = 1; index <= 5; ++index)
-      if (grads[index].defined() && grads[index].sizes() != saved[index].sizes())
-        grads[index] = at::sum_to(grads[index], saved[index].sizes());
+    return gradients_of_inputs(saved, {eta * q_coeff, g_keys, g_start, g_weights, g_from_start, g_frob});
+  }
+
+  // The backward's result from the six gradients with q's leading dims (undefined: not needed):
+  // an input broadcast in the forward takes its gradient summed back to its own shape.
+  static variable_list gradients_of_inputs(const variable_list& saved, std::vector<at::Tensor> six) {
+    variable_list grads(8);
+    for (size_t index = 0; index < six.size(); ++index) {
+      at::Tensor& grad = six[index];
+      if (grad.defined() && grad.sizes() != saved[index].sizes()) grad = at::sum_to(grad, saved[index].sizes());
+      grads[index] = grad;
+    }
     return grads;
   }
 };

@@ -1,0 +1,146 @@
+// Tensor-core helpers shared by kernels/gka_solve's forward and backward kernels: 3xTF32 warp
+// matmuls on wmma fragments (fp32 accuracy: a = a_hi + a_lo, a b ~ a_hi b_hi + a_hi b_lo +
+// a_lo b_hi, fp32 accumulation) and the element ownership of the per-iteration passes. A block is
+// 16 warps holding one chunk; every operand is a row-major fp32 matrix whose rows start 32-byte
+// aligned and whose row stride is a multiple of 4 floats (wmma's rules).
+#pragma once
+
+#include <mma.h>
+
+#include <type_traits>
+
+namespace prime::kernels::detail::gka {
+
+using namespace nvcuda;
+
+// 16 warps: a block holds one chunk (all of shared memory at D = 128), so its own warps are
+// what hides the shared-memory and tensor-core latencies.
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxChunk = 64;
+constexpr int kMaxDim = 128;
+constexpr int kPad = 4;  // row padding of the wmma operands: breaks bank aliasing, keeps 32 B alignment
+
+template <typename Major>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, Major>;
+template <typename Major>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+// hi <- tf32(v), lo <- tf32(v - hi) for the fp32 values loaded into hi.
+template <typename Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+#pragma unroll
+  for (int i = 0; i < hi.num_elements; ++i) {
+    const float value = hi.x[i];
+    const float high = wmma::__float_to_tf32(value);
+    lo.x[i] = wmma::__float_to_tf32(value - high);
+    hi.x[i] = high;
+  }
+}
+
+// acc[t] += A[16 rows, 0:depth] B[0:depth, col0 + 16 t : +16] for t < NT, 3xTF32.
+// A: with MajorA = row_major, the 16 rows starting at `A` of a row-major matrix (lda); with
+// col_major, A = M^T for a row-major M (lda = M's row stride) and `A` points at M's column of the
+// first row, so A's row m is M's column m. B likewise: row_major (ldb), or col_major for B = M^T
+// (B's column n is M's row n). With `scale` (B row-major only), B's row k is multiplied by
+// scale[16 k] before the split: `scale` is a [depth, 16] matrix whose row k repeats one factor,
+// loaded as a B fragment, so its elements line up with B's whatever the fragment layout is.
+template <int NT, typename MajorA, typename MajorB>
+__device__ __forceinline__ void warp_gemm(FragC (&acc)[NT], const float* A, int lda, const float* B, int ldb,
+                                          int depth, int col0, const float* scale = nullptr) {
+  constexpr bool kRowA = std::is_same<MajorA, wmma::row_major>::value;
+  constexpr bool kRowB = std::is_same<MajorB, wmma::row_major>::value;
+  for (int k0 = 0; k0 < depth; k0 += 8) {
+    FragA<MajorA> a_hi, a_lo;
+    wmma::load_matrix_sync(a_hi, kRowA ? A + k0 : A + k0 * lda, lda);
+    split_tf32(a_hi, a_lo);
+    FragB<MajorB> factor;
+    if constexpr (kRowB) {
+      if (scale) wmma::load_matrix_sync(factor, scale + k0 * 16, 16);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const int col = col0 + 16 * t;
+      FragB<MajorB> b_hi, b_lo;
+      wmma::load_matrix_sync(b_hi, kRowB ? B + k0 * ldb + col : B + col * ldb + k0, ldb);
+      if constexpr (kRowB) {
+        if (scale) {
+#pragma unroll
+          for (int i = 0; i < b_hi.num_elements; ++i) b_hi.x[i] *= factor.x[i];
+        }
+      }
+      split_tf32(b_hi, b_lo);
+      wmma::mma_sync(acc[t], a_lo, b_hi, acc[t]);  // small terms first
+      wmma::mma_sync(acc[t], a_hi, b_lo, acc[t]);
+      wmma::mma_sync(acc[t], a_hi, b_hi, acc[t]);
+    }
+  }
+}
+
+// out[rows, ncols] (ld_out) = (accumulate ? out : 0) + A[rows, depth] B[depth, ncols] (A
+// row-major), the tiles spread over the warps: a task is one 16-row block times NT 16-column tiles.
+template <int NT, typename MajorB>
+__device__ void block_gemm(float* out, int ld_out, bool accumulate, const float* A, int lda,
+                           const float* B, int ldb, int rows, int ncols, int depth) {
+  const int warp = threadIdx.x / 32;
+  const int groups = ncols / (16 * NT);
+  const int tasks = (rows / 16) * groups;
+  for (int task = warp; task < tasks; task += kWarps) {
+    const int row0 = (task / groups) * 16, col0 = (task % groups) * 16 * NT;
+    FragC acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (accumulate)
+        wmma::load_matrix_sync(acc[t], out + row0 * ld_out + col0 + 16 * t, ld_out, wmma::mem_row_major);
+      else
+        wmma::fill_fragment(acc[t], 0.0f);
+    }
+    warp_gemm<NT, wmma::row_major, MajorB>(acc, A + row0 * lda, lda, B, ldb, depth, col0);
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      wmma::store_matrix_sync(out + row0 * ld_out + col0 + 16 * t, acc[t], ld_out, wmma::mem_row_major);
+  }
+}
+
+template <typename MajorB>
+__device__ void block_gemm_any(float* out, int ld_out, bool accumulate, const float* A, int lda,
+                               const float* B, int ldb, int rows, int ncols, int depth) {
+  // Two tiles per task (reusing each A fragment) where that still gives every warp a task.
+  if (ncols % 32 == 0 && (rows / 16) * (ncols / 32) >= kWarps)
+    block_gemm<2, MajorB>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
+  else
+    block_gemm<1, MajorB>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
+}
+
+// dst[r, c] (row stride ld) = src[r * width + c] for r < valid, 0 for valid <= r < rows: a
+// block's copy of a row-major matrix into shared memory, rows beyond `valid` zero padding.
+__device__ inline void load_rows(float* dst, int ld, const float* __restrict__ src, int rows, int valid,
+                                 int width) {
+  for (int i = threadIdx.x; i < rows * width; i += kThreads) {
+    const int r = i / width, c = i % width;
+    dst[r * ld + c] = r < valid ? src[i] : 0.0f;
+  }
+}
+
+// The elements i = threadIdx.x + j * kThreads (j = 0, 1, ...) of a row-major [rows, width]
+// matrix, as (row, column): when width divides kThreads (D or Cp of 16, 32, 64, 128) the column
+// is the same for every j and the row advances by kThreads / width, so the per-iteration passes
+// need no integer division.
+struct Owned {
+  int row0, col, row_step, width;
+  bool even;
+  __device__ explicit Owned(int w) : width(w), even(kThreads % w == 0) {
+    row0 = threadIdx.x / w;
+    col = threadIdx.x % w;
+    row_step = kThreads / w;
+  }
+  __device__ __forceinline__ int row(int j) const {
+    return even ? row0 + j * row_step : (threadIdx.x + j * kThreads) / width;
+  }
+  __device__ __forceinline__ int column(int j) const {
+    return even ? col : (threadIdx.x + j * kThreads) % width;
+  }
+};
+
+}  // namespace prime::kernels::detail::gka
