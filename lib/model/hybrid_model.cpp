@@ -31,6 +31,7 @@ TensorMap prepare_weights(const TensorMap& weights, const LoadOptions& options) 
     const auto dtype = !floating ? tensor.scalar_type() : (stays_fp32_tensor(name) ? at::kFloat : options.dtype);
     prepared[name] = tensor.to(options.device, dtype);
   }
+  if (!options.device.is_cpu()) stack_expert_tensors(prepared);  // MoE experts: one grouped GEMM, no host sync
   return prepared;
 }
 

@@ -82,6 +82,7 @@ class HybridModel {
   const io::ModelConfig& config() const { return config_; }
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
   Mixer& mixer(int64_t layer) { return *layers_.at(layer).mixer; }
+  const FeedForward& feed_forward(int64_t layer) const { return *layers_.at(layer).feed_forward; }
   at::Device device() const { return embed_tokens_.device(); }
 
   // max_tokens > 0: the KV caches are allocated once for that many tokens (prompt + new).

@@ -22,9 +22,11 @@ struct StepDecoder::Graph {};
 #endif
 
 std::string StepDecoder::graph_blocker(const HybridModel& model) {
-  for (int64_t layer = 0; layer < model.config().num_hidden_layers; ++layer)
-    if (model.config().layer_is_moe(layer))
-      return "layer " + std::to_string(layer) + " routes to experts on the host (MoE)";
+  // MoE layers capture when their experts run as one grouped GEMM (MoeBlock: bf16 on sm_90/100,
+  // experts stacked at load); the per-expert loop reads the expert counts on the host.
+  for (int64_t layer = 0; layer < model.num_layers(); ++layer)
+    if (const std::string reason = model.feed_forward(layer).host_sync_reason(); !reason.empty())
+      return "layer " + std::to_string(layer) + " routes to experts on the host (MoE: " + reason + ")";
   return "";
 }
 
