@@ -9,6 +9,7 @@
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/decode_step_bench.h"
+#include "eval/linear_decode_bench.h"
 #include "eval/rms_norm_bench.h"
 #include "eval/rope_bench.h"
 #include "eval/json_output.h"
@@ -135,6 +136,22 @@ void run_kernels(SsmOptions& options) {
   for (const auto& row : prime::eval::run_decode_step_bench(step, device)) {
     std::cout << std::left << std::setw(6) << row.type << std::setw(24) << row.shape << std::right << std::fixed
               << std::setprecision(1) << std::setw(10) << row.floor_bytes / 1e6 << std::setprecision(4)
+              << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
+              << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
+              << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)
+              << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+  }
+  // The decode step's weight projections: kernels/linear_decode vs at::linear (cuBLAS).
+  prime::eval::LinearDecodeBenchOptions projection;
+  projection.repeats = options.bench.repeats;
+  std::cout << "\ndecode projection y = x W^T (kernels/linear_decode vs at::linear), TB/s = weight bytes / time, % of "
+            << std::fixed << std::setprecision(1) << projection.hbm_tbps << " TB/s\n"
+            << std::left << std::setw(6) << "type" << std::setw(28) << "rows x N x K dtype" << std::right
+            << std::setw(10) << "MB" << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM"
+            << std::setw(11) << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_linear_decode_bench(projection, device)) {
+    std::cout << std::left << std::setw(6) << "LIN" << std::setw(28) << row.shape << std::right << std::fixed
+              << std::setprecision(1) << std::setw(10) << row.weight_bytes / 1e6 << std::setprecision(4)
               << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
               << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
               << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)

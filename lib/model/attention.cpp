@@ -3,6 +3,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "model/linear.h"
 #include "model/rms_norm.h"
 #include "util/error.h"
 
@@ -41,8 +42,7 @@ std::unique_ptr<LayerCache> AttentionMixer::make_cache(int64_t, const at::Device
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionMixer::project_qkv(const at::Tensor& x) const {
   const int64_t batch = x.size(0), steps = x.size(1);
   auto project = [&](const at::Tensor& weight, const at::Tensor& bias, int64_t heads) {
-    at::Tensor out = bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
-    return out.view({batch, steps, heads, head_dim_});
+    return model::linear(x, weight, bias).view({batch, steps, heads, head_dim_});
   };
   at::Tensor q = project(q_proj_, q_bias_, q_heads_);
   at::Tensor k = project(k_proj_, k_bias_, kv_heads_);
@@ -126,7 +126,7 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
 }
 
 at::Tensor AttentionMixer::output(const at::Tensor& merged) const {
-  return o_bias_.defined() ? at::linear(merged, o_proj_, o_bias_) : at::linear(merged, o_proj_);
+  return model::linear(merged, o_proj_, o_bias_);
 }
 
 }  // namespace prime::model

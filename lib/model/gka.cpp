@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/gka_core.h"
+#include "model/linear.h"
 #include "model/ssm_common.h"
 #include "util/error.h"
 
@@ -108,7 +109,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
   const at::ScalarType solve_type = solve_dtype(x.device());
   const at::Tensor xw = x.to(q_proj_.scalar_type());
   auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
-    return causal_conv_silu(at::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state);
+    return causal_conv_silu(model::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state);
   };
   // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads (q and k
   // L2-normalised before the expansion: same values, G times less work).
@@ -124,21 +125,21 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const
                 config_.num_k_heads, true);
   const at::Tensor v_flat = config_.use_v_conv
       ? conv_silu(v_proj_, v_conv_, cache ? &cache->conv_v : nullptr)
-      : at::linear(xw, v_proj_.to(xw.scalar_type()));
+      : model::linear(xw, v_proj_.to(xw.scalar_type()));
   out.v = heads(v_flat, config_.num_v_heads, false);
   // Per-head gates from x in the compute dtype (small matmuls; keeps the gates exact in fp32).
   const at::Tensor xc = x.to(ct);
   if (config_.use_beta_gate) {
-    const at::Tensor beta = at::sigmoid(at::linear(xc, to_type(b_proj_, ct), to_type(b_bias_, ct)));
+    const at::Tensor beta = at::sigmoid(model::linear(xc, to_type(b_proj_, ct), to_type(b_bias_, ct)));
     const at::Tensor scale = (beta + 1e-6).unsqueeze(-1);
     out.k = out.k * scale;
     out.v = out.v * scale;
   }
   if (config_.use_alpha_connection)
-    out.alpha = at::sigmoid(at::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
+    out.alpha = at::sigmoid(model::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
   if (config_.use_forgetting_gate)
-    out.log_decay_kv = log_decay(at::linear(xc, to_type(a_proj_, ct)), A_log_, dt_bias_);
-  if (config_.use_gate) out.gate = at::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
+    out.log_decay_kv = log_decay(model::linear(xc, to_type(a_proj_, ct)), A_log_, dt_bias_);
+  if (config_.use_gate) out.gate = model::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
   // The recurrence inputs move to the solve dtype (rounding them to fp32 first costs nothing
   // measurable: the layer is well conditioned in its inputs, only the solve is not).
   for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv})
@@ -156,7 +157,7 @@ at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
       ? gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps)
       : head_rms_norm(oc, o_norm_, config_.norm_eps);
   y = y.reshape({o.size(0), o.size(1), -1}).to(o_proj_.scalar_type());
-  return at::linear(y, o_proj_).to(x.scalar_type());
+  return model::linear(y, o_proj_).to(x.scalar_type());
 }
 
 namespace gka_detail {

@@ -6,6 +6,7 @@
 
 #include "io/architecture.h"
 #include "model/kv_cache.h"
+#include "model/linear.h"
 #include "model/recompute.h"
 #include "util/error.h"
 
@@ -151,7 +152,7 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
   }
   if (cache && cache->is_static()) cache->position.add_(1);
   at::Tensor normed = final_norm(hidden);
-  return options.return_hidden ? normed : at::linear(normed, lm_head_);
+  return options.return_hidden ? normed : model::linear(normed, lm_head_);
 }
 
 }  // namespace prime::model

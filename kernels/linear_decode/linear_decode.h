@@ -1,0 +1,32 @@
+// y = x Wᵀ (+ bias) for a few rows of x: the weight projections of a decode step. At one to four
+// tokens the product is a matrix-vector product bound by reading W once; cuBLAS runs it as
+// split-K tensor-core GEMMs plus a reduction kernel, which reached ~2.8 TB/s of the H200's
+// 4.8 TB/s on the 8B shape. Here each warp streams whole rows of W with 16-byte loads, many in
+// flight, against every row of x at once. Not an autograd function: training and prefill keep
+// at::linear (the predicate says so).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels {
+
+// Most rows of x the kernel serves. Each 16 bytes of W read from memory meet every row of x,
+// re-read from L1: at more rows those re-reads, not the weight stream, set the time, and from
+// about 8 rows on a tensor-core GEMM (at::linear) reads W once at full speed anyway.
+constexpr int64_t kLinearDecodeMaxRows = 4;
+
+// Whether linear_decode serves these operands: policy Auto, no gradient wanted (grad mode off, or
+// no operand requires grad), CUDA autocast off (at::linear would cast under it), x a CUDA tensor
+// [..., K] with 1 to 4 rows (numel / K), weight 2-D [N, K] contiguous and 16-byte aligned, x and
+// weight of one dtype among bf16, fp16 and fp32 on one device, K a multiple of 8 (bf16, fp16) or 4
+// (fp32), and bias undefined or 1-D [N] of that dtype on that device.
+bool linear_decode_apply(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// What at::linear(x, weight, bias) returns: [..., N] in x's dtype (contiguous). Products summed in
+// fp32, the bias (converted to fp32) added to the sum, one rounding to the dtype at the end, as
+// cuBLAS's bf16 GEMM with a bias epilogue does (at::linear may differ by its split-K partial sums,
+// which cuBLAS may reduce in bf16). Launched on the current stream without host synchronisation;
+// the launch configuration depends only on the shapes (a CUDA graph may capture it).
+at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+}  // namespace prime::kernels

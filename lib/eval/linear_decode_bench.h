@@ -1,0 +1,45 @@
+// Timing of the decode projection (kernels/linear_decode) against at::linear (model::linear under
+// policy Torch: cuBLAS), the same operands in one run, for prime-bench's kernel tables. Bound by
+// reading the weight once: the figure of merit is the weight's bytes over the time, against the
+// HBM bandwidth.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace prime::eval {
+
+struct LinearDecodeShape {
+  int64_t rows = 1, out_features = 0, in_features = 0;  // x [rows, K], W [N, K]
+};
+
+struct LinearDecodeBenchOptions {
+  // The Qwen3-8B layer at one token: q and o (4096 x 4096), k and v (1024 x 4096), gate and up
+  // (12288 x 4096), down (4096 x 12288), the lm_head (151936 x 4096); and gate/up at 4 tokens.
+  std::vector<LinearDecodeShape> shapes = {{1, 4096, 4096},  {1, 1024, 4096},   {1, 12288, 4096},
+                                           {1, 4096, 12288}, {1, 151936, 4096}, {4, 12288, 4096}};
+  at::ScalarType dtype = at::kBFloat16;
+  int warmup = 2, repeats = 5;
+  int calls_per_repeat = 20;  // calls queued per timed run, so the synchronisation is amortised
+  // Each call reads another copy of W, round robin over at least this many bytes of copies, so W
+  // comes from HBM (as in a decode step, where the other layers' weights evict it), not from the
+  // 50 MB L2 that holds a whole 4096 x 4096 matrix.
+  double rotate_bytes = 512e6;
+  double hbm_tbps = 4.8;  // H200
+};
+
+struct LinearDecodeBenchRow {
+  std::string shape;  // "rows x N x K dtype"
+  double weight_bytes = 0;
+  double kernel_ms = 0, torch_ms = 0;      // per call, median of the repeats
+  double kernel_tbps = 0, torch_tbps = 0;  // weight bytes / time
+  double kernel_fraction_of_hbm = 0;       // kernel_tbps / hbm_tbps
+};
+
+// Needs a CUDA device and a build with the kernels (else a UserError).
+std::vector<LinearDecodeBenchRow> run_linear_decode_bench(const LinearDecodeBenchOptions& options,
+                                                          const at::Device& device);
+
+}  // namespace prime::eval
