@@ -1,7 +1,8 @@
 // Decode steps at one token per sequence on a static cache (HybridModel::make_static). On a CUDA
 // device the step is captured once as a CUDA graph and then replayed: one launch per step instead
 // of thousands of host-dispatched ops. Elsewhere, and for models whose step must wait for the
-// host (MoE routing picks its experts there), the same static step runs eagerly.
+// host (MoE layers whose experts run one by one: graph_blocker says why), the same static step
+// runs eagerly.
 #pragma once
 
 #include <ATen/ATen.h>
