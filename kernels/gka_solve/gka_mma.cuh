@@ -123,6 +123,28 @@ __device__ inline void load_rows(float* dst, int ld, const float* __restrict__ s
   }
 }
 
+// Per row t of a chunk (frob and from_start point at its C values), as chebyshev_iterate forms
+// them: eta_t = 2 / (2 lambda_t + f_t) with lambda_t = r f_t, keep_t = 1 - eta_t lambda_t and
+// decay_t = e^{G_t}; padding rows C <= t < padded get zeros, so they stay zero throughout.
+__device__ inline void load_row_factors(float* eta, float* keep, float* decay, const float* __restrict__ frob,
+                                        const float* __restrict__ from_start, int chunk, int padded,
+                                        double ridge_strength) {
+  for (int t = threadIdx.x; t < padded; t += kThreads) {
+    if (t < chunk) {
+      const float f = frob[t];
+      const float lambda = f * static_cast<float>(ridge_strength);
+      const float e = 2.0f / (2.0f * lambda + f);
+      eta[t] = e;
+      keep[t] = 1.0f - e * lambda;
+      decay[t] = from_start[t];
+    } else {
+      eta[t] = 0.0f;
+      keep[t] = 0.0f;
+      decay[t] = 0.0f;
+    }
+  }
+}
+
 // The elements i = threadIdx.x + j * kThreads (j = 0, 1, ...) of a row-major [rows, width]
 // matrix, as (row, column): when width divides kThreads (D or Cp of 16, 32, 64, 128) the column
 // is the same for every j and the row advances by kThreads / width, so the per-iteration passes

@@ -133,19 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const size_t cd = static_cast<size_t>(chunk) * dim;
 
+  load_row_factors(eta, kappa, decay, frob + m * chunk, from_start + m * chunk, chunk, Cp, ridge_strength);
   for (int t = tid; t < Cp; t += kThreads) {
-    if (t < chunk) {  // as chebyshev_iterate (and the forward kernel) form them
-      const float f = frob[m * chunk + t];
-      const float lambda = f * static_cast<float>(ridge_strength);
-      const float e = 2.0f / (2.0f * lambda + f);
-      eta[t] = e;
-      kappa[t] = 1.0f - e * lambda;
-      decay[t] = from_start[m * chunk + t];
-    } else {  // padding rows: every factor zero, so they stay zero
-      eta[t] = 0.0f;
-      kappa[t] = 0.0f;
-      decay[t] = 0.0f;
-    }
     g_decay[t] = 0.0f;
     hy[t] = 0.0f;
   }

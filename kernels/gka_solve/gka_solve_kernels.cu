@@ -69,20 +69,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x;
   const size_t cd = static_cast<size_t>(chunk) * dim;
 
-  for (int t = tid; t < padded_chunk; t += kThreads) {
-    if (t < chunk) {
-      const float f = frob[m * chunk + t];
-      const float lambda = f * static_cast<float>(ridge_strength);
-      const float e = 2.0f / (2.0f * lambda + f);
-      eta[t] = e;
-      keep[t] = 1.0f - e * lambda;
-      decay[t] = from_start[m * chunk + t];
-    } else {  // padding rows stay zero through every iteration
-      eta[t] = 0.0f;
-      keep[t] = 0.0f;
-      decay[t] = 0.0f;
-    }
-  }
+  load_row_factors(eta, keep, decay, frob + m * chunk, from_start + m * chunk, chunk, padded_chunk, ridge_strength);
   load_rows(H0, L.ld_x, start + m * dim * dim, dim, dim, dim);
   load_rows(K, L.ld_x, keys + m * cd, padded_chunk, chunk, dim);
   __syncthreads();
