@@ -41,32 +41,23 @@ constexpr int kMinBlocks = sizeof(T) == 4 ? 3 : 4;
 // k/v projections of the 8B shape, N = 1024, get 1024 warps instead of 512).
 constexpr int kWarpsPerSmForTwoRows = 8;
 
-// The element types as raw 16-bit or 32-bit words: fp32 of a word, and the rounding back.
+// The element types: fp32 of the words of a 16-byte pack, of one element, and the rounding back.
 template <typename T>
 struct Element;
 
 template <>
 struct Element<float> {
   static constexpr int kPerPack = 4;
-  __device__ static void unpack(const uint4& raw, float (&v)[4]) {
-    v[0] = __uint_as_float(raw.x), v[1] = __uint_as_float(raw.y);
-    v[2] = __uint_as_float(raw.z), v[3] = __uint_as_float(raw.w);
-  }
   __device__ static float from_float(float value) { return value; }
   __device__ static float to_float(float value) { return value; }
 };
 
-// bf16 is the high half of an fp32: two shifts or masks per word.
+// bf16 is the high half of an fp32: a shift or a mask per element.
 template <>
 struct Element<__nv_bfloat16> {
   static constexpr int kPerPack = 8;
-  __device__ static void unpack(const uint4& raw, float (&v)[8]) {
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      v[2 * j] = __uint_as_float(words[j] << 16);
-      v[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
-    }
+  __device__ static float2 pair(uint32_t word) {
+    return make_float2(__uint_as_float(word << 16), __uint_as_float(word & 0xffff0000u));
   }
   __device__ static __nv_bfloat16 from_float(float value) { return __float2bfloat16_rn(value); }
   __device__ static float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
@@ -75,18 +66,27 @@ struct Element<__nv_bfloat16> {
 template <>
 struct Element<__half> {
   static constexpr int kPerPack = 8;
-  __device__ static void unpack(const uint4& raw, float (&v)[8]) {
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  __device__ static float2 pair(uint32_t word) { return __half22float2(*reinterpret_cast<const __half2*>(&word)); }
+  __device__ static __half from_float(float value) { return __float2half_rn(value); }
+  __device__ static float to_float(__half value) { return __half2float(value); }
+};
+
+// A 16-byte pack as kPerPack floats (a 16-bit type's word holds two elements, the first in its
+// low half).
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&v)[Element<T>::kPerPack]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (Element<T>::kPerPack == 4) {
+      v[j] = __uint_as_float(words[j]);
+    } else {
+      const float2 pair = Element<T>::pair(words[j]);
       v[2 * j] = pair.x;
       v[2 * j + 1] = pair.y;
     }
   }
-  __device__ static __half from_float(float value) { return __float2half_rn(value); }
-  __device__ static float to_float(__half value) { return __half2float(value); }
-};
+}
 
 // 16 bytes of W, read once: not kept in L1 (which holds x), not through the coherent path.
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
@@ -104,11 +104,11 @@ __device__ __forceinline__ void accumulate(const uint4 (&w)[kRows], const uint4*
   constexpr int kWidth = Element<T>::kPerPack;
   float wf[kRows][kWidth];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) Element<T>::unpack(w[r], wf[r]);
+  for (int r = 0; r < kRows; ++r) unpack<T>(w[r], wf[r]);
 #pragma unroll
   for (int xr = 0; xr < kXRows; ++xr) {
     float xf[kWidth];
-    Element<T>::unpack(__ldg(x_row[xr] + pack), xf);
+    unpack<T>(__ldg(x_row[xr] + pack), xf);
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
