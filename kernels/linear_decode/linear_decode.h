@@ -10,9 +10,10 @@
 
 namespace prime::kernels {
 
-// Most rows of x the kernel serves. Each 16 bytes of W read from memory meet every row of x,
-// re-read from L1: at more rows those re-reads, not the weight stream, set the time, and from
-// about 8 rows on a tensor-core GEMM (at::linear) reads W once at full speed anyway.
+// Most rows of x the kernel serves. Each 16 bytes of W read from memory meet every row of x: 8
+// multiply-adds and a 16-byte re-read of x from L1 per row. At 4 rows that is about half of a
+// multiprocessor's issue rate at HBM speed and twice W's bytes through L1; beyond, those, not the
+// weight stream, set the time, and the tensor-core GEMM (at::linear) is the better form.
 constexpr int64_t kLinearDecodeMaxRows = 4;
 
 // Whether linear_decode serves these operands: policy Auto, no gradient wanted (grad mode off, or
