@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "model/linear.h"
 #include "util/error.h"
 
 #ifdef PRIME_WITH_CUDA
@@ -16,7 +17,7 @@ SwigluMlp::SwigluMlp(const TensorMap& weights, const std::string& prefix, int64_
       down_(take_weight(weights, prefix, "down_proj.weight", {hidden, intermediate})) {}
 
 at::Tensor SwigluMlp::forward(const at::Tensor& x) const {
-  return at::linear(at::silu(at::linear(x, gate_)) * at::linear(x, up_), down_);
+  return model::linear(at::silu(model::linear(x, gate_)) * model::linear(x, up_), down_);
 }
 
 namespace {
@@ -73,7 +74,7 @@ MoeBlock::MoeBlock(const TensorMap& weights, const std::string& router_name,
 }
 
 std::pair<at::Tensor, at::Tensor> MoeBlock::route(const at::Tensor& tokens) const {
-  at::Tensor probs = at::softmax(at::linear(tokens, router_).to(at::kFloat), -1);
+  at::Tensor probs = at::softmax(model::linear(tokens, router_).to(at::kFloat), -1);
   auto [top_weights, top_experts] = probs.topk(config_.num_experts_per_tok, -1);
   if (config_.norm_topk_prob) top_weights = top_weights / top_weights.sum(-1, /*keepdim=*/true);
   return {top_weights.to(tokens.scalar_type()), top_experts};

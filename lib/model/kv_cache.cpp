@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels/attention_decode/attention_decode.h"
+#include "kernels/kv_cache_step/kv_cache_step.h"
 #include "util/error.h"
 
 namespace prime::model {
@@ -89,6 +90,13 @@ void KvCache::make_static(int64_t max_tokens, const at::Tensor& position) {
 KvCache::StepView KvCache::write_step(const at::Tensor& k, const at::Tensor& v) {
   PRIME_CHECK(is_static() && k.size(2) == 1, "write_step needs a static cache and one token");
   const at::Tensor& p = position_;
+  // On CUDA one kernel does the seven small ops below.
+  if (kernels::kv_cache_step_apply(keys_, values_, k, v, slot_positions_, p)) {
+    const at::Tensor visible = kernels::kv_cache_step(keys_, values_, k, v, slot_positions_, p,
+                                                      {ring_start_, window_, sink_tokens_});
+    tokens += 1;
+    return {keys_, values_, visible};
+  }
   const at::Tensor slot =
       ring_start_ > 0 ? at::where(p < ring_start_, p, (p - ring_start_).remainder(stored_ - ring_start_) + ring_start_)
                       : p.remainder(stored_);

@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "model/linear.h"
 #include "model/mixer.h"
 #include "model/rms_norm.h"
 #include "model/weights.h"
@@ -72,7 +73,7 @@ inline at::ScalarType ssm_compute_type(const at::Tensor& x) {
 
 // x W^T in x's dtype (the weight is cast, so bf16 weights serve an fp32 computation).
 inline at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
-  return at::linear(x, weight.to(x.scalar_type()));
+  return model::linear(x, weight.to(x.scalar_type()));
 }
 
 // x must be [B, T, hidden]: a wrong shape is the caller's input, so a UserError.
