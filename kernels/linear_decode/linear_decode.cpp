@@ -55,13 +55,13 @@ at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& weight, const at
               x.sizes(), " ", x.scalar_type(), ", weight ", weight.sizes(), " ", weight.scalar_type(),
               "); ask linear_decode_apply first");
   require_cuda_build("linear_decode");
-  const int64_t K = x.size(-1), N = weight.size(0);
+  const int64_t N = weight.size(0);
   std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = N;
   at::Tensor out = new_output(sizes, x.options());
 #ifdef PRIME_WITH_CUDA
   // x is a few rows: a copy (which the allocator aligns) costs nothing next to reading W.
-  at::Tensor rows = x.reshape({-1, K}).contiguous();
+  at::Tensor rows = x.reshape({-1, x.size(-1)}).contiguous();
   if (!aligned16(rows)) rows = rows.clone();
   detail::launch_linear_decode(rows, weight, bias.defined() ? bias.contiguous() : bias, out.view({-1, N}));
 #endif
