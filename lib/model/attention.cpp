@@ -3,6 +3,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "model/flash_prefill.h"
 #include "model/linear.h"
 #include "model/rms_norm.h"
 #include "util/error.h"
@@ -102,6 +103,11 @@ at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache)
     v = cache->values();
     key_positions = cache->positions();
   }
+  // A prompt's chunk against the whole cache, full attention: causal aligned to the bottom right
+  // (the cache evicts nothing without a window: keys sit at positions 0 .. Tk - 1), which flash
+  // attention computes without a mask.
+  if (cache && options_.window <= 0 && steps > 1 && flash_prefill_apply(q, k, v))
+    return output(flash_prefill(q, k, v, scale).transpose(1, 2).reshape({batch, steps, q_heads_ * head_dim_}));
   // Visibility: causal, and inside the window (or a sink) when there is one.
   at::Tensor mask;
   const bool plain_causal = options_.window <= 0 && key_positions.size(0) == steps;
