@@ -9,6 +9,7 @@
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/decode_step_bench.h"
+#include "eval/gdn_varlen_bench.h"
 #include "eval/linear_decode_bench.h"
 #include "eval/rms_norm_bench.h"
 #include "eval/rope_bench.h"
@@ -125,6 +126,25 @@ void run_kernels(SsmOptions& options) {
               << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x" << std::setw(8)
               << row.kernel_forward_backward_tbps << "\n";
   }
+  // A GDN layer over ragged packed documents: the packed path against the per-document buckets.
+  prime::eval::GdnVarlenBenchOptions varlen;
+  varlen.repeats = options.bench.repeats;
+  varlen.backward = options.bench.backward;
+  const prime::eval::GdnVarlenBenchRow packed = prime::eval::run_gdn_varlen_bench(varlen, device);
+  std::cout << "\nGDN layer over packed documents " << packed.shape << ": the core runs on " << std::fixed
+            << std::setprecision(2) << packed.chunk_tokens << "x B*T tokens packed, " << packed.bucket_tokens
+            << "x bucketed\n"
+            << std::right << std::setw(16) << "packed fwd ms" << std::setw(16) << "bucketed ms" << std::setw(8)
+            << "ratio" << std::setw(16) << "fwd+bwd ms" << std::setw(16) << "bucketed ms" << std::setw(8) << "ratio\n"
+            << std::setprecision(3) << std::setw(16) << packed.packed_forward_ms << std::setw(16)
+            << packed.bucketed_forward_ms << std::setw(7) << std::setprecision(2)
+            << packed.bucketed_forward_ms / packed.packed_forward_ms << "x" << std::setprecision(3) << std::setw(16)
+            << packed.packed_forward_backward_ms << std::setw(16) << packed.bucketed_forward_backward_ms
+            << std::setw(7) << std::setprecision(2)
+            << (packed.packed_forward_backward_ms > 0
+                    ? packed.bucketed_forward_backward_ms / packed.packed_forward_backward_ms
+                    : 0.0)
+            << "x\n";
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;
@@ -144,18 +164,24 @@ void run_kernels(SsmOptions& options) {
   // The decode step's weight projections: kernels/linear_decode vs at::linear (cuBLAS).
   prime::eval::LinearDecodeBenchOptions projection;
   projection.repeats = options.bench.repeats;
-  std::cout << "\ndecode projection y = x W^T (kernels/linear_decode vs at::linear), TB/s = weight bytes / time, % of "
-            << std::fixed << std::setprecision(1) << projection.hbm_tbps << " TB/s\n"
+  std::cout << "\ndecode projection y = x W^T (kernels/linear_decode vs at::linear), per call in a replayed CUDA graph "
+            << "and launched eagerly; TB/s = weight bytes / time, % of " << std::fixed << std::setprecision(1)
+            << projection.hbm_tbps << " TB/s\n"
             << std::left << std::setw(6) << "type" << std::setw(28) << "rows x N x K dtype" << std::right
-            << std::setw(10) << "MB" << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM"
-            << std::setw(11) << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio\n";
+            << std::setw(9) << "MB" << std::setw(11) << "graph ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM"
+            << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(11) << "eager ms" << std::setw(8)
+            << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "ratio\n";
   for (const auto& row : prime::eval::run_linear_decode_bench(projection, device)) {
+    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(6) << "LIN" << std::setw(28) << row.shape << std::right << std::fixed
-              << std::setprecision(1) << std::setw(10) << row.weight_bytes / 1e6 << std::setprecision(4)
-              << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
-              << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
-              << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)
-              << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+              << std::setprecision(1) << std::setw(9) << row.weight_bytes / 1e6 << std::setprecision(4)
+              << std::setw(11) << row.kernel_graph_ms << std::setprecision(2) << std::setw(8) << row.kernel_graph_tbps
+              << std::setprecision(1) << std::setw(7) << 100 * row.kernel_graph_fraction_of_hbm << "%"
+              << std::setprecision(4) << std::setw(11) << row.torch_graph_ms << std::setprecision(2) << std::setw(7)
+              << ratio(row.kernel_graph_ms, row.torch_graph_ms) << "x" << std::setprecision(4) << std::setw(11)
+              << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps << std::setprecision(4)
+              << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(7)
+              << ratio(row.kernel_ms, row.torch_ms) << "x\n";
   }
   // The decode step's fused elementwise kernels against their torch forms.
   prime::eval::RmsNormBenchOptions norm;

@@ -86,6 +86,46 @@ CoreRun run_core(const std::vector<at::Tensor>& leaves, int64_t chunk, const at:
   return run;
 }
 
+// The chunk-state scan on CUDA (fp32) against reference_scan in float64, states, final state
+// and every input's gradient, for random operands of one shape; the state entering a chunk
+// flagged in `starts` is zero. Returns the kernel's gradient of the initial state.
+at::Tensor check_scan(int64_t Dk, int64_t Dv, int64_t N, const std::vector<bool>& starts, const at::Device& cuda) {
+  const int64_t B = 2, H = 3, C = 64;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const std::vector<at::Tensor> inputs = {at::randn({B, H, N, C, Dk}, f64) * 0.1, at::randn({B, H, N, C, Dk}, f64) * 0.1,
+                                          at::randn({B, H, N, C, Dv}, f64), at::rand({B, H, N}, f64) * 0.5 + 0.5,
+                                          at::randn({B, H, Dk, Dv}, f64)};
+  std::vector<at::Tensor> leaves64, leaves32;
+  for (const at::Tensor& t : inputs) {
+    leaves64.push_back(t.clone().requires_grad_(true));
+    leaves32.push_back(t.to(cuda, at::kFloat).requires_grad_(true));
+  }
+  at::Tensor starts_cuda;
+  if (!starts.empty()) {
+    const std::vector<int64_t> flags(starts.begin(), starts.end());
+    starts_cuda = at::tensor(flags, at::kLong).to(at::kBool).to(cuda);
+  }
+  auto [states64, final64] = reference_scan(leaves64[0], leaves64[1], leaves64[2], leaves64[3], leaves64[4], starts);
+  auto [states32, final32] =
+      kernels::chunk_state_scan(leaves32[0], leaves32[1], leaves32[2], leaves32[3], leaves32[4], starts_cuda);
+  const at::Tensor ws = at::randn(states64.sizes(), f64), wf = at::randn(final64.sizes(), f64);
+  const auto grads64 = torch::autograd::grad({(states64 * ws).sum() + (final64 * wf).sum()}, leaves64, {}, false,
+                                             false, /*allow_unused=*/true);
+  const auto grads32 = torch::autograd::grad(
+      {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
+  double worst_grad = 0;
+  for (size_t i = 0; i < grads64.size(); ++i)
+    if (grads64[i].defined()) worst_grad = std::max(worst_grad, norm_relative_error(grads32[i], grads64[i]));
+  const double states_error = norm_relative_error(states32, states64), final_error = norm_relative_error(final32, final64);
+  std::cout << "[kernels][gdn] chunk_state_scan " << (starts.empty() ? "" : "with starts ") << "Dk=" << Dk
+            << " Dv=" << Dv << " N=" << N << ": states " << states_error << ", final " << final_error
+            << ", worst input gradient " << worst_grad << std::endl;
+  CHECK(states_error <= 1e-5);
+  CHECK(final_error <= 1e-5);
+  CHECK(worst_grad <= 1e-4);
+  return grads32.back();
+}
+
 }  // namespace
 
 TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never take the kernels", "[kernels]") {
@@ -130,34 +170,8 @@ TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 refere
     CHECK(backward <= 1e-5);
   }
   for (const auto& [Dk, Dv, N] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {32, 32, 5}, {64, 100, 4}, {128, 128, 3}, {256, 64, 2}}) {
-    const int64_t B = 2, H = 3, C = 64;
-    const auto f64 = at::TensorOptions().dtype(at::kDouble);
-    std::vector<at::Tensor> inputs = {at::randn({B, H, N, C, Dk}, f64) * 0.1,
-                                      at::randn({B, H, N, C, Dk}, f64) * 0.1,
-                                      at::randn({B, H, N, C, Dv}, f64), at::rand({B, H, N}, f64) * 0.5 + 0.5,
-                                      at::randn({B, H, Dk, Dv}, f64)};
-    std::vector<at::Tensor> leaves64, leaves32;
-    for (const at::Tensor& t : inputs) {
-      leaves64.push_back(t.clone().requires_grad_(true));
-      leaves32.push_back(t.to(cuda, at::kFloat).requires_grad_(true));
-    }
-    auto [states64, final64] = reference_scan(leaves64[0], leaves64[1], leaves64[2], leaves64[3], leaves64[4]);
-    auto [states32, final32] =
-        kernels::chunk_state_scan(leaves32[0], leaves32[1], leaves32[2], leaves32[3], leaves32[4]);
-    const at::Tensor ws = at::randn(states64.sizes(), f64), wf = at::randn(final64.sizes(), f64);
-    const auto grads64 = torch::autograd::grad({(states64 * ws).sum() + (final64 * wf).sum()}, leaves64);
-    const auto grads32 = torch::autograd::grad(
-        {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
-    double worst_grad = 0;
-    for (size_t i = 0; i < grads64.size(); ++i) worst_grad = std::max(worst_grad, norm_relative_error(grads32[i], grads64[i]));
-    const double states_error = norm_relative_error(states32, states64), final_error = norm_relative_error(final32, final64);
-    std::cout << "[kernels][gdn] chunk_state_scan Dk=" << Dk << " Dv=" << Dv << " N=" << N << ": states "
-              << states_error << ", final " << final_error << ", worst input gradient " << worst_grad << std::endl;
-    CHECK(states_error <= 1e-5);
-    CHECK(final_error <= 1e-5);
-    CHECK(worst_grad <= 1e-4);
-  }
+           {32, 32, 5}, {64, 100, 4}, {128, 128, 3}, {256, 64, 2}})
+    check_scan(Dk, Dv, N, {}, cuda);
 }
 
 TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's output, state and gradients",
@@ -209,38 +223,10 @@ TEST_CASE("GDN kernels: the chunk-state scan with document starts equals a float
   at::manual_seed(17);
   // Resets at the first chunk, at two neighbours, and none at the last: both walk directions.
   const std::vector<bool> starts = {true, false, true, true, false, false};
-  std::vector<int64_t> flags(starts.begin(), starts.end());
-  const at::Tensor starts_dev = at::tensor(flags, at::kLong).to(at::kBool).to(cuda);
   for (const auto& [Dk, Dv] : std::vector<std::pair<int64_t, int64_t>>{{32, 32}, {64, 100}, {128, 128}, {256, 64}}) {
-    const int64_t B = 2, H = 2, N = static_cast<int64_t>(starts.size()), C = 64;
-    const auto f64 = at::TensorOptions().dtype(at::kDouble);
-    const std::vector<at::Tensor> inputs = {at::randn({B, H, N, C, Dk}, f64) * 0.1, at::randn({B, H, N, C, Dk}, f64) * 0.1,
-                                            at::randn({B, H, N, C, Dv}, f64), at::rand({B, H, N}, f64) * 0.5 + 0.5,
-                                            at::randn({B, H, Dk, Dv}, f64)};
-    std::vector<at::Tensor> leaves64, leaves32;
-    for (const at::Tensor& t : inputs) {
-      leaves64.push_back(t.clone().requires_grad_(true));
-      leaves32.push_back(t.to(cuda, at::kFloat).requires_grad_(true));
-    }
-    auto [states64, final64] =
-        reference_scan(leaves64[0], leaves64[1], leaves64[2], leaves64[3], leaves64[4], starts);
-    auto [states32, final32] =
-        kernels::chunk_state_scan(leaves32[0], leaves32[1], leaves32[2], leaves32[3], leaves32[4], starts_dev);
-    const at::Tensor ws = at::randn(states64.sizes(), f64), wf = at::randn(final64.sizes(), f64);
-    const auto grads64 = torch::autograd::grad({(states64 * ws).sum() + (final64 * wf).sum()}, leaves64);
-    const auto grads32 = torch::autograd::grad(
-        {(states32 * ws.to(cuda, at::kFloat)).sum() + (final32 * wf.to(cuda, at::kFloat)).sum()}, leaves32);
-    double worst_grad = 0;
-    for (size_t i = 0; i + 1 < grads64.size(); ++i)
-      worst_grad = std::max(worst_grad, norm_relative_error(grads32[i], grads64[i]));
+    const at::Tensor d_initial = check_scan(Dk, Dv, static_cast<int64_t>(starts.size()), starts, cuda);
     // The initial state never reaches anything (chunk 0 resets): its gradient is exactly zero.
-    CHECK(grads32.back().abs().max().item<double>() == 0.0);
-    const double states_error = norm_relative_error(states32, states64), final_error = norm_relative_error(final32, final64);
-    std::cout << "[kernels][gdn] chunk_state_scan with starts Dk=" << Dk << " Dv=" << Dv << " N=" << N << ": states "
-              << states_error << ", final " << final_error << ", worst input gradient " << worst_grad << std::endl;
-    CHECK(states_error <= 1e-5);
-    CHECK(final_error <= 1e-5);
-    CHECK(worst_grad <= 1e-4);
+    CHECK(d_initial.abs().max().item<double>() == 0.0);
   }
 }
 
