@@ -1,7 +1,8 @@
 // Timing of the decode projection (kernels/linear_decode) against at::linear (model::linear under
 // policy Torch: cuBLAS), the same operands in one run, for prime-bench's kernel tables. Bound by
 // reading the weight once: the figure of merit is the weight's bytes over the time, against the
-// HBM bandwidth.
+// HBM bandwidth. Each call is timed launched eagerly and replayed in a CUDA graph (what a graphed
+// decode step does): eager calls of a few µs of device work are bound by the host's launch path.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,9 +34,11 @@ struct LinearDecodeBenchOptions {
 struct LinearDecodeBenchRow {
   std::string shape;  // "rows x N x K dtype"
   double weight_bytes = 0;
-  double kernel_ms = 0, torch_ms = 0;      // per call, median of the repeats
+  double kernel_ms = 0, torch_ms = 0;      // per eager call, median of the repeats
   double kernel_tbps = 0, torch_tbps = 0;  // weight bytes / time
-  double kernel_fraction_of_hbm = 0;       // kernel_tbps / hbm_tbps
+  double kernel_graph_ms = 0, torch_graph_ms = 0;  // per call in a replayed CUDA graph
+  double kernel_graph_tbps = 0;
+  double kernel_graph_fraction_of_hbm = 0;  // kernel_graph_tbps / hbm_tbps
 };
 
 // Needs a CUDA device and a build with the kernels (else a UserError).
