@@ -3,7 +3,6 @@
 #include "model/mamba2.h"
 
 #include "io/model_config.h"
-#include "model/linear.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
@@ -155,7 +154,7 @@ Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache
   const auto ct = ssm_compute_type(x);
   const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
   const int64_t Hq = config_.num_q_heads, Hkv = config_.num_kv_heads, H = config_.num_heads();
-  const at::Tensor zxbcdt = model::linear(x, in_proj_.to(x.scalar_type())).to(ct);
+  const at::Tensor zxbcdt = project(x, in_proj_).to(ct);
   const auto parts = zxbcdt.split_with_sizes({Hq * D, Hkv * D, Hkv * D, Hq * D, H}, -1);
   at::Tensor xs = parts[1], Bs = parts[2], Cs = parts[3];
   if (config_.use_qk_norm) {  // per-head norms on B and C come before the conv
@@ -184,7 +183,7 @@ at::Tensor Mamba2Mixer::finish(const at::Tensor& x, const Inputs& in, const at::
   const at::Tensor gated = skipped * at::silu(in.z.reshape({batch, length, H, D}));
   const at::Tensor normed = rms_normalize(gated, config_.norm_eps);
   const at::Tensor out = normed.reshape({batch, length, H * D}) * norm_.to(y.scalar_type());
-  return model::linear(out.to(x.scalar_type()), out_proj_.to(x.scalar_type()));
+  return project(out.to(x.scalar_type()), out_proj_);
 }
 
 at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
