@@ -9,7 +9,9 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -102,7 +104,47 @@ std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const
   return out;
 }
 
+// PRIME_GKA_BACKWARD_KERNEL set to `value` (nullptr: unset) for the scope, restored after.
+class ScopedBackwardKernelSwitch {
+ public:
+  explicit ScopedBackwardKernelSwitch(const char* value) {
+    const char* old = std::getenv(kName);
+    had_ = old != nullptr;
+    if (had_) previous_ = old;
+    if (value)
+      setenv(kName, value, 1);
+    else
+      unsetenv(kName);
+  }
+  ~ScopedBackwardKernelSwitch() {
+    if (had_)
+      setenv(kName, previous_.c_str(), 1);
+    else
+      unsetenv(kName);
+  }
+  ScopedBackwardKernelSwitch(const ScopedBackwardKernelSwitch&) = delete;
+  ScopedBackwardKernelSwitch& operator=(const ScopedBackwardKernelSwitch&) = delete;
+
+ private:
+  static constexpr const char* kName = "PRIME_GKA_BACKWARD_KERNEL";
+  bool had_ = false;
+  std::string previous_;
+};
+
 }  // namespace
+
+TEST_CASE("GKA solve backward kernel: ChunkSolve takes it only when PRIME_GKA_BACKWARD_KERNEL is 1", "[kernels][gka]") {
+  {
+    const ScopedBackwardKernelSwitch unset(nullptr);
+    CHECK_FALSE(kernels::gka_chunk_solve_backward_enabled());
+  }
+  {
+    const ScopedBackwardKernelSwitch off("0");
+    CHECK_FALSE(kernels::gka_chunk_solve_backward_enabled());
+  }
+  const ScopedBackwardKernelSwitch on("1");
+  CHECK(kernels::gka_chunk_solve_backward_enabled());
+}
 
 TEST_CASE("GKA solve kernel: never applies to CPU tensors, other dtypes or shapes it does not serve", "[kernels][gka]") {
   CHECK_FALSE(kernels::gka_chunk_solve_apply(at::zeros({1, 2, 64, 128})));
@@ -208,8 +250,9 @@ TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[
 // The reverse sweep kernel (gka_chunk_solve_backward) against the torch-ops sweep of ChunkSolve
 // on CUDA (fp32, policy Torch) and, for two shapes, the unrolled iteration in float64 on the CPU:
 // chunks of 64 and of 37 rows (padded to 48), D = 32, 64, 128, N = 1, 2, 30, and H_0 and the
-// decays broadcast. The gradients autograd returns under policy Auto must be the kernel's, bit
-// for bit (the kernels are deterministic): ChunkSolve's backward took the kernel.
+// decays broadcast. With PRIME_GKA_BACKWARD_KERNEL=1 the gradients autograd returns under policy
+// Auto must be the kernel's, bit for bit (the kernels are deterministic): ChunkSolve's backward
+// took the kernel.
 TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops sweep and float64",
           "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
@@ -237,7 +280,11 @@ TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops swee
     const auto on_cuda = leaves(system, cuda, at::kFloat);
     REQUIRE(kernels::gka_chunk_solve_backward_apply(on_cuda[0], c.iterations));
     const std::vector<at::Tensor> direct = kernel_backward(on_cuda, probe, c.iterations);
-    const SolveRun ours = run_solve(on_cuda, probe, c.iterations, false);
+    SolveRun ours;
+    {
+      const ScopedBackwardKernelSwitch on("1");
+      ours = run_solve(on_cuda, probe, c.iterations, false);
+    }
     SolveRun torch_ops;
     {
       const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);

@@ -2,7 +2,9 @@
 // contiguous for the launchers; the backward's per-chunk gradients reshaped to q's leading dims.
 #include "kernels/gka_solve/gka_solve.h"
 
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -82,6 +84,11 @@ bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter) {
 #else
   return true;  // never reached: gka_chunk_solve_apply is false without the CUDA build
 #endif
+}
+
+bool gka_chunk_solve_backward_enabled() {
+  const char* value = std::getenv("PRIME_GKA_BACKWARD_KERNEL");
+  return value && std::string(value) == "1";
 }
 
 GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
