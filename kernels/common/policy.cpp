@@ -1,5 +1,7 @@
 #include "kernels/common/policy.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <limits>
@@ -51,6 +53,14 @@ bool poison_outputs() {
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
                           : at::empty(sizes, options);
+}
+
+bool served_float_type(at::ScalarType type) {
+  return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
+}
+
+bool records_gradient(const at::Tensor& tensor) {
+  return tensor.defined() && at::GradMode::is_enabled() && tensor.requires_grad();
 }
 
 void require_cuda_build(const char* op) {

@@ -29,6 +29,14 @@ bool poison_outputs();
 // A kernel's output tensor: NaN-filled under poison_outputs(), uninitialised otherwise.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// The floating dtypes the inference kernels (RMSNorm, RoPE, the decode projection) serve: fp32,
+// bf16, fp16.
+bool served_float_type(at::ScalarType type);
+
+// Whether autograd would record an op on `tensor` (grad mode on and it requires grad; undefined:
+// no). The inference kernels are no autograd functions, so such a call keeps the torch form.
+bool records_gradient(const at::Tensor& tensor);
+
 // Throws an InternalError naming `op` when this build has no CUDA kernels (a dispatch bug: the
 // op's *_apply predicate is false there).
 void require_cuda_build(const char* op);

@@ -2,8 +2,6 @@
 // that allocates the mask and launches.
 #include "kernels/kv_cache_step/kv_cache_step.h"
 
-#include <ATen/core/grad_mode.h>
-
 #include <climits>
 
 #include "kernels/common/policy.h"
@@ -19,8 +17,8 @@ bool kv_cache_step_apply(const at::Tensor& keys, const at::Tensor& values, const
   for (const at::Tensor* t : {&keys, &values, &k, &v, &slot_positions, &position})
     if (!t->defined()) return false;
   if (!use_cuda_kernels(keys)) return false;
-  const bool tracked = keys.requires_grad() || values.requires_grad() || k.requires_grad() || v.requires_grad();
-  if (at::GradMode::is_enabled() && tracked) return false;
+  for (const at::Tensor* t : {&keys, &values, &k, &v})
+    if (records_gradient(*t)) return false;
   const at::ScalarType type = keys.scalar_type();
   for (const at::Tensor* t : {&values, &k, &v})
     if (t->scalar_type() != type || t->device() != keys.device()) return false;

@@ -3,7 +3,6 @@
 #include "kernels/linear_decode/linear_decode.h"
 
 #include <ATen/autocast_mode.h>
-#include <ATen/core/grad_mode.h>
 
 #include <climits>
 #include <cstdint>
@@ -19,27 +18,19 @@ namespace prime::kernels {
 
 namespace {
 
-bool served_type(at::ScalarType type) {
-  return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
-}
-
-// The kernel is not differentiable: a call autograd would record runs at::linear.
-bool wants_gradient(const at::Tensor& tensor) {
-  return tensor.defined() && at::GradMode::is_enabled() && tensor.requires_grad();
-}
-
 bool aligned16(const at::Tensor& tensor) { return reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0; }
 
 }  // namespace
 
 bool linear_decode_apply(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (!x.defined() || !weight.defined() || !use_cuda_kernels(x)) return false;
-  if (wants_gradient(x) || wants_gradient(weight) || wants_gradient(bias)) return false;
+  // The kernel is not differentiable: a call autograd would record runs at::linear.
+  if (records_gradient(x) || records_gradient(weight) || records_gradient(bias)) return false;
   // Under autocast at::linear computes in the autocast dtype; the mixers that leave autocast
   // exclude its dispatch key, which this reads.
   if (at::autocast::is_autocast_enabled(at::kCUDA)) return false;
   const at::ScalarType type = x.scalar_type();
-  if (!served_type(type) || weight.scalar_type() != type || weight.device() != x.device()) return false;
+  if (!served_float_type(type) || weight.scalar_type() != type || weight.device() != x.device()) return false;
   if (x.dim() < 1 || weight.dim() != 2 || !weight.is_contiguous() || !aligned16(weight)) return false;
   const int64_t K = x.size(-1), N = weight.size(0);
   const int64_t per_pack = 16 / static_cast<int64_t>(x.element_size());  // 16-byte packs of K

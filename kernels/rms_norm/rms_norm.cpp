@@ -2,8 +2,6 @@
 // the outputs and launch.
 #include "kernels/rms_norm/rms_norm.h"
 
-#include <ATen/core/grad_mode.h>
-
 #include <climits>
 
 #include "kernels/common/policy.h"
@@ -16,15 +14,6 @@ namespace prime::kernels {
 
 namespace {
 
-bool served_type(at::ScalarType type) {
-  return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
-}
-
-// The kernels are not differentiable: a call autograd would record runs the torch form.
-bool wants_gradient(const at::Tensor& tensor) {
-  return at::GradMode::is_enabled() && tensor.requires_grad();
-}
-
 // Outputs of x's sizes and dtype; empty outputs need no launch.
 at::Tensor output_like(const at::Tensor& x) { return new_output(x.sizes(), x.options()); }
 
@@ -32,8 +21,9 @@ at::Tensor output_like(const at::Tensor& x) { return new_output(x.sizes(), x.opt
 
 bool rms_norm_apply(const at::Tensor& x, const at::Tensor& weight) {
   if (!x.defined() || !weight.defined() || !use_cuda_kernels(x)) return false;
-  if (wants_gradient(x) || wants_gradient(weight)) return false;
-  if (!served_type(x.scalar_type()) || x.dim() < 1 || weight.dim() != 1 ||
+  // The kernels are not differentiable: a call autograd would record runs the torch form.
+  if (records_gradient(x) || records_gradient(weight)) return false;
+  if (!served_float_type(x.scalar_type()) || x.dim() < 1 || weight.dim() != 1 ||
       weight.scalar_type() != x.scalar_type() || weight.device() != x.device())
     return false;
   const int64_t D = x.size(-1);
@@ -42,7 +32,7 @@ bool rms_norm_apply(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 bool add_rms_norm_apply(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight) {
-  return rms_norm_apply(x, weight) && residual.defined() && !wants_gradient(residual) &&
+  return rms_norm_apply(x, weight) && residual.defined() && !records_gradient(residual) &&
          residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type() &&
          residual.device() == x.device();
 }

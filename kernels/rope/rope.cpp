@@ -2,8 +2,6 @@
 // allocates the outputs and launches.
 #include "kernels/rope/rope.h"
 
-#include <ATen/core/grad_mode.h>
-
 #include <climits>
 
 #include "kernels/common/policy.h"
@@ -18,10 +16,6 @@ namespace {
 
 constexpr int64_t kMaxHeadElements = int64_t{1} << 26;  // (Hq + Hkv) * D
 
-bool rotated_dtype(at::ScalarType type) {
-  return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
-}
-
 // cos or sin: fp32 [1 or B, T, 1, D] on `device`.
 bool angle_table(const at::Tensor& table, int64_t B, int64_t T, int64_t D, const at::Device& device) {
   return table.defined() && table.scalar_type() == at::kFloat && table.device() == device && table.dim() == 4 &&
@@ -34,10 +28,8 @@ bool angle_table(const at::Tensor& table, int64_t B, int64_t T, int64_t D, const
 bool rope_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin) {
   if (!q.defined() || !k.defined() || !use_cuda_kernels(q)) return false;
   // Inference only: the kernel is no autograd function.
-  const bool tracked = q.requires_grad() || k.requires_grad() || (cos.defined() && cos.requires_grad()) ||
-                       (sin.defined() && sin.requires_grad());
-  if (at::GradMode::is_enabled() && tracked) return false;
-  if (q.dim() != 4 || k.dim() != 4 || !rotated_dtype(q.scalar_type()) || k.scalar_type() != q.scalar_type() ||
+  if (records_gradient(q) || records_gradient(k) || records_gradient(cos) || records_gradient(sin)) return false;
+  if (q.dim() != 4 || k.dim() != 4 || !served_float_type(q.scalar_type()) || k.scalar_type() != q.scalar_type() ||
       k.device() != q.device())
     return false;
   const int64_t B = q.size(0), T = q.size(1), D = q.size(3);

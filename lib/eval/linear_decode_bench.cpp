@@ -14,43 +14,7 @@
 #include "util/device_timing.h"
 #include "util/error.h"
 
-#ifdef PRIME_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#endif
-
 namespace prime::eval {
-
-namespace {
-
-// Per-call median time in ms of `calls` calls captured in one CUDA graph and replayed, under
-// `policy` (each captured call reads the weight copy it read at capture).
-double graph_ms_per_call(const std::function<void()>& call, kernels::Policy policy, int calls, int warmup,
-                         int repeats, const at::Device& device) {
-#ifdef PRIME_WITH_CUDA
-  const kernels::ScopedKernelPolicy scoped(policy);
-  const c10::cuda::CUDAGuard device_guard(device);
-  at::cuda::CUDAGraph graph;
-  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
-  at::cuda::getCurrentCUDAStream().synchronize();
-  {
-    const c10::cuda::CUDAStreamGuard guard(stream);
-    call();  // cuBLAS's workspace and handles exist before the capture
-    stream.synchronize();
-    graph.capture_begin();
-    for (int i = 0; i < calls; ++i) call();
-    graph.capture_end();
-  }
-  stream.synchronize();
-  return median_ms([&] { graph.replay(); }, device, warmup, repeats) / calls;
-#else
-  (void)call, (void)policy, (void)calls, (void)warmup, (void)repeats, (void)device;
-  return 0;
-#endif
-}
-
-}  // namespace
 
 std::vector<LinearDecodeBenchRow> run_linear_decode_bench(const LinearDecodeBenchOptions& options,
                                                           const at::Device& device) {
@@ -85,9 +49,12 @@ std::vector<LinearDecodeBenchRow> run_linear_decode_bench(const LinearDecodeBenc
     row.torch_ms = times.torch_ms;
     row.kernel_tbps = times.kernel_tbps;
     row.torch_tbps = times.torch_tbps;
-    for (const kernels::Policy policy : {kernels::Policy::Auto, kernels::Policy::Torch})
-      (policy == kernels::Policy::Auto ? row.kernel_graph_ms : row.torch_graph_ms) = graph_ms_per_call(
-          call, policy, options.calls_per_repeat, options.warmup, options.repeats, device);
+    // Each captured call reads the weight copy it read at capture.
+    for (const kernels::Policy policy : {kernels::Policy::Auto, kernels::Policy::Torch}) {
+      const kernels::ScopedKernelPolicy scoped(policy);
+      (policy == kernels::Policy::Auto ? row.kernel_graph_ms : row.torch_graph_ms) =
+          graph_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
+    }
     row.kernel_graph_tbps = weight_bytes / (row.kernel_graph_ms * 1e-3) / 1e12;
     row.kernel_graph_fraction_of_hbm = row.kernel_graph_tbps / options.hbm_tbps;
     rows.push_back(row);

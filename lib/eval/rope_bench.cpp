@@ -11,12 +11,6 @@
 #include "util/device_timing.h"
 #include "util/error.h"
 
-#ifdef PRIME_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#endif
-
 namespace prime::eval {
 
 namespace {
@@ -24,30 +18,6 @@ namespace {
 // Per-call median time in us of `call` queued calls_per_repeat times per timed run.
 double eager_us(const std::function<void()>& call, const RopeBenchOptions& options, const at::Device& device) {
   return 1e3 * median_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
-}
-
-// Per-call median time in us of a CUDA graph holding calls_per_repeat calls, replayed.
-double graph_us(const std::function<void()>& call, const RopeBenchOptions& options, const at::Device& device) {
-#ifdef PRIME_WITH_CUDA
-  const c10::cuda::CUDAGuard device_guard(device);
-  at::cuda::CUDAGraph graph;
-  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
-  at::cuda::getCurrentCUDAStream().synchronize();
-  {
-    const c10::cuda::CUDAStreamGuard guard(stream);
-    call();  // eager on the capture stream first
-    stream.synchronize();
-    graph.capture_begin();
-    for (int i = 0; i < options.calls_per_repeat; ++i) call();
-    graph.capture_end();
-  }
-  stream.synchronize();
-  return 1e3 * median_ms([&] { graph.replay(); }, device, options.warmup, options.repeats) /
-         options.calls_per_repeat;
-#else
-  (void)call, (void)options, (void)device;
-  return 0;
-#endif
 }
 
 }  // namespace
@@ -83,7 +53,8 @@ std::vector<RopeBenchRow> run_rope_bench(const RopeBenchOptions& options, const 
       const kernels::ScopedKernelPolicy scoped(policy);
       const bool kernel = policy == kernels::Policy::Auto;
       (kernel ? row.kernel_eager_us : row.torch_eager_us) = eager_us(call, options, device);
-      (kernel ? row.kernel_graph_us : row.torch_graph_us) = graph_us(call, options, device);
+      (kernel ? row.kernel_graph_us : row.torch_graph_us) =
+          1e3 * graph_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
     }
     row.kernel_graph_gbps = row.floor_bytes / (row.kernel_graph_us * 1e-6) / 1e9;
     row.torch_graph_gbps = row.floor_bytes / (row.torch_graph_us * 1e-6) / 1e9;

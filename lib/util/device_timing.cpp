@@ -2,6 +2,12 @@
 
 #include <ATen/detail/CUDAHooksInterface.h>
 
+#ifdef PRIME_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <vector>
@@ -29,6 +35,29 @@ double median_ms(const std::function<void()>& body, const at::Device& device, in
 double median_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
                           int repeats) {
   return median_ms([&] { for (int i = 0; i < calls; ++i) call(); }, device, warmup, repeats) / calls;
+}
+
+double graph_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
+                         int repeats) {
+#ifdef PRIME_WITH_CUDA
+  const c10::cuda::CUDAGuard device_guard(device);
+  at::cuda::CUDAGraph graph;
+  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
+  at::cuda::getCurrentCUDAStream().synchronize();
+  {
+    const c10::cuda::CUDAStreamGuard guard(stream);
+    call();
+    stream.synchronize();
+    graph.capture_begin();
+    for (int i = 0; i < calls; ++i) call();
+    graph.capture_end();
+  }
+  stream.synchronize();
+  return median_ms([&] { graph.replay(); }, device, warmup, repeats) / calls;
+#else
+  (void)call, (void)calls, (void)device, (void)warmup, (void)repeats;
+  return 0;
+#endif
 }
 
 }  // namespace prime

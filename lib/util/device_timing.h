@@ -19,4 +19,11 @@ double median_ms(const std::function<void()>& body, const at::Device& device, in
 double median_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
                           int repeats);
 
+// Median time in ms of one call when `calls` calls are captured once in a CUDA graph and the
+// graph is replayed (what a call costs inside a graphed decode step: no host launch path). The
+// call runs once eagerly on the capture stream first, so that workspaces and handles exist
+// before the capture. CUDA devices only (0 in builds without CUDA).
+double graph_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
+                         int repeats);
+
 }  // namespace prime
