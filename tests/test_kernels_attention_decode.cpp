@@ -164,19 +164,11 @@ TEST_CASE("attention decode kernel: a CUDA graph replays it as the eager call", 
   const Operands in = make_operands(3, 32, 8, 2000, 128, at::kBFloat16, 0.1);
   const at::Tensor eager = model::attend_one_token(in.q, in.view, in.scale);
   at::cuda::CUDAGraph graph;
-  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
-  at::cuda::getCurrentCUDAStream().synchronize();
   at::Tensor graphed;
-  {
-    const c10::cuda::CUDAStreamGuard guard(stream);
-    graph.capture_begin();
-    graphed = model::attend_one_token(in.q, in.view, in.scale);
-    graph.capture_end();
-  }
+  test::capture(graph, [&] { graphed = model::attend_one_token(in.q, in.view, in.scale); });
   // New keys in place, as a decode step writes its slot: the replay reads them.
   in.view.keys.mul_(0.5);
   graph.replay();
-  stream.synchronize();
   CHECK(at::equal(graphed, model::attend_one_token(in.q, in.view, in.scale)));
   CHECK_FALSE(at::equal(graphed, eager));
 }

@@ -248,19 +248,11 @@ TEST_CASE("linear_decode kernel: a CUDA graph replays it as the eager call", "[k
   REQUIRE(kernels::linear_decode_apply(x, weight, bias));
   const at::Tensor eager = model::linear(x, weight, bias);
   at::cuda::CUDAGraph graph;
-  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
-  at::cuda::getCurrentCUDAStream().synchronize();
   at::Tensor graphed;
-  {
-    const c10::cuda::CUDAStreamGuard guard(stream);
-    graph.capture_begin();
-    graphed = model::linear(x, weight, bias);
-    graph.capture_end();
-  }
+  test::capture(graph, [&] { graphed = model::linear(x, weight, bias); });
   // A new x in place, as a decode step's input buffer: the replay reads it.
   x.mul_(0.5);
   graph.replay();
-  stream.synchronize();
   CHECK(at::equal(graphed, model::linear(x, weight, bias)));
   CHECK_FALSE(at::equal(graphed, eager));
 }

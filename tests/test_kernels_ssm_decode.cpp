@@ -277,20 +277,13 @@ TEST_CASE("SSM decode kernels: a CUDA graph of the steps replays as the eager st
     y_eager = model::ssd_step_in_place(m.x, m.delta, m.A, m.Bm, m.Cm, m2_eager);
   }
   at::cuda::CUDAGraph graph;
-  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
-  at::cuda::getCurrentCUDAStream().synchronize();
-  {
-    const c10::cuda::CUDAStreamGuard guard(stream);
-    graph.capture_begin();
+  test::capture(graph, [&] {
     o_graph = model::gated_delta_rule_step_in_place(g.q, g.k, g.v, g.g, g.beta, gdn_graph);
     y_graph = model::ssd_step_in_place(m.x, m.delta, m.A, m.Bm, m.Cm, m2_graph);
-    graph.capture_end();
-  }
-  stream.synchronize();
+  });
   CHECK(at::equal(gdn_graph, gdn0));  // capture ran nothing
   graph.replay();
   graph.replay();
-  stream.synchronize();
   // The same kernels on the same operands: bit for bit.
   CHECK(at::equal(o_graph, o_eager));
   CHECK(at::equal(y_graph, y_eager));

@@ -5,6 +5,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
+
+#ifdef PRIME_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 namespace prime::test {
 
@@ -36,5 +43,21 @@ inline double norm_relative_error(const at::Tensor& got, const at::Tensor& want)
   const at::Tensor a = got.to(at::kCPU, at::kDouble), b = want.to(at::kCPU, at::kDouble);
   return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
 }
+
+#ifdef PRIME_WITH_CUDA
+// Captures `work` into `graph` on a side stream, as a decode step is captured: nothing runs until
+// graph.replay() (which then runs on the current stream).
+inline void capture(at::cuda::CUDAGraph& graph, const std::function<void()>& work) {
+  const c10::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
+  at::cuda::getCurrentCUDAStream().synchronize();
+  {
+    const c10::cuda::CUDAStreamGuard guard(stream);
+    graph.capture_begin();
+    work();
+    graph.capture_end();
+  }
+  stream.synchronize();
+}
+#endif
 
 }  // namespace prime::test
