@@ -23,15 +23,22 @@ if [ ! -x build-gpu/bin/prime_tests ] || [ ! -x build-gpu/bin/prime-bench ]; the
   echo "build: $(( $(date +%s) - start )) s"
 fi
 export PRIME_REQUIRE_CUDA=1
-timeout 300 build-gpu/bin/prime_tests "[kernels]" > "$OUT/kernels_tests.txt" 2>&1
+timeout 300 build-gpu/bin/prime_tests "[kernels],[prefill],[moe][gpu],[documents]" > "$OUT/kernels_tests.txt" 2>&1
 echo "kernel tests: exit $?"; grep -E "^\[kernels|FAILED|passed|failed" "$OUT/kernels_tests.txt" | head -60
 for tool in memcheck racecheck; do
-  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GDN decode kernel*,Mamba-2 decode kernel*,attention decode kernel: only where*,attention decode kernel: a CUDA graph*,RoPE kernel: misaligned*,add_rms_norm kernel*" \
+  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GDN decode kernel*,Mamba-2 decode kernel*,attention decode kernel: only where*,attention decode kernel: a CUDA graph*,RoPE kernel: misaligned*,add_rms_norm kernel*,kv cache step kernel: equals*,linear_decode kernel: a CUDA graph*,short conv kernel with document starts*,GKA solve backward kernel: small chunks*" \
     > "$OUT/$tool.txt" 2>&1
   echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.txt" | tail -1)"
 done
 timeout 240 build-gpu/bin/prime-bench kernels --device cuda --repeats 5 > "$OUT/kernels_bench.txt" 2>&1
 echo "prime-bench kernels: exit $?"; cat "$OUT/kernels_bench.txt"
+# Chunked prefill of the 8B Transformer (8K chunks) with flash attention for the chunks (auto) and
+# with the masked SDPA form and no kernels (torch).
+for policy in auto torch; do
+  PRIME_KERNELS=$policy timeout 200 build-gpu/bin/prime-bench decode --device cuda --dtype bf16 \
+    --model synthetic:qwen3-8b --batch 1 --prompt 32768 --new-tokens 4 --mode eager > "$OUT/prefill_32k_$policy.txt" 2>&1
+  echo "prefill 32K, PRIME_KERNELS=$policy: exit $?"; tail -1 "$OUT/prefill_32k_$policy.txt"
+done
 # The whole decode step of the 8B shape with every kernel and with none, then each model at the
 # largest batch that fits at 32K.
 models="--model synthetic:qwen3-8b --model synthetic:qwen3-8b+convert:GDN:1:1"
