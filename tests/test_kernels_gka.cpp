@@ -133,10 +133,10 @@ class ScopedBackwardKernelSwitch {
 
 }  // namespace
 
-TEST_CASE("GKA solve backward kernel: ChunkSolve takes it only when PRIME_GKA_BACKWARD_KERNEL is 1", "[kernels][gka]") {
+TEST_CASE("GKA solve backward kernel: ChunkSolve takes it unless PRIME_GKA_BACKWARD_KERNEL is 0", "[kernels][gka]") {
   {
     const ScopedBackwardKernelSwitch unset(nullptr);
-    CHECK_FALSE(kernels::gka_chunk_solve_backward_enabled());
+    CHECK(kernels::gka_chunk_solve_backward_enabled());
   }
   {
     const ScopedBackwardKernelSwitch off("0");
@@ -172,6 +172,8 @@ TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the 
   const test::PoisonOutputs poison;
   const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::Device cuda(at::kCUDA, 0);
+  // The forward kernel with the torch-ops reverse sweep (the backward kernel has its own test).
+  const ScopedBackwardKernelSwitch sweep_in_torch_ops("0");
   const int iterations = 30;
   // (B, H, n, C, D): full chunks of the 8B shape, chunks padded to 16 rows (37, 23), D = 16
   // (the test hybrids), D = 48 (no 64-wide tiles).
@@ -250,7 +252,7 @@ TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[
 // The reverse sweep kernel (gka_chunk_solve_backward) against the torch-ops sweep of ChunkSolve
 // on CUDA (fp32, policy Torch) and, for two shapes, the unrolled iteration in float64 on the CPU:
 // chunks of 64 and of 37 rows (padded to 48), D = 32, 64, 128, N = 1, 2, 30, and H_0 and the
-// decays broadcast. With PRIME_GKA_BACKWARD_KERNEL=1 the gradients autograd returns under policy
+// decays broadcast. With the backward kernel on, the gradients autograd returns under policy
 // Auto must be the kernel's, bit for bit (the kernels are deterministic): ChunkSolve's backward
 // took the kernel.
 TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops sweep and float64",

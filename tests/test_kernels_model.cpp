@@ -9,6 +9,7 @@
 #include <torch/csrc/autograd/function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <set>
 #include <string>
@@ -112,14 +113,23 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
       CHECK_FALSE(any_contains(torch_ops.nodes, node));
     }
     // Both paths round in fp32 (or bf16) where float64 does not, and GKA's solve amplifies
-    // rounding (gka.h): the kernels must be as close to float64 as the torch-ops forms are,
-    // within a factor of 2, or within the dtype's plain bound.
+    // rounding (gka.h), so a few gradients' errors are the noise of a handful of amplified
+    // roundings: on an H200 the torch-ops forms' own error for one weight varied by up to 1.9x
+    // between two runs of this step (non-deterministic reductions), and two fp32 summation
+    // orders by up to ~2.4x.
+    // Each value must be within 3x of the torch-ops forms' error or within the dtype's plain
+    // bound; and over all of them the kernels may not be systematically worse: the geometric
+    // mean of the error ratios stays below 2 (one gradient 10x worse, as a reverse sweep that
+    // lost digits gave, fails the first check; most of them 2x worse fail the second).
     const double bound = dtype == at::kFloat ? 1e-4 : 5e-2;
+    double log_ratio_sum = 0;
+    int ratios = 0;
     const auto check = [&](const std::string& what, const at::Tensor& a, const at::Tensor& b,
                            const at::Tensor& want) {
       const double ours_error = test::relative_error(a, want), torch_error = test::relative_error(b, want);
       INFO(what << ": kernels " << ours_error << ", torch ops " << torch_error);
-      CHECK(ours_error <= std::max(bound, 2 * torch_error));
+      CHECK(ours_error <= std::max(bound, 3 * torch_error));
+      if (ours_error > 0 && torch_error > 0) log_ratio_sum += std::log(ours_error / torch_error), ++ratios;
       return std::make_pair(ours_error, torch_error);
     };
     const auto logits = check("logits", ours.logits, torch_ops.logits, reference.logits);
@@ -132,9 +142,12 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
       const auto errors = check(name, ours.grads.at(name), torch_ops.grads.at(name), grad);
       if (errors.first > worst.first) worst = errors, worst_name = name;
     }
+    const double mean_ratio = ratios ? std::exp(log_ratio_sum / ratios) : 1.0;
+    CHECK(mean_ratio <= 2.0);
     std::cout << "[kernels] model " << c10::toString(dtype) << " vs float64: logits " << logits.first
               << " (torch ops " << logits.second << "), " << reference.grads.size() << " gradients, worst "
-              << worst.first << " (torch ops " << worst.second << ", " << worst_name << ")\n";
+              << worst.first << " (torch ops " << worst.second << ", " << worst_name
+              << "), geometric mean of the error ratios " << mean_ratio << "\n";
   }
 }
 

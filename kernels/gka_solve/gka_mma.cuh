@@ -40,13 +40,17 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 }
 
 // acc[t] += A[16 rows, 0:depth] B[0:depth, col0 + 16 t : +16] for t < NT, 3xTF32.
+// With kRoundedSteps, each k-step of 8 runs its three MMAs into a zeroed fragment that is then
+// added to acc on the CUDA cores (fp32, round to nearest): the tensor cores' accumulation aligns
+// its addends to the largest exponent and truncates, which over a long running sum (the reverse
+// sweep's gradients, summed over N iterations) costs digits that a rounded fp32 add keeps.
 // A: with MajorA = row_major, the 16 rows starting at `A` of a row-major matrix (lda); with
 // col_major, A = M^T for a row-major M (lda = M's row stride) and `A` points at M's column of the
 // first row, so A's row m is M's column m. B likewise: row_major (ldb), or col_major for B = M^T
 // (B's column n is M's row n). With `scale` (B row-major only), B's row k is multiplied by
 // scale[16 k] before the split: `scale` is a [depth, 16] matrix whose row k repeats one factor,
 // loaded as a B fragment, so its elements line up with B's whatever the fragment layout is.
-template <int NT, typename MajorA, typename MajorB>
+template <int NT, typename MajorA, typename MajorB, bool kRoundedSteps = false>
 __device__ __forceinline__ void warp_gemm(FragC (&acc)[NT], const float* A, int lda, const float* B, int ldb,
                                           int depth, int col0, const float* scale = nullptr) {
   constexpr bool kRowA = std::is_same<MajorA, wmma::row_major>::value;
@@ -71,16 +75,26 @@ __device__ __forceinline__ void warp_gemm(FragC (&acc)[NT], const float* A, int 
         }
       }
       split_tf32(b_hi, b_lo);
-      wmma::mma_sync(acc[t], a_lo, b_hi, acc[t]);  // small terms first
-      wmma::mma_sync(acc[t], a_hi, b_lo, acc[t]);
-      wmma::mma_sync(acc[t], a_hi, b_hi, acc[t]);
+      if constexpr (kRoundedSteps) {
+        FragC step;
+        wmma::fill_fragment(step, 0.0f);
+        wmma::mma_sync(step, a_lo, b_hi, step);  // small terms first
+        wmma::mma_sync(step, a_hi, b_lo, step);
+        wmma::mma_sync(step, a_hi, b_hi, step);
+#pragma unroll
+        for (int i = 0; i < step.num_elements; ++i) acc[t].x[i] += step.x[i];
+      } else {
+        wmma::mma_sync(acc[t], a_lo, b_hi, acc[t]);  // small terms first
+        wmma::mma_sync(acc[t], a_hi, b_lo, acc[t]);
+        wmma::mma_sync(acc[t], a_hi, b_hi, acc[t]);
+      }
     }
   }
 }
 
 // out[rows, ncols] (ld_out) = (accumulate ? out : 0) + A[rows, depth] B[depth, ncols] (A
 // row-major), the tiles spread over the warps: a task is one 16-row block times NT 16-column tiles.
-template <int NT, typename MajorB>
+template <int NT, typename MajorB, bool kRoundedSteps = false>
 __device__ void block_gemm(float* out, int ld_out, bool accumulate, const float* A, int lda,
                            const float* B, int ldb, int rows, int ncols, int depth) {
   const int warp = threadIdx.x / 32;
@@ -96,21 +110,21 @@ __device__ void block_gemm(float* out, int ld_out, bool accumulate, const float*
       else
         wmma::fill_fragment(acc[t], 0.0f);
     }
-    warp_gemm<NT, wmma::row_major, MajorB>(acc, A + row0 * lda, lda, B, ldb, depth, col0);
+    warp_gemm<NT, wmma::row_major, MajorB, kRoundedSteps>(acc, A + row0 * lda, lda, B, ldb, depth, col0);
 #pragma unroll
     for (int t = 0; t < NT; ++t)
       wmma::store_matrix_sync(out + row0 * ld_out + col0 + 16 * t, acc[t], ld_out, wmma::mem_row_major);
   }
 }
 
-template <typename MajorB>
+template <typename MajorB, bool kRoundedSteps = false>
 __device__ void block_gemm_any(float* out, int ld_out, bool accumulate, const float* A, int lda,
                                const float* B, int ldb, int rows, int ncols, int depth) {
   // Two tiles per task (reusing each A fragment) where that still gives every warp a task.
   if (ncols % 32 == 0 && (rows / 16) * (ncols / 32) >= kWarps)
-    block_gemm<2, MajorB>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
+    block_gemm<2, MajorB, kRoundedSteps>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
   else
-    block_gemm<1, MajorB>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
+    block_gemm<1, MajorB, kRoundedSteps>(out, ld_out, accumulate, A, lda, B, ldb, rows, ncols, depth);
 }
 
 // dst[r, c] (row stride ld) = src[r * width + c] for r < valid, 0 for valid <= r < rows: a

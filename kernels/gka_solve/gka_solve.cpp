@@ -88,7 +88,7 @@ bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter) {
 
 bool gka_chunk_solve_backward_enabled() {
   const char* value = std::getenv("PRIME_GKA_BACKWARD_KERNEL");
-  return value && std::string(value) == "1";
+  return !value || std::string(value) != "0";
 }
 
 GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,

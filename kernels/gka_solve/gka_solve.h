@@ -38,12 +38,12 @@ struct GkaSolveGradients {
 // num_iter iterations fits the device's shared memory (every served shape on an H100/H200).
 bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter);
 
-// Whether model::ChunkSolve's backward takes the backward kernel: only when PRIME_GKA_BACKWARD_KERNEL
-// is "1" (read at each call). Off by default: on the H200 the whole-hybrid training test
-// (tests/test_kernels_model.cpp) measured the GKA layer's key-side weight gradients ~10x further
-// from float64 with the kernel than with the torch-ops sweep (k_proj 2.5e-4 vs 4.0e-5), although
-// the kernel matches that sweep to 1e-4 on random systems; kernels/README.md (gka_solve) has
-// what is known. The kernel's tests call it directly.
+// Whether model::ChunkSolve's backward takes the backward kernel: yes unless
+// PRIME_GKA_BACKWARD_KERNEL is "0" (read at each call; "0" keeps the torch-ops sweep, the
+// reference). Each k-step's tensor-core products are summed into the gradients in fp32 on the
+// CUDA cores: letting the tensor cores accumulate the running sums (which truncate) left the GKA
+// layer's key-side gradients ~10x further from float64 than the torch-ops sweep in the
+// whole-hybrid training test; kernels/README.md (gka_solve) has the measurements.
 bool gka_chunk_solve_backward_enabled();
 
 // The reverse sweep of the solve (the backward of model::gka_detail::chunk_solve, whose comment

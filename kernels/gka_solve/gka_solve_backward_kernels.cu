@@ -84,10 +84,10 @@ __device__ void key_and_start_gradients(float* g_keys, float* g_start, bool accu
     }
     if (keys) {
       // Rows of dK are key positions s: P^T's row s is P's column s.
-      warp_gemm<NT, wmma::col_major, wmma::row_major>(acc, P2 + row0, ld_p, Adj, ld_x, padded_chunk, col0);
-      warp_gemm<NT, wmma::col_major, wmma::row_major>(acc, P1 + row0, ld_p, Y, ld_x, padded_chunk, col0);
+      warp_gemm<NT, wmma::col_major, wmma::row_major, true>(acc, P2 + row0, ld_p, Adj, ld_x, padded_chunk, col0);
+      warp_gemm<NT, wmma::col_major, wmma::row_major, true>(acc, P1 + row0, ld_p, Y, ld_x, padded_chunk, col0);
     } else {
-      warp_gemm<NT, wmma::col_major, wmma::row_major>(acc, Y + row0, ld_x, Adj, ld_x, padded_chunk, col0, ES);
+      warp_gemm<NT, wmma::col_major, wmma::row_major, true>(acc, Y + row0, ld_x, Adj, ld_x, padded_chunk, col0, ES);
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) wmma::store_matrix_sync(out + 16 * t, acc[t], dim, wmma::mem_row_major);
@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float omega_f = static_cast<float>(omega), minus_omega = static_cast<float>(-omega);
     const bool accumulate = i != num_iter;
     // P1 = A K^T, P2 = y_i K^T.
-    block_gemm_any<wmma::col_major>(P1, ld_p, false, Adj, ld_x, K, ld_x, Cp, Cp, dim);
-    block_gemm_any<wmma::col_major>(P2, ld_p, false, Y, ld_x, K, ld_x, Cp, Cp, dim);
+    block_gemm_any<wmma::col_major, true>(P1, ld_p, false, Adj, ld_x, K, ld_x, Cp, Cp, dim);
+    block_gemm_any<wmma::col_major, true>(P2, ld_p, false, Y, ld_x, K, ld_x, Cp, Cp, dim);
     __syncthreads();
 #pragma unroll 4
     for (int j = 0; j < kMaxChunk * kMaxChunk / kThreads; ++j) {
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int r = lane & 15, c0 = (lane >> 4) * 8, t = row0 + r;
       FragC acc[1];
       wmma::fill_fragment(acc[0], 0.0f);
-      warp_gemm<1, wmma::row_major, wmma::row_major>(acc, Adj + row0 * ld_x, ld_x, H0, ld_x, dim, col0);
+      warp_gemm<1, wmma::row_major, wmma::row_major, true>(acc, Adj + row0 * ld_x, ld_x, H0, ld_x, dim, col0);
       wmma::store_matrix_sync(stage, acc[0], kStageLd, wmma::mem_row_major);
       __syncwarp();
       const float scale = eta[t] * minus_omega, e = decay[t];
@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane < 16) part_decay[t * kMaxColTiles + tile] = part;
       __syncwarp();
       wmma::load_matrix_sync(acc[0], stage, kStageLd, wmma::mem_row_major);
-      warp_gemm<1, wmma::row_major, wmma::row_major>(acc, P1 + row0 * ld_p, ld_p, K, ld_x, Cp, col0);
+      warp_gemm<1, wmma::row_major, wmma::row_major, true>(acc, P1 + row0 * ld_p, ld_p, K, ld_x, Cp, col0);
       __syncwarp();
       wmma::store_matrix_sync(stage, acc[0], kStageLd, wmma::mem_row_major);
       __syncwarp();
