@@ -170,7 +170,7 @@ void run_kernels(SsmOptions& options) {
             << std::left << std::setw(6) << "type" << std::setw(28) << "rows x N x K dtype" << std::right
             << std::setw(9) << "MB" << std::setw(11) << "graph ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM"
             << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(11) << "eager ms" << std::setw(8)
-            << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "ratio\n";
+            << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(13) << "per-unit ms\n";
   for (const auto& row : prime::eval::run_linear_decode_bench(projection, device)) {
     auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(6) << "LIN" << std::setw(28) << row.shape << std::right << std::fixed
@@ -181,7 +181,31 @@ void run_kernels(SsmOptions& options) {
               << ratio(row.kernel_graph_ms, row.torch_graph_ms) << "x" << std::setprecision(4) << std::setw(11)
               << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps << std::setprecision(4)
               << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(7)
-              << ratio(row.kernel_ms, row.torch_ms) << "x\n";
+              << ratio(row.kernel_ms, row.torch_ms) << "x" << std::setprecision(4) << std::setw(13)
+              << row.kernel_graph_per_unit_ms << "\n";
+  }
+  // Projections sharing x in one launch (q/k/v; gate/up ending in silu(gate) * up) vs separate calls.
+  prime::eval::LinearDecodeGroupBenchOptions grouped;
+  grouped.common.repeats = options.bench.repeats;
+  std::cout << "\ngrouped decode projections at 1 row (one launch vs the kernel per weight vs at::linear), per call "
+            << "in a replayed CUDA graph; TB/s = weight bytes / grouped time, % of " << std::fixed
+            << std::setprecision(1) << grouped.common.hbm_tbps << " TB/s; per-unit: the grouped launch with a warp "
+            << "per unit of rows instead of one wave\n"
+            << std::left << std::setw(6) << "type" << std::setw(34) << "what" << std::right << std::setw(9) << "MB"
+            << std::setw(11) << "grouped ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(13)
+            << "per-unit ms" << std::setw(13) << "separate ms" << std::setw(8) << "ratio" << std::setw(11)
+            << "torch ms" << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_linear_decode_group_bench(grouped, device)) {
+    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
+    std::cout << std::left << std::setw(6) << "GRP" << std::setw(34) << row.what << std::right << std::fixed
+              << std::setprecision(1) << std::setw(9) << row.weight_bytes / 1e6 << std::setprecision(4)
+              << std::setw(11) << row.grouped_graph_ms << std::setprecision(2) << std::setw(8) << row.grouped_tbps
+              << std::setprecision(1) << std::setw(7) << 100 * row.grouped_fraction_of_hbm << "%"
+              << std::setprecision(4) << std::setw(13) << row.grouped_per_unit_graph_ms << std::setw(13)
+              << row.separate_graph_ms << std::setprecision(2) << std::setw(7)
+              << ratio(row.grouped_graph_ms, row.separate_graph_ms) << "x" << std::setprecision(4) << std::setw(11)
+              << row.torch_graph_ms << std::setprecision(2) << std::setw(7)
+              << ratio(row.grouped_graph_ms, row.torch_graph_ms) << "x\n";
   }
   // The decode step's fused elementwise kernels against their torch forms.
   prime::eval::RmsNormBenchOptions norm;
@@ -211,6 +235,17 @@ void run_kernels(SsmOptions& options) {
               << ratio(row.kernel_graph_us, row.torch_graph_us) << "x" << std::setw(12) << row.kernel_eager_us
               << std::setw(12) << row.torch_eager_us << std::setw(7) << ratio(row.kernel_eager_us, row.torch_eager_us)
               << "x\n";
+  }
+  std::cout << "\nq_norm + k_norm + RoPE at a decode step (kernels/rope), per call in a CUDA graph: one launch vs the "
+            << "norms' and rotation's kernels vs their torch forms\n"
+            << std::left << std::setw(34) << "shape" << std::right << std::setw(12) << "fused us" << std::setw(14)
+            << "separate us" << std::setw(8) << "ratio" << std::setw(12) << "torch us" << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_rope_norm_bench(rope, device)) {
+    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
+    std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(2)
+              << std::setw(12) << row.fused_graph_us << std::setw(14) << row.separate_graph_us << std::setw(7)
+              << ratio(row.fused_graph_us, row.separate_graph_us) << "x" << std::setw(12) << row.torch_graph_us
+              << std::setw(7) << ratio(row.fused_graph_us, row.torch_graph_us) << "x\n";
   }
 }
 

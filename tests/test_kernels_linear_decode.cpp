@@ -3,7 +3,8 @@
 // CUDA (policy Torch); 1 to 4 rows of x, K from one 16-byte pack to 12288 (partial and full trips
 // of the loads), N from 1 to 4100 (one and two features per warp, odd N); bf16, fp16 and fp32,
 // with and without bias; outputs poisoned first; operands it does not serve run at::linear; a CUDA
-// graph replays it.
+// graph replays it. The grouped form (model::linear_group) and the gated SwiGLU form
+// (model::gated_linear_silu) the same ways, under both grids, plus their CPU fallbacks.
 #include <catch2/catch.hpp>
 
 #include <ATen/autocast_mode.h>
@@ -255,5 +256,299 @@ TEST_CASE("linear_decode kernel: a CUDA graph replays it as the eager call", "[k
   graph.replay();
   CHECK(at::equal(graphed, model::linear(x, weight, bias)));
   CHECK_FALSE(at::equal(graphed, eager));
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// The grouped projection (model::linear_group: several weights sharing x, one launch) and the
+// gated form (model::gated_linear_silu: silu(x gateᵀ) * (x upᵀ), one launch).
+
+namespace {
+
+// Both grids of the launches; each test runs under both and requires the same bits.
+constexpr kernels::LinearDecodeGrid kGrids[] = {kernels::LinearDecodeGrid::OneWave,
+                                                kernels::LinearDecodeGrid::PerUnit};
+
+const char* grid_name(kernels::LinearDecodeGrid grid) {
+  return grid == kernels::LinearDecodeGrid::OneWave ? "one wave" : "per unit";
+}
+
+// silu(x gateᵀ) * (x upᵀ) in float64 on the CPU, and per output the scale its rounding errors
+// grow with: (|g| + spread_g) (|u| + spread_u), where each projection's inputs are rounded once
+// to the dtype (bf16: 2^-9 of |g|) and the spreads bound the fp32 sums' errors.
+Reference reference_gated(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up) {
+  const Reference g = reference_linear(x, gate, at::Tensor()), u = reference_linear(x, up, at::Tensor());
+  const at::Tensor value = g.value * at::sigmoid(g.value) * u.value;
+  return {value, (g.value.abs() + g.spread) * (u.value.abs() + u.spread)};
+}
+
+// Against float64: the gated form rounds three times before its output's rounding (each
+// projection, silu), and silu' ≤ 1.1: about four roundings of the scale.
+double gated_reference_bound(at::ScalarType type) {
+  return type == at::kBFloat16 ? 1e-2 : type == at::kHalf ? 3e-3 : 1e-5;
+}
+
+std::string describe_group(at::ScalarType type, int64_t rows, int64_t K, const std::vector<int64_t>& Ns,
+                           bool bias) {
+  std::ostringstream text;
+  text << c10::toString(type) << " rows " << rows << " K " << K << " N";
+  for (const int64_t N : Ns) text << " " << N;
+  if (bias) text << " bias";
+  return text.str();
+}
+
+}  // namespace
+
+TEST_CASE("linear_decode grouped and gated forms: on the CPU they are at::linear and the torch SwiGLU exactly",
+          "[kernels][linear]") {
+  at::manual_seed(41);
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kDouble}) {
+    INFO(c10::toString(type));
+    const at::Tensor x = at::randn({1, 3, 16}).to(type);
+    const at::Tensor q = at::randn({12, 16}).to(type), k = at::randn({4, 16}).to(type), v = at::randn({4, 16}).to(type);
+    const at::Tensor q_bias = at::randn({12}).to(type), v_bias = at::randn({4}).to(type);
+    const std::vector<at::Tensor> plain = model::linear_group(x, {q, k, v});
+    REQUIRE(plain.size() == 3);
+    CHECK(at::equal(plain[0], at::linear(x, q)));
+    CHECK(at::equal(plain[1], at::linear(x, k)));
+    CHECK(at::equal(plain[2], at::linear(x, v)));
+    const std::vector<at::Tensor> biased = model::linear_group(x, {q, k, v}, {q_bias, at::Tensor(), v_bias});
+    REQUIRE(biased.size() == 3);
+    CHECK(at::equal(biased[0], at::linear(x, q, q_bias)));
+    CHECK(at::equal(biased[1], at::linear(x, k)));
+    CHECK(at::equal(biased[2], at::linear(x, v, v_bias)));
+    // A single row (the decode shape) and five weights (more than one launch takes) alike.
+    const at::Tensor one = at::randn({1, 1, 16}).to(type);
+    const std::vector<at::Tensor> five_weights = {q, k, v, k, q};
+    const std::vector<at::Tensor> five = model::linear_group(one, five_weights);
+    REQUIRE(five.size() == 5);
+    for (size_t i = 0; i < five.size(); ++i) CHECK(at::equal(five[i], at::linear(one, five_weights[i])));
+    const at::Tensor gate = at::randn({24, 16}).to(type), up = at::randn({24, 16}).to(type);
+    for (const at::Tensor& input : {x, one})
+      CHECK(at::equal(model::gated_linear_silu(input, gate, up), at::silu(at::linear(input, gate)) * at::linear(input, up)));
+  }
+  // Under autograd on the CPU: the torch form, recording the graph.
+  const at::Tensor x = at::randn({1, 1, 16}), gate = at::randn({8, 16}).requires_grad_(true);
+  const at::Tensor up = at::randn({8, 16});
+  const at::Tensor y = model::gated_linear_silu(x, gate, up);
+  CHECK(y.requires_grad());
+  y.sum().backward();
+  CHECK(gate.grad().defined());
+}
+
+TEST_CASE("linear_decode grouped: every output equals float64, at::linear and the single-weight kernel, 1 to 4 rows, both grids",
+          "[kernels][gpu][linear]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  at::NoGradGuard no_grad;
+  at::manual_seed(43);
+  const at::Device cuda(at::kCUDA);
+  // Row counts of the weights: odd and tiny ones (one row per warp), q/k/v-like ones, odd ones of
+  // two rows per warp (on an H200 more than 2112 rows in all), four weights in one launch.
+  const std::vector<std::vector<int64_t>> groups = {
+      {7, 1, 13}, {1024, 256, 256}, {300, 301}, {4101, 1023, 1025}, {5, 600, 2111, 9}, {4096, 1024, 1024}};
+  for (const at::ScalarType type : {at::kBFloat16, at::kFloat, at::kHalf}) {
+    for (const int64_t K : {8, 264, 1024}) {
+      for (const std::vector<int64_t>& Ns : groups) {
+        if (type == at::kHalf && Ns.size() != 3) continue;  // fp16: the bf16 path with another unpacking
+        const auto options = at::TensorOptions().device(cuda).dtype(type);
+        std::vector<at::Tensor> weights, biases, no_biases(Ns.size());
+        for (size_t i = 0; i < Ns.size(); ++i) {
+          weights.push_back((at::randn({Ns[i], K}, cuda) / std::sqrt(static_cast<double>(K))).to(type));
+          // Every other weight with a bias: a group mixes both.
+          biases.push_back(i % 2 == 0 ? (0.1 * at::randn({Ns[i]}, cuda)).to(type) : at::Tensor());
+        }
+        const at::Tensor x_all = at::randn({4, K}, options);
+        std::vector<Reference> want;
+        for (const at::Tensor& weight : weights) want.push_back(reference_linear(x_all, weight, at::Tensor()));
+        for (int64_t rows = 1; rows <= 4; ++rows) {
+          const at::Tensor x = x_all.narrow(0, 0, rows).reshape({rows, 1, K});
+          for (const bool with_bias : {false, true}) {
+            const std::vector<at::Tensor>& bias = with_bias ? biases : no_biases;
+            const std::string what = describe_group(type, rows, K, Ns, with_bias);
+            INFO(what);
+            std::vector<at::Tensor> torch_form;
+            {
+              const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+              torch_form = model::linear_group(x, weights, bias);
+            }
+            std::vector<at::Tensor> first_grid;
+            for (const kernels::LinearDecodeGrid grid : kGrids) {
+              INFO(grid_name(grid));
+              const kernels::ScopedLinearDecodeGrid scoped(grid);
+              const std::vector<at::Tensor> got = model::linear_group(x, weights, bias);
+              REQUIRE(got.size() == Ns.size());
+              for (size_t i = 0; i < Ns.size(); ++i) {
+                INFO("weight " << i);
+                REQUIRE(got[i].sizes() == torch_form[i].sizes());
+                REQUIRE(got[i].is_contiguous());
+                REQUIRE(got[i].scalar_type() == type);
+                const Reference reference = first_rows(want[i], rows, bias[i]);
+                const double ours = row_relative_error(got[i], reference);
+                const double ours_norm = test::norm_relative_error(got[i], reference.value);
+                const double theirs_norm = test::norm_relative_error(torch_form[i], reference.value);
+                CHECK(ours <= reference_bound(type));
+                if (type != at::kFloat) CHECK(ours_norm <= 2 * theirs_norm + 1e-4);
+                // The grouped launch computes each row as the single-weight launch does.
+                CHECK(at::equal(got[i], model::linear(x, weights[i], bias[i])));
+                if (grid == kGrids[0] && i == 0 && rows == 1)
+                  std::cout << "[kernels][linear] grouped " << what << ": vs float64 " << ours << ", norm "
+                            << ours_norm << " (at::linear " << theirs_norm << ")\n";
+              }
+              if (first_grid.empty()) first_grid = got;
+              else
+                for (size_t i = 0; i < Ns.size(); ++i) CHECK(at::equal(got[i], first_grid[i]));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("linear_decode gated: silu of x gate^T times x up^T equals float64 and the torch form, 1 to 4 rows, both grids",
+          "[kernels][gpu][linear]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  at::NoGradGuard no_grad;
+  at::manual_seed(47);
+  const at::Device cuda(at::kCUDA);
+  for (const at::ScalarType type : {at::kBFloat16, at::kFloat, at::kHalf}) {
+    for (const int64_t K : {8, 264, 4096}) {
+      for (const int64_t N : {1, 7, 1000, 12289}) {
+        if ((type == at::kHalf && K == 4096) || (N == 12289 && K != 264)) continue;
+        const auto options = at::TensorOptions().device(cuda).dtype(type);
+        const at::Tensor gate = (at::randn({N, K}, cuda) / std::sqrt(static_cast<double>(K))).to(type);
+        const at::Tensor up = (at::randn({N, K}, cuda) / std::sqrt(static_cast<double>(K))).to(type);
+        const at::Tensor x_all = at::randn({4, K}, options);
+        const Reference want = reference_gated(x_all, gate, up);
+        for (int64_t rows = 1; rows <= 4; ++rows) {
+          const at::Tensor x = x_all.narrow(0, 0, rows).reshape({rows, 1, K});
+          const std::string what = describe(type, rows, K, N, false);
+          INFO(what);
+          const Reference reference = first_rows(want, rows, at::Tensor());
+          at::Tensor torch_form;
+          {
+            const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+            torch_form = model::gated_linear_silu(x, gate, up);
+          }
+          // The torch ops on the kernel's own projections: the same roundings of the same sums.
+          const at::Tensor on_projections = at::silu(model::linear(x, gate)) * model::linear(x, up);
+          at::Tensor first_grid;
+          for (const kernels::LinearDecodeGrid grid : kGrids) {
+            INFO(grid_name(grid));
+            const kernels::ScopedLinearDecodeGrid scoped(grid);
+            const at::Tensor got = model::gated_linear_silu(x, gate, up);
+            REQUIRE(got.sizes() == torch_form.sizes());
+            REQUIRE(got.is_contiguous());
+            REQUIRE(got.scalar_type() == type);
+            const double ours = row_relative_error(got, reference), theirs = row_relative_error(torch_form, reference);
+            const double ours_norm = test::norm_relative_error(got, reference.value);
+            const double theirs_norm = test::norm_relative_error(torch_form, reference.value);
+            CHECK(ours <= gated_reference_bound(type));
+            if (type != at::kFloat) CHECK(ours_norm <= 2 * theirs_norm + 1e-4);
+            // Against the torch ops on the same projections: silu's exp may differ by an ulp of
+            // fp32, which can move one rounding of the dtype.
+            const double same_sums = row_relative_error(got, {on_projections.to(at::kCPU, at::kDouble), reference.spread});
+            CHECK(same_sums <= (type == at::kFloat ? 1e-6 : type == at::kHalf ? 2e-3 : 8e-3));
+            if (grid == kGrids[0])
+              std::cout << "[kernels][linear] gated " << what << ": vs float64 " << ours << " (torch form " << theirs
+                        << "), norm " << ours_norm << " (torch form " << theirs_norm << "), vs the torch ops on "
+                        << "its projections " << same_sums << (at::equal(got, on_projections) ? " (bitwise)" : "")
+                        << "\n";
+            if (!first_grid.defined()) first_grid = got;
+            else CHECK(at::equal(got, first_grid));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("linear_decode grouped and gated: refused operands run the torch forms exactly",
+          "[kernels][gpu][linear]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const auto bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const at::Tensor w0 = at::randn({64, 256}, bf16), w1 = at::randn({32, 256}, bf16);
+  const at::Tensor b0 = at::randn({64}, bf16);
+  {
+    at::NoGradGuard no_grad;
+    // Five rows (prefill): at::linear per weight, the torch SwiGLU.
+    const at::Tensor five = at::randn({5, 256}, bf16);
+    const std::vector<at::Tensor> outs = model::linear_group(five, {w0, w1}, {b0, at::Tensor()});
+    CHECK(at::equal(outs[0], at::linear(five, w0, b0)));
+    CHECK(at::equal(outs[1], at::linear(five, w1)));
+    CHECK(at::equal(model::gated_linear_silu(five, w0, w0.flip(0).contiguous()),
+                    at::silu(at::linear(five, w0)) * at::linear(five, w0.flip(0).contiguous())));
+    // One weight the kernel does not serve (strided): each projection as model::linear decides.
+    const at::Tensor x = at::randn({1, 1, 256}, bf16);
+    const at::Tensor strided = at::randn({256, 32}, bf16).t();
+    REQUIRE_FALSE(kernels::linear_decode_apply(x, strided, at::Tensor()));
+    const std::vector<at::Tensor> mixed = model::linear_group(x, {w0, strided});
+    CHECK(at::equal(mixed[0], model::linear(x, w0)));
+    CHECK(at::equal(mixed[1], at::linear(x, strided)));
+    CHECK(at::equal(model::gated_linear_silu(x, strided, strided),
+                    at::silu(at::linear(x, strided)) * at::linear(x, strided)));
+    // Five weights: more than one launch takes; each is the single-weight kernel's.
+    const std::vector<at::Tensor> many = model::linear_group(x, {w0, w1, w0, w1, w0});
+    REQUIRE(many.size() == 5);
+    CHECK(at::equal(many[4], model::linear(x, w0)));
+    // Policy Torch: exactly the torch forms.
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    CHECK(at::equal(model::linear_group(x, {w0, w1}, {b0, at::Tensor()})[0], at::linear(x, w0, b0)));
+    CHECK(at::equal(model::gated_linear_silu(x, w1, w1), at::silu(at::linear(x, w1)) * at::linear(x, w1)));
+  }
+  {
+    // Under autograd with a weight requiring grad: the torch forms, recording the graph.
+    const at::AutoGradMode grad_mode(true);
+    const at::Tensor x = at::randn({1, 1, 256}, bf16);
+    const at::Tensor w_grad = w1.detach().clone().requires_grad_(true);
+    const at::Tensor gated = model::gated_linear_silu(x, w_grad, w1);
+    CHECK(gated.grad_fn() != nullptr);
+    const std::vector<at::Tensor> outs = model::linear_group(x, {w0, w_grad});
+    CHECK(outs[1].grad_fn() != nullptr);
+  }
+}
+
+#ifdef PRIME_WITH_CUDA
+TEST_CASE("linear_decode grouped and gated: a CUDA graph replays them as the eager calls, both grids",
+          "[kernels][gpu][linear]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(53);
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const at::Tensor q = at::randn({4096, 1024}, options) * 0.03, k = at::randn({1024, 1024}, options) * 0.03;
+  const at::Tensor v = at::randn({1025, 1024}, options) * 0.03, q_bias = at::randn({4096}, options);
+  const at::Tensor gate = at::randn({3001, 1024}, options) * 0.03, up = at::randn({3001, 1024}, options) * 0.03;
+  for (const kernels::LinearDecodeGrid grid : kGrids) {
+    INFO(grid_name(grid));
+    const kernels::ScopedLinearDecodeGrid scoped(grid);
+    const at::Tensor x = at::randn({1, 1, 1024}, options);
+    const std::vector<at::Tensor> eager = model::linear_group(x, {q, k, v}, {q_bias, at::Tensor(), at::Tensor()});
+    const at::Tensor eager_gated = model::gated_linear_silu(x, gate, up);
+    at::cuda::CUDAGraph graph;
+    std::vector<at::Tensor> graphed;
+    at::Tensor graphed_gated;
+    test::capture(graph, [&] {
+      graphed = model::linear_group(x, {q, k, v}, {q_bias, at::Tensor(), at::Tensor()});
+      graphed_gated = model::gated_linear_silu(x, gate, up);
+    });
+    // A new x in place, as a decode step's input buffer: the replay reads it.
+    x.mul_(0.5);
+    graph.replay();
+    const std::vector<at::Tensor> now = model::linear_group(x, {q, k, v}, {q_bias, at::Tensor(), at::Tensor()});
+    for (size_t i = 0; i < 3; ++i) {
+      CHECK(at::equal(graphed[i], now[i]));
+      CHECK_FALSE(at::equal(graphed[i], eager[i]));
+    }
+    CHECK(at::equal(graphed_gated, model::gated_linear_silu(x, gate, up)));
+    CHECK_FALSE(at::equal(graphed_gated, eager_gated));
+  }
 }
 #endif

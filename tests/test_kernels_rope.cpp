@@ -2,7 +2,9 @@
 // apply_at a device position, apply_positions per token), bitwise equal to the torch form on
 // CUDA (policy Torch) and close to the torch form in float64 on the CPU; default, llama3 and yarn
 // rope; q and k as strided views of a projection, misaligned and with a non-unit element stride;
-// outputs poisoned with NaN first; never taken when autograd must track the rotation.
+// outputs poisoned with NaN first; never taken when autograd must track the rotation. The decode
+// step's fused q_norm + k_norm + rotation (kernels::rope_norm_rotate) against the norms' and the
+// rotation's kernels (bitwise), their torch forms and float64.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -16,6 +18,7 @@
 
 #include "kernels/common/policy.h"
 #include "kernels/rope/rope.h"
+#include "model/rms_norm.h"
 #include "model/rope.h"
 #include "test_helpers.h"
 #include "test_kernels_util.h"
@@ -242,4 +245,176 @@ TEST_CASE("RoPE kernel: not taken when autograd tracks the rotation, or under po
   CHECK_FALSE(kernels::rope_apply(q, k, cos.narrow(3, 0, 16), sin.narrow(3, 0, 16)));   // D of the tables
   const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
   CHECK_FALSE(kernels::rope_apply(q, k, cos, sin));
+}
+
+// ---------------------------------------------------------------------------------------------
+// q_norm + k_norm + rotation in one launch (the attention layer's decode step).
+
+namespace {
+
+constexpr double kNormEps = 1e-6;
+
+// x [B,T,H,D] normalised per head (float64 or the dtype's torch form, as model::rms_norm computes
+// it) then rotated by cos/sin [1 or B,T,1,D] as the torch form of model::Rope rotates.
+at::Tensor norm_then_rotate_torch(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cos,
+                                  const at::Tensor& sin) {
+  const at::Tensor normed = model::rms_norm(x, weight, kNormEps);
+  const int64_t half = x.size(3) / 2;
+  const at::Tensor xf = normed.to(cos.scalar_type());
+  const at::Tensor turned = at::cat({-xf.narrow(-1, half, half), xf.narrow(-1, 0, half)}, -1);
+  return (xf * cos + turned * sin).to(x.scalar_type());
+}
+
+// Angles as a Rope makes them: fp32 [1 or B, T, 1, D], both halves equal.
+std::pair<at::Tensor, at::Tensor> random_angles(int64_t table_batch, int64_t T, int64_t D) {
+  const at::Tensor half = at::rand({table_batch, T, 1, D / 2}, at::TensorOptions().device(at::kCUDA)) * 600.0;
+  const at::Tensor emb = at::cat({half, half}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+}  // namespace
+
+TEST_CASE("RoPE with q/k norm: never applies to CPU tensors", "[kernels][rope]") {
+  at::NoGradGuard no_grad;
+  const at::Tensor q = at::randn({1, 1, 4, 16}), k = at::randn({1, 1, 2, 16}), w = at::randn({16});
+  const at::Tensor cos = at::randn({1, 1, 1, 16}), sin = at::randn({1, 1, 1, 16});
+  CHECK_FALSE(kernels::rope_norm_apply(q, k, w, w, cos, sin));
+}
+
+TEST_CASE("RoPE with q/k norm: bitwise the norms' and rotation's kernels, close to the torch form and float64",
+          "[kernels][gpu][rope]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  at::NoGradGuard no_grad;
+  at::manual_seed(23);
+  const int64_t Hq = 6, Hkv = 2;
+  for (const at::ScalarType type : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    for (const int64_t D : {32, 64, 128, 256}) {
+      if (type == at::kFloat && D > 128) continue;  // 64 fp32 packs: more than a warp's lanes
+      for (const auto& [B, T] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 1}, {3, 5}}) {
+        for (const bool views : {true, false}) {
+          for (const int64_t table_batch : {int64_t{1}, B}) {
+            const std::string what = std::string(c10::toString(type)) + " D=" + std::to_string(D) + " B=" +
+                                     std::to_string(B) + " T=" + std::to_string(T) +
+                                     (views ? " projection views" : " contiguous") + " tables " +
+                                     std::to_string(table_batch);
+            INFO(what);
+            at::Tensor q, k;
+            if (views) {
+              std::tie(q, k) = projection_views(B, T, Hq, Hkv, D, type, 0, 1);
+            } else {
+              const auto options = at::TensorOptions().device(at::kCUDA).dtype(type);
+              q = at::randn({B, T, Hq, D}, options);
+              k = at::randn({B, T, Hkv, D}, options);
+            }
+            // q and k of unequal sizes (in place: views stay views).
+            q.mul_(3.0);
+            const auto options = q.options();
+            const at::Tensor q_weight = (1.0 + 0.1 * at::randn({D}, options.dtype(at::kFloat))).to(type);
+            const at::Tensor k_weight = (1.0 + 0.1 * at::randn({D}, options.dtype(at::kFloat))).to(type);
+            const auto [cos, sin] = random_angles(table_batch, T, D);
+            REQUIRE(kernels::rope_norm_apply(q, k, q_weight, k_weight, cos, sin));
+            const auto [qf, kf] = kernels::rope_norm_rotate(q, k, q_weight, k_weight, kNormEps, cos, sin);
+            CHECK(qf.is_contiguous());
+            CHECK(kf.is_contiguous());
+            REQUIRE(qf.sizes() == q.sizes());
+            REQUIRE(kf.sizes() == k.sizes());
+            // The two kernels it replaces (model::rms_norm's kernel, then the rotation's).
+            const at::Tensor qn = model::rms_norm(q, q_weight, kNormEps), kn = model::rms_norm(k, k_weight, kNormEps);
+            REQUIRE(kernels::rope_apply(qn, kn, cos, sin));
+            const auto [qs, ks] = kernels::rope_rotate(qn, kn, cos, sin);
+            CHECK(at::equal(qf, qs));
+            CHECK(at::equal(kf, ks));
+            // The torch forms on CUDA, and float64 on the CPU.
+            at::Tensor qt, kt;
+            {
+              const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+              qt = norm_then_rotate_torch(q, q_weight, cos, sin);
+              kt = norm_then_rotate_torch(k, k_weight, cos, sin);
+            }
+            const auto cpu64 = [](const at::Tensor& t) { return t.to(at::kCPU, at::kDouble); };
+            const at::Tensor q64 = norm_then_rotate_torch(cpu64(q), cpu64(q_weight), cpu64(cos), cpu64(sin));
+            const at::Tensor k64 = norm_then_rotate_torch(cpu64(k), cpu64(k_weight), cpu64(cos), cpu64(sin));
+            // Against float64: the norm's two roundings and the rotation's one (bf16 2^-9 each).
+            const double bound = type == at::kBFloat16 ? 1e-2 : type == at::kHalf ? 2e-3 : 1e-5;
+            const double q_error = test::norm_relative_error(qf, q64), k_error = test::norm_relative_error(kf, k64);
+            const double q_torch = test::norm_relative_error(qt, q64), k_torch = test::norm_relative_error(kt, k64);
+            CHECK(q_error <= bound);
+            CHECK(k_error <= bound);
+            CHECK(q_error <= 2 * q_torch + 1e-6);
+            CHECK(k_error <= 2 * k_torch + 1e-6);
+            CHECK(test::norm_relative_error(qf, qt) <= bound);
+            CHECK(test::norm_relative_error(kf, kt) <= bound);
+            if (B == 2 && views && table_batch == 1)
+              std::cout << "[kernels][rope] norm+rotate " << what << ": q vs float64 " << q_error << " (torch form "
+                        << q_torch << "), k " << k_error << " (" << k_torch << ")\n";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("RoPE with q/k norm: the model's decode-step tables, graph replay, and the operands it refuses",
+          "[kernels][gpu][rope]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  at::NoGradGuard no_grad;
+  at::manual_seed(29);
+  const auto bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t D = 128;
+  io::RopeConfig config;
+  config.theta = 1000000.0;
+  const model::Rope rope(config, D, kMaxPositions);
+  const at::Tensor position = at::full({1}, 1234, at::TensorOptions().device(at::kCUDA).dtype(at::kLong));
+  const at::Tensor q = at::randn({1, 1, 32, D}, bf16), k = at::randn({1, 1, 8, D}, bf16);
+  const at::Tensor q_weight = at::randn({D}, bf16), k_weight = at::randn({D}, bf16);
+  // The tables of Rope::apply_at: the fused launch equals the norms then apply_at bit for bit.
+  const auto [cos, sin] = rope.angles_at(q, position);
+  REQUIRE(kernels::rope_norm_apply(q, k, q_weight, k_weight, cos, sin));
+  const auto [qf, kf] = kernels::rope_norm_rotate(q, k, q_weight, k_weight, kNormEps, cos, sin);
+  const auto [qa, ka] = rope.apply_at(model::rms_norm(q, q_weight, kNormEps), model::rms_norm(k, k_weight, kNormEps),
+                                      position);
+  CHECK(at::equal(qf, qa));
+  CHECK(at::equal(kf, ka));
+#ifdef PRIME_WITH_CUDA
+  // A CUDA graph replays it with new q and k in place.
+  at::cuda::CUDAGraph graph;
+  std::pair<at::Tensor, at::Tensor> graphed;
+  test::capture(graph, [&] { graphed = kernels::rope_norm_rotate(q, k, q_weight, k_weight, kNormEps, cos, sin); });
+  q.mul_(-0.5);
+  k.add_(1.0);
+  graph.replay();
+  const auto [qn, kn] = kernels::rope_norm_rotate(q, k, q_weight, k_weight, kNormEps, cos, sin);
+  CHECK(at::equal(graphed.first, qn));
+  CHECK(at::equal(graphed.second, kn));
+  CHECK_FALSE(at::equal(graphed.first, qf));
+#endif
+  // Refused: an odd number of packs (D = 72 bf16: 9), more than 32 packs (fp32 D = 256), rows off
+  // 16 bytes, a strided element, weights of another dtype or size or needing a gradient, policy Torch.
+  const auto refuses = [&](const at::Tensor& q2, const at::Tensor& k2, const at::Tensor& w) {
+    const int64_t d = q2.size(3);
+    const at::Tensor table = at::ones({1, q2.size(1), 1, d}, q2.options().dtype(at::kFloat));
+    return !kernels::rope_norm_apply(q2, k2, w, w, table, table);
+  };
+  CHECK(refuses(at::randn({1, 1, 4, 72}, bf16), at::randn({1, 1, 2, 72}, bf16), at::randn({72}, bf16)));
+  const auto fp32 = bf16.dtype(at::kFloat);
+  CHECK(refuses(at::randn({1, 1, 4, 256}, fp32), at::randn({1, 1, 2, 256}, fp32), at::randn({256}, fp32)));
+  CHECK_FALSE(refuses(at::randn({1, 1, 4, 128}, fp32), at::randn({1, 1, 2, 128}, fp32), at::randn({128}, fp32)));
+  {
+    auto [q2, k2] = projection_views(1, 1, 4, 2, 64, at::kBFloat16, 1, 1);  // one element off 16 bytes
+    CHECK(refuses(q2, k2, at::randn({64}, bf16)));
+    auto [q3, k3] = projection_views(1, 1, 4, 2, 64, at::kBFloat16, 0, 2);  // element stride 2
+    CHECK(refuses(q3, k3, at::randn({64}, bf16)));
+  }
+  CHECK(refuses(q, k, q_weight.to(at::kFloat)));
+  CHECK(refuses(q, k, at::randn({64}, bf16)));
+  {
+    const at::AutoGradMode grad_mode(true);
+    CHECK(refuses(q, k, q_weight.detach().clone().requires_grad_(true)));
+  }
+  const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+  CHECK(refuses(q, k, q_weight));
 }

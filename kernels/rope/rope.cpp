@@ -3,6 +3,7 @@
 #include "kernels/rope/rope.h"
 
 #include <climits>
+#include <cstdint>
 
 #include "kernels/common/policy.h"
 #include "util/error.h"
@@ -21,6 +22,23 @@ bool angle_table(const at::Tensor& table, int64_t B, int64_t T, int64_t D, const
   return table.defined() && table.scalar_type() == at::kFloat && table.device() == device && table.dim() == 4 &&
          (table.size(0) == 1 || table.size(0) == B) && table.size(1) == T && table.size(2) == 1 &&
          table.size(3) == D;
+}
+
+// A dimension of size 1 is never stepped along: its stride does not matter.
+int64_t step_stride(const at::Tensor& x, int64_t dim) { return x.size(dim) == 1 ? 0 : x.stride(dim); }
+
+bool aligned16(const at::Tensor& tensor) { return reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0; }
+
+// Unit element stride, every row of D on a 16-byte pack of `width` elements.
+bool rows_on_packs(const at::Tensor& x, int64_t width) {
+  return x.stride(3) == 1 && step_stride(x, 0) % width == 0 && step_stride(x, 1) % width == 0 &&
+         step_stride(x, 2) % width == 0 && aligned16(x);
+}
+
+bool norm_weight(const at::Tensor& weight, const at::Tensor& q) {
+  return weight.defined() && !records_gradient(weight) && weight.dim() == 1 && weight.size(0) == q.size(3) &&
+         weight.scalar_type() == q.scalar_type() && weight.device() == q.device() && weight.is_contiguous() &&
+         aligned16(weight);
 }
 
 }  // namespace
@@ -50,6 +68,33 @@ std::pair<at::Tensor, at::Tensor> rope_rotate(const at::Tensor& q, const at::Ten
 #ifdef PRIME_WITH_CUDA
   // The model's tables are contiguous already; contiguous() copies only a caller's strided one.
   detail::launch_rope(q, k, cos.contiguous(), sin.contiguous(), q_out, k_out);
+#endif
+  return {q_out, k_out};
+}
+
+bool rope_norm_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
+                     const at::Tensor& cos, const at::Tensor& sin) {
+  if (!rope_apply(q, k, cos, sin) || !norm_weight(q_weight, q) || !norm_weight(k_weight, q)) return false;
+  const int64_t D = q.size(3), width = 16 / static_cast<int64_t>(q.element_size());
+  if (D % (2 * width) != 0 || D / width > 32) return false;
+  if (q.size(0) * q.size(1) * (q.size(2) + k.size(2)) > INT_MAX) return false;
+  return rows_on_packs(q, width) && rows_on_packs(k, width) && cos.is_contiguous() && sin.is_contiguous() &&
+         aligned16(cos) && aligned16(sin);
+}
+
+std::pair<at::Tensor, at::Tensor> rope_norm_rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight,
+                                                   const at::Tensor& k_weight, double eps, const at::Tensor& cos,
+                                                   const at::Tensor& sin) {
+  PRIME_CHECK(rope_norm_apply(q, k, q_weight, k_weight, cos, sin),
+              "rope_norm_rotate: operands the kernel does not serve (q ", q.sizes(), " ", q.scalar_type(), ", k ",
+              k.sizes(), ", weights ", q_weight.sizes(), ", cos ", cos.sizes(), "); ask rope_norm_apply first");
+  require_cuda_build("rope_norm_rotate");
+  at::Tensor q_out = new_output(q.sizes(), q.options());
+  at::Tensor k_out = new_output(k.sizes(), k.options());
+#ifdef PRIME_WITH_CUDA
+  detail::launch_rope_norm(q, k, q_weight, k_weight, eps, cos, sin, q_out, k_out);
+#else
+  (void)eps;
 #endif
   return {q_out, k_out};
 }

@@ -23,4 +23,20 @@ bool rope_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
 std::pair<at::Tensor, at::Tensor> rope_rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                               const at::Tensor& sin);
 
+// Whether rope_norm_rotate serves these operands: rope_apply(q, k, cos, sin) holds, q_weight and
+// k_weight are 1-D [D] contiguous, 16-byte aligned tensors of q's dtype on q's device that need
+// no gradient, D is an even number of 16-byte packs (8 bf16/fp16, 4 fp32) and at most 32 of them
+// (bf16 D <= 256, fp32 D <= 128), q and k have unit element strides with every head's row on 16
+// bytes, and cos and sin are contiguous and 16-byte aligned.
+bool rope_norm_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
+                     const at::Tensor& cos, const at::Tensor& sin);
+
+// The attention layer's q_norm and k_norm followed by the rotation, in one launch: what
+// rope_rotate(rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps), cos, sin) returns, bit for
+// bit (the norm rounded as model::rms_norm and kernels/rms_norm round it, each head's squares
+// summed in kernels/rms_norm's order).
+std::pair<at::Tensor, at::Tensor> rope_norm_rotate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight,
+                                                   const at::Tensor& k_weight, double eps, const at::Tensor& cos,
+                                                   const at::Tensor& sin);
+
 }  // namespace prime::kernels

@@ -5,6 +5,12 @@
 // rotate_half mixes), with 16-byte accesses where the rows allow (V = 8 for bf16/fp16, 4 for
 // fp32) and single elements at any strides otherwise. Products and sums use __fmul_rn /
 // __fadd_rn: the torch form rounds each op separately, and a contracted FMA would not.
+//
+// The decode step's fused form (rope_norm_kernel) first applies q_norm and k_norm (RMSNorm over
+// each head, weight [D]) and then rotates, one launch instead of three: a group of lanes owns a
+// head (one 16-byte pack a lane, as kernels/rms_norm's head norm), sums its squares by shuffles,
+// normalises and rounds as model::rms_norm does, swaps its pack with the lane holding the other
+// half of the rotated pair (a shuffle) and rotates as above.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -200,7 +206,160 @@ void check_angles(const at::Tensor& table, const char* name, const at::Tensor& q
               q.sizes(), " on ", q.device());
 }
 
+// ---- q_norm + k_norm + rotation ----------------------------------------------------------------
+
+// A storage type's 16-byte pack as kWidth floats, and back (rounded to nearest even).
+template <typename T>
+constexpr int kPackWidth = 16 / static_cast<int>(sizeof(T));
+
+template <typename T>
+__device__ __forceinline__ void load_wide(const T* p, float (&out)[kPackWidth<T>]) {
+  load_pack<T, kPackWidth<T>>(p, out);
+}
+
+// fp32 of to_T(value).
+template <typename T>
+__device__ __forceinline__ float rounded(float value) {
+  return to_float(from_float<T>(value));
+}
+
+struct NormOperand {
+  const void* x;       // [B,T,heads,D], unit stride along D, rows on 16 bytes
+  const void* weight;  // [D], contiguous
+  void* out;           // contiguous [B,T,heads,D]
+  int64_t stride_b, stride_t, stride_h;
+  int heads;
+};
+
+struct NormParams {
+  NormOperand q, k;
+  const float* cos;
+  const float* sin;
+  int64_t angle_stride_b;  // T*D, or 0 when the tables are shared by the batch
+  int rows, steps;         // B*T*(Hq + Hkv) heads in all, T
+  int packs, lanes;        // D / width (even, <= 32); lanes per head: the power of two >= packs
+  float eps, inverse_dim;
+};
+
+// Groups of p.lanes lanes (a power of two <= 32), one head each: row r is token r / (Hq + Hkv),
+// head slot r % (Hq + Hkv) (q heads first). Lane l < packs owns pack l of the head. The norm as
+// kernels/rms_norm's lane groups compute it (each lane's squares in element order, then xor
+// shuffles over the group, rsqrt(sum * 1/D + eps)), then y = to_T(x * scale) and
+// n = to_T(fp32(w) * y), then the rotation of n as rope_kernel computes it: the lane with pack l of
+// the first half trades its n with the lane holding pack l of the second half.
+template <typename T>
+__global__ void __launch_bounds__(128) rope_norm_kernel(const NormParams p) {
+  constexpr int W = kPackWidth<T>;
+  const int lanes = p.lanes;
+  const int lane = threadIdx.x % lanes;
+  const int row = blockIdx.x * (blockDim.x / lanes) + threadIdx.x / lanes;
+  const bool active = row < p.rows && lane < p.packs;  // idle lanes still join the shuffles
+  const int slots = p.q.heads + p.k.heads;
+  const int token = row / slots, slot = row - token * slots;
+  const bool is_q = slot < p.q.heads;
+  const int head = is_q ? slot : slot - p.q.heads;
+  const int b = token / p.steps, t = token - b * p.steps;
+  const int d = lane * W;
+  // The operand's fields one by one (selects, not a reference into the parameters).
+  const T* source = static_cast<const T*>(is_q ? p.q.x : p.k.x) + b * (is_q ? p.q.stride_b : p.k.stride_b) +
+                    t * (is_q ? p.q.stride_t : p.k.stride_t) + head * (is_q ? p.q.stride_h : p.k.stride_h);
+  const T* weight = static_cast<const T*>(is_q ? p.q.weight : p.k.weight);
+
+  float x[W];
+  float squares = 0.f;
+  if (active) {
+    load_wide<T>(source + d, x);
+#pragma unroll
+    for (int c = 0; c < W; ++c) squares += x[c] * x[c];
+  }
+  for (int offset = lanes / 2; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  const float scale = rsqrtf(squares * p.inverse_dim + p.eps);
+
+  float n[W], w[W];
+  if (active) load_wide<T>(weight + d, w);
+#pragma unroll
+  for (int c = 0; c < W; ++c) n[c] = active ? rounded<T>(w[c] * rounded<T>(x[c] * scale)) : 0.f;
+
+  // The other half's pack of the pair: lane l of the first half and l + packs/2 trade.
+  const int half_packs = p.packs / 2;
+  const int partner = lane < half_packs ? lane + half_packs : lane >= p.packs ? lane : lane - half_packs;
+  float other[W];
+#pragma unroll
+  for (int c = 0; c < W; ++c) other[c] = __shfl_sync(0xffffffffu, n[c], partner, lanes);
+  if (!active) return;
+
+  const bool first_half = lane < half_packs;
+  const int64_t angle_offset = b * p.angle_stride_b + static_cast<int64_t>(t) * p.packs * W + d;
+  float c[W], s[W];
+  load_angles<W>(p.cos + angle_offset, c);
+  load_angles<W>(p.sin + angle_offset, s);
+  // First half: n cos + (-other) sin; second half: n cos + other sin (rotate_half = (-x2, x1)).
+  float y[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j)
+    y[j] = __fadd_rn(__fmul_rn(n[j], c[j]), __fmul_rn(first_half ? -other[j] : other[j], s[j]));
+  T* out = static_cast<T*>(is_q ? p.q.out : p.k.out) +
+           (static_cast<int64_t>(token) * (is_q ? p.q.heads : p.k.heads) + head) * p.packs * W;
+  store_pack<T, W>(out + d, y);
+}
+
+NormOperand norm_operand(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& out) {
+  return {x.data_ptr(), weight.data_ptr(), out.data_ptr(), step_stride(x, 0), step_stride(x, 1), step_stride(x, 2),
+          static_cast<int>(x.size(2))};
+}
+
 }  // namespace
+
+void launch_rope_norm(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
+                      double eps, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& q_out,
+                      const at::Tensor& k_out) {
+  const char* op = "rope (with q/k norm)";
+  check_rotated(q, q_out, "q", "q_out", q);
+  check_rotated(k, k_out, "k", "k_out", q);
+  check_angles(cos, "cos", q);
+  check_angles(sin, "sin", q);
+  PRIME_CHECK(cos.size(0) == sin.size(0), op, ": cos ", cos.sizes(), " and sin ", sin.sizes(), " differ");
+  check_operand(q_weight, op, "q_weight", q.scalar_type(), 1);
+  check_operand(k_weight, op, "k_weight", q.scalar_type(), 1);
+  const int64_t B = q.size(0), T = q.size(1), D = q.size(3);
+  const int64_t width = 16 / q.element_size();
+  PRIME_CHECK(q_weight.size(0) == D && k_weight.size(0) == D && q_weight.device() == q.device() &&
+                  k_weight.device() == q.device(),
+              op, ": weights ", q_weight.sizes(), " and ", k_weight.sizes(), " for heads of ", D);
+  PRIME_CHECK(D % (2 * width) == 0 && D / width <= kWarp, op, ": head dim ", D, " must be an even number of ",
+              width, "-element packs, at most ", kWarp);
+  PRIME_CHECK(packs_fit(q, width) && packs_fit(k, width) && aligned_16(q_out) && aligned_16(k_out) &&
+                  aligned_16(q_weight) && aligned_16(k_weight) && aligned_16(cos) && aligned_16(sin),
+              op, ": rows must start on 16 bytes with unit element strides");
+  PRIME_CHECK(B * T * (q.size(2) + k.size(2)) <= INT_MAX, op, ": q ", q.sizes(), " and k ", k.sizes(),
+              " exceed the grid");
+  if (B * T == 0 || q.size(2) + k.size(2) == 0) return;
+  const at::cuda::CUDAGuard guard(q.device());
+  NormParams p{};
+  p.q = norm_operand(q, q_weight, q_out);
+  p.k = norm_operand(k, k_weight, k_out);
+  p.cos = static_cast<const float*>(cos.data_ptr());
+  p.sin = static_cast<const float*>(sin.data_ptr());
+  p.angle_stride_b = cos.size(0) == 1 ? 0 : T * D;
+  p.rows = static_cast<int>(B * T * (q.size(2) + k.size(2)));
+  p.steps = static_cast<int>(T);
+  p.packs = static_cast<int>(D / width);
+  p.lanes = 1;
+  while (p.lanes < p.packs) p.lanes *= 2;
+  p.eps = static_cast<float>(eps);
+  p.inverse_dim = 1.f / static_cast<float>(D);
+  constexpr int kThreads = 128;
+  const int rows_per_block = kThreads / p.lanes;
+  const int blocks = (p.rows + rows_per_block - 1) / rows_per_block;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(q.device().index());
+  switch (q.scalar_type()) {
+    case at::kFloat: rope_norm_kernel<float><<<blocks, kThreads, 0, stream>>>(p); break;
+    case at::kBFloat16: rope_norm_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p); break;
+    case at::kHalf: rope_norm_kernel<__half><<<blocks, kThreads, 0, stream>>>(p); break;
+    default: PRIME_CHECK(false, op, ": q must be fp32, bf16 or fp16, got ", q.scalar_type());
+  }
+  PRIME_CUDA_CHECK_LAUNCH("rope_norm_kernel");
+}
 
 void launch_rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
                  const at::Tensor& q_out, const at::Tensor& k_out) {

@@ -12,4 +12,12 @@ namespace prime::kernels::detail {
 void launch_rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
                  const at::Tensor& q_out, const at::Tensor& k_out);
 
+// q_norm and k_norm (RMSNorm over each head with the [D] weights, contiguous, of q's dtype), then
+// the rotation, one launch. q and k as above but with unit element strides and every row on 16
+// bytes; D an even number of 16-byte packs, at most 32 packs; cos, sin, weights and outputs
+// 16-byte aligned.
+void launch_rope_norm(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
+                      double eps, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& q_out,
+                      const at::Tensor& k_out);
+
 }  // namespace prime::kernels::detail

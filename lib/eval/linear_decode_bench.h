@@ -39,10 +39,40 @@ struct LinearDecodeBenchRow {
   double kernel_graph_ms = 0, torch_graph_ms = 0;  // per call in a replayed CUDA graph
   double kernel_graph_tbps = 0;
   double kernel_graph_fraction_of_hbm = 0;  // kernel_graph_tbps / hbm_tbps
+  // The kernel's graph time with the other grid (kernel_graph_ms is the default grid's: one wave
+  // whose warps take rows round robin; this one: a warp per unit of rows, as many blocks as that
+  // takes).
+  double kernel_graph_per_unit_ms = 0;
 };
 
 // Needs a CUDA device and a build with the kernels (else a UserError).
 std::vector<LinearDecodeBenchRow> run_linear_decode_bench(const LinearDecodeBenchOptions& options,
                                                           const at::Device& device);
+
+// The projections of a layer that share x, one launch against separate calls, each per call in a
+// replayed CUDA graph (what the decode step does), at one row of x: attention's q, k and v
+// (model::linear_group) and the MLP's gate and up ending in silu(gate) * up
+// (model::gated_linear_silu). Each call reads another copy of the weights (options.rotate_bytes).
+struct LinearDecodeGroupBenchOptions {
+  int64_t hidden = 4096;                                // K
+  std::vector<int64_t> qkv_features = {4096, 1024, 1024};  // the Qwen3-8B layer's q, k, v
+  int64_t intermediate = 12288;                         // its gate and up
+  LinearDecodeBenchOptions common;                      // dtype, timing, copies, hbm_tbps
+};
+
+struct LinearDecodeGroupBenchRow {
+  std::string what;  // "q/k/v 4096+1024+1024 x 4096 bf16" or "gate/up+silu 12288 x 4096 bf16"
+  double weight_bytes = 0;
+  double grouped_graph_ms = 0;           // one launch, the default grid (one wave)
+  double grouped_per_unit_graph_ms = 0;  // one launch, a warp per unit of rows
+  double separate_graph_ms = 0;  // the kernel per weight (plus at::silu and the product for gate/up)
+  double torch_graph_ms = 0;     // at::linear per weight (plus at::silu and the product): policy Torch
+  double grouped_tbps = 0;       // weight bytes / grouped_graph_ms
+  double grouped_fraction_of_hbm = 0;
+};
+
+// Needs a CUDA device and a build with the kernels (else a UserError).
+std::vector<LinearDecodeGroupBenchRow> run_linear_decode_group_bench(const LinearDecodeGroupBenchOptions& options,
+                                                                     const at::Device& device);
 
 }  // namespace prime::eval

@@ -7,6 +7,7 @@
 
 #include "kernels/common/policy.h"
 #include "kernels/rope/rope.h"
+#include "model/rms_norm.h"
 #include "model/rope.h"
 #include "util/device_timing.h"
 #include "util/error.h"
@@ -58,6 +59,54 @@ std::vector<RopeBenchRow> run_rope_bench(const RopeBenchOptions& options, const 
     }
     row.kernel_graph_gbps = row.floor_bytes / (row.kernel_graph_us * 1e-6) / 1e9;
     row.torch_graph_gbps = row.floor_bytes / (row.torch_graph_us * 1e-6) / 1e9;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::vector<RopeNormBenchRow> run_rope_norm_bench(const RopeBenchOptions& options, const at::Device& device) {
+  if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
+    throw user_error("the RoPE benchmark needs a CUDA device and a build with the CUDA kernels (PRIME_CUDA=ON)");
+  at::NoGradGuard no_grad;
+  const int64_t Hq = options.query_heads, Hkv = options.kv_heads, D = options.head_dim;
+  const double eps = 1e-6;
+  io::RopeConfig config;
+  config.theta = 1000000.0;
+  const model::Rope rope(config, D, 40960);
+  const auto on_device = at::TensorOptions().device(device).dtype(options.dtype);
+  const at::Tensor position = at::full({1}, 1000, at::TensorOptions().device(device).dtype(at::kLong));
+  const at::Tensor q_weight = at::randn({D}, on_device), k_weight = at::randn({D}, on_device);
+  std::vector<RopeNormBenchRow> rows;
+  for (const auto& [B, T] : options.shapes) {
+    if (T != 1) continue;  // the decode step's form
+    const at::Tensor q = at::randn({B, 1, Hq, D}, on_device), k = at::randn({B, 1, Hkv, D}, on_device);
+    const auto fused = [&] {
+      const auto [cos, sin] = rope.angles_at(q, position);
+      kernels::rope_norm_rotate(q, k, q_weight, k_weight, eps, cos, sin);
+    };
+    const auto separate = [&] {
+      rope.apply_at(model::rms_norm(q, q_weight, eps), model::rms_norm(k, k_weight, eps), position);
+    };
+    {
+      const auto [cos, sin] = rope.angles_at(q, position);
+      PRIME_CHECK(kernels::rope_norm_apply(q, k, q_weight, k_weight, cos, sin),
+                  "RoPE benchmark: the fused norm and rotation do not serve ", q.sizes());
+    }
+    auto graph_us = [&](const std::function<void()>& call) {
+      return 1e3 * graph_ms_per_call(call, options.calls_per_repeat, device, options.warmup, options.repeats);
+    };
+    RopeNormBenchRow row;
+    row.shape = "(" + std::to_string(B) + ",1) " + std::to_string(Hq) + "/" + std::to_string(Hkv) + "/" +
+                std::to_string(D) + " " + c10::toString(options.dtype);
+    {
+      const kernels::ScopedKernelPolicy with_kernels(kernels::Policy::Auto);
+      row.fused_graph_us = graph_us(fused);
+      row.separate_graph_us = graph_us(separate);
+    }
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      row.torch_graph_us = graph_us(separate);
+    }
     rows.push_back(row);
   }
   return rows;

@@ -34,4 +34,15 @@ struct RopeBenchRow {
 // Needs a CUDA device and a build with the kernels (else a UserError).
 std::vector<RopeBenchRow> run_rope_bench(const RopeBenchOptions& options, const at::Device& device);
 
+// The decode step's q_norm + k_norm + rotation at the one-token shapes of options.shapes (T = 1),
+// as the attention layer runs it with a static cache: one launch (kernels::rope_norm_rotate) vs
+// the norms' kernel twice and the rotation's kernel (model::rms_norm, Rope::apply_at) vs their
+// torch forms (policy Torch), per call in a replayed CUDA graph.
+struct RopeNormBenchRow {
+  std::string shape;
+  double fused_graph_us = 0, separate_graph_us = 0, torch_graph_us = 0;
+};
+
+std::vector<RopeNormBenchRow> run_rope_norm_bench(const RopeBenchOptions& options, const at::Device& device);
+
 }  // namespace prime::eval

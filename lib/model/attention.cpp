@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <tuple>
+#include <vector>
 
+#include "kernels/rope/rope.h"
 #include "model/flash_prefill.h"
 #include "model/linear.h"
 #include "model/rms_norm.h"
@@ -40,14 +42,24 @@ std::unique_ptr<LayerCache> AttentionMixer::make_cache(int64_t, const at::Device
   return std::make_unique<KvCache>(kv_heads_, head_dim_, options_.window, options_.sink_tokens);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionMixer::project_qkv(const at::Tensor& x) const {
+namespace {
+
+// q, k and v [B, T, heads, D] of x, not normalised. They share x: one launch at decode, at::linear
+// each elsewhere (model/linear.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_heads(const at::Tensor& x, at::TensorList weights,
+                                                             at::TensorList biases, int64_t q_heads, int64_t kv_heads,
+                                                             int64_t head_dim) {
   const int64_t batch = x.size(0), steps = x.size(1);
-  auto project = [&](const at::Tensor& weight, const at::Tensor& bias, int64_t heads) {
-    return model::linear(x, weight, bias).view({batch, steps, heads, head_dim_});
-  };
-  at::Tensor q = project(q_proj_, q_bias_, q_heads_);
-  at::Tensor k = project(k_proj_, k_bias_, kv_heads_);
-  at::Tensor v = project(v_proj_, v_bias_, kv_heads_);
+  const std::vector<at::Tensor> projected = model::linear_group(x, weights, biases);
+  return {projected[0].view({batch, steps, q_heads, head_dim}), projected[1].view({batch, steps, kv_heads, head_dim}),
+          projected[2].view({batch, steps, kv_heads, head_dim})};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionMixer::project_qkv(const at::Tensor& x) const {
+  auto [q, k, v] = project_heads(x, {q_proj_, k_proj_, v_proj_}, {q_bias_, k_bias_, v_bias_}, q_heads_, kv_heads_,
+                                 head_dim_);
   if (q_norm_.defined()) {
     q = rms_norm(q, q_norm_, norm_eps_);
     k = rms_norm(k, k_norm_, norm_eps_);
@@ -77,18 +89,31 @@ at::Tensor AttentionMixer::forward_documents(const at::Tensor& x, const Document
 
 at::Tensor AttentionMixer::forward(const at::Tensor& x, LayerCache* layer_cache) {
   const int64_t batch = x.size(0), steps = x.size(1);
-  auto [q, k, v] = project_qkv(x);
   auto* cache = dynamic_cast<KvCache*>(layer_cache);
   if (layer_cache && !cache) throw internal_error("attention layer given a non-KV cache");
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   if (cache && cache->is_static()) {
     // A decode step whose position is read on the device: nothing here waits for the host.
     if (steps != 1) throw user_error("a static KV cache takes one token per step, got ", steps);
-    std::tie(q, k) = rope_->apply_at(q, k, cache->position());
+    auto [q, k, v] = project_heads(x, {q_proj_, k_proj_, v_proj_}, {q_bias_, k_bias_, v_bias_}, q_heads_, kv_heads_,
+                                   head_dim_);
+    const at::Tensor& position = cache->position();
+    if (!q_norm_.defined()) {
+      std::tie(q, k) = rope_->apply_at(q, k, position);
+    } else {
+      // q_norm, k_norm and the rotation: one launch where kernels/rope serves them (the same bits
+      // as the norms' kernel and then the rotation's), else the norms and then apply_at.
+      const auto [cos, sin] = rope_->angles_at(q, position);
+      if (kernels::rope_norm_apply(q, k, q_norm_, k_norm_, cos, sin))
+        std::tie(q, k) = kernels::rope_norm_rotate(q, k, q_norm_, k_norm_, norm_eps_, cos, sin);
+      else
+        std::tie(q, k) = rope_->apply_at(rms_norm(q, q_norm_, norm_eps_), rms_norm(k, k_norm_, norm_eps_), position);
+    }
     const KvCache::StepView view = cache->write_step(k.transpose(1, 2), v.transpose(1, 2));
     at::Tensor attended = attend_one_token(q.transpose(1, 2), view, scale);
     return output(attended.transpose(1, 2).reshape({batch, 1, q_heads_ * head_dim_}));
   }
+  auto [q, k, v] = project_qkv(x);
   const int64_t start = cache ? cache->length() : 0;
   at::Tensor query_positions = at::arange(start, start + steps, at::TensorOptions().dtype(at::kLong));
   std::tie(q, k) = rope_->apply(q, k, start);

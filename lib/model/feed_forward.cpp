@@ -17,7 +17,8 @@ SwigluMlp::SwigluMlp(const TensorMap& weights, const std::string& prefix, int64_
       down_(take_weight(weights, prefix, "down_proj.weight", {hidden, intermediate})) {}
 
 at::Tensor SwigluMlp::forward(const at::Tensor& x) const {
-  return model::linear(at::silu(model::linear(x, gate_)) * model::linear(x, up_), down_);
+  // silu(x gateᵀ) * (x upᵀ): one launch at decode, the torch ops elsewhere (model/linear.h).
+  return model::linear(model::gated_linear_silu(x, gate_, up_), down_);
 }
 
 namespace {

@@ -147,6 +147,11 @@ std::pair<at::Tensor, at::Tensor> Rope::rotate(const at::Tensor& q, const at::Te
 
 std::pair<at::Tensor, at::Tensor> Rope::apply_at(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& position) const {
+  const auto [cos, sin] = angles_at(q, position);
+  return rotate(q, k, cos, sin);
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::angles_at(const at::Tensor& q, const at::Tensor& position) const {
   PRIME_CHECK(q.size(1) == 1 && position.numel() == 1 && position.device() == q.device());
   const auto angle_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const bool tracked = !position.is_inference();  // inference tensors have no version counter
@@ -183,7 +188,7 @@ std::pair<at::Tensor, at::Tensor> Rope::apply_at(const at::Tensor& q, const at::
     step_.cos = emb.cos() * scaling;
     step_.sin = emb.sin() * scaling;
   }
-  return rotate(q, k, step_.cos, step_.sin);
+  return {step_.cos, step_.sin};
 }
 
 }  // namespace prime::model

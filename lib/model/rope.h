@@ -30,6 +30,10 @@ class Rope {
   // so the layers of one decode step compute them once.
   std::pair<at::Tensor, at::Tensor> apply_at(const at::Tensor& q, const at::Tensor& k, const at::Tensor& position) const;
 
+  // The {cos, sin} tables [1,1,1,D] apply_at rotates q by (computed and kept as it keeps them),
+  // for a fused op that rotates by itself (the attention layer's q/k norm and rotation).
+  std::pair<at::Tensor, at::Tensor> angles_at(const at::Tensor& q, const at::Tensor& position) const;
+
   // Inverse frequencies [D/2] and the cos/sin scale for a call whose largest position + 1 is
   // seq_len (only dynamic rope depends on it).
   std::pair<at::Tensor, double> inv_freq(int64_t seq_len) const;
