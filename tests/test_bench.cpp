@@ -87,6 +87,38 @@ TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]"
   CHECK(json["rows"][0]["kv_bytes_per_sequence"] == kv_per_token * 9);
 }
 
+TEST_CASE("decode bench: a mixture of experts' floor counts the experts its tokens pick", "[bench][moe]") {
+  // 8 experts, 2 per token, 2 layers: each layer's 8 experts hold gate, up and down [32, 64].
+  auto moe = eval::load_bench_model(
+      "synthetic:qwen3-30b-a3b@layers=2,hidden=64,heads=4,kv_heads=2,head_dim=16,moe_intermediate=32,experts=8,"
+      "experts_per_tok=2,vocab=97,seed=3",
+      {});
+  const int64_t expert_bytes = 2 /*layers*/ * 8 /*experts*/ * 3 * 32 * 64 * 4 /*fp32*/;
+  CHECK(moe.expert_bytes == expert_bytes);
+  CHECK(moe.expert_pick_fraction == Approx(0.25));
+  CHECK(moe.weight_bytes_per_step + moe.expert_bytes <= moe.parameters * 4);  // the untied embedding table aside
+  CHECK(moe.weight_bytes_read(1) == Approx(moe.weight_bytes_per_step + 0.25 * expert_bytes));
+  CHECK(moe.weight_bytes_read(2) == Approx(moe.weight_bytes_per_step + (1 - 0.75 * 0.75) * expert_bytes));
+  CHECK(moe.weight_bytes_read(1000) == Approx(double(moe.weight_bytes_per_step + expert_bytes)));
+
+  eval::DecodeBenchOptions options;
+  options.batches = {1, 3};
+  options.prompts = {5};
+  options.modes = {"eager"};
+  options.new_tokens = 2;
+  options.warmup = 1;
+  for (const auto& row : eval::run_decode_bench(moe, options)) {
+    INFO("B = " << row.batch);
+    REQUIRE(row.error.empty());
+    CHECK(row.step_bytes > moe.weight_bytes_read(row.batch));  // plus the KV cache
+    CHECK(row.step_bytes < moe.weight_bytes_read(row.batch) + row.batch * row.kv_bytes_per_sequence + 1);
+  }
+  // A dense model has no experts: every weight once per step, whatever the batch.
+  auto dense = eval::load_bench_model(test::tiny_model(97), {});
+  CHECK(dense.expert_bytes == 0);
+  CHECK(dense.weight_bytes_read(64) == Approx(double(dense.weight_bytes_per_step)));
+}
+
 TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", "[bench][cli]") {
   test::ScratchDir dir("bench");
   auto result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --model '" + test::tiny_model(300) +

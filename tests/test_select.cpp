@@ -94,7 +94,10 @@ TEST_CASE("select: every scorer keeps the planted long-range layers as attention
   auto restore = fixture.options("kl-restore");
   restore.settings.layer = "GDN";
   restore.settings.restore_align_steps = 40;
-  restore.settings.restore_steps = 10;
+  // 20 distillation steps per restored layer: after 10, layers 2 and 3 stood 0.003 nats apart,
+  // an order that another CPU's rounding (a machine without AVX-512) reversed; after 20 the
+  // long-range layers lead the local ones by 0.03 there.
+  restore.settings.restore_steps = 20;
   restore.settings.lr = 1e-2;
   require_long_range_kept(search::run_select(restore, nullptr));
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iomanip>
 #include <map>
@@ -44,13 +45,23 @@ BenchModel make_bench_model(std::string name, const io::ModelConfig& config, con
   int64_t embed_bytes = 0;
   for (const auto& [tensor_name, tensor] : weights) {
     const auto bytes = static_cast<int64_t>(tensor.numel() * tensor.element_size());
-    bench.weight_bytes_per_step += bytes;
+    // Expert tensors are named P.experts.<e>.S (model/weights.h).
+    const bool expert = config.moe.num_experts > 0 && tensor_name.find(".experts.") != std::string::npos;
+    (expert ? bench.expert_bytes : bench.weight_bytes_per_step) += bytes;
     bench.parameters += tensor.numel();
     if (tensor_name == arch.name("embed_tokens")) embed_bytes = bytes;
   }
   if (!config.tie_word_embeddings) bench.weight_bytes_per_step -= embed_bytes;
+  if (config.moe.num_experts > 0)
+    bench.expert_pick_fraction =
+        std::min(1.0, double(config.moe.num_experts_per_tok) / double(config.moe.num_experts));
   bench.model = std::make_unique<model::HybridModel>(config, weights);
   return bench;
+}
+
+double BenchModel::weight_bytes_read(int64_t batch) const {
+  const double picked = 1.0 - std::pow(1.0 - expert_pick_fraction, double(std::max<int64_t>(batch, 0)));
+  return double(weight_bytes_per_step) + double(expert_bytes) * picked;
 }
 
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options) {
@@ -141,7 +152,7 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     // Per sequence and step: read the KV cache (its mean size over the steps) and read + write
     // the SSM state; the weights are read once per step for the whole batch.
     const double kv_read = 0.5 * double(after_prefill.kv + at_end.kv);
-    row.step_bytes = double(bench.weight_bytes_per_step) + double(batch) * (kv_read + 2.0 * double(at_end.state));
+    row.step_bytes = bench.weight_bytes_read(batch) + double(batch) * (kv_read + 2.0 * double(at_end.state));
     row.floor_step_seconds = row.step_bytes / (options.hbm_gbps * 1e9);
   } catch (const c10::OutOfMemoryError&) {
     row.error = "out of memory";
@@ -313,9 +324,15 @@ std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& sp
   if (log) *log << decode_table_header(options, name_width) << std::endl;
   for (const auto& spec : specs) {
     BenchModel bench = load_bench_model(spec, load);  // one model in memory at a time
-    if (log)
+    if (log) {
       *log << "# " << spec << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
-           << " GB of weights read per step" << std::endl;
+           << " GB of weights read per step";
+      if (bench.expert_bytes)
+        *log << " besides the experts' " << bench.expert_bytes / 1e9 << " GB, of which a step reads those its tokens"
+             << " pick (uniform routing: " << (bench.weight_bytes_read(1) - bench.weight_bytes_per_step) / 1e9
+             << " GB at B = 1)";
+      *log << std::endl;
+    }
     for (auto& row : run_decode_bench(bench, options)) {
       rows.push_back(std::move(row));
       if (log) *log << Anchors(rows).format(rows.back(), name_width) << std::endl;

@@ -44,12 +44,20 @@ struct DecodeBenchOptions {
 };
 
 // A model ready to bench plus what a decode step reads of its weights: every tensor once, except
-// the embedding table (B rows) when it is not tied to the LM head.
+// the embedding table (B rows) when it is not tied to the LM head, and a mixture of experts'
+// experts, of which a step reads those its B tokens pick.
 struct BenchModel {
   std::string spec;
   std::unique_ptr<model::HybridModel> model;
-  int64_t weight_bytes_per_step = 0;
+  int64_t weight_bytes_per_step = 0;  // everything but the experts
+  int64_t expert_bytes = 0;           // all experts of all layers (0: dense)
+  double expert_pick_fraction = 0;    // experts per token / experts (k / E)
   int64_t parameters = 0;
+
+  // Weight bytes a decode step of `batch` tokens reads: the dense part, plus the experts the
+  // tokens are expected to pick in each layer under uniform routing, E (1 - (1 - k/E)^B) of E
+  // (top-k picks without replacement, taken as independent per token: ~2% high for small B).
+  double weight_bytes_read(int64_t batch) const;
 };
 // spec: anything convert::load_model_spec takes (SOURCE+convert:LAYER:A:S hybrids included).
 BenchModel load_bench_model(const std::string& spec, const model::LoadOptions& options);

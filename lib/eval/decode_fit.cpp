@@ -37,7 +37,7 @@ int64_t held_bytes(const BenchModel& bench) {
     return stats.allocated_bytes[0].current;
   }
 #endif
-  return bench.weight_bytes_per_step;
+  return bench.weight_bytes_per_step + bench.expert_bytes;
 }
 
 }  // namespace
