@@ -134,7 +134,7 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
   std::vector<KernelBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   for (const auto& type : options.types) {
-    if (type != "GDN" && type != "GKA") continue;  // the types with kernels so far
+    if (type != "GDN" && type != "GKA" && type != "M2") continue;  // the types with kernels so far
     KernelBenchRow row;
     row.type = type;
     row.shape = shape_label(type, options);
@@ -146,6 +146,7 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
       const kernels::ScopedKernelPolicy torch_ops(kernels::Policy::Torch);
       std::tie(row.torch_forward_ms, row.torch_forward_backward_ms) = time_core(type, inputs, options, device);
     }
+    // M2 too: its state path (local end states and C start^T, P = N = head_dim) is 4 P N per token.
     const double flops = 4.0 * options.head_dim * options.head_dim * options.batch * options.tokens * options.heads;
     row.kernel_forward_tflops = flops / (row.kernel_forward_ms * 1e-3) / 1e12;
     rows.push_back(row);

@@ -2,6 +2,7 @@
 // passed between chunks), the per-token recurrence, and the single step it is built from.
 #include "model/mamba2.h"
 
+#include "kernels/ssd_chunk/ssd_chunk.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 
 #include "model/ssm_chunks.h"
@@ -60,6 +61,10 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
                                               int64_t chunk_size) {
   PRIME_CHECK(x.dim() == 4 && delta.dim() == 3 && Bm.dim() == 4 && Cm.sizes() == Bm.sizes());
   PRIME_CHECK(chunk_size > 0);
+  // On CUDA fp32 the kernels run the scan in their own 64-step chunks whatever chunk_size is:
+  // the result does not depend on the chunk length, up to rounding (kernels/ssd_chunk).
+  if (kernels::ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state))
+    return kernels::ssd_chunked(x, delta, A, Bm, Cm, state);
   const int64_t batch = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3);
   at::Tensor h = state.defined() ? state : at::zeros({batch, heads, dim, Bm.size(3)}, x.options());
   if (length == 0) return {at::empty({batch, 0, heads, dim}, x.options()), h};

@@ -1,0 +1,164 @@
+// The autograd wrapper and dispatch of kernels/ssd_chunk. Forward: per chunk the local end state
+// (a state product), the walk over chunks that turns them into the states entering each chunk
+// (in place) and the final state, then the outputs (an in-chunk product). Backward, with dy and
+// d_final:
+//   dstart_n = dy_n^T diag(e^Gamma) C_n                       (a state product)
+//   G = d_final; n = last..0: dlocal_n = G, G = dstart_n + a_n G; d_state = G    (the walk)
+//   d a_n = <dlocal_n, start_n>
+//   d(delta x) = S^T dy + diag(e^{Gamma_end - Gamma}) B dlocal^T, dx = delta d(delta x)
+//   dC = (dS o L) B + diag(e^Gamma) dy start,  dB = (dS o L)^T C + diag(e^{Gamma_end - Gamma}) (delta x) dlocal
+// (three in-chunk products; S = (C B^T) o L, L_tj = e^{Gamma_t - Gamma_j} for j <= t, dS = dy (delta x)^T),
+// and the gradient of Gamma from the row partials those products leave:
+//   dGamma_t = sum_j dS_tj S_tj - sum_i dS_it S_it + dy_t . (e^{Gamma_t} C_t start^T) - q_t,
+//   dGamma_end += sum_t q_t + a d a,   q_t = e^{Gamma_end - Gamma_t} (delta x)_t^T dlocal B_t,
+// then d(delta A)_k = sum_{t >= k} dGamma_t within the chunk, d delta += d(delta A) A + x . d(delta x),
+// dA = sum d(delta A) delta (torch ops over [B,H,T]: a fixed order, deterministic).
+#include "kernels/ssd_chunk/ssd_chunk.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/common/policy.h"
+#include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/ssd_chunk/ssd_chunk_launch.h"
+#endif
+
+namespace prime::kernels {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr int64_t kChunk = 64;  // the kernels' chunk length (ssd_chunk_launch.h)
+constexpr int64_t kMaxDim = 128;
+
+int64_t chunks_of(int64_t T) { return (T + kChunk - 1) / kChunk; }
+int64_t tiles_of(int64_t dim) { return (dim + 63) / 64; }
+
+// delta [B,T,H] -> [B,H,nC*64], zero past T.
+at::Tensor padded_delta(const at::Tensor& delta, int64_t padded_length) {
+  return at::constant_pad_nd(delta.permute({0, 2, 1}), {0, padded_length - delta.size(1)});
+}
+
+// Inputs as ssd_chunked takes them; state_or_empty: [B,H,P,N], or empty for zeros (an undefined
+// tensor cannot be an autograd input).
+struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& x, const at::Tensor& delta,
+                               const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+                               const at::Tensor& state_or_empty) {
+    require_cuda_build("ssd_chunked");
+    const int64_t B = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), N = Bm.size(3);
+    const int64_t num_chunks = chunks_of(T);
+    const at::Tensor a = A.contiguous();
+    const bool has_state = state_or_empty.numel() > 0;
+    at::Tensor starts = new_output({B * H, num_chunks, P, N}, x.options());
+    at::Tensor decay = new_output({B * H, num_chunks}, x.options());
+    at::Tensor final_state = new_output({B * H, P * N}, x.options());
+    at::Tensor y = new_output({B, T, H, P}, x.options());
+#ifdef PRIME_WITH_CUDA
+    detail::launch_ssd_chunk_states(x, Bm, delta, a, detail::SsdRowFactor::ToEnd, starts, decay);
+    const at::Tensor initial = has_state ? state_or_empty.reshape({B * H, P * N}).contiguous() : at::Tensor();
+    detail::launch_ssd_state_scan(starts.view({B * H, num_chunks, P * N}), decay, initial, /*reverse=*/false,
+                                  final_state);
+    detail::SsdMixOperands mix;
+    mix.fa = Cm, mix.fb = Bm, mix.u = x, mix.u_delta = true, mix.state = starts;
+    mix.factor = detail::SsdRowFactor::FromStart, mix.out = y;
+    detail::launch_ssd_chunk_mix(mix, delta, a);
+#endif
+    context->save_for_backward({x, delta, a, Bm, Cm, starts, decay});
+    context->saved_data["has_state"] = has_state;
+    return {y, final_state.view({B, H, P, N})};
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor &x = saved[0], &delta = saved[1], &a = saved[2], &Bm = saved[3], &Cm = saved[4];
+    const at::Tensor &starts = saved[5], &decay = saved[6];
+    const bool has_state = context->saved_data["has_state"].toBool();
+    const int64_t B = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), N = Bm.size(3);
+    const int64_t num_chunks = chunks_of(T), padded = num_chunks * kChunk;
+    const at::Tensor dy = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros({B, T, H, P}, x.options());
+    const at::Tensor d_final =
+        grad_outputs[1].defined() ? grad_outputs[1].reshape({B * H, P * N}).contiguous() : at::Tensor();
+    at::Tensor d_local = new_output({B * H, num_chunks, P, N}, x.options());
+    at::Tensor d_state = new_output({B * H, P * N}, x.options());
+    at::Tensor dx = new_output({B, T, H, P}, x.options());
+    at::Tensor dB = new_output({B, T, H, N}, x.options());
+    at::Tensor dC = new_output({B, T, H, N}, x.options());
+    const auto partial = [&](int64_t dim) { return new_output({tiles_of(dim), B, H, padded}, x.options()); };
+    at::Tensor x_full = partial(P), x_state = partial(P), x_pair = partial(P), c_state = partial(N);
+#ifdef PRIME_WITH_CUDA
+    // dstart_n, then the backward walk turns them into dlocal_n in place.
+    detail::launch_ssd_chunk_states(dy, Cm, delta, a, detail::SsdRowFactor::FromStart, d_local, at::Tensor());
+    detail::launch_ssd_state_scan(d_local.view({B * H, num_chunks, P * N}), decay, d_final, /*reverse=*/true,
+                                  d_state);
+    detail::SsdMixOperands for_x;  // d(delta x), dx, and the row partials of the Gamma gradient
+    for_x.fa = Cm, for_x.fb = Bm, for_x.transpose = true, for_x.u = dy, for_x.v_is_fb = true;
+    for_x.state = d_local, for_x.factor = detail::SsdRowFactor::ToEnd, for_x.aux = x;
+    for_x.out = dx, for_x.out_delta = true;
+    for_x.partial_full = x_full, for_x.partial_state = x_state, for_x.partial_pair = x_pair;
+    detail::launch_ssd_chunk_mix(for_x, delta, a);
+    detail::SsdMixOperands for_c;  // dC and dy_t . (e^Gamma_t C_t start^T)
+    for_c.fa = dy, for_c.fb = x, for_c.fb_delta = true, for_c.u = Bm, for_c.v_is_fb = false;
+    for_c.state = starts, for_c.state_transposed = true, for_c.factor = detail::SsdRowFactor::FromStart;
+    for_c.aux = Cm, for_c.out = dC, for_c.partial_state = c_state;
+    detail::launch_ssd_chunk_mix(for_c, delta, a);
+    detail::SsdMixOperands for_b;  // dB
+    for_b.fa = dy, for_b.fb = x, for_b.fb_delta = true, for_b.transpose = true, for_b.u = Cm;
+    for_b.v_is_fb = true, for_b.state = d_local, for_b.state_transposed = true;
+    for_b.factor = detail::SsdRowFactor::ToEnd, for_b.out = dB;
+    detail::launch_ssd_chunk_mix(for_b, delta, a);
+#else
+    (void)Cm;
+#endif
+    const at::Tensor d_decay = (d_local * starts).sum({-1, -2}).view({B, H, num_chunks});
+    const at::Tensor delta_bht = padded_delta(delta, padded);                 // [B,H,nC*64]
+    const at::Tensor q = (delta_bht * x_state.sum(0)).view({B, H, num_chunks, kChunk});
+    at::Tensor d_gamma = (x_pair.sum(0) + c_state.sum(0)).view({B, H, num_chunks, kChunk}) - q;
+    d_gamma.select(-1, kChunk - 1).add_(q.sum(-1) + d_decay * decay.view({B, H, num_chunks}));
+    // d(delta A)_k = sum_{t >= k} dGamma_t within the chunk.
+    const at::Tensor d_log_decay =
+        at::flip(at::cumsum(at::flip(d_gamma, {-1}), -1), {-1}).reshape({B, H, padded}).narrow(2, 0, T);
+    const at::Tensor d_delta =
+        (d_log_decay * a.view({1, H, 1}) + x_full.sum(0).narrow(2, 0, T)).permute({0, 2, 1});
+    const at::Tensor dA = (d_log_decay * delta.permute({0, 2, 1})).sum(at::IntArrayRef{0, 2});
+    return {dx, d_delta, dA.to(a.scalar_type()), dB, dC,
+            has_state ? d_state.view({B, H, P, N}) : at::Tensor()};
+  }
+};
+
+bool fp32_cuda_on(const at::Tensor& tensor, const at::Device& device) {
+  return tensor.defined() && tensor.is_cuda() && tensor.device() == device && tensor.scalar_type() == at::kFloat;
+}
+
+}  // namespace
+
+bool ssd_chunk_kernels_apply(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                             const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state) {
+  if (!use_cuda_kernels(x) || x.dim() != 4 || delta.dim() != 3 || A.dim() != 1 || Bm.dim() != 4 ||
+      Cm.sizes() != Bm.sizes())
+    return false;
+  const at::Device device = x.device();
+  for (const at::Tensor* tensor : {&x, &delta, &A, &Bm, &Cm})
+    if (!fp32_cuda_on(*tensor, device)) return false;
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), N = Bm.size(3);
+  if (delta.sizes() != at::IntArrayRef{B, T, H} || A.size(0) != H || Bm.size(0) != B || Bm.size(1) != T ||
+      Bm.size(2) != H)
+    return false;
+  if (state.defined() && (!fp32_cuda_on(state, device) || state.sizes() != at::IntArrayRef{B, H, P, N}))
+    return false;
+  return T >= 1 && B * H >= 1 && B * H <= 65535 && P >= 1 && P <= kMaxDim && N >= 1 && N <= kMaxDim;
+}
+
+std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                                              const at::Tensor& Bm, const at::Tensor& Cm,
+                                              const at::Tensor& state) {
+  PRIME_CHECK(ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state),
+              "ssd_chunked kernels: operands they do not serve (x ", x.sizes(), ", Bm ", Bm.sizes(), ")");
+  const at::Tensor state_or_empty = state.defined() ? state : at::empty({0}, x.options());
+  variable_list outputs = SsdChunkFunction::apply(x, delta, A, Bm, Cm, state_or_empty);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace prime::kernels

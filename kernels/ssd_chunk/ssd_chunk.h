@@ -1,0 +1,29 @@
+// CUDA kernels of Mamba-2's chunked SSD scan (lib/model/mamba2_ssd.cpp, ssd_chunked), forward
+// and backward, fp32. With Gamma_t the chunk-local cumulative sum of delta*A:
+//   y_t = e^{Gamma_t} C_t h0^T + sum_{j<=t} e^{Gamma_t - Gamma_j} (C_t.B_j) delta_j x_j
+//   h_end = e^{Gamma_end} h0 + sum_t delta_t e^{Gamma_end - Gamma_t} x_t B_t^T
+// per chunk, h0 the state entering it. The kernels use their own chunk length (64 steps)
+// whatever chunk length the caller asked for: the result does not depend on it (up to
+// rounding). The op is an autograd function, so training uses the kernels too.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+namespace prime::kernels {
+
+// Whether the kernels serve ssd_chunked for these operands: policy Auto, CUDA fp32 tensors on
+// one device, x [B,T,H,P], delta [B,T,H], A [H], Bm and Cm [B,T,H,N] (any strides: expanded
+// heads with stride 0 included), state [B,H,P,N] or undefined, T >= 1, 1 <= P, N <= 128.
+// Otherwise the torch-ops form runs.
+bool ssd_chunk_kernels_apply(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                             const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state);
+
+// ssd_chunked's (y [B,T,H,P], final state [B,H,P,N]) from the kernels; state undefined means
+// zeros. Differentiable in x, delta, A, Bm, Cm and state.
+std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta,
+                                              const at::Tensor& A, const at::Tensor& Bm,
+                                              const at::Tensor& Cm, const at::Tensor& state);
+
+}  // namespace prime::kernels

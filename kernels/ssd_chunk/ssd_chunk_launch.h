@@ -1,0 +1,56 @@
+// Launchers of kernels/ssd_chunk (defined in ssd_chunk_kernels.cu; called only by ssd_chunk.cpp
+// in CUDA builds). Time-major operands ([B,T,H,K]) are read through their strides (expanded
+// heads with stride 0 included); the buffers the op allocates are contiguous. Chunks are 64
+// steps; a chunk's steps past T count as delta = 0 (no decay, no input). The launchers check
+// shapes, dtypes and the launch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels::detail {
+
+constexpr int64_t kSsdChunk = 64;    // steps per chunk in the kernels
+constexpr int64_t kSsdMaxDim = 128;  // largest P and N
+
+// Which per-step factor weighs a chunk's rows (Gamma chunk-local, Gamma_end its last value).
+enum class SsdRowFactor { ToEnd, FromStart };  // e^{Gamma_end - Gamma_t}, e^{Gamma_t}
+
+// Per (batch, head, chunk n): out[bh, n] [P, N] = sum_t u_t^T f_t v_t (u [B,T,H,P], v [B,T,H,N]),
+// f_t = delta_t e^{Gamma_end - Gamma_t} for ToEnd (the chunk's end state from zero when u = x,
+// v = Bm), e^{Gamma_t} for FromStart (the gradient of the chunk's start state when u = dy,
+// v = Cm). decay [B*H, nC] (or undefined) receives e^{Gamma_end}.
+void launch_ssd_chunk_states(const at::Tensor& u, const at::Tensor& v, const at::Tensor& delta,
+                             const at::Tensor& A, SsdRowFactor factor, const at::Tensor& out,
+                             const at::Tensor& decay);
+
+// In place over buffer [M, nC, P*N] (M = B*H), walking n = 0..nC-1 (or backwards):
+//   value = buffer[n]; buffer[n] = s; s = decay[m, n] s + value
+// from s = initial [M, P*N] (zeros if undefined); final [M, P*N] receives the last s. Forwards
+// it turns the chunks' local end states into the states entering each chunk; backwards it
+// turns the gradients of the start states into those of the local end states.
+void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay,
+                           const at::Tensor& initial, bool reverse, const at::Tensor& final_state);
+
+// The in-chunk product every output and input gradient has the shape of. Per (b, h, chunk,
+// 64-column tile), rows r and columns c of the chunk:
+//   M[r][k] = (fa_t . fb_j) e^{Gamma_t - Gamma_j} for j <= t, (t, j) = (r, k), or (k, r) if
+//             transpose; fb's rows times delta when fb_delta
+//   R[r][c] = sum_k M[r][k] u'[k][c] + f_r sum_i v[r][i] S[c][i]
+// u' = u (times delta per row when u_delta), v = fb (scaled as above) when v_is_fb else fa,
+// S the chunk's [P,N] state slice of `state` ([B*H, nC, P, N]) with c along P (c along N and
+// i along P when state_transposed), f the row factor. out [B,T,H,cols] = R (times delta per row
+// when out_delta). Optional per-row partial sums over the tile's columns, each
+// [tiles, B, H, nC*64]: full = sum_c aux[r][c] R[r][c], state = sum_c aux[r][c] (R - the M part),
+// pair = (only with transpose, u = dy, aux = x) sum_j m[r][j] - sum_t m[t][r] with
+// m[t][j] = M[j][t] delta_j sum_c u[t][c] aux[j][c] for j < t.
+struct SsdMixOperands {
+  at::Tensor fa, fb, u, aux, state;  // aux may be undefined
+  bool fb_delta = false, transpose = false, u_delta = false, v_is_fb = false;
+  bool state_transposed = false, out_delta = false;
+  SsdRowFactor factor = SsdRowFactor::FromStart;
+  at::Tensor out, partial_full, partial_state, partial_pair;  // partials may be undefined
+};
+void launch_ssd_chunk_mix(const SsdMixOperands& operands, const at::Tensor& delta,
+                          const at::Tensor& A);
+
+}  // namespace prime::kernels::detail
