@@ -3,6 +3,7 @@
 // gradient), on CUDA. Outputs are poisoned with NaN first, so an unwritten element fails.
 #include <catch2/catch.hpp>
 
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
@@ -142,6 +143,8 @@ TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never 
   }
   CHECK(kernels::policy() == kernels::Policy::Auto);
   CHECK_FALSE(kernels::gdn_chunk_kernels_apply(at::zeros({1, 4, 2, 64}), 64));
+  const at::Tensor x = at::zeros({1, 4, 2, 64}), gate = at::zeros({1, 4, 2});
+  CHECK_FALSE(kernels::gdn_chunk_forward_apply(x, x, x, gate, gate, at::Tensor(), 64, at::Tensor()));
 }
 
 TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 references, gradients too",
@@ -283,5 +286,95 @@ TEST_CASE("GDN varlen core on CUDA: the kernels give the torch-ops form's packed
     CHECK(worst_grad <= 1e-4);
     CHECK(out_f64 <= 1e-4);
     CHECK(worst_grad_f64 <= 1e-4);
+  }
+}
+
+TEST_CASE("GDN fused chunked forward on CUDA: without a gradient it gives the torch-ops form's output and state",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  const at::Device cuda(at::kCUDA, 0);
+  // T not a multiple of 64 (and one that is), every head dim, with and without an initial state;
+  // chunk 32 too (the fused form's 64-step chunks give the same result).
+  for (const auto& [B, T, H, D, chunk, with_state] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>>{{2, 200, 3, 64, 64, true},
+                                                                                   {1, 130, 2, 128, 64, true},
+                                                                                   {2, 192, 2, 32, 64, false},
+                                                                                   {1, 70, 1, 256, 64, true},
+                                                                                   {3, 256, 2, 128, 32, false},
+                                                                                   {1, 1, 2, 64, 64, true}}) {
+    const CoreInputs in = random_core_inputs(B, T, H, D, 41 + T + D);
+    const auto run = [&](const at::Device& device, at::ScalarType type) {
+      const auto on = [&](const at::Tensor& t) { return t.to(device, type); };
+      const at::Tensor state = with_state ? on(in.state) : at::Tensor();
+      return model::gated_delta_rule_chunked(on(in.q), on(in.k), on(in.v), on(in.g), on(in.beta), state, chunk);
+    };
+    const at::Tensor q = in.q.to(cuda, at::kFloat);
+    // Only a call that records no gradient takes the fused form.
+    CHECK_FALSE(kernels::gdn_chunk_forward_apply(q.detach().requires_grad_(true), q, q, q.select(-1, 0),
+                                                 q.select(-1, 0), at::Tensor(), chunk, at::Tensor()));
+    const at::NoGradGuard no_grad;
+    REQUIRE(kernels::gdn_chunk_forward_apply(q, q, q, q.select(-1, 0), q.select(-1, 0), at::Tensor(), chunk,
+                                             at::Tensor()));
+    const auto fused = run(cuda, at::kFloat);
+    std::pair<at::Tensor, at::Tensor> torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run(cuda, at::kFloat);
+    }
+    const auto reference = run(at::kCPU, at::kDouble);
+    const double out_error = norm_relative_error(fused.first, torch_ops.first);
+    const double state_error = norm_relative_error(fused.second, torch_ops.second);
+    const double out_f64 = norm_relative_error(fused.first, reference.first);
+    const double state_f64 = norm_relative_error(fused.second, reference.second);
+    std::cout << "[kernels][gdn] fused forward B=" << B << " T=" << T << " H=" << H << " D=" << D << " chunk=" << chunk
+              << (with_state ? " with" : " without") << " initial state: vs torch ops out " << out_error << ", state "
+              << state_error << "; vs float64 out " << out_f64 << ", state " << state_f64 << std::endl;
+    CHECK(out_error <= 1e-4);
+    CHECK(state_error <= 1e-4);
+    CHECK(out_f64 <= 1e-4);
+    CHECK(state_f64 <= 1e-4);
+  }
+}
+
+TEST_CASE("GDN fused forward over packed documents on CUDA: it gives the torch-ops form's packed output",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  const at::Device cuda(at::kCUDA, 0);
+  const std::vector<std::vector<int64_t>> rows = {{1, 63, 64, 65, 107}, {200, 1, 99}, {300}};
+  const int64_t T = 300, B = static_cast<int64_t>(rows.size());
+  at::Tensor positions = at::empty({B, T}, at::kLong);
+  for (int64_t r = 0; r < B; ++r) {
+    int64_t t = 0;
+    for (int64_t length : rows[r])
+      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
+  }
+  const model::Documents on_cuda = model::make_documents(positions, cuda);
+  const model::Documents on_cpu = model::make_documents(positions, at::kCPU);
+  const at::NoGradGuard no_grad;
+  for (const auto& [H, D] : std::vector<std::pair<int64_t, int64_t>>{{3, 64}, {2, 128}}) {
+    const CoreInputs in = random_core_inputs(B, T, H, D, 59 + D);
+    const auto run = [&](const model::Documents& documents, const at::Device& device, at::ScalarType type) {
+      const auto on = [&](const at::Tensor& t) { return t.to(device, type); };
+      return model::gated_delta_rule_varlen(on(in.q), on(in.k), on(in.v), on(in.g), on(in.beta),
+                                            documents.chunks(64), 64);
+    };
+    const at::Tensor fused = run(on_cuda, cuda, at::kFloat);
+    at::Tensor torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run(on_cuda, cuda, at::kFloat);
+    }
+    const at::Tensor reference = run(on_cpu, at::kCPU, at::kDouble);
+    const double out_error = norm_relative_error(fused, torch_ops), out_f64 = norm_relative_error(fused, reference);
+    std::cout << "[kernels][gdn] fused forward, packed documents H=" << H << " D=" << D << ": vs torch ops out "
+              << out_error << "; vs float64 out " << out_f64 << std::endl;
+    CHECK(out_error <= 1e-4);
+    CHECK(out_f64 <= 1e-4);
   }
 }

@@ -5,6 +5,8 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -19,6 +21,8 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+constexpr int64_t kForwardChunk = 64;  // the fused forward's chunk (kGdnForwardChunk)
 
 at::Tensor inverse_forward(const at::Tensor& A) {
   require_cuda_build("unit_lower_inverse");
@@ -114,6 +118,57 @@ bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
   const int64_t dim = q.size(-1);
   return use_cuda_kernels(q) && q.scalar_type() == at::kFloat && chunk_size <= 64 &&
          (dim == 32 || dim == 64 || dim == 128 || dim == 256);
+}
+
+bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                             const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                             const at::Tensor& chunk_starts) {
+  static const bool opted_out = [] {
+    const char* value = std::getenv("PRIME_GDN_FUSED_FORWARD");
+    return value != nullptr && std::string(value) == "0";
+  }();
+  if (opted_out || !gdn_chunk_kernels_apply(q, chunk_size) || v.size(-1) != q.size(-1)) return false;
+  if (chunk_starts.defined() && chunk_size != 64) return false;
+  if (q.size(0) * q.size(2) > 65535) return false;
+  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state})
+    if (records_gradient(*operand)) return false;
+  return true;
+}
+
+std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    const at::Tensor& g, const at::Tensor& beta,
+                                                    const at::Tensor& state, const at::Tensor& chunk_starts) {
+  require_cuda_build("gdn_chunk_forward");
+  PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes() && g.dim() == 3 &&
+                  beta.sizes() == g.sizes(),
+              "gdn_chunk_forward: q, k, v [B,T,H,D] and g, beta [B,T,H], got ", q.sizes(), ", ", g.sizes());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
+  const int64_t N = (T + kForwardChunk - 1) / kForwardChunk;
+  PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N),
+              "gdn_chunk_forward: chunk_starts must be [", N, "] for 64-step chunks");
+  PRIME_CHECK(!state.defined() || state.sizes() == at::IntArrayRef({B, H, D, D}),
+              "gdn_chunk_forward: state must be [", B, ", ", H, ", ", D, ", ", D, "], got ", state.sizes());
+  const auto options = q.options();
+  at::Tensor o = new_output({B, T, H, D}, options);
+  at::Tensor final_state = new_output({B, H, D, D}, options);
+  if (T == 0) {
+    final_state.copy_(state.defined() ? state : at::zeros({B, H, D, D}, options));
+    return {o, final_state};
+  }
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
+  at::Tensor w = new_output({M, N, kForwardChunk, D}, options);
+  at::Tensor u = new_output({M, N, kForwardChunk, D}, options);  // U', then U_n
+  at::Tensor k_decayed = new_output({M, N, kForwardChunk, D}, options);
+  at::Tensor decay = new_output({M, N}, options);
+  at::Tensor states = new_output({M, N, D, D}, options);
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gdn_forward_prep(kc, vc, gc, bc, w, u, k_decayed, decay);
+  detail::launch_chunk_scan(w, k_decayed, u, at::Tensor(), decay, flat_or_undefined(state, 2), chunk_starts,
+                            /*reverse=*/false, states, final_state.view({M, D, D}), /*y_out=*/u);
+  detail::launch_gdn_forward_output(qc, kc, gc, u, states, o);
+#endif
+  return {o, final_state};
 }
 
 at::Tensor unit_lower_inverse(const at::Tensor& A) {

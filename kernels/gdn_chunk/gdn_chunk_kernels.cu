@@ -66,11 +66,11 @@ struct ScanShared {
 template <int KR>
 __global__ void __launch_bounds__(kThreads)
 chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ writer,
-                  const float* __restrict__ target, const float* __restrict__ addend,
+                  const float* target, const float* __restrict__ addend,
                   const float* __restrict__ decay, const float* __restrict__ initial,
                   const bool* __restrict__ starts, float* __restrict__ states,
-                  float* __restrict__ final_state, int num_chunks, int chunk, int value_dim,
-                  bool reverse) {
+                  float* __restrict__ final_state, float* y_out, int num_chunks, int chunk,
+                  int value_dim, bool reverse) {
   constexpr int kKeys = 32 * KR;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   auto& shared = *reinterpret_cast<ScanShared<KR>*>(shared_bytes);
@@ -134,6 +134,9 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
           value = -x[r][j];
           if (target != nullptr && column0 + j < value_dim)
             value += target[(chunk_offset + row) * value_dim + column0 + j];
+          // The thread that read the target element writes Y over it: y_out may be target.
+          if (y_out != nullptr && column0 + j < value_dim)
+            y_out[(chunk_offset + row) * value_dim + column0 + j] = value;
         }
         shared.y[row][4 * column_group + j] = value;
       }
@@ -176,7 +179,7 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
 template <int KR>
 void launch_scan_for(const float* probe, const float* writer, const float* target,
                      const float* addend, const float* decay, const float* initial,
-                     const bool* starts, float* states, float* final_state, int64_t batch_heads,
+                     const bool* starts, float* states, float* final_state, float* y_out, int64_t batch_heads,
                      int64_t num_chunks, int64_t chunk, int64_t value_dim, bool reverse) {
   const size_t shared = sizeof(ScanShared<KR>);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<KR>,
@@ -185,7 +188,7 @@ void launch_scan_for(const float* probe, const float* writer, const float* targe
   const dim3 grid(static_cast<unsigned>((value_dim + kColumns - 1) / kColumns),
                   static_cast<unsigned>(batch_heads));
   chunk_scan_kernel<KR><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
-      probe, writer, target, addend, decay, initial, starts, states, final_state,
+      probe, writer, target, addend, decay, initial, starts, states, final_state, y_out,
       static_cast<int>(num_chunks), static_cast<int>(chunk), static_cast<int>(value_dim), reverse);
   PRIME_CUDA_CHECK_LAUNCH("chunk_scan_kernel");
 }
@@ -214,7 +217,7 @@ void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T) {
 void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const at::Tensor& target,
                        const at::Tensor& addend, const at::Tensor& decay, const at::Tensor& initial,
                        const at::Tensor& starts, bool reverse, const at::Tensor& states,
-                       const at::Tensor& final_state) {
+                       const at::Tensor& final_state, const at::Tensor& y_out) {
   const char* op = "chunk_scan";
   check_operand(probe, op, "probe", at::kFloat, 4);
   const int64_t M = probe.size(0), N = probe.size(1), C = probe.size(2), Dk = probe.size(3);
@@ -248,12 +251,19 @@ void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const 
     check_operand(starts, op, "starts", at::kBool, 1);
     PRIME_CHECK(starts.size(0) == N, op, ": starts ", starts.sizes(), " for ", N, " chunks");
   }
+  if (y_out.defined()) {
+    check_operand(y_out, op, "y_out", at::kFloat, 4);
+    PRIME_CHECK(y_out.size(0) == M && y_out.size(1) == N && y_out.size(2) == C && y_out.size(3) == Dv, op,
+                ": y_out ", y_out.sizes());
+  }
   if (M == 0 || Dv == 0) return;
   const at::cuda::CUDAGuard guard(probe.device());
   const auto run = [&](auto launcher) {
     launcher(probe.data_ptr<float>(), writer.data_ptr<float>(), optional_data(target),
              optional_data(addend), decay.data_ptr<float>(), optional_data(initial),
-             starts.defined() ? starts.data_ptr<bool>() : nullptr, states.data_ptr<float>(), final_state.data_ptr<float>(), M, N, C, Dv, reverse);
+             starts.defined() ? starts.data_ptr<bool>() : nullptr, states.data_ptr<float>(),
+             final_state.data_ptr<float>(), y_out.defined() ? y_out.data_ptr<float>() : nullptr, M, N, C, Dv,
+             reverse);
   };
   switch (Dk) {
     case 32: run(launch_scan_for<1>); break;

@@ -17,10 +17,26 @@ void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T);
 // [M, N, Dk, Dv] and final [M, Dk, Dv]. reverse walks n = N-1..0. Dk in {32, 64, 128, 256},
 // C <= 64, Dv a multiple of 4. starts [N] bool or undefined: the forward walk sets S = 0 at the
 // start of a flagged step (before states[n] is written), the reverse walk at its end (the
-// adjoint of that reset: no gradient flows past a document's first chunk).
+// adjoint of that reset: no gradient flows past a document's first chunk). y_out [M, N, C, Dv]
+// or undefined receives each step's Y; it may be target itself (Y written over it).
 void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const at::Tensor& target,
                        const at::Tensor& addend, const at::Tensor& decay, const at::Tensor& initial,
                        const at::Tensor& starts, bool reverse, const at::Tensor& states,
-                       const at::Tensor& final_state);
+                       const at::Tensor& final_state, const at::Tensor& y_out = at::Tensor());
+
+// The fused forward's chunks (gdn_forward_kernels.cu): 64 steps, rows past T zero.
+constexpr int64_t kGdnForwardChunk = 64;
+
+// Per (batch, head, chunk n), from k, v [B,T,H,D] and g, beta [B,T,H] (contiguous fp32, D in
+// {32, 64, 128, 256}): w, u [M,N,64,D] = W and U' of the chunk's (I + A)^-1 solve, k_decayed
+// [M,N,64,D] = diag(e^{Gamma_end - Gamma}) K, decay [M,N] = e^{Gamma_end}; M = B*H.
+void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                             const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
+                             const at::Tensor& decay);
+
+// o [B,T,H,D] = diag(e^Gamma) Q S_n + (Q K^T * decay, j <= i) U_n per chunk, from q, k, g as
+// above, u [M,N,64,D] = U_n and states [M,N,D,D] = S_n (the scan's).
+void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const at::Tensor& g, const at::Tensor& u,
+                               const at::Tensor& states, const at::Tensor& o);
 
 }  // namespace prime::kernels::detail

@@ -71,6 +71,9 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
                                                            const at::Tensor& chunk_starts) {
   PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes());
   PRIME_CHECK(g.dim() == 3 && beta.sizes() == g.sizes() && chunk_size > 0);
+  // Without a gradient to record, kernels/gdn_chunk's fused forward runs the whole form.
+  if (kernels::gdn_chunk_forward_apply(q, k, v, g, beta, state, chunk_size, chunk_starts))
+    return kernels::gdn_chunk_forward(q, k, v, g, beta, state, chunk_starts);
   const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), dim = q.size(3);
   if (length == 0) {
     at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
