@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -261,4 +262,176 @@ TEST_CASE("short conv kernel with document starts: output and gradients equal th
   for (const auto& [key, error] : worst)
     std::cout << "[kernels][short_conv] document starts B=" << B << " T=" << T << " C=" << C << " " << key
               << ": max relative error " << error << "\n";
+}
+
+namespace {
+
+// `values` in a fresh CUDA tensor of `type` that starts `offset` elements into its buffer, as a
+// leaf: offset 1 moves a bf16 tensor off the 16-byte boundary, so the kernels take their scalar
+// path on it (offset 0: the 16-byte path wherever C is a multiple of 8).
+at::Tensor leaf_at_offset(const at::Tensor& values, const at::Device& device, at::ScalarType type,
+                          int64_t offset) {
+  at::Tensor buffer = at::empty({values.numel() + offset}, at::TensorOptions(device).dtype(type));
+  at::Tensor view = buffer.narrow(0, offset, values.numel()).view(values.sizes());
+  view.copy_(values);
+  return view.detach().requires_grad_(true);
+}
+
+bool aligned16(const at::Tensor& tensor) {
+  return reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0;
+}
+
+// Output and gradients of short_conv_silu for u placed at `offset` (see leaf_at_offset), the
+// other operands fresh leaves; conv state out of place (autograd tracks the call).
+std::vector<at::Tensor> conv_and_grads(const std::vector<at::Tensor>& values, at::ScalarType type,
+                                       at::ScalarType history_type, const at::Tensor& starts,
+                                       const at::Tensor& probe, const at::Device& device,
+                                       int64_t offset) {
+  std::vector<at::Tensor> leaves = leaves_on(values, device, {type, at::kFloat, at::kFloat, history_type});
+  leaves[0] = leaf_at_offset(values[0], device, type, offset);
+  REQUIRE(aligned16(leaves[0]) == (offset == 0));
+  REQUIRE(kernels::short_conv_apply(leaves[0], leaves[1], leaves[3], starts));
+  at::Tensor state = leaves[3];
+  const at::Tensor y = kernels::short_conv_silu(leaves[0], leaves[1], leaves[2],
+                                                state.defined() ? &state : nullptr, starts);
+  REQUIRE(y.scalar_type() == type);
+  std::vector<at::Tensor> out{y};
+  for (const at::Tensor& g :
+       torch::autograd::grad({(y.to(at::kDouble) * probe.to(device)).sum()}, defined_only(leaves)))
+    out.push_back(g);
+  if (state.defined()) out.push_back(state);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("short conv kernel: bf16 with 16-byte accesses equals the scalar path bit for bit and float64",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const int64_t B = 2;
+  const at::ScalarType type = at::kBFloat16;
+  std::map<std::string, double> worst;
+  at::manual_seed(14);
+  // C = 8: one thread; 264: a partial block; 1032: the last block holds one thread; 1028: not a
+  // multiple of 8 (scalar both times). T = 130 is not a multiple of the 64-step tile.
+  for (int64_t C : {8, 264, 1028, 1032})
+    for (int64_t K : {2, 3, 4})
+      for (int64_t T : {1, 3, 64, 130})
+        for (int history_case = 0; history_case < 3; ++history_case) {
+          const bool with_history = history_case > 0, with_bias = K != 3;
+          const at::ScalarType history_type = history_case == 2 ? at::kBFloat16 : at::kFloat;
+          const at::Tensor u = representable({B, T, C}, type);
+          const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+          const at::Tensor bias = with_bias ? representable({C}, at::kFloat, 0.3) : at::Tensor();
+          const at::Tensor history = with_history ? representable({B, C, K - 1}, history_type) : at::Tensor();
+          const at::Tensor probe = representable({B, T, C}, type);
+          const std::vector<at::Tensor> values{u, weight, bias, history};
+          auto ref = leaves_on(values, at::kCPU, {at::kDouble, at::kDouble, at::kDouble, at::kDouble});
+          const at::Tensor y_ref = reference_conv_silu(ref[0], ref[1], ref[2], ref[3]);
+          std::vector<at::Tensor> want{y_ref};
+          for (const at::Tensor& g : torch::autograd::grad({(y_ref * probe).sum()}, defined_only(ref)))
+            want.push_back(g);
+          const auto vector = conv_and_grads(values, type, history_type, at::Tensor(), probe, cuda, 0);
+          const auto scalar = conv_and_grads(values, type, history_type, at::Tensor(), probe, cuda, 1);
+          std::vector<std::string> labels{"y", "du", "dweight"};
+          if (with_bias) labels.push_back("dbias");
+          if (with_history) labels.push_back("dhistory");
+          REQUIRE(vector.size() == labels.size() + (with_history ? 1 : 0));
+          for (size_t i = 0; i < labels.size(); ++i) {
+            INFO("C=" << C << " K=" << K << " T=" << T << " history=" << history_case << ": " << labels[i]);
+            CHECK(at::equal(vector[i], scalar[i]));
+            const double error = test::relative_error(vector[i], want[i]);
+            CHECK(error <= 1e-2);
+            double& w = worst[labels[i]];
+            w = std::max(w, error);
+          }
+          if (with_history) {  // the new state: the last K-1 inputs, in the state's dtype
+            const at::Tensor tail = at::cat({history, u.transpose(1, 2)}, 2).narrow(2, T, K - 1);
+            CHECK(at::equal(vector.back(), scalar.back()));
+            CHECK(test::relative_error(vector.back(), tail) == 0.0);
+          }
+        }
+  for (const auto& [key, error] : worst)
+    std::cout << "[kernels][short_conv] 16-byte bf16 path B=" << B << " C<=1032 T<=130 K<=4 " << key
+              << ": max relative error " << error << " (equal to the scalar path)\n";
+}
+
+TEST_CASE("short conv kernel: bf16 with 16-byte accesses and document starts equals the scalar path and float64",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  // Starts at 0, 1, 63, 64, 65, 129, 194, 197 in row 0 and 0, 128, 130 in row 1 (as above).
+  const std::vector<std::vector<int64_t>> rows = {{1, 62, 1, 1, 64, 65, 3, 103}, {128, 2, 170}};
+  const int64_t B = 2, T = 300, C = 264;
+  at::Tensor positions = at::empty({B, T}, at::kLong);
+  for (int64_t r = 0; r < B; ++r) {
+    int64_t t = 0;
+    for (int64_t length : rows[r])
+      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
+  }
+  const at::Tensor starts = positions.eq(0), starts_dev = starts.to(cuda);
+  at::manual_seed(15);
+  for (int64_t K : {2, 3, 4}) {
+    const at::Tensor u = representable({B, T, C}, at::kBFloat16);
+    const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+    const at::Tensor bias = representable({C}, at::kFloat, 0.3);
+    const at::Tensor probe = representable({B, T, C}, at::kBFloat16);
+    const std::vector<at::Tensor> values{u, weight, bias, at::Tensor()};
+    auto ref = leaves_on(values, at::kCPU, {at::kDouble, at::kDouble, at::kDouble, at::kDouble});
+    const at::Tensor y_ref = model::causal_conv_silu(ref[0], ref[1], ref[2], nullptr, starts);
+    std::vector<at::Tensor> want{y_ref};
+    for (const at::Tensor& g : torch::autograd::grad({(y_ref * probe).sum()}, defined_only(ref)))
+      want.push_back(g);
+    const auto vector = conv_and_grads(values, at::kBFloat16, at::kFloat, starts_dev, probe, cuda, 0);
+    const auto scalar = conv_and_grads(values, at::kBFloat16, at::kFloat, starts_dev, probe, cuda, 1);
+    const std::vector<std::string> labels{"y", "du", "dweight", "dbias"};
+    REQUIRE(vector.size() == labels.size());
+    for (size_t i = 0; i < labels.size(); ++i) {
+      INFO("K=" << K << ": " << labels[i]);
+      CHECK(at::equal(vector[i], scalar[i]));
+      CHECK(test::relative_error(vector[i], want[i]) <= 1e-2);
+    }
+  }
+}
+
+TEST_CASE("short conv kernel: bf16 prefill with 16-byte accesses then decode steps equal the full sequence",
+          "[kernels][short_conv][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const at::NoGradGuard no_grad;
+  const int64_t B = 3, C = 264, T = 200;
+  const std::vector<int64_t> pieces{2, 130, 65, 1, 1, 1};  // prefills across tiles, then decode
+  at::manual_seed(16);
+  for (at::ScalarType state_type : {at::kFloat, at::kBFloat16})
+    for (int64_t K : {2, 3, 4}) {
+      const at::Tensor u = representable({B, T, C}, at::kBFloat16);
+      const at::Tensor weight = representable({C, 1, K}, at::kFloat, 0.5);
+      const at::Tensor bias = representable({C}, at::kFloat, 0.3);
+      const at::Tensor y_ref = reference_conv_silu(u, weight, bias, at::Tensor());
+      const at::Tensor u_dev = u.to(cuda, at::kBFloat16), weight_dev = weight.to(cuda, at::kFloat);
+      const at::Tensor bias_dev = bias.to(cuda, at::kFloat);
+      at::Tensor state = at::zeros({B, C, K - 1}, at::TensorOptions(cuda).dtype(state_type));
+      const void* storage = state.data_ptr();
+      std::vector<at::Tensor> outputs;
+      int64_t start = 0;
+      for (int64_t length : pieces) {
+        const at::Tensor piece = u_dev.narrow(1, start, length).contiguous();
+        REQUIRE(aligned16(piece));
+        outputs.push_back(model::causal_conv_silu(piece, weight_dev, bias_dev, &state));
+        CHECK(state.data_ptr() == storage);
+        start += length;
+        const at::Tensor tail =
+            at::cat({at::zeros({B, K - 1, C}, u.options()), u}, 1).narrow(1, start, K - 1).transpose(1, 2);
+        CHECK(test::relative_error(state, tail.to(state_type)) == 0.0);
+      }
+      INFO("state " << c10::toString(state_type) << " K=" << K);
+      CHECK(test::relative_error(at::cat(outputs, 1), y_ref) <= 1e-2);
+    }
 }

@@ -8,6 +8,8 @@
 #include <cuda_bf16.h>
 
 #include <climits>
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
@@ -27,6 +29,60 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// The 16-byte path of 2-byte storage types (bf16): a thread owns kVector consecutive channels,
+// so each step of u, y, dy and du is one 16-byte load or store per thread (a warp moves 512
+// contiguous bytes per access instead of 64). Taken only when C is a multiple of kVector and the
+// base addresses are 16-byte aligned (contiguous [B,T,C] rows are then aligned too); the sums,
+// their order and the roundings are the scalar kernels', so both paths give the same bits.
+constexpr int kVector = 8;          // channels per thread: 8 x 2 bytes
+constexpr int kVectorThreads = 64;  // threads per block (512 channels): finer waves of blocks
+constexpr int kVectorUnroll = 4;    // steps in flight per thread (u, and dy in the backward)
+
+struct Pack {  // kVector 2-byte values, two to a word, the lower channel in the low half
+  uint32_t word[kVector / 2];
+};
+
+__device__ __forceinline__ Pack load_pack(const void* p) {
+  const uint4 raw = *static_cast<const uint4*>(p);
+  return {{raw.x, raw.y, raw.z, raw.w}};
+}
+
+__device__ __forceinline__ void store_pack(void* p, const Pack& pack) {
+  *static_cast<uint4*>(p) = make_uint4(pack.word[0], pack.word[1], pack.word[2], pack.word[3]);
+}
+
+template <typename T>
+__device__ __forceinline__ float from_bits(uint32_t bits);
+template <>
+__device__ __forceinline__ float from_bits<__nv_bfloat16>(uint32_t bits) {
+  return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t to_bits(float value);
+template <>
+__device__ __forceinline__ uint32_t to_bits<__nv_bfloat16>(float value) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(value));
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack(const Pack& pack, float (&out)[kVector]) {
+#pragma unroll
+  for (int i = 0; i < kVector / 2; ++i) {
+    out[2 * i] = from_bits<T>(pack.word[i] & 0xffffu);
+    out[2 * i + 1] = from_bits<T>(pack.word[i] >> 16);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ Pack pack_of(const float (&in)[kVector]) {
+  Pack pack;
+#pragma unroll
+  for (int i = 0; i < kVector / 2; ++i)
+    pack.word[i] = to_bits<T>(in[2 * i]) | (to_bits<T>(in[2 * i + 1]) << 16);
+  return pack;
+}
 
 // Input step s of channel c in batch row b: u for s >= 0, else the history (zeros without one).
 template <typename T, typename S, int K>
@@ -65,6 +121,39 @@ __device__ __forceinline__ void load_halo(float (&x)[K], const T* u, const S* hi
   }
 }
 
+// shift_in for kVector channels (start: one flag per step, the same for every channel).
+template <int K>
+__device__ __forceinline__ void shift_in_vector(float (&x)[kVector][K], const float (&value)[kVector],
+                                                bool start) {
+#pragma unroll
+  for (int v = 0; v < kVector; ++v) shift_in(x[v], value[v], start);
+}
+
+// load_halo for the kVector channels from c0: one 16-byte load per step of u (the history, read
+// only by the first tile, stays per channel).
+template <typename T, typename S, int K>
+__device__ __forceinline__ void load_halo_vector(float (&x)[kVector][K], const T* u,
+                                                 const S* history, const bool* starts, int64_t b,
+                                                 int t0, int tokens, int c0, int channels) {
+#pragma unroll
+  for (int v = 0; v < kVector; ++v)
+#pragma unroll
+    for (int j = 0; j < K; ++j) x[v][j] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) {
+    const int s = t0 - (K - 1) + j;
+    float value[kVector];
+    if (s >= 0) {
+      unpack<T>(load_pack(u + (b * tokens + s) * channels + c0), value);
+    } else {
+#pragma unroll
+      for (int v = 0; v < kVector; ++v)
+        value[v] = input_at<T, S, K>(u, history, b, s, c0 + v, tokens, channels);
+    }
+    shift_in_vector(x, value, starts_at(starts, b, s, tokens));
+  }
+}
+
 template <typename T, typename S, int K>
 __global__ void __launch_bounds__(kChannels)
 short_conv_forward_kernel(const T* __restrict__ u, const float* __restrict__ weight,
@@ -95,6 +184,59 @@ short_conv_forward_kernel(const T* __restrict__ u, const float* __restrict__ wei
 #pragma unroll
       for (int j = 0; j < K; ++j) z = fmaf(w[j], x[j], z);
       if (base + i < t_end) store(y + (b * tokens + base + i) * channels + c, z * sigmoid(z));
+    }
+  }
+}
+
+// The forward kernel on kVector channels per thread (2-byte T, see kVector): the same window,
+// sums and rounding per channel, with one 16-byte load and store per step.
+template <typename T, typename S, int K, bool kStarts>
+__global__ void __launch_bounds__(kVectorThreads, 8)
+short_conv_forward_vector_kernel(const T* __restrict__ u, const float* __restrict__ weight,
+                                 const float* __restrict__ bias, const S* __restrict__ history,
+                                 const bool* __restrict__ starts, T* __restrict__ y, int tokens,
+                                 int channels) {
+  static_assert(sizeof(T) * kVector == 16, "the vector path moves 16 bytes per access");
+  if constexpr (!kStarts) starts = nullptr;  // no flags: the window shifts without selects
+  const int c0 = (blockIdx.x * kVectorThreads + threadIdx.x) * kVector;
+  if (c0 >= channels) return;  // channels is a multiple of kVector: all kVector are in range
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kTimeTile, t_end = min(t0 + kTimeTile, tokens);
+  float w[kVector][K], x[kVector][K], bias_c[kVector];
+#pragma unroll
+  for (int v = 0; v < kVector; ++v) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) w[v][j] = weight[(c0 + v) * K + j];
+    bias_c[v] = bias ? bias[c0 + v] : 0.0f;
+  }
+  load_halo_vector<T, S, K>(x, u, history, starts, b, t0, tokens, c0, channels);
+  // Step base + i sits in slot i; a slot is refilled with the step kVectorUnroll later as soon
+  // as it is unpacked, so kVectorUnroll 16-byte reads stay in flight while the thread computes.
+  Pack in[kVectorUnroll];
+  bool start[kVectorUnroll];
+#pragma unroll
+  for (int i = 0; i < kVectorUnroll; ++i) {
+    in[i] = t0 + i < t_end ? load_pack(u + (b * tokens + t0 + i) * channels + c0) : Pack{};
+    start[i] = t0 + i < t_end && starts_at(starts, b, t0 + i, tokens);
+  }
+  for (int base = t0; base < t_end; base += kVectorUnroll) {
+#pragma unroll
+    for (int i = 0; i < kVectorUnroll; ++i) {
+      float value[kVector], out[kVector];
+      unpack<T>(in[i], value);
+      const bool start_i = start[i];
+      const int next = base + kVectorUnroll + i;
+      in[i] = next < t_end ? load_pack(u + (b * tokens + next) * channels + c0) : Pack{};
+      start[i] = next < t_end && starts_at(starts, b, next, tokens);
+      shift_in_vector(x, value, start_i);
+#pragma unroll
+      for (int v = 0; v < kVector; ++v) {
+        float z = bias_c[v];
+#pragma unroll
+        for (int j = 0; j < K; ++j) z = fmaf(w[v][j], x[v][j], z);
+        out[v] = z * sigmoid(z);
+      }
+      if (base + i < t_end) store_pack(y + (b * tokens + base + i) * channels + c0, pack_of<T>(out));
     }
   }
 }
@@ -185,6 +327,145 @@ short_conv_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ u
 #pragma unroll
   for (int j = 0; j < K; ++j) partials[(row * (K + 1) + j) * channels + c] = dw[j];
   partials[(row * (K + 1) + K) * channels + c] = dbias;
+}
+
+// The backward kernel on kVector channels per thread (2-byte T, see kVector): per channel the
+// same recurrences and sums in the same order; u, dy and du move as 16-byte packs, the partials
+// as float4 (the launcher checks their alignment too).
+template <typename T, typename S, int K, bool kStarts>
+__global__ void __launch_bounds__(kVectorThreads)
+short_conv_backward_vector_kernel(const T* __restrict__ grad_y, const T* __restrict__ u,
+                                  const float* __restrict__ weight, const float* __restrict__ bias,
+                                  const S* __restrict__ history, const bool* __restrict__ starts,
+                                  T* __restrict__ grad_u, S* __restrict__ grad_history,
+                                  float* __restrict__ partials, int tokens, int channels) {
+  static_assert(sizeof(T) * kVector == 16, "the vector path moves 16 bytes per access");
+  if constexpr (!kStarts) starts = nullptr;  // no flags: the window shifts without selects
+  const int c0 = (blockIdx.x * kVectorThreads + threadIdx.x) * kVector;
+  if (c0 >= channels) return;
+  const int64_t b = blockIdx.z;
+  const int t0 = blockIdx.y * kTimeTile, t_end = min(t0 + kTimeTile, tokens);
+  float w[kVector][K], x[kVector][K], gz[kVector][K], dw[kVector][K], dbias[kVector],
+      bias_c[kVector];
+  bool start[K];  // start[i]: step t-K+1+i starts a document (the same for every channel)
+#pragma unroll
+  for (int v = 0; v < kVector; ++v) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      w[v][j] = weight[(c0 + v) * K + j];
+      gz[v][j] = 0.0f;
+      dw[v][j] = 0.0f;
+    }
+    dbias[v] = 0.0f;
+    bias_c[v] = bias ? bias[c0 + v] : 0.0f;
+  }
+  load_halo_vector<T, S, K>(x, u, history, starts, b, t0, tokens, c0, channels);
+#pragma unroll
+  for (int j = 0; j < K; ++j) start[j] = starts_at(starts, b, t0 - K + j, tokens);
+  const int emit_from = t0 > 0 ? t0 : -(K - 1);
+  const int t_stop = t_end + K - 1, t_load = min(t_stop, tokens);
+  // Slots as in the forward kernel: step base + i in slot i, refilled with the step
+  // kVectorUnroll later once unpacked.
+  Pack in[kVectorUnroll], dy[kVectorUnroll];
+  bool start_in[kVectorUnroll];
+#pragma unroll
+  for (int i = 0; i < kVectorUnroll; ++i) {
+    const bool inside = t0 + i < t_load;
+    const int64_t index = (b * tokens + t0 + i) * channels + c0;
+    in[i] = inside ? load_pack(u + index) : Pack{};
+    dy[i] = inside ? load_pack(grad_y + index) : Pack{};
+    start_in[i] = inside && starts_at(starts, b, t0 + i, tokens);
+  }
+  // One step t in slot i. Interior steps (t < t_end, hence t < tokens) skip the range checks,
+  // so the loop over them carries no conditional updates of the register windows.
+  const auto process = [&](int i, int t, auto interior) {
+    constexpr bool kInterior = decltype(interior)::value;
+    float value[kVector], dyv[kVector];
+    unpack<T>(in[i], value);
+    unpack<T>(dy[i], dyv);
+    const bool start_t = start_in[i];
+    {
+      const int next = t + kVectorUnroll;
+      const bool inside = next < t_load;
+      const int64_t index = (b * tokens + next) * channels + c0;
+      in[i] = inside ? load_pack(u + index) : Pack{};
+      dy[i] = inside ? load_pack(grad_y + index) : Pack{};
+      start_in[i] = inside && starts_at(starts, b, next, tokens);
+    }
+    float g[kVector];
+#pragma unroll
+    for (int v = 0; v < kVector; ++v) g[v] = 0.0f;
+    if (kInterior || t < tokens) {
+      shift_in_vector(x, value, start_t);
+#pragma unroll
+      for (int v = 0; v < kVector; ++v) {
+        float z = bias_c[v];
+#pragma unroll
+        for (int j = 0; j < K; ++j) z = fmaf(w[v][j], x[v][j], z);
+        const float s = sigmoid(z);
+        g[v] = dyv[v] * s * (1.0f + z * (1.0f - s));
+        if (kInterior || t < t_end) {
+#pragma unroll
+          for (int j = 0; j < K; ++j) dw[v][j] = fmaf(g[v], x[v][j], dw[v][j]);
+          dbias[v] += g[v];
+        }
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < kVector; ++v) {
+#pragma unroll
+      for (int j = 0; j < K - 1; ++j) gz[v][j] = gz[v][j + 1];
+      gz[v][K - 1] = g[v];
+    }
+#pragma unroll
+    for (int j = 0; j < K - 1; ++j) start[j] = start[j + 1];
+    start[K - 1] = start_t;
+    const int step = t - (K - 1);
+    if (step < emit_from) return;
+    bool open[K];  // as in the scalar kernel
+    open[0] = true;
+#pragma unroll
+    for (int d = 1; d < K; ++d) open[d] = open[d - 1] && !start[d];
+    float dx[kVector];
+#pragma unroll
+    for (int v = 0; v < kVector; ++v) {
+      dx[v] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < K; ++j)
+        dx[v] = fmaf(open[K - 1 - j] ? w[v][j] : 0.0f, gz[v][K - 1 - j], dx[v]);
+    }
+    if (step >= 0) {
+      store_pack(grad_u + (b * tokens + step) * channels + c0, pack_of<T>(dx));
+    } else if (grad_history != nullptr) {
+#pragma unroll
+      for (int v = 0; v < kVector; ++v)
+        store(grad_history + (b * channels + c0 + v) * (K - 1) + (step + K - 1), dx[v]);
+    }
+  };
+  int base = t0;
+  for (; base + kVectorUnroll <= t_end; base += kVectorUnroll) {
+#pragma unroll
+    for (int i = 0; i < kVectorUnroll; ++i) process(i, base + i, std::true_type{});
+  }
+  for (; base < t_stop; base += kVectorUnroll) {  // the tile's last steps and the K-1 after it
+#pragma unroll
+    for (int i = 0; i < kVectorUnroll; ++i) {
+      if (base + i >= t_stop) break;
+      process(i, base + i, std::false_type{});
+    }
+  }
+  const int64_t row = b * gridDim.y + blockIdx.y;
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    float4* out = reinterpret_cast<float4*>(partials + (row * (K + 1) + j) * channels + c0);
+#pragma unroll
+    for (int q = 0; q < kVector / 4; ++q)
+      out[q] = make_float4(dw[4 * q][j], dw[4 * q + 1][j], dw[4 * q + 2][j], dw[4 * q + 3][j]);
+  }
+  float4* out = reinterpret_cast<float4*>(partials + (row * (K + 1) + K) * channels + c0);
+#pragma unroll
+  for (int q = 0; q < kVector / 4; ++q)
+    out[q] = make_float4(dbias[4 * q], dbias[4 * q + 1], dbias[4 * q + 2], dbias[4 * q + 3]);
 }
 
 // One thread per (b, c): reads the K-1 new values (from u, or from the old state when T < K-1)
@@ -322,6 +603,31 @@ dim3 tiled_grid(const at::Tensor& u, const char* op) {
   return dim3(channel_blocks(u.size(2)), time_tiles(tokens), static_cast<unsigned>(batch));
 }
 
+// Whether the 16-byte path is legal: a 2-byte storage type, C a multiple of kVector and every
+// [B,T,C] operand (and the fp32 partials) starting on a 16-byte boundary. The operands are
+// contiguous, so each row of C elements then starts on one too. Otherwise the scalar kernels run.
+bool vector_path(const at::Tensor& u, std::initializer_list<const at::Tensor*> operands) {
+  if (u.element_size() * kVector != 16 || u.size(2) % kVector != 0) return false;
+  for (const at::Tensor* operand : operands)
+    if (operand->defined() && reinterpret_cast<uintptr_t>(operand->data_ptr()) % 16 != 0)
+      return false;
+  return true;
+}
+
+// Calls body(std::bool_constant<starts.defined()>): the 16-byte kernels are compiled without
+// the per-step flag reads and selects for inputs without document starts.
+template <typename Body>
+void with_starts(const at::Tensor& starts, const Body& body) {
+  if (starts.defined()) body(std::true_type{});
+  else body(std::false_type{});
+}
+
+dim3 vector_grid(const at::Tensor& u, const char* op) {
+  dim3 grid = tiled_grid(u, op);
+  grid.x = static_cast<unsigned>((u.size(2) / kVector + kVectorThreads - 1) / kVectorThreads);
+  return grid;
+}
+
 }  // namespace
 
 int64_t short_conv_partial_rows(int64_t batch, int64_t tokens) { return batch * time_tiles(tokens); }
@@ -337,16 +643,29 @@ void launch_short_conv_forward(const at::Tensor& u, const at::Tensor& weight, co
   if (u.numel() == 0) return;
   const at::cuda::CUDAGuard guard(u.device());
   const dim3 grid = tiled_grid(u, op);
+  const bool vector = vector_path(u, {&u, &y});
   dispatch(u.scalar_type(), state_type(history), K, op, [&](auto t, auto s, auto k) {
     using T = typename decltype(t)::type;
     using S = typename decltype(s)::type;
+    if constexpr (sizeof(T) * kVector == 16) {
+      if (vector) {
+        with_starts(starts, [&](auto has_starts) {
+          short_conv_forward_vector_kernel<T, S, decltype(k)::value, decltype(has_starts)::value>
+              <<<vector_grid(u, op), kVectorThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  data<const T>(u), data<const float>(weight), data<const float>(bias),
+                  data<const S>(history), data<const bool>(starts), data<T>(y),
+                  static_cast<int>(u.size(1)), static_cast<int>(u.size(2)));
+        });
+        return;
+      }
+    }
     short_conv_forward_kernel<T, S, decltype(k)::value>
         <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
             data<const T>(u), data<const float>(weight), data<const float>(bias),
             data<const S>(history), data<const bool>(starts), data<T>(y), static_cast<int>(u.size(1)),
             static_cast<int>(u.size(2)));
   });
-  PRIME_CUDA_CHECK_LAUNCH("short_conv_forward_kernel");
+  PRIME_CUDA_CHECK_LAUNCH(vector ? "short_conv_forward_vector_kernel" : "short_conv_forward_kernel");
 }
 
 void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
@@ -371,9 +690,23 @@ void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
   if (u.numel() == 0) return;
   const at::cuda::CUDAGuard guard(u.device());
   const dim3 grid = tiled_grid(u, op);
+  const bool vector = vector_path(u, {&grad_y, &u, &grad_u, &partials});
   dispatch(u.scalar_type(), state_type(history), K, op, [&](auto t, auto s, auto k) {
     using T = typename decltype(t)::type;
     using S = typename decltype(s)::type;
+    if constexpr (sizeof(T) * kVector == 16) {
+      if (vector) {
+        with_starts(starts, [&](auto has_starts) {
+          short_conv_backward_vector_kernel<T, S, decltype(k)::value, decltype(has_starts)::value>
+              <<<vector_grid(u, op), kVectorThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  data<const T>(grad_y), data<const T>(u), data<const float>(weight),
+                  data<const float>(bias), data<const S>(history), data<const bool>(starts),
+                  data<T>(grad_u), data<S>(grad_history), data<float>(partials),
+                  static_cast<int>(tokens), static_cast<int>(channels));
+        });
+        return;
+      }
+    }
     short_conv_backward_kernel<T, S, decltype(k)::value>
         <<<grid, kChannels, 0, at::cuda::getCurrentCUDAStream()>>>(
             data<const T>(grad_y), data<const T>(u), data<const float>(weight),
@@ -381,7 +714,7 @@ void launch_short_conv_backward(const at::Tensor& grad_y, const at::Tensor& u,
             data<S>(grad_history), data<float>(partials), static_cast<int>(tokens),
             static_cast<int>(channels));
   });
-  PRIME_CUDA_CHECK_LAUNCH("short_conv_backward_kernel");
+  PRIME_CUDA_CHECK_LAUNCH(vector ? "short_conv_backward_vector_kernel" : "short_conv_backward_kernel");
 }
 
 void launch_short_conv_state_update(const at::Tensor& u, const at::Tensor& state) {

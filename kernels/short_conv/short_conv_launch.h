@@ -4,6 +4,8 @@
 // and state are contiguous [B,C,K-1] of fp32 or bf16 (any mix with u's dtype) or undefined
 // (zeros before t = 0); starts a contiguous [B,T] bool CUDA tensor or undefined (packed documents:
 // no window reaches back across a flagged step). The launchers check shapes, dtypes and the launch.
+// bf16 operands with C a multiple of 8 and 16-byte aligned data pointers take kernels with
+// 16-byte accesses (the same results, bit for bit); any other operands take the scalar kernels.
 #pragma once
 
 #include <ATen/ATen.h>
