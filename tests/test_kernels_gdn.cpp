@@ -173,7 +173,7 @@ TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 refere
     CHECK(backward <= 1e-5);
   }
   for (const auto& [Dk, Dv, N] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {32, 32, 5}, {64, 100, 4}, {128, 128, 3}, {256, 64, 2}})
+           {32, 32, 5}, {64, 100, 4}, {128, 128, 3}, {256, 64, 2}, {64, 96, 7}})
     check_scan(Dk, Dv, N, {}, cuda);
 }
 
@@ -184,19 +184,22 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
   const test::PoisonOutputs poison;
   const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::Device cuda(at::kCUDA, 0);
-  for (const auto& [B, T, H, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-           {2, 200, 3, 64}, {1, 130, 2, 128}, {2, 192, 2, 32}, {1, 70, 1, 256}}) {
+  // Chunks of 32 and 48 too (the kernels' chunk is the caller's), and a long sequence (65 chunks:
+  // the walk's rounding adds up).
+  for (const auto& [B, T, H, D, chunk] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>>{
+           {2, 200, 3, 64, 64}, {1, 130, 2, 128, 64}, {2, 192, 2, 32, 64}, {1, 70, 1, 256, 64},
+           {1, 100, 2, 128, 32}, {1, 100, 2, 64, 48}, {1, 4160, 1, 128, 64}}) {
     const CoreInputs in = random_core_inputs(B, T, H, D, 11 + T);
     const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble);
     const at::Tensor state_weight = at::randn({B, H, D, D}, at::kDouble);
-    REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), 64));
-    const CoreRun with_kernels = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
+    REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), chunk));
+    const CoreRun with_kernels = run_core(as_leaves(in, cuda, at::kFloat), chunk, out_weight, state_weight);
     CoreRun torch_ops;
     {
       const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
-      torch_ops = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
+      torch_ops = run_core(as_leaves(in, cuda, at::kFloat), chunk, out_weight, state_weight);
     }
-    const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), 64, out_weight, state_weight);
+    const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), chunk, out_weight, state_weight);
     const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
     const double state_error = norm_relative_error(with_kernels.final_state, torch_ops.final_state);
     double worst_grad = 0, worst_grad_f64 = 0;
@@ -205,7 +208,7 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
       worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
     }
     const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
-    std::cout << "[kernels][gdn] core B=" << B << " T=" << T << " H=" << H << " D=" << D
+    std::cout << "[kernels][gdn] core B=" << B << " T=" << T << " H=" << H << " D=" << D << " chunk=" << chunk
               << ": vs torch ops out " << out_error << ", state " << state_error << ", worst gradient "
               << worst_grad << "; vs float64 out " << out_f64 << ", worst gradient " << worst_grad_f64
               << std::endl;
@@ -297,14 +300,15 @@ TEST_CASE("GDN fused chunked forward on CUDA: without a gradient it gives the to
   const test::FullFp32Matmuls full_fp32;
   const at::Device cuda(at::kCUDA, 0);
   // T not a multiple of 64 (and one that is), every head dim, with and without an initial state;
-  // chunk 32 too (the fused form's 64-step chunks give the same result).
+  // chunk 32 too (the fused form's 64-step chunks give the same result); 130 chunks.
   for (const auto& [B, T, H, D, chunk, with_state] :
        std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>>{{2, 200, 3, 64, 64, true},
                                                                                    {1, 130, 2, 128, 64, true},
                                                                                    {2, 192, 2, 32, 64, false},
                                                                                    {1, 70, 1, 256, 64, true},
                                                                                    {3, 256, 2, 128, 32, false},
-                                                                                   {1, 1, 2, 64, 64, true}}) {
+                                                                                   {1, 1, 2, 64, 64, true},
+                                                                                   {1, 8300, 2, 128, 64, true}}) {
     const CoreInputs in = random_core_inputs(B, T, H, D, 41 + T + D);
     const auto run = [&](const at::Device& device, at::ScalarType type) {
       const auto on = [&](const at::Tensor& t) { return t.to(device, type); };
