@@ -14,26 +14,13 @@
 #include "model/gdn.h"
 #include "model/ssm_common.h"
 #include "reference/ssm_reference.h"
+#include "test_helpers.h"
 #include "test_ssm_mixer_util.h"
 
 using namespace prime;
 
 namespace {
 
-// positions [rows.size(), T] for rows of documents of the given lengths (each row sums to T);
-// `first` is the position of each row's first token (a row may continue a document).
-at::Tensor positions_of(const std::vector<std::vector<int64_t>>& rows, const std::vector<int64_t>& first) {
-  int64_t steps = 0;
-  for (int64_t length : rows.front()) steps += length;
-  at::Tensor positions = at::empty({static_cast<int64_t>(rows.size()), steps}, at::kLong);
-  for (size_t r = 0; r < rows.size(); ++r) {
-    int64_t t = 0;
-    for (size_t d = 0; d < rows[r].size(); ++d)
-      for (int64_t i = 0; i < rows[r][d]; ++i) positions[r][t++] = i + (d == 0 ? first[r] : 0);
-    REQUIRE(t == steps);
-  }
-  return positions;
-}
 
 // Ragged documents: lengths 1, 63, 64, 65 and 200 around a 64-token chunk, several per row, a
 // row of one document that continues from position 3, and a row of one document from 0.
@@ -49,7 +36,7 @@ double relative(const at::Tensor& got, const at::Tensor& want) {
 }  // namespace
 
 TEST_CASE("packed documents: cu_seqlens, document starts and the per-document chunk layout", "[gdn][documents]") {
-  const model::Documents documents = model::make_documents(positions_of({{3, 5}, {8}}, {0, 2}), at::kCPU);
+  const model::Documents documents = model::make_documents(test::document_positions({{3, 5}, {8}}, {0, 2}), at::kCPU);
   CHECK(documents.cu_seqlens_host == std::vector<int64_t>{0, 3, 8, 16});
   CHECK(documents.cu_seqlens.equal(at::tensor(std::vector<int64_t>{0, 3, 8, 16}, at::kLong)));
   const at::Tensor want_starts = at::tensor(std::vector<int64_t>{1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
@@ -71,7 +58,7 @@ TEST_CASE("packed documents: cu_seqlens, document starts and the per-document ch
 
 TEST_CASE("short conv with document starts equals each document convolved alone, gradients too",
           "[gdn][documents]") {
-  const model::Documents documents = model::make_documents(positions_of(kRows, kFirst), at::kCPU);
+  const model::Documents documents = model::make_documents(test::document_positions(kRows, kFirst), at::kCPU);
   const int64_t B = documents.batch, T = documents.steps, C = 6;
   for (int64_t K : {2, 3, 4}) {
     for (bool with_bias : {false, true}) {
@@ -120,7 +107,7 @@ struct VarlenCase {
 TEST_CASE("GDN packed documents: forward_documents equals the per-document path, every gradient too",
           "[gdn][documents]") {
   testing::SingleThreaded single_threaded;
-  const at::Tensor positions = positions_of(kRows, kFirst);
+  const at::Tensor positions = test::document_positions(kRows, kFirst);
   for (const VarlenCase& c : {VarlenCase{true, true, 64}, VarlenCase{false, true, 16}, VarlenCase{false, false, 64}}) {
     reference::GdnDims dims;
     dims.hidden = 24;
@@ -184,7 +171,7 @@ TEST_CASE("GDN packed documents: rows of one document each take the plain forwar
   model::GdnMixer mixer(model::GdnConfig(16, 8, 2, 2),
                         testing::with_prefix(reference::testing::random_gdn_weights(dims, rng), prefix, at::kDouble),
                         prefix);
-  const model::Documents documents = model::make_documents(positions_of({{70}, {70}}, {0, 4}), at::kCPU);
+  const model::Documents documents = model::make_documents(test::document_positions({{70}, {70}}, {0, 4}), at::kCPU);
   REQUIRE(documents.one_per_row);
   const at::Tensor x = testing::random_input(2, 70, 16, 9);
   CHECK(mixer.forward_documents(x, documents).equal(mixer.forward(x, nullptr)));

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <sys/wait.h>
 
@@ -63,6 +64,22 @@ inline bool gpu_available_or_fail() {
   if (!decision.failure.empty()) FAIL(decision.failure);
   if (!decision.run) WARN("no CUDA device: skipped (PRIME_REQUIRE_CUDA=1 makes this a failure)");
   return decision.run;
+}
+
+// positions [rows.size(), T] of rows of packed documents of the given lengths (every row sums to
+// the same T); `first` (optional) is each row's first position (a row may continue a document).
+inline at::Tensor document_positions(const std::vector<std::vector<int64_t>>& rows,
+                                     const std::vector<int64_t>& first = {}) {
+  int64_t steps = 0;
+  for (int64_t length : rows.front()) steps += length;
+  at::Tensor positions = at::empty({static_cast<int64_t>(rows.size()), steps}, at::kLong);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    int64_t t = 0;
+    for (size_t d = 0; d < rows[r].size(); ++d)
+      for (int64_t i = 0; i < rows[r][d]; ++i) positions[r][t++] = i + (d == 0 && !first.empty() ? first[r] : 0);
+    REQUIRE(t == steps);
+  }
+  return positions;
 }
 
 }  // namespace prime::test

@@ -246,12 +246,7 @@ TEST_CASE("GDN varlen core on CUDA: the kernels give the torch-ops form's packed
   // Ragged documents (1, 63, 64, 65, 200 tokens around the 64-token chunk), a one-document row.
   const std::vector<std::vector<int64_t>> rows = {{1, 63, 64, 65, 107}, {200, 1, 99}, {300}};
   const int64_t T = 300, B = static_cast<int64_t>(rows.size());
-  at::Tensor positions = at::empty({B, T}, at::kLong);
-  for (int64_t r = 0; r < B; ++r) {
-    int64_t t = 0;
-    for (int64_t length : rows[r])
-      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
-  }
+  const at::Tensor positions = test::document_positions(rows);
   const model::Documents on_cuda = model::make_documents(positions, cuda);
   const model::Documents on_cpu = model::make_documents(positions, at::kCPU);
   for (const auto& [H, D] : std::vector<std::pair<int64_t, int64_t>>{{3, 64}, {2, 128}, {2, 32}}) {
@@ -352,12 +347,7 @@ TEST_CASE("GDN fused forward over packed documents on CUDA: it gives the torch-o
   const at::Device cuda(at::kCUDA, 0);
   const std::vector<std::vector<int64_t>> rows = {{1, 63, 64, 65, 107}, {200, 1, 99}, {300}};
   const int64_t T = 300, B = static_cast<int64_t>(rows.size());
-  at::Tensor positions = at::empty({B, T}, at::kLong);
-  for (int64_t r = 0; r < B; ++r) {
-    int64_t t = 0;
-    for (int64_t length : rows[r])
-      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
-  }
+  const at::Tensor positions = test::document_positions(rows);
   const model::Documents on_cuda = model::make_documents(positions, cuda);
   const model::Documents on_cpu = model::make_documents(positions, at::kCPU);
   const at::NoGradGuard no_grad;

@@ -217,12 +217,7 @@ TEST_CASE("short conv kernel with document starts: output and gradients equal th
   // 197; row 1 at 0, 128, 130. T = 300 spans five tiles.
   const std::vector<std::vector<int64_t>> rows = {{1, 62, 1, 1, 64, 65, 3, 103}, {128, 2, 170}};
   const int64_t B = 2, T = 300, C = 203;
-  at::Tensor positions = at::empty({B, T}, at::kLong);
-  for (int64_t r = 0; r < B; ++r) {
-    int64_t t = 0;
-    for (int64_t length : rows[r])
-      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
-  }
+  const at::Tensor positions = test::document_positions(rows);
   const at::Tensor starts = positions.eq(0);
   at::manual_seed(13);
   std::map<std::string, double> worst;
@@ -368,12 +363,7 @@ TEST_CASE("short conv kernel: bf16 with 16-byte accesses and document starts equ
   // Starts at 0, 1, 63, 64, 65, 129, 194, 197 in row 0 and 0, 128, 130 in row 1 (as above).
   const std::vector<std::vector<int64_t>> rows = {{1, 62, 1, 1, 64, 65, 3, 103}, {128, 2, 170}};
   const int64_t B = 2, T = 300, C = 264;
-  at::Tensor positions = at::empty({B, T}, at::kLong);
-  for (int64_t r = 0; r < B; ++r) {
-    int64_t t = 0;
-    for (int64_t length : rows[r])
-      for (int64_t i = 0; i < length; ++i) positions[r][t++] = i;
-  }
+  const at::Tensor positions = test::document_positions(rows);
   const at::Tensor starts = positions.eq(0), starts_dev = starts.to(cuda);
   at::manual_seed(15);
   for (int64_t K : {2, 3, 4}) {
