@@ -5,7 +5,8 @@
 //    another solve).
 //  - chunk_state_scan: the recurrence over chunks, which the torch form runs as a host loop of
 //    small matmuls per chunk; one kernel walks all chunks with the state tile resident on chip.
-// Everything that is parallel over chunks stays in batched cuBLAS matmuls around them.
+// Under autograd everything that is parallel over chunks stays in batched cuBLAS matmuls around
+// them. Without a gradient to record, gdn_chunk_forward (below) runs the whole form in kernels.
 #pragma once
 
 #include <ATen/ATen.h>
