@@ -130,8 +130,12 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
   if (opted_out || !gdn_chunk_kernels_apply(q, chunk_size) || v.size(-1) != q.size(-1)) return false;
   if (chunk_starts.defined() && chunk_size != 64) return false;
   if (q.size(0) * q.size(2) > 65535) return false;
-  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state})
+  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state}) {
     if (records_gradient(*operand)) return false;
+    // The kernels read fp32 on q's device; any other mix keeps the composite form.
+    if (operand->defined() && (operand->scalar_type() != at::kFloat || operand->device() != q.device()))
+      return false;
+  }
   return true;
 }
 

@@ -38,9 +38,9 @@ std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at
                                                    const at::Tensor& starts = at::Tensor());
 
 // The fused chunked forward for calls that record no gradient (inference, prefill, evaluation):
-// policy Auto, CUDA fp32 operands, head dims equal and in {32, 64, 128, 256}, no operand that
-// autograd would record, and chunk_size 64 where chunk_starts (laid out for that chunk size) are
-// given; PRIME_GDN_FUSED_FORWARD=0 opts out. Otherwise the composite form above runs.
+// policy Auto, every operand fp32 on q's CUDA device, head dims equal and in {32, 64, 128, 256},
+// no operand that autograd would record, and chunk_size 64 where chunk_starts (laid out for that
+// chunk size) are given; PRIME_GDN_FUSED_FORWARD=0 opts out. Otherwise the composite form runs.
 bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                              const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                              const at::Tensor& chunk_starts);
