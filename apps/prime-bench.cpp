@@ -77,7 +77,10 @@ void add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm
   command->add_option("--head-dim", options.bench.head_dim, "D (default 128)")->group("Shape");
   command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")->group("Shape");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
-  command->add_option("--dtype", options.dtype, "core compute dtype: fp32 (what the mixers use) or fp64")->group("Measurement");
+  command->add_option("--dtype", options.dtype,
+                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's fused "
+                      "forward on bf16 q, k, v vs the torch-ops form on fp32 copies)")
+      ->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
 }
@@ -104,9 +107,12 @@ void run_kernels(SsmOptions& options) {
     std::cout << std::left << std::setw(6) << row.type << std::setw(28) << row.shape << std::right << std::fixed
               << std::setprecision(2) << std::setw(11) << row.kernel_forward_ms << std::setw(11)
               << row.torch_forward_ms << std::setw(7) << ratio(row.kernel_forward_ms, row.torch_forward_ms) << "x"
-              << std::setw(10) << row.kernel_forward_tflops << std::setw(14) << row.kernel_forward_backward_ms
-              << std::setw(11) << row.torch_forward_backward_ms << std::setw(7)
-              << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
+              << std::setw(10) << row.kernel_forward_tflops;
+    if (row.kernel_forward_backward_ms > 0)
+      std::cout << std::setw(14) << row.kernel_forward_backward_ms << std::setw(11) << row.torch_forward_backward_ms
+                << std::setw(7) << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
+    else
+      std::cout << std::setw(14) << "-" << std::setw(11) << "-" << std::setw(8) << "-" << "\n";
   }
   // The short conv through model::causal_conv_silu: the kernel under policy Auto, the torch form under Torch.
   prime::eval::ShortConvBenchOptions conv;

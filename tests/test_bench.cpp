@@ -149,6 +149,13 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   CHECK_THAT(result.output, !Contains("TFLOP/s"));
+  // bf16 times GDN's fused forward only: other types are refused first.
+  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--types GDN"));
+  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("needs a CUDA device"));
 }
 
 TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1", "[bench][cli][train]") {

@@ -5,6 +5,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -127,17 +128,60 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
     const char* value = std::getenv("PRIME_GDN_FUSED_FORWARD");
     return value != nullptr && std::string(value) == "0";
   }();
-  if (opted_out || !gdn_chunk_kernels_apply(q, chunk_size) || v.size(-1) != q.size(-1)) return false;
-  if (chunk_starts.defined() && chunk_size != 64) return false;
+  if (opted_out || !use_cuda_kernels(q) || q.dim() != 4 || v.size(-1) != q.size(-1)) return false;
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const int64_t dim = q.size(-1);
+  if (bf16 ? !(dim == 32 || dim == 64 || dim == 128) : !gdn_chunk_kernels_apply(q, chunk_size)) return false;
+  if (chunk_size > 64 || (chunk_starts.defined() && chunk_size != 64)) return false;
   if (q.size(0) * q.size(2) > 65535) return false;
+  // fp32 throughout, or bf16 q, k, v with fp32 gates and state; any other mix, or an operand on
+  // another device, keeps the composite (or torch-ops) form.
+  const auto wanted = [&](const at::Tensor* operand) {
+    return operand == &q || operand == &k || operand == &v ? q.scalar_type() : at::kFloat;
+  };
   for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state}) {
     if (records_gradient(*operand)) return false;
-    // The kernels read fp32 on q's device; any other mix keeps the composite form.
-    if (operand->defined() && (operand->scalar_type() != at::kFloat || operand->device() != q.device()))
+    if (operand->defined() && (operand->scalar_type() != wanted(operand) || operand->device() != q.device()))
       return false;
   }
   return true;
 }
+
+namespace {
+
+// `tensor` contiguous, copied where its data does not start `bytes`-aligned (a view's offset):
+// the kernels' vector and fragment accesses need it.
+at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {
+  if (!tensor.defined()) return tensor;
+  at::Tensor result = tensor.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(result.data_ptr()) % bytes != 0) result = result.clone();
+  return result;
+}
+
+// The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
+std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
+                                               const at::Tensor& chunk_starts, at::Tensor o, at::Tensor final_state) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
+  const int64_t N = (T + kForwardChunk - 1) / kForwardChunk;
+  const auto bf16 = q.options(), fp32 = q.options().dtype(at::kFloat);
+  at::Tensor w = new_output({M, N, kForwardChunk, D}, bf16);
+  at::Tensor u = new_output({M, N, kForwardChunk, D}, bf16);  // U', then U_n
+  at::Tensor k_decayed = new_output({M, N, kForwardChunk, D}, bf16);
+  at::Tensor decay = new_output({M, N}, fp32);
+  at::Tensor states = new_output({M, N, D, D}, bf16);
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gdn_forward_bf16(contiguous_aligned(q, 16), contiguous_aligned(k, 16), contiguous_aligned(v, 16),
+                                  g.contiguous(), beta.contiguous(), contiguous_aligned(flat_or_undefined(state, 2), 32),
+                                  chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, w, u, k_decayed,
+                                  decay, states, final_state.view({M, D, D}), o);
+#else
+  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts;
+#endif
+  return {o, final_state};
+}
+
+}  // namespace
 
 std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const at::Tensor& g, const at::Tensor& beta,
@@ -154,11 +198,12 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const a
               "gdn_chunk_forward: state must be [", B, ", ", H, ", ", D, ", ", D, "], got ", state.sizes());
   const auto options = q.options();
   at::Tensor o = new_output({B, T, H, D}, options);
-  at::Tensor final_state = new_output({B, H, D, D}, options);
+  at::Tensor final_state = new_output({B, H, D, D}, options.dtype(at::kFloat));  // states stay fp32
   if (T == 0) {
-    final_state.copy_(state.defined() ? state : at::zeros({B, H, D, D}, options));
+    final_state.copy_(state.defined() ? state : at::zeros({B, H, D, D}, final_state.options()));
     return {o, final_state};
   }
+  if (q.scalar_type() == at::kBFloat16) return forward_bf16(q, k, v, g, beta, state, chunk_starts, o, final_state);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
   at::Tensor w = new_output({M, N, kForwardChunk, D}, options);

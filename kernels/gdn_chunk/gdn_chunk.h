@@ -38,9 +38,14 @@ std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at
                                                    const at::Tensor& starts = at::Tensor());
 
 // The fused chunked forward for calls that record no gradient (inference, prefill, evaluation):
-// policy Auto, every operand fp32 on q's CUDA device, head dims equal and in {32, 64, 128, 256},
-// no operand that autograd would record, and chunk_size 64 where chunk_starts (laid out for that
-// chunk size) are given; PRIME_GDN_FUSED_FORWARD=0 opts out. Otherwise the composite form runs.
+// policy Auto, no operand that autograd would record, all on q's CUDA device, head dims equal,
+// chunk_size <= 64 (64 where chunk_starts, laid out for that chunk size, are given), and either
+//  - every operand fp32, head dim in {32, 64, 128, 256}: products on 3xTF32 tensor cores (fp32
+//    accuracy), or
+//  - q, k, v bf16 with g, beta and the state fp32, head dim in {32, 64, 128}: products on bf16
+//    tensor cores with fp32 accumulation, per-chunk intermediates in bf16, the gates, the
+//    (I + A)^-1 solve and the carried state in fp32 (the usual bf16 accuracy).
+// PRIME_GDN_FUSED_FORWARD=0 opts out. Otherwise the composite (or torch-ops) form runs.
 bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                              const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                              const at::Tensor& chunk_starts);
@@ -48,7 +53,8 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
 // gated_delta_rule_chunked's (output [B,T,H,D], final state [B,H,D,D]) in three kernels: a
 // per-chunk prep (the (I + A)^-1 solve giving W and U', the decayed keys), the chunk-state scan
 // (states entering each chunk, U_n = U' - W S_n), and a per-chunk output. Chunks of 64 steps
-// whatever the caller's chunk size (the result does not depend on it). No autograd.
+// whatever the caller's chunk size (the result does not depend on it). The output has q's dtype,
+// the final state is fp32. No autograd.
 std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const at::Tensor& g, const at::Tensor& beta,
                                                     const at::Tensor& state, const at::Tensor& chunk_starts);

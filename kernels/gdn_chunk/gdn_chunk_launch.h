@@ -1,6 +1,6 @@
 // Launchers of kernels/gdn_chunk (defined in gdn_chunk_kernels.cu; called only by
-// gdn_chunk.cpp in CUDA builds). Operands are contiguous fp32 CUDA tensors with the leading
-// batch dims flattened; the launchers check shapes and the launch.
+// gdn_chunk.cpp in CUDA builds). Operands are contiguous CUDA tensors (fp32 unless said) with the
+// leading batch dims flattened; the launchers check shapes and the launch.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,5 +38,16 @@ void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at:
 // above, u [M,N,64,D] = U_n and states [M,N,D,D] = S_n (the scan's).
 void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const at::Tensor& g, const at::Tensor& u,
                                const at::Tensor& states, const at::Tensor& o);
+
+// The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, scan and output in three kernels.
+// q, k, v, o [B,T,H,D] bf16 with D in {32, 64, 128}; g, beta [B,T,H] fp32; initial [M,D,D] fp32
+// or undefined (zeros); starts [N] bool or undefined (as launch_chunk_scan's). Scratch it writes:
+// w, u, k_decayed [M,N,64,D] bf16, decay [M,N] fp32, states [M,N,D,D] bf16 (the state entering
+// each chunk); results: o and final_state [M,D,D] fp32.
+void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                             const at::Tensor& beta, const at::Tensor& initial, const at::Tensor& starts,
+                             const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
+                             const at::Tensor& decay, const at::Tensor& states, const at::Tensor& final_state,
+                             const at::Tensor& o);
 
 }  // namespace prime::kernels::detail

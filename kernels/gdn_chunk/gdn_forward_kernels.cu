@@ -19,6 +19,7 @@
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/tf32x3_mma.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
 namespace prime::kernels::detail {
 
@@ -27,10 +28,10 @@ namespace {
 namespace wmma = nvcuda::wmma;
 using tf32x3::FragC;
 
-constexpr int kChunk = static_cast<int>(kGdnForwardChunk);
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
-constexpr int kLdC = kChunk + 4;  // row stride of the [64][64] shared matrices
+using gdn_forward::kChunk;
+using gdn_forward::kLdC;
+using gdn_forward::kThreads;
+using gdn_forward::kWarps;
 
 // Shared operands are row-major with a row stride of (width + 4) floats: a multiple of 4 (wmma)
 // that is not one of 32, so rows start 32-byte aligned and the fragment loads spread over banks.
@@ -43,26 +44,6 @@ struct ForwardParams {
   const float* states;               // the scan's [M,N,D,D]; u then holds U_n
   float* o;                          // [B,T,H,D]
 };
-
-// The chunk's gates (zeros past T) and Gamma_t = sum_{s<=t} g_s in float64 (a difference of two
-// fp32 prefix sums would lose digits once |Gamma| is large). Synchronises.
-__device__ __forceinline__ void chunk_gates(const ForwardParams& p, int b, int h, int t0, double* gamma,
-                                            float* gates, float* beta) {
-  const int t = threadIdx.x;
-  if (t < kChunk) {
-    const bool inside = t0 + t < p.T;
-    const size_t index = (static_cast<size_t>(b) * p.T + t0 + t) * p.H + h;
-    gates[t] = inside ? p.g[index] : 0.0f;
-    if (beta != nullptr) beta[t] = inside ? p.beta[index] : 0.0f;
-  }
-  __syncthreads();
-  if (t < kChunk) {
-    double sum = 0.0;
-    for (int s = 0; s <= t; ++s) sum += static_cast<double>(gates[s]);
-    gamma[t] = sum;
-  }
-  __syncthreads();
-}
 
 // dst[t][i] (row stride ld) = x[b, t0 + t, h, i] for t < 64, i < D; rows past T are zeros.
 __device__ __forceinline__ void load_rows(float* dst, int ld, const float* x, const ForwardParams& p, int b, int t0,
@@ -109,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_kernel(const For
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
   load_rows(ks, ld, p.k, p, b, t0, h);
   load_rows(vs, ld, p.v, p, b, t0, h);
-  chunk_gates(p, b, h, t0, gamma, gates, beta);  // synchronises
+  gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // synchronises
 
   gram_64(am, ks, ks, ld, p.D);
   __syncthreads();
@@ -140,21 +121,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_kernel(const For
     *reinterpret_cast<float4*>(ks + t * ld + i) = kv;
     *reinterpret_cast<float4*>(vs + t * ld + i) = vv;
   }
-  // T = (I + A)^-1 by forward substitution: row i of T = e_i - sum_{j<i} A[i][j] T[j], rows in
-  // order (a barrier each). Four threads per column c split the sum over j (it starts at j = c:
-  // T[j][c] = 0 for j < c) and add their parts by shuffles.
-  {
-    const int column = threadIdx.x / 4, part = threadIdx.x % 4;
-    for (int i = 0; i < kChunk; ++i) {
-      float sum = 0.0f;
-      if (column < i)
-        for (int j = column + part; j < i; j += 4) sum = fmaf(am[i * kLdC + j], tm[j * kLdC + column], sum);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (part == 0) tm[i * kLdC + column] = column < i ? -sum : (column == i ? 1.0f : 0.0f);
-      __syncthreads();
-    }
-  }
+  gdn_forward::unit_lower_inverse_64(am, tm);  // T; ends with a barrier
   // W = T diag(beta e^Gamma) K and U' = T diag(beta) V, straight to global memory. Tasks are
   // (matrix, 16 NT-column group, 16-row block r); T's row block r has columns < 16 (r + 1) only.
   // A warp's tasks alternate between row blocks r and 3 - r, so the warps' depths balance.
@@ -191,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_kernel(const F
   const size_t chunk_index = static_cast<size_t>(bh) * p.num_chunks + chunk;
   load_rows(qs, ld, p.q, p, b, t0, h);
   load_rows(ks, ld, p.k, p, b, t0, h);
-  chunk_gates(p, b, h, t0, gamma, gates, nullptr);  // synchronises
+  gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // synchronises
 
   gram_64(sc, qs, ks, ld, p.D);
   __syncthreads();

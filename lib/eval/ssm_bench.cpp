@@ -22,22 +22,32 @@ struct CoreInputs {
   at::Tensor q, k, v, log_decay, beta, alpha;
 };
 
+// bf16 (the kernels bench only) makes q, k, v bf16 and keeps the gates fp32, as the fused
+// forward on bf16 operands takes them.
 CoreInputs make_inputs(const SsmBenchOptions& o, const at::Device& device) {
-  auto options = at::TensorOptions().device(device).dtype(o.dtype);
+  const auto gate_type = o.dtype == at::kBFloat16 ? at::kFloat : o.dtype;
+  auto options = at::TensorOptions().device(device).dtype(gate_type);
   const std::vector<int64_t> shape = {o.batch, o.tokens, o.heads, o.head_dim}, gates = {o.batch, o.tokens, o.heads};
   CoreInputs in;
   auto unit = [&](const std::vector<int64_t>& s) {
     at::Tensor x = at::randn(s, options);
-    return x / x.norm(2, {-1}, true);
+    return (x / x.norm(2, {-1}, true)).to(o.dtype);
   };
   in.q = unit(shape);
   in.k = unit(shape);
-  in.v = at::randn(shape, options);
+  in.v = at::randn(shape, options).to(o.dtype);
   in.log_decay = -at::softplus(at::randn(gates, options)) * 0.1;
   in.beta = at::sigmoid(at::randn(gates, options));
   in.alpha = at::sigmoid(at::randn(gates, options));
   for (at::Tensor* t : {&in.q, &in.k, &in.v}) t->requires_grad_(true);
   return in;
+}
+
+// The same inputs with q, k, v in fp32 (the torch-ops form's side of a bf16 kernels bench).
+CoreInputs as_fp32(const CoreInputs& in) {
+  CoreInputs out = in;
+  for (at::Tensor* t : {&out.q, &out.k, &out.v}) *t = t->detach().to(at::kFloat).requires_grad_(true);
+  return out;
 }
 
 // Runs the chunked core of `type` on the inputs and returns its output.
@@ -85,7 +95,7 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
     at::NoGradGuard no_grad;
     forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
   }
-  if (options.backward) {
+  if (options.backward && options.dtype != at::kBFloat16) {  // bf16: the fused forward only
     at::Tensor grad;
     forward_backward_ms = median_ms(
         [&] {
@@ -101,17 +111,23 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 }
 
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
-// solve); a half-precision core is not a form the model runs, and has no triangular solve.
-void check_core_dtype(const SsmBenchOptions& options) {
-  if (options.dtype != at::kFloat && options.dtype != at::kDouble)
-    throw user_error("--dtype ", c10::toString(options.dtype),
-                     ": the SSM cores compute in fp32 or fp64 (the mixers cast bf16 inputs to fp32)");
+// solve); the torch-ops forms have no half-precision form (no bf16 triangular solve). The kernels
+// bench also takes bf16: GDN's fused forward on bf16 q, k, v.
+void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
+  if (options.dtype == at::kFloat || options.dtype == at::kDouble) return;
+  if (kernels && options.dtype == at::kBFloat16) {
+    if (options.types != std::vector<std::string>{"GDN"})
+      throw user_error("--dtype bf16 times GDN's fused forward only: pass --types GDN");
+    return;
+  }
+  throw user_error("--dtype ", c10::toString(options.dtype), ": the SSM cores compute in fp32 or fp64",
+                   kernels ? " (bf16: GDN's fused forward, --types GDN)" : " (the mixers cast bf16 inputs to fp32)");
 }
 
 }  // namespace
 
 std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at::Device& device) {
-  check_core_dtype(options);
+  check_core_dtype(options, /*kernels=*/false);
   std::vector<SsmBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   // This table is the torch-ops forms' baseline, whatever PRIME_KERNELS says.
@@ -127,12 +143,14 @@ std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at:
 }
 
 std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device) {
+  check_core_dtype(options, /*kernels=*/true);
   if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
     throw user_error("prime-bench kernels needs a CUDA device and a build with the CUDA kernels ",
                      "(PRIME_CUDA=ON)");
-  check_core_dtype(options);
   std::vector<KernelBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
+  // bf16: the torch-ops form runs on fp32 copies (it has no bf16 form: what a bf16 model's mixer runs).
+  const CoreInputs torch_inputs = options.dtype == at::kBFloat16 ? as_fp32(inputs) : inputs;
   for (const auto& type : options.types) {
     if (type != "GDN" && type != "GKA" && type != "M2") continue;  // the types with kernels so far
     KernelBenchRow row;
@@ -144,7 +162,7 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
     }
     {
       const kernels::ScopedKernelPolicy torch_ops(kernels::Policy::Torch);
-      std::tie(row.torch_forward_ms, row.torch_forward_backward_ms) = time_core(type, inputs, options, device);
+      std::tie(row.torch_forward_ms, row.torch_forward_backward_ms) = time_core(type, torch_inputs, options, device);
     }
     // M2 too: its state path (local end states and C start^T, P = N = head_dim) is 4 P N per token.
     const double flops = 4.0 * options.head_dim * options.head_dim * options.batch * options.tokens * options.heads;

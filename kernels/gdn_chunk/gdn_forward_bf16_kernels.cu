@@ -1,0 +1,640 @@
+// CUDA kernels of GDN's fused chunked forward on bf16 operands (see gdn_chunk.h,
+// gdn_chunk_forward): the fp32 forward's three steps (gdn_forward_kernels.cu) with every product
+// on bf16 tensor cores (wmma 16x16x16, fp32 accumulation), the per-chunk intermediates (W, U',
+// U_n, K_d, the states entering each chunk) stored as bf16, and the gates, their prefix sums,
+// the (I + A)^-1 solve and the state carried from chunk to chunk kept in fp32.
+//  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
+//    T = (I + A)^-1 (fp32, forward substitution), W = T diag(beta e^G) K, U' = T diag(beta) V,
+//    K_d = diag(e^{G_end - G}) K, e^{G_end}.
+//  - scan, one block per (batch and head, 64 value columns): the state tile S [D][64] lives in
+//    the warps' fp32 accumulator fragments across all chunks. Per chunk n: states[n] = bf16(S);
+//    U_n = U'_n - W_n S (written over U'); S = e^{G_end} S + K_d^T U_n. The next chunk's W, U'
+//    and K_d stream into shared memory (cp.async) while this chunk computes.
+//  - output, one block per (chunk, batch and head): O = diag(e^G) Q S_n + (Q K^T * e^{Gi - Gj},
+//    j <= i) U_n; S_n and U_n stream in while the scores are formed.
+// Accumulator fragments reach bf16 memory through a per-warp fp32 scratch tile (wmma's fragment
+// layout is opaque). Chunks are 64 steps; rows past T are zeros.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#include "kernels/gdn_chunk/gdn_forward_common.cuh"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+using gdn_forward::kChunk;
+using gdn_forward::kLdC;
+using gdn_forward::kThreads;
+using gdn_forward::kWarps;
+using Bf16 = __nv_bfloat16;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major>;
+using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::col_major>;
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major>;
+using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+constexpr int kScratchLd = 20;                    // a warp's fp32 scratch tile: [16][20]
+constexpr int kScratchBytes = 16 * kScratchLd * 4;  // 1280: 32-byte aligned tiles
+constexpr int kLdT = kChunk + 8;                  // row stride of T in bf16
+
+// bf16 shared matrices are row-major with (width + 8) elements per row: a multiple of 8
+// (wmma's rule for 16-bit types) whose rows fall on different banks; 16-row blocks start
+// 32-byte aligned.
+__host__ __device__ constexpr int ld_of(int width) { return width + 8; }
+
+struct Bf16Params {
+  const Bf16 *q, *k, *v;          // [B,T,H,D]
+  const float *g, *beta;          // [B,T,H]
+  int T, H, num_chunks;
+  Bf16 *w, *u, *k_decayed;        // [M,N,64,D]; u holds U', then U_n
+  float* decay;                   // [M,N]
+  Bf16* states;                   // [M,N,D,D]
+  const float* initial;           // [M,D,D] or null (zeros)
+  float* final_state;             // [M,D,D]
+  const bool* starts;             // [N] or null
+  Bf16* o;                        // [B,T,H,D]
+};
+
+__device__ __forceinline__ uint4 pack8(const float* x) {
+  uint4 packed;
+  __nv_bfloat162* halves = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) halves[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+  return packed;
+}
+
+__device__ __forceinline__ void unpack8(const uint4& packed, float* x) {
+  const __nv_bfloat162* halves = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 pair = __bfloat1622float2(halves[i]);
+    x[2 * i] = pair.x;
+    x[2 * i + 1] = pair.y;
+  }
+}
+
+// The warp's 16x16 fp32 tile through its scratch: lane l gets row l / 2, columns 8 (l % 2)..+8
+// in x and calls emit(row, col, x).
+template <typename Emit>
+__device__ __forceinline__ void emit_tile(const Acc& tile, float* scratch, Emit&& emit) {
+  wmma::store_matrix_sync(scratch, tile, kScratchLd, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x % 32, row = lane / 2, col = (lane % 2) * 8;
+  float x[8];
+  const float4 low = *reinterpret_cast<const float4*>(scratch + row * kScratchLd + col);
+  const float4 high = *reinterpret_cast<const float4*>(scratch + row * kScratchLd + col + 4);
+  x[0] = low.x, x[1] = low.y, x[2] = low.z, x[3] = low.w;
+  x[4] = high.x, x[5] = high.y, x[6] = high.z, x[7] = high.w;
+  __syncwarp();
+  emit(row, col, x);
+}
+
+__device__ __forceinline__ void cp_async16(void* shared, const void* global) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// dst [ROWS][WIDTH] (row stride ld_of(WIDTH)) <- src (row stride src_ld), asynchronously.
+template <int ROWS, int WIDTH>
+__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld) {
+  constexpr int kVectors = WIDTH / 8;
+  for (int index = threadIdx.x; index < ROWS * kVectors; index += kThreads) {
+    const int row = index / kVectors, col = (index % kVectors) * 8;
+    cp_async16(dst + row * ld_of(WIDTH) + col, src + row * src_ld + col);
+  }
+}
+
+// dst[t][:] = x[b, t0 + t, h, :] for t < 64; rows past T are zeros.
+template <int D>
+__device__ __forceinline__ void load_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0, int h) {
+  constexpr int kVectors = D / 8;
+  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {
+    const int t = index / kVectors, i = (index % kVectors) * 8;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (t0 + t < p.T)
+      value = __ldg(reinterpret_cast<const uint4*>(x + ((static_cast<size_t>(b) * p.T + t0 + t) * p.H + h) * D + i));
+    *reinterpret_cast<uint4*>(dst + t * ld_of(D) + i) = value;
+  }
+}
+
+// x[t][:] *= factor(t) for the 64 rows of a [64][D] shared matrix, in place.
+template <int D, typename Factor>
+__device__ __forceinline__ void scale_rows(Bf16* x, Factor factor) {
+  constexpr int kVectors = D / 8;
+  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {
+    const int t = index / kVectors, i = (index % kVectors) * 8;
+    uint4* at = reinterpret_cast<uint4*>(x + t * ld_of(D) + i);
+    float values[8];
+    unpack8(*at, values);
+    const float f = factor(t);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) values[e] *= f;
+    *at = pack8(values);
+  }
+}
+
+// acc = X[16 rows at row0] Y[16 rows at col0]^T over depth D, X and Y [64][D] in shared memory.
+template <int D>
+__device__ __forceinline__ void gram_tile(Acc& acc, const Bf16* x, const Bf16* y, int row0, int col0) {
+  wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    FragA a;
+    FragBt bt;
+    wmma::load_matrix_sync(a, x + row0 * ld_of(D) + k0, ld_of(D));
+    wmma::load_matrix_sync(bt, y + col0 * ld_of(D) + k0, ld_of(D));
+    wmma::mma_sync(acc, a, bt, acc);
+  }
+}
+
+template <int D>
+constexpr size_t prep_shared_bytes() {
+  return kChunk * (sizeof(double) + 2 * sizeof(float)) + 2 * kChunk * kLdC * sizeof(float) +
+         2 * kChunk * ld_of(D) * sizeof(Bf16) + kChunk * kLdT * sizeof(Bf16);
+}
+
+template <int D, int NT>
+__global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_bf16_kernel(const Bf16Params p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int ld = ld_of(D);
+  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
+  float* gates = reinterpret_cast<float*>(gamma + kChunk);   // [64]
+  float* beta = gates + kChunk;                              // [64]
+  float* am = beta + kChunk;                                 // [64][kLdC]: K K^T, then A
+  float* tm = am + kChunk * kLdC;                            // [64][kLdC]: T
+  Bf16* ks = reinterpret_cast<Bf16*>(tm + kChunk * kLdC);    // [64][ld]: K, then diag(beta e^G) K
+  Bf16* vs = ks + kChunk * ld;                               // [64][ld]: V, then diag(beta) V
+  Bf16* tb = vs + kChunk * ld;                               // [64][kLdT]: bf16(T)
+  const int warp = threadIdx.x / 32;
+  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(am) + warp * kScratchBytes);
+  const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
+  const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
+  load_rows<D>(ks, p.k, p, b, t0, h);
+  load_rows<D>(vs, p.v, p, b, t0, h);
+  gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // synchronises
+
+  {  // K K^T: warp w computes row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1.
+    const int r = warp % 4;
+    for (int t = 0; t < 2; ++t) {
+      const int c = 2 * (warp / 4) + t;
+      Acc acc;
+      gram_tile<D>(acc, ks, ks, 16 * r, 16 * c);
+      wmma::store_matrix_sync(am + 16 * r * kLdC + 16 * c, acc, kLdC, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
+    const int i = index / kChunk, j = index % kChunk;
+    am[i * kLdC + j] = j < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j])) * am[i * kLdC + j] : 0.0f;
+  }
+  constexpr int kVectors = D / 8;
+  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {  // K_d rows to global
+    const int t = index / kVectors, i = (index % kVectors) * 8;
+    float values[8];
+    unpack8(*reinterpret_cast<const uint4*>(ks + t * ld + i), values);
+    const float f = expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
+#pragma unroll
+    for (int e = 0; e < 8; ++e) values[e] *= f;
+    *reinterpret_cast<uint4*>(p.k_decayed + (row0 + t) * D + i) = pack8(values);
+  }
+  if (threadIdx.x == 0)
+    p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
+  __syncthreads();
+  scale_rows<D>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
+  scale_rows<D>(vs, [&](int t) { return beta[t]; });
+  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
+  for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
+    const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
+    *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
+  }
+  __syncthreads();  // am and tm are the warps' scratch from here
+  // W = T diag(beta e^G) K and U' = T diag(beta) V. Tasks are (matrix, 16 NT-column group,
+  // 16-row block r); T's row block r has columns < 16 (r + 1) only. A warp's tasks alternate
+  // between row blocks r and 3 - r, so the warps' depths balance.
+  constexpr int kGroups = D / (16 * NT), kTasks = 2 * kGroups * 4;
+  for (int task = warp; task < kTasks; task += kWarps) {
+    const int r_base = task % 4, matrix = (task / 4) % 2, group = task / 8;
+    const int r = group % 2 == 0 ? r_base : 3 - r_base, col0 = group * 16 * NT;
+    const Bf16* rhs = matrix == 0 ? ks : vs;
+    Acc acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+    for (int k0 = 0; k0 < 16 * (r + 1); k0 += 16) {
+      FragA a;
+      wmma::load_matrix_sync(a, tb + 16 * r * kLdT + k0, kLdT);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        FragB bm;
+        wmma::load_matrix_sync(bm, rhs + k0 * ld + col0 + 16 * t, ld);
+        wmma::mma_sync(acc[t], a, bm, acc[t]);
+      }
+    }
+    Bf16* out = (matrix == 0 ? p.w : p.u) + (row0 + 16 * r) * D + col0;
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      emit_tile(acc[t], scratch, [&](int row, int col, const float* x) {
+        *reinterpret_cast<uint4*>(out + row * D + 16 * t + col) = pack8(x);
+      });
+  }
+}
+
+template <int D, int CW>
+constexpr size_t scan_shared_bytes() {
+  return (2 * kChunk * ld_of(D) + 2 * kChunk * ld_of(CW) + D * ld_of(CW)) * sizeof(Bf16) + kWarps * kScratchBytes;
+}
+
+// Calls emit(row, col, x0, x1) for each pair of adjacent elements (row, col), (row, col + 1) that
+// the lane holds of a 16x16 fp32 accumulator tile, assuming the layout of two mma.m16n8
+// accumulators side by side (lane 4 g + t: rows g and g + 8, columns 2t and 8 + 2t), which
+// accumulator_layout_holds() checks on the running device.
+template <typename Emit>
+__device__ __forceinline__ void for_each_pair(const Acc& tile, Emit&& emit) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int e = 0; e < 8; e += 2) emit(g + 8 * ((e / 2) % 2), 2 * t + 8 * (e / 4), tile.x[e], tile.x[e + 1]);
+}
+
+// One warp: holds[0] = 1 where its accumulator fragments have for_each_pair's layout (a known
+// tile loaded and compared), else 0.
+__global__ void accumulator_layout_probe_kernel(int* holds) {
+  __shared__ __align__(128) float tile[16 * kScratchLd];
+  for (int index = threadIdx.x; index < 256; index += 32)
+    tile[(index / 16) * kScratchLd + index % 16] = static_cast<float>(index);
+  __syncwarp();
+  Acc probe;
+  wmma::load_matrix_sync(probe, tile, kScratchLd, wmma::mem_row_major);
+  bool same = probe.num_elements == 8;
+  if (same)
+    for_each_pair(probe, [&](int row, int col, float x0, float x1) {
+      same = same && x0 == static_cast<float>(16 * row + col) && x1 == static_cast<float>(16 * row + col + 1);
+    });
+  same = __all_sync(0xffffffffu, same);
+  if (threadIdx.x == 0) holds[0] = same ? 1 : 0;
+}
+
+// Whether the running device's accumulators have for_each_pair's layout, asked once per process
+// (outside stream capture; during a capture before the first ask: no, uncached).
+bool accumulator_layout_holds(const at::Tensor& like) {
+  static std::atomic<int> known{-1};
+  if (known.load() >= 0) return known.load() == 1;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  PRIME_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return false;
+  const at::Tensor holds = at::zeros({1}, like.options().dtype(at::kInt));
+  accumulator_layout_probe_kernel<<<1, 32, 0, stream>>>(holds.data_ptr<int>());
+  PRIME_CUDA_CHECK_LAUNCH("accumulator_layout_probe_kernel");
+  known.store(holds.item<int>());
+  return known.load() == 1;
+}
+
+// CW value columns per block (64, or 32 for D = 32). kDirect: accumulators go to bf16 memory by
+// for_each_pair (else through the warp's scratch, emit_tile). Warp w's state tiles are f = w + 8 i (key
+// rows 16 (f / CB), columns 16 (f % CB): one column block per warp, so the U_n operand of the
+// state update is loaded once per k-step); its U_n tiles are f = kUPerWarp w + i (one row block
+// per warp: the W_n operand is loaded once per k-step).
+template <int D, int CW, bool kDirect>
+__global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(const Bf16Params p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int ld = ld_of(D), ldc = ld_of(CW), CB = CW / 16;
+  constexpr int kStateTiles = (D / 16) * CB, kStatePerWarp = (kStateTiles + kWarps - 1) / kWarps;
+  constexpr int kUTiles = (kChunk / 16) * CB, kUPerWarp = kUTiles / kWarps;
+  static_assert(kWarps % CB == 0 && kUTiles % kWarps == 0 && CB % kUPerWarp == 0, "tile assignment");
+  Bf16* ws = reinterpret_cast<Bf16*>(shared_bytes);  // [64][ld]: W_n
+  Bf16* kds = ws + kChunk * ld;                      // [64][ld]: K_d n
+  Bf16* ups = kds + kChunk * ld;                     // [64][ldc]: the block's columns of U'_n
+  Bf16* ub = ups + kChunk * ldc;                     // [64][ldc]: U_n
+  Bf16* sb = ub + kChunk * ldc;                      // [D][ldc]: bf16(S)
+  const int warp = threadIdx.x / 32;
+  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sb + D * ldc) + warp * kScratchBytes);
+  const int col0 = blockIdx.x * CW, N = p.num_chunks;
+  const size_t m = blockIdx.y, state_size = static_cast<size_t>(D) * D;
+  const auto chunk_rows = [&](int n) { return (m * N + n) * static_cast<size_t>(kChunk) * D; };
+  const auto fetch_w = [&](int n) {  // W_n and the block's columns of U'_n
+    copy_async<kChunk, D>(ws, p.w + chunk_rows(n), D);
+    copy_async<kChunk, CW>(ups, p.u + chunk_rows(n) + col0, D);
+    cp_async_commit();
+  };
+  const auto fetch_kd = [&](int n) {
+    copy_async<kChunk, D>(kds, p.k_decayed + chunk_rows(n), D);
+    cp_async_commit();
+  };
+  fetch_w(0);
+  fetch_kd(0);
+
+  const int state_c0 = 16 * (warp % CB);
+  Acc s[kStatePerWarp];
+#pragma unroll
+  for (int i = 0; i < kStatePerWarp; ++i) {
+    const int f = warp + kWarps * i;
+    if (f < kStateTiles && p.initial != nullptr)
+      wmma::load_matrix_sync(s[i], p.initial + m * state_size + 16 * (f / CB) * D + col0 + state_c0, D,
+                             wmma::mem_row_major);
+    else
+      wmma::fill_fragment(s[i], 0.0f);
+  }
+  const int u_r0 = 16 * ((kUPerWarp * warp) / CB), u_c0 = 16 * ((kUPerWarp * warp) % CB);
+  for (int n = 0; n < N; ++n) {
+    if (p.starts != nullptr && p.starts[n]) {  // a document's first chunk (uniform over the block)
+#pragma unroll
+      for (int i = 0; i < kStatePerWarp; ++i) wmma::fill_fragment(s[i], 0.0f);
+    }
+    // bf16(S) to shared memory and to states[n].
+    Bf16* states_n = p.states + (m * N + n) * state_size + col0;
+#pragma unroll
+    for (int i = 0; i < kStatePerWarp; ++i) {
+      const int f = warp + kWarps * i;
+      if (f >= kStateTiles) continue;
+      const int r0 = 16 * (f / CB);
+      if constexpr (kDirect) {
+        for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
+          *reinterpret_cast<__nv_bfloat162*>(sb + (r0 + row) * ldc + state_c0 + col) = pair;
+          *reinterpret_cast<__nv_bfloat162*>(states_n + (r0 + row) * D + state_c0 + col) = pair;
+        });
+      } else {
+        emit_tile(s[i], scratch, [&](int row, int col, const float* x) {
+          const uint4 packed = pack8(x);
+          *reinterpret_cast<uint4*>(sb + (r0 + row) * ldc + state_c0 + col) = packed;
+          *reinterpret_cast<uint4*>(states_n + (r0 + row) * D + state_c0 + col) = packed;
+        });
+      }
+    }
+    cp_async_wait<1>();  // W_n and U'_n (K_d n may still be in flight)
+    __syncthreads();
+    // U_n = U'_n - W_n S, to shared memory and over U'_n in global memory.
+    Bf16* u_n = p.u + chunk_rows(n) + col0;
+    {
+      Acc acc[kUPerWarp];
+#pragma unroll
+      for (int i = 0; i < kUPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+#pragma unroll 4
+      for (int k0 = 0; k0 < D; k0 += 16) {
+        FragA a;
+        wmma::load_matrix_sync(a, ws + u_r0 * ld + k0, ld);
+#pragma unroll
+        for (int i = 0; i < kUPerWarp; ++i) {
+          FragB bm;
+          wmma::load_matrix_sync(bm, sb + k0 * ldc + u_c0 + 16 * i, ldc);
+          wmma::mma_sync(acc[i], a, bm, acc[i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kUPerWarp; ++i) {
+        const int c0 = u_c0 + 16 * i;
+        if constexpr (kDirect) {
+          for_each_pair(acc[i], [&](int row, int col, float x0, float x1) {
+            const int at = (u_r0 + row) * ldc + c0 + col;
+            const float2 target = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ups + at));
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(target.x - x0, target.y - x1);
+            *reinterpret_cast<__nv_bfloat162*>(ub + at) = pair;
+            *reinterpret_cast<__nv_bfloat162*>(u_n + (u_r0 + row) * D + c0 + col) = pair;
+          });
+        } else {
+          emit_tile(acc[i], scratch, [&](int row, int col, float* x) {
+            float target[8];
+            unpack8(*reinterpret_cast<const uint4*>(ups + (u_r0 + row) * ldc + c0 + col), target);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x[e] = target[e] - x[e];
+            const uint4 packed = pack8(x);
+            *reinterpret_cast<uint4*>(ub + (u_r0 + row) * ldc + c0 + col) = packed;
+            *reinterpret_cast<uint4*>(u_n + (u_r0 + row) * D + c0 + col) = packed;
+          });
+        }
+      }
+    }
+    cp_async_wait<0>();  // K_d n
+    __syncthreads();     // U_n complete; W_n, U'_n and bf16(S) read
+    if (n + 1 < N) fetch_w(n + 1);
+    // S = e^{G_end} S + K_d^T U_n: A's row k is K_d's column k (col-major view).
+    const float d = p.decay[m * N + n];
+#pragma unroll
+    for (int i = 0; i < kStatePerWarp; ++i)
+#pragma unroll
+      for (int e = 0; e < s[i].num_elements; ++e) s[i].x[e] *= d;
+#pragma unroll
+    for (int k0 = 0; k0 < kChunk; k0 += 16) {
+      FragB bm;
+      wmma::load_matrix_sync(bm, ub + k0 * ldc + state_c0, ldc);
+#pragma unroll
+      for (int i = 0; i < kStatePerWarp; ++i) {
+        const int f = warp + kWarps * i;
+        if (f >= kStateTiles) continue;
+        FragAt a;
+        wmma::load_matrix_sync(a, kds + k0 * ld + 16 * (f / CB), ld);
+        wmma::mma_sync(s[i], a, bm, s[i]);
+      }
+    }
+    __syncthreads();  // K_d n and U_n read
+    if (n + 1 < N) fetch_kd(n + 1);
+  }
+#pragma unroll
+  for (int i = 0; i < kStatePerWarp; ++i) {
+    const int f = warp + kWarps * i;
+    if (f < kStateTiles)
+      wmma::store_matrix_sync(p.final_state + m * state_size + 16 * (f / CB) * D + col0 + state_c0, s[i], D,
+                              wmma::mem_row_major);
+  }
+}
+
+template <int D>
+constexpr size_t output_shared_bytes() {
+  return kChunk * (sizeof(double) + sizeof(float)) + (3 * kChunk + D) * ld_of(D) * sizeof(Bf16) +
+         kChunk * kLdT * sizeof(Bf16) + kWarps * kScratchBytes;
+}
+
+template <int D, int NT>
+__global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(const Bf16Params p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int ld = ld_of(D);
+  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
+  float* gates = reinterpret_cast<float*>(gamma + kChunk);   // [64]
+  Bf16* qs = reinterpret_cast<Bf16*>(gates + kChunk);        // [64][ld]: Q, then diag(e^G) Q
+  Bf16* ks = qs + kChunk * ld;                               // [64][ld]: K
+  Bf16* us = ks + kChunk * ld;                               // [64][ld]: U_n
+  Bf16* ss = us + kChunk * ld;                               // [D][ld]: S_n
+  Bf16* sc = ss + D * ld;                                    // [64][kLdT]: the decayed scores
+  const int warp = threadIdx.x / 32;
+  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sc + kChunk * kLdT) + warp * kScratchBytes);
+  const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
+  const size_t chunk_index = static_cast<size_t>(bh) * p.num_chunks + chunk;
+  copy_async<D, D>(ss, p.states + chunk_index * D * D, D);
+  copy_async<kChunk, D>(us, p.u + chunk_index * kChunk * D, D);
+  cp_async_commit();
+  load_rows<D>(qs, p.q, p, b, t0, h);
+  load_rows<D>(ks, p.k, p, b, t0, h);
+  gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // synchronises
+
+  {  // scores: warp w forms row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1
+    const int r = warp % 4;
+    for (int t = 0; t < 2; ++t) {
+      const int c = 2 * (warp / 4) + t;
+      Acc acc;
+      if (c <= r)
+        gram_tile<D>(acc, qs, ks, 16 * r, 16 * c);
+      else
+        wmma::fill_fragment(acc, 0.0f);
+      emit_tile(acc, scratch, [&](int row, int col, float* x) {
+        const int i = 16 * r + row;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int j = 16 * c + col + e;
+          x[e] = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) * x[e] : 0.0f;
+        }
+        *reinterpret_cast<uint4*>(sc + i * kLdT + 16 * c + col) = pack8(x);
+      });
+    }
+  }
+  __syncthreads();  // Q read
+  scale_rows<D>(qs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
+  cp_async_wait<0>();
+  __syncthreads();
+  // O tiles (16-row block r, 16 NT columns): diag(e^G) Q S_n + scores U_n, the scores' row block
+  // r having columns < 16 (r + 1) only.
+  constexpr int kGroups = D / (16 * NT), kTasks = 4 * kGroups;
+  for (int task = warp; task < kTasks; task += kWarps) {
+    const int r = task % 4, col0 = (task / 4) * 16 * NT;
+    Acc acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+#pragma unroll
+    for (int k0 = 0; k0 < D; k0 += 16) {
+      FragA a;
+      wmma::load_matrix_sync(a, qs + 16 * r * ld + k0, ld);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        FragB bm;
+        wmma::load_matrix_sync(bm, ss + k0 * ld + col0 + 16 * t, ld);
+        wmma::mma_sync(acc[t], a, bm, acc[t]);
+      }
+    }
+    for (int k0 = 0; k0 < 16 * (r + 1); k0 += 16) {
+      FragA a;
+      wmma::load_matrix_sync(a, sc + 16 * r * kLdT + k0, kLdT);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        FragB bm;
+        wmma::load_matrix_sync(bm, us + k0 * ld + col0 + 16 * t, ld);
+        wmma::mma_sync(acc[t], a, bm, acc[t]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      emit_tile(acc[t], scratch, [&](int row, int col, const float* x) {
+        const int time = t0 + 16 * r + row;
+        if (time < p.T)
+          *reinterpret_cast<uint4*>(p.o + ((static_cast<size_t>(b) * p.T + time) * p.H + h) * D + col0 + 16 * t +
+                                    col) = pack8(x);
+      });
+  }
+}
+
+template <typename Kernel>
+void launch(Kernel kernel, dim3 grid, size_t shared, const Bf16Params& p, const char* name) {
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  kernel<<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH(name);
+}
+
+template <int D>
+void launch_all(const Bf16Params& p, int64_t M, bool direct) {
+  constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
+  const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
+  launch(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), p, "gdn_forward_prep_bf16_kernel");
+  const dim3 per_tile(D / CW, static_cast<unsigned>(M));
+  if (direct)
+    launch(gdn_forward_scan_bf16_kernel<D, CW, true>, per_tile, scan_shared_bytes<D, CW>(), p,
+           "gdn_forward_scan_bf16_kernel");
+  else
+    launch(gdn_forward_scan_bf16_kernel<D, CW, false>, per_tile, scan_shared_bytes<D, CW>(), p,
+           "gdn_forward_scan_bf16_kernel");
+  launch(gdn_forward_output_bf16_kernel<D, NT>, per_chunk, output_shared_bytes<D>(), p,
+         "gdn_forward_output_bf16_kernel");
+}
+
+void check_aligned(const at::Tensor& tensor, const char* op, const char* name, size_t bytes) {
+  PRIME_CHECK(reinterpret_cast<std::uintptr_t>(tensor.data_ptr()) % bytes == 0, op, ": ", name, " must be ", bytes,
+              "-byte aligned");
+}
+
+void check_sizes(const at::Tensor& tensor, const char* op, const char* name, at::ScalarType type,
+                 at::IntArrayRef sizes) {
+  check_operand(tensor, op, name, type, static_cast<int64_t>(sizes.size()));
+  PRIME_CHECK(tensor.sizes() == sizes, op, ": ", name, " ", tensor.sizes(), " must be ", sizes);
+}
+
+}  // namespace
+
+void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                             const at::Tensor& beta, const at::Tensor& initial, const at::Tensor& starts,
+                             const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
+                             const at::Tensor& decay, const at::Tensor& states, const at::Tensor& final_state,
+                             const at::Tensor& o) {
+  const char* op = "gdn_forward_bf16";
+  check_operand(q, op, "q", at::kBFloat16, 4);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
+  PRIME_CHECK(M <= 65535 && N <= 2147483647, op, ": batch * heads must be <= 65535");
+  for (const auto& [tensor, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
+    check_sizes(*tensor, op, name, at::kBFloat16, q.sizes());
+  check_sizes(g, op, "g", at::kFloat, {B, T, H});
+  check_sizes(beta, op, "beta", at::kFloat, {B, T, H});
+  for (const auto& [tensor, name] : {std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"}})
+    check_sizes(*tensor, op, name, at::kBFloat16, {M, N, kChunk, D});
+  check_sizes(decay, op, "decay", at::kFloat, {M, N});
+  check_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
+  check_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
+  if (initial.defined()) check_sizes(initial, op, "initial", at::kFloat, {M, D, D});
+  if (starts.defined()) check_sizes(starts, op, "starts", at::kBool, {N});
+  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"},
+                                     std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"},
+                                     std::pair{&states, "states"}})
+    check_aligned(*tensor, op, name, 16);
+  check_aligned(final_state, op, "final_state", 32);
+  if (initial.defined()) check_aligned(initial, op, "initial", 32);
+  if (M == 0 || N == 0) return;
+  Bf16Params p{};
+  p.q = reinterpret_cast<const Bf16*>(q.data_ptr());
+  p.k = reinterpret_cast<const Bf16*>(k.data_ptr());
+  p.v = reinterpret_cast<const Bf16*>(v.data_ptr());
+  p.g = g.data_ptr<float>();
+  p.beta = beta.data_ptr<float>();
+  p.T = static_cast<int>(T);
+  p.H = static_cast<int>(H);
+  p.num_chunks = static_cast<int>(N);
+  p.w = reinterpret_cast<Bf16*>(w.data_ptr());
+  p.u = reinterpret_cast<Bf16*>(u.data_ptr());
+  p.k_decayed = reinterpret_cast<Bf16*>(k_decayed.data_ptr());
+  p.decay = decay.data_ptr<float>();
+  p.states = reinterpret_cast<Bf16*>(states.data_ptr());
+  p.initial = initial.defined() ? initial.data_ptr<float>() : nullptr;
+  p.final_state = final_state.data_ptr<float>();
+  p.starts = starts.defined() ? starts.data_ptr<bool>() : nullptr;
+  p.o = reinterpret_cast<Bf16*>(o.data_ptr());
+  const at::cuda::CUDAGuard guard(q.device());
+  const bool direct = accumulator_layout_holds(q);
+  if (D == 32)
+    launch_all<32>(p, M, direct);
+  else if (D == 64)
+    launch_all<64>(p, M, direct);
+  else
+    launch_all<128>(p, M, direct);
+}
+
+}  // namespace prime::kernels::detail

@@ -1,0 +1,88 @@
+// Device pieces GDN's two fused chunked forwards share (gdn_forward_kernels.cu: fp32 operands on
+// 3xTF32; gdn_forward_bf16_kernels.cu: bf16 operands on bf16 tensor cores): the chunk shape, the
+// chunk's gates and their float64 prefix sums, and the (I + A)^-1 forward substitution.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+
+namespace prime::kernels::detail::gdn_forward {
+
+constexpr int kChunk = static_cast<int>(kGdnForwardChunk);
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kLdC = kChunk + 4;  // row stride of the [64][64] fp32 shared matrices
+
+// gates[t] = g[b, t0 + t, h] (zeros past T), beta_out[t] likewise from beta_in when both are
+// given, and gamma[t] = sum_{s<=t} gates[s] in float64 (a difference of two fp32 prefix sums
+// would lose digits once |Gamma| is large). g and beta are [B,T,H]. Synchronises.
+__device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in, int T, int H, int b, int h,
+                                            int t0, double* gamma, float* gates, float* beta_out) {
+  const int t = threadIdx.x;
+  if (t < kChunk) {
+    const bool inside = t0 + t < T;
+    const size_t index = (static_cast<size_t>(b) * T + t0 + t) * H + h;
+    gates[t] = inside ? g[index] : 0.0f;
+    if (beta_out != nullptr) beta_out[t] = inside ? beta_in[index] : 0.0f;
+  }
+  __syncthreads();
+  if (t < kChunk) {
+    double sum = 0.0;
+    for (int s = 0; s <= t; ++s) sum += static_cast<double>(gates[s]);
+    gamma[t] = sum;
+  }
+  __syncthreads();
+}
+
+// tm = (I + A)^-1 for the strictly lower A in am (both [64][kLdC] fp32 in shared memory, am zero
+// on and above the diagonal), blockwise over 16x16 blocks (L = I + A, T = L^-1):
+//  1. T_ii = L_ii^-1 by forward substitution, warp i for diagonal block i (warp-level syncs
+//     only; two lanes per column split each row's sum); warps 4..7 zero T's upper blocks.
+//  2. by distance l = i - j = 1, 2, 3: X_ij = sum_{k=j}^{i-1} A_ik T_kj, then T_ij = -T_ii X_ij.
+//     X_ij is kept in am's (zero, unread) upper block (j, i).
+// Seven barriers instead of one per row. Needs kThreads = 256; ends with a barrier.
+__device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp < 4) {
+    const int base = 16 * warp, column = lane % 16, part = lane / 16;
+    for (int i = 0; i < 16; ++i) {
+      float sum = 0.0f;
+      if (column < i)
+        for (int j = column + part; j < i; j += 2)
+          sum = fmaf(am[(base + i) * kLdC + base + j], tm[(base + j) * kLdC + base + column], sum);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+      if (part == 0) tm[(base + i) * kLdC + base + column] = column < i ? -sum : (column == i ? 1.0f : 0.0f);
+      __syncwarp();
+    }
+  } else {
+    for (int index = threadIdx.x - 128; index < 6 * 256; index += 128) {  // upper blocks (j < i) of T
+      const int block = index / 256, r = (index % 256) / 16, c = index % 16;
+      const int bi = block < 3 ? 0 : (block < 5 ? 1 : 2), bj = block < 3 ? block + 1 : (block < 5 ? block - 1 : 3);
+      tm[(16 * bi + r) * kLdC + 16 * bj + c] = 0.0f;
+    }
+  }
+  __syncthreads();
+  const int r = threadIdx.x / 16, c = threadIdx.x % 16;  // this thread's element of each block
+  for (int distance = 1; distance < 4; ++distance) {
+    for (int j = 0; j + distance < 4; ++j) {
+      const int i = j + distance;
+      float sum = 0.0f;
+      for (int k = j; k < i; ++k)
+        for (int m = 0; m < 16; ++m)
+          sum = fmaf(am[(16 * i + r) * kLdC + 16 * k + m], tm[(16 * k + m) * kLdC + 16 * j + c], sum);
+      am[(16 * j + r) * kLdC + 16 * i + c] = sum;  // X_ij in the upper block (j, i)
+    }
+    __syncthreads();
+    for (int j = 0; j + distance < 4; ++j) {
+      const int i = j + distance;
+      float sum = 0.0f;
+      for (int m = 0; m <= r; ++m)  // T_ii is unit lower triangular
+        sum = fmaf(tm[(16 * i + r) * kLdC + 16 * i + m], am[(16 * j + m) * kLdC + 16 * i + c], sum);
+      tm[(16 * i + r) * kLdC + 16 * j + c] = -sum;
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace prime::kernels::detail::gdn_forward
