@@ -147,6 +147,19 @@ TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never 
   CHECK_FALSE(kernels::gdn_chunk_forward_apply(x, x, x, gate, gate, at::Tensor(), 64, at::Tensor()));
 }
 
+TEST_CASE("PRIME_GDN_CORE is fp32 or bf16, anything else is refused by name", "[kernels]") {
+  ::unsetenv("PRIME_GDN_CORE");
+  CHECK_FALSE(kernels::gdn_bf16_core());
+  ::setenv("PRIME_GDN_CORE", "fp32", 1);
+  CHECK_FALSE(kernels::gdn_bf16_core());
+  ::setenv("PRIME_GDN_CORE", "bf16", 1);
+  CHECK(kernels::gdn_bf16_core());
+  ::setenv("PRIME_GDN_CORE", "half", 1);
+  CHECK_THROWS_AS(kernels::gdn_bf16_core(), UserError);
+  CHECK_THROWS_WITH(kernels::gdn_bf16_core(), Catch::Contains("PRIME_GDN_CORE=half"));
+  ::unsetenv("PRIME_GDN_CORE");
+}
+
 TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 references, gradients too",
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
@@ -442,4 +455,36 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
             << out_error << std::endl;
   CHECK(ours.scalar_type() == at::kBFloat16);
   CHECK(out_error <= 6e-3);
+}
+
+TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused forward, fp32 out", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  const CoreInputs in = random_core_inputs(2, 300, 2, 128, 113);
+  const auto run = [&](bool record) {
+    std::vector<at::Tensor> leaves;
+    for (const at::Tensor* t : {&in.q, &in.k, &in.v, &in.g, &in.beta, &in.state})
+      leaves.push_back(t->to(cuda, at::kFloat).requires_grad_(record));
+    auto [out, final_state] =
+        model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], 64);
+    return std::make_pair(out.detach(), final_state.detach());
+  };
+  const auto fp32 = run(false);
+  const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, in.state, 64);
+  ::setenv("PRIME_GDN_CORE", "bf16", 1);
+  const auto bf16 = run(false);
+  const auto under_autograd = run(true);  // records a gradient: the fp32 composite form, as without the variable
+  ::unsetenv("PRIME_GDN_CORE");
+  const double bf16_f64 = norm_relative_error(bf16.first, reference.first);
+  const double bf16_fp32 = norm_relative_error(bf16.first, fp32.first);
+  const double state_f64 = norm_relative_error(bf16.second, reference.second);
+  const double autograd_f64 = norm_relative_error(under_autograd.first, reference.first);
+  std::cout << "[kernels][gdn] PRIME_GDN_CORE=bf16: out vs float64 " << bf16_f64 << " (fp32 path " << bf16_fp32
+            << "), state " << state_f64 << "; under autograd vs float64 " << autograd_f64 << std::endl;
+  CHECK(bf16.first.scalar_type() == at::kFloat);
+  CHECK(bf16_fp32 > 1e-4);  // the bf16 form ran: its rounding shows
+  CHECK(bf16_f64 <= 1e-2);  // q, k, v's own rounding to bf16 included
+  CHECK(state_f64 <= 1e-2);
+  CHECK(autograd_f64 <= 1e-4);
 }

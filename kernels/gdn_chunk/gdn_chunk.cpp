@@ -121,6 +121,15 @@ bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
          (dim == 32 || dim == 64 || dim == 128 || dim == 256);
 }
 
+bool gdn_bf16_core() {
+  const char* value = std::getenv("PRIME_GDN_CORE");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "fp32") return false;
+  if (text == "bf16") return true;
+  throw user_error("PRIME_GDN_CORE=", text, ": must be \"fp32\" (GDN's chunked core on fp32 q, k, v) or \"bf16\" ",
+                   "(the bf16 fused forward where it applies)");
+}
+
 bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                              const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                              const at::Tensor& chunk_starts) {
@@ -158,25 +167,32 @@ at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {
   return result;
 }
 
+// The fused forwards' per-chunk scratch for q [B,T,H,D]: w, u (U', then U_n), k_decayed
+// [M,N,64,D] and states [M,N,D,D] in q's dtype, decay [M,N] fp32.
+struct ForwardScratch {
+  at::Tensor w, u, k_decayed, decay, states;
+};
+ForwardScratch forward_scratch(const at::Tensor& q) {
+  const int64_t M = q.size(0) * q.size(2), D = q.size(3), N = (q.size(1) + kForwardChunk - 1) / kForwardChunk;
+  return {new_output({M, N, kForwardChunk, D}, q.options()), new_output({M, N, kForwardChunk, D}, q.options()),
+          new_output({M, N, kForwardChunk, D}, q.options()), new_output({M, N}, q.options().dtype(at::kFloat)),
+          new_output({M, N, D, D}, q.options())};
+}
+
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
 std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
                                                const at::Tensor& chunk_starts, at::Tensor o, at::Tensor final_state) {
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
-  const int64_t N = (T + kForwardChunk - 1) / kForwardChunk;
-  const auto bf16 = q.options(), fp32 = q.options().dtype(at::kFloat);
-  at::Tensor w = new_output({M, N, kForwardChunk, D}, bf16);
-  at::Tensor u = new_output({M, N, kForwardChunk, D}, bf16);  // U', then U_n
-  at::Tensor k_decayed = new_output({M, N, kForwardChunk, D}, bf16);
-  at::Tensor decay = new_output({M, N}, fp32);
-  at::Tensor states = new_output({M, N, D, D}, bf16);
+  const int64_t M = q.size(0) * q.size(2), D = q.size(3);
+  const ForwardScratch scratch = forward_scratch(q);
 #ifdef PRIME_WITH_CUDA
   detail::launch_gdn_forward_bf16(contiguous_aligned(q, 16), contiguous_aligned(k, 16), contiguous_aligned(v, 16),
                                   g.contiguous(), beta.contiguous(), contiguous_aligned(flat_or_undefined(state, 2), 32),
-                                  chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, w, u, k_decayed,
-                                  decay, states, final_state.view({M, D, D}), o);
+                                  chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, scratch.w,
+                                  scratch.u, scratch.k_decayed, scratch.decay, scratch.states,
+                                  final_state.view({M, D, D}), o);
 #else
-  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts;
+  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)M, (void)D, (void)scratch;
 #endif
   return {o, final_state};
 }
@@ -206,16 +222,14 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const a
   if (q.scalar_type() == at::kBFloat16) return forward_bf16(q, k, v, g, beta, state, chunk_starts, o, final_state);
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
-  at::Tensor w = new_output({M, N, kForwardChunk, D}, options);
-  at::Tensor u = new_output({M, N, kForwardChunk, D}, options);  // U', then U_n
-  at::Tensor k_decayed = new_output({M, N, kForwardChunk, D}, options);
-  at::Tensor decay = new_output({M, N}, options);
-  at::Tensor states = new_output({M, N, D, D}, options);
+  const ForwardScratch s = forward_scratch(q);
 #ifdef PRIME_WITH_CUDA
-  detail::launch_gdn_forward_prep(kc, vc, gc, bc, w, u, k_decayed, decay);
-  detail::launch_chunk_scan(w, k_decayed, u, at::Tensor(), decay, flat_or_undefined(state, 2), chunk_starts,
-                            /*reverse=*/false, states, final_state.view({M, D, D}), /*y_out=*/u);
-  detail::launch_gdn_forward_output(qc, kc, gc, u, states, o);
+  detail::launch_gdn_forward_prep(kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay);
+  detail::launch_chunk_scan(s.w, s.k_decayed, s.u, at::Tensor(), s.decay, flat_or_undefined(state, 2), chunk_starts,
+                            /*reverse=*/false, s.states, final_state.view({M, D, D}), /*y_out=*/s.u);
+  detail::launch_gdn_forward_output(qc, kc, gc, s.u, s.states, o);
+#else
+  (void)s;
 #endif
   return {o, final_state};
 }

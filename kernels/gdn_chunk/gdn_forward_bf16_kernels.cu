@@ -162,14 +162,36 @@ __device__ __forceinline__ void gram_tile(Acc& acc, const Bf16* x, const Bf16* y
   }
 }
 
+// acc[t] += A[16 rows, 0:depth] B[0:depth, col0 + 16 t : +16] for t < NT; A (lda) points at its
+// row block, B is row-major (ldb). A lower-triangular A's row block r needs depth 16 (r + 1) only.
+template <int NT>
+__device__ __forceinline__ void row_block_product(Acc (&acc)[NT], const Bf16* a_rows, int lda, int depth,
+                                                  const Bf16* b, int ldb, int col0) {
+  for (int k0 = 0; k0 < depth; k0 += 16) {
+    FragA a;
+    wmma::load_matrix_sync(a, a_rows + k0, lda);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      FragB bm;
+      wmma::load_matrix_sync(bm, b + k0 * ldb + col0 + 16 * t, ldb);
+      wmma::mma_sync(acc[t], a, bm, acc[t]);
+    }
+  }
+}
+
 template <int D>
 constexpr size_t prep_shared_bytes() {
   return kChunk * (sizeof(double) + 2 * sizeof(float)) + 2 * kChunk * kLdC * sizeof(float) +
-         2 * kChunk * ld_of(D) * sizeof(Bf16) + kChunk * kLdT * sizeof(Bf16);
+         2 * kChunk * ld_of(D) * sizeof(Bf16);
 }
+// bf16(T) and the warps' scratch tiles fit where A and T were (71.7 KB in all at D = 128: three
+// blocks per SM).
+static_assert(kChunk * kLdT * sizeof(Bf16) <= kChunk * kLdC * sizeof(float) &&
+                  kWarps * kScratchBytes <= kChunk * kLdC * sizeof(float),
+              "prep's aliases");
 
 template <int D, int NT>
-__global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_bf16_kernel(const Bf16Params p) {
+__global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(const Bf16Params p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   constexpr int ld = ld_of(D);
   double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
@@ -179,9 +201,9 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_bf16_kernel(cons
   float* tm = am + kChunk * kLdC;                            // [64][kLdC]: T
   Bf16* ks = reinterpret_cast<Bf16*>(tm + kChunk * kLdC);    // [64][ld]: K, then diag(beta e^G) K
   Bf16* vs = ks + kChunk * ld;                               // [64][ld]: V, then diag(beta) V
-  Bf16* tb = vs + kChunk * ld;                               // [64][kLdT]: bf16(T)
+  Bf16* tb = reinterpret_cast<Bf16*>(am);                    // [64][kLdT]: bf16(T), once A is spent
   const int warp = threadIdx.x / 32;
-  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(am) + warp * kScratchBytes);
+  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(tm) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
   load_rows<D>(ks, p.k, p, b, t0, h);
@@ -217,12 +239,12 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_bf16_kernel(cons
   __syncthreads();
   scale_rows<D>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<D>(vs, [&](int t) { return beta[t]; });
-  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
+  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier: A is spent
   for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
     const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
     *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
   }
-  __syncthreads();  // am and tm are the warps' scratch from here
+  __syncthreads();  // tm is the warps' scratch from here
   // W = T diag(beta e^G) K and U' = T diag(beta) V. Tasks are (matrix, 16 NT-column group,
   // 16-row block r); T's row block r has columns < 16 (r + 1) only. A warp's tasks alternate
   // between row blocks r and 3 - r, so the warps' depths balance.
@@ -234,16 +256,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_bf16_kernel(cons
     Acc acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
-    for (int k0 = 0; k0 < 16 * (r + 1); k0 += 16) {
-      FragA a;
-      wmma::load_matrix_sync(a, tb + 16 * r * kLdT + k0, kLdT);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        FragB bm;
-        wmma::load_matrix_sync(bm, rhs + k0 * ld + col0 + 16 * t, ld);
-        wmma::mma_sync(acc[t], a, bm, acc[t]);
-      }
-    }
+    row_block_product<NT>(acc, tb + 16 * r * kLdT, kLdT, 16 * (r + 1), rhs, ld, col0);
     Bf16* out = (matrix == 0 ? p.w : p.u) + (row0 + 16 * r) * D + col0;
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -349,8 +362,17 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
       wmma::fill_fragment(s[i], 0.0f);
   }
   const int u_r0 = 16 * ((kUPerWarp * warp) / CB), u_c0 = 16 * ((kUPerWarp * warp) % CB);
+  // Each chunk's decay and start flag are read a chunk ahead (a global load's latency off the walk).
+  float decay_next = p.decay[m * N];
+  bool start_next = p.starts != nullptr && p.starts[0];
   for (int n = 0; n < N; ++n) {
-    if (p.starts != nullptr && p.starts[n]) {  // a document's first chunk (uniform over the block)
+    const float d = decay_next;
+    const bool start = start_next;
+    if (n + 1 < N) {
+      decay_next = p.decay[m * N + n + 1];
+      start_next = p.starts != nullptr && p.starts[n + 1];
+    }
+    if (start) {  // a document's first chunk (uniform over the block)
 #pragma unroll
       for (int i = 0; i < kStatePerWarp; ++i) wmma::fill_fragment(s[i], 0.0f);
     }
@@ -422,7 +444,6 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
     __syncthreads();     // U_n complete; W_n, U'_n and bf16(S) read
     if (n + 1 < N) fetch_w(n + 1);
     // S = e^{G_end} S + K_d^T U_n: A's row k is K_d's column k (col-major view).
-    const float d = p.decay[m * N + n];
 #pragma unroll
     for (int i = 0; i < kStatePerWarp; ++i)
 #pragma unroll
@@ -512,27 +533,8 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
     Acc acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
-#pragma unroll
-    for (int k0 = 0; k0 < D; k0 += 16) {
-      FragA a;
-      wmma::load_matrix_sync(a, qs + 16 * r * ld + k0, ld);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        FragB bm;
-        wmma::load_matrix_sync(bm, ss + k0 * ld + col0 + 16 * t, ld);
-        wmma::mma_sync(acc[t], a, bm, acc[t]);
-      }
-    }
-    for (int k0 = 0; k0 < 16 * (r + 1); k0 += 16) {
-      FragA a;
-      wmma::load_matrix_sync(a, sc + 16 * r * kLdT + k0, kLdT);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        FragB bm;
-        wmma::load_matrix_sync(bm, us + k0 * ld + col0 + 16 * t, ld);
-        wmma::mma_sync(acc[t], a, bm, acc[t]);
-      }
-    }
+    row_block_product<NT>(acc, qs + 16 * r * ld, ld, D, ss, ld, col0);
+    row_block_product<NT>(acc, sc + 16 * r * kLdT, kLdT, 16 * (r + 1), us, ld, col0);
 #pragma unroll
     for (int t = 0; t < NT; ++t)
       emit_tile(acc[t], scratch, [&](int row, int col, const float* x) {

@@ -27,11 +27,17 @@ __device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in
     if (beta_out != nullptr) beta_out[t] = inside ? beta_in[index] : 0.0f;
   }
   __syncthreads();
-  if (t < kChunk) {
-    double sum = 0.0;
-    for (int s = 0; s <= t; ++s) sum += static_cast<double>(gates[s]);
+  if (t < kChunk) {  // warps 0 and 1: an inclusive scan of 32 each by shuffles, then warp 1 adds warp 0's total
+    double sum = static_cast<double>(gates[t]);
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const double before = __shfl_up_sync(0xffffffffu, sum, offset);
+      if (t % 32 >= offset) sum += before;
+    }
     gamma[t] = sum;
   }
+  __syncthreads();
+  if (t >= 32 && t < kChunk) gamma[t] += gamma[31];
   __syncthreads();
 }
 

@@ -72,8 +72,16 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes());
   PRIME_CHECK(g.dim() == 3 && beta.sizes() == g.sizes() && chunk_size > 0);
   // Without a gradient to record, kernels/gdn_chunk's fused forward runs the whole form.
-  if (kernels::gdn_chunk_forward_apply(q, k, v, g, beta, state, chunk_size, chunk_starts))
+  if (kernels::gdn_chunk_forward_apply(q, k, v, g, beta, state, chunk_size, chunk_starts)) {
+    if (q.scalar_type() == at::kFloat && kernels::gdn_bf16_core()) {  // PRIME_GDN_CORE=bf16
+      const at::Tensor q16 = q.to(at::kBFloat16), k16 = k.to(at::kBFloat16), v16 = v.to(at::kBFloat16);
+      if (kernels::gdn_chunk_forward_apply(q16, k16, v16, g, beta, state, chunk_size, chunk_starts)) {
+        auto [o, final_state] = kernels::gdn_chunk_forward(q16, k16, v16, g, beta, state, chunk_starts);
+        return {o.to(at::kFloat), final_state};
+      }
+    }
     return kernels::gdn_chunk_forward(q, k, v, g, beta, state, chunk_starts);
+  }
   const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), dim = q.size(3);
   if (length == 0) {
     at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
