@@ -88,6 +88,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
   const bool lead = dist.rank() == 0;
   if (options.out.empty()) throw user_error("--out RUN_DIR is required");
   prepare_run_dir(options);
+  dist.barrier();  // every rank checks --out before the lead writes into it
   const bool needs_teacher = options.stage != Stage::Pt;
   if (needs_teacher && options.teacher.empty())
     throw user_error("--stage ", stage_name(options.stage), " needs --teacher (the frozen source model)");
