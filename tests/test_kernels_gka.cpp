@@ -104,31 +104,37 @@ std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const
   return out;
 }
 
-// PRIME_GKA_BACKWARD_KERNEL set to `value` (nullptr: unset) for the scope, restored after.
-class ScopedBackwardKernelSwitch {
+// The environment variable `name` set to `value` (nullptr: unset) for the scope, restored after.
+class ScopedEnv {
  public:
-  explicit ScopedBackwardKernelSwitch(const char* value) {
-    const char* old = std::getenv(kName);
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
     had_ = old != nullptr;
     if (had_) previous_ = old;
     if (value)
-      setenv(kName, value, 1);
+      setenv(name, value, 1);
     else
-      unsetenv(kName);
+      unsetenv(name);
   }
-  ~ScopedBackwardKernelSwitch() {
+  ~ScopedEnv() {
     if (had_)
-      setenv(kName, previous_.c_str(), 1);
+      setenv(name_.c_str(), previous_.c_str(), 1);
     else
-      unsetenv(kName);
+      unsetenv(name_.c_str());
   }
-  ScopedBackwardKernelSwitch(const ScopedBackwardKernelSwitch&) = delete;
-  ScopedBackwardKernelSwitch& operator=(const ScopedBackwardKernelSwitch&) = delete;
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  static constexpr const char* kName = "PRIME_GKA_BACKWARD_KERNEL";
+  std::string name_;
   bool had_ = false;
   std::string previous_;
+};
+
+// PRIME_GKA_BACKWARD_KERNEL set to `value` for the scope.
+class ScopedBackwardKernelSwitch : public ScopedEnv {
+ public:
+  explicit ScopedBackwardKernelSwitch(const char* value) : ScopedEnv("PRIME_GKA_BACKWARD_KERNEL", value) {}
 };
 
 }  // namespace
@@ -230,6 +236,46 @@ TEST_CASE("GKA solve kernel: solution, iterates and all six gradients equal the 
   }
 }
 
+// The forward's two kernels where both serve (D a multiple of 32): the mma kernel (the default)
+// and the wmma kernel (PRIME_GKA_SOLVE_WMMA=1) give the same x and iterates to fp32 rounding, and
+// both stay within 1e-4 of float64, with full and padded chunks.
+TEST_CASE("GKA solve kernel: the mma and wmma forward kernels agree with each other and float64",
+          "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::NoGradGuard no_grad;
+  const int iterations = 30;
+  for (const auto& [B, H, n, C, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>>{
+           {2, 2, 3, 64, 128}, {1, 2, 2, 23, 128}, {1, 3, 2, 37, 96}, {2, 1, 2, 48, 32}}) {
+    INFO("B=" << B << " H=" << H << " n=" << n << " C=" << C << " D=" << D);
+    const System system = random_system(B, H, n, C, D, 17 + C + D);
+    const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
+    at::Tensor mma_iterates, wmma_iterates;
+    const at::Tensor mma =
+        kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &mma_iterates);
+    at::Tensor wmma;
+    {
+      const ScopedEnv wmma_kernel("PRIME_GKA_SOLVE_WMMA", "1");
+      wmma = kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &wmma_iterates);
+    }
+    const auto f64 = leaves(system, at::kCPU, at::kDouble);
+    const model::gka_detail::ChunkSystem s64{f64[1], f64[2], f64[3], f64[4]};
+    const at::Tensor reference = model::gka_detail::chunk_solve_unrolled(f64[0], s64, f64[5], 0.02, iterations);
+    const double between = norm_relative_error(mma, wmma), iterates_between = norm_relative_error(mma_iterates, wmma_iterates);
+    const double mma_error = norm_relative_error(mma, reference), wmma_error = norm_relative_error(wmma, reference);
+    std::cout << "[kernels][gka] forward kernels B=" << B << " H=" << H << " n=" << n << " C=" << C << " D=" << D
+              << ": mma vs wmma x " << between << ", iterates " << iterates_between << "; vs float64 mma "
+              << mma_error << ", wmma " << wmma_error << std::endl;
+    CHECK(at::isfinite(mma).all().item<bool>());
+    CHECK(at::isfinite(mma_iterates).all().item<bool>());
+    CHECK(between <= 1e-5);
+    CHECK(iterates_between <= 1e-5);
+    CHECK(mma_error <= 1e-4);
+    CHECK(wmma_error <= 1e-4);
+  }
+}
+
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh):
 // one padded chunk, a few iterations, with the iterates.
 TEST_CASE("GKA solve kernel: one small chunk equals the torch-ops iteration", "[kernels][gka][gpu]") {
@@ -314,6 +360,47 @@ TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops swee
               << ": worst gradient vs torch ops " << vs_torch;
     if (c.float64) std::cout << ", vs float64 " << vs_f64;
     std::cout << std::endl;
+  }
+}
+
+// The reverse sweep's two kernels where both serve (D a multiple of 32): the mma kernel (the
+// default) and the wmma kernel (PRIME_GKA_BACKWARD_WMMA=1) give the same six gradients to fp32
+// rounding, with full and padded chunks and H_0 and the decays broadcast.
+TEST_CASE("GKA solve backward kernel: the mma and wmma kernels agree", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  struct Case {
+    int64_t B, H, n, C, D;
+    int iterations;
+    bool broadcast;
+  };
+  for (const Case& c : std::vector<Case>{{2, 2, 2, 64, 128, 30, false},
+                                         {1, 2, 3, 37, 96, 30, false},
+                                         {2, 1, 2, 23, 32, 2, false},
+                                         {1, 2, 2, 64, 64, 30, true}}) {
+    INFO("B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C << " D=" << c.D << " N=" << c.iterations);
+    const System system = random_system(c.B, c.H, c.n, c.C, c.D, 23 + c.C + c.D, c.broadcast);
+    const at::Tensor probe = at::randn({c.B, c.H, c.n, c.C, c.D}, at::kDouble);
+    const auto in = leaves(system, cuda, at::kFloat);
+    const std::vector<at::Tensor> mma = kernel_backward(in, probe, c.iterations);
+    std::vector<at::Tensor> wmma;
+    {
+      const ScopedEnv wmma_kernel("PRIME_GKA_BACKWARD_WMMA", "1");
+      wmma = kernel_backward(in, probe, c.iterations);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < mma.size(); ++i) {
+      INFO("gradient of input " << i);
+      CHECK(at::isfinite(mma[i]).all().item<bool>());
+      const double error = norm_relative_error(mma[i], wmma[i]);
+      CHECK(error <= 2e-5);
+      worst = std::max(worst, error);
+    }
+    std::cout << "[kernels][gka] backward kernels B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C
+              << " D=" << c.D << " N=" << c.iterations << (c.broadcast ? " broadcast" : "")
+              << ": mma vs wmma, worst gradient " << worst << std::endl;
   }
 }
 

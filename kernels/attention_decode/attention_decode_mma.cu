@@ -27,6 +27,7 @@
 
 #include "kernels/attention_decode/attention_decode_common.cuh"
 #include "kernels/attention_decode/attention_decode_launch.h"
+#include "kernels/common/ldmatrix.cuh"
 
 namespace prime::kernels::detail {
 
@@ -58,22 +59,6 @@ template <int D>
 __device__ __forceinline__ int swizzled(int row, int chunk) {
   constexpr int kChunks = D / 8;
   return chunk ^ (row & ((kChunks < 8 ? kChunks : 8) - 1));
-}
-
-__device__ __forceinline__ unsigned shared_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void load_matrix_x4(unsigned (&r)[4], unsigned address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-__device__ __forceinline__ void load_matrix_x4_transposed(unsigned (&r)[4], unsigned address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
 }
 
 // c += A B for one m16n8k16 tile; A's rows 8..15 (a1, a3) are zero here.
@@ -172,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? 2 : 1)
 #pragma unroll
       for (int step = 0; step < D / 16; ++step) {
         unsigned k[4];
-        load_matrix_x4(k, shared_address(tile_keys + key * D + swizzled<D>(key, 2 * step + matrix % 2) * 8));
+        ldmatrix_x4(k, shared_address(tile_keys + key * D + swizzled<D>(key, 2 * step + matrix % 2) * 8));
         mma_upper_rows(score[0], query[step][0], query[step][1], k[0], k[1]);
         mma_upper_rows(score[1], query[step][0], query[step][1], k[2], k[3]);
       }
@@ -207,7 +192,7 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? 2 : 1)
 #pragma unroll
     for (int pair = 0; pair < D / 16; ++pair) {
       unsigned v[4];
-      load_matrix_x4_transposed(v, shared_address(tile_values + key * D + swizzled<D>(key, 2 * pair + matrix / 2) * 8));
+      ldmatrix_x4_transposed(v, shared_address(tile_values + key * D + swizzled<D>(key, 2 * pair + matrix / 2) * 8));
       mma_upper_rows(acc[2 * pair], p_low, p_high, v[0], v[1]);
       mma_upper_rows(acc[2 * pair + 1], p_low, p_high, v[2], v[3]);
     }

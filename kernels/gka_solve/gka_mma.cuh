@@ -9,6 +9,7 @@
 #include <mma.h>
 
 #include "kernels/common/tf32x3_mma.cuh"
+#include "kernels/gka_solve/gka_chebyshev.cuh"
 
 namespace prime::kernels::detail::gka {
 
@@ -73,25 +74,16 @@ __device__ inline void load_rows(float* dst, int ld, const float* __restrict__ s
   }
 }
 
-// Per row t of a chunk (frob and from_start point at its C values), as chebyshev_iterate forms
-// them: eta_t = 2 / (2 lambda_t + f_t) with lambda_t = r f_t, keep_t = 1 - eta_t lambda_t and
-// decay_t = e^{G_t}; padding rows C <= t < padded get zeros, so they stay zero throughout.
+// Per row t of a chunk (frob and from_start point at its C values) the factors RowFactors forms
+// (gka_chebyshev.cuh), written for t < padded (zeros for the padding rows).
 __device__ inline void load_row_factors(float* eta, float* keep, float* decay, const float* __restrict__ frob,
                                         const float* __restrict__ from_start, int chunk, int padded,
                                         double ridge_strength) {
   for (int t = threadIdx.x; t < padded; t += kThreads) {
-    if (t < chunk) {
-      const float f = frob[t];
-      const float lambda = f * static_cast<float>(ridge_strength);
-      const float e = 2.0f / (2.0f * lambda + f);
-      eta[t] = e;
-      keep[t] = 1.0f - e * lambda;
-      decay[t] = from_start[t];
-    } else {
-      eta[t] = 0.0f;
-      keep[t] = 0.0f;
-      decay[t] = 0.0f;
-    }
+    const RowFactors f(frob, from_start, t, chunk, ridge_strength);
+    eta[t] = f.eta;
+    keep[t] = f.keep;
+    decay[t] = f.decay;
   }
 }
 

@@ -19,6 +19,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
+
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gka_solve/gka_mma.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
@@ -139,12 +141,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     hy[t] = 0.0f;
   }
   if (tid == 0) {  // omega_1..omega_N, as ChunkSolve::backward computes them (double)
-    const double spread = 1.0 / (2.0 * (2.0 * ridge_strength + 1.0));
-    double omega = 2.0;
-    for (int k = 0; k < num_iter; ++k) {
-      omega = 1.0 / (1.0 - spread * spread * omega);
-      omegas[k] = omega;
-    }
+    ChebyshevOmegas sequence(ridge_strength);
+    for (int k = 0; k < num_iter; ++k) omegas[k] = sequence.next();
   }
   load_rows(H0, ld_x, start + m * dim * dim, dim, dim, dim);
   load_rows(K, ld_x, keys + m * cd, Cp, chunk, dim);
@@ -302,12 +300,23 @@ size_t shared_bytes(int64_t C, int64_t D, int64_t num_iter) {
   return static_cast<size_t>(layout.floats) * sizeof(float);
 }
 
+// Whether this sweep runs on the mma kernel (gka_solve_launch.h).
+bool use_mma_kernel(int64_t C, int64_t D) {
+  const char* value = std::getenv("PRIME_GKA_BACKWARD_WMMA");
+  return gka_chunk_solve_backward_mma_serves(C, D) && !(value && value[0] == '1');
+}
+
+size_t chosen_shared_bytes(int64_t C, int64_t D, int64_t num_iter) {
+  return use_mma_kernel(C, D) ? gka_chunk_solve_backward_mma_shared_bytes(C, D, num_iter)
+                              : shared_bytes(C, D, num_iter);
+}
+
 }  // namespace
 
 bool gka_chunk_solve_backward_fits(const at::Device& device, int64_t C, int64_t D, int64_t num_iter) {
   const cudaDeviceProp* properties = at::cuda::getDeviceProperties(device.index());
   return num_iter >= 1 && num_iter <= (1 << 20) &&
-         shared_bytes(C, D, num_iter) <= properties->sharedMemPerBlockOptin;
+         chosen_shared_bytes(C, D, num_iter) <= properties->sharedMemPerBlockOptin;
 }
 
 void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
@@ -353,10 +362,15 @@ void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys
                               &out.start, &out.weights, &out.from_start, &out.frob})
     PRIME_CHECK(t->device() == q.device(), op, ": operands on ", t->device(), " and ", q.device());
   if (M == 0) return;
-  const size_t bytes = shared_bytes(C, D, num_iter);
+  const size_t bytes = chosen_shared_bytes(C, D, num_iter);
   PRIME_CHECK(gka_chunk_solve_backward_fits(q.device(), C, D, num_iter), op, ": ", bytes,
               " bytes of shared memory for C = ", C, ", D = ", D, ", N = ", num_iter, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
+  if (use_mma_kernel(C, D)) {
+    launch_gka_chunk_solve_backward_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, iterates,
+                                        grad, out);
+    return;
+  }
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_backward_kernel,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   gka_chunk_solve_backward_kernel<<<static_cast<unsigned>(M), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(

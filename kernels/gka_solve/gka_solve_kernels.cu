@@ -11,6 +11,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
+
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gka_solve/gka_mma.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
@@ -91,12 +93,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  const double spread = 1.0 / (2.0 * (2.0 * ridge_strength + 1.0));
-  const double c = spread * spread;
-  double omega = 2.0;
+  ChebyshevOmegas omegas(ridge_strength);
   for (int iteration = 0; iteration < num_iter; ++iteration) {
-    omega = 1.0 / (1.0 - c * omega);
-    const float w = static_cast<float>(omega);
+    const float w = static_cast<float>(omegas.next());
     if (iterates) {
       float* out = iterates + (static_cast<size_t>(iteration) * chunks + m) * cd;
       for (int i = tid; i < chunk * dim; i += kThreads) out[i] = X[(i / dim) * L.ld_x + i % dim];
@@ -146,11 +145,21 @@ size_t shared_bytes(int64_t C, int64_t D) {
          sizeof(float);
 }
 
+// Whether this solve runs on the mma kernel (gka_solve_launch.h).
+bool use_mma_kernel(int64_t C, int64_t D) {
+  const char* value = std::getenv("PRIME_GKA_SOLVE_WMMA");
+  return gka_chunk_solve_mma_serves(C, D) && !(value && value[0] == '1');
+}
+
+size_t chosen_shared_bytes(int64_t C, int64_t D) {
+  return use_mma_kernel(C, D) ? gka_chunk_solve_mma_shared_bytes(C, D) : shared_bytes(C, D);
+}
+
 }  // namespace
 
 bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D) {
   const cudaDeviceProp* properties = at::cuda::getDeviceProperties(device.index());
-  return shared_bytes(C, D) <= properties->sharedMemPerBlockOptin;
+  return chosen_shared_bytes(C, D) <= properties->sharedMemPerBlockOptin;
 }
 
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
@@ -185,10 +194,14 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   }
   if (M == 0) return;
   const int padded = static_cast<int>((C + 15) / 16 * 16);
-  const size_t bytes = shared_bytes(C, D);
+  const size_t bytes = chosen_shared_bytes(C, D);
   PRIME_CHECK(gka_chunk_solve_fits(q.device(), C, D), op, ": ", bytes, " bytes of shared memory for C = ", C,
               ", D = ", D, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
+  if (use_mma_kernel(C, D)) {
+    launch_gka_chunk_solve_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
+    return;
+  }
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
   gka_chunk_solve_kernel<<<static_cast<unsigned>(M), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(

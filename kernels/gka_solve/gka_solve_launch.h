@@ -18,6 +18,15 @@ namespace prime::kernels::detail {
 // (H100/H200: D = 128 with C = 64 does; an A100 takes smaller shapes only).
 bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D);
 
+// The forward kernel on the raw TF32 MMA (gka_solve_mma_kernels.cu), which launch_gka_chunk_solve
+// takes where it serves (D a multiple of 32 up to 128) unless PRIME_GKA_SOLVE_WMMA=1 (read at each
+// call) keeps the general wmma kernel, for timing and debugging. Operands as launch_gka_chunk_solve.
+bool gka_chunk_solve_mma_serves(int64_t C, int64_t D);
+size_t gka_chunk_solve_mma_shared_bytes(int64_t C, int64_t D);
+void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
+                                double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates);
+
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
@@ -28,6 +37,18 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
 // [M, Cp, D] (rows padded to Cp, a multiple of 16, the padding rows zero), start [M, D, D],
 // weights [M, C, C], from_start and frob [M, C].
 bool gka_chunk_solve_backward_fits(const at::Device& device, int64_t C, int64_t D, int64_t num_iter);
+
+// The reverse sweep on the raw TF32 MMA (gka_solve_backward_mma_kernels.cu), which
+// launch_gka_chunk_solve_backward takes where it serves (D a multiple of 32 up to 128) unless
+// PRIME_GKA_BACKWARD_WMMA=1 (read at each call) keeps the general wmma kernel. Both mma kernels
+// rely on weights being zero above the diagonal (model::gka_detail::ChunkSystem's contract).
+bool gka_chunk_solve_backward_mma_serves(int64_t C, int64_t D);
+size_t gka_chunk_solve_backward_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter);
+void launch_gka_chunk_solve_backward_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                         const at::Tensor& weights, const at::Tensor& from_start,
+                                         const at::Tensor& frob, double ridge_strength, int num_iter,
+                                         const at::Tensor& iterates, const at::Tensor& grad,
+                                         const GkaSolveGradients& out);
 
 void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                      const at::Tensor& weights, const at::Tensor& from_start,

@@ -16,8 +16,8 @@
 //   d/d eta            += omega_i A_{i+1} . q + (H U_i) . y_i / eta
 // and every U_i y_i^T is an upstream gradient of H_t, taken apart into K, H_0, W and e^{G_t}
 // exactly as autograd would take apart apply_H below. On CUDA, where the kernels serve the solve,
-// kernels/gka_solve runs the iterates; its reverse-sweep kernel is opt-in (see backward), so the
-// torch-ops sweep below is the default there, the reference, and the CPU path.
+// kernels/gka_solve runs the iterates and the reverse sweep (PRIME_GKA_BACKWARD_KERNEL=0 keeps
+// the torch-ops sweep below, which is the reference and the CPU path).
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <vector>
@@ -83,11 +83,8 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
                                r, num_iter, &iterates);
-      // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk: opt-in
-      // only. The kernel agrees with the sweep below to 1e-4 on random systems, but in the test
-      // hybrid's GKA layer (tests/test_kernels_model.cpp, H200) its key-side weight gradients
-      // came out ~10x further from float64 than this sweep's (k_proj 2.5e-4 vs 4.0e-5), past that
-      // test's bound; until that is explained the torch-ops sweep stays the default on CUDA.
+      // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
+      // PRIME_GKA_BACKWARD_KERNEL=0 asks for the torch-ops sweep below.
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
         const kernels::GkaSolveGradients g =
             kernels::gka_chunk_solve_backward(q, system.keys, system.start, system.weights, system.from_start,

@@ -1,0 +1,128 @@
+// Raw m16n8k8 TF32 tensor-core helpers of kernels/gka_solve's mma kernels (forward and reverse
+// sweep): fragment loads (ldmatrix where the operand's rows are contiguous in shared memory,
+// element loads where it is read transposed), the hi/lo split and the 3xTF32 product
+// a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi with fp32 accumulation, which keeps fp32 accuracy.
+// Fragment layouts (PTX ISA, mma.m16n8k8 .tf32), g = lane / 4, t = lane % 4:
+//   A (16 x 8): a_0 = (g, t), a_1 = (g + 8, t), a_2 = (g, t + 4), a_3 = (g + 8, t + 4);
+//   B (8 x 8):  b_0 = (t, g), b_1 = (t + 4, g);
+//   C (16 x 8): c_0 = (g, 2t), c_1 = (g, 2t + 1), c_2 = (g + 8, 2t), c_3 = (g + 8, 2t + 1).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/ldmatrix.cuh"
+
+namespace prime::kernels::detail::gka_mma {
+
+// hi = tf32(v), lo = tf32(v - hi), both rounded to nearest (as tf32x3::split_tf32). Passing
+// v - hi unconverted (the MMA truncates it) saves an instruction and keeps the norm of x as close
+// to float64 (1.2e-7 in a float64 emulation), but truncation is biased: in the whole-hybrid test
+// the gradients that sum x over every token (GKA's alpha_proj.bias, through q + alpha (x - q))
+// came out 4-5x further from float64 than the torch-ops forms' (kernels/README.md, v4).
+__device__ __forceinline__ void split(uint32_t v, uint32_t& hi, uint32_t& lo) {
+  const float value = __uint_as_float(v);
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(hi) : "f"(value));
+  const float rest = value - __uint_as_float(hi);
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(lo) : "f"(rest));
+}
+
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The A operand (rows row0..row0+15, columns k0..k0+7 of a row-major matrix), split: hi[i], lo[i]
+// hold the m16n8k8 fragment's a_i = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
+struct FragA {
+  uint32_t hi[4], lo[4];
+};
+
+__device__ __forceinline__ void load_a(FragA& a, const float* base, int ld, int row0, int k0, int lane) {
+  const int block = lane >> 3;
+  uint32_t r[4];
+  ldmatrix_x4(r, shared_address(base + (row0 + (lane & 7) + 8 * (block & 1)) * ld + k0 + 4 * (block >> 1)));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) split(r[i], a.hi[i], a.lo[i]);
+}
+
+// The B operands of two n8 tiles (columns n0..n0+15, depth k0..k0+7) from B^T stored row-major
+// ([n][k]), split: tile u's fragment is b_0 = hi[2u], b_1 = hi[2u + 1] (and lo likewise).
+struct FragB2 {
+  uint32_t hi[4], lo[4];
+};
+
+__device__ __forceinline__ void load_b2(FragB2& b, const float* transposed, int ld, int n0, int k0, int lane) {
+  const int block = lane >> 3;
+  uint32_t r[4];
+  ldmatrix_x4(r, shared_address(transposed + (n0 + (lane & 7) + 8 * (block >> 1)) * ld + k0 + 4 * (block & 1)));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) split(r[i], b.hi[i], b.lo[i]);
+}
+
+
+// d += a b (one n8 tile: b_hi, b_lo point at its two fragment registers), 3xTF32 with the small
+// terms first (as tf32x3::warp_gemm).
+__device__ __forceinline__ void mma3(float (&d)[4], const FragA& a, const uint32_t* b_hi, const uint32_t* b_lo) {
+  mma(d, a.lo, b_hi[0], b_hi[1]);
+  mma(d, a.hi, b_lo[0], b_lo[1]);
+  mma(d, a.hi, b_hi[0], b_hi[1]);
+}
+
+// acc += a b with the product's three MMAs summed from zero and then added on the CUDA cores
+// (fp32, round to nearest): the tensor cores' accumulation truncates, which over a long running
+// sum (the reverse sweep's gradients) costs digits (kernels/README.md, gka_solve v3.1).
+__device__ __forceinline__ void mma3_rounded(float (&acc)[4], const FragA& a, const uint32_t* b_hi,
+                                             const uint32_t* b_lo) {
+  float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  mma3(step, a, b_hi, b_lo);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] += step[i];
+}
+
+// The A operand read transposed: A[m][k] = base[k * ld + m], rows m0..m0+15, depth k0..k0+7.
+__device__ __forceinline__ void load_a_transposed(FragA& a, const float* base, int ld, int m0, int k0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const float* p = base + (k0 + t) * ld + m0 + g;
+  const float v[4] = {p[0], p[8], p[4 * ld], p[4 * ld + 8]};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) split(__float_as_uint(v[i]), a.hi[i], a.lo[i]);
+}
+
+// The B operand of one n8 tile from a k-major matrix, B[k][n] = base[k * ld + n] (columns
+// n0..n0+7, depth k0..k0+7), split; rows k0 + t and k0 + t + 4 (this lane's) are multiplied by
+// scale0 and scale1 first.
+__device__ __forceinline__ void load_b_rows(uint32_t (&hi)[2], uint32_t (&lo)[2], const float* base, int ld, int n0,
+                                            int k0, int lane, float scale0 = 1.0f, float scale1 = 1.0f) {
+  const int g = lane >> 2, t = lane & 3;
+  const float* p = base + (k0 + t) * ld + n0 + g;
+  split(__float_as_uint(p[0] * scale0), hi[0], lo[0]);
+  split(__float_as_uint(p[4 * ld] * scale1), hi[1], lo[1]);
+}
+
+// acc[0..2 pairs) += A[row0.., 0:depth] B[0:depth, n0..n0 + 16 pairs) with A and B^T row-major
+// in shared memory (ldmatrix); kRounded: each k-step's product rounded into acc (mma3_rounded).
+template <int kPairs, bool kRounded = false>
+__device__ __forceinline__ void warp_product(float (&acc)[2 * kPairs][4], const float* A, int lda, int row0,
+                                             const float* transposed, int ldt, int n0, int depth, int lane) {
+  for (int k0 = 0; k0 < depth; k0 += 8) {
+    FragA a;
+    load_a(a, A, lda, row0, k0, lane);
+#pragma unroll
+    for (int pair = 0; pair < kPairs; ++pair) {
+      FragB2 b;
+      load_b2(b, transposed, ldt, n0 + 16 * pair, k0, lane);
+      if constexpr (kRounded) {
+        mma3_rounded(acc[2 * pair], a, b.hi, b.lo);
+        mma3_rounded(acc[2 * pair + 1], a, b.hi + 2, b.lo + 2);
+      } else {
+        mma3(acc[2 * pair], a, b.hi, b.lo);
+        mma3(acc[2 * pair + 1], a, b.hi + 2, b.lo + 2);
+      }
+    }
+  }
+}
+
+}  // namespace prime::kernels::detail::gka_mma

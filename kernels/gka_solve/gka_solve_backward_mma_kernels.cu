@@ -1,0 +1,405 @@
+// The reverse sweep of GKA's chunked Chebyshev solve for D a multiple of 32, on the raw m16n8k8
+// TF32 MMA (gka_mma_fragments.cuh). The math and the order of its operations are those of the
+// wmma kernel (gka_solve_backward_kernels.cu, whose comment states them; it serves the other
+// shapes): per iteration i = N..1, with A the adjoint of y_{i+1}, s = -omega_i eta per row,
+//   UK = s (A K^T), YK = y_i K^T;  dW += UK o YK;  P1 = W o UK;  P2 = s (W o YK)
+//   dK += P2^T A + P1^T y_i;  dH_0 += y_i^T (e s A)
+//   HU = e s (A H_0) + P1 K;  d e += rowsum(s (A H_0) o y_i);  hy += rowsum(HU o y_i)
+//   q_coeff += omega A;  A <- HU + kappa omega A + (1 - omega_{i+1}) A_{i+2}.
+// Every product is 3xTF32 with each k-step rounded into an fp32 sum (mma3_rounded), as the wmma
+// kernel since v3.1.
+//
+// What changes is where things live. dH_0 [D, D] stays in registers for the whole sweep (a
+// 32 x 32 block per warp) instead of being read and written in L2 every iteration; each warp
+// owns one 16 x 32 block of A, HU, dK, the momentum term (registers) and q_coeff, and one
+// 16 x 16 tile of P1, P2 and dW (W read from L2 each iteration). Shared memory: K, H_0^T, A, y_i [Cp, D] and P1, P2 [Cp, Cp]
+// plus the row factors and partial row sums (207 KB at C = 64, D = 128). Three barriers per
+// iteration: P1/P2 tiles and dH_0; then dK and HU; then the new A and y_{i-1} are written.
+// No atomics: every sum runs in a fixed order (deterministic gradients).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/gka_solve/gka_chebyshev.cuh"
+#include "kernels/gka_solve/gka_mma_fragments.cuh"
+#include "kernels/gka_solve/gka_solve_launch.h"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+using namespace gka;
+using namespace gka_mma;
+
+constexpr int kThreads = 512;
+constexpr int kPad = 4;        // row padding in floats (ldmatrix rows on distinct banks)
+constexpr int kTiles = 4;      // n8 tiles of a warp's 16 x 32 block
+constexpr int kMaxGroups = 4;  // 32-column groups of a row (D <= 128): the partial row sums
+
+struct BackwardMmaLayout {
+  int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [Cp, Cp] ones
+  int k, ht, a, y, p1, p2, rows, parts, omegas, floats;
+
+  __host__ __device__ BackwardMmaLayout(int padded_chunk, int d, int num_iter) {
+    ld_x = d + kPad;
+    ld_t = padded_chunk + kPad;
+    k = 0;
+    ht = k + padded_chunk * ld_x;  // H_0^T: B^T of A H_0
+    a = ht + d * ld_x;             // the adjoint A
+    y = a + padded_chunk * ld_x;   // y_i
+    p1 = y + padded_chunk * ld_x;
+    p2 = p1 + padded_chunk * ld_t;
+    rows = p2 + padded_chunk * ld_t;            // eta, kappa, decay, d decay, hy
+    parts = rows + 5 * padded_chunk;            // [Cp, kMaxGroups] twice: d decay and hy partials
+    omegas = parts + 2 * padded_chunk * kMaxGroups;  // num_iter doubles (offset even: 8-byte aligned)
+    floats = omegas + 2 * num_iter;
+  }
+};
+
+// Sum over the four lanes of a row quad (lanes 4g..4g+3): the accumulator layout's row sum.
+__device__ __forceinline__ float quad_sum(float value) {
+  value += __shfl_xor_sync(0xffffffffu, value, 1);
+  value += __shfl_xor_sync(0xffffffffu, value, 2);
+  return value;
+}
+
+// A warp's partial sums of its rows row_a and row_b (over its 32 columns) into parts[row][group].
+__device__ __forceinline__ void store_row_sums(float* parts, int row_a, int row_b, int group, float sum_a,
+                                               float sum_b) {
+  sum_a = quad_sum(sum_a);
+  sum_b = quad_sum(sum_b);
+  if ((threadIdx.x & 3) == 0) {
+    parts[row_a * kMaxGroups + group] = sum_a;
+    parts[row_b * kMaxGroups + group] = sum_b;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    gka_chunk_solve_backward_mma_kernel(const float* __restrict__ q, const float* __restrict__ keys,
+                                        const float* __restrict__ start, const float* __restrict__ weights,
+                                        const float* __restrict__ from_start, const float* __restrict__ frob,
+                                        const float* __restrict__ iterates, const float* __restrict__ grad,
+                                        float* __restrict__ d_q, float* __restrict__ d_keys,
+                                        float* __restrict__ d_start, float* __restrict__ d_weights,
+                                        float* __restrict__ d_from_start, float* __restrict__ d_frob, int chunk,
+                                        int dim, int padded_chunk, double ridge_strength, int num_iter,
+                                        long long chunks) {
+  extern __shared__ __align__(128) float smem[];
+  const int Cp = padded_chunk;
+  const BackwardMmaLayout L(Cp, dim, num_iter);
+  const int ld_x = L.ld_x, ld_t = L.ld_t;
+  float* K = smem + L.k;
+  float* Ht = smem + L.ht;
+  float* Adj = smem + L.a;
+  float* Y = smem + L.y;
+  float* P1 = smem + L.p1;
+  float* P2 = smem + L.p2;
+  float* eta = smem + L.rows;
+  float* kappa = eta + Cp;
+  float* decay = kappa + Cp;
+  float* g_decay = decay + Cp;
+  float* hy = g_decay + Cp;
+  float* part_decay = smem + L.parts;
+  float* part_hy = part_decay + Cp * kMaxGroups;
+  double* omegas = reinterpret_cast<double*>(smem + L.omegas);
+  const long long m = blockIdx.x;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const size_t cd = static_cast<size_t>(chunk) * dim;
+
+  for (int t = tid; t < Cp; t += kThreads) {
+    const RowFactors f(frob + m * chunk, from_start + m * chunk, t, chunk, ridge_strength);
+    eta[t] = f.eta;
+    kappa[t] = f.keep;
+    decay[t] = f.decay;
+    g_decay[t] = 0.0f;
+    hy[t] = 0.0f;
+  }
+  if (tid == 0) {  // omega_1..omega_N, as ChunkSolve::backward computes them (double)
+    ChebyshevOmegas sequence(ridge_strength);
+    for (int k = 0; k < num_iter; ++k) omegas[k] = sequence.next();
+  }
+  for (int i = tid; i < dim * dim; i += kThreads) Ht[(i % dim) * ld_x + i / dim] = start[m * dim * dim + i];
+  const float* y_last = iterates + (static_cast<size_t>(num_iter - 1) * chunks + m) * cd;
+  for (int i = tid; i < Cp * dim; i += kThreads) {
+    const int r = i / dim, c = i % dim;
+    const bool in = r < chunk;
+    K[r * ld_x + c] = in ? keys[m * cd + i] : 0.0f;
+    Adj[r * ld_x + c] = in ? grad[m * cd + i] : 0.0f;  // the adjoint of y_{N+1}, the output
+    Y[r * ld_x + c] = in ? y_last[i] : 0.0f;
+  }
+
+  // This warp's 16 x 32 block (rows rb*16.., columns c0..): every element of [Cp, D] has one owner.
+  const int groups = dim / 32, row_blocks = Cp / 16;
+  const bool owner = warp < row_blocks * groups;
+  const int rb = owner ? warp / groups : 0, c0 = owner ? (warp % groups) * 32 : 0, group = c0 / 32;
+  const int row_a = rb * 16 + g, row_b = row_a + 8;
+  // Its tile (pr, pc) of P1, P2 and dW: all of [Cp, Cp] (dW is wanted above the diagonal too).
+  const bool p_owner = warp < row_blocks * row_blocks;
+  const int pr = p_owner ? warp / row_blocks : 0, pc = p_owner ? warp % row_blocks : 0;
+  // Its 32 x 32 block of dH_0.
+  const bool h_owner = warp < groups * groups;
+  const int ha0 = h_owner ? (warp / groups) * 32 : 0, hb0 = h_owner ? (warp % groups) * 32 : 0;
+
+  const float* W = weights + m * chunk * chunk;
+  float* g_weights = d_weights + m * chunk * chunk;
+  float* g_keys = d_keys + m * Cp * dim;  // [Cp, D]: padding rows included (they come out zero)
+  // q_coeff is summed in d_q's own elements (read back once per iteration: an L2 hit), which keeps
+  // the kernel within 128 registers; it becomes d_q = eta (q_coeff + A_1) at the end.
+  float* q_coeff = d_q + m * cd;
+  float carry[kTiles][4] = {}, d_h[2][kTiles][4] = {};
+  __syncthreads();
+
+  for (int i = num_iter; i >= 1; --i) {
+    const double omega = omegas[i - 1];
+    const float omega_f = static_cast<float>(omega), minus_omega = static_cast<float>(-omega);
+    const bool accumulate = i != num_iter;
+    if (p_owner) {  // P1 = W o (s A K^T), P2 = s (W o y_i K^T), dW += (s A K^T) o (y_i K^T)
+      float p1[2][4] = {}, p2[2][4] = {};
+      for (int k0 = 0; k0 < dim; k0 += 8) {
+        FragA a_adj, a_y;
+        load_a(a_adj, Adj, ld_x, pr * 16, k0, lane);
+        load_a(a_y, Y, ld_x, pr * 16, k0, lane);
+        FragB2 b;
+        load_b2(b, K, ld_x, pc * 16, k0, lane);
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          mma3_rounded(p1[u], a_adj, b.hi + 2 * u, b.lo + 2 * u);
+          mma3_rounded(p2[u], a_y, b.hi + 2 * u, b.lo + 2 * u);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = pr * 16 + g + 8 * half, s0 = pc * 16 + 8 * u + 2 * t4;
+          const float scale = eta[t] * minus_omega;
+          float out1[2], out2[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int e = 2 * half + j, s = s0 + j;
+            const bool inside = t < chunk && s < chunk;
+            const float uk = p1[u][e] * scale, yk = p2[u][e], w = inside ? __ldg(W + t * chunk + s) : 0.0f;
+            if (inside) {
+              const float gw = uk * yk;
+              g_weights[t * chunk + s] = accumulate ? g_weights[t * chunk + s] + gw : gw;
+            }
+            out1[j] = w * uk;
+            out2[j] = scale * (w * yk);
+          }
+          *reinterpret_cast<float2*>(P1 + t * ld_t + s0) = make_float2(out1[0], out1[1]);
+          *reinterpret_cast<float2*>(P2 + t * ld_t + s0) = make_float2(out2[0], out2[1]);
+        }
+      }
+    }
+    if (h_owner) {  // dH_0 += y_i^T (e s A), over the chunk's rows
+      for (int k0 = 0; k0 < Cp; k0 += 8) {
+        FragA a_top, a_bottom;
+        load_a_transposed(a_top, Y, ld_x, ha0, k0, lane);
+        load_a_transposed(a_bottom, Y, ld_x, ha0 + 16, k0, lane);
+        const int r0 = k0 + t4, r1 = r0 + 4;
+        const float es0 = decay[r0] * (eta[r0] * minus_omega), es1 = decay[r1] * (eta[r1] * minus_omega);
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          uint32_t b_hi[2], b_lo[2];
+          load_b_rows(b_hi, b_lo, Adj, ld_x, hb0 + 8 * j, k0, lane, es0, es1);
+          mma3_rounded(d_h[0][j], a_top, b_hi, b_lo);
+          mma3_rounded(d_h[1][j], a_bottom, b_hi, b_lo);
+        }
+      }
+    }
+    __syncthreads();  // P1, P2 complete
+    float hu[kTiles][4] = {};
+    if (owner) {
+      {  // dK += P2^T A + P1^T y_i for key rows rb*16..: P[t][s] is zero for t < s.
+        float dk[kTiles][4];
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          const int d = c0 + 8 * j + 2 * t4;
+          const float2 top = accumulate ? *reinterpret_cast<const float2*>(g_keys + row_a * dim + d) : float2{0, 0};
+          const float2 bottom =
+              accumulate ? *reinterpret_cast<const float2*>(g_keys + row_b * dim + d) : float2{0, 0};
+          dk[j][0] = top.x;
+          dk[j][1] = top.y;
+          dk[j][2] = bottom.x;
+          dk[j][3] = bottom.y;
+        }
+        for (int k0 = rb * 16; k0 < Cp; k0 += 8) {
+          FragA a2, a1;
+          load_a_transposed(a2, P2, ld_t, rb * 16, k0, lane);
+          load_a_transposed(a1, P1, ld_t, rb * 16, k0, lane);
+#pragma unroll
+          for (int j = 0; j < kTiles; ++j) {
+            uint32_t b_hi[2], b_lo[2];
+            load_b_rows(b_hi, b_lo, Adj, ld_x, c0 + 8 * j, k0, lane);
+            mma3_rounded(dk[j], a2, b_hi, b_lo);
+            load_b_rows(b_hi, b_lo, Y, ld_x, c0 + 8 * j, k0, lane);
+            mma3_rounded(dk[j], a1, b_hi, b_lo);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          const int d = c0 + 8 * j + 2 * t4;
+          *reinterpret_cast<float2*>(g_keys + row_a * dim + d) = make_float2(dk[j][0], dk[j][1]);
+          *reinterpret_cast<float2*>(g_keys + row_b * dim + d) = make_float2(dk[j][2], dk[j][3]);
+        }
+      }
+      // HU = e s (A H_0) + P1 K, with the row sums of s (A H_0) o y_i and HU o y_i.
+      warp_product<kTiles / 2, true>(hu, Adj, ld_x, rb * 16, Ht, ld_x, c0, dim, lane);
+      const float scale_a = eta[row_a] * minus_omega, scale_b = eta[row_b] * minus_omega;
+      const float e_a = decay[row_a], e_b = decay[row_b];
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int d = c0 + 8 * j + 2 * t4;
+        const float2 ya = *reinterpret_cast<const float2*>(Y + row_a * ld_x + d);
+        const float2 yb = *reinterpret_cast<const float2*>(Y + row_b * ld_x + d);
+        const float y[4] = {ya.x, ya.y, yb.x, yb.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float uh0 = hu[j][e] * (e < 2 ? scale_a : scale_b);
+          (e < 2 ? sum_a : sum_b) += uh0 * y[e];
+          hu[j][e] = (e < 2 ? e_a : e_b) * uh0;
+        }
+      }
+      store_row_sums(part_decay, row_a, row_b, group, sum_a, sum_b);
+      for (int k0 = 0; k0 < 16 * (rb + 1); k0 += 8) {  // P1's columns past the diagonal block are zero
+        FragA a;
+        load_a(a, P1, ld_t, rb * 16, k0, lane);
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          uint32_t b_hi[2], b_lo[2];
+          load_b_rows(b_hi, b_lo, K, ld_x, c0 + 8 * j, k0, lane);
+          mma3_rounded(hu[j], a, b_hi, b_lo);
+        }
+      }
+      const float kappa_a = kappa[row_a] * omega_f, kappa_b = kappa[row_b] * omega_f;
+      const float one_minus_omega = static_cast<float>(1.0 - omega);
+      sum_a = 0.0f;
+      sum_b = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int d = c0 + 8 * j + 2 * t4;
+        const float2 ya = *reinterpret_cast<const float2*>(Y + row_a * ld_x + d);
+        const float2 yb = *reinterpret_cast<const float2*>(Y + row_b * ld_x + d);
+        const float2 aa = *reinterpret_cast<const float2*>(Adj + row_a * ld_x + d);
+        const float2 ab = *reinterpret_cast<const float2*>(Adj + row_b * ld_x + d);
+        const float y[4] = {ya.x, ya.y, yb.x, yb.y}, adjoint[4] = {aa.x, aa.y, ab.x, ab.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          (e < 2 ? sum_a : sum_b) += hu[j][e] * y[e];
+          // A_i = HU + kappa omega_i A_{i+1} + (1 - omega_{i+1}) A_{i+2}; hu becomes A_i.
+          hu[j][e] = carry[j][e] + (hu[j][e] + (e < 2 ? kappa_a : kappa_b) * adjoint[e]);
+          carry[j][e] = adjoint[e] * one_minus_omega;
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {  // q_coeff += omega A
+          const int t = half ? row_b : row_a;
+          if (t >= chunk) continue;
+          float2* at = reinterpret_cast<float2*>(q_coeff + t * dim + d);
+          const float2 before = accumulate ? *at : float2{0, 0};
+          *at = make_float2(before.x + adjoint[2 * half] * omega_f, before.y + adjoint[2 * half + 1] * omega_f);
+        }
+      }
+      store_row_sums(part_hy, row_a, row_b, group, sum_a, sum_b);
+    }
+    __syncthreads();  // every read of A, y_i, P1 and P2 of this iteration is done
+    if (owner) {  // the new adjoint and y_{i-1}
+      const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int d = c0 + 8 * j + 2 * t4;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = half ? row_b : row_a;
+          *reinterpret_cast<float2*>(Adj + t * ld_x + d) = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
+          if (y_next)
+            *reinterpret_cast<float2*>(Y + t * ld_x + d) =
+                t < chunk ? *reinterpret_cast<const float2*>(y_next + t * dim + d) : float2{0, 0};
+        }
+      }
+    }
+    if (tid < Cp) {  // the rows' sums, in a fixed order
+      float sum_decay = 0.0f, sum_hy = 0.0f;
+      for (int gi = 0; gi < groups; ++gi) {
+        sum_decay += part_decay[tid * kMaxGroups + gi];
+        sum_hy += part_hy[tid * kMaxGroups + gi];
+      }
+      g_decay[tid] += sum_decay;
+      hy[tid] += sum_hy;
+    }
+    __syncthreads();  // the new A and y are in place
+  }
+
+  // Adj is now the adjoint of y_1 = eta q: dq = eta (q_coeff + A_1), d eta = rowsum(that o q) + hy / eta.
+  if (owner) {
+    const float* q_chunk = q + m * cd;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      const int d = c0 + 8 * j + 2 * t4;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = e < 2 ? row_a : row_b, col = d + (e & 1);
+        if (t >= chunk) continue;
+        const float coeff = q_coeff[t * dim + col] + Adj[t * ld_x + col];
+        (e < 2 ? sum_a : sum_b) += coeff * q_chunk[t * dim + col];
+        q_coeff[t * dim + col] = eta[t] * coeff;
+      }
+    }
+    store_row_sums(part_decay, row_a, row_b, group, sum_a, sum_b);
+  }
+  if (h_owner) {
+    float* g_start = d_start + m * dim * dim;
+#pragma unroll
+    for (int half_m = 0; half_m < 2; ++half_m) {
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int a_row = ha0 + 16 * half_m + g, b_col = hb0 + 8 * j + 2 * t4;
+        *reinterpret_cast<float2*>(g_start + a_row * dim + b_col) = make_float2(d_h[half_m][j][0], d_h[half_m][j][1]);
+        *reinterpret_cast<float2*>(g_start + (a_row + 8) * dim + b_col) =
+            make_float2(d_h[half_m][j][2], d_h[half_m][j][3]);
+      }
+    }
+  }
+  __syncthreads();
+  if (tid < chunk) {
+    float part = 0.0f;
+    for (int gi = 0; gi < groups; ++gi) part += part_decay[tid * kMaxGroups + gi];
+    const float d_eta = part + hy[tid] / eta[tid];
+    d_frob[m * chunk + tid] = d_eta * (-eta[tid] / frob[m * chunk + tid]);
+    d_from_start[m * chunk + tid] = g_decay[tid];
+  }
+}
+
+}  // namespace
+
+bool gka_chunk_solve_backward_mma_serves(int64_t C, int64_t D) { return gka_chunk_solve_mma_serves(C, D); }
+
+size_t gka_chunk_solve_backward_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter) {
+  const BackwardMmaLayout layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D), static_cast<int>(num_iter));
+  return static_cast<size_t>(layout.floats) * sizeof(float);
+}
+
+void launch_gka_chunk_solve_backward_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                         const at::Tensor& weights, const at::Tensor& from_start,
+                                         const at::Tensor& frob, double ridge_strength, int num_iter,
+                                         const at::Tensor& iterates, const at::Tensor& grad,
+                                         const GkaSolveGradients& out) {
+  const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
+  PRIME_CHECK(gka_chunk_solve_backward_mma_serves(C, D), "gka_chunk_solve_backward_mma: C = ", C, ", D = ", D,
+              " not served");
+  const size_t bytes = gka_chunk_solve_backward_mma_shared_bytes(C, D, num_iter);
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_backward_mma_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  gka_chunk_solve_backward_mma_kernel<<<static_cast<unsigned>(M), kThreads, bytes,
+                                        at::cuda::getCurrentCUDAStream()>>>(
+      q.data_ptr<float>(), keys.data_ptr<float>(), start.data_ptr<float>(), weights.data_ptr<float>(),
+      from_start.data_ptr<float>(), frob.data_ptr<float>(), iterates.data_ptr<float>(), grad.data_ptr<float>(),
+      out.q.data_ptr<float>(), out.keys.data_ptr<float>(), out.start.data_ptr<float>(),
+      out.weights.data_ptr<float>(), out.from_start.data_ptr<float>(), out.frob.data_ptr<float>(),
+      static_cast<int>(C), static_cast<int>(D), static_cast<int>((C + 15) / 16 * 16), ridge_strength, num_iter,
+      static_cast<long long>(M));
+  PRIME_CUDA_CHECK_LAUNCH("gka_chunk_solve_backward_mma_kernel");
+}
+
+}  // namespace prime::kernels::detail
