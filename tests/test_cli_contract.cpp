@@ -202,7 +202,7 @@ TEST_CASE("a Hugging Face id is a source when it is in the cache", "[cli][contra
   fs::create_directories(repo / "snapshots");
   copy_fixture(dir, "models--Tiny--Qwen3-Fixture/snapshots/abc123");
   std::ofstream(repo / "refs" / "main") << "abc123";
-  ::setenv("HF_HUB_CACHE", dir.path().c_str(), 1);
+  const prime::test::ScopedEnv cache("HF_HUB_CACHE", dir.path().c_str());
   auto result = prime::test::run_cli("prime-inspect Tiny/Qwen3-Fixture");
   INFO(result.output);
   CHECK(result.exit_code == 0);
@@ -212,7 +212,6 @@ TEST_CASE("a Hugging Face id is a source when it is in the cache", "[cli][contra
   result = prime::test::run_cli("prime-inspect Tiny/Not-Here");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("hf download Tiny/Not-Here"));
-  ::unsetenv("HF_HUB_CACHE");
 }
 
 TEST_CASE("converted outputs carry the source's LICENSE and the card names it", "[cli][contract][convert]") {

@@ -16,18 +16,11 @@ namespace {
 // Sets PRIME_REQUIRE_CUDA for one scope (unset for nullopt) and restores what was there.
 class RequireCudaEnv {
  public:
-  explicit RequireCudaEnv(const std::optional<std::string>& value) {
-    if (const char* old = std::getenv("PRIME_REQUIRE_CUDA")) saved_ = old;
-    if (value) ::setenv("PRIME_REQUIRE_CUDA", value->c_str(), 1);
-    else ::unsetenv("PRIME_REQUIRE_CUDA");
-  }
-  ~RequireCudaEnv() {
-    if (saved_) ::setenv("PRIME_REQUIRE_CUDA", saved_->c_str(), 1);
-    else ::unsetenv("PRIME_REQUIRE_CUDA");
-  }
+  explicit RequireCudaEnv(const std::optional<std::string>& value)
+      : env_("PRIME_REQUIRE_CUDA", value ? value->c_str() : nullptr) {}
 
  private:
-  std::optional<std::string> saved_;
+  prime::test::ScopedEnv env_;
 };
 
 }  // namespace

@@ -15,6 +15,34 @@
 
 namespace prime::test {
 
+// The environment variable `name` set to `value` (nullptr: unset) while alive; what was there
+// before is restored, also when a failed REQUIRE leaves the test case early.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) previous_ = old;
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (had_)
+      ::setenv(name_.c_str(), previous_.c_str(), 1);
+    else
+      ::unsetenv(name_.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  bool had_ = false;
+  std::string previous_;
+};
+
 inline std::filesystem::path fixtures_dir() { return PRIME_FIXTURES_DIR; }
 inline std::filesystem::path shared_dir() { return PRIME_SHARED_DIR; }
 

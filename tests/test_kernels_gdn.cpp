@@ -130,12 +130,16 @@ at::Tensor check_scan(int64_t Dk, int64_t Dv, int64_t N, const std::vector<bool>
 }  // namespace
 
 TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never take the kernels", "[kernels]") {
-  ::setenv("PRIME_KERNELS", "cuda-please", 1);
-  CHECK_THROWS_AS(kernels::policy(), UserError);
-  CHECK_THROWS_WITH(kernels::policy(), Catch::Contains("PRIME_KERNELS=cuda-please"));
-  ::setenv("PRIME_KERNELS", "torch", 1);
-  CHECK(kernels::policy() == kernels::Policy::Torch);
-  ::unsetenv("PRIME_KERNELS");
+  {
+    const test::ScopedEnv wrong("PRIME_KERNELS", "cuda-please");
+    CHECK_THROWS_AS(kernels::policy(), UserError);
+    CHECK_THROWS_WITH(kernels::policy(), Catch::Contains("PRIME_KERNELS=cuda-please"));
+  }
+  {
+    const test::ScopedEnv torch_ops("PRIME_KERNELS", "torch");
+    CHECK(kernels::policy() == kernels::Policy::Torch);
+  }
+  const test::ScopedEnv unset("PRIME_KERNELS", nullptr);
   CHECK(kernels::policy() == kernels::Policy::Auto);
   {
     const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
@@ -148,16 +152,17 @@ TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never 
 }
 
 TEST_CASE("PRIME_GDN_CORE is fp32 or bf16, anything else is refused by name", "[kernels]") {
-  ::unsetenv("PRIME_GDN_CORE");
-  CHECK_FALSE(kernels::gdn_bf16_core());
-  ::setenv("PRIME_GDN_CORE", "fp32", 1);
-  CHECK_FALSE(kernels::gdn_bf16_core());
-  ::setenv("PRIME_GDN_CORE", "bf16", 1);
-  CHECK(kernels::gdn_bf16_core());
-  ::setenv("PRIME_GDN_CORE", "half", 1);
+  for (const char* value : {static_cast<const char*>(nullptr), "fp32"}) {
+    const test::ScopedEnv core("PRIME_GDN_CORE", value);
+    CHECK_FALSE(kernels::gdn_bf16_core());
+  }
+  {
+    const test::ScopedEnv core("PRIME_GDN_CORE", "bf16");
+    CHECK(kernels::gdn_bf16_core());
+  }
+  const test::ScopedEnv core("PRIME_GDN_CORE", "half");
   CHECK_THROWS_AS(kernels::gdn_bf16_core(), UserError);
   CHECK_THROWS_WITH(kernels::gdn_bf16_core(), Catch::Contains("PRIME_GDN_CORE=half"));
-  ::unsetenv("PRIME_GDN_CORE");
 }
 
 TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 references, gradients too",
@@ -472,10 +477,12 @@ TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused 
   };
   const auto fp32 = run(false);
   const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, in.state, 64);
-  ::setenv("PRIME_GDN_CORE", "bf16", 1);
-  const auto bf16 = run(false);
-  const auto under_autograd = run(true);  // records a gradient: the fp32 composite form, as without the variable
-  ::unsetenv("PRIME_GDN_CORE");
+  std::pair<at::Tensor, at::Tensor> bf16, under_autograd;
+  {
+    const test::ScopedEnv core("PRIME_GDN_CORE", "bf16");
+    bf16 = run(false);
+    under_autograd = run(true);  // records a gradient: the fp32 composite form, as without the variable
+  }
   const double bf16_f64 = norm_relative_error(bf16.first, reference.first);
   const double bf16_fp32 = norm_relative_error(bf16.first, fp32.first);
   const double state_f64 = norm_relative_error(bf16.second, reference.second);

@@ -104,35 +104,8 @@ std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const
   return out;
 }
 
-// The environment variable `name` set to `value` (nullptr: unset) for the scope, restored after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) previous_ = old;
-    if (value)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_)
-      setenv(name_.c_str(), previous_.c_str(), 1);
-    else
-      unsetenv(name_.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_;
-  bool had_ = false;
-  std::string previous_;
-};
-
 // PRIME_GKA_BACKWARD_KERNEL set to `value` for the scope.
-class ScopedBackwardKernelSwitch : public ScopedEnv {
+class ScopedBackwardKernelSwitch : public test::ScopedEnv {
  public:
   explicit ScopedBackwardKernelSwitch(const char* value) : ScopedEnv("PRIME_GKA_BACKWARD_KERNEL", value) {}
 };
@@ -256,7 +229,7 @@ TEST_CASE("GKA solve kernel: the mma and wmma forward kernels agree with each ot
         kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &mma_iterates);
     at::Tensor wmma;
     {
-      const ScopedEnv wmma_kernel("PRIME_GKA_SOLVE_WMMA", "1");
+      const test::ScopedEnv wmma_kernel("PRIME_GKA_SOLVE_WMMA", "1");
       wmma = kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &wmma_iterates);
     }
     const auto f64 = leaves(system, at::kCPU, at::kDouble);
@@ -387,7 +360,7 @@ TEST_CASE("GKA solve backward kernel: the mma and wmma kernels agree", "[kernels
     const std::vector<at::Tensor> mma = kernel_backward(in, probe, c.iterations);
     std::vector<at::Tensor> wmma;
     {
-      const ScopedEnv wmma_kernel("PRIME_GKA_BACKWARD_WMMA", "1");
+      const test::ScopedEnv wmma_kernel("PRIME_GKA_BACKWARD_WMMA", "1");
       wmma = kernel_backward(in, probe, c.iterations);
     }
     double worst = 0;

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <functional>
 
+#include "test_helpers.h"
+
 #ifdef PRIME_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -18,10 +20,7 @@ namespace prime::test {
 // While alive, every output a kernel launcher allocates starts as NaN (PRIME_KERNELS_POISON=1),
 // so an element a kernel leaves unwritten fails the comparison.
 struct PoisonOutputs {
-  PoisonOutputs() { ::setenv("PRIME_KERNELS_POISON", "1", 1); }
-  ~PoisonOutputs() { ::unsetenv("PRIME_KERNELS_POISON"); }
-  PoisonOutputs(const PoisonOutputs&) = delete;
-  PoisonOutputs& operator=(const PoisonOutputs&) = delete;
+  ScopedEnv poison{"PRIME_KERNELS_POISON", "1"};
 };
 
 // While alive, cuBLAS runs fp32 matmuls in full fp32 (no TF32), as the torch-ops references

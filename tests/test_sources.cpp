@@ -118,7 +118,7 @@ TEST_CASE("sources: synthetic aliases, overrides, and unknown names", "[source]"
 
 TEST_CASE("sources: a known alias is looked up in the HF cache, else the download command is named", "[source]") {
   auto cache = temp_dir("hfcache");
-  ::setenv("HF_HUB_CACHE", cache.c_str(), 1);
+  const test::ScopedEnv cache_env("HF_HUB_CACHE", cache.c_str());
   CHECK_THROWS_WITH(io::resolve_source("qwen3-0.6b"), Contains("hf download Qwen/Qwen3-0.6B"));
   // Lay out a snapshot like huggingface_hub does, pointing at a tiny fixture's files.
   auto repo = cache / "models--Qwen--Qwen3-0.6B";
@@ -133,7 +133,6 @@ TEST_CASE("sources: a known alias is looked up in the HF cache, else the downloa
   CHECK(source.revision == "abc123");
   auto loaded = model::load_model("qwen3-0.6b", {});
   CHECK(loaded.model->num_layers() == source.config.num_hidden_layers);
-  ::unsetenv("HF_HUB_CACHE");
   io::remove_tree(cache);
 }
 
