@@ -14,6 +14,7 @@
 #include "model/gdn.h"
 #include "model/ssm_common.h"
 #include "reference/ssm_reference.h"
+#include "test_documents_util.h"
 #include "test_helpers.h"
 #include "test_ssm_mixer_util.h"
 
@@ -21,17 +22,11 @@ using namespace prime;
 
 namespace {
 
-
 // Ragged documents: lengths 1, 63, 64, 65 and 200 around a 64-token chunk, several per row, a
 // row of one document that continues from position 3, and a row of one document from 0.
 const std::vector<std::vector<int64_t>> kRows = {
     {1, 63, 64, 65, 107}, {200, 1, 99}, {300}, {65, 64, 63, 1, 1, 106}, {300}};
 const std::vector<int64_t> kFirst = {0, 0, 3, 0, 0};
-
-double relative(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor a = got.to(at::kDouble), b = want.to(at::kDouble);
-  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-300);
-}
 
 }  // namespace
 
@@ -75,8 +70,8 @@ TEST_CASE("short conv with document starts equals each document convolved alone,
       });
       const auto packed_grads = torch::autograd::grad({(packed * out_weight).sum()}, leaves);
       const auto apart_grads = torch::autograd::grad({(apart * out_weight).sum()}, leaves);
-      double worst = relative(packed, apart);
-      for (size_t i = 0; i < leaves.size(); ++i) worst = std::max(worst, relative(packed_grads[i], apart_grads[i]));
+      double worst = testing::norm_relative(packed, apart);
+      for (size_t i = 0; i < leaves.size(); ++i) worst = std::max(worst, testing::norm_relative(packed_grads[i], apart_grads[i]));
       testing::report("conv", "starts vs per-document", "K=" + std::to_string(K) + (with_bias ? " bias" : ""),
                       worst);
       CHECK(worst <= 1e-12);
@@ -85,7 +80,7 @@ TEST_CASE("short conv with document starts equals each document convolved alone,
   // No starts: the same as the plain conv, and a conv state cannot go with starts.
   const at::Tensor u = at::randn({1, 5, 2}, at::kDouble), w = at::randn({2, 1, 3}, at::kDouble);
   const at::Tensor first_only = at::zeros({1, 5}, at::kBool).index_fill_(1, at::zeros({1}, at::kLong), true);
-  CHECK(relative(model::causal_conv(u, w, at::Tensor(), nullptr, first_only),
+  CHECK(testing::norm_relative(model::causal_conv(u, w, at::Tensor(), nullptr, first_only),
                  model::causal_conv(u, w, at::Tensor(), nullptr)) <= 1e-15);
   at::Tensor state = at::zeros({1, 2, 2}, at::kDouble);
   CHECK_THROWS(model::causal_conv(u, w, at::Tensor(), &state, first_only));
@@ -135,20 +130,9 @@ TEST_CASE("GDN packed documents: forward_documents equals the per-document path,
                                .to(type)
                                .requires_grad_(true);
       leaves.push_back(x);
-      const at::Tensor out_weight = at::randn({documents.batch, documents.steps, dims.hidden}, type);
-      const at::Tensor packed = mixer.forward_documents(x, documents);
-      const at::Tensor apart = mixer.model::Mixer::forward_documents(x, documents);  // run_per_document
-      const auto packed_grads = torch::autograd::grad({(packed * out_weight).sum()}, leaves, {}, false, false, true);
-      const auto apart_grads = torch::autograd::grad({(apart * out_weight).sum()}, leaves, {}, false, false, true);
-      const double out_error = relative(packed, apart);
-      double worst_grad = 0;
-      size_t compared = 0;
-      for (size_t i = 0; i < leaves.size(); ++i) {
-        REQUIRE(packed_grads[i].defined() == apart_grads[i].defined());
-        if (!packed_grads[i].defined()) continue;  // a weight this configuration does not use
-        worst_grad = std::max(worst_grad, relative(packed_grads[i], apart_grads[i]));
-        ++compared;
-      }
+      const testing::PackedVsApart result = testing::packed_vs_per_document(mixer, x, documents, leaves);
+      const double out_error = result.out_error, worst_grad = result.worst_gradient;
+      const size_t compared = result.compared;
       CHECK(compared >= (c.short_conv ? 12u : 9u));
       const std::string shape = c.name() + (type == at::kDouble ? " fp64" : " fp32");
       testing::report("GDN", "packed vs per-document out", shape, out_error);

@@ -32,6 +32,10 @@ for tool in memcheck racecheck; do
 done
 timeout 240 build-gpu/bin/prime-bench kernels --device cuda --repeats 5 > "$OUT/kernels_bench.txt" 2>&1
 echo "prime-bench kernels: exit $?"; cat "$OUT/kernels_bench.txt"
+# GKA's solve on the earlier wmma kernels (gka_solve v2/v3.1), beside v4's mma kernels above.
+PRIME_GKA_SOLVE_WMMA=1 PRIME_GKA_BACKWARD_WMMA=1 timeout 120 build-gpu/bin/prime-bench kernels --device cuda \
+  --types GKA --repeats 5 > "$OUT/kernels_bench_gka_wmma.txt" 2>&1
+echo "prime-bench kernels, GKA on the wmma kernels: exit $?"; head -3 "$OUT/kernels_bench_gka_wmma.txt"
 # Chunked prefill of the 8B Transformer (8K chunks) with flash attention for the chunks (auto) and
 # with the masked SDPA form and no kernels (torch).
 for policy in auto torch; do

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "model/documents.h"
 #include "model/gka_core.h"
 #include "model/linear.h"
 #include "model/ssm_common.h"
@@ -103,13 +104,13 @@ std::unique_ptr<LayerCache> GkaMixer::make_cache(int64_t batch, const at::Device
   return cache;
 }
 
-GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache) const {
+GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache, const at::Tensor& starts) const {
   const int64_t B = x.size(0), T = x.size(1), D = config_.head_dim, H = config_.num_heads();
   const at::ScalarType ct = compute_type_;
   const at::ScalarType solve_type = solve_dtype(x.device());
   const at::Tensor xw = x.to(q_proj_.scalar_type());
   auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
-    return causal_conv_silu(model::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state);
+    return causal_conv_silu(model::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state, starts);
   };
   // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads (q and k
   // L2-normalised before the expansion: same values, G times less work).
@@ -224,6 +225,18 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
   store_state(gka_cache->kv_state, result.kv_state);
   gka_cache->tokens += x.size(1);
   return finish(result.o, prepared, x);
+}
+
+at::Tensor GkaMixer::forward_documents(const at::Tensor& x, const Documents& documents) {
+  if (documents.one_per_row) return forward(x, nullptr);
+  const OutsideAutocast outside_autocast;
+  check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
+  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "GKA layer ", prefix_, ": input ",
+              x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  const Prepared prepared = prepare(x, nullptr, documents.starts);
+  const at::Tensor o = gka_detail::chunked_varlen(prepared, documents.chunks(config_.chunk_size), config_.chunk_size,
+                                                  solve_options(config_));
+  return finish(o, prepared, x);
 }
 
 at::Tensor GkaMixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {

@@ -112,6 +112,9 @@ class GkaMixer : public SsmMixer {
   std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
   at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
   at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
+  // Packed documents at once: the chunked form over each document's own chunks (documents.h's
+  // DocumentChunks), both states and the short convs restarting at every document.
+  at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
 
   const GkaConfig& config() const { return config_; }
@@ -126,7 +129,8 @@ class GkaMixer : public SsmMixer {
   struct Prepared;
 
  private:
-  Prepared prepare(const at::Tensor& x, GkaCache* cache) const;
+  // starts [B, T] bool (optional): the short convs restart there (packed documents).
+  Prepared prepare(const at::Tensor& x, GkaCache* cache, const at::Tensor& starts = at::Tensor()) const;
   bool trained() const;  // some weight requires grad
   at::Tensor finish(const at::Tensor& o, const Prepared& prepared, const at::Tensor& x) const;
 

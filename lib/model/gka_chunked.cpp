@@ -53,15 +53,17 @@ ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chun
 }
 
 // The state at the start of every chunk, [B,H,n,D,D], and the final state, given each chunk's
-// own contribution [B,H,n,D,D] and whole-chunk decay [B,H,n].
+// own contribution [B,H,n,D,D] and whole-chunk decay [B,H,n]; keep [n] (optional) is 0 at the
+// chunks whose state restarts from zero (a document's first chunk), 1 elsewhere.
 std::pair<at::Tensor, at::Tensor> scan_chunk_starts(const at::Tensor& initial,
                                                     const at::Tensor& contribution,
-                                                    const at::Tensor& whole_decay) {
+                                                    const at::Tensor& whole_decay, const at::Tensor& keep) {
   const int64_t n = contribution.size(2);
   std::vector<at::Tensor> starts;
   starts.reserve(static_cast<size_t>(n));
   at::Tensor state = initial;
   for (int64_t c = 0; c < n; ++c) {
+    if (keep.defined()) state = state * keep.select(0, c);
     starts.push_back(state);
     state = whole_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) * state + contribution.select(2, c);
   }
@@ -72,11 +74,15 @@ std::pair<at::Tensor, at::Tensor> scan_chunk_starts(const at::Tensor& initial,
 
 ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
                            const at::Tensor& kv_state, int64_t chunk_size,
-                           const SolveOptions& options) {
+                           const SolveOptions& options, const at::Tensor& chunk_starts) {
   const int64_t T = in.q.size(1);
   PRIME_CHECK(T > 0 && chunk_size > 0);
   // A chunk longer than the sequence only costs padding.
-  const int64_t C = std::min(chunk_size, T);
+  const int64_t C = chunk_starts.defined() ? chunk_size : std::min(chunk_size, T);
+  PRIME_CHECK(!chunk_starts.defined() || (T % C == 0 && chunk_starts.dim() == 1 && chunk_starts.size(0) == T / C &&
+                                          chunk_starts.scalar_type() == at::kBool),
+              "GKA chunked form: chunk_starts must be [", T / C, "] bool for ", T, " tokens in chunks of ", C);
+  const at::Tensor keep = chunk_starts.defined() ? chunk_starts.logical_not().to(in.q.scalar_type()) : at::Tensor();
   const at::Tensor Q = chunks::split(in.q, C);  // [B,H,n,C,D]
   const at::Tensor K = chunks::split(in.k, C);
   const at::Tensor V = chunks::split(in.v, C);
@@ -96,7 +102,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
                                    K, C);
     // Chunk-start H for every chunk, then the final H.
     const at::Tensor contribution = at::matmul(Kt * decay_kk.to_end.unsqueeze(-2), K);
-    const auto H_scan = scan_chunk_starts(kk_state, contribution, decay_kk.whole);
+    const auto H_scan = scan_chunk_starts(kk_state, contribution, decay_kk.whole, keep);
     const at::Tensor& H0 = H_scan.first;  // [B,H,n,D,D]
     result.kk_state = H_scan.second;
 
@@ -119,7 +125,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
 
   // Gated linear attention on q~.
   const at::Tensor contribution_kv = at::matmul(Kt * decay_kv.to_end.unsqueeze(-2), V);
-  const auto S_scan = scan_chunk_starts(kv_state, contribution_kv, decay_kv.whole);
+  const auto S_scan = scan_chunk_starts(kv_state, contribution_kv, decay_kv.whole, keep);
   const at::Tensor& S0 = S_scan.first;
   result.kv_state = S_scan.second;
   const at::Tensor o_chunks =
@@ -128,6 +134,35 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
       options.output_scale;
   result.o = chunks::merge(o_chunks, T);
   return result;
+}
+
+at::Tensor chunked_varlen(const GkaMixer::Prepared& in, const DocumentChunks& layout, int64_t chunk_size,
+                          const SolveOptions& options) {
+  const int64_t B = in.q.size(0), T = in.q.size(1), H = in.q.size(2), D = in.q.size(3);
+  PRIME_CHECK(layout.scatter.size(0) == B * T && layout.gather.size(0) == layout.count * chunk_size,
+              "GKA packed documents: a chunk layout of ", layout.gather.size(0), " slots for ", B, " x ", T,
+              " tokens in chunks of ", chunk_size);
+  // [B,T,...] -> [1, count * chunk_size, ...]: the documents' chunks side by side, as one row.
+  const auto to_chunks = [&](const at::Tensor& x) {
+    if (!x.defined()) return x;
+    std::vector<int64_t> flat{B * T};
+    for (int64_t dim = 2; dim < x.dim(); ++dim) flat.push_back(x.size(dim));
+    return x.reshape(flat).index_select(0, layout.gather).unsqueeze(0);
+  };
+  GkaMixer::Prepared packed;
+  packed.q = to_chunks(in.q);
+  packed.k = to_chunks(in.k);
+  packed.v = to_chunks(in.v);
+  packed.alpha = to_chunks(in.alpha);
+  packed.log_decay_kv = to_chunks(in.log_decay_kv);
+  // One decay for both states stays one tensor (chunked_core computes it once).
+  packed.log_decay_kk = in.log_decay_kk.defined() && in.log_decay_kk.is_same(in.log_decay_kv)
+                            ? packed.log_decay_kv
+                            : to_chunks(in.log_decay_kk);
+  const at::Tensor zero = at::zeros({1, H, D, D}, in.q.options().requires_grad(false));
+  const ChunkedResult result = chunked_core(packed, options.num_iter > 0 ? zero : at::Tensor(), zero, chunk_size,
+                                            options, layout.starts);
+  return result.o.squeeze(0).index_select(0, layout.scatter).view({B, T, H, D});
 }
 
 }  // namespace prime::model::gka_detail

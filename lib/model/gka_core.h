@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/documents.h"
 #include "model/gka.h"
 
 namespace prime::model {
@@ -104,10 +105,19 @@ struct ChunkedResult {
 };
 
 // The chunked parallel form over all T tokens of `in`, starting from kk_state / kv_state
-// (kk_state may be undefined when num_iter == 0). Differentiable: no in-place ops.
+// (kk_state may be undefined when num_iter == 0). Differentiable: no in-place ops. With
+// chunk_starts ([T / chunk_size] bool, T a multiple of chunk_size), both states restart from
+// zero at every chunk marked (packed documents; the final states are then those of the last
+// document).
 ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
                            const at::Tensor& kv_state, int64_t chunk_size,
-                           const SolveOptions& options);
+                           const SolveOptions& options, const at::Tensor& chunk_starts = at::Tensor());
+
+// Packed documents: `in` [B, T, ...] (B*T tokens, documents.h's layout), each document run from
+// zero states on its own chunks (`layout`, for chunk_size) all at once; o [B, T, H, D] before the
+// output norm.
+at::Tensor chunked_varlen(const GkaMixer::Prepared& in, const DocumentChunks& layout, int64_t chunk_size,
+                          const SolveOptions& options);
 
 }  // namespace gka_detail
 }  // namespace prime::model
