@@ -52,24 +52,6 @@ ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chun
   return out;
 }
 
-// The state at the start of every chunk, [B,H,n,D,D], and the final state, given each chunk's
-// own contribution [B,H,n,D,D] and whole-chunk decay [B,H,n]; keep [n] (optional) is 0 at the
-// chunks whose state restarts from zero (a document's first chunk), 1 elsewhere.
-std::pair<at::Tensor, at::Tensor> scan_chunk_starts(const at::Tensor& initial,
-                                                    const at::Tensor& contribution,
-                                                    const at::Tensor& whole_decay, const at::Tensor& keep) {
-  const int64_t n = contribution.size(2);
-  std::vector<at::Tensor> starts;
-  starts.reserve(static_cast<size_t>(n));
-  at::Tensor state = initial;
-  for (int64_t c = 0; c < n; ++c) {
-    if (keep.defined()) state = state * keep.select(0, c);
-    starts.push_back(state);
-    state = whole_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) * state + contribution.select(2, c);
-  }
-  return {at::stack(starts, 2), state};
-}
-
 }  // namespace
 
 ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
@@ -102,7 +84,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
                                    K, C);
     // Chunk-start H for every chunk, then the final H.
     const at::Tensor contribution = at::matmul(Kt * decay_kk.to_end.unsqueeze(-2), K);
-    const auto H_scan = scan_chunk_starts(kk_state, contribution, decay_kk.whole, keep);
+    const auto H_scan = chunks::state_scan(kk_state, contribution, decay_kk.whole, keep);
     const at::Tensor& H0 = H_scan.first;  // [B,H,n,D,D]
     result.kk_state = H_scan.second;
 
@@ -125,7 +107,7 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
 
   // Gated linear attention on q~.
   const at::Tensor contribution_kv = at::matmul(Kt * decay_kv.to_end.unsqueeze(-2), V);
-  const auto S_scan = scan_chunk_starts(kv_state, contribution_kv, decay_kv.whole, keep);
+  const auto S_scan = chunks::state_scan(kv_state, contribution_kv, decay_kv.whole, keep);
   const at::Tensor& S0 = S_scan.first;
   result.kv_state = S_scan.second;
   const at::Tensor o_chunks =

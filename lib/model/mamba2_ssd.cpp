@@ -74,7 +74,6 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
   const at::Tensor cc = chunks::split(Cm, chunk_size);
   const at::Tensor log_decay = chunks::split(delta * A, chunk_size);  // [B,H,N,C]
   const at::Tensor gamma = at::cumsum(log_decay, -1);
-  const int64_t num_chunks = gamma.size(2);
 
   const at::Tensor scores =
       at::matmul(cc, bc.transpose(-1, -2)) * chunks::segment_decay(log_decay);
@@ -83,19 +82,12 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
   // [B,H,N,P,N]: each chunk's end state when it starts from zero.
   const at::Tensor to_end = at::exp(chunks::suffix_sum(log_decay)).unsqueeze(-1);
   const at::Tensor local_state = at::matmul((xc * to_end).transpose(-1, -2), bc);
-  const at::Tensor chunk_decay = at::exp(gamma_end).unsqueeze(-1);  // [B,H,N,1,1]
-
-  std::vector<at::Tensor> start_states;  // state entering each chunk
-  start_states.reserve(num_chunks);
-  for (int64_t n = 0; n < num_chunks; ++n) {
-    start_states.push_back(h);
-    h = chunk_decay.select(2, n) * h + local_state.select(2, n);
-  }
-  const at::Tensor starts = at::stack(start_states, 2);  // [B,H,N,P,N]
+  // The state entering each chunk [B,H,N,P,N], and the final state.
+  const auto [starts, final_state] = chunks::state_scan(h, local_state, at::exp(gamma_end).squeeze(-1), at::Tensor());
   // diag(e^Gamma) C h0^T
   const at::Tensor y_state =
       at::exp(gamma).unsqueeze(-1) * at::matmul(cc, starts.transpose(-1, -2));
-  return {chunks::merge(y_local + y_state, length), h};
+  return {chunks::merge(y_local + y_state, length), final_state};
 }
 
 }  // namespace prime::model

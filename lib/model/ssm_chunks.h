@@ -1,11 +1,13 @@
 // Helpers of the chunked SSM forms (GKA, GDN, Mamba-2): time split into chunks and merged back,
-// and the causal in-chunk decay matrix built from the per-step log decays.
+// the causal in-chunk decay matrix built from the per-step log decays, and the chunk-start scan
+// of the states that are linear in themselves.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace prime::model::chunks {
@@ -53,5 +55,14 @@ inline at::Tensor segment_decay(const at::Tensor& log_decay) {
 inline at::Tensor suffix_sum(const at::Tensor& log_decay) {
   return at::flip(at::cumsum(at::flip(log_decay, {-1}), -1), {-1}) - log_decay;
 }
+
+// The state entering every chunk of a recurrence linear in its state, and the final state:
+//   s_0 = initial,  s'_c = keep_c s_c,  starts_c = s'_c,  s_{c+1} = decay_c s'_c + contribution_c.
+// contribution [B,H,n,D1,D2] (chunk c's own end state from zero), decay [B,H,n] (chunk c's whole
+// decay), initial [B,H,D1,D2] or broadcastable to it (undefined: zero), keep [n] (0 at a chunk
+// whose state restarts, 1 elsewhere; undefined: no restart). Returns ([B,H,n,D1,D2], [B,H,D1,D2]).
+// One autograd node whose backward is the reverse scan (ssm_chunk_scan.cpp).
+std::pair<at::Tensor, at::Tensor> state_scan(const at::Tensor& initial, const at::Tensor& contribution,
+                                             const at::Tensor& decay, const at::Tensor& keep);
 
 }  // namespace prime::model::chunks

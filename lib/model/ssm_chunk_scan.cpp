@@ -1,0 +1,104 @@
+// The chunk-start scan shared by the chunked forms whose state update is linear in the state
+// (GKA's two states, Mamba-2's SSD): one autograd node instead of a chain of per-chunk ops.
+//
+// Unrolled, autograd takes every chunk's slice of the contributions apart with its own
+// full-size zero gradient: n chunks cost n writes and reads of the whole [B,H,n,D1,D2] tensor
+// in the backward pass (a gigabyte per chunk for a 32-head, 128-dim layer at 8k tokens). The
+// backward here is the reverse scan, writing each chunk's gradient straight into one tensor.
+//
+// Forward (s_0 = initial):   s'_c = keep_c s_c,  starts_c = s'_c,  s_{c+1} = decay_c s'_c + X_c.
+// Backward (a_n = dL/d final; a_{c+1} is dL/d X_c):
+//   dL/d X_c      = a_{c+1}
+//   a_c           = keep_c (decay_c a_{c+1} + dL/d starts_c),  dL/d initial = a_0
+//   dL/d decay_c  = <a_{c+1}, starts_c>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "model/ssm_chunks.h"
+#include "util/error.h"
+
+namespace prime::model::chunks {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// decay [B,H,n] at chunk c as a factor of a [B,H,D1,D2] state.
+at::Tensor decay_at(const at::Tensor& decay, int64_t c) {
+  return decay.select(2, c).unsqueeze(-1).unsqueeze(-1);
+}
+
+// keep is [n], or empty when no chunk restarts (an undefined tensor cannot enter an autograd
+// node).
+struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& initial, const at::Tensor& contribution,
+                               const at::Tensor& decay, const at::Tensor& keep_or_empty) {
+    const at::Tensor keep = keep_or_empty.numel() > 0 ? keep_or_empty : at::Tensor();
+    const int64_t n = contribution.size(2);
+    at::Tensor starts = at::empty(contribution.sizes(), contribution.options());
+    at::Tensor state = initial.expand(starts.select(2, 0).sizes());
+    for (int64_t c = 0; c < n; ++c) {
+      at::Tensor start = starts.select(2, c);
+      if (keep.defined())
+        at::mul_out(start, state, keep.select(0, c));
+      else
+        start.copy_(state);
+      state = at::addcmul(contribution.select(2, c), decay_at(decay, c), start);
+    }
+    context->save_for_backward({initial, decay, keep_or_empty, starts});
+    return {starts, state};
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grads) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor &initial = saved[0], &decay = saved[1], &starts = saved[3];
+    const at::Tensor keep = saved[2].numel() > 0 ? saved[2] : at::Tensor();
+    const at::Tensor &g_starts = grads[0], &g_final = grads[1];
+    at::NoGradGuard no_grad;
+    const int64_t n = starts.size(2);
+    // Slot c of g_contribution holds a_{c+1}; the scan runs in place from the last slot down.
+    at::Tensor g_contribution = at::empty(starts.sizes(), starts.options());
+    at::Tensor last = g_contribution.select(2, n - 1);
+    if (g_final.defined())
+      last.copy_(g_final);
+    else
+      last.zero_();
+    at::Tensor a;  // a_c, once the loop reaches c = 0
+    for (int64_t c = n - 1; c >= 0; --c) {
+      const at::Tensor next = g_contribution.select(2, c);
+      at::Tensor into = c > 0 ? g_contribution.select(2, c - 1) : at::empty_like(next);
+      if (g_starts.defined())
+        at::addcmul_out(into, g_starts.select(2, c), decay_at(decay, c), next);
+      else
+        at::mul_out(into, next, decay_at(decay, c));
+      if (keep.defined()) into.mul_(keep.select(0, c));
+      if (c == 0) a = into;
+    }
+    at::Tensor g_initial, g_decay;
+    if (context->needs_input_grad(0)) g_initial = at::sum_to(a, initial.sizes());
+    if (context->needs_input_grad(2)) g_decay = (g_contribution * starts).sum({-2, -1});
+    return {g_initial, context->needs_input_grad(1) ? g_contribution : at::Tensor(), g_decay, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> state_scan(const at::Tensor& initial, const at::Tensor& contribution,
+                                             const at::Tensor& decay, const at::Tensor& keep) {
+  PRIME_CHECK(contribution.dim() == 5 && contribution.size(2) > 0 && decay.dim() == 3 &&
+                  decay.size(0) == contribution.size(0) && decay.size(1) == contribution.size(1) &&
+                  decay.size(2) == contribution.size(2),
+              "chunk state scan: contributions [B,H,n,D1,D2] with n > 0 and decays [B,H,n], got ",
+              contribution.sizes(), " and ", decay.sizes());
+  PRIME_CHECK(!keep.defined() || (keep.dim() == 1 && keep.size(0) == contribution.size(2)),
+              "chunk state scan: keep must be [", contribution.size(2), "]");
+  const at::Tensor start = initial.defined()
+                               ? initial
+                               : at::zeros({contribution.size(0), contribution.size(1), contribution.size(3),
+                                            contribution.size(4)},
+                                           contribution.options().requires_grad(false));
+  const at::Tensor keep_or_empty = keep.defined() ? keep : at::empty({0}, decay.options().requires_grad(false));
+  const variable_list out = ChunkStateScan::apply(start, contribution, decay, keep_or_empty);
+  return {out[0], out[1]};
+}
+
+}  // namespace prime::model::chunks
