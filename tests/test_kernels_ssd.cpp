@@ -32,13 +32,15 @@ struct SsdCase {
   double a_min, a_max;  // A runs from -a_min to -a_max over the heads
   int64_t chunk;        // what the torch-ops form and the float64 run use
   bool misaligned = false;  // x a view one element into a [B,T,H,P+1] tensor (no 16-byte loads)
+  std::vector<int64_t> restarts = {};  // chunks (of `chunk` steps; T a multiple) whose state restarts
 };
 
 std::string describe(const SsdCase& c) {
   return "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) +
          " P=" + std::to_string(c.P) + " N=" + std::to_string(c.N) + (c.with_state ? " with state" : "") +
          (c.strided ? " strided" : "") + " A in -[" + std::to_string(c.a_min) + ", " +
-         std::to_string(c.a_max) + "] chunk " + std::to_string(c.chunk) + (c.misaligned ? " misaligned x" : "");
+         std::to_string(c.a_max) + "] chunk " + std::to_string(c.chunk) + (c.misaligned ? " misaligned x" : "") +
+         (c.restarts.empty() ? "" : " restarts at " + std::to_string(c.restarts.size()) + " chunks");
 }
 
 // float64 CPU inputs: x, B, C of unit scale (B and C scaled so C.B is O(1)), delta in (0, 1).
@@ -77,7 +79,12 @@ SsdRun run_ssd(const SsdCase& c, const SsdInputs& in, const at::Device& device, 
                                       : leaves[0];
   const at::Tensor Bm = c.strided ? leaves[3].expand({c.B, c.T, c.H, c.N}) : leaves[3];
   const at::Tensor state = c.with_state ? leaves[5] : at::Tensor();
-  auto [y, final_state] = model::ssd_chunked(x, leaves[1], leaves[2], Bm, leaves[4], state, c.chunk);
+  at::Tensor chunk_starts;
+  if (!c.restarts.empty()) {
+    chunk_starts = at::zeros({c.T / c.chunk}, at::TensorOptions().dtype(at::kBool).device(device));
+    for (int64_t chunk : c.restarts) chunk_starts[chunk] = true;
+  }
+  auto [y, final_state] = model::ssd_chunked(x, leaves[1], leaves[2], Bm, leaves[4], state, c.chunk, chunk_starts);
   SsdRun run{y.detach(), final_state.detach(), {}, y.grad_fn() ? y.grad_fn()->name() : ""};
   const at::Tensor loss = (y * in.y_weight.to(device, type)).sum() +
                           (final_state * in.state_weight.to(device, type)).sum();
@@ -184,6 +191,11 @@ TEST_CASE("SSD chunk kernels: output, final state and all six gradients equal th
       {1, 150, 2, 80, 96, true, false, 0.1, 4.0, 64},     // tensor cores: 5 and 6 column tiles
       {2, 70, 2, 16, 16, true, true, 0.5, 2.0, 64},       // tensor cores: the smallest tiles
       {1, 100, 3, 48, 32, true, false, 0.5, 4.0, 128, true},  // x misaligned: element-wise loads
+      // Restarts (packed documents): flags per 64-step chunk, per 128-step chunk (every other
+      // kernel chunk), and at the first chunk, which drops the initial state (its gradient is 0).
+      {1, 384, 3, 64, 128, true, false, 0.1, 4.0, 64, false, {2, 3, 5}},
+      {2, 512, 2, 64, 64, true, true, 0.5, 4.0, 128, false, {1, 3}},
+      {1, 192, 2, 48, 40, true, false, 0.1, 1.0, 64, false, {0, 2}},  // the SIMT kernels
   };
   uint64_t seed = 31;
   for (const SsdCase& c : cases) check_case(c, seed++);
@@ -191,7 +203,7 @@ TEST_CASE("SSD chunk kernels: output, final state and all six gradients equal th
 
 // Small enough for compute-sanitizer's memcheck and racecheck: two chunks, the second padded,
 // expanded Bm and an initial state; a partial column tile (P = 40, N = 24: the SIMT kernels) and
-// P = 32, N = 16 (the tensor-core kernels).
+// P = 32, N = 16 (the tensor-core kernels); three chunks with a restart.
 TEST_CASE("SSD chunk kernels: small shapes for the sanitizer", "[kernels][ssd][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -199,4 +211,5 @@ TEST_CASE("SSD chunk kernels: small shapes for the sanitizer", "[kernels][ssd][g
   const test::FullFp32Matmuls full_fp32;
   check_case({1, 70, 2, 40, 24, true, true, 0.5, 2.0, 64}, 3);
   check_case({1, 70, 2, 32, 16, true, true, 0.5, 2.0, 64}, 4);
+  check_case({1, 192, 2, 32, 16, true, false, 0.5, 2.0, 64, false, {1}}, 5);  // a restart
 }

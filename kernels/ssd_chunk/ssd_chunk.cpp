@@ -30,23 +30,30 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kChunk = 64;  // the kernels' chunk length (ssd_chunk_launch.h)
+constexpr int64_t kChunk = kSsdKernelChunk;
+#ifdef PRIME_WITH_CUDA
+static_assert(kChunk == detail::kSsdChunk, "one chunk length for the launchers and the wrapper");
+#endif
 constexpr int64_t kMaxDim = 128;
 
 int64_t chunks_of(int64_t T) { return (T + kChunk - 1) / kChunk; }
 int64_t tiles_of(int64_t dim) { return (dim + 63) / 64; }
+
+[[maybe_unused]] at::Tensor restart_flags(const at::Tensor& restart_or_empty) {
+  return restart_or_empty.numel() > 0 ? restart_or_empty : at::Tensor();
+}
 
 // delta [B,T,H] -> [B,H,nC*64], zero past T.
 at::Tensor padded_delta(const at::Tensor& delta, int64_t padded_length) {
   return at::constant_pad_nd(delta.permute({0, 2, 1}), {0, padded_length - delta.size(1)});
 }
 
-// Inputs as ssd_chunked takes them; state_or_empty: [B,H,P,N], or empty for zeros (an undefined
-// tensor cannot be an autograd input).
+// Inputs as ssd_chunked takes them; state_or_empty: [B,H,P,N], or empty for zeros;
+// restart_or_empty: [nC] bool, or empty for none (an undefined tensor cannot be an autograd input).
 struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
   static variable_list forward(AutogradContext* context, const at::Tensor& x, const at::Tensor& delta,
                                const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
-                               const at::Tensor& state_or_empty) {
+                               const at::Tensor& state_or_empty, const at::Tensor& restart_or_empty) {
     require_cuda_build("ssd_chunked");
     const int64_t B = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), N = Bm.size(3);
     const int64_t num_chunks = chunks_of(T);
@@ -59,14 +66,14 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
 #ifdef PRIME_WITH_CUDA
     detail::launch_ssd_chunk_states(x, Bm, delta, a, detail::SsdRowFactor::ToEnd, starts, decay);
     const at::Tensor initial = has_state ? state_or_empty.reshape({B * H, P * N}).contiguous() : at::Tensor();
-    detail::launch_ssd_state_scan(starts.view({B * H, num_chunks, P * N}), decay, initial, /*reverse=*/false,
-                                  final_state);
+    detail::launch_ssd_state_scan(starts.view({B * H, num_chunks, P * N}), decay, initial,
+                                  restart_flags(restart_or_empty), /*reverse=*/false, final_state);
     detail::SsdMixOperands mix;
     mix.fa = Cm, mix.fb = Bm, mix.u = x, mix.u_delta = true, mix.state = starts;
     mix.factor = detail::SsdRowFactor::FromStart, mix.out = y;
     detail::launch_ssd_chunk_mix(mix, delta, a);
 #endif
-    context->save_for_backward({x, delta, a, Bm, Cm, starts, decay});
+    context->save_for_backward({x, delta, a, Bm, Cm, starts, decay, restart_or_empty});
     context->saved_data["has_state"] = has_state;
     return {y, final_state.view({B, H, P, N})};
   }
@@ -74,7 +81,7 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const variable_list saved = context->get_saved_variables();
     const at::Tensor &x = saved[0], &delta = saved[1], &a = saved[2], &Bm = saved[3], &Cm = saved[4];
-    const at::Tensor &starts = saved[5], &decay = saved[6];
+    const at::Tensor &starts = saved[5], &decay = saved[6], &restart_or_empty = saved[7];
     const bool has_state = context->saved_data["has_state"].toBool();
     const int64_t B = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), N = Bm.size(3);
     const int64_t num_chunks = chunks_of(T), padded = num_chunks * kChunk;
@@ -91,8 +98,8 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
 #ifdef PRIME_WITH_CUDA
     // dstart_n, then the backward walk turns them into dlocal_n in place.
     detail::launch_ssd_chunk_states(dy, Cm, delta, a, detail::SsdRowFactor::FromStart, d_local, at::Tensor());
-    detail::launch_ssd_state_scan(d_local.view({B * H, num_chunks, P * N}), decay, d_final, /*reverse=*/true,
-                                  d_state);
+    detail::launch_ssd_state_scan(d_local.view({B * H, num_chunks, P * N}), decay, d_final,
+                                  restart_flags(restart_or_empty), /*reverse=*/true, d_state);
     detail::SsdMixOperands for_x;  // d(delta x), dx, and the row partials of the Gamma gradient
     for_x.fa = Cm, for_x.fb = Bm, for_x.transpose = true, for_x.u = dy, for_x.v_is_fb = true;
     for_x.state = d_local, for_x.factor = detail::SsdRowFactor::ToEnd, for_x.aux = x;
@@ -110,7 +117,7 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
     for_b.factor = detail::SsdRowFactor::ToEnd, for_b.out = dB;
     detail::launch_ssd_chunk_mix(for_b, delta, a);
 #else
-    (void)Cm;
+    (void)Cm, (void)restart_or_empty;
 #endif
     const at::Tensor d_decay = (d_local * starts).sum({-1, -2}).view({B, H, num_chunks});
     const at::Tensor delta_bht = padded_delta(delta, padded);                 // [B,H,nC*64]
@@ -124,7 +131,7 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
         (d_log_decay * a.view({1, H, 1}) + x_full.sum(0).narrow(2, 0, T)).permute({0, 2, 1});
     const at::Tensor dA = (d_log_decay * delta.permute({0, 2, 1})).sum(at::IntArrayRef{0, 2});
     return {dx, d_delta, dA.to(a.scalar_type()), dB, dC,
-            has_state ? d_state.view({B, H, P, N}) : at::Tensor()};
+            has_state ? d_state.view({B, H, P, N}) : at::Tensor(), at::Tensor()};
   }
 };
 
@@ -152,12 +159,18 @@ bool ssd_chunk_kernels_apply(const at::Tensor& x, const at::Tensor& delta, const
 }
 
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
-                                              const at::Tensor& Bm, const at::Tensor& Cm,
-                                              const at::Tensor& state) {
+                                              const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
+                                              const at::Tensor& restart) {
   PRIME_CHECK(ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state),
               "ssd_chunked kernels: operands they do not serve (x ", x.sizes(), ", Bm ", Bm.sizes(), ")");
+  PRIME_CHECK(!restart.defined() || (restart.dim() == 1 && restart.size(0) == chunks_of(x.size(1)) &&
+                                     restart.scalar_type() == at::kBool && restart.device() == x.device()),
+              "ssd_chunked kernels: restart must be [", chunks_of(x.size(1)), "] bool on ", x.device(), " (one flag per ",
+              kChunk, "-step chunk)");
   const at::Tensor state_or_empty = state.defined() ? state : at::empty({0}, x.options());
-  variable_list outputs = SsdChunkFunction::apply(x, delta, A, Bm, Cm, state_or_empty);
+  const at::Tensor restart_or_empty =
+      restart.defined() ? restart.contiguous() : at::empty({0}, x.options().dtype(at::kBool));
+  variable_list outputs = SsdChunkFunction::apply(x, delta, A, Bm, Cm, state_or_empty, restart_or_empty);
   return {outputs[0], outputs[1]};
 }
 

@@ -20,10 +20,16 @@ namespace prime::kernels {
 bool ssd_chunk_kernels_apply(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                              const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state);
 
+// The kernels' chunk length: restart flags come one per this many steps.
+constexpr int64_t kSsdKernelChunk = 64;
+
 // ssd_chunked's (y [B,T,H,P], final state [B,H,P,N]) from the kernels; state undefined means
-// zeros. Differentiable in x, delta, A, Bm, Cm and state.
+// zeros. restart [ceil(T/64)] bool (packed documents) or undefined: a 64-step chunk flagged true
+// starts from a zero state in every row, as if its steps began a new sequence. Differentiable in
+// x, delta, A, Bm, Cm and state.
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta,
                                               const at::Tensor& A, const at::Tensor& Bm,
-                                              const at::Tensor& Cm, const at::Tensor& state);
+                                              const at::Tensor& Cm, const at::Tensor& state,
+                                              const at::Tensor& restart = at::Tensor());
 
 }  // namespace prime::kernels

@@ -150,8 +150,8 @@ __device__ __forceinline__ float4 scan_step(float d, float4 s, float4 value) {
 template <int W>
 __global__ void __launch_bounds__(kThreads)
 ssd_state_scan_kernel(float* __restrict__ buffer, const float* __restrict__ decay,
-                      const float* __restrict__ initial, float* __restrict__ final_state,
-                      int num_chunks, int elements, bool reverse) {
+                      const float* __restrict__ initial, const bool* __restrict__ restart,
+                      float* __restrict__ final_state, int num_chunks, int elements, bool reverse) {
   using Vec = std::conditional_t<W == 4, float4, float>;
   const int element = (blockIdx.x * kThreads + threadIdx.x) * W;
   if (element >= elements) return;
@@ -168,8 +168,11 @@ ssd_state_scan_kernel(float* __restrict__ buffer, const float* __restrict__ deca
     const bool more = walked + 1 < num_chunks;
     Vec next{};
     if (more) next = base[static_cast<size_t>(n + step) * stride];
+    const bool restarts = restart != nullptr && restart[n];
+    if (restarts && !reverse) s = Vec{};  // the state entering a restarting chunk is zero
     base[static_cast<size_t>(n) * stride] = s;
     s = scan_step(decay_m[n], s, value);
+    if (restarts && reverse) s = Vec{};  // so nothing flows back past it
     value = next;
   }
   *reinterpret_cast<Vec*>(final_state + m * elements + element) = s;
@@ -716,7 +719,7 @@ void launch_ssd_chunk_states(const at::Tensor& u, const at::Tensor& v, const at:
 }
 
 void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, const at::Tensor& initial,
-                           bool reverse, const at::Tensor& final_state) {
+                           const at::Tensor& restart, bool reverse, const at::Tensor& final_state) {
   const char* op = "ssd_state_scan";
   check_operand(buffer, op, "buffer", at::kFloat, 3);
   check_operand(decay, op, "decay", at::kFloat, 2);
@@ -728,6 +731,10 @@ void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, co
   if (initial.defined()) {
     check_operand(initial, op, "initial", at::kFloat, 2);
     PRIME_CHECK(initial.sizes() == final_state.sizes(), op, ": initial ", initial.sizes());
+  }
+  if (restart.defined()) {
+    check_operand(restart, op, "restart", at::kBool, 1);
+    PRIME_CHECK(restart.size(0) == num_chunks, op, ": restart ", restart.sizes(), " for ", num_chunks, " chunks");
   }
   PRIME_CHECK(M <= 65535 && elements < (int64_t{1} << 30), op, ": ", M, " rows of ", elements);
   if (M == 0 || elements == 0) return;
@@ -744,11 +751,13 @@ void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, co
   const dim3 grid(static_cast<unsigned>((threads_needed + kThreads - 1) / kThreads), static_cast<unsigned>(M));
   if (vec4)
     ssd_state_scan_kernel<4><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial), final_state.data_ptr<float>(),
+        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial),
+        restart.defined() ? restart.data_ptr<bool>() : nullptr, final_state.data_ptr<float>(),
         static_cast<int>(num_chunks), static_cast<int>(elements), reverse);
   else
     ssd_state_scan_kernel<1><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial), final_state.data_ptr<float>(),
+        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial),
+        restart.defined() ? restart.data_ptr<bool>() : nullptr, final_state.data_ptr<float>(),
         static_cast<int>(num_chunks), static_cast<int>(elements), reverse);
   PRIME_CUDA_CHECK_LAUNCH("ssd_state_scan_kernel");
 }

@@ -27,9 +27,12 @@ void launch_ssd_chunk_states(const at::Tensor& u, const at::Tensor& v, const at:
 //   value = buffer[n]; buffer[n] = s; s = decay[m, n] s + value
 // from s = initial [M, P*N] (zeros if undefined); final [M, P*N] receives the last s. Forwards
 // it turns the chunks' local end states into the states entering each chunk; backwards it
-// turns the gradients of the start states into those of the local end states.
-void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay,
-                           const at::Tensor& initial, bool reverse, const at::Tensor& final_state);
+// turns the gradients of the start states into those of the local end states. restart [nC]
+// bool (or undefined), shared by the M rows: a chunk flagged true starts from a zero state
+// (forwards s = 0 before buffer[n] = s; backwards s = 0 after the step, so no gradient flows
+// back past it).
+void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, const at::Tensor& initial,
+                           const at::Tensor& restart, bool reverse, const at::Tensor& final_state);
 
 // The in-chunk product every output and input gradient has the shape of. Per (b, h, chunk,
 // 64-column tile), rows r and columns c of the chunk:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <vector>
 
 #include "util/error.h"
 
@@ -126,6 +127,24 @@ at::Tensor run_per_document(const Documents& documents, const at::Tensor& x,
   }
   const at::Tensor joined = outputs.size() == 1 ? outputs.front() : at::cat(outputs, 0);
   return joined.index_select(0, documents.restore).view({documents.batch, documents.steps, joined.size(1)});
+}
+
+at::Tensor to_document_chunks(const at::Tensor& x, const DocumentChunks& layout) {
+  if (!x.defined()) return x;
+  PRIME_CHECK(x.dim() >= 2 && x.size(0) * x.size(1) == layout.scatter.size(0), "packed documents: ", x.sizes(),
+              " for a chunk layout of ", layout.scatter.size(0), " tokens");
+  std::vector<int64_t> flat{x.size(0) * x.size(1)};
+  for (int64_t dim = 2; dim < x.dim(); ++dim) flat.push_back(x.size(dim));
+  return x.reshape(flat).index_select(0, layout.gather).unsqueeze(0);
+}
+
+at::Tensor from_document_chunks(const at::Tensor& y, const DocumentChunks& layout, int64_t batch, int64_t steps) {
+  PRIME_CHECK(y.dim() >= 2 && y.size(0) == 1 && y.size(1) == layout.gather.size(0) &&
+                  batch * steps == layout.scatter.size(0),
+              "packed documents: ", y.sizes(), " back to ", batch, " x ", steps, " tokens");
+  std::vector<int64_t> shape{batch, steps};
+  for (int64_t dim = 2; dim < y.dim(); ++dim) shape.push_back(y.size(dim));
+  return y.squeeze(0).index_select(0, layout.scatter).view(shape);
 }
 
 }  // namespace prime::model

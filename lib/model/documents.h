@@ -81,4 +81,11 @@ Documents make_documents(const at::Tensor& positions, const at::Device& device, 
 at::Tensor run_per_document(const Documents& documents, const at::Tensor& x,
                             const std::function<at::Tensor(const at::Tensor&)>& fn);
 
+// [B, T, ...] -> [1, count * chunk_size, ...]: the packed tokens in `layout`'s chunks, side by
+// side as one row, for a chunked form to run with the layout's `starts` (undefined stays
+// undefined). Differentiable.
+at::Tensor to_document_chunks(const at::Tensor& x, const DocumentChunks& layout);
+// Back from that row: a chunked form's output [1, count * chunk_size, ...] -> [B, T, ...].
+at::Tensor from_document_chunks(const at::Tensor& y, const DocumentChunks& layout, int64_t batch, int64_t steps);
+
 }  // namespace prime::model

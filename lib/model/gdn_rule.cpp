@@ -149,17 +149,11 @@ at::Tensor gated_delta_rule_varlen(const at::Tensor& q, const at::Tensor& k, con
   PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes() && g.dim() == 3 &&
               beta.sizes() == g.sizes() && layout.scatter.size(0) == q.size(0) * q.size(1) &&
               layout.gather.size(0) == layout.count * chunk_size);
-  const int64_t tokens = q.size(0) * q.size(1);
-  // [B,T,...] -> [1, count * chunk_size, ...]: the documents' chunks side by side, as one row.
-  const auto to_chunks = [&](const at::Tensor& x) {
-    std::vector<int64_t> flat_shape{tokens};
-    for (int64_t dim = 2; dim < x.dim(); ++dim) flat_shape.push_back(x.size(dim));
-    return x.reshape(flat_shape).index_select(0, layout.gather).unsqueeze(0);
-  };
+  const auto to_chunks = [&](const at::Tensor& x) { return to_document_chunks(x, layout); };
   const at::Tensor o = gated_delta_rule_chunked(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(g),
                                                 to_chunks(beta), at::Tensor(), chunk_size, layout.starts)
                            .first;
-  return o.squeeze(0).index_select(0, layout.scatter).view(q.sizes());
+  return from_document_chunks(o, layout, q.size(0), q.size(1));
 }
 
 }  // namespace prime::model

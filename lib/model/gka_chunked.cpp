@@ -124,13 +124,7 @@ at::Tensor chunked_varlen(const GkaMixer::Prepared& in, const DocumentChunks& la
   PRIME_CHECK(layout.scatter.size(0) == B * T && layout.gather.size(0) == layout.count * chunk_size,
               "GKA packed documents: a chunk layout of ", layout.gather.size(0), " slots for ", B, " x ", T,
               " tokens in chunks of ", chunk_size);
-  // [B,T,...] -> [1, count * chunk_size, ...]: the documents' chunks side by side, as one row.
-  const auto to_chunks = [&](const at::Tensor& x) {
-    if (!x.defined()) return x;
-    std::vector<int64_t> flat{B * T};
-    for (int64_t dim = 2; dim < x.dim(); ++dim) flat.push_back(x.size(dim));
-    return x.reshape(flat).index_select(0, layout.gather).unsqueeze(0);
-  };
+  const auto to_chunks = [&](const at::Tensor& x) { return to_document_chunks(x, layout); };
   GkaMixer::Prepared packed;
   packed.q = to_chunks(in.q);
   packed.k = to_chunks(in.k);
@@ -144,7 +138,7 @@ at::Tensor chunked_varlen(const GkaMixer::Prepared& in, const DocumentChunks& la
   const at::Tensor zero = at::zeros({1, H, D, D}, in.q.options().requires_grad(false));
   const ChunkedResult result = chunked_core(packed, options.num_iter > 0 ? zero : at::Tensor(), zero, chunk_size,
                                             options, layout.starts);
-  return result.o.squeeze(0).index_select(0, layout.scatter).view({B, T, H, D});
+  return from_document_chunks(result.o, layout, B, T);
 }
 
 }  // namespace prime::model::gka_detail

@@ -150,7 +150,7 @@ std::unique_ptr<LayerCache> Mamba2Mixer::make_cache(int64_t batch, const at::Dev
   return cache;
 }
 
-Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache) const {
+Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache, const at::Tensor& starts) const {
   const auto ct = ssm_compute_type(x);
   const int64_t batch = x.size(0), length = x.size(1), D = config_.head_dim;
   const int64_t Hq = config_.num_q_heads, Hkv = config_.num_kv_heads, H = config_.num_heads();
@@ -164,7 +164,7 @@ Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache
              .reshape({batch, length, Hq * D});
   }
   at::Tensor xbc = causal_conv_silu(at::cat({xs, Bs, Cs}, -1), conv_, conv_bias_,
-                                    cache ? &cache->conv_state : nullptr);
+                                    cache ? &cache->conv_state : nullptr, starts);
   const auto conv_parts = xbc.split_with_sizes({Hkv * D, Hkv * D, Hq * D}, -1);
   Inputs in;
   in.x = expand_heads(conv_parts[0].reshape({batch, length, Hkv, D}), H / Hkv);
@@ -196,6 +196,16 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
     return ssd_chunked(in.x, in.delta, in.A, in.B, in.C, state, config_.chunk_size);
   });
   return finish(x, in, y);
+}
+
+at::Tensor Mamba2Mixer::forward_documents(const at::Tensor& x, const Documents& documents) {
+  if (documents.one_per_row) return forward(x, nullptr);
+  const OutsideAutocast outside_autocast;
+  check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
+  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "Mamba-2 layer ", prefix_,
+              ": input ", x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  const Inputs in = prepare(x, nullptr, documents.starts);
+  return finish(x, in, ssd_varlen(in.x, in.delta, in.A, in.B, in.C, documents, config_.chunk_size));
 }
 
 at::Tensor Mamba2Mixer::forward_recurrent(const at::Tensor& x, LayerCache* cache) {

@@ -78,6 +78,10 @@ class Mamba2Mixer : public SsmMixer {
   std::string symbol() const override { return "M2"; }
   std::unique_ptr<LayerCache> make_cache(int64_t batch, const at::Device& device) const override;
   at::Tensor forward(const at::Tensor& x, LayerCache* cache) override;
+  // The packed rows at once: projections over all B*T tokens, the short conv with document
+  // resets, the chunked scan over the documents' chunks (ssd_varlen). Equal to the
+  // per-document default up to rounding.
+  at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
 
@@ -90,7 +94,9 @@ class Mamba2Mixer : public SsmMixer {
     at::Tensor A;        // [H], -exp(A_log)
     at::Tensor z;        // [B,T,Hq*D], the output gate
   };
-  Inputs prepare(const at::Tensor& x, Mamba2Cache* cache) const;
+  // starts [B,T] bool (packed documents) or undefined: the short conv restarts at each flagged
+  // token (exclusive with a cache).
+  Inputs prepare(const at::Tensor& x, Mamba2Cache* cache, const at::Tensor& starts = at::Tensor()) const;
   // D skip, gate, grouped RMSNorm, out_proj.
   at::Tensor finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const;
 
@@ -103,10 +109,17 @@ class Mamba2Mixer : public SsmMixer {
 // x [B,T,H,P]; delta [B,T,H]; A [H]; Bm, Cm [B,T,H,N]; state [B,H,P,N] or undefined (zeros).
 // One floating dtype throughout. Returns y [B,T,H,P] and the final state. The chunked form is
 // differentiable by autograd.
+// chunk_starts [T / chunk_size] bool (T a multiple of chunk_size) or undefined: the state
+// entering a flagged chunk is zero (a document starts there; see ssd_varlen).
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta,
                                               const at::Tensor& A, const at::Tensor& Bm,
                                               const at::Tensor& Cm, const at::Tensor& state,
-                                              int64_t chunk_size);
+                                              int64_t chunk_size, const at::Tensor& chunk_starts = at::Tensor());
+// The chunked scan over packed documents: x, delta, Bm, Cm of the rows `documents` describes,
+// laid out in chunks of min(chunk_size, 64) (Documents::chunks), every document from a zero
+// state. Returns y [B,T,H,P]; equal to each document run alone, up to rounding.
+at::Tensor ssd_varlen(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                      const at::Tensor& Cm, const Documents& documents, int64_t chunk_size);
 std::pair<at::Tensor, at::Tensor> ssd_recurrent(const at::Tensor& x, const at::Tensor& delta,
                                                 const at::Tensor& A, const at::Tensor& Bm,
                                                 const at::Tensor& Cm, const at::Tensor& state);

@@ -2,6 +2,8 @@
 // passed between chunks), the per-token recurrence, and the single step it is built from.
 #include "model/mamba2.h"
 
+#include <algorithm>
+
 #include "kernels/ssd_chunk/ssd_chunk.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 
@@ -58,14 +60,29 @@ std::pair<at::Tensor, at::Tensor> ssd_recurrent(const at::Tensor& x, const at::T
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta,
                                               const at::Tensor& A, const at::Tensor& Bm,
                                               const at::Tensor& Cm, const at::Tensor& state,
-                                              int64_t chunk_size) {
+                                              int64_t chunk_size, const at::Tensor& chunk_starts) {
   PRIME_CHECK(x.dim() == 4 && delta.dim() == 3 && Bm.dim() == 4 && Cm.sizes() == Bm.sizes());
   PRIME_CHECK(chunk_size > 0);
-  // On CUDA fp32 the kernels run the scan in their own 64-step chunks whatever chunk_size is:
-  // the result does not depend on the chunk length, up to rounding (kernels/ssd_chunk).
-  if (kernels::ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state))
-    return kernels::ssd_chunked(x, delta, A, Bm, Cm, state);
   const int64_t batch = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3);
+  PRIME_CHECK(!chunk_starts.defined() || (length % chunk_size == 0 && chunk_starts.dim() == 1 &&
+                                          chunk_starts.size(0) == length / chunk_size &&
+                                          chunk_starts.scalar_type() == at::kBool),
+              "SSD chunked form: chunk_starts must be [", length / chunk_size, "] bool for ", length,
+              " steps in chunks of ", chunk_size);
+  // On CUDA fp32 the kernels run the scan in their own 64-step chunks whatever chunk_size is:
+  // the result does not depend on the chunk length, up to rounding (kernels/ssd_chunk). With
+  // restarts, chunk_size must be a multiple of theirs (each restart lands on a chunk of theirs).
+  if (kernels::ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state) &&
+      (!chunk_starts.defined() || chunk_size % kernels::kSsdKernelChunk == 0)) {
+    at::Tensor restart;
+    if (chunk_starts.defined()) {
+      const int64_t per_chunk = chunk_size / kernels::kSsdKernelChunk;
+      restart = at::zeros({chunk_starts.size(0), per_chunk}, chunk_starts.options());
+      restart.select(1, 0).copy_(chunk_starts);
+      restart = restart.view({-1});
+    }
+    return kernels::ssd_chunked(x, delta, A, Bm, Cm, state, restart);
+  }
   at::Tensor h = state.defined() ? state : at::zeros({batch, heads, dim, Bm.size(3)}, x.options());
   if (length == 0) return {at::empty({batch, 0, heads, dim}, x.options()), h};
   // Zero padding is harmless: delta = 0 means no decay and no input.
@@ -82,12 +99,28 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
   // [B,H,N,P,N]: each chunk's end state when it starts from zero.
   const at::Tensor to_end = at::exp(chunks::suffix_sum(log_decay)).unsqueeze(-1);
   const at::Tensor local_state = at::matmul((xc * to_end).transpose(-1, -2), bc);
-  // The state entering each chunk [B,H,N,P,N], and the final state.
-  const auto [starts, final_state] = chunks::state_scan(h, local_state, at::exp(gamma_end).squeeze(-1), at::Tensor());
+  // The state entering each chunk [B,H,N,P,N] (zero at a flagged chunk), and the final state.
+  const at::Tensor keep = chunk_starts.defined() ? chunk_starts.logical_not().to(x.scalar_type()) : at::Tensor();
+  const auto [starts, final_state] = chunks::state_scan(h, local_state, at::exp(gamma_end).squeeze(-1), keep);
   // diag(e^Gamma) C h0^T
   const at::Tensor y_state =
       at::exp(gamma).unsqueeze(-1) * at::matmul(cc, starts.transpose(-1, -2));
   return {chunks::merge(y_local + y_state, length), final_state};
+}
+
+at::Tensor ssd_varlen(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                      const at::Tensor& Cm, const Documents& documents, int64_t chunk_size) {
+  PRIME_CHECK(x.dim() == 4 && x.size(0) == documents.batch && x.size(1) == documents.steps,
+              "SSD packed documents: x ", x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  // Chunks of at most the kernels' 64 steps: a document pads to a multiple of 64, not of the
+  // model's (longer) chunk, and the kernels serve the layout.
+  const int64_t chunk = std::min(chunk_size, kernels::kSsdKernelChunk);
+  const DocumentChunks& layout = documents.chunks(chunk);
+  const auto to_chunks = [&](const at::Tensor& t) { return to_document_chunks(t, layout); };
+  const at::Tensor y = ssd_chunked(to_chunks(x), to_chunks(delta), A, to_chunks(Bm), to_chunks(Cm), at::Tensor(),
+                                   chunk, layout.starts)
+                           .first;
+  return from_document_chunks(y, layout, x.size(0), x.size(1));
 }
 
 }  // namespace prime::model
