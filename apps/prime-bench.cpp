@@ -63,12 +63,13 @@ struct SsmOptions {
   std::string dtype = "fp32";
   std::string types = "GDN,GKA,M2";
   bool no_backward = false;
+  bool profile = false;  // kernels only: one profiled pass per type instead of the timings
 };
 
 // `ssm` (the torch-ops forms alone) and `kernels` (prime's CUDA kernels vs those forms) share
 // their options.
-void add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm",
-                     const char* description = "chunked SSM cores (torch-ops forms): forward and forward+backward time") {
+CLI::App* add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm",
+                          const char* description = "chunked SSM cores (torch-ops forms): forward and forward+backward time") {
   CLI::App* command = app.add_subcommand(name, description);
   command->add_option("--types", options.types, "comma-separated: GDN, GKA, M2 (default all)")->group("Inputs");
   command->add_option("--batch", options.bench.batch, "B (default 4)")->group("Shape");
@@ -83,6 +84,7 @@ void add_ssm_command(CLI::App& app, SsmOptions& options, const char* name = "ssm
       ->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
+  return command;
 }
 
 at::Device finish_ssm_options(SsmOptions& options) {
@@ -96,6 +98,12 @@ at::Device finish_ssm_options(SsmOptions& options) {
 
 void run_kernels(SsmOptions& options) {
   const at::Device device = finish_ssm_options(options);
+  if (options.profile) {
+    for (const std::string& shape : prime::eval::profile_kernel_cores(options.bench, device))
+      std::cout << "profiled once (after one warm-up), between cudaProfilerStart and cudaProfilerStop: " << shape
+                << "\n";
+    return;
+  }
   const auto rows = prime::eval::run_kernel_bench(options.bench, device);
   std::cout << "device " << device << "; each core timed with prime's kernels and with the torch-ops form\n"
             << std::left << std::setw(6) << "type" << std::setw(28) << "(B,T,H,D) dtype" << std::right
@@ -383,7 +391,11 @@ int main(int argc, char** argv) {
   add_ssm_command(app, ssm_options);
   SsmOptions kernel_options;  // every type by default; those without kernels are skipped
   add_ssm_command(app, kernel_options, "kernels",
-                  "prime's CUDA kernels vs the torch-ops forms of the SSM cores, side by side (CUDA only)");
+                  "prime's CUDA kernels vs the torch-ops forms of the SSM cores, side by side (CUDA only)")
+      ->add_flag("--profile", kernel_options.profile,
+                 "time nothing: run each type's cores on the kernels once after a warm-up, inside a profiler range "
+                 "(ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi)")
+      ->group("Measurement");
   DecodeOptions decode_options;
   add_decode_command(app, decode_options);
   prime::convert::ConvertBenchOptions convert_options;

@@ -156,6 +156,11 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
+  // The profiled pass too.
+  result = test::run_cli("prime-bench kernels --profile --device cpu --types GKA");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("needs a CUDA device"));
+  CHECK_THAT(result.output, !Contains("profiled once"));
 }
 
 TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1", "[bench][cli][train]") {

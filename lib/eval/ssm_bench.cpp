@@ -87,6 +87,21 @@ std::string shape_label(const std::string& type, const SsmBenchOptions& options)
   return shape;
 }
 
+bool with_backward(const SsmBenchOptions& options) {
+  return options.backward && options.dtype != at::kBFloat16;  // bf16: the fused forward only
+}
+
+// One forward and backward of a core (grad: the output's gradient, drawn at the first call);
+// the inputs' gradients are dropped after.
+void forward_backward(const std::string& type, const CoreInputs& inputs, const SsmBenchOptions& options,
+                      at::Tensor& grad) {
+  at::Tensor out = run_core(type, inputs, options);
+  if (!grad.defined()) grad = at::randn_like(out);
+  out.backward(grad);
+  for (const at::Tensor* t : {&inputs.q, &inputs.k, &inputs.v})
+    if (t->grad().defined()) const_cast<at::Tensor*>(t)->mutable_grad().reset();
+}
+
 // Median forward and (when asked) forward+backward time of one core on the inputs.
 std::pair<double, double> time_core(const std::string& type, const CoreInputs& inputs,
                                     const SsmBenchOptions& options, const at::Device& device) {
@@ -95,17 +110,10 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
     at::NoGradGuard no_grad;
     forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
   }
-  if (options.backward && options.dtype != at::kBFloat16) {  // bf16: the fused forward only
+  if (with_backward(options)) {
     at::Tensor grad;
-    forward_backward_ms = median_ms(
-        [&] {
-          at::Tensor out = run_core(type, inputs, options);
-          if (!grad.defined()) grad = at::randn_like(out);
-          out.backward(grad);
-          for (const at::Tensor* t : {&inputs.q, &inputs.k, &inputs.v})
-            if (t->grad().defined()) const_cast<at::Tensor*>(t)->mutable_grad().reset();
-        },
-        device, options.warmup, options.repeats);
+    forward_backward_ms = median_ms([&] { forward_backward(type, inputs, options, grad); }, device,
+                                    options.warmup, options.repeats);
   }
   return {forward_ms, forward_backward_ms};
 }
@@ -142,17 +150,50 @@ std::vector<SsmBenchRow> run_ssm_bench(const SsmBenchOptions& options, const at:
   return rows;
 }
 
-std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device) {
+namespace {
+
+void check_kernel_bench(const SsmBenchOptions& options, const at::Device& device) {
   check_core_dtype(options, /*kernels=*/true);
   if (!kernels::built_with_cuda_kernels() || !device.is_cuda())
     throw user_error("prime-bench kernels needs a CUDA device and a build with the CUDA kernels ",
                      "(PRIME_CUDA=ON)");
+}
+
+bool has_kernels(const std::string& type) { return type == "GDN" || type == "GKA" || type == "M2"; }
+
+}  // namespace
+
+std::vector<std::string> profile_kernel_cores(const SsmBenchOptions& options, const at::Device& device) {
+  check_kernel_bench(options, device);
+  const CoreInputs inputs = make_inputs(options, device);
+  const kernels::ScopedKernelPolicy with_kernels(kernels::Policy::Auto);
+  std::vector<std::string> shapes;
+  for (const auto& type : options.types) {
+    if (!has_kernels(type)) continue;
+    at::Tensor grad;
+    run_in_profiler_range(
+        [&] {
+          if (with_backward(options)) {
+            forward_backward(type, inputs, options, grad);
+          } else {
+            at::NoGradGuard no_grad;
+            run_core(type, inputs, options);
+          }
+        },
+        device);
+    shapes.push_back(type + " " + shape_label(type, options) + (with_backward(options) ? " fwd+bwd" : " fwd"));
+  }
+  return shapes;
+}
+
+std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device) {
+  check_kernel_bench(options, device);
   std::vector<KernelBenchRow> rows;
   const CoreInputs inputs = make_inputs(options, device);
   // bf16: the torch-ops form runs on fp32 copies (it has no bf16 form: what a bf16 model's mixer runs).
   const CoreInputs torch_inputs = options.dtype == at::kBFloat16 ? as_fp32(inputs) : inputs;
   for (const auto& type : options.types) {
-    if (type != "GDN" && type != "GKA" && type != "M2") continue;  // the types with kernels so far
+    if (!has_kernels(type)) continue;
     KernelBenchRow row;
     row.type = type;
     row.shape = shape_label(type, options);

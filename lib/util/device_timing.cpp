@@ -6,6 +6,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_profiler_api.h>
 #endif
 
 #include <algorithm>
@@ -57,6 +58,19 @@ double graph_ms_per_call(const std::function<void()>& call, int calls, const at:
 #else
   (void)call, (void)calls, (void)device, (void)warmup, (void)repeats;
   return 0;
+#endif
+}
+
+void run_in_profiler_range(const std::function<void()>& body, const at::Device& device) {
+  body();
+  synchronize_device(device);
+#ifdef PRIME_WITH_CUDA
+  if (device.is_cuda()) cudaProfilerStart();
+#endif
+  body();
+  synchronize_device(device);
+#ifdef PRIME_WITH_CUDA
+  if (device.is_cuda()) cudaProfilerStop();
 #endif
 }
 

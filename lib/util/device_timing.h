@@ -26,4 +26,10 @@ double median_ms_per_call(const std::function<void()>& call, int calls, const at
 double graph_ms_per_call(const std::function<void()>& call, int calls, const at::Device& device, int warmup,
                          int repeats);
 
+// Runs body once untimed (warm-up), then once more between cudaProfilerStart and
+// cudaProfilerStop, synchronised on both sides: what a profiler started with
+// `ncu --profile-from-start off` or `nsys --capture-range=cudaProfilerApi` records. CUDA devices
+// only (the body runs without a range elsewhere).
+void run_in_profiler_range(const std::function<void()>& body, const at::Device& device);
+
 }  // namespace prime
