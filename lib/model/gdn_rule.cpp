@@ -132,13 +132,18 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
   // A reset multiplies the state by 0 (flags stay on the device: no host sync per chunk).
   const at::Tensor keep = chunk_starts.defined() ? chunk_starts.logical_not().to(q.scalar_type()) : at::Tensor();
+  // Per-chunk views by unbind, not select: autograd gives each select its own full-size zero
+  // gradient (n chunks: n passes over the whole tensor), one unbind a single stack.
+  const std::vector<at::Tensor> out_local_n = out_local.unbind(2), q_state_n = q_state.unbind(2),
+                                u_local_n = u_local.unbind(2), w_n = w.unbind(2), k_n = k_decayed_t.unbind(2),
+                                decay_n = chunk_decay.unbind(2);
   std::vector<at::Tensor> outputs;
   outputs.reserve(num_chunks);
   for (int64_t n = 0; n < num_chunks; ++n) {
     if (keep.defined()) S = S * keep.select(0, n);
-    outputs.push_back(out_local.select(2, n) + at::matmul(q_state.select(2, n), S));
-    at::Tensor u = u_local.select(2, n) - at::matmul(w.select(2, n), S);
-    S = chunk_decay.select(2, n) * S + at::matmul(k_decayed_t.select(2, n), u);
+    outputs.push_back(out_local_n[n] + at::matmul(q_state_n[n], S));
+    at::Tensor u = u_local_n[n] - at::matmul(w_n[n], S);
+    S = decay_n[n] * S + at::matmul(k_n[n], u);
   }
   return {chunks::merge(at::stack(outputs, 2), length), S};
 }
