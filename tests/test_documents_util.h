@@ -46,4 +46,15 @@ inline PackedVsApart packed_vs_per_document(model::Mixer& mixer, const at::Tenso
   return result;
 }
 
+// Rows of one document each (one from position 0, one continuing from 4): forward_documents is
+// the plain forward, to the bit. hidden: the mixer's input width.
+inline void check_one_document_per_row(model::Mixer& mixer, int64_t hidden) {
+  const at::Tensor positions = at::cat({at::arange(70, at::kLong), at::arange(4, 74, at::kLong)}).view({2, 70});
+  const model::Documents documents = model::make_documents(positions, at::kCPU);
+  REQUIRE(documents.one_per_row);
+  at::manual_seed(9);
+  const at::Tensor x = at::randn({2, 70, hidden}, at::kDouble);
+  CHECK(mixer.forward_documents(x, documents).equal(mixer.forward(x, nullptr)));
+}
+
 }  // namespace prime::testing

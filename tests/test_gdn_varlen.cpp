@@ -155,8 +155,5 @@ TEST_CASE("GDN packed documents: rows of one document each take the plain forwar
   model::GdnMixer mixer(model::GdnConfig(16, 8, 2, 2),
                         testing::with_prefix(reference::testing::random_gdn_weights(dims, rng), prefix, at::kDouble),
                         prefix);
-  const model::Documents documents = model::make_documents(test::document_positions({{70}, {70}}, {0, 4}), at::kCPU);
-  REQUIRE(documents.one_per_row);
-  const at::Tensor x = testing::random_input(2, 70, 16, 9);
-  CHECK(mixer.forward_documents(x, documents).equal(mixer.forward(x, nullptr)));
+  testing::check_one_document_per_row(mixer, 16);
 }

@@ -58,9 +58,5 @@ TEST_CASE("GKA packed documents: forward_documents equals the per-document path,
 TEST_CASE("GKA packed documents: rows of one document each take the plain forward", "[gka][documents]") {
   const model::GkaConfig config = make_config({32, 8, 4, 2});
   model::GkaMixer mixer(config, random_weights(config, 5), kPrefix);
-  const model::Documents documents = model::make_documents(test::document_positions({{70}, {70}}, {0, 4}), at::kCPU);
-  REQUIRE(documents.one_per_row);
-  at::manual_seed(9);
-  const at::Tensor x = at::randn({2, 70, 32}, at::kDouble);
-  CHECK(mixer.forward_documents(x, documents).equal(mixer.forward(x, nullptr)));
+  testing::check_one_document_per_row(mixer, 32);
 }

@@ -85,10 +85,7 @@ TEST_CASE("Mamba-2 packed documents: rows of one document each take the plain fo
   model::Mamba2Mixer mixer(
       model::Mamba2Config(16, 8, 2, 2),
       testing::with_prefix(reference::testing::random_mamba2_weights(dims, rng), prefix, at::kDouble), prefix);
-  const model::Documents documents = model::make_documents(test::document_positions({{70}, {70}}, {0, 4}), at::kCPU);
-  REQUIRE(documents.one_per_row);
-  const at::Tensor x = testing::random_input(2, 70, 16, 9);
-  CHECK(mixer.forward_documents(x, documents).equal(mixer.forward(x, nullptr)));
+  testing::check_one_document_per_row(mixer, 16);
 }
 
 TEST_CASE("SSD chunked form: malformed chunk starts are refused", "[mamba2][documents]") {

@@ -204,9 +204,7 @@ at::Tensor GdnMixer::forward(const at::Tensor& x, LayerCache* cache) {
 at::Tensor GdnMixer::forward_documents(const at::Tensor& x, const Documents& documents) {
   if (documents.one_per_row) return forward(x, nullptr);
   const OutsideAutocast outside_autocast;
-  check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
-  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "GDN layer ", prefix_,
-              ": input ", x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  check_documents_input(x, documents, config_.hidden_size, "GDN", prefix_);
   const Inputs in = prepare(x, nullptr, documents.starts);
   const at::Tensor o = gated_delta_rule_varlen(in.q, in.k, in.v, in.g, in.beta,
                                                documents.chunks(config_.chunk_size), config_.chunk_size);

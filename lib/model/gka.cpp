@@ -230,9 +230,7 @@ at::Tensor GkaMixer::forward(const at::Tensor& x, LayerCache* cache) {
 at::Tensor GkaMixer::forward_documents(const at::Tensor& x, const Documents& documents) {
   if (documents.one_per_row) return forward(x, nullptr);
   const OutsideAutocast outside_autocast;
-  check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
-  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "GKA layer ", prefix_, ": input ",
-              x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  check_documents_input(x, documents, config_.hidden_size, "GKA", prefix_);
   const Prepared prepared = prepare(x, nullptr, documents.starts);
   const at::Tensor o = gka_detail::chunked_varlen(prepared, documents.chunks(config_.chunk_size), config_.chunk_size,
                                                   solve_options(config_));

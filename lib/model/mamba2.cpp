@@ -201,9 +201,7 @@ at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {
 at::Tensor Mamba2Mixer::forward_documents(const at::Tensor& x, const Documents& documents) {
   if (documents.one_per_row) return forward(x, nullptr);
   const OutsideAutocast outside_autocast;
-  check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
-  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, "Mamba-2 layer ", prefix_,
-              ": input ", x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+  check_documents_input(x, documents, config_.hidden_size, "Mamba-2", prefix_);
   const Inputs in = prepare(x, nullptr, documents.starts);
   return finish(x, in, ssd_varlen(in.x, in.delta, in.A, in.B, in.C, documents, config_.chunk_size));
 }

@@ -84,6 +84,14 @@ inline void check_mixer_input(const at::Tensor& x, int64_t hidden, const char* s
                      shape_string(x.sizes()));
 }
 
+// The packed-documents form's input: x [B, T, hidden] with [B, T] the rows `documents` describes.
+inline void check_documents_input(const at::Tensor& x, const Documents& documents, int64_t hidden, const char* symbol,
+                                  const std::string& prefix) {
+  check_mixer_input(x, hidden, symbol, prefix);
+  PRIME_CHECK(x.size(0) == documents.batch && x.size(1) == documents.steps, symbol, " layer ", prefix, ": input ",
+              x.sizes(), " for documents of ", documents.batch, " x ", documents.steps);
+}
+
 // The mixer's own cache type behind `cache` (nullptr without one). Another layer's cache or
 // another batch size is a programming error. CacheT has batch().
 template <typename CacheT>
