@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include "io/architecture.h"
 #include "io/source.h"
@@ -150,6 +151,50 @@ TEST_CASE("MoE forward picks the loop form where autograd records it, or the exp
   model::HybridModel stacked_fp64(built.config, fp64);
   CHECK_THAT(moe_layer(stacked_fp64, 0).host_sync_reason(), Contains("no Double form"));
   CHECK_THAT(model::StepDecoder::graph_blocker(stacked_fp64), Contains("layer 0") && Contains("MoE"));
+}
+
+TEST_CASE("MoE loop form: output and the gradients of input, router and experts equal a dense float64 mixture",
+          "[moe]") {
+  for (const bool norm : {true, false}) {
+    const MoeModel built = uneven_moe(norm);
+    const auto& arch = io::find_architecture(built.config.model_type, built.config.architecture, kMoeSpec);
+    model::TensorMap weights = built.weights;  // fp64
+    const std::string router = arch.name("moe_router", 1);
+    std::vector<std::string> prefixes;
+    for (int64_t e = 0; e < kExperts; ++e) prefixes.push_back(arch.name("moe_expert_prefix", 1, e));
+    std::vector<at::Tensor> leaves{weights.at(router).requires_grad_(true)};
+    for (auto& [name, tensor] : weights)
+      if (name.rfind(prefixes[0], 0) == 0 || name.rfind(prefixes[3], 0) == 0) leaves.push_back(tensor.requires_grad_(true));
+    const model::MoeBlock block(weights, router, prefixes, kHidden, built.config.moe);
+    const at::Tensor x = layer_input(at::kDouble).requires_grad_(true);
+    leaves.push_back(x);
+
+    // Every expert on every token, weighted by its routing weight (zero outside the top k).
+    const at::Tensor tokens = x.reshape({-1, kHidden});
+    // The router's softmax runs in fp32, as Qwen3-MoE's (and the block's) does.
+    const at::Tensor probs = at::softmax(at::linear(tokens, weights.at(router)).to(at::kFloat), -1);
+    auto [top, chosen] = probs.topk(built.config.moe.num_experts_per_tok, -1);
+    if (norm) top = top / top.sum(-1, true);
+    const at::Tensor dense_weights = at::zeros_like(probs).scatter(1, chosen, top).to(at::kDouble);
+    at::Tensor dense = at::zeros_like(tokens);
+    for (int64_t e = 0; e < kExperts; ++e) {
+      const model::SwigluMlp expert(weights, prefixes[static_cast<size_t>(e)], kHidden,
+                                    built.config.moe.moe_intermediate_size);
+      dense = dense + dense_weights.select(1, e).unsqueeze(1) * expert.forward(tokens);
+    }
+    const at::Tensor looped = block.forward_looped(x);
+    CHECK(test::relative_error(looped.reshape({-1, kHidden}), dense) <= 1e-12);
+    at::manual_seed(5);
+    const at::Tensor out_weight = at::randn(looped.sizes(), at::kDouble);
+    const auto got = torch::autograd::grad({(looped * out_weight).sum()}, leaves);
+    const auto want = torch::autograd::grad({(dense.view(looped.sizes()) * out_weight).sum()}, leaves);
+    REQUIRE(leaves.size() == 8);  // router, experts 0 and 3 (three projections each), x
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      INFO("norm_topk_prob " << norm << ", leaf " << i);
+      CHECK(want[i].abs().sum().item<double>() > 0);
+      CHECK(test::relative_error(got[i], want[i]) <= 1e-12);
+    }
+  }
 }
 
 TEST_CASE("MoE experts stack at load into one tensor per projection, their entries views of it", "[moe]") {

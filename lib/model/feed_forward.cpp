@@ -90,26 +90,25 @@ at::Tensor MoeBlock::forward(const at::Tensor& x) const {
 at::Tensor MoeBlock::forward_looped(const at::Tensor& x) const {
   const auto sizes = x.sizes();
   at::Tensor tokens = x.reshape({-1, sizes.back()});
+  if (tokens.size(0) == 0) return at::zeros_like(x);
   const auto [top_weights, top_experts] = route(tokens);
-  at::Tensor out = at::zeros_like(tokens);
-  // Gather the tokens routed to each expert so each expert runs one matmul. The (token, slot)
-  // pairs are sorted by expert on the device and the per-expert counts read once: one host sync
-  // per layer, not one per expert (a nonzero() per expert waits for the device each time).
+  // The (token, slot) pairs sorted by expert on the device, the per-expert counts read once: one
+  // host sync per layer, not one per expert (a nonzero() per expert waits for the device each
+  // time). The rows are gathered once and split per expert, and the experts' outputs joined back
+  // before one scatter: under autograd, a gather or slice per expert would each take a gradient
+  // the size of all the tokens (E passes over them), the split and the join take one.
   const int64_t slots = top_experts.size(1);
   const at::Tensor flat_experts = top_experts.reshape({-1});
   const at::Tensor order = at::argsort(flat_experts, /*stable=*/true);
   const at::Tensor sorted_tokens = at::div(order, slots, "floor");
   const at::Tensor sorted_weights = top_weights.reshape({-1}).index_select(0, order).unsqueeze(1);
   const at::Tensor counts = at::bincount(flat_experts, {}, config_.num_experts).cpu();
-  const int64_t* count = counts.data_ptr<int64_t>();
-  for (int64_t expert = 0, begin = 0; expert < config_.num_experts; begin += count[expert], ++expert) {
-    if (count[expert] == 0) continue;
-    const at::Tensor token_index = sorted_tokens.narrow(0, begin, count[expert]);
-    const at::Tensor expert_out = experts_[expert]->forward(tokens.index_select(0, token_index)) *
-                                  sorted_weights.narrow(0, begin, count[expert]);
-    out.index_add_(0, token_index, expert_out);
-  }
-  return out.reshape(sizes);
+  const std::vector<int64_t> per_expert(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + config_.num_experts);
+  const std::vector<at::Tensor> groups = tokens.index_select(0, sorted_tokens).split_with_sizes(per_expert);
+  std::vector<at::Tensor> outputs;
+  for (int64_t expert = 0; expert < config_.num_experts; ++expert)
+    if (per_expert[static_cast<size_t>(expert)] > 0) outputs.push_back(experts_[expert]->forward(groups[expert]));
+  return at::zeros_like(tokens).index_add_(0, sorted_tokens, at::cat(outputs) * sorted_weights).reshape(sizes);
 }
 
 at::Tensor MoeBlock::forward_grouped(const at::Tensor& x) const {
