@@ -9,7 +9,7 @@
 #include "convert/convert_bench.h"
 #include "eval/decode_bench.h"
 #include "eval/decode_step_bench.h"
-#include "eval/gdn_varlen_bench.h"
+#include "eval/packed_documents_bench.h"
 #include "eval/linear_decode_bench.h"
 #include "eval/rms_norm_bench.h"
 #include "eval/rope_bench.h"
@@ -140,25 +140,29 @@ void run_kernels(SsmOptions& options) {
               << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x" << std::setw(8)
               << row.kernel_forward_backward_tbps << "\n";
   }
-  // A GDN layer over ragged packed documents: the packed path against the per-document buckets.
-  prime::eval::GdnVarlenBenchOptions varlen;
-  varlen.repeats = options.bench.repeats;
-  varlen.backward = options.bench.backward;
-  const prime::eval::GdnVarlenBenchRow packed = prime::eval::run_gdn_varlen_bench(varlen, device);
-  std::cout << "\nGDN layer over packed documents " << packed.shape << ": the core runs on " << std::fixed
-            << std::setprecision(2) << packed.chunk_tokens << "x B*T tokens packed, " << packed.bucket_tokens
-            << "x bucketed\n"
-            << std::right << std::setw(16) << "packed fwd ms" << std::setw(16) << "bucketed ms" << std::setw(8)
-            << "ratio" << std::setw(16) << "fwd+bwd ms" << std::setw(16) << "bucketed ms" << std::setw(8) << "ratio\n"
-            << std::setprecision(3) << std::setw(16) << packed.packed_forward_ms << std::setw(16)
-            << packed.bucketed_forward_ms << std::setw(7) << std::setprecision(2)
-            << packed.bucketed_forward_ms / packed.packed_forward_ms << "x" << std::setprecision(3) << std::setw(16)
-            << packed.packed_forward_backward_ms << std::setw(16) << packed.bucketed_forward_backward_ms
-            << std::setw(7) << std::setprecision(2)
-            << (packed.packed_forward_backward_ms > 0
-                    ? packed.bucketed_forward_backward_ms / packed.packed_forward_backward_ms
-                    : 0.0)
-            << "x\n";
+  // One layer of each type over ragged packed documents: the packed path against the per-document buckets.
+  std::cout << "\none SSM layer over packed documents: packed (chunks per document) vs per-document buckets\n"
+            << std::left << std::setw(6) << "type" << std::setw(42) << "(B,T,hidden,H,D) dtype, documents" << std::right
+            << std::setw(10) << "packed" << std::setw(10) << "bucketed" << std::setw(14) << "packed ms"
+            << std::setw(13) << "bucketed ms" << std::setw(8) << "ratio" << std::setw(14) << "fwd+bwd ms"
+            << std::setw(13) << "bucketed ms" << std::setw(8) << "ratio\n";
+  for (const std::string& type : options.bench.types) {
+    if (type != "GDN" && type != "GKA" && type != "M2") continue;
+    prime::eval::PackedDocumentsBenchOptions varlen;
+    varlen.type = type;
+    varlen.repeats = options.bench.repeats;
+    varlen.backward = options.bench.backward;
+    const prime::eval::PackedDocumentsBenchRow packed = prime::eval::run_packed_documents_bench(varlen, device);
+    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
+    std::cout << std::left << std::setw(6) << packed.type << std::setw(42) << packed.shape << std::right << std::fixed
+              << std::setprecision(2) << std::setw(9) << packed.chunk_tokens << "x" << std::setw(9)
+              << packed.bucket_tokens << "x" << std::setprecision(3) << std::setw(14) << packed.packed_forward_ms
+              << std::setw(13) << packed.bucketed_forward_ms << std::setw(7) << std::setprecision(2)
+              << ratio(packed.packed_forward_ms, packed.bucketed_forward_ms) << "x" << std::setprecision(3)
+              << std::setw(14) << packed.packed_forward_backward_ms << std::setw(13)
+              << packed.bucketed_forward_backward_ms << std::setw(7) << std::setprecision(2)
+              << ratio(packed.packed_forward_backward_ms, packed.bucketed_forward_backward_ms) << "x\n";
+  }
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;

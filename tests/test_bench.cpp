@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/decode_bench.h"
+#include "eval/packed_documents_bench.h"
 #include "io/source.h"
 #include "io/synthetic.h"
 #include "test_data_util.h"
@@ -117,6 +118,33 @@ TEST_CASE("decode bench: a mixture of experts' floor counts the experts its toke
   auto dense = eval::load_bench_model(test::tiny_model(97), {});
   CHECK(dense.expert_bytes == 0);
   CHECK(dense.weight_bytes_read(64) == Approx(double(dense.weight_bytes_per_step)));
+}
+
+TEST_CASE("packed-documents bench: each SSM type's converted layer, packed and bucketed, on the CPU", "[bench][documents]") {
+  eval::PackedDocumentsBenchOptions options;
+  options.batch = 2;
+  options.tokens = 200;
+  options.hidden = 32;
+  options.heads = 2;
+  options.head_dim = 16;
+  options.min_length = 4;
+  options.max_length = 150;
+  options.warmup = 0;
+  options.repeats = 1;
+  for (const std::string type : {"GDN", "GKA", "M2"}) {
+    options.type = type;
+    const eval::PackedDocumentsBenchRow row = eval::run_packed_documents_bench(options, at::kCPU);
+    INFO(type << " " << row.shape);
+    CHECK(row.type == type);
+    CHECK_THAT(row.shape, Contains("(2,200,32,2,16) bf16") && Contains("documents"));
+    CHECK(row.chunk_tokens >= 1.0);  // chunks of 64 per document: never fewer slots than tokens
+    CHECK(row.bucket_tokens >= 1.0);
+    for (double ms : {row.packed_forward_ms, row.packed_forward_backward_ms, row.bucketed_forward_ms,
+                      row.bucketed_forward_backward_ms})
+      CHECK(ms > 0);
+  }
+  options.type = "SWA";
+  CHECK_THROWS_WITH(eval::run_packed_documents_bench(options, at::kCPU), Contains("unknown SSM type 'SWA'"));
 }
 
 TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", "[bench][cli]") {

@@ -1,4 +1,4 @@
-#include "eval/gdn_varlen_bench.h"
+#include "eval/packed_documents_bench.h"
 
 #include <ATen/core/grad_mode.h>
 
@@ -10,8 +10,9 @@
 #include <tuple>
 #include <utility>
 
+#include "convert/model_spec.h"
 #include "model/documents.h"
-#include "model/gdn.h"
+#include "model/hybrid_model.h"
 #include "util/device_timing.h"
 #include "util/error.h"
 
@@ -20,7 +21,7 @@ namespace prime::eval {
 namespace {
 
 // Document positions [B, T]: log-uniform lengths, each row filled to T (its last one cut short).
-at::Tensor ragged_positions(const GdnVarlenBenchOptions& o, int64_t* documents) {
+at::Tensor ragged_positions(const PackedDocumentsBenchOptions& o, int64_t* documents) {
   std::mt19937_64 rng(o.seed);
   std::uniform_real_distribution<double> log_length(std::log(static_cast<double>(o.min_length)),
                                                     std::log(static_cast<double>(o.max_length)));
@@ -37,32 +38,18 @@ at::Tensor ragged_positions(const GdnVarlenBenchOptions& o, int64_t* documents) 
   return positions;
 }
 
-model::TensorMap random_gdn_layer(const GdnVarlenBenchOptions& o, const std::string& prefix,
-                                  const at::Device& device) {
-  const auto options = at::TensorOptions().device(device).dtype(at::kBFloat16);
-  const int64_t hidden = o.hidden, width = o.heads * o.head_dim;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hidden));
-  model::TensorMap map;
-  const auto linear = [&](const char* name, int64_t rows, int64_t columns, double s) {
-    map[prefix + name] = (at::randn({rows, columns}, options) * s).requires_grad_(true);
-  };
-  for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight"})
-    linear(name, width, hidden, scale);
-  linear("b_proj.weight", o.heads, hidden, scale);
-  linear("gk_proj.weight", o.heads, hidden, scale);
-  linear("o_proj.weight", hidden, width, 1.0 / std::sqrt(static_cast<double>(width)));
-  for (const char* name : {"q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight"})
-    map[prefix + name] = (at::randn({width, 1, 4}, options) * 0.5).requires_grad_(true);
-  map[prefix + "A_log"] = at::zeros({o.heads}, options).requires_grad_(true);
-  map[prefix + "dt_bias"] = at::zeros({o.heads}, options).requires_grad_(true);
-  map[prefix + "o_norm.weight"] = at::ones({o.head_dim}, options).requires_grad_(true);
-  return map;
+// "synthetic:qwen3-0.6b@...+convert:TYPE:1:1": one attention layer and one layer of `type`.
+std::string layer_spec(const PackedDocumentsBenchOptions& o) {
+  const std::string n = std::to_string(o.heads);
+  return "synthetic:qwen3-0.6b@layers=2,hidden=" + std::to_string(o.hidden) + ",heads=" + n + ",kv_heads=" + n +
+         ",head_dim=" + std::to_string(o.head_dim) + ",intermediate=64,vocab=64,seed=" + std::to_string(o.seed) +
+         "+convert:" + o.type + ":1:1";
 }
 
 // Median forward and forward+backward time of `forward` on x (every weight's gradient too).
 std::pair<double, double> time_path(const std::function<at::Tensor()>& forward, const at::Tensor& grad,
                                     const model::TensorMap& weights, const at::Tensor& x,
-                                    const GdnVarlenBenchOptions& o, const at::Device& device) {
+                                    const PackedDocumentsBenchOptions& o, const at::Device& device) {
   double forward_ms = 0, forward_backward_ms = 0;
   {
     at::NoGradGuard no_grad;
@@ -82,20 +69,33 @@ std::pair<double, double> time_path(const std::function<at::Tensor()>& forward, 
 
 }  // namespace
 
-GdnVarlenBenchRow run_gdn_varlen_bench(const GdnVarlenBenchOptions& o, const at::Device& device) {
-  if (!device.is_cuda()) throw user_error("the GDN packed-documents benchmark needs a CUDA device");
+PackedDocumentsBenchRow run_packed_documents_bench(const PackedDocumentsBenchOptions& o, const at::Device& device) {
+  if (o.type != "GDN" && o.type != "GKA" && o.type != "M2")
+    throw user_error("packed-documents benchmark: unknown SSM type '", o.type, "' (GDN, GKA, M2)");
   at::manual_seed(static_cast<int64_t>(o.seed));
   int64_t documents_count = 0;
   const model::Documents documents = model::make_documents(ragged_positions(o, &documents_count), device);
-  const std::string prefix = "model.layers.0.gdn.";
-  const model::TensorMap weights = random_gdn_layer(o, prefix, device);
-  model::GdnConfig config(o.hidden, o.head_dim, o.heads, o.heads);
-  model::GdnMixer mixer(config, weights, prefix);
+  model::LoadOptions load;
+  load.device = device;
+  load.dtype = at::kBFloat16;
+  convert::SpecWeights spec = convert::load_spec_weights(layer_spec(o), load);
+  int64_t layer = 0;
+  while (layer < 2 && spec.config.layer_pattern.at(layer) == "*") ++layer;
+  if (layer == 2) throw internal_error("packed-documents benchmark: no ", o.type, " layer in ", layer_spec(o));
+  // Every weight of the converted layer trains (its prefix is the layer's own).
+  const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+  model::TensorMap weights;
+  for (auto& [name, tensor] : spec.weights)
+    if (name.rfind(prefix, 0) == 0 && at::isFloatingType(tensor.scalar_type()))
+      weights[name] = tensor.requires_grad_(true);
+  model::HybridModel hybrid(spec.config, spec.weights);
+  model::Mixer& mixer = hybrid.mixer(layer);
   const auto on_device = at::TensorOptions().device(device).dtype(at::kBFloat16);
   const at::Tensor x = at::randn({o.batch, o.tokens, o.hidden}, on_device).requires_grad_(true);
   const at::Tensor grad = at::randn({o.batch, o.tokens, o.hidden}, on_device);
 
-  GdnVarlenBenchRow row;
+  PackedDocumentsBenchRow row;
+  row.type = o.type;
   row.shape = "(" + std::to_string(o.batch) + "," + std::to_string(o.tokens) + "," + std::to_string(o.hidden) +
               "," + std::to_string(o.heads) + "," + std::to_string(o.head_dim) + ") bf16, " +
               std::to_string(documents_count) + " documents";
@@ -103,7 +103,10 @@ GdnVarlenBenchRow run_gdn_varlen_bench(const GdnVarlenBenchOptions& o, const at:
   for (const model::Documents::Bucket& bucket : documents.buckets) bucket_tokens += bucket.count * bucket.length;
   const double tokens = static_cast<double>(o.batch * o.tokens);
   row.bucket_tokens = bucket_tokens / tokens;
-  row.chunk_tokens = documents.chunks(config.chunk_size).count * config.chunk_size / tokens;
+  // Every packed path here lays documents out in chunks of 64 (GDN's and GKA's default chunk,
+  // Mamba-2's min(chunk_size, 64)).
+  const int64_t chunk = 64;
+  row.chunk_tokens = documents.chunks(chunk).count * chunk / tokens;
   std::tie(row.packed_forward_ms, row.packed_forward_backward_ms) =
       time_path([&] { return mixer.forward_documents(x, documents); }, grad, weights, x, o, device);
   std::tie(row.bucketed_forward_ms, row.bucketed_forward_backward_ms) = time_path(
