@@ -29,7 +29,7 @@ at::Tensor decay_at(const at::Tensor& decay, int64_t c) {
 
 // keep is [n], or empty when no chunk restarts (an undefined tensor cannot enter an autograd
 // node).
-struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
+struct ChunkStartScan : public torch::autograd::Function<ChunkStartScan> {
   static variable_list forward(AutogradContext* context, const at::Tensor& initial, const at::Tensor& contribution,
                                const at::Tensor& decay, const at::Tensor& keep_or_empty) {
     const at::Tensor keep = keep_or_empty.numel() > 0 ? keep_or_empty : at::Tensor();
@@ -97,7 +97,7 @@ std::pair<at::Tensor, at::Tensor> state_scan(const at::Tensor& initial, const at
                                             contribution.size(4)},
                                            contribution.options().requires_grad(false));
   const at::Tensor keep_or_empty = keep.defined() ? keep : at::empty({0}, decay.options().requires_grad(false));
-  const variable_list out = ChunkStateScan::apply(start, contribution, decay, keep_or_empty);
+  const variable_list out = ChunkStartScan::apply(start, contribution, decay, keep_or_empty);
   return {out[0], out[1]};
 }
 
