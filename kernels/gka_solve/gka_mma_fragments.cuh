@@ -102,18 +102,30 @@ __device__ __forceinline__ void load_b_rows(uint32_t (&hi)[2], uint32_t (&lo)[2]
   split(__float_as_uint(p[4 * ld] * scale1), hi[1], lo[1]);
 }
 
-// acc[0..2 pairs) += A[row0.., 0:depth] B[0:depth, n0..n0 + 16 pairs) with A and B^T row-major
-// in shared memory (ldmatrix); kRounded: each k-step's product rounded into acc (mma3_rounded).
-template <int kPairs, bool kRounded = false>
-__device__ __forceinline__ void warp_product(float (&acc)[2 * kPairs][4], const float* A, int lda, int row0,
-                                             const float* transposed, int ldt, int n0, int depth, int lane) {
+// The same two n8 tiles from B^T stored already split ([n][k] row-major hi and lo parts at one
+// offset): an operand that stays in shared memory for the whole solve is split once, not at
+// every read.
+__device__ __forceinline__ void load_b2_presplit(FragB2& b, const float* hi, const float* lo, int ld, int n0, int k0,
+                                                 int lane) {
+  const int block = lane >> 3;
+  const int offset = (n0 + (lane & 7) + 8 * (block >> 1)) * ld + k0 + 4 * (block & 1);
+  ldmatrix_x4(b.hi, shared_address(hi + offset));
+  ldmatrix_x4(b.lo, shared_address(lo + offset));
+}
+
+// acc[0..2 pairs) += A[row0.., 0:depth] B[0:depth, n0..n0 + 16 pairs) with A row-major in shared
+// memory (ldmatrix); load_b(b, n0 + 16 pair, k0) fills a FragB2; kRounded: each k-step's product
+// rounded into acc (mma3_rounded).
+template <int kPairs, bool kRounded, class LoadB>
+__device__ __forceinline__ void warp_product_with(float (&acc)[2 * kPairs][4], const float* A, int lda, int row0,
+                                                  int n0, int depth, int lane, const LoadB& load_b) {
   for (int k0 = 0; k0 < depth; k0 += 8) {
     FragA a;
     load_a(a, A, lda, row0, k0, lane);
 #pragma unroll
     for (int pair = 0; pair < kPairs; ++pair) {
       FragB2 b;
-      load_b2(b, transposed, ldt, n0 + 16 * pair, k0, lane);
+      load_b(b, n0 + 16 * pair, k0);
       if constexpr (kRounded) {
         mma3_rounded(acc[2 * pair], a, b.hi, b.lo);
         mma3_rounded(acc[2 * pair + 1], a, b.hi + 2, b.lo + 2);
@@ -123,6 +135,44 @@ __device__ __forceinline__ void warp_product(float (&acc)[2 * kPairs][4], const 
       }
     }
   }
+}
+
+// acc[0..kTiles) += A[row0.., 0:depth] B[0:depth, n0..n0 + 8 kTiles) with A row-major (ldmatrix)
+// and B k-major, B[k][n] = base[k * ldb + n] (element loads, load_b_rows); kRounded as above.
+template <int kTiles, bool kRounded>
+__device__ __forceinline__ void warp_product_rows(float (&acc)[kTiles][4], const float* A, int lda, int row0,
+                                                  const float* B, int ldb, int n0, int depth, int lane) {
+  for (int k0 = 0; k0 < depth; k0 += 8) {
+    FragA a;
+    load_a(a, A, lda, row0, k0, lane);
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      uint32_t b_hi[2], b_lo[2];
+      load_b_rows(b_hi, b_lo, B, ldb, n0 + 8 * j, k0, lane);
+      if constexpr (kRounded)
+        mma3_rounded(acc[j], a, b_hi, b_lo);
+      else
+        mma3(acc[j], a, b_hi, b_lo);
+    }
+  }
+}
+
+// warp_product_with B^T row-major in shared memory (ldmatrix, split at each read).
+template <int kPairs, bool kRounded = false>
+__device__ __forceinline__ void warp_product(float (&acc)[2 * kPairs][4], const float* A, int lda, int row0,
+                                             const float* transposed, int ldt, int n0, int depth, int lane) {
+  warp_product_with<kPairs, kRounded>(acc, A, lda, row0, n0, depth, lane,
+                                      [&](FragB2& b, int n, int k0) { load_b2(b, transposed, ldt, n, k0, lane); });
+}
+
+// warp_product_with B^T stored split (load_b2_presplit).
+template <int kPairs>
+__device__ __forceinline__ void warp_product_presplit(float (&acc)[2 * kPairs][4], const float* A, int lda, int row0,
+                                                      const float* hi, const float* lo, int ldt, int n0, int depth,
+                                                      int lane) {
+  warp_product_with<kPairs, false>(acc, A, lda, row0, n0, depth, lane, [&](FragB2& b, int n, int k0) {
+    load_b2_presplit(b, hi, lo, ldt, n, k0, lane);
+  });
 }
 
 }  // namespace prime::kernels::detail::gka_mma

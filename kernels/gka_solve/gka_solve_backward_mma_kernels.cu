@@ -262,16 +262,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       store_row_sums(part_decay, row_a, row_b, group, sum_a, sum_b);
-      for (int k0 = 0; k0 < 16 * (rb + 1); k0 += 8) {  // P1's columns past the diagonal block are zero
-        FragA a;
-        load_a(a, P1, ld_t, rb * 16, k0, lane);
-#pragma unroll
-        for (int j = 0; j < kTiles; ++j) {
-          uint32_t b_hi[2], b_lo[2];
-          load_b_rows(b_hi, b_lo, K, ld_x, c0 + 8 * j, k0, lane);
-          mma3_rounded(hu[j], a, b_hi, b_lo);
-        }
-      }
+      // P1's columns past the diagonal block are zero.
+      warp_product_rows<kTiles, true>(hu, P1, ld_t, rb * 16, K, ld_x, c0, 16 * (rb + 1), lane);
       const float kappa_a = kappa[row_a] * omega_f, kappa_b = kappa[row_b] * omega_f;
       const float one_minus_omega = static_cast<float>(1.0 - omega);
       sum_a = 0.0f;

@@ -9,11 +9,13 @@
 // registers and the Chebyshev update runs there, with x_prev and eta q kept in registers; only
 // the new x goes back to shared memory, where the next iteration's products read it.
 //
-// Shared memory: X [Cp, D], K [Cp, D], K^T [D, Cp], H_0^T [D, D] and P = W o X K^T [Cp, Cp]
-// (187 KB at C = 64, D = 128). Per iteration, two block barriers:
+// Shared memory: X [Cp, D], K [Cp, D], H_0^T [D, D] split once into its TF32 hi and lo parts
+// (X H_0, the largest product, then splits only X at each read), and P = W o X K^T [Cp, Cp]
+// (220 KB at C = 64, D = 128). Per iteration, two block barriers:
 //   warps 0..: P's tile (pr, pc) for pc <= pr (the tiles above the diagonal are never read);
 //   every warp: Y = e^{G} o X H_0 on its block;
-//   barrier; Y += P K over the keys up to its rows' diagonal block; the update; barrier.
+//   barrier; Y += P K over the keys up to its rows' diagonal block (K's rows as B, element
+//   loads); the update; barrier.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -35,17 +37,17 @@ constexpr int kTiles = 4;  // n8 tiles of a warp's block of the iterate: 32 colu
 
 // Offsets in floats; every buffer and row starts on 16 bytes (ldmatrix's rule).
 struct MmaLayout {
-  int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [D, Cp] / [Cp, Cp] ones
-  int x, k, kt, ht, p, floats;
+  int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [Cp, Cp] one
+  int x, k, ht_hi, ht_lo, p, floats;
 
   __host__ __device__ MmaLayout(int padded_chunk, int d) {
     ld_x = d + kPad;
     ld_t = padded_chunk + kPad;
     x = 0;
     k = x + padded_chunk * ld_x;
-    kt = k + padded_chunk * ld_x;
-    ht = kt + d * ld_t;
-    p = ht + d * ld_x;
+    ht_hi = k + padded_chunk * ld_x;
+    ht_lo = ht_hi + d * ld_x;
+    p = ht_lo + d * ld_x;
     floats = p + padded_chunk * ld_t;
   }
 };
@@ -62,8 +64,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ld_x = L.ld_x, ld_t = L.ld_t;
   float* X = smem + L.x;
   float* K = smem + L.k;
-  float* Kt = smem + L.kt;
-  float* Ht = smem + L.ht;  // H_0^T: B^T of X H_0
+  float* Ht_hi = smem + L.ht_hi;  // H_0^T (B^T of X H_0), split
+  float* Ht_lo = smem + L.ht_lo;
   float* P = smem + L.p;
   const long long m = blockIdx.x;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -72,12 +74,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float* frob_chunk = frob + m * chunk;
   const float* from_start_chunk = from_start + m * chunk;
 
-  for (int i = tid; i < dim * dim; i += kThreads) Ht[(i % dim) * ld_x + i / dim] = start[m * dim * dim + i];
+  for (int i = tid; i < dim * dim; i += kThreads) {
+    uint32_t hi, lo;
+    split(__float_as_uint(start[m * dim * dim + i]), hi, lo);
+    const int at = (i % dim) * ld_x + i / dim;
+    Ht_hi[at] = __uint_as_float(hi);
+    Ht_lo[at] = __uint_as_float(lo);
+  }
   for (int i = tid; i < Cp * dim; i += kThreads) {
     const int r = i / dim, c = i % dim;
-    const float value = r < chunk ? keys[m * cd + i] : 0.0f;
-    K[r * ld_x + c] = value;
-    Kt[c * ld_t + r] = value;
+    K[r * ld_x + c] = r < chunk ? keys[m * cd + i] : 0.0f;
   }
 
   // This warp's block of the iterate: rows rb*16.., columns c0..c0+31 (every element of X has
@@ -137,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     float y[kTiles][4] = {};
     if (owner) {
-      warp_product<kTiles / 2>(y, X, ld_x, rb * 16, Ht, ld_x, c0, dim, lane);
+      warp_product_presplit<kTiles / 2>(y, X, ld_x, rb * 16, Ht_hi, Ht_lo, ld_x, c0, dim, lane);
 #pragma unroll
       for (int u = 0; u < kTiles; ++u) {
         y[u][0] *= fa.decay;
@@ -149,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // P complete; nothing reads X again this iteration
     if (!owner) continue;
     // Y += P K: P's columns past this row block's diagonal block are zero.
-    warp_product<kTiles / 2>(y, P, ld_t, rb * 16, Kt, ld_t, c0, 16 * (rb + 1), lane);
+    warp_product_rows<kTiles, false>(y, P, ld_t, rb * 16, K, ld_x, c0, 16 * (rb + 1), lane);
     float* it_out = iterates ? iterates + (static_cast<size_t>(iteration) * chunks + m) * cd : nullptr;
 #pragma unroll
     for (int u = 0; u < kTiles; ++u) {
