@@ -1,6 +1,8 @@
 // Config parsing, source resolution and the bad inputs around them.
 #include <catch2/catch.hpp>
 
+#include <ATen/Parallel.h>
+
 #include <cstdlib>
 #include <unistd.h>
 #include <fstream>
@@ -9,6 +11,7 @@
 #include "io/atomic_dir.h"
 #include "io/model_config.h"
 #include "io/source.h"
+#include "io/synthetic.h"
 #include "model/load_model.h"
 #include "test_helpers.h"
 #include "util/error.h"
@@ -114,6 +117,41 @@ TEST_CASE("sources: synthetic aliases, overrides, and unknown names", "[source]"
     INFO(alias);
     CHECK(params / 1e9 == Approx(billions).epsilon(0.005));
   }
+}
+
+TEST_CASE("sources: synthetic weights depend only on seed and name, drawn per block on any thread count",
+          "[source]") {
+  // Small tensors keep the single stream they have always had (values from before blocks).
+  const at::Tensor small = io::synthetic_tensor("model.layers.0.mlp.up_proj.weight", {3, 4}, 5);
+  CHECK(small.flatten()[0].item<float>() == Approx(0.052132).margin(1e-6));
+  CHECK(small.flatten()[1].item<float>() == Approx(-0.001484).margin(1e-6));
+  CHECK(small.flatten()[3].item<float>() == Approx(0.003360).margin(1e-6));
+  // A tensor of three blocks (the last one partial), on one thread and on two.
+  const std::vector<int64_t> shape = {3, io::kSyntheticBlock / 2 + 5};
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = io::synthetic_tensor("model.embed_tokens.weight", shape, 7);
+  at::set_num_threads(2);
+  const at::Tensor two = io::synthetic_tensor("model.embed_tokens.weight", shape, 7);
+  at::set_num_threads(threads);
+  REQUIRE(one.sizes() == at::IntArrayRef(shape));
+  CHECK(at::equal(one, two));
+  // N(0, 0.02), and the blocks are different streams (not one stream repeated or shifted).
+  CHECK(std::abs(one.mean().item<double>()) < 1e-4);
+  CHECK(one.std().item<double>() == Approx(0.02).epsilon(0.005));
+  const at::Tensor flat = one.flatten();
+  const at::Tensor first = flat.narrow(0, 0, 4096), second = flat.narrow(0, io::kSyntheticBlock, 4096);
+  CHECK_FALSE(at::equal(first, second));
+  const double correlation = (first * second).mean().item<double>() / (0.02 * 0.02);
+  CHECK(std::abs(correlation) < 0.1);
+  // Another name or seed, another tensor; norms are 1 + N(0, 0.02); a dtype is the fp32 draw rounded.
+  CHECK_FALSE(at::equal(one, io::synthetic_tensor("model.embed_tokens.weight", shape, 8)));
+  CHECK_FALSE(at::equal(one, io::synthetic_tensor("lm_head.weight", shape, 7)));
+  const at::Tensor norm = io::synthetic_tensor("model.norm.weight", shape, 7);
+  CHECK(norm.mean().item<double>() == Approx(1.0).margin(1e-4));
+  const at::Tensor bf16 = io::synthetic_tensor("model.embed_tokens.weight", shape, 7, at::kBFloat16);
+  CHECK(bf16.scalar_type() == at::kBFloat16);
+  CHECK(at::equal(bf16, one.to(at::kBFloat16)));
 }
 
 TEST_CASE("sources: a known alias is looked up in the HF cache, else the download command is named", "[source]") {

@@ -131,7 +131,7 @@ void materialise(const io::Source& source, const fs::path& dir, std::ostream& lo
   for (const auto& spec : io::transformer_tensor_specs(source.config)) {
     const uint64_t seed = source.seed;
     writer.add(spec.name, io::DType::BF16, spec.shape, [spec, seed] {
-      return io::synthetic_tensor(spec.name, spec.shape, seed).to(at::kBFloat16);
+      return io::synthetic_tensor(spec.name, spec.shape, seed, at::kBFloat16);
     });
   }
   ProgressMeter meter(log, ProgressStyle::Lines, "materialising " + source.spec + ":");

@@ -81,7 +81,7 @@ std::vector<std::filesystem::path> SourceWeights::files() const {
 at::Tensor SourceWeights::tensor(const std::string& name) const {
   if (checkpoint_) return checkpoint_->tensor(name);
   const auto& spec = synthetic_spec(name);
-  return io::synthetic_tensor(spec.name, spec.shape, source_.seed).to(synthetic_dtype_);
+  return io::synthetic_tensor(spec.name, spec.shape, source_.seed, synthetic_dtype_);
 }
 
 at::Tensor SourceWeights::read(const std::string& name) const {

@@ -290,11 +290,7 @@ WeightsSummary summarize_weights(const Source& source) {
 
 std::map<std::string, at::Tensor> load_source_weights(const Source& source) {
   if (source.kind == "synthetic") {
-    auto weights = synthetic_weights(transformer_tensor_specs(source.config), source.seed);
-    const at::ScalarType dtype = synthetic_dtype(source.config);
-    if (dtype != at::kFloat)
-      for (auto& [name, tensor] : weights) tensor = tensor.to(dtype);
-    return weights;
+    return synthetic_weights(transformer_tensor_specs(source.config), source.seed, synthetic_dtype(source.config));
   }
   Checkpoint checkpoint = Checkpoint::open(source.dir);
   check_weights_match_config(source.config, checkpoint);

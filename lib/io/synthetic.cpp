@@ -1,6 +1,9 @@
 #include "io/synthetic.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 
 #include <map>
 #include <sstream>
@@ -18,6 +21,14 @@ uint64_t fnv1a(const std::string& text, uint64_t seed) {
     hash *= 1099511628211ull;
   }
   return hash;
+}
+
+// Block b of a large tensor draws from its own stream (splitmix64 of the tensor's stream and b).
+uint64_t block_stream(uint64_t stream, int64_t block) {
+  uint64_t z = stream + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(block + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -76,16 +87,38 @@ uint64_t apply_synthetic_overrides(nlohmann::json& config, const std::string& ov
   return seed;
 }
 
-at::Tensor synthetic_tensor(const std::string& name, const std::vector<int64_t>& shape, uint64_t seed) {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(fnv1a(name, seed));
-  at::Tensor noise = at::normal(0.0, 0.02, shape, generator, at::TensorOptions().dtype(at::kFloat));
-  const bool is_norm = ends_with(name, "norm.weight");
-  return is_norm ? noise + 1.0 : noise;
+at::Tensor synthetic_tensor(const std::string& name, const std::vector<int64_t>& shape, uint64_t seed,
+                            at::ScalarType dtype) {
+  const uint64_t stream = fnv1a(name, seed);
+  const double mean = ends_with(name, "norm.weight") ? 1.0 : 0.0;
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
+  const int64_t count = out.numel();
+  if (count <= kSyntheticBlock) {  // one stream: the values small fixtures have always had
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(stream);
+    at::Tensor noise = at::normal(0.0, 0.02, shape, generator, at::TensorOptions().dtype(at::kFloat));
+    out.copy_(mean != 0.0 ? noise + mean : noise);
+    return out;
+  }
+  // Larger tensors: one stream per block of kSyntheticBlock elements, drawn in parallel. The
+  // values depend only on (seed, name, block), never on the thread count.
+  const at::Tensor flat = out.view({-1});
+  const int64_t blocks = (count + kSyntheticBlock - 1) / kSyntheticBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kSyntheticBlock, size = std::min(kSyntheticBlock, count - first);
+      auto generator = at::make_generator<at::CPUGeneratorImpl>(block_stream(stream, block));
+      at::Tensor noise = at::normal(0.0, 0.02, {size}, generator, at::TensorOptions().dtype(at::kFloat));
+      if (mean != 0.0) noise.add_(mean);
+      flat.narrow(0, first, size).copy_(noise);
+    }
+  });
+  return out;
 }
 
-std::map<std::string, at::Tensor> synthetic_weights(const std::vector<TensorSpec>& specs, uint64_t seed) {
+std::map<std::string, at::Tensor> synthetic_weights(const std::vector<TensorSpec>& specs, uint64_t seed,
+                                                    at::ScalarType dtype) {
   std::map<std::string, at::Tensor> weights;
-  for (const auto& spec : specs) weights[spec.name] = synthetic_tensor(spec.name, spec.shape, seed);
+  for (const auto& spec : specs) weights[spec.name] = synthetic_tensor(spec.name, spec.shape, seed, dtype);
   return weights;
 }
 
