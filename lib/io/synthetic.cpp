@@ -1,9 +1,16 @@
 #include "io/synthetic.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include <map>
 #include <sstream>
@@ -29,6 +36,30 @@ uint64_t block_stream(uint64_t stream, int64_t block) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+// Runs work(0..count) on up to at::get_num_threads() threads, blocks handed out in turn; the
+// first exception is rethrown once every thread has stopped.
+void run_blocks(int64_t count, const std::function<void(int64_t)>& work) {
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>({count, at::get_num_threads(), cores}));
+  std::atomic<int64_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto worker = [&] {
+    try {
+      for (int64_t item = next++; item < count; item = next++) work(item);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+      next = count;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& thread : pool) thread.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -99,18 +130,20 @@ at::Tensor synthetic_tensor(const std::string& name, const std::vector<int64_t>&
     out.copy_(mean != 0.0 ? noise + mean : noise);
     return out;
   }
-  // Larger tensors: one stream per block of kSyntheticBlock elements, drawn in parallel. The
-  // values depend only on (seed, name, block), never on the thread count.
-  const at::Tensor flat = out.view({-1});
+  // Larger tensors: one stream per block of kSyntheticBlock elements, drawn on worker threads.
+  // The values depend only on (seed, name, block), never on the thread count. Plain threads and
+  // serial ATen calls: prime is not compiled with OpenMP, so at::parallel_for would run inline.
   const int64_t blocks = (count + kSyntheticBlock - 1) / kSyntheticBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
+  const float shift = static_cast<float>(mean);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "synthetic_tensor", [&] {
+    scalar_t* data = out.data_ptr<scalar_t>();
+    run_blocks(blocks, [&](int64_t block) {
       const int64_t first = block * kSyntheticBlock, size = std::min(kSyntheticBlock, count - first);
       auto generator = at::make_generator<at::CPUGeneratorImpl>(block_stream(stream, block));
-      at::Tensor noise = at::normal(0.0, 0.02, {size}, generator, at::TensorOptions().dtype(at::kFloat));
-      if (mean != 0.0) noise.add_(mean);
-      flat.narrow(0, first, size).copy_(noise);
-    }
+      const at::Tensor noise = at::normal(0.0, 0.02, {size}, generator, at::TensorOptions().dtype(at::kFloat));
+      const float* drawn = noise.data_ptr<float>();
+      for (int64_t i = 0; i < size; ++i) data[first + i] = static_cast<scalar_t>(drawn[i] + shift);
+    });
   });
   return out;
 }
