@@ -200,6 +200,7 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("1 replaced layers"));
   CHECK_THAT(result.output, Contains("% of the step"));
+  CHECK_THAT(result.output, Contains("teacher and student built in"));
   result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '' --device cpu");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs --teacher"));

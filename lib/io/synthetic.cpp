@@ -38,9 +38,11 @@ uint64_t block_stream(uint64_t stream, int64_t block) {
   return z ^ (z >> 31);
 }
 
-// Runs work(0..count) on up to at::get_num_threads() threads, blocks handed out in turn; the
-// first exception is rethrown once every thread has stopped.
-void run_blocks(int64_t count, const std::function<void(int64_t)>& work) {
+// Runs work(block, scratch) for block 0..count on up to at::get_num_threads() threads, blocks
+// handed out in turn, each thread with its own fp32 scratch of kSyntheticBlock elements (so no
+// block allocates and zero-fills fresh pages); the first exception is rethrown once every thread
+// has stopped.
+void run_blocks(int64_t count, const std::function<void(int64_t, at::Tensor&)>& work) {
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>({count, at::get_num_threads(), cores}));
   std::atomic<int64_t> next{0};
@@ -48,7 +50,8 @@ void run_blocks(int64_t count, const std::function<void(int64_t)>& work) {
   std::mutex failure_mutex;
   auto worker = [&] {
     try {
-      for (int64_t item = next++; item < count; item = next++) work(item);
+      at::Tensor scratch = at::empty({kSyntheticBlock}, at::TensorOptions().dtype(at::kFloat));
+      for (int64_t item = next++; item < count; item = next++) work(item, scratch);
     } catch (...) {
       std::lock_guard<std::mutex> lock(failure_mutex);
       if (!failure) failure = std::current_exception();
@@ -137,10 +140,10 @@ at::Tensor synthetic_tensor(const std::string& name, const std::vector<int64_t>&
   const float shift = static_cast<float>(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "synthetic_tensor", [&] {
     scalar_t* data = out.data_ptr<scalar_t>();
-    run_blocks(blocks, [&](int64_t block) {
+    run_blocks(blocks, [&](int64_t block, at::Tensor& scratch) {
       const int64_t first = block * kSyntheticBlock, size = std::min(kSyntheticBlock, count - first);
       auto generator = at::make_generator<at::CPUGeneratorImpl>(block_stream(stream, block));
-      const at::Tensor noise = at::normal(0.0, 0.02, {size}, generator, at::TensorOptions().dtype(at::kFloat));
+      const at::Tensor noise = scratch.narrow(0, 0, size).normal_(0.0, 0.02, generator);
       const float* drawn = noise.data_ptr<float>();
       for (int64_t i = 0; i < size; ++i) data[first + i] = static_cast<scalar_t>(drawn[i] + shift);
     });

@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
+#include <chrono>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -38,7 +39,10 @@ TrainBenchResult bench(const TrainBenchOptions& options) {
   setup.groups = parse_groups(train.train.empty() ? default_groups(train.stage) : train.train);
   setup.device = device;
   setup.dtype = dtype;
+  const auto setup_start = std::chrono::steady_clock::now();
   RunModels models = build_run_models(setup);
+  synchronize_device(device);
+  const double setup_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - setup_start).count();
   AdamW optimizer(models.trained, {});
   const int64_t vocab = models.student->config().vocab_size;
   Batch batch;
@@ -54,6 +58,7 @@ TrainBenchResult bench(const TrainBenchOptions& options) {
   result.student_parameters = models.student_parameters;
   result.trained_parameters = models.trained_parameters;
   result.replaced_layers = models.replaced_layers;
+  result.setup_seconds = setup_seconds;
 
   reset_peak_device_bytes(device);
   auto step = [&] {
@@ -116,6 +121,8 @@ std::string format_train_bench(const TrainBenchResult& r, const TrainBenchOption
   out << "step: " << stage_name(options.train.stage) << ", " << options.batch << " x " << options.train.seq_len
       << " tokens, " << r.dtype << (options.train.recompute ? ", --recompute" : "") << ", on " << r.device
       << "\n";
+  out << std::setprecision(1) << (options.train.stage == Stage::Pt ? "student" : "teacher and student")
+      << " built in " << r.setup_seconds << " s\n";
   out << std::setprecision(1) << "step time " << r.step_ms << " ms (median of " << options.repeats << "), "
       << std::setprecision(0) << r.tokens_per_second << " tokens/s";
   if (r.mfu > 0) out << ", MFU " << std::setprecision(1) << 100 * r.mfu << "%";

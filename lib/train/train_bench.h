@@ -29,6 +29,7 @@ struct TrainBenchResult {
   double step_ms = 0, tokens_per_second = 0, mfu = 0;  // mfu 0 where the peak is unknown (CPU)
   double peak_bytes = 0;                               // NaN on the CPU
   double ssm_ms = 0, ssm_share = 0;                    // replaced layers' mixers, forward + backward
+  double setup_seconds = 0;  // building teacher and student (sources read or drawn, converted, on the device)
 };
 
 // UserError for bad specs or options (as prime-train); a device out of memory is a UserError
