@@ -381,7 +381,7 @@ void run_train(TrainCommand& options) {
   prime::train::TrainOptions& train = options.bench.train;
   train.stage = prime::train::parse_stage(options.stage);
   train.align_layers = prime::train::parse_align_layers(options.align_layers);
-  std::cout << prime::train::format_train_bench(prime::train::run_train_bench(options.bench), options.bench);
+  prime::train::run_train_bench(options.bench, &std::cout);
 }
 
 }  // namespace

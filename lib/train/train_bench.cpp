@@ -21,7 +21,7 @@
 namespace prime::train {
 namespace {
 
-TrainBenchResult bench(const TrainBenchOptions& options) {
+TrainBenchResult bench(const TrainBenchOptions& options, std::ostream* log) {
   TrainOptions train = options.train;
   const at::Device device = parse_device(train.device);  // "auto": CUDA when there is one
   if (train.dtype == "auto") train.dtype = device.is_cuda() ? "bf16" : "fp32";
@@ -59,6 +59,7 @@ TrainBenchResult bench(const TrainBenchOptions& options) {
   result.trained_parameters = models.trained_parameters;
   result.replaced_layers = models.replaced_layers;
   result.setup_seconds = setup_seconds;
+  if (log) *log << format_train_bench_setup(result, options) << std::flush;
 
   reset_peak_device_bytes(device);
   auto step = [&] {
@@ -76,6 +77,7 @@ TrainBenchResult bench(const TrainBenchOptions& options) {
   result.tokens_per_second = result.tokens_per_step / (result.step_ms / 1e3);
   const double peak = device_peak_flops(device, train.peak_tflops);
   if (peak > 0) result.mfu = step_flops_per_token(models, train) * result.tokens_per_second / peak;
+  if (log) *log << format_train_bench_step(result, options) << std::flush;
 
   // Each replaced layer's mixer alone, forward + backward, on an input that needs its gradient
   // (the layers below it train too), under the step's autocast.
@@ -98,21 +100,22 @@ TrainBenchResult bench(const TrainBenchOptions& options) {
   }
   optimizer.zero_grad();
   result.ssm_share = result.step_ms > 0 ? result.ssm_ms / result.step_ms : 0;
+  if (log) *log << format_train_bench_mixers(result) << std::flush;
   return result;
 }
 
 }  // namespace
 
-TrainBenchResult run_train_bench(const TrainBenchOptions& options) {
+TrainBenchResult run_train_bench(const TrainBenchOptions& options, std::ostream* log) {
   try {
-    return bench(options);
+    return bench(options, log);
   } catch (const c10::OutOfMemoryError& error) {
     throw user_error("out of device memory at batch ", options.batch, " x ", options.train.seq_len, " tokens (",
                      error.what_without_backtrace(), "). Try --recompute or a smaller --batch/--seq-len");
   }
 }
 
-std::string format_train_bench(const TrainBenchResult& r, const TrainBenchOptions& options) {
+std::string format_train_bench_setup(const TrainBenchResult& r, const TrainBenchOptions& options) {
   std::ostringstream out;
   out << std::fixed;
   out << "model " << options.train.model << " (" << std::setprecision(1) << r.student_parameters / 1e6
@@ -123,12 +126,23 @@ std::string format_train_bench(const TrainBenchResult& r, const TrainBenchOption
       << "\n";
   out << std::setprecision(1) << (options.train.stage == Stage::Pt ? "student" : "teacher and student")
       << " built in " << r.setup_seconds << " s\n";
-  out << std::setprecision(1) << "step time " << r.step_ms << " ms (median of " << options.repeats << "), "
-      << std::setprecision(0) << r.tokens_per_second << " tokens/s";
+  return out.str();
+}
+
+std::string format_train_bench_step(const TrainBenchResult& r, const TrainBenchOptions& options) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(1) << "step time " << r.step_ms << " ms (median of " << options.repeats
+      << "), " << std::setprecision(0) << r.tokens_per_second << " tokens/s";
   if (r.mfu > 0) out << ", MFU " << std::setprecision(1) << 100 * r.mfu << "%";
   if (std::isfinite(r.peak_bytes)) out << ", peak memory " << std::setprecision(1) << r.peak_bytes / 1e9 << " GB";
-  out << "\n" << std::setprecision(1) << "replaced layers' mixers (forward + backward): " << r.ssm_ms << " ms = "
-      << 100 * r.ssm_share << "% of the step\n";
+  out << "\n";
+  return out.str();
+}
+
+std::string format_train_bench_mixers(const TrainBenchResult& r) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(1) << "replaced layers' mixers (forward + backward): " << r.ssm_ms
+      << " ms = " << 100 * r.ssm_share << "% of the step\n";
   return out.str();
 }
 

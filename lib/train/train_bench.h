@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -33,10 +34,14 @@ struct TrainBenchResult {
 };
 
 // UserError for bad specs or options (as prime-train); a device out of memory is a UserError
-// naming the shape and suggesting --recompute.
-TrainBenchResult run_train_bench(const TrainBenchOptions& options);
+// naming the shape and suggesting --recompute. With a log, each part's lines are written as soon
+// as it is measured (the models and their setup time, the step, the mixers): building an 8B
+// teacher and student alone takes a while.
+TrainBenchResult run_train_bench(const TrainBenchOptions& options, std::ostream* log = nullptr);
 
-// The result as the lines prime-bench prints.
-std::string format_train_bench(const TrainBenchResult& result, const TrainBenchOptions& options);
+// Each part's lines of the result, as prime-bench prints them.
+std::string format_train_bench_setup(const TrainBenchResult& result, const TrainBenchOptions& options);
+std::string format_train_bench_step(const TrainBenchResult& result, const TrainBenchOptions& options);
+std::string format_train_bench_mixers(const TrainBenchResult& result);
 
 }  // namespace prime::train
