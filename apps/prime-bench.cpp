@@ -375,6 +375,10 @@ void add_train_command(CLI::App& app, TrainCommand& options) {
   command->add_option("--warmup", options.bench.warmup, "untimed steps first (default 1)")->group("Measurement");
   command->add_option("--peak-tflops", train.peak_tflops, "device bf16 peak for MFU (default: H100/H200 989)")
       ->group("Measurement");
+  command->add_flag("--compare-kernels", options.bench.compare_kernels,
+                    "time the step and the mixers with prime's kernels and with the torch-ops forms, same models, "
+                    "and print the ratio")
+      ->group("Measurement");
 }
 
 void run_train(TrainCommand& options) {

@@ -201,6 +201,16 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   CHECK_THAT(result.output, Contains("1 replaced layers"));
   CHECK_THAT(result.output, Contains("% of the step"));
   CHECK_THAT(result.output, Contains("teacher and student built in"));
+  // Both policies on the same models, each timing labelled, then their ratio.
+  result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
+                         "' --seq-len 32 --device cpu --repeats 1 --warmup 0 --compare-kernels");
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("kernels: step time"));
+  CHECK_THAT(result.output, Contains("torch-ops: step time"));
+  CHECK_THAT(result.output, Contains("torch-ops: replaced layers' mixers"));
+  CHECK_THAT(result.output, Contains("torch-ops time / kernels time, same models in one run: step"));
+  CHECK_THAT(result.output, Contains("here both are the torch-ops forms"));
   result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '' --device cpu");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs --teacher"));

@@ -2,18 +2,17 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <ATen/Parallel.h>  // at::get_num_threads
 
 #include <algorithm>
 #include <atomic>
 #include <exception>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <sstream>
 #include <thread>
 #include <vector>
-
-#include <map>
-#include <sstream>
 
 #include "io/source.h"
 #include "util/error.h"

@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "kernels/common/policy.h"
 #include "train/adamw.h"
 #include "train/autocast.h"
 #include "train/batches.h"
@@ -61,7 +62,6 @@ TrainBenchResult bench(const TrainBenchOptions& options, std::ostream* log) {
   result.setup_seconds = setup_seconds;
   if (log) *log << format_train_bench_setup(result, options) << std::flush;
 
-  reset_peak_device_bytes(device);
   auto step = [&] {
     optimizer.zero_grad();
     StepLoss loss;
@@ -72,35 +72,49 @@ TrainBenchResult bench(const TrainBenchOptions& options, std::ostream* log) {
     loss.loss.backward();
     optimizer.step(1e-6);
   };
-  result.step_ms = median_ms(step, device, options.warmup, options.repeats);
-  result.peak_bytes = peak_device_bytes(device);
-  result.tokens_per_second = result.tokens_per_step / (result.step_ms / 1e3);
   const double peak = device_peak_flops(device, train.peak_tflops);
-  if (peak > 0) result.mfu = step_flops_per_token(models, train) * result.tokens_per_second / peak;
-  if (log) *log << format_train_bench_step(result, options) << std::flush;
-
-  // Each replaced layer's mixer alone, forward + backward, on an input that needs its gradient
-  // (the layers below it train too), under the step's autocast.
   const int64_t hidden = models.student->config().hidden_size;
   const auto input_type = autocast ? at::kBFloat16 : models.student->weights().begin()->second.scalar_type();
-  for (int64_t layer : models.replaced_layers) {
-    model::Mixer& mixer = models.student->mixer(layer);
-    const at::Tensor x =
-        at::randn({options.batch, train.seq_len, hidden}, at::TensorOptions().device(device).dtype(input_type))
-            .set_requires_grad(true);
-    auto run = [&] {
-      at::Tensor y;
-      {
-        AutocastScope scope(autocast);
-        y = mixer.forward(x, nullptr);
-      }
-      y.backward(at::ones_like(y));
-    };
-    result.ssm_ms += median_ms(run, device, options.warmup, options.repeats);
+  // One timing under the policy in force (PRIME_KERNELS), or one under each policy, kernels first.
+  std::vector<std::pair<std::string, kernels::Policy>> policies;
+  if (options.compare_kernels)
+    policies = {{"kernels", kernels::Policy::Auto}, {"torch-ops", kernels::Policy::Torch}};
+  else
+    policies = {{"", kernels::policy()}};
+  for (const auto& [label, policy] : policies) {
+    const kernels::ScopedKernelPolicy scoped(policy);
+    TrainBenchTiming timing;
+    timing.label = label;
+    reset_peak_device_bytes(device);
+    timing.step_ms = median_ms(step, device, options.warmup, options.repeats);
+    timing.peak_bytes = peak_device_bytes(device);
+    timing.tokens_per_second = result.tokens_per_step / (timing.step_ms / 1e3);
+    if (peak > 0) timing.mfu = step_flops_per_token(models, train) * timing.tokens_per_second / peak;
+    if (log) *log << format_train_bench_step(timing, options) << std::flush;
+
+    // Each replaced layer's mixer alone, forward + backward, on an input that needs its gradient
+    // (the layers below it train too), under the step's autocast.
+    for (int64_t layer : models.replaced_layers) {
+      model::Mixer& mixer = models.student->mixer(layer);
+      const at::Tensor x =
+          at::randn({options.batch, train.seq_len, hidden}, at::TensorOptions().device(device).dtype(input_type))
+              .set_requires_grad(true);
+      auto run = [&] {
+        at::Tensor y;
+        {
+          AutocastScope scope(autocast);
+          y = mixer.forward(x, nullptr);
+        }
+        y.backward(at::ones_like(y));
+      };
+      timing.ssm_ms += median_ms(run, device, options.warmup, options.repeats);
+    }
+    optimizer.zero_grad();
+    timing.ssm_share = timing.step_ms > 0 ? timing.ssm_ms / timing.step_ms : 0;
+    if (log) *log << format_train_bench_mixers(timing) << std::flush;
+    result.timings.push_back(timing);
   }
-  optimizer.zero_grad();
-  result.ssm_share = result.step_ms > 0 ? result.ssm_ms / result.step_ms : 0;
-  if (log) *log << format_train_bench_mixers(result) << std::flush;
+  if (log && result.timings.size() == 2) *log << format_train_bench_ratio(result) << std::flush;
   return result;
 }
 
@@ -129,20 +143,39 @@ std::string format_train_bench_setup(const TrainBenchResult& r, const TrainBench
   return out.str();
 }
 
-std::string format_train_bench_step(const TrainBenchResult& r, const TrainBenchOptions& options) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(1) << "step time " << r.step_ms << " ms (median of " << options.repeats
-      << "), " << std::setprecision(0) << r.tokens_per_second << " tokens/s";
-  if (r.mfu > 0) out << ", MFU " << std::setprecision(1) << 100 * r.mfu << "%";
-  if (std::isfinite(r.peak_bytes)) out << ", peak memory " << std::setprecision(1) << r.peak_bytes / 1e9 << " GB";
-  out << "\n";
-  return out.str();
+namespace {
+
+std::string labelled(const std::string& label, const std::string& text) {
+  return label.empty() ? text : label + ": " + text;
 }
 
-std::string format_train_bench_mixers(const TrainBenchResult& r) {
+}  // namespace
+
+std::string format_train_bench_step(const TrainBenchTiming& t, const TrainBenchOptions& options) {
   std::ostringstream out;
-  out << std::fixed << std::setprecision(1) << "replaced layers' mixers (forward + backward): " << r.ssm_ms
-      << " ms = " << 100 * r.ssm_share << "% of the step\n";
+  out << std::fixed << std::setprecision(1) << "step time " << t.step_ms << " ms (median of " << options.repeats
+      << "), " << std::setprecision(0) << t.tokens_per_second << " tokens/s";
+  if (t.mfu > 0) out << ", MFU " << std::setprecision(1) << 100 * t.mfu << "%";
+  if (std::isfinite(t.peak_bytes)) out << ", peak memory " << std::setprecision(1) << t.peak_bytes / 1e9 << " GB";
+  out << "\n";
+  return labelled(t.label, out.str());
+}
+
+std::string format_train_bench_mixers(const TrainBenchTiming& t) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(1) << "replaced layers' mixers (forward + backward): " << t.ssm_ms
+      << " ms = " << 100 * t.ssm_share << "% of the step\n";
+  return labelled(t.label, out.str());
+}
+
+std::string format_train_bench_ratio(const TrainBenchResult& r) {
+  const TrainBenchTiming &first = r.timings.at(0), &second = r.timings.at(1);
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(2) << second.label << " time / " << first.label
+      << " time, same models in one run: step " << second.step_ms / first.step_ms << "x, replaced layers' mixers "
+      << second.ssm_ms / first.ssm_ms << "x";
+  if (r.device.rfind("cuda", 0) != 0) out << " (the kernels run on CUDA only: here both are the torch-ops forms)";
+  out << "\n";
   return out.str();
 }
 
