@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One training step of Qwen3-8B-shaped hybrids on one GPU (prime-bench train: synthetic weights,
 # bf16 autocast, seq 4096): step time, tokens/s, MFU, peak memory and the share of the step spent
-# in the replaced layers' mixers, for GDN and GKA at 1:3, with and without --recompute. These are
-# the torch-ops baseline the CUDA kernels are judged against. Tables go to $OUT.
+# in the replaced layers' mixers, for GDN, GKA and Mamba-2 at 1:3, with and without --recompute,
+# each timed with prime's CUDA kernels and with the torch-ops forms on the same models
+# (--compare-kernels). Tables go to $OUT.
 #   bash experiments/train_bench/run_gpu.sh
-# Needs .deps (./setup.sh --gather-deps) carried along. TYPES (default "GDN GKA"), RECOMPUTE
+# Needs .deps (./setup.sh --gather-deps) carried along. TYPES (default "GDN GKA M2"), RECOMPUTE
 # (default "no yes"), REPEATS (default 3).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,12 +21,12 @@ if [ ! -x $bin/prime-bench ]; then
   cmake --build build-gpu -j"$(nproc)" --target prime-bench > "$OUT/build.log" 2>&1 ||
     { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
 fi
-for layer in ${TYPES:-GDN GKA}; do
+for layer in ${TYPES:-GDN GKA M2}; do
   for recompute in ${RECOMPUTE:-no yes}; do
     flag=""; [ "$recompute" = yes ] && flag=--recompute
     name=train_${layer}_1to3${flag:+_recompute}
     $bin/prime-bench train --model synthetic:qwen3-8b+convert:$layer:1:3 --teacher synthetic:qwen3-8b \
-      --stage align --seq-len 4096 --batch 1 --device cuda --dtype bf16 --repeats ${REPEATS:-3} $flag \
+      --stage align --seq-len 4096 --batch 1 --device cuda --dtype bf16 --repeats ${REPEATS:-3} --compare-kernels $flag \
       > "$OUT/$name.txt" 2>&1
     echo "== $layer 1:3 align ${flag:-(no --recompute)}: exit $?"; cat "$OUT/$name.txt"
   done

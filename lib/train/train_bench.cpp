@@ -174,7 +174,10 @@ std::string format_train_bench_ratio(const TrainBenchResult& r) {
   out << std::fixed << std::setprecision(2) << second.label << " time / " << first.label
       << " time, same models in one run: step " << second.step_ms / first.step_ms << "x, replaced layers' mixers "
       << second.ssm_ms / first.ssm_ms << "x";
-  if (r.device.rfind("cuda", 0) != 0) out << " (the kernels run on CUDA only: here both are the torch-ops forms)";
+  if (r.device.rfind("cuda", 0) != 0)
+    out << " (the kernels run on CUDA only: here both are the torch-ops forms)";
+  else if (!kernels::built_with_cuda_kernels())
+    out << " (this build has no CUDA kernels: both are the torch-ops forms)";
   out << "\n";
   return out.str();
 }
