@@ -194,16 +194,15 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
 TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1", "[bench][cli][train]") {
   const std::string teacher =
       "synthetic:qwen3-0.6b@layers=2,hidden=32,heads=2,kv_heads=1,head_dim=16,intermediate=64,vocab=64,seed=3";
-  auto result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
-                              "' --seq-len 32 --device cpu --repeats 1 --warmup 0");
+  const std::string hybrid = "prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher + "'";
+  auto result = test::run_cli(hybrid + " --seq-len 32 --device cpu --repeats 1 --warmup 0");
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("1 replaced layers"));
   CHECK_THAT(result.output, Contains("% of the step"));
   CHECK_THAT(result.output, Contains("teacher and student built in"));
   // Both policies on the same models, each timing labelled, then their ratio.
-  result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
-                         "' --seq-len 32 --device cpu --repeats 1 --warmup 0 --compare-kernels");
+  result = test::run_cli(hybrid + " --seq-len 32 --device cpu --repeats 1 --warmup 0 --compare-kernels");
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("kernels: step time"));
@@ -216,8 +215,7 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   CHECK_THAT(result.output, Contains("needs --teacher"));
   result = test::run_cli("prime-bench train --model synthetic:nope --teacher '" + teacher + "' --device cpu");
   CHECK(result.exit_code == 1);
-  result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '" + teacher +
-                         "' --device cpu --batch 0");
+  result = test::run_cli(hybrid + " --device cpu --batch 0");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("--batch must be >= 1"));
 }
