@@ -141,7 +141,8 @@ void run_kernels(SsmOptions& options) {
               << row.kernel_forward_backward_tbps << "\n";
   }
   // One layer of each type over ragged packed documents: the packed path against the per-document buckets.
-  std::cout << "\none SSM layer over packed documents: packed (chunks per document) vs per-document buckets\n"
+  std::cout << "\none SSM layer over packed documents: packed (chunks per document) vs per-document buckets; the "
+               "first two columns: tokens each path runs the core on, as a multiple of B*T\n"
             << std::left << std::setw(6) << "type" << std::setw(42) << "(B,T,hidden,H,D) dtype, documents" << std::right
             << std::setw(10) << "packed" << std::setw(10) << "bucketed" << std::setw(14) << "packed ms"
             << std::setw(13) << "bucketed ms" << std::setw(8) << "ratio" << std::setw(14) << "fwd+bwd ms"
