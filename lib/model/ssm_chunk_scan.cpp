@@ -35,14 +35,21 @@ struct ChunkStartScan : public torch::autograd::Function<ChunkStartScan> {
     const at::Tensor keep = keep_or_empty.numel() > 0 ? keep_or_empty : at::Tensor();
     const int64_t n = contribution.size(2);
     at::Tensor starts = at::empty(contribution.sizes(), contribution.options());
-    at::Tensor state = initial.expand(starts.select(2, 0).sizes());
+    at::Tensor first = starts.select(2, 0);
+    first.copy_(initial.expand(first.sizes()));
+    if (keep.defined()) first.mul_(keep.select(0, 0));
+    // Each chunk's update is written straight into the next chunk's start (one op per chunk, no
+    // copy); the last one is the final state.
+    at::Tensor state;
     for (int64_t c = 0; c < n; ++c) {
-      at::Tensor start = starts.select(2, c);
-      if (keep.defined())
-        at::mul_out(start, state, keep.select(0, c));
-      else
-        start.copy_(state);
-      state = at::addcmul(contribution.select(2, c), decay_at(decay, c), start);
+      const at::Tensor start = starts.select(2, c);
+      if (c + 1 == n) {
+        state = at::addcmul(contribution.select(2, c), decay_at(decay, c), start);
+        break;
+      }
+      at::Tensor next = starts.select(2, c + 1);
+      at::addcmul_out(next, contribution.select(2, c), decay_at(decay, c), start);
+      if (keep.defined()) next.mul_(keep.select(0, c + 1));
     }
     context->save_for_backward({initial, decay, keep_or_empty, starts});
     return {starts, state};
