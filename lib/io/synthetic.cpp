@@ -124,14 +124,14 @@ at::Tensor synthetic_tensor(const std::string& name, const std::vector<int64_t>&
                             at::ScalarType dtype) {
   const uint64_t stream = fnv1a(name, seed);
   const double mean = ends_with(name, "norm.weight") ? 1.0 : 0.0;
-  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const int64_t count = out.numel();
+  const int64_t count = c10::multiply_integers(shape);
   if (count <= kSyntheticBlock) {  // one stream: the values small fixtures have always had
     auto generator = at::make_generator<at::CPUGeneratorImpl>(stream);
     at::Tensor noise = at::normal(0.0, 0.02, shape, generator, at::TensorOptions().dtype(at::kFloat));
-    out.copy_(mean != 0.0 ? noise + mean : noise);
-    return out;
+    if (mean != 0.0) noise.add_(mean);
+    return noise.to(dtype);
   }
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
   // Larger tensors: one stream per block of kSyntheticBlock elements, drawn on worker threads.
   // The values depend only on (seed, name, block), never on the thread count. Plain threads and
   // serial ATen calls: prime is not compiled with OpenMP, so at::parallel_for would run inline.
