@@ -96,6 +96,9 @@ at::Device finish_ssm_options(SsmOptions& options) {
   return prime::parse_device(options.device);
 }
 
+// How many times faster ours is than the other path (0 where ours was not timed).
+double ratio(double ours, double other) { return ours > 0 ? other / ours : 0.0; }
+
 void run_kernels(SsmOptions& options) {
   const at::Device device = finish_ssm_options(options);
   if (options.profile) {
@@ -111,7 +114,6 @@ void run_kernels(SsmOptions& options) {
             << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << std::setw(11) << "torch ms"
             << std::setw(8) << "ratio" << "\n";
   for (const auto& row : rows) {
-    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(6) << row.type << std::setw(28) << row.shape << std::right << std::fixed
               << std::setprecision(2) << std::setw(11) << row.kernel_forward_ms << std::setw(11)
               << row.torch_forward_ms << std::setw(7) << ratio(row.kernel_forward_ms, row.torch_forward_ms) << "x"
@@ -131,7 +133,6 @@ void run_kernels(SsmOptions& options) {
             << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(8) << "TB/s" << std::setw(14)
             << "fwd+bwd ms" << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(8) << "TB/s\n";
   for (const auto& row : prime::eval::run_short_conv_bench(conv, device)) {
-    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(3)
               << std::setw(11) << row.kernel_forward_ms << std::setw(11) << row.torch_forward_ms << std::setw(7)
               << std::setprecision(2) << ratio(row.kernel_forward_ms, row.torch_forward_ms) << "x" << std::setw(8)
@@ -154,7 +155,6 @@ void run_kernels(SsmOptions& options) {
     varlen.repeats = options.bench.repeats;
     varlen.backward = options.bench.backward;
     const prime::eval::PackedDocumentsBenchRow packed = prime::eval::run_packed_documents_bench(varlen, device);
-    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
     std::cout << std::left << std::setw(6) << packed.type << std::setw(42) << packed.shape << std::right << std::fixed
               << std::setprecision(2) << std::setw(9) << packed.chunk_tokens << "x" << std::setw(9)
               << packed.bucket_tokens << "x" << std::setprecision(3) << std::setw(14) << packed.packed_forward_ms
@@ -191,7 +191,6 @@ void run_kernels(SsmOptions& options) {
             << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(11) << "eager ms" << std::setw(8)
             << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "ratio" << std::setw(13) << "per-unit ms\n";
   for (const auto& row : prime::eval::run_linear_decode_bench(projection, device)) {
-    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(6) << "LIN" << std::setw(28) << row.shape << std::right << std::fixed
               << std::setprecision(1) << std::setw(9) << row.weight_bytes / 1e6 << std::setprecision(4)
               << std::setw(11) << row.kernel_graph_ms << std::setprecision(2) << std::setw(8) << row.kernel_graph_tbps
@@ -215,7 +214,6 @@ void run_kernels(SsmOptions& options) {
             << "per-unit ms" << std::setw(13) << "separate ms" << std::setw(8) << "ratio" << std::setw(11)
             << "torch ms" << std::setw(8) << "ratio\n";
   for (const auto& row : prime::eval::run_linear_decode_group_bench(grouped, device)) {
-    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
     std::cout << std::left << std::setw(6) << "GRP" << std::setw(34) << row.what << std::right << std::fixed
               << std::setprecision(1) << std::setw(9) << row.weight_bytes / 1e6 << std::setprecision(4)
               << std::setw(11) << row.grouped_graph_ms << std::setprecision(2) << std::setw(8) << row.grouped_tbps
@@ -247,7 +245,6 @@ void run_kernels(SsmOptions& options) {
             << "GB/s" << std::setw(12) << "torch us" << std::setw(8) << "ratio" << std::setw(12) << "eager us"
             << std::setw(12) << "torch us" << std::setw(8) << "ratio\n";
   for (const auto& row : prime::eval::run_rope_bench(rope, device)) {
-    auto ratio = [](double ours, double torch) { return ours > 0 ? torch / ours : 0.0; };
     std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(2)
               << std::setw(12) << row.kernel_graph_us << std::setprecision(1) << std::setw(10) << row.kernel_graph_gbps
               << std::setprecision(2) << std::setw(12) << row.torch_graph_us << std::setw(7)
@@ -260,7 +257,6 @@ void run_kernels(SsmOptions& options) {
             << std::left << std::setw(34) << "shape" << std::right << std::setw(12) << "fused us" << std::setw(14)
             << "separate us" << std::setw(8) << "ratio" << std::setw(12) << "torch us" << std::setw(8) << "ratio\n";
   for (const auto& row : prime::eval::run_rope_norm_bench(rope, device)) {
-    auto ratio = [](double ours, double other) { return ours > 0 ? other / ours : 0.0; };
     std::cout << std::left << std::setw(34) << row.shape << std::right << std::fixed << std::setprecision(2)
               << std::setw(12) << row.fused_graph_us << std::setw(14) << row.separate_graph_us << std::setw(7)
               << ratio(row.fused_graph_us, row.separate_graph_us) << "x" << std::setw(12) << row.torch_graph_us
