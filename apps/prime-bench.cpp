@@ -376,6 +376,9 @@ void add_train_command(CLI::App& app, TrainCommand& options) {
                     "time the step and the mixers with prime's kernels and with the torch-ops forms, same models, "
                     "and print the ratio")
       ->group("Measurement");
+  command->add_flag("--profile", options.bench.profile,
+                    "time nothing: one step after a warm-up, inside a profiler range (ncu --profile-from-start off)")
+      ->group("Measurement");
 }
 
 void run_train(TrainCommand& options) {

@@ -210,6 +210,15 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   CHECK_THAT(result.output, Contains("torch-ops: replaced layers' mixers"));
   CHECK_THAT(result.output, Contains("torch-ops time / kernels time, same models in one run: step"));
   CHECK_THAT(result.output, Contains("here both are the torch-ops forms"));
+  // One step in a profiler range, no timings.
+  result = test::run_cli(hybrid + " --seq-len 32 --device cpu --profile");
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("profiled one step"));
+  CHECK_THAT(result.output, !Contains("step time"));
+  result = test::run_cli(hybrid + " --seq-len 32 --device cpu --profile --compare-kernels");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("does not combine"));
   result = test::run_cli("prime-bench train --model '" + teacher + "+convert:GDN:1:1' --teacher '' --device cpu");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs --teacher"));

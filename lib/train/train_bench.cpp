@@ -28,6 +28,8 @@ TrainBenchResult bench(const TrainBenchOptions& options, std::ostream* log) {
   if (train.dtype == "auto") train.dtype = device.is_cuda() ? "bf16" : "fp32";
   if (options.batch < 1 || train.seq_len < 2) throw user_error("--batch must be >= 1 and --seq-len >= 2");
   if (options.repeats < 1) throw user_error("--repeats must be >= 1");
+  if (options.profile && options.compare_kernels)
+    throw user_error("--profile runs one step under PRIME_KERNELS: it does not combine with --compare-kernels");
   if (train.stage != Stage::Pt && train.teacher.empty())
     throw user_error("--stage ", stage_name(train.stage), " needs --teacher");
   const at::ScalarType dtype = parse_dtype_flag(train.dtype);
@@ -72,6 +74,13 @@ TrainBenchResult bench(const TrainBenchOptions& options, std::ostream* log) {
     loss.loss.backward();
     optimizer.step(1e-6);
   };
+  if (options.profile) {
+    run_in_profiler_range(step, device);
+    if (log)
+      *log << "profiled one step (after one warm-up), between cudaProfilerStart and cudaProfilerStop, kernels policy "
+           << (kernels::policy() == kernels::Policy::Auto ? "auto" : "torch") << "\n" << std::flush;
+    return result;
+  }
   const double peak = device_peak_flops(device, train.peak_tflops);
   const int64_t hidden = models.student->config().hidden_size;
   const auto input_type = autocast ? at::kBFloat16 : models.student->weights().begin()->second.scalar_type();

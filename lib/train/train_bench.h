@@ -25,6 +25,9 @@ struct TrainBenchOptions {
   // torch-ops forms (kernels::ScopedKernelPolicy), and print the ratio; otherwise once, under
   // PRIME_KERNELS.
   bool compare_kernels = false;
+  // Time nothing: one warm-up step, then one step between cudaProfilerStart and cudaProfilerStop
+  // (ncu --profile-from-start off sees that step's kernels and nothing else), under PRIME_KERNELS.
+  bool profile = false;
 };
 
 // One timing of the step and of the replaced layers' mixers under one kernel policy.
@@ -40,7 +43,7 @@ struct TrainBenchResult {
   int64_t tokens_per_step = 0, student_parameters = 0, trained_parameters = 0;
   std::vector<int64_t> replaced_layers;
   double setup_seconds = 0;  // building teacher and student (sources read or drawn, converted, on the device)
-  std::vector<TrainBenchTiming> timings;  // one, or kernels then torch-ops
+  std::vector<TrainBenchTiming> timings;  // one, or kernels then torch-ops; none under profile
 };
 
 // UserError for bad specs or options (as prime-train); a device out of memory is a UserError
