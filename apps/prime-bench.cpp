@@ -232,7 +232,7 @@ void run_kernels(SsmOptions& options) {
             << "ours ms" << std::setw(8) << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "TB/s"
             << std::setw(8) << "ratio\n";
   for (const auto& row : prime::eval::run_rms_norm_bench(norm, device)) {
-    std::cout << std::left << std::setw(24) << row.shape << std::setw(11) << (row.fused_add ? "add+norm" : "norm")
+    std::cout << std::left << std::setw(24) << row.shape << std::setw(11) << row.op
               << std::right << std::fixed << std::setprecision(4) << std::setw(11) << row.kernel_ms
               << std::setprecision(2) << std::setw(8) << row.kernel_tbps << std::setprecision(4) << std::setw(11)
               << row.torch_ms << std::setprecision(2) << std::setw(8) << row.torch_tbps << std::setw(7)

@@ -2,10 +2,12 @@
 // and model::add_rms_norm, against a float64 reference on the CPU (from the same rounded inputs)
 // and against the torch form on CUDA (policy Torch); rows of large and tiny magnitude, short
 // (warp) and long (block) rows, 16-byte and scalar accesses, non-contiguous inputs; outputs
-// poisoned with NaN first; autograd calls keep the torch form.
+// poisoned with NaN first. Calls autograd records take the training form (rms_norm_train): its
+// output and the gradients of x and the weight against float64 autograd and the torch form's.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <algorithm>
 #include <array>
@@ -96,6 +98,7 @@ TEST_CASE("rms_norm kernel: never applies to CPU tensors, where add_rms_norm is 
     const at::Tensor weight = input_weight(24, type).to(type);
     CHECK_FALSE(kernels::rms_norm_apply(hidden, weight));
     CHECK_FALSE(kernels::add_rms_norm_apply(hidden, mixed, weight));
+    CHECK_FALSE(kernels::rms_norm_train_apply(hidden.clone().requires_grad_(true), weight));
     const auto [sum, normed] = model::add_rms_norm(hidden, mixed, weight, kEps);
     CHECK(at::equal(sum, hidden + mixed));
     CHECK(at::equal(normed, model::rms_norm(hidden + mixed, weight, kEps)));
@@ -185,7 +188,112 @@ TEST_CASE("add_rms_norm kernel: the sum equals hidden + mixed bit for bit, the n
   CHECK(row_relative_error(normed, reference_rms_norm(sum, weight)) <= tolerance(at::kBFloat16));
 }
 
-TEST_CASE("rms_norm kernel: not taken when autograd records the call, under policy Torch, or for other dtypes",
+namespace {
+
+struct NormGradients {
+  at::Tensor y, dx, dw;  // dw undefined where the weight needs no gradient
+  std::string node;      // the output's autograd node
+};
+
+// y = model::rms_norm(x, weight) under autograd and its backward from dy, on copies of x and the
+// weight that require grad (the weight only when weight_grad), in x's dtype and device.
+NormGradients norm_gradients(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& dy, bool weight_grad) {
+  const at::AutoGradMode grad_mode(true);
+  const at::Tensor xg = x.detach().clone().requires_grad_(true);
+  const at::Tensor wg = weight.detach().clone().requires_grad_(weight_grad);
+  NormGradients result;
+  result.y = model::rms_norm(xg, wg, kEps);
+  result.node = result.y.grad_fn() ? result.y.grad_fn()->name() : "";
+  result.y.backward(dy);
+  result.dx = xg.grad();
+  result.dw = wg.grad();
+  return result;
+}
+
+// Worst over the rows of max |got - want| / max |want|, or the whole tensor's when 1-D.
+double gradient_error(const at::Tensor& got, const at::Tensor& want) {
+  return want.dim() == 1 ? row_relative_error(got.unsqueeze(0), want.unsqueeze(0)) : row_relative_error(got, want);
+}
+
+// The training kernel (it must apply under autograd) against float64 autograd on the CPU (from
+// the same rounded inputs) and the torch form's autograd on CUDA.
+void check_norm_gradients(const at::Tensor& x, const at::Tensor& weight, bool weight_grad, const std::string& what) {
+  INFO(what << (weight_grad ? ", weight trained" : ", weight frozen"));
+  const at::Tensor dy = input_rows(x.numel() / x.size(-1), x.size(-1), x.scalar_type())
+                            .reshape(x.sizes())
+                            .to(x.device(), x.scalar_type());
+  {
+    const at::AutoGradMode grad_mode(true);
+    REQUIRE(kernels::rms_norm_train_apply(x.detach().requires_grad_(true), weight));
+  }
+  const NormGradients ours = norm_gradients(x, weight, dy, weight_grad);
+  CHECK(ours.node.find("RmsNormKernel") != std::string::npos);
+  NormGradients torch_form;
+  {
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    torch_form = norm_gradients(x, weight, dy, weight_grad);
+  }
+  const NormGradients reference = norm_gradients(x.to(at::kCPU, at::kDouble), weight.to(at::kCPU, at::kDouble),
+                                                 dy.to(at::kCPU, at::kDouble), weight_grad);
+  REQUIRE(ours.dx.defined());
+  REQUIRE(ours.dx.sizes() == x.sizes());
+  REQUIRE(ours.dx.scalar_type() == x.scalar_type());
+  REQUIRE(ours.dw.defined() == weight_grad);
+  // The gradients round where the torch form's do (dy w in the dtype, dx and dw cast to it), so
+  // bf16 and fp16 are held to the dtype's bound and fp32 to a few of its ulps.
+  const double bound = x.scalar_type() == at::kFloat ? 1e-5 : 1e-2;
+  const double y_error = row_relative_error(ours.y, torch_form.y);
+  const double dx_reference = gradient_error(ours.dx, reference.dx), dx_torch = gradient_error(ours.dx, torch_form.dx);
+  std::cout << "[kernels][rms_norm] train " << what << ": dx vs float64 " << dx_reference << ", vs torch form "
+            << dx_torch;
+  CHECK(y_error <= tolerance(x.scalar_type()));
+  CHECK(dx_reference <= bound);
+  CHECK(dx_torch <= bound);
+  if (weight_grad) {
+    const double dw_reference = gradient_error(ours.dw, reference.dw), dw_torch = gradient_error(ours.dw, torch_form.dw);
+    std::cout << "; dw vs float64 " << dw_reference << ", vs torch form " << dw_torch;
+    CHECK(dw_reference <= bound);
+    CHECK(dw_torch <= bound);
+  }
+  std::cout << "\n";
+}
+
+}  // namespace
+
+TEST_CASE("rms_norm training kernel: output and gradients of x and the weight equal float64 and the torch form",
+          "[kernels][gpu][rms_norm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  at::manual_seed(23);
+  const at::Device cuda(at::kCUDA);
+  for (const at::ScalarType type : kTypes) {
+    // Lane groups (128, 40, 37: scalar accesses) and blocks (4096, 5120; 4099: the re-read tail).
+    for (const int64_t D : {128, 4096, 5120, 40, 37, 4099}) {
+      for (const int64_t rows : {1, 3, 700}) {
+        const at::Tensor x = input_rows(rows, D, type).to(cuda, type);
+        const at::Tensor weight = input_weight(D, type).to(cuda, type);
+        check_norm_gradients(x, weight, rows != 3, describe(type, x.sizes(), "rows"));
+      }
+    }
+    // A transposed x (made contiguous by the op) and a [B,T,H,D] view.
+    const at::Tensor transposed = input_rows(128, 300, type).to(cuda, type).t();
+    check_norm_gradients(transposed, input_weight(128, type).to(cuda, type), true,
+                         describe(type, transposed.sizes(), "transposed"));
+    const at::Tensor heads = input_rows(2 * 3 * 4, 128, type).to(cuda, type).view({2, 3, 4, 128});
+    check_norm_gradients(heads, input_weight(128, type).to(cuda, type), true, describe(type, heads.sizes(), "heads"));
+  }
+  // Only the weight records a gradient: x's is not computed.
+  const at::AutoGradMode grad_mode(true);
+  const at::Tensor x = input_rows(4, 256, at::kFloat).to(cuda, at::kFloat);
+  const at::Tensor weight = input_weight(256, at::kFloat).to(cuda, at::kFloat).requires_grad_(true);
+  REQUIRE(kernels::rms_norm_train_apply(x, weight));
+  model::rms_norm(x, weight, kEps).sum().backward();
+  REQUIRE(weight.grad().defined());
+  CHECK(at::isfinite(weight.grad()).all().item<bool>());
+}
+
+TEST_CASE("rms_norm kernel: autograd calls take the training form, none under policy Torch or for other dtypes",
           "[kernels][gpu][rms_norm]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -199,8 +307,12 @@ TEST_CASE("rms_norm kernel: not taken when autograd records the call, under poli
     CHECK_FALSE(kernels::add_rms_norm_apply(residual, x, weight));
     CHECK_FALSE(kernels::rms_norm_apply(residual, weight.clone().requires_grad_(true)));
     CHECK(kernels::rms_norm_apply(residual, weight));
-    // The torch form runs and builds a graph that reaches x.
+    CHECK(kernels::rms_norm_train_apply(x, weight));
+    CHECK(kernels::rms_norm_train_apply(residual, weight.clone().requires_grad_(true)));
+    CHECK_FALSE(kernels::rms_norm_train_apply(residual, weight));
+    // The training form runs and builds a graph that reaches x.
     const at::Tensor y = model::rms_norm(x, weight, kEps);
+    CHECK(y.grad_fn()->name().find("RmsNormKernel") != std::string::npos);
     CHECK(y.requires_grad());
     CHECK(y.grad_fn() != nullptr);
     const auto [sum, normed] = model::add_rms_norm(residual, x, weight, kEps);
@@ -216,7 +328,12 @@ TEST_CASE("rms_norm kernel: not taken when autograd records the call, under poli
     CHECK_FALSE(kernels::rms_norm_apply(x, weight.narrow(0, 0, 32)));
     CHECK_FALSE(kernels::rms_norm_apply(at::randn({2, 16385}, options), at::randn({16385}, options)));
     CHECK_FALSE(kernels::add_rms_norm_apply(x, residual.narrow(0, 0, 2), weight));
+    CHECK_FALSE(kernels::rms_norm_train_apply(x, weight));
     const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
     CHECK_FALSE(kernels::rms_norm_apply(x, weight));
   }
+  const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+  const at::AutoGradMode grad_mode(true);
+  CHECK_FALSE(kernels::rms_norm_train_apply(x, weight));
+  CHECK(model::rms_norm(x, weight, kEps).grad_fn()->name().find("RmsNormKernel") == std::string::npos);
 }

@@ -1,8 +1,10 @@
-// Fused RMSNorm for inference: model::rms_norm's math (transformers order) in one kernel, and the
-// residual add that precedes a decoder block's second norm fused with it. The torch form is
-// ~8 small ATen kernels per call (cast, pow, mean, add, rsqrt, mul, cast, mul), each a pass over
-// the rows; at decode they are launch-bound, and a decode step runs 4 norms per attention layer.
-// Not an autograd function: training keeps the torch form (the predicates say so).
+// Fused RMSNorm: model::rms_norm's math (transformers order) in one kernel, and the residual add
+// that precedes a decoder block's second norm fused with it. The torch form is ~8 small ATen
+// kernels per call (cast, pow, mean, add, rsqrt, mul, cast, mul), each a pass over the rows, and
+// its backward about as many again; at decode they are launch-bound (a decode step runs 4 norms
+// per attention layer), in training they are passes over [tokens, hidden] activations.
+// rms_norm and add_rms_norm serve calls autograd does not record; rms_norm_train is the autograd
+// function training uses (the forward kernel, then one backward kernel).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,6 +29,16 @@ bool add_rms_norm_apply(const at::Tensor& x, const at::Tensor& residual, const a
 // fp32(x), then to_x(fp32(weight) * fp32(y)). Rows are all leading dims (any strides: made
 // contiguous); the output is contiguous, of x's sizes and dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// Whether rms_norm_train serves these operands: as rms_norm_apply, but for a call autograd records
+// (x or the weight requires grad under grad mode).
+bool rms_norm_train_apply(const at::Tensor& x, const at::Tensor& weight);
+
+// rms_norm as an autograd function (node "RmsNormKernel"): the forward kernel saves only x; the
+// backward kernel gives dx = to_T(s g - xf s^3 sum(g xf) / D) with g = to_T(dy w), the roundings
+// of the torch form's autograd, and the weight's gradient, where wanted, is the row sum of
+// to_T(dy n) over the normalised rows n the same kernel writes.
+at::Tensor rms_norm_train(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // {sum, normed}: sum = to_x(fp32(x) + fp32(residual)) (what x + residual gives in ATen), normed =
 // rms_norm(sum, weight, eps) from the rounded sum. One kernel writes both.

@@ -13,4 +13,10 @@ namespace prime::kernels::detail {
 void launch_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                      double eps, const at::Tensor& sum, const at::Tensor& out);
 
+// The backward of out = rms_norm(x) (rms_norm_backward_kernels.cu): dx from x, the output's
+// gradient dy (x's sizes and dtype, contiguous) and the weight; with normed defined, also the
+// normalised x before the weight (to_T(fp32(x) rsqrt(mean + eps))), for the weight's gradient.
+void launch_rms_norm_backward(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& weight, double eps,
+                              const at::Tensor& dx, const at::Tensor& normed);
+
 }  // namespace prime::kernels::detail

@@ -17,14 +17,14 @@ namespace {
 
 constexpr double kEps = 1e-6;
 
-RmsNormBenchRow measure(const std::string& shape, bool fused_add, double bytes,
+RmsNormBenchRow measure(const std::string& shape, const std::string& op, double bytes,
                         const std::function<void()>& call, const RmsNormBenchOptions& options,
                         const at::Device& device) {
   const KernelVsTorch times =
       time_kernel_vs_torch(call, bytes, options.calls_per_repeat, options.warmup, options.repeats, device);
   RmsNormBenchRow row;
   row.shape = shape;
-  row.fused_add = fused_add;
+  row.op = op;
   row.bytes = bytes;
   row.kernel_ms = times.kernel_ms;
   row.torch_ms = times.torch_ms;
@@ -52,10 +52,19 @@ std::vector<RmsNormBenchRow> run_rms_norm_bench(const RmsNormBenchOptions& optio
     const std::string shape = std::to_string(R) + " x " + std::to_string(D) + " " +
                               c10::toString(options.dtype);
     const double weight_bytes = element * D, row_bytes = element * R * D;
-    rows.push_back(measure(shape, false, 2 * row_bytes + weight_bytes,
+    rows.push_back(measure(shape, "norm", 2 * row_bytes + weight_bytes,
                            [&] { model::rms_norm(x, weight, kEps); }, options, device));
-    rows.push_back(measure(shape, true, 4 * row_bytes + weight_bytes,
+    rows.push_back(measure(shape, "add+norm", 4 * row_bytes + weight_bytes,
                            [&] { model::add_rms_norm(x, residual, weight, kEps); }, options, device));
+    // Training: the kernels' autograd function against the torch form's graph.
+    const at::Tensor trained = x.detach().clone().requires_grad_(true);
+    rows.push_back(measure(shape, "fwd+bwd", 5 * row_bytes + 2 * weight_bytes,
+                           [&] {
+                             const at::AutoGradMode grad_mode(true);
+                             model::rms_norm(trained, weight, kEps).backward(residual);
+                             trained.mutable_grad() = at::Tensor();
+                           },
+                           options, device));
   }
   return rows;
 }

@@ -19,11 +19,13 @@ struct RmsNormBenchOptions {
   int calls_per_repeat = 20;  // calls queued per timed run, so the synchronisation is amortised
 };
 
-// One row per (shape, plain or fused add). Bytes: plain reads x and the weight and writes the
-// output; fused add reads x, the residual and the weight and writes the sum and the output.
+// Three rows per shape. Bytes: "norm" reads x and the weight and writes the output; "add+norm"
+// reads x, the residual and the weight and writes the sum and the output; "fwd+bwd" is a training
+// call (x requires grad, the weight frozen) and its backward from a given output gradient: x read
+// twice, the output, the output's gradient and x's gradient once each, the weight twice.
 struct RmsNormBenchRow {
   std::string shape;  // "rows x D dtype"
-  bool fused_add = false;
+  std::string op;     // "norm", "add+norm" or "fwd+bwd"
   double bytes = 0;
   double kernel_ms = 0, torch_ms = 0;      // per call, median of the repeats
   double kernel_tbps = 0, torch_tbps = 0;  // bytes / time

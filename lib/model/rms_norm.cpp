@@ -10,6 +10,7 @@ at::Tensor rms_normalize(const at::Tensor& x, double eps) {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (kernels::rms_norm_apply(x, weight)) return kernels::rms_norm(x, weight, eps);
+  if (kernels::rms_norm_train_apply(x, weight)) return kernels::rms_norm_train(x, weight, eps);
   const auto accum_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return weight * rms_normalize(x.to(accum_type), eps).to(x.scalar_type());
 }

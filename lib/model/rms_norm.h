@@ -14,9 +14,10 @@ namespace prime::model {
 at::Tensor rms_normalize(const at::Tensor& x, double eps);
 
 // Decoder-block norms and q_norm/k_norm, in transformers order: normalised in fp32 (float64
-// stays float64), cast back to x's dtype, then weight times that. On CUDA, without autograd, the
-// fused kernel (kernels/rms_norm) where kernels::rms_norm_apply holds; this torch form otherwise
-// (the reference, and the training path).
+// stays float64), cast back to x's dtype, then weight times that. On CUDA the fused kernel
+// (kernels/rms_norm) where kernels::rms_norm_apply holds, and where autograd records the call its
+// autograd function (kernels::rms_norm_train_apply: a forward and a backward kernel); this torch
+// form otherwise (the reference, and every CPU call).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // A decoder block's residual add and the norm after it: {hidden + mixed, rms_norm(hidden + mixed)}.
