@@ -125,10 +125,14 @@ TEST_CASE("learning-rate schedules: warm-up, cosine to the floor, WSD decay", "[
   CHECK_THROWS_AS(parse_schedule("linear"), UserError);
 }
 
-TEST_CASE("AdamW matches the update rule computed by hand in float64", "[train]") {
+namespace {
+
+// AdamW on `device` against the update rule in float64 (a decayed weight and an undecayed gain,
+// three steps), then a restored optimizer's next step against the original's.
+void check_adamw_rule(const at::Device& device) {
   at::manual_seed(5);
-  const at::Tensor start = at::randn({4, 3});
-  const at::Tensor norm_start = at::randn({3});
+  const at::Tensor start = at::randn({4, 3}).to(device);
+  const at::Tensor norm_start = at::randn({3}).to(device);
   TrainedParameter weight{"w", ParamGroup::Ssm, start.clone().requires_grad_(true), true};
   TrainedParameter gain{"n", ParamGroup::Norm, norm_start.clone().requires_grad_(true), false};
   AdamWOptions options;
@@ -138,7 +142,7 @@ TEST_CASE("AdamW matches the update rule computed by hand in float64", "[train]"
   at::Tensor m_w = at::zeros_like(w), v_w = at::zeros_like(w), m_n = at::zeros_like(n), v_n = at::zeros_like(n);
   const double lrs[] = {1e-2, 5e-3, 2e-3};
   for (int step = 1; step <= 3; ++step) {
-    const at::Tensor grad_w = at::randn({4, 3}), grad_n = at::randn({3});
+    const at::Tensor grad_w = at::randn({4, 3}).to(device), grad_n = at::randn({3}).to(device);
     weight.tensor.mutable_grad() = grad_w.clone();
     gain.tensor.mutable_grad() = grad_n.clone();
     optimizer.step(lrs[step - 1]);
@@ -160,7 +164,7 @@ TEST_CASE("AdamW matches the update rule computed by hand in float64", "[train]"
                  options);
   restored.load_state(optimizer.state());
   CHECK(restored.steps() == 3);
-  const at::Tensor grad_w = at::randn({4, 3}), grad_n = at::randn({3});
+  const at::Tensor grad_w = at::randn({4, 3}).to(device), grad_n = at::randn({3}).to(device);
   for (AdamW* each : {&optimizer, &restored}) {
     each->parameters()[0].tensor.mutable_grad() = grad_w.clone();
     each->parameters()[1].tensor.mutable_grad() = grad_n.clone();
@@ -171,6 +175,15 @@ TEST_CASE("AdamW matches the update rule computed by hand in float64", "[train]"
   model::TensorMap wrong = optimizer.state();
   wrong["exp_avg.w"] = at::zeros({2});
   CHECK_THROWS_AS(restored.load_state(wrong), UserError);
+}
+
+}  // namespace
+
+TEST_CASE("AdamW matches the update rule computed by hand in float64", "[train]") { check_adamw_rule(at::kCPU); }
+
+TEST_CASE("AdamW on CUDA matches the update rule computed by hand in float64", "[train][gpu]") {
+  if (!prime::test::gpu_available_or_fail()) return;
+  check_adamw_rule(at::Device(at::kCUDA, 0));
 }
 
 TEST_CASE("parameter groups of a hybrid: every tensor has one, flags parse, decay skips gains", "[train]") {

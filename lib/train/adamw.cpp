@@ -2,7 +2,9 @@
 
 #include "train/adamw.h"
 
-#include <cmath>
+#include <ATen/ops/_fused_adamw.h>
+
+#include <vector>
 
 #include "model/weights.h"
 #include "util/error.h"
@@ -13,6 +15,8 @@ AdamW::AdamW(std::vector<TrainedParameter> parameters, AdamWOptions options)
     : parameters_(std::move(parameters)), options_(options) {
   for (const auto& parameter : parameters_) {
     PRIME_CHECK(parameter.tensor.scalar_type() == at::kFloat, "trained parameters are fp32: ", parameter.name);
+    // The fused update walks each tensor's storage as one flat array.
+    PRIME_CHECK(parameter.tensor.is_contiguous(), "trained parameters are contiguous: ", parameter.name);
     exp_avg_.push_back(at::zeros_like(parameter.tensor, at::MemoryFormat::Contiguous));
     exp_avg_sq_.push_back(at::zeros_like(parameter.tensor, at::MemoryFormat::Contiguous));
   }
@@ -27,18 +31,26 @@ void AdamW::zero_grad() {
 
 void AdamW::step(double lr) {
   ++steps_;
-  const double correction1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
-  const double correction2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    at::Tensor param = parameters_[i].tensor;
-    const at::Tensor& grad = param.grad();
-    if (!grad.defined()) continue;
-    if (parameters_[i].decay && options_.weight_decay != 0) param.mul_(1 - lr * options_.weight_decay);
-    exp_avg_[i].mul_(options_.beta1).add_(grad, 1 - options_.beta1);
-    exp_avg_sq_[i].mul_(options_.beta2).addcmul_(grad, grad, 1 - options_.beta2);
-    const at::Tensor denominator = (exp_avg_sq_[i] / correction2).sqrt_().add_(options_.eps);
-    param.addcdiv_(exp_avg_[i], denominator, -lr / correction1);
+  // ATen's fused AdamW (one multi-tensor kernel per group on CUDA, one loop on the CPU) in place
+  // of ~10 elementwise passes per parameter; two groups, as decay is per parameter.
+  for (const bool decay : {true, false}) {
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      const at::Tensor& param = parameters_[i].tensor;
+      if (!param.grad().defined() || (parameters_[i].decay && options_.weight_decay != 0) != decay) continue;
+      params.push_back(param);
+      grads.push_back(param.grad());
+      exp_avgs.push_back(exp_avg_[i]);
+      exp_avg_sqs.push_back(exp_avg_sq_[i]);
+    }
+    if (params.empty()) continue;
+    // The step count each update's bias corrections use (read, not written, by the op).
+    const at::Tensor step = at::full({}, static_cast<double>(steps_), params.front().options());
+    steps.assign(params.size(), step);
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, options_.beta1,
+                      options_.beta2, decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
   }
 }
 

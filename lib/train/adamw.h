@@ -1,6 +1,7 @@
 // AdamW with decoupled weight decay and fp32 state (moments and the step count per parameter),
 // whose state is a plain name -> tensor map so a checkpoint stores it as safetensors and a
-// resumed run continues bit for bit.
+// resumed run continues bit for bit. The update is ATen's fused AdamW (at::_fused_adamw_: one
+// multi-tensor kernel per parameter group on CUDA), the same rule as the textbook form.
 #pragma once
 
 #include <ATen/ATen.h>
