@@ -40,7 +40,7 @@ void AdamW::step(double lr) {
       const at::Tensor& param = parameters_[i].tensor;
       if (!param.grad().defined() || (parameters_[i].decay && options_.weight_decay != 0) != decay) continue;
       params.push_back(param);
-      grads.push_back(param.grad());
+      grads.push_back(param.grad().contiguous());  // read as a flat array too
       exp_avgs.push_back(exp_avg_[i]);
       exp_avg_sqs.push_back(exp_avg_sq_[i]);
     }
