@@ -12,7 +12,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -144,21 +143,15 @@ void launch_typed(const at::Tensor& x, const at::Tensor& residual, const at::Ten
     B* out_data = static_cast<B*>(out.data_ptr());
     const float inverse_dim = 1.f / static_cast<float>(D);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    if (packs <= kMaxGroupPacks) {
-      // One pack per lane up to a warp, then up to kHeldPacks each.
-      const int lanes = std::min(kWarp, next_power_of_two(packs));
-      const int rows_per_block = kGroupThreads / lanes;
-      const int blocks = (rows + rows_per_block - 1) / rows_per_block;
-      rms_norm_kernel<T, kWidth, kAdd, false><<<blocks, kGroupThreads, 0, stream>>>(
-          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, lanes,
+    const RowLaunch geometry = row_launch(rows, packs, kMaxThreads);
+    if (geometry.block_rows)
+      rms_norm_kernel<T, kWidth, kAdd, true><<<geometry.blocks, geometry.threads, 0, stream>>>(
+          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, geometry.lanes,
           static_cast<float>(eps), inverse_dim);
-    } else {
-      // About two packs per thread (D = 4096 bf16: 256 threads), at most 1024 threads.
-      const int threads = std::min(kMaxThreads, round_up((packs + 1) / 2, kWarp));
-      rms_norm_kernel<T, kWidth, kAdd, true><<<rows, threads, 0, stream>>>(
-          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, threads,
+    else
+      rms_norm_kernel<T, kWidth, kAdd, false><<<geometry.blocks, geometry.threads, 0, stream>>>(
+          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, geometry.lanes,
           static_cast<float>(eps), inverse_dim);
-    }
   };
   if (vector) launch(std::integral_constant<int, kVector>{});
   else launch(std::integral_constant<int, 1>{});
