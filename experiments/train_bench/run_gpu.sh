@@ -3,7 +3,7 @@
 # bf16 autocast, seq 4096): step time, tokens/s, MFU, peak memory and the share of the step spent
 # in the replaced layers' mixers, for GDN, GKA and Mamba-2 at 1:3, with and without --recompute,
 # each timed with prime's CUDA kernels and with the torch-ops forms on the same models
-# (--compare-kernels). Tables go to $OUT.
+# (--compare-kernels), then one step of each attributed per kernel by ncu. Tables go to $OUT.
 #   bash experiments/train_bench/run_gpu.sh
 # Needs .deps (./setup.sh --gather-deps) carried along. TYPES (default "GDN GKA M2"), RECOMPUTE
 # (default "no yes"), REPEATS (default 3).
@@ -31,3 +31,12 @@ for layer in ${TYPES:-GDN GKA M2}; do
     echo "== $layer 1:3 align ${flag:-(no --recompute)}: exit $?"; cat "$OUT/$name.txt"
   done
 done
+# One step of each type attributed per kernel (8 layers of the 8B shape, 1:3), where ncu is installed.
+if command -v ncu > /dev/null; then
+  for layer in ${TYPES:-GDN GKA M2}; do
+    ncu --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel $bin/prime-bench train \
+      --model "synthetic:qwen3-8b@layers=8+convert:$layer:1:3" --teacher "synthetic:qwen3-8b@layers=8" --stage align \
+      --seq-len 4096 --batch 1 --device cuda --dtype bf16 --profile > "$OUT/ncu_train_step_$layer.txt" 2>&1
+    echo "== ncu of one $layer 1:3 step: exit $?"
+  done
+fi
