@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -156,15 +157,19 @@ void launch_typed(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w
     B* normed_data = normed.defined() ? static_cast<B*>(normed.data_ptr()) : nullptr;
     const float inverse_dim = 1.f / static_cast<float>(D);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const RowLaunch geometry = row_launch(rows, packs, kBackwardMaxThreads);
-    if (geometry.block_rows)
-      rms_norm_backward_kernel<T, kWidth, true><<<geometry.blocks, geometry.threads, 0, stream>>>(
-          x_data, dy_data, weight_data, dx_data, normed_data, rows, packs, geometry.lanes, static_cast<float>(eps),
+    if (packs <= kMaxGroupPacks) {
+      const int lanes = std::min(kWarp, next_power_of_two(packs));
+      const int rows_per_block = kGroupThreads / lanes;
+      const int blocks = (rows + rows_per_block - 1) / rows_per_block;
+      rms_norm_backward_kernel<T, kWidth, false><<<blocks, kGroupThreads, 0, stream>>>(
+          x_data, dy_data, weight_data, dx_data, normed_data, rows, packs, lanes, static_cast<float>(eps),
           inverse_dim);
-    else
-      rms_norm_backward_kernel<T, kWidth, false><<<geometry.blocks, geometry.threads, 0, stream>>>(
-          x_data, dy_data, weight_data, dx_data, normed_data, rows, packs, geometry.lanes, static_cast<float>(eps),
+    } else {
+      const int threads = std::min(kBackwardMaxThreads, round_up((packs + 1) / 2, kWarp));
+      rms_norm_backward_kernel<T, kWidth, true><<<rows, threads, 0, stream>>>(
+          x_data, dy_data, weight_data, dx_data, normed_data, rows, packs, threads, static_cast<float>(eps),
           inverse_dim);
+    }
   };
   if (vector) launch(std::integral_constant<int, kVector>{});
   else launch(std::integral_constant<int, 1>{});

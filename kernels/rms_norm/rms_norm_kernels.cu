@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -143,15 +144,21 @@ void launch_typed(const at::Tensor& x, const at::Tensor& residual, const at::Ten
     B* out_data = static_cast<B*>(out.data_ptr());
     const float inverse_dim = 1.f / static_cast<float>(D);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const RowLaunch geometry = row_launch(rows, packs, kMaxThreads);
-    if (geometry.block_rows)
-      rms_norm_kernel<T, kWidth, kAdd, true><<<geometry.blocks, geometry.threads, 0, stream>>>(
-          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, geometry.lanes,
+    if (packs <= kMaxGroupPacks) {
+      // One pack per lane up to a warp, then up to kHeldPacks each.
+      const int lanes = std::min(kWarp, next_power_of_two(packs));
+      const int rows_per_block = kGroupThreads / lanes;
+      const int blocks = (rows + rows_per_block - 1) / rows_per_block;
+      rms_norm_kernel<T, kWidth, kAdd, false><<<blocks, kGroupThreads, 0, stream>>>(
+          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, lanes,
           static_cast<float>(eps), inverse_dim);
-    else
-      rms_norm_kernel<T, kWidth, kAdd, false><<<geometry.blocks, geometry.threads, 0, stream>>>(
-          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, geometry.lanes,
+    } else {
+      // About two packs per thread (D = 4096 bf16: 256 threads), at most 1024 threads.
+      const int threads = std::min(kMaxThreads, round_up((packs + 1) / 2, kWarp));
+      rms_norm_kernel<T, kWidth, kAdd, true><<<rows, threads, 0, stream>>>(
+          x_data, residual_data, weight_data, sum_data, out_data, rows, packs, threads,
           static_cast<float>(eps), inverse_dim);
+    }
   };
   if (vector) launch(std::integral_constant<int, kVector>{});
   else launch(std::integral_constant<int, 1>{});

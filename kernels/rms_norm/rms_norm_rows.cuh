@@ -8,7 +8,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <cstdint>
 
 namespace prime::kernels::detail::rms_norm_rows {
@@ -117,25 +116,6 @@ inline int next_power_of_two(int value) {
 
 inline bool aligned16(const at::Tensor& tensor) {
   return !tensor.defined() || reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0;
-}
-
-// How a launch maps rows to threads: rows of at most kMaxGroupPacks packs go to groups of `lanes`
-// threads (a power of two <= 32, one pack per lane up to a warp) in kGroupThreads-thread blocks;
-// longer rows get a block each of about two packs per thread, at most max_threads threads.
-struct RowLaunch {
-  bool block_rows;  // one row per block
-  int lanes;        // threads per row
-  int threads, blocks;
-};
-
-inline RowLaunch row_launch(int rows, int packs, int max_threads) {
-  if (packs <= kMaxGroupPacks) {
-    const int lanes = std::min(kWarp, next_power_of_two(packs));
-    const int rows_per_block = kGroupThreads / lanes;
-    return {false, lanes, kGroupThreads, (rows + rows_per_block - 1) / rows_per_block};
-  }
-  const int threads = std::min(max_threads, round_up((packs + 1) / 2, kWarp));  // D = 4096 bf16: 256
-  return {true, threads, threads, rows};
 }
 
 }  // namespace prime::kernels::detail::rms_norm_rows
