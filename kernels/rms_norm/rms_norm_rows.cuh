@@ -1,6 +1,7 @@
 // Shared by the RMSNorm kernels (rms_norm_kernels.cu: forward; rms_norm_backward_kernels.cu):
 // a storage type's bits and its fp32 conversions, 16-byte packs of a row in fp32 registers, and
-// how rows map to threads (a lane group inside a warp for short rows, a block for long ones).
+// the constants and helpers by which each launcher maps rows to threads (a lane group inside a warp
+// for short rows, a block for long ones).
 #pragma once
 
 #include <cuda_bf16.h>
