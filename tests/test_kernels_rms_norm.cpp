@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/function.h>
 
 #include <algorithm>
@@ -293,7 +294,7 @@ TEST_CASE("rms_norm training kernel: output and gradients of x and the weight eq
   CHECK(at::isfinite(weight.grad()).all().item<bool>());
 }
 
-TEST_CASE("rms_norm kernel: autograd calls take the training form, none under policy Torch or for other dtypes",
+TEST_CASE("rms_norm kernel: autograd calls take the training form and so do fp32 head norms but not under policy Torch",
           "[kernels][gpu][rms_norm]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -331,6 +332,27 @@ TEST_CASE("rms_norm kernel: autograd calls take the training form, none under po
     CHECK_FALSE(kernels::rms_norm_train_apply(x, weight));
     const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
     CHECK_FALSE(kernels::rms_norm_apply(x, weight));
+  }
+  {
+    // The mixers' fp32 head norms take the same kernels (rms_norm's math in fp32): output and
+    // gradient as the torch form's; a bf16 head norm keeps its own form (normalised in bf16).
+    const at::AutoGradMode grad_mode(true);
+    const at::Tensor heads = at::randn({2, 3, 4, 64}, options).requires_grad_(true);
+    const at::Tensor y = model::head_rms_norm(heads, weight, kEps);
+    CHECK(y.grad_fn()->name().find("RmsNormKernel") != std::string::npos);
+    const at::Tensor dy = at::randn(y.sizes(), options);
+    const at::Tensor dx = torch::autograd::grad({y}, {heads}, {dy})[0];
+    const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+    const at::Tensor y_torch = model::head_rms_norm(heads, weight, kEps);
+    const at::Tensor dx_torch = torch::autograd::grad({y_torch}, {heads}, {dy})[0];
+    CHECK(row_relative_error(y, y_torch) <= 1e-6);
+    CHECK(row_relative_error(dx, dx_torch) <= 1e-6);
+  }
+  {
+    const at::AutoGradMode grad_mode(true);
+    const at::Tensor heads = at::randn({2, 3, 64}, options.dtype(at::kBFloat16)).requires_grad_(true);
+    const at::Tensor y = model::head_rms_norm(heads, weight.to(at::kBFloat16), kEps);
+    CHECK(y.grad_fn()->name().find("RmsNormKernel") == std::string::npos);
   }
   const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
   const at::AutoGradMode grad_mode(true);
