@@ -106,15 +106,22 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const bool use_kernels = kernels::gdn_chunk_kernels_apply(q, chunk_size);
   const at::Tensor kt = kc.transpose(-1, -2);
   const at::Tensor A = bc.unsqueeze(-1) * at::matmul(kc, kt) * decay_strict;
-  const at::Tensor rhs =
-      at::cat({bc.unsqueeze(-1) * vc, (bc * at::exp(gamma)).unsqueeze(-1) * kc}, -1);
-  const at::Tensor solved =
-      use_kernels
-          ? at::matmul(kernels::unit_lower_inverse(A), rhs)
-          : at::linalg_solve_triangular(A + at::eye(chunk_size, q.options()), rhs,
-                                        /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
-  const at::Tensor u_local = solved.narrow(-1, 0, dim);  // U'
-  const at::Tensor w = solved.narrow(-1, dim, dim);      // W
+  const at::Tensor v_in = bc.unsqueeze(-1) * vc, k_in = (bc * at::exp(gamma)).unsqueeze(-1) * kc;
+  at::Tensor u_local, w;  // U', W
+  if (use_kernels) {
+    // Two products with the inverse, not one with [v_in k_in] then narrowed: no concatenated
+    // copy, no full-size zero-filled gradient per narrowed half in the backward, and U' and W
+    // reach the scan (which saves them) contiguous, not as copies of the narrowed views.
+    const at::Tensor inverse = kernels::unit_lower_inverse(A);
+    u_local = at::matmul(inverse, v_in);
+    w = at::matmul(inverse, k_in);
+  } else {
+    const at::Tensor solved =
+        at::linalg_solve_triangular(A + at::eye(chunk_size, q.options()), at::cat({v_in, k_in}, -1),
+                                    /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+    u_local = solved.narrow(-1, 0, dim);
+    w = solved.narrow(-1, dim, dim);
+  }
   const at::Tensor scores = at::matmul(qc, kt) * decay_incl;
   const at::Tensor out_local = at::matmul(scores, u_local);
   // O = diag(e^Gamma) Q S0 + scores (U' - W S0) = out_local + (Q e^Gamma - scores W) S0.
