@@ -87,9 +87,18 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
     at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
     return {at::empty({batch, 0, heads, dim}, q.options()), S};
   }
+  // On CUDA (fp32, chunk <= 64, head dim 32..256) kernels/gdn_chunk takes the triangular
+  // solve and the loop over chunks; the batched matmuls around them are the same.
+  const bool use_kernels = kernels::gdn_chunk_kernels_apply(q, chunk_size);
   // Zero padding is harmless: beta = 0 and k = 0 leave the state alone, g = 0 does not decay it.
-  const at::Tensor qc = chunks::split(q, chunk_size), kc = chunks::split(k, chunk_size);
-  const at::Tensor vc = chunks::split(v, chunk_size);
+  // On the kernels' path q, k and v are laid out per chunk once ([B,H,N,C,D] contiguous): every
+  // product and scaling below would otherwise read [B,T,H,D] through strides (cuBLAS copying each
+  // operand first, the elementwise ops unvectorised), forward and backward.
+  const auto split = [&](const at::Tensor& x) {
+    at::Tensor chunked = chunks::split(x, chunk_size);
+    return use_kernels ? chunked.contiguous() : chunked;
+  };
+  const at::Tensor qc = split(q), kc = split(k), vc = split(v);
   const at::Tensor gc = chunks::split(g, chunk_size);  // [B,H,N,C]
   const at::Tensor bc = chunks::split(beta, chunk_size);
   const int64_t num_chunks = gc.size(2);
@@ -101,9 +110,6 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   const at::Tensor decay_incl = chunks::segment_decay(gc);
   const at::Tensor decay_strict = decay_incl.tril(-1);
 
-  // On CUDA (fp32, chunk <= 64, head dim 32..256) kernels/gdn_chunk takes the triangular
-  // solve and the loop over chunks; the batched matmuls around them are the same.
-  const bool use_kernels = kernels::gdn_chunk_kernels_apply(q, chunk_size);
   const at::Tensor kt = kc.transpose(-1, -2);
   const at::Tensor A = bc.unsqueeze(-1) * at::matmul(kc, kt) * decay_strict;
   const at::Tensor v_in = bc.unsqueeze(-1) * vc, k_in = (bc * at::exp(gamma)).unsqueeze(-1) * kc;
