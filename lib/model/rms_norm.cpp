@@ -25,11 +25,9 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden, const a
 }
 
 at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  // In fp32 with an fp32 weight this is rms_norm's math and rounding (the casts are no-ops), so
-  // the kernels serve it: the mixers' head norms run in fp32 when training on CUDA.
-  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-      (kernels::rms_norm_apply(x, weight) || kernels::rms_norm_train_apply(x, weight)))
-    return rms_norm(x, weight, eps);
+  // In fp32 with an fp32 weight this is rms_norm's math and rounding (its casts are no-ops), so
+  // rms_norm serves it, with its kernels on CUDA: the mixers' head norms run in fp32 in training.
+  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) return rms_norm(x, weight, eps);
   return rms_normalize(x, eps) * weight.to(x.scalar_type());
 }
 

@@ -27,8 +27,8 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden, const a
                                                const at::Tensor& weight, double eps);
 
 // An SSM head norm in the mixer's compute dtype (x's dtype): rms_normalize(x) * weight.
-// x [..., D], weight [D]. fp32 x with an fp32 weight on CUDA takes rms_norm's kernels (the same
-// math and rounding there).
+// x [..., D], weight [D]. fp32 x with an fp32 weight is rms_norm (the same math and rounding), so
+// on CUDA it takes rms_norm's kernels.
 at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // The gated output norm of GKA and GDN (normalise, then gate): head_rms_norm(o) * SiLU(gate),
