@@ -160,6 +160,29 @@ TEST_CASE("GKA cache size and bf16 weights", "[gka]") {
   CHECK(vs_fp32 <= 5e-2);
 }
 
+TEST_CASE("GKA projections run in the input's dtype as the other mixers' do", "[gka]") {
+  // Training keeps fp32 master weights and feeds the mixers bf16 activations (autocast): the
+  // projections must then be bf16 products, not fp32 ones on an upcast x. So fp32 weights on a bf16
+  // x give, bit for bit, what the same layer gives with its q, k, v, g and o projections stored
+  // as bf16 (everything else, gates and convs included, computes in fp32 either way).
+  const Shape shape{64, 16, 8, 2};
+  const model::GkaConfig config = make_config(shape);
+  const model::TensorMap w32 = cast_weights(random_weights(config, 63), at::kFloat);
+  model::TensorMap rounded = w32;
+  for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight", "o_proj.weight"}) {
+    const std::string key = kPrefix + name;
+    REQUIRE(rounded.count(key) == 1);
+    rounded.at(key) = rounded.at(key).to(at::kBFloat16);
+  }
+  model::GkaMixer fp32_weights(config, w32, kPrefix), bf16_projections(config, rounded, kPrefix);
+  const at::Tensor x = random_input(2, 70, shape.hidden, 64).to(at::kBFloat16);
+  const at::Tensor out = fp32_weights.forward(x, nullptr);
+  CHECK(out.scalar_type() == at::kBFloat16);
+  CHECK(at::equal(out, bf16_projections.forward(x, nullptr)));
+  // And an fp32 x keeps fp32 products: not the bf16 layer's output.
+  CHECK(!at::equal(fp32_weights.forward(x.to(at::kFloat), nullptr).to(at::kBFloat16), out));
+}
+
 TEST_CASE("GKA with the fp32 solve (opt-in): measured errors", "[gka]") {
   // Not the default: shows what the float64 solve buys. fp32 rounding in the iterations is
   // amplified up to 1/r = 50x at the first tokens, where H is nearly low rank.

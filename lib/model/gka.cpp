@@ -108,9 +108,10 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache, const
   const int64_t B = x.size(0), T = x.size(1), D = config_.head_dim, H = config_.num_heads();
   const at::ScalarType ct = compute_type_;
   const at::ScalarType solve_type = solve_dtype(x.device());
-  const at::Tensor xw = x.to(q_proj_.scalar_type());
+  // Projections in x's dtype (ssm_common.h's project: bf16 under a bf16 autocast region whatever
+  // the master weights' dtype), the short convs in the compute dtype, as in GDN and Mamba-2.
   auto conv_silu = [&](const at::Tensor& weight, const at::Tensor& conv, at::Tensor* state) {
-    return causal_conv_silu(model::linear(xw, weight.to(xw.scalar_type())), conv, at::Tensor(), state, starts);
+    return causal_conv_silu(project(x, weight).to(ct), conv, at::Tensor(), state, starts);
   };
   // Heads to [B,T,H,D] in the compute dtype, repeat-interleaved from `count` heads (q and k
   // L2-normalised before the expansion: same values, G times less work).
@@ -126,7 +127,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache, const
                 config_.num_k_heads, true);
   const at::Tensor v_flat = config_.use_v_conv
       ? conv_silu(v_proj_, v_conv_, cache ? &cache->conv_v : nullptr)
-      : model::linear(xw, v_proj_.to(xw.scalar_type()));
+      : project(x, v_proj_);
   out.v = heads(v_flat, config_.num_v_heads, false);
   // Per-head gates from x in the compute dtype (small matmuls; keeps the gates exact in fp32).
   const at::Tensor xc = x.to(ct);
@@ -140,7 +141,7 @@ GkaMixer::Prepared GkaMixer::prepare(const at::Tensor& x, GkaCache* cache, const
     out.alpha = at::sigmoid(model::linear(xc, to_type(alpha_proj_, ct), to_type(alpha_bias_, ct)));
   if (config_.use_forgetting_gate)
     out.log_decay_kv = log_decay(model::linear(xc, to_type(a_proj_, ct)), A_log_, dt_bias_);
-  if (config_.use_gate) out.gate = model::linear(xw, g_proj_.to(xw.scalar_type())).reshape({B, T, H, D});
+  if (config_.use_gate) out.gate = project(x, g_proj_).reshape({B, T, H, D});
   // The recurrence inputs move to the solve dtype (rounding them to fp32 first costs nothing
   // measurable: the layer is well conditioned in its inputs, only the solve is not).
   for (at::Tensor* t : {&out.q, &out.k, &out.v, &out.alpha, &out.log_decay_kv})
@@ -157,8 +158,7 @@ at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
   at::Tensor y = prepared.gate.defined()
       ? gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps)
       : head_rms_norm(oc, o_norm_, config_.norm_eps);
-  y = y.reshape({o.size(0), o.size(1), -1}).to(o_proj_.scalar_type());
-  return model::linear(y, o_proj_).to(x.scalar_type());
+  return project(y.reshape({o.size(0), o.size(1), -1}).to(x.scalar_type()), o_proj_);
 }
 
 namespace gka_detail {

@@ -20,8 +20,10 @@
 //  - Refused with a UserError naming the layer: solver_type other than "chebyshev",
 //    kv_proj_rank non-null, kv_learnable_residual true, unknown keys, bad values.
 //
-// Numerics: projections run in the weight dtype; conv output, L2 norms, gates and the output
-// norm in fp32 (float64 for float64 weights, for gradient checks); o_proj in the weight dtype.
+// Numerics: the weight projections (q, k, v, g, o) run in the input's dtype, as the other mixers'
+// do (ssm_common.h's project: bf16 under a bf16 autocast region in training, whatever the master
+// weights' dtype); the short convs, L2 norms, gates and the output norm in fp32 (float64 for
+// float64 weights, for gradient checks).
 // States are stored in fp32. The state recurrence and the Chebyshev solve run in the solve
 // dtype (solve_dtype): x = (H + lambda I)^-1 q is up to 1/r = 50x larger along H's small
 // eigenvectors than along the directions S^T keeps, so fp32 rounding in the iterations reaches
