@@ -11,6 +11,7 @@
 #include "eval/decode_step_bench.h"
 #include "eval/packed_documents_bench.h"
 #include "eval/linear_decode_bench.h"
+#include "eval/gated_norm_bench.h"
 #include "eval/rms_norm_bench.h"
 #include "eval/rope_bench.h"
 #include "eval/json_output.h"
@@ -237,6 +238,19 @@ void run_kernels(SsmOptions& options) {
               << std::setprecision(2) << std::setw(8) << row.kernel_tbps << std::setprecision(4) << std::setw(11)
               << row.torch_ms << std::setprecision(2) << std::setw(8) << row.torch_tbps << std::setw(7)
               << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+  }
+  prime::eval::GatedNormBenchOptions gated;
+  gated.repeats = options.bench.repeats;
+  std::cout << "\nthe SSM mixers' gated output norms (kernels/gated_norm): x fp32, out bf16, TB/s = bytes read and "
+            << "written / time\n"
+            << std::left << std::setw(24) << "tokens x H x D" << std::setw(26) << "op" << std::right << std::setw(11)
+            << "ours ms" << std::setw(8) << "TB/s" << std::setw(11) << "torch ms" << std::setw(8) << "TB/s"
+            << std::setw(8) << "ratio\n";
+  for (const auto& row : prime::eval::run_gated_norm_bench(gated, device)) {
+    std::cout << std::left << std::setw(24) << row.shape << std::setw(26) << row.op << std::right << std::fixed
+              << std::setprecision(4) << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8)
+              << row.kernel_tbps << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2)
+              << std::setw(8) << row.torch_tbps << std::setw(7) << ratio(row.kernel_ms, row.torch_ms) << "x\n";
   }
   prime::eval::RopeBenchOptions rope;
   rope.repeats = std::max(rope.repeats, options.bench.repeats);

@@ -182,7 +182,7 @@ at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o) const {
   at::Tensor normed;
   if (config_.use_gate) {
     at::Tensor gate = project(x, g_proj_).reshape({batch, length, H, D});
-    normed = gated_rms_norm(o, gate, o_norm_, config_.norm_eps);
+    normed = gated_rms_norm(o, gate, o_norm_, config_.norm_eps, x.scalar_type());
   } else {
     normed = head_rms_norm(o, o_norm_, config_.norm_eps);
   }

@@ -156,7 +156,7 @@ at::Tensor GkaMixer::finish(const at::Tensor& o, const Prepared& prepared,
   // RMSNorm over each head's D values times o_norm, then (use_gate) times SiLU(g_proj x).
   const at::Tensor oc = o.to(compute_type_);
   at::Tensor y = prepared.gate.defined()
-      ? gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps)
+      ? gated_rms_norm(oc, prepared.gate, o_norm_, config_.norm_eps, x.scalar_type())
       : head_rms_norm(oc, o_norm_, config_.norm_eps);
   return project(y.reshape({o.size(0), o.size(1), -1}).to(x.scalar_type()), o_proj_);
 }

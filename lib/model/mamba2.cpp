@@ -179,11 +179,10 @@ Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache
 at::Tensor Mamba2Mixer::finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const {
   const int64_t batch = y.size(0), length = y.size(1), H = y.size(2), D = y.size(3);
   const at::Tensor skipped = y + D_.to(y.scalar_type()).unsqueeze(-1) * in.x;
-  // Gate, then normalise each head's group of D, then the [H*D] weight.
-  const at::Tensor gated = skipped * at::silu(in.z.reshape({batch, length, H, D}));
-  const at::Tensor normed = rms_normalize(gated, config_.norm_eps);
-  const at::Tensor out = normed.reshape({batch, length, H * D}) * norm_.to(y.scalar_type());
-  return project(out.to(x.scalar_type()), out_proj_);
+  // Gate, then normalise each head's group of D, then the [H*D] weight, rounded to x's dtype.
+  const at::Tensor out =
+      rms_norm_of_gated(skipped, in.z.reshape({batch, length, H, D}), norm_, config_.norm_eps, x.scalar_type());
+  return project(out.reshape({batch, length, H * D}), out_proj_);
 }
 
 at::Tensor Mamba2Mixer::forward(const at::Tensor& x, LayerCache* cache) {

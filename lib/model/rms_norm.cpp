@@ -1,5 +1,6 @@
 #include "model/rms_norm.h"
 
+#include "kernels/gated_norm/gated_norm.h"
 #include "kernels/rms_norm/rms_norm.h"
 
 namespace prime::model {
@@ -31,10 +32,23 @@ at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double e
   return rms_normalize(x, eps) * weight.to(x.scalar_type());
 }
 
-at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
-                          double eps) {
+at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight, double eps,
+                          std::optional<at::ScalarType> out_type) {
   const auto type = at::promote_types(o.scalar_type(), at::kFloat);  // f64 stays f64
-  return head_rms_norm(o.to(type), weight, eps) * at::silu(gate.to(type));
+  const at::ScalarType result_type = out_type.value_or(type);
+  if (kernels::gated_norm_apply(o, gate, weight, result_type))
+    return kernels::gated_norm(o, gate, weight, eps, kernels::GateOrder::AfterNorm, result_type);
+  return (head_rms_norm(o.to(type), weight, eps) * at::silu(gate.to(type))).to(result_type);
+}
+
+at::Tensor rms_norm_of_gated(const at::Tensor& x, const at::Tensor& z, const at::Tensor& weight, double eps,
+                             std::optional<at::ScalarType> out_type) {
+  const at::ScalarType result_type = out_type.value_or(x.scalar_type());
+  if (kernels::gated_norm_apply(x, z, weight, result_type))
+    return kernels::gated_norm(x, z, weight, eps, kernels::GateOrder::BeforeNorm, result_type);
+  const auto sizes = x.sizes();
+  const at::Tensor normed = rms_normalize(x * at::silu(z.to(x.scalar_type())), eps);
+  return (normed.flatten(-2) * weight.to(x.scalar_type())).view(sizes).to(result_type);
 }
 
 }  // namespace prime::model

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <utility>
 
 namespace prime::model {
@@ -32,8 +33,16 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& hidden, const a
 at::Tensor head_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // The gated output norm of GKA and GDN (normalise, then gate): head_rms_norm(o) * SiLU(gate),
-// computed and returned in fp32 (float64 stays float64). o, gate [..., D]; weight [D].
-at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight,
-                          double eps);
+// computed in fp32 (float64 stays float64), then rounded to out_type (the projection's input
+// dtype; undefined: the compute dtype). o, gate [..., H, D]; weight [D]. On CUDA the fused kernel
+// (kernels/gated_norm) where kernels::gated_norm_apply holds, forward and backward.
+at::Tensor gated_rms_norm(const at::Tensor& o, const at::Tensor& gate, const at::Tensor& weight, double eps,
+                          std::optional<at::ScalarType> out_type = std::nullopt);
+
+// Mamba-2's output norm (gate, then normalise): rms_normalize(x * SiLU(z)) over each head's D,
+// times the [H * D] weight, in x's dtype, then rounded to out_type (undefined: x's dtype).
+// x, z [..., H, D]. On CUDA the same fused kernel where it applies.
+at::Tensor rms_norm_of_gated(const at::Tensor& x, const at::Tensor& z, const at::Tensor& weight, double eps,
+                             std::optional<at::ScalarType> out_type = std::nullopt);
 
 }  // namespace prime::model
