@@ -24,13 +24,13 @@ std::vector<GatedNormBenchRow> run_gated_norm_bench(const GatedNormBenchOptions&
     throw user_error("the gated norm benchmark needs a CUDA device and a build with the CUDA kernels (PRIME_CUDA=ON)");
   const int64_t T = options.tokens, H = options.heads, D = options.head_dim;
   const auto fp32 = at::TensorOptions().device(device).dtype(at::kFloat);
-  const at::Tensor x = at::randn({T, H, D}, fp32).requires_grad_(true);
+  at::Tensor x = at::randn({T, H, D}, fp32).requires_grad_(true);
   const at::Tensor dy = at::randn({T, H, D}, fp32).to(at::kBFloat16);
   const double elements = static_cast<double>(T * H * D);
   std::vector<GatedNormBenchRow> rows;
   for (const bool gate_first : {false, true}) {
-    const at::Tensor gate = at::randn({T, H, D}, fp32).to(gate_first ? at::kFloat : at::kBFloat16).requires_grad_(true);
-    const at::Tensor weight = (1 + 0.1 * at::randn({gate_first ? H * D : D}, fp32)).requires_grad_(true);
+    at::Tensor gate = at::randn({T, H, D}, fp32).to(gate_first ? at::kFloat : at::kBFloat16).requires_grad_(true);
+    at::Tensor weight = (1 + 0.1 * at::randn({gate_first ? H * D : D}, fp32)).requires_grad_(true);
     PRIME_CHECK(kernels::gated_norm_apply(x, gate, weight, at::kBFloat16), "gated norm benchmark: the kernel does not serve ",
                 x.sizes());
     const auto norm = [&] {
@@ -56,7 +56,7 @@ std::vector<GatedNormBenchRow> run_gated_norm_bench(const GatedNormBenchOptions&
     add("fwd+bwd", forward_bytes + backward_bytes, [&] {
       const at::AutoGradMode grad_mode(true);
       norm().backward(dy);
-      for (const at::Tensor* t : {&x, &gate, &weight}) const_cast<at::Tensor*>(t)->mutable_grad() = at::Tensor();
+      for (at::Tensor* t : {&x, &gate, &weight}) t->mutable_grad() = at::Tensor();
     });
   }
   return rows;
