@@ -8,6 +8,8 @@
 
 #include <type_traits>
 
+#include "kernels/common/tf32_split.cuh"
+
 namespace prime::kernels::detail::tf32x3 {
 
 using namespace nvcuda;
@@ -18,15 +20,15 @@ template <typename Major>
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
 
-// hi <- tf32(v), lo <- tf32(v - hi) for the fp32 values loaded into hi.
+// hi <- tf32(v), lo <- tf32(v - hi) for the fp32 values loaded into hi (tf32_split.cuh).
 template <typename Frag>
 __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 #pragma unroll
   for (int i = 0; i < hi.num_elements; ++i) {
-    const float value = hi.x[i];
-    const float high = wmma::__float_to_tf32(value);
-    lo.x[i] = wmma::__float_to_tf32(value - high);
-    hi.x[i] = high;
+    uint32_t high, low;
+    split_tf32_bits(__float_as_uint(hi.x[i]), high, low);
+    hi.x[i] = __uint_as_float(high);
+    lo.x[i] = __uint_as_float(low);
   }
 }
 

@@ -11,20 +11,16 @@
 #include <cstdint>
 
 #include "kernels/common/ldmatrix.cuh"
+#include "kernels/common/tf32_split.cuh"
 
 namespace prime::kernels::detail::gka_mma {
 
-// hi = tf32(v), lo = tf32(v - hi), both rounded to nearest (as tf32x3::split_tf32). Passing
-// v - hi unconverted (the MMA truncates it) saves an instruction and keeps the norm of x as close
-// to float64 (1.2e-7 in a float64 emulation), but truncation is biased: in the whole-hybrid test
-// the gradients that sum x over every token (GKA's alpha_proj.bias, through q + alpha (x - q))
-// came out 4-5x further from float64 than the torch-ops forms' (kernels/README.md, v4).
-__device__ __forceinline__ void split(uint32_t v, uint32_t& hi, uint32_t& lo) {
-  const float value = __uint_as_float(v);
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(hi) : "f"(value));
-  const float rest = value - __uint_as_float(hi);
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(lo) : "f"(rest));
-}
+// hi = tf32(v), lo = tf32(v - hi), both rounded to nearest (kernels/common/tf32_split.cuh). Passing
+// v - hi unrounded (the MMA truncates it) would keep the norm of x as close to float64 (1.2e-7 in a
+// float64 emulation), but truncation is biased: in the whole-hybrid test the gradients that sum x
+// over every token (GKA's alpha_proj.bias, through q + alpha (x - q)) came out 4-5x further from
+// float64 than the torch-ops forms' (kernels/README.md, v4).
+__device__ __forceinline__ void split(uint32_t v, uint32_t& hi, uint32_t& lo) { split_tf32_bits(v, hi, lo); }
 
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
