@@ -168,18 +168,24 @@ void run_kernels(SsmOptions& options) {
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;
-  std::cout << "\ndecode step of a layer (kernels/ssm_decode, kernels/attention_decode; ATTN: bf16 cache), TB/s = traffic floor / time, % of " << std::fixed
+  std::cout << "\ndecode step of a layer (kernels/ssm_decode, kernels/attention_decode; ATTN: bf16 cache), TB/s = traffic "
+               "floor / time; copy: a device-to-device copy of the state's size, same run; % of " << std::fixed
             << std::setprecision(1) << step.hbm_tbps << " TB/s\n"
             << std::left << std::setw(6) << "type" << std::setw(24) << "shape" << std::right << std::setw(10) << "MB"
             << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(11)
-            << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio\n";
+            << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio" << std::setw(11) << "copy TB/s"
+            << std::setw(8) << "% copy\n";
   for (const auto& row : prime::eval::run_decode_step_bench(step, device)) {
     std::cout << std::left << std::setw(6) << row.type << std::setw(24) << row.shape << std::right << std::fixed
               << std::setprecision(1) << std::setw(10) << row.floor_bytes / 1e6 << std::setprecision(4)
               << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
               << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"
               << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2) << std::setw(8)
-              << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x\n";
+              << row.torch_tbps << std::setw(7) << (row.kernel_ms > 0 ? row.torch_ms / row.kernel_ms : 0.0) << "x";
+    if (row.copy_tbps > 0)
+      std::cout << std::setw(11) << row.copy_tbps << std::setprecision(1) << std::setw(7)
+                << 100 * row.kernel_fraction_of_copy << "%";
+    std::cout << "\n";
   }
   // The decode step's weight projections: kernels/linear_decode vs at::linear (cuBLAS).
   prime::eval::LinearDecodeBenchOptions projection;

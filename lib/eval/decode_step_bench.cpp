@@ -13,6 +13,7 @@
 #include "model/gdn.h"
 #include "model/kv_cache.h"
 #include "model/mamba2.h"
+#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -34,6 +35,23 @@ DecodeStepBenchRow measure(const std::string& type, const std::string& shape, do
   row.torch_tbps = times.torch_tbps;
   row.kernel_fraction_of_hbm = row.kernel_tbps / options.hbm_tbps;
   return row;
+}
+
+// The rate of a device-to-device copy of `elements` fp32 values, bytes read and written / time.
+double copy_tbps(int64_t elements, const DecodeStepBenchOptions& options, const at::Device& device) {
+  const auto fp32 = at::TensorOptions().device(device).dtype(at::kFloat);
+  const at::Tensor source = at::randn({elements}, fp32);
+  at::Tensor target = at::empty_like(source);
+  const double ms = median_ms_per_call([&] { target.copy_(source); }, options.steps_per_repeat, device,
+                                       options.warmup, options.repeats);
+  return 8.0 * static_cast<double>(elements) / (ms * 1e-3) / 1e12;
+}
+
+// Sets the row's copy reference for a state of `elements` values.
+void set_copy_reference(DecodeStepBenchRow& row, int64_t elements, const DecodeStepBenchOptions& options,
+                        const at::Device& device) {
+  row.copy_tbps = copy_tbps(elements, options, device);
+  row.kernel_fraction_of_copy = row.kernel_tbps / row.copy_tbps;
 }
 
 std::string shape_text(int64_t B, int64_t H, int64_t rows, int64_t columns) {
@@ -65,6 +83,7 @@ std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptio
     rows.push_back(measure("GDN", shape_text(B, H, Dk, Dv), gdn_bytes,
                            [&] { model::gated_delta_rule_step_in_place(q, k, v, g, beta, state); },
                            options, device));
+    set_copy_reference(rows.back(), state.numel(), options, device);
   }
   for (const int64_t B : options.batches) {
     const int64_t H = options.mamba2_heads, P = options.mamba2_head_dim, N = options.mamba2_state_dim;
@@ -78,6 +97,7 @@ std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptio
     const double m2_bytes = 4.0 * B * H * (2 * P * N + 2 * P + 2 * N + 1);
     rows.push_back(measure("M2", shape_text(B, H, P, N), m2_bytes,
                            [&] { model::ssd_step_in_place(x, delta, A, Bm, Cm, state); }, options, device));
+    set_copy_reference(rows.back(), state.numel(), options, device);
   }
   const auto bf16 = fp32.dtype(at::kBFloat16);
   for (const auto& [B, S] : options.attention_points) {

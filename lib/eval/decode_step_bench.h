@@ -4,7 +4,8 @@
 // policy Torch) and attention over a static cache's slots (kernels/attention_decode vs
 // model::attend_one_token's torch form). Decode is memory bound: the figure of merit is the
 // traffic floor (state read once and written once, or every key and value read once, plus the
-// token's vectors) over the time, against the HBM bandwidth.
+// token's vectors) over the time, against the HBM bandwidth and, for the SSM steps, against a copy
+// of the state's size timed in the same run.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,6 +40,11 @@ struct DecodeStepBenchRow {
   double kernel_ms = 0, torch_ms = 0;  // per step, median of the repeats
   double kernel_tbps = 0, torch_tbps = 0;  // floor bytes / time
   double kernel_fraction_of_hbm = 0;       // kernel_tbps / hbm_tbps
+  // GDN, M2: a device-to-device copy of a tensor of the state's size (read once, written once, as
+  // the step's state is), timed in the same run: what this GPU gives such a stream, the practical
+  // ceiling of the step (0 for ATTN, which only reads).
+  double copy_tbps = 0;
+  double kernel_fraction_of_copy = 0;  // kernel_tbps / copy_tbps
 };
 
 // Needs a CUDA device and a build with the kernels (else a UserError).
