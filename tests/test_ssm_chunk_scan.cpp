@@ -1,14 +1,19 @@
 // chunks::state_scan (the chunk-start scan of GKA's two states and Mamba-2's SSD, one autograd
 // node with a hand-written reverse scan) against the loop autograd unrolls: starts, final state
 // and the gradients of the initial state, the contributions and the decays, in float64 on random
-// inputs, with and without restarts, a broadcast initial state and one chunk.
+// inputs, with and without restarts, a broadcast initial state and one chunk; and on CUDA, where
+// both walks run on kernels/ssd_chunk's chunk_state_walk, in fp32 against the same float64 loop
+// and against the torch-ops walk (policy Torch).
 #include <catch2/catch.hpp>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <vector>
 
+#include "kernels/common/policy.h"
+#include "kernels/ssd_chunk/ssd_chunk.h"
 #include "model/ssm_chunks.h"
 #include "test_documents_util.h"
+#include "test_helpers.h"
 #include "util/error.h"
 
 using namespace prime;
@@ -104,4 +109,63 @@ TEST_CASE("chunk state scan: mismatched shapes are refused with the expected sha
                     Catch::Contains("decays [B,H,n]"));
   CHECK_THROWS_WITH(model::chunks::state_scan(at::Tensor(), contribution, at::rand({2, 3, 4}), at::ones({3})),
                     Catch::Contains("keep must be [4]"));
+}
+
+TEST_CASE("chunk state scan on CUDA: the kernel walks equal float64 and the torch-ops walks", "[ssm][chunks][gpu][kernels]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA);
+  const auto fp32 = at::TensorOptions().device(cuda).dtype(at::kFloat);
+  // (D1, D2) = (16, 12): state rows of 192, a multiple of 4 (16-byte accesses); (5, 3): 15, scalar.
+  for (const auto& [D1, D2] : {std::pair<int64_t, int64_t>{16, 12}, {5, 3}}) {
+    const int64_t B = 2, H = 3;
+    const std::vector<Case> cases = {{9, {B, H, D1, D2}, false}, {9, {B, H, D1, D2}, true},
+                                     {6, {1, H, D1, D2}, true},  {5, {}, true},
+                                     {1, {B, H, D1, D2}, false}};
+    for (const Case& test_case : cases) {
+      INFO("D1 " << D1 << ", D2 " << D2 << ", chunks " << test_case.chunks << ", restarts " << test_case.restarts);
+      REQUIRE(kernels::chunk_state_walk_apply(at::empty({B * H, test_case.chunks, D1 * D2}, fp32)));
+      at::manual_seed(29 + test_case.chunks);
+      const at::Tensor contribution = at::randn({B, H, test_case.chunks, D1, D2}, fp32);
+      const at::Tensor decay = at::rand({B, H, test_case.chunks}, fp32).add(0.2);
+      const at::Tensor initial =
+          test_case.initial_shape.empty() ? at::Tensor() : at::randn(test_case.initial_shape, fp32);
+      at::Tensor keep;
+      if (test_case.restarts) {
+        keep = at::ones({test_case.chunks}, fp32);
+        keep[test_case.chunks / 2] = 0.0;
+      }
+      const at::Tensor w_starts = at::randn({B, H, test_case.chunks, D1, D2}, fp32),
+                       w_final = at::randn({B, H, D1, D2}, fp32);
+      // Starts, final state and the gradients of (contribution, decay, initial) under a loss on both.
+      const auto run = [&](const at::TensorOptions& options, bool reference) {
+        const auto leaf = [&](const at::Tensor& t) {
+          return t.defined() ? t.to(options).detach().requires_grad_(true) : at::Tensor();
+        };
+        const at::Tensor c = leaf(contribution), d = leaf(decay), i = leaf(initial);
+        const at::Tensor k = keep.defined() ? keep.to(options) : at::Tensor();
+        const at::Tensor zero = at::zeros({B, H, D1, D2}, options);
+        const auto [starts, final_state] =
+            reference ? unrolled(i.defined() ? i : zero, c, d, k) : model::chunks::state_scan(i, c, d, k);
+        const at::Tensor loss = (starts * w_starts.to(options)).sum() + (final_state * w_final.to(options)).sum();
+        std::vector<at::Tensor> leaves{c, d};
+        if (i.defined()) leaves.push_back(i);
+        std::vector<at::Tensor> out{starts.detach(), final_state.detach()};
+        for (const at::Tensor& g : torch::autograd::grad({loss}, leaves)) out.push_back(g);
+        return out;
+      };
+      const auto want = run(at::TensorOptions().dtype(at::kDouble).device(at::kCPU), /*reference=*/true);
+      const auto got = run(fp32, false);
+      std::vector<at::Tensor> torch_form;
+      {
+        const kernels::ScopedKernelPolicy torch_ops(kernels::Policy::Torch);
+        torch_form = run(fp32, false);
+      }
+      for (size_t i = 0; i < want.size(); ++i) {
+        INFO("output " << i << " (starts, final, d contribution, d decay, d initial)");
+        CHECK(testing::norm_relative(got[i].cpu().to(at::kDouble), want[i]) < 2e-6);
+        CHECK(testing::norm_relative(got[i].cpu().to(at::kDouble), torch_form[i].cpu().to(at::kDouble)) < 2e-6);
+      }
+    }
+  }
 }

@@ -158,6 +158,21 @@ bool ssd_chunk_kernels_apply(const at::Tensor& x, const at::Tensor& delta, const
   return T >= 1 && B * H >= 1 && B * H <= 65535 && P >= 1 && P <= kMaxDim && N >= 1 && N <= kMaxDim;
 }
 
+bool chunk_state_walk_apply(const at::Tensor& buffer) {
+  return use_cuda_kernels(buffer) && buffer.scalar_type() == at::kFloat && buffer.dim() == 3 &&
+         buffer.is_contiguous() && buffer.size(0) >= 1 && buffer.size(0) <= 65535 && buffer.size(1) >= 1 &&
+         buffer.size(2) >= 1 && buffer.size(2) < (int64_t{1} << 30);
+}
+
+void chunk_state_walk(const at::Tensor& buffer, const at::Tensor& decay, const at::Tensor& initial,
+                      const at::Tensor& restart, bool reverse, const at::Tensor& final_state) {
+  require_cuda_build("chunk_state_walk");
+  PRIME_CHECK(chunk_state_walk_apply(buffer), "chunk_state_walk: a buffer it does not serve (", buffer.sizes(), ")");
+#ifdef PRIME_WITH_CUDA
+  detail::launch_ssd_state_scan(buffer, decay, initial, restart, reverse, final_state);
+#endif
+}
+
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                                               const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
                                               const at::Tensor& restart) {

@@ -32,4 +32,19 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
                                               const at::Tensor& Cm, const at::Tensor& state,
                                               const at::Tensor& restart = at::Tensor());
 
+// The walk over chunks between ssd_chunked's products, also the kernel of lib/model's generic
+// chunk-start scan (model::chunks::state_scan: GKA's two states, the torch form of the SSD scan).
+// In place over buffer [M, n, E] (M = B*H rows, n chunks, E state elements), c = 0..n-1, or
+// n-1..0 when reverse:
+//   value = buffer[m, c]; buffer[m, c] = s; s = decay[m, c] s + value
+// from s = initial [M, E] (zeros when undefined); final_state [M, E] receives the last s. restart
+// [n] bool (or undefined), the same for every row: a flagged chunk starts from a zero state
+// (forwards s = 0 before buffer[m, c] = s; backwards s = 0 after the step). One thread per state
+// element walks every chunk: one launch, where a host loop takes one or two per chunk.
+// chunk_state_walk_apply: policy Auto, contiguous fp32 CUDA buffer [M, n, E] with n >= 1,
+// 1 <= M <= 65535, 1 <= E < 2^30.
+bool chunk_state_walk_apply(const at::Tensor& buffer);
+void chunk_state_walk(const at::Tensor& buffer, const at::Tensor& decay, const at::Tensor& initial,
+                      const at::Tensor& restart, bool reverse, const at::Tensor& final_state);
+
 }  // namespace prime::kernels
