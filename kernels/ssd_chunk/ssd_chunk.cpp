@@ -7,7 +7,9 @@
 //   d a_n = <dlocal_n, start_n>
 //   d(delta x) = S^T dy + diag(e^{Gamma_end - Gamma}) B dlocal^T, dx = delta d(delta x)
 //   dC = (dS o L) B + diag(e^Gamma) dy start,  dB = (dS o L)^T C + diag(e^{Gamma_end - Gamma}) (delta x) dlocal
-// (three in-chunk products; S = (C B^T) o L, L_tj = e^{Gamma_t - Gamma_j} for j <= t, dS = dy (delta x)^T),
+// (in-chunk products: d(delta x) on one launch; dC and dB, which share dS o L, on one launch where
+// the tensor-core kernels serve, else two; S = (C B^T) o L, L_tj = e^{Gamma_t - Gamma_j} for j <= t,
+// dS = dy (delta x)^T),
 // and the gradient of Gamma from the row partials those products leave:
 //   dGamma_t = sum_j dS_tj S_tj - sum_i dS_it S_it + dy_t . (e^{Gamma_t} C_t start^T) - q_t,
 //   dGamma_end += sum_t q_t + a d a,   q_t = e^{Gamma_end - Gamma_t} (delta x)_t^T dlocal B_t,
@@ -95,6 +97,7 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
     at::Tensor dC = new_output({B, T, H, N}, x.options());
     const auto partial = [&](int64_t dim) { return new_output({tiles_of(dim), B, H, padded}, x.options()); };
     at::Tensor x_full = partial(P), x_state = partial(P), x_pair = partial(P), c_state = partial(N);
+    at::Tensor d_decay;  // <dlocal_n, start_n>, [B*H, nC]
 #ifdef PRIME_WITH_CUDA
     // dstart_n, then the backward walk turns them into dlocal_n in place.
     detail::launch_ssd_chunk_states(dy, Cm, delta, a, detail::SsdRowFactor::FromStart, d_local, at::Tensor());
@@ -106,24 +109,32 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
     for_x.out = dx, for_x.out_delta = true;
     for_x.partial_full = x_full, for_x.partial_state = x_state, for_x.partial_pair = x_pair;
     detail::launch_ssd_chunk_mix(for_x, delta, a);
-    detail::SsdMixOperands for_c;  // dC and dy_t . (e^Gamma_t C_t start^T)
-    for_c.fa = dy, for_c.fb = x, for_c.fb_delta = true, for_c.u = Bm, for_c.v_is_fb = false;
-    for_c.state = starts, for_c.state_transposed = true, for_c.factor = detail::SsdRowFactor::FromStart;
-    for_c.aux = Cm, for_c.out = dC, for_c.partial_state = c_state;
-    detail::launch_ssd_chunk_mix(for_c, delta, a);
-    detail::SsdMixOperands for_b;  // dB
-    for_b.fa = dy, for_b.fb = x, for_b.fb_delta = true, for_b.transpose = true, for_b.u = Cm;
-    for_b.v_is_fb = true, for_b.state = d_local, for_b.state_transposed = true;
-    for_b.factor = detail::SsdRowFactor::ToEnd, for_b.out = dB;
-    detail::launch_ssd_chunk_mix(for_b, delta, a);
+    if (detail::ssd_chunk_grad_bc_fused_apply(P, N)) {  // dC, dB, the state partial and d_decay in one launch
+      detail::SsdGradBcOperands for_bc;
+      for_bc.dy = dy, for_bc.x = x, for_bc.Bm = Bm, for_bc.Cm = Cm, for_bc.starts = starts, for_bc.d_local = d_local;
+      for_bc.dB = dB, for_bc.dC = dC, for_bc.partial_state = c_state;
+      for_bc.d_decay = d_decay = new_output({B * H, num_chunks}, x.options());
+      detail::launch_ssd_chunk_grad_bc(for_bc, delta, a);
+    } else {
+      detail::SsdMixOperands for_c;  // dC and dy_t . (e^Gamma_t C_t start^T)
+      for_c.fa = dy, for_c.fb = x, for_c.fb_delta = true, for_c.u = Bm, for_c.v_is_fb = false;
+      for_c.state = starts, for_c.state_transposed = true, for_c.factor = detail::SsdRowFactor::FromStart;
+      for_c.aux = Cm, for_c.out = dC, for_c.partial_state = c_state;
+      detail::launch_ssd_chunk_mix(for_c, delta, a);
+      detail::SsdMixOperands for_b;  // dB
+      for_b.fa = dy, for_b.fb = x, for_b.fb_delta = true, for_b.transpose = true, for_b.u = Cm;
+      for_b.v_is_fb = true, for_b.state = d_local, for_b.state_transposed = true;
+      for_b.factor = detail::SsdRowFactor::ToEnd, for_b.out = dB;
+      detail::launch_ssd_chunk_mix(for_b, delta, a);
+    }
 #else
     (void)Cm, (void)restart_or_empty;
 #endif
-    const at::Tensor d_decay = (d_local * starts).sum({-1, -2}).view({B, H, num_chunks});
+    if (!d_decay.defined()) d_decay = (d_local * starts).sum({-1, -2});  // [B*H, nC]
     const at::Tensor delta_bht = padded_delta(delta, padded);                 // [B,H,nC*64]
     const at::Tensor q = (delta_bht * x_state.sum(0)).view({B, H, num_chunks, kChunk});
     at::Tensor d_gamma = (x_pair.sum(0) + c_state.sum(0)).view({B, H, num_chunks, kChunk}) - q;
-    d_gamma.select(-1, kChunk - 1).add_(q.sum(-1) + d_decay * decay.view({B, H, num_chunks}));
+    d_gamma.select(-1, kChunk - 1).add_(q.sum(-1) + (d_decay * decay).view({B, H, num_chunks}));
     // d(delta A)_k = sum_{t >= k} dGamma_t within the chunk.
     const at::Tensor d_log_decay =
         at::flip(at::cumsum(at::flip(d_gamma, {-1}), -1), {-1}).reshape({B, H, padded}).narrow(2, 0, T);

@@ -443,14 +443,16 @@ ssd_chunk_states_tc_kernel(View u, View v, DeltaView delta, const float* __restr
 }
 
 // acc[s] += A[16 rows, 0:depth] B[0:depth, col_s : +16] for s < (two ? 2 : 1), 3xTF32, the A
-// fragments shared by both tiles (A row-major; B row-major, or col-major for B = M^T).
-template <typename MajorB>
+// fragments shared by both tiles (A row-major, or col-major for A = M^T with `A` at M's column of
+// the first row; B row-major, or col-major for B = M^T).
+template <typename MajorB, typename MajorA = wmma::row_major>
 __device__ __forceinline__ void warp_gemm_pair(FragC (&acc)[2], bool two, const float* A, int lda, const float* B,
                                                int ldb, int depth, int col0, int col1) {
+  constexpr bool kRowA = std::is_same<MajorA, wmma::row_major>::value;
   constexpr bool kRowB = std::is_same<MajorB, wmma::row_major>::value;
   for (int k0 = 0; k0 < depth; k0 += 8) {
-    FragA<wmma::row_major> a_hi, a_lo;
-    wmma::load_matrix_sync(a_hi, A + k0, lda);
+    FragA<MajorA> a_hi, a_lo;
+    wmma::load_matrix_sync(a_hi, kRowA ? A + k0 : A + k0 * lda, lda);
     split_tf32(a_hi, a_lo);
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
@@ -474,6 +476,20 @@ size_t mix_tc_shared_bytes(int ld, bool has_aux, bool has_state_part, bool has_p
   const int narrow = (mat_in_free_slot(ld) ? 0 : 1) + (has_pair ? 1 : 0);
   return kChunk * sizeof(double) + 2 * kChunk * sizeof(float) +
          static_cast<size_t>(kChunk) * (static_cast<size_t>(ld) * wide + kLdM * narrow) * sizeof(float);
+}
+
+// Where a chunk's per-row partial sums go in a [tiles, B, H, nC*64] tensor: the stride between
+// 64-column tiles and the chunk's first row.
+struct PartialRows {
+  size_t stride, row0;
+};
+__device__ __forceinline__ PartialRows partial_rows(int B, int H, int num_chunks, int b, int h, int chunk) {
+  return {static_cast<size_t>(B) * H * num_chunks * kChunk,
+          (static_cast<size_t>(b) * H + h) * num_chunks * kChunk + static_cast<size_t>(chunk) * kChunk};
+}
+
+__device__ __forceinline__ float dot4(const float4& a, const float4& b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
 // The in-chunk product of ssd_chunk_mix_kernel for one (chunk, batch and head), all columns.
@@ -592,9 +608,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
   // Rows out: lane l holds columns 4l..4l+3 (16-byte accesses); the per-row partial sums are
   // summed per 64-column tile (lanes 0-15 and 16-31) in a fixed order.
   const int tiles = (cols + 63) / 64;
-  const size_t partial_stride = static_cast<size_t>(p.B) * p.H * p.num_chunks * kChunk;
-  const size_t partial_row0 = (static_cast<size_t>(b) * p.H + h) * p.num_chunks * kChunk +
-                              static_cast<size_t>(chunk) * kChunk;
+  const PartialRows partial = partial_rows(p.B, p.H, p.num_chunks, b, h, chunk);
   const int c = 4 * lane;
   const bool has_col = c < cols;
   for (int r = warp; r < kChunk; r += kMixWarps) {
@@ -610,11 +624,8 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
       float full = 0.0f, from_state = 0.0f;
       if (has_col) {
         const float4 a = *reinterpret_cast<const float4*>(aux + r * ld + c);
-        full = a.x * value.x + a.y * value.y + a.z * value.z + a.w * value.w;
-        if (p.partial_state != nullptr) {
-          const float4 s = *reinterpret_cast<const float4*>(state_part + r * ld + c);
-          from_state = a.x * s.x + a.y * s.y + a.z * s.z + a.w * s.w;
-        }
+        full = dot4(a, value);
+        if (p.partial_state != nullptr) from_state = dot4(a, *reinterpret_cast<const float4*>(state_part + r * ld + c));
       }
 #pragma unroll
       for (int offset = 8; offset > 0; offset >>= 1) {
@@ -623,7 +634,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
       }
       const int tile = lane / 16;
       if (lane % 16 == 0 && tile < tiles) {
-        const size_t at = tile * partial_stride + partial_row0 + r;
+        const size_t at = tile * partial.stride + partial.row0 + r;
         if (p.partial_full != nullptr) p.partial_full[at] = full;
         if (p.partial_state != nullptr) p.partial_state[at] = from_state;
       }
@@ -633,8 +644,179 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
     float sum = 0.0f;
     for (int j = 0; j < kChunk; ++j) sum += pair[thread * kLdM + j];
     for (int t = 0; t < kChunk; ++t) sum -= pair[t * kLdM + thread];
-    p.partial_pair[partial_row0 + thread] = sum;
-    for (int tile = 1; tile < tiles; ++tile) p.partial_pair[tile * partial_stride + partial_row0 + thread] = 0.0f;
+    p.partial_pair[partial.row0 + thread] = sum;
+    for (int tile = 1; tile < tiles; ++tile) p.partial_pair[tile * partial.stride + partial.row0 + thread] = 0.0f;
+  }
+}
+
+// ---- dC and dB in one pass per chunk (tensor cores) -------------------------------------------
+// Both come from one chunk matrix M[t][j] = (dy_t . delta_j x_j) e^{Gamma_t - Gamma_j} (j <= t):
+//   dC = M B + diag(e^Gamma) dy start,     dB = M^T C + diag(e^{Gamma_end - Gamma}) (delta x) dlocal
+// plus the row partial sum_c C[t][c] (diag(e^Gamma) dy start)[t][c] per 64-column tile (the
+// Gamma gradient's state term) and the chunk decay's gradient <dlocal, start>. Launched
+// separately (ssd_chunk_mix_tc_kernel) each loads its operands and forms M; here one block per
+// (chunk, batch and head) loads dy, delta x, B and C once, forms M once and runs the four
+// products (each warp owns the same output tiles of dC and of dB). The two [P][N] states pass
+// through shared memory 64 rows at a time (16-byte loads by the whole block), so the warps'
+// fragments come from shared memory rather than L2. Shared memory (ld = max(P, N) + 4): dy (then
+// dC), delta x (then dB), B, C, the state part of dC and the state rows, [64][ld] each, and
+// M [64][68]: 218 KB at P = N = 128, one block per SM.
+struct GradBcParams {
+  View dy, x, Bm, Cm;
+  DeltaView delta;
+  const float* A;
+  const float *starts, *d_local;
+  float *dB, *dC, *partial_state, *d_decay;
+  int B, T, H, num_chunks, P, N, ld;
+};
+
+size_t grad_bc_tc_shared_bytes(int ld) {
+  return kChunk * sizeof(double) + 4 * kChunk * sizeof(float) +
+         (static_cast<size_t>(kChunk) * ld * 6 + static_cast<size_t>(kChunk) * kLdM) * sizeof(float);
+}
+
+// acc += left's 16 rows . S (S a [P][N] chunk state in global memory), 3xTF32, S copied 64 rows at
+// a time into `stage` ([64][ld]); every thread calls it. With `dot_with` (another [P][N] state),
+// each thread also accumulates the products of the S elements it copies with dot_with's into dot.
+__device__ __forceinline__ void state_product(FragC (&acc)[2], bool active, bool two, const float* left, int ld,
+                                              const float* state, int P, int N, float* stage, int col0, int col1,
+                                              const float* dot_with, float& dot) {
+  const int n4 = N / 4;
+  for (int k0 = 0; k0 < P; k0 += kChunk) {
+    const int rows = min(kChunk, P - k0);
+    __syncthreads();  // every warp is done with the previous rows
+    for (int index = threadIdx.x; index < rows * n4; index += blockDim.x) {
+      const int r = index / n4, c = (index - r * n4) * 4;
+      const size_t at = static_cast<size_t>(k0 + r) * N + c;
+      const float4 value = __ldg(reinterpret_cast<const float4*>(state + at));
+      *reinterpret_cast<float4*>(stage + r * ld + c) = value;
+      if (dot_with != nullptr) {
+        const float4 other = __ldg(reinterpret_cast<const float4*>(dot_with + at));
+        dot += dot4(value, other);
+      }
+    }
+    __syncthreads();
+    if (active) warp_gemm_pair<wmma::row_major>(acc, two, left + k0, ld, stage, ld, rows, col0, col1);
+  }
+}
+
+__global__ void __launch_bounds__(kMixWarps * 32, 1) ssd_chunk_grad_bc_tc_kernel(const GradBcParams p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int kThreadsTc = kMixWarps * 32;
+  const int P = p.P, N = p.N, ld = p.ld;
+  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
+  float* dl = reinterpret_cast<float*>(gamma + kChunk);      // [64]
+  float* from_start = dl + kChunk;                           // [64] e^{Gamma_t}
+  float* to_end = from_start + kChunk;                       // [64] e^{Gamma_end - Gamma_t}
+  float* warp_dots = to_end + kChunk;                        // [kMixWarps] (a [64] slot)
+  float* dys = warp_dots + kChunk;                           // [64][ld], 1.5 KB in: 128-byte aligned
+  float* xs = dys + kChunk * ld;                             // [64][ld] delta x
+  float* bs = xs + kChunk * ld;                              // [64][ld]
+  float* cs = bs + kChunk * ld;                              // [64][ld]
+  float* state_part = cs + kChunk * ld;                      // [64][ld]
+  float* stage = state_part + kChunk * ld;                   // [64][ld]
+  float* mat = stage + kChunk * ld;                          // [64][kLdM]
+  const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int t0 = chunk * kChunk, thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
+  __syncthreads();
+  if (thread < kChunk) {
+    from_start[thread] = expf(static_cast<float>(gamma[thread]));
+    to_end[thread] = expf(static_cast<float>(gamma[kChunk - 1] - gamma[thread]));
+  }
+  load_chunk_rows(dys, ld, p.dy, b, t0, h, p.T, P, nullptr, kThreadsTc);
+  load_chunk_rows(xs, ld, p.x, b, t0, h, p.T, P, dl, kThreadsTc);
+  load_chunk_rows(bs, ld, p.Bm, b, t0, h, p.T, N, nullptr, kThreadsTc);
+  load_chunk_rows(cs, ld, p.Cm, b, t0, h, p.T, N, nullptr, kThreadsTc);
+  __syncthreads();
+
+  // G = dy (delta x)^T over the tiles on or below the diagonal, then M = G o L.
+  {
+    const int rm = warp / 4, km = warp % 4;
+    FragC acc[1];
+    wmma::fill_fragment(acc[0], 0.0f);
+    if (km <= rm)
+      tf32x3::warp_gemm<1, wmma::row_major, wmma::col_major>(acc, dys + rm * 16 * ld, ld, xs, ld, P, km * 16);
+    wmma::store_matrix_sync(mat + rm * 16 * kLdM + km * 16, acc[0], kLdM, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int index = thread; index < kChunk * kChunk; index += kThreadsTc) {
+    const int t = index / kChunk, j = index % kChunk;
+    float* m = mat + t * kLdM + j;
+    *m = j <= t ? *m * expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+  }
+  // The state terms' left operands: dy's rows times e^{Gamma_t}, delta x's times e^{Gamma_end - Gamma_t}.
+  for (int index = thread; index < kChunk * P; index += kThreadsTc) {
+    const int r = index / P, i = index - r * P;
+    dys[r * ld + i] *= from_start[r];
+    xs[r * ld + i] *= to_end[r];
+  }
+  __syncthreads();
+
+  const int rb = warp % 4, ct = warp / 4, col_tiles = N / 16;
+  const bool active = ct < col_tiles, two = ct + 4 < col_tiles;
+  const int col0 = ct * 16, col1 = col0 + 64;
+  FragC acc_c[2], acc_b[2];
+  const size_t chunk_state = (static_cast<size_t>(bh) * p.num_chunks + chunk) * P * N;
+#pragma unroll
+  for (int s = 0; s < 2; ++s) wmma::fill_fragment(acc_c[s], 0.0f), wmma::fill_fragment(acc_b[s], 0.0f);
+  float dot = 0.0f;
+  state_product(acc_c, active, two, dys + rb * 16 * ld, ld, p.starts + chunk_state, P, N, stage, col0, col1,
+                nullptr, dot);
+  if (active) {
+    wmma::store_matrix_sync(state_part + rb * 16 * ld + col0, acc_c[0], ld, wmma::mem_row_major);
+    if (two) wmma::store_matrix_sync(state_part + rb * 16 * ld + col1, acc_c[1], ld, wmma::mem_row_major);
+    // M's row block rb is zero past column 16 (rb + 1).
+    warp_gemm_pair<wmma::row_major>(acc_c, two, mat + rb * 16 * kLdM, kLdM, bs, ld, (rb + 1) * 16, col0, col1);
+  }
+  state_product(acc_b, active, two, xs + rb * 16 * ld, ld, p.d_local + chunk_state, P, N, stage, col0, col1,
+                p.starts + chunk_state, dot);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+  if (lane == 0) warp_dots[warp] = dot;
+  if (active) {
+    // (M^T)'s row block rb is M's column block rb: zero above row 16 rb.
+    const int k_begin = rb * 16;
+    warp_gemm_pair<wmma::row_major, wmma::col_major>(acc_b, two, mat + k_begin * kLdM + rb * 16, kLdM,
+                                                     cs + k_begin * ld, ld, kChunk - k_begin, col0, col1);
+  }
+  __syncthreads();  // every warp is done with dy and delta x: dC and dB take their places
+  if (active) {
+    wmma::store_matrix_sync(dys + rb * 16 * ld + col0, acc_c[0], ld, wmma::mem_row_major);
+    wmma::store_matrix_sync(xs + rb * 16 * ld + col0, acc_b[0], ld, wmma::mem_row_major);
+    if (two) {
+      wmma::store_matrix_sync(dys + rb * 16 * ld + col1, acc_c[1], ld, wmma::mem_row_major);
+      wmma::store_matrix_sync(xs + rb * 16 * ld + col1, acc_b[1], ld, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+
+  if (thread == 0) {  // the warps' sums in a fixed order: deterministic
+    float sum = 0.0f;
+    for (int w = 0; w < kMixWarps; ++w) sum += warp_dots[w];
+    p.d_decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = sum;
+  }
+  // Rows out as in ssd_chunk_mix_tc_kernel: lane l holds columns 4l..4l+3; the state partial is
+  // summed per 64-column tile (lanes 0-15 and 16-31) in a fixed order.
+  const int tiles = (N + 63) / 64;
+  const PartialRows partial = partial_rows(p.B, p.H, p.num_chunks, b, h, chunk);
+  const int c = 4 * lane;
+  const bool has_col = c < N;
+  for (int r = warp; r < kChunk; r += kMixWarps) {
+    const int t = t0 + r;
+    if (has_col && t < p.T) {
+      const size_t at = ((static_cast<size_t>(b) * p.T + t) * p.H + h) * N + c;
+      *reinterpret_cast<float4*>(p.dC + at) = *reinterpret_cast<const float4*>(dys + r * ld + c);
+      *reinterpret_cast<float4*>(p.dB + at) = *reinterpret_cast<const float4*>(xs + r * ld + c);
+    }
+    float from_state = 0.0f;
+    if (has_col)
+      from_state = dot4(*reinterpret_cast<const float4*>(cs + r * ld + c),
+                        *reinterpret_cast<const float4*>(state_part + r * ld + c));
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) from_state += __shfl_xor_sync(0xffffffffu, from_state, offset);
+    const int tile = lane / 16;
+    if (lane % 16 == 0 && tile < tiles) p.partial_state[tile * partial.stride + partial.row0 + r] = from_state;
   }
 }
 
@@ -762,6 +944,61 @@ void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, co
   PRIME_CUDA_CHECK_LAUNCH("ssd_state_scan_kernel");
 }
 
+bool ssd_chunk_grad_bc_fused_apply(int64_t P, int64_t N) {
+  if (!use_tensor_cores(P, N) || P > kSsdMaxDim || N > kSsdMaxDim) return false;
+  const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+  return grad_bc_tc_shared_bytes(padded_ld(static_cast<int>(std::max(P, N)))) <= properties->sharedMemPerBlockOptin;
+}
+
+void launch_ssd_chunk_grad_bc(const SsdGradBcOperands& o, const at::Tensor& delta, const at::Tensor& A) {
+  const char* op = "ssd_chunk_grad_bc";
+  check_delta_and_A(delta, A, op);
+  const int64_t B = delta.size(0), T = delta.size(1), H = delta.size(2);
+  const int64_t num_chunks = chunks_of(T);
+  check_operand(o.starts, op, "starts", at::kFloat, 4);
+  check_operand(o.d_local, op, "d_local", at::kFloat, 4);
+  const int64_t P = o.starts.size(2), N = o.starts.size(3);
+  PRIME_CHECK(o.starts.size(0) == B * H && o.starts.size(1) == num_chunks && o.d_local.sizes() == o.starts.sizes(),
+              op, ": starts ", o.starts.sizes(), ", d_local ", o.d_local.sizes());
+  PRIME_CHECK(ssd_chunk_grad_bc_fused_apply(P, N), op, ": P ", P, " and N ", N,
+              " must be multiples of 16 up to ", kSsdMaxDim, " with the block's shared memory on the device");
+  check_time_major(o.dy, op, "dy", B, T, H, P);
+  check_time_major(o.x, op, "x", B, T, H, P);
+  check_time_major(o.Bm, op, "Bm", B, T, H, N);
+  check_time_major(o.Cm, op, "Cm", B, T, H, N);
+  for (const at::Tensor* out : {&o.dB, &o.dC}) {
+    check_operand(*out, op, "dB/dC", at::kFloat, 4);
+    PRIME_CHECK(out->is_contiguous() && out->size(0) == B && out->size(1) == T && out->size(2) == H &&
+                    out->size(3) == N,
+                op, ": dB/dC ", out->sizes());
+  }
+  check_operand(o.partial_state, op, "partial_state", at::kFloat, 4);
+  PRIME_CHECK(o.partial_state.size(0) == tiles_of(N) && o.partial_state.size(1) == B && o.partial_state.size(2) == H &&
+                  o.partial_state.size(3) == num_chunks * kChunk,
+              op, ": partial_state ", o.partial_state.sizes());
+  check_operand(o.d_decay, op, "d_decay", at::kFloat, 2);
+  PRIME_CHECK(o.d_decay.is_contiguous() && o.d_decay.size(0) == B * H && o.d_decay.size(1) == num_chunks, op,
+              ": d_decay ", o.d_decay.sizes());
+  if (B * H == 0 || T == 0) return;
+  const at::cuda::CUDAGuard guard(delta.device());
+  GradBcParams params{};
+  params.dy = make_view(o.dy), params.x = make_view(o.x), params.Bm = make_view(o.Bm), params.Cm = make_view(o.Cm);
+  params.delta = make_delta_view(delta);
+  params.A = A.data_ptr<float>();
+  params.starts = o.starts.data_ptr<float>(), params.d_local = o.d_local.data_ptr<float>();
+  params.dB = o.dB.data_ptr<float>(), params.dC = o.dC.data_ptr<float>();
+  params.partial_state = o.partial_state.data_ptr<float>(), params.d_decay = o.d_decay.data_ptr<float>();
+  params.B = static_cast<int>(B), params.T = static_cast<int>(T), params.H = static_cast<int>(H);
+  params.num_chunks = static_cast<int>(num_chunks), params.P = static_cast<int>(P), params.N = static_cast<int>(N);
+  params.ld = padded_ld(static_cast<int>(std::max(P, N)));
+  const size_t shared = grad_bc_tc_shared_bytes(params.ld);
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(ssd_chunk_grad_bc_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared)));
+  const dim3 grid(static_cast<unsigned>(num_chunks), static_cast<unsigned>(B * H));
+  ssd_chunk_grad_bc_tc_kernel<<<grid, kMixWarps * 32, shared, at::cuda::getCurrentCUDAStream()>>>(params);
+  PRIME_CUDA_CHECK_LAUNCH("ssd_chunk_grad_bc_tc_kernel");
+}
+
 void launch_ssd_chunk_mix(const SsdMixOperands& o, const at::Tensor& delta, const at::Tensor& A) {
   const char* op = "ssd_chunk_mix";
   check_delta_and_A(delta, A, op);
@@ -811,10 +1048,14 @@ void launch_ssd_chunk_mix(const SsdMixOperands& o, const at::Tensor& delta, cons
   params.fb_delta = o.fb_delta, params.transpose = o.transpose, params.u_delta = o.u_delta;
   params.v_is_fb = o.v_is_fb, params.state_transposed = o.state_transposed, params.out_delta = o.out_delta;
   params.to_end = o.factor == SsdRowFactor::ToEnd, params.has_aux = o.aux.defined();
-  if (use_tensor_cores(P, N)) {
-    params.inner_stride = padded_ld(static_cast<int>(std::max(inner, cols)));
-    const size_t shared = mix_tc_shared_bytes(params.inner_stride, params.has_aux, params.partial_state != nullptr,
-                                              params.partial_pair != nullptr);
+  const int tc_stride = padded_ld(static_cast<int>(std::max(inner, cols)));
+  const size_t tc_shared = mix_tc_shared_bytes(tc_stride, params.has_aux, params.partial_state != nullptr,
+                                               params.partial_pair != nullptr);
+  // The tensor-core kernel where its block fits the device's shared memory (the launches with aux
+  // need up to 187 KB: not on an A100's 163 KB), else the SIMT kernel (133 KB at most).
+  if (use_tensor_cores(P, N) && tc_shared <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {
+    params.inner_stride = tc_stride;
+    const size_t shared = tc_shared;
     // Two blocks per SM when both fit in its 228 KB (1 KB reserved per block).
     const bool two_blocks = 2 * (shared + 1024) <= 228 * 1024;
     const auto kernel = two_blocks ? ssd_chunk_mix_tc_kernel<2> : ssd_chunk_mix_tc_kernel<1>;

@@ -56,4 +56,20 @@ struct SsdMixOperands {
 void launch_ssd_chunk_mix(const SsdMixOperands& operands, const at::Tensor& delta,
                           const at::Tensor& A);
 
+// dC and dB of the backward in one launch per chunk, where the tensor-core kernels serve (P and
+// N multiples of 16) and the block's shared memory fits the device (ssd_chunk_grad_bc_fused_apply):
+// the same results as the two launch_ssd_chunk_mix calls they replace (ssd_chunk.cpp), computing
+// their common chunk matrix M = (dy (delta x)^T) o L once:
+//   dC = M B + diag(e^Gamma) dy start,   dB = M^T C + diag(e^{Gamma_end - Gamma}) (delta x) dlocal
+// partial_state [tiles(N), B, H, nC*64] = sum_c C[t][c] (diag(e^Gamma) dy start)[t][c], and
+// d_decay [B*H, nC] = <dlocal_n, start_n> (the gradient of the chunk's decay e^{Gamma_end}).
+// starts, d_local [B*H, nC, P, N]; dy, x [B,T,H,P] and Bm, Cm [B,T,H,N] through their strides;
+// dB, dC contiguous [B,T,H,N].
+struct SsdGradBcOperands {
+  at::Tensor dy, x, Bm, Cm, starts, d_local;
+  at::Tensor dB, dC, partial_state, d_decay;
+};
+bool ssd_chunk_grad_bc_fused_apply(int64_t P, int64_t N);
+void launch_ssd_chunk_grad_bc(const SsdGradBcOperands& operands, const at::Tensor& delta, const at::Tensor& A);
+
 }  // namespace prime::kernels::detail
