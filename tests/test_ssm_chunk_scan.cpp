@@ -36,8 +36,10 @@ std::pair<at::Tensor, at::Tensor> unrolled(const at::Tensor& initial, const at::
 
 struct Case {
   int64_t chunks;
-  std::vector<int64_t> initial_shape;  // empty: no initial state
-  bool restarts;
+  std::vector<int64_t> initial_shape;  // empty: no initial state (B is its first size otherwise)
+  bool restarts;                       // at the middle chunk
+  int64_t batch = 2;
+  bool many_restarts = false;  // also at chunks 0, 1, 2, 3, 6 and the last (9 chunks: 7 segments)
 };
 
 }  // namespace
@@ -117,13 +119,19 @@ TEST_CASE("chunk state scan on CUDA: the kernel walks equal float64 and the torc
   const at::Device cuda(at::kCUDA);
   const auto fp32 = at::TensorOptions().device(cuda).dtype(at::kFloat);
   // (D1, D2) = (16, 12): state rows of 192, a multiple of 4 (16-byte accesses); (5, 3): 15, scalar.
+  // With restarts, the kernel walks the segments between them in parallel, a share of them per
+  // block slot. On an H200 (132 SMs), batch 200 (600 rows) gets one slot for its 7 segments and
+  // batch 40 (120 rows) five; batch 2 one slot per segment.
   for (const auto& [D1, D2] : {std::pair<int64_t, int64_t>{16, 12}, {5, 3}}) {
-    const int64_t B = 2, H = 3;
-    const std::vector<Case> cases = {{9, {B, H, D1, D2}, false}, {9, {B, H, D1, D2}, true},
-                                     {6, {1, H, D1, D2}, true},  {5, {}, true},
-                                     {1, {B, H, D1, D2}, false}};
+    const int64_t H = 3;
+    const std::vector<Case> cases = {{9, {2, H, D1, D2}, false},          {9, {2, H, D1, D2}, true},
+                                     {6, {1, H, D1, D2}, true},           {5, {}, true},
+                                     {1, {2, H, D1, D2}, false},          {9, {2, H, D1, D2}, true, 2, true},
+                                     {9, {40, H, D1, D2}, true, 40, true}, {9, {}, true, 200, true}};
     for (const Case& test_case : cases) {
-      INFO("D1 " << D1 << ", D2 " << D2 << ", chunks " << test_case.chunks << ", restarts " << test_case.restarts);
+      const int64_t B = test_case.batch;
+      INFO("D1 " << D1 << ", D2 " << D2 << ", B " << B << ", chunks " << test_case.chunks << ", restarts "
+                 << test_case.restarts << ", many " << test_case.many_restarts);
       REQUIRE(kernels::chunk_state_walk_apply(at::empty({B * H, test_case.chunks, D1 * D2}, fp32)));
       at::manual_seed(29 + test_case.chunks);
       const at::Tensor contribution = at::randn({B, H, test_case.chunks, D1, D2}, fp32);
@@ -134,6 +142,9 @@ TEST_CASE("chunk state scan on CUDA: the kernel walks equal float64 and the torc
       if (test_case.restarts) {
         keep = at::ones({test_case.chunks}, fp32);
         keep[test_case.chunks / 2] = 0.0;
+        if (test_case.many_restarts)
+          for (const int64_t chunk : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{6}, test_case.chunks - 1})
+            keep[chunk] = 0.0;
       }
       const at::Tensor w_starts = at::randn({B, H, test_case.chunks, D1, D2}, fp32),
                        w_final = at::randn({B, H, D1, D2}, fp32);

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/restart_segments.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 
 namespace prime::kernels::detail {
@@ -68,9 +69,9 @@ __global__ void __launch_bounds__(kThreads)
 chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ writer,
                   const float* target, const float* __restrict__ addend,
                   const float* __restrict__ decay, const float* __restrict__ initial,
-                  const bool* __restrict__ starts, float* __restrict__ states,
-                  float* __restrict__ final_state, float* y_out, int num_chunks, int chunk,
-                  int value_dim, bool reverse) {
+                  const bool* __restrict__ starts, const int* __restrict__ segment_begins,
+                  float* __restrict__ states, float* __restrict__ final_state, float* y_out, int num_chunks,
+                  int chunk, int value_dim, bool reverse) {
   constexpr int kKeys = 32 * KR;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   auto& shared = *reinterpret_cast<ScanShared<KR>*>(shared_bytes);
@@ -79,116 +80,124 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
   const size_t m = blockIdx.y;
   const size_t state_size = static_cast<size_t>(kKeys) * value_dim;
 
-  // The thread's state elements: key rows row_group*KR + i, columns column0 + j.
-  float s[KR][4];
-  for (int i = 0; i < KR; ++i)
-    for (int j = 0; j < 4; ++j) {
-      const int key = row_group * KR + i, column = column0 + j;
-      s[i][j] = initial != nullptr && column < value_dim
-                    ? initial[m * state_size + static_cast<size_t>(key) * value_dim + column]
-                    : 0.0f;
-    }
-
-  for (int step = 0; step < num_chunks; ++step) {
-    const int n = reverse ? num_chunks - 1 - step : step;
-    const size_t chunk_offset = (m * num_chunks + n) * static_cast<size_t>(chunk);
-    const bool reset = starts != nullptr && starts[n];  // uniform over the block
-    if (reset && !reverse)  // a document starts here: it enters from zero
-      for (int i = 0; i < KR; ++i)
-        for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
-    const float* probe_n = probe + chunk_offset * kKeys;
-    const float* writer_n = writer + chunk_offset * kKeys;
-    for (int index = thread; index < kMaxChunk * kKeys; index += kThreads) {
-      const int row = index / kKeys, key = index % kKeys;
-      const bool inside = row < chunk;
-      shared.probe_t[key][row] = inside ? probe_n[index] : 0.0f;
-      shared.writer[row][key] = inside ? writer_n[index] : 0.0f;
-    }
-    // The state entering this step, to global and to shared memory for the probe product.
-    float* states_n = states + (m * num_chunks + n) * state_size;
-    for (int i = 0; i < KR; ++i) {
-      const int key = row_group * KR + i;
+  // With document starts, the segments between them are walked independently (block slot
+  // blockIdx.z takes its share; kernels/common/restart_segments.cuh).
+  for_each_restart_segment(segment_begins, num_chunks, blockIdx.z, gridDim.z,
+                           [&](int begin, int end, bool first, bool last) {
+    // The thread's state elements: key rows row_group*KR + i, columns column0 + j.
+    const bool from_initial = initial != nullptr && (reverse ? last : first);
+    float s[KR][4];
+    for (int i = 0; i < KR; ++i)
       for (int j = 0; j < 4; ++j) {
-        shared.state[key][4 * column_group + j] = s[i][j];
-        if (column0 + j < value_dim) states_n[static_cast<size_t>(key) * value_dim + column0 + j] = s[i][j];
+        const int key = row_group * KR + i, column = column0 + j;
+        s[i][j] = from_initial && column < value_dim
+                      ? initial[m * state_size + static_cast<size_t>(key) * value_dim + column]
+                      : 0.0f;
       }
-    }
-    __syncthreads();
 
-    // Y = target_n - probe_n S for rows 2rg, 2rg+1.
-    float x[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-#pragma unroll 8
-    for (int key = 0; key < kKeys; ++key) {
-      const float2 p = *reinterpret_cast<const float2*>(&shared.probe_t[key][2 * row_group]);
-      const float4 v = *reinterpret_cast<const float4*>(&shared.state[key][4 * column_group]);
-      x[0][0] = fmaf(p.x, v.x, x[0][0]); x[0][1] = fmaf(p.x, v.y, x[0][1]);
-      x[0][2] = fmaf(p.x, v.z, x[0][2]); x[0][3] = fmaf(p.x, v.w, x[0][3]);
-      x[1][0] = fmaf(p.y, v.x, x[1][0]); x[1][1] = fmaf(p.y, v.y, x[1][1]);
-      x[1][2] = fmaf(p.y, v.z, x[1][2]); x[1][3] = fmaf(p.y, v.w, x[1][3]);
-    }
-    for (int r = 0; r < 2; ++r) {
-      const int row = 2 * row_group + r;
-      for (int j = 0; j < 4; ++j) {
-        float value = 0.0f;
-        if (row < chunk) {
-          value = -x[r][j];
-          if (target != nullptr && column0 + j < value_dim)
-            value += target[(chunk_offset + row) * value_dim + column0 + j];
-          // The thread that read the target element writes Y over it: y_out may be target.
-          if (y_out != nullptr && column0 + j < value_dim)
-            y_out[(chunk_offset + row) * value_dim + column0 + j] = value;
-        }
-        shared.y[row][4 * column_group + j] = value;
+    for (int step = begin; step < end; ++step) {
+      const int n = reverse ? begin + end - 1 - step : step;
+      const size_t chunk_offset = (m * num_chunks + n) * static_cast<size_t>(chunk);
+      const bool reset = starts != nullptr && starts[n];  // uniform over the block
+      if (reset && !reverse)  // a document starts here: it enters from zero
+        for (int i = 0; i < KR; ++i)
+          for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
+      const float* probe_n = probe + chunk_offset * kKeys;
+      const float* writer_n = writer + chunk_offset * kKeys;
+      for (int index = thread; index < kMaxChunk * kKeys; index += kThreads) {
+        const int row = index / kKeys, key = index % kKeys;
+        const bool inside = row < chunk;
+        shared.probe_t[key][row] = inside ? probe_n[index] : 0.0f;
+        shared.writer[row][key] = inside ? writer_n[index] : 0.0f;
       }
-    }
-    __syncthreads();
-
-    // S = decay_n S + addend_n + writer_n^T Y on the thread's own elements.
-    const float d = decay[m * num_chunks + n];
-    const float* addend_n = addend != nullptr ? addend + (m * num_chunks + n) * state_size : nullptr;
-    for (int i = 0; i < KR; ++i) {
-      const int key = row_group * KR + i;
-      for (int j = 0; j < 4; ++j) {
-        float value = d * s[i][j];
-        if (addend_n != nullptr && column0 + j < value_dim)
-          value += addend_n[static_cast<size_t>(key) * value_dim + column0 + j];
-        s[i][j] = value;
-      }
-    }
-    for (int row = 0; row < chunk; ++row) {
-      const float4 y = *reinterpret_cast<const float4*>(&shared.y[row][4 * column_group]);
-#pragma unroll
+      // The state entering this step, to global and to shared memory for the probe product.
+      float* states_n = states + (m * num_chunks + n) * state_size;
       for (int i = 0; i < KR; ++i) {
-        const float w = shared.writer[row][row_group * KR + i];
-        s[i][0] = fmaf(w, y.x, s[i][0]); s[i][1] = fmaf(w, y.y, s[i][1]);
-        s[i][2] = fmaf(w, y.z, s[i][2]); s[i][3] = fmaf(w, y.w, s[i][3]);
+        const int key = row_group * KR + i;
+        for (int j = 0; j < 4; ++j) {
+          shared.state[key][4 * column_group + j] = s[i][j];
+          if (column0 + j < value_dim) states_n[static_cast<size_t>(key) * value_dim + column0 + j] = s[i][j];
+        }
       }
+      __syncthreads();
+
+      // Y = target_n - probe_n S for rows 2rg, 2rg+1.
+      float x[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+  #pragma unroll 8
+      for (int key = 0; key < kKeys; ++key) {
+        const float2 p = *reinterpret_cast<const float2*>(&shared.probe_t[key][2 * row_group]);
+        const float4 v = *reinterpret_cast<const float4*>(&shared.state[key][4 * column_group]);
+        x[0][0] = fmaf(p.x, v.x, x[0][0]); x[0][1] = fmaf(p.x, v.y, x[0][1]);
+        x[0][2] = fmaf(p.x, v.z, x[0][2]); x[0][3] = fmaf(p.x, v.w, x[0][3]);
+        x[1][0] = fmaf(p.y, v.x, x[1][0]); x[1][1] = fmaf(p.y, v.y, x[1][1]);
+        x[1][2] = fmaf(p.y, v.z, x[1][2]); x[1][3] = fmaf(p.y, v.w, x[1][3]);
+      }
+      for (int r = 0; r < 2; ++r) {
+        const int row = 2 * row_group + r;
+        for (int j = 0; j < 4; ++j) {
+          float value = 0.0f;
+          if (row < chunk) {
+            value = -x[r][j];
+            if (target != nullptr && column0 + j < value_dim)
+              value += target[(chunk_offset + row) * value_dim + column0 + j];
+            // The thread that read the target element writes Y over it: y_out may be target.
+            if (y_out != nullptr && column0 + j < value_dim)
+              y_out[(chunk_offset + row) * value_dim + column0 + j] = value;
+          }
+          shared.y[row][4 * column_group + j] = value;
+        }
+      }
+      __syncthreads();
+
+      // S = decay_n S + addend_n + writer_n^T Y on the thread's own elements.
+      const float d = decay[m * num_chunks + n];
+      const float* addend_n = addend != nullptr ? addend + (m * num_chunks + n) * state_size : nullptr;
+      for (int i = 0; i < KR; ++i) {
+        const int key = row_group * KR + i;
+        for (int j = 0; j < 4; ++j) {
+          float value = d * s[i][j];
+          if (addend_n != nullptr && column0 + j < value_dim)
+            value += addend_n[static_cast<size_t>(key) * value_dim + column0 + j];
+          s[i][j] = value;
+        }
+      }
+      for (int row = 0; row < chunk; ++row) {
+        const float4 y = *reinterpret_cast<const float4*>(&shared.y[row][4 * column_group]);
+  #pragma unroll
+        for (int i = 0; i < KR; ++i) {
+          const float w = shared.writer[row][row_group * KR + i];
+          s[i][0] = fmaf(w, y.x, s[i][0]); s[i][1] = fmaf(w, y.y, s[i][1]);
+          s[i][2] = fmaf(w, y.z, s[i][2]); s[i][3] = fmaf(w, y.w, s[i][3]);
+        }
+      }
+      if (reset && reverse)  // the forward reset's adjoint: nothing flows to the chunks before
+        for (int i = 0; i < KR; ++i)
+          for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
+      __syncthreads();  // before the next step overwrites probe_t, writer and state
     }
-    if (reset && reverse)  // the forward reset's adjoint: nothing flows to the chunks before
+    if (reverse ? first : last)
       for (int i = 0; i < KR; ++i)
-        for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
-    __syncthreads();  // before the next step overwrites probe_t, writer and state
-  }
-  for (int i = 0; i < KR; ++i)
-    for (int j = 0; j < 4; ++j) {
-      const int key = row_group * KR + i, column = column0 + j;
-      if (column < value_dim) final_state[m * state_size + static_cast<size_t>(key) * value_dim + column] = s[i][j];
-    }
+        for (int j = 0; j < 4; ++j) {
+          const int key = row_group * KR + i, column = column0 + j;
+          if (column < value_dim) final_state[m * state_size + static_cast<size_t>(key) * value_dim + column] = s[i][j];
+        }
+  });
 }
 
 template <int KR>
 void launch_scan_for(const float* probe, const float* writer, const float* target,
                      const float* addend, const float* decay, const float* initial,
-                     const bool* starts, float* states, float* final_state, float* y_out, int64_t batch_heads,
-                     int64_t num_chunks, int64_t chunk, int64_t value_dim, bool reverse) {
+                     const bool* starts, const RestartSegments& segments, float* states, float* final_state,
+                     float* y_out, int64_t batch_heads, int64_t num_chunks, int64_t chunk, int64_t value_dim,
+                     bool reverse) {
   const size_t shared = sizeof(ScanShared<KR>);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(chunk_scan_kernel<KR>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared)));
   const dim3 grid(static_cast<unsigned>((value_dim + kColumns - 1) / kColumns),
-                  static_cast<unsigned>(batch_heads));
+                  static_cast<unsigned>(batch_heads), static_cast<unsigned>(segments.slots));
   chunk_scan_kernel<KR><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
-      probe, writer, target, addend, decay, initial, starts, states, final_state, y_out,
+      probe, writer, target, addend, decay, initial, starts, segments.data(), states, final_state, y_out,
       static_cast<int>(num_chunks), static_cast<int>(chunk), static_cast<int>(value_dim), reverse);
   PRIME_CUDA_CHECK_LAUNCH("chunk_scan_kernel");
 }
@@ -258,10 +267,11 @@ void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const 
   }
   if (M == 0 || Dv == 0) return;
   const at::cuda::CUDAGuard guard(probe.device());
+  const RestartSegments segments = restart_segments(starts, N, M * ((Dv + kColumns - 1) / kColumns));
   const auto run = [&](auto launcher) {
     launcher(probe.data_ptr<float>(), writer.data_ptr<float>(), optional_data(target),
              optional_data(addend), decay.data_ptr<float>(), optional_data(initial),
-             starts.defined() ? starts.data_ptr<bool>() : nullptr, states.data_ptr<float>(),
+             starts.defined() ? starts.data_ptr<bool>() : nullptr, segments, states.data_ptr<float>(),
              final_state.data_ptr<float>(), y_out.defined() ? y_out.data_ptr<float>() : nullptr, M, N, C, Dv,
              reverse);
   };

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/restart_segments.cuh"
 #include "kernels/common/tf32x3_mma.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_launch.h"
 
@@ -141,7 +142,9 @@ ssd_chunk_states_kernel(View u, View v, DeltaView delta, const float* __restrict
 
 // ---- the walk over chunks --------------------------------------------------------------------
 // One thread per W consecutive state elements of one (batch, head) (W = 4: 16-byte accesses);
-// the next chunk's values are loaded before the current ones are stored.
+// the next chunk's values are loaded before the current ones are stored. With restart flags, the
+// segments between them are walked independently (kernels/common/restart_segments.cuh), block
+// slot blockIdx.z taking its share.
 __device__ __forceinline__ float scan_step(float d, float s, float value) { return fmaf(d, s, value); }
 __device__ __forceinline__ float4 scan_step(float d, float4 s, float4 value) {
   return make_float4(fmaf(d, s.x, value.x), fmaf(d, s.y, value.y), fmaf(d, s.z, value.z), fmaf(d, s.w, value.w));
@@ -151,31 +154,35 @@ template <int W>
 __global__ void __launch_bounds__(kThreads)
 ssd_state_scan_kernel(float* __restrict__ buffer, const float* __restrict__ decay,
                       const float* __restrict__ initial, const bool* __restrict__ restart,
-                      float* __restrict__ final_state, int num_chunks, int elements, bool reverse) {
+                      const int* __restrict__ segment_begins, float* __restrict__ final_state, int num_chunks,
+                      int elements, bool reverse) {
   using Vec = std::conditional_t<W == 4, float4, float>;
   const int element = (blockIdx.x * kThreads + threadIdx.x) * W;
   if (element >= elements) return;
   const size_t m = blockIdx.y;
-  Vec s{};
-  if (initial != nullptr) s = *reinterpret_cast<const Vec*>(initial + m * elements + element);
   Vec* base = reinterpret_cast<Vec*>(buffer + m * num_chunks * elements + element);
   const size_t stride = static_cast<size_t>(elements / W);  // one chunk, in Vecs
   const float* decay_m = decay + m * num_chunks;
-  int n = reverse ? num_chunks - 1 : 0;
-  const int step = reverse ? -1 : 1;
-  Vec value = base[static_cast<size_t>(n) * stride];
-  for (int walked = 0; walked < num_chunks; ++walked, n += step) {
-    const bool more = walked + 1 < num_chunks;
-    Vec next{};
-    if (more) next = base[static_cast<size_t>(n + step) * stride];
-    const bool restarts = restart != nullptr && restart[n];
-    if (restarts && !reverse) s = Vec{};  // the state entering a restarting chunk is zero
-    base[static_cast<size_t>(n) * stride] = s;
-    s = scan_step(decay_m[n], s, value);
-    if (restarts && reverse) s = Vec{};  // so nothing flows back past it
-    value = next;
-  }
-  *reinterpret_cast<Vec*>(final_state + m * elements + element) = s;
+  for_each_restart_segment(segment_begins, num_chunks, blockIdx.z, gridDim.z,
+                           [&](int begin, int end, bool first, bool last) {
+    Vec s{};
+    if (initial != nullptr && (reverse ? last : first))
+      s = *reinterpret_cast<const Vec*>(initial + m * elements + element);
+    int n = reverse ? end - 1 : begin;
+    const int step = reverse ? -1 : 1, length = end - begin;
+    Vec value = base[static_cast<size_t>(n) * stride];
+    for (int walked = 0; walked < length; ++walked, n += step) {
+      Vec next{};
+      if (walked + 1 < length) next = base[static_cast<size_t>(n + step) * stride];
+      const bool restarts = restart != nullptr && restart[n];
+      if (restarts && !reverse) s = Vec{};  // the state entering a restarting chunk is zero
+      base[static_cast<size_t>(n) * stride] = s;
+      s = scan_step(decay_m[n], s, value);
+      if (restarts && reverse) s = Vec{};  // so nothing flows back past it
+      value = next;
+    }
+    if (reverse ? first : last) *reinterpret_cast<Vec*>(final_state + m * elements + element) = s;
+  });
 }
 
 // ---- the in-chunk product (see SsdMixOperands) -----------------------------------------------
@@ -930,17 +937,15 @@ void launch_ssd_state_scan(const at::Tensor& buffer, const at::Tensor& decay, co
   const bool vec4 = elements % 4 == 0 && aligned(buffer.data_ptr<float>()) && aligned(optional_data(initial)) &&
                     aligned(final_state.data_ptr<float>());
   const int64_t width = vec4 ? 4 : 1, threads_needed = elements / width;
-  const dim3 grid(static_cast<unsigned>((threads_needed + kThreads - 1) / kThreads), static_cast<unsigned>(M));
-  if (vec4)
-    ssd_state_scan_kernel<4><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial),
-        restart.defined() ? restart.data_ptr<bool>() : nullptr, final_state.data_ptr<float>(),
-        static_cast<int>(num_chunks), static_cast<int>(elements), reverse);
-  else
-    ssd_state_scan_kernel<1><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial),
-        restart.defined() ? restart.data_ptr<bool>() : nullptr, final_state.data_ptr<float>(),
-        static_cast<int>(num_chunks), static_cast<int>(elements), reverse);
+  const int64_t element_blocks = (threads_needed + kThreads - 1) / kThreads;
+  const RestartSegments segments = restart_segments(restart, num_chunks, element_blocks * M);
+  const dim3 grid(static_cast<unsigned>(element_blocks), static_cast<unsigned>(M),
+                  static_cast<unsigned>(segments.slots));
+  const auto kernel = vec4 ? ssd_state_scan_kernel<4> : ssd_state_scan_kernel<1>;
+  kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      buffer.data_ptr<float>(), decay.data_ptr<float>(), optional_data(initial),
+      restart.defined() ? restart.data_ptr<bool>() : nullptr, segments.data(), final_state.data_ptr<float>(),
+      static_cast<int>(num_chunks), static_cast<int>(elements), reverse);
   PRIME_CUDA_CHECK_LAUNCH("ssd_state_scan_kernel");
 }
 
