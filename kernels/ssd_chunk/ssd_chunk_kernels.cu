@@ -485,6 +485,18 @@ size_t mix_tc_shared_bytes(int ld, bool has_aux, bool has_state_part, bool has_p
          static_cast<size_t>(kChunk) * (static_cast<size_t>(ld) * wide + kLdM * narrow) * sizeof(float);
 }
 
+// out [64][kLdM] = a b^T over the 16x16 tiles on or below the diagonal (zeros above), 3xTF32,
+// with a, b [64][ld] row-major in shared memory and `depth` columns deep; one tile per warp of 16.
+__device__ __forceinline__ void lower_tiles_abt(float* out, const float* a, const float* b, int ld, int depth,
+                                                int warp) {
+  const int row = warp / 4, col = warp % 4;
+  FragC acc[1];
+  wmma::fill_fragment(acc[0], 0.0f);
+  if (col <= row)
+    tf32x3::warp_gemm<1, wmma::row_major, wmma::col_major>(acc, a + row * 16 * ld, ld, b, ld, depth, col * 16);
+  wmma::store_matrix_sync(out + row * 16 * kLdM + col * 16, acc[0], kLdM, wmma::mem_row_major);
+}
+
 // Where a chunk's per-row partial sums go in a [tiles, B, H, nC*64] tensor: the stride between
 // 64-column tiles and the chunk's first row.
 struct PartialRows {
@@ -566,14 +578,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
   __syncthreads();
 
   // W[t][j] = u'_t . aux_j for the pair partial (tiles meeting j < t), masked after the sync below.
-  if (p.partial_pair != nullptr) {
-    const int tm = warp / 4, jm = warp % 4;
-    FragC acc[1];
-    wmma::fill_fragment(acc[0], 0.0f);
-    if (jm <= tm)
-      tf32x3::warp_gemm<1, wmma::row_major, wmma::col_major>(acc, us + tm * 16 * ld, ld, aux, ld, cols, jm * 16);
-    wmma::store_matrix_sync(pair + tm * 16 * kLdM + jm * 16, acc[0], kLdM, wmma::mem_row_major);
-  }
+  if (p.partial_pair != nullptr) lower_tiles_abt(pair, us, aux, ld, cols, warp);
 
   // R = diag(f) v S^T + M u'.
   const int rb = warp % 4, ct = warp / 4, col_tiles = cols / 16;
@@ -738,14 +743,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, 1) ssd_chunk_grad_bc_tc_kernel
   __syncthreads();
 
   // G = dy (delta x)^T over the tiles on or below the diagonal, then M = G o L.
-  {
-    const int rm = warp / 4, km = warp % 4;
-    FragC acc[1];
-    wmma::fill_fragment(acc[0], 0.0f);
-    if (km <= rm)
-      tf32x3::warp_gemm<1, wmma::row_major, wmma::col_major>(acc, dys + rm * 16 * ld, ld, xs, ld, P, km * 16);
-    wmma::store_matrix_sync(mat + rm * 16 * kLdM + km * 16, acc[0], kLdM, wmma::mem_row_major);
-  }
+  lower_tiles_abt(mat, dys, xs, ld, P, warp);
   __syncthreads();
   for (int index = thread; index < kChunk * kChunk; index += kThreadsTc) {
     const int t = index / kChunk, j = index % kChunk;
