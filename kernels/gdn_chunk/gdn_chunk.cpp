@@ -117,8 +117,14 @@ struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
 
 bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
   const int64_t dim = q.size(-1);
-  return use_cuda_kernels(q) && q.scalar_type() == at::kFloat && chunk_size <= 64 &&
-         (dim == 32 || dim == 64 || dim == 128 || dim == 256);
+  if (!use_cuda_kernels(q) || q.scalar_type() != at::kFloat || chunk_size > 64 ||
+      !(dim == 32 || dim == 64 || dim == 128 || dim == 256))
+    return false;
+#ifdef PRIME_WITH_CUDA
+  return detail::chunk_scan_fits_device(dim, q.get_device());  // else the torch form
+#else
+  return true;
+#endif
 }
 
 bool gdn_bf16_core() {
@@ -143,6 +149,9 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
   if (bf16 ? !(dim == 32 || dim == 64 || dim == 128) : !gdn_chunk_kernels_apply(q, chunk_size)) return false;
   if (chunk_size > 64 || (chunk_starts.defined() && chunk_size != 64)) return false;
   if (q.size(0) * q.size(2) > 65535) return false;
+#ifdef PRIME_WITH_CUDA
+  if (!bf16 && !detail::gdn_forward_fits_device(dim, q.get_device())) return false;  // the composite form
+#endif
   // fp32 throughout, or bf16 q, k, v with fp32 gates and state; any other mix, or an operand on
   // another device, keeps the composite (or torch-ops) form.
   const auto wanted = [&](const at::Tensor* operand) {

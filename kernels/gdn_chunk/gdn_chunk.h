@@ -17,7 +17,8 @@
 namespace prime::kernels {
 
 // Whether these kernels serve gated_delta_rule_chunked for these operands: policy Auto, a CUDA
-// fp32 tensor, chunk <= 64, head dim a multiple of 32 up to 256. Otherwise the torch form runs.
+// fp32 tensor, chunk <= 64, head dim 32, 64, 128 or 256, and the scan's block fits the device's
+// shared memory (not at 256 on an A100). Otherwise the torch form runs.
 bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size);
 
 // T = (I + A)^-1 where only A's strictly lower triangle is read. A [..., C, C] fp32 CUDA,
@@ -40,8 +41,8 @@ std::pair<at::Tensor, at::Tensor> chunk_state_scan(const at::Tensor& w, const at
 // The fused chunked forward for calls that record no gradient (inference, prefill, evaluation):
 // policy Auto, no operand that autograd would record, all on q's CUDA device, head dims equal,
 // chunk_size <= 64 (64 where chunk_starts, laid out for that chunk size, are given), and either
-//  - every operand fp32, head dim in {32, 64, 128, 256}: products on 3xTF32 tensor cores (fp32
-//    accuracy), or
+//  - every operand fp32, head dim in {32, 64, 128, 256} whose blocks fit the device's shared
+//    memory (not 256 on an A100): products on 3xTF32 tensor cores (fp32 accuracy), or
 //  - q, k, v bf16 with g, beta and the state fp32, head dim in {32, 64, 128}: products on bf16
 //    tensor cores with fp32 accumulation, per-chunk intermediates in bf16, the gates, the
 //    (I + A)^-1 solve and the carried state in fp32 (the usual bf16 accuracy).

@@ -208,6 +208,14 @@ const float* optional_data(const at::Tensor& tensor) {
 
 }  // namespace
 
+bool chunk_scan_fits_device(int64_t key_dim, int device) {
+  const size_t shared = key_dim <= 32    ? sizeof(ScanShared<1>)
+                        : key_dim <= 64  ? sizeof(ScanShared<2>)
+                        : key_dim <= 128 ? sizeof(ScanShared<4>)
+                                         : sizeof(ScanShared<8>);
+  return shared <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
+}
+
 void launch_unit_lower_inverse(const at::Tensor& A, const at::Tensor& T) {
   const char* op = "unit_lower_inverse";
   check_operand(A, op, "A", at::kFloat, 3);

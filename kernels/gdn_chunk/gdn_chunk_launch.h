@@ -24,6 +24,10 @@ void launch_chunk_scan(const at::Tensor& probe, const at::Tensor& writer, const 
                        const at::Tensor& starts, bool reverse, const at::Tensor& states,
                        const at::Tensor& final_state, const at::Tensor& y_out = at::Tensor());
 
+// Whether the scan's block for this key dim fits the shared memory of CUDA device `device` (at
+// Dk = 256 it needs 170 KB: an H100/H200 has 227 KB per block, an A100 163 KB).
+bool chunk_scan_fits_device(int64_t key_dim, int device);
+
 // The fused forward's chunks (gdn_forward_kernels.cu): 64 steps, rows past T zero.
 constexpr int64_t kGdnForwardChunk = 64;
 
@@ -33,6 +37,10 @@ constexpr int64_t kGdnForwardChunk = 64;
 void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                              const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
                              const at::Tensor& decay);
+
+// Whether the fp32 fused forward's prep and output blocks for head dim D fit device `device`'s
+// shared memory (prep needs 165 KB at D = 256).
+bool gdn_forward_fits_device(int64_t head_dim, int device);
 
 // o [B,T,H,D] = diag(e^Gamma) Q S_n + (Q K^T * decay, j <= i) U_n per chunk, from q, k, g as
 // above, u [M,N,64,D] = U_n and states [M,N,D,D] = S_n (the scan's).

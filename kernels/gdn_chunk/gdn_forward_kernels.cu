@@ -12,6 +12,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
@@ -240,6 +241,12 @@ void check_chunk_buffer(const at::Tensor& tensor, const char* op, const char* na
 }
 
 }  // namespace
+
+bool gdn_forward_fits_device(int64_t head_dim, int device) {
+  const int D = static_cast<int>(head_dim);
+  return std::max(prep_shared_bytes(D), output_shared_bytes(D)) <=
+         at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
+}
 
 void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                              const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
