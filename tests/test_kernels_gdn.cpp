@@ -210,31 +210,39 @@ TEST_CASE("GDN chunked core on CUDA: the kernels give the torch-ops form's outpu
     const CoreInputs in = random_core_inputs(B, T, H, D, 11 + T);
     const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble);
     const at::Tensor state_weight = at::randn({B, H, D, D}, at::kDouble);
-    REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), chunk));
-    const CoreRun with_kernels = run_core(as_leaves(in, cuda, at::kFloat), chunk, out_weight, state_weight);
+    const at::Tensor q = in.q.to(cuda, at::kFloat);
+    REQUIRE(kernels::gdn_chunk_kernels_apply(q, chunk));
     CoreRun torch_ops;
     {
       const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
       torch_ops = run_core(as_leaves(in, cuda, at::kFloat), chunk, out_weight, state_weight);
     }
     const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), chunk, out_weight, state_weight);
-    const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
-    const double state_error = norm_relative_error(with_kernels.final_state, torch_ops.final_state);
-    double worst_grad = 0, worst_grad_f64 = 0;
-    for (size_t i = 0; i < reference.grads.size(); ++i) {
-      worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
-      worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
+    // Training takes the fused forward and its written-out backward; PRIME_GDN_FUSED_FORWARD=0
+    // the composite form (the torch ops around the two kernels).
+    for (const bool fused : {true, false}) {
+      const test::ScopedEnv form("PRIME_GDN_FUSED_FORWARD", fused ? "1" : "0");
+      const at::Tensor g = q.select(-1, 0);
+      REQUIRE(kernels::gdn_chunk_fused_apply(q, q, q, g, g, at::Tensor(), chunk, at::Tensor()) == fused);
+      const CoreRun with_kernels = run_core(as_leaves(in, cuda, at::kFloat), chunk, out_weight, state_weight);
+      const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
+      const double state_error = norm_relative_error(with_kernels.final_state, torch_ops.final_state);
+      double worst_grad = 0, worst_grad_f64 = 0;
+      for (size_t i = 0; i < reference.grads.size(); ++i) {
+        worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
+        worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
+      }
+      const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
+      std::cout << "[kernels][gdn] core (" << (fused ? "fused" : "composite") << ") B=" << B << " T=" << T
+                << " H=" << H << " D=" << D << " chunk=" << chunk << ": vs torch ops out " << out_error << ", state "
+                << state_error << ", worst gradient " << worst_grad << "; vs float64 out " << out_f64
+                << ", worst gradient " << worst_grad_f64 << std::endl;
+      CHECK(out_error <= 1e-4);
+      CHECK(state_error <= 1e-4);
+      CHECK(worst_grad <= 1e-4);
+      CHECK(out_f64 <= 1e-4);
+      CHECK(worst_grad_f64 <= 1e-4);
     }
-    const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
-    std::cout << "[kernels][gdn] core B=" << B << " T=" << T << " H=" << H << " D=" << D << " chunk=" << chunk
-              << ": vs torch ops out " << out_error << ", state " << state_error << ", worst gradient "
-              << worst_grad << "; vs float64 out " << out_f64 << ", worst gradient " << worst_grad_f64
-              << std::endl;
-    CHECK(out_error <= 1e-4);
-    CHECK(state_error <= 1e-4);
-    CHECK(worst_grad <= 1e-4);
-    CHECK(out_f64 <= 1e-4);
-    CHECK(worst_grad_f64 <= 1e-4);
   }
 }
 
@@ -281,27 +289,30 @@ TEST_CASE("GDN varlen core on CUDA: the kernels give the torch-ops form's packed
       return result;
     };
     REQUIRE(kernels::gdn_chunk_kernels_apply(in.q.to(cuda, at::kFloat), 64));
-    const CoreRun with_kernels = run(on_cuda, cuda, at::kFloat);
     CoreRun torch_ops;
     {
       const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
       torch_ops = run(on_cuda, cuda, at::kFloat);
     }
     const CoreRun reference = run(on_cpu, at::kCPU, at::kDouble);
-    const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
-    const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
-    double worst_grad = 0, worst_grad_f64 = 0;
-    for (size_t i = 0; i < reference.grads.size(); ++i) {
-      worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
-      worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
+    for (const bool fused : {true, false}) {  // the fused form with its backward, and the composite
+      const test::ScopedEnv form("PRIME_GDN_FUSED_FORWARD", fused ? "1" : "0");
+      const CoreRun with_kernels = run(on_cuda, cuda, at::kFloat);
+      const double out_error = norm_relative_error(with_kernels.out, torch_ops.out);
+      const double out_f64 = norm_relative_error(with_kernels.out, reference.out);
+      double worst_grad = 0, worst_grad_f64 = 0;
+      for (size_t i = 0; i < reference.grads.size(); ++i) {
+        worst_grad = std::max(worst_grad, norm_relative_error(with_kernels.grads[i], torch_ops.grads[i]));
+        worst_grad_f64 = std::max(worst_grad_f64, norm_relative_error(with_kernels.grads[i], reference.grads[i]));
+      }
+      std::cout << "[kernels][gdn] varlen core (" << (fused ? "fused" : "composite") << ") H=" << H << " D=" << D
+                << " rows 1,63,64,65,107 / 200,1,99 / 300: vs torch ops out " << out_error << ", worst gradient "
+                << worst_grad << "; vs float64 out " << out_f64 << ", worst gradient " << worst_grad_f64 << std::endl;
+      CHECK(out_error <= 1e-4);
+      CHECK(worst_grad <= 1e-4);
+      CHECK(out_f64 <= 1e-4);
+      CHECK(worst_grad_f64 <= 1e-4);
     }
-    std::cout << "[kernels][gdn] varlen core H=" << H << " D=" << D << " rows 1,63,64,65,107 / 200,1,99 / 300"
-              << ": vs torch ops out " << out_error << ", worst gradient " << worst_grad << "; vs float64 out "
-              << out_f64 << ", worst gradient " << worst_grad_f64 << std::endl;
-    CHECK(out_error <= 1e-4);
-    CHECK(worst_grad <= 1e-4);
-    CHECK(out_f64 <= 1e-4);
-    CHECK(worst_grad_f64 <= 1e-4);
   }
 }
 

@@ -115,7 +115,7 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
     INFO(c10::toString(dtype));
     // The kernels ran in the first step and not in the second (GKA's solve kernel runs inside
     // the solve's own autograd node: tests/test_kernels_gka.cpp).
-    for (const char* node : {"ShortConvSilu", "ChunkStateScan", "UnitLowerInverse", "SsdChunk", "RmsNormKernel"}) {
+    for (const char* node : {"ShortConvSilu", "GdnChunkFused", "SsdChunk", "RmsNormKernel"}) {
       INFO(node);
       CHECK(any_contains(ours.nodes, node));
       CHECK_FALSE(any_contains(torch_ops.nodes, node));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/common/policy.h"
+#include "kernels/gdn_chunk/gdn_chunk_backward.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -136,14 +137,20 @@ bool gdn_bf16_core() {
                    "(the bf16 fused forward where it applies)");
 }
 
-bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                             const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
-                             const at::Tensor& chunk_starts) {
-  static const bool opted_out = [] {
-    const char* value = std::getenv("PRIME_GDN_FUSED_FORWARD");
-    return value != nullptr && std::string(value) == "0";
-  }();
-  if (opted_out || !use_cuda_kernels(q) || q.dim() != 4 || v.size(-1) != q.size(-1)) return false;
+namespace {
+
+// PRIME_GDN_FUSED_FORWARD=0: the composite form everywhere (read at each call: tests and timings
+// switch it).
+bool fused_forward_opted_out() {
+  const char* value = std::getenv("PRIME_GDN_FUSED_FORWARD");
+  return value != nullptr && std::string(value) == "0";
+}
+
+// Whether the fused forward's kernels serve these operands, gradients aside (gdn_chunk.h).
+bool fused_form_serves(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                       const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                       const at::Tensor& chunk_starts) {
+  if (fused_forward_opted_out() || !use_cuda_kernels(q) || q.dim() != 4 || v.size(-1) != q.size(-1)) return false;
   const bool bf16 = q.scalar_type() == at::kBFloat16;
   const int64_t dim = q.size(-1);
   if (bf16 ? !(dim == 32 || dim == 64 || dim == 128) : !gdn_chunk_kernels_apply(q, chunk_size)) return false;
@@ -157,12 +164,26 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
   const auto wanted = [&](const at::Tensor* operand) {
     return operand == &q || operand == &k || operand == &v ? q.scalar_type() : at::kFloat;
   };
-  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state}) {
-    if (records_gradient(*operand)) return false;
+  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state})
     if (operand->defined() && (operand->scalar_type() != wanted(operand) || operand->device() != q.device()))
       return false;
-  }
   return true;
+}
+
+}  // namespace
+
+bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                             const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                             const at::Tensor& chunk_starts) {
+  for (const at::Tensor* operand : {&q, &k, &v, &g, &beta, &state})
+    if (records_gradient(*operand)) return false;
+  return fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
+}
+
+bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                           const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                           const at::Tensor& chunk_starts) {
+  return q.scalar_type() == at::kFloat && fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
 }
 
 namespace {
@@ -180,6 +201,7 @@ at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {
 // [M,N,64,D] and states [M,N,D,D] in q's dtype, decay [M,N] fp32.
 struct ForwardScratch {
   at::Tensor w, u, k_decayed, decay, states;
+  at::Tensor inverse;  // [M,N,64,64], fp32 training only
 };
 ForwardScratch forward_scratch(const at::Tensor& q) {
   const int64_t M = q.size(0) * q.size(2), D = q.size(3), N = (q.size(1) + kForwardChunk - 1) / kForwardChunk;
@@ -208,19 +230,93 @@ std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Te
 
 }  // namespace
 
+namespace {
+
+// The fp32 fused forward: prep, scan (which writes U_n over U'), output. Returns its scratch,
+// with each chunk's (I + A)^-1 where `keep_inverse` (training).
+ForwardScratch forward_fp32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                            const at::Tensor& beta, const at::Tensor& state, const at::Tensor& chunk_starts,
+                            const at::Tensor& o, const at::Tensor& final_state, bool keep_inverse = false) {
+  const int64_t M = q.size(0) * q.size(2), D = q.size(3);
+  ForwardScratch s = forward_scratch(q);
+  if (keep_inverse) s.inverse = new_output({M, s.decay.size(1), kForwardChunk, kForwardChunk}, q.options());
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gdn_forward_prep(k, v, g, beta, s.w, s.u, s.k_decayed, s.decay, s.inverse);
+  detail::launch_chunk_scan(s.w, s.k_decayed, s.u, at::Tensor(), s.decay, flat_or_undefined(state, 2), chunk_starts,
+                            /*reverse=*/false, s.states, final_state.view({M, D, D}), /*y_out=*/s.u);
+  detail::launch_gdn_forward_output(q, k, g, s.u, s.states, o);
+#else
+  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)o, (void)final_state, (void)M, (void)D;
+#endif
+  return s;
+}
+
+// Shapes every fused entry point checks. Returns N, the number of 64-step chunks.
+int64_t check_fused_operands(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
+                             const at::Tensor& chunk_starts) {
+  require_cuda_build(op);
+  PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes() && g.dim() == 3 &&
+                  beta.sizes() == g.sizes(),
+              op, ": q, k, v [B,T,H,D] and g, beta [B,T,H], got ", q.sizes(), ", ", g.sizes());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+  const int64_t N = (T + kForwardChunk - 1) / kForwardChunk;
+  PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N),
+              op, ": chunk_starts must be [", N, "] for 64-step chunks");
+  PRIME_CHECK(!state.defined() || state.sizes() == at::IntArrayRef({B, H, D, D}),
+              op, ": state must be [", B, ", ", H, ", ", D, ", ", D, "], got ", state.sizes());
+  return N;
+}
+
+// The CUDA pieces of the written-out backward (gdn_chunk_backward.h).
+GdnChunkBackwardOps cuda_backward_ops() {
+  GdnChunkBackwardOps ops;
+  ops.reverse_walk = [](const at::Tensor& k_decayed, const at::Tensor& w, const at::Tensor& d_states,
+                        const at::Tensor& decay, const at::Tensor& d_final, const at::Tensor& starts) {
+    return scan(k_decayed, w, at::Tensor(), d_states, decay, d_final, starts, /*reverse=*/true, w.size(3));
+  };
+  ops.inverse = [](const at::Tensor& A) { return inverse_forward(A); };
+  return ops;
+}
+
+// Training on the fused forward: it saves the kernels' per-chunk results, and the backward is
+// gdn_chunk_backward with the scan kernel walking backwards. state and starts: empty for none
+// (an undefined tensor cannot be an autograd input).
+struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                               const at::Tensor& state_or_empty, const at::Tensor& starts_or_empty) {
+    const at::Tensor state = state_or_empty.numel() > 0 ? state_or_empty : at::Tensor();
+    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+    at::Tensor o = new_output({B, T, H, D}, q.options());
+    at::Tensor final_state = new_output({B, H, D, D}, q.options());
+    const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+    const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
+    const ForwardScratch s = forward_fp32(qc, kc, vc, gc, bc, state, starts, o, final_state, /*keep_inverse=*/true);
+    context->save_for_backward(
+        {qc, kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay, s.states, starts_or_empty, s.inverse});
+    context->saved_data["has_state"] = state.defined();
+    return {o, final_state};
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],  saved[5],
+                    saved[6], saved[7], saved[8], saved[9], saved[11], saved[10].numel() > 0 ? saved[10] : at::Tensor()};
+    const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
+    const bool has_state = context->saved_data["has_state"].toBool();
+    return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const at::Tensor& g, const at::Tensor& beta,
                                                     const at::Tensor& state, const at::Tensor& chunk_starts) {
-  require_cuda_build("gdn_chunk_forward");
-  PRIME_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes() && g.dim() == 3 &&
-                  beta.sizes() == g.sizes(),
-              "gdn_chunk_forward: q, k, v [B,T,H,D] and g, beta [B,T,H], got ", q.sizes(), ", ", g.sizes());
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
-  const int64_t N = (T + kForwardChunk - 1) / kForwardChunk;
-  PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N),
-              "gdn_chunk_forward: chunk_starts must be [", N, "] for 64-step chunks");
-  PRIME_CHECK(!state.defined() || state.sizes() == at::IntArrayRef({B, H, D, D}),
-              "gdn_chunk_forward: state must be [", B, ", ", H, ", ", D, ", ", D, "], got ", state.sizes());
+  check_fused_operands("gdn_chunk_forward", q, k, v, g, beta, state, chunk_starts);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
   const auto options = q.options();
   at::Tensor o = new_output({B, T, H, D}, options);
   at::Tensor final_state = new_output({B, H, D, D}, options.dtype(at::kFloat));  // states stay fp32
@@ -229,18 +325,26 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const a
     return {o, final_state};
   }
   if (q.scalar_type() == at::kBFloat16) return forward_bf16(q, k, v, g, beta, state, chunk_starts, o, final_state);
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
-  const ForwardScratch s = forward_scratch(q);
-#ifdef PRIME_WITH_CUDA
-  detail::launch_gdn_forward_prep(kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay);
-  detail::launch_chunk_scan(s.w, s.k_decayed, s.u, at::Tensor(), s.decay, flat_or_undefined(state, 2), chunk_starts,
-                            /*reverse=*/false, s.states, final_state.view({M, D, D}), /*y_out=*/s.u);
-  detail::launch_gdn_forward_output(qc, kc, gc, s.u, s.states, o);
-#else
-  (void)s;
-#endif
+  forward_fp32(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), state,
+               chunk_starts, o, final_state);
   return {o, final_state};
+}
+
+std::pair<at::Tensor, at::Tensor> gdn_chunk_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& g, const at::Tensor& beta,
+                                                  const at::Tensor& state, const at::Tensor& chunk_starts) {
+  check_fused_operands("gdn_chunk_fused", q, k, v, g, beta, state, chunk_starts);
+  PRIME_CHECK(q.scalar_type() == at::kFloat, "gdn_chunk_fused: fp32 operands, got ", q.scalar_type());
+  if (q.size(1) == 0) {
+    const at::Tensor final_state = state.defined() ? state : at::zeros({q.size(0), q.size(2), q.size(3), q.size(3)},
+                                                                       q.options());
+    return {at::empty_like(q), final_state};
+  }
+  const at::Tensor none = at::empty({0}, q.options());
+  const variable_list outputs =
+      GdnChunkFused::apply(q, k, v, g, beta, state.defined() ? state : none,
+                           chunk_starts.defined() ? chunk_starts.contiguous() : none.to(at::kBool));
+  return {outputs[0], outputs[1]};
 }
 
 at::Tensor unit_lower_inverse(const at::Tensor& A) {

@@ -6,7 +6,8 @@
 //  - chunk_state_scan: the recurrence over chunks, which the torch form runs as a host loop of
 //    small matmuls per chunk; one kernel walks all chunks with the state tile resident on chip.
 // Under autograd everything that is parallel over chunks stays in batched cuBLAS matmuls around
-// them. Without a gradient to record, gdn_chunk_forward (below) runs the whole form in kernels.
+// them. gdn_chunk_forward (below) runs the whole form in kernels where no gradient is recorded,
+// gdn_chunk_fused where one is.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -51,6 +52,12 @@ bool gdn_chunk_forward_apply(const at::Tensor& q, const at::Tensor& k, const at:
                              const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                              const at::Tensor& chunk_starts);
 
+// Whether gdn_chunk_fused serves these operands: fp32, and the conditions above other than
+// autograd (any operand may record a gradient).
+bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                           const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                           const at::Tensor& chunk_starts);
+
 // PRIME_GDN_CORE: "bf16" makes gated_delta_rule_chunked run fp32 q, k, v through the bf16 fused
 // forward (cast to bf16; output cast back to fp32) wherever that form applies; unset or "fp32"
 // keeps the fp32 forms. Any other value is a UserError naming the variable. Read at each call.
@@ -64,5 +71,15 @@ bool gdn_bf16_core();
 std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const at::Tensor& g, const at::Tensor& beta,
                                                     const at::Tensor& state, const at::Tensor& chunk_starts);
+
+// The same fused forward for training (fp32 only): differentiable in q, k, v, g, beta and state.
+// It keeps the kernels' per-chunk results (W, U_n, K_d, the chunk decays, the states entering
+// each chunk), and its backward is gdn_chunk_backward (gdn_chunk_backward.h): batched matmuls
+// around the chunk-state scan walking backwards. Under autograd this replaces the composite form
+// (the torch ops around unit_lower_inverse and chunk_state_scan), whose forward is ~1.8x slower
+// and saves more. PRIME_GDN_FUSED_FORWARD=0 keeps the composite form.
+std::pair<at::Tensor, at::Tensor> gdn_chunk_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& g, const at::Tensor& beta,
+                                                  const at::Tensor& state, const at::Tensor& chunk_starts);
 
 }  // namespace prime::kernels

@@ -33,10 +33,11 @@ constexpr int64_t kGdnForwardChunk = 64;
 
 // Per (batch, head, chunk n), from k, v [B,T,H,D] and g, beta [B,T,H] (contiguous fp32, D in
 // {32, 64, 128, 256}): w, u [M,N,64,D] = W and U' of the chunk's (I + A)^-1 solve, k_decayed
-// [M,N,64,D] = diag(e^{Gamma_end - Gamma}) K, decay [M,N] = e^{Gamma_end}; M = B*H.
+// [M,N,64,D] = diag(e^{Gamma_end - Gamma}) K, decay [M,N] = e^{Gamma_end}; M = B*H; and where
+// inverse [M,N,64,64] is given, T = (I + A)^-1 (what training's backward needs).
 void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                              const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
-                             const at::Tensor& decay);
+                             const at::Tensor& decay, const at::Tensor& inverse = at::Tensor());
 
 // Whether the fp32 fused forward's prep and output blocks for head dim D fit device `device`'s
 // shared memory (prep needs 165 KB at D = 256).

@@ -42,6 +42,7 @@ struct ForwardParams {
   const float *q, *k, *v, *g, *beta;  // [B,T,H,D], [B,T,H]; contiguous
   int T, H, D, num_chunks;
   float *w, *u, *k_decayed, *decay;  // prep's outputs: [M,N,64,D] (three), [M,N]
+  float* inverse;                    // [M,N,64,64] T = (I + A)^-1, or null (training keeps it)
   const float* states;               // the scan's [M,N,D,D]; u then holds U_n
   float* o;                          // [B,T,H,D]
 };
@@ -123,6 +124,13 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_prep_kernel(const For
     *reinterpret_cast<float4*>(vs + t * ld + i) = vv;
   }
   gdn_forward::unit_lower_inverse_64(am, tm);  // T; ends with a barrier
+  if (p.inverse != nullptr) {
+    float* out = p.inverse + (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk * kChunk;
+    for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
+      const int row = index / (kChunk / 4), col = (index % (kChunk / 4)) * 4;
+      *reinterpret_cast<float4*>(out + row * kChunk + col) = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
+    }
+  }
   // W = T diag(beta e^Gamma) K and U' = T diag(beta) V, straight to global memory. Tasks are
   // (matrix, 16 NT-column group, 16-row block r); T's row block r has columns < 16 (r + 1) only.
   // A warp's tasks alternate between row blocks r and 3 - r, so the warps' depths balance.
@@ -250,7 +258,7 @@ bool gdn_forward_fits_device(int64_t head_dim, int device) {
 
 void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                              const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
-                             const at::Tensor& decay) {
+                             const at::Tensor& decay, const at::Tensor& inverse) {
   const char* op = "gdn_forward_prep";
   ForwardParams p = params_of(k, g, op);
   check_time_major(v, op, "v", k);
@@ -261,7 +269,9 @@ void launch_gdn_forward_prep(const at::Tensor& k, const at::Tensor& v, const at:
   check_chunk_buffer(k_decayed, op, "k_decayed", M, N, kChunk, D);
   check_operand(decay, op, "decay", at::kFloat, 2);
   PRIME_CHECK(decay.size(0) == M && decay.size(1) == N, op, ": decay ", decay.sizes());
+  if (inverse.defined()) check_chunk_buffer(inverse, op, "inverse", M, N, kChunk, kChunk);
   if (M == 0 || N == 0) return;
+  p.inverse = inverse.defined() ? inverse.data_ptr<float>() : nullptr;
   p.k = k.data_ptr<float>();
   p.v = v.data_ptr<float>();
   p.beta = beta.data_ptr<float>();

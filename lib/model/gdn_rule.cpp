@@ -87,7 +87,10 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
     at::Tensor S = state.defined() ? state : at::zeros({batch, heads, dim, dim}, q.options());
     return {at::empty({batch, 0, heads, dim}, q.options()), S};
   }
-  // On CUDA (fp32, chunk <= 64, head dim 32..256) kernels/gdn_chunk takes the triangular
+  // Training on CUDA (fp32): the same fused forward, with a written-out backward.
+  if (kernels::gdn_chunk_fused_apply(q, k, v, g, beta, state, chunk_size, chunk_starts))
+    return kernels::gdn_chunk_fused(q, k, v, g, beta, state, chunk_starts);
+  // Otherwise on CUDA (fp32, chunk <= 64, head dim 32..256) kernels/gdn_chunk takes the triangular
   // solve and the loop over chunks; the batched matmuls around them are the same.
   const bool use_kernels = kernels::gdn_chunk_kernels_apply(q, chunk_size);
   // Zero padding is harmless: beta = 0 and k = 0 leave the state alone, g = 0 does not decay it.

@@ -1,0 +1,56 @@
+// The backward of GDN's chunked form, written out (gradients of q, k, v, g, beta and the initial
+// state from the fused forward's per-chunk results), so that training runs the fused forward
+// (gdn_chunk.h, gdn_chunk_fused) and saves only what it wrote: W, U_n, K_d, the chunk decays and
+// the states entering each chunk. Per 64-step chunk, with Gamma = cumsum(g), D_ij =
+// e^{Gamma_i - Gamma_j} (j <= i), scores = (Q K^T) * D, A = strictly-lower(beta K K^T * D),
+// T = (I + A)^-1, S_n the state entering the chunk and G_n the gradient reaching the state after
+// it:
+//   O = diag(e^Gamma) Q S_n + scores U_n,  U_n = T diag(beta) V - W S_n,  W = T diag(beta e^Gamma) K
+//   S_{n+1} = e^{Gamma_C} S_n + K_d^T U_n,  K_d = diag(e^{Gamma_C - Gamma}) K
+//   G_{n-1} = (e^Gamma Q - scores W)^T dO_n + e^{Gamma_C} G_n - W^T (K_d G_n)   (the reverse walk)
+//   dU = scores^T dO + K_d G,  dW = -dU S_n^T,  dT = dU (beta V)^T + dW (beta e^Gamma K)^T,
+//   dA = -T^T dT T^T (strictly lower), then the products' and the gates' chain rule; dg is the
+// reverse cumulative sum of dGamma within the chunk. Everything but the walk and T is batched
+// matmuls and elementwise ops over [B*H, N, 64, ...]; Gamma's differences are taken in float64,
+// as in the forward.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <utility>
+
+namespace prime::kernels {
+
+// What the fused forward keeps for its backward. q, k, v [B,T,H,D] and g, beta [B,T,H] (the
+// inputs); w, u (U_n), k_decayed [M,N,64,D], decay [M,N] = e^{Gamma_C}, states [M,N,D,D] (S_n);
+// inverse [M,N,64,64] = T, or undefined (the backward then forms it with ops.inverse); M = B*H,
+// N = ceil(T / 64); starts [N] bool or undefined (packed documents' first chunks).
+struct GdnChunkSaved {
+  at::Tensor q, k, v, g, beta;
+  at::Tensor w, u, k_decayed, decay, states, inverse;
+  at::Tensor starts;
+};
+
+// The two sequential pieces, per device: the reverse walk (probe k_decayed, writer w, addend
+// d_states [M,N,D,D], decay, initial d_final [M,D,D] or undefined, starts) giving (G_n per chunk
+// [M,N,D,D], the gradient of the initial state [M,D,D]); and T = (I + A)^-1 for A [M,N,64,64]
+// (used where the saved results hold no T).
+struct GdnChunkBackwardOps {
+  std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor& k_decayed, const at::Tensor& w,
+                                                  const at::Tensor& d_states, const at::Tensor& decay,
+                                                  const at::Tensor& d_final, const at::Tensor& starts)>
+      reverse_walk;
+  std::function<at::Tensor(const at::Tensor& A)> inverse;
+};
+
+struct GdnChunkGrads {
+  at::Tensor q, k, v, g, beta;  // the inputs' shapes
+  at::Tensor state;             // [B,H,D,D]
+};
+
+// d_out [B,T,H,D] and d_final [B,H,D,D] may be undefined (zero).
+GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& saved, const at::Tensor& d_out, const at::Tensor& d_final,
+                                 const GdnChunkBackwardOps& ops);
+
+}  // namespace prime::kernels

@@ -1,0 +1,176 @@
+// kernels/gdn_chunk's written-out backward (gdn_chunk_backward.h) on the CPU in float64: given
+// the per-chunk results a fused forward saves (computed here from the definitions), its
+// gradients of q, k, v, g, beta and the initial state equal autograd's through the torch-ops
+// chunked form, with and without document starts, T not a multiple of 64, and with only one of
+// the two outputs used.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
+#include <iostream>
+#include <vector>
+
+#include "kernels/gdn_chunk/gdn_chunk_backward.h"
+#include "model/gdn.h"
+#include "test_kernels_util.h"
+
+using namespace prime;
+
+namespace {
+
+constexpr int64_t kChunk = 64;
+const auto kF64 = at::TensorOptions().dtype(at::kDouble);
+
+// [B,T,H,...] -> [B*H, N, 64, ...], zeros past T.
+at::Tensor chunked(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> pad;  // constant_pad_nd pads the last dims first
+  for (int64_t dim = x.dim() - 1; dim >= 2; --dim) pad.insert(pad.end(), {0, 0});
+  pad.insert(pad.end(), {0, N * kChunk - x.size(1)});
+  at::Tensor padded = at::constant_pad_nd(x, pad).transpose(1, 2);  // [B,H,N*64,...]
+  std::vector<int64_t> shape{x.size(0) * x.size(2), N, kChunk};
+  for (int64_t dim = 3; dim < x.dim(); ++dim) shape.push_back(x.size(dim));
+  return padded.reshape(shape);
+}
+
+// What the fused forward saves, from the chunked form's definitions (float64, one chunk at a
+// time for the walk).
+kernels::GdnChunkSaved forward_results(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
+                                       const std::vector<bool>& starts, bool with_inverse) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), N = (T + kChunk - 1) / kChunk;
+  const at::Tensor kc = chunked(k, N), vc = chunked(v, N), gc = chunked(g, N), bc = chunked(beta, N);
+  const at::Tensor gamma = at::cumsum(gc, -1);
+  const at::Tensor strict = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril(-1);
+  const at::Tensor A = bc.unsqueeze(-1) * at::matmul(kc, kc.transpose(-1, -2)) * strict;
+  const at::Tensor L = A + at::eye(kChunk, q.options());
+  const at::Tensor w = at::linalg_solve_triangular(L, (bc * at::exp(gamma)).unsqueeze(-1) * kc, false, true, true);
+  const at::Tensor u_local = at::linalg_solve_triangular(L, bc.unsqueeze(-1) * vc, false, true, true);
+  const at::Tensor gamma_end = gamma.narrow(-1, kChunk - 1, 1);
+  const at::Tensor k_decayed = kc * at::exp(gamma_end - gamma).unsqueeze(-1);
+  const at::Tensor decay = at::exp(gamma_end).squeeze(-1);
+  at::Tensor S = state.reshape({B * H, D, D});
+  std::vector<at::Tensor> states, u;
+  for (int64_t n = 0; n < N; ++n) {
+    if (!starts.empty() && starts[n]) S = at::zeros_like(S);
+    states.push_back(S);
+    u.push_back(u_local.select(1, n) - at::matmul(w.select(1, n), S));
+    S = decay.select(1, n).view({-1, 1, 1}) * S + at::matmul(k_decayed.select(1, n).transpose(-1, -2), u.back());
+  }
+  kernels::GdnChunkSaved saved{q, k, v, g, beta, w, at::stack(u, 1), k_decayed, decay, at::stack(states, 1), {}, {}};
+  if (with_inverse) saved.inverse = at::linalg_solve_triangular(L, at::eye(kChunk, q.options()).expand(L.sizes()),
+                                                                false, true, true);
+  if (!starts.empty()) saved.starts = at::tensor(std::vector<int64_t>(starts.begin(), starts.end())).to(at::kBool);
+  return saved;
+}
+
+// The backward's two sequential pieces as plain loops and a triangular solve.
+kernels::GdnChunkBackwardOps cpu_ops() {
+  kernels::GdnChunkBackwardOps ops;
+  ops.reverse_walk = [](const at::Tensor& k_decayed, const at::Tensor& w, const at::Tensor& d_states,
+                        const at::Tensor& decay, const at::Tensor& d_final, const at::Tensor& starts) {
+    const int64_t M = w.size(0), N = w.size(1), D = w.size(3);
+    at::Tensor G = d_final.defined() ? d_final : at::zeros({M, D, D}, w.options());
+    std::vector<at::Tensor> gradients(N);
+    for (int64_t n = N - 1; n >= 0; --n) {
+      gradients[n] = G;
+      G = d_states.select(1, n) + decay.select(1, n).view({-1, 1, 1}) * G -
+          at::matmul(w.select(1, n).transpose(-1, -2), at::matmul(k_decayed.select(1, n), G));
+      if (starts.defined() && starts[n].item<bool>()) G = at::zeros_like(G);
+    }
+    return std::make_pair(at::stack(gradients, 1), G);
+  };
+  ops.inverse = [](const at::Tensor& A) {
+    const at::Tensor identity = at::eye(A.size(-1), A.options());
+    return at::linalg_solve_triangular(A.tril(-1) + identity, identity.expand(A.sizes()), false, true, true);
+  };
+  return ops;
+}
+
+// Gradients of <out, w_out> + <final state, w_final> (either may be left out). Log decays are
+// uniform in [-strongest, -0.01]; the backward runs on `type` copies of the float64 operands
+// (and of the saved results computed from them), within `tolerance` of float64 autograd. The
+// saved results hold (I + A)^-1 as training's do, or not (the backward forms it).
+void check_backward(int64_t T, int64_t D, const std::vector<bool>& starts, bool use_out, bool use_final,
+                    double strongest = 0.41, at::ScalarType type = at::kDouble, double tolerance = 1e-10,
+                    bool saved_inverse = true) {
+  const int64_t B = 2, H = 3, N = (T + kChunk - 1) / kChunk;
+  at::manual_seed(17 + T + D);
+  at::Tensor q = at::randn({B, T, H, D}, kF64), k = at::randn({B, T, H, D}, kF64);
+  q = q / q.norm(2, -1, true) / std::sqrt(static_cast<double>(D));
+  k = k / k.norm(2, -1, true);
+  const at::Tensor v = at::randn({B, T, H, D}, kF64);
+  const at::Tensor g = -at::rand({B, T, H}, kF64) * (strongest - 0.01) - 0.01, beta = at::rand({B, T, H}, kF64) * 0.9 + 0.05;
+  const at::Tensor state = at::randn({B, H, D, D}, kF64) * 0.1;
+  const at::Tensor w_out = at::randn({B, T, H, D}, kF64), w_final = at::randn({B, H, D, D}, kF64);
+  at::Tensor flags;
+  if (!starts.empty()) flags = at::tensor(std::vector<int64_t>(starts.begin(), starts.end())).to(at::kBool);
+
+  std::vector<at::Tensor> leaves;
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &v, &g, &beta, &state})
+    leaves.push_back(t->clone().requires_grad_(true));
+  const auto [out, final_state] =
+      model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], kChunk, flags);
+  at::Tensor loss = at::zeros({}, kF64);
+  if (use_out) loss = loss + (out * w_out).sum();
+  if (use_final) loss = loss + (final_state * w_final).sum();
+  std::vector<at::Tensor> want = torch::autograd::grad({loss}, leaves, {}, false, false, /*allow_unused=*/true);
+  for (size_t i = 0; i < want.size(); ++i)
+    if (!want[i].defined()) want[i] = at::zeros_like(leaves[i]);  // q does not reach the final state
+
+  const at::NoGradGuard no_grad;
+  const auto as = [&](const at::Tensor& t) { return t.to(type); };
+  const kernels::GdnChunkSaved saved = forward_results(as(q), as(k), as(v), as(g), as(beta), as(state), starts,
+                                                             saved_inverse);
+  REQUIRE(saved.states.size(1) == N);
+  const kernels::GdnChunkGrads got = kernels::gdn_chunk_backward(saved, use_out ? as(w_out) : at::Tensor(),
+                                                                 use_final ? as(w_final) : at::Tensor(), cpu_ops());
+  const std::vector<at::Tensor> ours = {got.q, got.k, got.v, got.g, got.beta, got.state};
+  const char* names[] = {"q", "k", "v", "g", "beta", "state"};
+  for (size_t i = 0; i < ours.size(); ++i) {
+    REQUIRE(ours[i].sizes() == want[i].sizes());
+    const double error = test::norm_relative_error(ours[i], want[i]);
+    INFO("T=" << T << " D=" << D << " " << c10::toString(type) << " d" << names[i] << " error " << error);
+    CHECK(error <= tolerance);
+  }
+  // What a decay parameter's gradient sums (g = -e^{A_log} softplus(...): d A_log = sum dg g per
+  // head): the steps with strong decays, whose small dg the norm above hardly sees, weigh most.
+  const double weighted = test::norm_relative_error((got.g * as(g)).sum(at::IntArrayRef{0, 1}),
+                                                  (want[3] * g).sum(at::IntArrayRef{0, 1}));
+  INFO("T=" << T << " D=" << D << " " << c10::toString(type) << " sum(dg g) per head error " << weighted);
+  CHECK(weighted <= tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("GDN chunked backward written out: float64 gradients equal autograd through the torch-ops form",
+          "[kernels][gdn]") {
+  SECTION("T not a multiple of 64 and an initial state") { check_backward(150, 32, {}, true, true); }
+  SECTION("one chunk shorter than 64, the inverse formed in the backward") {
+    check_backward(37, 16, {}, true, true, 0.41, at::kDouble, 1e-10, false);
+  }
+  SECTION("document starts reset the walk and drop the initial state") {
+    check_backward(320, 16, {true, false, true, true, false}, true, true);
+  }
+  SECTION("a start after chunk 0 keeps the initial state's gradient") {
+    check_backward(200, 16, {false, false, true, false}, true, true);
+  }
+  SECTION("only the output is used, the inverse formed in the backward") {
+    check_backward(130, 16, {}, true, false, 0.41, at::kDouble, 1e-10, false);
+  }
+  SECTION("only the final state is used") { check_backward(130, 16, {}, false, true); }
+}
+
+// In fp32 the gates' gradient must not come from differences of large sums: with strong decays
+// (e^{Gamma_i - Gamma_j} vanishing a few steps apart) the terms that cancel in exact arithmetic
+// are much larger than what remains.
+TEST_CASE("GDN chunked backward written out: fp32 gradients stay near float64 under strong decays", "[kernels][gdn]") {
+  SECTION("mild decays") { check_backward(200, 32, {}, true, true, 0.41, at::kFloat, 2e-5); }
+  // Up to -60 per step (a hybrid's A_log and dt_bias give such gates): summed through dGamma, the
+  // decay parameters' gradient was 3.8e-4 from float64 here.
+  SECTION("strong decays") { check_backward(200, 32, {}, true, true, 60.0, at::kFloat, 2e-5); }
+  SECTION("strong decays with document starts") {
+    check_backward(200, 32, {false, true, false, true}, true, true, 60.0, at::kFloat, 2e-5);
+  }
+}
