@@ -101,7 +101,8 @@ void check_backward(int64_t T, int64_t D, const std::vector<bool>& starts, bool 
   q = q / q.norm(2, -1, true) / std::sqrt(static_cast<double>(D));
   k = k / k.norm(2, -1, true);
   const at::Tensor v = at::randn({B, T, H, D}, kF64);
-  const at::Tensor g = -at::rand({B, T, H}, kF64) * (strongest - 0.01) - 0.01, beta = at::rand({B, T, H}, kF64) * 0.9 + 0.05;
+  const at::Tensor g = -at::rand({B, T, H}, kF64) * (strongest - 0.01) - 0.01;
+  const at::Tensor beta = at::rand({B, T, H}, kF64) * 0.9 + 0.05;
   const at::Tensor state = at::randn({B, H, D, D}, kF64) * 0.1;
   const at::Tensor w_out = at::randn({B, T, H, D}, kF64), w_final = at::randn({B, H, D, D}, kF64);
   at::Tensor flags;

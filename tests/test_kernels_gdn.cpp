@@ -506,3 +506,23 @@ TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused 
   CHECK(state_f64 <= 1e-2);
   CHECK(autograd_f64 <= 1e-4);
 }
+
+TEST_CASE("GDN trained on the fused forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  const at::Device cuda(at::kCUDA, 0);
+  // Two chunks, the second partial; every backward kernel runs once per chunk.
+  const CoreInputs in = random_core_inputs(1, 100, 1, 32, 5);
+  const at::Tensor out_weight = at::randn({1, 100, 1, 32}, at::kDouble);
+  const at::Tensor state_weight = at::randn({1, 1, 32, 32}, at::kDouble);
+  REQUIRE(kernels::gdn_chunk_fused_apply(in.q.to(cuda, at::kFloat), in.q.to(cuda, at::kFloat),
+                                         in.q.to(cuda, at::kFloat), in.g.to(cuda, at::kFloat),
+                                         in.beta.to(cuda, at::kFloat), at::Tensor(), 64, at::Tensor()));
+  const CoreRun ours = run_core(as_leaves(in, cuda, at::kFloat), 64, out_weight, state_weight);
+  const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), 64, out_weight, state_weight);
+  CHECK(norm_relative_error(ours.out, reference.out) <= 1e-4);
+  for (size_t i = 0; i < reference.grads.size(); ++i)
+    CHECK(norm_relative_error(ours.grads[i], reference.grads[i]) <= 1e-4);
+}

@@ -207,7 +207,7 @@ ForwardScratch forward_scratch(const at::Tensor& q) {
   const int64_t M = q.size(0) * q.size(2), D = q.size(3), N = (q.size(1) + kForwardChunk - 1) / kForwardChunk;
   return {new_output({M, N, kForwardChunk, D}, q.options()), new_output({M, N, kForwardChunk, D}, q.options()),
           new_output({M, N, kForwardChunk, D}, q.options()), new_output({M, N}, q.options().dtype(at::kFloat)),
-          new_output({M, N, D, D}, q.options())};
+          new_output({M, N, D, D}, q.options()), at::Tensor()};
 }
 
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
@@ -302,8 +302,9 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const variable_list saved = context->get_saved_variables();
+    const at::Tensor starts = saved[10].numel() > 0 ? saved[10] : at::Tensor();
     GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],  saved[5],
-                    saved[6], saved[7], saved[8], saved[9], saved[11], saved[10].numel() > 0 ? saved[10] : at::Tensor()};
+                    saved[6], saved[7], saved[8], saved[9], saved[11], starts};
     const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
     const bool has_state = context->saved_data["has_state"].toBool();
     return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};

@@ -1,5 +1,7 @@
 // GDN's chunked backward from the fused forward's per-chunk results (see gdn_chunk_backward.h for
-// the math). Device-agnostic: the reverse walk and the inverse come from the caller.
+// the math). The reverse walk and the inverse come from the caller; the batched products are
+// cuBLAS's (or the CPU's); the elementwise chain rule runs in gdn_backward_kernels.cu on CUDA and
+// in ATen ops elsewhere (the float64 reference tests).
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
 
 #include <cstdint>
@@ -7,6 +9,9 @@
 #include <vector>
 
 #include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#endif
 
 namespace prime::kernels {
 
@@ -53,6 +58,99 @@ void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, doubl
   batched(acc).baddbmm_(batched(a), batched(b), 1.0, alpha);
 }
 
+// The chain rule's operands after the batched products, per chunk ([M,N,64,...]).
+struct ChainRule {
+  at::Tensor q, k, v, g, beta, gamma64, e_gamma;  // inputs laid out per chunk; Gamma; e^Gamma
+  at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64])
+  at::Tensor d_q_decayed, d_k_in, d_k_decayed, d_v_in;  // d(e^Gamma Q), d(beta e^Gamma K), dK_d, d(beta V)
+  at::Tensor chunk_decay, d_chunk_decay;  // e^{Gamma_C} and its gradient, [M,N]
+};
+
+struct ChainGrads {
+  at::Tensor dq, dk, dv, dg, d_beta;  // per chunk
+};
+
+// The decay matrix D_ij = e^{Gamma_i - Gamma_j} (j <= i; 0 above the diagonal) from float64 Gamma.
+at::Tensor decay_matrix(const at::Tensor& gamma64, at::ScalarType type) {
+  const at::Tensor upper = at::ones({kChunk, kChunk}, gamma64.options().dtype(at::kBool)).triu(1);
+  return at::exp((gamma64.unsqueeze(-1) - gamma64.unsqueeze(-2))
+                     .to(type)
+                     .masked_fill_(upper, -std::numeric_limits<double>::infinity()));
+}
+
+// The chain rule in ATen ops. The gates: dg_t = sum_{s >= t} dGamma_s, but the decays' terms are
+// summed straight into dg: through dGamma they would enter as differences that cancel in exact
+// arithmetic (D_ii = 1 adds to dGamma_i and takes away from it, as does K_d's last row), which in
+// fp32 leaves the rounding of large diagonal terms where strong decays leave dg small.
+ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
+  const at::Tensor &q = c.q, &k = c.k, &v = c.v, &beta = c.beta, &e_gamma = c.e_gamma;
+  const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(q.scalar_type());
+  const at::Tensor d_qk = c.d_scores * decay;
+  at::Tensor e = c.d_scores * c.qk * decay;  // dD * D from the scores
+  ChainGrads out;
+  out.dq = at::matmul(d_qk, k).addcmul_(c.d_q_decayed, e_gamma.unsqueeze(-1));
+  out.dk = at::matmul(transposed(d_qk), q);
+  // dA = -T^T dT T^T below the diagonal; A = beta_i (k_i . k_j) D_ij there.
+  const at::Tensor d_a_decayed = (-c.p).tril_(-1).mul_(decay);
+  const at::Tensor d_kk = d_a_decayed * beta.unsqueeze(-1);
+  accumulate(out.dk, d_kk, k);
+  accumulate(out.dk, transposed(d_kk), k);
+  const at::Tensor d_a_kk = d_a_decayed.mul_(c.kk);
+  out.d_beta = d_a_kk.sum(-1);
+  e.addcmul_(d_a_kk, beta.unsqueeze(-1));  // dD * D from A
+  const at::Tensor k_scale = beta * e_gamma;
+  out.dv = c.d_v_in * beta.unsqueeze(-1);
+  out.d_beta.add_((c.d_v_in * v).sum(-1));
+  const at::Tensor k_in_dot = (c.d_k_in * k).sum(-1);  // [M,N,C]
+  out.dk.addcmul_(c.d_k_in, k_scale.unsqueeze(-1));
+  out.d_beta.addcmul_(k_in_dot, e_gamma);
+  //  - e^Gamma in K's right-hand side and in Q: through dGamma.
+  at::Tensor d_gamma = k_in_dot * k_scale;
+  d_gamma.addcmul_((c.d_q_decayed * q).sum(-1), e_gamma);
+  out.dg = at::flip(at::cumsum(at::flip(d_gamma, {-1}), -1), {-1});
+  //  - D_ij depends on g_t for j < t <= i: dg_t += sum_{j < t} X_tj with X_tj = sum_{i >= t} E_ij
+  //    (columns summed from the bottom: a scan along the rows, which is fast; one along each row
+  //    is not).
+  out.dg.add_(at::flip(at::cumsum(at::flip(e, {-2}), -2), {-2}).tril_(-1).sum(-1));
+  //  - K_d = diag(e^{Gamma_C - Gamma}) K depends on g_t for t > i: dg_t += sum_{i < t} r_i.
+  const at::Tensor k_decayed_dot = (c.d_k_decayed * k).sum(-1) * to_end;
+  out.dk.addcmul_(c.d_k_decayed, to_end.unsqueeze(-1));
+  out.dg.narrow(-1, 1, kChunk - 1).add_(at::cumsum(k_decayed_dot.narrow(-1, 0, kChunk - 1), -1));
+  //  - the chunk decay e^{Gamma_C} depends on every g_t.
+  out.dg.add_((c.d_chunk_decay * c.chunk_decay).unsqueeze(-1));
+  return out;
+}
+
+#ifdef PRIME_WITH_CUDA
+// The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
+ChainGrads chain_rule_kernels(const ChainRule& c) {
+  const int64_t M = c.q.size(0), N = c.q.size(1), D = c.q.size(3), MN = M * N;
+  const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
+  const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
+  const at::Tensor g = gates(c.g), beta = gates(c.beta);
+  const at::Tensor d_beta_a = at::empty({MN, kChunk}, c.g.options()), dg_decay = at::empty_like(d_beta_a);
+  const at::Tensor& d_qk = c.d_scores;  // written over
+  const at::Tensor& d_kk = c.p;         // written over
+  detail::launch_gdn_backward_gates(chunks(d_qk), chunks(c.qk), chunks(d_kk), chunks(c.kk), g, beta, d_beta_a,
+                                    dg_decay);
+  ChainGrads out;
+  out.dq = at::matmul(d_qk, c.k);
+  out.dk = at::matmul(transposed(d_qk), c.q);
+  accumulate(out.dk, d_kk, c.k);
+  accumulate(out.dk, transposed(d_kk), c.k);
+  out.dv = at::empty_like(c.v);
+  out.dg = at::empty({M, N, kChunk}, c.g.options());
+  out.d_beta = at::empty_like(out.dg);
+  detail::GdnBackwardRows rows{chunks(c.q), chunks(c.k), chunks(c.v), chunks(c.d_q_decayed), chunks(c.d_k_in),
+                               chunks(c.d_k_decayed), chunks(c.d_v_in), chunks(out.dq), chunks(out.dk),
+                               chunks(out.dv), g, beta, d_beta_a, dg_decay, gates(out.dg), gates(out.d_beta),
+                               c.chunk_decay.reshape({MN}), c.d_chunk_decay.reshape({MN}).contiguous()};
+  detail::launch_gdn_backward_rows(rows);
+  (void)D;
+  return out;
+}
+#endif
+
 }  // namespace
 
 GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out, const at::Tensor& d_final,
@@ -61,25 +159,34 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const int64_t N = s.states.size(1);
   PRIME_CHECK(N * kChunk >= T && s.w.size(0) == M && s.w.size(2) == kChunk && s.states.size(2) == D,
               "gdn_chunk_backward: saved w ", s.w.sizes(), " and states ", s.states.sizes(), " for q ", s.q.sizes());
-  const at::Tensor q = to_chunks(s.q, N), k = to_chunks(s.k, N), v = to_chunks(s.v, N);
-  const at::Tensor g = to_chunks(s.g, N), beta = to_chunks(s.beta, N);  // [M,N,C]
+  bool on_kernels = false;
+#ifdef PRIME_WITH_CUDA
+  on_kernels = s.q.is_cuda() && s.q.scalar_type() == at::kFloat;
+#endif
+  ChainRule c;
+  c.q = to_chunks(s.q, N), c.k = to_chunks(s.k, N), c.v = to_chunks(s.v, N);
+  c.g = to_chunks(s.g, N), c.beta = to_chunks(s.beta, N);  // [M,N,C]
+  const at::Tensor &q = c.q, &k = c.k, &W = s.w, &U = s.u, &K_d = s.k_decayed, &S = s.states;
   const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N) : at::zeros_like(q);
-  const at::Tensor &W = s.w, &U = s.u, &K_d = s.k_decayed, &S = s.states;
 
-  // Gamma in float64; the decays from its differences (exponents <= 0 on and below the diagonal).
-  const at::ScalarType type = q.scalar_type();
-  const at::Tensor gamma64 = at::cumsum(g.to(at::kDouble), -1);
-  const at::Tensor e_gamma = at::exp(gamma64).to(type);
-  const at::Tensor upper = at::ones({kChunk, kChunk}, g.options().dtype(at::kBool)).triu(1);
-  const at::Tensor decay = at::exp((gamma64.unsqueeze(-1) - gamma64.unsqueeze(-2))
-                                       .to(type)
-                                       .masked_fill_(upper, -std::numeric_limits<double>::infinity()));
-  const at::Tensor to_end = at::exp(gamma64.narrow(-1, kChunk - 1, 1) - gamma64).to(type);  // [M,N,C]
+  // Gamma in float64, as in the forward; the decays from its differences.
+  c.gamma64 = at::cumsum(c.g.to(at::kDouble), -1);
+  c.e_gamma = at::exp(c.gamma64).to(q.scalar_type());
+  const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, q.scalar_type());
 
   // The output's side: scores, the walk's addend and the walk.
-  const at::Tensor qk = at::matmul(q, transposed(k));
-  const at::Tensor scores = qk * decay;
-  at::Tensor q_state = q * e_gamma.unsqueeze(-1);
+  c.qk = at::matmul(q, transposed(k));
+  at::Tensor scores;
+  if (on_kernels) {
+#ifdef PRIME_WITH_CUDA
+    scores = at::empty_like(c.qk);
+    detail::launch_gdn_backward_scores(c.qk.view({M * N, kChunk, kChunk}), c.g.view({M * N, kChunk}),
+                                       scores.view({M * N, kChunk, kChunk}));
+#endif
+  } else {
+    scores = c.qk * decay;
+  }
+  at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
   accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
   const at::Tensor d_states = at::matmul(transposed(q_state), d_o);
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
@@ -88,68 +195,38 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   at::Tensor d_u = at::matmul(transposed(scores), d_o);  // dU_n = dU'
   accumulate(d_u, K_d, G);
   const at::Tensor d_w = product(d_u, transposed(S), -1.0);
-  const at::Tensor d_q_decayed = at::matmul(d_o, transposed(S));  // d(diag(e^Gamma) Q)
-  const at::Tensor d_k_decayed = at::matmul(U, transposed(G));
-  const at::Tensor d_chunk_decay = (S * G).sum({-1, -2});  // [M,N]
-  const at::Tensor d_scores = at::matmul(d_o, transposed(U));
-  const at::Tensor d_qk = d_scores * decay;
-  at::Tensor e = d_scores.mul_(qk).mul_(decay);  // dD * D from the scores (d_scores is not needed again)
-
-  at::Tensor dq = at::matmul(d_qk, k).addcmul_(d_q_decayed, e_gamma.unsqueeze(-1));
-  at::Tensor dk = at::matmul(transposed(d_qk), q);
+  c.d_q_decayed = at::matmul(d_o, transposed(S));  // d(diag(e^Gamma) Q)
+  c.d_k_decayed = at::matmul(U, transposed(G));
+  c.d_chunk_decay = (S * G).sum({-1, -2});  // [M,N]
+  c.chunk_decay = s.decay;
+  c.d_scores = at::matmul(d_o, transposed(U));
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
-  const at::Tensor kk = at::matmul(k, transposed(k));
-  const at::Tensor inverse =
-      s.inverse.defined() ? s.inverse : ops.inverse((beta.unsqueeze(-1) * kk * decay).tril_(-1));
-  const at::Tensor k_scale = beta * e_gamma;  // [M,N,C]
-  const at::Tensor v_in = v * beta.unsqueeze(-1), k_in = k * k_scale.unsqueeze(-1);
+  c.kk = at::matmul(k, transposed(k));
+  at::Tensor inverse = s.inverse;
+  if (!inverse.defined()) {
+    const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, q.scalar_type());
+    inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
+  }
+  const at::Tensor v_in = c.v * c.beta.unsqueeze(-1), k_in = k * (c.beta * c.e_gamma).unsqueeze(-1);
   at::Tensor d_inverse = at::matmul(d_u, transposed(v_in));
   accumulate(d_inverse, d_w, transposed(k_in));
-  const at::Tensor d_v_in = at::matmul(transposed(inverse), d_u);
-  const at::Tensor d_k_in = at::matmul(transposed(inverse), d_w);
-  // dA = -T^T dT T^T below the diagonal; A = beta_i (k_i . k_j) D_ij there.
-  const at::Tensor d_a_decayed =
-      product(at::matmul(transposed(inverse), d_inverse), transposed(inverse), -1.0).tril_(-1).mul_(decay);
-  const at::Tensor d_kk = d_a_decayed * beta.unsqueeze(-1);
-  accumulate(dk, d_kk, k);
-  accumulate(dk, transposed(d_kk), k);
-  const at::Tensor d_a_kk = d_a_decayed.mul_(kk);  // d_a_decayed is not needed again
-  at::Tensor d_beta = d_a_kk.sum(-1);
-  e.addcmul_(d_a_kk, beta.unsqueeze(-1));  // dD * D from A
+  c.d_v_in = at::matmul(transposed(inverse), d_u);
+  c.d_k_in = at::matmul(transposed(inverse), d_w);
+  c.p = product(at::matmul(transposed(inverse), d_inverse), transposed(inverse), 1.0);  // dA = -p
 
-  const at::Tensor dv = d_v_in * beta.unsqueeze(-1);
-  d_beta.add_((d_v_in * v).sum(-1));
-  const at::Tensor k_in_dot = (d_k_in * k).sum(-1);  // [M,N,C]
-  dk.addcmul_(d_k_in, k_scale.unsqueeze(-1));
-  d_beta.addcmul_(k_in_dot, e_gamma);
-
-  // The gates. dg_t = sum_{s >= t} dGamma_s, but the decays' terms are summed straight into dg:
-  // through dGamma they would enter as differences that cancel in exact arithmetic (D_ii = 1 adds
-  // to dGamma_i and takes away from it, as does K_d's last row), which in fp32 leaves rounding
-  // of the large diagonal terms where strong decays leave dg small.
-  //  - e^Gamma in K's right-hand side and in Q: through dGamma.
-  at::Tensor d_gamma = k_in_dot * k_scale;
-  d_gamma.addcmul_((d_q_decayed * q).sum(-1), e_gamma);
-  at::Tensor dg = at::flip(at::cumsum(at::flip(d_gamma, {-1}), -1), {-1});
-  //  - D_ij = e^{Gamma_i - Gamma_j} depends on g_t for j < t <= i: dg_t += sum_{j < t} X_tj with
-  //    X_tj = sum_{i >= t} E_ij, E = dD * D (columns summed from the bottom: a scan along the
-  //    rows, which is fast; one along each row is not).
-  const at::Tensor from_bottom = at::flip(at::cumsum(at::flip(e, {-2}), -2), {-2});
-  dg.add_(from_bottom.tril_(-1).sum(-1));
-  //  - K_d = diag(e^{Gamma_C - Gamma}) K depends on g_t for t > i: dg_t += sum_{i < t} r_i.
-  const at::Tensor k_decayed_dot = (d_k_decayed * k).sum(-1) * to_end;
-  dk.addcmul_(d_k_decayed, to_end.unsqueeze(-1));
-  dg.narrow(-1, 1, kChunk - 1).add_(at::cumsum(k_decayed_dot.narrow(-1, 0, kChunk - 1), -1));
-  //  - the chunk decay e^{Gamma_C} depends on every g_t.
-  dg.add_((d_chunk_decay * s.decay).unsqueeze(-1));
+  ChainGrads chain;
+#ifdef PRIME_WITH_CUDA
+  if (on_kernels) chain = chain_rule_kernels(c);
+#endif
+  if (!on_kernels) chain = chain_rule_aten(c, decay);
 
   GdnChunkGrads grads;
-  grads.q = from_chunks(dq, B, T, H);
-  grads.k = from_chunks(dk, B, T, H);
-  grads.v = from_chunks(dv, B, T, H);
-  grads.g = from_chunks(dg, B, T, H);
-  grads.beta = from_chunks(d_beta, B, T, H);
+  grads.q = from_chunks(chain.dq, B, T, H);
+  grads.k = from_chunks(chain.dk, B, T, H);
+  grads.v = from_chunks(chain.dv, B, T, H);
+  grads.g = from_chunks(chain.dg, B, T, H);
+  grads.beta = from_chunks(chain.d_beta, B, T, H);
   grads.state = d_initial.view({B, H, D, D});
   return grads;
 }

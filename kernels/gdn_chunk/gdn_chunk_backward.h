@@ -10,9 +10,11 @@
 //   G_{n-1} = (e^Gamma Q - scores W)^T dO_n + e^{Gamma_C} G_n - W^T (K_d G_n)   (the reverse walk)
 //   dU = scores^T dO + K_d G,  dW = -dU S_n^T,  dT = dU (beta V)^T + dW (beta e^Gamma K)^T,
 //   dA = -T^T dT T^T (strictly lower), then the products' and the gates' chain rule; dg is the
-// reverse cumulative sum of dGamma within the chunk. Everything but the walk and T is batched
-// matmuls and elementwise ops over [B*H, N, 64, ...]; Gamma's differences are taken in float64,
-// as in the forward.
+// reverse cumulative sum of dGamma within the chunk (the decay factors' terms summed straight
+// into dg: see gdn_chunk_backward.cpp). Everything but the walk and T is batched matmuls over
+// [B*H, N, 64, ...] and elementwise work: on CUDA three kernels (gdn_backward_kernels.cu, one
+// block per chunk), elsewhere ATen ops. Gamma's differences are taken in float64, as in the
+// forward.
 #pragma once
 
 #include <ATen/ATen.h>

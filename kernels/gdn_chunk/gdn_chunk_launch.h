@@ -48,6 +48,26 @@ bool gdn_forward_fits_device(int64_t head_dim, int device);
 void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const at::Tensor& g, const at::Tensor& u,
                                const at::Tensor& states, const at::Tensor& o);
 
+// The written-out backward's elementwise work (gdn_backward_kernels.cu), per 64-step chunk of
+// [MN, 64, ...] operands (MN = B*H*N chunks; g, beta [MN, 64]; fp32, contiguous):
+// scores [MN,64,64] = qk * D with D_ij = e^{Gamma_i - Gamma_j} (j <= i), else 0.
+void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const at::Tensor& scores);
+// d_scores becomes d(QK^T) = d_scores * D; p (T^T dT T^T) becomes d(KK^T) = -beta_i p_ij D_ij below
+// the diagonal (0 elsewhere); d_beta_a [MN,64] = sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the
+// decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij) kk_ij) D_ij.
+void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
+                               const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                               const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
+// dq += e^Gamma d_q_decayed, dk += beta e^Gamma d_k_in + e^{Gamma_C - Gamma} d_k_decayed,
+// dv = beta d_v_in; dg and d_beta [MN,64] in full (with d_beta_a, dg_decay from the gates and
+// d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}).
+struct GdnBackwardRows {
+  at::Tensor q, k, v, d_q_decayed, d_k_in, d_k_decayed, d_v_in, dq, dk, dv;  // [MN,64,D]
+  at::Tensor g, beta, d_beta_a, dg_decay, dg, d_beta;                         // [MN,64]
+  at::Tensor chunk_decay, d_chunk_decay;                                      // [MN]
+};
+void launch_gdn_backward_rows(const GdnBackwardRows& rows);
+
 // The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, scan and output in three kernels.
 // q, k, v, o [B,T,H,D] bf16 with D in {32, 64, 128}; g, beta [B,T,H] fp32; initial [M,D,D] fp32
 // or undefined (zeros); starts [N] bool or undefined (as launch_chunk_scan's). Scratch it writes:

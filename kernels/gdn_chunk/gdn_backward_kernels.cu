@@ -1,0 +1,238 @@
+// CUDA kernels of GDN's written-out chunked backward (gdn_chunk_backward.cpp): the elementwise
+// work and row sums around its batched products, one block per 64-step chunk, each reading its
+// operands once. Gamma is formed per chunk in float64 as in the forward, so no [64][64] decay
+// matrix goes through memory.
+//  - scores: scores = (Q K^T) * D, D_ij = e^{Gamma_i - Gamma_j} for j <= i, else 0.
+//  - gates: from d_scores = dO U^T, Q K^T, P = T^T dT T^T and K K^T: d(QK^T) = d_scores * D (over
+//    d_scores), dA * D = -P * D below the diagonal, d(KK^T) = beta_i dA_ij D_ij (over P), beta's
+//    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
+//    E = dD * D.
+//  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
+//    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+constexpr int kChunk = 64;
+constexpr int kThreads = 256;
+constexpr int kLd = kChunk + 1;  // [64][65]: a column walk touches 64 banks
+
+// gamma[t] = sum_{s <= t} g[s] in float64 for the block's chunk (g: its 64 gates). Synchronises.
+__device__ __forceinline__ void chunk_gamma(const float* g, double* gamma) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    double low = g[lane], high = g[32 + lane];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const double a = __shfl_up_sync(0xffffffffu, low, offset), b = __shfl_up_sync(0xffffffffu, high, offset);
+      if (lane >= offset) low += a, high += b;
+    }
+    const double total_low = __shfl_sync(0xffffffffu, low, 31);
+    gamma[lane] = low;
+    gamma[32 + lane] = high + total_low;
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads) gdn_backward_scores_kernel(const float* __restrict__ qk,
+                                                                       const float* __restrict__ g,
+                                                                       float* __restrict__ scores) {
+  __shared__ double gamma[kChunk];
+  const size_t chunk = blockIdx.x;
+  chunk_gamma(g + chunk * kChunk, gamma);
+  const float* in = qk + chunk * kChunk * kChunk;
+  float* out = scores + chunk * kChunk * kChunk;
+  for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
+    const int i = index / kChunk, j = index % kChunk;
+    out[index] = j <= i ? in[index] * expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
+    float* __restrict__ d_scores, const float* __restrict__ qk, float* __restrict__ p, const float* __restrict__ kk,
+    const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ d_beta_a,
+    float* __restrict__ dg_decay) {
+  __shared__ double gamma[kChunk];
+  __shared__ float e[kChunk][kLd];      // E = dD * D, then its columns summed from the bottom
+  __shared__ float a_kk[kChunk][kLd];   // dA_ij D_ij (k_i . k_j)
+  const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
+  chunk_gamma(g + chunk * kChunk, gamma);
+  for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
+    const int i = index / kChunk, j = index % kChunk;
+    const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+    const float ds = d_scores[base + index], b = beta[chunk * kChunk + i];
+    d_scores[base + index] = ds * decay;                             // d(Q K^T)
+    const float a = j < i ? -p[base + index] * decay : 0.0f;        // dA_ij D_ij
+    const float akk = a * kk[base + index];
+    p[base + index] = a * b;                                         // d(K K^T)
+    a_kk[i][j] = akk;
+    e[i][j] = ds * qk[base + index] * decay + akk * b;
+  }
+  __syncthreads();
+  const int t = threadIdx.x;
+  if (t < kChunk) {  // column t summed from the bottom, in place
+    float sum = 0.0f;
+    for (int i = kChunk - 1; i >= 0; --i) sum += e[i][t], e[i][t] = sum;
+  } else if (t < 2 * kChunk) {
+    const int row = t - kChunk;
+    float sum = 0.0f;
+    for (int j = 0; j < row; ++j) sum += a_kk[row][j];
+    d_beta_a[chunk * kChunk + row] = sum;
+  }
+  __syncthreads();
+  if (t < kChunk) {  // dg_t's decay part: sum_{j < t} sum_{i >= t} E_ij
+    float sum = 0.0f;
+    for (int j = 0; j < t; ++j) sum += e[t][j];
+    dg_decay[chunk * kChunk + t] = sum;
+  }
+}
+
+struct RowsParams {
+  const float *q, *k, *v, *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;  // [MN,64,D]
+  float *dq, *dk, *dv;                                                   // [MN,64,D]
+  const float *g, *beta, *d_beta_a, *dg_decay;                           // [MN,64]
+  const float *chunk_decay, *d_chunk_decay;                              // [MN]
+  float *dg, *d_beta;                                                    // [MN,64]
+  int D;
+};
+
+template <int PER_LANE>
+__global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams p) {
+  __shared__ double gamma[kChunk];
+  __shared__ float local[kChunk], to_end_dot[kChunk], beta_dot[kChunk];
+  const size_t chunk = blockIdx.x;
+  chunk_gamma(p.g + chunk * kChunk, gamma);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < kChunk; t += kThreads / 32) {
+    const float e_gamma = static_cast<float>(exp(gamma[t]));
+    const float to_end = static_cast<float>(exp(gamma[kChunk - 1] - gamma[t]));
+    const float b = p.beta[chunk * kChunk + t], k_scale = b * e_gamma;
+    const size_t row = (chunk * kChunk + t) * static_cast<size_t>(p.D);
+    float dot_q = 0.0f, dot_k_in = 0.0f, dot_k_decayed = 0.0f, dot_v = 0.0f;
+#pragma unroll
+    for (int r = 0; r < PER_LANE; ++r) {
+      const size_t x = row + lane + 32 * r;
+      const float q = p.q[x], k = p.k[x], v = p.v[x];
+      const float dqd = p.d_q_decayed[x], dki = p.d_k_in[x], dkd = p.d_k_decayed[x], dvi = p.d_v_in[x];
+      p.dq[x] += dqd * e_gamma;
+      p.dk[x] += dki * k_scale + dkd * to_end;
+      p.dv[x] = dvi * b;
+      dot_q = fmaf(dqd, q, dot_q);
+      dot_k_in = fmaf(dki, k, dot_k_in);
+      dot_k_decayed = fmaf(dkd, k, dot_k_decayed);
+      dot_v = fmaf(dvi, v, dot_v);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      dot_q += __shfl_xor_sync(0xffffffffu, dot_q, offset);
+      dot_k_in += __shfl_xor_sync(0xffffffffu, dot_k_in, offset);
+      dot_k_decayed += __shfl_xor_sync(0xffffffffu, dot_k_decayed, offset);
+      dot_v += __shfl_xor_sync(0xffffffffu, dot_v, offset);
+    }
+    if (lane == 0) {
+      local[t] = k_scale * dot_k_in + e_gamma * dot_q;  // dGamma_t through e^Gamma
+      to_end_dot[t] = to_end * dot_k_decayed;
+      beta_dot[t] = dot_v + e_gamma * dot_k_in;
+    }
+  }
+  __syncthreads();
+  const int t = threadIdx.x;
+  if (t < kChunk) {
+    const size_t at = chunk * kChunk + t;
+    float from_end = 0.0f, before = 0.0f;
+    for (int s = kChunk - 1; s >= t; --s) from_end += local[s];
+    for (int i = 0; i < t; ++i) before += to_end_dot[i];
+    p.dg[at] = from_end + p.dg_decay[at] + before + p.d_chunk_decay[chunk] * p.chunk_decay[chunk];
+    p.d_beta[at] = beta_dot[t] + p.d_beta_a[at];
+  }
+}
+
+void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width) {
+  check_operand(tensor, op, name, at::kFloat, 3);
+  PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk && tensor.size(2) == width, op, ": ", name, " ",
+              tensor.sizes(), ", want [", chunks, ", 64, ", width, "]");
+}
+
+void check_gates(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks) {
+  check_operand(tensor, op, name, at::kFloat, 2);
+  PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk, op, ": ", name, " ", tensor.sizes());
+}
+
+}  // namespace
+
+void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const at::Tensor& scores) {
+  const char* op = "gdn_backward_scores";
+  const int64_t chunks = qk.size(0);
+  check_chunks(qk, op, "qk", chunks, kChunk);
+  check_chunks(scores, op, "scores", chunks, kChunk);
+  check_gates(g, op, "g", chunks);
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(qk.device());
+  gdn_backward_scores_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      qk.data_ptr<float>(), g.data_ptr<float>(), scores.data_ptr<float>());
+  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_scores_kernel");
+}
+
+void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
+                               const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                               const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
+  const char* op = "gdn_backward_gates";
+  const int64_t chunks = qk.size(0);
+  for (const auto& [tensor, name] : {std::pair{&d_scores, "d_scores"}, {&qk, "qk"}, {&p, "p"}, {&kk, "kk"}})
+    check_chunks(*tensor, op, name, chunks, kChunk);
+  for (const auto& [tensor, name] : {std::pair{&g, "g"}, {&beta, "beta"}, {&d_beta_a, "d_beta_a"},
+                                     {&dg_decay, "dg_decay"}})
+    check_gates(*tensor, op, name, chunks);
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(qk.device());
+  gdn_backward_gates_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      d_scores.data_ptr<float>(), qk.data_ptr<float>(), p.data_ptr<float>(), kk.data_ptr<float>(),
+      g.data_ptr<float>(), beta.data_ptr<float>(), d_beta_a.data_ptr<float>(), dg_decay.data_ptr<float>());
+  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_kernel");
+}
+
+void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
+  const char* op = "gdn_backward_rows";
+  const int64_t chunks = rows.q.size(0), D = rows.q.size(2);
+  PRIME_CHECK(D == 32 || D == 64 || D == 128 || D == 256, op, ": head dim ", D, " is not 32, 64, 128 or 256");
+  for (const auto& [tensor, name] :
+       {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}, {&rows.d_q_decayed, "d_q_decayed"},
+        {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"}, {&rows.d_v_in, "d_v_in"}, {&rows.dq, "dq"},
+        {&rows.dk, "dk"}, {&rows.dv, "dv"}})
+    check_chunks(*tensor, op, name, chunks, D);
+  for (const auto& [tensor, name] : {std::pair{&rows.g, "g"}, {&rows.beta, "beta"}, {&rows.d_beta_a, "d_beta_a"},
+                                     {&rows.dg_decay, "dg_decay"}, {&rows.dg, "dg"}, {&rows.d_beta, "d_beta"}})
+    check_gates(*tensor, op, name, chunks);
+  for (const auto& [tensor, name] :
+       {std::pair{&rows.chunk_decay, "chunk_decay"}, {&rows.d_chunk_decay, "d_chunk_decay"}}) {
+    check_operand(*tensor, op, name, at::kFloat, 1);
+    PRIME_CHECK(tensor->size(0) == chunks, op, ": ", name, " ", tensor->sizes());
+  }
+  if (chunks == 0) return;
+  RowsParams p{rows.q.data_ptr<float>(),     rows.k.data_ptr<float>(),           rows.v.data_ptr<float>(),
+               rows.d_q_decayed.data_ptr<float>(), rows.d_k_in.data_ptr<float>(), rows.d_k_decayed.data_ptr<float>(),
+               rows.d_v_in.data_ptr<float>(), rows.dq.data_ptr<float>(),         rows.dk.data_ptr<float>(),
+               rows.dv.data_ptr<float>(),    rows.g.data_ptr<float>(),           rows.beta.data_ptr<float>(),
+               rows.d_beta_a.data_ptr<float>(), rows.dg_decay.data_ptr<float>(), rows.chunk_decay.data_ptr<float>(),
+               rows.d_chunk_decay.data_ptr<float>(), rows.dg.data_ptr<float>(),  rows.d_beta.data_ptr<float>(),
+               static_cast<int>(D)};
+  const at::cuda::CUDAGuard guard(rows.q.device());
+  const auto launch = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_rows_kernel");
+  };
+  switch (D) {
+    case 32: launch(gdn_backward_rows_kernel<1>); break;
+    case 64: launch(gdn_backward_rows_kernel<2>); break;
+    case 128: launch(gdn_backward_rows_kernel<4>); break;
+    default: launch(gdn_backward_rows_kernel<8>); break;
+  }
+}
+
+}  // namespace prime::kernels::detail
