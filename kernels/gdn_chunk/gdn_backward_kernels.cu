@@ -8,7 +8,8 @@
 //    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
 //    E = dD * D.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
-//    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full.
+//    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full,
+//    written straight into the inputs' [B,T,H,...] layout.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -95,12 +96,20 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
 
 struct RowsParams {
   const float *q, *k, *v, *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;  // [MN,64,D]
-  float *dq, *dk, *dv;                                                   // [MN,64,D]
+  const float *dq_products, *dk_products;                                // [MN,64,D]
   const float *g, *beta, *d_beta_a, *dg_decay;                           // [MN,64]
   const float *chunk_decay, *d_chunk_decay;                              // [MN]
-  float *dg, *d_beta;                                                    // [MN,64]
-  int D;
+  float *dq, *dk, *dv;                                                   // [B,T,H,D]
+  float *dg, *d_beta;                                                    // [B,T,H]
+  int T, H, D, num_chunks;
 };
+
+// Where row t of chunk `chunk` ([B*H, N] flattened) lives in a [B,T,H] layout, or -1 past T.
+__device__ __forceinline__ long long time_major_row(const RowsParams& p, size_t chunk, int t) {
+  const int bh = static_cast<int>(chunk / p.num_chunks), time = static_cast<int>(chunk % p.num_chunks) * kChunk + t;
+  if (time >= p.T) return -1;
+  return (static_cast<long long>(bh / p.H) * p.T + time) * p.H + bh % p.H;
+}
 
 template <int PER_LANE>
 __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams p) {
@@ -114,15 +123,19 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
     const float to_end = static_cast<float>(exp(gamma[kChunk - 1] - gamma[t]));
     const float b = p.beta[chunk * kChunk + t], k_scale = b * e_gamma;
     const size_t row = (chunk * kChunk + t) * static_cast<size_t>(p.D);
+    const long long out_row = time_major_row(p, chunk, t);  // padding rows: row sums only
     float dot_q = 0.0f, dot_k_in = 0.0f, dot_k_decayed = 0.0f, dot_v = 0.0f;
 #pragma unroll
     for (int r = 0; r < PER_LANE; ++r) {
       const size_t x = row + lane + 32 * r;
       const float q = p.q[x], k = p.k[x], v = p.v[x];
       const float dqd = p.d_q_decayed[x], dki = p.d_k_in[x], dkd = p.d_k_decayed[x], dvi = p.d_v_in[x];
-      p.dq[x] += dqd * e_gamma;
-      p.dk[x] += dki * k_scale + dkd * to_end;
-      p.dv[x] = dvi * b;
+      if (out_row >= 0) {
+        const size_t y = static_cast<size_t>(out_row) * p.D + lane + 32 * r;
+        p.dq[y] = p.dq_products[x] + dqd * e_gamma;
+        p.dk[y] = p.dk_products[x] + dki * k_scale + dkd * to_end;
+        p.dv[y] = dvi * b;
+      }
       dot_q = fmaf(dqd, q, dot_q);
       dot_k_in = fmaf(dki, k, dot_k_in);
       dot_k_decayed = fmaf(dkd, k, dot_k_decayed);
@@ -148,8 +161,11 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
     float from_end = 0.0f, before = 0.0f;
     for (int s = kChunk - 1; s >= t; --s) from_end += local[s];
     for (int i = 0; i < t; ++i) before += to_end_dot[i];
-    p.dg[at] = from_end + p.dg_decay[at] + before + p.d_chunk_decay[chunk] * p.chunk_decay[chunk];
-    p.d_beta[at] = beta_dot[t] + p.d_beta_a[at];
+    const long long out_row = time_major_row(p, chunk, t);
+    if (out_row >= 0) {
+      p.dg[out_row] = from_end + p.dg_decay[at] + before + p.d_chunk_decay[chunk] * p.chunk_decay[chunk];
+      p.d_beta[out_row] = beta_dot[t] + p.d_beta_a[at];
+    }
   }
 }
 
@@ -203,25 +219,55 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   PRIME_CHECK(D == 32 || D == 64 || D == 128 || D == 256, op, ": head dim ", D, " is not 32, 64, 128 or 256");
   for (const auto& [tensor, name] :
        {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}, {&rows.d_q_decayed, "d_q_decayed"},
-        {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"}, {&rows.d_v_in, "d_v_in"}, {&rows.dq, "dq"},
-        {&rows.dk, "dk"}, {&rows.dv, "dv"}})
+        {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"}, {&rows.d_v_in, "d_v_in"},
+        {&rows.dq_products, "dq_products"}, {&rows.dk_products, "dk_products"}})
     check_chunks(*tensor, op, name, chunks, D);
   for (const auto& [tensor, name] : {std::pair{&rows.g, "g"}, {&rows.beta, "beta"}, {&rows.d_beta_a, "d_beta_a"},
-                                     {&rows.dg_decay, "dg_decay"}, {&rows.dg, "dg"}, {&rows.d_beta, "d_beta"}})
+                                     {&rows.dg_decay, "dg_decay"}})
     check_gates(*tensor, op, name, chunks);
   for (const auto& [tensor, name] :
        {std::pair{&rows.chunk_decay, "chunk_decay"}, {&rows.d_chunk_decay, "d_chunk_decay"}}) {
     check_operand(*tensor, op, name, at::kFloat, 1);
     PRIME_CHECK(tensor->size(0) == chunks, op, ": ", name, " ", tensor->sizes());
   }
+  check_operand(rows.dq, op, "dq", at::kFloat, 4);
+  const int64_t B = rows.dq.size(0), T = rows.dq.size(1), H = rows.dq.size(2);
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  PRIME_CHECK(rows.dq.size(3) == D && B * H * N == chunks, op, ": dq ", rows.dq.sizes(), " for ", chunks,
+              " chunks of head dim ", D);
+  for (const auto& [tensor, name] : {std::pair{&rows.dk, "dk"}, {&rows.dv, "dv"}}) {
+    check_operand(*tensor, op, name, at::kFloat, 4);
+    PRIME_CHECK(tensor->sizes() == rows.dq.sizes(), op, ": ", name, " ", tensor->sizes(), " vs dq ", rows.dq.sizes());
+  }
+  for (const auto& [tensor, name] : {std::pair{&rows.dg, "dg"}, {&rows.d_beta, "d_beta"}}) {
+    check_operand(*tensor, op, name, at::kFloat, 3);
+    PRIME_CHECK(tensor->sizes() == rows.dq.sizes().slice(0, 3), op, ": ", name, " ", tensor->sizes());
+  }
   if (chunks == 0) return;
-  RowsParams p{rows.q.data_ptr<float>(),     rows.k.data_ptr<float>(),           rows.v.data_ptr<float>(),
-               rows.d_q_decayed.data_ptr<float>(), rows.d_k_in.data_ptr<float>(), rows.d_k_decayed.data_ptr<float>(),
-               rows.d_v_in.data_ptr<float>(), rows.dq.data_ptr<float>(),         rows.dk.data_ptr<float>(),
-               rows.dv.data_ptr<float>(),    rows.g.data_ptr<float>(),           rows.beta.data_ptr<float>(),
-               rows.d_beta_a.data_ptr<float>(), rows.dg_decay.data_ptr<float>(), rows.chunk_decay.data_ptr<float>(),
-               rows.d_chunk_decay.data_ptr<float>(), rows.dg.data_ptr<float>(),  rows.d_beta.data_ptr<float>(),
-               static_cast<int>(D)};
+  RowsParams p{rows.q.data_ptr<float>(),
+               rows.k.data_ptr<float>(),
+               rows.v.data_ptr<float>(),
+               rows.d_q_decayed.data_ptr<float>(),
+               rows.d_k_in.data_ptr<float>(),
+               rows.d_k_decayed.data_ptr<float>(),
+               rows.d_v_in.data_ptr<float>(),
+               rows.dq_products.data_ptr<float>(),
+               rows.dk_products.data_ptr<float>(),
+               rows.g.data_ptr<float>(),
+               rows.beta.data_ptr<float>(),
+               rows.d_beta_a.data_ptr<float>(),
+               rows.dg_decay.data_ptr<float>(),
+               rows.chunk_decay.data_ptr<float>(),
+               rows.d_chunk_decay.data_ptr<float>(),
+               rows.dq.data_ptr<float>(),
+               rows.dk.data_ptr<float>(),
+               rows.dv.data_ptr<float>(),
+               rows.dg.data_ptr<float>(),
+               rows.d_beta.data_ptr<float>(),
+               static_cast<int>(T),
+               static_cast<int>(H),
+               static_cast<int>(D),
+               static_cast<int>(N)};
   const at::cuda::CUDAGuard guard(rows.q.device());
   const auto launch = [&](auto kernel) {
     kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);

@@ -67,7 +67,7 @@ struct ChainRule {
 };
 
 struct ChainGrads {
-  at::Tensor dq, dk, dv, dg, d_beta;  // per chunk
+  at::Tensor dq, dk, dv, dg, d_beta;  // per chunk ([M,N,64,...]), or in the inputs' layout (kernels)
 };
 
 // The decay matrix D_ij = e^{Gamma_i - Gamma_j} (j <= i; 0 above the diagonal) from float64 Gamma.
@@ -123,7 +123,8 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
 
 #ifdef PRIME_WITH_CUDA
 // The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
-ChainGrads chain_rule_kernels(const ChainRule& c) {
+// The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
+ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H) {
   const int64_t M = c.q.size(0), N = c.q.size(1), D = c.q.size(3), MN = M * N;
   const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
@@ -133,20 +134,24 @@ ChainGrads chain_rule_kernels(const ChainRule& c) {
   const at::Tensor& d_kk = c.p;         // written over
   detail::launch_gdn_backward_gates(chunks(d_qk), chunks(c.qk), chunks(d_kk), chunks(c.kk), g, beta, d_beta_a,
                                     dg_decay);
+  const at::Tensor dq = at::matmul(d_qk, c.k);
+  at::Tensor dk = at::matmul(transposed(d_qk), c.q);
+  accumulate(dk, d_kk, c.k);
+  accumulate(dk, transposed(d_kk), c.k);
   ChainGrads out;
-  out.dq = at::matmul(d_qk, c.k);
-  out.dk = at::matmul(transposed(d_qk), c.q);
-  accumulate(out.dk, d_kk, c.k);
-  accumulate(out.dk, transposed(d_kk), c.k);
-  out.dv = at::empty_like(c.v);
-  out.dg = at::empty({M, N, kChunk}, c.g.options());
+  out.dq = at::empty({B, T, H, D}, c.q.options());
+  out.dk = at::empty_like(out.dq);
+  out.dv = at::empty_like(out.dq);
+  out.dg = at::empty({B, T, H}, c.g.options());
   out.d_beta = at::empty_like(out.dg);
-  detail::GdnBackwardRows rows{chunks(c.q), chunks(c.k), chunks(c.v), chunks(c.d_q_decayed), chunks(c.d_k_in),
-                               chunks(c.d_k_decayed), chunks(c.d_v_in), chunks(out.dq), chunks(out.dk),
-                               chunks(out.dv), g, beta, d_beta_a, dg_decay, gates(out.dg), gates(out.d_beta),
-                               c.chunk_decay.reshape({MN}), c.d_chunk_decay.reshape({MN}).contiguous()};
+  detail::GdnBackwardRows rows{chunks(c.q),      chunks(c.k),          chunks(c.v),        chunks(c.d_q_decayed),
+                               chunks(c.d_k_in), chunks(c.d_k_decayed), chunks(c.d_v_in),   chunks(dq),
+                               chunks(dk),       g,                     beta,               d_beta_a,
+                               dg_decay,         c.chunk_decay.reshape({MN}),
+                               c.d_chunk_decay.reshape({MN}).contiguous(),
+                               out.dq,           out.dk,                out.dv,             out.dg,
+                               out.d_beta};
   detail::launch_gdn_backward_rows(rows);
-  (void)D;
   return out;
 }
 #endif
@@ -215,19 +220,21 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.d_k_in = at::matmul(transposed(inverse), d_w);
   c.p = product(at::matmul(transposed(inverse), d_inverse), transposed(inverse), 1.0);  // dA = -p
 
-  ChainGrads chain;
-#ifdef PRIME_WITH_CUDA
-  if (on_kernels) chain = chain_rule_kernels(c);
-#endif
-  if (!on_kernels) chain = chain_rule_aten(c, decay);
-
   GdnChunkGrads grads;
+  grads.state = d_initial.view({B, H, D, D});
+#ifdef PRIME_WITH_CUDA
+  if (on_kernels) {  // already in the inputs' layout
+    const ChainGrads chain = chain_rule_kernels(c, B, T, H);
+    grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
+    return grads;
+  }
+#endif
+  const ChainGrads chain = chain_rule_aten(c, decay);
   grads.q = from_chunks(chain.dq, B, T, H);
   grads.k = from_chunks(chain.dk, B, T, H);
   grads.v = from_chunks(chain.dv, B, T, H);
   grads.g = from_chunks(chain.dg, B, T, H);
   grads.beta = from_chunks(chain.d_beta, B, T, H);
-  grads.state = d_initial.view({B, H, D, D});
   return grads;
 }
 

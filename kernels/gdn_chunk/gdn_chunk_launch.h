@@ -58,13 +58,15 @@ void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const
 void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
-// dq += e^Gamma d_q_decayed, dk += beta e^Gamma d_k_in + e^{Gamma_C - Gamma} d_k_decayed,
-// dv = beta d_v_in; dg and d_beta [MN,64] in full (with d_beta_a, dg_decay from the gates and
-// d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}).
+// dq = dq_products + e^Gamma d_q_decayed, dk = dk_products + beta e^Gamma d_k_in +
+// e^{Gamma_C - Gamma} d_k_decayed, dv = beta d_v_in, and dg, d_beta in full (with d_beta_a,
+// dg_decay from the gates and d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}), all
+// written in the inputs' layout: dq, dk, dv [B,T,H,D], dg, d_beta [B,T,H] (MN = B*H*ceil(T/64)).
 struct GdnBackwardRows {
-  at::Tensor q, k, v, d_q_decayed, d_k_in, d_k_decayed, d_v_in, dq, dk, dv;  // [MN,64,D]
-  at::Tensor g, beta, d_beta_a, dg_decay, dg, d_beta;                         // [MN,64]
-  at::Tensor chunk_decay, d_chunk_decay;                                      // [MN]
+  at::Tensor q, k, v, d_q_decayed, d_k_in, d_k_decayed, d_v_in, dq_products, dk_products;  // [MN,64,D]
+  at::Tensor g, beta, d_beta_a, dg_decay;                                                 // [MN,64]
+  at::Tensor chunk_decay, d_chunk_decay;                                                  // [MN]
+  at::Tensor dq, dk, dv, dg, d_beta;                                                      // time-major
 };
 void launch_gdn_backward_rows(const GdnBackwardRows& rows);
 
