@@ -526,3 +526,28 @@ TEST_CASE("GDN trained on the fused forward: a small shape for the sanitizer", "
   for (size_t i = 0; i < reference.grads.size(); ++i)
     CHECK(norm_relative_error(ours.grads[i], reference.grads[i]) <= 1e-4);
 }
+
+#ifdef PRIME_WITH_CUDA
+TEST_CASE("GDN kernels apply only where their blocks fit the device's shared memory", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  const int64_t optin = static_cast<int64_t>(at::cuda::getDeviceProperties(0)->sharedMemPerBlockOptin);
+  // At head dim 256 the scan's block takes 174,080 bytes and the fused forward's prep 168,960:
+  // an H100/H200 (232,448) fits both, an A100 (166,912) neither, so there the torch form runs.
+  const auto q_of = [&](int64_t D) { return at::randn({1, 70, 1, D}, at::TensorOptions().device(cuda)); };
+  const at::Tensor q256 = q_of(256), g256 = q256.select(-1, 0);
+  CHECK(kernels::gdn_chunk_kernels_apply(q256, 64) == (optin >= 174080));
+  CHECK(kernels::gdn_chunk_fused_apply(q256, q256, q256, g256, g256, at::Tensor(), 64, at::Tensor()) ==
+        (optin >= 174080));
+  const at::Tensor q128 = q_of(128);
+  CHECK(kernels::gdn_chunk_kernels_apply(q128, 64));
+  // Where they do not apply, the core still runs (the torch form) and matches float64.
+  const CoreInputs in = random_core_inputs(1, 70, 1, 256, 8);
+  const auto ours = model::gated_delta_rule_chunked(in.q.to(cuda, at::kFloat), in.k.to(cuda, at::kFloat),
+                                                    in.v.to(cuda, at::kFloat), in.g.to(cuda, at::kFloat),
+                                                    in.beta.to(cuda, at::kFloat), at::Tensor(), 64);
+  const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, at::Tensor(), 64);
+  CHECK(norm_relative_error(ours.first, reference.first) <= 1e-4);
+}
+#endif
