@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/restart_segments.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
@@ -62,6 +63,7 @@ struct Bf16Params {
   const float* initial;           // [M,D,D] or null (zeros)
   float* final_state;             // [M,D,D]
   const bool* starts;             // [N] or null
+  const int* segment_begins;      // restart_segments' list for starts, or null (one segment)
   Bf16* o;                        // [B,T,H,D]
 };
 
@@ -347,130 +349,136 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
     copy_async<kChunk, D>(kds, p.k_decayed + chunk_rows(n), D);
     cp_async_commit();
   };
-  fetch_w(0);
-  fetch_kd(0);
-
   const int state_c0 = 16 * (warp % CB);
-  Acc s[kStatePerWarp];
-#pragma unroll
-  for (int i = 0; i < kStatePerWarp; ++i) {
-    const int f = warp + kWarps * i;
-    if (f < kStateTiles && p.initial != nullptr)
-      wmma::load_matrix_sync(s[i], p.initial + m * state_size + 16 * (f / CB) * D + col0 + state_c0, D,
-                             wmma::mem_row_major);
-    else
-      wmma::fill_fragment(s[i], 0.0f);
-  }
   const int u_r0 = 16 * ((kUPerWarp * warp) / CB), u_c0 = 16 * ((kUPerWarp * warp) % CB);
-  // Each chunk's decay and start flag are read a chunk ahead (a global load's latency off the walk).
-  float decay_next = p.decay[m * N];
-  bool start_next = p.starts != nullptr && p.starts[0];
-  for (int n = 0; n < N; ++n) {
-    const float d = decay_next;
-    const bool start = start_next;
-    if (n + 1 < N) {
-      decay_next = p.decay[m * N + n + 1];
-      start_next = p.starts != nullptr && p.starts[n + 1];
-    }
-    if (start) {  // a document's first chunk (uniform over the block)
-#pragma unroll
-      for (int i = 0; i < kStatePerWarp; ++i) wmma::fill_fragment(s[i], 0.0f);
-    }
-    // bf16(S) to shared memory and to states[n].
-    Bf16* states_n = p.states + (m * N + n) * state_size + col0;
+  // With document starts, the segments between them are walked independently (block slot
+  // blockIdx.z takes its share; kernels/common/restart_segments.cuh).
+  for_each_restart_segment(p.segment_begins, N, blockIdx.z, gridDim.z, [&](int begin, int end, bool first,
+                                                                         bool last) {
+    fetch_w(begin);
+    fetch_kd(begin);
+    Acc s[kStatePerWarp];
 #pragma unroll
     for (int i = 0; i < kStatePerWarp; ++i) {
       const int f = warp + kWarps * i;
-      if (f >= kStateTiles) continue;
-      const int r0 = 16 * (f / CB);
-      if constexpr (kDirect) {
-        for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
-          const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
-          *reinterpret_cast<__nv_bfloat162*>(sb + (r0 + row) * ldc + state_c0 + col) = pair;
-          *reinterpret_cast<__nv_bfloat162*>(states_n + (r0 + row) * D + state_c0 + col) = pair;
-        });
-      } else {
-        emit_tile(s[i], scratch, [&](int row, int col, const float* x) {
-          const uint4 packed = pack8(x);
-          *reinterpret_cast<uint4*>(sb + (r0 + row) * ldc + state_c0 + col) = packed;
-          *reinterpret_cast<uint4*>(states_n + (r0 + row) * D + state_c0 + col) = packed;
-        });
-      }
+      if (first && f < kStateTiles && p.initial != nullptr)
+        wmma::load_matrix_sync(s[i], p.initial + m * state_size + 16 * (f / CB) * D + col0 + state_c0, D,
+                               wmma::mem_row_major);
+      else
+        wmma::fill_fragment(s[i], 0.0f);
     }
-    cp_async_wait<1>();  // W_n and U'_n (K_d n may still be in flight)
-    __syncthreads();
-    // U_n = U'_n - W_n S, to shared memory and over U'_n in global memory.
-    Bf16* u_n = p.u + chunk_rows(n) + col0;
-    {
-      Acc acc[kUPerWarp];
-#pragma unroll
-      for (int i = 0; i < kUPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-#pragma unroll 4
-      for (int k0 = 0; k0 < D; k0 += 16) {
-        FragA a;
-        wmma::load_matrix_sync(a, ws + u_r0 * ld + k0, ld);
-#pragma unroll
-        for (int i = 0; i < kUPerWarp; ++i) {
-          FragB bm;
-          wmma::load_matrix_sync(bm, sb + k0 * ldc + u_c0 + 16 * i, ldc);
-          wmma::mma_sync(acc[i], a, bm, acc[i]);
-        }
+    // Each chunk's decay and start flag are read a chunk ahead (a global load's latency off the walk).
+    float decay_next = p.decay[m * N + begin];
+    bool start_next = p.starts != nullptr && p.starts[begin];
+    for (int n = begin; n < end; ++n) {
+      const float d = decay_next;
+      const bool start = start_next;
+      if (n + 1 < end) {
+        decay_next = p.decay[m * N + n + 1];
+        start_next = p.starts != nullptr && p.starts[n + 1];
       }
+      if (start) {  // a document's first chunk (uniform over the block)
 #pragma unroll
-      for (int i = 0; i < kUPerWarp; ++i) {
-        const int c0 = u_c0 + 16 * i;
-        if constexpr (kDirect) {
-          for_each_pair(acc[i], [&](int row, int col, float x0, float x1) {
-            const int at = (u_r0 + row) * ldc + c0 + col;
-            const float2 target = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ups + at));
-            const __nv_bfloat162 pair = __floats2bfloat162_rn(target.x - x0, target.y - x1);
-            *reinterpret_cast<__nv_bfloat162*>(ub + at) = pair;
-            *reinterpret_cast<__nv_bfloat162*>(u_n + (u_r0 + row) * D + c0 + col) = pair;
-          });
-        } else {
-          emit_tile(acc[i], scratch, [&](int row, int col, float* x) {
-            float target[8];
-            unpack8(*reinterpret_cast<const uint4*>(ups + (u_r0 + row) * ldc + c0 + col), target);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) x[e] = target[e] - x[e];
-            const uint4 packed = pack8(x);
-            *reinterpret_cast<uint4*>(ub + (u_r0 + row) * ldc + c0 + col) = packed;
-            *reinterpret_cast<uint4*>(u_n + (u_r0 + row) * D + c0 + col) = packed;
-          });
-        }
+        for (int i = 0; i < kStatePerWarp; ++i) wmma::fill_fragment(s[i], 0.0f);
       }
-    }
-    cp_async_wait<0>();  // K_d n
-    __syncthreads();     // U_n complete; W_n, U'_n and bf16(S) read
-    if (n + 1 < N) fetch_w(n + 1);
-    // S = e^{G_end} S + K_d^T U_n: A's row k is K_d's column k (col-major view).
-#pragma unroll
-    for (int i = 0; i < kStatePerWarp; ++i)
-#pragma unroll
-      for (int e = 0; e < s[i].num_elements; ++e) s[i].x[e] *= d;
-#pragma unroll
-    for (int k0 = 0; k0 < kChunk; k0 += 16) {
-      FragB bm;
-      wmma::load_matrix_sync(bm, ub + k0 * ldc + state_c0, ldc);
+      // bf16(S) to shared memory and to states[n].
+      Bf16* states_n = p.states + (m * N + n) * state_size + col0;
 #pragma unroll
       for (int i = 0; i < kStatePerWarp; ++i) {
         const int f = warp + kWarps * i;
         if (f >= kStateTiles) continue;
-        FragAt a;
-        wmma::load_matrix_sync(a, kds + k0 * ld + 16 * (f / CB), ld);
-        wmma::mma_sync(s[i], a, bm, s[i]);
+        const int r0 = 16 * (f / CB);
+        if constexpr (kDirect) {
+          for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
+            *reinterpret_cast<__nv_bfloat162*>(sb + (r0 + row) * ldc + state_c0 + col) = pair;
+            *reinterpret_cast<__nv_bfloat162*>(states_n + (r0 + row) * D + state_c0 + col) = pair;
+          });
+        } else {
+          emit_tile(s[i], scratch, [&](int row, int col, const float* x) {
+            const uint4 packed = pack8(x);
+            *reinterpret_cast<uint4*>(sb + (r0 + row) * ldc + state_c0 + col) = packed;
+            *reinterpret_cast<uint4*>(states_n + (r0 + row) * D + state_c0 + col) = packed;
+          });
+        }
+      }
+      cp_async_wait<1>();  // W_n and U'_n (K_d n may still be in flight)
+      __syncthreads();
+      // U_n = U'_n - W_n S, to shared memory and over U'_n in global memory.
+      Bf16* u_n = p.u + chunk_rows(n) + col0;
+      {
+        Acc acc[kUPerWarp];
+#pragma unroll
+        for (int i = 0; i < kUPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+#pragma unroll 4
+        for (int k0 = 0; k0 < D; k0 += 16) {
+          FragA a;
+          wmma::load_matrix_sync(a, ws + u_r0 * ld + k0, ld);
+#pragma unroll
+          for (int i = 0; i < kUPerWarp; ++i) {
+            FragB bm;
+            wmma::load_matrix_sync(bm, sb + k0 * ldc + u_c0 + 16 * i, ldc);
+            wmma::mma_sync(acc[i], a, bm, acc[i]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kUPerWarp; ++i) {
+          const int c0 = u_c0 + 16 * i;
+          if constexpr (kDirect) {
+            for_each_pair(acc[i], [&](int row, int col, float x0, float x1) {
+              const int at = (u_r0 + row) * ldc + c0 + col;
+              const float2 target = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ups + at));
+              const __nv_bfloat162 pair = __floats2bfloat162_rn(target.x - x0, target.y - x1);
+              *reinterpret_cast<__nv_bfloat162*>(ub + at) = pair;
+              *reinterpret_cast<__nv_bfloat162*>(u_n + (u_r0 + row) * D + c0 + col) = pair;
+            });
+          } else {
+            emit_tile(acc[i], scratch, [&](int row, int col, float* x) {
+              float target[8];
+              unpack8(*reinterpret_cast<const uint4*>(ups + (u_r0 + row) * ldc + c0 + col), target);
+#pragma unroll
+              for (int e = 0; e < 8; ++e) x[e] = target[e] - x[e];
+              const uint4 packed = pack8(x);
+              *reinterpret_cast<uint4*>(ub + (u_r0 + row) * ldc + c0 + col) = packed;
+              *reinterpret_cast<uint4*>(u_n + (u_r0 + row) * D + c0 + col) = packed;
+            });
+          }
+        }
+      }
+      cp_async_wait<0>();  // K_d n
+      __syncthreads();     // U_n complete; W_n, U'_n and bf16(S) read
+      if (n + 1 < end) fetch_w(n + 1);
+      // S = e^{G_end} S + K_d^T U_n: A's row k is K_d's column k (col-major view).
+#pragma unroll
+      for (int i = 0; i < kStatePerWarp; ++i)
+#pragma unroll
+        for (int e = 0; e < s[i].num_elements; ++e) s[i].x[e] *= d;
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        FragB bm;
+        wmma::load_matrix_sync(bm, ub + k0 * ldc + state_c0, ldc);
+#pragma unroll
+        for (int i = 0; i < kStatePerWarp; ++i) {
+          const int f = warp + kWarps * i;
+          if (f >= kStateTiles) continue;
+          FragAt a;
+          wmma::load_matrix_sync(a, kds + k0 * ld + 16 * (f / CB), ld);
+          wmma::mma_sync(s[i], a, bm, s[i]);
+        }
+      }
+      __syncthreads();  // K_d n and U_n read
+      if (n + 1 < end) fetch_kd(n + 1);
+    }
+    if (last) {
+#pragma unroll
+      for (int i = 0; i < kStatePerWarp; ++i) {
+        const int f = warp + kWarps * i;
+        if (f < kStateTiles)
+          wmma::store_matrix_sync(p.final_state + m * state_size + 16 * (f / CB) * D + col0 + state_c0, s[i], D,
+                                  wmma::mem_row_major);
       }
     }
-    __syncthreads();  // K_d n and U_n read
-    if (n + 1 < N) fetch_kd(n + 1);
-  }
-#pragma unroll
-  for (int i = 0; i < kStatePerWarp; ++i) {
-    const int f = warp + kWarps * i;
-    if (f < kStateTiles)
-      wmma::store_matrix_sync(p.final_state + m * state_size + 16 * (f / CB) * D + col0 + state_c0, s[i], D,
-                              wmma::mem_row_major);
-  }
+  });
 }
 
 template <int D>
@@ -554,11 +562,11 @@ void launch(Kernel kernel, dim3 grid, size_t shared, const Bf16Params& p, const 
 }
 
 template <int D>
-void launch_all(const Bf16Params& p, int64_t M, bool direct) {
+void launch_all(const Bf16Params& p, int64_t M, bool direct, int slots) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
   launch(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), p, "gdn_forward_prep_bf16_kernel");
-  const dim3 per_tile(D / CW, static_cast<unsigned>(M));
+  const dim3 per_tile(D / CW, static_cast<unsigned>(M), static_cast<unsigned>(slots));
   if (direct)
     launch(gdn_forward_scan_bf16_kernel<D, CW, true>, per_tile, scan_shared_bytes<D, CW>(), p,
            "gdn_forward_scan_bf16_kernel");
@@ -631,12 +639,14 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.o = reinterpret_cast<Bf16*>(o.data_ptr());
   const at::cuda::CUDAGuard guard(q.device());
   const bool direct = accumulator_layout_holds(q);
+  const RestartSegments segments = restart_segments(starts, N, M * (D == 32 ? 1 : D / 64));  // the scan's grid
+  p.segment_begins = segments.data();
   if (D == 32)
-    launch_all<32>(p, M, direct);
+    launch_all<32>(p, M, direct, segments.slots);
   else if (D == 64)
-    launch_all<64>(p, M, direct);
+    launch_all<64>(p, M, direct, segments.slots);
   else
-    launch_all<128>(p, M, direct);
+    launch_all<128>(p, M, direct, segments.slots);
 }
 
 }  // namespace prime::kernels::detail
