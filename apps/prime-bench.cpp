@@ -11,6 +11,7 @@
 #include "eval/decode_step_bench.h"
 #include "eval/packed_documents_bench.h"
 #include "eval/linear_decode_bench.h"
+#include "eval/chunk_gemm_bench.h"
 #include "eval/gated_norm_bench.h"
 #include "eval/rms_norm_bench.h"
 #include "eval/rope_bench.h"
@@ -257,6 +258,21 @@ void run_kernels(SsmOptions& options) {
               << std::setprecision(4) << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8)
               << row.kernel_tbps << std::setprecision(4) << std::setw(11) << row.torch_ms << std::setprecision(2)
               << std::setw(8) << row.torch_tbps << std::setw(7) << ratio(row.kernel_ms, row.torch_ms) << "x\n";
+  }
+  prime::eval::ChunkGemmBenchOptions products;
+  products.repeats = options.bench.repeats;
+  std::cout << "\nbatched fp32 products of the chunked backward (kernels/chunk_gemm, 3xTF32 tensor cores, vs cuBLAS's "
+            << "fp32 baddbmm), T = a transposed view\n"
+            << std::left << std::setw(30) << "batch x (m x k)(k x n)" << std::setw(30) << "used for" << std::right
+            << std::setw(10) << "ours ms" << std::setw(9) << "TFLOP/s" << std::setw(10) << "torch ms" << std::setw(9)
+            << "TFLOP/s" << std::setw(8) << "ratio" << std::setw(8) << "TB/s\n";
+  for (const auto& row : prime::eval::run_chunk_gemm_bench(products, device)) {
+    std::cout << std::left << std::setw(30) << row.shape << std::setw(30) << row.use << std::right << std::fixed
+              << std::setprecision(4) << std::setw(10) << row.kernel_ms << std::setprecision(1) << std::setw(9)
+              << row.kernel_tflops << std::setprecision(4) << std::setw(10) << row.torch_ms << std::setprecision(1)
+              << std::setw(9) << row.torch_tflops << std::setprecision(2) << std::setw(7)
+              << ratio(row.kernel_ms, row.torch_ms) << "x" << std::setw(8)
+              << row.bytes / (row.kernel_ms * 1e-3) / 1e12 << "\n";
   }
   prime::eval::RopeBenchOptions rope;
   rope.repeats = std::max(rope.repeats, options.bench.repeats);

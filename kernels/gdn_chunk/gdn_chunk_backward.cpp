@@ -1,13 +1,14 @@
 // GDN's chunked backward from the fused forward's per-chunk results (see gdn_chunk_backward.h for
-// the math). The reverse walk and the inverse come from the caller; the batched products are
-// cuBLAS's (or the CPU's); the elementwise chain rule runs in gdn_backward_kernels.cu on CUDA and
-// in ATen ops elsewhere (the float64 reference tests).
+// the math). The reverse walk and the inverse come from the caller; the batched products run on
+// kernels/chunk_gemm (cuBLAS's or the CPU's where it does not apply); the elementwise chain rule
+// runs in gdn_backward_kernels.cu on CUDA and in ATen ops elsewhere (the float64 reference tests).
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
 
 #include <cstdint>
 #include <limits>
 #include <vector>
 
+#include "kernels/chunk_gemm/chunk_gemm.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -45,17 +46,19 @@ at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
 // each other in every operand here, transposed or not).
 at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
 
-// alpha a b over the [M,N] batch, in a fresh tensor.
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha) {
+// alpha a b over the [M,N] batch, in a fresh tensor (kernels/chunk_gemm: 3xTF32 tensor cores on
+// CUDA fp32, baddbmm elsewhere).
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0) {
   at::Tensor out = at::empty({a.size(0), a.size(1), a.size(2), b.size(3)}, a.options());
   at::Tensor flat = batched(out);
-  at::baddbmm_out(flat, flat, batched(a), batched(b), /*beta=*/0.0, alpha);
+  chunk_gemm(flat, batched(a), batched(b), alpha, 0.0);
   return out;
 }
 
 // acc += alpha a b over the [M,N] batch, in place (acc contiguous).
 void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0) {
-  batched(acc).baddbmm_(batched(a), batched(b), 1.0, alpha);
+  at::Tensor flat = batched(acc);
+  chunk_gemm(flat, batched(a), batched(b), alpha, 1.0);
 }
 
 // The chain rule's operands after the batched products, per chunk ([M,N,64,...]).
@@ -88,8 +91,8 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
   const at::Tensor d_qk = c.d_scores * decay;
   at::Tensor e = c.d_scores * c.qk * decay;  // dD * D from the scores
   ChainGrads out;
-  out.dq = at::matmul(d_qk, k).addcmul_(c.d_q_decayed, e_gamma.unsqueeze(-1));
-  out.dk = at::matmul(transposed(d_qk), q);
+  out.dq = product(d_qk, k).addcmul_(c.d_q_decayed, e_gamma.unsqueeze(-1));
+  out.dk = product(transposed(d_qk), q);
   // dA = -T^T dT T^T below the diagonal; A = beta_i (k_i . k_j) D_ij there.
   const at::Tensor d_a_decayed = (-c.p).tril_(-1).mul_(decay);
   const at::Tensor d_kk = d_a_decayed * beta.unsqueeze(-1);
@@ -134,8 +137,8 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   const at::Tensor& d_kk = c.p;         // written over
   detail::launch_gdn_backward_gates(chunks(d_qk), chunks(c.qk), chunks(d_kk), chunks(c.kk), g, beta, d_beta_a,
                                     dg_decay);
-  const at::Tensor dq = at::matmul(d_qk, c.k);
-  at::Tensor dk = at::matmul(transposed(d_qk), c.q);
+  const at::Tensor dq = product(d_qk, c.k);
+  at::Tensor dk = product(transposed(d_qk), c.q);
   accumulate(dk, d_kk, c.k);
   accumulate(dk, transposed(d_kk), c.k);
   ChainGrads out;
@@ -180,7 +183,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, q.scalar_type());
 
   // The output's side: scores, the walk's addend and the walk.
-  c.qk = at::matmul(q, transposed(k));
+  c.qk = product(q, transposed(k));
   at::Tensor scores;
   if (on_kernels) {
 #ifdef PRIME_WITH_CUDA
@@ -193,32 +196,32 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   }
   at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
   accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
-  const at::Tensor d_states = at::matmul(transposed(q_state), d_o);
+  const at::Tensor d_states = product(transposed(q_state), d_o);
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
   const auto [G, d_initial] = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
 
-  at::Tensor d_u = at::matmul(transposed(scores), d_o);  // dU_n = dU'
+  at::Tensor d_u = product(transposed(scores), d_o);  // dU_n = dU'
   accumulate(d_u, K_d, G);
   const at::Tensor d_w = product(d_u, transposed(S), -1.0);
-  c.d_q_decayed = at::matmul(d_o, transposed(S));  // d(diag(e^Gamma) Q)
-  c.d_k_decayed = at::matmul(U, transposed(G));
+  c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
+  c.d_k_decayed = product(U, transposed(G));
   c.d_chunk_decay = (S * G).sum({-1, -2});  // [M,N]
   c.chunk_decay = s.decay;
-  c.d_scores = at::matmul(d_o, transposed(U));
+  c.d_scores = product(d_o, transposed(U));
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
-  c.kk = at::matmul(k, transposed(k));
+  c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
   if (!inverse.defined()) {
     const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, q.scalar_type());
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }
   const at::Tensor v_in = c.v * c.beta.unsqueeze(-1), k_in = k * (c.beta * c.e_gamma).unsqueeze(-1);
-  at::Tensor d_inverse = at::matmul(d_u, transposed(v_in));
+  at::Tensor d_inverse = product(d_u, transposed(v_in));
   accumulate(d_inverse, d_w, transposed(k_in));
-  c.d_v_in = at::matmul(transposed(inverse), d_u);
-  c.d_k_in = at::matmul(transposed(inverse), d_w);
-  c.p = product(at::matmul(transposed(inverse), d_inverse), transposed(inverse), 1.0);  // dA = -p
+  c.d_v_in = product(transposed(inverse), d_u);
+  c.d_k_in = product(transposed(inverse), d_w);
+  c.p = product(product(transposed(inverse), d_inverse), transposed(inverse));  // dA = -p
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});

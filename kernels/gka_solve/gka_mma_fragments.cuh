@@ -1,16 +1,14 @@
 // Raw m16n8k8 TF32 tensor-core helpers of kernels/gka_solve's mma kernels (forward and reverse
 // sweep): fragment loads (ldmatrix where the operand's rows are contiguous in shared memory,
 // element loads where it is read transposed), the hi/lo split and the 3xTF32 product
-// a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi with fp32 accumulation, which keeps fp32 accuracy.
-// Fragment layouts (PTX ISA, mma.m16n8k8 .tf32), g = lane / 4, t = lane % 4:
-//   A (16 x 8): a_0 = (g, t), a_1 = (g + 8, t), a_2 = (g, t + 4), a_3 = (g + 8, t + 4);
-//   B (8 x 8):  b_0 = (t, g), b_1 = (t + 4, g);
-//   C (16 x 8): c_0 = (g, 2t), c_1 = (g, 2t + 1), c_2 = (g + 8, 2t), c_3 = (g + 8, 2t + 1).
+// a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi with fp32 accumulation, which keeps fp32 accuracy. The
+// instruction and its fragment layouts: kernels/common/mma_tf32.cuh.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common/ldmatrix.cuh"
+#include "kernels/common/mma_tf32.cuh"
 #include "kernels/common/tf32_split.cuh"
 
 namespace prime::kernels::detail::gka_mma {
@@ -21,14 +19,6 @@ namespace prime::kernels::detail::gka_mma {
 // over every token (GKA's alpha_proj.bias, through q + alpha (x - q)) came out 4-5x further from
 // float64 than the torch-ops forms' (kernels/README.md, v4).
 __device__ __forceinline__ void split(uint32_t v, uint32_t& hi, uint32_t& lo) { split_tf32_bits(v, hi, lo); }
-
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // The A operand (rows row0..row0+15, columns k0..k0+7 of a row-major matrix), split: hi[i], lo[i]
 // hold the m16n8k8 fragment's a_i = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
@@ -62,9 +52,7 @@ __device__ __forceinline__ void load_b2(FragB2& b, const float* transposed, int 
 // d += a b (one n8 tile: b_hi, b_lo point at its two fragment registers), 3xTF32 with the small
 // terms first (as tf32x3::warp_gemm).
 __device__ __forceinline__ void mma3(float (&d)[4], const FragA& a, const uint32_t* b_hi, const uint32_t* b_lo) {
-  mma(d, a.lo, b_hi[0], b_hi[1]);
-  mma(d, a.hi, b_lo[0], b_lo[1]);
-  mma(d, a.hi, b_hi[0], b_hi[1]);
+  mma_tf32x3(d, a.hi, a.lo, b_hi, b_lo);
 }
 
 // acc += a b with the product's three MMAs summed from zero and then added on the CUDA cores

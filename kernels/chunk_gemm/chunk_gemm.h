@@ -1,0 +1,26 @@
+// Batched fp32 products of chunk-sized matrices (out = alpha a b + beta out over a batch), on the
+// TF32 tensor cores with the 3xTF32 split (fp32 accuracy). The chunked SSM forms' backward
+// multiplies thousands of small matrices per layer ([64 x 128] by [128 x 128] and the like, one
+// per chunk and head); cuBLAS runs fp32 batched products on the CUDA cores' FMA path. Where the
+// kernel does not apply (another device or dtype, shapes or strides it does not take, PRIME_KERNELS
+// =torch) the same call runs at::baddbmm_out, so callers need no second path.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels {
+
+// Whether the kernel serves out [batch, m, n] = a [batch, m, k] b [batch, k, n]: policy Auto, fp32
+// CUDA tensors on one device; m and n multiples of 16, k of 8; a and b each with one of their
+// last two strides 1 (either orientation: transposed views are served without a copy), the other
+// and the batch stride multiples of 4 floats, 16-byte aligned; out's last stride 1, its others
+// even; out not one of a and b.
+bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// out = alpha a b + beta out (beta = 0: out's contents are not read, as baddbmm).
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta);
+
+// alpha a b in a new contiguous tensor.
+at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0);
+
+}  // namespace prime::kernels

@@ -1,0 +1,218 @@
+// CUDA kernel of kernels/chunk_gemm (see chunk_gemm.h for the op). One block of 4 warps per
+// 64 x 64 tile of one batch entry's output; each warp owns a 32 x 32 block of it (2 x 4 m16n8
+// fragments). The depth streams through shared memory in slabs of 32, double buffered with
+// cp.async (zero-filled past the operands' edges), each operand copied in its own orientation: a
+// transposed view costs no copy, only another fragment addressing. The row padding (4 floats where
+// rows run along the depth, 8 where they run along m or n) makes every fragment's element loads
+// free of bank conflicts in both orientations. Each element is split into TF32 hi and lo as it is
+// loaded (kernels/common/tf32_split.cuh) and every k-step's three MMAs are summed from zero and
+// added to the fp32 accumulator on the CUDA cores: the tensor cores' truncating accumulation never
+// acts on the running sum (kernels/README.md, gka_solve v3.1).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+
+#include "kernels/chunk_gemm/chunk_gemm_launch.h"
+#include "kernels/common/cp_async.cuh"
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/common/mma_tf32.cuh"
+#include "kernels/common/tf32_split.cuh"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+constexpr int kTile = 64;   // output rows and columns per block
+constexpr int kSlab = 32;   // depth per shared-memory stage
+constexpr int kThreads = 128;
+constexpr int kAlongDepthLd = kSlab + 4;  // a [64][32] stage whose rows run along the depth
+constexpr int kAlongTileLd = kTile + 8;   // a [32][64] stage whose rows run along m or n
+constexpr int kStage = kTile * kAlongDepthLd;  // = kSlab * kAlongTileLd floats
+static_assert(kTile * kAlongDepthLd == kSlab * kAlongTileLd, "both orientations fill one stage");
+
+struct Operand {
+  const float* data;
+  long long batch_stride, ld;  // ld: the stride of the dimension that is not contiguous
+};
+
+struct Params {
+  Operand a, b;
+  float* out;
+  long long out_batch_stride, out_ld;
+  int m, n, k;
+  float alpha, beta;
+};
+
+// One stage of an operand: rows [row0, row0 + kRows) of a matrix whose rows are contiguous (row
+// stride ld), columns [col0, col0 + kWidth); zeros past (rows, cols).
+template <int kRows, int kWidth, int kLd>
+__device__ __forceinline__ void load_stage(float* stage, const float* base, long long ld, int row0, int col0,
+                                           int rows, int cols) {
+  constexpr int kVectors = kWidth / 4;
+  for (int i = threadIdx.x; i < kRows * kVectors; i += kThreads) {
+    const int r = i / kVectors, c = (i % kVectors) * 4;
+    const bool valid = row0 + r < rows && col0 + c < cols;
+    const float* src = valid ? base + (row0 + r) * ld + col0 + c : base;
+    cp_async16_or_zero(stage + r * kLd + c, src, valid);
+  }
+}
+
+// Operand A [m][k]: kRowMajor = its rows run along the depth (stage [64 m][32 k]), else [32 k][64 m].
+template <bool kRowMajor>
+struct OperandA {
+  static __device__ __forceinline__ void load(float* stage, const Operand& x, int m0, int k0, int m, int k) {
+    if constexpr (kRowMajor)
+      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, m0, k0, m, k);
+    else
+      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, m0, k, m);
+  }
+  static __device__ __forceinline__ float at(const float* stage, int r, int kk) {
+    return kRowMajor ? stage[r * kAlongDepthLd + kk] : stage[kk * kAlongTileLd + r];
+  }
+};
+
+// Operand B [k][n]: kRowMajor = its rows run along n (stage [32 k][64 n]), else [64 n][32 k].
+template <bool kRowMajor>
+struct OperandB {
+  static __device__ __forceinline__ void load(float* stage, const Operand& x, int n0, int k0, int n, int k) {
+    if constexpr (kRowMajor)
+      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, n0, k, n);
+    else
+      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, n0, k0, n, k);
+  }
+  static __device__ __forceinline__ float at(const float* stage, int kk, int c) {
+    return kRowMajor ? stage[kk * kAlongTileLd + c] : stage[c * kAlongDepthLd + kk];
+  }
+};
+
+template <bool kARowMajor, bool kBRowMajor>
+__global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
+  using A = OperandA<kARowMajor>;
+  using B = OperandB<kBRowMajor>;
+  __shared__ __align__(16) float a_stage[2][kStage];
+  __shared__ __align__(16) float b_stage[2][kStage];
+  const long long entry = blockIdx.x;
+  const int n0 = blockIdx.y * kTile, m0 = blockIdx.z * kTile;
+  Operand a = p.a, b = p.b;
+  a.data += entry * a.batch_stride;
+  b.data += entry * b.batch_stride;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // the warp's block within the tile
+
+  float acc[2][4][4] = {};
+  const int slabs = (p.k + kSlab - 1) / kSlab;
+  A::load(a_stage[0], a, m0, 0, p.m, p.k);
+  B::load(b_stage[0], b, n0, 0, p.n, p.k);
+  cp_async_commit();
+  for (int s = 0; s < slabs; ++s) {
+    if (s + 1 < slabs) {
+      A::load(a_stage[(s + 1) & 1], a, m0, (s + 1) * kSlab, p.m, p.k);
+      B::load(b_stage[(s + 1) & 1], b, n0, (s + 1) * kSlab, p.n, p.k);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const float* as = a_stage[s & 1];
+    const float* bs = b_stage[s & 1];
+    const int depth = min(kSlab, p.k - s * kSlab);  // a multiple of 8
+    for (int kk = 0; kk < depth; kk += 8) {
+      uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = wm + 16 * i + g;
+        const float v[4] = {A::at(as, r, kk + t), A::at(as, r + 8, kk + t), A::at(as, r, kk + t + 4),
+                            A::at(as, r + 8, kk + t + 4)};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) split_tf32_bits(__float_as_uint(v[e]), a_hi[i][e], a_lo[i][e]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = wn + 8 * j + g;
+        split_tf32_bits(__float_as_uint(B::at(bs, kk + t, c)), b_hi[j][0], b_lo[j][0]);
+        split_tf32_bits(__float_as_uint(B::at(bs, kk + t + 4, c)), b_hi[j][1], b_lo[j][1]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_tf32x3(step, a_hi[i], a_lo[i], b_hi[j], b_lo[j]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][j][e] += step[e];
+        }
+    }
+    __syncthreads();  // the next iteration's copies overwrite the stage read here
+  }
+
+  float* out = p.out + entry * p.out_batch_stride;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = m0 + wm + 16 * i + g + 8 * half;
+      if (r >= p.m) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = n0 + wn + 8 * j + 2 * t;
+        if (c >= p.n) continue;
+        float2* to = reinterpret_cast<float2*>(out + r * p.out_ld + c);
+        float2 value = make_float2(p.alpha * acc[i][j][2 * half], p.alpha * acc[i][j][2 * half + 1]);
+        if (p.beta != 0.0f) {
+          const float2 old = *to;
+          value.x += p.beta * old.x;
+          value.y += p.beta * old.y;
+        }
+        *to = value;
+      }
+    }
+}
+
+// The operand's description; row_major = its last dimension is the contiguous one.
+Operand describe(const at::Tensor& x, bool& row_major) {
+  row_major = x.stride(2) == 1;
+  return Operand{x.data_ptr<float>(), x.stride(0), row_major ? x.stride(1) : x.stride(2)};
+}
+
+template <bool kARowMajor, bool kBRowMajor>
+void launch(const Params& p, dim3 grid, cudaStream_t stream) {
+  chunk_gemm_kernel<kARowMajor, kBRowMajor><<<grid, kThreads, 0, stream>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH("chunk_gemm_kernel");
+}
+
+}  // namespace
+
+void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta) {
+  const int64_t batch = a.size(0);
+  PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && a.scalar_type() == at::kFloat &&
+                  b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && out.stride(2) == 1,
+              "chunk_gemm: operands ", a.sizes(), " ", b.sizes(), " into ", out.sizes(),
+              " are not fp32 CUDA tensors with out's rows contiguous");
+  const c10::cuda::CUDAGuard guard(a.device());
+  bool a_rows = false, b_rows = false;
+  Params p;
+  p.a = describe(a, a_rows);
+  p.b = describe(b, b_rows);
+  p.out = out.data_ptr<float>();
+  p.out_batch_stride = out.stride(0);
+  p.out_ld = out.stride(1);
+  p.m = static_cast<int>(a.size(1));
+  p.k = static_cast<int>(a.size(2));
+  p.n = static_cast<int>(b.size(2));
+  p.alpha = alpha;
+  p.beta = beta;
+  const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (a_rows && b_rows)
+    launch<true, true>(p, grid, stream);
+  else if (a_rows)
+    launch<true, false>(p, grid, stream);
+  else if (b_rows)
+    launch<false, true>(p, grid, stream);
+  else
+    launch<false, false>(p, grid, stream);
+}
+
+}  // namespace prime::kernels::detail

@@ -1,0 +1,126 @@
+// kernels/chunk_gemm: batched fp32 products on the 3xTF32 tensor cores, against float64 products
+// on the CPU. Every element is held to a relative bound on its own scale, |got - want| <= 1e-5 *
+// (|a| |b|)_ij (3xTF32 keeps about 2^-21 per term; plain TF32 would miss it by ~50x), for both
+// orientations of each operand (transposed views are read in place), partial tiles, a depth not a
+// multiple of the 32-deep stage, row strides wider than the rows, a broadcast operand and beta
+// 0 (out poisoned with NaN: unread, and any element left unwritten fails), 1 and -0.5.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "kernels/chunk_gemm/chunk_gemm.h"
+#include "kernels/common/policy.h"
+#include "test_helpers.h"
+#include "test_kernels_util.h"
+
+using namespace prime;
+
+namespace {
+
+// [batch, rows, cols] with its rows contiguous (row_major) or its columns, and with row strides
+// `extra` floats wider than needed (a narrowed view of a wider tensor).
+at::Tensor operand(int64_t batch, int64_t rows, int64_t cols, bool row_major, int64_t extra,
+                   const at::TensorOptions& options) {
+  if (row_major) return at::randn({batch, rows, cols + extra}, options).narrow(2, 0, cols);
+  return at::randn({batch, cols, rows + extra}, options).narrow(2, 0, rows).transpose(1, 2);
+}
+
+// The worst |got - want| / (|a| |b|) over the elements (float64, CPU); out0 is out before the call.
+double worst_error(const at::Tensor& got, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out0,
+                   double alpha, double beta) {
+  const at::Tensor a64 = a.to(at::kCPU, at::kDouble), b64 = b.to(at::kCPU, at::kDouble);
+  at::Tensor want = alpha * at::bmm(a64, b64);
+  at::Tensor scale = std::abs(alpha) * at::bmm(a64.abs(), b64.abs());
+  if (beta != 0.0) {
+    const at::Tensor old = out0.to(at::kCPU, at::kDouble);
+    want = want + beta * old;
+    scale = scale + std::abs(beta) * old.abs();
+  }
+  return ((got.to(at::kCPU, at::kDouble) - want).abs() / scale.clamp_min(1e-30)).max().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("chunk gemm: CPU operands take baddbmm and give its result", "[kernels][chunk_gemm]") {
+  at::manual_seed(3);
+  const at::Tensor a = at::randn({3, 16, 8}, at::kDouble), b = at::randn({3, 8, 16}, at::kDouble);
+  at::Tensor out = at::randn({3, 16, 16}, at::kDouble);
+  const at::Tensor want = 0.5 * out + 2.0 * at::bmm(a, b);
+  CHECK_FALSE(kernels::chunk_gemm_apply(out, a, b));
+  kernels::chunk_gemm(out, a, b, 2.0, 0.5);
+  CHECK(test::norm_relative_error(out, want) < 1e-14);
+  CHECK(test::norm_relative_error(kernels::chunk_matmul(a, b), at::bmm(a, b)) < 1e-14);
+}
+
+TEST_CASE("chunk gemm: fp32 products on CUDA within 1e-5 of float64 per element", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(11);
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  // (batch, m, k, n): the backward's chunk shapes, partial tiles (48, 80), a depth that ends
+  // mid-stage (40, 8) and one of several stages (256).
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>> shapes = {
+      {37, 64, 128, 128}, {5, 128, 64, 128}, {3, 48, 40, 80}, {2, 16, 8, 16}, {2, 256, 256, 64}, {4, 64, 64, 64}};
+  const std::vector<std::pair<double, double>> scalings = {{1.0, 0.0}, {-1.5, 1.0}, {0.75, -0.5}};
+  double worst = 0.0;
+  for (const auto& [batch, m, k, n] : shapes)
+    for (const bool a_rows : {true, false})
+      for (const bool b_rows : {true, false})
+        for (const auto& [alpha, beta] : scalings) {
+          const int64_t extra = (m + k + n) % 3 == 0 ? 4 : 0;
+          const at::Tensor a = operand(batch, m, k, a_rows, extra, options);
+          const at::Tensor b = operand(batch, k, n, b_rows, 8 - extra, options);
+          at::Tensor out = beta == 0.0 ? at::full({batch, m, n}, NAN, options) : at::randn({batch, m, n}, options);
+          const at::Tensor out0 = out.clone();
+          INFO("(" << batch << "," << m << "," << k << "," << n << ") a rows " << a_rows << " b rows " << b_rows
+                   << " alpha " << alpha << " beta " << beta);
+          REQUIRE(kernels::chunk_gemm_apply(out, a, b));
+          kernels::chunk_gemm(out, a, b, alpha, beta);
+          const double error = worst_error(out, a, b, out0, alpha, beta);
+          CHECK(error < 1e-5);
+          worst = std::max(worst, error);
+        }
+  WARN("chunk_gemm: worst per-element error " << worst << " of |a| |b|");
+}
+
+TEST_CASE("chunk gemm: a broadcast operand and the shapes the kernel declines", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  at::NoGradGuard no_grad;
+  at::manual_seed(12);
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  // b broadcast over the batch (batch stride 0).
+  const at::Tensor a = at::randn({6, 64, 32}, options), b = at::randn({1, 32, 64}, options).expand({6, 32, 64});
+  at::Tensor out = at::full({6, 64, 64}, NAN, options);
+  REQUIRE(kernels::chunk_gemm_apply(out, a, b));
+  kernels::chunk_gemm(out, a, b, 1.0, 0.0);
+  CHECK(worst_error(out, a, b, out, 1.0, 0.0) < 1e-5);
+  // m not a multiple of 16, a depth not a multiple of 8, a misaligned view, out aliasing a: declined, and
+  // the call still gives the product (baddbmm).
+  const at::Tensor odd_m = at::randn({2, 20, 16}, options), odd_k = at::randn({2, 16, 12}, options);
+  const at::Tensor misaligned = at::randn({2, 16, 17}, options).narrow(2, 1, 16);
+  const at::Tensor rhs = at::randn({2, 16, 16}, options), rhs_k = at::randn({2, 12, 16}, options);
+  at::Tensor out_m = at::empty({2, 20, 16}, options), out_k = at::empty({2, 16, 16}, options);
+  at::Tensor out_misaligned = at::empty({2, 16, 16}, options);
+  CHECK_FALSE(kernels::chunk_gemm_apply(out_m, odd_m, rhs));
+  CHECK_FALSE(kernels::chunk_gemm_apply(out_k, odd_k, rhs_k));
+  CHECK_FALSE(kernels::chunk_gemm_apply(out_misaligned, misaligned, rhs));
+  at::Tensor square = at::randn({2, 16, 16}, options);
+  CHECK_FALSE(kernels::chunk_gemm_apply(square, square, rhs));
+  const test::FullFp32Matmuls fp32;
+  kernels::chunk_gemm(out_m, odd_m, rhs, 1.0, 0.0);
+  kernels::chunk_gemm(out_k, odd_k, rhs_k, 1.0, 0.0);
+  kernels::chunk_gemm(out_misaligned, misaligned, rhs, 1.0, 0.0);
+  CHECK(worst_error(out_m, odd_m, rhs, out_m, 1.0, 0.0) < 1e-5);
+  CHECK(worst_error(out_k, odd_k, rhs_k, out_k, 1.0, 0.0) < 1e-5);
+  CHECK(worst_error(out_misaligned, misaligned, rhs, out_misaligned, 1.0, 0.0) < 1e-5);
+  {
+    const kernels::ScopedKernelPolicy torch(kernels::Policy::Torch);
+    CHECK_FALSE(kernels::chunk_gemm_apply(out, a, b));
+  }
+}
