@@ -65,7 +65,7 @@ struct ScanShared {
 };
 
 template <int KR>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, KR <= 4 ? 2 : 1)  // two blocks per SM where their shared memory fits
 chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ writer,
                   const float* target, const float* __restrict__ addend,
                   const float* __restrict__ decay, const float* __restrict__ initial,
@@ -104,11 +104,26 @@ chunk_scan_kernel(const float* __restrict__ probe, const float* __restrict__ wri
           for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
       const float* probe_n = probe + chunk_offset * kKeys;
       const float* writer_n = writer + chunk_offset * kKeys;
-      for (int index = thread; index < kMaxChunk * kKeys; index += kThreads) {
-        const int row = index / kKeys, key = index % kKeys;
-        const bool inside = row < chunk;
-        shared.probe_t[key][row] = inside ? probe_n[index] : 0.0f;
-        shared.writer[row][key] = inside ? writer_n[index] : 0.0f;
+      // Eight elements of each per thread loaded before any is stored: the loads are in flight
+      // together instead of one round trip to memory after another (the step's largest wait).
+      constexpr int kPerThread = kMaxChunk * kKeys / kThreads;  // 8 KR
+  #pragma unroll 1
+      for (int base = 0; base < kPerThread; base += 8) {
+        float p[8], w[8];
+  #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int index = thread + (base + u) * kThreads;
+          const bool inside = index / kKeys < chunk;
+          p[u] = inside ? probe_n[index] : 0.0f;
+          w[u] = inside ? writer_n[index] : 0.0f;
+        }
+  #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int index = thread + (base + u) * kThreads;
+          const int row = index / kKeys, key = index % kKeys;
+          shared.probe_t[key][row] = p[u];
+          shared.writer[row][key] = w[u];
+        }
       }
       // The state entering this step, to global and to shared memory for the probe product.
       float* states_n = states + (m * num_chunks + n) * state_size;
