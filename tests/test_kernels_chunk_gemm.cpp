@@ -2,8 +2,9 @@
 // on the CPU. Every element is held to a relative bound on its own scale, |got - want| <= 1e-5 *
 // (|a| |b|)_ij (3xTF32 keeps about 2^-21 per term; plain TF32 would miss it by ~50x), for both
 // orientations of each operand (transposed views are read in place), partial tiles, a depth not a
-// multiple of the 32-deep stage, row strides wider than the rows, a broadcast operand and beta
-// 0 (out poisoned with NaN: unread, and any element left unwritten fails), 1 and -0.5.
+// multiple of the 32-deep stage, row strides wider than the rows, a broadcast operand, beta 0
+// (out poisoned with NaN: unread, and any element left unwritten fails), 1 and -0.5, with and
+// without a scale on the product's columns.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -30,12 +31,18 @@ at::Tensor operand(int64_t batch, int64_t rows, int64_t cols, bool row_major, in
   return at::randn({batch, cols, rows + extra}, options).narrow(2, 0, rows).transpose(1, 2);
 }
 
-// The worst |got - want| / (|a| |b|) over the elements (float64, CPU); out0 is out before the call.
+// The worst |got - want| / (|a| |b|) over the elements (float64, CPU); out0 is out before the call,
+// column_scale the product's column factors (optional).
 double worst_error(const at::Tensor& got, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out0,
-                   double alpha, double beta) {
+                   double alpha, double beta, const at::Tensor& column_scale = at::Tensor()) {
   const at::Tensor a64 = a.to(at::kCPU, at::kDouble), b64 = b.to(at::kCPU, at::kDouble);
   at::Tensor want = alpha * at::bmm(a64, b64);
   at::Tensor scale = std::abs(alpha) * at::bmm(a64.abs(), b64.abs());
+  if (column_scale.defined()) {
+    const at::Tensor s64 = column_scale.to(at::kCPU, at::kDouble).unsqueeze(1);
+    want = want * s64;
+    scale = scale * s64.abs();
+  }
   if (beta != 0.0) {
     const at::Tensor old = out0.to(at::kCPU, at::kDouble);
     want = want + beta * old;
@@ -55,6 +62,10 @@ TEST_CASE("chunk gemm: CPU operands take baddbmm and give its result", "[kernels
   kernels::chunk_gemm(out, a, b, 2.0, 0.5);
   CHECK(test::norm_relative_error(out, want) < 1e-14);
   CHECK(test::norm_relative_error(kernels::chunk_matmul(a, b), at::bmm(a, b)) < 1e-14);
+  const at::Tensor scale = at::randn({3, 16}, at::kDouble);
+  const at::Tensor scaled_want = 0.5 * out + 2.0 * at::bmm(a, b) * scale.unsqueeze(1);
+  kernels::chunk_gemm(out, a, b, 2.0, 0.5, scale);
+  CHECK(test::norm_relative_error(out, scaled_want) < 1e-14);
 }
 
 TEST_CASE("chunk gemm: fp32 products on CUDA within 1e-5 of float64 per element", "[kernels][gpu][chunk_gemm]") {
@@ -85,6 +96,13 @@ TEST_CASE("chunk gemm: fp32 products on CUDA within 1e-5 of float64 per element"
           const double error = worst_error(out, a, b, out0, alpha, beta);
           CHECK(error < 1e-5);
           worst = std::max(worst, error);
+          // The product's columns scaled (a column of a wider tensor: batch stride n + 4).
+          const at::Tensor column_scale = at::randn({batch, n + 4}, options).narrow(1, 2, n);
+          at::Tensor scaled = out0.clone();
+          kernels::chunk_gemm(scaled, a, b, alpha, beta, column_scale);
+          const double scaled_error = worst_error(scaled, a, b, out0, alpha, beta, column_scale);
+          CHECK(scaled_error < 1e-5);
+          worst = std::max(worst, scaled_error);
         }
   WARN("chunk_gemm: worst per-element error " << worst << " of |a| |b|");
 }

@@ -43,23 +43,38 @@ bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tens
   return out.data_ptr() != a.data_ptr() && out.data_ptr() != b.data_ptr();
 }
 
-void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta) {
-  if (!chunk_gemm_apply(out, a, b)) {
-    at::baddbmm_out(out, out, a, b, beta, alpha);
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
+                const at::Tensor& column_scale) {
+  if (column_scale.defined())
+    PRIME_CHECK(column_scale.dim() == 2 && column_scale.size(0) == a.size(0) && column_scale.size(1) == b.size(2) &&
+                    column_scale.device() == a.device(),
+                "chunk_gemm: column scale ", column_scale.sizes(), " for a product of ", a.sizes(), " and ", b.sizes());
+  const bool scale_served = !column_scale.defined() ||
+                            (column_scale.scalar_type() == at::kFloat && column_scale.stride(1) == 1);
+  if (!scale_served || !chunk_gemm_apply(out, a, b)) {
+    if (!column_scale.defined()) {
+      at::baddbmm_out(out, out, a, b, beta, alpha);
+    } else {
+      const at::Tensor product = at::bmm(a, b).mul_(column_scale.unsqueeze(1).to(a.scalar_type()));
+      if (beta == 0.0)
+        out.copy_(product.mul_(alpha));
+      else
+        out.mul_(beta).add_(product, alpha);
+    }
     return;
   }
 #ifdef PRIME_WITH_CUDA
-  detail::launch_chunk_gemm(out, a, b, static_cast<float>(alpha), static_cast<float>(beta));
+  detail::launch_chunk_gemm(out, a, b, static_cast<float>(alpha), static_cast<float>(beta), column_scale);
 #else
   require_cuda_build("chunk_gemm");
 #endif
 }
 
-at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha) {
+at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& column_scale) {
   PRIME_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
               "chunk_matmul: operands ", a.sizes(), " and ", b.sizes(), " do not multiply as batches");
   at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
-  chunk_gemm(out, a, b, alpha, 0.0);
+  chunk_gemm(out, a, b, alpha, 0.0, column_scale);
   return out;
 }
 

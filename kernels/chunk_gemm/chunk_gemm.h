@@ -17,10 +17,14 @@ namespace prime::kernels {
 // even; out not one of a and b.
 bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
-// out = alpha a b + beta out (beta = 0: out's contents are not read, as baddbmm).
-void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta);
+// out = alpha a b + beta out (beta = 0: out's contents are not read, as baddbmm). column_scale,
+// if defined, [batch, n] fp32 with its last stride 1: out = alpha (a b) diag(column_scale) + beta
+// out, the scale applied to the product alone (a row-scaled B^T without forming it).
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
+                const at::Tensor& column_scale = at::Tensor());
 
-// alpha a b in a new contiguous tensor.
-at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0);
+// alpha a b (diag(column_scale)) in a new contiguous tensor.
+at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
+                        const at::Tensor& column_scale = at::Tensor());
 
 }  // namespace prime::kernels

@@ -40,6 +40,8 @@ struct Params {
   Operand a, b;
   float* out;
   long long out_batch_stride, out_ld;
+  const float* column_scale;  // [batch][n], or null
+  long long scale_batch_stride;
   int m, n, k;
   float alpha, beta;
 };
@@ -58,38 +60,27 @@ __device__ __forceinline__ void load_stage(float* stage, const float* base, long
   }
 }
 
-// Operand A [m][k]: kRowMajor = its rows run along the depth (stage [64 m][32 k]), else [32 k][64 m].
-template <bool kRowMajor>
-struct OperandA {
-  static __device__ __forceinline__ void load(float* stage, const Operand& x, int m0, int k0, int m, int k) {
-    if constexpr (kRowMajor)
-      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, m0, k0, m, k);
+// One operand's stage: its tile rows (m of A, n of B) [tile0, tile0 + 64) by the depth
+// [k0, k0 + 32). kAlongDepth: the operand's rows in memory run along the depth (A row-major, B
+// stored as B^T row-major), staged [64][32 + 4]; else [32][64 + 8].
+template <bool kAlongDepth>
+struct Stage {
+  static __device__ __forceinline__ void load(float* stage, const Operand& x, int tile0, int k0, int extent, int k) {
+    if constexpr (kAlongDepth)
+      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, tile0, k0, extent, k);
     else
-      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, m0, k, m);
+      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, tile0, k, extent);
   }
-  static __device__ __forceinline__ float at(const float* stage, int r, int kk) {
-    return kRowMajor ? stage[r * kAlongDepthLd + kk] : stage[kk * kAlongTileLd + r];
-  }
-};
-
-// Operand B [k][n]: kRowMajor = its rows run along n (stage [32 k][64 n]), else [64 n][32 k].
-template <bool kRowMajor>
-struct OperandB {
-  static __device__ __forceinline__ void load(float* stage, const Operand& x, int n0, int k0, int n, int k) {
-    if constexpr (kRowMajor)
-      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, n0, k, n);
-    else
-      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, n0, k0, n, k);
-  }
-  static __device__ __forceinline__ float at(const float* stage, int kk, int c) {
-    return kRowMajor ? stage[kk * kAlongTileLd + c] : stage[c * kAlongDepthLd + kk];
+  // Tile row i at depth kk.
+  static __device__ __forceinline__ float at(const float* stage, int i, int kk) {
+    return kAlongDepth ? stage[i * kAlongDepthLd + kk] : stage[kk * kAlongTileLd + i];
   }
 };
 
 template <bool kARowMajor, bool kBRowMajor>
 __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
-  using A = OperandA<kARowMajor>;
-  using B = OperandB<kBRowMajor>;
+  using A = Stage<kARowMajor>;    // A [m][k] row-major: its rows run along the depth
+  using B = Stage<!kBRowMajor>;   // B [k][n] row-major: its rows run along n
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   const long long entry = blockIdx.x;
@@ -131,8 +122,8 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int c = wn + 8 * j + g;
-        split_tf32_bits(__float_as_uint(B::at(bs, kk + t, c)), b_hi[j][0], b_lo[j][0]);
-        split_tf32_bits(__float_as_uint(B::at(bs, kk + t + 4, c)), b_hi[j][1], b_lo[j][1]);
+        split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t)), b_hi[j][0], b_lo[j][0]);
+        split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t + 4)), b_hi[j][1], b_lo[j][1]);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
@@ -148,6 +139,7 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   }
 
   float* out = p.out + entry * p.out_batch_stride;
+  const float* scale = p.column_scale != nullptr ? p.column_scale + entry * p.scale_batch_stride : nullptr;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -160,6 +152,10 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
         if (c >= p.n) continue;
         float2* to = reinterpret_cast<float2*>(out + r * p.out_ld + c);
         float2 value = make_float2(p.alpha * acc[i][j][2 * half], p.alpha * acc[i][j][2 * half + 1]);
+        if (scale != nullptr) {
+          value.x *= scale[c];
+          value.y *= scale[c + 1];
+        }
         if (p.beta != 0.0f) {
           const float2 old = *to;
           value.x += p.beta * old.x;
@@ -184,7 +180,8 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream) {
 
 }  // namespace
 
-void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta) {
+void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta,
+                       const at::Tensor& column_scale) {
   const int64_t batch = a.size(0);
   PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && a.scalar_type() == at::kFloat &&
                   b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && out.stride(2) == 1,
@@ -203,6 +200,15 @@ void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Ten
   p.n = static_cast<int>(b.size(2));
   p.alpha = alpha;
   p.beta = beta;
+  p.column_scale = nullptr;
+  p.scale_batch_stride = 0;
+  if (column_scale.defined()) {
+    PRIME_CHECK(column_scale.is_cuda() && column_scale.scalar_type() == at::kFloat && column_scale.dim() == 2 &&
+                    column_scale.size(0) == batch && column_scale.size(1) == b.size(2) && column_scale.stride(1) == 1,
+                "chunk_gemm: column scale ", column_scale.sizes(), " must be fp32 [batch, n] with its last stride 1");
+    p.column_scale = column_scale.data_ptr<float>();
+    p.scale_batch_stride = column_scale.stride(0);
+  }
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)

@@ -6,6 +6,8 @@
 
 namespace prime::kernels::detail {
 
-void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta);
+// column_scale: undefined, or [batch, n] fp32 with its last stride 1.
+void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta,
+                       const at::Tensor& column_scale);
 
 }  // namespace prime::kernels::detail

@@ -47,18 +47,20 @@ at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
 at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
 
 // alpha a b over the [M,N] batch, in a fresh tensor (kernels/chunk_gemm: 3xTF32 tensor cores on
-// CUDA fp32, baddbmm elsewhere).
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0) {
+// CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales the product's columns.
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
+                   const at::Tensor& column_scale = at::Tensor()) {
   at::Tensor out = at::empty({a.size(0), a.size(1), a.size(2), b.size(3)}, a.options());
   at::Tensor flat = batched(out);
-  chunk_gemm(flat, batched(a), batched(b), alpha, 0.0);
+  chunk_gemm(flat, batched(a), batched(b), alpha, 0.0, column_scale.defined() ? batched(column_scale) : column_scale);
   return out;
 }
 
-// acc += alpha a b over the [M,N] batch, in place (acc contiguous).
-void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0) {
+// acc += alpha a b over the [M,N] batch, in place (acc contiguous); column_scale as product's.
+void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
+                const at::Tensor& column_scale = at::Tensor()) {
   at::Tensor flat = batched(acc);
-  chunk_gemm(flat, batched(a), batched(b), alpha, 1.0);
+  chunk_gemm(flat, batched(a), batched(b), alpha, 1.0, column_scale.defined() ? batched(column_scale) : column_scale);
 }
 
 // The chain rule's operands after the batched products, per chunk ([M,N,64,...]).
@@ -216,9 +218,9 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, q.scalar_type());
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }
-  const at::Tensor v_in = c.v * c.beta.unsqueeze(-1), k_in = k * (c.beta * c.e_gamma).unsqueeze(-1);
-  at::Tensor d_inverse = product(d_u, transposed(v_in));
-  accumulate(d_inverse, d_w, transposed(k_in));
+  // dT = dU (diag(beta) V)^T + dW (diag(beta e^Gamma) K)^T: the factors scale dT's columns.
+  at::Tensor d_inverse = product(d_u, transposed(c.v), 1.0, c.beta);
+  accumulate(d_inverse, d_w, transposed(k), 1.0, c.beta * c.e_gamma);
   c.d_v_in = product(transposed(inverse), d_u);
   c.d_k_in = product(transposed(inverse), d_w);
   c.p = product(product(transposed(inverse), d_inverse), transposed(inverse));  // dA = -p
