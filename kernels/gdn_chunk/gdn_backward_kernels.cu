@@ -10,6 +10,7 @@
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
 //    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full,
 //    written straight into the inputs' [B,T,H,...] layout.
+//  - state_dot: the chunk decays' gradient, sum of S_n * G_n over each chunk's state.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -169,6 +170,29 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
   }
 }
 
+// out[c] = sum of S_c * G_c over chunk c's [D][D] state (float4 loads, D*D / 4 of them): each
+// state read once, no product tensor written. A fixed order of sums: deterministic.
+__global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const float4* __restrict__ states,
+                                                                        const float4* __restrict__ grads,
+                                                                        float* __restrict__ out, int vectors) {
+  __shared__ float partial[kThreads / 32];
+  const size_t base = blockIdx.x * static_cast<size_t>(vectors);
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < vectors; i += kThreads) {
+    const float4 a = states[base + i], b = grads[base + i];
+    sum = fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, sum))));
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+    out[blockIdx.x] = total;
+  }
+}
+
 void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width) {
   check_operand(tensor, op, name, at::kFloat, 3);
   PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk && tensor.size(2) == width, op, ": ", name, " ",
@@ -279,6 +303,22 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
     case 128: launch(gdn_backward_rows_kernel<4>); break;
     default: launch(gdn_backward_rows_kernel<8>); break;
   }
+}
+
+void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out) {
+  const char* op = "gdn_backward_state_dot";
+  check_operand(states, op, "states", at::kFloat, 3);
+  check_operand(grads, op, "grads", at::kFloat, 3);
+  check_operand(out, op, "out", at::kFloat, 1);
+  const int64_t chunks = states.size(0), elements = states.size(1) * states.size(2);
+  PRIME_CHECK(grads.sizes() == states.sizes() && out.size(0) == chunks && elements % 4 == 0, op, ": states ",
+              states.sizes(), ", grads ", grads.sizes(), ", out ", out.sizes(), " (a state's size a multiple of 4)");
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(states.device());
+  gdn_backward_state_dot_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const float4*>(states.data_ptr<float>()),
+      reinterpret_cast<const float4*>(grads.data_ptr<float>()), out.data_ptr<float>(), static_cast<int>(elements / 4));
+  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_state_dot_kernel");
 }
 
 }  // namespace prime::kernels::detail

@@ -207,7 +207,14 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const at::Tensor d_w = product(d_u, transposed(S), -1.0);
   c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
   c.d_k_decayed = product(U, transposed(G));
-  c.d_chunk_decay = (S * G).sum({-1, -2});  // [M,N]
+  if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
+#ifdef PRIME_WITH_CUDA
+    c.d_chunk_decay = at::empty({M, N}, S.options());
+    detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}), c.d_chunk_decay.view({M * N}));
+#endif
+  } else {
+    c.d_chunk_decay = (S * G).sum({-1, -2});
+  }
   c.chunk_decay = s.decay;
   c.d_scores = product(d_o, transposed(U));
 

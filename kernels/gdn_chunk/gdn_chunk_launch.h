@@ -69,6 +69,9 @@ struct GdnBackwardRows {
   at::Tensor dq, dk, dv, dg, d_beta;                                                      // time-major
 };
 void launch_gdn_backward_rows(const GdnBackwardRows& rows);
+// out [MN] = sum over each chunk's [D][D] of states * grads (states, grads [MN, D, D], D*D a
+// multiple of 4): the chunk decays' gradient.
+void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
 
 // The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, scan and output in three kernels.
 // q, k, v, o [B,T,H,D] bf16 with D in {32, 64, 128}; g, beta [B,T,H] fp32; initial [M,D,D] fp32
