@@ -50,7 +50,7 @@ std::vector<ChunkGemmBenchRow> run_chunk_gemm_bench(const ChunkGemmBenchOptions&
       {C, D, D, false, true, "dO S^T, U G^T, dU S^T"},
       {C, D, D, false, false, "K_d G"},
       {D, C, D, true, false, "(e^G Q - scores W)^T dO"},
-      {C, D, C, false, true, "Q K^T, dO U^T, dU (bV)^T"},
+      {C, D, C, false, true, "Q K^T, dO U^T, dU V^T"},
       {C, C, D, true, false, "T^T dU, scores^T dO, dA^T Q"},
   };
   std::vector<ChunkGemmBenchRow> rows;
