@@ -50,10 +50,8 @@ at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
 // CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales the product's columns.
 at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
                    const at::Tensor& column_scale = at::Tensor()) {
-  at::Tensor out = at::empty({a.size(0), a.size(1), a.size(2), b.size(3)}, a.options());
-  at::Tensor flat = batched(out);
-  chunk_gemm(flat, batched(a), batched(b), alpha, 0.0, column_scale.defined() ? batched(column_scale) : column_scale);
-  return out;
+  return chunk_matmul(batched(a), batched(b), alpha, column_scale.defined() ? batched(column_scale) : column_scale)
+      .view({a.size(0), a.size(1), a.size(2), b.size(3)});
 }
 
 // acc += alpha a b over the [M,N] batch, in place (acc contiguous); column_scale as product's.
