@@ -12,9 +12,12 @@
 // What changes is where things live. dH_0 [D, D] stays in registers for the whole sweep (a
 // 32 x 32 block per warp) instead of being read and written in L2 every iteration; each warp
 // owns one 16 x 32 block of A, HU, dK, the momentum term (registers) and q_coeff, and one
-// 16 x 16 tile of P1, P2 and dW (W read from L2 each iteration). Shared memory: K, H_0^T, A, y_i [Cp, D] and P1, P2 [Cp, Cp]
-// plus the row factors and partial row sums (207 KB at C = 64, D = 128). Three barriers per
-// iteration: P1/P2 tiles and dH_0; then dK and HU; then the new A and y_{i-1} are written.
+// 16 x 16 tile of P1, P2 and dW. Shared memory: K, H_0^T, A, y_i [Cp, D], P1, P2 and W [Cp, Cp]
+// (W loaded once), the row factors and partial row sums (220 KB at C = 64, D = 128). Three
+// barriers per iteration: P1/P2 tiles and dH_0; then dK and HU; then the new A and y_{i-1} are
+// written. The sums kept in L2 (dW, dK, q_coeff) are read before the work that precedes their
+// update, and y_{i-1} is prefetched into L2 when the iteration starts: each warp waits on one
+// round trip at a time, not on every element's.
 // No atomics: every sum runs in a fixed order (deterministic gradients).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -38,7 +41,7 @@ constexpr int kMaxGroups = 4;  // 32-column groups of a row (D <= 128): the part
 
 struct BackwardMmaLayout {
   int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [Cp, Cp] ones
-  int k, ht, a, y, p1, p2, rows, parts, omegas, floats;
+  int k, ht, a, y, p1, p2, rows, parts, w, omegas, floats;
 
   __host__ __device__ BackwardMmaLayout(int padded_chunk, int d, int num_iter) {
     ld_x = d + kPad;
@@ -51,7 +54,8 @@ struct BackwardMmaLayout {
     p2 = p1 + padded_chunk * ld_t;
     rows = p2 + padded_chunk * ld_t;            // eta, kappa, decay, d decay, hy
     parts = rows + 5 * padded_chunk;            // [Cp, kMaxGroups] twice: d decay and hy partials
-    omegas = parts + 2 * padded_chunk * kMaxGroups;  // num_iter doubles (offset even: 8-byte aligned)
+    w = parts + 2 * padded_chunk * kMaxGroups;       // the chunk's weights [Cp, Cp] (row stride ld_t), zero-padded
+    omegas = w + padded_chunk * ld_t;                // num_iter doubles (offset even: 8-byte aligned)
     floats = omegas + 2 * num_iter;
   }
 };
@@ -101,6 +105,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* hy = g_decay + Cp;
   float* part_decay = smem + L.parts;
   float* part_hy = part_decay + Cp * kMaxGroups;
+  float* Ws = smem + L.w;
   double* omegas = reinterpret_cast<double*>(smem + L.omegas);
   const long long m = blockIdx.x;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -117,6 +122,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) {  // omega_1..omega_N, as ChunkSolve::backward computes them (double)
     ChebyshevOmegas sequence(ridge_strength);
     for (int k = 0; k < num_iter; ++k) omegas[k] = sequence.next();
+  }
+  for (int i = tid; i < Cp * Cp; i += kThreads) {
+    const int t = i / Cp, u = i % Cp;
+    Ws[t * ld_t + u] = t < chunk && u < chunk ? weights[(m * chunk + t) * chunk + u] : 0.0f;
   }
   for (int i = tid; i < dim * dim; i += kThreads) Ht[(i % dim) * ld_x + i / dim] = start[m * dim * dim + i];
   const float* y_last = iterates + (static_cast<size_t>(num_iter - 1) * chunks + m) * cd;
@@ -140,7 +149,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool h_owner = warp < groups * groups;
   const int ha0 = h_owner ? (warp / groups) * 32 : 0, hb0 = h_owner ? (warp % groups) * 32 : 0;
 
-  const float* W = weights + m * chunk * chunk;
   float* g_weights = d_weights + m * chunk * chunk;
   float* g_keys = d_keys + m * Cp * dim;  // [Cp, D]: padding rows included (they come out zero)
   // q_coeff is summed in d_q's own elements (read back once per iteration: an L2 hit), which keeps
@@ -153,8 +161,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     const double omega = omegas[i - 1];
     const float omega_f = static_cast<float>(omega), minus_omega = static_cast<float>(-omega);
     const bool accumulate = i != num_iter;
+    if (owner && i >= 2 && lane < 16 && rb * 16 + lane < chunk) {  // y_{i-1}, read at this iteration's end: into L2 now
+      const float* line = iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd + (rb * 16 + lane) * dim + c0;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+    }
     if (p_owner) {  // P1 = W o (s A K^T), P2 = s (W o y_i K^T), dW += (s A K^T) o (y_i K^T)
       float p1[2][4] = {}, p2[2][4] = {};
+      float dw[2][4];  // this lane's dW elements so far, loaded before the products (an L2 round trip)
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = pr * 16 + g + 8 * (e >> 1), s = pc * 16 + 8 * u + 2 * t4 + (e & 1);
+          dw[u][e] = accumulate && t < chunk && s < chunk ? g_weights[t * chunk + s] : 0.0f;
+        }
+      }
       for (int k0 = 0; k0 < dim; k0 += 8) {
         FragA a_adj, a_y;
         load_a(a_adj, Adj, ld_x, pr * 16, k0, lane);
@@ -174,14 +195,15 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int t = pr * 16 + g + 8 * half, s0 = pc * 16 + 8 * u + 2 * t4;
           const float scale = eta[t] * minus_omega;
           float out1[2], out2[2];
+          const float2 w2 = *reinterpret_cast<const float2*>(Ws + t * ld_t + s0);
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
             const int e = 2 * half + j, s = s0 + j;
             const bool inside = t < chunk && s < chunk;
-            const float uk = p1[u][e] * scale, yk = p2[u][e], w = inside ? __ldg(W + t * chunk + s) : 0.0f;
+            const float uk = p1[u][e] * scale, yk = p2[u][e], w = j ? w2.y : w2.x;
             if (inside) {
-              const float gw = uk * yk;
-              g_weights[t * chunk + s] = accumulate ? g_weights[t * chunk + s] + gw : gw;
+              const float gw = __fmul_rn(uk, yk);  // not contracted into the sum: the same bits as before
+              g_weights[t * chunk + s] = accumulate ? __fadd_rn(dw[u][e], gw) : gw;
             }
             out1[j] = w * uk;
             out2[j] = scale * (w * yk);
@@ -283,30 +305,38 @@ __global__ void __launch_bounds__(kThreads, 1)
           hu[j][e] = carry[j][e] + (hu[j][e] + (e < 2 ? kappa_a : kappa_b) * adjoint[e]);
           carry[j][e] = adjoint[e] * one_minus_omega;
         }
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {  // q_coeff += omega A
-          const int t = half ? row_b : row_a;
-          if (t >= chunk) continue;
-          float2* at = reinterpret_cast<float2*>(q_coeff + t * dim + d);
-          const float2 before = accumulate ? *at : float2{0, 0};
-          *at = make_float2(before.x + adjoint[2 * half] * omega_f, before.y + adjoint[2 * half + 1] * omega_f);
-        }
       }
       store_row_sums(part_hy, row_a, row_b, group, sum_a, sum_b);
     }
     __syncthreads();  // every read of A, y_i, P1 and P2 of this iteration is done
-    if (owner) {  // the new adjoint and y_{i-1}
+    if (owner) {  // q_coeff += omega A_{i+1}, the new adjoint and y_{i-1}: every load first, one round trip
       const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+      float2 y_in[kTiles][2], q_in[kTiles][2];
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         const int d = c0 + 8 * j + 2 * t4;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int t = half ? row_b : row_a;
-          *reinterpret_cast<float2*>(Adj + t * ld_x + d) = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
-          if (y_next)
-            *reinterpret_cast<float2*>(Y + t * ld_x + d) =
-                t < chunk ? *reinterpret_cast<const float2*>(y_next + t * dim + d) : float2{0, 0};
+          const bool in = t < chunk;
+          y_in[j][half] = y_next && in ? __ldg(reinterpret_cast<const float2*>(y_next + t * dim + d)) : float2{0, 0};
+          q_in[j][half] = accumulate && in ? *reinterpret_cast<const float2*>(q_coeff + t * dim + d) : float2{0, 0};
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int d = c0 + 8 * j + 2 * t4;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = half ? row_b : row_a;
+          float2* adjoint = reinterpret_cast<float2*>(Adj + t * ld_x + d);
+          if (t < chunk) {
+            const float2 before = q_in[j][half], a = *adjoint;
+            *reinterpret_cast<float2*>(q_coeff + t * dim + d) =
+                make_float2(before.x + a.x * omega_f, before.y + a.y * omega_f);
+          }
+          *adjoint = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
+          if (y_next) *reinterpret_cast<float2*>(Y + t * ld_x + d) = y_in[j][half];
         }
       }
     }
