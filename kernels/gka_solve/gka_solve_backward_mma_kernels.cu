@@ -23,6 +23,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/prefetch.cuh"
 #include "kernels/gka_solve/gka_chebyshev.cuh"
 #include "kernels/gka_solve/gka_mma_fragments.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool accumulate = i != num_iter;
     if (owner && i >= 2 && lane < 16 && rb * 16 + lane < chunk) {  // y_{i-1}, read at this iteration's end: into L2 now
       const float* line = iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd + (rb * 16 + lane) * dim + c0;
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+      prefetch_l2(line);
     }
     if (p_owner) {  // P1 = W o (s A K^T), P2 = s (W o y_i K^T), dW += (s A K^T) o (y_i K^T)
       float p1[2][4] = {}, p2[2][4] = {};

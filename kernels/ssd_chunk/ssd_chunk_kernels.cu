@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/prefetch.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/common/tf32x3_mma.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_launch.h"
@@ -540,6 +541,9 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMinBlocks) ssd_chunk_mix_tc_k
   float* pair = own + (mat_free ? 0 : kChunk * kLdM);  // [64][kLdM] when partial_pair
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int t0 = chunk * kChunk, thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  // S's fragments are read straight from global memory in R's product below: ask L2 for them now.
+  prefetch_l2_block(p.state + (static_cast<size_t>(bh) * p.num_chunks + chunk) * p.P * p.N,
+                    static_cast<size_t>(p.P) * p.N);
   chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
   __syncthreads();
   if (thread < kChunk)
