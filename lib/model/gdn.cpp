@@ -6,6 +6,8 @@
 #include <cmath>
 
 #include "io/model_config.h"
+#include "kernels/ssm_decode/decode_inputs.h"
+#include "model/linear.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
@@ -177,11 +179,12 @@ GdnMixer::Inputs GdnMixer::prepare(const at::Tensor& x, GdnCache* cache, const a
   return in;
 }
 
-at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o) const {
+at::Tensor GdnMixer::finish(const at::Tensor& x, const at::Tensor& o, const at::Tensor& gate_projection) const {
   const int64_t batch = o.size(0), length = o.size(1), H = o.size(2), D = o.size(3);
   at::Tensor normed;
   if (config_.use_gate) {
-    at::Tensor gate = project(x, g_proj_).reshape({batch, length, H, D});
+    const at::Tensor gate = (gate_projection.defined() ? gate_projection : project(x, g_proj_))
+                                .reshape({batch, length, H, D});
     normed = gated_rms_norm(o, gate, o_norm_, config_.norm_eps, x.scalar_type());
   } else {
     normed = head_rms_norm(o, o_norm_, config_.norm_eps);
@@ -227,6 +230,7 @@ at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
   check_mixer_input(x, config_.hidden_size, "GDN", prefix_);
   PRIME_CHECK(x.size(1) == 1, "GDN layer ", prefix_, ": step() takes one token, got ", x.size(1));
   GdnCache* gdn_cache = typed_cache<GdnCache>(&cache, x, "GDN", prefix_);
+  if (at::Tensor o = fused_step(x, *gdn_cache); o.defined()) return o;
   const Inputs in = prepare(x, gdn_cache);
   if (state_updates_in_place(gdn_cache->state, in.q)) {  // decoding: the cache's own state
     const at::Tensor o = gated_delta_rule_step_in_place(in.q.select(1, 0), in.k.select(1, 0), in.v.select(1, 0),
@@ -241,6 +245,60 @@ at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
     return std::make_pair(o_token.unsqueeze(1), next);
   });
   return finish(x, o);
+}
+
+kernels::GdnDecodeWeights GdnMixer::decode_weights() const {
+  kernels::GdnDecodeWeights w;
+  w.q_heads = config_.num_q_heads;
+  w.k_heads = config_.num_k_heads;
+  w.v_heads = config_.num_v_heads;
+  w.heads = config_.num_heads();
+  w.head_dim = config_.head_dim;
+  if (config_.use_short_conv) {
+    w.q_conv = q_conv_, w.k_conv = k_conv_, w.v_conv = v_conv_;
+    w.q_conv_bias = q_conv_bias_, w.k_conv_bias = k_conv_bias_, w.v_conv_bias = v_conv_bias_;
+  }
+  w.A_log = A_log_;
+  w.dt_bias = dt_bias_;
+  w.q_scale = 1.0 / std::sqrt(static_cast<double>(config_.head_dim));
+  w.beta_scale = config_.allow_neg_eigval ? 2.0 : 1.0;
+  return w;
+}
+
+namespace {
+
+kernels::GdnDecodeConvStates conv_states(const GdnCache& cache) {
+  return {cache.q_conv_state, cache.k_conv_state, cache.v_conv_state};
+}
+
+}  // namespace
+
+bool GdnMixer::fused_step_applies(const at::Tensor& x, const LayerCache& cache) const {
+  const auto* gdn_cache = dynamic_cast<const GdnCache*>(&cache);
+  return gdn_cache && state_updates_in_place(gdn_cache->state, at::kFloat) &&
+         kernels::gdn_decode_inputs_apply(x, decode_weights(), conv_states(*gdn_cache));
+}
+
+at::Tensor GdnMixer::fused_step(const at::Tensor& x, GdnCache& cache) {
+  if (!fused_step_applies(x, cache)) return at::Tensor();
+  const kernels::GdnDecodeWeights w = decode_weights();
+  // The token's projections in two launches where the decode kernel serves them: q, k, v and the
+  // gate's; b and a. Each weight in x's dtype, as project() casts.
+  const auto group = [&](std::initializer_list<const at::Tensor*> weights) {
+    std::vector<at::Tensor> cast;
+    for (const at::Tensor* weight : weights)
+      if (weight->defined()) cast.push_back(weight->to(x.scalar_type()));
+    std::vector<at::Tensor> outs = linear_group(x, cast);
+    for (at::Tensor& out : outs) out = out.reshape({x.size(0), out.size(-1)});
+    return outs;
+  };
+  const std::vector<at::Tensor> wide = group({&q_proj_, &k_proj_, &v_proj_, &g_proj_});
+  const std::vector<at::Tensor> gates = group({&b_proj_, &gk_proj_});
+  const kernels::GdnDecodeInputs in =
+      kernels::gdn_decode_inputs(wide[0], wide[1], wide[2], gates[0], gates[1], w, conv_states(cache));
+  const at::Tensor o = gated_delta_rule_step_in_place(in.q, in.k, in.v, in.g, in.beta, cache.state);
+  cache.tokens += 1;
+  return finish(x, o.unsqueeze(1), config_.use_gate ? wide[3] : at::Tensor());
 }
 
 }  // namespace prime::model

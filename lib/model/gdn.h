@@ -16,6 +16,9 @@
 namespace prime::io {
 struct ModelConfig;
 }
+namespace prime::kernels {
+struct GdnDecodeWeights;
+}
 
 namespace prime::model {
 
@@ -79,6 +82,9 @@ class GdnMixer : public SsmMixer {
   at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
+  // Whether step(x, cache) runs on the fused decode kernels (see fused_step) rather than the
+  // torch form.
+  bool fused_step_applies(const at::Tensor& x, const LayerCache& cache) const;
 
   const GdnConfig& config() const { return config_; }
 
@@ -89,7 +95,13 @@ class GdnMixer : public SsmMixer {
   };
   // starts [B,T] bool (packed documents) or undefined: the short convs restart at each flag.
   Inputs prepare(const at::Tensor& x, GdnCache* cache, const at::Tensor& starts = at::Tensor()) const;
-  at::Tensor finish(const at::Tensor& x, const at::Tensor& o) const;  // norm, gate, o_proj
+  // Norm, gate, o_proj; the gate's projection is computed here unless given.
+  at::Tensor finish(const at::Tensor& x, const at::Tensor& o, const at::Tensor& gate_projection = {}) const;
+  // The decode step on fused kernels (the projections in two launches, the convs, norms and gates
+  // in one: kernels/ssm_decode/decode_inputs.h, then the state update); undefined where they do
+  // not serve, and then step() runs the torch form.
+  at::Tensor fused_step(const at::Tensor& x, GdnCache& cache);
+  kernels::GdnDecodeWeights decode_weights() const;
 
   GdnConfig config_;
   std::string prefix_;

@@ -3,6 +3,7 @@
 #include "model/mamba2.h"
 
 #include "io/model_config.h"
+#include "kernels/ssm_decode/decode_inputs.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
@@ -221,6 +222,7 @@ at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
   check_mixer_input(x, config_.hidden_size, "Mamba-2", prefix_);
   PRIME_CHECK(x.size(1) == 1, "Mamba-2 layer ", prefix_, ": step() takes one token, got ", x.size(1));
   Mamba2Cache* m2_cache = typed_cache<Mamba2Cache>(&cache, x, "Mamba-2", prefix_);
+  if (at::Tensor out = fused_step(x, *m2_cache); out.defined()) return out;
   const Inputs in = prepare(x, m2_cache);
   if (state_updates_in_place(m2_cache->state, in.x)) {  // decoding: the cache's own state
     const at::Tensor y = ssd_step_in_place(in.x.select(1, 0), in.delta.select(1, 0), in.A, in.B.select(1, 0),
@@ -234,6 +236,40 @@ at::Tensor Mamba2Mixer::step(const at::Tensor& x, LayerCache& cache) {
     return std::make_pair(y_token.unsqueeze(1), next);
   });
   return finish(x, in, y);
+}
+
+kernels::Mamba2DecodeWeights Mamba2Mixer::decode_weights() const {
+  kernels::Mamba2DecodeWeights w;
+  w.q_heads = config_.num_q_heads;
+  w.kv_heads = config_.num_kv_heads;
+  w.head_dim = config_.head_dim;
+  w.conv = conv_;
+  w.conv_bias = conv_bias_;
+  if (config_.use_qk_norm) w.B_norm = B_norm_, w.C_norm = C_norm_;
+  w.bc_norm_eps = config_.bc_norm_eps;
+  w.A_log = A_log_;
+  w.dt_bias = dt_bias_;
+  return w;
+}
+
+bool Mamba2Mixer::fused_step_applies(const at::Tensor& x, const LayerCache& cache) const {
+  const auto* m2_cache = dynamic_cast<const Mamba2Cache*>(&cache);
+  return m2_cache && state_updates_in_place(m2_cache->state, at::kFloat) &&
+         kernels::mamba2_decode_inputs_apply(x, decode_weights(), m2_cache->conv_state);
+}
+
+at::Tensor Mamba2Mixer::fused_step(const at::Tensor& x, Mamba2Cache& cache) {
+  if (!fused_step_applies(x, cache)) return at::Tensor();
+  const int64_t batch = x.size(0), Hq = config_.num_q_heads, D = config_.head_dim;
+  const at::Tensor projection = project(x, in_proj_);  // [B, 1, z | x | B | C | dt] in x's dtype
+  const kernels::Mamba2DecodeInputs fused = kernels::mamba2_decode_inputs(
+      projection.reshape({batch, projection.size(-1)}), decode_weights(), cache.conv_state);
+  const at::Tensor y = ssd_step_in_place(fused.x, fused.delta, fused.A, fused.B, fused.C, cache.state);
+  cache.tokens += 1;
+  Inputs in;  // what finish() reads: x and the gate z (x's dtype; the gated norm reads it as fp32)
+  in.x = fused.x.unsqueeze(1);
+  in.z = projection.narrow(-1, 0, Hq * D);
+  return finish(x, in, y.unsqueeze(1));
 }
 
 }  // namespace prime::model

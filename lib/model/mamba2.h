@@ -17,6 +17,10 @@ namespace prime::io {
 struct ModelConfig;
 }
 
+namespace prime::kernels {
+struct Mamba2DecodeWeights;
+}
+
 namespace prime::model {
 
 // `mamba2_config` of a hybrid checkpoint (design/formats.md). Heads have dimension
@@ -84,6 +88,9 @@ class Mamba2Mixer : public SsmMixer {
   at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor forward_recurrent(const at::Tensor& x, LayerCache* cache) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
+  // Whether step(x, cache) runs on the fused decode kernels (see fused_step) rather than the
+  // torch form.
+  bool fused_step_applies(const at::Tensor& x, const LayerCache& cache) const;
 
   const Mamba2Config& config() const { return config_; }
 
@@ -99,6 +106,11 @@ class Mamba2Mixer : public SsmMixer {
   Inputs prepare(const at::Tensor& x, Mamba2Cache* cache, const at::Tensor& starts = at::Tensor()) const;
   // D skip, gate, grouped RMSNorm, out_proj.
   at::Tensor finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const;
+  // The decode step on fused kernels (in_proj, then the norms, conv and gates in one launch:
+  // kernels/ssm_decode/decode_inputs.h, then the state update); undefined where they do not
+  // serve, and then step() runs the torch form.
+  at::Tensor fused_step(const at::Tensor& x, Mamba2Cache& cache);
+  kernels::Mamba2DecodeWeights decode_weights() const;
 
   Mamba2Config config_;
   std::string prefix_;

@@ -108,9 +108,12 @@ CacheT* typed_cache(LayerCache* cache, const at::Tensor& x, const char* symbol,
 // Whether a decode step may write the cache's recurrent state in place: no autograd recording,
 // and the state already contiguous in the step's compute dtype (else the out-of-place step and
 // store_state, which also keep a tracked state a node of the graph).
+inline bool state_updates_in_place(const at::Tensor& state, at::ScalarType type) {
+  return !at::GradMode::is_enabled() && state.defined() && state.is_contiguous() && state.scalar_type() == type &&
+         !state.requires_grad();
+}
 inline bool state_updates_in_place(const at::Tensor& state, const at::Tensor& like) {
-  return !at::GradMode::is_enabled() && state.defined() && state.is_contiguous() &&
-         state.scalar_type() == like.scalar_type() && !state.requires_grad();
+  return state_updates_in_place(state, like.scalar_type());
 }
 
 // One form's state hand-over for a cache with one recurrent `state`: the core runs from the
