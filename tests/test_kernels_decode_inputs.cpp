@@ -228,20 +228,10 @@ void check_mixer_steps(Mixer& mixer, const at::Tensor& x, const at::Tensor& want
   if (type == at::kFloat) CHECK(fused_error <= 1e-5);
   else CHECK(fused_error <= 2 * torch_error + 1e-3);
 #ifdef PRIME_WITH_CUDA
-  const auto eager_cache = mixer.make_cache(B, at::Device(at::kCUDA));
-  const auto graph_cache = mixer.make_cache(B, at::Device(at::kCUDA));
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    mixer.step(x.narrow(1, t, 1), *eager_cache);
-    mixer.step(x.narrow(1, t, 1), *graph_cache);
-  }
-  const at::Tensor last = x.narrow(1, T - 1, 1).clone();
-  const at::Tensor eager = mixer.step(last, *eager_cache);
-  at::Tensor graphed;
-  at::cuda::CUDAGraph graph;
-  test::capture(graph, [&] { graphed = mixer.step(last, *graph_cache); });
-  graph.replay();
-  CHECK(at::equal(graphed, eager));
-  const std::vector<at::Tensor> eager_states = states(*eager_cache), graph_states = states(*graph_cache);
+  const test::GraphedStep graphed = test::graphed_last_step(mixer, x);
+  CHECK(at::equal(graphed.graphed, graphed.eager));
+  const std::vector<at::Tensor> eager_states = states(*graphed.eager_cache),
+                                graph_states = states(*graphed.graph_cache);
   for (size_t i = 0; i < eager_states.size(); ++i) {
     REQUIRE(graph_states[i].defined() == eager_states[i].defined());
     if (eager_states[i].defined()) CHECK(at::equal(graph_states[i], eager_states[i]));

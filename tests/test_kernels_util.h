@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 
+#include "model/mixer.h"
 #include "test_helpers.h"
 
 #ifdef PRIME_WITH_CUDA
@@ -56,6 +58,30 @@ inline void capture(at::cuda::CUDAGraph& graph, const std::function<void()>& wor
     graph.capture_end();
   }
   stream.synchronize();
+}
+
+// A mixer's step (x [B, T, hidden] on CUDA) through tokens 0..T-2 on two fresh caches, then token
+// T-1 eagerly on the first and as a replayed CUDA graph on the second: both outputs and caches.
+struct GraphedStep {
+  at::Tensor eager, graphed;
+  std::unique_ptr<model::LayerCache> eager_cache, graph_cache;
+};
+
+template <typename Mixer>
+GraphedStep graphed_last_step(Mixer& mixer, const at::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1);
+  GraphedStep out{{}, {}, mixer.make_cache(B, x.device()), mixer.make_cache(B, x.device())};
+  for (int64_t t = 0; t + 1 < T; ++t) {
+    mixer.step(x.narrow(1, t, 1), *out.eager_cache);
+    mixer.step(x.narrow(1, t, 1), *out.graph_cache);
+  }
+  const at::Tensor last = x.narrow(1, T - 1, 1).clone();
+  out.eager = mixer.step(last, *out.eager_cache);
+  at::cuda::CUDAGraph graph;
+  capture(graph, [&] { out.graphed = mixer.step(last, *out.graph_cache); });
+  graph.replay();
+  at::cuda::getCurrentCUDAStream().synchronize();
+  return out;
 }
 #endif
 

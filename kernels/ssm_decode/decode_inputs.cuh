@@ -60,7 +60,8 @@ constexpr int kInputsPerLane = 8;
 // Host: the grid of `head_warps` warps followed by a warp per 32 of `gate_items`.
 inline dim3 inputs_grid(int64_t head_warps, int64_t gate_items, const char* op) {
   const int64_t warps = head_warps + (gate_items + 31) / 32;
-  PRIME_CHECK(warps <= INT_MAX / 32, op, ": ", head_warps, " head warps and ", gate_items, " gate items exceed the grid");
+  PRIME_CHECK(warps <= INT_MAX / 32, op, ": ", head_warps, " head warps and ", gate_items,
+              " gate items exceed the grid");
   return dim3(static_cast<unsigned>((warps + kInputsWarpsPerBlock - 1) / kInputsWarpsPerBlock));
 }
 

@@ -4,11 +4,15 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 
 #include "kernels/common/policy.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
 #include "kernels/ssm_decode/ssm_decode_launch.h"
 #endif
 
@@ -27,6 +31,12 @@ bool has_sizes(const at::Tensor& tensor, std::initializer_list<int64_t> sizes) {
 }
 
 bool served_dim(int64_t dim) { return dim >= 1 && dim <= kDecodeMaxDim; }
+
+// PRIME_GKA_DECODE_KERNEL=0: GKA's torch step (read at each call: timings switch it).
+bool gka_kernel_opted_out() {
+  const char* value = std::getenv("PRIME_GKA_DECODE_KERNEL");
+  return value != nullptr && std::string(value) == "0";
+}
 
 // Decode only: the step overwrites the state, which autograd could not differentiate.
 bool decode_state(const at::Tensor& state) {
@@ -79,6 +89,47 @@ at::Tensor mamba2_decode_step(const at::Tensor& x, const at::Tensor& delta, cons
                                Cm.contiguous(), state, y);
 #endif
   return y;
+}
+
+bool gka_decode_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
+                      const at::Tensor& decay_kk, const at::Tensor& decay_kv, const at::Tensor& kk_state,
+                      const at::Tensor& kv_state, const GkaDecodeOptions& options) {
+  if (!decode_state(kv_state) || options.num_iter < 0 || gka_kernel_opted_out()) return false;
+  if (options.num_iter > 0 ? !decode_state(kk_state) || kk_state.sizes() != kv_state.sizes() : kk_state.defined())
+    return false;
+  const at::ScalarType type = q.defined() ? q.scalar_type() : at::kFloat;
+  if (type != at::kFloat && type != at::kDouble) return false;
+  const int64_t B = kv_state.size(0), H = kv_state.size(1), D = kv_state.size(2);
+  if (kv_state.size(3) != D || D < 1 || D > kGkaDecodeMaxDim) return false;
+  for (const at::Tensor* t : {&q, &k, &v})
+    if (!t->defined() || t->scalar_type() != type || t->device() != kv_state.device() || !has_sizes(*t, {B, H, D}))
+      return false;
+  for (const at::Tensor* t : {&alpha, &decay_kk, &decay_kv})
+    if (t->defined() && (t->scalar_type() != type || t->device() != kv_state.device() || !has_sizes(*t, {B, H})))
+      return false;
+#ifdef PRIME_WITH_CUDA
+  // H in shared memory: what this device lets one block take.
+  const auto* properties = at::cuda::getDeviceProperties(kv_state.get_device());
+  return detail::gka_decode_shared_bytes(D, type) <= properties->sharedMemPerBlockOptin;
+#else
+  return false;
+#endif
+}
+
+at::Tensor gka_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
+                           const at::Tensor& decay_kk, const at::Tensor& decay_kv, at::Tensor& kk_state,
+                           at::Tensor& kv_state, const GkaDecodeOptions& options) {
+  PRIME_CHECK(gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk_state, kv_state, options),
+              "gka_decode_step: operands the kernel does not serve (q ", q.sizes(), ", kv_state ", kv_state.sizes(),
+              "); ask gka_decode_apply first");
+  require_cuda_build("gka_decode_step");
+  at::Tensor o = new_output({kv_state.size(0), kv_state.size(1), kv_state.size(2)}, kv_state.options());
+#ifdef PRIME_WITH_CUDA
+  const auto contiguous = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
+  detail::launch_gka_decode(q.contiguous(), k.contiguous(), v.contiguous(), contiguous(alpha), contiguous(decay_kk),
+                            contiguous(decay_kv), kk_state, kv_state, o, options);
+#endif
+  return o;
 }
 
 }  // namespace prime::kernels

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/ssm_decode/ssm_decode.h"
 #include "model/documents.h"
 #include "model/gka_core.h"
 #include "model/linear.h"
@@ -268,10 +269,21 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
   GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);
   const Prepared prepared = prepare(x, &gka_cache);
+  const gka_detail::SolveOptions solve = solve_options(config_);
+  // On CUDA one kernel does the step with the cache's states updated in place (kernels/ssm_decode).
+  const kernels::GkaDecodeOptions options{solve.ridge_strength, solve.num_iter, solve.output_scale};
+  const auto token = [](const at::Tensor& t) { return t.defined() ? t.select(1, 0) : t; };
+  const at::Tensor q = token(prepared.q), k = token(prepared.k), v = token(prepared.v), alpha = token(prepared.alpha),
+                   decay_kk = token(prepared.log_decay_kk), decay_kv = token(prepared.log_decay_kv);
+  if (kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, gka_cache.kk_state, gka_cache.kv_state, options)) {
+    const at::Tensor o = kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, gka_cache.kk_state,
+                                                  gka_cache.kv_state, options);
+    gka_cache.tokens += 1;
+    return finish(o.unsqueeze(1), prepared, x);
+  }
   at::Tensor kk_state = to_type(gka_cache.kk_state, prepared.q.scalar_type());
   at::Tensor kv_state = to_type(gka_cache.kv_state, prepared.q.scalar_type());
-  const at::Tensor o =
-      gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve_options(config_));
+  const at::Tensor o = gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve);
   store_state(gka_cache.kk_state, kk_state);
   store_state(gka_cache.kv_state, kv_state);
   gka_cache.tokens += 1;

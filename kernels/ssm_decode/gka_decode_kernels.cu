@@ -1,0 +1,265 @@
+// CUDA kernel of GKA's decode step (ssm_decode.h): one CTA per (b, h) does the whole step on chip.
+// The torch form (gka_detail::recurrent_step) is, per layer and token, the two states cast to the
+// solve dtype, decayed and updated out of place, ||H||_F, num_iter Chebyshev iterations of a
+// batched matrix-vector product and three fused elementwise ops each, the output product, and
+// both states copied back: some 150 launches and each state read ~num_iter times. Here H, once
+// updated, stays in shared memory in the solve precision S (float64 by default, GKA's inference
+// solve; fp32 when the layer solves in fp32) and every iteration's H x reads it there; each
+// state is read once from and written once to HBM (fp32, as the cache keeps it).
+//
+// Threads: 256 = G groups of D columns (G = 256 / D, D <= 128). Thread (g, c) owns column c for
+// the rows of group g: the updates read and write rows coalesced (consecutive c), 16 rows' loads
+// in flight before their stores, and since H is symmetric H x is formed by columns,
+// (H x)_c = sum_j H[j][c] x_j (four independent fma chains), consecutive threads reading
+// consecutive shared words (no bank conflicts); the G partial sums meet in shared memory.
+// Arithmetic in S throughout, as the torch form's solve dtype: H = e^{g_kk} H + k k^T (one fma),
+// f = sqrt(max(||H||_F^2, 1e-30)), lambda = r f, eta = 2 / (2 lambda + f), the omega recurrence
+// with spread = 1 / (2 (2 r + 1)), x_0 = eta q, x' = base + omega (1 - eta lambda) x
+// - omega eta H x with base = x_prev + omega (eta q - x_prev) (eta q omega at the first step),
+// q~ = q + alpha (x - q), S = e^{g_kv} S + k v^T, o = scale S^T q~ rounded to fp32.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/common/prefetch.cuh"
+#include "kernels/ssm_decode/ssm_decode_launch.h"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxDim = 128;
+// Rows of a state a thread loads before it uses any: the state is read and written in place, so
+// a load the compiler must keep after the previous row's store would wait on its own round trip.
+constexpr int kRowsInFlight = 16;
+
+template <typename S>
+struct GkaStep {
+  const S* q;         // [B, H, D]
+  const S* k;         // [B, H, D]
+  const S* v;         // [B, H, D]
+  const S* alpha;     // [B, H] or null (alpha = 1)
+  const S* decay_kk;  // [B, H] log decay of H, or null
+  const S* decay_kv;  // [B, H] log decay of S, or null
+  float* kk;          // [B, H, D, D] or null (num_iter == 0)
+  float* kv;          // [B, H, D, D]
+  float* o;           // [B, H, D]
+  int dim, num_iter;
+  double ridge, scale;
+};
+
+// The sum of one value per thread over the block (every thread gets it). `scratch` holds
+// kThreads / 32 values; the caller's next use of it must follow a barrier.
+template <typename S>
+__device__ __forceinline__ S block_sum(S value, S* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = value;
+  __syncthreads();
+  S total = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) total += scratch[w];
+  return total;
+}
+
+// Column c of rows [begin, end) of a D x D fp32 state, updated in place: state[j][c] =
+// update(j, state[j][c]), the rows' loads issued kRowsInFlight at a time before their stores.
+template <typename Update>
+__device__ __forceinline__ void for_rows(float* state, int D, int c, int begin, int end, const Update& update) {
+  for (int first = begin; first < end; first += kRowsInFlight) {
+    float values[kRowsInFlight];
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r)
+      if (first + r < end) values[r] = state[(first + r) * D + c];
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r)
+      if (first + r < end) state[(first + r) * D + c] = update(first + r, values[r]);
+  }
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p) {
+  extern __shared__ __align__(16) unsigned char raw_shared[];
+  const int D = p.dim;
+  const int groups = kThreads / D;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int g = tid / D, c = tid % D;
+  const bool active = g < groups;
+  const int rows_per_group = (D + groups - 1) / groups;
+  const int row_begin = g * rows_per_group, row_end = min(D, row_begin + rows_per_group);
+  S* H = reinterpret_cast<S*>(raw_shared);  // [D][D]
+  S* partial = H + D * D;                   // [groups][D]
+  S* q = partial + groups * D;
+  S* k = q + D;
+  S* x = k + D;
+  S* x_prev = x + D;
+  S* scratch = x_prev + D;  // kThreads / 32
+
+  const int64_t bh = blockIdx.x;
+  const int64_t matrix = bh * D * D;
+  prefetch_l2_block(p.kv + matrix, static_cast<size_t>(D) * D);  // read after the solve
+  if (p.kk != nullptr) prefetch_l2_block(p.kk + matrix, static_cast<size_t>(D) * D);
+  for (int i = tid; i < D; i += kThreads) {
+    q[i] = p.q[bh * D + i];
+    k[i] = p.k[bh * D + i];
+  }
+  __syncthreads();
+
+  if (p.num_iter > 0) {
+    // H = e^{g_kk} H + k k^T, into shared memory and back to the cache; ||H||_F^2 on the way.
+    const S decay = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
+    S squares = 0;
+    if (active) {
+      const S k_c = k[c];
+      for_rows(p.kk + matrix, D, c, row_begin, row_end, [&](int j, float previous) {
+        const S h = fma(decay, static_cast<S>(previous), k[j] * k_c);
+        H[j * D + c] = h;
+        squares = fma(h, h, squares);
+        return static_cast<float>(h);
+      });
+    }
+    const S frob = sqrt(max(block_sum(squares, scratch), S(1e-30)));
+    const S lambda = frob * static_cast<S>(p.ridge);
+    const S eta = S(2) / (S(2) * lambda + frob);
+    const S spread = S(1) / (S(2) * (S(2) * static_cast<S>(p.ridge) + S(1)));
+    const S contraction = spread * spread;
+    const S one_minus_eta_lambda = S(1) - eta * lambda;
+    if (tid < D) x[tid] = eta * q[tid];
+    __syncthreads();
+    S omega = 2;
+    for (int iteration = 0; iteration < p.num_iter; ++iteration) {
+      omega = S(1) / (S(1) - contraction * omega);
+      if (active) {  // this group's part of (H x)_c, in four independent chains
+        S sums[4] = {0, 0, 0, 0};
+        int j = row_begin;
+        for (; j + 4 <= row_end; j += 4) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) sums[u] = fma(H[(j + u) * D + c], x[j + u], sums[u]);
+        }
+        for (; j < row_end; ++j) sums[0] = fma(H[j * D + c], x[j], sums[0]);
+        partial[g * D + c] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+      }
+      __syncthreads();
+      if (tid < D) {
+        S hx = 0;
+        for (int gi = 0; gi < groups; ++gi) hx += partial[gi * D + tid];
+        const S eta_q = eta * q[tid];
+        const S base = iteration == 0 ? eta_q * omega : x_prev[tid] + omega * (eta_q - x_prev[tid]);
+        const S current = x[tid];
+        x_prev[tid] = current;
+        x[tid] = base + (one_minus_eta_lambda * omega) * current - (eta * omega) * hx;
+      }
+      __syncthreads();
+    }
+    if (tid < D) {  // q~ = q + alpha (x - q)
+      const S solved = x[tid];
+      q[tid] = p.alpha != nullptr ? q[tid] + p.alpha[bh] * (solved - q[tid]) : solved;
+    }
+    __syncthreads();
+  }
+
+  // S = e^{g_kv} S + k v^T, back to the cache; o = scale S^T q~ from the new values.
+  const S decay = p.decay_kv != nullptr ? exp(p.decay_kv[bh]) : S(1);
+  if (active) {
+    const S v_c = p.v[bh * D + c];
+    S sum = 0;
+    for_rows(p.kv + matrix, D, c, row_begin, row_end, [&](int j, float previous) {
+      const S s = fma(decay, static_cast<S>(previous), k[j] * v_c);
+      sum = fma(q[j], s, sum);
+      return static_cast<float>(s);
+    });
+    partial[g * D + c] = sum;
+  }
+  __syncthreads();
+  if (tid < D) {
+    S out = 0;
+    for (int gi = 0; gi < groups; ++gi) out += partial[gi * D + tid];
+    p.o[bh * D + tid] = static_cast<float>(out * static_cast<S>(p.scale));
+  }
+}
+
+template <typename S>
+size_t shared_bytes(int D) {
+  const int groups = kThreads / D;
+  return (static_cast<size_t>(D) * D + static_cast<size_t>(groups) * D + 4 * D + kThreads / 32) * sizeof(S);
+}
+
+template <typename S>
+const S* optional_data(const at::Tensor& t) {
+  return t.defined() ? static_cast<const S*>(t.data_ptr()) : nullptr;
+}
+
+template <typename S>
+void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
+                  const at::Tensor& decay_kk, const at::Tensor& decay_kv, const at::Tensor& kk_state,
+                  const at::Tensor& kv_state, const at::Tensor& o, const GkaDecodeOptions& options) {
+  const int D = static_cast<int>(kv_state.size(3));
+  GkaStep<S> p{};
+  p.q = optional_data<S>(q);
+  p.k = optional_data<S>(k);
+  p.v = optional_data<S>(v);
+  p.alpha = optional_data<S>(alpha);
+  p.decay_kk = optional_data<S>(decay_kk);
+  p.decay_kv = optional_data<S>(decay_kv);
+  p.kk = options.num_iter > 0 ? static_cast<float*>(kk_state.data_ptr()) : nullptr;
+  p.kv = static_cast<float*>(kv_state.data_ptr());
+  p.o = static_cast<float*>(o.data_ptr());
+  p.dim = D;
+  p.num_iter = options.num_iter;
+  p.ridge = options.ridge_strength;
+  p.scale = options.output_scale;
+  const size_t bytes = shared_bytes<S>(D);
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  const auto blocks = static_cast<unsigned>(kv_state.size(0) * kv_state.size(1));
+  gka_decode_kernel<S><<<blocks, kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH("gka_decode_kernel");
+}
+
+}  // namespace
+
+size_t gka_decode_shared_bytes(int64_t dim, at::ScalarType solve_type) {
+  if (dim < 1 || dim > kMaxDim) return SIZE_MAX;
+  return solve_type == at::kDouble ? shared_bytes<double>(static_cast<int>(dim))
+                                   : shared_bytes<float>(static_cast<int>(dim));
+}
+
+void launch_gka_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
+                       const at::Tensor& decay_kk, const at::Tensor& decay_kv, const at::Tensor& kk_state,
+                       const at::Tensor& kv_state, const at::Tensor& o, const GkaDecodeOptions& options) {
+  const char* op = "gka_decode";
+  check_operand(kv_state, op, "kv_state", at::kFloat, 4);
+  const int64_t B = kv_state.size(0), H = kv_state.size(1), D = kv_state.size(2);
+  PRIME_CHECK(kv_state.size(3) == D && D >= 1 && D <= kMaxDim, op, ": kv_state ", kv_state.sizes(),
+              " (square heads of 1 to ", kMaxDim, ")");
+  PRIME_CHECK(options.num_iter >= 0, op, ": num_iter ", options.num_iter);
+  const at::ScalarType type = q.scalar_type();
+  PRIME_CHECK(type == at::kFloat || type == at::kDouble, op, ": q must be fp32 or float64");
+  const auto check = [&](const at::Tensor& t, const char* name, at::ScalarType dtype,
+                         std::initializer_list<int64_t> sizes) {
+    check_operand(t, op, name, dtype, static_cast<int64_t>(sizes.size()));
+    PRIME_CHECK(t.sizes() == at::IntArrayRef(sizes), op, ": ", name, " is ", t.sizes(), ", expected ",
+                at::IntArrayRef(sizes));
+    PRIME_CHECK(t.device() == kv_state.device(), op, ": ", name, " on ", t.device());
+  };
+  for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}})
+    check(*t, name, type, {B, H, D});
+  for (const auto& [t, name] : {std::pair{&alpha, "alpha"}, std::pair{&decay_kk, "decay_kk"},
+                                std::pair{&decay_kv, "decay_kv"}})
+    if (t->defined()) check(*t, name, type, {B, H});
+  if (options.num_iter > 0) check(kk_state, "kk_state", at::kFloat, {B, H, D, D});
+  check(o, "o", at::kFloat, {B, H, D});
+  PRIME_CHECK(B * H <= INT_MAX, op, ": B*H = ", B * H, " exceeds the grid");
+  if (B * H == 0) return;
+  const at::cuda::CUDAGuard guard(kv_state.device());
+  if (type == at::kDouble)
+    launch_typed<double>(q, k, v, alpha, decay_kk, decay_kv, kk_state, kv_state, o, options);
+  else
+    launch_typed<float>(q, k, v, alpha, decay_kk, decay_kv, kk_state, kv_state, o, options);
+}
+
+}  // namespace prime::kernels::detail
