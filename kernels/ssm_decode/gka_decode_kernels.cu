@@ -25,6 +25,7 @@
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/prefetch.cuh"
+#include "kernels/ssm_decode/decode_inputs.cuh"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
 
 namespace prime::kernels::detail {
@@ -241,10 +242,7 @@ void launch_gka_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   PRIME_CHECK(type == at::kFloat || type == at::kDouble, op, ": q must be fp32 or float64");
   const auto check = [&](const at::Tensor& t, const char* name, at::ScalarType dtype,
                          std::initializer_list<int64_t> sizes) {
-    check_operand(t, op, name, dtype, static_cast<int64_t>(sizes.size()));
-    PRIME_CHECK(t.sizes() == at::IntArrayRef(sizes), op, ": ", name, " is ", t.sizes(), ", expected ",
-                at::IntArrayRef(sizes));
-    PRIME_CHECK(t.device() == kv_state.device(), op, ": ", name, " on ", t.device());
+    check_input(t, op, name, dtype, sizes, kv_state.device());
   };
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}})
     check(*t, name, type, {B, H, D});

@@ -271,17 +271,20 @@ kernels::GdnDecodeConvStates conv_states(const GdnCache& cache) {
   return {cache.q_conv_state, cache.k_conv_state, cache.v_conv_state};
 }
 
+bool fused_serves(const at::Tensor& x, const GdnCache& cache, const kernels::GdnDecodeWeights& w) {
+  return state_updates_in_place(cache.state, at::kFloat) && kernels::gdn_decode_inputs_apply(x, w, conv_states(cache));
+}
+
 }  // namespace
 
 bool GdnMixer::fused_step_applies(const at::Tensor& x, const LayerCache& cache) const {
   const auto* gdn_cache = dynamic_cast<const GdnCache*>(&cache);
-  return gdn_cache && state_updates_in_place(gdn_cache->state, at::kFloat) &&
-         kernels::gdn_decode_inputs_apply(x, decode_weights(), conv_states(*gdn_cache));
+  return gdn_cache && fused_serves(x, *gdn_cache, decode_weights());
 }
 
 at::Tensor GdnMixer::fused_step(const at::Tensor& x, GdnCache& cache) {
-  if (!fused_step_applies(x, cache)) return at::Tensor();
   const kernels::GdnDecodeWeights w = decode_weights();
+  if (!fused_serves(x, cache, w)) return at::Tensor();
   // The token's projections in two launches where the decode kernel serves them: q, k, v and the
   // gate's; b and a. Each weight in x's dtype, as project() casts.
   const auto group = [&](std::initializer_list<const at::Tensor*> weights) {

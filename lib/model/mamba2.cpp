@@ -252,18 +252,26 @@ kernels::Mamba2DecodeWeights Mamba2Mixer::decode_weights() const {
   return w;
 }
 
+namespace {
+
+bool fused_serves(const at::Tensor& x, const Mamba2Cache& cache, const kernels::Mamba2DecodeWeights& w) {
+  return state_updates_in_place(cache.state, at::kFloat) && kernels::mamba2_decode_inputs_apply(x, w, cache.conv_state);
+}
+
+}  // namespace
+
 bool Mamba2Mixer::fused_step_applies(const at::Tensor& x, const LayerCache& cache) const {
   const auto* m2_cache = dynamic_cast<const Mamba2Cache*>(&cache);
-  return m2_cache && state_updates_in_place(m2_cache->state, at::kFloat) &&
-         kernels::mamba2_decode_inputs_apply(x, decode_weights(), m2_cache->conv_state);
+  return m2_cache && fused_serves(x, *m2_cache, decode_weights());
 }
 
 at::Tensor Mamba2Mixer::fused_step(const at::Tensor& x, Mamba2Cache& cache) {
-  if (!fused_step_applies(x, cache)) return at::Tensor();
+  const kernels::Mamba2DecodeWeights w = decode_weights();
+  if (!fused_serves(x, cache, w)) return at::Tensor();
   const int64_t batch = x.size(0), Hq = config_.num_q_heads, D = config_.head_dim;
   const at::Tensor projection = project(x, in_proj_);  // [B, 1, z | x | B | C | dt] in x's dtype
   const kernels::Mamba2DecodeInputs fused = kernels::mamba2_decode_inputs(
-      projection.reshape({batch, projection.size(-1)}), decode_weights(), cache.conv_state);
+      projection.reshape({batch, projection.size(-1)}), w, cache.conv_state);
   const at::Tensor y = ssd_step_in_place(fused.x, fused.delta, fused.A, fused.B, fused.C, cache.state);
   cache.tokens += 1;
   Inputs in;  // what finish() reads: x and the gate z (x's dtype; the gated norm reads it as fp32)
