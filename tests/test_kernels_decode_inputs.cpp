@@ -3,7 +3,8 @@
 // and Mamba-2's (B/C head norms, the conv + SiLU, the heads repeated, delta and A), each against
 // a float64 reference written out here on the CPU, outputs poisoned with NaN first. Then each
 // mixer's step on the fused kernels against the float64 reference mixer and its torch form, token
-// by token from an empty cache, and a CUDA graph of the fused step.
+// by token from an empty cache, and a CUDA graph of the fused step; and bf16 GDN, Mamba-2 and GKA
+// hybrids decoding on the fused fronts (GKA's own front tests: test_kernels_gka_decode_inputs.cpp).
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -17,9 +18,11 @@
 #include "kernels/common/policy.h"
 #include "kernels/ssm_decode/decode_inputs.h"
 #include "model/gdn.h"
+#include "model/gka.h"
 #include "model/hybrid_model.h"
 #include "model/mamba2.h"
 #include "reference/ssm_reference.h"
+#include "test_decode_steps_util.h"
 #include "test_kernels_util.h"
 #include "test_ssm_mixer_util.h"
 
@@ -43,25 +46,11 @@ struct Branch {
   int64_t heads;
 };
 
-// silu(bias + conv over [history, u]) per channel: u [B,C], history [B,C,K-1], weight [C,1,K].
-at::Tensor reference_conv_silu(const at::Tensor& u, const at::Tensor& history, const at::Tensor& weight,
-                               const at::Tensor& bias) {
-  const at::Tensor window = at::cat({history, u.unsqueeze(-1)}, -1);  // [B,C,K]
-  at::Tensor z = (window * weight.squeeze(1)).sum(-1);
-  if (bias.defined()) z = z + bias;
-  return z * at::sigmoid(z);
-}
-
-// The history a conv step leaves: the last K-1 of [history, u].
-at::Tensor reference_history(const at::Tensor& u, const at::Tensor& history) {
-  return at::cat({history, u.unsqueeze(-1)}, -1).narrow(-1, 1, history.size(-1));
-}
-
 // silu(conv) over [history, raw] (or silu(raw) without a conv), L2-normalised per head with the
 // scale where scale > 0, each head repeated to H: [B,H,D].
 at::Tensor reference_branch(const Branch& br, int64_t H, int64_t D, double scale) {
   const int64_t B = br.raw.size(0);
-  const at::Tensor y_flat = br.weight.defined() ? reference_conv_silu(br.raw, br.history, br.weight, br.bias)
+  const at::Tensor y_flat = br.weight.defined() ? test::reference_conv_silu(br.raw, br.history, br.weight, br.bias)
                                                 : br.raw * at::sigmoid(br.raw);
   at::Tensor y = y_flat.reshape({B, br.heads, D});
   if (scale > 0) y = y * (at::rsqrt(y.pow(2).sum(-1, true) + 1e-6) * scale);
@@ -128,7 +117,7 @@ void check_shape(const Shape& s, at::ScalarType type, at::ScalarType params_type
             << " (vs float64)\n";
   if (s.K > 0)  // each history now holds its last K-1 inputs, exactly
     for (const auto& [after, br] : {std::pair{states.q, q}, std::pair{states.k, k}, std::pair{states.v, v}})
-      CHECK(at::equal(after.cpu().to(at::kDouble), reference_history(br.raw, br.history)));
+      CHECK(at::equal(after.cpu().to(at::kDouble), test::reference_history(br.raw, br.history)));
 }
 
 struct M2Shape {
@@ -171,7 +160,7 @@ void check_mamba2_shape(const M2Shape& s, at::ScalarType type, at::ScalarType pa
   };
   if (s.norm) Bs = rms(Bs, Hkv, B_norm), Cs = rms(Cs, H, C_norm);
   const at::Tensor u = at::cat({part(H * D, Hkv), Bs, Cs}, 1);
-  const at::Tensor y = reference_conv_silu(u, history, weight, bias);
+  const at::Tensor y = test::reference_conv_silu(u, history, weight, bias);
   const auto heads_of = [&](int64_t start, int64_t heads) {
     return y.narrow(1, start * D, heads * D).reshape({s.B, heads, D}).repeat_interleave(H / heads, 1);
   };
@@ -181,7 +170,7 @@ void check_mamba2_shape(const M2Shape& s, at::ScalarType type, at::ScalarType pa
                            test::relative_error(got.C, heads_of(2 * Hkv, H)),
                            test::relative_error(got.delta, at::softplus(dt + dt_bias)),
                            test::relative_error(got.A, -at::exp(A_log)),
-                           test::relative_error(conv_state, reference_history(u, history))};
+                           test::relative_error(conv_state, test::reference_history(u, history))};
   const char* names[] = {"x", "B", "C", "delta", "A", "conv state"};
   for (int i = 0; i < 6; ++i) {
     INFO(names[i]);
@@ -198,45 +187,6 @@ model::TensorMap cuda_weights(const reference::Weights& weights, at::ScalarType 
   model::TensorMap map = testing::with_prefix(weights, "m.", at::kFloat);
   for (auto& [name, tensor] : map) tensor = tensor.to(at::kCUDA, model::stays_fp32_tensor(name) ? at::kFloat : type);
   return map;
-}
-
-// The mixer's step token by token from an empty cache, on the fused kernels (policy Auto) and in
-// the torch form (policy Torch), each against `want` (the float64 reference's [B,T,hidden]); then
-// a CUDA graph of one fused step against the same step run eagerly from an equal cache.
-// `states(cache)` lists the cache's tensors the step updates.
-template <typename Mixer, typename States>
-void check_mixer_steps(Mixer& mixer, const at::Tensor& x, const at::Tensor& want, at::ScalarType type,
-                       const std::string& what, const States& states) {
-  INFO(what);
-  const int64_t B = x.size(0), T = x.size(1);
-  at::NoGradGuard no_grad;
-  const auto decode = [&](kernels::Policy policy) {
-    const kernels::ScopedKernelPolicy scoped(policy);
-    const auto cache = mixer.make_cache(B, at::Device(at::kCUDA));
-    std::vector<at::Tensor> outs;
-    for (int64_t t = 0; t < T; ++t) {
-      const at::Tensor token = x.narrow(1, t, 1);
-      CHECK(mixer.fused_step_applies(token, *cache) == (policy == kernels::Policy::Auto));
-      outs.push_back(mixer.step(token, *cache));
-    }
-    return at::cat(outs, 1);
-  };
-  const at::Tensor fused = decode(kernels::Policy::Auto), torch_form = decode(kernels::Policy::Torch);
-  const double fused_error = test::relative_error(fused, want), torch_error = test::relative_error(torch_form, want);
-  std::cout << "[kernels][decode] " << what << ": fused step vs float64 " << fused_error << " (torch form "
-            << torch_error << "), vs torch form " << test::relative_error(fused, torch_form) << "\n";
-  if (type == at::kFloat) CHECK(fused_error <= 1e-5);
-  else CHECK(fused_error <= 2 * torch_error + 1e-3);
-#ifdef PRIME_WITH_CUDA
-  const test::GraphedStep graphed = test::graphed_last_step(mixer, x);
-  CHECK(at::equal(graphed.graphed, graphed.eager));
-  const std::vector<at::Tensor> eager_states = states(*graphed.eager_cache),
-                                graph_states = states(*graphed.graph_cache);
-  for (size_t i = 0; i < eager_states.size(); ++i) {
-    REQUIRE(graph_states[i].defined() == eager_states[i].defined());
-    if (eager_states[i].defined()) CHECK(at::equal(graph_states[i], eager_states[i]));
-  }
-#endif
 }
 
 }  // namespace
@@ -324,7 +274,7 @@ TEST_CASE("SSM decode inputs kernels: the mixers' fused steps equal float64 and 
       const std::string what = "GDN mixer " + std::string(c10::toString(type)) + " hidden " +
                                std::to_string(c.hidden) + (c.conv ? "" : " no conv") +
                                (c.neg_eigval ? " neg_eigval" : "");
-      check_mixer_steps(mixer, x64.to(at::kCUDA, type), want, type, what, [](const model::LayerCache& cache) {
+      test::check_mixer_steps(mixer, x64.to(at::kCUDA, type), want, type, what, [](const model::LayerCache& cache) {
         const auto& gdn = dynamic_cast<const model::GdnCache&>(cache);
         return std::vector<at::Tensor>{gdn.state, gdn.q_conv_state, gdn.k_conv_state, gdn.v_conv_state};
       });
@@ -348,7 +298,7 @@ TEST_CASE("SSM decode inputs kernels: the mixers' fused steps equal float64 and 
       model::Mamba2Mixer mixer(config, cuda_weights(weights, type), "m.");
       const std::string what = "Mamba-2 mixer " + std::string(c10::toString(type)) + " hidden " +
                                std::to_string(c.hidden) + (c.norm ? "" : " no B/C norm");
-      check_mixer_steps(mixer, x64.to(at::kCUDA, type), want, type, what, [](const model::LayerCache& cache) {
+      test::check_mixer_steps(mixer, x64.to(at::kCUDA, type), want, type, what, [](const model::LayerCache& cache) {
         const auto& m2 = dynamic_cast<const model::Mamba2Cache&>(cache);
         return std::vector<at::Tensor>{m2.state, m2.conv_state};
       });
@@ -365,7 +315,7 @@ TEST_CASE("SSM decode inputs kernels: the SSM layers of bf16 hybrids decode on t
   model::LoadOptions load;
   load.device = at::Device(at::kCUDA);
   load.dtype = at::kBFloat16;  // as prime-bench decode loads (A_log, dt_bias, D stay fp32)
-  for (const char* type : {"GDN", "M2"}) {
+  for (const char* type : {"GDN", "M2", "GKA"}) {
     INFO(type);
     eval::BenchModel bench = eval::load_bench_model(teacher + "+convert:" + type + ":1:1", load);
     model::HybridModel& model = *bench.model;
@@ -384,6 +334,8 @@ TEST_CASE("SSM decode inputs kernels: the SSM layers of bf16 hybrids decode on t
           applies = gdn->fused_step_applies(token, *cache.layers[layer]);
         else if (auto* m2 = dynamic_cast<model::Mamba2Mixer*>(&model.mixer(layer)))
           applies = m2->fused_step_applies(token, *cache.layers[layer]);
+        else if (auto* gka = dynamic_cast<model::GkaMixer*>(&model.mixer(layer)))
+          applies = gka->fused_step_applies(token, *cache.layers[layer]);
         else
           continue;
         ++ssm_layers;

@@ -119,4 +119,47 @@ Mamba2DecodeInputs mamba2_decode_inputs(const at::Tensor& projection, const Mamb
   return out;
 }
 
+bool gka_decode_inputs_apply(const at::Tensor& x, const GkaDecodeWeights& w, const GkaDecodeConvStates& states) {
+  const int64_t H = w.heads, D = w.head_dim;
+  if (!token_served(x, D) || H < 1) return false;
+  for (const int64_t heads : {w.q_heads, w.k_heads, w.v_heads})
+    if (heads < 1 || H % heads != 0) return false;
+  const int64_t K = conv_size(w.q_conv), hidden = x.size(2);
+  if (!conv_served(x, w.q_conv, at::Tensor(), states.q, w.q_heads * D, K) ||
+      !conv_served(x, w.k_conv, at::Tensor(), states.k, w.k_heads * D, K))
+    return false;
+  const bool v_served = w.v_conv.defined() ? conv_served(x, w.v_conv, at::Tensor(), states.v, w.v_heads * D, K)
+                                           : !states.v.defined();
+  if (!v_served) return false;
+  // A gate: its weight [H, hidden] and bias [H] of x's dtype, or neither.
+  const auto gate_served = [&](const at::Tensor& weight, const at::Tensor& bias) {
+    if (!weight.defined() || !bias.defined()) return !weight.defined() && !bias.defined();
+    return operand(weight, x, x.scalar_type(), {H, hidden}) && operand(bias, x, x.scalar_type(), {H});
+  };
+  if (!gate_served(w.b_proj, w.b_bias) || !gate_served(w.alpha_proj, w.alpha_bias)) return false;
+  return !w.a_proj.defined() || (operand(w.a_proj, x, x.scalar_type(), {H, hidden}) &&
+                                 head_parameter(w.A_log, x, H) && head_parameter(w.dt_bias, x, H));
+}
+
+GkaDecodeInputs gka_decode_inputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const GkaDecodeWeights& weights, const GkaDecodeConvStates& states,
+                                  at::ScalarType solve_type) {
+  PRIME_CHECK(x.defined() && x.dim() == 3 && x.size(1) == 1, "gka_decode_inputs: x must be [B, 1, hidden]");
+  PRIME_CHECK(q.defined() && q.dim() == 2, "gka_decode_inputs: q must be [B, C]");
+  PRIME_CHECK(solve_type == at::kFloat || solve_type == at::kDouble,
+              "gka_decode_inputs: the solve dtype must be fp32 or float64");
+  require_cuda_build("gka_decode_inputs");
+  const int64_t B = x.size(0), H = weights.heads, D = weights.head_dim;
+  const auto options = x.options().dtype(solve_type);
+  GkaDecodeInputs out{new_output({B, H, D}, options), new_output({B, H, D}, options), new_output({B, H, D}, options),
+                      weights.alpha_proj.defined() ? new_output({B, H}, options) : at::Tensor(),
+                      weights.a_proj.defined() ? new_output({B, H}, options) : at::Tensor()};
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gka_decode_inputs(x.reshape({B, x.size(2)}).contiguous(), q, k, v, weights, states, out);
+#else
+  (void)k, (void)v, (void)states;
+#endif
+  return out;
+}
+
 }  // namespace prime::kernels

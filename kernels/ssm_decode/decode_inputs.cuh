@@ -70,6 +70,34 @@ __device__ __forceinline__ int inputs_warp() {
   return static_cast<int>(blockIdx.x) * kInputsWarpsPerBlock + static_cast<int>(threadIdx.x) / 32;
 }
 
+// A warp's head row of a token's [B, C] projection `raw`: lane l's y[i] is channel l + 32 i of
+// head `head` at batch row b, the conv + SiLU over the cache's history where `weight` is given
+// (K > 0; bias optional), else no_conv(u) of the projected value u; zero past `dim`. Returns the
+// lane's sum of y^2.
+template <typename T, int K, typename NoConv>
+__device__ __forceinline__ float head_row(const T* raw, const T* weight, const T* bias, float* history,
+                                          int64_t channels, int b, int head, int dim, int lane,
+                                          float (&y)[kInputsPerLane], const NoConv& no_conv) {
+  float squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kInputsPerLane; ++i) {
+    const int d = lane + i * 32;
+    y[i] = 0.0f;
+    if (d >= dim) continue;
+    const int64_t c = static_cast<int64_t>(head) * dim + d;
+    const float u = to_float(raw[b * channels + c]);
+    if constexpr (K > 0) {
+      y[i] = weight != nullptr ? conv_silu_step<T, K>(history + (b * channels + c) * (K - 1), weight + c * K,
+                                                      bias != nullptr ? bias + c : nullptr, u)
+                               : no_conv(u);
+    } else {
+      y[i] = no_conv(u);
+    }
+    squares = fmaf(y[i], y[i], squares);
+  }
+  return squares;
+}
+
 // Where the warp of index `index` among a batch row's head warps falls, the heads of three
 // segments in a row (counts h0, h1, then the rest): its segment (0, 1, 2) and head within it.
 __device__ __forceinline__ void locate_head(int index, int h0, int h1, int& segment, int& head) {

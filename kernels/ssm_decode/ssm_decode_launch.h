@@ -31,14 +31,20 @@ void launch_gka_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 // Shared memory gka_decode_kernel takes at head dimension `dim` in `solve_type` (SIZE_MAX beyond 128).
 size_t gka_decode_shared_bytes(int64_t dim, at::ScalarType solve_type);
 
-// The steps' fused fronts (decode_inputs.h; defined in gdn_decode_inputs_kernels.cu and
-// mamba2_decode_inputs_kernels.cu): the projections of the weights' dtype, `out` allocated as that
-// header says. Each checks every operand.
+// The steps' fused fronts (decode_inputs.h; defined in gdn_decode_inputs_kernels.cu,
+// mamba2_decode_inputs_kernels.cu and gka_decode_inputs_kernels.cu): the projections of the
+// weights' dtype, `out` allocated as that header says. Each checks every operand.
 void launch_gdn_decode_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& b, const at::Tensor& a, const GdnDecodeWeights& weights,
                               const GdnDecodeConvStates& states, const GdnDecodeInputs& out);
 
 void launch_mamba2_decode_inputs(const at::Tensor& projection, const Mamba2DecodeWeights& weights,
                                  const at::Tensor& conv_state, const Mamba2DecodeInputs& out);
+
+// x [B, hidden] (the token, for the gates); out's q, k, v [B,H,D] and its gates [B,H] (undefined
+// where the layer has none) of one solve dtype, fp32 or float64.
+void launch_gka_decode_inputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const GkaDecodeWeights& weights, const GkaDecodeConvStates& states,
+                              const GkaDecodeInputs& out);
 
 }  // namespace prime::kernels::detail

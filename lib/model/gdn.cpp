@@ -286,17 +286,9 @@ at::Tensor GdnMixer::fused_step(const at::Tensor& x, GdnCache& cache) {
   const kernels::GdnDecodeWeights w = decode_weights();
   if (!fused_serves(x, cache, w)) return at::Tensor();
   // The token's projections in two launches where the decode kernel serves them: q, k, v and the
-  // gate's; b and a. Each weight in x's dtype, as project() casts.
-  const auto group = [&](std::initializer_list<const at::Tensor*> weights) {
-    std::vector<at::Tensor> cast;
-    for (const at::Tensor* weight : weights)
-      if (weight->defined()) cast.push_back(weight->to(x.scalar_type()));
-    std::vector<at::Tensor> outs = linear_group(x, cast);
-    for (at::Tensor& out : outs) out = out.reshape({x.size(0), out.size(-1)});
-    return outs;
-  };
-  const std::vector<at::Tensor> wide = group({&q_proj_, &k_proj_, &v_proj_, &g_proj_});
-  const std::vector<at::Tensor> gates = group({&b_proj_, &gk_proj_});
+  // gate's; b and a.
+  const std::vector<at::Tensor> wide = project_token_group(x, {&q_proj_, &k_proj_, &v_proj_, &g_proj_});
+  const std::vector<at::Tensor> gates = project_token_group(x, {&b_proj_, &gk_proj_});
   const kernels::GdnDecodeInputs in =
       kernels::gdn_decode_inputs(wide[0], wide[1], wide[2], gates[0], gates[1], w, conv_states(cache));
   const at::Tensor o = gated_delta_rule_step_in_place(in.q, in.k, in.v, in.g, in.beta, cache.state);

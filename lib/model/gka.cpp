@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/ssm_decode/decode_inputs.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/documents.h"
 #include "model/gka_core.h"
@@ -268,7 +269,8 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   check_mixer_input(x, config_.hidden_size, "GKA", prefix_);
   PRIME_CHECK(x.size(1) == 1, "GKA step takes one token, got ", x.size(1));
   GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);
-  const Prepared prepared = prepare(x, &gka_cache);
+  Prepared prepared = fused_prepare(x, gka_cache);
+  if (!prepared.q.defined()) prepared = prepare(x, &gka_cache);
   const gka_detail::SolveOptions solve = solve_options(config_);
   // On CUDA one kernel does the step with the cache's states updated in place (kernels/ssm_decode).
   const kernels::GkaDecodeOptions options{solve.ridge_strength, solve.num_iter, solve.output_scale};
@@ -288,6 +290,49 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   store_state(gka_cache.kv_state, kv_state);
   gka_cache.tokens += 1;
   return finish(o.unsqueeze(1), prepared, x);
+}
+
+kernels::GkaDecodeWeights GkaMixer::decode_weights() const {
+  kernels::GkaDecodeWeights w;
+  w.q_heads = config_.num_q_heads;
+  w.k_heads = config_.num_k_heads;
+  w.v_heads = config_.num_v_heads;
+  w.heads = config_.num_heads();
+  w.head_dim = config_.head_dim;
+  w.q_conv = q_conv_, w.k_conv = k_conv_, w.v_conv = v_conv_;
+  w.b_proj = b_proj_, w.b_bias = b_bias_;
+  w.alpha_proj = alpha_proj_, w.alpha_bias = alpha_bias_;
+  if (config_.use_forgetting_gate) w.a_proj = a_proj_, w.A_log = A_log_, w.dt_bias = dt_bias_;
+  return w;
+}
+
+namespace {
+
+kernels::GkaDecodeConvStates conv_states(const GkaCache& cache) {
+  return {cache.conv_q, cache.conv_k, cache.conv_v};
+}
+
+}  // namespace
+
+bool GkaMixer::fused_step_applies(const at::Tensor& x, const LayerCache& cache) const {
+  const auto* gka_cache = dynamic_cast<const GkaCache*>(&cache);
+  return gka_cache && kernels::gka_decode_inputs_apply(x, decode_weights(), conv_states(*gka_cache));
+}
+
+GkaMixer::Prepared GkaMixer::fused_prepare(const at::Tensor& x, GkaCache& cache) const {
+  const kernels::GkaDecodeWeights w = decode_weights();
+  if (!kernels::gka_decode_inputs_apply(x, w, conv_states(cache))) return {};
+  const int64_t B = x.size(0), H = config_.num_heads(), D = config_.head_dim;
+  const std::vector<at::Tensor> wide = project_token_group(x, {&q_proj_, &k_proj_, &v_proj_, &g_proj_});
+  const kernels::GkaDecodeInputs in =
+      kernels::gka_decode_inputs(x, wide[0], wide[1], wide[2], w, conv_states(cache), solve_dtype(x.device()));
+  const auto token = [](const at::Tensor& t) { return t.defined() ? t.unsqueeze(1) : t; };
+  Prepared out;
+  out.q = token(in.q), out.k = token(in.k), out.v = token(in.v), out.alpha = token(in.alpha);
+  out.log_decay_kv = token(in.log_decay);
+  if (config_.use_forgetting_gate_kk) out.log_decay_kk = out.log_decay_kv;
+  if (config_.use_gate) out.gate = wide[3].reshape({B, 1, H, D});
+  return out;
 }
 
 at::Tensor gka_chebyshev_solve(const at::Tensor& H, const at::Tensor& q, double ridge_strength,

@@ -52,6 +52,10 @@
 #include "model/mixer.h"
 #include "model/weights.h"
 
+namespace prime::kernels {
+struct GkaDecodeWeights;
+}
+
 namespace prime::io {
 struct ModelConfig;
 }
@@ -118,6 +122,9 @@ class GkaMixer : public SsmMixer {
   // DocumentChunks), both states and the short convs restarting at every document.
   at::Tensor forward_documents(const at::Tensor& x, const Documents& documents) override;
   at::Tensor step(const at::Tensor& x, LayerCache& cache) override;
+  // Whether step(x, cache) prepares its inputs on the fused decode kernels (see fused_prepare)
+  // rather than in the torch form.
+  bool fused_step_applies(const at::Tensor& x, const LayerCache& cache) const;
 
   const GkaConfig& config() const { return config_; }
   // Dtype of the state recurrence and solve for inputs on `device` (see Numerics above):
@@ -135,6 +142,11 @@ class GkaMixer : public SsmMixer {
   Prepared prepare(const at::Tensor& x, GkaCache* cache, const at::Tensor& starts = at::Tensor()) const;
   bool trained() const;  // some weight requires grad
   at::Tensor finish(const at::Tensor& o, const Prepared& prepared, const at::Tensor& x) const;
+  // A decode token's inputs on fused kernels (the projections in one launch, the convs, norms and
+  // gates in two: kernels/ssm_decode/decode_inputs.h), as prepare(x, &cache) gives them; undefined
+  // tensors where those kernels do not serve, and then step() runs prepare.
+  Prepared fused_prepare(const at::Tensor& x, GkaCache& cache) const;
+  kernels::GkaDecodeWeights decode_weights() const;
 
   GkaConfig config_;
   std::string prefix_;

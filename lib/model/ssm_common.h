@@ -8,8 +8,10 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "model/linear.h"
 #include "model/mixer.h"
@@ -74,6 +76,18 @@ inline at::ScalarType ssm_compute_type(const at::Tensor& x) {
 // x W^T in x's dtype (the weight is cast, so bf16 weights serve an fp32 computation).
 inline at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
   return model::linear(x, weight.to(x.scalar_type()));
+}
+
+// A decode token's projections x [B, 1, hidden] by each defined weight, as project() gives them,
+// in one launch where the decode kernel serves them all (model::linear_group): [B, N] each.
+inline std::vector<at::Tensor> project_token_group(const at::Tensor& x,
+                                                  std::initializer_list<const at::Tensor*> weights) {
+  std::vector<at::Tensor> cast;
+  for (const at::Tensor* weight : weights)
+    if (weight->defined()) cast.push_back(weight->to(x.scalar_type()));
+  std::vector<at::Tensor> outs = linear_group(x, cast);
+  for (at::Tensor& out : outs) out = out.reshape({x.size(0), out.size(-1)});
+  return outs;
 }
 
 // x must be [B, T, hidden]: a wrong shape is the caller's input, so a UserError.
