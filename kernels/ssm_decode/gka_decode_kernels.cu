@@ -7,11 +7,14 @@
 // solve; fp32 when the layer solves in fp32) and every iteration's H x reads it there; each
 // state is read once from and written once to HBM (fp32, as the cache keeps it).
 //
-// Threads: 256 = G groups of D columns (G = 256 / D, D <= 128). Thread (g, c) owns column c for
-// the rows of group g: the updates read and write rows coalesced (consecutive c), 16 rows' loads
-// in flight before their stores, and since H is symmetric H x is formed by columns,
-// (H x)_c = sum_j H[j][c] x_j (four independent fma chains), consecutive threads reading
-// consecutive shared words (no bank conflicts); the G partial sums meet in shared memory.
+// Threads: 512 = G groups of D / C column packs (C = 2 adjacent columns where D is even, else 1;
+// G = 512 C / D, D <= 128). Thread (g, c) owns columns c, c + C - 1 for the rows of group g: the
+// updates read and write rows coalesced (consecutive packs; 16 floats' loads in flight before
+// their stores), and since H is symmetric H x is formed by columns, (H x)_c = sum_j H[j][c] x_j
+// (even and odd rows in two fma chains per column), consecutive threads reading consecutive
+// shared words (a pack per load); the G partial sums meet in shared memory. At D = 128: 8 groups
+// of 16 rows. (256 threads of one column each, four chains, took 64.3 us per layer at B = 1 under
+// ncu; 512 threads of two columns 53.6 us: fewer shared loads per fma and twice the warps.)
 // Arithmetic in S throughout, as the torch form's solve dtype: H = e^{g_kk} H + k k^T (one fma),
 // f = sqrt(max(||H||_F^2, 1e-30)), lambda = r f, eta = 2 / (2 lambda + f), the omega recurrence
 // with spread = 1 / (2 (2 r + 1)), x_0 = eta q, x' = base + omega (1 - eta lambda) x
@@ -32,11 +35,11 @@ namespace prime::kernels::detail {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 512;
 constexpr int kMaxDim = 128;
-// Rows of a state a thread loads before it uses any: the state is read and written in place, so
+// Floats of a state a thread loads before it uses any: the state is read and written in place, so
 // a load the compiler must keep after the previous row's store would wait on its own round trip.
-constexpr int kRowsInFlight = 16;
+constexpr int kFloatsInFlight = 16;
 
 template <typename S>
 struct GkaStep {
@@ -67,31 +70,59 @@ __device__ __forceinline__ S block_sum(S value, S* scratch) {
   return total;
 }
 
-// Column c of rows [begin, end) of a D x D fp32 state, updated in place: state[j][c] =
-// update(j, state[j][c]), the rows' loads issued kRowsInFlight at a time before their stores.
-template <typename Update>
-__device__ __forceinline__ void for_rows(float* state, int D, int c, int begin, int end, const Update& update) {
-  for (int first = begin; first < end; first += kRowsInFlight) {
-    float values[kRowsInFlight];
-#pragma unroll
-    for (int r = 0; r < kRowsInFlight; ++r)
-      if (first + r < end) values[r] = state[(first + r) * D + c];
-#pragma unroll
-    for (int r = 0; r < kRowsInFlight; ++r)
-      if (first + r < end) state[(first + r) * D + c] = update(first + r, values[r]);
+// kC consecutive values at p (aligned to kC of them): one load or store.
+template <int kC, typename T>
+__device__ __forceinline__ void load_values(const T* p, T (&out)[kC]) {
+  if constexpr (kC == 2 && sizeof(T) == 8) {
+    const double2 pair = *reinterpret_cast<const double2*>(p);
+    out[0] = pair.x, out[1] = pair.y;
+  } else if constexpr (kC == 2) {
+    const float2 pair = *reinterpret_cast<const float2*>(p);
+    out[0] = pair.x, out[1] = pair.y;
+  } else {
+    out[0] = *p;
   }
 }
 
-template <typename S>
+template <int kC>
+__device__ __forceinline__ void store_floats(float* p, const float (&values)[kC]) {
+  if constexpr (kC == 2) *reinterpret_cast<float2*>(p) = make_float2(values[0], values[1]);
+  else *p = values[0];
+}
+
+// Columns [c0, c0 + kC) of rows [begin, end) of a D x D fp32 state, updated in place:
+// state[j][c0 + i] = update(j, i, state[j][c0 + i]), kFloatsInFlight / kC rows' loads issued before
+// their stores.
+template <int kC, typename Update>
+__device__ __forceinline__ void for_rows(float* state, int D, int c0, int begin, int end, const Update& update) {
+  constexpr int kRows = kFloatsInFlight / kC;
+  for (int first = begin; first < end; first += kRows) {
+    float values[kRows][kC];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (first + r < end) load_values<kC>(state + (first + r) * D + c0, values[r]);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (first + r < end) {
+#pragma unroll
+        for (int i = 0; i < kC; ++i) values[r][i] = update(first + r, i, values[r][i]);
+        store_floats<kC>(state + (first + r) * D + c0, values[r]);
+      }
+  }
+}
+
+// Each thread owns kC adjacent columns (kC = 2 needs D even) for the rows of its group.
+template <typename S, int kC>
 __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p) {
   extern __shared__ __align__(16) unsigned char raw_shared[];
   const int D = p.dim;
-  const int groups = kThreads / D;
+  const int pairs = D / kC;  // column packs
+  const int groups = kThreads / pairs;
   const int tid = static_cast<int>(threadIdx.x);
-  const int g = tid / D, c = tid % D;
+  const int g = tid / pairs, c0 = (tid % pairs) * kC;
   const bool active = g < groups;
   const int rows_per_group = (D + groups - 1) / groups;
-  const int row_begin = g * rows_per_group, row_end = min(D, row_begin + rows_per_group);
+  const int row_begin = min(D, g * rows_per_group), row_end = min(D, row_begin + rows_per_group);
   S* H = reinterpret_cast<S*>(raw_shared);  // [D][D]
   S* partial = H + D * D;                   // [groups][D]
   S* q = partial + groups * D;
@@ -115,10 +146,11 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
     const S decay = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
     S squares = 0;
     if (active) {
-      const S k_c = k[c];
-      for_rows(p.kk + matrix, D, c, row_begin, row_end, [&](int j, float previous) {
-        const S h = fma(decay, static_cast<S>(previous), k[j] * k_c);
-        H[j * D + c] = h;
+      S k_c[kC];
+      load_values<kC>(k + c0, k_c);
+      for_rows<kC>(p.kk + matrix, D, c0, row_begin, row_end, [&](int j, int i, float previous) {
+        const S h = fma(decay, static_cast<S>(previous), k[j] * k_c[i]);
+        H[j * D + c0 + i] = h;
         squares = fma(h, h, squares);
         return static_cast<float>(h);
       });
@@ -134,15 +166,29 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
     S omega = 2;
     for (int iteration = 0; iteration < p.num_iter; ++iteration) {
       omega = S(1) / (S(1) - contraction * omega);
-      if (active) {  // this group's part of (H x)_c, in four independent chains
-        S sums[4] = {0, 0, 0, 0};
+      if (active) {  // this group's part of (H x)_c for its columns, two chains per column
+        S even[kC] = {}, odd[kC] = {};
         int j = row_begin;
-        for (; j + 4 <= row_end; j += 4) {
+#pragma unroll 4
+        for (; j + 2 <= row_end; j += 2) {
+          S h0[kC], h1[kC];
+          load_values<kC>(H + j * D + c0, h0);
+          load_values<kC>(H + (j + 1) * D + c0, h1);
+          const S x0 = x[j], x1 = x[j + 1];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) sums[u] = fma(H[(j + u) * D + c], x[j + u], sums[u]);
+          for (int i = 0; i < kC; ++i) {
+            even[i] = fma(h0[i], x0, even[i]);
+            odd[i] = fma(h1[i], x1, odd[i]);
+          }
         }
-        for (; j < row_end; ++j) sums[0] = fma(H[j * D + c], x[j], sums[0]);
-        partial[g * D + c] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+        if (j < row_end) {
+          S h0[kC];
+          load_values<kC>(H + j * D + c0, h0);
+#pragma unroll
+          for (int i = 0; i < kC; ++i) even[i] = fma(h0[i], x[j], even[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < kC; ++i) partial[g * D + c0 + i] = even[i] + odd[i];
       }
       __syncthreads();
       if (tid < D) {
@@ -166,14 +212,16 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
   // S = e^{g_kv} S + k v^T, back to the cache; o = scale S^T q~ from the new values.
   const S decay = p.decay_kv != nullptr ? exp(p.decay_kv[bh]) : S(1);
   if (active) {
-    const S v_c = p.v[bh * D + c];
-    S sum = 0;
-    for_rows(p.kv + matrix, D, c, row_begin, row_end, [&](int j, float previous) {
-      const S s = fma(decay, static_cast<S>(previous), k[j] * v_c);
-      sum = fma(q[j], s, sum);
+    S v_c[kC], sums[kC] = {};
+#pragma unroll
+    for (int i = 0; i < kC; ++i) v_c[i] = p.v[bh * D + c0 + i];
+    for_rows<kC>(p.kv + matrix, D, c0, row_begin, row_end, [&](int j, int i, float previous) {
+      const S s = fma(decay, static_cast<S>(previous), k[j] * v_c[i]);
+      sums[i] = fma(q[j], s, sums[i]);
       return static_cast<float>(s);
     });
-    partial[g * D + c] = sum;
+#pragma unroll
+    for (int i = 0; i < kC; ++i) partial[g * D + c0 + i] = sums[i];
   }
   __syncthreads();
   if (tid < D) {
@@ -184,14 +232,23 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
 }
 
 template <typename S>
-size_t shared_bytes(int D) {
-  const int groups = kThreads / D;
+size_t shared_bytes(int D, int columns) {
+  const int groups = kThreads / (D / columns);
   return (static_cast<size_t>(D) * D + static_cast<size_t>(groups) * D + 4 * D + kThreads / 32) * sizeof(S);
 }
 
 template <typename S>
 const S* optional_data(const at::Tensor& t) {
   return t.defined() ? static_cast<const S*>(t.data_ptr()) : nullptr;
+}
+
+template <typename S, int kC>
+void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
+  const size_t bytes = shared_bytes<S>(p.dim, kC);
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  gka_decode_kernel<S, kC><<<heads, kThreads, bytes, stream>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH("gka_decode_kernel");
 }
 
 template <typename S>
@@ -213,20 +270,18 @@ void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   p.num_iter = options.num_iter;
   p.ridge = options.ridge_strength;
   p.scale = options.output_scale;
-  const size_t bytes = shared_bytes<S>(D);
-  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-  const auto blocks = static_cast<unsigned>(kv_state.size(0) * kv_state.size(1));
-  gka_decode_kernel<S><<<blocks, kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
-  PRIME_CUDA_CHECK_LAUNCH("gka_decode_kernel");
+  const auto heads = static_cast<unsigned>(kv_state.size(0) * kv_state.size(1));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (D % 2 == 0) launch_columns<S, 2>(p, heads, stream);
+  else launch_columns<S, 1>(p, heads, stream);
 }
 
 }  // namespace
 
 size_t gka_decode_shared_bytes(int64_t dim, at::ScalarType solve_type) {
   if (dim < 1 || dim > kMaxDim) return SIZE_MAX;
-  return solve_type == at::kDouble ? shared_bytes<double>(static_cast<int>(dim))
-                                   : shared_bytes<float>(static_cast<int>(dim));
+  const int D = static_cast<int>(dim), columns = D % 2 == 0 ? 2 : 1;
+  return solve_type == at::kDouble ? shared_bytes<double>(D, columns) : shared_bytes<float>(D, columns);
 }
 
 void launch_gka_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
