@@ -3,18 +3,18 @@
 // solve dtype, decayed and updated out of place, ||H||_F, num_iter Chebyshev iterations of a
 // batched matrix-vector product and three fused elementwise ops each, the output product, and
 // both states copied back: some 150 launches and each state read ~num_iter times. Here H, once
-// updated, stays in shared memory in the solve precision S (float64 by default, GKA's inference
-// solve; fp32 when the layer solves in fp32) and every iteration's H x reads it there; each
-// state is read once from and written once to HBM (fp32, as the cache keeps it).
+// updated, stays in the registers of the threads that updated it, in the solve precision S
+// (float64 by default, GKA's inference solve; fp32 when the layer solves in fp32: at most 32
+// values a thread), and every iteration's H x reads it there; each state is read once from and
+// written once to HBM (fp32, as the cache keeps it).
 //
 // Threads: 512 = G groups of D / C column packs (C = 2 adjacent columns where D is even, else 1;
-// G = 512 C / D, D <= 128). Thread (g, c) owns columns c, c + C - 1 for the rows of group g: the
-// updates read and write rows coalesced (consecutive packs; 16 floats' loads in flight before
-// their stores), and since H is symmetric H x is formed by columns, (H x)_c = sum_j H[j][c] x_j
-// (even and odd rows in two fma chains per column), consecutive threads reading consecutive
-// shared words (a pack per load); the G partial sums meet in shared memory. At D = 128: 8 groups
-// of 16 rows. (256 threads of one column each, four chains, took 64.3 us per layer at B = 1 under
-// ncu; 512 threads of two columns 53.6 us: fewer shared loads per fma and twice the warps.)
+// G = 512 C / D, D <= 128). Thread (g, c) owns columns c, c + C - 1 for the rows of group g (at
+// D = 128: 8 groups of 16 rows, 32 values of H a thread): the updates read and write rows
+// coalesced (consecutive packs; 16 floats' loads in flight before their stores), and since H is
+// symmetric H x is formed by columns, (H x)_c = sum_j H[j][c] x_j, from registers in four fma
+// chains per column, x read from shared memory (one broadcast word per row); the G partial sums
+// meet in shared memory. The layouts tried and their times: kernels/README.md.
 // Arithmetic in S throughout, as the torch form's solve dtype: H = e^{g_kk} H + k k^T (one fma),
 // f = sqrt(max(||H||_F^2, 1e-30)), lambda = r f, eta = 2 / (2 lambda + f), the omega recurrence
 // with spread = 1 / (2 (2 r + 1)), x_0 = eta q, x' = base + omega (1 - eta lambda) x
@@ -90,31 +90,41 @@ __device__ __forceinline__ void store_floats(float* p, const float (&values)[kC]
   else *p = values[0];
 }
 
-// Columns [c0, c0 + kC) of rows [begin, end) of a D x D fp32 state, updated in place:
-// state[j][c0 + i] = update(j, i, state[j][c0 + i]), kFloatsInFlight / kC rows' loads issued before
-// their stores.
+// Rows a thread owns: at most kMaxRows<kC> (D <= 128: ceil(D / (512 kC / D)) <= 32 / kC).
+template <int kC>
+constexpr int kMaxRows = 32 / kC;
+
+// Columns [c0, c0 + kC) of rows [begin, begin + count) of a D x D fp32 state, updated in place:
+// state[begin + r][c0 + i] = update(r, i, state[begin + r][c0 + i]) for the thread's r-th row
+// (r a compile-time index once unrolled), kFloatsInFlight / kC rows' loads issued before their
+// stores.
 template <int kC, typename Update>
-__device__ __forceinline__ void for_rows(float* state, int D, int c0, int begin, int end, const Update& update) {
-  constexpr int kRows = kFloatsInFlight / kC;
-  for (int first = begin; first < end; first += kRows) {
-    float values[kRows][kC];
+__device__ __forceinline__ void for_rows(float* state, int D, int c0, int begin, int count, const Update& update) {
+  constexpr int kBatch = kFloatsInFlight / kC;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (first + r < end) load_values<kC>(state + (first + r) * D + c0, values[r]);
+  for (int r0 = 0; r0 < kMaxRows<kC>; r0 += kBatch) {
+    if (r0 >= count) break;
+    float values[kBatch][kC];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (first + r < end) {
+    for (int r = 0; r < kBatch; ++r)
+      if (r0 + r < count) load_values<kC>(state + (begin + r0 + r) * D + c0, values[r]);
 #pragma unroll
-        for (int i = 0; i < kC; ++i) values[r][i] = update(first + r, i, values[r][i]);
-        store_floats<kC>(state + (first + r) * D + c0, values[r]);
+    for (int r = 0; r < kBatch; ++r)
+      if (r0 + r < count) {
+#pragma unroll
+        for (int i = 0; i < kC; ++i) values[r][i] = update(r0 + r, i, values[r][i]);
+        store_floats<kC>(state + (begin + r0 + r) * D + c0, values[r]);
       }
   }
 }
 
-// Each thread owns kC adjacent columns (kC = 2 needs D even) for the rows of its group.
+// Each thread owns kC adjacent columns (kC = 2 needs D even) for the rows of its group, and holds
+// those entries of H in registers.
 template <typename S, int kC>
 __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p) {
   extern __shared__ __align__(16) unsigned char raw_shared[];
+  constexpr int kRows = kMaxRows<kC>;
+  constexpr int kChains = 4;
   const int D = p.dim;
   const int pairs = D / kC;  // column packs
   const int groups = kThreads / pairs;
@@ -123,8 +133,8 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
   const bool active = g < groups;
   const int rows_per_group = (D + groups - 1) / groups;
   const int row_begin = min(D, g * rows_per_group), row_end = min(D, row_begin + rows_per_group);
-  S* H = reinterpret_cast<S*>(raw_shared);  // [D][D]
-  S* partial = H + D * D;                   // [groups][D]
+  const int count = active ? row_end - row_begin : 0;
+  S* partial = reinterpret_cast<S*>(raw_shared);  // [groups][D]
   S* q = partial + groups * D;
   S* k = q + D;
   S* x = k + D;
@@ -142,17 +152,18 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
   __syncthreads();
 
   if (p.num_iter > 0) {
-    // H = e^{g_kk} H + k k^T, into shared memory and back to the cache; ||H||_F^2 on the way.
+    // H = e^{g_kk} H + k k^T, into registers and back to the cache; ||H||_F^2 on the way.
+    S h[kRows][kC];
     const S decay = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
     S squares = 0;
-    if (active) {
+    if (count > 0) {
       S k_c[kC];
       load_values<kC>(k + c0, k_c);
-      for_rows<kC>(p.kk + matrix, D, c0, row_begin, row_end, [&](int j, int i, float previous) {
-        const S h = fma(decay, static_cast<S>(previous), k[j] * k_c[i]);
-        H[j * D + c0 + i] = h;
-        squares = fma(h, h, squares);
-        return static_cast<float>(h);
+      for_rows<kC>(p.kk + matrix, D, c0, row_begin, count, [&](int r, int i, float previous) {
+        const S value = fma(decay, static_cast<S>(previous), k[row_begin + r] * k_c[i]);
+        h[r][i] = value;
+        squares = fma(value, value, squares);
+        return static_cast<float>(value);
       });
     }
     const S frob = sqrt(max(block_sum(squares, scratch), S(1e-30)));
@@ -166,29 +177,18 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
     S omega = 2;
     for (int iteration = 0; iteration < p.num_iter; ++iteration) {
       omega = S(1) / (S(1) - contraction * omega);
-      if (active) {  // this group's part of (H x)_c for its columns, two chains per column
-        S even[kC] = {}, odd[kC] = {};
-        int j = row_begin;
-#pragma unroll 4
-        for (; j + 2 <= row_end; j += 2) {
-          S h0[kC], h1[kC];
-          load_values<kC>(H + j * D + c0, h0);
-          load_values<kC>(H + (j + 1) * D + c0, h1);
-          const S x0 = x[j], x1 = x[j + 1];
+      if (active) {  // this group's part of (H x)_c for its columns (zero without rows), kChains chains
+        S sums[kChains][kC] = {};
 #pragma unroll
-          for (int i = 0; i < kC; ++i) {
-            even[i] = fma(h0[i], x0, even[i]);
-            odd[i] = fma(h1[i], x1, odd[i]);
+        for (int r = 0; r < kRows; ++r)
+          if (r < count) {
+            const S x_j = x[row_begin + r];
+#pragma unroll
+            for (int i = 0; i < kC; ++i) sums[r % kChains][i] = fma(h[r][i], x_j, sums[r % kChains][i]);
           }
-        }
-        if (j < row_end) {
-          S h0[kC];
-          load_values<kC>(H + j * D + c0, h0);
 #pragma unroll
-          for (int i = 0; i < kC; ++i) even[i] = fma(h0[i], x[j], even[i]);
-        }
-#pragma unroll
-        for (int i = 0; i < kC; ++i) partial[g * D + c0 + i] = even[i] + odd[i];
+        for (int i = 0; i < kC; ++i)
+          partial[g * D + c0 + i] = (sums[0][i] + sums[1][i]) + (sums[2][i] + sums[3][i]);
       }
       __syncthreads();
       if (tid < D) {
@@ -211,13 +211,13 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
 
   // S = e^{g_kv} S + k v^T, back to the cache; o = scale S^T q~ from the new values.
   const S decay = p.decay_kv != nullptr ? exp(p.decay_kv[bh]) : S(1);
-  if (active) {
+  if (active) {  // every group writes its partial sums, zero without rows
     S v_c[kC], sums[kC] = {};
 #pragma unroll
     for (int i = 0; i < kC; ++i) v_c[i] = p.v[bh * D + c0 + i];
-    for_rows<kC>(p.kv + matrix, D, c0, row_begin, row_end, [&](int j, int i, float previous) {
-      const S s = fma(decay, static_cast<S>(previous), k[j] * v_c[i]);
-      sums[i] = fma(q[j], s, sums[i]);
+    for_rows<kC>(p.kv + matrix, D, c0, row_begin, count, [&](int r, int i, float previous) {
+      const S s = fma(decay, static_cast<S>(previous), k[row_begin + r] * v_c[i]);
+      sums[i] = fma(q[row_begin + r], s, sums[i]);
       return static_cast<float>(s);
     });
 #pragma unroll
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
 template <typename S>
 size_t shared_bytes(int D, int columns) {
   const int groups = kThreads / (D / columns);
-  return (static_cast<size_t>(D) * D + static_cast<size_t>(groups) * D + 4 * D + kThreads / 32) * sizeof(S);
+  return (static_cast<size_t>(groups) * D + 4 * D + kThreads / 32) * sizeof(S);
 }
 
 template <typename S>
@@ -244,6 +244,9 @@ const S* optional_data(const at::Tensor& t) {
 
 template <typename S, int kC>
 void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
+  const int groups = kThreads / (p.dim / kC), rows = (p.dim + groups - 1) / groups;
+  PRIME_CHECK(rows <= kMaxRows<kC>, "gka_decode: D = ", p.dim, " gives ", rows, " rows a thread, over ",
+              kMaxRows<kC>);
   const size_t bytes = shared_bytes<S>(p.dim, kC);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));

@@ -108,7 +108,7 @@ bool gka_decode_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     if (t->defined() && (t->scalar_type() != type || t->device() != kv_state.device() || !has_sizes(*t, {B, H})))
       return false;
 #ifdef PRIME_WITH_CUDA
-  // H in shared memory: what this device lets one block take.
+  // The block's shared memory (partial sums, q, k, x): what this device lets one block take.
   const auto* properties = at::cuda::getDeviceProperties(kv_state.get_device());
   return detail::gka_decode_shared_bytes(D, type) <= properties->sharedMemPerBlockOptin;
 #else

@@ -42,7 +42,7 @@ struct GkaDecodeOptions {
   double output_scale = 1.0;     // D^-1/2 with gla_rescale
 };
 
-// Largest head dimension gka_decode_step serves (H in shared memory: 128 KB in float64).
+// Largest head dimension gka_decode_step serves (a thread of its 512 holds at most 32 values of H).
 constexpr int64_t kGkaDecodeMaxDim = 128;
 
 // Whether gka_decode_step serves these operands: policy Auto, grad mode off, q, k, v [B,H,D] of one
