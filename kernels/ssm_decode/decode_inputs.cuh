@@ -1,6 +1,7 @@
-// Device helpers of the fused decode-input kernels (GDN's and Mamba-2's step fronts, a warp per
-// head of a segment of the token's projection): one channel's short conv over the cache's history
-// plus SiLU, a warp's sum, the warp's head, the repeated heads' stores; and the launchers' check. The conv sums as the
+// Device helpers of the fused decode-input kernels (GDN's, Mamba-2's and GKA's step fronts, a warp
+// per head of a segment of the token's projection): one channel's short conv over the cache's
+// history plus SiLU, a head's row of them (GKA's), a warp's sum, the warp's head, the repeated
+// heads' stores; and the launchers' check. The conv sums as the
 // short_conv decode kernel does (fmaf over the K taps, oldest first, from the bias) and its SiLU is
 // z * sigmoid(z), so the fused and unfused paths give the same conv outputs.
 #pragma once

@@ -80,8 +80,22 @@ __global__ void __launch_bounds__(kInputsThreads) gdn_decode_inputs_kernel(const
   const int64_t channels = static_cast<int64_t>(br.heads) * p.dim;
 
   float y[kInputsPerLane];
-  const float squares = head_row<T, K>(br.raw, br.weight, br.bias, br.history, channels, b, head, p.dim, lane, y,
-                                       [](float u) { return u / (1.0f + expf(-u)); });
+  float squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kInputsPerLane; ++i) {
+    const int d = lane + i * kWarp;
+    y[i] = 0.0f;
+    if (d >= p.dim) continue;
+    const int64_t c = static_cast<int64_t>(head) * p.dim + d;
+    const float u = to_float(br.raw[b * channels + c]);
+    if constexpr (K == 0) {
+      y[i] = u / (1.0f + expf(-u));
+    } else {
+      y[i] = conv_silu_step<T, K>(br.history + (b * channels + c) * (K - 1), br.weight + c * K,
+                                  br.bias != nullptr ? br.bias + c : nullptr, u);
+    }
+    squares = fmaf(y[i], y[i], squares);
+  }
   float factor = 1.0f;
   if (br.scale != 0.0f) factor = rsqrtf(warp_sum(squares) + 1e-6f) * br.scale;
   store_repeated(br.out, y, factor, b, p.heads, head, p.heads / br.heads, p.dim, lane);
