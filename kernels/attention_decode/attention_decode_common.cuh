@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 
 namespace prime::kernels::detail {
 
@@ -81,6 +82,8 @@ template <typename T>
 __global__ void attention_decode_combine_kernel(const float* __restrict__ part_acc,
                                                 const float* __restrict__ part_ml, T* __restrict__ out,
                                                 int splits, int D) {
+  pdl_wait();  // the ranges' partial states come from the kernel before (pdl.cuh)
+  pdl_launch_dependents();
   const long long row = blockIdx.x;
   const int d = threadIdx.x;
   const float* ml = part_ml + row * splits * 2;
@@ -127,10 +130,10 @@ inline Ranges plan_ranges(const at::Tensor& q, int64_t B, int64_t Hkv, int64_t S
 template <typename T>
 void combine_ranges(const Ranges& ranges, const at::Tensor& out, int64_t rows, int64_t D, cudaStream_t stream) {
   if (ranges.splits == 1) return;
-  attention_decode_combine_kernel<T><<<static_cast<unsigned>(rows), static_cast<unsigned>(D), 0, stream>>>(
-      ranges.part_acc.const_data_ptr<float>(), ranges.part_ml.const_data_ptr<float>(),
-      reinterpret_cast<T*>(out.mutable_data_ptr()), static_cast<int>(ranges.splits), static_cast<int>(D));
-  PRIME_CUDA_CHECK_LAUNCH("attention_decode_combine_kernel");
+  launch_kernel("attention_decode_combine_kernel", attention_decode_combine_kernel<T>, static_cast<unsigned>(rows),
+                static_cast<unsigned>(D), 0, stream, ranges.part_acc.const_data_ptr<float>(),
+                ranges.part_ml.const_data_ptr<float>(), reinterpret_cast<T*>(out.mutable_data_ptr()),
+                static_cast<int>(ranges.splits), static_cast<int>(D));
 }
 
 }  // namespace

@@ -54,6 +54,8 @@ __global__ void __launch_bounds__(kThreads, G <= 2 ? 4 : (G <= 4 ? 3 : 2))
                                   float* __restrict__ part_acc, float* __restrict__ part_ml,
                                   T* __restrict__ out, int kv_heads, int groups, int slots,
                                   int keys_per_split, int splits, float scale_log2) {
+  pdl_wait();  // q and the cache's new slot come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kLanes = D / kVec;            // lanes holding one key
   constexpr int kKeysPerWarp = 32 / kLanes;   // keys a warp reads per access
@@ -280,7 +282,8 @@ void launch_float(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
     constexpr int kBytes = kStages * (2 * kTrip * kD * static_cast<int>(sizeof(T)) + kTrip);
     PRIME_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_split_kernel<T, kD, kG>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
-    attention_decode_split_kernel<T, kD, kG><<<grid, kThreads, kBytes, stream>>>(
+    launch_kernel(
+        "attention_decode_split_kernel", attention_decode_split_kernel<T, kD, kG>, grid, kThreads, kBytes, stream,
         q.const_data_ptr<T>(), keys.const_data_ptr<T>(), values.const_data_ptr<T>(), visible.const_data_ptr<bool>(),
         ranges.splits > 1 ? ranges.part_acc.mutable_data_ptr<float>() : nullptr,
         ranges.splits > 1 ? ranges.part_ml.mutable_data_ptr<float>() : nullptr, out.mutable_data_ptr<T>(),
@@ -299,7 +302,6 @@ void launch_float(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
     case 128: by_groups(std::integral_constant<int, 128>{}); break;
     default: PRIME_CHECK(false, "attention_decode: head dim ", D, " not served for float");
   }
-  PRIME_CUDA_CHECK_LAUNCH("attention_decode_split_kernel");
   combine_ranges<T>(ranges, out, B * q.size(1), D, stream);
 }
 

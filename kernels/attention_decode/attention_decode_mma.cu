@@ -83,6 +83,8 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? 2 : 1)
                                 bf16* __restrict__ out, int kv_heads, int groups, int slots,
                                 int keys_per_split, int splits, float scale_log2) {
   static_assert(D % 16 == 0 && D >= 32, "head dim not served");
+  pdl_wait();  // q and the cache's new slot come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   constexpr int kStages = stages<D>();
   constexpr int kChunks = D / 8;  // 16-byte chunks per key row
   extern __shared__ __align__(16) unsigned char shared[];
@@ -239,7 +241,8 @@ void launch_attention_decode_mma(const at::Tensor& q, const at::Tensor& keys, co
     constexpr int kBytes = shared_bytes<kD>();
     PRIME_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_mma_kernel<kD>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
-    attention_decode_mma_kernel<kD><<<grid, kThreads, kBytes, stream>>>(
+    launch_kernel(
+        "attention_decode_mma_kernel", attention_decode_mma_kernel<kD>, grid, kThreads, kBytes, stream,
         reinterpret_cast<const bf16*>(q.const_data_ptr()), reinterpret_cast<const bf16*>(keys.const_data_ptr()),
         reinterpret_cast<const bf16*>(values.const_data_ptr()), visible.const_data_ptr<bool>(),
         ranges.splits > 1 ? ranges.part_acc.mutable_data_ptr<float>() : nullptr,
@@ -254,7 +257,6 @@ void launch_attention_decode_mma(const at::Tensor& q, const at::Tensor& keys, co
     case 256: launch(std::integral_constant<int, 256>{}); break;
     default: PRIME_CHECK(false, "attention_decode: head dim ", D, " not served for bf16");
   }
-  PRIME_CUDA_CHECK_LAUNCH("attention_decode_mma_kernel");
   combine_ranges<bf16>(ranges, out, B * q.size(1), D, stream);
 }
 

@@ -50,6 +50,16 @@ bool poison_outputs() {
   return value != nullptr && std::string(value) == "1";
 }
 
+bool dependent_launch() {
+  const char* value = std::getenv("PRIME_PDL");
+  if (value == nullptr || value[0] == '\0') return true;
+  const std::string text = value;
+  if (text == "1") return true;
+  if (text == "0") return false;
+  throw user_error("PRIME_PDL=", text, ": must be 1 (kernels of the decode step launch with programmatic ",
+                   "dependent launch, the default) or 0 (plain launches)");
+}
+
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return poison_outputs() ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
                           : at::empty(sizes, options);

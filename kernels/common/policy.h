@@ -26,6 +26,11 @@ bool use_cuda_kernels(const at::Tensor& like);
 // so a test sees any element a kernel leaves unwritten.
 bool poison_outputs();
 
+// Whether the kernels that keep kernels/common/pdl.cuh's contract launch with programmatic dependent
+// launch (each overlapping the tail of the kernel before it): yes unless PRIME_PDL=0 (read at each
+// launch, so a benchmark times both in one process; any other value than 0/1 is a UserError).
+bool dependent_launch();
+
 // A kernel's output tensor: NaN-filled under poison_outputs(), uninitialised otherwise.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 

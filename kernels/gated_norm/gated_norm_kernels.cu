@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/gated_norm/gated_norm.h"
 #include "kernels/gated_norm/gated_norm_launch.h"
 #include "kernels/rms_norm/rms_norm_rows.cuh"
@@ -57,6 +58,8 @@ template <typename TGate, typename TOut, bool kGateFirst>
 __global__ void __launch_bounds__(kThreads)
     gated_norm_kernel(const float* __restrict__ x, const Bits<TGate>* __restrict__ gate,
                       const float* __restrict__ weight, Bits<TOut>* __restrict__ out, Rows rows) {
+  pdl_wait();  // x and the gate come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int lane = threadIdx.x % kWarp, D = rows.D;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
   if (row >= rows.count) return;  // uniform per warp: the shuffles below see whole warps
@@ -207,15 +210,13 @@ void launch_gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Te
     using TGate = decltype(gate_tag);
     using TOut = decltype(out_tag);
     const auto launch = [&](auto kernel) {
-      kernel<<<rows.blocks, kThreads, 0, stream>>>(x.data_ptr<float>(),
-                                                   static_cast<const Bits<TGate>*>(gate.data_ptr()),
-                                                   weight.data_ptr<float>(), static_cast<Bits<TOut>*>(out.data_ptr()),
-                                                   rows);
+      launch_kernel("gated_norm_kernel", kernel, rows.blocks, kThreads, 0, stream, x.data_ptr<float>(),
+                    static_cast<const Bits<TGate>*>(gate.data_ptr()), weight.data_ptr<float>(),
+                    static_cast<Bits<TOut>*>(out.data_ptr()), rows);
     };
     if (gate_first) launch(gated_norm_kernel<TGate, TOut, true>);
     else launch(gated_norm_kernel<TGate, TOut, false>);
   });
-  PRIME_CUDA_CHECK_LAUNCH("gated_norm_kernel");
 }
 
 void launch_gated_norm_backward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps,

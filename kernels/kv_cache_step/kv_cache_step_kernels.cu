@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/kv_cache_step/kv_cache_step_launch.h"
 
 namespace prime::kernels::detail {
@@ -23,6 +24,8 @@ __global__ void kv_cache_step_kernel(const Word* __restrict__ k, const Word* __r
                                      Word* __restrict__ values, long long* __restrict__ slot_positions,
                                      const long long* __restrict__ position, bool* __restrict__ visible, int rows,
                                      int D, int S, long long ring_start, long long window, long long sinks) {
+  pdl_wait();  // k, v and the position come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const long long p = *position;
   const long long slot =
       p < ring_start ? p : (ring_start > 0 ? (p - ring_start) % (S - ring_start) + ring_start : p % S);
@@ -67,7 +70,8 @@ void launch_kv_cache_step(const at::Tensor& keys, const at::Tensor& values, cons
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto launch = [&](auto word) {
     using Word = decltype(word);
-    kv_cache_step_kernel<Word><<<blocks, kThreads, 0, stream>>>(
+    launch_kernel(
+        "kv_cache_step_kernel", kv_cache_step_kernel<Word>, blocks, kThreads, 0, stream,
         reinterpret_cast<const Word*>(k.const_data_ptr()), reinterpret_cast<const Word*>(v.const_data_ptr()),
         reinterpret_cast<Word*>(keys.mutable_data_ptr()), reinterpret_cast<Word*>(values.mutable_data_ptr()),
         reinterpret_cast<long long*>(slot_positions.mutable_data_ptr<int64_t>()),
@@ -80,7 +84,6 @@ void launch_kv_cache_step(const at::Tensor& keys, const at::Tensor& values, cons
     case 8: launch(uint64_t{}); break;
     default: PRIME_CHECK(false, op, ": element size ", keys.element_size(), " not served");
   }
-  PRIME_CUDA_CHECK_LAUNCH("kv_cache_step_kernel");
 }
 
 }  // namespace prime::kernels::detail

@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/linear_decode/linear_decode_launch.h"
 
 namespace prime::kernels::detail {
@@ -131,10 +132,25 @@ __device__ __forceinline__ void accumulate(const uint4 (&w)[kRows], const uint4*
   }
 }
 
-// sum[r][xr] = W row r · x row xr (packs 16-byte packs each), in every lane of the warp.
-template <typename T, int kRows, int kXRows>
+// One trip's W packs of a lane: kUnroll packs of each of the kRows rows (kPacksInFlight in all).
+template <int kRows>
+using Trip = uint4[kPacksInFlight / kRows][kRows];
+
+// The trip at pack `base` (a whole trip: base + kTrip <= packs).
+template <int kRows>
+__device__ __forceinline__ void load_trip(const uint4* const (&w_row)[kRows], int base, int lane, Trip<kRows>& w) {
+#pragma unroll
+  for (int u = 0; u < kPacksInFlight / kRows; ++u)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) w[u][r] = load_streaming(w_row[r] + base + lane + u * kWarp);
+}
+
+// sum[r][xr] = W row r · x row xr (packs 16-byte packs each), in every lane of the warp. kHead: the
+// first trip's packs are `head`, loaded by the caller (before the kernel waits: pdl.cuh); the sums
+// are formed in the same order either way.
+template <typename T, int kRows, int kXRows, bool kHead>
 __device__ __forceinline__ void dot_rows(const uint4* const (&w_row)[kRows], const uint4* const (&x_row)[kXRows],
-                                         int packs, int lane, float (&sum)[kRows][kXRows]) {
+                                         int packs, int lane, const Trip<kRows>& head, float (&sum)[kRows][kXRows]) {
   constexpr int kUnroll = kPacksInFlight / kRows;  // packs per row per lane per trip
   constexpr int kTrip = kUnroll * kWarp;
   float acc[2][kRows][kXRows];  // two chains: even and odd packs of a trip
@@ -146,12 +162,14 @@ __device__ __forceinline__ void dot_rows(const uint4* const (&w_row)[kRows], con
       for (int xr = 0; xr < kXRows; ++xr) acc[h][r][xr] = 0.f;
 
   int base = 0;
+  if constexpr (kHead) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) accumulate<T, kRows, kXRows>(head[u], x_row, lane + u * kWarp, acc[u % 2]);
+    base = kTrip;
+  }
   for (; base + kTrip <= packs; base += kTrip) {
-    uint4 w[kUnroll][kRows];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) w[u][r] = load_streaming(w_row[r] + base + lane + u * kWarp);
+    Trip<kRows> w;
+    load_trip<kRows>(w_row, base, lane, w);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
       accumulate<T, kRows, kXRows>(w[u], x_row, base + lane + u * kWarp, acc[u % 2]);
@@ -205,25 +223,18 @@ __device__ __forceinline__ V pick(const V (&values)[kMaxGroup], int g) {
   return value;
 }
 
-// Units [0, units) over the warps of the grid, round robin (one unit per warp when the grid has a
-// warp per unit). Plain: unit u is rows [kRows·(u − first unit of its weight), + kRows) of one
-// weight (rows past its end read its last row again and are not stored), written to out[g] with
-// bias[g]. Gated (kRows = 2, weights 0 and 1 = gate and up, both [features, packs]): unit u is row
-// u of both, out[0][xr, u] = silu(gate) * up rounded as the torch ops round.
-template <typename T, int kRows, int kXRows, bool kGated>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
-    linear_decode_kernel(const uint4* __restrict__ x, const Group<T> group, int packs, int x_rows, int units) {
-  static_assert(!kGated || kRows == 2, "the gated form pairs a row of gate with a row of up");
-  const int lane = threadIdx.x % kWarp;
-  const int warps = gridDim.x * kWarpsPerBlock;
-  const uint4* x_row[kXRows];
-#pragma unroll
-  for (int xr = 0; xr < kXRows; ++xr) x_row[xr] = x + static_cast<int64_t>(min(xr, x_rows - 1)) * packs;
+// Where unit `unit` lies: its weight g, its first row, that weight's row count, and the kRows
+// W rows it reads (rows past the weight's end read its last row again and are not stored). Plain:
+// unit u is rows [kRows·(u − first unit of its weight), + kRows) of one weight. Gated (kRows = 2,
+// weights 0 and 1 = gate and up, both [features, packs]): unit u is row u of both.
+template <typename T, int kRows, bool kGated>
+struct Unit {
+  const uint4* w_row[kRows];
+  int g = 0, first = 0, features = 0;
 
-  // unit is the same in every lane: whole warps only, no shuffle loses a lane.
-  for (int unit = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp; unit < units; unit += warps) {
-    const uint4* w_row[kRows];
-    int g = 0, first = unit, features = group.features[0];
+  __device__ __forceinline__ Unit(const Group<T>& group, int unit, int packs) {
+    first = unit;
+    features = group.features[0];
     if constexpr (kGated) {
       w_row[0] = group.weight[0] + static_cast<int64_t>(unit) * packs;
       w_row[1] = group.weight[1] + static_cast<int64_t>(unit) * packs;
@@ -241,40 +252,80 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
       for (int r = 0; r < kRows; ++r)
         w_row[r] = weight + static_cast<int64_t>(min(first + r, features - 1)) * packs;
     }
+  }
+};
 
-    float sum[kRows][kXRows];
-    dot_rows<T, kRows, kXRows>(w_row, x_row, packs, lane, sum);
+// Unit `unit` (Unit above) for every row of x, written to out[g] with bias[g], or in the gated form
+// out[0][xr, u] = silu(gate) * up rounded as the torch ops round. kHead: `head` holds the unit's
+// first trip.
+template <typename T, int kRows, int kXRows, bool kGated, bool kHead>
+__device__ __forceinline__ void compute_unit(const Group<T>& group, int unit, const uint4* const (&x_row)[kXRows],
+                                             int packs, int x_rows, int lane, const Trip<kRows>& head) {
+  const Unit<T, kRows, kGated> at(group, unit, packs);
+  const int g = at.g, first = at.first, features = at.features;
+  float sum[kRows][kXRows];
+  dot_rows<T, kRows, kXRows, kHead>(at.w_row, x_row, packs, lane, head, sum);
 
-    if constexpr (kGated) {
-      // Lane xr stores row xr: silu(to_T(gate)) to T, times to_T(up), to T (a product of two
-      // 16-bit values is exact in fp32: one rounding, as the torch product's).
-      T* out = group.out[0];
+  if constexpr (kGated) {
+    // Lane xr stores row xr: silu(to_T(gate)) to T, times to_T(up), to T (a product of two
+    // 16-bit values is exact in fp32: one rounding, as the torch product's).
+    T* out = group.out[0];
+#pragma unroll
+    for (int xr = 0; xr < kXRows; ++xr) {
+      if (lane == xr && xr < x_rows) {
+        const float gate = round_to<T>(sum[0][xr]), up = round_to<T>(sum[1][xr]);
+        const float activated = round_to<T>(gate / (1.0f + expf(-gate)));
+        out[static_cast<int64_t>(xr) * features + first] = Element<T>::from_float(activated * up);
+      }
+    }
+  } else {
+    const T* bias = pick(group.bias, g);
+    T* out = pick(group.out, g);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
 #pragma unroll
       for (int xr = 0; xr < kXRows; ++xr) {
-        if (lane == xr && xr < x_rows) {
-          const float gate = round_to<T>(sum[0][xr]), up = round_to<T>(sum[1][xr]);
-          const float activated = round_to<T>(gate / (1.0f + expf(-gate)));
-          out[static_cast<int64_t>(xr) * features + first] = Element<T>::from_float(activated * up);
-        }
-      }
-    } else {
-      const T* bias = pick(group.bias, g);
-      T* out = pick(group.out, g);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int xr = 0; xr < kXRows; ++xr) {
-          // Every lane holds every sum: lane r * kXRows + xr stores this one.
-          const int feature = first + r;
-          if (lane == r * kXRows + xr && xr < x_rows && feature < features) {
-            float value = sum[r][xr];
-            if (bias != nullptr) value += Element<T>::to_float(bias[feature]);
-            out[static_cast<int64_t>(xr) * features + feature] = Element<T>::from_float(value);
-          }
+        // Every lane holds every sum: lane r * kXRows + xr stores this one.
+        const int feature = first + r;
+        if (lane == r * kXRows + xr && xr < x_rows && feature < features) {
+          float value = sum[r][xr];
+          if (bias != nullptr) value += Element<T>::to_float(bias[feature]);
+          out[static_cast<int64_t>(xr) * features + feature] = Element<T>::from_float(value);
         }
       }
     }
   }
+}
+
+// Units [0, units) over the warps of the grid, round robin (one unit per warp when the grid has a
+// warp per unit). W is written by no kernel, so each warp loads its first unit's first trip before
+// waiting on the kernels before it (pdl.cuh): that stream starts while they finish.
+template <typename T, int kRows, int kXRows, bool kGated>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
+    linear_decode_kernel(const uint4* __restrict__ x, const Group<T> group, int packs, int x_rows, int units) {
+  static_assert(!kGated || kRows == 2, "the gated form pairs a row of gate with a row of up");
+  constexpr int kTrip = kPacksInFlight / kRows * kWarp;
+  const int lane = threadIdx.x % kWarp;
+  const int warps = gridDim.x * kWarpsPerBlock;
+  const int first_unit = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
+  // unit is the same in every lane: whole warps only, no shuffle loses a lane. The head is loaded
+  // for one row of x only: with more rows its registers would spill.
+  const bool head_loaded = kXRows == 1 && first_unit < units && packs >= kTrip;
+  Trip<kRows> head;
+  if (head_loaded) load_trip<kRows>(Unit<T, kRows, kGated>(group, first_unit, packs).w_row, 0, lane, head);
+  pdl_wait();  // x is the kernel before's output; out may still be read by an earlier one
+  pdl_launch_dependents();
+  const uint4* x_row[kXRows];
+#pragma unroll
+  for (int xr = 0; xr < kXRows; ++xr) x_row[xr] = x + static_cast<int64_t>(min(xr, x_rows - 1)) * packs;
+
+  int unit = first_unit;
+  if (head_loaded) {
+    compute_unit<T, kRows, kXRows, kGated, true>(group, unit, x_row, packs, x_rows, lane, head);
+    unit += warps;
+  }
+  for (; unit < units; unit += warps)
+    compute_unit<T, kRows, kXRows, kGated, false>(group, unit, x_row, packs, x_rows, lane, head);
 }
 
 bool aligned16(const at::Tensor& tensor) { return reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0; }
@@ -307,9 +358,8 @@ void launch_instance(const uint4* x, const Group<T>& group, int packs, int x_row
     warps = (units + trips - 1) / trips;
   }
   const int blocks = static_cast<int>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  linear_decode_kernel<T, kRows, kXRows, kGated><<<blocks, kThreads, 0, stream>>>(x, group, packs, x_rows, units);
-  PRIME_CUDA_CHECK_LAUNCH("linear_decode_kernel");
+  launch_kernel("linear_decode_kernel", linear_decode_kernel<T, kRows, kXRows, kGated>, blocks, kThreads, 0,
+                at::cuda::getCurrentCUDAStream(), x, group, packs, x_rows, units);
 }
 
 template <typename T, int kRows, bool kGated>

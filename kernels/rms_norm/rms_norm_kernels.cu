@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/rms_norm/rms_norm_launch.h"
 #include "kernels/rms_norm/rms_norm_rows.cuh"
 
@@ -71,6 +72,8 @@ __global__ void __launch_bounds__(kMaxThreads)
                     Bits<T>* __restrict__ out,
                     int rows, int packs, int lanes, float eps, float inverse_dim) {
   __shared__ float warp_sums[kMaxThreads / kWarp];
+  pdl_wait();  // x and residual come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int lane = kBlock ? threadIdx.x : threadIdx.x % lanes;
   const int64_t row = kBlock ? blockIdx.x
                              : static_cast<int64_t>(blockIdx.x) * (blockDim.x / lanes) + threadIdx.x / lanes;
@@ -149,20 +152,19 @@ void launch_typed(const at::Tensor& x, const at::Tensor& residual, const at::Ten
       const int lanes = std::min(kWarp, next_power_of_two(packs));
       const int rows_per_block = kGroupThreads / lanes;
       const int blocks = (rows + rows_per_block - 1) / rows_per_block;
-      rms_norm_kernel<T, kWidth, kAdd, false><<<blocks, kGroupThreads, 0, stream>>>(
+      launch_kernel("rms_norm_kernel", rms_norm_kernel<T, kWidth, kAdd, false>, blocks, kGroupThreads, 0, stream,
           x_data, residual_data, weight_data, sum_data, out_data, rows, packs, lanes,
           static_cast<float>(eps), inverse_dim);
     } else {
       // About two packs per thread (D = 4096 bf16: 256 threads), at most 1024 threads.
       const int threads = std::min(kMaxThreads, round_up((packs + 1) / 2, kWarp));
-      rms_norm_kernel<T, kWidth, kAdd, true><<<rows, threads, 0, stream>>>(
+      launch_kernel("rms_norm_kernel", rms_norm_kernel<T, kWidth, kAdd, true>, rows, threads, 0, stream,
           x_data, residual_data, weight_data, sum_data, out_data, rows, packs, threads,
           static_cast<float>(eps), inverse_dim);
     }
   };
   if (vector) launch(std::integral_constant<int, kVector>{});
   else launch(std::integral_constant<int, 1>{});
-  PRIME_CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 
 }  // namespace

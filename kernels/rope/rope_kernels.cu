@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/rope/rope_launch.h"
 
 namespace prime::kernels::detail {
@@ -101,6 +102,8 @@ struct Params {
 // elements chunk*V .. chunk*V+V-1 of its first half and the same of its second half.
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxThreads) rope_kernel(const Params p) {
+  pdl_wait();  // q and k come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int token = blockIdx.x * blockDim.y + threadIdx.y;
   const int slot = blockIdx.y * blockDim.x + threadIdx.x;
   const int head_slot = slot / p.chunks;
@@ -177,11 +180,11 @@ void launch_typed(const Params& params, bool wide, const at::Device& device) {
     const dim3 block(threads, tokens_per_block);
     const dim3 grid(static_cast<unsigned>((p.tokens + tokens_per_block - 1) / tokens_per_block),
                     static_cast<unsigned>(split));
-    rope_kernel<T, kV><<<grid, block, 0, at::cuda::getCurrentCUDAStream(device.index())>>>(p);
+    launch_kernel("rope_kernel", rope_kernel<T, kV>, grid, block, 0, at::cuda::getCurrentCUDAStream(device.index()),
+                  p);
   };
   if (wide) launch(std::integral_constant<int, kWide>{});
   else launch(std::integral_constant<int, 1>{});
-  PRIME_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
 void check_rotated(const at::Tensor& x, const at::Tensor& out, const char* name, const char* out_name,
@@ -249,6 +252,8 @@ struct NormParams {
 // the first half trades its n with the lane holding pack l of the second half.
 template <typename T>
 __global__ void __launch_bounds__(128) rope_norm_kernel(const NormParams p) {
+  pdl_wait();  // q and k come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   constexpr int W = kPackWidth<T>;
   const int lanes = p.lanes;
   const int lane = threadIdx.x % lanes;
@@ -353,12 +358,13 @@ void launch_rope_norm(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const int blocks = (p.rows + rows_per_block - 1) / rows_per_block;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream(q.device().index());
   switch (q.scalar_type()) {
-    case at::kFloat: rope_norm_kernel<float><<<blocks, kThreads, 0, stream>>>(p); break;
-    case at::kBFloat16: rope_norm_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p); break;
-    case at::kHalf: rope_norm_kernel<__half><<<blocks, kThreads, 0, stream>>>(p); break;
+    case at::kFloat: launch_kernel("rope_norm_kernel", rope_norm_kernel<float>, blocks, kThreads, 0, stream, p); break;
+    case at::kBFloat16:
+      launch_kernel("rope_norm_kernel", rope_norm_kernel<__nv_bfloat16>, blocks, kThreads, 0, stream, p);
+      break;
+    case at::kHalf: launch_kernel("rope_norm_kernel", rope_norm_kernel<__half>, blocks, kThreads, 0, stream, p); break;
     default: PRIME_CHECK(false, op, ": q must be fp32, bf16 or fp16, got ", q.scalar_type());
   }
-  PRIME_CUDA_CHECK_LAUNCH("rope_norm_kernel");
 }
 
 void launch_rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/ssm_decode/decode_inputs.cuh"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
@@ -66,6 +67,8 @@ __device__ __forceinline__ void gates(const Params<T>& p, int index) {
 // K = 0: no conv, SiLU of the projection itself.
 template <typename T, int K>
 __global__ void __launch_bounds__(kInputsThreads) gdn_decode_inputs_kernel(const Params<T> p) {
+  pdl_wait();  // the step's inputs come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int warp = inputs_warp();
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (warp >= p.head_warps) {
@@ -154,15 +157,16 @@ void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t head_warps = B * (w.q_heads + w.k_heads + w.v_heads);
   p.head_warps = static_cast<int>(head_warps);
   const dim3 grid = inputs_grid(head_warps, B * H, "gdn_decode_inputs");
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto launch = [&](auto kernel) {
+    launch_kernel("gdn_decode_inputs_kernel", kernel, grid, kInputsThreads, 0, at::cuda::getCurrentCUDAStream(), p);
+  };
   switch (K) {
-    case 0: gdn_decode_inputs_kernel<T, 0><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 2: gdn_decode_inputs_kernel<T, 2><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 3: gdn_decode_inputs_kernel<T, 3><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 4: gdn_decode_inputs_kernel<T, 4><<<grid, kInputsThreads, 0, stream>>>(p); break;
+    case 0: launch(gdn_decode_inputs_kernel<T, 0>); break;
+    case 2: launch(gdn_decode_inputs_kernel<T, 2>); break;
+    case 3: launch(gdn_decode_inputs_kernel<T, 3>); break;
+    case 4: launch(gdn_decode_inputs_kernel<T, 4>); break;
     default: PRIME_CHECK(false, "gdn_decode_inputs: conv size ", K, " is not 2, 3 or 4");
   }
-  PRIME_CUDA_CHECK_LAUNCH("gdn_decode_inputs_kernel");
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/ssm_decode/decode_inputs.cuh"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
@@ -97,6 +98,8 @@ __device__ __forceinline__ float warp_dot(const T* w, const T* x, int n, bool pa
 
 template <typename T, typename S>
 __global__ void __launch_bounds__(kInputsThreads) gka_decode_gates_kernel(const GateParams<T, S> p) {
+  pdl_wait();  // the step's inputs come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int warp = inputs_warp();
   if (warp >= p.batch * p.heads * p.gate_count) return;
   // Selected, not indexed: a dynamic index into the parameters would copy them to local memory.
@@ -138,6 +141,8 @@ struct HeadParams {
 
 template <typename T, typename S, int K>
 __global__ void __launch_bounds__(kInputsThreads) gka_decode_heads_kernel(const HeadParams<T, S> p) {
+  pdl_wait();  // the step's inputs come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int per_batch = p.q.heads + p.k.heads + p.v.heads;
   const int warp = inputs_warp();
   if (warp >= p.batch * per_batch) return;
@@ -239,8 +244,8 @@ void launch_gates(const at::Tensor& x, const GkaDecodeWeights& w, const GkaDecod
   p.heads = static_cast<int>(H);
   p.hidden = static_cast<int>(hidden);
   const dim3 grid = inputs_grid(B * H * p.gate_count, 0, kOp);
-  gka_decode_gates_kernel<T, S><<<grid, kInputsThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
-  PRIME_CUDA_CHECK_LAUNCH("gka_decode_gates_kernel");
+  launch_kernel("gka_decode_gates_kernel", gka_decode_gates_kernel<T, S>, grid, kInputsThreads, 0,
+                at::cuda::getCurrentCUDAStream(), p);
 }
 
 template <typename T, typename S>
@@ -261,14 +266,15 @@ void launch_typed(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k,
   p.heads = static_cast<int>(H);
   p.dim = static_cast<int>(w.head_dim);
   const dim3 grid = inputs_grid(B * (w.q_heads + w.k_heads + w.v_heads), 0, kOp);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto launch = [&](auto kernel) {
+    launch_kernel("gka_decode_heads_kernel", kernel, grid, kInputsThreads, 0, at::cuda::getCurrentCUDAStream(), p);
+  };
   switch (K) {
-    case 2: gka_decode_heads_kernel<T, S, 2><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 3: gka_decode_heads_kernel<T, S, 3><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 4: gka_decode_heads_kernel<T, S, 4><<<grid, kInputsThreads, 0, stream>>>(p); break;
+    case 2: launch(gka_decode_heads_kernel<T, S, 2>); break;
+    case 3: launch(gka_decode_heads_kernel<T, S, 3>); break;
+    case 4: launch(gka_decode_heads_kernel<T, S, 4>); break;
     default: PRIME_CHECK(false, kOp, ": conv size ", K, " is not 2, 3 or 4");
   }
-  PRIME_CUDA_CHECK_LAUNCH("gka_decode_heads_kernel");
 }
 
 template <typename S>

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/prefetch.cuh"
 #include "kernels/ssm_decode/decode_inputs.cuh"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
@@ -145,6 +146,8 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
   const int64_t matrix = bh * D * D;
   prefetch_l2_block(p.kv + matrix, static_cast<size_t>(D) * D);  // read after the solve
   if (p.kk != nullptr) prefetch_l2_block(p.kk + matrix, static_cast<size_t>(D) * D);
+  pdl_wait();  // q, k and the gates come from the kernels before (pdl.cuh); L2 prefetches may precede it
+  pdl_launch_dependents();
   for (int i = tid; i < D; i += kThreads) {
     q[i] = p.q[bh * D + i];
     k[i] = p.k[bh * D + i];
@@ -250,8 +253,7 @@ void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
   const size_t bytes = shared_bytes<S>(p.dim, kC);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
-  gka_decode_kernel<S, kC><<<heads, kThreads, bytes, stream>>>(p);
-  PRIME_CUDA_CHECK_LAUNCH("gka_decode_kernel");
+  launch_kernel("gka_decode_kernel", gka_decode_kernel<S, kC>, heads, kThreads, bytes, stream, p);
 }
 
 template <typename S>

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/ssm_decode/decode_inputs.cuh"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
@@ -58,6 +59,8 @@ __device__ __forceinline__ void gates(const Params<T>& p, int index) {
 
 template <typename T, int K>
 __global__ void __launch_bounds__(kInputsThreads) mamba2_decode_inputs_kernel(const Params<T> p) {
+  pdl_wait();  // the step's inputs come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const int warp = inputs_warp();
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (warp >= p.head_warps) {
@@ -150,13 +153,14 @@ void launch_typed(const at::Tensor& projection, const Mamba2DecodeWeights& w, co
   const int64_t head_warps = B * (2 * Hkv + Hq);
   p.head_warps = static_cast<int>(head_warps);
   const dim3 grid = inputs_grid(head_warps, B * Hq, "mamba2_decode_inputs");
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto launch = [&](auto kernel) {
+    launch_kernel("mamba2_decode_inputs_kernel", kernel, grid, kInputsThreads, 0, at::cuda::getCurrentCUDAStream(), p);
+  };
   switch (K) {
-    case 2: mamba2_decode_inputs_kernel<T, 2><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    case 3: mamba2_decode_inputs_kernel<T, 3><<<grid, kInputsThreads, 0, stream>>>(p); break;
-    default: mamba2_decode_inputs_kernel<T, 4><<<grid, kInputsThreads, 0, stream>>>(p); break;
+    case 2: launch(mamba2_decode_inputs_kernel<T, 2>); break;
+    case 3: launch(mamba2_decode_inputs_kernel<T, 3>); break;
+    default: launch(mamba2_decode_inputs_kernel<T, 4>); break;
   }
-  PRIME_CUDA_CHECK_LAUNCH("mamba2_decode_inputs_kernel");
 }
 
 }  // namespace

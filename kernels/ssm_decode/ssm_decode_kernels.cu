@@ -12,6 +12,8 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/pdl.cuh"
+#include "kernels/common/prefetch.cuh"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
 
 namespace prime::kernels::detail {
@@ -118,6 +120,12 @@ gdn_decode_kernel(const float* __restrict__ q, const float* __restrict__ k,
   const bool owns_columns = column < dv;  // Width 4 implies dv % 4 == 0: all four or none
   const int row0 = warp * kGdnRowsPerWarp;
   float* S = state + bh * dk * dv;
+  // The block's state rows into L2 while the kernels before finish (a lane per 128-byte line).
+  if (owns_columns && tile_column % 32 == 0)
+    for (int r = 0; r < kGdnRowsPerWarp && row0 + r < dk; ++r)
+      prefetch_l2(S + static_cast<int64_t>(row0 + r) * dv + column);
+  pdl_wait();  // q, k, v and the gates come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
 
   // The state loads go first, so their latency overlaps the vector loads and the barrier.
   float s[kGdnRowsPerWarp][Width];
@@ -209,9 +217,15 @@ mamba2_decode_kernel(const float* __restrict__ x, const float* __restrict__ delt
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int row0 = blockIdx.y * kM2RowsPerBlock + warp * kM2RowsPerWarp;
   if (row0 >= p_dim) return;  // the whole warp (no block barrier below)
+  float* h = state + bh * p_dim * n_dim;
+  // The warp's state rows into L2 while the kernels before finish (a lane per 128-byte line).
+  for (int r = 0; r < kM2RowsPerWarp && row0 + r < p_dim; ++r)
+    for (int column = lane * 32; column < n_dim; column += kWarp * 32)
+      prefetch_l2(h + static_cast<int64_t>(row0 + r) * n_dim + column);
+  pdl_wait();  // x, delta, B and C come from the kernels before (pdl.cuh)
+  pdl_launch_dependents();
   const float dt = delta[bh];
   const float decay = expf(dt * A[bh % heads]);
-  float* h = state + bh * p_dim * n_dim;
   const float* B_bh = Bm + bh * n_dim;
   const float* C_bh = Cm + bh * n_dim;
 
@@ -311,16 +325,15 @@ void launch_gdn_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     constexpr int kTile = kWarp * kWidth;
     const dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>((Dv + kTile - 1) / kTile));
     const size_t shared_bytes = (2 * warps * kTile + 2 * Dk) * sizeof(float);
-    gdn_decode_kernel<kWidth><<<grid, warps * kWarp, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
-        data<const float>(q), data<const float>(k), data<const float>(v), data<const float>(g),
-        data<const float>(beta), data<float>(state), data<float>(o), static_cast<int>(Dk),
-        static_cast<int>(Dv));
+    launch_kernel("gdn_decode_kernel", gdn_decode_kernel<kWidth>, grid, warps * kWarp, shared_bytes,
+                  at::cuda::getCurrentCUDAStream(), data<const float>(q), data<const float>(k), data<const float>(v),
+                  data<const float>(g), data<const float>(beta), data<float>(state), data<float>(o),
+                  static_cast<int>(Dk), static_cast<int>(Dv));
   };
   // Float4 rows wherever they align. Scalar rows at small B*H (4x the CTAs, e.g. 128 instead of
   // 32 at B = 1 of the 8B shape) were measured slower on the H200: 9.4 vs 6.7 us per step.
   if (rows_of_float4(state, Dv)) launch(std::integral_constant<int, 4>{});
   else launch(std::integral_constant<int, 1>{});
-  PRIME_CUDA_CHECK_LAUNCH("gdn_decode_kernel");
 }
 
 void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
@@ -344,15 +357,13 @@ void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at
   // Bm and Cm rows take the same width as the state's: both start at bh * N floats.
   const bool wide = rows_of_float4(state, N) && rows_of_float4(Bm, N) && rows_of_float4(Cm, N);
   const auto launch = [&](auto width) {
-    mamba2_decode_kernel<decltype(width)::value>
-        <<<grid, kWarp * kM2Warps, 0, at::cuda::getCurrentCUDAStream()>>>(
-            data<const float>(x), data<const float>(delta), data<const float>(A),
-            data<const float>(Bm), data<const float>(Cm), data<float>(state), data<float>(y),
-            static_cast<int>(H), static_cast<int>(P), static_cast<int>(N));
+    launch_kernel("mamba2_decode_kernel", mamba2_decode_kernel<decltype(width)::value>, grid, kWarp * kM2Warps, 0,
+                  at::cuda::getCurrentCUDAStream(), data<const float>(x), data<const float>(delta),
+                  data<const float>(A), data<const float>(Bm), data<const float>(Cm), data<float>(state),
+                  data<float>(y), static_cast<int>(H), static_cast<int>(P), static_cast<int>(N));
   };
   if (wide) launch(std::integral_constant<int, 4>{});
   else launch(std::integral_constant<int, 1>{});
-  PRIME_CUDA_CHECK_LAUNCH("mamba2_decode_kernel");
 }
 
 }  // namespace prime::kernels::detail
