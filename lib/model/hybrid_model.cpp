@@ -3,6 +3,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <tuple>
+#include <utility>
 
 #include "io/architecture.h"
 #include "model/kv_cache.h"
@@ -104,19 +106,30 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
   return logits;
 }
 
-at::Tensor HybridModel::forward_layer(int64_t index, const at::Tensor& hidden, LayerCache* layer_cache,
-                                      LayerTrace* trace, const Documents* documents) {
+std::pair<at::Tensor, at::Tensor> HybridModel::layer_parts(int64_t index, const at::Tensor& hidden,
+                                                         const at::Tensor& pending, LayerCache* layer_cache,
+                                                         const Documents* documents, LayerTrace* trace) {
   if (documents && layer_cache) throw internal_error("packed documents run without a cache");
+  if (trace && pending.defined()) throw internal_error("a traced layer takes its whole input");
   Layer& layer = layers_.at(index);
-  at::Tensor mixer_input = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
+  at::Tensor input = hidden, mixer_input;
+  if (pending.defined())
+    std::tie(input, mixer_input) = add_rms_norm(hidden, pending, layer.input_norm, config_.rms_norm_eps);
+  else
+    mixer_input = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
   at::Tensor mixed = documents ? layer.mixer->forward_documents(mixer_input, *documents)
                                : layer.mixer->forward(mixer_input, layer_cache);
   // The residual add and the post-attention norm: one fused kernel at inference on CUDA.
-  auto [after_mixer, ffn_input] = add_rms_norm(hidden, mixed, layer.post_attention_norm, config_.rms_norm_eps);
+  auto [after_mixer, ffn_input] = add_rms_norm(input, mixed, layer.post_attention_norm, config_.rms_norm_eps);
   at::Tensor fed = layer.feed_forward->forward(ffn_input);
-  at::Tensor output = after_mixer + fed;
-  if (trace) *trace = {hidden, mixer_input, mixed, output};
-  return output;
+  if (trace) *trace = {hidden, mixer_input, mixed, after_mixer + fed};
+  return {after_mixer, fed};
+}
+
+at::Tensor HybridModel::forward_layer(int64_t index, const at::Tensor& hidden, LayerCache* layer_cache,
+                                      LayerTrace* trace, const Documents* documents) {
+  auto [after_mixer, fed] = layer_parts(index, hidden, at::Tensor(), layer_cache, documents, trace);
+  return trace ? trace->layer_output : after_mixer + fed;
 }
 
 at::Tensor HybridModel::final_norm(const at::Tensor& hidden) const {
@@ -137,12 +150,20 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
     throw internal_error("document positions are [", documents->batch, ", ", documents->steps, "], input_ids [",
                          input_ids.size(0), ", ", input_ids.size(1), "]");
   at::Tensor hidden = at::embedding(embed_tokens_, input_ids.to(embed_tokens_.device()));
+  // Without autograd each layer's output is left as hidden + pending (layer_parts): the next layer's
+  // input norm, or the final norm, adds them in its fused kernel (one launch fewer per layer).
+  at::Tensor pending;
   for (int64_t i = 0; i < num_layers(); ++i) {
     LayerCache* layer_cache = cache ? cache->layers[i].get() : nullptr;
     LayerTrace* trace = nullptr;
     if (options.trace && std::find(options.trace->layers.begin(), options.trace->layers.end(), i) !=
                              options.trace->layers.end())
       trace = &options.trace->traced[i];
+    if (!trace && !at::GradMode::is_enabled()) {
+      std::tie(hidden, pending) = layer_parts(i, hidden, pending, layer_cache, documents);
+      continue;
+    }
+    if (pending.defined()) hidden = hidden + std::exchange(pending, at::Tensor());
     if (options.recompute && at::GradMode::is_enabled() && !trace)
       hidden = recompute_in_backward(
           [this, i, documents](const at::Tensor& input) { return forward_layer(i, input, nullptr, nullptr, documents); },
@@ -151,7 +172,8 @@ at::Tensor HybridModel::forward(const at::Tensor& input_ids, ModelCache* cache, 
       hidden = forward_layer(i, hidden, layer_cache, trace, documents);
   }
   if (cache && cache->is_static()) cache->position.add_(1);
-  at::Tensor normed = final_norm(hidden);
+  at::Tensor normed = pending.defined() ? add_rms_norm(hidden, pending, final_norm_, config_.rms_norm_eps).second
+                                        : final_norm(hidden);
   return options.return_hidden ? normed : model::linear(normed, lm_head_);
 }
 

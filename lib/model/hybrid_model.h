@@ -113,6 +113,14 @@ class HybridModel {
   const TensorMap& weights() const { return weights_; }
 
  private:
+  // forward_layer on hidden + pending without forming that sum or the layer's output: pending is the
+  // layer before's feed-forward output (undefined: none), added by the fused add + norm kernel that
+  // also computes this layer's input norm. Returns {hidden + pending + the mixer's output, this
+  // layer's feed-forward output}: their sum is the layer's output (the next layer's pending add).
+  // A trace (pending undefined) also gets that output.
+  std::pair<at::Tensor, at::Tensor> layer_parts(int64_t layer, const at::Tensor& hidden, const at::Tensor& pending,
+                                                LayerCache* cache, const Documents* documents,
+                                                LayerTrace* trace = nullptr);
   struct Layer {
     at::Tensor input_norm, post_attention_norm;
     std::unique_ptr<Mixer> mixer;
