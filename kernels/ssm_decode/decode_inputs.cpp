@@ -33,6 +33,15 @@ bool token_served(const at::Tensor& x, int64_t head_dim) {
   return x.dim() == 3 && x.size(1) == 1 && x.size(0) >= 1 && head_dim >= 1 && head_dim <= kDecodeMaxDim;
 }
 
+// What the GDN and GKA fronts ask of the token and their head layout: the token served and each
+// of the q, k and v head counts dividing H.
+bool heads_served(const at::Tensor& x, const DecodeHeads& w) {
+  if (!token_served(x, w.head_dim) || w.heads < 1) return false;
+  for (const int64_t heads : {w.q_heads, w.k_heads, w.v_heads})
+    if (heads < 1 || w.heads % heads != 0) return false;
+  return true;
+}
+
 bool has_sizes(const at::Tensor& tensor, std::initializer_list<int64_t> sizes) {
   return tensor.sizes() == at::IntArrayRef(sizes);
 }
@@ -62,9 +71,7 @@ int64_t conv_size(const at::Tensor& weight) { return weight.defined() && weight.
 
 bool gdn_decode_inputs_apply(const at::Tensor& x, const GdnDecodeWeights& w, const GdnDecodeConvStates& states) {
   const int64_t H = w.heads, D = w.head_dim;
-  if (!token_served(x, D) || H < 1) return false;
-  for (const int64_t heads : {w.q_heads, w.k_heads, w.v_heads})
-    if (heads < 1 || H % heads != 0) return false;
+  if (!heads_served(x, w)) return false;
   if (!head_parameter(w.A_log, x, H) || !head_parameter(w.dt_bias, x, H)) return false;
   if (!w.q_conv.defined())  // no short conv: no other conv operand either
     return !w.k_conv.defined() && !w.v_conv.defined() && !states.q.defined() && !states.k.defined() &&
@@ -121,9 +128,7 @@ Mamba2DecodeInputs mamba2_decode_inputs(const at::Tensor& projection, const Mamb
 
 bool gka_decode_inputs_apply(const at::Tensor& x, const GkaDecodeWeights& w, const GkaDecodeConvStates& states) {
   const int64_t H = w.heads, D = w.head_dim;
-  if (!token_served(x, D) || H < 1) return false;
-  for (const int64_t heads : {w.q_heads, w.k_heads, w.v_heads})
-    if (heads < 1 || H % heads != 0) return false;
+  if (!heads_served(x, w)) return false;
   const int64_t K = conv_size(w.q_conv), hidden = x.size(2);
   if (!conv_served(x, w.q_conv, at::Tensor(), states.q, w.q_heads * D, K) ||
       !conv_served(x, w.k_conv, at::Tensor(), states.k, w.k_heads * D, K))

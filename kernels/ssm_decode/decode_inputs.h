@@ -12,6 +12,20 @@
 
 namespace prime::kernels {
 
+// The head layout of the GDN and GKA fronts: q, k and v heads, each repeated to the H heads it
+// serves, of D each.
+struct DecodeHeads {
+  int64_t q_heads = 0, k_heads = 0, v_heads = 0;  // each divides heads
+  int64_t heads = 0;                              // H, the expanded head count
+  int64_t head_dim = 0;                           // D, 1..kDecodeMaxDim
+};
+
+// The layout of a mixer config with num_q_heads, num_k_heads, num_v_heads, num_heads(), head_dim.
+template <typename Config>
+DecodeHeads decode_heads(const Config& config) {
+  return {config.num_q_heads, config.num_k_heads, config.num_v_heads, config.num_heads(), config.head_dim};
+}
+
 // ---- GDN --------------------------------------------------------------------------------------
 // Per channel the short conv over the cache's history plus SiLU (the conv states updated in
 // place); per head the L2 norm of q (times its scale) and of k, each head repeated to the H heads
@@ -19,10 +33,7 @@ namespace prime::kernels {
 // g = -exp(A_log) softplus(a + dt_bias).
 
 // The layer's fixed operands, in the model's dtype (x's) unless said, on x's device.
-struct GdnDecodeWeights {
-  int64_t q_heads = 0, k_heads = 0, v_heads = 0;  // each divides heads
-  int64_t heads = 0;                              // H, the expanded head count
-  int64_t head_dim = 0;                           // D, 1..kDecodeMaxDim
+struct GdnDecodeWeights : DecodeHeads {
   at::Tensor q_conv, k_conv, v_conv;              // [C, 1, K], 2 <= K <= 4; all undefined: no conv
   at::Tensor q_conv_bias, k_conv_bias, v_conv_bias;  // [C] or undefined
   at::Tensor A_log, dt_bias;                         // [H], fp32 (as models keep them) or x's dtype
@@ -94,10 +105,7 @@ Mamba2DecodeInputs mamba2_decode_inputs(const at::Tensor& projection, const Mamb
 // -exp(A_log) softplus(a_proj x + dt_bias). Everything in fp32, stored in the solve dtype.
 
 // The layer's fixed operands, in the model's dtype (x's) unless said, on x's device.
-struct GkaDecodeWeights {
-  int64_t q_heads = 0, k_heads = 0, v_heads = 0;  // each divides heads
-  int64_t heads = 0;                              // H, the expanded head count
-  int64_t head_dim = 0;                           // D, 1..kDecodeMaxDim
+struct GkaDecodeWeights : DecodeHeads {
   at::Tensor q_conv, k_conv;                      // [C, 1, K], 2 <= K <= 4, no bias
   at::Tensor v_conv;                                // [C, 1, K], or undefined: v is not convolved
   at::Tensor b_proj, b_bias;                        // [H, hidden], [H]; both undefined: no beta gate

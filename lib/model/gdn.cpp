@@ -249,11 +249,7 @@ at::Tensor GdnMixer::step(const at::Tensor& x, LayerCache& cache) {
 
 kernels::GdnDecodeWeights GdnMixer::decode_weights() const {
   kernels::GdnDecodeWeights w;
-  w.q_heads = config_.num_q_heads;
-  w.k_heads = config_.num_k_heads;
-  w.v_heads = config_.num_v_heads;
-  w.heads = config_.num_heads();
-  w.head_dim = config_.head_dim;
+  static_cast<kernels::DecodeHeads&>(w) = kernels::decode_heads(config_);
   if (config_.use_short_conv) {
     w.q_conv = q_conv_, w.k_conv = k_conv_, w.v_conv = v_conv_;
     w.q_conv_bias = q_conv_bias_, w.k_conv_bias = k_conv_bias_, w.v_conv_bias = v_conv_bias_;

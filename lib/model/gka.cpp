@@ -294,11 +294,7 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
 
 kernels::GkaDecodeWeights GkaMixer::decode_weights() const {
   kernels::GkaDecodeWeights w;
-  w.q_heads = config_.num_q_heads;
-  w.k_heads = config_.num_k_heads;
-  w.v_heads = config_.num_v_heads;
-  w.heads = config_.num_heads();
-  w.head_dim = config_.head_dim;
+  static_cast<kernels::DecodeHeads&>(w) = kernels::decode_heads(config_);
   w.q_conv = q_conv_, w.k_conv = k_conv_, w.v_conv = v_conv_;
   w.b_proj = b_proj_, w.b_bias = b_bias_;
   w.alpha_proj = alpha_proj_, w.alpha_bias = alpha_bias_;
