@@ -5,6 +5,12 @@
 
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
+#ifdef __CUDACC__
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include <cstddef>
+#include <cstdint>
 
 #include "util/error.h"
 
@@ -40,5 +46,30 @@ inline void check_operand(const at::Tensor& tensor, const char* op, const char* 
               tensor.sizes());
   PRIME_CHECK(tensor.is_contiguous(), op, ": ", name, " must be contiguous");
 }
+
+// check_operand with these sizes (a name of its own: a one-element braced list would otherwise
+// pick check_operand's dimension count).
+inline void check_operand_sizes(const at::Tensor& tensor, const char* op, const char* name, at::ScalarType type,
+                                at::IntArrayRef sizes) {
+  check_operand(tensor, op, name, type, static_cast<int64_t>(sizes.size()));
+  PRIME_CHECK(tensor.sizes() == sizes, op, ": ", name, " ", tensor.sizes(), " must be ", sizes);
+}
+
+// The tensor's data starts on a multiple of `bytes` (the kernels' vector and fragment accesses).
+inline void check_aligned(const at::Tensor& tensor, const char* op, const char* name, size_t bytes) {
+  PRIME_CHECK(reinterpret_cast<std::uintptr_t>(tensor.data_ptr()) % bytes == 0, op, ": ", name, " must be ", bytes,
+              "-byte aligned");
+}
+
+#ifdef __CUDACC__
+// kernel<<<grid, threads, shared>>>(params) on the current stream, the kernel's dynamic shared
+// memory limit raised to `shared` first; both checked, `name` in the message.
+template <typename Kernel, typename Params>
+void launch_with_shared(Kernel kernel, dim3 grid, size_t shared, int threads, const Params& params, const char* name) {
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  kernel<<<grid, threads, shared, at::cuda::getCurrentCUDAStream()>>>(params);
+  PRIME_CUDA_CHECK_LAUNCH(name);
+}
+#endif
 
 }  // namespace prime::kernels

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/common/bf16_wmma.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -34,25 +35,12 @@ namespace prime::kernels::detail {
 namespace {
 
 namespace wmma = nvcuda::wmma;
+using namespace bf16_wmma;
 using gdn_forward::kChunk;
 using gdn_forward::kLdC;
 using gdn_forward::kThreads;
 using gdn_forward::kWarps;
-using Bf16 = __nv_bfloat16;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::row_major>;
-using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, Bf16, wmma::col_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::row_major>;
-using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, Bf16, wmma::col_major>;
-using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-constexpr int kScratchLd = 20;                    // a warp's fp32 scratch tile: [16][20]
-constexpr int kScratchBytes = 16 * kScratchLd * 4;  // 1280: 32-byte aligned tiles
-constexpr int kLdT = kChunk + 8;                  // row stride of T in bf16
-
-// bf16 shared matrices are row-major with (width + 8) elements per row: a multiple of 8
-// (wmma's rule for 16-bit types) whose rows fall on different banks; 16-row blocks start
-// 32-byte aligned.
-__host__ __device__ constexpr int ld_of(int width) { return width + 8; }
+constexpr int kLdT = kChunk + 8;  // row stride of T in bf16
 
 struct Bf16Params {
   const Bf16 *q, *k, *v;          // [B,T,H,D]
@@ -68,108 +56,13 @@ struct Bf16Params {
   Bf16* o;                        // [B,T,H,D]
 };
 
-__device__ __forceinline__ uint4 pack8(const float* x) {
-  uint4 packed;
-  __nv_bfloat162* halves = reinterpret_cast<__nv_bfloat162*>(&packed);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) halves[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
-  return packed;
-}
-
-__device__ __forceinline__ void unpack8(const uint4& packed, float* x) {
-  const __nv_bfloat162* halves = reinterpret_cast<const __nv_bfloat162*>(&packed);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 pair = __bfloat1622float2(halves[i]);
-    x[2 * i] = pair.x;
-    x[2 * i + 1] = pair.y;
-  }
-}
-
-// The warp's 16x16 fp32 tile through its scratch: lane l gets row l / 2, columns 8 (l % 2)..+8
-// in x and calls emit(row, col, x).
-template <typename Emit>
-__device__ __forceinline__ void emit_tile(const Acc& tile, float* scratch, Emit&& emit) {
-  wmma::store_matrix_sync(scratch, tile, kScratchLd, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x % 32, row = lane / 2, col = (lane % 2) * 8;
-  float x[8];
-  const float4 low = *reinterpret_cast<const float4*>(scratch + row * kScratchLd + col);
-  const float4 high = *reinterpret_cast<const float4*>(scratch + row * kScratchLd + col + 4);
-  x[0] = low.x, x[1] = low.y, x[2] = low.z, x[3] = low.w;
-  x[4] = high.x, x[5] = high.y, x[6] = high.z, x[7] = high.w;
-  __syncwarp();
-  emit(row, col, x);
-}
-
-// dst [ROWS][WIDTH] (row stride ld_of(WIDTH)) <- src (row stride src_ld), asynchronously.
-template <int ROWS, int WIDTH>
-__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld) {
-  constexpr int kVectors = WIDTH / 8;
-  for (int index = threadIdx.x; index < ROWS * kVectors; index += kThreads) {
-    const int row = index / kVectors, col = (index % kVectors) * 8;
-    cp_async16(dst + row * ld_of(WIDTH) + col, src + row * src_ld + col);
-  }
-}
-
 // dst[t][:] = x[b, t0 + t, h, :] for t < 64; rows past T are zeros.
 template <int D>
-__device__ __forceinline__ void load_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0, int h) {
-  constexpr int kVectors = D / 8;
-  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {
-    const int t = index / kVectors, i = (index % kVectors) * 8;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (t0 + t < p.T)
-      value = __ldg(reinterpret_cast<const uint4*>(x + ((static_cast<size_t>(b) * p.T + t0 + t) * p.H + h) * D + i));
-    *reinterpret_cast<uint4*>(dst + t * ld_of(D) + i) = value;
-  }
-}
-
-// x[t][:] *= factor(t) for the 64 rows of a [64][D] shared matrix, in place.
-template <int D, typename Factor>
-__device__ __forceinline__ void scale_rows(Bf16* x, Factor factor) {
-  constexpr int kVectors = D / 8;
-  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {
-    const int t = index / kVectors, i = (index % kVectors) * 8;
-    uint4* at = reinterpret_cast<uint4*>(x + t * ld_of(D) + i);
-    float values[8];
-    unpack8(*at, values);
-    const float f = factor(t);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) values[e] *= f;
-    *at = pack8(values);
-  }
-}
-
-// acc = X[16 rows at row0] Y[16 rows at col0]^T over depth D, X and Y [64][D] in shared memory.
-template <int D>
-__device__ __forceinline__ void gram_tile(Acc& acc, const Bf16* x, const Bf16* y, int row0, int col0) {
-  wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-  for (int k0 = 0; k0 < D; k0 += 16) {
-    FragA a;
-    FragBt bt;
-    wmma::load_matrix_sync(a, x + row0 * ld_of(D) + k0, ld_of(D));
-    wmma::load_matrix_sync(bt, y + col0 * ld_of(D) + k0, ld_of(D));
-    wmma::mma_sync(acc, a, bt, acc);
-  }
-}
-
-// acc[t] += A[16 rows, 0:depth] B[0:depth, col0 + 16 t : +16] for t < NT; A (lda) points at its
-// row block, B is row-major (ldb). A lower-triangular A's row block r needs depth 16 (r + 1) only.
-template <int NT>
-__device__ __forceinline__ void row_block_product(Acc (&acc)[NT], const Bf16* a_rows, int lda, int depth,
-                                                  const Bf16* b, int ldb, int col0) {
-  for (int k0 = 0; k0 < depth; k0 += 16) {
-    FragA a;
-    wmma::load_matrix_sync(a, a_rows + k0, lda);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      FragB bm;
-      wmma::load_matrix_sync(bm, b + k0 * ldb + col0 + 16 * t, ldb);
-      wmma::mma_sync(acc[t], a, bm, acc[t]);
-    }
-  }
+__device__ __forceinline__ void load_chunk_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0,
+                                                int h) {
+  const size_t row_stride = static_cast<size_t>(p.H) * D;
+  load_rows<kChunk, D, kThreads>(dst, x + (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D,
+                                 row_stride, p.T - t0);
 }
 
 template <int D>
@@ -199,8 +92,8 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(tm) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
-  load_rows<D>(ks, p.k, p, b, t0, h);
-  load_rows<D>(vs, p.v, p, b, t0, h);
+  load_chunk_rows<D>(ks, p.k, p, b, t0, h);
+  load_chunk_rows<D>(vs, p.v, p, b, t0, h);
   gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // synchronises
 
   {  // K K^T: warp w computes row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1.
@@ -230,8 +123,8 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   if (threadIdx.x == 0)
     p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
   __syncthreads();
-  scale_rows<D>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
-  scale_rows<D>(vs, [&](int t) { return beta[t]; });
+  scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
+  scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
   gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier: A is spent
   for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
     const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
@@ -332,12 +225,12 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
   const size_t m = blockIdx.y, state_size = static_cast<size_t>(D) * D;
   const auto chunk_rows = [&](int n) { return (m * N + n) * static_cast<size_t>(kChunk) * D; };
   const auto fetch_w = [&](int n) {  // W_n and the block's columns of U'_n
-    copy_async<kChunk, D>(ws, p.w + chunk_rows(n), D);
-    copy_async<kChunk, CW>(ups, p.u + chunk_rows(n) + col0, D);
+    copy_async<kChunk, D, kThreads>(ws, p.w + chunk_rows(n), D);
+    copy_async<kChunk, CW, kThreads>(ups, p.u + chunk_rows(n) + col0, D);
     cp_async_commit();
   };
   const auto fetch_kd = [&](int n) {
-    copy_async<kChunk, D>(kds, p.k_decayed + chunk_rows(n), D);
+    copy_async<kChunk, D, kThreads>(kds, p.k_decayed + chunk_rows(n), D);
     cp_async_commit();
   };
   const int state_c0 = 16 * (warp % CB);
@@ -493,35 +386,17 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
   float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sc + kChunk * kLdT) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t chunk_index = static_cast<size_t>(bh) * p.num_chunks + chunk;
-  copy_async<D, D>(ss, p.states + chunk_index * D * D, D);
-  copy_async<kChunk, D>(us, p.u + chunk_index * kChunk * D, D);
+  copy_async<D, D, kThreads>(ss, p.states + chunk_index * D * D, D);
+  copy_async<kChunk, D, kThreads>(us, p.u + chunk_index * kChunk * D, D);
   cp_async_commit();
-  load_rows<D>(qs, p.q, p, b, t0, h);
-  load_rows<D>(ks, p.k, p, b, t0, h);
+  load_chunk_rows<D>(qs, p.q, p, b, t0, h);
+  load_chunk_rows<D>(ks, p.k, p, b, t0, h);
   gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // synchronises
 
-  {  // scores: warp w forms row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1
-    const int r = warp % 4;
-    for (int t = 0; t < 2; ++t) {
-      const int c = 2 * (warp / 4) + t;
-      Acc acc;
-      if (c <= r)
-        gram_tile<D>(acc, qs, ks, 16 * r, 16 * c);
-      else
-        wmma::fill_fragment(acc, 0.0f);
-      emit_tile(acc, scratch, [&](int row, int col, float* x) {
-        const int i = 16 * r + row;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int j = 16 * c + col + e;
-          x[e] = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) * x[e] : 0.0f;
-        }
-        *reinterpret_cast<uint4*>(sc + i * kLdT + 16 * c + col) = pack8(x);
-      });
-    }
-  }
+  // the scores (Q K^T) o e^{Gi - Gj}, j <= i
+  decayed_causal_scores<D>(sc, kLdT, qs, ks, gamma, scratch, [](int) { return 1.0f; });
   __syncthreads();  // Q read
-  scale_rows<D>(qs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
+  scale_rows<kChunk, D, kThreads>(qs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
   cp_async_wait<0>();
   __syncthreads();
   // O tiles (16-row block r, 16 NT columns): diag(e^G) Q S_n + scores U_n, the scores' row block
@@ -545,38 +420,21 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
   }
 }
 
-template <typename Kernel>
-void launch(Kernel kernel, dim3 grid, size_t shared, const Bf16Params& p, const char* name) {
-  PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-  kernel<<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(p);
-  PRIME_CUDA_CHECK_LAUNCH(name);
-}
-
 template <int D>
 void launch_all(const Bf16Params& p, int64_t M, bool direct, int slots) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
-  launch(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), p, "gdn_forward_prep_bf16_kernel");
+  launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
+                     "gdn_forward_prep_bf16_kernel");
   const dim3 per_tile(D / CW, static_cast<unsigned>(M), static_cast<unsigned>(slots));
   if (direct)
-    launch(gdn_forward_scan_bf16_kernel<D, CW, true>, per_tile, scan_shared_bytes<D, CW>(), p,
-           "gdn_forward_scan_bf16_kernel");
+    launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW, true>, per_tile, scan_shared_bytes<D, CW>(), kThreads, p,
+                       "gdn_forward_scan_bf16_kernel");
   else
-    launch(gdn_forward_scan_bf16_kernel<D, CW, false>, per_tile, scan_shared_bytes<D, CW>(), p,
-           "gdn_forward_scan_bf16_kernel");
-  launch(gdn_forward_output_bf16_kernel<D, NT>, per_chunk, output_shared_bytes<D>(), p,
-         "gdn_forward_output_bf16_kernel");
-}
-
-void check_aligned(const at::Tensor& tensor, const char* op, const char* name, size_t bytes) {
-  PRIME_CHECK(reinterpret_cast<std::uintptr_t>(tensor.data_ptr()) % bytes == 0, op, ": ", name, " must be ", bytes,
-              "-byte aligned");
-}
-
-void check_sizes(const at::Tensor& tensor, const char* op, const char* name, at::ScalarType type,
-                 at::IntArrayRef sizes) {
-  check_operand(tensor, op, name, type, static_cast<int64_t>(sizes.size()));
-  PRIME_CHECK(tensor.sizes() == sizes, op, ": ", name, " ", tensor.sizes(), " must be ", sizes);
+    launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW, false>, per_tile, scan_shared_bytes<D, CW>(), kThreads,
+                       p, "gdn_forward_scan_bf16_kernel");
+  launch_with_shared(gdn_forward_output_bf16_kernel<D, NT>, per_chunk, output_shared_bytes<D>(), kThreads, p,
+                     "gdn_forward_output_bf16_kernel");
 }
 
 }  // namespace
@@ -593,16 +451,16 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
   PRIME_CHECK(M <= 65535 && N <= 2147483647, op, ": batch * heads must be <= 65535");
   for (const auto& [tensor, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
-    check_sizes(*tensor, op, name, at::kBFloat16, q.sizes());
-  check_sizes(g, op, "g", at::kFloat, {B, T, H});
-  check_sizes(beta, op, "beta", at::kFloat, {B, T, H});
+    check_operand_sizes(*tensor, op, name, at::kBFloat16, q.sizes());
+  check_operand_sizes(g, op, "g", at::kFloat, {B, T, H});
+  check_operand_sizes(beta, op, "beta", at::kFloat, {B, T, H});
   for (const auto& [tensor, name] : {std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"}})
-    check_sizes(*tensor, op, name, at::kBFloat16, {M, N, kChunk, D});
-  check_sizes(decay, op, "decay", at::kFloat, {M, N});
-  check_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
-  check_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
-  if (initial.defined()) check_sizes(initial, op, "initial", at::kFloat, {M, D, D});
-  if (starts.defined()) check_sizes(starts, op, "starts", at::kBool, {N});
+    check_operand_sizes(*tensor, op, name, at::kBFloat16, {M, N, kChunk, D});
+  check_operand_sizes(decay, op, "decay", at::kFloat, {M, N});
+  check_operand_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
+  check_operand_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
+  if (initial.defined()) check_operand_sizes(initial, op, "initial", at::kFloat, {M, D, D});
+  if (starts.defined()) check_operand_sizes(starts, op, "starts", at::kBool, {N});
   for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"},
                                      std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"},
                                      std::pair{&states, "states"}})

@@ -22,6 +22,7 @@
 #include "kernels/common/prefetch.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/common/tf32x3_mma.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_common.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_launch.h"
 
 namespace prime::kernels::detail {
@@ -29,6 +30,9 @@ namespace prime::kernels::detail {
 namespace {
 
 namespace wmma = nvcuda::wmma;
+using ssd_common::chunk_gamma;
+using ssd_common::DeltaView;
+using ssd_common::make_delta_view;
 
 constexpr int kChunk = static_cast<int>(kSsdChunk);
 constexpr int kTile = 64;  // output columns per block
@@ -45,12 +49,6 @@ struct View {
   }
 };
 
-struct DeltaView {
-  const float* data = nullptr;
-  long long s0 = 0, s1 = 0, s2 = 0;
-  __device__ __forceinline__ float at(int b, int t, int h) const { return data[b * s0 + t * s1 + h * s2]; }
-};
-
 View make_view(const at::Tensor& tensor) {
   View view;
   if (!tensor.defined()) return view;
@@ -59,36 +57,6 @@ View make_view(const at::Tensor& tensor) {
   view.vec4 = view.s3 == 1 && view.s0 % 4 == 0 && view.s1 % 4 == 0 && view.s2 % 4 == 0 && tensor.size(3) % 4 == 0 &&
               reinterpret_cast<std::uintptr_t>(view.data) % 16 == 0;
   return view;
-}
-
-DeltaView make_delta_view(const at::Tensor& delta) {
-  DeltaView view;
-  view.data = delta.data_ptr<float>();
-  view.s0 = delta.stride(0), view.s1 = delta.stride(1), view.s2 = delta.stride(2);
-  return view;
-}
-
-// The chunk's deltas (0 past T) and Gamma_t = sum_{s<=t} delta_s A_h in float64, by warp 0 (an
-// inclusive shuffle scan over each half of the chunk). The caller synchronises afterwards.
-__device__ __forceinline__ void chunk_gamma(const DeltaView& delta, const float* __restrict__ A, int b,
-                                            int h, int t0, int T, double* gamma, float* dl) {
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  const float a = A[h];
-  const float d0 = t0 + lane < T ? delta.at(b, t0 + lane, h) : 0.0f;
-  const float d1 = t0 + lane + 32 < T ? delta.at(b, t0 + lane + 32, h) : 0.0f;
-  dl[lane] = d0;
-  dl[lane + 32] = d1;
-  double s0 = static_cast<double>(d0 * a), s1 = static_cast<double>(d1 * a);
-#pragma unroll
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const double n0 = __shfl_up_sync(0xffffffffu, s0, offset);
-    const double n1 = __shfl_up_sync(0xffffffffu, s1, offset);
-    if (lane >= offset) s0 += n0, s1 += n1;
-  }
-  const double first_half = __shfl_sync(0xffffffffu, s0, 31);
-  gamma[lane] = s0;
-  gamma[lane + 32] = s1 + first_half;
 }
 
 // ---- per-chunk state products ----------------------------------------------------------------
