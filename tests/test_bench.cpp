@@ -177,11 +177,12 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   CHECK_THAT(result.output, !Contains("TFLOP/s"));
-  // bf16 times GDN's fused forward only: other types are refused first.
+  // bf16 times the bf16 forwards of GDN and Mamba-2 only: other types (GKA is in the default
+  // list) are refused first.
   result = test::run_cli("prime-bench kernels --device cpu --dtype bf16");
   CHECK(result.exit_code == 1);
-  CHECK_THAT(result.output, Contains("--types GDN"));
-  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN");
+  CHECK_THAT(result.output, Contains("--types GDN,M2"));
+  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN,M2");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   // The profiled pass too.

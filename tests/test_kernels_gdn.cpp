@@ -159,20 +159,6 @@ TEST_CASE("kernel policy: PRIME_KERNELS is auto or torch, and CPU tensors never 
   CHECK_FALSE(kernels::gdn_chunk_forward_apply(x, x, x, gate, gate, at::Tensor(), 64, at::Tensor()));
 }
 
-TEST_CASE("PRIME_GDN_CORE is fp32 or bf16, anything else is refused by name", "[kernels]") {
-  for (const char* value : {static_cast<const char*>(nullptr), "fp32"}) {
-    const test::ScopedEnv core("PRIME_GDN_CORE", value);
-    CHECK_FALSE(kernels::gdn_bf16_core());
-  }
-  {
-    const test::ScopedEnv core("PRIME_GDN_CORE", "bf16");
-    CHECK(kernels::gdn_bf16_core());
-  }
-  const test::ScopedEnv core("PRIME_GDN_CORE", "half");
-  CHECK_THROWS_AS(kernels::gdn_bf16_core(), UserError);
-  CHECK_THROWS_WITH(kernels::gdn_bf16_core(), Catch::Contains("PRIME_GDN_CORE=half"));
-}
-
 TEST_CASE("GDN kernels: (I + A)^-1 and the chunk-state scan equal float64 references, gradients too",
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
@@ -475,7 +461,7 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
   CHECK(out_error <= 6e-3);
 }
 
-TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused forward, fp32 out", "[kernels][gdn][gpu]") {
+TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls without autograd take the bf16 fused forward, fp32 out", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const at::Device cuda(at::kCUDA, 0);
@@ -492,7 +478,7 @@ TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused 
   const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta, in.state, 64);
   std::pair<at::Tensor, at::Tensor> bf16, under_autograd;
   {
-    const test::ScopedEnv core("PRIME_GDN_CORE", "bf16");
+    const test::ScopedEnv core("PRIME_SSM_CORE", "bf16");
     bf16 = run(false);
     under_autograd = run(true);  // records a gradient: the fp32 composite form, as without the variable
   }
@@ -500,7 +486,7 @@ TEST_CASE("PRIME_GDN_CORE=bf16: fp32 calls without autograd take the bf16 fused 
   const double bf16_fp32 = norm_relative_error(bf16.first, fp32.first);
   const double state_f64 = norm_relative_error(bf16.second, reference.second);
   const double autograd_f64 = norm_relative_error(under_autograd.first, reference.first);
-  std::cout << "[kernels][gdn] PRIME_GDN_CORE=bf16: out vs float64 " << bf16_f64 << " (fp32 path " << bf16_fp32
+  std::cout << "[kernels][gdn] PRIME_SSM_CORE=bf16: out vs float64 " << bf16_f64 << " (fp32 path " << bf16_fp32
             << "), state " << state_f64 << "; under autograd vs float64 " << autograd_f64 << std::endl;
   CHECK(bf16.first.scalar_type() == at::kFloat);
   CHECK(bf16_fp32 > 1e-4);  // the bf16 form ran: its rounding shows

@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -71,6 +72,22 @@ bool served_float_type(at::ScalarType type) {
 
 bool records_gradient(const at::Tensor& tensor) {
   return tensor.defined() && at::GradMode::is_enabled() && tensor.requires_grad();
+}
+
+bool bf16_ssm_core() {
+  const char* value = std::getenv("PRIME_SSM_CORE");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "fp32") return false;
+  if (text == "bf16") return true;
+  throw user_error("PRIME_SSM_CORE=", text, ": must be \"fp32\" (the chunked SSM cores on fp32 operands) or ",
+                   "\"bf16\" (their bf16 forwards where they apply)");
+}
+
+at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {
+  if (!tensor.defined()) return tensor;
+  at::Tensor result = tensor.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(result.data_ptr()) % bytes != 0) result = result.clone();
+  return result;
 }
 
 void require_cuda_build(const char* op) {

@@ -42,6 +42,16 @@ bool served_float_type(at::ScalarType type);
 // no). The inference kernels are no autograd functions, so such a call keeps the torch form.
 bool records_gradient(const at::Tensor& tensor);
 
+// PRIME_SSM_CORE: "bf16" makes the chunked SSM cores that have a bf16 forward (GDN, Mamba-2) run
+// fp32 operands through it when no gradient is recorded (prefill, evaluation): the operands cast to
+// bf16, the output returned in fp32; unset or "fp32" keeps the fp32 forms. Any other value is a
+// UserError naming the variable. Read at each call.
+bool bf16_ssm_core();
+
+// `tensor` contiguous, copied where its data does not start `bytes`-aligned (a view's offset):
+// the kernels' vector and fragment accesses need it. Undefined stays undefined.
+at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes);
+
 // Throws an InternalError naming `op` when this build has no CUDA kernels (a dispatch bug: the
 // op's *_apply predicate is false there).
 void require_cuda_build(const char* op);

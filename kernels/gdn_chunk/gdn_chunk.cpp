@@ -128,15 +128,6 @@ bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
 #endif
 }
 
-bool gdn_bf16_core() {
-  const char* value = std::getenv("PRIME_GDN_CORE");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "fp32") return false;
-  if (text == "bf16") return true;
-  throw user_error("PRIME_GDN_CORE=", text, ": must be \"fp32\" (GDN's chunked core on fp32 q, k, v) or \"bf16\" ",
-                   "(the bf16 fused forward where it applies)");
-}
-
 namespace {
 
 // PRIME_GDN_FUSED_FORWARD=0: the composite form everywhere (read at each call: tests and timings
@@ -188,14 +179,6 @@ bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::T
 
 namespace {
 
-// `tensor` contiguous, copied where its data does not start `bytes`-aligned (a view's offset):
-// the kernels' vector and fragment accesses need it.
-at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {
-  if (!tensor.defined()) return tensor;
-  at::Tensor result = tensor.contiguous();
-  if (reinterpret_cast<std::uintptr_t>(result.data_ptr()) % bytes != 0) result = result.clone();
-  return result;
-}
 
 // The fused forwards' per-chunk scratch for q [B,T,H,D]: w, u (U', then U_n), k_decayed
 // [M,N,64,D] and states [M,N,D,D] in q's dtype, decay [M,N] fp32.

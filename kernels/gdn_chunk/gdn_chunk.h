@@ -58,11 +58,6 @@ bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::T
                            const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                            const at::Tensor& chunk_starts);
 
-// PRIME_GDN_CORE: "bf16" makes gated_delta_rule_chunked run fp32 q, k, v through the bf16 fused
-// forward (cast to bf16; output cast back to fp32) wherever that form applies; unset or "fp32"
-// keeps the fp32 forms. Any other value is a UserError naming the variable. Read at each call.
-bool gdn_bf16_core();
-
 // gated_delta_rule_chunked's (output [B,T,H,D], final state [B,H,D,D]) in three kernels: a
 // per-chunk prep (the (I + A)^-1 solve giving W and U', the decayed keys), the chunk-state scan
 // (states entering each chunk, U_n = U' - W S_n), and a per-chunk output. Chunks of 64 steps

@@ -184,6 +184,49 @@ void chunk_state_walk(const at::Tensor& buffer, const at::Tensor& decay, const a
 #endif
 }
 
+bool ssd_chunk_bf16_apply(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                          const at::Tensor& Cm, const at::Tensor& state) {
+  if (!use_cuda_kernels(x) || x.dim() != 4 || Bm.sizes() != x.sizes() || Cm.sizes() != x.sizes()) return false;
+  const at::ScalarType type = x.scalar_type();
+  if ((type != at::kBFloat16 && type != at::kFloat) || Bm.scalar_type() != type || Cm.scalar_type() != type)
+    return false;
+  const at::Device device = x.device();
+  for (const at::Tensor* tensor : {&Bm, &Cm})
+    if (tensor->device() != device) return false;
+  for (const at::Tensor* tensor : {&delta, &A})
+    if (!fp32_cuda_on(*tensor, device)) return false;
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  if (delta.sizes() != at::IntArrayRef{B, T, H} || A.dim() != 1 || A.size(0) != H) return false;
+  if (state.defined() && (!fp32_cuda_on(state, device) || state.sizes() != at::IntArrayRef{B, H, D, D})) return false;
+  for (const at::Tensor* tensor : {&x, &delta, &A, &Bm, &Cm, &state})
+    if (records_gradient(*tensor)) return false;
+  return (D == 32 || D == 64 || D == 128) && T >= 1 && B * H >= 1 && B * H <= 65535 && chunks_of(T) <= 65535;
+}
+
+std::pair<at::Tensor, at::Tensor> ssd_chunked_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                                                   const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
+                                                   const at::Tensor& restart, at::ScalarType out_type) {
+  require_cuda_build("ssd_chunked_bf16");
+  PRIME_CHECK(ssd_chunk_bf16_apply(x, delta, A, Bm, Cm, state),
+              "ssd_chunked_bf16: operands it does not serve (x ", x.sizes(), " ", x.scalar_type(), ")");
+  PRIME_CHECK(out_type == at::kFloat || out_type == at::kBFloat16, "ssd_chunked_bf16: the output is fp32 or bf16");
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), nC = chunks_of(T);
+  PRIME_CHECK(!restart.defined() || (restart.dim() == 1 && restart.size(0) == nC &&
+                                     restart.scalar_type() == at::kBool && restart.device() == x.device()),
+              "ssd_chunked_bf16: restart must be [", nC, "] bool on ", x.device());
+  const auto operand = [](const at::Tensor& t) { return contiguous_aligned(t.to(at::kBFloat16), 16); };
+  const at::Tensor y = new_output({B, T, H, D}, x.options().dtype(out_type));
+  const at::Tensor final_state = new_output({B, H, D, D}, x.options().dtype(at::kFloat));
+#ifdef PRIME_WITH_CUDA
+  const at::Tensor states = at::empty({B * H, nC, D, D}, x.options().dtype(at::kBFloat16));
+  const at::Tensor initial = state.defined() ? contiguous_aligned(state.reshape({B * H, D, D}), 32) : at::Tensor();
+  detail::launch_ssd_forward_bf16(operand(x), delta, A.contiguous(), operand(Bm), operand(Cm), initial,
+                                  restart.defined() ? restart.contiguous() : at::Tensor(), states,
+                                  final_state.view({B * H, D, D}), y);
+#endif
+  return {y, final_state};
+}
+
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                                               const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
                                               const at::Tensor& restart) {

@@ -72,4 +72,15 @@ struct SsdGradBcOperands {
 bool ssd_chunk_grad_bc_fused_apply(int64_t P, int64_t N);
 void launch_ssd_chunk_grad_bc(const SsdGradBcOperands& operands, const at::Tensor& delta, const at::Tensor& A);
 
+// The forward on bf16 operands (ssd_forward_bf16_kernels.cu; no autograd): x, Bm, Cm bf16
+// contiguous [B,T,H,D] with P = N = D in {32, 64, 128}, 16-byte aligned; delta fp32 [B,T,H] (any
+// strides), A fp32 [H] contiguous; initial fp32 [B*H, D, D] contiguous (32-byte aligned) or
+// undefined (zeros); restart [nC] bool or undefined, as launch_ssd_state_scan's. Two launches:
+// the walk over chunks (the state [P, N] carried in fp32, states [B*H, nC, D, D] bf16 receiving
+// the state entering each chunk, final_state fp32 [B*H, D, D] the last) and the per-chunk output
+// y [B,T,H,D] contiguous, fp32 or bf16. Products on bf16 tensor cores with fp32 accumulation.
+void launch_ssd_forward_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                             const at::Tensor& Cm, const at::Tensor& initial, const at::Tensor& restart,
+                             const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y);
+
 }  // namespace prime::kernels::detail

@@ -22,8 +22,8 @@ struct CoreInputs {
   at::Tensor q, k, v, log_decay, beta, alpha;
 };
 
-// bf16 (the kernels bench only) makes q, k, v bf16 and keeps the gates fp32, as the fused
-// forward on bf16 operands takes them.
+// bf16 (the kernels bench only) makes q, k, v bf16 and keeps the gates fp32, as the bf16 forwards
+// (GDN's fused forward, Mamba-2's SSD forward: x = v, B = k, C = q) take them.
 CoreInputs make_inputs(const SsmBenchOptions& o, const at::Device& device) {
   const auto gate_type = o.dtype == at::kBFloat16 ? at::kFloat : o.dtype;
   auto options = at::TensorOptions().device(device).dtype(gate_type);
@@ -59,7 +59,7 @@ at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenc
   if (type == "M2") {
     // x = v, B = k, C = q; delta in (0, 1), A = -1 per head.
     at::Tensor delta = at::sigmoid(in.log_decay * 10);
-    at::Tensor A = -at::ones({o.heads}, in.q.options().requires_grad(false));
+    at::Tensor A = -at::ones({o.heads}, in.log_decay.options().requires_grad(false));
     return model::ssd_chunked(in.v, delta, A, in.k, in.q, at::Tensor(), 256).first;
   }
   if (type == "GKA") {
@@ -88,7 +88,7 @@ std::string shape_label(const std::string& type, const SsmBenchOptions& options)
 }
 
 bool with_backward(const SsmBenchOptions& options) {
-  return options.backward && options.dtype != at::kBFloat16;  // bf16: the fused forward only
+  return options.backward && options.dtype != at::kBFloat16;  // bf16: the forwards only
 }
 
 // One forward and backward of a core (grad: the output's gradient, drawn at the first call);
@@ -120,16 +120,17 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
 // solve); the torch-ops forms have no half-precision form (no bf16 triangular solve). The kernels
-// bench also takes bf16: GDN's fused forward on bf16 q, k, v.
+// bench also takes bf16: the bf16 forwards of GDN and Mamba-2.
 void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
   if (options.dtype == at::kFloat || options.dtype == at::kDouble) return;
   if (kernels && options.dtype == at::kBFloat16) {
-    if (options.types != std::vector<std::string>{"GDN"})
-      throw user_error("--dtype bf16 times GDN's fused forward only: pass --types GDN");
+    for (const std::string& type : options.types)
+      if (type != "GDN" && type != "M2")
+        throw user_error("--dtype bf16 times the bf16 forwards of GDN and Mamba-2 only: pass --types GDN,M2");
     return;
   }
   throw user_error("--dtype ", c10::toString(options.dtype), ": the SSM cores compute in fp32 or fp64",
-                   kernels ? " (bf16: GDN's fused forward, --types GDN)" : " (the mixers cast bf16 inputs to fp32)");
+                   kernels ? " (bf16: the bf16 forwards, --types GDN,M2)" : " (the mixers cast bf16 inputs to fp32)");
 }
 
 }  // namespace

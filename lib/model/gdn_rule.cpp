@@ -2,6 +2,7 @@
 // per-token recurrence, and the single step the recurrence is built from.
 #include "model/gdn.h"
 
+#include "kernels/common/policy.h"
 #include "kernels/gdn_chunk/gdn_chunk.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/ssm_chunks.h"
@@ -73,7 +74,7 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
   PRIME_CHECK(g.dim() == 3 && beta.sizes() == g.sizes() && chunk_size > 0);
   // Without a gradient to record, kernels/gdn_chunk's fused forward runs the whole form.
   if (kernels::gdn_chunk_forward_apply(q, k, v, g, beta, state, chunk_size, chunk_starts)) {
-    if (q.scalar_type() == at::kFloat && kernels::gdn_bf16_core()) {  // PRIME_GDN_CORE=bf16
+    if (q.scalar_type() == at::kFloat && kernels::bf16_ssm_core()) {  // PRIME_SSM_CORE=bf16
       const at::Tensor q16 = q.to(at::kBFloat16), k16 = k.to(at::kBFloat16), v16 = v.to(at::kBFloat16);
       if (kernels::gdn_chunk_forward_apply(q16, k16, v16, g, beta, state, chunk_size, chunk_starts)) {
         auto [o, final_state] = kernels::gdn_chunk_forward(q16, k16, v16, g, beta, state, chunk_starts);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "kernels/common/policy.h"
 #include "kernels/ssd_chunk/ssd_chunk.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 
@@ -69,19 +70,24 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
                                           chunk_starts.scalar_type() == at::kBool),
               "SSD chunked form: chunk_starts must be [", length / chunk_size, "] bool for ", length,
               " steps in chunks of ", chunk_size);
-  // On CUDA fp32 the kernels run the scan in their own 64-step chunks whatever chunk_size is:
-  // the result does not depend on the chunk length, up to rounding (kernels/ssd_chunk). With
-  // restarts, chunk_size must be a multiple of theirs (each restart lands on a chunk of theirs).
-  if (kernels::ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state) &&
-      (!chunk_starts.defined() || chunk_size % kernels::kSsdKernelChunk == 0)) {
-    at::Tensor restart;
-    if (chunk_starts.defined()) {
+  // On CUDA the kernels run the scan in their own 64-step chunks whatever chunk_size is: the
+  // result does not depend on the chunk length, up to rounding (kernels/ssd_chunk). With restarts,
+  // chunk_size must be a multiple of theirs (each restart lands on a chunk of theirs).
+  if (!chunk_starts.defined() || chunk_size % kernels::kSsdKernelChunk == 0) {
+    const auto restart = [&] {
+      if (!chunk_starts.defined()) return at::Tensor();
       const int64_t per_chunk = chunk_size / kernels::kSsdKernelChunk;
-      restart = at::zeros({chunk_starts.size(0), per_chunk}, chunk_starts.options());
-      restart.select(1, 0).copy_(chunk_starts);
-      restart = restart.view({-1});
-    }
-    return kernels::ssd_chunked(x, delta, A, Bm, Cm, state, restart);
+      at::Tensor flags = at::zeros({chunk_starts.size(0), per_chunk}, chunk_starts.options());
+      flags.select(1, 0).copy_(chunk_starts);
+      return flags.view({-1});
+    };
+    // Without a gradient to record, bf16 x, Bm, Cm (or fp32 ones under PRIME_SSM_CORE=bf16) take
+    // the bf16 forward; y has x's dtype.
+    if (kernels::ssd_chunk_bf16_apply(x, delta, A, Bm, Cm, state) &&
+        (x.scalar_type() == at::kBFloat16 || kernels::bf16_ssm_core()))
+      return kernels::ssd_chunked_bf16(x, delta, A, Bm, Cm, state, restart(), x.scalar_type());
+    if (kernels::ssd_chunk_kernels_apply(x, delta, A, Bm, Cm, state))
+      return kernels::ssd_chunked(x, delta, A, Bm, Cm, state, restart());
   }
   at::Tensor h = state.defined() ? state : at::zeros({batch, heads, dim, Bm.size(3)}, x.options());
   if (length == 0) return {at::empty({batch, 0, heads, dim}, x.options()), h};
