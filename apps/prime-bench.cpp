@@ -81,8 +81,8 @@ CLI::App* add_ssm_command(CLI::App& app, SsmOptions& options, const char* name =
   command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")->group("Shape");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype,
-                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (the bf16 "
-                      "forwards of GDN and Mamba-2 vs the torch-ops forms on fp32 copies)")
+                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's bf16 "
+                      "forward, Mamba-2's bf16 forward and backward, vs the torch-ops forms on fp32 copies)")
       ->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");

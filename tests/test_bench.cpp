@@ -177,7 +177,7 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   CHECK_THAT(result.output, !Contains("TFLOP/s"));
-  // bf16 times the bf16 forwards of GDN and Mamba-2 only: other types (GKA is in the default
+  // bf16 times the bf16 forms of GDN and Mamba-2 only: other types (GKA is in the default
   // list) are refused first.
   result = test::run_cli("prime-bench kernels --device cpu --dtype bf16");
   CHECK(result.exit_code == 1);

@@ -80,7 +80,7 @@ bool bf16_ssm_core() {
   if (text.empty() || text == "fp32") return false;
   if (text == "bf16") return true;
   throw user_error("PRIME_SSM_CORE=", text, ": must be \"fp32\" (the chunked SSM cores on fp32 operands) or ",
-                   "\"bf16\" (their bf16 forwards where they apply)");
+                   "\"bf16\" (their bf16 forms where they apply)");
 }
 
 at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {

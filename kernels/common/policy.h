@@ -42,10 +42,11 @@ bool served_float_type(at::ScalarType type);
 // no). The inference kernels are no autograd functions, so such a call keeps the torch form.
 bool records_gradient(const at::Tensor& tensor);
 
-// PRIME_SSM_CORE: "bf16" makes the chunked SSM cores that have a bf16 forward (GDN, Mamba-2) run
-// fp32 operands through it when no gradient is recorded (prefill, evaluation): the operands cast to
-// bf16, the output returned in fp32; unset or "fp32" keeps the fp32 forms. Any other value is a
-// UserError naming the variable. Read at each call.
+// PRIME_SSM_CORE: "bf16" makes the chunked SSM cores that have a bf16 form run fp32 operands
+// through it (the operands cast to bf16, the output returned in fp32): GDN's bf16 forward when no
+// gradient is recorded (prefill, evaluation), Mamba-2's forward and backward (training too);
+// unset or "fp32" keeps the fp32 forms. Any other value is a UserError naming the variable. Read
+// at each call.
 bool bf16_ssm_core();
 
 // `tensor` contiguous, copied where its data does not start `bytes`-aligned (a view's offset):

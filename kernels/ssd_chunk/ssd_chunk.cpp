@@ -146,6 +146,60 @@ struct SsdChunkFunction : public torch::autograd::Function<SsdChunkFunction> {
   }
 };
 
+// The bf16 forward and its backward (ssd_chunk_launch.h): x, Bm, Cm cast to bf16 once (the
+// forward's copies are what the backward reads), y in x's dtype or bf16 (bf16_out), the
+// gradients of x, Bm and Cm in their dtype. Saves the states entering each chunk (bf16).
+struct SsdChunkBf16Function : public torch::autograd::Function<SsdChunkBf16Function> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& x, const at::Tensor& delta,
+                               const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+                               const at::Tensor& state_or_empty, const at::Tensor& restart_or_empty, bool fp32_out) {
+    require_cuda_build("ssd_chunked_bf16");
+    const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), nC = chunks_of(T);
+    const auto operand = [](const at::Tensor& t) { return contiguous_aligned(t.to(at::kBFloat16), 16); };
+    const at::Tensor xb = operand(x), bb = operand(Bm), cb = operand(Cm), a = A.contiguous();
+    const at::Tensor y = new_output({B, T, H, D}, x.options().dtype(fp32_out ? at::kFloat : at::kBFloat16));
+    const at::Tensor final_state = new_output({B, H, D, D}, x.options().dtype(at::kFloat));
+    const at::Tensor states = at::empty({B * H, nC, D, D}, x.options().dtype(at::kBFloat16));
+    const bool has_state = state_or_empty.numel() > 0;
+#ifdef PRIME_WITH_CUDA
+    const at::Tensor initial =
+        has_state ? contiguous_aligned(state_or_empty.reshape({B * H, D, D}), 32) : at::Tensor();
+    detail::launch_ssd_forward_bf16(xb, delta, a, bb, cb, initial, restart_flags(restart_or_empty), states,
+                                    final_state.view({B * H, D, D}), y);
+#endif
+    context->save_for_backward({xb, delta, a, bb, cb, states, restart_or_empty});
+    context->saved_data["has_state"] = has_state;
+    context->saved_data["type"] = static_cast<int64_t>(x.scalar_type());
+    return {y, final_state};
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    detail::SsdBackwardBf16Operands o;
+    o.x = saved[0], o.delta = saved[1], o.A = saved[2], o.Bm = saved[3], o.Cm = saved[4], o.states = saved[5];
+    o.restart = restart_flags(saved[6]);
+    const bool has_state = context->saved_data["has_state"].toBool();
+    const auto type = static_cast<at::ScalarType>(context->saved_data["type"].toInt());
+    const int64_t B = o.x.size(0), T = o.x.size(1), H = o.x.size(2), D = o.x.size(3), nC = chunks_of(T);
+    const auto options = o.x.options();
+    o.dy = grad_outputs[0].defined() ? contiguous_aligned(grad_outputs[0].to(at::kBFloat16), 16)
+                                     : at::zeros({B, T, H, D}, options);
+    if (grad_outputs[1].defined())
+      o.d_final = contiguous_aligned(grad_outputs[1].to(at::kFloat).reshape({B * H, D, D}), 32);
+    o.d_locals = at::empty({B * H, nC, D, D}, options);
+    o.d_state = new_output({B * H, D, D}, options.dtype(at::kFloat));
+    for (at::Tensor* grad : {&o.dx, &o.dB, &o.dC}) *grad = new_output({B, T, H, D}, options.dtype(type));
+    o.d_delta = new_output({B, T, H}, options.dtype(at::kFloat));
+    o.dA_part = new_output({B * H, nC}, options.dtype(at::kFloat));
+#ifdef PRIME_WITH_CUDA
+    detail::launch_ssd_backward_bf16(o);
+#endif
+    const at::Tensor dA = o.dA_part.view({B, H, nC}).sum(at::IntArrayRef{0, 2});
+    return {o.dx, o.d_delta, dA, o.dB, o.dC, has_state ? o.d_state.view({B, H, D, D}) : at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 bool fp32_cuda_on(const at::Tensor& tensor, const at::Device& device) {
   return tensor.defined() && tensor.is_cuda() && tensor.device() == device && tensor.scalar_type() == at::kFloat;
 }
@@ -198,8 +252,6 @@ bool ssd_chunk_bf16_apply(const at::Tensor& x, const at::Tensor& delta, const at
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
   if (delta.sizes() != at::IntArrayRef{B, T, H} || A.dim() != 1 || A.size(0) != H) return false;
   if (state.defined() && (!fp32_cuda_on(state, device) || state.sizes() != at::IntArrayRef{B, H, D, D})) return false;
-  for (const at::Tensor* tensor : {&x, &delta, &A, &Bm, &Cm, &state})
-    if (records_gradient(*tensor)) return false;
   return (D == 32 || D == 64 || D == 128) && T >= 1 && B * H >= 1 && B * H <= 65535 && chunks_of(T) <= 65535;
 }
 
@@ -210,21 +262,16 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked_bf16(const at::Tensor& x, const at
   PRIME_CHECK(ssd_chunk_bf16_apply(x, delta, A, Bm, Cm, state),
               "ssd_chunked_bf16: operands it does not serve (x ", x.sizes(), " ", x.scalar_type(), ")");
   PRIME_CHECK(out_type == at::kFloat || out_type == at::kBFloat16, "ssd_chunked_bf16: the output is fp32 or bf16");
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), nC = chunks_of(T);
+  const int64_t nC = chunks_of(x.size(1));
   PRIME_CHECK(!restart.defined() || (restart.dim() == 1 && restart.size(0) == nC &&
                                      restart.scalar_type() == at::kBool && restart.device() == x.device()),
               "ssd_chunked_bf16: restart must be [", nC, "] bool on ", x.device());
-  const auto operand = [](const at::Tensor& t) { return contiguous_aligned(t.to(at::kBFloat16), 16); };
-  const at::Tensor y = new_output({B, T, H, D}, x.options().dtype(out_type));
-  const at::Tensor final_state = new_output({B, H, D, D}, x.options().dtype(at::kFloat));
-#ifdef PRIME_WITH_CUDA
-  const at::Tensor states = at::empty({B * H, nC, D, D}, x.options().dtype(at::kBFloat16));
-  const at::Tensor initial = state.defined() ? contiguous_aligned(state.reshape({B * H, D, D}), 32) : at::Tensor();
-  detail::launch_ssd_forward_bf16(operand(x), delta, A.contiguous(), operand(Bm), operand(Cm), initial,
-                                  restart.defined() ? restart.contiguous() : at::Tensor(), states,
-                                  final_state.view({B * H, D, D}), y);
-#endif
-  return {y, final_state};
+  const at::Tensor state_or_empty = state.defined() ? state : at::empty({0}, x.options().dtype(at::kFloat));
+  const at::Tensor restart_or_empty =
+      restart.defined() ? restart.contiguous() : at::empty({0}, x.options().dtype(at::kBool));
+  variable_list outputs = SsdChunkBf16Function::apply(x, delta, A, Bm, Cm, state_or_empty, restart_or_empty,
+                                                      out_type == at::kFloat);
+  return {outputs[0], outputs[1]};
 }
 
 std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,

@@ -32,17 +32,21 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
                                               const at::Tensor& Cm, const at::Tensor& state,
                                               const at::Tensor& restart = at::Tensor());
 
-// The forward on bf16 operands, for calls that record no gradient (prefill, evaluation): policy
+// The bf16 form (prefill, evaluation, and training where asked: PRIME_SSM_CORE=bf16): policy
 // Auto; x, Bm, Cm [B,T,H,D] all bf16 or all fp32 (cast to bf16), any strides; P = N = D in
 // {32, 64, 128}; delta fp32 [B,T,H], A fp32 [H], state fp32 [B,H,D,D] or undefined; one CUDA
-// device; T >= 1, B*H and the 64-step chunk count <= 65535; no operand autograd would record.
+// device; T >= 1, B*H and the 64-step chunk count <= 65535.
 bool ssd_chunk_bf16_apply(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                           const at::Tensor& Cm, const at::Tensor& state);
 
 // ssd_chunked's (y [B,T,H,D] in out_type, fp32 or bf16; final state fp32 [B,H,D,D]) on bf16
 // tensor cores with fp32 accumulation: the walk over chunks carries the state in fp32 and writes
 // the state entering each chunk in bf16, then a per-chunk output (the usual bf16 accuracy: x, B,
-// C, the chunk matrix and those states rounded to bf16). restart as ssd_chunked's. No autograd.
+// C, the chunk matrix and those states rounded to bf16). restart as ssd_chunked's.
+// Differentiable in x, delta, A, Bm, Cm and state (the gradients of x, Bm, Cm in their dtype):
+// the backward walks the chunks in reverse for the gradient of each chunk's end state (bf16),
+// then forms every gradient per chunk on the same tensor cores; it keeps the forward's bf16
+// copies of x, Bm, Cm and its states entering each chunk ([B*H, nC, D, D] bf16).
 std::pair<at::Tensor, at::Tensor> ssd_chunked_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                                                    const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
                                                    const at::Tensor& restart, at::ScalarType out_type);

@@ -83,4 +83,17 @@ void launch_ssd_forward_bf16(const at::Tensor& x, const at::Tensor& delta, const
                              const at::Tensor& Cm, const at::Tensor& initial, const at::Tensor& restart,
                              const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y);
 
+// The backward of launch_ssd_forward_bf16 (ssd_backward_bf16_kernels.cu): x, Bm, Cm, dy bf16
+// contiguous [B,T,H,D] (16-byte aligned), delta, A and restart as the forward's, states the
+// forward's [B*H, nC, D, D] bf16, d_final fp32 [B*H, D, D] contiguous or undefined (zeros). Two
+// launches: the walk backwards (d_locals [B*H, nC, D, D] bf16 receiving the gradient of the state
+// leaving each chunk, d_state fp32 [B*H, D, D] the initial state's) and the per-chunk gradients:
+// dx, dB, dC [B,T,H,D] contiguous (all fp32 or all bf16), d_delta fp32 [B,T,H] contiguous and
+// dA_part fp32 [B*H, nC] (each chunk's share of dA, to be summed over batch and chunks).
+struct SsdBackwardBf16Operands {
+  at::Tensor x, delta, A, Bm, Cm, dy, states, d_final, restart;
+  at::Tensor d_locals, d_state, dx, dB, dC, d_delta, dA_part;
+};
+void launch_ssd_backward_bf16(const SsdBackwardBf16Operands& operands);
+
 }  // namespace prime::kernels::detail

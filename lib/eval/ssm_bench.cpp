@@ -87,8 +87,9 @@ std::string shape_label(const std::string& type, const SsmBenchOptions& options)
   return shape;
 }
 
-bool with_backward(const SsmBenchOptions& options) {
-  return options.backward && options.dtype != at::kBFloat16;  // bf16: the forwards only
+// bf16: Mamba-2's form has a backward, GDN's is a forward only.
+bool with_backward(const SsmBenchOptions& options, const std::string& type) {
+  return options.backward && (options.dtype != at::kBFloat16 || type == "M2");
 }
 
 // One forward and backward of a core (grad: the output's gradient, drawn at the first call);
@@ -110,7 +111,7 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
     at::NoGradGuard no_grad;
     forward_ms = median_ms([&] { run_core(type, inputs, options); }, device, options.warmup, options.repeats);
   }
-  if (with_backward(options)) {
+  if (with_backward(options, type)) {
     at::Tensor grad;
     forward_backward_ms = median_ms([&] { forward_backward(type, inputs, options, grad); }, device,
                                     options.warmup, options.repeats);
@@ -120,17 +121,17 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
 // solve); the torch-ops forms have no half-precision form (no bf16 triangular solve). The kernels
-// bench also takes bf16: the bf16 forwards of GDN and Mamba-2.
+// bench also takes bf16: GDN's bf16 forward and Mamba-2's bf16 forward and backward.
 void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
   if (options.dtype == at::kFloat || options.dtype == at::kDouble) return;
   if (kernels && options.dtype == at::kBFloat16) {
     for (const std::string& type : options.types)
       if (type != "GDN" && type != "M2")
-        throw user_error("--dtype bf16 times the bf16 forwards of GDN and Mamba-2 only: pass --types GDN,M2");
+        throw user_error("--dtype bf16 times the bf16 forms of GDN and Mamba-2 only: pass --types GDN,M2");
     return;
   }
   throw user_error("--dtype ", c10::toString(options.dtype), ": the SSM cores compute in fp32 or fp64",
-                   kernels ? " (bf16: the bf16 forwards, --types GDN,M2)" : " (the mixers cast bf16 inputs to fp32)");
+                   kernels ? " (bf16: the bf16 forms, --types GDN,M2)" : " (the mixers cast bf16 inputs to fp32)");
 }
 
 }  // namespace
@@ -174,7 +175,7 @@ std::vector<std::string> profile_kernel_cores(const SsmBenchOptions& options, co
     at::Tensor grad;
     run_in_profiler_range(
         [&] {
-          if (with_backward(options)) {
+          if (with_backward(options, type)) {
             forward_backward(type, inputs, options, grad);
           } else {
             at::NoGradGuard no_grad;
@@ -182,7 +183,7 @@ std::vector<std::string> profile_kernel_cores(const SsmBenchOptions& options, co
           }
         },
         device);
-    shapes.push_back(type + " " + shape_label(type, options) + (with_backward(options) ? " fwd+bwd" : " fwd"));
+    shapes.push_back(type + " " + shape_label(type, options) + (with_backward(options, type) ? " fwd+bwd" : " fwd"));
   }
   return shapes;
 }

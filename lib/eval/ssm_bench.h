@@ -41,7 +41,7 @@ struct KernelBenchRow {
 std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device);
 
 // For a profiler rather than a clock: each type's core on the kernels, forward+backward (forward
-// only without options.backward or in bf16), once as warm-up and once inside a profiler range
+// only without options.backward or for GDN in bf16), once as warm-up and once inside a profiler range
 // (run_in_profiler_range). Returns the shapes run, one per type with kernels.
 std::vector<std::string> profile_kernel_cores(const SsmBenchOptions& options, const at::Device& device);
 

@@ -81,8 +81,8 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x, const at::Ten
       flags.select(1, 0).copy_(chunk_starts);
       return flags.view({-1});
     };
-    // Without a gradient to record, bf16 x, Bm, Cm (or fp32 ones under PRIME_SSM_CORE=bf16) take
-    // the bf16 forward; y has x's dtype.
+    // bf16 x, Bm, Cm (or fp32 ones under PRIME_SSM_CORE=bf16) take the bf16 form, forward and
+    // backward; y has x's dtype.
     if (kernels::ssd_chunk_bf16_apply(x, delta, A, Bm, Cm, state) &&
         (x.scalar_type() == at::kBFloat16 || kernels::bf16_ssm_core()))
       return kernels::ssd_chunked_bf16(x, delta, A, Bm, Cm, state, restart(), x.scalar_type());

@@ -1,0 +1,363 @@
+// CUDA kernels of Mamba-2's chunked SSD backward on bf16 operands (ssd_chunk_launch.h,
+// launch_ssd_backward_bf16), P = N = D, the adjoint of ssd_forward_bf16_kernels.cu. Two launches:
+//  - the walk over chunks backwards (ssd_walk_bf16.cuh): G_n, the gradient of the state leaving
+//    chunk n, in bf16, from G = d_final through G = e^{Gamma_end} G + (diag(e^Gamma) dY)^T C;
+//  - the gradients, one block per (chunk, batch and head), with S_n the state entering the chunk
+//    (the forward's walk), L_tj = e^{Gamma_t - Gamma_j} (j <= t), f_t = delta_t e^{Gamma_end - Gamma_t}:
+//      M = (C B^T) o L,  P = (dY X^T) o L diag(delta)
+//      d(delta x) = M^T dY + diag(e^{Gamma_end - Gamma}) B G_n^T,  dx = delta d(delta x)
+//      dB = P^T C + diag(f) X G_n,  dC = P B + diag(e^Gamma) dY S_n
+//    and the gradient of Gamma, summed inside the block in a fixed order:
+//      dGamma_t = sum_j Q_tj - sum_i Q_it + e^{Gamma_t} C_t . (dY S_n)_t - q_t,  Q = (C B^T) o P,
+//      q_t = f_t x_t . (B G_n^T)_t,  dGamma_end += sum_t q_t + e^{Gamma_end} <G_n, S_n>,
+//    then d(delta A)_k = sum_{t >= k} dGamma_t, d delta_k = A d(delta A)_k + x_k . d(delta x)_k
+//    (written) and sum_k d(delta A)_k delta_k (the chunk's share of dA, summed by the caller).
+// Products on bf16 tensor cores (wmma 16x16x16, fp32 accumulation); M and P are rounded to bf16;
+// no atomics (every sum in a fixed order: the gradients are deterministic).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/cp_async.cuh"
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_common.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_launch.h"
+#include "kernels/ssd_chunk/ssd_walk_bf16.cuh"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+using namespace bf16_wmma;
+using ssd_bf16::kChunk;
+using ssd_common::DeltaView;
+
+constexpr int kGradWarps = 16;
+constexpr int kGradThreads = kGradWarps * 32;
+constexpr int kNT = 2;  // 16-column tiles per task: column groups of 32
+constexpr int kLdM = ld_of(kChunk);
+
+struct GradParams {
+  const Bf16 *x, *b, *c, *dy;     // [B,T,H,D]
+  DeltaView delta;                // [B,T,H]
+  const float* A;                 // [H]
+  int T, H, num_chunks;
+  const Bf16 *states, *d_locals;  // [M,N,D,D]: S_n and G_n
+  void *dx, *dB, *dC;             // [B,T,H,D], fp32 or bf16
+  float* d_delta;                 // [B,T,H]
+  float* dA_part;                 // [M,N]
+};
+
+// Shared memory: a header (Gamma [64] double; deltas [64]; row partials: the Q row sums per
+// column block [4][64], its column sums per row block [4][64], x . d(delta x), x . (its state
+// part) and C . (the state part of dC) per column group [4][64] each; the <G, S> warp sums [16]),
+// then C, B, dY, X [64][ld], S_n, G_n [D][ld], M, P [64][kLdM] and the warps' scratch.
+constexpr int kGradHeaderBytes = (kChunk * 8 + kChunk * 4 + 5 * 4 * kChunk * 4 + kGradWarps * 4 + 127) / 128 * 128;
+
+template <int D>
+constexpr size_t grad_shared_bytes() {
+  return kGradHeaderBytes + (4 * kChunk + 2 * D) * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16) +
+         kGradWarps * kScratchBytes;
+}
+
+// acc[t] += A^T[16 rows at 16 r, k >= 16 r] B[k, col0 + 16 t : +16] for a lower-triangular [64][lda]
+// A (its column block r is zero above row 16 r).
+__device__ __forceinline__ void transposed_block_product(Acc (&acc)[kNT], const Bf16* a, int lda, int r,
+                                                         const Bf16* b, int ldb, int col0) {
+  for (int k0 = 16 * r; k0 < kChunk; k0 += 16) {
+    FragAt at;
+    wmma::load_matrix_sync(at, a + k0 * lda + 16 * r, lda);
+#pragma unroll
+    for (int t = 0; t < kNT; ++t) {
+      FragB bm;
+      wmma::load_matrix_sync(bm, b + k0 * ldb + col0 + 16 * t, ldb);
+      wmma::mma_sync(acc[t], at, bm, acc[t]);
+    }
+  }
+}
+
+// Both accumulators' values at the lane's (row, 8 columns) of tile t: lane l gets row l / 2,
+// columns 8 (l % 2)..+8, as emit_tile gives them.
+__device__ __forceinline__ void read_pair(const Acc& first, const Acc& second, float* scratch, float* u, float* v) {
+  const int lane = threadIdx.x % 32, row = lane / 2, col = (lane % 2) * 8;
+  wmma::store_matrix_sync(scratch, first, kScratchLd, wmma::mem_row_major);
+  __syncwarp();
+#pragma unroll
+  for (int e = 0; e < 8; ++e) u[e] = scratch[row * kScratchLd + col + e];
+  __syncwarp();
+  wmma::store_matrix_sync(scratch, second, kScratchLd, wmma::mem_row_major);
+  __syncwarp();
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = scratch[row * kScratchLd + col + e];
+  __syncwarp();
+}
+
+template <typename Out>
+__device__ __forceinline__ void store8(Out* out, const float* x) {
+  if constexpr (std::is_same_v<Out, float>) {
+    reinterpret_cast<float4*>(out)[0] = make_float4(x[0], x[1], x[2], x[3]);
+    reinterpret_cast<float4*>(out)[1] = make_float4(x[4], x[5], x[6], x[7]);
+  } else {
+    *reinterpret_cast<uint4*>(out) = pack8(x);
+  }
+}
+
+// Sum over the lane pair (2 l, 2 l + 1) that holds one row.
+__device__ __forceinline__ float row_total(float x) { return x + __shfl_xor_sync(0xffffffffu, x, 1); }
+
+template <int D, typename Out>
+__global__ void __launch_bounds__(kGradThreads, 1) ssd_backward_grad_bf16_kernel(const GradParams p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int ld = ld_of(D), kGroups = D / (16 * kNT);
+  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
+  float* dl = reinterpret_cast<float*>(gamma + kChunk);      // [64]
+  float* q_rows = dl + kChunk;                               // [4 column blocks][64]
+  float* q_cols = q_rows + 4 * kChunk;                       // [4 row blocks][64]
+  float* x_full = q_cols + 4 * kChunk;                       // [4 groups][64]
+  float* x_state = x_full + 4 * kChunk;                      // [4 groups][64]
+  float* c_state = x_state + 4 * kChunk;                     // [4 groups][64]
+  float* dot_warps = c_state + 4 * kChunk;                   // [16]
+  Bf16* cs = reinterpret_cast<Bf16*>(shared_bytes + kGradHeaderBytes);
+  Bf16* bs = cs + kChunk * ld;
+  Bf16* dys = bs + kChunk * ld;
+  Bf16* xs = dys + kChunk * ld;
+  Bf16* ss = xs + kChunk * ld;  // S_n [P][N]
+  Bf16* gs = ss + D * ld;       // G_n [P][N]
+  Bf16* ms = gs + D * ld;       // M [64][kLdM]
+  Bf16* ps = ms + kChunk * kLdM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* scratch = reinterpret_cast<float*>(ps + kChunk * kLdM) + warp * (kScratchBytes / 4);
+  static_assert(kGroups <= 4, "four column groups at most");
+  const int chunk = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = chunk * kChunk;
+  const size_t row_stride = static_cast<size_t>(p.H) * D;
+  const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
+  const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + chunk) * D * D;
+  copy_async<kChunk, D, kGradThreads>(cs, p.c + first_row, row_stride, p.T - t0);
+  copy_async<kChunk, D, kGradThreads>(bs, p.b + first_row, row_stride, p.T - t0);
+  copy_async<kChunk, D, kGradThreads>(dys, p.dy + first_row, row_stride, p.T - t0);
+  copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0);
+  cp_async_commit();
+  copy_async<D, D, kGradThreads>(ss, p.states + state_at, D);
+  copy_async<D, D, kGradThreads>(gs, p.d_locals + state_at, D);
+  cp_async_commit();
+  ssd_common::chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
+  cp_async_wait<1>();  // C, B, dY, X
+  __syncthreads();
+
+  // M and P, one 16x16 tile per warp (the tiles above the diagonal are never read), and the row
+  // and column sums of Q = (C B^T) o P.
+  {
+    const int r = warp % 4, c = warp / 4;
+    if (c <= r) {
+      Acc cb, dx;
+      gram_tile<D>(cb, cs, bs, 16 * r, 16 * c);
+      gram_tile<D>(dx, dys, xs, 16 * r, 16 * c);
+      float u[8], v[8], mv[8], pv[8];
+      read_pair(cb, dx, scratch, u, v);
+      const int i = 16 * r + lane / 2, col = (lane % 2) * 8;
+      float row_sum = 0.0f, q[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int j = 16 * c + col + e;
+        const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+        mv[e] = u[e] * decay;
+        pv[e] = v[e] * decay * dl[j];
+        q[e] = u[e] * pv[e];
+        row_sum += q[e];
+      }
+      *reinterpret_cast<uint4*>(ms + i * kLdM + 16 * c + col) = pack8(mv);
+      *reinterpret_cast<uint4*>(ps + i * kLdM + 16 * c + col) = pack8(pv);
+      row_sum = row_total(row_sum);
+      if (lane % 2 == 0) q_rows[c * kChunk + i] = row_sum;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {  // over the 16 rows: the lanes of one parity
+        float s = q[e];
+#pragma unroll
+        for (int offset = 2; offset < 32; offset <<= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
+        if (lane < 2) q_cols[r * kChunk + 16 * c + 8 * lane + e] = s;
+      }
+    }
+  }
+  cp_async_wait<0>();  // S_n, G_n
+  __syncthreads();
+
+  // Tasks (output, row block r, column group g): warp w takes tasks w, w + 16, w + 32.
+  const float gamma_end = static_cast<float>(gamma[kChunk - 1]);
+  constexpr int kTasks = 3 * 4 * kGroups;
+  for (int task = warp; task < kTasks; task += kGradWarps) {
+    const int kind = task / (4 * kGroups), r = task % 4, g = (task / 4) % kGroups, col0 = g * 16 * kNT;
+    Acc in_chunk[kNT], via_state[kNT];
+#pragma unroll
+    for (int t = 0; t < kNT; ++t) {
+      wmma::fill_fragment(in_chunk[t], 0.0f);
+      wmma::fill_fragment(via_state[t], 0.0f);
+    }
+    if (kind == 0) {  // d(delta x) = M^T dY + diag(e^{Gamma_end - Gamma}) B G^T
+      transposed_block_product(in_chunk, ms, kLdM, r, dys, ld, col0);
+      row_block_product<kNT, /*Transposed=*/true>(via_state, bs + 16 * r * ld, ld, D, gs, ld, col0);
+    } else if (kind == 1) {  // dB = P^T C + diag(f) X G
+      transposed_block_product(in_chunk, ps, kLdM, r, cs, ld, col0);
+      row_block_product<kNT>(via_state, xs + 16 * r * ld, ld, D, gs, ld, col0);
+    } else {  // dC = P B + diag(e^Gamma) dY S
+      row_block_product<kNT>(in_chunk, ps + 16 * r * kLdM, kLdM, 16 * (r + 1), bs, ld, col0);
+      row_block_product<kNT>(via_state, dys + 16 * r * ld, ld, D, ss, ld, col0);
+    }
+    const int row = 16 * r + lane / 2, col = (lane % 2) * 8, time = t0 + row;
+    const float g_t = static_cast<float>(gamma[row]);
+    const float state_factor = kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
+    const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
+    float full_sum = 0.0f, state_sum = 0.0f;
+    Out* out = static_cast<Out*>(kind == 0 ? p.dx : kind == 1 ? p.dB : p.dC);
+#pragma unroll
+    for (int t = 0; t < kNT; ++t) {
+      float u[8], v[8], o[8], w[8];
+      read_pair(in_chunk[t], via_state[t], scratch, u, v);
+      unpack8(*reinterpret_cast<const uint4*>(dotted + row * ld + col0 + 16 * t + col), w);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float s = state_factor * v[e];
+        o[e] = u[e] + s;
+        full_sum += w[e] * o[e];
+        state_sum += w[e] * s;
+        if (kind == 0) o[e] *= dl[row];
+      }
+      if (time < p.T) store8(out + ((static_cast<size_t>(b) * p.T + time) * p.H + h) * D + col0 + 16 * t + col, o);
+    }
+    full_sum = row_total(full_sum);
+    state_sum = row_total(state_sum);
+    if (lane % 2 == 0) {
+      if (kind == 0) {
+        x_full[g * kChunk + row] = full_sum;
+        x_state[g * kChunk + row] = state_sum;
+      } else if (kind == 2) {
+        c_state[g * kChunk + row] = state_sum;
+      }
+    }
+  }
+
+  // <G_n, S_n>: each thread's share in a fixed order, then the warps' sums.
+  {
+    float dot = 0.0f;
+    for (int index = threadIdx.x; index < D * D / 8; index += kGradThreads) {
+      const int row = index / (D / 8), col = (index % (D / 8)) * 8;
+      float gv[8], sv[8];
+      unpack8(*reinterpret_cast<const uint4*>(gs + row * ld + col), gv);
+      unpack8(*reinterpret_cast<const uint4*>(ss + row * ld + col), sv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot += gv[e] * sv[e];
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (lane == 0) dot_warps[warp] = dot;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+
+  // Warp 0: dGamma for rows lane and lane + 32, its suffix sums, d delta and the dA share.
+  double d_gamma[2], q_sum = 0.0;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = lane + 32 * half, block = t / 16;
+    double pair = 0.0, state_c = 0.0, state_x = 0.0;
+    for (int c = 0; c <= block; ++c) pair += q_rows[c * kChunk + t];
+    for (int r = block; r < 4; ++r) pair -= q_cols[r * kChunk + t];
+    for (int g = 0; g < kGroups; ++g) state_c += c_state[g * kChunk + t], state_x += x_state[g * kChunk + t];
+    const double q = static_cast<double>(dl[t]) * state_x;
+    q_sum += q;
+    d_gamma[half] = pair + state_c - q;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) q_sum += __shfl_xor_sync(0xffffffffu, q_sum, offset);
+  double dot = 0.0;
+  for (int w = 0; w < kGradWarps; ++w) dot += dot_warps[w];
+  if (lane == 31) d_gamma[1] += q_sum + static_cast<double>(expf(gamma_end)) * dot;
+  // Suffix sums over t = 63..0: the second half's within itself, the first half's plus its total.
+  double suffix[2] = {d_gamma[0], d_gamma[1]};
+#pragma unroll
+  for (int half = 1; half >= 0; --half)
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const double next = __shfl_down_sync(0xffffffffu, suffix[half], offset);
+      if (lane + offset < 32) suffix[half] += next;
+    }
+  suffix[0] += __shfl_sync(0xffffffffu, suffix[1], 0);
+  const float a = p.A[h];
+  double share = 0.0;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = lane + 32 * half;
+    double x_dot = 0.0;
+    for (int g = 0; g < kGroups; ++g) x_dot += x_full[g * kChunk + t];
+    if (t0 + t < p.T)
+      p.d_delta[(static_cast<size_t>(b) * p.T + t0 + t) * p.H + h] = static_cast<float>(suffix[half] * a + x_dot);
+    share += suffix[half] * dl[t];
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) share += __shfl_xor_sync(0xffffffffu, share, offset);
+  if (lane == 0) p.dA_part[static_cast<size_t>(m) * p.num_chunks + chunk] = static_cast<float>(share);
+}
+
+template <int D>
+void launch_grad(const GradParams& p, int64_t M, bool fp32_out) {
+  const dim3 grid(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
+  if (fp32_out)
+    launch_with_shared(ssd_backward_grad_bf16_kernel<D, float>, grid, grad_shared_bytes<D>(), kGradThreads, p,
+                       "ssd_backward_grad_bf16_kernel");
+  else
+    launch_with_shared(ssd_backward_grad_bf16_kernel<D, Bf16>, grid, grad_shared_bytes<D>(), kGradThreads, p,
+                       "ssd_backward_grad_bf16_kernel");
+}
+
+}  // namespace
+
+void launch_ssd_backward_bf16(const SsdBackwardBf16Operands& o) {
+  const char* op = "ssd_backward_bf16";
+  ssd_bf16::check_operands(op, o.x, o.delta, o.A, o.Bm, o.Cm, o.restart);
+  const int64_t B = o.x.size(0), T = o.x.size(1), H = o.x.size(2), D = o.x.size(3), M = B * H;
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  check_operand_sizes(o.dy, op, "dy", at::kBFloat16, o.x.sizes());
+  check_operand_sizes(o.states, op, "states", at::kBFloat16, {M, N, D, D});
+  const at::ScalarType out_type = o.dx.scalar_type();
+  PRIME_CHECK(out_type == at::kFloat || out_type == at::kBFloat16, op, ": dx, dB, dC must be fp32 or bf16");
+  for (const auto& [tensor, name] : {std::pair{&o.dx, "dx"}, std::pair{&o.dB, "dB"}, std::pair{&o.dC, "dC"}})
+    check_operand_sizes(*tensor, op, name, out_type, o.x.sizes());
+  check_operand_sizes(o.d_delta, op, "d_delta", at::kFloat, {B, T, H});
+  check_operand_sizes(o.dA_part, op, "dA_part", at::kFloat, {M, N});
+  for (const auto& [tensor, name] : {std::pair{&o.dy, "dy"}, std::pair{&o.states, "states"}, std::pair{&o.dx, "dx"},
+                                     std::pair{&o.dB, "dB"}, std::pair{&o.dC, "dC"}})
+    check_aligned(*tensor, op, name, 16);
+  for (const at::Tensor* operand : {&o.dy, &o.states, &o.dx, &o.dB, &o.dC, &o.d_delta, &o.dA_part})
+    PRIME_CHECK(operand->device() == o.x.device(), op, ": operands on different devices");
+  const at::cuda::CUDAGuard guard(o.x.device());
+  ssd_bf16::run_walk</*Reverse=*/true>(op, o.dy, o.Cm, o.delta, o.A, o.restart, o.d_locals, o.d_final, o.d_state);
+  if (M == 0 || N == 0) return;
+  GradParams p{};
+  p.x = reinterpret_cast<const Bf16*>(o.x.data_ptr());
+  p.b = reinterpret_cast<const Bf16*>(o.Bm.data_ptr());
+  p.c = reinterpret_cast<const Bf16*>(o.Cm.data_ptr());
+  p.dy = reinterpret_cast<const Bf16*>(o.dy.data_ptr());
+  p.delta = ssd_common::make_delta_view(o.delta);
+  p.A = o.A.data_ptr<float>();
+  p.T = static_cast<int>(T);
+  p.H = static_cast<int>(H);
+  p.num_chunks = static_cast<int>(N);
+  p.states = reinterpret_cast<const Bf16*>(o.states.data_ptr());
+  p.d_locals = reinterpret_cast<const Bf16*>(o.d_locals.data_ptr());
+  p.dx = o.dx.data_ptr();
+  p.dB = o.dB.data_ptr();
+  p.dC = o.dC.data_ptr();
+  p.d_delta = o.d_delta.data_ptr<float>();
+  p.dA_part = o.dA_part.data_ptr<float>();
+  const bool fp32_out = out_type == at::kFloat;
+  if (D == 32)
+    launch_grad<32>(p, M, fp32_out);
+  else if (D == 64)
+    launch_grad<64>(p, M, fp32_out);
+  else
+    launch_grad<128>(p, M, fp32_out);
+}
+
+}  // namespace prime::kernels::detail

@@ -1,0 +1,276 @@
+// The walk over chunks of Mamba-2's bf16 SSD forward and backward (ssd_forward_bf16_kernels.cu,
+// ssd_backward_bf16_kernels.cu), P = N = D. One block per (batch and head, CW rows of the state):
+// the state tile S [CW][D] (rows along P, columns along N) lives in the warps' fp32 accumulator
+// fragments across all chunks.
+//  - forwards, n = 0..last: out[n] = bf16(S); S = e^{Gamma_end} S + (diag(f) X)^T B with
+//    f_t = delta_t e^{Gamma_end - Gamma_t} (u = x, v = B): out[n] is the state entering chunk n.
+//  - backwards, n = last..0: out[n] = bf16(G); G = e^{Gamma_end} G + (diag(e^Gamma) dY)^T C
+//    (u = dy, v = C): out[n] is the gradient of the state leaving chunk n, G at the end the
+//    initial state's.
+// The rows of the chunk two steps ahead stream into shared memory (cp.async, three buffers) and
+// the next chunk's u rows are scaled while this chunk computes; warp 0 prepares the next chunk's
+// factors and decay from deltas read a step earlier. Products on bf16 tensor cores (wmma
+// 16x16x16, fp32 accumulation); Gamma in float64 sums. Chunks are 64 steps; rows past T are zeros.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/cp_async.cuh"
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/common/restart_segments.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_common.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_launch.h"
+
+namespace prime::kernels::detail::ssd_bf16 {
+namespace {  // each CUDA source instantiates its own direction
+
+using namespace bf16_wmma;
+using ssd_common::DeltaView;
+
+constexpr int kChunk = static_cast<int>(kSsdChunk);
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+
+struct WalkParams {
+  const Bf16 *u, *v;          // [B,T,H,D]: x and B forwards, dy and C backwards
+  DeltaView delta;            // [B,T,H]
+  const float* A;             // [H]
+  int T, H, num_chunks;
+  Bf16* out;                  // [M,N,D,D]
+  const float* initial;       // [M,D,D] or null (zeros): the initial state / the final state's gradient
+  float* final_state;         // [M,D,D]: the final state / the initial state's gradient
+  const bool* starts;         // [N] or null
+  const int* segment_begins;  // restart_segments' list for starts, or null (one segment)
+};
+
+// Shared memory: Gamma [64] double, the deltas [64] (warp 0's scratch), the row factors of two
+// chunks [2][64], their decays [2], then three buffers of { u [64][ldu], v [64][ldv] } and the
+// warps' scratch.
+constexpr int kWalkHeaderBytes = 1536;
+
+template <int D, int CW>
+constexpr size_t walk_shared_bytes() {
+  return kWalkHeaderBytes + 3 * kChunk * (ld_of(CW) + ld_of(D)) * sizeof(Bf16) + kWarps * kScratchBytes;
+}
+
+// Warp 0: Gamma of the chunk whose deltas it holds (chunk_deltas), then its row factors (f_t
+// forwards, e^{Gamma_t} backwards) and decay into the given slots.
+template <bool Reverse>
+__device__ __forceinline__ void prepare_chunk(float2 d, float a, double* gamma, float* dl, float* factor,
+                                              float* decay) {
+  const int lane = threadIdx.x % 32;
+  ssd_common::scan_gamma(d, a, gamma, dl);
+  __syncwarp();
+  for (int t = lane; t < kChunk; t += 32)
+    factor[t] = Reverse ? expf(static_cast<float>(gamma[t]))
+                        : dl[t] * expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
+  if (lane == 0) *decay = expf(static_cast<float>(gamma[kChunk - 1]));
+}
+
+// Warp w's state tiles are f = w + 8 i: rows 16 (f / CB) of the block's CW, columns 16 (f % CB),
+// one column block per warp (kWarps % CB == 0), so v's fragment is loaded once per k-step.
+// Step i walks chunk n (n = begin + i forwards, end - 1 - i backwards): the chunk two steps on is
+// fetched (cp.async, three buffers), warp 0 prepares the next chunk's factors (its deltas read a
+// step earlier) and reads the deltas of the one after; out[n] = bf16(S); one barrier; the next
+// chunk's u rows are scaled while S = decay_n S + (diag(factor) U_n)^T V_n; one barrier.
+// Restarts: forwards the state entering a flagged chunk is zero; backwards nothing flows back
+// past a flagged chunk (G = 0 after its step).
+template <int D, int CW, bool Reverse>
+__global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkParams p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  constexpr int ldu = ld_of(CW), ldv = ld_of(D), CB = D / 16;
+  constexpr int kTiles = (CW / 16) * CB, kPerWarp = (kTiles + kWarps - 1) / kWarps;
+  static_assert(kWarps % CB == 0, "one column block per warp");
+  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
+  float* dl = reinterpret_cast<float*>(gamma + kChunk);      // [64]
+  float* factors = dl + kChunk;                              // [2][64]
+  float* decays = factors + 2 * kChunk;                      // [2]
+  static_assert(kChunk * (sizeof(double) + 3 * sizeof(float)) + 2 * sizeof(float) <= kWalkHeaderBytes, "header");
+  Bf16* buffers = reinterpret_cast<Bf16*>(shared_bytes + kWalkHeaderBytes);
+  constexpr int kBuffer = kChunk * (ldu + ldv);
+  const auto us = [&](int n) { return buffers + (n % 3) * kBuffer; };
+  const auto vs = [&](int n) { return buffers + (n % 3) * kBuffer + kChunk * ldu; };
+  const int warp = threadIdx.x / 32;
+  float* scratch = reinterpret_cast<float*>(buffers + 3 * kBuffer) + warp * (kScratchBytes / 4);
+  const int row0 = blockIdx.x * CW, m = blockIdx.y, b = m / p.H, h = m % p.H, N = p.num_chunks;
+  const size_t row_stride = static_cast<size_t>(p.H) * D, state_size = static_cast<size_t>(D) * D;
+  const size_t first_row = static_cast<size_t>(b) * p.T * row_stride + static_cast<size_t>(h) * D;
+  const float a = p.A[h];
+  const auto fetch = [&](int n) {  // chunk n's rows of u (the block's columns) and of v
+    const int t0 = n * kChunk;
+    copy_async<kChunk, CW, kThreads>(us(n), p.u + first_row + t0 * row_stride + row0, row_stride, p.T - t0);
+    copy_async<kChunk, D, kThreads>(vs(n), p.v + first_row + t0 * row_stride, row_stride, p.T - t0);
+  };
+  const auto deltas = [&](int n) { return ssd_common::chunk_deltas(p.delta, b, h, n * kChunk, p.T); };
+  const auto prepare = [&](int n, float2 d) {
+    prepare_chunk<Reverse>(d, a, gamma, dl, factors + (n % 2) * kChunk, decays + n % 2);
+  };
+  const auto scale = [&](int n) {
+    const float* f = factors + (n % 2) * kChunk;
+    scale_rows<kChunk, CW, kThreads>(us(n), [&](int t) { return f[t]; });
+  };
+  const auto flagged = [&](int n) { return p.starts != nullptr && p.starts[n]; };  // uniform over the block
+  const int cb = warp % CB;
+  for_each_restart_segment(p.segment_begins, N, blockIdx.z, gridDim.z, [&](int begin, int end, bool first,
+                                                                         bool last) {
+    const int count = end - begin;
+    const auto chunk_at = [&](int i) { return Reverse ? end - 1 - i : begin + i; };
+    fetch(chunk_at(0));
+    cp_async_commit();
+    if (count > 1) fetch(chunk_at(1));
+    cp_async_commit();
+    float2 d_next{};  // warp 0: the deltas of the chunk it prepares next
+    if (warp == 0) {
+      prepare(chunk_at(0), deltas(chunk_at(0)));
+      if (count > 1) d_next = deltas(chunk_at(1));
+    }
+    const bool from_initial = (Reverse ? last : first) && p.initial != nullptr;
+    Acc s[kPerWarp];
+#pragma unroll
+    for (int i = 0; i < kPerWarp; ++i) {
+      const int f = warp + kWarps * i;
+      if (from_initial && f < kTiles)
+        wmma::load_matrix_sync(s[i], p.initial + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, D,
+                               wmma::mem_row_major);
+      else
+        wmma::fill_fragment(s[i], 0.0f);
+    }
+    cp_async_wait<1>();  // the first chunk's rows
+    __syncthreads();
+    scale(chunk_at(0));
+    for (int i = 0; i < count; ++i) {
+      const int n = chunk_at(i);
+      if (i + 2 < count) fetch(chunk_at(i + 2));
+      cp_async_commit();  // possibly empty: one group per step
+      if (warp == 0 && i + 1 < count) {
+        prepare(chunk_at(i + 1), d_next);
+        if (i + 2 < count) d_next = deltas(chunk_at(i + 2));
+      }
+      if (!Reverse && flagged(n)) {  // a document's first chunk
+#pragma unroll
+        for (int k = 0; k < kPerWarp; ++k) wmma::fill_fragment(s[k], 0.0f);
+      }
+      Bf16* out_n = p.out + (static_cast<size_t>(m) * N + n) * state_size;
+#pragma unroll
+      for (int k = 0; k < kPerWarp; ++k) {
+        const int f = warp + kWarps * k;
+        if (f >= kTiles) continue;
+        const int r0 = row0 + 16 * (f / CB);
+        emit_tile(s[k], scratch, [&](int row, int col, const float* x) {
+          *reinterpret_cast<uint4*>(out_n + (r0 + row) * D + 16 * cb + col) = pack8(x);
+        });
+      }
+      cp_async_wait<1>();  // the next chunk's rows (the one after may still be in flight)
+      __syncthreads();     // and the next chunk's factors, this chunk's scaled rows
+      if (i + 1 < count) scale(chunk_at(i + 1));
+      const float decay = decays[n % 2];
+#pragma unroll
+      for (int k = 0; k < kPerWarp; ++k)
+#pragma unroll
+        for (int e = 0; e < s[k].num_elements; ++e) s[k].x[e] *= decay;
+      const Bf16 *u_n = us(n), *v_n = vs(n);
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        FragB vm;
+        wmma::load_matrix_sync(vm, v_n + k0 * ldv + 16 * cb, ldv);
+#pragma unroll
+        for (int k = 0; k < kPerWarp; ++k) {
+          const int f = warp + kWarps * k;
+          if (f >= kTiles) continue;
+          FragAt at;  // (diag(factor) U)^T: A's row r is u's column r (col-major view)
+          wmma::load_matrix_sync(at, u_n + k0 * ldu + 16 * (f / CB), ldu);
+          wmma::mma_sync(s[k], at, vm, s[k]);
+        }
+      }
+      if (Reverse && flagged(n)) {  // nothing flows back past a document's first chunk
+#pragma unroll
+        for (int k = 0; k < kPerWarp; ++k) wmma::fill_fragment(s[k], 0.0f);
+      }
+      __syncthreads();  // this chunk's buffer, its decay and the next chunk's scaling done
+    }
+    if (Reverse ? first : last) {
+#pragma unroll
+      for (int k = 0; k < kPerWarp; ++k) {
+        const int f = warp + kWarps * k;
+        if (f < kTiles)
+          wmma::store_matrix_sync(p.final_state + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, s[k], D,
+                                  wmma::mem_row_major);
+      }
+    }
+  });
+}
+
+// The operand checks both launchers share: x, Bm, Cm bf16 [B,T,H,D] (16-byte aligned), D in
+// {32, 64, 128}; delta fp32 [B,T,H]; A fp32 [H]; restart [nC] bool or undefined; one device.
+inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
+                           const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& restart) {
+  check_operand(x, op, "x", at::kBFloat16, 4);
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
+  PRIME_CHECK(B * H <= 65535 && (T + kChunk - 1) / kChunk <= 65535, op,
+              ": batch * heads and the chunk count must be <= 65535");
+  check_operand_sizes(Bm, op, "Bm", at::kBFloat16, x.sizes());
+  check_operand_sizes(Cm, op, "Cm", at::kBFloat16, x.sizes());
+  PRIME_CHECK(delta.defined() && delta.is_cuda() && delta.scalar_type() == at::kFloat &&
+                  delta.sizes() == at::IntArrayRef({B, T, H}),
+              op, ": delta must be a [", B, ", ", T, ", ", H, "] fp32 CUDA tensor");
+  check_operand_sizes(A, op, "A", at::kFloat, {H});
+  if (restart.defined()) check_operand_sizes(restart, op, "restart", at::kBool, {(T + kChunk - 1) / kChunk});
+  for (const auto& [tensor, name] : {std::pair{&x, "x"}, std::pair{&Bm, "Bm"}, std::pair{&Cm, "Cm"}})
+    check_aligned(*tensor, op, name, 16);
+  for (const at::Tensor* operand : {&delta, &A, &Bm, &Cm, &restart})
+    PRIME_CHECK(!operand->defined() || operand->device() == x.device(), op, ": operands on different devices");
+}
+
+// Runs the walk (the caller checked the operands): u, v bf16 [B,T,H,D]; out bf16 [B*H, nC, D, D];
+// initial fp32 [B*H, D, D] or undefined; final_state fp32 [B*H, D, D]; restart [nC] or undefined.
+template <bool Reverse>
+void run_walk(const char* op, const at::Tensor& u, const at::Tensor& v, const at::Tensor& delta, const at::Tensor& A,
+              const at::Tensor& restart, const at::Tensor& out, const at::Tensor& initial,
+              const at::Tensor& final_state) {
+  const int64_t B = u.size(0), T = u.size(1), H = u.size(2), D = u.size(3), M = B * H;
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  check_operand_sizes(out, op, "states", at::kBFloat16, {M, N, D, D});
+  check_operand_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
+  if (initial.defined()) check_operand_sizes(initial, op, "initial", at::kFloat, {M, D, D});
+  check_aligned(out, op, "states", 16);
+  check_aligned(final_state, op, "final_state", 32);
+  if (initial.defined()) check_aligned(initial, op, "initial", 32);
+  for (const at::Tensor* operand : {&out, &initial, &final_state})
+    PRIME_CHECK(!operand->defined() || operand->device() == u.device(), op, ": operands on different devices");
+  if (M == 0 || N == 0) return;
+  WalkParams p{};
+  p.u = reinterpret_cast<const Bf16*>(u.data_ptr());
+  p.v = reinterpret_cast<const Bf16*>(v.data_ptr());
+  p.delta = ssd_common::make_delta_view(delta);
+  p.A = A.data_ptr<float>();
+  p.T = static_cast<int>(T);
+  p.H = static_cast<int>(H);
+  p.num_chunks = static_cast<int>(N);
+  p.out = reinterpret_cast<Bf16*>(out.data_ptr());
+  p.initial = initial.defined() ? initial.data_ptr<float>() : nullptr;
+  p.final_state = final_state.data_ptr<float>();
+  p.starts = restart.defined() ? restart.data_ptr<bool>() : nullptr;
+  const RestartSegments segments = restart_segments(restart, N, M * (D == 32 ? 1 : D / 64));  // the walk's grid
+  p.segment_begins = segments.data();
+  const auto launch = [&](auto kernel, int width) {
+    const dim3 grid(static_cast<unsigned>(D / width), static_cast<unsigned>(M), static_cast<unsigned>(segments.slots));
+    launch_with_shared(kernel, grid, D == 32   ? walk_shared_bytes<32, 32>()
+                                     : D == 64 ? walk_shared_bytes<64, 64>()
+                                               : walk_shared_bytes<128, 64>(),
+                       kThreads, p, Reverse ? "ssd_walk_bf16_kernel (backward)" : "ssd_walk_bf16_kernel");
+  };
+  if (D == 32)
+    launch(ssd_walk_bf16_kernel<32, 32, Reverse>, 32);
+  else if (D == 64)
+    launch(ssd_walk_bf16_kernel<64, 64, Reverse>, 64);
+  else
+    launch(ssd_walk_bf16_kernel<128, 64, Reverse>, 64);
+}
+
+}  // namespace
+}  // namespace prime::kernels::detail::ssd_bf16
