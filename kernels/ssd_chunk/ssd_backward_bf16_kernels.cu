@@ -35,9 +35,8 @@ using namespace bf16_wmma;
 using ssd_bf16::kChunk;
 using ssd_common::DeltaView;
 
-constexpr int kGradWarps = 16;
+constexpr int kGradWarps = 8;
 constexpr int kGradThreads = kGradWarps * 32;
-constexpr int kNT = 2;  // 16-column tiles per task: column groups of 32
 constexpr int kLdM = ld_of(kChunk);
 
 struct GradParams {
@@ -51,36 +50,24 @@ struct GradParams {
   float* dA_part;                 // [M,N]
 };
 
-// Shared memory: a header (Gamma [64] double; deltas [64]; row partials: the Q row sums per
-// column block [4][64], its column sums per row block [4][64], x . d(delta x), x . (its state
-// part) and C . (the state part of dC) per column group [4][64] each; the <G, S> warp sums [16]),
-// then C, B, dY, X [64][ld], S_n, G_n [D][ld], M, P [64][kLdM] and the warps' scratch.
-constexpr int kGradHeaderBytes = (kChunk * 8 + kChunk * 4 + 5 * 4 * kChunk * 4 + kGradWarps * 4 + 127) / 128 * 128;
+// Shared memory: a header (Gamma [64] double; deltas [64]; the Q row sums per column block [4][64]
+// and its column sums per row block [4][64]; per 16-column tile [D/16][64]: x . d(delta x),
+// x . (its state part), C . (the state part of dC); the <G, S> warp sums [8]), then C, B, dY, X
+// [64][ld], M, P [64][kLdM] and the warps' scratch: about 105 KB at D = 128, two blocks per SM.
+// S_n and G_n are read as fragments from global memory (each fragment once per block).
+template <int D>
+constexpr int grad_header_bytes() {
+  return (kChunk * 8 + kChunk * 4 + 8 * kChunk * 4 + 3 * (D / 16) * kChunk * 4 + kGradWarps * 4 + 127) / 128 * 128;
+}
 
 template <int D>
 constexpr size_t grad_shared_bytes() {
-  return kGradHeaderBytes + (4 * kChunk + 2 * D) * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16) +
+  return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16) +
          kGradWarps * kScratchBytes;
 }
 
-// acc[t] += A^T[16 rows at 16 r, k >= 16 r] B[k, col0 + 16 t : +16] for a lower-triangular [64][lda]
-// A (its column block r is zero above row 16 r).
-__device__ __forceinline__ void transposed_block_product(Acc (&acc)[kNT], const Bf16* a, int lda, int r,
-                                                         const Bf16* b, int ldb, int col0) {
-  for (int k0 = 16 * r; k0 < kChunk; k0 += 16) {
-    FragAt at;
-    wmma::load_matrix_sync(at, a + k0 * lda + 16 * r, lda);
-#pragma unroll
-    for (int t = 0; t < kNT; ++t) {
-      FragB bm;
-      wmma::load_matrix_sync(bm, b + k0 * ldb + col0 + 16 * t, ldb);
-      wmma::mma_sync(acc[t], at, bm, acc[t]);
-    }
-  }
-}
-
-// Both accumulators' values at the lane's (row, 8 columns) of tile t: lane l gets row l / 2,
-// columns 8 (l % 2)..+8, as emit_tile gives them.
+// Both accumulators' values at the lane's (row, 8 columns): lane l gets row l / 2, columns
+// 8 (l % 2)..+8, as emit_tile gives them.
 __device__ __forceinline__ void read_pair(const Acc& first, const Acc& second, float* scratch, float* u, float* v) {
   const int lane = threadIdx.x % 32, row = lane / 2, col = (lane % 2) * 8;
   wmma::store_matrix_sync(scratch, first, kScratchLd, wmma::mem_row_major);
@@ -108,114 +95,169 @@ __device__ __forceinline__ void store8(Out* out, const float* x) {
 // Sum over the lane pair (2 l, 2 l + 1) that holds one row.
 __device__ __forceinline__ float row_total(float x) { return x + __shfl_xor_sync(0xffffffffu, x, 1); }
 
+// One output's 16-column tile at col0 for all four row blocks r (rows 16 r..+16):
+//   in_chunk[r] = A_r (lower-triangular [64][lda], transposed when Transposed: rows 16 r of A^T
+//                 need k >= 16 r, else k < 16 (r + 1)) times rows[k][col0..+16]
+//   via_state[r] = left[16 r rows][0:D] times the [D][16] block of state at col0 (state^T when
+//                  StateT), the state's fragments read from global memory once per k-step.
+template <int D, bool Transposed, bool StateT>
+__device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_state)[4], const Bf16* a,
+                                              const Bf16* rows, const Bf16* left, const Bf16* state, int col0) {
+  constexpr int ld = ld_of(D);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    wmma::fill_fragment(in_chunk[r], 0.0f);
+    wmma::fill_fragment(via_state[r], 0.0f);
+  }
+#pragma unroll
+  for (int k0 = 0; k0 < kChunk; k0 += 16) {
+    FragB bm;
+    wmma::load_matrix_sync(bm, rows + k0 * ld + col0, ld);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      if (Transposed ? k0 < 16 * r : k0 > 16 * r) continue;
+      if constexpr (Transposed) {
+        FragAt at;
+        wmma::load_matrix_sync(at, a + k0 * kLdM + 16 * r, kLdM);
+        wmma::mma_sync(in_chunk[r], at, bm, in_chunk[r]);
+      } else {
+        FragA am;
+        wmma::load_matrix_sync(am, a + 16 * r * kLdM + k0, kLdM);
+        wmma::mma_sync(in_chunk[r], am, bm, in_chunk[r]);
+      }
+    }
+  }
+#pragma unroll 2
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    if constexpr (StateT) {
+      FragBt sm;  // (state^T)[k][col] = state[col][k]
+      wmma::load_matrix_sync(sm, state + col0 * D + k0, D);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        FragA am;
+        wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
+        wmma::mma_sync(via_state[r], am, sm, via_state[r]);
+      }
+    } else {
+      FragB sm;
+      wmma::load_matrix_sync(sm, state + k0 * D + col0, D);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        FragA am;
+        wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
+        wmma::mma_sync(via_state[r], am, sm, via_state[r]);
+      }
+    }
+  }
+}
+
 template <int D, typename Out>
-__global__ void __launch_bounds__(kGradThreads, 1) ssd_backward_grad_bf16_kernel(const GradParams p) {
+__global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel(const GradParams p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
-  constexpr int ld = ld_of(D), kGroups = D / (16 * kNT);
+  constexpr int ld = ld_of(D), kTiles = D / 16;
   double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
   float* dl = reinterpret_cast<float*>(gamma + kChunk);      // [64]
   float* q_rows = dl + kChunk;                               // [4 column blocks][64]
   float* q_cols = q_rows + 4 * kChunk;                       // [4 row blocks][64]
-  float* x_full = q_cols + 4 * kChunk;                       // [4 groups][64]
-  float* x_state = x_full + 4 * kChunk;                      // [4 groups][64]
-  float* c_state = x_state + 4 * kChunk;                     // [4 groups][64]
-  float* dot_warps = c_state + 4 * kChunk;                   // [16]
-  Bf16* cs = reinterpret_cast<Bf16*>(shared_bytes + kGradHeaderBytes);
+  float* x_full = q_cols + 4 * kChunk;                       // [tiles][64]
+  float* x_state = x_full + kTiles * kChunk;                 // [tiles][64]
+  float* c_state = x_state + kTiles * kChunk;                // [tiles][64]
+  float* dot_warps = c_state + kTiles * kChunk;              // [8]
+  Bf16* cs = reinterpret_cast<Bf16*>(shared_bytes + grad_header_bytes<D>());
   Bf16* bs = cs + kChunk * ld;
   Bf16* dys = bs + kChunk * ld;
   Bf16* xs = dys + kChunk * ld;
-  Bf16* ss = xs + kChunk * ld;  // S_n [P][N]
-  Bf16* gs = ss + D * ld;       // G_n [P][N]
-  Bf16* ms = gs + D * ld;       // M [64][kLdM]
+  Bf16* ms = xs + kChunk * ld;  // M [64][kLdM]
   Bf16* ps = ms + kChunk * kLdM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* scratch = reinterpret_cast<float*>(ps + kChunk * kLdM) + warp * (kScratchBytes / 4);
-  static_assert(kGroups <= 4, "four column groups at most");
   const int chunk = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = chunk * kChunk;
   const size_t row_stride = static_cast<size_t>(p.H) * D;
   const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
   const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + chunk) * D * D;
+  const Bf16 *S = p.states + state_at, *G = p.d_locals + state_at;
   copy_async<kChunk, D, kGradThreads>(cs, p.c + first_row, row_stride, p.T - t0);
   copy_async<kChunk, D, kGradThreads>(bs, p.b + first_row, row_stride, p.T - t0);
   copy_async<kChunk, D, kGradThreads>(dys, p.dy + first_row, row_stride, p.T - t0);
   copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0);
   cp_async_commit();
-  copy_async<D, D, kGradThreads>(ss, p.states + state_at, D);
-  copy_async<D, D, kGradThreads>(gs, p.d_locals + state_at, D);
-  cp_async_commit();
   ssd_common::chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
-  cp_async_wait<1>();  // C, B, dY, X
+  // <G_n, S_n> while the rows arrive: each thread's share in a fixed order, then the warps' sums.
+  {
+    float dot = 0.0f;
+    for (int index = threadIdx.x; index < D * D / 8; index += kGradThreads) {
+      float gv[8], sv[8];
+      unpack8(__ldg(reinterpret_cast<const uint4*>(G) + index), gv);
+      unpack8(__ldg(reinterpret_cast<const uint4*>(S) + index), sv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot += gv[e] * sv[e];
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (lane == 0) dot_warps[warp] = dot;
+  }
+  cp_async_wait<0>();
   __syncthreads();
 
-  // M and P, one 16x16 tile per warp (the tiles above the diagonal are never read), and the row
-  // and column sums of Q = (C B^T) o P.
-  {
-    const int r = warp % 4, c = warp / 4;
-    if (c <= r) {
-      Acc cb, dx;
-      gram_tile<D>(cb, cs, bs, 16 * r, 16 * c);
-      gram_tile<D>(dx, dys, xs, 16 * r, 16 * c);
-      float u[8], v[8], mv[8], pv[8];
-      read_pair(cb, dx, scratch, u, v);
-      const int i = 16 * r + lane / 2, col = (lane % 2) * 8;
-      float row_sum = 0.0f, q[8];
+  // M and P, tiles (r, c) = (w % 4, w / 4) and (w % 4, w / 4 + 2) of warp w (those above the
+  // diagonal are never read), and the row and column sums of Q = (C B^T) o P.
+  for (int tile = warp; tile < 16; tile += kGradWarps) {
+    const int r = tile % 4, c = tile / 4;
+    if (c > r) continue;
+    Acc cb, dx;
+    gram_tile<D>(cb, cs, bs, 16 * r, 16 * c);
+    gram_tile<D>(dx, dys, xs, 16 * r, 16 * c);
+    float u[8], v[8], mv[8], pv[8];
+    read_pair(cb, dx, scratch, u, v);
+    const int i = 16 * r + lane / 2, col = (lane % 2) * 8;
+    float row_sum = 0.0f, q[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int j = 16 * c + col + e;
-        const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
-        mv[e] = u[e] * decay;
-        pv[e] = v[e] * decay * dl[j];
-        q[e] = u[e] * pv[e];
-        row_sum += q[e];
-      }
-      *reinterpret_cast<uint4*>(ms + i * kLdM + 16 * c + col) = pack8(mv);
-      *reinterpret_cast<uint4*>(ps + i * kLdM + 16 * c + col) = pack8(pv);
-      row_sum = row_total(row_sum);
-      if (lane % 2 == 0) q_rows[c * kChunk + i] = row_sum;
+    for (int e = 0; e < 8; ++e) {
+      const int j = 16 * c + col + e;
+      const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+      mv[e] = u[e] * decay;
+      pv[e] = v[e] * decay * dl[j];
+      q[e] = u[e] * pv[e];
+      row_sum += q[e];
+    }
+    *reinterpret_cast<uint4*>(ms + i * kLdM + 16 * c + col) = pack8(mv);
+    *reinterpret_cast<uint4*>(ps + i * kLdM + 16 * c + col) = pack8(pv);
+    row_sum = row_total(row_sum);
+    if (lane % 2 == 0) q_rows[c * kChunk + i] = row_sum;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {  // over the 16 rows: the lanes of one parity
-        float s = q[e];
+    for (int e = 0; e < 8; ++e) {  // over the 16 rows: the lanes of one parity
+      float sum = q[e];
 #pragma unroll
-        for (int offset = 2; offset < 32; offset <<= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
-        if (lane < 2) q_cols[r * kChunk + 16 * c + 8 * lane + e] = s;
-      }
+      for (int offset = 2; offset < 32; offset <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+      if (lane < 2) q_cols[r * kChunk + 16 * c + 8 * lane + e] = sum;
     }
   }
-  cp_async_wait<0>();  // S_n, G_n
   __syncthreads();
 
-  // Tasks (output, row block r, column group g): warp w takes tasks w, w + 16, w + 32.
+  // Tasks (output, 16-column tile), all four row blocks each: warp w takes tasks w, w + 8, ...
   const float gamma_end = static_cast<float>(gamma[kChunk - 1]);
-  constexpr int kTasks = 3 * 4 * kGroups;
-  for (int task = warp; task < kTasks; task += kGradWarps) {
-    const int kind = task / (4 * kGroups), r = task % 4, g = (task / 4) % kGroups, col0 = g * 16 * kNT;
-    Acc in_chunk[kNT], via_state[kNT];
-#pragma unroll
-    for (int t = 0; t < kNT; ++t) {
-      wmma::fill_fragment(in_chunk[t], 0.0f);
-      wmma::fill_fragment(via_state[t], 0.0f);
-    }
-    if (kind == 0) {  // d(delta x) = M^T dY + diag(e^{Gamma_end - Gamma}) B G^T
-      transposed_block_product(in_chunk, ms, kLdM, r, dys, ld, col0);
-      row_block_product<kNT, /*Transposed=*/true>(via_state, bs + 16 * r * ld, ld, D, gs, ld, col0);
-    } else if (kind == 1) {  // dB = P^T C + diag(f) X G
-      transposed_block_product(in_chunk, ps, kLdM, r, cs, ld, col0);
-      row_block_product<kNT>(via_state, xs + 16 * r * ld, ld, D, gs, ld, col0);
-    } else {  // dC = P B + diag(e^Gamma) dY S
-      row_block_product<kNT>(in_chunk, ps + 16 * r * kLdM, kLdM, 16 * (r + 1), bs, ld, col0);
-      row_block_product<kNT>(via_state, dys + 16 * r * ld, ld, D, ss, ld, col0);
-    }
-    const int row = 16 * r + lane / 2, col = (lane % 2) * 8, time = t0 + row;
-    const float g_t = static_cast<float>(gamma[row]);
-    const float state_factor = kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
-    const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
-    float full_sum = 0.0f, state_sum = 0.0f;
+  for (int task = warp; task < 3 * kTiles; task += kGradWarps) {
+    const int kind = task / kTiles, tile = task % kTiles, col0 = 16 * tile;
+    Acc in_chunk[4], via_state[4];
+    if (kind == 0)  // d(delta x) = M^T dY + diag(e^{Gamma_end - Gamma}) B G^T
+      tile_products<D, /*Transposed=*/true, /*StateT=*/true>(in_chunk, via_state, ms, dys, bs, G, col0);
+    else if (kind == 1)  // dB = P^T C + diag(f) X G
+      tile_products<D, true, false>(in_chunk, via_state, ps, cs, xs, G, col0);
+    else  // dC = P B + diag(e^Gamma) dY S
+      tile_products<D, false, false>(in_chunk, via_state, ps, bs, dys, S, col0);
     Out* out = static_cast<Out*>(kind == 0 ? p.dx : kind == 1 ? p.dB : p.dC);
+    const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
+    const int col = (lane % 2) * 8;
 #pragma unroll
-    for (int t = 0; t < kNT; ++t) {
+    for (int r = 0; r < 4; ++r) {
+      const int row = 16 * r + lane / 2, time = t0 + row;
+      const float g_t = static_cast<float>(gamma[row]);
+      const float state_factor =
+          kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
       float u[8], v[8], o[8], w[8];
-      read_pair(in_chunk[t], via_state[t], scratch, u, v);
-      unpack8(*reinterpret_cast<const uint4*>(dotted + row * ld + col0 + 16 * t + col), w);
+      read_pair(in_chunk[r], via_state[r], scratch, u, v);
+      unpack8(*reinterpret_cast<const uint4*>(dotted + row * ld + col0 + col), w);
+      float full_sum = 0.0f, state_sum = 0.0f;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float s = state_factor * v[e];
@@ -224,34 +266,18 @@ __global__ void __launch_bounds__(kGradThreads, 1) ssd_backward_grad_bf16_kernel
         state_sum += w[e] * s;
         if (kind == 0) o[e] *= dl[row];
       }
-      if (time < p.T) store8(out + ((static_cast<size_t>(b) * p.T + time) * p.H + h) * D + col0 + 16 * t + col, o);
-    }
-    full_sum = row_total(full_sum);
-    state_sum = row_total(state_sum);
-    if (lane % 2 == 0) {
-      if (kind == 0) {
-        x_full[g * kChunk + row] = full_sum;
-        x_state[g * kChunk + row] = state_sum;
-      } else if (kind == 2) {
-        c_state[g * kChunk + row] = state_sum;
+      if (time < p.T) store8(out + ((static_cast<size_t>(b) * p.T + time) * p.H + h) * D + col0 + col, o);
+      full_sum = row_total(full_sum);
+      state_sum = row_total(state_sum);
+      if (lane % 2 == 0) {
+        if (kind == 0) {
+          x_full[tile * kChunk + row] = full_sum;
+          x_state[tile * kChunk + row] = state_sum;
+        } else if (kind == 2) {
+          c_state[tile * kChunk + row] = state_sum;
+        }
       }
     }
-  }
-
-  // <G_n, S_n>: each thread's share in a fixed order, then the warps' sums.
-  {
-    float dot = 0.0f;
-    for (int index = threadIdx.x; index < D * D / 8; index += kGradThreads) {
-      const int row = index / (D / 8), col = (index % (D / 8)) * 8;
-      float gv[8], sv[8];
-      unpack8(*reinterpret_cast<const uint4*>(gs + row * ld + col), gv);
-      unpack8(*reinterpret_cast<const uint4*>(ss + row * ld + col), sv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dot += gv[e] * sv[e];
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-    if (lane == 0) dot_warps[warp] = dot;
   }
   __syncthreads();
   if (warp != 0) return;
@@ -264,7 +290,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) ssd_backward_grad_bf16_kernel
     double pair = 0.0, state_c = 0.0, state_x = 0.0;
     for (int c = 0; c <= block; ++c) pair += q_rows[c * kChunk + t];
     for (int r = block; r < 4; ++r) pair -= q_cols[r * kChunk + t];
-    for (int g = 0; g < kGroups; ++g) state_c += c_state[g * kChunk + t], state_x += x_state[g * kChunk + t];
+    for (int k = 0; k < kTiles; ++k) state_c += c_state[k * kChunk + t], state_x += x_state[k * kChunk + t];
     const double q = static_cast<double>(dl[t]) * state_x;
     q_sum += q;
     d_gamma[half] = pair + state_c - q;
@@ -290,7 +316,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) ssd_backward_grad_bf16_kernel
   for (int half = 0; half < 2; ++half) {
     const int t = lane + 32 * half;
     double x_dot = 0.0;
-    for (int g = 0; g < kGroups; ++g) x_dot += x_full[g * kChunk + t];
+    for (int k = 0; k < kTiles; ++k) x_dot += x_full[k * kChunk + t];
     if (t0 + t < p.T)
       p.d_delta[(static_cast<size_t>(b) * p.T + t0 + t) * p.H + h] = static_cast<float>(suffix[half] * a + x_dot);
     share += suffix[half] * dl[t];
