@@ -234,6 +234,39 @@ TEST_CASE("Mamba-2 decode kernel: steps equal float64 and the torch step, the st
   check_errors(run_mamba2(2, 2, 64, 300, 2, false), "Mamba-2 N=300 (torch step)");
 }
 
+TEST_CASE("Mamba-2 decode kernel: the skip term D x in the same launch with D fp32 or bf16", "[kernels][gpu][decode]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::NoGradGuard no_grad;  // the kernel serves inference
+  at::manual_seed(13);
+  for (const auto& [B, H, P, N] : std::vector<std::array<int64_t, 4>>{{1, 32, 128, 128}, {3, 5, 100, 64}}) {
+    for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+      const Mamba2Inputs in = mamba2_inputs(B, H, P, N);
+      const at::Tensor D = at::randn({H}, at::kDouble).to(type).to(at::kDouble);  // exact in either dtype
+      at::Tensor reference_state = at::randn({B, H, P, N}, at::kDouble) * 0.5;
+      at::Tensor state = on_cuda(reference_state), plain_state = state.clone();
+      const at::Tensor want = mamba2_reference_step(in, reference_state) + D.view({1, H, 1}) * in.x;
+      const Mamba2Inputs c = on_cuda(in);
+      REQUIRE(kernels::mamba2_decode_apply(c.x, c.delta, c.A, c.Bm, c.Cm, state));
+      const at::Tensor got = kernels::mamba2_decode_step(c.x, c.delta, c.A, c.Bm, c.Cm, state, D.to(at::kCUDA, type));
+      const at::Tensor plain = kernels::mamba2_decode_step(c.x, c.delta, c.A, c.Bm, c.Cm, plain_state);
+      const double output = test::relative_error(got, want), state_error = test::relative_error(state, reference_state);
+      std::cout << "[kernels][decode] Mamba-2 with the skip term, D " << c10::toString(type) << " (B,H,P,N)=(" << B
+                << "," << H << "," << P << "," << N << "): output vs float64 " << output << ", state " << state_error
+                << std::endl;
+      CHECK(output <= kTolerance);
+      CHECK(state_error <= kTolerance);
+      CHECK(at::equal(state, plain_state));  // the skip term leaves the state alone
+      CHECK(test::relative_error(got, plain) > 1e-2);  // and it was added
+    }
+  }
+  const Mamba2Inputs c = on_cuda(mamba2_inputs(1, 3, 32, 32));
+  at::Tensor state = at::zeros({1, 3, 32, 32}, c.x.options());
+  CHECK_THROWS_WITH(kernels::mamba2_decode_step(c.x, c.delta, c.A, c.Bm, c.Cm, state, at::ones({4}, c.x.options())),
+                    Catch::Contains("skip must be a contiguous [3]"));
+}
+
 TEST_CASE("SSM decode kernels: not taken under grad mode or policy Torch", "[kernels][gpu][decode]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());

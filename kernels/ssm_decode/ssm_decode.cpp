@@ -78,7 +78,7 @@ bool mamba2_decode_apply(const at::Tensor& x, const at::Tensor& delta, const at:
 }
 
 at::Tensor mamba2_decode_step(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
-                              const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state) {
+                              const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state, const at::Tensor& skip) {
   PRIME_CHECK(mamba2_decode_apply(x, delta, A, Bm, Cm, state), "mamba2_decode_step: operands the ",
               "kernel does not serve (x ", x.sizes(), ", state ", state.sizes(),
               "); ask mamba2_decode_apply first");
@@ -86,7 +86,7 @@ at::Tensor mamba2_decode_step(const at::Tensor& x, const at::Tensor& delta, cons
   at::Tensor y = new_output({state.size(0), state.size(1), state.size(2)}, state.options());
 #ifdef PRIME_WITH_CUDA
   detail::launch_mamba2_decode(x.contiguous(), delta.contiguous(), A.contiguous(), Bm.contiguous(),
-                               Cm.contiguous(), state, y);
+                               Cm.contiguous(), state, skip, y);
 #endif
   return y;
 }

@@ -31,9 +31,11 @@ bool mamba2_decode_apply(const at::Tensor& x, const at::Tensor& delta, const at:
                          const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state);
 
 // One SSD step, as model::ssd_step_in_place: h = e^(delta A) h + delta x Bm^T (written into
-// `state` itself), returns y = h Cm [B,H,P].
+// `state` itself), returns y = h Cm [B,H,P], plus skip_h x when skip (the layer's D: a contiguous
+// [H] fp32 or bf16 tensor on the state's device) is given: Mamba-2's skip term in the same launch.
 at::Tensor mamba2_decode_step(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
-                              const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state);
+                              const at::Tensor& Bm, const at::Tensor& Cm, at::Tensor& state,
+                              const at::Tensor& skip = at::Tensor());
 
 // GKA's step options (gka_detail::SolveOptions at inference).
 struct GkaDecodeOptions {

@@ -5,6 +5,7 @@
 // 4 and a 16-byte aligned state) and 4-byte ones otherwise; all math is fp32.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
 
 #include <climits>
 #include <cstdint>
@@ -200,7 +201,8 @@ gdn_decode_kernel(const float* __restrict__ q, const float* __restrict__ k,
 // nothing is kept across phases: a warp streams 8 rows at a time, lanes across N (32 x Width
 // consecutive floats per row access: coalesced), the 8 rows' loads issued together (4 rows in
 // flight per warp, 512 B per lane group, left the H200 at 73% of HBM at B = 64); y_p is a sum
-// over N, done across the lanes with shuffles. CTA = 8 warps = 64 rows of one (b, h). The state
+// over N, done across the lanes with shuffles, plus the skip term D_h x_p where the layer's D is
+// given (fp32 or bf16 [H]). CTA = 8 warps = 64 rows of one (b, h). The state
 // goes through the cache with the evict-first hint: 75.1 -> 77.8% of 4.8 TB/s at B = 64 on the
 // H200 (equal at B = 256), where the same hint left the GDN kernel unchanged or slower.
 constexpr int kM2Warps = 8;
@@ -212,7 +214,8 @@ __global__ void __launch_bounds__(kWarp * kM2Warps)
 mamba2_decode_kernel(const float* __restrict__ x, const float* __restrict__ delta,
                      const float* __restrict__ A, const float* __restrict__ Bm,
                      const float* __restrict__ Cm, float* __restrict__ state,
-                     float* __restrict__ y, int heads, int p_dim, int n_dim) {
+                     float* __restrict__ y, int heads, int p_dim, int n_dim, const float* __restrict__ skip_f32,
+                     const __nv_bfloat16* __restrict__ skip_bf16) {
   const int64_t bh = blockIdx.x;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int row0 = blockIdx.y * kM2RowsPerBlock + warp * kM2RowsPerWarp;
@@ -229,10 +232,15 @@ mamba2_decode_kernel(const float* __restrict__ x, const float* __restrict__ delt
   const float* B_bh = Bm + bh * n_dim;
   const float* C_bh = Cm + bh * n_dim;
 
-  float dx[kM2RowsPerWarp], acc[kM2RowsPerWarp];
+  const int head = bh % heads;
+  const float skip = skip_f32 != nullptr    ? skip_f32[head]
+                     : skip_bf16 != nullptr ? __bfloat162float(skip_bf16[head])
+                                            : 0.0f;
+  float xv[kM2RowsPerWarp], dx[kM2RowsPerWarp], acc[kM2RowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kM2RowsPerWarp; ++r) {
-    dx[r] = row0 + r < p_dim ? dt * x[bh * p_dim + row0 + r] : 0.0f;
+    xv[r] = row0 + r < p_dim ? x[bh * p_dim + row0 + r] : 0.0f;
+    dx[r] = dt * xv[r];
     acc[r] = 0.0f;
   }
   for (int column = lane * Width; column < n_dim; column += kWarp * Width) {
@@ -263,7 +271,7 @@ mamba2_decode_kernel(const float* __restrict__ x, const float* __restrict__ delt
   if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < kM2RowsPerWarp; ++r)
-      if (row0 + r < p_dim) y[bh * p_dim + row0 + r] = acc[r];
+      if (row0 + r < p_dim) y[bh * p_dim + row0 + r] = acc[r] + skip * xv[r];
   }
 }
 
@@ -338,7 +346,7 @@ void launch_gdn_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                           const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
-                          const at::Tensor& y) {
+                          const at::Tensor& skip, const at::Tensor& y) {
   const char* op = "mamba2_decode";
   check_operand(state, op, "state", at::kFloat, 4);
   const int64_t B = state.size(0), H = state.size(1), P = state.size(2), N = state.size(3);
@@ -350,7 +358,15 @@ void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at
   check_shape(Bm, op, "Bm", {B, H, N});
   check_shape(Cm, op, "Cm", {B, H, N});
   check_shape(y, op, "y", {B, H, P});
+  if (skip.defined()) {
+    PRIME_CHECK(skip.is_cuda() && skip.is_contiguous() && skip.sizes() == at::IntArrayRef({H}) &&
+                    (skip.scalar_type() == at::kFloat || skip.scalar_type() == at::kBFloat16),
+                op, ": skip must be a contiguous [", H, "] fp32 or bf16 CUDA tensor");
+    PRIME_CHECK(skip.device() == state.device(), op, ": operands on ", skip.device(), " and ", state.device());
+  }
   if (!check_device_and_grid(state, {&x, &delta, &A, &Bm, &Cm, &y}, op)) return;
+  const bool skip_f32 = skip.defined() && skip.scalar_type() == at::kFloat;
+  const bool skip_bf16 = skip.defined() && skip.scalar_type() == at::kBFloat16;
   const at::cuda::CUDAGuard guard(state.device());
   const dim3 grid(static_cast<unsigned>(B * H),
                   static_cast<unsigned>((P + kM2RowsPerBlock - 1) / kM2RowsPerBlock));
@@ -360,7 +376,9 @@ void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at
     launch_kernel("mamba2_decode_kernel", mamba2_decode_kernel<decltype(width)::value>, grid, kWarp * kM2Warps, 0,
                   at::cuda::getCurrentCUDAStream(), data<const float>(x), data<const float>(delta),
                   data<const float>(A), data<const float>(Bm), data<const float>(Cm), data<float>(state),
-                  data<float>(y), static_cast<int>(H), static_cast<int>(P), static_cast<int>(N));
+                  data<float>(y), static_cast<int>(H), static_cast<int>(P), static_cast<int>(N),
+                  skip_f32 ? data<const float>(skip) : nullptr,
+                  skip_bf16 ? data<const __nv_bfloat16>(skip) : nullptr);
   };
   if (wide) launch(std::integral_constant<int, 4>{});
   else launch(std::integral_constant<int, 1>{});

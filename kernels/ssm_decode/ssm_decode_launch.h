@@ -18,9 +18,10 @@ void launch_gdn_decode(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
                        const at::Tensor& o);
 
+// skip: the layer's D [H] (fp32 or bf16, contiguous) adding D_h x_p to y, or undefined.
 void launch_mamba2_decode(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                           const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
-                          const at::Tensor& y);
+                          const at::Tensor& skip, const at::Tensor& y);
 
 // GKA's step (gka_decode_kernels.cu): q, k, v [B,H,D] and the optional [B,H] gates of one solve
 // dtype, the states fp32 [B,H,D,D] (kk_state unused where num_iter == 0), o [B,H,D] fp32.

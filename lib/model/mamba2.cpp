@@ -4,6 +4,7 @@
 
 #include "io/model_config.h"
 #include "kernels/ssm_decode/decode_inputs.h"
+#include "kernels/ssm_decode/ssm_decode.h"
 #include "model/ssm_common.h"
 #include "model/ssm_config_json.h"
 #include "util/error.h"
@@ -178,8 +179,11 @@ Mamba2Mixer::Inputs Mamba2Mixer::prepare(const at::Tensor& x, Mamba2Cache* cache
 }
 
 at::Tensor Mamba2Mixer::finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const {
-  const int64_t batch = y.size(0), length = y.size(1), H = y.size(2), D = y.size(3);
-  const at::Tensor skipped = y + D_.to(y.scalar_type()).unsqueeze(-1) * in.x;
+  return finish_skipped(x, in, y + D_.to(y.scalar_type()).unsqueeze(-1) * in.x);
+}
+
+at::Tensor Mamba2Mixer::finish_skipped(const at::Tensor& x, const Inputs& in, const at::Tensor& skipped) const {
+  const int64_t batch = skipped.size(0), length = skipped.size(1), H = skipped.size(2), D = skipped.size(3);
   // Gate, then normalise each head's group of D, then the [H*D] weight, rounded to x's dtype.
   const at::Tensor out =
       rms_norm_of_gated(skipped, in.z.reshape({batch, length, H, D}), norm_, config_.norm_eps, x.scalar_type());
@@ -272,11 +276,21 @@ at::Tensor Mamba2Mixer::fused_step(const at::Tensor& x, Mamba2Cache& cache) {
   const at::Tensor projection = project(x, in_proj_);  // [B, 1, z | x | B | C | dt] in x's dtype
   const kernels::Mamba2DecodeInputs fused = kernels::mamba2_decode_inputs(
       projection.reshape({batch, projection.size(-1)}), w, cache.conv_state);
-  const at::Tensor y = ssd_step_in_place(fused.x, fused.delta, fused.A, fused.B, fused.C, cache.state);
-  cache.tokens += 1;
   Inputs in;  // what finish() reads: x and the gate z (x's dtype; the gated norm reads it as fp32)
   in.x = fused.x.unsqueeze(1);
   in.z = projection.narrow(-1, 0, Hq * D);
+  // The skip term D x in the step's own launch where the kernel serves (one launch instead of three).
+  const bool skip_served = D_.is_contiguous() && D_.device() == cache.state.device() &&
+                           (D_.scalar_type() == at::kFloat || D_.scalar_type() == at::kBFloat16) &&
+                           kernels::mamba2_decode_apply(fused.x, fused.delta, fused.A, fused.B, fused.C, cache.state);
+  if (skip_served) {
+    const at::Tensor skipped = kernels::mamba2_decode_step(fused.x, fused.delta, fused.A, fused.B, fused.C,
+                                                           cache.state, D_);
+    cache.tokens += 1;
+    return finish_skipped(x, in, skipped.unsqueeze(1));
+  }
+  const at::Tensor y = ssd_step_in_place(fused.x, fused.delta, fused.A, fused.B, fused.C, cache.state);
+  cache.tokens += 1;
   return finish(x, in, y.unsqueeze(1));
 }
 

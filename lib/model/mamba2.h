@@ -106,6 +106,8 @@ class Mamba2Mixer : public SsmMixer {
   Inputs prepare(const at::Tensor& x, Mamba2Cache* cache, const at::Tensor& starts = at::Tensor()) const;
   // D skip, gate, grouped RMSNorm, out_proj.
   at::Tensor finish(const at::Tensor& x, const Inputs& in, const at::Tensor& y) const;
+  // finish() after the skip term: skipped = y + D x.
+  at::Tensor finish_skipped(const at::Tensor& x, const Inputs& in, const at::Tensor& skipped) const;
   // The decode step on fused kernels (in_proj, then the norms, conv and gates in one launch:
   // kernels/ssm_decode/decode_inputs.h, then the state update); undefined where they do not
   // serve, and then step() runs the torch form.
