@@ -224,3 +224,22 @@ TEST_CASE("gated_norm kernels: which operands they serve and a frozen weight", "
   CHECK(at::isfinite(xl.grad()).all().item<bool>());
   CHECK(at::isfinite(gl.grad()).all().item<bool>());
 }
+
+TEST_CASE("gated_norm kernels: inference reads a bf16 weight as stored with the fp32 cast's result",
+          "[kernels][gpu][gated_norm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const auto options = at::TensorOptions().device(at::kCUDA);
+  const at::Tensor x = at::randn({3, 32, 128}, options), gate = at::randn({3, 32, 128}, options).to(at::kBFloat16);
+  for (const int64_t width : {int64_t{128}, int64_t{32 * 128}}) {  // shared by every head, a slice per head
+    const at::Tensor weight = at::randn({width}, options).to(at::kBFloat16);
+    for (const auto order : {kernels::GateOrder::BeforeNorm, kernels::GateOrder::AfterNorm}) {
+      const at::NoGradGuard no_grad;
+      const at::Tensor stored = kernels::gated_norm(x, gate, weight, kEps, order, at::kBFloat16);
+      const at::Tensor cast = kernels::gated_norm(x, gate, weight.to(at::kFloat), kEps, order, at::kBFloat16);
+      CHECK(at::equal(stored, cast));  // bf16 -> fp32 is exact: the same arithmetic
+      CHECK(at::isfinite(stored.to(at::kFloat)).all().item<bool>());
+    }
+  }
+}

@@ -90,6 +90,15 @@ at::Tensor gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Ten
               x.sizes(), " ", x.scalar_type(), ", gate ", gate.sizes(), " ", gate.scalar_type(), ", weight ",
               weight.sizes(), " ", weight.scalar_type(), ", out ", out_type, "); ask gated_norm_apply first");
   require_cuda_build("gated_norm");
+  if (!records_gradient(x) && !records_gradient(gate) && !records_gradient(weight)) {
+    // Inference: the weight read in its own dtype (a bf16 model's weight needs no cast launch).
+    const at::Tensor x3 = as_rows(x), gate3 = as_rows(gate);
+    at::Tensor out = new_output(x3.sizes(), x3.options().dtype(out_type));
+#ifdef PRIME_WITH_CUDA
+    detail::launch_gated_norm(x3, gate3, weight.contiguous(), eps, order == GateOrder::BeforeNorm, out);
+#endif
+    return out.view(x.sizes());
+  }
   return GatedNormKernel::apply(x, gate, weight.to(at::kFloat), eps, order == GateOrder::BeforeNorm, out_type);
 }
 

@@ -54,10 +54,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // kGateFirst: y = w * rms_normalize(x * silu(g)) (Mamba-2); else y = w * rms_normalize(x) * silu(g).
-template <typename TGate, typename TOut, bool kGateFirst>
+// The weight is fp32, or bf16 (inference: read as it is stored, no cast launched).
+template <typename TGate, typename TOut, typename TWeight, bool kGateFirst>
 __global__ void __launch_bounds__(kThreads)
     gated_norm_kernel(const float* __restrict__ x, const Bits<TGate>* __restrict__ gate,
-                      const float* __restrict__ weight, Bits<TOut>* __restrict__ out, Rows rows) {
+                      const Bits<TWeight>* __restrict__ weight, Bits<TOut>* __restrict__ out, Rows rows) {
   pdl_wait();  // x and the gate come from the kernels before (pdl.cuh)
   pdl_launch_dependents();
   const int lane = threadIdx.x % kWarp, D = rows.D;
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   if (row >= rows.count) return;  // uniform per warp: the shuffles below see whole warps
   const float* x_row = x + rows.x.offset(row, rows.heads);
   const Bits<TGate>* gate_row = gate + rows.gate.offset(row, rows.heads);
-  const float* w_row = weight + (rows.weight_per_head ? static_cast<int64_t>(row % rows.heads) * D : 0);
+  const Bits<TWeight>* w_row = weight + (rows.weight_per_head ? static_cast<int64_t>(row % rows.heads) * D : 0);
   float source[kPerLane], gated[kPerLane];
   float squares = 0.f;
 #pragma unroll
@@ -87,7 +88,8 @@ __global__ void __launch_bounds__(kThreads)
     const int d = lane + i * kWarp;
     if (d < D) {
       const float normed = source[i] * scale;
-      const float y = kGateFirst ? normed * w_row[d] : w_row[d] * normed * gated[i];
+      const float w = Storage<TWeight>::to_float(w_row[d]);
+      const float y = kGateFirst ? normed * w : w * normed * gated[i];
       out_row[d] = static_cast<Bits<TOut>>(Storage<TOut>::from_float(y));
     }
   }
@@ -166,8 +168,9 @@ void with_types(at::ScalarType gate_type, at::ScalarType out_type, F&& f) {
   else with_out(__nv_bfloat16{});
 }
 
-// Checks x, the gate and the weight, and lays out their rows.
-Rows rows_of(const char* op, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps) {
+// Checks x, the gate and the weight (fp32, or bf16 where bf16_weight allows), and lays out their rows.
+Rows rows_of(const char* op, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps,
+             bool bf16_weight = false) {
   PRIME_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1, op,
               ": x must be a CUDA fp32 [N, H, D] view with unit stride over D, got ", x.sizes(), " ", x.scalar_type());
   PRIME_CHECK(gate.device() == x.device() && gate.sizes() == x.sizes() && gate.stride(2) == 1 &&
@@ -176,7 +179,8 @@ Rows rows_of(const char* op, const at::Tensor& x, const at::Tensor& gate, const 
               gate.scalar_type());
   const int64_t D = x.size(2);
   PRIME_CHECK(D >= 1 && D <= kGatedNormMaxDim, op, ": rows of ", D, " (at most ", kGatedNormMaxDim, ")");
-  check_operand(weight, op, "weight", at::kFloat, 1);
+  check_operand(weight, op, "weight", bf16_weight && weight.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat,
+                1);
   PRIME_CHECK(weight.device() == x.device() && (weight.size(0) == D || weight.size(0) == x.size(1) * D), op,
               ": weight ", weight.sizes(), " for ", x.size(1), " heads of ", D);
   Rows rows;
@@ -199,7 +203,7 @@ Rows rows_of(const char* op, const at::Tensor& x, const at::Tensor& gate, const 
 void launch_gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps,
                        bool gate_first, const at::Tensor& out) {
   const char* op = "gated_norm";
-  const Rows rows = rows_of(op, x, gate, weight, eps);
+  const Rows rows = rows_of(op, x, gate, weight, eps, /*bf16_weight=*/true);
   PRIME_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, op, ": out must be fp32 or bf16");
   check_operand(out, op, "out", out.scalar_type(), 3);
   PRIME_CHECK(out.sizes() == x.sizes() && out.device() == x.device(), op, ": out ", out.sizes(), " for x ", x.sizes());
@@ -209,13 +213,20 @@ void launch_gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Te
   with_types(gate.scalar_type(), out.scalar_type(), [&](auto gate_tag, auto out_tag) {
     using TGate = decltype(gate_tag);
     using TOut = decltype(out_tag);
-    const auto launch = [&](auto kernel) {
-      launch_kernel("gated_norm_kernel", kernel, rows.blocks, kThreads, 0, stream, x.data_ptr<float>(),
-                    static_cast<const Bits<TGate>*>(gate.data_ptr()), weight.data_ptr<float>(),
-                    static_cast<Bits<TOut>*>(out.data_ptr()), rows);
+    const auto launch = [&](auto weight_tag) {
+      using TWeight = decltype(weight_tag);
+      const auto* w = static_cast<const Bits<TWeight>*>(weight.data_ptr());
+      const auto* g = static_cast<const Bits<TGate>*>(gate.data_ptr());
+      auto* o = static_cast<Bits<TOut>*>(out.data_ptr());
+      if (gate_first)
+        launch_kernel("gated_norm_kernel", gated_norm_kernel<TGate, TOut, TWeight, true>, rows.blocks, kThreads, 0,
+                      stream, x.data_ptr<float>(), g, w, o, rows);
+      else
+        launch_kernel("gated_norm_kernel", gated_norm_kernel<TGate, TOut, TWeight, false>, rows.blocks, kThreads, 0,
+                      stream, x.data_ptr<float>(), g, w, o, rows);
     };
-    if (gate_first) launch(gated_norm_kernel<TGate, TOut, true>);
-    else launch(gated_norm_kernel<TGate, TOut, false>);
+    if (weight.scalar_type() == at::kBFloat16) launch(__nv_bfloat16{});
+    else launch(float{});
   });
 }
 

@@ -9,7 +9,8 @@
 
 namespace prime::kernels::detail {
 
-// out = the gated norm of x (gated_norm.h: GateOrder), in out's dtype (fp32 or bf16).
+// out = the gated norm of x (gated_norm.h: GateOrder), in out's dtype (fp32 or bf16); here the
+// weight may also be bf16 (read as stored: inference launches no cast).
 void launch_gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps,
                        bool gate_first, const at::Tensor& out);
 
