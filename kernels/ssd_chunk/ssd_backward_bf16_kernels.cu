@@ -127,26 +127,24 @@ __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_stat
       }
     }
   }
+  const auto accumulate = [&](const auto& sm, int k0) {  // via_state[r] += left rows 16 r times sm
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      FragA am;
+      wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
+      wmma::mma_sync(via_state[r], am, sm, via_state[r]);
+    }
+  };
 #pragma unroll 2
   for (int k0 = 0; k0 < D; k0 += 16) {
     if constexpr (StateT) {
       FragBt sm;  // (state^T)[k][col] = state[col][k]
       wmma::load_matrix_sync(sm, state + col0 * D + k0, D);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        FragA am;
-        wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
-        wmma::mma_sync(via_state[r], am, sm, via_state[r]);
-      }
+      accumulate(sm, k0);
     } else {
       FragB sm;
       wmma::load_matrix_sync(sm, state + k0 * D + col0, D);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        FragA am;
-        wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
-        wmma::mma_sync(via_state[r], am, sm, via_state[r]);
-      }
+      accumulate(sm, k0);
     }
   }
 }
