@@ -44,9 +44,10 @@ bool ssd_chunk_bf16_apply(const at::Tensor& x, const at::Tensor& delta, const at
 // the state entering each chunk in bf16, then a per-chunk output (the usual bf16 accuracy: x, B,
 // C, the chunk matrix and those states rounded to bf16). restart as ssd_chunked's.
 // Differentiable in x, delta, A, Bm, Cm and state (the gradients of x, Bm, Cm in their dtype):
-// the backward walks the chunks in reverse for the gradient of each chunk's end state (bf16),
-// then forms every gradient per chunk on the same tensor cores; it keeps the forward's bf16
-// copies of x, Bm, Cm and its states entering each chunk ([B*H, nC, D, D] bf16).
+// the backward reads dy in bf16 (an fp32 dy is rounded), walks the chunks in reverse for the
+// gradient of each chunk's end state (bf16), then forms every gradient per chunk on the same
+// tensor cores; it keeps the forward's bf16 copies of x, Bm, Cm and its states entering each
+// chunk ([B*H, nC, D, D] bf16).
 std::pair<at::Tensor, at::Tensor> ssd_chunked_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
                                                    const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& state,
                                                    const at::Tensor& restart, at::ScalarType out_type);
