@@ -88,6 +88,13 @@ std::vector<at::Tensor> gradients_of(const Bf16SsdInputs& in, const Weights& w, 
 
 const char* const kGradientNames[] = {"x", "delta", "A", "Bm", "Cm", "state"};
 
+// gradients_of's leaves: the float64 inputs as they are (the reference), or on CUDA as the bf16
+// form takes them (x, Bm, Cm bf16; delta, A and the state fp32).
+at::Tensor as_is(int, const at::Tensor& t) { return t; }
+at::Tensor bf16_form_leaf(int index, const at::Tensor& t) {
+  return t.to(at::Device(at::kCUDA, 0), index == 0 || index == 3 || index == 4 ? at::kBFloat16 : at::kFloat);
+}
+
 // How far each float64 gradient moves when x, Bm, Cm and wy carry bf16-sized rounding (each
 // element times 1 + 2^-9 xi, xi standard normal): a gradient that sums many cancelling terms (dA
 // sums over every token) is that ill-conditioned whatever computes it.
@@ -99,7 +106,7 @@ std::vector<double> bf16_sensitivity(const Bf16SsdInputs& in, const Weights& w, 
   Bf16SsdInputs nudged = in;
   nudged.x = nudge(in.x), nudged.Bm = nudge(in.Bm), nudged.Cm = nudge(in.Cm);
   const auto moved = gradients_of(
-      nudged, {nudge(w.wy), w.wf}, with_state, [](int, const at::Tensor& t) { return t; }, run);
+      nudged, {nudge(w.wy), w.wf}, with_state, as_is, run);
   std::vector<double> out;
   for (size_t i = 0; i < moved.size(); ++i) out.push_back(norm_relative_error(moved[i], reference[i]));
   return out;
@@ -226,20 +233,18 @@ TEST_CASE("SSD bf16 backward: every gradient within bf16 accuracy of float64", "
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  const at::Device cuda(at::kCUDA, 0);
   for (const auto& [B, T, H, D, with_state] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
            {2, 200, 3, 64, true}, {1, 130, 2, 128, true}, {2, 192, 2, 32, false}, {3, 256, 2, 128, false},
            {1, 1, 2, 64, true}, {1, 65, 3, 32, true}, {1, 1000, 2, 128, true}}) {
     const Bf16SsdInputs in = rounded_inputs(B, T, H, D, 601 + T + D);
     const Weights w = loss_weights(in, 17 + T);
     const auto torch_form = [](auto... operands) { return model::ssd_chunked(operands..., 64); };
-    const auto reference = gradients_of(in, w, with_state, [](int, const at::Tensor& t) { return t; }, torch_form);
+    const auto reference = gradients_of(in, w, with_state, as_is, torch_form);
     const auto sensitivity = bf16_sensitivity(in, w, with_state, reference, torch_form);
     for (const at::ScalarType out : {at::kBFloat16, at::kFloat}) {
-      const auto ours = gradients_of(
-          in, w, with_state,
-          [&](int i, const at::Tensor& t) { return t.to(cuda, i == 0 || i == 3 || i == 4 ? at::kBFloat16 : at::kFloat); },
-          [&](auto... operands) { return kernels::ssd_chunked_bf16(operands..., at::Tensor(), out); });
+      const auto ours = gradients_of(in, w, with_state, bf16_form_leaf, [&](auto... operands) {
+        return kernels::ssd_chunked_bf16(operands..., at::Tensor(), out);
+      });
       std::ostringstream label;
       label << "bf16 backward B=" << B << " T=" << T << " H=" << H << " D=" << D << " y " << c10::toString(out);
       check_gradients(label.str(), ours, reference, sensitivity);
@@ -251,18 +256,16 @@ TEST_CASE("SSD bf16 backward: restarts stop the gradient at each document's star
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  const at::Device cuda(at::kCUDA, 0);
   const int64_t T = 640;  // ten chunks, flagged at 0, 1, 4, 5, 9 (chunk 0: the initial state gets no gradient)
   const Bf16SsdInputs in = rounded_inputs(2, T, 2, 128, 709);
   const Weights w = loss_weights(in, 23);
   at::Tensor starts = at::zeros({T / 64}, at::kBool);
   for (const int64_t chunk : {0, 1, 4, 5, 9}) starts[chunk].fill_(true);
   const auto torch_form = [&](auto... operands) { return model::ssd_chunked(operands..., 64, starts); };
-  const auto reference = gradients_of(in, w, true, [](int, const at::Tensor& t) { return t; }, torch_form);
-  const auto ours = gradients_of(
-      in, w, true,
-      [&](int i, const at::Tensor& t) { return t.to(cuda, i == 0 || i == 3 || i == 4 ? at::kBFloat16 : at::kFloat); },
-      [&](auto... operands) { return model::ssd_chunked(operands..., 64, starts.to(cuda)); });
+  const auto reference = gradients_of(in, w, true, as_is, torch_form);
+  const auto ours = gradients_of(in, w, true, bf16_form_leaf, [&](auto... operands) {
+    return model::ssd_chunked(operands..., 64, starts.to(at::kCUDA));
+  });
   // The initial state's gradient is exactly zero in both (chunk 0 is flagged): compare the rest.
   check_gradients("bf16 backward, restarts at 5 of 10 chunks", {ours.begin(), ours.begin() + 5},
                   {reference.begin(), reference.begin() + 5},
@@ -291,8 +294,7 @@ TEST_CASE("PRIME_SSM_CORE=bf16: Mamba-2's fp32 calls take the bf16 form, fp32 ou
   const auto fp32 = run(false);
   const auto fp32_grads = gradients_of(in, w, true, fp32_leaf, model_form);
   const auto reference = model::ssd_chunked(in.x, in.delta, in.A, in.Bm, in.Cm, in.state, 256);
-  const auto reference_grads =
-      gradients_of(in, w, true, [](int, const at::Tensor& t) { return t; }, model_form);
+  const auto reference_grads = gradients_of(in, w, true, as_is, model_form);
   std::pair<at::Tensor, at::Tensor> bf16;
   std::vector<at::Tensor> bf16_grads;
   {
@@ -339,16 +341,14 @@ TEST_CASE("SSD bf16 backward: small shapes for the sanitizer", "[kernels][ssd][g
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
-  const at::Device cuda(at::kCUDA, 0);
   for (const auto& [T, D] : std::vector<std::pair<int64_t, int64_t>>{{100, 32}, {400, 128}}) {
     const Bf16SsdInputs in = rounded_inputs(1, T, 2, D, 811 + D);
     const Weights w = loss_weights(in, 31);
     const auto torch_form = [](auto... operands) { return model::ssd_chunked(operands..., 64); };
-    const auto reference = gradients_of(in, w, true, [](int, const at::Tensor& t) { return t; }, torch_form);
-    const auto ours = gradients_of(
-        in, w, true,
-        [&](int i, const at::Tensor& t) { return t.to(cuda, i == 0 || i == 3 || i == 4 ? at::kBFloat16 : at::kFloat); },
-        [&](auto... operands) { return kernels::ssd_chunked_bf16(operands..., at::Tensor(), at::kFloat); });
+    const auto reference = gradients_of(in, w, true, as_is, torch_form);
+    const auto ours = gradients_of(in, w, true, bf16_form_leaf, [](auto... operands) {
+      return kernels::ssd_chunked_bf16(operands..., at::Tensor(), at::kFloat);
+    });
     check_gradients("bf16 backward, sanitizer shape T=" + std::to_string(T) + " D=" + std::to_string(D), ours,
                     reference, bf16_sensitivity(in, w, true, reference, torch_form));
   }

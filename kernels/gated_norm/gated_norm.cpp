@@ -24,6 +24,18 @@ at::Tensor as_rows(const at::Tensor& t) {
   return rows.stride(2) == 1 ? rows : rows.contiguous();
 }
 
+// The forward's launch on [N, H, D] rows (weight fp32, or bf16 outside autograd), out in out_type.
+at::Tensor forward_rows(const at::Tensor& x3, const at::Tensor& gate3, const at::Tensor& weight, double eps,
+                        bool gate_first, at::ScalarType out_type) {
+  at::Tensor out = new_output(x3.sizes(), x3.options().dtype(out_type));
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gated_norm(x3, gate3, weight, eps, gate_first, out);
+#else
+  (void)gate3, (void)weight, (void)eps, (void)gate_first;
+#endif
+  return out;
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -36,13 +48,7 @@ struct GatedNormKernel : public torch::autograd::Function<GatedNormKernel> {
     context->saved_data["eps"] = eps;
     context->saved_data["gate_first"] = gate_first;
     context->saved_data["sizes"] = x.sizes().vec();
-    at::Tensor out = new_output(x3.sizes(), x3.options().dtype(out_type));
-#ifdef PRIME_WITH_CUDA
-    detail::launch_gated_norm(x3, gate3, w, eps, gate_first, out);
-#else
-    (void)eps, (void)gate_first;
-#endif
-    return out.view(x.sizes());
+    return forward_rows(x3, gate3, w, eps, gate_first, out_type).view(x.sizes());
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
@@ -92,12 +98,8 @@ at::Tensor gated_norm(const at::Tensor& x, const at::Tensor& gate, const at::Ten
   require_cuda_build("gated_norm");
   if (!records_gradient(x) && !records_gradient(gate) && !records_gradient(weight)) {
     // Inference: the weight read in its own dtype (a bf16 model's weight needs no cast launch).
-    const at::Tensor x3 = as_rows(x), gate3 = as_rows(gate);
-    at::Tensor out = new_output(x3.sizes(), x3.options().dtype(out_type));
-#ifdef PRIME_WITH_CUDA
-    detail::launch_gated_norm(x3, gate3, weight.contiguous(), eps, order == GateOrder::BeforeNorm, out);
-#endif
-    return out.view(x.sizes());
+    return forward_rows(as_rows(x), as_rows(gate), weight.contiguous(), eps, order == GateOrder::BeforeNorm, out_type)
+        .view(x.sizes());
   }
   return GatedNormKernel::apply(x, gate, weight.to(at::kFloat), eps, order == GateOrder::BeforeNorm, out_type);
 }
