@@ -1,6 +1,6 @@
 // CUDA kernels of GDN's fused chunked forward on bf16 operands (see gdn_chunk.h,
 // gdn_chunk_forward): the fp32 forward's three steps (gdn_forward_kernels.cu) with every product
-// on bf16 tensor cores (wmma 16x16x16, fp32 accumulation), the per-chunk intermediates (W, U',
+// on bf16 tensor cores (mma.sync, fp32 accumulation; bf16_tiles.cuh), the per-chunk intermediates (W, U',
 // U_n, K_d, the states entering each chunk) stored as bf16, and the gates, their prefix sums,
 // the (I + A)^-1 solve and the state carried from chunk to chunk kept in fp32.
 //  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
@@ -12,18 +12,15 @@
 //    and K_d stream into shared memory (cp.async) while this chunk computes.
 //  - output, one block per (chunk, batch and head): O = diag(e^G) Q S_n + (Q K^T * e^{Gi - Gj},
 //    j <= i) U_n; S_n and U_n stream in while the scores are formed.
-// Accumulator fragments reach bf16 memory through a per-warp fp32 scratch tile (wmma's fragment
-// layout is opaque). Chunks are 64 steps; rows past T are zeros.
+// Chunks are 64 steps; rows past T are zeros.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
-#include <mma.h>
 
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
-#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -34,8 +31,7 @@ namespace prime::kernels::detail {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
-using namespace bf16_wmma;
+using namespace bf16_tiles;
 using gdn_forward::kChunk;
 using gdn_forward::kLdC;
 using gdn_forward::kThreads;
@@ -102,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
       const int c = 2 * (warp / 4) + t;
       Acc acc;
       gram_tile<D>(acc, ks, ks, 16 * r, 16 * c);
-      wmma::store_matrix_sync(am + 16 * r * kLdC + 16 * c, acc, kLdC, wmma::mem_row_major);
+      store_acc(am + 16 * r * kLdC + 16 * c, acc, kLdC);
     }
   }
   __syncthreads();
@@ -141,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
     const Bf16* rhs = matrix == 0 ? ks : vs;
     Acc acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+    for (int t = 0; t < NT; ++t) fill(acc[t], 0.0f);
     row_block_product<NT>(acc, tb + 16 * r * kLdT, kLdT, 16 * (r + 1), rhs, ld, col0);
     Bf16* out = (matrix == 0 ? p.w : p.u) + (row0 + 16 * r) * D + col0;
 #pragma unroll
@@ -154,60 +150,15 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
 
 template <int D, int CW>
 constexpr size_t scan_shared_bytes() {
-  return (2 * kChunk * ld_of(D) + 2 * kChunk * ld_of(CW) + D * ld_of(CW)) * sizeof(Bf16) + kWarps * kScratchBytes;
+  return (2 * kChunk * ld_of(D) + 2 * kChunk * ld_of(CW) + D * ld_of(CW)) * sizeof(Bf16);
 }
 
-// Calls emit(row, col, x0, x1) for each pair of adjacent elements (row, col), (row, col + 1) that
-// the lane holds of a 16x16 fp32 accumulator tile, assuming the layout of two mma.m16n8
-// accumulators side by side (lane 4 g + t: rows g and g + 8, columns 2t and 8 + 2t), which
-// accumulator_layout_holds() checks on the running device.
-template <typename Emit>
-__device__ __forceinline__ void for_each_pair(const Acc& tile, Emit&& emit) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int e = 0; e < 8; e += 2) emit(g + 8 * ((e / 2) % 2), 2 * t + 8 * (e / 4), tile.x[e], tile.x[e + 1]);
-}
-
-// One warp: holds[0] = 1 where its accumulator fragments have for_each_pair's layout (a known
-// tile loaded and compared), else 0.
-__global__ void accumulator_layout_probe_kernel(int* holds) {
-  __shared__ __align__(128) float tile[16 * kScratchLd];
-  for (int index = threadIdx.x; index < 256; index += 32)
-    tile[(index / 16) * kScratchLd + index % 16] = static_cast<float>(index);
-  __syncwarp();
-  Acc probe;
-  wmma::load_matrix_sync(probe, tile, kScratchLd, wmma::mem_row_major);
-  bool same = probe.num_elements == 8;
-  if (same)
-    for_each_pair(probe, [&](int row, int col, float x0, float x1) {
-      same = same && x0 == static_cast<float>(16 * row + col) && x1 == static_cast<float>(16 * row + col + 1);
-    });
-  same = __all_sync(0xffffffffu, same);
-  if (threadIdx.x == 0) holds[0] = same ? 1 : 0;
-}
-
-// Whether the running device's accumulators have for_each_pair's layout, asked once per process
-// (outside stream capture; during a capture before the first ask: no, uncached).
-bool accumulator_layout_holds(const at::Tensor& like) {
-  static std::atomic<int> known{-1};
-  if (known.load() >= 0) return known.load() == 1;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  PRIME_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone) return false;
-  const at::Tensor holds = at::zeros({1}, like.options().dtype(at::kInt));
-  accumulator_layout_probe_kernel<<<1, 32, 0, stream>>>(holds.data_ptr<int>());
-  PRIME_CUDA_CHECK_LAUNCH("accumulator_layout_probe_kernel");
-  known.store(holds.item<int>());
-  return known.load() == 1;
-}
-
-// CW value columns per block (64, or 32 for D = 32). kDirect: accumulators go to bf16 memory by
-// for_each_pair (else through the warp's scratch, emit_tile). Warp w's state tiles are f = w + 8 i (key
+// CW value columns per block (64, or 32 for D = 32); accumulators go to bf16 memory from the
+// registers (for_each_pair). Warp w's state tiles are f = w + 8 i (key
 // rows 16 (f / CB), columns 16 (f % CB): one column block per warp, so the U_n operand of the
 // state update is loaded once per k-step); its U_n tiles are f = kUPerWarp w + i (one row block
 // per warp: the W_n operand is loaded once per k-step).
-template <int D, int CW, bool kDirect>
+template <int D, int CW>
 __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(const Bf16Params p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   constexpr int ld = ld_of(D), ldc = ld_of(CW), CB = CW / 16;
@@ -220,7 +171,6 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
   Bf16* ub = ups + kChunk * ldc;                     // [64][ldc]: U_n
   Bf16* sb = ub + kChunk * ldc;                      // [D][ldc]: bf16(S)
   const int warp = threadIdx.x / 32;
-  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sb + D * ldc) + warp * kScratchBytes);
   const int col0 = blockIdx.x * CW, N = p.num_chunks;
   const size_t m = blockIdx.y, state_size = static_cast<size_t>(D) * D;
   const auto chunk_rows = [&](int n) { return (m * N + n) * static_cast<size_t>(kChunk) * D; };
@@ -246,10 +196,9 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
     for (int i = 0; i < kStatePerWarp; ++i) {
       const int f = warp + kWarps * i;
       if (first && f < kStateTiles && p.initial != nullptr)
-        wmma::load_matrix_sync(s[i], p.initial + m * state_size + 16 * (f / CB) * D + col0 + state_c0, D,
-                               wmma::mem_row_major);
+        load_acc(s[i], p.initial + m * state_size + 16 * (f / CB) * D + col0 + state_c0, D);
       else
-        wmma::fill_fragment(s[i], 0.0f);
+        fill(s[i], 0.0f);
     }
     // Each chunk's decay and start flag are read a chunk ahead (a global load's latency off the walk).
     float decay_next = p.decay[m * N + begin];
@@ -263,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
       }
       if (start) {  // a document's first chunk (uniform over the block)
 #pragma unroll
-        for (int i = 0; i < kStatePerWarp; ++i) wmma::fill_fragment(s[i], 0.0f);
+        for (int i = 0; i < kStatePerWarp; ++i) fill(s[i], 0.0f);
       }
       // bf16(S) to shared memory and to states[n].
       Bf16* states_n = p.states + (m * N + n) * state_size + col0;
@@ -272,19 +221,11 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
         const int f = warp + kWarps * i;
         if (f >= kStateTiles) continue;
         const int r0 = 16 * (f / CB);
-        if constexpr (kDirect) {
-          for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
-            const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
-            *reinterpret_cast<__nv_bfloat162*>(sb + (r0 + row) * ldc + state_c0 + col) = pair;
-            *reinterpret_cast<__nv_bfloat162*>(states_n + (r0 + row) * D + state_c0 + col) = pair;
-          });
-        } else {
-          emit_tile(s[i], scratch, [&](int row, int col, const float* x) {
-            const uint4 packed = pack8(x);
-            *reinterpret_cast<uint4*>(sb + (r0 + row) * ldc + state_c0 + col) = packed;
-            *reinterpret_cast<uint4*>(states_n + (r0 + row) * D + state_c0 + col) = packed;
-          });
-        }
+        for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
+          *reinterpret_cast<__nv_bfloat162*>(sb + (r0 + row) * ldc + state_c0 + col) = pair;
+          *reinterpret_cast<__nv_bfloat162*>(states_n + (r0 + row) * D + state_c0 + col) = pair;
+        });
       }
       cp_async_wait<1>();  // W_n and U'_n (K_d n may still be in flight)
       __syncthreads();
@@ -293,40 +234,28 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
       {
         Acc acc[kUPerWarp];
 #pragma unroll
-        for (int i = 0; i < kUPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+        for (int i = 0; i < kUPerWarp; ++i) fill(acc[i], 0.0f);
 #pragma unroll 4
         for (int k0 = 0; k0 < D; k0 += 16) {
           FragA a;
-          wmma::load_matrix_sync(a, ws + u_r0 * ld + k0, ld);
+          load_a(a, ws + u_r0 * ld + k0, ld);
 #pragma unroll
           for (int i = 0; i < kUPerWarp; ++i) {
             FragB bm;
-            wmma::load_matrix_sync(bm, sb + k0 * ldc + u_c0 + 16 * i, ldc);
-            wmma::mma_sync(acc[i], a, bm, acc[i]);
+            load_b(bm, sb + k0 * ldc + u_c0 + 16 * i, ldc);
+            mma(acc[i], a, bm);
           }
         }
 #pragma unroll
         for (int i = 0; i < kUPerWarp; ++i) {
           const int c0 = u_c0 + 16 * i;
-          if constexpr (kDirect) {
-            for_each_pair(acc[i], [&](int row, int col, float x0, float x1) {
-              const int at = (u_r0 + row) * ldc + c0 + col;
-              const float2 target = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ups + at));
-              const __nv_bfloat162 pair = __floats2bfloat162_rn(target.x - x0, target.y - x1);
-              *reinterpret_cast<__nv_bfloat162*>(ub + at) = pair;
-              *reinterpret_cast<__nv_bfloat162*>(u_n + (u_r0 + row) * D + c0 + col) = pair;
-            });
-          } else {
-            emit_tile(acc[i], scratch, [&](int row, int col, float* x) {
-              float target[8];
-              unpack8(*reinterpret_cast<const uint4*>(ups + (u_r0 + row) * ldc + c0 + col), target);
-#pragma unroll
-              for (int e = 0; e < 8; ++e) x[e] = target[e] - x[e];
-              const uint4 packed = pack8(x);
-              *reinterpret_cast<uint4*>(ub + (u_r0 + row) * ldc + c0 + col) = packed;
-              *reinterpret_cast<uint4*>(u_n + (u_r0 + row) * D + c0 + col) = packed;
-            });
-          }
+          for_each_pair(acc[i], [&](int row, int col, float x0, float x1) {
+            const int at = (u_r0 + row) * ldc + c0 + col;
+            const float2 target = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ups + at));
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(target.x - x0, target.y - x1);
+            *reinterpret_cast<__nv_bfloat162*>(ub + at) = pair;
+            *reinterpret_cast<__nv_bfloat162*>(u_n + (u_r0 + row) * D + c0 + col) = pair;
+          });
         }
       }
       cp_async_wait<0>();  // K_d n
@@ -340,14 +269,14 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
 #pragma unroll
       for (int k0 = 0; k0 < kChunk; k0 += 16) {
         FragB bm;
-        wmma::load_matrix_sync(bm, ub + k0 * ldc + state_c0, ldc);
+        load_b(bm, ub + k0 * ldc + state_c0, ldc);
 #pragma unroll
         for (int i = 0; i < kStatePerWarp; ++i) {
           const int f = warp + kWarps * i;
           if (f >= kStateTiles) continue;
-          FragAt a;
-          wmma::load_matrix_sync(a, kds + k0 * ld + 16 * (f / CB), ld);
-          wmma::mma_sync(s[i], a, bm, s[i]);
+          FragA a;  // A's row k is K_d's column k
+          load_a_t(a, kds + k0 * ld + 16 * (f / CB), ld);
+          mma(s[i], a, bm);
         }
       }
       __syncthreads();  // K_d n and U_n read
@@ -358,8 +287,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_scan_bf16_kernel(cons
       for (int i = 0; i < kStatePerWarp; ++i) {
         const int f = warp + kWarps * i;
         if (f < kStateTiles)
-          wmma::store_matrix_sync(p.final_state + m * state_size + 16 * (f / CB) * D + col0 + state_c0, s[i], D,
-                                  wmma::mem_row_major);
+          store_acc(p.final_state + m * state_size + 16 * (f / CB) * D + col0 + state_c0, s[i], D);
       }
     }
   });
@@ -394,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
   gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // synchronises
 
   // the scores (Q K^T) o e^{Gi - Gj}, j <= i
-  decayed_causal_scores<D>(sc, kLdT, qs, ks, gamma, scratch, [](int) { return 1.0f; });
+  decayed_causal_scores<D>(sc, kLdT, qs, ks, gamma, [](int) { return 1.0f; });
   __syncthreads();  // Q read
   scale_rows<kChunk, D, kThreads>(qs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
   cp_async_wait<0>();
@@ -406,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
     const int r = task % 4, col0 = (task / 4) * 16 * NT;
     Acc acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+    for (int t = 0; t < NT; ++t) fill(acc[t], 0.0f);
     row_block_product<NT>(acc, qs + 16 * r * ld, ld, D, ss, ld, col0);
     row_block_product<NT>(acc, sc + 16 * r * kLdT, kLdT, 16 * (r + 1), us, ld, col0);
 #pragma unroll
@@ -421,18 +349,14 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
 }
 
 template <int D>
-void launch_all(const Bf16Params& p, int64_t M, bool direct, int slots) {
+void launch_all(const Bf16Params& p, int64_t M, int slots) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
   launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
                      "gdn_forward_prep_bf16_kernel");
   const dim3 per_tile(D / CW, static_cast<unsigned>(M), static_cast<unsigned>(slots));
-  if (direct)
-    launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW, true>, per_tile, scan_shared_bytes<D, CW>(), kThreads, p,
-                       "gdn_forward_scan_bf16_kernel");
-  else
-    launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW, false>, per_tile, scan_shared_bytes<D, CW>(), kThreads,
-                       p, "gdn_forward_scan_bf16_kernel");
+  launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW>, per_tile, scan_shared_bytes<D, CW>(), kThreads, p,
+                     "gdn_forward_scan_bf16_kernel");
   launch_with_shared(gdn_forward_output_bf16_kernel<D, NT>, per_chunk, output_shared_bytes<D>(), kThreads, p,
                      "gdn_forward_output_bf16_kernel");
 }
@@ -487,15 +411,14 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.starts = starts.defined() ? starts.data_ptr<bool>() : nullptr;
   p.o = reinterpret_cast<Bf16*>(o.data_ptr());
   const at::cuda::CUDAGuard guard(q.device());
-  const bool direct = accumulator_layout_holds(q);
   const RestartSegments segments = restart_segments(starts, N, M * (D == 32 ? 1 : D / 64));  // the scan's grid
   p.segment_begins = segments.data();
   if (D == 32)
-    launch_all<32>(p, M, direct, segments.slots);
+    launch_all<32>(p, M, segments.slots);
   else if (D == 64)
-    launch_all<64>(p, M, direct, segments.slots);
+    launch_all<64>(p, M, segments.slots);
   else
-    launch_all<128>(p, M, direct, segments.slots);
+    launch_all<128>(p, M, segments.slots);
 }
 
 }  // namespace prime::kernels::detail

@@ -12,7 +12,7 @@
 //      q_t = f_t x_t . (B G_n^T)_t,  dGamma_end += sum_t q_t + e^{Gamma_end} <G_n, S_n>,
 //    then d(delta A)_k = sum_{t >= k} dGamma_t, d delta_k = A d(delta A)_k + x_k . d(delta x)_k
 //    (written) and sum_k d(delta A)_k delta_k (the chunk's share of dA, summed by the caller).
-// Products on bf16 tensor cores (wmma 16x16x16, fp32 accumulation); M and P are rounded to bf16;
+// Products on bf16 tensor cores (mma.sync, fp32 accumulation; bf16_tiles.cuh); M and P are rounded to bf16;
 // no atomics (every sum in a fixed order: the gradients are deterministic).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_common.cuh"
@@ -31,7 +31,7 @@ namespace prime::kernels::detail {
 
 namespace {
 
-using namespace bf16_wmma;
+using namespace bf16_tiles;
 using ssd_bf16::kChunk;
 using ssd_common::DeltaView;
 
@@ -66,22 +66,6 @@ constexpr size_t grad_shared_bytes() {
          kGradWarps * kScratchBytes;
 }
 
-// Both accumulators' values at the lane's (row, 8 columns): lane l gets row l / 2, columns
-// 8 (l % 2)..+8, as emit_tile gives them.
-__device__ __forceinline__ void read_pair(const Acc& first, const Acc& second, float* scratch, float* u, float* v) {
-  const int lane = threadIdx.x % 32, row = lane / 2, col = (lane % 2) * 8;
-  wmma::store_matrix_sync(scratch, first, kScratchLd, wmma::mem_row_major);
-  __syncwarp();
-#pragma unroll
-  for (int e = 0; e < 8; ++e) u[e] = scratch[row * kScratchLd + col + e];
-  __syncwarp();
-  wmma::store_matrix_sync(scratch, second, kScratchLd, wmma::mem_row_major);
-  __syncwarp();
-#pragma unroll
-  for (int e = 0; e < 8; ++e) v[e] = scratch[row * kScratchLd + col + e];
-  __syncwarp();
-}
-
 template <typename Out>
 __device__ __forceinline__ void store8(Out* out, const float* x) {
   if constexpr (std::is_same_v<Out, float>) {
@@ -106,45 +90,36 @@ __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_stat
   constexpr int ld = ld_of(D);
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    wmma::fill_fragment(in_chunk[r], 0.0f);
-    wmma::fill_fragment(via_state[r], 0.0f);
+    fill(in_chunk[r], 0.0f);
+    fill(via_state[r], 0.0f);
   }
 #pragma unroll
   for (int k0 = 0; k0 < kChunk; k0 += 16) {
     FragB bm;
-    wmma::load_matrix_sync(bm, rows + k0 * ld + col0, ld);
+    load_b(bm, rows + k0 * ld + col0, ld);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       if (Transposed ? k0 < 16 * r : k0 > 16 * r) continue;
-      if constexpr (Transposed) {
-        FragAt at;
-        wmma::load_matrix_sync(at, a + k0 * kLdM + 16 * r, kLdM);
-        wmma::mma_sync(in_chunk[r], at, bm, in_chunk[r]);
-      } else {
-        FragA am;
-        wmma::load_matrix_sync(am, a + 16 * r * kLdM + k0, kLdM);
-        wmma::mma_sync(in_chunk[r], am, bm, in_chunk[r]);
-      }
+      FragA am;
+      if constexpr (Transposed)
+        load_a_t(am, a + k0 * kLdM + 16 * r, kLdM);
+      else
+        load_a(am, a + 16 * r * kLdM + k0, kLdM);
+      mma(in_chunk[r], am, bm);
     }
   }
-  const auto accumulate = [&](const auto& sm, int k0) {  // via_state[r] += left rows 16 r times sm
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      FragA am;
-      wmma::load_matrix_sync(am, left + 16 * r * ld + k0, ld);
-      wmma::mma_sync(via_state[r], am, sm, via_state[r]);
-    }
-  };
 #pragma unroll 2
   for (int k0 = 0; k0 < D; k0 += 16) {
-    if constexpr (StateT) {
-      FragBt sm;  // (state^T)[k][col] = state[col][k]
-      wmma::load_matrix_sync(sm, state + col0 * D + k0, D);
-      accumulate(sm, k0);
-    } else {
-      FragB sm;
-      wmma::load_matrix_sync(sm, state + k0 * D + col0, D);
-      accumulate(sm, k0);
+    FragB sm;
+    if constexpr (StateT)
+      load_b_t_global(sm, state + col0 * D + k0, D);  // (state^T)[k][col] = state[col][k]
+    else
+      load_b_global(sm, state + k0 * D + col0, D);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {  // via_state[r] += left rows 16 r times sm
+      FragA am;
+      load_a(am, left + 16 * r * ld + k0, ld);
+      mma(via_state[r], am, sm);
     }
   }
 }
@@ -206,7 +181,8 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
     gram_tile<D>(cb, cs, bs, 16 * r, 16 * c);
     gram_tile<D>(dx, dys, xs, 16 * r, 16 * c);
     float u[8], v[8], mv[8], pv[8];
-    read_pair(cb, dx, scratch, u, v);
+    tile_rows(cb, scratch, u);
+    tile_rows(dx, scratch, v);
     const int i = 16 * r + lane / 2, col = (lane % 2) * 8;
     float row_sum = 0.0f, q[8];
 #pragma unroll
@@ -253,7 +229,8 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
       const float state_factor =
           kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
       float u[8], v[8], o[8], w[8];
-      read_pair(in_chunk[r], via_state[r], scratch, u, v);
+      tile_rows(in_chunk[r], scratch, u);
+      tile_rows(via_state[r], scratch, v);
       unpack8(*reinterpret_cast<const uint4*>(dotted + row * ld + col0 + col), w);
       float full_sum = 0.0f, state_sum = 0.0f;
 #pragma unroll

@@ -3,7 +3,7 @@
 //  - the walk over chunks (ssd_walk_bf16.cuh, forwards): the state entering each chunk, in bf16;
 //  - output, one block per (chunk, batch and head): Y = diag(e^Gamma) C S_n^T + M X with
 //    M_tj = (C_t . B_j) delta_j e^{Gamma_t - Gamma_j} for j <= t.
-// Products on bf16 tensor cores (wmma 16x16x16, fp32 accumulation). Gamma (float64 sums), the
+// Products on bf16 tensor cores (mma.sync, fp32 accumulation; bf16_tiles.cuh). Gamma (float64 sums), the
 // decays and the carried state stay fp32 or wider; the scaled x rows, M and the states entering
 // each chunk are rounded to bf16. Chunks are 64 steps; rows past T are zeros.
 #include <ATen/cuda/CUDAContext.h>
@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -24,7 +24,7 @@ namespace prime::kernels::detail {
 
 namespace {
 
-using namespace bf16_wmma;
+using namespace bf16_tiles;
 using namespace ssd_bf16;
 using ssd_common::DeltaView;
 
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_forward_output_bf16_kernel(co
   __syncthreads();
 
   // M = (C B^T) o L with L_tj = delta_j e^{Gamma_t - Gamma_j}
-  decayed_causal_scores<D>(ms, kLdM, cs, bs, gamma, scratch, [&](int j) { return dl[j]; });
+  decayed_causal_scores<D>(ms, kLdM, cs, bs, gamma, [&](int j) { return dl[j]; });
   __syncthreads();  // C read
   scale_rows<kChunk, D, kThreads>(cs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
   cp_async_wait<0>();
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_forward_output_bf16_kernel(co
     const int r = task % 4, col0 = (task / 4) * 16 * NT;
     Acc acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+    for (int t = 0; t < NT; ++t) fill(acc[t], 0.0f);
     row_block_product<NT, /*Transposed=*/true>(acc, cs + 16 * r * ld, ld, D, ss, ld, col0);  // C S_n^T
     row_block_product<NT>(acc, ms + 16 * r * kLdM, kLdM, 16 * (r + 1), xs, ld, col0);         // + M X
 #pragma unroll

@@ -9,8 +9,9 @@
 //    initial state's.
 // The rows of the chunk two steps ahead stream into shared memory (cp.async, three buffers) and
 // the next chunk's u rows are scaled while this chunk computes; warp 0 prepares the next chunk's
-// factors and decay from deltas read a step earlier. Products on bf16 tensor cores (wmma
-// 16x16x16, fp32 accumulation); Gamma in float64 sums. Chunks are 64 steps; rows past T are zeros.
+// factors and decay from deltas read a step earlier. Products on bf16 tensor cores (mma.sync,
+// fp32 accumulation; bf16_tiles.cuh); Gamma in float64 sums. Chunks are 64 steps; rows past T are
+// zeros.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,7 +19,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "kernels/common/bf16_wmma.cuh"
+#include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -28,7 +29,7 @@
 namespace prime::kernels::detail::ssd_bf16 {
 namespace {  // each CUDA source instantiates its own direction
 
-using namespace bf16_wmma;
+using namespace bf16_tiles;
 using ssd_common::DeltaView;
 
 constexpr int kChunk = static_cast<int>(kSsdChunk);
@@ -48,13 +49,12 @@ struct WalkParams {
 };
 
 // Shared memory: Gamma [64] double, the deltas [64] (warp 0's scratch), the row factors of two
-// chunks [2][64], their decays [2], then three buffers of { u [64][ldu], v [64][ldv] } and the
-// warps' scratch.
+// chunks [2][64], their decays [2], then three buffers of { u [64][ldu], v [64][ldv] }.
 constexpr int kWalkHeaderBytes = 1536;
 
 template <int D, int CW>
 constexpr size_t walk_shared_bytes() {
-  return kWalkHeaderBytes + 3 * kChunk * (ld_of(CW) + ld_of(D)) * sizeof(Bf16) + kWarps * kScratchBytes;
+  return kWalkHeaderBytes + 3 * kChunk * (ld_of(CW) + ld_of(D)) * sizeof(Bf16);
 }
 
 // Warp 0: Gamma of the chunk whose deltas it holds (chunk_deltas), then its row factors (f_t
@@ -95,7 +95,6 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
   const auto us = [&](int n) { return buffers + (n % 3) * kBuffer; };
   const auto vs = [&](int n) { return buffers + (n % 3) * kBuffer + kChunk * ldu; };
   const int warp = threadIdx.x / 32;
-  float* scratch = reinterpret_cast<float*>(buffers + 3 * kBuffer) + warp * (kScratchBytes / 4);
   const int row0 = blockIdx.x * CW, m = blockIdx.y, b = m / p.H, h = m % p.H, N = p.num_chunks;
   const size_t row_stride = static_cast<size_t>(p.H) * D, state_size = static_cast<size_t>(D) * D;
   const size_t first_row = static_cast<size_t>(b) * p.T * row_stride + static_cast<size_t>(h) * D;
@@ -134,10 +133,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
     for (int i = 0; i < kPerWarp; ++i) {
       const int f = warp + kWarps * i;
       if (from_initial && f < kTiles)
-        wmma::load_matrix_sync(s[i], p.initial + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, D,
-                               wmma::mem_row_major);
+        load_acc(s[i], p.initial + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, D);
       else
-        wmma::fill_fragment(s[i], 0.0f);
+        fill(s[i], 0.0f);
     }
     cp_async_wait<1>();  // the first chunk's rows
     __syncthreads();
@@ -152,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
       }
       if (!Reverse && flagged(n)) {  // a document's first chunk
 #pragma unroll
-        for (int k = 0; k < kPerWarp; ++k) wmma::fill_fragment(s[k], 0.0f);
+        for (int k = 0; k < kPerWarp; ++k) fill(s[k], 0.0f);
       }
       Bf16* out_n = p.out + (static_cast<size_t>(m) * N + n) * state_size;
 #pragma unroll
@@ -160,8 +158,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
         const int f = warp + kWarps * k;
         if (f >= kTiles) continue;
         const int r0 = row0 + 16 * (f / CB);
-        emit_tile(s[k], scratch, [&](int row, int col, const float* x) {
-          *reinterpret_cast<uint4*>(out_n + (r0 + row) * D + 16 * cb + col) = pack8(x);
+        for_each_pair(s[k], [&](int row, int col, float x0, float x1) {
+          *reinterpret_cast<__nv_bfloat162*>(out_n + (r0 + row) * D + 16 * cb + col) = __floats2bfloat162_rn(x0, x1);
         });
       }
       cp_async_wait<1>();  // the next chunk's rows (the one after may still be in flight)
@@ -176,19 +174,19 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
 #pragma unroll
       for (int k0 = 0; k0 < kChunk; k0 += 16) {
         FragB vm;
-        wmma::load_matrix_sync(vm, v_n + k0 * ldv + 16 * cb, ldv);
+        load_b(vm, v_n + k0 * ldv + 16 * cb, ldv);
 #pragma unroll
         for (int k = 0; k < kPerWarp; ++k) {
           const int f = warp + kWarps * k;
           if (f >= kTiles) continue;
-          FragAt at;  // (diag(factor) U)^T: A's row r is u's column r (col-major view)
-          wmma::load_matrix_sync(at, u_n + k0 * ldu + 16 * (f / CB), ldu);
-          wmma::mma_sync(s[k], at, vm, s[k]);
+          FragA at;  // (diag(factor) U)^T: A's row r is u's column r
+          load_a_t(at, u_n + k0 * ldu + 16 * (f / CB), ldu);
+          mma(s[k], at, vm);
         }
       }
       if (Reverse && flagged(n)) {  // nothing flows back past a document's first chunk
 #pragma unroll
-        for (int k = 0; k < kPerWarp; ++k) wmma::fill_fragment(s[k], 0.0f);
+        for (int k = 0; k < kPerWarp; ++k) fill(s[k], 0.0f);
       }
       __syncthreads();  // this chunk's buffer, its decay and the next chunk's scaling done
     }
@@ -197,8 +195,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
       for (int k = 0; k < kPerWarp; ++k) {
         const int f = warp + kWarps * k;
         if (f < kTiles)
-          wmma::store_matrix_sync(p.final_state + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, s[k], D,
-                                  wmma::mem_row_major);
+          store_acc(p.final_state + m * state_size + (row0 + 16 * (f / CB)) * D + 16 * cb, s[k], D);
       }
     }
   });
