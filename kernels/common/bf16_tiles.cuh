@@ -170,37 +170,44 @@ __device__ __forceinline__ void emit_tile(const Acc& tile, float* scratch, Emit&
   emit(lane / 2, (lane % 2) * 8, x);
 }
 
+// Calls body(row, col) for the 16-byte vectors (8 elements at col) of a [ROWS][WIDTH] matrix, the
+// block's THREADS threads taking them round robin (the trip count known at compile time).
+template <int ROWS, int WIDTH, int THREADS, typename Body>
+__device__ __forceinline__ void for_each_vector(Body&& body) {
+  constexpr int kVectors = WIDTH / 8, kTotal = ROWS * kVectors;
+#pragma unroll
+  for (int i = 0; i < (kTotal + THREADS - 1) / THREADS; ++i) {
+    const int index = static_cast<int>(threadIdx.x) + i * THREADS;
+    if (kTotal % THREADS != 0 && index >= kTotal) break;
+    body(index / kVectors, (index % kVectors) * 8);
+  }
+}
+
 // dst [ROWS][WIDTH] (row stride ld_of(WIDTH)) <- src (row stride src_ld), asynchronously; rows at
 // or past `valid_rows` are zeros (their source is not read). THREADS threads call it.
 template <int ROWS, int WIDTH, int THREADS>
 __device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows = ROWS) {
-  constexpr int kVectors = WIDTH / 8;
-  for (int index = threadIdx.x; index < ROWS * kVectors; index += THREADS) {
-    const int row = index / kVectors, col = (index % kVectors) * 8;
+  for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
     const bool valid = row < valid_rows;
     cp_async16_or_zero(dst + row * ld_of(WIDTH) + col, src + (valid ? row * src_ld + col : 0), valid);
-  }
+  });
 }
 
 // dst [ROWS][WIDTH] <- src rows (row stride src_ld elements, 16-byte aligned), rows at or past
 // `valid_rows` zeros; synchronous 16-byte loads through the read-only cache.
 template <int ROWS, int WIDTH, int THREADS>
 __device__ __forceinline__ void load_rows(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows) {
-  constexpr int kVectors = WIDTH / 8;
-  for (int index = threadIdx.x; index < ROWS * kVectors; index += THREADS) {
-    const int row = index / kVectors, col = (index % kVectors) * 8;
+  for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
     uint4 value = make_uint4(0, 0, 0, 0);
     if (row < valid_rows) value = __ldg(reinterpret_cast<const uint4*>(src + row * src_ld + col));
     *reinterpret_cast<uint4*>(dst + row * ld_of(WIDTH) + col) = value;
-  }
+  });
 }
 
 // x[t][:] *= factor(t) for the ROWS rows of a [ROWS][WIDTH] shared matrix, in place.
 template <int ROWS, int WIDTH, int THREADS, typename Factor>
 __device__ __forceinline__ void scale_rows(Bf16* x, Factor factor) {
-  constexpr int kVectors = WIDTH / 8;
-  for (int index = threadIdx.x; index < ROWS * kVectors; index += THREADS) {
-    const int t = index / kVectors, i = (index % kVectors) * 8;
+  for_each_vector<ROWS, WIDTH, THREADS>([&](int t, int i) {
     uint4* at = reinterpret_cast<uint4*>(x + t * ld_of(WIDTH) + i);
     float values[8];
     unpack8(*at, values);
@@ -208,7 +215,7 @@ __device__ __forceinline__ void scale_rows(Bf16* x, Factor factor) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) values[e] *= f;
     *at = pack8(values);
-  }
+  });
 }
 
 // acc = X[16 rows at row0] Y[16 rows at col0]^T over depth D, X and Y [rows][D] in shared memory.

@@ -53,8 +53,9 @@ struct GradParams {
 // Shared memory: a header (Gamma [64] double; deltas [64]; the Q row sums per column block [4][64]
 // and its column sums per row block [4][64]; per 16-column tile [D/16][64]: x . d(delta x),
 // x . (its state part), C . (the state part of dC); the <G, S> warp sums [8]), then C, B, dY, X
-// [64][ld], M, P [64][kLdM] and the warps' scratch: about 105 KB at D = 128, two blocks per SM.
-// S_n and G_n are read as fragments from global memory (each fragment once per block).
+// [64][ld] and M, P [64][kLdM]: 95 KB at D = 128, two blocks per SM. S_n and G_n are read as
+// fragments from global memory (S_n once per block, G_n twice: transposed for d(delta x)). The
+// epilogues work in the accumulators' own layout (no scratch round trip).
 template <int D>
 constexpr int grad_header_bytes() {
   return (kChunk * 8 + kChunk * 4 + 8 * kChunk * 4 + 3 * (D / 16) * kChunk * 4 + kGradWarps * 4 + 127) / 128 * 128;
@@ -62,22 +63,27 @@ constexpr int grad_header_bytes() {
 
 template <int D>
 constexpr size_t grad_shared_bytes() {
-  return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16) +
-         kGradWarps * kScratchBytes;
+  return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16);
 }
 
 template <typename Out>
-__device__ __forceinline__ void store8(Out* out, const float* x) {
-  if constexpr (std::is_same_v<Out, float>) {
-    reinterpret_cast<float4*>(out)[0] = make_float4(x[0], x[1], x[2], x[3]);
-    reinterpret_cast<float4*>(out)[1] = make_float4(x[4], x[5], x[6], x[7]);
-  } else {
-    *reinterpret_cast<uint4*>(out) = pack8(x);
-  }
+__device__ __forceinline__ void store2(Out* out, float x0, float x1) {
+  if constexpr (std::is_same_v<Out, float>)
+    *reinterpret_cast<float2*>(out) = make_float2(x0, x1);
+  else
+    *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(x0, x1);
 }
 
-// Sum over the lane pair (2 l, 2 l + 1) that holds one row.
-__device__ __forceinline__ float row_total(float x) { return x + __shfl_xor_sync(0xffffffffu, x, 1); }
+// Sums over the four lanes of a quad (one accumulator row) and over the eight quads (one column).
+__device__ __forceinline__ float quad_total(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float column_total(float x) {
+#pragma unroll
+  for (int offset = 4; offset < 32; offset <<= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
 
 // One output's 16-column tile at col0 for all four row blocks r (rows 16 r..+16):
 //   in_chunk[r] = A_r (lower-triangular [64][lda], transposed when Transposed: rows 16 r of A^T
@@ -143,7 +149,6 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   Bf16* ms = xs + kChunk * ld;  // M [64][kLdM]
   Bf16* ps = ms + kChunk * kLdM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scratch = reinterpret_cast<float*>(ps + kChunk * kLdM) + warp * (kScratchBytes / 4);
   const int chunk = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = chunk * kChunk;
   const size_t row_stride = static_cast<size_t>(p.H) * D;
   const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
@@ -174,36 +179,41 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
 
   // M and P, tiles (r, c) = (w % 4, w / 4) and (w % 4, w / 4 + 2) of warp w (those above the
   // diagonal are never read), and the row and column sums of Q = (C B^T) o P.
+  // In the accumulators' layout (bf16_tiles.cuh): lane 4 g + tq holds rows g, g + 8 and columns
+  // 2 tq, 2 tq + 1, 8 + 2 tq, 9 + 2 tq of each 16 x 16 tile.
+  const int g = lane / 4, tq = lane % 4;
   for (int tile = warp; tile < 16; tile += kGradWarps) {
     const int r = tile % 4, c = tile / 4;
     if (c > r) continue;
     Acc cb, dx;
     gram_tile<D>(cb, cs, bs, 16 * r, 16 * c);
     gram_tile<D>(dx, dys, xs, 16 * r, 16 * c);
-    float u[8], v[8], mv[8], pv[8];
-    tile_rows(cb, scratch, u);
-    tile_rows(dx, scratch, v);
-    const int i = 16 * r + lane / 2, col = (lane % 2) * 8;
-    float row_sum = 0.0f, q[8];
+    float row_sum[2] = {0.0f, 0.0f}, col_sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int j = 16 * c + col + e;
-      const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
-      mv[e] = u[e] * decay;
-      pv[e] = v[e] * decay * dl[j];
-      q[e] = u[e] * pv[e];
-      row_sum += q[e];
+    for (int e = 0; e < 8; e += 2) {
+      const int half = (e / 2) % 2, i = 16 * r + g + 8 * half, j = 16 * c + 8 * (e / 4) + 2 * tq;
+      float mv[2], pv[2];
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float decay = j + k <= i ? expf(static_cast<float>(gamma[i] - gamma[j + k])) : 0.0f;
+        mv[k] = cb.x[e + k] * decay;
+        pv[k] = dx.x[e + k] * decay * dl[j + k];
+        const float q = cb.x[e + k] * pv[k];
+        row_sum[half] += q;
+        col_sum[2 * (e / 4) + k] += q;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(ms + i * kLdM + j) = __floats2bfloat162_rn(mv[0], mv[1]);
+      *reinterpret_cast<__nv_bfloat162*>(ps + i * kLdM + j) = __floats2bfloat162_rn(pv[0], pv[1]);
     }
-    *reinterpret_cast<uint4*>(ms + i * kLdM + 16 * c + col) = pack8(mv);
-    *reinterpret_cast<uint4*>(ps + i * kLdM + 16 * c + col) = pack8(pv);
-    row_sum = row_total(row_sum);
-    if (lane % 2 == 0) q_rows[c * kChunk + i] = row_sum;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {  // over the 16 rows: the lanes of one parity
-      float sum = q[e];
+    for (int half = 0; half < 2; ++half) {
+      const float sum = quad_total(row_sum[half]);
+      if (tq == 0) q_rows[c * kChunk + 16 * r + g + 8 * half] = sum;
+    }
 #pragma unroll
-      for (int offset = 2; offset < 32; offset <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-      if (lane < 2) q_cols[r * kChunk + 16 * c + 8 * lane + e] = sum;
+    for (int k = 0; k < 4; ++k) {  // over the 16 rows
+      const float sum = column_total(col_sum[k]);
+      if (g == 0) q_cols[r * kChunk + 16 * c + 8 * (k / 2) + 2 * tq + k % 2] = sum;
     }
   }
   __syncthreads();
@@ -221,35 +231,37 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
       tile_products<D, false, false>(in_chunk, via_state, ps, bs, dys, S, col0);
     Out* out = static_cast<Out*>(kind == 0 ? p.dx : kind == 1 ? p.dB : p.dC);
     const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
-    const int col = (lane % 2) * 8;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const int row = 16 * r + lane / 2, time = t0 + row;
-      const float g_t = static_cast<float>(gamma[row]);
-      const float state_factor =
-          kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
-      float u[8], v[8], o[8], w[8];
-      tile_rows(in_chunk[r], scratch, u);
-      tile_rows(via_state[r], scratch, v);
-      unpack8(*reinterpret_cast<const uint4*>(dotted + row * ld + col0 + col), w);
-      float full_sum = 0.0f, state_sum = 0.0f;
+      float full_sum[2] = {0.0f, 0.0f}, state_sum[2] = {0.0f, 0.0f}, factor[2];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float s = state_factor * v[e];
-        o[e] = u[e] + s;
-        full_sum += w[e] * o[e];
-        state_sum += w[e] * s;
-        if (kind == 0) o[e] *= dl[row];
+      for (int half = 0; half < 2; ++half) {
+        const int row = 16 * r + g + 8 * half;
+        const float g_t = static_cast<float>(gamma[row]);
+        factor[half] = kind == 2 ? expf(g_t) : kind == 0 ? expf(gamma_end - g_t) : dl[row] * expf(gamma_end - g_t);
       }
-      if (time < p.T) store8(out + ((static_cast<size_t>(b) * p.T + time) * p.H + h) * D + col0 + col, o);
-      full_sum = row_total(full_sum);
-      state_sum = row_total(state_sum);
-      if (lane % 2 == 0) {
-        if (kind == 0) {
-          x_full[tile * kChunk + row] = full_sum;
-          x_state[tile * kChunk + row] = state_sum;
-        } else if (kind == 2) {
-          c_state[tile * kChunk + row] = state_sum;
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) {
+        const int half = (e / 2) % 2, row = 16 * r + g + 8 * half, col = col0 + 8 * (e / 4) + 2 * tq;
+        const float s0 = factor[half] * via_state[r].x[e], s1 = factor[half] * via_state[r].x[e + 1];
+        float o0 = in_chunk[r].x[e] + s0, o1 = in_chunk[r].x[e + 1] + s1;
+        const float2 w = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dotted + row * ld + col));
+        full_sum[half] += w.x * o0 + w.y * o1;
+        state_sum[half] += w.x * s0 + w.y * s1;
+        if (kind == 0) o0 *= dl[row], o1 *= dl[row];
+        if (t0 + row < p.T) store2(out + ((static_cast<size_t>(b) * p.T + t0 + row) * p.H + h) * D + col, o0, o1);
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 16 * r + g + 8 * half;
+        const float full = quad_total(full_sum[half]), state = quad_total(state_sum[half]);
+        if (tq == 0) {
+          if (kind == 0) {
+            x_full[tile * kChunk + row] = full;
+            x_state[tile * kChunk + row] = state;
+          } else if (kind == 2) {
+            c_state[tile * kChunk + row] = state;
+          }
         }
       }
     }
@@ -272,9 +284,9 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) q_sum += __shfl_xor_sync(0xffffffffu, q_sum, offset);
-  double dot = 0.0;
-  for (int w = 0; w < kGradWarps; ++w) dot += dot_warps[w];
-  if (lane == 31) d_gamma[1] += q_sum + static_cast<double>(expf(gamma_end)) * dot;
+  double gs_dot = 0.0;  // <G_n, S_n>
+  for (int w = 0; w < kGradWarps; ++w) gs_dot += dot_warps[w];
+  if (lane == 31) d_gamma[1] += q_sum + static_cast<double>(expf(gamma_end)) * gs_dot;
   // Suffix sums over t = 63..0: the second half's within itself, the first half's plus its total.
   double suffix[2] = {d_gamma[0], d_gamma[1]};
 #pragma unroll

@@ -7,14 +7,16 @@
 //  - backwards, n = last..0: out[n] = bf16(G); G = e^{Gamma_end} G + (diag(e^Gamma) dY)^T C
 //    (u = dy, v = C): out[n] is the gradient of the state leaving chunk n, G at the end the
 //    initial state's.
-// The rows of the chunk two steps ahead stream into shared memory (cp.async, three buffers) and
-// the next chunk's u rows are scaled while this chunk computes; warp 0 prepares the next chunk's
-// factors and decay from deltas read a step earlier. Products on bf16 tensor cores (mma.sync,
-// fp32 accumulation; bf16_tiles.cuh); Gamma in float64 sums. Chunks are 64 steps; rows past T are
-// zeros.
+// Each chunk's row factors (f_t forwards, e^{Gamma_t} backwards) and decay e^{Gamma_end} come from
+// a small kernel run first (Gamma in float64 sums), so nothing serial sits in the walk's steps.
+// The rows and factors of the chunk two steps ahead stream into shared memory (cp.async, three
+// buffers), the chunk's decay is read a step ahead, and the next chunk's u rows are scaled while
+// this chunk computes. Products on bf16 tensor cores (mma.sync,
+// fp32 accumulation; bf16_tiles.cuh). Chunks are 64 steps; rows past T are zeros.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 
 #include <cstdint>
 #include <utility>
@@ -38,8 +40,8 @@ constexpr int kThreads = kWarps * 32;
 
 struct WalkParams {
   const Bf16 *u, *v;          // [B,T,H,D]: x and B forwards, dy and C backwards
-  DeltaView delta;            // [B,T,H]
-  const float* A;             // [H]
+  const float* factors;       // [M,N,64]: f_t forwards, e^{Gamma_t} backwards
+  const float* decays;        // [M,N]: e^{Gamma_end}
   int T, H, num_chunks;
   Bf16* out;                  // [M,N,D,D]
   const float* initial;       // [M,D,D] or null (zeros): the initial state / the final state's gradient
@@ -48,35 +50,43 @@ struct WalkParams {
   const int* segment_begins;  // restart_segments' list for starts, or null (one segment)
 };
 
-// Shared memory: Gamma [64] double, the deltas [64] (warp 0's scratch), the row factors of two
-// chunks [2][64], their decays [2], then three buffers of { u [64][ldu], v [64][ldv] }.
-constexpr int kWalkHeaderBytes = 1536;
+// Shared memory: three buffers of { the row factors [64], u [64][ldu], v [64][ldv] }.
+constexpr int kFactorBytes = kChunk * sizeof(float);
 
 template <int D, int CW>
 constexpr size_t walk_shared_bytes() {
-  return kWalkHeaderBytes + 3 * kChunk * (ld_of(CW) + ld_of(D)) * sizeof(Bf16);
+  return 3 * (kFactorBytes + kChunk * (ld_of(CW) + ld_of(D)) * sizeof(Bf16));
 }
 
-// Warp 0: Gamma of the chunk whose deltas it holds (chunk_deltas), then its row factors (f_t
-// forwards, e^{Gamma_t} backwards) and decay into the given slots.
+// factors[m][n][t] and decays[m][n] for chunk n of batch and head m: one warp per chunk, eight per
+// block (Gamma from ssd_common::scan_gamma).
+constexpr int kFactorChunksPerBlock = 8;
+
 template <bool Reverse>
-__device__ __forceinline__ void prepare_chunk(float2 d, float a, double* gamma, float* dl, float* factor,
-                                              float* decay) {
-  const int lane = threadIdx.x % 32;
-  ssd_common::scan_gamma(d, a, gamma, dl);
+__global__ void __launch_bounds__(32 * kFactorChunksPerBlock) ssd_walk_factors_kernel(
+    DeltaView delta, const float* A, int T, int H, int num_chunks, float* factors, float* decays) {
+  __shared__ double gamma_all[kFactorChunksPerBlock][kChunk];
+  __shared__ float dl_all[kFactorChunksPerBlock][kChunk];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kFactorChunksPerBlock + warp, m = blockIdx.y, b = m / H, h = m % H;
+  if (n >= num_chunks) return;  // whole warps
+  double* gamma = gamma_all[warp];
+  const float* dl = dl_all[warp];
+  ssd_common::scan_gamma(ssd_common::chunk_deltas(delta, b, h, n * kChunk, T), A[h], gamma, dl_all[warp]);
   __syncwarp();
+  float* out = factors + (static_cast<size_t>(m) * num_chunks + n) * kChunk;
   for (int t = lane; t < kChunk; t += 32)
-    factor[t] = Reverse ? expf(static_cast<float>(gamma[t]))
-                        : dl[t] * expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
-  if (lane == 0) *decay = expf(static_cast<float>(gamma[kChunk - 1]));
+    out[t] = Reverse ? expf(static_cast<float>(gamma[t]))
+                     : dl[t] * expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
+  if (lane == 0) decays[static_cast<size_t>(m) * num_chunks + n] = expf(static_cast<float>(gamma[kChunk - 1]));
 }
 
 // Warp w's state tiles are f = w + 8 i: rows 16 (f / CB) of the block's CW, columns 16 (f % CB),
 // one column block per warp (kWarps % CB == 0), so v's fragment is loaded once per k-step.
 // Step i walks chunk n (n = begin + i forwards, end - 1 - i backwards): the chunk two steps on is
-// fetched (cp.async, three buffers), warp 0 prepares the next chunk's factors (its deltas read a
-// step earlier) and reads the deltas of the one after; out[n] = bf16(S); one barrier; the next
-// chunk's u rows are scaled while S = decay_n S + (diag(factor) U_n)^T V_n; one barrier.
+// fetched (cp.async, three buffers) and the next chunk's decay read; out[n] = bf16(S); one
+// barrier; the next chunk's u rows are scaled while S = decay_n S + (diag(factor) U_n)^T V_n; one
+// barrier.
 // Restarts: forwards the state entering a flagged chunk is zero; backwards nothing flows back
 // past a flagged chunk (G = 0 after its step).
 template <int D, int CW, bool Reverse>
@@ -85,31 +95,25 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
   constexpr int ldu = ld_of(CW), ldv = ld_of(D), CB = D / 16;
   constexpr int kTiles = (CW / 16) * CB, kPerWarp = (kTiles + kWarps - 1) / kWarps;
   static_assert(kWarps % CB == 0, "one column block per warp");
-  double* gamma = reinterpret_cast<double*>(shared_bytes);  // [64]
-  float* dl = reinterpret_cast<float*>(gamma + kChunk);      // [64]
-  float* factors = dl + kChunk;                              // [2][64]
-  float* decays = factors + 2 * kChunk;                      // [2]
-  static_assert(kChunk * (sizeof(double) + 3 * sizeof(float)) + 2 * sizeof(float) <= kWalkHeaderBytes, "header");
-  Bf16* buffers = reinterpret_cast<Bf16*>(shared_bytes + kWalkHeaderBytes);
-  constexpr int kBuffer = kChunk * (ldu + ldv);
-  const auto us = [&](int n) { return buffers + (n % 3) * kBuffer; };
-  const auto vs = [&](int n) { return buffers + (n % 3) * kBuffer + kChunk * ldu; };
+  constexpr int kBufferBytes = kFactorBytes + kChunk * (ldu + ldv) * static_cast<int>(sizeof(Bf16));
+  static_assert(kBufferBytes % 16 == 0, "16-byte aligned buffers");
+  const auto factors_of = [&](int n) { return reinterpret_cast<float*>(shared_bytes + (n % 3) * kBufferBytes); };
+  const auto us = [&](int n) { return reinterpret_cast<Bf16*>(shared_bytes + (n % 3) * kBufferBytes + kFactorBytes); };
+  const auto vs = [&](int n) { return us(n) + kChunk * ldu; };
   const int warp = threadIdx.x / 32;
   const int row0 = blockIdx.x * CW, m = blockIdx.y, b = m / p.H, h = m % p.H, N = p.num_chunks;
   const size_t row_stride = static_cast<size_t>(p.H) * D, state_size = static_cast<size_t>(D) * D;
   const size_t first_row = static_cast<size_t>(b) * p.T * row_stride + static_cast<size_t>(h) * D;
-  const float a = p.A[h];
-  const auto fetch = [&](int n) {  // chunk n's rows of u (the block's columns) and of v
+  const auto fetch = [&](int n) {  // chunk n's factors, rows of u (the block's columns) and of v
     const int t0 = n * kChunk;
+    if (threadIdx.x < kFactorBytes / 16)
+      cp_async16(factors_of(n) + 4 * threadIdx.x, p.factors + (static_cast<size_t>(m) * N + n) * kChunk + 4 * threadIdx.x);
     copy_async<kChunk, CW, kThreads>(us(n), p.u + first_row + t0 * row_stride + row0, row_stride, p.T - t0);
     copy_async<kChunk, D, kThreads>(vs(n), p.v + first_row + t0 * row_stride, row_stride, p.T - t0);
   };
-  const auto deltas = [&](int n) { return ssd_common::chunk_deltas(p.delta, b, h, n * kChunk, p.T); };
-  const auto prepare = [&](int n, float2 d) {
-    prepare_chunk<Reverse>(d, a, gamma, dl, factors + (n % 2) * kChunk, decays + n % 2);
-  };
+  const auto decay_of = [&](int n) { return p.decays[static_cast<size_t>(m) * N + n]; };
   const auto scale = [&](int n) {
-    const float* f = factors + (n % 2) * kChunk;
+    const float* f = factors_of(n);
     scale_rows<kChunk, CW, kThreads>(us(n), [&](int t) { return f[t]; });
   };
   const auto flagged = [&](int n) { return p.starts != nullptr && p.starts[n]; };  // uniform over the block
@@ -122,11 +126,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
     cp_async_commit();
     if (count > 1) fetch(chunk_at(1));
     cp_async_commit();
-    float2 d_next{};  // warp 0: the deltas of the chunk it prepares next
-    if (warp == 0) {
-      prepare(chunk_at(0), deltas(chunk_at(0)));
-      if (count > 1) d_next = deltas(chunk_at(1));
-    }
+    float decay_next = decay_of(chunk_at(0));
     const bool from_initial = (Reverse ? last : first) && p.initial != nullptr;
     Acc s[kPerWarp];
 #pragma unroll
@@ -144,10 +144,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
       const int n = chunk_at(i);
       if (i + 2 < count) fetch(chunk_at(i + 2));
       cp_async_commit();  // possibly empty: one group per step
-      if (warp == 0 && i + 1 < count) {
-        prepare(chunk_at(i + 1), d_next);
-        if (i + 2 < count) d_next = deltas(chunk_at(i + 2));
-      }
+      const float decay = decay_next;
+      if (i + 1 < count) decay_next = decay_of(chunk_at(i + 1));
       if (!Reverse && flagged(n)) {  // a document's first chunk
 #pragma unroll
         for (int k = 0; k < kPerWarp; ++k) fill(s[k], 0.0f);
@@ -162,10 +160,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
           *reinterpret_cast<__nv_bfloat162*>(out_n + (r0 + row) * D + 16 * cb + col) = __floats2bfloat162_rn(x0, x1);
         });
       }
-      cp_async_wait<1>();  // the next chunk's rows (the one after may still be in flight)
-      __syncthreads();     // and the next chunk's factors, this chunk's scaled rows
+      cp_async_wait<1>();  // the next chunk's factors and rows (the one after may still be in flight)
+      __syncthreads();     // and this chunk's scaled rows
       if (i + 1 < count) scale(chunk_at(i + 1));
-      const float decay = decays[n % 2];
 #pragma unroll
       for (int k = 0; k < kPerWarp; ++k)
 #pragma unroll
@@ -188,7 +185,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
 #pragma unroll
         for (int k = 0; k < kPerWarp; ++k) fill(s[k], 0.0f);
       }
-      __syncthreads();  // this chunk's buffer, its decay and the next chunk's scaling done
+      __syncthreads();  // this chunk's buffer and the next chunk's scaling done
     }
     if (Reverse ? first : last) {
 #pragma unroll
@@ -240,11 +237,19 @@ void run_walk(const char* op, const at::Tensor& u, const at::Tensor& v, const at
   for (const at::Tensor* operand : {&out, &initial, &final_state})
     PRIME_CHECK(!operand->defined() || operand->device() == u.device(), op, ": operands on different devices");
   if (M == 0 || N == 0) return;
+  const at::Tensor factors = at::empty({M, N, kChunk}, delta.options());
+  const at::Tensor decays = at::empty({M, N}, delta.options());
+  const dim3 factor_grid(static_cast<unsigned>((N + kFactorChunksPerBlock - 1) / kFactorChunksPerBlock),
+                         static_cast<unsigned>(M));
+  ssd_walk_factors_kernel<Reverse><<<factor_grid, 32 * kFactorChunksPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      ssd_common::make_delta_view(delta), A.data_ptr<float>(), static_cast<int>(T), static_cast<int>(H),
+      static_cast<int>(N), factors.data_ptr<float>(), decays.data_ptr<float>());
+  PRIME_CUDA_CHECK_LAUNCH("ssd_walk_factors_kernel");
   WalkParams p{};
   p.u = reinterpret_cast<const Bf16*>(u.data_ptr());
   p.v = reinterpret_cast<const Bf16*>(v.data_ptr());
-  p.delta = ssd_common::make_delta_view(delta);
-  p.A = A.data_ptr<float>();
+  p.factors = factors.data_ptr<float>();
+  p.decays = decays.data_ptr<float>();
   p.T = static_cast<int>(T);
   p.H = static_cast<int>(H);
   p.num_chunks = static_cast<int>(N);
