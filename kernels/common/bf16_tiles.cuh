@@ -253,13 +253,12 @@ __device__ __forceinline__ void row_block_product(Acc (&acc)[NT], const Bf16* a_
   }
 }
 
-// out [64][ldo] (bf16) = (X Y^T) o L for a chunk of 64 steps, L_ij = weight(j) e^{gamma_i - gamma_j}
-// for j <= i and 0 above (gamma: float64 prefix sums, so every exponent is <= 0), X and Y
-// [64][D] in shared memory. Eight warps: warp w forms row block w % 4, column blocks 2 (w / 4)
-// and 2 (w / 4) + 1 (the tiles above the diagonal as zeros), written from the registers.
-template <int D, typename Weight>
-__device__ __forceinline__ void decayed_causal_scores(Bf16* out, int ldo, const Bf16* x, const Bf16* y,
-                                                      const double* gamma, Weight&& weight) {
+// The lower triangle of X Y^T for a chunk of 64 steps, X and Y [64][D] in shared memory. Eight
+// warps: warp w forms row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1 (the tiles above
+// the diagonal as zeros, unformed), and calls emit(i, j, x0, x1) for each pair of adjacent
+// elements (i, j), (i, j + 1) it holds.
+template <int D, typename Emit>
+__device__ __forceinline__ void lower_gram_pairs(const Bf16* x, const Bf16* y, Emit&& emit) {
   const int warp = threadIdx.x / 32, r = warp % 4;
   for (int t = 0; t < 2; ++t) {
     const int c = 2 * (warp / 4) + t;
@@ -268,14 +267,22 @@ __device__ __forceinline__ void decayed_causal_scores(Bf16* out, int ldo, const 
       gram_tile<D>(acc, x, y, 16 * r, 16 * c);
     else
       fill(acc, 0.0f);
-    for_each_pair(acc, [&](int row, int col, float x0, float x1) {
-      const int i = 16 * r + row, j = 16 * c + col;
-      const double gi = gamma[i];
-      x0 = j <= i ? weight(j) * expf(static_cast<float>(gi - gamma[j])) * x0 : 0.0f;
-      x1 = j + 1 <= i ? weight(j + 1) * expf(static_cast<float>(gi - gamma[j + 1])) * x1 : 0.0f;
-      *reinterpret_cast<__nv_bfloat162*>(out + i * ldo + j) = __floats2bfloat162_rn(x0, x1);
-    });
+    for_each_pair(acc, [&](int row, int col, float x0, float x1) { emit(16 * r + row, 16 * c + col, x0, x1); });
   }
+}
+
+// out [64][ldo] (bf16) = (X Y^T) o L for a chunk of 64 steps, L_ij = weight(j) e^{gamma_i - gamma_j}
+// for j <= i and 0 above (gamma: float64 prefix sums, so every exponent is <= 0), X and Y
+// [64][D] in shared memory, written from the registers (lower_gram_pairs).
+template <int D, typename Weight>
+__device__ __forceinline__ void decayed_causal_scores(Bf16* out, int ldo, const Bf16* x, const Bf16* y,
+                                                      const double* gamma, Weight&& weight) {
+  lower_gram_pairs<D>(x, y, [&](int i, int j, float x0, float x1) {
+    const double gi = gamma[i];
+    x0 = j <= i ? weight(j) * expf(static_cast<float>(gi - gamma[j])) * x0 : 0.0f;
+    x1 = j + 1 <= i ? weight(j + 1) * expf(static_cast<float>(gi - gamma[j + 1])) * x1 : 0.0f;
+    *reinterpret_cast<__nv_bfloat162*>(out + i * ldo + j) = __floats2bfloat162_rn(x0, x1);
+  });
 }
 
 }  // namespace prime::kernels::detail::bf16_tiles

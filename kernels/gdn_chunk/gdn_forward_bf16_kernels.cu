@@ -92,24 +92,12 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   load_chunk_rows<D>(vs, p.v, p, b, t0, h);
   gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // synchronises
 
-  {  // A = strictly-lower(beta K K^T o e^{Gi - Gj}) from the accumulators: warp w forms row block
-     // w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1 (those above the diagonal as zeros, unformed).
-    const int r = warp % 4;
-    for (int t = 0; t < 2; ++t) {
-      const int c = 2 * (warp / 4) + t;
-      Acc acc;
-      if (c <= r)
-        gram_tile<D>(acc, ks, ks, 16 * r, 16 * c);
-      else
-        fill(acc, 0.0f);
-      for_each_pair(acc, [&](int row, int col, float x0, float x1) {
-        const int i = 16 * r + row, j = 16 * c + col;
-        const float a0 = j < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j])) * x0 : 0.0f;
-        const float a1 = j + 1 < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j + 1])) * x1 : 0.0f;
-        *reinterpret_cast<float2*>(am + i * kLdC + j) = make_float2(a0, a1);
-      });
-    }
-  }
+  // A = strictly-lower(beta K K^T o e^{Gi - Gj}), formed from the accumulators.
+  lower_gram_pairs<D>(ks, ks, [&](int i, int j, float x0, float x1) {
+    const float a0 = j < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j])) * x0 : 0.0f;
+    const float a1 = j + 1 < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j + 1])) * x1 : 0.0f;
+    *reinterpret_cast<float2*>(am + i * kLdC + j) = make_float2(a0, a1);
+  });
   constexpr int kVectors = D / 8;
   for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {  // K_d rows to global
     const int t = index / kVectors, i = (index % kVectors) * 8;
