@@ -8,7 +8,12 @@ accumulating in fp32; the iterate, the Chebyshev update and ||H||_F stay fp32. E
 compared with the float64 solve of the same inputs, beside the solve's own sensitivity to bf16 inputs (how far
 the float64 x moves when q and k carry bf16-sized rounding: what a bf16 model's inputs already cost).
 
+With --backward, the same for the gradients of sum(x o w) (w random) with respect to q and k, by
+autograd through each variant: every bf16 rounding point also rounds the gradient that flows back
+through it, as a bf16 backward kernel's operands would be rounded.
+
 Usage: python3 study.py [--seq 1024] [--dim 128] [--heads 2] [--chunk 64] [--iters 30] [--seed 0]
+                        [--backward]
 """
 import argparse
 import math
@@ -113,7 +118,10 @@ def main():
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--ridge", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backward", action="store_true")
     args = parser.parse_args()
+    if args.backward:
+        return backward_study(args)
     n = args.seq // args.chunk
     q, k, log_decay = make_inputs(args.seq, args.dim, args.heads, args.seed)
     shape = (args.heads, n, args.chunk, args.dim)
@@ -135,6 +143,32 @@ def main():
                         ("bf16", "bf16 operands (1 MMA)")):
         x = solve(q.view(shape), system, args.ridge, args.iters, mode, torch.float32)
         print(f"{label:42s} {rel(x, x64):30.3e}")
+
+
+def backward_study(args):
+    n = args.seq // args.chunk
+    shape = (args.heads, n, args.chunk, args.dim)
+    q0, k0, log_decay = make_inputs(args.seq, args.dim, args.heads, args.seed)
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64)
+
+    def gradients(q_in, k_in, mode, dtype):
+        q = q_in.clone().requires_grad_(True)
+        k = k_in.clone().requires_grad_(True)
+        x = solve(q.view(shape), chunk_systems(k, log_decay, args.chunk), args.ridge, args.iters, mode, dtype)
+        (x.double() * w).sum().backward()
+        return q.grad, k.grad
+
+    dq64, dk64 = gradients(q0, k0, "fp32", torch.float64)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    wobble = lambda t: t * (1.0 + 2.0**-9 * (2.0 * torch.rand(t.shape, generator=g, dtype=t.dtype) - 1.0))
+    dq_w, dk_w = gradients(wobble(q0), wobble(k0), "fp32", torch.float64)
+    print(f"GKA chunked solve, gradients of sum(x o w), {args.heads} heads x {args.seq} tokens, D = {args.dim}, "
+          f"chunk {args.chunk}, N = {args.iters}, r = {args.ridge}, seed {args.seed}")
+    print(f"{'variant':42s} {'dq vs float64':>14s} {'dk vs float64':>14s}")
+    print(f"{'float64 with bf16-rounded q, k (sensitivity)':42s} {rel(dq_w, dq64):14.3e} {rel(dk_w, dk64):14.3e}")
+    for mode, label in (("fp32", "fp32 products"), ("bf16x3", "bf16x3"), ("bf16", "bf16 operands (1 MMA)")):
+        dq, dk = gradients(q0, k0, mode, torch.float32)
+        print(f"{label:42s} {rel(dq, dq64):14.3e} {rel(dk, dk64):14.3e}")
 
 
 if __name__ == "__main__":
