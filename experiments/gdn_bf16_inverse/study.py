@@ -59,21 +59,23 @@ def make_chunks(chunks, dim, correlation, seed):
     return A, k, v, beta, gamma
 
 
+def block(M, i, j):  # the 16 x 16 block (i, j) of every chunk's matrix, a view
+    return M[:, 16 * i:16 * i + 16, 16 * j:16 * j + 16]
+
+
 def blockwise_inverse(A, mode, dtype):
     A = A.to(dtype)
     n = A.shape[0]
     T = torch.zeros_like(A)
     eye = torch.eye(16, dtype=dtype)
     for i in range(4):  # diagonal blocks: forward substitution in the working precision (as now)
-        L = eye + A[:, 16 * i:16 * i + 16, 16 * i:16 * i + 16]
-        T[:, 16 * i:16 * i + 16, 16 * i:16 * i + 16] = torch.linalg.solve_triangular(
-            L, eye.expand(n, 16, 16), upper=False, unitriangular=True)
+        block(T, i, i)[:] = torch.linalg.solve_triangular(eye + block(A, i, i), eye.expand(n, 16, 16), upper=False,
+                                                          unitriangular=True)
     for distance in range(1, 4):
         for j in range(4 - distance):
             i = j + distance
-            X = sum(product(A[:, 16 * i:16 * i + 16, 16 * m:16 * m + 16], T[:, 16 * m:16 * m + 16, 16 * j:16 * j + 16], mode)
-                    for m in range(j, i))
-            T[:, 16 * i:16 * i + 16, 16 * j:16 * j + 16] = -product(T[:, 16 * i:16 * i + 16, 16 * i:16 * i + 16], X, mode)
+            X = sum(product(block(A, i, m), block(T, m, j), mode) for m in range(j, i))
+            block(T, i, j)[:] = -product(block(T, i, i), X, mode)
     return T
 
 

@@ -11,8 +11,8 @@
 // a small kernel run first (Gamma in float64 sums), so nothing serial sits in the walk's steps.
 // The rows and factors of the chunk two steps ahead stream into shared memory (cp.async, three
 // buffers), the chunk's decay is read a step ahead, and the next chunk's u rows are scaled while
-// this chunk computes. Products on bf16 tensor cores (mma.sync,
-// fp32 accumulation; bf16_tiles.cuh). Chunks are 64 steps; rows past T are zeros.
+// this chunk computes. Products on bf16 tensor cores (mma.sync, fp32 accumulation; bf16_tiles.cuh).
+// Chunks are 64 steps; rows past T are zeros.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -71,8 +71,8 @@ __global__ void __launch_bounds__(32 * kFactorChunksPerBlock) ssd_walk_factors_k
   const int n = blockIdx.x * kFactorChunksPerBlock + warp, m = blockIdx.y, b = m / H, h = m % H;
   if (n >= num_chunks) return;  // whole warps
   double* gamma = gamma_all[warp];
-  const float* dl = dl_all[warp];
-  ssd_common::scan_gamma(ssd_common::chunk_deltas(delta, b, h, n * kChunk, T), A[h], gamma, dl_all[warp]);
+  float* dl = dl_all[warp];
+  ssd_common::scan_gamma(ssd_common::chunk_deltas(delta, b, h, n * kChunk, T), A[h], gamma, dl);
   __syncwarp();
   float* out = factors + (static_cast<size_t>(m) * num_chunks + n) * kChunk;
   for (int t = lane; t < kChunk; t += 32)
@@ -107,7 +107,8 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_walk_bf16_kernel(const WalkPa
   const auto fetch = [&](int n) {  // chunk n's factors, rows of u (the block's columns) and of v
     const int t0 = n * kChunk;
     if (threadIdx.x < kFactorBytes / 16)
-      cp_async16(factors_of(n) + 4 * threadIdx.x, p.factors + (static_cast<size_t>(m) * N + n) * kChunk + 4 * threadIdx.x);
+      cp_async16(factors_of(n) + 4 * threadIdx.x,
+                 p.factors + (static_cast<size_t>(m) * N + n) * kChunk + 4 * threadIdx.x);
     copy_async<kChunk, CW, kThreads>(us(n), p.u + first_row + t0 * row_stride + row0, row_stride, p.T - t0);
     copy_async<kChunk, D, kThreads>(vs(n), p.v + first_row + t0 * row_stride, row_stride, p.T - t0);
   };
