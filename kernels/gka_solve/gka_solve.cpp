@@ -47,10 +47,19 @@ bool gka_chunk_solve_apply(const at::Tensor& q) {
 #endif
 }
 
+SolveProducts gka_fp32_solve_products() {
+  const char* value = std::getenv("PRIME_GKA_SOLVE_PRODUCTS");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "tf32x3") return SolveProducts::Tf32x3;
+  if (text == "bf16x3") return SolveProducts::Bf16x3;
+  throw user_error("PRIME_GKA_SOLVE_PRODUCTS=", text, ": must be \"tf32x3\" (three TF32 MMAs per step, the ",
+                   "default) or \"bf16x3\" (three bf16 MMAs per step on split operands)");
+}
+
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                            const at::Tensor& weights, const at::Tensor& from_start,
                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                           at::Tensor* iterates) {
+                           at::Tensor* iterates, SolveProducts products) {
   PRIME_CHECK(gka_chunk_solve_apply(q), "gka_chunk_solve: operands the kernel does not serve (q ",
               q.sizes(), "); ask gka_chunk_solve_apply first");
   PRIME_CHECK(num_iter >= 1, "gka_chunk_solve: num_iter ", num_iter);
@@ -67,7 +76,7 @@ at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at
                                  flat(weights, lead, {C, C}, "weights"),
                                  flat(from_start, lead, {C, 1}, "from_start").view({M, C}),
                                  flat(frob, lead, {C, 1}, "frob").view({M, C}), ridge_strength, num_iter,
-                                 x, all);
+                                 x, all, products);
 #endif
   if (iterates) {
     std::vector<int64_t> sizes{num_iter};

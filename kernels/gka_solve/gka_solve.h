@@ -18,6 +18,19 @@ namespace prime::kernels {
 // such shape on an H100/H200). Otherwise the torch-ops iteration runs.
 bool gka_chunk_solve_apply(const at::Tensor& q);
 
+// How the solve's products (X K^T, X H_0, P K) run on the tensor cores; the iterate and the
+// Chebyshev update are fp32 in every case.
+//   Tf32x3: three TF32 MMAs per step (3xTF32), fp32 accuracy; the default.
+//   Bf16x3: three bf16 MMAs per step on hi + lo parts of every operand: within ~1e-5 of fp32, at
+//           twice the TF32 rate (D a multiple of 32; other head dims take Tf32x3).
+//   Bf16:   one bf16 MMA per step on bf16 operands: the bf16 form, as accurate as bf16 q and keys
+//           allow (experiments/gka_bf16_solve; D as Bf16x3, others take Tf32x3).
+enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
+
+// PRIME_GKA_SOLVE_PRODUCTS: the products of the fp32 solve, "tf32x3" (unset: the default) or
+// "bf16x3"; any other value is a UserError naming the variable. Read at each call.
+SolveProducts gka_fp32_solve_products();
+
 // x after num_iter (>= 1) iterations for q [..., C, D]; keys like q, start [..., D, D], weights
 // [..., C, C], from_start and frob [..., C, 1], all fp32 on q's device and broadcastable to q's
 // leading dims. With `iterates`, it also receives [num_iter, ..., C, D]: the x each iteration
@@ -25,7 +38,7 @@ bool gka_chunk_solve_apply(const at::Tensor& q);
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                            const at::Tensor& weights, const at::Tensor& from_start,
                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                           at::Tensor* iterates = nullptr);
+                           at::Tensor* iterates = nullptr, SolveProducts products = SolveProducts::Tf32x3);
 
 // The gradients of gka_chunk_solve's six operands, per chunk: q and keys [..., C, D], start
 // [..., D, D], weights [..., C, C], from_start and frob [..., C, 1], with q's leading dims (an

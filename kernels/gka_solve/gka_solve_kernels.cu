@@ -165,7 +165,7 @@ bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D) {
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
-                            const at::Tensor& x, const at::Tensor& iterates) {
+                            const at::Tensor& x, const at::Tensor& iterates, SolveProducts products) {
   const char* op = "gka_chunk_solve";
   check_operand(q, op, "q", at::kFloat, 3);
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
@@ -198,6 +198,11 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   PRIME_CHECK(gka_chunk_solve_fits(q.device(), C, D), op, ": ", bytes, " bytes of shared memory for C = ", C,
               ", D = ", D, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
+  if (products != SolveProducts::Tf32x3 && gka_chunk_solve_bf16_serves(C, D)) {
+    launch_gka_chunk_solve_bf16(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates,
+                                products == SolveProducts::Bf16x3 ? 3 : 1);
+    return;
+  }
   if (use_mma_kernel(C, D)) {
     launch_gka_chunk_solve_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
     return;

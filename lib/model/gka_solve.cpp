@@ -22,6 +22,7 @@
 
 #include <vector>
 
+#include "kernels/common/policy.h"
 #include "kernels/gka_solve/gka_solve.h"
 #include "model/gka_core.h"
 #include "model/ssm_common.h"
@@ -56,10 +57,16 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     context->save_for_backward({q, keys, start, weights, from_start, frob});
     context->saved_data["ridge_strength"] = ridge_strength;
     context->saved_data["num_iter"] = num_iter;
-    // On CUDA the fused kernel (kernels/gka_solve) runs the same iteration on chip.
+    // On CUDA the fused kernel (kernels/gka_solve) runs the same iteration on chip; under
+    // PRIME_SSM_CORE=bf16 its products take one bf16 MMA per step (the bf16 form). The backward
+    // recomputes the iterates at fp32 accuracy either way: the sweep's gradients are the fp32
+    // solve's (one bf16 MMA per product would put the keys' gradient past the bf16 bound:
+    // experiments/gka_bf16_solve).
     if (kernels::gka_chunk_solve_apply(q))
       return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
-                                      static_cast<int>(num_iter));
+                                      static_cast<int>(num_iter), nullptr,
+                                      kernels::bf16_ssm_core() ? kernels::SolveProducts::Bf16
+                                                               : kernels::gka_fp32_solve_products());
     const ChunkSystem system{keys, start, weights, from_start};
     return chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q,
                              frob, ridge_strength, static_cast<int>(num_iter));
@@ -82,7 +89,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     if (kernels::gka_chunk_solve_apply(q)) {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
-                               r, num_iter, &iterates);
+                               r, num_iter, &iterates, kernels::gka_fp32_solve_products());
       // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
       // PRIME_GKA_BACKWARD_KERNEL=0 asks for the torch-ops sweep below.
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
