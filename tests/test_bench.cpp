@@ -177,12 +177,15 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   CHECK_THAT(result.output, !Contains("TFLOP/s"));
-  // bf16 times the bf16 forms of GDN and Mamba-2 only: other types (GKA is in the default
-  // list) are refused first.
-  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16");
+  // bf16 times the bf16 forms of GDN, GKA and Mamba-2 (every default type); a type without one
+  // is refused first, fp16 always.
+  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN,SWA");
   CHECK(result.exit_code == 1);
-  CHECK_THAT(result.output, Contains("--types GDN,M2"));
-  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16 --types GDN,M2");
+  CHECK_THAT(result.output, Contains("--types GDN,GKA,M2"));
+  result = test::run_cli("prime-bench kernels --device cpu --dtype fp16 --types GDN");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("fp32 or fp64"));
+  result = test::run_cli("prime-bench kernels --device cpu --dtype bf16");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("needs a CUDA device"));
   // The profiled pass too.

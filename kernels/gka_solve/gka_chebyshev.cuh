@@ -8,6 +8,7 @@ namespace prime::kernels::detail::gka {
 // f), keep = kappa = 1 - eta lambda, decay = e^{G_t}, with lambda = r f and f = ||H_t||_F.
 struct RowFactors {
   float eta = 0.0f, keep = 0.0f, decay = 0.0f;
+  RowFactors() = default;
   __device__ RowFactors(const float* frob, const float* from_start, int t, int chunk, double ridge_strength) {
     if (t < chunk) {
       const float f = frob[t];

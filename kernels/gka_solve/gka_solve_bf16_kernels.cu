@@ -1,64 +1,19 @@
-// The forward kernel of GKA's chunked Chebyshev solve on the bf16 tensor cores (gka_solve.h has the
-// math; gka_solve_mma_kernels.cu the 3xTF32 kernel it mirrors), for D in {32, 64, 96, 128}.
-//
-// Same iteration, same order of operations as the TF32 kernel; the products X K^T, X H_0 and P K run
-// on mma.sync m16n8k16 with fp32 accumulation (bf16_split_tiles.cuh), their operands in shared
-// memory as bf16: Terms = 3 keeps each operand as hi + lo parts and takes three MMAs per step
-// (bf16x3: fp32-like accuracy at twice 3xTF32's rate), Terms = 1 keeps the hi parts only (one MMA
-// per step: the bf16 form, as accurate as bf16 inputs allow). The iterate, x_prev, eta q, H x and
-// the Chebyshev update stay in fp32 registers: each warp owns one 16 x 32 block of the iterate for
-// the whole solve and writes only its bf16 parts back to shared memory for the next products.
-//
-// Shared memory, Terms times (hi, lo): X [Cp, D], K [Cp, D], H_0 [D, D], P = W o X K^T [Cp, Cp]
-// (78 KB at C = 64, D = 128 for Terms = 1; 157 KB for Terms = 3). Per iteration, two barriers:
-//   warps 0..9: P's lower tile (pr, pc), pc <= pr (the tiles above the diagonal are never read);
-//   every owner: Y = e^{G} o X H_0 on its block;
-//   barrier; Y += P K over the keys up to its rows' diagonal block; the update; barrier.
+// The forward kernel of GKA's chunked Chebyshev solve on the bf16 tensor cores for fp32 operands
+// (gka_solve.h has the math, gka_solve_bf16.cuh the iteration): bf16x3 products (Terms = 3) or one
+// bf16 MMA per product (Terms = 1), D in {32, 64, 96, 128}. The keys and H_0 are split (or rounded)
+// into shared memory once; q, W, e^{G} and ||H_t||_F are read from their fp32 tensors.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "kernels/common/bf16_split_tiles.cuh"
 #include "kernels/common/cuda_check.cuh"
-#include "kernels/gka_solve/gka_chebyshev.cuh"
+#include "kernels/gka_solve/gka_solve_bf16.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
 
 namespace prime::kernels::detail {
 
 namespace {
 
-using namespace gka;
-using namespace bf16_tiles;
-
-constexpr int kThreads = 512;
-constexpr int kTiles = 2;  // 16 x 16 tiles of a warp's block of the iterate: 32 columns
-
-// Element offsets of the bf16 shared matrices, each `terms` parts of `size` elements (hi, then lo),
-// then the fp32 iterate [Cp][ld_f] (each owner's own elements: registers would spill).
-struct Bf16Layout {
-  int terms, ld_d, ld_p, ld_f;
-  int x, k, h, p, elements;
-  int x_size, h_size, p_size;
-  size_t bytes;
-
-  __host__ __device__ Bf16Layout(int padded_chunk, int d, int terms_) : terms(terms_) {
-    ld_d = ld_of(d);
-    ld_p = ld_of(padded_chunk);
-    x_size = padded_chunk * ld_d;
-    h_size = d * ld_d;
-    p_size = padded_chunk * ld_p;
-    x = 0;
-    k = x + terms * x_size;
-    h = k + terms * x_size;
-    p = h + terms * h_size;
-    elements = p + terms * p_size;  // a multiple of 8: the fp32 iterate starts on 16 bytes
-    ld_f = d + 8;                    // a warp's float2 accesses to its 8 x 8 pairs in two wavefronts
-    bytes = static_cast<size_t>(elements) * 2 + static_cast<size_t>(padded_chunk) * ld_f * 4;
-  }
-
-  __device__ SplitMatrix part(Bf16* base, int offset, int size) const {
-    return {base + offset, terms == 3 ? base + offset + size : nullptr};
-  }
-};
+using namespace gka_bf16;
 
 // dst [rows][cols] (row stride ld) <- the fp32 rows of src (row stride cols), split; rows at or past
 // `valid` are zeros (not read).
@@ -73,18 +28,6 @@ __device__ __forceinline__ void load_split(const SplitMatrix& dst, int ld, const
   }
 }
 
-// Calls f(j, e, row, col) for the lane's pairs of the 16 x 32 block at (row0, col0): elements e and
-// e + 1 of the block's tile j (bf16_tiles' accumulator layout) at (row, col) and (row, col + 1).
-template <typename F>
-__device__ __forceinline__ void for_each_block_pair(int row0, int col0, F&& f) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-#pragma unroll
-    for (int e = 0; e < 8; e += 2) f(j, e, row0 + g + 8 * ((e / 2) % 2), col0 + 16 * j + 8 * (e / 4) + 2 * t);
-  }
-}
-
 template <int D, int Terms>
 __global__ void __launch_bounds__(kThreads, 1)
     gka_chunk_solve_bf16_kernel(const float* __restrict__ q, const float* __restrict__ keys,
@@ -93,111 +36,31 @@ __global__ void __launch_bounds__(kThreads, 1)
                                 float* __restrict__ x_out, float* __restrict__ iterates, int chunk, int padded_chunk,
                                 double ridge_strength, int num_iter, long long chunks) {
   extern __shared__ __align__(128) unsigned char smem_bytes[];
-  Bf16* smem = reinterpret_cast<Bf16*>(smem_bytes);
-  const int Cp = padded_chunk;
-  const Bf16Layout L(Cp, D, Terms);
-  const int ld_d = L.ld_d, ld_p = L.ld_p;
-  const SplitMatrix X = L.part(smem, L.x, L.x_size), K = L.part(smem, L.k, L.x_size),
-                    H = L.part(smem, L.h, L.h_size), P = L.part(smem, L.p, L.p_size);
-  float* const Xf = reinterpret_cast<float*>(smem + L.elements);
-  const int ld_f = L.ld_f;
+  const Shared s(smem_bytes, Layout(padded_chunk, D, Terms));
+  const Roles r(padded_chunk, D);
   const long long m = blockIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int g = threadIdx.x % 32 / 4;
   const size_t cd = static_cast<size_t>(chunk) * D;
+  load_split<Terms>(s.K, s.ld_d, keys + m * cd, padded_chunk, chunk, D);
+  load_split<Terms>(s.H, s.ld_d, start + m * D * D, D, D, D);
 
-  load_split<Terms>(K, ld_d, keys + m * cd, Cp, chunk, D);
-  load_split<Terms>(H, ld_d, start + m * D * D, D, D, D);
-
-  // This warp's block of the iterate: rows 16 rb.., columns c0..c0 + 31 (every element of X has
-  // exactly one owner: (Cp / 16) (D / 32) <= 16 blocks).
-  constexpr int kGroups = D / 32;
-  const bool owner = warp < (Cp / 16) * kGroups;
-  const int rb = owner ? warp / kGroups : 0, c0 = owner ? (warp % kGroups) * 32 : 0;
-  const RowFactors rows[2] = {
-      RowFactors(frob + m * chunk, from_start + m * chunk, 16 * rb + g, chunk, ridge_strength),
-      RowFactors(frob + m * chunk, from_start + m * chunk, 16 * rb + g + 8, chunk, ridge_strength)};
-  // eta q and x_prev in the accumulator layout of the warp's two tiles; the iterate in Xf.
-  Acc eta_q[kTiles], x_prev[kTiles];
-  for_each_block_pair(16 * rb, c0, [&](int j, int e, int row, int col) {
-    const float eta = rows[(e / 2) % 2].eta;
-    const float2 value =
-        owner && row < chunk ? *reinterpret_cast<const float2*>(q + m * cd + row * D + col) : make_float2(0.0f, 0.0f);
-    eta_q[j].x[e] = eta * value.x;
-    eta_q[j].x[e + 1] = eta * value.y;
-    x_prev[j].x[e] = x_prev[j].x[e + 1] = 0.0f;
-    if (!owner) return;
-    *reinterpret_cast<float2*>(Xf + row * ld_f + col) = make_float2(eta_q[j].x[e], eta_q[j].x[e + 1]);
-    store_split<Terms>(X, row * ld_d + col, eta_q[j].x[e], eta_q[j].x[e + 1]);
+  WarpState state;
+  for (int i = 0; i < 2; ++i)
+    state.rows[i] = RowFactors(frob + m * chunk, from_start + m * chunk, 16 * r.rb + g + 8 * i, chunk, ridge_strength);
+  const float* q_chunk = q + m * cd;
+  const float* w_chunk = weights + m * chunk * chunk;
+  start_solve<Terms>(
+      s, r, state, chunk, [&](int row, int col) { return *reinterpret_cast<const float2*>(q_chunk + row * D + col); },
+      [&](int t, int u) { return w_chunk[t * chunk + u]; });
+  run_solve<D, Terms>(s, r, state, ridge_strength, num_iter, [&](int iteration, int row, int col, float2 x) {
+    if (iterates && row < chunk)
+      *reinterpret_cast<float2*>(iterates + (static_cast<size_t>(iteration) * chunks + m) * cd + row * D + col) = x;
   });
-
-  // This warp's tile of P (if any): the lower tiles (pr, pc), pc <= pr, in order; W in registers.
-  const int row_blocks = Cp / 16;
-  const bool p_owner = warp < row_blocks * (row_blocks + 1) / 2;
-  int pr = 0, pc = warp;
-  while (pc > pr) pc -= ++pr;
-  Acc w_tile;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const int t = 16 * pr + g + 8 * ((e / 2) % 2), s = 16 * pc + 8 * (e / 4) + 2 * t4 + e % 2;
-    w_tile.x[e] = p_owner && t < chunk && s < chunk ? weights[m * chunk * chunk + t * chunk + s] : 0.0f;
-  }
-
-  ChebyshevOmegas omegas(ridge_strength);
-  for (int iteration = 0; iteration < num_iter; ++iteration) {
-    const float w = static_cast<float>(omegas.next());
-    __syncthreads();  // X holds this iteration's x; the previous iteration's P is read
-    if (p_owner) {
-      Acc p[1];
-      fill(p[0], 0.0f);
-      split_row_block_product<Terms, 1, /*Transposed=*/true>(p, X, 16 * pr * ld_d, ld_d, D, K, ld_d, 16 * pc);
-#pragma unroll
-      for (int e = 0; e < 8; e += 2) {
-        const int row = 16 * pr + g + 8 * ((e / 2) % 2), col = 16 * pc + 8 * (e / 4) + 2 * t4;
-        store_split<Terms>(P, row * ld_p + col, p[0].x[e] * w_tile.x[e], p[0].x[e + 1] * w_tile.x[e + 1]);
-      }
-    }
-    Acc y[kTiles];
-    if (owner) {
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) fill(y[j], 0.0f);
-      split_row_block_product<Terms, kTiles>(y, X, 16 * rb * ld_d, ld_d, D, H, ld_d, c0);
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) y[j].x[e] *= rows[(e / 2) % 2].decay;
-      }
-    }
-    __syncthreads();  // P complete; nothing reads X again this iteration
-    if (!owner) continue;
-    // Y += P K: P's columns past this row block's diagonal block are zero.
-    split_row_block_product<Terms, kTiles>(y, P, 16 * rb * ld_p, ld_p, 16 * (rb + 1), K, ld_d, c0);
-    float* it_out = iterates ? iterates + (static_cast<size_t>(iteration) * chunks + m) * cd : nullptr;
-    for_each_block_pair(16 * rb, c0, [&](int j, int e, int row, int col) {
-      const RowFactors& f = rows[(e / 2) % 2];
-      float2* at = reinterpret_cast<float2*>(Xf + row * ld_f + col);
-      const float2 x = *at;
-      if (it_out && row < chunk) *reinterpret_cast<float2*>(it_out + row * D + col) = x;
-      float next[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int s = e + i;
-        const float xs = i ? x.y : x.x;
-        // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
-        const float base =
-            iteration ? eta_q[j].x[s] - (eta_q[j].x[s] - x_prev[j].x[s]) * (1.0f - w) : eta_q[j].x[s] * w;
-        next[i] = base + f.keep * w * xs - f.eta * w * y[j].x[s];
-        x_prev[j].x[s] = xs;
-      }
-      *at = make_float2(next[0], next[1]);
-      store_split<Terms>(X, row * ld_d + col, next[0], next[1]);
-    });
-  }
-  if (!owner) return;
-  // Each owner's own elements of the final x (its own writes: no barrier needed).
-  for_each_block_pair(16 * rb, c0, [&](int, int, int row, int col) {
+  if (!r.owner) return;
+  for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
     if (row < chunk)
       *reinterpret_cast<float2*>(x_out + m * cd + row * D + col) =
-          *reinterpret_cast<const float2*>(Xf + row * ld_f + col);
+          *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col);
   });
 }
 
@@ -241,7 +104,7 @@ bool gka_chunk_solve_bf16_serves(int64_t C, int64_t D) {
 }
 
 size_t gka_chunk_solve_bf16_shared_bytes(int64_t C, int64_t D, int terms) {
-  return Bf16Layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D), terms).bytes;
+  return gka_bf16::Layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D), terms).bytes;
 }
 
 void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,

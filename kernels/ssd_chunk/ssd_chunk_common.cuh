@@ -9,16 +9,21 @@
 namespace prime::kernels::detail::ssd_common {
 
 // delta [B,T,H] read through its strides.
+// delta [B,T,H] with its strides. scales_inputs false: delta drives the decay only (Gamma = sum of
+// delta A) and scales no input row (gated linear attention: GKA's state walks and output; the
+// bf16 forward kernels only).
 struct DeltaView {
   const float* data = nullptr;
   long long s0 = 0, s1 = 0, s2 = 0;
+  bool scales_inputs = true;
   __device__ __forceinline__ float at(int b, int t, int h) const { return data[b * s0 + t * s1 + h * s2]; }
 };
 
-inline DeltaView make_delta_view(const at::Tensor& delta) {
+inline DeltaView make_delta_view(const at::Tensor& delta, bool scales_inputs = true) {
   DeltaView view;
   view.data = delta.data_ptr<float>();
   view.s0 = delta.stride(0), view.s1 = delta.stride(1), view.s2 = delta.stride(2);
+  view.scales_inputs = scales_inputs;
   return view;
 }
 

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(32 * kFactorChunksPerBlock) ssd_walk_factors_k
   float* out = factors + (static_cast<size_t>(m) * num_chunks + n) * kChunk;
   for (int t = lane; t < kChunk; t += 32)
     out[t] = Reverse ? expf(static_cast<float>(gamma[t]))
-                     : dl[t] * expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
+                     : (delta.scales_inputs ? dl[t] : 1.0f) * expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
   if (lane == 0) decays[static_cast<size_t>(m) * num_chunks + n] = expf(static_cast<float>(gamma[kChunk - 1]));
 }
 
@@ -223,10 +223,12 @@ inline void check_operands(const char* op, const at::Tensor& x, const at::Tensor
 
 // Runs the walk (the caller checked the operands): u, v bf16 [B,T,H,D]; out bf16 [B*H, nC, D, D];
 // initial fp32 [B*H, D, D] or undefined; final_state fp32 [B*H, D, D]; restart [nC] or undefined.
+// delta_scales_inputs false (forwards only): f_t = e^{Gamma_end - Gamma_t}, delta the decay alone.
 template <bool Reverse>
 void run_walk(const char* op, const at::Tensor& u, const at::Tensor& v, const at::Tensor& delta, const at::Tensor& A,
               const at::Tensor& restart, const at::Tensor& out, const at::Tensor& initial,
-              const at::Tensor& final_state) {
+              const at::Tensor& final_state, bool delta_scales_inputs = true) {
+  PRIME_CHECK(delta_scales_inputs || !Reverse, op, ": the backward walk takes delta as an input scale");
   const int64_t B = u.size(0), T = u.size(1), H = u.size(2), D = u.size(3), M = B * H;
   const int64_t N = (T + kChunk - 1) / kChunk;
   check_operand_sizes(out, op, "states", at::kBFloat16, {M, N, D, D});
@@ -243,7 +245,8 @@ void run_walk(const char* op, const at::Tensor& u, const at::Tensor& v, const at
   const dim3 factor_grid(static_cast<unsigned>((N + kFactorChunksPerBlock - 1) / kFactorChunksPerBlock),
                          static_cast<unsigned>(M));
   ssd_walk_factors_kernel<Reverse><<<factor_grid, 32 * kFactorChunksPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-      ssd_common::make_delta_view(delta), A.data_ptr<float>(), static_cast<int>(T), static_cast<int>(H),
+      ssd_common::make_delta_view(delta, delta_scales_inputs), A.data_ptr<float>(), static_cast<int>(T),
+      static_cast<int>(H),
       static_cast<int>(N), factors.data_ptr<float>(), decays.data_ptr<float>());
   PRIME_CUDA_CHECK_LAUNCH("ssd_walk_factors_kernel");
   WalkParams p{};

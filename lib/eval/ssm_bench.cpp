@@ -65,8 +65,9 @@ at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenc
   if (type == "GKA") {
     model::GkaMixer::Prepared prepared;
     prepared.q = in.q;
-    prepared.k = in.k * in.beta.unsqueeze(-1);
-    prepared.v = in.v * in.beta.unsqueeze(-1);
+    // bf16 q, k, v stay bf16 (GKA's bf16 forward); fp32 gates would otherwise promote k and v.
+    prepared.k = (in.k * in.beta.unsqueeze(-1)).to(in.q.scalar_type());
+    prepared.v = (in.v * in.beta.unsqueeze(-1)).to(in.q.scalar_type());
     prepared.alpha = in.alpha;
     prepared.log_decay_kv = in.log_decay;
     prepared.log_decay_kk = in.log_decay;
@@ -87,7 +88,7 @@ std::string shape_label(const std::string& type, const SsmBenchOptions& options)
   return shape;
 }
 
-// bf16: Mamba-2's form has a backward, GDN's is a forward only.
+// bf16: Mamba-2's form has a backward, GDN's and GKA's are forwards only.
 bool with_backward(const SsmBenchOptions& options, const std::string& type) {
   return options.backward && (options.dtype != at::kBFloat16 || type == "M2");
 }
@@ -121,17 +122,17 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
 // solve); the torch-ops forms have no half-precision form (no bf16 triangular solve). The kernels
-// bench also takes bf16: GDN's bf16 forward and Mamba-2's bf16 forward and backward.
+// bench also takes bf16: GDN's and GKA's bf16 forwards and Mamba-2's bf16 forward and backward.
 void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
   if (options.dtype == at::kFloat || options.dtype == at::kDouble) return;
   if (kernels && options.dtype == at::kBFloat16) {
     for (const std::string& type : options.types)
-      if (type != "GDN" && type != "M2")
-        throw user_error("--dtype bf16 times the bf16 forms of GDN and Mamba-2 only: pass --types GDN,M2");
+      if (type != "GDN" && type != "GKA" && type != "M2")
+        throw user_error("--dtype bf16 times the bf16 forms of GDN, GKA and Mamba-2 only: pass --types GDN,GKA,M2");
     return;
   }
   throw user_error("--dtype ", c10::toString(options.dtype), ": the SSM cores compute in fp32 or fp64",
-                   kernels ? " (bf16: the bf16 forms, --types GDN,M2)" : " (the mixers cast bf16 inputs to fp32)");
+                   kernels ? " (bf16: the bf16 forms, --types GDN,GKA,M2)" : " (the mixers cast bf16 inputs to fp32)");
 }
 
 }  // namespace

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/common/policy.h"
+#include "kernels/gka_solve/gka_forward_bf16.h"
 #include "model/gka_core.h"
 #include "model/ssm_chunks.h"
 #include "util/error.h"
@@ -59,6 +61,16 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
                            const SolveOptions& options, const at::Tensor& chunk_starts) {
   const int64_t T = in.q.size(1);
   PRIME_CHECK(T > 0 && chunk_size > 0);
+  // Without a gradient to record, under PRIME_SSM_CORE=bf16 (or on bf16 operands), the whole form
+  // runs on kernels/gka_solve's bf16 forward.
+  if ((in.q.scalar_type() == at::kBFloat16 || kernels::bf16_ssm_core()) &&
+      kernels::gka_forward_bf16_apply(in.q, in.k, in.v, in.log_decay_kk, in.log_decay_kv, in.alpha, kk_state, kv_state,
+                                      chunk_size, chunk_starts, options.num_iter)) {
+    kernels::GkaForwardBf16 out =
+        kernels::gka_forward_bf16(in.q, in.k, in.v, in.log_decay_kv, in.alpha, kk_state, kv_state, chunk_starts,
+                                  options.ridge_strength, options.num_iter, options.output_scale);
+    return {out.o, out.kk_state, out.kv_state};
+  }
   // A chunk longer than the sequence only costs padding.
   const int64_t C = chunk_starts.defined() ? chunk_size : std::min(chunk_size, T);
   PRIME_CHECK(!chunk_starts.defined() || (T % C == 0 && chunk_starts.dim() == 1 && chunk_starts.size(0) == T / C &&

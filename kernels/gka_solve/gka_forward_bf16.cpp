@@ -1,0 +1,96 @@
+// Host side of GKA's bf16 forward: operands cast and laid out for the three launches.
+#include "kernels/gka_solve/gka_forward_bf16.h"
+
+#include "kernels/common/policy.h"
+#include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/gka_solve/gka_forward_bf16_launch.h"
+#include "kernels/ssd_chunk/ssd_chunk_launch.h"
+#endif
+
+namespace prime::kernels {
+
+namespace {
+
+constexpr int64_t kChunk = 64;  // the walk's and the per-chunk kernel's
+
+bool is_float_gate(const at::Tensor& gate, const at::Tensor& q) {
+  return !gate.defined() || (gate.scalar_type() == at::kFloat && gate.device() == q.device() &&
+                             gate.sizes() == q.sizes().slice(0, 3));
+}
+
+bool is_state(const at::Tensor& state, const at::Tensor& q) {
+  const int64_t B = q.size(0), H = q.size(2), D = q.size(3);
+  return !state.defined() || (state.scalar_type() == at::kFloat && state.device() == q.device() &&
+                              state.sizes() == at::IntArrayRef({B, H, D, D}));
+}
+
+}  // namespace
+
+bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& log_decay_kk, const at::Tensor& log_decay_kv, const at::Tensor& alpha,
+                            const at::Tensor& kk_state, const at::Tensor& kv_state, int64_t chunk_size,
+                            const at::Tensor& chunk_starts, int num_iter) {
+  for (const at::Tensor* operand : {&q, &k, &v, &log_decay_kk, &log_decay_kv, &alpha, &kk_state, &kv_state})
+    if (records_gradient(*operand)) return false;
+  if (!use_cuda_kernels(q) || q.dim() != 4 || num_iter < 1) return false;
+  if (q.scalar_type() != at::kBFloat16 && q.scalar_type() != at::kFloat) return false;
+  for (const at::Tensor* operand : {&k, &v})
+    if (operand->sizes() != q.sizes() || operand->scalar_type() != q.scalar_type() || operand->device() != q.device())
+      return false;
+  const int64_t D = q.size(3);
+  if (!(D == 32 || D == 64 || D == 128) || q.size(0) * q.size(2) > 65535 || (q.size(1) + kChunk - 1) / kChunk > 65535)
+    return false;
+  if (log_decay_kk.defined() != log_decay_kv.defined() ||
+      (log_decay_kk.defined() && !log_decay_kk.is_same(log_decay_kv)))
+    return false;
+  if (!is_float_gate(log_decay_kk, q) || !is_float_gate(alpha, q)) return false;
+  if (!is_state(kk_state, q) || !is_state(kv_state, q)) return false;
+  return !chunk_starts.defined() || chunk_size == kChunk;
+}
+
+GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& log_decay, const at::Tensor& alpha, const at::Tensor& kk_state,
+                                const at::Tensor& kv_state, const at::Tensor& chunk_starts, double ridge_strength,
+                                int num_iter, double output_scale) {
+  PRIME_CHECK(gka_forward_bf16_apply(q, k, v, log_decay, log_decay, alpha, kk_state, kv_state, kChunk, chunk_starts,
+                                     num_iter),
+              "gka_forward_bf16: operands the kernels do not serve (q ", q.sizes(),
+              "); ask gka_forward_bf16_apply first");
+  require_cuda_build("gka_forward_bf16");
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N &&
+                                          chunk_starts.scalar_type() == at::kBool),
+              "gka_forward_bf16: chunk_starts must be [", N, "] bool");
+  const auto bf16 = [](const at::Tensor& x) { return contiguous_aligned(x.to(at::kBFloat16), 16); };
+  const at::Tensor qb = bf16(q), kb = bf16(k), vb = bf16(v);
+  const auto f32 = q.options().dtype(at::kFloat);
+  // The SSD kernels' decay is delta A: delta = -log decay >= 0 with A = -1 (and delta as no input scale).
+  const at::Tensor log_decays = log_decay.defined() ? log_decay.contiguous() : at::zeros({B, T, H}, f32);
+  const at::Tensor delta = log_decays.neg();
+  const at::Tensor A = at::full({H}, -1.0, f32);
+  const at::Tensor restart = chunk_starts.defined() ? chunk_starts.to(q.device()).contiguous() : at::Tensor();
+  GkaForwardBf16 out;
+  out.kk_state = new_output({B, H, D, D}, f32);
+  at::Tensor kv_final = new_output({M, D, D}, f32);  // S^T: the SSD state is [v dim, k dim]
+  out.o = new_output(q.sizes(), q.options());
+#ifdef PRIME_WITH_CUDA
+  const at::Tensor h_states = new_output({M, N, D, D}, qb.options());
+  detail::launch_ssd_walk_bf16(kb, kb, delta, A,
+                               kk_state.defined() ? contiguous_aligned(kk_state.reshape({M, D, D}), 32) : at::Tensor(),
+                               restart, h_states, out.kk_state.view({M, D, D}), /*delta_scales_inputs=*/false);
+  const at::Tensor q_tilde = new_output(qb.sizes(), qb.options());
+  detail::launch_gka_forward_bf16_solve(qb, kb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(),
+                                        h_states, ridge_strength, num_iter, output_scale, q_tilde);
+  const at::Tensor s_states = new_output({M, N, D, D}, qb.options());
+  const at::Tensor kv_initial =
+      kv_state.defined() ? kv_state.reshape({M, D, D}).transpose(1, 2).contiguous() : at::Tensor();
+  detail::launch_ssd_forward_bf16(vb, delta, A, kb, q_tilde, kv_initial, restart, s_states, kv_final, out.o,
+                                  /*delta_scales_inputs=*/false);
+#endif
+  out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});
+  return out;
+}
+
+}  // namespace prime::kernels

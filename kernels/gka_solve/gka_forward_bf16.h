@@ -1,0 +1,44 @@
+// GKA's chunked forward on bf16 tensor cores (prefill and evaluation: no autograd), the whole of
+// lib/model/gka_chunked.cpp's chunked_core in three kernels:
+//  1. the walk over 64-step chunks for H (kernels/ssd_chunk's bf16 walk with u = v = k and the log
+//     decays as its decay alone): the state entering each chunk in bf16, the final H in fp32;
+//  2. per chunk (gka_forward_bf16_kernels.cu): the decays, ||H_t||_F from its three parts, the
+//     Chebyshev solve on one bf16 MMA per product, and q~ = scale (q + alpha (x - q)) in bf16;
+//  3. the gated linear attention (kernels/ssd_chunk's bf16 forward with x = v, B = k, C = q~, the
+//     log decays as the decay alone): o and the final S.
+// The states are carried in fp32 and rounded to bf16 where they enter a chunk's products; the
+// accuracy is the bf16 forms' (q, k, v, H_0, the solve's operands and q~ in bf16).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace prime::kernels {
+
+// Whether gka_forward_bf16 serves chunked_core for these operands: policy Auto, no gradient to
+// record on any of them, q, k, v [B,T,H,D] all bf16 or all fp32 on one CUDA device with D in
+// {32, 64, 128}, B*H and the 64-step chunk count <= 65535; one log decay for both states (the same tensor, or both
+// undefined), fp32 [B,T,H]; alpha fp32 [B,T,H] or undefined; the states fp32 [B,H,D,D] or
+// undefined; num_iter >= 1; chunk_starts only with chunk_size 64.
+bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& log_decay_kk, const at::Tensor& log_decay_kv, const at::Tensor& alpha,
+                            const at::Tensor& kk_state, const at::Tensor& kv_state, int64_t chunk_size,
+                            const at::Tensor& chunk_starts, int num_iter);
+
+struct GkaForwardBf16 {
+  at::Tensor o;         // [B,T,H,D] in q's dtype
+  at::Tensor kk_state;  // final H [B,H,D,D] fp32
+  at::Tensor kv_state;  // final S [B,H,D,D] fp32
+};
+
+// chunked_core's result (o before the output norm, times output_scale) from the kernels: q, k, v,
+// log_decay, alpha as gka_forward_bf16_apply takes them (log_decay undefined: no decay),
+// kk_state / kv_state the states entering (undefined: zeros), chunk_starts [ceil(T / 64)] bool or
+// undefined (a flagged chunk starts both states from zero).
+GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& log_decay, const at::Tensor& alpha, const at::Tensor& kk_state,
+                                const at::Tensor& kv_state, const at::Tensor& chunk_starts, double ridge_strength,
+                                int num_iter, double output_scale);
+
+}  // namespace prime::kernels

@@ -1,0 +1,248 @@
+// The per-chunk kernel of GKA's bf16 forward (gka_forward_bf16.h): for one chunk of 64 steps of
+// one batch and head, from bf16 q and k, the log decays, alpha and the bf16 state H_0 entering the
+// chunk (the walk's), everything the chunked form (lib/model/gka_chunked.cpp) computes between the
+// H walk and the gated linear attention, without leaving the chip:
+//   G_t (float64 sums of the log decays), e^{G_t}, W_tj = e^{G_t - G_j} (j <= t);
+//   ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} sum_j W_tj k_j^T H_0 k_j + sum_ij W_ti W_tj (k_i.k_j)^2
+//   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
+//   the Chebyshev solve (gka_solve_bf16.cuh, one bf16 MMA per product);
+//   q~ = scale (q + alpha (x - q)), written in bf16 for the output.
+// One block of 16 warps per chunk; D in {32, 64, 128}.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/common/cp_async.cuh"
+#include "kernels/common/cuda_check.cuh"
+#include "kernels/gka_solve/gka_forward_bf16_launch.h"
+#include "kernels/gka_solve/gka_solve_bf16.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_common.cuh"
+
+namespace prime::kernels::detail {
+
+namespace {
+
+using namespace gka_bf16;
+
+constexpr int kChunk = 64;
+constexpr int kWarps = kThreads / 32;
+constexpr int kLdW = kChunk + 1;  // fp32 [64][65]: W and the squared gram
+
+struct ForwardParams {
+  const Bf16 *q, *k;       // [B,T,H,D]
+  const float* log_decay;  // [B,T,H]
+  const float* alpha;      // [B,T,H] or null (alpha = 1)
+  const Bf16* states;      // [M,N,D,D]: H entering each chunk
+  int T, H, num_chunks;
+  double ridge_strength;
+  int num_iter;
+  float output_scale;
+  Bf16* q_tilde;  // [B,T,H,D]
+};
+
+// Shared memory past the solve's (Layout(64, D, 1)): gamma [64] double, W and the squared gram
+// [64][65] fp32, k_j^T H_0 k_j per column group [64][4], the warps' parts of ||H_0||^2 [16], e^{G}
+// and ||H_t||_F [64] each, the scan's scratch [64].
+template <int D>
+constexpr size_t extra_offset() {
+  return (static_cast<size_t>(Layout(kChunk, D, 1).bytes) + 15) / 16 * 16;
+}
+template <int D>
+constexpr size_t forward_shared_bytes() {
+  return extra_offset<D>() + kChunk * sizeof(double) + (2 * kChunk * kLdW + kChunk * 4 + kWarps + 3 * kChunk) * 4;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) unsigned char smem_bytes[];
+  const Shared s(smem_bytes, Layout(kChunk, D, 1));
+  double* gamma = reinterpret_cast<double*>(smem_bytes + extra_offset<D>());
+  float* W = reinterpret_cast<float*>(gamma + kChunk);
+  float* gram2 = W + kChunk * kLdW;
+  float* khk = gram2 + kChunk * kLdW;  // [64][4]
+  float* h0_parts = khk + kChunk * 4;  // [16]
+  float* from_start = h0_parts + kWarps;
+  float* frob = from_start + kChunk;
+  float* scan_scratch = frob + kChunk;
+  const Roles r(kChunk, D);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int n = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = n * kChunk;
+  const int valid = min(kChunk, p.T - t0);
+  const size_t row_stride = static_cast<size_t>(p.H) * D;
+  const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
+  const size_t gate_first = (static_cast<size_t>(b) * p.T + t0) * p.H + h;  // [B,T,H] index of row 0
+
+  copy_async<kChunk, D, kThreads>(s.K.hi, p.k + first_row, row_stride, valid);
+  copy_async<D, D, kThreads>(s.H.hi, p.states + (static_cast<size_t>(m) * p.num_chunks + n) * D * D, D);
+  cp_async_commit();
+  if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
+    const float2 logs = make_float2(lane < valid ? p.log_decay[gate_first + lane * p.H] : 0.0f,
+                                    lane + 32 < valid ? p.log_decay[gate_first + (lane + 32) * p.H] : 0.0f);
+    ssd_common::scan_gamma(logs, 1.0f, gamma, scan_scratch);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+    const int t = i / kChunk, j = i % kChunk;
+    W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+  }
+  if (threadIdx.x < kChunk)
+    from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
+  {  // ||H_0||^2, each warp's part in a fixed order
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < D * D / 2; i += kThreads) {
+      const int row = (2 * i) / D, col = (2 * i) % D;
+      const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.H.hi + row * s.ld_d + col));
+      sum += pair.x * pair.x + pair.y * pair.y;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) h0_parts[warp] = sum;
+  }
+  if (r.p_owner) {  // (k_i . k_j)^2 for the lower tile (pr, pc) and its mirror
+    Acc gram[1];
+    fill(gram[0], 0.0f);
+    split_row_block_product<1, 1, /*Transposed=*/true>(gram, s.K, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
+                                                        16 * r.pc);
+    for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
+      for (int i = 0; i < 2; ++i) {
+        if (col + i > row) continue;  // one writer per element: the diagonal tile's lower half
+        const float square = gram[0].x[e + i] * gram[0].x[e + i];
+        gram2[row * kLdW + col + i] = square;
+        gram2[(col + i) * kLdW + row] = square;
+      }
+    });
+  }
+  if (r.owner) {  // k_j^T H_0 k_j: this block's columns of (K H_0) o K, summed over the quad
+    Acc z[kTiles];
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) fill(z[j], 0.0f);
+    split_row_block_product<1, kTiles>(z, s.K, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d, r.c0);
+    float row_sum[2] = {0.0f, 0.0f};  // rows g and g + 8
+    for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
+      const float2 key = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.K.hi + row * s.ld_d + col));
+      row_sum[(e / 2) % 2] += z[j].x[e] * key.x + z[j].x[e + 1] * key.y;
+    });
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
+      row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+    }
+    if (t4 == 0) {
+      khk[(16 * r.rb + g) * 4 + r.c0 / 32] = row_sum[0];
+      khk[(16 * r.rb + g + 8) * 4 + r.c0 / 32] = row_sum[1];
+    }
+  }
+  __syncthreads();
+
+  // ||H_t||_F, one warp per row t (rows warp, warp + 16, ...): lanes take j = lane, lane + 32.
+  float h0_norm2 = 0.0f;
+  for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
+  for (int t = warp; t < kChunk; t += kWarps) {
+    float cross = 0.0f, intra = 0.0f;
+    for (int half = 0; half < 2; ++half) {
+      const int j = lane + 32 * half;
+      float khk_j = 0.0f;
+      for (int c = 0; c < D / 32; ++c) khk_j += khk[j * 4 + c];
+      const float w_tj = W[t * kLdW + j];
+      cross += w_tj * khk_j;
+      float weighted = 0.0f;  // sum_i (k_j . k_i)^2 W_ti
+      for (int i = 0; i <= t; ++i) weighted += gram2[j * kLdW + i] * W[t * kLdW + i];
+      intra += w_tj * weighted;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      cross += __shfl_xor_sync(0xffffffffu, cross, offset);
+      intra += __shfl_xor_sync(0xffffffffu, intra, offset);
+    }
+    if (lane == 0) {
+      const float e = from_start[t];
+      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
+      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
+    }
+  }
+  __syncthreads();
+
+  WarpState state;
+  for (int i = 0; i < 2; ++i)
+    state.rows[i] = RowFactors(frob, from_start, 16 * r.rb + g + 8 * i, valid, p.ridge_strength);
+  const auto q_pair = [&](int row, int col) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + first_row + row * row_stride + col));
+  };
+  start_solve<1>(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
+  run_solve<D, 1>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
+  if (!r.owner) return;
+  for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
+    if (row >= valid) return;
+    const float2 x = *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col);
+    const float2 qv = q_pair(row, col);
+    const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
+    const float mixed0 = p.alpha ? qv.x + alpha * (x.x - qv.x) : x.x;
+    const float mixed1 = p.alpha ? qv.y + alpha * (x.y - qv.y) : x.y;
+    *reinterpret_cast<__nv_bfloat162*>(p.q_tilde + first_row + row * row_stride + col) =
+        __floats2bfloat162_rn(mixed0 * p.output_scale, mixed1 * p.output_scale);
+  });
+}
+
+template <int D>
+void launch_typed(const ForwardParams& p, int64_t M) {
+  const size_t bytes = forward_shared_bytes<D>();
+  const auto kernel = gka_forward_bf16_kernel<D>;
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  const dim3 grid(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
+  kernel<<<grid, kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH("gka_forward_bf16_kernel");
+}
+
+}  // namespace
+
+size_t gka_forward_bf16_shared_bytes(int64_t D) {
+  return D == 32 ? forward_shared_bytes<32>() : D == 64 ? forward_shared_bytes<64>() : forward_shared_bytes<128>();
+}
+
+void launch_gka_forward_bf16_solve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_decay,
+                                   const at::Tensor& alpha, const at::Tensor& states, double ridge_strength,
+                                   int num_iter, double output_scale, const at::Tensor& q_tilde) {
+  const char* op = "gka_forward_bf16";
+  check_operand(q, op, "q", at::kBFloat16, 4);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
+  PRIME_CHECK(M <= 65535, op, ": batch * heads must be <= 65535");
+  PRIME_CHECK(num_iter >= 1, op, ": num_iter ", num_iter);
+  check_operand_sizes(k, op, "k", at::kBFloat16, q.sizes());
+  check_operand_sizes(q_tilde, op, "q_tilde", at::kBFloat16, q.sizes());
+  check_operand_sizes(log_decay, op, "log_decay", at::kFloat, {B, T, H});
+  if (alpha.defined()) check_operand_sizes(alpha, op, "alpha", at::kFloat, {B, T, H});
+  check_operand_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
+  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&states, "states"}})
+    check_aligned(*tensor, op, name, 16);
+  for (const at::Tensor* operand : {&k, &log_decay, &alpha, &states, &q_tilde})
+    PRIME_CHECK(!operand->defined() || operand->device() == q.device(), op, ": operands on different devices");
+  if (M == 0 || N == 0) return;
+  PRIME_CHECK(gka_forward_bf16_shared_bytes(D) <=
+                  at::cuda::getDeviceProperties(q.get_device())->sharedMemPerBlockOptin,
+              op, ": ", gka_forward_bf16_shared_bytes(D), " bytes of shared memory exceed the device's limit");
+  const at::cuda::CUDAGuard guard(q.device());
+  ForwardParams p{};
+  p.q = reinterpret_cast<const Bf16*>(q.data_ptr());
+  p.k = reinterpret_cast<const Bf16*>(k.data_ptr());
+  p.log_decay = log_decay.data_ptr<float>();
+  p.alpha = alpha.defined() ? alpha.data_ptr<float>() : nullptr;
+  p.states = reinterpret_cast<const Bf16*>(states.data_ptr());
+  p.T = static_cast<int>(T);
+  p.H = static_cast<int>(H);
+  p.num_chunks = static_cast<int>(N);
+  p.ridge_strength = ridge_strength;
+  p.num_iter = num_iter;
+  p.output_scale = static_cast<float>(output_scale);
+  p.q_tilde = reinterpret_cast<Bf16*>(q_tilde.data_ptr());
+  if (D == 32)
+    launch_typed<32>(p, M);
+  else if (D == 64)
+    launch_typed<64>(p, M);
+  else
+    launch_typed<128>(p, M);
+}
+
+}  // namespace prime::kernels::detail

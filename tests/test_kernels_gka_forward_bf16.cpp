@@ -1,0 +1,193 @@
+// kernels/gka_solve's bf16 forward (gka_forward_bf16.h): GKA's chunked core under
+// PRIME_SSM_CORE=bf16 without a gradient to record, against the chunked core in float64 on the
+// CPU: o and both final states within max(1e-2, 4 x the core's sensitivity to bf16 q, k, v). T not
+// a multiple of the chunk, states entering, alpha or none, and chunks flagged as document starts.
+// Outputs are poisoned with NaN first.
+#include <catch2/catch.hpp>
+
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <vector>
+
+#include "kernels/common/policy.h"
+#include "kernels/gka_solve/gka_forward_bf16.h"
+#include "model/gka_core.h"
+#include "test_helpers.h"
+#include "test_kernels_util.h"
+
+using namespace prime;
+using test::norm_relative_error;
+
+namespace {
+
+struct CoreCase {
+  int64_t B, T, H, D;
+  bool alpha, states, starts;
+};
+
+struct CoreInputs {
+  model::GkaMixer::Prepared in;
+  at::Tensor kk_state, kv_state, starts;
+};
+
+// GKA's prepared inputs as the mixer makes them, float64 on the CPU: unit q and k, k and v scaled
+// by beta + 1e-6, one log decay in (-0.3, 0) for both states, alpha in (0, 1).
+CoreInputs random_inputs(const CoreCase& c, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const std::vector<int64_t> rows{c.B, c.T, c.H, c.D}, gates{c.B, c.T, c.H};
+  const auto unit = [&](const std::vector<int64_t>& sizes) {
+    const at::Tensor x = at::randn(sizes, f64);
+    return x / x.norm(2, -1, true);
+  };
+  const at::Tensor beta = (at::rand(gates, f64) * 0.9 + 0.1 + 1e-6).unsqueeze(-1);
+  CoreInputs out;
+  out.in.q = unit(rows);
+  out.in.k = unit(rows) * beta;
+  out.in.v = at::randn(rows, f64) * beta;
+  out.in.log_decay_kv = -at::softplus(at::randn(gates, f64)) * 0.1 - 1e-3;
+  out.in.log_decay_kk = out.in.log_decay_kv;
+  if (c.alpha) out.in.alpha = at::sigmoid(at::randn(gates, f64));
+  if (c.states) {
+    const at::Tensor history = unit({c.B, c.H, 2 * c.D, c.D}) * 0.5;
+    out.kk_state = at::matmul(history.transpose(-1, -2), history);
+    out.kv_state = at::randn({c.B, c.H, c.D, c.D}, f64) * 0.1;
+  }
+  if (c.starts) {
+    out.starts = at::zeros({c.T / 64}, at::TensorOptions().dtype(at::kBool));
+    out.starts[1] = true;
+  }
+  return out;
+}
+
+// The inputs on `device` in `type` (gates and states fp32 or float64), q, k, v rounded to bf16
+// first where asked.
+CoreInputs cast(const CoreInputs& from, const at::Device& device, at::ScalarType type, bool bf16_qkv = false) {
+  const auto to = [&](const at::Tensor& x, bool row) {
+    if (!x.defined()) return x;
+    const at::Tensor rounded = row && bf16_qkv ? x.to(at::kBFloat16) : x;
+    return rounded.to(device, type);
+  };
+  CoreInputs out;
+  out.in.q = to(from.in.q, true);
+  out.in.k = to(from.in.k, true);
+  out.in.v = to(from.in.v, true);
+  out.in.log_decay_kv = to(from.in.log_decay_kv, false);
+  out.in.log_decay_kk = out.in.log_decay_kv;
+  out.in.alpha = to(from.in.alpha, false);
+  out.kk_state = to(from.kk_state, false);
+  out.kv_state = to(from.kv_state, false);
+  out.starts = from.starts.defined() ? from.starts.to(device) : from.starts;
+  return out;
+}
+
+model::gka_detail::ChunkedResult run_core(const CoreInputs& c, int64_t D) {
+  model::gka_detail::SolveOptions options;
+  options.num_iter = 30;
+  options.output_scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const at::Tensor zeros = at::zeros({c.in.q.size(0), c.in.q.size(2), D, D}, c.in.q.options());
+  return model::gka_detail::chunked_core(c.in, c.kk_state.defined() ? c.kk_state : zeros,
+                                         c.kv_state.defined() ? c.kv_state : zeros, 64, options, c.starts);
+}
+
+// One output: ours, float64's, and float64's on bf16-rounded q, k, v.
+struct Compared {
+  const char* name;
+  at::Tensor ours, reference, rounded;
+};
+
+// Checks ours within max(1e-2, 4 x the sensitivity) of float64 and returns its error.
+double within_bf16_bound(const Compared& c) {
+  const double error = norm_relative_error(c.ours, c.reference);
+  const double sensitivity = norm_relative_error(c.rounded, c.reference);
+  INFO("error " << error << ", sensitivity to bf16 q, k, v " << sensitivity);
+  CHECK(at::isfinite(c.ours).all().item<bool>());
+  CHECK(error <= std::max(1e-2, 4 * sensitivity));
+  return error;
+}
+
+bool applies(const CoreInputs& c) {
+  return kernels::gka_forward_bf16_apply(c.in.q, c.in.k, c.in.v, c.in.log_decay_kk, c.in.log_decay_kv, c.in.alpha,
+                                         c.kk_state, c.kv_state, 64, c.starts, 30);
+}
+
+}  // namespace
+
+TEST_CASE("GKA bf16 forward: CPU tensors and other dtypes never take it", "[kernels][gka]") {
+  const CoreInputs c = random_inputs({1, 64, 2, 32, true, true, false}, 3);
+  CHECK_FALSE(applies(cast(c, at::kCPU, at::kFloat)));
+  CHECK_FALSE(applies(c));  // float64
+}
+
+TEST_CASE("GKA bf16 forward: where it applies on CUDA", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  const CoreInputs base = random_inputs({1, 64, 2, 32, true, true, false}, 4);
+  CoreInputs c = cast(base, cuda, at::kFloat);
+  CHECK(applies(c));
+  CHECK(applies(cast(base, cuda, at::kFloat, true)));
+  c.in.q = c.in.q.detach().requires_grad_(true);
+  CHECK_FALSE(applies(c));  // a gradient to record: the autograd form runs
+  {
+    const at::NoGradGuard no_grad;
+    CHECK(applies(c));
+  }
+  CoreInputs two_decays = cast(base, cuda, at::kFloat);
+  two_decays.in.log_decay_kk = two_decays.in.log_decay_kv.clone();
+  CHECK_FALSE(applies(two_decays));
+  CHECK_FALSE(applies(cast(random_inputs({1, 64, 2, 48, true, true, false}, 5), cuda, at::kFloat)));  // D = 48
+  const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+  CHECK_FALSE(applies(cast(base, cuda, at::kFloat)));
+}
+
+TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of float64", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
+  const at::NoGradGuard no_grad;
+  const at::Device cuda(at::kCUDA, 0);
+  for (const CoreCase& shape : std::vector<CoreCase>{{2, 200, 3, 64, true, true, false},
+                                                     {1, 128, 2, 128, false, false, false},
+                                                     {2, 192, 2, 32, true, true, true},
+                                                     {1, 300, 2, 128, true, true, false}}) {
+    INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D << " alpha=" << shape.alpha
+              << " states=" << shape.states << " starts=" << shape.starts);
+    const CoreInputs inputs = random_inputs(shape, 40 + shape.T + shape.D);
+    const CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
+    REQUIRE(applies(on_cuda));
+    const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+    const model::gka_detail::ChunkedResult reference = run_core(inputs, shape.D);
+    const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), shape.D);
+    CHECK(ours.o.scalar_type() == at::kFloat);
+    const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
+                                {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
+                                {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
+    for (const Compared& output : outputs) {
+      INFO(output.name);
+      const double error = within_bf16_bound(output);
+      std::cout << "[kernels][gka] bf16 forward B=" << shape.B << " T=" << shape.T << " H=" << shape.H
+                << " D=" << shape.D << ": " << output.name << " vs float64 " << error << std::endl;
+    }
+  }
+}
+
+// Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh).
+TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
+  const at::NoGradGuard no_grad;
+  const CoreCase shape{1, 70, 1, 32, true, true, false};
+  const CoreInputs inputs = random_inputs(shape, 7);
+  const CoreInputs on_cuda = cast(inputs, at::Device(at::kCUDA, 0), at::kFloat);
+  REQUIRE(applies(on_cuda));
+  const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+  within_bf16_bound({"o", ours.o, run_core(inputs, shape.D).o, run_core(cast(inputs, at::kCPU, at::kDouble, true),
+                                                                         shape.D).o});
+}
