@@ -12,6 +12,7 @@
 #include "model/recompute.h"
 #include "model/ssm_chunks.h"
 #include "test_gka_util.h"
+#include "test_helpers.h"
 
 using namespace prime;
 using namespace prime::test_gka;
@@ -158,7 +159,7 @@ TEST_CASE("GKA chunked-form gradients of every input and weight vs the unrolled 
   }
 }
 
-TEST_CASE("GKA default solve dtype: fp32 only for a layer trained on CUDA", "[gka]") {
+TEST_CASE("GKA default solve dtype: fp32 only for a layer trained on CUDA or under PRIME_SSM_CORE=bf16", "[gka]") {
   // Inference everywhere and training on the CPU keep the float64 solve (and its 1e-6
   // agreement); a trained layer on CUDA solves in fp32 unless its weights are float64.
   const model::GkaConfig config = make_config(Shape{});
@@ -174,6 +175,11 @@ TEST_CASE("GKA default solve dtype: fp32 only for a layer trained on CUDA", "[gk
     model::GkaMixer mixer(config, w, kPrefix);
     CHECK(mixer.solve_dtype(cpu) == at::kDouble);
     CHECK(mixer.solve_dtype(cuda) == (type == at::kDouble ? at::kDouble : at::kFloat));
+    {  // PRIME_SSM_CORE=bf16: the bf16 forms take fp32 operands, so a frozen layer on CUDA solves in fp32
+      const test::ScopedEnv bf16_core("PRIME_SSM_CORE", "bf16");
+      CHECK(frozen.solve_dtype(cuda) == (type == at::kDouble ? at::kDouble : at::kFloat));
+      CHECK(frozen.solve_dtype(cpu) == at::kDouble);
+    }
     mixer.set_solve_dtype(at::kDouble);
     CHECK(mixer.solve_dtype(cuda) == at::kDouble);
     mixer.set_solve_dtype(at::kFloat);

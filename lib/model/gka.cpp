@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/policy.h"
 #include "kernels/ssm_decode/decode_inputs.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/documents.h"
@@ -83,7 +84,8 @@ void GkaMixer::set_solve_dtype(std::optional<at::ScalarType> type) {
 at::ScalarType GkaMixer::solve_dtype(const at::Device& device) const {
   if (solve_override_) return *solve_override_;
   if (compute_type_ == at::kDouble) return at::kDouble;
-  return device.is_cuda() && trained() ? at::kFloat : at::kDouble;
+  // PRIME_SSM_CORE=bf16 asks for the bf16 forms, which take fp32 operands (kernels/gka_solve).
+  return device.is_cuda() && (trained() || kernels::bf16_ssm_core()) ? at::kFloat : at::kDouble;
 }
 
 bool GkaMixer::trained() const {

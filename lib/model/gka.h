@@ -29,7 +29,8 @@
 // eigenvectors than along the directions S^T keeps, so fp32 rounding in the iterations reaches
 // the output amplified ~50x. float64 is the default (every form within ~1e-6 of the float64
 // reference) except for a layer being trained on CUDA (a weight requires grad, weights not
-// float64), which solves in fp32 for speed and memory: measured on CPU, its output is within
+// float64), which solves in fp32 for speed and memory (as does any layer on CUDA under
+// PRIME_SSM_CORE=bf16, whose bf16 forms take fp32 operands): measured on CPU, its output is within
 // 9e-5 of the float64 reference (worst at the first tokens) and its gradients within 7e-5
 // (bp_lambda true) / 1e-3 (false) of float64 autograd. The fp32 solve assumes TF32 matmuls
 // are off (LibTorch's default). set_solve_dtype overrides the choice.
@@ -128,8 +129,9 @@ class GkaMixer : public SsmMixer {
 
   const GkaConfig& config() const { return config_; }
   // Dtype of the state recurrence and solve for inputs on `device` (see Numerics above):
-  // fp32 for a layer being trained on CUDA (a weight requires grad) unless its weights are
-  // float64, float64 otherwise; set_solve_dtype overrides.
+  // fp32 for a layer being trained on CUDA (a weight requires grad), or any on CUDA under
+  // PRIME_SSM_CORE=bf16 (its bf16 forms take fp32 operands), unless its weights are float64;
+  // float64 otherwise; set_solve_dtype overrides.
   at::ScalarType solve_dtype(const at::Device& device) const;
   // fp32 or float64 for every device (checks, measurements); nullopt: back to the default.
   void set_solve_dtype(std::optional<at::ScalarType> type);
