@@ -1,29 +1,40 @@
-// Products of fp32 operands on the bf16 tensor cores (bf16_tiles.cuh), either at fp32-like accuracy
-// or at bf16's. An fp32 value a is carried as a_hi = bf16(a) and a_lo = bf16(a - a_hi): 16 of its
-// 24 significant bits. With Terms = 3 a product takes three MMAs per step, a_lo b_hi + a_hi b_lo +
-// a_hi b_hi, accumulated in fp32 (the dropped a_lo b_lo and the bits past a_lo are ~2^-17 of each
-// term: what bf16x3 keeps is within ~1e-5 relative of fp32 products, at twice the rate of 3xTF32's
-// three TF32 MMAs); with Terms = 1 only the hi parts exist and a product is one MMA per step.
+// Products of fp32 operands on the bf16 tensor cores (bf16_tiles.cuh) at more than bf16's accuracy.
+// An fp32 value a is carried as a_hi = bf16(a) and a_lo = bf16(a - a_hi): 16 of its 24 significant
+// bits. A product's step takes a_lo b_hi + a_hi b_hi (Terms = 2: the left operand split, the right
+// one bf16 as it is, e.g. bf16 keys) or a_lo b_hi + a_hi b_lo + a_hi b_hi (Terms = 3, bf16x3: both
+// split; the dropped a_lo b_lo and the bits past each lo are ~2^-17 of each term, within ~1e-5
+// relative of fp32 products at twice the rate of 3xTF32's three TF32 MMAs), accumulated in fp32.
+// Terms = 1 (both bf16, one MMA) is bf16_tiles' row_block_product.
 #pragma once
 
 #include "kernels/common/bf16_tiles.cuh"
 
 namespace prime::kernels::detail::bf16_tiles {
 
-// A shared bf16 matrix [rows][ld] as its hi part and, for Terms = 3, its lo part in the same
-// layout (lo unused and may be null for Terms = 1).
+// Whether a product of Terms MMAs per step splits its left (A) / right (B) operand.
+template <int Terms>
+constexpr bool splits_left() {
+  return Terms >= 2;
+}
+template <int Terms>
+constexpr bool splits_right() {
+  return Terms == 3;
+}
+
+// A shared bf16 matrix [rows][ld] as its hi part and, where split, its lo part in the same layout
+// (lo null where not split).
 struct SplitMatrix {
   Bf16* hi;
   Bf16* lo;
 };
 
-// Stores the adjacent pair (a0, a1) at element `at` of m: hi = bf16(a), and lo = bf16(a - hi)
-// for Terms = 3 (a - hi is exact in fp32).
-template <int Terms>
+// Stores the adjacent pair (a0, a1) at element `at` of m: hi = bf16(a), and with Split lo =
+// bf16(a - hi) (a - hi is exact in fp32).
+template <bool Split>
 __device__ __forceinline__ void store_split(const SplitMatrix& m, int at, float a0, float a1) {
   const __nv_bfloat162 hi = __floats2bfloat162_rn(a0, a1);
   *reinterpret_cast<__nv_bfloat162*>(m.hi + at) = hi;
-  if constexpr (Terms == 3) {
+  if constexpr (Split) {
     const float2 rounded = __bfloat1622float2(hi);
     *reinterpret_cast<__nv_bfloat162*>(m.lo + at) = __floats2bfloat162_rn(a0 - rounded.x, a1 - rounded.y);
   }
@@ -32,15 +43,15 @@ __device__ __forceinline__ void store_split(const SplitMatrix& m, int at, float 
 // row_block_product (bf16_tiles.cuh) on split operands: acc[t] += A[16 rows at a_offset, 0:depth]
 // B[0:depth, col0 + 16 t : +16] for t < NT, where A's rows start at element a_offset of a (row
 // stride lda) and B is b row-major (ldb) or, with Transposed, B = S^T for b = S [cols][depth]
-// (ldb). Each step adds its small terms first.
+// (ldb). a is split for Terms >= 2, b for Terms = 3; each step adds its small terms first.
 template <int Terms, int NT, bool Transposed = false>
 __device__ __forceinline__ void split_row_block_product(Acc (&acc)[NT], const SplitMatrix& a, int a_offset, int lda,
                                                         int depth, const SplitMatrix& b, int ldb, int col0) {
-  static_assert(Terms == 1 || Terms == 3, "a split product takes one or three MMAs per step");
+  static_assert(Terms >= 1 && Terms <= 3, "a split product takes one to three MMAs per step");
   for (int k0 = 0; k0 < depth; k0 += 16) {
     FragA a_hi, a_lo;
     load_a(a_hi, a.hi + a_offset + k0, lda);
-    if constexpr (Terms == 3) load_a(a_lo, a.lo + a_offset + k0, lda);
+    if constexpr (splits_left<Terms>()) load_a(a_lo, a.lo + a_offset + k0, lda);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       const int at = Transposed ? (col0 + 16 * t) * ldb + k0 : k0 * ldb + col0 + 16 * t;
@@ -49,13 +60,13 @@ __device__ __forceinline__ void split_row_block_product(Acc (&acc)[NT], const Sp
         load_b_t(b_hi, b.hi + at, ldb);
       else
         load_b(b_hi, b.hi + at, ldb);
-      if constexpr (Terms == 3) {
+      if constexpr (splits_left<Terms>()) mma(acc[t], a_lo, b_hi);
+      if constexpr (splits_right<Terms>()) {
         FragB b_lo;
         if constexpr (Transposed)
           load_b_t(b_lo, b.lo + at, ldb);
         else
           load_b(b_lo, b.lo + at, ldb);
-        mma(acc[t], a_lo, b_hi);
         mma(acc[t], a_hi, b_lo);
       }
       mma(acc[t], a_hi, b_hi);

@@ -73,21 +73,20 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
   const at::Tensor restart = chunk_starts.defined() ? chunk_starts.to(q.device()).contiguous() : at::Tensor();
   GkaForwardBf16 out;
   out.kk_state = new_output({B, H, D, D}, f32);
-  at::Tensor kv_final = new_output({M, D, D}, f32);  // S^T: the SSD state is [v dim, k dim]
+  at::Tensor kv_final = new_output({M, D, D}, f32);  // S^T: the walk's state is [v dim, k dim]
   out.o = new_output(q.sizes(), q.options());
 #ifdef PRIME_WITH_CUDA
-  const at::Tensor h_states = new_output({M, N, D, D}, qb.options());
+  // The states entering each chunk: H = sum e^{G_end - G_t} k_t k_t^T and S^T = sum ... v_t k_t^T.
+  const at::Tensor h_states = new_output({M, N, D, D}, qb.options()), s_states = new_output({M, N, D, D}, qb.options());
   detail::launch_ssd_walk_bf16(kb, kb, delta, A,
                                kk_state.defined() ? contiguous_aligned(kk_state.reshape({M, D, D}), 32) : at::Tensor(),
                                restart, h_states, out.kk_state.view({M, D, D}), /*delta_scales_inputs=*/false);
-  const at::Tensor q_tilde = new_output(qb.sizes(), qb.options());
-  detail::launch_gka_forward_bf16_solve(qb, kb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(),
-                                        h_states, ridge_strength, num_iter, output_scale, q_tilde);
-  const at::Tensor s_states = new_output({M, N, D, D}, qb.options());
   const at::Tensor kv_initial =
       kv_state.defined() ? kv_state.reshape({M, D, D}).transpose(1, 2).contiguous() : at::Tensor();
-  detail::launch_ssd_forward_bf16(vb, delta, A, kb, q_tilde, kv_initial, restart, s_states, kv_final, out.o,
-                                  /*delta_scales_inputs=*/false);
+  detail::launch_ssd_walk_bf16(vb, kb, delta, A, kv_initial, restart, s_states, kv_final,
+                               /*delta_scales_inputs=*/false);
+  detail::launch_gka_forward_bf16(qb, kb, vb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(), h_states,
+                                  s_states, ridge_strength, num_iter, output_scale, out.o);
 #endif
   out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});
   return out;

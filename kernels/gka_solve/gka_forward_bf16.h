@@ -1,13 +1,13 @@
 // GKA's chunked forward on bf16 tensor cores (prefill and evaluation: no autograd), the whole of
-// lib/model/gka_chunked.cpp's chunked_core in three kernels:
-//  1. the walk over 64-step chunks for H (kernels/ssd_chunk's bf16 walk with u = v = k and the log
-//     decays as its decay alone): the state entering each chunk in bf16, the final H in fp32;
-//  2. per chunk (gka_forward_bf16_kernels.cu): the decays, ||H_t||_F from its three parts, the
-//     Chebyshev solve on one bf16 MMA per product, and q~ = scale (q + alpha (x - q)) in bf16;
-//  3. the gated linear attention (kernels/ssd_chunk's bf16 forward with x = v, B = k, C = q~, the
-//     log decays as the decay alone): o and the final S.
-// The states are carried in fp32 and rounded to bf16 where they enter a chunk's products; the
-// accuracy is the bf16 forms' (q, k, v, H_0, the solve's operands and q~ in bf16).
+// lib/model/gka_chunked.cpp's chunked_core in three launches:
+//  1, 2. the walks over 64-step chunks for H and S (kernels/ssd_chunk's bf16 walk, u = v = k and
+//     u = v, v = k, the log decays as its decay alone): the states entering each chunk in bf16, the
+//     final states in fp32;
+//  3. per chunk (gka_forward_bf16_kernels.cu): the decays, ||H_t||_F from its three parts, the
+//     Chebyshev solve (the keys and H_0 in bf16, the iterate side split: two bf16 MMAs per step),
+//     q~ = scale (q + alpha (x - q)) kept split, and the gated linear attention's output.
+// The states are carried in fp32 and rounded to bf16 where they enter a chunk's products; q, k, v
+// are bf16. The output stays within ~2x its sensitivity to bf16 q, k, v (experiments/gka_bf16_forward).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,15 +1,22 @@
 // The per-chunk kernel of GKA's bf16 forward (gka_forward_bf16.h): for one chunk of 64 steps of
-// one batch and head, from bf16 q and k, the log decays, alpha and the bf16 state H_0 entering the
-// chunk (the walk's), everything the chunked form (lib/model/gka_chunked.cpp) computes between the
-// H walk and the gated linear attention, without leaving the chip:
+// one batch and head, from bf16 q, k, v, the log decays, alpha and the bf16 states H_0 and S_0^T
+// entering the chunk (the walks'), everything the chunked form (lib/model/gka_chunked.cpp)
+// computes after its state scans, without leaving the chip:
 //   G_t (float64 sums of the log decays), e^{G_t}, W_tj = e^{G_t - G_j} (j <= t);
 //   ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} sum_j W_tj k_j^T H_0 k_j + sum_ij W_ti W_tj (k_i.k_j)^2
 //   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
-//   the Chebyshev solve (gka_solve_bf16.cuh, one bf16 MMA per product);
-//   q~ = scale (q + alpha (x - q)), written in bf16 for the output.
+//   the Chebyshev solve (gka_solve_bf16.cuh, Terms = 2: the iterate side split against the bf16
+//   keys and H_0);
+//   q~ = scale (q + alpha (x - q)), kept split (hi + lo) for its two products: rounding it to bf16
+//   would cost the output ~2x (x is up to 50x larger than q along H's small eigenvectors, where S
+//   is small: experiments/gka_bf16_forward);
+//   o = e^{G} o (q~ S_0) + ((q~ K^T) o W) V, the chunk matrix in bf16.
 // One block of 16 warps per chunk; D in {32, 64, 128}.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <type_traits>
+#include <utility>
 
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
@@ -27,35 +34,41 @@ constexpr int kChunk = 64;
 constexpr int kWarps = kThreads / 32;
 constexpr int kLdW = kChunk + 1;  // fp32 [64][65]: W and the squared gram
 
+constexpr int kTerms = 2;  // the solve's and q~'s products: left operand split, bf16 right operand
+
 struct ForwardParams {
-  const Bf16 *q, *k;       // [B,T,H,D]
+  const Bf16 *q, *k, *v;   // [B,T,H,D]
   const float* log_decay;  // [B,T,H]
   const float* alpha;      // [B,T,H] or null (alpha = 1)
-  const Bf16* states;      // [M,N,D,D]: H entering each chunk
+  const Bf16* h_states;    // [M,N,D,D]: H entering each chunk
+  const Bf16* s_states;    // [M,N,D,D]: S^T entering each chunk ([v dim][k dim])
   int T, H, num_chunks;
   double ridge_strength;
   int num_iter;
   float output_scale;
-  Bf16* q_tilde;  // [B,T,H,D]
+  void* o;  // [B,T,H,D], fp32 or bf16
 };
 
-// Shared memory past the solve's (Layout(64, D, 1)): gamma [64] double, W and the squared gram
-// [64][65] fp32, k_j^T H_0 k_j per column group [64][4], the warps' parts of ||H_0||^2 [16], e^{G}
-// and ||H_t||_F [64] each, the scan's scratch [64].
+// Shared memory past the solve's (Layout(64, D, kTerms)): v's rows [64][ld_of(D)] bf16, gamma [64]
+// double, W and the squared gram [64][65] fp32, k_j^T H_0 k_j per column group [64][4], the warps'
+// parts of ||H_0||^2 [16], e^{G} and ||H_t||_F [64] each, the scan's scratch [64]. S_0^T takes H_0's
+// place once the solve is done, q~ the iterate's, the chunk matrix P's. 193 KB at D = 128.
 template <int D>
 constexpr size_t extra_offset() {
-  return (static_cast<size_t>(Layout(kChunk, D, 1).bytes) + 15) / 16 * 16;
+  return (static_cast<size_t>(Layout(kChunk, D, kTerms).bytes) + 15) / 16 * 16;
 }
 template <int D>
 constexpr size_t forward_shared_bytes() {
-  return extra_offset<D>() + kChunk * sizeof(double) + (2 * kChunk * kLdW + kChunk * 4 + kWarps + 3 * kChunk) * 4;
+  return extra_offset<D>() + kChunk * ld_of(D) * sizeof(Bf16) + kChunk * sizeof(double) +
+         (2 * kChunk * kLdW + kChunk * 4 + kWarps + 3 * kChunk) * 4;
 }
 
-template <int D>
+template <int D, typename Out>
 __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const ForwardParams p) {
   extern __shared__ __align__(128) unsigned char smem_bytes[];
-  const Shared s(smem_bytes, Layout(kChunk, D, 1));
-  double* gamma = reinterpret_cast<double*>(smem_bytes + extra_offset<D>());
+  const Shared s(smem_bytes, Layout(kChunk, D, kTerms));
+  Bf16* vs = reinterpret_cast<Bf16*>(smem_bytes + extra_offset<D>());
+  double* gamma = reinterpret_cast<double*>(vs + kChunk * ld_of(D));
   float* W = reinterpret_cast<float*>(gamma + kChunk);
   float* gram2 = W + kChunk * kLdW;
   float* khk = gram2 + kChunk * kLdW;  // [64][4]
@@ -71,8 +84,10 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
   const size_t gate_first = (static_cast<size_t>(b) * p.T + t0) * p.H + h;  // [B,T,H] index of row 0
 
+  const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + n) * D * D;
   copy_async<kChunk, D, kThreads>(s.K.hi, p.k + first_row, row_stride, valid);
-  copy_async<D, D, kThreads>(s.H.hi, p.states + (static_cast<size_t>(m) * p.num_chunks + n) * D * D, D);
+  copy_async<D, D, kThreads>(s.H.hi, p.h_states + state_at, D);
+  copy_async<kChunk, D, kThreads>(vs, p.v + first_row, row_stride, valid);
   cp_async_commit();
   if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
     const float2 logs = make_float2(lane < valid ? p.log_decay[gate_first + lane * p.H] : 0.0f,
@@ -169,25 +184,69 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   const auto q_pair = [&](int row, int col) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + first_row + row * row_stride + col));
   };
-  start_solve<1>(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
-  run_solve<D, 1>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
+  start_solve<kTerms>(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
+  run_solve<D, kTerms>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
+
+  // The output. Every warp is past the last iteration's second barrier: H_0 and the bf16 iterate
+  // are read no more. S_0^T streams into H_0's place while each owner turns its block of x into q~
+  // (split, in the iterate's place).
+  copy_async<D, D, kThreads>(s.H.hi, p.s_states + state_at, D);
+  cp_async_commit();
+  if (r.owner) {
+    for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
+      const float2 x = *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col);
+      float2 mixed = make_float2(0.0f, 0.0f);
+      if (row < valid) {
+        const float2 qv = q_pair(row, col);
+        const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
+        mixed = p.alpha ? make_float2(qv.x + alpha * (x.x - qv.x), qv.y + alpha * (x.y - qv.y)) : x;
+      }
+      store_split<true>(s.X, row * s.ld_d + col, mixed.x * p.output_scale, mixed.y * p.output_scale);
+    });
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // q~ and S_0^T in place
+  if (r.p_owner) {  // the chunk matrix (q~ K^T) o W, bf16
+    Acc scores[1];
+    fill(scores[0], 0.0f);
+    split_row_block_product<kTerms, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
+                                                             16 * r.pc);
+    for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
+      store_split<false>(s.P, row * s.ld_p + col, scores[0].x[e] * state.w_tile.x[e],
+                         scores[0].x[e + 1] * state.w_tile.x[e + 1]);
+    });
+  }
+  __syncthreads();
   if (!r.owner) return;
-  for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
+  Acc o[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
+  // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
+  split_row_block_product<kTerms, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d,
+                                                                r.c0);
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[j].x[e] *= state.rows[(e / 2) % 2].decay;
+  }
+  const SplitMatrix chunk_matrix{s.P.hi, nullptr}, values{vs, nullptr};
+  split_row_block_product<1, kTiles>(o, chunk_matrix, 16 * r.rb * s.ld_p, s.ld_p, 16 * (r.rb + 1), values, s.ld_d,
+                                     r.c0);
+  Out* out = static_cast<Out*>(p.o);
+  for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
     if (row >= valid) return;
-    const float2 x = *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col);
-    const float2 qv = q_pair(row, col);
-    const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
-    const float mixed0 = p.alpha ? qv.x + alpha * (x.x - qv.x) : x.x;
-    const float mixed1 = p.alpha ? qv.y + alpha * (x.y - qv.y) : x.y;
-    *reinterpret_cast<__nv_bfloat162*>(p.q_tilde + first_row + row * row_stride + col) =
-        __floats2bfloat162_rn(mixed0 * p.output_scale, mixed1 * p.output_scale);
+    Out* at = out + first_row + row * row_stride + col;
+    if constexpr (std::is_same_v<Out, float>)
+      *reinterpret_cast<float2*>(at) = make_float2(o[j].x[e], o[j].x[e + 1]);
+    else
+      *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(o[j].x[e], o[j].x[e + 1]);
   });
 }
 
-template <int D>
+template <int D, typename Out>
 void launch_typed(const ForwardParams& p, int64_t M) {
   const size_t bytes = forward_shared_bytes<D>();
-  const auto kernel = gka_forward_bf16_kernel<D>;
+  const auto kernel = gka_forward_bf16_kernel<D, Out>;
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   const dim3 grid(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
   kernel<<<grid, kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
@@ -200,9 +259,9 @@ size_t gka_forward_bf16_shared_bytes(int64_t D) {
   return D == 32 ? forward_shared_bytes<32>() : D == 64 ? forward_shared_bytes<64>() : forward_shared_bytes<128>();
 }
 
-void launch_gka_forward_bf16_solve(const at::Tensor& q, const at::Tensor& k, const at::Tensor& log_decay,
-                                   const at::Tensor& alpha, const at::Tensor& states, double ridge_strength,
-                                   int num_iter, double output_scale, const at::Tensor& q_tilde) {
+void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
+                             const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
+                             double ridge_strength, int num_iter, double output_scale, const at::Tensor& o) {
   const char* op = "gka_forward_bf16";
   check_operand(q, op, "q", at::kBFloat16, 4);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
@@ -211,13 +270,18 @@ void launch_gka_forward_bf16_solve(const at::Tensor& q, const at::Tensor& k, con
   PRIME_CHECK(M <= 65535, op, ": batch * heads must be <= 65535");
   PRIME_CHECK(num_iter >= 1, op, ": num_iter ", num_iter);
   check_operand_sizes(k, op, "k", at::kBFloat16, q.sizes());
-  check_operand_sizes(q_tilde, op, "q_tilde", at::kBFloat16, q.sizes());
+  check_operand_sizes(v, op, "v", at::kBFloat16, q.sizes());
+  PRIME_CHECK(o.defined() && (o.scalar_type() == at::kFloat || o.scalar_type() == at::kBFloat16), op,
+              ": o must be fp32 or bf16");
+  check_operand_sizes(o, op, "o", o.scalar_type(), q.sizes());
   check_operand_sizes(log_decay, op, "log_decay", at::kFloat, {B, T, H});
   if (alpha.defined()) check_operand_sizes(alpha, op, "alpha", at::kFloat, {B, T, H});
-  check_operand_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
-  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&states, "states"}})
+  check_operand_sizes(h_states, op, "h_states", at::kBFloat16, {M, N, D, D});
+  check_operand_sizes(s_states, op, "s_states", at::kBFloat16, {M, N, D, D});
+  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"},
+                                     std::pair{&h_states, "h_states"}, std::pair{&s_states, "s_states"}})
     check_aligned(*tensor, op, name, 16);
-  for (const at::Tensor* operand : {&k, &log_decay, &alpha, &states, &q_tilde})
+  for (const at::Tensor* operand : {&k, &v, &log_decay, &alpha, &h_states, &s_states, &o})
     PRIME_CHECK(!operand->defined() || operand->device() == q.device(), op, ": operands on different devices");
   if (M == 0 || N == 0) return;
   PRIME_CHECK(gka_forward_bf16_shared_bytes(D) <=
@@ -227,22 +291,25 @@ void launch_gka_forward_bf16_solve(const at::Tensor& q, const at::Tensor& k, con
   ForwardParams p{};
   p.q = reinterpret_cast<const Bf16*>(q.data_ptr());
   p.k = reinterpret_cast<const Bf16*>(k.data_ptr());
+  p.v = reinterpret_cast<const Bf16*>(v.data_ptr());
   p.log_decay = log_decay.data_ptr<float>();
   p.alpha = alpha.defined() ? alpha.data_ptr<float>() : nullptr;
-  p.states = reinterpret_cast<const Bf16*>(states.data_ptr());
+  p.h_states = reinterpret_cast<const Bf16*>(h_states.data_ptr());
+  p.s_states = reinterpret_cast<const Bf16*>(s_states.data_ptr());
   p.T = static_cast<int>(T);
   p.H = static_cast<int>(H);
   p.num_chunks = static_cast<int>(N);
   p.ridge_strength = ridge_strength;
   p.num_iter = num_iter;
   p.output_scale = static_cast<float>(output_scale);
-  p.q_tilde = reinterpret_cast<Bf16*>(q_tilde.data_ptr());
+  p.o = o.data_ptr();
+  const bool fp32_out = o.scalar_type() == at::kFloat;
   if (D == 32)
-    launch_typed<32>(p, M);
+    fp32_out ? launch_typed<32, float>(p, M) : launch_typed<32, Bf16>(p, M);
   else if (D == 64)
-    launch_typed<64>(p, M);
+    fp32_out ? launch_typed<64, float>(p, M) : launch_typed<64, Bf16>(p, M);
   else
-    launch_typed<128>(p, M);
+    fp32_out ? launch_typed<128, float>(p, M) : launch_typed<128, Bf16>(p, M);
 }
 
 }  // namespace prime::kernels::detail

@@ -5,15 +5,18 @@
 // Same iteration, same order of operations as the 3xTF32 kernel (gka_solve_mma_kernels.cu); the
 // products X K^T, X H_0 and P K run on mma.sync m16n8k16 with fp32 accumulation
 // (bf16_split_tiles.cuh), their operands in shared memory as bf16: Terms = 3 keeps each operand as
-// hi + lo parts and takes three MMAs per step (bf16x3: fp32-like accuracy at twice 3xTF32's rate),
-// Terms = 1 keeps the hi parts only (one MMA per step: the bf16 form, as accurate as bf16 inputs
-// allow). The iterate, x_prev, eta q, H x and the Chebyshev update stay fp32: each warp owns one
+// hi + lo parts and takes three MMAs per step (bf16x3: fp32-like accuracy at twice 3xTF32's rate);
+// Terms = 2 splits the iterate side (X and P) only, against bf16 keys and H_0 (two MMAs per step:
+// the bf16 form. One MMA per step, X and P rounded too, leaves the layer's output at ~5x its
+// sensitivity to bf16 inputs: experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
+// the Chebyshev update stay fp32: each warp owns one
 // 16 x 32 block of the iterate for the whole solve (eta q, x_prev and H x in its registers, the
 // iterate in an fp32 shared array only it touches: registers would spill) and writes the bf16
 // parts of each new x to shared memory for the next products.
 //
-// Shared memory, Terms times (hi, lo): X [Cp, D], K [Cp, D], H_0 [D, D], P = W o X K^T [Cp, Cp],
-// then the fp32 iterate [Cp, D + 8] (113 KB at C = 64, D = 128 for Terms = 1; 192 KB for Terms = 3).
+// Shared memory, each as hi (and lo where split): X [Cp, D], K [Cp, D], H_0 [D, D], P = W o X K^T
+// [Cp, Cp], then the fp32 iterate [Cp, D + 8] (137 KB at C = 64, D = 128 for Terms = 2; 192 KB for
+// Terms = 3).
 // Per iteration, two barriers:
 //   warps 0..9: P's lower tile (pr, pc), pc <= pr (the tiles above the diagonal are never read);
 //   every owner: Y = e^{G} o X H_0 on its block;
@@ -31,25 +34,27 @@ using namespace bf16_tiles;
 constexpr int kThreads = 512;
 constexpr int kTiles = 2;  // 16 x 16 tiles of a warp's block of the iterate: 32 columns
 
-// Element offsets of the bf16 shared matrices, each `terms` parts of `size` elements (hi, then lo),
-// then the fp32 iterate [Cp][ld_f]; `bytes` in all.
+// Element offsets of the bf16 shared matrices, each one or two parts of `size` elements (hi, then
+// lo: X and P split for terms >= 2, K and H_0 for terms = 3), then the fp32 iterate [Cp][ld_f];
+// `bytes` in all.
 struct Layout {
-  int terms = 1, ld_d = 0, ld_p = 0, ld_f = 0;
+  int left_parts = 1, right_parts = 1, ld_d = 0, ld_p = 0, ld_f = 0;
   int x = 0, k = 0, h = 0, p = 0, elements = 0;
   int x_size = 0, h_size = 0, p_size = 0;
   size_t bytes = 0;
 
-  __host__ __device__ constexpr Layout(int padded_chunk, int d, int terms_) : terms(terms_) {
+  __host__ __device__ constexpr Layout(int padded_chunk, int d, int terms)
+      : left_parts(terms >= 2 ? 2 : 1), right_parts(terms == 3 ? 2 : 1) {
     ld_d = ld_of(d);
     ld_p = ld_of(padded_chunk);
     x_size = padded_chunk * ld_d;
     h_size = d * ld_d;
     p_size = padded_chunk * ld_p;
     x = 0;
-    k = x + terms * x_size;
-    h = k + terms * x_size;
-    p = h + terms * h_size;
-    elements = p + terms * p_size;  // a multiple of 8: the fp32 iterate starts on 16 bytes
+    k = x + left_parts * x_size;
+    h = k + right_parts * x_size;
+    p = h + right_parts * h_size;
+    elements = p + left_parts * p_size;  // a multiple of 8: the fp32 iterate starts on 16 bytes
     ld_f = d + 8;                    // a warp's float2 accesses to its 8 x 8 pairs in two wavefronts
     bytes = static_cast<size_t>(elements) * 2 + static_cast<size_t>(padded_chunk) * ld_f * 4;
   }
@@ -63,13 +68,13 @@ struct Shared {
 
   __device__ Shared(unsigned char* base, const Layout& L) : ld_d(L.ld_d), ld_p(L.ld_p), ld_f(L.ld_f) {
     Bf16* smem = reinterpret_cast<Bf16*>(base);
-    const auto part = [&](int offset, int size) {
-      return SplitMatrix{smem + offset, L.terms == 3 ? smem + offset + size : nullptr};
+    const auto part = [&](int offset, int size, int parts) {
+      return SplitMatrix{smem + offset, parts == 2 ? smem + offset + size : nullptr};
     };
-    X = part(L.x, L.x_size);
-    K = part(L.k, L.x_size);
-    H = part(L.h, L.h_size);
-    P = part(L.p, L.p_size);
+    X = part(L.x, L.x_size, L.left_parts);
+    K = part(L.k, L.x_size, L.right_parts);
+    H = part(L.h, L.h_size, L.right_parts);
+    P = part(L.p, L.p_size, L.left_parts);
     Xf = reinterpret_cast<float*>(smem + L.elements);
   }
 };
@@ -134,7 +139,7 @@ __device__ __forceinline__ void start_solve(const Shared& s, const Roles& r, War
     state.x_prev[j].x[e] = state.x_prev[j].x[e + 1] = 0.0f;
     if (!r.owner) return;
     *reinterpret_cast<float2*>(s.Xf + row * s.ld_f + col) = make_float2(state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
-    store_split<Terms>(s.X, row * s.ld_d + col, state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
+    store_split<splits_left<Terms>()>(s.X, row * s.ld_d + col, state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
   });
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 #pragma unroll
@@ -161,7 +166,8 @@ __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpS
       fill(p[0], 0.0f);
       split_row_block_product<Terms, 1, /*Transposed=*/true>(p, s.X, 16 * r.pr * ld_d, ld_d, D, s.K, ld_d, 16 * r.pc);
       for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-        store_split<Terms>(s.P, row * ld_p + col, p[0].x[e] * state.w_tile.x[e], p[0].x[e + 1] * state.w_tile.x[e + 1]);
+        store_split<splits_left<Terms>()>(s.P, row * ld_p + col, p[0].x[e] * state.w_tile.x[e],
+                                          p[0].x[e + 1] * state.w_tile.x[e + 1]);
       });
     }
     Acc y[kTiles];
@@ -196,7 +202,7 @@ __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpS
         state.x_prev[j].x[k] = xk;
       }
       *at = make_float2(next[0], next[1]);
-      store_split<Terms>(s.X, row * ld_d + col, next[0], next[1]);
+      store_split<splits_left<Terms>()>(s.X, row * ld_d + col, next[0], next[1]);
     });
   }
 }

@@ -1,7 +1,8 @@
 // The forward kernel of GKA's chunked Chebyshev solve on the bf16 tensor cores for fp32 operands
-// (gka_solve.h has the math, gka_solve_bf16.cuh the iteration): bf16x3 products (Terms = 3) or one
-// bf16 MMA per product (Terms = 1), D in {32, 64, 96, 128}. The keys and H_0 are split (or rounded)
-// into shared memory once; q, W, e^{G} and ||H_t||_F are read from their fp32 tensors.
+// (gka_solve.h has the math, gka_solve_bf16.cuh the iteration): bf16x3 products (Terms = 3) or the
+// bf16 form's (Terms = 2: the keys and H_0 rounded to bf16, the iterate side split), D in {32, 64,
+// 96, 128}. The keys and H_0 are split (or rounded) into shared memory once; q, W, e^{G} and
+// ||H_t||_F are read from their fp32 tensors.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -24,7 +25,7 @@ __device__ __forceinline__ void load_split(const SplitMatrix& dst, int ld, const
   for (int i = static_cast<int>(threadIdx.x); i < rows * pairs; i += kThreads) {
     const int r = i / pairs, c = 2 * (i % pairs);
     const float2 value = r < valid ? *reinterpret_cast<const float2*>(src + r * cols + c) : make_float2(0.0f, 0.0f);
-    store_split<Terms>(dst, r * ld + c, value.x, value.y);
+    store_split<splits_right<Terms>()>(dst, r * ld + c, value.x, value.y);
   }
 }
 
@@ -112,12 +113,12 @@ void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, co
                                  double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates,
                                  int terms) {
   const int64_t C = q.size(1), D = q.size(2);
-  PRIME_CHECK(gka_chunk_solve_bf16_serves(C, D) && (terms == 1 || terms == 3), "gka_chunk_solve_bf16: C = ", C,
+  PRIME_CHECK(gka_chunk_solve_bf16_serves(C, D) && (terms == 2 || terms == 3), "gka_chunk_solve_bf16: C = ", C,
               ", D = ", D, ", ", terms, " terms not served");
   if (terms == 3)
     launch_terms<3>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
   else
-    launch_terms<1>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
+    launch_terms<2>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
 }
 
 }  // namespace prime::kernels::detail

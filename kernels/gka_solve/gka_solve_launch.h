@@ -28,7 +28,7 @@ void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, con
                                 double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates);
 
 // The forward kernel on the bf16 tensor cores (gka_solve_bf16_kernels.cu), which
-// launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (terms = 3) and Bf16 (terms = 1) where it
+// launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (terms = 3) and Bf16 (terms = 2) where it
 // serves (D in {32, 64, 96, 128}; elsewhere those fall back to the TF32 kernels' fp32 accuracy).
 bool gka_chunk_solve_bf16_serves(int64_t C, int64_t D);
 size_t gka_chunk_solve_bf16_shared_bytes(int64_t C, int64_t D, int terms);

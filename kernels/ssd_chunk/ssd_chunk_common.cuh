@@ -10,8 +10,8 @@ namespace prime::kernels::detail::ssd_common {
 
 // delta [B,T,H] read through its strides.
 // delta [B,T,H] with its strides. scales_inputs false: delta drives the decay only (Gamma = sum of
-// delta A) and scales no input row (gated linear attention: GKA's state walks and output; the
-// bf16 forward kernels only).
+// delta A) and scales no input row (gated linear attention: GKA's state walks; the bf16 walk's
+// factors only).
 struct DeltaView {
   const float* data = nullptr;
   long long s0 = 0, s1 = 0, s2 = 0;

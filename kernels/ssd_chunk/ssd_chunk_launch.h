@@ -79,18 +79,16 @@ void launch_ssd_chunk_grad_bc(const SsdGradBcOperands& operands, const at::Tenso
 // the walk over chunks (the state [P, N] carried in fp32, states [B*H, nC, D, D] bf16 receiving
 // the state entering each chunk, final_state fp32 [B*H, D, D] the last) and the per-chunk output
 // y [B,T,H,D] contiguous, fp32 or bf16. Products on bf16 tensor cores with fp32 accumulation.
-// delta_scales_inputs false: delta is the decay alone (Gamma = sum of delta A; no delta_j on x_j):
-// gated linear attention, y_t = e^{Gamma_t} C_t h0^T + sum_{j<=t} e^{Gamma_t - Gamma_j} (C_t.B_j) x_j
-// (GKA's bf16 forward). Forward only: the backward kernels take delta as an input scale.
 void launch_ssd_forward_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                              const at::Tensor& Cm, const at::Tensor& initial, const at::Tensor& restart,
-                             const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y,
-                             bool delta_scales_inputs = true);
+                             const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y);
 
 // The walk of launch_ssd_forward_bf16 alone, with u in x's place and v in Bm's (u, v bf16
 // contiguous [B,T,H,D], the rest as there): states [B*H, nC, D, D] bf16 receives the state
-// entering each chunk, S = e^{Gamma_end} S + sum_t f_t u_t v_t^T with f_t = (delta_t)
-// e^{Gamma_end - Gamma_t}, final_state fp32 [B*H, D, D] the last. u = v = k gives GKA's H states.
+// entering each chunk, S = e^{Gamma_end} S + sum_t f_t u_t v_t^T with f_t = delta_t
+// e^{Gamma_end - Gamma_t}, or f_t = e^{Gamma_end - Gamma_t} when delta_scales_inputs is false (delta
+// the decay alone: gated linear attention's states); final_state fp32 [B*H, D, D] the last. GKA's
+// bf16 forward takes H's walk (u = v = k) and S^T's (u = v, v = k) from it.
 void launch_ssd_walk_bf16(const at::Tensor& u, const at::Tensor& v, const at::Tensor& delta, const at::Tensor& A,
                           const at::Tensor& initial, const at::Tensor& restart, const at::Tensor& states,
                           const at::Tensor& final_state, bool delta_scales_inputs);

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_forward_output_bf16_kernel(co
   __syncthreads();
 
   // M = (C B^T) o L with L_tj = delta_j e^{Gamma_t - Gamma_j}
-  decayed_causal_scores<D>(ms, kLdM, cs, bs, gamma, [&](int j) { return p.delta.scales_inputs ? dl[j] : 1.0f; });
+  decayed_causal_scores<D>(ms, kLdM, cs, bs, gamma, [&](int j) { return dl[j]; });
   __syncthreads();  // C read
   scale_rows<kChunk, D, kThreads>(cs, [&](int t) { return expf(static_cast<float>(gamma[t])); });
   cp_async_wait<0>();
@@ -120,8 +120,7 @@ void launch_output(const Bf16SsdParams& p, int64_t M, bool fp32_out) {
 
 void launch_ssd_forward_bf16(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                              const at::Tensor& Cm, const at::Tensor& initial, const at::Tensor& restart,
-                             const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y,
-                             bool delta_scales_inputs) {
+                             const at::Tensor& states, const at::Tensor& final_state, const at::Tensor& y) {
   const char* op = "ssd_forward_bf16";
   check_operands(op, x, delta, A, Bm, Cm, restart);
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), M = B * H;
@@ -132,13 +131,13 @@ void launch_ssd_forward_bf16(const at::Tensor& x, const at::Tensor& delta, const
   check_aligned(y, op, "y", 16);
   PRIME_CHECK(y.device() == x.device(), op, ": operands on different devices");
   const at::cuda::CUDAGuard guard(x.device());
-  run_walk</*Reverse=*/false>(op, x, Bm, delta, A, restart, states, initial, final_state, delta_scales_inputs);
+  run_walk</*Reverse=*/false>(op, x, Bm, delta, A, restart, states, initial, final_state);
   if (M == 0 || N == 0) return;
   Bf16SsdParams p{};
   p.x = reinterpret_cast<const Bf16*>(x.data_ptr());
   p.b = reinterpret_cast<const Bf16*>(Bm.data_ptr());
   p.c = reinterpret_cast<const Bf16*>(Cm.data_ptr());
-  p.delta = ssd_common::make_delta_view(delta, delta_scales_inputs);
+  p.delta = ssd_common::make_delta_view(delta);
   p.A = A.data_ptr<float>();
   p.T = static_cast<int>(T);
   p.H = static_cast<int>(H);

@@ -58,9 +58,9 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     context->saved_data["ridge_strength"] = ridge_strength;
     context->saved_data["num_iter"] = num_iter;
     // On CUDA the fused kernel (kernels/gka_solve) runs the same iteration on chip; under
-    // PRIME_SSM_CORE=bf16 its products take one bf16 MMA per step (the bf16 form). The backward
-    // recomputes the iterates at fp32 accuracy either way: the sweep's gradients are the fp32
-    // solve's (one bf16 MMA per product would put the keys' gradient past the bf16 bound:
+    // PRIME_SSM_CORE=bf16 its products take the bf16 form (kernels::SolveProducts::Bf16). The
+    // backward recomputes the iterates at fp32 accuracy either way: the sweep's gradients are the
+    // fp32 solve's (bf16 products in the sweep would put the keys' gradient past the bf16 bound:
     // experiments/gka_bf16_solve).
     if (kernels::gka_chunk_solve_apply(q))
       return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
