@@ -118,7 +118,7 @@ TEST_CASE("GKA solve kernel: bf16x3 products keep fp32 accuracy, solution, itera
   }
 }
 
-TEST_CASE("GKA solve kernel: the bf16 form stays within the bf16 bound; ChunkSolve's backward stays fp32",
+TEST_CASE("GKA solve kernel: the bf16 form stays within the bf16 bound, and ChunkSolve's backward stays fp32",
           "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
