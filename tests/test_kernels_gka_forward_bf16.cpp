@@ -15,6 +15,7 @@
 #include "kernels/common/policy.h"
 #include "kernels/gka_solve/gka_forward_bf16.h"
 #include "model/gka_core.h"
+#include "test_gka_util.h"
 #include "test_helpers.h"
 #include "test_kernels_util.h"
 
@@ -174,6 +175,38 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
                 << " D=" << shape.D << ": " << output.name << " vs float64 " << error << std::endl;
     }
   }
+}
+
+// The whole layer (prepare, the chunked core, the gated output norm) under PRIME_SSM_CORE=bf16 on
+// CUDA: prefill on the bf16 forward, then a decode step from the states it left in the cache,
+// against the float64 layer on the CPU (T not a multiple of 64, grouped heads).
+TEST_CASE("GKA bf16 forward in the layer: a prefill and the decode step after it", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  using namespace test_gka;
+  const Shape shape{256, 64, 8, 2};
+  const model::GkaConfig config = make_config(shape);
+  const model::TensorMap w64 = random_weights(config, 151);
+  const at::Device cuda(at::kCUDA, 0);
+  model::GkaMixer gpu(config, cast_weights(w64, at::kFloat, cuda), kPrefix);
+  model::GkaMixer cpu(config, w64, kPrefix);
+  const at::Tensor x = random_input(2, 300, shape.hidden, 152);
+  const at::NoGradGuard no_grad;
+  const at::Tensor reference = cpu.forward(x, nullptr);
+  const at::Tensor x32 = x.to(cuda, at::kFloat);
+  const at::Tensor default_form = gpu.forward(x32, nullptr);  // the float64 solve
+  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
+  const at::Tensor ours = gpu.forward(x32, nullptr);
+  auto cache = gpu.make_cache(2, cuda);
+  gpu.forward(x32.narrow(1, 0, 299), cache.get());
+  const at::Tensor step = gpu.step(x32.narrow(1, 299, 1), *cache);
+  const double error = rel_error(ours, reference), step_error = rel_error(step, reference.narrow(1, 299, 1));
+  std::cout << "[kernels][gka] bf16 forward in the layer, D=64 T=300 G=4: vs float64 " << error
+            << ", decode step after the prefill " << step_error << ", the default form vs float64 "
+            << rel_error(default_form, reference) << std::endl;
+  CHECK(error <= 2e-2);
+  CHECK(step_error <= 2e-2);
+  CHECK(rel_error(ours, default_form) > 1e-5);  // the bf16 form ran, not the float64 solve
 }
 
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh).
