@@ -1,6 +1,6 @@
 // kernels/gka_solve on the bf16 tensor cores: the forward kernel with bf16x3 products (fp32
-// accuracy: the 1e-4 bound) and in the bf16 form (keys and H_0 rounded to bf16, the iterate side
-// split: within max(1e-2, 4 x the solve's sensitivity to bf16 q and keys) of float64; the layer's
+// accuracy: the 1e-4 bound) and in the bf16 form (keys and H_0 rounded to bf16, X split for X K^T:
+// within max(1e-2, 4 x the solve's sensitivity to bf16 q and keys) of float64; the layer's
 // output is checked in test_kernels_gka_forward_bf16.cpp), and how model::ChunkSolve
 // takes them: PRIME_GKA_SOLVE_PRODUCTS for the fp32 solve, PRIME_SSM_CORE=bf16 for the bf16 form,
 // whose backward stays the fp32 solve's. Outputs are poisoned with NaN first.
@@ -187,7 +187,7 @@ TEST_CASE("GKA solve kernel: one small chunk on bf16 products equals the torch-o
   const int iterations = 3;
   for (const auto& [products, bound] : std::vector<std::pair<SolveProducts, double>>{{SolveProducts::Bf16x3, 1e-4},
                                                                                       {SolveProducts::Bf16, 1e-2}}) {
-    INFO("bf16 MMAs per step: " << (products == SolveProducts::Bf16x3 ? 3 : 2));
+    INFO((products == SolveProducts::Bf16x3 ? "bf16x3" : "the bf16 form"));
     at::Tensor iterates;
     const at::Tensor x = solve(in, iterations, products, &iterates);
     const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);

@@ -4,7 +4,7 @@
 //     u = v, v = k, the log decays as its decay alone): the states entering each chunk in bf16, the
 //     final states in fp32;
 //  3. per chunk (gka_forward_bf16_kernels.cu): the decays, ||H_t||_F from its three parts, the
-//     Chebyshev solve (the keys and H_0 in bf16, the iterate side split: two bf16 MMAs per step),
+//     Chebyshev solve (the keys and H_0 in bf16, X split for X K^T: gka_solve_bf16.cuh's bf16 form),
 //     q~ = scale (q + alpha (x - q)) kept split, and the gated linear attention's output.
 // The states are carried in fp32 and rounded to bf16 where they enter a chunk's products; q, k, v
 // are bf16. The output stays within ~2x its sensitivity to bf16 q, k, v (experiments/gka_bf16_forward).

@@ -5,8 +5,8 @@
 //   G_t (float64 sums of the log decays), e^{G_t}, W_tj = e^{G_t - G_j} (j <= t);
 //   ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} sum_j W_tj k_j^T H_0 k_j + sum_ij W_ti W_tj (k_i.k_j)^2
 //   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
-//   the Chebyshev solve (gka_solve_bf16.cuh, Terms = 2: the iterate side split against the bf16
-//   keys and H_0);
+//   the Chebyshev solve in gka_solve_bf16.cuh's bf16 form (X split for X K^T, one MMA per step for
+//   X H_0 and P K);
 //   q~ = scale (q + alpha (x - q)), kept split (hi + lo) for its two products: rounding it to bf16
 //   would cost the output ~2x (x is up to 50x larger than q along H's small eigenvectors, where S
 //   is small: experiments/gka_bf16_forward);
@@ -34,7 +34,7 @@ constexpr int kChunk = 64;
 constexpr int kWarps = kThreads / 32;
 constexpr int kLdW = kChunk + 1;  // fp32 [64][65]: W and the squared gram
 
-constexpr int kTerms = 2;  // the solve's and q~'s products: left operand split, bf16 right operand
+constexpr int kSplitLeft = 2;  // q~'s products: q~ split (hi + lo), bf16 right operand
 
 struct ForwardParams {
   const Bf16 *q, *k, *v;   // [B,T,H,D]
@@ -49,13 +49,13 @@ struct ForwardParams {
   void* o;  // [B,T,H,D], fp32 or bf16
 };
 
-// Shared memory past the solve's (Layout(64, D, kTerms)): v's rows [64][ld_of(D)] bf16, gamma [64]
+// Shared memory past the solve's (Layout(64, D, kBf16Form)): v's rows [64][ld_of(D)] bf16, gamma [64]
 // double, W and the squared gram [64][65] fp32, k_j^T H_0 k_j per column group [64][4], the warps'
 // parts of ||H_0||^2 [16], e^{G} and ||H_t||_F [64] each, the scan's scratch [64]. S_0^T takes H_0's
-// place once the solve is done, q~ the iterate's, the chunk matrix P's. 193 KB at D = 128.
+// place once the solve is done, q~ the iterate's, the chunk matrix P's. 184 KB at D = 128.
 template <int D>
 constexpr size_t extra_offset() {
-  return (static_cast<size_t>(Layout(kChunk, D, kTerms).bytes) + 15) / 16 * 16;
+  return (static_cast<size_t>(Layout(kChunk, D, kBf16Form).bytes) + 15) / 16 * 16;
 }
 template <int D>
 constexpr size_t forward_shared_bytes() {
@@ -66,7 +66,7 @@ constexpr size_t forward_shared_bytes() {
 template <int D, typename Out>
 __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const ForwardParams p) {
   extern __shared__ __align__(128) unsigned char smem_bytes[];
-  const Shared s(smem_bytes, Layout(kChunk, D, kTerms));
+  const Shared s(smem_bytes, Layout(kChunk, D, kBf16Form));
   Bf16* vs = reinterpret_cast<Bf16*>(smem_bytes + extra_offset<D>());
   double* gamma = reinterpret_cast<double*>(vs + kChunk * ld_of(D));
   float* W = reinterpret_cast<float*>(gamma + kChunk);
@@ -184,8 +184,8 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   const auto q_pair = [&](int row, int col) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + first_row + row * row_stride + col));
   };
-  start_solve<kTerms>(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
-  run_solve<D, kTerms>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
+  start_solve(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
+  run_solve<D, kBf16Form>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
 
   // The output. Every warp is past the last iteration's second barrier: H_0 and the bf16 iterate
   // are read no more. S_0^T streams into H_0's place while each owner turns its block of x into q~
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   if (r.p_owner) {  // the chunk matrix (q~ K^T) o W, bf16
     Acc scores[1];
     fill(scores[0], 0.0f);
-    split_row_block_product<kTerms, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
+    split_row_block_product<kSplitLeft, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
                                                              16 * r.pc);
     for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
       store_split<false>(s.P, row * s.ld_p + col, scores[0].x[e] * state.w_tile.x[e],
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
   // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
-  split_row_block_product<kTerms, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d,
+  split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d,
                                                                 r.c0);
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {

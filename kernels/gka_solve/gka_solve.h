@@ -23,10 +23,10 @@ bool gka_chunk_solve_apply(const at::Tensor& q);
 //   Tf32x3: three TF32 MMAs per step (3xTF32), fp32 accuracy; the default.
 //   Bf16x3: three bf16 MMAs per step on hi + lo parts of every operand: within ~1e-5 of fp32, at
 //           twice the TF32 rate (D a multiple of 32; other head dims take Tf32x3).
-//   Bf16:   the bf16 form: the keys and H_0 rounded to bf16, the iterate side (X, P) split, two
-//           bf16 MMAs per step; the layer's output within ~2x its sensitivity to bf16 inputs (one
-//           MMA per step, X and P rounded too, would leave it at ~5x: experiments/gka_bf16_forward).
-//           D as Bf16x3; other head dims take Tf32x3.
+//   Bf16:   the bf16 form: the keys and H_0 rounded to bf16, X split for X K^T (two bf16 MMAs
+//           per step), one MMA per step for X H_0 and P K; the layer's output within ~2.5x its
+//           sensitivity to bf16 inputs (one MMA for X K^T too would leave it at ~5x:
+//           experiments/gka_bf16_forward). D as Bf16x3; other head dims take Tf32x3.
 enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
 
 // PRIME_GKA_SOLVE_PRODUCTS: the products of the fp32 solve, "tf32x3" (unset: the default) or

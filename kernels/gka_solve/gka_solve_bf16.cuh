@@ -4,19 +4,21 @@
 //
 // Same iteration, same order of operations as the 3xTF32 kernel (gka_solve_mma_kernels.cu); the
 // products X K^T, X H_0 and P K run on mma.sync m16n8k16 with fp32 accumulation
-// (bf16_split_tiles.cuh), their operands in shared memory as bf16: Terms = 3 keeps each operand as
-// hi + lo parts and takes three MMAs per step (bf16x3: fp32-like accuracy at twice 3xTF32's rate);
-// Terms = 2 splits the iterate side (X and P) only, against bf16 keys and H_0 (two MMAs per step:
-// the bf16 form. One MMA per step, X and P rounded too, leaves the layer's output at ~5x its
-// sensitivity to bf16 inputs: experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
+// (bf16_split_tiles.cuh), their operands in shared memory as bf16, in one of two forms (Form):
+// kBf16x3 keeps every operand as hi + lo parts and takes three MMAs per step (fp32-like accuracy at
+// twice 3xTF32's rate); kBf16Form, for bf16 inputs, splits X for X K^T only (two MMAs per step)
+// and takes one MMA per step for X H_0 and P K on bf16 operands. X K^T is the product whose
+// rounding the layer's output feels: with it on one MMA too the output lands at ~5x its
+// sensitivity to bf16 inputs, with X split there ~1.8x, with every iterate-side operand split
+// ~1.2x for 1.7x the MMAs (experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
 // the Chebyshev update stay fp32: each warp owns one
 // 16 x 32 block of the iterate for the whole solve (eta q, x_prev and H x in its registers, the
 // iterate in an fp32 shared array only it touches: registers would spill) and writes the bf16
 // parts of each new x to shared memory for the next products.
 //
-// Shared memory, each as hi (and lo where split): X [Cp, D], K [Cp, D], H_0 [D, D], P = W o X K^T
-// [Cp, Cp], then the fp32 iterate [Cp, D + 8] (137 KB at C = 64, D = 128 for Terms = 2; 192 KB for
-// Terms = 3).
+// Shared memory, each as hi (and lo where split): X [Cp, D] (split in both forms), K [Cp, D], H_0
+// [D, D], P = W o X K^T [Cp, Cp] (split in kBf16x3), then the fp32 iterate [Cp, D + 8] (131 KB at
+// C = 64, D = 128 in kBf16Form; 192 KB in kBf16x3).
 // Per iteration, two barriers:
 //   warps 0..9: P's lower tile (pr, pc), pc <= pr (the tiles above the diagonal are never read);
 //   every owner: Y = e^{G} o X H_0 on its block;
@@ -34,27 +36,36 @@ using namespace bf16_tiles;
 constexpr int kThreads = 512;
 constexpr int kTiles = 2;  // 16 x 16 tiles of a warp's block of the iterate: 32 columns
 
+// The solve's forms (Form) and the MMAs per step of each product in them.
+constexpr int kBf16Form = 2, kBf16x3 = 3;
+template <int Form>
+struct FormTerms {
+  static_assert(Form == kBf16Form || Form == kBf16x3, "a bf16 solve form");
+  static constexpr int xk = Form == kBf16x3 ? 3 : 2;  // X K^T
+  static constexpr int xh = Form == kBf16x3 ? 3 : 1;  // X H_0
+  static constexpr int pk = Form == kBf16x3 ? 3 : 1;  // P K
+};
+
 // Element offsets of the bf16 shared matrices, each one or two parts of `size` elements (hi, then
-// lo: X and P split for terms >= 2, K and H_0 for terms = 3), then the fp32 iterate [Cp][ld_f];
-// `bytes` in all.
+// lo: X split in both forms, K, H_0 and P in kBf16x3), then the fp32 iterate [Cp][ld_f]; `bytes` in
+// all.
 struct Layout {
-  int left_parts = 1, right_parts = 1, ld_d = 0, ld_p = 0, ld_f = 0;
+  int x_parts = 2, other_parts = 1, ld_d = 0, ld_p = 0, ld_f = 0;
   int x = 0, k = 0, h = 0, p = 0, elements = 0;
   int x_size = 0, h_size = 0, p_size = 0;
   size_t bytes = 0;
 
-  __host__ __device__ constexpr Layout(int padded_chunk, int d, int terms)
-      : left_parts(terms >= 2 ? 2 : 1), right_parts(terms == 3 ? 2 : 1) {
+  __host__ __device__ constexpr Layout(int padded_chunk, int d, int form) : other_parts(form == kBf16x3 ? 2 : 1) {
     ld_d = ld_of(d);
     ld_p = ld_of(padded_chunk);
     x_size = padded_chunk * ld_d;
     h_size = d * ld_d;
     p_size = padded_chunk * ld_p;
     x = 0;
-    k = x + left_parts * x_size;
-    h = k + right_parts * x_size;
-    p = h + right_parts * h_size;
-    elements = p + left_parts * p_size;  // a multiple of 8: the fp32 iterate starts on 16 bytes
+    k = x + x_parts * x_size;
+    h = k + other_parts * x_size;
+    p = h + other_parts * h_size;
+    elements = p + other_parts * p_size;  // a multiple of 8: the fp32 iterate starts on 16 bytes
     ld_f = d + 8;                    // a warp's float2 accesses to its 8 x 8 pairs in two wavefronts
     bytes = static_cast<size_t>(elements) * 2 + static_cast<size_t>(padded_chunk) * ld_f * 4;
   }
@@ -71,10 +82,10 @@ struct Shared {
     const auto part = [&](int offset, int size, int parts) {
       return SplitMatrix{smem + offset, parts == 2 ? smem + offset + size : nullptr};
     };
-    X = part(L.x, L.x_size, L.left_parts);
-    K = part(L.k, L.x_size, L.right_parts);
-    H = part(L.h, L.h_size, L.right_parts);
-    P = part(L.p, L.p_size, L.left_parts);
+    X = part(L.x, L.x_size, L.x_parts);
+    K = part(L.k, L.x_size, L.other_parts);
+    H = part(L.h, L.h_size, L.other_parts);
+    P = part(L.p, L.p_size, L.other_parts);
     Xf = reinterpret_cast<float*>(smem + L.elements);
   }
 };
@@ -128,7 +139,7 @@ struct WarpState {
 
 // Starts the solve: x = eta q. q_pair(row, col) gives q's (row, col), (row, col + 1) for a row of
 // the chunk (row < chunk); w_at(t, s) gives W's (t, s) for t, s < chunk.
-template <int Terms, typename QPair, typename WAt>
+template <typename QPair, typename WAt>
 __device__ __forceinline__ void start_solve(const Shared& s, const Roles& r, WarpState& state, int chunk,
                                             QPair&& q_pair, WAt&& w_at) {
   for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
@@ -139,7 +150,7 @@ __device__ __forceinline__ void start_solve(const Shared& s, const Roles& r, War
     state.x_prev[j].x[e] = state.x_prev[j].x[e + 1] = 0.0f;
     if (!r.owner) return;
     *reinterpret_cast<float2*>(s.Xf + row * s.ld_f + col) = make_float2(state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
-    store_split<splits_left<Terms>()>(s.X, row * s.ld_d + col, state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
+    store_split<true>(s.X, row * s.ld_d + col, state.eta_q[j].x[e], state.eta_q[j].x[e + 1]);
   });
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 #pragma unroll
@@ -153,10 +164,11 @@ __device__ __forceinline__ void start_solve(const Shared& s, const Roles& r, War
 // first X is read is taken here). iterate(iteration, row, col, x) receives each owner's pairs of
 // the x each iteration starts from (rows < Cp: the caller skips padding rows). After it, each
 // owner reads its own block of the final x from s.Xf (no barrier needed).
-template <int D, int Terms, typename IterateOut>
+template <int D, int Form, typename IterateOut>
 __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpState& state, double ridge_strength,
                                           int num_iter, IterateOut&& iterate) {
   const int ld_d = s.ld_d, ld_p = s.ld_p;
+  using Terms = FormTerms<Form>;
   ChebyshevOmegas omegas(ridge_strength);
   for (int iteration = 0; iteration < num_iter; ++iteration) {
     const float w = static_cast<float>(omegas.next());
@@ -164,17 +176,18 @@ __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpS
     if (r.p_owner) {
       Acc p[1];
       fill(p[0], 0.0f);
-      split_row_block_product<Terms, 1, /*Transposed=*/true>(p, s.X, 16 * r.pr * ld_d, ld_d, D, s.K, ld_d, 16 * r.pc);
+      split_row_block_product<Terms::xk, 1, /*Transposed=*/true>(p, s.X, 16 * r.pr * ld_d, ld_d, D, s.K, ld_d,
+                                                                 16 * r.pc);
       for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-        store_split<splits_left<Terms>()>(s.P, row * ld_p + col, p[0].x[e] * state.w_tile.x[e],
-                                          p[0].x[e + 1] * state.w_tile.x[e + 1]);
+        store_split<splits_left<Terms::pk>()>(s.P, row * ld_p + col, p[0].x[e] * state.w_tile.x[e],
+                                              p[0].x[e + 1] * state.w_tile.x[e + 1]);
       });
     }
     Acc y[kTiles];
     if (r.owner) {
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) fill(y[j], 0.0f);
-      split_row_block_product<Terms, kTiles>(y, s.X, 16 * r.rb * ld_d, ld_d, D, s.H, ld_d, r.c0);
+      split_row_block_product<Terms::xh, kTiles>(y, s.X, 16 * r.rb * ld_d, ld_d, D, s.H, ld_d, r.c0);
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
 #pragma unroll
@@ -184,7 +197,7 @@ __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpS
     __syncthreads();  // P complete; nothing reads X again this iteration
     if (!r.owner) continue;
     // Y += P K: P's columns past this row block's diagonal block are zero.
-    split_row_block_product<Terms, kTiles>(y, s.P, 16 * r.rb * ld_p, ld_p, 16 * (r.rb + 1), s.K, ld_d, r.c0);
+    split_row_block_product<Terms::pk, kTiles>(y, s.P, 16 * r.rb * ld_p, ld_p, 16 * (r.rb + 1), s.K, ld_d, r.c0);
     for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
       const RowFactors& f = state.rows[(e / 2) % 2];
       float2* at = reinterpret_cast<float2*>(s.Xf + row * s.ld_f + col);
@@ -202,7 +215,7 @@ __device__ __forceinline__ void run_solve(const Shared& s, const Roles& r, WarpS
         state.x_prev[j].x[k] = xk;
       }
       *at = make_float2(next[0], next[1]);
-      store_split<splits_left<Terms>()>(s.X, row * ld_d + col, next[0], next[1]);
+      store_split<true>(s.X, row * ld_d + col, next[0], next[1]);
     });
   }
 }

@@ -200,7 +200,7 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   const at::cuda::CUDAGuard guard(q.device());
   if (products != SolveProducts::Tf32x3 && gka_chunk_solve_bf16_serves(C, D)) {
     launch_gka_chunk_solve_bf16(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates,
-                                products == SolveProducts::Bf16x3 ? 3 : 2);
+                                products == SolveProducts::Bf16x3);
     return;
   }
   if (use_mma_kernel(C, D)) {

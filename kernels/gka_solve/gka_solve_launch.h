@@ -28,14 +28,15 @@ void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, con
                                 double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates);
 
 // The forward kernel on the bf16 tensor cores (gka_solve_bf16_kernels.cu), which
-// launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (terms = 3) and Bf16 (terms = 2) where it
-// serves (D in {32, 64, 96, 128}; elsewhere those fall back to the TF32 kernels' fp32 accuracy).
+// launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (bf16x3 true) and Bf16 where it serves (D
+// in {32, 64, 96, 128}; elsewhere those fall back to the TF32 kernels' fp32 accuracy). `form` as
+// gka_solve_bf16.cuh's: 3 bf16x3, 2 the bf16 form.
 bool gka_chunk_solve_bf16_serves(int64_t C, int64_t D);
-size_t gka_chunk_solve_bf16_shared_bytes(int64_t C, int64_t D, int terms);
+size_t gka_chunk_solve_bf16_shared_bytes(int64_t C, int64_t D, int form);
 void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                  const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
                                  double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates,
-                                 int terms);
+                                 bool bf16x3);
 
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
