@@ -3,10 +3,10 @@
 The three launches are emulated with their operands rounded where bf16 kernels would round them, fp32 elsewhere:
   1. H's walk (kernels/ssd_chunk's bf16 walk, u = v = k): rows of k scaled by e^{G_end - G_t} and rounded to
      bf16, the state carried in fp32, stored in bf16 where it enters a chunk;
-  2. per chunk: ||H_t||_F from the bf16 H_0 and bf16 keys (fp32 sums), the Chebyshev solve with its
+  2. per chunk: ||H_t||_F from the bf16 H_0 and bf16 keys (fp32 sums), the Chebyshev solve with each of its
      products' operands rounded one of two ways (experiments/gka_bf16_solve's modes: "bf16", one MMA per
-     product on bf16 operands; "bf16_split_left", the iterate side X and P as hi + lo parts against the bf16
-     keys and H_0, two MMAs), q~ = D^-1/2 (q + alpha (x - q)) either rounded to bf16 or kept (split);
+     step on bf16 operands; "bf16_split_left", the iterate-side operand (X or P) as hi + lo parts against the
+     bf16 keys or H_0, two MMAs), q~ = D^-1/2 (q + alpha (x - q)) either rounded to bf16 or kept (split);
   3. the gated linear attention: the S walk as (1) with u = v (the bf16 state entering each chunk), the chunk
      matrix (q~ K^T) o W rounded to bf16, e^{G_t} applied to q~_t S_0^T in fp32.
 The result is compared with the float64 chunked form on the same inputs, beside that form's sensitivity to bf16
@@ -22,9 +22,33 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gka_bf16_solve"))
-from study import bf16, chunk_systems, make_inputs, rel, solve  # noqa: E402
+from study import bf16, chunk_systems, make_inputs, product, rel, solve  # noqa: E402
 
 CHUNK = 64
+
+
+def solve_products(q, system, ridge, iters, modes):
+    """study.solve in fp32 with each product's own rounding mode: modes = (X K^T, X H_0, P K)."""
+    K, H0, W, e_start, frob = (t.to(torch.float32) for t in system)
+    q = q.to(torch.float32)
+    Kt = K.transpose(-1, -2)
+
+    def apply_H(x):
+        scores = W * product(x, Kt, modes[0])
+        return e_start * product(x, H0, modes[1]) + product(scores, K, modes[2])
+
+    lam = ridge * frob
+    eta = 2.0 / (2.0 * lam + frob)
+    spread = 1.0 / (2.0 * (2.0 * ridge + 1.0))
+    c = spread * spread
+    eta_q = eta * q
+    x, x_prev, omega = eta_q, None, 2.0
+    for _ in range(iters):
+        omega = 1.0 / (1.0 - c * omega)
+        base = eta_q * omega if x_prev is None else x_prev + omega * (eta_q - x_prev)
+        x_prev = x
+        x = base + (1.0 - eta * lam) * omega * x - eta * omega * apply_H(x)
+    return x
 
 
 def walk(u, v, log_decay, emulate):
@@ -47,7 +71,7 @@ def walk(u, v, log_decay, emulate):
     return torch.stack(entering, 1), state
 
 
-def forward(q, k, v, alpha, log_decay, iters, ridge, emulate, mode="bf16_split_left", round_q_tilde=False):
+def forward(q, k, v, alpha, log_decay, iters, ridge, emulate, modes=("bf16_split_left",) * 3, round_q_tilde=False):
     heads, seq, dim = q.shape
     n = seq // CHUNK
     scale = 1.0 / math.sqrt(dim)
@@ -64,7 +88,7 @@ def forward(q, k, v, alpha, log_decay, iters, ridge, emulate, mode="bf16_split_l
         gram2 = (K @ K.transpose(-1, -2)).pow(2)
         Wf, ef = W.float(), e_start.float()
         frob = torch.sqrt(ef.pow(2) * h0_norm2 + 2.0 * ef * (Wf @ khk) + ((Wf @ gram2) * Wf).sum(-1, keepdim=True))
-        x = solve(q.view(shape), (K, H0, Wf, ef, frob), ridge, iters, mode, torch.float32)
+        x = solve_products(q.view(shape), (K, H0, Wf, ef, frob), ridge, iters, modes)
         a = alpha.view(heads, n, CHUNK, 1).float()
         qt = scale * (q.view(shape).float() + a * (x - q.view(shape).float()))
         if round_q_tilde:
@@ -103,11 +127,13 @@ def main():
     print(f"GKA bf16 forward (emulated), {args.heads} heads x {args.seq} tokens, D = {args.dim}, "
           f"N = {args.iters}, seed {args.seed}")
     print(f"{'design':58s} {'output':>6s} {'vs float64':>11s} {'sensitivity':>12s} {'bound':>9s}")
-    for label, mode, round_q_tilde in (("solve 1 bf16 MMA per product, q~ in bf16", "bf16", True),
-                                       ("solve 1 bf16 MMA per product, q~ split", "bf16", False),
-                                       ("solve X and P split (2 MMAs), q~ in bf16", "bf16_split_left", True),
-                                       ("solve X and P split (2 MMAs), q~ split", "bf16_split_left", False)):
-        ours = forward(q, k, v, alpha, log_decay, args.iters, args.ridge, True, mode, round_q_tilde)
+    one, split = "bf16", "bf16_split_left"
+    for label, modes, round_q_tilde in (("solve 1 bf16 MMA per product, q~ in bf16", (one,) * 3, True),
+                                        ("solve 1 bf16 MMA per product, q~ split", (one,) * 3, False),
+                                        ("solve X and P split (2 MMAs), q~ in bf16", (split,) * 3, True),
+                                        ("solve X and P split (2 MMAs), q~ split", (split,) * 3, False),
+                                        ("solve X split for X K^T only, q~ split", (split, one, one), False)):
+        ours = forward(q, k, v, alpha, log_decay, args.iters, args.ridge, True, modes, round_q_tilde)
         for name, a, b, c in zip(("o", "H", "S"), ours, reference, rounded):
             error, sensitivity = rel(a, b), rel(c, b)
             bound = max(1e-2, 4 * sensitivity)
