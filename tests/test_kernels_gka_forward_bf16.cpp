@@ -177,6 +177,37 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
   }
 }
 
+// bf16 q, k, v (the kernel's bf16 output path; no PRIME_SSM_CORE needed) and a core without decays.
+TEST_CASE("GKA bf16 forward: bf16 operands give a bf16 o, and a core without decays", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::NoGradGuard no_grad;
+  const at::Device cuda(at::kCUDA, 0);
+  for (const bool decays : {true, false}) {
+    INFO("decays " << decays);
+    const CoreCase shape{2, 160, 2, 64, true, true, false};
+    CoreInputs inputs = random_inputs(shape, 61 + decays);
+    if (!decays) inputs.in.log_decay_kv = inputs.in.log_decay_kk = at::Tensor();
+    CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
+    for (at::Tensor* row : {&on_cuda.in.q, &on_cuda.in.k, &on_cuda.in.v}) *row = row->to(at::kBFloat16);
+    REQUIRE(applies(on_cuda));
+    const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+    CHECK(ours.o.scalar_type() == at::kBFloat16);
+    const model::gka_detail::ChunkedResult reference = run_core(inputs, shape.D);
+    const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), shape.D);
+    const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
+                                {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
+                                {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
+    for (const Compared& output : outputs) {
+      INFO(output.name);
+      const double error = within_bf16_bound(output);
+      std::cout << "[kernels][gka] bf16 forward, bf16 operands" << (decays ? "" : ", no decay") << ": "
+                << output.name << " vs float64 " << error << std::endl;
+    }
+  }
+}
+
 // The whole layer (prepare, the chunked core, the gated output norm) under PRIME_SSM_CORE=bf16 on
 // CUDA: prefill on the bf16 forward, then a decode step from the states it left in the cache,
 // against the float64 layer on the CPU (T not a multiple of 64, grouped heads).

@@ -46,7 +46,12 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
     return false;
   if (!is_float_gate(log_decay_kk, q) || !is_float_gate(alpha, q)) return false;
   if (!is_state(kk_state, q) || !is_state(kv_state, q)) return false;
-  return !chunk_starts.defined() || chunk_size == kChunk;
+  if (chunk_starts.defined() && chunk_size != kChunk) return false;
+#ifdef PRIME_WITH_CUDA
+  return detail::gka_forward_bf16_fits_device(D, q.device());
+#else
+  return true;  // never reached: use_cuda_kernels is false without the CUDA build
+#endif
 }
 
 GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

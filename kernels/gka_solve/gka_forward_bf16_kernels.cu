@@ -255,6 +255,10 @@ void launch_typed(const ForwardParams& p, int64_t M) {
 
 }  // namespace
 
+bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device) {
+  return gka_forward_bf16_shared_bytes(D) <= at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin;
+}
+
 size_t gka_forward_bf16_shared_bytes(int64_t D) {
   return D == 32 ? forward_shared_bytes<32>() : D == 64 ? forward_shared_bytes<64>() : forward_shared_bytes<128>();
 }

@@ -12,6 +12,9 @@ namespace prime::kernels::detail {
 // Shared memory of one block for head dim D (32, 64 or 128).
 size_t gka_forward_bf16_shared_bytes(int64_t D);
 
+// Whether that block fits the device's shared memory (the H200 takes every D; an A100 not D = 128).
+bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device);
+
 // o [B,T,H,D] (fp32 or bf16, contiguous) = output_scale (e^{G_t} q~_t S_0 + sum_j W_tj (q~_t.k_j) v_j),
 // q~ = q + alpha (x - q), x the chunked solve of (H_t + lambda_t) x = q_t for every position: q, k, v
 // bf16 contiguous [B,T,H,D] (16-byte aligned), log_decay fp32 contiguous [B,T,H], alpha fp32

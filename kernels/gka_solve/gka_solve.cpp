@@ -17,14 +17,15 @@ namespace prime::kernels {
 
 namespace {
 
-// `tensor` broadcast to lead + tail, as a contiguous [M, tail...] tensor.
+// `tensor` broadcast to lead + tail, as a contiguous [M, tail...] tensor starting on 16 bytes (the bf16
+// kernel reads q, keys and H_0 in pairs).
 at::Tensor flat(const at::Tensor& tensor, at::IntArrayRef lead, std::vector<int64_t> tail, const char* name) {
   std::vector<int64_t> sizes(lead.begin(), lead.end());
   sizes.insert(sizes.end(), tail.begin(), tail.end());
   PRIME_CHECK(tensor.defined() && tensor.scalar_type() == at::kFloat, "gka_chunk_solve: ", name,
               " must be an fp32 tensor");
   tail.insert(tail.begin(), -1);
-  return tensor.expand(sizes).reshape(tail).contiguous();
+  return contiguous_aligned(tensor.expand(sizes).reshape(tail), 16);
 }
 
 // lead + tail.

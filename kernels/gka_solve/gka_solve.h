@@ -21,8 +21,10 @@ bool gka_chunk_solve_apply(const at::Tensor& q);
 // How the solve's products (X K^T, X H_0, P K) run on the tensor cores; the iterate and the
 // Chebyshev update are fp32 in every case.
 //   Tf32x3: three TF32 MMAs per step (3xTF32), fp32 accuracy; the default.
-//   Bf16x3: three bf16 MMAs per step on hi + lo parts of every operand: within ~1e-5 of fp32, at
-//           twice the TF32 rate (D a multiple of 32; other head dims take Tf32x3).
+//   Bf16x3: three bf16 MMAs per step on hi + lo parts of every operand (16-bit significands): x
+//           ~1e-5 of float64 after 30 iterations, ~10x fp32's error, inside the fp32 bound, at twice
+//           the TF32 rate; the norm's gradient, 50x as sensitive to the iterates, lands near that
+//           bound (experiments/gka_sweep_split). D a multiple of 32; other head dims take Tf32x3.
 //   Bf16:   the bf16 form: the keys and H_0 rounded to bf16, X split for X K^T (two bf16 MMAs
 //           per step), one MMA per step for X H_0 and P K; the layer's output within ~2.5x its
 //           sensitivity to bf16 inputs (one MMA for X K^T too would leave it at ~5x:

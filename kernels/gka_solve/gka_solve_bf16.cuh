@@ -5,12 +5,12 @@
 // Same iteration, same order of operations as the 3xTF32 kernel (gka_solve_mma_kernels.cu); the
 // products X K^T, X H_0 and P K run on mma.sync m16n8k16 with fp32 accumulation
 // (bf16_split_tiles.cuh), their operands in shared memory as bf16, in one of two forms (Form):
-// kBf16x3 keeps every operand as hi + lo parts and takes three MMAs per step (fp32-like accuracy at
-// twice 3xTF32's rate); kBf16Form, for bf16 inputs, splits X for X K^T only (two MMAs per step)
+// kBf16x3 keeps every operand as hi + lo parts and takes three MMAs per step (16-bit significands:
+// ~1e-5 of float64 after 30 iterations, inside the fp32 bound, at twice 3xTF32's rate); kBf16Form, for bf16 inputs, splits X for X K^T only (two MMAs per step)
 // and takes one MMA per step for X H_0 and P K on bf16 operands. X K^T is the product whose
 // rounding the layer's output feels: with it on one MMA too the output lands at ~5x its
-// sensitivity to bf16 inputs, with X split there ~1.8x, with every iterate-side operand split
-// ~1.2x for 1.7x the MMAs (experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
+// sensitivity to bf16 inputs, with X split there 2.1-2.5x, with every iterate-side operand split
+// 1.7-2.1x for 1.7x the MMAs (experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
 // the Chebyshev update stay fp32: each warp owns one
 // 16 x 32 block of the iterate for the whole solve (eta q, x_prev and H x in its registers, the
 // iterate in an fp32 shared array only it touches: registers would spill) and writes the bf16

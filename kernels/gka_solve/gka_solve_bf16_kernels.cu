@@ -92,9 +92,11 @@ void launch_form(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& 
       return launch_typed<64, Form>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
     case 96:
       return launch_typed<96, Form>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
-    default:
+    case 128:
       return launch_typed<128, Form>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x,
                                       iterates);
+    default:
+      PRIME_CHECK(false, "gka_chunk_solve_bf16: D = ", q.size(2), " not served");
   }
 }
 
@@ -114,6 +116,12 @@ void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, co
                                  bool bf16x3) {
   const int64_t C = q.size(1), D = q.size(2);
   PRIME_CHECK(gka_chunk_solve_bf16_serves(C, D), "gka_chunk_solve_bf16: C = ", C, ", D = ", D, " not served");
+  const char* op = "gka_chunk_solve_bf16";  // q, keys and H_0 are read in pairs, x and the iterates written so
+  check_aligned(q, op, "q", 8);
+  check_aligned(keys, op, "keys", 8);
+  check_aligned(start, op, "start", 8);
+  check_aligned(x, op, "x", 8);
+  if (iterates.defined()) check_aligned(iterates, op, "iterates", 8);
   if (bf16x3)
     launch_form<gka_bf16::kBf16x3>(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
   else

@@ -194,11 +194,14 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   }
   if (M == 0) return;
   const int padded = static_cast<int>((C + 15) / 16 * 16);
-  const size_t bytes = chosen_shared_bytes(C, D);
-  PRIME_CHECK(gka_chunk_solve_fits(q.device(), C, D), op, ": ", bytes, " bytes of shared memory for C = ", C,
-              ", D = ", D, " exceed the device's limit");
+  const bool bf16_kernel = products != SolveProducts::Tf32x3 && gka_chunk_solve_bf16_serves(C, D);
+  const size_t bytes =
+      bf16_kernel ? gka_chunk_solve_bf16_shared_bytes(C, D, products == SolveProducts::Bf16x3 ? 3 : 2)
+                  : chosen_shared_bytes(C, D);
+  PRIME_CHECK(bytes <= at::cuda::getDeviceProperties(q.device().index())->sharedMemPerBlockOptin, op, ": ", bytes,
+              " bytes of shared memory for C = ", C, ", D = ", D, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
-  if (products != SolveProducts::Tf32x3 && gka_chunk_solve_bf16_serves(C, D)) {
+  if (bf16_kernel) {
     launch_gka_chunk_solve_bf16(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates,
                                 products == SolveProducts::Bf16x3);
     return;

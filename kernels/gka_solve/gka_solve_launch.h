@@ -30,7 +30,8 @@ void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, con
 // The forward kernel on the bf16 tensor cores (gka_solve_bf16_kernels.cu), which
 // launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (bf16x3 true) and Bf16 where it serves (D
 // in {32, 64, 96, 128}; elsewhere those fall back to the TF32 kernels' fp32 accuracy). `form` as
-// gka_solve_bf16.cuh's: 3 bf16x3, 2 the bf16 form.
+// gka_solve_bf16.cuh's: 3 bf16x3, 2 the bf16 form. PRIME_GKA_SOLVE_WMMA concerns the TF32 kernels only.
+// Callers pass launch_gka_chunk_solve's operand checks; this one adds the 8-byte alignment it needs.
 bool gka_chunk_solve_bf16_serves(int64_t C, int64_t D);
 size_t gka_chunk_solve_bf16_shared_bytes(int64_t C, int64_t D, int form);
 void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,

@@ -58,16 +58,17 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     context->saved_data["ridge_strength"] = ridge_strength;
     context->saved_data["num_iter"] = num_iter;
     // On CUDA the fused kernel (kernels/gka_solve) runs the same iteration on chip; under
-    // PRIME_SSM_CORE=bf16 on bf16x3 products (fp32 accuracy at twice 3xTF32's rate: the keys here
+    // PRIME_SSM_CORE=bf16 on bf16x3 products (16-bit significands, ~1e-5 of float64 after 30 iterations,
+    // within the fp32 bound at twice 3xTF32's rate: the keys here
     // are the fp32 ones the attention uses too, and the bf16 form's accuracy holds only for bf16
     // keys used throughout: experiments/gka_bf16_forward). The backward recomputes the iterates
     // as PRIME_GKA_SOLVE_PRODUCTS says and runs the fp32 sweep (bf16 products in the sweep would put
     // the keys' gradient past the bf16 bound: experiments/gka_bf16_solve).
+    const kernels::SolveProducts fp32_products = kernels::gka_fp32_solve_products();  // a bad value fails here
     if (kernels::gka_chunk_solve_apply(q))
       return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
                                       static_cast<int>(num_iter), nullptr,
-                                      kernels::bf16_ssm_core() ? kernels::SolveProducts::Bf16x3
-                                                               : kernels::gka_fp32_solve_products());
+                                      kernels::bf16_ssm_core() ? kernels::SolveProducts::Bf16x3 : fp32_products);
     const ChunkSystem system{keys, start, weights, from_start};
     return chebyshev_iterate([&](const at::Tensor& X) { return apply_chunk_H(X, system); }, q,
                              frob, ridge_strength, static_cast<int>(num_iter));
