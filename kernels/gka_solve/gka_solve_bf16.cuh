@@ -6,8 +6,9 @@
 // products X K^T, X H_0 and P K run on mma.sync m16n8k16 with fp32 accumulation
 // (bf16_split_tiles.cuh), their operands in shared memory as bf16, in one of two forms (Form):
 // kBf16x3 keeps every operand as hi + lo parts and takes three MMAs per step (16-bit significands:
-// ~1e-5 of float64 after 30 iterations, inside the fp32 bound, at twice 3xTF32's rate); kBf16Form, for bf16 inputs, splits X for X K^T only (two MMAs per step)
-// and takes one MMA per step for X H_0 and P K on bf16 operands. X K^T is the product whose
+// ~1e-5 of float64 after 30 iterations, inside the fp32 bound, at twice 3xTF32's rate); kBf16Form,
+// for bf16 inputs, splits X for X K^T only (two MMAs per step) and takes one MMA per step for X H_0
+// and P K on bf16 operands. X K^T is the product whose
 // rounding the layer's output feels: with it on one MMA too the output lands at ~5x its
 // sensitivity to bf16 inputs, with X split there 2.1-2.5x, with every iterate-side operand split
 // 1.7-2.1x for 1.7x the MMAs (experiments/gka_bf16_forward). The iterate, x_prev, eta q, H x and
