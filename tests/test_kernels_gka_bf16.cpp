@@ -2,8 +2,8 @@
 // accuracy: the 1e-4 bound) and in the bf16 form (keys and H_0 rounded to bf16, X split for X K^T:
 // within max(1e-2, 4 x the solve's sensitivity to bf16 q and keys) of float64; the layer's
 // output is checked in test_kernels_gka_forward_bf16.cpp), and how model::ChunkSolve
-// takes them: PRIME_GKA_SOLVE_PRODUCTS for the fp32 solve, PRIME_SSM_CORE=bf16 for the bf16 form,
-// whose backward stays the fp32 solve's. Outputs are poisoned with NaN first.
+// takes them: PRIME_GKA_SOLVE_PRODUCTS for the fp32 solve's forward, PRIME_SSM_CORE=bf16 for the bf16
+// form; the backward stays the fp32 solve's (3xTF32 iterates). Outputs are poisoned with NaN first.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -102,17 +102,19 @@ TEST_CASE("GKA solve kernel: bf16x3 products keep fp32 accuracy, solution, itera
     CHECK(iterates_apart <= 1e-4);
     CHECK(norm_relative_error(split_iterates[0], tf32_iterates[0]) == 0.0);  // eta q, no product yet
 
-    // Through model::ChunkSolve with the fp32 solve on bf16x3 (forward and the backward's
-    // iterates): every gradient within the fp32 bound of float64's.
-    const test::ScopedEnv bf16x3("PRIME_GKA_SOLVE_PRODUCTS", "bf16x3");
+    // Through model::ChunkSolve with the fp32 solve's forward on bf16x3: its backward recomputes the
+    // iterates on 3xTF32 (the default's gradients, bit for bit), every gradient within the fp32 bound.
     const at::Tensor probe = at::randn(system.q.sizes(), at::TensorOptions().dtype(at::kDouble));
+    const test::SolveRun by_default = test::run_solve(in, probe, iterations, false);
+    const test::ScopedEnv bf16x3("PRIME_GKA_SOLVE_PRODUCTS", "bf16x3");
     const test::SolveRun ours = test::run_solve(in, probe, iterations, false);
     const test::SolveRun want = test::run_solve(leaves(system, at::kCPU, at::kDouble), probe, iterations, true);
     CHECK(norm_relative_error(ours.x, split) == 0.0);  // ChunkSolve's forward took the bf16x3 kernel
     for (size_t i = 0; i < want.grads.size(); ++i) {
       INFO("gradient " << i);
       const double grad_error = norm_relative_error(ours.grads[i], want.grads[i]);
-      std::cout << "[kernels][gka] bf16x3 gradient " << i << " vs float64 " << grad_error << std::endl;
+      std::cout << "[kernels][gka] bf16x3 forward, gradient " << i << " vs float64 " << grad_error << std::endl;
+      CHECK(at::equal(ours.grads[i], by_default.grads[i]));
       CHECK(grad_error <= 1e-4);
     }
   }

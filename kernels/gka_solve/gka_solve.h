@@ -31,8 +31,9 @@ bool gka_chunk_solve_apply(const at::Tensor& q);
 //           experiments/gka_bf16_forward). D as Bf16x3; other head dims take Tf32x3.
 enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
 
-// PRIME_GKA_SOLVE_PRODUCTS: the products of the fp32 solve, "tf32x3" (unset: the default) or
-// "bf16x3"; any other value is a UserError naming the variable. Read at each call.
+// PRIME_GKA_SOLVE_PRODUCTS: the products of the fp32 solve's forward, "tf32x3" (unset: the default) or
+// "bf16x3" (model::ChunkSolve's backward recomputes its iterates on Tf32x3 either way); any other
+// value is a UserError naming the variable. Read at each call.
 SolveProducts gka_fp32_solve_products();
 
 // x after num_iter (>= 1) iterations for q [..., C, D]; keys like q, start [..., D, D], weights

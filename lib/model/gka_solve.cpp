@@ -61,9 +61,11 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     // PRIME_SSM_CORE=bf16 on bf16x3 products (16-bit significands, ~1e-5 of float64 after 30 iterations,
     // within the fp32 bound at twice 3xTF32's rate: the keys here
     // are the fp32 ones the attention uses too, and the bf16 form's accuracy holds only for bf16
-    // keys used throughout: experiments/gka_bf16_forward). The backward recomputes the iterates
-    // as PRIME_GKA_SOLVE_PRODUCTS says and runs the fp32 sweep (bf16 products in the sweep would put
-    // the keys' gradient past the bf16 bound: experiments/gka_bf16_solve).
+    // keys used throughout: experiments/gka_bf16_forward). PRIME_GKA_SOLVE_PRODUCTS=bf16x3 takes them for
+    // the fp32 solve's forward too. The backward recomputes the iterates on 3xTF32 whatever the forward
+    // took and runs the fp32 sweep: the norm's gradient is a difference of two terms ~1/r times itself,
+    // and bf16x3 iterates put it at the fp32 bound (experiments/gka_sweep_split); bf16 products in the
+    // sweep would put the keys' gradient past the bf16 bound (experiments/gka_bf16_solve).
     const kernels::SolveProducts fp32_products = kernels::gka_fp32_solve_products();  // a bad value fails here
     if (kernels::gka_chunk_solve_apply(q))
       return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
@@ -86,12 +88,12 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     at::NoGradGuard no_grad;
     const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
 
-    // Recompute the iterates y_1..y_N with the forward's own arithmetic (the kernel's on CUDA).
+    // Recompute the iterates y_1..y_N (on CUDA the kernel's 3xTF32 products: see forward).
     std::vector<at::Tensor> ys;
     if (kernels::gka_chunk_solve_apply(q)) {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
-                               r, num_iter, &iterates, kernels::gka_fp32_solve_products());
+                               r, num_iter, &iterates, kernels::SolveProducts::Tf32x3);
       // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
       // PRIME_GKA_BACKWARD_KERNEL=0 asks for the torch-ops sweep below.
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
