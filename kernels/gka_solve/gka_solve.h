@@ -55,4 +55,23 @@ GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor
                                            const at::Tensor& frob, double ridge_strength, int num_iter,
                                            const at::Tensor& iterates, const at::Tensor& grad);
 
+// The reverse sweep's adjoint recurrence alone (model::ChunkSolve under PRIME_GKA_SWEEP=split, which
+// forms the gradients of the keys, H_0 and the weights afterwards from the stacked adjoints): for the
+// upstream gradient `grad` and the solve's `iterates` as above, `adjoints` [..., N, C, D] holds
+// U_i = -omega_i eta A_{i+1} for i = 1..N (A_{i+1} the adjoint of y_{i+1}; chunk-major: a chunk's
+// N C rows in a row), and q, from_start and frob their gradients, as gka_chunk_solve_backward
+// gives them (the same arithmetic, bit for bit).
+struct GkaAdjoints {
+  at::Tensor adjoints, q, from_start, frob;
+};
+
+// Whether gka_chunk_adjoint_recurrence serves this solve: gka_chunk_solve_apply(q), D a multiple of
+// 32, and a block for num_iter iterations fits the device's shared memory.
+bool gka_chunk_adjoint_apply(const at::Tensor& q, int num_iter);
+
+GkaAdjoints gka_chunk_adjoint_recurrence(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                         const at::Tensor& weights, const at::Tensor& from_start,
+                                         const at::Tensor& frob, double ridge_strength, int num_iter,
+                                         const at::Tensor& iterates, const at::Tensor& grad);
+
 }  // namespace prime::kernels

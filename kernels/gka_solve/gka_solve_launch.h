@@ -56,4 +56,16 @@ void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys
                                      const at::Tensor& iterates, const at::Tensor& grad,
                                      const GkaSolveGradients& out);
 
+// The adjoint recurrence (gka_solve.h, gka_chunk_adjoint_recurrence; gka_adjoint_mma_kernels.cu) for M
+// chunks: operands as the reverse sweep's; writes adjoints [M, N, C, D], d_q [M, C, D], d_from_start and
+// d_frob [M, C]. D a multiple of 32 up to 128, C <= 64.
+bool gka_chunk_adjoint_mma_serves(int64_t C, int64_t D);
+bool gka_chunk_adjoint_fits(const at::Device& device, int64_t C, int64_t D, int64_t num_iter);
+size_t gka_chunk_adjoint_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter);
+void launch_gka_chunk_adjoint_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                  const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
+                                  double ridge_strength, int num_iter, const at::Tensor& iterates,
+                                  const at::Tensor& grad, const at::Tensor& adjoints, const at::Tensor& d_q,
+                                  const at::Tensor& d_from_start, const at::Tensor& d_frob);
+
 }  // namespace prime::kernels::detail
