@@ -11,10 +11,11 @@
 //   HU = e s (A H_0) + P1 K;  d e += rowsum(s (A H_0) o y_i);  hy += rowsum(HU o y_i);
 //   q_coeff += omega A;  A <- HU + kappa omega A + (1 - omega_{i+1}) A_{i+2};
 // and U_i = s A goes to `adjoints` [M, N, C, D] (chunk-major: the stacked products read a chunk's N C
-// rows as one matrix). A is double-buffered in shared memory, so an iteration has two block barriers
-// (P1 complete; the new A written) where the sweep kernel has three.
-// Shared memory: K, H_0^T, A twice, y_i [Cp, D], P1 and W [Cp, Cp], the row factors and partial row
-// sums, the omegas (205 KB at C = 64, D = 128).
+// rows as one matrix). Three block barriers per iteration, as in the sweep kernel: P1 complete; every
+// read of A done; the new A and y_{i-1} in place. (A second A buffer would save the middle one but
+// does not fit beside W at C = 64, D = 128.)
+// Shared memory: K, H_0^T, A, y_i [Cp, D], P1 and W [Cp, Cp], the row factors and partial row sums,
+// the omegas (203 KB at C = 64, D = 128).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -38,16 +39,15 @@ constexpr int kMaxGroups = 4;  // 32-column groups of a row (D <= 128): the part
 
 struct AdjointLayout {
   int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [Cp, Cp] ones
-  int k, ht, a0, a1, y, p1, rows, parts, w, omegas, floats;
+  int k, ht, a, y, p1, rows, parts, w, omegas, floats;
 
   __host__ __device__ AdjointLayout(int padded_chunk, int d, int num_iter) {
     ld_x = d + kPad;
     ld_t = padded_chunk + kPad;
     k = 0;
     ht = k + padded_chunk * ld_x;  // H_0^T: B^T of A H_0
-    a0 = ht + d * ld_x;            // the adjoint A, two buffers
-    a1 = a0 + padded_chunk * ld_x;
-    y = a1 + padded_chunk * ld_x;  // y_i
+    a = ht + d * ld_x;             // the adjoint A
+    y = a + padded_chunk * ld_x;   // y_i
     p1 = y + padded_chunk * ld_x;
     rows = p1 + padded_chunk * ld_t;          // eta, kappa, decay, d decay, hy
     parts = rows + 5 * padded_chunk;          // [Cp, kMaxGroups] twice: d decay and hy partials
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ld_x = L.ld_x, ld_t = L.ld_t;
   float* K = smem + L.k;
   float* Ht = smem + L.ht;
-  float* Adj_buffers[2] = {smem + L.a0, smem + L.a1};
+  float* Adj = smem + L.a;
   float* Y = smem + L.y;
   float* P1 = smem + L.p1;
   float* eta = smem + L.rows;
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int r = i / dim, c = i % dim;
     const bool in = r < chunk;
     K[r * ld_x + c] = in ? keys[m * cd + i] : 0.0f;
-    Adj_buffers[0][r * ld_x + c] = in ? grad[m * cd + i] : 0.0f;  // the adjoint of y_{N+1}, the output
+    Adj[r * ld_x + c] = in ? grad[m * cd + i] : 0.0f;  // the adjoint of y_{N+1}, the output
     Y[r * ld_x + c] = in ? y_last[i] : 0.0f;
   }
 
@@ -147,15 +147,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* q_coeff = d_q + m * cd;
   float* u_chunk = adjoints + m * static_cast<size_t>(num_iter) * cd;
   float carry[kTiles][4] = {};
-  int cur = 0;
   __syncthreads();
 
   for (int i = num_iter; i >= 1; --i) {
     const double omega = omegas[i - 1];
     const float omega_f = static_cast<float>(omega), minus_omega = static_cast<float>(-omega);
     const bool accumulate = i != num_iter;
-    const float* Adj = Adj_buffers[cur];
-    float* Adj_next = Adj_buffers[cur ^ 1];
     if (owner && i >= 2 && lane < 16 && rb * 16 + lane < chunk) {  // y_{i-1}, read at this iteration's end: into L2 now
       const float* line = iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd + (rb * 16 + lane) * dim + c0;
       prefetch_l2(line);
@@ -183,9 +180,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     __syncthreads();  // P1 complete
+    float hu[kTiles][4] = {};
     if (owner) {
       // HU = e s (A H_0) + P1 K, with the row sums of s (A H_0) o y_i and HU o y_i.
-      float hu[kTiles][4] = {};
       warp_product<kTiles / 2, true>(hu, Adj, ld_x, rb * 16, Ht, ld_x, c0, dim, lane);
       const float scale_a = eta[row_a] * minus_omega, scale_b = eta[row_b] * minus_omega;
       const float e_a = decay[row_a], e_b = decay[row_b];
@@ -208,9 +205,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       warp_product_rows<kTiles, true>(hu, P1, ld_t, rb * 16, K, ld_x, c0, 16 * (rb + 1), lane);
       const float kappa_a = kappa[row_a] * omega_f, kappa_b = kappa[row_b] * omega_f;
       const float one_minus_omega = static_cast<float>(1.0 - omega);
-      // The loads of this iteration's tail (q_coeff's sums: L2 round trips) before its stores; y_{i-1}
-      // (read-only, prefetched into L2 at the start) as each element is replaced.
-      const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+      // q_coeff's sums (L2 round trips) loaded before the stores.
       float* u_out = u_chunk + static_cast<size_t>(i - 1) * cd;
       float2 q_in[kTiles][2];
 #pragma unroll
@@ -251,16 +246,27 @@ __global__ void __launch_bounds__(kThreads, 1)
             *reinterpret_cast<float2*>(q_coeff + t * dim + d) =
                 make_float2(before.x + a.x * omega_f, before.y + a.y * omega_f);
           }
-          *reinterpret_cast<float2*>(Adj_next + t * ld_x + d) = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
+        }
+      }
+      store_row_sums(part_hy, row_a, row_b, group, sum_a, sum_b);
+    }
+    __syncthreads();  // every read of A and y_i of this iteration is done
+    if (owner) {      // the new adjoint and y_{i-1} (read-only, prefetched into L2 at the start)
+      const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int d = c0 + 8 * j + 2 * t4;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = half ? row_b : row_a;
+          *reinterpret_cast<float2*>(Adj + t * ld_x + d) = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
           if (y_next)
             *reinterpret_cast<float2*>(Y + t * ld_x + d) =
                 t < chunk ? __ldg(reinterpret_cast<const float2*>(y_next + t * dim + d)) : float2{0, 0};
         }
       }
-      store_row_sums(part_hy, row_a, row_b, group, sum_a, sum_b);
     }
-    __syncthreads();  // the new A, y_{i-1} and this iteration's partial row sums are in place
-    if (tid < Cp) {   // the rows' sums, in a fixed order (parts are rewritten after the next barrier)
+    if (tid < Cp) {  // the rows' sums, in a fixed order
       float sum_decay = 0.0f, sum_hy = 0.0f;
       for (int gi = 0; gi < groups; ++gi) {
         sum_decay += part_decay[tid * kMaxGroups + gi];
@@ -269,12 +275,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       g_decay[tid] += sum_decay;
       hy[tid] += sum_hy;
     }
-    cur ^= 1;
+    __syncthreads();  // the new A and y are in place
   }
 
-  // Adj_buffers[cur] is now the adjoint of y_1 = eta q: dq = eta (q_coeff + A_1), d eta = rowsum(that
-  // o q) + hy / eta.
-  const float* Adj = Adj_buffers[cur];
+  // Adj is now the adjoint of y_1 = eta q: dq = eta (q_coeff + A_1), d eta = rowsum(that o q) + hy / eta.
   if (owner) {
     const float* q_chunk = q + m * cd;
     float sum_a = 0.0f, sum_b = 0.0f;
