@@ -400,7 +400,7 @@ TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "
 
 // The split sweep (PRIME_GKA_SWEEP=split): the adjoint recurrence kernel's dq, d e^G and d f are the
 // sweep kernel's bit for bit (the same arithmetic); ChunkSolve's gradients of the keys, H_0 and the
-// weights from the stacked adjoints (bf16x3 products on cuBLAS) within the fp32 bound of the torch-ops
+// weights from the stacked adjoints (products on chunk_gemm) within the fp32 bound of the torch-ops
 // sweep and of float64. Every adjoint written (outputs poisoned).
 TEST_CASE("GKA adjoint recurrence kernel: the split sweep equals the sweep kernel and float64",
           "[kernels][gka][gpu]") {

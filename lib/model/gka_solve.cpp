@@ -29,9 +29,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
-#include <utility>
 #include <vector>
 
+#include "kernels/chunk_gemm/chunk_gemm.h"
 #include "kernels/gka_solve/gka_solve.h"
 #include "model/gka_core.h"
 #include "model/ssm_common.h"
@@ -69,26 +69,14 @@ bool split_sweep() {
                    "stacked adjoints)");
 }
 
-// a [L, m, k] b [L, k, n] at fp32 accuracy over a long contraction. fp32 on CUDA: bf16x3 on cuBLAS
-// (hi = bf16(x), lo = bf16(x - hi); a_lo b_hi + a_hi b_lo + a_hi b_hi as one bf16 product over the
-// three slices side by side along k, accumulated in fp32): one TF32 pass would put dK 6-22x
-// past the fp32 bound (experiments/gka_sweep_split). Elsewhere (CPU, float64) at::matmul.
-at::Tensor accurate_bmm(const at::Tensor& a, const at::Tensor& b) {
-  if (!a.is_cuda() || a.scalar_type() != at::kFloat) return at::matmul(a, b);
-  const auto split = [](const at::Tensor& x) {
-    const at::Tensor hi = x.to(at::kBFloat16);
-    return std::pair<at::Tensor, at::Tensor>(hi, (x - hi.to(at::kFloat)).to(at::kBFloat16));
-  };
-  const auto [a_hi, a_lo] = split(a);
-  const auto [b_hi, b_lo] = split(b);
-  return at::bmm(at::cat({a_lo, a_hi, a_hi}, -1), at::cat({b_hi, b_lo, b_hi}, -2), at::kFloat);
-}
-
 // The gradients of the keys, H_0 and the weights from the stacked iterates and adjoints, ys and us
 // [..., N, C, D] (q's leading dims; us[i] = U_{i+1} = -omega eta A_{i+2}):
 //   dH_0 = [y_i]^T [e o U_i],  dK = [W o y_i K^T]^T [U_i] + [W o U_i K^T]^T [y_i],
 //   dW = sum_i (U_i K^T) o (y_i K^T),
-// each stacked over (i, t), as the in-loop sweep sums them one iteration at a time.
+// each stacked over (i, t), as the in-loop sweep sums them one iteration at a time. The products run
+// on kernels/chunk_gemm (3xTF32 on CUDA, reading the fp32 operands in place, transposed views too;
+// at::baddbmm elsewhere): one TF32 or bf16 pass would put dK 6-240x past the fp32 bound
+// (experiments/gka_sweep_split).
 struct StackedGradients {
   at::Tensor keys, start, weights;
 };
@@ -112,16 +100,18 @@ StackedGradients stacked_gradients(const ChunkSystem& system, const at::Tensor& 
   StackedGradients out;
   if (need_start) {
     const at::Tensor e = flat(system.from_start, C, 1).unsqueeze(1);  // [L, 1, C, 1]
-    out.start = with_lead(accurate_bmm(Y.transpose(1, 2), (U.view({L, N, C, D}) * e).view({L, N * C, D})));
+    out.start = with_lead(kernels::chunk_matmul(Y.transpose(1, 2), (U.view({L, N, C, D}) * e).view({L, N * C, D})));
   }
   if (need_keys || need_weights) {
     const at::Tensor Kt = flat(system.keys, C, D).transpose(1, 2);
-    const at::Tensor YK = accurate_bmm(Y, Kt).view({L, N, C, C}), UK = accurate_bmm(U, Kt).view({L, N, C, C});
+    const at::Tensor YK = kernels::chunk_matmul(Y, Kt).view({L, N, C, C});
+    const at::Tensor UK = kernels::chunk_matmul(U, Kt).view({L, N, C, C});
     if (need_weights) out.weights = with_lead((UK * YK).sum(1));
     if (need_keys) {
       const at::Tensor W = flat(system.weights, C, C).unsqueeze(1);  // [L, 1, C, C]
-      out.keys = with_lead(accurate_bmm((W * YK).view({L, N * C, C}).transpose(1, 2), U) +
-                           accurate_bmm((W * UK).view({L, N * C, C}).transpose(1, 2), Y));
+      at::Tensor keys = kernels::chunk_matmul((W * YK).view({L, N * C, C}).transpose(1, 2), U);
+      kernels::chunk_gemm(keys, (W * UK).view({L, N * C, C}).transpose(1, 2), Y, 1.0, 1.0);
+      out.keys = with_lead(keys);
     }
   }
   return out;
