@@ -159,8 +159,11 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
         const kernels::GkaAdjoints a = kernels::gka_chunk_adjoint_recurrence(
             q, system.keys, system.start, system.weights, system.from_start, frob, r, num_iter, iterates,
             grad_outputs[0]);
+        // The iterates chunk-major (one copy), the [N, ...] original freed before the products.
+        const at::Tensor ys_stacked = iterates.movedim(0, -3).contiguous();
+        iterates.reset();
         const StackedGradients g =
-            stacked_gradients(system, iterates.movedim(0, -3), a.adjoints, need_keys, need_start, need_weights);
+            stacked_gradients(system, ys_stacked, a.adjoints, need_keys, need_start, need_weights);
         return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights, need_from_start ? a.from_start : at::Tensor(),
                                            need_frob ? a.frob : at::Tensor()});
       }
