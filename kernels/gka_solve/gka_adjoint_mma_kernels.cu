@@ -12,8 +12,9 @@
 //   q_coeff += omega A;  A <- HU + kappa omega A + (1 - omega_{i+1}) A_{i+2};
 // and U_i = s A goes to `adjoints` [M, N, C, D] (chunk-major: the stacked products read a chunk's N C
 // rows as one matrix). Three block barriers per iteration, as in the sweep kernel: P1 complete; every
-// read of A done; the new A and y_{i-1} in place. (A second A buffer would save the middle one but
-// does not fit beside W at C = 64, D = 128.)
+// read of A done; the new A and y_{i-1} in place. (A second A buffer would save the middle one; it
+// fits beside W at C = 64, D = 128 only if y_i, which only its owner reads, left shared memory for 16
+// more registers a thread, past the 128 this kernel already uses.)
 // Shared memory: K, H_0^T, A, y_i [Cp, D], P1 and W [Cp, Cp], the row factors and partial row sums,
 // the omegas (203 KB at C = 64, D = 128).
 #include <ATen/cuda/CUDAContext.h>
@@ -124,8 +125,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       });
     }
     __syncthreads();  // every read of A and y_i of this iteration is done
-    if (owner) {      // the new adjoint and y_{i-1} (read-only, prefetched into L2 at the start)
+    if (owner) {      // the new adjoint and y_{i-1} (prefetched into L2 at the start): every load first
       const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+      float2 y_in[kTiles][2];
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = rb * 16 + g + 8 * half, d = c0 + 8 * j + 2 * t4;
+          y_in[j][half] =
+              y_next && t < chunk ? __ldg(reinterpret_cast<const float2*>(y_next + t * dim + d)) : float2{0, 0};
+        }
+      }
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         const int d = c0 + 8 * j + 2 * t4;
@@ -133,9 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int half = 0; half < 2; ++half) {
           const int t = rb * 16 + g + 8 * half;
           *reinterpret_cast<float2*>(s.Adj + t * s.ld_x + d) = make_float2(hu[j][2 * half], hu[j][2 * half + 1]);
-          if (y_next)
-            *reinterpret_cast<float2*>(s.Y + t * s.ld_x + d) =
-                t < chunk ? __ldg(reinterpret_cast<const float2*>(y_next + t * dim + d)) : float2{0, 0};
+          if (y_next) *reinterpret_cast<float2*>(s.Y + t * s.ld_x + d) = y_in[j][half];
         }
       }
     }

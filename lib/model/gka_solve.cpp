@@ -154,23 +154,25 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
                                r, num_iter, &iterates);
-      // Split: the adjoint recurrence on chip, then the stacked products.
+      // Split: the adjoint recurrence on chip, then the stacked products (where its kernel does not serve,
+      // the in-loop sweep kernel below, not the torch-ops loop).
       if (split && kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_adjoint_apply(q, num_iter)) {
         const kernels::GkaAdjoints a = kernels::gka_chunk_adjoint_recurrence(
             q, system.keys, system.start, system.weights, system.from_start, frob, r, num_iter, iterates,
             grad_outputs[0]);
         // The iterates chunk-major (one copy), the [N, ...] original freed before the products.
-        const at::Tensor ys_stacked = iterates.movedim(0, -3).contiguous();
-        iterates.reset();
-        const StackedGradients g =
-            stacked_gradients(system, ys_stacked, a.adjoints, need_keys, need_start, need_weights);
+        StackedGradients g;
+        if (need_keys || need_start || need_weights) {
+          const at::Tensor ys_stacked = iterates.movedim(0, -3).contiguous();
+          iterates.reset();
+          g = stacked_gradients(system, ys_stacked, a.adjoints, need_keys, need_start, need_weights);
+        }
         return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights, need_from_start ? a.from_start : at::Tensor(),
                                            need_frob ? a.frob : at::Tensor()});
       }
       // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
       // PRIME_GKA_BACKWARD_KERNEL=0 asks for the torch-ops sweep below.
-      if (!split && kernels::gka_chunk_solve_backward_enabled() &&
-          kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
+      if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
         const kernels::GkaSolveGradients g =
             kernels::gka_chunk_solve_backward(q, system.keys, system.start, system.weights, system.from_start,
                                               frob, r, num_iter, iterates, grad_outputs[0]);
