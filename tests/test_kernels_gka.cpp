@@ -431,8 +431,20 @@ TEST_CASE("GKA adjoint recurrence kernel: the split sweep equals the sweep kerne
     kernels::GkaAdjoints adjoints;
     {
       const at::NoGradGuard no_grad;
-      at::Tensor iterates;
-      kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &iterates);
+      at::Tensor iterates, by_iteration;
+      kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &iterates,
+                               kernels::IterateLayout::ChunkMajor);
+      kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &by_iteration);
+      REQUIRE(iterates.sizes() == at::IntArrayRef({c.B, c.H, c.n, c.iterations, c.C, c.D}));
+      CHECK(at::equal(iterates, by_iteration.movedim(0, -3)));  // the same iterates, chunk-major
+      {
+        const test::ScopedEnv wmma_kernel("PRIME_GKA_SOLVE_WMMA", "1");  // the wmma forward kernel's too
+        at::Tensor wmma_chunk_major, wmma_by_iteration;
+        kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &wmma_chunk_major,
+                                 kernels::IterateLayout::ChunkMajor);
+        kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &wmma_by_iteration);
+        CHECK(at::equal(wmma_chunk_major, wmma_by_iteration.movedim(0, -3)));
+      }
       adjoints = kernels::gka_chunk_adjoint_recurrence(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations,
                                                        iterates, probe.to(in[0].options()));
     }

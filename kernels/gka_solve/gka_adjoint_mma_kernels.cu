@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  const float* __restrict__ iterates, const float* __restrict__ grad,
                                  float* __restrict__ adjoints, float* __restrict__ d_q,
                                  float* __restrict__ d_from_start, float* __restrict__ d_frob, int chunk, int dim,
-                                 int padded_chunk, double ridge_strength, int num_iter, long long chunks) {
+                                 int padded_chunk, double ridge_strength, int num_iter) {
   extern __shared__ __align__(128) float smem[];
   const int Cp = padded_chunk;
   const SweepLayout L(Cp, dim, num_iter, false);
@@ -48,7 +48,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const long long m = blockIdx.x;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const size_t cd = static_cast<size_t>(chunk) * dim;
-  load_operands(s, m, keys, start, weights, from_start, frob, iterates, grad, ridge_strength, num_iter, chunks);
+  // The iterates chunk-major, [M, N, C, D], as the forward kernel writes them for this kernel.
+  const gka::IterateSteps steps{1, num_iter};
+  load_operands(s, m, keys, start, weights, from_start, frob, iterates, grad, ridge_strength, num_iter, steps);
 
   // This warp's 16 x 32 block (rows rb*16.., columns c0..): every element of [Cp, D] has one owner.
   const int groups = dim / 32, row_blocks = Cp / 16;
@@ -72,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float omega_f = static_cast<float>(omega), minus_omega = static_cast<float>(-omega);
     const bool accumulate = i != num_iter;
     if (owner && i >= 2 && lane < 16 && rb * 16 + lane < chunk) {  // y_{i-1}, read at this iteration's end: into L2 now
-      const float* line = iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd + (rb * 16 + lane) * dim + c0;
+      const float* line = iterates + steps.offset(i - 2, m, cd) + (rb * 16 + lane) * dim + c0;
       prefetch_l2(line);
     }
     if (p_owner) {  // P1 = W o (s A K^T), as the sweep kernel forms it
@@ -126,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // every read of A and y_i of this iteration is done
     if (owner) {      // the new adjoint and y_{i-1} (prefetched into L2 at the start): every load first
-      const float* y_next = i >= 2 ? iterates + (static_cast<size_t>(i - 2) * chunks + m) * cd : nullptr;
+      const float* y_next = i >= 2 ? iterates + steps.offset(i - 2, m, cd) : nullptr;
       float2 y_in[kTiles][2];
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
@@ -181,7 +183,7 @@ void launch_gka_chunk_adjoint_mma(const at::Tensor& q, const at::Tensor& keys, c
                                   const at::Tensor& d_from_start, const at::Tensor& d_frob) {
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
   PRIME_CHECK(gka_chunk_adjoint_mma_serves(C, D), "gka_chunk_adjoint_mma: C = ", C, ", D = ", D, " not served");
-  PRIME_CHECK(num_iter >= 1 && iterates.sizes() == at::IntArrayRef({num_iter, M, C, D}) &&
+  PRIME_CHECK(num_iter >= 1 && iterates.sizes() == at::IntArrayRef({M, num_iter, C, D}) &&
                   adjoints.sizes() == at::IntArrayRef({M, num_iter, C, D}) && grad.sizes() == q.sizes() &&
                   d_q.sizes() == q.sizes() && d_from_start.sizes() == at::IntArrayRef({M, C}) &&
                   d_frob.sizes() == at::IntArrayRef({M, C}),
@@ -201,8 +203,7 @@ void launch_gka_chunk_adjoint_mma(const at::Tensor& q, const at::Tensor& keys, c
       q.data_ptr<float>(), keys.data_ptr<float>(), start.data_ptr<float>(), weights.data_ptr<float>(),
       from_start.data_ptr<float>(), frob.data_ptr<float>(), iterates.data_ptr<float>(), grad.data_ptr<float>(),
       adjoints.data_ptr<float>(), d_q.data_ptr<float>(), d_from_start.data_ptr<float>(), d_frob.data_ptr<float>(),
-      static_cast<int>(C), static_cast<int>(D), static_cast<int>((C + 15) / 16 * 16), ridge_strength, num_iter,
-      static_cast<long long>(M));
+      static_cast<int>(C), static_cast<int>(D), static_cast<int>((C + 15) / 16 * 16), ridge_strength, num_iter);
   PRIME_CUDA_CHECK_LAUNCH("gka_chunk_adjoint_mma_kernel");
 }
 

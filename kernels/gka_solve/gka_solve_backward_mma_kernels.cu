@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const long long m = blockIdx.x;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const size_t cd = static_cast<size_t>(chunk) * dim;
-  load_operands(s, m, keys, start, weights, from_start, frob, iterates, grad, ridge_strength, num_iter, chunks);
+  load_operands(s, m, keys, start, weights, from_start, frob, iterates, grad, ridge_strength, num_iter,
+                gka::IterateSteps{chunks, 1});
 
   // This warp's 16 x 32 block (rows rb*16.., columns c0..): every element of [Cp, D] has one owner.
   const int groups = dim / 32, row_blocks = Cp / 16;

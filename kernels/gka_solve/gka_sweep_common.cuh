@@ -84,7 +84,7 @@ struct Sweep {
 __device__ __forceinline__ void load_operands(const Sweep& s, long long m, const float* keys, const float* start,
                                               const float* weights, const float* from_start, const float* frob,
                                               const float* iterates, const float* grad, double ridge_strength,
-                                              int num_iter, long long chunks) {
+                                              int num_iter, const gka::IterateSteps& steps) {
   const int tid = threadIdx.x, Cp = s.Cp, chunk = s.chunk, dim = s.dim;
   const size_t cd = static_cast<size_t>(chunk) * dim;
   for (int t = tid; t < Cp; t += kThreads) {
@@ -104,7 +104,7 @@ __device__ __forceinline__ void load_operands(const Sweep& s, long long m, const
     s.Ws[t * s.ld_t + u] = t < chunk && u < chunk ? weights[(m * chunk + t) * chunk + u] : 0.0f;
   }
   for (int i = tid; i < dim * dim; i += kThreads) s.Ht[(i % dim) * s.ld_x + i / dim] = start[m * dim * dim + i];
-  const float* y_last = iterates + (static_cast<size_t>(num_iter - 1) * chunks + m) * cd;
+  const float* y_last = iterates + steps.offset(num_iter - 1, m, cd);
   for (int i = tid; i < Cp * dim; i += kThreads) {
     const int r = i / dim, c = i % dim;
     const bool in = r < chunk;

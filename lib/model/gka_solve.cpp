@@ -151,22 +151,21 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     // Recompute the iterates y_1..y_N with the forward's own arithmetic (the kernel's on CUDA).
     std::vector<at::Tensor> ys;
     if (kernels::gka_chunk_solve_apply(q)) {
+      // Split: the adjoint recurrence on chip, then the stacked products, both reading the iterates
+      // chunk-major (where its kernel does not serve, the in-loop sweep kernel below, not the torch loop).
+      const bool split_on_chip =
+          split && kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_adjoint_apply(q, num_iter);
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
-                               r, num_iter, &iterates);
-      // Split: the adjoint recurrence on chip, then the stacked products (where its kernel does not serve,
-      // the in-loop sweep kernel below, not the torch-ops loop).
-      if (split && kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_adjoint_apply(q, num_iter)) {
+                               r, num_iter, &iterates,
+                               split_on_chip ? kernels::IterateLayout::ChunkMajor : kernels::IterateLayout::IterationMajor);
+      if (split_on_chip) {
         const kernels::GkaAdjoints a = kernels::gka_chunk_adjoint_recurrence(
             q, system.keys, system.start, system.weights, system.from_start, frob, r, num_iter, iterates,
             grad_outputs[0]);
-        // The iterates chunk-major (one copy), the [N, ...] original freed before the products.
         StackedGradients g;
-        if (need_keys || need_start || need_weights) {
-          const at::Tensor ys_stacked = iterates.movedim(0, -3).contiguous();
-          iterates.reset();
-          g = stacked_gradients(system, ys_stacked, a.adjoints, need_keys, need_start, need_weights);
-        }
+        if (need_keys || need_start || need_weights)
+          g = stacked_gradients(system, iterates, a.adjoints, need_keys, need_start, need_weights);
         return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights, need_from_start ? a.from_start : at::Tensor(),
                                            need_frob ? a.frob : at::Tensor()});
       }
