@@ -13,6 +13,7 @@
 #include "model/ssm_chunks.h"
 #include "test_gka_util.h"
 #include "test_helpers.h"
+#include "util/error.h"
 
 using namespace prime;
 using namespace prime::test_gka;
@@ -108,6 +109,41 @@ TEST_CASE("GKA chunk solve: recomputing backward equals autograd of the unrolled
                  (bp_lambda ? "true" : "false") + ", d/d" + kLeafNames[i], error);
       CHECK(error <= 1e-5);
     }
+  }
+}
+
+TEST_CASE("GKA chunk solve: the split sweep (PRIME_GKA_SWEEP=split) gives the in-loop sweep's gradients",
+          "[gka]") {
+  // The adjoints alone in the loop, then the gradients of the keys, H_0 and the weights as products
+  // of the stacked iterates and adjoints: the same sums in another order. Every input, both
+  // bp_lambda settings, N = 1, 2 and 30; float64 to rounding, fp32 within the fp32 node's own bound.
+  for (bool bp_lambda : {true, false}) {
+    for (int num_iter : {1, 2, 30}) {
+      const SolveLeaves leaves = random_leaves(301 + num_iter);
+      std::vector<at::Tensor> in_loop, split, split32;
+      {
+        const test::ScopedEnv form("PRIME_GKA_SWEEP", "in-loop");
+        in_loop = solve_gradients(leaves, at::kDouble, false, bp_lambda, num_iter);
+      }
+      {
+        const test::ScopedEnv form("PRIME_GKA_SWEEP", "split");
+        split = solve_gradients(leaves, at::kDouble, false, bp_lambda, num_iter);
+        split32 = solve_gradients(leaves, at::kFloat, false, bp_lambda, num_iter);
+      }
+      for (size_t i = 0; i < in_loop.size(); ++i) {
+        INFO("bp_lambda " << bp_lambda << " N=" << num_iter << " d/d" << kLeafNames[i]);
+        CHECK(in_loop[i].abs().max().item<double>() > 0.0);
+        CHECK(rel_error(split[i], in_loop[i]) <= 1e-12);
+        CHECK(rel_error(split32[i], in_loop[i]) <= 1e-5);
+      }
+      // The split form ran: the keys' gradient is summed in another order (not bit for bit the same).
+      if (num_iter == 30) CHECK(!at::equal(split[1], in_loop[1]));
+    }
+  }
+  const SolveLeaves leaves = random_leaves(333);
+  for (const char* bad : {"split ", "SPLIT", "fused", "1"}) {
+    const test::ScopedEnv form("PRIME_GKA_SWEEP", bad);
+    CHECK_THROWS_AS(solve_gradients(leaves, at::kDouble, false, true, 2), UserError);
   }
 }
 

@@ -342,3 +342,146 @@ TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "
     }
   }
 }
+
+// The split sweep (PRIME_GKA_SWEEP=split): the adjoint recurrence kernel's dq, d e^G and d f are the
+// sweep kernel's bit for bit (the same arithmetic); ChunkSolve's gradients of the keys, H_0 and the
+// weights from the stacked adjoints (products on chunk_gemm) within the fp32 bound of the torch-ops
+// sweep and of float64. Every adjoint written (outputs poisoned).
+TEST_CASE("GKA adjoint recurrence kernel: the split sweep equals the sweep kernel and float64",
+          "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::FullFp32Matmuls full_fp32;
+  const at::Device cuda(at::kCUDA, 0);
+  struct Case {
+    int64_t B, H, n, C, D;
+    int iterations;
+    bool broadcast, float64;
+  };
+  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false, true},
+                                         {2, 1, 2, 64, 64, 2, false, false},
+                                         {1, 2, 3, 64, 32, 1, false, false},
+                                         {2, 2, 2, 37, 32, 30, false, true},
+                                         {1, 3, 2, 23, 96, 30, false, false},
+                                         {2, 2, 2, 64, 64, 30, true, false},
+                                         {1, 2, 2, 37, 128, 30, true, true}}) {
+    INFO("B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C << " D=" << c.D << " N=" << c.iterations
+              << (c.broadcast ? " broadcast" : ""));
+    const System system = random_system(c.B, c.H, c.n, c.C, c.D, 31 + c.C + c.D + c.iterations, c.broadcast);
+    const at::Tensor probe = at::randn({c.B, c.H, c.n, c.C, c.D}, at::kDouble);
+    const auto in = leaves(system, cuda, at::kFloat);
+    REQUIRE(kernels::gka_chunk_adjoint_apply(in[0], c.iterations));
+    const std::vector<at::Tensor> sweep = kernel_backward(in, probe, c.iterations);
+    kernels::GkaAdjoints adjoints;
+    {
+      const at::NoGradGuard no_grad;
+      at::Tensor iterates, by_iteration;
+      kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &iterates,
+                               kernels::SolveProducts::Tf32x3, kernels::IterateLayout::ChunkMajor);
+      kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &by_iteration);
+      REQUIRE(iterates.sizes() == at::IntArrayRef({c.B, c.H, c.n, c.iterations, c.C, c.D}));
+      CHECK(at::equal(iterates, by_iteration.movedim(0, -3)));  // the same iterates, chunk-major
+      {
+        const test::ScopedEnv wmma_kernel("PRIME_GKA_SOLVE_WMMA", "1");  // the wmma forward kernel's too
+        at::Tensor wmma_chunk_major, wmma_by_iteration;
+        kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &wmma_chunk_major,
+                                 kernels::SolveProducts::Tf32x3, kernels::IterateLayout::ChunkMajor);
+        kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations, &wmma_by_iteration);
+        CHECK(at::equal(wmma_chunk_major, wmma_by_iteration.movedim(0, -3)));
+      }
+      adjoints = kernels::gka_chunk_adjoint_recurrence(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, c.iterations,
+                                                       iterates, probe.to(in[0].options()));
+    }
+    REQUIRE(adjoints.adjoints.sizes() == at::IntArrayRef({c.B, c.H, c.n, c.iterations, c.C, c.D}));
+    CHECK(at::isfinite(adjoints.adjoints).all().item<bool>());
+    CHECK(at::equal(adjoints.q, sweep[0]));
+    CHECK(at::equal(at::sum_to(adjoints.from_start, in[4].sizes()), sweep[4]));
+    CHECK(at::equal(adjoints.frob, sweep[5]));
+    // U_N = -omega_N eta A_{N+1}, A_{N+1} the upstream gradient.
+    {
+      const at::Tensor frob = in[5].detach().expand({c.B, c.H, c.n, c.C, 1});
+      const at::Tensor eta = 2.0 / (2.0 * (frob * 0.02) + frob);
+      double omega = 2.0;
+      const double spread = 1.0 / (2.0 * (2.0 * 0.02 + 1.0));
+      for (int i = 0; i < c.iterations; ++i) omega = 1.0 / (1.0 - spread * spread * omega);
+      const at::Tensor expected = probe.to(in[0].options()) * (eta * -omega);
+      CHECK(norm_relative_error(adjoints.adjoints.select(3, c.iterations - 1), expected) <= 1e-6);
+    }
+    SolveRun split;
+    {
+      const test::ScopedEnv form("PRIME_GKA_SWEEP", "split");
+      split = run_solve(in, probe, c.iterations, false);
+    }
+    SolveRun torch_ops;
+    {
+      const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
+      torch_ops = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    }
+    const SolveRun reference =
+        c.float64 ? run_solve(leaves(system, at::kCPU, at::kDouble), probe, c.iterations, true) : SolveRun{};
+    for (const size_t i : {0, 4, 5}) CHECK(at::equal(split.grads[i], sweep[i]));
+    double vs_torch = 0, vs_f64 = 0, vs_sweep = 0;
+    for (size_t i = 0; i < split.grads.size(); ++i) {
+      INFO("gradient of input " << i);
+      CHECK(at::isfinite(split.grads[i]).all().item<bool>());
+      const double error = norm_relative_error(split.grads[i], torch_ops.grads[i]);
+      CHECK(error <= 1e-4);
+      vs_torch = std::max(vs_torch, error);
+      vs_sweep = std::max(vs_sweep, norm_relative_error(split.grads[i], sweep[i]));
+      if (c.float64) {
+        const double error64 = norm_relative_error(split.grads[i], reference.grads[i]);
+        CHECK(error64 <= 1e-4);
+        vs_f64 = std::max(vs_f64, error64);
+      }
+    }
+    std::cout << "[kernels][gka] split sweep B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C
+              << " D=" << c.D << " N=" << c.iterations << (c.broadcast ? " (H_0, decays broadcast)" : "")
+              << ": worst gradient vs torch ops " << vs_torch << ", vs the sweep kernel " << vs_sweep;
+    if (c.float64) std::cout << ", vs float64 " << vs_f64;
+    std::cout << std::endl;
+  }
+}
+
+// Small enough for compute-sanitizer: one padded chunk (23 rows) and one full chunk, a few iterations.
+TEST_CASE("GKA adjoint recurrence kernel: small chunks equal the sweep kernel", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  for (const int64_t C : {23, 16}) {
+    const System system = random_system(1, 1, 2, C, 32, 19 + C);
+    const at::Tensor probe = at::randn({1, 1, 2, C, 32}, at::kDouble);
+    const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
+    REQUIRE(kernels::gka_chunk_adjoint_apply(in[0], 3));
+    const std::vector<at::Tensor> sweep = kernel_backward(in, probe, 3);
+    const test::ScopedEnv form("PRIME_GKA_SWEEP", "split");
+    const SolveRun split = run_solve(in, probe, 3, false);
+    for (size_t i = 0; i < sweep.size(); ++i) {
+      INFO("C=" << C << ", gradient of input " << i);
+      if (i == 0 || i == 4 || i == 5)
+        CHECK(at::equal(split.grads[i], sweep[i]));  // the recurrence kernel's, bit for bit
+      else
+        CHECK(norm_relative_error(split.grads[i], sweep[i]) <= 1e-4);
+    }
+  }
+  // A head dim the recurrence kernel does not serve (D = 16): the split form falls back to the in-loop
+  // sweep kernel, whose gradients it then returns bit for bit.
+  const System system = random_system(1, 1, 2, 23, 16, 41);
+  const at::Tensor probe = at::randn({1, 1, 2, 23, 16}, at::kDouble);
+  const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
+  REQUIRE_FALSE(kernels::gka_chunk_adjoint_apply(in[0], 3));
+  REQUIRE(kernels::gka_chunk_solve_backward_apply(in[0], 3));
+  const std::vector<at::Tensor> sweep = kernel_backward(in, probe, 3);
+  const test::ScopedEnv form("PRIME_GKA_SWEEP", "split");
+  const SolveRun split = run_solve(in, probe, 3, false);
+  for (size_t i = 0; i < sweep.size(); ++i) CHECK(at::equal(split.grads[i], sweep[i]));
+}
+
+TEST_CASE("GKA adjoint recurrence kernel: never applies to CPU tensors or head dims it does not serve",
+          "[kernels][gka]") {
+  const at::Tensor q = at::randn({1, 2, 64, 64});
+  CHECK_FALSE(kernels::gka_chunk_adjoint_apply(q, 30));
+  if (!torch::cuda::is_available()) return;
+  CHECK_FALSE(kernels::gka_chunk_adjoint_apply(at::randn({1, 2, 64, 48}, at::Device(at::kCUDA, 0)), 30));
+  CHECK_FALSE(kernels::gka_chunk_adjoint_apply(at::randn({1, 2, 64, 64}, at::Device(at::kCUDA, 0)), 0));
+}

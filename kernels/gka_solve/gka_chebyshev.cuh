@@ -34,4 +34,14 @@ struct ChebyshevOmegas {
   }
 };
 
+// Where iterate i of chunk m starts in an iterates buffer, in units of C D elements: [N, M, C, D]
+// (iteration-major: iteration step M, chunk step 1; the reverse sweep kernel reads it) or [M, N, C, D]
+// (chunk-major: 1 and N; the adjoint recurrence and the stacked products read a chunk's N C rows in a row).
+struct IterateSteps {
+  long long iteration, chunk;
+  __host__ __device__ size_t offset(int i, long long m, size_t cd) const {
+    return (static_cast<size_t>(i) * iteration + static_cast<size_t>(m) * chunk) * cd;
+  }
+};
+
 }  // namespace prime::kernels::detail::gka

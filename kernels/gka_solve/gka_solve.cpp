@@ -60,7 +60,7 @@ SolveProducts gka_fp32_solve_products() {
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                            const at::Tensor& weights, const at::Tensor& from_start,
                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                           at::Tensor* iterates, SolveProducts products) {
+                           at::Tensor* iterates, SolveProducts products, IterateLayout layout) {
   PRIME_CHECK(gka_chunk_solve_apply(q), "gka_chunk_solve: operands the kernel does not serve (q ",
               q.sizes(), "); ask gka_chunk_solve_apply first");
   PRIME_CHECK(num_iter >= 1, "gka_chunk_solve: num_iter ", num_iter);
@@ -71,19 +71,22 @@ at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at
   const int64_t M = q3.size(0);
   at::Tensor x = new_output(q3.sizes(), q3.options());
   at::Tensor all;
-  if (iterates) all = new_output({num_iter, M, C, D}, q3.options());
+  const bool chunk_major = layout == IterateLayout::ChunkMajor;
+  if (iterates)
+    all = new_output(chunk_major ? std::vector<int64_t>{M, num_iter, C, D} : std::vector<int64_t>{num_iter, M, C, D},
+                     q3.options());
 #ifdef PRIME_WITH_CUDA
   detail::launch_gka_chunk_solve(q3, flat(keys, lead, {C, D}, "keys"), flat(start, lead, {D, D}, "start"),
                                  flat(weights, lead, {C, C}, "weights"),
                                  flat(from_start, lead, {C, 1}, "from_start").view({M, C}),
                                  flat(frob, lead, {C, 1}, "frob").view({M, C}), ridge_strength, num_iter,
-                                 x, all, products);
+                                 x, all, products, chunk_major);
 #endif
-  if (iterates) {
+  if (iterates) *iterates = all.view(chunk_major ? with_tail(lead, {num_iter, C, D}) : [&] {
     std::vector<int64_t> sizes{num_iter};
     sizes.insert(sizes.end(), q.sizes().begin(), q.sizes().end());
-    *iterates = all.view(sizes);
-  }
+    return sizes;
+  }());
   return x.view(q.sizes());
 }
 
@@ -138,6 +141,52 @@ GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor
   out.keys = per_chunk.keys.narrow(1, 0, C).reshape(q.sizes());
   out.start = per_chunk.start.view(with_tail(lead, {D, D}));
   out.weights = per_chunk.weights.view(with_tail(lead, {C, C}));
+  out.from_start = per_chunk.from_start.view(with_tail(lead, {C, 1}));
+  out.frob = per_chunk.frob.view(with_tail(lead, {C, 1}));
+  return out;
+}
+
+bool gka_chunk_adjoint_apply(const at::Tensor& q, int num_iter) {
+  if (!gka_chunk_solve_apply(q) || num_iter < 1 || q.size(-1) % 32 != 0) return false;
+#ifdef PRIME_WITH_CUDA
+  return detail::gka_chunk_adjoint_fits(q.device(), q.size(-2), q.size(-1), num_iter);
+#else
+  return true;  // never reached: gka_chunk_solve_apply is false without the CUDA build
+#endif
+}
+
+GkaAdjoints gka_chunk_adjoint_recurrence(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                         const at::Tensor& weights, const at::Tensor& from_start,
+                                         const at::Tensor& frob, double ridge_strength, int num_iter,
+                                         const at::Tensor& iterates, const at::Tensor& grad) {
+  PRIME_CHECK(gka_chunk_adjoint_apply(q, num_iter), "gka_chunk_adjoint_recurrence: operands the kernel does not ",
+              "serve (q ", q.sizes(), ", N = ", num_iter, "); ask gka_chunk_adjoint_apply first");
+  require_cuda_build("gka_chunk_adjoint_recurrence");
+  const int64_t C = q.size(-2), D = q.size(-1);
+  const at::IntArrayRef lead = q.sizes().slice(0, q.dim() - 2);
+  PRIME_CHECK(iterates.defined() && iterates.scalar_type() == at::kFloat &&
+                  iterates.sizes() == at::IntArrayRef(with_tail(lead, {num_iter, C, D})),
+              "gka_chunk_adjoint_recurrence: iterates must be fp32 chunk-major [", lead, ", ", num_iter, ", ", C, ", ",
+              D, "], got ", iterates.defined() ? iterates.sizes() : at::IntArrayRef());
+  PRIME_CHECK(grad.defined() && grad.sizes() == q.sizes(), "gka_chunk_adjoint_recurrence: grad ",
+              grad.defined() ? grad.sizes() : at::IntArrayRef(), " vs q ", q.sizes());
+  const at::Tensor q3 = flat(q, lead, {C, D}, "q");
+  const int64_t M = q3.size(0);
+  GkaAdjoints per_chunk;
+  per_chunk.adjoints = new_output({M, num_iter, C, D}, q3.options());
+  per_chunk.q = new_output({M, C, D}, q3.options());
+  per_chunk.from_start = new_output({M, C}, q3.options());
+  per_chunk.frob = new_output({M, C}, q3.options());
+#ifdef PRIME_WITH_CUDA
+  detail::launch_gka_chunk_adjoint_mma(
+      q3, flat(keys, lead, {C, D}, "keys"), flat(start, lead, {D, D}, "start"), flat(weights, lead, {C, C}, "weights"),
+      flat(from_start, lead, {C, 1}, "from_start").view({M, C}), flat(frob, lead, {C, 1}, "frob").view({M, C}),
+      ridge_strength, num_iter, iterates.reshape({M, num_iter, C, D}).contiguous(), flat(grad, lead, {C, D}, "grad"),
+      per_chunk.adjoints, per_chunk.q, per_chunk.from_start, per_chunk.frob);
+#endif
+  GkaAdjoints out;
+  out.adjoints = per_chunk.adjoints.view(with_tail(lead, {num_iter, C, D}));
+  out.q = per_chunk.q.view(q.sizes());
   out.from_start = per_chunk.from_start.view(with_tail(lead, {C, 1}));
   out.frob = per_chunk.frob.view(with_tail(lead, {C, 1}));
   return out;

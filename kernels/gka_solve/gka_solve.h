@@ -36,6 +36,11 @@ enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
 // value is a UserError naming the variable. Read at each call.
 SolveProducts gka_fp32_solve_products();
 
+// How gka_chunk_solve lays out the iterates it returns: [num_iter, ..., C, D] (IterationMajor: what
+// gka_chunk_solve_backward reads) or [..., num_iter, C, D] (ChunkMajor: a chunk's N C rows in a row,
+// what gka_chunk_adjoint_recurrence and the stacked gradient products read).
+enum class IterateLayout { IterationMajor, ChunkMajor };
+
 // x after num_iter (>= 1) iterations for q [..., C, D]; keys like q, start [..., D, D], weights
 // [..., C, C], from_start and frob [..., C, 1], all fp32 on q's device and broadcastable to q's
 // leading dims. With `iterates`, it also receives [num_iter, ..., C, D]: the x each iteration
@@ -43,7 +48,8 @@ SolveProducts gka_fp32_solve_products();
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                            const at::Tensor& weights, const at::Tensor& from_start,
                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                           at::Tensor* iterates = nullptr, SolveProducts products = SolveProducts::Tf32x3);
+                           at::Tensor* iterates = nullptr, SolveProducts products = SolveProducts::Tf32x3,
+                           IterateLayout layout = IterateLayout::IterationMajor);
 
 // The gradients of gka_chunk_solve's six operands, per chunk: q and keys [..., C, D], start
 // [..., D, D], weights [..., C, C], from_start and frob [..., C, 1], with q's leading dims (an
@@ -72,5 +78,24 @@ GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor
                                            const at::Tensor& weights, const at::Tensor& from_start,
                                            const at::Tensor& frob, double ridge_strength, int num_iter,
                                            const at::Tensor& iterates, const at::Tensor& grad);
+
+// The reverse sweep's adjoint recurrence alone (model::ChunkSolve under PRIME_GKA_SWEEP=split, which
+// forms the gradients of the keys, H_0 and the weights afterwards from the stacked adjoints): for the
+// upstream gradient `grad` and the solve's `iterates` (ChunkMajor, [..., N, C, D]), `adjoints` [..., N, C, D] holds
+// U_i = -omega_i eta A_{i+1} for i = 1..N (A_{i+1} the adjoint of y_{i+1}; chunk-major: a chunk's
+// N C rows in a row), and q, from_start and frob their gradients, as gka_chunk_solve_backward
+// gives them (the same arithmetic, bit for bit).
+struct GkaAdjoints {
+  at::Tensor adjoints, q, from_start, frob;
+};
+
+// Whether gka_chunk_adjoint_recurrence serves this solve: gka_chunk_solve_apply(q), D a multiple of
+// 32, and a block for num_iter iterations fits the device's shared memory.
+bool gka_chunk_adjoint_apply(const at::Tensor& q, int num_iter);
+
+GkaAdjoints gka_chunk_adjoint_recurrence(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                         const at::Tensor& weights, const at::Tensor& from_start,
+                                         const at::Tensor& frob, double ridge_strength, int num_iter,
+                                         const at::Tensor& iterates, const at::Tensor& grad);
 
 }  // namespace prime::kernels

@@ -24,60 +24,16 @@
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/prefetch.cuh"
-#include "kernels/gka_solve/gka_chebyshev.cuh"
 #include "kernels/gka_solve/gka_mma_fragments.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
+#include "kernels/gka_solve/gka_sweep_common.cuh"
 
 namespace prime::kernels::detail {
 
 namespace {
 
-using namespace gka;
 using namespace gka_mma;
-
-constexpr int kThreads = 512;
-constexpr int kPad = 4;        // row padding in floats (ldmatrix rows on distinct banks)
-constexpr int kTiles = 4;      // n8 tiles of a warp's 16 x 32 block
-constexpr int kMaxGroups = 4;  // 32-column groups of a row (D <= 128): the partial row sums
-
-struct BackwardMmaLayout {
-  int ld_x, ld_t;  // row strides of the [Cp, D] / [D, D] buffers and of the [Cp, Cp] ones
-  int k, ht, a, y, p1, p2, rows, parts, w, omegas, floats;
-
-  __host__ __device__ BackwardMmaLayout(int padded_chunk, int d, int num_iter) {
-    ld_x = d + kPad;
-    ld_t = padded_chunk + kPad;
-    k = 0;
-    ht = k + padded_chunk * ld_x;  // H_0^T: B^T of A H_0
-    a = ht + d * ld_x;             // the adjoint A
-    y = a + padded_chunk * ld_x;   // y_i
-    p1 = y + padded_chunk * ld_x;
-    p2 = p1 + padded_chunk * ld_t;
-    rows = p2 + padded_chunk * ld_t;            // eta, kappa, decay, d decay, hy
-    parts = rows + 5 * padded_chunk;            // [Cp, kMaxGroups] twice: d decay and hy partials
-    w = parts + 2 * padded_chunk * kMaxGroups;       // the chunk's weights [Cp, Cp] (row stride ld_t), zero-padded
-    omegas = w + padded_chunk * ld_t;                // num_iter doubles (offset even: 8-byte aligned)
-    floats = omegas + 2 * num_iter;
-  }
-};
-
-// Sum over the four lanes of a row quad (lanes 4g..4g+3): the accumulator layout's row sum.
-__device__ __forceinline__ float quad_sum(float value) {
-  value += __shfl_xor_sync(0xffffffffu, value, 1);
-  value += __shfl_xor_sync(0xffffffffu, value, 2);
-  return value;
-}
-
-// A warp's partial sums of its rows row_a and row_b (over its 32 columns) into parts[row][group].
-__device__ __forceinline__ void store_row_sums(float* parts, int row_a, int row_b, int group, float sum_a,
-                                               float sum_b) {
-  sum_a = quad_sum(sum_a);
-  sum_b = quad_sum(sum_b);
-  if ((threadIdx.x & 3) == 0) {
-    parts[row_a * kMaxGroups + group] = sum_a;
-    parts[row_b * kMaxGroups + group] = sum_b;
-  }
-}
+using namespace gka_sweep;
 
 __global__ void __launch_bounds__(kThreads, 1)
     gka_chunk_solve_backward_mma_kernel(const float* __restrict__ q, const float* __restrict__ keys,
@@ -91,52 +47,23 @@ __global__ void __launch_bounds__(kThreads, 1)
                                         long long chunks) {
   extern __shared__ __align__(128) float smem[];
   const int Cp = padded_chunk;
-  const BackwardMmaLayout L(Cp, dim, num_iter);
+  const SweepLayout L(Cp, dim, num_iter, true);
   const int ld_x = L.ld_x, ld_t = L.ld_t;
-  float* K = smem + L.k;
-  float* Ht = smem + L.ht;
-  float* Adj = smem + L.a;
-  float* Y = smem + L.y;
-  float* P1 = smem + L.p1;
+  const Sweep s(smem, L, Cp, chunk, dim);
+  float* K = s.K;
+  float* Adj = s.Adj;
+  float* Y = s.Y;
+  float* P1 = s.P1;
   float* P2 = smem + L.p2;
-  float* eta = smem + L.rows;
-  float* kappa = eta + Cp;
-  float* decay = kappa + Cp;
-  float* g_decay = decay + Cp;
-  float* hy = g_decay + Cp;
-  float* part_decay = smem + L.parts;
-  float* part_hy = part_decay + Cp * kMaxGroups;
-  float* Ws = smem + L.w;
-  double* omegas = reinterpret_cast<double*>(smem + L.omegas);
+  float* eta = s.eta;
+  float* decay = s.decay;
+  float* Ws = s.Ws;
+  const double* omegas = s.omegas;
   const long long m = blockIdx.x;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const size_t cd = static_cast<size_t>(chunk) * dim;
-
-  for (int t = tid; t < Cp; t += kThreads) {
-    const RowFactors f(frob + m * chunk, from_start + m * chunk, t, chunk, ridge_strength);
-    eta[t] = f.eta;
-    kappa[t] = f.keep;
-    decay[t] = f.decay;
-    g_decay[t] = 0.0f;
-    hy[t] = 0.0f;
-  }
-  if (tid == 0) {  // omega_1..omega_N, as ChunkSolve::backward computes them (double)
-    ChebyshevOmegas sequence(ridge_strength);
-    for (int k = 0; k < num_iter; ++k) omegas[k] = sequence.next();
-  }
-  for (int i = tid; i < Cp * Cp; i += kThreads) {
-    const int t = i / Cp, u = i % Cp;
-    Ws[t * ld_t + u] = t < chunk && u < chunk ? weights[(m * chunk + t) * chunk + u] : 0.0f;
-  }
-  for (int i = tid; i < dim * dim; i += kThreads) Ht[(i % dim) * ld_x + i / dim] = start[m * dim * dim + i];
-  const float* y_last = iterates + (static_cast<size_t>(num_iter - 1) * chunks + m) * cd;
-  for (int i = tid; i < Cp * dim; i += kThreads) {
-    const int r = i / dim, c = i % dim;
-    const bool in = r < chunk;
-    K[r * ld_x + c] = in ? keys[m * cd + i] : 0.0f;
-    Adj[r * ld_x + c] = in ? grad[m * cd + i] : 0.0f;  // the adjoint of y_{N+1}, the output
-    Y[r * ld_x + c] = in ? y_last[i] : 0.0f;
-  }
+  load_operands(s, m, keys, start, weights, from_start, frob, iterates, grad, ridge_strength, num_iter,
+                gka::IterateSteps{chunks, 1});
 
   // This warp's 16 x 32 block (rows rb*16.., columns c0..): every element of [Cp, D] has one owner.
   const int groups = dim / 32, row_blocks = Cp / 16;
@@ -266,48 +193,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           *reinterpret_cast<float2*>(g_keys + row_b * dim + d) = make_float2(dk[j][2], dk[j][3]);
         }
       }
-      // HU = e s (A H_0) + P1 K, with the row sums of s (A H_0) o y_i and HU o y_i.
-      warp_product<kTiles / 2, true>(hu, Adj, ld_x, rb * 16, Ht, ld_x, c0, dim, lane);
-      const float scale_a = eta[row_a] * minus_omega, scale_b = eta[row_b] * minus_omega;
-      const float e_a = decay[row_a], e_b = decay[row_b];
-      float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        const int d = c0 + 8 * j + 2 * t4;
-        const float2 ya = *reinterpret_cast<const float2*>(Y + row_a * ld_x + d);
-        const float2 yb = *reinterpret_cast<const float2*>(Y + row_b * ld_x + d);
-        const float y[4] = {ya.x, ya.y, yb.x, yb.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float uh0 = hu[j][e] * (e < 2 ? scale_a : scale_b);
-          (e < 2 ? sum_a : sum_b) += uh0 * y[e];
-          hu[j][e] = (e < 2 ? e_a : e_b) * uh0;
-        }
-      }
-      store_row_sums(part_decay, row_a, row_b, group, sum_a, sum_b);
-      // P1's columns past the diagonal block are zero.
-      warp_product_rows<kTiles, true>(hu, P1, ld_t, rb * 16, K, ld_x, c0, 16 * (rb + 1), lane);
-      const float kappa_a = kappa[row_a] * omega_f, kappa_b = kappa[row_b] * omega_f;
-      const float one_minus_omega = static_cast<float>(1.0 - omega);
-      sum_a = 0.0f;
-      sum_b = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        const int d = c0 + 8 * j + 2 * t4;
-        const float2 ya = *reinterpret_cast<const float2*>(Y + row_a * ld_x + d);
-        const float2 yb = *reinterpret_cast<const float2*>(Y + row_b * ld_x + d);
-        const float2 aa = *reinterpret_cast<const float2*>(Adj + row_a * ld_x + d);
-        const float2 ab = *reinterpret_cast<const float2*>(Adj + row_b * ld_x + d);
-        const float y[4] = {ya.x, ya.y, yb.x, yb.y}, adjoint[4] = {aa.x, aa.y, ab.x, ab.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          (e < 2 ? sum_a : sum_b) += hu[j][e] * y[e];
-          // A_i = HU + kappa omega_i A_{i+1} + (1 - omega_{i+1}) A_{i+2}; hu becomes A_i.
-          hu[j][e] = carry[j][e] + (hu[j][e] + (e < 2 ? kappa_a : kappa_b) * adjoint[e]);
-          carry[j][e] = adjoint[e] * one_minus_omega;
-        }
-      }
-      store_row_sums(part_hy, row_a, row_b, group, sum_a, sum_b);
+      // HU = e s (A H_0) + P1 K and the update (gka_sweep_common.cuh), with the row sums of
+      // s (A H_0) o y_i and HU o y_i.
+      adjoint_operator(hu, s, minus_omega, rb, c0, group, lane);
+      adjoint_update(hu, carry, s, omega, rb, c0, group, lane, [](int, int, int, int, float2) {});
     }
     __syncthreads();  // every read of A, y_i, P1 and P2 of this iteration is done
     if (owner) {  // q_coeff += omega A_{i+1}, the new adjoint and y_{i-1}: every load first, one round trip
@@ -341,36 +230,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
-    if (tid < Cp) {  // the rows' sums, in a fixed order
-      float sum_decay = 0.0f, sum_hy = 0.0f;
-      for (int gi = 0; gi < groups; ++gi) {
-        sum_decay += part_decay[tid * kMaxGroups + gi];
-        sum_hy += part_hy[tid * kMaxGroups + gi];
-      }
-      g_decay[tid] += sum_decay;
-      hy[tid] += sum_hy;
-    }
+    sum_rows(s, groups);
     __syncthreads();  // the new A and y are in place
   }
 
-  // Adj is now the adjoint of y_1 = eta q: dq = eta (q_coeff + A_1), d eta = rowsum(that o q) + hy / eta.
-  if (owner) {
-    const float* q_chunk = q + m * cd;
-    float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) {
-      const int d = c0 + 8 * j + 2 * t4;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = e < 2 ? row_a : row_b, col = d + (e & 1);
-        if (t >= chunk) continue;
-        const float coeff = q_coeff[t * dim + col] + Adj[t * ld_x + col];
-        (e < 2 ? sum_a : sum_b) += coeff * q_chunk[t * dim + col];
-        q_coeff[t * dim + col] = eta[t] * coeff;
-      }
-    }
-    store_row_sums(part_decay, row_a, row_b, group, sum_a, sum_b);
-  }
+  // Adj is now the adjoint of y_1 = eta q.
+  if (owner) finish_q(s, q_coeff, q + m * cd, rb, c0, group, lane);
   if (h_owner) {
     float* g_start = d_start + m * dim * dim;
 #pragma unroll
@@ -385,13 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   __syncthreads();
-  if (tid < chunk) {
-    float part = 0.0f;
-    for (int gi = 0; gi < groups; ++gi) part += part_decay[tid * kMaxGroups + gi];
-    const float d_eta = part + hy[tid] / eta[tid];
-    d_frob[m * chunk + tid] = d_eta * (-eta[tid] / frob[m * chunk + tid]);
-    d_from_start[m * chunk + tid] = g_decay[tid];
-  }
+  finish_rows(s, groups, m, frob, d_frob, d_from_start);
 }
 
 }  // namespace
@@ -399,7 +258,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool gka_chunk_solve_backward_mma_serves(int64_t C, int64_t D) { return gka_chunk_solve_mma_serves(C, D); }
 
 size_t gka_chunk_solve_backward_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter) {
-  const BackwardMmaLayout layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D), static_cast<int>(num_iter));
+  const SweepLayout layout(static_cast<int>((C + 15) / 16 * 16), static_cast<int>(D), static_cast<int>(num_iter),
+                           true);
   return static_cast<size_t>(layout.floats) * sizeof(float);
 }
 

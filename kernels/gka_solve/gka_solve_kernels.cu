@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                            const float* __restrict__ from_start, const float* __restrict__ frob,
                            float* __restrict__ x_out, float* __restrict__ iterates, int chunk,
                            int dim, int padded_chunk, double ridge_strength, int num_iter,
-                           long long chunks) {
+                           IterateSteps steps) {
   extern __shared__ __align__(128) float smem[];
   const Layout L(padded_chunk, dim);
   float* X = smem + L.x;
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int iteration = 0; iteration < num_iter; ++iteration) {
     const float w = static_cast<float>(omegas.next());
     if (iterates) {
-      float* out = iterates + (static_cast<size_t>(iteration) * chunks + m) * cd;
+      float* out = iterates + steps.offset(iteration, m, cd);
       for (int i = tid; i < chunk * dim; i += kThreads) out[i] = X[(i / dim) * L.ld_x + i % dim];
     }
     // P = X K^T and Y = X H_0.
@@ -165,7 +165,8 @@ bool gka_chunk_solve_fits(const at::Device& device, int64_t C, int64_t D) {
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
-                            const at::Tensor& x, const at::Tensor& iterates, SolveProducts products) {
+                            const at::Tensor& x, const at::Tensor& iterates, SolveProducts products,
+                            bool chunk_major) {
   const char* op = "gka_chunk_solve";
   check_operand(q, op, "q", at::kFloat, 3);
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
@@ -188,9 +189,9 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   PRIME_CHECK(num_iter >= 1, op, ": num_iter ", num_iter);
   if (iterates.defined()) {
     check_operand(iterates, op, "iterates", at::kFloat, 4);
-    PRIME_CHECK(iterates.size(0) == num_iter && iterates.size(1) == M && iterates.size(2) == C &&
-                    iterates.size(3) == D,
-                op, ": iterates ", iterates.sizes());
+    PRIME_CHECK(iterates.size(0) == (chunk_major ? M : num_iter) && iterates.size(1) == (chunk_major ? num_iter : M) &&
+                    iterates.size(2) == C && iterates.size(3) == D,
+                op, ": iterates ", iterates.sizes(), chunk_major ? " (chunk-major)" : "");
   }
   if (M == 0) return;
   const int padded = static_cast<int>((C + 15) / 16 * 16);
@@ -201,13 +202,16 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
   PRIME_CHECK(bytes <= at::cuda::getDeviceProperties(q.device().index())->sharedMemPerBlockOptin, op, ": ", bytes,
               " bytes of shared memory for C = ", C, ", D = ", D, " exceed the device's limit");
   const at::cuda::CUDAGuard guard(q.device());
+  PRIME_CHECK(!(bf16_kernel && chunk_major && iterates.defined()), op,
+              ": chunk-major iterates come from the TF32 kernels only (the backward's recompute)");
   if (bf16_kernel) {
     launch_gka_chunk_solve_bf16(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates,
                                 products == SolveProducts::Bf16x3);
     return;
   }
   if (use_mma_kernel(C, D)) {
-    launch_gka_chunk_solve_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates);
+    launch_gka_chunk_solve_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, x, iterates,
+                               chunk_major);
     return;
   }
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -216,7 +220,7 @@ void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const a
       q.data_ptr<float>(), keys.data_ptr<float>(), start.data_ptr<float>(), weights.data_ptr<float>(),
       from_start.data_ptr<float>(), frob.data_ptr<float>(), x.data_ptr<float>(),
       iterates.defined() ? iterates.data_ptr<float>() : nullptr, static_cast<int>(C), static_cast<int>(D),
-      padded, ridge_strength, num_iter, static_cast<long long>(M));
+      padded, ridge_strength, num_iter, chunk_major ? IterateSteps{1, num_iter} : IterateSteps{M, 1});
   PRIME_CUDA_CHECK_LAUNCH("gka_chunk_solve_kernel");
 }
 

@@ -12,7 +12,8 @@ namespace prime::kernels::detail {
 
 // The Chebyshev iteration of GKA's chunked solve (see gka_solve.h) for M chunks at once:
 // q, keys [M, C, D]; start [M, D, D]; weights [M, C, C]; from_start, frob [M, C]. Writes x
-// [M, C, D] and, when defined, iterates [N, M, C, D] (the x each iteration starts from).
+// [M, C, D] and, when defined, iterates [N, M, C, D] (the x each iteration starts from), or
+// [M, N, C, D] with chunk_major.
 // C <= 64, D a multiple of 16 up to 128.
 // Whether one block's shared memory for chunks of C rows and head dim D fits the device's limit
 // (H100/H200: D = 128 with C = 64 does; an A100 takes smaller shapes only).
@@ -25,7 +26,8 @@ bool gka_chunk_solve_mma_serves(int64_t C, int64_t D);
 size_t gka_chunk_solve_mma_shared_bytes(int64_t C, int64_t D);
 void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                 const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
-                                double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates);
+                                double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates,
+                                bool chunk_major);
 
 // The forward kernel on the bf16 tensor cores (gka_solve_bf16_kernels.cu), which
 // launch_gka_chunk_solve takes for SolveProducts::Bf16x3 (bf16x3 true) and Bf16 where it serves (D
@@ -42,7 +44,8 @@ void launch_gka_chunk_solve_bf16(const at::Tensor& q, const at::Tensor& keys, co
 void launch_gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                             const at::Tensor& weights, const at::Tensor& from_start,
                             const at::Tensor& frob, double ridge_strength, int num_iter,
-                            const at::Tensor& x, const at::Tensor& iterates, SolveProducts products);
+                            const at::Tensor& x, const at::Tensor& iterates, SolveProducts products,
+                            bool chunk_major = false);
 
 // The reverse sweep (gka_solve.h, gka_chunk_solve_backward) for M chunks: operands as above,
 // iterates [N, M, C, D], grad [M, C, D]; writes every gradient in `out`: q [M, C, D], keys
@@ -67,5 +70,18 @@ void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys
                                      const at::Tensor& frob, double ridge_strength, int num_iter,
                                      const at::Tensor& iterates, const at::Tensor& grad,
                                      const GkaSolveGradients& out);
+
+// The adjoint recurrence (gka_solve.h, gka_chunk_adjoint_recurrence; gka_adjoint_mma_kernels.cu) for M
+// chunks: operands as the reverse sweep's but the iterates chunk-major [M, N, C, D]; writes adjoints
+// [M, N, C, D], d_q [M, C, D], d_from_start and
+// d_frob [M, C]. D a multiple of 32 up to 128, C <= 64.
+bool gka_chunk_adjoint_mma_serves(int64_t C, int64_t D);
+bool gka_chunk_adjoint_fits(const at::Device& device, int64_t C, int64_t D, int64_t num_iter);
+size_t gka_chunk_adjoint_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter);
+void launch_gka_chunk_adjoint_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
+                                  const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
+                                  double ridge_strength, int num_iter, const at::Tensor& iterates,
+                                  const at::Tensor& grad, const at::Tensor& adjoints, const at::Tensor& d_q,
+                                  const at::Tensor& d_from_start, const at::Tensor& d_frob);
 
 }  // namespace prime::kernels::detail

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                const float* __restrict__ start, const float* __restrict__ weights,
                                const float* __restrict__ from_start, const float* __restrict__ frob,
                                float* __restrict__ x_out, float* __restrict__ iterates, int chunk, int dim,
-                               int padded_chunk, double ridge_strength, int num_iter, long long chunks) {
+                               int padded_chunk, double ridge_strength, int num_iter, IterateSteps steps) {
   extern __shared__ __align__(128) float smem[];
   const int Cp = padded_chunk;
   const MmaLayout L(Cp, dim);
@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (!owner) continue;
     // Y += P K: P's columns past this row block's diagonal block are zero.
     warp_product_rows<kTiles, false>(y, P, ld_t, rb * 16, K, ld_x, c0, 16 * (rb + 1), lane);
-    float* it_out = iterates ? iterates + (static_cast<size_t>(iteration) * chunks + m) * cd : nullptr;
+    float* it_out = iterates ? iterates + steps.offset(iteration, m, cd) : nullptr;
 #pragma unroll
     for (int u = 0; u < kTiles; ++u) {
       const int d = c0 + 8 * u + 2 * t4;
@@ -206,8 +206,10 @@ size_t gka_chunk_solve_mma_shared_bytes(int64_t C, int64_t D) {
 
 void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                 const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
-                                double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates) {
+                                double ridge_strength, int num_iter, const at::Tensor& x, const at::Tensor& iterates,
+                                bool chunk_major) {
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
+  const IterateSteps steps = chunk_major ? IterateSteps{1, num_iter} : IterateSteps{M, 1};
   PRIME_CHECK(gka_chunk_solve_mma_serves(C, D), "gka_chunk_solve_mma: C = ", C, ", D = ", D, " not served");
   const size_t bytes = gka_chunk_solve_mma_shared_bytes(C, D);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -216,7 +218,7 @@ void launch_gka_chunk_solve_mma(const at::Tensor& q, const at::Tensor& keys, con
       q.data_ptr<float>(), keys.data_ptr<float>(), start.data_ptr<float>(), weights.data_ptr<float>(),
       from_start.data_ptr<float>(), frob.data_ptr<float>(), x.data_ptr<float>(),
       iterates.defined() ? iterates.data_ptr<float>() : nullptr, static_cast<int>(C), static_cast<int>(D),
-      static_cast<int>((C + 15) / 16 * 16), ridge_strength, num_iter, static_cast<long long>(M));
+      static_cast<int>((C + 15) / 16 * 16), ridge_strength, num_iter, steps);
   PRIME_CUDA_CHECK_LAUNCH("gka_chunk_solve_mma_kernel");
 }
 

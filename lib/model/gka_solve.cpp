@@ -18,10 +18,20 @@
 // exactly as autograd would take apart apply_H below. On CUDA, where the kernels serve the solve,
 // kernels/gka_solve runs the iterates and the reverse sweep (PRIME_GKA_BACKWARD_KERNEL=0 keeps
 // the torch-ops sweep below, which is the reference and the CPU path).
+//
+// Only U_i K^T, U_i H_0 and (W o U_i K^T) K feed the next step of the sweep; the products that
+// take U_i y_i^T apart into dK, dH_0 and dW are sums over i. PRIME_GKA_SWEEP=split runs the sweep
+// for the adjoints alone (on CUDA kernels/gka_solve's adjoint recurrence) and forms those sums
+// afterwards as products of the stacked U_i and y_i, contraction N C (stacked_gradients;
+// experiments/gka_sweep_split: the same gradient, summed in another order).
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
+#include "kernels/chunk_gemm/chunk_gemm.h"
 #include "kernels/common/policy.h"
 #include "kernels/gka_solve/gka_solve.h"
 #include "model/gka_core.h"
@@ -46,6 +56,66 @@ at::Tensor apply_chunk_H(const at::Tensor& X, const ChunkSystem& system) {
 // Adds `term` into `sum` (undefined meaning zero).
 void accumulate(at::Tensor& sum, const at::Tensor& term) {
   sum = sum.defined() ? sum.add_(term) : term;
+}
+
+// Where the sweep forms the gradients of K, H_0 and W: inside its loop, or after it from the
+// stacked adjoints (PRIME_GKA_SWEEP, read at each backward).
+bool split_sweep() {
+  const char* value = std::getenv("PRIME_GKA_SWEEP");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "in-loop") return false;
+  if (text == "split") return true;
+  throw user_error("PRIME_GKA_SWEEP=", text, ": must be \"in-loop\" (the gradients of the keys, H_0 and the ",
+                   "weights summed inside the reverse sweep, the default) or \"split\" (formed after it from the ",
+                   "stacked adjoints)");
+}
+
+// The gradients of the keys, H_0 and the weights from the stacked iterates and adjoints, ys and us
+// [..., N, C, D] (q's leading dims; us[i] = U_{i+1} = -omega eta A_{i+2}):
+//   dH_0 = [y_i]^T [e o U_i],  dK = [W o y_i K^T]^T [U_i] + [W o U_i K^T]^T [y_i],
+//   dW = sum_i (U_i K^T) o (y_i K^T),
+// each stacked over (i, t), as the in-loop sweep sums them one iteration at a time. The products run
+// on kernels/chunk_gemm (3xTF32 on CUDA, reading the fp32 operands in place, transposed views too;
+// at::baddbmm elsewhere): one TF32 or bf16 pass would put dK 6-240x past the fp32 bound
+// (experiments/gka_sweep_split).
+struct StackedGradients {
+  at::Tensor keys, start, weights;
+};
+
+StackedGradients stacked_gradients(const ChunkSystem& system, const at::Tensor& ys, const at::Tensor& us,
+                                   bool need_keys, bool need_start, bool need_weights) {
+  const int64_t N = ys.size(-3), C = ys.size(-2), D = ys.size(-1);
+  const at::IntArrayRef lead = ys.sizes().slice(0, ys.dim() - 3);
+  const auto flat = [&](const at::Tensor& t, int64_t rows, int64_t cols) {
+    std::vector<int64_t> sizes(lead.begin(), lead.end());
+    sizes.insert(sizes.end(), {rows, cols});
+    return t.expand(sizes).reshape({-1, rows, cols});
+  };
+  const auto with_lead = [&](const at::Tensor& t) {
+    std::vector<int64_t> sizes(lead.begin(), lead.end());
+    sizes.insert(sizes.end(), {t.size(-2), t.size(-1)});
+    return t.view(sizes);
+  };
+  const at::Tensor Y = ys.reshape({-1, N * C, D}), U = us.reshape({-1, N * C, D});
+  const int64_t L = Y.size(0);
+  StackedGradients out;
+  if (need_start) {
+    const at::Tensor e = flat(system.from_start, C, 1).unsqueeze(1);  // [L, 1, C, 1]
+    out.start = with_lead(kernels::chunk_matmul(Y.transpose(1, 2), (U.view({L, N, C, D}) * e).view({L, N * C, D})));
+  }
+  if (need_keys || need_weights) {
+    const at::Tensor Kt = flat(system.keys, C, D).transpose(1, 2);
+    const at::Tensor YK = kernels::chunk_matmul(Y, Kt).view({L, N, C, C});
+    const at::Tensor UK = kernels::chunk_matmul(U, Kt).view({L, N, C, C});
+    if (need_weights) out.weights = with_lead((UK * YK).sum(1));
+    if (need_keys) {
+      const at::Tensor W = flat(system.weights, C, C).unsqueeze(1);  // [L, 1, C, C]
+      at::Tensor keys = kernels::chunk_matmul((W * YK).view({L, N * C, C}).transpose(1, 2), U);
+      kernels::chunk_gemm(keys, (W * UK).view({L, N * C, C}).transpose(1, 2), Y, 1.0, 1.0);
+      out.keys = with_lead(keys);
+    }
+  }
+  return out;
 }
 
 struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
@@ -87,13 +157,31 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
                need_from_start = context->needs_input_grad(4), need_frob = context->needs_input_grad(5);
     at::NoGradGuard no_grad;
     const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
+    const bool split = split_sweep();
 
     // Recompute the iterates y_1..y_N (on CUDA the kernel's 3xTF32 products: see forward).
     std::vector<at::Tensor> ys;
     if (kernels::gka_chunk_solve_apply(q)) {
+      // Split: the adjoint recurrence on chip, then the stacked products, both reading the iterates
+      // chunk-major (where its kernel does not serve, the in-loop sweep kernel below, not the torch loop).
+      const bool split_on_chip =
+          split && kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_adjoint_apply(q, num_iter);
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
-                               r, num_iter, &iterates, kernels::SolveProducts::Tf32x3);
+                               r, num_iter, &iterates, kernels::SolveProducts::Tf32x3,
+                               split_on_chip ? kernels::IterateLayout::ChunkMajor
+                                             : kernels::IterateLayout::IterationMajor);
+      if (split_on_chip) {
+        const kernels::GkaAdjoints a = kernels::gka_chunk_adjoint_recurrence(
+            q, system.keys, system.start, system.weights, system.from_start, frob, r, num_iter, iterates,
+            grad_outputs[0]);
+        StackedGradients g;
+        if (need_keys || need_start || need_weights)
+          g = stacked_gradients(system, iterates, a.adjoints, need_keys, need_start, need_weights);
+        return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights,
+                                           need_from_start ? a.from_start : at::Tensor(),
+                                           need_frob ? a.frob : at::Tensor()});
+      }
       // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
       // PRIME_GKA_BACKWARD_KERNEL=0 asks for the torch-ops sweep below.
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
@@ -127,6 +215,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     at::Tensor q_coeff;  // sum of omega_i A_{i+1}, plus A_1: d/dq = eta * q_coeff
     at::Tensor hy;       // sum of (H U_i) . y_i
     at::Tensor g_keys, g_start, g_weights, g_from_start;
+    std::vector<at::Tensor> us;  // split: U_N .. U_1
     for (int i = num_iter; i >= 1; --i) {
       const double omega = omegas[static_cast<size_t>(i - 1)];
       const at::Tensor& y = ys[static_cast<size_t>(i - 1)];
@@ -135,7 +224,9 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       const at::Tensor WUK = system.weights * UK;
       const at::Tensor UH0 = at::matmul(U, system.start);
       const at::Tensor HU = at::addcmul(at::matmul(WUK, system.keys), system.from_start, UH0);
-      if (need_weights || need_keys) {
+      if (split) {
+        us.push_back(U);
+      } else if (need_weights || need_keys) {
         const at::Tensor YK = at::matmul(y, keys_t);
         if (need_weights) accumulate(g_weights, UK * YK);
         if (need_keys) {
@@ -144,7 +235,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
         }
       }
       if (need_from_start) accumulate(g_from_start, (UH0 * y).sum(-1, /*keepdim=*/true));
-      if (need_start) accumulate(g_start, at::matmul(y.transpose(-1, -2), U * system.from_start));
+      if (need_start && !split) accumulate(g_start, at::matmul(y.transpose(-1, -2), U * system.from_start));
       if (need_frob) accumulate(hy, (HU * y).sum(-1, /*keepdim=*/true));
       accumulate(q_coeff, adjoint_next * omega);
       // Adjoints flowing to y_i (iteration i) and y_{i-1} (momentum term of iteration i).
@@ -154,11 +245,19 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       adjoint_next = adjoint_cur;
       adjoint_cur = adjoint_prev;
       adjoint_prev = at::Tensor();
-      // y_i has no later use: free it as the sweep goes (the kernel's iterates share one
-      // buffer, freed with the last of them).
-      ys[static_cast<size_t>(i - 1)].reset();
+      // y_i has no later use in the loop's own sums: free it as the sweep goes (the kernel's
+      // iterates share one buffer, freed with the last of them).
+      if (!split) ys[static_cast<size_t>(i - 1)].reset();
     }
     accumulate(q_coeff, adjoint_next);  // y_1 = eta q
+    if (split) {
+      std::reverse(us.begin(), us.end());
+      const StackedGradients g = stacked_gradients(system, at::stack(ys, -3), at::stack(us, -3), need_keys,
+                                                   need_start, need_weights);
+      g_keys = g.keys;
+      g_start = g.start;
+      g_weights = g.weights;
+    }
 
     at::Tensor g_frob;
     if (need_frob) {
