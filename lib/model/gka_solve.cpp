@@ -158,7 +158,8 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       at::Tensor iterates;
       kernels::gka_chunk_solve(q, system.keys, system.start, system.weights, system.from_start, frob,
                                r, num_iter, &iterates,
-                               split_on_chip ? kernels::IterateLayout::ChunkMajor : kernels::IterateLayout::IterationMajor);
+                               split_on_chip ? kernels::IterateLayout::ChunkMajor
+                                             : kernels::IterateLayout::IterationMajor);
       if (split_on_chip) {
         const kernels::GkaAdjoints a = kernels::gka_chunk_adjoint_recurrence(
             q, system.keys, system.start, system.weights, system.from_start, frob, r, num_iter, iterates,
@@ -166,7 +167,8 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
         StackedGradients g;
         if (need_keys || need_start || need_weights)
           g = stacked_gradients(system, iterates, a.adjoints, need_keys, need_start, need_weights);
-        return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights, need_from_start ? a.from_start : at::Tensor(),
+        return gradients_of_inputs(saved, {a.q, g.keys, g.start, g.weights,
+                                           need_from_start ? a.from_start : at::Tensor(),
                                            need_frob ? a.frob : at::Tensor()});
       }
       // The whole reverse sweep on chip (kernels/gka_solve), every gradient per chunk, unless
