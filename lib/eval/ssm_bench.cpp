@@ -74,7 +74,11 @@ at::Tensor run_core(const std::string& type, const CoreInputs& in, const SsmBenc
     model::gka_detail::SolveOptions solve;
     solve.num_iter = o.gka_iterations;
     solve.output_scale = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
-    at::Tensor zero_state = at::zeros({o.batch, o.heads, o.head_dim, o.head_dim}, in.q.options().requires_grad(false));
+    // The states stay fp32 with bf16 q, k, v (what the bf16 forward takes; bf16 states would send the
+    // core to the torch form, which has no bf16 form).
+    const auto state_type = in.q.scalar_type() == at::kBFloat16 ? at::kFloat : in.q.scalar_type();
+    at::Tensor zero_state =
+        at::zeros({o.batch, o.heads, o.head_dim, o.head_dim}, in.q.options().dtype(state_type).requires_grad(false));
     return model::gka_detail::chunked_core(prepared, zero_state, zero_state, 64, solve).o;
   }
   throw user_error("unknown SSM type '", type, "' (GDN, GKA, M2)");
