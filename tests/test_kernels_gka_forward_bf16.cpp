@@ -18,6 +18,7 @@
 #include "test_gka_util.h"
 #include "test_helpers.h"
 #include "test_kernels_util.h"
+#include "util/error.h"
 
 using namespace prime;
 using test::norm_relative_error;
@@ -240,18 +241,72 @@ TEST_CASE("GKA bf16 forward in the layer: a prefill and the decode step after it
   CHECK(rel_error(ours, default_form) > 1e-5);  // the bf16 form ran, not the float64 solve
 }
 
-// Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh).
+TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve keeps its iterate", "[kernels][gka]") {
+  {
+    const test::ScopedEnv unset("PRIME_GKA_FORWARD_ITERATE", nullptr);
+    CHECK(kernels::gka_forward_iterate_in_registers());
+  }
+  {
+    const test::ScopedEnv registers("PRIME_GKA_FORWARD_ITERATE", "registers");
+    CHECK(kernels::gka_forward_iterate_in_registers());
+  }
+  {
+    const test::ScopedEnv shared("PRIME_GKA_FORWARD_ITERATE", "shared");
+    CHECK_FALSE(kernels::gka_forward_iterate_in_registers());
+  }
+  const test::ScopedEnv bad("PRIME_GKA_FORWARD_ITERATE", "smem");
+  CHECK_THROWS_AS(kernels::gka_forward_iterate_in_registers(), UserError);
+}
+
+// The iterate in registers (8 warps at D = 128, 4 at D = 64) against the 16-warp form with the
+// iterate in shared memory: the same products in the same order per element, so the same result
+// up to the compilers' fusing of the update's multiply-adds (D = 32 takes the shared form either way).
+TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory form's result", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
+  const at::NoGradGuard no_grad;
+  const at::Device cuda(at::kCUDA, 0);
+  for (const CoreCase& shape : std::vector<CoreCase>{{2, 200, 3, 64, true, true, false},
+                                                     {1, 300, 2, 128, true, true, false},
+                                                     {2, 192, 2, 128, false, false, true},
+                                                     {1, 100, 2, 32, true, true, false}}) {
+    INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D);
+    const CoreInputs on_cuda = cast(random_inputs(shape, 80 + shape.T + shape.D), cuda, at::kFloat);
+    REQUIRE(applies(on_cuda));
+    model::gka_detail::ChunkedResult forms[2];
+    for (const bool registers : {false, true}) {
+      const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", registers ? "registers" : "shared");
+      forms[registers] = run_core(on_cuda, shape.D);
+    }
+    CHECK(at::isfinite(forms[1].o).all().item<bool>());
+    const double o_difference = norm_relative_error(forms[1].o, forms[0].o);
+    std::cout << "[kernels][gka] bf16 forward D=" << shape.D << " T=" << shape.T
+              << ": iterate in registers vs in shared memory, o " << o_difference << " (max abs "
+              << (forms[1].o - forms[0].o).abs().max().item<double>() << ")" << std::endl;
+    CHECK(o_difference <= 1e-5);
+    CHECK(at::equal(forms[1].kk_state, forms[0].kk_state));  // the walks: the same launches
+    CHECK(at::equal(forms[1].kv_state, forms[0].kv_state));
+  }
+}
+
+// Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh): the
+// shared-memory form (D = 32) and the register form with 4 and 8 warps (D = 64, 128).
 TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
   const at::NoGradGuard no_grad;
-  const CoreCase shape{1, 70, 1, 32, true, true, false};
-  const CoreInputs inputs = random_inputs(shape, 7);
-  const CoreInputs on_cuda = cast(inputs, at::Device(at::kCUDA, 0), at::kFloat);
-  REQUIRE(applies(on_cuda));
-  const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
-  within_bf16_bound({"o", ours.o, run_core(inputs, shape.D).o, run_core(cast(inputs, at::kCPU, at::kDouble, true),
-                                                                         shape.D).o});
+  for (const int64_t D : {32, 64, 128}) {
+    INFO("D=" << D);
+    const CoreCase shape{1, 70, 1, D, true, true, false};
+    const CoreInputs inputs = random_inputs(shape, 7);
+    const CoreInputs on_cuda = cast(inputs, at::Device(at::kCUDA, 0), at::kFloat);
+    REQUIRE(applies(on_cuda));
+    const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+    within_bf16_bound({"o", ours.o, run_core(inputs, shape.D).o,
+                       run_core(cast(inputs, at::kCPU, at::kDouble, true), shape.D).o});
+  }
 }

@@ -26,6 +26,12 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
                             const at::Tensor& kk_state, const at::Tensor& kv_state, int64_t chunk_size,
                             const at::Tensor& chunk_starts, int num_iter);
 
+// Where the per-chunk kernel's solve keeps its iterate: PRIME_GKA_FORWARD_ITERATE = "registers" (the
+// default: 2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
+// memory) or "shared" (16 warps, the iterate in shared memory, at every D). Anything else: a
+// UserError.
+bool gka_forward_iterate_in_registers();
+
 struct GkaForwardBf16 {
   at::Tensor o;         // [B,T,H,D] in q's dtype
   at::Tensor kk_state;  // final H [B,H,D,D] fp32

@@ -6,12 +6,13 @@
 //   ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} sum_j W_tj k_j^T H_0 k_j + sum_ij W_ti W_tj (k_i.k_j)^2
 //   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
 //   the Chebyshev solve in gka_solve_bf16.cuh's bf16 form (X split for X K^T, one MMA per step for
-//   X H_0 and P K);
+//   X H_0 and P K), its iterate in registers (gka_solve_bf16_registers.cuh) or in shared memory;
 //   q~ = scale (q + alpha (x - q)), kept split (hi + lo) for its two products: rounding it to bf16
 //   would cost the output ~2x (x is up to 50x larger than q along H's small eigenvectors, where S
 //   is small: experiments/gka_bf16_forward);
 //   o = e^{G} o (q~ S_0) + ((q~ K^T) o W) V, the chunk matrix in bf16.
-// One block of 16 warps per chunk; D in {32, 64, 128}.
+// One block per chunk: 2 (D / 32) warps with the iterate in registers (D = 64, 128), 16 with it in
+// shared memory (any D); D in {32, 64, 128}.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -22,6 +23,7 @@
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gka_solve/gka_forward_bf16_launch.h"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
+#include "kernels/gka_solve/gka_solve_bf16_registers.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_common.cuh"
 
 namespace prime::kernels::detail {
@@ -63,8 +65,19 @@ constexpr size_t forward_shared_bytes() {
          (2 * kChunk * kLdW + kChunk * 4 + kWarps + 3 * kChunk) * 4;
 }
 
-template <int D, typename Out>
-__global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const ForwardParams p) {
+// The 16 warps' roles (gka_solve_bf16.cuh's Roles) played by a block of Warps warps: warp w plays
+// w, w + Warps, ...
+template <int Warps, typename F>
+__device__ __forceinline__ void for_each_role(int d, F&& f) {
+  for (int role = static_cast<int>(threadIdx.x / 32); role < kWarps; role += Warps) f(Roles(kChunk, d, role));
+}
+
+// Warps: 16 with the iterate in shared memory (gka_solve_bf16.cuh), register_warps<D>() with the
+// iterate in registers (gka_solve_bf16_registers.cuh); everything outside the solve is the same.
+template <int D, typename Out, int Warps>
+__global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const ForwardParams p) {
+  constexpr int kBlockThreads = 32 * Warps;
+  constexpr bool kRegisters = Warps != kWarps;
   extern __shared__ __align__(128) unsigned char smem_bytes[];
   const Shared s(smem_bytes, Layout(kChunk, D, kBf16Form));
   Bf16* vs = reinterpret_cast<Bf16*>(smem_bytes + extra_offset<D>());
@@ -76,7 +89,6 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   float* from_start = h0_parts + kWarps;
   float* frob = from_start + kChunk;
   float* scan_scratch = frob + kChunk;
-  const Roles r(kChunk, D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int n = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = n * kChunk;
   const int valid = min(kChunk, p.T - t0);
@@ -85,9 +97,9 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   const size_t gate_first = (static_cast<size_t>(b) * p.T + t0) * p.H + h;  // [B,T,H] index of row 0
 
   const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + n) * D * D;
-  copy_async<kChunk, D, kThreads>(s.K.hi, p.k + first_row, row_stride, valid);
-  copy_async<D, D, kThreads>(s.H.hi, p.h_states + state_at, D);
-  copy_async<kChunk, D, kThreads>(vs, p.v + first_row, row_stride, valid);
+  copy_async<kChunk, D, kBlockThreads>(s.K.hi, p.k + first_row, row_stride, valid);
+  copy_async<D, D, kBlockThreads>(s.H.hi, p.h_states + state_at, D);
+  copy_async<kChunk, D, kBlockThreads>(vs, p.v + first_row, row_stride, valid);
   cp_async_commit();
   if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
     const float2 logs = make_float2(lane < valid ? p.log_decay[gate_first + lane * p.H] : 0.0f,
@@ -97,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   cp_async_wait<0>();
   __syncthreads();
 
-  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+  for (int i = threadIdx.x; i < kChunk * kChunk; i += kBlockThreads) {
     const int t = i / kChunk, j = i % kChunk;
     W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
   }
@@ -105,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
     from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
   {  // ||H_0||^2, each warp's part in a fixed order
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < D * D / 2; i += kThreads) {
+    for (int i = threadIdx.x; i < D * D / 2; i += kBlockThreads) {
       const int row = (2 * i) / D, col = (2 * i) % D;
       const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.H.hi + row * s.ld_d + col));
       sum += pair.x * pair.x + pair.y * pair.y;
@@ -114,46 +126,49 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (lane == 0) h0_parts[warp] = sum;
   }
-  if (r.p_owner) {  // (k_i . k_j)^2 for the lower tile (pr, pc) and its mirror
-    Acc gram[1];
-    fill(gram[0], 0.0f);
-    split_row_block_product<1, 1, /*Transposed=*/true>(gram, s.K, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
-                                                        16 * r.pc);
-    for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
+  for_each_role<Warps>(D, [&](const Roles& r) {
+    if (r.p_owner) {  // (k_i . k_j)^2 for the lower tile (pr, pc) and its mirror
+      Acc gram[1];
+      fill(gram[0], 0.0f);
+      split_row_block_product<1, 1, /*Transposed=*/true>(gram, s.K, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
+                                                          16 * r.pc);
+      for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
+        for (int i = 0; i < 2; ++i) {
+          if (col + i > row) continue;  // one writer per element: the diagonal tile's lower half
+          const float square = gram[0].x[e + i] * gram[0].x[e + i];
+          gram2[row * kLdW + col + i] = square;
+          gram2[(col + i) * kLdW + row] = square;
+        }
+      });
+    }
+    if (r.owner) {  // k_j^T H_0 k_j: this block's columns of (K H_0) o K, summed over the quad
+      Acc z[kTiles];
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) fill(z[j], 0.0f);
+      split_row_block_product<1, kTiles>(z, s.K, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d, r.c0);
+      float row_sum[2] = {0.0f, 0.0f};  // rows g and g + 8
+      for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
+        const float2 key =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.K.hi + row * s.ld_d + col));
+        row_sum[(e / 2) % 2] += z[j].x[e] * key.x + z[j].x[e + 1] * key.y;
+      });
+#pragma unroll
       for (int i = 0; i < 2; ++i) {
-        if (col + i > row) continue;  // one writer per element: the diagonal tile's lower half
-        const float square = gram[0].x[e + i] * gram[0].x[e + i];
-        gram2[row * kLdW + col + i] = square;
-        gram2[(col + i) * kLdW + row] = square;
+        row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
+        row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
       }
-    });
-  }
-  if (r.owner) {  // k_j^T H_0 k_j: this block's columns of (K H_0) o K, summed over the quad
-    Acc z[kTiles];
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) fill(z[j], 0.0f);
-    split_row_block_product<1, kTiles>(z, s.K, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d, r.c0);
-    float row_sum[2] = {0.0f, 0.0f};  // rows g and g + 8
-    for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
-      const float2 key = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.K.hi + row * s.ld_d + col));
-      row_sum[(e / 2) % 2] += z[j].x[e] * key.x + z[j].x[e + 1] * key.y;
-    });
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-      row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+      if (t4 == 0) {
+        khk[(16 * r.rb + g) * 4 + r.c0 / 32] = row_sum[0];
+        khk[(16 * r.rb + g + 8) * 4 + r.c0 / 32] = row_sum[1];
+      }
     }
-    if (t4 == 0) {
-      khk[(16 * r.rb + g) * 4 + r.c0 / 32] = row_sum[0];
-      khk[(16 * r.rb + g + 8) * 4 + r.c0 / 32] = row_sum[1];
-    }
-  }
+  });
   __syncthreads();
 
-  // ||H_t||_F, one warp per row t (rows warp, warp + 16, ...): lanes take j = lane, lane + 32.
+  // ||H_t||_F, one warp per row t (rows warp, warp + Warps, ...): lanes take j = lane, lane + 32.
   float h0_norm2 = 0.0f;
-  for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
-  for (int t = warp; t < kChunk; t += kWarps) {
+  for (int i = 0; i < Warps; ++i) h0_norm2 += h0_parts[i];
+  for (int t = warp; t < kChunk; t += Warps) {
     float cross = 0.0f, intra = 0.0f;
     for (int half = 0; half < 2; ++half) {
       const int j = lane + 32 * half;
@@ -178,79 +193,106 @@ __global__ void __launch_bounds__(kThreads, 1) gka_forward_bf16_kernel(const For
   }
   __syncthreads();
 
-  WarpState state;
-  for (int i = 0; i < 2; ++i)
-    state.rows[i] = RowFactors(frob, from_start, 16 * r.rb + g + 8 * i, valid, p.ridge_strength);
   const auto q_pair = [&](int row, int col) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + first_row + row * row_stride + col));
   };
-  start_solve(s, r, state, valid, q_pair, [&](int t, int u) { return W[t * kLdW + u]; });
-  run_solve<D, kBf16Form>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
-
-  // The output. Every warp is past the last iteration's second barrier: H_0 and the bf16 iterate
-  // are read no more. S_0^T streams into H_0's place while each owner turns its block of x into q~
-  // (split, in the iterate's place).
-  copy_async<D, D, kThreads>(s.H.hi, p.s_states + state_at, D);
-  cp_async_commit();
-  if (r.owner) {
-    for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
-      const float2 x = *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col);
-      float2 mixed = make_float2(0.0f, 0.0f);
-      if (row < valid) {
-        const float2 qv = q_pair(row, col);
-        const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
-        mixed = p.alpha ? make_float2(qv.x + alpha * (x.x - qv.x), qv.y + alpha * (x.y - qv.y)) : x;
-      }
-      store_split<true>(s.X, row * s.ld_d + col, mixed.x * p.output_scale, mixed.y * p.output_scale);
+  const auto w_at = [&](int t, int u) { return W[t * kLdW + u]; };
+  // q~ = scale (q + alpha (x - q)) for a pair of the chunk's x, split in the iterate's place.
+  const auto store_q_tilde = [&](int row, int col, float2 x) {
+    float2 mixed = make_float2(0.0f, 0.0f);
+    if (row < valid) {
+      const float2 qv = q_pair(row, col);
+      const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
+      mixed = p.alpha ? make_float2(qv.x + alpha * (x.x - qv.x), qv.y + alpha * (x.y - qv.y)) : x;
+    }
+    store_split<true>(s.X, row * s.ld_d + col, mixed.x * p.output_scale, mixed.y * p.output_scale);
+  };
+  // After the solve every warp is past the last iteration's second barrier: H_0 and the bf16
+  // iterate are read no more. S_0^T streams into H_0's place while each owner turns its block of x
+  // into q~ (split, in the iterate's place).
+  if constexpr (kRegisters) {
+    RegisterSolve<D> solve;
+    solve.start(s, valid, frob, from_start, p.ridge_strength, q_pair, w_at);
+    solve.run(s, p.ridge_strength, p.num_iter);
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    cp_async_commit();
+    for_each_register_pair(solve.row0, solve.col0, [&](int mt, int t, int e, int row, int col) {
+      store_q_tilde(row, col, make_float2(solve.x[mt][t].x[e], solve.x[mt][t].x[e + 1]));
     });
+  } else {
+    const Roles r(kChunk, D);
+    WarpState state;
+    for (int i = 0; i < 2; ++i)
+      state.rows[i] = RowFactors(frob, from_start, 16 * r.rb + g + 8 * i, valid, p.ridge_strength);
+    start_solve(s, r, state, valid, q_pair, w_at);
+    run_solve<D, kBf16Form>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    cp_async_commit();
+    if (r.owner) {
+      for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
+        store_q_tilde(row, col, *reinterpret_cast<const float2*>(s.Xf + row * s.ld_f + col));
+      });
+    }
   }
   cp_async_wait<0>();
   __syncthreads();  // q~ and S_0^T in place
-  if (r.p_owner) {  // the chunk matrix (q~ K^T) o W, bf16
+  for_each_role<Warps>(D, [&](const Roles& r) {
+    if (!r.p_owner) return;  // the chunk matrix (q~ K^T) o W, bf16
     Acc scores[1];
     fill(scores[0], 0.0f);
-    split_row_block_product<kSplitLeft, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
-                                                             16 * r.pc);
+    split_row_block_product<kSplitLeft, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K,
+                                                                s.ld_d, 16 * r.pc);
     for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-      store_split<false>(s.P, row * s.ld_p + col, scores[0].x[e] * state.w_tile.x[e],
-                         scores[0].x[e + 1] * state.w_tile.x[e + 1]);
+      store_split<false>(s.P, row * s.ld_p + col, scores[0].x[e] * W[row * kLdW + col],
+                         scores[0].x[e + 1] * W[row * kLdW + col + 1]);
     });
-  }
+  });
   __syncthreads();
-  if (!r.owner) return;
-  Acc o[kTiles];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
-  // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
-  split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d,
-                                                                r.c0);
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[j].x[e] *= state.rows[(e / 2) % 2].decay;
-  }
-  const SplitMatrix chunk_matrix{s.P.hi, nullptr}, values{vs, nullptr};
-  split_row_block_product<1, kTiles>(o, chunk_matrix, 16 * r.rb * s.ld_p, s.ld_p, 16 * (r.rb + 1), values, s.ld_d,
-                                     r.c0);
   Out* out = static_cast<Out*>(p.o);
-  for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
-    if (row >= valid) return;
-    Out* at = out + first_row + row * row_stride + col;
-    if constexpr (std::is_same_v<Out, float>)
-      *reinterpret_cast<float2*>(at) = make_float2(o[j].x[e], o[j].x[e + 1]);
-    else
-      *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(o[j].x[e], o[j].x[e + 1]);
+  for_each_role<Warps>(D, [&](const Roles& r) {
+    if (!r.owner) return;
+    Acc o[kTiles];
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
+    // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
+    split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H,
+                                                                  s.ld_d, r.c0);
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[j].x[e] *= from_start[16 * r.rb + g + 8 * ((e / 2) % 2)];
+    }
+    const SplitMatrix chunk_matrix{s.P.hi, nullptr}, values{vs, nullptr};
+    split_row_block_product<1, kTiles>(o, chunk_matrix, 16 * r.rb * s.ld_p, s.ld_p, 16 * (r.rb + 1), values, s.ld_d,
+                                       r.c0);
+    for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
+      if (row >= valid) return;
+      Out* at = out + first_row + row * row_stride + col;
+      if constexpr (std::is_same_v<Out, float>)
+        *reinterpret_cast<float2*>(at) = make_float2(o[j].x[e], o[j].x[e + 1]);
+      else
+        *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(o[j].x[e], o[j].x[e + 1]);
+    });
   });
 }
 
-template <int D, typename Out>
-void launch_typed(const ForwardParams& p, int64_t M) {
+template <int D, typename Out, int Warps>
+void launch_form(const ForwardParams& p, int64_t M) {
   const size_t bytes = forward_shared_bytes<D>();
-  const auto kernel = gka_forward_bf16_kernel<D, Out>;
+  const auto kernel = gka_forward_bf16_kernel<D, Out, Warps>;
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   const dim3 grid(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
-  kernel<<<grid, kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
+  kernel<<<grid, 32 * Warps, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
   PRIME_CUDA_CHECK_LAUNCH("gka_forward_bf16_kernel");
+}
+
+// The iterate in registers at D = 64 and 128 where asked; D = 32 always in shared memory.
+template <int D, typename Out>
+void launch_typed(const ForwardParams& p, int64_t M, bool registers) {
+  if constexpr (D >= 64) {
+    if (registers) return launch_form<D, Out, register_warps<D>()>(p, M);
+  }
+  launch_form<D, Out, kWarps>(p, M);
 }
 
 }  // namespace
@@ -265,7 +307,8 @@ size_t gka_forward_bf16_shared_bytes(int64_t D) {
 
 void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
-                             double ridge_strength, int num_iter, double output_scale, const at::Tensor& o) {
+                             double ridge_strength, int num_iter, double output_scale, bool registers,
+                             const at::Tensor& o) {
   const char* op = "gka_forward_bf16";
   check_operand(q, op, "q", at::kBFloat16, 4);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
@@ -309,11 +352,11 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.o = o.data_ptr();
   const bool fp32_out = o.scalar_type() == at::kFloat;
   if (D == 32)
-    fp32_out ? launch_typed<32, float>(p, M) : launch_typed<32, Bf16>(p, M);
+    fp32_out ? launch_typed<32, float>(p, M, registers) : launch_typed<32, Bf16>(p, M, registers);
   else if (D == 64)
-    fp32_out ? launch_typed<64, float>(p, M) : launch_typed<64, Bf16>(p, M);
+    fp32_out ? launch_typed<64, float>(p, M, registers) : launch_typed<64, Bf16>(p, M, registers);
   else
-    fp32_out ? launch_typed<128, float>(p, M) : launch_typed<128, Bf16>(p, M);
+    fp32_out ? launch_typed<128, float>(p, M, registers) : launch_typed<128, Bf16>(p, M, registers);
 }
 
 }  // namespace prime::kernels::detail

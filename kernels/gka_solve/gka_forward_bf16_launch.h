@@ -19,9 +19,11 @@ bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device);
 // q~ = q + alpha (x - q), x the chunked solve of (H_t + lambda_t) x = q_t for every position: q, k, v
 // bf16 contiguous [B,T,H,D] (16-byte aligned), log_decay fp32 contiguous [B,T,H], alpha fp32
 // contiguous [B,T,H] or undefined (alpha = 1), h_states / s_states bf16 [B*H, nC, D, D] the H and
-// S^T entering each 64-step chunk (kernels/ssd_chunk's walk). D in {32, 64, 128}.
+// S^T entering each 64-step chunk (kernels/ssd_chunk's walk). D in {32, 64, 128}. registers: the
+// solve's iterate in registers (D = 64 and 128; D = 32 takes the shared-memory form either way).
 void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
-                             double ridge_strength, int num_iter, double output_scale, const at::Tensor& o);
+                             double ridge_strength, int num_iter, double output_scale, bool registers,
+                             const at::Tensor& o);
 
 }  // namespace prime::kernels::detail

@@ -98,8 +98,10 @@ struct Roles {
   bool owner, p_owner;
   int rb, c0, pr, pc;
 
-  __device__ Roles(int padded_chunk, int d) {
-    const int warp = threadIdx.x / 32, groups = d / 32, row_blocks = padded_chunk / 16;
+  __device__ Roles(int padded_chunk, int d) : Roles(padded_chunk, d, static_cast<int>(threadIdx.x / 32)) {}
+  // The roles of warp `warp` of the 16, played by whichever warp asks (a block of fewer warps).
+  __device__ Roles(int padded_chunk, int d, int warp) {
+    const int groups = d / 32, row_blocks = padded_chunk / 16;
     owner = warp < row_blocks * groups;
     rb = owner ? warp / groups : 0;
     c0 = owner ? (warp % groups) * 32 : 0;
