@@ -115,16 +115,18 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   }
   if (threadIdx.x < kChunk)
     from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
-  {  // ||H_0||^2, each warp's part in a fixed order
+  // ||H_0||^2 in 16 parts summed in a fixed order, part w as warp w of 16 sums it (whatever the
+  // block's warps: both forms see the same ||H_t||_F to the bit, and so the same solve).
+  for (int part = warp; part < kWarps; part += Warps) {
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < D * D / 2; i += kBlockThreads) {
+    for (int i = 32 * part + lane; i < D * D / 2; i += kThreads) {
       const int row = (2 * i) / D, col = (2 * i) % D;
       const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.H.hi + row * s.ld_d + col));
       sum += pair.x * pair.x + pair.y * pair.y;
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) h0_parts[warp] = sum;
+    if (lane == 0) h0_parts[part] = sum;
   }
   for_each_role<Warps>(D, [&](const Roles& r) {
     if (r.p_owner) {  // (k_i . k_j)^2 for the lower tile (pr, pc) and its mirror
@@ -167,7 +169,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
 
   // ||H_t||_F, one warp per row t (rows warp, warp + Warps, ...): lanes take j = lane, lane + 32.
   float h0_norm2 = 0.0f;
-  for (int i = 0; i < Warps; ++i) h0_norm2 += h0_parts[i];
+  for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
   for (int t = warp; t < kChunk; t += Warps) {
     float cross = 0.0f, intra = 0.0f;
     for (int half = 0; half < 2; ++half) {
