@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   __syncthreads();
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
-  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier: A is spent
+  gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier: A is spent
   for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
     const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
     *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
