@@ -1,6 +1,8 @@
-# Lane-level emulation of kernels/gdn_chunk/gdn_forward_common.cuh unit_lower_inverse_64_tf32 (step 2):
-# the same index expressions per lane, the m16n8k8 fragment layouts of mma_tf32.cuh, float64 arithmetic;
-# prints how far the result is from the exact inverse (rounding only: the layout is right if ~1e-15).
+# A layout check of kernels/gdn_chunk/gdn_forward_common.cuh unit_lower_inverse_64_tf32 (step 2): the same
+# index expressions per lane and the m16n8k8 fragment layouts of mma_tf32.cuh, in float64 arithmetic with
+# exact diagonal blocks and warps run one after another; prints how far the result is from the exact
+# inverse (~1e-15 if every index and fragment is right; swapping two fragment registers gives O(1)).
+# It does not model the TF32 rounding: study.py in this folder measures what that costs W and U'.
 import torch
 torch.manual_seed(0)
 ld = 68

@@ -1,6 +1,8 @@
 // Device pieces GDN's two fused chunked forwards share (gdn_forward_kernels.cu: fp32 operands on
 // 3xTF32; gdn_forward_bf16_kernels.cu: bf16 operands on bf16 tensor cores): the chunk shape, the
-// chunk's gates and their float64 prefix sums, and the (I + A)^-1 forward substitution.
+// chunk's gates and their float64 prefix sums, and the chunk inverse (I + A)^-1 (blockwise: fp32
+// substitution on the diagonal blocks; the off-diagonal blocks in fp32, or on TF32 tensor cores for
+// the bf16 forward).
 #pragma once
 
 #include <cstddef>
@@ -50,8 +52,9 @@ __device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in
 //     only; two lanes per column split each row's sum); warps 4..7 zero T's upper blocks.
 //  2. by distance l = i - j = 1, 2, 3: X_ij = sum_{k=j}^{i-1} A_ik T_kj, then T_ij = -T_ii X_ij.
 //     X_ij is kept in am's (zero, unread) upper block (j, i).
-// Seven barriers instead of one per row. Needs kThreads = 256; ends with a barrier.
-// Step 1 (both forms below): T's diagonal blocks and zero upper blocks; ends with a barrier.
+// Seven barriers instead of one per row (unit_lower_inverse_64). Needs kThreads = 256; ends with a
+// barrier. invert_diagonal_blocks is step 1 of both forms: T's diagonal blocks and zero upper blocks;
+// ends with a barrier.
 __device__ __forceinline__ void invert_diagonal_blocks(const float* am, float* tm) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp < 4) {
@@ -105,7 +108,13 @@ __device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
 __device__ __forceinline__ void block_product_tf32(float (&acc)[2][4], const float* a, int a_row0, int a_col0,
                                                    const float* b, int b_row0, int b_col0) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const auto tf32 = [](float v) { return tf32_round_bits(__float_as_uint(v)); };
+  // cvt.rna keeps a NaN a NaN (the two-integer-operation rounding of tf32_split.cuh is for finite
+  // values only); a few conversions per MMA here, where the 3xTF32 kernels' hot loops avoid it.
+  const auto tf32 = [](float v) {
+    uint32_t bits;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(v));
+    return bits;
+  };
 #pragma unroll
   for (int k0 = 0; k0 < 16; k0 += 8) {
     const float* pa = a + (a_row0 + g) * kLdC + a_col0 + k0 + t;
@@ -122,7 +131,9 @@ __device__ __forceinline__ void block_product_tf32(float (&acc)[2][4], const flo
 // takes block (j + l, j) of distance l, X_ij through am's upper block (j, i) within the warp, so
 // step 2 has three barriers instead of six. For the bf16 forward, whose stored W this moves by
 // <= 0.3% of its own bf16 rounding error (experiments/gdn_bf16_inverse); the fp32 forward keeps
-// the fp32 form. Needs kThreads = 256; ends with a barrier.
+// the fp32 form. T's off-diagonal blocks themselves are accurate only to ~1e-4 absolute where keys
+// are strongly correlated (harmless for W and U', which the bf16 forward stores; T itself must not be
+// saved for a backward from this form). Needs kThreads = 256; ends with a barrier.
 __device__ __forceinline__ void unit_lower_inverse_64_tf32(float* am, float* tm) {
   invert_diagonal_blocks(am, tm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
