@@ -2,9 +2,10 @@
 // gdn_chunk_forward): the fp32 forward's three steps (gdn_forward_kernels.cu) with every product
 // on bf16 tensor cores (mma.sync, fp32 accumulation; bf16_tiles.cuh), the per-chunk intermediates (W, U',
 // U_n, K_d, the states entering each chunk) stored as bf16, and the gates, their prefix sums,
-// the (I + A)^-1 solve and the state carried from chunk to chunk kept in fp32.
+// the (I + A)^-1 solve (fp32 diagonal blocks, off-diagonal blocks on TF32 tensor cores) and the
+// state carried from chunk to chunk kept in fp32.
 //  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
-//    T = (I + A)^-1 (fp32, forward substitution), W = T diag(beta e^G) K, U' = T diag(beta) V,
+//    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V,
 //    K_d = diag(e^{G_end - G}) K, e^{G_end}.
 //  - scan, one block per (batch and head, 64 value columns): the state tile S [D][64] lives in
 //    the warps' fp32 accumulator fragments across all chunks. Per chunk n: states[n] = bf16(S);
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   __syncthreads();
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
-  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier: A is spent
+  gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier: A is spent
   for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
     const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
     *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);

@@ -1,10 +1,15 @@
 // Device pieces GDN's two fused chunked forwards share (gdn_forward_kernels.cu: fp32 operands on
 // 3xTF32; gdn_forward_bf16_kernels.cu: bf16 operands on bf16 tensor cores): the chunk shape, the
-// chunk's gates and their float64 prefix sums, and the (I + A)^-1 forward substitution.
+// chunk's gates and their float64 prefix sums, and the chunk inverse (I + A)^-1 (blockwise: fp32
+// substitution on the diagonal blocks; the off-diagonal blocks in fp32, or on TF32 tensor cores for
+// the bf16 forward).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
+#include "kernels/common/mma_tf32.cuh"
+#include "kernels/common/tf32_split.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 
 namespace prime::kernels::detail::gdn_forward {
@@ -47,8 +52,10 @@ __device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in
 //     only; two lanes per column split each row's sum); warps 4..7 zero T's upper blocks.
 //  2. by distance l = i - j = 1, 2, 3: X_ij = sum_{k=j}^{i-1} A_ik T_kj, then T_ij = -T_ii X_ij.
 //     X_ij is kept in am's (zero, unread) upper block (j, i).
-// Seven barriers instead of one per row. Needs kThreads = 256; ends with a barrier.
-__device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
+// Seven barriers instead of one per row (unit_lower_inverse_64). Needs kThreads = 256; ends with a
+// barrier. invert_diagonal_blocks is step 1 of both forms: T's diagonal blocks and zero upper blocks;
+// ends with a barrier.
+__device__ __forceinline__ void invert_diagonal_blocks(const float* am, float* tm) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp < 4) {
     const int base = 16 * warp, column = lane % 16, part = lane / 16;
@@ -69,6 +76,10 @@ __device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
     }
   }
   __syncthreads();
+}
+
+__device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
+  invert_diagonal_blocks(am, tm);
   const int r = threadIdx.x / 16, c = threadIdx.x % 16;  // this thread's element of each block
   for (int distance = 1; distance < 4; ++distance) {
     for (int j = 0; j + distance < 4; ++j) {
@@ -86,6 +97,66 @@ __device__ __forceinline__ void unit_lower_inverse_64(float* am, float* tm) {
       for (int m = 0; m <= r; ++m)  // T_ii is unit lower triangular
         sum = fmaf(tm[(16 * i + r) * kLdC + 16 * i + m], am[(16 * j + m) * kLdC + 16 * i + c], sum);
       tm[(16 * i + r) * kLdC + 16 * j + c] = -sum;
+    }
+    __syncthreads();
+  }
+}
+
+// acc[u] += A[a_row0.., a_col0..+16] B[b_row0..+16, b_col0 + 8u..+8] for u = 0, 1, one warp, A and
+// B row-major [..][kLdC] fp32 in shared memory, on m16n8k8 TF32 MMAs with the operands rounded to
+// nearest TF32 (fp32 accumulation). acc[u][e] is (g + 8 (e / 2), 8u + 2t + e % 2), mma_tf32.cuh.
+__device__ __forceinline__ void block_product_tf32(float (&acc)[2][4], const float* a, int a_row0, int a_col0,
+                                                   const float* b, int b_row0, int b_col0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // cvt.rna keeps a NaN a NaN (the two-integer-operation rounding of tf32_split.cuh is for finite
+  // values only); a few conversions per MMA here, where the 3xTF32 kernels' hot loops avoid it.
+  const auto tf32 = [](float v) {
+    uint32_t bits;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(v));
+    return bits;
+  };
+#pragma unroll
+  for (int k0 = 0; k0 < 16; k0 += 8) {
+    const float* pa = a + (a_row0 + g) * kLdC + a_col0 + k0 + t;
+    const uint32_t fa[4] = {tf32(pa[0]), tf32(pa[8 * kLdC]), tf32(pa[4]), tf32(pa[8 * kLdC + 4])};
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const float* pb = b + (b_row0 + k0 + t) * kLdC + b_col0 + 8 * u + g;
+      mma_tf32(acc[u], fa, tf32(pb[0]), tf32(pb[4 * kLdC]));
+    }
+  }
+}
+
+// unit_lower_inverse_64 with step 2's products on the tensor cores (block_product_tf32): warp j
+// takes block (j + l, j) of distance l, X_ij through am's upper block (j, i) within the warp, so
+// step 2 has three barriers instead of six. For the bf16 forward, whose stored W this moves by
+// <= 0.3% of its own bf16 rounding error (experiments/gdn_bf16_inverse); the fp32 forward keeps
+// the fp32 form. T's off-diagonal blocks themselves are accurate only to ~1e-4 absolute where keys
+// are strongly correlated (harmless for W and U', which the bf16 forward stores; T itself must not be
+// saved for a backward from this form). Needs kThreads = 256; ends with a barrier.
+__device__ __forceinline__ void unit_lower_inverse_64_tf32(float* am, float* tm) {
+  invert_diagonal_blocks(am, tm);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int distance = 1; distance < 4; ++distance) {
+    const int j = warp, i = j + distance;
+    if (i < 4) {
+      float x[2][4] = {};
+      for (int m = j; m < i; ++m) block_product_tf32(x, am, 16 * i, 16 * m, tm, 16 * m, 16 * j);  // A_im T_mj
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)  // X_ij in the upper block (j, i)
+          *reinterpret_cast<float2*>(am + (16 * j + g + 8 * half) * kLdC + 16 * i + 8 * u + 2 * t) =
+              make_float2(x[u][2 * half], x[u][2 * half + 1]);
+      __syncwarp();
+      float y[2][4] = {};
+      block_product_tf32(y, tm, 16 * i, 16 * i, am, 16 * j, 16 * i);  // T_ii X_ij
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          *reinterpret_cast<float2*>(tm + (16 * i + g + 8 * half) * kLdC + 16 * j + 8 * u + 2 * t) =
+              make_float2(-y[u][2 * half], -y[u][2 * half + 1]);
     }
     __syncthreads();
   }
