@@ -193,6 +193,17 @@ __device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t sr
   });
 }
 
+// dst [ROWS][WIDTH] <- src rows (row stride src_ld elements, 16-byte aligned), rows at or past
+// `valid_rows` zeros; synchronous 16-byte loads through the read-only cache.
+template <int ROWS, int WIDTH, int THREADS>
+__device__ __forceinline__ void load_rows(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows) {
+  for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (row < valid_rows) value = __ldg(reinterpret_cast<const uint4*>(src + row * src_ld + col));
+    *reinterpret_cast<uint4*>(dst + row * ld_of(WIDTH) + col) = value;
+  });
+}
+
 // x[t][:] *= factor(t) for the ROWS rows of a [ROWS][WIDTH] shared matrix, in place.
 template <int ROWS, int WIDTH, int THREADS, typename Factor>
 __device__ __forceinline__ void scale_rows(Bf16* x, Factor factor) {

@@ -13,7 +13,6 @@
 //    and K_d stream into shared memory (cp.async) while this chunk computes.
 //  - output, one block per (chunk, batch and head): O = diag(e^G) Q S_n + (Q K^T * e^{Gi - Gj},
 //    j <= i) U_n; S_n and U_n stream in while the scores are formed.
-// Prep and output fetch the chunk's rows by cp.async while the chunk's gates are summed.
 // Chunks are 64 steps; rows past T are zeros.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -54,14 +53,13 @@ struct Bf16Params {
   Bf16* o;                        // [B,T,H,D]
 };
 
-// dst[t][:] = x[b, t0 + t, h, :] for t < 64, asynchronously (cp.async; the caller commits and
-// waits); rows past T are zeros.
+// dst[t][:] = x[b, t0 + t, h, :] for t < 64; rows past T are zeros.
 template <int D>
-__device__ __forceinline__ void fetch_chunk_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0,
-                                                 int h) {
+__device__ __forceinline__ void load_chunk_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0,
+                                                int h) {
   const size_t row_stride = static_cast<size_t>(p.H) * D;
-  copy_async<kChunk, D, kThreads>(dst, x + (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D,
-                                  row_stride, p.T - t0);
+  load_rows<kChunk, D, kThreads>(dst, x + (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D,
+                                 row_stride, p.T - t0);
 }
 
 template <int D>
@@ -91,13 +89,9 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(tm) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
-  fetch_chunk_rows<D>(ks, p.k, p, b, t0, h);
-  cp_async_commit();
-  fetch_chunk_rows<D>(vs, p.v, p, b, t0, h);
-  cp_async_commit();
-  gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // while the rows arrive
-  cp_async_wait<1>();  // K
-  __syncthreads();
+  load_chunk_rows<D>(ks, p.k, p, b, t0, h);
+  load_chunk_rows<D>(vs, p.v, p, b, t0, h);
+  gdn_forward::chunk_gates(p.g, p.beta, p.T, p.H, b, h, t0, gamma, gates, beta);  // synchronises
 
   // A = strictly-lower(beta K K^T o e^{Gi - Gj}), formed from the accumulators.
   lower_gram_pairs<D>(ks, ks, [&](int i, int j, float x0, float x1) {
@@ -117,7 +111,6 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   }
   if (threadIdx.x == 0)
     p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
-  cp_async_wait<0>();  // V
   __syncthreads();
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
@@ -314,15 +307,12 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
   float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sc + kChunk * kLdT) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t chunk_index = static_cast<size_t>(bh) * p.num_chunks + chunk;
-  fetch_chunk_rows<D>(qs, p.q, p, b, t0, h);
-  fetch_chunk_rows<D>(ks, p.k, p, b, t0, h);
-  cp_async_commit();
   copy_async<D, D, kThreads>(ss, p.states + chunk_index * D * D, D);
   copy_async<kChunk, D, kThreads>(us, p.u + chunk_index * kChunk * D, D);
   cp_async_commit();
-  gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // while the rows arrive
-  cp_async_wait<1>();  // Q and K (S_n and U_n may still be in flight)
-  __syncthreads();
+  load_chunk_rows<D>(qs, p.q, p, b, t0, h);
+  load_chunk_rows<D>(ks, p.k, p, b, t0, h);
+  gdn_forward::chunk_gates(p.g, nullptr, p.T, p.H, b, h, t0, gamma, gates, nullptr);  // synchronises
 
   // the scores (Q K^T) o e^{Gi - Gj}, j <= i
   decayed_causal_scores<D>(sc, kLdT, qs, ks, gamma, [](int) { return 1.0f; });
