@@ -3,14 +3,16 @@
 //
 // gka_solve_bf16.cuh gives each of 16 warps a 16 x 32 block of the iterate and keeps the fp32
 // iterate in shared memory: every iteration reads X and H_0 four times over through ldmatrix and
-// the iterate twice more, and that form runs at the shared memory's bandwidth (ncu at
-// (4,8192,32,128): L1/shared 79% busy, ~4,400 wavefronts per iteration and chunk, the tensor pipe
-// 29%). Here 2 (D / 32) warps (8 at D = 128, up to 255 registers each) own 32 x 32 blocks: x,
-// x_prev and q live in registers for the whole solve (80 of them), X H_0 and P K load each
-// B fragment once for two row tiles, and P's lower tiles go out as six items (a 16 x 32 pair of
-// tiles loads its X rows once): ~2,400 wavefronts per iteration. Same products, same order of
-// operations per element as the 16-warp form (the X H_0 and P K sums step through the depth in
-// the same order), two barriers per iteration as there.
+// the iterate twice more (ncu at (4,8192,32,128): L1/shared 79% busy, ~4,400 wavefronts per
+// iteration and chunk, the tensor pipe 29%). Here 2 (D / 32) warps (8 at D = 128, up to 255
+// registers each) own 32 x 32 blocks: x, x_prev and eta q live in registers for the whole solve,
+// X H_0 and P K load each B fragment once for two row tiles, and P's lower tiles go out as six
+// items (a 16 x 32 pair of tiles loads its X rows once): ~2,400 wavefronts per iteration. Same
+// products, same order of operations per element as the 16-warp form (the X H_0 and P K sums step
+// through the depth in the same order), two barriers per iteration as there.
+// Measured: the same output bit for bit; shared memory 56% busy instead of 79%, but only 1.035x
+// faster at D = 128 (1.16x at D = 64): both forms issue at the rate their dependency chains allow
+// (kernels/README.md, gka_solve v6).
 #pragma once
 
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
@@ -69,14 +71,15 @@ __device__ __forceinline__ void for_each_register_pair(int row0, int col0, F&& f
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
 #pragma unroll
-      for (int e = 0; e < 8; e += 2) f(m, t, e, row0 + 16 * m + g + 8 * ((e / 2) % 2), col0 + 16 * t + 8 * (e / 4) + 2 * t4);
+      for (int e = 0; e < 8; e += 2)
+        f(m, t, e, row0 + 16 * m + g + 8 * ((e / 2) % 2), col0 + 16 * t + 8 * (e / 4) + 2 * t4);
     }
   }
 }
 
 // A warp's part of the register form: its 32 x 32 block of the iterate (rows row0.., columns
 // col0..), the factors of its four rows (rows[2 m + i]: row row0 + 16 m + g + 8 i), x, x_prev and
-// q (bf16 pairs, exact: eta q is formed again where it is used, the same fp32 product) in the
+// q (bf16 pairs, exact; the compiler hoists eta q out of the loop into fp32 registers anyway) in the
 // accumulator layout of the block's tiles, and W's tiles of its P items.
 template <int D>
 struct RegisterSolve {
@@ -143,10 +146,12 @@ struct RegisterSolve {
         fill(tile[0], 0.0f);
         fill(tile[1], 0.0f);
         if (p.tiles == 2) {
-          split_row_block_product<2, 2, /*Transposed=*/true>(tile, s.X, 16 * p.pr * ld_d, ld_d, D, s.K, ld_d, 16 * p.pc0);
+          split_row_block_product<2, 2, /*Transposed=*/true>(tile, s.X, 16 * p.pr * ld_d, ld_d, D, s.K, ld_d,
+                                                             16 * p.pc0);
         } else {
           Acc(&one)[1] = *reinterpret_cast<Acc(*)[1]>(&tile[0]);
-          split_row_block_product<2, 1, /*Transposed=*/true>(one, s.X, 16 * p.pr * ld_d, ld_d, D, s.K, ld_d, 16 * p.pc0);
+          split_row_block_product<2, 1, /*Transposed=*/true>(one, s.X, 16 * p.pr * ld_d, ld_d, D, s.K, ld_d,
+                                                             16 * p.pc0);
         }
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
