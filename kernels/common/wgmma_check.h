@@ -1,0 +1,19 @@
+// A check of wgmma.cuh's products on the GPU for the tests: one warpgroup computes a 64 x N product
+// in each way the kernels use the warpgroup MMAs, against which the test holds a CPU product.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels {
+
+// a [64, K] @ b[:, col0 : col0 + N] in fp32 (a, b bf16 contiguous on one CUDA device; K 16 to 128 in
+// steps of 16; b [K, W], W a multiple of 64 up to 128; N 32 or 64, col0 a multiple of 8 with col0 + N
+// <= W), one warpgroup, both stored in shared memory in wgmma_layout.h's layout: A from registers in
+// the accumulator layout (a_in_registers) or by descriptor; B by descriptor, MN-major (b's rows as
+// stored, b_mn_major) or K-major (b^T's rows). The combinations: registers and MN-major, registers
+// and K-major, descriptor and MN-major (the ones gka_solve_bf16_wgmma.cuh issues). Needs an sm_90
+// device; defined in builds with the CUDA kernels only (kernels::built_with_cuda_kernels()).
+at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0, int64_t N, bool a_in_registers,
+                         bool b_mn_major);
+
+}  // namespace prime::kernels
