@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -116,6 +118,22 @@ bool applies(const CoreInputs& c) {
                                          c.kk_state, c.kv_state, 64, c.starts, 30);
 }
 
+// o and both final states of ours within the bf16 bound of the float64 core on `inputs` (each error
+// printed after `label`).
+void check_against_float64(const model::gka_detail::ChunkedResult& ours, const CoreInputs& inputs, int64_t D,
+                           const std::string& label) {
+  const model::gka_detail::ChunkedResult reference = run_core(inputs, D);
+  const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), D);
+  const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
+                              {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
+                              {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
+  for (const Compared& output : outputs) {
+    INFO(output.name);
+    const double error = within_bf16_bound(output);
+    std::cout << "[kernels][gka] " << label << ": " << output.name << " vs float64 " << error << std::endl;
+  }
+}
+
 }  // namespace
 
 TEST_CASE("GKA bf16 forward: CPU tensors and other dtypes never take it", "[kernels][gka]") {
@@ -146,6 +164,9 @@ TEST_CASE("GKA bf16 forward: where it applies on CUDA", "[kernels][gka][gpu]") {
   CHECK_FALSE(applies(cast(base, cuda, at::kFloat)));
 }
 
+// Each form of the solve with the iterate held in registers: the default (registers), and on the
+// warpgroup MMAs (wgmma: D = 64 and 128; D = 32 takes the shared form), whose products add in
+// another order (their difference from the register form printed beside each form's error).
 TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of float64", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -156,24 +177,30 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
   for (const CoreCase& shape : std::vector<CoreCase>{{2, 200, 3, 64, true, true, false},
                                                      {1, 128, 2, 128, false, false, false},
                                                      {2, 192, 2, 32, true, true, true},
-                                                     {1, 300, 2, 128, true, true, false}}) {
+                                                     {1, 300, 2, 128, true, true, false},
+                                                     {2, 192, 2, 128, false, false, true}}) {
     INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D << " alpha=" << shape.alpha
               << " states=" << shape.states << " starts=" << shape.starts);
     const CoreInputs inputs = random_inputs(shape, 40 + shape.T + shape.D);
     const CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
     REQUIRE(applies(on_cuda));
-    const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
-    const model::gka_detail::ChunkedResult reference = run_core(inputs, shape.D);
-    const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), shape.D);
-    CHECK(ours.o.scalar_type() == at::kFloat);
-    const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
-                                {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
-                                {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
-    for (const Compared& output : outputs) {
-      INFO(output.name);
-      const double error = within_bf16_bound(output);
-      std::cout << "[kernels][gka] bf16 forward B=" << shape.B << " T=" << shape.T << " H=" << shape.H
-                << " D=" << shape.D << ": " << output.name << " vs float64 " << error << std::endl;
+    at::Tensor register_o;
+    for (const char* form : {"registers", "wgmma"}) {
+      INFO(form);
+      if (std::string(form) == "wgmma" && !kernels::gka_forward_wgmma_available(cuda)) continue;  // not a Hopper
+      const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", form);
+      const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+      CHECK(ours.o.scalar_type() == at::kFloat);
+      check_against_float64(ours, inputs, shape.D,
+                            std::string("bf16 forward, ") + form + ", B=" + std::to_string(shape.B) +
+                                " T=" + std::to_string(shape.T) + " H=" + std::to_string(shape.H) +
+                                " D=" + std::to_string(shape.D));
+      if (!register_o.defined()) {
+        register_o = ours.o;
+      } else {
+        std::cout << "[kernels][gka] bf16 forward D=" << shape.D << " T=" << shape.T << ": " << form
+                  << " vs registers, o " << norm_relative_error(ours.o, register_o) << std::endl;
+      }
     }
   }
 }
@@ -195,17 +222,8 @@ TEST_CASE("GKA bf16 forward: bf16 operands give a bf16 o, and a core without dec
     REQUIRE(applies(on_cuda));
     const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
     CHECK(ours.o.scalar_type() == at::kBFloat16);
-    const model::gka_detail::ChunkedResult reference = run_core(inputs, shape.D);
-    const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), shape.D);
-    const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
-                                {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
-                                {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
-    for (const Compared& output : outputs) {
-      INFO(output.name);
-      const double error = within_bf16_bound(output);
-      std::cout << "[kernels][gka] bf16 forward, bf16 operands" << (decays ? "" : ", no decay") << ": "
-                << output.name << " vs float64 " << error << std::endl;
-    }
+    check_against_float64(ours, inputs, shape.D,
+                          std::string("bf16 forward, bf16 operands") + (decays ? "" : ", no decay"));
   }
 }
 
@@ -242,20 +260,19 @@ TEST_CASE("GKA bf16 forward in the layer: a prefill and the decode step after it
 }
 
 TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve keeps its iterate", "[kernels][gka]") {
+  using kernels::GkaForwardIterate;
   {
     const test::ScopedEnv unset("PRIME_GKA_FORWARD_ITERATE", nullptr);
-    CHECK(kernels::gka_forward_iterate_in_registers());
+    CHECK(kernels::gka_forward_iterate() == GkaForwardIterate::Registers);
   }
-  {
-    const test::ScopedEnv registers("PRIME_GKA_FORWARD_ITERATE", "registers");
-    CHECK(kernels::gka_forward_iterate_in_registers());
-  }
-  {
-    const test::ScopedEnv shared("PRIME_GKA_FORWARD_ITERATE", "shared");
-    CHECK_FALSE(kernels::gka_forward_iterate_in_registers());
+  for (const auto& [text, form] : {std::pair{"registers", GkaForwardIterate::Registers},
+                                   std::pair{"shared", GkaForwardIterate::Shared},
+                                   std::pair{"wgmma", GkaForwardIterate::Wgmma}}) {
+    const test::ScopedEnv set("PRIME_GKA_FORWARD_ITERATE", text);
+    CHECK(kernels::gka_forward_iterate() == form);
   }
   const test::ScopedEnv bad("PRIME_GKA_FORWARD_ITERATE", "smem");
-  CHECK_THROWS_AS(kernels::gka_forward_iterate_in_registers(), UserError);
+  CHECK_THROWS_AS(kernels::gka_forward_iterate(), UserError);
 }
 
 // The iterate in registers (8 warps at D = 128, 4 at D = 64) against the 16-warp form with the
@@ -292,15 +309,19 @@ TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory fo
 }
 
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh): the
-// shared-memory form (D = 32) and the register form with 4 and 8 warps (D = 64, 128).
+// shared-memory form (D = 32), the register form with 4 and 8 warps (D = 64, 128) and the solve on
+// the warpgroup MMAs (D = 64, 128).
 TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
   const at::NoGradGuard no_grad;
-  for (const int64_t D : {32, 64, 128}) {
-    INFO("D=" << D);
+  for (const auto& [D, iterate] : {std::pair{32, "registers"}, std::pair{64, "registers"},
+                                   std::pair{128, "registers"}, std::pair{64, "wgmma"}, std::pair{128, "wgmma"}}) {
+    INFO("D=" << D << " " << iterate);
+    if (std::string(iterate) == "wgmma" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0))) continue;
+    const test::ScopedEnv form("PRIME_GKA_FORWARD_ITERATE", iterate);
     const CoreCase shape{1, 70, 1, D, true, true, false};
     const CoreInputs inputs = random_inputs(shape, 7);
     const CoreInputs on_cuda = cast(inputs, at::Device(at::kCUDA, 0), at::kFloat);

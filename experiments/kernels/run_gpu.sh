@@ -26,7 +26,7 @@ export PRIME_REQUIRE_CUDA=1
 timeout 300 build-gpu/bin/prime_tests "[kernels],[prefill],[moe][gpu],[documents]" > "$OUT/kernels_tests.txt" 2>&1
 echo "kernel tests: exit $?"; grep -E "^\[kernels|FAILED|passed|failed" "$OUT/kernels_tests.txt" | head -60
 for tool in memcheck racecheck; do
-  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GKA bf16 forward: one small sequence*,GDN decode kernel*,Mamba-2 decode kernel*,attention decode kernel: only where*,attention decode kernel: a CUDA graph*,RoPE kernel: misaligned*,add_rms_norm kernel*,kv cache step kernel: equals*,linear_decode kernel: a CUDA graph*,short conv kernel with document starts*,GKA solve backward kernel: small chunks*,SSD chunk kernels: small shapes for the sanitizer*" \
+  timeout 200 compute-sanitizer --tool $tool build-gpu/bin/prime_tests "GDN kernels*,short conv kernel: prefill*,GKA solve kernel: one small chunk*,GKA bf16 forward: one small sequence*,wgmma: the warpgroup*,GDN decode kernel*,Mamba-2 decode kernel*,attention decode kernel: only where*,attention decode kernel: a CUDA graph*,RoPE kernel: misaligned*,add_rms_norm kernel*,kv cache step kernel: equals*,linear_decode kernel: a CUDA graph*,short conv kernel with document starts*,GKA solve backward kernel: small chunks*,SSD chunk kernels: small shapes for the sanitizer*" \
     > "$OUT/$tool.txt" 2>&1
   echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.txt" | tail -1)"
 done

@@ -30,13 +30,24 @@ bool is_state(const at::Tensor& state, const at::Tensor& q) {
 
 }  // namespace
 
-bool gka_forward_iterate_in_registers() {
+GkaForwardIterate gka_forward_iterate() {
   const char* value = std::getenv("PRIME_GKA_FORWARD_ITERATE");
   const std::string text = value ? value : "";
-  if (text.empty() || text == "registers") return true;
-  if (text == "shared") return false;
+  if (text.empty() || text == "registers") return GkaForwardIterate::Registers;
+  if (text == "shared") return GkaForwardIterate::Shared;
+  if (text == "wgmma") return GkaForwardIterate::Wgmma;
   throw user_error("PRIME_GKA_FORWARD_ITERATE=", text, ": must be \"registers\" (the bf16 forward's solve keeps ",
-                   "its iterate in registers, the default) or \"shared\" (in shared memory)");
+                   "its iterate in registers, the default), \"shared\" (in shared memory) or \"wgmma\" (on ",
+                   "Hopper's warpgroup MMAs)");
+}
+
+bool gka_forward_wgmma_available(const at::Device& device) {
+#ifdef PRIME_WITH_CUDA
+  return device.is_cuda() && detail::gka_forward_bf16_wgmma_device(device);
+#else
+  (void)device;
+  return false;
+#endif
 }
 
 bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -75,7 +86,7 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
               "gka_forward_bf16: operands the kernels do not serve (q ", q.sizes(),
               "); ask gka_forward_bf16_apply first");
   require_cuda_build("gka_forward_bf16");
-  const bool registers = gka_forward_iterate_in_registers();
+  const GkaForwardIterate iterate = gka_forward_iterate();
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
   const int64_t N = (T + kChunk - 1) / kChunk;
   PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N &&
@@ -104,7 +115,11 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
   detail::launch_ssd_walk_bf16(vb, kb, delta, A, kv_initial, restart, s_states, kv_final,
                                /*delta_scales_inputs=*/false);
   detail::launch_gka_forward_bf16(qb, kb, vb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(), h_states,
-                                  s_states, ridge_strength, num_iter, output_scale, registers, out.o);
+                                  s_states, ridge_strength, num_iter, output_scale,
+                                  iterate == GkaForwardIterate::Registers ? detail::kIterateRegisters
+                                  : iterate == GkaForwardIterate::Wgmma   ? detail::kIterateWgmma
+                                                                          : detail::kIterateShared,
+                                  out.o);
 #endif
   out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});
   return out;

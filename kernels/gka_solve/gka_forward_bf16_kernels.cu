@@ -6,13 +6,14 @@
 //   ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} sum_j W_tj k_j^T H_0 k_j + sum_ij W_ti W_tj (k_i.k_j)^2
 //   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
 //   the Chebyshev solve in gka_solve_bf16.cuh's bf16 form (X split for X K^T, one MMA per step for
-//   X H_0 and P K), its iterate in registers (gka_solve_bf16_registers.cuh) or in shared memory;
+//   X H_0 and P K), its iterate in registers (gka_solve_bf16_registers.cuh), in shared memory, or in
+//   two warpgroups' registers on the warpgroup MMAs (gka_solve_bf16_wgmma.cuh, sm_90a);
 //   q~ = scale (q + alpha (x - q)), kept split (hi + lo) for its two products: rounding it to bf16
 //   would cost the output ~2x (x is up to 50x larger than q along H's small eigenvectors, where S
 //   is small: experiments/gka_bf16_forward);
 //   o = e^{G} o (q~ S_0) + ((q~ K^T) o W) V, the chunk matrix in bf16.
-// One block per chunk: 2 (D / 32) warps with the iterate in registers (D = 64, 128), 16 with it in
-// shared memory (any D); D in {32, 64, 128}.
+// One block per chunk: 2 (D / 32) warps with the iterate in registers (D = 64, 128), 8 on the
+// warpgroup MMAs (D = 64, 128), 16 with it in shared memory (any D); D in {32, 64, 128}.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -24,6 +25,7 @@
 #include "kernels/gka_solve/gka_forward_bf16_launch.h"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
 #include "kernels/gka_solve/gka_solve_bf16_registers.cuh"
+#include "kernels/gka_solve/gka_solve_bf16_wgmma.cuh"
 #include "kernels/ssd_chunk/ssd_chunk_common.cuh"
 
 namespace prime::kernels::detail {
@@ -65,6 +67,23 @@ constexpr size_t forward_shared_bytes() {
          (2 * kChunk * kLdW + kChunk * 4 + kWarps + 3 * kChunk) * 4;
 }
 
+// The warpgroup solve's operands fit the arrays the register form leaves unused (gka_forward_bf16_kernel):
+// the keys and X_sw (and up to 1,023 bytes of alignment) the split iterate's, H_0 the fp32 iterate's,
+// the exchange W's and the squared gram's.
+template <int D>
+constexpr bool wgmma_operands_fit() {
+  constexpr Layout L(kChunk, D, kBf16Form);
+  return 2 * kChunk * D * 2 + 1023 <= L.x_parts * L.x_size * 2 && D * D * 2 + 1023 <= kChunk * L.ld_f * 4 &&
+         kExchangeFloats <= 2 * kChunk * kLdW;
+}
+static_assert(wgmma_operands_fit<64>() && wgmma_operands_fit<128>(), "the warpgroup solve's operands fit");
+
+// The per-chunk kernel's forms of the solve and their warps (launch_gka_forward_bf16's iterate).
+template <int D>
+constexpr int warps_of(int form) {
+  return form == kIterateRegisters ? register_warps<D>() : form == kIterateWgmma ? kWgmmaWarps : kWarps;
+}
+
 // The 16 warps' roles (gka_solve_bf16.cuh's Roles) played by a block of Warps warps: warp w plays
 // w, w + Warps, ...
 template <int Warps, typename F>
@@ -72,13 +91,15 @@ __device__ __forceinline__ void for_each_role(int d, F&& f) {
   for (int role = static_cast<int>(threadIdx.x / 32); role < kWarps; role += Warps) f(Roles(kChunk, d, role));
 }
 
-// Warps: 16 with the iterate in shared memory (gka_solve_bf16.cuh), register_warps<D>() with the
-// iterate in registers (gka_solve_bf16_registers.cuh); everything outside the solve is the same.
-template <int D, typename Out, int Warps>
+// Form: kIterateShared (16 warps, gka_solve_bf16.cuh), kIterateRegisters (register_warps<D>(),
+// gka_solve_bf16_registers.cuh) or kIterateWgmma (two warpgroups, gka_solve_bf16_wgmma.cuh: the
+// keys and H_0 copied swizzled into the iterate's unused shared arrays, the partial products'
+// exchange in W's and the squared gram's place, W formed again after the solve); everything else is
+// the same.
+template <int D, typename Out, int Form, int Warps = warps_of<D>(Form)>
 __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const ForwardParams p) {
   constexpr int kBlockThreads = 32 * Warps;
-  constexpr bool kRegisters = Warps != kWarps;
-  extern __shared__ __align__(128) unsigned char smem_bytes[];
+  extern __shared__ __align__(1024) unsigned char smem_bytes[];
   const Shared s(smem_bytes, Layout(kChunk, D, kBf16Form));
   Bf16* vs = reinterpret_cast<Bf16*>(smem_bytes + extra_offset<D>());
   double* gamma = reinterpret_cast<double*>(vs + kChunk * ld_of(D));
@@ -109,9 +130,24 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   cp_async_wait<0>();
   __syncthreads();
 
-  for (int i = threadIdx.x; i < kChunk * kChunk; i += kBlockThreads) {
-    const int t = i / kChunk, j = i % kChunk;
-    W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+  const auto fill_w = [&] {
+    for (int i = threadIdx.x; i < kChunk * kChunk; i += kBlockThreads) {
+      const int t = i / kChunk, j = i % kChunk;
+      W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+    }
+  };
+  fill_w();
+  // The warpgroup solve's operands: K and X_sw in the split iterate's place, H_0 in the fp32
+  // iterate's (neither form-2 array is used before q~), each 1024-byte aligned with room to spare.
+  WgmmaOperands operands{};
+  if constexpr (Form == kIterateWgmma) {
+    operands.keys = align_1024(smem_bytes);
+    operands.scaled = operands.keys + kChunk * D * sizeof(Bf16);
+    operands.h0 = align_1024(reinterpret_cast<unsigned char*>(s.Xf));
+    operands.exchange = W;
+    copy_to_swizzled<kChunk, D, kBlockThreads>(operands.keys, s.K.hi, s.ld_d);
+    copy_to_swizzled<D, D, kBlockThreads>(operands.h0, s.H.hi, s.ld_d);
+    wgmma::fence_proxy_async();
   }
   if (threadIdx.x < kChunk)
     from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
@@ -212,7 +248,18 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   // After the solve every warp is past the last iteration's second barrier: H_0 and the bf16
   // iterate are read no more. S_0^T streams into H_0's place while each owner turns its block of x
   // into q~ (split, in the iterate's place).
-  if constexpr (kRegisters) {
+  if constexpr (Form == kIterateWgmma) {
+    WgmmaSolve<D> solve;
+    solve.start(valid, frob, from_start, p.ridge_strength, q_pair, w_at);
+    solve.run(operands, p.ridge_strength, p.num_iter);  // its first barrier: every thread holds its W
+    __syncthreads();  // both groups' last MMAs are done: the operands' and W's arrays are free
+    fill_w();
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    cp_async_commit();
+#pragma unroll
+    for (int e = 0; e < WgmmaSolve<D>::kAcc; e += 2)
+      store_q_tilde(accumulator_row(e), solve.col0 + accumulator_col(e), make_float2(solve.x[e], solve.x[e + 1]));
+  } else if constexpr (Form == kIterateRegisters) {
     RegisterSolve<D> solve;
     solve.start(s, valid, frob, from_start, p.ridge_strength, q_pair, w_at);
     solve.run(s, p.ridge_strength, p.num_iter);
@@ -278,26 +325,32 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   });
 }
 
-template <int D, typename Out, int Warps>
+template <int D, typename Out, int Form>
 void launch_form(const ForwardParams& p, int64_t M) {
   const size_t bytes = forward_shared_bytes<D>();
-  const auto kernel = gka_forward_bf16_kernel<D, Out, Warps>;
+  const auto kernel = gka_forward_bf16_kernel<D, Out, Form>;
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   const dim3 grid(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
-  kernel<<<grid, 32 * Warps, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
+  kernel<<<grid, 32 * warps_of<D>(Form), bytes, at::cuda::getCurrentCUDAStream()>>>(p);
   PRIME_CUDA_CHECK_LAUNCH("gka_forward_bf16_kernel");
 }
 
-// The iterate in registers at D = 64 and 128 where asked; D = 32 always in shared memory.
+// The iterate in registers or on the warpgroup MMAs at D = 64 and 128 where asked; D = 32 always in
+// shared memory.
 template <int D, typename Out>
-void launch_typed(const ForwardParams& p, int64_t M, bool registers) {
+void launch_typed(const ForwardParams& p, int64_t M, int iterate) {
   if constexpr (D >= 64) {
-    if (registers) return launch_form<D, Out, register_warps<D>()>(p, M);
+    if (iterate == kIterateRegisters) return launch_form<D, Out, kIterateRegisters>(p, M);
+    if (iterate == kIterateWgmma) return launch_form<D, Out, kIterateWgmma>(p, M);
   }
-  launch_form<D, Out, kWarps>(p, M);
+  launch_form<D, Out, kIterateShared>(p, M);
 }
 
 }  // namespace
+
+bool gka_forward_bf16_wgmma_device(const at::Device& device) {
+  return at::cuda::getDeviceProperties(device.index())->major == 9;
+}
 
 bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device) {
   return gka_forward_bf16_shared_bytes(D) <= at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin;
@@ -309,7 +362,7 @@ size_t gka_forward_bf16_shared_bytes(int64_t D) {
 
 void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
-                             double ridge_strength, int num_iter, double output_scale, bool registers,
+                             double ridge_strength, int num_iter, double output_scale, int iterate,
                              const at::Tensor& o) {
   const char* op = "gka_forward_bf16";
   check_operand(q, op, "q", at::kBFloat16, 4);
@@ -332,7 +385,11 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
     check_aligned(*tensor, op, name, 16);
   for (const at::Tensor* operand : {&k, &v, &log_decay, &alpha, &h_states, &s_states, &o})
     PRIME_CHECK(!operand->defined() || operand->device() == q.device(), op, ": operands on different devices");
+  PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma, op,
+              ": iterate form ", iterate);
   if (M == 0 || N == 0) return;
+  PRIME_CHECK(iterate != kIterateWgmma || D == 32 || gka_forward_bf16_wgmma_device(q.device()), op,
+              ": the warpgroup-MMA solve (PRIME_GKA_FORWARD_ITERATE=wgmma) needs a Hopper GPU (sm_90)");
   PRIME_CHECK(gka_forward_bf16_shared_bytes(D) <=
                   at::cuda::getDeviceProperties(q.get_device())->sharedMemPerBlockOptin,
               op, ": ", gka_forward_bf16_shared_bytes(D), " bytes of shared memory exceed the device's limit");
@@ -354,11 +411,11 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.o = o.data_ptr();
   const bool fp32_out = o.scalar_type() == at::kFloat;
   if (D == 32)
-    fp32_out ? launch_typed<32, float>(p, M, registers) : launch_typed<32, Bf16>(p, M, registers);
+    fp32_out ? launch_typed<32, float>(p, M, iterate) : launch_typed<32, Bf16>(p, M, iterate);
   else if (D == 64)
-    fp32_out ? launch_typed<64, float>(p, M, registers) : launch_typed<64, Bf16>(p, M, registers);
+    fp32_out ? launch_typed<64, float>(p, M, iterate) : launch_typed<64, Bf16>(p, M, iterate);
   else
-    fp32_out ? launch_typed<128, float>(p, M, registers) : launch_typed<128, Bf16>(p, M, registers);
+    fp32_out ? launch_typed<128, float>(p, M, iterate) : launch_typed<128, Bf16>(p, M, iterate);
 }
 
 }  // namespace prime::kernels::detail

@@ -15,15 +15,20 @@ size_t gka_forward_bf16_shared_bytes(int64_t D);
 // Whether that block fits the device's shared memory (the H200 takes every D; an A100 not D = 128).
 bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device);
 
+// Whether the device runs the warpgroup MMAs the kIterateWgmma form issues (sm_90).
+bool gka_forward_bf16_wgmma_device(const at::Device& device);
+
 // o [B,T,H,D] (fp32 or bf16, contiguous) = output_scale (e^{G_t} q~_t S_0 + sum_j W_tj (q~_t.k_j) v_j),
 // q~ = q + alpha (x - q), x the chunked solve of (H_t + lambda_t) x = q_t for every position: q, k, v
 // bf16 contiguous [B,T,H,D] (16-byte aligned), log_decay fp32 contiguous [B,T,H], alpha fp32
 // contiguous [B,T,H] or undefined (alpha = 1), h_states / s_states bf16 [B*H, nC, D, D] the H and
-// S^T entering each 64-step chunk (kernels/ssd_chunk's walk). D in {32, 64, 128}. registers: the
-// solve's iterate in registers (D = 64 and 128; D = 32 takes the shared-memory form either way).
+// S^T entering each 64-step chunk (kernels/ssd_chunk's walk). D in {32, 64, 128}. iterate: where
+// the solve keeps its iterate, kIterateRegisters, kIterateShared or kIterateWgmma (the warpgroup
+// MMAs: a Hopper GPU); D = 32 takes the shared-memory form whichever is asked.
+constexpr int kIterateShared = 0, kIterateRegisters = 1, kIterateWgmma = 2;
 void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
-                             double ridge_strength, int num_iter, double output_scale, bool registers,
+                             double ridge_strength, int num_iter, double output_scale, int iterate,
                              const at::Tensor& o);
 
 }  // namespace prime::kernels::detail

@@ -1,0 +1,215 @@
+// GKA's chunked Chebyshev solve in gka_solve_bf16.cuh's bf16 form on Hopper's warpgroup MMAs
+// (kernels/common/wgmma.cuh; the fused bf16 forward, gka_forward_bf16_kernels.cu, at D = 64 and 128
+// under PRIME_GKA_FORWARD_ITERATE=wgmma).
+//
+// The register form (gka_solve_bf16_registers.cuh) issues ~1,000 instructions per warp and
+// iteration for 124 mma.sync: its MMAs, their ldmatrix loads and the split stores of X wait on one
+// another, and the tensor pipe stays ~30% busy. Here one wgmma instruction does the work of 16 to
+// 32 mma.sync and reads B from shared memory itself, and the iterate never goes to shared memory
+// as a product's left operand: a position's solve touches only its own row, so the warpgroup that
+// holds rows 0..63 in the accumulator layout turns its fp32 x into the A fragments of X K^T in
+// registers.
+//
+// Two warpgroups per chunk, group c holding columns c D/2 .. (c + 1) D/2 - 1 of x, x_prev and eta q
+// (fp32, bf16 pairs for q) for all 64 rows, and W at its elements of the 64 x 64 P. Per iteration:
+//   barrier (the other group has read what this iteration overwrites);
+//   X_sw = bf16(e^{G} o x) on its columns (shared, swizzled: X H_0's left operand);
+//   P_c = x_lo K_c^T + x_hi K_c^T over its columns (the split iterate in registers, K by descriptor:
+//   the bf16 form's two MMAs per step, lo first) into the exchange;
+//   barrier; P = P_0 + P_1 (the same sum in both groups), P o W rounded to bf16 in registers;
+//   Y = X_sw H_0[:, c] + P K[:, c] (H_0 and K read as stored, by descriptor);
+//   the Chebyshev update of its columns, as the other forms do it.
+// The same products as the bf16 form, one difference: e^{G_t} scales x's row before its rounding to
+// bf16 for X H_0 instead of X H_0's row after it (the same rounding error relative to the row).
+// The MMAs add in their own order, so the result is the bf16 form's within its rounding, not bit for
+// bit.
+#pragma once
+
+#include "kernels/common/ldmatrix.cuh"
+#include "kernels/common/wgmma.cuh"
+#include "kernels/gka_solve/gka_solve_bf16.cuh"
+
+namespace prime::kernels::detail::gka_bf16 {
+
+using wgmma::accumulator_col;
+using wgmma::accumulator_row;
+
+constexpr int kWgmmaWarps = 8;  // two warpgroups per chunk
+
+// The solve's shared operands: K [64, D] and H_0 [D, D] (as stored: row-major), X_sw [64, D], each in
+// wgmma.cuh's swizzled layout at a 1024-byte aligned base; the exchange: [2][8][128] float4, group c's
+// partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i].
+struct WgmmaOperands {
+  unsigned char* keys;
+  unsigned char* h0;
+  unsigned char* scaled;
+  float* exchange;
+};
+constexpr int kExchangeFloats = 2 * 64 * 64;
+
+// p rounded up to a 1024-byte boundary of shared memory.
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+  return p + ((1024u - (shared_address(p) & 1023u)) & 1023u);
+}
+
+// Copies a row-major bf16 [Rows][Cols] matrix (shared, row stride ld elements, 16-byte aligned rows)
+// into the swizzled layout at dst, 16 bytes per thread and step; the block's Threads threads.
+template <int Rows, int Cols, int Threads>
+__device__ __forceinline__ void copy_to_swizzled(unsigned char* dst, const Bf16* src, int ld) {
+  for (int i = threadIdx.x; i < Rows * Cols / 8; i += Threads) {
+    const int row = i / (Cols / 8), col = 8 * (i % (Cols / 8));
+    *reinterpret_cast<uint4*>(dst + wgmma::sw128_offset(row, col, Rows)) =
+        *reinterpret_cast<const uint4*>(src + row * ld + col);
+  }
+}
+
+// The pair (a, b) as bf16x2 (a in the low half), and its residual: a - bf16(a), b - bf16(b) as bf16x2.
+__device__ __forceinline__ uint32_t bf16_pair(float a, float b) {
+  const __nv_bfloat162 packed = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&packed);
+}
+__device__ __forceinline__ uint32_t bf16_residual(float a, float b, uint32_t hi) {
+  const float2 rounded = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
+  return bf16_pair(a - rounded.x, b - rounded.y);
+}
+
+template <int D>
+struct WgmmaSolve {
+  static_assert(D == 64 || D == 128, "the warpgroup solve takes D = 64 or 128");
+  static constexpr int kHalf = D / 2;          // columns of x per group
+  static constexpr int kAcc = kHalf / 2;       // their accumulator elements per thread
+  static constexpr int kOwnSteps = kHalf / 16; // depth steps of a group's part of X K^T
+  static constexpr int kSteps = D / 16;        // of X H_0
+  static constexpr int kKeySteps = 4;          // of P K (64 keys)
+  int group, col0;
+  RowFactors rows[2];  // rows accumulator_row(0) and accumulator_row(2)
+  float x[kAcc], x_prev[kAcc];
+  uint32_t q[kAcc / 2];  // bf16 pairs: q[e / 2] holds elements e, e + 1
+  float w[32];           // W at the thread's elements of P
+
+  // x = eta q. q_pair(row, col) gives q's (row, col), (row, col + 1) for a row of the chunk (row <
+  // chunk); w_at(t, s) W's (t, s) for t, s < chunk; frob and from_start the rows' ||H_t||_F and
+  // e^{G_t}.
+  template <typename QPair, typename WAt>
+  __device__ __forceinline__ void start(int chunk, const float* frob, const float* from_start, double ridge_strength,
+                                        QPair&& q_pair, WAt&& w_at) {
+    group = threadIdx.x / 128;
+    col0 = kHalf * group;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      rows[i] = RowFactors(frob, from_start, accumulator_row(2 * i), chunk, ridge_strength);
+#pragma unroll
+    for (int e = 0; e < kAcc; e += 2) {
+      const int row = accumulator_row(e);
+      const float2 value = row < chunk ? q_pair(row, col0 + accumulator_col(e)) : make_float2(0.0f, 0.0f);
+      q[e / 2] = bf16_pair(value.x, value.y);  // exact: q is bf16
+      const float eta = rows[(e / 2) % 2].eta;
+      x[e] = eta * value.x;
+      x[e + 1] = eta * value.y;
+      x_prev[e] = x_prev[e + 1] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      const int t = accumulator_row(e), u = accumulator_col(e);
+      w[e] = t < chunk && u < chunk ? w_at(t, u) : 0.0f;
+    }
+  }
+
+  // The N iterations (the block's 256 threads; the operands written and fenced for the async proxy
+  // before, the first barrier here). After them x holds the solve's result; the caller takes a
+  // barrier before reusing the operands' shared memory (the other group may still be reading it).
+  __device__ __forceinline__ void run(const WgmmaOperands& ops, double ridge_strength, int num_iter) {
+    using namespace wgmma;
+    const uint32_t keys = shared_address(ops.keys), h0 = shared_address(ops.h0), scaled = shared_address(ops.scaled);
+    const int thread = threadIdx.x % 128;
+    float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
+    const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
+    ChebyshevOmegas omegas(ridge_strength);
+    float p[32], y[kAcc];
+#pragma unroll
+    for (int e = 0; e < 32; ++e) p[e] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) y[e] = 0.0f;
+    for (int iteration = 0; iteration < num_iter; ++iteration) {
+      const float w_iter = static_cast<float>(omegas.next());
+      __syncthreads();  // both groups are past the previous iteration's MMAs and exchange reads
+#pragma unroll
+      for (int e = 0; e < kAcc; e += 2) {
+        const float decay = rows[(e / 2) % 2].decay;
+        *reinterpret_cast<uint32_t*>(ops.scaled + sw128_offset(accumulator_row(e), col0 + accumulator_col(e), 64)) =
+            bf16_pair(decay * x[e], decay * x[e + 1]);
+      }
+      fence_proxy_async();
+      // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
+      // accumulator tiles 2 s and 2 s + 1.
+      uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
+#pragma unroll
+      for (int s = 0; s < kOwnSteps; ++s) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float a = x[8 * s + 2 * r], b = x[8 * s + 2 * r + 1];
+          hi[s][r] = bf16_pair(a, b);
+          lo[s][r] = bf16_residual(a, b, hi[s][r]);
+        }
+      }
+      fence();
+#pragma unroll
+      for (int s = 0; s < kOwnSteps; ++s) {
+        const uint64_t b = k_major(keys, 64, 0, col0 + 16 * s);
+        mma_rs<64, false>(p, lo[s], b, s > 0);
+        mma_rs<64, false>(p, hi[s], b, true);
+      }
+      commit();
+      wait<0>();
+      fence_operands(p);
+#pragma unroll
+      for (int v = 0; v < 8; ++v)
+        mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
+      __syncthreads();  // both partial products and both groups' columns of X_sw are in place
+      uint32_t pk[kKeySteps][4];
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        const float4 o = other[v * 128 + thread];
+        p[4 * v] = (p[4 * v] + o.x) * w[4 * v];
+        p[4 * v + 1] = (p[4 * v + 1] + o.y) * w[4 * v + 1];
+        p[4 * v + 2] = (p[4 * v + 2] + o.z) * w[4 * v + 2];
+        p[4 * v + 3] = (p[4 * v + 3] + o.w) * w[4 * v + 3];
+      }
+#pragma unroll
+      for (int s = 0; s < kKeySteps; ++s) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) pk[s][r] = bf16_pair(p[8 * s + 2 * r], p[8 * s + 2 * r + 1]);
+      }
+      fence();
+      // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const uint64_t a = k_major(scaled, 64, 0, 16 * s);
+        const uint64_t b = mn_major(h0, D, 16 * s, col0);
+        mma_ss<kHalf, true>(y, a, b, s > 0);
+      }
+      // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
+#pragma unroll
+      for (int s = 0; s < kKeySteps; ++s) {
+        const uint64_t b = mn_major(keys, 64, 16 * s, col0);
+        mma_rs<kHalf, true>(y, pk[s], b, true);
+      }
+      commit();
+      wait<0>();
+      fence_operands(y);
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) {
+        const RowFactors& f = rows[(e / 2) % 2];
+        const float2 q_at = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q[e / 2]));
+        const float eta_q = f.eta * (e % 2 ? q_at.y : q_at.x);
+        // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
+        const float base = iteration ? eta_q - (eta_q - x_prev[e]) * (1.0f - w_iter) : eta_q * w_iter;
+        const float next = base + f.keep * w_iter * x[e] - f.eta * w_iter * y[e];
+        x_prev[e] = x[e];
+        x[e] = next;
+      }
+    }
+  }
+};
+
+}  // namespace prime::kernels::detail::gka_bf16
