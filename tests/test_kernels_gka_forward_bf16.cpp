@@ -30,6 +30,7 @@ namespace {
 struct CoreCase {
   int64_t B, T, H, D;
   bool alpha, states, starts;
+  int num_iter = 30;  // Chebyshev iterations
 };
 
 struct CoreInputs {
@@ -88,9 +89,9 @@ CoreInputs cast(const CoreInputs& from, const at::Device& device, at::ScalarType
   return out;
 }
 
-model::gka_detail::ChunkedResult run_core(const CoreInputs& c, int64_t D) {
+model::gka_detail::ChunkedResult run_core(const CoreInputs& c, int64_t D, int num_iter = 30) {
   model::gka_detail::SolveOptions options;
-  options.num_iter = 30;
+  options.num_iter = num_iter;
   options.output_scale = 1.0 / std::sqrt(static_cast<double>(D));
   const at::Tensor zeros = at::zeros({c.in.q.size(0), c.in.q.size(2), D, D}, c.in.q.options());
   return model::gka_detail::chunked_core(c.in, c.kk_state.defined() ? c.kk_state : zeros,
@@ -121,9 +122,9 @@ bool applies(const CoreInputs& c) {
 // o and both final states of ours within the bf16 bound of the float64 core on `inputs` (each error
 // printed after `label`).
 void check_against_float64(const model::gka_detail::ChunkedResult& ours, const CoreInputs& inputs, int64_t D,
-                           const std::string& label) {
-  const model::gka_detail::ChunkedResult reference = run_core(inputs, D);
-  const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), D);
+                           const std::string& label, int num_iter = 30) {
+  const model::gka_detail::ChunkedResult reference = run_core(inputs, D, num_iter);
+  const model::gka_detail::ChunkedResult rounded = run_core(cast(inputs, at::kCPU, at::kDouble, true), D, num_iter);
   const Compared outputs[] = {{"o", ours.o, reference.o, rounded.o},
                               {"H", ours.kk_state, reference.kk_state, rounded.kk_state},
                               {"S", ours.kv_state, reference.kv_state, rounded.kv_state}};
@@ -166,7 +167,8 @@ TEST_CASE("GKA bf16 forward: where it applies on CUDA", "[kernels][gka][gpu]") {
 
 // Each form of the solve with the iterate held in registers: the default (registers), and on the
 // warpgroup MMAs (wgmma: D = 64 and 128; D = 32 takes the shared form), whose products add in
-// another order (their difference from the register form printed beside each form's error).
+// another order (their difference from the register form printed beside each form's error); an odd
+// iteration count too (the warpgroup solve runs iterations in pairs).
 TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of float64", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -178,9 +180,10 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
                                                      {1, 128, 2, 128, false, false, false},
                                                      {2, 192, 2, 32, true, true, true},
                                                      {1, 300, 2, 128, true, true, false},
-                                                     {2, 192, 2, 128, false, false, true}}) {
+                                                     {2, 192, 2, 128, false, false, true},
+                                                     {1, 200, 2, 128, true, true, false, 7}}) {
     INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D << " alpha=" << shape.alpha
-              << " states=" << shape.states << " starts=" << shape.starts);
+              << " states=" << shape.states << " starts=" << shape.starts << " N=" << shape.num_iter);
     const CoreInputs inputs = random_inputs(shape, 40 + shape.T + shape.D);
     const CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
     REQUIRE(applies(on_cuda));
@@ -189,12 +192,13 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
       INFO(form);
       if (std::string(form) == "wgmma" && !kernels::gka_forward_wgmma_available(cuda)) continue;  // not a Hopper
       const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", form);
-      const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+      const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D, shape.num_iter);
       CHECK(ours.o.scalar_type() == at::kFloat);
       check_against_float64(ours, inputs, shape.D,
                             std::string("bf16 forward, ") + form + ", B=" + std::to_string(shape.B) +
                                 " T=" + std::to_string(shape.T) + " H=" + std::to_string(shape.H) +
-                                " D=" + std::to_string(shape.D));
+                                " D=" + std::to_string(shape.D) + " N=" + std::to_string(shape.num_iter),
+                            shape.num_iter);
       if (!register_o.defined()) {
         register_o = ours.o;
       } else {

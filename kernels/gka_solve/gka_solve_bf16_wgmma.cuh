@@ -118,96 +118,107 @@ struct WgmmaSolve {
   // The N iterations (the block's 256 threads; the operands written and fenced for the async proxy
   // before, the first barrier here). After them x holds the solve's result; the caller takes a
   // barrier before reusing the operands' shared memory (the other group may still be reading it).
+  // Iterations go in pairs with x and x_prev trading places (the new iterate overwrites the one
+  // before the current: no copies).
   __device__ __forceinline__ void run(const WgmmaOperands& ops, double ridge_strength, int num_iter) {
-    using namespace wgmma;
-    const uint32_t keys = shared_address(ops.keys), h0 = shared_address(ops.h0), scaled = shared_address(ops.scaled);
-    const int thread = threadIdx.x % 128;
-    float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
-    const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
     ChebyshevOmegas omegas(ridge_strength);
     float p[32], y[kAcc];
 #pragma unroll
     for (int e = 0; e < 32; ++e) p[e] = 0.0f;
 #pragma unroll
     for (int e = 0; e < kAcc; ++e) y[e] = 0.0f;
-    for (int iteration = 0; iteration < num_iter; ++iteration) {
-      const float w_iter = static_cast<float>(omegas.next());
-      __syncthreads();  // both groups are past the previous iteration's MMAs and exchange reads
+    int iteration = 0;
+    for (; iteration + 1 < num_iter; iteration += 2) {
+      step(ops, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
+      step(ops, x_prev, x, p, y, iteration + 1, static_cast<float>(omegas.next()));
+    }
+    if (iteration < num_iter) {
+      step(ops, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
 #pragma unroll
-      for (int e = 0; e < kAcc; e += 2) {
-        const float decay = rows[(e / 2) % 2].decay;
-        *reinterpret_cast<uint32_t*>(ops.scaled + sw128_offset(accumulator_row(e), col0 + accumulator_col(e), 64)) =
-            bf16_pair(decay * x[e], decay * x[e + 1]);
+      for (int e = 0; e < kAcc; ++e) x[e] = x_prev[e];
+    }
+  }
+
+  // One iteration from the current iterate `cur` and the one before, `before`, which the new iterate
+  // replaces; w_iter the iteration's momentum weight.
+  __device__ __forceinline__ void step(const WgmmaOperands& ops, const float (&cur)[kAcc], float (&before)[kAcc],
+                                       float (&p)[32], float (&y)[kAcc], int iteration, float w_iter) {
+    using namespace wgmma;
+    const uint32_t keys = shared_address(ops.keys), h0 = shared_address(ops.h0), scaled = shared_address(ops.scaled);
+    const int thread = threadIdx.x % 128, g = (threadIdx.x % 32) / 4;
+    __syncthreads();  // both groups are past the previous iteration's MMAs and exchange reads
+    // X_sw = bf16(e^{G} o x) on this group's columns: the thread's rows r and r + 8 (r % 8 = g), its
+    // 4 bytes of the row's 16-byte chunk c stored at chunk c ^ g (wgmma_layout.h).
+    const uint32_t row_at = sw128_start(accumulator_row(0), col0 - col0 % 64, 64) + 4 * (threadIdx.x % 4);
+#pragma unroll
+    for (int j = 0; j < kAcc / 4; ++j) {
+      unsigned char* at = ops.scaled + row_at + (((col0 % 64 / 8 + j) ^ g) << 4);
+      *reinterpret_cast<uint32_t*>(at) = bf16_pair(rows[0].decay * cur[4 * j], rows[0].decay * cur[4 * j + 1]);
+      *reinterpret_cast<uint32_t*>(at + 8 * 128) =
+          bf16_pair(rows[1].decay * cur[4 * j + 2], rows[1].decay * cur[4 * j + 3]);
+    }
+    fence_proxy_async();
+    // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
+    // accumulator tiles 2 s and 2 s + 1.
+    uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
+#pragma unroll
+    for (int s = 0; s < kOwnSteps; ++s) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float a = cur[8 * s + 2 * r], b = cur[8 * s + 2 * r + 1];
+        hi[s][r] = bf16_pair(a, b);
+        lo[s][r] = bf16_residual(a, b, hi[s][r]);
       }
-      fence_proxy_async();
-      // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
-      // accumulator tiles 2 s and 2 s + 1.
-      uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
+    }
+    fence();
 #pragma unroll
-      for (int s = 0; s < kOwnSteps; ++s) {
+    for (int s = 0; s < kOwnSteps; ++s) {
+      const uint64_t b = k_major(keys, 64, 0, col0 + 16 * s);
+      mma_rs<64, false>(p, lo[s], b, s > 0);
+      mma_rs<64, false>(p, hi[s], b, true);
+    }
+    commit();
+    wait<0>();
+    fence_operands(p);
+    float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
+    const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const float a = x[8 * s + 2 * r], b = x[8 * s + 2 * r + 1];
-          hi[s][r] = bf16_pair(a, b);
-          lo[s][r] = bf16_residual(a, b, hi[s][r]);
-        }
-      }
-      fence();
+    for (int v = 0; v < 8; ++v)
+      mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
+    __syncthreads();  // both partial products and both groups' columns of X_sw are in place
+    uint32_t pk[kKeySteps][4];
 #pragma unroll
-      for (int s = 0; s < kOwnSteps; ++s) {
-        const uint64_t b = k_major(keys, 64, 0, col0 + 16 * s);
-        mma_rs<64, false>(p, lo[s], b, s > 0);
-        mma_rs<64, false>(p, hi[s], b, true);
-      }
-      commit();
-      wait<0>();
-      fence_operands(p);
+    for (int v = 0; v < 8; ++v) {
+      const float4 o = other[v * 128 + thread];
+      p[4 * v] = (p[4 * v] + o.x) * w[4 * v];
+      p[4 * v + 1] = (p[4 * v + 1] + o.y) * w[4 * v + 1];
+      p[4 * v + 2] = (p[4 * v + 2] + o.z) * w[4 * v + 2];
+      p[4 * v + 3] = (p[4 * v + 3] + o.w) * w[4 * v + 3];
+    }
 #pragma unroll
-      for (int v = 0; v < 8; ++v)
-        mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
-      __syncthreads();  // both partial products and both groups' columns of X_sw are in place
-      uint32_t pk[kKeySteps][4];
+    for (int s = 0; s < kKeySteps; ++s) {
 #pragma unroll
-      for (int v = 0; v < 8; ++v) {
-        const float4 o = other[v * 128 + thread];
-        p[4 * v] = (p[4 * v] + o.x) * w[4 * v];
-        p[4 * v + 1] = (p[4 * v + 1] + o.y) * w[4 * v + 1];
-        p[4 * v + 2] = (p[4 * v + 2] + o.z) * w[4 * v + 2];
-        p[4 * v + 3] = (p[4 * v + 3] + o.w) * w[4 * v + 3];
-      }
+      for (int r = 0; r < 4; ++r) pk[s][r] = bf16_pair(p[8 * s + 2 * r], p[8 * s + 2 * r + 1]);
+    }
+    fence();
+    // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
 #pragma unroll
-      for (int s = 0; s < kKeySteps; ++s) {
+    for (int s = 0; s < kSteps; ++s)
+      mma_ss<kHalf, true>(y, k_major(scaled, 64, 0, 16 * s), mn_major(h0, D, 16 * s, col0), s > 0);
+    // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
 #pragma unroll
-        for (int r = 0; r < 4; ++r) pk[s][r] = bf16_pair(p[8 * s + 2 * r], p[8 * s + 2 * r + 1]);
-      }
-      fence();
-      // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
+    for (int s = 0; s < kKeySteps; ++s) mma_rs<kHalf, true>(y, pk[s], mn_major(keys, 64, 16 * s, col0), true);
+    commit();
+    wait<0>();
+    fence_operands(y);
 #pragma unroll
-      for (int s = 0; s < kSteps; ++s) {
-        const uint64_t a = k_major(scaled, 64, 0, 16 * s);
-        const uint64_t b = mn_major(h0, D, 16 * s, col0);
-        mma_ss<kHalf, true>(y, a, b, s > 0);
-      }
-      // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
-#pragma unroll
-      for (int s = 0; s < kKeySteps; ++s) {
-        const uint64_t b = mn_major(keys, 64, 16 * s, col0);
-        mma_rs<kHalf, true>(y, pk[s], b, true);
-      }
-      commit();
-      wait<0>();
-      fence_operands(y);
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e) {
-        const RowFactors& f = rows[(e / 2) % 2];
-        const float2 q_at = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q[e / 2]));
-        const float eta_q = f.eta * (e % 2 ? q_at.y : q_at.x);
-        // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
-        const float base = iteration ? eta_q - (eta_q - x_prev[e]) * (1.0f - w_iter) : eta_q * w_iter;
-        const float next = base + f.keep * w_iter * x[e] - f.eta * w_iter * y[e];
-        x_prev[e] = x[e];
-        x[e] = next;
-      }
+    for (int e = 0; e < kAcc; ++e) {
+      const RowFactors& f = rows[(e / 2) % 2];
+      const float2 q_at = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q[e / 2]));
+      const float eta_q = f.eta * (e % 2 ? q_at.y : q_at.x);
+      // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
+      const float base = iteration ? eta_q - (eta_q - before[e]) * (1.0f - w_iter) : eta_q * w_iter;
+      before[e] = base + f.keep * w_iter * cur[e] - f.eta * w_iter * y[e];
     }
   }
 };
