@@ -84,8 +84,8 @@ TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements i
     INFO("D=" << D);
     const uint32_t base = 1024 * 37;
     const Stored keys(64, D, base), h0(D, D, base), scaled(64, D, base);
-    for (int group = 0; group < 2; ++group) {
-      const int half = D / 2, col0 = half * group;
+    for (int group = 0; group < D / 64; ++group) {  // a warpgroup per 64 columns
+      const int half = 64, col0 = half * group;
       INFO("group " << group);
       // P_c = x K_c^T: B[k][n] = K[n][col0 + 16 s + k], K-major, n < 64.
       for (int s = 0; s < half / 16; ++s) {
@@ -95,7 +95,7 @@ TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements i
           for (int k = 0; k < 16; ++k) REQUIRE(keys.at(k_major_read(d, n, k)) == n * D + col0 + 16 * s + k);
       }
       // Y = X_sw H_0[:, c]: A[m][k] = X[m][16 s + k] (K-major, m < 64); B[k][n] = H_0[16 s + k][col0 + n]
-      // (MN-major, n < D / 2).
+      // (MN-major, n < 64).
       for (int s = 0; s < D / 16; ++s) {
         const uint64_t a = k_major(base, 64, 0, 16 * s), b = mn_major(base, D, 16 * s, col0);
         for (int m = 0; m < 64; ++m)
@@ -103,7 +103,7 @@ TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements i
         for (int k = 0; k < 16; ++k)
           for (int n = 0; n < half; ++n) REQUIRE(h0.at(mn_major_read(b, k, n)) == (16 * s + k) * D + col0 + n);
       }
-      // Y += P K[:, c]: B[j][n] = K[16 s + j][col0 + n] (MN-major, n < D / 2).
+      // Y += P K[:, c]: B[j][n] = K[16 s + j][col0 + n] (MN-major, n < 64).
       for (int s = 0; s < 4; ++s) {
         const uint64_t b = mn_major(base, 64, 16 * s, col0);
         for (int j = 0; j < 16; ++j)

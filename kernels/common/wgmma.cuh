@@ -2,13 +2,13 @@
 // the shared-memory layout its descriptors read.
 //
 // A warpgroup (4 warps, 128 threads, warp w of the group owning rows 16 w .. 16 w + 15) computes
-// D[64 x N] (+)= A[64 x 16] B[16 x N] in one instruction. D lives in registers in the layout of
-// mma.sync's m16n8 accumulators side by side: thread (w, lane) holds d[4 j + 2 i + e] = D(16 w + g
-// + 8 i, 8 j + 2 t + e), g = lane / 4, t = lane % 4. A comes from registers in mma.sync m16n8k16's A
-// layout (rows offset by 16 w: a[0] = A(g, 2t..+1), a[1] = A(g + 8, 2t..+1), a[2] = A(g, 8 + 2t..+1),
-// a[3] = A(g + 8, 8 + 2t..+1)), so an accumulator's columns 16 s .. 16 s + 15 rounded to bf16 pairs
-// are the A fragment of depth step s without moving a value between threads; or A comes from shared
-// memory. B always comes from shared memory.
+// D[64 x N] (+)= A[64 x 16] B[16 x N] in one instruction (here N = 64, what the kernels use). D lives
+// in registers in the layout of mma.sync's m16n8 accumulators side by side: thread (w, lane) holds
+// d[4 j + 2 i + e] = D(16 w + g + 8 i, 8 j + 2 t + e), g = lane / 4, t = lane % 4. A comes from
+// registers in mma.sync m16n8k16's A layout (rows offset by 16 w: a[0] = A(g, 2t..+1), a[1] = A(g + 8,
+// 2t..+1), a[2] = A(g, 8 + 2t..+1), a[3] = A(g + 8, 8 + 2t..+1)), so an accumulator's columns 16 s ..
+// 16 s + 15 rounded to bf16 pairs are the A fragment of depth step s without moving a value between
+// threads; or A comes from shared memory. B always comes from shared memory.
 //
 // Shared operands are bf16 matrices in the 128-byte swizzle (wgmma_layout.h).
 //
@@ -85,70 +85,46 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
-#define PRIME_WGMMA_D16                                                                                           \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),     \
-      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 #define PRIME_WGMMA_D32                                                                                           \
-  PRIME_WGMMA_D16, "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),     \
-      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),     \
-      "+f"(d[31])
-#define PRIME_WGMMA_D16_LIST "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),     \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),      \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),     \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define PRIME_WGMMA_D32_LIST                                                                                       \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
   "%24, %25, %26, %27, %28, %29, %30, %31}, "
 
-// D[64 x N] (+)= A B for N = 32 or 64: A in registers (a), B by descriptor; TransB: B is MN-major.
-// accumulate false: D = A B.
-template <int N, bool TransB>
-__device__ __forceinline__ void mma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
-  static_assert(N == 32 || N == 64, "mma_rs takes 32 or 64 columns");
+// D[64 x 64] (+)= A B: A in registers (a), B by descriptor; TransB: B is MN-major. accumulate false:
+// D = A B.
+template <bool TransB>
+__device__ __forceinline__ void mma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
 #if PRIME_WGMMA_ENABLED
-  if constexpr (N == 32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %22, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " PRIME_WGMMA_D16_LIST
-                 "{%16, %17, %18, %19}, %20, p, 1, 1, %21;\n}\n"
-                 : PRIME_WGMMA_D16
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TransB ? 1 : 0),
-                   "r"(static_cast<int>(accumulate)));
-  } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " PRIME_WGMMA_D32_LIST
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-                 : PRIME_WGMMA_D32
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TransB ? 1 : 0),
-                   "r"(static_cast<int>(accumulate)));
-  }
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " PRIME_WGMMA_D32_LIST
+               "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+               : PRIME_WGMMA_D32
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TransB ? 1 : 0),
+                 "r"(static_cast<int>(accumulate)));
 #else
   __trap();
 #endif
 }
 
-// D[64 x N] (+)= A B for N = 32 or 64, both by descriptor: A K-major; TransB: B is MN-major.
-template <int N, bool TransB>
-__device__ __forceinline__ void mma_ss(float (&d)[N / 2], uint64_t a, uint64_t b, bool accumulate) {
-  static_assert(N == 32 || N == 64, "mma_ss takes 32 or 64 columns");
+// D[64 x 64] (+)= A B, both by descriptor: A K-major; TransB: B is MN-major.
+template <bool TransB>
+__device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
 #if PRIME_WGMMA_ENABLED
-  if constexpr (N == 32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %19, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " PRIME_WGMMA_D16_LIST
-                 "%16, %17, p, 1, 1, 0, %18;\n}\n"
-                 : PRIME_WGMMA_D16
-                 : "l"(a), "l"(b), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
-  } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %35, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " PRIME_WGMMA_D32_LIST
-                 "%32, %33, p, 1, 1, 0, %34;\n}\n"
-                 : PRIME_WGMMA_D32
-                 : "l"(a), "l"(b), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
-  }
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %35, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " PRIME_WGMMA_D32_LIST
+               "%32, %33, p, 1, 1, 0, %34;\n}\n"
+               : PRIME_WGMMA_D32
+               : "l"(a), "l"(b), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
 #else
   __trap();
 #endif
 }
 
-#undef PRIME_WGMMA_D16
 #undef PRIME_WGMMA_D32
-#undef PRIME_WGMMA_D16_LIST
 #undef PRIME_WGMMA_D32_LIST
 
 }  // namespace prime::kernels::detail::wgmma

@@ -24,7 +24,7 @@ struct Params {
   int K, W, col0;
 };
 
-template <int N, bool ARegisters, bool BMnMajor>
+template <bool ARegisters, bool BMnMajor>
 __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   using namespace detail::wgmma;
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -41,9 +41,9 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   fence_proxy_async();
   __syncthreads();
   const uint32_t a_base = detail::shared_address(a_sw), b_base = detail::shared_address(b_sw);
-  float d[N / 2];
+  float d[32];
 #pragma unroll
-  for (int e = 0; e < N / 2; ++e) d[e] = 0.0f;
+  for (int e = 0; e < 32; ++e) d[e] = 0.0f;
   fence();
   for (int s = 0; s < K / 16; ++s) {
     const uint64_t b = BMnMajor ? mn_major(b_base, K, 16 * s, p.col0) : k_major(b_base, W, p.col0, 16 * s);
@@ -55,20 +55,19 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
         a[r] = *reinterpret_cast<const uint32_t*>(&pair);
       }
       fence();
-      mma_rs<N, BMnMajor>(d, a, b, s > 0);
+      mma_rs<BMnMajor>(d, a, b, s > 0);
     } else {
       static_assert(BMnMajor, "a descriptor A takes an MN-major B here");
-      mma_ss<N, true>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
+      mma_ss<true>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
     }
     commit();
     wait<0>();
     fence_operands(d);
   }
 #pragma unroll
-  for (int e = 0; e < N / 2; ++e) p.out[accumulator_row(e) * N + accumulator_col(e)] = d[e];
+  for (int e = 0; e < 32; ++e) p.out[accumulator_row(e) * 64 + accumulator_col(e)] = d[e];
 }
 
-template <int N>
 void launch(const Params& p, bool a_in_registers, bool b_mn_major) {
   const size_t bytes = 1024 + 64 * kMaxDepth * 2 + kMaxDepth * kMaxWidth * 2;
   const auto run = [&](auto kernel) {
@@ -77,15 +76,14 @@ void launch(const Params& p, bool a_in_registers, bool b_mn_major) {
     kernel<<<1, 128, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
     PRIME_CUDA_CHECK_LAUNCH("wgmma_product");
   };
-  if (!a_in_registers) return run(product_kernel<N, false, true>);
-  if (b_mn_major) return run(product_kernel<N, true, true>);
-  run(product_kernel<N, true, false>);
+  if (!a_in_registers) return run(product_kernel<false, true>);
+  if (b_mn_major) return run(product_kernel<true, true>);
+  run(product_kernel<true, false>);
 }
 
 }  // namespace
 
-at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0, int64_t N, bool a_in_registers,
-                         bool b_mn_major) {
+at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0, bool a_in_registers, bool b_mn_major) {
   const char* op = "wgmma_product";
   PRIME_CHECK(a.is_cuda() && a.scalar_type() == at::kBFloat16 && a.dim() == 2 && a.size(0) == 64 && a.is_contiguous(),
               op, ": a must be a contiguous bf16 CUDA [64, K]");
@@ -95,15 +93,15 @@ at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0,
                   b.size(0) == K && b.is_contiguous(),
               op, ": b must be a contiguous bf16 [K, W] on a's device");
   const int64_t W = b.size(1);
-  PRIME_CHECK(W % 64 == 0 && W <= kMaxWidth && (N == 32 || N == 64) && col0 % 8 == 0 && col0 >= 0 && col0 + N <= W,
-              op, ": width ", W, ", N ", N, ", col0 ", col0);
+  PRIME_CHECK(W % 64 == 0 && W <= kMaxWidth && col0 % 64 == 0 && col0 >= 0 && col0 + 64 <= W, op, ": width ", W,
+              ", col0 ", col0);
   PRIME_CHECK(a_in_registers || b_mn_major, op, ": a descriptor A takes an MN-major B");
   PRIME_CHECK(at::cuda::getDeviceProperties(a.get_device())->major == 9, op, ": needs a Hopper GPU (sm_90)");
   const at::cuda::CUDAGuard guard(a.device());
-  at::Tensor out = at::empty({64, N}, a.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({64, 64}, a.options().dtype(at::kFloat));
   const Params p{reinterpret_cast<const Bf16*>(a.data_ptr()), reinterpret_cast<const Bf16*>(b.data_ptr()),
                  out.data_ptr<float>(), static_cast<int>(K), static_cast<int>(W), static_cast<int>(col0)};
-  N == 32 ? launch<32>(p, a_in_registers, b_mn_major) : launch<64>(p, a_in_registers, b_mn_major);
+  launch(p, a_in_registers, b_mn_major);
   return out;
 }
 

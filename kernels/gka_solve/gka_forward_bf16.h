@@ -28,9 +28,9 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
 
 // Where the per-chunk kernel's solve keeps its iterate: PRIME_GKA_FORWARD_ITERATE = "registers" (the
 // default: 2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
-// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (two
-// warpgroups hold it, the products on Hopper's warpgroup MMAs, at D = 64 and 128; other GPUs refuse
-// it). Anything else: a UserError.
+// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (a
+// warpgroup per 64 columns holds it, the products on Hopper's warpgroup MMAs, at D = 64 and 128;
+// other GPUs refuse it). Anything else: a UserError.
 enum class GkaForwardIterate { Registers, Shared, Wgmma };
 GkaForwardIterate gka_forward_iterate();
 

@@ -7,13 +7,13 @@
 //   (K H_0 and K K^T on the tensor cores, the sums in fp32 in a fixed order);
 //   the Chebyshev solve in gka_solve_bf16.cuh's bf16 form (X split for X K^T, one MMA per step for
 //   X H_0 and P K), its iterate in registers (gka_solve_bf16_registers.cuh), in shared memory, or in
-//   two warpgroups' registers on the warpgroup MMAs (gka_solve_bf16_wgmma.cuh, sm_90a);
+//   its warpgroups' registers on the warpgroup MMAs (gka_solve_bf16_wgmma.cuh, sm_90a);
 //   q~ = scale (q + alpha (x - q)), kept split (hi + lo) for its two products: rounding it to bf16
 //   would cost the output ~2x (x is up to 50x larger than q along H's small eigenvectors, where S
 //   is small: experiments/gka_bf16_forward);
 //   o = e^{G} o (q~ S_0) + ((q~ K^T) o W) V, the chunk matrix in bf16.
-// One block per chunk: 2 (D / 32) warps with the iterate in registers (D = 64, 128), 8 on the
-// warpgroup MMAs (D = 64, 128), 16 with it in shared memory (any D); D in {32, 64, 128}.
+// One block per chunk: 2 (D / 32) warps with the iterate in registers (D = 64, 128), 4 (D / 64) on
+// the warpgroup MMAs (D = 64, 128), 16 with it in shared memory (any D); D in {32, 64, 128}.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -81,7 +81,7 @@ static_assert(wgmma_operands_fit<64>() && wgmma_operands_fit<128>(), "the warpgr
 // The per-chunk kernel's forms of the solve and their warps (launch_gka_forward_bf16's iterate).
 template <int D>
 constexpr int warps_of(int form) {
-  return form == kIterateRegisters ? register_warps<D>() : form == kIterateWgmma ? kWgmmaWarps : kWarps;
+  return form == kIterateRegisters ? register_warps<D>() : form == kIterateWgmma ? wgmma_warps<D>() : kWarps;
 }
 
 // The 16 warps' roles (gka_solve_bf16.cuh's Roles) played by a block of Warps warps: warp w plays
@@ -92,7 +92,7 @@ __device__ __forceinline__ void for_each_role(int d, F&& f) {
 }
 
 // Form: kIterateShared (16 warps, gka_solve_bf16.cuh), kIterateRegisters (register_warps<D>(),
-// gka_solve_bf16_registers.cuh) or kIterateWgmma (two warpgroups, gka_solve_bf16_wgmma.cuh: the
+// gka_solve_bf16_registers.cuh) or kIterateWgmma (D / 64 warpgroups, gka_solve_bf16_wgmma.cuh: the
 // keys and H_0 copied swizzled into the iterate's unused shared arrays, the partial products'
 // exchange in W's and the squared gram's place, W formed again after the solve); everything else is
 // the same.
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
     WgmmaSolve<D> solve;
     solve.start(valid, frob, from_start, p.ridge_strength, q_pair, w_at);
     solve.run(operands, p.ridge_strength, p.num_iter);  // its first barrier: every thread holds its W
-    __syncthreads();  // both groups' last MMAs are done: the operands' and W's arrays are free
+    __syncthreads();  // every group's last MMAs are done: the operands' and W's arrays are free
     fill_w();
     copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
     cp_async_commit();

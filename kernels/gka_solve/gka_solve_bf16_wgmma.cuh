@@ -4,19 +4,20 @@
 //
 // The register form (gka_solve_bf16_registers.cuh) issues ~1,000 instructions per warp and
 // iteration for 124 mma.sync: its MMAs, their ldmatrix loads and the split stores of X wait on one
-// another, and the tensor pipe stays ~30% busy. Here one wgmma instruction does the work of 16 to
-// 32 mma.sync and reads B from shared memory itself, and the iterate never goes to shared memory
+// another, and the tensor pipe stays ~30% busy. Here one wgmma instruction does the work of 32
+// mma.sync and reads B from shared memory itself, and the iterate never goes to shared memory
 // as a product's left operand: a position's solve touches only its own row, so the warpgroup that
 // holds rows 0..63 in the accumulator layout turns its fp32 x into the A fragments of X K^T in
 // registers.
 //
-// Two warpgroups per chunk, group c holding columns c D/2 .. (c + 1) D/2 - 1 of x, x_prev and eta q
-// (fp32, bf16 pairs for q) for all 64 rows, and W at its elements of the 64 x 64 P. Per iteration:
-//   barrier (the other group has read what this iteration overwrites);
+// D / 64 warpgroups per chunk (two at D = 128, one at D = 64), group c holding columns 64 c ..
+// 64 c + 63 of x, x_prev and eta q (fp32, bf16 pairs for q) for all 64 rows, and W at its elements of
+// the 64 x 64 P. Per iteration:
+//   barrier (every group has read what this iteration overwrites);
 //   X_sw = bf16(e^{G} o x) on its columns (shared, swizzled: X H_0's left operand);
 //   P_c = x_lo K_c^T + x_hi K_c^T over its columns (the split iterate in registers, K by descriptor:
-//   the bf16 form's two MMAs per step, lo first) into the exchange;
-//   barrier; P = P_0 + P_1 (the same sum in both groups), P o W rounded to bf16 in registers;
+//   the bf16 form's two MMAs per step, lo first), with two groups into the exchange;
+//   barrier; with two groups P = P_0 + P_1 (the same sum in both), P o W rounded to bf16 in registers;
 //   Y = X_sw H_0[:, c] + P K[:, c] (H_0 and K read as stored, by descriptor);
 //   the Chebyshev update of its columns, as the other forms do it.
 // The same products as the bf16 form, one difference: e^{G_t} scales x's row before its rounding to
@@ -34,7 +35,11 @@ namespace prime::kernels::detail::gka_bf16 {
 using wgmma::accumulator_col;
 using wgmma::accumulator_row;
 
-constexpr int kWgmmaWarps = 8;  // two warpgroups per chunk
+// The block's warps: a warpgroup per 64 columns of the iterate.
+template <int D>
+constexpr int wgmma_warps() {
+  return 4 * (D / 64);
+}
 
 // The solve's shared operands: K [64, D] and H_0 [D, D] (as stored: row-major), X_sw [64, D], each in
 // wgmma.cuh's swizzled layout at a 1024-byte aligned base; the exchange: [2][8][128] float4, group c's
@@ -76,7 +81,8 @@ __device__ __forceinline__ uint32_t bf16_residual(float a, float b, uint32_t hi)
 template <int D>
 struct WgmmaSolve {
   static_assert(D == 64 || D == 128, "the warpgroup solve takes D = 64 or 128");
-  static constexpr int kHalf = D / 2;          // columns of x per group
+  static constexpr int kGroups = D / 64;
+  static constexpr int kHalf = 64;             // columns of x per group
   static constexpr int kAcc = kHalf / 2;       // their accumulator elements per thread
   static constexpr int kOwnSteps = kHalf / 16; // depth steps of a group's part of X K^T
   static constexpr int kSteps = D / 16;        // of X H_0
@@ -146,7 +152,7 @@ struct WgmmaSolve {
     using namespace wgmma;
     const uint32_t keys = shared_address(ops.keys), h0 = shared_address(ops.h0), scaled = shared_address(ops.scaled);
     const int thread = threadIdx.x % 128, g = (threadIdx.x % 32) / 4;
-    __syncthreads();  // both groups are past the previous iteration's MMAs and exchange reads
+    __syncthreads();  // every group is past the previous iteration's MMAs and exchange reads
     // X_sw = bf16(e^{G} o x) on this group's columns: the thread's rows r and r + 8 (r % 8 = g), its
     // 4 bytes of the row's 16-byte chunk c stored at chunk c ^ g (wgmma_layout.h).
     const uint32_t row_at = sw128_start(accumulator_row(0), col0 - col0 % 64, 64) + 4 * (threadIdx.x % 4);
@@ -174,27 +180,33 @@ struct WgmmaSolve {
 #pragma unroll
     for (int s = 0; s < kOwnSteps; ++s) {
       const uint64_t b = k_major(keys, 64, 0, col0 + 16 * s);
-      mma_rs<64, false>(p, lo[s], b, s > 0);
-      mma_rs<64, false>(p, hi[s], b, true);
+      mma_rs<false>(p, lo[s], b, s > 0);
+      mma_rs<false>(p, hi[s], b, true);
     }
     commit();
     wait<0>();
     fence_operands(p);
-    float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
-    const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
+    if constexpr (kGroups == 2) {
+      float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
 #pragma unroll
-    for (int v = 0; v < 8; ++v)
-      mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
-    __syncthreads();  // both partial products and both groups' columns of X_sw are in place
+      for (int v = 0; v < 8; ++v)
+        mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
+    }
+    __syncthreads();  // every group's partial product and columns of X_sw are in place
+    if constexpr (kGroups == 2) {
+      const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        const float4 o = other[v * 128 + thread];
+        p[4 * v] += o.x;
+        p[4 * v + 1] += o.y;
+        p[4 * v + 2] += o.z;
+        p[4 * v + 3] += o.w;
+      }
+    }
     uint32_t pk[kKeySteps][4];
 #pragma unroll
-    for (int v = 0; v < 8; ++v) {
-      const float4 o = other[v * 128 + thread];
-      p[4 * v] = (p[4 * v] + o.x) * w[4 * v];
-      p[4 * v + 1] = (p[4 * v + 1] + o.y) * w[4 * v + 1];
-      p[4 * v + 2] = (p[4 * v + 2] + o.z) * w[4 * v + 2];
-      p[4 * v + 3] = (p[4 * v + 3] + o.w) * w[4 * v + 3];
-    }
+    for (int e = 0; e < 32; ++e) p[e] *= w[e];
 #pragma unroll
     for (int s = 0; s < kKeySteps; ++s) {
 #pragma unroll
@@ -204,10 +216,10 @@ struct WgmmaSolve {
     // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
 #pragma unroll
     for (int s = 0; s < kSteps; ++s)
-      mma_ss<kHalf, true>(y, k_major(scaled, 64, 0, 16 * s), mn_major(h0, D, 16 * s, col0), s > 0);
+      mma_ss<true>(y, k_major(scaled, 64, 0, 16 * s), mn_major(h0, D, 16 * s, col0), s > 0);
     // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
 #pragma unroll
-    for (int s = 0; s < kKeySteps; ++s) mma_rs<kHalf, true>(y, pk[s], mn_major(keys, 64, 16 * s, col0), true);
+    for (int s = 0; s < kKeySteps; ++s) mma_rs<true>(y, pk[s], mn_major(keys, 64, 16 * s, col0), true);
     commit();
     wait<0>();
     fence_operands(y);
