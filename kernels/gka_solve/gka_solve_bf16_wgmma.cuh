@@ -121,7 +121,7 @@ struct WgmmaSolve {
     }
   }
 
-  // The N iterations (the block's 256 threads; the operands written and fenced for the async proxy
+  // The N iterations (all the block's threads; the operands written and fenced for the async proxy
   // before, the first barrier here). After them x holds the solve's result; the caller takes a
   // barrier before reusing the operands' shared memory (the other group may still be reading it).
   // Iterations go in pairs with x and x_prev trading places (the new iterate overwrites the one
