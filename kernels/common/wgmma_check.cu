@@ -44,7 +44,6 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   float d[32];
 #pragma unroll
   for (int e = 0; e < 32; ++e) d[e] = 0.0f;
-  fence();
   for (int s = 0; s < K / 16; ++s) {
     const uint64_t b = BMnMajor ? mn_major(b_base, K, 16 * s, p.col0) : k_major(b_base, W, p.col0, 16 * s);
     if constexpr (ARegisters) {
@@ -54,10 +53,11 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
         const __nv_bfloat162 pair = __halves2bfloat162(p.a[row * K + col], p.a[row * K + col + 1]);
         a[r] = *reinterpret_cast<const uint32_t*>(&pair);
       }
-      fence();
+      fence();  // each step's batch: its registers (d, a) were written since the last
       mma_rs<BMnMajor>(d, a, b, s > 0);
     } else {
       static_assert(BMnMajor, "a descriptor A takes an MN-major B here");
+      fence();
       mma_ss<true>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
     }
     commit();
