@@ -4,7 +4,7 @@
 # warpgroup products against float64 ([wgmma]), every GKA bf16 forward test (the wgmma form held to
 # the float64 bound and run small under memcheck and racecheck), then `prime-bench kernels` on GKA's
 # bf16 forward at (4,8192,32,128) and (4,8192,64,64), the register form and the wgmma form
-# alternating twice in one binary. Results under $OUT.
+# alternating twice in one binary, and the per-chunk kernel of each under ncu. Results under $OUT.
 #   bash experiments/gka_bf16_forward/run_wgmma_gpu.sh [BIN]   (BIN: the folder with prime_tests and
 #   prime-bench; default build-gpu/bin, built by experiments/gpu/run_on_gpu.sh build)
 set -uo pipefail
@@ -34,3 +34,14 @@ for round in 1 2; do
     echo "$form D=64, round $round: exit $?, $(grep -E '^GKA' "$OUT/kernels_bench_gka_bf16_d64_${form}_$round.txt")"
   done
 done
+# The per-chunk kernel alone under ncu (one launch, ncu's locked clock; v6's register form took 15.35
+# ms this way: kernels/README.md), both forms, with the issue and tensor-pipe figures.
+if command -v ncu > /dev/null; then
+  for form in registers wgmma; do
+    PRIME_GKA_FORWARD_ITERATE=$form timeout 200 ncu --kernel-name regex:gka_forward_bf16_kernel --launch-count 1 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy \
+      "$BIN/prime-bench" kernels --device cuda --types GKA --dtype bf16 --no-backward --repeats 1 \
+      > "$OUT/ncu_gka_bf16_forward_$form.txt" 2>&1
+    echo "ncu, $form: exit $?, $(grep -E 'Duration' "$OUT/ncu_gka_bf16_forward_$form.txt" | head -1)"
+  done
+fi
