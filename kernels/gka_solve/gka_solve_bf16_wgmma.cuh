@@ -42,8 +42,8 @@ constexpr int wgmma_warps() {
 }
 
 // The solve's shared operands: K [64, D] and H_0 [D, D] (as stored: row-major), X_sw [64, D], each in
-// wgmma.cuh's swizzled layout at a 1024-byte aligned base; the exchange: [2][8][128] float4, group c's
-// partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i].
+// wgmma_layout.h's swizzled layout at a 1024-byte aligned base; the exchange (D = 128): [2][8][128]
+// float4, group c's partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i].
 struct WgmmaOperands {
   unsigned char* keys;
   unsigned char* h0;
@@ -82,11 +82,11 @@ template <int D>
 struct WgmmaSolve {
   static_assert(D == 64 || D == 128, "the warpgroup solve takes D = 64 or 128");
   static constexpr int kGroups = D / 64;
-  static constexpr int kHalf = 64;             // columns of x per group
-  static constexpr int kAcc = kHalf / 2;       // their accumulator elements per thread
-  static constexpr int kOwnSteps = kHalf / 16; // depth steps of a group's part of X K^T
-  static constexpr int kSteps = D / 16;        // of X H_0
-  static constexpr int kKeySteps = 4;          // of P K (64 keys)
+  static constexpr int kColumns = 64;              // columns of x per group
+  static constexpr int kAcc = kColumns / 2;        // their accumulator elements per thread
+  static constexpr int kOwnSteps = kColumns / 16;  // depth steps of a group's part of X K^T
+  static constexpr int kSteps = D / 16;            // of X H_0
+  static constexpr int kKeySteps = 4;              // of P K (64 keys)
   int group, col0;
   RowFactors rows[2];  // rows accumulator_row(0) and accumulator_row(2)
   float x[kAcc], x_prev[kAcc];
@@ -100,7 +100,7 @@ struct WgmmaSolve {
   __device__ __forceinline__ void start(int chunk, const float* frob, const float* from_start, double ridge_strength,
                                         QPair&& q_pair, WAt&& w_at) {
     group = threadIdx.x / 128;
-    col0 = kHalf * group;
+    col0 = kColumns * group;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
       rows[i] = RowFactors(frob, from_start, accumulator_row(2 * i), chunk, ridge_strength);
