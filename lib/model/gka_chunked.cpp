@@ -11,7 +11,9 @@
 // Every term of ||H_t||^2 is non-negative (H_0 is PSD), so it has no cancellation in fp32.
 // w_tj comes from a segment sum of the log decays g_{j+1..t}, never from a difference of two
 // cumulative sums (which loses |G| * 2^-24 absolutely) nor from a ratio of exponentials.
+#include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -54,6 +56,13 @@ ChunkDecay chunk_decay(const at::Tensor& g, const at::Tensor& like, int64_t chun
   return out;
 }
 
+bool is_reduced(const at::Tensor& x) {
+  return x.defined() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+}
+
+// x in fp32 where it is bf16 or fp16, else x itself.
+at::Tensor widened(const at::Tensor& x) { return is_reduced(x) ? x.to(at::kFloat) : x; }
+
 }  // namespace
 
 ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_state,
@@ -70,6 +79,22 @@ ChunkedResult chunked_core(const GkaMixer::Prepared& in, const at::Tensor& kk_st
         kernels::gka_forward_bf16(in.q, in.k, in.v, in.log_decay_kv, in.alpha, kk_state, kv_state, chunk_starts,
                                   options.ridge_strength, options.num_iter, options.output_scale);
     return {out.o, out.kk_state, out.kv_state};
+  }
+  // bf16 or fp16 operands the bf16 forward does not take (a gradient to record, a shape or device it
+  // does not serve) run the fp32 form on fp32 copies, o returned in q's dtype and the states in fp32
+  // (as that forward returns them): the solve amplifies rounding up to 1 / r = 50x (gka.h), so its
+  // products are not left in 16-bit types.
+  const at::Tensor* operands[] = {&in.q, &in.k, &in.v, &in.alpha, &in.log_decay_kv, &in.log_decay_kk, &kk_state,
+                                  &kv_state};
+  if (std::any_of(std::begin(operands), std::end(operands), [](const at::Tensor* x) { return is_reduced(*x); })) {
+    GkaMixer::Prepared wide = in;
+    for (at::Tensor* x : {&wide.q, &wide.k, &wide.v, &wide.alpha, &wide.log_decay_kv}) *x = widened(*x);
+    // One decay for both states stays one tensor (the form computes it once).
+    wide.log_decay_kk = in.log_decay_kk.is_same(in.log_decay_kv) ? wide.log_decay_kv : widened(in.log_decay_kk);
+    ChunkedResult result =
+        chunked_core(wide, widened(kk_state), widened(kv_state), chunk_size, options, chunk_starts);
+    result.o = result.o.to(in.q.scalar_type());
+    return result;
   }
   // A chunk longer than the sequence only costs padding.
   const int64_t C = chunk_starts.defined() ? chunk_size : std::min(chunk_size, T);
