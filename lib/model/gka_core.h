@@ -105,7 +105,9 @@ struct ChunkedResult {
 };
 
 // The chunked parallel form over all T tokens of `in`, starting from kk_state / kv_state
-// (kk_state may be undefined when num_iter == 0). Differentiable: no in-place ops. With
+// (kk_state may be undefined when num_iter == 0). Differentiable: no in-place ops. fp32 or float64
+// operands; bf16 or fp16 ones go to kernels/gka_solve's bf16 forward where it applies, else through
+// fp32 copies (o in q's dtype, the states fp32). With
 // chunk_starts ([T / chunk_size] bool, T a multiple of chunk_size), both states restart from
 // zero at every chunk marked (packed documents; the final states are then those of the last
 // document).
