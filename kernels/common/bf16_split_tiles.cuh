@@ -29,16 +29,24 @@ struct SplitMatrix {
   Bf16* lo;
 };
 
+// The pair (a0, a1) as bf16x2 bits (a0 in the low half): a split value's hi part; and its lo part
+// bf16(a - hi) from hi (a - hi is exact in fp32).
+__device__ __forceinline__ uint32_t bf16_pair(float a0, float a1) {
+  const __nv_bfloat162 packed = __floats2bfloat162_rn(a0, a1);
+  return *reinterpret_cast<const uint32_t*>(&packed);
+}
+__device__ __forceinline__ uint32_t bf16_residual(float a0, float a1, uint32_t hi) {
+  const float2 rounded = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
+  return bf16_pair(a0 - rounded.x, a1 - rounded.y);
+}
+
 // Stores the adjacent pair (a0, a1) at element `at` of m: hi = bf16(a), and with Split lo =
-// bf16(a - hi) (a - hi is exact in fp32).
+// bf16(a - hi).
 template <bool Split>
 __device__ __forceinline__ void store_split(const SplitMatrix& m, int at, float a0, float a1) {
-  const __nv_bfloat162 hi = __floats2bfloat162_rn(a0, a1);
-  *reinterpret_cast<__nv_bfloat162*>(m.hi + at) = hi;
-  if constexpr (Split) {
-    const float2 rounded = __bfloat1622float2(hi);
-    *reinterpret_cast<__nv_bfloat162*>(m.lo + at) = __floats2bfloat162_rn(a0 - rounded.x, a1 - rounded.y);
-  }
+  const uint32_t hi = bf16_pair(a0, a1);
+  *reinterpret_cast<uint32_t*>(m.hi + at) = hi;
+  if constexpr (Split) *reinterpret_cast<uint32_t*>(m.lo + at) = bf16_residual(a0, a1, hi);
 }
 
 // row_block_product (bf16_tiles.cuh) on split operands: acc[t] += A[16 rows at a_offset, 0:depth]

@@ -109,8 +109,7 @@ struct RegisterSolve {
     for_each_register_pair(row0, col0, [&](int m, int t, int e, int row, int col) {
       const float eta = rows[2 * m + (e / 2) % 2].eta;
       const float2 value = row < chunk ? q_pair(row, col) : make_float2(0.0f, 0.0f);
-      const __nv_bfloat162 packed = __floats2bfloat162_rn(value.x, value.y);  // exact: q is bf16
-      q[m][t][e / 2] = *reinterpret_cast<const uint32_t*>(&packed);
+      q[m][t][e / 2] = bf16_pair(value.x, value.y);  // exact: q is bf16
       x[m][t].x[e] = eta * value.x;
       x[m][t].x[e + 1] = eta * value.y;
       x_prev[m][t].x[e] = x_prev[m][t].x[e + 1] = 0.0f;

@@ -68,16 +68,6 @@ __device__ __forceinline__ void copy_to_swizzled(unsigned char* dst, const Bf16*
   }
 }
 
-// The pair (a, b) as bf16x2 (a in the low half), and its residual: a - bf16(a), b - bf16(b) as bf16x2.
-__device__ __forceinline__ uint32_t bf16_pair(float a, float b) {
-  const __nv_bfloat162 packed = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&packed);
-}
-__device__ __forceinline__ uint32_t bf16_residual(float a, float b, uint32_t hi) {
-  const float2 rounded = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
-  return bf16_pair(a - rounded.x, b - rounded.y);
-}
-
 template <int D>
 struct WgmmaSolve {
   static_assert(D == 64 || D == 128, "the warpgroup solve takes D = 64 or 128");
