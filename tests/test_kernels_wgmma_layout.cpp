@@ -1,5 +1,5 @@
 // kernels/common/wgmma_layout.h on the CPU: the descriptors GKA's warpgroup solve
-// (gka_solve_bf16_wgmma.cuh) builds, read back the way the PTX ISA defines a descriptor's reading
+// (gka_solve_wgmma_descriptors.h) builds, read back the way the PTX ISA defines a descriptor's reading
 // (its canonical 128-byte-swizzle layouts, bf16: T = 8 elements per 16 bytes), give the matrix
 // elements the products need, from matrices stored with sw128_offset. The GPU tests check the
 // products themselves; this pins the address arithmetic (starts, strides, panels) to the layout
@@ -16,8 +16,11 @@
 #include <vector>
 
 #include "kernels/common/wgmma_layout.h"
+#include "kernels/gka_solve/gka_solve_wgmma_descriptors.h"
 
 using namespace prime::kernels::detail::wgmma;
+template <int D>
+using Descriptors = prime::kernels::detail::gka_bf16::WgmmaDescriptors<D>;
 
 namespace {
 
@@ -82,33 +85,44 @@ TEST_CASE("wgmma layout: the swizzle is a permutation of 16-byte chunks within e
 TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements its products need", "[kernels]") {
   for (const int D : {64, 128}) {
     INFO("D=" << D);
-    const uint32_t base = 1024 * 37;
-    const Stored keys(64, D, base), h0(D, D, base), scaled(64, D, base);
+    // Three bases apart (a mix-up reads the wrong matrix), H_0's near the top of shared memory.
+    const uint32_t keys_at = 1024 * 37, scaled_at = 1024 * 61, h0_at = 1024 * 180;
+    const Stored keys(64, D, keys_at), h0(D, D, h0_at), scaled(64, D, scaled_at);
     for (int group = 0; group < D / 64; ++group) {  // a warpgroup per 64 columns
       const int half = 64, col0 = half * group;
       INFO("group " << group);
-      // P_c = x K_c^T: B[k][n] = K[n][col0 + 16 s + k], K-major, n < 64.
-      for (int s = 0; s < half / 16; ++s) {
-        const uint64_t d = k_major(base, 64, 0, col0 + 16 * s);
-        CHECK(decode(d).swizzle == 1);
-        for (int n = 0; n < 64; ++n)
-          for (int k = 0; k < 16; ++k) REQUIRE(keys.at(k_major_read(d, n, k)) == n * D + col0 + 16 * s + k);
-      }
-      // Y = X_sw H_0[:, c]: A[m][k] = X[m][16 s + k] (K-major, m < 64); B[k][n] = H_0[16 s + k][col0 + n]
-      // (MN-major, n < 64).
-      for (int s = 0; s < D / 16; ++s) {
-        const uint64_t a = k_major(base, 64, 0, 16 * s), b = mn_major(base, D, 16 * s, col0);
-        for (int m = 0; m < 64; ++m)
-          for (int k = 0; k < 16; ++k) REQUIRE(scaled.at(k_major_read(a, m, k)) == m * D + 16 * s + k);
-        for (int k = 0; k < 16; ++k)
-          for (int n = 0; n < half; ++n) REQUIRE(h0.at(mn_major_read(b, k, n)) == (16 * s + k) * D + col0 + n);
-      }
-      // Y += P K[:, c]: B[j][n] = K[16 s + j][col0 + n] (MN-major, n < 64).
-      for (int s = 0; s < 4; ++s) {
-        const uint64_t b = mn_major(base, 64, 16 * s, col0);
-        for (int j = 0; j < 16; ++j)
-          for (int n = 0; n < half; ++n) REQUIRE(keys.at(mn_major_read(b, j, n)) == (16 * s + j) * D + col0 + n);
-      }
+      const auto check = [&](const auto& desc) {
+        // P_c = x K_c^T: B[k][n] = K[n][col0 + 16 s + k], K-major, n < 64.
+        for (int s = 0; s < half / 16; ++s) {
+          const uint64_t d = desc.keys_by_depth(s);
+          CHECK(d == k_major(keys_at, 64, 0, col0 + 16 * s));
+          CHECK(decode(d).swizzle == 1);
+          for (int n = 0; n < 64; ++n)
+            for (int k = 0; k < 16; ++k) REQUIRE(keys.at(k_major_read(d, n, k)) == n * D + col0 + 16 * s + k);
+        }
+        // Y = X_sw H_0[:, c]: A[m][k] = X[m][16 s + k] (K-major, m < 64); B[k][n] = H_0[16 s + k][col0 + n]
+        // (MN-major, n < 64).
+        for (int s = 0; s < D / 16; ++s) {
+          const uint64_t a = desc.scaled_by_depth(s), b = desc.h0_by_depth(s);
+          CHECK(a == k_major(scaled_at, 64, 0, 16 * s));
+          CHECK(b == mn_major(h0_at, D, 16 * s, col0));
+          for (int m = 0; m < 64; ++m)
+            for (int k = 0; k < 16; ++k) REQUIRE(scaled.at(k_major_read(a, m, k)) == m * D + 16 * s + k);
+          for (int k = 0; k < 16; ++k)
+            for (int n = 0; n < half; ++n) REQUIRE(h0.at(mn_major_read(b, k, n)) == (16 * s + k) * D + col0 + n);
+        }
+        // Y += P K[:, c]: B[j][n] = K[16 s + j][col0 + n] (MN-major, n < 64).
+        for (int s = 0; s < 4; ++s) {
+          const uint64_t b = desc.keys_by_row(s);
+          CHECK(b == mn_major(keys_at, 64, 16 * s, col0));
+          for (int j = 0; j < 16; ++j)
+            for (int n = 0; n < half; ++n) REQUIRE(keys.at(mn_major_read(b, j, n)) == (16 * s + j) * D + col0 + n);
+        }
+      };
+      if (D == 64)
+        check(Descriptors<64>(keys_at, scaled_at, h0_at, col0));
+      else
+        check(Descriptors<128>(keys_at, scaled_at, h0_at, col0));
     }
   }
 }

@@ -29,6 +29,7 @@
 #include "kernels/common/ldmatrix.cuh"
 #include "kernels/common/wgmma.cuh"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
+#include "kernels/gka_solve/gka_solve_wgmma_descriptors.h"
 
 namespace prime::kernels::detail::gka_bf16 {
 
@@ -89,7 +90,9 @@ struct WgmmaSolve {
   template <typename QPair, typename WAt>
   __device__ __forceinline__ void start(int chunk, const float* frob, const float* from_start, double ridge_strength,
                                         QPair&& q_pair, WAt&& w_at) {
-    group = threadIdx.x / 128;
+    // The same in the whole warpgroup: broadcast from lane 0, ptxas knows it is warp-uniform (and
+    // spills less: nothing at D = 64, 40 bytes outside the loop at D = 128, against 104 and 112).
+    group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
     col0 = kColumns * group;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -118,6 +121,7 @@ struct WgmmaSolve {
   // before the current: no copies).
   __device__ __forceinline__ void run(const WgmmaOperands& ops, double ridge_strength, int num_iter) {
     ChebyshevOmegas omegas(ridge_strength);
+    const WgmmaDescriptors<D> desc(shared_address(ops.keys), shared_address(ops.scaled), shared_address(ops.h0), col0);
     float p[32], y[kAcc];
 #pragma unroll
     for (int e = 0; e < 32; ++e) p[e] = 0.0f;
@@ -125,11 +129,11 @@ struct WgmmaSolve {
     for (int e = 0; e < kAcc; ++e) y[e] = 0.0f;
     int iteration = 0;
     for (; iteration + 1 < num_iter; iteration += 2) {
-      step(ops, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
-      step(ops, x_prev, x, p, y, iteration + 1, static_cast<float>(omegas.next()));
+      step(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
+      step(ops, desc, x_prev, x, p, y, iteration + 1, static_cast<float>(omegas.next()));
     }
     if (iteration < num_iter) {
-      step(ops, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
+      step(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
 #pragma unroll
       for (int e = 0; e < kAcc; ++e) x[e] = x_prev[e];
     }
@@ -137,10 +141,10 @@ struct WgmmaSolve {
 
   // One iteration from the current iterate `cur` and the one before, `before`, which the new iterate
   // replaces; w_iter the iteration's momentum weight.
-  __device__ __forceinline__ void step(const WgmmaOperands& ops, const float (&cur)[kAcc], float (&before)[kAcc],
-                                       float (&p)[32], float (&y)[kAcc], int iteration, float w_iter) {
+  __device__ __forceinline__ void step(const WgmmaOperands& ops, const WgmmaDescriptors<D>& desc,
+                                       const float (&cur)[kAcc], float (&before)[kAcc], float (&p)[32],
+                                       float (&y)[kAcc], int iteration, float w_iter) {
     using namespace wgmma;
-    const uint32_t keys = shared_address(ops.keys), h0 = shared_address(ops.h0), scaled = shared_address(ops.scaled);
     const int thread = threadIdx.x % 128, g = (threadIdx.x % 32) / 4;
     __syncthreads();  // every group is past the previous iteration's MMAs and exchange reads
     // X_sw = bf16(e^{G} o x) on this group's columns: the thread's rows r and r + 8 (r % 8 = g), its
@@ -169,7 +173,7 @@ struct WgmmaSolve {
     fence();
 #pragma unroll
     for (int s = 0; s < kOwnSteps; ++s) {
-      const uint64_t b = k_major(keys, 64, 0, col0 + 16 * s);
+      const uint64_t b = desc.keys_by_depth(s);
       mma_rs<false>(p, lo[s], b, s > 0);
       mma_rs<false>(p, hi[s], b, true);
     }
@@ -205,11 +209,10 @@ struct WgmmaSolve {
     fence();
     // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s)
-      mma_ss<true>(y, k_major(scaled, 64, 0, 16 * s), mn_major(h0, D, 16 * s, col0), s > 0);
+    for (int s = 0; s < kSteps; ++s) mma_ss<true>(y, desc.scaled_by_depth(s), desc.h0_by_depth(s), s > 0);
     // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
 #pragma unroll
-    for (int s = 0; s < kKeySteps; ++s) mma_rs<true>(y, pk[s], mn_major(keys, 64, 16 * s, col0), true);
+    for (int s = 0; s < kKeySteps; ++s) mma_rs<true>(y, pk[s], desc.keys_by_row(s), true);
     commit();
     wait<0>();
     fence_operands(y);
