@@ -98,6 +98,9 @@ TEST_CASE("GDN config parses gdn_config and refuses what it cannot honour", "[gd
   sub["num_k_heads"] = 5;
   refused(sub, "num_k_heads");
   sub = formats_config();
+  sub["head_dim"] = 0;
+  refused(sub, "head_dim");
+  sub = formats_config();
   sub.erase("hidden_size");
   refused(sub, "hidden_size");
   sub = formats_config();

@@ -18,34 +18,16 @@ GdnConfig::GdnConfig(int64_t hidden, int64_t head_dim_, int64_t q_heads, int64_t
     : hidden_size(hidden), head_dim(head_dim_), num_q_heads(q_heads), num_k_heads(kv_heads),
       num_v_heads(kv_heads) {}
 
-int64_t GdnConfig::num_heads() const {
-  return std::max({num_q_heads, num_k_heads, num_v_heads});
-}
+int64_t GdnConfig::num_heads() const { return config_json::expanded_heads(num_q_heads, num_k_heads, num_v_heads); }
 
 void GdnConfig::validate() const {
   namespace cj = config_json;
   const std::string what = cj::describe(layer_desc, "gdn_config");
-  auto positive = [&](const char* key, int64_t value) {
-    if (value <= 0) throw cj::option_error(what, key, "must be positive, got ", value);
-  };
-  positive("hidden_size", hidden_size);
-  positive("head_dim", head_dim);
-  positive("num_q_heads", num_q_heads);
-  positive("num_k_heads", num_k_heads);
-  positive("num_v_heads", num_v_heads);
-  const int64_t heads = num_heads();
-  auto divides = [&](const char* key, int64_t count) {
-    if (heads % count != 0)
-      throw cj::option_error(what, key, "= ", count, " does not divide the expanded head count ",
-                             heads, " (repeat-interleave needs whole groups)");
-  };
-  divides("num_q_heads", num_q_heads);
-  divides("num_k_heads", num_k_heads);
-  divides("num_v_heads", num_v_heads);
-  if (use_short_conv) positive("conv_size", conv_size);
+  cj::validate_heads(what, hidden_size, head_dim, num_q_heads, num_k_heads, num_v_heads);
+  if (use_short_conv) cj::require_positive(what, "conv_size", conv_size);
   if (!(norm_eps > 0) || !std::isfinite(norm_eps))
     throw cj::option_error(what, "norm_eps", "must be a positive number");
-  positive("chunk_size", chunk_size);
+  cj::require_positive(what, "chunk_size", chunk_size);
 }
 
 GdnConfig GdnConfig::from_json(const nlohmann::json& sub, const std::string& layer_desc,

@@ -71,25 +71,9 @@ GkaConfig GkaConfig::from_json(const nlohmann::json& config, const std::string& 
 void GkaConfig::validate() const {
   namespace cj = config_json;
   const std::string what = cj::describe(layer_desc, "gka_config");
-  auto positive = [&](const char* key, int64_t value) {
-    if (value <= 0) throw cj::option_error(what, key, "must be positive, got ", value);
-  };
-  positive("hidden_size", hidden_size);
-  positive("head_dim", head_dim);
-  positive("num_q_heads", num_q_heads);
-  positive("num_k_heads", num_k_heads);
-  positive("num_v_heads", num_v_heads);
-  positive("conv_size", conv_size);
-  positive("chunk_size", chunk_size);
-  const int64_t heads = num_heads();
-  auto divides = [&](const char* key, int64_t count) {
-    if (heads % count != 0)
-      throw cj::option_error(what, key, "= ", count, " does not divide the expanded head count ",
-                             heads, " (repeat-interleave needs whole groups)");
-  };
-  divides("num_q_heads", num_q_heads);
-  divides("num_k_heads", num_k_heads);
-  divides("num_v_heads", num_v_heads);
+  cj::validate_heads(what, hidden_size, head_dim, num_q_heads, num_k_heads, num_v_heads);
+  cj::require_positive(what, "conv_size", conv_size);
+  cj::require_positive(what, "chunk_size", chunk_size);
   if (solver_type != "chebyshev")
     throw cj::option_error(what, "solver_type", "= \"", solver_type,
                            "\"; only \"chebyshev\" is supported");
@@ -101,8 +85,6 @@ void GkaConfig::validate() const {
     throw cj::option_error(what, "norm_eps", "must be a positive number");
 }
 
-int64_t GkaConfig::num_heads() const {
-  return std::max({num_q_heads, num_k_heads, num_v_heads});
-}
+int64_t GkaConfig::num_heads() const { return config_json::expanded_heads(num_q_heads, num_k_heads, num_v_heads); }
 
 }  // namespace prime::model

@@ -17,8 +17,8 @@ Mamba2Config::Mamba2Config(int64_t hidden, int64_t head_dim_, int64_t q_heads, i
 void Mamba2Config::validate() const {
   namespace cj = config_json;
   const std::string what = cj::describe(layer_desc, "mamba2_config");
-  if (hidden_size <= 0) throw cj::option_error(what, "d_model", "must be positive, got ", hidden_size);
-  if (head_dim <= 0) throw cj::option_error(what, "ssm_cfg.d_state", "must be positive, got ", head_dim);
+  cj::require_positive(what, "d_model", hidden_size);
+  cj::require_positive(what, "ssm_cfg.d_state", head_dim);
   if (num_q_heads <= 0)
     throw cj::option_error(what, "d_inner", "must be a positive multiple of d_state, got ",
                            num_q_heads * head_dim);

@@ -8,10 +8,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "util/error.h"
 
@@ -83,6 +85,31 @@ inline std::string get_string(const nlohmann::json& object, const std::string& w
   const nlohmann::json& value = object.at(name);
   if (!value.is_string()) throw option_error(what, name, "must be a string, got ", value.dump());
   return value.get<std::string>();
+}
+
+// `value` of option `name` must be positive.
+inline void require_positive(const std::string& what, const char* name, int64_t value) {
+  if (value <= 0) throw option_error(what, name, "must be positive, got ", value);
+}
+
+// The head layout GDN and GKA share: sizes and the q/k/v head counts positive, each count dividing
+// the expanded head count H = max(q, k, v) (the heads are repeat-interleaved up to H).
+inline int64_t expanded_heads(int64_t q_heads, int64_t k_heads, int64_t v_heads) {
+  return std::max({q_heads, k_heads, v_heads});
+}
+inline void validate_heads(const std::string& what, int64_t hidden_size, int64_t head_dim, int64_t q_heads,
+                           int64_t k_heads, int64_t v_heads) {
+  require_positive(what, "hidden_size", hidden_size);
+  require_positive(what, "head_dim", head_dim);
+  require_positive(what, "num_q_heads", q_heads);
+  require_positive(what, "num_k_heads", k_heads);
+  require_positive(what, "num_v_heads", v_heads);
+  const int64_t heads = expanded_heads(q_heads, k_heads, v_heads);
+  for (const auto& [name, count] : {std::pair{"num_q_heads", q_heads}, std::pair{"num_k_heads", k_heads},
+                                    std::pair{"num_v_heads", v_heads}})
+    if (heads % count != 0)
+      throw option_error(what, name, "= ", count, " does not divide the expanded head count ", heads,
+                         " (repeat-interleave needs whole groups)");
 }
 
 // A structural field (sizes, head counts). The reference implementation derives these from the
