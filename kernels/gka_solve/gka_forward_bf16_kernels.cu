@@ -69,12 +69,14 @@ constexpr size_t forward_shared_bytes() {
 
 // The warpgroup solve's operands fit the arrays the register form leaves unused (gka_forward_bf16_kernel):
 // the keys and X_sw (and up to 1,023 bytes of alignment) the split iterate's, H_0 the fp32 iterate's,
-// the exchange W's and the squared gram's.
+// the exchange W's and the squared gram's, eta q H_0's rows' and P's (adjacent, free from the solve's
+// start to its end).
 template <int D>
 constexpr bool wgmma_operands_fit() {
   constexpr Layout L(kChunk, D, kBf16Form);
   return 2 * kChunk * D * 2 + 1023 <= L.x_parts * L.x_size * 2 && D * D * 2 + 1023 <= kChunk * L.ld_f * 4 &&
-         kExchangeFloats <= 2 * kChunk * kLdW;
+         kExchangeFloats <= 2 * kChunk * kLdW && L.other_parts == 1 && L.p == L.h + L.h_size &&
+         L.h * 2 % 16 == 0 && scaled_q_bytes<D>() <= (L.h_size + L.p_size) * 2;
 }
 static_assert(wgmma_operands_fit<64>() && wgmma_operands_fit<128>(), "the warpgroup solve's operands fit");
 
@@ -145,6 +147,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
     operands.scaled = operands.keys + kChunk * D * sizeof(Bf16);
     operands.h0 = align_1024(reinterpret_cast<unsigned char*>(s.Xf));
     operands.exchange = W;
+    operands.scaled_q = reinterpret_cast<float4*>(s.H.hi);
     copy_to_swizzled<kChunk, D, kBlockThreads>(operands.keys, s.K.hi, s.ld_d);
     copy_to_swizzled<D, D, kBlockThreads>(operands.h0, s.H.hi, s.ld_d);
     wgmma::fence_proxy_async();
@@ -250,7 +253,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   // into q~ (split, in the iterate's place).
   if constexpr (Form == kIterateWgmma) {
     WgmmaSolve<D> solve;
-    solve.start(valid, frob, from_start, p.ridge_strength, q_pair, w_at);
+    solve.start(operands, valid, frob, from_start, p.ridge_strength, q_pair, w_at);  // H_0's rows read no more
     solve.run(operands, p.ridge_strength, p.num_iter);  // its first barrier: every thread holds its W
     __syncthreads();  // every group's last MMAs are done: the operands' and W's arrays are free
     fill_w();

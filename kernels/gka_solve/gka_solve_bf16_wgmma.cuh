@@ -11,15 +11,19 @@
 // registers.
 //
 // D / 64 warpgroups per chunk (two at D = 128, one at D = 64), group c holding columns 64 c ..
-// 64 c + 63 of x, x_prev and eta q (fp32, bf16 pairs for q) for all 64 rows, and W at its elements of
-// the 64 x 64 P. Per iteration:
+// 64 c + 63 of x and x_prev for all 64 rows (fp32 registers), and W at its elements of the 64 x 64 P;
+// eta q at the same elements waits in shared memory (fp32, read back by each update: the registers
+// it would take, and the bf16 unpacking and product a bf16 copy of q in registers would cost at every
+// update, are what the loop is short of). Per iteration:
 //   barrier (every group has read what this iteration overwrites);
-//   X_sw = bf16(e^{G} o x) on its columns (shared, swizzled: X H_0's left operand);
-//   P_c = x_lo K_c^T + x_hi K_c^T over its columns (the split iterate in registers, K by descriptor:
-//   the bf16 form's two MMAs per step, lo first), with two groups into the exchange;
-//   barrier; with two groups P = P_0 + P_1 (the same sum in both), P o W rounded to bf16 in registers;
-//   Y = X_sw H_0[:, c] + P K[:, c] (H_0 and K read as stored, by descriptor);
+//   P_c = x_lo K_c^T + x_hi K_c^T over its columns issued (the split iterate in registers, K by
+//   descriptor: the bf16 form's two MMAs per step, lo first); while they run, X_sw = bf16(e^{G} o x)
+//   on its columns (shared, swizzled: X H_0's left operand); with two groups P_c into the exchange;
+//   barrier; Y = X_sw H_0[:, c] issued (H_0 read as stored, by descriptor); while it runs, with two
+//   groups P = P_0 + P_1 (the same sum in both), and P o W rounded to bf16 in registers; Y += P K[:, c];
 //   the Chebyshev update of its columns, as the other forms do it.
+// Each MMA batch overlaps the ALU work that does not depend on it, in one warpgroup: at D = 128 the
+// block's two groups meet at both barriers, so they cannot cover each other's ALU work.
 // The same products as the bf16 form, one difference: e^{G_t} scales x's row before its rounding to
 // bf16 for X H_0 instead of X H_0's row after it (the same rounding error relative to the row).
 // The MMAs add in their own order, so the result is the bf16 form's within its rounding, not bit for
@@ -44,14 +48,20 @@ constexpr int wgmma_warps() {
 
 // The solve's shared operands: K [64, D] and H_0 [D, D] (as stored: row-major), X_sw [64, D], each in
 // wgmma_layout.h's swizzled layout at a 1024-byte aligned base; the exchange (D = 128): [2][8][128]
-// float4, group c's partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i].
+// float4, group c's partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i]; eta q,
+// [D / 64][8][128] float4 in the same arrangement (16-byte aligned).
 struct WgmmaOperands {
   unsigned char* keys;
   unsigned char* h0;
   unsigned char* scaled;
   float* exchange;
+  float4* scaled_q;
 };
 constexpr int kExchangeFloats = 2 * 64 * 64;
+template <int D>
+constexpr int scaled_q_bytes() {
+  return (D / 64) * 8 * 128 * 16;
+}
 
 // p rounded up to a 1024-byte boundary of shared memory.
 __device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
@@ -81,15 +91,15 @@ struct WgmmaSolve {
   int group, col0;
   RowFactors rows[2];  // rows accumulator_row(0) and accumulator_row(2)
   float x[kAcc], x_prev[kAcc];
-  uint32_t q[kAcc / 2];  // bf16 pairs: q[e / 2] holds elements e, e + 1
-  float w[32];           // W at the thread's elements of P
+  float w[32];  // W at the thread's elements of P
 
-  // x = eta q. q_pair(row, col) gives q's (row, col), (row, col + 1) for a row of the chunk (row <
-  // chunk); w_at(t, s) W's (t, s) for t, s < chunk; frob and from_start the rows' ||H_t||_F and
-  // e^{G_t}.
+  // x = eta q, and eta q into ops.scaled_q (the thread's own elements: it reads them back itself).
+  // q_pair(row, col) gives q's (row, col), (row, col + 1) for a row of the chunk (row < chunk);
+  // w_at(t, s) W's (t, s) for t, s < chunk; frob and from_start the rows' ||H_t||_F and e^{G_t}.
   template <typename QPair, typename WAt>
-  __device__ __forceinline__ void start(int chunk, const float* frob, const float* from_start, double ridge_strength,
-                                        QPair&& q_pair, WAt&& w_at) {
+  __device__ __forceinline__ void start(const WgmmaOperands& ops, int chunk, const float* frob,
+                                        const float* from_start, double ridge_strength, QPair&& q_pair,
+                                        WAt&& w_at) {
     // The same in the whole warpgroup: broadcast from lane 0, ptxas knows it is warp-uniform (and
     // spills less: nothing at D = 64, 40 bytes outside the loop at D = 128, against 104 and 112).
     group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
@@ -97,15 +107,16 @@ struct WgmmaSolve {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
       rows[i] = RowFactors(frob, from_start, accumulator_row(2 * i), chunk, ridge_strength);
+    float4* scaled_q = ops.scaled_q + group * (kAcc / 4) * 128 + threadIdx.x % 128;
 #pragma unroll
     for (int e = 0; e < kAcc; e += 2) {
       const int row = accumulator_row(e);
       const float2 value = row < chunk ? q_pair(row, col0 + accumulator_col(e)) : make_float2(0.0f, 0.0f);
-      q[e / 2] = bf16_pair(value.x, value.y);  // exact: q is bf16
       const float eta = rows[(e / 2) % 2].eta;
       x[e] = eta * value.x;
       x[e + 1] = eta * value.y;
       x_prev[e] = x_prev[e + 1] = 0.0f;
+      if (e % 4 == 2) scaled_q[(e / 4) * 128] = make_float4(x[e - 2], x[e - 1], x[e], x[e + 1]);
     }
 #pragma unroll
     for (int e = 0; e < 32; ++e) {
@@ -147,17 +158,6 @@ struct WgmmaSolve {
     using namespace wgmma;
     const int thread = threadIdx.x % 128, g = (threadIdx.x % 32) / 4;
     __syncthreads();  // every group is past the previous iteration's MMAs and exchange reads
-    // X_sw = bf16(e^{G} o x) on this group's columns: the thread's rows r and r + 8 (r % 8 = g), its
-    // 4 bytes of the row's 16-byte chunk c stored at chunk c ^ g (wgmma_layout.h).
-    const uint32_t row_at = sw128_start(accumulator_row(0), col0 - col0 % 64, 64) + 4 * (threadIdx.x % 4);
-#pragma unroll
-    for (int j = 0; j < kAcc / 4; ++j) {
-      unsigned char* at = ops.scaled + row_at + (((col0 % 64 / 8 + j) ^ g) << 4);
-      *reinterpret_cast<uint32_t*>(at) = bf16_pair(rows[0].decay * cur[4 * j], rows[0].decay * cur[4 * j + 1]);
-      *reinterpret_cast<uint32_t*>(at + 8 * 128) =
-          bf16_pair(rows[1].decay * cur[4 * j + 2], rows[1].decay * cur[4 * j + 3]);
-    }
-    fence_proxy_async();
     // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
     // accumulator tiles 2 s and 2 s + 1.
     uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
@@ -178,6 +178,18 @@ struct WgmmaSolve {
       mma_rs<false>(p, hi[s], b, true);
     }
     commit();
+    // While they run (they read hi, lo and the keys): X_sw = bf16(e^{G} o x) on this group's columns,
+    // the thread's rows r and r + 8 (r % 8 = g), its 4 bytes of the row's 16-byte chunk c stored at
+    // chunk c ^ g (wgmma_layout.h).
+    const uint32_t row_at = sw128_start(accumulator_row(0), col0 - col0 % 64, 64) + 4 * (threadIdx.x % 4);
+#pragma unroll
+    for (int j = 0; j < kAcc / 4; ++j) {
+      unsigned char* at = ops.scaled + row_at + (((col0 % 64 / 8 + j) ^ g) << 4);
+      *reinterpret_cast<uint32_t*>(at) = bf16_pair(rows[0].decay * cur[4 * j], rows[0].decay * cur[4 * j + 1]);
+      *reinterpret_cast<uint32_t*>(at + 8 * 128) =
+          bf16_pair(rows[1].decay * cur[4 * j + 2], rows[1].decay * cur[4 * j + 3]);
+    }
+    fence_proxy_async();
     wait<0>();
     fence_operands(p);
     if constexpr (kGroups == 2) {
@@ -187,6 +199,12 @@ struct WgmmaSolve {
         mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
     }
     __syncthreads();  // every group's partial product and columns of X_sw are in place
+    // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0. Issued
+    // first: the partial products' sum and P's rounding run beside it.
+    fence();  // the update read y
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) mma_ss<true>(y, desc.scaled_by_depth(s), desc.h0_by_depth(s), s > 0);
+    commit();
     if constexpr (kGroups == 2) {
       const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
 #pragma unroll
@@ -206,24 +224,27 @@ struct WgmmaSolve {
 #pragma unroll
       for (int r = 0; r < 4; ++r) pk[s][r] = bf16_pair(p[8 * s + 2 * r], p[8 * s + 2 * r + 1]);
     }
-    fence();
-    // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0.
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) mma_ss<true>(y, desc.scaled_by_depth(s), desc.h0_by_depth(s), s > 0);
+    fence();  // pk written
     // Y += P K[:, c]: B[j][n] = K[j][col0 + n], keys 16 s .. 16 s + 15.
 #pragma unroll
     for (int s = 0; s < kKeySteps; ++s) mma_rs<true>(y, pk[s], desc.keys_by_row(s), true);
     commit();
     wait<0>();
     fence_operands(y);
+    const float4* scaled_q = ops.scaled_q + group * (kAcc / 4) * 128 + thread;
 #pragma unroll
-    for (int e = 0; e < kAcc; ++e) {
-      const RowFactors& f = rows[(e / 2) % 2];
-      const float2 q_at = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q[e / 2]));
-      const float eta_q = f.eta * (e % 2 ? q_at.y : q_at.x);
-      // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
-      const float base = iteration ? eta_q - (eta_q - before[e]) * (1.0f - w_iter) : eta_q * w_iter;
-      before[e] = base + f.keep * w_iter * cur[e] - f.eta * w_iter * y[e];
+    for (int v = 0; v < kAcc / 4; ++v) {
+      const float4 four = scaled_q[v * 128];
+      const float eta_q4[4] = {four.x, four.y, four.z, four.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int e = 4 * v + i;
+        const RowFactors& f = rows[(e / 2) % 2];
+        const float eta_q = eta_q4[i];
+        // torch's lerp for weights >= 0.5: end - (end - start) (1 - weight).
+        const float base = iteration ? eta_q - (eta_q - before[e]) * (1.0f - w_iter) : eta_q * w_iter;
+        before[e] = base + f.keep * w_iter * cur[e] - f.eta * w_iter * y[e];
+      }
     }
   }
 };
