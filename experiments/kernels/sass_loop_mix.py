@@ -37,7 +37,8 @@ def compile_cubin(build, source, cubin):
     defines = shlex.split(flag_value(flags_make, 'CUDA_DEFINES'))
     flags = [f for f in shlex.split(flag_value(flags_make, 'CUDA_FLAGS'))
              if not re.match(r'(--generate-code|-gencode|arch=)', f)]
-    command = (['nvcc'] + defines + ['--options-file', os.path.abspath(os.path.join(target, 'includes_CUDA.rsp'))] + flags +
+    includes = os.path.abspath(os.path.join(target, 'includes_CUDA.rsp'))
+    command = (['nvcc'] + defines + ['--options-file', includes] + flags +
                ['-arch=sm_90a', '-Xptxas', '-v', '-cubin', '-o', cubin, os.path.abspath(source)])
     run = subprocess.run(command, cwd=build, capture_output=True, text=True)
     if run.returncode != 0:

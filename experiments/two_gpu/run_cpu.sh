@@ -22,13 +22,15 @@ $bin/prime-data tokenize ../shared/data/corpus/wikitext2.valid.txt.xz \
   --tokenizer ../shared/data/tokenizers/gpt2-bytelevel-bpe.tokenizer.json --out "$work/wt2.valid.tok" > /dev/null
 
 # align NAME RANKS THREADS: one align run, 1 rank plain or N ranks under torchrun, THREADS intra-op threads each.
-small='synthetic:qwen3-0.6b@layers=4,hidden=256,heads=4,kv_heads=2,head_dim=64,intermediate=768,vocab=50304,max_positions=1024,seed=1'
+small='synthetic:qwen3-0.6b@layers=4,hidden=256,heads=4,kv_heads=2,head_dim=64,intermediate=768,vocab=50304'
+small="$small,max_positions=1024,seed=1"
 align() {
   local name=$1 ranks=$2 threads=$3 launcher=""
   [ "$ranks" -gt 1 ] && launcher="$torchrun_bin --no-python --standalone --nproc-per-node $ranks"
-  OMP_NUM_THREADS=$threads $launcher $bin/prime-train --stage align --align-layers mixer --model "$small+convert:GDN:1:1" \
-    --teacher "$small" --data "$work/wt2.valid.tok" --tokens 96K --batch-tokens 8K --seq-len 256 --lr 1e-3 --warmup 2 \
-    --schedule constant --seed 1 --log-every 1 --out "$work/$name" > "$OUT/${name}_cpu.log" 2>&1
+  OMP_NUM_THREADS=$threads $launcher $bin/prime-train --stage align --align-layers mixer \
+    --model "$small+convert:GDN:1:1" --teacher "$small" --data "$work/wt2.valid.tok" --tokens 96K --batch-tokens 8K \
+    --seq-len 256 --lr 1e-3 --warmup 2 --schedule constant --seed 1 --log-every 1 --out "$work/$name" \
+    > "$OUT/${name}_cpu.log" 2>&1
   echo "$name: exit $?" >> "$summary"
 }
 align small_1rank 1 1
@@ -48,8 +50,10 @@ worst = max(abs(one[s]["loss"] - two[s]["loss"]) / abs(one[s]["loss"]) for s in 
 print("loss curves: %d common steps, worst relative difference 1 vs 2 ranks %.1e" % (len(common), worst))
 rate = lambda run: sum(r["tokens_per_s"] for s, r in run.items() if s > 2) / len([s for s in run if s > 2])
 r1, r2, r12 = rate(one), rate(two), rate(both)
-print("tokens/s after 2 steps: 1 rank x 1 thread %.0f, 2 ranks x 1 thread %.0f, 1 rank x 2 threads %.0f" % (r1, r2, r12))
-print("scaling efficiency 2 ranks / (2 x 1 rank): %.3f; 2 ranks / 1 rank on both cores: %.2fx" % (r2 / (2 * r1), r2 / r12))
+print("tokens/s after 2 steps: 1 rank x 1 thread %.0f, 2 ranks x 1 thread %.0f, 1 rank x 2 threads %.0f"
+      % (r1, r2, r12))
+print("scaling efficiency 2 ranks / (2 x 1 rank): %.3f; 2 ranks / 1 rank on both cores: %.2fx"
+      % (r2 / (2 * r1), r2 / r12))
 PY
 
 # The demo sweep with 1 worker, then 2: wall time and trials per worker (the trials table's last column).
