@@ -93,6 +93,115 @@ __device__ __forceinline__ void for_each_role(int d, F&& f) {
   for (int role = static_cast<int>(threadIdx.x / 32); role < kWarps; role += Warps) f(Roles(kChunk, d, role));
 }
 
+// ||H_t||_F of the chunk's rows into frob[64] (0 past `valid`), from W and the squared gram [64][kLdW],
+// khk [64][4] (k_j^T H_0 k_j in D / 32 parts; overwritten) and ||H_0||^2 in kWarps parts; the
+// block's Warps warps. Two ways, within 1e-6 of float64 each; the forms that take the same way get the
+// same bits. The caller synchronises before and after.
+//
+// ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} cross_t + intra_t (gka_chunked.cpp) with cross_t =
+// sum_{j<=t} W_tj k_j^T H_0 k_j and intra_t = sum_{i,j<=t} W_ti W_tj (k_i . k_j)^2. W_ti = d_t W_{t-1,i}
+// for i < t (d_t = W_{t,t-1} = e^{g_t}, W_tt = 1), so both are first-order recurrences over t:
+//   cross_t = d_t cross_{t-1} + khk_t,
+//   intra_t = d_t^2 intra_{t-1} + 2 sum_{i<t} W_ti (k_t . k_i)^2 + (k_t . k_t)^2,
+// every term >= 0 (no cancellation; within 1e-6 of float64, as the direct sums are:
+// experiments/gka_bf16_forward/frob_recurrence.py): O(C^2) work where the direct sums took O(C^3).
+// First each row's terms (a warp per row, lanes over i), written over its khk parts (which only this
+// warp reads); then warp 0 scans both recurrences.
+template <int D, int Warps>
+__device__ __forceinline__ void frob_by_recurrences(const float* W, const float* gram2, float* khk,
+                                                    const float* h0_parts, const float* from_start, float* frob,
+                                                    int valid) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < kChunk; t += Warps) {
+    float sum = 0.0f;
+    for (int i = lane; i < t; i += 32) sum += W[t * kLdW + i] * gram2[t * kLdW + i];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    float khk_t = 0.0f;
+    for (int c = 0; c < D / 32; ++c) khk_t += khk[t * 4 + c];
+    __syncwarp();  // every lane has read the parts
+    if (lane == 0) {
+      khk[t * 4] = khk_t;
+      khk[t * 4 + 1] = 2.0f * sum + gram2[t * kLdW + t];
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float h0_norm2 = 0.0f;
+    for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
+    // Lane l: rows 2 l and 2 l + 1. Each recurrence is x_t = a_t x_{t-1} + b_t (x_{-1} = 0, a_0 = 0); the
+    // lane's two steps compose to x -> a x + b, and a scan over the lanes composes those.
+    float d[2], b_cross[2], b_intra[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int t = 2 * lane + u;
+      d[u] = t > 0 ? W[t * kLdW + t - 1] : 0.0f;
+      b_cross[u] = khk[t * 4];
+      b_intra[u] = khk[t * 4 + 1];
+    }
+    float a_cross = d[1] * d[0], c_cross = d[1] * b_cross[0] + b_cross[1];
+    float a_intra = (d[1] * d[1]) * (d[0] * d[0]), c_intra = (d[1] * d[1]) * b_intra[0] + b_intra[1];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float pa_cross = __shfl_up_sync(0xffffffffu, a_cross, offset);
+      const float pc_cross = __shfl_up_sync(0xffffffffu, c_cross, offset);
+      const float pa_intra = __shfl_up_sync(0xffffffffu, a_intra, offset);
+      const float pc_intra = __shfl_up_sync(0xffffffffu, c_intra, offset);
+      if (lane >= offset) {  // this segment after the one before it
+        c_cross = a_cross * pc_cross + c_cross;
+        a_cross *= pa_cross;
+        c_intra = a_intra * pc_intra + c_intra;
+        a_intra *= pa_intra;
+      }
+    }
+    // The rows before the lane's (lane l - 1's result), then its two rows one step at a time.
+    float cross = __shfl_up_sync(0xffffffffu, c_cross, 1), intra = __shfl_up_sync(0xffffffffu, c_intra, 1);
+    if (lane == 0) cross = intra = 0.0f;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int t = 2 * lane + u;
+      cross = d[u] * cross + b_cross[u];
+      intra = (d[u] * d[u]) * intra + b_intra[u];
+      const float e = from_start[t];
+      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
+      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
+    }
+  }
+}
+
+// The direct sums, one warp per row t (rows warp, warp + Warps, ...), lanes over j = lane, lane + 32.
+template <int D, int Warps>
+__device__ __forceinline__ void frob_by_direct_sums(const float* W, const float* gram2, const float* khk,
+                                                    const float* h0_parts, const float* from_start, float* frob,
+                                                    int valid) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float h0_norm2 = 0.0f;
+  for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
+  for (int t = warp; t < kChunk; t += Warps) {
+    float cross = 0.0f, intra = 0.0f;
+    for (int half = 0; half < 2; ++half) {
+      const int j = lane + 32 * half;
+      float khk_j = 0.0f;
+      for (int c = 0; c < D / 32; ++c) khk_j += khk[j * 4 + c];
+      const float w_tj = W[t * kLdW + j];
+      cross += w_tj * khk_j;
+      float weighted = 0.0f;  // sum_i (k_j . k_i)^2 W_ti
+      for (int i = 0; i <= t; ++i) weighted += gram2[j * kLdW + i] * W[t * kLdW + i];
+      intra += w_tj * weighted;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      cross += __shfl_xor_sync(0xffffffffu, cross, offset);
+      intra += __shfl_xor_sync(0xffffffffu, intra, offset);
+    }
+    if (lane == 0) {
+      const float e = from_start[t];
+      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
+      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
+    }
+  }
+}
+
 // Form: kIterateShared (16 warps, gka_solve_bf16.cuh), kIterateRegisters (register_warps<D>(),
 // gka_solve_bf16_registers.cuh) or kIterateWgmma (D / 64 warpgroups, gka_solve_bf16_wgmma.cuh: the
 // keys and H_0 copied swizzled into the iterate's unused shared arrays, the partial products'
@@ -206,70 +315,12 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   });
   __syncthreads();
 
-  // ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} cross_t + intra_t (gka_chunked.cpp) with cross_t =
-  // sum_{j<=t} W_tj k_j^T H_0 k_j and intra_t = sum_{i,j<=t} W_ti W_tj (k_i . k_j)^2. W_ti = d_t W_{t-1,i}
-  // for i < t (d_t = W_{t,t-1} = e^{g_t}, W_tt = 1), so both are first-order recurrences over t:
-  //   cross_t = d_t cross_{t-1} + khk_t,
-  //   intra_t = d_t^2 intra_{t-1} + 2 sum_{i<t} W_ti (k_t . k_i)^2 + (k_t . k_t)^2,
-  // every term >= 0 (no cancellation; within 1e-6 of float64, as the direct sums are:
-  // experiments/gka_bf16_forward/frob_recurrence.py): O(C^2) work where the direct sums took O(C^3).
-  // First each row's terms (a warp per row, lanes over i), written over its khk parts (which only this
-  // warp reads); then warp 0 scans both recurrences.
-  for (int t = warp; t < kChunk; t += Warps) {
-    float sum = 0.0f;
-    for (int i = lane; i < t; i += 32) sum += W[t * kLdW + i] * gram2[t * kLdW + i];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    float khk_t = 0.0f;
-    for (int c = 0; c < D / 32; ++c) khk_t += khk[t * 4 + c];
-    __syncwarp();  // every lane has read the parts
-    if (lane == 0) {
-      khk[t * 4] = khk_t;
-      khk[t * 4 + 1] = 2.0f * sum + gram2[t * kLdW + t];
-    }
-  }
-  __syncthreads();
-  if (warp == 0) {
-    float h0_norm2 = 0.0f;
-    for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
-    // Lane l: rows 2 l and 2 l + 1. Each recurrence is x_t = a_t x_{t-1} + b_t (x_{-1} = 0, a_0 = 0); the
-    // lane's two steps compose to x -> a x + b, and a scan over the lanes composes those.
-    float d[2], b_cross[2], b_intra[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      d[u] = t > 0 ? W[t * kLdW + t - 1] : 0.0f;
-      b_cross[u] = khk[t * 4];
-      b_intra[u] = khk[t * 4 + 1];
-    }
-    float a_cross = d[1] * d[0], c_cross = d[1] * b_cross[0] + b_cross[1];
-    float a_intra = (d[1] * d[1]) * (d[0] * d[0]), c_intra = (d[1] * d[1]) * b_intra[0] + b_intra[1];
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const float pa_cross = __shfl_up_sync(0xffffffffu, a_cross, offset);
-      const float pc_cross = __shfl_up_sync(0xffffffffu, c_cross, offset);
-      const float pa_intra = __shfl_up_sync(0xffffffffu, a_intra, offset);
-      const float pc_intra = __shfl_up_sync(0xffffffffu, c_intra, offset);
-      if (lane >= offset) {  // this segment after the one before it
-        c_cross = a_cross * pc_cross + c_cross;
-        a_cross *= pa_cross;
-        c_intra = a_intra * pc_intra + c_intra;
-        a_intra *= pa_intra;
-      }
-    }
-    // The rows before the lane's (lane l - 1's result), then its two rows one step at a time.
-    float cross = __shfl_up_sync(0xffffffffu, c_cross, 1), intra = __shfl_up_sync(0xffffffffu, c_intra, 1);
-    if (lane == 0) cross = intra = 0.0f;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      cross = d[u] * cross + b_cross[u];
-      intra = (d[u] * d[u]) * intra + b_intra[u];
-      const float e = from_start[t];
-      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
-      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
-    }
-  }
+  // ||H_t||_F: the warpgroup form (not yet run on a GPU) by the recurrences, the register and shared forms
+  // by the direct sums until it has.
+  if constexpr (Form == kIterateWgmma)
+    frob_by_recurrences<D, Warps>(W, gram2, khk, h0_parts, from_start, frob, valid);
+  else
+    frob_by_direct_sums<D, Warps>(W, gram2, khk, h0_parts, from_start, frob, valid);
   __syncthreads();
 
   const auto q_pair = [&](int row, int col) {
