@@ -76,7 +76,8 @@ constexpr bool wgmma_operands_fit() {
   constexpr Layout L(kChunk, D, kBf16Form);
   return 2 * kChunk * D * 2 + 1023 <= L.x_parts * L.x_size * 2 && D * D * 2 + 1023 <= kChunk * L.ld_f * 4 &&
          kExchangeFloats <= 2 * kChunk * kLdW && L.other_parts == 1 && L.p == L.h + L.h_size &&
-         L.h * 2 % 16 == 0 && scaled_q_bytes<D>() <= (L.h_size + L.p_size) * 2;
+         L.h * 2 % 16 == 0 && scaled_q_bytes<D>() <= (L.h_size + L.p_size) * 2 &&
+         forward_shared_bytes<D>() + 1024 < (1u << 18);  // shared addresses fit a descriptor's start field
 }
 static_assert(wgmma_operands_fit<64>() && wgmma_operands_fit<128>(), "the warpgroup solve's operands fit");
 

@@ -100,8 +100,8 @@ struct WgmmaSolve {
   __device__ __forceinline__ void start(const WgmmaOperands& ops, int chunk, const float* frob,
                                         const float* from_start, double ridge_strength, QPair&& q_pair,
                                         WAt&& w_at) {
-    // The same in the whole warpgroup: broadcast from lane 0, ptxas knows it is warp-uniform (and
-    // spills less: nothing at D = 64, 40 bytes outside the loop at D = 128, against 104 and 112).
+    // The same in the whole warpgroup: broadcast from lane 0, ptxas knows it is warp-uniform (it spilled
+    // more without, when measured: kernels/README.md, gka_solve v7).
     group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
     col0 = kColumns * group;
 #pragma unroll
