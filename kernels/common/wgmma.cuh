@@ -72,6 +72,12 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
+// p rounded up to a 1024-byte boundary of shared memory (where a swizzled operand starts).
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+  const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return p + ((1024u - (at & 1023u)) & 1023u);
+}
+
 // Keeps the compiler from moving reads or writes of these registers across an MMA batch's issue
 // and wait (it does not see the asynchronous writes).
 template <int N>

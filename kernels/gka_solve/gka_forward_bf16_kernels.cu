@@ -481,8 +481,9 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma, op,
               ": iterate form ", iterate);
   if (M == 0 || N == 0) return;
-  PRIME_CHECK(iterate != kIterateWgmma || D == 32 || gka_forward_bf16_wgmma_device(q.device()), op,
-              ": the warpgroup-MMA solve (PRIME_GKA_FORWARD_ITERATE=wgmma) needs a Hopper GPU (sm_90)");
+  if (iterate == kIterateWgmma && D != 32 && !gka_forward_bf16_wgmma_device(q.device()))
+    throw user_error("PRIME_GKA_FORWARD_ITERATE=wgmma: the warpgroup-MMA solve needs a Hopper GPU (sm_90); unset it",
+                     " here");
   PRIME_CHECK(gka_forward_bf16_shared_bytes(D) <=
                   at::cuda::getDeviceProperties(q.get_device())->sharedMemPerBlockOptin,
               op, ": ", gka_forward_bf16_shared_bytes(D), " bytes of shared memory exceed the device's limit");

@@ -63,10 +63,7 @@ constexpr int scaled_q_bytes() {
   return (D / 64) * 8 * 128 * 16;
 }
 
-// p rounded up to a 1024-byte boundary of shared memory.
-__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
-  return p + ((1024u - (shared_address(p) & 1023u)) & 1023u);
-}
+using wgmma::align_1024;
 
 // Copies a row-major bf16 [Rows][Cols] matrix (shared, row stride ld elements, 16-byte aligned rows)
 // into the swizzled layout at dst, 16 bytes per thread and step; the block's Threads threads.
