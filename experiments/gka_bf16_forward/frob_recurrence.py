@@ -12,6 +12,24 @@ random keys, log decays drawn from a range per case, rows past `valid` zero.
 """
 import torch
 torch.manual_seed(0)
+def warp_scan(a, b):
+    """x_t = a_t x_{t-1} + b_t (x_{-1} = 0) for t < 64, in fp32 as one warp scans it: lane l holds rows 2l and
+    2l+1, their two steps composed, an inclusive scan over the lanes, then each row from the lane before."""
+    A = torch.zeros(32); B = torch.zeros(32)
+    for l in range(32):
+        A[l] = a[2*l+1] * a[2*l]; B[l] = a[2*l+1] * b[2*l] + b[2*l+1]
+    off = 1
+    while off < 32:
+        An, Bn = A.clone(), B.clone()
+        for l in range(off, 32):
+            An[l] = A[l] * A[l-off]; Bn[l] = A[l] * B[l-off] + B[l]
+        A, B = An, Bn; off *= 2
+    x = torch.zeros(64)
+    for l in range(32):
+        prev = B[l-1] if l > 0 else torch.zeros(())
+        x[2*l] = a[2*l] * prev + b[2*l]; x[2*l+1] = a[2*l+1] * x[2*l] + b[2*l+1]
+    return x
+
 def check(C=64, D=128, logd=(-0.01,-0.001), valid=64):
     k = torch.randn(C, D, dtype=torch.float64); k = k / k.norm(dim=1, keepdim=True)
     k[valid:] = 0
@@ -42,41 +60,12 @@ def check(C=64, D=128, logd=(-0.01,-0.001), valid=64):
         for i in range(t): s = s + W[t, i] * G2[t, i]
         rows[t] = 2 * s + G2[t, t]
     d = torch.zeros(C); d[1:] = torch.stack([W[t, t - 1] for t in range(1, C)])
-    a = d * d
-    # warp scan: lane l holds t=2l,2l+1
-    A = torch.zeros(32); B = torch.zeros(32)
-    for l in range(32):
-        a0, b0, a1, b1 = a[2*l], rows[2*l], a[2*l+1], rows[2*l+1]
-        A[l] = a1 * a0; B[l] = a1 * b0 + b1
-    off = 1
-    while off < 32:
-        An, Bn = A.clone(), B.clone()
-        for l in range(off, 32):
-            An[l] = A[l] * A[l-off]; Bn[l] = A[l] * B[l-off] + B[l]
-        A, B = An, Bn; off *= 2
-    rec = torch.zeros(C)
-    for l in range(32):
-        prev = B[l-1] if l > 0 else torch.zeros(())
-        v0 = a[2*l] * prev + rows[2*l]
-        rec[2*l] = v0; rec[2*l+1] = a[2*l+1] * v0 + rows[2*l+1]
+    rec = warp_scan(d * d, rows)
     # cross_t = sum_{j<=t} W_tj k_j^T H_0 k_j (H_0 PSD): the same scan with a_t = d_t.
     R = torch.randn(D, D, dtype=torch.float64) / D ** 0.5
     khk64 = ((k @ (R @ R.T)) * k).sum(1)
     cross64 = W64 @ khk64
-    khk = khk64.float()
-    Ac = torch.zeros(32); Bc = torch.zeros(32)
-    for l in range(32):
-        Ac[l] = d[2*l+1] * d[2*l]; Bc[l] = d[2*l+1] * khk[2*l] + khk[2*l+1]
-    off = 1
-    while off < 32:
-        An, Bn = Ac.clone(), Bc.clone()
-        for l in range(off, 32):
-            An[l] = Ac[l] * Ac[l-off]; Bn[l] = Ac[l] * Bc[l-off] + Bc[l]
-        Ac, Bc = An, Bn; off *= 2
-    cross = torch.zeros(C)
-    for l in range(32):
-        prev = Bc[l-1] if l > 0 else torch.zeros(())
-        cross[2*l] = d[2*l] * prev + khk[2*l]; cross[2*l+1] = d[2*l+1] * cross[2*l] + khk[2*l+1]
+    cross = warp_scan(d, khk64.float())
     mc = cross64 > 0
     e_cross = ((cross.double() - cross64).abs() / cross64)[mc].max().item()
     m = intra64 > 0
