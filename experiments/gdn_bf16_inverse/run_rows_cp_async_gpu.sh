@@ -13,7 +13,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-gdn-rows-out}
 mkdir -p "$OUT"
-[ -x build-gpu/bin/prime-bench ] || { echo "build-gpu/bin/prime-bench missing: run experiments/gpu/run_on_gpu.sh build"; exit 1; }
+if [ ! -x build-gpu/bin/prime-bench ]; then
+  echo "build-gpu/bin/prime-bench missing: run experiments/gpu/run_on_gpu.sh build"; exit 1
+fi
 patch_file=experiments/gdn_bf16_inverse/rows_cp_async.patch
 patch -p1 --dry-run -s < "$patch_file" > /dev/null || { echo "$patch_file does not apply to this tree"; exit 1; }
 kept=$(mktemp -d)
