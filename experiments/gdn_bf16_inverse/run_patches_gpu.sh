@@ -20,6 +20,7 @@ mkdir -p "$OUT"
 if [ ! -x build-gpu/bin/prime-bench ]; then
   echo "build-gpu/bin/prime-bench missing: run experiments/gpu/run_on_gpu.sh build"; exit 1
 fi
+command -v patch > /dev/null || { echo "no patch command on this machine"; exit 1; }
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(rows_cp_async scan_prefetch rows_cp_async+scan_prefetch)
 dir=experiments/gdn_bf16_inverse
