@@ -28,7 +28,7 @@ template <bool ARegisters, bool BMnMajor>
 __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   using namespace detail::wgmma;
   extern __shared__ __align__(1024) unsigned char smem[];
-  unsigned char* a_sw = smem + ((1024u - (detail::shared_address(smem) & 1023u)) & 1023u);
+  unsigned char* a_sw = align_1024(smem);
   unsigned char* b_sw = a_sw + 64 * kMaxDepth * 2;
   const int K = p.K, W = p.W;
   for (int i = threadIdx.x; i < 64 * K; i += 128)
