@@ -36,28 +36,6 @@ prime::reference::Weights small_weights(uint64_t seed) {
   return prime::reference::testing::random_gdn_weights(dims, rng);
 }
 
-// Every form against the float64 reference `expected`: chunked, recurrent, step by step, and a
-// split prefill through the cache. Returns the worst error.
-double forms_vs_reference(GdnMixer& mixer, const at::Tensor& x, const at::Tensor& expected,
-                          const std::string& name) {
-  double worst = report("GDN", "chunked-vs-reference", name,
-                        max_rel_error(mixer.forward(x, nullptr), expected));
-  worst = std::max(worst, report("GDN", "recurrent-vs-reference", name,
-                                 max_rel_error(mixer.forward_recurrent(x, nullptr), expected)));
-  auto cache = mixer.make_cache(x.size(0), x.device());
-  std::vector<at::Tensor> steps;
-  for (int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.step(x.narrow(1, t, 1), *cache));
-  worst = std::max(worst, report("GDN", "step-vs-reference", name,
-                                 max_rel_error(at::cat(steps, 1), expected)));
-  auto split_cache = mixer.make_cache(x.size(0), x.device());
-  const int64_t half = x.size(1) / 2;
-  const at::Tensor split =
-      at::cat({mixer.forward(x.narrow(1, 0, half), split_cache.get()),
-               mixer.forward(x.narrow(1, half, x.size(1) - half), split_cache.get())},
-              1);
-  return std::max(worst, max_rel_error(split, expected));
-}
-
 prime::reference::GdnDims small_dims() {
   prime::reference::GdnDims dims;
   dims.hidden = 32;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "test_gka_util.h"
+#include "test_ssm_mixer_util.h"
 
 using namespace prime;
 using namespace prime::test_gka;
@@ -22,21 +23,6 @@ void report(const std::string& what, double error) {
   line << "[gka] " << std::left << std::setw(66) << what << " max rel err " << std::scientific
        << std::setprecision(2) << error;
   std::cout << line.str() << std::endl;
-}
-
-// Every form of `mixer` (fp32) against `expected`; returns the worst relative error.
-double forms_vs_reference(model::GkaMixer& mixer, const at::Tensor& x, const at::Tensor& expected,
-                          const std::string& name) {
-  const double chunked = rel_error(mixer.forward(x, nullptr), expected);
-  const double recurrent = rel_error(mixer.forward_recurrent(x, nullptr), expected);
-  auto cache = mixer.make_cache(x.size(0), x.device());
-  std::vector<at::Tensor> steps;
-  for (int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.step(x.narrow(1, t, 1), *cache));
-  const double step = rel_error(at::cat(steps, 1), expected);
-  report("reference, " + name + ", chunked", chunked);
-  report("reference, " + name + ", recurrent", recurrent);
-  report("reference, " + name + ", step", step);
-  return std::max({chunked, recurrent, step});
 }
 
 }  // namespace
@@ -69,7 +55,7 @@ TEST_CASE("GKA options against the float64 reference", "[gka]") {
     const at::Tensor expected =
         reference::gka_forward(reference_dims(config), reference_weights(w64), x64);
     model::GkaMixer mixer(config, cast_weights(w64, at::kFloat), kPrefix);
-    CHECK(forms_vs_reference(mixer, x64.to(at::kFloat), expected, overrides.dump()) <= 1e-5);
+    CHECK(testing::forms_vs_reference(mixer, x64.to(at::kFloat), expected, overrides.dump()) <= 1e-5);
     // The option changes the function, so a mixer that ignored it would fail the check above.
     // (Head-count variants draw other weights, so they differ trivially; chunk_size only
     // changes how the same function is computed.)

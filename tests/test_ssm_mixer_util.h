@@ -1,5 +1,6 @@
-// Shared helpers of the GDN and Mamba-2 mixer tests: weights under a prefix, seeded inputs, the
-// relative error measure, printed agreement figures, and a finite-difference gradient check.
+// Shared helpers of the SSM mixer tests: weights under a prefix, seeded inputs, the relative error
+// measure, printed agreement figures, every form against a reference, and a finite-difference
+// gradient check.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "model/mixer.h"
 #include "model/weights.h"
 #include "reference/random_weights.h"
 
@@ -61,6 +63,26 @@ inline double report(const std::string& type, const std::string& check, const st
   std::cout << "[agreement] " << type << " " << check << " " << shape << ": " << std::scientific
             << std::setprecision(2) << error << std::defaultfloat << std::endl;
   return error;
+}
+
+// Every form of `mixer` against the float64 reference `expected`: chunked, recurrent, step by
+// step, and a prefill split in two through the cache. Prints each figure; returns the worst.
+inline double forms_vs_reference(model::SsmMixer& mixer, const at::Tensor& x, const at::Tensor& expected,
+                                 const std::string& name) {
+  const std::string type = mixer.symbol();
+  double worst = report(type, "chunked-vs-reference", name, max_rel_error(mixer.forward(x, nullptr), expected));
+  worst = std::max(worst, report(type, "recurrent-vs-reference", name,
+                                 max_rel_error(mixer.forward_recurrent(x, nullptr), expected)));
+  auto cache = mixer.make_cache(x.size(0), x.device());
+  std::vector<at::Tensor> steps;
+  for (int64_t t = 0; t < x.size(1); ++t) steps.push_back(mixer.step(x.narrow(1, t, 1), *cache));
+  worst = std::max(worst, report(type, "step-vs-reference", name, max_rel_error(at::cat(steps, 1), expected)));
+  auto split_cache = mixer.make_cache(x.size(0), x.device());
+  const int64_t half = x.size(1) / 2;
+  const at::Tensor split = at::cat({mixer.forward(x.narrow(1, 0, half), split_cache.get()),
+                                    mixer.forward(x.narrow(1, half, x.size(1) - half), split_cache.get())},
+                                   1);
+  return std::max(worst, report(type, "split-prefill-vs-reference", name, max_rel_error(split, expected)));
 }
 
 // Gradient check in float64: autograd gradients of loss() with respect to each named tensor
