@@ -1,47 +1,74 @@
 #!/usr/bin/env bash
 # GKA's bf16 forward with its solve on the warpgroup MMAs (PRIME_GKA_FORWARD_ITERATE=wgmma,
-# kernels/README.md gka_solve v7) on one Hopper GPU, in one call (~4 min after the build): the
-# warpgroup products against float64 ([wgmma]), every GKA bf16 forward test (the wgmma form held to
-# the float64 bound and run small under memcheck and racecheck), then `prime-bench kernels` on GKA's
-# bf16 forward at (4,8192,32,128) and (4,8192,64,64), the register form and the wgmma form
-# alternating twice in one binary, and the per-chunk kernel of each under ncu. Results under $OUT.
-#   bash experiments/gka_bf16_forward/run_wgmma_gpu.sh [BIN]   (BIN: the folder with prime_tests and
-#   prime-bench; default build-gpu/bin, built by experiments/gpu/run_on_gpu.sh build)
+# kernels/README.md gka_solve v7) on one Hopper GPU, in one call: the warpgroup products against
+# float64 ([wgmma]), every GKA bf16 forward test (the wgmma form held to the float64 bound), then
+# `prime-bench kernels` on GKA's bf16 forward at (4,8192,32,128) and (4,8192,64,64), the register
+# form and the wgmma form alternating in one binary, memcheck and racecheck on a small shape, a
+# second round of timings, and the per-chunk kernel of each form under ncu. Steps run in that order
+# while the time left allows (DEADLINE_S seconds from the start, default 570), so a short call still
+# answers the first questions. Results under $OUT.
+#   bash experiments/gka_bf16_forward/run_wgmma_gpu.sh [--build] [BIN]
+#   --build: first build prime_tests and prime-bench into build-gpu (sm_90a, only what these need;
+#   carry .deps); BIN: the folder with prime_tests and prime-bench, default build-gpu/bin.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+start=$(date +%s)
+deadline=$(( start + ${DEADLINE_S:-570} ))
+left() { echo $(( deadline - $(date +%s) )); }
 OUT=${OUT:-/tmp/prime-gka-wgmma-out}
+build=0
+[ "${1:-}" = --build ] && { build=1; shift; }
 BIN=${1:-build-gpu/bin}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+if [ $build = 1 ]; then
+  export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') TORCH_CUDA_ARCH_LIST=9.0a
+  cmake -S . -B build-gpu -GNinja -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON -DPRIME_CUDA_ARCHITECTURES=90a-real \
+    -DPRIME_SOURCE_FILTER='/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma|wgmma_layout|gdn)[.]cpp' \
+    > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  cmake --build build-gpu -j"$(nproc)" --target prime_tests prime-bench > "$OUT/build.log" 2>&1 ||
+    { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s"
+fi
 export PRIME_REQUIRE_CUDA=1
-timeout 120 "$BIN/prime_tests" "[wgmma]" > "$OUT/wgmma_tests.txt" 2>&1
-echo "[wgmma]: exit $?"; grep -E "^\[kernels|FAILED|passed|failed|with expansion|<=" "$OUT/wgmma_tests.txt" | head -30
-timeout 200 "$BIN/prime_tests" "GKA bf16 forward*" > "$OUT/gka_bf16_forward_tests.txt" 2>&1
-echo "GKA bf16 forward tests: exit $?"
-grep -E "^\[kernels|FAILED|passed|failed|with expansion|<=" "$OUT/gka_bf16_forward_tests.txt" | head -60
+# run SECONDS_NEEDED NAME COMMAND...: runs COMMAND (output to $OUT/NAME.txt) if that much time is left.
+run() {
+  local need=$1 name=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then echo "$name: skipped, $(left) s left"; return 1; fi
+  timeout "$(( $(left) - 5 ))" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?; echo "$name: exit $rc"; return $rc
+}
+show() {  # show NAME REGEX [LINES]: the matching lines of a step's output, where it ran
+  [ -f "$OUT/$1.txt" ] && grep -E "$2" "$OUT/$1.txt" | head -"${3:-30}"
+}
+bench() {  # bench ROUND FORM [D]
+  local round=$1 form=$2 extra=() tag=""
+  [ "${3:-128}" = 64 ] && { extra=(--heads 64 --head-dim 64); tag=_d64; }
+  PRIME_GKA_FORWARD_ITERATE=$form run 40 "kernels_bench_gka_bf16${tag}_${form}_$round" "$BIN/prime-bench" kernels \
+    --device cuda --types GKA --dtype bf16 --no-backward --repeats 5 "${extra[@]}" &&
+    grep -E '^GKA' "$OUT/kernels_bench_gka_bf16${tag}_${form}_$round.txt"
+}
+run 60 wgmma_tests "$BIN/prime_tests" "[wgmma]"
+show wgmma_tests "^\[kernels|FAILED|passed|failed|with expansion|<="
+run 120 gka_bf16_forward_tests "$BIN/prime_tests" "GKA bf16 forward*"
+show gka_bf16_forward_tests "^\[kernels|FAILED|passed|failed|with expansion|<=" 60
+for form in registers wgmma; do bench 1 $form; done
+for form in registers wgmma; do bench 1 $form 64; done
 for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool "$BIN/prime_tests" "wgmma: the warpgroup*,GKA bf16 forward: one small sequence*" \
-    > "$OUT/sanitizer_$tool.txt" 2>&1
-  echo "$tool: exit $?, $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_$tool.txt" | tail -1)"
+  run 120 sanitizer_$tool compute-sanitizer --tool $tool "$BIN/prime_tests" \
+    "wgmma: the warpgroup*,GKA bf16 forward: one small sequence*"
+  show sanitizer_$tool "ERROR SUMMARY|RACECHECK SUMMARY" 2
 done
-for round in 1 2; do
-  for form in registers wgmma; do
-    PRIME_GKA_FORWARD_ITERATE=$form timeout 100 "$BIN/prime-bench" kernels --device cuda --types GKA --dtype bf16 \
-      --no-backward --repeats 5 > "$OUT/kernels_bench_gka_bf16_${form}_$round.txt" 2>&1
-    echo "$form, round $round: exit $?, $(grep -E '^GKA' "$OUT/kernels_bench_gka_bf16_${form}_$round.txt")"
-    PRIME_GKA_FORWARD_ITERATE=$form timeout 100 "$BIN/prime-bench" kernels --device cuda --types GKA --dtype bf16 \
-      --no-backward --repeats 5 --heads 64 --head-dim 64 > "$OUT/kernels_bench_gka_bf16_d64_${form}_$round.txt" 2>&1
-    echo "$form D=64, round $round: exit $?, $(grep -E '^GKA' "$OUT/kernels_bench_gka_bf16_d64_${form}_$round.txt")"
-  done
-done
+for form in registers wgmma; do bench 2 $form; done
+for form in registers wgmma; do bench 2 $form 64; done
 # The per-chunk kernel alone under ncu (one launch, ncu's locked clock; v6's register form took 15.35
 # ms this way: kernels/README.md), both forms, with the issue and tensor-pipe figures.
 if command -v ncu > /dev/null; then
   for form in registers wgmma; do
-    PRIME_GKA_FORWARD_ITERATE=$form timeout 200 ncu --kernel-name regex:gka_forward_bf16_kernel --launch-count 1 \
-      --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy \
-      "$BIN/prime-bench" kernels --device cuda --types GKA --dtype bf16 --no-backward --repeats 1 \
-      > "$OUT/ncu_gka_bf16_forward_$form.txt" 2>&1
-    echo "ncu, $form: exit $?, $(grep -E 'Duration' "$OUT/ncu_gka_bf16_forward_$form.txt" | head -1)"
+    PRIME_GKA_FORWARD_ITERATE=$form run 90 ncu_gka_bf16_forward_$form ncu --kernel-name regex:gka_forward_bf16_kernel \
+      --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy \
+      "$BIN/prime-bench" kernels --device cuda --types GKA --dtype bf16 --no-backward --repeats 1 &&
+      grep -E 'Duration' "$OUT/ncu_gka_bf16_forward_$form.txt" | head -1
   done
 fi
+echo "total: $(( $(date +%s) - start )) s"
