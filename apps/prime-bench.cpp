@@ -316,6 +316,7 @@ struct DecodeOptions {
   std::string device = "auto";
   std::string dtype = "bf16";
   std::string json;
+  bool force = false;
 };
 
 void add_decode_command(CLI::App& app, DecodeOptions& options) {
@@ -352,16 +353,18 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype, "weights dtype (default bf16)")->group("Measurement");
   command->add_option("--json", options.json, "also write the rows to this JSON file")->group("Output");
+  command->add_flag("--force", options.force, "replace an existing --json file")->group("Output");
 }
 
 void run_decode(DecodeOptions& options) {
+  prime::check_output_file(options.json, "--json", options.force);
   const prime::model::LoadOptions load{prime::parse_device(options.device), prime::parse_dtype_flag(options.dtype)};
   std::cout << "device " << load.device << ", weights " << options.dtype << "\n";
   // Rows stream to stdout as they are measured; the full table follows at the end.
   const auto rows = prime::eval::run_decode_models(options.models, load, options.bench, &std::cout);
   std::cout << "\n";
   prime::eval::print_decode_table(rows, options.bench, std::cout);
-  if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench));
+  if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench), options.force, "--json");
 }
 
 void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& options) {

@@ -2,7 +2,6 @@
 // trial, Pareto fronts, hypervolume, exports, gnuplot plots and a self-contained HTML report.
 #include <CLI/CLI.hpp>
 
-#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -50,7 +49,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> metrics;
   int64_t trial_id = 0, bench_trials = 30000;
   int bench_metrics = 10, bench_steps = 100;
-  bool feasible_only = false;
+  bool feasible_only = false, force = false;
 
   app.add_subcommand("studies", "list the studies with their objectives and trial counts");
   auto* trials = app.add_subcommand("trials", "list trials (params, objective values, state)");
@@ -73,19 +72,23 @@ int main(int argc, char** argv) {
   exporter->add_option("--format", format, "csv or json")->check(CLI::IsMember({"csv", "json"}));
   exporter->add_option("--study", study, "only this study");
   exporter->add_option("--out", out, "write here instead of stdout");
+  exporter->add_flag("--force", force, "replace an existing --out");
   auto* plot = app.add_subcommand("plot", "Pareto scatter (gnuplot) of two objectives; .dat and .gp written beside it");
   plot->add_option("--study", study, "study name")->required();
   plot->add_option("--x", x_axis, "x objective: NAME or NAME:min|max")->required();
   plot->add_option("--y", y_axis, "y objective: NAME or NAME:min|max")->required();
   plot->add_option("--out", out, "image: .png or .svg")->required();
   plot->add_flag("--feasible-only", feasible_only, "leave infeasible trials out");
+  plot->add_flag("--force", force, "replace an existing --out and its .dat and .gp");
   auto* curves = app.add_subcommand("curves", "a trial's training curves (gnuplot); .dat and .gp written beside it");
   curves->add_option("--trial", trial_id, "trial id")->required();
   curves->add_option("--metric", metrics, "metric name (repeatable)")->required();
   curves->add_option("--out", out, "image: .png or .svg")->required();
+  curves->add_flag("--force", force, "replace an existing --out and its .dat and .gp");
   auto* report = app.add_subcommand("report", "one self-contained HTML page: Pareto plots, sortable table, curves");
   report->add_option("--study", study, "study name")->required();
   report->add_option("--out", out, "report.html")->required();
+  report->add_flag("--force", force, "replace an existing --out");
   auto* bench = app.add_subcommand("bench", "fill the store with study 'bench' (if absent), time queries and logging");
   bench->add_option("--trials", bench_trials, "trials to generate (default 30000)");
   bench->add_option("--metrics", bench_metrics, "metrics per trial (default 10)");
@@ -117,23 +120,19 @@ int main(int argc, char** argv) {
       const auto table = prime::store::pareto_table(*store, study, objectives, feasible_only);
       prime::store::print_hypervolume(table, parse_reference(reference_text), std::cout);
     } else if (app.got_subcommand("export")) {
-      if (out.empty()) {
+      if (out.empty())
         prime::store::export_trials(*store, only_study, format, std::cout);
-      } else {
-        std::ostringstream text;
-        prime::store::export_trials(*store, only_study, format, text);
-        std::ofstream file(out);
-        if (!(file << text.str())) throw prime::user_error("--out: cannot write ", out);
-      }
+      else
+        prime::store::export_trials(*store, only_study, format, out, force);
     } else if (app.got_subcommand("plot")) {
       prime::store::plot_pareto(*store, study, axis_objective(*store, study, x_axis, "--x"),
-                                axis_objective(*store, study, y_axis, "--y"), out, feasible_only);
+                                axis_objective(*store, study, y_axis, "--y"), out, feasible_only, force);
       std::cout << "wrote " << out << " (data and gnuplot script beside it)\n";
     } else if (app.got_subcommand("curves")) {
-      prime::store::plot_curves(*store, trial_id, metrics, out);
+      prime::store::plot_curves(*store, trial_id, metrics, out, force);
       std::cout << "wrote " << out << " (data and gnuplot script beside it)\n";
     } else if (app.got_subcommand("report")) {
-      prime::store::write_report(*store, study, out);
+      prime::store::write_report(*store, study, out, force);
       std::cout << "wrote " << out << "\n";
     } else if (app.got_subcommand("bench")) {
       prime::store::run_store_bench(*store, bench_trials, bench_metrics, bench_steps, std::cout);

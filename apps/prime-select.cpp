@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "io/atomic_dir.h"
 #include "search/scorers/select.h"
 #include "util/cli.h"
 #include "util/error.h"
@@ -64,7 +65,7 @@ int main(int argc, char** argv) {
     const auto outcome = prime::search::run_select(options, &std::cerr);
     prime::search::print_select(outcome, std::cout);
     if (!options.out.empty()) {
-      prime::search::write_text_file(options.out, prime::search::scores_csv(outcome), options.force, "--out");
+      prime::io::write_file_atomically(options.out, prime::search::scores_csv(outcome), options.force, "--out");
       std::cout << "scores written to " << options.out << "\n";
     }
     if (!options.store.empty()) {

@@ -156,6 +156,17 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK_THAT(result.output, Contains("decode t/s"));
   const auto json = nlohmann::json::parse(test::read_bytes(dir.file("d.json")));
   CHECK(json["rows"].size() == 8);  // 2 models x 2 batches x (eager, graph)
+  // An existing --json is refused before anything runs, and replaced with --force.
+  const std::string again = "prime-bench decode --model '" + test::tiny_model(97) +
+                            "' --device cpu --dtype fp32 --batch 1 --prompt 8 --new-tokens 2 --mode eager --json " +
+                            dir.file("d.json");
+  result = test::run_cli(again);
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--json") && Contains("already exists") && !Contains("decode t/s"));
+  CHECK(nlohmann::json::parse(test::read_bytes(dir.file("d.json")))["rows"].size() == 8);
+  result = test::run_cli(again + " --force");
+  CHECK(result.exit_code == 0);
+  CHECK(nlohmann::json::parse(test::read_bytes(dir.file("d.json")))["rows"].size() == 1);
   result = test::run_cli("prime-bench decode --model synthetic:nope --device cpu");
   CHECK(result.exit_code == 1);
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --mode fast");

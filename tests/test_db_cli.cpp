@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "store/store.h"
+#include "test_data_util.h"
 #include "test_helpers.h"
 #include "test_store_util.h"
 
@@ -100,7 +101,10 @@ TEST_CASE("prime-db: plot, curves and report write their files", "[store][db][cl
   CHECK(std::filesystem::file_size(scratch.file("pareto.png")) > 1000);
   CHECK_THAT(prime::test::read_text(scratch.file("pareto.gp")), Catch::Contains("val_ppl (perplexity)"));
   CHECK_THAT(prime::test::read_text(scratch.file("pareto.dat")), Catch::Contains("\"M2 1:7\" 2"));
-  CHECK(run_cli(db + "plot --study demo --x val_ppl --y decode_tok_s --out " + scratch.file("pareto.svg")).exit_code == 0);
+  // The same stem in svg: its .dat and .gp would replace the png's, so that takes --force.
+  CHECK(run_cli(db + "plot --study demo --x val_ppl --y decode_tok_s --out " + scratch.file("pareto.svg")).exit_code == 1);
+  CHECK(run_cli(db + "plot --study demo --x val_ppl --y decode_tok_s --force --out " + scratch.file("pareto.svg"))
+            .exit_code == 0);
   CHECK(run_cli(db + "curves --trial 1 --metric loss --metric val_loss --out " + scratch.file("curves.png")).exit_code == 0);
   CHECK(std::filesystem::file_size(scratch.file("curves.png")) > 1000);
   auto report = run_cli(db + "report --study demo --out " + scratch.file("report.html"));
@@ -108,6 +112,58 @@ TEST_CASE("prime-db: plot, curves and report write their files", "[store][db][cl
   const std::string page = prime::test::read_text(scratch.file("report.html"));
   CHECK_THAT(page, Catch::Contains("<svg") && Catch::Contains("<script>") && Catch::Contains("M2 1:7") &&
                        !Catch::Contains("http://cdn") && !Catch::Contains("src="));
+  // No staging file is left beside the outputs.
+  for (const auto& entry : std::filesystem::directory_iterator(scratch.path()))
+    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+}
+
+TEST_CASE("prime-db: existing outputs are replaced only with --force", "[store][db][cli]") {
+  StoreScratch scratch("db_force");
+  const std::string store = make_study(scratch);
+  const std::string db = "prime-db --store " + store + " ";
+  const std::string plot = db + "plot --study demo --x val_ppl --y decode_tok_s --out " + scratch.file("p.svg");
+  REQUIRE(run_cli(plot).exit_code == 0);
+  const std::string drawn = prime::test::read_text(scratch.file("p.svg"));
+  // Each of the three files alone blocks the plot, which then writes none of them.
+  for (const char* existing : {"p.svg", "p.dat", "p.gp"}) {
+    for (const char* name : {"p.svg", "p.dat", "p.gp"}) std::filesystem::remove(scratch.file(name));
+    prime::test::write_text(scratch.file(existing), "mine");
+    auto refused = run_cli(plot);
+    INFO(existing << ": " << refused.output);
+    CHECK(refused.exit_code == 1);
+    CHECK_THAT(refused.output, Catch::Contains("already exists") && Catch::Contains("--force"));
+    CHECK(prime::test::read_text(scratch.file(existing)) == "mine");
+    for (const auto& entry : std::filesystem::directory_iterator(scratch.path())) {
+      const std::string name = entry.path().filename().string();
+      CHECK((name == existing || name.rfind("runs.db", 0) == 0));
+    }
+  }
+  auto forced = run_cli(plot + " --force");
+  CHECK(forced.exit_code == 0);
+  CHECK(prime::test::read_text(scratch.file("p.svg")) == drawn);
+
+  const std::string curves = db + "curves --trial 1 --metric loss --out " + scratch.file("c.png");
+  REQUIRE(run_cli(curves).exit_code == 0);
+  CHECK(run_cli(curves).exit_code == 1);
+  CHECK(run_cli(curves + " --force").exit_code == 0);
+
+  const std::string report = db + "report --study demo --out " + scratch.file("r.html");
+  REQUIRE(run_cli(report).exit_code == 0);
+  prime::test::write_text(scratch.file("r.html"), "mine");
+  CHECK(run_cli(report).exit_code == 1);
+  CHECK(prime::test::read_text(scratch.file("r.html")) == "mine");
+  CHECK(run_cli(report + " --force").exit_code == 0);
+  CHECK_THAT(prime::test::read_text(scratch.file("r.html")), Catch::Contains("<svg"));
+
+  const std::string exported = db + "export --format csv --out " + scratch.file("t.csv");
+  REQUIRE(run_cli(exported).exit_code == 0);
+  prime::test::write_text(scratch.file("t.csv"), "mine");
+  auto refused = run_cli(exported);
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.output, Catch::Contains("--out") && Catch::Contains("already exists"));
+  CHECK(prime::test::read_text(scratch.file("t.csv")) == "mine");
+  CHECK(run_cli(exported + " --force").exit_code == 0);
+  CHECK_THAT(prime::test::read_text(scratch.file("t.csv")), Catch::StartsWith("trial,study"));
 }
 
 TEST_CASE("prime-db: bad input exits 1 with a clear message and writes nothing", "[store][db][cli]") {
@@ -128,6 +184,11 @@ TEST_CASE("prime-db: bad input exits 1 with a clear message and writes nothing",
   CHECK(run_cli(db + "hypervolume --study demo --reference 20,x").exit_code == 1);
   CHECK(run_cli(db + "plot --study demo --x val_ppl --y decode_tok_s --out " + scratch.file("p.jpg")).exit_code == 1);
   CHECK(run_cli(db + "curves --trial 1 --metric nope --out " + scratch.file("c.png")).exit_code == 1);
+  CHECK(run_cli(db + "report --study demo --out " + scratch.file("no/r.html")).exit_code == 1);
+  CHECK(run_cli(db + "export --out " + scratch.path().string()).exit_code == 1);
+  // Nothing but the store (and SQLite's side files) was written.
+  for (const auto& entry : std::filesystem::directory_iterator(scratch.path()))
+    CHECK_THAT(entry.path().filename().string(), Catch::StartsWith("runs.db"));
   auto pg = run_cli("prime-db --store 'postgresql://u@127.0.0.1:1/x?connect_timeout=2' studies");
   CHECK(pg.exit_code == 1);
   CHECK_THAT(pg.output, Catch::Contains("cannot connect"));

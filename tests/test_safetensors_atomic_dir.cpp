@@ -1,6 +1,7 @@
-// AtomicDirectory: outputs appear complete or not at all, and existing outputs are protected.
+// AtomicDirectory and AtomicFile: outputs appear complete or not at all, and existing outputs are protected.
 #include <ATen/ATen.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include <catch2/catch.hpp>
 
@@ -108,4 +109,57 @@ TEST_CASE("atomic directories check the parent and protect precious directories"
                Catch::Contains("not writable"));
     fs::permissions(parent / "readonly", fs::perms::owner_all);
   }
+}
+
+TEST_CASE("an atomic file appears only on commit, and an existing one only with overwrite", "[io][atomic_dir]") {
+  TempDir parent;
+  const fs::path out = parent / "scores.csv";
+  {
+    AtomicFile file(out, false, "--out");
+    CHECK(file.staging().parent_path() == parent.path());
+    CHECK(file.staging().filename().string().rfind(".scores.csv.tmp-" + std::to_string(::getpid()) + "-", 0) == 0);
+    file.write("layer,score\n");
+    CHECK_FALSE(fs::exists(out));
+    // Not committed: the staging file goes with it.
+  }
+  CHECK(entries(parent.path()).empty());
+  write_file_atomically(out, "first\n", false, "--out");
+  CHECK(test::read_bytes(out) == "first\n");
+  CHECK_THAT(test::user_error_message([&] { write_file_atomically(out, "second\n", false, "--out"); }),
+             Catch::Contains("--out") && Catch::Contains("already exists") && Catch::Contains("--force"));
+  CHECK(test::read_bytes(out) == "first\n");
+  write_file_atomically(out, "second\n", true, "--out");
+  CHECK(test::read_bytes(out) == "second\n");
+  CHECK(entries(parent.path()) == std::vector<std::string>{"scores.csv"});
+
+  // A file that appears while it is written is not replaced without overwrite.
+  const fs::path racing = parent / "racing.csv";
+  AtomicFile file(racing, false, "--out");
+  file.write("mine\n");
+  test::write_bytes(racing, "theirs\n");
+  CHECK_THAT(test::user_error_message([&] { file.commit(); }), Catch::Contains("appeared while it was being written"));
+  CHECK(test::read_bytes(racing) == "theirs\n");
+}
+
+TEST_CASE("an atomic file checks its path and removes what killed runs left", "[io][atomic_dir]") {
+  TempDir parent;
+  CHECK_THAT(test::user_error_message([&] { AtomicFile(parent / "missing/out.csv", true, "--out"); }),
+             Catch::Contains("--out") && Catch::Contains("does not exist"));
+  fs::create_directory(parent / "dir");
+  CHECK_THAT(test::user_error_message([&] { AtomicFile(parent / "dir", true, "--out"); }),
+             Catch::Contains("is a directory"));
+  // A staging file named after a process that no longer exists is a leftover; a live one is not.
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  const fs::path leftover = parent / (".out.csv.tmp-" + std::to_string(child) + "-abc");
+  const fs::path alive = parent / (".out.csv.tmp-" + std::to_string(::getpid()) + "-abc");
+  test::write_bytes(leftover, "half");
+  test::write_bytes(alive, "busy");
+  {
+    AtomicFile file(parent / "out.csv", false, "--out");
+    CHECK(file.removed_stale() == std::vector<fs::path>{leftover});
+  }
+  CHECK_FALSE(fs::exists(leftover));
+  CHECK(fs::exists(alive));
 }

@@ -105,27 +105,24 @@ uint32_t width_for_vocab(int64_t vocab_size) { return vocab_size > 0 && vocab_si
 TokenShardWriter::TokenShardWriter(std::filesystem::path path, TokenShardHeader header)
     : path_(std::move(path)), header_(header) {
   if (header_.width != 2 && header_.width != 4) throw internal_error("token shard width must be 2 or 4");
-  static std::atomic<uint64_t> counter{0};
-  const auto parent = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
-  temp_path_ = parent / ("." + path_.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                         std::to_string(counter++));
   struct stat info {};
   if (::stat(path_.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
     throw user_error("cannot write token shard ", path_.string(), ": it is a directory");
-  removed_stale_ = remove_stale_staging(path_);  // temporary files of runs that were killed (SIGKILL)
-  interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(temp_path_);
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw user_error("cannot create ", path_.string(), " (temporary ", temp_path_.string(), "): ", errno_text());
+  // Temporary files of runs that were killed (SIGKILL) are removed here; callers checked --force.
+  file_ = std::make_unique<AtomicFile>(path_, /*overwrite=*/true, "token shard");
+  fd_ = ::open(file_->staging().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0)
+    throw user_error("cannot create ", path_.string(), " (temporary ", file_->staging().string(), "): ", errno_text());
   const auto placeholder = encode_shard_header(header_);
-  write_all(fd_, placeholder.data(), placeholder.size(), temp_path_);
+  write_all(fd_, placeholder.data(), placeholder.size(), file_->staging());
   buffer_.reserve(1 << 20);
 }
 
 TokenShardWriter::~TokenShardWriter() {
-  if (finished_) return;
-  if (fd_ >= 0) ::close(fd_);
-  ::unlink(temp_path_.c_str());
+  if (fd_ >= 0) ::close(fd_);  // file_ removes the temporary file unless finish() committed it
 }
+
+const std::vector<std::filesystem::path>& TokenShardWriter::removed_stale() const { return file_->removed_stale(); }
 
 void TokenShardWriter::append(const uint32_t* ids, size_t n) {
   if (finished_) throw internal_error("append after finish on ", path_.string());
@@ -149,7 +146,7 @@ void TokenShardWriter::append(const uint32_t* ids, size_t n) {
 }
 
 void TokenShardWriter::flush_buffer() {
-  write_all(fd_, buffer_.data(), buffer_.size(), temp_path_);
+  write_all(fd_, buffer_.data(), buffer_.size(), file_->staging());
   buffer_.clear();
 }
 
@@ -161,21 +158,14 @@ void TokenShardWriter::finish() {
     throw internal_error(path_.string(), ": ", count_, " elements are not whole rows of ", header_.row_length);
   const auto bytes = encode_shard_header(header_);
   if (::pwrite(fd_, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size()))
-    throw user_error("cannot write ", temp_path_.string(), ": ", errno_text());
-  if (::fsync(fd_) != 0) throw user_error("cannot flush ", temp_path_.string(), ": ", errno_text());
-  ::close(fd_);
-  fd_ = -1;
-  if (::rename(temp_path_.c_str(), path_.c_str()) != 0)
-    throw user_error("cannot move ", temp_path_.string(), " to ", path_.string(), ": ", errno_text());
-  interrupt_cleanup_.reset();
-  finished_ = true;
-  // Make the rename itself durable.
-  const auto parent = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
-  const int dir_fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
+    throw user_error("cannot write ", file_->staging().string(), ": ", errno_text());
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    throw user_error("cannot write ", file_->staging().string(), ": ", errno_text());
   }
+  fd_ = -1;
+  file_->commit();  // fsync, rename into place, fsync the directory
+  finished_ = true;
 }
 
 // ---- reader -----------------------------------------------------------------------------------

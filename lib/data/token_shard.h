@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "util/interrupt.h"
+#include "io/atomic_dir.h"
 
 namespace prime::io {
 
@@ -59,10 +59,10 @@ TokenShardHeader decode_shard_header(const uint8_t* bytes, size_t size, const st
 // The narrowest width that holds ids < vocab_size: 2 when vocab_size <= 65536, else 4.
 uint32_t width_for_vocab(int64_t vocab_size);
 
-// Streams ids into "<dir>/.<name>.tmp-<pid>-<n>", then fsyncs and renames it over `path` in
-// finish(). Destroyed without finish(), it removes the temporary file: a shard appears complete
-// or not at all; SIGINT/SIGTERM remove it too (util/interrupt.h), and temporary files of killed
-// runs for the same path are removed first. count is filled in by finish(); the other header
+// Streams ids into an AtomicFile's "<dir>/.<name>.tmp-<pid>-<random>", then fsyncs and renames it
+// over `path` in finish(). Destroyed without finish(), it removes the temporary file: a shard
+// appears complete or not at all; SIGINT/SIGTERM remove it too (util/interrupt.h), and temporary
+// files of killed runs for the same path are removed first. count is filled in by finish(); the other header
 // fields come from `header`.
 class TokenShardWriter {
  public:
@@ -79,13 +79,12 @@ class TokenShardWriter {
   uint64_t count() const { return count_; }
   void finish();
   // Temporary files of killed runs (named after dead pids) the constructor removed.
-  const std::vector<std::filesystem::path>& removed_stale() const { return removed_stale_; }
+  const std::vector<std::filesystem::path>& removed_stale() const;
 
  private:
   void flush_buffer();
-  std::filesystem::path path_, temp_path_;
-  std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;  // the temporary file, until renamed
-  std::vector<std::filesystem::path> removed_stale_;
+  std::filesystem::path path_;
+  std::unique_ptr<io::AtomicFile> file_;  // the temporary file, until renamed
   TokenShardHeader header_;
   int fd_ = -1;
   std::vector<uint8_t> buffer_;

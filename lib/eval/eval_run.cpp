@@ -183,7 +183,7 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
     result.haystack = haystack_data ? haystack_data->path().string() : "random ids";
   }
   if (!request.json_path.empty()) {
-    write_json_file(request.json_path, result.to_json());
+    write_json_file(request.json_path, result.to_json(), request.force, "--json");
     out << "wrote " << request.json_path << "\n";
   }
   if (!token_run) return result;

@@ -1,4 +1,4 @@
-// Result files: JSON written atomically (temporary file + rename), so a reader never sees half.
+// Result files: JSON written atomically (io/atomic_dir.h), so a reader never sees half.
 #pragma once
 
 #include <string>
@@ -7,7 +7,7 @@
 
 namespace prime::eval {
 
-// UserError when the file cannot be written.
-void write_json_file(const std::string& path, const nlohmann::json& value);
+// UserError naming `flag` when the file exists and !force, or cannot be written.
+void write_json_file(const std::string& path, const nlohmann::json& value, bool force, const std::string& flag);
 
 }  // namespace prime::eval

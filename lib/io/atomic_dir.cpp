@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 
+#include "util/cli.h"
 #include "util/error.h"
 
 namespace prime::io {
@@ -188,6 +190,54 @@ void AtomicDirectory::commit() {
       throw user_error("output ", where, " is complete, but the replaced directory ",
                        old_contents.string(), " could not be removed: ", error.message());
   }
+}
+
+AtomicFile::AtomicFile(fs::path final_path, bool overwrite, const std::string& flag)
+    : final_path_(fs::absolute(final_path).lexically_normal()), flag_(flag), overwrite_(overwrite) {
+  check_output_file(final_path.string(), flag_, overwrite_);
+  const fs::path parent = final_path_.parent_path();
+  std::error_code error;
+  if (!fs::is_directory(parent, error))
+    throw user_error(flag_, " ", final_path.string(), ": directory ", parent.string(), " does not exist");
+  removed_stale_ = remove_stale_staging(final_path_);
+  staging_ = unique_sibling(final_path_, "tmp-" + std::to_string(::getpid()), false);
+  interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(staging_);
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_ && !staging_.empty()) ::unlink(staging_.c_str());
+}
+
+void AtomicFile::commit() {
+  PRIME_CHECK(!committed_, "AtomicFile committed twice: ", final_path_.string());
+  const std::string where = final_path_.string();
+  fsync_path(staging_, false);
+  if (overwrite_) {
+    if (rename(staging_.c_str(), final_path_.c_str()) != 0)
+      throw user_error("cannot rename ", staging_.string(), " to ", where, ": ", std::strerror(errno));
+  } else if (renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, final_path_.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno == EEXIST) throw user_error(flag_, " ", where, " appeared while it was being written; not replacing it");
+    if (errno != EINVAL && errno != ENOSYS)
+      throw user_error("cannot rename ", staging_.string(), " to ", where, ": ", std::strerror(errno));
+    if (rename(staging_.c_str(), final_path_.c_str()) != 0)
+      throw user_error("cannot rename ", staging_.string(), " to ", where, ": ", std::strerror(errno));
+  }
+  committed_ = true;
+  interrupt_cleanup_.reset();
+  fsync_path(final_path_.parent_path(), true);
+}
+
+void AtomicFile::write(const std::string& text) const {
+  std::ofstream out(staging_, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) throw user_error("cannot write ", staging_.string(), " (for ", final_path_.string(), ")");
+}
+
+void write_file_atomically(const fs::path& path, const std::string& text, bool overwrite, const std::string& flag) {
+  AtomicFile file(path, overwrite, flag);
+  file.write(text);
+  file.commit();
 }
 
 }  // namespace prime::io

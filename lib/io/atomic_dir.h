@@ -1,9 +1,10 @@
-// An output directory that appears complete or not at all: everything is written into a hidden
-// staging directory beside the final path, fsync'd, then renamed into place.
+// Outputs that appear complete or not at all: a directory, or a single file, is written under a
+// hidden staging name beside its final path, fsync'd, then renamed into place.
 #pragma once
 
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -49,6 +50,44 @@ class AtomicDirectory {
   std::vector<std::filesystem::path> removed_stale_;
   std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;
 };
+
+class AtomicFile {
+ public:
+  // Names the staging file "<parent>/.<name>.tmp-<pid>-<random>" (not created: write it with any
+  // stream or descriptor), removed again if SIGINT/SIGTERM/SIGHUP end the process. Staging files
+  // of dead processes are removed first (removed_stale()). UserError naming `flag` (as
+  // check_output_file in util/cli.h) when final_path is a directory or exists and !overwrite, and
+  // when its parent directory is missing.
+  AtomicFile(std::filesystem::path final_path, bool overwrite, const std::string& flag);
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  // Not committed: the staging file is removed.
+  ~AtomicFile();
+
+  const std::filesystem::path& staging() const { return staging_; }
+  const std::filesystem::path& final_path() const { return final_path_; }
+  const std::vector<std::filesystem::path>& removed_stale() const { return removed_stale_; }
+
+  // `text` as the whole content of the staging file (UserError when it cannot be written).
+  void write(const std::string& text) const;
+  // fsyncs the staging file, renames it over final_path (never over a file that appeared
+  // meanwhile unless overwriting), and fsyncs the parent. UserError when the staging file is
+  // missing or cannot be moved.
+  void commit();
+
+ private:
+  std::filesystem::path final_path_;
+  std::filesystem::path staging_;
+  std::string flag_;
+  bool overwrite_ = false;
+  bool committed_ = false;
+  std::vector<std::filesystem::path> removed_stale_;
+  std::unique_ptr<RemoveOnInterrupt> interrupt_cleanup_;
+};
+
+// `text` as the whole content of `path`, through an AtomicFile (write, then commit).
+void write_file_atomically(const std::filesystem::path& path, const std::string& text, bool overwrite,
+                           const std::string& flag);
 
 // Removes "<parent>/.<name>.tmp-<pid>-*" entries (directories or files) whose pid is dead;
 // returns what was removed.

@@ -47,12 +47,18 @@ void print_hypervolume(const ParetoTable& table, const std::vector<double>& refe
 // Every trial (of one study or all): csv or json.
 void export_trials(Store& store, const std::optional<std::string>& study, const std::string& format, std::ostream& out);
 
+// Files: each appears complete or not at all, and an existing one is replaced only with force
+// (UserError naming --out otherwise).
+// export_trials to the file `out`.
+void export_trials(Store& store, const std::optional<std::string>& study, const std::string& format,
+                   const std::string& out, bool force);
 // gnuplot: writes OUT (png or svg by extension) plus OUT's stem + ".dat" and ".gp" beside it.
 void plot_pareto(Store& store, const std::string& study, const Objective& x, const Objective& y,
-                 const std::string& out, bool feasible_only);
-void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>& metrics, const std::string& out);
+                 const std::string& out, bool feasible_only, bool force);
+void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>& metrics, const std::string& out,
+                 bool force);
 // One self-contained HTML page: Pareto plots (inline SVG), a sortable table, each trial's curves.
-void write_report(Store& store, const std::string& study, const std::string& out);
+void write_report(Store& store, const std::string& study, const std::string& out, bool force);
 
 // Fills the store with study "bench" (trials x metrics x steps) unless it exists, then prints
 // the time of trials / pareto / curves / intermediate-value queries and of metric logging.

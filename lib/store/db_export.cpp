@@ -6,8 +6,11 @@
 #include <iomanip>
 #include <ostream>
 #include <set>
+#include <sstream>
 
+#include "io/atomic_dir.h"
 #include "store/db_commands.h"
+#include "util/cli.h"
 #include "util/error.h"
 
 namespace prime::store {
@@ -94,6 +97,14 @@ void export_trials(Store& store, const std::optional<std::string>& study_name, c
     }
     out << "\n";
   }
+}
+
+void export_trials(Store& store, const std::optional<std::string>& study, const std::string& format,
+                   const std::string& out, bool force) {
+  check_output_file(out, "--out", force);  // before the store is read
+  std::ostringstream text;
+  export_trials(store, study, format, text);
+  io::write_file_atomically(out, text.str(), force, "--out");
 }
 
 }  // namespace prime::store

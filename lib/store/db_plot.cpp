@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <functional>
 #include <set>
+#include <sstream>
 
+#include "io/atomic_dir.h"
 #include "store/pareto.h"
-
 #include "util/error.h"
 
 namespace prime::store {
@@ -42,23 +44,16 @@ std::string data_label(std::string text) {
   return "\"" + text + "\"";
 }
 
-void check_output(const std::string& image) {
-  const fs::path parent = fs::path(image).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent)) throw user_error("--out: directory ", parent.string(), " does not exist");
-  if (fs::is_directory(image)) throw user_error("--out '", image, "' is a directory");
-}
-
 std::string shell_quoted(const std::string& text) {
   std::string out = "'";
   for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return out + "'";
 }
 
+bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+
 // Runs gnuplot on `script` from the script's directory, where its data and output names are.
 void run_gnuplot(const std::string& script, const std::string& image) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
-    throw user_error("gnuplot is not installed (Debian: apt-get install gnuplot-nox); the data and script are in ",
-                     script, " and beside it");
   const fs::path script_path = fs::absolute(script);
   const std::string log = script_path.string() + ".log";
   const std::string command = "cd " + shell_quoted(script_path.parent_path().string()) + " && gnuplot " +
@@ -70,11 +65,39 @@ void run_gnuplot(const std::string& script, const std::string& image) {
   if (status != 0 || !fs::exists(image)) throw internal_error("gnuplot failed on ", script, ":\n", messages);
 }
 
+// OUT (.png or .svg) drawn by gnuplot, with the data and the script beside it (OUT's stem + .dat
+// and .gp). Each of the three is checked against --force before anything is written, and appears
+// complete or not at all. script_text(data name, output name) is the script reading that data file
+// and drawing to that output, both names relative to the script's directory.
+void write_plot(const std::string& image, bool force, const std::string& data_text,
+                const std::function<std::string(const std::string& data, const std::string& output)>& script_text) {
+  terminal_for(image);  // refuses other extensions before anything is written
+  const fs::path stem = fs::path(image).parent_path() / fs::path(image).stem();
+  io::AtomicFile image_file(image, force, "--out");
+  io::AtomicFile data_file(stem.string() + ".dat", force, "--out's data file");
+  io::AtomicFile script_file(stem.string() + ".gp", force, "--out's gnuplot script");
+  const std::string data_name = data_file.final_path().filename().string();
+  data_file.write(data_text);
+  script_file.write(script_text(data_name, image_file.final_path().filename().string()));
+  if (!have_gnuplot()) {
+    data_file.commit();
+    script_file.commit();
+    throw user_error("gnuplot is not installed (Debian: apt-get install gnuplot-nox); the data and script are in ",
+                     script_file.final_path().string(), " and beside it");
+  }
+  // gnuplot reads the data and draws the image at their staging names, from a copy of the script
+  // that names them; what it leaves is committed only once it succeeded.
+  io::AtomicFile run_script(script_file.final_path(), true, "--out's gnuplot script");
+  run_script.write(script_text(data_file.staging().filename().string(), image_file.staging().filename().string()));
+  run_gnuplot(run_script.staging().string(), image_file.staging().string());
+  data_file.commit();
+  script_file.commit();
+  image_file.commit();
+}
+
 }  // namespace
 
-void render_pareto(const ParetoTable& table, const std::string& stem, const std::string& image) {
-  check_output(image);
-  const std::string data = stem + ".dat", script = stem + ".gp";
+void render_pareto(const ParetoTable& table, const std::string& image, bool force) {
   // One block, rows grouped (0 dominated, 1 infeasible, 2 front sorted by x) so the front's
   // rows are contiguous and its line connects only them.
   // The highlighted front is that of the feasible trials; infeasible ones are greyed wherever
@@ -96,32 +119,31 @@ void render_pareto(const ParetoTable& table, const std::string& stem, const std:
     rows.emplace_back(group, row.point[0], row.point[1], trial_label(row.trial));
   }
   std::sort(rows.begin(), rows.end());
-  {
-    std::ofstream out(data);
-    out << "# " << table.objectives[0].name << " " << table.objectives[1].name
-        << " label group (0 dominated, 1 infeasible, 2 Pareto front)\n" << std::setprecision(10);
-    for (const auto& [group, x, y, label] : rows) out << x << " " << y << " " << data_label(label) << " " << group << "\n";
-    if (rows.empty()) out << "NaN NaN \"\" 0\n";
-  }
-  const std::string data_name = fs::path(data).filename().string();
-  std::ofstream out(script);
-  out << "# Pareto plot of study " << table.study.name << ": `gnuplot " << fs::path(script).filename().string()
-      << "` from this directory redraws it.\n"
-      << "set terminal " << terminal_for(image) << "\n"
-      << "set output " << quoted(fs::path(image).filename().string()) << "\n"
-      << "set title " << quoted("study " + table.study.name + ": Pareto front (" + objective_text(table.objectives[0]) +
-                                ", " + objective_text(table.objectives[1]) + ")")
-      << "\n"
-      << "set xlabel " << quoted(axis_title(table.objectives[0].name)) << "\n"
-      << "set ylabel " << quoted(axis_title(table.objectives[1].name)) << "\n"
-      << "set grid lc rgb '#dddddd'\nset key outside right top\nset offsets graph 0.08, graph 0.08, graph 0.08, graph 0.08\n"
-      << "data = " << quoted(data_name) << "\n"
-      << "plot data using 1:($4 == 0 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#4a7ab5' title 'dominated', \\\n"
-      << "     data using 1:($4 == 1 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#b0b0b0' title 'infeasible', \\\n"
-      << "     data using 1:($4 == 2 ? $2 : 1/0) with linespoints pt 7 ps 1.7 lw 2 lc rgb '#d62728' title 'Pareto front (feasible)', \\\n"
-      << "     data using 1:2:3 with labels offset char 0.8, char 0.7 left font ',8' tc rgb '#333333' notitle\n";
-  out.close();
-  run_gnuplot(script, image);
+  std::ostringstream data;
+  data << "# " << table.objectives[0].name << " " << table.objectives[1].name
+       << " label group (0 dominated, 1 infeasible, 2 Pareto front)\n" << std::setprecision(10);
+  for (const auto& [group, x, y, label] : rows) data << x << " " << y << " " << data_label(label) << " " << group << "\n";
+  if (rows.empty()) data << "NaN NaN \"\" 0\n";
+  const std::string script_name = fs::path(image).stem().string() + ".gp";
+  write_plot(image, force, data.str(), [&](const std::string& data_name, const std::string& output) {
+    std::ostringstream out;
+    out << "# Pareto plot of study " << table.study.name << ": `gnuplot " << script_name
+        << "` from this directory redraws it.\n"
+        << "set terminal " << terminal_for(image) << "\n"
+        << "set output " << quoted(output) << "\n"
+        << "set title " << quoted("study " + table.study.name + ": Pareto front (" + objective_text(table.objectives[0]) +
+                                  ", " + objective_text(table.objectives[1]) + ")")
+        << "\n"
+        << "set xlabel " << quoted(axis_title(table.objectives[0].name)) << "\n"
+        << "set ylabel " << quoted(axis_title(table.objectives[1].name)) << "\n"
+        << "set grid lc rgb '#dddddd'\nset key outside right top\nset offsets graph 0.08, graph 0.08, graph 0.08, graph 0.08\n"
+        << "data = " << quoted(data_name) << "\n"
+        << "plot data using 1:($4 == 0 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#4a7ab5' title 'dominated', \\\n"
+        << "     data using 1:($4 == 1 ? $2 : 1/0) with points pt 7 ps 1.3 lc rgb '#b0b0b0' title 'infeasible', \\\n"
+        << "     data using 1:($4 == 2 ? $2 : 1/0) with linespoints pt 7 ps 1.7 lw 2 lc rgb '#d62728' title 'Pareto front (feasible)', \\\n"
+        << "     data using 1:2:3 with labels offset char 0.8, char 0.7 left font ',8' tc rgb '#333333' notitle\n";
+    return out.str();
+  });
 }
 
 }  // namespace detail
@@ -138,58 +160,50 @@ std::string shared_axis_title(const std::vector<std::string>& metrics) {
   }
   return "value" + unit;
 }
-
-std::string stem_of(const std::string& image) {
-  const std::filesystem::path path(image);
-  return (path.parent_path() / path.stem()).string();
-}
 }  // namespace
 
 void plot_pareto(Store& store, const std::string& study, const Objective& x, const Objective& y, const std::string& out,
-                 bool feasible_only) {
+                 bool feasible_only, bool force) {
   const ParetoTable table = pareto_table(store, study, {x, y}, feasible_only);
-  detail::render_pareto(table, stem_of(out), out);
+  detail::render_pareto(table, out, force);
 }
 
-void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>& metrics, const std::string& out) {
+void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>& metrics, const std::string& out,
+                 bool force) {
   namespace fs = std::filesystem;
-  detail::check_output(out);
   const TrialDetail detail = store.trial_detail(trial_id);
-  const std::string stem = stem_of(out), data = stem + ".dat", script = stem + ".gp";
   std::vector<std::string> plotted;
-  {
-    std::ofstream file(data);
-    file << "# metric step value\n" << std::setprecision(10);
-    for (const std::string& metric : metrics) {
-      const auto curve = store.curve(trial_id, metric);
-      if (curve.empty()) {
-        std::string known;
-        for (const auto& name : store.metric_names(trial_id)) known += (known.empty() ? "" : ", ") + name;
-        throw user_error("trial ", trial_id, " has no metric '", metric, "' (it has: ", known.empty() ? "none" : known, ")");
-      }
-      for (const MetricPoint& point : curve)
-        if (std::isfinite(point.value)) file << detail::data_label(metric) << " " << point.step << " " << point.value << "\n";
-      file << "\n";  // a blank line ends each metric's line
-      plotted.push_back(metric);
+  std::ostringstream data;
+  data << "# metric step value\n" << std::setprecision(10);
+  for (const std::string& metric : metrics) {
+    const auto curve = store.curve(trial_id, metric);
+    if (curve.empty()) {
+      std::string known;
+      for (const auto& name : store.metric_names(trial_id)) known += (known.empty() ? "" : ", ") + name;
+      throw user_error("trial ", trial_id, " has no metric '", metric, "' (it has: ", known.empty() ? "none" : known, ")");
     }
+    for (const MetricPoint& point : curve)
+      if (std::isfinite(point.value)) data << detail::data_label(metric) << " " << point.step << " " << point.value << "\n";
+    data << "\n";  // a blank line ends each metric's line
+    plotted.push_back(metric);
   }
-  std::ofstream file(script);
-  file << "# Curves of trial " << trial_id << ": `gnuplot " << fs::path(script).filename().string()
-       << "` from this directory redraws them.\n"
-       << "set terminal " << detail::terminal_for(out) << "\n"
-       << "set output " << detail::quoted(fs::path(out).filename().string()) << "\n"
-       << "set title " << detail::quoted("trial " + std::to_string(trial_id) + " (" + trial_label(detail.trial) + ", study " +
-                                         detail.study.name + ")")
-       << "\nset xlabel 'step'\nset ylabel "
-       << detail::quoted(shared_axis_title(plotted)) << "\n"
-       << "set grid lc rgb '#dddddd'\nset key outside right top\n"
-       << "data = " << detail::quoted(fs::path(data).filename().string()) << "\nplot ";
-  for (size_t index = 0; index < plotted.size(); ++index)
-    file << (index ? ", \\\n     " : "") << "data using 2:(strcol(1) eq " << detail::quoted(plotted[index])
-         << " ? $3 : 1/0) with lines lw 2 title " << detail::quoted(plotted[index]);
-  file << "\n";
-  file.close();
-  detail::run_gnuplot(script, out);
+  const std::string script_name = fs::path(out).stem().string() + ".gp";
+  detail::write_plot(out, force, data.str(), [&](const std::string& data_name, const std::string& output) {
+    std::ostringstream file;
+    file << "# Curves of trial " << trial_id << ": `gnuplot " << script_name << "` from this directory redraws them.\n"
+         << "set terminal " << detail::terminal_for(out) << "\n"
+         << "set output " << detail::quoted(output) << "\n"
+         << "set title " << detail::quoted("trial " + std::to_string(trial_id) + " (" + trial_label(detail.trial) +
+                                           ", study " + detail.study.name + ")")
+         << "\nset xlabel 'step'\nset ylabel " << detail::quoted(shared_axis_title(plotted)) << "\n"
+         << "set grid lc rgb '#dddddd'\nset key outside right top\n"
+         << "data = " << detail::quoted(data_name) << "\nplot ";
+    for (size_t index = 0; index < plotted.size(); ++index)
+      file << (index ? ", \\\n     " : "") << "data using 2:(strcol(1) eq " << detail::quoted(plotted[index])
+           << " ? $3 : 1/0) with lines lw 2 title " << detail::quoted(plotted[index]);
+    file << "\n";
+    return file.str();
+  });
 }
 
 }  // namespace prime::store

@@ -7,8 +7,8 @@
 
 namespace prime::store::detail {
 
-// Writes `stem`.dat and `stem`.gp for a Pareto scatter of table's first two objectives and runs
-// gnuplot to `image` (.png or .svg).
-void render_pareto(const ParetoTable& table, const std::string& stem, const std::string& image);
+// A Pareto scatter of table's first two objectives drawn by gnuplot to `image` (.png or .svg),
+// with image's stem + .dat and .gp beside it; existing files are replaced only with force.
+void render_pareto(const ParetoTable& table, const std::string& image, bool force);
 
 }  // namespace prime::store::detail

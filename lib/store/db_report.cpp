@@ -10,9 +10,11 @@
 
 #include <unistd.h>
 
+#include "io/atomic_dir.h"
 #include "store/db_commands.h"
 #include "store/db_plot.h"
 #include "util/error.h"
+#include "util/interrupt.h"
 
 namespace prime::store {
 namespace {
@@ -98,12 +100,23 @@ document.querySelectorAll('th').forEach(function(th, column) {
 });
 )";
 
+
+// The plots' working directory in $TMPDIR, removed when done, on error and on interrupt.
+class ScratchDirectory {
+ public:
+  explicit ScratchDirectory(const fs::path& path) : path_(path), cleanup_(path) { fs::create_directories(path_); }
+  ~ScratchDirectory() { io::remove_tree(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  RemoveOnInterrupt cleanup_;
+};
+
 }  // namespace
 
-void write_report(Store& store, const std::string& study_name, const std::string& out) {
-  if (fs::is_directory(out)) throw user_error("--out '", out, "' is a directory");
-  const fs::path parent = fs::path(out).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent)) throw user_error("--out: directory ", parent.string(), " does not exist");
+void write_report(Store& store, const std::string& study_name, const std::string& out, bool force) {
+  io::AtomicFile file(out, force, "--out");  // checked before the store is read
   const Study study = store.study(study_name);
   const ParetoTable table = pareto_table(store, study_name, study.objectives, false, true);
   std::map<int64_t, const ParetoRow*> placed;
@@ -122,16 +135,15 @@ void write_report(Store& store, const std::string& study_name, const std::string
   // One plot per pair of objectives (the first three).
   page << "<h2>Pareto fronts</h2><div class='plots'>";
   const size_t shown = std::min<size_t>(study.objectives.size(), 3);
-  const fs::path scratch = fs::temp_directory_path() / ("prime_report_" + std::to_string(::getpid()));
-  fs::create_directories(scratch);
+  const ScratchDirectory scratch_directory(fs::temp_directory_path() / ("prime_report_" + std::to_string(::getpid())));
+  const fs::path& scratch = scratch_directory.path();
   for (size_t a = 0; a < shown; ++a)
     for (size_t b = a + 1; b < shown; ++b) {
       const ParetoTable pair = pareto_table(store, study_name, {study.objectives[a], study.objectives[b]}, false);
       const std::string stem = (scratch / ("pareto_" + std::to_string(a) + "_" + std::to_string(b))).string();
-      detail::render_pareto(pair, stem, stem + ".svg");
+      detail::render_pareto(pair, stem + ".svg", true);
       page << inline_svg(stem + ".svg");
     }
-  fs::remove_all(scratch);
   if (shown < 2) page << "<p>(one objective: no front to plot)</p>";
   page << "</div>";
 
@@ -160,9 +172,8 @@ void write_report(Store& store, const std::string& study_name, const std::string
     page << "</td></tr>\n";
   }
   page << "</tbody></table><script>" << kScript << "</script></body></html>\n";
-  std::ofstream file(out);
-  if (!file) throw user_error("cannot write ", out);
-  file << page.str();
+  file.write(page.str());
+  file.commit();
 }
 
 }  // namespace prime::store

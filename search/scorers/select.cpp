@@ -13,6 +13,7 @@
 
 #include "convert/plan.h"
 #include "data/token_shard.h"
+#include "io/atomic_dir.h"
 #include "io/source.h"
 #include "model/load_model.h"
 #include "store/store.h"
@@ -213,18 +214,6 @@ std::string scores_csv(const SelectOutcome& outcome) {
   return csv.str();
 }
 
-void write_text_file(const std::string& path, const std::string& text, bool force, const std::string& flag) {
-  check_output_file(path, flag, force);
-  const std::string temp = path + ".tmp-" + std::to_string(::getpid());
-  std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out || std::rename(temp.c_str(), path.c_str()) != 0) {
-    std::remove(temp.c_str());
-    throw user_error("cannot write ", flag, " ", path);
-  }
-}
-
 std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, int64_t num_layers) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return std::nullopt;
@@ -290,7 +279,7 @@ ConvertSelection scores_for_convert(const SelectOptions& options, const std::str
       std::string csv = "# scores of " + scorer.name + " from " + options.store + "\nlayer,score\n";
       for (int64_t layer = 0; layer < layers; ++layer) csv += std::to_string(layer) + "," + number((*stored)[layer]) + "\n";
       selection = {keep_path.empty() ? temporary_path() : keep_path, keep_path.empty(), true};
-      write_text_file(selection.path, csv, true, "--select");
+      io::write_file_atomically(selection.path, csv, true, "--select");
       return selection;
     }
   }
@@ -312,7 +301,7 @@ ConvertSelection scores_for_convert(const SelectOptions& options, const std::str
   const SelectOutcome outcome = run_select(options, nullptr);
   print_select(outcome, log);
   if (!options.store.empty()) store_scores(outcome, options.store);
-  write_text_file(selection.path, scores_csv(outcome), true, "--select");
+  io::write_file_atomically(selection.path, scores_csv(outcome), true, "--select");
   if (!selection.temporary) log << "--select " << scorer.name << ": scores kept in " << selection.path << "\n";
   return selection;
 }

@@ -45,8 +45,6 @@ void print_select(const SelectOutcome& outcome, std::ostream& out);
 
 // The CSV: '#' lines with the settings, cost and calibration, then `layer,score`.
 std::string scores_csv(const SelectOutcome& outcome);
-// Written atomically (temporary file + rename); an existing file needs force.
-void write_text_file(const std::string& path, const std::string& text, bool force, const std::string& flag);
 
 // The outcome's scores into the store's layer_scores table (one row per layer, each with the
 // scorer's whole cost and device), and the newest stored scores of (source, scorer), if any.
