@@ -151,9 +151,22 @@ TEST_CASE("select: swa-sensitivity measures the copy head's recall beyond W and 
   REQUIRE(stored.size() == static_cast<size_t>(kToyLayers));
   REQUIRE(stored[1].score == Approx(drop[1]));
   REQUIRE(store::Store::open(store)->layer_scores(fixture.model, "swa-sensitivity/cost").size() == 4);
-  const auto reread = search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers);
+  const auto reread = search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers, outcome.key);
   REQUIRE(reread.has_value());
-  REQUIRE(reread->at(1) == Approx(outcome.result.scores[1]));
+  REQUIRE(reread->settings == outcome.key);
+  REQUIRE(reread->scores.at(1) == Approx(outcome.result.scores[1]));
+  // A later run with other settings: asked for by its settings or as the newest; the first run's
+  // scores stay found by theirs, and settings no run had find nothing.
+  auto nll_outcome = search::run_select(options, nullptr);
+  REQUIRE(nll_outcome.key != outcome.key);
+  search::store_scores(nll_outcome, store);
+  const auto newest = search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers, "");
+  REQUIRE(newest.has_value());
+  REQUIRE(newest->settings == nll_outcome.key);
+  REQUIRE(newest->scores.at(1) == Approx(nll_only[1]));
+  REQUIRE(search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers, outcome.key)->scores.at(1) ==
+          Approx(outcome.result.scores[1]));
+  REQUIRE_FALSE(search::stored_scores(store, fixture.model, "swa-sensitivity", kToyLayers, outcome.key + " x"));
 }
 
 TEST_CASE("select: standardized terms have mean 0 and unit spread, never more than the floor allows", "[select]") {
@@ -216,7 +229,20 @@ TEST_CASE("prime-select CLI: the CSV round-trips through prime-convert --scores,
   INFO(reused.output);
   REQUIRE(reused.exit_code == 0);
   REQUIRE(reused.output.find("reusing the scores stored in") != std::string::npos);
+  REQUIRE(reused.output.find("window=8 seq_len=48") != std::string::npos);  // the settings they were computed with
   REQUIRE(reused.output.find("\"hybrid_override_pattern\": \"GDN-*-GDN-*\"") != std::string::npos);
+  // Given data, only scores of the same settings are reused: other ones are computed (and stored).
+  const std::string select_store = "prime-convert --source " + fixture.model +
+                                   " --layer GDN --ratio 1:1 --select attention-locality --select-store " + store +
+                                   " --select-data " + fixture.shard + " --select-seq-len 48 --dry-run --json";
+  auto other = run_cli(select_store + " --select-window 16");
+  INFO(other.output);
+  REQUIRE(other.exit_code == 0);
+  REQUIRE(other.output.find("reusing the scores stored in") == std::string::npos);
+  auto same = run_cli(select_store + " --select-window 16");
+  REQUIRE(same.exit_code == 0);
+  REQUIRE(same.output.find("reusing the scores stored in") != std::string::npos);
+  REQUIRE(same.output.find("window=16 seq_len=48") != std::string::npos);
   // An existing --out needs --force.
   REQUIRE(run_cli("prime-select --scorer attention-locality" + common + " --out " + csv).exit_code == 1);
 

@@ -48,7 +48,7 @@ TEST_CASE("Store: a store of schema version 1 is migrated forward with its data"
   run_sqlite(path, prime::test::read_text((prime::test::fixtures_dir() / "store_v1.sql").string()));
   CHECK_THROWS_WITH(Store::open(path, OpenMode::ReadOnly), Catch::Contains("older schema version 1"));
   auto store = Store::open(path);
-  CHECK(store->schema_version() == 3);
+  CHECK(store->schema_version() == 4);
   // Version 3: curves and intermediate values are read from the covering index alone.
   CHECK(sqlite_column(path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trial_metrics'") ==
         std::vector<std::string>{"trial_metrics_points"});
@@ -65,10 +65,13 @@ TEST_CASE("Store: a store of schema version 1 is migrated forward with its data"
   REQUIRE(scores.size() == 1);
   CHECK(scores[0].score == 0.75);
   CHECK(scores[0].cost_seconds == 0);
-  store->add_layer_scores({{"synthetic:tiny", "kl", 4, 0.5, 3.0, "cpu"}});
+  CHECK(scores[0].settings.empty());  // version 4: rows from before have no settings line
+  store->add_layer_scores({{"synthetic:tiny", "kl", 4, 0.5, 3.0, "cpu", "source=synthetic:tiny scorer=kl window=8"}});
   CHECK(store->layer_scores("", "kl").at(1).device == "cpu");
+  CHECK(store->layer_scores("", "kl").at(1).settings == "source=synthetic:tiny scorer=kl window=8");
+  CHECK(store->layer_scores("", "kl").at(1).id > store->layer_scores("", "kl").at(0).id);
   store.reset();
-  CHECK(Store::open(path, OpenMode::ReadOnly)->schema_version() == 3);
+  CHECK(Store::open(path, OpenMode::ReadOnly)->schema_version() == 4);
 }
 
 TEST_CASE("Store: paths and databases that are no store give a clear error and stay untouched", "[store]") {

@@ -97,6 +97,13 @@ DROP INDEX trial_metrics_curve;
 UPDATE schema_version SET version = 3;
 )";
 
+// Version 4: the settings a layer score was computed with (prime-select's settings line), so a
+// reuse can ask for the same ones. Older rows have none ('').
+const char* const kVersion4 = R"(
+ALTER TABLE layer_scores ADD COLUMN settings TEXT NOT NULL DEFAULT '';
+UPDATE schema_version SET version = 4;
+)";
+
 bool has_other_tables(Database& db) {
   const std::string sql = db.backend() == "sqlite"
                               ? "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -114,7 +121,7 @@ void lock_schema(Database& db) {
 
 std::string migration_script(const Database& db, int version) {
   if (version < 1 || version > kSchemaVersion) throw internal_error("no migration to schema version ", version);
-  const char* const scripts[] = {kVersion1, kVersion2, kVersion3};
+  const char* const scripts[] = {kVersion1, kVersion2, kVersion3, kVersion4};
   static_assert(sizeof scripts / sizeof *scripts == kSchemaVersion, "one migration per schema version");
   std::string script = scripts[version - 1];
   script = std::regex_replace(script, std::regex(R"(\{id\})"), db.id_column());

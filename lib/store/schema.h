@@ -7,7 +7,7 @@
 
 namespace prime::store::detail {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 // The statements that take a store from version `version - 1` to `version` (1 creates it),
 // with the backend's column types filled in.

@@ -128,6 +128,8 @@ struct LayerScore {
   double score = 0;
   double cost_seconds = 0;  // what computing this score took
   std::string device;       // "cpu", "cuda:0", ...
+  std::string settings;     // what the score depends on (prime-select's settings line); '' if not recorded
+  int64_t id = 0;           // the row's id, set when read (a later run's rows have larger ids)
 };
 
 // A trial's value of one metric at (or last before) a step: successive halving compares these.

@@ -87,21 +87,22 @@ void Store::add_layer_scores(const std::vector<LayerScore>& scores) {
   const double now = unix_now();
   WriteTransaction transaction(*db_);
   for (const LayerScore& score : scores)
-    db_->exec("INSERT INTO layer_scores (source, scorer, layer, score, cost_seconds, device, created) "
-              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    db_->exec("INSERT INTO layer_scores (source, scorer, layer, score, cost_seconds, device, settings, created) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
               {score.source, score.scorer, score.layer, detail::real_or_null(score.score), score.cost_seconds,
-               score.device, now});
+               score.device, score.settings, now});
   transaction.commit();
 }
 
 std::vector<LayerScore> Store::layer_scores(const std::string& source, const std::string& scorer) {
   std::vector<LayerScore> scores;
-  for (const auto& row : db_->query("SELECT source, scorer, layer, score, cost_seconds, device FROM layer_scores "
+  for (const auto& row : db_->query("SELECT source, scorer, layer, score, cost_seconds, device, settings, id "
+                                    "FROM layer_scores "
                                     "WHERE (? = '' OR source = ?) AND (? = '' OR scorer = ?) "
                                     "ORDER BY source, scorer, layer, id",
                                     {source, source, scorer, scorer}))
     scores.push_back({as_text(row[0]), as_text(row[1]), as_int(row[2]), as_double(row[3]), as_double(row[4]),
-                      as_text(row[5])});
+                      as_text(row[5]), as_text(row[6]), as_int(row[7])});
   return scores;
 }
 

@@ -237,31 +237,40 @@ std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, in
 void store_scores(const SelectOutcome& outcome, const std::string& url) {
   std::vector<store::LayerScore> rows;
   for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
-    rows.push_back({outcome.source, outcome.scorer, layer, outcome.result.scores[layer], outcome.seconds, outcome.device});
+    rows.push_back({outcome.source, outcome.scorer, layer, outcome.result.scores[layer], outcome.seconds, outcome.device,
+                    outcome.key});
   // The measured terms behind the score as rows of their own, under "SCORER/TERM".
   auto add_term = [&](const std::string& term, const std::vector<double>& values) {
     for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
       if (std::isfinite(values.at(layer)))  // a layer a scorer did not measure has no row
         rows.push_back({outcome.source, outcome.scorer + "/" + term, layer, values.at(layer), outcome.seconds,
-                        outcome.device});
+                        outcome.device, outcome.key});
   };
   if (!outcome.result.cost.empty()) add_term("cost", outcome.result.cost);
   for (const auto& [name, values] : outcome.result.columns) add_term(name, values);
   store::Store::open(url)->add_layer_scores(rows);
 }
 
-std::optional<std::vector<double>> stored_scores(const std::string& url, const std::string& source,
-                                                 const std::string& scorer, int64_t num_layers) {
-  // Rows come ordered by layer; of several runs, the last row of a layer is kept.
+std::optional<StoredScores> stored_scores(const std::string& url, const std::string& source, const std::string& scorer,
+                                         int64_t num_layers, const std::string& settings) {
+  const auto rows = store::Store::open(url)->layer_scores(source, scorer);
+  StoredScores stored;
+  if (!settings.empty()) {
+    stored.settings = settings;
+  } else {  // the newest run's
+    int64_t newest = -1;
+    for (const auto& row : rows)
+      if (row.id > newest) newest = row.id, stored.settings = row.settings;
+  }
+  // Rows come ordered by layer, then id: of several runs with these settings, the last is kept.
   std::vector<std::optional<double>> by_layer(num_layers);
-  for (const auto& row : store::Store::open(url)->layer_scores(source, scorer))
-    if (row.layer >= 0 && row.layer < num_layers) by_layer[row.layer] = row.score;
-  std::vector<double> scores;
+  for (const auto& row : rows)
+    if (row.settings == stored.settings && row.layer >= 0 && row.layer < num_layers) by_layer[row.layer] = row.score;
   for (const auto& score : by_layer) {
     if (!score) return std::nullopt;
-    scores.push_back(*score);
+    stored.scores.push_back(*score);
   }
-  return scores;
+  return stored;
 }
 
 ConvertSelection scores_for_convert(const SelectOptions& options, const std::string& keep_path, std::ostream& log) {
@@ -274,10 +283,14 @@ ConvertSelection scores_for_convert(const SelectOptions& options, const std::str
         .string();
   };
   if (!options.store.empty() && scorer.needs_data) {
-    if (const auto stored = stored_scores(options.store, options.source, scorer.name, layers)) {
-      log << "--select " << scorer.name << ": reusing the scores stored in " << options.store << "\n";
-      std::string csv = "# scores of " + scorer.name + " from " + options.store + "\nlayer,score\n";
-      for (int64_t layer = 0; layer < layers; ++layer) csv += std::to_string(layer) + "," + number((*stored)[layer]) + "\n";
+    // Given data, only scores computed with these very settings count; without, the newest stored.
+    const std::string wanted = options.data.empty() ? "" : settings_key(options, scorer);
+    if (const auto stored = stored_scores(options.store, options.source, scorer.name, layers, wanted)) {
+      const std::string settings = stored->settings.empty() ? "settings not recorded" : stored->settings;
+      log << "--select " << scorer.name << ": reusing the scores stored in " << options.store << " (" << settings
+          << ")\n";
+      std::string csv = "# scores of " + scorer.name + " from " + options.store + " (" + settings + ")\nlayer,score\n";
+      for (int64_t layer = 0; layer < layers; ++layer) csv += std::to_string(layer) + "," + number(stored->scores[layer]) + "\n";
       selection = {keep_path.empty() ? temporary_path() : keep_path, keep_path.empty(), true};
       io::write_file_atomically(selection.path, csv, true, "--select");
       return selection;

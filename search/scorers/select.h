@@ -47,10 +47,17 @@ void print_select(const SelectOutcome& outcome, std::ostream& out);
 std::string scores_csv(const SelectOutcome& outcome);
 
 // The outcome's scores into the store's layer_scores table (one row per layer, each with the
-// scorer's whole cost and device), and the newest stored scores of (source, scorer), if any.
+// scorer's whole cost, device and settings line).
 void store_scores(const SelectOutcome& outcome, const std::string& url);
-std::optional<std::vector<double>> stored_scores(const std::string& url, const std::string& source,
-                                                 const std::string& scorer, int64_t num_layers);
+// Stored scores of (source, scorer) for every layer: those computed with `settings` (a settings
+// line), or with empty settings those of the newest stored run, whatever they were. Of several
+// runs with the same settings, the last. nullopt when some layer has none.
+struct StoredScores {
+  std::vector<double> scores;
+  std::string settings;  // '' when the rows predate settings being recorded
+};
+std::optional<StoredScores> stored_scores(const std::string& url, const std::string& source, const std::string& scorer,
+                                         int64_t num_layers, const std::string& settings);
 
 // What a kept CSV says about itself: its settings line and calibration.
 struct KeptScores {
