@@ -196,10 +196,23 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   CHECK(again.exit_code == 0);
   CHECK_THAT(again.output, Catch::Contains("nothing to train: the run is complete"));
   CHECK(prime::test::step_losses(killed_dir + "/metrics.jsonl").size() == expected.size());
-  // The final checkpoint is a model prime-eval loads as is.
+  // The final checkpoint is a model prime-eval loads as is, with a model card saying what it is; the
+  // same step of the uninterrupted run has the same card.
   const auto eval = prime::test::run_cli("prime-eval --model " + killed_dir + "/final --token-ids 1,2,3 --generate 2");
   INFO(eval.output);
   CHECK(eval.exit_code == 0);
+  const auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  const std::string card = read(killed_dir + "/final/README.md");
+  CHECK_THAT(card, Catch::StartsWith("---\n") && Catch::Contains("- hybrid") &&
+                       Catch::Contains("prime-train checkpoint, step 20") && Catch::Contains("stage `distill`") &&
+                       Catch::Contains("2560 tokens") && Catch::Contains("| hybrid_override_pattern | `") &&
+                       Catch::Contains("GKA"));
+  CHECK(card == read(dir / "whole/final/README.md"));
 }
 
 TEST_CASE("two Gloo ranks under torchrun give the loss curve of one rank with the same global batch", "[train][cli]") {

@@ -30,10 +30,20 @@ std::string layer_recipe(const ConversionPlan& plan, int64_t layer) {
   return "from attention layer " + std::to_string(layer) + (gate.empty() ? "" : "; " + gate);
 }
 
-// The source model card's "license:" front-matter value ("apache-2.0"), when it has one.
-std::string source_license(const io::Source& source) {
-  if (source.dir.empty()) return "";
-  std::ifstream in(source.dir / "README.md");
+// License files carried over from the source, as named in the output.
+std::vector<std::string> license_files(const io::Source& source) {
+  std::vector<std::string> found;
+  if (source.dir.empty()) return found;
+  for (const char* name : {"LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE"})
+    if (std::filesystem::exists(source.dir / name)) found.push_back(name);
+  return found;
+}
+
+}  // namespace
+
+std::string card_license(const std::filesystem::path& dir) {
+  if (dir.empty()) return "";
+  std::ifstream in(dir / "README.md");
   std::string line;
   if (!std::getline(in, line) || line != "---") return "";
   while (std::getline(in, line) && line != "---")
@@ -45,17 +55,6 @@ std::string source_license(const io::Source& source) {
     }
   return "";
 }
-
-// License files carried over from the source, as named in the output.
-std::vector<std::string> license_files(const io::Source& source) {
-  std::vector<std::string> found;
-  if (source.dir.empty()) return found;
-  for (const char* name : {"LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE"})
-    if (std::filesystem::exists(source.dir / name)) found.push_back(name);
-  return found;
-}
-
-}  // namespace
 
 const std::vector<std::string>& carried_files() {
   static const std::vector<std::string> files = {
@@ -119,7 +118,7 @@ std::string model_card(const ConversionPlan& plan, const std::string& command_li
   std::ostringstream out;
   out << "---\n";
   if (!source.hf_id.empty()) out << "base_model: " << source.hf_id << "\n";
-  const std::string license = source_license(source);
+  const std::string license = card_license(source.dir);
   if (!license.empty()) out << "license: " << license << "\n";
   out << "library_name: transformers\ntags:\n- prime\n- hybrid\n";
   std::vector<std::string> tagged;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -20,6 +21,9 @@ nlohmann::json provenance_json(const ConversionPlan& plan, const std::string& co
 std::map<std::string, std::string> shard_metadata(const ConversionPlan& plan, const std::string& command_line);
 
 std::string model_card(const ConversionPlan& plan, const std::string& command_line);
+
+// The "license:" front-matter value ("apache-2.0") of the model card (README.md) in `dir`, or "".
+std::string card_license(const std::filesystem::path& dir);
 
 // Files copied unchanged from a source directory when present (tokenizer, generation config).
 const std::vector<std::string>& carried_files();

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <system_error>
 #include <unistd.h>
 
@@ -41,7 +42,51 @@ void point_final(const fs::path& run_dir, const fs::path& target) {
   }
 }
 
+// A provenance value as card text: strings as they are, lists joined by ", ", null as "".
+std::string json_text(const nlohmann::json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_null()) return "";
+  if (!value.is_array()) return value.dump();
+  std::string text;
+  for (const auto& item : value) text += (text.empty() ? "" : ", ") + json_text(item);
+  return text;
+}
+
 }  // namespace
+
+std::string checkpoint_card(const nlohmann::json& config, const nlohmann::json& provenance,
+                            const std::filesystem::path& carry_from) {
+  const nlohmann::json plan = provenance.value("plan", nlohmann::json::object());
+  const std::string model = json_text(plan.value("model", nlohmann::json()));
+  const std::string pattern = config.value("hybrid_override_pattern", "");
+  std::ostringstream out;
+  out << "---\n";
+  const std::string license = convert::card_license(carry_from);
+  if (!license.empty()) out << "license: " << license << "\n";
+  out << "library_name: transformers\ntags:\n- prime\n";
+  if (pattern.find_first_not_of("*-") != std::string::npos) out << "- hybrid\n";
+  out << "---\n\n";
+  const std::string name = fs::path(model).filename().empty() ? model : fs::path(model).filename().string();
+  out << "# " << name << ": prime-train checkpoint, step " << provenance.value("step", int64_t{0}) << "\n\n";
+  out << "Trained by prime-train " << json_text(provenance.value("prime_version", nlohmann::json())) << " from `"
+      << model << "` (stage `" << json_text(plan.value("stage", nlohmann::json())) << "`"
+      << (json_text(plan.value("teacher", nlohmann::json())).empty()
+              ? std::string()
+              : ", teacher `" + json_text(plan["teacher"]) + "`")
+      << "): " << provenance.value("step", int64_t{0}) << " steps, " << provenance.value("tokens", int64_t{0})
+      << " tokens.\n\n";
+  out << "| | |\n|---|---|\n";
+  const auto architectures = config.value("architectures", nlohmann::json::array());
+  out << "| architecture | `" << config.value("model_type", "") << "` / `"
+      << (architectures.empty() ? std::string() : json_text(architectures[0])) << "` |\n";
+  if (!pattern.empty()) out << "| hybrid_override_pattern | `" << pattern << "` |\n";
+  for (const char* key : {"stage", "teacher", "data", "train", "align_layers", "seq_len", "batch_tokens", "seed"})
+    if (plan.contains(key) && !json_text(plan[key]).empty()) out << "| " << key << " | `" << json_text(plan[key]) << "` |\n";
+  out << "\nProvenance is in `prime.json` and in the safetensors metadata; the run's command line and every "
+         "option are in its `run.json`. `trainer_state.safetensors` and `trainer.json` hold what `prime-train "
+         "--resume` needs and are not part of the model.\n";
+  return out.str();
+}
 
 nlohmann::json TrainerCounters::to_json() const {
   return {{"step", step},           {"tokens", tokens},   {"data_position", data_position},
@@ -110,6 +155,8 @@ fs::path write_checkpoint(const fs::path& run_dir, const CheckpointContents& con
     write_text(staging.staging() / "config.json", contents.config->raw.dump(2) + "\n");
     write_text(staging.staging() / "prime.json", contents.provenance.dump(2) + "\n");
     write_text(staging.staging() / "trainer.json", contents.counters.to_json().dump(2) + "\n");
+    write_text(staging.staging() / "README.md",
+               checkpoint_card(contents.config->raw, contents.provenance, contents.carry_from));
     for (const std::string& file : convert::carried_files())
       if (!contents.carry_from.empty() && fs::is_regular_file(contents.carry_from / file))
         fs::copy_file(contents.carry_from / file, staging.staging() / file);

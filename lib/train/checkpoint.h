@@ -45,6 +45,12 @@ struct CheckpointContents {
   nlohmann::json provenance;              // written as prime.json
 };
 
+// The checkpoint's model card (README.md): what was trained from what, stage, teacher, data, steps
+// and tokens, from the model's config and the provenance; the license of the model card in
+// carry_from, if it names one. No timestamps: the same run gives the same card.
+std::string checkpoint_card(const nlohmann::json& config, const nlohmann::json& provenance,
+                            const std::filesystem::path& carry_from);
+
 // "checkpoints/step-000400" for step 400.
 std::filesystem::path checkpoint_path(const std::filesystem::path& run_dir, int64_t step);
 
