@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string store_url;
   app.add_option("--store", store_url, "the store: an SQLite file path or postgresql://user[:pw]@host[:port]/db")
-      ->required();
+      ->required()->group("Store");
 
   std::string study, state_name, objectives_text, reference_text, format = "csv", out, x_axis, y_axis;
   std::vector<std::string> metrics;
@@ -53,46 +53,50 @@ int main(int argc, char** argv) {
 
   app.add_subcommand("studies", "list the studies with their objectives and trial counts");
   auto* trials = app.add_subcommand("trials", "list trials (params, objective values, state)");
-  trials->add_option("--study", study, "only this study (adds its objective columns)");
-  trials->add_option("--state", state_name, "only trials in this state: WAITING RUNNING COMPLETE PRUNED FAIL");
+  trials->add_option("--study", study, "only this study (adds its objective columns)")->group("Query");
+  trials->add_option("--state", state_name, "only trials in this state: WAITING RUNNING COMPLETE PRUNED FAIL")
+      ->group("Query");
   auto* show = app.add_subcommand("show", "one trial: params, values, attributes, curve summaries, artifacts");
   show->add_option("trial", trial_id, "trial id (first column of `trials`)")->required();
   auto* pareto = app.add_subcommand("pareto", "the non-dominated complete trials of a study");
-  pareto->add_option("--study", study, "study name")->required();
+  pareto->add_option("--study", study, "study name")->required()->group("Query");
   pareto->add_option("--objectives", objectives_text, "2 or 3 of NAME:min|max, comma-separated (objectives, numeric "
                                                       "attributes or params)")
-      ->required();
-  pareto->add_flag("--feasible-only", feasible_only, "leave infeasible trials out before computing the front");
+      ->required()->group("Query");
+  pareto->add_flag("--feasible-only", feasible_only, "leave infeasible trials out before computing the front")
+      ->group("Query");
   auto* volume = app.add_subcommand("hypervolume", "hypervolume of a study's front, and its history over trials");
-  volume->add_option("--study", study, "study name")->required();
-  volume->add_option("--objectives", objectives_text, "NAME:min|max,... (default: the study's objectives)");
-  volume->add_option("--reference", reference_text, "reference point, one value per objective, comma-separated")->required();
-  volume->add_flag("--feasible-only", feasible_only, "count feasible trials only");
+  volume->add_option("--study", study, "study name")->required()->group("Query");
+  volume->add_option("--objectives", objectives_text, "NAME:min|max,... (default: the study's objectives)")
+      ->group("Query");
+  volume->add_option("--reference", reference_text, "reference point, one value per objective, comma-separated")
+      ->required()->group("Query");
+  volume->add_flag("--feasible-only", feasible_only, "count feasible trials only")->group("Query");
   auto* exporter = app.add_subcommand("export", "every trial as CSV or JSON on stdout (or --out)");
-  exporter->add_option("--format", format, "csv or json")->check(CLI::IsMember({"csv", "json"}));
-  exporter->add_option("--study", study, "only this study");
-  exporter->add_option("--out", out, "write here instead of stdout");
-  exporter->add_flag("--force", force, "replace an existing --out");
+  exporter->add_option("--format", format, "csv or json")->check(CLI::IsMember({"csv", "json"}))->group("Output");
+  exporter->add_option("--study", study, "only this study")->group("Query");
+  exporter->add_option("--out", out, "write here instead of stdout")->group("Output");
+  exporter->add_flag("--force", force, "replace an existing --out")->group("Output");
   auto* plot = app.add_subcommand("plot", "Pareto scatter (gnuplot) of two objectives; .dat and .gp written beside it");
-  plot->add_option("--study", study, "study name")->required();
-  plot->add_option("--x", x_axis, "x objective: NAME or NAME:min|max")->required();
-  plot->add_option("--y", y_axis, "y objective: NAME or NAME:min|max")->required();
-  plot->add_option("--out", out, "image: .png or .svg")->required();
-  plot->add_flag("--feasible-only", feasible_only, "leave infeasible trials out");
-  plot->add_flag("--force", force, "replace an existing --out and its .dat and .gp");
+  plot->add_option("--study", study, "study name")->required()->group("Query");
+  plot->add_option("--x", x_axis, "x objective: NAME or NAME:min|max")->required()->group("Query");
+  plot->add_option("--y", y_axis, "y objective: NAME or NAME:min|max")->required()->group("Query");
+  plot->add_option("--out", out, "image: .png or .svg")->required()->group("Output");
+  plot->add_flag("--feasible-only", feasible_only, "leave infeasible trials out")->group("Query");
+  plot->add_flag("--force", force, "replace an existing --out and its .dat and .gp")->group("Output");
   auto* curves = app.add_subcommand("curves", "a trial's training curves (gnuplot); .dat and .gp written beside it");
-  curves->add_option("--trial", trial_id, "trial id")->required();
-  curves->add_option("--metric", metrics, "metric name (repeatable)")->required();
-  curves->add_option("--out", out, "image: .png or .svg")->required();
-  curves->add_flag("--force", force, "replace an existing --out and its .dat and .gp");
+  curves->add_option("--trial", trial_id, "trial id")->required()->group("Query");
+  curves->add_option("--metric", metrics, "metric name (repeatable)")->required()->group("Query");
+  curves->add_option("--out", out, "image: .png or .svg")->required()->group("Output");
+  curves->add_flag("--force", force, "replace an existing --out and its .dat and .gp")->group("Output");
   auto* report = app.add_subcommand("report", "one self-contained HTML page: Pareto plots, sortable table, curves");
-  report->add_option("--study", study, "study name")->required();
-  report->add_option("--out", out, "report.html")->required();
-  report->add_flag("--force", force, "replace an existing --out");
+  report->add_option("--study", study, "study name")->required()->group("Query");
+  report->add_option("--out", out, "report.html")->required()->group("Output");
+  report->add_flag("--force", force, "replace an existing --out")->group("Output");
   auto* bench = app.add_subcommand("bench", "fill the store with study 'bench' (if absent), time queries and logging");
-  bench->add_option("--trials", bench_trials, "trials to generate (default 30000)");
-  bench->add_option("--metrics", bench_metrics, "metrics per trial (default 10)");
-  bench->add_option("--steps", bench_steps, "steps per metric (default 100)");
+  bench->add_option("--trials", bench_trials, "trials to generate (default 30000)")->group("Benchmark");
+  bench->add_option("--metrics", bench_metrics, "metrics per trial (default 10)")->group("Benchmark");
+  bench->add_option("--steps", bench_steps, "steps per metric (default 100)")->group("Benchmark");
 
   if (auto exit_code = prime::parse_command_line(app, "prime-db", argc, argv)) return *exit_code;
   return prime::run_command("prime-db", [&] {

@@ -12,8 +12,8 @@ int main(int argc, char** argv) {
   bool all_tensors = false, json = false;
   app.add_option("source", spec, "checkpoint dir, known alias or HF id (HF cache), or synthetic:ALIAS[@k=v,...]")
       ->required();
-  app.add_flag("--tensors", all_tensors, "also list every tensor (name, dtype, shape, bytes)");
-  app.add_flag("--json", json, "print the report as JSON (for scripts)");
+  app.add_flag("--tensors", all_tensors, "also list every tensor (name, dtype, shape, bytes)")->group("Output");
+  app.add_flag("--json", json, "print the report as JSON (for scripts)")->group("Output");
   if (auto exit_code = prime::parse_command_line(app, "prime-inspect", argc, argv)) return *exit_code;
   return prime::run_command("prime-inspect", [&] {
     const prime::io::Source source = prime::io::resolve_source(spec);
