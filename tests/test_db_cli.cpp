@@ -1,5 +1,6 @@
 // prime-db on a small study: tables, Pareto front, hypervolume, exports, plots and the report;
 // bad input exits 1 with a clear message.
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -154,6 +155,25 @@ TEST_CASE("prime-db: existing outputs are replaced only with --force", "[store][
   CHECK(prime::test::read_text(scratch.file("r.html")) == "mine");
   CHECK(run_cli(report + " --force").exit_code == 0);
   CHECK_THAT(prime::test::read_text(scratch.file("r.html")), Catch::Contains("<svg"));
+
+  // Without gnuplot: the data and the script, and no older image that they do not draw; the
+  // report writes nothing.
+  {
+    const std::string path = std::getenv("PATH");
+    std::filesystem::create_directory(scratch.file("empty-bin"));
+    ::setenv("PATH", scratch.file("empty-bin").c_str(), 1);
+    auto bare = run_cli(db + "plot --study demo --x val_ppl --y state_bytes:min --force --out " + scratch.file("p.svg"));
+    auto bare_report = run_cli(db + "report --study demo --out " + scratch.file("r2.html"));
+    ::setenv("PATH", path.c_str(), 1);
+    INFO(bare.output);
+    CHECK(bare.exit_code == 1);
+    CHECK_THAT(bare.output, Catch::Contains("gnuplot is not installed") && Catch::Contains("`gnuplot p.gp`"));
+    CHECK_FALSE(std::filesystem::exists(scratch.file("p.svg")));
+    CHECK_THAT(prime::test::read_text(scratch.file("p.gp")), Catch::Contains("state_bytes"));
+    CHECK(bare_report.exit_code == 1);
+    CHECK_THAT(bare_report.output, Catch::Contains("gnuplot is not installed"));
+    CHECK_FALSE(std::filesystem::exists(scratch.file("r2.html")));
+  }
 
   const std::string exported = db + "export --format csv --out " + scratch.file("t.csv");
   REQUIRE(run_cli(exported).exit_code == 0);

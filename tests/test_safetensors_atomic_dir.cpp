@@ -162,4 +162,13 @@ TEST_CASE("an atomic file checks its path and removes what killed runs left", "[
   }
   CHECK_FALSE(fs::exists(leftover));
   CHECK(fs::exists(alive));
+  // A symlink there, even a dangling one, is an existing output: replaced (not followed) only with
+  // overwrite.
+  fs::create_symlink(parent / "nowhere", parent / "link.csv");
+  CHECK_THAT(test::user_error_message([&] { write_file_atomically(parent / "link.csv", "x", false, "--out"); }),
+             Catch::Contains("already exists"));
+  write_file_atomically(parent / "link.csv", "x", true, "--out");
+  CHECK_FALSE(fs::is_symlink(parent / "link.csv"));
+  CHECK(test::read_bytes(parent / "link.csv") == "x");
+  CHECK_FALSE(fs::exists(parent / "nowhere"));
 }

@@ -239,7 +239,11 @@ TEST_CASE("prime-select CLI: the CSV round-trips through prime-convert --scores,
   INFO(other.output);
   REQUIRE(other.exit_code == 0);
   REQUIRE(other.output.find("reusing the scores stored in") == std::string::npos);
-  auto same = run_cli(select_store + " --select-window 16");
+  // The same shard spelled another way is the same data.
+  const std::filesystem::path shard(fixture.shard);
+  auto same = run_cli("prime-convert --source " + fixture.model + " --layer GDN --ratio 1:1 --select attention-locality"
+                      " --select-store " + store + " --select-data " + (shard.parent_path() / "." / shard.filename()).string() +
+                      " --select-seq-len 48 --dry-run --json --select-window 16");
   REQUIRE(same.exit_code == 0);
   REQUIRE(same.output.find("reusing the scores stored in") != std::string::npos);
   REQUIRE(same.output.find("window=16 seq_len=48") != std::string::npos);

@@ -153,8 +153,7 @@ WriteResult write_hybrid(const ConversionPlan& plan, const ConvertOptions& optio
   if (options.out.empty()) throw user_error("--out is required (or use --dry-run)");
   const auto start = Clock::now();
   io::AtomicDirectory dir(options.out, options.force);
-  for (const auto& stale : dir.removed_stale())
-    log << "removed " << stale.string() << ", the partial output of an earlier run that was killed\n";
+  io::print_removed_stale(dir.removed_stale(), log);
   const std::filesystem::path& staging = dir.staging();
   const SourceWeights& weights = *plan.weights;
   WriteResult result;

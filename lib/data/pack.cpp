@@ -67,7 +67,7 @@ PackReport pack_shards(const PackOptions& options) {
   if (options.document_mask)
     check_output_file(options.positions_out.empty() ? positions_path_for(options.out) : options.positions_out,
                       "--positions-out", options.force);
-  io::TokenShardWriter writer(options.out, header);
+  io::TokenShardWriter writer(options.out, header, options.force, "--out");
   std::unique_ptr<io::TokenShardWriter> positions_writer;
   PackReport report;
   report.out = options.out;
@@ -78,7 +78,8 @@ PackReport pack_shards(const PackOptions& options) {
     positions.kind = io::ShardKind::kPositions;
     positions.width = io::width_for_vocab(options.seq_len);
     positions.vocab_size = static_cast<uint32_t>(options.seq_len);
-    positions_writer = std::make_unique<io::TokenShardWriter>(report.positions_out, positions);
+    positions_writer =
+        std::make_unique<io::TokenShardWriter>(report.positions_out, positions, options.force, "--positions-out");
     for (const auto& stale : positions_writer->removed_stale()) report.removed_stale.push_back(stale.string());
   }
 

@@ -102,14 +102,15 @@ uint32_t width_for_vocab(int64_t vocab_size) { return vocab_size > 0 && vocab_si
 
 // ---- writer -----------------------------------------------------------------------------------
 
-TokenShardWriter::TokenShardWriter(std::filesystem::path path, TokenShardHeader header)
+TokenShardWriter::TokenShardWriter(std::filesystem::path path, TokenShardHeader header, bool overwrite,
+                                   const std::string& flag)
     : path_(std::move(path)), header_(header) {
   if (header_.width != 2 && header_.width != 4) throw internal_error("token shard width must be 2 or 4");
   struct stat info {};
   if (::stat(path_.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
     throw user_error("cannot write token shard ", path_.string(), ": it is a directory");
-  // Temporary files of runs that were killed (SIGKILL) are removed here; callers checked --force.
-  file_ = std::make_unique<AtomicFile>(path_, /*overwrite=*/true, "token shard");
+  // Temporary files of runs that were killed (SIGKILL) are removed here; callers report them.
+  file_ = std::make_unique<AtomicFile>(path_, overwrite, flag, nullptr);
   fd_ = ::open(file_->staging().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0)
     throw user_error("cannot create ", path_.string(), " (temporary ", file_->staging().string(), "): ", errno_text());

@@ -66,7 +66,10 @@ uint32_t width_for_vocab(int64_t vocab_size);
 // fields come from `header`.
 class TokenShardWriter {
  public:
-  TokenShardWriter(std::filesystem::path path, TokenShardHeader header);
+  // overwrite: replace a file that appears at `path` meanwhile (callers check --force before);
+  // flag names the output in errors.
+  TokenShardWriter(std::filesystem::path path, TokenShardHeader header, bool overwrite = true,
+                   const std::string& flag = "token shard");
   TokenShardWriter(const TokenShardWriter&) = delete;
   TokenShardWriter& operator=(const TokenShardWriter&) = delete;
   ~TokenShardWriter();

@@ -203,6 +203,16 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
   header.width = io::width_for_vocab(header.vocab_size);
   header.eos_id = static_cast<uint32_t>(*eos);
 
+  // An --out-dir this call creates is removed again when it fails (if still empty: the writers,
+  // declared after it, have removed their temporary files by then).
+  struct CreatedDirectory {
+    std::filesystem::path path;
+    bool keep = false;
+    ~CreatedDirectory() {
+      std::error_code ignored;
+      if (!path.empty() && !keep) std::filesystem::remove(path, ignored);
+    }
+  } created_dir;
   // Outputs first: a collision or an unwritable place fails before any work.
   std::vector<std::unique_ptr<io::TokenShardWriter>> writers;
   TokenizeReport report;
@@ -210,21 +220,23 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
     report.outputs.push_back(options.out);
   } else {
     struct stat info {};
-    if (::stat(options.out_dir.c_str(), &info) == 0 && !S_ISDIR(info.st_mode))
-      throw user_error("--out-dir ", options.out_dir, " exists and is not a directory");
-    std::error_code error;
-    std::filesystem::create_directories(options.out_dir, error);
-    if (error) throw user_error("cannot create --out-dir ", options.out_dir, ": ", error.message());
+    const bool exists = ::stat(options.out_dir.c_str(), &info) == 0;
+    if (exists && !S_ISDIR(info.st_mode)) throw user_error("--out-dir ", options.out_dir, " exists and is not a directory");
     std::set<std::string> names;
     for (const auto& input : options.inputs) {
       const std::string name = shard_name_for(input);
       if (!names.insert(name).second) throw user_error("two inputs would both be written to ", name, " in ", options.out_dir);
       report.outputs.push_back((std::filesystem::path(options.out_dir) / name).string());
     }
+    std::error_code error;
+    std::filesystem::create_directories(options.out_dir, error);
+    if (error) throw user_error("cannot create --out-dir ", options.out_dir, ": ", error.message());
+    if (!exists) created_dir.path = options.out_dir;
   }
   for (const auto& output : report.outputs) check_output_file(output, options.out.empty() ? "--out-dir" : "--out", options.force);
   for (const auto& output : report.outputs) {
-    writers.push_back(std::make_unique<io::TokenShardWriter>(output, header));
+    writers.push_back(std::make_unique<io::TokenShardWriter>(output, header, options.force,
+                                                             options.out.empty() ? "--out-dir" : "--out"));
     for (const auto& stale : writers.back()->removed_stale()) report.removed_stale.push_back(stale.string());
   }
 
@@ -259,6 +271,7 @@ TokenizeReport tokenize_files(const io::Tokenizer& tokenizer, const TokenizeOpti
   }
   pipeline.stop_and_join();
   for (auto& writer : writers) writer->finish();
+  created_dir.keep = true;
   report.files = static_cast<int64_t>(options.inputs.size());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (meter) meter->finish();

@@ -192,16 +192,24 @@ void AtomicDirectory::commit() {
   }
 }
 
-AtomicFile::AtomicFile(fs::path final_path, bool overwrite, const std::string& flag)
-    : final_path_(fs::absolute(final_path).lexically_normal()), flag_(flag), overwrite_(overwrite) {
+AtomicFile::AtomicFile(fs::path final_path, bool overwrite, const std::string& flag, std::ostream* announce)
+    : final_path_(fs::absolute(final_path)), flag_(flag), overwrite_(overwrite) {
   check_output_file(final_path.string(), flag_, overwrite_);
-  const fs::path parent = final_path_.parent_path();
   std::error_code error;
+  if (!overwrite_ && fs::is_symlink(fs::symlink_status(final_path_, error)))
+    throw user_error(flag_, " ", final_path.string(), " already exists (choose another path, or --force to replace it)");
+  const fs::path parent = final_path_.parent_path();
   if (!fs::is_directory(parent, error))
     throw user_error(flag_, " ", final_path.string(), ": directory ", parent.string(), " does not exist");
   removed_stale_ = remove_stale_staging(final_path_);
+  if (announce) print_removed_stale(removed_stale_, *announce);
   staging_ = unique_sibling(final_path_, "tmp-" + std::to_string(::getpid()), false);
   interrupt_cleanup_ = std::make_unique<RemoveOnInterrupt>(staging_);
+}
+
+void print_removed_stale(const std::vector<fs::path>& removed, std::ostream& out) {
+  for (const fs::path& path : removed)
+    out << "removed " << path.string() << ", the partial output of an earlier run that was killed\n";
 }
 
 AtomicFile::~AtomicFile() {

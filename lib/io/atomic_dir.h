@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -55,10 +56,13 @@ class AtomicFile {
  public:
   // Names the staging file "<parent>/.<name>.tmp-<pid>-<random>" (not created: write it with any
   // stream or descriptor), removed again if SIGINT/SIGTERM/SIGHUP end the process. Staging files
-  // of dead processes are removed first (removed_stale()). UserError naming `flag` (as
-  // check_output_file in util/cli.h) when final_path is a directory or exists and !overwrite, and
-  // when its parent directory is missing.
-  AtomicFile(std::filesystem::path final_path, bool overwrite, const std::string& flag);
+  // of dead processes are removed first (removed_stale()), each announced by a line on `announce`
+  // (print_removed_stale) unless it is null. UserError naming `flag` (as check_output_file in
+  // util/cli.h) when final_path is a directory or exists (a symlink too, dangling or not) and
+  // !overwrite, and when its parent directory is missing. The path is used as given, so "a/../b"
+  // means what the kernel makes of it; with overwrite a symlink there is replaced, not followed.
+  AtomicFile(std::filesystem::path final_path, bool overwrite, const std::string& flag,
+             std::ostream* announce = &std::cerr);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
   // Not committed: the staging file is removed.
@@ -88,6 +92,9 @@ class AtomicFile {
 // `text` as the whole content of `path`, through an AtomicFile (write, then commit).
 void write_file_atomically(const std::filesystem::path& path, const std::string& text, bool overwrite,
                            const std::string& flag);
+
+// "removed P, the partial output of an earlier run that was killed", a line per path.
+void print_removed_stale(const std::vector<std::filesystem::path>& removed, std::ostream& out);
 
 // Removes "<parent>/.<name>.tmp-<pid>-*" entries (directories or files) whose pid is dead;
 // returns what was removed.

@@ -14,6 +14,7 @@
 #include "io/atomic_dir.h"
 #include "store/pareto.h"
 #include "util/error.h"
+#include "util/interrupt.h"
 
 namespace prime::store {
 namespace detail {
@@ -50,19 +51,25 @@ std::string shell_quoted(const std::string& text) {
   return out + "'";
 }
 
+}  // namespace
+
 bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
 
-// Runs gnuplot on `script` from the script's directory, where its data and output names are.
-void run_gnuplot(const std::string& script, const std::string& image) {
+namespace {
+
+// Runs gnuplot on `script` from the script's directory, where its data and output names are;
+// `image` (the output's staging name) must exist afterwards. `what` names the plot in errors.
+void run_gnuplot(const std::string& script, const std::string& image, const std::string& what) {
   const fs::path script_path = fs::absolute(script);
   const std::string log = script_path.string() + ".log";
+  const RemoveOnInterrupt log_cleanup(log);
   const std::string command = "cd " + shell_quoted(script_path.parent_path().string()) + " && gnuplot " +
                               shell_quoted(script_path.filename().string()) + " >" + shell_quoted(log) + " 2>&1";
   const int status = std::system(command.c_str());
   std::ifstream in(log);
   const std::string messages((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   fs::remove(log);
-  if (status != 0 || !fs::exists(image)) throw internal_error("gnuplot failed on ", script, ":\n", messages);
+  if (status != 0 || !fs::exists(image)) throw internal_error("gnuplot failed drawing ", what, ":\n", messages);
 }
 
 // OUT (.png or .svg) drawn by gnuplot, with the data and the script beside it (OUT's stem + .dat
@@ -80,16 +87,21 @@ void write_plot(const std::string& image, bool force, const std::string& data_te
   data_file.write(data_text);
   script_file.write(script_text(data_name, image_file.final_path().filename().string()));
   if (!have_gnuplot()) {
+    // The data and the script alone, and no older image beside them that they do not draw.
     data_file.commit();
     script_file.commit();
+    std::error_code ignored;
+    if (force) fs::remove(image_file.final_path(), ignored);
     throw user_error("gnuplot is not installed (Debian: apt-get install gnuplot-nox); the data and script are in ",
-                     script_file.final_path().string(), " and beside it");
+                     script_file.final_path().string(), " and beside it: `gnuplot ",
+                     script_file.final_path().filename().string(), "` there draws ",
+                     image_file.final_path().filename().string(), " (or run this again with --force)");
   }
   // gnuplot reads the data and draws the image at their staging names, from a copy of the script
   // that names them; what it leaves is committed only once it succeeded.
   io::AtomicFile run_script(script_file.final_path(), true, "--out's gnuplot script");
   run_script.write(script_text(data_file.staging().filename().string(), image_file.staging().filename().string()));
-  run_gnuplot(run_script.staging().string(), image_file.staging().string());
+  run_gnuplot(run_script.staging().string(), image_file.staging().string(), image_file.final_path().string());
   data_file.commit();
   script_file.commit();
   image_file.commit();

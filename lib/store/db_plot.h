@@ -7,6 +7,9 @@
 
 namespace prime::store::detail {
 
+// Whether gnuplot is on PATH.
+bool have_gnuplot();
+
 // A Pareto scatter of table's first two objectives drawn by gnuplot to `image` (.png or .svg),
 // with image's stem + .dat and .gp beside it; existing files are replaced only with force.
 void render_pareto(const ParetoTable& table, const std::string& image, bool force);

@@ -117,6 +117,8 @@ class ScratchDirectory {
 
 void write_report(Store& store, const std::string& study_name, const std::string& out, bool force) {
   io::AtomicFile file(out, force, "--out");  // checked before the store is read
+  if (!detail::have_gnuplot())
+    throw user_error("gnuplot is not installed (Debian: apt-get install gnuplot-nox); the report's Pareto plots need it");
   const Study study = store.study(study_name);
   const ParetoTable table = pareto_table(store, study_name, study.objectives, false, true);
   std::map<int64_t, const ParetoRow*> placed;

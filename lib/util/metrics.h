@@ -27,8 +27,9 @@ class MetricsSink {
 };
 
 // One JSON object per line: {"kind":..., "step":..., <values>, <labels>}. Appends to the file
-// (a resumed run continues it), dropping lines of steps at or after `resume_step` first, and any
-// torn line, so a run killed after logging steps it never checkpointed does not log them twice.
+// (a resumed run continues it), cut back first to before the first line of a step at or after
+// `resume_step` (or a torn line), so a run killed after logging steps it never checkpointed does
+// not log them twice.
 class JsonlMetrics : public MetricsSink {
  public:
   explicit JsonlMetrics(std::string path, int64_t resume_step = -1);

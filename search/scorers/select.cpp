@@ -16,6 +16,7 @@
 #include "io/atomic_dir.h"
 #include "io/source.h"
 #include "model/load_model.h"
+#include "store/database.h"
 #include "store/store.h"
 #include "util/cli.h"
 #include "util/error.h"
@@ -47,7 +48,10 @@ std::string settings_key(const SelectOptions& options, const ScorerInfo& scorer)
   const ScorerSettings& s = options.settings;
   std::string key = "source=" + options.source + " scorer=" + scorer.name;
   if (!scorer.needs_data) return key + " ratio=" + s.ratios.at(0);
-  key += " data=" + options.data + " window=" + std::to_string(s.window) + " seq_len=" + std::to_string(s.seq_len) +
+  // The shard as the kernel resolves it, so "w.tok", "./w.tok" and its absolute path are one key.
+  std::error_code error;
+  const std::filesystem::path data = std::filesystem::weakly_canonical(options.data, error);
+  key += " data=" + (error ? options.data : data.string()) + " window=" + std::to_string(s.window) + " seq_len=" + std::to_string(s.seq_len) +
          " sequences=" + std::to_string(s.sequences) + " seed=" + std::to_string(s.seed) + " dtype=" + options.dtype;
   if (scorer.name == "swa-sensitivity")
     key += " probes=" + std::to_string(s.probes) + " probe_pairs=" + std::to_string(s.probe_pairs) +
@@ -253,8 +257,10 @@ void store_scores(const SelectOutcome& outcome, const std::string& url) {
 
 std::optional<StoredScores> stored_scores(const std::string& url, const std::string& source, const std::string& scorer,
                                          int64_t num_layers, const std::string& settings) {
-  const auto rows = store::Store::open(url)->layer_scores(source, scorer);
+  const auto store = store::Store::open(url);
+  const auto rows = store->layer_scores(source, scorer);
   StoredScores stored;
+  stored.where = store->database().display_url();
   if (!settings.empty()) {
     stored.settings = settings;
   } else {  // the newest run's
@@ -287,9 +293,9 @@ ConvertSelection scores_for_convert(const SelectOptions& options, const std::str
     const std::string wanted = options.data.empty() ? "" : settings_key(options, scorer);
     if (const auto stored = stored_scores(options.store, options.source, scorer.name, layers, wanted)) {
       const std::string settings = stored->settings.empty() ? "settings not recorded" : stored->settings;
-      log << "--select " << scorer.name << ": reusing the scores stored in " << options.store << " (" << settings
+      log << "--select " << scorer.name << ": reusing the scores stored in " << stored->where << " (" << settings
           << ")\n";
-      std::string csv = "# scores of " + scorer.name + " from " + options.store + " (" + settings + ")\nlayer,score\n";
+      std::string csv = "# scores of " + scorer.name + " from " + stored->where + " (" + settings + ")\nlayer,score\n";
       for (int64_t layer = 0; layer < layers; ++layer) csv += std::to_string(layer) + "," + number(stored->scores[layer]) + "\n";
       selection = {keep_path.empty() ? temporary_path() : keep_path, keep_path.empty(), true};
       io::write_file_atomically(selection.path, csv, true, "--select");

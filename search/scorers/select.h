@@ -55,6 +55,7 @@ void store_scores(const SelectOutcome& outcome, const std::string& url);
 struct StoredScores {
   std::vector<double> scores;
   std::string settings;  // '' when the rows predate settings being recorded
+  std::string where;     // the store, as it may be shown (no password)
 };
 std::optional<StoredScores> stored_scores(const std::string& url, const std::string& source, const std::string& scorer,
                                          int64_t num_layers, const std::string& settings);
