@@ -308,4 +308,12 @@ TEST_CASE("prime-data: --out-dir is created, existing shards need --force, a kil
   result = prime::test::run_cli("prime-data pack " + out_dir + "/a.tok --seq-len 4 --out " + out_dir + "/a.tok");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("--out " + out_dir + "/a.tok already exists"));
+  // A run that fails takes back the --out-dir it created (and leaves one that existed).
+  std::ofstream(dir / "bad.jsonl") << "{\"text\": \"fine\"}\nnot json\n";
+  result = prime::test::run_cli("prime-data tokenize " + (dir / "bad.jsonl") + tokenizer + " --out-dir " + (dir / "fresh"));
+  CHECK(result.exit_code == 1);
+  CHECK_FALSE(fs::exists(dir / "fresh"));
+  result = prime::test::run_cli("prime-data tokenize " + (dir / "bad.jsonl") + tokenizer + " --out-dir " + out_dir);
+  CHECK(result.exit_code == 1);
+  CHECK(fs::is_directory(out_dir));
 }
