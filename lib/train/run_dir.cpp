@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/atomic_dir.h"
 #include "util/error.h"
 
 namespace prime::train {
@@ -48,9 +49,7 @@ void write_run_json(const TrainOptions& options, const std::string& command_line
                         {"replaced_layers", models.replaced_layers},
                         {"layer_pattern", io::join_layer_pattern(models.student->config().layer_pattern)}};
   fs::create_directories(options.out);
-  std::ofstream out(fs::path(options.out) / "run.json");
-  out << run.dump(2) << "\n";
-  if (!out) throw user_error("cannot write ", (fs::path(options.out) / "run.json").string());
+  io::write_file_atomically(fs::path(options.out) / "run.json", run.dump(2) + "\n", true, "run.json");
 }
 
 }  // namespace prime::train
