@@ -68,9 +68,7 @@ int main(int argc, char** argv) {
       prime::io::write_file_atomically(options.out, prime::search::scores_csv(outcome), options.force, "--out");
       std::cout << "scores written to " << options.out << "\n";
     }
-    if (!options.store.empty()) {
-      prime::search::store_scores(outcome, options.store);
-      std::cout << "scores stored in " << options.store << "\n";
-    }
+    if (!options.store.empty())  // after --out, so a refused --out leaves the store as it was
+      std::cout << "scores stored in " << prime::search::store_scores(outcome, options.store) << "\n";
   });
 }

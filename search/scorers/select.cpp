@@ -238,7 +238,7 @@ std::optional<KeptScores> read_kept_scores(const std::filesystem::path& path, in
   return kept;
 }
 
-void store_scores(const SelectOutcome& outcome, const std::string& url) {
+std::string store_scores(const SelectOutcome& outcome, const std::string& url) {
   std::vector<store::LayerScore> rows;
   for (int64_t layer = 0; layer < outcome.num_layers; ++layer)
     rows.push_back({outcome.source, outcome.scorer, layer, outcome.result.scores[layer], outcome.seconds, outcome.device,
@@ -252,7 +252,9 @@ void store_scores(const SelectOutcome& outcome, const std::string& url) {
   };
   if (!outcome.result.cost.empty()) add_term("cost", outcome.result.cost);
   for (const auto& [name, values] : outcome.result.columns) add_term(name, values);
-  store::Store::open(url)->add_layer_scores(rows);
+  const auto store = store::Store::open(url);
+  store->add_layer_scores(rows);
+  return store->database().display_url();
 }
 
 std::optional<StoredScores> stored_scores(const std::string& url, const std::string& source, const std::string& scorer,

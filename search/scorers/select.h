@@ -47,8 +47,8 @@ void print_select(const SelectOutcome& outcome, std::ostream& out);
 std::string scores_csv(const SelectOutcome& outcome);
 
 // The outcome's scores into the store's layer_scores table (one row per layer, each with the
-// scorer's whole cost, device and settings line).
-void store_scores(const SelectOutcome& outcome, const std::string& url);
+// scorer's whole cost, device and settings line). Returns the store as it may be shown (no password).
+std::string store_scores(const SelectOutcome& outcome, const std::string& url);
 // Stored scores of (source, scorer) for every layer: those computed with `settings` (a settings
 // line), or with empty settings those of the newest stored run, whatever they were. Of several
 // runs with the same settings, the last. nullopt when some layer has none.

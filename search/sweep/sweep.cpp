@@ -21,6 +21,7 @@
 #include "search/sweep/sampler.h"
 #include "search/sweep/study_inputs.h"
 #include "search/sweep/trial.h"
+#include "store/database.h"
 #include "util/cli.h"
 #include "util/error.h"
 
@@ -358,7 +359,7 @@ int run_search(const SweepOptions& options, std::ostream& out, std::ostream& log
   print_trials(study, store->trials(study.id), out);
   std::string objectives;
   for (const auto& objective : spec.objectives) objectives += (objectives.empty() ? "" : ",") + store::objective_text(objective);
-  out << "Pareto front: prime-db --store " << options.store_url << " pareto --study " << spec.study
+  out << "Pareto front: prime-db --store " << store->database().display_url() << " pareto --study " << spec.study
       << " --objectives " << objectives << "\n";
   return status;
 }
