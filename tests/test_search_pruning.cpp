@@ -1,9 +1,11 @@
 // Successive halving end to end: a real sweep on the tiny model (one worker, so trials reach the
 // rung in number order) where the trials that cannot learn (learning rate 1e-9) are PRUNED at
 // the rung's step and those that do (1e-2) train to the full budget; once on one metric, once
-// on the Pareto rank of two.
+// on the Pareto rank of two; and on the evaluation's val_loss, decided at the first evaluation
+// at or after the rung's step.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -93,4 +95,39 @@ TEST_CASE("prime-search: successive halving on the Pareto rank of two metrics pr
   // At the rung (step 5) lr 1e-2 has loss ~3.45 and grad norm 0.87-1.02, lr 1e-9 loss ~4.15 and
   // grad norm 0.99-1.19: each slow trial is dominated by the fast one before it.
   check_pruned("pareto", json::array({"loss:min", "grad_norm:min"}), {"loss", "grad_norm"});
+}
+
+TEST_CASE("prime-search: successive halving on val_loss ranks each trial by the evaluation at the rung", "[search]") {
+  // Evaluations every 2 steps (2, 4, 6, 8); rung 0 is at step 5, so its values are step 6's: the
+  // evaluation there and the training loss logged with it, never step 4's evaluation.
+  test::TrainDir dir("search_prune_val");
+  json spec = pruning_spec("val", json::array({"val_loss:min", "loss:min"}));
+  spec["train"]["eval_every"] = 2;
+  spec["train"]["val_tokens"] = 128;
+  const std::string spec_path = dir / "spec.json";
+  std::ofstream(spec_path) << spec.dump(2);
+  search::SweepOptions options;
+  options.spec_path = spec_path;
+  options.store_url = dir / "runs.db";
+  options.device = "cpu";
+  std::ostringstream out, log;
+  REQUIRE(search::run_search(options, out, log) == 0);
+  INFO(log.str() << out.str());
+  CHECK_THAT(out.str(), Catch::Contains("4 trial(s), 2 COMPLETE, 2 PRUNED"));
+  auto store = store::Store::open(options.store_url);
+  for (const auto& trial : store->trials(store->study("val").id)) {
+    INFO("trial " << trial.number << " lr " << trial.param("lr")->value);
+    const auto val = store->curve(trial.id, "val_loss");
+    const auto rung = store->curve(trial.id, "rung.val_loss");
+    REQUIRE(rung.size() == 1);
+    const auto at_six = std::find_if(val.begin(), val.end(), [](const auto& point) { return point.step == 6; });
+    REQUIRE(at_six != val.end());
+    CHECK(rung[0].value == at_six->value);
+    if (trial.number % 2 == 1) {
+      CHECK(trial.state == store::TrialState::Pruned);
+      CHECK(trial.pruned_step == 6);
+    } else {
+      CHECK(trial.state == store::TrialState::Complete);
+    }
+  }
 }

@@ -94,13 +94,17 @@ class RungJudge {
     if (!rule_.enabled()) return false;
     const auto tokens_at = record.values.find("tokens");
     if (tokens_at == record.values.end()) return false;
-    // Decide on a record that carries one of the metrics, once all have a value.
-    bool carries = false;
+    // Decide on a record that carries one of the metrics, once all have a value; with a metric of
+    // the evaluation (val_*), only on an evaluation's record, so that a rung's value is that of the
+    // evaluation at (or after) the rung's step, not one from the evaluation before it.
+    bool carries = false, carries_eval = true;
     for (const auto& metric : rule_.metrics) {
       if (!latest.count(metric.name)) return false;
-      carries = carries || record.values.count(metric.name);
+      const bool here = record.values.count(metric.name) > 0;
+      carries = carries || here;
+      if (metric.name.rfind("val_", 0) == 0) carries_eval = carries_eval && here;
     }
-    if (!carries) return false;
+    if (!carries || !carries_eval) return false;
     const int reached = rung_at(rule_, static_cast<int64_t>(tokens_at->second));
     while (next_rung_ <= reached) {
       const int rung = next_rung_++;
