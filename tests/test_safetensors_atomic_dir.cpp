@@ -128,8 +128,10 @@ TEST_CASE("an atomic file appears only on commit, and an existing one only with 
   CHECK_THAT(test::user_error_message([&] { write_file_atomically(out, "second\n", false, "--out"); }),
              Catch::Contains("--out") && Catch::Contains("already exists") && Catch::Contains("--force"));
   CHECK(test::read_bytes(out) == "first\n");
+  fs::permissions(out, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
   write_file_atomically(out, "second\n", true, "--out");
   CHECK(test::read_bytes(out) == "second\n");
+  CHECK(fs::status(out).permissions() == (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read));
   CHECK(entries(parent.path()) == std::vector<std::string>{"scores.csv"});
 
   // A file that appears while it is written is not replaced without overwrite.

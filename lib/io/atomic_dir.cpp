@@ -219,6 +219,10 @@ AtomicFile::~AtomicFile() {
 void AtomicFile::commit() {
   PRIME_CHECK(!committed_, "AtomicFile committed twice: ", final_path_.string());
   const std::string where = final_path_.string();
+  // A replaced file keeps its permission bits (a symlink is replaced, so its target's are not taken).
+  struct stat existing {};
+  if (overwrite_ && ::lstat(final_path_.c_str(), &existing) == 0 && S_ISREG(existing.st_mode))
+    ::chmod(staging_.c_str(), existing.st_mode & 07777);
   fsync_path(staging_, false);
   if (overwrite_) {
     if (rename(staging_.c_str(), final_path_.c_str()) != 0)
