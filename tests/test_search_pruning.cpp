@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -43,11 +44,11 @@ json pruning_spec(const std::string& study, const json& metrics) {
   };
 }
 
-// Runs the sweep; checks which trials were pruned, where, and that the rest ran to the end.
-void check_pruned(const std::string& study_name, const json& metrics, const std::vector<std::string>& rung_metrics) {
-  test::TrainDir dir("search_prune");
+// Runs `spec` on the CPU with its store in `dir`, checks that half the trials were pruned, and
+// returns the store.
+std::unique_ptr<store::Store> run_pruning_sweep(const test::TrainDir& dir, const json& spec) {
   const std::string spec_path = dir / "spec.json";
-  std::ofstream(spec_path) << pruning_spec(study_name, metrics).dump(2);
+  std::ofstream(spec_path) << spec.dump(2);
   search::SweepOptions options;
   options.spec_path = spec_path;
   options.store_url = dir / "runs.db";
@@ -56,8 +57,13 @@ void check_pruned(const std::string& study_name, const json& metrics, const std:
   REQUIRE(search::run_search(options, out, log) == 0);
   INFO(log.str() << out.str());
   CHECK_THAT(out.str(), Catch::Contains("4 trial(s), 2 COMPLETE, 2 PRUNED"));
+  return store::Store::open(options.store_url);
+}
 
-  auto store = store::Store::open(options.store_url);
+// Runs the sweep; checks which trials were pruned, where, and that the rest ran to the end.
+void check_pruned(const std::string& study_name, const json& metrics, const std::vector<std::string>& rung_metrics) {
+  test::TrainDir dir("search_prune");
+  auto store = run_pruning_sweep(dir, pruning_spec(study_name, metrics));
   const auto trials = store->trials(store->study(study_name).id);
   REQUIRE(trials.size() == 4);
   for (const auto& trial : trials) {
@@ -104,17 +110,7 @@ TEST_CASE("prime-search: successive halving on val_loss ranks each trial by the 
   json spec = pruning_spec("val", json::array({"val_loss:min", "loss:min"}));
   spec["train"]["eval_every"] = 2;
   spec["train"]["val_tokens"] = 128;
-  const std::string spec_path = dir / "spec.json";
-  std::ofstream(spec_path) << spec.dump(2);
-  search::SweepOptions options;
-  options.spec_path = spec_path;
-  options.store_url = dir / "runs.db";
-  options.device = "cpu";
-  std::ostringstream out, log;
-  REQUIRE(search::run_search(options, out, log) == 0);
-  INFO(log.str() << out.str());
-  CHECK_THAT(out.str(), Catch::Contains("4 trial(s), 2 COMPLETE, 2 PRUNED"));
-  auto store = store::Store::open(options.store_url);
+  auto store = run_pruning_sweep(dir, spec);
   for (const auto& trial : store->trials(store->study("val").id)) {
     INFO("trial " << trial.number << " lr " << trial.param("lr")->value);
     const auto val = store->curve(trial.id, "val_loss");
