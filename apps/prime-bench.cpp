@@ -364,7 +364,8 @@ void run_decode(DecodeOptions& options) {
   const auto rows = prime::eval::run_decode_models(options.models, load, options.bench, &std::cout);
   std::cout << "\n";
   prime::eval::print_decode_table(rows, options.bench, std::cout);
-  if (!options.json.empty()) prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench), options.force, "--json");
+  if (!options.json.empty())
+    prime::eval::write_json_file(options.json, prime::eval::to_json(rows, options.bench), options.force, "--json");
 }
 
 void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& options) {

@@ -62,8 +62,8 @@ uint32_t width_for_vocab(int64_t vocab_size);
 // Streams ids into an AtomicFile's "<dir>/.<name>.tmp-<pid>-<random>", then fsyncs and renames it
 // over `path` in finish(). Destroyed without finish(), it removes the temporary file: a shard
 // appears complete or not at all; SIGINT/SIGTERM remove it too (util/interrupt.h), and temporary
-// files of killed runs for the same path are removed first. count is filled in by finish(); the other header
-// fields come from `header`.
+// files of killed runs for the same path are removed first. count is filled in by finish(); the
+// other header fields come from `header`.
 class TokenShardWriter {
  public:
   // overwrite: replace a file that appears at `path` meanwhile (callers check --force before);

@@ -68,12 +68,10 @@ std::string checkpoint_card(const nlohmann::json& config, const nlohmann::json& 
   out << "---\n\n";
   const std::string name = fs::path(model).filename().empty() ? model : fs::path(model).filename().string();
   out << "# " << name << ": prime-train checkpoint, step " << provenance.value("step", int64_t{0}) << "\n\n";
+  const std::string teacher = json_text(plan.value("teacher", nlohmann::json()));
   out << "Trained by prime-train " << json_text(provenance.value("prime_version", nlohmann::json())) << " from `"
       << model << "` (stage `" << json_text(plan.value("stage", nlohmann::json())) << "`"
-      << (json_text(plan.value("teacher", nlohmann::json())).empty()
-              ? std::string()
-              : ", teacher `" + json_text(plan["teacher"]) + "`")
-      << "): " << provenance.value("step", int64_t{0}) << " steps, " << provenance.value("tokens", int64_t{0})
+      << (teacher.empty() ? std::string() : ", teacher `" + teacher + "`") << "): " << provenance.value("step", int64_t{0}) << " steps, " << provenance.value("tokens", int64_t{0})
       << " tokens.\n\n";
   out << "| | |\n|---|---|\n";
   const auto architectures = config.value("architectures", nlohmann::json::array());
