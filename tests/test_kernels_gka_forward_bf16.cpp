@@ -267,16 +267,24 @@ TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve kee
   using kernels::GkaForwardIterate;
   {
     const test::ScopedEnv unset("PRIME_GKA_FORWARD_ITERATE", nullptr);
-    CHECK(kernels::gka_forward_iterate() == GkaForwardIterate::Registers);
+    CHECK(kernels::gka_forward_iterate(at::kCPU) == GkaForwardIterate::Registers);
+#ifdef PRIME_WITH_CUDA
+    if (at::hasCUDA()) {  // a Hopper takes the warpgroup MMAs: the default build carries sm_90a code
+      const at::Device cuda(at::kCUDA, 0);
+      const bool hopper = at::cuda::getDeviceProperties(0)->major == 9;
+      CHECK(kernels::gka_forward_wgmma_available(cuda) == hopper);
+      CHECK(kernels::gka_forward_iterate(cuda) == (hopper ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers));
+    }
+#endif
   }
   for (const auto& [text, form] : {std::pair{"registers", GkaForwardIterate::Registers},
                                    std::pair{"shared", GkaForwardIterate::Shared},
                                    std::pair{"wgmma", GkaForwardIterate::Wgmma}}) {
     const test::ScopedEnv set("PRIME_GKA_FORWARD_ITERATE", text);
-    CHECK(kernels::gka_forward_iterate() == form);
+    CHECK(kernels::gka_forward_iterate(at::kCPU) == form);
   }
   const test::ScopedEnv bad("PRIME_GKA_FORWARD_ITERATE", "smem");
-  CHECK_THROWS_AS(kernels::gka_forward_iterate(), UserError);
+  CHECK_THROWS_AS(kernels::gka_forward_iterate(at::kCPU), UserError);
 }
 
 // The iterate in registers (8 warps at D = 128, 4 at D = 64) against the 16-warp form with the

@@ -30,15 +30,17 @@ bool is_state(const at::Tensor& state, const at::Tensor& q) {
 
 }  // namespace
 
-GkaForwardIterate gka_forward_iterate() {
+GkaForwardIterate gka_forward_iterate(const at::Device& device) {
   const char* value = std::getenv("PRIME_GKA_FORWARD_ITERATE");
   const std::string text = value ? value : "";
-  if (text.empty() || text == "registers") return GkaForwardIterate::Registers;
+  if (text.empty())
+    return gka_forward_wgmma_available(device) ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers;
+  if (text == "registers") return GkaForwardIterate::Registers;
   if (text == "shared") return GkaForwardIterate::Shared;
   if (text == "wgmma") return GkaForwardIterate::Wgmma;
   throw user_error("PRIME_GKA_FORWARD_ITERATE=", text, ": must be \"registers\" (the bf16 forward's solve keeps ",
-                   "its iterate in registers, the default), \"shared\" (in shared memory) or \"wgmma\" (on ",
-                   "Hopper's warpgroup MMAs)");
+                   "its iterate in registers), \"shared\" (in shared memory) or \"wgmma\" (on Hopper's warpgroup ",
+                   "MMAs); unset, Hopper GPUs take \"wgmma\" and others \"registers\"");
 }
 
 bool gka_forward_wgmma_available(const at::Device& device) {
@@ -86,7 +88,7 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
               "gka_forward_bf16: operands the kernels do not serve (q ", q.sizes(),
               "); ask gka_forward_bf16_apply first");
   require_cuda_build("gka_forward_bf16");
-  const GkaForwardIterate iterate = gka_forward_iterate();
+  const GkaForwardIterate iterate = gka_forward_iterate(q.device());
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), M = B * H;
   const int64_t N = (T + kChunk - 1) / kChunk;
   PRIME_CHECK(!chunk_starts.defined() || (chunk_starts.dim() == 1 && chunk_starts.size(0) == N &&

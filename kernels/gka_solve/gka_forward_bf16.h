@@ -26,15 +26,16 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
                             const at::Tensor& kk_state, const at::Tensor& kv_state, int64_t chunk_size,
                             const at::Tensor& chunk_starts, int num_iter);
 
-// Where the per-chunk kernel's solve keeps its iterate: PRIME_GKA_FORWARD_ITERATE = "registers" (the
-// default: 2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
-// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (a
-// warpgroup per 64 columns holds it, the products on Hopper's warpgroup MMAs, at D = 64 and 128;
-// other GPUs refuse it). Anything else: a UserError.
+// Where the per-chunk kernel's solve on `device` keeps its iterate: PRIME_GKA_FORWARD_ITERATE =
+// "registers" (2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
+// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (a warpgroup per
+// 64 columns holds it, the products on Hopper's warpgroup MMAs, at D = 64 and 128; other GPUs refuse
+// it). Unset: "wgmma" where gka_forward_wgmma_available(device), else "registers". Anything else: a
+// UserError.
 enum class GkaForwardIterate { Registers, Shared, Wgmma };
-GkaForwardIterate gka_forward_iterate();
+GkaForwardIterate gka_forward_iterate(const at::Device& device);
 
-// Whether `device` runs the wgmma form (a CUDA build and a Hopper GPU, sm_90).
+// Whether `device` runs the wgmma form (a CUDA build with sm_90a code and a Hopper GPU).
 bool gka_forward_wgmma_available(const at::Device& device);
 
 struct GkaForwardBf16 {

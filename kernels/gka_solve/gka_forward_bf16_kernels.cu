@@ -22,6 +22,7 @@
 
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/wgmma_device.h"
 #include "kernels/gka_solve/gka_forward_bf16_launch.h"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
 #include "kernels/gka_solve/gka_solve_bf16_registers.cuh"
@@ -441,9 +442,7 @@ void launch_typed(const ForwardParams& p, int64_t M, int iterate) {
 
 }  // namespace
 
-bool gka_forward_bf16_wgmma_device(const at::Device& device) {
-  return at::cuda::getDeviceProperties(device.index())->major == 9;
-}
+bool gka_forward_bf16_wgmma_device(const at::Device& device) { return wgmma_runs_on(device); }
 
 bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device) {
   return gka_forward_bf16_shared_bytes(D) <= at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin;

@@ -15,7 +15,8 @@ size_t gka_forward_bf16_shared_bytes(int64_t D);
 // Whether that block fits the device's shared memory (the H200 takes every D; an A100 not D = 128).
 bool gka_forward_bf16_fits_device(int64_t D, const at::Device& device);
 
-// Whether the device runs the warpgroup MMAs the kIterateWgmma form issues (sm_90).
+// Whether the device runs the warpgroup MMAs the kIterateWgmma form issues (sm_90 and this build's
+// machine code for it: common/wgmma_device.h).
 bool gka_forward_bf16_wgmma_device(const at::Device& device);
 
 // o [B,T,H,D] (fp32 or bf16, contiguous) = output_scale (e^{G_t} q~_t S_0 + sum_j W_tj (q~_t.k_j) v_j),

@@ -1,0 +1,14 @@
+// Whether this build's machine code for a device issues the warpgroup MMAs (wgmma.cuh): the device
+// is a Hopper (sm_90) and the code the runtime loads for it was built for sm_90a (the default
+// PRIME_CUDA_ARCHITECTURES carries it; a build for 80 or 90 alone runs its PTX, where they trap).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prime::kernels::detail {
+
+// Asks a one-thread probe kernel once per device (synchronises then), the answer cached after.
+// Defined in builds with the CUDA kernels only.
+bool wgmma_runs_on(const at::Device& device);
+
+}  // namespace prime::kernels::detail
