@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -138,4 +139,27 @@ TEST_CASE("Store: a PostgreSQL store has the same schema version and refuses a f
   CHECK_THROWS_WITH(Store::open(fresh, OpenMode::ReadOnly), Catch::Contains("empty"));
   CHECK(Store::open(fresh)->schema_version() == Store::current_schema_version());
   CHECK(Store::open(fresh, OpenMode::ReadOnly)->studies().empty());
+}
+
+// Keeping the password off command lines (where ps shows it): libpq takes it from PGPASSWORD or a
+// password file when the URL has none, and a refusal says where to put it.
+TEST_CASE("Store: a PostgreSQL URL without its password connects with PGPASSWORD", "[store][postgres]") {
+  if (prime::test::postgres_test_url().empty()) {
+    WARN("PRIME_TEST_POSTGRES_URL is not set: skipped (see README, Experiment store)");
+    return;
+  }
+  const std::string url = prime::test::fresh_postgres_store("password");
+  const std::smatch parts = [&] {
+    std::smatch match;
+    REQUIRE(std::regex_search(url, match, std::regex(R"(^(postgres(?:ql)?://[^:/@]+):([^@]+)@(.*)$)")));
+    return match;
+  }();
+  const std::string without = parts[1].str() + "@" + parts[3].str(), password = parts[2].str();
+  const prime::test::ScopedEnv no_file("PGPASSFILE", "/nonexistent/prime-test-pgpass");
+  {
+    const prime::test::ScopedEnv unset("PGPASSWORD", nullptr);
+    CHECK_THROWS_WITH(Store::open(without), Catch::Contains("no password supplied") && Catch::Contains("PGPASSWORD"));
+  }
+  const prime::test::ScopedEnv set("PGPASSWORD", password.c_str());
+  CHECK(Store::open(without)->schema_version() == Store::current_schema_version());
 }

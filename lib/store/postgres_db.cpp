@@ -56,6 +56,8 @@ class PostgresDatabase : public Database {
       while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
       PQfinish(conn_);
       conn_ = nullptr;
+      if (message.find("no password supplied") != std::string::npos)
+        message += " (the URL has none: set PGPASSWORD or add a ~/.pgpass line, which libpq reads)";
       throw user_error("cannot connect to the PostgreSQL store ", display_, ": ", message);
     }
     exec_script("SET client_min_messages = warning");
