@@ -8,6 +8,7 @@
 #include "io/atomic_dir.h"
 #include "io/checkpoint.h"
 #include "io/safetensors_writer.h"
+#include "io/tensor_file.h"
 #include "test_safetensors_util.h"
 
 namespace fs = std::filesystem;
@@ -173,4 +174,20 @@ TEST_CASE("an atomic file checks its path and removes what killed runs left", "[
   CHECK_FALSE(fs::is_symlink(parent / "link.csv"));
   CHECK(test::read_bytes(parent / "link.csv") == "x");
   CHECK_FALSE(fs::exists(parent / "nowhere"));
+}
+
+TEST_CASE("a tensor file replaces an existing one only with overwrite and leaves nothing else", "[io][atomic_dir]") {
+  TempDir parent;
+  const fs::path out = parent / "logits.safetensors";
+  save_tensor_file(out, {{"logits", at::full({2, 3}, 1.5f)}}, {{"model", "m"}}, false, "--dump-logits");
+  const std::string first = test::read_bytes(out);
+  CHECK_THAT(test::user_error_message(
+                 [&] { save_tensor_file(out, {{"logits", at::zeros({2, 3})}}, {}, false, "--dump-logits"); }),
+             Catch::Contains("--dump-logits") && Catch::Contains("already exists"));
+  CHECK(test::read_bytes(out) == first);
+  save_tensor_file(out, {{"logits", at::zeros({2, 3})}}, {}, true, "--dump-logits");
+  CHECK(test::read_bytes(out) != first);
+  CHECK(entries(parent.path()) == std::vector<std::string>{"logits.safetensors"});
+  CHECK_THAT(test::user_error_message([&] { save_tensor_file(parent.path(), {{"x", at::zeros({1})}}, {}, true, "--out"); }),
+             Catch::Contains("is a directory"));
 }

@@ -192,7 +192,8 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
   at::NoGradGuard no_grad;
   if (!request.dump_logits.empty()) {
     result.logits = loaded.model->forward(input).squeeze(0).to(at::kFloat).cpu().contiguous();
-    io::save_tensor_file(request.dump_logits, {{"logits", result.logits}}, {{"model", request.model}});
+    io::save_tensor_file(request.dump_logits, {{"logits", result.logits}}, {{"model", request.model}}, request.force,
+                         "--dump-logits");
     out << "wrote logits [" << result.logits.size(0) << ", " << result.logits.size(1) << "] to "
         << request.dump_logits << "\n";
   }
