@@ -88,6 +88,31 @@ TEST_CASE("decode bench: rows, cache bytes, traffic floor and ratios", "[bench]"
   CHECK(json["rows"][0]["kv_bytes_per_sequence"] == kv_per_token * 9);
 }
 
+// Repeated prefills each start from a fresh cache: the decode after them sees P tokens, not 3 P.
+TEST_CASE("decode bench: --prefill-repeats times several prefills into fresh caches", "[bench]") {
+  auto hybrid = gdn_hybrid();
+  eval::DecodeBenchOptions options;
+  options.prompts = {7};
+  options.new_tokens = 2;
+  options.warmup = 1;
+  options.prefill_tokens = 4;
+  options.prefill_repeats = 3;
+  const int64_t kv_per_token = 2 /*k,v*/ * 2 /*kv heads*/ * 16 * 4 /*fp32*/;  // one attention layer
+  const std::vector<eval::DecodeBenchRow> rows = eval::run_decode_bench(hybrid, options);
+  REQUIRE(rows.size() == 2);
+  for (const auto& row : rows) {
+    CHECK(row.error.empty());
+    CHECK(row.prefill_tokens_per_s > 0);
+    CHECK(row.kv_bytes_per_sequence == kv_per_token * (7 + 3));
+  }
+  std::ostringstream table;
+  eval::print_decode_table(rows, options, table);
+  CHECK_THAT(table.str(), Contains("prefill P (the median of 3 runs)"));
+  CHECK(eval::to_json(rows, options)["prefill_repeats"] == 3);
+  options.prefill_repeats = 0;
+  CHECK_THROWS_AS(eval::run_decode_bench(hybrid, options), UserError);
+}
+
 TEST_CASE("decode bench: a mixture of experts' floor counts the experts its tokens pick", "[bench][moe]") {
   // 8 experts, 2 per token, 2 layers: each layer's 8 experts hold gate, up and down [32, 64].
   auto moe = eval::load_bench_model(

@@ -90,6 +90,7 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
                                 const DecodeBenchOptions& options) {
   if (batch < 1 || prompt < 1 || options.new_tokens < 1)
     throw user_error("decode bench needs batch, prompt and new tokens >= 1");
+  if (options.prefill_repeats < 1) throw user_error("--prefill-repeats must be >= 1");
   check_modes({mode});
   if (options.context != "prefill" && options.context != "synthetic")
     throw user_error("unknown decode context '", options.context, "' (prefill, synthetic)");
@@ -112,23 +113,33 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     const int64_t warmup = graph ? std::max<int64_t>(options.warmup, 2) : options.warmup;
     const int64_t total = prompt + warmup + options.new_tokens;
     model::ModelCache cache = model.make_cache(batch, total);  // allocated once in every mode
-    auto start = Clock::now();
     at::Tensor next;  // [B]
     if (options.context == "synthetic") {
       fill_synthetic_context(model, cache, prompt);
       next = prompt_ids.select(1, prompt - 1);
     } else {
       // Prefill in chunks so the [B, T, vocab] logits stay bounded; only the last position matters.
+      // Repeated, each run into a fresh cache (the old one freed first), the median time counts.
       const int64_t chunk = std::max<int64_t>(1, options.prefill_tokens / batch);
-      at::Tensor last;
-      for (int64_t begin = 0; begin < prompt; begin += chunk) {
-        const int64_t length = std::min(chunk, prompt - begin);
-        last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
+      std::vector<double> seconds;
+      for (int64_t run = 0; run < options.prefill_repeats; ++run) {
+        if (run > 0) {
+          cache = model::ModelCache();
+          cache = model.make_cache(batch, total);
+        }
+        const auto start = Clock::now();
+        at::Tensor last;
+        for (int64_t begin = 0; begin < prompt; begin += chunk) {
+          const int64_t length = std::min(chunk, prompt - begin);
+          last = model.forward(prompt_ids.narrow(1, begin, length), &cache).select(1, length - 1);
+        }
+        next = last.argmax(-1);
+        next.cpu();  // waits for the device
+        seconds.push_back(since(start));
       }
-      next = last.argmax(-1);
+      std::sort(seconds.begin(), seconds.end());
+      row.prefill_seconds = seconds[(seconds.size() - 1) / 2];
     }
-    next.cpu();  // waits for the device
-    row.prefill_seconds = since(start);
     const CacheBytes after_prefill = cache_bytes(cache);
 
     std::unique_ptr<model::StepDecoder> decoder;
@@ -141,7 +152,7 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     };
     for (int64_t step = 0; step < warmup; ++step) next = decode_step(next);
     next.cpu();
-    start = Clock::now();
+    const auto start = Clock::now();
     for (int64_t step = 0; step < options.new_tokens; ++step) next = decode_step(next);
     next.cpu();
     row.decode_seconds = since(start);
@@ -259,7 +270,10 @@ std::string format_decode_row(const DecodeBenchRow& row, const DecodeBenchRow* a
 std::string decode_table_header(const DecodeBenchOptions& options, int name_width) {
   std::ostringstream out;
   const std::string first_mode = options.modes.empty() ? "" : options.modes.front();
-  out << "decode: " << (options.context == "synthetic" ? "a synthetic context of P tokens (no prefill)" : "prefill P")
+  out << "decode: "
+      << (options.context == "synthetic"   ? "a synthetic context of P tokens (no prefill)"
+          : options.prefill_repeats > 1 ? "prefill P (the median of " + std::to_string(options.prefill_repeats) + " runs)"
+                                        : std::string("prefill P"))
       << ", then " << options.new_tokens << " steps (" << options.warmup
       << " warm-up steps untimed, 2 with a graph); floor = (weights + B x cache traffic) / " << options.hbm_gbps
       << " GB/s; x dec, x cache: vs the first model in the same mode; x " << first_mode << ": vs the same model "
@@ -343,7 +357,7 @@ std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& sp
 
 nlohmann::json to_json(const std::vector<DecodeBenchRow>& rows, const DecodeBenchOptions& options) {
   nlohmann::json out = {{"new_tokens", options.new_tokens}, {"warmup", options.warmup}, {"hbm_gbps", options.hbm_gbps},
-                        {"modes", options.modes}};
+                        {"modes", options.modes}, {"prefill_repeats", options.prefill_repeats}};
   nlohmann::json items = nlohmann::json::array();
   for (const auto& row : rows) {
     nlohmann::json item = {{"model", row.model}, {"mode", row.mode},     {"context", row.context},
