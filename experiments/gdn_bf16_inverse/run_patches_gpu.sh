@@ -32,7 +32,7 @@ take_back() {  # the applied patches out, last first
   applied=()
   find kernels -name '*.orig' -delete
 }
-trap take_back EXIT
+trap 'take_back; bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 export PRIME_REQUIRE_CUDA=1
 for variant in "${variants[@]}"; do
   IFS=+ read -r -a names <<< "$variant"

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 start=$(date +%s)
 OUT=${OUT:-/tmp/prime-gka-default-out}
 mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
 export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') TORCH_CUDA_ARCH_LIST=9.0a
 cmake -S . -B build-gpu -GNinja -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON \
