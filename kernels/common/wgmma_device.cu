@@ -29,6 +29,11 @@ bool wgmma_runs_on(const at::Device& device) {
   bool runs = at::cuda::getDeviceProperties(index)->major == 9;
   if (runs) {
     const at::cuda::CUDAGuard guard(index);
+    // Inside a CUDA-graph capture the probe cannot wait for its answer: no warpgroup MMAs this
+    // once, and the question is asked again outside.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    PRIME_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture));
+    if (capture != cudaStreamCaptureStatusNone) return false;
     const at::Tensor enabled = at::zeros({1}, at::TensorOptions().device(at::kCUDA, index).dtype(at::kInt));
     wgmma_probe_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(enabled.data_ptr<int>());
     PRIME_CUDA_CHECK_LAUNCH("wgmma_probe_kernel");

@@ -7,7 +7,8 @@
 
 namespace prime::kernels::detail {
 
-// Asks a one-thread probe kernel once per device (synchronises then), the answer cached after.
+// Asks a one-thread probe kernel once per device (synchronises then), the answer cached after;
+// while the current stream captures a CUDA graph and no answer is cached yet: false, not cached.
 // Defined in builds with the CUDA kernels only.
 bool wgmma_runs_on(const at::Device& device);
 
