@@ -12,13 +12,7 @@ OUT=${OUT:-/tmp/prime-gka-prefill-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/machine.txt" 2>&1
-export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') TORCH_CUDA_ARCH_LIST=9.0a
-cmake -S . -B build-gpu -GNinja -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON \
-  -DPRIME_SOURCE_FILTER='/lib/|/search/|/kernels/|/apps/prime-bench' > "$OUT/configure.log" 2>&1 ||
-  { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j"$(nproc)" --target prime-bench > "$OUT/build.log" 2>&1 ||
-  { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
+bash experiments/gpu/build_filtered.sh "$OUT" '/lib/|/search/|/kernels/|/apps/prime-bench' prime-bench || exit 1
 hbm=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo 4800 || echo 3350)
 for round in 1 2 3; do
   for form in wgmma registers; do

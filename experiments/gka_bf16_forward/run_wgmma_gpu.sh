@@ -23,13 +23,9 @@ mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
 if [ $build = 1 ]; then
-  export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') TORCH_CUDA_ARCH_LIST=9.0a
-  cmake -S . -B build-gpu -GNinja -DCMAKE_BUILD_TYPE=Release -DPRIME_CUDA=ON -DPRIME_CUDA_ARCHITECTURES=90a-real \
-    -DPRIME_SOURCE_FILTER='/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma|wgmma_layout|gdn)[.]cpp' \
-    > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  cmake --build build-gpu -j"$(nproc)" --target prime_tests prime-bench > "$OUT/build.log" 2>&1 ||
-    { grep -B2 -A10 -m5 error "$OUT/build.log"; exit 1; }
-  echo "build: $(( $(date +%s) - start )) s"
+  bash experiments/gpu/build_filtered.sh "$OUT" \
+    '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma|wgmma_layout|gdn)[.]cpp' \
+    prime_tests prime-bench || exit 1
 fi
 export PRIME_REQUIRE_CUDA=1
 # run SECONDS_NEEDED NAME COMMAND...: runs COMMAND (output to $OUT/NAME.txt) if that much time is left.
