@@ -10,6 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-data-eval-out}
 mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 bin=build-gpu-data/bin
 what=${1:-build}
 shift || true

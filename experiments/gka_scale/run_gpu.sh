@@ -11,6 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-gka-scale-out}
 mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 [ -d ../shared ] || { mkdir -p ../shared && cp -r .gpu/shared/* ../shared/; }
 export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 export TORCH_CUDA_ARCH_LIST=9.0a

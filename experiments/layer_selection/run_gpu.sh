@@ -13,6 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/prime-select-out}
 mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 export TORCH_CUDA_ARCH_LIST=9.0a
 export BIN=build-gpu/bin
@@ -41,5 +42,3 @@ $BIN/prime-select --source synthetic:qwen3-8b --scorer attention-locality --data
   --sequences 4 --batch 1 --device cuda --dtype bf16 --ratios 1:1,1:3,1:7 > "$OUT/select_8b.txt" 2>&1
 echo "8B attention-locality: exit $? in $(( $(date +%s) - start )) s wall (model generation included)" >> "$OUT/select_8b.txt"
 tail -6 "$OUT/select_8b.txt"
-# Everything in one archive too, for machines that return few files.
-tar czf /tmp/layer-selection-out.tgz -C "$OUT" . && mv /tmp/layer-selection-out.tgz "$OUT/all.tgz"

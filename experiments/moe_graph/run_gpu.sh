@@ -10,6 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-moe-out}
 mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 OUT="$OUT" bash experiments/gpu/run_on_gpu.sh build || exit 1
 # A [gpu] test that finds no CUDA device fails here instead of skipping.
 export PRIME_REQUIRE_CUDA=1
