@@ -22,6 +22,7 @@
 #include "tokenizer/tokenizer_bench.h"
 #include "train/train_bench.h"
 #include "util/cli.h"
+#include "util/device_info.h"
 #include "util/error.h"
 
 namespace {
@@ -167,8 +168,11 @@ void run_kernels(SsmOptions& options) {
               << ratio(packed.packed_forward_backward_ms, packed.bucketed_forward_backward_ms) << "x\n";
   }
   // One decode step of the SSM cores at the 8B shape: kernels/ssm_decode vs the torch in-place step.
+  // The "% HBM" columns: of this device's peak bandwidth (util/device_info.h).
+  const double hbm_tbps = prime::floor_bandwidth_gbps(0, device) / 1e3;
   prime::eval::DecodeStepBenchOptions step;
   step.repeats = options.bench.repeats;
+  step.hbm_tbps = hbm_tbps;
   std::cout << "\ndecode step of a layer (kernels/ssm_decode, kernels/attention_decode; ATTN: bf16 cache), TB/s = traffic "
                "floor / time; copy: a device-to-device copy of the state's size, same run; % of " << std::fixed
             << std::setprecision(1) << step.hbm_tbps << " TB/s\n"
@@ -191,6 +195,7 @@ void run_kernels(SsmOptions& options) {
   // The decode step's weight projections: kernels/linear_decode vs at::linear (cuBLAS).
   prime::eval::LinearDecodeBenchOptions projection;
   projection.repeats = options.bench.repeats;
+  projection.hbm_tbps = hbm_tbps;
   std::cout << "\ndecode projection y = x W^T (kernels/linear_decode vs at::linear), per call in a replayed CUDA graph "
             << "and launched eagerly; TB/s = weight bytes / time, % of " << std::fixed << std::setprecision(1)
             << projection.hbm_tbps << " TB/s\n"
@@ -213,6 +218,7 @@ void run_kernels(SsmOptions& options) {
   // Projections sharing x in one launch (q/k/v; gate/up ending in silu(gate) * up) vs separate calls.
   prime::eval::LinearDecodeGroupBenchOptions grouped;
   grouped.common.repeats = options.bench.repeats;
+  grouped.common.hbm_tbps = hbm_tbps;
   std::cout << "\ngrouped decode projections at 1 row (one launch vs the kernel per weight vs at::linear), per call "
             << "in a replayed CUDA graph; TB/s = weight bytes / grouped time, % of " << std::fixed
             << std::setprecision(1) << grouped.common.hbm_tbps << " TB/s; per-unit: the grouped launch with a warp "
@@ -317,6 +323,7 @@ struct DecodeOptions {
   std::string dtype = "bf16";
   std::string json;
   bool force = false;
+  double hbm_gbps = 0;  // 0: util/device_info.h's floor_bandwidth_gbps for the device
 };
 
 void add_decode_command(CLI::App& app, DecodeOptions& options) {
@@ -351,8 +358,10 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
       ->check(CLI::IsMember({"prefill", "synthetic"}))->group("Shape");
   command->add_option("--max-batch-tokens", options.bench.max_batch_tokens, "skip (B, P) with B x P above this (default: none)")
       ->group("Shape");
-  command->add_option("--hbm-gbps", options.bench.hbm_gbps, "HBM bandwidth for the floor, GB/s (default 4800, H200)")
-      ->group("Measurement");
+  command->add_option("--hbm-gbps", options.hbm_gbps,
+                      "memory bandwidth for the floor, GB/s (default: the device's peak, an H200's 4800, others' "
+                      "from their memory clock and bus width; 4800 on the CPU)")
+      ->check(CLI::PositiveNumber)->group("Measurement");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype, "weights dtype (default bf16)")->group("Measurement");
   command->add_option("--json", options.json, "also write the rows to this JSON file")->group("Output");
@@ -362,6 +371,7 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
 void run_decode(DecodeOptions& options) {
   prime::check_output_file(options.json, "--json", options.force);
   const prime::model::LoadOptions load{prime::parse_device(options.device), prime::parse_dtype_flag(options.dtype)};
+  options.bench.hbm_gbps = prime::floor_bandwidth_gbps(options.hbm_gbps, load.device);
   std::cout << "device " << load.device << ", weights " << options.dtype << "\n";
   // Rows stream to stdout as they are measured; the full table follows at the end.
   const auto rows = prime::eval::run_decode_models(options.models, load, options.bench, &std::cout);

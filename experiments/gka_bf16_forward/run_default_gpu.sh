@@ -18,7 +18,8 @@ bash experiments/gpu/build_filtered.sh "$OUT" \
 export PRIME_REQUIRE_CUDA=1
 unset PRIME_GKA_FORWARD_ITERATE
 timeout 240 build-gpu/bin/prime_tests "[gka],[wgmma]" > "$OUT/gka_tests_default.txt" 2>&1
-echo "[gka],[wgmma] tests, default form: exit $?"
+tests=$?
+echo "[gka],[wgmma] tests, default form: exit $tests"
 grep -E "FAILED|passed|failed|with expansion" "$OUT/gka_tests_default.txt" | head -20
 for round in 1 2; do
   for form in default registers; do
@@ -37,3 +38,4 @@ for round in 1 2; do
   done
 done
 echo "total: $(( $(date +%s) - start )) s"
+exit $tests

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The 8B-shape GKA 1:3 hybrid's 4K prefill under PRIME_SSM_CORE=bf16 (GKA's bf16 forward in every
-# replaced layer) with the solve's default form (the warpgroup MMAs on Hopper) and the register form,
-# alternating in one binary while the time allows (DEADLINE_S, default 450 s, from the start).
+# replaced layer) with the solve on the warpgroup MMAs (the default on Hopper, asked for by name
+# here) and in registers, alternating in one binary while the time allows (DEADLINE_S, default 450 s, from the start).
 # Builds lib/ and prime-bench into build-gpu first (sm_90a; carry .deps). Results under $OUT.
 #   bash experiments/gka_bf16_forward/run_prefill_gpu.sh
 set -uo pipefail

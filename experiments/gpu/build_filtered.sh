@@ -8,6 +8,7 @@ set -uo pipefail
 out=${1:?usage: build_filtered.sh OUT FILTER TARGET...}
 filter=${2:?usage: build_filtered.sh OUT FILTER TARGET...}
 shift 2
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 export CMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') TORCH_CUDA_ARCH_LIST=9.0a

@@ -13,10 +13,10 @@ OUT=${OUT:-/tmp/prime-stalls-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+command -v ncu > /dev/null || { echo "no ncu on this machine"; exit 1; }
 if [ "${1:-}" != --no-build ]; then
   bash experiments/gpu/build_filtered.sh "$OUT" '/lib/|/search/|/kernels/|/apps/prime-bench' prime-bench || exit 1
 fi
-command -v ncu > /dev/null || { echo "no ncu on this machine"; exit 1; }
 sections=(--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats
           --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis)
 # profile NAME KERNEL_REGEX EXTRA_NCU_ARGS... -- BENCH_ARGS...: one launch of the kernel under ncu.

@@ -31,7 +31,7 @@ struct DecodeBenchOptions {
                                   // one eager step, then the capture)
   int64_t prefill_tokens = 8192;  // at most B x T tokens per prefill forward (bounds the logits)
   int64_t prefill_repeats = 1;    // timed prefills per point, each into a fresh cache; the median is reported
-  double hbm_gbps = 4800;         // H200 HBM3e
+  double hbm_gbps = 4800;         // the floor's bandwidth (prime-bench: util/device_info.h's floor_bandwidth_gbps)
   int64_t max_batch_tokens = 0;  // > 0: skip points with B x P above this (time/memory guard)
   // Instead of `batches`: per prompt length, the largest batch whose caches fit memory_gib GiB
   // (0: the CUDA device's memory) next to the weights (eval/decode_fit.h).

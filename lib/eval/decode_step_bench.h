@@ -30,7 +30,7 @@ struct DecodeStepBenchOptions {
       {1, 4096}, {16, 4096}, {64, 4096}, {64, 4130}, {1, 32768}, {16, 32768}, {1, 131072}};
   int warmup = 2, repeats = 5;
   int steps_per_repeat = 20;  // steps queued per timed run, so the synchronisation is amortised
-  double hbm_tbps = 4.8;      // H200
+  double hbm_tbps = 4.8;      // the "% HBM" column's bandwidth (prime-bench: the device's peak)
 };
 
 struct DecodeStepBenchRow {

@@ -28,7 +28,7 @@ struct LinearDecodeBenchOptions {
   // comes from HBM (as in a decode step, where the other layers' weights evict it), not from the
   // 50 MB L2 that holds a whole 4096 x 4096 matrix.
   double rotate_bytes = 512e6;
-  double hbm_tbps = 4.8;  // H200
+  double hbm_tbps = 4.8;  // the "% HBM" column's bandwidth (prime-bench: the device's peak)
 };
 
 struct LinearDecodeBenchRow {
