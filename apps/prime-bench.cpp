@@ -350,7 +350,8 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--prefill-tokens", options.bench.prefill_tokens, "max B x T per prefill forward (default 8192)")
       ->group("Measurement");
   command->add_option("--prefill-repeats", options.bench.prefill_repeats,
-                      "timed prefills per point, each into a fresh cache; prefill t/s from the median (default 1)")
+                      "timed prefills per point, each into a fresh cache; prefill t/s from the median (default 1; "
+                      "--context synthetic has none)")
       ->check(CLI::PositiveNumber)->group("Measurement");
   command->add_option("--context", options.bench.context,
                       "prefill (run the model over the B x P prompt tokens) or synthetic (random keys, values and "

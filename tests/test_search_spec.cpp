@@ -201,6 +201,12 @@ TEST_CASE("random sampling: the same seed gives the same trials, ranges are resp
   for (const auto& param : to_trial_params(first[0]))
     for (const auto& [name, value] : first[0])
       if (name == param.name) CHECK(param_json(param) == value);
+  // ... as the shortest text that does so: what the spec wrote, not 17 digits.
+  const auto written = to_trial_params({{"lr", 1e-9}, {"wd", 0.003}, {"steps", 200}, {"ema", 0.1 + 0.2}});
+  CHECK(written[0].value == "1e-09");
+  CHECK(written[1].value == "0.003");
+  CHECK(written[2].value == "200");
+  CHECK(written[3].value == "0.30000000000000004");  // not 0.3: that is another double
 }
 
 TEST_CASE("successive halving: rungs and single-objective decisions", "[search]") {

@@ -149,16 +149,26 @@ TEST_CASE("Store: a PostgreSQL URL without its password connects with PGPASSWORD
     return;
   }
   const std::string url = prime::test::fresh_postgres_store("password");
-  const std::smatch parts = [&] {
-    std::smatch match;
-    REQUIRE(std::regex_search(url, match, std::regex(R"(^(postgres(?:ql)?://[^:/@]+):([^@]+)@(.*)$)")));
-    return match;
-  }();
+  std::smatch parts;
+  if (!std::regex_search(url, parts, std::regex(R"(^(postgres(?:ql)?://[^:/@]+):([^@]+)@(.*)$)"))) {
+    WARN("PRIME_TEST_POSTGRES_URL holds no password: skipped");
+    return;
+  }
   const std::string without = parts[1].str() + "@" + parts[3].str(), password = parts[2].str();
   const prime::test::ScopedEnv no_file("PGPASSFILE", "/nonexistent/prime-test-pgpass");
   {
     const prime::test::ScopedEnv unset("PGPASSWORD", nullptr);
-    CHECK_THROWS_WITH(Store::open(without), Catch::Contains("no password supplied") && Catch::Contains("PGPASSWORD"));
+    std::string refusal;
+    try {
+      Store::open(without);
+    } catch (const prime::UserError& error) {
+      refusal = error.what();
+    }
+    if (refusal.empty()) {
+      WARN("the test server asks no password on this connection: skipped");
+      return;
+    }
+    CHECK_THAT(refusal, Catch::Contains("PGPASSWORD") && Catch::Contains("~/.pgpass"));
   }
   const prime::test::ScopedEnv set("PGPASSWORD", password.c_str());
   CHECK(Store::open(without)->schema_version() == Store::current_schema_version());

@@ -31,8 +31,14 @@ bool wgmma_runs_on(const at::Device& device) {
     const at::cuda::CUDAGuard guard(index);
     // Inside a CUDA-graph capture the probe cannot wait for its answer: no warpgroup MMAs this
     // once, and the question is asked again outside.
+    // (The legacy stream answers cudaErrorStreamCaptureImplicit while another stream captures.)
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    PRIME_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture));
+    const cudaError_t asked = cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture);
+    if (asked == cudaErrorStreamCaptureImplicit) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    PRIME_CUDA_CHECK(asked);
     if (capture != cudaStreamCaptureStatusNone) return false;
     const at::Tensor enabled = at::zeros({1}, at::TensorOptions().device(at::kCUDA, index).dtype(at::kInt));
     wgmma_probe_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(enabled.data_ptr<int>());

@@ -1,6 +1,7 @@
 // Whether this build's machine code for a device issues the warpgroup MMAs (wgmma.cuh): the device
 // is a Hopper (sm_90) and the code the runtime loads for it was built for sm_90a (the default
-// PRIME_CUDA_ARCHITECTURES carries it; a build for 80 or 90 alone runs its PTX, where they trap).
+// PRIME_CUDA_ARCHITECTURES carries it; code built for sm_90 or from sm_80's PTX has them compiled
+// out, as traps).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -481,8 +481,12 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
               ": iterate form ", iterate);
   if (M == 0 || N == 0) return;
   if (iterate == kIterateWgmma && D != 32 && !gka_forward_bf16_wgmma_device(q.device()))
-    throw user_error("PRIME_GKA_FORWARD_ITERATE=wgmma: the warpgroup-MMA solve needs a Hopper GPU (sm_90); unset it",
-                     " here");
+    throw user_error("PRIME_GKA_FORWARD_ITERATE=wgmma: the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
+                     at::cuda::getDeviceProperties(q.get_device())->major == 9
+                         ? "a build with sm_90a code (PRIME_CUDA_ARCHITECTURES) and its first use outside a CUDA-graph "
+                           "capture"
+                         : "which this GPU is not",
+                     "; unset it here");
   PRIME_CHECK(gka_forward_bf16_shared_bytes(D) <=
                   at::cuda::getDeviceProperties(q.get_device())->sharedMemPerBlockOptin,
               op, ": ", gka_forward_bf16_shared_bytes(D), " bytes of shared memory exceed the device's limit");

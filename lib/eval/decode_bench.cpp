@@ -138,7 +138,7 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
         seconds.push_back(since(start));
       }
       std::sort(seconds.begin(), seconds.end());
-      row.prefill_seconds = seconds[(seconds.size() - 1) / 2];
+      row.prefill_seconds = seconds[seconds.size() / 2];  // median_ms's rule (util/device_timing.h)
     }
     const CacheBytes after_prefill = cache_bytes(cache);
 

@@ -11,7 +11,7 @@ void save_tensor_file(const std::filesystem::path& path, const std::map<std::str
                       const std::map<std::string, std::string>& metadata, bool overwrite, const std::string& flag) {
   AtomicFile file(path, overwrite, flag);
   // The writer fills a directory: a hidden one beside the file (AtomicDirectory's staging, never
-  // committed; its name is the same in every run, so what a killed run left is removed here).
+  // committed; its name's prefix is the same in every run, so what a killed run left is removed here).
   const auto parent = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   AtomicDirectory scratch(parent / (path.filename().string() + ".staging"), /*overwrite=*/true);
   WriterOptions options;

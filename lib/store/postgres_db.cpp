@@ -54,10 +54,11 @@ class PostgresDatabase : public Database {
     if (PQstatus(conn_) != CONNECTION_OK) {
       std::string message = PQerrorMessage(conn_);
       while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+      if (PQconnectionNeedsPassword(conn_))
+        message += " (the server wants a password and none was given: set PGPASSWORD or add a ~/.pgpass line, "
+                   "which libpq reads)";
       PQfinish(conn_);
       conn_ = nullptr;
-      if (message.find("no password supplied") != std::string::npos)
-        message += " (the URL has none: set PGPASSWORD or add a ~/.pgpass line, which libpq reads)";
       throw user_error("cannot connect to the PostgreSQL store ", display_, ": ", message);
     }
     exec_script("SET client_min_messages = warning");

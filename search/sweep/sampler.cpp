@@ -72,9 +72,8 @@ std::vector<store::TrialParam> to_trial_params(const ParamSet& params) {
     } else if (value.is_number_integer()) {
       param.value = value.dump(), param.kind = "int";
     } else if (value.is_number()) {
-      char text[40];
-      std::snprintf(text, sizeof text, "%.17g", value.get<double>());
-      param.value = text, param.kind = "float";
+      // The shortest text that reads back as the same double: 1e-09, not 1.0000000000000001e-09.
+      param.value = nlohmann::json(value.get<double>()).dump(), param.kind = "float";
     } else {
       param.value = value.dump();  // true / false
     }
