@@ -197,7 +197,12 @@ TEST_CASE("prime-db: bad input exits 1 with a clear message and writes nothing",
   CHECK(run_cli("prime-db --store " + scratch.path().string() + " studies").exit_code == 1);
   auto unknown = run_cli(db + "pareto --study demo --objectives val_ppl:min,nope:max");
   CHECK(unknown.exit_code == 1);
-  CHECK_THAT(unknown.output, Catch::Contains("'nope'"));
+  CHECK_THAT(unknown.output, Catch::Contains("'nope' as a number") &&
+                                Catch::Contains("(they have: val_ppl, decode_tok_s, state_bytes)"));
+  // A categorical param is no number: named as such, not listed.
+  auto categorical = run_cli(db + "pareto --study demo --objectives layer:min,decode_tok_s:max");
+  CHECK(categorical.exit_code == 1);
+  CHECK_THAT(categorical.output, Catch::Contains("'layer' as a number"));
   CHECK(run_cli(db + "pareto --study demo --objectives val_ppl:min").exit_code == 1);
   CHECK(run_cli(db + "pareto --study other --objectives a:min,b:max").exit_code == 1);
   CHECK(run_cli(db + "show 999").exit_code == 1);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
+#include <set>
 #include <ostream>
 #include <sstream>
 
@@ -116,11 +117,20 @@ ParetoTable pareto_table(Store& store, const std::string& study_name, const std:
   }
   for (size_t k = 0; k < objectives.size(); ++k)
     if (seen[k] == 0 && !table.rows.empty()) {
+      // What a trial does have as a number: its objectives, numeric attributes and params, once each.
+      const Trial& first = table.rows[0].trial;
+      std::vector<std::string> names;
+      for (const Objective& objective : table.study.objectives) names.push_back(objective.name);
+      for (const auto& [key, value] : first.attrs) names.push_back(key);
+      for (const TrialParam& param : first.params) names.push_back(param.name);
       std::string known;
-      for (const Objective& objective : table.study.objectives) known += (known.empty() ? "" : ", ") + objective.name;
-      for (const auto& [key, value] : table.rows[0].trial.attrs) known += ", " + key;
-      throw user_error("no complete trial of study '", study_name, "' has '", objectives[k].name, "' (they have: ", known,
-                       ")");
+      std::set<std::string> listed;
+      for (const std::string& name : names) {
+        const auto value = trial_number(first, table.study, name);
+        if (value && !std::isnan(*value) && listed.insert(name).second) known += (known.empty() ? "" : ", ") + name;
+      }
+      throw user_error("no complete trial of study '", study_name, "' has '", objectives[k].name,
+                       "' as a number (they have: ", known, ")");
     }
   std::vector<std::vector<double>> points;
   for (const ParetoRow& row : table.rows) points.push_back(row.point);
