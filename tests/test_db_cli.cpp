@@ -37,7 +37,9 @@ std::string make_study(const StoreScratch& scratch) {
   for (const Row& row : rows) {
     const int64_t id = store->enqueue_trial(study.id, {{"layer", row.layer, "categorical"}, {"ratio", row.ratio, "categorical"}});
     store->claim_trial(study.id, "host:1");
-    store->log_metrics(id, {{"loss", 0, 6.0}, {"loss", 100, 4.0}, {"loss", 200, 3.2}, {"val_loss", 200, 3.4}});
+    // Two training stages, the second from step 150 (prime-search's stage marks).
+    store->log_metrics(id, {{"stage", 1, 1.0}, {"loss", 1, 6.0}, {"loss", 100, 4.0}, {"stage", 150, 2.0},
+                            {"loss", 200, 3.2}, {"val_loss", 200, 3.4}});
     TrialResult result{row.state, {{"decode_tok_s", row.tok_s}}, {{"state_bytes", "1000"}}, std::nullopt, ""};
     if (!std::isnan(row.ppl)) result.values["val_ppl"] = row.ppl;
     if (row.infeasible) result.attrs["infeasible"] = "1";
@@ -108,11 +110,17 @@ TEST_CASE("prime-db: plot, curves and report write their files", "[store][db][cl
             .exit_code == 0);
   CHECK(run_cli(db + "curves --trial 1 --metric loss --metric val_loss --out " + scratch.file("curves.png")).exit_code == 0);
   CHECK(std::filesystem::file_size(scratch.file("curves.png")) > 1000);
+  // The loss is a line per stage; val_loss, within one stage, one line under its own name.
+  const std::string curves = prime::test::read_text(scratch.file("curves.dat"));
+  CHECK_THAT(curves, Catch::Contains("\"loss (stage 1)\" 1 6") && Catch::Contains("\"loss (stage 1)\" 100 4") &&
+                         Catch::Contains("\"loss (stage 2)\" 200 3.2") && Catch::Contains("\"val_loss\" 200 3.4"));
+  CHECK_THAT(prime::test::read_text(scratch.file("curves.gp")), Catch::Contains("title \"loss (stage 2)\""));
   auto report = run_cli(db + "report --study demo --out " + scratch.file("report.html"));
   CHECK(report.exit_code == 0);
   const std::string page = prime::test::read_text(scratch.file("report.html"));
   CHECK_THAT(page, Catch::Contains("<svg") && Catch::Contains("<script>") && Catch::Contains("M2 1:7") &&
                        !Catch::Contains("http://cdn") && !Catch::Contains("src="));
+  CHECK_THAT(page, Catch::Contains(">loss (stage 2) (min") && !Catch::Contains(">stage (min"));
   // No staging file is left beside the outputs.
   for (const auto& entry : std::filesystem::directory_iterator(scratch.path()))
     CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);

@@ -65,7 +65,9 @@ search::SweepOptions sweep_options(const std::string& spec_path, const std::stri
 TEST_CASE("prime-search runs a tiny sweep into an SQLite store and resumes", "[search]") {
   test::TrainDir dir("search_e2e");
   const std::string store_path = dir / "runs.db";
-  const auto options = sweep_options(write_spec(dir, tiny_spec("tiny", "1K")), store_path);
+  json spec = tiny_spec("tiny", "1K");
+  spec["stages"].push_back({{"stage", "distill"}, {"tokens", "512"}});
+  const auto options = sweep_options(write_spec(dir, spec), store_path);
   std::ostringstream out, log;
   REQUIRE(search::run_search(options, out, log) == 0);
   INFO(log.str());
@@ -87,9 +89,20 @@ TEST_CASE("prime-search runs a tiny sweep into an SQLite store and resumes", "[s
     CHECK(*trial.values[1] > 0);
     CHECK(std::stod(trial.attrs.at("state_bytes")) > 1024);  // KV + SSM state of a 2-layer model
     CHECK(trial.infeasible());
-    CHECK(store->curve(trial.id, "loss").size() == 4);  // 1K tokens / 256 per step
+    CHECK(store->curve(trial.id, "loss").size() == 6);  // 1K tokens / 256 per step, then 512 / 256
+    // Each stage's first step is marked, and the loss curve cut there: align's, then distill's.
+    std::vector<int64_t> marks;
+    for (const auto& point : store->curve(trial.id, store::kStageMetric)) marks.push_back(point.step);
+    CHECK(marks == std::vector<int64_t>{1, 5});
+    const auto pieces = store->stage_curves(trial.id, "loss");
+    REQUIRE(pieces.size() == 2);
+    CHECK(pieces[0].name == "loss (stage 1)");
+    CHECK(pieces[0].points.size() == 4);
+    CHECK(pieces[1].name == "loss (stage 2)");
+    CHECK(pieces[1].points.front().step == 5);
     const std::string trial_dir = trial.attrs.at("dir");
     CHECK(std::filesystem::exists(trial_dir + "/1-align/final/config.json"));
+    CHECK(std::filesystem::exists(trial_dir + "/2-distill/final/config.json"));
     CHECK(std::filesystem::exists(trial_dir + "/trial.log"));
   }
   CHECK(layers == std::set<std::string>{"GDN", "M2"});

@@ -161,7 +161,7 @@ void render_pareto(const ParetoTable& table, const std::string& image, bool forc
 }  // namespace detail
 
 namespace {
-// One metric: its own title; several with one unit ("loss", "val_loss"): "value (nats/token)".
+// One metric: its own title; several with one unit ("val_loss", "eval_loss"): "value (nats/token)".
 std::string shared_axis_title(const std::vector<std::string>& metrics) {
   if (metrics.size() == 1) return axis_title(metrics[0]);
   std::string unit;
@@ -187,16 +187,21 @@ void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>&
   std::vector<std::string> plotted;
   std::ostringstream data;
   data << "# metric step value\n" << std::setprecision(10);
+  std::vector<std::string> lines;  // a line per metric, or per stage of a metric that spans several
   for (const std::string& metric : metrics) {
-    const auto curve = store.curve(trial_id, metric);
-    if (curve.empty()) {
+    const std::vector<NamedCurve> pieces = store.stage_curves(trial_id, metric);
+    if (pieces.front().points.empty()) {
       std::string known;
       for (const auto& name : store.metric_names(trial_id)) known += (known.empty() ? "" : ", ") + name;
       throw user_error("trial ", trial_id, " has no metric '", metric, "' (it has: ", known.empty() ? "none" : known, ")");
     }
-    for (const MetricPoint& point : curve)
-      if (std::isfinite(point.value)) data << detail::data_label(metric) << " " << point.step << " " << point.value << "\n";
-    data << "\n";  // a blank line ends each metric's line
+    for (const NamedCurve& piece : pieces) {
+      for (const MetricPoint& point : piece.points)
+        if (std::isfinite(point.value))
+          data << detail::data_label(piece.name) << " " << point.step << " " << point.value << "\n";
+      data << "\n";  // a blank line ends each line
+      lines.push_back(piece.name);
+    }
     plotted.push_back(metric);
   }
   const std::string script_name = fs::path(out).stem().string() + ".gp";
@@ -210,9 +215,9 @@ void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>&
          << "\nset xlabel 'step'\nset ylabel " << detail::quoted(shared_axis_title(plotted)) << "\n"
          << "set grid lc rgb '#dddddd'\nset key outside right top\n"
          << "data = " << detail::quoted(data_name) << "\nplot ";
-    for (size_t index = 0; index < plotted.size(); ++index)
-      file << (index ? ", \\\n     " : "") << "data using 2:(strcol(1) eq " << detail::quoted(plotted[index])
-           << " ? $3 : 1/0) with lines lw 2 title " << detail::quoted(plotted[index]);
+    for (size_t index = 0; index < lines.size(); ++index)
+      file << (index ? ", \\\n     " : "") << "data using 2:(strcol(1) eq " << detail::quoted(lines[index])
+           << " ? $3 : 1/0) with lines lw 2 title " << detail::quoted(lines[index]);
     file << "\n";
     return file.str();
   });

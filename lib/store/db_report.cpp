@@ -170,7 +170,9 @@ void write_report(Store& store, const std::string& study_name, const std::string
     for (const auto& [key, value] : trial.attrs) page << html(key) << "=" << html(value) << "<br>";
     if (!trial.error.empty()) page << "<i>" << html(trial.error) << "</i>";
     page << "</td><td>";
-    for (const std::string& metric : store.metric_names(trial.id)) page << curve_svg(metric, store.curve(trial.id, metric));
+    for (const std::string& metric : store.metric_names(trial.id))
+      if (metric != kStageMetric)
+        for (const NamedCurve& piece : store.stage_curves(trial.id, metric)) page << curve_svg(piece.name, piece.points);
     page << "</td></tr>\n";
   }
   page << "</tbody></table><script>" << kScript << "</script></body></html>\n";

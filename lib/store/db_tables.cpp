@@ -84,7 +84,7 @@ std::string axis_title(const std::string& name) {
     const char* unit;
   };
   static const Unit units[] = {{"ppl", "perplexity"}, {"tok_s", "tokens/s"}, {"bytes", "bytes"},
-                               {"loss", "nats/token"}, {"seconds", "s"},     {"_s", "s"},
+                               {"val_loss", "nats/token"}, {"seconds", "s"},     {"_s", "s"},
                                {"recall", "fraction"},  {"accuracy", "fraction"}, {"params", "count"}};
   for (const Unit& unit : units) {
     const std::string suffix = unit.suffix;

@@ -107,6 +107,16 @@ struct MetricPoint {
   double time = 0;   // Unix seconds
 };
 
+// The metric prime-search records at each training stage's first step (value: the stage's number,
+// 1, 2, ...), so that a trial's curves can be cut where one stage's loss gives way to another's.
+inline constexpr const char* kStageMetric = "stage";
+
+// A piece of a metric's curve: the whole curve, or its points within one stage.
+struct NamedCurve {
+  std::string name;  // the metric's, or "METRIC (stage N)"
+  std::vector<MetricPoint> points;
+};
+
 struct MetricSummary {
   std::string name;
   int64_t count = 0;
@@ -237,6 +247,10 @@ class Store {
   TrialDetail trial_detail(int64_t trial_id);  // UserError when absent
   std::vector<std::string> metric_names(int64_t trial_id);
   std::vector<MetricPoint> curve(int64_t trial_id, const std::string& metric);  // by step
+  // `metric`'s curve cut at the trial's stage marks (kStageMetric): one piece per stage it has
+  // points in, named "METRIC (stage N)", where its points fall into more than one; else one piece
+  // named METRIC. A point belongs to the last stage that started at or before its step.
+  std::vector<NamedCurve> stage_curves(int64_t trial_id, const std::string& metric);
   // For each trial of the study that logged `metric` at some step <= `step`: its value at the
   // greatest such step. Ordered by trial number.
   std::vector<IntermediateValue> intermediate_values(int64_t study_id, const std::string& metric, int64_t step);

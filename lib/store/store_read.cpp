@@ -133,6 +133,23 @@ std::vector<MetricPoint> Store::curve(int64_t trial_id, const std::string& metri
   return points;
 }
 
+std::vector<NamedCurve> Store::stage_curves(int64_t trial_id, const std::string& metric) {
+  const std::vector<MetricPoint> points = curve(trial_id, metric);
+  const std::vector<MetricPoint> marks = metric == kStageMetric ? std::vector<MetricPoint>{} : curve(trial_id, kStageMetric);
+  std::vector<NamedCurve> pieces;
+  size_t mark = 0;
+  int64_t current = -1;  // the stage of the piece being filled (-1: before any mark)
+  for (const MetricPoint& point : points) {
+    while (mark < marks.size() && marks[mark].step <= point.step) current = static_cast<int64_t>(marks[mark++].value);
+    if (pieces.empty() || pieces.back().name != std::to_string(current)) pieces.push_back({std::to_string(current), {}});
+    pieces.back().points.push_back(point);
+  }
+  if (pieces.size() <= 1) return {{metric, points}};
+  for (NamedCurve& piece : pieces)
+    piece.name = piece.name == "-1" ? metric : metric + " (stage " + piece.name + ")";
+  return pieces;
+}
+
 std::vector<IntermediateValue> Store::intermediate_values(int64_t study_id, const std::string& metric, int64_t step) {
   std::vector<IntermediateValue> values;
   // The correlated MAX(step) and the row itself come from the (trial_id, name, step, time,

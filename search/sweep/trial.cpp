@@ -6,6 +6,7 @@
 #include "eval/decode_bench.h"
 #include "eval/eval_run.h"
 #include "io/atomic_dir.h"
+#include "store/store.h"
 #include "train/trainer.h"
 #include "util/cli.h"
 #include "util/error.h"
@@ -27,11 +28,15 @@ const json* convert_value(const SweepSpec& spec, const ParamSet& params, const s
 }
 
 // Forwards a stage's records with steps and tokens counted over the whole trial, keeps the
-// latest value of every metric, and asks the prune check after each record.
+// latest value of every metric, and asks the prune check after each record. Each stage starts
+// with a mark (store::kStageMetric at its first step), by which the curves are cut per stage.
 class TrialRecorder : public MetricsSink {
  public:
   TrialRecorder(MetricsSink* sink, const PruneCheck& prune) : sink_(sink), prune_(prune) {}
-  void start_stage(int64_t step_offset, int64_t token_offset) { step_offset_ = step_offset, token_offset_ = token_offset; }
+  void start_stage(int number, int64_t step_offset, int64_t token_offset) {
+    step_offset_ = step_offset, token_offset_ = token_offset;
+    if (sink_) sink_->write({"stage", step_offset + 1, {{store::kStageMetric, static_cast<double>(number)}}, {}});
+  }
   void write(const MetricRecord& record) override {
     MetricRecord shifted = record;
     shifted.step += step_offset_;
@@ -212,7 +217,7 @@ TrialOutcome run_trial(const SweepSpec& spec, const StudyInputs& inputs, const P
   int64_t steps = 0, tokens = 0;
   double seconds = 0;
   for (size_t i = 0; i < stages.size(); ++i) {
-    recorder.start_stage(steps, tokens);
+    recorder.start_stage(static_cast<int>(i) + 1, steps, tokens);
     log << "stage " << i + 1 << "/" << stages.size() << ": " << train::stage_name(stages[i].stage) << "\n";
     train::TrainResult result;
     try {
