@@ -234,11 +234,12 @@ TEST_CASE("an interrupted prime-convert leaves nothing, a killed one is cleaned 
   // Large enough that writing takes a while (a 6-layer Qwen3-0.6B-shaped model, ~370 MB in bf16).
   const std::string source = "synthetic:qwen3-0.6b@layers=6";
   const std::string out = dir / "out";
-  for (int signal_number : {SIGINT, SIGTERM}) {
+  for (int signal_number : {SIGINT, SIGTERM, SIGPIPE}) {  // SIGPIPE: `prime-convert ... | head`
     std::fflush(nullptr);  // the child must not print this process's buffered output again
     const pid_t child = ::fork();
     REQUIRE(child >= 0);
     if (child == 0) {
+      ::signal(SIGPIPE, SIG_DFL);  // as from a shell, whatever this process does with it
       const std::string binary = std::string(PRIME_BIN_DIR) + "/prime-convert";
       ::freopen("/dev/null", "w", stdout);
       ::execl(binary.c_str(), "prime-convert", "--source", source.c_str(), "--layer", "GDN", "--ratio", "1:1", "--out",

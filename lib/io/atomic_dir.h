@@ -20,7 +20,7 @@ std::error_code remove_tree(const std::filesystem::path& path) noexcept;
 
 class AtomicDirectory {
  public:
-  // Creates "<parent>/.<name>.tmp-<pid>-<random>", removed again if SIGINT/SIGTERM/SIGHUP end
+  // Creates "<parent>/.<name>.tmp-<pid>-<random>", removed again if SIGINT/SIGTERM/SIGHUP/SIGPIPE end
   // the process (util/interrupt.h). Staging directories of this name left by processes that no
   // longer exist (a SIGKILL) are removed first: see removed_stale(). UserError when final_path
   // exists and !overwrite, when the parent is missing or not writable, or when overwriting would
@@ -55,7 +55,7 @@ class AtomicDirectory {
 class AtomicFile {
  public:
   // Names the staging file "<parent>/.<name>.tmp-<pid>-<random>" (not created: write it with any
-  // stream or descriptor), removed again if SIGINT/SIGTERM/SIGHUP end the process. Staging files
+  // stream or descriptor), removed again if SIGINT/SIGTERM/SIGHUP/SIGPIPE end the process. Staging files
   // of dead processes are removed first (removed_stale()), each announced by a line on `announce`
   // (print_removed_stale) unless it is null. UserError naming `flag` (as check_output_file in
   // util/cli.h) when final_path is a directory or exists (a symlink too, dangling or not) and

@@ -100,8 +100,9 @@ void install_interrupt_cleanup() {
   action.sa_handler = on_interrupt;
   sigemptyset(&action.sa_mask);
   // A second signal while cleaning up waits until the first is handled.
-  for (int blocked : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&action.sa_mask, blocked);
-  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
+  // SIGPIPE too: `prime-convert ... | head` ends the writer when head exits.
+  for (int blocked : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) sigaddset(&action.sa_mask, blocked);
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) {
     struct sigaction previous {};
     sigaction(signal_number, nullptr, &previous);
     if (previous.sa_handler == SIG_IGN) continue;  // e.g. started with nohup: keep ignoring

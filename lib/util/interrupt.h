@@ -1,5 +1,5 @@
 // Partial outputs do not outlive an interrupted command: paths registered here (a staging
-// directory, a temporary file) are removed when SIGINT, SIGTERM or SIGHUP ends the process, and
+// directory, a temporary file) are removed when SIGINT, SIGTERM, SIGHUP or SIGPIPE ends the process, and
 // the process then dies of that signal as it would have. SIGKILL cannot be caught; writers name
 // their staging paths after their pid so the next run can remove what a dead process left
 // (see stale_staging_pid).
