@@ -88,6 +88,9 @@ TEST_CASE("prime-search runs a tiny sweep into an SQLite store and resumes", "[s
     REQUIRE(trial.values[1]);
     CHECK(*trial.values[1] > 0);
     CHECK(std::stod(trial.attrs.at("state_bytes")) > 1024);  // KV + SSM state of a 2-layer model
+    // Attributes hold the measured figures exactly: the objective's value reads back from its text.
+    CHECK(std::stod(trial.attrs.at("decode_tok_s")) == *trial.values[1]);
+    CHECK(trial.attrs.at("train_tokens") == "1536");
     CHECK(trial.infeasible());
     CHECK(store->curve(trial.id, "loss").size() == 6);  // 1K tokens / 256 per step, then 512 / 256
     // Each stage's first step is marked, and the loss curve cut there: align's, then distill's.

@@ -39,6 +39,14 @@ std::string number_text(double value) {
   return text;
 }
 
+// A measured figure as a trial attribute: the shortest text that reads back as the same double
+// (a whole number as one: state_bytes 1234567890, not 1.23457e+09).
+std::string stored_number(double value) {
+  if (!std::isfinite(value)) return number_text(value);
+  if (value == std::floor(value) && std::fabs(value) < 1e15) return std::to_string(static_cast<long long>(value));
+  return nlohmann::json(value).dump();
+}
+
 // Keeps a claimed trial's heartbeat fresh from a thread with its own store connection (a Store
 // is one connection and not thread-safe).
 class Heartbeat {
@@ -156,7 +164,7 @@ store::TrialResult trial_result(const SweepSpec& spec, const TrialOutcome& outco
   for (const auto& objective : spec.objectives)
     if (auto found = outcome.measured.find(objective.name); found != outcome.measured.end() && std::isfinite(found->second))
       result.values[objective.name] = found->second;
-  for (const auto& [name, value] : outcome.measured) result.attrs[name] = number_text(value);
+  for (const auto& [name, value] : outcome.measured) result.attrs[name] = stored_number(value);
   result.attrs["dir"] = dir.string();
   if (!outcome.pruned && !spec.constraints.empty()) {
     std::string broken;
