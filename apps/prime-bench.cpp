@@ -22,6 +22,7 @@
 #include "tokenizer/tokenizer_bench.h"
 #include "train/train_bench.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 #include "util/device_info.h"
 #include "util/error.h"
 
@@ -343,7 +344,7 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
                          ->excludes(batch)->group("Shape");
   command->add_option("--memory-gib", options.bench.memory_gib,
                       "memory --fit-batch fills, GiB (default: the CUDA device's; required on the CPU)")
-      ->needs(fit)->check(CLI::PositiveNumber)->group("Shape");
+      ->needs(fit)->check(prime::positive_number())->group("Shape");
   command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
   command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")->group("Shape");
   command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");
@@ -352,7 +353,7 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--prefill-repeats", options.bench.prefill_repeats,
                       "timed prefills per point, each into a fresh cache; prefill t/s from the median (default 1; "
                       "--context synthetic has none)")
-      ->check(CLI::PositiveNumber)->group("Measurement");
+      ->check(prime::positive_number())->group("Measurement");
   command->add_option("--context", options.bench.context,
                       "prefill (run the model over the B x P prompt tokens) or synthetic (random keys, values and "
                       "states at length P: the same decode step without the prefill; default prefill)")
@@ -362,7 +363,7 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--hbm-gbps", options.hbm_gbps,
                       "memory bandwidth for the floor, GB/s (default: the device's peak, an H200's 4800, others' "
                       "from their memory clock and bus width; 4800 on the CPU)")
-      ->check(CLI::PositiveNumber)->group("Measurement");
+      ->check(prime::positive_number())->group("Measurement");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype, "weights dtype (default bf16)")->group("Measurement");
   command->add_option("--json", options.json, "also write the rows to this JSON file")->group("Output");
