@@ -200,10 +200,10 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --context cached");
   CHECK(result.exit_code == 1);
-  for (const char* flag : {"--prefill-repeats 0", "--hbm-gbps -1"}) {
+  for (const char* flag : {"--prefill-repeats 0", "--hbm-gbps -1", "--hbm-gbps inf"}) {
     result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu " + flag);
     CHECK(result.exit_code == 1);
-    CHECK_THAT(result.output, Contains("must be a number > 0"));
+    CHECK_THAT(result.output, Contains("must be a finite number > 0"));
   }
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) +
                          "' --device cpu --context synthetic --prompt 16 --new-tokens 2 --mode static");

@@ -106,3 +106,31 @@ TEST_CASE("Store: every step a training checkpoint covers is in the store when t
   CHECK(probe.seen() == std::vector<int64_t>{1, 2, 3});
   CHECK(logged_steps(*store, trial_id, "loss") == std::vector<int64_t>{1, 2, 3, 4, 5});  // the final save
 }
+
+// Curves cut at stage marks: what prime-search writes, and what a foreign "stage" metric must not break.
+TEST_CASE("Store: stage_curves cuts a metric at the stage marks", "[store]") {
+  StoreScratch scratch("stage_curves");
+  auto store = Store::open(scratch.file("runs.db"));
+  const auto names = [](const std::vector<NamedCurve>& pieces) {
+    std::vector<std::string> out;
+    for (const NamedCurve& piece : pieces) out.push_back(piece.name + ":" + std::to_string(piece.points.size()));
+    return out;
+  };
+  // No marks: the whole curve under its own name.
+  const int64_t plain = running_trial(*store, "plain");
+  store->log_metrics(plain, {{"loss", 1, 3.0}, {"loss", 2, 2.0}});
+  CHECK(names(store->stage_curves(plain, "loss")) == std::vector<std::string>{"loss:2"});
+  // Points before the first mark keep the plain name; marks that are no stage number (NaN, -1, 1.5)
+  // are ignored; a stage number that comes again joins its piece.
+  const int64_t marked = running_trial(*store, "marked");
+  store->log_metrics(marked, {{"loss", 1, 5.0},        {"stage", 2, 1.0},  {"loss", 2, 4.0},  {"stage", 3, -1.0},
+                              {"stage", 3, 1.5},        {"loss", 3, 3.5},   {"stage", 4, 2.0}, {"loss", 4, 3.0},
+                              {"stage", 5, std::nan("")}, {"loss", 5, 2.5}, {"stage", 6, 1.0}, {"loss", 6, 2.0}});
+  CHECK(names(store->stage_curves(marked, "loss")) ==
+        std::vector<std::string>{"loss:1", "loss (stage 1):3", "loss (stage 2):2"});
+  // Points in one stage only: one piece, the plain name; the marks themselves are not cut.
+  store->log_metrics(marked, {{"val_loss", 4, 3.1}});
+  CHECK(names(store->stage_curves(marked, "val_loss")) == std::vector<std::string>{"val_loss:1"});
+  CHECK(names(store->stage_curves(marked, "stage")).size() == 1);
+  CHECK(store->stage_curves(marked, "nope").front().points.empty());
+}

@@ -196,14 +196,18 @@ void plot_curves(Store& store, int64_t trial_id, const std::vector<std::string>&
       throw user_error("trial ", trial_id, " has no metric '", metric, "' (it has: ", known.empty() ? "none" : known, ")");
     }
     for (const NamedCurve& piece : pieces) {
+      bool any = false;  // a piece of only non-finite values (mfu on a CPU) gets no line
       for (const MetricPoint& point : piece.points)
-        if (std::isfinite(point.value))
+        if (std::isfinite(point.value)) {
           data << detail::data_label(piece.name) << " " << point.step << " " << point.value << "\n";
+          any = true;
+        }
       data << "\n";  // a blank line ends each line
-      lines.push_back(piece.name);
+      if (any) lines.push_back(piece.name);
     }
     plotted.push_back(metric);
   }
+  if (lines.empty()) throw user_error("trial ", trial_id, ": no finite value to plot in the metrics asked for");
   const std::string script_name = fs::path(out).stem().string() + ".gp";
   detail::write_plot(out, force, data.str(), [&](const std::string& data_name, const std::string& output) {
     std::ostringstream file;

@@ -2,8 +2,8 @@
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
-#include <set>
 #include <ostream>
+#include <set>
 #include <sstream>
 
 #include "store/db_commands.h"
@@ -83,8 +83,9 @@ std::string axis_title(const std::string& name) {
     const char* suffix;
     const char* unit;
   };
-  static const Unit units[] = {{"ppl", "perplexity"}, {"tok_s", "tokens/s"}, {"bytes", "bytes"},
-                               {"val_loss", "nats/token"}, {"seconds", "s"},     {"_s", "s"},
+  static const Unit units[] = {{"ppl", "perplexity"},      {"tok_s", "tokens/s"}, {"tokens_per_s", "tokens/s"},
+                               {"bytes", "bytes"},          {"val_loss", "nats/token"}, {"seconds", "s"},
+                               {"_s", "s"},
                                {"recall", "fraction"},  {"accuracy", "fraction"}, {"params", "count"}};
   for (const Unit& unit : units) {
     const std::string suffix = unit.suffix;

@@ -247,9 +247,11 @@ class Store {
   TrialDetail trial_detail(int64_t trial_id);  // UserError when absent
   std::vector<std::string> metric_names(int64_t trial_id);
   std::vector<MetricPoint> curve(int64_t trial_id, const std::string& metric);  // by step
-  // `metric`'s curve cut at the trial's stage marks (kStageMetric): one piece per stage it has
-  // points in, named "METRIC (stage N)", where its points fall into more than one; else one piece
-  // named METRIC. A point belongs to the last stage that started at or before its step.
+  // `metric`'s curve cut at the trial's stage marks (kStageMetric values that are whole numbers
+  // >= 1; others are ignored): one piece per stage it has points in, named "METRIC (stage N)",
+  // where its points fall into more than one piece; else one piece named METRIC. A point belongs
+  // to the last stage that started at or before its step (points before every mark: a piece named
+  // METRIC); a stage number that comes again adds to its piece.
   std::vector<NamedCurve> stage_curves(int64_t trial_id, const std::string& metric);
   // For each trial of the study that logged `metric` at some step <= `step`: its value at the
   // greatest such step. Ordered by trial number.

@@ -1,5 +1,6 @@
 // Store reads: trials with their params/values/attributes (four queries per call, joined here,
 // so listing 30,000 trials stays a handful of statements), curves and intermediate values.
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 
@@ -135,18 +136,22 @@ std::vector<MetricPoint> Store::curve(int64_t trial_id, const std::string& metri
 
 std::vector<NamedCurve> Store::stage_curves(int64_t trial_id, const std::string& metric) {
   const std::vector<MetricPoint> points = curve(trial_id, metric);
-  const std::vector<MetricPoint> marks = metric == kStageMetric ? std::vector<MetricPoint>{} : curve(trial_id, kStageMetric);
+  std::vector<MetricPoint> marks;  // only marks prime-search could have written: whole numbers >= 1
+  if (metric != kStageMetric)
+    for (const MetricPoint& mark : curve(trial_id, kStageMetric))
+      if (std::isfinite(mark.value) && mark.value >= 1 && mark.value < 1e9 && mark.value == std::floor(mark.value))
+        marks.push_back(mark);
   std::vector<NamedCurve> pieces;
-  size_t mark = 0;
-  int64_t current = -1;  // the stage of the piece being filled (-1: before any mark)
+  size_t next = 0;
+  std::string name = metric;  // before any mark: the metric's own name
   for (const MetricPoint& point : points) {
-    while (mark < marks.size() && marks[mark].step <= point.step) current = static_cast<int64_t>(marks[mark++].value);
-    if (pieces.empty() || pieces.back().name != std::to_string(current)) pieces.push_back({std::to_string(current), {}});
-    pieces.back().points.push_back(point);
+    while (next < marks.size() && marks[next].step <= point.step)
+      name = metric + " (stage " + std::to_string(static_cast<int64_t>(marks[next++].value)) + ")";
+    auto piece = std::find_if(pieces.begin(), pieces.end(), [&](const NamedCurve& p) { return p.name == name; });
+    if (piece == pieces.end()) piece = pieces.insert(pieces.end(), NamedCurve{name, {}});
+    piece->points.push_back(point);
   }
   if (pieces.size() <= 1) return {{metric, points}};
-  for (NamedCurve& piece : pieces)
-    piece.name = piece.name == "-1" ? metric : metric + " (stage " + piece.name + ")";
   return pieces;
 }
 

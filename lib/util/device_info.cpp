@@ -15,7 +15,8 @@ double peak_memory_gbps(const at::Device& device) {
 #ifdef PRIME_WITH_CUDA
   if (!device.is_cuda()) return 0;
   const int index = device.has_index() ? device.index() : at::cuda::current_device();
-  if (std::string(at::cuda::getDeviceProperties(index)->name).find("H200") != std::string::npos) return 4800;
+  // " H200": not a GH200, whose HBM3 part runs at ~4 TB/s (the formula below gives it).
+  if (std::string(at::cuda::getDeviceProperties(index)->name).find(" H200") != std::string::npos) return 4800;
   int kilohertz = 0, bits = 0;
   if (cudaDeviceGetAttribute(&kilohertz, cudaDevAttrMemoryClockRate, index) != cudaSuccess ||
       cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, index) != cudaSuccess)
