@@ -189,9 +189,12 @@ void print_select(const SelectOutcome& outcome, std::ostream& out) {
   }
   for (const auto& choice : outcome.ratios) {
     out << "ratio " << choice.ratio << ": attention layers " << join_layers(choice.kept);
-    if (choice.predicted)
-      out << "; predicted NLL increase " << std::fixed << std::setprecision(4) << *choice.predicted
-          << " nats/token (PPL x" << std::setprecision(3) << std::exp(*choice.predicted) << ")" << std::defaultfloat;
+    if (choice.predicted) {
+      // Four decimals; what rounds to zero prints as 0.0000, not -0.0000.
+      const double predicted = std::fabs(*choice.predicted) < 5e-5 ? 0.0 : *choice.predicted;
+      out << "; predicted NLL increase " << std::fixed << std::setprecision(4) << predicted << " nats/token (PPL x"
+          << std::setprecision(3) << std::exp(predicted) << ")" << std::defaultfloat;
+    }
     out << "\n";
   }
   if (result.total_increase)
