@@ -11,6 +11,9 @@
 
 namespace prime::store {
 
+// A number as prime-db and prime-search print it: six significant digits; NaN as `nan_text`.
+std::string number_text(double value, const std::string& nan_text = "-");
+
 // The COMPLETE trials of a study placed in objective space (NaN = the trial lacks that value).
 struct ParetoRow {
   Trial trial;

@@ -35,12 +35,7 @@ std::string html(const std::string& text) {
   return out;
 }
 
-std::string number(double value) {
-  if (std::isnan(value)) return "";
-  std::ostringstream text;
-  text << std::setprecision(6) << value;
-  return text.str();
-}
+std::string number(double value) { return number_text(value, ""); }
 
 // A 260x90 line chart of one curve, min/max and last step written on it.
 std::string curve_svg(const std::string& name, const std::vector<MetricPoint>& curve) {

@@ -40,12 +40,6 @@ class TextTable {
   std::vector<std::vector<std::string>> rows_;
 };
 
-std::string number_text(double value) {
-  if (std::isnan(value)) return "-";
-  std::ostringstream text;
-  text << std::setprecision(6) << value;
-  return text.str();
-}
 
 std::string time_text(double seconds) {
   if (seconds <= 0) return "-";
@@ -70,6 +64,13 @@ std::vector<Direction> directions_of(const std::vector<Objective>& objectives) {
 }
 
 }  // namespace
+
+std::string number_text(double value, const std::string& nan_text) {
+  if (std::isnan(value)) return nan_text;
+  std::ostringstream text;
+  text << std::setprecision(6) << value;
+  return text.str();
+}
 
 std::string trial_label(const Trial& trial) {
   const TrialParam* layer = trial.param("layer");

@@ -22,6 +22,7 @@
 #include "search/sweep/study_inputs.h"
 #include "search/sweep/trial.h"
 #include "store/database.h"
+#include "store/db_commands.h"
 #include "util/cli.h"
 #include "util/error.h"
 
@@ -33,16 +34,11 @@ namespace {
 
 bool is_postgres(const std::string& url) { return url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0; }
 
-std::string number_text(double value) {
-  char text[40];
-  std::snprintf(text, sizeof text, "%.6g", value);
-  return text;
-}
 
 // A measured figure as a trial attribute: the shortest text that reads back as the same double
 // (a whole number as one: state_bytes 1234567890, not 1.23457e+09).
 std::string stored_number(double value) {
-  if (!std::isfinite(value)) return number_text(value);
+  if (!std::isfinite(value)) return store::number_text(value, "nan");
   if (value == std::floor(value) && std::fabs(value) < 1e15) return std::to_string(static_cast<long long>(value));
   return nlohmann::json(value).dump();
 }
@@ -287,7 +283,7 @@ int run_worker(const SweepSpec& spec, const SweepOptions& options, const std::st
     std::ostringstream line;
     line << "trial " << trial->number << " " << store::trial_state_name(result.state) << " ["
          << describe_params(trial->params) << "]";
-    for (const auto& [name, value] : result.values) line << " " << name << " " << number_text(value);
+    for (const auto& [name, value] : result.values) line << " " << name << " " << store::number_text(value);
     if (result.pruned_step) line << " at step " << *result.pruned_step;
     if (result.attrs.count("infeasible") && result.attrs["infeasible"] == "1") line << " (infeasible: " << result.attrs["violated"] << ")";
     if (!result.error.empty()) line << ": " << result.error;
@@ -307,7 +303,7 @@ void print_trials(const store::Study& study, const std::vector<store::Trial>& tr
     out << std::setw(4) << trial.number << "  " << std::left << std::setw(8) << store::trial_state_name(trial.state)
         << std::right << " " << describe_params(trial.params);
     for (size_t i = 0; i < study.objectives.size() && i < trial.values.size(); ++i)
-      if (trial.values[i]) out << "  " << study.objectives[i].name << " " << number_text(*trial.values[i]);
+      if (trial.values[i]) out << "  " << study.objectives[i].name << " " << store::number_text(*trial.values[i]);
     if (trial.infeasible()) out << "  (infeasible)";
     if (trial.pruned_step) out << "  (pruned at step " << *trial.pruned_step << ")";
     if (!trial.error.empty()) out << "  error: " << trial.error.substr(0, 120);
