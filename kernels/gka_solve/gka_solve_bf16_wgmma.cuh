@@ -1,6 +1,6 @@
 // GKA's chunked Chebyshev solve in gka_solve_bf16.cuh's bf16 form on Hopper's warpgroup MMAs
-// (kernels/common/wgmma.cuh; the fused bf16 forward, gka_forward_bf16_kernels.cu, at D = 64 and 128
-// under PRIME_GKA_FORWARD_ITERATE=wgmma).
+// (kernels/common/wgmma.cuh; the fused bf16 forward, gka_forward_bf16_kernels.cu, at D = 64 and 128:
+// the default on Hopper, PRIME_GKA_FORWARD_ITERATE=wgmma).
 //
 // The register form (gka_solve_bf16_registers.cuh) issues ~1,000 instructions per warp and
 // iteration for 124 mma.sync: its MMAs, their ldmatrix loads and the split stores of X wait on one
