@@ -43,11 +43,13 @@ void add_tokenizer_command(CLI::App& app, TokenizerOptions& options) {
       ->required()->group("Inputs");
   command->add_option("--text", options.text, "text file to encode; FILE.xz is decompressed with xz")
       ->required()->group("Inputs");
-  command->add_option("--threads", options.threads, "encoding threads (default 1)")->group("Measurement");
+  command->add_option("--threads", options.threads, "encoding threads (default 1)")
+      ->check(prime::positive_number())->group("Measurement");
   command->add_option("--repeat", options.repeat, "passes over the text; the first runs with a cold word cache (default 3)")
-      ->group("Measurement");
-  command->add_option("--chunk-bytes", options.chunk_bytes, "text is encoded in chunks of about this size, cut at line ends (default 65536)")
-      ->group("Measurement");
+      ->check(prime::positive_number())->group("Measurement");
+  command->add_option("--chunk-bytes", options.chunk_bytes,
+                      "text is encoded in chunks of about this size, cut at line ends (default 65536)")
+      ->check(prime::positive_number())->group("Measurement");
 }
 
 void run_tokenizer(const TokenizerOptions& options) {
@@ -76,17 +78,20 @@ CLI::App* add_ssm_command(CLI::App& app, SsmOptions& options, const char* name =
                           const char* description = "chunked SSM cores (torch-ops forms): forward and forward+backward time") {
   CLI::App* command = app.add_subcommand(name, description);
   command->add_option("--types", options.types, "comma-separated: GDN, GKA, M2 (default all)")->group("Inputs");
-  command->add_option("--batch", options.bench.batch, "B (default 4)")->group("Shape");
-  command->add_option("--tokens", options.bench.tokens, "T (default 8192)")->group("Shape");
-  command->add_option("--heads", options.bench.heads, "H (default 32)")->group("Shape");
-  command->add_option("--head-dim", options.bench.head_dim, "D (default 128)")->group("Shape");
-  command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")->group("Shape");
+  command->add_option("--batch", options.bench.batch, "B (default 4)")->check(prime::positive_number())->group("Shape");
+  command->add_option("--tokens", options.bench.tokens, "T (default 8192)")->check(prime::positive_number())->group("Shape");
+  command->add_option("--heads", options.bench.heads, "H (default 32)")->check(prime::positive_number())->group("Shape");
+  command->add_option("--head-dim", options.bench.head_dim, "D (default 128)")
+      ->check(prime::positive_number())->group("Shape");
+  command->add_option("--gka-iterations", options.bench.gka_iterations, "Chebyshev iterations (default 30)")
+      ->check(prime::non_negative_number())->group("Shape");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype,
-                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's bf16 "
-                      "forward, Mamba-2's bf16 forward and backward, vs the torch-ops forms on fp32 copies)")
+                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's and GKA's "
+                      "bf16 forwards, Mamba-2's bf16 forward and backward, vs the torch-ops forms on fp32 copies)")
       ->group("Measurement");
-  command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")->group("Measurement");
+  command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")
+      ->check(prime::positive_number())->group("Measurement");
   command->add_flag("--no-backward", options.no_backward, "forward only")->group("Measurement");
   return command;
 }
@@ -346,10 +351,12 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
                       "memory --fit-batch fills, GiB (default: the CUDA device's; required on the CPU)")
       ->needs(fit)->check(prime::positive_number())->group("Shape");
   command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
-  command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")->group("Shape");
-  command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")->group("Measurement");
+  command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")
+      ->check(prime::positive_number())->group("Shape");
+  command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")
+      ->check(prime::non_negative_number())->group("Measurement");
   command->add_option("--prefill-tokens", options.bench.prefill_tokens, "max B x T per prefill forward (default 8192)")
-      ->group("Measurement");
+      ->check(prime::positive_number())->group("Measurement");
   command->add_option("--prefill-repeats", options.bench.prefill_repeats,
                       "timed prefills per point, each into a fresh cache; prefill t/s from the median (default 1; "
                       "--context synthetic has none)")
@@ -393,7 +400,8 @@ void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& opt
   command->add_option("--init", options.init, "hmf, head, mambainllama or random (default hmf)")->group("Inputs");
   command->add_option("--work-dir", options.work_dir, "caches the source; copies and outputs go here (default /tmp/prime-bench)")
       ->group("Measurement");
-  command->add_option("--rounds", options.rounds, "rounds of cp then prime-convert (default 3)")->group("Measurement");
+  command->add_option("--rounds", options.rounds, "rounds of cp then prime-convert (default 3)")
+      ->check(prime::positive_number())->group("Measurement");
   command->add_flag("--keep", options.keep_outputs, "keep the last copy and converted checkpoint")->group("Measurement");
   command->add_flag("!--no-evict", options.evict, "leave the source in the page cache between runs")->group("Measurement");
 }

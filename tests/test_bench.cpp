@@ -200,8 +200,17 @@ TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", 
   CHECK(result.exit_code == 1);
   result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --context cached");
   CHECK(result.exit_code == 1);
-  for (const char* flag : {"--prefill-repeats 0", "--hbm-gbps -1", "--hbm-gbps inf"}) {
+  for (const char* flag : {"--prefill-repeats 0", "--hbm-gbps -1", "--hbm-gbps inf", "--prefill-tokens 0"}) {
     result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu " + flag);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains("must be a finite number > 0"));
+  }
+  result = test::run_cli("prime-bench decode --model '" + test::tiny_model(97) + "' --device cpu --warmup -1");
+  CHECK(result.exit_code == 1);
+  CHECK_THAT(result.output, Contains("--warmup: must be a finite number >= 0"));
+  // A shape of no tokens is a user's mistake (exit 1), not an internal error.
+  for (const char* flag : {"--tokens -5", "--batch 0", "--repeats 0"}) {
+    result = test::run_cli(std::string("prime-bench ssm --device cpu ") + flag);
     CHECK(result.exit_code == 1);
     CHECK_THAT(result.output, Contains("must be a finite number > 0"));
   }
