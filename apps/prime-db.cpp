@@ -7,6 +7,7 @@
 
 #include "store/db_commands.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 #include "util/error.h"
 
 namespace {
@@ -94,9 +95,12 @@ int main(int argc, char** argv) {
   report->add_option("--out", out, "report.html")->required()->group("Output");
   report->add_flag("--force", force, "replace an existing --out")->group("Output");
   auto* bench = app.add_subcommand("bench", "fill the store with study 'bench' (if absent), time queries and logging");
-  bench->add_option("--trials", bench_trials, "trials to generate (default 30000)")->group("Benchmark");
-  bench->add_option("--metrics", bench_metrics, "metrics per trial (default 10)")->group("Benchmark");
-  bench->add_option("--steps", bench_steps, "steps per metric (default 100)")->group("Benchmark");
+  bench->add_option("--trials", bench_trials, "trials to generate (default 30000)")
+      ->check(prime::positive_number())->group("Benchmark");
+  bench->add_option("--metrics", bench_metrics, "metrics per trial (default 10)")
+      ->check(prime::positive_number())->group("Benchmark");
+  bench->add_option("--steps", bench_steps, "steps per metric (default 100)")
+      ->check(prime::positive_number())->group("Benchmark");
 
   if (auto exit_code = prime::parse_command_line(app, "prime-db", argc, argv)) return *exit_code;
   return prime::run_command("prime-db", [&] {

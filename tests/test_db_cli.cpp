@@ -219,6 +219,11 @@ TEST_CASE("prime-db: bad input exits 1 with a clear message and writes nothing",
   CHECK(run_cli(db + "curves --trial 1 --metric nope --out " + scratch.file("c.png")).exit_code == 1);
   CHECK(run_cli(db + "report --study demo --out " + scratch.file("no/r.html")).exit_code == 1);
   CHECK(run_cli(db + "export --out " + scratch.path().string()).exit_code == 1);
+  for (const char* flag : {"--trials -1", "--metrics 0", "--steps -3"}) {
+    auto bench = run_cli(db + "bench " + flag);
+    CHECK(bench.exit_code == 1);
+    CHECK_THAT(bench.output, Catch::Contains("must be a finite number > 0"));
+  }
   // Nothing but the store (and SQLite's side files) was written.
   for (const auto& entry : std::filesystem::directory_iterator(scratch.path()))
     CHECK_THAT(entry.path().filename().string(), Catch::StartsWith("runs.db"));
