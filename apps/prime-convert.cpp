@@ -10,6 +10,7 @@
 #include "convert/convert.h"
 #include "search/scorers/select.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 #include "util/error.h"
 
 namespace {
@@ -59,7 +60,8 @@ int main(int argc, char** argv) {
       ->group("Layers");
   app.add_option("--swa-window", options.swa_window, "window of SWA layers (default 2048)")->group("Layers");
   app.add_option("--init", options.init, "hmf (default), head, mambainllama or random")->group("Initialisation");
-  app.add_option("--seed", options.seed, "seed of the random parts (default 0)")->group("Initialisation");
+  app.add_option("--seed", options.seed, "seed of the random parts (default 0)")
+      ->check(prime::non_negative_number())->group("Initialisation");
   app.add_option("--out", out, "output directory (written atomically)")->group("Output");
   app.add_flag("--force", options.force, "replace an existing output directory (never the source)")->group("Output");
   app.add_option("--dtype", options.dtype, "cast weights: bf16, fp16 or fp32 (default: keep the source's)")

@@ -13,6 +13,7 @@
 #include "data/tokenizer_spec.h"
 #include "data/token_shard.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 #include "util/error.h"
 
 namespace {
@@ -49,7 +50,7 @@ int main(int argc, char** argv) {
       ->group("Inputs");
   add_tokenizer_flags(*tokenize_command, tokenize_tokenizer, true);
   tokenize_command->add_option("--eos-id", eos_id, "document separator id (default: the tokenizer's end-of-text)")
-      ->group("Tokenizer (one of)");
+      ->check(prime::non_negative_number())->group("Tokenizer (one of)");
   tokenize_command->add_flag("--parse-special", tokenize.parse_special,
                              "treat special-token text in the corpus as special tokens (default: plain text)")
       ->group("Tokenizer (one of)");
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
   inspect_command->add_option("--top", inspect.top_k, "most frequent ids to list (default 20)");
   inspect_command->add_option("--samples", inspect.samples, "random windows to decode (default 2, needs a tokenizer)");
   inspect_command->add_option("--sample-tokens", inspect.sample_tokens, "tokens per sample (default 48)");
-  inspect_command->add_option("--seed", inspect.seed, "sample seed (default 0)");
+  inspect_command->add_option("--seed", inspect.seed, "sample seed (default 0)")->check(prime::non_negative_number());
   if (auto exit_code = prime::parse_command_line(app, "prime-data", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-data", [&] {

@@ -8,6 +8,7 @@
 #include "data/progress.h"
 #include "eval/eval_run.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"prime-eval: evaluate a Transformer or hybrid checkpoint"};
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
   app.add_option("--mqar-pairs", mqar.pairs, "key/value pairs (default 4,16,64)")->delimiter(',')->group("Recall");
   app.add_option("--mqar-lengths", mqar.lengths, "sequence lengths (default 256,1024)")->delimiter(',')->group("Recall");
   app.add_option("--trials", request.trials, "sequences per probe cell (default 10)")->group("Recall");
-  app.add_option("--seed", request.seed, "probe seed (default 0)")->group("Recall");
+  app.add_option("--seed", request.seed, "probe seed (default 0)")->check(prime::non_negative_number())->group("Recall");
   if (auto exit_code = prime::parse_command_line(app, "prime-eval", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-eval", [&] {

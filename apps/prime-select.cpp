@@ -7,6 +7,7 @@
 #include "io/atomic_dir.h"
 #include "search/scorers/select.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
@@ -23,7 +24,8 @@ int main(int argc, char** argv) {
   app.add_option("--seq-len", s.seq_len, "scoring sequence length (default 512; > W)")->group("Scorer");
   app.add_option("--sequences", s.sequences, "scoring sequences (default 8)")->group("Scorer");
   app.add_option("--batch", s.batch, "sequences per forward (default 4)")->group("Scorer");
-  app.add_option("--seed", s.seed, "which windows of the shard are scored, training order (default 0)")->group("Scorer");
+  app.add_option("--seed", s.seed, "which windows of the shard are scored, training order (default 0)")
+      ->check(prime::non_negative_number())->group("Scorer");
   app.add_option("--probes", s.probes, "swa-sensitivity: MQAR recall-probe sequences of --seq-len tokens (default 16)")
       ->group("Scorer");
   app.add_option("--probe-pairs", s.probe_pairs, "swa-sensitivity: key/value pairs per probe sequence (default 8)")

@@ -6,6 +6,7 @@
 
 #include "train/trainer.h"
 #include "util/cli.h"
+#include "util/cli_checks.h"
 
 int main(int argc, char** argv) {
   using namespace prime::train;
@@ -29,7 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--micro-batch-tokens", micro_batch_tokens,
                  "tokens per forward pass per rank; the rest is gradient accumulation (default: the whole batch)")
       ->group("Data");
-  app.add_option("--seed", options.seed, "data order seed (default 0)")->group("Data");
+  app.add_option("--seed", options.seed, "data order seed (default 0)")->check(prime::non_negative_number())->group("Data");
   app.add_option("--lr", options.lr, "peak learning rate (default 1e-3)")->group("Optimizer");
   app.add_option("--schedule", schedule, "constant | cosine | wsd (default cosine)")->group("Optimizer");
   app.add_option("--warmup", options.warmup, "warm-up steps (default 0)")->group("Optimizer");

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "eval/eval_run.h"
 #include "io/atomic_dir.h"
 #include "io/safetensors.h"
 #include "test_helpers.h"
@@ -84,6 +85,16 @@ TEST_CASE("every command: parse errors exit 1 naming the flag, --version exits 0
   result = prime::test::run_cli("prime-eval --model '" + tiny + "' --ctx abc");  // malformed value
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("--ctx"));
+  // A negative seed or id is no unsigned value wrapped around: refused, naming the flag.
+  for (const std::string& command : std::vector<std::string>{
+           "prime-convert --source '" + tiny + "' --layer GDN --ratio 1:1 --dry-run --seed -3",
+           "prime-eval --model '" + tiny + "' --recall --seed -1",
+           "prime-data tokenize --tokenizer-preset gpt2 --eos-id -5 x.txt --out x.tok"}) {
+    result = prime::test::run_cli(command);
+    INFO(command << ": " << result.output);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains("must be a finite number >= 0"));
+  }
   result = prime::test::run_cli("prime-eval --model '" + tiny + "' --generate");  // missing value
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("--generate"));
@@ -193,6 +204,14 @@ TEST_CASE("prime-eval checks memory before loading and warns past max_position_e
   result = prime::test::run_cli("prime-eval --model '" + tiny + ",max_positions=6' --token-ids 1,2,3 --generate 5");
   CHECK(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("past max_position_embeddings 6"));
+}
+
+TEST_CASE("prime-eval checks the perplexity windows' logits against memory before loading", "[cli][contract]") {
+  CHECK_NOTHROW(prime::eval::check_logits_fit(151936, 1024, 1, at::kCPU));
+  CHECK_NOTHROW(prime::eval::check_logits_fit(151936, 1 << 30, 64, at::Device(at::kCUDA, 0)));  // not estimated there
+  CHECK_THROWS_WITH(prime::eval::check_logits_fit(151936, 1 << 30, 64, at::kCPU),
+                    Contains("for their logits over 151936 ids") && Contains("lower --ctx or --batch"));
+  CHECK_THROWS_WITH(prime::eval::check_logits_fit(151936, 1 << 30, 1, at::kCPU), !Contains("--batch"));
 }
 
 TEST_CASE("a Hugging Face id is a source when it is in the cache", "[cli][contract]") {

@@ -96,6 +96,18 @@ void check_weights_fit(const io::Source& source, at::ScalarType dtype, const at:
                    " (the checkpoint's dtype)");
 }
 
+void check_logits_fit(int64_t vocab, int64_t window_tokens, int64_t batch, const at::Device& device) {
+  if (!device.is_cpu() || vocab <= 0 || window_tokens <= 0 || batch <= 0) return;
+  // A batch's fp32 logits [batch, window, vocab], and their log-softmax beside them.
+  const double needed = 2.0 * static_cast<double>(batch) * window_tokens * vocab * 4;
+  const uint64_t available = available_memory();
+  if (available == 0 || needed <= available * 0.9) return;
+  throw user_error("perplexity windows of ", window_tokens, " tokens", batch > 1 ? " in batches of " : "",
+                   batch > 1 ? std::to_string(batch) : "", " need about ", gigabytes(static_cast<uint64_t>(needed)),
+                   " for their logits over ", vocab, " ids, but only ", gigabytes(available),
+                   " is available: lower --ctx", batch > 1 ? " or --batch" : "");
+}
+
 nlohmann::json EvalResult::to_json() const {
   nlohmann::json json = {{"model", model}, {"device", device}, {"dtype", dtype}};
   if (ppl) {
@@ -132,6 +144,8 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
   const at::Device device = parse_device(request.device);
   const at::ScalarType dtype = request.dtype.empty() ? default_eval_dtype(source) : parse_dtype_flag(request.dtype);
   check_weights_fit(source, dtype, device);
+  if (ppl_data) check_logits_fit(source.config.vocab_size, std::min(request.ppl.ctx, ppl_data->size()), request.batch,
+                                 device);
   const model::LoadOptions options{device, dtype};
   auto loaded = convert::load_model_spec(request.model, options);
 

@@ -68,4 +68,9 @@ at::ScalarType default_eval_dtype(const io::Source& source);
 // memory this machine has available (CPU RAM; mmap'd weights used as stored count as page cache).
 void check_weights_fit(const io::Source& source, at::ScalarType dtype, const at::Device& device);
 
+// UserError when perplexity windows of `window_tokens` in batches of `batch` need more memory for
+// their logits (fp32 [batch, window, vocab] and their log-softmax) than 90% of what is available,
+// on the CPU; nothing elsewhere.
+void check_logits_fit(int64_t vocab, int64_t window_tokens, int64_t batch, const at::Device& device);
+
 }  // namespace prime::eval
