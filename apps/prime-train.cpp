@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
                  "(default: align ssm, distill ssm,norm, pt all)")->group("Models");
   app.add_option("--data", options.data, "token shard(s) from prime-data, comma-separated")->delimiter(',')
       ->group("Data");
-  app.add_option("--val-data", options.val_data, "held-out token shard for --eval-every")->delimiter(',')->group("Data");
+  CLI::Option* val_data =
+      app.add_option("--val-data", options.val_data, "held-out token shard for --eval-every")->delimiter(',')->group("Data");
   app.add_option("--tokens", tokens, "token budget, e.g. 50M (K/M/B = 2^10/2^20/2^30)")->group("Data");
   app.add_option("--batch-tokens", batch_tokens, "tokens per optimizer step (all ranks), e.g. 256K")->group("Data");
   app.add_option("--seq-len", seq_len, "tokens per sequence")->group("Data");
@@ -50,8 +51,12 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume, "continue the run in this directory from its last checkpoint")->group("Run");
   app.add_option("--save-every", options.save_every, "checkpoint every N steps (and at the end)")->group("Run");
   app.add_option("--keep", options.keep, "keep the newest K checkpoints (default 3)")->group("Run");
-  app.add_option("--eval-every", options.eval_every, "validation PPL on --val-data every N steps")->group("Run");
-  app.add_option("--val-tokens", val_tokens, "tokens of --val-data to score (default 64K)")->group("Run");
+  // Each without the other would be silently unused.
+  CLI::Option* eval_every =
+      app.add_option("--eval-every", options.eval_every, "validation PPL on --val-data every N steps")->group("Run");
+  eval_every->needs(val_data);
+  val_data->needs(eval_every);
+  app.add_option("--val-tokens", val_tokens, "tokens of --val-data to score (default 64K)")->needs(val_data)->group("Run");
   app.add_option("--max-bad-steps", options.max_bad_steps,
                  "non-finite steps in a row before rolling back to the last checkpoint with half the LR (default 8)")
       ->group("Run");

@@ -313,6 +313,15 @@ TEST_CASE("prime-train refuses bad input with a clear message and writes nothing
   const auto cli = prime::test::run_cli("prime-train --model x --data y --tokens 1K --batch-tokens 12Q --seq-len 8 --out z");
   CHECK(cli.exit_code == 1);
   CHECK_THAT(cli.output, Catch::Contains("--batch-tokens"));
+  // --eval-every and --val-data only together: either alone would be silently unused.
+  const std::string base = "prime-train --model x --data y --tokens 1K --batch-tokens 1K --seq-len 8 --out z ";
+  const auto no_val = prime::test::run_cli(base + "--eval-every 2");
+  CHECK(no_val.exit_code == 1);
+  CHECK_THAT(no_val.output, Catch::Contains("--eval-every requires --val-data"));
+  const auto no_every = prime::test::run_cli(base + "--val-data y");
+  CHECK(no_every.exit_code == 1);
+  CHECK_THAT(no_every.output, Catch::Contains("--val-data requires --eval-every"));
+  CHECK_FALSE(std::filesystem::exists("z"));
 }
 
 TEST_CASE("MoE layers train: the router and the chosen experts get gradients", "[train]") {
