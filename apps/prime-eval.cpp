@@ -24,7 +24,9 @@ int main(int argc, char** argv) {
                  "write float32 logits [T, vocab] as tensor 'logits' to this .safetensors")->group("Output");
   app.add_option("--generate", request.generate, "greedy-decode N tokens after the input and print their ids")
       ->group("Output");
-  app.add_option("--json", request.json_path, "also write the --ppl / --recall results to this JSON file")->group("Output");
+  app.add_option("--json", request.json_path,
+                 "also write the results (--ppl, --recall, the prompt and its generated ids) to this JSON file")
+      ->group("Output");
   app.add_flag("--force", request.force, "replace existing --dump-logits / --json files")->group("Output");
   auto& ppl = request.ppl;
   app.add_option("--ppl", request.ppl_shard, "token shard: perplexity, NLL and bits per byte over strided windows")

@@ -4,10 +4,13 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "test_helpers.h"
@@ -29,6 +32,18 @@ TEST_CASE("prime-eval dumps logits and generates", "[cli]") {
   CHECK(logits.sizes() == at::IntArrayRef({3, 300}));
   CHECK(logits.scalar_type() == at::kFloat);
   std::filesystem::remove(out);
+  // --json holds the prompt and the generated ids, as printed.
+  const auto json_path = std::filesystem::temp_directory_path() / ("prime_cli_gen_" + std::to_string(::getpid()) + ".json");
+  result = prime::test::run_cli("prime-eval --model '" + tiny + "' --token-ids 5,6,7 --generate 4 --json " +
+                                json_path.string());
+  REQUIRE(result.exit_code == 0);
+  const auto json = nlohmann::json::parse(std::ifstream(json_path));
+  CHECK(json["prompt"] == std::vector<int64_t>{5, 6, 7});
+  REQUIRE(json["generated"].size() == 4);
+  std::string printed = "generated:";
+  for (const auto& id : json["generated"]) printed += " " + std::to_string(static_cast<int64_t>(id));
+  CHECK_THAT(result.output, Catch::Contains(printed));
+  std::filesystem::remove(json_path);
   // The same fixture model through a directory: greedy ids equal those transformers produced.
   auto parity = prime::test::fixtures_dir() / "parity" / "qwen3";
   result = prime::test::run_cli("prime-eval --model " + parity.string() + " --token-ids 1,2,3 --generate 3");

@@ -117,6 +117,9 @@ nlohmann::json EvalResult::to_json() const {
   if (needle) json["needle"] = eval::to_json(*needle);
   if (mqar) json["mqar"] = eval::to_json(*mqar);
   if (needle || mqar) json["haystack"] = haystack;
+  if (!prompt.empty()) json["prompt"] = prompt;
+  if (!generated.empty()) json["generated"] = generated;
+  if (next_token) json["next_token"] = *next_token;
   return json;
 }
 
@@ -196,12 +199,18 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
     }
     result.haystack = haystack_data ? haystack_data->path().string() : "random ids";
   }
-  if (!request.json_path.empty()) {
+  // The JSON file once everything it holds is known (the generated ids too).
+  const auto write_json = [&] {
+    if (request.json_path.empty()) return;
     write_json_file(request.json_path, result.to_json(), request.force, "--json");
     out << "wrote " << request.json_path << "\n";
+  };
+  if (!token_run) {
+    write_json();
+    return result;
   }
-  if (!token_run) return result;
 
+  result.prompt = ids;
   at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
   at::NoGradGuard no_grad;
   if (!request.dump_logits.empty()) {
@@ -233,6 +242,7 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
     result.next_token = logits.select(1, logits.size(1) - 1).argmax(-1).item<int64_t>();
     out << "next token: " << *result.next_token << "\n";
   }
+  write_json();
   return result;
 }
 

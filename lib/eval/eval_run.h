@@ -48,6 +48,7 @@ struct EvalResult {
   std::optional<MqarResult> mqar;
   std::string haystack;               // shard path or "random ids" (recall only)
   at::Tensor logits;                  // [T, vocab] float32, when dump_logits was asked for
+  std::vector<int64_t> prompt;        // the token ids run (logits, generation, next token)
   std::vector<int64_t> generated;     // when generate > 0
   std::optional<int64_t> next_token;  // when neither logits nor generation was asked for
   // {"model", "device", "dtype", "ppl": {..., "shard"}, "needle", "mqar", "haystack"}.
