@@ -87,8 +87,11 @@ int main(int argc, char** argv) {
       if (!result.final_checkpoint.empty()) std::cout << "checkpoint: " << result.final_checkpoint << "\n";
       return;
     }
-    std::cout << "trained " << result.steps << " steps, " << result.tokens << " tokens in " << result.seconds
-              << " s; final loss " << result.last_loss;
+    std::cout << "trained " << result.steps_run << " steps, " << result.tokens_run << " tokens in " << result.seconds
+              << " s";
+    if (result.steps_run < result.steps)  // a resumed run: the whole run so far too
+      std::cout << " (the run: " << result.steps << " steps, " << result.tokens << " tokens)";
+    std::cout << "; final loss " << result.last_loss;
     if (result.last_val_ppl > 0) std::cout << ", val ppl " << result.last_val_ppl;
     std::cout << "\n";
     if (!result.final_checkpoint.empty()) std::cout << "checkpoint: " << result.final_checkpoint << "\n";

@@ -182,6 +182,8 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK(resumed.output.find("resuming") != std::string::npos);
+  // What this call trained, then the whole run (the steps before the kill are not this call's).
+  CHECK_THAT(resumed.output, Catch::Contains("(the run: " + std::to_string(expected.size()) + " steps"));
   const std::vector<double> actual = prime::test::step_losses(killed_dir + "/metrics.jsonl");
   REQUIRE(actual.size() == expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {

@@ -201,6 +201,7 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
 
   TrainResult result;
   result.run_dir = options.out;
+  const int64_t tokens_before = counters.tokens;  // a resumed run's, from before this call
   double window_seconds = 0;
   int64_t window_tokens = 0;
   while (counters.step < plan.total_steps) {
@@ -340,7 +341,8 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
   result.tokens = counters.tokens;
   result.bad_steps = counters.bad_steps;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  result.tokens_per_second = result.seconds > 0 ? result.tokens / result.seconds : 0;
+  result.tokens_run = counters.tokens - tokens_before;
+  result.tokens_per_second = result.seconds > 0 ? result.tokens_run / result.seconds : 0;
   return result;
 }
 

@@ -13,7 +13,9 @@ namespace prime::train {
 struct TrainResult {
   std::string run_dir, final_checkpoint;
   int64_t steps = 0, tokens = 0, bad_steps = 0, rollbacks = 0;
-  int64_t steps_run = 0;  // optimizer steps taken by this call (0: a resumed run had none left)
+  int64_t steps_run = 0;   // optimizer steps taken by this call (0: a resumed run had none left)
+  int64_t tokens_run = 0;  // tokens those steps trained on
+  // seconds: this call's; tokens_per_second: tokens_run / seconds.
   double last_loss = 0, last_val_ppl = 0, seconds = 0, tokens_per_second = 0;
 };
 
