@@ -163,6 +163,11 @@ TEST_CASE("recall probes: an exact copier scores 100%", "[recall]") {
   eval::print_needle_table(needle, table);
   eval::print_mqar_table(mqar, table);
   CHECK_THAT(table.str(), Contains("100.0%"));
+  // The skipped cell is said so, in the table and the JSON.
+  CHECK_THAT(table.str(), Contains("(-: a length below 4 x pairs"));
+  const auto json = eval::to_json(mqar);
+  REQUIRE(json["skipped"].size() >= 1);
+  CHECK(json["skipped"][0]["pairs"] == mqar.cells[4].pairs);
 }
 
 TEST_CASE("recall probes: a hand-built 2-layer induction model scores 100%, a random model near chance",

@@ -1,5 +1,6 @@
 #include "eval/mqar.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
@@ -90,17 +91,22 @@ void print_mqar_table(const MqarResult& result, std::ostream& out) {
     }
     out << "\n";
   }
+  if (std::any_of(result.cells.begin(), result.cells.end(), [](const MqarCell& cell) { return cell.skipped; }))
+    out << "(-: a length below 4 x pairs holds no room for the pairs and their queries; not run)\n";
 }
 
 nlohmann::json to_json(const MqarResult& result) {
-  nlohmann::json cells = nlohmann::json::array();
+  nlohmann::json cells = nlohmann::json::array(), skipped = nlohmann::json::array();
   for (const auto& cell : result.cells) {
-    if (cell.skipped) continue;
+    if (cell.skipped) {
+      skipped.push_back({{"pairs", cell.pairs}, {"length", cell.length}});  // length < 4 x pairs: not run
+      continue;
+    }
     cells.push_back({{"pairs", cell.pairs}, {"length", cell.length}, {"trials", cell.trials},
                      {"queries", cell.total}, {"correct", cell.correct}, {"accuracy", cell.accuracy()}});
   }
   return {{"trials", result.options.trials}, {"seed", result.options.seed}, {"seconds", result.seconds},
-          {"cells", cells}};
+          {"cells", cells}, {"skipped", skipped}};
 }
 
 }  // namespace prime::eval
