@@ -65,6 +65,12 @@ TEST_CASE("prime-eval and prime-inspect refuse bad input with exit 1 and write n
   CHECK_FALSE(std::filesystem::exists(out));
   result = prime::test::run_cli("prime-inspect /definitely/not/here");
   CHECK(result.exit_code == 1);
+  // A model's weights file is not a source: its directory is.
+  const auto weights = prime::test::fixtures_dir() / "parity" / "qwen3" / "model.safetensors";
+  REQUIRE(std::filesystem::exists(weights));
+  result = prime::test::run_cli("prime-inspect " + weights.string());
+  CHECK(result.exit_code == 1);
+  CHECK(result.output.find("not one of its files") != std::string::npos);
   result = prime::test::run_cli("prime-eval --model " + tiny + " --bogus-flag");
   CHECK(result.exit_code != 0);
 }

@@ -160,7 +160,9 @@ Source resolve_source(const std::string& spec) {
     return source;
   }
   if (found == models.end()) {
-    if (std::filesystem::exists(spec, ec)) throw user_error(spec, " is not a directory");
+    if (std::filesystem::exists(spec, ec))
+      throw user_error(spec, " is not a directory: a source is the directory of a model (config.json beside its ",
+                       "*.safetensors), a Hugging Face id or an alias, not one of its files");
     std::string aliases;
     for (const auto& [alias, model] : models) aliases += (aliases.empty() ? "" : ", ") + alias;
     throw user_error("source '", spec, "' is neither a directory nor a known model alias (known: ", aliases,
