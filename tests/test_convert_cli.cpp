@@ -32,7 +32,11 @@ TEST_CASE("prime-convert --dry-run prints the plan and writes nothing, a real ru
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("dry run: nothing is written"));
   CHECK_THAT(result.output, Contains("pattern   GKA-GKA-*-GKA"));
-  CHECK_THAT(result.output, Contains("ratio 1:3 (n_attn = round(4*1/4) = 1)"));
+  CHECK_THAT(result.output, Contains("; ratio 1:3 (n_attn = round(4*1/4) = 1), placed uniform"));
+  const auto by_pattern = prime::test::run_cli("prime-convert --source " + tiny + " --pattern '*-GKA-M2-SWA' --out " +
+                                               out + " --dry-run");
+  CHECK(by_pattern.exit_code == 0);
+  CHECK_THAT(by_pattern.output, Contains("1 attention + 1 GKA + 1 M2 + 1 SWA; by --pattern"));
   CHECK_THAT(result.output, Contains("gka.g_proj.weight"));
   CHECK_THAT(result.output, Contains("estimated peak memory"));
   CHECK_FALSE(std::filesystem::exists(out));

@@ -153,13 +153,22 @@ std::string ConversionPlan::plan_target_line() const {
     out << (first ? "" : " + ") << count << (symbol == "*" ? " attention" : " " + symbol);
     first = false;
   }
-  out << "; " << layers.method;
+  // How the layers were chosen: "ratio 1:3 (n_attn = ...), placed uniform", "ratio 1:3 (...), by scores
+  // FILE [format]", "by --pattern", "by --keep-attention".
+  out << "; ";
+  const std::string& method = layers.method;
   if (layers.ratio) {
     const int64_t L = static_cast<int64_t>(layers.types.size());
-    out << ", ratio " << layers.ratio->text() << " (n_attn = round(" << L << "*" << layers.ratio->attention << "/"
+    out << "ratio " << layers.ratio->text() << " (n_attn = round(" << L << "*" << layers.ratio->attention << "/"
         << layers.ratio->attention + layers.ratio->ssm << ") = " << layers.count("*") << ")";
+    if (method != "ratio" && method != "scores") out << ", placed " << method;
+  } else if (method == "pattern" || method == "keep-attention") {
+    out << "by --" << method;
+  } else {
+    out << method;
   }
-  if (layers.scores) out << ", scores " << layers.scores->path << " [" << layers.scores->format << "]";
+  if (layers.scores)
+    out << (layers.ratio ? ", " : "") << "by scores " << layers.scores->path << " [" << layers.scores->format << "]";
   return out.str();
 }
 
