@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
       ->check(prime::non_negative_number())->group("Initialisation");
   app.add_option("--out", out, "output directory (written atomically)")->group("Output");
   app.add_flag("--force", options.force, "replace an existing output directory (never the source)")->group("Output");
-  app.add_option("--dtype", options.dtype, "cast weights: bf16, fp16 or fp32 (default: keep the source's)")
+  app.add_option("--dtype", options.dtype, "cast weights: bf16, fp16, fp32 or fp64 (default: keep the source's)")
       ->group("Output");
   double shard_gb = 5;
   app.add_option("--shard-size", shard_gb, "GB of tensors per shard (default 5)")->group("Output");

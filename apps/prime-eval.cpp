@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
                  "checkpoint dir, known alias, HF id in the cache, synthetic:ALIAS[@k=v,...], or SPEC+convert:LAYER:A:S")
       ->required()->group("Model");
   app.add_option("--device", request.device, "cpu, cuda, cuda:N or auto (default)")->group("Model");
-  app.add_option("--dtype", request.dtype, "weights dtype: fp32, bf16, fp16 (default: the checkpoint's)")->group("Model");
+  app.add_option("--dtype", request.dtype, "weights dtype: fp32, bf16, fp16 or fp64 (default: the checkpoint's)")
+      ->group("Model");
   app.add_option("--batch", request.batch, "sequences per forward for --ppl and --recall (default 4)")->group("Model");
   app.add_option("--token-ids", request.token_ids, "comma-separated input token ids (default 1,2,3,4)")->group("Input");
   app.add_option("--dump-logits", request.dump_logits,
