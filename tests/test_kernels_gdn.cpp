@@ -450,15 +450,61 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
   CoreInputs in = random_core_inputs(B, T, H, D, 97);
   for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
   for (at::Tensor* t : {&in.g, &in.beta}) *t = t->to(at::kFloat).to(at::kDouble);
-  const at::Tensor ours = model::gated_delta_rule_varlen(
-      in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16), in.v.to(cuda, at::kBFloat16),
-      in.g.to(cuda, at::kFloat), in.beta.to(cuda, at::kFloat), on_cuda.chunks(64), 64);
   const at::Tensor reference = model::gated_delta_rule_varlen(in.q, in.k, in.v, in.g, in.beta, on_cpu.chunks(64), 64);
-  const double out_error = norm_relative_error(ours.to(at::kDouble), reference);
-  std::cout << "[kernels][gdn] bf16 fused forward, packed documents H=" << H << " D=" << D << ": vs float64 out "
-            << out_error << std::endl;
-  CHECK(ours.scalar_type() == at::kBFloat16);
-  CHECK(out_error <= 6e-3);
+  for (const char* walk : {"split", "fused"}) {  // both walks restart at each document's first chunk
+    const test::ScopedEnv form("PRIME_GDN_FORWARD_WALK", walk);
+    const at::Tensor ours = model::gated_delta_rule_varlen(
+        in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16), in.v.to(cuda, at::kBFloat16),
+        in.g.to(cuda, at::kFloat), in.beta.to(cuda, at::kFloat), on_cuda.chunks(64), 64);
+    const double out_error = norm_relative_error(ours.to(at::kDouble), reference);
+    std::cout << "[kernels][gdn] bf16 fused forward, " << walk << " walk, packed documents H=" << H << " D=" << D
+              << ": vs float64 out " << out_error << std::endl;
+    CHECK(ours.scalar_type() == at::kBFloat16);
+    CHECK(out_error <= 6e-3);
+  }
+}
+
+TEST_CASE("GDN bf16 fused forward: the fused walk and the split walk agree, PRIME_GDN_FORWARD_WALK picks one",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const at::NoGradGuard no_grad;
+  // The same bf16 operands through both walks, each against float64: the fused walk rounds
+  // differently (diag(e^G) applied to Q S in fp32, the decay on U_n's rows instead of K's), so
+  // the two agree within their bf16 rounding, not bit for bit.
+  for (const auto& [B, T, H, D, with_state] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
+           {2, 200, 3, 64, true}, {1, 130, 2, 128, true}, {2, 192, 2, 32, false}, {1, 1000, 2, 128, false}}) {
+    CoreInputs in = random_core_inputs(B, T, H, D, 211 + T + D);
+    for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
+    for (at::Tensor* t : {&in.g, &in.beta, &in.state}) *t = t->to(at::kFloat).to(at::kDouble);
+    const at::Tensor state = with_state ? in.state.to(cuda, at::kFloat) : at::Tensor();
+    const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta,
+                                                           with_state ? in.state : at::Tensor(), 64);
+    std::pair<at::Tensor, at::Tensor> walks[2];
+    for (const int fused : {0, 1}) {
+      const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", fused ? "fused" : "split");
+      walks[fused] = model::gated_delta_rule_chunked(in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16),
+                                                     in.v.to(cuda, at::kBFloat16), in.g.to(cuda, at::kFloat),
+                                                     in.beta.to(cuda, at::kFloat), state, 64);
+      const double out_error = norm_relative_error(walks[fused].first.to(at::kDouble), reference.first);
+      const double state_error = norm_relative_error(walks[fused].second, reference.second);
+      std::cout << "[kernels][gdn] bf16 forward, " << (fused ? "fused" : "split") << " walk, B=" << B << " T=" << T
+                << " H=" << H << " D=" << D << ": vs float64 out " << out_error << ", state " << state_error
+                << std::endl;
+      CHECK(out_error <= 6e-3);
+      CHECK(state_error <= 6e-3);
+    }
+    const double apart = norm_relative_error(walks[1].first.to(at::kDouble), walks[0].first.to(at::kDouble));
+    std::cout << "[kernels][gdn] bf16 forward, fused vs split walk: out " << apart << std::endl;
+    CHECK(apart <= 6e-3);
+    CHECK(norm_relative_error(walks[1].second, walks[0].second) <= 6e-3);
+  }
+  const at::Tensor q = at::randn({1, 70, 2, 64}, at::TensorOptions().device(cuda).dtype(at::kBFloat16));
+  const at::Tensor gate = at::rand({1, 70, 2}, q.options().dtype(at::kFloat));
+  const test::ScopedEnv wrong("PRIME_GDN_FORWARD_WALK", "both");
+  CHECK_THROWS_AS(model::gated_delta_rule_chunked(q, q, q, gate, gate, at::Tensor(), 64), UserError);
 }
 
 TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls without autograd take the bf16 fused forward, fp32 out", "[kernels][gdn][gpu]") {

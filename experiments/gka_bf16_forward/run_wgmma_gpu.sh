@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-570} ))
-left() { echo $(( deadline - $(date +%s) )); }
+source experiments/gpu/steps.sh  # left, run
 OUT=${OUT:-/tmp/prime-gka-wgmma-out}
 build=0
 [ "${1:-}" = --build ] && { build=1; shift; }
@@ -28,13 +28,6 @@ if [ $build = 1 ]; then
     prime_tests prime-bench || exit 1
 fi
 export PRIME_REQUIRE_CUDA=1
-# run SECONDS_NEEDED NAME COMMAND...: runs COMMAND (output to $OUT/NAME.txt) if that much time is left.
-run() {
-  local need=$1 name=$2; shift 2
-  if [ "$(left)" -lt "$need" ]; then echo "$name: skipped, $(left) s left"; return 1; fi
-  timeout "$(( $(left) - 5 ))" "$@" > "$OUT/$name.txt" 2>&1
-  local rc=$?; echo "$name: exit $rc"; return $rc
-}
 show() {  # show NAME REGEX [LINES]: the matching lines of a step's output, where it ran
   [ -f "$OUT/$1.txt" ] && grep -E "$2" "$OUT/$1.txt" | head -"${3:-30}"
 }

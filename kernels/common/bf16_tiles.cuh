@@ -253,15 +253,17 @@ __device__ __forceinline__ void row_block_product(Acc (&acc)[NT], const Bf16* a_
   }
 }
 
-// The lower triangle of X Y^T for a chunk of 64 steps, X and Y [64][D] in shared memory. Eight
-// warps: warp w forms row block w % 4, column blocks 2 (w / 4) and 2 (w / 4) + 1 (the tiles above
-// the diagonal as zeros, unformed), and calls emit(i, j, x0, x1) for each pair of adjacent
-// elements (i, j), (i, j + 1) it holds.
-template <int D, typename Emit>
+// The lower triangle of X Y^T for a chunk of 64 steps, X and Y [64][D] in shared memory. WARPS
+// warps (8 or 16) take its 16 tiles round robin: warp w tile f = w, w + WARPS, ... at row block
+// f % 4, column block f / 4 (the tiles above the diagonal as zeros, unformed), and call
+// emit(i, j, x0, x1) for each pair of adjacent elements (i, j), (i, j + 1) they hold.
+template <int D, int WARPS = 8, typename Emit>
 __device__ __forceinline__ void lower_gram_pairs(const Bf16* x, const Bf16* y, Emit&& emit) {
-  const int warp = threadIdx.x / 32, r = warp % 4;
-  for (int t = 0; t < 2; ++t) {
-    const int c = 2 * (warp / 4) + t;
+  static_assert(16 % WARPS == 0, "16 tiles among the warps");
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int f = warp; f < 16; f += WARPS) {
+    const int r = f % 4, c = f / 4;
     Acc acc;
     if (c <= r)
       gram_tile<D>(acc, x, y, 16 * r, 16 * c);
@@ -273,11 +275,11 @@ __device__ __forceinline__ void lower_gram_pairs(const Bf16* x, const Bf16* y, E
 
 // out [64][ldo] (bf16) = (X Y^T) o L for a chunk of 64 steps, L_ij = weight(j) e^{gamma_i - gamma_j}
 // for j <= i and 0 above (gamma: float64 prefix sums, so every exponent is <= 0), X and Y
-// [64][D] in shared memory, written from the registers (lower_gram_pairs).
-template <int D, typename Weight>
+// [64][D] in shared memory, written from the registers (lower_gram_pairs, WARPS warps).
+template <int D, int WARPS = 8, typename Weight>
 __device__ __forceinline__ void decayed_causal_scores(Bf16* out, int ldo, const Bf16* x, const Bf16* y,
                                                       const double* gamma, Weight&& weight) {
-  lower_gram_pairs<D>(x, y, [&](int i, int j, float x0, float x1) {
+  lower_gram_pairs<D, WARPS>(x, y, [&](int i, int j, float x0, float x1) {
     const double gi = gamma[i];
     x0 = j <= i ? weight(j) * expf(static_cast<float>(gi - gamma[j])) * x0 : 0.0f;
     x1 = j + 1 <= i ? weight(j + 1) * expf(static_cast<float>(gi - gamma[j + 1])) * x1 : 0.0f;

@@ -193,20 +193,57 @@ ForwardScratch forward_scratch(const at::Tensor& q) {
           new_output({M, N, D, D}, q.options()), at::Tensor()};
 }
 
+// PRIME_GDN_FORWARD_WALK (read at each call): "fused" (the bf16 forward's scan and output in one
+// kernel), "split" (two kernels, the states entering each chunk written between them); unset, the
+// fused walk where its block fits the device's shared memory and its blocks, one per batch and
+// head, fill the GPU (gdn_forward_bf16_walk_preferred).
+bool bf16_fused_walk(const at::Tensor& q) {
+  const char* value = std::getenv("PRIME_GDN_FORWARD_WALK");
+  const std::string text = value ? value : "";
+#ifdef PRIME_WITH_CUDA
+  const int64_t D = q.size(-1);
+  const int device = q.get_device();
+  const bool fits = detail::gdn_forward_bf16_walk_fits_device(D, device);
+  if (text.empty()) return detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device);
+#else
+  const bool fits = false;
+  if (text.empty()) return false;
+#endif
+  if (text == "split") return false;
+  if (text == "fused") {
+    if (!fits)
+      throw user_error("PRIME_GDN_FORWARD_WALK=fused: the fused walk's block for head dim ", q.size(-1),
+                       " does not fit this GPU's shared memory; unset it or use \"split\"");
+    return true;
+  }
+  throw user_error("PRIME_GDN_FORWARD_WALK=", text, ": must be \"fused\" (GDN's bf16 forward walks the chunks and ",
+                   "writes the output in one kernel) or \"split\" (a scan, then the output); unset, \"fused\" ",
+                   "where its block fits the GPU's shared memory");
+}
+
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
 std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
                                                const at::Tensor& chunk_starts, at::Tensor o, at::Tensor final_state) {
-  const int64_t M = q.size(0) * q.size(2), D = q.size(3);
-  const ForwardScratch scratch = forward_scratch(q);
+  const int64_t M = q.size(0) * q.size(2), D = q.size(3), N = (q.size(1) + kForwardChunk - 1) / kForwardChunk;
 #ifdef PRIME_WITH_CUDA
+  detail::GdnForwardBf16Scratch scratch;
+  scratch.w = new_output({M, N, kForwardChunk, D}, q.options());
+  scratch.u = new_output({M, N, kForwardChunk, D}, q.options());
+  if (bf16_fused_walk(q)) {
+    scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
+  } else {
+    scratch.k_decayed = new_output({M, N, kForwardChunk, D}, q.options());
+    scratch.decay = new_output({M, N}, q.options().dtype(at::kFloat));
+    scratch.states = new_output({M, N, D, D}, q.options());
+  }
   detail::launch_gdn_forward_bf16(contiguous_aligned(q, 16), contiguous_aligned(k, 16), contiguous_aligned(v, 16),
                                   g.contiguous(), beta.contiguous(), contiguous_aligned(flat_or_undefined(state, 2), 32),
-                                  chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, scratch.w,
-                                  scratch.u, scratch.k_decayed, scratch.decay, scratch.states,
+                                  chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, scratch,
                                   final_state.view({M, D, D}), o);
 #else
-  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)M, (void)D, (void)scratch;
+  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)M, (void)D, (void)N;
+  (void)bf16_fused_walk;
 #endif
   return {o, final_state};
 }

@@ -73,15 +73,30 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows);
 // multiple of 4): the chunk decays' gradient.
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
 
-// The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, scan and output in three kernels.
-// q, k, v, o [B,T,H,D] bf16 with D in {32, 64, 128}; g, beta [B,T,H] fp32; initial [M,D,D] fp32
-// or undefined (zeros); starts [N] bool or undefined (as launch_chunk_scan's). Scratch it writes:
-// w, u, k_decayed [M,N,64,D] bf16, decay [M,N] fp32, states [M,N,D,D] bf16 (the state entering
-// each chunk); results: o and final_state [M,D,D] fp32.
+// The bf16 fused forward's scratch: w, u [M,N,64,D] bf16 (U', then the split walk's U_n), and
+// either gamma [M,N,64] float64 (the fused walk: each chunk's prefix sums of the gates) or
+// k_decayed [M,N,64,D] bf16, decay [M,N] fp32 and states [M,N,D,D] bf16 (the split walk: K_d,
+// e^{G_end} and the state entering each chunk).
+struct GdnForwardBf16Scratch {
+  at::Tensor w, u, gamma, k_decayed, decay, states;
+};
+
+// The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, then the fused walk (one kernel:
+// gamma defined) or the split walk (scan and output). q, k, v, o [B,T,H,D] bf16 with D in
+// {32, 64, 128}; g, beta [B,T,H] fp32; initial [M,D,D] fp32 or undefined (zeros); starts [N] bool
+// or undefined (as launch_chunk_scan's). Results: o and final_state [M,D,D] fp32.
 void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                              const at::Tensor& beta, const at::Tensor& initial, const at::Tensor& starts,
-                             const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
-                             const at::Tensor& decay, const at::Tensor& states, const at::Tensor& final_state,
+                             const GdnForwardBf16Scratch& scratch, const at::Tensor& final_state,
                              const at::Tensor& o);
+
+// Whether the fused walk's block for head dim D (32, 64 or 128) fits device `device`'s shared
+// memory (200 KB at D = 128: an H100/H200 has 227 KB per block, an A100 163 KB).
+bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device);
+// Whether the fused walk is the faster one for batch * heads = M: it fits and its M blocks (one
+// per batch and head) fill at least 60% of the SMs. Measured on an H100 (132 SMs) at D = 128: M =
+// 96 and 128 fused 1.23x and 1.30x faster than split; M = 32 and 64 split 1.37x and 1.1x faster
+// (the split scan's blocks, one per 64 value columns, are twice as many).
+bool gdn_forward_bf16_walk_preferred(int64_t batch_heads, int64_t head_dim, int device);
 
 }  // namespace prime::kernels::detail

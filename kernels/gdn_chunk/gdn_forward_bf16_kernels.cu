@@ -5,14 +5,18 @@
 // the (I + A)^-1 solve (fp32 diagonal blocks, off-diagonal blocks on TF32 tensor cores) and the
 // state carried from chunk to chunk kept in fp32.
 //  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
-//    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V,
-//    K_d = diag(e^{G_end - G}) K, e^{G_end}.
-//  - scan, one block per (batch and head, 64 value columns): the state tile S [D][64] lives in
-//    the warps' fp32 accumulator fragments across all chunks. Per chunk n: states[n] = bf16(S);
-//    U_n = U'_n - W_n S (written over U'); S = e^{G_end} S + K_d^T U_n. The next chunk's W, U'
-//    and K_d stream into shared memory (cp.async) while this chunk computes.
-//  - output, one block per (chunk, batch and head): O = diag(e^G) Q S_n + (Q K^T * e^{Gi - Gj},
-//    j <= i) U_n; S_n and U_n stream in while the scores are formed.
+//    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V;
+//    for the split walk also K_d = diag(e^{G_end - G}) K and e^{G_end}, for the fused walk the
+//    chunk's G (float64).
+//  - the fused walk (gdn_forward_bf16_walk_kernels.cu, where its block fits the device): the scan
+//    and the output below in one kernel, one block per batch and head.
+//  - the split walk:
+//    - scan, one block per (batch and head, 64 value columns): the state tile S [D][64] lives in
+//      the warps' fp32 accumulator fragments across all chunks. Per chunk n: states[n] = bf16(S);
+//      U_n = U'_n - W_n S (written over U'); S = e^{G_end} S + K_d^T U_n. The next chunk's W, U'
+//      and K_d stream into shared memory (cp.async) while this chunk computes.
+//    - output, one block per (chunk, batch and head): O = diag(e^G) Q S_n + (Q K^T * e^{Gi - Gj},
+//      j <= i) U_n; S_n and U_n stream in while the scores are formed.
 // Chunks are 64 steps; rows past T are zeros.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,12 +24,15 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#include "kernels/gdn_chunk/gdn_forward_bf16.cuh"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
 namespace prime::kernels::detail {
@@ -37,30 +44,9 @@ using gdn_forward::kChunk;
 using gdn_forward::kLdC;
 using gdn_forward::kThreads;
 using gdn_forward::kWarps;
-constexpr int kLdT = kChunk + 8;  // row stride of T in bf16
-
-struct Bf16Params {
-  const Bf16 *q, *k, *v;          // [B,T,H,D]
-  const float *g, *beta;          // [B,T,H]
-  int T, H, num_chunks;
-  Bf16 *w, *u, *k_decayed;        // [M,N,64,D]; u holds U', then U_n
-  float* decay;                   // [M,N]
-  Bf16* states;                   // [M,N,D,D]
-  const float* initial;           // [M,D,D] or null (zeros)
-  float* final_state;             // [M,D,D]
-  const bool* starts;             // [N] or null
-  const int* segment_begins;      // restart_segments' list for starts, or null (one segment)
-  Bf16* o;                        // [B,T,H,D]
-};
-
-// dst[t][:] = x[b, t0 + t, h, :] for t < 64; rows past T are zeros.
-template <int D>
-__device__ __forceinline__ void load_chunk_rows(Bf16* dst, const Bf16* x, const Bf16Params& p, int b, int t0,
-                                                int h) {
-  const size_t row_stride = static_cast<size_t>(p.H) * D;
-  load_rows<kChunk, D, kThreads>(dst, x + (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D,
-                                 row_stride, p.T - t0);
-}
+using gdn_forward_bf16::Bf16Params;
+using gdn_forward_bf16::kLdT;
+using gdn_forward_bf16::load_chunk_rows;
 
 template <int D>
 constexpr size_t prep_shared_bytes() {
@@ -99,18 +85,22 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
     const float a1 = j + 1 < i ? beta[i] * expf(static_cast<float>(gamma[i] - gamma[j + 1])) * x1 : 0.0f;
     *reinterpret_cast<float2*>(am + i * kLdC + j) = make_float2(a0, a1);
   });
-  constexpr int kVectors = D / 8;
-  for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {  // K_d rows to global
-    const int t = index / kVectors, i = (index % kVectors) * 8;
-    float values[8];
-    unpack8(*reinterpret_cast<const uint4*>(ks + t * ld + i), values);
-    const float f = expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
+  if (p.k_decayed != nullptr) {  // the split walk's K_d rows and e^{G_end} to global
+    constexpr int kVectors = D / 8;
+    for (int index = threadIdx.x; index < kChunk * kVectors; index += kThreads) {
+      const int t = index / kVectors, i = (index % kVectors) * 8;
+      float values[8];
+      unpack8(*reinterpret_cast<const uint4*>(ks + t * ld + i), values);
+      const float f = expf(static_cast<float>(gamma[kChunk - 1] - gamma[t]));
 #pragma unroll
-    for (int e = 0; e < 8; ++e) values[e] *= f;
-    *reinterpret_cast<uint4*>(p.k_decayed + (row0 + t) * D + i) = pack8(values);
+      for (int e = 0; e < 8; ++e) values[e] *= f;
+      *reinterpret_cast<uint4*>(p.k_decayed + (row0 + t) * D + i) = pack8(values);
+    }
+    if (threadIdx.x == 0)
+      p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
+  } else if (threadIdx.x < kChunk) {  // the fused walk's G
+    p.gamma[row0 + threadIdx.x] = gamma[threadIdx.x];
   }
-  if (threadIdx.x == 0)
-    p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
   __syncthreads();
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
@@ -342,11 +332,15 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
 }
 
 template <int D>
-void launch_all(const Bf16Params& p, int64_t M, int slots) {
+void launch_all(const Bf16Params& p, int64_t M, int slots, bool fused_walk) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
   launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
                      "gdn_forward_prep_bf16_kernel");
+  if (fused_walk) {
+    gdn_forward_bf16::launch_walk(p, M, slots, D);
+    return;
+  }
   const dim3 per_tile(D / CW, static_cast<unsigned>(M), static_cast<unsigned>(slots));
   launch_with_shared(gdn_forward_scan_bf16_kernel<D, CW>, per_tile, scan_shared_bytes<D, CW>(), kThreads, p,
                      "gdn_forward_scan_bf16_kernel");
@@ -358,8 +352,7 @@ void launch_all(const Bf16Params& p, int64_t M, int slots) {
 
 void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                              const at::Tensor& beta, const at::Tensor& initial, const at::Tensor& starts,
-                             const at::Tensor& w, const at::Tensor& u, const at::Tensor& k_decayed,
-                             const at::Tensor& decay, const at::Tensor& states, const at::Tensor& final_state,
+                             const GdnForwardBf16Scratch& scratch, const at::Tensor& final_state,
                              const at::Tensor& o) {
   const char* op = "gdn_forward_bf16";
   check_operand(q, op, "q", at::kBFloat16, 4);
@@ -367,20 +360,33 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   const int64_t N = (T + kChunk - 1) / kChunk;
   PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
   PRIME_CHECK(M <= 65535 && N <= 2147483647, op, ": batch * heads must be <= 65535");
+  const bool fused_walk = scratch.gamma.defined();
+  PRIME_CHECK(fused_walk != (scratch.k_decayed.defined() || scratch.decay.defined() || scratch.states.defined()), op,
+              ": give gamma (the fused walk) or k_decayed, decay and states (the split walk)");
   for (const auto& [tensor, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
     check_operand_sizes(*tensor, op, name, at::kBFloat16, q.sizes());
   check_operand_sizes(g, op, "g", at::kFloat, {B, T, H});
   check_operand_sizes(beta, op, "beta", at::kFloat, {B, T, H});
-  for (const auto& [tensor, name] : {std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"}})
+  std::vector<std::pair<const at::Tensor*, const char*>> rows = {{&scratch.w, "w"}, {&scratch.u, "u"}};
+  if (fused_walk) {
+    PRIME_CHECK(gdn_forward_bf16_walk_fits_device(D, q.get_device()), op, ": the fused walk's block for head dim ",
+                D, " does not fit this device's shared memory");
+    check_operand_sizes(scratch.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
+    check_aligned(scratch.gamma, op, "gamma", 16);
+  } else {
+    rows.emplace_back(&scratch.k_decayed, "k_decayed");
+    check_operand_sizes(scratch.decay, op, "decay", at::kFloat, {M, N});
+    check_operand_sizes(scratch.states, op, "states", at::kBFloat16, {M, N, D, D});
+    check_aligned(scratch.states, op, "states", 16);
+  }
+  for (const auto& [tensor, name] : rows) {
     check_operand_sizes(*tensor, op, name, at::kBFloat16, {M, N, kChunk, D});
-  check_operand_sizes(decay, op, "decay", at::kFloat, {M, N});
-  check_operand_sizes(states, op, "states", at::kBFloat16, {M, N, D, D});
+    check_aligned(*tensor, op, name, 16);
+  }
   check_operand_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
   if (initial.defined()) check_operand_sizes(initial, op, "initial", at::kFloat, {M, D, D});
   if (starts.defined()) check_operand_sizes(starts, op, "starts", at::kBool, {N});
-  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"},
-                                     std::pair{&w, "w"}, std::pair{&u, "u"}, std::pair{&k_decayed, "k_decayed"},
-                                     std::pair{&states, "states"}})
+  for (const auto& [tensor, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
     check_aligned(*tensor, op, name, 16);
   check_aligned(final_state, op, "final_state", 32);
   if (initial.defined()) check_aligned(initial, op, "initial", 32);
@@ -394,24 +400,41 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.T = static_cast<int>(T);
   p.H = static_cast<int>(H);
   p.num_chunks = static_cast<int>(N);
-  p.w = reinterpret_cast<Bf16*>(w.data_ptr());
-  p.u = reinterpret_cast<Bf16*>(u.data_ptr());
-  p.k_decayed = reinterpret_cast<Bf16*>(k_decayed.data_ptr());
-  p.decay = decay.data_ptr<float>();
-  p.states = reinterpret_cast<Bf16*>(states.data_ptr());
+  p.w = reinterpret_cast<Bf16*>(scratch.w.data_ptr());
+  p.u = reinterpret_cast<Bf16*>(scratch.u.data_ptr());
+  if (fused_walk) {
+    p.gamma = scratch.gamma.data_ptr<double>();
+  } else {
+    p.k_decayed = reinterpret_cast<Bf16*>(scratch.k_decayed.data_ptr());
+    p.decay = scratch.decay.data_ptr<float>();
+    p.states = reinterpret_cast<Bf16*>(scratch.states.data_ptr());
+  }
   p.initial = initial.defined() ? initial.data_ptr<float>() : nullptr;
   p.final_state = final_state.data_ptr<float>();
   p.starts = starts.defined() ? starts.data_ptr<bool>() : nullptr;
   p.o = reinterpret_cast<Bf16*>(o.data_ptr());
   const at::cuda::CUDAGuard guard(q.device());
-  const RestartSegments segments = restart_segments(starts, N, M * (D == 32 ? 1 : D / 64));  // the scan's grid
+  // The walk's grid besides its segment slots: a block per batch and head (fused), or per 64 value
+  // columns of each (split).
+  const int64_t walk_blocks = fused_walk ? M : M * (D == 32 ? 1 : D / 64);
+  const RestartSegments segments = restart_segments(starts, N, walk_blocks);
   p.segment_begins = segments.data();
   if (D == 32)
-    launch_all<32>(p, M, segments.slots);
+    launch_all<32>(p, M, segments.slots, fused_walk);
   else if (D == 64)
-    launch_all<64>(p, M, segments.slots);
+    launch_all<64>(p, M, segments.slots, fused_walk);
   else
-    launch_all<128>(p, M, segments.slots);
+    launch_all<128>(p, M, segments.slots, fused_walk);
+}
+
+bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device) {
+  return gdn_forward_bf16::walk_shared_bytes(static_cast<int>(head_dim)) <=
+         at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
+}
+
+bool gdn_forward_bf16_walk_preferred(int64_t batch_heads, int64_t head_dim, int device) {
+  const int64_t sms = at::cuda::getDeviceProperties(device)->multiProcessorCount;
+  return gdn_forward_bf16_walk_fits_device(head_dim, device) && 5 * batch_heads >= 3 * sms;
 }
 
 }  // namespace prime::kernels::detail

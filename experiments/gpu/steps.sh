@@ -1,0 +1,12 @@
+# Sourced by the GPU scripts that run their steps while a deadline allows (deadline: seconds since
+# the epoch; OUT: the results folder):
+#   left: the seconds until the deadline;
+#   run SECONDS_NEEDED NAME COMMAND...: COMMAND, its output to $OUT/NAME.txt, if that much time is
+#   left (then prints "NAME: exit N" and returns COMMAND's status), else "NAME: skipped" and 1.
+left() { echo $(( deadline - $(date +%s) )); }
+run() {
+  local need=$1 name=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then echo "$name: skipped, $(left) s left"; return 1; fi
+  timeout "$(( $(left) - 5 ))" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?; echo "$name: exit $rc"; return $rc
+}
