@@ -18,6 +18,7 @@
 #include "io/atomic_dir.h"
 #include "io/safetensors.h"
 #include "test_helpers.h"
+#include "util/cli.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -63,6 +64,41 @@ std::vector<std::string> hidden_entries(const fs::path& dir) {
 }
 
 }  // namespace
+
+TEST_CASE("CLI11's parse errors are put in the commands' words; others pass through", "[cli][contract]") {
+  using prime::describe_parse_error;
+  CHECK(describe_parse_error("Could not convert: --steps = 1.5") == "--steps: '1.5' is not a whole number in range");
+  CHECK(describe_parse_error("Could not convert: --steps = 1e30") == "--steps: '1e30' is not a whole number in range");
+  CHECK(describe_parse_error("Could not convert: --lr = abc") == "--lr: 'abc' is not a number");
+  CHECK(describe_parse_error("Could not convert: --lr = ") == "--lr: '' is not a number");
+  CHECK(describe_parse_error("--lr: At Most 1 required but received 2") == "--lr was given 2 times; give it once");
+  CHECK(describe_parse_error("--dtype: 1 required TEXT missing") == "--dtype needs a value");
+  CHECK(describe_parse_error("--pair: 2 required INT missing") == "--pair needs 2 values");
+  CHECK(describe_parse_error("--model: At least 1 required but received 0") == "--model needs at least 1 values, not 0");
+  CHECK(describe_parse_error("Expected exactly 2 arguments to --pair, got 3") == "--pair takes 2 values, not 3");
+  CHECK(describe_parse_error("--force: too many inputs for a flag") == "--force is a switch: give it alone, without a value");
+  CHECK(describe_parse_error("--force: Should be true/false or a number") ==
+        "--force is a switch: give it alone, without a value");
+  CHECK(describe_parse_error("The value xyz is not an allowed value for --mode") == "--mode: 'xyz' is not an allowed value");
+  CHECK(describe_parse_error("--source is required") == "--source is required");
+  CHECK(describe_parse_error("--tokens: must be a finite number > 0, not '0'") == "--tokens: must be a finite number > 0, not '0'");
+}
+
+TEST_CASE("every command: a malformed value, a repeated flag and a missing value are named in plain words",
+          "[cli][contract]") {
+  for (const auto& [command, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"prime-bench ssm --tokens 1.5", "--tokens: '1.5' is not a whole number in range"},
+           {"prime-bench ssm --tokens 5 --tokens 6", "--tokens was given 2 times; give it once"},
+           {"prime-bench kernels --dtype", "--dtype needs a value"},
+           {"prime-eval --model '" + tiny + "' --ctx abc", "--ctx: 'abc' is not a number"}}) {
+    const auto result = prime::test::run_cli(command);
+    INFO(command << ": " << result.output);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains(expected));
+    CHECK_THAT(result.output, !Contains("Could not convert") && !Contains("required but received") &&
+                                  !Contains("required TEXT missing"));
+  }
+}
 
 TEST_CASE("every command: parse errors exit 1 naming the flag, --version exits 0", "[cli][contract]") {
   for (const char* command : {"prime-eval", "prime-inspect", "prime-convert", "prime-data", "prime-bench"}) {

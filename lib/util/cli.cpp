@@ -4,12 +4,39 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <iostream>
+#include <regex>
 
 #include "util/error.h"
 #include "util/interrupt.h"
 
 namespace prime {
+
+std::string describe_parse_error(const std::string& message) {
+  std::smatch m;
+  const auto match = [&](const char* pattern) { return std::regex_match(message, m, std::regex(pattern)); };
+  if (match(R"(Could not convert: (\S+) = (.*))")) {
+    const std::string value = m[2].str();
+    char* end = nullptr;
+    std::strtod(value.c_str(), &end);
+    const bool number = !value.empty() && end == value.c_str() + value.size();
+    return m[1].str() + ": '" + value + "' is not " + (number ? "a whole number in range" : "a number");
+  }
+  if (match(R"((\S+): At Most 1 required but received (\d+))"))
+    return m[1].str() + " was given " + m[2].str() + " times; give it once";
+  if (match(R"((\S+): 1 required \S+ missing)")) return m[1].str() + " needs a value";
+  if (match(R"((\S+): (\d+) required \S+ missing)")) return m[1].str() + " needs " + m[2].str() + " values";
+  if (match(R"((\S+): At least (\d+) required but received (\d+))"))
+    return m[1].str() + " needs at least " + m[2].str() + " values, not " + m[3].str();
+  if (match(R"(Expected exactly (\d+) arguments to (\S+), got (\d+))"))
+    return m[2].str() + " takes " + m[1].str() + " values, not " + m[3].str();
+  if (match(R"((\S+): too many inputs for a flag)") || match(R"((\S+): Should be true/false or a number)"))
+    return m[1].str() + " is a switch: give it alone, without a value";
+  if (match(R"(The value (\S+) is not an allowed value for (\S+))"))
+    return m[2].str() + ": '" + m[1].str() + "' is not an allowed value";
+  return message;
+}
 
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program, int argc, char** argv) {
   install_interrupt_cleanup();
@@ -20,7 +47,7 @@ std::optional<int> parse_command_line(CLI::App& app, const std::string& program,
   } catch (const CLI::Success& done) {  // --help, --version
     return app.exit(done);
   } catch (const CLI::ParseError& error) {
-    std::string message = error.what();
+    std::string message = describe_parse_error(error.what());
     // CLI11 checks required options before leftovers, so "prime-x --sorce D" would otherwise be
     // reported as "--source is required" rather than naming the typo.
     const auto leftovers = app.remaining(true);

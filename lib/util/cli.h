@@ -22,6 +22,11 @@ namespace prime {
 // a required option is also missing.
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program, int argc, char** argv);
 
+// CLI11's parse error messages in the commands' words ("--tokens: '1.5' is not a whole number in
+// range", "--lr was given 2 times; give it once", "--dtype needs a value"); any other message as
+// it is. parse_command_line prints its errors through it.
+std::string describe_parse_error(const std::string& message);
+
 // Runs body(); maps prime::UserError to exit 1 and anything else to exit 2, printing
 // "<program>: error: <message>" to stderr.
 int run_command(const std::string& program, const std::function<void()>& body);
