@@ -202,9 +202,9 @@ bool bf16_fused_walk(const at::Tensor& q) {
   const std::string text = value ? value : "";
 #ifdef PRIME_WITH_CUDA
   const int64_t D = q.size(-1);
-  const int device = q.get_device();
-  const bool fits = detail::gdn_forward_bf16_walk_fits_device(D, device);
-  if (text.empty()) return detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device);
+  const int device = q.is_cuda() ? q.get_device() : -1;
+  const bool fits = device >= 0 && detail::gdn_forward_bf16_walk_fits_device(D, device);
+  if (text.empty()) return fits && detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device);
 #else
   const bool fits = false;
   if (text.empty()) return false;
@@ -218,7 +218,7 @@ bool bf16_fused_walk(const at::Tensor& q) {
   }
   throw user_error("PRIME_GDN_FORWARD_WALK=", text, ": must be \"fused\" (GDN's bf16 forward walks the chunks and ",
                    "writes the output in one kernel) or \"split\" (a scan, then the output); unset, \"fused\" ",
-                   "where its block fits the GPU's shared memory");
+                   "where its block fits the GPU's shared memory and batch x heads fills at least 60% of its SMs");
 }
 
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
