@@ -9,7 +9,9 @@
 # PATCH: diagonal_registers.patch (the chunk inverse's diagonal blocks with each lane's column of T
 # in registers: no syncs, the same bits; measured, not kept: results/inverse, where the binaries were
 # named registers and shuffles) or prep_column_factors.patch (prep scales T's columns by beta e^G and
-# beta instead of K's and V's rows: two shared-memory passes fewer; not run yet).
+# beta instead of K's and V's rows: two shared-memory passes fewer; not run yet) or
+# prep_direct_stores.patch (prep writes W and U' from the registers, not through shared memory;
+# not run yet).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
