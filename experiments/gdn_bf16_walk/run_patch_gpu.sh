@@ -11,7 +11,7 @@
 # named registers and shuffles) or prep_column_factors.patch (prep scales T's columns by beta e^G and
 # beta instead of K's and V's rows: two shared-memory passes fewer; not run yet) or
 # prep_direct_stores.patch (prep writes W and U' from the registers, not through shared memory;
-# not run yet).
+# not run yet) or prep_both.patch (the two prep patches together; not run yet).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
