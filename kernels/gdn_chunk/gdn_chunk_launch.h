@@ -95,7 +95,7 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
 bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device);
 // Whether the fused walk is the faster one for batch * heads = M: it fits and its M blocks (one
 // per batch and head) fill at least 60% of the SMs. Measured on an H100 (132 SMs) at D = 128: M =
-// 96 and 128 fused 1.23x and 1.30x faster than split; M = 32 and 64 split 1.37x and 1.1x faster
+// 96 and 128 fused 1.23x and 1.30x faster than split; M = 32 and 64 split 1.3x and 1.1x faster
 // (the split scan's blocks, one per 64 value columns, are twice as many). At D = 64 measured at M =
 // 256 only (fused 1.28x); at D <= 64 the split scan has one block per head too, so the rule is
 // conservative there. Packed documents' segment slots are not counted.
