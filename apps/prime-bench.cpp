@@ -342,7 +342,8 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
                       "cache, CUDA graph per step; runs as static where impossible) (default eager,graph)")
       ->delimiter(',')->group("Measurement");
   CLI::Option* batch =
-      command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')->group("Shape");
+      command->add_option("--batch", options.bench.batches, "batch sizes (default 1)")->delimiter(',')
+          ->check(prime::positive_number())->group("Shape");
   CLI::Option* fit = command->add_flag("--fit-batch", options.bench.fit_batch,
                                        "per prompt length, the largest batch whose caches fit next to the weights "
                                        "(measured per sequence; retried at 7/8 on out-of-memory)")
@@ -350,7 +351,8 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
   command->add_option("--memory-gib", options.bench.memory_gib,
                       "memory --fit-batch fills, GiB (default: the CUDA device's; required on the CPU)")
       ->needs(fit)->check(prime::positive_number())->group("Shape");
-  command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')->group("Shape");
+  command->add_option("--prompt", options.bench.prompts, "prompt lengths P (default 512)")->delimiter(',')
+      ->check(prime::positive_number())->group("Shape");
   command->add_option("--new-tokens", options.bench.new_tokens, "timed decode steps N (default 32)")
       ->check(prime::positive_number())->group("Shape");
   command->add_option("--warmup", options.bench.warmup, "untimed decode steps first (default 2)")
@@ -427,8 +429,10 @@ void add_train_command(CLI::App& app, TrainCommand& options) {
   command->add_option("--align-layers", options.align_layers, "none, mixer or block (default none)")->group("Step");
   command->add_option("--train", train.train, "parameter groups (default: the stage's)")->group("Step");
   command->add_flag("--recompute", train.recompute, "per-layer activation recomputation")->group("Step");
-  command->add_option("--batch", options.bench.batch, "sequences per step (default 1)")->group("Shape");
-  command->add_option("--seq-len", train.seq_len, "tokens per sequence (default 4096)")->group("Shape");
+  command->add_option("--batch", options.bench.batch, "sequences per step (default 1)")
+      ->check(prime::positive_number())->group("Shape");
+  command->add_option("--seq-len", train.seq_len, "tokens per sequence (default 4096)")
+      ->check(prime::positive_number())->group("Shape");
   command->add_option("--device", train.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", train.dtype, "auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 or fp32")->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed steps, median reported (default 3)")->group("Measurement");

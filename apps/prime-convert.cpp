@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
                  "per-layer scores CSV (layer,score or HMF importance CSV); higher = safer to replace")
       ->group("Layers");
   prime::search::SelectOptions select;
+  select.flag_prefix = "--select-";
   app.add_option("--select", select.scorer,
                  "run a prime-select scorer (or reuse the scores it kept beside --out) and keep its lowest-scoring "
                  "layers: " + prime::search::scorer_names())

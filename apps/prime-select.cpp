@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
   if (auto exit_code = prime::parse_command_line(app, "prime-select", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-select", [&] {
+    if (app.count("--ratios") > 0 && ratios.empty())
+      throw prime::user_error("--ratios is empty (expected e.g. 1:1,1:3,1:7)");
     if (!ratios.empty()) {
       s.ratios.clear();
       std::string part;

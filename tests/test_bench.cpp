@@ -280,5 +280,5 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   CHECK(result.exit_code == 1);
   result = test::run_cli(hybrid + " --device cpu --batch 0");
   CHECK(result.exit_code == 1);
-  CHECK_THAT(result.output, Contains("--batch must be >= 1"));
+  CHECK_THAT(result.output, Contains("--batch: must be a finite number > 0, not '0'"));
 }

@@ -65,7 +65,7 @@ std::vector<std::string> hidden_entries(const fs::path& dir) {
 
 }  // namespace
 
-TEST_CASE("CLI11's parse errors are put in the commands' words; others pass through", "[cli][contract]") {
+TEST_CASE("CLI11's parse errors are put in the commands' words and other messages pass through", "[cli][contract]") {
   using prime::describe_parse_error;
   CHECK(describe_parse_error("Could not convert: --steps = 1.5") == "--steps: '1.5' is not a whole number in range");
   CHECK(describe_parse_error("Could not convert: --steps = 1e30") == "--steps: '1e30' is not a whole number in range");
@@ -81,6 +81,9 @@ TEST_CASE("CLI11's parse errors are put in the commands' words; others pass thro
         "--force is a switch: give it alone, without a value");
   CHECK(describe_parse_error("The value xyz is not an allowed value for --mode") == "--mode: 'xyz' is not an allowed value");
   CHECK(describe_parse_error("--source is required") == "--source is required");
+  CHECK(describe_parse_error("--context: foo not in {prefill,synthetic}") ==
+        "--context: 'foo' is not one of prefill, synthetic");
+  CHECK(describe_parse_error("inputs is required") == "missing inputs (a positional argument)");
   CHECK(describe_parse_error("--tokens: must be a finite number > 0, not '0'") == "--tokens: must be a finite number > 0, not '0'");
 }
 
@@ -90,13 +93,45 @@ TEST_CASE("every command: a malformed value, a repeated flag and a missing value
            {"prime-bench ssm --tokens 1.5", "--tokens: '1.5' is not a whole number in range"},
            {"prime-bench ssm --tokens 5 --tokens 6", "--tokens was given 2 times; give it once"},
            {"prime-bench kernels --dtype", "--dtype needs a value"},
-           {"prime-eval --model '" + tiny + "' --ctx abc", "--ctx: 'abc' is not a number"}}) {
+           {"prime-bench decode --model '" + tiny + "' --max-batch-tokens abc", "--max-batch-tokens: 'abc' is not a number"},
+           {"prime-eval --model '" + tiny + "' --ctx abc", "--ctx: must be a finite number > 0, not 'abc'"},
+           // An on/off flag given twice, like an option given twice.
+           {"prime-inspect --json --json '" + tiny + "'", "--json was given 2 times; give it once"},
+           {"prime-convert --source '" + tiny + "' --layer GDN --ratio 1:1 --dry-run --dry-run",
+            "--dry-run was given 2 times; give it once"},
+           // A missing subcommand lists them; a value outside a set lists the set; a missing
+           // positional argument says it is one.
+           {"prime-data", "a subcommand is required: tokenize, pack, inspect"},
+           {"prime-bench decode --model '" + tiny + "' --context foo", "--context: 'foo' is not one of prefill, synthetic"},
+           {"prime-data pack", "missing inputs (a positional argument)"},
+           // Numbers a command cannot use are refused before it runs, naming the flag.
+           {"prime-train --lr -1", "--lr: must be a finite number > 0, not '-1'"},
+           {"prime-train --grad-clip -1", "--grad-clip: must be a finite number >= 0, not '-1'"},
+           {"prime-train --keep 0", "--keep: must be a finite number > 0, not '0'"},
+           {"prime-eval --model '" + tiny + "' --batch 0", "--batch: must be a finite number > 0, not '0'"},
+           {"prime-bench decode --model '" + tiny + "' --batch 0", "--batch: must be a finite number > 0, not '0'"},
+           {"prime-search --heartbeat -1", "--heartbeat: must be a finite number > 0, not '-1'"}}) {
     const auto result = prime::test::run_cli(command);
     INFO(command << ": " << result.output);
     CHECK(result.exit_code == 1);
     CHECK_THAT(result.output, Contains(expected));
     CHECK_THAT(result.output, !Contains("Could not convert") && !Contains("required but received") &&
                                   !Contains("required TEXT missing"));
+  }
+  // Messages name the flag as the command spells it.
+  for (const auto& [command, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"prime-convert --source '" + tiny + "' --layer GKA --ratio 1:1 --select attention-locality --dry-run",
+            "--select-data SHARD is required by scorer attention-locality"},
+           {"prime-select --source '" + tiny + "' --scorer attention-locality --ratios 1:x", "--ratios '1:x' is malformed"},
+           {"prime-select --source '" + tiny + "' --scorer attention-locality --ratios ''", "--ratios is empty"},
+           {"prime-bench ssm --dtype bf16 --tokens 64 --types GDN", "--dtype bf16: the SSM cores compute in fp32 or fp64"},
+           {"prime-train --stage pt --model '" + tiny + "' --data none.tok --out none --tokens 64K --batch-tokens 8K "
+            "--seq-len 256 --dtype fp64",
+            "--dtype fp64: prime-train takes fp32 or bf16"}}) {
+    const auto result = prime::test::run_cli(command);
+    INFO(command << ": " << result.output);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.output, Contains(expected));
   }
 }
 

@@ -66,14 +66,14 @@ std::vector<std::string> pattern_from_attention(int64_t num_layers, const std::v
 
 }  // namespace
 
-Ratio parse_ratio(const std::string& text) {
+Ratio parse_ratio(const std::string& text, const std::string& flag) {
   const auto parts = split(text, ':');
   Ratio ratio;
   if (parts.size() != 2 || !parse_int(parts[0], &ratio.attention) || !parse_int(parts[1], &ratio.ssm) ||
       ratio.attention < 0 || ratio.ssm < 0)
-    throw user_error("--ratio '", text, "' is malformed: expected A:S with non-negative integers, attention : SSM ",
+    throw user_error(flag, " '", text, "' is malformed: expected A:S with non-negative integers, attention : SSM ",
                      "layers (e.g. 1:3, or 0:1 for all SSM)");
-  if (ratio.attention == 0 && ratio.ssm == 0) throw user_error("--ratio 0:0 is meaningless (expected e.g. 1:3)");
+  if (ratio.attention == 0 && ratio.ssm == 0) throw user_error(flag, " 0:0 is meaningless (expected e.g. 1:3)");
   return ratio;
 }
 

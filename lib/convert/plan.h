@@ -19,7 +19,7 @@ struct Ratio {
 
 // "A:S" with non-negative integers, not both zero; UserError otherwise. "1:0" is refused here
 // too (nothing would be converted).
-Ratio parse_ratio(const std::string& text);
+Ratio parse_ratio(const std::string& text, const std::string& flag = "--ratio");
 
 // n_attn = round(L*A/(A+S)) where an exact half rounds up (toward more attention, the safer
 // side: 1:1 over 3 layers keeps 2), computed in integers; at least 1 when A > 0, 0 when A = 0.

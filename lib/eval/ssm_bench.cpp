@@ -12,6 +12,7 @@
 #include "model/gdn.h"
 #include "model/gka_core.h"
 #include "model/mamba2.h"
+#include "util/cli.h"
 #include "util/device_timing.h"
 #include "util/error.h"
 
@@ -135,7 +136,7 @@ void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
         throw user_error("--dtype bf16 times the bf16 forms of GDN, GKA and Mamba-2 only: pass --types GDN,GKA,M2");
     return;
   }
-  throw user_error("--dtype ", c10::toString(options.dtype), ": the SSM cores compute in fp32 or fp64",
+  throw user_error("--dtype ", dtype_flag_name(options.dtype), ": the SSM cores compute in fp32 or fp64",
                    kernels ? " (bf16: the bf16 forms, --types GDN,GKA,M2)" : " (the mixers cast bf16 inputs to fp32)");
 }
 

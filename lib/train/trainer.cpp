@@ -100,6 +100,8 @@ static TrainResult run_training_unguarded(const TrainOptions& requested, const s
 
   const at::Device device = dist.local_device(parse_device(options.device));
   const at::ScalarType dtype = parse_dtype_flag(options.dtype);
+  if (dtype != at::kFloat && dtype != at::kBFloat16)
+    throw user_error("--dtype ", options.dtype, ": prime-train takes fp32 or bf16 (CUDA autocast)");
   if (device.is_cpu() && dtype != at::kFloat)
     throw user_error("--dtype ", options.dtype, " trains on CUDA (bf16 autocast); on the CPU use --dtype fp32");
   const bool autocast = device.is_cuda() && dtype != at::kFloat;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <regex>
+#include <vector>
 
 #include "util/error.h"
 #include "util/interrupt.h"
@@ -35,19 +36,48 @@ std::string describe_parse_error(const std::string& message) {
     return m[1].str() + " is a switch: give it alone, without a value";
   if (match(R"(The value (\S+) is not an allowed value for (\S+))"))
     return m[2].str() + ": '" + m[1].str() + "' is not an allowed value";
+  if (match(R"((-\S+): (.*) not in \{(.*)\})")) {  // IsMember
+    std::string choices = m[3].str();
+    for (size_t at = choices.find(','); at != std::string::npos; at = choices.find(',', at + 2))
+      choices.replace(at, 1, ", ");
+    return m[1].str() + ": '" + m[2].str() + "' is not one of " + choices;
+  }
+  if (match(R"(([A-Za-z][\w-]*) is required)")) return "missing " + m[1].str() + " (a positional argument)";
   return message;
 }
+
+namespace {
+
+// An on/off flag given twice ("--json --json") is refused like an option given twice: CLI11 keeps
+// the last by default. For `app` and all its subcommands.
+void refuse_repeated_flags(CLI::App& app) {
+  for (CLI::Option* option : app.get_options([](const CLI::Option* o) { return o->get_items_expected_max() == 0; }))
+    if (option->get_name() != "--help" && option->get_name() != "--version")
+      option->multi_option_policy(CLI::MultiOptionPolicy::Throw);
+  for (CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) refuse_repeated_flags(*sub);
+}
+
+std::string subcommand_names(const CLI::App& app) {
+  std::string names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  return names;
+}
+
+}  // namespace
 
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program, int argc, char** argv) {
   install_interrupt_cleanup();
   app.set_version_flag("--version", program + " " + PRIME_VERSION, "print the version and exit");
   try {
+    refuse_repeated_flags(app);
     app.parse(argc, argv);
     return std::nullopt;
   } catch (const CLI::Success& done) {  // --help, --version
     return app.exit(done);
   } catch (const CLI::ParseError& error) {
     std::string message = describe_parse_error(error.what());
+    if (message == "A subcommand is required") message = "a subcommand is required: " + subcommand_names(app);
     // CLI11 checks required options before leftovers, so "prime-x --sorce D" would otherwise be
     // reported as "--source is required" rather than naming the typo.
     const auto leftovers = app.remaining(true);

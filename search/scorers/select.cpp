@@ -70,14 +70,16 @@ void check_options(const SelectOptions& options, const ScorerInfo& scorer) {
   if (options.source.find("+convert:") != std::string::npos)
     throw user_error("--source: prime-select scores the layers of a Transformer; give the source itself, not '",
                      options.source, "'");
-  if (s.ratios.empty()) throw user_error("--ratios is empty (expected e.g. 1:1,1:3,1:7)");
-  for (const auto& ratio : s.ratios) convert::parse_ratio(ratio);
+  const std::string& f = options.flag_prefix;
+  const std::string ratio_flag = f == "--" ? "--ratios" : "--ratio";
+  if (s.ratios.empty()) throw user_error(ratio_flag, " is empty (expected e.g. 1:1,1:3,1:7)");
+  for (const auto& ratio : s.ratios) convert::parse_ratio(ratio, ratio_flag);
   if (!scorer.needs_data) return;
-  if (options.data.empty()) throw user_error("--data SHARD is required by scorer ", scorer.name);
-  if (s.window < 1) throw user_error("--window must be at least 1, got ", s.window);
-  if (s.seq_len < 2) throw user_error("--seq-len must be at least 2, got ", s.seq_len);
+  if (options.data.empty()) throw user_error(f, "data SHARD is required by scorer ", scorer.name);
+  if (s.window < 1) throw user_error(f, "window must be at least 1, got ", s.window);
+  if (s.seq_len < 2) throw user_error(f, "seq-len must be at least 2, got ", s.seq_len);
   if (s.window >= s.seq_len)
-    throw user_error("--window ", s.window, " must be smaller than --seq-len ", s.seq_len,
+    throw user_error(f, "window ", s.window, " must be smaller than ", f, "seq-len ", s.seq_len,
                      " (no token would have context beyond the window)");
   if (s.sequences < 1) throw user_error("--sequences must be at least 1, got ", s.sequences);
   if (s.batch < 1) throw user_error("--batch must be at least 1, got ", s.batch);

@@ -25,6 +25,9 @@ struct SelectOptions {
   std::string device = "cpu";
   std::string dtype = "fp32";
   ScorerSettings settings;
+  // How messages name the flags: "--" (prime-select: --data, --window, --seq-len, --ratios) or
+  // "--select-" (prime-convert: --select-data, ...; its ratio is --ratio).
+  std::string flag_prefix = "--";
 };
 
 struct SelectOutcome {
