@@ -110,7 +110,9 @@ TEST_CASE("every command: a malformed value, a repeated flag and a missing value
            {"prime-train --keep 0", "--keep: must be a finite number > 0, not '0'"},
            {"prime-eval --model '" + tiny + "' --batch 0", "--batch: must be a finite number > 0, not '0'"},
            {"prime-bench decode --model '" + tiny + "' --batch 0", "--batch: must be a finite number > 0, not '0'"},
-           {"prime-search --heartbeat -1", "--heartbeat: must be a finite number > 0, not '-1'"}}) {
+           {"prime-search --heartbeat -1", "--heartbeat: must be a finite number > 0, not '-1'"},
+           // A cache no machine holds is refused before it is allocated (it was an allocator crash, exit 2).
+           {"prime-eval --model '" + tiny + "' --generate 1000000000000000", "lower --generate"}}) {
     const auto result = prime::test::run_cli(command);
     INFO(command << ": " << result.output);
     CHECK(result.exit_code == 1);

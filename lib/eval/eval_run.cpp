@@ -108,6 +108,19 @@ void check_logits_fit(int64_t vocab, int64_t window_tokens, int64_t batch, const
                    " is available: lower --ctx", batch > 1 ? " or --batch" : "");
 }
 
+void check_generate_fits(const io::ModelConfig& config, int64_t tokens, at::ScalarType dtype, const at::Device& device) {
+  if (!device.is_cpu() || tokens <= 0) return;
+  const int64_t head_dim = config.head_dim > 0 ? config.head_dim
+                                               : config.hidden_size / std::max<int64_t>(config.num_attention_heads, 1);
+  const double needed = 2.0 * static_cast<double>(config.num_hidden_layers) * config.num_key_value_heads * head_dim *
+                        static_cast<double>(at::elementSize(dtype)) * static_cast<double>(tokens);
+  const uint64_t available = available_memory();
+  if (available == 0 || needed <= available * 0.9) return;
+  throw user_error("the prompt and --generate's tokens (", tokens, " positions) need a key/value cache of about ",
+                   gigabytes(static_cast<uint64_t>(std::min(needed, 1.8e19))), ", but only ", gigabytes(available),
+                   " is available: lower --generate");
+}
+
 nlohmann::json EvalResult::to_json() const {
   nlohmann::json json = {{"model", model}, {"device", device}, {"dtype", dtype}};
   if (ppl) {
@@ -149,6 +162,11 @@ EvalResult run_eval(const EvalRequest& request, std::ostream& out, std::ostream*
   check_weights_fit(source, dtype, device);
   if (ppl_data) check_logits_fit(source.config.vocab_size, std::min(request.ppl.ctx, ppl_data->size()), request.batch,
                                  device);
+  if (request.generate > 0) {
+    const int64_t prompt = static_cast<int64_t>(ids.size());
+    const int64_t positions = request.generate > INT64_MAX / 2 - prompt ? INT64_MAX / 2 : prompt + request.generate;
+    check_generate_fits(source.config, positions, dtype, device);
+  }
   const model::LoadOptions options{device, dtype};
   auto loaded = convert::load_model_spec(request.model, options);
 
