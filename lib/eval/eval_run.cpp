@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -112,7 +113,11 @@ void check_generate_fits(const io::ModelConfig& config, int64_t tokens, at::Scal
   if (!device.is_cpu() || tokens <= 0) return;
   const int64_t head_dim = config.head_dim > 0 ? config.head_dim
                                                : config.hidden_size / std::max<int64_t>(config.num_attention_heads, 1);
-  const double needed = 2.0 * static_cast<double>(config.num_hidden_layers) * config.num_key_value_heads * head_dim *
+  int64_t attention_layers = config.num_hidden_layers;  // "*" and "SWA" layers hold keys and values
+  if (!config.layer_pattern.empty())
+    attention_layers = std::count_if(config.layer_pattern.begin(), config.layer_pattern.end(),
+                                     [](const std::string& symbol) { return symbol == "*" || symbol == "SWA"; });
+  const double needed = 2.0 * static_cast<double>(attention_layers) * config.num_key_value_heads * head_dim *
                         static_cast<double>(at::elementSize(dtype)) * static_cast<double>(tokens);
   const uint64_t available = available_memory();
   if (available == 0 || needed <= available * 0.9) return;

@@ -75,8 +75,8 @@ void check_weights_fit(const io::Source& source, at::ScalarType dtype, const at:
 void check_logits_fit(int64_t vocab, int64_t window_tokens, int64_t batch, const at::Device& device);
 
 // UserError when `tokens` positions (the prompt and --generate's new tokens) need a key/value cache
-// larger than 90% of the memory available, on the CPU (every layer counted as attention: an upper
-// bound for hybrids); nothing elsewhere.
+// larger than 90% of the memory available, on the CPU (the attention and SWA layers' keys and
+// values; SWA counted in full); nothing elsewhere.
 void check_generate_fits(const io::ModelConfig& config, int64_t tokens, at::ScalarType dtype, const at::Device& device);
 
 }  // namespace prime::eval
