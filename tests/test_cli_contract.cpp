@@ -127,6 +127,8 @@ TEST_CASE("every command: a malformed value, a repeated flag and a missing value
            {"prime-select --source '" + tiny + "' --scorer attention-locality --ratios 1:x", "--ratios '1:x' is malformed"},
            {"prime-select --source '" + tiny + "' --scorer attention-locality --ratios ''", "--ratios is empty"},
            {"prime-bench ssm --dtype bf16 --tokens 64 --types GDN", "--dtype bf16: the SSM cores compute in fp32 or fp64"},
+           {"prime-select --source '" + tiny + "' --scorer uniform --store /nonexistent-dir/scores.db",
+            "directory /nonexistent-dir does not exist"},
            {"prime-train --stage pt --model '" + tiny + "' --data none.tok --out none --tokens 64K --batch-tokens 8K "
             "--seq-len 256 --dtype fp64",
             "--dtype fp64: prime-train takes fp32 or bf16"}}) {
@@ -134,6 +136,7 @@ TEST_CASE("every command: a malformed value, a repeated flag and a missing value
     INFO(command << ": " << result.output);
     CHECK(result.exit_code == 1);
     CHECK_THAT(result.output, Contains(expected));
+    CHECK_THAT(result.output, !Contains("higher = safer to replace"));  // refused before any scoring
   }
 }
 

@@ -122,6 +122,9 @@ void sample_batches(const io::TokenShard& shard, const ScorerSettings& s, int64_
 SelectOutcome run_select(const SelectOptions& options, std::ostream* log) {
   const ScorerInfo& scorer = find_scorer(options.scorer);
   check_options(options, scorer);
+  // A store that cannot be opened (a missing directory, a read-only file, an unreachable server)
+  // fails before the scoring, not after it.
+  if (!options.store.empty()) store::Store::open(options.store);
   SelectOutcome outcome;
   outcome.source = options.source;
   outcome.scorer = scorer.name;
