@@ -405,7 +405,9 @@ void add_convert_command(CLI::App& app, prime::convert::ConvertBenchOptions& opt
   command->add_option("--rounds", options.rounds, "rounds of cp then prime-convert (default 3)")
       ->check(prime::positive_number())->group("Measurement");
   command->add_flag("--keep", options.keep_outputs, "keep the last copy and converted checkpoint")->group("Measurement");
-  command->add_flag("!--no-evict", options.evict, "leave the source in the page cache between runs")->group("Measurement");
+  command->add_flag_callback("--no-evict", [&options] { options.evict = false; },
+                             "leave the source in the page cache between runs")
+      ->group("Measurement");
 }
 
 struct TrainCommand {

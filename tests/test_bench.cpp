@@ -2,6 +2,10 @@
 // not), the traffic floor, ratios vs the first model; the CLI end to end.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "eval/decode_bench.h"
@@ -281,4 +285,21 @@ TEST_CASE("prime-bench train: one align step of a tiny hybrid, bad input exits 1
   result = test::run_cli(hybrid + " --device cpu --batch 0");
   CHECK(result.exit_code == 1);
   CHECK_THAT(result.output, Contains("--batch: must be a finite number > 0, not '0'"));
+}
+
+TEST_CASE("prime-bench convert: the source is evicted before each run unless --no-evict", "[bench][cli]") {
+  const std::string work =
+      (std::filesystem::temp_directory_path() / ("prime_bench_convert_" + std::to_string(::getpid()))).string();
+  const std::string command = "prime-bench convert --source "
+                              "'synthetic:qwen3-0.6b@layers=2,hidden=64,heads=4,kv_heads=2,head_dim=16,intermediate=96,"
+                              "vocab=300' --rounds 1 --work-dir '" + work + "'";
+  auto result = test::run_cli(command);
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Catch::Matchers::Contains("page cache: source evicted before each run"));
+  result = test::run_cli(command + " --no-evict");
+  INFO(result.output);
+  CHECK(result.exit_code == 0);
+  CHECK_THAT(result.output, Catch::Matchers::Contains("page cache: left as it was"));
+  std::filesystem::remove_all(work);
 }
