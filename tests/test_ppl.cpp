@@ -4,7 +4,9 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -73,7 +75,19 @@ TEST_CASE("perplexity equals exp(mean NLL) of the direct forward", "[ppl]") {
   for (const auto& window : eval::plan_windows(45, 16, 6)) expected += direct_nll(model, ids, window.begin, window.end, window.score_from);
   for (int64_t batch : {1, 3}) {
     options.batch = batch;
+    // Progress reports start at 0 before the first forward (a rate measured from there), then
+    // grow to the tokens scored.
+    std::vector<int64_t> reports;
+    options.progress = [&](int64_t scored, int64_t total) {
+      CHECK(total == 44);
+      reports.push_back(scored);
+    };
     result = eval::perplexity(logits, ids, 900, options);
+    REQUIRE(reports.size() >= 2);
+    CHECK(reports.front() == 0);
+    CHECK(reports.back() == 44);
+    CHECK(std::is_sorted(reports.begin(), reports.end()));
+    options.progress = nullptr;
     CHECK(result.tokens_scored == 44);
     CHECK(result.nll_sum == Approx(expected).epsilon(1e-5));
     CHECK(result.ppl == Approx(std::exp(expected / 44)).epsilon(1e-5));

@@ -36,6 +36,7 @@ PerplexityResult run(const LogitsFn& logits_fn, int64_t n, const Fetch& fetch, d
   result.ctx = options.ctx;
   result.stride = stride;
   result.windows = static_cast<int64_t>(windows.size());
+  if (options.progress) options.progress(0, n - 1);  // a rate's clock starts here, not after the first batch
   for (size_t first = 0; first < windows.size();) {
     // A batch: consecutive windows of the same length (all but the last window are ctx long).
     const int64_t length = windows[first].end - windows[first].begin;

@@ -24,6 +24,7 @@ struct PerplexityOptions {
   int64_t stride = 0;      // 0: ctx / 2
   int64_t batch = 1;       // windows per forward
   int64_t max_tokens = 0;  // 0: the whole shard; else its first max_tokens tokens
+  // Called with 0 before the first forward, then with the tokens scored after each batch.
   std::function<void(int64_t scored, int64_t total)> progress;
 };
 
