@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", request.device, "cpu, cuda, cuda:N or auto (default)")->group("Model");
   app.add_option("--dtype", request.dtype, "weights dtype: fp32, bf16, fp16 or fp64 (default: the checkpoint's)")
       ->group("Model");
-  app.add_option("--batch", request.batch, "sequences per forward for --ppl and --recall (default 4)")->check(prime::positive_number())->group("Model");
+  app.add_option("--batch", request.batch, "sequences per forward for --ppl and --recall (default 4)")
+      ->check(prime::positive_number())->group("Model");
   app.add_option("--token-ids", request.token_ids, "comma-separated input token ids (default 1,2,3,4)")->group("Input");
   app.add_option("--dump-logits", request.dump_logits,
                  "write float32 logits [T, vocab] as tensor 'logits' to this .safetensors")->group("Output");
@@ -32,7 +33,8 @@ int main(int argc, char** argv) {
   auto& ppl = request.ppl;
   app.add_option("--ppl", request.ppl_shard, "token shard: perplexity, NLL and bits per byte over strided windows")
       ->group("Perplexity");
-  app.add_option("--ctx", ppl.ctx, "window length (default 1024)")->check(prime::positive_number())->group("Perplexity");
+  app.add_option("--ctx", ppl.ctx, "window length (default 1024)")
+      ->check(prime::positive_number())->group("Perplexity");
   app.add_option("--stride", ppl.stride, "window step; each window scores its last `stride` tokens (default ctx/2)")
       ->group("Perplexity");
   app.add_option("--max-tokens", ppl.max_tokens, "use only the shard's first N tokens (default all)")->group("Perplexity");
@@ -49,8 +51,10 @@ int main(int argc, char** argv) {
   app.add_option("--value-tokens", needle.value_tokens, "needle value length (default 4)")->group("Recall");
   app.add_option("--mqar-pairs", mqar.pairs, "key/value pairs (default 4,16,64)")->delimiter(',')->group("Recall");
   app.add_option("--mqar-lengths", mqar.lengths, "sequence lengths (default 256,1024)")->delimiter(',')->group("Recall");
-  app.add_option("--trials", request.trials, "sequences per probe cell (default 10)")->check(prime::positive_number())->group("Recall");
-  app.add_option("--seed", request.seed, "probe seed (default 0)")->check(prime::non_negative_number())->group("Recall");
+  app.add_option("--trials", request.trials, "sequences per probe cell (default 10)")
+      ->check(prime::positive_number())->group("Recall");
+  app.add_option("--seed", request.seed, "probe seed (default 0)")
+      ->check(prime::non_negative_number())->group("Recall");
   if (auto exit_code = prime::parse_command_line(app, "prime-eval", argc, argv)) return *exit_code;
 
   return prime::run_command("prime-eval", [&] {

@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
       ->group("Workers");
   app.add_option("--device", options.device, "cpu, cuda or auto (default: cuda when present; a spec's train.device wins)")
       ->group("Workers");
-  app.add_option("--heartbeat", options.heartbeat_seconds, "seconds between a running trial's heartbeats (default 5)")->check(prime::positive_number())
+  app.add_option("--heartbeat", options.heartbeat_seconds, "seconds between a running trial's heartbeats (default 5)")
+      ->check(prime::positive_number())
       ->group("Workers");
   app.add_option("--stale-after", options.stale_seconds,
                  "seconds without a heartbeat before a running trial counts as dead: FAIL, re-queued (default 60)")

@@ -31,15 +31,18 @@ int main(int argc, char** argv) {
   app.add_option("--micro-batch-tokens", micro_batch_tokens,
                  "tokens per forward pass per rank; the rest is gradient accumulation (default: the whole batch)")
       ->group("Data");
-  app.add_option("--seed", options.seed, "data order seed (default 0)")->check(prime::non_negative_number())->group("Data");
-  app.add_option("--lr", options.lr, "peak learning rate (default 1e-3)")->check(prime::positive_number())->group("Optimizer");
+  app.add_option("--seed", options.seed, "data order seed (default 0)")
+      ->check(prime::non_negative_number())->group("Data");
+  app.add_option("--lr", options.lr, "peak learning rate (default 1e-3)")
+      ->check(prime::positive_number())->group("Optimizer");
   app.add_option("--schedule", schedule, "constant | cosine | wsd (default cosine)")->group("Optimizer");
   app.add_option("--warmup", options.warmup, "warm-up steps (default 0)")->group("Optimizer");
   app.add_option("--min-lr-ratio", options.min_lr_ratio, "final LR / peak LR for cosine and wsd (default 0.1)")
       ->group("Optimizer");
   app.add_option("--weight-decay", options.weight_decay, "AdamW decay, not on norms/biases/A_log/dt_bias/D (0.1)")
       ->group("Optimizer");
-  app.add_option("--grad-clip", options.grad_clip, "clip the global gradient norm to this (default 1; 0 = off)")->check(prime::non_negative_number())
+  app.add_option("--grad-clip", options.grad_clip, "clip the global gradient norm to this (default 1; 0 = off)")
+      ->check(prime::non_negative_number())
       ->group("Optimizer");
   app.add_option("--align-layers", align_layers,
                  "align: also match each replaced layer's mixer or block output on the teacher's input "
@@ -49,16 +52,20 @@ int main(int argc, char** argv) {
       ->group("Losses");
   app.add_option("--out", options.out, "run directory (run.json, metrics.jsonl, checkpoints/, final)")->group("Run");
   app.add_option("--resume", resume, "continue the run in this directory from its last checkpoint")->group("Run");
-  app.add_option("--save-every", options.save_every, "checkpoint every N steps (and at the end)")->check(prime::non_negative_number())->group("Run");
-  app.add_option("--keep", options.keep, "keep the newest K checkpoints (default 3)")->check(prime::positive_number())->group("Run");
+  app.add_option("--save-every", options.save_every, "checkpoint every N steps (and at the end)")
+      ->check(prime::non_negative_number())->group("Run");
+  app.add_option("--keep", options.keep, "keep the newest K checkpoints (default 3)")
+      ->check(prime::positive_number())->group("Run");
   // Each without the other would be silently unused.
   CLI::Option* eval_every =
-      app.add_option("--eval-every", options.eval_every, "validation PPL on --val-data every N steps")->check(prime::non_negative_number())->group("Run");
+      app.add_option("--eval-every", options.eval_every, "validation PPL on --val-data every N steps")
+          ->check(prime::non_negative_number())->group("Run");
   eval_every->needs(val_data);
   val_data->needs(eval_every);
   app.add_option("--val-tokens", val_tokens, "tokens of --val-data to score (default 64K)")->needs(val_data)->group("Run");
   app.add_option("--max-bad-steps", options.max_bad_steps,
-                 "non-finite steps in a row before rolling back to the last checkpoint with half the LR (default 8)")->check(prime::positive_number())
+                 "non-finite steps in a row before rolling back to the last checkpoint with half the LR (default 8)")
+                     ->check(prime::positive_number())
       ->group("Run");
   app.add_option("--metrics", options.metrics, "also append metrics (JSONL) to this file")->group("Run");
   app.add_option("--log-every", options.log_every, "progress line every N steps (default 1)")->group("Run");
@@ -67,9 +74,11 @@ int main(int argc, char** argv) {
       ->group("Compute");
   app.add_flag("--recompute", options.recompute, "recompute each layer's activations in backward (less memory)")
       ->group("Compute");
-  app.add_option("--loss-chunk-tokens", options.loss_chunk_tokens, "tokens per vocabulary-loss chunk (default: ~16 MB of logits on CPU, ~512 MB on GPU)")->check(prime::positive_number())
+  app.add_option("--loss-chunk-tokens", options.loss_chunk_tokens, "tokens per vocabulary-loss chunk (default: ~16 MB of logits on CPU, ~512 MB on GPU)")
+      ->check(prime::positive_number())
       ->group("Compute");
-  app.add_option("--peak-tflops", options.peak_tflops, "device bf16 peak for MFU (default: 989 on CUDA)")->check(prime::positive_number())
+  app.add_option("--peak-tflops", options.peak_tflops, "device bf16 peak for MFU (default: 989 on CUDA)")
+      ->check(prime::positive_number())
       ->group("Compute");
   app.add_option("--dist-backend", options.dist_backend,
                  "data parallel under torchrun/srun: auto (NCCL on CUDA, Gloo on CPU), nccl or gloo")

@@ -51,7 +51,8 @@ struct Walk {
 };
 
 template <int D>
-__global__ void __launch_bounds__(Walk<D>::kThreads, D == 128 ? 1 : 2) gdn_forward_walk_bf16_kernel(const Bf16Params p) {
+__global__ void __launch_bounds__(Walk<D>::kThreads, D == 128 ? 1 : 2)
+    gdn_forward_walk_bf16_kernel(const Bf16Params p) {
   using Shape = Walk<D>;
   constexpr int ld = Shape::ld, CB = Shape::CB, kWarps = Shape::kWarps, kThreads = Shape::kThreads;
   constexpr size_t kMatrix = Shape::kMatrix;
@@ -165,7 +166,8 @@ __global__ void __launch_bounds__(Walk<D>::kThreads, D == 128 ? 1 : 2) gdn_forwa
 #pragma unroll
         for (int i = 0; i < Shape::kRowPerWarp; ++i)
 #pragma unroll
-          for (int e = 0; e < Acc::num_elements; ++e) acc[i].x[e] *= (e & 2) ? e_hi : e_lo;  // x[4h + 2i + e]: row g + 8i
+          for (int e = 0; e < Acc::num_elements; ++e)  // x[4h + 2i + e] is in row g + 8i
+            acc[i].x[e] *= (e & 2) ? e_hi : e_lo;
         row_block_product<Shape::kRowPerWarp>(acc, sc + 16 * row_r * kLdT, kLdT, 16 * (row_r + 1), ub, ld, row_c0);
         const int t0 = n * kChunk;
 #pragma unroll
