@@ -1,56 +1,70 @@
 #!/usr/bin/env bash
-# GDN's bf16 forward as main builds it against main with one patch of this folder, on one GPU in one
-# call: builds build-gpu (sm_90a; carry .deps), keeps that prime-bench, rebuilds it with the patch
-# applied, runs GDN's bf16 and fp32 fused forward tests on it (the patch is then taken back), and
-# times `prime-bench kernels --types GDN --dtype bf16` at (4,8192,32,128) and (1,4096,32,128), the
-# two binaries alternating twice. Steps run while the time left allows (DEADLINE_S, default 400).
-# Results under $OUT, all.tgz among them; the binaries are named main and the patch's name.
-#   bash experiments/gdn_bf16_walk/run_patch_gpu.sh PATCH
+# GDN's bf16 forward as main builds it against main with one or more patches of this folder, on one
+# GPU in one call: builds build-gpu (sm_90a; carry .deps) and keeps its prime-bench with its
+# libprime.so, then for each patch rebuilds with it applied, keeps that pair, runs GDN's bf16 and fp32
+# fused forward tests on it and takes the patch back; then times `prime-bench kernels --types GDN
+# --dtype bf16` at (4,8192,32,128) and (1,4096,32,128), the builds alternating twice. Each timed run
+# first puts its own libprime.so in build-gpu (prime-bench finds the library there by its runpath, so
+# a copied executable alone would load whichever library was built last). Steps run while the time
+# left allows (DEADLINE_S, default 400). Results under $OUT, all.tgz among them; each build is named
+# main or its patch's name.
+#   bash experiments/gdn_bf16_walk/run_patch_gpu.sh PATCH...
 # PATCH: diagonal_registers.patch (the chunk inverse's diagonal blocks with each lane's column of T
-# in registers: no syncs, the same bits; measured, not kept: results/inverse, where the binaries were
-# named registers and shuffles) or prep_column_factors.patch (prep scales T's columns by beta e^G and
-# beta instead of K's and V's rows: two shared-memory passes fewer; not run yet) or
-# prep_direct_stores.patch (prep writes W and U' from the registers, not through shared memory;
-# not run yet) or prep_both.patch (the two prep patches together; not run yet).
+# in registers: no syncs, the same bits), prep_column_factors.patch (prep scales T's columns by
+# beta e^G and beta instead of K's and V's rows: two shared-memory passes fewer),
+# prep_direct_stores.patch (prep writes W and U' from the registers, not through shared memory),
+# prep_both.patch (the two prep patches together). REPORT.md has each one's prediction and result.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-400} ))
 source experiments/gpu/steps.sh  # left, run
-name=${1:?usage: run_patch_gpu.sh PATCH (a .patch file of experiments/gdn_bf16_walk)}
-name=${name%.patch}
-patch=experiments/gdn_bf16_walk/$name.patch
-[ -f "$patch" ] || { echo "no $patch"; exit 1; }
+[ $# -ge 1 ] || { echo "usage: run_patch_gpu.sh PATCH... (.patch files of experiments/gdn_bf16_walk)"; exit 1; }
+names=()
+for arg in "$@"; do
+  name=${arg##*/}; name=${name%.patch}
+  [ -f "experiments/gdn_bf16_walk/$name.patch" ] || { echo "no experiments/gdn_bf16_walk/$name.patch"; exit 1; }
+  names+=("$name")
+done
 OUT=${OUT:-/tmp/prime-gdn-patch-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+# A build folder kept from an earlier call may hold objects of a patched source whose copy here is
+# older than them: every file any patch of this folder touches is rebuilt.
+sed -n 's|^+++ b/||p' experiments/gdn_bf16_walk/*.patch | sort -u | xargs touch
 bash experiments/gpu/build_filtered.sh "$OUT" \
   '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_gdn[.]cpp' \
   prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
 kept=$(mktemp -d)
-cp build-gpu/bin/prime-bench "$kept/prime-bench.main"
-if patch -p1 -s < "$patch"; then
+keep() { mkdir -p "$kept/$1" && cp build-gpu/bin/prime-bench build-gpu/libprime.so "$kept/$1/"; }
+keep main
+built=(main)
+for name in "${names[@]}"; do
+  patch=experiments/gdn_bf16_walk/$name.patch
+  patch -p1 -s < "$patch" || { echo "$patch does not apply"; continue; }
   t=$(date +%s)
-  cmake --build build-gpu -j"$(nproc)" --target prime-bench prime_tests > "$OUT/build_$name.log" 2>&1 &&
-    cp build-gpu/bin/prime-bench "$kept/prime-bench.$name"
-  echo "rebuild with $patch: $(( $(date +%s) - t )) s"
-  timeout 120 build-gpu/bin/prime_tests "GDN bf16*,GDN fused*,*PRIME_SSM_CORE*" > "$OUT/gdn_tests_$name.txt" 2>&1
-  echo "GDN bf16 and fused forward tests: exit $?, $(tail -2 "$OUT/gdn_tests_$name.txt" | head -1)"
-  grep -E "FAILED|vs float64 out" "$OUT/gdn_tests_$name.txt" | head -12
+  if cmake --build build-gpu -j"$(nproc)" --target prime-bench prime_tests > "$OUT/build_$name.log" 2>&1; then
+    keep "$name" && built+=("$name")
+    echo "rebuild with $patch: $(( $(date +%s) - t )) s"
+    timeout 120 build-gpu/bin/prime_tests "GDN bf16*,GDN fused*,*PRIME_SSM_CORE*" > "$OUT/gdn_tests_$name.txt" 2>&1
+    echo "$name: GDN bf16 and fused forward tests exit $?, $(tail -2 "$OUT/gdn_tests_$name.txt" | head -1)"
+    grep -E "FAILED" "$OUT/gdn_tests_$name.txt" | head -5
+  else
+    echo "$name: build failed"; grep -B2 -A10 -m3 error "$OUT/build_$name.log"
+  fi
   patch -p1 -R -s < "$patch"
-else
-  echo "$patch does not apply"; exit 1
-fi
+done
 for round in 1 2; do
   for B_T in 4,8192 1,4096; do
-    for bin in "$kept"/prime-bench.*; do
+    for name in "${built[@]}"; do
       [ "$(left)" -lt 25 ] && { echo "skipped: $(left) s left"; continue; }
-      out=kernels_bench_gdn_bf16_b${B_T%,*}_t${B_T#*,}_${bin##*/prime-bench.}_$round
-      timeout 60 "$bin" kernels --device cuda --types GDN --dtype bf16 --no-backward --repeats 5 \
-        --batch "${B_T%,*}" --tokens "${B_T#*,}" > "$OUT/$out.txt" 2>&1
-      echo "$out: $(grep -E '^GDN +\(' "$OUT/$out.txt")"
+      cp "$kept/$name/libprime.so" build-gpu/libprime.so
+      out=kernels_bench_gdn_bf16_b${B_T%,*}_t${B_T#*,}_${name}_$round
+      timeout 60 "$kept/$name/prime-bench" kernels --device cuda --types GDN --dtype bf16 --no-backward \
+        --repeats 5 --batch "${B_T%,*}" --tokens "${B_T#*,}" > "$OUT/$out.txt" 2>&1
+      echo "$out: $(grep -E '^GDN +\(' "$OUT/$out.txt" | head -1)"
     done
   done
 done

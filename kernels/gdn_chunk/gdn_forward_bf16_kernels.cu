@@ -53,11 +53,8 @@ constexpr size_t prep_shared_bytes() {
   return kChunk * (sizeof(double) + 2 * sizeof(float)) + 2 * kChunk * kLdC * sizeof(float) +
          2 * kChunk * ld_of(D) * sizeof(Bf16);
 }
-// bf16(T) and the warps' scratch tiles fit where A and T were (71.7 KB in all at D = 128: three
-// blocks per SM).
-static_assert(kChunk * kLdT * sizeof(Bf16) <= kChunk * kLdC * sizeof(float) &&
-                  kWarps * kScratchBytes <= kChunk * kLdC * sizeof(float),
-              "prep's aliases");
+// bf16(T) fits where A was (71.7 KB in all at D = 128: three blocks per SM).
+static_assert(kChunk * kLdT * sizeof(Bf16) <= kChunk * kLdC * sizeof(float), "prep's alias");
 
 template <int D, int NT>
 __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(const Bf16Params p) {
@@ -72,7 +69,6 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   Bf16* vs = ks + kChunk * ld;                               // [64][ld]: V, then diag(beta) V
   Bf16* tb = reinterpret_cast<Bf16*>(am);                    // [64][kLdT]: bf16(T), once A is spent
   const int warp = threadIdx.x / 32;
-  float* scratch = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(tm) + warp * kScratchBytes);
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
   load_chunk_rows<D>(ks, p.k, p, b, t0, h);
@@ -109,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
     const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
     *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
   }
-  __syncthreads();  // tm is the warps' scratch from here
+  __syncthreads();  // bf16(T) formed
   // W = T diag(beta e^G) K and U' = T diag(beta) V. Tasks are (matrix, 16 NT-column group,
   // 16-row block r); T's row block r has columns < 16 (r + 1) only. A warp's tasks alternate
   // between row blocks r and 3 - r, so the warps' depths balance.
@@ -124,9 +120,9 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
     row_block_product<NT>(acc, tb + 16 * r * kLdT, kLdT, 16 * (r + 1), rhs, ld, col0);
     Bf16* out = (matrix == 0 ? p.w : p.u) + (row0 + 16 * r) * D + col0;
 #pragma unroll
-    for (int t = 0; t < NT; ++t)
-      emit_tile(acc[t], scratch, [&](int row, int col, const float* x) {
-        *reinterpret_cast<uint4*>(out + row * D + 16 * t + col) = pack8(x);
+    for (int t = 0; t < NT; ++t)  // bf16 pairs straight from the registers: no pass through shared memory
+      for_each_pair(acc[t], [&](int row, int col, float x0, float x1) {
+        *reinterpret_cast<__nv_bfloat162*>(out + row * D + 16 * t + col) = __floats2bfloat162_rn(x0, x1);
       });
   }
 }
