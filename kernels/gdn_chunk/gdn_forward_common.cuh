@@ -48,8 +48,8 @@ __device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in
 
 // tm = (I + A)^-1 for the strictly lower A in am (both [64][kLdC] fp32 in shared memory, am zero
 // on and above the diagonal), blockwise over 16x16 blocks (L = I + A, T = L^-1):
-//  1. T_ii = L_ii^-1 by forward substitution, warp i for diagonal block i (warp-level syncs
-//     only; two lanes per column split each row's sum); warps 4..7 zero T's upper blocks.
+//  1. T_ii = L_ii^-1 by forward substitution, warp i for diagonal block i (each lane a column
+//     of the block in registers: no syncs); warps 4..7 zero T's upper blocks.
 //  2. by distance l = i - j = 1, 2, 3: X_ij = sum_{k=j}^{i-1} A_ik T_kj, then T_ij = -T_ii X_ij.
 //     X_ij is kept in am's (zero, unread) upper block (j, i).
 // Seven barriers instead of one per row (unit_lower_inverse_64). Needs kThreads = 256; ends with a
@@ -58,15 +58,35 @@ __device__ __forceinline__ void chunk_gates(const float* g, const float* beta_in
 __device__ __forceinline__ void invert_diagonal_blocks(const float* am, float* tm) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp < 4) {
-    const int base = 16 * warp, column = lane % 16, part = lane / 16;
-    for (int i = 0; i < 16; ++i) {
-      float sum = 0.0f;
-      if (column < i)
-        for (int j = column + part; j < i; j += 2)
-          sum = fmaf(am[(base + i) * kLdC + base + j], tm[(base + j) * kLdC + base + column], sum);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-      if (part == 0) tm[(base + i) * kLdC + base + column] = column < i ? -sum : (column == i ? 1.0f : 0.0f);
-      __syncwarp();
+    // Lane c (and c + 16, which repeats its work) holds column c of the block in registers, t[j] =
+    // T_jc, so row i, T_ic = -sum_{j<i} A_ij T_jc, waits on no memory: two chains of FMAs by the
+    // parity of j - c, added at the end (the terms j < c are zeros and leave each chain +0). Row i
+    // of A is read once, the same address in every lane.
+    const int base = 16 * warp, column = lane % 16;
+    float t[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) t[j] = j == column ? 1.0f : 0.0f;
+#pragma unroll
+    for (int i = 1; i < 16; ++i) {
+      float a[16];
+#pragma unroll
+      for (int quad = 0; quad < (i + 3) / 4; ++quad) {
+        const float4 x = *reinterpret_cast<const float4*>(am + (base + i) * kLdC + base + 4 * quad);
+        a[4 * quad] = x.x, a[4 * quad + 1] = x.y, a[4 * quad + 2] = x.z, a[4 * quad + 3] = x.w;
+      }
+      float even = 0.0f, odd = 0.0f;
+#pragma unroll
+      for (int j = 0; j < i; ++j) {
+        if (((j - column) & 1) == 0)
+          even = fmaf(a[j], t[j], even);
+        else
+          odd = fmaf(a[j], t[j], odd);
+      }
+      if (column < i) t[i] = -(even + odd);
+    }
+    if (lane < 16) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) tm[(base + j) * kLdC + base + column] = t[j];
     }
   } else {
     for (int index = threadIdx.x - 128; index < 6 * 256; index += 128) {  // upper blocks (j < i) of T
