@@ -6,8 +6,10 @@
 # --dtype bf16` at (4,8192,32,128) and (1,4096,32,128), the builds alternating twice. Each timed run
 # first puts its own libprime.so in build-gpu (prime-bench finds the library there by its runpath, so
 # a copied executable alone would load whichever library was built last). Steps run while the time
-# left allows (DEADLINE_S, default 400). Results under $OUT, all.tgz among them; each build is named
-# main or its patch's name.
+# left allows (DEADLINE_S, default 400); SHAPES (default "4,8192 1,4096": batch,tokens pairs) and
+# TESTS (default the GDN bf16, fused forward and PRIME_SSM_CORE tests) narrow a short call. Results
+# under $OUT, all.tgz among them; each build is named main or its patch's name. build-gpu ends with
+# main's library.
 #   bash experiments/gdn_bf16_walk/run_patch_gpu.sh PATCH...
 # PATCH: diagonal_registers.patch (the chunk inverse's diagonal blocks with each lane's column of T
 # in registers: no syncs, the same bits), prep_column_factors.patch (prep scales T's columns by
@@ -48,7 +50,7 @@ for name in "${names[@]}"; do
   if cmake --build build-gpu -j"$(nproc)" --target prime-bench prime_tests > "$OUT/build_$name.log" 2>&1; then
     keep "$name" && built+=("$name")
     echo "rebuild with $patch: $(( $(date +%s) - t )) s"
-    timeout 120 build-gpu/bin/prime_tests "GDN bf16*,GDN fused*,*PRIME_SSM_CORE*" > "$OUT/gdn_tests_$name.txt" 2>&1
+    timeout 120 build-gpu/bin/prime_tests "${TESTS:-GDN bf16*,GDN fused*,*PRIME_SSM_CORE*}" > "$OUT/gdn_tests_$name.txt" 2>&1
     echo "$name: GDN bf16 and fused forward tests exit $?, $(tail -2 "$OUT/gdn_tests_$name.txt" | head -1)"
     grep -E "FAILED" "$OUT/gdn_tests_$name.txt" | head -5
   else
@@ -57,7 +59,7 @@ for name in "${names[@]}"; do
   patch -p1 -R -s < "$patch"
 done
 for round in 1 2; do
-  for B_T in 4,8192 1,4096; do
+  for B_T in ${SHAPES:-4,8192 1,4096}; do
     for name in "${built[@]}"; do
       [ "$(left)" -lt 25 ] && { echo "skipped: $(left) s left"; continue; }
       cp "$kept/$name/libprime.so" build-gpu/libprime.so
@@ -68,4 +70,5 @@ for round in 1 2; do
     done
   done
 done
+cp "$kept/main/libprime.so" build-gpu/libprime.so
 echo "total: $(( $(date +%s) - start )) s"
