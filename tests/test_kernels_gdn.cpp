@@ -450,13 +450,16 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
   // With batch x heads at least four blocks per SM, the walks get one segment slot: each block then
   // walks every segment of its row in turn (restart_segments.cuh), its buffers reused across them.
   const int64_t sms = at::cuda::getDeviceProperties(0)->multiProcessorCount;
-  for (const auto& [H, D] : std::vector<std::pair<int64_t, int64_t>>{{2, 128}, {(4 * sms + B - 1) / B + 1, 32}}) {
+  const int64_t many = (4 * sms + B - 1) / B + 1;
+  for (const auto& [H, D] : std::vector<std::pair<int64_t, int64_t>>{{2, 128}, {many, 32}, {many, 128}}) {
     CoreInputs in = random_core_inputs(B, T, H, D, 97 + H);
     for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
     for (at::Tensor* t : {&in.g, &in.beta}) *t = t->to(at::kFloat).to(at::kDouble);
     const at::Tensor reference =
         model::gated_delta_rule_varlen(in.q, in.k, in.v, in.g, in.beta, on_cpu.chunks(64), 64);
-    for (const char* walk : {"split", "fused"}) {  // both walks restart at each document's first chunk
+    std::vector<const char*> walks = {"split", "fused"};  // each walk restarts at each document's first chunk
+    if (kernels::gdn_bf16_wgmma_walk_runs(D, cuda)) walks.push_back("wgmma");
+    for (const char* walk : walks) {
       const test::ScopedEnv form("PRIME_GDN_FORWARD_WALK", walk);
       const at::Tensor ours = model::gated_delta_rule_varlen(
           in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16), in.v.to(cuda, at::kBFloat16),
@@ -470,47 +473,82 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
   }
 }
 
-TEST_CASE("GDN bf16 fused forward: the fused walk and the split walk agree, PRIME_GDN_FORWARD_WALK picks one",
-          "[kernels][gdn][gpu]") {
-  if (!test::gpu_available_or_fail()) return;
-  REQUIRE(kernels::built_with_cuda_kernels());
+namespace {
+
+// GDN's bf16 forward on the same bf16 operands under two walks (PRIME_GDN_FORWARD_WALK), each against
+// float64 and the two against each other, at (B, T, H, D, with an initial state); seed + T + D seeds
+// the operands. Outputs poisoned.
+void check_two_walks(const char* first, const char* second,
+                     const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>& shapes, int64_t seed) {
   const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
   const at::NoGradGuard no_grad;
-  // The same bf16 operands through both walks, each against float64: the fused walk rounds
-  // differently (diag(e^G) applied to Q S in fp32, the decay on U_n's rows instead of K's), so
-  // the two agree within their bf16 rounding, not bit for bit.
-  for (const auto& [B, T, H, D, with_state] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
-           {2, 200, 3, 64, true}, {1, 130, 2, 128, true}, {2, 192, 2, 32, false}, {1, 1000, 2, 128, false},
-           {1, 1, 2, 64, true}, {2, 37, 2, 128, true}}) {
-    CoreInputs in = random_core_inputs(B, T, H, D, 211 + T + D);
+  for (const auto& [B, T, H, D, with_state] : shapes) {
+    CoreInputs in = random_core_inputs(B, T, H, D, seed + T + D);
     for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
     for (at::Tensor* t : {&in.g, &in.beta, &in.state}) *t = t->to(at::kFloat).to(at::kDouble);
     const at::Tensor state = with_state ? in.state.to(cuda, at::kFloat) : at::Tensor();
     const auto reference = model::gated_delta_rule_chunked(in.q, in.k, in.v, in.g, in.beta,
                                                            with_state ? in.state : at::Tensor(), 64);
     std::pair<at::Tensor, at::Tensor> walks[2];
-    for (const int fused : {0, 1}) {
-      const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", fused ? "fused" : "split");
-      walks[fused] = model::gated_delta_rule_chunked(in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16),
+    for (const int which : {0, 1}) {
+      const char* name = which == 0 ? first : second;
+      const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", name);
+      walks[which] = model::gated_delta_rule_chunked(in.q.to(cuda, at::kBFloat16), in.k.to(cuda, at::kBFloat16),
                                                      in.v.to(cuda, at::kBFloat16), in.g.to(cuda, at::kFloat),
                                                      in.beta.to(cuda, at::kFloat), state, 64);
-      const double out_error = norm_relative_error(walks[fused].first.to(at::kDouble), reference.first);
-      const double state_error = norm_relative_error(walks[fused].second, reference.second);
-      std::cout << "[kernels][gdn] bf16 forward, " << (fused ? "fused" : "split") << " walk, B=" << B << " T=" << T
-                << " H=" << H << " D=" << D << ": vs float64 out " << out_error << ", state " << state_error
-                << std::endl;
+      const double out_error = norm_relative_error(walks[which].first.to(at::kDouble), reference.first);
+      const double state_error = norm_relative_error(walks[which].second, reference.second);
+      std::cout << "[kernels][gdn] bf16 forward, " << name << " walk, B=" << B << " T=" << T << " H=" << H
+                << " D=" << D << ": vs float64 out " << out_error << ", state " << state_error << std::endl;
       CHECK(out_error <= 6e-3);
       CHECK(state_error <= 6e-3);
     }
     const double apart = norm_relative_error(walks[1].first.to(at::kDouble), walks[0].first.to(at::kDouble));
-    std::cout << "[kernels][gdn] bf16 forward, fused vs split walk: out " << apart << std::endl;
+    std::cout << "[kernels][gdn] bf16 forward, " << second << " vs " << first << " walk: out " << apart << std::endl;
     CHECK(apart <= 6e-3);
     CHECK(norm_relative_error(walks[1].second, walks[0].second) <= 6e-3);
   }
+}
+
+}  // namespace
+
+TEST_CASE("GDN bf16 fused forward: the fused walk and the split walk agree, PRIME_GDN_FORWARD_WALK picks one",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  // The fused walk rounds differently (diag(e^G) applied to Q S in fp32, the decay on U_n's rows
+  // instead of K's), so the two agree within their bf16 rounding, not bit for bit.
+  check_two_walks("split", "fused", {{2, 200, 3, 64, true}, {1, 130, 2, 128, true}, {2, 192, 2, 32, false},
+                                     {1, 1000, 2, 128, false}, {1, 1, 2, 64, true}, {2, 37, 2, 128, true}},
+                  211);
   const at::Tensor q = at::randn({1, 70, 2, 64}, at::TensorOptions().device(cuda).dtype(at::kBFloat16));
   const at::Tensor gate = at::rand({1, 70, 2}, q.options().dtype(at::kFloat));
   const test::ScopedEnv wrong("PRIME_GDN_FORWARD_WALK", "both");
+  CHECK_THROWS_AS(model::gated_delta_rule_chunked(q, q, q, gate, gate, at::Tensor(), 64), UserError);
+}
+
+TEST_CASE("GDN bf16 fused forward: the walk on the warpgroup MMAs against float64 and the fused walk",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  if (at::cuda::getDeviceProperties(0)->major != 9) {  // the warpgroup MMAs are Hopper's
+    CHECK_FALSE(kernels::gdn_bf16_wgmma_walk_runs(128, cuda));
+    return;
+  }
+  REQUIRE(kernels::gdn_bf16_wgmma_walk_runs(128, cuda));
+  CHECK_FALSE(kernels::gdn_bf16_wgmma_walk_runs(64, cuda));
+  // The same products in the same order as the fused walk (mma.sync), on other instructions: the two
+  // agree within their bf16 rounding (the products' sums may be ordered differently inside the MMAs).
+  check_two_walks("fused", "wgmma", {{1, 130, 2, 128, true}, {1, 1000, 2, 128, false}, {2, 37, 2, 128, true},
+                                     {1, 1, 2, 128, true}, {2, 200, 3, 128, true}},
+                  307);
+  // Over packed documents: the bf16 packed-documents test runs this walk too.
+  const at::Tensor q = at::randn({1, 70, 2, 64}, at::TensorOptions().device(cuda).dtype(at::kBFloat16));
+  const at::Tensor gate = at::rand({1, 70, 2}, q.options().dtype(at::kFloat));
+  const test::ScopedEnv wrong("PRIME_GDN_FORWARD_WALK", "wgmma");  // head dim 64: refused, not run
   CHECK_THROWS_AS(model::gated_delta_rule_chunked(q, q, q, gate, gate, at::Tensor(), 64), UserError);
 }
 

@@ -1,6 +1,7 @@
 // kernels/common/wgmma_layout.h on the CPU: the descriptors GKA's warpgroup solve
-// (gka_solve_wgmma_descriptors.h) builds, read back the way the PTX ISA defines a descriptor's reading
-// (its canonical 128-byte-swizzle layouts, bf16: T = 8 elements per 16 bytes), give the matrix
+// (gka_solve_wgmma_descriptors.h) and GDN's warpgroup walk (gdn_walk_wgmma_descriptors.h) build,
+// read back the way the PTX ISA defines a descriptor's reading (its canonical 128-byte-swizzle
+// layouts, bf16: T = 8 elements per 16 bytes), give the matrix
 // elements the products need, from matrices stored with sw128_offset. The GPU tests check the
 // products themselves; this pins the address arithmetic (starts, strides, panels) to the layout
 // each operand was written in.
@@ -13,9 +14,11 @@
 
 #include <cstdint>
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include "kernels/common/wgmma_layout.h"
+#include "kernels/gdn_chunk/gdn_walk_wgmma_descriptors.h"
 #include "kernels/gka_solve/gka_solve_wgmma_descriptors.h"
 
 using namespace prime::kernels::detail::wgmma;
@@ -125,4 +128,52 @@ TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements i
         check(Descriptors<128>(keys_at, scaled_at, h0_at, col0));
     }
   }
+}
+
+TEST_CASE("wgmma layout: GDN's warpgroup walk's descriptors read the elements its products need", "[kernels]") {
+  using prime::kernels::detail::gdn_forward_bf16::WalkDescriptors;
+  // Bases apart as in the kernel's block (a mix-up reads the wrong matrix).
+  const uint32_t q_at = 1024 * 16, k_at = 1024 * 48, w_at = 1024 * 64, s_at = 1024 * 128, scores_at = 1024 * 160,
+                 ub_at = 1024 * 96, ud_at = 1024 * 112;
+  const Stored q(64, 128, q_at), k(64, 128, k_at), w(64, 128, w_at), s(128, 128, s_at), scores(64, 64, scores_at),
+      ub(64, 128, ub_at), ud(64, 128, ud_at);
+  const WalkDescriptors desc{q_at, k_at, w_at, s_at, scores_at, ub_at, ud_at};
+  for (int col : {0, 64}) {
+    INFO("columns from " << col);
+    for (int t = 0; t < 8; ++t) {  // W S and Q S: A[m][j] = X[m][16 t + j], B[j][n] = S[16 t + j][col + n]
+      CHECK(desc.w_by_depth(t) == k_major(w_at, 64, 0, 16 * t));
+      CHECK(desc.s_by_depth(t, col) == mn_major(s_at, 128, 16 * t, col));
+      for (int m = 0; m < 64; ++m)
+        for (int j = 0; j < 16; ++j) {
+          REQUIRE(w.at(k_major_read(desc.w_by_depth(t), m, j)) == m * 128 + 16 * t + j);
+          REQUIRE(q.at(k_major_read(desc.q_by_depth(t), m, j)) == m * 128 + 16 * t + j);
+          REQUIRE(s.at(mn_major_read(desc.s_by_depth(t, col), j, m)) == (16 * t + j) * 128 + col + m);
+        }
+    }
+    for (int t = 0; t < 4; ++t)  // P U_n and K^T U_d: B[j][n] = U[16 t + j][col + n]; A[m][j] = K[16 t + j][col + m]
+      for (int j = 0; j < 16; ++j)
+        for (int n = 0; n < 64; ++n) {
+          REQUIRE(ub.at(mn_major_read(desc.ub_by_row(t, col), j, n)) == (16 * t + j) * 128 + col + n);
+          REQUIRE(ud.at(mn_major_read(desc.ud_by_row(t, col), j, n)) == (16 * t + j) * 128 + col + n);
+          REQUIRE(k.at(mn_major_read(desc.kt_by_row(t, col), j, n)) == (16 * t + j) * 128 + col + n);
+        }
+  }
+  for (int t = 0; t < 8; ++t)  // the scores: B[j][n] = K[n][16 t + j]
+    for (int n = 0; n < 64; ++n)
+      for (int j = 0; j < 16; ++j) REQUIRE(k.at(k_major_read(desc.k_by_depth(t), n, j)) == n * 128 + 16 * t + j);
+  for (int t = 0; t < 4; ++t)  // P's rows: A[m][j] = P[m][16 t + j]
+    for (int m = 0; m < 64; ++m)
+      for (int j = 0; j < 16; ++j) REQUIRE(scores.at(k_major_read(desc.scores_by_depth(t), m, j)) == m * 64 + 16 * t + j);
+}
+
+TEST_CASE("wgmma layout: an accumulator pair's place by one xor is sw128_offset's", "[kernels]") {
+  using prime::kernels::detail::gdn_forward_bf16::accumulator_pair_offset;
+  for (const auto& [rows, row_offset, col] : std::vector<std::tuple<int, int, int>>{
+           {64, 0, 0}, {64, 0, 64}, {128, 0, 0}, {128, 64, 64}, {128, 64, 0}})
+    for (int warp = 0; warp < 16; ++warp)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 8; ++j)
+            REQUIRE(accumulator_pair_offset(warp, lane, i, j, row_offset, col, rows) ==
+                    sw128_offset(row_offset + 16 * (warp % 4) + lane / 4 + 8 * i, col + 8 * j + 2 * (lane % 4), rows));
 }

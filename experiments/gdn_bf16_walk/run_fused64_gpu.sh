@@ -19,9 +19,7 @@ patch=experiments/gdn_bf16_walk/fused64.patch
 patch -p1 -s < "$patch" || { echo "$patch does not apply"; exit 1; }
 trap 'patch -p1 -R -s < "$patch"; bash experiments/gpu/pack_out.sh "$OUT"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
-bash experiments/gpu/build_filtered.sh "$OUT" \
-  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_gdn[.]cpp' \
-  prime_tests prime-bench || exit 1
+bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 run 90 gdn_bf16_tests build-gpu/bin/prime_tests "GDN bf16*,*PRIME_SSM_CORE*"
 grep -E "FAILED|passed|failed|fused64" "$OUT/gdn_bf16_tests.txt" | head -20

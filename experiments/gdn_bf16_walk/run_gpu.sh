@@ -18,9 +18,7 @@ mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
 if [ "${1:-}" != --no-build ]; then
-  bash experiments/gpu/build_filtered.sh "$OUT" \
-    '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_gdn[.]cpp' \
-    prime_tests prime-bench || exit 1
+  bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 fi
 export PRIME_REQUIRE_CUDA=1
 for walk in fused split; do

@@ -32,12 +32,7 @@ OUT=${OUT:-/tmp/prime-gdn-patch-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
-# A build folder kept from an earlier call may hold objects of a patched source whose copy here is
-# older than them: every file any patch of this folder touches is rebuilt.
-sed -n 's|^+++ b/||p' experiments/gdn_bf16_walk/*.patch | sort -u | xargs touch
-bash experiments/gpu/build_filtered.sh "$OUT" \
-  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_gdn[.]cpp' \
-  prime_tests prime-bench || exit 1
+bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 kept=$(mktemp -d)
 keep() { mkdir -p "$kept/$1" && cp build-gpu/bin/prime-bench build-gpu/libprime.so "$kept/$1/"; }

@@ -116,15 +116,16 @@ __device__ __forceinline__ void mma_rs(float (&d)[32], const uint32_t (&a)[4], u
 #endif
 }
 
-// D[64 x 64] (+)= A B, both by descriptor: A K-major; TransB: B is MN-major.
-template <bool TransB>
+// D[64 x 64] (+)= A B, both by descriptor: A K-major, or with TransA MN-major (A = M^T for a matrix
+// M stored by rows, its rows the depth: the descriptor is mn_major's of M); TransB: B is MN-major.
+template <bool TransB, bool TransA = false>
 __device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
 #if PRIME_WGMMA_ENABLED
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %35, 0;\n"
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"
                "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " PRIME_WGMMA_D32_LIST
-               "%32, %33, p, 1, 1, 0, %34;\n}\n"
+               "%32, %33, p, 1, 1, %34, %35;\n}\n"
                : PRIME_WGMMA_D32
-               : "l"(a), "l"(b), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
+               : "l"(a), "l"(b), "n"(TransA ? 1 : 0), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
 #else
   __trap();
 #endif

@@ -24,15 +24,22 @@ struct Params {
   int K, W, col0;
 };
 
-template <bool ARegisters, bool BMnMajor>
+// A from registers, or by descriptor K-major (a's rows stored) or MN-major (a^T's rows stored: the
+// MMA's transposed A).
+enum class AFrom { registers, k_major, mn_major };
+
+template <AFrom From, bool BMnMajor>
 __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   using namespace detail::wgmma;
   extern __shared__ __align__(1024) unsigned char smem[];
   unsigned char* a_sw = align_1024(smem);
   unsigned char* b_sw = a_sw + 64 * kMaxDepth * 2;
   const int K = p.K, W = p.W;
-  for (int i = threadIdx.x; i < 64 * K; i += 128)
-    *reinterpret_cast<Bf16*>(a_sw + sw128_offset(i / K, i % K, 64)) = p.a[i];
+  for (int i = threadIdx.x; i < 64 * K; i += 128) {
+    const int m = i / K, k = i % K;
+    const uint32_t at = From == AFrom::mn_major ? sw128_offset(k, m, K) : sw128_offset(m, k, 64);
+    *reinterpret_cast<Bf16*>(a_sw + at) = p.a[i];
+  }
   for (int i = threadIdx.x; i < K * W; i += 128) {
     const int k = i / W, n = i % W;  // b[k][n]: MN-major stores b's rows, K-major b^T's
     const uint32_t at = BMnMajor ? sw128_offset(k, n, K) : sw128_offset(n, k, W);
@@ -46,7 +53,7 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   for (int e = 0; e < 32; ++e) d[e] = 0.0f;
   for (int s = 0; s < K / 16; ++s) {
     const uint64_t b = BMnMajor ? mn_major(b_base, K, 16 * s, p.col0) : k_major(b_base, W, p.col0, 16 * s);
-    if constexpr (ARegisters) {
+    if constexpr (From == AFrom::registers) {
       uint32_t a[4];
       for (int r = 0; r < 4; ++r) {
         const int row = accumulator_row(2 * r), col = 16 * s + 8 * (r / 2) + 2 * (threadIdx.x % 4);
@@ -55,10 +62,12 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
       }
       fence();  // each step's batch: its registers (d, a) were written since the last
       mma_rs<BMnMajor>(d, a, b, s > 0);
-    } else {
-      static_assert(BMnMajor, "a descriptor A takes an MN-major B here");
+    } else if constexpr (From == AFrom::k_major) {
       fence();
-      mma_ss<true>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
+      mma_ss<BMnMajor>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
+    } else {
+      fence();
+      mma_ss<BMnMajor, true>(d, mn_major(a_base, K, 16 * s, 0), b, s > 0);
     }
     commit();
     wait<0>();
@@ -68,7 +77,7 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   for (int e = 0; e < 32; ++e) p.out[accumulator_row(e) * 64 + accumulator_col(e)] = d[e];
 }
 
-void launch(const Params& p, bool a_in_registers, bool b_mn_major) {
+void launch(const Params& p, AFrom from, bool b_mn_major) {
   const size_t bytes = 1024 + 64 * kMaxDepth * 2 + kMaxDepth * kMaxWidth * 2;
   const auto run = [&](auto kernel) {
     PRIME_CUDA_CHECK(
@@ -76,14 +85,20 @@ void launch(const Params& p, bool a_in_registers, bool b_mn_major) {
     kernel<<<1, 128, bytes, at::cuda::getCurrentCUDAStream()>>>(p);
     PRIME_CUDA_CHECK_LAUNCH("wgmma_product");
   };
-  if (!a_in_registers) return run(product_kernel<false, true>);
-  if (b_mn_major) return run(product_kernel<true, true>);
-  run(product_kernel<true, false>);
+  switch (from) {
+    case AFrom::registers:
+      return b_mn_major ? run(product_kernel<AFrom::registers, true>) : run(product_kernel<AFrom::registers, false>);
+    case AFrom::k_major:
+      return b_mn_major ? run(product_kernel<AFrom::k_major, true>) : run(product_kernel<AFrom::k_major, false>);
+    case AFrom::mn_major:
+      return b_mn_major ? run(product_kernel<AFrom::mn_major, true>) : run(product_kernel<AFrom::mn_major, false>);
+  }
 }
 
 }  // namespace
 
-at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0, bool a_in_registers, bool b_mn_major) {
+at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0, bool a_in_registers, bool b_mn_major,
+                         bool a_mn_major) {
   const char* op = "wgmma_product";
   PRIME_CHECK(a.is_cuda() && a.scalar_type() == at::kBFloat16 && a.dim() == 2 && a.size(0) == 64 && a.is_contiguous(),
               op, ": a must be a contiguous bf16 CUDA [64, K]");
@@ -95,13 +110,13 @@ at::Tensor wgmma_product(const at::Tensor& a, const at::Tensor& b, int64_t col0,
   const int64_t W = b.size(1);
   PRIME_CHECK(W % 64 == 0 && W <= kMaxWidth && col0 % 64 == 0 && col0 >= 0 && col0 + 64 <= W, op, ": width ", W,
               ", col0 ", col0);
-  PRIME_CHECK(a_in_registers || b_mn_major, op, ": a descriptor A takes an MN-major B");
+  PRIME_CHECK(!(a_in_registers && a_mn_major), op, ": an A in registers has no major order");
   PRIME_CHECK(at::cuda::getDeviceProperties(a.get_device())->major == 9, op, ": needs a Hopper GPU (sm_90)");
   const at::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty({64, 64}, a.options().dtype(at::kFloat));
   const Params p{reinterpret_cast<const Bf16*>(a.data_ptr()), reinterpret_cast<const Bf16*>(b.data_ptr()),
                  out.data_ptr<float>(), static_cast<int>(K), static_cast<int>(W), static_cast<int>(col0)};
-  launch(p, a_in_registers, b_mn_major);
+  launch(p, a_in_registers ? AFrom::registers : a_mn_major ? AFrom::mn_major : AFrom::k_major, b_mn_major);
   return out;
 }
 

@@ -116,6 +116,15 @@ struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
 
 }  // namespace
 
+bool gdn_bf16_wgmma_walk_runs(int64_t head_dim, const at::Device& device) {
+#ifdef PRIME_WITH_CUDA
+  return device.is_cuda() && detail::gdn_forward_bf16_walk_wgmma_runs(head_dim, device);
+#else
+  (void)head_dim, (void)device;
+  return false;
+#endif
+}
+
 bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size) {
   const int64_t dim = q.size(-1);
   if (!use_cuda_kernels(q) || q.scalar_type() != at::kFloat || chunk_size > 64 ||
@@ -193,32 +202,47 @@ ForwardScratch forward_scratch(const at::Tensor& q) {
           new_output({M, N, D, D}, q.options()), at::Tensor()};
 }
 
+// Which walk GDN's bf16 forward takes after prep.
+enum class Bf16Walk { split, fused, fused_wgmma };
+
 // PRIME_GDN_FORWARD_WALK (read at each call): "fused" (the bf16 forward's scan and output in one
-// kernel), "split" (two kernels, the states entering each chunk written between them); unset, the
-// fused walk where its block fits the device's shared memory and its blocks, one per batch and
-// head, fill the GPU (gdn_forward_bf16_walk_preferred).
-bool bf16_fused_walk(const at::Tensor& q) {
+// kernel), "split" (two kernels, the states entering each chunk written between them), "wgmma"
+// (the fused walk on Hopper's warpgroup MMAs, head dim 128); unset, the fused walk where its block
+// fits the device's shared memory and its blocks, one per batch and head, fill the GPU
+// (gdn_forward_bf16_walk_preferred).
+Bf16Walk bf16_walk(const at::Tensor& q) {
   const char* value = std::getenv("PRIME_GDN_FORWARD_WALK");
   const std::string text = value ? value : "";
 #ifdef PRIME_WITH_CUDA
   const int64_t D = q.size(-1);
   const int device = q.is_cuda() ? q.get_device() : -1;
   const bool fits = device >= 0 && detail::gdn_forward_bf16_walk_fits_device(D, device);
-  if (text.empty()) return fits && detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device);
+  if (text.empty())
+    return fits && detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device) ? Bf16Walk::fused
+                                                                                              : Bf16Walk::split;
+  const bool wgmma_runs = device >= 0 && detail::gdn_forward_bf16_walk_wgmma_runs(D, q.device());
 #else
-  const bool fits = false;
-  if (text.empty()) return false;
+  const bool fits = false, wgmma_runs = false;
+  if (text.empty()) return Bf16Walk::split;
 #endif
-  if (text == "split") return false;
+  if (text == "split") return Bf16Walk::split;
   if (text == "fused") {
     if (!fits)
       throw user_error("PRIME_GDN_FORWARD_WALK=fused: the fused walk's block for head dim ", q.size(-1),
                        " does not fit this GPU's shared memory; unset it or use \"split\"");
-    return true;
+    return Bf16Walk::fused;
+  }
+  if (text == "wgmma") {
+    if (!wgmma_runs)
+      throw user_error("PRIME_GDN_FORWARD_WALK=wgmma: the fused walk on the warpgroup MMAs needs head dim 128 (got ",
+                       q.size(-1), ") on a Hopper GPU running this build's sm_90a code; unset it or use ",
+                       "\"fused\" or \"split\"");
+    return Bf16Walk::fused_wgmma;
   }
   throw user_error("PRIME_GDN_FORWARD_WALK=", text, ": must be \"fused\" (GDN's bf16 forward walks the chunks and ",
-                   "writes the output in one kernel) or \"split\" (a scan, then the output); unset, \"fused\" ",
-                   "where its block fits the GPU's shared memory and batch x heads fills at least 60% of its SMs");
+                   "writes the output in one kernel), \"split\" (a scan, then the output) or \"wgmma\" (the fused ",
+                   "walk on Hopper's warpgroup MMAs); unset, \"fused\" where its block fits the GPU's shared memory ",
+                   "and batch x heads fills at least 60% of its SMs");
 }
 
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
@@ -230,8 +254,10 @@ std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Te
   detail::GdnForwardBf16Scratch scratch;
   scratch.w = new_output({M, N, kForwardChunk, D}, q.options());
   scratch.u = new_output({M, N, kForwardChunk, D}, q.options());
-  if (bf16_fused_walk(q)) {
+  const Bf16Walk walk = bf16_walk(q);
+  if (walk != Bf16Walk::split) {
     scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
+    scratch.walk_wgmma = walk == Bf16Walk::fused_wgmma;
   } else {
     scratch.k_decayed = new_output({M, N, kForwardChunk, D}, q.options());
     scratch.decay = new_output({M, N}, q.options().dtype(at::kFloat));
@@ -243,7 +269,7 @@ std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Te
                                   final_state.view({M, D, D}), o);
 #else
   (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)M, (void)D, (void)N;
-  (void)bf16_fused_walk;
+  (void)bf16_walk;
 #endif
   return {o, final_state};
 }

@@ -22,6 +22,11 @@ namespace prime::kernels {
 // shared memory (not at 256 on an A100). Otherwise the torch form runs.
 bool gdn_chunk_kernels_apply(const at::Tensor& q, int64_t chunk_size);
 
+// Whether GDN's bf16 forward can take its fused walk on the warpgroup MMAs on this device
+// (PRIME_GDN_FORWARD_WALK=wgmma): head dim 128, a Hopper GPU running this build's sm_90a code.
+// False in builds without the CUDA kernels.
+bool gdn_bf16_wgmma_walk_runs(int64_t head_dim, const at::Device& device);
+
 // T = (I + A)^-1 where only A's strictly lower triangle is read. A [..., C, C] fp32 CUDA,
 // C <= 64. Returns T (unit lower triangular, zeros above the diagonal). Differentiable in A.
 at::Tensor unit_lower_inverse(const at::Tensor& A);

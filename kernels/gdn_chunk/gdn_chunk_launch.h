@@ -77,8 +77,10 @@ void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& g
 // either gamma [M,N,64] float64 (the fused walk: each chunk's prefix sums of the gates) or
 // k_decayed [M,N,64,D] bf16, decay [M,N] fp32 and states [M,N,D,D] bf16 (the split walk: K_d,
 // e^{G_end} and the state entering each chunk).
+// walk_wgmma: the fused walk on the warpgroup MMAs (gdn_forward_bf16_walk_wgmma_runs).
 struct GdnForwardBf16Scratch {
   at::Tensor w, u, gamma, k_decayed, decay, states;
+  bool walk_wgmma = false;
 };
 
 // The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, then the fused walk (one kernel:
@@ -100,5 +102,8 @@ bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device);
 // 256 only (fused 1.28x); at D <= 64 the split scan has one block per head too, so the rule is
 // conservative there. Packed documents' segment slots are not counted.
 bool gdn_forward_bf16_walk_preferred(int64_t batch_heads, int64_t head_dim, int device);
+// Whether the fused walk can run on the warpgroup MMAs (gdn_forward_bf16_walk_wgmma_kernels.cu):
+// head dim 128, a Hopper GPU running this build's sm_90a code (wgmma_runs_on), its block fitting.
+bool gdn_forward_bf16_walk_wgmma_runs(int64_t head_dim, const at::Device& device);
 
 }  // namespace prime::kernels::detail

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/common/bf16_tiles.cuh"
+#include "kernels/common/cp_async.cuh"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
 namespace prime::kernels::detail::gdn_forward_bf16 {
@@ -45,9 +46,39 @@ __device__ __forceinline__ void load_chunk_rows(Bf16* dst, const Bf16* x, const 
                                             static_cast<size_t>(p.H) * D, p.T - t0);
 }
 
+// The fused walks' asynchronous fetches for batch and head m (cp.async, one committed group each):
+// Q_n, K_n and chunk n's prefix sums of the gates into buffer n % 2 (fetch_walk_qk), W_n and U'_n
+// (fetch_walk_wu). copy(which, buffer, src, src_ld, valid_rows) places a [64][D] matrix (which: 0 Q,
+// 1 K, 2 W, 3 U') in the walk's own layout, rows at or past valid_rows zeros; gammas [2][64]; the
+// block's batch b and head h, m = b H + h.
+template <int D, typename Copy>
+__device__ __forceinline__ void fetch_walk_qk(const Bf16Params& p, Copy&& copy, double* gammas, int b, int h, int m,
+                                              int n) {
+  const int t0 = n * kChunk;
+  const size_t at = time_major_offset<D>(p, b, t0, h), row_stride = static_cast<size_t>(p.H) * D;
+  copy(0, n & 1, p.q + at, row_stride, p.T - t0);
+  copy(1, n & 1, p.k + at, row_stride, p.T - t0);
+  constexpr int kGammaVectors = kChunk * sizeof(double) / 16;
+  const size_t chunk = static_cast<size_t>(m) * p.num_chunks + n;
+  if (threadIdx.x < kGammaVectors)
+    cp_async16(gammas + (n & 1) * kChunk + 2 * threadIdx.x, p.gamma + chunk * kChunk + 2 * threadIdx.x);
+  cp_async_commit();
+}
+template <int D, typename Copy>
+__device__ __forceinline__ void fetch_walk_wu(const Bf16Params& p, Copy&& copy, int m, int n) {
+  const size_t rows = (static_cast<size_t>(m) * p.num_chunks + n) * kChunk * D;
+  copy(2, 0, p.w + rows, D, kChunk);
+  copy(3, 0, p.u + rows, D, kChunk);
+  cp_async_commit();
+}
+
 // The fused walk (gdn_forward_bf16_walk_kernels.cu): one block per (batch and head, segment slot),
 // after prep wrote W, U' and gamma. Its block's shared memory for head dim D (32, 64 or 128).
 size_t walk_shared_bytes(int D);
 void launch_walk(const Bf16Params& p, int64_t M, int slots, int D);
+// The same walk on the warpgroup MMAs (gdn_forward_bf16_walk_wgmma_kernels.cu), D = 128 on an
+// sm_90a build running on a Hopper GPU.
+size_t walk_wgmma_shared_bytes();
+void launch_walk_wgmma(const Bf16Params& p, int64_t M, int slots);
 
 }  // namespace prime::kernels::detail::gdn_forward_bf16

@@ -31,6 +31,7 @@
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
+#include "kernels/common/wgmma_device.h"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 #include "kernels/gdn_chunk/gdn_forward_bf16.cuh"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
@@ -328,11 +329,15 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
 }
 
 template <int D>
-void launch_all(const Bf16Params& p, int64_t M, int slots, bool fused_walk) {
+void launch_all(const Bf16Params& p, int64_t M, int slots, bool fused_walk, bool walk_wgmma) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
   launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
                      "gdn_forward_prep_bf16_kernel");
+  if (walk_wgmma) {
+    gdn_forward_bf16::launch_walk_wgmma(p, M, slots);
+    return;
+  }
   if (fused_walk) {
     gdn_forward_bf16::launch_walk(p, M, slots, D);
     return;
@@ -367,9 +372,15 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   if (fused_walk) {
     PRIME_CHECK(gdn_forward_bf16_walk_fits_device(D, q.get_device()), op, ": the fused walk's block for head dim ",
                 D, " does not fit this device's shared memory");
+    if (scratch.walk_wgmma) {
+      PRIME_CHECK(gdn_forward_bf16_walk_wgmma_runs(D, q.device()), op,
+                  ": the fused walk on the warpgroup MMAs needs head dim 128 on a Hopper GPU with this build's "
+                  "sm_90a code, got head dim ", D);
+    }
     check_operand_sizes(scratch.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
     check_aligned(scratch.gamma, op, "gamma", 16);
   } else {
+    PRIME_CHECK(!scratch.walk_wgmma, op, ": the warpgroup MMAs' walk is a fused walk: give gamma");
     rows.emplace_back(&scratch.k_decayed, "k_decayed");
     check_operand_sizes(scratch.decay, op, "decay", at::kFloat, {M, N});
     check_operand_sizes(scratch.states, op, "states", at::kBFloat16, {M, N, D, D});
@@ -416,16 +427,22 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   const RestartSegments segments = restart_segments(starts, N, walk_blocks);
   p.segment_begins = segments.data();
   if (D == 32)
-    launch_all<32>(p, M, segments.slots, fused_walk);
+    launch_all<32>(p, M, segments.slots, fused_walk, false);
   else if (D == 64)
-    launch_all<64>(p, M, segments.slots, fused_walk);
+    launch_all<64>(p, M, segments.slots, fused_walk, false);
   else
-    launch_all<128>(p, M, segments.slots, fused_walk);
+    launch_all<128>(p, M, segments.slots, fused_walk, scratch.walk_wgmma);
 }
 
 bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device) {
   return gdn_forward_bf16::walk_shared_bytes(static_cast<int>(head_dim)) <=
          at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
+}
+
+bool gdn_forward_bf16_walk_wgmma_runs(int64_t head_dim, const at::Device& device) {
+  return head_dim == 128 && device.is_cuda() && wgmma_runs_on(device) &&
+         gdn_forward_bf16::walk_wgmma_shared_bytes() <=
+             at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin;
 }
 
 bool gdn_forward_bf16_walk_preferred(int64_t batch_heads, int64_t head_dim, int device) {

@@ -69,24 +69,13 @@ __global__ void __launch_bounds__(Walk<D>::kThreads, D == 128 ? 1 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* scratch = reinterpret_cast<float*>(sc + kChunk * kLdT) + warp * (kScratchBytes / sizeof(float));
   const int m = blockIdx.y, b = m / p.H, h = m % p.H, N = p.num_chunks;
-  const size_t state_size = static_cast<size_t>(D) * D, row_stride = static_cast<size_t>(p.H) * D;
-  const auto chunk_index = [&](int n) { return static_cast<size_t>(m) * N + n; };
-  const auto fetch_qk = [&](int n) {  // Q_n, K_n and G_n into buffer n % 2
-    const int t0 = n * kChunk;
-    const size_t at = time_major_offset<D>(p, b, t0, h);
-    copy_async<kChunk, D, kThreads>(qs + (n & 1) * kMatrix, p.q + at, row_stride, p.T - t0);
-    copy_async<kChunk, D, kThreads>(ks + (n & 1) * kMatrix, p.k + at, row_stride, p.T - t0);
-    constexpr int kGammaVectors = kChunk * sizeof(double) / 16;
-    if (threadIdx.x < kGammaVectors)
-      cp_async16(gammas + (n & 1) * kChunk + 2 * threadIdx.x, p.gamma + chunk_index(n) * kChunk + 2 * threadIdx.x);
-    cp_async_commit();
+  const size_t state_size = static_cast<size_t>(D) * D;
+  const auto copy = [&](int which, int buffer, const Bf16* src, size_t src_ld, int valid_rows) {
+    Bf16* dst = which == 0 ? qs + buffer * kMatrix : which == 1 ? ks + buffer * kMatrix : which == 2 ? ws : ups;
+    copy_async<kChunk, D, kThreads>(dst, src, src_ld, valid_rows);
   };
-  const auto fetch_wu = [&](int n) {  // W_n and U'_n
-    const size_t rows = chunk_index(n) * kChunk * D;
-    copy_async<kChunk, D, kThreads>(ws, p.w + rows, D);
-    copy_async<kChunk, D, kThreads>(ups, p.u + rows, D);
-    cp_async_commit();
-  };
+  const auto fetch_qk = [&](int n) { fetch_walk_qk<D>(p, copy, gammas, b, h, m, n); };
+  const auto fetch_wu = [&](int n) { fetch_walk_wu<D>(p, copy, m, n); };
   const int state_c0 = 16 * (warp % CB);
   const int row_r = (Shape::kRowPerWarp * warp) / CB, row_c0 = 16 * ((Shape::kRowPerWarp * warp) % CB);
   const int g_lane = lane / 4;  // an accumulator's rows are g_lane and g_lane + 8
