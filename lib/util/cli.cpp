@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <iostream>
 #include <regex>
@@ -57,6 +58,33 @@ void refuse_repeated_flags(CLI::App& app) {
   for (CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) refuse_repeated_flags(*sub);
 }
 
+// A whole-number flag's value outside its type's range is refused: CLI11 reads a 64-bit flag's
+// out-of-range literal as the largest (or smallest) value, and an unsigned flag's "-1" as 2^64 - 1,
+// without a word. Other text is left to CLI11's own conversion. For `app` and all its subcommands.
+void refuse_out_of_range_integers(CLI::App& app) {
+  for (CLI::Option* option : app.get_options()) {
+    // The type as CLI11 names it, then any validators' descriptions ("INT:> 0").
+    const std::string type = option->get_type_name();
+    const bool is_signed = type.rfind("INT", 0) == 0, is_unsigned = type.rfind("UINT", 0) == 0;
+    if ((!is_signed && !is_unsigned) || (type.size() > (is_unsigned ? 4 : 3) && type[is_unsigned ? 4 : 3] != ':'))
+      continue;
+    option->check(CLI::Validator(
+        [is_unsigned](std::string& text) -> std::string {
+          static const std::regex integer(R"(\s*[+-]?[0-9]+\s*)");
+          if (!std::regex_match(text, integer)) return "";
+          if (is_unsigned && text.find('-') != std::string::npos) return "'" + text + "' is not a whole number >= 0";
+          errno = 0;
+          if (is_unsigned)
+            std::strtoull(text.c_str(), nullptr, 10);
+          else
+            std::strtoll(text.c_str(), nullptr, 10);
+          return errno == ERANGE ? "'" + text + "' is not a whole number in range" : "";
+        },
+        ""));
+  }
+  for (CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) refuse_out_of_range_integers(*sub);
+}
+
 std::string subcommand_names(const CLI::App& app) {
   std::string names;
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
@@ -71,6 +99,7 @@ std::optional<int> parse_command_line(CLI::App& app, const std::string& program,
   app.set_version_flag("--version", program + " " + PRIME_VERSION, "print the version and exit");
   try {
     refuse_repeated_flags(app);
+    refuse_out_of_range_integers(app);
     app.parse(argc, argv);
     return std::nullopt;
   } catch (const CLI::Success& done) {  // --help, --version

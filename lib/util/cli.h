@@ -17,7 +17,8 @@ namespace prime {
 // Parses the command line the one way every prime-<verb> does. Adds --version; installs the
 // interrupt cleanup (util/interrupt.h). Returns nullopt when the command should run, else the
 // exit code: 0 after --help / --version, 1 for any parse error (unknown flag, missing or
-// malformed value, extra argument, missing required option), printed as
+// malformed value, a whole number outside its flag's type, extra argument, missing required
+// option), printed as
 // "<program>: error: <message naming the flag>". An unknown flag is reported as such even when
 // a required option is also missing.
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program, int argc, char** argv);
