@@ -77,6 +77,10 @@ TEST_CASE("prime-search runs a tiny sweep into an SQLite store and resumes", "[s
   const store::Study study = store->study("tiny");
   const auto trials = store->trials(study.id);
   REQUIRE(trials.size() == 2);
+  // Each trial's line gives its number and the id prime-db show takes.
+  for (const auto& trial : trials)
+    CHECK_THAT(log.str(), Catch::Contains("trial " + std::to_string(trial.number) + " (id " + std::to_string(trial.id) +
+                                          ") COMPLETE ["));
   std::set<std::string> layers;
   for (const auto& trial : trials) {
     CHECK(trial.state == store::TrialState::Complete);
@@ -113,7 +117,7 @@ TEST_CASE("prime-search runs a tiny sweep into an SQLite store and resumes", "[s
   // The same command again: nothing left to run, nothing re-run or re-enqueued.
   std::ostringstream again_out, again_log;
   REQUIRE(search::run_search(options, again_out, again_log) == 0);
-  CHECK_THAT(again_log.str(), !Catch::Contains("trial 0 COMPLETE"));
+  CHECK_THAT(again_log.str(), !Catch::Contains("trial 0 (id "));
   const auto after = store->trials(study.id);
   REQUIRE(after.size() == 2);
   for (size_t i = 0; i < after.size(); ++i) CHECK(after[i].finished == trials[i].finished);

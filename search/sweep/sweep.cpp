@@ -281,7 +281,8 @@ int run_worker(const SweepSpec& spec, const SweepOptions& options, const std::st
     if (!store->finish_trial(trial->id, result))
       log << "trial " << trial->number << ": declared stale meanwhile; its result was not recorded\n";
     std::ostringstream line;
-    line << "trial " << trial->number << " " << store::trial_state_name(result.state) << " ["
+    // The id beside the number: prime-db show and curves take the id.
+    line << "trial " << trial->number << " (id " << trial->id << ") " << store::trial_state_name(result.state) << " ["
          << describe_params(trial->params) << "]";
     for (const auto& [name, value] : result.values) line << " " << name << " " << store::number_text(value);
     if (result.pruned_step) line << " at step " << *result.pruned_step;
