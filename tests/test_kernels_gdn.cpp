@@ -15,6 +15,7 @@
 
 #include "kernels/common/policy.h"
 #include "kernels/gdn_chunk/gdn_chunk.h"
+#include "kernels/gka_solve/gka_forward_bf16.h"
 #include "model/gdn.h"
 #include "test_helpers.h"
 #include "test_kernels_util.h"
@@ -475,11 +476,12 @@ TEST_CASE("GDN bf16 fused forward over packed documents: within bf16 accuracy of
 
 namespace {
 
-// GDN's bf16 forward on the same bf16 operands under two walks (PRIME_GDN_FORWARD_WALK), each against
-// float64 and the two against each other, at (B, T, H, D, with an initial state); seed + T + D seeds
-// the operands. Outputs poisoned.
+// GDN's bf16 forward on the same bf16 operands under two walks (PRIME_GDN_FORWARD_WALK), each within
+// 6e-3 of float64 and the two within `apart` of each other, at (B, T, H, D, with an initial state);
+// seed + T + D seeds the operands. Outputs poisoned.
 void check_two_walks(const char* first, const char* second,
-                     const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>& shapes, int64_t seed) {
+                     const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>& shapes, int64_t seed,
+                     double apart) {
   const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
   const at::NoGradGuard no_grad;
@@ -504,10 +506,12 @@ void check_two_walks(const char* first, const char* second,
       CHECK(out_error <= 6e-3);
       CHECK(state_error <= 6e-3);
     }
-    const double apart = norm_relative_error(walks[1].first.to(at::kDouble), walks[0].first.to(at::kDouble));
-    std::cout << "[kernels][gdn] bf16 forward, " << second << " vs " << first << " walk: out " << apart << std::endl;
-    CHECK(apart <= 6e-3);
-    CHECK(norm_relative_error(walks[1].second, walks[0].second) <= 6e-3);
+    const double out_apart = norm_relative_error(walks[1].first.to(at::kDouble), walks[0].first.to(at::kDouble));
+    const double state_apart = norm_relative_error(walks[1].second, walks[0].second);
+    std::cout << "[kernels][gdn] bf16 forward, " << second << " vs " << first << " walk: out " << out_apart
+              << ", state " << state_apart << std::endl;
+    CHECK(out_apart <= apart);
+    CHECK(state_apart <= apart);
   }
 }
 
@@ -522,7 +526,7 @@ TEST_CASE("GDN bf16 fused forward: the fused walk and the split walk agree, PRIM
   // instead of K's), so the two agree within their bf16 rounding, not bit for bit.
   check_two_walks("split", "fused", {{2, 200, 3, 64, true}, {1, 130, 2, 128, true}, {2, 192, 2, 32, false},
                                      {1, 1000, 2, 128, false}, {1, 1, 2, 64, true}, {2, 37, 2, 128, true}},
-                  211);
+                  211, 6e-3);
   const at::Tensor q = at::randn({1, 70, 2, 64}, at::TensorOptions().device(cuda).dtype(at::kBFloat16));
   const at::Tensor gate = at::rand({1, 70, 2}, q.options().dtype(at::kFloat));
   const test::ScopedEnv wrong("PRIME_GDN_FORWARD_WALK", "both");
@@ -534,17 +538,20 @@ TEST_CASE("GDN bf16 fused forward: the walk on the warpgroup MMAs against float6
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const at::Device cuda(at::kCUDA, 0);
-  if (at::cuda::getDeviceProperties(0)->major != 9) {  // the warpgroup MMAs are Hopper's
+  // The warpgroup MMAs are Hopper's, in a build with sm_90a code (the probe GKA's warpgroup solve asks).
+  if (at::cuda::getDeviceProperties(0)->major != 9 || !kernels::gka_forward_wgmma_available(cuda)) {
     CHECK_FALSE(kernels::gdn_bf16_wgmma_walk_runs(128, cuda));
     return;
   }
   REQUIRE(kernels::gdn_bf16_wgmma_walk_runs(128, cuda));
   CHECK_FALSE(kernels::gdn_bf16_wgmma_walk_runs(64, cuda));
-  // The same products in the same order as the fused walk (mma.sync), on other instructions: the two
-  // agree within their bf16 rounding (the products' sums may be ordered differently inside the MMAs).
+  // The same products in the same order with the same roundings as the fused walk (mma.sync), on other
+  // instructions: only the order of the sums inside the MMAs may differ, so the two stay closer to
+  // each other than to float64 (the fused and the split walk, which round differently, measured
+  // 1.0-1.1e-3 apart).
   check_two_walks("fused", "wgmma", {{1, 130, 2, 128, true}, {1, 1000, 2, 128, false}, {2, 37, 2, 128, true},
                                      {1, 1, 2, 128, true}, {2, 200, 3, 128, true}},
-                  307);
+                  307, 2e-3);
   // Over packed documents: the bf16 packed-documents test runs this walk too.
   const at::Tensor q = at::randn({1, 70, 2, 64}, at::TensorOptions().device(cuda).dtype(at::kBFloat16));
   const at::Tensor gate = at::rand({1, 70, 2}, q.options().dtype(at::kFloat));

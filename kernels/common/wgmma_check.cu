@@ -33,11 +33,12 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
   using namespace detail::wgmma;
   extern __shared__ __align__(1024) unsigned char smem[];
   unsigned char* a_sw = align_1024(smem);
-  unsigned char* b_sw = a_sw + 64 * kMaxDepth * 2;
+  unsigned char* b_sw = a_sw + kMaxDepth * kMaxWidth * 2;
   const int K = p.K, W = p.W;
   for (int i = threadIdx.x; i < 64 * K; i += 128) {
     const int m = i / K, k = i % K;
-    const uint32_t at = From == AFrom::mn_major ? sw128_offset(k, m, K) : sw128_offset(m, k, 64);
+    // MN-major: a^T's rows, at columns col0 .. of a [K, 128] matrix (the second panel when col0 is 64)
+    const uint32_t at = From == AFrom::mn_major ? sw128_offset(k, p.col0 + m, K) : sw128_offset(m, k, 64);
     *reinterpret_cast<Bf16*>(a_sw + at) = p.a[i];
   }
   for (int i = threadIdx.x; i < K * W; i += 128) {
@@ -67,7 +68,7 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
       mma_ss<BMnMajor>(d, k_major(a_base, 64, 0, 16 * s), b, s > 0);
     } else {
       fence();
-      mma_ss<BMnMajor, true>(d, mn_major(a_base, K, 16 * s, 0), b, s > 0);
+      mma_ss<BMnMajor, true>(d, mn_major(a_base, K, 16 * s, p.col0), b, s > 0);
     }
     commit();
     wait<0>();
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(128, 1) product_kernel(const Params p) {
 }
 
 void launch(const Params& p, AFrom from, bool b_mn_major) {
-  const size_t bytes = 1024 + 64 * kMaxDepth * 2 + kMaxDepth * kMaxWidth * 2;
+  const size_t bytes = 1024 + 2 * kMaxDepth * kMaxWidth * 2;
   const auto run = [&](auto kernel) {
     PRIME_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));

@@ -220,9 +220,11 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
   if (text.empty())
     return fits && detail::gdn_forward_bf16_walk_preferred(q.size(0) * q.size(2), D, device) ? Bf16Walk::fused
                                                                                               : Bf16Walk::split;
-  const bool wgmma_runs = device >= 0 && detail::gdn_forward_bf16_walk_wgmma_runs(D, q.device());
+  // The probe behind it synchronises once per device: asked only for "wgmma".
+  const auto wgmma_runs = [&] { return device >= 0 && detail::gdn_forward_bf16_walk_wgmma_runs(D, q.device()); };
 #else
-  const bool fits = false, wgmma_runs = false;
+  const bool fits = false;
+  const auto wgmma_runs = [] { return false; };
   if (text.empty()) return Bf16Walk::split;
 #endif
   if (text == "split") return Bf16Walk::split;
@@ -233,10 +235,11 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
     return Bf16Walk::fused;
   }
   if (text == "wgmma") {
-    if (!wgmma_runs)
+    if (!wgmma_runs())
       throw user_error("PRIME_GDN_FORWARD_WALK=wgmma: the fused walk on the warpgroup MMAs needs head dim 128 (got ",
-                       q.size(-1), ") on a Hopper GPU running this build's sm_90a code; unset it or use ",
-                       "\"fused\" or \"split\"");
+                       q.size(-1), ") on a Hopper GPU running this build's sm_90a code (inside a CUDA-graph capture ",
+                       "that cannot be asked before the device's first run outside one); unset it or use \"fused\" ",
+                       "or \"split\"");
     return Bf16Walk::fused_wgmma;
   }
   throw user_error("PRIME_GDN_FORWARD_WALK=", text, ": must be \"fused\" (GDN's bf16 forward walks the chunks and ",

@@ -370,12 +370,13 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   check_operand_sizes(beta, op, "beta", at::kFloat, {B, T, H});
   std::vector<std::pair<const at::Tensor*, const char*>> rows = {{&scratch.w, "w"}, {&scratch.u, "u"}};
   if (fused_walk) {
-    PRIME_CHECK(gdn_forward_bf16_walk_fits_device(D, q.get_device()), op, ": the fused walk's block for head dim ",
-                D, " does not fit this device's shared memory");
-    if (scratch.walk_wgmma) {
+    if (scratch.walk_wgmma) {  // its own block (and shared memory) instead of the mma.sync walk's
       PRIME_CHECK(gdn_forward_bf16_walk_wgmma_runs(D, q.device()), op,
                   ": the fused walk on the warpgroup MMAs needs head dim 128 on a Hopper GPU with this build's "
                   "sm_90a code, got head dim ", D);
+    } else {
+      PRIME_CHECK(gdn_forward_bf16_walk_fits_device(D, q.get_device()), op, ": the fused walk's block for head dim ",
+                  D, " does not fit this device's shared memory");
     }
     check_operand_sizes(scratch.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
     check_aligned(scratch.gamma, op, "gamma", 16);

@@ -128,17 +128,21 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
       const double gamma_end = gamma[kChunk - 1];
       const WalkDescriptors desc{q_at, k_at, base_at + L::kW, base_at + L::kS, base_at + L::kScores,
                                  base_at + L::kUb, base_at + L::kUd};
+      // Each batch fenced and committed inside its branch (the branches are warpgroup-uniform), so
+      // ptxas need not close an open batch where they join.
       float acc[32];
-      fence();
       if (group < 2) {  // W_n S, columns 64 g ..
+        fence();
 #pragma unroll
         for (int k = 0; k < D / 16; ++k) mma_ss<true>(acc, desc.w_by_depth(k), desc.s_by_depth(k, 64 * group), k > 0);
+        commit();
       } else {  // Q_n S, columns 64 (g - 2) ..
+        fence();
 #pragma unroll
         for (int k = 0; k < D / 16; ++k)
           mma_ss<true>(acc, desc.q_by_depth(k), desc.s_by_depth(k, 64 * (group - 2)), k > 0);
+        commit();
       }
-      commit();
       wait<0>();
       fence_operands(acc);
       if (group < 2) {  // U_n = U'_n - W_n S, and its rows decayed to the chunk's end
@@ -181,18 +185,24 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
       const float d = expf(static_cast<float>(gamma_end));
 #pragma unroll
       for (int e = 0; e < 32; ++e) s[e] *= d;
-      fence();
-      if (group >= 2) {  // + P U_n (P is zero above the diagonal)
-#pragma unroll
-        for (int k = 0; k < kChunk / 16; ++k)
-          mma_ss<true>(acc, desc.scores_by_depth(k), desc.ub_by_row(k, 64 * (group - 2)), true);
-      }
-      {  // S += K_n^T diag(e^{G_end - G}) U_n on this group's block: A = K_n^T, K_n's rows the depth
+      // S += K_n^T diag(e^{G_end - G}) U_n on this group's block: A = K_n^T, K_n's rows the depth.
+      const auto update_state = [&] {
 #pragma unroll
         for (int k = 0; k < kChunk / 16; ++k)
           mma_ss<true, true>(s, desc.kt_by_row(k, state_r0), desc.ud_by_row(k, state_c0), true);
+      };
+      if (group >= 2) {  // + P U_n (P is zero above the diagonal), then the state
+        fence();
+#pragma unroll
+        for (int k = 0; k < kChunk / 16; ++k)
+          mma_ss<true>(acc, desc.scores_by_depth(k), desc.ub_by_row(k, 64 * (group - 2)), true);
+        update_state();
+        commit();
+      } else {
+        fence();
+        update_state();
+        commit();
       }
-      commit();
       wait<0>();
       fence_operands(acc);
       fence_operands(s);
