@@ -11,11 +11,12 @@
 # under $OUT, all.tgz among them; each build is named main or its patch's name. build-gpu ends with
 # main's library.
 #   bash experiments/gdn_bf16_walk/run_patch_gpu.sh PATCH...
-# PATCH: diagonal_registers.patch (the chunk inverse's diagonal blocks with each lane's column of T
-# in registers: no syncs, the same bits), prep_column_factors.patch (prep scales T's columns by
-# beta e^G and beta instead of K's and V's rows: two shared-memory passes fewer),
-# prep_direct_stores.patch (prep writes W and U' from the registers, not through shared memory),
-# prep_both.patch (the two prep patches together). REPORT.md has each one's prediction and result.
+# PATCH: walk_direct_stores.patch (the walks write O from the registers), walk_qs_early.patch (the
+# fused walk forms Q S before its second barrier): both measured, not kept; fused64.patch (two
+# 8-warp blocks per head; run_fused64_gpu.sh times its three walks); wgmma_wu_double_buffer.patch
+# (the warpgroup walk double-buffers W and U' and fetches them a chunk ahead: time it with
+# PRIME_GDN_FORWARD_WALK=wgmma set). The patches measured and kept are in the tree; REPORT.md has
+# each one's prediction and result.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
