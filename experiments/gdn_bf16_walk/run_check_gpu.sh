@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-500} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, sanitize
 OUT=${OUT:-/tmp/prime-gdn-check-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
@@ -19,11 +19,7 @@ bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 run 90 gdn_bf16_tests build-gpu/bin/prime_tests "GDN bf16*,GDN fused*,*PRIME_SSM_CORE*"
 tail -2 "$OUT/gdn_bf16_tests.txt" | head -1
-for tool in memcheck racecheck; do
-  run 100 sanitizer_$tool compute-sanitizer --tool $tool build-gpu/bin/prime_tests \
-    "GDN bf16 fused forward over packed documents*"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_$tool.txt" | tail -1
-done
+sanitize 100 sanitizer "GDN bf16 fused forward over packed documents*"
 for shape in 4,8192,32,128 4,8192,64,64 2,8192,32,128 1,4096,32,128 1,32768,32,128; do
   IFS=, read -r B T H D <<< "$shape"
   for walk in split fused; do

@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-540} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, sanitize
 OUT=${OUT:-/tmp/prime-gdn-fused64-out}
 mkdir -p "$OUT"
 patch=experiments/gdn_bf16_walk/fused64.patch
@@ -23,11 +23,7 @@ bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 run 90 gdn_bf16_tests build-gpu/bin/prime_tests "GDN bf16*,*PRIME_SSM_CORE*"
 grep -E "FAILED|passed|failed|fused64" "$OUT/gdn_bf16_tests.txt" | head -20
-for tool in memcheck racecheck; do
-  run 100 sanitizer_fused64_$tool compute-sanitizer --tool $tool build-gpu/bin/prime_tests \
-    "GDN bf16 fused forward over packed documents*"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_fused64_$tool.txt" | tail -1
-done
+sanitize 100 sanitizer_fused64 "GDN bf16 fused forward over packed documents*"
 for round in 1 2; do
   for B_T in 1,4096 1,32768 2,8192 4,8192; do
     for walk in split fused fused64; do

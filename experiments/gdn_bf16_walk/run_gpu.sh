@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-560} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, sanitize
 OUT=${OUT:-/tmp/prime-gdn-walk-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
@@ -36,11 +36,7 @@ for round in 1 2; do
     for walk in split fused; do bench $round $walk $D; done
   done
 done
-for tool in memcheck racecheck; do
-  run 100 sanitizer_fused_$tool compute-sanitizer --tool $tool build-gpu/bin/prime_tests \
-    "GDN bf16 fused forward over packed documents*"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_fused_$tool.txt" | tail -1
-done
+sanitize 100 sanitizer_fused "GDN bf16 fused forward over packed documents*"
 if command -v ncu > /dev/null; then
   run 80 ncu_gdn_walk ncu --kernel-name regex:gdn_forward_walk_bf16_kernel --launch-count 1 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \

@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-560} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, sanitize
 OUT=${OUT:-/tmp/prime-gdn-wgmma-out}
 mkdir -p "$OUT"
 trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
@@ -22,11 +22,7 @@ run 60 wgmma_products build-gpu/bin/prime_tests "[wgmma]"
 grep -E "vs float64|FAILED|passed|failed" "$OUT/wgmma_products.txt" | tail -16
 run 120 gdn_bf16_tests build-gpu/bin/prime_tests "GDN bf16*,*PRIME_SSM_CORE*"
 grep -E "wgmma|FAILED|passed|failed" "$OUT/gdn_bf16_tests.txt" | tail -20
-for tool in memcheck racecheck; do
-  run 120 sanitizer_$tool compute-sanitizer --tool $tool build-gpu/bin/prime_tests \
-    "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_$tool.txt" | tail -1
-done
+sanitize 120 sanitizer "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
 for round in 1 2; do
   for B_T in 4,8192 2,8192 1,4096; do
     for walk in fused wgmma; do
