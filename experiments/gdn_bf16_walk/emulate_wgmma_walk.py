@@ -10,7 +10,8 @@ matches to ~1e-14. The threads run one after another, so it checks addresses, no
   python3 experiments/gdn_bf16_walk/emulate_wgmma_walk.py [--double-buffer-wu]
 
 --double-buffer-wu emulates wgmma_wu_double_buffer.patch: W and U' double-buffered and fetched with
-Q and K a chunk ahead.
+Q and K a chunk ahead. --split-scores emulates wgmma_split_scores.patch: the scores' columns 32 g ..
+formed by group g of 0 and 1 on the m64n32k16 shape (16 accumulators a thread).
 """
 import argparse
 
@@ -18,6 +19,7 @@ import numpy as np
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument('--double-buffer-wu', action='store_true', help="emulate wgmma_wu_double_buffer.patch")
+parser.add_argument('--split-scores', action='store_true', help="emulate wgmma_split_scores.patch")
 args = parser.parse_args()
 rng = np.random.default_rng(1)
 kChunk, D = 64, 128
@@ -45,15 +47,16 @@ class Desc:
     def q_by_depth(s, t): return by_depth(s.q, t)
     def s_by_depth(s, t, col): return advance(mn_major(s.S, 128, 0, col), sw128_start(16*t, 0, 128))
     def k_by_depth(s, t): return by_depth(s.k, t)
+    def k_rows_by_depth(s, t, row): return advance(k_major(s.k, 64, row, 0), sw128_start(0, 16*t, 64))
     def scores_by_depth(s, t): return by_depth(s.scores, t)
     def ub_by_row(s, t, col): return by_row(s.ub, t, col)
     def kt_by_row(s, t, row): return by_row(s.k, t, row)
     def ud_by_row(s, t, col): return by_row(s.ud, t, col)
 def fields(d): return (d & 0x3FFF) << 4, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4
 smem = np.full(300000 // 2, np.nan)  # bf16 slots by absolute shared byte address / 2
-def read_k_major(d):  # [mn 64][k 16]
+def read_k_major(d, n=64):  # [mn n][k 16]
     st, lbo, sbo = fields(d)
-    return np.array([[smem[swz(st + (mn//8)*sbo + (mn%8)*128 + (k//8)*16 + (k%8)*2)//2] for k in range(16)] for mn in range(64)])
+    return np.array([[smem[swz(st + (mn//8)*sbo + (mn%8)*128 + (k//8)*16 + (k%8)*2)//2] for k in range(16)] for mn in range(n)])
 def read_mn_major(d):  # [k 16][mn 64]
     st, lbo, sbo = fields(d)
     return np.array([[smem[swz(st + (mn//64)*lbo + (mn%64)*2 + (k//8)*sbo + (k%8)*128)//2] for mn in range(64)] for k in range(16)])
@@ -142,10 +145,22 @@ for n in range(N):
         else:
             elo, ehi = np.exp(gamma[row0]), np.exp(gamma[row0 + 8])
             for e in range(32): acc[t, e] *= ehi if (e & 2) else elo
+    if args.split_scores:  # group g: columns 32 g .., 16 accumulators a thread
+        for g_ in range(2):
+            M = np.zeros((64, 32))
+            for k in range(8): M = M + read_k_major(desc.q_by_depth(k)) @ read_k_major(desc.k_rows_by_depth(k, 32*g_), 32).T
+            for t in range(128*g_, 128*g_ + 128):
+                w, lane = t//32, t%32; row0 = acc_row(w, lane, 0)
+                for e in range(0, 16, 2):
+                    i = row0 + 8*((e//2)%2); j = 32*g_ + acc_col(lane, e)
+                    x = [np.exp(gamma[i] - gamma[j + q]) * M[i, acc_col(lane, e) + q] if j + q <= i else 0.0 for q in (0, 1)]
+                    off = pair_off(w, lane, (e//2)%2, 4*g_ + e//4, 0, 0, kChunk)
+                    smem[(BASE + kScores + off)//2] = x[0]; smem[(BASE + kScores + off + 2)//2] = x[1]
     M = np.zeros((64, 64))
-    for k in range(8): M = mma(M, desc.q_by_depth(k), desc.k_by_depth(k), k > 0, False)
-    scatter_acc(acc, 0, M)
-    for t in range(128):
+    if not args.split_scores:
+        for k in range(8): M = mma(M, desc.q_by_depth(k), desc.k_by_depth(k), k > 0, False)
+        scatter_acc(acc, 0, M)
+    for t in range(0 if args.split_scores else 128):
         w, lane = t//32, t%32; row0 = acc_row(w, lane, 0)
         for e in range(0, 32, 2):
             i = row0 + 8*((e//2)%2); j = acc_col(lane, e)
