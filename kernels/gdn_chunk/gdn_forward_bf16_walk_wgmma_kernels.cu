@@ -22,6 +22,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/bf16_split_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -32,6 +33,8 @@
 namespace prime::kernels::detail::gdn_forward_bf16 {
 
 namespace {
+
+using bf16_tiles::bf16_pair;
 
 // The block's shared memory, byte offsets from its 1024-byte aligned base: Q and K [2][64][128]
 // (double-buffered), W, U', U_n and the decayed U_n [64][128], bf16(S) [128][128], the scores
@@ -44,11 +47,6 @@ struct WgmmaWalk {
                             kGamma = kScores + kChunk * kChunk * 2, kEnd = kGamma + 2 * kChunk * sizeof(double);
   static constexpr size_t kSharedBytes = kEnd + 1024;  // room to align the base
 };
-
-__device__ __forceinline__ uint32_t bf16_pair(float x0, float x1) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
 
 __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_wgmma_kernel(const Bf16Params p) {
   using namespace wgmma;
