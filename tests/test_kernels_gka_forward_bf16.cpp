@@ -279,7 +279,8 @@ TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve kee
   }
   for (const auto& [text, form] : {std::pair{"registers", GkaForwardIterate::Registers},
                                    std::pair{"shared", GkaForwardIterate::Shared},
-                                   std::pair{"wgmma", GkaForwardIterate::Wgmma}}) {
+                                   std::pair{"wgmma", GkaForwardIterate::Wgmma},
+                                   std::pair{"cluster", GkaForwardIterate::Cluster}}) {
     const test::ScopedEnv set("PRIME_GKA_FORWARD_ITERATE", text);
     CHECK(kernels::gka_forward_iterate(at::kCPU) == form);
   }
@@ -320,19 +321,72 @@ TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory fo
   }
 }
 
+// The solve split over a cluster of two blocks (D = 128) against the one-block warpgroup form: the same
+// operations in the same order in every part, so o bit for bit, bf16 or fp32 out, T not a multiple of
+// 64, flagged document starts, an odd iteration count (the buffers' parity) and several chunks per head
+// (blocks of different chunks share SMs). At D = 64 the cluster form is the one-block form. Needs a
+// Hopper GPU.
+TEST_CASE("GKA bf16 forward: the solve split over a two-block cluster gives the warpgroup form's o",
+          "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  if (!kernels::gka_forward_wgmma_available(cuda)) {
+    WARN("not a Hopper GPU: the cluster form does not run here");
+    return;
+  }
+  const test::PoisonOutputs poison;
+  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
+  const at::NoGradGuard no_grad;
+  for (const CoreCase& shape : std::vector<CoreCase>{{1, 300, 2, 128, true, true, false},
+                                                     {2, 192, 2, 128, false, false, true},
+                                                     {1, 200, 3, 128, true, true, false, 7},
+                                                     {2, 1000, 2, 128, true, false, false},
+                                                     {1, 130, 2, 64, true, true, false}}) {
+    for (const bool bf16_operands : {false, true}) {
+      INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D << " N=" << shape.num_iter
+                << " bf16 operands " << bf16_operands);
+      const CoreInputs inputs = random_inputs(shape, 90 + shape.T + shape.D);
+      CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
+      if (bf16_operands)
+        for (at::Tensor* row : {&on_cuda.in.q, &on_cuda.in.k, &on_cuda.in.v}) *row = row->to(at::kBFloat16);
+      REQUIRE(applies(on_cuda));
+      model::gka_detail::ChunkedResult forms[2];
+      for (const bool split : {false, true}) {
+        const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", split ? "cluster" : "wgmma");
+        forms[split] = run_core(on_cuda, shape.D, shape.num_iter);
+      }
+      const at::Tensor difference = (forms[1].o.to(at::kDouble) - forms[0].o.to(at::kDouble)).abs();
+      std::cout << "[kernels][gka] bf16 forward D=" << shape.D << " T=" << shape.T << " N=" << shape.num_iter
+                << (bf16_operands ? " bf16" : " fp32") << " operands: cluster vs one block, o max abs "
+                << difference.max().item<double>() << std::endl;
+      CHECK(at::isfinite(forms[1].o).all().item<bool>());
+      CHECK(at::equal(forms[1].o, forms[0].o));
+      CHECK(at::equal(forms[1].kk_state, forms[0].kk_state));
+      CHECK(at::equal(forms[1].kv_state, forms[0].kv_state));
+      if (!bf16_operands && shape.T <= 300)  // the float64 reference on the CPU: the short ones
+        check_against_float64(forms[1], inputs, shape.D,
+                              "bf16 forward, cluster, T=" + std::to_string(shape.T) + " D=" + std::to_string(shape.D),
+                              shape.num_iter);
+    }
+  }
+}
+
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh): the
 // shared-memory form (D = 32), the register form with 4 and 8 warps (D = 64, 128) and the solve on
-// the warpgroup MMAs (D = 64, 128).
+// the warpgroup MMAs (D = 64, 128; one block or a cluster of two at D = 128).
 TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
   const at::NoGradGuard no_grad;
-  for (const auto& [D, iterate] : {std::pair{32, "registers"}, std::pair{64, "registers"},
-                                   std::pair{128, "registers"}, std::pair{64, "wgmma"}, std::pair{128, "wgmma"}}) {
+  for (const auto& [D, iterate] :
+       {std::pair{32, "registers"}, std::pair{64, "registers"}, std::pair{128, "registers"}, std::pair{64, "wgmma"},
+        std::pair{128, "wgmma"}, std::pair{128, "cluster"}}) {
     INFO("D=" << D << " " << iterate);
-    if (std::string(iterate) == "wgmma" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0))) continue;
+    if (std::string(iterate) != "registers" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0)))
+      continue;
     const test::ScopedEnv form("PRIME_GKA_FORWARD_ITERATE", iterate);
     const CoreCase shape{1, 70, 1, D, true, true, false};
     const CoreInputs inputs = random_inputs(shape, 7);

@@ -24,6 +24,7 @@
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/wgmma_device.h"
 #include "kernels/gka_solve/gka_forward_bf16_launch.h"
+#include "kernels/gka_solve/gka_forward_bf16_parts.cuh"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
 #include "kernels/gka_solve/gka_solve_bf16_registers.cuh"
 #include "kernels/gka_solve/gka_solve_bf16_wgmma.cuh"
@@ -34,25 +35,7 @@ namespace prime::kernels::detail {
 namespace {
 
 using namespace gka_bf16;
-
-constexpr int kChunk = 64;
-constexpr int kWarps = kThreads / 32;
-constexpr int kLdW = kChunk + 1;  // fp32 [64][65]: W and the squared gram
-
-constexpr int kSplitLeft = 2;  // q~'s products: q~ split (hi + lo), bf16 right operand
-
-struct ForwardParams {
-  const Bf16 *q, *k, *v;   // [B,T,H,D]
-  const float* log_decay;  // [B,T,H]
-  const float* alpha;      // [B,T,H] or null (alpha = 1)
-  const Bf16* h_states;    // [M,N,D,D]: H entering each chunk
-  const Bf16* s_states;    // [M,N,D,D]: S^T entering each chunk ([v dim][k dim])
-  int T, H, num_chunks;
-  double ridge_strength;
-  int num_iter;
-  float output_scale;
-  void* o;  // [B,T,H,D], fp32 or bf16
-};
+using namespace gka_forward;
 
 // Shared memory past the solve's (Layout(64, D, kBf16Form)): v's rows [64][ld_of(D)] bf16, gamma [64]
 // double, W and the squared gram [64][65] fp32, k_j^T H_0 k_j per column group [64][4], the warps'
@@ -88,122 +71,6 @@ constexpr int warps_of(int form) {
   return form == kIterateRegisters ? register_warps<D>() : form == kIterateWgmma ? wgmma_warps<D>() : kWarps;
 }
 
-// The 16 warps' roles (gka_solve_bf16.cuh's Roles) played by a block of Warps warps: warp w plays
-// w, w + Warps, ...
-template <int Warps, typename F>
-__device__ __forceinline__ void for_each_role(int d, F&& f) {
-  for (int role = static_cast<int>(threadIdx.x / 32); role < kWarps; role += Warps) f(Roles(kChunk, d, role));
-}
-
-// ||H_t||_F of the chunk's rows into frob[64] (0 past `valid`), from W and the squared gram [64][kLdW],
-// khk [64][4] (k_j^T H_0 k_j in D / 32 parts; overwritten) and ||H_0||^2 in kWarps parts; the
-// block's Warps warps. Two ways, within 1e-6 of float64 each; the forms that take the same way get the
-// same bits. The caller synchronises before and after.
-//
-// ||H_t||_F^2 = e^{2 G_t} ||H_0||^2 + 2 e^{G_t} cross_t + intra_t (gka_chunked.cpp) with cross_t =
-// sum_{j<=t} W_tj k_j^T H_0 k_j and intra_t = sum_{i,j<=t} W_ti W_tj (k_i . k_j)^2. W_ti = d_t W_{t-1,i}
-// for i < t (d_t = W_{t,t-1} = e^{g_t}, W_tt = 1), so both are first-order recurrences over t:
-//   cross_t = d_t cross_{t-1} + khk_t,
-//   intra_t = d_t^2 intra_{t-1} + 2 sum_{i<t} W_ti (k_t . k_i)^2 + (k_t . k_t)^2,
-// every term >= 0 (no cancellation; within 1e-6 of float64, as the direct sums are:
-// experiments/gka_bf16_forward/frob_recurrence.py): O(C^2) work where the direct sums took O(C^3).
-// First each row's terms (a warp per row, lanes over i), written over its khk parts (which only this
-// warp reads); then warp 0 scans both recurrences.
-template <int D, int Warps>
-__device__ __forceinline__ void frob_by_recurrences(const float* W, const float* gram2, float* khk,
-                                                    const float* h0_parts, const float* from_start, float* frob,
-                                                    int valid) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int t = warp; t < kChunk; t += Warps) {
-    float sum = 0.0f;
-    for (int i = lane; i < t; i += 32) sum += W[t * kLdW + i] * gram2[t * kLdW + i];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    float khk_t = 0.0f;
-    for (int c = 0; c < D / 32; ++c) khk_t += khk[t * 4 + c];
-    __syncwarp();  // every lane has read the parts
-    if (lane == 0) {
-      khk[t * 4] = khk_t;
-      khk[t * 4 + 1] = 2.0f * sum + gram2[t * kLdW + t];
-    }
-  }
-  __syncthreads();
-  if (warp == 0) {
-    float h0_norm2 = 0.0f;
-    for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
-    // Lane l: rows 2 l and 2 l + 1. Each recurrence is x_t = a_t x_{t-1} + b_t (x_{-1} = 0, a_0 = 0); the
-    // lane's two steps compose to x -> a x + b, and a scan over the lanes composes those.
-    float d[2], b_cross[2], b_intra[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      d[u] = t > 0 ? W[t * kLdW + t - 1] : 0.0f;
-      b_cross[u] = khk[t * 4];
-      b_intra[u] = khk[t * 4 + 1];
-    }
-    float a_cross = d[1] * d[0], c_cross = d[1] * b_cross[0] + b_cross[1];
-    float a_intra = (d[1] * d[1]) * (d[0] * d[0]), c_intra = (d[1] * d[1]) * b_intra[0] + b_intra[1];
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const float pa_cross = __shfl_up_sync(0xffffffffu, a_cross, offset);
-      const float pc_cross = __shfl_up_sync(0xffffffffu, c_cross, offset);
-      const float pa_intra = __shfl_up_sync(0xffffffffu, a_intra, offset);
-      const float pc_intra = __shfl_up_sync(0xffffffffu, c_intra, offset);
-      if (lane >= offset) {  // this segment after the one before it
-        c_cross = a_cross * pc_cross + c_cross;
-        a_cross *= pa_cross;
-        c_intra = a_intra * pc_intra + c_intra;
-        a_intra *= pa_intra;
-      }
-    }
-    // The rows before the lane's (lane l - 1's result), then its two rows one step at a time.
-    float cross = __shfl_up_sync(0xffffffffu, c_cross, 1), intra = __shfl_up_sync(0xffffffffu, c_intra, 1);
-    if (lane == 0) cross = intra = 0.0f;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      cross = d[u] * cross + b_cross[u];
-      intra = (d[u] * d[u]) * intra + b_intra[u];
-      const float e = from_start[t];
-      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
-      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
-    }
-  }
-}
-
-// The direct sums, one warp per row t (rows warp, warp + Warps, ...), lanes over j = lane, lane + 32.
-template <int D, int Warps>
-__device__ __forceinline__ void frob_by_direct_sums(const float* W, const float* gram2, const float* khk,
-                                                    const float* h0_parts, const float* from_start, float* frob,
-                                                    int valid) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float h0_norm2 = 0.0f;
-  for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
-  for (int t = warp; t < kChunk; t += Warps) {
-    float cross = 0.0f, intra = 0.0f;
-    for (int half = 0; half < 2; ++half) {
-      const int j = lane + 32 * half;
-      float khk_j = 0.0f;
-      for (int c = 0; c < D / 32; ++c) khk_j += khk[j * 4 + c];
-      const float w_tj = W[t * kLdW + j];
-      cross += w_tj * khk_j;
-      float weighted = 0.0f;  // sum_i (k_j . k_i)^2 W_ti
-      for (int i = 0; i <= t; ++i) weighted += gram2[j * kLdW + i] * W[t * kLdW + i];
-      intra += w_tj * weighted;
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      cross += __shfl_xor_sync(0xffffffffu, cross, offset);
-      intra += __shfl_xor_sync(0xffffffffu, intra, offset);
-    }
-    if (lane == 0) {
-      const float e = from_start[t];
-      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
-      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
-    }
-  }
-}
-
 // Form: kIterateShared (16 warps, gka_solve_bf16.cuh), kIterateRegisters (register_warps<D>(),
 // gka_solve_bf16_registers.cuh) or kIterateWgmma (D / 64 warpgroups, gka_solve_bf16_wgmma.cuh: the
 // keys and H_0 copied swizzled into the iterate's unused shared arrays, the partial products'
@@ -223,33 +90,23 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   float* from_start = h0_parts + kWarps;
   float* frob = from_start + kChunk;
   float* scan_scratch = frob + kChunk;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int n = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = n * kChunk;
-  const int valid = min(kChunk, p.T - t0);
-  const size_t row_stride = static_cast<size_t>(p.H) * D;
-  const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
-  const size_t gate_first = (static_cast<size_t>(b) * p.T + t0) * p.H + h;  // [B,T,H] index of row 0
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const ChunkPlace c(p, blockIdx.x, blockIdx.y, D);
+  const int valid = c.valid;
 
-  const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + n) * D * D;
-  copy_async<kChunk, D, kBlockThreads>(s.K.hi, p.k + first_row, row_stride, valid);
-  copy_async<D, D, kBlockThreads>(s.H.hi, p.h_states + state_at, D);
-  copy_async<kChunk, D, kBlockThreads>(vs, p.v + first_row, row_stride, valid);
+  copy_async<kChunk, D, kBlockThreads>(s.K.hi, p.k + c.first_row, c.row_stride, valid);
+  copy_async<D, D, kBlockThreads>(s.H.hi, p.h_states + c.state_at, D);
+  copy_async<kChunk, D, kBlockThreads>(vs, p.v + c.first_row, c.row_stride, valid);
   cp_async_commit();
   if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
-    const float2 logs = make_float2(lane < valid ? p.log_decay[gate_first + lane * p.H] : 0.0f,
-                                    lane + 32 < valid ? p.log_decay[gate_first + (lane + 32) * p.H] : 0.0f);
+    const float2 logs = make_float2(lane < valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
+                                    lane + 32 < valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
     ssd_common::scan_gamma(logs, 1.0f, gamma, scan_scratch);
   }
   cp_async_wait<0>();
   __syncthreads();
 
-  const auto fill_w = [&] {
-    for (int i = threadIdx.x; i < kChunk * kChunk; i += kBlockThreads) {
-      const int t = i / kChunk, j = i % kChunk;
-      W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
-    }
-  };
-  fill_w();
+  fill_w<kBlockThreads>(W, gamma, valid);
   // The warpgroup solve's operands: K and X_sw in the split iterate's place, H_0 in the fp32
   // iterate's (neither form-2 array is used before q~), each 1024-byte aligned with room to spare.
   WgmmaOperands operands{};
@@ -265,60 +122,11 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   }
   if (threadIdx.x < kChunk)
     from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
-  // ||H_0||^2 in 16 parts summed in a fixed order, part w as warp w of 16 sums it (whatever the
-  // block's warps: both forms see the same ||H_t||_F to the bit, and so the same solve).
-  for (int part = warp; part < kWarps; part += Warps) {
-    float sum = 0.0f;
-    for (int i = 32 * part + lane; i < D * D / 2; i += kThreads) {
-      const int row = (2 * i) / D, col = (2 * i) % D;
-      const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.H.hi + row * s.ld_d + col));
-      sum += pair.x * pair.x + pair.y * pair.y;
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) h0_parts[part] = sum;
-  }
-  for_each_role<Warps>(D, [&](const Roles& r) {
-    if (r.p_owner) {  // (k_i . k_j)^2 for the lower tile (pr, pc) and its mirror
-      Acc gram[1];
-      fill(gram[0], 0.0f);
-      split_row_block_product<1, 1, /*Transposed=*/true>(gram, s.K, 16 * r.pr * s.ld_d, s.ld_d, D, s.K, s.ld_d,
-                                                          16 * r.pc);
-      for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-        for (int i = 0; i < 2; ++i) {
-          if (col + i > row) continue;  // one writer per element: the diagonal tile's lower half
-          const float square = gram[0].x[e + i] * gram[0].x[e + i];
-          gram2[row * kLdW + col + i] = square;
-          gram2[(col + i) * kLdW + row] = square;
-        }
-      });
-    }
-    if (r.owner) {  // k_j^T H_0 k_j: this block's columns of (K H_0) o K, summed over the quad
-      Acc z[kTiles];
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) fill(z[j], 0.0f);
-      split_row_block_product<1, kTiles>(z, s.K, 16 * r.rb * s.ld_d, s.ld_d, D, s.H, s.ld_d, r.c0);
-      float row_sum[2] = {0.0f, 0.0f};  // rows g and g + 8
-      for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
-        const float2 key =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.K.hi + row * s.ld_d + col));
-        row_sum[(e / 2) % 2] += z[j].x[e] * key.x + z[j].x[e + 1] * key.y;
-      });
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-        row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
-      }
-      if (t4 == 0) {
-        khk[(16 * r.rb + g) * 4 + r.c0 / 32] = row_sum[0];
-        khk[(16 * r.rb + g + 8) * 4 + r.c0 / 32] = row_sum[1];
-      }
-    }
-  });
+  prologue_products<D, Warps>(s.K, s.H, s.ld_d, gram2, khk, h0_parts);
   __syncthreads();
 
-  // ||H_t||_F: the warpgroup form (not yet run on a GPU) by the recurrences, the register and shared forms
-  // by the direct sums until it has.
+  // ||H_t||_F: the warpgroup form by the recurrences, the register and shared forms by the direct
+  // sums.
   if constexpr (Form == kIterateWgmma)
     frob_by_recurrences<D, Warps>(W, gram2, khk, h0_parts, from_start, frob, valid);
   else
@@ -326,18 +134,13 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   __syncthreads();
 
   const auto q_pair = [&](int row, int col) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + first_row + row * row_stride + col));
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.q + c.first_row + row * c.row_stride + col));
   };
   const auto w_at = [&](int t, int u) { return W[t * kLdW + u]; };
-  // q~ = scale (q + alpha (x - q)) for a pair of the chunk's x, split in the iterate's place.
+  // q~ for a pair of the chunk's x, split in the iterate's place.
   const auto store_q_tilde = [&](int row, int col, float2 x) {
-    float2 mixed = make_float2(0.0f, 0.0f);
-    if (row < valid) {
-      const float2 qv = q_pair(row, col);
-      const float alpha = p.alpha ? p.alpha[gate_first + row * p.H] : 1.0f;
-      mixed = p.alpha ? make_float2(qv.x + alpha * (x.x - qv.x), qv.y + alpha * (x.y - qv.y)) : x;
-    }
-    store_split<true>(s.X, row * s.ld_d + col, mixed.x * p.output_scale, mixed.y * p.output_scale);
+    const float2 mixed = q_tilde(p, c, row, col, x);
+    store_split<true>(s.X, row * s.ld_d + col, mixed.x, mixed.y);
   };
   // After the solve every warp is past the last iteration's second barrier: H_0 and the bf16
   // iterate are read no more. S_0^T streams into H_0's place while each owner turns its block of x
@@ -347,8 +150,8 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
     solve.start(operands, valid, frob, from_start, p.ridge_strength, q_pair, w_at);  // H_0's rows read no more
     solve.run(operands, p.ridge_strength, p.num_iter);  // its first barrier: every thread holds its W
     __syncthreads();  // every group's last MMAs are done: the operands' and W's arrays are free
-    fill_w();
-    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    fill_w<kBlockThreads>(W, gamma, valid);
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + c.state_at, D);
     cp_async_commit();
 #pragma unroll
     for (int e = 0; e < WgmmaSolve<D>::kAcc; e += 2)
@@ -357,7 +160,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
     RegisterSolve<D> solve;
     solve.start(s, valid, frob, from_start, p.ridge_strength, q_pair, w_at);
     solve.run(s, p.ridge_strength, p.num_iter);
-    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + c.state_at, D);
     cp_async_commit();
     for_each_register_pair(solve.row0, solve.col0, [&](int mt, int t, int e, int row, int col) {
       store_q_tilde(row, col, make_float2(solve.x[mt][t].x[e], solve.x[mt][t].x[e + 1]));
@@ -369,7 +172,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
       state.rows[i] = RowFactors(frob, from_start, 16 * r.rb + g + 8 * i, valid, p.ridge_strength);
     start_solve(s, r, state, valid, q_pair, w_at);
     run_solve<D, kBf16Form>(s, r, state, p.ridge_strength, p.num_iter, [](int, int, int, float2) {});
-    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + state_at, D);
+    copy_async<D, D, kBlockThreads>(s.H.hi, p.s_states + c.state_at, D);
     cp_async_commit();
     if (r.owner) {
       for_each_block_pair(16 * r.rb, r.c0, [&](int, int, int row, int col) {
@@ -379,44 +182,9 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   }
   cp_async_wait<0>();
   __syncthreads();  // q~ and S_0^T in place
-  for_each_role<Warps>(D, [&](const Roles& r) {
-    if (!r.p_owner) return;  // the chunk matrix (q~ K^T) o W, bf16
-    Acc scores[1];
-    fill(scores[0], 0.0f);
-    split_row_block_product<kSplitLeft, 1, /*Transposed=*/true>(scores, s.X, 16 * r.pr * s.ld_d, s.ld_d, D, s.K,
-                                                                s.ld_d, 16 * r.pc);
-    for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-      store_split<false>(s.P, row * s.ld_p + col, scores[0].x[e] * W[row * kLdW + col],
-                         scores[0].x[e + 1] * W[row * kLdW + col + 1]);
-    });
-  });
+  chunk_matrix<D, Warps>(s.X, s.K, s.ld_d, s.P, s.ld_p, W);
   __syncthreads();
-  Out* out = static_cast<Out*>(p.o);
-  for_each_role<Warps>(D, [&](const Roles& r) {
-    if (!r.owner) return;
-    Acc o[kTiles];
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
-    // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
-    split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, s.X, 16 * r.rb * s.ld_d, s.ld_d, D, s.H,
-                                                                  s.ld_d, r.c0);
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[j].x[e] *= from_start[16 * r.rb + g + 8 * ((e / 2) % 2)];
-    }
-    const SplitMatrix chunk_matrix{s.P.hi, nullptr}, values{vs, nullptr};
-    split_row_block_product<1, kTiles>(o, chunk_matrix, 16 * r.rb * s.ld_p, s.ld_p, 16 * (r.rb + 1), values, s.ld_d,
-                                       r.c0);
-    for_each_block_pair(16 * r.rb, r.c0, [&](int j, int e, int row, int col) {
-      if (row >= valid) return;
-      Out* at = out + first_row + row * row_stride + col;
-      if constexpr (std::is_same_v<Out, float>)
-        *reinterpret_cast<float2*>(at) = make_float2(o[j].x[e], o[j].x[e + 1]);
-      else
-        *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(o[j].x[e], o[j].x[e + 1]);
-    });
-  });
+  write_output<D, Warps, Out>(p, c, s.X, s.ld_d, s.H, s.P.hi, s.ld_p, vs, s.ld_d, from_start, 0, D, 0);
 }
 
 template <int D, typename Out, int Form>
@@ -477,11 +245,15 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
     check_aligned(*tensor, op, name, 16);
   for (const at::Tensor* operand : {&k, &v, &log_decay, &alpha, &h_states, &s_states, &o})
     PRIME_CHECK(!operand->defined() || operand->device() == q.device(), op, ": operands on different devices");
-  PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma, op,
-              ": iterate form ", iterate);
+  PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma ||
+                  iterate == kIterateCluster,
+              op, ": iterate form ", iterate);
   if (M == 0 || N == 0) return;
-  if (iterate == kIterateWgmma && D != 32 && !gka_forward_bf16_wgmma_device(q.device()))
-    throw user_error("PRIME_GKA_FORWARD_ITERATE=wgmma: the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
+  if (iterate == kIterateCluster && D == 64) iterate = kIterateWgmma;  // one warpgroup: the same block
+  if ((iterate == kIterateWgmma || iterate == kIterateCluster) && D != 32 &&
+      !gka_forward_bf16_wgmma_device(q.device()))
+    throw user_error("PRIME_GKA_FORWARD_ITERATE=", iterate == kIterateWgmma ? "wgmma" : "cluster",
+                     ": the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
                      at::cuda::getDeviceProperties(q.get_device())->major == 9
                          ? "a build with sm_90a code (PRIME_CUDA_ARCHITECTURES) and its first use outside a CUDA-graph "
                            "capture"
@@ -507,6 +279,7 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.output_scale = static_cast<float>(output_scale);
   p.o = o.data_ptr();
   const bool fp32_out = o.scalar_type() == at::kFloat;
+  if (iterate == kIterateCluster && D == 128) return launch_gka_forward_bf16_cluster(p, M, fp32_out);
   if (D == 32)
     fp32_out ? launch_typed<32, float>(p, M, iterate) : launch_typed<32, Bf16>(p, M, iterate);
   else if (D == 64)
