@@ -2,8 +2,9 @@
 // memory (distributed shared memory), and the cluster-wide barrier.
 //
 // A store into a peer block's shared memory goes through the generic proxy, like an ordinary
-// shared store: the peer's warpgroup MMAs (wgmma.cuh) read such bytes only after the writer's
-// fence_proxy_async_cluster() and a cluster barrier between the two. The barrier here is the
+// shared store: the peer's warpgroup MMAs (wgmma.cuh) read such bytes only after a cluster barrier
+// and then a proxy fence in the peer block (wgmma::fence_proxy_async(): the fence belongs in the
+// block whose async proxy reads them). The barrier here is the
 // arrive.release / wait.acquire pair, so every store a thread made before it is visible to every
 // thread of the cluster after it; it also synchronises the block's own threads. A block must not
 // exit while a peer may still store into or read its shared memory: the last cluster barrier comes
@@ -66,16 +67,6 @@ __device__ __forceinline__ void store(uint32_t remote, float4 value) {
 #else
   (void)remote;
   (void)value;
-  __trap();
-#endif
-}
-
-// This thread's ordinary stores to shared memory, its own block's and its peers', ordered before
-// later reads through the async proxy (the warpgroup MMAs), once a cluster barrier follows.
-__device__ __forceinline__ void fence_proxy_async_cluster() {
-#if PRIME_CLUSTER_ENABLED
-  asm volatile("fence.proxy.async.shared::cluster;\n" ::: "memory");
-#else
   __trap();
 #endif
 }

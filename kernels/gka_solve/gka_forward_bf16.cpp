@@ -1,6 +1,7 @@
 // Host side of GKA's bf16 forward: operands cast and laid out for the three launches.
 #include "kernels/gka_solve/gka_forward_bf16.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -16,6 +17,8 @@ namespace prime::kernels {
 namespace {
 
 constexpr int64_t kChunk = 64;  // the walk's and the per-chunk kernel's
+
+std::atomic<GkaForwardIterate> last_form{GkaForwardIterate::Registers};
 
 bool is_float_gate(const at::Tensor& gate, const at::Tensor& q) {
   return !gate.defined() || (gate.scalar_type() == at::kFloat && gate.device() == q.device() &&
@@ -44,6 +47,8 @@ GkaForwardIterate gka_forward_iterate(const at::Device& device) {
                    "MMAs) or \"cluster\" (those split over two blocks); unset, Hopper GPUs take \"wgmma\" and ",
                    "others \"registers\"");
 }
+
+GkaForwardIterate gka_forward_last_form() { return last_form.load(); }
 
 bool gka_forward_wgmma_available(const at::Device& device) {
 #ifdef PRIME_WITH_CUDA
@@ -118,13 +123,18 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
       kv_state.defined() ? kv_state.reshape({M, D, D}).transpose(1, 2).contiguous() : at::Tensor();
   detail::launch_ssd_walk_bf16(vb, kb, delta, A, kv_initial, restart, s_states, kv_final,
                                /*delta_scales_inputs=*/false);
-  detail::launch_gka_forward_bf16(qb, kb, vb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(), h_states,
-                                  s_states, ridge_strength, num_iter, output_scale,
-                                  iterate == GkaForwardIterate::Registers ? detail::kIterateRegisters
-                                  : iterate == GkaForwardIterate::Wgmma   ? detail::kIterateWgmma
-                                  : iterate == GkaForwardIterate::Cluster ? detail::kIterateCluster
-                                                                          : detail::kIterateShared,
-                                  out.o);
+  const int form = detail::launch_gka_forward_bf16(
+      qb, kb, vb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(), h_states, s_states, ridge_strength,
+      num_iter, output_scale,
+      iterate == GkaForwardIterate::Registers ? detail::kIterateRegisters
+      : iterate == GkaForwardIterate::Wgmma   ? detail::kIterateWgmma
+      : iterate == GkaForwardIterate::Cluster ? detail::kIterateCluster
+                                              : detail::kIterateShared,
+      out.o);
+  last_form = form == detail::kIterateRegisters ? GkaForwardIterate::Registers
+              : form == detail::kIterateWgmma   ? GkaForwardIterate::Wgmma
+              : form == detail::kIterateCluster ? GkaForwardIterate::Cluster
+                                                : GkaForwardIterate::Shared;
 #endif
   out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});
   return out;

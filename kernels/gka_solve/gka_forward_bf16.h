@@ -40,6 +40,10 @@ GkaForwardIterate gka_forward_iterate(const at::Device& device);
 // Whether `device` runs the wgmma form (a CUDA build with sm_90a code and a Hopper GPU).
 bool gka_forward_wgmma_available(const at::Device& device);
 
+// The form the per-chunk kernel of this process's last gka_forward_bf16 call took (what ran, after
+// D = 32's and D = 64's substitutions); Registers before any call. For tests and benchmarks.
+GkaForwardIterate gka_forward_last_form();
+
 struct GkaForwardBf16 {
   at::Tensor o;         // [B,T,H,D] in q's dtype
   at::Tensor kk_state;  // final H [B,H,D,D] fp32

@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) gka_forward_bf16_cluster_ker
   cluster::sync();  // q~ whole in both blocks (no remote access after this), the epilogue's operands in place
   chunk_matrix<kD, kBlockWarps>(X, keys, kLdD, P, kLdC, W_after);
   __syncthreads();
-  write_output<kD, kBlockWarps, Out>(p, c, X, kLdD, S, P.hi, kLdC, V, kLdC, from_start, col0, col0 + kColumns, col0);
+  write_output<kD, kBlockWarps, Out>(p, c, X, kLdD, S, P.hi, kLdC, V, kLdC, from_start, col0, col0 + kColumns);
 }
 
 template <typename Out>
@@ -194,8 +194,6 @@ void launch_typed(const ForwardParams& p, int64_t M) {
 }
 
 }  // namespace
-
-size_t gka_forward_bf16_cluster_shared_bytes() { return kSharedBytes; }
 
 void launch_gka_forward_bf16_cluster(const gka_forward::ForwardParams& p, int64_t M, bool fp32_out) {
   fp32_out ? launch_typed<float>(p, M) : launch_typed<Bf16>(p, M);

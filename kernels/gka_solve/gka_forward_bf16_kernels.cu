@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   __syncthreads();  // q~ and S_0^T in place
   chunk_matrix<D, Warps>(s.X, s.K, s.ld_d, s.P, s.ld_p, W);
   __syncthreads();
-  write_output<D, Warps, Out>(p, c, s.X, s.ld_d, s.H, s.P.hi, s.ld_p, vs, s.ld_d, from_start, 0, D, 0);
+  write_output<D, Warps, Out>(p, c, s.X, s.ld_d, s.H, s.P.hi, s.ld_p, vs, s.ld_d, from_start, 0, D);
 }
 
 template <int D, typename Out, int Form>
@@ -220,7 +220,7 @@ size_t gka_forward_bf16_shared_bytes(int64_t D) {
   return D == 32 ? forward_shared_bytes<32>() : D == 64 ? forward_shared_bytes<64>() : forward_shared_bytes<128>();
 }
 
-void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
+int launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
                              double ridge_strength, int num_iter, double output_scale, int iterate,
                              const at::Tensor& o) {
@@ -248,10 +248,11 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma ||
                   iterate == kIterateCluster,
               op, ": iterate form ", iterate);
-  if (M == 0 || N == 0) return;
-  if (iterate == kIterateCluster && D == 64) iterate = kIterateWgmma;  // one warpgroup: the same block
-  if ((iterate == kIterateWgmma || iterate == kIterateCluster) && D != 32 &&
-      !gka_forward_bf16_wgmma_device(q.device()))
+  // What runs: D = 32 the shared form whatever is asked, the cluster form at D = 64 the one-block form
+  // (whose single warpgroup it would be).
+  const int form = D == 32 ? kIterateShared : iterate == kIterateCluster && D == 64 ? kIterateWgmma : iterate;
+  if (M == 0 || N == 0) return form;
+  if ((form == kIterateWgmma || form == kIterateCluster) && !gka_forward_bf16_wgmma_device(q.device()))
     throw user_error("PRIME_GKA_FORWARD_ITERATE=", iterate == kIterateWgmma ? "wgmma" : "cluster",
                      ": the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
                      at::cuda::getDeviceProperties(q.get_device())->major == 9
@@ -279,13 +280,15 @@ void launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.output_scale = static_cast<float>(output_scale);
   p.o = o.data_ptr();
   const bool fp32_out = o.scalar_type() == at::kFloat;
-  if (iterate == kIterateCluster && D == 128) return launch_gka_forward_bf16_cluster(p, M, fp32_out);
-  if (D == 32)
-    fp32_out ? launch_typed<32, float>(p, M, iterate) : launch_typed<32, Bf16>(p, M, iterate);
+  if (form == kIterateCluster)
+    launch_gka_forward_bf16_cluster(p, M, fp32_out);
+  else if (D == 32)
+    fp32_out ? launch_typed<32, float>(p, M, form) : launch_typed<32, Bf16>(p, M, form);
   else if (D == 64)
-    fp32_out ? launch_typed<64, float>(p, M, iterate) : launch_typed<64, Bf16>(p, M, iterate);
+    fp32_out ? launch_typed<64, float>(p, M, form) : launch_typed<64, Bf16>(p, M, form);
   else
-    fp32_out ? launch_typed<128, float>(p, M, iterate) : launch_typed<128, Bf16>(p, M, iterate);
+    fp32_out ? launch_typed<128, float>(p, M, form) : launch_typed<128, Bf16>(p, M, form);
+  return form;
 }
 
 }  // namespace prime::kernels::detail

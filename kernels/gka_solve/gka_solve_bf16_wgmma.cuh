@@ -33,8 +33,10 @@
 // X K^T into the peer block's shared memory as well as (X_sw) its own. X_sw and the exchange are double
 // buffered by the iteration's parity, so one cluster barrier per iteration (after the exchange) orders
 // everything: a block writes buffer b at iteration i + 2 only after passing the barrier of iteration
-// i + 1, which its peer reaches only once done with iteration i's reads of b. The same operations in
-// the same order as the one-block form: the same x bit for bit.
+// i + 1, which its peer reaches only once done with iteration i's reads of b. The peer's X_sw bytes
+// reach this block's MMAs through a proxy fence this block takes after that barrier (the fence belongs
+// in the block whose async proxy reads them). The same operations in the same order as the one-block
+// form: the same x bit for bit.
 // The same products as the bf16 form, one difference: e^{G_t} scales x's row before its rounding to
 // bf16 for X H_0 instead of X H_0's row after it (the same rounding error relative to the row).
 // The MMAs add in their own order, so the result is the bf16 form's within its rounding, not bit for
@@ -225,6 +227,8 @@ struct WgmmaSolve {
         cluster::store(ops.peer_scaled + offset + 8 * 128, lower);
       }
     }
+    // This block's X_sw stores seen by its MMAs (the barrier below follows); the cluster form takes its
+    // fence after its barrier, where it covers both blocks' stores.
     if constexpr (!Cluster) fence_proxy_async();
     wait<0>();
     fence_operands(p);
@@ -233,10 +237,10 @@ struct WgmmaSolve {
 #pragma unroll
       for (int v = 0; v < 8; ++v)
         cluster::store(theirs + v * 128 * 16, make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]));
-      // X_sw's stores seen by both blocks' MMAs; the fence beside the barrier's release, whose wait for
-      // this thread's stores it shares.
-      cluster::fence_proxy_async_cluster();
       cluster::sync();  // both blocks' partial products and columns of X_sw are in place
+      // Both blocks' X_sw stores seen by this block's MMAs: the proxy fence in the block whose async
+      // proxy reads them, after the barrier that orders the stores before it.
+      fence_proxy_async();
     } else {
       if constexpr (kGroups == 2) {
         float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
