@@ -87,8 +87,8 @@ CLI::App* add_ssm_command(CLI::App& app, SsmOptions& options, const char* name =
       ->check(prime::non_negative_number())->group("Shape");
   command->add_option("--device", options.device, "cpu, cuda, auto")->group("Measurement");
   command->add_option("--dtype", options.dtype,
-                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's and GKA's "
-                      "bf16 forwards, Mamba-2's bf16 forward and backward, vs the torch-ops forms on fp32 copies)")
+                      "core compute dtype: fp32 (what the mixers use) or fp64; kernels also bf16 (GDN's and Mamba-2's "
+                      "bf16 forward and backward, GKA's bf16 forward, vs the torch-ops forms on fp32 copies)")
       ->group("Measurement");
   command->add_option("--repeats", options.bench.repeats, "timed runs, median reported (default 3)")
       ->check(prime::positive_number())->group("Measurement");

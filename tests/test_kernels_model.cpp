@@ -31,25 +31,6 @@ struct Step {
   std::set<std::string> nodes;  // names of the autograd nodes behind the loss
 };
 
-std::set<std::string> graph_node_names(const at::Tensor& root) {
-  std::set<std::string> names;
-  std::vector<torch::autograd::Node*> pending{root.grad_fn().get()};
-  std::set<torch::autograd::Node*> seen;
-  while (!pending.empty()) {
-    torch::autograd::Node* node = pending.back();
-    pending.pop_back();
-    if (!node || !seen.insert(node).second) continue;
-    names.insert(node->name());
-    for (const auto& edge : node->next_edges()) pending.push_back(edge.function.get());
-  }
-  return names;
-}
-
-bool any_contains(const std::set<std::string>& names, const std::string& part) {
-  return std::any_of(names.begin(), names.end(),
-                     [&](const std::string& n) { return n.find(part) != std::string::npos; });
-}
-
 Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tensor& probe,
                 const at::Device& device, at::ScalarType dtype, kernels::Policy policy) {
   const kernels::ScopedKernelPolicy scoped(policy);
@@ -62,7 +43,7 @@ Step train_step(const test::Built& built, const at::Tensor& ids, const at::Tenso
   Step step;
   step.logits = model.forward(ids.to(model.device()));
   const at::Tensor loss = (step.logits.to(at::kFloat) * probe.to(model.device())).sum();
-  step.nodes = graph_node_names(loss);
+  step.nodes = test::graph_node_names(loss);
   loss.backward();
   for (const auto& [name, tensor] : weights)
     if (tensor.grad().defined()) step.grads[name] = tensor.grad();
@@ -117,8 +98,8 @@ TEST_CASE("kernels in the model: a hybrid's logits and every weight's gradient a
     // the solve's own autograd node: tests/test_kernels_gka.cpp).
     for (const char* node : {"ShortConvSilu", "GdnChunkFused", "SsdChunk", "RmsNormKernel"}) {
       INFO(node);
-      CHECK(any_contains(ours.nodes, node));
-      CHECK_FALSE(any_contains(torch_ops.nodes, node));
+      CHECK(test::any_contains(ours.nodes, node));
+      CHECK_FALSE(test::any_contains(torch_ops.nodes, node));
     }
     // Both paths round in fp32 (or bf16) where float64 does not, and GKA's solve amplifies
     // rounding (gka.h), so a few gradients' errors are the noise of a handful of amplified

@@ -2,11 +2,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "model/mixer.h"
 #include "test_helpers.h"
@@ -18,6 +22,26 @@
 #endif
 
 namespace prime::test {
+
+// The names of the autograd nodes behind `root` (which kernels' functions a graph holds).
+inline std::set<std::string> graph_node_names(const at::Tensor& root) {
+  std::set<std::string> names;
+  std::vector<torch::autograd::Node*> pending{root.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!pending.empty()) {
+    torch::autograd::Node* node = pending.back();
+    pending.pop_back();
+    if (!node || !seen.insert(node).second) continue;
+    names.insert(node->name());
+    for (const auto& edge : node->next_edges()) pending.push_back(edge.function.get());
+  }
+  return names;
+}
+
+// Whether any of `names` contains `part`.
+inline bool any_contains(const std::set<std::string>& names, const std::string& part) {
+  return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return n.find(part) != std::string::npos; });
+}
 
 // While alive, every output a kernel launcher allocates starts as NaN (PRIME_KERNELS_POISON=1),
 // so an element a kernel leaves unwritten fails the comparison.

@@ -186,6 +186,12 @@ bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::T
   return q.scalar_type() == at::kFloat && fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
 }
 
+bool gdn_chunk_fused_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
+                                const at::Tensor& chunk_starts) {
+  return q.scalar_type() == at::kBFloat16 && fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
+}
+
 namespace {
 
 
@@ -248,16 +254,22 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
                    "and batch x heads fills at least 60% of its SMs");
 }
 
-// The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu); o bf16, final state fp32.
-std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
-                                               const at::Tensor& chunk_starts, at::Tensor o, at::Tensor final_state) {
+// The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu) into o (bf16) and final_state (fp32).
+// Returns its scratch; for_backward takes the split walk whatever PRIME_GDN_FORWARD_WALK says, so that
+// the scratch holds what the written-out backward reads (W, U_n, K_d, the chunk decays, the states
+// entering each chunk).
+struct Bf16Scratch {
+  at::Tensor w, u, k_decayed, decay, states;
+};
+Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                         const at::Tensor& beta, const at::Tensor& state, const at::Tensor& chunk_starts,
+                         const at::Tensor& o, const at::Tensor& final_state, bool for_backward = false) {
   const int64_t M = q.size(0) * q.size(2), D = q.size(3), N = (q.size(1) + kForwardChunk - 1) / kForwardChunk;
 #ifdef PRIME_WITH_CUDA
   detail::GdnForwardBf16Scratch scratch;
   scratch.w = new_output({M, N, kForwardChunk, D}, q.options());
   scratch.u = new_output({M, N, kForwardChunk, D}, q.options());
-  const Bf16Walk walk = bf16_walk(q);
+  const Bf16Walk walk = for_backward ? Bf16Walk::split : bf16_walk(q);
   if (walk != Bf16Walk::split) {
     scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
     scratch.walk_wgmma = walk == Bf16Walk::fused_wgmma;
@@ -270,11 +282,13 @@ std::pair<at::Tensor, at::Tensor> forward_bf16(const at::Tensor& q, const at::Te
                                   g.contiguous(), beta.contiguous(), contiguous_aligned(flat_or_undefined(state, 2), 32),
                                   chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, scratch,
                                   final_state.view({M, D, D}), o);
+  return {scratch.w, scratch.u, scratch.k_decayed, scratch.decay, scratch.states};
 #else
-  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)M, (void)D, (void)N;
+  (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)o, (void)final_state, (void)M, (void)D,
+      (void)N, (void)for_backward;
   (void)bf16_walk;
+  return {};
 #endif
-  return {o, final_state};
 }
 
 }  // namespace
@@ -360,6 +374,54 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
   }
 };
 
+// Training on the bf16 forward: q, k, v bf16, g, beta and the state fp32. The forward takes the split
+// walk and keeps its bf16 per-chunk results; the backward is gdn_chunk_backward on them, in fp32, with
+// each chunk's (I + A)^-1 formed again (the bf16 prep does not write it).
+struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
+  static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                               const at::Tensor& state_or_empty, const at::Tensor& starts_or_empty) {
+    const at::Tensor state = state_or_empty.numel() > 0 ? state_or_empty : at::Tensor();
+    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+    at::Tensor o = new_output({B, T, H, D}, q.options());
+    at::Tensor final_state = new_output({B, H, D, D}, q.options().dtype(at::kFloat));
+    const at::Tensor qc = contiguous_aligned(q, 16), kc = contiguous_aligned(k, 16), vc = contiguous_aligned(v, 16);
+    const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
+    const Bf16Scratch s = forward_bf16(qc, kc, vc, gc, bc, state, starts, o, final_state, /*for_backward=*/true);
+    context->save_for_backward({qc, kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay, s.states, starts_or_empty});
+    context->saved_data["has_state"] = state.defined();
+    return {o, final_state};
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor starts = saved[10].numel() > 0 ? saved[10] : at::Tensor();
+    GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],    saved[5],
+                    saved[6], saved[7], saved[8], saved[9], at::Tensor(), starts};
+    const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
+    const bool has_state = context->saved_data["has_state"].toBool();
+    return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+  }
+};
+
+// The fused autograd functions' call: T = 0 answered here, undefined state and starts as empty tensors.
+template <typename Function>
+std::pair<at::Tensor, at::Tensor> apply_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& g, const at::Tensor& beta, const at::Tensor& state,
+                                              const at::Tensor& chunk_starts) {
+  if (q.size(1) == 0) {
+    const at::Tensor final_state =
+        state.defined() ? state : at::zeros({q.size(0), q.size(2), q.size(3), q.size(3)}, g.options());
+    return {at::empty_like(q), final_state};
+  }
+  const at::Tensor none = at::empty({0}, g.options());
+  const variable_list outputs =
+      Function::apply(q, k, v, g, beta, state.defined() ? state : none,
+                      chunk_starts.defined() ? chunk_starts.contiguous() : none.to(at::kBool));
+  return {outputs[0], outputs[1]};
+}
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -374,7 +436,10 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_forward(const at::Tensor& q, const a
     final_state.copy_(state.defined() ? state : at::zeros({B, H, D, D}, final_state.options()));
     return {o, final_state};
   }
-  if (q.scalar_type() == at::kBFloat16) return forward_bf16(q, k, v, g, beta, state, chunk_starts, o, final_state);
+  if (q.scalar_type() == at::kBFloat16) {
+    forward_bf16(q, k, v, g, beta, state, chunk_starts, o, final_state);
+    return {o, final_state};
+  }
   forward_fp32(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), state,
                chunk_starts, o, final_state);
   return {o, final_state};
@@ -385,16 +450,16 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_fused(const at::Tensor& q, const at:
                                                   const at::Tensor& state, const at::Tensor& chunk_starts) {
   check_fused_operands("gdn_chunk_fused", q, k, v, g, beta, state, chunk_starts);
   PRIME_CHECK(q.scalar_type() == at::kFloat, "gdn_chunk_fused: fp32 operands, got ", q.scalar_type());
-  if (q.size(1) == 0) {
-    const at::Tensor final_state = state.defined() ? state : at::zeros({q.size(0), q.size(2), q.size(3), q.size(3)},
-                                                                       q.options());
-    return {at::empty_like(q), final_state};
-  }
-  const at::Tensor none = at::empty({0}, q.options());
-  const variable_list outputs =
-      GdnChunkFused::apply(q, k, v, g, beta, state.defined() ? state : none,
-                           chunk_starts.defined() ? chunk_starts.contiguous() : none.to(at::kBool));
-  return {outputs[0], outputs[1]};
+  return apply_fused<GdnChunkFused>(q, k, v, g, beta, state, chunk_starts);
+}
+
+std::pair<at::Tensor, at::Tensor> gdn_chunk_fused_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& g, const at::Tensor& beta,
+                                                       const at::Tensor& state, const at::Tensor& chunk_starts) {
+  check_fused_operands("gdn_chunk_fused_bf16", q, k, v, g, beta, state, chunk_starts);
+  PRIME_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
+              "gdn_chunk_fused_bf16: bf16 q, k, v, got ", q.scalar_type());
+  return apply_fused<GdnChunkFusedBf16>(q, k, v, g, beta, state, chunk_starts);
 }
 
 at::Tensor unit_lower_inverse(const at::Tensor& A) {

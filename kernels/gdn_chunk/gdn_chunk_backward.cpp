@@ -20,12 +20,12 @@ namespace {
 
 constexpr int64_t kChunk = 64;
 
-// x [B,T,H,...] -> [B*H, N, 64, ...], rows past T zero (the forward's padding).
-at::Tensor to_chunks(const at::Tensor& x, int64_t N) {
+// x [B,T,H,...] -> [B*H, N, 64, ...] in `type`, rows past T zero (the forward's padding).
+at::Tensor to_chunks(const at::Tensor& x, int64_t N, at::ScalarType type) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
   std::vector<int64_t> shape{B, H, N * kChunk};
   for (int64_t dim = 3; dim < x.dim(); ++dim) shape.push_back(x.size(dim));
-  at::Tensor out = at::empty(shape, x.options());
+  at::Tensor out = at::empty(shape, x.options().dtype(type));
   out.narrow(2, 0, T).copy_(x.transpose(1, 2));
   if (N * kChunk > T) out.narrow(2, T, N * kChunk - T).zero_();
   shape = {B * H, N, kChunk};
@@ -167,15 +167,22 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const int64_t N = s.states.size(1);
   PRIME_CHECK(N * kChunk >= T && s.w.size(0) == M && s.w.size(2) == kChunk && s.states.size(2) == D,
               "gdn_chunk_backward: saved w ", s.w.sizes(), " and states ", s.states.sizes(), " for q ", s.q.sizes());
+  // The bf16 forward's results (bf16 q, k, v, W, U_n, K_d and states) are taken in fp32: the chain
+  // rule below runs in fp32 on their exact values (experiments/gdn_bf16_backward: the gradients stay
+  // within half their bf16 sensitivity), the gradients of q, k, v returned in bf16.
+  const bool bf16 = s.q.scalar_type() == at::kBFloat16;
+  const at::ScalarType work = bf16 ? at::kFloat : s.q.scalar_type();
+  const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
   bool on_kernels = false;
 #ifdef PRIME_WITH_CUDA
-  on_kernels = s.q.is_cuda() && s.q.scalar_type() == at::kFloat;
+  on_kernels = s.q.is_cuda() && work == at::kFloat;
 #endif
   ChainRule c;
-  c.q = to_chunks(s.q, N), c.k = to_chunks(s.k, N), c.v = to_chunks(s.v, N);
-  c.g = to_chunks(s.g, N), c.beta = to_chunks(s.beta, N);  // [M,N,C]
-  const at::Tensor &q = c.q, &k = c.k, &W = s.w, &U = s.u, &K_d = s.k_decayed, &S = s.states;
-  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N) : at::zeros_like(q);
+  c.q = to_chunks(s.q, N, work), c.k = to_chunks(s.k, N, work), c.v = to_chunks(s.v, N, work);
+  c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
+  const at::Tensor W = in_work(s.w), U = in_work(s.u), K_d = in_work(s.k_decayed), S = in_work(s.states);
+  const at::Tensor &q = c.q, &k = c.k;
+  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros_like(q);
 
   // Gamma in float64, as in the forward; the decays from its differences.
   c.gamma64 = at::cumsum(c.g.to(at::kDouble), -1);
@@ -232,17 +239,19 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});
+  const auto as_input = [&](const at::Tensor& x) { return bf16 ? x.to(at::kBFloat16) : x; };  // q, k, v's dtype
 #ifdef PRIME_WITH_CUDA
   if (on_kernels) {  // already in the inputs' layout
     const ChainGrads chain = chain_rule_kernels(c, B, T, H);
-    grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
+    grads.q = as_input(chain.dq), grads.k = as_input(chain.dk), grads.v = as_input(chain.dv);
+    grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;
   }
 #endif
   const ChainGrads chain = chain_rule_aten(c, decay);
-  grads.q = from_chunks(chain.dq, B, T, H);
-  grads.k = from_chunks(chain.dk, B, T, H);
-  grads.v = from_chunks(chain.dv, B, T, H);
+  grads.q = as_input(from_chunks(chain.dq, B, T, H));
+  grads.k = as_input(from_chunks(chain.dk, B, T, H));
+  grads.v = as_input(from_chunks(chain.dv, B, T, H));
   grads.g = from_chunks(chain.dg, B, T, H);
   grads.beta = from_chunks(chain.d_beta, B, T, H);
   return grads;

@@ -93,9 +93,9 @@ std::string shape_label(const std::string& type, const SsmBenchOptions& options)
   return shape;
 }
 
-// bf16: Mamba-2's form has a backward, GDN's and GKA's are forwards only.
+// bf16: Mamba-2's and GDN's forms have a backward, GKA's is a forward only.
 bool with_backward(const SsmBenchOptions& options, const std::string& type) {
-  return options.backward && (options.dtype != at::kBFloat16 || type == "M2");
+  return options.backward && (options.dtype != at::kBFloat16 || type == "M2" || type == "GDN");
 }
 
 // One forward and backward of a core (grad: the output's gradient, drawn at the first call);
@@ -127,7 +127,7 @@ std::pair<double, double> time_core(const std::string& type, const CoreInputs& i
 
 // The cores compute in fp32 (what the mixers use) or float64 (gradient checks, GKA's default
 // solve); the torch-ops forms have no half-precision form (no bf16 triangular solve). The kernels
-// bench also takes bf16: GDN's and GKA's bf16 forwards and Mamba-2's bf16 forward and backward.
+// bench also takes bf16: GDN's and Mamba-2's bf16 forward and backward, GKA's bf16 forward.
 void check_core_dtype(const SsmBenchOptions& options, bool kernels) {
   if (options.dtype == at::kFloat || options.dtype == at::kDouble) return;
   if (kernels && options.dtype == at::kBFloat16) {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GDN trained on its bf16 forward (kernels/README.md gdn_chunk, "Training on the bf16 forward") on one
+# GPU in one call: builds build-gpu (carry .deps), runs the GDN tests with PRIME_REQUIRE_CUDA=1 (the
+# bf16 training path's gradients against float64 among them), memcheck on the small training shape,
+# `prime-bench kernels --types GDN` fwd and fwd+bwd with --dtype bf16 and fp32 alternating twice at
+# (4,8192,32,128), then the 8B-shape GDN 1:3 align step with and without PRIME_SSM_CORE=bf16
+# alternating (step time, MFU, peak memory). Steps run while the time left allows (DEADLINE_S, default
+# 570). Results under $OUT, all.tgz among them.
+#   bash experiments/gdn_bf16_backward/run_gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+start=$(date +%s)
+deadline=$(( start + ${DEADLINE_S:-570} ))
+source experiments/gpu/steps.sh  # left, run
+OUT=${OUT:-/tmp/prime-gdn-bf16-backward-out}
+mkdir -p "$OUT"
+trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+bash experiments/gpu/build_filtered.sh "$OUT" \
+  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_gdn|gdn_chunk_backward|kernels_model)[.]cpp' \
+  prime_tests prime-bench || exit 1
+export PRIME_REQUIRE_CUDA=1
+run 240 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,kernels in the model*"
+grep -E "trained on the bf16|PRIME_SSM_CORE|FAILED|passed|failed" "$OUT/gdn_tests.txt" | tail -20
+run 120 sanitizer_memcheck compute-sanitizer --tool memcheck build-gpu/bin/prime_tests \
+  "GDN trained on the fused forward: a small shape*"
+grep -E "ERROR SUMMARY" "$OUT/sanitizer_memcheck.txt"
+for round in 1 2; do
+  for dtype in bf16 fp32; do
+    name=kernels_bench_gdn_${dtype}_$round
+    run 60 "$name" build-gpu/bin/prime-bench kernels --device cuda --types GDN --dtype $dtype --repeats 5 &&
+      grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
+  done
+done
+for round in 1 2; do
+  for core in bf16 fp32; do
+    name=train_GDN_1to3_core_${core}_$round
+    PRIME_SSM_CORE=$core run 120 "$name" build-gpu/bin/prime-bench train \
+      --model synthetic:qwen3-8b+convert:GDN:1:3 --teacher synthetic:qwen3-8b --stage align --seq-len 4096 \
+      --batch 1 --device cuda --dtype bf16 --repeats 2 &&
+      grep -iE 'step|MFU|peak' "$OUT/$name.txt" | head -4
+  done
+done
+echo "total: $(( $(date +%s) - start )) s"
