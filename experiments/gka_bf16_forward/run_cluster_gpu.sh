@@ -7,26 +7,19 @@
 # shapes, a second round of timings, and each form's per-chunk kernel under ncu (its occupancy: two
 # blocks of the cluster form per SM is the point). Steps run while the time left allows (DEADLINE_S
 # seconds from the start, default 570). Results under $OUT, all.tgz among them.
-#   bash experiments/gka_bf16_forward/run_cluster_gpu.sh [--build] [BIN]
-#   --build: first build prime_tests and prime-bench into build-gpu (sm_90a; carry .deps); BIN: the
-#   folder with prime_tests and prime-bench, default build-gpu/bin.
+#   bash experiments/gka_bf16_forward/run_cluster_gpu.sh
+#   (builds prime_tests and prime-bench into build-gpu first: sm_90a; carry .deps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-570} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, begin_out
 OUT=${OUT:-/tmp/prime-gka-cluster-out}
-build=0
-[ "${1:-}" = --build ] && { build=1; shift; }
-BIN=${1:-build-gpu/bin}
-mkdir -p "$OUT"
-trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
-if [ $build = 1 ]; then
-  bash experiments/gpu/build_filtered.sh "$OUT" \
-    '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma|wgmma_layout)[.]cpp' \
-    prime_tests prime-bench || exit 1
-fi
+BIN=build-gpu/bin
+begin_out
+bash experiments/gpu/build_filtered.sh "$OUT" \
+  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma_layout)[.]cpp' \
+  prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
 show() {  # show NAME REGEX [LINES]: the matching lines of a step's output, where it ran
   [ -f "$OUT/$1.txt" ] && grep -E "$2" "$OUT/$1.txt" | head -"${3:-30}"

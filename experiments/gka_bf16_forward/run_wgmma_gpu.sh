@@ -14,14 +14,12 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-570} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, begin_out
 OUT=${OUT:-/tmp/prime-gka-wgmma-out}
 build=0
 [ "${1:-}" = --build ] && { build=1; shift; }
 BIN=${1:-build-gpu/bin}
-mkdir -p "$OUT"
-trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+begin_out
 if [ $build = 1 ]; then
   bash experiments/gpu/build_filtered.sh "$OUT" \
     '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_kernels_(gka_forward_bf16|wgmma|wgmma_layout|gdn)[.]cpp' \

@@ -55,6 +55,11 @@ std::pair<at::Tensor, at::Tensor> scan(const at::Tensor& probe, const at::Tensor
   return {states, final_state};
 }
 
+// An optional autograd input (the state, the chunk starts) passed as an empty tensor for none.
+at::Tensor optional(const at::Tensor& tensor_or_empty) {
+  return tensor_or_empty.numel() > 0 ? tensor_or_empty : at::Tensor();
+}
+
 at::Tensor flat_or_undefined(const at::Tensor& tensor, int64_t keep_dims) {
   if (!tensor.defined()) return tensor;
   std::vector<int64_t> shape{-1};
@@ -83,7 +88,7 @@ struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
                                const at::Tensor& k_decayed, const at::Tensor& u_local,
                                const at::Tensor& decay, const at::Tensor& initial,
                                const at::Tensor& starts_or_empty) {
-    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    const at::Tensor starts = optional(starts_or_empty);
     auto [states, final_state] = scan(w, k_decayed, u_local, at::Tensor(), decay, initial, starts,
                                       /*reverse=*/false, u_local.size(3));
     context->save_for_backward({w, k_decayed, u_local, decay, states, starts_or_empty});
@@ -100,7 +105,7 @@ struct ChunkStateScan : public torch::autograd::Function<ChunkStateScan> {
     const variable_list saved = context->get_saved_variables();
     const at::Tensor &w = saved[0], &k_decayed = saved[1], &u_local = saved[2], &decay = saved[3];
     const at::Tensor& states = saved[4];
-    const at::Tensor starts = saved[5].numel() > 0 ? saved[5] : at::Tensor();
+    const at::Tensor starts = optional(saved[5]);
     const at::Tensor d_states = grad_outputs[0].defined() ? grad_outputs[0].contiguous() : at::Tensor();
     const at::Tensor d_final = grad_outputs[1].defined() ? grad_outputs[1].contiguous() : at::Tensor();
     auto [gradients, d_initial] =
@@ -342,6 +347,19 @@ GdnChunkBackwardOps cuda_backward_ops() {
   return ops;
 }
 
+// The fused autograd functions' backward: gdn_chunk_backward on what their forward saved, {q, k, v,
+// g, beta, w, u, k_decayed, decay, states, starts_or_empty} and each chunk's (I + A)^-1 where kept,
+// with the state's gradient where the forward had one.
+variable_list fused_backward(AutogradContext* context, const variable_list& grad_outputs) {
+  const variable_list saved = context->get_saved_variables();
+  const GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+                        saved[6], saved[7], saved[8], saved[9], saved.size() > 11 ? saved[11] : at::Tensor(),
+                        optional(saved[10])};
+  const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
+  const bool has_state = context->saved_data["has_state"].toBool();
+  return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+}
+
 // Training on the fused forward: it saves the kernels' per-chunk results, and the backward is
 // gdn_chunk_backward with the scan kernel walking backwards. state and starts: empty for none
 // (an undefined tensor cannot be an autograd input).
@@ -349,8 +367,7 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
   static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& state_or_empty, const at::Tensor& starts_or_empty) {
-    const at::Tensor state = state_or_empty.numel() > 0 ? state_or_empty : at::Tensor();
-    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    const at::Tensor state = optional(state_or_empty), starts = optional(starts_or_empty);
     const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
     at::Tensor o = new_output({B, T, H, D}, q.options());
     at::Tensor final_state = new_output({B, H, D, D}, q.options());
@@ -364,13 +381,7 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
-    const variable_list saved = context->get_saved_variables();
-    const at::Tensor starts = saved[10].numel() > 0 ? saved[10] : at::Tensor();
-    GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],  saved[5],
-                    saved[6], saved[7], saved[8], saved[9], saved[11], starts};
-    const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
-    const bool has_state = context->saved_data["has_state"].toBool();
-    return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+    return fused_backward(context, grad_outputs);
   }
 };
 
@@ -381,8 +392,7 @@ struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
   static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& state_or_empty, const at::Tensor& starts_or_empty) {
-    const at::Tensor state = state_or_empty.numel() > 0 ? state_or_empty : at::Tensor();
-    const at::Tensor starts = starts_or_empty.numel() > 0 ? starts_or_empty : at::Tensor();
+    const at::Tensor state = optional(state_or_empty), starts = optional(starts_or_empty);
     const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
     at::Tensor o = new_output({B, T, H, D}, q.options());
     at::Tensor final_state = new_output({B, H, D, D}, q.options().dtype(at::kFloat));
@@ -395,13 +405,7 @@ struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
-    const variable_list saved = context->get_saved_variables();
-    const at::Tensor starts = saved[10].numel() > 0 ? saved[10] : at::Tensor();
-    GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4],    saved[5],
-                    saved[6], saved[7], saved[8], saved[9], at::Tensor(), starts};
-    const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
-    const bool has_state = context->saved_data["has_state"].toBool();
-    return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+    return fused_backward(context, grad_outputs);
   }
 };
 

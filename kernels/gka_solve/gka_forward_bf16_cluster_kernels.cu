@@ -84,7 +84,6 @@ __global__ void __launch_bounds__(kBlockThreads, 2) gka_forward_bf16_cluster_ker
   float* from_start = reinterpret_cast<float*>(gamma + kChunk);
   float* frob = from_start + kChunk;
   float* scan_scratch = frob + kChunk;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rank = cluster::rank(), col0 = kColumns * rank;
   const ChunkPlace c(p, blockIdx.x / 2, blockIdx.y, kD);
   const int valid = c.valid;
@@ -95,19 +94,9 @@ __global__ void __launch_bounds__(kBlockThreads, 2) gka_forward_bf16_cluster_ker
   float* khk = reinterpret_cast<float*>(at(kKhkAt));
   float* h0_parts = reinterpret_cast<float*>(at(kPartsAt));
   float* W = reinterpret_cast<float*>(at(kWAt));
-  copy_async<kChunk, kD, kBlockThreads>(K.hi, p.k + c.first_row, c.row_stride, valid);
-  copy_async<kD, kD, kBlockThreads>(H.hi, p.h_states + c.state_at, kD);
-  cp_async_commit();
-  if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
-    const float2 logs = make_float2(lane < valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
-                                    lane + 32 < valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
-    ssd_common::scan_gamma(logs, 1.0f, gamma, scan_scratch);
-  }
-  cp_async_wait<0>();
-  __syncthreads();
+  load_prologue<kD, kBlockThreads>(p, c, K.hi, H.hi, gamma, scan_scratch, [] {});
   fill_w<kBlockThreads>(W, gamma, valid);
-  if (threadIdx.x < kChunk)
-    from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
+  fill_from_start(from_start, gamma, valid);
   prologue_products<kD, kBlockWarps>(K, H, kLdD, gram2, khk, h0_parts);
   __syncthreads();
   frob_by_recurrences<kD, kBlockWarps>(W, gram2, khk, h0_parts, from_start, frob, valid);

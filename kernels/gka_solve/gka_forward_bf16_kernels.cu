@@ -90,22 +90,13 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   float* from_start = h0_parts + kWarps;
   float* frob = from_start + kChunk;
   float* scan_scratch = frob + kChunk;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int g = (threadIdx.x % 32) / 4;
   const ChunkPlace c(p, blockIdx.x, blockIdx.y, D);
   const int valid = c.valid;
 
-  copy_async<kChunk, D, kBlockThreads>(s.K.hi, p.k + c.first_row, c.row_stride, valid);
-  copy_async<D, D, kBlockThreads>(s.H.hi, p.h_states + c.state_at, D);
-  copy_async<kChunk, D, kBlockThreads>(vs, p.v + c.first_row, c.row_stride, valid);
-  cp_async_commit();
-  if (warp == 0) {  // G_t: float64 sums of the log decays (0 past T)
-    const float2 logs = make_float2(lane < valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
-                                    lane + 32 < valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
-    ssd_common::scan_gamma(logs, 1.0f, gamma, scan_scratch);
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-
+  load_prologue<D, kBlockThreads>(p, c, s.K.hi, s.H.hi, gamma, scan_scratch, [&] {
+    copy_async<kChunk, D, kBlockThreads>(vs, p.v + c.first_row, c.row_stride, valid);
+  });
   fill_w<kBlockThreads>(W, gamma, valid);
   // The warpgroup solve's operands: K and X_sw in the split iterate's place, H_0 in the fp32
   // iterate's (neither form-2 array is used before q~), each 1024-byte aligned with room to spare.
@@ -120,8 +111,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
     copy_to_swizzled<D, D, kBlockThreads>(operands.h0, s.H.hi, s.ld_d);
     wgmma::fence_proxy_async();
   }
-  if (threadIdx.x < kChunk)
-    from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
+  fill_from_start(from_start, gamma, valid);
   prologue_products<D, Warps>(s.K, s.H, s.ld_d, gram2, khk, h0_parts);
   __syncthreads();
 

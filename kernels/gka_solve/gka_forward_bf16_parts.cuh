@@ -8,7 +8,9 @@
 
 #include <type_traits>
 
+#include "kernels/common/cp_async.cuh"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
+#include "kernels/ssd_chunk/ssd_chunk_common.cuh"
 
 namespace prime::kernels::detail::gka_forward {
 
@@ -165,6 +167,32 @@ __device__ __forceinline__ void frob_by_direct_sums(const float* W, const float*
       frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
     }
   }
+}
+
+// The prologue's loads, the block's Threads threads: the keys K [64][ld_of(D)] and H_0 [D][ld_of(D)]
+// by cp.async (with whatever `more` issues, in the same group), G_t (float64 sums of the log decays, 0
+// past T) into gamma [64] by warp 0 (scratch [64]); then the wait and a block barrier.
+template <int D, int Threads, typename More>
+__device__ __forceinline__ void load_prologue(const ForwardParams& p, const ChunkPlace& c, Bf16* keys, Bf16* h0,
+                                              double* gamma, float* scratch, More&& more) {
+  copy_async<kChunk, D, Threads>(keys, p.k + c.first_row, c.row_stride, c.valid);
+  copy_async<D, D, Threads>(h0, p.h_states + c.state_at, D);
+  more();
+  cp_async_commit();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const float2 logs = make_float2(lane < c.valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
+                                    lane + 32 < c.valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
+    ssd_common::scan_gamma(logs, 1.0f, gamma, scratch);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// e^{G_t} into from_start [64] (0 past the chunk's rows).
+__device__ __forceinline__ void fill_from_start(float* from_start, const double* gamma, int valid) {
+  if (threadIdx.x < kChunk)
+    from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
 }
 
 // W_tj = e^{G_t - G_j} for j <= t < valid (0 elsewhere) into W [64][kLdW]; the block's Threads threads.
