@@ -600,59 +600,99 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
   CHECK(at::equal(under_autograd.second, bf16.second));
 }
 
-// Training on the bf16 forward: bf16 q, k, v leaves, and fp32 ones under PRIME_SSM_CORE=bf16 (cast
-// inside). The forward's split walk keeps its bf16 per-chunk results and the written-out backward runs
-// in fp32 on them. Against float64 autograd on the same bf16-rounded inputs, each gradient (q, k, v, g,
-// beta, the initial state) within max(1e-2, 4 x its bf16 sensitivity): how far the float64 gradient
-// moves when q, k, v and the output's weight carry bf16-sized rounding (experiments/gdn_bf16_backward:
-// 0.5x of it is what the saved results' rounding costs). T not a multiple of 64, D = 32, 64, 128, and
-// the graph holds the bf16 function's node.
+// Training on the bf16 forward: bf16 q, k, v leaves, and fp32 ones under PRIME_SSM_CORE=bf16 (rounded
+// inside; the output, its gradient and the leaves' gradients fp32). The forward's split walk keeps its
+// bf16 per-chunk results and the written-out backward runs in fp32 on them. Against float64 autograd on
+// the same bf16-rounded inputs (and the same output weight: bf16-rounded for bf16 leaves, whose output
+// is bf16), each gradient (q, k, v, g, beta, the initial state) within max(1e-2, 4 x its bf16
+// sensitivity), how far the float64 gradient moves when q, k, v and the output's weight carry bf16-sized
+// rounding (experiments/gdn_bf16_backward: the bf16 forward's own rounding costs up to 1.5x of it). T
+// not a multiple of 64, D = 32, 64, 128, with and without an initial state, packed documents (chunk
+// starts), the fused walk asked for (training takes the split walk whatever is asked), and the graph
+// holds the bf16 function's node.
+namespace {
+
+void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_state, const std::vector<bool>& starts,
+                         const at::Device& cuda) {
+  const char* names[] = {"q", "k", "v", "g", "beta", "state"};
+  CoreInputs in = random_core_inputs(B, T, H, D, 131 + T + D);
+  for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
+  for (at::Tensor* t : {&in.g, &in.beta, &in.state}) *t = t->to(at::kFloat).to(at::kDouble);
+  at::Tensor flags, flags_cuda;
+  if (!starts.empty()) {
+    flags = at::tensor(std::vector<int64_t>(starts.begin(), starts.end())).to(at::kBool);
+    flags_cuda = flags.to(cuda);
+  }
+  const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble);
+  const at::Tensor state_weight = at::randn({B, H, D, D}, at::kDouble).to(at::kFloat).to(at::kDouble);
+  // Float64 gradients of <out, weight> + <final state, state_weight> (no initial state where without).
+  const auto float64_grads = [&](const CoreInputs& x, const at::Tensor& weight) {
+    std::vector<at::Tensor> leaves = as_leaves(x, at::kCPU, at::kDouble);
+    auto [out, final_state] = model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4],
+                                                              with_state ? leaves[5] : at::Tensor(), 64, flags);
+    const at::Tensor loss = (out * weight).sum() + (final_state * state_weight).sum();
+    std::vector<at::Tensor> grads = torch::autograd::grad({loss}, leaves, {}, false, false, /*allow_unused=*/true);
+    if (!with_state) grads.pop_back();
+    return grads;
+  };
+  for (const bool fp32_leaves : {false, true}) {
+    const at::Tensor weight = fp32_leaves ? out_weight : out_weight.to(at::kBFloat16).to(at::kDouble);
+    const std::vector<at::Tensor> reference = float64_grads(in, weight);
+    CoreInputs nudged = in;
+    at::manual_seed(7 + T);
+    const auto nudge = [](const at::Tensor& t) { return t * (1.0 + std::ldexp(1.0, -9) * at::randn_like(t)); };
+    nudged.q = nudge(in.q), nudged.k = nudge(in.k), nudged.v = nudge(in.v);
+    const std::vector<at::Tensor> moved = float64_grads(nudged, nudge(weight));
+    const test::ScopedEnv core("PRIME_SSM_CORE", fp32_leaves ? "bf16" : nullptr);
+    const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", "fused");
+    std::vector<at::Tensor> leaves = as_leaves(in, cuda, at::kFloat);
+    if (!fp32_leaves)
+      for (int i = 0; i < 3; ++i) leaves[i] = leaves[i].detach().to(at::kBFloat16).requires_grad_(true);
+    if (!with_state) leaves.pop_back();
+    auto [out, final_state] = model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4],
+                                                              with_state ? leaves[5] : at::Tensor(), 64, flags_cuda);
+    CHECK(test::any_contains(test::graph_node_names(out), "GdnChunkFusedBf16"));
+    CHECK(out.scalar_type() == (fp32_leaves ? at::kFloat : at::kBFloat16));
+    const at::Tensor loss = (out.to(at::kFloat) * weight.to(cuda, at::kFloat)).sum() +
+                            (final_state * state_weight.to(cuda, at::kFloat)).sum();
+    const std::vector<at::Tensor> grads = torch::autograd::grad({loss}, leaves);
+    std::ostringstream line;
+    line << "[kernels][gdn] trained on the bf16 forward (" << (fp32_leaves ? "fp32 leaves, PRIME_SSM_CORE=bf16" : "bf16 leaves")
+         << ") B=" << B << " T=" << T << " H=" << H << " D=" << D << (with_state ? "" : " no state")
+         << (starts.empty() ? "" : " chunk starts") << ": gradients vs float64 (bf16 sensitivity)";
+    for (size_t i = 0; i < grads.size(); ++i) {
+      CHECK(grads[i].scalar_type() == leaves[i].scalar_type());
+      const double error = norm_relative_error(grads[i].to(at::kDouble), reference[i]);
+      const double sensitivity = norm_relative_error(moved[i], reference[i]);
+      line << " " << names[i] << " " << error << " (" << sensitivity << ")";
+      INFO(names[i] << " gradient " << error << ", its bf16 sensitivity " << sensitivity);
+      CHECK(error <= std::max(1e-2, 4 * sensitivity));
+    }
+    std::cout << line.str() << std::endl;
+  }
+}
+
+}  // namespace
+
 TEST_CASE("GDN trained on the bf16 forward: gradients within bf16 accuracy of float64", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
-  const char* names[] = {"q", "k", "v", "g", "beta", "state"};
-  for (const auto& [B, T, H, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-           {2, 200, 3, 64}, {1, 300, 2, 128}, {2, 192, 2, 32}, {1, 1100, 2, 128}}) {
-    CoreInputs in = random_core_inputs(B, T, H, D, 131 + T + D);
-    for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
-    for (at::Tensor* t : {&in.g, &in.beta, &in.state}) *t = t->to(at::kFloat).to(at::kDouble);
-    const at::Tensor out_weight = at::randn({B, T, H, D}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
-    const at::Tensor state_weight = at::randn({B, H, D, D}, at::kDouble).to(at::kFloat).to(at::kDouble);
-    const CoreRun reference = run_core(as_leaves(in, at::kCPU, at::kDouble), 64, out_weight, state_weight);
-    CoreInputs nudged = in;
-    at::manual_seed(7 + T);
-    const auto nudge = [](const at::Tensor& t) { return t * (1.0 + std::ldexp(1.0, -9) * at::randn_like(t)); };
-    nudged.q = nudge(in.q), nudged.k = nudge(in.k), nudged.v = nudge(in.v);
-    const CoreRun moved = run_core(as_leaves(nudged, at::kCPU, at::kDouble), 64, nudge(out_weight), state_weight);
-    for (const bool fp32_leaves : {false, true}) {
-      const test::ScopedEnv core("PRIME_SSM_CORE", fp32_leaves ? "bf16" : nullptr);
-      std::vector<at::Tensor> leaves = as_leaves(in, cuda, at::kFloat);
-      if (!fp32_leaves)
-        for (int i = 0; i < 3; ++i) leaves[i] = leaves[i].detach().to(at::kBFloat16).requires_grad_(true);
-      auto [out, final_state] =
-          model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], 64);
-      CHECK(test::any_contains(test::graph_node_names(out), "GdnChunkFusedBf16"));
-      CHECK(out.scalar_type() == (fp32_leaves ? at::kFloat : at::kBFloat16));
-      const at::Tensor loss = (out.to(at::kFloat) * out_weight.to(cuda, at::kFloat)).sum() +
-                              (final_state * state_weight.to(cuda, at::kFloat)).sum();
-      const std::vector<at::Tensor> grads = torch::autograd::grad({loss}, leaves);
-      std::ostringstream line;
-      line << "[kernels][gdn] trained on the bf16 forward (" << (fp32_leaves ? "fp32 leaves, PRIME_SSM_CORE=bf16" : "bf16 leaves")
-           << ") B=" << B << " T=" << T << " H=" << H << " D=" << D << ": out vs float64 "
-           << norm_relative_error(out.to(at::kDouble), reference.out) << "; gradients vs float64 (bf16 sensitivity)";
-      for (size_t i = 0; i < grads.size(); ++i) {
-        CHECK(grads[i].scalar_type() == leaves[i].scalar_type());
-        const double error = norm_relative_error(grads[i].to(at::kDouble), reference.grads[i]);
-        const double sensitivity = norm_relative_error(moved.grads[i], reference.grads[i]);
-        line << " " << names[i] << " " << error << " (" << sensitivity << ")";
-        INFO(names[i] << " gradient " << error << ", its bf16 sensitivity " << sensitivity);
-        CHECK(error <= std::max(1e-2, 4 * sensitivity));
-      }
-      std::cout << line.str() << std::endl;
-    }
-  }
+  check_bf16_training(2, 200, 3, 64, true, {}, cuda);
+  check_bf16_training(1, 300, 2, 128, true, {}, cuda);
+  check_bf16_training(2, 192, 2, 32, false, {}, cuda);
+  check_bf16_training(1, 1100, 2, 128, true, {}, cuda);
+  check_bf16_training(2, 320, 2, 64, true, {false, true, false, true, false}, cuda);
+}
+
+// Small enough for compute-sanitizer: two chunks, the second partial, every kernel of the bf16 forward's
+// split walk and of the backward (the inverse formed again) once per chunk.
+TEST_CASE("GDN trained on the bf16 forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  check_bf16_training(1, 100, 1, 32, true, {}, at::Device(at::kCUDA, 0));
 }
 
 TEST_CASE("GDN trained on the fused forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {

@@ -21,7 +21,7 @@ export PRIME_REQUIRE_CUDA=1
 run 240 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,kernels in the model*"
 grep -E "trained on the bf16|PRIME_SSM_CORE|FAILED|passed|failed" "$OUT/gdn_tests.txt" | tail -20
 run 120 sanitizer_memcheck compute-sanitizer --tool memcheck build-gpu/bin/prime_tests \
-  "GDN trained on the fused forward: a small shape*"
+  "GDN trained on the fused forward: a small shape*,GDN trained on the bf16 forward: a small shape*"
 grep -E "ERROR SUMMARY" "$OUT/sanitizer_memcheck.txt"
 for round in 1 2; do
   for dtype in bf16 fp32; do

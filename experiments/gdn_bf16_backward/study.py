@@ -9,9 +9,12 @@ initial state) with the float64 gradient of the same bf16 inputs, beside each gr
 to bf16-sized rounding of q, k, v and dO (each element times 1 + 2^-9 xi): the bound the bf16 kernel
 tests hold gradients to is max(1e-2, 4 x that sensitivity).
 
-The saved forward results are what GDN's bf16 forward writes (W, U_n, K_d and the states entering
-each chunk in bf16, the chunk decays in fp32); the reverse walk's state G stays fp32 between chunks
-as the forward's S does.
+The saved forward results are what GDN's bf16 forward writes, with its arithmetic emulated
+(kernels/gdn_chunk/gdn_forward_bf16_kernels.cu, split walk): W = T diag(beta e^G) K and U' = T diag(beta) V
+on bf16 operands (T rounded to bf16), stored in bf16; U_n = bf16(U' - W bf16(S)); the carried state S
+fp32, updated with bf16 K_d and U_n; the states entering each chunk stored in bf16. The reverse walk's
+state G stays fp32 between chunks as the forward's S does. Where a design returns q's, k's and v's
+gradients in bf16 (bf16 leaves) they are rounded so.
 
 Usage: python3 study.py [--seq 1024] [--dim 128] [--heads 2] [--seed 0] [--slow] [--designs a,b,...]
 Prints one line per design and gradient: error vs float64, the sensitivity, and the ratio.
@@ -121,6 +124,28 @@ def forward(q, k, v, g, beta, state):
     return o, S, saved
 
 
+def forward_bf16(q, k, v, g, beta, state):
+    """What GDN's bf16 forward (split walk) saves, its arithmetic emulated (see the module's doc)."""
+    qc, kc, vc, gc, bc = chunks(q), chunks(k), chunks(v), chunks(g), chunks(beta)
+    gamma = torch.cumsum(gc, -1)
+    decay = fp32(torch.exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril(-1))
+    A = fp32((bc.unsqueeze(-1) * product(kc, kc.transpose(-1, -2), "bf16") * decay).tril(-1))
+    eye = torch.eye(C, dtype=q.dtype)
+    T = fp32(torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True))
+    w = bf16(product(T, (bc * torch.exp(gamma)).unsqueeze(-1) * kc, "bf16"))
+    u_local = bf16(product(T, bc.unsqueeze(-1) * vc, "bf16"))
+    k_decayed = bf16(kc * torch.exp(gamma[..., -1:] - gamma).unsqueeze(-1))
+    chunk_decay = fp32(torch.exp(gamma[..., -1]))
+    S = fp32(state)
+    states, us = [], []
+    for n in range(qc.shape[1]):
+        states.append(bf16(S))
+        U = bf16(u_local[:, n] - product(w[:, n], S, "bf16"))
+        us.append(U)
+        S = fp32(chunk_decay[:, n, None, None] * S + product(k_decayed[:, n].transpose(-1, -2), U, "bf16"))
+    return dict(w=w, u=torch.stack(us, 1), k_decayed=k_decayed, decay=chunk_decay, states=torch.stack(states, 1), T=T)
+
+
 def backward(inputs, saved, d_out, d_final, design):
     """gdn_chunk_backward's math with the design's arithmetic (see DESIGNS)."""
     q, k, v, g, beta, _ = inputs
@@ -197,7 +222,8 @@ def backward(inputs, saved, d_out, d_final, design):
     dg = fp32(dg + (d_chunk_decay * chunk_decay).unsqueeze(-1))
     h, n = qc.shape[:2]
     flat = lambda x: x.reshape(h, n * C, *x.shape[3:])  # noqa: E731
-    return [flat(dq), flat(dk), flat(dv), flat(dg), flat(d_beta), d_initial]
+    out = store(flat(dq), P("grads", "fp32")), store(flat(dk), P("grads", "fp32")), store(flat(dv), P("grads", "fp32"))
+    return [*out, flat(dg), flat(d_beta), d_initial]
 
 
 def reference_gradients(inputs, d_out, d_final):
@@ -214,12 +240,17 @@ def relative(a, b):
 # Each design: the arithmetic of the backward's products and stored intermediates (default for every
 # product not named). Names: the products in backward() (mm's first argument), "saved" (W, U_n, K_d),
 # "states" (S_n), "walk_operand" (G as the walk's MMA operand), "g_operand" (G as the per-chunk
-# products' operand), "inverse" ("recompute" in fp32 from A, or the stored T's rounding).
+# products' operand), "inverse" ("recompute" in fp32 from A, or the stored T's rounding), "grads" (the
+# gradients of q, k, v returned: fp32, or bf16 for bf16 leaves), "forward" ("bf16": the saved results
+# from the emulated bf16 forward; "f64": the float64 forward's, unrounded).
 DESIGNS = {
-    "f64": dict(default="f64", saved="f64", states="f64", walk_operand="f64", g_operand="f64", inverse="f64"),
+    "f64": dict(default="f64", saved="f64", states="f64", walk_operand="f64", g_operand="f64", inverse="f64",
+                forward="f64"),
     "fp32 kernels on the bf16 forward's results": dict(default="fp32", walk_operand="fp32", g_operand="fp32"),
+    "the same, q's, k's and v's gradients in bf16": dict(default="fp32", walk_operand="fp32", g_operand="fp32",
+                                                          grads="bf16"),
     "all bf16": dict(default="bf16"),
-    "all bf16, T stored bf16": dict(default="bf16", inverse="bf16"),
+    "all bf16, gradients in bf16": dict(default="bf16", grads="bf16"),
     "bf16, the walk's G split": dict(default="bf16", walk_kg="right"),
     "bf16, the inverse's products split": dict(default="bf16", d_v_in="left", d_k_in="left", p_left="left",
                                                p_right="right"),
@@ -251,12 +282,14 @@ def main():
     nudged = [nudge(x) if i < 3 else x for i, x in enumerate(inputs)]
     moved = reference_gradients(nudged, nudge(d_out), d_final)
     sensitivity = [relative(m, r) for m, r in zip(moved, reference)]
-    _, _, saved = forward(*inputs)
+    _, _, exact = forward(*inputs)
+    emulated = forward_bf16(*inputs)
     print(f"T={args.seq} D={args.dim} H={args.heads} seed={args.seed}{' slow gates' if args.slow else ''}; sensitivity " +
           " ".join(f"{n} {s:.2e}" for n, s in zip(GRADIENTS, sensitivity)))
     names = [n for n in args.designs.split(",") if n] or list(DESIGNS)
     for name in names:
-        grads = backward(inputs, saved, d_out, d_final, DESIGNS[name])
+        design = DESIGNS[name]
+        grads = backward(inputs, exact if design.get("forward", "bf16") == "f64" else emulated, d_out, d_final, design)
         errors = [relative(a, b) for a, b in zip(grads, reference)]
         worst = max(e / max(1e-2, 4 * s) for e, s in zip(errors, sensitivity))
         print(f"{name}: " + " ".join(f"{n} {e:.2e} ({e / s:.1f}x)" for n, e, s in zip(GRADIENTS, errors, sensitivity)) +

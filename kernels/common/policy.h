@@ -43,9 +43,10 @@ bool served_float_type(at::ScalarType type);
 bool records_gradient(const at::Tensor& tensor);
 
 // PRIME_SSM_CORE: "bf16" makes the chunked SSM cores that have a bf16 form run fp32 operands
-// through it (the operands cast to bf16, the output returned in fp32): GDN's and GKA's bf16
-// forwards when no gradient is recorded (prefill, evaluation), Mamba-2's forward and backward
-// (training too), and in training GKA's solve forward on bf16x3 products (its backward stays fp32);
+// through it (the operands cast to bf16, the output returned in fp32): GKA's bf16 forward when no
+// gradient is recorded (prefill, evaluation), GDN's bf16 forward with or without (in training with its
+// written-out backward in fp32), Mamba-2's forward and backward (training too), and in training GKA's
+// solve forward on bf16x3 products (its backward stays fp32);
 // unset or "fp32" keeps the fp32 forms. Any other value is a UserError naming the variable. Read
 // at each call.
 bool bf16_ssm_core();

@@ -194,7 +194,9 @@ bool gdn_chunk_fused_apply(const at::Tensor& q, const at::Tensor& k, const at::T
 bool gdn_chunk_fused_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                                 const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                                 const at::Tensor& chunk_starts) {
-  return q.scalar_type() == at::kBFloat16 && fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
+  const int64_t dim = q.size(-1);
+  return (q.scalar_type() == at::kBFloat16 || (q.scalar_type() == at::kFloat && dim <= 128)) &&
+         fused_form_serves(q, k, v, g, beta, state, chunk_size, chunk_starts);
 }
 
 namespace {
@@ -349,15 +351,17 @@ GdnChunkBackwardOps cuda_backward_ops() {
 
 // The fused autograd functions' backward: gdn_chunk_backward on what their forward saved, {q, k, v,
 // g, beta, w, u, k_decayed, decay, states, starts_or_empty} and each chunk's (I + A)^-1 where kept,
-// with the state's gradient where the forward had one.
-variable_list fused_backward(AutogradContext* context, const variable_list& grad_outputs) {
+// with the state's gradient where the forward had one; q's, k's and v's gradients in `leaves`, their
+// leaves' dtype.
+variable_list fused_backward(AutogradContext* context, const variable_list& grad_outputs, at::ScalarType leaves) {
   const variable_list saved = context->get_saved_variables();
   const GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
                         saved[6], saved[7], saved[8], saved[9], saved.size() > 11 ? saved[11] : at::Tensor(),
                         optional(saved[10])};
   const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
   const bool has_state = context->saved_data["has_state"].toBool();
-  return {grads.q, grads.k, grads.v, grads.g, grads.beta, has_state ? grads.state : at::Tensor(), at::Tensor()};
+  return {grads.q.to(leaves), grads.k.to(leaves), grads.v.to(leaves), grads.g, grads.beta,
+          has_state ? grads.state : at::Tensor(), at::Tensor()};
 }
 
 // Training on the fused forward: it saves the kernels' per-chunk results, and the backward is
@@ -381,31 +385,35 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
-    return fused_backward(context, grad_outputs);
+    return fused_backward(context, grad_outputs, at::kFloat);
   }
 };
 
-// Training on the bf16 forward: q, k, v bf16, g, beta and the state fp32. The forward takes the split
-// walk and keeps its bf16 per-chunk results; the backward is gdn_chunk_backward on them, in fp32, with
-// each chunk's (I + A)^-1 formed again (the bf16 prep does not write it).
+// Training on the bf16 forward: q, k, v bf16, or fp32 ones rounded to bf16 here (the output then fp32
+// too, its gradient taken in fp32 and the inputs' gradients returned in fp32: no rounding beyond the
+// forward's own); g, beta and the state fp32. The forward takes the split walk and keeps its bf16
+// per-chunk results; the backward is gdn_chunk_backward on them, in fp32, with each chunk's (I + A)^-1
+// formed again (the bf16 prep does not write it).
 struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
   static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& state_or_empty, const at::Tensor& starts_or_empty) {
     const at::Tensor state = optional(state_or_empty), starts = optional(starts_or_empty);
     const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
-    at::Tensor o = new_output({B, T, H, D}, q.options());
+    const auto bf16 = [](const at::Tensor& x) { return contiguous_aligned(x.to(at::kBFloat16), 16); };
+    const at::Tensor qc = bf16(q), kc = bf16(k), vc = bf16(v), gc = g.contiguous(), bc = beta.contiguous();
+    at::Tensor o = new_output({B, T, H, D}, qc.options());
     at::Tensor final_state = new_output({B, H, D, D}, q.options().dtype(at::kFloat));
-    const at::Tensor qc = contiguous_aligned(q, 16), kc = contiguous_aligned(k, 16), vc = contiguous_aligned(v, 16);
-    const at::Tensor gc = g.contiguous(), bc = beta.contiguous();
     const Bf16Scratch s = forward_bf16(qc, kc, vc, gc, bc, state, starts, o, final_state, /*for_backward=*/true);
     context->save_for_backward({qc, kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay, s.states, starts_or_empty});
     context->saved_data["has_state"] = state.defined();
-    return {o, final_state};
+    context->saved_data["leaves"] = static_cast<int64_t>(q.scalar_type());
+    return {o.to(q.scalar_type()), final_state};
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
-    return fused_backward(context, grad_outputs);
+    return fused_backward(context, grad_outputs,
+                          static_cast<at::ScalarType>(context->saved_data["leaves"].toInt()));
   }
 };
 
@@ -461,8 +469,9 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_fused_bf16(const at::Tensor& q, cons
                                                        const at::Tensor& g, const at::Tensor& beta,
                                                        const at::Tensor& state, const at::Tensor& chunk_starts) {
   check_fused_operands("gdn_chunk_fused_bf16", q, k, v, g, beta, state, chunk_starts);
-  PRIME_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
-              "gdn_chunk_fused_bf16: bf16 q, k, v, got ", q.scalar_type());
+  PRIME_CHECK((q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kFloat) &&
+                  k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "gdn_chunk_fused_bf16: bf16 or fp32 q, k, v, got ", q.scalar_type());
   return apply_fused<GdnChunkFusedBf16>(q, k, v, g, beta, state, chunk_starts);
 }
 

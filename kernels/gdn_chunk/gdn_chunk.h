@@ -82,18 +82,20 @@ std::pair<at::Tensor, at::Tensor> gdn_chunk_fused(const at::Tensor& q, const at:
                                                   const at::Tensor& g, const at::Tensor& beta,
                                                   const at::Tensor& state, const at::Tensor& chunk_starts);
 
-// Whether gdn_chunk_fused_bf16 serves these operands: bf16 q, k, v, and the bf16 conditions above other
-// than autograd.
+// Whether gdn_chunk_fused_bf16 serves these operands: bf16 q, k, v and the bf16 conditions above, or fp32
+// ones with the fp32 conditions above and head dim <= 128; autograd aside.
 bool gdn_chunk_fused_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                                 const at::Tensor& beta, const at::Tensor& state, int64_t chunk_size,
                                 const at::Tensor& chunk_starts);
 
-// Training on the bf16 fused forward (q, k, v bf16; g, beta, state fp32): differentiable in all six.
-// The forward takes the split walk, whose bf16 per-chunk results (W, U_n, K_d, the states entering each
-// chunk; the chunk decays in fp32) it keeps: less than half of what gdn_chunk_fused keeps. Its backward is
-// gdn_chunk_backward on them in fp32 (the fp32 kernels; each chunk's (I + A)^-1 formed again), so the
-// gradients carry the bf16 forward's rounding and no more (experiments/gdn_bf16_backward); those of q,
-// k, v come back in bf16. The output is bf16, the final state fp32.
+// Training on the bf16 fused forward: differentiable in all six operands. q, k, v bf16, or fp32 ones
+// rounded to bf16 inside (PRIME_SSM_CORE=bf16: the output then fp32, its gradient taken in fp32, and q's,
+// k's and v's gradients fp32); g, beta, state fp32. The forward takes the split walk, whose bf16
+// per-chunk results (W, U_n, K_d, the states entering each chunk; the chunk decays in fp32) it keeps:
+// less than half of what gdn_chunk_fused keeps. Its backward is gdn_chunk_backward on them in fp32 (the
+// fp32 kernels; each chunk's (I + A)^-1 formed again), so the gradients carry the bf16 forward's own
+// rounding, up to 1.5x their sensitivity to bf16 inputs (experiments/gdn_bf16_backward); bf16 leaves get
+// theirs rounded to bf16. The output is in q's dtype, the final state fp32.
 std::pair<at::Tensor, at::Tensor> gdn_chunk_fused_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        const at::Tensor& g, const at::Tensor& beta,
                                                        const at::Tensor& state, const at::Tensor& chunk_starts);

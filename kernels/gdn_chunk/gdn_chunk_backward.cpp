@@ -168,8 +168,9 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   PRIME_CHECK(N * kChunk >= T && s.w.size(0) == M && s.w.size(2) == kChunk && s.states.size(2) == D,
               "gdn_chunk_backward: saved w ", s.w.sizes(), " and states ", s.states.sizes(), " for q ", s.q.sizes());
   // The bf16 forward's results (bf16 q, k, v, W, U_n, K_d and states) are taken in fp32: the chain
-  // rule below runs in fp32 on their exact values (experiments/gdn_bf16_backward: the gradients stay
-  // within half their bf16 sensitivity), the gradients of q, k, v returned in bf16.
+  // rule below runs in fp32 on their exact values, and the gradients come back in fp32 (the caller
+  // rounds them for bf16 leaves). What the gradients then carry is the bf16 forward's own rounding:
+  // up to 1.5x their sensitivity to bf16 inputs (experiments/gdn_bf16_backward).
   const bool bf16 = s.q.scalar_type() == at::kBFloat16;
   const at::ScalarType work = bf16 ? at::kFloat : s.q.scalar_type();
   const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
@@ -239,19 +240,17 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});
-  const auto as_input = [&](const at::Tensor& x) { return bf16 ? x.to(at::kBFloat16) : x; };  // q, k, v's dtype
 #ifdef PRIME_WITH_CUDA
   if (on_kernels) {  // already in the inputs' layout
     const ChainGrads chain = chain_rule_kernels(c, B, T, H);
-    grads.q = as_input(chain.dq), grads.k = as_input(chain.dk), grads.v = as_input(chain.dv);
-    grads.g = chain.dg, grads.beta = chain.d_beta;
+    grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;
   }
 #endif
   const ChainGrads chain = chain_rule_aten(c, decay);
-  grads.q = as_input(from_chunks(chain.dq, B, T, H));
-  grads.k = as_input(from_chunks(chain.dk, B, T, H));
-  grads.v = as_input(from_chunks(chain.dv, B, T, H));
+  grads.q = from_chunks(chain.dq, B, T, H);
+  grads.k = from_chunks(chain.dk, B, T, H);
+  grads.v = from_chunks(chain.dv, B, T, H);
   grads.g = from_chunks(chain.dg, B, T, H);
   grads.beta = from_chunks(chain.d_beta, B, T, H);
   return grads;

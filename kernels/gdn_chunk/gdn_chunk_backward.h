@@ -29,8 +29,7 @@ namespace prime::kernels {
 // inverse [M,N,64,64] = T, or undefined (the backward then forms it with ops.inverse); M = B*H,
 // N = ceil(T / 64); starts [N] bool or undefined (packed documents' first chunks). All in q's dtype
 // (fp32 or float64), or, from the bf16 forward, q, k, v, w, u, k_decayed and states bf16 with the
-// rest fp32: then the backward runs in fp32 on their values and returns q's, k's and v's gradients
-// in bf16.
+// rest fp32: then the backward runs in fp32 on their values and every gradient is fp32.
 struct GdnChunkSaved {
   at::Tensor q, k, v, g, beta;
   at::Tensor w, u, k_decayed, decay, states, inverse;

@@ -89,16 +89,11 @@ std::pair<at::Tensor, at::Tensor> gated_delta_rule_chunked(const at::Tensor& q, 
     return {at::empty({batch, 0, heads, dim}, q.options()), S};
   }
   // Training on CUDA: the same fused forward, with a written-out backward; fp32, or with PRIME_SSM_CORE=bf16
-  // the bf16 forward (q, k, v cast to bf16, the output cast back: both casts differentiable; the backward
-  // in fp32 on the bf16 forward's results). bf16 q, k, v take the bf16 forward.
+  // the bf16 forward (q, k, v rounded to bf16 inside, the output and the gradients fp32; the backward in
+  // fp32 on the bf16 forward's results). bf16 q, k, v take the bf16 forward.
   if (kernels::gdn_chunk_fused_apply(q, k, v, g, beta, state, chunk_size, chunk_starts)) {
-    if (kernels::bf16_ssm_core() && dim <= 128) {
-      const at::Tensor q16 = q.to(at::kBFloat16), k16 = k.to(at::kBFloat16), v16 = v.to(at::kBFloat16);
-      if (kernels::gdn_chunk_fused_bf16_apply(q16, k16, v16, g, beta, state, chunk_size, chunk_starts)) {
-        auto [o, final_state] = kernels::gdn_chunk_fused_bf16(q16, k16, v16, g, beta, state, chunk_starts);
-        return {o.to(at::kFloat), final_state};
-      }
-    }
+    if (kernels::bf16_ssm_core() && kernels::gdn_chunk_fused_bf16_apply(q, k, v, g, beta, state, chunk_size, chunk_starts))
+      return kernels::gdn_chunk_fused_bf16(q, k, v, g, beta, state, chunk_starts);
     return kernels::gdn_chunk_fused(q, k, v, g, beta, state, chunk_starts);
   }
   if (kernels::gdn_chunk_fused_bf16_apply(q, k, v, g, beta, state, chunk_size, chunk_starts))
