@@ -68,6 +68,21 @@ TEST_CASE("chunk gemm: CPU operands take baddbmm and give its result", "[kernels
   CHECK(test::norm_relative_error(out, scaled_want) < 1e-14);
 }
 
+// Precision::Bf16 off CUDA: the products of the operands rounded to bf16 (what the kernel multiplies).
+TEST_CASE("chunk gemm: bf16 products on the CPU multiply the operands rounded to bf16", "[kernels][chunk_gemm]") {
+  at::manual_seed(5);
+  const at::Tensor a = at::randn({3, 16, 32}, at::kDouble), b = at::randn({3, 32, 16}, at::kDouble);
+  const auto rounded = [](const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kDouble); };
+  at::Tensor out = at::randn({3, 16, 16}, at::kDouble);
+  const at::Tensor want = 0.5 * out + 2.0 * at::bmm(rounded(a), rounded(b));
+  kernels::chunk_gemm(out, a, b, 2.0, 0.5, at::Tensor(), kernels::GemmPrecision::Bf16);
+  CHECK(test::norm_relative_error(out, want) < 1e-14);
+  CHECK(test::norm_relative_error(out, 0.5 * out + 2.0 * at::bmm(a, b)) > 1e-4);  // the rounding shows
+  const at::Tensor scale = at::randn({3, 16}, at::kDouble);
+  CHECK(test::norm_relative_error(kernels::chunk_matmul(a, b, -1.0, scale, kernels::GemmPrecision::Bf16),
+                                  -at::bmm(rounded(a), rounded(b)) * scale.unsqueeze(1)) < 1e-14);
+}
+
 TEST_CASE("chunk gemm: fp32 products on CUDA within 1e-5 of float64 per element", "[kernels][gpu][chunk_gemm]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -105,6 +120,49 @@ TEST_CASE("chunk gemm: fp32 products on CUDA within 1e-5 of float64 per element"
           worst = std::max(worst, scaled_error);
         }
   WARN("chunk_gemm: worst per-element error " << worst << " of |a| |b|");
+}
+
+// Precision::Bf16 on CUDA: each operand element rounded to bf16, one bf16 MMA per 16-deep step, fp32
+// accumulation. Against the float64 product of the rounded operands every element within 1e-5 of its
+// scale (|a| |b| of the rounded operands: only the fp32 accumulation is left), and away from the
+// unrounded product (the rounding took place), for both orientations, partial tiles, depths that end
+// mid-step (8, 40) and several stages (256), beta 0 / 1 / -0.5, with and without a column scale.
+TEST_CASE("chunk gemm: bf16 products on CUDA multiply the operands rounded to bf16", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(13);
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const auto rounded = [](const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kFloat); };
+  const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>> shapes = {
+      {37, 64, 128, 128}, {5, 128, 64, 128}, {3, 48, 40, 80}, {2, 16, 8, 16}, {2, 256, 256, 64}};
+  const std::vector<std::pair<double, double>> scalings = {{1.0, 0.0}, {-1.5, 1.0}, {0.75, -0.5}};
+  double worst = 0.0;
+  for (const auto& [batch, m, k, n] : shapes)
+    for (const bool a_rows : {true, false})
+      for (const bool b_rows : {true, false})
+        for (const auto& [alpha, beta] : scalings) {
+          const at::Tensor a = operand(batch, m, k, a_rows, 4, options);
+          const at::Tensor b = operand(batch, k, n, b_rows, 0, options);
+          at::Tensor out = beta == 0.0 ? at::full({batch, m, n}, NAN, options) : at::randn({batch, m, n}, options);
+          const at::Tensor out0 = out.clone();
+          INFO("(" << batch << "," << m << "," << k << "," << n << ") a rows " << a_rows << " b rows " << b_rows
+                   << " alpha " << alpha << " beta " << beta);
+          REQUIRE(kernels::chunk_gemm_apply(out, a, b));
+          const at::Tensor column_scale = at::randn({batch, n}, options);
+          for (const bool scaled : {false, true}) {
+            at::Tensor got = out0.clone();
+            kernels::chunk_gemm(got, a, b, alpha, beta, scaled ? column_scale : at::Tensor(),
+                                kernels::GemmPrecision::Bf16);
+            const double error = worst_error(got, rounded(a), rounded(b), out0, alpha, beta,
+                                             scaled ? column_scale : at::Tensor());
+            CHECK(error < 1e-5);
+            worst = std::max(worst, error);
+            if (!scaled && beta == 0.0)
+              CHECK(worst_error(got, a, b, out0, alpha, beta) > 1e-4);  // the operands were rounded
+          }
+        }
+  WARN("chunk_gemm bf16: worst per-element error " << worst << " of |a| |b| (rounded operands)");
 }
 
 TEST_CASE("chunk gemm: a broadcast operand and the shapes the kernel declines", "[kernels][gpu][chunk_gemm]") {

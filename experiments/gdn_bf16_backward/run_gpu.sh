@@ -3,7 +3,8 @@
 # GPU in one call: builds build-gpu (carry .deps), runs the GDN tests with PRIME_REQUIRE_CUDA=1 (the
 # bf16 training path's gradients against float64 among them), memcheck on the small training shape,
 # `prime-bench kernels --types GDN` fwd and fwd+bwd with --dtype bf16 and fp32 alternating twice at
-# (4,8192,32,128), then the 8B-shape GDN 1:3 align step with and without PRIME_SSM_CORE=bf16
+# (4,8192,32,128) (bf16 with its backward's products on bf16 and on fp32 operands), then the 8B-shape
+# GDN 1:3 align step with and without PRIME_SSM_CORE=bf16
 # alternating (step time, MFU, peak memory). Steps run while the time left allows (DEADLINE_S, default
 # 570). Results under $OUT, all.tgz among them.
 #   bash experiments/gdn_bf16_backward/run_gpu.sh
@@ -15,19 +16,20 @@ source experiments/gpu/steps.sh  # left, run, begin_out
 OUT=${OUT:-/tmp/prime-gdn-bf16-backward-out}
 begin_out
 bash experiments/gpu/build_filtered.sh "$OUT" \
-  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_gdn|gdn_chunk_backward|kernels_model)[.]cpp' \
+  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_gdn|gdn_chunk_backward|kernels_model|kernels_chunk_gemm)[.]cpp' \
   prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
-run 240 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,kernels in the model*"
+run 240 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,kernels in the model*,chunk gemm*"
 grep -E "trained on the bf16|PRIME_SSM_CORE|FAILED|passed|failed" "$OUT/gdn_tests.txt" | tail -20
 run 120 sanitizer_memcheck compute-sanitizer --tool memcheck build-gpu/bin/prime_tests \
   "GDN trained on the fused forward: a small shape*,GDN trained on the bf16 forward: a small shape*"
 grep -E "ERROR SUMMARY" "$OUT/sanitizer_memcheck.txt"
 for round in 1 2; do
-  for dtype in bf16 fp32; do
-    name=kernels_bench_gdn_${dtype}_$round
-    run 60 "$name" build-gpu/bin/prime-bench kernels --device cuda --types GDN --dtype $dtype --repeats 5 &&
-      grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
+  for setting in bf16:bf16 bf16:fp32 fp32:fp32; do  # --dtype : PRIME_GDN_BACKWARD_PRODUCTS
+    dtype=${setting%:*} products=${setting#*:}
+    name=kernels_bench_gdn_${dtype}_products_${products}_$round
+    PRIME_GDN_BACKWARD_PRODUCTS=$products run 60 "$name" build-gpu/bin/prime-bench kernels --device cuda \
+      --types GDN --dtype $dtype --repeats 5 && grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
   done
 done
 for round in 1 2; do

@@ -26,7 +26,7 @@ import torch
 
 C = 64  # the kernels' chunk
 
-GRADIENTS = ["q", "k", "v", "g", "beta", "state"]
+GRADIENTS = ["q", "k", "v", "g", "beta", "state", "sum(dg g)"]
 
 
 def bf16(x):
@@ -124,16 +124,17 @@ def forward(q, k, v, g, beta, state):
     return o, S, saved
 
 
-def forward_bf16(q, k, v, g, beta, state):
-    """What GDN's bf16 forward (split walk) saves, its arithmetic emulated (see the module's doc)."""
+def forward_bf16(q, k, v, g, beta, state, t_products="bf16"):
+    """What GDN's bf16 forward (split walk) saves, its arithmetic emulated (see the module's doc);
+    t_products "left": W's and U''s products with T split into hi + lo (two MMAs) instead of T rounded."""
     qc, kc, vc, gc, bc = chunks(q), chunks(k), chunks(v), chunks(g), chunks(beta)
     gamma = torch.cumsum(gc, -1)
     decay = fp32(torch.exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril(-1))
     A = fp32((bc.unsqueeze(-1) * product(kc, kc.transpose(-1, -2), "bf16") * decay).tril(-1))
     eye = torch.eye(C, dtype=q.dtype)
     T = fp32(torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True))
-    w = bf16(product(T, (bc * torch.exp(gamma)).unsqueeze(-1) * kc, "bf16"))
-    u_local = bf16(product(T, bc.unsqueeze(-1) * vc, "bf16"))
+    w = bf16(product(T, (bc * torch.exp(gamma)).unsqueeze(-1) * kc, t_products))
+    u_local = bf16(product(T, bc.unsqueeze(-1) * vc, t_products))
     k_decayed = bf16(kc * torch.exp(gamma[..., -1:] - gamma).unsqueeze(-1))
     chunk_decay = fp32(torch.exp(gamma[..., -1]))
     S = fp32(state)
@@ -237,12 +238,20 @@ def relative(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def with_decay_gradient(grads, g):
+    """The gradients and, last, sum_t dg_t g_t per head: what a decay parameter's gradient sums (g =
+    -e^{A_log} softplus(...): dA_log = sum dg g), where the steps with strong decays, whose small dg the
+    norm of dg hardly sees, weigh most."""
+    return [*grads, (grads[3] * g).sum(-1)]
+
+
 # Each design: the arithmetic of the backward's products and stored intermediates (default for every
 # product not named). Names: the products in backward() (mm's first argument), "saved" (W, U_n, K_d),
 # "states" (S_n), "walk_operand" (G as the walk's MMA operand), "g_operand" (G as the per-chunk
 # products' operand), "inverse" ("recompute" in fp32 from A, or the stored T's rounding), "grads" (the
 # gradients of q, k, v returned: fp32, or bf16 for bf16 leaves), "forward" ("bf16": the saved results
-# from the emulated bf16 forward; "f64": the float64 forward's, unrounded).
+# from the emulated bf16 forward; "bf16, T split": the same with W's and U''s products taking T as hi +
+# lo; "f64": the float64 forward's, unrounded).
 DESIGNS = {
     "f64": dict(default="f64", saved="f64", states="f64", walk_operand="f64", g_operand="f64", inverse="f64",
                 forward="f64"),
@@ -261,6 +270,7 @@ DESIGNS = {
                                                walk_kg="right", d_u_walk="right", d_k_decayed="right",
                                                d_w="left", d_q_decayed="bf16"),
     "bf16x3 everywhere": dict(default="x3"),
+    "all bf16 on a forward with T's products split": dict(default="bf16", forward="bf16, T split"),
 }
 
 
@@ -275,21 +285,22 @@ def main():
     args = parser.parse_args()
     assert args.seq % C == 0
     inputs, d_out, d_final = make_inputs(args.heads, args.seq, args.dim, args.seed, args.slow)
-    reference = reference_gradients(inputs, d_out, d_final)
+    reference = with_decay_gradient(reference_gradients(inputs, d_out, d_final), inputs[3])
     # Sensitivity: the float64 gradients after q, k, v and dO carry bf16-sized rounding.
     g = torch.Generator().manual_seed(args.seed + 1000)
     nudge = lambda x: x * (1 + 2.0 ** -9 * torch.randn(x.shape, generator=g, dtype=x.dtype))  # noqa: E731
     nudged = [nudge(x) if i < 3 else x for i, x in enumerate(inputs)]
-    moved = reference_gradients(nudged, nudge(d_out), d_final)
+    moved = with_decay_gradient(reference_gradients(nudged, nudge(d_out), d_final), inputs[3])
     sensitivity = [relative(m, r) for m, r in zip(moved, reference)]
     _, _, exact = forward(*inputs)
-    emulated = forward_bf16(*inputs)
+    forwards = {"f64": exact, "bf16": forward_bf16(*inputs), "bf16, T split": forward_bf16(*inputs, t_products="left")}
     print(f"T={args.seq} D={args.dim} H={args.heads} seed={args.seed}{' slow gates' if args.slow else ''}; sensitivity " +
           " ".join(f"{n} {s:.2e}" for n, s in zip(GRADIENTS, sensitivity)))
     names = [n for n in args.designs.split(",") if n] or list(DESIGNS)
     for name in names:
         design = DESIGNS[name]
-        grads = backward(inputs, exact if design.get("forward", "bf16") == "f64" else emulated, d_out, d_final, design)
+        grads = backward(inputs, forwards[design.get("forward", "bf16")], d_out, d_final, design)
+        grads = with_decay_gradient(grads, inputs[3])
         errors = [relative(a, b) for a, b in zip(grads, reference)]
         worst = max(e / max(1e-2, 4 * s) for e, s in zip(errors, sensitivity))
         print(f"{name}: " + " ".join(f"{n} {e:.2e} ({e / s:.1f}x)" for n, e, s in zip(GRADIENTS, errors, sensitivity)) +

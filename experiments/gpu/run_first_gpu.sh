@@ -6,8 +6,9 @@
 #      the GDN bf16 tests; the fused and wgmma walks at (4,8192,32,128);
 #   2. GKA's solve split over a two-block cluster (PRIME_GKA_FORWARD_ITERATE=cluster): the GKA bf16
 #      forward tests (o bit for bit against the one-block form); the two forms at (4,8192,32,128);
-#   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd): the GDN
-#      training tests; GDN's fwd+bwd with --dtype bf16 and fp32;
+#   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
+#      backward's products on bf16 operands (chunk_gemm's Bf16): the GDN training and chunk_gemm
+#      tests; GDN's fwd+bwd with --dtype bf16 (bf16 and fp32 products) and fp32;
 # then memcheck and racecheck on each piece's small shape. Each piece's own script goes further
 # (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gka_bf16_forward/run_cluster_gpu.sh,
 # experiments/gdn_bf16_backward/run_gpu.sh). Steps run while the time left allows (DEADLINE_S,
@@ -21,13 +22,13 @@ source experiments/gpu/steps.sh  # left, run, sanitize, begin_out
 OUT=${OUT:-/tmp/prime-first-gpu-out}
 begin_out
 bash experiments/gpu/build_filtered.sh "$OUT" \
-  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_(gdn|gka_forward_bf16|wgmma|wgmma_layout)|gdn_chunk_backward)[.]cpp' \
+  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_(gdn|gka_forward_bf16|wgmma|wgmma_layout|chunk_gemm)|gdn_chunk_backward)[.]cpp' \
   prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
 summary() { [ -f "$OUT/$1.txt" ] && grep -E "$2" "$OUT/$1.txt" | tail -"${3:-12}"; }
 run 60 wgmma_products build-gpu/bin/prime_tests "[wgmma]"
 summary wgmma_products "FAILED|passed|failed" 4
-run 150 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*"
+run 150 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,chunk gemm*"
 summary gdn_tests "wgmma|trained on the bf16|FAILED|passed|failed" 20
 run 150 gka_tests build-gpu/bin/prime_tests "GKA bf16 forward*"
 summary gka_tests "cluster|FAILED|passed|failed" 20
@@ -43,8 +44,9 @@ for round in 1 2; do
   for form in wgmma cluster; do
     bench gka_${form}_$round PRIME_GKA_FORWARD_ITERATE=$form --types GKA --dtype bf16 --no-backward
   done
-  for dtype in bf16 fp32; do
-    bench gdn_train_${dtype}_$round PRIME_SSM_CORE=fp32 --types GDN --dtype $dtype
+  for setting in bf16:bf16 bf16:fp32 fp32:fp32; do  # --dtype : PRIME_GDN_BACKWARD_PRODUCTS
+    bench gdn_train_${setting%:*}_products_${setting#*:}_$round PRIME_GDN_BACKWARD_PRODUCTS=${setting#*:} \
+      --types GDN --dtype ${setting%:*}
   done
 done
 sanitize 100 sanitizer_gdn_wgmma "GDN bf16 fused forward: the walk on the warpgroup MMAs*"

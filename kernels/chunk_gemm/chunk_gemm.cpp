@@ -44,7 +44,7 @@ bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tens
 }
 
 void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
-                const at::Tensor& column_scale) {
+                const at::Tensor& column_scale, GemmPrecision precision) {
   if (column_scale.defined())
     PRIME_CHECK(column_scale.dim() == 2 && column_scale.size(0) == a.size(0) && column_scale.size(1) == b.size(2) &&
                     column_scale.device() == a.device(),
@@ -52,10 +52,15 @@ void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, doubl
   const bool scale_served = !column_scale.defined() ||
                             (column_scale.scalar_type() == at::kFloat && column_scale.stride(1) == 1);
   if (!scale_served || !chunk_gemm_apply(out, a, b)) {
+    // Bf16: the same products as the kernel's, of the operands rounded to bf16 (exact in a's dtype).
+    const auto operand = [&](const at::Tensor& x) {
+      return precision == GemmPrecision::Bf16 ? x.to(at::kBFloat16).to(x.scalar_type()) : x;
+    };
+    const at::Tensor a_in = operand(a), b_in = operand(b);
     if (!column_scale.defined()) {
-      at::baddbmm_out(out, out, a, b, beta, alpha);
+      at::baddbmm_out(out, out, a_in, b_in, beta, alpha);
     } else {
-      const at::Tensor product = at::bmm(a, b).mul_(column_scale.unsqueeze(1).to(a.scalar_type()));
+      const at::Tensor product = at::bmm(a_in, b_in).mul_(column_scale.unsqueeze(1).to(a.scalar_type()));
       if (beta == 0.0)
         out.copy_(product.mul_(alpha));
       else
@@ -64,17 +69,19 @@ void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, doubl
     return;
   }
 #ifdef PRIME_WITH_CUDA
-  detail::launch_chunk_gemm(out, a, b, static_cast<float>(alpha), static_cast<float>(beta), column_scale);
+  detail::launch_chunk_gemm(out, a, b, static_cast<float>(alpha), static_cast<float>(beta), column_scale,
+                            precision == GemmPrecision::Bf16);
 #else
   require_cuda_build("chunk_gemm");
 #endif
 }
 
-at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& column_scale) {
+at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& column_scale,
+                        GemmPrecision precision) {
   PRIME_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
               "chunk_matmul: operands ", a.sizes(), " and ", b.sizes(), " do not multiply as batches");
   at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
-  chunk_gemm(out, a, b, alpha, 0.0, column_scale);
+  chunk_gemm(out, a, b, alpha, 0.0, column_scale, precision);
   return out;
 }
 

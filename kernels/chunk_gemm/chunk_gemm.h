@@ -1,14 +1,20 @@
 // Batched fp32 products of chunk-sized matrices (out = alpha a b + beta out over a batch), on the
-// TF32 tensor cores with the 3xTF32 split (fp32 accuracy). The chunked SSM forms' backward
-// multiplies thousands of small matrices per layer ([64 x 128] by [128 x 128] and the like, one
-// per chunk and head); cuBLAS runs fp32 batched products on the CUDA cores' FMA path. Where the
-// kernel does not apply (another device or dtype, shapes or strides it does not take, PRIME_KERNELS
-// =torch) the same call runs at::baddbmm_out, so callers need no second path.
+// TF32 tensor cores with the 3xTF32 split (fp32 accuracy), or with Precision::Bf16 on the bf16 tensor
+// cores: each operand element rounded to bf16 as it is loaded, one MMA per step, fp32 accumulation
+// (a third of the MMAs at twice the rate, far fewer instructions; a bf16 backward's products). The
+// chunked SSM forms' backward multiplies thousands of small matrices per layer ([64 x 128] by
+// [128 x 128] and the like, one per chunk and head); cuBLAS runs fp32 batched products on the CUDA
+// cores' FMA path. Where the kernel does not apply (another device or dtype, shapes or strides it does
+// not take, PRIME_KERNELS=torch) the same call runs at::baddbmm_out (Bf16: on the operands rounded to
+// bf16 first, the same products), so callers need no second path.
 #pragma once
 
 #include <ATen/ATen.h>
 
 namespace prime::kernels {
+
+// The products' arithmetic: fp32 accuracy (3xTF32), or bf16 operands with fp32 accumulation.
+enum class GemmPrecision { Fp32, Bf16 };
 
 // Whether the kernel serves out [batch, m, n] = a [batch, m, k] b [batch, k, n]: policy Auto, fp32
 // CUDA tensors on one device; m and n multiples of 16, k of 8; a and b each with one of their
@@ -21,10 +27,10 @@ bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tens
 // if defined, [batch, n] fp32 with its last stride 1: out = alpha (a b) diag(column_scale) + beta
 // out, the scale applied to the product alone (a row-scaled B^T without forming it).
 void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
-                const at::Tensor& column_scale = at::Tensor());
+                const at::Tensor& column_scale = at::Tensor(), GemmPrecision precision = GemmPrecision::Fp32);
 
 // alpha a b (diag(column_scale)) in a new contiguous tensor.
 at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
-                        const at::Tensor& column_scale = at::Tensor());
+                        const at::Tensor& column_scale = at::Tensor(), GemmPrecision precision = GemmPrecision::Fp32);
 
 }  // namespace prime::kernels

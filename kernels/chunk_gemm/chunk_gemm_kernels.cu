@@ -7,13 +7,16 @@
 // free of bank conflicts in both orientations. Each element is split into TF32 hi and lo as it is
 // loaded (kernels/common/tf32_split.cuh) and every k-step's three MMAs are summed from zero and
 // added to the fp32 accumulator on the CUDA cores: the tensor cores' truncating accumulation never
-// acts on the running sum (kernels/README.md, gka_solve v3.1).
+// acts on the running sum (kernels/README.md, gka_solve v3.1). With kBf16 each element is rounded to
+// bf16 as it is loaded into the m16n8k16 fragments and one bf16 MMA per 16-deep step accumulates in
+// place (a bf16 product's error is the operands' rounding; the accumulation's is far below it).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
 
 #include "kernels/chunk_gemm/chunk_gemm_launch.h"
+#include "kernels/common/bf16_split_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/mma_tf32.cuh"
@@ -77,7 +80,34 @@ struct Stage {
   }
 };
 
-template <bool kARowMajor, bool kBRowMajor>
+// One 16-deep step of a warp's 32 x 32 block on the bf16 tensor cores: A's rows r, r + 8 and B's
+// columns c at depth kk + 2t, + 1, + 8, + 9 (m16n8k16's fragments), each element rounded to bf16.
+template <typename A, typename B>
+__device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as, const float* bs, int wm, int wn,
+                                          int kk, int g, int t) {
+  using bf16_tiles::bf16_pair;
+  uint32_t a[2][4], b[4][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = wm + 16 * i + g;
+    a[i][0] = bf16_pair(A::at(as, r, kk + 2 * t), A::at(as, r, kk + 2 * t + 1));
+    a[i][1] = bf16_pair(A::at(as, r + 8, kk + 2 * t), A::at(as, r + 8, kk + 2 * t + 1));
+    a[i][2] = bf16_pair(A::at(as, r, kk + 2 * t + 8), A::at(as, r, kk + 2 * t + 9));
+    a[i][3] = bf16_pair(A::at(as, r + 8, kk + 2 * t + 8), A::at(as, r + 8, kk + 2 * t + 9));
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int c = wn + 8 * j + g;
+    b[j][0] = bf16_pair(B::at(bs, c, kk + 2 * t), B::at(bs, c, kk + 2 * t + 1));
+    b[j][1] = bf16_pair(B::at(bs, c, kk + 2 * t + 8), B::at(bs, c, kk + 2 * t + 9));
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bf16_tiles::mma_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
+}
+
+template <bool kARowMajor, bool kBRowMajor, bool kBf16>
 __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   using A = Stage<kARowMajor>;    // A [m][k] row-major: its rows run along the depth
   using B = Stage<!kBRowMajor>;   // B [k][n] row-major: its rows run along n
@@ -109,31 +139,35 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     const float* as = a_stage[s & 1];
     const float* bs = b_stage[s & 1];
     const int depth = min(kSlab, p.k - s * kSlab);  // a multiple of 8
-    for (int kk = 0; kk < depth; kk += 8) {
-      uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
+    if constexpr (kBf16) {  // 16-deep steps: past the depth the stage holds zeros
+      for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
+    } else {
+      for (int kk = 0; kk < depth; kk += 8) {
+        uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = wm + 16 * i + g;
-        const float v[4] = {A::at(as, r, kk + t), A::at(as, r + 8, kk + t), A::at(as, r, kk + t + 4),
-                            A::at(as, r + 8, kk + t + 4)};
+        for (int i = 0; i < 2; ++i) {
+          const int r = wm + 16 * i + g;
+          const float v[4] = {A::at(as, r, kk + t), A::at(as, r + 8, kk + t), A::at(as, r, kk + t + 4),
+                              A::at(as, r + 8, kk + t + 4)};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) split_tf32_bits(__float_as_uint(v[e]), a_hi[i][e], a_lo[i][e]);
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int c = wn + 8 * j + g;
-        split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t)), b_hi[j][0], b_lo[j][0]);
-        split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t + 4)), b_hi[j][1], b_lo[j][1]);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
+          for (int e = 0; e < 4; ++e) split_tf32_bits(__float_as_uint(v[e]), a_hi[i][e], a_lo[i][e]);
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          mma_tf32x3(step, a_hi[i], a_lo[i], b_hi[j], b_lo[j]);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[i][j][e] += step[e];
+          const int c = wn + 8 * j + g;
+          split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t)), b_hi[j][0], b_lo[j][0]);
+          split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t + 4)), b_hi[j][1], b_lo[j][1]);
         }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma_tf32x3(step, a_hi[i], a_lo[i], b_hi[j], b_lo[j]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] += step[e];
+          }
+      }
     }
     __syncthreads();  // the next iteration's copies overwrite the stage read here
   }
@@ -173,15 +207,18 @@ Operand describe(const at::Tensor& x, bool& row_major) {
 }
 
 template <bool kARowMajor, bool kBRowMajor>
-void launch(const Params& p, dim3 grid, cudaStream_t stream) {
-  chunk_gemm_kernel<kARowMajor, kBRowMajor><<<grid, kThreads, 0, stream>>>(p);
+void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16) {
+  if (bf16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true><<<grid, kThreads, 0, stream>>>(p);
+  else
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, false><<<grid, kThreads, 0, stream>>>(p);
   PRIME_CUDA_CHECK_LAUNCH("chunk_gemm_kernel");
 }
 
 }  // namespace
 
 void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta,
-                       const at::Tensor& column_scale) {
+                       const at::Tensor& column_scale, bool bf16_products) {
   const int64_t batch = a.size(0);
   PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && a.scalar_type() == at::kFloat &&
                   b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && out.stride(2) == 1,
@@ -212,13 +249,13 @@ void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Ten
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)
-    launch<true, true>(p, grid, stream);
+    launch<true, true>(p, grid, stream, bf16_products);
   else if (a_rows)
-    launch<true, false>(p, grid, stream);
+    launch<true, false>(p, grid, stream, bf16_products);
   else if (b_rows)
-    launch<false, true>(p, grid, stream);
+    launch<false, true>(p, grid, stream, bf16_products);
   else
-    launch<false, false>(p, grid, stream);
+    launch<false, false>(p, grid, stream, bf16_products);
 }
 
 }  // namespace prime::kernels::detail

@@ -5,7 +5,9 @@
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kernels/chunk_gemm/chunk_gemm.h"
@@ -46,20 +48,27 @@ at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
 // each other in every operand here, transposed or not).
 at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
 
-// alpha a b over the [M,N] batch, in a fresh tensor (kernels/chunk_gemm: 3xTF32 tensor cores on
-// CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales the product's columns.
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
-                   const at::Tensor& column_scale = at::Tensor()) {
-  return chunk_matmul(batched(a), batched(b), alpha, column_scale.defined() ? batched(column_scale) : column_scale)
-      .view({a.size(0), a.size(1), a.size(2), b.size(3)});
-}
+// The backward's batched products over the [M,N] batch, in one arithmetic (kernels/chunk_gemm: 3xTF32
+// or bf16 tensor cores on CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales a
+// product's columns.
+struct Products {
+  GemmPrecision precision = GemmPrecision::Fp32;
 
-// acc += alpha a b over the [M,N] batch, in place (acc contiguous); column_scale as product's.
-void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
-                const at::Tensor& column_scale = at::Tensor()) {
-  at::Tensor flat = batched(acc);
-  chunk_gemm(flat, batched(a), batched(b), alpha, 1.0, column_scale.defined() ? batched(column_scale) : column_scale);
-}
+  // alpha a b in a fresh tensor.
+  at::Tensor operator()(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
+                        const at::Tensor& column_scale = at::Tensor()) const {
+    return chunk_matmul(batched(a), batched(b), alpha, column_scale.defined() ? batched(column_scale) : column_scale,
+                        precision)
+        .view({a.size(0), a.size(1), a.size(2), b.size(3)});
+  }
+  // acc += alpha a b, in place (acc contiguous).
+  void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
+                  const at::Tensor& column_scale = at::Tensor()) const {
+    at::Tensor flat = batched(acc);
+    chunk_gemm(flat, batched(a), batched(b), alpha, 1.0, column_scale.defined() ? batched(column_scale) : column_scale,
+               precision);
+  }
+};
 
 // The chain rule's operands after the batched products, per chunk ([M,N,64,...]).
 struct ChainRule {
@@ -85,7 +94,7 @@ at::Tensor decay_matrix(const at::Tensor& gamma64, at::ScalarType type) {
 // summed straight into dg: through dGamma they would enter as differences that cancel in exact
 // arithmetic (D_ii = 1 adds to dGamma_i and takes away from it, as does K_d's last row), which in
 // fp32 leaves the rounding of large diagonal terms where strong decays leave dg small.
-ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
+ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay, const Products& product) {
   const at::Tensor &q = c.q, &k = c.k, &v = c.v, &beta = c.beta, &e_gamma = c.e_gamma;
   const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(q.scalar_type());
   const at::Tensor d_qk = c.d_scores * decay;
@@ -96,8 +105,8 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
   // dA = -T^T dT T^T below the diagonal; A = beta_i (k_i . k_j) D_ij there.
   const at::Tensor d_a_decayed = (-c.p).tril_(-1).mul_(decay);
   const at::Tensor d_kk = d_a_decayed * beta.unsqueeze(-1);
-  accumulate(out.dk, d_kk, k);
-  accumulate(out.dk, transposed(d_kk), k);
+  product.accumulate(out.dk, d_kk, k);
+  product.accumulate(out.dk, transposed(d_kk), k);
   const at::Tensor d_a_kk = d_a_decayed.mul_(c.kk);
   out.d_beta = d_a_kk.sum(-1);
   e.addcmul_(d_a_kk, beta.unsqueeze(-1));  // dD * D from A
@@ -127,7 +136,7 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay) {
 #ifdef PRIME_WITH_CUDA
 // The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
 // The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
-ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H) {
+ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H, const Products& product) {
   const int64_t M = c.q.size(0), N = c.q.size(1), D = c.q.size(3), MN = M * N;
   const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
@@ -139,8 +148,8 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
                                     dg_decay);
   const at::Tensor dq = product(d_qk, c.k);
   at::Tensor dk = product(transposed(d_qk), c.q);
-  accumulate(dk, d_kk, c.k);
-  accumulate(dk, transposed(d_kk), c.k);
+  product.accumulate(dk, d_kk, c.k);
+  product.accumulate(dk, transposed(d_kk), c.k);
   ChainGrads out;
   out.dq = at::empty({B, T, H, D}, c.q.options());
   out.dk = at::empty_like(out.dq);
@@ -161,6 +170,15 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
 
 }  // namespace
 
+GemmPrecision gdn_bf16_backward_products() {
+  const char* value = std::getenv("PRIME_GDN_BACKWARD_PRODUCTS");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "bf16") return GemmPrecision::Bf16;
+  if (text == "fp32") return GemmPrecision::Fp32;
+  throw user_error("PRIME_GDN_BACKWARD_PRODUCTS=", text, ": must be \"bf16\" (GDN's backward from its bf16 ",
+                   "forward multiplies on bf16 operands, the default) or \"fp32\" (on 3xTF32, fp32 accuracy)");
+}
+
 GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out, const at::Tensor& d_final,
                                  const GdnChunkBackwardOps& ops) {
   const int64_t B = s.q.size(0), T = s.q.size(1), H = s.q.size(2), D = s.q.size(3), M = B * H;
@@ -168,10 +186,12 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   PRIME_CHECK(N * kChunk >= T && s.w.size(0) == M && s.w.size(2) == kChunk && s.states.size(2) == D,
               "gdn_chunk_backward: saved w ", s.w.sizes(), " and states ", s.states.sizes(), " for q ", s.q.sizes());
   // The bf16 forward's results (bf16 q, k, v, W, U_n, K_d and states) are taken in fp32: the chain
-  // rule below runs in fp32 on their exact values, and the gradients come back in fp32 (the caller
-  // rounds them for bf16 leaves). What the gradients then carry is the bf16 forward's own rounding:
-  // up to 1.5x their sensitivity to bf16 inputs (experiments/gdn_bf16_backward).
+  // rule below runs in fp32 on their exact values, its batched products on bf16 operands
+  // (gdn_bf16_backward_products), and the gradients come back in fp32 (the caller rounds them for bf16
+  // leaves). What the gradients then carry is mostly the bf16 forward's own rounding: up to 1.5x
+  // their sensitivity to bf16 inputs, 1.6x with the bf16 products (experiments/gdn_bf16_backward).
   const bool bf16 = s.q.scalar_type() == at::kBFloat16;
+  const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32};
   const at::ScalarType work = bf16 ? at::kFloat : s.q.scalar_type();
   const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
   bool on_kernels = false;
@@ -203,13 +223,13 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     scores = c.qk * decay;
   }
   at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
-  accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
+  product.accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
   const at::Tensor d_states = product(transposed(q_state), d_o);
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
   const auto [G, d_initial] = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
 
   at::Tensor d_u = product(transposed(scores), d_o);  // dU_n = dU'
-  accumulate(d_u, K_d, G);
+  product.accumulate(d_u, K_d, G);
   const at::Tensor d_w = product(d_u, transposed(S), -1.0);
   c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
   c.d_k_decayed = product(U, transposed(G));
@@ -233,7 +253,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   }
   // dT = dU (diag(beta) V)^T + dW (diag(beta e^Gamma) K)^T: the factors scale dT's columns.
   at::Tensor d_inverse = product(d_u, transposed(c.v), 1.0, c.beta);
-  accumulate(d_inverse, d_w, transposed(k), 1.0, c.beta * c.e_gamma);
+  product.accumulate(d_inverse, d_w, transposed(k), 1.0, c.beta * c.e_gamma);
   c.d_v_in = product(transposed(inverse), d_u);
   c.d_k_in = product(transposed(inverse), d_w);
   c.p = product(product(transposed(inverse), d_inverse), transposed(inverse));  // dA = -p
@@ -242,12 +262,12 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   grads.state = d_initial.view({B, H, D, D});
 #ifdef PRIME_WITH_CUDA
   if (on_kernels) {  // already in the inputs' layout
-    const ChainGrads chain = chain_rule_kernels(c, B, T, H);
+    const ChainGrads chain = chain_rule_kernels(c, B, T, H, product);
     grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;
   }
 #endif
-  const ChainGrads chain = chain_rule_aten(c, decay);
+  const ChainGrads chain = chain_rule_aten(c, decay, product);
   grads.q = from_chunks(chain.dq, B, T, H);
   grads.k = from_chunks(chain.dk, B, T, H);
   grads.v = from_chunks(chain.dv, B, T, H);

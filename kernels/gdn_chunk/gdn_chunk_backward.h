@@ -19,6 +19,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/chunk_gemm/chunk_gemm.h"
+
 #include <functional>
 #include <utility>
 
@@ -47,6 +49,13 @@ struct GdnChunkBackwardOps {
       reverse_walk;
   std::function<at::Tensor(const at::Tensor& A)> inverse;
 };
+
+// The arithmetic of the batched products when the saved results are the bf16 forward's:
+// PRIME_GDN_BACKWARD_PRODUCTS (read at each call) "bf16" or unset, bf16 operands with fp32 accumulation
+// (kernels/chunk_gemm's Bf16; experiments/gdn_bf16_backward: the gradients 1.6x their bf16 sensitivity
+// where fp32 products leave 1.5x); "fp32", 3xTF32 (fp32 accuracy, to time the two); anything else a
+// UserError. fp32 and float64 saved results always multiply in their own precision.
+GemmPrecision gdn_bf16_backward_products();
 
 struct GdnChunkGrads {
   at::Tensor q, k, v, g, beta;  // the inputs' shapes
