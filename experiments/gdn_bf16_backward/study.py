@@ -270,6 +270,8 @@ DESIGNS = {
                                                walk_kg="right", d_u_walk="right", d_k_decayed="right",
                                                d_w="left", d_q_decayed="bf16"),
     "bf16x3 everywhere": dict(default="x3"),
+    "fp32 products on a forward with T's products split": dict(default="fp32", walk_operand="fp32",
+                                                                g_operand="fp32", forward="bf16, T split"),
     "all bf16 on a forward with T's products split": dict(default="bf16", forward="bf16, T split"),
 }
 

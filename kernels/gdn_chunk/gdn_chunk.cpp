@@ -264,7 +264,7 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu) into o (bf16) and final_state (fp32).
 // Returns its scratch; for_backward takes the split walk whatever PRIME_GDN_FORWARD_WALK says, so that
 // the scratch holds what the written-out backward reads (W, U_n, K_d, the chunk decays, the states
-// entering each chunk).
+// entering each chunk), and forms W and U' with (I + A)^-1 split into hi + lo.
 struct Bf16Scratch {
   at::Tensor w, u, k_decayed, decay, states;
 };
@@ -277,6 +277,7 @@ Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Ten
   scratch.w = new_output({M, N, kForwardChunk, D}, q.options());
   scratch.u = new_output({M, N, kForwardChunk, D}, q.options());
   const Bf16Walk walk = for_backward ? Bf16Walk::split : bf16_walk(q);
+  scratch.split_inverse = for_backward;  // experiments/gdn_bf16_backward: the decay parameters' gradient
   if (walk != Bf16Walk::split) {
     scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
     scratch.walk_wgmma = walk == Bf16Walk::fused_wgmma;

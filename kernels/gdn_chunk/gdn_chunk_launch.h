@@ -77,10 +77,13 @@ void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& g
 // either gamma [M,N,64] float64 (the fused walk: each chunk's prefix sums of the gates) or
 // k_decayed [M,N,64,D] bf16, decay [M,N] fp32 and states [M,N,D,D] bf16 (the split walk: K_d,
 // e^{G_end} and the state entering each chunk).
-// walk_wgmma: the fused walk on the warpgroup MMAs (gdn_forward_bf16_walk_wgmma_runs).
+// walk_wgmma: the fused walk on the warpgroup MMAs (gdn_forward_bf16_walk_wgmma_runs). split_inverse:
+// W's and U''s products take (I + A)^-1 split into bf16 hi + lo (two MMAs per step) instead of rounded
+// to bf16 (training: its saved W and U' then carry the inverse's rounding no more).
 struct GdnForwardBf16Scratch {
   at::Tensor w, u, gamma, k_decayed, decay, states;
   bool walk_wgmma = false;
+  bool split_inverse = false;
 };
 
 // The bf16 fused forward (gdn_forward_bf16_kernels.cu): prep, then the fused walk (one kernel:

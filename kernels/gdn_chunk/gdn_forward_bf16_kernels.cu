@@ -5,7 +5,8 @@
 // the (I + A)^-1 solve (fp32 diagonal blocks, off-diagonal blocks on TF32 tensor cores) and the
 // state carried from chunk to chunk kept in fp32.
 //  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
-//    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V;
+//    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V (T in
+//    bf16, or for training split into hi + lo, two MMAs per step: experiments/gdn_bf16_backward);
 //    for the split walk also K_d = diag(e^{G_end - G}) K and e^{G_end}, for the fused walk the
 //    chunk's G (float64).
 //  - the fused walk (gdn_forward_bf16_walk_kernels.cu, where its block fits the device): the scan
@@ -27,7 +28,7 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/common/bf16_tiles.cuh"
+#include "kernels/common/bf16_split_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
@@ -57,7 +58,10 @@ constexpr size_t prep_shared_bytes() {
 // bf16(T) fits where A was (71.7 KB in all at D = 128: three blocks per SM).
 static_assert(kChunk * kLdT * sizeof(Bf16) <= kChunk * kLdC * sizeof(float), "prep's alias");
 
-template <int D, int NT>
+// SplitT: W's and U''s products take T as hi + lo (bf16x2; the lo part where T's fp32 values were, once
+// read), so that training's saved W and U' carry T's rounding no more (experiments/gdn_bf16_backward:
+// the decay parameters' gradient at long sequences with slowly decaying gates).
+template <int D, int NT, bool SplitT>
 __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(const Bf16Params p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   constexpr int ld = ld_of(D);
@@ -69,6 +73,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   Bf16* ks = reinterpret_cast<Bf16*>(tm + kChunk * kLdC);    // [64][ld]: K, then diag(beta e^G) K
   Bf16* vs = ks + kChunk * ld;                               // [64][ld]: V, then diag(beta) V
   Bf16* tb = reinterpret_cast<Bf16*>(am);                    // [64][kLdT]: bf16(T), once A is spent
+  Bf16* tl = reinterpret_cast<Bf16*>(tm);                    // [64][kLdT]: SplitT, bf16(T - bf16(T))
   const int warp = threadIdx.x / 32;
   const int chunk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H, t0 = chunk * kChunk;
   const size_t row0 = (static_cast<size_t>(bh) * p.num_chunks + chunk) * kChunk;  // the chunk's buffer rows
@@ -102,9 +107,36 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
   gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier: A is spent
-  for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
-    const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
-    *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
+  if constexpr (SplitT) {
+    // T's lo parts wait in registers until every thread has read its fp32 values, then take their place.
+    constexpr int kVectors = kChunk * kChunk / 8, kPerThread = (kVectors + kThreads - 1) / kThreads;
+    uint4 lo[kPerThread];
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int index = threadIdx.x + i * kThreads;
+      if (index >= kVectors) continue;
+      const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
+      const uint4 hi = pack8(tm + r * kLdC + c);
+      float rounded[8], residual[8];
+      unpack8(hi, rounded);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) residual[e] = tm[r * kLdC + c + e] - rounded[e];
+      *reinterpret_cast<uint4*>(tb + r * kLdT + c) = hi;
+      lo[i] = pack8(residual);
+    }
+    __syncthreads();  // every fp32 value of T is read
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int index = threadIdx.x + i * kThreads;
+      if (index >= kVectors) continue;
+      const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
+      *reinterpret_cast<uint4*>(tl + r * kLdT + c) = lo[i];
+    }
+  } else {
+    for (int index = threadIdx.x; index < kChunk * kChunk / 8; index += kThreads) {
+      const int r = index / (kChunk / 8), c = (index % (kChunk / 8)) * 8;
+      *reinterpret_cast<uint4*>(tb + r * kLdT + c) = pack8(tm + r * kLdC + c);
+    }
   }
   __syncthreads();  // bf16(T) formed
   // W = T diag(beta e^G) K and U' = T diag(beta) V. Tasks are (matrix, 16 NT-column group,
@@ -118,7 +150,11 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
     Acc acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) fill(acc[t], 0.0f);
-    row_block_product<NT>(acc, tb + 16 * r * kLdT, kLdT, 16 * (r + 1), rhs, ld, col0);
+    if constexpr (SplitT)
+      split_row_block_product<2, NT>(acc, SplitMatrix{tb, tl}, 16 * r * kLdT, kLdT, 16 * (r + 1),
+                                     SplitMatrix{const_cast<Bf16*>(rhs), nullptr}, ld, col0);
+    else
+      row_block_product<NT>(acc, tb + 16 * r * kLdT, kLdT, 16 * (r + 1), rhs, ld, col0);
     Bf16* out = (matrix == 0 ? p.w : p.u) + (row0 + 16 * r) * D + col0;
 #pragma unroll
     for (int t = 0; t < NT; ++t)  // bf16 pairs straight from the registers: no pass through shared memory
@@ -329,11 +365,15 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_forward_output_bf16_kernel(co
 }
 
 template <int D>
-void launch_all(const Bf16Params& p, int64_t M, int slots, bool fused_walk, bool walk_wgmma) {
+void launch_all(const Bf16Params& p, int64_t M, int slots, bool fused_walk, bool walk_wgmma, bool split_inverse) {
   constexpr int NT = D == 32 ? 2 : 4, CW = D == 32 ? 32 : 64;
   const dim3 per_chunk(static_cast<unsigned>(p.num_chunks), static_cast<unsigned>(M));
-  launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
-                     "gdn_forward_prep_bf16_kernel");
+  if (split_inverse)
+    launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT, true>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
+                       "gdn_forward_prep_bf16_kernel");
+  else
+    launch_with_shared(gdn_forward_prep_bf16_kernel<D, NT, false>, per_chunk, prep_shared_bytes<D>(), kThreads, p,
+                       "gdn_forward_prep_bf16_kernel");
   if (walk_wgmma) {
     gdn_forward_bf16::launch_walk_wgmma(p, M, slots);
     return;
@@ -428,11 +468,11 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   const RestartSegments segments = restart_segments(starts, N, walk_blocks);
   p.segment_begins = segments.data();
   if (D == 32)
-    launch_all<32>(p, M, segments.slots, fused_walk, false);
+    launch_all<32>(p, M, segments.slots, fused_walk, false, scratch.split_inverse);
   else if (D == 64)
-    launch_all<64>(p, M, segments.slots, fused_walk, false);
+    launch_all<64>(p, M, segments.slots, fused_walk, false, scratch.split_inverse);
   else
-    launch_all<128>(p, M, segments.slots, fused_walk, scratch.walk_wgmma);
+    launch_all<128>(p, M, segments.slots, fused_walk, scratch.walk_wgmma, scratch.split_inverse);
 }
 
 bool gdn_forward_bf16_walk_fits_device(int64_t head_dim, int device) {
