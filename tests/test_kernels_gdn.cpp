@@ -608,16 +608,17 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
 // sensitivity), how far the float64 gradient moves when q, k, v and the output's weight carry bf16-sized
 // rounding (experiments/gdn_bf16_backward: the bf16 forward's own rounding costs up to 1.4x of it), and
 // sum(dg g) per head, what a decay parameter's gradient sums (the study's hard case, 4K tokens with
-// slowly decaying gates, at 0.77 of the bound with training's split inverse). T not a multiple of 64,
-// D = 32, 64, 128, with and without an initial state, packed documents (chunk starts), the fused walk
-// asked for (training takes the split walk whatever is asked), and the graph holds the bf16 function's
-// node.
+// slowly decaying gates, at 0.77 of the bound with training's split inverse; one such case here). T not
+// a multiple of 64, D = 32, 64, 128, with and without an initial state, packed documents (chunk starts),
+// the fused walk asked for (training takes the split walk whatever is asked), and the graph holds the
+// bf16 function's node.
 namespace {
 
 void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_state, const std::vector<bool>& starts,
-                         const at::Device& cuda) {
+                         const at::Device& cuda, bool slow_decays = false) {
   const char* names[] = {"q", "k", "v", "g", "beta", "state", "sum(dg g) per head"};
   CoreInputs in = random_core_inputs(B, T, H, D, 131 + T + D);
+  if (slow_decays) in.g = in.g / 100;  // a memory of thousands of steps
   for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(at::kBFloat16).to(at::kDouble);
   for (at::Tensor* t : {&in.g, &in.beta, &in.state}) *t = t->to(at::kFloat).to(at::kDouble);
   at::Tensor flags, flags_cuda;
@@ -663,7 +664,8 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
     std::ostringstream line;
     line << "[kernels][gdn] trained on the bf16 forward (" << (fp32_leaves ? "fp32 leaves, PRIME_SSM_CORE=bf16" : "bf16 leaves")
          << ") B=" << B << " T=" << T << " H=" << H << " D=" << D << (with_state ? "" : " no state")
-         << (starts.empty() ? "" : " chunk starts") << ": gradients vs float64 (bf16 sensitivity)";
+         << (starts.empty() ? "" : " chunk starts") << (slow_decays ? " slow decays" : "")
+         << ": gradients vs float64 (bf16 sensitivity)";
     for (size_t i = 0; i < grads.size(); ++i) {
       if (i < leaves.size()) CHECK(grads[i].scalar_type() == leaves[i].scalar_type());
       const double error = norm_relative_error(grads[i].to(at::kDouble), reference[i]);
@@ -689,6 +691,8 @@ TEST_CASE("GDN trained on the bf16 forward: gradients within bf16 accuracy of fl
   check_bf16_training(2, 192, 2, 32, false, {}, cuda);
   check_bf16_training(1, 1100, 2, 128, true, {}, cuda);
   check_bf16_training(2, 320, 2, 64, true, {false, true, false, true, false}, cuda);
+  // The study's hard case: the decay parameters' gradient over 4K tokens of slowly decaying gates.
+  check_bf16_training(1, 4096, 2, 128, true, {}, cuda, /*slow_decays=*/true);
 }
 
 // Small enough for compute-sanitizer: two chunks, the second partial, every kernel of the bf16 forward's
