@@ -74,10 +74,10 @@ TEST_CASE("chunk gemm: bf16 products on the CPU multiply the operands rounded to
   const at::Tensor a = at::randn({3, 16, 32}, at::kDouble), b = at::randn({3, 32, 16}, at::kDouble);
   const auto rounded = [](const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kDouble); };
   at::Tensor out = at::randn({3, 16, 16}, at::kDouble);
-  const at::Tensor want = 0.5 * out + 2.0 * at::bmm(rounded(a), rounded(b));
+  const at::Tensor out0 = out.clone();
   kernels::chunk_gemm(out, a, b, 2.0, 0.5, at::Tensor(), kernels::GemmPrecision::Bf16);
-  CHECK(test::norm_relative_error(out, want) < 1e-14);
-  CHECK(test::norm_relative_error(out, 0.5 * out + 2.0 * at::bmm(a, b)) > 1e-4);  // the rounding shows
+  CHECK(test::norm_relative_error(out, 0.5 * out0 + 2.0 * at::bmm(rounded(a), rounded(b))) < 1e-14);
+  CHECK(test::norm_relative_error(out, 0.5 * out0 + 2.0 * at::bmm(a, b)) > 1e-4);  // the rounding shows
   const at::Tensor scale = at::randn({3, 16}, at::kDouble);
   CHECK(test::norm_relative_error(kernels::chunk_matmul(a, b, -1.0, scale, kernels::GemmPrecision::Bf16),
                                   -at::bmm(rounded(a), rounded(b)) * scale.unsqueeze(1)) < 1e-14);
@@ -134,8 +134,10 @@ TEST_CASE("chunk gemm: bf16 products on CUDA multiply the operands rounded to bf
   at::manual_seed(13);
   const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
   const auto rounded = [](const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kFloat); };
+  // Depths 56 and 88: a last stage 24 deep, the second in a stage buffer an earlier stage filled.
   const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>> shapes = {
-      {37, 64, 128, 128}, {5, 128, 64, 128}, {3, 48, 40, 80}, {2, 16, 8, 16}, {2, 256, 256, 64}};
+      {37, 64, 128, 128}, {5, 128, 64, 128}, {3, 48, 40, 80}, {2, 16, 8, 16}, {2, 256, 256, 64},
+      {3, 64, 56, 64}, {3, 32, 88, 48}};
   const std::vector<std::pair<double, double>> scalings = {{1.0, 0.0}, {-1.5, 1.0}, {0.75, -0.5}};
   double worst = 0.0;
   for (const auto& [batch, m, k, n] : shapes)

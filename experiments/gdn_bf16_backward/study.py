@@ -10,8 +10,9 @@ to bf16-sized rounding of q, k, v and dO (each element times 1 + 2^-9 xi): the b
 tests hold gradients to is max(1e-2, 4 x that sensitivity).
 
 The saved forward results are what GDN's bf16 forward writes, with its arithmetic emulated
-(kernels/gdn_chunk/gdn_forward_bf16_kernels.cu, split walk): W = T diag(beta e^G) K and U' = T diag(beta) V
-on bf16 operands (T rounded to bf16), stored in bf16; U_n = bf16(U' - W bf16(S)); the carried state S
+(kernels/gdn_chunk/gdn_forward_bf16_kernels.cu, split walk): T = (I + A)^-1 with its off-diagonal blocks
+on TF32 MMAs; W = T diag(beta e^G) K and U' = T diag(beta) V on bf16 operands (T rounded to bf16, or for
+training split into hi + lo), stored in bf16; U_n = bf16(U' - W bf16(S)); the carried state S
 fp32, updated with bf16 K_d and U_n; the states entering each chunk stored in bf16. The reverse walk's
 state G stays fp32 between chunks as the forward's S does. Where a design returns q's, k's and v's
 gradients in bf16 (bf16 leaves) they are rounded so.
@@ -65,6 +66,32 @@ def product(a, b, mode):
         b_hi, b_lo = split(b)
         return fp32(a_lo @ b_hi + a_hi @ b_lo + a_hi @ b_hi)
     raise ValueError(mode)
+
+
+def tf32(x):
+    """x (fp32 values held in float64) rounded to TF32 as the kernels' split does: nearest, ties away, 10
+    explicit significand bits."""
+    bits = x.to(torch.float32).contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).to(x.dtype)
+
+
+def inverse_tf32(A):
+    """(I + A)^-1 as the bf16 prep forms it (gdn_forward_common.cuh, unit_lower_inverse_64_tf32): the
+    16 x 16 diagonal blocks by substitution in fp32 (here the exact solve rounded to fp32), the blocks
+    below by distance from the diagonal on TF32 MMAs with fp32 accumulation: X_ij = sum_k A_ik T_kj,
+    T_ij = -T_ii X_ij."""
+    eye = torch.eye(C, dtype=A.dtype)
+    exact = torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True)
+    T = torch.zeros_like(exact)
+    block = lambda x, i, j: x[..., 16 * i:16 * i + 16, 16 * j:16 * j + 16]  # noqa: E731
+    for i in range(4):
+        block(T, i, i)[...] = fp32(block(exact, i, i))
+    for distance in range(1, 4):
+        for j in range(4 - distance):
+            i = j + distance
+            X = sum(tf32(block(A, i, m)) @ tf32(block(T, m, j)) for m in range(j, i))
+            block(T, i, j)[...] = fp32(-(tf32(block(T, i, i)) @ tf32(fp32(X))))
+    return T
 
 
 def store(x, mode):
@@ -131,8 +158,7 @@ def forward_bf16(q, k, v, g, beta, state, t_products="bf16"):
     gamma = torch.cumsum(gc, -1)
     decay = fp32(torch.exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril(-1))
     A = fp32((bc.unsqueeze(-1) * product(kc, kc.transpose(-1, -2), "bf16") * decay).tril(-1))
-    eye = torch.eye(C, dtype=q.dtype)
-    T = fp32(torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True))
+    T = inverse_tf32(A)
     w = bf16(product(T, (bc * torch.exp(gamma)).unsqueeze(-1) * kc, t_products))
     u_local = bf16(product(T, bc.unsqueeze(-1) * vc, t_products))
     k_decayed = bf16(kc * torch.exp(gamma[..., -1:] - gamma).unsqueeze(-1))

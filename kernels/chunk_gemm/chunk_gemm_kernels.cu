@@ -80,26 +80,30 @@ struct Stage {
   }
 };
 
-// One 16-deep step of a warp's 32 x 32 block on the bf16 tensor cores: A's rows r, r + 8 and B's
-// columns c at depth kk + 2t, + 1, + 8, + 9 (m16n8k16's fragments), each element rounded to bf16.
+// One 16-deep step of a warp's 32 x 32 block on the bf16 tensor cores (m16n8k16's fragments), each
+// element rounded to bf16. The fragments' depth slots 2t, 2t + 1, 2t + 8, 2t + 9 hold depths kk + t,
+// + t + 4, + t + 8, + t + 12 in both operands (a permutation of the step's depth, the same for A and B,
+// so the same product): the 3xTF32 steps' access pattern, free of bank conflicts with these paddings,
+// where depths kk + 2t.. would meet two lanes in a bank.
 template <typename A, typename B>
 __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as, const float* bs, int wm, int wn,
                                           int kk, int g, int t) {
   using bf16_tiles::bf16_pair;
+  const int k0 = kk + t;
   uint32_t a[2][4], b[4][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = wm + 16 * i + g;
-    a[i][0] = bf16_pair(A::at(as, r, kk + 2 * t), A::at(as, r, kk + 2 * t + 1));
-    a[i][1] = bf16_pair(A::at(as, r + 8, kk + 2 * t), A::at(as, r + 8, kk + 2 * t + 1));
-    a[i][2] = bf16_pair(A::at(as, r, kk + 2 * t + 8), A::at(as, r, kk + 2 * t + 9));
-    a[i][3] = bf16_pair(A::at(as, r + 8, kk + 2 * t + 8), A::at(as, r + 8, kk + 2 * t + 9));
+    a[i][0] = bf16_pair(A::at(as, r, k0), A::at(as, r, k0 + 4));
+    a[i][1] = bf16_pair(A::at(as, r + 8, k0), A::at(as, r + 8, k0 + 4));
+    a[i][2] = bf16_pair(A::at(as, r, k0 + 8), A::at(as, r, k0 + 12));
+    a[i][3] = bf16_pair(A::at(as, r + 8, k0 + 8), A::at(as, r + 8, k0 + 12));
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int c = wn + 8 * j + g;
-    b[j][0] = bf16_pair(B::at(bs, c, kk + 2 * t), B::at(bs, c, kk + 2 * t + 1));
-    b[j][1] = bf16_pair(B::at(bs, c, kk + 2 * t + 8), B::at(bs, c, kk + 2 * t + 9));
+    b[j][0] = bf16_pair(B::at(bs, c, k0), B::at(bs, c, k0 + 4));
+    b[j][1] = bf16_pair(B::at(bs, c, k0 + 8), B::at(bs, c, k0 + 12));
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i)

@@ -94,7 +94,7 @@ bool gdn_chunk_fused_bf16_apply(const at::Tensor& q, const at::Tensor& k, const 
 // per-chunk results (W, U_n, K_d, the states entering each chunk; the chunk decays in fp32) it keeps:
 // less than half of what gdn_chunk_fused keeps. Its backward is gdn_chunk_backward on them in fp32 (the
 // fp32 kernels; each chunk's (I + A)^-1 formed again), so the gradients carry the bf16 forward's own
-// rounding, up to 1.4x their sensitivity to bf16 inputs with the forward's W and U' formed from a split
+// rounding, up to 1.6x their sensitivity to bf16 inputs with the forward's W and U' formed from a split
 // (I + A)^-1 (experiments/gdn_bf16_backward); bf16 leaves get theirs rounded to bf16. The output is in q's dtype, the final state fp32.
 std::pair<at::Tensor, at::Tensor> gdn_chunk_fused_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        const at::Tensor& g, const at::Tensor& beta,

@@ -188,7 +188,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // The bf16 forward's results (bf16 q, k, v, W, U_n, K_d and states) are taken in fp32: the chain
   // rule below runs in fp32 on their exact values, its batched products on bf16 operands
   // (gdn_bf16_backward_products), and the gradients come back in fp32 (the caller rounds them for bf16
-  // leaves). What the gradients then carry is mostly the bf16 forward's own rounding: up to 1.4x
+  // leaves). What the gradients then carry is mostly the bf16 forward's own rounding: up to 1.6x
   // their sensitivity to bf16 inputs, bf16 products included (experiments/gdn_bf16_backward).
   const bool bf16 = s.q.scalar_type() == at::kBFloat16;
   const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32};

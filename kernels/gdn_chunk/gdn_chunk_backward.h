@@ -52,8 +52,8 @@ struct GdnChunkBackwardOps {
 
 // The arithmetic of the batched products when the saved results are the bf16 forward's:
 // PRIME_GDN_BACKWARD_PRODUCTS (read at each call) "bf16" or unset, bf16 operands with fp32 accumulation
-// (kernels/chunk_gemm's Bf16; experiments/gdn_bf16_backward: the gradients within 1.4x their bf16
-// sensitivity, as with fp32 products); "fp32", 3xTF32 (fp32 accuracy, to time the two); anything else a
+// (kernels/chunk_gemm's Bf16; experiments/gdn_bf16_backward: the gradients within 1.6x their bf16
+// sensitivity, 1.4x with fp32 products); "fp32", 3xTF32 (fp32 accuracy, to time the two); anything else a
 // UserError. fp32 and float64 saved results always multiply in their own precision.
 GemmPrecision gdn_bf16_backward_products();
 
