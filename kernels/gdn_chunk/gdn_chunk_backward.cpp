@@ -201,7 +201,9 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   ChainRule c;
   c.q = to_chunks(s.q, N, work), c.k = to_chunks(s.k, N, work), c.v = to_chunks(s.v, N, work);
   c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
-  const at::Tensor W = in_work(s.w), U = in_work(s.u), K_d = in_work(s.k_decayed), S = in_work(s.states);
+  // The per-chunk results and the large intermediates are let go after their last use (each [M,N,D,D]
+  // one is 1 GB at (4,8192,32,128) in fp32; the bf16 results' fp32 copies are made where needed).
+  at::Tensor W = in_work(s.w), K_d = in_work(s.k_decayed);
   const at::Tensor &q = c.q, &k = c.k;
   const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros_like(q);
 
@@ -224,25 +226,38 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   }
   at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
   product.accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
-  const at::Tensor d_states = product(transposed(q_state), d_o);
+  at::Tensor d_states = product(transposed(q_state), d_o);
+  q_state = at::Tensor();
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
-  const auto [G, d_initial] = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
+  auto [G, d_initial] = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
+  W = d_states = at::Tensor();
 
   at::Tensor d_u = product(transposed(scores), d_o);  // dU_n = dU'
+  scores = at::Tensor();
   product.accumulate(d_u, K_d, G);
-  const at::Tensor d_w = product(d_u, transposed(S), -1.0);
-  c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
-  c.d_k_decayed = product(U, transposed(G));
-  if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
+  K_d = at::Tensor();
+  at::Tensor d_w;
+  {
+    const at::Tensor S = in_work(s.states);
+    d_w = product(d_u, transposed(S), -1.0);
+    c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
+    if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
 #ifdef PRIME_WITH_CUDA
-    c.d_chunk_decay = at::empty({M, N}, S.options());
-    detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}), c.d_chunk_decay.view({M * N}));
+      c.d_chunk_decay = at::empty({M, N}, S.options());
+      detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}),
+                                            c.d_chunk_decay.view({M * N}));
 #endif
-  } else {
-    c.d_chunk_decay = (S * G).sum({-1, -2});
+    } else {
+      c.d_chunk_decay = (S * G).sum({-1, -2});
+    }
+  }
+  {
+    const at::Tensor U = in_work(s.u);
+    c.d_k_decayed = product(U, transposed(G));
+    G = at::Tensor();
+    c.d_scores = product(d_o, transposed(U));
   }
   c.chunk_decay = s.decay;
-  c.d_scores = product(d_o, transposed(U));
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
   c.kk = product(k, transposed(k));
@@ -256,6 +271,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   product.accumulate(d_inverse, d_w, transposed(k), 1.0, c.beta * c.e_gamma);
   c.d_v_in = product(transposed(inverse), d_u);
   c.d_k_in = product(transposed(inverse), d_w);
+  d_w = d_u = at::Tensor();
   c.p = product(product(transposed(inverse), d_inverse), transposed(inverse));  // dA = -p
 
   GdnChunkGrads grads;
