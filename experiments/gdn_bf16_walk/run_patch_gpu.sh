@@ -22,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-400} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, begin_out
 [ $# -ge 1 ] || { echo "usage: run_patch_gpu.sh PATCH... (.patch files of experiments/gdn_bf16_walk)"; exit 1; }
 names=()
 for arg in "$@"; do
@@ -31,9 +31,7 @@ for arg in "$@"; do
   names+=("$name")
 done
 OUT=${OUT:-/tmp/prime-gdn-patch-out}
-mkdir -p "$OUT"
-trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+begin_out
 bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 kept=$(mktemp -d)

@@ -11,11 +11,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-420} ))
-source experiments/gpu/steps.sh  # left, run
+source experiments/gpu/steps.sh  # left, run, begin_out
 OUT=${OUT:-/tmp/prime-gdn-walk-shapes-out}
-mkdir -p "$OUT"
-trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+begin_out
 if [ "${1:-}" != --no-build ]; then
   bash experiments/gpu/build_filtered.sh "$OUT" '/lib/|/search/|/kernels/|/apps/prime-bench' prime-bench || exit 1
 fi

@@ -11,11 +11,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 deadline=$(( start + ${DEADLINE_S:-560} ))
-source experiments/gpu/steps.sh  # left, run, sanitize
+source experiments/gpu/steps.sh  # left, run, sanitize, begin_out
 OUT=${OUT:-/tmp/prime-gdn-wgmma-out}
-mkdir -p "$OUT"
-trap 'bash experiments/gpu/pack_out.sh "$OUT"' EXIT  # all.tgz: every file, for the runner's few
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/machine.txt" 2>&1
+begin_out
 bash experiments/gdn_bf16_walk/build_gpu.sh "$OUT" || exit 1
 export PRIME_REQUIRE_CUDA=1
 run 60 wgmma_products build-gpu/bin/prime_tests "[wgmma]"
