@@ -9,7 +9,7 @@
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
 #      backward's products on bf16 operands (chunk_gemm's Bf16): the GDN training and chunk_gemm
 #      tests; GDN's fwd+bwd with --dtype bf16 (bf16 and fp32 products) and fp32;
-# then memcheck and racecheck on each piece's small shape. Each piece's own script goes further
+# then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
 # (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gka_bf16_forward/run_cluster_gpu.sh,
 # experiments/gdn_bf16_backward/run_gpu.sh). Steps run while the time left allows (DEADLINE_S,
 # default 570). Results under $OUT, all.tgz among them.
@@ -37,7 +37,8 @@ bench() {  # bench NAME VARIABLE=VALUE PRIME-BENCH-KERNELS-ARGS...
   run 40 "$name" env "$setting" build-gpu/bin/prime-bench kernels --device cuda --repeats 5 "$@" &&
     grep -E '^(GDN|GKA) +\(' "$OUT/$name.txt" | head -1
 }
-for round in 1 2; do
+ab_round() {  # ab_round ROUND: one A/B timing of each piece
+  local round=$1
   for walk in fused wgmma; do
     bench gdn_walk_${walk}_$round PRIME_GDN_FORWARD_WALK=$walk --types GDN --dtype bf16 --no-backward
   done
@@ -48,8 +49,10 @@ for round in 1 2; do
     bench gdn_train_${setting%:*}_products_${setting#*:}_$round PRIME_GDN_BACKWARD_PRODUCTS=${setting#*:} \
       --types GDN --dtype ${setting%:*}
   done
-done
+}
+ab_round 1
 sanitize 100 sanitizer_gdn_wgmma "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
 sanitize 100 sanitizer_gka_cluster "GKA bf16 forward: one small sequence*"
 sanitize 100 sanitizer_gdn_bf16_training "GDN trained on the bf16 forward: a small shape*"
+ab_round 2
 echo "total: $(( $(date +%s) - start )) s"
