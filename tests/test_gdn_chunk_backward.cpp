@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -67,8 +68,11 @@ kernels::GdnChunkSaved forward_results(const at::Tensor& q, const at::Tensor& k,
   return saved;
 }
 
-// The backward's two sequential pieces as plain loops and a triangular solve.
-kernels::GdnChunkBackwardOps cpu_ops() {
+// The backward's two sequential pieces as plain loops and a triangular solve; with fused_walk, also the
+// fused reverse walk's math (gdn_chunk_launch.h, launch_gdn_backward_walk_bf16) in the saved dtype: per
+// chunk from the last, dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) K_n G and G <- e^{Gamma_C} G +
+// Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n.
+kernels::GdnChunkBackwardOps cpu_ops(bool fused_walk = false) {
   kernels::GdnChunkBackwardOps ops;
   ops.reverse_walk = [](const at::Tensor& k_decayed, const at::Tensor& w, const at::Tensor& d_states,
                         const at::Tensor& decay, const at::Tensor& d_final, const at::Tensor& starts) {
@@ -87,6 +91,29 @@ kernels::GdnChunkBackwardOps cpu_ops() {
     const at::Tensor identity = at::eye(A.size(-1), A.options());
     return at::linalg_solve_triangular(A.tril(-1) + identity, identity.expand(A.sizes()), false, true, true);
   };
+  if (!fused_walk) return ops;
+  ops.fused_walk = [](const kernels::GdnChunkSaved& s, const at::Tensor& gamma, const at::Tensor& d_out,
+                      const at::Tensor& d_final) {
+    const int64_t M = s.w.size(0), N = s.w.size(1), D = s.w.size(3);
+    const at::Tensor q = chunked(s.q, N), k = chunked(s.k, N);
+    const at::Tensor d_o = d_out.defined() ? chunked(d_out, N) : at::zeros_like(q);
+    const at::Tensor g = gamma.to(q.scalar_type());
+    const at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * at::exp(g.unsqueeze(-1) - g.unsqueeze(-2)).tril();
+    const at::Tensor gamma_end = g.narrow(-1, kChunk - 1, 1);
+    const at::Tensor to_end = at::exp(gamma_end - g).unsqueeze(-1), e_gamma = at::exp(g).unsqueeze(-1);
+    at::Tensor G = d_final.defined() ? d_final : at::zeros({M, D, D}, q.options());
+    std::vector<at::Tensor> gradients(N), d_u(N);
+    for (int64_t n = N - 1; n >= 0; --n) {
+      gradients[n] = G;
+      d_u[n] = at::matmul(scores.select(1, n).transpose(-1, -2), d_o.select(1, n)) +
+               to_end.select(1, n) * at::matmul(k.select(1, n), G);
+      G = at::exp(gamma_end.select(1, n)).unsqueeze(-1) * G +
+          at::matmul(q.select(1, n).transpose(-1, -2), e_gamma.select(1, n) * d_o.select(1, n)) -
+          at::matmul(s.w.select(1, n).transpose(-1, -2), d_u[n]);
+      if (s.starts.defined() && s.starts[n].item<bool>()) G = at::zeros_like(G);
+    }
+    return std::make_tuple(at::stack(gradients, 1), at::stack(d_u, 1), G);
+  };
   return ops;
 }
 
@@ -100,7 +127,7 @@ kernels::GdnChunkBackwardOps cpu_ops() {
 // moves when q, k, v and w_out carry bf16-sized rounding, each element times 1 + 2^-9 xi).
 void check_backward(int64_t T, int64_t D, const std::vector<bool>& starts, bool use_out, bool use_final,
                     double strongest = 0.41, at::ScalarType type = at::kDouble, double tolerance = 1e-10,
-                    bool saved_inverse = true, bool bf16_saved = false) {
+                    bool saved_inverse = true, bool bf16_saved = false, bool fused_walk = false) {
   const int64_t B = 2, H = 3, N = (T + kChunk - 1) / kChunk;
   at::manual_seed(17 + T + D);
   at::Tensor q = at::randn({B, T, H, D}, kF64), k = at::randn({B, T, H, D}, kF64);
@@ -161,7 +188,7 @@ void check_backward(int64_t T, int64_t D, const std::vector<bool>& starts, bool 
     if (d_out.defined()) d_out = half(d_out);
   }
   const kernels::GdnChunkGrads got = kernels::gdn_chunk_backward(
-      saved, d_out, use_final ? (bf16_saved ? w_final.to(at::kFloat) : as(w_final)) : at::Tensor(), cpu_ops());
+      saved, d_out, use_final ? (bf16_saved ? w_final.to(at::kFloat) : as(w_final)) : at::Tensor(), cpu_ops(fused_walk));
   if (bf16_saved) {  // every gradient in fp32 (the autograd function rounds bf16 leaves' own)
     CHECK(got.q.scalar_type() == at::kFloat);
     CHECK(got.v.scalar_type() == at::kFloat);
@@ -198,6 +225,16 @@ TEST_CASE("GDN chunked backward written out: float64 gradients equal autograd th
     check_backward(130, 16, {}, true, false, 0.41, at::kDouble, 1e-10, false);
   }
   SECTION("only the final state is used") { check_backward(130, 16, {}, false, true); }
+  SECTION("the fused reverse walk's math gives the same gradients") {
+    const auto fused = [](int64_t T, const std::vector<bool>& starts, bool use_out, bool use_final) {
+      check_backward(T, 16, starts, use_out, use_final, 0.41, at::kDouble, 1e-10, false, false, true);
+    };
+    fused(150, {}, true, true);
+    fused(320, {true, false, true, true, false}, true, true);
+    fused(200, {false, false, true, false}, true, true);
+    fused(130, {}, true, false);
+    fused(130, {}, false, true);
+  }
 }
 
 // In fp32 the gates' gradient must not come from differences of large sums: with strong decays
@@ -244,4 +281,17 @@ TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_PRODUCTS picks t
   }
   const test::ScopedEnv bad("PRIME_GDN_BACKWARD_PRODUCTS", "tf32");
   CHECK_THROWS_WITH(kernels::gdn_bf16_backward_products(), Catch::Contains("PRIME_GDN_BACKWARD_PRODUCTS=tf32"));
+}
+
+TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_WALK picks the walk", "[kernels][gdn]") {
+  {
+    const test::ScopedEnv unset("PRIME_GDN_BACKWARD_WALK", nullptr);
+    CHECK_FALSE(kernels::gdn_bf16_backward_fused_walk());
+  }
+  for (const auto& [text, fused] : {std::pair{"split", false}, std::pair{"fused", true}}) {
+    const test::ScopedEnv set("PRIME_GDN_BACKWARD_WALK", text);
+    CHECK(kernels::gdn_bf16_backward_fused_walk() == fused);
+  }
+  const test::ScopedEnv bad("PRIME_GDN_BACKWARD_WALK", "wgmma");
+  CHECK_THROWS_WITH(kernels::gdn_bf16_backward_fused_walk(), Catch::Contains("PRIME_GDN_BACKWARD_WALK=wgmma"));
 }

@@ -3,9 +3,9 @@
 # GPU in one call: builds build-gpu (carry .deps), runs the GDN tests with PRIME_REQUIRE_CUDA=1 (the
 # bf16 training path's gradients against float64 among them), memcheck on the small training shape,
 # `prime-bench kernels --types GDN` fwd and fwd+bwd with --dtype bf16 and fp32 alternating twice at
-# (4,8192,32,128) (bf16 with its backward's products on bf16 and on fp32 operands), then the 8B-shape
-# GDN 1:3 align step with and without PRIME_SSM_CORE=bf16
-# alternating (step time, MFU, peak memory). Steps run while the time left allows (DEADLINE_S, default
+# (4,8192,32,128) (bf16 with its backward's products on bf16 and on fp32 operands, and with its fused
+# reverse walk, PRIME_GDN_BACKWARD_WALK=fused), then the 8B-shape GDN 1:3 align step with and without
+# PRIME_SSM_CORE=bf16 (with either walk) alternating (step time, MFU, peak memory). Steps run while the time left allows (DEADLINE_S, default
 # 570). Results under $OUT, all.tgz among them.
 #   bash experiments/gdn_bf16_backward/run_gpu.sh
 set -uo pipefail
@@ -25,17 +25,18 @@ run 120 sanitizer_memcheck compute-sanitizer --tool memcheck build-gpu/bin/prime
   "GDN trained on the fused forward: a small shape*,GDN trained on the bf16 forward: a small shape*"
 grep -E "ERROR SUMMARY" "$OUT/sanitizer_memcheck.txt"
 for round in 1 2; do
-  for setting in bf16:bf16 bf16:fp32 fp32:fp32; do  # --dtype : PRIME_GDN_BACKWARD_PRODUCTS
-    dtype=${setting%:*} products=${setting#*:}
-    name=kernels_bench_gdn_${dtype}_products_${products}_$round
-    PRIME_GDN_BACKWARD_PRODUCTS=$products run 60 "$name" build-gpu/bin/prime-bench kernels --device cuda \
-      --types GDN --dtype $dtype --repeats 5 && grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
+  for setting in bf16:bf16:split bf16:bf16:fused bf16:fp32:split fp32:fp32:split; do  # --dtype:products:walk
+    IFS=: read -r dtype products walk <<< "$setting"
+    name=kernels_bench_gdn_${dtype}_products_${products}_walk_${walk}_$round
+    PRIME_GDN_BACKWARD_PRODUCTS=$products PRIME_GDN_BACKWARD_WALK=$walk run 60 "$name" build-gpu/bin/prime-bench \
+      kernels --device cuda --types GDN --dtype $dtype --repeats 5 && grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
   done
 done
 for round in 1 2; do
-  for core in bf16 fp32; do
-    name=train_GDN_1to3_core_${core}_$round
-    PRIME_SSM_CORE=$core run 120 "$name" build-gpu/bin/prime-bench train \
+  for setting in bf16:split bf16:fused fp32:split; do  # PRIME_SSM_CORE : PRIME_GDN_BACKWARD_WALK
+    core=${setting%:*} walk=${setting#*:}
+    name=train_GDN_1to3_core_${core}_walk_${walk}_$round
+    PRIME_SSM_CORE=$core PRIME_GDN_BACKWARD_WALK=$walk run 120 "$name" build-gpu/bin/prime-bench train \
       --model synthetic:qwen3-8b+convert:GDN:1:3 --teacher synthetic:qwen3-8b --stage align --seq-len 4096 \
       --batch 1 --device cuda --dtype bf16 --repeats 2 &&
       grep -iE 'step|MFU|peak' "$OUT/$name.txt" | head -4

@@ -191,19 +191,40 @@ def backward(inputs, saved, d_out, d_final, design):
 
     qk = mm("qk", qc, t(kc))
     scores = fp32(qk * decay)
-    q_state = fp32(qc * e_gamma.unsqueeze(-1) - mm("scores_w", scores, W))
-    d_states = mm("d_states", t(q_state), d_o)  # [h,N,D,D]
-    # The reverse walk: G (fp32) the gradient reaching the state after chunk n.
     G = fp32(d_final)
     grads_after = [None] * qc.shape[1]
-    for n in reversed(range(qc.shape[1])):
-        grads_after[n] = G
-        KG = mm("walk_kg", K_d[:, n], store(G, P("walk_operand", "bf16")))
-        G = fp32(chunk_decay[:, n, None, None] * G + d_states[:, n] - mm("walk_wkg", t(W[:, n]), KG))
-    d_initial = G
-    Gs = torch.stack(grads_after, 1)
-    G_operand = store(Gs, P("g_operand", "bf16"))  # what the per-chunk products read
-    d_u = fp32(mm("d_u_scores", t(scores), d_o) + mm("d_u_walk", K_d, G_operand))
+    if P("walk", "split") == "fused":
+        # The fused reverse walk (kernels/gdn_chunk/gdn_backward_bf16_walk_kernels.cu): per chunk, from
+        # bf16 q, k, dO, W and the fp32 G it carries, dU = bf16(scores)^T dO + diag(e^{G_C - G}) (K bf16(G))
+        # and G <- e^{G_C} G + Q^T bf16(diag(e^G) dO) + W^T bf16(-dU), every product one bf16 MMA; G and dU
+        # leave it in fp32.
+        to_end = fp32(torch.exp(gamma[..., -1:] - gamma))
+        d_o_decayed = store(fp32(d_o * e_gamma.unsqueeze(-1)), P("walk_operand", "bf16"))
+        scores_operand = store(scores, P("walk_operand", "bf16"))
+        d_us = [None] * qc.shape[1]
+        for n in reversed(range(qc.shape[1])):
+            grads_after[n] = G
+            KG = mm("walk_kg", kc[:, n], store(G, P("walk_operand", "bf16")))
+            d_u_n = fp32(mm("d_u_scores", t(scores_operand[:, n]), d_o[:, n]) + to_end[:, n].unsqueeze(-1) * KG)
+            d_us[n] = d_u_n
+            G = fp32(chunk_decay[:, n, None, None] * G + fp32(mm("d_states", t(qc[:, n]), d_o_decayed[:, n]) +
+                                                             mm("walk_wkg", t(W[:, n]), -d_u_n)))
+        d_u = torch.stack(d_us, 1)
+        d_initial = G
+        Gs = torch.stack(grads_after, 1)
+        G_operand = store(Gs, P("g_operand", "bf16"))
+    else:
+        q_state = fp32(qc * e_gamma.unsqueeze(-1) - mm("scores_w", scores, W))
+        d_states = mm("d_states", t(q_state), d_o)  # [h,N,D,D]
+        # The reverse walk: G (fp32) the gradient reaching the state after chunk n.
+        for n in reversed(range(qc.shape[1])):
+            grads_after[n] = G
+            KG = mm("walk_kg", K_d[:, n], store(G, P("walk_operand", "bf16")))
+            G = fp32(chunk_decay[:, n, None, None] * G + d_states[:, n] - mm("walk_wkg", t(W[:, n]), KG))
+        d_initial = G
+        Gs = torch.stack(grads_after, 1)
+        G_operand = store(Gs, P("g_operand", "bf16"))  # what the per-chunk products read
+        d_u = fp32(mm("d_u_scores", t(scores), d_o) + mm("d_u_walk", K_d, G_operand))
     d_w = -mm("d_w", d_u, t(S))
     d_q_decayed = mm("d_q_decayed", d_o, t(S))
     d_k_decayed = mm("d_k_decayed", U, t(G_operand))
@@ -274,7 +295,8 @@ def with_decay_gradient(grads, g):
 # Each design: the arithmetic of the backward's products and stored intermediates (default for every
 # product not named). Names: the products in backward() (mm's first argument), "saved" (W, U_n, K_d),
 # "states" (S_n), "walk_operand" (G as the walk's MMA operand), "g_operand" (G as the per-chunk
-# products' operand), "inverse" ("recompute" in fp32 from A, or the stored T's rounding), "grads" (the
+# products' operand), "walk" ("split": the reverse walk on the addend formed first, as the fp32 backward does;
+# "fused": the fused reverse walk's arithmetic, which forms dU too), "inverse" ("recompute" in fp32 from A, or the stored T's rounding), "grads" (the
 # gradients of q, k, v returned: fp32, or bf16 for bf16 leaves), "forward" ("bf16": the saved results
 # from the emulated bf16 forward; "bf16, T split": the same with W's and U''s products taking T as hi +
 # lo; "f64": the float64 forward's, unrounded).
@@ -299,6 +321,9 @@ DESIGNS = {
     "fp32 products on a forward with T's products split": dict(default="fp32", walk_operand="fp32",
                                                                 g_operand="fp32", forward="bf16, T split"),
     "all bf16 on a forward with T's products split": dict(default="bf16", forward="bf16, T split"),
+    "f64 with the fused reverse walk": dict(default="f64", saved="f64", states="f64", walk_operand="f64", g_operand="f64",
+                                        inverse="f64", forward="f64", walk="fused"),
+    "the same with the fused reverse walk": dict(default="bf16", forward="bf16, T split", walk="fused"),
 }
 
 

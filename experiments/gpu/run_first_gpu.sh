@@ -7,8 +7,9 @@
 #   2. GKA's solve split over a two-block cluster (PRIME_GKA_FORWARD_ITERATE=cluster): the GKA bf16
 #      forward tests (o bit for bit against the one-block form); the two forms at (4,8192,32,128);
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
-#      backward's products on bf16 operands (chunk_gemm's Bf16): the GDN training and chunk_gemm
-#      tests; GDN's fwd+bwd with --dtype bf16 (bf16 and fp32 products) and fp32;
+#      backward's products on bf16 operands (chunk_gemm's Bf16), and its fused reverse walk
+#      (PRIME_GDN_BACKWARD_WALK=fused): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
+#      --dtype bf16 (bf16 and fp32 products, either walk) and fp32;
 # then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
 # (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gka_bf16_forward/run_cluster_gpu.sh,
 # experiments/gdn_bf16_backward/run_gpu.sh). Steps run while the time left allows (DEADLINE_S,
@@ -32,9 +33,11 @@ run 150 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 call
 summary gdn_tests "wgmma|trained on the bf16|FAILED|passed|failed" 20
 run 150 gka_tests build-gpu/bin/prime_tests "GKA bf16 forward*"
 summary gka_tests "cluster|FAILED|passed|failed" 20
-bench() {  # bench NAME VARIABLE=VALUE PRIME-BENCH-KERNELS-ARGS...
-  local name=$1 setting=$2; shift 2
-  run 40 "$name" env "$setting" build-gpu/bin/prime-bench kernels --device cuda --repeats 5 "$@" &&
+bench() {  # bench NAME VARIABLE=VALUE [env VARIABLE=VALUE] PRIME-BENCH-KERNELS-ARGS...
+  local name=$1 setting=$2 more=()
+  shift 2
+  if [ "$1" = env ]; then more=("$2"); shift 2; fi
+  run 40 "$name" env "$setting" "${more[@]}" build-gpu/bin/prime-bench kernels --device cuda --repeats 5 "$@" &&
     grep -E '^(GDN|GKA) +\(' "$OUT/$name.txt" | head -1
 }
 ab_round() {  # ab_round ROUND: one A/B timing of each piece
@@ -45,9 +48,11 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
   for form in wgmma cluster; do
     bench gka_${form}_$round PRIME_GKA_FORWARD_ITERATE=$form --types GKA --dtype bf16 --no-backward
   done
-  for setting in bf16:bf16 bf16:fp32 fp32:fp32; do  # --dtype : PRIME_GDN_BACKWARD_PRODUCTS
-    bench gdn_train_${setting%:*}_products_${setting#*:}_$round PRIME_GDN_BACKWARD_PRODUCTS=${setting#*:} \
-      --types GDN --dtype ${setting%:*}
+  local dtype products walk
+  for setting in bf16:bf16:split bf16:bf16:fused bf16:fp32:split fp32:fp32:split; do  # --dtype:products:walk
+    IFS=: read -r dtype products walk <<< "$setting"
+    bench gdn_train_${dtype}_products_${products}_walk_${walk}_$round PRIME_GDN_BACKWARD_PRODUCTS=$products \
+      env PRIME_GDN_BACKWARD_WALK=$walk --types GDN --dtype $dtype
   done
 }
 ab_round 1

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -350,6 +351,28 @@ GdnChunkBackwardOps cuda_backward_ops() {
   return ops;
 }
 
+// The fused reverse walk on the bf16 forward's results (GdnChunkBackwardOps::fused_walk): d_out rounded
+// to bf16 (the walk's products read it so), the rest as the forward saved it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_walk_bf16(const GdnChunkSaved& s, const at::Tensor& gamma,
+                                                               const at::Tensor& d_out, const at::Tensor& d_final) {
+#ifdef PRIME_WITH_CUDA
+  const int64_t M = s.w.size(0), N = s.w.size(1), D = s.w.size(3);
+  detail::GdnBackwardWalkBf16 walk;
+  walk.q = s.q, walk.k = s.k, walk.w = s.w, walk.gamma = gamma.contiguous(), walk.d_final = d_final;
+  walk.starts = s.starts;
+  walk.d_out = d_out.defined() ? contiguous_aligned(d_out.to(at::kBFloat16), 16) : at::zeros_like(s.q);
+  const at::TensorOptions fp32 = s.q.options().dtype(at::kFloat);
+  walk.grads_after = new_output({M, N, D, D}, fp32);
+  walk.d_u = new_output({M, N, kForwardChunk, D}, fp32);
+  walk.d_initial = new_output({M, D, D}, fp32);
+  detail::launch_gdn_backward_walk_bf16(walk);
+  return {walk.grads_after, walk.d_u, walk.d_initial};
+#else
+  (void)s, (void)gamma, (void)d_out, (void)d_final;
+  return {};
+#endif
+}
+
 // The fused autograd functions' backward: gdn_chunk_backward on what their forward saved, {q, k, v,
 // g, beta, w, u, k_decayed, decay, states, starts_or_empty} and each chunk's (I + A)^-1 where kept,
 // with the state's gradient where the forward had one; q's, k's and v's gradients in `leaves`, their
@@ -359,7 +382,13 @@ variable_list fused_backward(AutogradContext* context, const variable_list& grad
   const GdnChunkSaved s{saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
                         saved[6], saved[7], saved[8], saved[9], saved.size() > 11 ? saved[11] : at::Tensor(),
                         optional(saved[10])};
-  const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], cuda_backward_ops());
+  GdnChunkBackwardOps ops = cuda_backward_ops();
+#ifdef PRIME_WITH_CUDA
+  if (s.q.scalar_type() == at::kBFloat16 && gdn_bf16_backward_fused_walk() &&
+      detail::gdn_backward_walk_bf16_fits_device(s.q.size(3), s.q.get_device()))
+    ops.fused_walk = fused_walk_bf16;
+#endif
+  const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], ops);
   const bool has_state = context->saved_data["has_state"].toBool();
   return {grads.q.to(leaves), grads.k.to(leaves), grads.v.to(leaves), grads.g, grads.beta,
           has_state ? grads.state : at::Tensor(), at::Tensor()};

@@ -170,6 +170,15 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
 
 }  // namespace
 
+bool gdn_bf16_backward_fused_walk() {
+  const char* value = std::getenv("PRIME_GDN_BACKWARD_WALK");
+  const std::string text = value ? value : "";
+  if (text.empty() || text == "split") return false;
+  if (text == "fused") return true;
+  throw user_error("PRIME_GDN_BACKWARD_WALK=", text, ": must be \"split\" (GDN's backward from its bf16 forward ",
+                   "walks on its addend formed first, the default) or \"fused\" (the fused reverse walk)");
+}
+
 GemmPrecision gdn_bf16_backward_products() {
   const char* value = std::getenv("PRIME_GDN_BACKWARD_PRODUCTS");
   const std::string text = value ? value : "";
@@ -203,7 +212,6 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
   // The per-chunk results and the large intermediates are let go after their last use (each [M,N,D,D]
   // one is 1 GB at (4,8192,32,128) in fp32; the bf16 results' fp32 copies are made where needed).
-  at::Tensor W = in_work(s.w), K_d = in_work(s.k_decayed);
   const at::Tensor &q = c.q, &k = c.k;
   const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros_like(q);
 
@@ -212,30 +220,34 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.e_gamma = at::exp(c.gamma64).to(q.scalar_type());
   const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, q.scalar_type());
 
-  // The output's side: scores, the walk's addend and the walk.
+  // The output's side: scores, the walk's addend and the walk, and dU_n = dU'.
   c.qk = product(q, transposed(k));
-  at::Tensor scores;
-  if (on_kernels) {
-#ifdef PRIME_WITH_CUDA
-    scores = at::empty_like(c.qk);
-    detail::launch_gdn_backward_scores(c.qk.view({M * N, kChunk, kChunk}), c.g.view({M * N, kChunk}),
-                                       scores.view({M * N, kChunk, kChunk}));
-#endif
-  } else {
-    scores = c.qk * decay;
-  }
-  at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
-  product.accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
-  at::Tensor d_states = product(transposed(q_state), d_o);
-  q_state = at::Tensor();
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
-  auto [G, d_initial] = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
-  W = d_states = at::Tensor();
-
-  at::Tensor d_u = product(transposed(scores), d_o);  // dU_n = dU'
-  scores = at::Tensor();
-  product.accumulate(d_u, K_d, G);
-  K_d = at::Tensor();
+  at::Tensor G, d_initial, d_u;
+  if (ops.fused_walk) {
+    std::tie(G, d_u, d_initial) = ops.fused_walk(s, c.gamma64, d_out, d_final_flat);
+  } else {
+    at::Tensor W = in_work(s.w), K_d = in_work(s.k_decayed);
+    at::Tensor scores;
+    if (on_kernels) {
+#ifdef PRIME_WITH_CUDA
+      scores = at::empty_like(c.qk);
+      detail::launch_gdn_backward_scores(c.qk.view({M * N, kChunk, kChunk}), c.g.view({M * N, kChunk}),
+                                         scores.view({M * N, kChunk, kChunk}));
+#endif
+    } else {
+      scores = c.qk * decay;
+    }
+    at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
+    product.accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
+    at::Tensor d_states = product(transposed(q_state), d_o);
+    q_state = at::Tensor();
+    std::tie(G, d_initial) = ops.reverse_walk(K_d, W, d_states, s.decay, d_final_flat, s.starts);
+    W = d_states = at::Tensor();
+    d_u = product(transposed(scores), d_o);
+    scores = at::Tensor();
+    product.accumulate(d_u, K_d, G);
+  }
   at::Tensor d_w;
   {
     const at::Tensor S = in_work(s.states);

@@ -22,6 +22,7 @@
 #include "kernels/chunk_gemm/chunk_gemm.h"
 
 #include <functional>
+#include <tuple>
 #include <utility>
 
 namespace prime::kernels {
@@ -48,7 +49,20 @@ struct GdnChunkBackwardOps {
                                                   const at::Tensor& d_final, const at::Tensor& starts)>
       reverse_walk;
   std::function<at::Tensor(const at::Tensor& A)> inverse;
+  // Optional, for the bf16 forward's results: the walk with its addend and dU formed inside (CUDA:
+  // launch_gdn_backward_walk_bf16), from the saved q, k, w, Gamma [M,N,64] float64, d_out [B,T,H,D]
+  // (undefined: zeros), d_final [M,D,D] (or undefined) and starts, giving (G_n per chunk [M,N,D,D],
+  // dU [M,N,64,D], the gradient of the initial state [M,D,D]), fp32. Where it is empty the walk runs on
+  // the addend formed first (reverse_walk).
+  std::function<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const GdnChunkSaved& saved, const at::Tensor& gamma,
+                                                               const at::Tensor& d_out, const at::Tensor& d_final)>
+      fused_walk;
 };
+
+// Which walk GDN's backward from its bf16 forward takes on CUDA: PRIME_GDN_BACKWARD_WALK (read at each
+// call) "split" or unset, the walk on its addend formed by batched products first; "fused", the fused
+// reverse walk (launch_gdn_backward_walk_bf16, not yet run on a GPU, so opt-in); anything else a UserError.
+bool gdn_bf16_backward_fused_walk();
 
 // The arithmetic of the batched products when the saved results are the bf16 forward's:
 // PRIME_GDN_BACKWARD_PRODUCTS (read at each call) "bf16" or unset, bf16 operands with fp32 accumulation

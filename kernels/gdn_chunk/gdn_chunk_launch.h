@@ -73,6 +73,24 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows);
 // multiple of 4): the chunk decays' gradient.
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
 
+// The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu;
+// not yet run on a GPU): per batch and head, from the last chunk to the first, with G the gradient
+// reaching the state after chunk n (d_final after the last),
+//   grads_after[n] = G,  dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) K_n G  (P the decayed causal scores),
+//   G <- e^{Gamma_C} G + Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n,
+// every product on bf16 operands (G, P, diag(e^Gamma) dO and dU rounded), fp32 accumulation and outputs.
+// q, k, d_out [B,T,H,D] bf16 with D in {32, 64, 128}; w [M,N,64,D] bf16 (the forward's W); gamma
+// [M,N,64] float64 (each chunk's prefix sums of the gates, rows past T constant); d_final [M,D,D] or
+// undefined (zeros); starts as launch_chunk_scan's (nothing flows back past a flagged chunk). Writes
+// grads_after [M,N,D,D], d_u [M,N,64,D] and d_initial [M,D,D], fp32.
+struct GdnBackwardWalkBf16 {
+  at::Tensor q, k, d_out, w, gamma, d_final, starts;
+  at::Tensor grads_after, d_u, d_initial;
+};
+void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk);
+// Whether that walk's block for head dim D fits device `device`'s shared memory (197 KB at D = 128).
+bool gdn_backward_walk_bf16_fits_device(int64_t head_dim, int device);
+
 // The bf16 fused forward's scratch: w, u [M,N,64,D] bf16 (U', then the split walk's U_n), and
 // either gamma [M,N,64] float64 (the fused walk: each chunk's prefix sums of the gates) or
 // k_decayed [M,N,64,D] bf16, decay [M,N] fp32 and states [M,N,D,D] bf16 (the split walk: K_d,

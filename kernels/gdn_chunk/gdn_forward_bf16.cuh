@@ -32,6 +32,26 @@ struct Bf16Params {
   Bf16* o;                        // [B,T,H,D]
 };
 
+// The tiles of the fused walks, one block per batch and head with the state (forward S, backward its
+// gradient G) [D][D] in the warps' fp32 accumulators for the whole walk: 16 warps at D = 128, 8 below.
+// The state's tiles f = warp + kWarps i (row block f / CB, column block warp % CB: one column block per
+// warp, so a product's B operand is loaded once per k-step); a chunk's [64][D] row results (U_n and O
+// forwards, dU backwards) in tiles f = kRowPerWarp warp + i (one row block per warp: its A operand is
+// loaded once per k-step). Shared [64][D] bf16 matrices are kMatrix elements, row stride ld.
+template <int D>
+struct WalkTiles {
+  static constexpr int kWarps = D == 128 ? 16 : 8;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int ld = bf16_tiles::ld_of(D);
+  static constexpr int CB = D / 16;  // 16-column blocks of the state and the row results
+  static constexpr int kStateTiles = (D / 16) * CB;
+  static constexpr int kStatePerWarp = (kStateTiles + kWarps - 1) / kWarps;
+  static constexpr int kRowTiles = (kChunk / 16) * CB;
+  static constexpr int kRowPerWarp = kRowTiles / kWarps;
+  static_assert(kWarps % CB == 0 && kRowTiles % kWarps == 0 && CB % kRowPerWarp == 0, "tile assignment");
+  static constexpr size_t kMatrix = static_cast<size_t>(kChunk) * ld;
+};
+
 // The offset of row t0 of batch b, head h in a [B,T,H,D] tensor.
 template <int D>
 __device__ __forceinline__ size_t time_major_offset(const Bf16Params& p, int b, int t0, int h) {

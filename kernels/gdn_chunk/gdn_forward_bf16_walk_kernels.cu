@@ -27,27 +27,15 @@ namespace {
 
 using namespace bf16_tiles;
 
-// The block's shape and shared memory for head dim D.
+// The block's shape (WalkTiles) and shared memory for head dim D.
 template <int D>
-struct Walk {
-  static constexpr int kWarps = D == 128 ? 16 : 8;
-  static constexpr int kThreads = 32 * kWarps;
-  static constexpr int ld = ld_of(D);
-  static constexpr int CB = D / 16;  // 16-column blocks of S, U_n and O
-  // S's tiles f = warp + kWarps i (row block f / CB, column block f % CB = warp % CB: one
-  // column block per warp, so the U_n operand of the state update is loaded once per k-step).
-  static constexpr int kStateTiles = (D / 16) * CB;
-  static constexpr int kStatePerWarp = (kStateTiles + kWarps - 1) / kWarps;
-  // U_n's and O's tiles f = kRowPerWarp warp + i (one row block per warp: its W_n or Q_n
-  // operand is loaded once per k-step).
-  static constexpr int kRowTiles = (kChunk / 16) * CB;
-  static constexpr int kRowPerWarp = kRowTiles / kWarps;
-  static_assert(kWarps % CB == 0 && kRowTiles % kWarps == 0 && CB % kRowPerWarp == 0, "tile assignment");
-  static constexpr size_t kMatrix = static_cast<size_t>(kChunk) * ld;  // a [64][ld] bf16 matrix
+struct Walk : WalkTiles<D> {
+  static constexpr int ld = WalkTiles<D>::ld;
+  static constexpr size_t kMatrix = WalkTiles<D>::kMatrix;
   // G [2][64] (float64); W, U', Q [2], K [2], U_n, the decayed U_n [64][ld]; bf16(S) [D][ld];
   // the scores [64][kLdT]; the warps' scratch tiles.
   static constexpr size_t kSharedBytes = 2 * kChunk * sizeof(double) + (8 * kMatrix + D * ld) * sizeof(Bf16) +
-                                         kChunk * kLdT * sizeof(Bf16) + kWarps * kScratchBytes;
+                                         kChunk * kLdT * sizeof(Bf16) + WalkTiles<D>::kWarps * kScratchBytes;
 };
 
 template <int D>
