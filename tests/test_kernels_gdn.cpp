@@ -714,6 +714,21 @@ TEST_CASE("GDN trained on the bf16 forward: a small shape for the sanitizer", "[
   check_bf16_training(1, 100, 1, 32, true, {}, at::Device(at::kCUDA, 0));
 }
 
+TEST_CASE("GDN trained on the bf16 forward: the fused reverse walk refuses fp32 products", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const at::Device cuda(at::kCUDA, 0);
+  const CoreInputs in = random_core_inputs(1, 100, 1, 32, 9);
+  std::vector<at::Tensor> leaves = as_leaves(in, cuda, at::kFloat);
+  for (int i = 0; i < 3; ++i) leaves[i] = leaves[i].detach().to(at::kBFloat16).requires_grad_(true);
+  auto [out, final_state] = model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4],
+                                                            leaves[5], 64, at::Tensor());
+  const at::Tensor loss = out.to(at::kFloat).sum() + final_state.sum();
+  const test::ScopedEnv walk("PRIME_GDN_BACKWARD_WALK", "fused");
+  const test::ScopedEnv products("PRIME_GDN_BACKWARD_PRODUCTS", "fp32");
+  CHECK_THROWS_WITH(torch::autograd::grad({loss}, leaves), Catch::Contains("PRIME_GDN_BACKWARD_PRODUCTS=fp32"));
+}
+
 TEST_CASE("GDN trained on the fused forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());

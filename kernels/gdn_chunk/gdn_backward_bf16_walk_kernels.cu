@@ -113,6 +113,7 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
     }
     for (int n = end - 1; n >= begin; --n) {
       const size_t chunk = static_cast<size_t>(m) * N + n;
+      const bool restart = p.starts != nullptr && p.starts[n];  // read early: used after the chunk's products
 #pragma unroll
       for (int i = 0; i < Shape::kStatePerWarp; ++i) {  // G_n to memory, bf16(G) for this chunk's products
         const int f = warp + kWarps * i;
@@ -204,7 +205,7 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
           }
         }
       }
-      if (p.starts != nullptr && p.starts[n]) {  // the forward's reset: nothing flows to the chunks before
+      if (restart) {  // the forward's reset: nothing flows to the chunks before
 #pragma unroll
         for (int i = 0; i < Shape::kStatePerWarp; ++i) fill(s[i], 0.0f);
       }

@@ -384,9 +384,15 @@ variable_list fused_backward(AutogradContext* context, const variable_list& grad
                         optional(saved[10])};
   GdnChunkBackwardOps ops = cuda_backward_ops();
 #ifdef PRIME_WITH_CUDA
-  if (s.q.scalar_type() == at::kBFloat16 && gdn_bf16_backward_fused_walk() &&
-      detail::gdn_backward_walk_bf16_fits_device(s.q.size(3), s.q.get_device()))
+  if (s.q.scalar_type() == at::kBFloat16 && gdn_bf16_backward_fused_walk()) {
+    if (gdn_bf16_backward_products() != GemmPrecision::Bf16)
+      throw user_error("PRIME_GDN_BACKWARD_WALK=fused multiplies on bf16 operands: it does not go with ",
+                       "PRIME_GDN_BACKWARD_PRODUCTS=fp32");
+    if (!detail::gdn_backward_walk_bf16_fits_device(s.q.size(3), s.q.get_device()))
+      throw user_error("PRIME_GDN_BACKWARD_WALK=fused: the fused reverse walk's block for head dim ", s.q.size(3),
+                       " does not fit this GPU's shared memory");
     ops.fused_walk = fused_walk_bf16;
+  }
 #endif
   const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], ops);
   const bool has_state = context->saved_data["has_state"].toBool();
