@@ -4,7 +4,8 @@
 # bf16 training path's gradients against float64 among them), memcheck on the small training shape,
 # `prime-bench kernels --types GDN` fwd and fwd+bwd with --dtype bf16 and fp32 alternating twice at
 # (4,8192,32,128) (bf16 with its backward's products on bf16 and on fp32 operands, and with its fused
-# reverse walk, PRIME_GDN_BACKWARD_WALK=fused), then the 8B-shape GDN 1:3 align step with and without
+# reverse walk, PRIME_GDN_BACKWARD_WALK=fused), ncu's per-kernel times of one bf16 fwd+bwd with either
+# walk, then the 8B-shape GDN 1:3 align step with and without
 # PRIME_SSM_CORE=bf16 (with either walk) alternating (step time, MFU, peak memory). Steps run while the time left allows (DEADLINE_S, default
 # 570). Results under $OUT, all.tgz among them.
 #   bash experiments/gdn_bf16_backward/run_gpu.sh
@@ -32,6 +33,13 @@ for round in 1 2; do
       kernels --device cuda --types GDN --dtype $dtype --repeats 5 && grep -E '^GDN +\(' "$OUT/$name.txt" | head -1
   done
 done
+if command -v ncu > /dev/null; then  # where one bf16 fwd+bwd's kernel time goes, per walk
+  for walk in split fused; do
+    PRIME_GDN_BACKWARD_WALK=$walk run 90 ncu_gdn_bf16_fwd_bwd_walk_$walk ncu --profile-from-start off \
+      --metrics gpu__time_duration.sum --print-summary per-kernel build-gpu/bin/prime-bench kernels --device cuda \
+      --types GDN --dtype bf16 --profile
+  done
+fi
 for round in 1 2; do
   for setting in bf16:split bf16:fused fp32:split; do  # PRIME_SSM_CORE : PRIME_GDN_BACKWARD_WALK
     core=${setting%:*} walk=${setting#*:}
