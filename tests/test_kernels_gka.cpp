@@ -34,12 +34,14 @@ namespace {
 
 // The gradients of sum(x * probe) in the six inputs from the backward kernel called directly (the
 // iterates from the forward kernel), summed back to the inputs' shapes as ChunkSolve does.
-std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const at::Tensor& probe, int iterations) {
+// products: the sweep's arithmetic (the iterates are 3xTF32's either way, as in ChunkSolve).
+std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const at::Tensor& probe, int iterations,
+                                        kernels::SolveProducts products = kernels::SolveProducts::Tf32x3) {
   const at::NoGradGuard no_grad;
   at::Tensor iterates;
   kernels::gka_chunk_solve(in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, &iterates);
   const kernels::GkaSolveGradients g = kernels::gka_chunk_solve_backward(
-      in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, iterates, probe.to(in[0].options()));
+      in[0], in[1], in[2], in[3], in[4], in[5], 0.02, iterations, iterates, probe.to(in[0].options()), products);
   std::vector<at::Tensor> out;
   const at::Tensor per_chunk[] = {g.q, g.keys, g.start, g.weights, g.from_start, g.frob};
   for (size_t i = 0; i < in.size(); ++i) {
@@ -323,7 +325,7 @@ TEST_CASE("GKA solve backward kernel: the mma and wmma kernels agree", "[kernels
 }
 
 // Small enough for compute-sanitizer's memcheck and racecheck: one padded chunk (23 rows) and
-// one full chunk, a few iterations, every output poisoned first.
+// one full chunk, a few iterations, every output poisoned first; the sweep on 3xTF32 and on bf16x3.
 TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -334,12 +336,67 @@ TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "
     const at::Tensor probe = at::randn({1, 1, 2, C, 32}, at::kDouble);
     const auto in = leaves(system, at::Device(at::kCUDA, 0), at::kFloat);
     const std::vector<at::Tensor> direct = kernel_backward(in, probe, 3);
+    const std::vector<at::Tensor> bf16x3 = kernel_backward(in, probe, 3, kernels::SolveProducts::Bf16x3);
     const kernels::ScopedKernelPolicy torch_only(kernels::Policy::Torch);
     const SolveRun torch_ops = run_solve(in, probe, 3, false);
     for (size_t i = 0; i < direct.size(); ++i) {
       INFO("C=" << C << ", gradient of input " << i);
       CHECK(norm_relative_error(direct[i], torch_ops.grads[i]) <= 1e-4);
+      CHECK(norm_relative_error(bf16x3[i], torch_ops.grads[i]) <= 1e-4);
     }
+  }
+}
+
+// The reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): every output written
+// (poisoned), all six gradients within the fp32 bound of float64 (experiments/gka_bf16_solve: within
+// 1.4e-5 in its study) and of the 3xTF32 sweep, over full and padded chunks, D = 32 to 128, N = 2
+// and 30, H_0 and the decays broadcast; ChunkSolve takes it under the variable (its gradients the
+// kernel's bit for bit) and not without (3xTF32's: the two differ).
+TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[kernels][gka][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  struct Case {
+    int64_t B, H, n, C, D;
+    int iterations;
+    bool broadcast;
+  };
+  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false},
+                                         {2, 1, 2, 37, 64, 30, false},
+                                         {1, 2, 3, 64, 32, 2, false},
+                                         {1, 2, 2, 48, 96, 30, true}}) {
+    INFO("B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C << " D=" << c.D << " N=" << c.iterations
+              << (c.broadcast ? " broadcast" : ""));
+    const System system = random_system(c.B, c.H, c.n, c.C, c.D, 31 + c.C + c.D, c.broadcast);
+    const at::Tensor probe = at::randn({c.B, c.H, c.n, c.C, c.D}, at::kDouble);
+    const auto on_cuda = leaves(system, cuda, at::kFloat);
+    const std::vector<at::Tensor> tf32x3 = kernel_backward(on_cuda, probe, c.iterations);
+    const std::vector<at::Tensor> bf16x3 = kernel_backward(on_cuda, probe, c.iterations, kernels::SolveProducts::Bf16x3);
+    SolveRun through_autograd, without;
+    {
+      const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", "bf16x3");
+      through_autograd = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    }
+    without = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    const SolveRun reference = run_solve(leaves(system, at::kCPU, at::kDouble), probe, c.iterations, true);
+    double vs_f64 = 0, vs_tf32 = 0;
+    for (size_t i = 0; i < bf16x3.size(); ++i) {
+      INFO("gradient of input " << i);
+      CHECK(at::isfinite(bf16x3[i]).all().item<bool>());
+      CHECK(at::equal(through_autograd.grads[i], bf16x3[i]));
+      CHECK(at::equal(without.grads[i], tf32x3[i]));
+      const double error64 = norm_relative_error(bf16x3[i], reference.grads[i]);
+      const double error32 = norm_relative_error(bf16x3[i], tf32x3[i]);
+      CHECK(error64 <= 1e-4);
+      CHECK(error32 <= 1e-4);
+      vs_f64 = std::max(vs_f64, error64);
+      vs_tf32 = std::max(vs_tf32, error32);
+    }
+    CHECK_FALSE(at::equal(bf16x3[1], tf32x3[1]));  // the keys' gradient: the bf16x3 steps ran
+    std::cout << "[kernels][gka] backward bf16x3 B=" << c.B << " H=" << c.H << " n=" << c.n << " C=" << c.C
+              << " D=" << c.D << " N=" << c.iterations << (c.broadcast ? " broadcast" : "")
+              << ": worst gradient vs float64 " << vs_f64 << ", vs 3xTF32 " << vs_tf32 << std::endl;
   }
 }
 

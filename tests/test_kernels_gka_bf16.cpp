@@ -54,23 +54,28 @@ at::Tensor float64_solve(const System& system, int iterations, bool bf16_inputs 
 
 }  // namespace
 
-TEST_CASE("GKA solve products: PRIME_GKA_SOLVE_PRODUCTS takes tf32x3 or bf16x3 and rejects the rest",
+TEST_CASE("GKA solve products: PRIME_GKA_SOLVE_PRODUCTS and PRIME_GKA_BACKWARD_PRODUCTS take tf32x3 or bf16x3",
           "[kernels][gka]") {
-  {
-    const test::ScopedEnv unset("PRIME_GKA_SOLVE_PRODUCTS", nullptr);
-    CHECK(kernels::gka_fp32_solve_products() == SolveProducts::Tf32x3);
-  }
-  {
-    const test::ScopedEnv tf32("PRIME_GKA_SOLVE_PRODUCTS", "tf32x3");
-    CHECK(kernels::gka_fp32_solve_products() == SolveProducts::Tf32x3);
-  }
-  {
-    const test::ScopedEnv bf16x3("PRIME_GKA_SOLVE_PRODUCTS", "bf16x3");
-    CHECK(kernels::gka_fp32_solve_products() == SolveProducts::Bf16x3);
-  }
-  for (const char* bad : {"bf16", "fp32", "BF16X3", "1"}) {
-    const test::ScopedEnv wrong("PRIME_GKA_SOLVE_PRODUCTS", bad);
-    CHECK_THROWS_AS(kernels::gka_fp32_solve_products(), UserError);
+  for (const auto& [variable, read] :
+       {std::pair{"PRIME_GKA_SOLVE_PRODUCTS", &kernels::gka_fp32_solve_products},
+        std::pair{"PRIME_GKA_BACKWARD_PRODUCTS", &kernels::gka_backward_products}}) {
+    INFO(variable);
+    {
+      const test::ScopedEnv unset(variable, nullptr);
+      CHECK(read() == SolveProducts::Tf32x3);
+    }
+    {
+      const test::ScopedEnv tf32(variable, "tf32x3");
+      CHECK(read() == SolveProducts::Tf32x3);
+    }
+    {
+      const test::ScopedEnv bf16x3(variable, "bf16x3");
+      CHECK(read() == SolveProducts::Bf16x3);
+    }
+    for (const char* bad : {"bf16", "fp32", "BF16X3", "1"}) {
+      const test::ScopedEnv wrong(variable, bad);
+      CHECK_THROWS_WITH(read(), Catch::Contains(variable));
+    }
   }
 }
 

@@ -6,6 +6,8 @@
 #      the GDN bf16 tests; the fused and wgmma walks at (4,8192,32,128);
 #   2. GKA's solve split over a two-block cluster (PRIME_GKA_FORWARD_ITERATE=cluster): the GKA bf16
 #      forward tests (o bit for bit against the one-block form); the two forms at (4,8192,32,128);
+#   2b. GKA's reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): its tests (the fp32
+#      bound of float64); GKA's fp32 fwd+bwd at (1,4096,32,128) with either sweep;
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
 #      backward's products on bf16 operands (chunk_gemm's Bf16), and its fused reverse walk
 #      (PRIME_GDN_BACKWARD_WALK=fused): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
@@ -23,7 +25,7 @@ source experiments/gpu/steps.sh  # left, run, sanitize, begin_out
 OUT=${OUT:-/tmp/prime-first-gpu-out}
 begin_out
 bash experiments/gpu/build_filtered.sh "$OUT" \
-  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_(gdn|gka_forward_bf16|wgmma|wgmma_layout|chunk_gemm)|gdn_chunk_backward)[.]cpp' \
+  '/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_(gdn|gka|gka_bf16|gka_forward_bf16|wgmma|wgmma_layout|chunk_gemm)|gdn_chunk_backward)[.]cpp' \
   prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
 summary() { [ -f "$OUT/$1.txt" ] && grep -E "$2" "$OUT/$1.txt" | tail -"${3:-12}"; }
@@ -31,8 +33,8 @@ run 60 wgmma_products build-gpu/bin/prime_tests "[wgmma]"
 summary wgmma_products "FAILED|passed|failed" 4
 run 150 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,chunk gemm*"
 summary gdn_tests "wgmma|trained on the bf16|FAILED|passed|failed" 20
-run 150 gka_tests build-gpu/bin/prime_tests "GKA bf16 forward*"
-summary gka_tests "cluster|FAILED|passed|failed" 20
+run 150 gka_tests build-gpu/bin/prime_tests "GKA bf16 forward*,GKA solve backward kernel*,GKA solve products*"
+summary gka_tests "cluster|bf16x3|FAILED|passed|failed" 24
 bench() {  # bench NAME VARIABLE=VALUE [env VARIABLE=VALUE] PRIME-BENCH-KERNELS-ARGS...
   local name=$1 setting=$2 more=()
   shift 2
@@ -48,6 +50,9 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
   for form in wgmma cluster; do
     bench gka_${form}_$round PRIME_GKA_FORWARD_ITERATE=$form --types GKA --dtype bf16 --no-backward
   done
+  for products in tf32x3 bf16x3; do  # the reverse sweep's products, at the 8B align step's core shape
+    bench gka_sweep_${products}_$round PRIME_GKA_BACKWARD_PRODUCTS=$products --types GKA --batch 1 --tokens 4096
+  done
   local dtype products walk
   for setting in bf16:bf16:split bf16:bf16:fused bf16:fp32:split fp32:fp32:split; do  # --dtype:products:walk
     IFS=: read -r dtype products walk <<< "$setting"
@@ -58,6 +63,7 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
 ab_round 1
 sanitize 100 sanitizer_gdn_wgmma "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
 sanitize 100 sanitizer_gka_cluster "GKA bf16 forward: one small sequence*"
+sanitize 100 sanitizer_gka_sweep_bf16x3 "GKA solve backward kernel: small chunks*"
 sanitize 100 sanitizer_gdn_bf16_training "GDN trained on the bf16 forward: a small shape*"
 ab_round 2
 echo "total: $(( $(date +%s) - start )) s"

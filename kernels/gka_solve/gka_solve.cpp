@@ -48,14 +48,23 @@ bool gka_chunk_solve_apply(const at::Tensor& q) {
 #endif
 }
 
-SolveProducts gka_fp32_solve_products() {
-  const char* value = std::getenv("PRIME_GKA_SOLVE_PRODUCTS");
+namespace {
+
+// The fp32 solve's products named by environment variable `variable`: "tf32x3" (unset too) or "bf16x3".
+SolveProducts fp32_products_from(const char* variable) {
+  const char* value = std::getenv(variable);
   const std::string text = value ? value : "";
   if (text.empty() || text == "tf32x3") return SolveProducts::Tf32x3;
   if (text == "bf16x3") return SolveProducts::Bf16x3;
-  throw user_error("PRIME_GKA_SOLVE_PRODUCTS=", text, ": must be \"tf32x3\" (three TF32 MMAs per step, the ",
+  throw user_error(variable, "=", text, ": must be \"tf32x3\" (three TF32 MMAs per step, the ",
                    "default) or \"bf16x3\" (three bf16 MMAs per step on split operands)");
 }
+
+}  // namespace
+
+SolveProducts gka_fp32_solve_products() { return fp32_products_from("PRIME_GKA_SOLVE_PRODUCTS"); }
+
+SolveProducts gka_backward_products() { return fp32_products_from("PRIME_GKA_BACKWARD_PRODUCTS"); }
 
 at::Tensor gka_chunk_solve(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                            const at::Tensor& weights, const at::Tensor& from_start,
@@ -107,7 +116,10 @@ bool gka_chunk_solve_backward_enabled() {
 GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                            const at::Tensor& weights, const at::Tensor& from_start,
                                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                                           const at::Tensor& iterates, const at::Tensor& grad) {
+                                           const at::Tensor& iterates, const at::Tensor& grad,
+                                           SolveProducts products) {
+  PRIME_CHECK(products != SolveProducts::Bf16, "gka_chunk_solve_backward: the sweep keeps fp32 accuracy (Tf32x3 ",
+              "or Bf16x3)");
   PRIME_CHECK(gka_chunk_solve_backward_apply(q, num_iter), "gka_chunk_solve_backward: operands the kernel does not ",
               "serve (q ", q.sizes(), ", N = ", num_iter, "); ask gka_chunk_solve_backward_apply first");
   require_cuda_build("gka_chunk_solve_backward");
@@ -134,7 +146,7 @@ GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor
   detail::launch_gka_chunk_solve_backward(
       q3, flat(keys, lead, {C, D}, "keys"), flat(start, lead, {D, D}, "start"), flat(weights, lead, {C, C}, "weights"),
       flat(from_start, lead, {C, 1}, "from_start").view({M, C}), flat(frob, lead, {C, 1}, "frob").view({M, C}),
-      ridge_strength, num_iter, all, flat(grad, lead, {C, D}, "grad"), per_chunk);
+      ridge_strength, num_iter, all, flat(grad, lead, {C, D}, "grad"), per_chunk, products);
 #endif
   GkaSolveGradients out;
   out.q = per_chunk.q.view(q.sizes());

@@ -36,6 +36,13 @@ enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
 // value is a UserError naming the variable. Read at each call.
 SolveProducts gka_fp32_solve_products();
 
+// PRIME_GKA_BACKWARD_PRODUCTS: the products of the reverse sweep kernel (gka_chunk_solve_backward),
+// "tf32x3" (unset: the default) or "bf16x3" (built, not yet run on a GPU, so opt-in: twice the TF32 rate;
+// the study's gradients within 1.4e-5 of float64 on bf16x3 products, experiments/gka_bf16_solve; D a
+// multiple of 32, other head dims take Tf32x3); any other value is a UserError naming the variable.
+// Read at each call.
+SolveProducts gka_backward_products();
+
 // How gka_chunk_solve lays out the iterates it returns: [num_iter, ..., C, D] (IterationMajor: what
 // gka_chunk_solve_backward reads) or [..., num_iter, C, D] (ChunkMajor: a chunk's N C rows in a row,
 // what gka_chunk_adjoint_recurrence and the stacked gradient products read).
@@ -73,11 +80,12 @@ bool gka_chunk_solve_backward_enabled();
 // The reverse sweep of the solve (the backward of model::gka_detail::chunk_solve, whose comment
 // states the math) on chip, one block per chunk: the gradients of x = gka_chunk_solve(...) for
 // the upstream gradient `grad` (like q), given the solve's `iterates` [num_iter, ..., C, D] as
-// gka_chunk_solve returns them.
+// gka_chunk_solve returns them; its products in `products`' arithmetic (Tf32x3 or Bf16x3).
 GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                            const at::Tensor& weights, const at::Tensor& from_start,
                                            const at::Tensor& frob, double ridge_strength, int num_iter,
-                                           const at::Tensor& iterates, const at::Tensor& grad);
+                                           const at::Tensor& iterates, const at::Tensor& grad,
+                                           SolveProducts products = SolveProducts::Tf32x3);
 
 // The reverse sweep's adjoint recurrence alone (model::ChunkSolve under PRIME_GKA_SWEEP=split, which
 // forms the gradients of the keys, H_0 and the weights afterwards from the stacked adjoints): for the

@@ -323,7 +323,7 @@ void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys
                                      const at::Tensor& weights, const at::Tensor& from_start,
                                      const at::Tensor& frob, double ridge_strength, int num_iter,
                                      const at::Tensor& iterates, const at::Tensor& grad,
-                                     const GkaSolveGradients& out) {
+                                     const GkaSolveGradients& out, SolveProducts products) {
   const char* op = "gka_chunk_solve_backward";
   check_operand(q, op, "q", at::kFloat, 3);
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
@@ -368,7 +368,7 @@ void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys
   const at::cuda::CUDAGuard guard(q.device());
   if (use_mma_kernel(C, D)) {
     launch_gka_chunk_solve_backward_mma(q, keys, start, weights, from_start, frob, ridge_strength, num_iter, iterates,
-                                        grad, out);
+                                        grad, out, products == SolveProducts::Bf16x3);
     return;
   }
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_backward_kernel,

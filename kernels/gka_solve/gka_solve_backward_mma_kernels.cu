@@ -35,6 +35,7 @@ namespace {
 using namespace gka_mma;
 using namespace gka_sweep;
 
+template <bool kBf16>
 __global__ void __launch_bounds__(kThreads, 1)
     gka_chunk_solve_backward_mma_kernel(const float* __restrict__ q, const float* __restrict__ keys,
                                         const float* __restrict__ start, const float* __restrict__ weights,
@@ -104,16 +105,16 @@ __global__ void __launch_bounds__(kThreads, 1)
           dw[u][e] = accumulate && t < chunk && s < chunk ? g_weights[t * chunk + s] : 0.0f;
         }
       }
-      for (int k0 = 0; k0 < dim; k0 += 8) {
+      for (int k0 = 0; k0 < dim; k0 += depth_step<kBf16>()) {
         FragA a_adj, a_y;
-        load_a(a_adj, Adj, ld_x, pr * 16, k0, lane);
-        load_a(a_y, Y, ld_x, pr * 16, k0, lane);
+        load_a_step<kBf16>(a_adj, Adj, ld_x, pr * 16, k0, lane);
+        load_a_step<kBf16>(a_y, Y, ld_x, pr * 16, k0, lane);
         FragB2 b;
-        load_b2(b, K, ld_x, pc * 16, k0, lane);
+        load_b2_step<kBf16>(b, K, ld_x, pc * 16, k0, lane);
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          mma3_rounded(p1[u], a_adj, b.hi + 2 * u, b.lo + 2 * u);
-          mma3_rounded(p2[u], a_y, b.hi + 2 * u, b.lo + 2 * u);
+          mma3_rounded_step<kBf16>(p1[u], a_adj, b.hi + 2 * u, b.lo + 2 * u);
+          mma3_rounded_step<kBf16>(p2[u], a_y, b.hi + 2 * u, b.lo + 2 * u);
         }
       }
 #pragma unroll
@@ -142,18 +143,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     if (h_owner) {  // dH_0 += y_i^T (e s A), over the chunk's rows
-      for (int k0 = 0; k0 < Cp; k0 += 8) {
+      for (int k0 = 0; k0 < Cp; k0 += depth_step<kBf16>()) {
         FragA a_top, a_bottom;
-        load_a_transposed(a_top, Y, ld_x, ha0, k0, lane);
-        load_a_transposed(a_bottom, Y, ld_x, ha0 + 16, k0, lane);
-        const int r0 = k0 + t4, r1 = r0 + 4;
-        const float es0 = decay[r0] * (eta[r0] * minus_omega), es1 = decay[r1] * (eta[r1] * minus_omega);
+        load_a_transposed_step<kBf16>(a_top, Y, ld_x, ha0, k0, lane);
+        load_a_transposed_step<kBf16>(a_bottom, Y, ld_x, ha0 + 16, k0, lane);
+        // The lane's depth rows' factors e s, formed once per step (2 rows, or 4 on bf16x3).
+        float es[depth_step<kBf16>() / 4];
+#pragma unroll
+        for (int i = 0; i < depth_step<kBf16>() / 4; ++i) {
+          const int r = k0 + t4 + 4 * i;
+          es[i] = decay[r] * (eta[r] * minus_omega);
+        }
+        const auto scale = [&](int i) { return es[i]; };
 #pragma unroll
         for (int j = 0; j < kTiles; ++j) {
           uint32_t b_hi[2], b_lo[2];
-          load_b_rows(b_hi, b_lo, Adj, ld_x, hb0 + 8 * j, k0, lane, es0, es1);
-          mma3_rounded(d_h[0][j], a_top, b_hi, b_lo);
-          mma3_rounded(d_h[1][j], a_bottom, b_hi, b_lo);
+          load_b_rows_step<kBf16>(b_hi, b_lo, Adj, ld_x, hb0 + 8 * j, k0, lane, scale);
+          mma3_rounded_step<kBf16>(d_h[0][j], a_top, b_hi, b_lo);
+          mma3_rounded_step<kBf16>(d_h[1][j], a_bottom, b_hi, b_lo);
         }
       }
     }
@@ -173,17 +180,17 @@ __global__ void __launch_bounds__(kThreads, 1)
           dk[j][2] = bottom.x;
           dk[j][3] = bottom.y;
         }
-        for (int k0 = rb * 16; k0 < Cp; k0 += 8) {
+        for (int k0 = rb * 16; k0 < Cp; k0 += depth_step<kBf16>()) {
           FragA a2, a1;
-          load_a_transposed(a2, P2, ld_t, rb * 16, k0, lane);
-          load_a_transposed(a1, P1, ld_t, rb * 16, k0, lane);
+          load_a_transposed_step<kBf16>(a2, P2, ld_t, rb * 16, k0, lane);
+          load_a_transposed_step<kBf16>(a1, P1, ld_t, rb * 16, k0, lane);
 #pragma unroll
           for (int j = 0; j < kTiles; ++j) {
             uint32_t b_hi[2], b_lo[2];
-            load_b_rows(b_hi, b_lo, Adj, ld_x, c0 + 8 * j, k0, lane);
-            mma3_rounded(dk[j], a2, b_hi, b_lo);
-            load_b_rows(b_hi, b_lo, Y, ld_x, c0 + 8 * j, k0, lane);
-            mma3_rounded(dk[j], a1, b_hi, b_lo);
+            load_b_rows_step<kBf16>(b_hi, b_lo, Adj, ld_x, c0 + 8 * j, k0, lane, NoScale{});
+            mma3_rounded_step<kBf16>(dk[j], a2, b_hi, b_lo);
+            load_b_rows_step<kBf16>(b_hi, b_lo, Y, ld_x, c0 + 8 * j, k0, lane, NoScale{});
+            mma3_rounded_step<kBf16>(dk[j], a1, b_hi, b_lo);
           }
         }
 #pragma unroll
@@ -195,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // HU = e s (A H_0) + P1 K and the update (gka_sweep_common.cuh), with the row sums of
       // s (A H_0) o y_i and HU o y_i.
-      adjoint_operator(hu, s, minus_omega, rb, c0, group, lane);
+      adjoint_operator<kBf16>(hu, s, minus_omega, rb, c0, group, lane);
       adjoint_update(hu, carry, s, omega, rb, c0, group, lane, [](int, int, int, int, float2) {});
     }
     __syncthreads();  // every read of A, y_i, P1 and P2 of this iteration is done
@@ -267,15 +274,15 @@ void launch_gka_chunk_solve_backward_mma(const at::Tensor& q, const at::Tensor& 
                                          const at::Tensor& weights, const at::Tensor& from_start,
                                          const at::Tensor& frob, double ridge_strength, int num_iter,
                                          const at::Tensor& iterates, const at::Tensor& grad,
-                                         const GkaSolveGradients& out) {
+                                         const GkaSolveGradients& out, bool bf16x3) {
   const int64_t M = q.size(0), C = q.size(1), D = q.size(2);
   PRIME_CHECK(gka_chunk_solve_backward_mma_serves(C, D), "gka_chunk_solve_backward_mma: C = ", C, ", D = ", D,
               " not served");
   const size_t bytes = gka_chunk_solve_backward_mma_shared_bytes(C, D, num_iter);
-  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_chunk_solve_backward_mma_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  gka_chunk_solve_backward_mma_kernel<<<static_cast<unsigned>(M), kThreads, bytes,
-                                        at::cuda::getCurrentCUDAStream()>>>(
+  const auto kernel = bf16x3 ? gka_chunk_solve_backward_mma_kernel<true> : gka_chunk_solve_backward_mma_kernel<false>;
+  PRIME_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  kernel<<<static_cast<unsigned>(M), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
       q.data_ptr<float>(), keys.data_ptr<float>(), start.data_ptr<float>(), weights.data_ptr<float>(),
       from_start.data_ptr<float>(), frob.data_ptr<float>(), iterates.data_ptr<float>(), grad.data_ptr<float>(),
       out.q.data_ptr<float>(), out.keys.data_ptr<float>(), out.start.data_ptr<float>(),

@@ -59,17 +59,21 @@ bool gka_chunk_solve_backward_fits(const at::Device& device, int64_t C, int64_t 
 // rely on weights being zero above the diagonal (model::gka_detail::ChunkSystem's contract).
 bool gka_chunk_solve_backward_mma_serves(int64_t C, int64_t D);
 size_t gka_chunk_solve_backward_mma_shared_bytes(int64_t C, int64_t D, int64_t num_iter);
+// bf16x3: its products on three bf16 MMAs per 16-deep step (gka_mma_fragments.cuh's bf16x3 steps)
+// instead of 3xTF32.
 void launch_gka_chunk_solve_backward_mma(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                          const at::Tensor& weights, const at::Tensor& from_start,
                                          const at::Tensor& frob, double ridge_strength, int num_iter,
                                          const at::Tensor& iterates, const at::Tensor& grad,
-                                         const GkaSolveGradients& out);
+                                         const GkaSolveGradients& out, bool bf16x3 = false);
 
+// products: Bf16x3 takes the mma kernel's bf16x3 steps where that kernel serves; the wmma kernel
+// (other head dims, or PRIME_GKA_BACKWARD_WMMA=1) stays 3xTF32.
 void launch_gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,
                                      const at::Tensor& weights, const at::Tensor& from_start,
                                      const at::Tensor& frob, double ridge_strength, int num_iter,
                                      const at::Tensor& iterates, const at::Tensor& grad,
-                                     const GkaSolveGradients& out);
+                                     const GkaSolveGradients& out, SolveProducts products = SolveProducts::Tf32x3);
 
 // The adjoint recurrence (gka_solve.h, gka_chunk_adjoint_recurrence; gka_adjoint_mma_kernels.cu) for M
 // chunks: operands as the reverse sweep's but the iterates chunk-major [M, N, C, D]; writes adjoints

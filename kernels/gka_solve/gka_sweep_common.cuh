@@ -116,11 +116,13 @@ __device__ __forceinline__ void load_operands(const Sweep& s, long long m, const
 
 // hu (zero on entry) = HU = e s (A H_0) + P1 K on this warp's block, s = eta (-omega) per row, with the
 // partial row sums of s (A H_0) o y_i into part_decay. P1 = W o (s A K^T) is complete (a barrier
-// before); its columns past this row block's diagonal block are zero.
+// before); its columns past this row block's diagonal block are zero. kBf16: the products' steps on
+// bf16x3 (gka_mma_fragments.cuh) instead of 3xTF32.
+template <bool kBf16 = false>
 __device__ __forceinline__ void adjoint_operator(float (&hu)[kTiles][4], const Sweep& s, float minus_omega, int rb,
                                                  int c0, int group, int lane) {
   const int row_a = rb * 16 + (lane >> 2), row_b = row_a + 8, t4 = lane & 3;
-  gka_mma::warp_product<kTiles / 2, true>(hu, s.Adj, s.ld_x, rb * 16, s.Ht, s.ld_x, c0, s.dim, lane);
+  gka_mma::warp_product<kTiles / 2, true, kBf16>(hu, s.Adj, s.ld_x, rb * 16, s.Ht, s.ld_x, c0, s.dim, lane);
   const float scale_a = s.eta[row_a] * minus_omega, scale_b = s.eta[row_b] * minus_omega;
   const float e_a = s.decay[row_a], e_b = s.decay[row_b];
   float sum_a = 0.0f, sum_b = 0.0f;
@@ -138,7 +140,7 @@ __device__ __forceinline__ void adjoint_operator(float (&hu)[kTiles][4], const S
     }
   }
   store_row_sums(s.part_decay, row_a, row_b, group, sum_a, sum_b);
-  gka_mma::warp_product_rows<kTiles, true>(hu, s.P1, s.ld_t, rb * 16, s.K, s.ld_x, c0, 16 * (rb + 1), lane);
+  gka_mma::warp_product_rows<kTiles, true, kBf16>(hu, s.P1, s.ld_t, rb * 16, s.K, s.ld_x, c0, 16 * (rb + 1), lane);
 }
 
 // The adjoint update on this warp's block: hu (HU) becomes A_i = HU + kappa omega_i A_{i+1} + carry and

@@ -134,8 +134,9 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     // keys used throughout: experiments/gka_bf16_forward). PRIME_GKA_SOLVE_PRODUCTS=bf16x3 takes them for
     // the fp32 solve's forward too. The backward recomputes the iterates on 3xTF32 whatever the forward
     // took and runs the fp32 sweep: the norm's gradient is a difference of two terms ~1/r times itself,
-    // and bf16x3 iterates put it at the fp32 bound (experiments/gka_sweep_split); bf16 products in the
-    // sweep would put the keys' gradient past the bf16 bound (experiments/gka_bf16_solve).
+    // and bf16x3 iterates put it at the fp32 bound (experiments/gka_sweep_split); one bf16 MMA per product
+    // in the sweep would put the keys' gradient past the bf16 bound (experiments/gka_bf16_solve), bf16x3
+    // keeps it within 1.4e-5 (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3, the sweep kernel's products alone).
     const kernels::SolveProducts fp32_products = kernels::gka_fp32_solve_products();  // a bad value fails here
     if (kernels::gka_chunk_solve_apply(q))
       return kernels::gka_chunk_solve(q, keys, start, weights, from_start, frob, ridge_strength,
@@ -187,7 +188,8 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
         const kernels::GkaSolveGradients g =
             kernels::gka_chunk_solve_backward(q, system.keys, system.start, system.weights, system.from_start,
-                                              frob, r, num_iter, iterates, grad_outputs[0]);
+                                              frob, r, num_iter, iterates, grad_outputs[0],
+                                              kernels::gka_backward_products());
         return gradients_of_inputs(saved, {g.q, need_keys ? g.keys : at::Tensor(),
                                            need_start ? g.start : at::Tensor(),
                                            need_weights ? g.weights : at::Tensor(),
