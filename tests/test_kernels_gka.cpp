@@ -378,7 +378,10 @@ TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[ke
       const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", "bf16x3");
       through_autograd = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
     }
-    without = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    {
+      const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", nullptr);
+      without = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    }
     const SolveRun reference = run_solve(leaves(system, at::kCPU, at::kDouble), probe, c.iterations, true);
     double vs_f64 = 0, vs_tf32 = 0;
     for (size_t i = 0; i < bf16x3.size(); ++i) {

@@ -149,28 +149,30 @@ __device__ __forceinline__ void a_from_steps(FragA& a, const uint32_t (&r0)[4], 
   split_bf16(r1[1], r1[3], a.hi[3], a.lo[3]);
 }
 
+// An A fragment for the step from raw(r, k), which loads the m16n8k8 fragment's raw elements at depth k:
+// split as they are (TF32), or two of them (k0, k0 + 8) combined (bf16x3).
+template <bool kBf16, class Raw>
+__device__ __forceinline__ void a_step(FragA& a, int k0, const Raw& raw) {
+  uint32_t r0[4];
+  raw(r0, k0);
+  if constexpr (kBf16) {
+    uint32_t r1[4];
+    raw(r1, k0 + 8);
+    a_from_steps(a, r0, r1);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) split(r0[i], a.hi[i], a.lo[i]);
+  }
+}
+
 // A row-major (ldmatrix) or read transposed (element loads), split for the step's arithmetic.
 template <bool kBf16>
 __device__ __forceinline__ void load_a_step(FragA& a, const float* base, int ld, int row0, int k0, int lane) {
-  if constexpr (kBf16) {
-    uint32_t r0[4], r1[4];
-    load_a_raw(r0, base, ld, row0, k0, lane);
-    load_a_raw(r1, base, ld, row0, k0 + 8, lane);
-    a_from_steps(a, r0, r1);
-  } else {
-    load_a(a, base, ld, row0, k0, lane);
-  }
+  a_step<kBf16>(a, k0, [&](uint32_t(&r)[4], int k) { load_a_raw(r, base, ld, row0, k, lane); });
 }
 template <bool kBf16>
 __device__ __forceinline__ void load_a_transposed_step(FragA& a, const float* base, int ld, int m0, int k0, int lane) {
-  if constexpr (kBf16) {
-    uint32_t r0[4], r1[4];
-    load_a_transposed_raw(r0, base, ld, m0, k0, lane);
-    load_a_transposed_raw(r1, base, ld, m0, k0 + 8, lane);
-    a_from_steps(a, r0, r1);
-  } else {
-    load_a_transposed(a, base, ld, m0, k0, lane);
-  }
+  a_step<kBf16>(a, k0, [&](uint32_t(&r)[4], int k) { load_a_transposed_raw(r, base, ld, m0, k, lane); });
 }
 
 // Two n8 tiles of B from B^T row-major (load_b2's layout): tile u's registers are hi/lo [2u, 2u + 1].

@@ -1,13 +1,14 @@
 // The reverse sweep of GKA's chunked Chebyshev solve for D a multiple of 32, on the raw m16n8k8
-// TF32 MMA (gka_mma_fragments.cuh). The math and the order of its operations are those of the
+// TF32 MMA, or with kBf16 on bf16x3 m16n8k16 steps (gka_mma_fragments.cuh's step layer: the same loads,
+// three bf16 MMAs per 16 depths). The math and the order of its operations are those of the
 // wmma kernel (gka_solve_backward_kernels.cu, whose comment states them; it serves the other
 // shapes): per iteration i = N..1, with A the adjoint of y_{i+1}, s = -omega_i eta per row,
 //   UK = s (A K^T), YK = y_i K^T;  dW += UK o YK;  P1 = W o UK;  P2 = s (W o YK)
 //   dK += P2^T A + P1^T y_i;  dH_0 += y_i^T (e s A)
 //   HU = e s (A H_0) + P1 K;  d e += rowsum(s (A H_0) o y_i);  hy += rowsum(HU o y_i)
 //   q_coeff += omega A;  A <- HU + kappa omega A + (1 - omega_{i+1}) A_{i+2}.
-// Every product is 3xTF32 with each k-step rounded into an fp32 sum (mma3_rounded), as the wmma
-// kernel since v3.1.
+// Every product is 3xTF32 (or bf16x3) with each k-step rounded into an fp32 sum (mma3_rounded_step), as
+// the wmma kernel since v3.1.
 //
 // What changes is where things live. dH_0 [D, D] stays in registers for the whole sweep (a
 // 32 x 32 block per warp) instead of being read and written in L2 every iteration; each warp
@@ -27,6 +28,9 @@
 #include "kernels/gka_solve/gka_mma_fragments.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
 #include "kernels/gka_solve/gka_sweep_common.cuh"
+
+// For experiments/kernels/gka_solve_ab: the sweep kernel is a template on its step's arithmetic.
+#define PRIME_GKA_SWEEP_STEPS 1
 
 namespace prime::kernels::detail {
 
@@ -150,11 +154,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         // The lane's depth rows' factors e s, formed once per step (2 rows, or 4 on bf16x3).
         float es[depth_step<kBf16>() / 4];
 #pragma unroll
-        for (int i = 0; i < depth_step<kBf16>() / 4; ++i) {
-          const int r = k0 + t4 + 4 * i;
-          es[i] = decay[r] * (eta[r] * minus_omega);
+        for (int row = 0; row < depth_step<kBf16>() / 4; ++row) {
+          const int r = k0 + t4 + 4 * row;
+          es[row] = decay[r] * (eta[r] * minus_omega);
         }
-        const auto scale = [&](int i) { return es[i]; };
+        const auto scale = [&](int row) { return es[row]; };
 #pragma unroll
         for (int j = 0; j < kTiles; ++j) {
           uint32_t b_hi[2], b_lo[2];

@@ -159,6 +159,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
     at::NoGradGuard no_grad;
     const OutsideAutocast outside_autocast;  // as the forward: the iterates stay in q's dtype
     const bool split = split_sweep();
+    const kernels::SolveProducts sweep_products = kernels::gka_backward_products();  // a bad value fails here
 
     // Recompute the iterates y_1..y_N (on CUDA the kernel's 3xTF32 products: see forward).
     std::vector<at::Tensor> ys;
@@ -188,8 +189,7 @@ struct ChunkSolve : public torch::autograd::Function<ChunkSolve> {
       if (kernels::gka_chunk_solve_backward_enabled() && kernels::gka_chunk_solve_backward_apply(q, num_iter)) {
         const kernels::GkaSolveGradients g =
             kernels::gka_chunk_solve_backward(q, system.keys, system.start, system.weights, system.from_start,
-                                              frob, r, num_iter, iterates, grad_outputs[0],
-                                              kernels::gka_backward_products());
+                                              frob, r, num_iter, iterates, grad_outputs[0], sweep_products);
         return gradients_of_inputs(saved, {g.q, need_keys ? g.keys : at::Tensor(),
                                            need_start ? g.start : at::Tensor(),
                                            need_weights ? g.weights : at::Tensor(),
