@@ -73,6 +73,13 @@ TEST_CASE("chunk gemm: bf16 products on the CPU multiply the operands rounded to
   at::manual_seed(5);
   const at::Tensor a = at::randn({3, 16, 32}, at::kDouble), b = at::randn({3, 32, 16}, at::kDouble);
   const auto rounded = [](const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kDouble); };
+  // bf16 operands: an fp32 result, their values' product, in either arithmetic.
+  const at::Tensor a16 = a.to(at::kBFloat16), b16 = b.to(at::kBFloat16);
+  for (const kernels::GemmPrecision precision : {kernels::GemmPrecision::Bf16, kernels::GemmPrecision::Fp32}) {
+    const at::Tensor got = kernels::chunk_matmul(a16, b16.to(at::kFloat), 1.0, at::Tensor(), precision);
+    CHECK(got.scalar_type() == at::kFloat);
+    CHECK(test::norm_relative_error(got.to(at::kDouble), at::bmm(rounded(a), rounded(b))) < 1e-6);
+  }
   at::Tensor out = at::randn({3, 16, 16}, at::kDouble);
   const at::Tensor out0 = out.clone();
   kernels::chunk_gemm(out, a, b, 2.0, 0.5, at::Tensor(), kernels::GemmPrecision::Bf16);
@@ -165,6 +172,37 @@ TEST_CASE("chunk gemm: bf16 products on CUDA multiply the operands rounded to bf
           }
         }
   WARN("chunk_gemm bf16: worst per-element error " << worst << " of |a| |b| (rounded operands)");
+}
+
+// bf16 operands (read as they are by the bf16 products, in both orientations, either or both of the two):
+// the same result bit for bit as their fp32 copies give (the same values, the same MMAs), an fp32 output;
+// with fp32 products, the fp32 copies' result too.
+TEST_CASE("chunk gemm: bf16 operands give their fp32 copies' products bit for bit", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(17);
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  using kernels::GemmPrecision;
+  for (const auto& [batch, m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {37, 64, 128, 128}, {3, 48, 40, 80}, {3, 64, 56, 64}, {2, 16, 8, 16}})
+    for (const bool a_rows : {true, false})
+      for (const bool b_rows : {true, false}) {
+        INFO("(" << batch << "," << m << "," << k << "," << n << ") a rows " << a_rows << " b rows " << b_rows);
+        const at::Tensor a16 = operand(batch, m, k, a_rows, 8, options), b16 = operand(batch, k, n, b_rows, 0, options);
+        const at::Tensor a32 = a16.to(at::kFloat), b32 = b16.to(at::kFloat);
+        const at::Tensor scale = at::randn({batch, n}, options.dtype(at::kFloat));
+        const at::Tensor want = kernels::chunk_matmul(a32, b32, -0.5, scale, GemmPrecision::Bf16);
+        for (const auto& [a, b] : {std::pair{a16, b16}, std::pair{a16, b32}, std::pair{a32, b16}}) {
+          at::Tensor out = at::full({batch, m, n}, NAN, options.dtype(at::kFloat));
+          CHECK(kernels::chunk_gemm_apply(out, a, b, GemmPrecision::Bf16));
+          CHECK_FALSE(kernels::chunk_gemm_apply(out, a, b));  // fp32 products take fp32 operands
+          const at::Tensor got = kernels::chunk_matmul(a, b, -0.5, scale, GemmPrecision::Bf16);
+          CHECK(got.scalar_type() == at::kFloat);
+          CHECK(at::equal(got, want));
+        }
+        CHECK(at::equal(kernels::chunk_matmul(a16, b32, 2.0), kernels::chunk_matmul(a32, b32, 2.0)));
+      }
 }
 
 TEST_CASE("chunk gemm: a broadcast operand and the shapes the kernel declines", "[kernels][gpu][chunk_gemm]") {

@@ -9,11 +9,15 @@
 // added to the fp32 accumulator on the CUDA cores: the tensor cores' truncating accumulation never
 // acts on the running sum (kernels/README.md, gka_solve v3.1). With kBf16 each element is rounded to
 // bf16 as it is loaded into the m16n8k16 fragments and one bf16 MMA per 16-deep step accumulates in
-// place (a bf16 product's error is the operands' rounding; the accumulation's is far below it).
+// place (a bf16 product's error is the operands' rounding; the accumulation's is far below it). In
+// that mode an operand may be bf16 in memory: it is staged as bf16 (8 elements a 16-byte copy; rows of
+// 32 + 8 or 64 + 8 elements, whose fragment reads, two lanes to a 4-byte word, meet no bank twice) and
+// its pairs are packed from the stage's bits, half the fp32 operand's traffic and no rounding.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/chunk_gemm/chunk_gemm_launch.h"
 #include "kernels/common/bf16_split_tiles.cuh"
@@ -35,8 +39,8 @@ constexpr int kStage = kTile * kAlongDepthLd;  // = kSlab * kAlongTileLd floats
 static_assert(kTile * kAlongDepthLd == kSlab * kAlongTileLd, "both orientations fill one stage");
 
 struct Operand {
-  const float* data;
-  long long batch_stride, ld;  // ld: the stride of the dimension that is not contiguous
+  const void* data;            // float, or bf16 bits (uint16_t)
+  long long batch_stride, ld;  // in elements; ld: the stride of the dimension that is not contiguous
 };
 
 struct Params {
@@ -49,34 +53,56 @@ struct Params {
   float alpha, beta;
 };
 
-// One stage of an operand: rows [row0, row0 + kRows) of a matrix whose rows are contiguous (row
-// stride ld), columns [col0, col0 + kWidth); zeros past (rows, cols).
-template <int kRows, int kWidth, int kLd>
-__device__ __forceinline__ void load_stage(float* stage, const float* base, long long ld, int row0, int col0,
-                                           int rows, int cols) {
-  constexpr int kVectors = kWidth / 4;
+// One stage of an operand of element type T (float or bf16 bits): rows [row0, row0 + kRows) of a
+// matrix whose rows are contiguous (row stride ld), columns [col0, col0 + kWidth); zeros past (rows,
+// cols), which are multiples of a 16-byte vector's elements.
+template <int kRows, int kWidth, int kLd, typename T>
+__device__ __forceinline__ void load_stage(T* stage, const T* base, long long ld, int row0, int col0, int rows,
+                                           int cols) {
+  constexpr int kPerVector = 16 / sizeof(T), kVectors = kWidth / kPerVector;
   for (int i = threadIdx.x; i < kRows * kVectors; i += kThreads) {
-    const int r = i / kVectors, c = (i % kVectors) * 4;
+    const int r = i / kVectors, c = (i % kVectors) * kPerVector;
     const bool valid = row0 + r < rows && col0 + c < cols;
-    const float* src = valid ? base + (row0 + r) * ld + col0 + c : base;
+    const T* src = valid ? base + (row0 + r) * ld + col0 + c : base;
     cp_async16_or_zero(stage + r * kLd + c, src, valid);
   }
 }
 
 // One operand's stage: its tile rows (m of A, n of B) [tile0, tile0 + 64) by the depth
 // [k0, k0 + 32). kAlongDepth: the operand's rows in memory run along the depth (A row-major, B
-// stored as B^T row-major), staged [64][32 + 4]; else [32][64 + 8].
-template <bool kAlongDepth>
+// stored as B^T row-major), staged [64][32 + 4] fp32 ([64][32 + 8] bf16); else [32][64 + 8]. kBits16:
+// the operand is bf16 in memory and in the stage (bf16 products only).
+template <bool kAlongDepth, bool kBits16 = false>
 struct Stage {
+  using T = std::conditional_t<kBits16, uint16_t, float>;
+  static constexpr int kDepthLd = kBits16 ? kSlab + 8 : kAlongDepthLd, kTileLd = kAlongTileLd;
+  static_assert(kTile * kDepthLd * sizeof(T) <= kStage * sizeof(float) &&
+                    kSlab * kTileLd * sizeof(T) <= kStage * sizeof(float),
+                "a bf16 stage fits an fp32 one");
   static __device__ __forceinline__ void load(float* stage, const Operand& x, int tile0, int k0, int extent, int k) {
+    T* to = reinterpret_cast<T*>(stage);
+    const T* from = static_cast<const T*>(x.data);
     if constexpr (kAlongDepth)
-      load_stage<kTile, kSlab, kAlongDepthLd>(stage, x.data, x.ld, tile0, k0, extent, k);
+      load_stage<kTile, kSlab, kDepthLd>(to, from, x.ld, tile0, k0, extent, k);
     else
-      load_stage<kSlab, kTile, kAlongTileLd>(stage, x.data, x.ld, k0, tile0, k, extent);
+      load_stage<kSlab, kTile, kTileLd>(to, from, x.ld, k0, tile0, k, extent);
   }
   // Tile row i at depth kk.
+  static __device__ __forceinline__ T element(const float* stage, int i, int kk) {
+    const T* x = reinterpret_cast<const T*>(stage);
+    return kAlongDepth ? x[i * kDepthLd + kk] : x[kk * kTileLd + i];
+  }
   static __device__ __forceinline__ float at(const float* stage, int i, int kk) {
-    return kAlongDepth ? stage[i * kAlongDepthLd + kk] : stage[kk * kAlongTileLd + i];
+    static_assert(!kBits16, "an fp32 operand's element");
+    return element(stage, i, kk);
+  }
+  // The bf16 pair (tile row i at depths k_low, k_high) as an MMA register, k_low in the low half: an fp32
+  // operand's values rounded to bf16, a bf16 operand's bits as they are.
+  static __device__ __forceinline__ uint32_t pair(const float* stage, int i, int k_low, int k_high) {
+    if constexpr (kBits16)
+      return static_cast<uint32_t>(element(stage, i, k_low)) | (static_cast<uint32_t>(element(stage, i, k_high)) << 16);
+    else
+      return bf16_tiles::bf16_pair(element(stage, i, k_low), element(stage, i, k_high));
   }
 };
 
@@ -88,22 +114,21 @@ struct Stage {
 template <typename A, typename B>
 __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as, const float* bs, int wm, int wn,
                                           int kk, int g, int t) {
-  using bf16_tiles::bf16_pair;
   const int k0 = kk + t;
   uint32_t a[2][4], b[4][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = wm + 16 * i + g;
-    a[i][0] = bf16_pair(A::at(as, r, k0), A::at(as, r, k0 + 4));
-    a[i][1] = bf16_pair(A::at(as, r + 8, k0), A::at(as, r + 8, k0 + 4));
-    a[i][2] = bf16_pair(A::at(as, r, k0 + 8), A::at(as, r, k0 + 12));
-    a[i][3] = bf16_pair(A::at(as, r + 8, k0 + 8), A::at(as, r + 8, k0 + 12));
+    a[i][0] = A::pair(as, r, k0, k0 + 4);
+    a[i][1] = A::pair(as, r + 8, k0, k0 + 4);
+    a[i][2] = A::pair(as, r, k0 + 8, k0 + 12);
+    a[i][3] = A::pair(as, r + 8, k0 + 8, k0 + 12);
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int c = wn + 8 * j + g;
-    b[j][0] = bf16_pair(B::at(bs, c, k0), B::at(bs, c, k0 + 4));
-    b[j][1] = bf16_pair(B::at(bs, c, k0 + 8), B::at(bs, c, k0 + 12));
+    b[j][0] = B::pair(bs, c, k0, k0 + 4);
+    b[j][1] = B::pair(bs, c, k0 + 8, k0 + 12);
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i)
@@ -111,17 +136,19 @@ __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as
     for (int j = 0; j < 4; ++j) bf16_tiles::mma_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
 }
 
-template <bool kARowMajor, bool kBRowMajor, bool kBf16>
+// kA16, kB16: that operand bf16 in memory (with kBf16 only).
+template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false>
 __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
-  using A = Stage<kARowMajor>;    // A [m][k] row-major: its rows run along the depth
-  using B = Stage<!kBRowMajor>;   // B [k][n] row-major: its rows run along n
+  static_assert(kBf16 || (!kA16 && !kB16), "bf16 operands take bf16 products");
+  using A = Stage<kARowMajor, kA16>;    // A [m][k] row-major: its rows run along the depth
+  using B = Stage<!kBRowMajor, kB16>;   // B [k][n] row-major: its rows run along n
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   const long long entry = blockIdx.x;
   const int n0 = blockIdx.y * kTile, m0 = blockIdx.z * kTile;
   Operand a = p.a, b = p.b;
-  a.data += entry * a.batch_stride;
-  b.data += entry * b.batch_stride;
+  a.data = static_cast<const typename A::T*>(a.data) + entry * a.batch_stride;
+  b.data = static_cast<const typename B::T*>(b.data) + entry * b.batch_stride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // the warp's block within the tile
 
@@ -207,15 +234,21 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
 // The operand's description; row_major = its last dimension is the contiguous one.
 Operand describe(const at::Tensor& x, bool& row_major) {
   row_major = x.stride(2) == 1;
-  return Operand{x.data_ptr<float>(), x.stride(0), row_major ? x.stride(1) : x.stride(2)};
+  return Operand{x.data_ptr(), x.stride(0), row_major ? x.stride(1) : x.stride(2)};
 }
 
 template <bool kARowMajor, bool kBRowMajor>
-void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16) {
-  if (bf16)
-    chunk_gemm_kernel<kARowMajor, kBRowMajor, true><<<grid, kThreads, 0, stream>>>(p);
-  else
+void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16, bool a16, bool b16) {
+  if (!bf16)
     chunk_gemm_kernel<kARowMajor, kBRowMajor, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (a16 && b16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, true><<<grid, kThreads, 0, stream>>>(p);
+  else if (a16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (b16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, false, true><<<grid, kThreads, 0, stream>>>(p);
+  else
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true><<<grid, kThreads, 0, stream>>>(p);
   PRIME_CUDA_CHECK_LAUNCH("chunk_gemm_kernel");
 }
 
@@ -224,10 +257,12 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16) {
 void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta,
                        const at::Tensor& column_scale, bool bf16_products) {
   const int64_t batch = a.size(0);
-  PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && a.scalar_type() == at::kFloat &&
-                  b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && out.stride(2) == 1,
+  const bool a16 = a.scalar_type() == at::kBFloat16, b16 = b.scalar_type() == at::kBFloat16;
+  PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && (a.scalar_type() == at::kFloat || a16) &&
+                  (b.scalar_type() == at::kFloat || b16) && (bf16_products || (!a16 && !b16)) &&
+                  out.scalar_type() == at::kFloat && out.stride(2) == 1,
               "chunk_gemm: operands ", a.sizes(), " ", b.sizes(), " into ", out.sizes(),
-              " are not fp32 CUDA tensors with out's rows contiguous");
+              " are not fp32 (or, for bf16 products, bf16) CUDA tensors into fp32 with out's rows contiguous");
   const c10::cuda::CUDAGuard guard(a.device());
   bool a_rows = false, b_rows = false;
   Params p;
@@ -253,13 +288,13 @@ void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Ten
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)
-    launch<true, true>(p, grid, stream, bf16_products);
+    launch<true, true>(p, grid, stream, bf16_products, a16, b16);
   else if (a_rows)
-    launch<true, false>(p, grid, stream, bf16_products);
+    launch<true, false>(p, grid, stream, bf16_products, a16, b16);
   else if (b_rows)
-    launch<false, true>(p, grid, stream, bf16_products);
+    launch<false, true>(p, grid, stream, bf16_products, a16, b16);
   else
-    launch<false, false>(p, grid, stream, bf16_products);
+    launch<false, false>(p, grid, stream, bf16_products, a16, b16);
 }
 
 }  // namespace prime::kernels::detail

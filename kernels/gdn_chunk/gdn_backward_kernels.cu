@@ -172,14 +172,22 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
 
 // out[c] = sum of S_c * G_c over chunk c's [D][D] state (float4 loads, D*D / 4 of them): each
 // state read once, no product tensor written. A fixed order of sums: deterministic.
-__global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const float4* __restrict__ states,
+// Four of a state's elements: fp32 as they are, or four bf16 (uint2) widened.
+__device__ __forceinline__ float4 widen4(const float4& x) { return x; }
+__device__ __forceinline__ float4 widen4(const uint2& x) {
+  return make_float4(__uint_as_float(x.x << 16), __uint_as_float(x.x & 0xFFFF0000u), __uint_as_float(x.y << 16),
+                     __uint_as_float(x.y & 0xFFFF0000u));
+}
+
+template <typename State>  // float4 (fp32 states) or uint2 (four bf16)
+__global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const State* __restrict__ states,
                                                                         const float4* __restrict__ grads,
                                                                         float* __restrict__ out, int vectors) {
   __shared__ float partial[kThreads / 32];
   const size_t base = blockIdx.x * static_cast<size_t>(vectors);
   float sum = 0.0f;
   for (int i = threadIdx.x; i < vectors; i += kThreads) {
-    const float4 a = states[base + i], b = grads[base + i];
+    const float4 a = widen4(states[base + i]), b = grads[base + i];
     sum = fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, sum))));
   }
 #pragma unroll
@@ -307,17 +315,26 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
 
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out) {
   const char* op = "gdn_backward_state_dot";
-  check_operand(states, op, "states", at::kFloat, 3);
+  const bool bf16 = states.scalar_type() == at::kBFloat16;
+  check_operand(states, op, "states", bf16 ? at::kBFloat16 : at::kFloat, 3);
   check_operand(grads, op, "grads", at::kFloat, 3);
   check_operand(out, op, "out", at::kFloat, 1);
   const int64_t chunks = states.size(0), elements = states.size(1) * states.size(2);
   PRIME_CHECK(grads.sizes() == states.sizes() && out.size(0) == chunks && elements % 4 == 0, op, ": states ",
               states.sizes(), ", grads ", grads.sizes(), ", out ", out.sizes(), " (a state's size a multiple of 4)");
+  check_aligned(states, op, "states", bf16 ? 8 : 16);
+  check_aligned(grads, op, "grads", 16);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(states.device());
-  gdn_backward_state_dot_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const float4*>(states.data_ptr<float>()),
-      reinterpret_cast<const float4*>(grads.data_ptr<float>()), out.data_ptr<float>(), static_cast<int>(elements / 4));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto grads4 = reinterpret_cast<const float4*>(grads.data_ptr<float>());
+  const int vectors = static_cast<int>(elements / 4);
+  if (bf16)
+    gdn_backward_state_dot_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<const uint2*>(states.data_ptr()), grads4, out.data_ptr<float>(), vectors);
+  else
+    gdn_backward_state_dot_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<const float4*>(states.data_ptr<float>()), grads4, out.data_ptr<float>(), vectors);
   PRIME_CUDA_CHECK_LAUNCH("gdn_backward_state_dot_kernel");
 }
 

@@ -203,6 +203,10 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32};
   const at::ScalarType work = bf16 ? at::kFloat : s.q.scalar_type();
   const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
+  // A bf16 result as a product's operand: read as it is by bf16 products (chunk_gemm), else in fp32.
+  const auto as_operand = [&](const at::Tensor& x) {
+    return bf16 && product.precision == GemmPrecision::Bf16 ? x : in_work(x);
+  };
   bool on_kernels = false;
 #ifdef PRIME_WITH_CUDA
   on_kernels = s.q.is_cuda() && work == at::kFloat;
@@ -250,12 +254,12 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   }
   at::Tensor d_w;
   {
-    const at::Tensor S = in_work(s.states);
+    const at::Tensor S = as_operand(s.states);  // the products' and the decays' gradient's operand
     d_w = product(d_u, transposed(S), -1.0);
     c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
     if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
 #ifdef PRIME_WITH_CUDA
-      c.d_chunk_decay = at::empty({M, N}, S.options());
+      c.d_chunk_decay = at::empty({M, N}, G.options());
       detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}),
                                             c.d_chunk_decay.view({M * N}));
 #endif
@@ -264,7 +268,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     }
   }
   {
-    const at::Tensor U = in_work(s.u);
+    const at::Tensor U = as_operand(s.u);
     c.d_k_decayed = product(U, transposed(G));
     G = at::Tensor();
     c.d_scores = product(d_o, transposed(U));

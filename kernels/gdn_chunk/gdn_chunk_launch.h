@@ -70,7 +70,7 @@ struct GdnBackwardRows {
 };
 void launch_gdn_backward_rows(const GdnBackwardRows& rows);
 // out [MN] = sum over each chunk's [D][D] of states * grads (states, grads [MN, D, D], D*D a
-// multiple of 4): the chunk decays' gradient.
+// multiple of 4; states fp32 or bf16): the chunk decays' gradient.
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
 
 // The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu;
