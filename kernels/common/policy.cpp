@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "kernels/common/switches.h"
 #include "util/error.h"
 
 namespace prime::kernels {
@@ -18,12 +19,8 @@ constexpr int kNoOverride = -1;
 std::atomic<int> override_policy{kNoOverride};
 
 Policy policy_from_environment() {
-  const char* value = std::getenv("PRIME_KERNELS");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "auto") return Policy::Auto;
-  if (text == "torch") return Policy::Torch;
-  throw user_error("PRIME_KERNELS=", text, ": must be \"auto\" (prime's CUDA kernels where they ",
-                   "apply) or \"torch\" (the LibTorch-ops forms)");
+  return environment_switch<Policy>("PRIME_KERNELS", {{"auto", Policy::Auto, "prime's CUDA kernels where they apply"},
+                                                      {"torch", Policy::Torch, "the LibTorch-ops forms"}});
 }
 
 }  // namespace
@@ -47,18 +44,14 @@ bool use_cuda_kernels(const at::Tensor& like) {
 }
 
 bool poison_outputs() {
-  const char* value = std::getenv("PRIME_KERNELS_POISON");
-  return value != nullptr && std::string(value) == "1";
+  return environment_switch<bool>("PRIME_KERNELS_POISON", {{"0", false, "outputs left as allocated"},
+                                                           {"1", true, "outputs filled with NaN first"}});
 }
 
 bool dependent_launch() {
-  const char* value = std::getenv("PRIME_PDL");
-  if (value == nullptr || value[0] == '\0') return true;
-  const std::string text = value;
-  if (text == "1") return true;
-  if (text == "0") return false;
-  throw user_error("PRIME_PDL=", text, ": must be 1 (kernels of the decode step launch with programmatic ",
-                   "dependent launch, the default) or 0 (plain launches)");
+  return environment_switch<bool>(
+      "PRIME_PDL", {{"1", true, "kernels of the decode step launch with programmatic dependent launch"},
+                    {"0", false, "plain launches"}});
 }
 
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
@@ -75,12 +68,8 @@ bool records_gradient(const at::Tensor& tensor) {
 }
 
 bool bf16_ssm_core() {
-  const char* value = std::getenv("PRIME_SSM_CORE");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "fp32") return false;
-  if (text == "bf16") return true;
-  throw user_error("PRIME_SSM_CORE=", text, ": must be \"fp32\" (the chunked SSM cores on fp32 operands) or ",
-                   "\"bf16\" (their bf16 forms where they apply)");
+  return environment_switch<bool>("PRIME_SSM_CORE", {{"fp32", false, "the chunked SSM cores on fp32 operands"},
+                                                     {"bf16", true, "their bf16 forms where they apply"}});
 }
 
 at::Tensor contiguous_aligned(const at::Tensor& tensor, size_t bytes) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/common/policy.h"
+#include "kernels/common/switches.h"
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
@@ -148,8 +149,8 @@ namespace {
 // PRIME_GDN_FUSED_FORWARD=0: the composite form everywhere (read at each call: tests and timings
 // switch it).
 bool fused_forward_opted_out() {
-  const char* value = std::getenv("PRIME_GDN_FUSED_FORWARD");
-  return value != nullptr && std::string(value) == "0";
+  return environment_switch<bool>("PRIME_GDN_FUSED_FORWARD", {{"1", false, "the fused forward where it serves"},
+                                                              {"0", true, "the composite form"}});
 }
 
 // Whether the fused forward's kernels serve these operands, gradients aside (gdn_chunk.h).

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/chunk_gemm/chunk_gemm.h"
+#include "kernels/common/switches.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -171,21 +172,17 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
 }  // namespace
 
 bool gdn_bf16_backward_fused_walk() {
-  const char* value = std::getenv("PRIME_GDN_BACKWARD_WALK");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "split") return false;
-  if (text == "fused") return true;
-  throw user_error("PRIME_GDN_BACKWARD_WALK=", text, ": must be \"split\" (GDN's backward from its bf16 forward ",
-                   "walks on its addend formed first, the default) or \"fused\" (the fused reverse walk)");
+  return environment_switch<bool>(
+      "PRIME_GDN_BACKWARD_WALK",
+      {{"split", false, "GDN's backward from its bf16 forward walks on its addend formed first"},
+       {"fused", true, "the fused reverse walk"}});
 }
 
 GemmPrecision gdn_bf16_backward_products() {
-  const char* value = std::getenv("PRIME_GDN_BACKWARD_PRODUCTS");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "bf16") return GemmPrecision::Bf16;
-  if (text == "fp32") return GemmPrecision::Fp32;
-  throw user_error("PRIME_GDN_BACKWARD_PRODUCTS=", text, ": must be \"bf16\" (GDN's backward from its bf16 ",
-                   "forward multiplies on bf16 operands, the default) or \"fp32\" (on 3xTF32, fp32 accuracy)");
+  return environment_switch<GemmPrecision>(
+      "PRIME_GDN_BACKWARD_PRODUCTS",
+      {{"bf16", GemmPrecision::Bf16, "GDN's backward from its bf16 forward multiplies on bf16 operands"},
+       {"fp32", GemmPrecision::Fp32, "on 3xTF32, fp32 accuracy"}});
 }
 
 GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out, const at::Tensor& d_final,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/common/policy.h"
+#include "kernels/common/switches.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
 #include "kernels/gka_solve/gka_solve_launch.h"
@@ -52,12 +53,9 @@ namespace {
 
 // The fp32 solve's products named by environment variable `variable`: "tf32x3" (unset too) or "bf16x3".
 SolveProducts fp32_products_from(const char* variable) {
-  const char* value = std::getenv(variable);
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "tf32x3") return SolveProducts::Tf32x3;
-  if (text == "bf16x3") return SolveProducts::Bf16x3;
-  throw user_error(variable, "=", text, ": must be \"tf32x3\" (three TF32 MMAs per step, the ",
-                   "default) or \"bf16x3\" (three bf16 MMAs per step on split operands)");
+  return environment_switch<SolveProducts>(
+      variable, {{"tf32x3", SolveProducts::Tf32x3, "three TF32 MMAs per step"},
+                 {"bf16x3", SolveProducts::Bf16x3, "three bf16 MMAs per step on split operands"}});
 }
 
 }  // namespace
@@ -109,8 +107,8 @@ bool gka_chunk_solve_backward_apply(const at::Tensor& q, int num_iter) {
 }
 
 bool gka_chunk_solve_backward_enabled() {
-  const char* value = std::getenv("PRIME_GKA_BACKWARD_KERNEL");
-  return !value || std::string(value) != "0";
+  return environment_switch<bool>("PRIME_GKA_BACKWARD_KERNEL", {{"1", true, "the reverse sweep kernel"},
+                                                                {"0", false, "the torch-ops sweep"}});
 }
 
 GkaSolveGradients gka_chunk_solve_backward(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& start,

@@ -14,6 +14,7 @@
 #include <cstdlib>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/switches.h"
 #include "kernels/gka_solve/gka_mma.cuh"
 #include "kernels/gka_solve/gka_solve_launch.h"
 
@@ -147,8 +148,9 @@ size_t shared_bytes(int64_t C, int64_t D) {
 
 // Whether this solve runs on the mma kernel (gka_solve_launch.h).
 bool use_mma_kernel(int64_t C, int64_t D) {
-  const char* value = std::getenv("PRIME_GKA_SOLVE_WMMA");
-  return gka_chunk_solve_mma_serves(C, D) && !(value && value[0] == '1');
+  return gka_chunk_solve_mma_serves(C, D) &&
+         !environment_switch<bool>("PRIME_GKA_SOLVE_WMMA", {{"0", false, "the mma kernel where it serves"},
+                                                            {"1", true, "the wmma kernel"}});
 }
 
 size_t chosen_shared_bytes(int64_t C, int64_t D) {

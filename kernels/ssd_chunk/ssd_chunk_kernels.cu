@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/switches.h"
 #include "kernels/common/prefetch.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/common/tf32x3_mma.cuh"
@@ -828,10 +829,8 @@ int64_t tiles_of(int64_t dim) { return (dim + kTile - 1) / kTile; }
 // The tensor-core kernels serve P and N multiples of 16 (every wmma tile full); PRIME_SSD_SIMT=1
 // forces the SIMT kernels (a reference for timing and debugging).
 bool use_tensor_cores(int64_t P, int64_t N) {
-  static const bool simt = [] {
-    const char* value = std::getenv("PRIME_SSD_SIMT");
-    return value != nullptr && value[0] == '1';
-  }();
+  static const bool simt = environment_switch<bool>(
+      "PRIME_SSD_SIMT", {{"0", false, "the tensor-core kernels where they serve"}, {"1", true, "the SIMT kernels"}});
   return !simt && P % 16 == 0 && N % 16 == 0;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels/common/policy.h"
+#include "kernels/common/switches.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
@@ -21,8 +22,8 @@ namespace {
 
 // PRIME_FUSED_DECODE_INPUTS=0: the torch forms (read at each call: timings switch it).
 bool opted_out() {
-  const char* value = std::getenv("PRIME_FUSED_DECODE_INPUTS");
-  return value != nullptr && std::string(value) == "0";
+  return environment_switch<bool>("PRIME_FUSED_DECODE_INPUTS", {{"1", false, "the fused input kernels"},
+                                                                {"0", true, "the torch forms"}});
 }
 
 // What both fronts ask of the token x: a decode token [B, 1, hidden] of bf16 or fp32 under

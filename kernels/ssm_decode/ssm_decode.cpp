@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels/common/policy.h"
+#include "kernels/common/switches.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -34,8 +35,8 @@ bool served_dim(int64_t dim) { return dim >= 1 && dim <= kDecodeMaxDim; }
 
 // PRIME_GKA_DECODE_KERNEL=0: GKA's torch step (read at each call: timings switch it).
 bool gka_kernel_opted_out() {
-  const char* value = std::getenv("PRIME_GKA_DECODE_KERNEL");
-  return value != nullptr && std::string(value) == "0";
+  return environment_switch<bool>("PRIME_GKA_DECODE_KERNEL", {{"1", false, "GKA's decode step kernel"},
+                                                              {"0", true, "GKA's torch step"}});
 }
 
 // Decode only: the step overwrites the state, which autograd could not differentiate.

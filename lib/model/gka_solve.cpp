@@ -33,6 +33,7 @@
 
 #include "kernels/chunk_gemm/chunk_gemm.h"
 #include "kernels/common/policy.h"
+#include "kernels/common/switches.h"
 #include "kernels/gka_solve/gka_solve.h"
 #include "model/gka_core.h"
 #include "model/ssm_common.h"
@@ -61,13 +62,10 @@ void accumulate(at::Tensor& sum, const at::Tensor& term) {
 // Where the sweep forms the gradients of K, H_0 and W: inside its loop, or after it from the
 // stacked adjoints (PRIME_GKA_SWEEP, read at each backward).
 bool split_sweep() {
-  const char* value = std::getenv("PRIME_GKA_SWEEP");
-  const std::string text = value ? value : "";
-  if (text.empty() || text == "in-loop") return false;
-  if (text == "split") return true;
-  throw user_error("PRIME_GKA_SWEEP=", text, ": must be \"in-loop\" (the gradients of the keys, H_0 and the ",
-                   "weights summed inside the reverse sweep, the default) or \"split\" (formed after it from the ",
-                   "stacked adjoints)");
+  return kernels::environment_switch<bool>(
+      "PRIME_GKA_SWEEP",
+      {{"in-loop", false, "the gradients of the keys, H_0 and the weights summed inside the reverse sweep"},
+       {"split", true, "formed after it from the stacked adjoints"}});
 }
 
 // The gradients of the keys, H_0 and the weights from the stacked iterates and adjoints, ys and us
