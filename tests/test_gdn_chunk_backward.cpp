@@ -2,7 +2,7 @@
 // the per-chunk results a fused forward saves (computed here from the definitions), its
 // gradients of q, k, v, g, beta and the initial state equal autograd's through the torch-ops
 // chunked form, with and without document starts, T not a multiple of 64, and with only one of
-// the two outputs used.
+// the two outputs used. On a GPU: the chain rule's rows kernel on bf16 q, k, v against their fp32 copies.
 #include <catch2/catch.hpp>
 
 #include <ATen/core/grad_mode.h>
@@ -14,7 +14,11 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/common/policy.h"
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#endif
 #include "model/gdn.h"
 #include "test_helpers.h"
 #include "test_kernels_util.h"
@@ -295,3 +299,45 @@ TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_WALK picks the w
   const test::ScopedEnv bad("PRIME_GDN_BACKWARD_WALK", "wgmma");
   CHECK_THROWS_WITH(kernels::gdn_bf16_backward_fused_walk(), Catch::Contains("PRIME_GDN_BACKWARD_WALK=wgmma"));
 }
+
+#ifdef PRIME_WITH_CUDA
+// The chain rule's rows kernel reads q, k and v as the bf16 forward's bf16 (GDN's bf16 backward with
+// bf16 products) or in fp32: their exact values either way, so every output is the same to the bit.
+// Random operands, T not a multiple of 64, each head dim the kernel serves.
+TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradients bit for bit",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  for (const int64_t D : {32, 64, 128, 256}) {
+    const int64_t B = 2, T = 150, H = 3, N = (T + kChunk - 1) / kChunk, MN = B * H * N;
+    at::manual_seed(40 + D);
+    const auto rows = [&] { return at::randn({MN, kChunk, D}, f32); };
+    const auto gates = [&] { return at::randn({MN, kChunk}, f32); };
+    const at::Tensor q16 = rows().to(at::kBFloat16), k16 = rows().to(at::kBFloat16), v16 = rows().to(at::kBFloat16);
+    kernels::detail::GdnBackwardRows in;
+    in.d_q_decayed = rows(), in.d_k_in = rows(), in.d_k_decayed = rows(), in.d_v_in = rows();
+    in.dq_products = rows(), in.dk_products = rows();
+    in.g = -at::rand({MN, kChunk}, f32) / 10, in.beta = at::rand({MN, kChunk}, f32);
+    in.d_beta_a = gates(), in.dg_decay = gates();
+    in.chunk_decay = at::rand({MN}, f32), in.d_chunk_decay = at::randn({MN}, f32);
+    std::vector<std::vector<at::Tensor>> outs;
+    for (const bool bf16 : {true, false}) {
+      kernels::detail::GdnBackwardRows run = in;
+      run.q = bf16 ? q16 : q16.to(at::kFloat), run.k = bf16 ? k16 : k16.to(at::kFloat);
+      run.v = bf16 ? v16 : v16.to(at::kFloat);
+      run.dq = kernels::new_output({B, T, H, D}, f32), run.dk = kernels::new_output({B, T, H, D}, f32);
+      run.dv = kernels::new_output({B, T, H, D}, f32);
+      run.dg = kernels::new_output({B, T, H}, f32), run.d_beta = kernels::new_output({B, T, H}, f32);
+      kernels::detail::launch_gdn_backward_rows(run);
+      outs.push_back({run.dq, run.dk, run.dv, run.dg, run.d_beta});
+    }
+    INFO("D = " << D);
+    for (size_t i = 0; i < outs[0].size(); ++i) {
+      CHECK_FALSE(outs[0][i].isnan().any().item<bool>());
+      CHECK(at::equal(outs[0][i], outs[1][i]));
+    }
+  }
+}
+#endif

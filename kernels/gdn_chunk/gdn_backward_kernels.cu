@@ -9,10 +9,12 @@
 //    E = dD * D.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
 //    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full,
-//    written straight into the inputs' [B,T,H,...] layout.
+//    written straight into the inputs' [B,T,H,...] layout; q, k and v read in fp32 or as the bf16
+//    forward's bf16 (their exact values: the same sums either way).
 //  - state_dot: the chunk decays' gradient, sum of S_n * G_n over each chunk's state.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -95,8 +97,10 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   }
 }
 
+template <typename In>  // q, k and v: float or __nv_bfloat16
 struct RowsParams {
-  const float *q, *k, *v, *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;  // [MN,64,D]
+  const In *q, *k, *v;                                                   // [MN,64,D]
+  const float *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;              // [MN,64,D]
   const float *dq_products, *dk_products;                                // [MN,64,D]
   const float *g, *beta, *d_beta_a, *dg_decay;                           // [MN,64]
   const float *chunk_decay, *d_chunk_decay;                              // [MN]
@@ -105,15 +109,19 @@ struct RowsParams {
   int T, H, D, num_chunks;
 };
 
+__device__ __forceinline__ float widen(float x) { return x; }
+__device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 // Where row t of chunk `chunk` ([B*H, N] flattened) lives in a [B,T,H] layout, or -1 past T.
-__device__ __forceinline__ long long time_major_row(const RowsParams& p, size_t chunk, int t) {
+template <typename In>
+__device__ __forceinline__ long long time_major_row(const RowsParams<In>& p, size_t chunk, int t) {
   const int bh = static_cast<int>(chunk / p.num_chunks), time = static_cast<int>(chunk % p.num_chunks) * kChunk + t;
   if (time >= p.T) return -1;
   return (static_cast<long long>(bh / p.H) * p.T + time) * p.H + bh % p.H;
 }
 
-template <int PER_LANE>
-__global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams p) {
+template <typename In, int PER_LANE>
+__global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams<In> p) {
   __shared__ double gamma[kChunk];
   __shared__ float local[kChunk], to_end_dot[kChunk], beta_dot[kChunk];
   const size_t chunk = blockIdx.x;
@@ -129,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
 #pragma unroll
     for (int r = 0; r < PER_LANE; ++r) {
       const size_t x = row + lane + 32 * r;
-      const float q = p.q[x], k = p.k[x], v = p.v[x];
+      const float q = widen(p.q[x]), k = widen(p.k[x]), v = widen(p.v[x]);
       const float dqd = p.d_q_decayed[x], dki = p.d_k_in[x], dkd = p.d_k_decayed[x], dvi = p.d_v_in[x];
       if (out_row >= 0) {
         const size_t y = static_cast<size_t>(out_row) * p.D + lane + 32 * r;
@@ -201,8 +209,9 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const 
   }
 }
 
-void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width) {
-  check_operand(tensor, op, name, at::kFloat, 3);
+void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width,
+                  at::ScalarType type = at::kFloat) {
+  check_operand(tensor, op, name, type, 3);
   PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk && tensor.size(2) == width, op, ": ", name, " ",
               tensor.sizes(), ", want [", chunks, ", 64, ", width, "]");
 }
@@ -210,6 +219,46 @@ void check_chunks(const at::Tensor& tensor, const char* op, const char* name, in
 void check_gates(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks) {
   check_operand(tensor, op, name, at::kFloat, 2);
   PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk, op, ": ", name, " ", tensor.sizes());
+}
+
+// The rows kernel over q, k, v of type In (the tensors checked by launch_gdn_backward_rows).
+template <typename In>
+void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In* v, int64_t T, int64_t H, int64_t D,
+                 int64_t N) {
+  const RowsParams<In> p{q,
+                         k,
+                         v,
+                         rows.d_q_decayed.data_ptr<float>(),
+                         rows.d_k_in.data_ptr<float>(),
+                         rows.d_k_decayed.data_ptr<float>(),
+                         rows.d_v_in.data_ptr<float>(),
+                         rows.dq_products.data_ptr<float>(),
+                         rows.dk_products.data_ptr<float>(),
+                         rows.g.data_ptr<float>(),
+                         rows.beta.data_ptr<float>(),
+                         rows.d_beta_a.data_ptr<float>(),
+                         rows.dg_decay.data_ptr<float>(),
+                         rows.chunk_decay.data_ptr<float>(),
+                         rows.d_chunk_decay.data_ptr<float>(),
+                         rows.dq.data_ptr<float>(),
+                         rows.dk.data_ptr<float>(),
+                         rows.dv.data_ptr<float>(),
+                         rows.dg.data_ptr<float>(),
+                         rows.d_beta.data_ptr<float>(),
+                         static_cast<int>(T),
+                         static_cast<int>(H),
+                         static_cast<int>(D),
+                         static_cast<int>(N)};
+  const auto launch = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(rows.q.size(0)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_rows_kernel");
+  };
+  switch (D) {
+    case 32: launch(gdn_backward_rows_kernel<In, 1>); break;
+    case 64: launch(gdn_backward_rows_kernel<In, 2>); break;
+    case 128: launch(gdn_backward_rows_kernel<In, 4>); break;
+    default: launch(gdn_backward_rows_kernel<In, 8>); break;
+  }
 }
 
 }  // namespace
@@ -249,10 +298,13 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   const char* op = "gdn_backward_rows";
   const int64_t chunks = rows.q.size(0), D = rows.q.size(2);
   PRIME_CHECK(D == 32 || D == 64 || D == 128 || D == 256, op, ": head dim ", D, " is not 32, 64, 128 or 256");
+  const at::ScalarType inputs = rows.q.scalar_type();
+  PRIME_CHECK(inputs == at::kFloat || inputs == at::kBFloat16, op, ": q is ", inputs, ", want fp32 or bf16");
+  for (const auto& [tensor, name] : {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}})
+    check_chunks(*tensor, op, name, chunks, D, inputs);
   for (const auto& [tensor, name] :
-       {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}, {&rows.d_q_decayed, "d_q_decayed"},
-        {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"}, {&rows.d_v_in, "d_v_in"},
-        {&rows.dq_products, "dq_products"}, {&rows.dk_products, "dk_products"}})
+       {std::pair{&rows.d_q_decayed, "d_q_decayed"}, {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"},
+        {&rows.d_v_in, "d_v_in"}, {&rows.dq_products, "dq_products"}, {&rows.dk_products, "dk_products"}})
     check_chunks(*tensor, op, name, chunks, D);
   for (const auto& [tensor, name] : {std::pair{&rows.g, "g"}, {&rows.beta, "beta"}, {&rows.d_beta_a, "d_beta_a"},
                                      {&rows.dg_decay, "dg_decay"}})
@@ -276,40 +328,14 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
     PRIME_CHECK(tensor->sizes() == rows.dq.sizes().slice(0, 3), op, ": ", name, " ", tensor->sizes());
   }
   if (chunks == 0) return;
-  RowsParams p{rows.q.data_ptr<float>(),
-               rows.k.data_ptr<float>(),
-               rows.v.data_ptr<float>(),
-               rows.d_q_decayed.data_ptr<float>(),
-               rows.d_k_in.data_ptr<float>(),
-               rows.d_k_decayed.data_ptr<float>(),
-               rows.d_v_in.data_ptr<float>(),
-               rows.dq_products.data_ptr<float>(),
-               rows.dk_products.data_ptr<float>(),
-               rows.g.data_ptr<float>(),
-               rows.beta.data_ptr<float>(),
-               rows.d_beta_a.data_ptr<float>(),
-               rows.dg_decay.data_ptr<float>(),
-               rows.chunk_decay.data_ptr<float>(),
-               rows.d_chunk_decay.data_ptr<float>(),
-               rows.dq.data_ptr<float>(),
-               rows.dk.data_ptr<float>(),
-               rows.dv.data_ptr<float>(),
-               rows.dg.data_ptr<float>(),
-               rows.d_beta.data_ptr<float>(),
-               static_cast<int>(T),
-               static_cast<int>(H),
-               static_cast<int>(D),
-               static_cast<int>(N)};
   const at::cuda::CUDAGuard guard(rows.q.device());
-  const auto launch = [&](auto kernel) {
-    kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
-    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_rows_kernel");
-  };
-  switch (D) {
-    case 32: launch(gdn_backward_rows_kernel<1>); break;
-    case 64: launch(gdn_backward_rows_kernel<2>); break;
-    case 128: launch(gdn_backward_rows_kernel<4>); break;
-    default: launch(gdn_backward_rows_kernel<8>); break;
+  if (inputs == at::kBFloat16) {
+    const auto* q = reinterpret_cast<const __nv_bfloat16*>(rows.q.data_ptr<at::BFloat16>());
+    const auto* k = reinterpret_cast<const __nv_bfloat16*>(rows.k.data_ptr<at::BFloat16>());
+    const auto* v = reinterpret_cast<const __nv_bfloat16*>(rows.v.data_ptr<at::BFloat16>());
+    launch_rows(rows, q, k, v, T, H, D, N);
+  } else {
+    launch_rows(rows, rows.q.data_ptr<float>(), rows.k.data_ptr<float>(), rows.v.data_ptr<float>(), T, H, D, N);
   }
 }
 

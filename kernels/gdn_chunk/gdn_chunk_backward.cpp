@@ -152,7 +152,7 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   product.accumulate(dk, d_kk, c.k);
   product.accumulate(dk, transposed(d_kk), c.k);
   ChainGrads out;
-  out.dq = at::empty({B, T, H, D}, c.q.options());
+  out.dq = at::empty({B, T, H, D}, c.g.options());  // fp32 (q may be bf16)
   out.dk = at::empty_like(out.dq);
   out.dv = at::empty_like(out.dq);
   out.dg = at::empty({B, T, H}, c.g.options());
@@ -208,18 +208,22 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
 #ifdef PRIME_WITH_CUDA
   on_kernels = s.q.is_cuda() && work == at::kFloat;
 #endif
+  // On the kernels with bf16 products, q, k and v stay bf16 (laid out per chunk; the products and the
+  // rows kernel read them as they are, the elementwise terms widen them): their exact values, as an
+  // fp32 copy would hold, at half its traffic.
+  const at::ScalarType inputs = on_kernels && bf16 && product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : work;
   ChainRule c;
-  c.q = to_chunks(s.q, N, work), c.k = to_chunks(s.k, N, work), c.v = to_chunks(s.v, N, work);
+  c.q = to_chunks(s.q, N, inputs), c.k = to_chunks(s.k, N, inputs), c.v = to_chunks(s.v, N, inputs);
   c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
   // The per-chunk results and the large intermediates are let go after their last use (each [M,N,D,D]
   // one is 1 GB at (4,8192,32,128) in fp32; the bf16 results' fp32 copies are made where needed).
   const at::Tensor &q = c.q, &k = c.k;
-  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros_like(q);
+  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros(q.sizes(), c.g.options());
 
   // Gamma in float64, as in the forward; the decays from its differences.
   c.gamma64 = at::cumsum(c.g.to(at::kDouble), -1);
-  c.e_gamma = at::exp(c.gamma64).to(q.scalar_type());
-  const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, q.scalar_type());
+  c.e_gamma = at::exp(c.gamma64).to(work);
+  const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, work);
 
   // The output's side: scores, the walk's addend and the walk, and dU_n = dU'.
   c.qk = product(q, transposed(k));
@@ -276,7 +280,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
   if (!inverse.defined()) {
-    const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, q.scalar_type());
+    const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, work);
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }
   // dT = dU (diag(beta) V)^T + dW (diag(beta e^Gamma) K)^T: the factors scale dT's columns.
