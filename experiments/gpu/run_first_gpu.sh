@@ -9,7 +9,8 @@
 #   2b. GKA's reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): its tests (the fp32
 #      bound of float64); GKA's fp32 fwd+bwd at (1,4096,32,128) with either sweep;
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
-#      backward's products on bf16 operands (chunk_gemm's Bf16), and its fused reverse walk
+#      backward's products on bf16 operands (chunk_gemm's Bf16; q, k, v read as bf16, the rows kernel's
+#      test bit for bit), and its fused reverse walk
 #      (PRIME_GDN_BACKWARD_WALK=fused): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
 #      --dtype bf16 (bf16 and fp32 products, either walk) and fp32;
 # then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
