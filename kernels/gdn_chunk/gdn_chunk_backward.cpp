@@ -210,7 +210,8 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
 #endif
   // On the kernels with bf16 products, q, k and v stay bf16 (laid out per chunk; the products and the
   // rows kernel read them as they are, the elementwise terms widen them): their exact values, as an
-  // fp32 copy would hold, at half its traffic.
+  // fp32 copy would hold, at half its traffic. dO, which only products read, is rounded to bf16 once as
+  // it is laid out: the rounding each product would make as it loads it (round to nearest even).
   const at::ScalarType inputs = on_kernels && bf16 && product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : work;
   ChainRule c;
   c.q = to_chunks(s.q, N, inputs), c.k = to_chunks(s.k, N, inputs), c.v = to_chunks(s.v, N, inputs);
@@ -218,7 +219,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // The per-chunk results and the large intermediates are let go after their last use (each [M,N,D,D]
   // one is 1 GB at (4,8192,32,128) in fp32; the bf16 results' fp32 copies are made where needed).
   const at::Tensor &q = c.q, &k = c.k;
-  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, work) : at::zeros(q.sizes(), c.g.options());
+  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, inputs) : at::zeros(q.sizes(), q.options());
 
   // Gamma in float64, as in the forward; the decays from its differences.
   c.gamma64 = at::cumsum(c.g.to(at::kDouble), -1);
