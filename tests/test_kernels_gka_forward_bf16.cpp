@@ -279,13 +279,20 @@ TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve kee
   }
   for (const auto& [text, form] : {std::pair{"registers", GkaForwardIterate::Registers},
                                    std::pair{"shared", GkaForwardIterate::Shared},
-                                   std::pair{"wgmma", GkaForwardIterate::Wgmma},
-                                   std::pair{"cluster", GkaForwardIterate::Cluster}}) {
+                                   std::pair{"wgmma", GkaForwardIterate::Wgmma}}) {
     const test::ScopedEnv set("PRIME_GKA_FORWARD_ITERATE", text);
     CHECK(kernels::gka_forward_iterate(at::kCPU) == form);
   }
   const test::ScopedEnv bad("PRIME_GKA_FORWARD_ITERATE", "smem");
   CHECK_THROWS_AS(kernels::gka_forward_iterate(at::kCPU), UserError);
+  // The solve split over a two-block cluster is retired: "cluster" is an unknown value like any other,
+  // the error naming the valid ones.
+  const test::ScopedEnv retired("PRIME_GKA_FORWARD_ITERATE", "cluster");
+  CHECK_THROWS_AS(kernels::gka_forward_iterate(at::kCPU), UserError);
+  CHECK_THROWS_WITH(kernels::gka_forward_iterate(at::kCPU),
+                    Catch::Matchers::Contains("PRIME_GKA_FORWARD_ITERATE=cluster") &&
+                        Catch::Matchers::Contains("\"registers\"") && Catch::Matchers::Contains("\"shared\"") &&
+                        Catch::Matchers::Contains("\"wgmma\""));
 }
 
 // The iterate in registers (8 warps at D = 128, 4 at D = 64) against the 16-warp form with the
@@ -321,78 +328,19 @@ TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory fo
   }
 }
 
-// The solve split over a cluster of two blocks (D = 128) against the one-block warpgroup form: the same
-// operations in the same order in every part, so o bit for bit, bf16 or fp32 out, T not a multiple of
-// 64, flagged document starts, an odd iteration count (the buffers' parity), and a larger shape run
-// three times (4,096 blocks: blocks of different chunks share SMs and a block's peer runs ahead of it).
-// At D = 64 the cluster form is the one-block form. Needs a Hopper GPU.
-TEST_CASE("GKA bf16 forward: the solve split over a two-block cluster gives the warpgroup form's o",
-          "[kernels][gka][gpu]") {
-  if (!test::gpu_available_or_fail()) return;
-  REQUIRE(kernels::built_with_cuda_kernels());
-  const at::Device cuda(at::kCUDA, 0);
-  if (!kernels::gka_forward_wgmma_available(cuda)) {
-    WARN("not a Hopper GPU: the cluster form does not run here");
-    return;
-  }
-  using kernels::GkaForwardIterate;
-  const test::PoisonOutputs poison;
-  const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
-  const at::NoGradGuard no_grad;
-  for (const CoreCase& shape : std::vector<CoreCase>{{1, 300, 2, 128, true, true, false},
-                                                     {2, 192, 2, 128, false, false, true},
-                                                     {1, 200, 3, 128, true, true, false, 7},
-                                                     {4, 2048, 16, 128, true, false, false},
-                                                     {1, 130, 2, 64, true, true, false}}) {
-    for (const bool bf16_operands : {false, true}) {
-      INFO("B=" << shape.B << " T=" << shape.T << " H=" << shape.H << " D=" << shape.D << " N=" << shape.num_iter
-                << " bf16 operands " << bf16_operands);
-      const CoreInputs inputs = random_inputs(shape, 90 + shape.T + shape.D);
-      CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
-      if (bf16_operands)
-        for (at::Tensor* row : {&on_cuda.in.q, &on_cuda.in.k, &on_cuda.in.v}) *row = row->to(at::kBFloat16);
-      REQUIRE(applies(on_cuda));
-      at::Tensor one_block;
-      {
-        const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", "wgmma");
-        one_block = run_core(on_cuda, shape.D, shape.num_iter).o;
-        CHECK(kernels::gka_forward_last_form() == GkaForwardIterate::Wgmma);
-      }
-      const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", "cluster");
-      for (int run = 0; run < (shape.T > 1000 ? 3 : 1); ++run) {
-        const model::gka_detail::ChunkedResult split = run_core(on_cuda, shape.D, shape.num_iter);
-        CHECK(kernels::gka_forward_last_form() ==
-              (shape.D == 128 ? GkaForwardIterate::Cluster : GkaForwardIterate::Wgmma));
-        const at::Tensor difference = (split.o.to(at::kDouble) - one_block.to(at::kDouble)).abs();
-        std::cout << "[kernels][gka] bf16 forward D=" << shape.D << " T=" << shape.T << " N=" << shape.num_iter
-                  << (bf16_operands ? " bf16" : " fp32") << " operands, run " << run
-                  << ": cluster vs one block, o max abs " << difference.max().item<double>() << std::endl;
-        CHECK(at::isfinite(split.o).all().item<bool>());
-        CHECK(at::equal(split.o, one_block));
-        if (!bf16_operands && shape.T <= 300 && run == 0)  // the float64 reference on the CPU: the short ones
-          check_against_float64(split, inputs, shape.D,
-                                "bf16 forward, cluster, T=" + std::to_string(shape.T) + " D=" + std::to_string(shape.D),
-                                shape.num_iter);
-      }
-    }
-  }
-}
-
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh): the
 // shared-memory form (D = 32), the register form with 4 and 8 warps (D = 64, 128) and the solve on
-// the warpgroup MMAs (D = 64, 128; one block or a cluster of two at D = 128).
+// the warpgroup MMAs (D = 64, 128).
 TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
   const at::NoGradGuard no_grad;
-  for (const auto& [D, iterate] :
-       {std::pair{32, "registers"}, std::pair{64, "registers"}, std::pair{128, "registers"}, std::pair{64, "wgmma"},
-        std::pair{128, "wgmma"}, std::pair{128, "cluster"}}) {
+  for (const auto& [D, iterate] : {std::pair{32, "registers"}, std::pair{64, "registers"},
+                                   std::pair{128, "registers"}, std::pair{64, "wgmma"}, std::pair{128, "wgmma"}}) {
     INFO("D=" << D << " " << iterate);
-    if (std::string(iterate) != "registers" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0)))
-      continue;
+    if (std::string(iterate) == "wgmma" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0))) continue;
     const test::ScopedEnv form("PRIME_GKA_FORWARD_ITERATE", iterate);
     const CoreCase shape{1, 70, 1, D, true, true, false};
     const CoreInputs inputs = random_inputs(shape, 7);

@@ -130,44 +130,6 @@ TEST_CASE("wgmma layout: GKA's warpgroup solve's descriptors read the elements i
   }
 }
 
-// The cluster form (gka_forward_bf16_cluster_kernels.cu): each block stores only its group's columns of
-// the keys [64, 64] and of H_0 [128, 64] (matrices of their own, built with column 0) and X_sw whole in
-// two buffers; the descriptors must read group c's columns of the one-block form's matrices.
-TEST_CASE("wgmma layout: the cluster form's descriptors read its group's columns and either X_sw buffer",
-          "[kernels]") {
-  constexpr int D = 128;
-  const uint32_t keys_at = 1024 * 0, h0_at = 1024 * 8, scaled_at = 1024 * 40, buffer = 64 * D * 2;
-  const Stored scaled(64, D, scaled_at), second(64, D, scaled_at + buffer);
-  for (int group = 0; group < 2; ++group) {
-    INFO("group " << group);
-    const int col0 = 64 * group;
-    // What the block copies: K[:, col0 ..] and H_0[:, col0 ..] as [64, 64] and [128, 64] matrices; their
-    // element (r, c) stands for the whole matrix's (r, col0 + c).
-    const Stored keys(64, 64, keys_at), h0(D, 64, h0_at);
-    const auto whole = [&](int index, int cols) { return (index / cols) * D + col0 + index % cols; };
-    const Descriptors<D> desc(keys_at, scaled_at, h0_at, 0);
-    for (int s = 0; s < 4; ++s) {  // P_c = x K_c^T: B[k][n] = K[n][col0 + 16 s + k]
-      for (int n = 0; n < 64; ++n)
-        for (int k = 0; k < 16; ++k)
-          REQUIRE(whole(keys.at(k_major_read(desc.keys_by_depth(s), n, k)), 64) == n * D + col0 + 16 * s + k);
-      for (int j = 0; j < 16; ++j)  // Y += P K[:, c]: B[j][n] = K[16 s + j][col0 + n]
-        for (int n = 0; n < 64; ++n)
-          REQUIRE(whole(keys.at(mn_major_read(desc.keys_by_row(s), j, n)), 64) == (16 * s + j) * D + col0 + n);
-    }
-    for (int s = 0; s < D / 16; ++s) {  // Y = X_sw H_0[:, c] from either buffer
-      for (int k = 0; k < 16; ++k)
-        for (int n = 0; n < 64; ++n)
-          REQUIRE(whole(h0.at(mn_major_read(desc.h0_by_depth(s), k, n)), 64) == (16 * s + k) * D + col0 + n);
-      CHECK(desc.scaled_by_depth(s, buffer) == k_major(scaled_at + buffer, 64, 0, 16 * s));
-      for (int m = 0; m < 64; ++m)
-        for (int k = 0; k < 16; ++k) {
-          REQUIRE(scaled.at(k_major_read(desc.scaled_by_depth(s), m, k)) == m * D + 16 * s + k);
-          REQUIRE(second.at(k_major_read(desc.scaled_by_depth(s, buffer), m, k)) == m * D + 16 * s + k);
-        }
-    }
-  }
-}
-
 TEST_CASE("wgmma layout: GDN's warpgroup walk's descriptors read the elements its products need", "[kernels]") {
   using prime::kernels::detail::gdn_forward_bf16::WalkDescriptors;
   // Bases apart as in the kernel's block (a mix-up reads the wrong matrix).

@@ -41,11 +41,9 @@ GkaForwardIterate gka_forward_iterate(const at::Device& device) {
   if (text == "registers") return GkaForwardIterate::Registers;
   if (text == "shared") return GkaForwardIterate::Shared;
   if (text == "wgmma") return GkaForwardIterate::Wgmma;
-  if (text == "cluster") return GkaForwardIterate::Cluster;
   throw user_error("PRIME_GKA_FORWARD_ITERATE=", text, ": must be \"registers\" (the bf16 forward's solve keeps ",
-                   "its iterate in registers), \"shared\" (in shared memory), \"wgmma\" (on Hopper's warpgroup ",
-                   "MMAs) or \"cluster\" (those split over two blocks); unset, Hopper GPUs take \"wgmma\" and ",
-                   "others \"registers\"");
+                   "its iterate in registers), \"shared\" (in shared memory) or \"wgmma\" (on Hopper's warpgroup ",
+                   "MMAs); unset, Hopper GPUs take \"wgmma\" and others \"registers\"");
 }
 
 GkaForwardIterate gka_forward_last_form() { return last_form.load(); }
@@ -128,12 +126,10 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
       num_iter, output_scale,
       iterate == GkaForwardIterate::Registers ? detail::kIterateRegisters
       : iterate == GkaForwardIterate::Wgmma   ? detail::kIterateWgmma
-      : iterate == GkaForwardIterate::Cluster ? detail::kIterateCluster
                                               : detail::kIterateShared,
       out.o);
   last_form = form == detail::kIterateRegisters ? GkaForwardIterate::Registers
               : form == detail::kIterateWgmma   ? GkaForwardIterate::Wgmma
-              : form == detail::kIterateCluster ? GkaForwardIterate::Cluster
                                                 : GkaForwardIterate::Shared;
 #endif
   out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});

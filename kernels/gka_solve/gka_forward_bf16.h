@@ -28,20 +28,18 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
 
 // Where the per-chunk kernel's solve on `device` keeps its iterate: PRIME_GKA_FORWARD_ITERATE =
 // "registers" (2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
-// memory), "shared" (16 warps, the iterate in shared memory, at every D), "wgmma" (a warpgroup per
+// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (a warpgroup per
 // 64 columns holds it, the products on Hopper's warpgroup MMAs, at D = 64 and 128; other GPUs refuse
-// it) or "cluster" (the same at D = 128 with its two warpgroups in two blocks of a thread-block
-// cluster, so that two blocks share an SM; D = 64 takes "wgmma"'s single warpgroup; not yet run on a
-// GPU, so never the default). Unset: "wgmma" where gka_forward_wgmma_available(device), else
-// "registers". Anything else: a UserError.
-enum class GkaForwardIterate { Registers, Shared, Wgmma, Cluster };
+// it). Unset: "wgmma" where gka_forward_wgmma_available(device), else "registers". Anything else: a
+// UserError.
+enum class GkaForwardIterate { Registers, Shared, Wgmma };
 GkaForwardIterate gka_forward_iterate(const at::Device& device);
 
 // Whether `device` runs the wgmma form (a CUDA build with sm_90a code and a Hopper GPU).
 bool gka_forward_wgmma_available(const at::Device& device);
 
 // The form the per-chunk kernel of this process's last gka_forward_bf16 call took (what ran, after
-// D = 32's and D = 64's substitutions); Registers before any call. For tests and benchmarks.
+// D = 32's substitution); Registers before any call. For tests and benchmarks.
 GkaForwardIterate gka_forward_last_form();
 
 struct GkaForwardBf16 {

@@ -1,9 +1,8 @@
-// The parts of GKA's bf16 forward's per-chunk kernel that every form of its solve shares
-// (gka_forward_bf16_kernels.cu: one block per chunk; gka_forward_bf16_cluster_kernels.cu: a cluster of
-// two blocks per chunk): the kernel's parameters, the prologue (||H_0||^2, the squared gram, k_j^T H_0
-// k_j, ||H_t||_F), W, and the epilogue's two products (the chunk matrix and o). Each part does the same
-// operations in the same order whichever block runs it, so the forms that share a solve's result
-// share o bit for bit.
+// The parts of GKA's bf16 forward's per-chunk kernel (gka_forward_bf16_kernels.cu, one block per
+// chunk) that every form of its solve shares: the kernel's parameters, the prologue (||H_0||^2, the
+// squared gram, k_j^T H_0 k_j, ||H_t||_F), W, and the epilogue's two products (the chunk matrix and o).
+// Each part does the same operations in the same order whatever the block's warps, so the forms that
+// share a solve's result share o bit for bit.
 #pragma once
 
 #include <type_traits>
@@ -292,33 +291,30 @@ __device__ __forceinline__ void chunk_matrix(const SplitMatrix& X, const SplitMa
   });
 }
 
-// o = e^{G} o (q~ S_0) + P V for o's 16 x 32 blocks in columns [col_begin, col_end) (multiples of 32),
-// into p.o: q~ (X, split) [64][ld_d]; S_0^T's row c0 + n at row c0 + n - col_begin of S [*][ld_d];
-// the chunk matrix P [64][ld_p]; V's column c0 + n at column c0 + n - col_begin of V [64][ld_v]. Block i
-// (row block i / width, columns col_begin + 32 (i % width)) goes to warp i % Warps: over all D columns,
-// the roles' owner blocks as for_each_role hands them out.
+// o = e^{G} o (q~ S_0) + P V for o's 16 x 32 blocks, into p.o: q~ (X, split) [64][ld_d]; S_0^T (S)
+// [D][ld_d]; the chunk matrix P [64][ld_p]; V [64][ld_v]. Block i (row block i / width, columns
+// 32 (i % width)) goes to warp i % Warps: the roles' owner blocks as for_each_role hands them out.
 template <int D, int Warps, typename Out>
 __device__ __forceinline__ void write_output(const ForwardParams& p, const ChunkPlace& c, const SplitMatrix& X,
                                              int ld_d, const SplitMatrix& S, const Bf16* P, int ld_p, const Bf16* V,
-                                             int ld_v, const float* from_start, int col_begin, int col_end) {
-  const int g = (threadIdx.x % 32) / 4, width = (col_end - col_begin) / 32;
+                                             int ld_v, const float* from_start) {
+  constexpr int width = D / 32;
+  const int g = (threadIdx.x % 32) / 4;
   Out* out = static_cast<Out*>(p.o);
   for (int block = static_cast<int>(threadIdx.x / 32); block < (kChunk / 16) * width; block += Warps) {
-    const int rb = block / width, c0 = col_begin + 32 * (block % width);
+    const int rb = block / width, c0 = 32 * (block % width);
     Acc o[kTiles];
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) fill(o[j], 0.0f);
     // q~ S_0: B[k][n] = S_0[k][n] = S_0^T[n][k], S_0^T's rows in shared memory.
-    split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, X, 16 * rb * ld_d, ld_d, D, S, ld_d,
-                                                                  c0 - col_begin);
+    split_row_block_product<kSplitLeft, kTiles, /*Transposed=*/true>(o, X, 16 * rb * ld_d, ld_d, D, S, ld_d, c0);
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[j].x[e] *= from_start[16 * rb + g + 8 * ((e / 2) % 2)];
     }
     const SplitMatrix chunk{const_cast<Bf16*>(P), nullptr}, values{const_cast<Bf16*>(V), nullptr};
-    split_row_block_product<1, kTiles>(o, chunk, 16 * rb * ld_p, ld_p, 16 * (rb + 1), values, ld_v,
-                                       c0 - col_begin);
+    split_row_block_product<1, kTiles>(o, chunk, 16 * rb * ld_p, ld_p, 16 * (rb + 1), values, ld_v, c0);
     for_each_block_pair(16 * rb, c0, [&](int j, int e, int row, int col) {
       if (row >= c.valid) return;
       Out* at = out + c.first_row + row * c.row_stride + col;
@@ -331,11 +327,3 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const Chunk
 }
 
 }  // namespace prime::kernels::detail::gka_forward
-
-namespace prime::kernels::detail {
-
-// The cluster form (gka_forward_bf16_cluster_kernels.cu, D = 128): its launch on the current stream (two
-// blocks per chunk; the caller has checked the operands).
-void launch_gka_forward_bf16_cluster(const gka_forward::ForwardParams& p, int64_t M, bool fp32_out);
-
-}  // namespace prime::kernels::detail

@@ -24,26 +24,12 @@
 //   the Chebyshev update of its columns, as the other forms do it.
 // Each MMA batch overlaps the ALU work that does not depend on it, in one warpgroup: at D = 128 the
 // block's two groups meet at both barriers, so they cannot cover each other's ALU work.
-//
-// The cluster form (Cluster; D = 128, gka_forward_bf16_cluster_kernels.cu) runs the same iteration with
-// the two groups in two blocks of one thread-block cluster, group c in the block of rank c: each block
-// then takes half the registers and about half the shared memory of the one-block form, so two blocks
-// of different chunks share an SM and one's ALU work runs beside the other's MMAs. Each block holds the
-// keys' and H_0's columns of its group only, X_sw whole; it stores its columns of X_sw and its partial
-// X K^T into the peer block's shared memory as well as (X_sw) its own. X_sw and the exchange are double
-// buffered by the iteration's parity, so one cluster barrier per iteration (after the exchange) orders
-// everything: a block writes buffer b at iteration i + 2 only after passing the barrier of iteration
-// i + 1, which its peer reaches only once done with iteration i's reads of b. The peer's X_sw bytes
-// reach this block's MMAs through a proxy fence this block takes after that barrier (the fence belongs
-// in the block whose async proxy reads them). The same operations in the same order as the one-block
-// form: the same x bit for bit.
 // The same products as the bf16 form, one difference: e^{G_t} scales x's row before its rounding to
 // bf16 for X H_0 instead of X H_0's row after it (the same rounding error relative to the row).
 // The MMAs add in their own order, so the result is the bf16 form's within its rounding, not bit for
 // bit.
 #pragma once
 
-#include "kernels/common/cluster.cuh"
 #include "kernels/common/ldmatrix.cuh"
 #include "kernels/common/wgmma.cuh"
 #include "kernels/gka_solve/gka_solve_bf16.cuh"
@@ -64,25 +50,14 @@ constexpr int wgmma_warps() {
 // wgmma_layout.h's swizzled layout at a 1024-byte aligned base; the exchange (D = 128): [2][8][128]
 // float4, group c's partial X K^T at [c], thread i's elements 4 v .. 4 v + 3 at [c][v][i]; eta q,
 // [D / 64][8][128] float4 in the same arrangement (16-byte aligned).
-//
-// The cluster form: keys K[:, c] [64, 64] and H_0[:, c] [D, 64], the group's columns; X_sw two buffers
-// [2][64, D] (kScaledBytes apart); the exchange two buffers [2][8][128] float4 (kPartialFloats apart),
-// buffer b receiving the peer's partial X K^T of an iteration of parity b; eta q the group's [8][128]
-// float4; peer_scaled and peer_exchange the peer block's X_sw and exchange (cluster.cuh's peer_address).
 struct WgmmaOperands {
   unsigned char* keys;
   unsigned char* h0;
   unsigned char* scaled;
   float* exchange;
   float4* scaled_q;
-  uint32_t peer_scaled = 0, peer_exchange = 0;
 };
 constexpr int kExchangeFloats = 2 * 64 * 64;
-constexpr int kPartialFloats = 64 * 64;  // one group's partial X K^T
-template <int D>
-constexpr uint32_t scaled_bytes() {
-  return 64 * D * 2;
-}
 template <int D>
 constexpr int scaled_q_bytes() {
   return (D / 64) * 8 * 128 * 16;
@@ -101,10 +76,9 @@ __device__ __forceinline__ void copy_to_swizzled(unsigned char* dst, const Bf16*
   }
 }
 
-template <int D, bool Cluster = false>
+template <int D>
 struct WgmmaSolve {
   static_assert(D == 64 || D == 128, "the warpgroup solve takes D = 64 or 128");
-  static_assert(!Cluster || D == 128, "the cluster form splits D = 128 between two blocks");
   static constexpr int kGroups = D / 64;
   static constexpr int kColumns = 64;              // columns of x per group
   static constexpr int kAcc = kColumns / 2;        // their accumulator elements per thread
@@ -125,12 +99,12 @@ struct WgmmaSolve {
                                         WAt&& w_at) {
     // The same in the whole warpgroup: broadcast from lane 0, ptxas knows it is warp-uniform (it spilled
     // more without, when measured: kernels/README.md, gka_solve v7).
-    group = Cluster ? cluster::rank() : __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+    group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
     col0 = kColumns * group;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
       rows[i] = RowFactors(frob, from_start, accumulator_row(2 * i), chunk, ridge_strength);
-    float4* scaled_q = ops.scaled_q + (Cluster ? 0 : group) * (kAcc / 4) * 128 + threadIdx.x % 128;
+    float4* scaled_q = ops.scaled_q + group * (kAcc / 4) * 128 + threadIdx.x % 128;
 #pragma unroll
     for (int e = 0; e < kAcc; e += 2) {
       const int row = accumulator_row(e);
@@ -149,17 +123,13 @@ struct WgmmaSolve {
   }
 
   // The N iterations (all the block's threads; the operands written and fenced for the async proxy
-  // before, the first barrier here; in the cluster form both blocks' operands, W in every thread's
-  // registers, and a cluster barrier between). After them x holds the solve's result; the caller takes
-  // a barrier (a cluster barrier in the cluster form) before reusing the operands' shared memory (the
-  // other group may still be reading it). Iterations go in pairs with x and x_prev trading places (the
-  // new iterate overwrites the one before the current: no copies), the cluster form's buffers by the
-  // iteration's parity.
+  // before, the first barrier here). After them x holds the solve's result; the caller takes a
+  // barrier before reusing the operands' shared memory (the other group may still be reading it).
+  // Iterations go in pairs with x and x_prev trading places (the new iterate overwrites the one
+  // before the current: no copies).
   __device__ __forceinline__ void run(const WgmmaOperands& ops, double ridge_strength, int num_iter) {
     ChebyshevOmegas omegas(ridge_strength);
-    // The cluster form's keys and H_0 hold the group's columns only: its operands start at column 0.
-    const WgmmaDescriptors<D> desc(shared_address(ops.keys), shared_address(ops.scaled), shared_address(ops.h0),
-                                   Cluster ? 0 : col0);
+    const WgmmaDescriptors<D> desc(shared_address(ops.keys), shared_address(ops.scaled), shared_address(ops.h0), col0);
     float p[32], y[kAcc];
 #pragma unroll
     for (int e = 0; e < 32; ++e) p[e] = 0.0f;
@@ -167,29 +137,24 @@ struct WgmmaSolve {
     for (int e = 0; e < kAcc; ++e) y[e] = 0.0f;
     int iteration = 0;
     for (; iteration + 1 < num_iter; iteration += 2) {
-      step<0>(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
-      step<1>(ops, desc, x_prev, x, p, y, iteration + 1, static_cast<float>(omegas.next()));
+      step(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
+      step(ops, desc, x_prev, x, p, y, iteration + 1, static_cast<float>(omegas.next()));
     }
     if (iteration < num_iter) {
-      step<0>(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
+      step(ops, desc, x, x_prev, p, y, iteration, static_cast<float>(omegas.next()));
 #pragma unroll
       for (int e = 0; e < kAcc; ++e) x[e] = x_prev[e];
     }
   }
 
   // One iteration from the current iterate `cur` and the one before, `before`, which the new iterate
-  // replaces; w_iter the iteration's momentum weight; Parity the iteration's (the cluster form's buffers).
-  template <int Parity>
+  // replaces; w_iter the iteration's momentum weight.
   __device__ __forceinline__ void step(const WgmmaOperands& ops, const WgmmaDescriptors<D>& desc,
                                        const float (&cur)[kAcc], float (&before)[kAcc], float (&p)[32],
                                        float (&y)[kAcc], int iteration, float w_iter) {
     using namespace wgmma;
     const int thread = threadIdx.x % 128, g = (threadIdx.x % 32) / 4;
-    constexpr int kBuffer = Cluster ? Parity : 0;
-    constexpr uint32_t kScaledAt = kBuffer * scaled_bytes<D>();  // this iteration's X_sw
-    // Every group is past the previous iteration's MMAs and exchange reads (the cluster form: its
-    // buffers, the barrier after the exchange).
-    if constexpr (!Cluster) __syncthreads();
+    __syncthreads();  // every group is past the previous iteration's MMAs and exchange reads
     // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
     // accumulator tiles 2 s and 2 s + 1.
     uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
@@ -213,53 +178,33 @@ struct WgmmaSolve {
     // While they run (they read hi, lo and the keys): X_sw = bf16(e^{G} o x) on this group's columns,
     // the thread's rows r and r + 8 (r % 8 = g), its 4 bytes of the row's 16-byte chunk c stored at
     // chunk c ^ g (wgmma_layout.h).
-    // The cluster form stores the same bytes into the peer's X_sw too.
     const uint32_t row_at = sw128_start(accumulator_row(0), col0 - col0 % 64, 64) + 4 * (threadIdx.x % 4);
 #pragma unroll
     for (int j = 0; j < kAcc / 4; ++j) {
-      const uint32_t offset = kScaledAt + row_at + (((col0 % 64 / 8 + j) ^ g) << 4);
+      const uint32_t offset = row_at + (((col0 % 64 / 8 + j) ^ g) << 4);
       const uint32_t upper = bf16_pair(rows[0].decay * cur[4 * j], rows[0].decay * cur[4 * j + 1]);
       const uint32_t lower = bf16_pair(rows[1].decay * cur[4 * j + 2], rows[1].decay * cur[4 * j + 3]);
       *reinterpret_cast<uint32_t*>(ops.scaled + offset) = upper;
       *reinterpret_cast<uint32_t*>(ops.scaled + offset + 8 * 128) = lower;
-      if constexpr (Cluster) {
-        cluster::store(ops.peer_scaled + offset, upper);
-        cluster::store(ops.peer_scaled + offset + 8 * 128, lower);
-      }
     }
-    // This block's X_sw stores seen by its MMAs (the barrier below follows); the cluster form takes its
-    // fence after its barrier, where it covers both blocks' stores.
-    if constexpr (!Cluster) fence_proxy_async();
+    fence_proxy_async();  // this block's X_sw stores seen by its MMAs (the barrier below follows)
     wait<0>();
     fence_operands(p);
-    if constexpr (Cluster) {  // the partial product into the peer's exchange buffer of this parity
-      const uint32_t theirs = ops.peer_exchange + (kBuffer * kPartialFloats + 4 * thread) * 4;
+    if constexpr (kGroups == 2) {
+      float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
 #pragma unroll
       for (int v = 0; v < 8; ++v)
-        cluster::store(theirs + v * 128 * 16, make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]));
-      cluster::sync();  // both blocks' partial products and columns of X_sw are in place
-      // Both blocks' X_sw stores seen by this block's MMAs: the proxy fence in the block whose async
-      // proxy reads them, after the barrier that orders the stores before it.
-      fence_proxy_async();
-    } else {
-      if constexpr (kGroups == 2) {
-        float4* mine = reinterpret_cast<float4*>(ops.exchange) + group * 8 * 128;
-#pragma unroll
-        for (int v = 0; v < 8; ++v)
-          mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
-      }
-      __syncthreads();  // every group's partial product and columns of X_sw are in place
+        mine[v * 128 + thread] = make_float4(p[4 * v], p[4 * v + 1], p[4 * v + 2], p[4 * v + 3]);
     }
+    __syncthreads();  // every group's partial product and columns of X_sw are in place
     // Y = X_sw H_0[:, c]: B[k][n] = H_0[k][col0 + n], H_0's rows k .. k + 15 from column col0. Issued
     // first: the partial products' sum and P's rounding run beside it.
     fence();  // the update read y
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s)
-      mma_ss<true>(y, desc.scaled_by_depth(s, kScaledAt), desc.h0_by_depth(s), s > 0);
+    for (int s = 0; s < kSteps; ++s) mma_ss<true>(y, desc.scaled_by_depth(s), desc.h0_by_depth(s), s > 0);
     commit();
     if constexpr (kGroups == 2) {
-      const float4* other = reinterpret_cast<const float4*>(ops.exchange) +
-                            (Cluster ? kBuffer * kPartialFloats / 4 : (1 - group) * 8 * 128);
+      const float4* other = reinterpret_cast<const float4*>(ops.exchange) + (1 - group) * 8 * 128;
 #pragma unroll
       for (int v = 0; v < 8; ++v) {
         const float4 o = other[v * 128 + thread];
@@ -284,7 +229,7 @@ struct WgmmaSolve {
     commit();
     wait<0>();
     fence_operands(y);
-    const float4* scaled_q = ops.scaled_q + (Cluster ? 0 : group) * (kAcc / 4) * 128 + thread;
+    const float4* scaled_q = ops.scaled_q + group * (kAcc / 4) * 128 + thread;
 #pragma unroll
     for (int v = 0; v < kAcc / 4; ++v) {
       const float4 four = scaled_q[v * 128];

@@ -30,10 +30,9 @@ struct WgmmaDescriptors {
   PRIME_HOST_DEVICE constexpr uint64_t keys_by_depth(int s) const {
     return advance(keys_k, wgmma::sw128_start(0, 16 * s, 64));
   }
-  // Y = X_sw H_0[:, c], depth step s: A[m][k] = X_sw[m][16 s + k] (K-major), X_sw at `buffer` bytes past
-  // the base given (the cluster form's second buffer) ...
-  PRIME_HOST_DEVICE constexpr uint64_t scaled_by_depth(int s, uint32_t buffer = 0) const {
-    return advance(scaled_k, buffer + wgmma::sw128_start(0, 16 * s, 64));
+  // Y = X_sw H_0[:, c], depth step s: A[m][k] = X_sw[m][16 s + k] (K-major) ...
+  PRIME_HOST_DEVICE constexpr uint64_t scaled_by_depth(int s) const {
+    return advance(scaled_k, wgmma::sw128_start(0, 16 * s, 64));
   }
   // ... and B[k][n] = H_0[16 s + k][col0 + n] (MN-major).
   PRIME_HOST_DEVICE constexpr uint64_t h0_by_depth(int s) const {
