@@ -288,16 +288,18 @@ TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_PRODUCTS picks t
 }
 
 TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_WALK picks the walk", "[kernels][gdn]") {
+  using kernels::GdnBackwardWalk;
   {
     const test::ScopedEnv unset("PRIME_GDN_BACKWARD_WALK", nullptr);
-    CHECK_FALSE(kernels::gdn_bf16_backward_fused_walk());
+    CHECK(kernels::gdn_bf16_backward_walk() == GdnBackwardWalk::Auto);
   }
-  for (const auto& [text, fused] : {std::pair{"split", false}, std::pair{"fused", true}}) {
+  for (const auto& [text, walk] : {std::pair{"auto", GdnBackwardWalk::Auto}, std::pair{"split", GdnBackwardWalk::Split},
+                                   std::pair{"fused", GdnBackwardWalk::Fused}}) {
     const test::ScopedEnv set("PRIME_GDN_BACKWARD_WALK", text);
-    CHECK(kernels::gdn_bf16_backward_fused_walk() == fused);
+    CHECK(kernels::gdn_bf16_backward_walk() == walk);
   }
   const test::ScopedEnv bad("PRIME_GDN_BACKWARD_WALK", "wgmma");
-  CHECK_THROWS_WITH(kernels::gdn_bf16_backward_fused_walk(), Catch::Contains("PRIME_GDN_BACKWARD_WALK=wgmma"));
+  CHECK_THROWS_WITH(kernels::gdn_bf16_backward_walk(), Catch::Contains("PRIME_GDN_BACKWARD_WALK=wgmma"));
 }
 
 #ifdef PRIME_WITH_CUDA

@@ -22,6 +22,9 @@
 #include "test_helpers.h"
 #include "test_kernels_util.h"
 #include "util/error.h"
+#ifdef PRIME_WITH_CUDA
+#include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#endif
 
 using namespace prime;
 
@@ -582,7 +585,7 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
     const test::ScopedEnv core("PRIME_SSM_CORE", "bf16");
     const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", "split");  // what training's forward takes
     bf16 = run(false);
-    under_autograd = run(true);  // records a gradient: the bf16 forward for training (its split walk)
+    under_autograd = run(true);  // records a gradient: the bf16 forward for training (split walk and inverse)
   }
   const double bf16_f64 = norm_relative_error(bf16.first, reference.first);
   const double bf16_fp32 = norm_relative_error(bf16.first, fp32.first);
@@ -595,9 +598,16 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
   CHECK(bf16_f64 <= 1e-2);  // q, k, v's own rounding to bf16 included
   CHECK(state_f64 <= 1e-2);
   CHECK(autograd_f64 <= 1e-2);
-  // The split walk without autograd too: the same launches, the same output.
-  CHECK(at::equal(under_autograd.first, bf16.first));
-  CHECK(at::equal(under_autograd.second, bf16.second));
+  // Under autograd the prep forms W and U' with (I + A)^-1 split into bf16 hi + lo (what the backward
+  // reads; without a gradient it is rounded to bf16): another arithmetic, so not the same bits, and
+  // no less accurate (what it removes is the inverse's own rounding; q, k, v's dominates both).
+  const double state_autograd_f64 = norm_relative_error(under_autograd.second, reference.second);
+  std::cout << "[kernels][gdn] PRIME_SSM_CORE=bf16 under autograd: state vs float64 " << state_autograd_f64
+            << "; vs the form without a gradient: out " << norm_relative_error(under_autograd.first, bf16.first)
+            << ", state " << norm_relative_error(under_autograd.second, bf16.second) << std::endl;
+  CHECK(state_autograd_f64 <= 1e-2);
+  CHECK(autograd_f64 <= 1.05 * bf16_f64);
+  CHECK(state_autograd_f64 <= 1.05 * state_f64);
 }
 
 // Training on the bf16 forward: bf16 q, k, v leaves, and fp32 ones under PRIME_SSM_CORE=bf16 (rounded
@@ -611,8 +621,9 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
 // of the bound with training's split inverse; one such shape here, other inputs). T not
 // a multiple of 64, D = 32, 64, 128, with and without an initial state, packed documents (chunk starts),
 // the fused walk asked for (training takes the split walk whatever is asked), and the graph holds the
-// bf16 function's node. Each case runs the backward's two walks (PRIME_GDN_BACKWARD_WALK split and fused),
-// each held to the bound, and the keys' gradient differs between them (the fused walk ran).
+// bf16 function's node. Each case runs the backward's two walks (PRIME_GDN_BACKWARD_WALK split and fused)
+// and the default (unset), each held to the bound; the keys' gradient differs between the two walks (the
+// fused walk ran), and unset gives the fused walk's where its block fits the GPU, else the split one's.
 namespace {
 
 void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_state, const std::vector<bool>& starts,
@@ -651,8 +662,9 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
     const test::ScopedEnv core("PRIME_SSM_CORE", fp32_leaves ? "bf16" : nullptr);
     const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", "fused");
     std::vector<at::Tensor> key_grads;  // per backward walk
-    for (const char* backward_walk : {"split", "fused"}) {
-      const test::ScopedEnv backward("PRIME_GDN_BACKWARD_WALK", backward_walk);
+    for (const char* asked : {"split", "fused", static_cast<const char*>(nullptr)}) {
+      const test::ScopedEnv backward("PRIME_GDN_BACKWARD_WALK", asked);
+      const char* backward_walk = asked ? asked : "unset (auto)";
       std::vector<at::Tensor> leaves = as_leaves(in, cuda, at::kFloat);
       if (!fp32_leaves)
         for (int i = 0; i < 3; ++i) leaves[i] = leaves[i].detach().to(at::kBFloat16).requires_grad_(true);
@@ -684,8 +696,13 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
       }
       std::cout << line.str() << std::endl;
     }
-    // The fused walk ran: the keys' gradient takes dU from the walk, whose rounding differs.
+    // The fused walk ran: the keys' gradient takes dU from the walk, whose rounding differs. Unset, the
+    // fused walk where its block fits (bf16 products, the default).
     CHECK_FALSE(at::equal(key_grads[0], key_grads[1]));
+#ifdef PRIME_WITH_CUDA
+    const bool fits = kernels::detail::gdn_backward_walk_bf16_fits_device(D, cuda.index());
+    CHECK(at::equal(key_grads[2], key_grads[fits ? 1 : 0]));
+#endif
   }
 }
 

@@ -247,7 +247,8 @@ TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops swee
     const at::Tensor probe = at::randn({c.B, c.H, c.n, c.C, c.D}, at::kDouble);
     const auto on_cuda = leaves(system, cuda, at::kFloat);
     REQUIRE(kernels::gka_chunk_solve_backward_apply(on_cuda[0], c.iterations));
-    const std::vector<at::Tensor> direct = kernel_backward(on_cuda, probe, c.iterations);
+    // The products ChunkSolve takes unset (bf16x3 where the mma sweep kernel serves).
+    const std::vector<at::Tensor> direct = kernel_backward(on_cuda, probe, c.iterations, kernels::gka_backward_products());
     SolveRun ours;
     {
       const ScopedBackwardKernelSwitch on("1");
@@ -350,8 +351,8 @@ TEST_CASE("GKA solve backward kernel: small chunks equal the torch-ops sweep", "
 // The reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): every output written
 // (poisoned), all six gradients within the fp32 bound of float64 (experiments/gka_bf16_solve: within
 // 1.4e-5 in its study) and of the 3xTF32 sweep, over full and padded chunks, D = 32 to 128, N = 2
-// and 30, H_0 and the decays broadcast; ChunkSolve takes it under the variable (its gradients the
-// kernel's bit for bit) and not without (3xTF32's: the two differ).
+// and 30, H_0 and the decays broadcast; ChunkSolve takes it under the variable and unset (its gradients
+// the kernel's bit for bit), and 3xTF32 under tf32x3 (the two differ).
 TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -373,14 +374,18 @@ TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[ke
     const auto on_cuda = leaves(system, cuda, at::kFloat);
     const std::vector<at::Tensor> tf32x3 = kernel_backward(on_cuda, probe, c.iterations);
     const std::vector<at::Tensor> bf16x3 = kernel_backward(on_cuda, probe, c.iterations, kernels::SolveProducts::Bf16x3);
-    SolveRun through_autograd, without;
+    SolveRun through_autograd, unset, tf32x3_asked;
     {
       const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", "bf16x3");
       through_autograd = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
     }
     {
       const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", nullptr);
-      without = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+      unset = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
+    }
+    {
+      const test::ScopedEnv products("PRIME_GKA_BACKWARD_PRODUCTS", "tf32x3");
+      tf32x3_asked = run_solve(leaves(system, cuda, at::kFloat), probe, c.iterations, false);
     }
     const SolveRun reference = run_solve(leaves(system, at::kCPU, at::kDouble), probe, c.iterations, true);
     double vs_f64 = 0, vs_tf32 = 0;
@@ -388,7 +393,8 @@ TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[ke
       INFO("gradient of input " << i);
       CHECK(at::isfinite(bf16x3[i]).all().item<bool>());
       CHECK(at::equal(through_autograd.grads[i], bf16x3[i]));
-      CHECK(at::equal(without.grads[i], tf32x3[i]));
+      CHECK(at::equal(unset.grads[i], bf16x3[i]));
+      CHECK(at::equal(tf32x3_asked.grads[i], tf32x3[i]));
       const double error64 = norm_relative_error(bf16x3[i], reference.grads[i]);
       const double error32 = norm_relative_error(bf16x3[i], tf32x3[i]);
       CHECK(error64 <= 1e-4);

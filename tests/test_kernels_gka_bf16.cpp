@@ -56,13 +56,14 @@ at::Tensor float64_solve(const System& system, int iterations, bool bf16_inputs 
 
 TEST_CASE("GKA solve products: PRIME_GKA_SOLVE_PRODUCTS and PRIME_GKA_BACKWARD_PRODUCTS take tf32x3 or bf16x3",
           "[kernels][gka]") {
-  for (const auto& [variable, read] :
-       {std::pair{"PRIME_GKA_SOLVE_PRODUCTS", &kernels::gka_fp32_solve_products},
-        std::pair{"PRIME_GKA_BACKWARD_PRODUCTS", &kernels::gka_backward_products}}) {
+  // Unset: the forward's tf32x3, the reverse sweep's bf16x3.
+  for (const auto& [variable, read, unset_value] :
+       {std::tuple{"PRIME_GKA_SOLVE_PRODUCTS", &kernels::gka_fp32_solve_products, SolveProducts::Tf32x3},
+        std::tuple{"PRIME_GKA_BACKWARD_PRODUCTS", &kernels::gka_backward_products, SolveProducts::Bf16x3}}) {
     INFO(variable);
     {
       const test::ScopedEnv unset(variable, nullptr);
-      CHECK(read() == SolveProducts::Tf32x3);
+      CHECK(read() == unset_value);
     }
     {
       const test::ScopedEnv tf32(variable, "tf32x3");

@@ -171,11 +171,12 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
 
 }  // namespace
 
-bool gdn_bf16_backward_fused_walk() {
-  return environment_switch<bool>(
+GdnBackwardWalk gdn_bf16_backward_walk() {
+  return environment_switch<GdnBackwardWalk>(
       "PRIME_GDN_BACKWARD_WALK",
-      {{"split", false, "GDN's backward from its bf16 forward walks on its addend formed first"},
-       {"fused", true, "the fused reverse walk"}});
+      {{"auto", GdnBackwardWalk::Auto, "the fused reverse walk where it fits the GPU and the products are bf16"},
+       {"split", GdnBackwardWalk::Split, "GDN's backward from its bf16 forward walks on its addend formed first"},
+       {"fused", GdnBackwardWalk::Fused, "the fused reverse walk"}});
 }
 
 GemmPrecision gdn_bf16_backward_products() {
