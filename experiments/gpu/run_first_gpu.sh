@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The first call when a GPU comes: everything built since the last device call that no GPU has run
-# yet, checked in one call (one build, then each piece's tests and a first A/B timing), so the calls
-# after it can go to the pieces that pass:
+# One call that checks the kernel pieces built without a GPU (one build, then each piece's tests and
+# A/B timings against the form before it). Its first run, on an H100, is in
+# experiments/gpu/results/first_gpu_h100 (each piece since then the default; the A/B timings still set
+# each form explicitly, so a rerun, on the H200 say, repeats the comparison):
 #   1. GDN's fused walk on the warpgroup MMAs (PRIME_GDN_FORWARD_WALK=wgmma): the [wgmma] products,
 #      the GDN bf16 tests; the fused and wgmma walks at (4,8192,32,128);
-#   2. GKA's solve split over a two-block cluster (PRIME_GKA_FORWARD_ITERATE=cluster): the GKA bf16
-#      forward tests (o bit for bit against the one-block form); the two forms at (4,8192,32,128);
-#   2b. GKA's reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): its tests (the fp32
+#   2. GKA's reverse sweep on bf16x3 products (PRIME_GKA_BACKWARD_PRODUCTS=bf16x3): its tests (the fp32
 #      bound of float64); GKA's fp32 fwd+bwd at (1,4096,32,128) with either sweep;
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
 #      backward's products on bf16 operands (chunk_gemm's Bf16; q, k, v read as bf16, the rows kernel's
@@ -14,9 +13,8 @@
 #      (PRIME_GDN_BACKWARD_WALK=fused): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
 #      --dtype bf16 (bf16 and fp32 products, either walk) and fp32;
 # then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
-# (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gka_bf16_forward/run_cluster_gpu.sh,
-# experiments/gdn_bf16_backward/run_gpu.sh). Steps run while the time left allows (DEADLINE_S,
-# default 570). Results under $OUT, all.tgz among them.
+# (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gdn_bf16_backward/run_gpu.sh). Steps run
+# while the time left allows (DEADLINE_S, default 570). Results under $OUT, all.tgz among them.
 #   bash experiments/gpu/run_first_gpu.sh     (carry .deps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +33,7 @@ summary wgmma_products "FAILED|passed|failed" 4
 run 150 gdn_tests build-gpu/bin/prime_tests "GDN*,PRIME_SSM_CORE=bf16: fp32 calls*,chunk gemm*"
 summary gdn_tests "wgmma|trained on the bf16|FAILED|passed|failed" 20
 run 150 gka_tests build-gpu/bin/prime_tests "GKA bf16 forward*,GKA solve backward kernel*,GKA solve products*"
-summary gka_tests "cluster|bf16x3|FAILED|passed|failed" 24
+summary gka_tests "bf16x3|FAILED|passed|failed" 24
 bench() {  # bench NAME VARIABLE=VALUE [env VARIABLE=VALUE] PRIME-BENCH-KERNELS-ARGS...
   local name=$1 setting=$2 more=()
   shift 2
@@ -47,9 +45,6 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
   local round=$1
   for walk in fused wgmma; do
     bench gdn_walk_${walk}_$round PRIME_GDN_FORWARD_WALK=$walk --types GDN --dtype bf16 --no-backward
-  done
-  for form in wgmma cluster; do
-    bench gka_${form}_$round PRIME_GKA_FORWARD_ITERATE=$form --types GKA --dtype bf16 --no-backward
   done
   for products in tf32x3 bf16x3; do  # the reverse sweep's products, at the 8B align step's core shape
     bench gka_sweep_${products}_$round PRIME_GKA_BACKWARD_PRODUCTS=$products --types GKA --batch 1 --tokens 4096
@@ -63,7 +58,6 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
 }
 ab_round 1
 sanitize 100 sanitizer_gdn_wgmma "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
-sanitize 100 sanitizer_gka_cluster "GKA bf16 forward: one small sequence*"
 sanitize 100 sanitizer_gka_sweep_bf16x3 "GKA solve backward kernel: small chunks*"
 sanitize 100 sanitizer_gdn_bf16_training "GDN trained on the bf16 forward: a small shape*"
 ab_round 2
