@@ -343,3 +343,50 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
   }
 }
 #endif
+
+#ifdef PRIME_WITH_CUDA
+// The backward's T formed from K K^T, the gates and beta in one kernel (the bf16 forward keeps no T):
+// against float64's (I + A)^-1 of the same inputs, and against the torch form it replaces (A formed in
+// ATen ops, then unit_lower_inverse), for independent and strongly correlated keys, with the padding
+// rows of a partial last chunk (gates and beta zero there: T's rows the identity's).
+TEST_CASE("GDN backward inverse kernel: T from K K^T equals float64's and the torch form's", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  for (const double correlation : {0.0, 0.9}) {
+    at::manual_seed(60 + static_cast<int>(10 * correlation));
+    const int64_t MN = 37, D = 64, valid = 40;  // every chunk's rows past `valid` padding in the last
+    at::Tensor keys = at::randn({MN, kChunk, D}, at::kDouble);
+    keys = correlation * at::randn({MN, 1, D}, at::kDouble) + (1 - correlation) * keys;
+    keys = keys / keys.norm(2, -1, true);
+    at::Tensor g = -at::rand({MN, kChunk}, at::kDouble) * 0.2, beta = at::rand({MN, kChunk}, at::kDouble);
+    g.select(0, MN - 1).narrow(0, valid, kChunk - valid).zero_();
+    beta.select(0, MN - 1).narrow(0, valid, kChunk - valid).zero_();
+    keys.select(0, MN - 1).narrow(0, valid, kChunk - valid).zero_();
+    const at::Tensor kk = at::matmul(keys, keys.transpose(-1, -2)).to(at::kFloat);  // what the backward holds
+    g = g.to(at::kFloat), beta = beta.to(at::kFloat);
+    // float64 of the same fp32 inputs
+    const at::Tensor gamma = at::cumsum(g.to(at::kDouble), -1);
+    const at::Tensor decay = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2));
+    const at::Tensor A = (beta.to(at::kDouble).unsqueeze(-1) * kk.to(at::kDouble) * decay).tril(-1);
+    const at::Tensor reference = at::linalg_inv(A + at::eye(kChunk, A.options()));
+    // the torch form it replaces, on the GPU
+    const at::Tensor A32 = (beta.unsqueeze(-1) * kk * decay.to(at::kFloat)).tril(-1).to(f32).contiguous();
+    const at::Tensor torch_form = kernels::new_output({MN, kChunk, kChunk}, f32);
+    kernels::detail::launch_unit_lower_inverse(A32, torch_form);
+    const at::Tensor ours = kernels::new_output({MN, kChunk, kChunk}, f32);
+    kernels::detail::launch_gdn_backward_inverse(kk.to(f32), g.to(f32), beta.to(f32), ours);
+    const double vs_f64 = test::norm_relative_error(ours.cpu().to(at::kDouble), reference);
+    const double vs_torch = test::norm_relative_error(ours.cpu().to(at::kDouble), torch_form.cpu().to(at::kDouble));
+    const double torch_vs_f64 = test::norm_relative_error(torch_form.cpu().to(at::kDouble), reference);
+    std::cout << "[kernels][gdn] backward inverse, key correlation " << correlation << ": T vs float64 " << vs_f64
+              << " (the torch form " << torch_vs_f64 << "), vs the torch form " << vs_torch << std::endl;
+    CHECK_FALSE(ours.isnan().any().item<bool>());
+    CHECK(vs_f64 <= std::max(1e-6, 2 * torch_vs_f64));
+    CHECK(vs_torch <= 1e-5);
+    const at::Tensor padding = ours.select(0, MN - 1).narrow(0, valid, kChunk - valid).cpu();
+    CHECK(at::equal(padding, at::eye(kChunk, at::kFloat).narrow(0, valid, kChunk - valid)));
+  }
+}
+#endif

@@ -10,7 +10,8 @@
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
 #      backward's products on bf16 operands (chunk_gemm's Bf16; q, k, v read as bf16, the rows kernel's
 #      test bit for bit), and its fused reverse walk
-#      (PRIME_GDN_BACKWARD_WALK=fused): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
+#      (PRIME_GDN_BACKWARD_WALK=fused), T formed again in one kernel (gdn_backward_inverse_kernel: its
+#      test, and in every bf16 training case): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
 #      --dtype bf16 (bf16 and fp32 products, either walk) and fp32;
 # then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
 # (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gdn_bf16_backward/run_gpu.sh). Steps run

@@ -12,12 +12,15 @@
 //    written straight into the inputs' [B,T,H,...] layout; q, k and v read in fp32 or as the bf16
 //    forward's bf16 (their exact values: the same sums either way).
 //  - state_dot: the chunk decays' gradient, sum of S_n * G_n over each chunk's state.
+//  - inverse: T = (I + A)^-1 again for a forward that did not keep it, A formed in place from
+//    K K^T, the gates and beta (the fp32 fused forward's blockwise inverse).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
 namespace prime::kernels::detail {
 
@@ -209,6 +212,43 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const 
   }
 }
 
+// T = (I + A)^-1 of one chunk per block, A = strictly-lower(beta_i (k_i . k_j) e^{Gamma_i - Gamma_j}) formed
+// as it is loaded (the expression and order of gdn_chunk_backward's torch form: (beta kk) d with d the
+// fp32 exponential of the float64 difference), then gdn_forward::unit_lower_inverse_64 (fp32, seven
+// barriers) and T to memory. kk [MN,64,64], g and beta [MN,64] (chunked, padding rows zero), T [MN,64,64].
+__global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const float* __restrict__ kk,
+                                                                        const float* __restrict__ g,
+                                                                        const float* __restrict__ beta,
+                                                                        float* __restrict__ T) {
+  static_assert(kThreads == gdn_forward::kThreads && kChunk == gdn_forward::kChunk, "the forward's inverse's shape");
+  constexpr int kLdC = gdn_forward::kLdC;
+  __shared__ __align__(16) float am[kChunk * kLdC];
+  __shared__ __align__(16) float tm[kChunk * kLdC];
+  __shared__ double gamma[kChunk];
+  __shared__ float b[kChunk];
+  const size_t chunk = blockIdx.x;
+  if (threadIdx.x < kChunk) b[threadIdx.x] = beta[chunk * kChunk + threadIdx.x];
+  chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
+  const float4* source = reinterpret_cast<const float4*>(kk + chunk * kChunk * kChunk);
+  for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
+    const int i = index / (kChunk / 4), j0 = (index % (kChunk / 4)) * 4;
+    const float4 x = source[index];
+    const float row[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = j0 + e;
+      am[i * kLdC + j] = j < i ? b[i] * row[e] * expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+    }
+  }
+  __syncthreads();
+  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
+  float4* out = reinterpret_cast<float4*>(T + chunk * kChunk * kChunk);
+  for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
+    const int row = index / (kChunk / 4), col = (index % (kChunk / 4)) * 4;
+    out[index] = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
+  }
+}
+
 void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width,
                   at::ScalarType type = at::kFloat) {
   check_operand(tensor, op, name, type, 3);
@@ -337,6 +377,23 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   } else {
     launch_rows(rows, rows.q.data_ptr<float>(), rows.k.data_ptr<float>(), rows.v.data_ptr<float>(), T, H, D, N);
   }
+}
+
+void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                                 const at::Tensor& T) {
+  const char* op = "gdn_backward_inverse";
+  const int64_t chunks = kk.size(0);
+  check_chunks(kk, op, "kk", chunks, kChunk);
+  check_chunks(T, op, "T", chunks, kChunk);
+  check_gates(g, op, "g", chunks);
+  check_gates(beta, op, "beta", chunks);
+  check_aligned(kk, op, "kk", 16);
+  check_aligned(T, op, "T", 16);
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(kk.device());
+  gdn_backward_inverse_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      kk.data_ptr<float>(), g.data_ptr<float>(), beta.data_ptr<float>(), T.data_ptr<float>());
+  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_inverse_kernel");
 }
 
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out) {

@@ -352,6 +352,16 @@ GdnChunkBackwardOps cuda_backward_ops() {
     return scan(k_decayed, w, at::Tensor(), d_states, decay, d_final, starts, /*reverse=*/true, w.size(3));
   };
   ops.inverse = [](const at::Tensor& A) { return inverse_forward(A); };
+#ifdef PRIME_WITH_CUDA
+  ops.inverse_from_gram = [](const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta) {
+    const int64_t chunk = kk.size(-1);
+    const at::Tensor flat_kk = contiguous_aligned(kk.reshape({-1, chunk, chunk}), 16);
+    at::Tensor T = new_output(flat_kk.sizes(), flat_kk.options());
+    detail::launch_gdn_backward_inverse(flat_kk, g.reshape({-1, chunk}).contiguous(),
+                                        beta.reshape({-1, chunk}).contiguous(), T);
+    return T.view(kk.sizes());
+  };
+#endif
   return ops;
 }
 

@@ -281,7 +281,9 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
   c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
-  if (!inverse.defined()) {
+  if (!inverse.defined() && on_kernels && ops.inverse_from_gram) {
+    inverse = ops.inverse_from_gram(c.kk, c.g, c.beta);
+  } else if (!inverse.defined()) {
     const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, work);
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }

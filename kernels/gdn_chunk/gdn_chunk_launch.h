@@ -73,6 +73,12 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows);
 // out [MN] = sum over each chunk's [D][D] of states * grads (states, grads [MN, D, D], D*D a
 // multiple of 4; states fp32 or bf16): the chunk decays' gradient.
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
+// T [MN,64,64] = (I + A)^-1 with A = strictly-lower(beta_i kk_ij e^{Gamma_i - Gamma_j}) formed from kk
+// [MN,64,64] (K K^T per chunk), g and beta [MN,64] (rows past T zero), Gamma the gates' float64 prefix
+// sums per chunk: the backward's T where the forward did not keep it (the bf16 forward), in one kernel
+// instead of the decay matrix, A and unit_lower_inverse. fp32, 16-byte aligned contiguous kk and T.
+void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                                 const at::Tensor& T);
 
 // The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu;
 // not yet run on a GPU): per batch and head, from the last chunk to the first, with G the gradient
