@@ -304,9 +304,10 @@ TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_WALK picks the w
 
 #ifdef PRIME_WITH_CUDA
 // The chain rule's rows kernel reads q, k and v as the bf16 forward's bf16 (GDN's bf16 backward with
-// bf16 products) or in fp32: their exact values either way, so every output is the same to the bit.
+// bf16 products) or in fp32: their exact values either way, so every output is the same to the bit; and
+// it writes dq, dk and dv in bf16 for bf16 leaves: the fp32 gradients rounded, to the bit.
 // Random operands, T not a multiple of 64, each head dim the kernel serves.
-TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradients bit for bit",
+TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradients bit for bit and bf16 ones rounded",
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -335,10 +336,20 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
       kernels::detail::launch_gdn_backward_rows(run);
       outs.push_back({run.dq, run.dk, run.dv, run.dg, run.d_beta});
     }
+    // bf16 gradients (bf16 leaves): the fp32 ones rounded to nearest even, bit for bit; dg and dbeta fp32.
+    kernels::detail::GdnBackwardRows rounded = in;
+    rounded.q = q16, rounded.k = k16, rounded.v = v16;
+    const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+    rounded.dq = at::full({B, T, H, D}, NAN, bf16), rounded.dk = at::full({B, T, H, D}, NAN, bf16);
+    rounded.dv = at::full({B, T, H, D}, NAN, bf16);
+    rounded.dg = kernels::new_output({B, T, H}, f32), rounded.d_beta = kernels::new_output({B, T, H}, f32);
+    kernels::detail::launch_gdn_backward_rows(rounded);
+    const std::vector<at::Tensor> bf16_outs{rounded.dq, rounded.dk, rounded.dv, rounded.dg, rounded.d_beta};
     INFO("D = " << D);
     for (size_t i = 0; i < outs[0].size(); ++i) {
       CHECK_FALSE(outs[0][i].isnan().any().item<bool>());
       CHECK(at::equal(outs[0][i], outs[1][i]));
+      CHECK(at::equal(bf16_outs[i], i < 3 ? outs[0][i].to(at::kBFloat16) : outs[0][i]));
     }
   }
 }

@@ -100,31 +100,33 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   }
 }
 
-template <typename In>  // q, k and v: float or __nv_bfloat16
+template <typename In, typename Out>  // q, k and v, and their gradients: float or __nv_bfloat16
 struct RowsParams {
   const In *q, *k, *v;                                                   // [MN,64,D]
   const float *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;              // [MN,64,D]
   const float *dq_products, *dk_products;                                // [MN,64,D]
   const float *g, *beta, *d_beta_a, *dg_decay;                           // [MN,64]
   const float *chunk_decay, *d_chunk_decay;                              // [MN]
-  float *dq, *dk, *dv;                                                   // [B,T,H,D]
+  Out *dq, *dk, *dv;                                                     // [B,T,H,D]
   float *dg, *d_beta;                                                    // [B,T,H]
   int T, H, D, num_chunks;
 };
 
 __device__ __forceinline__ float widen(float x) { return x; }
 __device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* at, float x) { *at = x; }
+__device__ __forceinline__ void store(__nv_bfloat16* at, float x) { *at = __float2bfloat16_rn(x); }
 
 // Where row t of chunk `chunk` ([B*H, N] flattened) lives in a [B,T,H] layout, or -1 past T.
-template <typename In>
-__device__ __forceinline__ long long time_major_row(const RowsParams<In>& p, size_t chunk, int t) {
+template <typename Params>
+__device__ __forceinline__ long long time_major_row(const Params& p, size_t chunk, int t) {
   const int bh = static_cast<int>(chunk / p.num_chunks), time = static_cast<int>(chunk % p.num_chunks) * kChunk + t;
   if (time >= p.T) return -1;
   return (static_cast<long long>(bh / p.H) * p.T + time) * p.H + bh % p.H;
 }
 
-template <typename In, int PER_LANE>
-__global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams<In> p) {
+template <typename In, typename Out, int PER_LANE>
+__global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams<In, Out> p) {
   __shared__ double gamma[kChunk];
   __shared__ float local[kChunk], to_end_dot[kChunk], beta_dot[kChunk];
   const size_t chunk = blockIdx.x;
@@ -144,9 +146,9 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
       const float dqd = p.d_q_decayed[x], dki = p.d_k_in[x], dkd = p.d_k_decayed[x], dvi = p.d_v_in[x];
       if (out_row >= 0) {
         const size_t y = static_cast<size_t>(out_row) * p.D + lane + 32 * r;
-        p.dq[y] = p.dq_products[x] + dqd * e_gamma;
-        p.dk[y] = p.dk_products[x] + dki * k_scale + dkd * to_end;
-        p.dv[y] = dvi * b;
+        store(p.dq + y, p.dq_products[x] + dqd * e_gamma);
+        store(p.dk + y, p.dk_products[x] + dki * k_scale + dkd * to_end);
+        store(p.dv + y, dvi * b);
       }
       dot_q = fmaf(dqd, q, dot_q);
       dot_k_in = fmaf(dki, k, dot_k_in);
@@ -261,11 +263,12 @@ void check_gates(const at::Tensor& tensor, const char* op, const char* name, int
   PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk, op, ": ", name, " ", tensor.sizes());
 }
 
-// The rows kernel over q, k, v of type In (the tensors checked by launch_gdn_backward_rows).
-template <typename In>
-void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In* v, int64_t T, int64_t H, int64_t D,
-                 int64_t N) {
-  const RowsParams<In> p{q,
+// The rows kernel over q, k, v of type In into dq, dk, dv of type Out (the tensors checked by
+// launch_gdn_backward_rows).
+template <typename In, typename Out>
+void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In* v, Out* dq, Out* dk, Out* dv,
+                 int64_t T, int64_t H, int64_t D, int64_t N) {
+  const RowsParams<In, Out> p{q,
                          k,
                          v,
                          rows.d_q_decayed.data_ptr<float>(),
@@ -280,9 +283,9 @@ void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In
                          rows.dg_decay.data_ptr<float>(),
                          rows.chunk_decay.data_ptr<float>(),
                          rows.d_chunk_decay.data_ptr<float>(),
-                         rows.dq.data_ptr<float>(),
-                         rows.dk.data_ptr<float>(),
-                         rows.dv.data_ptr<float>(),
+                         dq,
+                         dk,
+                         dv,
                          rows.dg.data_ptr<float>(),
                          rows.d_beta.data_ptr<float>(),
                          static_cast<int>(T),
@@ -294,10 +297,10 @@ void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In
     PRIME_CUDA_CHECK_LAUNCH("gdn_backward_rows_kernel");
   };
   switch (D) {
-    case 32: launch(gdn_backward_rows_kernel<In, 1>); break;
-    case 64: launch(gdn_backward_rows_kernel<In, 2>); break;
-    case 128: launch(gdn_backward_rows_kernel<In, 4>); break;
-    default: launch(gdn_backward_rows_kernel<In, 8>); break;
+    case 32: launch(gdn_backward_rows_kernel<In, Out, 1>); break;
+    case 64: launch(gdn_backward_rows_kernel<In, Out, 2>); break;
+    case 128: launch(gdn_backward_rows_kernel<In, Out, 4>); break;
+    default: launch(gdn_backward_rows_kernel<In, Out, 8>); break;
   }
 }
 
@@ -354,13 +357,15 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
     check_operand(*tensor, op, name, at::kFloat, 1);
     PRIME_CHECK(tensor->size(0) == chunks, op, ": ", name, " ", tensor->sizes());
   }
-  check_operand(rows.dq, op, "dq", at::kFloat, 4);
+  const at::ScalarType grads = rows.dq.scalar_type();
+  PRIME_CHECK(grads == at::kFloat || grads == at::kBFloat16, op, ": dq is ", grads, ", want fp32 or bf16");
+  check_operand(rows.dq, op, "dq", grads, 4);
   const int64_t B = rows.dq.size(0), T = rows.dq.size(1), H = rows.dq.size(2);
   const int64_t N = (T + kChunk - 1) / kChunk;
   PRIME_CHECK(rows.dq.size(3) == D && B * H * N == chunks, op, ": dq ", rows.dq.sizes(), " for ", chunks,
               " chunks of head dim ", D);
   for (const auto& [tensor, name] : {std::pair{&rows.dk, "dk"}, {&rows.dv, "dv"}}) {
-    check_operand(*tensor, op, name, at::kFloat, 4);
+    check_operand(*tensor, op, name, grads, 4);
     PRIME_CHECK(tensor->sizes() == rows.dq.sizes(), op, ": ", name, " ", tensor->sizes(), " vs dq ", rows.dq.sizes());
   }
   for (const auto& [tensor, name] : {std::pair{&rows.dg, "dg"}, {&rows.d_beta, "d_beta"}}) {
@@ -369,13 +374,20 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   }
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(rows.q.device());
+  const auto with_grads = [&](const auto* q, const auto* k, const auto* v) {
+    if (grads == at::kBFloat16) {
+      const auto out = [](const at::Tensor& t) { return reinterpret_cast<__nv_bfloat16*>(t.data_ptr<at::BFloat16>()); };
+      launch_rows(rows, q, k, v, out(rows.dq), out(rows.dk), out(rows.dv), T, H, D, N);
+    } else {
+      launch_rows(rows, q, k, v, rows.dq.data_ptr<float>(), rows.dk.data_ptr<float>(), rows.dv.data_ptr<float>(), T,
+                  H, D, N);
+    }
+  };
   if (inputs == at::kBFloat16) {
-    const auto* q = reinterpret_cast<const __nv_bfloat16*>(rows.q.data_ptr<at::BFloat16>());
-    const auto* k = reinterpret_cast<const __nv_bfloat16*>(rows.k.data_ptr<at::BFloat16>());
-    const auto* v = reinterpret_cast<const __nv_bfloat16*>(rows.v.data_ptr<at::BFloat16>());
-    launch_rows(rows, q, k, v, T, H, D, N);
+    const auto in = [](const at::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr<at::BFloat16>()); };
+    with_grads(in(rows.q), in(rows.k), in(rows.v));
   } else {
-    launch_rows(rows, rows.q.data_ptr<float>(), rows.k.data_ptr<float>(), rows.v.data_ptr<float>(), T, H, D, N);
+    with_grads(rows.q.data_ptr<float>(), rows.k.data_ptr<float>(), rows.v.data_ptr<float>());
   }
 }
 

@@ -411,7 +411,7 @@ variable_list fused_backward(AutogradContext* context, const variable_list& grad
     if (bf16_products && fits) ops.fused_walk = fused_walk_bf16;
   }
 #endif
-  const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], ops);
+  const GdnChunkGrads grads = gdn_chunk_backward(s, grad_outputs[0], grad_outputs[1], ops, leaves);
   const bool has_state = context->saved_data["has_state"].toBool();
   return {grads.q.to(leaves), grads.k.to(leaves), grads.v.to(leaves), grads.g, grads.beta,
           has_state ? grads.state : at::Tensor(), at::Tensor()};

@@ -152,7 +152,8 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay, const Pr
 #ifdef PRIME_WITH_CUDA
 // The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
 // The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
-ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H, const Products& product) {
+ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H, const Products& product,
+                              at::ScalarType qkv_grad_type) {
   const int64_t M = c.q.size(0), N = c.q.size(1), D = c.q.size(3), MN = M * N;
   const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
@@ -167,7 +168,7 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   product.accumulate(dk, d_kk, c.k);
   product.accumulate(dk, transposed(d_kk), c.k);
   ChainGrads out;
-  out.dq = at::empty({B, T, H, D}, c.g.options());  // fp32 (q may be bf16)
+  out.dq = at::empty({B, T, H, D}, c.g.options().dtype(qkv_grad_type));  // written by the rows kernel
   out.dk = at::empty_like(out.dq);
   out.dv = at::empty_like(out.dq);
   out.dg = at::empty({B, T, H}, c.g.options());
@@ -202,7 +203,7 @@ GemmPrecision gdn_bf16_backward_products() {
 }
 
 GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out, const at::Tensor& d_final,
-                                 const GdnChunkBackwardOps& ops) {
+                                 const GdnChunkBackwardOps& ops, at::ScalarType qkv_grad_type) {
   const int64_t B = s.q.size(0), T = s.q.size(1), H = s.q.size(2), D = s.q.size(3), M = B * H;
   const int64_t N = s.states.size(1);
   PRIME_CHECK(N * kChunk >= T && s.w.size(0) == M && s.w.size(2) == kChunk && s.states.size(2) == D,
@@ -314,15 +315,17 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   grads.state = d_initial.view({B, H, D, D});
 #ifdef PRIME_WITH_CUDA
   if (on_kernels) {  // already in the inputs' layout
-    const ChainGrads chain = chain_rule_kernels(c, B, T, H, product);
+    const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
+    const ChainGrads chain = chain_rule_kernels(c, B, T, H, product, grad_type);
     grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;
   }
 #endif
   const ChainGrads chain = chain_rule_aten(c, decay, product);
-  grads.q = from_chunks(chain.dq, B, T, H);
-  grads.k = from_chunks(chain.dk, B, T, H);
-  grads.v = from_chunks(chain.dv, B, T, H);
+  const at::ScalarType qkv = qkv_grad_type == at::ScalarType::Undefined ? work : qkv_grad_type;
+  grads.q = from_chunks(chain.dq, B, T, H).to(qkv);
+  grads.k = from_chunks(chain.dk, B, T, H).to(qkv);
+  grads.v = from_chunks(chain.dv, B, T, H).to(qkv);
   grads.g = from_chunks(chain.dg, B, T, H);
   grads.beta = from_chunks(chain.d_beta, B, T, H);
   return grads;

@@ -82,8 +82,11 @@ struct GdnChunkGrads {
   at::Tensor state;             // [B,H,D,D]
 };
 
-// d_out [B,T,H,D] and d_final [B,H,D,D] may be undefined (zero).
+// d_out [B,T,H,D] and d_final [B,H,D,D] may be undefined (zero). qkv_grad_type: the dtype of q's, k's and
+// v's gradients (undefined: the working dtype, fp32 for the bf16 forward's results); bf16 is rounded once
+// as the CUDA kernels write them (the other gradients stay in the working dtype).
 GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& saved, const at::Tensor& d_out, const at::Tensor& d_final,
-                                 const GdnChunkBackwardOps& ops);
+                                 const GdnChunkBackwardOps& ops,
+                                 at::ScalarType qkv_grad_type = at::ScalarType::Undefined);
 
 }  // namespace prime::kernels
