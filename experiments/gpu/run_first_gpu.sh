@@ -10,10 +10,12 @@
 #   3. GDN trained on its bf16 forward (PRIME_SSM_CORE=bf16, bf16 q, k, v under autograd) with its
 #      backward's products on bf16 operands (chunk_gemm's Bf16; q, k, v read as bf16, the rows kernel's
 #      test bit for bit), and its fused reverse walk
-#      (PRIME_GDN_BACKWARD_WALK=fused), T formed again in one kernel (gdn_backward_inverse_kernel: its
-#      test, and in every bf16 training case): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
+#      (PRIME_GDN_BACKWARD_WALK=fused); built after that run: T formed again in one kernel
+#      (gdn_backward_inverse_kernel), the layout copies as 8-byte words, bf16 gradients written by the
+#      rows kernel (their tests, and every bf16 training case): the GDN training and chunk_gemm tests; GDN's fwd+bwd with
 #      --dtype bf16 (bf16 and fp32 products, either walk) and fp32;
-# then memcheck and racecheck on each piece's small shape, then a second round of timings. Each piece's own script goes further
+# then ncu's kernel times of one GDN bf16 training pass, memcheck and racecheck on each piece's small
+# shape, then a second round of timings. Each piece's own script goes further
 # (experiments/gdn_bf16_walk/run_wgmma_gpu.sh, experiments/gdn_bf16_backward/run_gpu.sh). Steps run
 # while the time left allows (DEADLINE_S, default 570). Results under $OUT, all.tgz among them.
 #   bash experiments/gpu/run_first_gpu.sh     (carry .deps)
@@ -58,6 +60,11 @@ ab_round() {  # ab_round ROUND: one A/B timing of each piece
   done
 }
 ab_round 1
+# Where GDN's bf16 training pass goes, kernel by kernel (the defaults: the fused reverse walk).
+run 60 ncu_gdn_bf16_training ncu --profile-from-start off --metrics gpu__time_duration.sum \
+    build-gpu/bin/prime-bench kernels --device cuda --types GDN --dtype bf16 --profile &&
+  python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu_gdn_bf16_training.txt" \
+    "GDN bf16 training pass (4,8192,32,128), under ncu" | tee "$OUT/ncu_gdn_bf16_training_summary.txt" | head -12
 sanitize 100 sanitizer_gdn_wgmma "GDN bf16 fused forward: the walk on the warpgroup MMAs*"
 sanitize 100 sanitizer_gka_sweep_bf16x3 "GKA solve backward kernel: small chunks*"
 sanitize 100 sanitizer_gdn_bf16_training "GDN trained on the bf16 forward: a small shape*"
