@@ -194,6 +194,10 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
       const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", form);
       const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D, shape.num_iter);
       CHECK(ours.o.scalar_type() == at::kFloat);
+      // The form that ran (no fallback passing for it): D = 32 keeps its iterate in shared memory.
+      using kernels::GkaForwardIterate;
+      const GkaForwardIterate asked = std::string(form) == "wgmma" ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers;
+      CHECK(kernels::gka_forward_last_form() == (shape.D == 32 ? GkaForwardIterate::Shared : asked));
       check_against_float64(ours, inputs, shape.D,
                             std::string("bf16 forward, ") + form + ", B=" + std::to_string(shape.B) +
                                 " T=" + std::to_string(shape.T) + " H=" + std::to_string(shape.H) +
@@ -316,6 +320,8 @@ TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory fo
     for (const bool registers : {false, true}) {
       const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", registers ? "registers" : "shared");
       forms[registers] = run_core(on_cuda, shape.D);
+      CHECK(kernels::gka_forward_last_form() == (registers && shape.D >= 64 ? kernels::GkaForwardIterate::Registers
+                                                                              : kernels::GkaForwardIterate::Shared));
     }
     CHECK(at::isfinite(forms[1].o).all().item<bool>());
     const double o_difference = norm_relative_error(forms[1].o, forms[0].o);
