@@ -51,6 +51,15 @@ std::vector<at::Tensor> kernel_backward(const std::vector<at::Tensor>& in, const
   return out;
 }
 
+// One shape of the sweep tests: batch, heads, chunks, chunk length, head dim, iterations, H_0 and the
+// decays broadcast, and whether float64 checks it too.
+struct SweepCase {
+  int64_t B, H, n, C, D;
+  int iterations;
+  bool broadcast;
+  bool float64 = false;
+};
+
 // PRIME_GKA_BACKWARD_KERNEL set to `value` for the scope.
 class ScopedBackwardKernelSwitch : public test::ScopedEnv {
  public:
@@ -228,12 +237,7 @@ TEST_CASE("GKA solve backward kernel: all six gradients equal the torch-ops swee
   const test::PoisonOutputs poison;
   const test::FullFp32Matmuls full_fp32;  // the torch-ops references run without TF32
   const at::Device cuda(at::kCUDA, 0);
-  struct Case {
-    int64_t B, H, n, C, D;
-    int iterations;
-    bool broadcast, float64;
-  };
-  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false, true},
+  for (const SweepCase& c : std::vector<SweepCase>{{1, 2, 2, 64, 128, 30, false, true},
                                          {2, 1, 2, 64, 64, 2, false, false},
                                          {1, 2, 3, 64, 32, 1, false, false},
                                          {2, 2, 2, 37, 32, 30, false, false},
@@ -292,12 +296,7 @@ TEST_CASE("GKA solve backward kernel: the mma and wmma kernels agree", "[kernels
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
-  struct Case {
-    int64_t B, H, n, C, D;
-    int iterations;
-    bool broadcast;
-  };
-  for (const Case& c : std::vector<Case>{{2, 2, 2, 64, 128, 30, false},
+  for (const SweepCase& c : std::vector<SweepCase>{{2, 2, 2, 64, 128, 30, false},
                                          {1, 2, 3, 37, 96, 30, false},
                                          {2, 1, 2, 23, 32, 2, false},
                                          {1, 2, 2, 64, 64, 30, true}}) {
@@ -358,12 +357,7 @@ TEST_CASE("GKA solve backward kernel: bf16x3 products keep the fp32 bound", "[ke
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   const at::Device cuda(at::kCUDA, 0);
-  struct Case {
-    int64_t B, H, n, C, D;
-    int iterations;
-    bool broadcast;
-  };
-  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false},
+  for (const SweepCase& c : std::vector<SweepCase>{{1, 2, 2, 64, 128, 30, false},
                                          {2, 1, 2, 37, 64, 30, false},
                                          {1, 2, 3, 64, 32, 2, false},
                                          {1, 2, 2, 48, 96, 30, true}}) {
@@ -420,12 +414,7 @@ TEST_CASE("GKA adjoint recurrence kernel: the split sweep equals the sweep kerne
   const test::PoisonOutputs poison;
   const test::FullFp32Matmuls full_fp32;
   const at::Device cuda(at::kCUDA, 0);
-  struct Case {
-    int64_t B, H, n, C, D;
-    int iterations;
-    bool broadcast, float64;
-  };
-  for (const Case& c : std::vector<Case>{{1, 2, 2, 64, 128, 30, false, true},
+  for (const SweepCase& c : std::vector<SweepCase>{{1, 2, 2, 64, 128, 30, false, true},
                                          {2, 1, 2, 64, 64, 2, false, false},
                                          {1, 2, 3, 64, 32, 1, false, false},
                                          {2, 2, 2, 37, 32, 30, false, true},
