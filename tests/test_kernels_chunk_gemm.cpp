@@ -240,3 +240,108 @@ TEST_CASE("chunk gemm: a broadcast operand and the shapes the kernel declines", 
     CHECK_FALSE(kernels::chunk_gemm_apply(out, a, b));
   }
 }
+
+// A sum of products (chunk_gemm_sum) off CUDA: its terms added in turn, as chunk_gemm's calls add them;
+// a bf16 out holds that sum rounded; what it refuses.
+TEST_CASE("chunk gemm: a sum of products on the CPU is its terms added in turn", "[kernels][chunk_gemm]") {
+  at::manual_seed(21);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor a1 = at::randn({3, 16, 32}, f32), b1 = at::randn({3, 32, 16}, f32);
+  const at::Tensor a2 = at::randn({3, 16, 8}, f32), b2 = at::randn({3, 8, 16}, f32);
+  const at::Tensor scale = at::randn({3, 16}, f32);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  for (const GemmPrecision precision : {GemmPrecision::Fp32, GemmPrecision::Bf16}) {
+    const std::vector<GemmTerm> terms{GemmTerm{a1, b1, -0.5, scale}, GemmTerm{a2, b2, 2.0, at::Tensor()}};
+    const at::Tensor out0 = at::randn({3, 16, 16}, f32);
+    at::Tensor want = out0.clone(), got = out0.clone();
+    kernels::chunk_gemm(want, a1, b1, -0.5, 0.25, scale, precision);
+    kernels::chunk_gemm(want, a2, b2, 2.0, 1.0, at::Tensor(), precision);
+    CHECK_FALSE(kernels::chunk_gemm_sum_apply(got, terms, precision));
+    kernels::chunk_gemm_sum(got, terms, 0.25, precision);
+    CHECK(at::equal(got, want));
+    const at::Tensor fresh = kernels::chunk_matmul_sum(terms, precision);
+    at::Tensor from_zero = at::full({3, 16, 16}, NAN, f32);
+    kernels::chunk_gemm(from_zero, a1, b1, -0.5, 0.0, scale, precision);
+    kernels::chunk_gemm(from_zero, a2, b2, 2.0, 1.0, at::Tensor(), precision);
+    CHECK(at::equal(fresh, from_zero));
+    if (precision == GemmPrecision::Bf16) {
+      const at::Tensor rounded = kernels::chunk_matmul_sum(terms, precision, at::kBFloat16);
+      CHECK(rounded.scalar_type() == at::kBFloat16);
+      CHECK(at::equal(rounded, from_zero.to(at::kBFloat16)));
+    } else {
+      CHECK_THROWS_WITH(kernels::chunk_matmul_sum(terms, precision, at::kBFloat16),
+                        Catch::Contains("bf16 out takes bf16 products"));
+    }
+  }
+  at::Tensor bf16_out = at::empty({3, 16, 16}, f32.dtype(at::kBFloat16));
+  CHECK_THROWS_WITH(kernels::chunk_gemm_sum(bf16_out, {GemmTerm{a1, b1}}, 1.0, GemmPrecision::Bf16),
+                    Catch::Contains("beta 0"));
+  at::Tensor out = at::empty({3, 16, 16}, f32);
+  CHECK_THROWS_WITH(kernels::chunk_gemm_sum(out, {}, 0.0), Catch::Contains("no terms"));
+  CHECK_THROWS_WITH(kernels::chunk_gemm_sum(out, {GemmTerm{a1, b2}}, 0.0), Catch::Contains("do not multiply"));
+}
+
+// On CUDA: bf16 products' sums of two and three terms (depths 64, 40 and 128: the stages run on from one
+// term to the next; partial tiles; column scales on some terms; every orientation; fp32 and bf16 operands)
+// in one launch, the same bits as chunk_gemm's calls adding the terms in turn, out poisoned where beta is
+// 0; a bf16 out the same sum rounded; sums the kernel does not take in one launch (mixed orientations,
+// fp32 products) still the same bits, term by term.
+TEST_CASE("chunk gemm: a sum of products on CUDA gives its terms added in turn bit for bit", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(23);
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  const auto in_turn = [](at::Tensor out, const std::vector<GemmTerm>& terms, double beta, GemmPrecision precision) {
+    for (size_t i = 0; i < terms.size(); ++i)
+      kernels::chunk_gemm(out, terms[i].a, terms[i].b, terms[i].alpha, i == 0 ? beta : 1.0, terms[i].column_scale,
+                          precision);
+    return out;
+  };
+  const std::vector<int64_t> depths{64, 40, 128};
+  for (const auto& [batch, m, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{9, 64, 128}, {3, 48, 80}})
+    for (const bool a_rows : {true, false})
+      for (const bool b_rows : {true, false})
+        for (const at::ScalarType operands : {at::kFloat, at::kBFloat16})
+          for (const size_t count : {2, 3}) {
+            INFO("(" << batch << "," << m << "," << n << ") a rows " << a_rows << " b rows " << b_rows << " "
+                     << operands << " terms " << count);
+            std::vector<GemmTerm> terms;
+            for (size_t i = 0; i < count; ++i) {
+              const int64_t k = depths[i];
+              terms.push_back(GemmTerm{operand(batch, m, k, a_rows, 8, f32.dtype(operands)),
+                                       operand(batch, k, n, b_rows, 0, f32.dtype(operands)), i == 1 ? -0.75 : 1.0,
+                                       i == 0 ? at::Tensor() : at::randn({batch, n}, f32)});
+            }
+            for (const double beta : {0.0, -0.5}) {
+              at::Tensor out = beta == 0.0 ? at::full({batch, m, n}, NAN, f32) : at::randn({batch, m, n}, f32);
+              const at::Tensor want = in_turn(out.clone(), terms, beta, GemmPrecision::Bf16);
+              REQUIRE(kernels::chunk_gemm_sum_apply(out, terms, GemmPrecision::Bf16));
+              kernels::chunk_gemm_sum(out, terms, beta, GemmPrecision::Bf16);
+              CHECK(at::equal(out, want));
+            }
+            const at::Tensor fp32_sum = kernels::chunk_matmul_sum(terms, GemmPrecision::Bf16);
+            at::Tensor rounded = at::full({batch, m, n}, NAN, f32.dtype(at::kBFloat16));
+            REQUIRE(kernels::chunk_gemm_sum_apply(rounded, terms, GemmPrecision::Bf16));
+            kernels::chunk_gemm_sum(rounded, terms, 0.0, GemmPrecision::Bf16);
+            CHECK(at::equal(rounded, fp32_sum.to(at::kBFloat16)));
+            if (operands == at::kFloat) {  // fp32 products: term by term
+              at::Tensor out = at::randn({batch, m, n}, f32);
+              const at::Tensor want = in_turn(out.clone(), terms, 0.5, GemmPrecision::Fp32);
+              CHECK_FALSE(kernels::chunk_gemm_sum_apply(out, terms, GemmPrecision::Fp32));
+              kernels::chunk_gemm_sum(out, terms, 0.5, GemmPrecision::Fp32);
+              CHECK(at::equal(out, want));
+            }
+          }
+  // Mixed orientations: term by term, the same bits.
+  const at::Tensor b_rows = operand(4, 64, 64, true, 0, f32), b_columns = operand(4, 64, 64, false, 0, f32);
+  const at::Tensor a = operand(4, 64, 64, true, 0, f32);
+  const std::vector<GemmTerm> mixed{GemmTerm{a, b_rows}, GemmTerm{a, b_columns, 2.0}};
+  at::Tensor out = at::full({4, 64, 64}, NAN, f32);
+  CHECK_FALSE(kernels::chunk_gemm_sum_apply(out, mixed, GemmPrecision::Bf16));
+  kernels::chunk_gemm_sum(out, mixed, 0.0, GemmPrecision::Bf16);
+  CHECK(at::equal(out, in_turn(at::full({4, 64, 64}, NAN, f32), mixed, 0.0, GemmPrecision::Bf16)));
+}

@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/common/policy.h"
 #include "util/error.h"
@@ -33,13 +34,13 @@ at::ScalarType product_type(const at::Tensor& a, const at::Tensor& b) {
   return at::promote_types(widened(a.scalar_type()), widened(b.scalar_type()));
 }
 
-}  // namespace
-
-bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision) {
+// The kernel's conditions on out and one product's operands (chunk_gemm_apply's); out fp32, or bf16 where
+// `bf16_out` (with bf16 products).
+bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision, bool bf16_out) {
   if (!out.defined() || !a.defined() || !b.defined() || !use_cuda_kernels(a)) return false;
   for (const at::Tensor* t : {&out, &a, &b}) {
-    const bool bf16_operand = t != &out && precision == GemmPrecision::Bf16 && t->scalar_type() == at::kBFloat16;
-    if ((t->scalar_type() != at::kFloat && !bf16_operand) || t->device() != a.device() || t->dim() != 3) return false;
+    const bool bf16 = t->scalar_type() == at::kBFloat16 && precision == GemmPrecision::Bf16 && (t != &out || bf16_out);
+    if ((t->scalar_type() != at::kFloat && !bf16) || t->device() != a.device() || t->dim() != 3) return false;
   }
   const int64_t batch = a.size(0), m = a.size(1), k = a.size(2), n = b.size(2);
   if (b.size(0) != batch || b.size(1) != k || out.size(0) != batch || out.size(1) != m || out.size(2) != n)
@@ -53,50 +54,123 @@ bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tens
   return out.data_ptr() != a.data_ptr() && out.data_ptr() != b.data_ptr();
 }
 
-void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
-                const at::Tensor& column_scale, GemmPrecision precision) {
-  if (column_scale.defined())
-    PRIME_CHECK(column_scale.dim() == 2 && column_scale.size(0) == a.size(0) && column_scale.size(1) == b.size(2) &&
-                    column_scale.device() == a.device(),
-                "chunk_gemm: column scale ", column_scale.sizes(), " for a product of ", a.sizes(), " and ", b.sizes());
-  if (precision == GemmPrecision::Fp32 && (a.scalar_type() == at::kBFloat16 || b.scalar_type() == at::kBFloat16)) {
-    chunk_gemm(out, a.to(out.scalar_type()), b.to(out.scalar_type()), alpha, beta, column_scale, precision);
-    return;
+// Whether one launch takes the whole sum: one term, or bf16 products' terms, every one served, their operands in the same orientations and
+// dtypes (one kernel instance), their column scales fp32 with the last stride 1.
+bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision) {
+  if (terms.empty() || terms.size() > static_cast<size_t>(kMaxGemmTerms)) return false;
+  if (terms.size() > 1 && precision != GemmPrecision::Bf16) return false;
+  const GemmTerm& first = terms.front();
+  for (const GemmTerm& term : terms) {
+    if (!served(out, term.a, term.b, precision, true)) return false;
+    if (term.a.scalar_type() != first.a.scalar_type() || term.b.scalar_type() != first.b.scalar_type()) return false;
+    if ((term.a.stride(2) == 1) != (first.a.stride(2) == 1) || (term.b.stride(2) == 1) != (first.b.stride(2) == 1))
+      return false;
+    if (term.a.size(0) != first.a.size(0) || term.a.size(1) != first.a.size(1) || term.b.size(2) != first.b.size(2))
+      return false;
+    if (term.column_scale.defined() &&
+        (term.column_scale.scalar_type() != at::kFloat || term.column_scale.stride(1) != 1))
+      return false;
   }
+  return true;
+}
+
+// One product into an fp32 (or float64 off the kernel) out, on the kernel where it serves, else baddbmm.
+void one_product(at::Tensor& out, const GemmTerm& term, double beta, GemmPrecision precision) {
+  const at::Tensor &a = term.a, &b = term.b, &column_scale = term.column_scale;
+  const double alpha = term.alpha;
   const bool scale_served = !column_scale.defined() ||
                             (column_scale.scalar_type() == at::kFloat && column_scale.stride(1) == 1);
-  if (!scale_served || !chunk_gemm_apply(out, a, b, precision)) {
-    // Bf16: the same products as the kernel's, of the operands rounded to bf16 (exact in out's dtype); bf16
-    // operands in out's dtype (exact).
-    const auto operand = [&](const at::Tensor& x) {
-      return precision == GemmPrecision::Bf16 ? x.to(at::kBFloat16).to(out.scalar_type()) : x.to(out.scalar_type());
-    };
-    const at::Tensor a_in = operand(a), b_in = operand(b);
-    if (!column_scale.defined()) {
-      at::baddbmm_out(out, out, a_in, b_in, beta, alpha);
-    } else {
-      const at::Tensor product = at::bmm(a_in, b_in).mul_(column_scale.unsqueeze(1).to(out.scalar_type()));
-      if (beta == 0.0)
-        out.copy_(product.mul_(alpha));
-      else
-        out.mul_(beta).add_(product, alpha);
-    }
+  if (scale_served && served(out, a, b, precision, false)) {
+#ifdef PRIME_WITH_CUDA
+    detail::launch_chunk_gemm(out, {term}, static_cast<float>(beta), precision == GemmPrecision::Bf16);
+    return;
+#endif
+  }
+  // Bf16: the same products as the kernel's, of the operands rounded to bf16 (exact in out's dtype); bf16
+  // operands in out's dtype (exact).
+  const auto operand = [&](const at::Tensor& x) {
+    return precision == GemmPrecision::Bf16 ? x.to(at::kBFloat16).to(out.scalar_type()) : x.to(out.scalar_type());
+  };
+  const at::Tensor a_in = operand(a), b_in = operand(b);
+  if (!column_scale.defined()) {
+    at::baddbmm_out(out, out, a_in, b_in, beta, alpha);
+  } else {
+    const at::Tensor product = at::bmm(a_in, b_in).mul_(column_scale.unsqueeze(1).to(out.scalar_type()));
+    if (beta == 0.0)
+      out.copy_(product.mul_(alpha));
+    else
+      out.mul_(beta).add_(product, alpha);
+  }
+}
+
+}  // namespace
+
+bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision) {
+  return served(out, a, b, precision, false);
+}
+
+bool chunk_gemm_sum_apply(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision) {
+  return sum_served(out, terms, precision);
+}
+
+void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double beta, GemmPrecision precision) {
+  PRIME_CHECK(!terms.empty(), "chunk_gemm_sum: no terms to sum");
+  bool bf16_operands = false;
+  for (const GemmTerm& term : terms) {
+    PRIME_CHECK(term.a.defined() && term.b.defined() && term.a.dim() == 3 && term.b.dim() == 3 &&
+                    term.a.size(0) == term.b.size(0) && term.a.size(2) == term.b.size(1),
+                "chunk_gemm: operands ", term.a.sizes(), " and ", term.b.sizes(), " do not multiply as batches");
+    if (term.column_scale.defined())
+      PRIME_CHECK(term.column_scale.dim() == 2 && term.column_scale.size(0) == term.a.size(0) &&
+                      term.column_scale.size(1) == term.b.size(2) && term.column_scale.device() == term.a.device(),
+                  "chunk_gemm: column scale ", term.column_scale.sizes(), " for a product of ", term.a.sizes(),
+                  " and ", term.b.sizes());
+    bf16_operands = bf16_operands || term.a.scalar_type() == at::kBFloat16 || term.b.scalar_type() == at::kBFloat16;
+  }
+  const bool bf16_out = out.scalar_type() == at::kBFloat16;
+  PRIME_CHECK(!bf16_out || (precision == GemmPrecision::Bf16 && beta == 0.0),
+              "chunk_gemm: a bf16 out takes bf16 products and beta 0");
+  if (precision == GemmPrecision::Fp32 && bf16_operands) {  // their exact values in out's dtype
+    std::vector<GemmTerm> widened = terms;
+    for (GemmTerm& term : widened) term.a = term.a.to(out.scalar_type()), term.b = term.b.to(out.scalar_type());
+    chunk_gemm_sum(out, widened, beta, precision);
     return;
   }
+  if (sum_served(out, terms, precision)) {
 #ifdef PRIME_WITH_CUDA
-  detail::launch_chunk_gemm(out, a, b, static_cast<float>(alpha), static_cast<float>(beta), column_scale,
-                            precision == GemmPrecision::Bf16);
+    detail::launch_chunk_gemm(out, terms, static_cast<float>(beta), precision == GemmPrecision::Bf16);
+    return;
 #else
-  require_cuda_build("chunk_gemm");
+    require_cuda_build("chunk_gemm");
 #endif
+  }
+  if (bf16_out) {  // the fp32 sum, rounded to nearest even as it is copied
+    at::Tensor sum = at::empty(out.sizes(), out.options().dtype(at::kFloat));
+    chunk_gemm_sum(sum, terms, 0.0, precision);
+    out.copy_(sum);
+    return;
+  }
+  for (size_t i = 0; i < terms.size(); ++i) one_product(out, terms[i], i == 0 ? beta : 1.0, precision);
+}
+
+void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
+                const at::Tensor& column_scale, GemmPrecision precision) {
+  chunk_gemm_sum(out, {GemmTerm{a, b, alpha, column_scale}}, beta, precision);
 }
 
 at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& column_scale,
                         GemmPrecision precision) {
+  return chunk_matmul_sum({GemmTerm{a, b, alpha, column_scale}}, precision);
+}
+
+at::Tensor chunk_matmul_sum(const std::vector<GemmTerm>& terms, GemmPrecision precision, at::ScalarType type) {
+  PRIME_CHECK(!terms.empty(), "chunk_matmul: no terms to sum");
+  const at::Tensor &a = terms.front().a, &b = terms.front().b;
   PRIME_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
               "chunk_matmul: operands ", a.sizes(), " and ", b.sizes(), " do not multiply as batches");
-  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(product_type(a, b)));
-  chunk_gemm(out, a, b, alpha, 0.0, column_scale, precision);
+  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)},
+                             a.options().dtype(type == at::ScalarType::Undefined ? product_type(a, b) : type));
+  chunk_gemm_sum(out, terms, 0.0, precision);
   return out;
 }
 

@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace prime::kernels {
 
 // The products' arithmetic: fp32 accuracy (3xTF32), or bf16 operands with fp32 accumulation.
@@ -35,5 +37,31 @@ void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, doubl
 // alpha a b (diag(column_scale)) in a new contiguous tensor of the operands' dtype (fp32 for bf16 ones).
 at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
                         const at::Tensor& column_scale = at::Tensor(), GemmPrecision precision = GemmPrecision::Fp32);
+
+// One term of a sum of products: alpha a b, times diag(column_scale) where it is defined.
+struct GemmTerm {
+  at::Tensor a, b;
+  double alpha = 1.0;
+  at::Tensor column_scale;
+};
+
+// out = the terms' sum + beta out, in one pass over out: each term's product formed as chunk_gemm forms it
+// and added to the running fp32 sum in turn, so the same bits as chunk_gemm on the first term (with beta)
+// and then on each further term with beta 1, without writing and reading out back between them. out may
+// be bf16 with Bf16 products and beta 0 (a product meant only as another bf16 product's operand): the fp32
+// sum rounded to nearest even as it is stored, the bits of the fp32 result's rounding, at half the
+// traffic. The kernel takes up to kMaxGemmTerms terms of bf16 products whose operands share their
+// orientations and dtypes (each served as chunk_gemm_apply says; depths may differ); other sums run term
+// by term.
+constexpr int kMaxGemmTerms = 3;
+// Whether the kernel takes the sum into out in one launch (what chunk_gemm_sum then does).
+bool chunk_gemm_sum_apply(const at::Tensor& out, const std::vector<GemmTerm>& terms,
+                          GemmPrecision precision = GemmPrecision::Fp32);
+void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double beta,
+                    GemmPrecision precision = GemmPrecision::Fp32);
+
+// The terms' sum in a new contiguous tensor of type `type` (undefined: the first term's product type).
+at::Tensor chunk_matmul_sum(const std::vector<GemmTerm>& terms, GemmPrecision precision = GemmPrecision::Fp32,
+                            at::ScalarType type = at::ScalarType::Undefined);
 
 }  // namespace prime::kernels

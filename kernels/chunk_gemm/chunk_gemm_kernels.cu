@@ -13,11 +13,18 @@
 // that mode an operand may be bf16 in memory: it is staged as bf16 (8 elements a 16-byte copy; rows of
 // 32 + 8 or 64 + 8 elements, whose fragment reads, two lanes to a 4-byte word, meet no bank twice) and
 // its pairs are packed from the stage's bits, half the fp32 operand's traffic and no rounding.
+// A sum of products (chunk_gemm_sum) runs its terms one after another through the same stages, each
+// term's accumulator folded into a running sum in registers (alpha, the column scale, then the sum so
+// far: the operations chunk_gemm's accumulating calls make on out), and out is written once, in fp32 or,
+// for a bf16 product's operand, in bf16.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/chunk_gemm/chunk_gemm_launch.h"
 #include "kernels/common/bf16_split_tiles.cuh"
@@ -43,14 +50,22 @@ struct Operand {
   long long batch_stride, ld;  // in elements; ld: the stride of the dimension that is not contiguous
 };
 
-struct Params {
+struct Term {
   Operand a, b;
-  float* out;
-  long long out_batch_stride, out_ld;
   const float* column_scale;  // [batch][n], or null
   long long scale_batch_stride;
-  int m, n, k;
-  float alpha, beta;
+  int k;
+  float alpha;
+};
+
+struct Params {
+  Term terms[kMaxGemmTerms];
+  int num_terms;
+  void* out;  // float, or bf16 (out_bf16)
+  long long out_batch_stride, out_ld;
+  bool out_bf16;
+  int m, n;
+  float beta;
 };
 
 // One stage of an operand of element type T (float or bf16 bits): rows [row0, row0 + kRows) of a
@@ -136,75 +151,124 @@ __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as
     for (int j = 0; j < 4; ++j) bf16_tiles::mma_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
 }
 
-// kA16, kB16: that operand bf16 in memory (with kBf16 only).
-template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false>
+// One term's depth, slab by slab, into acc: the double-buffered stages run on across terms (the next term's
+// first slab is copied while this term's last one is multiplied). `slab` counts every term's slabs so far.
+// kA16, kB16: that operand bf16 in memory (with kBf16 only). kSum: more than one term (bf16 products only;
+// the running sum's registers are the single product's cost otherwise).
+template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false, bool kSum = false>
 __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   static_assert(kBf16 || (!kA16 && !kB16), "bf16 operands take bf16 products");
+  static_assert(kBf16 || !kSum, "sums of products take bf16 products");
+  const int num_terms = kSum ? p.num_terms : 1;
   using A = Stage<kARowMajor, kA16>;    // A [m][k] row-major: its rows run along the depth
   using B = Stage<!kBRowMajor, kB16>;   // B [k][n] row-major: its rows run along n
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   const long long entry = blockIdx.x;
   const int n0 = blockIdx.y * kTile, m0 = blockIdx.z * kTile;
-  Operand a = p.a, b = p.b;
-  a.data = static_cast<const typename A::T*>(a.data) + entry * a.batch_stride;
-  b.data = static_cast<const typename B::T*>(b.data) + entry * b.batch_stride;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // the warp's block within the tile
+  // Term `term`'s operands at this batch entry; its slab `s` into stage buffer `buffer`.
+  const auto load = [&](int buffer, int term, int s) {
+    Operand a = p.terms[term].a, b = p.terms[term].b;
+    a.data = static_cast<const typename A::T*>(a.data) + entry * a.batch_stride;
+    b.data = static_cast<const typename B::T*>(b.data) + entry * b.batch_stride;
+    A::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
+    B::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+    cp_async_commit();
+  };
 
-  float acc[2][4][4] = {};
-  const int slabs = (p.k + kSlab - 1) / kSlab;
-  A::load(a_stage[0], a, m0, 0, p.m, p.k);
-  B::load(b_stage[0], b, n0, 0, p.n, p.k);
-  cp_async_commit();
-  for (int s = 0; s < slabs; ++s) {
-    if (s + 1 < slabs) {
-      A::load(a_stage[(s + 1) & 1], a, m0, (s + 1) * kSlab, p.m, p.k);
-      B::load(b_stage[(s + 1) & 1], b, n0, (s + 1) * kSlab, p.n, p.k);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const float* as = a_stage[s & 1];
-    const float* bs = b_stage[s & 1];
-    const int depth = min(kSlab, p.k - s * kSlab);  // a multiple of 8
-    if constexpr (kBf16) {  // 16-deep steps: past the depth the stage holds zeros
-      for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
-    } else {
-      for (int kk = 0; kk < depth; kk += 8) {
-        uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
+  float acc[2][4][4];
+  float sum[2][4][4] = {};  // the terms so far: alpha acc diag(scale) added in turn, as chunk_gemm's calls add them
+  int slab = 0;
+  load(0, 0, 0);
+  for (int term = 0; term < num_terms; ++term) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int r = wm + 16 * i + g;
-          const float v[4] = {A::at(as, r, kk + t), A::at(as, r + 8, kk + t), A::at(as, r, kk + t + 4),
-                              A::at(as, r + 8, kk + t + 4)};
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) split_tf32_bits(__float_as_uint(v[e]), a_hi[i][e], a_lo[i][e]);
-        }
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int c = wn + 8 * j + g;
-          split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t)), b_hi[j][0], b_lo[j][0]);
-          split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t + 4)), b_hi[j][1], b_lo[j][1]);
-        }
+        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    const int k = p.terms[term].k, slabs = (k + kSlab - 1) / kSlab;
+    for (int s = 0; s < slabs; ++s, ++slab) {
+      const bool last_of_term = s + 1 == slabs;
+      if (!last_of_term || term + 1 < num_terms) {
+        load((slab + 1) & 1, last_of_term ? term + 1 : term, last_of_term ? 0 : s + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const float* as = a_stage[slab & 1];
+      const float* bs = b_stage[slab & 1];
+      const int depth = min(kSlab, k - s * kSlab);  // a multiple of 8
+      if constexpr (kBf16) {  // 16-deep steps: past the depth the stage holds zeros
+        for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
+      } else {
+        for (int kk = 0; kk < depth; kk += 8) {
+          uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
+          for (int i = 0; i < 2; ++i) {
+            const int r = wm + 16 * i + g;
+            const float v[4] = {A::at(as, r, kk + t), A::at(as, r + 8, kk + t), A::at(as, r, kk + t + 4),
+                                A::at(as, r + 8, kk + t + 4)};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) split_tf32_bits(__float_as_uint(v[e]), a_hi[i][e], a_lo[i][e]);
+          }
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            mma_tf32x3(step, a_hi[i], a_lo[i], b_hi[j], b_lo[j]);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] += step[e];
+            const int c = wn + 8 * j + g;
+            split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t)), b_hi[j][0], b_lo[j][0]);
+            split_tf32_bits(__float_as_uint(B::at(bs, c, kk + t + 4)), b_hi[j][1], b_lo[j][1]);
           }
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+              mma_tf32x3(step, a_hi[i], a_lo[i], b_hi[j], b_lo[j]);
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc[i][j][e] += step[e];
+            }
+        }
       }
+      __syncthreads();  // the next copies overwrite the stage read here
     }
-    __syncthreads();  // the next iteration's copies overwrite the stage read here
+    // This term into the sum: alpha acc (times its column's scale), plus beta out (the first term) or the sum
+    // so far, in chunk_gemm's order of operations.
+    const float alpha = p.terms[term].alpha;
+    const float* scale = p.terms[term].column_scale != nullptr
+                             ? p.terms[term].column_scale + entry * p.terms[term].scale_batch_stride
+                             : nullptr;
+    const float* out = static_cast<const float*>(p.out) + entry * p.out_batch_stride;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = m0 + wm + 16 * i + g + 8 * half;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int c = n0 + wn + 8 * j + 2 * t;
+          if (r >= p.m || c >= p.n) continue;
+          float2 value = make_float2(alpha * acc[i][j][2 * half], alpha * acc[i][j][2 * half + 1]);
+          if (scale != nullptr) {
+            value.x *= scale[c];
+            value.y *= scale[c + 1];
+          }
+          if (term > 0) {
+            value.x += sum[i][j][2 * half];
+            value.y += sum[i][j][2 * half + 1];
+          } else if (p.beta != 0.0f) {  // out fp32 (a bf16 out takes beta 0)
+            const float2 old = *reinterpret_cast<const float2*>(out + r * p.out_ld + c);
+            value.x += p.beta * old.x;
+            value.y += p.beta * old.y;
+          }
+          sum[i][j][2 * half] = value.x;
+          sum[i][j][2 * half + 1] = value.y;
+        }
+      }
   }
 
-  float* out = p.out + entry * p.out_batch_stride;
-  const float* scale = p.column_scale != nullptr ? p.column_scale + entry * p.scale_batch_stride : nullptr;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -215,18 +279,13 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       for (int j = 0; j < 4; ++j) {
         const int c = n0 + wn + 8 * j + 2 * t;
         if (c >= p.n) continue;
-        float2* to = reinterpret_cast<float2*>(out + r * p.out_ld + c);
-        float2 value = make_float2(p.alpha * acc[i][j][2 * half], p.alpha * acc[i][j][2 * half + 1]);
-        if (scale != nullptr) {
-          value.x *= scale[c];
-          value.y *= scale[c + 1];
-        }
-        if (p.beta != 0.0f) {
-          const float2 old = *to;
-          value.x += p.beta * old.x;
-          value.y += p.beta * old.y;
-        }
-        *to = value;
+        const long long at = entry * p.out_batch_stride + r * p.out_ld + c;
+        if (p.out_bf16)
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + at) =
+              __floats2bfloat162_rn(sum[i][j][2 * half], sum[i][j][2 * half + 1]);
+        else
+          *reinterpret_cast<float2*>(static_cast<float*>(p.out) + at) =
+              make_float2(sum[i][j][2 * half], sum[i][j][2 * half + 1]);
       }
     }
 }
@@ -237,54 +296,84 @@ Operand describe(const at::Tensor& x, bool& row_major) {
   return Operand{x.data_ptr(), x.stride(0), row_major ? x.stride(1) : x.stride(2)};
 }
 
+template <bool kARowMajor, bool kBRowMajor, bool kSum>
+void launch_bf16(const Params& p, dim3 grid, cudaStream_t stream, bool a16, bool b16) {
+  if (a16 && b16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, true, kSum><<<grid, kThreads, 0, stream>>>(p);
+  else if (a16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, false, kSum><<<grid, kThreads, 0, stream>>>(p);
+  else if (b16)
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, false, true, kSum><<<grid, kThreads, 0, stream>>>(p);
+  else
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, false, false, kSum><<<grid, kThreads, 0, stream>>>(p);
+}
+
 template <bool kARowMajor, bool kBRowMajor>
 void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16, bool a16, bool b16) {
   if (!bf16)
     chunk_gemm_kernel<kARowMajor, kBRowMajor, false><<<grid, kThreads, 0, stream>>>(p);
-  else if (a16 && b16)
-    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, true><<<grid, kThreads, 0, stream>>>(p);
-  else if (a16)
-    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, false><<<grid, kThreads, 0, stream>>>(p);
-  else if (b16)
-    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, false, true><<<grid, kThreads, 0, stream>>>(p);
+  else if (p.num_terms > 1)
+    launch_bf16<kARowMajor, kBRowMajor, true>(p, grid, stream, a16, b16);
   else
-    chunk_gemm_kernel<kARowMajor, kBRowMajor, true><<<grid, kThreads, 0, stream>>>(p);
+    launch_bf16<kARowMajor, kBRowMajor, false>(p, grid, stream, a16, b16);
   PRIME_CUDA_CHECK_LAUNCH("chunk_gemm_kernel");
 }
 
 }  // namespace
 
-void launch_chunk_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float alpha, float beta,
-                       const at::Tensor& column_scale, bool bf16_products) {
-  const int64_t batch = a.size(0);
-  const bool a16 = a.scalar_type() == at::kBFloat16, b16 = b.scalar_type() == at::kBFloat16;
-  PRIME_CHECK(a.is_cuda() && b.is_cuda() && out.is_cuda() && (a.scalar_type() == at::kFloat || a16) &&
-                  (b.scalar_type() == at::kFloat || b16) && (bf16_products || (!a16 && !b16)) &&
-                  out.scalar_type() == at::kFloat && out.stride(2) == 1,
-              "chunk_gemm: operands ", a.sizes(), " ", b.sizes(), " into ", out.sizes(),
-              " are not fp32 (or, for bf16 products, bf16) CUDA tensors into fp32 with out's rows contiguous");
-  const c10::cuda::CUDAGuard guard(a.device());
+void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms, float beta, bool bf16_products) {
+  PRIME_CHECK(!terms.empty() && terms.size() <= static_cast<size_t>(kMaxGemmTerms) &&
+                  (terms.size() == 1 || bf16_products),
+              "chunk_gemm: ", terms.size(), " terms, want 1 to ", kMaxGemmTerms, " (more than one with bf16 products)");
+  const at::Tensor &a0 = terms.front().a, &b0 = terms.front().b;
+  const int64_t batch = a0.size(0);
+  const bool a16 = a0.scalar_type() == at::kBFloat16, b16 = b0.scalar_type() == at::kBFloat16;
+  const bool out16 = out.scalar_type() == at::kBFloat16;
+  PRIME_CHECK(out.is_cuda() && (out.scalar_type() == at::kFloat || (out16 && bf16_products && beta == 0.0f)) &&
+                  out.stride(2) == 1,
+              "chunk_gemm: out ", out.sizes(), " ", out.scalar_type(),
+              " is not an fp32 CUDA tensor (or bf16 for bf16 products and beta 0) with its rows contiguous");
+  const c10::cuda::CUDAGuard guard(a0.device());
+  Params p{};
+  p.num_terms = static_cast<int>(terms.size());
   bool a_rows = false, b_rows = false;
-  Params p;
-  p.a = describe(a, a_rows);
-  p.b = describe(b, b_rows);
-  p.out = out.data_ptr<float>();
+  for (size_t i = 0; i < terms.size(); ++i) {
+    const GemmTerm& term = terms[i];
+    const at::Tensor &a = term.a, &b = term.b;
+    PRIME_CHECK(a.is_cuda() && b.is_cuda() && a.scalar_type() == a0.scalar_type() &&
+                    b.scalar_type() == b0.scalar_type() && (a.scalar_type() == at::kFloat || a16) &&
+                    (b.scalar_type() == at::kFloat || b16) && (bf16_products || (!a16 && !b16)) &&
+                    a.size(0) == batch && b.size(0) == batch && a.size(1) == out.size(1) && b.size(2) == out.size(2),
+                "chunk_gemm: operands ", a.sizes(), " ", b.sizes(), " into ", out.sizes(),
+                " are not fp32 (or, for bf16 products, bf16) CUDA tensors of the first term's dtypes");
+    bool term_a_rows = false, term_b_rows = false;
+    p.terms[i].a = describe(a, term_a_rows);
+    p.terms[i].b = describe(b, term_b_rows);
+    if (i == 0) a_rows = term_a_rows, b_rows = term_b_rows;
+    PRIME_CHECK(term_a_rows == a_rows && term_b_rows == b_rows, "chunk_gemm: term ", i,
+                "'s operands are not in the first term's orientations");
+    p.terms[i].k = static_cast<int>(a.size(2));
+    p.terms[i].alpha = static_cast<float>(term.alpha);
+    p.terms[i].column_scale = nullptr;
+    p.terms[i].scale_batch_stride = 0;
+    const at::Tensor& column_scale = term.column_scale;
+    if (column_scale.defined()) {
+      PRIME_CHECK(column_scale.is_cuda() && column_scale.scalar_type() == at::kFloat && column_scale.dim() == 2 &&
+                      column_scale.size(0) == batch && column_scale.size(1) == b.size(2) &&
+                      column_scale.stride(1) == 1,
+                  "chunk_gemm: column scale ", column_scale.sizes(),
+                  " must be fp32 [batch, n] with its last stride 1");
+      p.terms[i].column_scale = column_scale.data_ptr<float>();
+      p.terms[i].scale_batch_stride = column_scale.stride(0);
+    }
+  }
+  p.out = out.data_ptr();
+  p.out_bf16 = out16;
   p.out_batch_stride = out.stride(0);
   p.out_ld = out.stride(1);
-  p.m = static_cast<int>(a.size(1));
-  p.k = static_cast<int>(a.size(2));
-  p.n = static_cast<int>(b.size(2));
-  p.alpha = alpha;
+  p.m = static_cast<int>(a0.size(1));
+  p.n = static_cast<int>(b0.size(2));
   p.beta = beta;
-  p.column_scale = nullptr;
-  p.scale_batch_stride = 0;
-  if (column_scale.defined()) {
-    PRIME_CHECK(column_scale.is_cuda() && column_scale.scalar_type() == at::kFloat && column_scale.dim() == 2 &&
-                    column_scale.size(0) == batch && column_scale.size(1) == b.size(2) && column_scale.stride(1) == 1,
-                "chunk_gemm: column scale ", column_scale.sizes(), " must be fp32 [batch, n] with its last stride 1");
-    p.column_scale = column_scale.data_ptr<float>();
-    p.scale_batch_stride = column_scale.stride(0);
-  }
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)

@@ -6,7 +6,8 @@
 // first. Per chunk n, with Q_n, K_n, dO_n, W_n (bf16) and Gamma in shared memory:
 //   G_n = G to memory (fp32), bf16(G) to shared memory;
 //   the decayed causal scores P = (Q K^T) * e^{Gi - Gj}, j <= i (bf16), and bf16(diag(e^Gamma) dO);
-//   dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) (K_n G), to memory (fp32), bf16(-dU_n) to shared memory;
+//   dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) (K_n G), to memory and, negated, to shared memory (bf16:
+//   the backward reads it only as bf16 products' operand);
 //   G = e^{Gamma_C} G + Q_n^T diag(e^Gamma) dO_n + W_n^T (-dU_n)
 // (the same as (e^Gamma Q - P W)^T dO + e^{Gamma_C} G - W^T (K_d G), the split form's walk on its
 // addend). Every product is one bf16 MMA with fp32 accumulation, as in the forward's walk
@@ -45,7 +46,7 @@ struct BackwardWalkParams {
   const int* segment_begins;  // restart_segments' list for starts, or null (one segment)
   int T, H, num_chunks;
   float* grads_after;  // [M,N,D,D]
-  float* d_u;          // [M,N,64,D]
+  Bf16* d_u;           // [M,N,64,D]
   float* d_initial;    // [M,D,D]
 };
 
@@ -173,9 +174,9 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
       }
 #pragma unroll
       for (int i = 0; i < Shape::kRowPerWarp; ++i) {
-        float* out = p.d_u + (chunk * kChunk + 16 * row_r) * D + row_c0 + 16 * i;
-        store_acc(out, du[i], D);
+        Bf16* out = p.d_u + (chunk * kChunk + 16 * row_r) * D + row_c0 + 16 * i;
         for_each_pair(du[i], [&](int row, int col, float x0, float x1) {
+          *reinterpret_cast<__nv_bfloat162*>(out + row * D + col) = __floats2bfloat162_rn(x0, x1);
           *reinterpret_cast<__nv_bfloat162*>(ndu + (16 * row_r + row) * ld + row_c0 + 16 * i + col) =
               __floats2bfloat162_rn(-x0, -x1);
         });
@@ -256,7 +257,7 @@ void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk) {
   check_operand_sizes(walk.w, op, "w", at::kBFloat16, {M, N, kChunk, D});
   check_operand_sizes(walk.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
   check_operand_sizes(walk.grads_after, op, "grads_after", at::kFloat, {M, N, D, D});
-  check_operand_sizes(walk.d_u, op, "d_u", at::kFloat, {M, N, kChunk, D});
+  check_operand_sizes(walk.d_u, op, "d_u", at::kBFloat16, {M, N, kChunk, D});
   check_operand_sizes(walk.d_initial, op, "d_initial", at::kFloat, {M, D, D});
   if (walk.d_final.defined()) check_operand_sizes(walk.d_final, op, "d_final", at::kFloat, {M, D, D});
   if (walk.starts.defined()) check_operand_sizes(walk.starts, op, "starts", at::kBool, {N});
@@ -280,7 +281,7 @@ void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk) {
   p.H = static_cast<int>(H);
   p.num_chunks = static_cast<int>(N);
   p.grads_after = walk.grads_after.data_ptr<float>();
-  p.d_u = walk.d_u.data_ptr<float>();
+  p.d_u = reinterpret_cast<Bf16*>(walk.d_u.data_ptr());
   p.d_initial = walk.d_initial.data_ptr<float>();
   const at::cuda::CUDAGuard guard(walk.q.device());
   const RestartSegments segments = restart_segments(walk.starts, N, M);

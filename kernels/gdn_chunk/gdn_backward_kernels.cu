@@ -4,7 +4,8 @@
 // matrix goes through memory.
 //  - scores: scores = (Q K^T) * D, D_ij = e^{Gamma_i - Gamma_j} for j <= i, else 0.
 //  - gates: from d_scores = dO U^T, Q K^T, P = T^T dT T^T and K K^T: d(QK^T) = d_scores * D (over
-//    d_scores), dA * D = -P * D below the diagonal, d(KK^T) = beta_i dA_ij D_ij (over P), beta's
+//    d_scores), dA * D = -P * D below the diagonal, d(KK^T) = beta_i dA_ij D_ij (over P, mirrored above
+//    the diagonal: d(KK^T) + d(KK^T)^T, K's two terms of dK in one product), beta's
 //    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
 //    E = dD * D.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
@@ -77,7 +78,15 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
     d_scores[base + index] = ds * decay;                             // d(Q K^T)
     const float a = j < i ? -p[base + index] * decay : 0.0f;        // dA_ij D_ij
     const float akk = a * kk[base + index];
-    p[base + index] = a * b;                                         // d(K K^T)
+    // d(K K^T) below the diagonal, mirrored above it (0 on it): d(K K^T) + d(K K^T)^T, so dK's two products
+    // with K are one. Each element is written by one thread (the upper ones by their mirror's), and only
+    // the lower ones are read.
+    if (j < i) {
+      p[base + index] = a * b;
+      p[base + j * kChunk + i] = a * b;
+    } else if (j == i) {
+      p[base + index] = 0.0f;
+    }
     a_kk[i][j] = akk;
     e[i][j] = ds * qk[base + index] * decay + akk * b;
   }

@@ -377,7 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_walk_bf16(const GdnChunkSav
   walk.d_out = d_out.defined() ? contiguous_aligned(d_out.to(at::kBFloat16), 16) : at::zeros_like(s.q);
   const at::TensorOptions fp32 = s.q.options().dtype(at::kFloat);
   walk.grads_after = new_output({M, N, D, D}, fp32);
-  walk.d_u = new_output({M, N, kForwardChunk, D}, fp32);
+  walk.d_u = new_output({M, N, kForwardChunk, D}, s.q.options().dtype(at::kBFloat16));
   walk.d_initial = new_output({M, D, D}, fp32);
   detail::launch_gdn_backward_walk_bf16(walk);
   return {walk.grads_after, walk.d_u, walk.d_initial};

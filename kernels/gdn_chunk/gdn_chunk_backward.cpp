@@ -66,16 +66,26 @@ at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
 
 // The backward's batched products over the [M,N] batch, in one arithmetic (kernels/chunk_gemm: 3xTF32
 // or bf16 tensor cores on CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales a
-// product's columns.
+// product's columns; `type`, if given, the result's dtype (bf16: a bf16 product's operand, rounded as
+// that product would round it as it loads it).
 struct Products {
   GemmPrecision precision = GemmPrecision::Fp32;
 
   // alpha a b in a fresh tensor.
   at::Tensor operator()(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
-                        const at::Tensor& column_scale = at::Tensor()) const {
-    return chunk_matmul(batched(a), batched(b), alpha, column_scale.defined() ? batched(column_scale) : column_scale,
-                        precision)
-        .view({a.size(0), a.size(1), a.size(2), b.size(3)});
+                        const at::Tensor& column_scale = at::Tensor(),
+                        at::ScalarType type = at::ScalarType::Undefined) const {
+    return sum({GemmTerm{a, b, alpha, column_scale}}, type);
+  }
+  // The terms' sum in a fresh tensor, in one pass where chunk_gemm_sum takes them together.
+  at::Tensor sum(std::vector<GemmTerm> terms, at::ScalarType type = at::ScalarType::Undefined) const {
+    const std::vector<int64_t> shape{terms.front().a.size(0), terms.front().a.size(1), terms.front().a.size(2),
+                                     terms.front().b.size(3)};
+    for (GemmTerm& term : terms) {
+      term.a = batched(term.a), term.b = batched(term.b);
+      if (term.column_scale.defined()) term.column_scale = batched(term.column_scale);
+    }
+    return chunk_matmul_sum(terms, precision, type).view(shape);
   }
   // acc += alpha a b, in place (acc contiguous).
   void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
@@ -164,9 +174,10 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   detail::launch_gdn_backward_gates(chunks(d_qk), chunks(c.qk), chunks(d_kk), chunks(c.kk), g, beta, d_beta_a,
                                     dg_decay);
   const at::Tensor dq = product(d_qk, c.k);
-  at::Tensor dk = product(transposed(d_qk), c.q);
-  product.accumulate(dk, d_kk, c.k);
-  product.accumulate(dk, transposed(d_kk), c.k);
+  // d_kk holds d(KK^T) + d(KK^T)^T (symmetric): dK's products with K in one, read transposed as d(QK^T) is, so
+  // the two terms are one launch with bf16 products.
+  const at::Tensor dk = product.sum(
+      {GemmTerm{transposed(d_qk), c.q, 1.0, at::Tensor()}, GemmTerm{transposed(d_kk), c.k, 1.0, at::Tensor()}});
   ChainGrads out;
   out.dq = at::empty({B, T, H, D}, c.g.options().dtype(qkv_grad_type));  // written by the rows kernel
   out.dk = at::empty_like(out.dq);
@@ -271,10 +282,14 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     scores = at::Tensor();
     product.accumulate(d_u, K_d, G);
   }
+  // A product meant only as another bf16 product's operand is written in bf16 (the rounding that product
+  // makes as it loads it: the same result, half the traffic).
+  const at::ScalarType operand_type =
+      product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : at::ScalarType::Undefined;
   at::Tensor d_w;
   {
     const at::Tensor S = as_operand(s.states);  // the products' and the decays' gradient's operand
-    d_w = product(d_u, transposed(S), -1.0);
+    d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
     c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
     if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
 #ifdef PRIME_WITH_CUDA
@@ -304,12 +319,13 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }
   // dT = dU (diag(beta) V)^T + dW (diag(beta e^Gamma) K)^T: the factors scale dT's columns.
-  at::Tensor d_inverse = product(d_u, transposed(c.v), 1.0, c.beta);
-  product.accumulate(d_inverse, d_w, transposed(k), 1.0, c.beta * c.e_gamma);
+  const at::Tensor d_inverse = product.sum(
+      {GemmTerm{d_u, transposed(c.v), 1.0, c.beta}, GemmTerm{d_w, transposed(k), 1.0, c.beta * c.e_gamma}},
+      operand_type);
   c.d_v_in = product(transposed(inverse), d_u);
   c.d_k_in = product(transposed(inverse), d_w);
   d_w = d_u = at::Tensor();
-  c.p = product(product(transposed(inverse), d_inverse), transposed(inverse));  // dA = -p
+  c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));  // dA = -p
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});

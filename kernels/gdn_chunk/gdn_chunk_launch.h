@@ -52,8 +52,8 @@ void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const a
 // [MN, 64, ...] operands (MN = B*H*N chunks; g, beta [MN, 64]; fp32, contiguous):
 // scores [MN,64,64] = qk * D with D_ij = e^{Gamma_i - Gamma_j} (j <= i), else 0.
 void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const at::Tensor& scores);
-// d_scores becomes d(QK^T) = d_scores * D; p (T^T dT T^T) becomes d(KK^T) = -beta_i p_ij D_ij below
-// the diagonal (0 elsewhere); d_beta_a [MN,64] = sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the
+// d_scores becomes d(QK^T) = d_scores * D; p (T^T dT T^T) becomes d(KK^T) + d(KK^T)^T: d(KK^T) =
+// -beta_i p_ij D_ij below the diagonal, the same mirrored above it, 0 on it; d_beta_a [MN,64] = sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the
 // decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij) kk_ij) D_ij.
 void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
@@ -86,11 +86,12 @@ void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, cons
 // reaching the state after chunk n (d_final after the last),
 //   grads_after[n] = G,  dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) K_n G  (P the decayed causal scores),
 //   G <- e^{Gamma_C} G + Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n,
-// every product on bf16 operands (G, P, diag(e^Gamma) dO and dU rounded), fp32 accumulation and outputs.
+// every product on bf16 operands (G, P, diag(e^Gamma) dO and dU rounded), fp32 accumulation.
 // q, k, d_out [B,T,H,D] bf16 with D in {32, 64, 128}; w [M,N,64,D] bf16 (the forward's W); gamma
 // [M,N,64] float64 (each chunk's prefix sums of the gates, rows past T constant); d_final [M,D,D] or
 // undefined (zeros); starts as launch_chunk_scan's (nothing flows back past a flagged chunk). Writes
-// grads_after [M,N,D,D], d_u [M,N,64,D] and d_initial [M,D,D], fp32.
+// grads_after [M,N,D,D] and d_initial [M,D,D] in fp32, d_u [M,N,64,D] in bf16 (rounded to nearest even: the
+// backward reads it only as bf16 products' operand).
 struct GdnBackwardWalkBf16 {
   at::Tensor q, k, d_out, w, gamma, d_final, starts;
   at::Tensor grads_after, d_u, d_initial;
