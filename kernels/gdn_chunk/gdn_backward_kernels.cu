@@ -9,7 +9,8 @@
 //    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
 //    E = dD * D.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
-//    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in), their row sums, and dg and dbeta in full,
+//    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in; a warp per row, each lane D / 32 consecutive elements
+//    as one vector), their row sums, and dg and dbeta in full,
 //    written straight into the inputs' [B,T,H,...] layout; q, k and v read in fp32 or as the bf16
 //    forward's bf16 (their exact values: the same sums either way).
 //  - state_dot: the chunk decays' gradient, sum of S_n * G_n over each chunk's state.
@@ -18,6 +19,9 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
+
+#include <algorithm>
+#include <utility>
 
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -121,10 +125,69 @@ struct RowsParams {
   int T, H, D, num_chunks;
 };
 
-__device__ __forceinline__ float widen(float x) { return x; }
-__device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void store(float* at, float x) { *at = x; }
-__device__ __forceinline__ void store(__nv_bfloat16* at, float x) { *at = __float2bfloat16_rn(x); }
+// N consecutive elements (N = 1, 2, 4 or 8) as one load or store: fp32 as float, float2 or float4 (two for
+// 8), bf16 as 2, 4, 8 or 16 bytes; widened to fp32, or rounded to nearest even as they are stored.
+template <int N>
+__device__ __forceinline__ void load_row(const float* from, float (&x)[N]) {
+  if constexpr (N == 1) {
+    x[0] = *from;
+  } else if constexpr (N == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(from);
+    x[0] = v.x, x[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(from + i);
+      x[i] = v.x, x[i + 1] = v.y, x[i + 2] = v.z, x[i + 3] = v.w;
+    }
+  }
+}
+template <int N>
+__device__ __forceinline__ void load_row(const __nv_bfloat16* from, float (&x)[N]) {
+  if constexpr (N == 1) {
+    x[0] = __bfloat162float(*from);
+  } else {
+    __nv_bfloat162 pairs[N / 2];
+    if constexpr (N == 2)
+      *reinterpret_cast<uint32_t*>(pairs) = *reinterpret_cast<const uint32_t*>(from);
+    else if constexpr (N == 4)
+      *reinterpret_cast<uint2*>(pairs) = *reinterpret_cast<const uint2*>(from);
+    else
+      *reinterpret_cast<uint4*>(pairs) = *reinterpret_cast<const uint4*>(from);
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const float2 v = __bfloat1622float2(pairs[i]);
+      x[2 * i] = v.x, x[2 * i + 1] = v.y;
+    }
+  }
+}
+template <int N>
+__device__ __forceinline__ void store_row(float* to, const float (&x)[N]) {
+  if constexpr (N == 1) {
+    *to = x[0];
+  } else if constexpr (N == 2) {
+    *reinterpret_cast<float2*>(to) = make_float2(x[0], x[1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) *reinterpret_cast<float4*>(to + i) = make_float4(x[i], x[i + 1], x[i + 2], x[i + 3]);
+  }
+}
+template <int N>
+__device__ __forceinline__ void store_row(__nv_bfloat16* to, const float (&x)[N]) {
+  if constexpr (N == 1) {
+    *to = __float2bfloat16_rn(x[0]);
+  } else {
+    __nv_bfloat162 pairs[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+    if constexpr (N == 2)
+      *reinterpret_cast<uint32_t*>(to) = *reinterpret_cast<const uint32_t*>(pairs);
+    else if constexpr (N == 4)
+      *reinterpret_cast<uint2*>(to) = *reinterpret_cast<const uint2*>(pairs);
+    else
+      *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(pairs);
+  }
+}
 
 // Where row t of chunk `chunk` ([B*H, N] flattened) lives in a [B,T,H] layout, or -1 past T.
 template <typename Params>
@@ -147,22 +210,31 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
     const float b = p.beta[chunk * kChunk + t], k_scale = b * e_gamma;
     const size_t row = (chunk * kChunk + t) * static_cast<size_t>(p.D);
     const long long out_row = time_major_row(p, chunk, t);  // padding rows: row sums only
+    // Each lane takes PER_LANE consecutive elements of the row: one vector load of each operand.
+    const size_t x = row + PER_LANE * lane;
+    float q[PER_LANE], k[PER_LANE], v[PER_LANE], dqd[PER_LANE], dki[PER_LANE], dkd[PER_LANE], dvi[PER_LANE];
+    float dqp[PER_LANE], dkp[PER_LANE];
+    load_row(p.q + x, q), load_row(p.k + x, k), load_row(p.v + x, v);
+    load_row(p.d_q_decayed + x, dqd), load_row(p.d_k_in + x, dki), load_row(p.d_k_decayed + x, dkd);
+    load_row(p.d_v_in + x, dvi), load_row(p.dq_products + x, dqp), load_row(p.dk_products + x, dkp);
+    if (out_row >= 0) {
+      const size_t y = static_cast<size_t>(out_row) * p.D + PER_LANE * lane;
+      float dq[PER_LANE], dk[PER_LANE], dv[PER_LANE];
+#pragma unroll
+      for (int r = 0; r < PER_LANE; ++r) {
+        dq[r] = dqp[r] + dqd[r] * e_gamma;
+        dk[r] = dkp[r] + dki[r] * k_scale + dkd[r] * to_end;
+        dv[r] = dvi[r] * b;
+      }
+      store_row(p.dq + y, dq), store_row(p.dk + y, dk), store_row(p.dv + y, dv);
+    }
     float dot_q = 0.0f, dot_k_in = 0.0f, dot_k_decayed = 0.0f, dot_v = 0.0f;
 #pragma unroll
     for (int r = 0; r < PER_LANE; ++r) {
-      const size_t x = row + lane + 32 * r;
-      const float q = widen(p.q[x]), k = widen(p.k[x]), v = widen(p.v[x]);
-      const float dqd = p.d_q_decayed[x], dki = p.d_k_in[x], dkd = p.d_k_decayed[x], dvi = p.d_v_in[x];
-      if (out_row >= 0) {
-        const size_t y = static_cast<size_t>(out_row) * p.D + lane + 32 * r;
-        store(p.dq + y, p.dq_products[x] + dqd * e_gamma);
-        store(p.dk + y, p.dk_products[x] + dki * k_scale + dkd * to_end);
-        store(p.dv + y, dvi * b);
-      }
-      dot_q = fmaf(dqd, q, dot_q);
-      dot_k_in = fmaf(dki, k, dot_k_in);
-      dot_k_decayed = fmaf(dkd, k, dot_k_decayed);
-      dot_v = fmaf(dvi, v, dot_v);
+      dot_q = fmaf(dqd[r], q[r], dot_q);
+      dot_k_in = fmaf(dki[r], k[r], dot_k_in);
+      dot_k_decayed = fmaf(dkd[r], k[r], dot_k_decayed);
+      dot_v = fmaf(dvi[r], v[r], dot_v);
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -381,6 +453,13 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
     check_operand(*tensor, op, name, at::kFloat, 3);
     PRIME_CHECK(tensor->sizes() == rows.dq.sizes().slice(0, 3), op, ": ", name, " ", tensor->sizes());
   }
+  // Each lane moves a row's D / 32 consecutive elements as one vector (16 bytes at most).
+  for (const auto& [tensor, name] :
+       {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}, {&rows.d_q_decayed, "d_q_decayed"},
+        {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"}, {&rows.d_v_in, "d_v_in"},
+        {&rows.dq_products, "dq_products"}, {&rows.dk_products, "dk_products"}, {&rows.dq, "dq"}, {&rows.dk, "dk"},
+        {&rows.dv, "dv"}})
+    check_aligned(*tensor, op, name, std::min<size_t>(16, static_cast<size_t>(D / 32) * tensor->element_size()));
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(rows.q.device());
   const auto with_grads = [&](const auto* q, const auto* k, const auto* v) {
