@@ -7,7 +7,8 @@
 # (prime-bench kernels arguments) on each build, the builds alternating, ROUNDS times, and records
 # ncu's kernel times of the tree's own build (NCU_TITLE; unset: none). Each timed run first puts its
 # own libprime.so in build-gpu (prime-bench finds it there by its runpath). Steps run while the time
-# left allows (DEADLINE_S, default 540). Results under $OUT, all.tgz among them.
+# left allows (DEADLINE_S, default 540; TESTS_NEED and PATCH_NEED, the seconds the tests and a patch's
+# build need left, default 200 and 120). Results under $OUT, all.tgz among them.
 #   TESTS=... SANITIZE=... BENCH="--types GDN --dtype bf16" bash experiments/gpu/run_versus_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +25,7 @@ bash experiments/gpu/build_filtered.sh "$OUT" \
   "${FILTER:-/lib/|/search/|/kernels/|/apps/prime-bench|/tests/reference/|/tests/test_(kernels_(gdn|chunk_gemm)|gdn_chunk_backward)[.]cpp}" \
   prime_tests prime-bench || exit 1
 export PRIME_REQUIRE_CUDA=1
-[ -n "${TESTS:-}" ] && run 200 tests build-gpu/bin/prime_tests "$TESTS" &&
+[ -n "${TESTS:-}" ] && run "${TESTS_NEED:-200}" tests build-gpu/bin/prime_tests "$TESTS" &&
   grep -E "passed|failed" "$OUT/tests.txt" | tail -2
 grep -E "FAILED|failed" "$OUT/tests.txt" 2>/dev/null | head -10
 [ -n "${SANITIZE:-}" ] && sanitize 90 sanitizer "$SANITIZE"
@@ -34,7 +35,7 @@ keep tree
 built=(tree)
 for patch in "${patches[@]}"; do
   name=$(basename "$patch" .patch)
-  [ "$(left)" -lt 120 ] && { echo "$name: skipped, $(left) s left"; continue; }
+  [ "$(left)" -lt "${PATCH_NEED:-120}" ] && { echo "$name: skipped, $(left) s left"; continue; }
   patch -p1 -s < "$patch" || { echo "$patch does not apply"; continue; }
   t=$(date +%s)
   if cmake --build build-gpu -j"$(nproc)" --target prime-bench > "$OUT/build_$name.log" 2>&1; then
