@@ -65,8 +65,6 @@ bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmP
     if (term.a.scalar_type() != first.a.scalar_type() || term.b.scalar_type() != first.b.scalar_type()) return false;
     if ((term.a.stride(2) == 1) != (first.a.stride(2) == 1) || (term.b.stride(2) == 1) != (first.b.stride(2) == 1))
       return false;
-    if (term.a.size(0) != first.a.size(0) || term.a.size(1) != first.a.size(1) || term.b.size(2) != first.b.size(2))
-      return false;
     if (term.column_scale.defined() &&
         (term.column_scale.scalar_type() != at::kFloat || term.column_scale.stride(1) != 1))
       return false;

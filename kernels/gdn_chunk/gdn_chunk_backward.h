@@ -55,7 +55,8 @@ struct GdnChunkBackwardOps {
   // Optional, for the bf16 forward's results: the walk with its addend and dU formed inside (CUDA:
   // launch_gdn_backward_walk_bf16), from the saved q, k, w, Gamma [M,N,64] float64, d_out [B,T,H,D]
   // (undefined: zeros), d_final [M,D,D] (or undefined) and starts, giving (G_n per chunk [M,N,D,D],
-  // dU [M,N,64,D], the gradient of the initial state [M,D,D]), fp32. Where it is empty the walk runs on
+  // dU [M,N,64,D], the gradient of the initial state [M,D,D]): G and the state's gradient fp32, dU in the
+  // dtype the products read (CUDA: bf16, only bf16 products read it). Where it is empty the walk runs on
   // the addend formed first (reverse_walk).
   std::function<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const GdnChunkSaved& saved, const at::Tensor& gamma,
                                                                const at::Tensor& d_out, const at::Tensor& d_final)>
