@@ -72,9 +72,11 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
     float* __restrict__ dg_decay) {
   __shared__ double gamma[kChunk];
   __shared__ float e[kChunk][kLd];      // E = dD * D, then its columns summed from the bottom
-  __shared__ float a_kk[kChunk][kLd];   // dA_ij D_ij (k_i . k_j)
+  __shared__ float d_kk[kChunk][kLd];   // d(K K^T) below the diagonal, 0 on and above it
+  __shared__ float half_sums[kChunk][2];  // each half row's sum of dA_ij D_ij (k_i . k_j)
   const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
   chunk_gamma(g + chunk * kChunk, gamma);
+  static_assert(kThreads % 32 == 0 && kChunk == 64, "a warp covers half a row");
   for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
     const int i = index / kChunk, j = index % kChunk;
     const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
@@ -82,28 +84,27 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
     d_scores[base + index] = ds * decay;                             // d(Q K^T)
     const float a = j < i ? -p[base + index] * decay : 0.0f;        // dA_ij D_ij
     const float akk = a * kk[base + index];
-    // d(K K^T) below the diagonal, mirrored above it (0 on it): d(K K^T) + d(K K^T)^T, so dK's two products
-    // with K are one. Each element is written by one thread (the upper ones by their mirror's), and only
-    // the lower ones are read.
-    if (j < i) {
-      p[base + index] = a * b;
-      p[base + j * kChunk + i] = a * b;
-    } else if (j == i) {
-      p[base + index] = 0.0f;
-    }
-    a_kk[i][j] = akk;
+    d_kk[i][j] = a * b;
     e[i][j] = ds * qk[base + index] * decay + akk * b;
+    float sum = akk;  // the warp's half row
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (threadIdx.x % 32 == 0) half_sums[i][j / 32] = sum;
   }
   __syncthreads();
+  // d(K K^T) + d(K K^T)^T over p, row by row (the upper half read down d_kk's columns: no bank twice), so
+  // dK's two products with K are one.
+  for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
+    const int i = index / kChunk, j = index % kChunk;
+    p[base + index] = j < i ? d_kk[i][j] : d_kk[j][i];
+  }
   const int t = threadIdx.x;
   if (t < kChunk) {  // column t summed from the bottom, in place
     float sum = 0.0f;
     for (int i = kChunk - 1; i >= 0; --i) sum += e[i][t], e[i][t] = sum;
   } else if (t < 2 * kChunk) {
     const int row = t - kChunk;
-    float sum = 0.0f;
-    for (int j = 0; j < row; ++j) sum += a_kk[row][j];
-    d_beta_a[chunk * kChunk + row] = sum;
+    d_beta_a[chunk * kChunk + row] = half_sums[row][0] + half_sums[row][1];
   }
   __syncthreads();
   if (t < kChunk) {  // dg_t's decay part: sum_{j < t} sum_{i >= t} E_ij
