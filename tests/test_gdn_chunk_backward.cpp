@@ -75,7 +75,7 @@ kernels::GdnChunkSaved forward_results(const at::Tensor& q, const at::Tensor& k,
 // The backward's two sequential pieces as plain loops and a triangular solve; with fused_walk, also the
 // fused reverse walk's math (gdn_chunk_launch.h, launch_gdn_backward_walk_bf16) in the saved dtype: per
 // chunk from the last, dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) K_n G and G <- e^{Gamma_C} G +
-// Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n.
+// Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n, and the chunk decays' gradient sum(S_n o G_n).
 kernels::GdnChunkBackwardOps cpu_ops(bool fused_walk = false) {
   kernels::GdnChunkBackwardOps ops;
   ops.reverse_walk = [](const at::Tensor& k_decayed, const at::Tensor& w, const at::Tensor& d_states,
@@ -116,7 +116,8 @@ kernels::GdnChunkBackwardOps cpu_ops(bool fused_walk = false) {
           at::matmul(s.w.select(1, n).transpose(-1, -2), d_u[n]);
       if (s.starts.defined() && s.starts[n].item<bool>()) G = at::zeros_like(G);
     }
-    return std::make_tuple(at::stack(gradients, 1), at::stack(d_u, 1), G);
+    const at::Tensor grads_after = at::stack(gradients, 1);
+    return kernels::GdnFusedWalk{grads_after, at::stack(d_u, 1), G, (s.states * grads_after).sum({-1, -2})};
   };
   return ops;
 }

@@ -4,7 +4,9 @@
 // per (batch and head, segment slot), WalkTiles' warps; G, the gradient reaching the state after the
 // chunk, lives in the warps' fp32 accumulators across all chunks, walked from the last chunk to the
 // first. Per chunk n, with Q_n, K_n, dO_n, W_n (bf16) and Gamma in shared memory:
-//   G_n = G to memory (fp32), bf16(G) to shared memory;
+//   the chunk decay's gradient sum(S_n o G) on fp32 G (S_n the state entering the chunk, bf16, at the
+//   accumulators' elements, loaded during chunk n + 1), and G_n = bf16(G) to shared memory and from there
+//   to memory (only bf16 products read it);
 //   the decayed causal scores P = (Q K^T) * e^{Gi - Gj}, j <= i (bf16), and bf16(diag(e^Gamma) dO);
 //   dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) (K_n G), to memory and, negated, to shared memory (bf16:
 //   the backward reads it only as bf16 products' operand);
@@ -23,6 +25,7 @@
 
 #include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
+#include "kernels/common/prefetch.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
@@ -42,19 +45,23 @@ struct BackwardWalkParams {
   const Bf16* w;              // [M,N,64,D]
   const double* gamma;        // [M,N,64]
   const float* d_final;       // [M,D,D] or null (zeros)
+  const Bf16* states;         // [M,N,D,D]: the state entering each chunk
   const bool* starts;         // [N] or null
   const int* segment_begins;  // restart_segments' list for starts, or null (one segment)
   int T, H, num_chunks;
-  float* grads_after;  // [M,N,D,D]
+  Bf16* grads_after;     // [M,N,D,D]
+  float* d_chunk_decay;  // [M,N]
   Bf16* d_u;           // [M,N,64,D]
   float* d_initial;    // [M,D,D]
 };
 
-// The block's shared memory: Gamma [2][64] (float64); Q, K, dO [2] and W, diag(e^Gamma) dO, -dU [64][ld];
-// bf16(G) [D][ld]; the scores [64][kLdT].
+// The block's shared memory: Gamma [2][64] (float64); the warps' sums of S_n o G; Q, K, dO [2] and W,
+// diag(e^Gamma) dO, -dU [64][ld]; bf16(G) [D][ld]; the scores [64][kLdT].
 template <int D>
 struct BackwardWalk : WalkTiles<D> {
-  static constexpr size_t kSharedBytes = 2 * kChunk * sizeof(double) +
+  static constexpr int kDotBytes = 128;  // kWarps floats, rounded up to keep the bf16 arrays 16-byte aligned
+  static_assert(WalkTiles<D>::kWarps * sizeof(float) <= kDotBytes, "the warps' sums fit");
+  static constexpr size_t kSharedBytes = 2 * kChunk * sizeof(double) + kDotBytes +
                                          (9 * WalkTiles<D>::kMatrix + D * WalkTiles<D>::ld) * sizeof(Bf16) +
                                          kChunk * kLdT * sizeof(Bf16);
 };
@@ -67,7 +74,8 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
   constexpr size_t kMatrix = Shape::kMatrix;
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   double* gammas = reinterpret_cast<double*>(shared_bytes);  // [2][64]
-  Bf16* qs = reinterpret_cast<Bf16*>(gammas + 2 * kChunk);   // [2]: Q_n
+  float* dots = reinterpret_cast<float*>(gammas + 2 * kChunk);  // [kWarps]: each warp's sum of S_n o G
+  Bf16* qs = reinterpret_cast<Bf16*>(reinterpret_cast<unsigned char*>(dots) + BackwardWalk<D>::kDotBytes);  // [2]: Q_n
   Bf16* ks = qs + 2 * kMatrix;                               // [2]: K_n
   Bf16* dos = ks + 2 * kMatrix;                              // [2]: dO_n
   Bf16* ws = dos + 2 * kMatrix;                              // W_n
@@ -99,10 +107,26 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
   const int state_c0 = 16 * (warp % CB);
   const int row_r = (Shape::kRowPerWarp * warp) / CB, row_c0 = 16 * ((Shape::kRowPerWarp * warp) % CB);
   const int g_lane = lane / 4;  // an accumulator's rows are g_lane and g_lane + 8
+  // S_n (bf16) at this thread's elements of G, as bf16 pairs: loaded before chunk n + 1's state update, so
+  // that they arrive while its products run, and summed with G_n at chunk n's top.
+  uint32_t state_pairs[Shape::kStatePerWarp][4];
+  const auto load_state_pairs = [&](int n) {
+    const Bf16* state = p.states + (static_cast<size_t>(m) * N + n) * state_size;
+#pragma unroll
+    for (int i = 0; i < Shape::kStatePerWarp; ++i) {
+      const int f = warp + kWarps * i;
+      if (f >= Shape::kStateTiles) continue;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // for_each_pair's order: rows g, g + 8, then columns + 8
+        state_pairs[i][e] = *reinterpret_cast<const uint32_t*>(
+            state + (16 * (f / CB) + g_lane + 8 * (e % 2)) * D + state_c0 + 2 * (lane % 4) + 8 * (e / 2));
+    }
+  };
 
   for_each_restart_segment(p.segment_begins, N, blockIdx.z, gridDim.z, [&](int begin, int end, bool first,
                                                                          bool last) {
     fetch_qkd(end - 1);
+    load_state_pairs(end - 1);
     Acc s[Shape::kStatePerWarp];  // G
 #pragma unroll
     for (int i = 0; i < Shape::kStatePerWarp; ++i) {
@@ -115,12 +139,30 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
     for (int n = end - 1; n >= begin; --n) {
       const size_t chunk = static_cast<size_t>(m) * N + n;
       const bool restart = p.starts != nullptr && p.starts[n];  // read early: used after the chunk's products
+      {  // the chunk decay's gradient: S_n (loaded before) at this thread's elements of G
+        if (n > begin && threadIdx.x < state_size * sizeof(Bf16) / 128)  // S_{n-1} into L2 for the next chunk
+          prefetch_l2(p.states + (chunk - 1) * state_size + threadIdx.x * (128 / sizeof(Bf16)));
+        float dot = 0.0f;
 #pragma unroll
-      for (int i = 0; i < Shape::kStatePerWarp; ++i) {  // G_n to memory, bf16(G) for this chunk's products
+        for (int i = 0; i < Shape::kStatePerWarp; ++i) {
+          const int f = warp + kWarps * i;
+          if (f >= Shape::kStateTiles) continue;
+          int e = 0;
+          for_each_pair(s[i], [&](int, int, float x0, float x1) {
+            const uint32_t bits = state_pairs[i][e++];
+            dot = fmaf(__uint_as_float(bits << 16), x0, dot);
+            dot = fmaf(__uint_as_float(bits & 0xFFFF0000u), x1, dot);
+          });
+        }
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_down_sync(0xffffffffu, dot, offset);
+        if (lane == 0) dots[warp] = dot;  // read after (1); the next write comes after (3)
+      }
+#pragma unroll
+      for (int i = 0; i < Shape::kStatePerWarp; ++i) {  // bf16(G): this chunk's products' operand and G_n
         const int f = warp + kWarps * i;
         if (f >= Shape::kStateTiles) continue;
         const int r0 = 16 * (f / CB);
-        store_acc(p.grads_after + chunk * state_size + r0 * D + state_c0, s[i], D);
         for_each_pair(s[i], [&](int row, int col, float x0, float x1) {
           *reinterpret_cast<__nv_bfloat162*>(gb + (r0 + row) * ld + state_c0 + col) = __floats2bfloat162_rn(x0, x1);
         });
@@ -128,6 +170,16 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
       cp_async_wait<0>();  // chunk n's Q, K, dO and Gamma (W_{n+1} was waited for in chunk n + 1)
       __syncthreads();     // (1) bf16(G) and chunk n's rows in place; chunk n + 1's reads all done
       fetch_w(n);          // first: the wait before (3) leaves only the group after it pending
+      for_each_vector<D, D, kThreads>([&](int row, int col) {  // G_n to memory (gb is rewritten after (3))
+        *reinterpret_cast<uint4*>(p.grads_after + chunk * state_size + row * D + col) =
+            *reinterpret_cast<const uint4*>(gb + row * ld + col);
+      });
+      if (threadIdx.x == 0) {  // the warps' sums in a fixed order
+        float total = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total += dots[w];
+        p.d_chunk_decay[chunk] = total;
+      }
       if (n > begin)
         fetch_qkd(n - 1);
       else
@@ -183,6 +235,7 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
       }
       cp_async_wait<1>();  // W_n (chunk n - 1's rows may still be in flight)
       __syncthreads();     // (3) -dU_n and W_n in place
+      if (n > begin) load_state_pairs(n - 1);
       {                    // G = e^{Gamma_C} G + Q_n^T diag(e^Gamma) dO_n + W_n^T (-dU_n): A's row k is Q_n's (W_n's) column k
         const float d = expf(static_cast<float>(gamma_end));
 #pragma unroll
@@ -256,16 +309,19 @@ void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk) {
     check_operand_sizes(*tensor, op, name, at::kBFloat16, walk.q.sizes());
   check_operand_sizes(walk.w, op, "w", at::kBFloat16, {M, N, kChunk, D});
   check_operand_sizes(walk.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
-  check_operand_sizes(walk.grads_after, op, "grads_after", at::kFloat, {M, N, D, D});
+  check_operand_sizes(walk.states, op, "states", at::kBFloat16, {M, N, D, D});
+  check_operand_sizes(walk.grads_after, op, "grads_after", at::kBFloat16, {M, N, D, D});
+  check_operand_sizes(walk.d_chunk_decay, op, "d_chunk_decay", at::kFloat, {M, N});
   check_operand_sizes(walk.d_u, op, "d_u", at::kBFloat16, {M, N, kChunk, D});
   check_operand_sizes(walk.d_initial, op, "d_initial", at::kFloat, {M, D, D});
   if (walk.d_final.defined()) check_operand_sizes(walk.d_final, op, "d_final", at::kFloat, {M, D, D});
   if (walk.starts.defined()) check_operand_sizes(walk.starts, op, "starts", at::kBool, {N});
   for (const auto& [tensor, name] : {std::pair{&walk.q, "q"}, std::pair{&walk.k, "k"}, std::pair{&walk.d_out, "d_out"},
-                                     std::pair{&walk.w, "w"}, std::pair{&walk.gamma, "gamma"}})
+                                     std::pair{&walk.w, "w"}, std::pair{&walk.gamma, "gamma"},
+                                     std::pair{&walk.grads_after, "grads_after"}})
     check_aligned(*tensor, op, name, 16);
-  for (const auto& [tensor, name] : {std::pair{&walk.grads_after, "grads_after"}, std::pair{&walk.d_u, "d_u"},
-                                     std::pair{&walk.d_initial, "d_initial"}})
+  for (const auto& [tensor, name] : {std::pair{&walk.d_u, "d_u"}, std::pair{&walk.d_initial, "d_initial"},
+                                     std::pair{&walk.states, "states"}})
     check_aligned(*tensor, op, name, 8);
   if (walk.d_final.defined()) check_aligned(walk.d_final, op, "d_final", 8);
   if (M == 0 || N == 0) return;
@@ -276,11 +332,13 @@ void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk) {
   p.w = reinterpret_cast<const Bf16*>(walk.w.data_ptr());
   p.gamma = walk.gamma.data_ptr<double>();
   p.d_final = walk.d_final.defined() ? walk.d_final.data_ptr<float>() : nullptr;
+  p.states = reinterpret_cast<const Bf16*>(walk.states.data_ptr());
   p.starts = walk.starts.defined() ? walk.starts.data_ptr<bool>() : nullptr;
   p.T = static_cast<int>(T);
   p.H = static_cast<int>(H);
   p.num_chunks = static_cast<int>(N);
-  p.grads_after = walk.grads_after.data_ptr<float>();
+  p.grads_after = reinterpret_cast<Bf16*>(walk.grads_after.data_ptr());
+  p.d_chunk_decay = walk.d_chunk_decay.data_ptr<float>();
   p.d_u = reinterpret_cast<Bf16*>(walk.d_u.data_ptr());
   p.d_initial = walk.d_initial.data_ptr<float>();
   const at::cuda::CUDAGuard guard(walk.q.device());

@@ -367,20 +367,21 @@ GdnChunkBackwardOps cuda_backward_ops() {
 
 // The fused reverse walk on the bf16 forward's results (GdnChunkBackwardOps::fused_walk): d_out rounded
 // to bf16 (the walk's products read it so), the rest as the forward saved it.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_walk_bf16(const GdnChunkSaved& s, const at::Tensor& gamma,
-                                                               const at::Tensor& d_out, const at::Tensor& d_final) {
+GdnFusedWalk fused_walk_bf16(const GdnChunkSaved& s, const at::Tensor& gamma, const at::Tensor& d_out,
+                             const at::Tensor& d_final) {
 #ifdef PRIME_WITH_CUDA
   const int64_t M = s.w.size(0), N = s.w.size(1), D = s.w.size(3);
   detail::GdnBackwardWalkBf16 walk;
   walk.q = s.q, walk.k = s.k, walk.w = s.w, walk.gamma = gamma.contiguous(), walk.d_final = d_final;
-  walk.starts = s.starts;
+  walk.starts = s.starts, walk.states = s.states.to(at::kBFloat16).contiguous();
   walk.d_out = d_out.defined() ? contiguous_aligned(d_out.to(at::kBFloat16), 16) : at::zeros_like(s.q);
-  const at::TensorOptions fp32 = s.q.options().dtype(at::kFloat);
-  walk.grads_after = new_output({M, N, D, D}, fp32);
-  walk.d_u = new_output({M, N, kForwardChunk, D}, s.q.options().dtype(at::kBFloat16));
+  const at::TensorOptions fp32 = s.q.options().dtype(at::kFloat), bf16 = s.q.options().dtype(at::kBFloat16);
+  walk.grads_after = new_output({M, N, D, D}, bf16);
+  walk.d_u = new_output({M, N, kForwardChunk, D}, bf16);
   walk.d_initial = new_output({M, D, D}, fp32);
+  walk.d_chunk_decay = new_output({M, N}, fp32);
   detail::launch_gdn_backward_walk_bf16(walk);
-  return {walk.grads_after, walk.d_u, walk.d_initial};
+  return {walk.grads_after, walk.d_u, walk.d_initial, walk.d_chunk_decay};
 #else
   (void)s, (void)gamma, (void)d_out, (void)d_final;
   return {};

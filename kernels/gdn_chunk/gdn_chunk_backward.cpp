@@ -159,6 +159,21 @@ ChainGrads chain_rule_aten(const ChainRule& c, const at::Tensor& decay, const Pr
   return out;
 }
 
+// The chunk decays' gradient sum(S_n o G_n) [M,N] from S and G [M,N,D,D] (CUDA: one reduction kernel).
+at::Tensor chunk_decay_gradient(const at::Tensor& S, const at::Tensor& G, bool on_kernels) {
+#ifdef PRIME_WITH_CUDA
+  const int64_t M = G.size(0), N = G.size(1), D = G.size(2);
+  if (on_kernels && (D * D) % 4 == 0) {
+    at::Tensor out = at::empty({M, N}, G.options());
+    detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}), out.view({M * N}));
+    return out;
+  }
+#else
+  (void)on_kernels;
+#endif
+  return (S * G).sum({-1, -2});
+}
+
 #ifdef PRIME_WITH_CUDA
 // The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
 // The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
@@ -259,7 +274,8 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
   at::Tensor G, d_initial, d_u;
   if (ops.fused_walk) {
-    std::tie(G, d_u, d_initial) = ops.fused_walk(s, c.gamma64, d_out, d_final_flat);
+    GdnFusedWalk walked = ops.fused_walk(s, c.gamma64, d_out, d_final_flat);
+    G = walked.grads_after, d_u = walked.d_u, d_initial = walked.d_initial, c.d_chunk_decay = walked.d_chunk_decay;
   } else {
     at::Tensor W = in_work(s.w), K_d = in_work(s.k_decayed);
     at::Tensor scores;
@@ -291,15 +307,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     const at::Tensor S = as_operand(s.states);  // the products' and the decays' gradient's operand
     d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
     c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
-    if (on_kernels && (D * D) % 4 == 0) {  // [M,N]
-#ifdef PRIME_WITH_CUDA
-      c.d_chunk_decay = at::empty({M, N}, G.options());
-      detail::launch_gdn_backward_state_dot(S.view({M * N, D, D}), G.view({M * N, D, D}),
-                                            c.d_chunk_decay.view({M * N}));
-#endif
-    } else {
-      c.d_chunk_decay = (S * G).sum({-1, -2});
-    }
+    if (!c.d_chunk_decay.defined()) c.d_chunk_decay = chunk_decay_gradient(S, G, on_kernels);  // else the walk's
   }
   {
     const at::Tensor U = as_operand(s.u);

@@ -39,6 +39,14 @@ struct GdnChunkSaved {
   at::Tensor starts;
 };
 
+// What the fused reverse walk gives: G_n per chunk [M,N,D,D] and dU [M,N,64,D] in the dtype the
+// products read (CUDA: bf16, which only bf16 products read), the initial state's gradient [M,D,D]
+// (fp32), and the chunk decays' gradient sum(S_n o G_n) [M,N] taken on G before any rounding, or
+// undefined (the backward forms it from the states and G_n).
+struct GdnFusedWalk {
+  at::Tensor grads_after, d_u, d_initial, d_chunk_decay;
+};
+
 // The two sequential pieces, per device: the reverse walk (probe k_decayed, writer w, addend
 // d_states [M,N,D,D], decay, initial d_final [M,D,D] or undefined, starts) giving (G_n per chunk
 // [M,N,D,D], the gradient of the initial state [M,D,D]); and T = (I + A)^-1 for A [M,N,64,64]
@@ -53,13 +61,11 @@ struct GdnChunkBackwardOps {
   // (CUDA: launch_gdn_backward_inverse); where it is empty, A is formed in ATen ops for `inverse`.
   std::function<at::Tensor(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta)> inverse_from_gram;
   // Optional, for the bf16 forward's results: the walk with its addend and dU formed inside (CUDA:
-  // launch_gdn_backward_walk_bf16), from the saved q, k, w, Gamma [M,N,64] float64, d_out [B,T,H,D]
-  // (undefined: zeros), d_final [M,D,D] (or undefined) and starts, giving (G_n per chunk [M,N,D,D],
-  // dU [M,N,64,D], the gradient of the initial state [M,D,D]): G and the state's gradient fp32, dU in the
-  // dtype the products read (CUDA: bf16, only bf16 products read it). Where it is empty the walk runs on
-  // the addend formed first (reverse_walk).
-  std::function<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const GdnChunkSaved& saved, const at::Tensor& gamma,
-                                                               const at::Tensor& d_out, const at::Tensor& d_final)>
+  // launch_gdn_backward_walk_bf16), from the saved q, k, w, states, Gamma [M,N,64] float64, d_out
+  // [B,T,H,D] (undefined: zeros), d_final [M,D,D] (or undefined) and starts (GdnFusedWalk). Where it is
+  // empty the walk runs on the addend formed first (reverse_walk).
+  std::function<GdnFusedWalk(const GdnChunkSaved& saved, const at::Tensor& gamma, const at::Tensor& d_out,
+                             const at::Tensor& d_final)>
       fused_walk;
 };
 

@@ -81,20 +81,22 @@ void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& g
 void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                  const at::Tensor& T);
 
-// The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu;
-// not yet run on a GPU): per batch and head, from the last chunk to the first, with G the gradient
+// The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu):
+// per batch and head, from the last chunk to the first, with G the gradient
 // reaching the state after chunk n (d_final after the last),
 //   grads_after[n] = G,  dU_n = P^T dO_n + diag(e^{Gamma_C - Gamma}) K_n G  (P the decayed causal scores),
 //   G <- e^{Gamma_C} G + Q_n^T diag(e^Gamma) dO_n - W_n^T dU_n,
 // every product on bf16 operands (G, P, diag(e^Gamma) dO and dU rounded), fp32 accumulation.
 // q, k, d_out [B,T,H,D] bf16 with D in {32, 64, 128}; w [M,N,64,D] bf16 (the forward's W); gamma
 // [M,N,64] float64 (each chunk's prefix sums of the gates, rows past T constant); d_final [M,D,D] or
-// undefined (zeros); starts as launch_chunk_scan's (nothing flows back past a flagged chunk). Writes
-// grads_after [M,N,D,D] and d_initial [M,D,D] in fp32, d_u [M,N,64,D] in bf16 (rounded to nearest even: the
-// backward reads it only as bf16 products' operand).
+// undefined (zeros); starts as launch_chunk_scan's (nothing flows back past a flagged chunk); states
+// [M,N,D,D] bf16, the state entering each chunk (the forward's). Writes d_chunk_decay [M,N] fp32, the
+// chunk decays' gradient sum(states[n] o G) with G in fp32 (what launch_gdn_backward_state_dot gives on
+// fp32 G_n), d_initial [M,D,D] fp32, and grads_after [M,N,D,D] and d_u [M,N,64,D] in bf16 (rounded to
+// nearest even: the backward reads them only as bf16 products' operands).
 struct GdnBackwardWalkBf16 {
-  at::Tensor q, k, d_out, w, gamma, d_final, starts;
-  at::Tensor grads_after, d_u, d_initial;
+  at::Tensor q, k, d_out, w, gamma, d_final, starts, states;
+  at::Tensor grads_after, d_u, d_initial, d_chunk_decay;
 };
 void launch_gdn_backward_walk_bf16(const GdnBackwardWalkBf16& walk);
 // Whether that walk's block for head dim D fits device `device`'s shared memory (197 KB at D = 128).
