@@ -620,10 +620,12 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
 // parameter's gradient sums (the study's hard cases, 4K tokens with slowly decaying gates, within 0.75
 // of the bound with training's split inverse; one such shape here, other inputs). T not
 // a multiple of 64, D = 32, 64, 128, with and without an initial state, packed documents (chunk starts),
-// the fused walk asked for (training takes the split walk whatever is asked), and the graph holds the
-// bf16 function's node. Each case runs the backward's two walks (PRIME_GDN_BACKWARD_WALK split and fused)
-// and the default (unset), each held to the bound; the keys' gradient differs between the two walks (the
-// fused walk ran), and unset gives the fused walk's where its block fits the GPU, else the split one's.
+// and the graph holds the bf16 function's node. The forward walk asked for is the mma.sync fused one
+// (training then takes the split walk) and, at D = 128 on a Hopper GPU, the warpgroup one (which keeps the
+// backward's states and U_n as it walks). Each case runs the backward's two walks (PRIME_GDN_BACKWARD_WALK
+// split and fused) and the default (unset), each held to the bound; the keys' gradient differs between the
+// two walks (the fused walk ran), and unset gives the fused walk's where its block fits the GPU, else the
+// split one's.
 namespace {
 
 void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_state, const std::vector<bool>& starts,
@@ -651,16 +653,10 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
     grads.push_back((grads[3] * x.g).sum(at::IntArrayRef{0, 1}));  // what a decay parameter's gradient sums
     return grads;
   };
-  for (const bool fp32_leaves : {false, true}) {
-    const at::Tensor weight = fp32_leaves ? out_weight : out_weight.to(at::kBFloat16).to(at::kDouble);
-    const std::vector<at::Tensor> reference = float64_grads(in, weight);
-    CoreInputs nudged = in;
-    at::manual_seed(7 + T);
-    const auto nudge = [](const at::Tensor& t) { return t * (1.0 + std::ldexp(1.0, -9) * at::randn_like(t)); };
-    nudged.q = nudge(in.q), nudged.k = nudge(in.k), nudged.v = nudge(in.v);
-    const std::vector<at::Tensor> moved = float64_grads(nudged, nudge(weight));
-    const test::ScopedEnv core("PRIME_SSM_CORE", fp32_leaves ? "bf16" : nullptr);
-    const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", "fused");
+  // One forward walk's runs: the backward's walks, each held to the bound.
+  const auto check_walks = [&](bool fp32_leaves, const char* forward_walk, const at::Tensor& weight,
+                               const std::vector<at::Tensor>& reference, const std::vector<at::Tensor>& moved) {
+    const test::ScopedEnv walk("PRIME_GDN_FORWARD_WALK", forward_walk);
     std::vector<at::Tensor> key_grads;  // per backward walk
     for (const char* asked : {"split", "fused", static_cast<const char*>(nullptr)}) {
       const test::ScopedEnv backward("PRIME_GDN_BACKWARD_WALK", asked);
@@ -680,9 +676,10 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
       grads.push_back((grads[3].to(at::kDouble).cpu() * in.g).sum(at::IntArrayRef{0, 1}));
       std::ostringstream line;
       line << "[kernels][gdn] trained on the bf16 forward ("
-           << (fp32_leaves ? "fp32 leaves, PRIME_SSM_CORE=bf16" : "bf16 leaves") << ", " << backward_walk
-           << " backward walk) B=" << B << " T=" << T << " H=" << H << " D=" << D << (with_state ? "" : " no state")
-           << (starts.empty() ? "" : " chunk starts") << (slow_decays ? " slow decays" : "")
+           << (fp32_leaves ? "fp32 leaves, PRIME_SSM_CORE=bf16" : "bf16 leaves") << ", " << forward_walk
+           << " forward walk, " << backward_walk << " backward walk) B=" << B << " T=" << T << " H=" << H
+           << " D=" << D << (with_state ? "" : " no state") << (starts.empty() ? "" : " chunk starts")
+           << (slow_decays ? " slow decays" : "")
            << ": gradients vs float64 (bf16 sensitivity)";
       for (size_t i = 0; i < grads.size(); ++i) {
         if (i < leaves.size()) CHECK(grads[i].scalar_type() == leaves[i].scalar_type());
@@ -690,8 +687,8 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
         const double sensitivity = norm_relative_error(moved[i], reference[i]);
         const char* name = i + 1 == grads.size() ? names[6] : names[i];
         line << " " << name << " " << error << " (" << sensitivity << ")";
-        INFO(backward_walk << " backward walk: " << name << " gradient " << error << ", its bf16 sensitivity "
-                           << sensitivity);
+        INFO(forward_walk << " forward walk, " << backward_walk << " backward walk: " << name << " gradient "
+                          << error << ", its bf16 sensitivity " << sensitivity);
         CHECK(error <= std::max(1e-2, 4 * sensitivity));
       }
       std::cout << line.str() << std::endl;
@@ -703,6 +700,21 @@ void check_bf16_training(int64_t B, int64_t T, int64_t H, int64_t D, bool with_s
     const bool fits = kernels::detail::gdn_backward_walk_bf16_fits_device(D, cuda.index());
     CHECK(at::equal(key_grads[2], key_grads[fits ? 1 : 0]));
 #endif
+  };
+  for (const bool fp32_leaves : {false, true}) {
+    const at::Tensor weight = fp32_leaves ? out_weight : out_weight.to(at::kBFloat16).to(at::kDouble);
+    const std::vector<at::Tensor> reference = float64_grads(in, weight);
+    CoreInputs nudged = in;
+    at::manual_seed(7 + T);
+    const auto nudge = [](const at::Tensor& t) { return t * (1.0 + std::ldexp(1.0, -9) * at::randn_like(t)); };
+    nudged.q = nudge(in.q), nudged.k = nudge(in.k), nudged.v = nudge(in.v);
+    const std::vector<at::Tensor> moved = float64_grads(nudged, nudge(weight));
+    const test::ScopedEnv core("PRIME_SSM_CORE", fp32_leaves ? "bf16" : nullptr);
+    std::vector<const char*> forward_walks{"fused"};
+#ifdef PRIME_WITH_CUDA
+    if (kernels::detail::gdn_forward_bf16_walk_wgmma_runs(D, cuda)) forward_walks.push_back("wgmma");
+#endif
+    for (const char* forward_walk : forward_walks) check_walks(fp32_leaves, forward_walk, weight, reference, moved);
   }
 }
 
@@ -718,17 +730,20 @@ TEST_CASE("GDN trained on the bf16 forward: gradients within bf16 accuracy of fl
   check_bf16_training(2, 192, 2, 32, false, {}, cuda);
   check_bf16_training(1, 1100, 2, 128, true, {}, cuda);
   check_bf16_training(2, 320, 2, 64, true, {false, true, false, true, false}, cuda);
+  check_bf16_training(1, 320, 2, 128, false, {false, true, false, true, false}, cuda);
   // The study's hard case: the decay parameters' gradient over 4K tokens of slowly decaying gates.
   check_bf16_training(1, 4096, 2, 128, true, {}, cuda, /*slow_decays=*/true);
 }
 
 // Small enough for compute-sanitizer: two chunks, the second partial, every kernel of the bf16 forward's
-// split walk and of the backward (the inverse formed again) once per chunk.
+// walks (at D = 128 on a Hopper GPU the warpgroup walk too) and of the backward (the inverse formed again)
+// once per chunk.
 TEST_CASE("GDN trained on the bf16 forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   check_bf16_training(1, 100, 1, 32, true, {}, at::Device(at::kCUDA, 0));
+  check_bf16_training(1, 100, 1, 128, true, {}, at::Device(at::kCUDA, 0));  // the warpgroup forward walk too
 }
 
 TEST_CASE("GDN trained on the bf16 forward: the fused reverse walk refuses fp32 products", "[kernels][gdn][gpu]") {

@@ -267,9 +267,10 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
 }
 
 // The bf16 operands' fused forward (gdn_forward_bf16_kernels.cu) into o (bf16) and final_state (fp32).
-// Returns its scratch; for_backward takes the split walk whatever PRIME_GDN_FORWARD_WALK says, so that
-// the scratch holds what the written-out backward reads (W, U_n, K_d, the chunk decays, the states
-// entering each chunk), and forms W and U' with (I + A)^-1 split into hi + lo.
+// Returns its scratch. for_backward keeps what the written-out backward reads (W, U_n, the chunk decays,
+// the states entering each chunk) and forms W and U' with (I + A)^-1 split into hi + lo: on the warpgroup
+// MMAs' fused walk where PRIME_GDN_FORWARD_WALK gives that walk (it keeps them as it walks; no K_d, which
+// only the backward's split walk reads and then forms), else on the split walk (K_d too).
 struct Bf16Scratch {
   at::Tensor w, u, k_decayed, decay, states;
 };
@@ -281,11 +282,16 @@ Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Ten
   detail::GdnForwardBf16Scratch scratch;
   scratch.w = new_output({M, N, kForwardChunk, D}, q.options());
   scratch.u = new_output({M, N, kForwardChunk, D}, q.options());
-  const Bf16Walk walk = for_backward ? Bf16Walk::split : bf16_walk(q);
+  const Bf16Walk asked = bf16_walk(q);
+  const Bf16Walk walk = for_backward && asked != Bf16Walk::fused_wgmma ? Bf16Walk::split : asked;
   scratch.split_inverse = for_backward;  // experiments/gdn_bf16_backward: the decay parameters' gradient
   if (walk != Bf16Walk::split) {
     scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
     scratch.walk_wgmma = walk == Bf16Walk::fused_wgmma;
+    if (for_backward) {
+      scratch.decay = new_output({M, N}, q.options().dtype(at::kFloat));
+      scratch.states = new_output({M, N, D, D}, q.options());
+    }
   } else {
     scratch.k_decayed = new_output({M, N, kForwardChunk, D}, q.options());
     scratch.decay = new_output({M, N}, q.options().dtype(at::kFloat));
@@ -445,9 +451,10 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
 
 // Training on the bf16 forward: q, k, v bf16, or fp32 ones rounded to bf16 here (the output then fp32
 // too, its gradient taken in fp32 and the inputs' gradients returned in fp32: no rounding beyond the
-// forward's own); g, beta and the state fp32. The forward takes the split walk and keeps its bf16
-// per-chunk results; the backward is gdn_chunk_backward on them, in fp32, with each chunk's (I + A)^-1
-// formed again (the bf16 prep does not write it).
+// forward's own); g, beta and the state fp32. The forward keeps its bf16 per-chunk results (forward_bf16's
+// for_backward: on the warpgroup walk where it runs, else the split walk); the backward is
+// gdn_chunk_backward on them, in fp32, with each chunk's (I + A)^-1 formed again (the bf16 prep does not
+// write it).
 struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
   static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,

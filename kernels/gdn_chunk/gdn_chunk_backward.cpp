@@ -277,7 +277,15 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     GdnFusedWalk walked = ops.fused_walk(s, c.gamma64, d_out, d_final_flat);
     G = walked.grads_after, d_u = walked.d_u, d_initial = walked.d_initial, c.d_chunk_decay = walked.d_chunk_decay;
   } else {
-    at::Tensor W = in_work(s.w), K_d = in_work(s.k_decayed);
+    // K_d = diag(e^{Gamma_C - Gamma}) K as the forward stores it (bf16), where that forward (the fused walk)
+    // did not keep it.
+    at::Tensor K_d = s.k_decayed.defined()
+                         ? in_work(s.k_decayed)
+                         : in_work((c.k.to(work) * at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64)
+                                                       .to(work)
+                                                       .unsqueeze(-1))
+                                       .to(s.q.scalar_type()));
+    at::Tensor W = in_work(s.w);
     at::Tensor scores;
     if (on_kernels) {
 #ifdef PRIME_WITH_CUDA

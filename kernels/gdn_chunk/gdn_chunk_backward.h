@@ -32,7 +32,8 @@ namespace prime::kernels {
 // inverse [M,N,64,64] = T, or undefined (the backward then forms it with ops.inverse); M = B*H,
 // N = ceil(T / 64); starts [N] bool or undefined (packed documents' first chunks). All in q's dtype
 // (fp32 or float64), or, from the bf16 forward, q, k, v, w, u, k_decayed and states bf16 with the
-// rest fp32: then the backward runs in fp32 on their values and every gradient is fp32.
+// rest fp32: then the backward runs in fp32 on their values and every gradient is fp32. The bf16
+// forward's fused walk keeps no k_decayed (undefined): the backward forms it where its split walk reads it.
 struct GdnChunkSaved {
   at::Tensor q, k, v, g, beta;
   at::Tensor w, u, k_decayed, decay, states, inverse;

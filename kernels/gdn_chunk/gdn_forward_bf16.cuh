@@ -20,10 +20,10 @@ struct Bf16Params {
   const Bf16 *q, *k, *v;          // [B,T,H,D]
   const float *g, *beta;          // [B,T,H]
   int T, H, num_chunks;
-  Bf16 *w, *u;                    // [M,N,64,D]; u holds U', then (split walk) U_n
+  Bf16 *w, *u;                    // [M,N,64,D]; u holds U', then (split walk, or kept) U_n
   Bf16* k_decayed;                // [M,N,64,D], split walk only (else null)
-  float* decay;                   // [M,N], split walk only
-  Bf16* states;                   // [M,N,D,D], split walk only
+  float* decay;                   // [M,N], split walk, or kept by the warpgroup walk (else null)
+  Bf16* states;                   // [M,N,D,D], split walk, or kept by the warpgroup walk (then U_n too)
   double* gamma;                  // [M,N,64], fused walk only: each chunk's prefix sums of the gates
   const float* initial;           // [M,D,D] or null (zeros)
   float* final_state;             // [M,D,D]

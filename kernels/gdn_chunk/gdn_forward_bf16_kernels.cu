@@ -98,11 +98,11 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
       for (int e = 0; e < 8; ++e) values[e] *= f;
       *reinterpret_cast<uint4*>(p.k_decayed + (row0 + t) * D + i) = pack8(values);
     }
-    if (threadIdx.x == 0)
-      p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
   } else if (threadIdx.x < kChunk) {  // the fused walk's G
     p.gamma[row0 + threadIdx.x] = gamma[threadIdx.x];
   }
+  if (p.decay != nullptr && threadIdx.x == 0)  // e^{G_end}: the split walk's, and the backward's
+    p.decay[static_cast<size_t>(bh) * p.num_chunks + chunk] = expf(static_cast<float>(gamma[kChunk - 1]));
   __syncthreads();
   scale_rows<kChunk, D, kThreads>(ks, [&](int t) { return beta[t] * expf(static_cast<float>(gamma[t])); });
   scale_rows<kChunk, D, kThreads>(vs, [&](int t) { return beta[t]; });
@@ -402,8 +402,12 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   PRIME_CHECK(D == 32 || D == 64 || D == 128, op, ": head dim ", D, " is not 32, 64 or 128");
   PRIME_CHECK(M <= 65535 && N <= 2147483647, op, ": batch * heads must be <= 65535");
   const bool fused_walk = scratch.gamma.defined();
-  PRIME_CHECK(fused_walk != (scratch.k_decayed.defined() || scratch.decay.defined() || scratch.states.defined()), op,
-              ": give gamma (the fused walk) or k_decayed, decay and states (the split walk)");
+  // The warpgroup MMAs' fused walk may also keep what the backward reads (decay and states, U_n over u).
+  const bool keeps = fused_walk && scratch.walk_wgmma && scratch.states.defined();
+  PRIME_CHECK(fused_walk != scratch.k_decayed.defined() &&
+                  (keeps || fused_walk != (scratch.decay.defined() || scratch.states.defined())),
+              op, ": give gamma (the fused walk; on the warpgroup MMAs also decay and states for the backward) or ",
+              "k_decayed, decay and states (the split walk)");
   for (const auto& [tensor, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&o, "o"}})
     check_operand_sizes(*tensor, op, name, at::kBFloat16, q.sizes());
   check_operand_sizes(g, op, "g", at::kFloat, {B, T, H});
@@ -420,6 +424,11 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
     }
     check_operand_sizes(scratch.gamma, op, "gamma", at::kDouble, {M, N, kChunk});
     check_aligned(scratch.gamma, op, "gamma", 16);
+    if (keeps) {
+      check_operand_sizes(scratch.decay, op, "decay", at::kFloat, {M, N});
+      check_operand_sizes(scratch.states, op, "states", at::kBFloat16, {M, N, D, D});
+      check_aligned(scratch.states, op, "states", 16);
+    }
   } else {
     PRIME_CHECK(!scratch.walk_wgmma, op, ": the warpgroup MMAs' walk is a fused walk: give gamma");
     rows.emplace_back(&scratch.k_decayed, "k_decayed");
@@ -452,6 +461,10 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.u = reinterpret_cast<Bf16*>(scratch.u.data_ptr());
   if (fused_walk) {
     p.gamma = scratch.gamma.data_ptr<double>();
+    if (keeps) {
+      p.decay = scratch.decay.data_ptr<float>();
+      p.states = reinterpret_cast<Bf16*>(scratch.states.data_ptr());
+    }
   } else {
     p.k_decayed = reinterpret_cast<Bf16*>(scratch.k_decayed.data_ptr());
     p.decay = scratch.decay.data_ptr<float>();

@@ -15,6 +15,9 @@
 //   groups 2, 3: diag(e^G) (Q_n S) on columns 64 (g - 2) .., kept in the registers; barrier;
 //   groups 2, 3: O_n = that + P U_n, to o from the registers;
 //   every group: S = e^{G_end} S + K_n^T diag(e^{G_end - G}) U_n on its block.
+// Where p.states is given (training: what the written-out backward reads), bf16(S) also goes to
+// states[n] and bf16 U_n over U'_n in u (U'_n is in shared memory by then), as the split walk keeps them:
+// copied out of their swizzled shared arrays in 16-byte rows' pieces once a barrier has passed.
 // Q, K and G of chunk n + 1 are fetched (cp.async) once the first barrier has passed, W and U' once
 // the second has. Two block barriers per chunk.
 #include <ATen/cuda/CUDAContext.h>
@@ -47,6 +50,19 @@ struct WgmmaWalk {
                             kGamma = kScores + kChunk * kChunk * 2, kEnd = kGamma + 2 * kChunk * sizeof(double);
   static constexpr size_t kSharedBytes = kEnd + 1024;  // room to align the base
 };
+
+// dst [ROWS][128] (row-major, bf16) = the swizzled [ROWS][128] matrix at src, in 16-byte pieces.
+template <int ROWS>
+__device__ __forceinline__ void copy_out(Bf16* dst, const unsigned char* src) {
+  constexpr int kPieces = ROWS * 128 / 8;
+  static_assert(kPieces % WgmmaWalk::kThreads == 0, "whole rounds of pieces");
+#pragma unroll 1  // one piece in flight per thread: the walk has no registers to spare
+  for (int i = 0; i < kPieces / WgmmaWalk::kThreads; ++i) {
+    const int piece = static_cast<int>(threadIdx.x) + WgmmaWalk::kThreads * i, row = piece / 16, col = 8 * (piece % 16);
+    *reinterpret_cast<uint4*>(dst + row * 128 + col) =
+        *reinterpret_cast<const uint4*>(src + wgmma::sw128_offset(row, col, ROWS));
+  }
+}
 
 __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_wgmma_kernel(const Bf16Params p) {
   using namespace wgmma;
@@ -121,6 +137,8 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
       fence_proxy_async();  // bf16(S) and the copies, for the MMAs' reads
       __syncthreads();
       if (n + 1 < end) fetch_qk(n + 1);  // buffer (n + 1) % 2: its last readers, chunk n - 1, are done
+      if (p.states != nullptr)  // bf16(S) to states[n] (rewritten in shared memory after the second barrier)
+        copy_out<D>(p.states + (static_cast<size_t>(m) * N + n) * state_size, base + L::kS);
       const uint32_t q_at = base_at + L::kQ + (n & 1) * L::kMatrix, k_at = base_at + L::kK + (n & 1) * L::kMatrix;
       const double* gamma = gammas + (n & 1) * kChunk;
       const double gamma_end = gamma[kChunk - 1];
@@ -180,6 +198,8 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
       fence_proxy_async();  // U_n, its decayed rows and the scores, for the MMAs' reads
       __syncthreads();
       if (n + 1 < end) fetch_wu(n + 1);  // W_n and U'_n are read
+      if (p.states != nullptr)  // U_n over U'_n (chunk n's U' came in before the first barrier)
+        copy_out<kChunk>(p.u + (static_cast<size_t>(m) * N + n) * kChunk * D, base + L::kUb);
       const float d = expf(static_cast<float>(gamma_end));
 #pragma unroll
       for (int e = 0; e < 32; ++e) s[e] *= d;
