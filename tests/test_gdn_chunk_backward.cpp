@@ -273,6 +273,38 @@ TEST_CASE("GDN chunked backward written out: from the bf16 forward's results wit
   }
 }
 
+// The bf16 forward's warpgroup walk keeps no K_d; the backward's split walk then forms it from K and the
+// gates (diag(e^{Gamma_C - Gamma}) K): the gradients of saved results with K_d and without it agree to
+// float64's rounding (T not a multiple of 64, a document start).
+TEST_CASE("GDN chunked backward written out: without a saved K_d the split walk forms it", "[kernels][gdn]") {
+  const int64_t B = 2, T = 150, H = 2, D = 16;
+  at::manual_seed(41);
+  at::Tensor q = at::randn({B, T, H, D}, kF64), k = at::randn({B, T, H, D}, kF64);
+  q = q / q.norm(2, -1, true) / std::sqrt(static_cast<double>(D));
+  k = k / k.norm(2, -1, true);
+  const at::Tensor v = at::randn({B, T, H, D}, kF64), d_out = at::randn({B, T, H, D}, kF64);
+  const at::Tensor g = -at::rand({B, T, H}, kF64) * 0.4 - 0.01, beta = at::rand({B, T, H}, kF64) * 0.9 + 0.05;
+  const at::Tensor state = at::randn({B, H, D, D}, kF64) * 0.1, d_final = at::randn({B * H, D, D}, kF64);
+  const std::vector<bool> starts{false, true, false};
+  const at::NoGradGuard no_grad;
+  const kernels::GdnChunkSaved with = forward_results(q, k, v, g, beta, state, starts, false);
+  kernels::GdnChunkSaved without = with;
+  without.k_decayed = at::Tensor();
+  const kernels::GdnChunkGrads want = kernels::gdn_chunk_backward(with, d_out, d_final, cpu_ops());
+  const kernels::GdnChunkGrads got = kernels::gdn_chunk_backward(without, d_out, d_final, cpu_ops());
+  const std::pair<const char*, std::pair<at::Tensor, at::Tensor>> grads[] = {
+      {"q", {got.q, want.q}}, {"k", {got.k, want.k}},       {"v", {got.v, want.v}},
+      {"g", {got.g, want.g}}, {"beta", {got.beta, want.beta}}, {"state", {got.state, want.state}}};
+  for (const auto& [name, pair] : grads) {
+    INFO(name << " gradient");
+    CHECK(test::norm_relative_error(pair.first, pair.second) <= 1e-12);
+  }
+  // A K_d formed wrongly would show: the saved one scaled moves k's gradient far past that.
+  kernels::GdnChunkSaved scaled = with;
+  scaled.k_decayed = with.k_decayed * 1.01;
+  CHECK(test::norm_relative_error(kernels::gdn_chunk_backward(scaled, d_out, d_final, cpu_ops()).k, want.k) > 1e-6);
+}
+
 TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_PRODUCTS picks the products' arithmetic",
           "[kernels][gdn]") {
   using kernels::GemmPrecision;
