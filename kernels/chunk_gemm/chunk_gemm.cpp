@@ -54,8 +54,9 @@ bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, Gem
   return out.data_ptr() != a.data_ptr() && out.data_ptr() != b.data_ptr();
 }
 
-// Whether one launch takes the whole sum: one term, or bf16 products' terms, every one served, their operands in the same orientations and
-// dtypes (one kernel instance), their column scales fp32 with the last stride 1.
+// Whether one launch takes the whole sum: one term, or bf16 products' terms, every one served, their
+// operands in the same orientations and dtypes (one kernel instance), their column scales fp32 with the
+// last stride 1.
 bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision) {
   if (terms.empty() || terms.size() > static_cast<size_t>(kMaxGemmTerms)) return false;
   if (terms.size() > 1 && precision != GemmPrecision::Bf16) return false;

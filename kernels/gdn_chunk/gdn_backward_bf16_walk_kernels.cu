@@ -25,8 +25,8 @@
 
 #include "kernels/common/bf16_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
-#include "kernels/common/prefetch.cuh"
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/prefetch.cuh"
 #include "kernels/common/restart_segments.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 #include "kernels/gdn_chunk/gdn_forward_bf16.cuh"
@@ -51,8 +51,8 @@ struct BackwardWalkParams {
   int T, H, num_chunks;
   Bf16* grads_after;     // [M,N,D,D]
   float* d_chunk_decay;  // [M,N]
-  Bf16* d_u;           // [M,N,64,D]
-  float* d_initial;    // [M,D,D]
+  Bf16* d_u;             // [M,N,64,D]
+  float* d_initial;      // [M,D,D]
 };
 
 // The block's shared memory: Gamma [2][64] (float64); the warps' sums of S_n o G; Q, K, dO [2] and W,
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(WalkTiles<D>::kThreads, D == 128 ? 1 : 2)
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   double* gammas = reinterpret_cast<double*>(shared_bytes);  // [2][64]
   float* dots = reinterpret_cast<float*>(gammas + 2 * kChunk);  // [kWarps]: each warp's sum of S_n o G
-  Bf16* qs = reinterpret_cast<Bf16*>(reinterpret_cast<unsigned char*>(dots) + BackwardWalk<D>::kDotBytes);  // [2]: Q_n
+  Bf16* qs = reinterpret_cast<Bf16*>(reinterpret_cast<unsigned char*>(dots) + BackwardWalk<D>::kDotBytes);  // [2]
   Bf16* ks = qs + 2 * kMatrix;                               // [2]: K_n
   Bf16* dos = ks + 2 * kMatrix;                              // [2]: dO_n
   Bf16* ws = dos + 2 * kMatrix;                              // W_n

@@ -93,10 +93,11 @@ bool gdn_chunk_fused_bf16_apply(const at::Tensor& q, const at::Tensor& k, const 
 // k's and v's gradients fp32); g, beta, state fp32. The forward keeps its bf16 per-chunk results (W,
 // U_n, the states entering each chunk, K_d where it takes the split walk; the chunk decays in fp32):
 // less than half of what gdn_chunk_fused keeps. It walks on the warpgroup MMAs where
-// PRIME_GDN_FORWARD_WALK gives that walk (it keeps them as it walks), else on the split walk. Its backward is gdn_chunk_backward on them in fp32 (the
-// fp32 kernels; each chunk's (I + A)^-1 formed again), so the gradients carry the bf16 forward's own
-// rounding, up to 1.6x their sensitivity to bf16 inputs with the forward's W and U' formed from a split
-// (I + A)^-1 (experiments/gdn_bf16_backward); bf16 leaves get theirs rounded to bf16. The output is in q's dtype, the final state fp32.
+// PRIME_GDN_FORWARD_WALK gives that walk (it keeps them as it walks), else on the split walk. Its
+// backward is gdn_chunk_backward on them in fp32 (the fp32 kernels; each chunk's (I + A)^-1 formed
+// again), so the gradients carry the bf16 forward's own rounding, up to 1.6x their sensitivity to bf16
+// inputs with the forward's W and U' formed from a split (I + A)^-1 (experiments/gdn_bf16_backward);
+// bf16 leaves get theirs rounded to bf16. The output is in q's dtype, the final state fp32.
 std::pair<at::Tensor, at::Tensor> gdn_chunk_fused_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        const at::Tensor& g, const at::Tensor& beta,
                                                        const at::Tensor& state, const at::Tensor& chunk_starts);

@@ -341,7 +341,8 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.d_v_in = product(transposed(inverse), d_u);
   c.d_k_in = product(transposed(inverse), d_w);
   d_w = d_u = at::Tensor();
-  c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));  // dA = -p
+  // dA = -p
+  c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});

@@ -53,8 +53,8 @@ void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const a
 // scores [MN,64,64] = qk * D with D_ij = e^{Gamma_i - Gamma_j} (j <= i), else 0.
 void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const at::Tensor& scores);
 // d_scores becomes d(QK^T) = d_scores * D; p (T^T dT T^T) becomes d(KK^T) + d(KK^T)^T: d(KK^T) =
-// -beta_i p_ij D_ij below the diagonal, the same mirrored above it, 0 on it; d_beta_a [MN,64] = sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the
-// decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij) kk_ij) D_ij.
+// -beta_i p_ij D_ij below the diagonal, the same mirrored above it, 0 on it; d_beta_a [MN,64] =
+// sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij) kk_ij) D_ij.
 void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
