@@ -345,3 +345,93 @@ TEST_CASE("chunk gemm: a sum of products on CUDA gives its terms added in turn b
   kernels::chunk_gemm_sum(out, mixed, 0.0, GemmPrecision::Bf16);
   CHECK(at::equal(out, in_turn(at::full({4, 64, 64}, NAN, f32), mixed, 0.0, GemmPrecision::Bf16)));
 }
+
+namespace {
+
+// A time-major [B,T,H,D] tensor's per-chunk view [B,H,T/C,C,D] (chunk_gemm's batch of three dims, read in
+// place) and the same values as a contiguous [B*H*T/C, C, D] copy.
+std::pair<at::Tensor, at::Tensor> per_chunk_view(int64_t B, int64_t T, int64_t H, int64_t D, int64_t C,
+                                                 const at::TensorOptions& options) {
+  const at::Tensor x = at::randn({B, T, H, D}, options);
+  const at::Tensor view = x.unflatten(1, {T / C, C}).permute({0, 3, 1, 2, 4});
+  return {view, view.contiguous().view({-1, C, D})};
+}
+
+}  // namespace
+
+// Batches of two and three dims off CUDA: the products of the batch flattened, whatever the strides; an out
+// whose batch does not flatten to one dim in place is written back; mismatched batches are refused.
+TEST_CASE("chunk gemm: batches of several dims on the CPU are their flattened products", "[kernels][chunk_gemm]") {
+  at::manual_seed(29);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  const auto [a, a_flat] = per_chunk_view(2, 48, 3, 8, 16, f64);  // [2,3,3,16,8]
+  const at::Tensor b = at::randn({2, 3, 3, 8, 16}, f64), scale = at::randn({2, 3, 3, 16}, f64);
+  const at::Tensor b_flat = b.reshape({-1, 8, 16}), scale_flat = scale.reshape({-1, 16});
+  const at::Tensor want = at::bmm(a_flat, b_flat) * scale_flat.unsqueeze(1);
+  const at::Tensor got = kernels::chunk_matmul(a, b, 1.0, scale);
+  CHECK(got.sizes() == at::IntArrayRef({2, 3, 3, 16, 16}));
+  CHECK(test::norm_relative_error(got.reshape({-1, 16, 16}), want) < 1e-14);
+  // Two batch dims, out a permuted view (its batch does not flatten in place), beta 1.
+  const at::Tensor a2 = a_flat.view({6, 3, 16, 8}), b2 = b_flat.view({6, 3, 8, 16});
+  const at::Tensor out_storage = at::randn({3, 6, 16, 16}, f64);
+  at::Tensor out = out_storage.permute({1, 0, 2, 3});
+  const at::Tensor out0 = out.clone();
+  kernels::chunk_gemm(out, a2, b2, -2.0, 1.0);
+  CHECK(test::norm_relative_error(out, out0 - 2.0 * at::matmul(a2, b2)) < 1e-14);
+  CHECK(out.data_ptr() == out_storage.data_ptr());
+  // Bf16 products of a three-dim batch: the flattened operands' rounded products.
+  const at::Tensor rounded = kernels::chunk_matmul_sum({GemmTerm{a, b, 0.5, scale}}, GemmPrecision::Bf16);
+  const at::Tensor rounded_want = kernels::chunk_matmul(a_flat, b_flat, 0.5, scale_flat, GemmPrecision::Bf16);
+  CHECK(at::equal(rounded.reshape({-1, 16, 16}), rounded_want));
+  CHECK_THROWS_WITH(kernels::chunk_matmul(a, b.narrow(1, 0, 2)), Catch::Contains("do not multiply"));
+  CHECK_THROWS_WITH(kernels::chunk_matmul(a2.unsqueeze(0).unsqueeze(0), b2.unsqueeze(0).unsqueeze(0)),
+                    Catch::Contains("do not multiply"));
+}
+
+// On CUDA: a batch of three dims whose operand is a time-major tensor's per-chunk view (strided batch dims,
+// bf16 and fp32) is served in place, and gives the bits of the same product on the contiguous copies with
+// one batch dim, for fp32 and bf16 products, a sum of two terms with column scales, and an out that is
+// itself a permuted view.
+TEST_CASE("chunk gemm: a batch of three dims reads per-chunk views in place bit for bit", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  at::manual_seed(31);
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  const int64_t B = 2, T = 192, H = 3, D = 128, C = 64, N = T / C;
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    INFO("operands " << type);
+    const auto [q, q_flat] = per_chunk_view(B, T, H, D, C, f32.dtype(type));
+    const auto [k, k_flat] = per_chunk_view(B, T, H, D, C, f32.dtype(type));
+    const at::Tensor state = at::randn({B, H, N, D, D}, f32), state_flat = state.view({-1, D, D});
+    const at::Tensor scale = at::randn({B, H, N, C}, f32), scale_flat = scale.view({-1, C});
+    for (const GemmPrecision precision : {GemmPrecision::Fp32, GemmPrecision::Bf16}) {
+      if (type == at::kBFloat16 && precision == GemmPrecision::Fp32) continue;  // fp32 products take fp32
+      INFO("bf16 products " << (precision == GemmPrecision::Bf16));
+      at::Tensor out = at::full({B, H, N, C, D}, NAN, f32);
+      REQUIRE(kernels::chunk_gemm_apply(out, q, state, precision));
+      kernels::chunk_gemm(out, q, state, 1.0, 0.0, at::Tensor(), precision);
+      CHECK(at::equal(out.view({-1, C, D}), kernels::chunk_matmul(q_flat, state_flat, 1.0, at::Tensor(), precision)));
+      // q k^T with k transposed in place, into a permuted out ([N] outermost in memory).
+      at::Tensor scores_storage = at::full({N, B, H, C, C}, NAN, f32);
+      at::Tensor scores = scores_storage.permute({1, 2, 0, 3, 4});
+      REQUIRE(kernels::chunk_gemm_apply(scores, q, k.transpose(-1, -2), precision));
+      kernels::chunk_gemm(scores, q, k.transpose(-1, -2), -0.5, 0.0, scale, precision);
+      const at::Tensor scores_want = kernels::chunk_matmul(q_flat, k_flat.transpose(1, 2), -0.5, scale_flat, precision);
+      CHECK(at::equal(scores.contiguous().view({-1, C, C}), scores_want));
+    }
+    // A sum of two bf16 products with column scales, one launch.
+    const at::Tensor column_scale = at::randn({B, H, N, D}, f32);
+    const std::vector<GemmTerm> terms{GemmTerm{q, state, 1.0, at::Tensor()}, GemmTerm{k, state, -0.75, column_scale}};
+    const std::vector<GemmTerm> flat_terms{GemmTerm{q_flat, state_flat, 1.0, at::Tensor()},
+                                           GemmTerm{k_flat, state_flat, -0.75, column_scale.view({-1, D})}};
+    at::Tensor sum = at::full({B, H, N, C, D}, NAN, f32);
+    REQUIRE(kernels::chunk_gemm_sum_apply(sum, terms, GemmPrecision::Bf16));
+    kernels::chunk_gemm_sum(sum, terms, 0.0, GemmPrecision::Bf16);
+    CHECK(at::equal(sum.view({-1, C, D}), kernels::chunk_matmul_sum(flat_terms, GemmPrecision::Bf16)));
+  }
+}

@@ -619,7 +619,8 @@ TEST_CASE("PRIME_SSM_CORE=bf16: fp32 calls take the bf16 fused forward with and 
 // rounding (experiments/gdn_bf16_backward: up to 1.6x of it), and sum(dg g) per head, what a decay
 // parameter's gradient sums (the study's hard cases, 4K tokens with slowly decaying gates, within 0.75
 // of the bound with training's split inverse; one such shape here, other inputs). T not
-// a multiple of 64, D = 32, 64, 128, with and without an initial state, packed documents (chunk starts),
+// a multiple of 64 (the backward then copies q, k, v and dO per chunk) and multiples of 64 (it reads them
+// in place), D = 32, 64, 128, with and without an initial state, packed documents (chunk starts),
 // and the graph holds the bf16 function's node. The forward walk asked for is the mma.sync fused one
 // (training then takes the split walk) and, at D = 128 on a Hopper GPU, the warpgroup one (which keeps the
 // backward's states and U_n as it walks). Each case runs the backward's two walks (PRIME_GDN_BACKWARD_WALK
@@ -737,13 +738,15 @@ TEST_CASE("GDN trained on the bf16 forward: gradients within bf16 accuracy of fl
 
 // Small enough for compute-sanitizer: two chunks, the second partial, every kernel of the bf16 forward's
 // walks (at D = 128 on a Hopper GPU the warpgroup walk too) and of the backward (the inverse formed again)
-// once per chunk.
+// once per chunk; and two full chunks, where the backward's products and rows kernel read q, k, v and dO
+// in place (per-chunk views of the time-major tensors) instead of per-chunk copies.
 TEST_CASE("GDN trained on the bf16 forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
   check_bf16_training(1, 100, 1, 32, true, {}, at::Device(at::kCUDA, 0));
   check_bf16_training(1, 100, 1, 128, true, {}, at::Device(at::kCUDA, 0));  // the warpgroup forward walk too
+  check_bf16_training(1, 128, 1, 64, false, {}, at::Device(at::kCUDA, 0));
 }
 
 TEST_CASE("GDN trained on the bf16 forward: the fused reverse walk refuses fp32 products", "[kernels][gdn][gpu]") {

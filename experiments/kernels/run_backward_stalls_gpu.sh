@@ -2,11 +2,12 @@
 # Where the bf16 backwards of GDN and Mamba-2 SSD spend their time, on one GPU, in one call: builds
 # prime-bench and prime_tests into build-gpu (sm_90a; carry .deps), then at (4,8192,32,128), bf16:
 #   - ncu's kernel times of one fwd+bwd of each type (ncu_times_{GDN,M2}.txt, summed per kernel);
-#   - the speed of light, occupancy, stall reasons, scheduler and memory sections, with the source
-#     counters (the SASS lines warps stall on most), of GDN's fused reverse walk and of SSD's gradient
-#     kernel and reverse walk (the walk's second launch of a fwd+bwd);
+#   - the speed of light, occupancy, stall reasons, scheduler and memory sections, and the stall samples
+#     by SASS line (experiments/gpu/ncu_source_summary.py), of GDN's fused reverse walk and of SSD's
+#     gradient kernel and reverse walk (the walk's second launch of a fwd+bwd);
 #   - racecheck on GDN's small training shape (the forward's warpgroup walk among its cases).
 # Results under $OUT, all.tgz among them.
+# SKIP_TIMES=1 leaves out the kernel times, SKIP_RACECHECK=1 the racecheck.
 #   bash experiments/kernels/run_backward_stalls_gpu.sh [--no-build]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,9 @@ if [ "${1:-}" != --no-build ]; then
     prime-bench prime_tests || exit 1
 fi
 export PRIME_REQUIRE_CUDA=1
-for type in GDN M2; do
+types="GDN M2"
+[ -n "${SKIP_TIMES:-}" ] && types=""
+for type in $types; do
   run 60 "ncu_times_$type" ncu --profile-from-start off --metrics gpu__time_duration.sum \
       build-gpu/bin/prime-bench kernels --device cuda --dtype bf16 --types "$type" --profile &&
     python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu_times_$type.txt" "$type bf16 fwd+bwd" |
@@ -30,21 +33,30 @@ for type in GDN M2; do
 done
 sections=(--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats
           --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters)
-# stalls NAME KERNEL_REGEX SKIP TYPE: one launch of the kernel (after SKIP of them) in a fwd+bwd.
+# stalls NAME KERNEL_REGEX SKIP TYPE: one launch of the kernel (after SKIP of them) in a fwd+bwd: its
+# sections, then its stall samples by SASS line (NAME_source.txt, ncu_source_summary.py's digest).
 stalls() {
-  run 90 "$1" ncu --kernel-name "regex:$2" --launch-skip "$3" --launch-count 1 "${sections[@]}" \
-      build-gpu/bin/prime-bench kernels --device cuda --dtype bf16 --repeats 1 --types "$4"
+  run 90 "$1_run" ncu --kernel-name "regex:$2" --launch-skip "$3" --launch-count 1 "${sections[@]}" -f \
+      --export "$OUT/$1" build-gpu/bin/prime-bench kernels --device cuda --dtype bf16 --repeats 1 --types "$4"
+  [ -f "$OUT/$1.ncu-rep" ] || return 1
+  ncu --import "$OUT/$1.ncu-rep" --page details > "$OUT/$1.txt" 2>&1
   grep -E '^ +Duration' "$OUT/$1.txt" | head -1 | tr -s ' '
+  ncu --import "$OUT/$1.ncu-rep" --page source --print-source sass --csv > "$OUT/$1_source.csv" 2>&1 &&
+    python3 experiments/gpu/ncu_source_summary.py "$OUT/$1_source.csv" > "$OUT/$1_source.txt" 2>&1
+  head -24 "$OUT/$1_source.txt"
+  rm -f "$OUT/$1.ncu-rep" "$OUT/$1_source.csv"
 }
 stalls ncu_gdn_reverse_walk gdn_backward_walk_bf16_kernel 0 GDN
 stalls ncu_ssd_grad ssd_backward_grad_bf16_kernel 0 M2
 stalls ncu_ssd_reverse_walk ssd_walk_bf16_kernel 1 M2
-for f in "$OUT"/ncu_gdn_reverse_walk.txt "$OUT"/ncu_ssd_*.txt; do
-  echo "== $(basename "$f" .txt)"
+for name in ncu_gdn_reverse_walk ncu_ssd_grad ncu_ssd_reverse_walk; do
+  f=$OUT/$name.txt
+  [ -f "$f" ] || continue
+  echo "== $name"
   grep -E 'Duration|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Registers Per|Stall|stall' "$f" |
     head -16
 done | tee "$OUT/summary.txt"
-run 150 racecheck_gdn_training compute-sanitizer --tool racecheck build-gpu/bin/prime_tests \
+[ -n "${SKIP_RACECHECK:-}" ] || run 150 racecheck_gdn_training compute-sanitizer --tool racecheck build-gpu/bin/prime_tests \
     "GDN trained on the bf16 forward: a small shape for the sanitizer"
-grep -E "RACECHECK SUMMARY|passed|failed" "$OUT/racecheck_gdn_training.txt" | tail -2
+grep -E "RACECHECK SUMMARY|passed|failed" "$OUT/racecheck_gdn_training.txt" 2>/dev/null | tail -2
 echo "total: $(( $(date +%s) - start )) s"

@@ -18,15 +18,24 @@ namespace {
 
 bool aligned16(const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; }
 
-// One of the last two strides 1, the other and the batch stride multiples of a 16-byte vector (4 floats,
+// The batch dims: all but the last two.
+int64_t batch_dims(const at::Tensor& x) { return x.dim() - 2; }
+at::IntArrayRef batch_sizes(const at::Tensor& x) { return x.sizes().slice(0, batch_dims(x)); }
+
+// One of the last two strides 1, the other and the batch strides multiples of a 16-byte vector (4 floats,
 // 8 bf16), 16-byte aligned.
 bool served_operand(const at::Tensor& x) {
   const int64_t vector = x.scalar_type() == at::kBFloat16 ? 8 : 4;
-  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);
-  const bool rows = s2 == 1 && s1 % vector == 0 && s1 >= x.size(2);
-  const bool columns = s1 == 1 && s2 % vector == 0 && s2 >= x.size(1);
-  return (rows || columns) && s0 % vector == 0 && s0 >= 0 && aligned16(x);
+  const int64_t s1 = x.stride(-2), s2 = x.stride(-1);
+  const bool rows = s2 == 1 && s1 % vector == 0 && s1 >= x.size(-1);
+  const bool columns = s1 == 1 && s2 % vector == 0 && s2 >= x.size(-2);
+  for (int64_t dim = 0; dim < batch_dims(x); ++dim)
+    if (x.stride(dim) % vector != 0 || x.stride(dim) < 0) return false;
+  return (rows || columns) && aligned16(x);
 }
+
+// [batch..., r, c] as [batch, r, c]: a view where the batch dims' strides allow it, else a copy.
+at::Tensor one_batch_dim(const at::Tensor& x) { return batch_dims(x) == 1 ? x : x.flatten(0, batch_dims(x) - 1); }
 
 // A product's dtype: the operands', or fp32 for bf16 ones (their exact values).
 at::ScalarType product_type(const at::Tensor& a, const at::Tensor& b) {
@@ -38,18 +47,22 @@ at::ScalarType product_type(const at::Tensor& a, const at::Tensor& b) {
 // `bf16_out` (with bf16 products).
 bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision, bool bf16_out) {
   if (!out.defined() || !a.defined() || !b.defined() || !use_cuda_kernels(a)) return false;
+  const int64_t dims = out.dim();
+  if (dims < 3 || dims > 2 + kMaxGemmBatchDims) return false;
   for (const at::Tensor* t : {&out, &a, &b}) {
     const bool bf16 = t->scalar_type() == at::kBFloat16 && precision == GemmPrecision::Bf16 && (t != &out || bf16_out);
-    if ((t->scalar_type() != at::kFloat && !bf16) || t->device() != a.device() || t->dim() != 3) return false;
+    if ((t->scalar_type() != at::kFloat && !bf16) || t->device() != a.device() || t->dim() != dims) return false;
   }
-  const int64_t batch = a.size(0), m = a.size(1), k = a.size(2), n = b.size(2);
-  if (b.size(0) != batch || b.size(1) != k || out.size(0) != batch || out.size(1) != m || out.size(2) != n)
-    return false;
+  if (batch_sizes(a) != batch_sizes(out) || batch_sizes(b) != batch_sizes(out)) return false;
+  const int64_t batch = c10::multiply_integers(batch_sizes(out)), m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  if (b.size(-2) != k || out.size(-2) != m || out.size(-1) != n) return false;
   if (batch < 1 || batch > INT_MAX || m % 16 != 0 || n % 16 != 0 || k % 8 != 0 || m == 0 || n == 0 || k == 0)
     return false;
   if (m > 65535 * 64 || n > 65535 * 64 || k > INT_MAX / 2) return false;  // the grid's y and z
   if (!served_operand(a) || !served_operand(b)) return false;
-  if (out.stride(2) != 1 || out.stride(1) % 2 != 0 || out.stride(1) < n || out.stride(0) % 2 != 0) return false;
+  if (out.stride(-1) != 1 || out.stride(-2) % 2 != 0 || out.stride(-2) < n) return false;
+  for (int64_t dim = 0; dim < batch_dims(out); ++dim)
+    if (out.stride(dim) % 2 != 0) return false;
   if (reinterpret_cast<uintptr_t>(out.data_ptr()) % 8 != 0) return false;
   return out.data_ptr() != a.data_ptr() && out.data_ptr() != b.data_ptr();
 }
@@ -64,10 +77,10 @@ bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmP
   for (const GemmTerm& term : terms) {
     if (!served(out, term.a, term.b, precision, true)) return false;
     if (term.a.scalar_type() != first.a.scalar_type() || term.b.scalar_type() != first.b.scalar_type()) return false;
-    if ((term.a.stride(2) == 1) != (first.a.stride(2) == 1) || (term.b.stride(2) == 1) != (first.b.stride(2) == 1))
+    if ((term.a.stride(-1) == 1) != (first.a.stride(-1) == 1) || (term.b.stride(-1) == 1) != (first.b.stride(-1) == 1))
       return false;
     if (term.column_scale.defined() &&
-        (term.column_scale.scalar_type() != at::kFloat || term.column_scale.stride(1) != 1))
+        (term.column_scale.scalar_type() != at::kFloat || term.column_scale.stride(-1) != 1))
       return false;
   }
   return true;
@@ -78,7 +91,7 @@ void one_product(at::Tensor& out, const GemmTerm& term, double beta, GemmPrecisi
   const at::Tensor &a = term.a, &b = term.b, &column_scale = term.column_scale;
   const double alpha = term.alpha;
   const bool scale_served = !column_scale.defined() ||
-                            (column_scale.scalar_type() == at::kFloat && column_scale.stride(1) == 1);
+                            (column_scale.scalar_type() == at::kFloat && column_scale.stride(-1) == 1);
   if (scale_served && served(out, a, b, precision, false)) {
 #ifdef PRIME_WITH_CUDA
     detail::launch_chunk_gemm(out, {term}, static_cast<float>(beta), precision == GemmPrecision::Bf16);
@@ -90,16 +103,21 @@ void one_product(at::Tensor& out, const GemmTerm& term, double beta, GemmPrecisi
   const auto operand = [&](const at::Tensor& x) {
     return precision == GemmPrecision::Bf16 ? x.to(at::kBFloat16).to(out.scalar_type()) : x.to(out.scalar_type());
   };
-  const at::Tensor a_in = operand(a), b_in = operand(b);
+  const at::Tensor a_in = one_batch_dim(operand(a)), b_in = one_batch_dim(operand(b));
+  // out with one batch dim: a view of out where its strides allow, else a copy written back.
+  at::Tensor flat = one_batch_dim(out);
+  const bool view = flat.is_alias_of(out);
   if (!column_scale.defined()) {
-    at::baddbmm_out(out, out, a_in, b_in, beta, alpha);
+    at::baddbmm_out(flat, flat, a_in, b_in, beta, alpha);
   } else {
-    const at::Tensor product = at::bmm(a_in, b_in).mul_(column_scale.unsqueeze(1).to(out.scalar_type()));
+    const at::Tensor product =
+        at::bmm(a_in, b_in).mul_(one_batch_dim(column_scale.unsqueeze(-2)).to(out.scalar_type()));
     if (beta == 0.0)
-      out.copy_(product.mul_(alpha));
+      flat.copy_(product.mul_(alpha));
     else
-      out.mul_(beta).add_(product, alpha);
+      flat.mul_(beta).add_(product, alpha);
   }
+  if (!view) out.copy_(flat.view(out.sizes()));
 }
 
 }  // namespace
@@ -116,12 +134,17 @@ void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double 
   PRIME_CHECK(!terms.empty(), "chunk_gemm_sum: no terms to sum");
   bool bf16_operands = false;
   for (const GemmTerm& term : terms) {
-    PRIME_CHECK(term.a.defined() && term.b.defined() && term.a.dim() == 3 && term.b.dim() == 3 &&
-                    term.a.size(0) == term.b.size(0) && term.a.size(2) == term.b.size(1),
-                "chunk_gemm: operands ", term.a.sizes(), " and ", term.b.sizes(), " do not multiply as batches");
+    PRIME_CHECK(term.a.defined() && term.b.defined() && term.a.dim() >= 3 &&
+                    term.a.dim() <= 2 + kMaxGemmBatchDims && term.b.dim() == term.a.dim() &&
+                    batch_sizes(term.a) == batch_sizes(term.b) && term.a.size(-1) == term.b.size(-2),
+                "chunk_gemm: operands ", term.a.sizes(), " and ", term.b.sizes(), " do not multiply as batches of 1 to ",
+                kMaxGemmBatchDims, " dims");
+    PRIME_CHECK(out.dim() == term.a.dim() && batch_sizes(out) == batch_sizes(term.a) &&
+                    out.size(-2) == term.a.size(-2) && out.size(-1) == term.b.size(-1),
+                "chunk_gemm: out ", out.sizes(), " for a product of ", term.a.sizes(), " and ", term.b.sizes());
     if (term.column_scale.defined())
-      PRIME_CHECK(term.column_scale.dim() == 2 && term.column_scale.size(0) == term.a.size(0) &&
-                      term.column_scale.size(1) == term.b.size(2) && term.column_scale.device() == term.a.device(),
+      PRIME_CHECK(term.column_scale.dim() == term.a.dim() - 1 && batch_sizes(term.b) == term.column_scale.sizes().slice(0, batch_dims(term.b)) &&
+                      term.column_scale.size(-1) == term.b.size(-1) && term.column_scale.device() == term.a.device(),
                   "chunk_gemm: column scale ", term.column_scale.sizes(), " for a product of ", term.a.sizes(),
                   " and ", term.b.sizes());
     bf16_operands = bf16_operands || term.a.scalar_type() == at::kBFloat16 || term.b.scalar_type() == at::kBFloat16;
@@ -165,10 +188,14 @@ at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, 
 at::Tensor chunk_matmul_sum(const std::vector<GemmTerm>& terms, GemmPrecision precision, at::ScalarType type) {
   PRIME_CHECK(!terms.empty(), "chunk_matmul: no terms to sum");
   const at::Tensor &a = terms.front().a, &b = terms.front().b;
-  PRIME_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
-              "chunk_matmul: operands ", a.sizes(), " and ", b.sizes(), " do not multiply as batches");
-  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)},
-                             a.options().dtype(type == at::ScalarType::Undefined ? product_type(a, b) : type));
+  PRIME_CHECK(a.dim() >= 3 && a.dim() <= 2 + kMaxGemmBatchDims && b.dim() == a.dim() &&
+                  batch_sizes(a) == batch_sizes(b) && a.size(-1) == b.size(-2),
+              "chunk_matmul: operands ", a.sizes(), " and ", b.sizes(), " do not multiply as batches of 1 to ",
+              kMaxGemmBatchDims, " dims");
+  std::vector<int64_t> shape = batch_sizes(a).vec();
+  shape.push_back(a.size(-2));
+  shape.push_back(b.size(-1));
+  at::Tensor out = at::empty(shape, a.options().dtype(type == at::ScalarType::Undefined ? product_type(a, b) : type));
   chunk_gemm_sum(out, terms, 0.0, precision);
   return out;
 }

@@ -18,18 +18,23 @@ namespace prime::kernels {
 // The products' arithmetic: fp32 accuracy (3xTF32), or bf16 operands with fp32 accumulation.
 enum class GemmPrecision { Fp32, Bf16 };
 
-// Whether the kernel serves out [batch, m, n] = a [batch, m, k] b [batch, k, n]: policy Auto, fp32
-// CUDA tensors on one device (with Bf16 products a and b may also be bf16: read as they are, half the
-// traffic); m and n multiples of 16, k of 8; a and b each with one of their last two strides 1 (either
-// orientation: transposed views are served without a copy), the other and the batch stride multiples
-// of 16 bytes (4 floats, 8 bf16), 16-byte aligned; out's last stride 1, its others even; out not one of
-// a and b.
+// The batch is one to kMaxGemmBatchDims leading dims, the same sizes in every tensor of a call (out, a, b
+// and the column scales): [batch..., m, k] and the like. Each batch dim has its own stride, so a
+// per-chunk view of a time-major tensor ([B,T,H,D] as [B,H,T/64,64,D]) is an operand as it lies.
+constexpr int kMaxGemmBatchDims = 3;
+
+// Whether the kernel serves out [batch..., m, n] = a [batch..., m, k] b [batch..., k, n]: policy Auto,
+// fp32 CUDA tensors on one device (with Bf16 products a and b may also be bf16: read as they are, half
+// the traffic); m and n multiples of 16, k of 8; a and b each with one of their last two strides 1
+// (either orientation: transposed views are served without a copy), the other and the batch strides
+// multiples of 16 bytes (4 floats, 8 bf16), 16-byte aligned; out's last stride 1, its others even; out
+// not one of a and b.
 bool chunk_gemm_apply(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                       GemmPrecision precision = GemmPrecision::Fp32);
 
 // out = alpha a b + beta out (beta = 0: out's contents are not read, as baddbmm); a bf16 operand (either
 // precision) is taken at its exact value. column_scale,
-// if defined, [batch, n] fp32 with its last stride 1: out = alpha (a b) diag(column_scale) + beta
+// if defined, [batch..., n] fp32 with its last stride 1: out = alpha (a b) diag(column_scale) + beta
 // out, the scale applied to the product alone (a row-scaled B^T without forming it).
 void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,
                 const at::Tensor& column_scale = at::Tensor(), GemmPrecision precision = GemmPrecision::Fp32);

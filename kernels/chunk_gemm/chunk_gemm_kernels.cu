@@ -45,15 +45,30 @@ constexpr int kAlongTileLd = kTile + 8;   // a [32][64] stage whose rows run alo
 constexpr int kStage = kTile * kAlongDepthLd;  // = kSlab * kAlongTileLd floats
 static_assert(kTile * kAlongDepthLd == kSlab * kAlongTileLd, "both orientations fill one stage");
 
+// A batch of one to three dims (kMaxGemmBatchDims), right-aligned: entry e is (e0, e1, e2) with e2 the
+// fastest, and a tensor's entry starts at e0 stride[0] + e1 stride[1] + e2 stride[2] (a missing dim:
+// stride 0, size 1).
+struct BatchStrides {
+  long long stride[3];
+};
+struct BatchIndex {
+  long long e0;
+  int e1, e2;
+  __device__ __forceinline__ long long offset(const BatchStrides& s) const {
+    return e0 * s.stride[0] + e1 * s.stride[1] + e2 * s.stride[2];
+  }
+};
+
 struct Operand {
-  const void* data;            // float, or bf16 bits (uint16_t)
-  long long batch_stride, ld;  // in elements; ld: the stride of the dimension that is not contiguous
+  const void* data;      // float, or bf16 bits (uint16_t)
+  BatchStrides batch;    // in elements
+  long long ld;          // in elements: the stride of the dimension that is not contiguous
 };
 
 struct Term {
   Operand a, b;
-  const float* column_scale;  // [batch][n], or null
-  long long scale_batch_stride;
+  const float* column_scale;  // [batch...][n], or null
+  BatchStrides scale_batch;
   int k;
   float alpha;
 };
@@ -62,7 +77,9 @@ struct Params {
   Term terms[kMaxGemmTerms];
   int num_terms;
   void* out;  // float, or bf16 (out_bf16)
-  long long out_batch_stride, out_ld;
+  BatchStrides out_batch;
+  long long out_ld;
+  int batch1, batch2;  // the sizes of the batch's two fastest dims
   bool out_bf16;
   int m, n;
   float beta;
@@ -165,14 +182,16 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   const long long entry = blockIdx.x;
+  const BatchIndex at_entry{entry / (static_cast<long long>(p.batch1) * p.batch2),
+                            static_cast<int>((entry / p.batch2) % p.batch1), static_cast<int>(entry % p.batch2)};
   const int n0 = blockIdx.y * kTile, m0 = blockIdx.z * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // the warp's block within the tile
   // Term `term`'s operands at this batch entry; its slab `s` into stage buffer `buffer`.
   const auto load = [&](int buffer, int term, int s) {
     Operand a = p.terms[term].a, b = p.terms[term].b;
-    a.data = static_cast<const typename A::T*>(a.data) + entry * a.batch_stride;
-    b.data = static_cast<const typename B::T*>(b.data) + entry * b.batch_stride;
+    a.data = static_cast<const typename A::T*>(a.data) + at_entry.offset(a.batch);
+    b.data = static_cast<const typename B::T*>(b.data) + at_entry.offset(b.batch);
     A::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
     B::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
     cp_async_commit();
@@ -238,9 +257,9 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     // so far, in chunk_gemm's order of operations.
     const float alpha = p.terms[term].alpha;
     const float* scale = p.terms[term].column_scale != nullptr
-                             ? p.terms[term].column_scale + entry * p.terms[term].scale_batch_stride
+                             ? p.terms[term].column_scale + at_entry.offset(p.terms[term].scale_batch)
                              : nullptr;
-    const float* out = static_cast<const float*>(p.out) + entry * p.out_batch_stride;
+    const float* out = static_cast<const float*>(p.out) + at_entry.offset(p.out_batch);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -279,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       for (int j = 0; j < 4; ++j) {
         const int c = n0 + wn + 8 * j + 2 * t;
         if (c >= p.n) continue;
-        const long long at = entry * p.out_batch_stride + r * p.out_ld + c;
+        const long long at = at_entry.offset(p.out_batch) + r * p.out_ld + c;
         if (p.out_bf16)
           *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + at) =
               __floats2bfloat162_rn(sum[i][j][2 * half], sum[i][j][2 * half + 1]);
@@ -290,10 +309,17 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     }
 }
 
+// The strides of x's first `dims` dims (its batch), right-aligned.
+BatchStrides batch_strides(const at::Tensor& x, int64_t dims) {
+  BatchStrides s{{0, 0, 0}};
+  for (int64_t i = 0; i < dims; ++i) s.stride[3 - dims + i] = x.stride(i);
+  return s;
+}
+
 // The operand's description; row_major = its last dimension is the contiguous one.
 Operand describe(const at::Tensor& x, bool& row_major) {
-  row_major = x.stride(2) == 1;
-  return Operand{x.data_ptr(), x.stride(0), row_major ? x.stride(1) : x.stride(2)};
+  row_major = x.stride(-1) == 1;
+  return Operand{x.data_ptr(), batch_strides(x, x.dim() - 2), row_major ? x.stride(-2) : x.stride(-1)};
 }
 
 template <bool kARowMajor, bool kBRowMajor, bool kSum>
@@ -326,11 +352,15 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
                   (terms.size() == 1 || bf16_products),
               "chunk_gemm: ", terms.size(), " terms, want 1 to ", kMaxGemmTerms, " (more than one with bf16 products)");
   const at::Tensor &a0 = terms.front().a, &b0 = terms.front().b;
-  const int64_t batch = a0.size(0);
+  const int64_t dims = out.dim(), batch_dims = dims - 2;
+  PRIME_CHECK(batch_dims >= 1 && batch_dims <= kMaxGemmBatchDims, "chunk_gemm: out ", out.sizes(), " has ",
+              batch_dims, " batch dims, want 1 to ", kMaxGemmBatchDims);
+  const at::IntArrayRef batch_sizes = out.sizes().slice(0, batch_dims);
+  const int64_t batch = c10::multiply_integers(batch_sizes);
   const bool a16 = a0.scalar_type() == at::kBFloat16, b16 = b0.scalar_type() == at::kBFloat16;
   const bool out16 = out.scalar_type() == at::kBFloat16;
   PRIME_CHECK(out.is_cuda() && (out.scalar_type() == at::kFloat || (out16 && bf16_products && beta == 0.0f)) &&
-                  out.stride(2) == 1,
+                  out.stride(-1) == 1,
               "chunk_gemm: out ", out.sizes(), " ", out.scalar_type(),
               " is not an fp32 CUDA tensor (or bf16 for bf16 products and beta 0) with its rows contiguous");
   const c10::cuda::CUDAGuard guard(a0.device());
@@ -343,37 +373,42 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
     PRIME_CHECK(a.is_cuda() && b.is_cuda() && a.scalar_type() == a0.scalar_type() &&
                     b.scalar_type() == b0.scalar_type() && (a.scalar_type() == at::kFloat || a16) &&
                     (b.scalar_type() == at::kFloat || b16) && (bf16_products || (!a16 && !b16)) &&
-                    a.size(0) == batch && b.size(0) == batch && a.size(1) == out.size(1) && b.size(2) == out.size(2),
+                    a.dim() == dims && b.dim() == dims && a.sizes().slice(0, batch_dims) == batch_sizes &&
+                    b.sizes().slice(0, batch_dims) == batch_sizes && a.size(-2) == out.size(-2) &&
+                    b.size(-1) == out.size(-1) && a.size(-1) == b.size(-2),
                 "chunk_gemm: operands ", a.sizes(), " ", b.sizes(), " into ", out.sizes(),
-                " are not fp32 (or, for bf16 products, bf16) CUDA tensors of the first term's dtypes");
+                " are not fp32 (or, for bf16 products, bf16) CUDA tensors of the first term's dtypes and out's batch");
     bool term_a_rows = false, term_b_rows = false;
     p.terms[i].a = describe(a, term_a_rows);
     p.terms[i].b = describe(b, term_b_rows);
     if (i == 0) a_rows = term_a_rows, b_rows = term_b_rows;
     PRIME_CHECK(term_a_rows == a_rows && term_b_rows == b_rows, "chunk_gemm: term ", i,
                 "'s operands are not in the first term's orientations");
-    p.terms[i].k = static_cast<int>(a.size(2));
+    p.terms[i].k = static_cast<int>(a.size(-1));
     p.terms[i].alpha = static_cast<float>(term.alpha);
     p.terms[i].column_scale = nullptr;
-    p.terms[i].scale_batch_stride = 0;
+    p.terms[i].scale_batch = BatchStrides{{0, 0, 0}};
     const at::Tensor& column_scale = term.column_scale;
     if (column_scale.defined()) {
-      PRIME_CHECK(column_scale.is_cuda() && column_scale.scalar_type() == at::kFloat && column_scale.dim() == 2 &&
-                      column_scale.size(0) == batch && column_scale.size(1) == b.size(2) &&
-                      column_scale.stride(1) == 1,
+      PRIME_CHECK(column_scale.is_cuda() && column_scale.scalar_type() == at::kFloat &&
+                      column_scale.dim() == dims - 1 && column_scale.sizes().slice(0, batch_dims) == batch_sizes &&
+                      column_scale.size(-1) == b.size(-1) && column_scale.stride(-1) == 1,
                   "chunk_gemm: column scale ", column_scale.sizes(),
-                  " must be fp32 [batch, n] with its last stride 1");
+                  " must be fp32 [batch..., n] with its last stride 1");
       p.terms[i].column_scale = column_scale.data_ptr<float>();
-      p.terms[i].scale_batch_stride = column_scale.stride(0);
+      p.terms[i].scale_batch = batch_strides(column_scale, batch_dims);
     }
   }
   p.out = out.data_ptr();
   p.out_bf16 = out16;
-  p.out_batch_stride = out.stride(0);
-  p.out_ld = out.stride(1);
-  p.m = static_cast<int>(a0.size(1));
-  p.n = static_cast<int>(b0.size(2));
+  p.out_batch = batch_strides(out, batch_dims);
+  p.out_ld = out.stride(-2);
+  p.batch1 = static_cast<int>(batch_dims >= 2 ? batch_sizes[batch_dims - 2] : 1);
+  p.batch2 = static_cast<int>(batch_sizes[batch_dims - 1]);
+  p.m = static_cast<int>(out.size(-2));
+  p.n = static_cast<int>(out.size(-1));
   p.beta = beta;
+  if (batch == 0) return;
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)

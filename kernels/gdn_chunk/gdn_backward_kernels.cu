@@ -114,9 +114,15 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   }
 }
 
+// Where q, k or v [B,H,N,64,D] puts its elements: strides over b, h, n and the row (elements: 1 along D).
+struct ChunkRows {
+  long long b, h, n, row;
+};
+
 template <typename In, typename Out>  // q, k and v, and their gradients: float or __nv_bfloat16
 struct RowsParams {
-  const In *q, *k, *v;                                                   // [MN,64,D]
+  const In *q, *k, *v;                                                   // [B,H,N,64,D], strided as below
+  ChunkRows q_at, k_at, v_at;
   const float *d_q_decayed, *d_k_in, *d_k_decayed, *d_v_in;              // [MN,64,D]
   const float *dq_products, *dk_products;                                // [MN,64,D]
   const float *g, *beta, *d_beta_a, *dg_decay;                           // [MN,64]
@@ -205,6 +211,8 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
   const size_t chunk = blockIdx.x;
   chunk_gamma(p.g + chunk * kChunk, gamma);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const long long n = static_cast<long long>(chunk % p.num_chunks), bh = static_cast<long long>(chunk / p.num_chunks);
+  const long long batch = bh / p.H, head = bh % p.H;
   for (int t = warp; t < kChunk; t += kThreads / 32) {
     const float e_gamma = static_cast<float>(exp(gamma[t]));
     const float to_end = static_cast<float>(exp(gamma[kChunk - 1] - gamma[t]));
@@ -215,7 +223,10 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
     const size_t x = row + PER_LANE * lane;
     float q[PER_LANE], k[PER_LANE], v[PER_LANE], dqd[PER_LANE], dki[PER_LANE], dkd[PER_LANE], dvi[PER_LANE];
     float dqp[PER_LANE], dkp[PER_LANE];
-    load_row(p.q + x, q), load_row(p.k + x, k), load_row(p.v + x, v);
+    const auto input_row = [&](const ChunkRows& rows) {
+      return batch * rows.b + head * rows.h + n * rows.n + t * rows.row + PER_LANE * lane;
+    };
+    load_row(p.q + input_row(p.q_at), q), load_row(p.k + input_row(p.k_at), k), load_row(p.v + input_row(p.v_at), v);
     load_row(p.d_q_decayed + x, dqd), load_row(p.d_k_in + x, dki), load_row(p.d_k_decayed + x, dkd);
     load_row(p.d_v_in + x, dvi), load_row(p.dq_products + x, dqp), load_row(p.dk_products + x, dkp);
     if (out_row >= 0) {
@@ -350,9 +361,15 @@ void check_gates(const at::Tensor& tensor, const char* op, const char* name, int
 template <typename In, typename Out>
 void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In* v, Out* dq, Out* dk, Out* dv,
                  int64_t T, int64_t H, int64_t D, int64_t N) {
+  const auto strides_of = [](const at::Tensor& x) {
+    return ChunkRows{x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
+  };
   const RowsParams<In, Out> p{q,
                          k,
                          v,
+                         strides_of(rows.q),
+                         strides_of(rows.k),
+                         strides_of(rows.v),
                          rows.d_q_decayed.data_ptr<float>(),
                          rows.d_k_in.data_ptr<float>(),
                          rows.d_k_decayed.data_ptr<float>(),
@@ -375,7 +392,7 @@ void launch_rows(const GdnBackwardRows& rows, const In* q, const In* k, const In
                          static_cast<int>(D),
                          static_cast<int>(N)};
   const auto launch = [&](auto kernel) {
-    kernel<<<static_cast<unsigned>(rows.q.size(0)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    kernel<<<static_cast<unsigned>(rows.g.size(0)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     PRIME_CUDA_CHECK_LAUNCH("gdn_backward_rows_kernel");
   };
   switch (D) {
@@ -421,12 +438,10 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
 
 void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   const char* op = "gdn_backward_rows";
-  const int64_t chunks = rows.q.size(0), D = rows.q.size(2);
+  const int64_t chunks = rows.g.size(0), D = rows.q.size(-1);
   PRIME_CHECK(D == 32 || D == 64 || D == 128 || D == 256, op, ": head dim ", D, " is not 32, 64, 128 or 256");
   const at::ScalarType inputs = rows.q.scalar_type();
   PRIME_CHECK(inputs == at::kFloat || inputs == at::kBFloat16, op, ": q is ", inputs, ", want fp32 or bf16");
-  for (const auto& [tensor, name] : {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}})
-    check_chunks(*tensor, op, name, chunks, D, inputs);
   for (const auto& [tensor, name] :
        {std::pair{&rows.d_q_decayed, "d_q_decayed"}, {&rows.d_k_in, "d_k_in"}, {&rows.d_k_decayed, "d_k_decayed"},
         {&rows.d_v_in, "d_v_in"}, {&rows.dq_products, "dq_products"}, {&rows.dk_products, "dk_products"}})
@@ -446,6 +461,19 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   const int64_t N = (T + kChunk - 1) / kChunk;
   PRIME_CHECK(rows.dq.size(3) == D && B * H * N == chunks, op, ": dq ", rows.dq.sizes(), " for ", chunks,
               " chunks of head dim ", D);
+  // q, k and v per chunk, [B,H,N,64,D], in place or copied: each row contiguous and on a vector of the lanes'
+  // loads (their strides multiples of D / 32 elements).
+  const int64_t per_lane = D / 32;
+  for (const auto& [tensor, name] : {std::pair{&rows.q, "q"}, {&rows.k, "k"}, {&rows.v, "v"}}) {
+    PRIME_CHECK(tensor->defined() && tensor->is_cuda() && tensor->scalar_type() == inputs, op, ": ", name,
+                " must be a CUDA tensor of q's dtype");
+    PRIME_CHECK(tensor->sizes() == at::IntArrayRef({B, H, N, kChunk, D}), op, ": ", name, " ", tensor->sizes(),
+                ", want [", B, ", ", H, ", ", N, ", 64, ", D, "]");
+    PRIME_CHECK(tensor->stride(4) == 1, op, ": ", name, "'s rows must be contiguous");
+    for (int64_t dim = 0; dim < 4; ++dim)
+      PRIME_CHECK(tensor->stride(dim) % per_lane == 0, op, ": ", name, "'s strides ", tensor->strides(),
+                  " must be multiples of ", per_lane);
+  }
   for (const auto& [tensor, name] : {std::pair{&rows.dk, "dk"}, {&rows.dv, "dv"}}) {
     check_operand(*tensor, op, name, grads, 4);
     PRIME_CHECK(tensor->sizes() == rows.dq.sizes(), op, ": ", name, " ", tensor->sizes(), " vs dq ", rows.dq.sizes());

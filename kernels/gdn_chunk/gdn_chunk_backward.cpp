@@ -51,6 +51,19 @@ at::Tensor to_chunks(const at::Tensor& x, int64_t N, at::ScalarType type) {
   return out.view(shape);
 }
 
+// q, k, v or dO [B,T,H,D] per chunk, [B,H,N,64,D] in `type`: a view of x itself where T = 64 N, x is of
+// `type` and its rows lie on 16-byte vectors (chunk_gemm and the rows kernel read it in place: no copy),
+// else to_chunks' copy (`in_place` false: always).
+at::Tensor per_chunk_rows(const at::Tensor& x, int64_t N, at::ScalarType type, bool in_place) {
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  const int64_t vector = 16 / static_cast<int64_t>(x.element_size());
+  in_place = in_place && x.scalar_type() == type && T == N * kChunk && x.stride(3) == 1 &&
+             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  for (int64_t dim = 0; dim < 3 && in_place; ++dim) in_place = x.stride(dim) % vector == 0;
+  if (in_place) return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4});
+  return to_chunks(x, N, type).view({B, H, N, kChunk, D});
+}
+
 // The inverse of to_chunks: [B*H, N, 64, ...] -> [B,T,H,...] contiguous.
 at::Tensor from_chunks(const at::Tensor& x, int64_t B, int64_t T, int64_t H) {
   std::vector<int64_t> shape{B, H, x.size(1) * kChunk};
@@ -60,16 +73,21 @@ at::Tensor from_chunks(const at::Tensor& x, int64_t B, int64_t T, int64_t H) {
 
 at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
 
-// [M,N,...] -> [M*N,...] for the batched products (a view: the first two dims are contiguous with
-// each other in every operand here, transposed or not).
-at::Tensor batched(const at::Tensor& x) { return x.flatten(0, 1); }
-
 // The backward's batched products over the [M,N] batch, in one arithmetic (kernels/chunk_gemm: 3xTF32
 // or bf16 tensor cores on CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales a
 // product's columns; `type`, if given, the result's dtype (bf16: a bf16 product's operand, rounded as
-// that product would round it as it loads it).
+// that product would round it as it loads it). Results are [M,N,m,n].
 struct Products {
   GemmPrecision precision = GemmPrecision::Fp32;
+  // 0: every operand [M,N,...], taken as [M*N,...] (a view: the first two dims are contiguous with each
+  // other in every operand here, transposed or not). H: operands [B,H,N,...] (per_chunk_rows' views of
+  // the inputs among them) and [M,N,...] as [M/H,H,N,...]: a batch of three dims.
+  int64_t heads = 0;
+
+  at::Tensor batched(const at::Tensor& x) const {
+    if (heads == 0) return x.flatten(0, 1);
+    return x.dim() == 5 ? x : x.unflatten(0, {x.size(0) / heads, heads});
+  }
 
   // alpha a b in a fresh tensor.
   at::Tensor operator()(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
@@ -79,13 +97,14 @@ struct Products {
   }
   // The terms' sum in a fresh tensor, in one pass where chunk_gemm_sum takes them together.
   at::Tensor sum(std::vector<GemmTerm> terms, at::ScalarType type = at::ScalarType::Undefined) const {
-    const std::vector<int64_t> shape{terms.front().a.size(0), terms.front().a.size(1), terms.front().a.size(2),
-                                     terms.front().b.size(3)};
+    const at::Tensor& a = terms.front().a;
+    const int64_t chunks = a.dim() == 5 ? a.size(2) : a.size(1);  // N
     for (GemmTerm& term : terms) {
       term.a = batched(term.a), term.b = batched(term.b);
       if (term.column_scale.defined()) term.column_scale = batched(term.column_scale);
     }
-    return chunk_matmul_sum(terms, precision, type).view(shape);
+    const at::Tensor out = chunk_matmul_sum(terms, precision, type);
+    return out.view({-1, chunks, out.size(-2), out.size(-1)});
   }
   // acc += alpha a b, in place (acc contiguous).
   void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
@@ -96,7 +115,8 @@ struct Products {
   }
 };
 
-// The chain rule's operands after the batched products, per chunk ([M,N,64,...]).
+// The chain rule's operands after the batched products, per chunk ([M,N,64,...]; on the kernels q, k and v
+// are per_chunk_rows' [B,H,N,64,D]).
 struct ChainRule {
   at::Tensor q, k, v, g, beta, gamma64, e_gamma;  // inputs laid out per chunk; Gamma; e^Gamma
   at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64])
@@ -179,7 +199,7 @@ at::Tensor chunk_decay_gradient(const at::Tensor& S, const at::Tensor& G, bool o
 // The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
 ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H, const Products& product,
                               at::ScalarType qkv_grad_type) {
-  const int64_t M = c.q.size(0), N = c.q.size(1), D = c.q.size(3), MN = M * N;
+  const int64_t M = c.g.size(0), N = c.g.size(1), D = c.q.size(-1), MN = M * N;
   const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
   const at::Tensor g = gates(c.g), beta = gates(c.beta);
@@ -199,7 +219,7 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   out.dv = at::empty_like(out.dq);
   out.dg = at::empty({B, T, H}, c.g.options());
   out.d_beta = at::empty_like(out.dg);
-  detail::GdnBackwardRows rows{chunks(c.q),      chunks(c.k),          chunks(c.v),        chunks(c.d_q_decayed),
+  detail::GdnBackwardRows rows{c.q,              c.k,                  c.v,                chunks(c.d_q_decayed),
                                chunks(c.d_k_in), chunks(c.d_k_decayed), chunks(c.d_v_in),   chunks(dq),
                                chunks(dk),       g,                     beta,               d_beta_a,
                                dg_decay,         c.chunk_decay.reshape({MN}),
@@ -240,29 +260,38 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // leaves). What the gradients then carry is mostly the bf16 forward's own rounding: up to 1.6x
   // their sensitivity to bf16 inputs, bf16 products included (experiments/gdn_bf16_backward).
   const bool bf16 = s.q.scalar_type() == at::kBFloat16;
-  const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32};
   const at::ScalarType work = bf16 ? at::kFloat : s.q.scalar_type();
+  bool on_kernels = false;
+#ifdef PRIME_WITH_CUDA
+  on_kernels = s.q.is_cuda() && work == at::kFloat;
+#endif
+  // On the kernels the products take a batch of [B,H,N] (per_chunk_rows' views of the inputs among their
+  // operands); elsewhere of [M*N].
+  const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32, on_kernels ? H : 0};
   const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
   // A bf16 result as a product's operand: read as it is by bf16 products (chunk_gemm), else in fp32.
   const auto as_operand = [&](const at::Tensor& x) {
     return bf16 && product.precision == GemmPrecision::Bf16 ? x : in_work(x);
   };
-  bool on_kernels = false;
-#ifdef PRIME_WITH_CUDA
-  on_kernels = s.q.is_cuda() && work == at::kFloat;
-#endif
-  // On the kernels with bf16 products, q, k and v stay bf16 (laid out per chunk; the products and the
-  // rows kernel read them as they are, the elementwise terms widen them): their exact values, as an
-  // fp32 copy would hold, at half its traffic. dO, which only products read, is rounded to bf16 once as
-  // it is laid out: the rounding each product would make as it loads it (round to nearest even).
+  // On the kernels with bf16 products, q, k and v stay bf16 (per chunk; the products and the rows kernel
+  // read them as they are, the elementwise terms widen them): their exact values, as an fp32 copy would
+  // hold, at half its traffic. dO, which only products read, is rounded to bf16 once where it is laid out:
+  // the rounding each product would make as it loads it (round to nearest even). On the kernels they are
+  // [B,H,N,64,D], in place where T is a multiple of 64 (per_chunk_rows); elsewhere [M,N,64,D] copies.
   const at::ScalarType inputs = on_kernels && bf16 && product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : work;
+  const auto rows = [&](const at::Tensor& x) {
+    return on_kernels ? per_chunk_rows(x, N, inputs, true) : to_chunks(x, N, inputs);
+  };
   ChainRule c;
-  c.q = to_chunks(s.q, N, inputs), c.k = to_chunks(s.k, N, inputs), c.v = to_chunks(s.v, N, inputs);
+  c.q = rows(s.q), c.k = rows(s.k), c.v = rows(s.v);
   c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
   // The per-chunk results and the large intermediates are let go after their last use (each [M,N,D,D]
   // one is 1 GB at (4,8192,32,128) in fp32; the bf16 results' fp32 copies are made where needed).
   const at::Tensor &q = c.q, &k = c.k;
-  const at::Tensor d_o = d_out.defined() ? to_chunks(d_out, N, inputs) : at::zeros(q.sizes(), q.options());
+  const at::Tensor d_o = d_out.defined() ? rows(d_out) : at::zeros(q.sizes(), q.options());
+  // [M,N,64,D] contiguous (a copy where q, k are [B,H,N,64,D] views; with B = 1 the reshape alone would be a
+  // strided view): the split walk's elementwise terms, whose results its scan and products take contiguous.
+  const auto chunk_major = [&](const at::Tensor& x) { return x.reshape({M, N, kChunk, x.size(-1)}).contiguous(); };
 
   // Gamma in float64, as in the forward; the decays from its differences.
   c.gamma64 = at::cumsum(c.g.to(at::kDouble), -1);
@@ -279,12 +308,13 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   } else {
     // K_d = diag(e^{Gamma_C - Gamma}) K as the forward stores it (bf16), where that forward (the fused walk)
     // did not keep it.
-    at::Tensor K_d = s.k_decayed.defined()
-                         ? in_work(s.k_decayed)
-                         : in_work((c.k.to(work) * at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64)
-                                                       .to(work)
-                                                       .unsqueeze(-1))
-                                       .to(s.q.scalar_type()));
+    at::Tensor K_d;
+    if (s.k_decayed.defined()) {
+      K_d = in_work(s.k_decayed);
+    } else {
+      const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(work).unsqueeze(-1);
+      K_d = in_work((chunk_major(c.k).to(work) * to_end).to(s.q.scalar_type()));
+    }
     at::Tensor W = in_work(s.w);
     at::Tensor scores;
     if (on_kernels) {
@@ -296,7 +326,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     } else {
       scores = c.qk * decay;
     }
-    at::Tensor q_state = q * c.e_gamma.unsqueeze(-1);
+    at::Tensor q_state = chunk_major(q) * c.e_gamma.unsqueeze(-1);
     product.accumulate(q_state, scores, W, -1.0);  // diag(e^Gamma) Q - scores W
     at::Tensor d_states = product(transposed(q_state), d_o);
     q_state = at::Tensor();

@@ -62,10 +62,13 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
 // e^{Gamma_C - Gamma} d_k_decayed, dv = beta d_v_in, and dg, d_beta in full (with d_beta_a,
 // dg_decay from the gates and d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}), all
 // written in the inputs' layout: dq, dk, dv [B,T,H,D], dg, d_beta [B,T,H] (MN = B*H*ceil(T/64)).
-// q, k and v fp32, or all three bf16 (the bf16 forward's inputs, read as they are); dq, dk and dv fp32, or
-// all three bf16 (rounded once as they are written: bf16 leaves); the rest fp32.
+// q, k and v fp32, or all three bf16 (the bf16 forward's inputs, read as they are), per chunk [B,H,N,64,D]
+// with any strides that keep each row contiguous and on the lanes' vectors (multiples of D / 32 elements):
+// a per-chunk copy (rows past T zero) or a view of the time-major inputs (T a multiple of 64); dq, dk and
+// dv fp32, or all three bf16 (rounded once as they are written: bf16 leaves); the rest fp32.
 struct GdnBackwardRows {
-  at::Tensor q, k, v, d_q_decayed, d_k_in, d_k_decayed, d_v_in, dq_products, dk_products;  // [MN,64,D]
+  at::Tensor q, k, v;                                                                     // [B,H,N,64,D]
+  at::Tensor d_q_decayed, d_k_in, d_k_decayed, d_v_in, dq_products, dk_products;          // [MN,64,D]
   at::Tensor g, beta, d_beta_a, dg_decay;                                                 // [MN,64]
   at::Tensor chunk_decay, d_chunk_decay;                                                  // [MN]
   at::Tensor dq, dk, dv, dg, d_beta;                                                      // time-major
