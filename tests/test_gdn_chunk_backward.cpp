@@ -275,9 +275,13 @@ TEST_CASE("GDN chunked backward written out: from the bf16 forward's results wit
 
 // The bf16 forward's warpgroup walk keeps no K_d; the backward's split walk then forms it from K and the
 // gates (diag(e^{Gamma_C - Gamma}) K): the gradients of saved results with K_d and without it agree to
-// float64's rounding (T not a multiple of 64, a document start).
+// float64's rounding (T not a multiple of 64 with a document start, where the keys are copied per chunk;
+// one sequence of two whole chunks, where the backward reads them in place).
 TEST_CASE("GDN chunked backward written out: without a saved K_d the split walk forms it", "[kernels][gdn]") {
-  const int64_t B = 2, T = 150, H = 2, D = 16;
+  const auto [B, T, starts] = GENERATE(table<int64_t, int64_t, std::vector<bool>>(
+      {{2, 150, {false, true, false}}, {1, 128, {}}}));
+  const int64_t H = 2, D = 16;
+  INFO("B " << B << " T " << T);
   at::manual_seed(41);
   at::Tensor q = at::randn({B, T, H, D}, kF64), k = at::randn({B, T, H, D}, kF64);
   q = q / q.norm(2, -1, true) / std::sqrt(static_cast<double>(D));
@@ -285,7 +289,6 @@ TEST_CASE("GDN chunked backward written out: without a saved K_d the split walk 
   const at::Tensor v = at::randn({B, T, H, D}, kF64), d_out = at::randn({B, T, H, D}, kF64);
   const at::Tensor g = -at::rand({B, T, H}, kF64) * 0.4 - 0.01, beta = at::rand({B, T, H}, kF64) * 0.9 + 0.05;
   const at::Tensor state = at::randn({B, H, D, D}, kF64) * 0.1, d_final = at::randn({B * H, D, D}, kF64);
-  const std::vector<bool> starts{false, true, false};
   const at::NoGradGuard no_grad;
   const kernels::GdnChunkSaved with = forward_results(q, k, v, g, beta, state, starts, false);
   kernels::GdnChunkSaved without = with;

@@ -53,12 +53,12 @@ at::Tensor to_chunks(const at::Tensor& x, int64_t N, at::ScalarType type) {
 
 // q, k, v or dO [B,T,H,D] per chunk, [B,H,N,64,D] in `type`: a view of x itself where T = 64 N, x is of
 // `type` and its rows lie on 16-byte vectors (chunk_gemm and the rows kernel read it in place: no copy),
-// else to_chunks' copy (`in_place` false: always).
-at::Tensor per_chunk_rows(const at::Tensor& x, int64_t N, at::ScalarType type, bool in_place) {
+// else to_chunks' copy.
+at::Tensor per_chunk_rows(const at::Tensor& x, int64_t N, at::ScalarType type) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
   const int64_t vector = 16 / static_cast<int64_t>(x.element_size());
-  in_place = in_place && x.scalar_type() == type && T == N * kChunk && x.stride(3) == 1 &&
-             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  bool in_place = x.scalar_type() == type && T == N * kChunk && x.stride(3) == 1 &&
+                  reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   for (int64_t dim = 0; dim < 3 && in_place; ++dim) in_place = x.stride(dim) % vector == 0;
   if (in_place) return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4});
   return to_chunks(x, N, type).view({B, H, N, kChunk, D});
@@ -79,13 +79,11 @@ at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
 // that product would round it as it loads it). Results are [M,N,m,n].
 struct Products {
   GemmPrecision precision = GemmPrecision::Fp32;
-  // 0: every operand [M,N,...], taken as [M*N,...] (a view: the first two dims are contiguous with each
-  // other in every operand here, transposed or not). H: operands [B,H,N,...] (per_chunk_rows' views of
-  // the inputs among them) and [M,N,...] as [M/H,H,N,...]: a batch of three dims.
-  int64_t heads = 0;
+  // Operands [B,H,N,...] (per_chunk_rows' views of the inputs among them) and [M,N,...], taken as
+  // [M/H,H,N,...]: a batch of three dims (H = heads).
+  int64_t heads = 1;
 
   at::Tensor batched(const at::Tensor& x) const {
-    if (heads == 0) return x.flatten(0, 1);
     return x.dim() == 5 ? x : x.unflatten(0, {x.size(0) / heads, heads});
   }
 
@@ -265,9 +263,8 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
 #ifdef PRIME_WITH_CUDA
   on_kernels = s.q.is_cuda() && work == at::kFloat;
 #endif
-  // On the kernels the products take a batch of [B,H,N] (per_chunk_rows' views of the inputs among their
-  // operands); elsewhere of [M*N].
-  const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32, on_kernels ? H : 0};
+  // The products take a batch of [B,H,N] (per_chunk_rows' views of the inputs among their operands).
+  const Products product{bf16 ? gdn_bf16_backward_products() : GemmPrecision::Fp32, H};
   const auto in_work = [&](const at::Tensor& x) { return bf16 ? x.to(work) : x; };
   // A bf16 result as a product's operand: read as it is by bf16 products (chunk_gemm), else in fp32.
   const auto as_operand = [&](const at::Tensor& x) {
@@ -276,12 +273,10 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // On the kernels with bf16 products, q, k and v stay bf16 (per chunk; the products and the rows kernel
   // read them as they are, the elementwise terms widen them): their exact values, as an fp32 copy would
   // hold, at half its traffic. dO, which only products read, is rounded to bf16 once where it is laid out:
-  // the rounding each product would make as it loads it (round to nearest even). On the kernels they are
-  // [B,H,N,64,D], in place where T is a multiple of 64 (per_chunk_rows); elsewhere [M,N,64,D] copies.
+  // the rounding each product would make as it loads it (round to nearest even). They are [B,H,N,64,D], in
+  // place where T is a multiple of 64 (per_chunk_rows), on the kernels and off them alike.
   const at::ScalarType inputs = on_kernels && bf16 && product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : work;
-  const auto rows = [&](const at::Tensor& x) {
-    return on_kernels ? per_chunk_rows(x, N, inputs, true) : to_chunks(x, N, inputs);
-  };
+  const auto rows = [&](const at::Tensor& x) { return per_chunk_rows(x, N, inputs); };
   ChainRule c;
   c.q = rows(s.q), c.k = rows(s.k), c.v = rows(s.v);
   c.g = to_chunks(s.g, N, work), c.beta = to_chunks(s.beta, N, work);  // [M,N,C]
@@ -384,6 +379,7 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     return grads;
   }
 #endif
+  c.q = chunk_major(c.q), c.k = chunk_major(c.k), c.v = chunk_major(c.v);  // its elementwise terms take [M,N,64,D]
   const ChainGrads chain = chain_rule_aten(c, decay, product);
   const at::ScalarType qkv = qkv_grad_type == at::ScalarType::Undefined ? work : qkv_grad_type;
   grads.q = from_chunks(chain.dq, B, T, H).to(qkv);
