@@ -113,8 +113,8 @@ struct Products {
   }
 };
 
-// The chain rule's operands after the batched products, per chunk ([M,N,64,...]; on the kernels q, k and v
-// are per_chunk_rows' [B,H,N,64,D]).
+// The chain rule's operands after the batched products, per chunk ([M,N,64,...]; q, k and v are
+// per_chunk_rows' [B,H,N,64,D] for the products and the rows kernel, [M,N,64,D] for the ATen chain rule).
 struct ChainRule {
   at::Tensor q, k, v, g, beta, gamma64, e_gamma;  // inputs laid out per chunk; Gamma; e^Gamma
   at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64])
