@@ -394,7 +394,8 @@ TEST_CASE("chunk gemm: batches of several dims on the CPU are their flattened pr
 // bf16 and fp32) is served in place, and gives the bits of the same product on the contiguous copies with
 // one batch dim, for fp32 and bf16 products, a sum of two terms with column scales, and an out that is
 // itself a permuted view.
-TEST_CASE("chunk gemm: a batch of three dims reads per-chunk views in place bit for bit", "[kernels][gpu][chunk_gemm]") {
+TEST_CASE("chunk gemm: a batch of three dims reads per-chunk views in place bit for bit",
+          "[kernels][gpu][chunk_gemm]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   at::NoGradGuard no_grad;

@@ -56,7 +56,8 @@ for name in ncu_gdn_reverse_walk ncu_ssd_grad ncu_ssd_reverse_walk; do
   grep -E 'Duration|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Registers Per|Stall|stall' "$f" |
     head -16
 done | tee "$OUT/summary.txt"
-[ -n "${SKIP_RACECHECK:-}" ] || run 150 racecheck_gdn_training compute-sanitizer --tool racecheck build-gpu/bin/prime_tests \
+[ -n "${SKIP_RACECHECK:-}" ] ||
+  run 150 racecheck_gdn_training compute-sanitizer --tool racecheck build-gpu/bin/prime_tests \
     "GDN trained on the bf16 forward: a small shape for the sanitizer"
 grep -E "RACECHECK SUMMARY|passed|failed" "$OUT/racecheck_gdn_training.txt" 2>/dev/null | tail -2
 echo "total: $(( $(date +%s) - start )) s"

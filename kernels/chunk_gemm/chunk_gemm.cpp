@@ -137,13 +137,14 @@ void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double 
     PRIME_CHECK(term.a.defined() && term.b.defined() && term.a.dim() >= 3 &&
                     term.a.dim() <= 2 + kMaxGemmBatchDims && term.b.dim() == term.a.dim() &&
                     batch_sizes(term.a) == batch_sizes(term.b) && term.a.size(-1) == term.b.size(-2),
-                "chunk_gemm: operands ", term.a.sizes(), " and ", term.b.sizes(), " do not multiply as batches of 1 to ",
-                kMaxGemmBatchDims, " dims");
+                "chunk_gemm: operands ", term.a.sizes(), " and ", term.b.sizes(),
+                " do not multiply as batches of 1 to ", kMaxGemmBatchDims, " dims");
     PRIME_CHECK(out.dim() == term.a.dim() && batch_sizes(out) == batch_sizes(term.a) &&
                     out.size(-2) == term.a.size(-2) && out.size(-1) == term.b.size(-1),
                 "chunk_gemm: out ", out.sizes(), " for a product of ", term.a.sizes(), " and ", term.b.sizes());
     if (term.column_scale.defined())
-      PRIME_CHECK(term.column_scale.dim() == term.a.dim() - 1 && batch_sizes(term.b) == term.column_scale.sizes().slice(0, batch_dims(term.b)) &&
+      PRIME_CHECK(term.column_scale.dim() == term.a.dim() - 1 &&
+                      term.column_scale.sizes().slice(0, batch_dims(term.b)) == batch_sizes(term.b) &&
                       term.column_scale.size(-1) == term.b.size(-1) && term.column_scale.device() == term.a.device(),
                   "chunk_gemm: column scale ", term.column_scale.sizes(), " for a product of ", term.a.sizes(),
                   " and ", term.b.sizes());

@@ -344,9 +344,8 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const fl
   }
 }
 
-void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width,
-                  at::ScalarType type = at::kFloat) {
-  check_operand(tensor, op, name, type, 3);
+void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width) {
+  check_operand(tensor, op, name, at::kFloat, 3);
   PRIME_CHECK(tensor.size(0) == chunks && tensor.size(1) == kChunk && tensor.size(2) == width, op, ": ", name, " ",
               tensor.sizes(), ", want [", chunks, ", 64, ", width, "]");
 }
