@@ -193,6 +193,15 @@ __device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t sr
   });
 }
 
+// The same with an L2 cache policy on the reads (cp_async.cuh's l2_evict_first_policy for rows read once).
+template <int ROWS, int WIDTH, int THREADS>
+__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows, uint64_t policy) {
+  for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
+    const bool valid = row < valid_rows;
+    cp_async16_or_zero(dst + row * ld_of(WIDTH) + col, src + (valid ? row * src_ld + col : 0), valid, policy);
+  });
+}
+
 // dst [ROWS][WIDTH] <- src rows (row stride src_ld elements, 16-byte aligned), rows at or past
 // `valid_rows` zeros; synchronous 16-byte loads through the read-only cache.
 template <int ROWS, int WIDTH, int THREADS>

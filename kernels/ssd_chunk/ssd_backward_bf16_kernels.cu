@@ -66,12 +66,15 @@ constexpr size_t grad_shared_bytes() {
   return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16);
 }
 
+// Two adjacent outputs, stored with the streaming hint (st.global.cs: written once, not read here again).
 template <typename Out>
 __device__ __forceinline__ void store2(Out* out, float x0, float x1) {
-  if constexpr (std::is_same_v<Out, float>)
-    *reinterpret_cast<float2*>(out) = make_float2(x0, x1);
-  else
-    *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(x0, x1);
+  if constexpr (std::is_same_v<Out, float>) {
+    __stcs(reinterpret_cast<float2*>(out), make_float2(x0, x1));
+  } else {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(x0, x1);
+    __stcs(reinterpret_cast<unsigned*>(out), *reinterpret_cast<const unsigned*>(&pair));
+  }
 }
 
 // Sums over the four lanes of a quad (one accumulator row) and over the eight quads (one column).
@@ -154,10 +157,12 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   const size_t first_row = (static_cast<size_t>(b) * p.T + t0) * row_stride + static_cast<size_t>(h) * D;
   const size_t state_at = (static_cast<size_t>(m) * p.num_chunks + chunk) * D * D;
   const Bf16 *S = p.states + state_at, *G = p.d_locals + state_at;
-  copy_async<kChunk, D, kGradThreads>(cs, p.c + first_row, row_stride, p.T - t0);
-  copy_async<kChunk, D, kGradThreads>(bs, p.b + first_row, row_stride, p.T - t0);
-  copy_async<kChunk, D, kGradThreads>(dys, p.dy + first_row, row_stride, p.T - t0);
-  copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0);
+  // The rows are read once (L2 evicts them first); S_n and G_n are read again and again from L2.
+  const uint64_t once = l2_evict_first_policy();
+  copy_async<kChunk, D, kGradThreads>(cs, p.c + first_row, row_stride, p.T - t0, once);
+  copy_async<kChunk, D, kGradThreads>(bs, p.b + first_row, row_stride, p.T - t0, once);
+  copy_async<kChunk, D, kGradThreads>(dys, p.dy + first_row, row_stride, p.T - t0, once);
+  copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0, once);
   cp_async_commit();
   ssd_common::chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
   // <G_n, S_n> while the rows arrive: each thread's share in a fixed order, then the warps' sums.
