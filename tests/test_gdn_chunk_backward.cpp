@@ -396,7 +396,8 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
 // against float64's (I + A)^-1 of the same inputs, and against the torch form it replaces (A formed in
 // ATen ops, then unit_lower_inverse), for independent and strongly correlated keys, with the padding
 // rows of a partial last chunk (gates and beta zero there: T's rows the identity's).
-TEST_CASE("GDN backward inverse kernel: T from K K^T equals float64's and the torch form's", "[kernels][gdn][gpu]") {
+TEST_CASE("GDN backward inverse kernel: T from K K^T equals float64's and the torch form's and a bf16 T its rounding",
+          "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
   const test::PoisonOutputs poison;
@@ -434,6 +435,23 @@ TEST_CASE("GDN backward inverse kernel: T from K K^T equals float64's and the to
     CHECK(vs_torch <= 1e-5);
     const at::Tensor padding = ours.select(0, MN - 1).narrow(0, valid, kChunk - valid).cpu();
     CHECK(at::equal(padding, at::eye(kChunk, at::kFloat).narrow(0, valid, kChunk - valid)));
+
+    // A bf16 T (for bf16 products; its off-diagonal blocks on TF32 MMAs): as near float64's T as float64's
+    // own T rounded to bf16, within a quarter of that rounding (the TF32 products move some elements across
+    // a rounding boundary: how many is printed).
+    const at::Tensor ours_bf16 = kernels::new_output({MN, kChunk, kChunk}, f32.dtype(at::kBFloat16));
+    kernels::detail::launch_gdn_backward_inverse(kk.to(f32), g.to(f32), beta.to(f32), ours_bf16);
+    const at::Tensor got = ours_bf16.cpu().to(at::kDouble);
+    const at::Tensor rounded = reference.to(at::kBFloat16).to(at::kDouble);
+    const double bf16_vs_f64 = test::norm_relative_error(got, reference);
+    const double rounding = test::norm_relative_error(rounded, reference);
+    const double moved = (got != rounded).to(at::kDouble).mean().item<double>();
+    std::cout << "[kernels][gdn] backward inverse in bf16, key correlation " << correlation << ": T vs float64 "
+              << bf16_vs_f64 << " (float64 rounded to bf16 " << rounding << "), elements off that rounding "
+              << moved << std::endl;
+    CHECK(bf16_vs_f64 <= 1.25 * rounding);
+    CHECK(at::equal(ours_bf16.select(0, MN - 1).narrow(0, valid, kChunk - valid).cpu(),
+                    at::eye(kChunk, at::kBFloat16).narrow(0, valid, kChunk - valid)));
   }
 }
 #endif

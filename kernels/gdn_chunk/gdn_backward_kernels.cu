@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/common/cuda_check.cuh"
@@ -309,12 +310,17 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const 
 
 // T = (I + A)^-1 of one chunk per block, A = strictly-lower(beta_i (k_i . k_j) e^{Gamma_i - Gamma_j}) formed
 // as it is loaded (the expression and order of gdn_chunk_backward's torch form: (beta kk) d with d the
-// fp32 exponential of the float64 difference), then gdn_forward::unit_lower_inverse_64 (fp32, seven
-// barriers) and T to memory. kk [MN,64,64], g and beta [MN,64] (chunked, padding rows zero), T [MN,64,64].
+// fp32 exponential of the float64 difference), then the inverse and T to memory. kk [MN,64,64], g and beta
+// [MN,64] (chunked, padding rows zero), T [MN,64,64] of type TOut:
+//  - float: gdn_forward::unit_lower_inverse_64 (fp32, seven barriers);
+//  - bf16, a T only bf16 products read (they would round it so as they load it): the bf16 forward's
+//    unit_lower_inverse_64_tf32 (its off-diagonal blocks on TF32 MMAs, ~1e-4 absolute where keys are
+//    strongly correlated, far below the rounding to bf16), T rounded to nearest even: half the traffic.
+template <typename TOut>
 __global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const float* __restrict__ kk,
                                                                         const float* __restrict__ g,
                                                                         const float* __restrict__ beta,
-                                                                        float* __restrict__ T) {
+                                                                        TOut* __restrict__ T) {
   static_assert(kThreads == gdn_forward::kThreads && kChunk == gdn_forward::kChunk, "the forward's inverse's shape");
   constexpr int kLdC = gdn_forward::kLdC;
   __shared__ __align__(16) float am[kChunk * kLdC];
@@ -336,11 +342,21 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const fl
     }
   }
   __syncthreads();
-  gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
-  float4* out = reinterpret_cast<float4*>(T + chunk * kChunk * kChunk);
+  constexpr bool kBf16 = std::is_same_v<TOut, __nv_bfloat16>;
+  if constexpr (kBf16)
+    gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier
+  else
+    gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
+  TOut* out = T + chunk * kChunk * kChunk;
   for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
     const int row = index / (kChunk / 4), col = (index % (kChunk / 4)) * 4;
-    out[index] = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
+    const float4 x = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
+    if constexpr (kBf16) {
+      const __nv_bfloat162 pairs[2] = {__floats2bfloat162_rn(x.x, x.y), __floats2bfloat162_rn(x.z, x.w)};
+      reinterpret_cast<uint2*>(out)[index] = *reinterpret_cast<const uint2*>(pairs);
+    } else {
+      reinterpret_cast<float4*>(out)[index] = x;
+    }
   }
 }
 
@@ -512,16 +528,24 @@ void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, cons
   const char* op = "gdn_backward_inverse";
   const int64_t chunks = kk.size(0);
   check_chunks(kk, op, "kk", chunks, kChunk);
-  check_chunks(T, op, "T", chunks, kChunk);
+  const bool bf16 = T.scalar_type() == at::kBFloat16;
+  check_operand(T, op, "T", bf16 ? at::kBFloat16 : at::kFloat, 3);
+  PRIME_CHECK(T.sizes() == kk.sizes(), op, ": T ", T.sizes(), " vs kk ", kk.sizes());
   check_gates(g, op, "g", chunks);
   check_gates(beta, op, "beta", chunks);
   check_aligned(kk, op, "kk", 16);
   check_aligned(T, op, "T", 16);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(kk.device());
-  gdn_backward_inverse_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      kk.data_ptr<float>(), g.data_ptr<float>(), beta.data_ptr<float>(), T.data_ptr<float>());
-  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_inverse_kernel");
+  const auto launch = [&](auto* out) {
+    gdn_backward_inverse_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        kk.data_ptr<float>(), g.data_ptr<float>(), beta.data_ptr<float>(), out);
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_inverse_kernel");
+  };
+  if (bf16)
+    launch(reinterpret_cast<__nv_bfloat16*>(T.data_ptr()));
+  else
+    launch(T.data_ptr<float>());
 }
 
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out) {

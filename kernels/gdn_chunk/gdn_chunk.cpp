@@ -359,10 +359,11 @@ GdnChunkBackwardOps cuda_backward_ops() {
   };
   ops.inverse = [](const at::Tensor& A) { return inverse_forward(A); };
 #ifdef PRIME_WITH_CUDA
-  ops.inverse_from_gram = [](const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta) {
+  ops.inverse_from_gram = [](const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                             at::ScalarType type) {
     const int64_t chunk = kk.size(-1);
     const at::Tensor flat_kk = contiguous_aligned(kk.reshape({-1, chunk, chunk}), 16);
-    at::Tensor T = new_output(flat_kk.sizes(), flat_kk.options());
+    at::Tensor T = new_output(flat_kk.sizes(), flat_kk.options().dtype(type));
     detail::launch_gdn_backward_inverse(flat_kk, g.reshape({-1, chunk}).contiguous(),
                                         beta.reshape({-1, chunk}).contiguous(), T);
     return T.view(kk.sizes());

@@ -354,7 +354,9 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
   if (!inverse.defined() && on_kernels && ops.inverse_from_gram) {
-    inverse = ops.inverse_from_gram(c.kk, c.g, c.beta);
+    // T is read by products alone: in bf16 where they are bf16 (formed to TF32 accuracy, then rounded as
+    // they would round it).
+    inverse = ops.inverse_from_gram(c.kk, c.g, c.beta, operand_type == at::kBFloat16 ? at::kBFloat16 : work);
   } else if (!inverse.defined()) {
     const at::Tensor d = decay.defined() ? decay : decay_matrix(c.gamma64, work);
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));

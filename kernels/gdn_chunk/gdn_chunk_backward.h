@@ -59,8 +59,10 @@ struct GdnChunkBackwardOps {
       reverse_walk;
   std::function<at::Tensor(const at::Tensor& A)> inverse;
   // Optional: T from K K^T [M,N,64,64], the gates and beta [M,N,64] (fp32) in one step, A formed inside
-  // (CUDA: launch_gdn_backward_inverse); where it is empty, A is formed in ATen ops for `inverse`.
-  std::function<at::Tensor(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta)> inverse_from_gram;
+  // (CUDA: launch_gdn_backward_inverse), T of dtype `type` (fp32, or bf16 where only bf16 products read
+  // it); where it is empty, A is formed in ATen ops for `inverse`.
+  std::function<at::Tensor(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta, at::ScalarType type)>
+      inverse_from_gram;
   // Optional, for the bf16 forward's results: the walk with its addend and dU formed inside (CUDA:
   // launch_gdn_backward_walk_bf16), from the saved q, k, w, states, Gamma [M,N,64] float64, d_out
   // [B,T,H,D] (undefined: zeros), d_final [M,D,D] (or undefined) and starts (GdnFusedWalk). Where it is

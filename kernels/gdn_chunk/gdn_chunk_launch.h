@@ -80,7 +80,9 @@ void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& g
 // T [MN,64,64] = (I + A)^-1 with A = strictly-lower(beta_i kk_ij e^{Gamma_i - Gamma_j}) formed from kk
 // [MN,64,64] (K K^T per chunk), g and beta [MN,64] (rows past T zero), Gamma the gates' float64 prefix
 // sums per chunk: the backward's T where the forward did not keep it (the bf16 forward), in one kernel
-// instead of the decay matrix, A and unit_lower_inverse. fp32, 16-byte aligned contiguous kk and T.
+// instead of the decay matrix, A and unit_lower_inverse. 16-byte aligned contiguous kk (fp32) and T: fp32,
+// or bf16 for a T that only bf16 products read (the inverse's off-diagonal blocks then on TF32 MMAs, as
+// the bf16 forward forms them; T rounded to nearest even, as those products would round it).
 void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                  const at::Tensor& T);
 
