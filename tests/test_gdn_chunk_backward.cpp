@@ -355,6 +355,8 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
     const auto rows = [&] { return at::randn({MN, kChunk, D}, f32); };
     const auto gates = [&] { return at::randn({MN, kChunk}, f32); };
     const at::Tensor q16 = rows().to(at::kBFloat16), k16 = rows().to(at::kBFloat16), v16 = rows().to(at::kBFloat16);
+    // q, k and v as the kernel takes them: [B,H,N,64,D] (here contiguous, chunk-major as the other operands)
+    const auto per_chunk = [&](const at::Tensor& x) { return x.view({B, H, N, kChunk, D}); };
     kernels::detail::GdnBackwardRows in;
     in.d_q_decayed = rows(), in.d_k_in = rows(), in.d_k_decayed = rows(), in.d_v_in = rows();
     in.dq_products = rows(), in.dk_products = rows();
@@ -364,8 +366,8 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
     std::vector<std::vector<at::Tensor>> outs;
     for (const bool bf16 : {true, false}) {
       kernels::detail::GdnBackwardRows run = in;
-      run.q = bf16 ? q16 : q16.to(at::kFloat), run.k = bf16 ? k16 : k16.to(at::kFloat);
-      run.v = bf16 ? v16 : v16.to(at::kFloat);
+      run.q = per_chunk(bf16 ? q16 : q16.to(at::kFloat)), run.k = per_chunk(bf16 ? k16 : k16.to(at::kFloat));
+      run.v = per_chunk(bf16 ? v16 : v16.to(at::kFloat));
       run.dq = kernels::new_output({B, T, H, D}, f32), run.dk = kernels::new_output({B, T, H, D}, f32);
       run.dv = kernels::new_output({B, T, H, D}, f32);
       run.dg = kernels::new_output({B, T, H}, f32), run.d_beta = kernels::new_output({B, T, H}, f32);
@@ -374,7 +376,7 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
     }
     // bf16 gradients (bf16 leaves): the fp32 ones rounded to nearest even, bit for bit; dg and dbeta fp32.
     kernels::detail::GdnBackwardRows rounded = in;
-    rounded.q = q16, rounded.k = k16, rounded.v = v16;
+    rounded.q = per_chunk(q16), rounded.k = per_chunk(k16), rounded.v = per_chunk(v16);
     const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
     rounded.dq = at::full({B, T, H, D}, NAN, bf16), rounded.dk = at::full({B, T, H, D}, NAN, bf16);
     rounded.dv = at::full({B, T, H, D}, NAN, bf16);
@@ -388,6 +390,49 @@ TEST_CASE("GDN backward rows kernel: bf16 q k v give their fp32 copies' gradient
       CHECK(at::equal(bf16_outs[i], i < 3 ? outs[0][i].to(at::kBFloat16) : outs[0][i]));
     }
   }
+}
+#endif
+
+#ifdef PRIME_WITH_CUDA
+// The gates kernel writes d(QK^T) and d(KK^T) + d(KK^T)^T over d_scores and p (fp32), or, for bf16 products,
+// into bf16 tensors of their own: then the fp32 results rounded to nearest even, bit for bit, and the row
+// sums the same. Random operands; an fp32 output anywhere but over its input refused.
+TEST_CASE("GDN backward gates kernel: bf16 d(QK^T) and d(KK^T) are the fp32 ones rounded", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const int64_t MN = 45;
+  at::manual_seed(77);
+  const auto square = [&] { return at::randn({MN, kChunk, kChunk}, f32); };
+  const at::Tensor d_scores = square(), qk = square(), p = square(), kk = square();
+  const at::Tensor g = -at::rand({MN, kChunk}, f32) / 10, beta = at::rand({MN, kChunk}, f32);
+  // fp32, in place (on copies)
+  const at::Tensor d_qk = d_scores.clone(), d_kk = p.clone();
+  const at::Tensor d_beta_a = kernels::new_output({MN, kChunk}, f32);
+  const at::Tensor dg_decay = kernels::new_output({MN, kChunk}, f32);
+  kernels::detail::launch_gdn_backward_gates(d_qk, qk, d_kk, kk, g, beta, d_qk, d_kk, d_beta_a, dg_decay);
+  // bf16, the inputs kept
+  const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+  const at::Tensor d_qk16 = at::full({MN, kChunk, kChunk}, NAN, bf16);
+  const at::Tensor d_kk16 = at::full({MN, kChunk, kChunk}, NAN, bf16);
+  const at::Tensor d_beta_a16 = kernels::new_output({MN, kChunk}, f32);
+  const at::Tensor dg_decay16 = kernels::new_output({MN, kChunk}, f32);
+  const at::Tensor d_scores_in = d_scores.clone(), p_in = p.clone();
+  kernels::detail::launch_gdn_backward_gates(d_scores_in, qk, p_in, kk, g, beta, d_qk16, d_kk16, d_beta_a16,
+                                             dg_decay16);
+  CHECK_FALSE(d_qk.isnan().any().item<bool>());
+  CHECK_FALSE(d_kk.isnan().any().item<bool>());
+  CHECK_FALSE(at::equal(d_qk, d_scores));  // it acted
+  CHECK(at::equal(d_qk16, d_qk.to(at::kBFloat16)));
+  CHECK(at::equal(d_kk16, d_kk.to(at::kBFloat16)));
+  CHECK(at::equal(d_beta_a16, d_beta_a));
+  CHECK(at::equal(dg_decay16, dg_decay));
+  CHECK(at::equal(d_scores_in, d_scores));  // bf16 outputs leave the inputs as they were
+  CHECK(at::equal(p_in, p));
+  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_gates(d_scores_in, qk, p_in, kk, g, beta, d_qk.clone(),
+                                                               d_kk, d_beta_a, dg_decay),
+                    Catch::Matchers::Contains("an fp32 d_qk is written in place of d_scores"));
 }
 #endif
 

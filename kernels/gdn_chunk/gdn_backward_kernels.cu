@@ -21,6 +21,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -67,10 +69,16 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_scores_kernel(const flo
   }
 }
 
+__device__ __forceinline__ void store_element(float* to, float x) { *to = x; }
+__device__ __forceinline__ void store_element(__nv_bfloat16* to, float x) { *to = __float2bfloat16_rn(x); }
+
+// d_qk and d_kk of type Out: fp32 in place of d_scores and p (the same addresses; each element read before
+// it is written, by the thread that writes it or before the block's barrier), or bf16 tensors of their own.
+template <typename Out>
 __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
-    float* __restrict__ d_scores, const float* __restrict__ qk, float* __restrict__ p, const float* __restrict__ kk,
-    const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ d_beta_a,
-    float* __restrict__ dg_decay) {
+    const float* d_scores, const float* __restrict__ qk, const float* p, const float* __restrict__ kk,
+    const float* __restrict__ g, const float* __restrict__ beta, Out* d_qk_out, Out* d_kk_out,
+    float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
   __shared__ double gamma[kChunk];
   __shared__ float e[kChunk][kLd];      // E = dD * D, then its columns summed from the bottom
   __shared__ float d_kk[kChunk][kLd];   // d(K K^T) below the diagonal, 0 on and above it
@@ -82,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
     const int i = index / kChunk, j = index % kChunk;
     const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
     const float ds = d_scores[base + index], b = beta[chunk * kChunk + i];
-    d_scores[base + index] = ds * decay;                             // d(Q K^T)
+    store_element(d_qk_out + base + index, ds * decay);              // d(Q K^T)
     const float a = j < i ? -p[base + index] * decay : 0.0f;        // dA_ij D_ij
     const float akk = a * kk[base + index];
     d_kk[i][j] = a * b;
@@ -97,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   // dK's two products with K are one.
   for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
     const int i = index / kChunk, j = index % kChunk;
-    p[base + index] = j < i ? d_kk[i][j] : d_kk[j][i];
+    store_element(d_kk_out + base + index, j < i ? d_kk[i][j] : d_kk[j][i]);
   }
   const int t = threadIdx.x;
   if (t < kChunk) {  // column t summed from the bottom, in place
@@ -435,7 +443,8 @@ void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const
 
 void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
-                               const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
+                               const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
+                               const at::Tensor& dg_decay) {
   const char* op = "gdn_backward_gates";
   const int64_t chunks = qk.size(0);
   for (const auto& [tensor, name] : {std::pair{&d_scores, "d_scores"}, {&qk, "qk"}, {&p, "p"}, {&kk, "kk"}})
@@ -443,12 +452,26 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
   for (const auto& [tensor, name] : {std::pair{&g, "g"}, {&beta, "beta"}, {&d_beta_a, "d_beta_a"},
                                      {&dg_decay, "dg_decay"}})
     check_gates(*tensor, op, name, chunks);
+  const bool bf16 = d_qk.scalar_type() == at::kBFloat16;
+  for (const auto& [tensor, name, in] : {std::tuple{&d_qk, "d_qk", &d_scores}, {&d_kk, "d_kk", &p}}) {
+    check_operand(*tensor, op, name, bf16 ? at::kBFloat16 : at::kFloat, 3);
+    PRIME_CHECK(tensor->sizes() == qk.sizes(), op, ": ", name, " ", tensor->sizes(), " vs qk ", qk.sizes());
+    PRIME_CHECK(bf16 || tensor->data_ptr() == in->data_ptr(), op, ": an fp32 ", name, " is written in place of ",
+                name == std::string_view("d_qk") ? "d_scores" : "p");
+  }
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(qk.device());
-  gdn_backward_gates_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      d_scores.data_ptr<float>(), qk.data_ptr<float>(), p.data_ptr<float>(), kk.data_ptr<float>(),
-      g.data_ptr<float>(), beta.data_ptr<float>(), d_beta_a.data_ptr<float>(), dg_decay.data_ptr<float>());
-  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_kernel");
+  const auto launch = [&](auto* qk_out, auto* kk_out) {
+    gdn_backward_gates_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        d_scores.data_ptr<float>(), qk.data_ptr<float>(), p.data_ptr<float>(), kk.data_ptr<float>(),
+        g.data_ptr<float>(), beta.data_ptr<float>(), qk_out, kk_out, d_beta_a.data_ptr<float>(),
+        dg_decay.data_ptr<float>());
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_kernel");
+  };
+  if (bf16)
+    launch(reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()), reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()));
+  else
+    launch(d_qk.data_ptr<float>(), d_kk.data_ptr<float>());
 }
 
 void launch_gdn_backward_rows(const GdnBackwardRows& rows) {

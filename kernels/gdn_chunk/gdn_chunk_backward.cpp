@@ -202,10 +202,15 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
   const at::Tensor g = gates(c.g), beta = gates(c.beta);
   const at::Tensor d_beta_a = at::empty({MN, kChunk}, c.g.options()), dg_decay = at::empty_like(d_beta_a);
-  const at::Tensor& d_qk = c.d_scores;  // written over
-  const at::Tensor& d_kk = c.p;         // written over
-  detail::launch_gdn_backward_gates(chunks(d_qk), chunks(c.qk), chunks(d_kk), chunks(c.kk), g, beta, d_beta_a,
-                                    dg_decay);
+  // d(QK^T) and d(KK^T) + d(KK^T)^T: read by products alone, so in bf16 for bf16 products (the rounding they
+  // would make as they load them), else written over d_scores and p.
+  const bool bf16_products = product.precision == GemmPrecision::Bf16;
+  const auto gate_product = [&](const at::Tensor& in) {
+    return bf16_products ? at::empty(in.sizes(), in.options().dtype(at::kBFloat16)) : in;
+  };
+  const at::Tensor d_qk = gate_product(c.d_scores), d_kk = gate_product(c.p);
+  detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), g, beta,
+                                    chunks(d_qk), chunks(d_kk), d_beta_a, dg_decay);
   const at::Tensor dq = product(d_qk, c.k);
   // d_kk holds d(KK^T) + d(KK^T)^T (symmetric): dK's products with K in one, read transposed as d(QK^T) is, so
   // the two terms are one launch with bf16 products.

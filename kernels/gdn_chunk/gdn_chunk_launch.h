@@ -52,12 +52,16 @@ void launch_gdn_forward_output(const at::Tensor& q, const at::Tensor& k, const a
 // [MN, 64, ...] operands (MN = B*H*N chunks; g, beta [MN, 64]; fp32, contiguous):
 // scores [MN,64,64] = qk * D with D_ij = e^{Gamma_i - Gamma_j} (j <= i), else 0.
 void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const at::Tensor& scores);
-// d_scores becomes d(QK^T) = d_scores * D; p (T^T dT T^T) becomes d(KK^T) + d(KK^T)^T: d(KK^T) =
-// -beta_i p_ij D_ij below the diagonal, the same mirrored above it, 0 on it; d_beta_a [MN,64] =
-// sum_j -p_ij D_ij kk_ij; dg_decay [MN,64] = the decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij) kk_ij) D_ij.
+// d_qk = d(QK^T) = d_scores * D; d_kk = d(KK^T) + d(KK^T)^T from p (T^T dT T^T): d(KK^T) = -beta_i p_ij D_ij
+// below the diagonal, the same mirrored above it, 0 on it; d_beta_a [MN,64] = sum_j -p_ij D_ij kk_ij;
+// dg_decay [MN,64] = the decay matrix's part of dg: sum_{j < t <= i} E_ij, E = (d_scores qk + beta_i (-p_ij)
+// kk_ij) D_ij. d_qk and d_kk [MN,64,64] are either fp32 and d_scores and p themselves (written over), or bf16
+// tensors of their own, rounded to nearest even, for bf16 products (which would round them so as they load
+// them: the same products at half the traffic).
 void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
-                               const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
+                               const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
+                               const at::Tensor& dg_decay);
 // dq = dq_products + e^Gamma d_q_decayed, dk = dk_products + beta e^Gamma d_k_in +
 // e^{Gamma_C - Gamma} d_k_decayed, dv = beta d_v_in, and dg, d_beta in full (with d_beta_a,
 // dg_decay from the gates and d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}), all
