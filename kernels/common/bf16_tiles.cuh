@@ -184,21 +184,15 @@ __device__ __forceinline__ void for_each_vector(Body&& body) {
 }
 
 // dst [ROWS][WIDTH] (row stride ld_of(WIDTH)) <- src (row stride src_ld), asynchronously; rows at
-// or past `valid_rows` are zeros (their source is not read). THREADS threads call it.
-template <int ROWS, int WIDTH, int THREADS>
-__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows = ROWS) {
+// or past `valid_rows` are zeros (their source is not read). THREADS threads call it. An L2 cache policy
+// may follow (cp_async.cuh's l2_evict_first_policy, for rows read once).
+template <int ROWS, int WIDTH, int THREADS, typename... Policy>
+__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows = ROWS,
+                                           Policy... policy) {
+  static_assert(sizeof...(Policy) <= 1, "at most one cache policy");
   for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
     const bool valid = row < valid_rows;
-    cp_async16_or_zero(dst + row * ld_of(WIDTH) + col, src + (valid ? row * src_ld + col : 0), valid);
-  });
-}
-
-// The same with an L2 cache policy on the reads (cp_async.cuh's l2_evict_first_policy for rows read once).
-template <int ROWS, int WIDTH, int THREADS>
-__device__ __forceinline__ void copy_async(Bf16* dst, const Bf16* src, size_t src_ld, int valid_rows, uint64_t policy) {
-  for_each_vector<ROWS, WIDTH, THREADS>([&](int row, int col) {
-    const bool valid = row < valid_rows;
-    cp_async16_or_zero(dst + row * ld_of(WIDTH) + col, src + (valid ? row * src_ld + col : 0), valid, policy);
+    cp_async16_or_zero(dst + row * ld_of(WIDTH) + col, src + (valid ? row * src_ld + col : 0), valid, policy...);
   });
 }
 

@@ -21,7 +21,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -453,11 +452,12 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
                                      {&dg_decay, "dg_decay"}})
     check_gates(*tensor, op, name, chunks);
   const bool bf16 = d_qk.scalar_type() == at::kBFloat16;
-  for (const auto& [tensor, name, in] : {std::tuple{&d_qk, "d_qk", &d_scores}, {&d_kk, "d_kk", &p}}) {
+  for (const auto& [tensor, name, in, in_name] :
+       {std::tuple{&d_qk, "d_qk", &d_scores, "d_scores"}, {&d_kk, "d_kk", &p, "p"}}) {
     check_operand(*tensor, op, name, bf16 ? at::kBFloat16 : at::kFloat, 3);
     PRIME_CHECK(tensor->sizes() == qk.sizes(), op, ": ", name, " ", tensor->sizes(), " vs qk ", qk.sizes());
     PRIME_CHECK(bf16 || tensor->data_ptr() == in->data_ptr(), op, ": an fp32 ", name, " is written in place of ",
-                name == std::string_view("d_qk") ? "d_scores" : "p");
+                in_name);
   }
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(qk.device());
