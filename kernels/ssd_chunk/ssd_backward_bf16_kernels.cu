@@ -93,9 +93,10 @@ __device__ __forceinline__ float column_total(float x) {
 //                 need k >= 16 r, else k < 16 (r + 1)) times rows[k][col0..+16]
 //   via_state[r] = left[16 r rows][0:D] times the [D][16] block of state at col0 (state^T when
 //                  StateT), the state's fragments read from global memory once per k-step.
-template <int D, bool Transposed, bool StateT>
+template <int D, bool Transposed, bool StateT, bool Dot = false>
 __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_state)[4], const Bf16* a,
-                                              const Bf16* rows, const Bf16* left, const Bf16* state, int col0) {
+                                              const Bf16* rows, const Bf16* left, const Bf16* state, int col0,
+                                              const Bf16* other = nullptr, float* dot = nullptr) {
   constexpr int ld = ld_of(D);
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
@@ -120,10 +121,21 @@ __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_stat
 #pragma unroll 2
   for (int k0 = 0; k0 < D; k0 += 16) {
     FragB sm;
-    if constexpr (StateT)
+    if constexpr (StateT) {
       load_b_t_global(sm, state + col0 * D + k0, D);  // (state^T)[k][col] = state[col][k]
-    else
+    } else if constexpr (Dot) {  // the words as stored, <state, other> over them, then transposed
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int at = (k0 + 8 * (j % 2)) * D + col0 + 8 * (j / 2);
+        const uint32_t word = global_word(state + at, D), with = global_word(other + at, D);
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&word));
+        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&with));
+        *dot = fmaf(x.x, y.x, fmaf(x.y, y.y, *dot));
+        sm.x[j] = transpose_8x8(word);
+      }
+    } else {
       load_b_global(sm, state + k0 * D + col0, D);
+    }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {  // via_state[r] += left rows 16 r times sm
       FragA am;
@@ -165,20 +177,6 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0, once);
   cp_async_commit();
   ssd_common::chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
-  // <G_n, S_n> while the rows arrive: each thread's share in a fixed order, then the warps' sums.
-  {
-    float dot = 0.0f;
-    for (int index = threadIdx.x; index < D * D / 8; index += kGradThreads) {
-      float gv[8], sv[8];
-      unpack8(__ldg(reinterpret_cast<const uint4*>(G) + index), gv);
-      unpack8(__ldg(reinterpret_cast<const uint4*>(S) + index), sv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dot += gv[e] * sv[e];
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-    if (lane == 0) dot_warps[warp] = dot;
-  }
   cp_async_wait<0>();
   __syncthreads();
 
@@ -225,6 +223,7 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
 
   // Tasks (output, 16-column tile), all four row blocks each: warp w takes tasks w, w + 8, ...
   const float gamma_end = static_cast<float>(gamma[kChunk - 1]);
+  float gs_part = 0.0f;  // this lane's share of <G_n, S_n>, from the dC tasks
   for (int task = warp; task < 3 * kTiles; task += kGradWarps) {
     const int kind = task / kTiles, tile = task % kTiles, col0 = 16 * tile;
     Acc in_chunk[4], via_state[4];
@@ -232,8 +231,8 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
       tile_products<D, /*Transposed=*/true, /*StateT=*/true>(in_chunk, via_state, ms, dys, bs, G, col0);
     else if (kind == 1)  // dB = P^T C + diag(f) X G
       tile_products<D, true, false>(in_chunk, via_state, ps, cs, xs, G, col0);
-    else  // dC = P B + diag(e^Gamma) dY S
-      tile_products<D, false, false>(in_chunk, via_state, ps, bs, dys, S, col0);
+    else  // dC = P B + diag(e^Gamma) dY S, and the lane's share of <G, S>
+      tile_products<D, false, false, true>(in_chunk, via_state, ps, bs, dys, S, col0, G, &gs_part);
     Out* out = static_cast<Out*>(kind == 0 ? p.dx : kind == 1 ? p.dB : p.dC);
     const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
 #pragma unroll
@@ -271,6 +270,9 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
       }
     }
   }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) gs_part += __shfl_xor_sync(0xffffffffu, gs_part, offset);
+  if (lane == 0) dot_warps[warp] = gs_part;
   __syncthreads();
   if (warp != 0) return;
 
