@@ -56,10 +56,10 @@ at::Tensor float64_solve(const System& system, int iterations, bool bf16_inputs 
 
 TEST_CASE("GKA solve products: PRIME_GKA_SOLVE_PRODUCTS and PRIME_GKA_BACKWARD_PRODUCTS take tf32x3 or bf16x3",
           "[kernels][gka]") {
-  // Unset: the forward's tf32x3, the reverse sweep's bf16x3.
+  // Unset: tf32x3 for the forward and for the reverse sweep.
   for (const auto& [variable, read, unset_value] :
        {std::tuple{"PRIME_GKA_SOLVE_PRODUCTS", &kernels::gka_fp32_solve_products, SolveProducts::Tf32x3},
-        std::tuple{"PRIME_GKA_BACKWARD_PRODUCTS", &kernels::gka_backward_products, SolveProducts::Bf16x3}}) {
+        std::tuple{"PRIME_GKA_BACKWARD_PRODUCTS", &kernels::gka_backward_products, SolveProducts::Tf32x3}}) {
     INFO(variable);
     {
       const test::ScopedEnv unset(variable, nullptr);

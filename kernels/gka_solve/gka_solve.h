@@ -37,9 +37,10 @@ enum class SolveProducts { Tf32x3, Bf16x3, Bf16 };
 SolveProducts gka_fp32_solve_products();
 
 // PRIME_GKA_BACKWARD_PRODUCTS: the products of the reverse sweep kernel (gka_chunk_solve_backward),
-// "tf32x3" (unset: the default) or "bf16x3" (built, not yet run on a GPU, so opt-in: twice the TF32 rate;
-// the study's gradients within 1.4e-5 of float64 on bf16x3 products, experiments/gka_bf16_solve; D a
-// multiple of 32, other head dims take Tf32x3); any other value is a UserError naming the variable.
+// "tf32x3" (unset: the default) or "bf16x3" (twice the TF32 rate, 1.08x fwd+bwd on an H100; the kernel's
+// tests within 1.4e-5 of float64, but the whole-hybrid fp32 test's GKA gradients ~50x worse than on
+// 3xTF32: kernels/README.md, gka_solve v9; D a multiple of 32, other head dims take Tf32x3); any other
+// value is a UserError naming the variable.
 // Read at each call.
 SolveProducts gka_backward_products();
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU calls' tests and timings on binaries built here instead of on the GPU machine (whose filtered build
+# takes ~2 minutes of each call's device time). This machine's build is a CUDA build against the same torch
+# wheel (cu130) for sm_90a and sm_80, so its libprime.so, prime_tests and prime-bench run there as they are,
+# found through LD_LIBRARY_PATH. Pack them first:
+#   mkdir -p /tmp/pb/tree /tmp/pb/before
+#   cp build/libprime.so build/bin/prime_tests build/bin/prime-bench /tmp/pb/tree/
+#   (the build before a change: git stash, cmake --build build --target prime, cp build/libprime.so /tmp/pb/before/,
+#   git stash pop, build again; ccache makes both builds seconds)
+#   mkdir -p /tmp/pb/lib && cp -L "$(ldd build/bin/prime_tests | awk '/libpq/ {print $3}')" /tmp/pb/lib/
+#   (and libpq's own libraries, which the GPU machine may lack too: ldap, lber, sasl2, gssapi_krb5, krb5, k5crypto,
+#   krb5support, com_err, keyutils)
+#   tar cf - -C /tmp/pb tree lib | xz -T2 -6 > .gpu/prebuilt.tar.xz    (~15 MB; ~26 MB with before/)
+# The call's working tree (the tracked files, ~39 MB) and what it carries must stay under 64 MiB: carry
+# .deps/lib (not all of .deps) and .gpu.
+# Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
+# builds alternating), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
+# environment setting), SANITIZE (a spec under memcheck and racecheck) and NCU_TITLE (ncu's kernel times of
+# the tree), each step while DEADLINE_S (default 400) allows. Results under $OUT, all.tgz among them.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+start=$(date +%s)
+deadline=$(( start + ${DEADLINE_S:-400} ))
+source experiments/gpu/steps.sh  # left, run, sanitize, begin_out
+OUT=${OUT:-/tmp/prime-prebuilt-out}
+begin_out
+pb=/tmp/prime-prebuilt
+mkdir -p "$pb" &&
+  python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .gpu/prebuilt.tar.xz "$pb" ||
+  { echo "no .gpu/prebuilt.tar.xz"; exit 1; }
+torch_lib=$(python3 -c 'import os,torch;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')
+libs="$torch_lib:$PWD/.deps/lib:$pb/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib"
+# with BUILD COMMAND...: the env command that runs COMMAND with that build's libprime.so first on the library path.
+with() {
+  local build=$1; shift
+  echo env LD_LIBRARY_PATH="$pb/$build:$libs" "$@"
+}
+$(with tree ldd "$pb/tree/prime_tests") | grep "not found" && exit 1
+export PRIME_REQUIRE_CUDA=1
+if [ -n "${TESTS:-}" ]; then
+  run 60 tests $(with tree "$pb/tree/prime_tests") "$TESTS"
+  grep -E "passed|failed" "$OUT/tests.txt" | tail -2
+  grep -A8 "FAILED" "$OUT/tests.txt" | head -40
+fi
+builds=(tree)
+[ -f "$pb/before/libprime.so" ] && builds+=(before)
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  for build in "${builds[@]}"; do
+    run 30 "bench_${build}_$round" $(with "$build" "$pb/tree/prime-bench") kernels --device cuda --repeats 5 \
+        ${BENCH:---types GDN --dtype bf16} && grep -E '^(GDN|GKA|M2) +\(' "$OUT/bench_${build}_$round.txt" | head -1
+  done
+done
+if [ -n "${EXTRA_TESTS:-}" ]; then
+  run 60 extra_tests $(with tree) ${EXTRA_TESTS_ENV:-} "$pb/tree/prime_tests" "$EXTRA_TESTS"
+  grep -E "passed|failed|vs float64:" "$OUT/extra_tests.txt" | tail -4
+fi
+if [ -n "${SANITIZE:-}" ]; then
+  for tool in memcheck racecheck; do
+    run 45 "sanitizer_$tool" $(with tree compute-sanitizer) --tool $tool "$pb/tree/prime_tests" "$SANITIZE"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_$tool.txt" | tail -1
+  done
+fi
+if [ -n "${NCU_TITLE:-}" ]; then
+  run 45 ncu $(with tree ncu) --profile-from-start off --metrics gpu__time_duration.sum \
+      "$pb/tree/prime-bench" kernels --device cuda ${BENCH:---types GDN --dtype bf16} --profile &&
+    python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu.txt" "$NCU_TITLE" | tee "$OUT/ncu_summary.txt" | head -12
+fi
+echo "total: $(( $(date +%s) - start )) s"
