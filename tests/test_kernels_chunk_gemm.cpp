@@ -9,6 +9,8 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -435,4 +437,263 @@ TEST_CASE("chunk gemm: a batch of three dims reads per-chunk views in place bit 
     kernels::chunk_gemm_sum(sum, terms, 0.0, GemmPrecision::Bf16);
     CHECK(at::equal(sum.view({-1, C, D}), kernels::chunk_matmul_sum(flat_terms, GemmPrecision::Bf16)));
   }
+}
+
+namespace {
+
+// What a sum of terms with row scales and row dots gives, in float64 on the CPU from the operands' values as
+// the products take them (bf16 products: rounded to bf16): out = sum_i diag(row_scale_i) P_i + beta out0 with
+// P_i = alpha_i a_i b_i diag(column_scale_i), and each dotted term's [batch, ceil(n/64), m] row dots of P_i
+// with dot_with_i. Also the scales the errors are held to: the same sums of absolute values.
+struct RowTermsWant {
+  at::Tensor out, out_scale;
+  std::vector<at::Tensor> dots, dots_scale;  // per term (undefined where the term has no dots)
+};
+RowTermsWant row_terms_want(const std::vector<kernels::GemmTerm>& terms, const at::Tensor& out0, double beta,
+                            bool bf16_products) {
+  const auto f64 = [&](const at::Tensor& x) {
+    return (bf16_products ? x.to(at::kBFloat16) : x).to(at::kCPU, at::kDouble).contiguous();
+  };
+  const auto exact = [](const at::Tensor& x) { return x.to(at::kCPU, at::kDouble).contiguous(); };
+  RowTermsWant want;
+  want.out = beta * exact(out0);
+  want.out_scale = std::abs(beta) * exact(out0).abs();
+  for (const kernels::GemmTerm& term : terms) {
+    const at::Tensor a = f64(term.a), b = f64(term.b);
+    at::Tensor p = term.alpha * at::matmul(a, b), p_abs = std::abs(term.alpha) * at::matmul(a.abs(), b.abs());
+    if (term.column_scale.defined()) {
+      const at::Tensor s = exact(term.column_scale).unsqueeze(-2);
+      p = p * s, p_abs = p_abs * s.abs();
+    }
+    if (term.dot_with.defined()) {
+      const at::Tensor with = exact(term.dot_with);
+      const int64_t n = p.size(-1), tiles = (n + 63) / 64;
+      const auto tile_sums = [&](const at::Tensor& x) {
+        std::vector<at::Tensor> parts;
+        for (int64_t j = 0; j < tiles; ++j)
+          parts.push_back(x.narrow(-1, 64 * j, std::min<int64_t>(64, n - 64 * j)).sum(-1));
+        return at::stack(parts, -2);
+      };
+      want.dots.push_back(tile_sums(p * with));
+      want.dots_scale.push_back(tile_sums(p_abs * with.abs()));
+    } else {
+      want.dots.emplace_back();
+      want.dots_scale.emplace_back();
+    }
+    if (term.row_scale.defined()) {
+      const at::Tensor s = exact(term.row_scale).unsqueeze(-1);
+      p = p * s, p_abs = p_abs * s.abs();
+    }
+    want.out = want.out + p;
+    want.out_scale = want.out_scale + p_abs;
+  }
+  return want;
+}
+
+double scaled_error(const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale) {
+  return ((got.to(at::kCPU, at::kDouble) - want).abs() / scale.clamp_min(1e-30)).max().item<double>();
+}
+
+// A term with a row scale and, where `with` is given, its row dots into a fresh NaN-poisoned tensor.
+kernels::GemmTerm row_term(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& row_scale,
+                           const at::Tensor& with) {
+  kernels::GemmTerm term(a, b, alpha);
+  term.row_scale = row_scale;
+  if (with.defined()) {
+    std::vector<int64_t> shape = with.sizes().vec();
+    const int64_t m = shape[shape.size() - 2], n = shape.back();
+    shape[shape.size() - 2] = (n + 63) / 64;
+    shape.back() = m;
+    term.dot_with = with;
+    term.dots = at::full(shape, NAN, with.options().dtype(at::kFloat));
+  }
+  return term;
+}
+
+}  // namespace
+
+// Off CUDA the sum runs term by term: each term's product apart, its dots, its row scale, then into out.
+// fp32 within 1e-5 of float64 per element on its own scale (the partial second tile of n = 80 included);
+// a term's dots without dot_with, or dots of the wrong shape, refused.
+TEST_CASE("chunk gemm: row scales and row dots on the CPU are the sums the header defines", "[kernels][chunk_gemm]") {
+  at::manual_seed(37);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  const int64_t batch = 3, m = 32, n = 80;
+  const at::Tensor a1 = at::randn({batch, m, 24}, f32), b1 = at::randn({batch, 24, n}, f32);
+  const at::Tensor a2 = at::randn({batch, m, 40}, f32), b2 = at::randn({batch, n, 40}, f32).transpose(1, 2);
+  const at::Tensor with = at::randn({batch, m, n}, f32), row_scale = at::randn({batch, m}, f32);
+  for (const GemmPrecision precision : {GemmPrecision::Fp32, GemmPrecision::Bf16}) {
+    INFO("bf16 products " << (precision == GemmPrecision::Bf16));
+    std::vector<GemmTerm> terms{GemmTerm(a1, b1, 0.5, at::randn({batch, n}, f32)),
+                                row_term(a2, b2, -1.5, row_scale, with), row_term(a1, b1, 2.0, at::Tensor(), with)};
+    const at::Tensor out0 = at::randn({batch, m, n}, f32);
+    at::Tensor out = out0.clone();
+    kernels::chunk_gemm_sum(out, terms, 0.25, precision);
+    const RowTermsWant want = row_terms_want(terms, out0, 0.25, precision == GemmPrecision::Bf16);
+    CHECK(scaled_error(out, want.out, want.out_scale) <= 1e-5);
+    for (size_t i = 1; i < terms.size(); ++i) {
+      INFO("term " << i);
+      CHECK(terms[i].dots.sizes() == at::IntArrayRef({batch, 2, m}));
+      CHECK(scaled_error(terms[i].dots, want.dots[i], want.dots_scale[i]) <= 1e-5);
+    }
+  }
+  at::Tensor out = at::empty({batch, m, n}, f32);
+  GemmTerm alone(a1, b1);
+  alone.dots = at::empty({batch, 2, m}, f32);
+  CHECK_THROWS_WITH(kernels::chunk_gemm_sum(out, {alone}, 0.0), Catch::Contains("come together"));
+  GemmTerm misshapen = row_term(a1, b1, 1.0, at::Tensor(), with);
+  misshapen.dots = at::empty({batch, 1, m}, f32);
+  CHECK_THROWS_WITH(kernels::chunk_gemm_sum(out, {misshapen}, 0.0), Catch::Contains("ceil(n / 64)"));
+}
+
+namespace {
+
+// The sums of the CUDA test below: up to four terms whose orientations change once along the list (the GDN
+// backward's dq and dk: [row, row] then [row, column]; [column, row] three times then [row, column]), with
+// row scales, column scales and row dots (bf16 or fp32 dot_with), bf16 operands.
+struct SumCase {
+  std::vector<std::pair<bool, bool>> orientations;  // per term: a's rows contiguous, b's rows contiguous
+  std::vector<int64_t> depths;
+  int64_t m, n;
+};
+const std::vector<SumCase> kSumCases{{{{true, true}, {true, false}}, {64, 128}, 64, 128},
+                                     {{{false, true}, {false, true}, {false, true}, {true, false}},
+                                      {64, 64, 64, 128}, 64, 128},
+                                     {{{false, false}, {true, true}, {true, true}}, {40, 64, 32}, 48, 80},
+                                     {{{true, false}, {false, true}}, {32, 16}, 64, 32}};
+
+std::vector<kernels::GemmTerm> sum_case_terms(const SumCase& c, int64_t batch, bool fp32_with,
+                                              const at::TensorOptions& device) {
+  const auto f32 = device.dtype(at::kFloat), bf16 = device.dtype(at::kBFloat16);
+  std::vector<kernels::GemmTerm> terms;
+  for (size_t i = 0; i < c.orientations.size(); ++i) {
+    const at::Tensor a = operand(batch, c.m, c.depths[i], c.orientations[i].first, 8, bf16);
+    const at::Tensor b = operand(batch, c.depths[i], c.n, c.orientations[i].second, 0, bf16);
+    const bool dotted = i > 0, scaled = i % 2 == 1 || i + 1 == c.orientations.size();
+    const at::Tensor with = dotted ? at::randn({batch, c.m, c.n}, fp32_with ? f32 : bf16) : at::Tensor();
+    kernels::GemmTerm term =
+        row_term(a, b, i == 2 ? -0.75 : 1.0, scaled ? at::randn({batch, c.m}, f32) : at::Tensor(), with);
+    if (i == 1) term.column_scale = at::randn({batch, c.n}, f32);
+    terms.push_back(term);
+  }
+  return terms;
+}
+
+// A GDN gradient's sum as it lies: out a per-chunk view [B,H,N,64,D] of a time-major [B,T,H,D] bf16 tensor (a
+// batch of three dims), dO S^T's row scale [B,H,N,64] and its dot_with a per-chunk view too.
+struct PerChunkSum {
+  at::Tensor grad;  // [B,T,H,D]
+  std::vector<kernels::GemmTerm> terms;
+  at::Tensor out() const { return grad.unflatten(1, {grad.size(1) / 64, 64}).permute({0, 3, 1, 2, 4}); }
+};
+PerChunkSum per_chunk_sum(const at::TensorOptions& device) {
+  const auto f32 = device.dtype(at::kFloat), bf16 = device.dtype(at::kBFloat16);
+  const int64_t B = 2, T = 192, H = 3, D = 128, C = 64, N = T / C;
+  const auto per_chunk = [&](const at::Tensor& x) { return x.unflatten(1, {N, C}).permute({0, 3, 1, 2, 4}); };
+  const at::Tensor q = per_chunk(at::randn({B, T, H, D}, bf16)), d_o = per_chunk(at::randn({B, T, H, D}, bf16));
+  const at::Tensor d_qk = at::randn({B, H, N, C, C}, bf16), k = per_chunk(at::randn({B, T, H, D}, bf16));
+  const at::Tensor states = at::randn({B, H, N, D, D}, bf16);
+  return {at::full({B, T, H, D}, NAN, bf16),
+          {kernels::GemmTerm(d_qk, k), row_term(d_o, states.transpose(-1, -2), 1.0, at::rand({B, H, N, C}, f32), q)}};
+}
+
+}  // namespace
+
+// What the kernel takes, checked where no GPU is: the CUDA test's sums (each must be one launch there) pass the
+// conditions on their layouts, and sums that miss one of them, or whose orientations change twice, do not.
+TEST_CASE("chunk gemm: the sums of row scales and dots the kernel takes by their layouts", "[kernels][chunk_gemm]") {
+  using kernels::GemmPrecision;
+  at::manual_seed(43);
+  const auto cpu = at::TensorOptions();
+  for (const SumCase& c : kSumCases)
+    for (const bool fp32_with : {false, true}) {
+      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n << " fp32 dot_with " << fp32_with);
+      std::vector<kernels::GemmTerm> terms = sum_case_terms(c, 5, fp32_with, cpu);
+      for (const at::ScalarType out_type : {at::kFloat, at::kBFloat16})
+        CHECK(kernels::chunk_gemm_sum_layouts_served(at::empty({5, c.m, c.n}, cpu.dtype(out_type)), terms,
+                                                     GemmPrecision::Bf16));
+      CHECK_FALSE(kernels::chunk_gemm_sum_layouts_served(at::empty({5, c.m, c.n}), terms, GemmPrecision::Fp32));
+      kernels::GemmTerm& last = terms.back();
+      last.row_scale = at::randn({5, c.m, 2}).select(2, 0);  // the scale's rows 2 apart: declined
+      CHECK_FALSE(kernels::chunk_gemm_sum_layouts_served(at::empty({5, c.m, c.n}), terms, GemmPrecision::Bf16));
+      last.row_scale = at::randn({5, c.m});
+      last.dots = at::empty({5, (c.n + 63) / 64 + 1, c.m});
+      CHECK_FALSE(kernels::chunk_gemm_sum_layouts_served(at::empty({5, c.m, c.n}), terms, GemmPrecision::Bf16));
+    }
+  const PerChunkSum sum = per_chunk_sum(cpu);
+  CHECK(kernels::chunk_gemm_sum_layouts_served(sum.out(), sum.terms, GemmPrecision::Bf16));
+  std::vector<kernels::GemmTerm> unbatched = sum.terms;
+  unbatched[1].row_scale = unbatched[1].row_scale.flatten(0, 2);  // [B H N, 64]: not out's batch
+  CHECK_FALSE(kernels::chunk_gemm_sum_layouts_served(sum.out(), unbatched, GemmPrecision::Bf16));
+  const at::Tensor a = operand(4, 64, 64, true, 0, at::kBFloat16);
+  const at::Tensor b_rows = operand(4, 64, 64, true, 0, at::kBFloat16);
+  const at::Tensor b_columns = operand(4, 64, 64, false, 0, at::kBFloat16);
+  const std::vector<kernels::GemmTerm> three{kernels::GemmTerm(a, b_rows), kernels::GemmTerm(a, b_columns),
+                                             kernels::GemmTerm(a, b_rows)};
+  CHECK_FALSE(kernels::chunk_gemm_sum_layouts_served(at::empty({4, 64, 64}), three, GemmPrecision::Bf16));
+}
+
+// On CUDA, bf16 products on bf16 operands: the sums above in one launch, into fp32 and bf16 outs, and the
+// per-chunk view; every output poisoned. Each element within 1e-5 of float64 on its own scale (fp32
+// accumulation of exact bf16 products), the bf16 out the fp32 one rounded bit for bit; orientations changing
+// twice are not one launch.
+TEST_CASE("chunk gemm: row scales row dots and two groups of orientations on CUDA", "[kernels][gpu][chunk_gemm]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  at::NoGradGuard no_grad;
+  const test::PoisonOutputs poison;
+  at::manual_seed(41);
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
+  const auto f32 = cuda.dtype(at::kFloat), bf16 = cuda.dtype(at::kBFloat16);
+  using kernels::GemmPrecision;
+  using kernels::GemmTerm;
+  for (const SumCase& c : kSumCases) {
+    const int64_t batch = 5;
+    for (const bool fp32_with : {false, true}) {
+      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n << " fp32 dot_with " << fp32_with);
+      std::vector<GemmTerm> terms = sum_case_terms(c, batch, fp32_with, cuda);
+      at::Tensor out = at::full({batch, c.m, c.n}, NAN, f32);
+      REQUIRE(kernels::chunk_gemm_sum_apply(out, terms, GemmPrecision::Bf16));
+      kernels::chunk_gemm_sum(out, terms, 0.0, GemmPrecision::Bf16);
+      const RowTermsWant want = row_terms_want(terms, at::zeros({batch, c.m, c.n}, f32), 0.0, true);
+      CHECK(scaled_error(out, want.out, want.out_scale) <= 1e-5);
+      for (size_t i = 1; i < terms.size(); ++i) {
+        INFO("term " << i);
+        CHECK(scaled_error(terms[i].dots, want.dots[i], want.dots_scale[i]) <= 1e-5);
+      }
+      // A bf16 out: the same sum rounded; the dots again, the same bits.
+      const std::vector<at::Tensor> dots_before = [&] {
+        std::vector<at::Tensor> copies;
+        for (size_t i = 1; i < terms.size(); ++i) copies.push_back(terms[i].dots.clone()), terms[i].dots.fill_(NAN);
+        return copies;
+      }();
+      at::Tensor rounded = at::full({batch, c.m, c.n}, NAN, bf16);
+      REQUIRE(kernels::chunk_gemm_sum_apply(rounded, terms, GemmPrecision::Bf16));
+      kernels::chunk_gemm_sum(rounded, terms, 0.0, GemmPrecision::Bf16);
+      CHECK(at::equal(rounded, out.to(at::kBFloat16)));
+      for (size_t i = 1; i < terms.size(); ++i) CHECK(at::equal(terms[i].dots, dots_before[i - 1]));
+    }
+  }
+  // The per-chunk view of a time-major gradient.
+  PerChunkSum sum = per_chunk_sum(cuda);
+  const std::vector<GemmTerm>& terms = sum.terms;
+  REQUIRE(kernels::chunk_gemm_sum_apply(sum.out(), terms, GemmPrecision::Bf16));
+  at::Tensor view = sum.out();
+  kernels::chunk_gemm_sum(view, terms, 0.0, GemmPrecision::Bf16);
+  const RowTermsWant want = row_terms_want(terms, at::zeros(view.sizes(), f32), 0.0, true);
+  // The fp32 sum's bound plus the rounding to bf16: half a unit in the last place, at most 2^-8 of the value
+  // (8 significant bits: a value just above a power of two is 2^-8 of itself from the next one down).
+  CHECK(scaled_error(view, want.out, 1e-5 * want.out_scale + std::ldexp(1.0, -8) * want.out.abs()) <= 1.0);
+  CHECK(scaled_error(terms[1].dots, want.dots[1], want.dots_scale[1]) <= 1e-5);
+  // Orientations that change twice along the list: term by term, not one launch, the same sum.
+  const at::Tensor a = operand(4, 64, 64, true, 0, bf16);
+  const at::Tensor b_rows = operand(4, 64, 64, true, 0, bf16), b_columns = operand(4, 64, 64, false, 0, bf16);
+  const std::vector<GemmTerm> three{GemmTerm(a, b_rows), GemmTerm(a, b_columns), GemmTerm(a, b_rows, 0.5)};
+  at::Tensor out = at::full({4, 64, 64}, NAN, f32);
+  CHECK_FALSE(kernels::chunk_gemm_sum_apply(out, three, GemmPrecision::Bf16));
+  kernels::chunk_gemm_sum(out, three, 0.0, GemmPrecision::Bf16);
+  const RowTermsWant three_want = row_terms_want(three, at::zeros({4, 64, 64}, f32), 0.0, true);
+  CHECK(scaled_error(out, three_want.out, three_want.out_scale) <= 1e-5);
 }

@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "kernels/common/policy.h"
@@ -44,9 +45,10 @@ at::ScalarType product_type(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // The kernel's conditions on out and one product's operands (chunk_gemm_apply's); out fp32, or bf16 where
-// `bf16_out` (with bf16 products).
-bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision, bool bf16_out) {
-  if (!out.defined() || !a.defined() || !b.defined() || !use_cuda_kernels(a)) return false;
+// `bf16_out` (with bf16 products); with `layouts_only`, not the device and policy (tests of the rest on the CPU).
+bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision precision, bool bf16_out,
+            bool layouts_only = false) {
+  if (!out.defined() || !a.defined() || !b.defined() || !(layouts_only || use_cuda_kernels(a))) return false;
   const int64_t dims = out.dim();
   if (dims < 3 || dims > 2 + kMaxGemmBatchDims) return false;
   for (const at::Tensor* t : {&out, &a, &b}) {
@@ -67,23 +69,64 @@ bool served(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, Gem
   return out.data_ptr() != a.data_ptr() && out.data_ptr() != b.data_ptr();
 }
 
+// A term's row scale and row dots as the kernel takes them (none, or as GemmTerm says, on out's device).
+bool row_terms_served(const GemmTerm& term, const at::Tensor& out) {
+  const int64_t dims = batch_dims(out), m = out.size(-2), n = out.size(-1);
+  const at::Tensor &scale = term.row_scale, &with = term.dot_with, &dots = term.dots;
+  if (scale.defined() && (scale.scalar_type() != at::kFloat || scale.device() != out.device() ||
+                          scale.dim() != dims + 1 || scale.sizes().slice(0, dims) != batch_sizes(out) ||
+                          scale.size(-1) != m ||
+                          scale.stride(-1) != 1))
+    return false;
+  if (!with.defined()) return true;
+  const bool bf16 = with.scalar_type() == at::kBFloat16;
+  if ((!bf16 && with.scalar_type() != at::kFloat) || with.device() != out.device() || with.sizes() != out.sizes() ||
+      with.stride(-1) != 1 || with.stride(-2) % 2 != 0 ||
+      reinterpret_cast<uintptr_t>(with.data_ptr()) % (bf16 ? 4 : 8) != 0)
+    return false;
+  for (int64_t dim = 0; dim < dims; ++dim)
+    if (with.stride(dim) % 2 != 0) return false;
+  return dots.scalar_type() == at::kFloat && dots.device() == out.device() && dots.dim() == dims + 2 &&
+         dots.size(-2) == (n + 63) / 64 && dots.size(-1) == m && dots.stride(-1) == 1 &&
+         batch_sizes(dots) == batch_sizes(out);
+}
+
 // Whether one launch takes the whole sum: one term, or bf16 products' terms, every one served, their
-// operands in the same orientations and dtypes (one kernel instance), their column scales fp32 with the
-// last stride 1.
-bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision) {
+// operands in the same dtypes and orientations (one kernel instance; with bf16 operands, two runs of
+// terms in two pairs of orientations), their column scales fp32 with the last stride 1, their row scales
+// and dots as row_terms_served says.
+bool sum_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision,
+                bool layouts_only = false) {
   if (terms.empty() || terms.size() > static_cast<size_t>(kMaxGemmTerms)) return false;
   if (terms.size() > 1 && precision != GemmPrecision::Bf16) return false;
   const GemmTerm& first = terms.front();
-  for (const GemmTerm& term : terms) {
-    if (!served(out, term.a, term.b, precision, true)) return false;
+  const bool bf16_operands = first.a.scalar_type() == at::kBFloat16 && first.b.scalar_type() == at::kBFloat16;
+  const auto orientation = [](const GemmTerm& term) {
+    return std::make_pair(term.a.stride(-1) == 1, term.b.stride(-1) == 1);
+  };
+  int groups = 1;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    const GemmTerm& term = terms[i];
+    if (!served(out, term.a, term.b, precision, true, layouts_only) || !row_terms_served(term, out)) return false;
     if (term.a.scalar_type() != first.a.scalar_type() || term.b.scalar_type() != first.b.scalar_type()) return false;
-    if ((term.a.stride(-1) == 1) != (first.a.stride(-1) == 1) || (term.b.stride(-1) == 1) != (first.b.stride(-1) == 1))
-      return false;
+    if (i > 0 && orientation(term) != orientation(terms[i - 1])) ++groups;
     if (term.column_scale.defined() &&
         (term.column_scale.scalar_type() != at::kFloat || term.column_scale.stride(-1) != 1))
       return false;
   }
-  return true;
+  return groups == 1 || (groups == 2 && bf16_operands);
+}
+
+// Entry [..., j, i] of a term's dots from its product p (before the row scale) and dot_with: row i's sum
+// over columns [64 j, 64 j + 64).
+at::Tensor tile_dots(const at::Tensor& p, const at::Tensor& with) {
+  const int64_t n = p.size(-1), tiles = (n + 63) / 64;
+  at::Tensor products = p * with.to(p.scalar_type());
+  if (tiles * 64 > n) products = at::constant_pad_nd(products, {0, tiles * 64 - n});
+  std::vector<int64_t> shape = products.sizes().vec();
+  shape.back() = tiles;
+  shape.push_back(64);
+  return products.view(shape).sum(-1).transpose(-1, -2);
 }
 
 // One product into an fp32 (or float64 off the kernel) out, on the kernel where it serves, else baddbmm.
@@ -130,6 +173,10 @@ bool chunk_gemm_sum_apply(const at::Tensor& out, const std::vector<GemmTerm>& te
   return sum_served(out, terms, precision);
 }
 
+bool chunk_gemm_sum_layouts_served(const at::Tensor& out, const std::vector<GemmTerm>& terms, GemmPrecision precision) {
+  return sum_served(out, terms, precision, true);
+}
+
 void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double beta, GemmPrecision precision) {
   PRIME_CHECK(!terms.empty(), "chunk_gemm_sum: no terms to sum");
   bool bf16_operands = false;
@@ -142,6 +189,20 @@ void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double 
     PRIME_CHECK(out.dim() == term.a.dim() && batch_sizes(out) == batch_sizes(term.a) &&
                     out.size(-2) == term.a.size(-2) && out.size(-1) == term.b.size(-1),
                 "chunk_gemm: out ", out.sizes(), " for a product of ", term.a.sizes(), " and ", term.b.sizes());
+    if (term.row_scale.defined())
+      PRIME_CHECK(term.row_scale.dim() == term.a.dim() - 1 &&
+                      term.row_scale.sizes().slice(0, batch_dims(term.a)) == batch_sizes(term.a) &&
+                      term.row_scale.size(-1) == term.a.size(-2) && term.row_scale.device() == term.a.device(),
+                  "chunk_gemm: row scale ", term.row_scale.sizes(), " for a product of ", term.a.sizes(), " and ",
+                  term.b.sizes());
+    PRIME_CHECK(term.dot_with.defined() == term.dots.defined(), "chunk_gemm: a term's dot_with and dots come together");
+    if (term.dot_with.defined())
+      PRIME_CHECK(term.dot_with.sizes() == out.sizes() && term.dots.scalar_type() == at::kFloat &&
+                      term.dots.dim() == out.dim() && term.dots.sizes().slice(0, batch_dims(out)) == batch_sizes(out) &&
+                      term.dots.size(-2) == (out.size(-1) + 63) / 64 && term.dots.size(-1) == out.size(-2) &&
+                      term.dot_with.device() == out.device() && term.dots.device() == out.device(),
+                  "chunk_gemm: dot_with ", term.dot_with.sizes(), " and dots ", term.dots.sizes(), " for out ",
+                  out.sizes(), " (want out's shape and fp32 [batch..., ceil(n / 64), m])");
     if (term.column_scale.defined())
       PRIME_CHECK(term.column_scale.dim() == term.a.dim() - 1 &&
                       term.column_scale.sizes().slice(0, batch_dims(term.b)) == batch_sizes(term.b) &&
@@ -173,7 +234,25 @@ void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double 
     out.copy_(sum);
     return;
   }
-  for (size_t i = 0; i < terms.size(); ++i) one_product(out, terms[i], i == 0 ? beta : 1.0, precision);
+  for (size_t i = 0; i < terms.size(); ++i) {
+    const GemmTerm& term = terms[i];
+    const double term_beta = i == 0 ? beta : 1.0;
+    if (!term.row_scale.defined() && !term.dot_with.defined()) {
+      one_product(out, term, term_beta, precision);
+      continue;
+    }
+    // The product apart (alpha a b diag(column_scale)), its dots, its row scale, then into out.
+    at::Tensor product = at::empty(out.sizes(), out.options());
+    one_product(product, GemmTerm{term.a, term.b, term.alpha, term.column_scale}, 0.0, precision);
+    if (term.dot_with.defined()) term.dots.copy_(tile_dots(product, term.dot_with));
+    if (term.row_scale.defined()) product.mul_(term.row_scale.unsqueeze(-1).to(product.scalar_type()));
+    if (term_beta == 0.0)
+      out.copy_(product);
+    else if (term_beta == 1.0)
+      out.add_(product);
+    else
+      out.mul_(term_beta).add_(product);
+  }
 }
 
 void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha, double beta,

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 namespace prime::kernels {
@@ -43,11 +44,23 @@ void chunk_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, doubl
 at::Tensor chunk_matmul(const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
                         const at::Tensor& column_scale = at::Tensor(), GemmPrecision precision = GemmPrecision::Fp32);
 
-// One term of a sum of products: alpha a b, times diag(column_scale) where it is defined.
+// One term of a sum of products: alpha a b, times diag(column_scale) where it is defined; then, where
+// row_scale ([batch..., m] fp32, last stride 1) is defined, diag(row_scale) times that. Where dot_with is
+// defined (out's shape, fp32 or bf16, last stride 1), the term also gives the dots of its rows with
+// dot_with's before the row scale: dots [batch..., ceil(n / 64), m] fp32 (last stride 1), entry [..., j, i]
+// the sum over columns [64 j, 64 j + 64) of (alpha a b diag(column_scale))_ic dot_with_ic. A row's dot is
+// left in 64-column parts, so that a kernel block writes its own; the caller sums them (a fixed order:
+// deterministic). A row-scaled product whose dot feeds another gradient (the chain rule's
+// dq = d(QK^T) K + diag(e^Gamma) dO S^T, d_Gamma += e^Gamma (dO S^T . q)) is then one pass over out.
 struct GemmTerm {
+  GemmTerm() = default;
+  GemmTerm(at::Tensor a_in, at::Tensor b_in, double alpha_in = 1.0, at::Tensor column_scale_in = at::Tensor())
+      : a(std::move(a_in)), b(std::move(b_in)), alpha(alpha_in), column_scale(std::move(column_scale_in)) {}
   at::Tensor a, b;
   double alpha = 1.0;
   at::Tensor column_scale;
+  at::Tensor row_scale;
+  at::Tensor dot_with, dots;
 };
 
 // out = the terms' sum + beta out, in one pass over out: each term's product formed as chunk_gemm forms it
@@ -55,13 +68,18 @@ struct GemmTerm {
 // and then on each further term with beta 1, without writing and reading out back between them. out may
 // be bf16 with Bf16 products and beta 0 (a product meant only as another bf16 product's operand): the fp32
 // sum rounded to nearest even as it is stored, the bits of the fp32 result's rounding, at half the
-// traffic. The kernel takes up to kMaxGemmTerms terms of bf16 products whose operands share their
-// orientations and dtypes (each served as chunk_gemm_apply says; depths may differ); other sums run term
-// by term.
-constexpr int kMaxGemmTerms = 3;
+// traffic. The kernel takes up to kMaxGemmTerms terms of bf16 products whose operands share their dtypes
+// (each served as chunk_gemm_apply says; depths may differ) and their orientations, or, with bf16 operands,
+// whose orientations change once along the list (terms [0, s) one pair of orientations, [s, end) another);
+// other sums run term by term.
+constexpr int kMaxGemmTerms = 4;
 // Whether the kernel takes the sum into out in one launch (what chunk_gemm_sum then does).
 bool chunk_gemm_sum_apply(const at::Tensor& out, const std::vector<GemmTerm>& terms,
                           GemmPrecision precision = GemmPrecision::Fp32);
+// chunk_gemm_sum_apply's conditions on the tensors alone (shapes, dtypes, strides, alignment; not their device
+// or PRIME_KERNELS): what tests check on the CPU, where no sum is ever served.
+bool chunk_gemm_sum_layouts_served(const at::Tensor& out, const std::vector<GemmTerm>& terms,
+                                   GemmPrecision precision = GemmPrecision::Fp32);
 void chunk_gemm_sum(at::Tensor& out, const std::vector<GemmTerm>& terms, double beta,
                     GemmPrecision precision = GemmPrecision::Fp32);
 

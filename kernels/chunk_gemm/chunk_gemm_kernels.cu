@@ -69,6 +69,15 @@ struct Term {
   Operand a, b;
   const float* column_scale;  // [batch...][n], or null
   BatchStrides scale_batch;
+  const float* row_scale;     // [batch...][m], or null
+  BatchStrides row_scale_batch;
+  const void* dot_with;       // float, or bf16 (dot_with_bf16): out's shape, or null
+  BatchStrides dot_with_batch;
+  long long dot_with_ld;
+  float* dots;                // [batch...][ceil(n / 64)][m] (with dot_with)
+  BatchStrides dots_batch;
+  long long dots_tile_stride;
+  bool dot_with_bf16;
   int k;
   float alpha;
 };
@@ -76,6 +85,7 @@ struct Term {
 struct Params {
   Term terms[kMaxGemmTerms];
   int num_terms;
+  int second_group;  // the first term of the second pair of orientations (num_terms: one pair)
   void* out;  // float, or bf16 (out_bf16)
   BatchStrides out_batch;
   long long out_ld;
@@ -172,15 +182,23 @@ __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as
 // first slab is copied while this term's last one is multiplied). `slab` counts every term's slabs so far.
 // kA16, kB16: that operand bf16 in memory (with kBf16 only). kSum: more than one term (bf16 products only;
 // the running sum's registers are the single product's cost otherwise).
-template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false, bool kSum = false>
+// kA2RowMajor, kB2RowMajor: the orientations of terms [p.second_group, num_terms) (bf16 operands only; the
+// same as the first pair: one group).
+template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false, bool kSum = false,
+          bool kA2RowMajor = kARowMajor, bool kB2RowMajor = kBRowMajor>
 __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   static_assert(kBf16 || (!kA16 && !kB16), "bf16 operands take bf16 products");
   static_assert(kBf16 || !kSum, "sums of products take bf16 products");
+  constexpr bool kTwoGroups = kA2RowMajor != kARowMajor || kB2RowMajor != kBRowMajor;
+  static_assert(!kTwoGroups || (kSum && kA16 && kB16), "two groups of orientations take bf16 operands");
   const int num_terms = kSum ? p.num_terms : 1;
   using A = Stage<kARowMajor, kA16>;    // A [m][k] row-major: its rows run along the depth
   using B = Stage<!kBRowMajor, kB16>;   // B [k][n] row-major: its rows run along n
+  using A2 = Stage<kA2RowMajor, kA16>;
+  using B2 = Stage<!kB2RowMajor, kB16>;
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
+  __shared__ float row_dots[kMaxGemmTerms][2][kTile];  // each term's row dots, per half of the tile's columns
   const long long entry = blockIdx.x;
   const BatchIndex at_entry{entry / (static_cast<long long>(p.batch1) * p.batch2),
                             static_cast<int>((entry / p.batch2) % p.batch1), static_cast<int>(entry % p.batch2)};
@@ -192,8 +210,13 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     Operand a = p.terms[term].a, b = p.terms[term].b;
     a.data = static_cast<const typename A::T*>(a.data) + at_entry.offset(a.batch);
     b.data = static_cast<const typename B::T*>(b.data) + at_entry.offset(b.batch);
-    A::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
-    B::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+    if (kTwoGroups && term >= p.second_group) {
+      A2::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
+      B2::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+    } else {
+      A::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
+      B::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+    }
     cp_async_commit();
   };
 
@@ -222,7 +245,11 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       const float* bs = b_stage[slab & 1];
       const int depth = min(kSlab, k - s * kSlab);  // a multiple of 8
       if constexpr (kBf16) {  // 16-deep steps: past the depth the stage holds zeros
-        for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
+        if (kTwoGroups && term >= p.second_group) {
+          for (int kk = 0; kk < depth; kk += 16) bf16_step<A2, B2>(acc, as, bs, wm, wn, kk, g, t);
+        } else {
+          for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
+        }
       } else {
         for (int kk = 0; kk < depth; kk += 8) {
           uint32_t a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
@@ -253,18 +280,22 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       }
       __syncthreads();  // the next copies overwrite the stage read here
     }
-    // This term into the sum: alpha acc (times its column's scale), plus beta out (the first term) or the sum
-    // so far, in chunk_gemm's order of operations.
-    const float alpha = p.terms[term].alpha;
-    const float* scale = p.terms[term].column_scale != nullptr
-                             ? p.terms[term].column_scale + at_entry.offset(p.terms[term].scale_batch)
-                             : nullptr;
+    // This term into the sum: alpha acc (times its column's scale; its row dot with dot_with taken there), times
+    // its row's scale, plus beta out (the first term) or the sum so far, in chunk_gemm's order of operations.
+    const Term& now = p.terms[term];
+    const float alpha = now.alpha;
+    const float* scale = now.column_scale != nullptr ? now.column_scale + at_entry.offset(now.scale_batch) : nullptr;
+    const float* row_scale =
+        now.row_scale != nullptr ? now.row_scale + at_entry.offset(now.row_scale_batch) : nullptr;
+    const bool dotted = now.dot_with != nullptr;  // the same in every thread: the shuffles below are whole-warp
+    const long long dot_at = at_entry.offset(now.dot_with_batch);
     const float* out = static_cast<const float*>(p.out) + at_entry.offset(p.out_batch);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = m0 + wm + 16 * i + g + 8 * half;
+        float dot = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int c = n0 + wn + 8 * j + 2 * t;
@@ -273,6 +304,18 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
           if (scale != nullptr) {
             value.x *= scale[c];
             value.y *= scale[c + 1];
+          }
+          if (dotted) {
+            const long long at = dot_at + r * now.dot_with_ld + c;
+            const float2 x = now.dot_with_bf16
+                                 ? __bfloat1622float2(*(static_cast<const __nv_bfloat162*>(now.dot_with) + at / 2))
+                                 : *reinterpret_cast<const float2*>(static_cast<const float*>(now.dot_with) + at);
+            dot = fmaf(value.x, x.x, dot);
+            dot = fmaf(value.y, x.y, dot);
+          }
+          if (row_scale != nullptr) {
+            value.x *= row_scale[r];
+            value.y *= row_scale[r];
           }
           if (term > 0) {
             value.x += sum[i][j][2 * half];
@@ -285,7 +328,25 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
           sum[i][j][2 * half] = value.x;
           sum[i][j][2 * half + 1] = value.y;
         }
+        if (dotted) {  // the row's dot over the warp's 32 columns: its four lanes' parts
+          dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+          dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+          if (t == 0) row_dots[term][warp & 1][wm + 16 * i + g + 8 * half] = dot;
+        }
       }
+  }
+  // The dotted terms' rows over the tile's 64 columns (the two warps' halves, in order) to dots[..., tile, m].
+  bool any_dots = false;
+  for (int term = 0; term < num_terms; ++term) any_dots = any_dots || p.terms[term].dots != nullptr;
+  if (any_dots) {
+    __syncthreads();
+    for (int index = threadIdx.x; index < num_terms * kTile; index += kThreads) {
+      const Term& term = p.terms[index / kTile];
+      const int row = index % kTile;
+      if (term.dots == nullptr || m0 + row >= p.m) continue;
+      term.dots[at_entry.offset(term.dots_batch) + blockIdx.y * term.dots_tile_stride + m0 + row] =
+          row_dots[index / kTile][0][row] + row_dots[index / kTile][1][row];
+    }
   }
 
 #pragma unroll
@@ -322,6 +383,43 @@ Operand describe(const at::Tensor& x, bool& row_major) {
   return Operand{x.data_ptr(), batch_strides(x, x.dim() - 2), row_major ? x.stride(-2) : x.stride(-1)};
 }
 
+// A term's row scale and row dots (checked here: chunk_gemm_sum serves them only as these checks want).
+void describe_row_terms(const GemmTerm& term, const at::Tensor& out, int64_t batch_dims, Term& to) {
+  const at::IntArrayRef batch_sizes = out.sizes().slice(0, batch_dims);
+  const int64_t m = out.size(-2), n = out.size(-1);
+  to.row_scale = nullptr, to.dot_with = nullptr, to.dots = nullptr;
+  if (term.row_scale.defined()) {
+    const at::Tensor& scale = term.row_scale;
+    PRIME_CHECK(scale.is_cuda() && scale.scalar_type() == at::kFloat && scale.dim() == batch_dims + 1 &&
+                    scale.sizes().slice(0, batch_dims) == batch_sizes && scale.size(-1) == m && scale.stride(-1) == 1,
+                "chunk_gemm: row scale ", scale.sizes(), " must be fp32 [batch..., m] with its last stride 1");
+    to.row_scale = scale.data_ptr<float>();
+    to.row_scale_batch = batch_strides(scale, batch_dims);
+  }
+  PRIME_CHECK(term.dot_with.defined() == term.dots.defined(), "chunk_gemm: a term's dot_with and dots come together");
+  if (!term.dot_with.defined()) return;
+  const at::Tensor &with = term.dot_with, &dots = term.dots;
+  const bool bf16 = with.scalar_type() == at::kBFloat16;
+  bool even = with.stride(-2) % 2 == 0;
+  for (int64_t dim = 0; dim < batch_dims; ++dim) even = even && with.stride(dim) % 2 == 0;
+  PRIME_CHECK(with.is_cuda() && (bf16 || with.scalar_type() == at::kFloat) && with.sizes() == out.sizes() &&
+                  with.stride(-1) == 1 && even && reinterpret_cast<uintptr_t>(with.data_ptr()) % (bf16 ? 4 : 8) == 0,
+              "chunk_gemm: dot_with ", with.sizes(), " must be fp32 or bf16 of out's shape with its last stride 1, ",
+              "its others even");
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  PRIME_CHECK(dots.is_cuda() && dots.scalar_type() == at::kFloat && dots.dim() == batch_dims + 2 &&
+                  dots.sizes().slice(0, batch_dims) == batch_sizes && dots.size(-2) == tiles && dots.size(-1) == m &&
+                  dots.stride(-1) == 1,
+              "chunk_gemm: dots ", dots.sizes(), " must be fp32 [batch..., ", tiles, ", ", m, "] with its last stride 1");
+  to.dot_with = with.data_ptr();
+  to.dot_with_bf16 = bf16;
+  to.dot_with_batch = batch_strides(with, batch_dims);
+  to.dot_with_ld = with.stride(-2);
+  to.dots = dots.data_ptr<float>();
+  to.dots_batch = batch_strides(dots, batch_dims);
+  to.dots_tile_stride = dots.stride(-2);
+}
+
 template <bool kARowMajor, bool kBRowMajor, bool kSum>
 void launch_bf16(const Params& p, dim3 grid, cudaStream_t stream, bool a16, bool b16) {
   if (a16 && b16)
@@ -334,10 +432,36 @@ void launch_bf16(const Params& p, dim3 grid, cudaStream_t stream, bool a16, bool
     chunk_gemm_kernel<kARowMajor, kBRowMajor, true, false, false, kSum><<<grid, kThreads, 0, stream>>>(p);
 }
 
+// A sum of bf16 operands whose second group of terms takes orientations (kA2RowMajor, kB2RowMajor), which
+// differ from the first group's (launch_chunk_gemm starts a second group only there: no kernel instance for
+// the same pair twice).
+template <bool kARowMajor, bool kBRowMajor, bool kA2RowMajor, bool kB2RowMajor>
+void launch_second_group(const Params& p, dim3 grid, cudaStream_t stream) {
+  if constexpr (kARowMajor == kA2RowMajor && kBRowMajor == kB2RowMajor)
+    PRIME_CHECK(false, "chunk_gemm: a second group of terms in the first group's orientations");
+  else
+    chunk_gemm_kernel<kARowMajor, kBRowMajor, true, true, true, true, kA2RowMajor, kB2RowMajor>
+        <<<grid, kThreads, 0, stream>>>(p);
+}
 template <bool kARowMajor, bool kBRowMajor>
-void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16, bool a16, bool b16) {
+void launch_two_groups(const Params& p, dim3 grid, cudaStream_t stream, bool a2_rows, bool b2_rows) {
+  if (a2_rows && b2_rows)
+    launch_second_group<kARowMajor, kBRowMajor, true, true>(p, grid, stream);
+  else if (a2_rows)
+    launch_second_group<kARowMajor, kBRowMajor, true, false>(p, grid, stream);
+  else if (b2_rows)
+    launch_second_group<kARowMajor, kBRowMajor, false, true>(p, grid, stream);
+  else
+    launch_second_group<kARowMajor, kBRowMajor, false, false>(p, grid, stream);
+}
+
+template <bool kARowMajor, bool kBRowMajor>
+void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16, bool a16, bool b16, bool a2_rows,
+            bool b2_rows) {
   if (!bf16)
     chunk_gemm_kernel<kARowMajor, kBRowMajor, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (p.second_group < p.num_terms)
+    launch_two_groups<kARowMajor, kBRowMajor>(p, grid, stream, a2_rows, b2_rows);
   else if (p.num_terms > 1)
     launch_bf16<kARowMajor, kBRowMajor, true>(p, grid, stream, a16, b16);
   else
@@ -366,7 +490,8 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
   const c10::cuda::CUDAGuard guard(a0.device());
   Params p{};
   p.num_terms = static_cast<int>(terms.size());
-  bool a_rows = false, b_rows = false;
+  p.second_group = p.num_terms;
+  bool a_rows = false, b_rows = false, a2_rows = false, b2_rows = false;
   for (size_t i = 0; i < terms.size(); ++i) {
     const GemmTerm& term = terms[i];
     const at::Tensor &a = term.a, &b = term.b;
@@ -382,8 +507,15 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
     p.terms[i].a = describe(a, term_a_rows);
     p.terms[i].b = describe(b, term_b_rows);
     if (i == 0) a_rows = term_a_rows, b_rows = term_b_rows;
-    PRIME_CHECK(term_a_rows == a_rows && term_b_rows == b_rows, "chunk_gemm: term ", i,
-                "'s operands are not in the first term's orientations");
+    const bool first_pair = term_a_rows == a_rows && term_b_rows == b_rows;
+    if (!first_pair && p.second_group == p.num_terms) {
+      p.second_group = static_cast<int>(i), a2_rows = term_a_rows, b2_rows = term_b_rows;
+      PRIME_CHECK(bf16_products && a16 && b16, "chunk_gemm: term ", i, "'s operands are not in the first term's ",
+                  "orientations (two groups of orientations take bf16 operands)");
+    }
+    PRIME_CHECK(p.second_group == p.num_terms || static_cast<int>(i) < p.second_group ||
+                    (term_a_rows == a2_rows && term_b_rows == b2_rows),
+                "chunk_gemm: term ", i, "'s orientations start a third group (at most two, each one run of terms)");
     p.terms[i].k = static_cast<int>(a.size(-1));
     p.terms[i].alpha = static_cast<float>(term.alpha);
     p.terms[i].column_scale = nullptr;
@@ -398,6 +530,7 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
       p.terms[i].column_scale = column_scale.data_ptr<float>();
       p.terms[i].scale_batch = batch_strides(column_scale, batch_dims);
     }
+    describe_row_terms(term, out, batch_dims, p.terms[i]);
   }
   p.out = out.data_ptr();
   p.out_bf16 = out16;
@@ -412,13 +545,13 @@ void launch_chunk_gemm(const at::Tensor& out, const std::vector<GemmTerm>& terms
   const dim3 grid(static_cast<unsigned>(batch), (p.n + kTile - 1) / kTile, (p.m + kTile - 1) / kTile);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (a_rows && b_rows)
-    launch<true, true>(p, grid, stream, bf16_products, a16, b16);
+    launch<true, true>(p, grid, stream, bf16_products, a16, b16, a2_rows, b2_rows);
   else if (a_rows)
-    launch<true, false>(p, grid, stream, bf16_products, a16, b16);
+    launch<true, false>(p, grid, stream, bf16_products, a16, b16, a2_rows, b2_rows);
   else if (b_rows)
-    launch<false, true>(p, grid, stream, bf16_products, a16, b16);
+    launch<false, true>(p, grid, stream, bf16_products, a16, b16, a2_rows, b2_rows);
   else
-    launch<false, false>(p, grid, stream, bf16_products, a16, b16);
+    launch<false, false>(p, grid, stream, bf16_products, a16, b16, a2_rows, b2_rows);
 }
 
 }  // namespace prime::kernels::detail

@@ -140,6 +140,14 @@ struct RowsParams {
   int T, H, D, num_chunks;
 };
 
+struct GateGradsParams {
+  const float *q_dots, *k_in_dots, *k_decayed_dots, *v_dots;  // [MN, tiles, 64]
+  const float *g, *beta, *d_beta_a, *dg_decay;                 // [MN,64]
+  const float *chunk_decay, *d_chunk_decay;                    // [MN]
+  float *dg, *d_beta;                                          // [B,T,H]
+  int T, H, num_chunks, tiles;
+};
+
 // N consecutive elements (N = 1, 2, 4 or 8) as one load or store: fp32 as float, float2 or float4 (two for
 // 8), bf16 as 2, 4, 8 or 16 bytes; widened to fp32, or rounded to nearest even as they are stored.
 template <int N>
@@ -212,6 +220,27 @@ __device__ __forceinline__ long long time_major_row(const Params& p, size_t chun
   return (static_cast<long long>(bh / p.H) * p.T + time) * p.H + bh % p.H;
 }
 
+// dg_t and dbeta_t of the block's chunk in the inputs' [B,T,H] layout, from each row's dGamma through e^Gamma
+// (local), e^{Gamma_C - Gamma_t} (dK_d . k)_t (to_end_dot) and dbeta's row dots (beta_dot), with the gates'
+// parts (d_beta_a, dg_decay) and the chunk decay's: dg_t = sum_{s >= t} local_s + sum_{i < t} to_end_dot_i +
+// dg_decay_t + d(e^{Gamma_C}) e^{Gamma_C}. After a barrier over the shared arrays.
+template <typename Params>
+__device__ __forceinline__ void write_gate_grads(const Params& p, size_t chunk, const float* local,
+                                                 const float* to_end_dot, const float* beta_dot) {
+  const int t = threadIdx.x;
+  if (t < kChunk) {
+    const size_t at = chunk * kChunk + t;
+    float from_end = 0.0f, before = 0.0f;
+    for (int s = kChunk - 1; s >= t; --s) from_end += local[s];
+    for (int i = 0; i < t; ++i) before += to_end_dot[i];
+    const long long out_row = time_major_row(p, chunk, t);
+    if (out_row >= 0) {
+      p.dg[out_row] = from_end + p.dg_decay[at] + before + p.d_chunk_decay[chunk] * p.chunk_decay[chunk];
+      p.d_beta[out_row] = beta_dot[t] + p.d_beta_a[at];
+    }
+  }
+}
+
 template <typename In, typename Out, int PER_LANE>
 __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsParams<In, Out> p) {
   __shared__ double gamma[kChunk];
@@ -270,18 +299,35 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_rows_kernel(const RowsP
     }
   }
   __syncthreads();
+  write_gate_grads(p, chunk, local, to_end_dot, beta_dot);
+}
+
+// dg and dbeta from the row dots of the products that form dq, dk and dv (chunk_gemm's row dots, each
+// row's dot in [MN, tiles, 64] parts summed here in order): the rows kernel's row sums, taken by the
+// products instead.
+__global__ void __launch_bounds__(kThreads) gdn_backward_gate_grads_kernel(const GateGradsParams p) {
+  __shared__ double gamma[kChunk];
+  __shared__ float local[kChunk], to_end_dot[kChunk], beta_dot[kChunk];
+  const size_t chunk = blockIdx.x;
+  chunk_gamma(p.g + chunk * kChunk, gamma);
   const int t = threadIdx.x;
   if (t < kChunk) {
-    const size_t at = chunk * kChunk + t;
-    float from_end = 0.0f, before = 0.0f;
-    for (int s = kChunk - 1; s >= t; --s) from_end += local[s];
-    for (int i = 0; i < t; ++i) before += to_end_dot[i];
-    const long long out_row = time_major_row(p, chunk, t);
-    if (out_row >= 0) {
-      p.dg[out_row] = from_end + p.dg_decay[at] + before + p.d_chunk_decay[chunk] * p.chunk_decay[chunk];
-      p.d_beta[out_row] = beta_dot[t] + p.d_beta_a[at];
-    }
+    const auto dot = [&](const float* dots) {
+      float sum = 0.0f;
+      for (int tile = 0; tile < p.tiles; ++tile) sum += dots[(chunk * p.tiles + tile) * kChunk + t];
+      return sum;
+    };
+    const float dot_q = dot(p.q_dots), dot_k_in = dot(p.k_in_dots), dot_k_decayed = dot(p.k_decayed_dots);
+    const float dot_v = dot(p.v_dots);
+    const float e_gamma = static_cast<float>(exp(gamma[t]));
+    const float to_end = static_cast<float>(exp(gamma[kChunk - 1] - gamma[t]));
+    const float k_scale = p.beta[chunk * kChunk + t] * e_gamma;
+    local[t] = k_scale * dot_k_in + e_gamma * dot_q;
+    to_end_dot[t] = to_end * dot_k_decayed;
+    beta_dot[t] = dot_v + e_gamma * dot_k_in;
   }
+  __syncthreads();
+  write_gate_grads(p, chunk, local, to_end_dot, beta_dot);
 }
 
 // out[c] = sum of S_c * G_c over chunk c's [D][D] state (float4 loads, D*D / 4 of them): each
@@ -544,6 +590,44 @@ void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
   } else {
     with_grads(rows.q.data_ptr<float>(), rows.k.data_ptr<float>(), rows.v.data_ptr<float>());
   }
+}
+
+void launch_gdn_backward_gate_grads(const GdnBackwardGateGrads& gates) {
+  const char* op = "gdn_backward_gate_grads";
+  const int64_t chunks = gates.g.size(0);
+  for (const auto& [tensor, name] : {std::pair{&gates.g, "g"}, {&gates.beta, "beta"}, {&gates.d_beta_a, "d_beta_a"},
+                                     {&gates.dg_decay, "dg_decay"}})
+    check_gates(*tensor, op, name, chunks);
+  const int64_t tiles = gates.q_dots.size(1);
+  for (const auto& [tensor, name] : {std::pair{&gates.q_dots, "q_dots"}, {&gates.k_in_dots, "k_in_dots"},
+                                     {&gates.k_decayed_dots, "k_decayed_dots"}, {&gates.v_dots, "v_dots"}}) {
+    check_operand(*tensor, op, name, at::kFloat, 3);
+    PRIME_CHECK(tensor->sizes() == at::IntArrayRef({chunks, tiles, kChunk}), op, ": ", name, " ", tensor->sizes(),
+                ", want [", chunks, ", ", tiles, ", 64]");
+  }
+  for (const auto& [tensor, name] :
+       {std::pair{&gates.chunk_decay, "chunk_decay"}, {&gates.d_chunk_decay, "d_chunk_decay"}}) {
+    check_operand(*tensor, op, name, at::kFloat, 1);
+    PRIME_CHECK(tensor->size(0) == chunks, op, ": ", name, " ", tensor->sizes());
+  }
+  check_operand(gates.dg, op, "dg", at::kFloat, 3);
+  check_operand(gates.d_beta, op, "d_beta", at::kFloat, 3);
+  const int64_t B = gates.dg.size(0), T = gates.dg.size(1), H = gates.dg.size(2);
+  const int64_t N = (T + kChunk - 1) / kChunk;
+  PRIME_CHECK(gates.d_beta.sizes() == gates.dg.sizes() && B * H * N == chunks, op, ": dg ", gates.dg.sizes(),
+              " and d_beta ", gates.d_beta.sizes(), " for ", chunks, " chunks");
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(gates.g.device());
+  const GateGradsParams p{gates.q_dots.data_ptr<float>(),       gates.k_in_dots.data_ptr<float>(),
+                          gates.k_decayed_dots.data_ptr<float>(), gates.v_dots.data_ptr<float>(),
+                          gates.g.data_ptr<float>(),            gates.beta.data_ptr<float>(),
+                          gates.d_beta_a.data_ptr<float>(),     gates.dg_decay.data_ptr<float>(),
+                          gates.chunk_decay.data_ptr<float>(),  gates.d_chunk_decay.data_ptr<float>(),
+                          gates.dg.data_ptr<float>(),           gates.d_beta.data_ptr<float>(),
+                          static_cast<int>(T),                  static_cast<int>(H),
+                          static_cast<int>(N),                  static_cast<int>(tiles)};
+  gdn_backward_gate_grads_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gate_grads_kernel");
 }
 
 void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,

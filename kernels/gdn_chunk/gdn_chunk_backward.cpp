@@ -104,6 +104,17 @@ struct Products {
     const at::Tensor out = chunk_matmul_sum(terms, precision, type);
     return out.view({-1, chunks, out.size(-2), out.size(-1)});
   }
+  // out = the terms' sum (out [B,H,N,m,n] or [M,N,m,n], a view as it lies), in one pass where chunk_gemm_sum
+  // takes them together.
+  void into(at::Tensor out, std::vector<GemmTerm> terms) const {
+    for (GemmTerm& term : terms) {
+      term.a = batched(term.a), term.b = batched(term.b);
+      for (at::Tensor* x : {&term.column_scale, &term.row_scale, &term.dot_with, &term.dots})
+        if (x->defined()) *x = batched(*x);
+    }
+    at::Tensor flat = batched(out);
+    chunk_gemm_sum(flat, terms, 0.0, precision);
+  }
   // acc += alpha a b, in place (acc contiguous).
   void accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0,
                   const at::Tensor& column_scale = at::Tensor()) const {
@@ -193,6 +204,74 @@ at::Tensor chunk_decay_gradient(const at::Tensor& S, const at::Tensor& G, bool o
 }
 
 #ifdef PRIME_WITH_CUDA
+// The gates kernel's part of the chain rule on CUDA: d(QK^T) and d(KK^T) + d(KK^T)^T (bf16 for bf16 products,
+// the rounding they would make as they load them; else written over d_scores and p), d_beta_a and dg_decay.
+struct GateParts {
+  at::Tensor d_qk, d_kk, d_beta_a, dg_decay;
+};
+GateParts gate_parts(const ChainRule& c, const Products& product) {
+  const int64_t MN = c.g.size(0) * c.g.size(1);
+  const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
+  GateParts out;
+  out.d_beta_a = at::empty({MN, kChunk}, c.g.options()), out.dg_decay = at::empty_like(out.d_beta_a);
+  const bool bf16_products = product.precision == GemmPrecision::Bf16;
+  const auto gate_product = [&](const at::Tensor& in) {
+    return bf16_products ? at::empty(in.sizes(), in.options().dtype(at::kBFloat16)) : in;
+  };
+  out.d_qk = gate_product(c.d_scores), out.d_kk = gate_product(c.p);
+  detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), c.g.view({MN, kChunk}),
+                                    c.beta.view({MN, kChunk}), chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a,
+                                    out.dg_decay);
+  return out;
+}
+
+// What the chain rule's last products read where they take the rows kernel's work (chain_rule_sums): dO,
+// the states S_n, U_n, G_n, T, dW and dU.
+struct SumOperands {
+  at::Tensor d_o, states, u, grads_after, inverse, d_w, d_u;
+};
+
+// The chain rule's last step as three sums of products written in the inputs' layout and dtype, each row's
+// scale and dot taken by the product that forms it (chunk_gemm's row scales and dots), then dg and dbeta from
+// the dots (one small kernel): dq = d(QK^T) K + diag(e^Gamma) dO S^T, dk = d(QK^T)^T Q + d(KK^T) K +
+// diag(beta e^Gamma) T^T dW + diag(e^{Gamma_C - Gamma}) U G^T, dv = diag(beta) T^T dU. The same sums as
+// chain_rule_kernels' products and rows kernel, without the six [M,N,64,D] fp32 intermediates between them.
+ChainGrads chain_rule_sums(const ChainRule& c, const SumOperands& o, int64_t B, int64_t T, int64_t H,
+                           const Products& product, at::ScalarType qkv_grad_type) {
+  const int64_t M = c.g.size(0), N = c.g.size(1), D = c.q.size(-1), MN = M * N, tiles = (D + 63) / 64;
+  const GateParts gates = gate_parts(c, product);
+  // [B, 64 N, H, D] seen per chunk as [B,H,N,64,D]: the gradients as they lie (cut to T after, where T < 64 N).
+  const auto gradient = [&]() { return at::empty({B, N * kChunk, H, D}, c.g.options().dtype(qkv_grad_type)); };
+  const auto per_chunk = [&](const at::Tensor& x) { return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}); };
+  const auto dots = [&]() { return at::empty({B, H, N, tiles, kChunk}, c.g.options()); };
+  const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(at::kFloat);
+  const at::Tensor k_scale = c.beta * c.e_gamma;
+  const auto term = [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_scale = at::Tensor(),
+                       const at::Tensor& dot_with = at::Tensor(), const at::Tensor& dots_out = at::Tensor()) {
+    GemmTerm t(a, b);
+    t.row_scale = row_scale, t.dot_with = dot_with, t.dots = dots_out;
+    return t;
+  };
+  at::Tensor dq = gradient(), dk = gradient(), dv = gradient();
+  const at::Tensor q_dots = dots(), k_in_dots = dots(), k_decayed_dots = dots(), v_dots = dots();
+  product.into(per_chunk(dq), {term(gates.d_qk, c.k), term(o.d_o, transposed(o.states), c.e_gamma, c.q, q_dots)});
+  product.into(per_chunk(dk), {term(transposed(gates.d_qk), c.q), term(transposed(gates.d_kk), c.k),
+                               term(transposed(o.inverse), o.d_w, k_scale, c.k, k_in_dots),
+                               term(o.u, transposed(o.grads_after), to_end, c.k, k_decayed_dots)});
+  product.into(per_chunk(dv), {term(transposed(o.inverse), o.d_u, c.beta, c.v, v_dots)});
+  ChainGrads out;
+  out.dg = at::empty({B, T, H}, c.g.options());
+  out.d_beta = at::empty_like(out.dg);
+  const auto flat = [&](const at::Tensor& x) { return x.view({MN, tiles, kChunk}); };
+  detail::launch_gdn_backward_gate_grads({flat(q_dots), flat(k_in_dots), flat(k_decayed_dots), flat(v_dots),
+                                          c.g.view({MN, kChunk}), c.beta.view({MN, kChunk}), gates.d_beta_a,
+                                          gates.dg_decay, c.chunk_decay.reshape({MN}),
+                                          c.d_chunk_decay.reshape({MN}).contiguous(), out.dg, out.d_beta});
+  const auto cut = [&](const at::Tensor& x) { return N * kChunk == T ? x : x.narrow(1, 0, T).contiguous(); };
+  out.dq = cut(dq), out.dk = cut(dk), out.dv = cut(dv);
+  return out;
+}
+
 // The same on CUDA: two kernels (the [64][64] part and the rows) around the dq and dk products.
 // The rows kernel writes the gradients in the inputs' layout [B,T,H,...].
 ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t H, const Products& product,
@@ -201,16 +280,8 @@ ChainGrads chain_rule_kernels(const ChainRule& c, int64_t B, int64_t T, int64_t 
   const auto chunks = [&](const at::Tensor& x) { return x.view({MN, kChunk, x.size(-1)}); };
   const auto gates = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
   const at::Tensor g = gates(c.g), beta = gates(c.beta);
-  const at::Tensor d_beta_a = at::empty({MN, kChunk}, c.g.options()), dg_decay = at::empty_like(d_beta_a);
-  // d(QK^T) and d(KK^T) + d(KK^T)^T: read by products alone, so in bf16 for bf16 products (the rounding they
-  // would make as they load them), else written over d_scores and p.
-  const bool bf16_products = product.precision == GemmPrecision::Bf16;
-  const auto gate_product = [&](const at::Tensor& in) {
-    return bf16_products ? at::empty(in.sizes(), in.options().dtype(at::kBFloat16)) : in;
-  };
-  const at::Tensor d_qk = gate_product(c.d_scores), d_kk = gate_product(c.p);
-  detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), g, beta,
-                                    chunks(d_qk), chunks(d_kk), d_beta_a, dg_decay);
+  const GateParts parts = gate_parts(c, product);
+  const at::Tensor &d_qk = parts.d_qk, &d_kk = parts.d_kk, &d_beta_a = parts.d_beta_a, &dg_decay = parts.dg_decay;
   const at::Tensor dq = product(d_qk, c.k);
   // d_kk holds d(KK^T) + d(KK^T)^T (symmetric): dK's products with K in one, read transposed as d(QK^T) is, so
   // the two terms are one launch with bf16 products.
@@ -340,19 +411,23 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // makes as it loads it: the same result, half the traffic).
   const at::ScalarType operand_type =
       product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : at::ScalarType::Undefined;
+  // With bf16 products on CUDA the last products take the rows kernel's work (chain_rule_sums): d(e^Gamma Q),
+  // dK_d, d(beta V) and d(beta e^Gamma K) are terms of dq's, dk's and dv's sums there, not tensors of their own.
+  bool sums = false;
+#ifdef PRIME_WITH_CUDA
+  sums = on_kernels && product.precision == GemmPrecision::Bf16;
+#endif
   at::Tensor d_w;
-  {
-    const at::Tensor S = as_operand(s.states);  // the products' and the decays' gradient's operand
-    d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
-    c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
-    if (!c.d_chunk_decay.defined()) c.d_chunk_decay = chunk_decay_gradient(S, G, on_kernels);  // else the walk's
-  }
-  {
-    const at::Tensor U = as_operand(s.u);
+  at::Tensor S = as_operand(s.states), U = as_operand(s.u);  // the products' and the decays' operands
+  d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
+  if (!sums) c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
+  if (!c.d_chunk_decay.defined()) c.d_chunk_decay = chunk_decay_gradient(S, G, on_kernels);  // else the walk's
+  if (!sums) {
     c.d_k_decayed = product(U, transposed(G));
     G = at::Tensor();
-    c.d_scores = product(d_o, transposed(U));
   }
+  c.d_scores = product(d_o, transposed(U));
+  if (!sums) S = U = at::Tensor();  // (fp32 copies for fp32 products: 1 GB each at (4,8192,32,128))
   c.chunk_decay = s.decay;
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
@@ -370,15 +445,23 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   const at::Tensor d_inverse = product.sum(
       {GemmTerm{d_u, transposed(c.v), 1.0, c.beta}, GemmTerm{d_w, transposed(k), 1.0, c.beta * c.e_gamma}},
       operand_type);
-  c.d_v_in = product(transposed(inverse), d_u);
-  c.d_k_in = product(transposed(inverse), d_w);
-  d_w = d_u = at::Tensor();
+  if (!sums) {
+    c.d_v_in = product(transposed(inverse), d_u);
+    c.d_k_in = product(transposed(inverse), d_w);
+    d_w = d_u = at::Tensor();
+  }
   // dA = -p
   c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});
 #ifdef PRIME_WITH_CUDA
+  if (sums) {  // in the inputs' layout
+    const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
+    const ChainGrads chain = chain_rule_sums(c, {d_o, S, U, G, inverse, d_w, d_u}, B, T, H, product, grad_type);
+    grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
+    return grads;
+  }
   if (on_kernels) {  // already in the inputs' layout
     const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
     const ChainGrads chain = chain_rule_kernels(c, B, T, H, product, grad_type);

@@ -78,6 +78,18 @@ struct GdnBackwardRows {
   at::Tensor dq, dk, dv, dg, d_beta;                                                      // time-major
 };
 void launch_gdn_backward_rows(const GdnBackwardRows& rows);
+// dg and d_beta [B,T,H] (time-major, fp32) from the row dots of the products that form dq, dk and dv where
+// those products take the rows kernel's work (chunk_gemm's row scales and dots): q_dots = dO S^T . q,
+// k_in_dots = T^T dW . k, k_decayed_dots = U G^T . k, v_dots = T^T dU . v, each [MN, tiles, 64] fp32 (a row's
+// dot in parts over 64 columns, summed in order), with the gates' d_beta_a and dg_decay and the chunk decays'
+// part as launch_gdn_backward_rows takes them: the same dg and d_beta.
+struct GdnBackwardGateGrads {
+  at::Tensor q_dots, k_in_dots, k_decayed_dots, v_dots;  // [MN, tiles, 64]
+  at::Tensor g, beta, d_beta_a, dg_decay;                // [MN,64]
+  at::Tensor chunk_decay, d_chunk_decay;                 // [MN]
+  at::Tensor dg, d_beta;                                 // [B,T,H]
+};
+void launch_gdn_backward_gate_grads(const GdnBackwardGateGrads& gates);
 // out [MN] = sum over each chunk's [D][D] of states * grads (states, grads [MN, D, D], D*D a
 // multiple of 4; states fp32 or bf16): the chunk decays' gradient.
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out);
