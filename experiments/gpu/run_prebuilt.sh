@@ -10,13 +10,17 @@
 #   mkdir -p /tmp/pb/lib && cp -L "$(ldd build/bin/prime_tests | awk '/libpq/ {print $3}')" /tmp/pb/lib/
 #   (and libpq's own libraries, which the GPU machine may lack too: ldap, lber, sasl2, gssapi_krb5, krb5, k5crypto,
 #   krb5support, com_err, keyutils)
-#   tar cf - -C /tmp/pb tree lib | xz -T2 -6 > .gpu/prebuilt.tar.xz    (~15 MB; ~26 MB with before/)
+#   tar cf - -C /tmp/pb tree lib | xz -T2 -6 > .gpu/prebuilt.tar.xz    (~15 MB; ~27 MB with before/)
+#   (any other folder holding a libprime.so, packed beside before/, is timed too; strip --strip-unneeded
+#   the binaries first)
 # The call's working tree (the tracked files, ~39 MB) and what it carries must stay under 64 MiB: carry
 # .deps/lib (not all of .deps) and .gpu.
 # Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
 # builds alternating), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
-# environment setting), SANITIZE (a spec under memcheck and racecheck) and NCU_TITLE (ncu's kernel times of
-# the tree), each step while DEADLINE_S (default 400) allows. Results under $OUT, all.tgz among them.
+# environment setting), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
+# the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
+# `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
+# 400) allows. Results under $OUT, all.tgz among them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -42,8 +46,11 @@ if [ -n "${TESTS:-}" ]; then
   grep -E "passed|failed" "$OUT/tests.txt" | tail -2
   grep -A8 "FAILED" "$OUT/tests.txt" | head -40
 fi
-builds=(tree)
-[ -f "$pb/before/libprime.so" ] && builds+=(before)
+builds=(tree)  # then every other packed libprime.so (before/, and any other folder holding one), alternating
+for dir in "$pb"/*/; do
+  name=$(basename "$dir")
+  [ "$name" != tree ] && [ -f "$dir/libprime.so" ] && builds+=("$name")
+done
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for build in "${builds[@]}"; do
     run 30 "bench_${build}_$round" $(with "$build" "$pb/tree/prime-bench") kernels --device cuda --repeats 5 \
@@ -64,5 +71,12 @@ if [ -n "${NCU_TITLE:-}" ]; then
   run 45 ncu $(with tree ncu) --profile-from-start off --metrics gpu__time_duration.sum \
       "$pb/tree/prime-bench" kernels --device cuda ${BENCH:---types GDN --dtype bf16} --profile &&
     python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu.txt" "$NCU_TITLE" | tee "$OUT/ncu_summary.txt" | head -12
+fi
+if [ -n "${NCU_DETAIL:-}" ]; then
+  # shellcheck disable=SC2086  # NCU_DETAIL is a list of arguments
+  run 60 ncu_detail $(with tree ncu) --profile-from-start off $NCU_DETAIL \
+      "$pb/tree/prime-bench" kernels --device cuda ${BENCH:---types GDN --dtype bf16} --profile &&
+    grep -E "^  [a-z_]+.*\(|Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued" \
+      "$OUT/ncu_detail.txt" | head -40
 fi
 echo "total: $(( $(date +%s) - start )) s"

@@ -1,22 +1,21 @@
-// CUDA kernel of kernels/chunk_gemm (see chunk_gemm.h for the op). One block of 4 warps per
-// 64 x 64 tile of one batch entry's output; each warp owns a 32 x 32 block of it (2 x 4 m16n8
-// fragments). The depth streams through shared memory in slabs of 32, double buffered with
-// cp.async (zero-filled past the operands' edges), each operand copied in its own orientation: a
-// transposed view costs no copy, only another fragment addressing. The row padding (4 floats where
-// rows run along the depth, 8 where they run along m or n) makes every fragment's element loads
-// free of bank conflicts in both orientations. Each element is split into TF32 hi and lo as it is
-// loaded (kernels/common/tf32_split.cuh) and every k-step's three MMAs are summed from zero and
-// added to the fp32 accumulator on the CUDA cores: the tensor cores' truncating accumulation never
-// acts on the running sum (kernels/README.md, gka_solve v3.1). With kBf16 each element is rounded to
-// bf16 as it is loaded into the m16n8k16 fragments and one bf16 MMA per 16-deep step accumulates in
-// place (a bf16 product's error is the operands' rounding; the accumulation's is far below it). In
-// that mode an operand may be bf16 in memory: it is staged as bf16 (8 elements a 16-byte copy; rows of
-// 32 + 8 or 64 + 8 elements, whose fragment reads, two lanes to a 4-byte word, meet no bank twice) and
-// its pairs are packed from the stage's bits, half the fp32 operand's traffic and no rounding.
-// A sum of products (chunk_gemm_sum) runs its terms one after another through the same stages, each
-// term's accumulator folded into a running sum in registers (alpha, the column scale, then the sum so
-// far: the operations chunk_gemm's accumulating calls make on out), and out is written once, in fp32 or,
-// for a bf16 product's operand, in bf16.
+// CUDA kernel of kernels/chunk_gemm (see chunk_gemm.h for the op). One block of 4 warps per 64 x 64 tile of
+// one batch entry's output; each warp owns a 32 x 32 block of it (2 x 4 m16n8 fragments). The depth streams
+// through shared memory in slabs of 32 (64 where both operands are bf16 in memory), double buffered with
+// cp.async (zero-filled past the operands' edges), each operand copied in its own orientation: a transposed
+// view costs no copy, only another fragment addressing. The row padding (4 floats where rows run along the
+// depth, 8 where they run along m or n) makes every fragment's element loads free of bank conflicts in both
+// orientations. Each element is split into TF32 hi and lo as it is loaded (kernels/common/tf32_split.cuh) and
+// every k-step's three MMAs are summed from zero and added to the fp32 accumulator on the CUDA cores: the
+// tensor cores' truncating accumulation never acts on the running sum (kernels/README.md, gka_solve v3.1).
+// With kBf16 each element is rounded to bf16 as it is loaded into the m16n8k16 fragments and one bf16 MMA per
+// 16-deep step accumulates in place (a bf16 product's error is the operands' rounding; the accumulation's is
+// far below it). In that mode an operand may be bf16 in memory: it is staged as bf16 (8 elements a 16-byte
+// copy; rows of 32 + 8 or 64 + 8 elements, whose fragment reads, two lanes to a 4-byte word, meet no bank
+// twice) and its pairs are packed from the stage's bits, half the fp32 operand's traffic and no rounding. A
+// sum of products (chunk_gemm_sum) runs its terms one after another through the same stages, each term's
+// accumulator folded into a running sum in registers (alpha, the column scale, then the sum so far: the
+// operations chunk_gemm's accumulating calls make on out), and out is written once, in fp32 or, for a bf16
+// product's operand, in bf16.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -30,6 +29,7 @@
 #include "kernels/common/bf16_split_tiles.cuh"
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
+#include "kernels/common/ldmatrix.cuh"
 #include "kernels/common/mma_tf32.cuh"
 #include "kernels/common/tf32_split.cuh"
 
@@ -111,23 +111,26 @@ __device__ __forceinline__ void load_stage(T* stage, const T* base, long long ld
 }
 
 // One operand's stage: its tile rows (m of A, n of B) [tile0, tile0 + 64) by the depth
-// [k0, k0 + 32). kAlongDepth: the operand's rows in memory run along the depth (A row-major, B
-// stored as B^T row-major), staged [64][32 + 4] fp32 ([64][32 + 8] bf16); else [32][64 + 8]. kBits16:
-// the operand is bf16 in memory and in the stage (bf16 products only).
-template <bool kAlongDepth, bool kBits16 = false>
+// [k0, k0 + kDepth). kAlongDepth: the operand's rows in memory run along the depth (A row-major, B
+// stored as B^T row-major), staged [64][32 + 4] fp32 ([64][kDepth + 8] bf16); else [kDepth][64 + 8].
+// kBits16: the operand is bf16 in memory and in the stage (bf16 products only). kDepth: 32, or 64 where
+// both operands are bf16 (a [64][64 + 8] bf16 stage fills the bytes of a [64][32 + 4] fp32 one: half the
+// slabs, twice the bytes in flight per copy; the fragment reads meet no bank twice at either depth).
+template <bool kAlongDepth, bool kBits16 = false, int kDepth = kSlab>
 struct Stage {
   using T = std::conditional_t<kBits16, uint16_t, float>;
-  static constexpr int kDepthLd = kBits16 ? kSlab + 8 : kAlongDepthLd, kTileLd = kAlongTileLd;
+  static_assert(kDepth == kSlab || (kBits16 && kDepth == 2 * kSlab), "64-deep stages hold bf16 operands");
+  static constexpr int kDepthLd = kBits16 ? kDepth + 8 : kAlongDepthLd, kTileLd = kAlongTileLd;
   static_assert(kTile * kDepthLd * sizeof(T) <= kStage * sizeof(float) &&
-                    kSlab * kTileLd * sizeof(T) <= kStage * sizeof(float),
+                    kDepth * kTileLd * sizeof(T) <= kStage * sizeof(float),
                 "a bf16 stage fits an fp32 one");
   static __device__ __forceinline__ void load(float* stage, const Operand& x, int tile0, int k0, int extent, int k) {
     T* to = reinterpret_cast<T*>(stage);
     const T* from = static_cast<const T*>(x.data);
     if constexpr (kAlongDepth)
-      load_stage<kTile, kSlab, kDepthLd>(to, from, x.ld, tile0, k0, extent, k);
+      load_stage<kTile, kDepth, kDepthLd>(to, from, x.ld, tile0, k0, extent, k);
     else
-      load_stage<kSlab, kTile, kTileLd>(to, from, x.ld, k0, tile0, k, extent);
+      load_stage<kDepth, kTile, kTileLd>(to, from, x.ld, k0, tile0, k, extent);
   }
   // Tile row i at depth kk.
   static __device__ __forceinline__ T element(const float* stage, int i, int kk) {
@@ -137,6 +140,18 @@ struct Stage {
   static __device__ __forceinline__ float at(const float* stage, int i, int kk) {
     static_assert(!kBits16, "an fp32 operand's element");
     return element(stage, i, kk);
+  }
+  // With bf16 operands on both sides: the four 8 x 8 matrices of a fragment by one ldmatrix, lanes 8j..8j+7
+  // giving matrix j's rows; this lane's row is tile rows [i0, i0 + 8) by depths [k0, k0 + 8), row `row` of
+  // the stage's layout (a tile row where the rows run along the depth, else a depth, read transposed).
+  // Each lane then holds tile row i0 + lane / 4 at depths k0 + 2 (lane % 4), + 1.
+  static __device__ __forceinline__ void matrices(uint32_t (&r)[4], const float* stage, int i0, int k0, int row) {
+    static_assert(kBits16, "ldmatrix reads bf16 stages");
+    const T* x = reinterpret_cast<const T*>(stage);
+    if constexpr (kAlongDepth)
+      ldmatrix_x4(r, shared_address(x + (i0 + row) * kDepthLd + k0));
+    else
+      ldmatrix_x4_transposed(r, shared_address(x + (k0 + row) * kTileLd + i0));
   }
   // The bf16 pair (tile row i at depths k_low, k_high) as an MMA register, k_low in the low half: an fp32
   // operand's values rounded to bf16, a bf16 operand's bits as they are.
@@ -178,6 +193,30 @@ __device__ __forceinline__ void bf16_step(float (&acc)[2][4][4], const float* as
     for (int j = 0; j < 4; ++j) bf16_tiles::mma_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
 }
 
+// The same step where both operands are bf16 stages: each operand's fragments by ldmatrix (two x4 loads for
+// A's 32 x 16 and two for B's 16 x 32, against 32 16-bit loads), the fragments' depth slots in the natural
+// order (slots 2t, 2t + 1 hold depths kk + 2t, + 1). In both stage layouts a matrix's eight 16-byte rows
+// start 72 or 40 bf16 apart (144 or 80 bytes: 4-word or 20-word bank steps), which meet no bank twice.
+template <typename A, typename B>
+__device__ __forceinline__ void bf16_step_ldmatrix(float (&acc)[2][4][4], const float* as, const float* bs, int wm,
+                                                   int wn, int kk, int lane) {
+  const int matrix = lane / 8, row = lane % 8;
+  uint32_t a[2][4], b[4][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)  // matrices: rows +0 and +8 at depths +0, then rows +0 and +8 at depths +8
+    A::matrices(a[i], as, wm + 16 * i + 8 * (matrix & 1), kk + 8 * (matrix >> 1), row);
+#pragma unroll
+  for (int j = 0; j < 4; j += 2) {  // matrices: columns +0 at depths +0 and +8, then columns +8 the same
+    uint32_t r[4];
+    B::matrices(r, bs, wn + 8 * j + 8 * (matrix >> 1), kk + 8 * (matrix & 1), row);
+    b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bf16_tiles::mma_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
+}
+
 // One term's depth, slab by slab, into acc: the double-buffered stages run on across terms (the next term's
 // first slab is copied while this term's last one is multiplied). `slab` counts every term's slabs so far.
 // kA16, kB16: that operand bf16 in memory (with kBf16 only). kSum: more than one term (bf16 products only;
@@ -192,10 +231,11 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   constexpr bool kTwoGroups = kA2RowMajor != kARowMajor || kB2RowMajor != kBRowMajor;
   static_assert(!kTwoGroups || (kSum && kA16 && kB16), "two groups of orientations take bf16 operands");
   const int num_terms = kSum ? p.num_terms : 1;
-  using A = Stage<kARowMajor, kA16>;    // A [m][k] row-major: its rows run along the depth
-  using B = Stage<!kBRowMajor, kB16>;   // B [k][n] row-major: its rows run along n
-  using A2 = Stage<kA2RowMajor, kA16>;
-  using B2 = Stage<!kB2RowMajor, kB16>;
+  constexpr int kDepth = kA16 && kB16 ? 2 * kSlab : kSlab;  // each stage's depth
+  using A = Stage<kARowMajor, kA16, kDepth>;    // A [m][k] row-major: its rows run along the depth
+  using B = Stage<!kBRowMajor, kB16, kDepth>;   // B [k][n] row-major: its rows run along n
+  using A2 = Stage<kA2RowMajor, kA16, kDepth>;
+  using B2 = Stage<!kB2RowMajor, kB16, kDepth>;
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   __shared__ float row_dots[kMaxGemmTerms][2][kTile];  // each term's row dots, per half of the tile's columns
@@ -211,11 +251,11 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     a.data = static_cast<const typename A::T*>(a.data) + at_entry.offset(a.batch);
     b.data = static_cast<const typename B::T*>(b.data) + at_entry.offset(b.batch);
     if (kTwoGroups && term >= p.second_group) {
-      A2::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
-      B2::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+      A2::load(a_stage[buffer], a, m0, s * kDepth, p.m, p.terms[term].k);
+      B2::load(b_stage[buffer], b, n0, s * kDepth, p.n, p.terms[term].k);
     } else {
-      A::load(a_stage[buffer], a, m0, s * kSlab, p.m, p.terms[term].k);
-      B::load(b_stage[buffer], b, n0, s * kSlab, p.n, p.terms[term].k);
+      A::load(a_stage[buffer], a, m0, s * kDepth, p.m, p.terms[term].k);
+      B::load(b_stage[buffer], b, n0, s * kDepth, p.n, p.terms[term].k);
     }
     cp_async_commit();
   };
@@ -231,7 +271,7 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-    const int k = p.terms[term].k, slabs = (k + kSlab - 1) / kSlab;
+    const int k = p.terms[term].k, slabs = (k + kDepth - 1) / kDepth;
     for (int s = 0; s < slabs; ++s, ++slab) {
       const bool last_of_term = s + 1 == slabs;
       if (!last_of_term || term + 1 < num_terms) {
@@ -243,10 +283,14 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       __syncthreads();
       const float* as = a_stage[slab & 1];
       const float* bs = b_stage[slab & 1];
-      const int depth = min(kSlab, k - s * kSlab);  // a multiple of 8
+      const int depth = min(kDepth, k - s * kDepth);  // a multiple of 8
       if constexpr (kBf16) {  // 16-deep steps: past the depth the stage holds zeros
-        if (kTwoGroups && term >= p.second_group) {
-          for (int kk = 0; kk < depth; kk += 16) bf16_step<A2, B2>(acc, as, bs, wm, wn, kk, g, t);
+        if constexpr (kA16 && kB16) {
+          if (kTwoGroups && term >= p.second_group) {
+            for (int kk = 0; kk < depth; kk += 16) bf16_step_ldmatrix<A2, B2>(acc, as, bs, wm, wn, kk, lane);
+          } else {
+            for (int kk = 0; kk < depth; kk += 16) bf16_step_ldmatrix<A, B>(acc, as, bs, wm, wn, kk, lane);
+          }
         } else {
           for (int kk = 0; kk < depth; kk += 16) bf16_step<A, B>(acc, as, bs, wm, wn, kk, g, t);
         }
