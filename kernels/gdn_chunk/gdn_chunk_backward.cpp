@@ -105,14 +105,18 @@ struct Products {
     return out.view({-1, chunks, out.size(-2), out.size(-1)});
   }
   // out = the terms' sum (out [B,H,N,m,n] or [M,N,m,n], a view as it lies), in one pass where chunk_gemm_sum
-  // takes them together.
-  void into(at::Tensor out, std::vector<GemmTerm> terms) const {
+  // takes them together. `one_launch` names a sum that must be one launch (a sum declined there runs term by
+  // term at several times the cost: a layout the sum's author meant the kernel to take, an error).
+  void into(at::Tensor out, std::vector<GemmTerm> terms, const char* one_launch = nullptr) const {
     for (GemmTerm& term : terms) {
       term.a = batched(term.a), term.b = batched(term.b);
       for (at::Tensor* x : {&term.column_scale, &term.row_scale, &term.dot_with, &term.dots})
         if (x->defined()) *x = batched(*x);
     }
     at::Tensor flat = batched(out);
+    PRIME_CHECK(one_launch == nullptr || chunk_gemm_sum_apply(flat, terms, precision), "GDN backward: chunk_gemm ",
+                "declined the ", one_launch, " sum (", terms.size(), " terms into ", flat.sizes(), "), which it ",
+                "should take in one launch");
     chunk_gemm_sum(flat, terms, 0.0, precision);
   }
   // acc += alpha a b, in place (acc contiguous).
@@ -246,19 +250,27 @@ ChainGrads chain_rule_sums(const ChainRule& c, const SumOperands& o, int64_t B, 
   const auto dots = [&]() { return at::empty({B, H, N, tiles, kChunk}, c.g.options()); };
   const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(at::kFloat);
   const at::Tensor k_scale = c.beta * c.e_gamma;
-  const auto term = [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_scale = at::Tensor(),
-                       const at::Tensor& dot_with = at::Tensor(), const at::Tensor& dots_out = at::Tensor()) {
-    GemmTerm t(a, b);
+  // Operands in bf16 (the split walk's G and dU are fp32; a sum's terms must share their operands' dtypes to
+  // be one launch): rounded to nearest even, as the kernel rounds an fp32 operand as it loads it, so the same
+  // products. The rounding keeps a transposed view's strides.
+  const auto bf16 = [](const at::Tensor& x) { return x.scalar_type() == at::kBFloat16 ? x : x.to(at::kBFloat16); };
+  const auto term = [&](const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_scale = at::Tensor(),
+                        const at::Tensor& dot_with = at::Tensor(), const at::Tensor& dots_out = at::Tensor()) {
+    GemmTerm t(bf16(a), bf16(b));
     t.row_scale = row_scale, t.dot_with = dot_with, t.dots = dots_out;
     return t;
   };
   at::Tensor dq = gradient(), dk = gradient(), dv = gradient();
   const at::Tensor q_dots = dots(), k_in_dots = dots(), k_decayed_dots = dots(), v_dots = dots();
-  product.into(per_chunk(dq), {term(gates.d_qk, c.k), term(o.d_o, transposed(o.states), c.e_gamma, c.q, q_dots)});
+  // Each sum one chunk_gemm launch where D is a multiple of 16 (the kernel's tile rule; else term by term).
+  const auto once = [&](const char* name) { return D % 16 == 0 ? name : nullptr; };
+  product.into(per_chunk(dq), {term(gates.d_qk, c.k), term(o.d_o, transposed(o.states), c.e_gamma, c.q, q_dots)},
+               once("dq"));
   product.into(per_chunk(dk), {term(transposed(gates.d_qk), c.q), term(transposed(gates.d_kk), c.k),
                                term(transposed(o.inverse), o.d_w, k_scale, c.k, k_in_dots),
-                               term(o.u, transposed(o.grads_after), to_end, c.k, k_decayed_dots)});
-  product.into(per_chunk(dv), {term(transposed(o.inverse), o.d_u, c.beta, c.v, v_dots)});
+                               term(o.u, transposed(o.grads_after), to_end, c.k, k_decayed_dots)},
+               once("dk"));
+  product.into(per_chunk(dv), {term(transposed(o.inverse), o.d_u, c.beta, c.v, v_dots)}, once("dv"));
   ChainGrads out;
   out.dg = at::empty({B, T, H}, c.g.options());
   out.d_beta = at::empty_like(out.dg);
