@@ -50,12 +50,17 @@ struct GradParams {
   float* dA_part;                 // [M,N]
 };
 
+// Each warp streams the 16 x 16 blocks of S_n and G_n its products take, in the order it takes
+// them, through a ring of four blocks in shared memory (cp.async: before a block is read, the three
+// after it are on their way), and reads them by ldmatrix.
+constexpr int kRing = 4;
+constexpr int kRingBlock = 16 * 16;  // elements
+
 // Shared memory: a header (Gamma [64] double; deltas [64]; the Q row sums per column block [4][64]
 // and its column sums per row block [4][64]; per 16-column tile [D/16][64]: x . d(delta x),
 // x . (its state part), C . (the state part of dC); the <G, S> warp sums [8]), then C, B, dY, X
-// [64][ld] and M, P [64][kLdM]: 95 KB at D = 128, two blocks per SM. S_n and G_n are read as
-// fragments from global memory (S_n once per block, G_n twice: transposed for d(delta x)). The
-// epilogues work in the accumulators' own layout (no scratch round trip).
+// [64][ld], M, P [64][kLdM] and the warps' rings [8][4][256]: 111 KB at D = 128, two blocks per SM.
+// The epilogues work in the accumulators' own layout (no scratch round trip).
 template <int D>
 constexpr int grad_header_bytes() {
   return (kChunk * 8 + kChunk * 4 + 8 * kChunk * 4 + 3 * (D / 16) * kChunk * 4 + kGradWarps * 4 + 127) / 128 * 128;
@@ -63,8 +68,55 @@ constexpr int grad_header_bytes() {
 
 template <int D>
 constexpr size_t grad_shared_bytes() {
-  return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16);
+  return grad_header_bytes<D>() + 4 * kChunk * ld_of(D) * sizeof(Bf16) + 2 * kChunk * kLdM * sizeof(Bf16) +
+         kGradWarps * kRing * kRingBlock * sizeof(Bf16);
 }
+
+// Where row `row`'s 8-element half `half` of a ring block sits: the halves of rows 4..7 (mod 8)
+// swapped, so the eight 16-byte rows of one ldmatrix matrix fall on distinct banks.
+__device__ __forceinline__ int ring_offset(int row, int half) { return row * 16 + 8 * (half ^ ((row >> 2) & 1)); }
+
+// The lane's ldmatrix address for the ring block at `block`: Swap as block_address (bf16_tiles.cuh).
+template <bool Swap>
+__device__ __forceinline__ uint32_t ring_address(const Bf16* block) {
+  const int lane = threadIdx.x % 32, i = lane % 8, j = lane / 8;
+  const int row = Swap ? 8 * (j / 2) : 8 * (j % 2), half = Swap ? j % 2 : j / 2;
+  return shared_address(block + ring_offset(row + i, half));
+}
+
+// A warp's stream of state blocks, in the order its tasks (task = warp + 8 i; kind = task / (D/16))
+// consume them: per 16-deep step, G's block for d(delta x) (stored [column][depth]: G^T's) and for
+// dB, S's then G's for dC. Each block is one cp.async per lane and one commit group (an empty group
+// past the end), so waiting for a block is cp.async.wait_group with a fixed count.
+template <int D>
+struct StateStream {
+  const Bf16 *S, *G;
+  Bf16* ring;
+  int task, step, second, issued, used;
+
+  __device__ __forceinline__ void issue() {
+    constexpr int kTiles = D / 16;
+    if (task < 3 * kTiles) {
+      const int kind = task / kTiles, col0 = 16 * (task % kTiles), k0 = 16 * step;
+      const int lane = threadIdx.x % 32, row = lane / 2, half = lane % 2;
+      const Bf16* state = kind == 2 && !second ? S : G;
+      const Bf16* src = kind == 0 ? state + (col0 + row) * D + k0 + 8 * half  // [column][depth]
+                                  : state + (k0 + row) * D + col0 + 8 * half;
+      cp_async16(ring + (issued % kRing) * kRingBlock + ring_offset(row, half), src);
+      if (kind == 2 && !second) {
+        second = 1;
+      } else {
+        second = 0;
+        if (++step == kTiles) step = 0, task += kGradWarps;
+      }
+    }
+    cp_async_commit();
+    ++issued;
+  }
+  // The next block, once this lane's copies of it and of those before have landed (the caller
+  // syncs the warp before reading it).
+  __device__ __forceinline__ const Bf16* next() { return ring + (used++ % kRing) * kRingBlock; }
+};
 
 // Two adjacent outputs, stored with the streaming hint (st.global.cs: written once, not read here again).
 template <typename Out>
@@ -91,12 +143,13 @@ __device__ __forceinline__ float column_total(float x) {
 // One output's 16-column tile at col0 for all four row blocks r (rows 16 r..+16):
 //   in_chunk[r] = A_r (lower-triangular [64][lda], transposed when Transposed: rows 16 r of A^T
 //                 need k >= 16 r, else k < 16 (r + 1)) times rows[k][col0..+16]
-//   via_state[r] = left[16 r rows][0:D] times the [D][16] block of state at col0 (state^T when
-//                  StateT), the state's fragments read from global memory once per k-step.
+//   via_state[r] = left[16 r rows][0:D] times the [D][16] block of the state at col0 (state^T when
+//                  StateT), its 16 x 16 blocks taken from the warp's stream (with Dot: S's block,
+//                  then G's, whose elementwise products are summed into *dot).
 template <int D, bool Transposed, bool StateT, bool Dot = false>
 __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_state)[4], const Bf16* a,
-                                              const Bf16* rows, const Bf16* left, const Bf16* state, int col0,
-                                              const Bf16* other = nullptr, float* dot = nullptr) {
+                                              const Bf16* rows, const Bf16* left, StateStream<D>& states,
+                                              int col0, float* dot = nullptr) {
   constexpr int ld = ld_of(D);
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
@@ -121,21 +174,29 @@ __device__ __forceinline__ void tile_products(Acc (&in_chunk)[4], Acc (&via_stat
 #pragma unroll 2
   for (int k0 = 0; k0 < D; k0 += 16) {
     FragB sm;
+    if constexpr (Dot)
+      cp_async_wait<kRing - 2>();
+    else
+      cp_async_wait<kRing - 1>();
+    __syncwarp();
     if constexpr (StateT) {
-      load_b_t_global(sm, state + col0 * D + k0, D);  // (state^T)[k][col] = state[col][k]
-    } else if constexpr (Dot) {  // the words as stored, <state, other> over them, then transposed
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int at = (k0 + 8 * (j % 2)) * D + col0 + 8 * (j / 2);
-        const uint32_t word = global_word(state + at, D), with = global_word(other + at, D);
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&word));
-        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&with));
-        *dot = fmaf(x.x, y.x, fmaf(x.y, y.y, *dot));
-        sm.x[j] = transpose_8x8(word);
-      }
+      ldmatrix_x4(sm.x, ring_address<true>(states.next()));  // (state^T)[k][col] = state[col][k]
     } else {
-      load_b_global(sm, state + k0 * D + col0, D);
+      ldmatrix_x4_transposed(sm.x, ring_address<false>(states.next()));
+      if constexpr (Dot) {  // the same element of G in the same register half
+        FragB gm;
+        ldmatrix_x4_transposed(gm.x, ring_address<false>(states.next()));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&sm.x[j]));
+          const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gm.x[j]));
+          *dot = fmaf(x.x, y.x, fmaf(x.y, y.y, *dot));
+        }
+      }
     }
+    __syncwarp();  // every lane has read the blocks before their slots are refilled
+    states.issue();
+    if constexpr (Dot) states.issue();
 #pragma unroll
     for (int r = 0; r < 4; ++r) {  // via_state[r] += left rows 16 r times sm
       FragA am;
@@ -163,6 +224,7 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   Bf16* xs = dys + kChunk * ld;
   Bf16* ms = xs + kChunk * ld;  // M [64][kLdM]
   Bf16* ps = ms + kChunk * kLdM;
+  Bf16* ring = ps + kChunk * kLdM;  // [8 warps][kRing][256]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunk = blockIdx.x, m = blockIdx.y, b = m / p.H, h = m % p.H, t0 = chunk * kChunk;
   const size_t row_stride = static_cast<size_t>(p.H) * D;
@@ -176,8 +238,11 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
   copy_async<kChunk, D, kGradThreads>(dys, p.dy + first_row, row_stride, p.T - t0, once);
   copy_async<kChunk, D, kGradThreads>(xs, p.x + first_row, row_stride, p.T - t0, once);
   cp_async_commit();
+  StateStream<D> states{S, G, ring + warp * kRing * kRingBlock, warp, 0, 0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < kRing; ++i) states.issue();  // the first blocks arrive while M and P are formed
   ssd_common::chunk_gamma(p.delta, p.A, b, h, t0, p.T, gamma, dl);
-  cp_async_wait<0>();
+  cp_async_wait<kRing>();  // the rows
   __syncthreads();
 
   // M and P, tiles (r, c) = (w % 4, w / 4) and (w % 4, w / 4 + 2) of warp w (those above the
@@ -228,11 +293,11 @@ __global__ void __launch_bounds__(kGradThreads, 2) ssd_backward_grad_bf16_kernel
     const int kind = task / kTiles, tile = task % kTiles, col0 = 16 * tile;
     Acc in_chunk[4], via_state[4];
     if (kind == 0)  // d(delta x) = M^T dY + diag(e^{Gamma_end - Gamma}) B G^T
-      tile_products<D, /*Transposed=*/true, /*StateT=*/true>(in_chunk, via_state, ms, dys, bs, G, col0);
+      tile_products<D, /*Transposed=*/true, /*StateT=*/true>(in_chunk, via_state, ms, dys, bs, states, col0);
     else if (kind == 1)  // dB = P^T C + diag(f) X G
-      tile_products<D, true, false>(in_chunk, via_state, ps, cs, xs, G, col0);
+      tile_products<D, true, false>(in_chunk, via_state, ps, cs, xs, states, col0);
     else  // dC = P B + diag(e^Gamma) dY S, and the lane's share of <G, S>
-      tile_products<D, false, false, true>(in_chunk, via_state, ps, bs, dys, S, col0, G, &gs_part);
+      tile_products<D, false, false, true>(in_chunk, via_state, ps, bs, dys, states, col0, &gs_part);
     Out* out = static_cast<Out*>(kind == 0 ? p.dx : kind == 1 ? p.dB : p.dC);
     const Bf16* dotted = kind == 2 ? cs : xs;  // the row partials' other operand
 #pragma unroll
