@@ -551,8 +551,14 @@ TEST_CASE("chunk gemm: row scales and row dots on the CPU are the sums the heade
 namespace {
 
 // The sums of the CUDA test below: up to four terms whose orientations change once along the list (the GDN
-// backward's dq and dk: [row, row] then [row, column]; [column, row] three times then [row, column]), with
-// row scales, column scales and row dots (bf16 or fp32 dot_with), bf16 operands.
+// backward's dq and dk: [row, row] then [row, column]; [column, row] three times then [row, column]), or one
+// term with its row scale and dots (dv), with row scales, column scales and row dots (dot_with bf16 with its
+// rows on 16 bytes, which the kernel stages in shared memory, bf16 with rows 2 elements past that, read in
+// place, or fp32), bf16 operands.
+enum class DotWith { Bf16, Bf16Unaligned, Fp32 };
+const char* dot_with_name(DotWith with) {
+  return with == DotWith::Bf16 ? "bf16" : with == DotWith::Bf16Unaligned ? "bf16 rows off 16 bytes" : "fp32";
+}
 struct SumCase {
   std::vector<std::pair<bool, bool>> orientations;  // per term: a's rows contiguous, b's rows contiguous
   std::vector<int64_t> depths;
@@ -562,17 +568,21 @@ const std::vector<SumCase> kSumCases{{{{true, true}, {true, false}}, {64, 128}, 
                                      {{{false, true}, {false, true}, {false, true}, {true, false}},
                                       {64, 64, 64, 128}, 64, 128},
                                      {{{false, false}, {true, true}, {true, true}}, {40, 64, 32}, 48, 80},
-                                     {{{true, false}, {false, true}}, {32, 16}, 64, 32}};
+                                     {{{true, false}, {false, true}}, {32, 16}, 64, 32},
+                                     {{{false, true}}, {64}, 48, 80}};
 
-std::vector<kernels::GemmTerm> sum_case_terms(const SumCase& c, int64_t batch, bool fp32_with,
+std::vector<kernels::GemmTerm> sum_case_terms(const SumCase& c, int64_t batch, DotWith dot_with,
                                               const at::TensorOptions& device) {
   const auto f32 = device.dtype(at::kFloat), bf16 = device.dtype(at::kBFloat16);
   std::vector<kernels::GemmTerm> terms;
   for (size_t i = 0; i < c.orientations.size(); ++i) {
     const at::Tensor a = operand(batch, c.m, c.depths[i], c.orientations[i].first, 8, bf16);
     const at::Tensor b = operand(batch, c.depths[i], c.n, c.orientations[i].second, 0, bf16);
-    const bool dotted = i > 0, scaled = i % 2 == 1 || i + 1 == c.orientations.size();
-    const at::Tensor with = dotted ? at::randn({batch, c.m, c.n}, fp32_with ? f32 : bf16) : at::Tensor();
+    const bool dotted = i > 0 || c.orientations.size() == 1, scaled = i % 2 == 1 || i + 1 == c.orientations.size();
+    const int64_t with_ld = dot_with == DotWith::Bf16Unaligned ? c.n + 2 : c.n;
+    const at::Tensor with = dotted ? at::randn({batch, c.m, with_ld}, dot_with == DotWith::Fp32 ? f32 : bf16)
+                                         .narrow(-1, 0, c.n)
+                                   : at::Tensor();
     kernels::GemmTerm term =
         row_term(a, b, i == 2 ? -0.75 : 1.0, scaled ? at::randn({batch, c.m}, f32) : at::Tensor(), with);
     if (i == 1) term.column_scale = at::randn({batch, c.n}, f32);
@@ -608,9 +618,10 @@ TEST_CASE("chunk gemm: the sums of row scales and dots the kernel takes by their
   at::manual_seed(43);
   const auto cpu = at::TensorOptions();
   for (const SumCase& c : kSumCases)
-    for (const bool fp32_with : {false, true}) {
-      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n << " fp32 dot_with " << fp32_with);
-      std::vector<kernels::GemmTerm> terms = sum_case_terms(c, 5, fp32_with, cpu);
+    for (const DotWith dot_with : {DotWith::Bf16, DotWith::Bf16Unaligned, DotWith::Fp32}) {
+      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n
+                    << " dot_with " << dot_with_name(dot_with));
+      std::vector<kernels::GemmTerm> terms = sum_case_terms(c, 5, dot_with, cpu);
       for (const at::ScalarType out_type : {at::kFloat, at::kBFloat16})
         CHECK(kernels::chunk_gemm_sum_layouts_served(at::empty({5, c.m, c.n}, cpu.dtype(out_type)), terms,
                                                      GemmPrecision::Bf16));
@@ -651,29 +662,29 @@ TEST_CASE("chunk gemm: row scales row dots and two groups of orientations on CUD
   using kernels::GemmTerm;
   for (const SumCase& c : kSumCases) {
     const int64_t batch = 5;
-    for (const bool fp32_with : {false, true}) {
-      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n << " fp32 dot_with " << fp32_with);
-      std::vector<GemmTerm> terms = sum_case_terms(c, batch, fp32_with, cuda);
+    for (const DotWith dot_with : {DotWith::Bf16, DotWith::Bf16Unaligned, DotWith::Fp32}) {
+      INFO("terms " << c.orientations.size() << " m " << c.m << " n " << c.n
+                    << " dot_with " << dot_with_name(dot_with));
+      std::vector<GemmTerm> terms = sum_case_terms(c, batch, dot_with, cuda);
       at::Tensor out = at::full({batch, c.m, c.n}, NAN, f32);
       REQUIRE(kernels::chunk_gemm_sum_apply(out, terms, GemmPrecision::Bf16));
       kernels::chunk_gemm_sum(out, terms, 0.0, GemmPrecision::Bf16);
       const RowTermsWant want = row_terms_want(terms, at::zeros({batch, c.m, c.n}, f32), 0.0, true);
       CHECK(scaled_error(out, want.out, want.out_scale) <= 1e-5);
-      for (size_t i = 1; i < terms.size(); ++i) {
+      for (size_t i = 0; i < terms.size(); ++i) {
         INFO("term " << i);
-        CHECK(scaled_error(terms[i].dots, want.dots[i], want.dots_scale[i]) <= 1e-5);
+        if (terms[i].dots.defined()) CHECK(scaled_error(terms[i].dots, want.dots[i], want.dots_scale[i]) <= 1e-5);
       }
       // A bf16 out: the same sum rounded; the dots again, the same bits.
-      const std::vector<at::Tensor> dots_before = [&] {
-        std::vector<at::Tensor> copies;
-        for (size_t i = 1; i < terms.size(); ++i) copies.push_back(terms[i].dots.clone()), terms[i].dots.fill_(NAN);
-        return copies;
-      }();
+      std::vector<at::Tensor> dots_before(terms.size());
+      for (size_t i = 0; i < terms.size(); ++i)
+        if (terms[i].dots.defined()) dots_before[i] = terms[i].dots.clone(), terms[i].dots.fill_(NAN);
       at::Tensor rounded = at::full({batch, c.m, c.n}, NAN, bf16);
       REQUIRE(kernels::chunk_gemm_sum_apply(rounded, terms, GemmPrecision::Bf16));
       kernels::chunk_gemm_sum(rounded, terms, 0.0, GemmPrecision::Bf16);
       CHECK(at::equal(rounded, out.to(at::kBFloat16)));
-      for (size_t i = 1; i < terms.size(); ++i) CHECK(at::equal(terms[i].dots, dots_before[i - 1]));
+      for (size_t i = 0; i < terms.size(); ++i)
+        if (terms[i].dots.defined()) CHECK(at::equal(terms[i].dots, dots_before[i]));
     }
   }
   // The per-chunk view of a time-major gradient.

@@ -15,7 +15,9 @@
 // sum of products (chunk_gemm_sum) runs its terms one after another through the same stages, each term's
 // accumulator folded into a running sum in registers (alpha, the column scale, then the sum so far: the
 // operations chunk_gemm's accumulating calls make on out), and out is written once, in fp32 or, for a bf16
-// product's operand, in bf16.
+// product's operand, in bf16. In a sum each warp copies its share of a term's epilogue operands (its
+// 32 x 32 block of dot_with, its 32 row scales) into shared memory by cp.async when the term's first stage is
+// loaded, so they arrive while the term's products run instead of being waited on in the epilogue.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -78,6 +80,9 @@ struct Term {
   BatchStrides dots_batch;
   long long dots_tile_stride;
   bool dot_with_bf16;
+  // The epilogue's operands staged in shared memory (kernel instances for sums only): dot_with bf16 with its rows and
+  // batch on 16 bytes; the row scale's batch and base on 16 bytes.
+  bool dot_with_staged, row_scale_staged;
   int k;
   float alpha;
 };
@@ -219,8 +224,9 @@ __device__ __forceinline__ void bf16_step_ldmatrix(float (&acc)[2][4][4], const 
 
 // One term's depth, slab by slab, into acc: the double-buffered stages run on across terms (the next term's
 // first slab is copied while this term's last one is multiplied). `slab` counts every term's slabs so far.
-// kA16, kB16: that operand bf16 in memory (with kBf16 only). kSum: more than one term (bf16 products only;
-// the running sum's registers are the single product's cost otherwise).
+// kA16, kB16: that operand bf16 in memory (with kBf16 only). kSum: more than one term, or terms with row scales
+// or dots (bf16 products only; the running sum's registers and the staged epilogue are the single product's
+// cost otherwise).
 // kA2RowMajor, kB2RowMajor: the orientations of terms [p.second_group, num_terms) (bf16 operands only; the
 // same as the first pair: one group).
 template <bool kARowMajor, bool kBRowMajor, bool kBf16, bool kA16 = false, bool kB16 = false, bool kSum = false,
@@ -239,6 +245,12 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
   __shared__ __align__(16) float a_stage[2][kStage];
   __shared__ __align__(16) float b_stage[2][kStage];
   __shared__ float row_dots[kMaxGemmTerms][2][kTile];  // each term's row dots, per half of the tile's columns
+  // Each warp's staged epilogue operands (sums): its 32 x 32 block of dot_with as bf16 rows of four
+  // 16-byte chunks, chunk j of row r at j ^ (r / 2 % 4) (the epilogue's word reads, rows g and columns 2 t,
+  // meet no bank twice), and its 32 row scales.
+  constexpr int kStagedWarps = kSum ? 4 : 1, kStagedRows = kSum ? 32 : 1;  // none for single products
+  __shared__ __align__(16) uint16_t dot_stage[kStagedWarps][kStagedRows * 32];
+  __shared__ __align__(16) float row_scale_stage[kStagedWarps][kStagedRows];
   const long long entry = blockIdx.x;
   const BatchIndex at_entry{entry / (static_cast<long long>(p.batch1) * p.batch2),
                             static_cast<int>((entry / p.batch2) % p.batch1), static_cast<int>(entry % p.batch2)};
@@ -260,6 +272,28 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     cp_async_commit();
   };
 
+  // Term `term`'s staged epilogue operands for this warp, one commit group (empty where none is staged).
+  const auto stage_epilogue = [&](int term) {
+    const Term& now = p.terms[term];
+    __syncwarp();  // every lane is past the previous term's epilogue, which read these buffers
+    if (now.dot_with_staged) {
+      const uint16_t* with = static_cast<const uint16_t*>(now.dot_with) + at_entry.offset(now.dot_with_batch);
+#pragma unroll
+      for (int v = lane; v < 32 * 4; v += 32) {
+        const int row = v / 4, chunk = v % 4, r = m0 + wm + row, c = n0 + wn + 8 * chunk;
+        const bool valid = r < p.m && c < p.n;
+        cp_async16_or_zero(dot_stage[warp] + row * 32 + 8 * (chunk ^ ((row >> 1) & 3)),
+                           valid ? with + r * now.dot_with_ld + c : with, valid);
+      }
+    }
+    if (now.row_scale_staged && lane < 8) {
+      const float* scale = now.row_scale + at_entry.offset(now.row_scale_batch);
+      const int r = m0 + wm + 4 * lane;
+      cp_async16_or_zero(row_scale_stage[warp] + 4 * lane, r < p.m ? scale + r : scale, r < p.m);
+    }
+    cp_async_commit();
+  };
+
   float acc[2][4][4];
   float sum[2][4][4] = {};  // the terms so far: alpha acc diag(scale) added in turn, as chunk_gemm's calls add them
   int slab = 0;
@@ -274,11 +308,21 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     const int k = p.terms[term].k, slabs = (k + kDepth - 1) / kDepth;
     for (int s = 0; s < slabs; ++s, ++slab) {
       const bool last_of_term = s + 1 == slabs;
+      // In a sum the term's first slab commits the epilogue's group before the next stage's, so this slab's
+      // stage is one group further back.
+      if constexpr (kSum)
+        if (s == 0) stage_epilogue(term);
       if (!last_of_term || term + 1 < num_terms) {
         load((slab + 1) & 1, last_of_term ? term + 1 : term, last_of_term ? 0 : s + 1);
-        cp_async_wait<1>();
+        if (kSum && s == 0)
+          cp_async_wait<2>();
+        else
+          cp_async_wait<1>();
       } else {
-        cp_async_wait<0>();
+        if (kSum && s == 0)
+          cp_async_wait<1>();
+        else
+          cp_async_wait<0>();
       }
       __syncthreads();
       const float* as = a_stage[slab & 1];
@@ -334,6 +378,14 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
     const bool dotted = now.dot_with != nullptr;  // the same in every thread: the shuffles below are whole-warp
     const long long dot_at = at_entry.offset(now.dot_with_batch);
     const float* out = static_cast<const float*>(p.out) + at_entry.offset(p.out_batch);
+    const bool dot_staged = kSum && now.dot_with_staged, row_scale_staged = kSum && now.row_scale_staged;
+    if (dot_staged || row_scale_staged) {  // this warp's copies of them have landed (only the next stage's may not)
+      if (term + 1 < num_terms)
+        cp_async_wait<1>();
+      else
+        cp_async_wait<0>();
+      __syncwarp();
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -349,17 +401,26 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
             value.x *= scale[c];
             value.y *= scale[c + 1];
           }
+          const int row = wm + 16 * i + g + 8 * half;  // within the tile
           if (dotted) {
-            const long long at = dot_at + r * now.dot_with_ld + c;
-            const float2 x = now.dot_with_bf16
-                                 ? __bfloat1622float2(*(static_cast<const __nv_bfloat162*>(now.dot_with) + at / 2))
-                                 : *reinterpret_cast<const float2*>(static_cast<const float*>(now.dot_with) + at);
+            float2 x;
+            if (dot_staged) {
+              const int warp_row = 16 * i + g + 8 * half;
+              x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                  dot_stage[warp] + warp_row * 32 + 8 * (j ^ ((warp_row >> 1) & 3)) + 2 * t));
+            } else {
+              const long long at = dot_at + r * now.dot_with_ld + c;
+              x = now.dot_with_bf16
+                      ? __bfloat1622float2(*(static_cast<const __nv_bfloat162*>(now.dot_with) + at / 2))
+                      : *reinterpret_cast<const float2*>(static_cast<const float*>(now.dot_with) + at);
+            }
             dot = fmaf(value.x, x.x, dot);
             dot = fmaf(value.y, x.y, dot);
           }
           if (row_scale != nullptr) {
-            value.x *= row_scale[r];
-            value.y *= row_scale[r];
+            const float factor = row_scale_staged ? row_scale_stage[warp][row - wm] : row_scale[r];
+            value.x *= factor;
+            value.y *= factor;
           }
           if (term > 0) {
             value.x += sum[i][j][2 * half];
@@ -432,6 +493,13 @@ void describe_row_terms(const GemmTerm& term, const at::Tensor& out, int64_t bat
   const at::IntArrayRef batch_sizes = out.sizes().slice(0, batch_dims);
   const int64_t m = out.size(-2), n = out.size(-1);
   to.row_scale = nullptr, to.dot_with = nullptr, to.dots = nullptr;
+  to.dot_with_staged = false, to.row_scale_staged = false;
+  // Whether x's batch strides (elements of `size` bytes) and base are on 16 bytes.
+  const auto batch_on_16_bytes = [&](const at::Tensor& x, int64_t size) {
+    bool on = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+    for (int64_t dim = 0; dim < batch_dims; ++dim) on = on && x.stride(dim) * size % 16 == 0;
+    return on;
+  };
   if (term.row_scale.defined()) {
     const at::Tensor& scale = term.row_scale;
     PRIME_CHECK(scale.is_cuda() && scale.scalar_type() == at::kFloat && scale.dim() == batch_dims + 1 &&
@@ -439,6 +507,7 @@ void describe_row_terms(const GemmTerm& term, const at::Tensor& out, int64_t bat
                 "chunk_gemm: row scale ", scale.sizes(), " must be fp32 [batch..., m] with its last stride 1");
     to.row_scale = scale.data_ptr<float>();
     to.row_scale_batch = batch_strides(scale, batch_dims);
+    to.row_scale_staged = batch_on_16_bytes(scale, 4);
   }
   PRIME_CHECK(term.dot_with.defined() == term.dots.defined(), "chunk_gemm: a term's dot_with and dots come together");
   if (!term.dot_with.defined()) return;
@@ -457,6 +526,7 @@ void describe_row_terms(const GemmTerm& term, const at::Tensor& out, int64_t bat
               "chunk_gemm: dots ", dots.sizes(), " must be fp32 [batch..., ", tiles, ", ", m, "] with its last stride 1");
   to.dot_with = with.data_ptr();
   to.dot_with_bf16 = bf16;
+  to.dot_with_staged = bf16 && with.stride(-2) % 8 == 0 && batch_on_16_bytes(with, 2);
   to.dot_with_batch = batch_strides(with, batch_dims);
   to.dot_with_ld = with.stride(-2);
   to.dots = dots.data_ptr<float>();
@@ -502,11 +572,14 @@ void launch_two_groups(const Params& p, dim3 grid, cudaStream_t stream, bool a2_
 template <bool kARowMajor, bool kBRowMajor>
 void launch(const Params& p, dim3 grid, cudaStream_t stream, bool bf16, bool a16, bool b16, bool a2_rows,
             bool b2_rows) {
+  bool row_terms = false;  // a term with a row scale or dots: the sums' instance, which stages them
+  for (int term = 0; term < p.num_terms; ++term)
+    row_terms = row_terms || p.terms[term].row_scale != nullptr || p.terms[term].dot_with != nullptr;
   if (!bf16)
     chunk_gemm_kernel<kARowMajor, kBRowMajor, false><<<grid, kThreads, 0, stream>>>(p);
   else if (p.second_group < p.num_terms)
     launch_two_groups<kARowMajor, kBRowMajor>(p, grid, stream, a2_rows, b2_rows);
-  else if (p.num_terms > 1)
+  else if (p.num_terms > 1 || row_terms)
     launch_bf16<kARowMajor, kBRowMajor, true>(p, grid, stream, a16, b16);
   else
     launch_bf16<kARowMajor, kBRowMajor, false>(p, grid, stream, a16, b16);
