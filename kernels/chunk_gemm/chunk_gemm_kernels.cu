@@ -401,11 +401,10 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
             value.x *= scale[c];
             value.y *= scale[c + 1];
           }
-          const int row = wm + 16 * i + g + 8 * half;  // within the tile
+          const int warp_row = 16 * i + g + 8 * half;  // within the warp's block
           if (dotted) {
             float2 x;
             if (dot_staged) {
-              const int warp_row = 16 * i + g + 8 * half;
               x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
                   dot_stage[warp] + warp_row * 32 + 8 * (j ^ ((warp_row >> 1) & 3)) + 2 * t));
             } else {
@@ -418,7 +417,7 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
             dot = fmaf(value.y, x.y, dot);
           }
           if (row_scale != nullptr) {
-            const float factor = row_scale_staged ? row_scale_stage[warp][row - wm] : row_scale[r];
+            const float factor = row_scale_staged ? row_scale_stage[warp][warp_row] : row_scale[r];
             value.x *= factor;
             value.y *= factor;
           }
