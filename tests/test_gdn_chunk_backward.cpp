@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -497,6 +498,157 @@ TEST_CASE("GDN backward inverse kernel: T from K K^T equals float64's and the to
     CHECK(bf16_vs_f64 <= 1.25 * rounding);
     CHECK(at::equal(ours_bf16.select(0, MN - 1).narrow(0, valid, kChunk - valid).cpu(),
                     at::eye(kChunk, at::kBFloat16).narrow(0, valid, kChunk - valid)));
+  }
+}
+#endif
+
+#ifdef PRIME_WITH_CUDA
+namespace {
+
+// bf16 rows of q or k as the backward takes them: [B,H,N,64,D] viewed in place in time-major [B,64N,H,D] storage
+// (strided), or a per-chunk copy (contiguous).
+at::Tensor key_rows(int64_t B, int64_t N, int64_t H, int64_t D, bool in_place) {
+  const at::Tensor x = at::randn({B, N * kChunk, H, D}, at::TensorOptions().device(at::kCUDA)).to(at::kBFloat16);
+  const at::Tensor rows = x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4});
+  return in_place ? rows : rows.contiguous();
+}
+
+// X Y^T per chunk in float64 from bf16 rows [B,H,N,64,D]: [B*H*N, 64, 64].
+at::Tensor gram64(const at::Tensor& x, const at::Tensor& y) {
+  const auto flat = [](const at::Tensor& r) { return r.cpu().to(at::kDouble).reshape({-1, kChunk, r.size(-1)}); };
+  return at::matmul(flat(x), flat(y).transpose(-1, -2));
+}
+
+}  // namespace
+
+// The gates kernel forming its [64][64] operands itself (the backward's bf16 products): Q K^T and K K^T from
+// the bf16 rows of q and k, P = T^T dT T^T from bf16 T (unit lower triangular) and dT; against float64 sums of
+// the same inputs, beside the kernel given float64's products rounded to fp32: d(QK^T) equal bit for bit (it
+// depends on neither), d(KK^T) + d(KK^T)^T within 1.25x float64's own rounding to bf16, the row sums and the
+// decays' part of dg within 2e-5 of float64. Head dims 32, 64 and 128; q and k strided views of time-major
+// tensors and per-chunk copies.
+TEST_CASE("GDN backward gates kernel: its operands formed from bf16 rows match float64", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+  const int64_t B = 2, H = 3, N = 3, MN = B * H * N;
+  for (const auto& [D, in_place] : {std::pair<int64_t, bool>{32, true}, {64, false}, {128, true}, {128, false}}) {
+    at::manual_seed(90 + D + (in_place ? 1 : 0));
+    const at::Tensor q = key_rows(B, N, H, D, in_place), k = key_rows(B, N, H, D, in_place);
+    REQUIRE(kernels::detail::gdn_backward_key_rows_apply(q, k));
+    const at::Tensor qk64 = gram64(q, k), kk64 = gram64(k, k);
+    const at::Tensor unit = at::eye(kChunk, kF64);
+    const at::Tensor T = (0.3 * at::randn({MN, kChunk, kChunk}, kF64).tril(-1) + unit).to(bf16);
+    const at::Tensor dT = at::randn({MN, kChunk, kChunk}, kF64).to(bf16);
+    const at::Tensor T64 = T.cpu().to(at::kDouble), dT64 = dT.cpu().to(at::kDouble);
+    const at::Tensor p64 = at::matmul(at::matmul(T64.transpose(-1, -2), dT64), T64.transpose(-1, -2));
+    const at::Tensor d_scores = at::randn({MN, kChunk, kChunk}, f32);
+    const at::Tensor g = -at::rand({MN, kChunk}, f32) / 10, beta = at::rand({MN, kChunk}, f32);
+    const auto run = [&](bool from_rows) {
+      std::vector<at::Tensor> out{kernels::new_output({MN, kChunk, kChunk}, bf16),
+                                  kernels::new_output({MN, kChunk, kChunk}, bf16), kernels::new_output({MN, kChunk}, f32),
+                                  kernels::new_output({MN, kChunk}, f32)};
+      if (from_rows)
+        kernels::detail::launch_gdn_backward_gates_from_rows(d_scores, q, k, T, dT, g, beta, out[0], out[1], out[2],
+                                                             out[3]);
+      else
+        kernels::detail::launch_gdn_backward_gates(d_scores, qk64.to(f32), p64.to(f32), kk64.to(f32), g, beta, out[0],
+                                                   out[1], out[2], out[3]);
+      return out;
+    };
+    const std::vector<at::Tensor> rows = run(true), given = run(false);
+    // float64 of the same inputs
+    const at::Tensor gamma = at::cumsum(g.cpu().to(at::kDouble), -1);
+    const at::Tensor decay = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril();
+    const at::Tensor a = -(p64 * decay).tril(-1);  // dA_ij D_ij
+    const at::Tensor b = beta.cpu().to(at::kDouble).unsqueeze(-1);
+    const at::Tensor d_kk = a * b + (a * b).transpose(-1, -2);
+    const at::Tensor d_beta_a = (a * kk64).sum(-1);
+    const at::Tensor e = d_scores.cpu().to(at::kDouble) * qk64 * decay + a * kk64 * b;
+    // dg_decay_t = sum_{j < t} sum_{i >= t} E_ij
+    const at::Tensor below = at::flip(at::cumsum(at::flip(e, {-2}), -2), {-2});  // sum_{i >= t} E_ij at row t
+    const at::Tensor dg_decay = (below * at::ones({kChunk, kChunk}, kF64).tril(-1)).sum(-1);
+    const std::string shape = "D = " + std::to_string(D) + (in_place ? " (strided)" : " (copies)");
+    for (const auto& [name, got, reference, other] :
+         {std::tuple{"d_beta_a", rows[2], d_beta_a, given[2]}, {"dg_decay", rows[3], dg_decay, given[3]}}) {
+      const double error = test::norm_relative_error(got.cpu().to(at::kDouble), reference);
+      const double other_error = test::norm_relative_error(other.cpu().to(at::kDouble), reference);
+      std::cout << "[kernels][gdn] gates from bf16 rows, " << shape << ": " << name << " vs float64 " << error
+                << " (given fp32 products " << other_error << ")" << std::endl;
+      CHECK(error <= 2e-5);
+    }
+    const double d_kk_error = test::norm_relative_error(rows[1].cpu().to(at::kDouble), d_kk);
+    const double rounding = test::norm_relative_error(d_kk.to(at::kBFloat16).to(at::kDouble), d_kk);
+    std::cout << "[kernels][gdn] gates from bf16 rows, " << shape << ": d_kk vs float64 " << d_kk_error
+              << " (float64 rounded to bf16 " << rounding << ")" << std::endl;
+    CHECK(d_kk_error <= 1.25 * rounding);
+    CHECK(at::equal(rows[0], given[0]));
+  }
+  // Not bf16 rows of a head dim it takes: the predicate says so and the launch refuses with what it wants.
+  const at::Tensor q48 = key_rows(1, 1, 1, 48, false);
+  CHECK_FALSE(kernels::detail::gdn_backward_key_rows_apply(q48, q48));
+  CHECK_FALSE(kernels::detail::gdn_backward_key_rows_apply(q48.to(at::kFloat), q48.to(at::kFloat)));
+  const at::Tensor square = at::zeros({1, kChunk, kChunk}, f32), gates = at::zeros({1, kChunk}, f32);
+  const at::Tensor square16 = square.to(at::kBFloat16);
+  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_gates_from_rows(square, q48, q48, square16, square16, gates,
+                                                                         gates, square16.clone(), square16.clone(),
+                                                                         gates.clone(), gates.clone()),
+                    Catch::Matchers::Contains("head dim 32, 64 or 128"));
+}
+
+// The backward's T with K K^T formed from k's bf16 rows in the inverse kernel: against float64's (I + A)^-1 of
+// the same keys, within twice the error of the kernel given K K^T in float64 rounded to fp32 (and within 1e-5 of
+// its T), and in bf16 within a quarter of float64's T rounded; the padding rows of a partial last chunk (keys,
+// gates and beta zero) the identity's.
+TEST_CASE("GDN backward inverse kernel: K K^T formed from bf16 rows gives float64's T", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const int64_t B = 2, H = 2, N = 3, MN = B * H * N, valid = 23;
+  for (const auto& [D, in_place] : {std::pair<int64_t, bool>{32, false}, {64, true}, {128, true}}) {
+    at::manual_seed(120 + D);
+    // unit-norm keys (as GDN's are), correlated: a strongly coupled A
+    at::Tensor x = at::randn({B, N * kChunk, H, D}, at::kDouble);
+    x = 0.8 * at::randn({B, 1, H, D}, at::kDouble) + 0.2 * x;
+    x = x / x.norm(2, -1, true);
+    x.select(0, B - 1).narrow(0, N * kChunk - (kChunk - valid), kChunk - valid).zero_();
+    const at::Tensor stored = x.to(at::kBFloat16).to(at::kCUDA);
+    const at::Tensor rows = stored.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4});
+    const at::Tensor k = in_place ? rows : rows.contiguous();
+    at::Tensor g = -at::rand({MN, kChunk}, f32) * 0.2, beta = at::rand({MN, kChunk}, f32);
+    for (int64_t h = 0; h < H; ++h) {  // the last chunk of batch entry B - 1, every head
+      const int64_t last = ((B - 1) * H + h) * N + N - 1;
+      g.select(0, last).narrow(0, valid, kChunk - valid).zero_();
+      beta.select(0, last).narrow(0, valid, kChunk - valid).zero_();
+    }
+    const at::Tensor kk64 = gram64(k, k);
+    const at::Tensor gamma = at::cumsum(g.cpu().to(at::kDouble), -1);
+    const at::Tensor decay = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2));
+    const at::Tensor A = (beta.cpu().to(at::kDouble).unsqueeze(-1) * kk64 * decay).tril(-1);
+    const at::Tensor reference = at::linalg_inv(A + at::eye(kChunk, A.options()));
+    const at::Tensor ours = kernels::new_output({MN, kChunk, kChunk}, f32);
+    kernels::detail::launch_gdn_backward_inverse_from_rows(k, g, beta, ours);
+    const at::Tensor given = kernels::new_output({MN, kChunk, kChunk}, f32);
+    kernels::detail::launch_gdn_backward_inverse(kk64.to(f32), g, beta, given);
+    const double vs_f64 = test::norm_relative_error(ours.cpu().to(at::kDouble), reference);
+    const double given_vs_f64 = test::norm_relative_error(given.cpu().to(at::kDouble), reference);
+    const double vs_given = test::norm_relative_error(ours.cpu().to(at::kDouble), given.cpu().to(at::kDouble));
+    std::cout << "[kernels][gdn] backward inverse from bf16 rows, D = " << D << ": T vs float64 " << vs_f64
+              << " (given K K^T " << given_vs_f64 << "), vs that T " << vs_given << std::endl;
+    CHECK(vs_f64 <= std::max(1e-6, 2 * given_vs_f64));
+    CHECK(vs_given <= 1e-5);
+    const at::Tensor ours_bf16 = kernels::new_output({MN, kChunk, kChunk}, f32.dtype(at::kBFloat16));
+    kernels::detail::launch_gdn_backward_inverse_from_rows(k, g, beta, ours_bf16);
+    const double bf16_vs_f64 = test::norm_relative_error(ours_bf16.cpu().to(at::kDouble), reference);
+    const double rounding = test::norm_relative_error(reference.to(at::kBFloat16).to(at::kDouble), reference);
+    CHECK(bf16_vs_f64 <= 1.25 * rounding);
+    for (const at::Tensor& T : {ours.cpu(), ours_bf16.cpu().to(at::kFloat)}) {
+      const at::Tensor padding = T.select(0, (B * H - 1) * N + N - 1).narrow(0, valid, kChunk - valid);
+      CHECK(at::equal(padding, at::eye(kChunk, at::kFloat).narrow(0, valid, kChunk - valid)));
+    }
   }
 }
 #endif

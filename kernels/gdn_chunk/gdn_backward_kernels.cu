@@ -7,7 +7,8 @@
 //    d_scores), dA * D = -P * D below the diagonal, d(KK^T) = beta_i dA_ij D_ij (over P, mirrored above
 //    the diagonal: d(KK^T) + d(KK^T)^T, K's two terms of dK in one product), beta's
 //    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
-//    E = dD * D.
+//    E = dD * D. With bf16 products its [64][64] operands Q K^T, K K^T and P are formed in the kernel
+//    on the tensor cores from q's and k's bf16 rows, T and dT (gates_rows) instead of read in fp32.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
 //    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in; a warp per row, each lane D / 32 consecutive elements
 //    as one vector), their row sums, and dg and dbeta in full,
@@ -15,7 +16,8 @@
 //    forward's bf16 (their exact values: the same sums either way).
 //  - state_dot: the chunk decays' gradient, sum of S_n * G_n over each chunk's state.
 //  - inverse: T = (I + A)^-1 again for a forward that did not keep it, A formed in place from
-//    K K^T, the gates and beta (the fp32 fused forward's blockwise inverse).
+//    K K^T (read, or formed from k's bf16 rows), the gates and beta (the fp32 fused forward's blockwise
+//    inverse).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -25,6 +27,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/common/bf16_split_tiles.cuh"
+#include "kernels/common/bf16_tiles.cuh"
+#include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
@@ -68,32 +73,71 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_scores_kernel(const flo
   }
 }
 
+// Where q, k or v [B,H,N,64,D] puts its elements: strides over b, h, n and the row (elements: 1 along D).
+struct ChunkRows {
+  long long b, h, n, row;
+};
+
+// The bf16 rows of q and k per chunk [B,H,N,64,D] (per_chunk_rows: rows contiguous, 16-byte aligned) from
+// which the gates and inverse kernels form Q K^T and K K^T themselves; chunk c = (b H + h) N + n. q is null
+// where only K K^T is formed.
+struct KeyRows {
+  const __nv_bfloat16 *q, *k;
+  ChunkRows q_at, k_at;
+  int H, N;
+};
+
+__device__ __forceinline__ const __nv_bfloat16* chunk_rows(const __nv_bfloat16* x, const ChunkRows& at, size_t chunk,
+                                                           int H, int N) {
+  const long long m = static_cast<long long>(chunk / N), n = static_cast<long long>(chunk % N);
+  return x + (m / H) * at.b + (m % H) * at.h + n * at.n;
+}
+
+// The block's chunk of k (and of q, where kQk) staged as [64][D] bf16 (row stride ld_of(D)) by cp.async, one
+// committed group; the caller waits on it.
+template <int D, bool kQk>
+__device__ __forceinline__ void stage_key_rows(const KeyRows& r, size_t chunk, __nv_bfloat16* q_rows,
+                                               __nv_bfloat16* k_rows) {
+  using bf16_tiles::copy_async;
+  copy_async<kChunk, D, kThreads>(k_rows, chunk_rows(r.k, r.k_at, chunk, r.H, r.N), static_cast<size_t>(r.k_at.row));
+  if constexpr (kQk)
+    copy_async<kChunk, D, kThreads>(q_rows, chunk_rows(r.q, r.q_at, chunk, r.H, r.N),
+                                    static_cast<size_t>(r.q_at.row));
+  cp_async_commit();
+}
+
+// Shared bytes of the staged rows: k's, and q's where kQk.
+template <int D, bool kQk>
+constexpr int key_rows_bytes() {
+  return (kQk ? 2 : 1) * kChunk * bf16_tiles::ld_of(D) * static_cast<int>(sizeof(__nv_bfloat16));
+}
+
 __device__ __forceinline__ void store_element(float* to, float x) { *to = x; }
 __device__ __forceinline__ void store_element(__nv_bfloat16* to, float x) { *to = __float2bfloat16_rn(x); }
 
 // d_qk and d_kk of type Out: fp32 in place of d_scores and p (the same addresses; each element read before
 // it is written, by the thread that writes it or before the block's barrier), or bf16 tensors of their own.
-template <typename Out>
-__global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
-    const float* d_scores, const float* __restrict__ qk, const float* p, const float* __restrict__ kk,
-    const float* __restrict__ g, const float* __restrict__ beta, Out* d_qk_out, Out* d_kk_out,
-    float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
-  __shared__ double gamma[kChunk];
-  __shared__ float e[kChunk][kLd];      // E = dD * D, then its columns summed from the bottom
-  __shared__ float d_kk[kChunk][kLd];   // d(K K^T) below the diagonal, 0 on and above it
-  __shared__ float half_sums[kChunk][2];  // each half row's sum of dA_ij D_ij (k_i . k_j)
-  const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
-  chunk_gamma(g + chunk * kChunk, gamma);
+// The gates kernels' work once gamma holds the block's Gamma: p_at, qk_at and kk_at (i, j, index) give P, Q K^T
+// and K K^T at (i, j) (index = 64 i + j), each read before e and d_kk are written there by the same thread,
+// so Q K^T and K K^T may be read from e and d_kk themselves.
+template <typename Out, typename PAt, typename QkAt, typename KkAt>
+__device__ __forceinline__ void gates_from_grams(size_t chunk, const float* d_scores, PAt&& p_at,
+                                                 const float* __restrict__ beta, Out* d_qk_out, Out* d_kk_out,
+                                                 float* __restrict__ d_beta_a, float* __restrict__ dg_decay,
+                                                 const double* gamma, float (*e)[kLd], float (*d_kk)[kLd],
+                                                 float (*half_sums)[2], QkAt&& qk_at, KkAt&& kk_at) {
+  const size_t base = chunk * kChunk * kChunk;
   static_assert(kThreads % 32 == 0 && kChunk == 64, "a warp covers half a row");
   for (int index = threadIdx.x; index < kChunk * kChunk; index += kThreads) {
     const int i = index / kChunk, j = index % kChunk;
+    const float qk = qk_at(i, j, index), kk = kk_at(i, j, index);
     const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
     const float ds = d_scores[base + index], b = beta[chunk * kChunk + i];
     store_element(d_qk_out + base + index, ds * decay);              // d(Q K^T)
-    const float a = j < i ? -p[base + index] * decay : 0.0f;        // dA_ij D_ij
-    const float akk = a * kk[base + index];
+    const float a = j < i ? -p_at(i, j, index) * decay : 0.0f;     // dA_ij D_ij
+    const float akk = a * kk;
     d_kk[i][j] = a * b;
-    e[i][j] = ds * qk[base + index] * decay + akk * b;
+    e[i][j] = ds * qk * decay + akk * b;
     float sum = akk;  // the warp's half row
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -122,10 +166,121 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   }
 }
 
-// Where q, k or v [B,H,N,64,D] puts its elements: strides over b, h, n and the row (elements: 1 along D).
-struct ChunkRows {
-  long long b, h, n, row;
-};
+// The gates from Q K^T and K K^T formed [MN,64,64] in fp32.
+template <typename Out>
+__global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
+    const float* d_scores, const float* __restrict__ qk, const float* p, const float* __restrict__ kk,
+    const float* __restrict__ g, const float* __restrict__ beta, Out* d_qk_out, Out* d_kk_out,
+    float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
+  __shared__ double gamma[kChunk];
+  __shared__ float e[kChunk][kLd];      // E = dD * D, then its columns summed from the bottom
+  __shared__ float d_kk[kChunk][kLd];   // d(K K^T) below the diagonal, 0 on and above it
+  __shared__ float half_sums[kChunk][2];  // each half row's sum of dA_ij D_ij (k_i . k_j)
+  const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
+  chunk_gamma(g + chunk * kChunk, gamma);
+  gates_from_grams(
+      chunk, d_scores, [&](int, int, int index) { return p[base + index]; }, beta, d_qk_out, d_kk_out, d_beta_a,
+      dg_decay, gamma, e, d_kk, half_sums, [&](int, int, int index) { return qk[base + index]; },
+      [&](int, int, int index) { return kk[base + index]; });
+}
+
+// The gates from the chunk's bf16 rows of q and k, its T and dT (bf16 [MN,64,64]), every [64][64] operand formed
+// on the tensor cores (bf16 MMAs, fp32 accumulation): Q K^T and K K^T (a bf16 product's result, summed in
+// another order) and P = T^T dT T^T with T^T dT carried as bf16 hi and lo parts into its product with T^T
+// (~2^-17 relative: nearer its exact value than the rounding to bf16 that product's operand took as a
+// tensor). Dynamic shared memory (gates_rows_shared_bytes): region A holds the staged rows of q and k, then
+// T^T dT's parts, then E and d_kk; region B holds T and dT, then P (fp32).
+constexpr int kLd64 = bf16_tiles::ld_of(kChunk);  // a shared [64][64] bf16 matrix's row stride
+
+template <int D>
+constexpr int gates_rows_region_a() {
+  return std::max(key_rows_bytes<D, true>(), 2 * kChunk * kLd * static_cast<int>(sizeof(float)));
+}
+template <int D>
+constexpr int gates_rows_shared_bytes() {
+  return gates_rows_region_a<D>() + 2 * kChunk * kLd64 * static_cast<int>(sizeof(__nv_bfloat16));
+}
+static_assert(2 * kChunk * kLd64 * sizeof(__nv_bfloat16) >= kChunk * kLd * sizeof(float), "P fits T and dT's memory");
+
+template <int D, typename Out>
+__global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
+    KeyRows rows, const float* d_scores, const __nv_bfloat16* __restrict__ inverse,
+    const __nv_bfloat16* __restrict__ d_inverse, const float* __restrict__ g, const float* __restrict__ beta,
+    Out* d_qk_out, Out* d_kk_out, float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
+  using namespace bf16_tiles;
+  extern __shared__ __align__(16) unsigned char shared[];
+  __shared__ double gamma[kChunk];
+  __shared__ float half_sums[kChunk][2];
+  unsigned char* region_b = shared + gates_rows_region_a<D>();
+  auto* q_rows = reinterpret_cast<Bf16*>(shared);
+  auto* k_rows = q_rows + kChunk * ld_of(D);
+  auto* t_rows = reinterpret_cast<Bf16*>(region_b);  // T, then with dT's memory P
+  auto* dt_rows = t_rows + kChunk * kLd64;
+  const SplitMatrix inner{q_rows, q_rows + kChunk * kLd64};  // T^T dT's hi and lo parts, after the rows
+  auto* e = reinterpret_cast<float (*)[kLd]>(shared);  // Q K^T, then E
+  auto* d_kk = e + kChunk;                             // K K^T, then d(K K^T) below the diagonal
+  auto* pm = reinterpret_cast<float (*)[kLd]>(region_b);
+  const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
+  stage_key_rows<D, true>(rows, chunk, q_rows, k_rows);
+  copy_async<kChunk, kChunk, kThreads>(t_rows, inverse + base, kChunk);
+  copy_async<kChunk, kChunk, kThreads>(dt_rows, d_inverse + base, kChunk);
+  cp_async_commit();
+  chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
+  cp_async_wait<0>();
+  __syncthreads();
+  // Each warp: the Gram tiles f = warp and warp + 8 (row block f % 4, column block f / 4), and of T^T dT and
+  // P the 16 x 32 block at rows 16 (warp % 4), columns 32 (warp / 4).
+  const int warp = threadIdx.x / 32, r0 = 16 * (warp % 4), c0 = 32 * (warp / 4);
+  Acc qk[2], kk[2], part[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int f = warp + 8 * u;
+    gram_tile<D>(qk[u], q_rows, k_rows, 16 * (f % 4), 16 * (f / 4));
+    gram_tile<D>(kk[u], k_rows, k_rows, 16 * (f % 4), 16 * (f / 4));
+    fill(part[u], 0.0f);
+  }
+  // T^T dT: (T^T)[r][k] = T[k][r], zero below the diagonal (T is unit lower triangular): depth from r0.
+  for (int k0 = r0; k0 < kChunk; k0 += 16) {
+    FragA a;
+    load_a_t(a, t_rows + k0 * kLd64 + r0, kLd64);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      FragB b;
+      load_b(b, dt_rows + k0 * kLd64 + c0 + 16 * u, kLd64);
+      mma(part[u], a, b);
+    }
+  }
+  __syncthreads();  // the rows of q and k read: their memory takes T^T dT's parts
+#pragma unroll
+  for (int u = 0; u < 2; ++u)
+    for_each_pair(part[u], [&](int row, int col, float x0, float x1) {
+      store_split<true>(inner, (r0 + row) * kLd64 + c0 + 16 * u + col, x0, x1);
+    });
+  __syncthreads();
+  // P = (T^T dT) T^T, B = T^T read from T's rows.
+#pragma unroll
+  for (int u = 0; u < 2; ++u) fill(part[u], 0.0f);
+  split_row_block_product<2, 2, true>(part, inner, r0 * kLd64, kLd64, kChunk, SplitMatrix{t_rows, nullptr}, kLd64, c0);
+  __syncthreads();  // T, dT and T^T dT read: their memory takes P, E and d_kk
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int f = warp + 8 * u, gr = 16 * (f % 4), gc = 16 * (f / 4);
+    for_each_pair(qk[u], [&](int row, int col, float x0, float x1) {
+      e[gr + row][gc + col] = x0, e[gr + row][gc + col + 1] = x1;
+    });
+    for_each_pair(kk[u], [&](int row, int col, float x0, float x1) {
+      d_kk[gr + row][gc + col] = x0, d_kk[gr + row][gc + col + 1] = x1;
+    });
+    for_each_pair(part[u], [&](int row, int col, float x0, float x1) {
+      pm[r0 + row][c0 + 16 * u + col] = x0, pm[r0 + row][c0 + 16 * u + col + 1] = x1;
+    });
+  }
+  __syncthreads();
+  gates_from_grams(
+      chunk, d_scores, [&](int i, int j, int) { return pm[i][j]; }, beta, d_qk_out, d_kk_out, d_beta_a, dg_decay,
+      gamma, e, d_kk, half_sums, [&](int i, int j, int) { return e[i][j]; },
+      [&](int i, int j, int) { return d_kk[i][j]; });
+}
 
 template <typename In, typename Out>  // q, k and v, and their gradients: float or __nv_bfloat16
 struct RowsParams {
@@ -363,12 +518,38 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_state_dot_kernel(const 
 
 // T = (I + A)^-1 of one chunk per block, A = strictly-lower(beta_i (k_i . k_j) e^{Gamma_i - Gamma_j}) formed
 // as it is loaded (the expression and order of gdn_chunk_backward's torch form: (beta kk) d with d the
-// fp32 exponential of the float64 difference), then the inverse and T to memory. kk [MN,64,64], g and beta
-// [MN,64] (chunked, padding rows zero), T [MN,64,64] of type TOut:
+// fp32 exponential of the float64 difference), then the inverse and T to memory. kk [MN,64,64] (or the
+// chunk's bf16 rows of k, below), g and beta [MN,64] (chunked, padding rows zero), T [MN,64,64] of type TOut:
 //  - float: gdn_forward::unit_lower_inverse_64 (fp32, seven barriers);
 //  - bf16, a T only bf16 products read (they would round it so as they load it): the bf16 forward's
 //    unit_lower_inverse_64_tf32 (its off-diagonal blocks on TF32 MMAs, ~1e-4 absolute where keys are
 //    strongly correlated, far below the rounding to bf16), T rounded to nearest even: half the traffic.
+__device__ __forceinline__ float gram_gate(float kk, const float* b, const double* gamma, int i, int j) {
+  return j < i ? b[i] * kk * expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
+}
+
+// The inverse of am (A formed, the block synchronised) into tm, then T to memory.
+template <typename TOut>
+__device__ __forceinline__ void inverse_to(float* am, float* tm, TOut* __restrict__ T, size_t chunk) {
+  constexpr int kLdC = gdn_forward::kLdC;
+  constexpr bool kBf16 = std::is_same_v<TOut, __nv_bfloat16>;
+  if constexpr (kBf16)
+    gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier
+  else
+    gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
+  TOut* out = T + chunk * kChunk * kChunk;
+  for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
+    const int row = index / (kChunk / 4), col = (index % (kChunk / 4)) * 4;
+    const float4 x = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
+    if constexpr (kBf16) {
+      const __nv_bfloat162 pairs[2] = {__floats2bfloat162_rn(x.x, x.y), __floats2bfloat162_rn(x.z, x.w)};
+      reinterpret_cast<uint2*>(out)[index] = *reinterpret_cast<const uint2*>(pairs);
+    } else {
+      reinterpret_cast<float4*>(out)[index] = x;
+    }
+  }
+}
+
 template <typename TOut>
 __global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const float* __restrict__ kk,
                                                                         const float* __restrict__ g,
@@ -389,28 +570,38 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_inverse_kernel(const fl
     const float4 x = source[index];
     const float row[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int j = j0 + e;
-      am[i * kLdC + j] = j < i ? b[i] * row[e] * expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
-    }
+    for (int e = 0; e < 4; ++e) am[i * kLdC + j0 + e] = gram_gate(row[e], b, gamma, i, j0 + e);
   }
   __syncthreads();
-  constexpr bool kBf16 = std::is_same_v<TOut, __nv_bfloat16>;
-  if constexpr (kBf16)
-    gdn_forward::unit_lower_inverse_64_tf32(am, tm);  // ends with a barrier
-  else
-    gdn_forward::unit_lower_inverse_64(am, tm);  // ends with a barrier
-  TOut* out = T + chunk * kChunk * kChunk;
-  for (int index = threadIdx.x; index < kChunk * kChunk / 4; index += kThreads) {
-    const int row = index / (kChunk / 4), col = (index % (kChunk / 4)) * 4;
-    const float4 x = *reinterpret_cast<const float4*>(tm + row * kLdC + col);
-    if constexpr (kBf16) {
-      const __nv_bfloat162 pairs[2] = {__floats2bfloat162_rn(x.x, x.y), __floats2bfloat162_rn(x.z, x.w)};
-      reinterpret_cast<uint2*>(out)[index] = *reinterpret_cast<const uint2*>(pairs);
-    } else {
-      reinterpret_cast<float4*>(out)[index] = x;
-    }
-  }
+  inverse_to(am, tm, T, chunk);
+}
+
+// The same from the chunk's bf16 rows of k: K K^T's lower triangle formed on the tensor cores (bf16 MMAs, fp32
+// accumulation) as A is formed; the rows are staged in tm's memory, which the inverse takes after.
+template <int D, typename TOut>
+__global__ void __launch_bounds__(kThreads) gdn_backward_inverse_rows_kernel(KeyRows rows,
+                                                                             const float* __restrict__ g,
+                                                                             const float* __restrict__ beta,
+                                                                             TOut* __restrict__ T) {
+  constexpr int kLdC = gdn_forward::kLdC;
+  constexpr int kPoolBytes = std::max(key_rows_bytes<D, false>(), kChunk * kLdC * static_cast<int>(sizeof(float)));
+  __shared__ __align__(16) float am[kChunk * kLdC];
+  __shared__ __align__(16) unsigned char pool[kPoolBytes];  // k's rows, then tm
+  __shared__ double gamma[kChunk];
+  __shared__ float b[kChunk];
+  auto* k_rows = reinterpret_cast<__nv_bfloat16*>(pool);
+  const size_t chunk = blockIdx.x;
+  stage_key_rows<D, false>(rows, chunk, nullptr, k_rows);
+  if (threadIdx.x < kChunk) b[threadIdx.x] = beta[chunk * kChunk + threadIdx.x];
+  chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
+  cp_async_wait<0>();
+  __syncthreads();
+  bf16_tiles::lower_gram_pairs<D>(k_rows, k_rows, [&](int i, int j, float x0, float x1) {
+    am[i * kLdC + j] = gram_gate(x0, b, gamma, i, j);
+    am[i * kLdC + j + 1] = gram_gate(x1, b, gamma, i, j + 1);
+  });
+  __syncthreads();  // A formed and the rows read: their memory becomes tm
+  inverse_to(am, reinterpret_cast<float*>(pool), T, chunk);
 }
 
 void check_chunks(const at::Tensor& tensor, const char* op, const char* name, int64_t chunks, int64_t width) {
@@ -486,14 +677,15 @@ void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const
   PRIME_CUDA_CHECK_LAUNCH("gdn_backward_scores_kernel");
 }
 
-void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
-                               const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
-                               const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
-                               const at::Tensor& dg_decay) {
-  const char* op = "gdn_backward_gates";
-  const int64_t chunks = qk.size(0);
-  for (const auto& [tensor, name] : {std::pair{&d_scores, "d_scores"}, {&qk, "qk"}, {&p, "p"}, {&kk, "kk"}})
-    check_chunks(*tensor, op, name, chunks, kChunk);
+namespace {
+
+// The gates kernels' operands but Q K^T and K K^T (chunks of them, as d_scores holds), checked; p undefined
+// where the kernel forms it (then the outputs are bf16).
+void check_gate_operands(const char* op, int64_t chunks, const at::Tensor& d_scores, const at::Tensor& p,
+                         const at::Tensor& g, const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
+                         const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
+  check_chunks(d_scores, op, "d_scores", chunks, kChunk);
+  if (p.defined()) check_chunks(p, op, "p", chunks, kChunk);
   for (const auto& [tensor, name] : {std::pair{&g, "g"}, {&beta, "beta"}, {&d_beta_a, "d_beta_a"},
                                      {&dg_decay, "dg_decay"}})
     check_gates(*tensor, op, name, chunks);
@@ -501,23 +693,109 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
   for (const auto& [tensor, name, in, in_name] :
        {std::tuple{&d_qk, "d_qk", &d_scores, "d_scores"}, {&d_kk, "d_kk", &p, "p"}}) {
     check_operand(*tensor, op, name, bf16 ? at::kBFloat16 : at::kFloat, 3);
-    PRIME_CHECK(tensor->sizes() == qk.sizes(), op, ": ", name, " ", tensor->sizes(), " vs qk ", qk.sizes());
-    PRIME_CHECK(bf16 || tensor->data_ptr() == in->data_ptr(), op, ": an fp32 ", name, " is written in place of ",
-                in_name);
+    PRIME_CHECK(tensor->sizes() == d_scores.sizes(), op, ": ", name, " ", tensor->sizes(), " vs d_scores ",
+                d_scores.sizes());
+    PRIME_CHECK(bf16 || (in->defined() && tensor->data_ptr() == in->data_ptr()), op, ": an fp32 ", name,
+                " is written in place of ", in_name);
   }
+}
+
+// Calls launch(d_qk_out, d_kk_out) with the outputs' pointers as their dtype.
+template <typename Launch>
+void with_gate_outputs(const at::Tensor& d_qk, const at::Tensor& d_kk, Launch&& launch) {
+  if (d_qk.scalar_type() == at::kBFloat16)
+    launch(reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()), reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()));
+  else
+    launch(d_qk.data_ptr<float>(), d_kk.data_ptr<float>());
+}
+
+// KeyRows of q (or undefined: none) and k, checked as gdn_backward_key_rows_apply takes them; chunks their B H N.
+KeyRows key_rows(const char* op, const at::Tensor& q, const at::Tensor& k, int64_t chunks) {
+  PRIME_CHECK((!q.defined() || gdn_backward_key_rows_apply(q, k)) && gdn_backward_key_rows_apply(k, k), op,
+              ": q and k must be bf16 CUDA rows [B,H,N,64,D] of head dim 32, 64 or 128, each row contiguous and on ",
+              "16 bytes (q ", q.defined() ? q.sizes() : at::IntArrayRef{}, ", k ", k.sizes(), ")");
+  PRIME_CHECK(k.size(0) * k.size(1) * k.size(2) == chunks, op, ": k ", k.sizes(), " holds ",
+              k.size(0) * k.size(1) * k.size(2), " chunks, want ", chunks);
+  const auto at_of = [](const at::Tensor& x) { return ChunkRows{x.stride(0), x.stride(1), x.stride(2), x.stride(3)}; };
+  const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
+  return KeyRows{q.defined() ? bits(q) : nullptr,       bits(k), q.defined() ? at_of(q) : ChunkRows{},
+                 at_of(k), static_cast<int>(k.size(1)), static_cast<int>(k.size(2))};
+}
+
+// Calls launch(kernel instance for head dim D) for D = 32, 64 or 128.
+template <typename Launch>
+void with_head_dim(int64_t D, Launch&& launch) {
+  switch (D) {
+    case 32: launch(std::integral_constant<int, 32>{}); break;
+    case 64: launch(std::integral_constant<int, 64>{}); break;
+    default: launch(std::integral_constant<int, 128>{}); break;
+  }
+}
+
+}  // namespace
+
+bool gdn_backward_key_rows_apply(const at::Tensor& q, const at::Tensor& k) {
+  if (!q.defined() || !k.defined() || !q.is_cuda() || q.scalar_type() != at::kBFloat16 || q.dim() != 5 ||
+      q.sizes() != k.sizes() || q.scalar_type() != k.scalar_type() || q.device() != k.device())
+    return false;
+  const int64_t D = q.size(4);
+  if (q.size(3) != kChunk || (D != 32 && D != 64 && D != 128)) return false;
+  for (const at::Tensor* x : {&q, &k}) {
+    if (x->stride(4) != 1 || reinterpret_cast<uintptr_t>(x->data_ptr()) % 16 != 0) return false;
+    for (int64_t dim = 0; dim < 4; ++dim)
+      if (x->stride(dim) % 8 != 0) return false;
+  }
+  return true;
+}
+
+void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk, const at::Tensor& p,
+                               const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
+                               const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
+                               const at::Tensor& dg_decay) {
+  const char* op = "gdn_backward_gates";
+  const int64_t chunks = qk.size(0);
+  for (const auto& [tensor, name] : {std::pair{&qk, "qk"}, {&kk, "kk"}}) check_chunks(*tensor, op, name, chunks, kChunk);
+  check_gate_operands(op, chunks, d_scores, p, g, beta, d_qk, d_kk, d_beta_a, dg_decay);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(qk.device());
-  const auto launch = [&](auto* qk_out, auto* kk_out) {
+  with_gate_outputs(d_qk, d_kk, [&](auto* qk_out, auto* kk_out) {
     gdn_backward_gates_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         d_scores.data_ptr<float>(), qk.data_ptr<float>(), p.data_ptr<float>(), kk.data_ptr<float>(),
         g.data_ptr<float>(), beta.data_ptr<float>(), qk_out, kk_out, d_beta_a.data_ptr<float>(),
         dg_decay.data_ptr<float>());
     PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_kernel");
-  };
-  if (bf16)
-    launch(reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()), reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()));
-  else
-    launch(d_qk.data_ptr<float>(), d_kk.data_ptr<float>());
+  });
+}
+
+void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& inverse, const at::Tensor& d_inverse, const at::Tensor& g,
+                                         const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
+                                         const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
+  const char* op = "gdn_backward_gates_from_rows";
+  const int64_t chunks = d_scores.size(0);
+  PRIME_CHECK(q.defined(), op, ": q is undefined");
+  const KeyRows rows = key_rows(op, q, k, chunks);
+  for (const auto& [tensor, name] : {std::pair{&inverse, "T"}, {&d_inverse, "dT"}}) {
+    check_operand(*tensor, op, name, at::kBFloat16, 3);
+    PRIME_CHECK(tensor->size(0) == chunks && tensor->size(1) == kChunk && tensor->size(2) == kChunk, op, ": ", name,
+                " ", tensor->sizes(), ", want [", chunks, ", 64, 64]");
+    check_aligned(*tensor, op, name, 16);
+  }
+  check_gate_operands(op, chunks, d_scores, at::Tensor(), g, beta, d_qk, d_kk, d_beta_a, dg_decay);
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(q.device());
+  with_head_dim(q.size(4), [&](auto head_dim) {
+    constexpr int D = decltype(head_dim)::value;
+    const auto kernel = gdn_backward_gates_rows_kernel<D, __nv_bfloat16>;
+    constexpr int bytes = gates_rows_shared_bytes<D>();
+    PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
+    kernel<<<static_cast<unsigned>(chunks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        rows, d_scores.data_ptr<float>(), bits(inverse), bits(d_inverse), g.data_ptr<float>(), beta.data_ptr<float>(),
+        reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()), reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()),
+        d_beta_a.data_ptr<float>(), dg_decay.data_ptr<float>());
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_rows_kernel");
+  });
 }
 
 void launch_gdn_backward_rows(const GdnBackwardRows& rows) {
@@ -630,29 +908,62 @@ void launch_gdn_backward_gate_grads(const GdnBackwardGateGrads& gates) {
   PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gate_grads_kernel");
 }
 
+namespace {
+
+void check_inverse_gates(const char* op, int64_t chunks, const at::Tensor& g, const at::Tensor& beta,
+                         const at::Tensor& T) {
+  check_operand(T, op, "T", T.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat, 3);
+  PRIME_CHECK(T.size(0) == chunks && T.size(1) == kChunk && T.size(2) == kChunk, op, ": T ", T.sizes(), ", want [",
+              chunks, ", 64, 64]");
+  check_gates(g, op, "g", chunks);
+  check_gates(beta, op, "beta", chunks);
+  check_aligned(T, op, "T", 16);
+}
+
+// Calls launch(T's pointer as its dtype).
+template <typename Launch>
+void with_inverse_output(const at::Tensor& T, Launch&& launch) {
+  if (T.scalar_type() == at::kBFloat16)
+    launch(reinterpret_cast<__nv_bfloat16*>(T.data_ptr()));
+  else
+    launch(T.data_ptr<float>());
+}
+
+}  // namespace
+
 void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                  const at::Tensor& T) {
   const char* op = "gdn_backward_inverse";
   const int64_t chunks = kk.size(0);
   check_chunks(kk, op, "kk", chunks, kChunk);
-  const bool bf16 = T.scalar_type() == at::kBFloat16;
-  check_operand(T, op, "T", bf16 ? at::kBFloat16 : at::kFloat, 3);
-  PRIME_CHECK(T.sizes() == kk.sizes(), op, ": T ", T.sizes(), " vs kk ", kk.sizes());
-  check_gates(g, op, "g", chunks);
-  check_gates(beta, op, "beta", chunks);
   check_aligned(kk, op, "kk", 16);
-  check_aligned(T, op, "T", 16);
+  check_inverse_gates(op, chunks, g, beta, T);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(kk.device());
-  const auto launch = [&](auto* out) {
+  with_inverse_output(T, [&](auto* out) {
     gdn_backward_inverse_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         kk.data_ptr<float>(), g.data_ptr<float>(), beta.data_ptr<float>(), out);
     PRIME_CUDA_CHECK_LAUNCH("gdn_backward_inverse_kernel");
-  };
-  if (bf16)
-    launch(reinterpret_cast<__nv_bfloat16*>(T.data_ptr()));
-  else
-    launch(T.data_ptr<float>());
+  });
+}
+
+void launch_gdn_backward_inverse_from_rows(const at::Tensor& k, const at::Tensor& g, const at::Tensor& beta,
+                                           const at::Tensor& T) {
+  const char* op = "gdn_backward_inverse_from_rows";
+  const int64_t chunks = g.size(0);
+  const KeyRows rows = key_rows(op, at::Tensor(), k, chunks);
+  check_inverse_gates(op, chunks, g, beta, T);
+  if (chunks == 0) return;
+  const at::cuda::CUDAGuard guard(k.device());
+  with_head_dim(k.size(4), [&](auto head_dim) {
+    with_inverse_output(T, [&](auto* out) {
+      using TOut = std::remove_pointer_t<decltype(out)>;
+      gdn_backward_inverse_rows_kernel<decltype(head_dim)::value, TOut>
+          <<<static_cast<unsigned>(chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              rows, g.data_ptr<float>(), beta.data_ptr<float>(), out);
+      PRIME_CUDA_CHECK_LAUNCH("gdn_backward_inverse_rows_kernel");
+    });
+  });
 }
 
 void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& grads, const at::Tensor& out) {

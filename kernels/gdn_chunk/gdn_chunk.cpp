@@ -368,6 +368,13 @@ GdnChunkBackwardOps cuda_backward_ops() {
                                         beta.reshape({-1, chunk}).contiguous(), T);
     return T.view(kk.sizes());
   };
+  ops.inverse_from_keys = [](const at::Tensor& k, const at::Tensor& g, const at::Tensor& beta, at::ScalarType type) {
+    const int64_t chunk = k.size(-2);
+    at::Tensor T = new_output({k.size(0) * k.size(1) * k.size(2), chunk, chunk}, k.options().dtype(type));
+    detail::launch_gdn_backward_inverse_from_rows(k, g.reshape({-1, chunk}).contiguous(),
+                                                  beta.reshape({-1, chunk}).contiguous(), T);
+    return T.view({k.size(0) * k.size(1), k.size(2), chunk, chunk});
+  };
 #endif
   return ops;
 }

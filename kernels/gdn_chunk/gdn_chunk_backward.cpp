@@ -132,7 +132,9 @@ struct Products {
 // per_chunk_rows' [B,H,N,64,D] for the products and the rows kernel, [M,N,64,D] for the ATen chain rule).
 struct ChainRule {
   at::Tensor q, k, v, g, beta, gamma64, e_gamma;  // inputs laid out per chunk; Gamma; e^Gamma
-  at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64])
+  at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64]; qk, kk and p undefined
+                                   // where the gates kernel forms them from q, k, T and dT: gate_parts)
+  at::Tensor inverse, d_inverse;   // T and dT (bf16), where the gates kernel forms P
   at::Tensor d_q_decayed, d_k_in, d_k_decayed, d_v_in;  // d(e^Gamma Q), d(beta e^Gamma K), dK_d, d(beta V)
   at::Tensor chunk_decay, d_chunk_decay;  // e^{Gamma_C} and its gradient, [M,N]
 };
@@ -222,10 +224,15 @@ GateParts gate_parts(const ChainRule& c, const Products& product) {
   const auto gate_product = [&](const at::Tensor& in) {
     return bf16_products ? at::empty(in.sizes(), in.options().dtype(at::kBFloat16)) : in;
   };
-  out.d_qk = gate_product(c.d_scores), out.d_kk = gate_product(c.p);
-  detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), c.g.view({MN, kChunk}),
-                                    c.beta.view({MN, kChunk}), chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a,
-                                    out.dg_decay);
+  out.d_qk = gate_product(c.d_scores), out.d_kk = gate_product(c.p.defined() ? c.p : c.d_scores);
+  const at::Tensor g = c.g.view({MN, kChunk}), beta = c.beta.view({MN, kChunk});
+  if (c.qk.defined())
+    detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), g, beta,
+                                      chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a, out.dg_decay);
+  else
+    detail::launch_gdn_backward_gates_from_rows(chunks(c.d_scores), c.q, c.k, chunks(c.inverse), chunks(c.d_inverse),
+                                                g, beta, chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a,
+                                                out.dg_decay);
   return out;
 }
 
@@ -381,8 +388,20 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.e_gamma = at::exp(c.gamma64).to(work);
   const at::Tensor decay = on_kernels ? at::Tensor() : decay_matrix(c.gamma64, work);
 
+  // With bf16 products on CUDA the last products take the rows kernel's work (chain_rule_sums): d(e^Gamma Q),
+  // dK_d, d(beta V) and d(beta e^Gamma K) are terms of dq's, dk's and dv's sums there, not tensors of their own.
+  bool sums = false, grams_in_kernels = false;
+#ifdef PRIME_WITH_CUDA
+  sums = on_kernels && product.precision == GemmPrecision::Bf16;
+  // There, after the fused reverse walk (the split walk's scores take Q K^T), the gates kernel and the inverse's
+  // form Q K^T and K K^T from q's and k's bf16 rows themselves, and the gates kernel P = T^T dT T^T: four
+  // products and their [M,N,64,64] results fewer.
+  grams_in_kernels =
+      sums && ops.fused_walk && ops.inverse_from_keys && detail::gdn_backward_key_rows_apply(q, k);
+#endif
+
   // The output's side: scores, the walk's addend and the walk, and dU_n = dU'.
-  c.qk = product(q, transposed(k));
+  if (!grams_in_kernels) c.qk = product(q, transposed(k));
   const at::Tensor d_final_flat = d_final.defined() ? d_final.reshape({M, D, D}).contiguous() : d_final;
   at::Tensor G, d_initial, d_u;
   if (ops.fused_walk) {
@@ -423,12 +442,6 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   // makes as it loads it: the same result, half the traffic).
   const at::ScalarType operand_type =
       product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : at::ScalarType::Undefined;
-  // With bf16 products on CUDA the last products take the rows kernel's work (chain_rule_sums): d(e^Gamma Q),
-  // dK_d, d(beta V) and d(beta e^Gamma K) are terms of dq's, dk's and dv's sums there, not tensors of their own.
-  bool sums = false;
-#ifdef PRIME_WITH_CUDA
-  sums = on_kernels && product.precision == GemmPrecision::Bf16;
-#endif
   at::Tensor d_w;
   at::Tensor S = as_operand(s.states), U = as_operand(s.u);  // the products' and the decays' operands
   d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
@@ -443,9 +456,11 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   c.chunk_decay = s.decay;
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
-  c.kk = product(k, transposed(k));
+  if (!grams_in_kernels) c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
-  if (!inverse.defined() && on_kernels && ops.inverse_from_gram) {
+  if (!inverse.defined() && grams_in_kernels) {
+    inverse = ops.inverse_from_keys(k, c.g, c.beta, operand_type == at::kBFloat16 ? at::kBFloat16 : work);
+  } else if (!inverse.defined() && on_kernels && ops.inverse_from_gram) {
     // T is read by products alone: in bf16 where they are bf16 (formed to TF32 accuracy, then rounded as
     // they would round it).
     inverse = ops.inverse_from_gram(c.kk, c.g, c.beta, operand_type == at::kBFloat16 ? at::kBFloat16 : work);
@@ -462,8 +477,11 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     c.d_k_in = product(transposed(inverse), d_w);
     d_w = d_u = at::Tensor();
   }
-  // dA = -p
-  c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));
+  // dA = -p (formed in the gates kernel where it forms the Gram products)
+  if (grams_in_kernels)  // (a T the forward kept in fp32 rounded as the products would round it)
+    c.inverse = inverse.to(at::kBFloat16).contiguous(), c.d_inverse = d_inverse.contiguous();
+  else
+    c.p = product(product(transposed(inverse), d_inverse, 1.0, at::Tensor(), operand_type), transposed(inverse));
 
   GdnChunkGrads grads;
   grads.state = d_initial.view({B, H, D, D});

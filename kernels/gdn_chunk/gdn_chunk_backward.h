@@ -63,6 +63,11 @@ struct GdnChunkBackwardOps {
   // it); where it is empty, A is formed in ATen ops for `inverse`.
   std::function<at::Tensor(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta, at::ScalarType type)>
       inverse_from_gram;
+  // Optional: the same from k's bf16 rows [B,H,N,64,D] (per_chunk_rows), K K^T formed inside (CUDA:
+  // launch_gdn_backward_inverse_from_rows); where it is set and k qualifies (gdn_backward_key_rows_apply), the
+  // backward with bf16 products on CUDA forms neither K K^T nor Q K^T as tensors (the gates kernel forms them too).
+  std::function<at::Tensor(const at::Tensor& k, const at::Tensor& g, const at::Tensor& beta, at::ScalarType type)>
+      inverse_from_keys;
   // Optional, for the bf16 forward's results: the walk with its addend and dU formed inside (CUDA:
   // launch_gdn_backward_walk_bf16), from the saved q, k, w, states, Gamma [M,N,64] float64, d_out
   // [B,T,H,D] (undefined: zeros), d_final [M,D,D] (or undefined) and starts (GdnFusedWalk). Where it is

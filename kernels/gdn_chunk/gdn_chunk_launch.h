@@ -62,6 +62,20 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
                                const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
                                const at::Tensor& dg_decay);
+// Whether the gates and inverse kernels form Q K^T and K K^T themselves from q and k: bf16 CUDA rows [B,H,N,64,D]
+// of the same sizes (per_chunk_rows: a per-chunk copy, or a view of the time-major inputs) with D 32, 64 or 128,
+// each row contiguous, every stride a multiple of 8 elements and the data on 16 bytes.
+bool gdn_backward_key_rows_apply(const at::Tensor& q, const at::Tensor& k);
+// launch_gdn_backward_gates with its [64][64] operands formed in the kernel on the tensor cores: Q K^T and K K^T
+// from q and k (gdn_backward_key_rows_apply; chunk c = (b H + h) N + n of d_scores' MN) as bf16 products with
+// fp32 accumulation (what a bf16 chunk_gemm product of q and k^T gives, summed in another order), and
+// P = T^T dT T^T from T and dT (inverse, d_inverse: bf16 [MN,64,64], contiguous, on 16 bytes), T^T dT carried
+// in bf16 hi and lo parts into its product with T^T. No [MN,64,64] fp32 Q K^T, K K^T or P in memory; d_qk
+// and d_kk bf16.
+void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& inverse, const at::Tensor& d_inverse, const at::Tensor& g,
+                                         const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
+                                         const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
 // dq = dq_products + e^Gamma d_q_decayed, dk = dk_products + beta e^Gamma d_k_in +
 // e^{Gamma_C - Gamma} d_k_decayed, dv = beta d_v_in, and dg, d_beta in full (with d_beta_a,
 // dg_decay from the gates and d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}), all
@@ -101,6 +115,10 @@ void launch_gdn_backward_state_dot(const at::Tensor& states, const at::Tensor& g
 // the bf16 forward forms them; T rounded to nearest even, as those products would round it).
 void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, const at::Tensor& beta,
                                  const at::Tensor& T);
+// The same with K K^T formed in the kernel from k's bf16 rows [B,H,N,64,D] (gdn_backward_key_rows_apply with q = k;
+// B H N = MN), as launch_gdn_backward_gates_from_rows forms it.
+void launch_gdn_backward_inverse_from_rows(const at::Tensor& k, const at::Tensor& g, const at::Tensor& beta,
+                                           const at::Tensor& T);
 
 // The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu):
 // per batch and head, from the last chunk to the first, with G the gradient
