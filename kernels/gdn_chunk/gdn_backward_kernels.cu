@@ -117,11 +117,11 @@ __device__ __forceinline__ void store_element(__nv_bfloat16* to, float x) { *to 
 
 // d_qk and d_kk of type Out: fp32 in place of d_scores and p (the same addresses; each element read before
 // it is written, by the thread that writes it or before the block's barrier), or bf16 tensors of their own.
-// The gates kernels' work once gamma holds the block's Gamma: p_at, qk_at and kk_at (i, j, index) give P, Q K^T
-// and K K^T at (i, j) (index = 64 i + j), each read before e and d_kk are written there by the same thread,
-// so Q K^T and K K^T may be read from e and d_kk themselves.
-template <typename Out, typename PAt, typename QkAt, typename KkAt>
-__device__ __forceinline__ void gates_from_grams(size_t chunk, const float* d_scores, PAt&& p_at,
+// The gates kernels' work once gamma holds the block's Gamma: ds_at, p_at, qk_at and kk_at (i, j, index) give
+// d_scores, P, Q K^T and K K^T at (i, j) (index = 64 i + j), each read before e and d_kk are written there by
+// the same thread, so Q K^T and K K^T may be read from e and d_kk themselves.
+template <typename Out, typename DsAt, typename PAt, typename QkAt, typename KkAt>
+__device__ __forceinline__ void gates_from_grams(size_t chunk, DsAt&& ds_at, PAt&& p_at,
                                                  const float* __restrict__ beta, Out* d_qk_out, Out* d_kk_out,
                                                  float* __restrict__ d_beta_a, float* __restrict__ dg_decay,
                                                  const double* gamma, float (*e)[kLd], float (*d_kk)[kLd],
@@ -132,7 +132,7 @@ __device__ __forceinline__ void gates_from_grams(size_t chunk, const float* d_sc
     const int i = index / kChunk, j = index % kChunk;
     const float qk = qk_at(i, j, index), kk = kk_at(i, j, index);
     const float decay = j <= i ? expf(static_cast<float>(gamma[i] - gamma[j])) : 0.0f;
-    const float ds = d_scores[base + index], b = beta[chunk * kChunk + i];
+    const float ds = ds_at(i, j, index), b = beta[chunk * kChunk + i];
     store_element(d_qk_out + base + index, ds * decay);              // d(Q K^T)
     const float a = j < i ? -p_at(i, j, index) * decay : 0.0f;     // dA_ij D_ij
     const float akk = a * kk;
@@ -179,8 +179,9 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
   const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
   chunk_gamma(g + chunk * kChunk, gamma);
   gates_from_grams(
-      chunk, d_scores, [&](int, int, int index) { return p[base + index]; }, beta, d_qk_out, d_kk_out, d_beta_a,
-      dg_decay, gamma, e, d_kk, half_sums, [&](int, int, int index) { return qk[base + index]; },
+      chunk, [&](int, int, int index) { return d_scores[base + index]; },
+      [&](int, int, int index) { return p[base + index]; }, beta, d_qk_out, d_kk_out, d_beta_a, dg_decay, gamma, e,
+      d_kk, half_sums, [&](int, int, int index) { return qk[base + index]; },
       [&](int, int, int index) { return kk[base + index]; });
 }
 
@@ -189,16 +190,22 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
 // another order) and P = T^T dT T^T with T^T dT carried as bf16 hi and lo parts into its product with T^T
 // (~2^-17 relative: nearer its exact value than the rounding to bf16 that product's operand took as a
 // tensor). Dynamic shared memory (gates_rows_shared_bytes): region A holds the staged rows of q and k, then
-// T^T dT's parts, then E and d_kk; region B holds T and dT, then P (fp32).
+// T^T dT's parts, then E and d_kk; region B holds T and dT, then P (fp32); region C d_scores, staged with
+// the rest when the block starts.
 constexpr int kLd64 = bf16_tiles::ld_of(kChunk);  // a shared [64][64] bf16 matrix's row stride
 
 template <int D>
 constexpr int gates_rows_region_a() {
   return std::max(key_rows_bytes<D, true>(), 2 * kChunk * kLd * static_cast<int>(sizeof(float)));
 }
+constexpr int kLdScores = kChunk + 4;  // d_scores staged [64][68] fp32: rows on 16 bytes for cp.async
+template <int D>
+constexpr int gates_rows_region_c() {
+  return gates_rows_region_a<D>() + 2 * kChunk * kLd64 * static_cast<int>(sizeof(__nv_bfloat16));
+}
 template <int D>
 constexpr int gates_rows_shared_bytes() {
-  return gates_rows_region_a<D>() + 2 * kChunk * kLd64 * static_cast<int>(sizeof(__nv_bfloat16));
+  return gates_rows_region_c<D>() + kChunk * kLdScores * static_cast<int>(sizeof(float));
 }
 static_assert(2 * kChunk * kLd64 * sizeof(__nv_bfloat16) >= kChunk * kLd * sizeof(float), "P fits T and dT's memory");
 
@@ -220,10 +227,13 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
   auto* e = reinterpret_cast<float (*)[kLd]>(shared);  // Q K^T, then E
   auto* d_kk = e + kChunk;                             // K K^T, then d(K K^T) below the diagonal
   auto* pm = reinterpret_cast<float (*)[kLd]>(region_b);
+  auto* ds = reinterpret_cast<float*>(shared + gates_rows_region_c<D>());
   const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
   stage_key_rows<D, true>(rows, chunk, q_rows, k_rows);
   copy_async<kChunk, kChunk, kThreads>(t_rows, inverse + base, kChunk);
   copy_async<kChunk, kChunk, kThreads>(dt_rows, d_inverse + base, kChunk);
+  for (int v = threadIdx.x; v < kChunk * kChunk / 4; v += kThreads)  // d_scores' 16-byte vectors
+    cp_async16(ds + (v / (kChunk / 4)) * kLdScores + (v % (kChunk / 4)) * 4, d_scores + base + 4 * v);
   cp_async_commit();
   chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
   cp_async_wait<0>();
@@ -277,9 +287,9 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
   }
   __syncthreads();
   gates_from_grams(
-      chunk, d_scores, [&](int i, int j, int) { return pm[i][j]; }, beta, d_qk_out, d_kk_out, d_beta_a, dg_decay,
-      gamma, e, d_kk, half_sums, [&](int i, int j, int) { return e[i][j]; },
-      [&](int i, int j, int) { return d_kk[i][j]; });
+      chunk, [&](int i, int j, int) { return ds[i * kLdScores + j]; }, [&](int i, int j, int) { return pm[i][j]; },
+      beta, d_qk_out, d_kk_out, d_beta_a, dg_decay, gamma, e, d_kk, half_sums,
+      [&](int i, int j, int) { return e[i][j]; }, [&](int i, int j, int) { return d_kk[i][j]; });
 }
 
 template <typename In, typename Out>  // q, k and v, and their gradients: float or __nv_bfloat16
@@ -782,6 +792,7 @@ void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::T
     check_aligned(*tensor, op, name, 16);
   }
   check_gate_operands(op, chunks, d_scores, at::Tensor(), g, beta, d_qk, d_kk, d_beta_a, dg_decay);
+  check_aligned(d_scores, op, "d_scores", 16);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(q.device());
   with_head_dim(q.size(4), [&](auto head_dim) {
