@@ -16,7 +16,8 @@
 # The call's working tree (the tracked files, ~39 MB) and what it carries must stay under 64 MiB: carry
 # .deps/lib (not all of .deps) and .gpu.
 # Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
-# builds alternating), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
+# builds alternating), VARIANTS (NAME=VARIABLE=VALUE ...: the tree's build timed under those settings too, in
+# the same rounds), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
 # environment setting), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
 # the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
 # `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
@@ -51,10 +52,15 @@ for dir in "$pb"/*/; do
   name=$(basename "$dir")
   [ "$name" != tree ] && [ -f "$dir/libprime.so" ] && builds+=("$name")
 done
+# VARIANTS: space-separated NAME=VARIABLE=VALUE, the tree's build timed again under each setting in the same rounds.
+for variant in ${VARIANTS:-}; do builds+=("$variant"); done
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for build in "${builds[@]}"; do
-    run 30 "bench_${build}_$round" $(with "$build" "$pb/tree/prime-bench") kernels --device cuda --repeats 5 \
-        ${BENCH:---types GDN --dtype bf16} && grep -E '^(GDN|GKA|M2) +\(' "$OUT/bench_${build}_$round.txt" | head -1
+    name=${build%%=*} lib=$build setting=()
+    if [ "$name" != "$build" ]; then lib=tree setting=("${build#*=}"); fi
+    run 30 "bench_${name}_$round" $(with "$lib" env "${setting[@]}" "$pb/tree/prime-bench") kernels --device cuda \
+        --repeats 5 ${BENCH:---types GDN --dtype bf16} &&
+      grep -E '^(GDN|GKA|M2) +\(' "$OUT/bench_${name}_$round.txt" | head -1
   done
 done
 if [ -n "${EXTRA_TESTS:-}" ]; then
