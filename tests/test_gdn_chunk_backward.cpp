@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/chunk_gemm/chunk_gemm.h"
 #include "kernels/common/policy.h"
 #include "kernels/gdn_chunk/gdn_chunk_backward.h"
 #ifdef PRIME_WITH_CUDA
@@ -339,6 +340,23 @@ TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_WALK picks the w
   CHECK_THROWS_WITH(kernels::gdn_bf16_backward_walk(), Catch::Contains("PRIME_GDN_BACKWARD_WALK=wgmma"));
 }
 
+TEST_CASE("GDN chunked backward written out: PRIME_GDN_BACKWARD_SUMS picks where the last products run",
+          "[kernels][gdn]") {
+  using kernels::GdnBackwardSums;
+  {
+    const test::ScopedEnv unset("PRIME_GDN_BACKWARD_SUMS", nullptr);
+    CHECK(kernels::gdn_backward_sums() == GdnBackwardSums::Kernels);
+  }
+  for (const auto& [text, sums] : {std::pair{"kernels", GdnBackwardSums::Kernels},
+                                   std::pair{"value", GdnBackwardSums::Value},
+                                   std::pair{"products", GdnBackwardSums::Products}}) {
+    const test::ScopedEnv set("PRIME_GDN_BACKWARD_SUMS", text);
+    CHECK(kernels::gdn_backward_sums() == sums);
+  }
+  const test::ScopedEnv bad("PRIME_GDN_BACKWARD_SUMS", "chunk_gemm");
+  CHECK_THROWS_WITH(kernels::gdn_backward_sums(), Catch::Contains("PRIME_GDN_BACKWARD_SUMS=chunk_gemm"));
+}
+
 #ifdef PRIME_WITH_CUDA
 // The chain rule's rows kernel reads q, k and v as the bf16 forward's bf16 (GDN's bf16 backward with
 // bf16 products) or in fp32: their exact values either way, so every output is the same to the bit; and
@@ -650,5 +668,232 @@ TEST_CASE("GDN backward inverse kernel: K K^T formed from bf16 rows gives float6
       CHECK(at::equal(padding, at::eye(kChunk, at::kFloat).narrow(0, valid, kChunk - valid)));
     }
   }
+}
+
+// The value side in one kernel (launch_gdn_backward_value): dW = -dU S^T, dT = dU (diag(beta) V)^T + dW
+// (diag(beta e^Gamma) K)^T, dV = diag(beta) T^T dU in the gradients' layout and its rows' dots with v, against the
+// three chunk_gemm launches it replaces on the same bf16 operands (dW, dT, dV and the dots bit for bit) and against
+// float64 sums of those operands (each within twice float64's own rounding to bf16; the dots within 1e-5). Head
+// dims 64 and 128 (32 it refuses); v and k as strided views of time-major tensors and as per-chunk copies; dV bf16
+// and fp32; outputs poisoned.
+TEST_CASE("GDN backward value kernel: dW dT and dV are chunk_gemm's products and near float64",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  using kernels::GemmTerm;
+  const auto bf16_products = kernels::GemmPrecision::Bf16;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+  const int64_t B = 2, H = 3, N = 3, M = B * H, MN = M * N;
+  for (const auto& [D, in_place, dv_bf16] : {std::tuple<int64_t, bool, bool>{64, false, true}, {64, true, false},
+                                             {128, true, true}, {128, false, false}}) {
+    at::manual_seed(150 + D + (in_place ? 1 : 0));
+    const int64_t tiles = (D + 63) / 64;
+    const at::Tensor v = key_rows(B, N, H, D, in_place), k = key_rows(B, N, H, D, in_place);
+    const at::Tensor d_u = at::randn({B, H, N, kChunk, D}, f32).to(at::kBFloat16);
+    const at::Tensor S = (0.2 * at::randn({B, H, N, D, D}, f32)).to(at::kBFloat16);
+    const at::Tensor T =
+        (0.3 * at::randn({B, H, N, kChunk, kChunk}, f32).tril(-1) + at::eye(kChunk, f32)).to(at::kBFloat16);
+    const at::Tensor beta = at::rand({B, H, N, kChunk}, f32);
+    const at::Tensor e_gamma = at::exp(at::cumsum(-at::rand({B, H, N, kChunk}, f32) / 10, -1));
+    const at::TensorOptions dv_type = dv_bf16 ? bf16 : f32;
+    const auto gradient = [&]() { return kernels::new_output({B, N * kChunk, H, D}, dv_type); };
+    const auto per_chunk = [&](const at::Tensor& x) { return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}); };
+    const auto chunks = [&](const at::Tensor& x) { return x.reshape({MN, x.size(-2), x.size(-1)}); };
+    // the kernel
+    kernels::detail::GdnBackwardValue value;
+    value.d_u = chunks(d_u), value.states = chunks(S), value.inverse = chunks(T), value.v = v, value.k = k;
+    value.beta = beta.view({MN, kChunk}), value.e_gamma = e_gamma.view({MN, kChunk});
+    value.d_w = kernels::new_output({MN, kChunk, D}, bf16);
+    value.d_inverse = kernels::new_output({MN, kChunk, kChunk}, bf16);
+    const at::Tensor dv = gradient();
+    value.dv = per_chunk(dv);
+    value.v_dots = kernels::new_output({MN, tiles, kChunk}, f32);
+    REQUIRE(kernels::detail::gdn_backward_value_apply(value.d_u, value.states, v, k));
+    kernels::detail::launch_gdn_backward_value(value);
+    // chunk_gemm's launches, as the backward makes them
+    const at::Tensor d_w = kernels::chunk_matmul_sum({GemmTerm(d_u, S.transpose(-1, -2), -1.0)}, bf16_products,
+                                                     at::kBFloat16);
+    const std::vector<GemmTerm> dt_terms{GemmTerm(d_u, v.transpose(-1, -2), 1.0, beta),
+                                         GemmTerm(d_w, k.transpose(-1, -2), 1.0, beta * e_gamma)};
+    REQUIRE(kernels::chunk_gemm_sum_apply(at::empty({B, H, N, kChunk, kChunk}, bf16), dt_terms, bf16_products));
+    const at::Tensor d_inverse = kernels::chunk_matmul_sum(dt_terms, bf16_products, at::kBFloat16);
+    const at::Tensor dv_products = gradient(), v_dots = kernels::new_output({B, H, N, tiles, kChunk}, f32);
+    GemmTerm dv_term(T.transpose(-1, -2), d_u);
+    dv_term.row_scale = beta, dv_term.dot_with = v, dv_term.dots = v_dots;
+    at::Tensor dv_out = per_chunk(dv_products);
+    REQUIRE(kernels::chunk_gemm_sum_apply(dv_out, {dv_term}, bf16_products));
+    kernels::chunk_gemm_sum(dv_out, {dv_term}, 0.0, bf16_products);
+    const std::string shape = "D = " + std::to_string(D) + (in_place ? " (strided)" : " (copies)") +
+                              (dv_bf16 ? ", bf16 dV" : ", fp32 dV");
+    CHECK(at::equal(value.d_w, chunks(d_w)));
+    CHECK(at::equal(dv, dv_products));
+    CHECK(at::equal(value.v_dots, v_dots.view({MN, tiles, kChunk})));
+    CHECK(at::equal(value.d_inverse, chunks(d_inverse)));
+    // float64 of the same operands (dT's second term from the kernel's dW)
+    const auto f64 = [](const at::Tensor& x) { return x.cpu().to(at::kDouble); };
+    const at::Tensor du64 = f64(d_u), beta64 = f64(beta).unsqueeze(-1), dw_kernel = f64(value.d_w).view(du64.sizes());
+    const at::Tensor dw64 = -at::matmul(du64, f64(S).transpose(-1, -2));
+    const at::Tensor dt64 = at::matmul(du64, (beta64 * f64(v)).transpose(-1, -2)) +
+                            at::matmul(dw_kernel, (beta64 * f64(e_gamma).unsqueeze(-1) * f64(k)).transpose(-1, -2));
+    const at::Tensor tdu64 = at::matmul(f64(T).transpose(-1, -2), du64);
+    const at::Tensor dots64 = (tdu64 * f64(v)).unflatten(-1, {tiles, D / tiles}).sum(-1).transpose(-1, -2);
+    for (const auto& [name, got, want] :
+         {std::tuple{"dW", f64(value.d_w).view(du64.sizes()), dw64},
+          {"dT", f64(value.d_inverse).view(dt64.sizes()), dt64},
+          {"dV", f64(per_chunk(dv)), beta64 * tdu64}}) {
+      const double error = test::norm_relative_error(got, want);
+      const double rounding = test::norm_relative_error(want.to(at::kBFloat16).to(at::kDouble), want);
+      std::cout << "[kernels][gdn] backward value kernel, " << shape << ": " << name << " vs float64 " << error
+                << " (float64 rounded to bf16 " << rounding << ")" << std::endl;
+      CHECK(error <= 2 * rounding);
+    }
+    const double dots_error = test::norm_relative_error(f64(value.v_dots).view(dots64.sizes()), dots64);
+    std::cout << "[kernels][gdn] backward value kernel, " << shape << ": dV's dots with v vs float64 " << dots_error
+              << std::endl;
+    CHECK(dots_error <= 1e-5);
+  }
+  // Operands it does not take: the predicate says so and the launch refuses with what it wants.
+  const at::Tensor v48 = key_rows(1, 1, 1, 48, false);
+  const at::Tensor d_u48 = at::zeros({1, kChunk, 48}, bf16), s48 = at::zeros({1, 48, 48}, bf16);
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u48, s48, v48, v48));
+  const at::Tensor v64 = key_rows(1, 1, 1, 64, false);
+  const at::Tensor d_u64 = at::zeros({1, kChunk, 64}, bf16), s64 = at::zeros({1, 64, 64}, bf16);
+  CHECK(kernels::detail::gdn_backward_value_apply(d_u64, s64, v64, v64));
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u64.to(at::kFloat), s64, v64, v64));
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u64, s64.narrow(0, 0, 0), v64, v64));
+  const at::Tensor v32 = key_rows(1, 1, 1, 32, false);  // (the gates' and dq's kernels take it; this one does not)
+  const at::Tensor d_u32 = at::zeros({1, kChunk, 32}, bf16), s32 = at::zeros({1, 32, 32}, bf16);
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u32, s32, v32, v32));
+  kernels::detail::GdnBackwardValue refused;
+  refused.d_u = d_u48, refused.states = s48, refused.v = v48, refused.k = v48;
+  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_value(refused),
+                    Catch::Matchers::Contains("head dim 64 or 128"));
+}
+
+// dq and dk in one kernel each (launch_gdn_backward_query_key): dq = d(QK^T) K + diag(e^Gamma) dO S^T and dk =
+// d(QK^T)^T Q + d(KK^T)^T K + diag(beta e^Gamma) T^T dW + diag(e^{Gamma_C - Gamma}) U G^T in the gradients' layout,
+// with their rows' dots, against the two chunk_gemm sums they replace as the backward makes them (bit for bit) and
+// against float64 sums of the same operands (within twice float64's own rounding to bf16; the dots within 1e-5).
+// Head dims 32, 64 and 128; q, k and dO as strided views of time-major tensors and as per-chunk copies; dq and dk
+// bf16 and fp32; outputs poisoned.
+TEST_CASE("GDN backward query key kernel: dq and dk are chunk_gemm's sums and near float64", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  using kernels::GemmTerm;
+  const auto bf16_products = kernels::GemmPrecision::Bf16;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+  const int64_t B = 2, H = 3, N = 3, M = B * H, MN = M * N;
+  for (const auto& [D, in_place, out_bf16] : {std::tuple<int64_t, bool, bool>{32, false, true}, {64, true, false},
+                                              {128, true, true}, {128, false, false}}) {
+    at::manual_seed(170 + D + (in_place ? 1 : 0));
+    const int64_t tiles = (D + 63) / 64;
+    const at::Tensor q = key_rows(B, N, H, D, in_place), k = key_rows(B, N, H, D, in_place);
+    const at::Tensor d_o = key_rows(B, N, H, D, in_place);
+    const auto random = [&](std::vector<int64_t> sizes, double scale) {
+      return (scale * at::randn(sizes, f32)).to(at::kBFloat16);
+    };
+    const at::Tensor d_qk = random({B, H, N, kChunk, kChunk}, 1.0), d_kk = random({B, H, N, kChunk, kChunk}, 1.0);
+    const at::Tensor T =
+        (0.3 * at::randn({B, H, N, kChunk, kChunk}, f32).tril(-1) + at::eye(kChunk, f32)).to(at::kBFloat16);
+    const at::Tensor S = random({B, H, N, D, D}, 0.2), G = random({B, H, N, D, D}, 0.2);
+    const at::Tensor U = random({B, H, N, kChunk, D}, 1.0), d_w = random({B, H, N, kChunk, D}, 1.0);
+    const at::Tensor gamma = at::cumsum(-at::rand({B, H, N, kChunk}, f32) / 10, -1);
+    const at::Tensor e_gamma = at::exp(gamma), k_scale = at::rand({B, H, N, kChunk}, f32) * e_gamma;
+    const at::Tensor to_end = at::exp(gamma.narrow(-1, kChunk - 1, 1) - gamma);
+    const at::TensorOptions out_type = out_bf16 ? bf16 : f32;
+    const auto gradient = [&]() { return kernels::new_output({B, N * kChunk, H, D}, out_type); };
+    const auto per_chunk = [&](const at::Tensor& x) { return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}); };
+    const auto chunks = [&](const at::Tensor& x) { return x.reshape({MN, x.size(-2), x.size(-1)}); };
+    const auto dots = [&]() { return kernels::new_output({B, H, N, tiles, kChunk}, f32); };
+    // the kernels
+    const at::Tensor dq = gradient(), dk = gradient();
+    const at::Tensor q_dots = dots(), k_in_dots = dots(), k_decayed_dots = dots();
+    const auto steps = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
+    const kernels::detail::GdnBackwardQueryKey query_key{
+        q,          k,          d_o,          chunks(d_qk),       chunks(d_kk),   chunks(T),
+        chunks(S),  chunks(G),  chunks(U),    chunks(d_w),        steps(e_gamma), steps(k_scale),
+        steps(to_end), per_chunk(dq), per_chunk(dk), chunks(q_dots), chunks(k_in_dots), chunks(k_decayed_dots)};
+    REQUIRE(kernels::detail::gdn_backward_query_key_apply(query_key));
+    kernels::detail::launch_gdn_backward_query_key(query_key);
+    // chunk_gemm's two sums, as the backward makes them
+    const at::Tensor dq_sums = gradient(), dk_sums = gradient();
+    const at::Tensor q_dots_sums = dots(), k_in_dots_sums = dots(), k_decayed_dots_sums = dots();
+    const auto term = [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_scale = at::Tensor(),
+                         const at::Tensor& dot_with = at::Tensor(), const at::Tensor& dots_out = at::Tensor()) {
+      GemmTerm t(a, b);
+      t.row_scale = row_scale, t.dot_with = dot_with, t.dots = dots_out;
+      return t;
+    };
+    const std::vector<GemmTerm> dq_terms{term(d_qk, k),
+                                         term(d_o, S.transpose(-1, -2), e_gamma, q, q_dots_sums)};
+    const std::vector<GemmTerm> dk_terms{term(d_qk.transpose(-1, -2), q), term(d_kk.transpose(-1, -2), k),
+                                         term(T.transpose(-1, -2), d_w, k_scale, k, k_in_dots_sums),
+                                         term(U, G.transpose(-1, -2), to_end, k, k_decayed_dots_sums)};
+    for (const auto& [out, terms] : {std::pair{per_chunk(dq_sums), dq_terms}, {per_chunk(dk_sums), dk_terms}}) {
+      at::Tensor into = out;
+      REQUIRE(kernels::chunk_gemm_sum_apply(into, terms, bf16_products));
+      kernels::chunk_gemm_sum(into, terms, 0.0, bf16_products);
+    }
+    const std::string shape = "D = " + std::to_string(D) + (in_place ? " (strided)" : " (copies)") +
+                              (out_bf16 ? ", bf16 dq and dk" : ", fp32 dq and dk");
+    CHECK(at::equal(dq, dq_sums));
+    CHECK(at::equal(dk, dk_sums));
+    CHECK(at::equal(q_dots, q_dots_sums));
+    CHECK(at::equal(k_in_dots, k_in_dots_sums));
+    CHECK(at::equal(k_decayed_dots, k_decayed_dots_sums));
+    // float64 of the same operands
+    const auto f64 = [](const at::Tensor& x) { return x.cpu().to(at::kDouble); };
+    const auto col = [&](const at::Tensor& x) { return f64(x).unsqueeze(-1); };
+    const auto t64 = [&](const at::Tensor& x) { return f64(x).transpose(-1, -2); };
+    const at::Tensor o_s = at::matmul(f64(d_o), t64(S)), t_dw = at::matmul(t64(T), f64(d_w));
+    const at::Tensor u_g = at::matmul(f64(U), t64(G));
+    const at::Tensor dq64 = at::matmul(f64(d_qk), f64(k)) + col(e_gamma) * o_s;
+    const at::Tensor dk64 = at::matmul(t64(d_qk), f64(q)) + at::matmul(t64(d_kk), f64(k)) + col(k_scale) * t_dw +
+                            col(to_end) * u_g;
+    for (const auto& [name, got, want] :
+         {std::tuple{"dq", f64(per_chunk(dq)), dq64}, {"dk", f64(per_chunk(dk)), dk64}}) {
+      const double error = test::norm_relative_error(got, want);
+      const double rounding = test::norm_relative_error(want.to(at::kBFloat16).to(at::kDouble), want);
+      std::cout << "[kernels][gdn] backward query key kernel, " << shape << ": " << name << " vs float64 " << error
+                << " (float64 rounded to bf16 " << rounding << ")" << std::endl;
+      CHECK(error <= 2 * rounding);
+    }
+    const auto dots64 = [&](const at::Tensor& product, const at::Tensor& with) {
+      return (product * f64(with)).unflatten(-1, {tiles, D / tiles}).sum(-1).transpose(-1, -2);
+    };
+    for (const auto& [name, got, want] : {std::tuple{"q_dots", q_dots, dots64(o_s, q)},
+                                          {"k_in_dots", k_in_dots, dots64(t_dw, k)},
+                                          {"k_decayed_dots", k_decayed_dots, dots64(u_g, k)}}) {
+      const double error = test::norm_relative_error(f64(got), want);
+      std::cout << "[kernels][gdn] backward query key kernel, " << shape << ": " << name << " vs float64 " << error
+                << std::endl;
+      CHECK(error <= 1e-5);
+    }
+  }
+  // Operands it does not take: the predicate says so and the launch refuses with what it wants.
+  const at::Tensor q48 = key_rows(1, 1, 1, 48, false);
+  kernels::detail::GdnBackwardQueryKey refused;
+  refused.q = q48, refused.k = q48, refused.d_o = q48;
+  CHECK_FALSE(kernels::detail::gdn_backward_query_key_apply(refused));
+  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_query_key(refused),
+                    Catch::Matchers::Contains("head dim 32, 64 or 128"));
+  const at::Tensor q32 = key_rows(1, 1, 1, 32, false);
+  const auto zeros = [&](std::vector<int64_t> sizes) { return at::zeros(sizes, bf16); };
+  kernels::detail::GdnBackwardQueryKey taken;
+  taken.q = q32, taken.k = q32, taken.d_o = q32;
+  taken.d_qk = zeros({1, kChunk, kChunk}), taken.d_kk = taken.d_qk, taken.inverse = taken.d_qk;
+  taken.states = zeros({1, 32, 32}), taken.grads_after = taken.states;
+  taken.u = zeros({1, kChunk, 32}), taken.d_w = taken.u;
+  CHECK(kernels::detail::gdn_backward_query_key_apply(taken));
+  kernels::detail::GdnBackwardQueryKey fp32_state = taken;
+  fp32_state.states = taken.states.to(at::kFloat);
+  CHECK_FALSE(kernels::detail::gdn_backward_query_key_apply(fp32_state));
+  kernels::detail::GdnBackwardQueryKey strided_u = taken;
+  strided_u.u = zeros({1, 32, kChunk}).transpose(-1, -2);
+  CHECK_FALSE(kernels::detail::gdn_backward_query_key_apply(strided_u));
 }
 #endif

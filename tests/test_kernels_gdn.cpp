@@ -764,6 +764,38 @@ TEST_CASE("GDN trained on the bf16 forward: the fused reverse walk refuses fp32 
   CHECK_THROWS_WITH(torch::autograd::grad({loss}, leaves), Catch::Contains("PRIME_GDN_BACKWARD_PRODUCTS=fp32"));
 }
 
+// The chain rule's last products after the fused reverse walk in one kernel per chunk each (the value side, dq and
+// dk), the value side's kernel alone, or every one on chunk_gemm's launches (PRIME_GDN_BACKWARD_SUMS): the same
+// gradients bit for bit, at head dims 64 and 128, T a multiple of 64 (q, k and dO read in place) and not.
+TEST_CASE("GDN trained on the bf16 forward: PRIME_GDN_BACKWARD_SUMS settings give the same gradients bit for bit",
+          "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::Device cuda(at::kCUDA, 0);
+  const test::ScopedEnv walk("PRIME_GDN_BACKWARD_WALK", "fused");
+  for (const auto& [B, T, D] : {std::tuple<int64_t, int64_t, int64_t>{2, 200, 64}, {1, 256, 128}}) {
+    const CoreInputs in = random_core_inputs(B, T, 2, D, 31);
+    const at::Tensor weight = at::randn({B, T, 2, D}, at::TensorOptions().device(cuda));
+    std::vector<std::vector<at::Tensor>> runs;
+    for (const char* sums : {"kernels", "value", "products"}) {
+      const test::ScopedEnv setting("PRIME_GDN_BACKWARD_SUMS", sums);
+      std::vector<at::Tensor> leaves = as_leaves(in, cuda, at::kFloat);
+      for (int i = 0; i < 3; ++i) leaves[i] = leaves[i].detach().to(at::kBFloat16).requires_grad_(true);
+      auto [out, final_state] = model::gated_delta_rule_chunked(leaves[0], leaves[1], leaves[2], leaves[3],
+                                                                leaves[4], leaves[5], 64, at::Tensor());
+      const at::Tensor loss = (out.to(at::kFloat) * weight).sum() + final_state.sum();
+      runs.push_back(torch::autograd::grad({loss}, leaves));
+    }
+    const char* names[] = {"q", "k", "v", "g", "beta", "state"};
+    for (size_t run = 1; run < runs.size(); ++run)
+      for (size_t i = 0; i < runs[0].size(); ++i) {
+        INFO("B " << B << " T " << T << " D " << D << ": " << names[i] << " gradient, setting " << run);
+        CHECK(at::equal(runs[run][i], runs[0][i]));
+      }
+  }
+}
+
 TEST_CASE("GDN trained on the fused forward: a small shape for the sanitizer", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());

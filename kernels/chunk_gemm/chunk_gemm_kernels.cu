@@ -369,7 +369,9 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
       __syncthreads();  // the next copies overwrite the stage read here
     }
     // This term into the sum: alpha acc (times its column's scale; its row dot with dot_with taken there), times
-    // its row's scale, plus beta out (the first term) or the sum so far, in chunk_gemm's order of operations.
+    // its row's scale, plus beta out (the first term) or the sum so far, in chunk_gemm's order of operations. The
+    // scales and the sum's add are rounded each on its own (no multiply fused into the add), so a kernel that forms
+    // the same sum (gdn_chunk's backward sums, gdn_backward_sums.cuh) can give its bits.
     const Term& now = p.terms[term];
     const float alpha = now.alpha;
     const float* scale = now.column_scale != nullptr ? now.column_scale + at_entry.offset(now.scale_batch) : nullptr;
@@ -398,8 +400,8 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
           if (r >= p.m || c >= p.n) continue;
           float2 value = make_float2(alpha * acc[i][j][2 * half], alpha * acc[i][j][2 * half + 1]);
           if (scale != nullptr) {
-            value.x *= scale[c];
-            value.y *= scale[c + 1];
+            value.x = __fmul_rn(value.x, scale[c]);
+            value.y = __fmul_rn(value.y, scale[c + 1]);
           }
           const int warp_row = 16 * i + g + 8 * half;  // within the warp's block
           if (dotted) {
@@ -418,12 +420,12 @@ __global__ void __launch_bounds__(kThreads) chunk_gemm_kernel(Params p) {
           }
           if (row_scale != nullptr) {
             const float factor = row_scale_staged ? row_scale_stage[warp][warp_row] : row_scale[r];
-            value.x *= factor;
-            value.y *= factor;
+            value.x = __fmul_rn(value.x, factor);
+            value.y = __fmul_rn(value.y, factor);
           }
           if (term > 0) {
-            value.x += sum[i][j][2 * half];
-            value.y += sum[i][j][2 * half + 1];
+            value.x = __fadd_rn(value.x, sum[i][j][2 * half]);
+            value.y = __fadd_rn(value.y, sum[i][j][2 * half + 1]);
           } else if (p.beta != 0.0f) {  // out fp32 (a bf16 out takes beta 0)
             const float2 old = *reinterpret_cast<const float2*>(out + r * p.out_ld + c);
             value.x += p.beta * old.x;

@@ -256,6 +256,24 @@ __device__ __forceinline__ void row_block_product(Acc (&acc)[NT], const Bf16* a_
   }
 }
 
+// acc[t] += A[16 rows, k_begin:depth] B[k_begin:depth, col0 + 16 t : +16] for t < NT, A stored transposed:
+// A[r][k] = a_t[k * lda + r] (a_t points at its row block's first column; T^T from T's rows), B row-major
+// (ldb). Shared memory. A triangular A may start its depth at k_begin.
+template <int NT>
+__device__ __forceinline__ void transposed_row_block_product(Acc (&acc)[NT], const Bf16* a_t, int lda, int k_begin,
+                                                             int depth, const Bf16* b, int ldb, int col0) {
+  for (int k0 = k_begin; k0 < depth; k0 += 16) {
+    FragA a;
+    load_a_t(a, a_t + k0 * lda, lda);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      FragB bm;
+      load_b(bm, b + k0 * ldb + col0 + 16 * t, ldb);
+      mma(acc[t], a, bm);
+    }
+  }
+}
+
 // The lower triangle of X Y^T for a chunk of 64 steps, X and Y [64][D] in shared memory. WARPS
 // warps (8 or 16) take its 16 tiles round robin: warp w tile f = w, w + WARPS, ... at row block
 // f % 4, column block f / 4 (the tiles above the diagonal as zeros, unformed), and call

@@ -32,6 +32,7 @@
 #include "kernels/common/cp_async.cuh"
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/gdn_chunk/gdn_chunk_launch.h"
+#include "kernels/gdn_chunk/gdn_chunk_rows.cuh"
 #include "kernels/gdn_chunk/gdn_forward_common.cuh"
 
 namespace prime::kernels::detail {
@@ -73,11 +74,6 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_scores_kernel(const flo
   }
 }
 
-// Where q, k or v [B,H,N,64,D] puts its elements: strides over b, h, n and the row (elements: 1 along D).
-struct ChunkRows {
-  long long b, h, n, row;
-};
-
 // The bf16 rows of q and k per chunk [B,H,N,64,D] (per_chunk_rows: rows contiguous, 16-byte aligned) from
 // which the gates and inverse kernels form Q K^T and K K^T themselves; chunk c = (b H + h) N + n. q is null
 // where only K K^T is formed.
@@ -86,12 +82,6 @@ struct KeyRows {
   ChunkRows q_at, k_at;
   int H, N;
 };
-
-__device__ __forceinline__ const __nv_bfloat16* chunk_rows(const __nv_bfloat16* x, const ChunkRows& at, size_t chunk,
-                                                           int H, int N) {
-  const long long m = static_cast<long long>(chunk / N), n = static_cast<long long>(chunk % N);
-  return x + (m / H) * at.b + (m % H) * at.h + n * at.n;
-}
 
 // The block's chunk of k (and of q, where kQk) staged as [64][D] bf16 (row stride ld_of(D)) by cp.async, one
 // committed group; the caller waits on it.
@@ -150,19 +140,30 @@ __device__ __forceinline__ void gates_from_grams(size_t chunk, DsAt&& ds_at, PAt
     const int i = index / kChunk, j = index % kChunk;
     store_element(d_kk_out + base + index, j < i ? d_kk[i][j] : d_kk[j][i]);
   }
-  const int t = threadIdx.x;
-  if (t < kChunk) {  // column t summed from the bottom, in place
-    float sum = 0.0f;
-    for (int i = kChunk - 1; i >= 0; --i) sum += e[i][t], e[i][t] = sum;
-  } else if (t < 2 * kChunk) {
-    const int row = t - kChunk;
-    d_beta_a[chunk * kChunk + row] = half_sums[row][0] + half_sums[row][1];
+  static_assert(kThreads == 4 * kChunk, "four lanes per column and per row");
+  const int t = threadIdx.x, line = t / 4, part = t % 4;  // lanes 4c..4c+3 take column (then row) c
+  if (t < kChunk) d_beta_a[chunk * kChunk + t] = half_sums[t][0] + half_sums[t][1];
+  {  // column `line` summed from the bottom, in place: each lane 16 rows, its offset the lanes below it
+    float segment = 0.0f;
+    for (int r = 15; r >= 0; --r) segment += e[16 * part + r][line];
+    float suffix = segment;  // segments part..3
+    float next = __shfl_down_sync(0xffffffffu, suffix, 1);
+    if (part < 3) suffix += next;
+    next = __shfl_down_sync(0xffffffffu, suffix, 2);
+    if (part < 2) suffix += next;
+    float sum = suffix - segment;  // the rows below this lane's
+    for (int r = 15; r >= 0; --r) sum += e[16 * part + r][line], e[16 * part + r][line] = sum;
   }
   __syncthreads();
-  if (t < kChunk) {  // dg_t's decay part: sum_{j < t} sum_{i >= t} E_ij
+  {  // dg_t's decay part, t = line: sum_{j < t} sum_{i >= t} E_ij, each lane 16 columns
     float sum = 0.0f;
-    for (int j = 0; j < t; ++j) sum += e[t][j];
-    dg_decay[chunk * kChunk + t] = sum;
+    for (int c = 0; c < 16; ++c) {
+      const int j = 16 * part + c;
+      if (j < line) sum += e[line][j];
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (part == 0) dg_decay[chunk * kChunk + line] = sum;
   }
 }
 
@@ -250,16 +251,7 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
     fill(part[u], 0.0f);
   }
   // T^T dT: (T^T)[r][k] = T[k][r], zero below the diagonal (T is unit lower triangular): depth from r0.
-  for (int k0 = r0; k0 < kChunk; k0 += 16) {
-    FragA a;
-    load_a_t(a, t_rows + k0 * kLd64 + r0, kLd64);
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      FragB b;
-      load_b(b, dt_rows + k0 * kLd64 + c0 + 16 * u, kLd64);
-      mma(part[u], a, b);
-    }
-  }
+  transposed_row_block_product<2>(part, t_rows + r0, kLd64, r0, kChunk, dt_rows, kLd64, c0);
   __syncthreads();  // the rows of q and k read: their memory takes T^T dT's parts
 #pragma unroll
   for (int u = 0; u < 2; ++u)
@@ -726,10 +718,9 @@ KeyRows key_rows(const char* op, const at::Tensor& q, const at::Tensor& k, int64
               "16 bytes (q ", q.defined() ? q.sizes() : at::IntArrayRef{}, ", k ", k.sizes(), ")");
   PRIME_CHECK(k.size(0) * k.size(1) * k.size(2) == chunks, op, ": k ", k.sizes(), " holds ",
               k.size(0) * k.size(1) * k.size(2), " chunks, want ", chunks);
-  const auto at_of = [](const at::Tensor& x) { return ChunkRows{x.stride(0), x.stride(1), x.stride(2), x.stride(3)}; };
   const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
-  return KeyRows{q.defined() ? bits(q) : nullptr,       bits(k), q.defined() ? at_of(q) : ChunkRows{},
-                 at_of(k), static_cast<int>(k.size(1)), static_cast<int>(k.size(2))};
+  return KeyRows{q.defined() ? bits(q) : nullptr,       bits(k), q.defined() ? chunk_rows_of(q) : ChunkRows{},
+                 chunk_rows_of(k), static_cast<int>(k.size(1)), static_cast<int>(k.size(2))};
 }
 
 // Calls launch(kernel instance for head dim D) for D = 32, 64 or 128.

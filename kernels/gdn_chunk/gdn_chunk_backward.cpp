@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/chunk_gemm/chunk_gemm.h"
+#include "kernels/common/policy.h"
 #include "kernels/common/switches.h"
 #include "util/error.h"
 #ifdef PRIME_WITH_CUDA
@@ -72,6 +73,9 @@ at::Tensor from_chunks(const at::Tensor& x, int64_t B, int64_t T, int64_t H) {
 }
 
 at::Tensor transposed(const at::Tensor& x) { return x.transpose(-1, -2); }
+
+// A time-major gradient [B, 64 N, H, D] seen per chunk as [B,H,N,64,D] (a view).
+at::Tensor chunk_view(const at::Tensor& x, int64_t N) { return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}); }
 
 // The backward's batched products over the [M,N] batch, in one arithmetic (kernels/chunk_gemm: 3xTF32
 // or bf16 tensor cores on CUDA fp32, baddbmm elsewhere); column_scale [M,N,n], if given, scales a
@@ -237,10 +241,33 @@ GateParts gate_parts(const ChainRule& c, const Products& product) {
 }
 
 // What the chain rule's last products read where they take the rows kernel's work (chain_rule_sums): dO,
-// the states S_n, U_n, G_n, T, dW and dU.
+// the states S_n, U_n, G_n, T, dW and dU; and dv in the inputs' layout with its row dots with v, where the value
+// kernel formed them (value_side; else dv is one of those products).
 struct SumOperands {
-  at::Tensor d_o, states, u, grads_after, inverse, d_w, d_u;
+  at::Tensor d_o, states, u, grads_after, inverse, d_w, d_u, dv, v_dots;
 };
+
+// The value side in one kernel (gdn_backward_value_kernels.cu): dW = -dU S^T, dT = dU (diag(beta) V)^T + dW
+// (diag(beta e^Gamma) K)^T and dv = diag(beta) T^T dU (in the inputs' layout, `grad_type`) with its row dots with v,
+// dU read once; the products chunk_gemm would form, the same bits (dT within its rounding).
+struct ValueSide {
+  at::Tensor d_w, d_inverse, dv, v_dots;
+};
+ValueSide value_side(const ChainRule& c, const at::Tensor& d_u, const at::Tensor& S, const at::Tensor& inverse,
+                     int64_t B, int64_t H, at::ScalarType grad_type) {
+  const int64_t M = c.g.size(0), N = c.g.size(1), D = c.v.size(-1), MN = M * N, tiles = (D + 63) / 64;
+  const at::TensorOptions bf16 = d_u.options().dtype(at::kBFloat16), fp32 = c.g.options();
+  ValueSide out;
+  out.d_w = new_output({M, N, kChunk, D}, bf16);
+  out.d_inverse = new_output({M, N, kChunk, kChunk}, bf16);
+  out.dv = new_output({B, N * kChunk, H, D}, fp32.dtype(grad_type));
+  out.v_dots = new_output({B, H, N, tiles, kChunk}, fp32);
+  const auto chunks = [&](const at::Tensor& x) { return x.view({MN, x.size(-2), x.size(-1)}); };
+  detail::launch_gdn_backward_value({chunks(d_u), chunks(S), chunks(inverse), c.v, c.k, c.beta.view({MN, kChunk}),
+                                     c.e_gamma.view({MN, kChunk}), chunks(out.d_w), chunks(out.d_inverse),
+                                     chunk_view(out.dv, N), out.v_dots.view({MN, tiles, kChunk})});
+  return out;
+}
 
 // The chain rule's last step as three sums of products written in the inputs' layout and dtype, each row's
 // scale and dot taken by the product that forms it (chunk_gemm's row scales and dots), then dg and dbeta from
@@ -248,12 +275,12 @@ struct SumOperands {
 // diag(beta e^Gamma) T^T dW + diag(e^{Gamma_C - Gamma}) U G^T, dv = diag(beta) T^T dU. The same sums as
 // chain_rule_kernels' products and rows kernel, without the six [M,N,64,D] fp32 intermediates between them.
 ChainGrads chain_rule_sums(const ChainRule& c, const SumOperands& o, int64_t B, int64_t T, int64_t H,
-                           const Products& product, at::ScalarType qkv_grad_type) {
+                           const Products& product, at::ScalarType qkv_grad_type, bool query_key_kernels) {
   const int64_t M = c.g.size(0), N = c.g.size(1), D = c.q.size(-1), MN = M * N, tiles = (D + 63) / 64;
   const GateParts gates = gate_parts(c, product);
   // [B, 64 N, H, D] seen per chunk as [B,H,N,64,D]: the gradients as they lie (cut to T after, where T < 64 N).
   const auto gradient = [&]() { return at::empty({B, N * kChunk, H, D}, c.g.options().dtype(qkv_grad_type)); };
-  const auto per_chunk = [&](const at::Tensor& x) { return x.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}); };
+  const auto per_chunk = [&](const at::Tensor& x) { return chunk_view(x, N); };
   const auto dots = [&]() { return at::empty({B, H, N, tiles, kChunk}, c.g.options()); };
   const at::Tensor to_end = at::exp(c.gamma64.narrow(-1, kChunk - 1, 1) - c.gamma64).to(at::kFloat);
   const at::Tensor k_scale = c.beta * c.e_gamma;
@@ -267,17 +294,47 @@ ChainGrads chain_rule_sums(const ChainRule& c, const SumOperands& o, int64_t B, 
     t.row_scale = row_scale, t.dot_with = dot_with, t.dots = dots_out;
     return t;
   };
-  at::Tensor dq = gradient(), dk = gradient(), dv = gradient();
-  const at::Tensor q_dots = dots(), k_in_dots = dots(), k_decayed_dots = dots(), v_dots = dots();
-  // Each sum one chunk_gemm launch where D is a multiple of 16 (the kernel's tile rule; else term by term).
+  at::Tensor dq = gradient(), dk = gradient(), dv = o.dv.defined() ? o.dv : gradient();
+  const at::Tensor q_dots = dots(), k_in_dots = dots(), k_decayed_dots = dots();
+  const at::Tensor v_dots = o.dv.defined() ? o.v_dots : dots();
+  // dq's and dk's sums in one kernel each where their operands are bf16 chunks as it takes them (every operand
+  // read once; chunk_gemm's bits), else each sum one chunk_gemm launch where D is a multiple of 16 (the kernel's
+  // tile rule; else term by term).
+  const auto by_chunk = [&](const at::Tensor& x) {  // [MN, m, n], where x lies so
+    return x.defined() && x.is_contiguous() ? x.view({MN, x.size(-2), x.size(-1)}) : at::Tensor();
+  };
+  const auto per_step = [&](const at::Tensor& x) { return x.view({MN, kChunk}); };
+  const detail::GdnBackwardQueryKey query_key{c.q,
+                                              c.k,
+                                              o.d_o,
+                                              by_chunk(gates.d_qk),
+                                              by_chunk(gates.d_kk),
+                                              by_chunk(o.inverse),
+                                              by_chunk(o.states),
+                                              by_chunk(o.grads_after),
+                                              by_chunk(o.u),
+                                              by_chunk(o.d_w),
+                                              per_step(c.e_gamma),
+                                              per_step(k_scale),
+                                              per_step(to_end),
+                                              per_chunk(dq),
+                                              per_chunk(dk),
+                                              by_chunk(q_dots),
+                                              by_chunk(k_in_dots),
+                                              by_chunk(k_decayed_dots)};
   const auto once = [&](const char* name) { return D % 16 == 0 ? name : nullptr; };
-  product.into(per_chunk(dq), {term(gates.d_qk, c.k), term(o.d_o, transposed(o.states), c.e_gamma, c.q, q_dots)},
-               once("dq"));
-  product.into(per_chunk(dk), {term(transposed(gates.d_qk), c.q), term(transposed(gates.d_kk), c.k),
-                               term(transposed(o.inverse), o.d_w, k_scale, c.k, k_in_dots),
-                               term(o.u, transposed(o.grads_after), to_end, c.k, k_decayed_dots)},
-               once("dk"));
-  product.into(per_chunk(dv), {term(transposed(o.inverse), o.d_u, c.beta, c.v, v_dots)}, once("dv"));
+  if (query_key_kernels && detail::gdn_backward_query_key_apply(query_key)) {
+    detail::launch_gdn_backward_query_key(query_key);
+  } else {
+    product.into(per_chunk(dq), {term(gates.d_qk, c.k), term(o.d_o, transposed(o.states), c.e_gamma, c.q, q_dots)},
+                 once("dq"));
+    product.into(per_chunk(dk), {term(transposed(gates.d_qk), c.q), term(transposed(gates.d_kk), c.k),
+                                 term(transposed(o.inverse), o.d_w, k_scale, c.k, k_in_dots),
+                                 term(o.u, transposed(o.grads_after), to_end, c.k, k_decayed_dots)},
+                 once("dk"));
+  }
+  if (!o.dv.defined())
+    product.into(per_chunk(dv), {term(transposed(o.inverse), o.d_u, c.beta, c.v, v_dots)}, once("dv"));
   ChainGrads out;
   out.dg = at::empty({B, T, H}, c.g.options());
   out.d_beta = at::empty_like(out.dg);
@@ -332,6 +389,14 @@ GdnBackwardWalk gdn_bf16_backward_walk() {
       {{"auto", GdnBackwardWalk::Auto, "the fused reverse walk where it fits the GPU and the products are bf16"},
        {"split", GdnBackwardWalk::Split, "GDN's backward from its bf16 forward walks on its addend formed first"},
        {"fused", GdnBackwardWalk::Fused, "the fused reverse walk"}});
+}
+
+GdnBackwardSums gdn_backward_sums() {
+  return environment_switch<GdnBackwardSums>(
+      "PRIME_GDN_BACKWARD_SUMS",
+      {{"kernels", GdnBackwardSums::Kernels, "GDN's backward forms dW, dT, dv, dq and dk in one kernel per chunk each"},
+       {"value", GdnBackwardSums::Value, "GDN's backward forms dW, dT and dv in one kernel, dq and dk on chunk_gemm"},
+       {"products", GdnBackwardSums::Products, "GDN's backward forms dW, dT, dv, dq and dk on chunk_gemm's launches"}});
 }
 
 GemmPrecision gdn_bf16_backward_products() {
@@ -444,7 +509,17 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
       product.precision == GemmPrecision::Bf16 ? at::kBFloat16 : at::ScalarType::Undefined;
   at::Tensor d_w;
   at::Tensor S = as_operand(s.states), U = as_operand(s.u);  // the products' and the decays' operands
-  d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
+  // The gradients of q, k and v where the kernels write them (in the inputs' layout).
+  [[maybe_unused]] const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
+  bool value_kernel = false;
+#ifdef PRIME_WITH_CUDA
+  // After the fused reverse walk dW, dT and dv are one kernel that reads dU once (value_side), once T is formed,
+  // and dq and dk one kernel each (chain_rule_sums), as gdn_backward_sums says.
+  const GdnBackwardSums sums_on = gdn_backward_sums();
+  value_kernel = grams_in_kernels && sums_on != GdnBackwardSums::Products &&
+                 detail::gdn_backward_value_apply(d_u, S, c.v, k);
+#endif
+  if (!value_kernel) d_w = product(d_u, transposed(S), -1.0, at::Tensor(), operand_type);
   if (!sums) c.d_q_decayed = product(d_o, transposed(S));  // d(diag(e^Gamma) Q)
   if (!c.d_chunk_decay.defined()) c.d_chunk_decay = chunk_decay_gradient(S, G, on_kernels);  // else the walk's
   if (!sums) {
@@ -469,9 +544,18 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     inverse = ops.inverse((c.beta.unsqueeze(-1) * c.kk * d).tril_(-1));
   }
   // dT = dU (diag(beta) V)^T + dW (diag(beta e^Gamma) K)^T: the factors scale dT's columns.
-  const at::Tensor d_inverse = product.sum(
-      {GemmTerm{d_u, transposed(c.v), 1.0, c.beta}, GemmTerm{d_w, transposed(k), 1.0, c.beta * c.e_gamma}},
-      operand_type);
+  at::Tensor d_inverse, dv, v_dots;
+#ifdef PRIME_WITH_CUDA
+  if (value_kernel) {
+    inverse = inverse.to(at::kBFloat16).contiguous();  // (a T the forward kept in fp32 rounded as products round it)
+    ValueSide value = value_side(c, d_u, S, inverse, B, H, grad_type);
+    d_w = value.d_w, d_inverse = value.d_inverse, dv = value.dv, v_dots = value.v_dots;
+  }
+#endif
+  if (!value_kernel)
+    d_inverse = product.sum(
+        {GemmTerm{d_u, transposed(c.v), 1.0, c.beta}, GemmTerm{d_w, transposed(k), 1.0, c.beta * c.e_gamma}},
+        operand_type);
   if (!sums) {
     c.d_v_in = product(transposed(inverse), d_u);
     c.d_k_in = product(transposed(inverse), d_w);
@@ -487,13 +571,13 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
   grads.state = d_initial.view({B, H, D, D});
 #ifdef PRIME_WITH_CUDA
   if (sums) {  // in the inputs' layout
-    const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
-    const ChainGrads chain = chain_rule_sums(c, {d_o, S, U, G, inverse, d_w, d_u}, B, T, H, product, grad_type);
+    const ChainGrads chain =
+        chain_rule_sums(c, {d_o, S, U, G, inverse, d_w, d_u, dv, v_dots}, B, T, H, product, grad_type,
+                        value_kernel && sums_on == GdnBackwardSums::Kernels);
     grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;
   }
   if (on_kernels) {  // already in the inputs' layout
-    const at::ScalarType grad_type = qkv_grad_type == at::kBFloat16 ? at::kBFloat16 : work;
     const ChainGrads chain = chain_rule_kernels(c, B, T, H, product, grad_type);
     grads.q = chain.dq, grads.k = chain.dk, grads.v = chain.dv, grads.g = chain.dg, grads.beta = chain.d_beta;
     return grads;

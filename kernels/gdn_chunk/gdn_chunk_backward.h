@@ -85,6 +85,14 @@ struct GdnChunkBackwardOps {
 enum class GdnBackwardWalk { Auto, Split, Fused };
 GdnBackwardWalk gdn_bf16_backward_walk();
 
+// Where the backward with bf16 products on CUDA forms its chain rule's last products after the fused reverse walk:
+// PRIME_GDN_BACKWARD_SUMS (read at each call) "kernels" or unset, the value side (dW, dT, dv) and dq and dk each in
+// one kernel per chunk that reads its operands once, where they take them; "value", that kernel for the value side
+// and dq and dk as chunk_gemm sums; "products", every one of them on chunk_gemm's launches (to time the three);
+// anything else a UserError. All three give the same bits.
+enum class GdnBackwardSums { Kernels, Value, Products };
+GdnBackwardSums gdn_backward_sums();
+
 // The arithmetic of the batched products when the saved results are the bf16 forward's:
 // PRIME_GDN_BACKWARD_PRODUCTS (read at each call) "bf16" or unset, bf16 operands with fp32 accumulation
 // (kernels/chunk_gemm's Bf16; experiments/gdn_bf16_backward: the gradients within 1.6x their bf16

@@ -119,6 +119,45 @@ void launch_gdn_backward_inverse(const at::Tensor& kk, const at::Tensor& g, cons
 // B H N = MN), as launch_gdn_backward_gates_from_rows forms it.
 void launch_gdn_backward_inverse_from_rows(const at::Tensor& k, const at::Tensor& g, const at::Tensor& beta,
                                            const at::Tensor& T);
+// The value side of the backward with bf16 products (gdn_backward_value_kernels.cu), one block per chunk: from
+// d_u [MN,64,D] (dU_n, the fused reverse walk's), states [MN,D,D] (S_n, the state entering each chunk), T
+// [MN,64,64] and the chunk's rows of v and k ([B,H,N,64,D] as gdn_backward_key_rows_apply takes them; B H N =
+// MN), all bf16, and beta, e_gamma [MN,64] fp32 (beta and e^Gamma per chunk):
+//   d_w = -dU S^T  [MN,64,D] bf16,
+//   d_inverse = dU (diag(beta) V)^T + d_w (diag(beta e^Gamma) K)^T  [MN,64,64] bf16,
+//   dv = diag(beta) T^T dU  (a [B,H,N,64,D] view of the gradient, bf16 or fp32, rows on 16 bytes),
+//   v_dots [MN, D / 64 rounded up, 64] fp32 = each row's dot of T^T dU with v over each 64 columns.
+// The three bf16 chunk_gemm products they replace (dW; dT's sum; dV's term of the chain rule's sums) with dU
+// read once: the same MMAs over the depth in the same order and chunk_gemm's epilogues, so d_w, d_inverse, dv
+// and v_dots are those products' bits. Contiguous operands on 16 bytes.
+struct GdnBackwardValue {
+  at::Tensor d_u, states, inverse, v, k, beta, e_gamma;
+  at::Tensor d_w, d_inverse, dv, v_dots;
+};
+// Whether launch_gdn_backward_value takes these operands: bf16 CUDA d_u [MN,64,D] and states [MN,D,D],
+// contiguous and on 16 bytes, with v and k rows as gdn_backward_key_rows_apply takes them, D 64 or 128.
+bool gdn_backward_value_apply(const at::Tensor& d_u, const at::Tensor& states, const at::Tensor& v,
+                              const at::Tensor& k);
+void launch_gdn_backward_value(const GdnBackwardValue& value);
+// dq and dk of the backward with bf16 products (gdn_backward_query_key_kernels.cu), one block per chunk for each:
+//   dq = d_qk K + diag(e_gamma) dO S^T,
+//   dk = d_qk^T Q + d_kk^T K + diag(k_scale) T^T dW + diag(to_end) U G^T,
+// and the row dots dg and dbeta take: q_dots = dO S^T . q, k_in_dots = T^T dW . k, k_decayed_dots = U G^T . k, each
+// [MN, D / 64 rounded up, 64] fp32 over each 64 columns. From q, k and d_o rows ([B,H,N,64,D] as
+// gdn_backward_key_rows_apply takes them; B H N = MN), d_qk, d_kk (the gates kernel's) and inverse (T) [MN,64,64],
+// states (S_n) and grads_after (G_n) [MN,D,D], u (U_n) and d_w [MN,64,D], all bf16 contiguous on 16 bytes, and
+// e_gamma (e^Gamma), k_scale (beta e^Gamma), to_end (e^{Gamma_C - Gamma}) [MN,64] fp32; dq and dk are [B,H,N,64,D]
+// views of the gradients, both bf16 or both fp32, rows on 16 bytes. The two chunk_gemm sums of the chain rule they
+// replace, each operand read once: the same MMAs over the depth in the same order, the terms in the same order
+// and chunk_gemm's epilogue, so those sums' bits.
+struct GdnBackwardQueryKey {
+  at::Tensor q, k, d_o, d_qk, d_kk, inverse, states, grads_after, u, d_w;
+  at::Tensor e_gamma, k_scale, to_end;
+  at::Tensor dq, dk, q_dots, k_in_dots, k_decayed_dots;
+};
+// Whether launch_gdn_backward_query_key takes these operands (the outputs are checked by the launch).
+bool gdn_backward_query_key_apply(const GdnBackwardQueryKey& operands);
+void launch_gdn_backward_query_key(const GdnBackwardQueryKey& x);
 
 // The fused reverse walk of the backward on the bf16 forward's results (gdn_backward_bf16_walk_kernels.cu):
 // per batch and head, from the last chunk to the first, with G the gradient
