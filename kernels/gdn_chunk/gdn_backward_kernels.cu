@@ -140,30 +140,19 @@ __device__ __forceinline__ void gates_from_grams(size_t chunk, DsAt&& ds_at, PAt
     const int i = index / kChunk, j = index % kChunk;
     store_element(d_kk_out + base + index, j < i ? d_kk[i][j] : d_kk[j][i]);
   }
-  static_assert(kThreads == 4 * kChunk, "four lanes per column and per row");
-  const int t = threadIdx.x, line = t / 4, part = t % 4;  // lanes 4c..4c+3 take column (then row) c
-  if (t < kChunk) d_beta_a[chunk * kChunk + t] = half_sums[t][0] + half_sums[t][1];
-  {  // column `line` summed from the bottom, in place: each lane 16 rows, its offset the lanes below it
-    float segment = 0.0f;
-    for (int r = 15; r >= 0; --r) segment += e[16 * part + r][line];
-    float suffix = segment;  // segments part..3
-    float next = __shfl_down_sync(0xffffffffu, suffix, 1);
-    if (part < 3) suffix += next;
-    next = __shfl_down_sync(0xffffffffu, suffix, 2);
-    if (part < 2) suffix += next;
-    float sum = suffix - segment;  // the rows below this lane's
-    for (int r = 15; r >= 0; --r) sum += e[16 * part + r][line], e[16 * part + r][line] = sum;
+  const int t = threadIdx.x;
+  if (t < kChunk) {  // column t summed from the bottom, in place
+    float sum = 0.0f;
+    for (int i = kChunk - 1; i >= 0; --i) sum += e[i][t], e[i][t] = sum;
+  } else if (t < 2 * kChunk) {
+    const int row = t - kChunk;
+    d_beta_a[chunk * kChunk + row] = half_sums[row][0] + half_sums[row][1];
   }
   __syncthreads();
-  {  // dg_t's decay part, t = line: sum_{j < t} sum_{i >= t} E_ij, each lane 16 columns
+  if (t < kChunk) {  // dg_t's decay part: sum_{j < t} sum_{i >= t} E_ij
     float sum = 0.0f;
-    for (int c = 0; c < 16; ++c) {
-      const int j = 16 * part + c;
-      if (j < line) sum += e[line][j];
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (part == 0) dg_decay[chunk * kChunk + line] = sum;
+    for (int j = 0; j < t; ++j) sum += e[t][j];
+    dg_decay[chunk * kChunk + t] = sum;
   }
 }
 
