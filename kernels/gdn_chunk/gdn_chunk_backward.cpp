@@ -249,7 +249,7 @@ struct SumOperands {
 
 // The value side in one kernel (gdn_backward_value_kernels.cu): dW = -dU S^T, dT = dU (diag(beta) V)^T + dW
 // (diag(beta e^Gamma) K)^T and dv = diag(beta) T^T dU (in the inputs' layout, `grad_type`) with its row dots with v,
-// dU read once; the products chunk_gemm would form, the same bits (dT within its rounding).
+// dU read once; the products chunk_gemm would form, the same bits.
 struct ValueSide {
   at::Tensor d_w, d_inverse, dv, v_dots;
 };
