@@ -12,13 +12,14 @@
 #   krb5support, com_err, keyutils)
 #   tar cf - -C /tmp/pb tree lib | xz -T2 -6 > .gpu/prebuilt.tar.xz    (~15 MB; ~27 MB with before/)
 #   (any other folder holding a libprime.so, packed beside before/, is timed too; strip --strip-unneeded
-#   the binaries first)
+#   the binaries first; with several libraries, `xz -T1 --lzma2=preset=6,dict=384MiB` keeps one copy of what they
+#   share: three builds in ~18 MB, where -6 packs them in ~45 MB)
 # The call's working tree (the tracked files, ~39 MB) and what it carries must stay under 64 MiB: carry
 # .deps/lib (not all of .deps) and .gpu.
 # Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
 # builds alternating), VARIANTS (NAME=VARIABLE=VALUE ...: the tree's build timed under those settings too, in
 # the same rounds), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
-# environment setting), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
+# environment setting, on the build EXTRA_TESTS_BUILD names: tree unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
 # the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
 # `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
 # 400) allows. Results under $OUT, all.tgz among them.
@@ -64,7 +65,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   done
 done
 if [ -n "${EXTRA_TESTS:-}" ]; then
-  run 60 extra_tests $(with tree) ${EXTRA_TESTS_ENV:-} "$pb/tree/prime_tests" "$EXTRA_TESTS"
+  run 60 extra_tests $(with "${EXTRA_TESTS_BUILD:-tree}") ${EXTRA_TESTS_ENV:-} "$pb/tree/prime_tests" "$EXTRA_TESTS"
   grep -E "passed|failed|vs float64:" "$OUT/extra_tests.txt" | tail -4
 fi
 if [ -n "${SANITIZE:-}" ]; then

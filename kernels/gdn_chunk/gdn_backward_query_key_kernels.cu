@@ -151,7 +151,7 @@ struct KeyShared {  // offsets in bf16 elements
   static constexpr int kRegion1 = std::max(kChunk * kLd + kChunk * kLd64, kStages3 > 1 ? kStage3 : 0);
   static constexpr int kQ = 0, kDqk = kQ + kChunk * kLd, kK = kRegion1, kDkk = kK + kChunk * kLd,
                        kT = kDkk + kChunk * kLd64, kDw = kT + kChunk * kLd64, kU3 = kDw + kChunk * kLd,
-                       kG3 = kU3 + kChunk * kLd3, kElements = kU3 + kStage3;
+                       kElements = kU3 + kStage3;
   static constexpr int kBytes = kElements * static_cast<int>(sizeof(Bf16));
   // Stage `stage` of U G^T: U's and G's columns [stage kDepth3, + kDepth3).
   static constexpr int u3(int stage) { return stage == 0 ? kU3 : 0; }
