@@ -293,18 +293,8 @@ void launch_gdn_backward_query_key(const GdnBackwardQueryKey& x) {
        {std::pair{&x.q_dots, "q_dots"}, {&x.k_in_dots, "k_in_dots"}, {&x.k_decayed_dots, "k_decayed_dots"}})
     check_operand_sizes(*tensor, op, name, at::kFloat, {MN, tiles, kChunk});
   const bool out_bf16 = x.dq.defined() && x.dq.scalar_type() == at::kBFloat16;
-  for (const auto& [tensor, name] : {std::pair{&x.dq, "dq"}, {&x.dk, "dk"}}) {
-    const at::Tensor& out = *tensor;
-    PRIME_CHECK(out.defined() && out.is_cuda() && out.device() == x.q.device() &&
-                    out.scalar_type() == (out_bf16 ? at::kBFloat16 : at::kFloat) && out.dim() == 5 &&
-                    out.sizes() == x.q.sizes() && out.stride(4) == 1,
-                op, ": ", name, " must be a CUDA view of q's sizes ", x.q.sizes(),
-                " with its rows contiguous, dq and dk both bf16 or both fp32");
-    for (int64_t dim = 0; dim < 4; ++dim)
-      PRIME_CHECK(out.stride(dim) % 2 == 0, op, ": ", name, "'s strides must be even (pairs are stored), got ",
-                  out.strides());
-    check_aligned(out, op, name, out_bf16 ? 4 : 8);
-  }
+  for (const auto& [tensor, name] : {std::pair{&x.dq, "dq"}, {&x.dk, "dk"}})  // both bf16 or both fp32
+    check_gradient_rows(*tensor, x.q, out_bf16 ? at::kBFloat16 : at::kFloat, op, name);
   const at::cuda::CUDAGuard guard(x.q.device());
   const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const Bf16*>(t.data_ptr()); };
   const QueryKeyParams p{bits(x.d_qk),

@@ -182,12 +182,7 @@ void launch_gdn_backward_value(const GdnBackwardValue& x) {
     check_aligned(*tensor, op, name, 16);
   const at::Tensor& dv = x.dv;
   const bool dv_bf16 = dv.defined() && dv.scalar_type() == at::kBFloat16;
-  PRIME_CHECK(dv.defined() && dv.is_cuda() && (dv_bf16 || dv.scalar_type() == at::kFloat) && dv.dim() == 5 &&
-                  dv.sizes() == x.v.sizes() && dv.stride(4) == 1,
-              op, ": dv must be a bf16 or fp32 CUDA view of v's sizes ", x.v.sizes(), " with its rows contiguous");
-  for (int64_t dim = 0; dim < 4; ++dim)
-    PRIME_CHECK(dv.stride(dim) % 2 == 0, op, ": dv's strides must be even (pairs are stored), got ", dv.strides());
-  check_aligned(dv, op, "dv", dv_bf16 ? 4 : 8);
+  check_gradient_rows(dv, x.v, dv_bf16 ? at::kBFloat16 : at::kFloat, op, "dv");
   if (MN == 0) return;
   const at::cuda::CUDAGuard guard(x.v.device());
   const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const Bf16*>(t.data_ptr()); };

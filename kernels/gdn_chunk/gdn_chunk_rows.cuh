@@ -7,6 +7,8 @@
 
 #include <cstddef>
 
+#include "kernels/common/cuda_check.cuh"
+
 namespace prime::kernels::detail {
 
 // Strides over b, h, n and the row, in elements (1 along D).
@@ -15,6 +17,20 @@ struct ChunkRows {
 };
 
 inline ChunkRows chunk_rows_of(const at::Tensor& x) { return {x.stride(0), x.stride(1), x.stride(2), x.stride(3)}; }
+
+// Checks a gradient's per-chunk view that a kernel writes in pairs: a CUDA view of like's sizes on its device, of
+// dtype `type`, each row contiguous, the other strides even, the data on 4 bytes (bf16) or 8 (fp32).
+inline void check_gradient_rows(const at::Tensor& out, const at::Tensor& like, at::ScalarType type, const char* op,
+                                const char* name) {
+  PRIME_CHECK(out.defined() && out.is_cuda() && out.device() == like.device() && out.scalar_type() == type &&
+                  out.dim() == 5 && out.sizes() == like.sizes() && out.stride(4) == 1,
+              op, ": ", name, " must be a ", type, " CUDA view of the inputs' sizes ", like.sizes(),
+              " with its rows contiguous");
+  for (int64_t dim = 0; dim < 4; ++dim)
+    PRIME_CHECK(out.stride(dim) % 2 == 0, op, ": ", name, "'s strides must be even (pairs are stored), got ",
+                out.strides());
+  check_aligned(out, op, name, type == at::kBFloat16 ? 4 : 8);
+}
 
 // The first element of chunk `chunk`'s rows.
 template <typename T>
