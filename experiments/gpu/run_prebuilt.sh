@@ -43,6 +43,8 @@ with() {
 }
 $(with tree ldd "$pb/tree/prime_tests") | grep "not found" && exit 1
 export PRIME_REQUIRE_CUDA=1
+# A library built in another checkout looks for its templates (model aliases) where that checkout was.
+export PRIME_TEMPLATES=${PRIME_TEMPLATES:-$PWD/templates}
 if [ -n "${TESTS:-}" ]; then
   run 60 tests $(with tree "$pb/tree/prime_tests") "$TESTS"
   grep -E "passed|failed" "$OUT/tests.txt" | tail -2
