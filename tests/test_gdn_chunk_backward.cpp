@@ -543,8 +543,9 @@ at::Tensor gram64(const at::Tensor& x, const at::Tensor& y) {
 // the bf16 rows of q and k, P = T^T dT T^T from bf16 T (unit lower triangular) and dT; against float64 sums of
 // the same inputs, beside the kernel given float64's products rounded to fp32: d(QK^T) equal bit for bit (it
 // depends on neither), d(KK^T) + d(KK^T)^T within 1.25x float64's own rounding to bf16, the row sums and the
-// decays' part of dg within 2e-5 of float64. Head dims 32, 64 and 128; q and k strided views of time-major
-// tensors and per-chunk copies.
+// decays' part of dg within 2e-5 of float64. Given dO's and U's rows instead of d_scores, the kernel forms
+// d_scores = dO U^T itself: every output equal bit for bit to the kernel given chunk_gemm's bf16 product of the
+// same rows. Head dims 32, 64 and 128; q, k and dO strided views of time-major tensors and per-chunk copies.
 TEST_CASE("GDN backward gates kernel: its operands formed from bf16 rows match float64", "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -564,19 +565,31 @@ TEST_CASE("GDN backward gates kernel: its operands formed from bf16 rows match f
     const at::Tensor p64 = at::matmul(at::matmul(T64.transpose(-1, -2), dT64), T64.transpose(-1, -2));
     const at::Tensor d_scores = at::randn({MN, kChunk, kChunk}, f32);
     const at::Tensor g = -at::rand({MN, kChunk}, f32) / 10, beta = at::rand({MN, kChunk}, f32);
-    const auto run = [&](bool from_rows) {
+    enum class Form { Rows, Given, ScoreRows };
+    const at::Tensor d_o = key_rows(B, N, H, D, in_place), u = key_rows(B, N, H, D, false);
+    const at::Tensor d_scores_product =
+        kernels::chunk_matmul(d_o, u.transpose(-1, -2), 1.0, at::Tensor(), kernels::GemmPrecision::Bf16)
+            .reshape({MN, kChunk, kChunk});
+    const auto run = [&](Form form, const at::Tensor& scores) {
       std::vector<at::Tensor> out{kernels::new_output({MN, kChunk, kChunk}, bf16),
                                   kernels::new_output({MN, kChunk, kChunk}, bf16), kernels::new_output({MN, kChunk}, f32),
                                   kernels::new_output({MN, kChunk}, f32)};
-      if (from_rows)
-        kernels::detail::launch_gdn_backward_gates_from_rows(d_scores, q, k, T, dT, g, beta, out[0], out[1], out[2],
+      if (form == Form::Rows)
+        kernels::detail::launch_gdn_backward_gates_from_rows(scores, {}, q, k, T, dT, g, beta, out[0], out[1], out[2],
                                                              out[3]);
+      else if (form == Form::ScoreRows)
+        kernels::detail::launch_gdn_backward_gates_from_rows(at::Tensor(), {d_o, u}, q, k, T, dT, g, beta, out[0],
+                                                             out[1], out[2], out[3]);
       else
-        kernels::detail::launch_gdn_backward_gates(d_scores, qk64.to(f32), p64.to(f32), kk64.to(f32), g, beta, out[0],
+        kernels::detail::launch_gdn_backward_gates(scores, qk64.to(f32), p64.to(f32), kk64.to(f32), g, beta, out[0],
                                                    out[1], out[2], out[3]);
       return out;
     };
-    const std::vector<at::Tensor> rows = run(true), given = run(false);
+    const std::vector<at::Tensor> rows = run(Form::Rows, d_scores), given = run(Form::Given, d_scores);
+    const std::vector<at::Tensor> scores_given = run(Form::Rows, d_scores_product);
+    const std::vector<at::Tensor> scores_formed = run(Form::ScoreRows, at::Tensor());
+    for (size_t i = 0; i < scores_given.size(); ++i) CHECK(at::equal(scores_formed[i], scores_given[i]));
+    CHECK_FALSE(at::equal(scores_formed[0], rows[0]));  // the formed d_scores reached d(QK^T)
     // float64 of the same inputs
     const at::Tensor gamma = at::cumsum(g.cpu().to(at::kDouble), -1);
     const at::Tensor decay = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).tril();
@@ -610,10 +623,21 @@ TEST_CASE("GDN backward gates kernel: its operands formed from bf16 rows match f
   CHECK_FALSE(kernels::detail::gdn_backward_key_rows_apply(q48.to(at::kFloat), q48.to(at::kFloat)));
   const at::Tensor square = at::zeros({1, kChunk, kChunk}, f32), gates = at::zeros({1, kChunk}, f32);
   const at::Tensor square16 = square.to(at::kBFloat16);
-  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_gates_from_rows(square, q48, q48, square16, square16, gates,
-                                                                         gates, square16.clone(), square16.clone(),
-                                                                         gates.clone(), gates.clone()),
+  CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_gates_from_rows(square, {}, q48, q48, square16, square16,
+                                                                         gates, gates, square16.clone(),
+                                                                         square16.clone(), gates.clone(), gates.clone()),
                     Catch::Matchers::Contains("head dim 32, 64 or 128"));
+  // Both d_scores and dO's and U's rows, or neither: refused.
+  const at::Tensor q64 = key_rows(1, 1, 1, 64, false);
+  const auto both_or_neither = [&](const at::Tensor& scores, const kernels::detail::GdnScoreRows& score_rows) {
+    kernels::detail::launch_gdn_backward_gates_from_rows(scores, score_rows, q64, q64, square16, square16, gates,
+                                                         gates, square16.clone(), square16.clone(), gates.clone(),
+                                                         gates.clone());
+  };
+  CHECK_THROWS_WITH(both_or_neither(square, {q64, q64}), Catch::Matchers::Contains("either d_scores or dO's"));
+  CHECK_THROWS_WITH(both_or_neither(at::Tensor(), {}), Catch::Matchers::Contains("either d_scores or dO's"));
+  CHECK_THROWS_WITH(both_or_neither(at::Tensor(), {q64.to(at::kFloat), q64}),
+                    Catch::Matchers::Contains("dO and U must be bf16 CUDA rows"));
 }
 
 // The backward's T with K K^T formed from k's bf16 rows in the inverse kernel: against float64's (I + A)^-1 of
@@ -670,12 +694,66 @@ TEST_CASE("GDN backward inverse kernel: K K^T formed from bf16 rows gives float6
   }
 }
 
+// Training's bf16 prep writes each chunk's T rounded to bf16 (the hi part of the T it splits for W and U'), which
+// the backward's bf16 products then read instead of forming T again: as near float64's T of the same bf16 keys
+// as float64's own T rounded to bf16 (within a quarter of that rounding), the padding rows of a partial last
+// chunk the identity's. T goes to memory only beside the split inverse.
+TEST_CASE("GDN bf16 forward for training: prep keeps T within bf16 rounding of float64", "[kernels][gdn][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
+  const int64_t B = 2, H = 2, T = 3 * kChunk - 41, N = 3, M = B * H;
+  for (const int64_t D : {32, 64, 128}) {
+    at::manual_seed(150 + D);
+    at::Tensor keys = at::randn({B, T, H, D}, at::kDouble);
+    keys = 0.6 * at::randn({B, 1, H, D}, at::kDouble) + 0.4 * keys;  // correlated: a strongly coupled A
+    const at::Tensor k = (keys / keys.norm(2, -1, true)).to(bf16);
+    const at::Tensor q = at::randn({B, T, H, D}, bf16), v = at::randn({B, T, H, D}, bf16);
+    const at::Tensor g = -at::rand({B, T, H}, f32) * 0.2, beta = at::rand({B, T, H}, f32);
+    kernels::detail::GdnForwardBf16Scratch scratch;  // the split walk's, as training keeps it
+    scratch.w = kernels::new_output({M, N, kChunk, D}, bf16), scratch.u = kernels::new_output({M, N, kChunk, D}, bf16);
+    scratch.k_decayed = kernels::new_output({M, N, kChunk, D}, bf16);
+    scratch.decay = kernels::new_output({M, N}, f32), scratch.states = kernels::new_output({M, N, D, D}, bf16);
+    scratch.inverse = kernels::new_output({M, N, kChunk, kChunk}, bf16);
+    const at::Tensor o = kernels::new_output({B, T, H, D}, bf16), final_state = kernels::new_output({M, D, D}, f32);
+    scratch.split_inverse = false;
+    CHECK_THROWS_WITH(kernels::detail::launch_gdn_forward_bf16(q, k, v, g, beta, at::Tensor(), at::Tensor(), scratch,
+                                                               final_state, o),
+                      Catch::Matchers::Contains("only from the split inverse"));
+    scratch.split_inverse = true;
+    kernels::detail::launch_gdn_forward_bf16(q, k, v, g, beta, at::Tensor(), at::Tensor(), scratch, final_state, o);
+    // float64 of the same inputs, per chunk [M*N, 64, ...] with the rows past T zero
+    const auto per_chunk = [&](const at::Tensor& x) {
+      at::Tensor padded = at::zeros({B, N * kChunk, H, x.dim() == 4 ? x.size(3) : 1}, at::kDouble);
+      padded.narrow(1, 0, T).copy_(x.dim() == 4 ? x.cpu() : x.cpu().unsqueeze(-1));
+      return padded.unflatten(1, {N, kChunk}).permute({0, 3, 1, 2, 4}).reshape({M * N, kChunk, -1});
+    };
+    const at::Tensor kc = per_chunk(k), gc = per_chunk(g).squeeze(-1), bc = per_chunk(beta).squeeze(-1);
+    const at::Tensor gamma = at::cumsum(gc, -1);
+    const at::Tensor decay = at::exp(gamma.unsqueeze(-1) - gamma.unsqueeze(-2));
+    const at::Tensor A = (bc.unsqueeze(-1) * at::matmul(kc, kc.transpose(-1, -2)) * decay).tril(-1);
+    const at::Tensor reference = at::linalg_inv(A + at::eye(kChunk, A.options()));
+    const at::Tensor got = scratch.inverse.cpu().to(at::kDouble).reshape({M * N, kChunk, kChunk});
+    const double vs_f64 = test::norm_relative_error(got, reference);
+    const double rounding = test::norm_relative_error(reference.to(at::kBFloat16).to(at::kDouble), reference);
+    std::cout << "[kernels][gdn] training's prep keeps T, D = " << D << ": vs float64 " << vs_f64
+              << " (float64 rounded to bf16 " << rounding << ")" << std::endl;
+    CHECK(vs_f64 <= 1.25 * rounding);
+    const int64_t valid = T - (N - 1) * kChunk;
+    for (int64_t m = 0; m < M; ++m)
+      CHECK(at::equal(got.select(0, m * N + N - 1).narrow(0, valid, kChunk - valid),
+                      at::eye(kChunk, at::kDouble).narrow(0, valid, kChunk - valid)));
+  }
+}
+
 // The value side in one kernel (launch_gdn_backward_value): dW = -dU S^T, dT = dU (diag(beta) V)^T + dW
 // (diag(beta e^Gamma) K)^T, dV = diag(beta) T^T dU in the gradients' layout and its rows' dots with v, against the
 // three chunk_gemm launches it replaces on the same bf16 operands (dW, dT, dV and the dots bit for bit) and against
 // float64 sums of those operands (each within twice float64's own rounding to bf16; the dots within 1e-5). Head
-// dims 64 and 128 (32 it refuses); v and k as strided views of time-major tensors and as per-chunk copies; dV bf16
-// and fp32; outputs poisoned.
+// dims 32, 64 and 128; v and k as strided views of time-major tensors and as per-chunk copies; dV bf16 and fp32;
+// outputs poisoned.
 TEST_CASE("GDN backward value kernel: dW dT and dV are chunk_gemm's products and near float64",
           "[kernels][gdn][gpu]") {
   if (!test::gpu_available_or_fail()) return;
@@ -686,7 +764,7 @@ TEST_CASE("GDN backward value kernel: dW dT and dV are chunk_gemm's products and
   const at::TensorOptions f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
   const at::TensorOptions bf16 = f32.dtype(at::kBFloat16);
   const int64_t B = 2, H = 3, N = 3, M = B * H, MN = M * N;
-  for (const auto& [D, in_place, dv_bf16] : {std::tuple<int64_t, bool, bool>{64, false, true}, {64, true, false},
+  for (const auto& [D, in_place, dv_bf16] : {std::tuple<int64_t, bool, bool>{32, false, true}, {64, true, false},
                                              {128, true, true}, {128, false, false}}) {
     at::manual_seed(150 + D + (in_place ? 1 : 0));
     const int64_t tiles = (D + 63) / 64;
@@ -758,18 +836,15 @@ TEST_CASE("GDN backward value kernel: dW dT and dV are chunk_gemm's products and
   const at::Tensor v48 = key_rows(1, 1, 1, 48, false);
   const at::Tensor d_u48 = at::zeros({1, kChunk, 48}, bf16), s48 = at::zeros({1, 48, 48}, bf16);
   CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u48, s48, v48, v48));
-  const at::Tensor v64 = key_rows(1, 1, 1, 64, false);
-  const at::Tensor d_u64 = at::zeros({1, kChunk, 64}, bf16), s64 = at::zeros({1, 64, 64}, bf16);
-  CHECK(kernels::detail::gdn_backward_value_apply(d_u64, s64, v64, v64));
-  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u64.to(at::kFloat), s64, v64, v64));
-  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u64, s64.narrow(0, 0, 0), v64, v64));
-  const at::Tensor v32 = key_rows(1, 1, 1, 32, false);  // (the gates' and dq's kernels take it; this one does not)
+  const at::Tensor v32 = key_rows(1, 1, 1, 32, false);
   const at::Tensor d_u32 = at::zeros({1, kChunk, 32}, bf16), s32 = at::zeros({1, 32, 32}, bf16);
-  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u32, s32, v32, v32));
+  CHECK(kernels::detail::gdn_backward_value_apply(d_u32, s32, v32, v32));
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u32.to(at::kFloat), s32, v32, v32));
+  CHECK_FALSE(kernels::detail::gdn_backward_value_apply(d_u32, s32.narrow(0, 0, 0), v32, v32));
   kernels::detail::GdnBackwardValue refused;
   refused.d_u = d_u48, refused.states = s48, refused.v = v48, refused.k = v48;
   CHECK_THROWS_WITH(kernels::detail::launch_gdn_backward_value(refused),
-                    Catch::Matchers::Contains("head dim 64 or 128"));
+                    Catch::Matchers::Contains("head dim 32, 64 or 128"));
 }
 
 // dq and dk in one kernel each (launch_gdn_backward_query_key): dq = d(QK^T) K + diag(e^Gamma) dO S^T and dk =

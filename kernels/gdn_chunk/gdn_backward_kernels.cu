@@ -8,7 +8,8 @@
 //    the diagonal: d(KK^T) + d(KK^T)^T, K's two terms of dK in one product), beta's
 //    part sum_j dA_ij D_ij (k_i . k_j), and the decays' part of dg: sum_{j < t <= i} E_ij with
 //    E = dD * D. With bf16 products its [64][64] operands Q K^T, K K^T and P are formed in the kernel
-//    on the tensor cores from q's and k's bf16 rows, T and dT (gates_rows) instead of read in fp32.
+//    on the tensor cores from q's and k's bf16 rows, T and dT (gates_rows) instead of read in fp32, and
+//    d_scores too where it is given dO's and U's bf16 rows.
 //  - rows: the chain rule's per-row products (dq += e^Gamma d(e^Gamma Q), dk += beta e^Gamma dK_in
 //    + e^{Gamma_C - Gamma} dK_d, dv = beta dV_in; a warp per row, each lane D / 32 consecutive elements
 //    as one vector), their row sums, and dg and dbeta in full,
@@ -179,9 +180,11 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_kernel(
 // on the tensor cores (bf16 MMAs, fp32 accumulation): Q K^T and K K^T (a bf16 product's result, summed in
 // another order) and P = T^T dT T^T with T^T dT carried as bf16 hi and lo parts into its product with T^T
 // (~2^-17 relative: nearer its exact value than the rounding to bf16 that product's operand took as a
-// tensor). Dynamic shared memory (gates_rows_shared_bytes): region A holds the staged rows of q and k, then
-// T^T dT's parts, then E and d_kk; region B holds T and dT, then P (fp32); region C d_scores, staged with
-// the rest when the block starts.
+// tensor). Where kScores, d_scores = dO U^T too, from dO's and U's bf16 rows: chunk_gemm's bf16 product (the
+// same MMAs over the same depth order from zero: its bits). Dynamic shared memory (gates_rows_shared_bytes):
+// region A holds the staged rows of q and k, then T^T dT's parts, then E and d_kk; region B holds T and dT
+// (where kScores, U's rows first), then P (fp32); region C d_scores (where kScores, dO's rows first), staged
+// with the rest when the block starts.
 constexpr int kLd64 = bf16_tiles::ld_of(kChunk);  // a shared [64][64] bf16 matrix's row stride
 
 template <int D>
@@ -189,21 +192,32 @@ constexpr int gates_rows_region_a() {
   return std::max(key_rows_bytes<D, true>(), 2 * kChunk * kLd * static_cast<int>(sizeof(float)));
 }
 constexpr int kLdScores = kChunk + 4;  // d_scores staged [64][68] fp32: rows on 16 bytes for cp.async
+constexpr int kRegionB = 2 * kChunk * kLd64 * static_cast<int>(sizeof(__nv_bfloat16));
+constexpr int kRegionC = kChunk * kLdScores * static_cast<int>(sizeof(float));
 template <int D>
 constexpr int gates_rows_region_c() {
-  return gates_rows_region_a<D>() + 2 * kChunk * kLd64 * static_cast<int>(sizeof(__nv_bfloat16));
+  return gates_rows_region_a<D>() + kRegionB;
 }
 template <int D>
 constexpr int gates_rows_shared_bytes() {
-  return gates_rows_region_c<D>() + kChunk * kLdScores * static_cast<int>(sizeof(float));
+  return gates_rows_region_c<D>() + kRegionC;
 }
-static_assert(2 * kChunk * kLd64 * sizeof(__nv_bfloat16) >= kChunk * kLd * sizeof(float), "P fits T and dT's memory");
+static_assert(kRegionB >= kChunk * kLd * sizeof(float), "P fits T and dT's memory");
+static_assert(key_rows_bytes<128, false>() <= kRegionB && key_rows_bytes<128, false>() <= kRegionC,
+              "U's rows fit T and dT's memory, dO's d_scores'");
 
-template <int D, typename Out>
+// dO's and U's bf16 rows [B,H,N,64,D] (chunk c = (b H + h) N + n, as KeyRows), from which the gates kernel forms
+// d_scores = dO U^T.
+struct ScoreRows {
+  const __nv_bfloat16 *d_o, *u;
+  ChunkRows d_o_at, u_at;
+};
+
+template <int D, bool kScores>
 __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
-    KeyRows rows, const float* d_scores, const __nv_bfloat16* __restrict__ inverse,
+    KeyRows rows, ScoreRows score_rows, const float* d_scores, const __nv_bfloat16* __restrict__ inverse,
     const __nv_bfloat16* __restrict__ d_inverse, const float* __restrict__ g, const float* __restrict__ beta,
-    Out* d_qk_out, Out* d_kk_out, float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
+    __nv_bfloat16* d_qk_out, __nv_bfloat16* d_kk_out, float* __restrict__ d_beta_a, float* __restrict__ dg_decay) {
   using namespace bf16_tiles;
   extern __shared__ __align__(16) unsigned char shared[];
   __shared__ double gamma[kChunk];
@@ -219,18 +233,54 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
   auto* pm = reinterpret_cast<float (*)[kLd]>(region_b);
   auto* ds = reinterpret_cast<float*>(shared + gates_rows_region_c<D>());
   const size_t chunk = blockIdx.x, base = chunk * kChunk * kChunk;
-  stage_key_rows<D, true>(rows, chunk, q_rows, k_rows);
-  copy_async<kChunk, kChunk, kThreads>(t_rows, inverse + base, kChunk);
-  copy_async<kChunk, kChunk, kThreads>(dt_rows, d_inverse + base, kChunk);
-  for (int v = threadIdx.x; v < kChunk * kChunk / 4; v += kThreads)  // d_scores' 16-byte vectors
-    cp_async16(ds + (v / (kChunk / 4)) * kLdScores + (v % (kChunk / 4)) * 4, d_scores + base + 4 * v);
-  cp_async_commit();
-  chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
-  cp_async_wait<0>();
-  __syncthreads();
   // Each warp: the Gram tiles f = warp and warp + 8 (row block f % 4, column block f / 4), and of T^T dT and
   // P the 16 x 32 block at rows 16 (warp % 4), columns 32 (warp / 4).
   const int warp = threadIdx.x / 32, r0 = 16 * (warp % 4), c0 = 32 * (warp / 4);
+  const auto stage_inverses = [&] {
+    copy_async<kChunk, kChunk, kThreads>(t_rows, inverse + base, kChunk);
+    copy_async<kChunk, kChunk, kThreads>(dt_rows, d_inverse + base, kChunk);
+    cp_async_commit();
+  };
+  if constexpr (kScores) {
+    // dO's rows in d_scores' memory and U's in T's: d_scores first, then T and dT in U's place.
+    auto* d_o_rows = reinterpret_cast<Bf16*>(ds);
+    auto* u_rows = t_rows;
+    copy_async<kChunk, D, kThreads>(d_o_rows, chunk_rows(score_rows.d_o, score_rows.d_o_at, chunk, rows.H, rows.N),
+                                    static_cast<size_t>(score_rows.d_o_at.row));
+    copy_async<kChunk, D, kThreads>(u_rows, chunk_rows(score_rows.u, score_rows.u_at, chunk, rows.H, rows.N),
+                                    static_cast<size_t>(score_rows.u_at.row));
+    cp_async_commit();
+    stage_key_rows<D, true>(rows, chunk, q_rows, k_rows);
+    chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
+    cp_async_wait<1>();
+    __syncthreads();
+    Acc d_s[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int f = warp + 8 * u;
+      gram_tile<D>(d_s[u], d_o_rows, u_rows, 16 * (f % 4), 16 * (f / 4));
+    }
+    __syncthreads();  // dO's and U's rows read: their memory takes d_scores, T and dT
+    stage_inverses();
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int f = warp + 8 * u, gr = 16 * (f % 4), gc = 16 * (f / 4);
+      for_each_pair(d_s[u], [&](int row, int col, float x0, float x1) {
+        *reinterpret_cast<float2*>(ds + (gr + row) * kLdScores + gc + col) = make_float2(x0, x1);
+      });
+    }
+    cp_async_wait<1>();  // q's and k's rows
+  } else {
+    stage_key_rows<D, true>(rows, chunk, q_rows, k_rows);
+    copy_async<kChunk, kChunk, kThreads>(t_rows, inverse + base, kChunk);
+    copy_async<kChunk, kChunk, kThreads>(dt_rows, d_inverse + base, kChunk);
+    for (int v = threadIdx.x; v < kChunk * kChunk / 4; v += kThreads)  // d_scores' 16-byte vectors
+      cp_async16(ds + (v / (kChunk / 4)) * kLdScores + (v % (kChunk / 4)) * 4, d_scores + base + 4 * v);
+    cp_async_commit();
+    chunk_gamma(g + chunk * kChunk, gamma);  // synchronises
+    cp_async_wait<0>();
+  }
+  __syncthreads();
   Acc qk[2], kk[2], part[2];
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
@@ -238,6 +288,10 @@ __global__ void __launch_bounds__(kThreads) gdn_backward_gates_rows_kernel(
     gram_tile<D>(qk[u], q_rows, k_rows, 16 * (f % 4), 16 * (f / 4));
     gram_tile<D>(kk[u], k_rows, k_rows, 16 * (f % 4), 16 * (f / 4));
     fill(part[u], 0.0f);
+  }
+  if constexpr (kScores) {
+    cp_async_wait<0>();  // T and dT
+    __syncthreads();
   }
   // T^T dT: (T^T)[r][k] = T[k][r], zero below the diagonal (T is unit lower triangular): depth from r0.
   transposed_row_block_product<2>(part, t_rows + r0, kLd64, r0, kChunk, dt_rows, kLd64, c0);
@@ -670,12 +724,12 @@ void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const
 
 namespace {
 
-// The gates kernels' operands but Q K^T and K K^T (chunks of them, as d_scores holds), checked; p undefined
-// where the kernel forms it (then the outputs are bf16).
+// The gates kernels' operands but Q K^T and K K^T (`chunks` of them), checked; d_scores and p undefined where
+// the kernel forms them (then the outputs are bf16).
 void check_gate_operands(const char* op, int64_t chunks, const at::Tensor& d_scores, const at::Tensor& p,
                          const at::Tensor& g, const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
                          const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
-  check_chunks(d_scores, op, "d_scores", chunks, kChunk);
+  if (d_scores.defined()) check_chunks(d_scores, op, "d_scores", chunks, kChunk);
   if (p.defined()) check_chunks(p, op, "p", chunks, kChunk);
   for (const auto& [tensor, name] : {std::pair{&g, "g"}, {&beta, "beta"}, {&d_beta_a, "d_beta_a"},
                                      {&dg_decay, "dg_decay"}})
@@ -684,8 +738,8 @@ void check_gate_operands(const char* op, int64_t chunks, const at::Tensor& d_sco
   for (const auto& [tensor, name, in, in_name] :
        {std::tuple{&d_qk, "d_qk", &d_scores, "d_scores"}, {&d_kk, "d_kk", &p, "p"}}) {
     check_operand(*tensor, op, name, bf16 ? at::kBFloat16 : at::kFloat, 3);
-    PRIME_CHECK(tensor->sizes() == d_scores.sizes(), op, ": ", name, " ", tensor->sizes(), " vs d_scores ",
-                d_scores.sizes());
+    PRIME_CHECK(tensor->size(0) == chunks && tensor->size(1) == kChunk && tensor->size(2) == kChunk, op, ": ", name,
+                " ", tensor->sizes(), ", want [", chunks, ", 64, 64]");
     PRIME_CHECK(bf16 || (in->defined() && tensor->data_ptr() == in->data_ptr()), op, ": an fp32 ", name,
                 " is written in place of ", in_name);
   }
@@ -757,14 +811,28 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
   });
 }
 
-void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::Tensor& q, const at::Tensor& k,
-                                         const at::Tensor& inverse, const at::Tensor& d_inverse, const at::Tensor& g,
-                                         const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
-                                         const at::Tensor& d_beta_a, const at::Tensor& dg_decay) {
+void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const GdnScoreRows& score_rows,
+                                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& inverse,
+                                         const at::Tensor& d_inverse, const at::Tensor& g, const at::Tensor& beta,
+                                         const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
+                                         const at::Tensor& dg_decay) {
   const char* op = "gdn_backward_gates_from_rows";
-  const int64_t chunks = d_scores.size(0);
+  const int64_t chunks = d_qk.size(0);
   PRIME_CHECK(q.defined(), op, ": q is undefined");
+  const bool scores_in_kernel = !d_scores.defined();
+  PRIME_CHECK(scores_in_kernel == (score_rows.d_o.defined() && score_rows.u.defined()) &&
+                  (scores_in_kernel || (!score_rows.d_o.defined() && !score_rows.u.defined())),
+              op, ": give either d_scores or dO's and U's rows");
   const KeyRows rows = key_rows(op, q, k, chunks);
+  ScoreRows scores{};
+  if (scores_in_kernel) {
+    PRIME_CHECK(gdn_backward_key_rows_apply(score_rows.d_o, score_rows.u) && score_rows.d_o.sizes() == q.sizes(), op,
+                ": dO and U must be bf16 CUDA rows of q's sizes ", q.sizes(), ", each row contiguous and on 16 bytes ",
+                "(dO ", score_rows.d_o.sizes(), ", U ", score_rows.u.sizes(), ")");
+    const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
+    scores = ScoreRows{bits(score_rows.d_o), bits(score_rows.u), chunk_rows_of(score_rows.d_o),
+                       chunk_rows_of(score_rows.u)};
+  }
   for (const auto& [tensor, name] : {std::pair{&inverse, "T"}, {&d_inverse, "dT"}}) {
     check_operand(*tensor, op, name, at::kBFloat16, 3);
     PRIME_CHECK(tensor->size(0) == chunks && tensor->size(1) == kChunk && tensor->size(2) == kChunk, op, ": ", name,
@@ -772,20 +840,24 @@ void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::T
     check_aligned(*tensor, op, name, 16);
   }
   check_gate_operands(op, chunks, d_scores, at::Tensor(), g, beta, d_qk, d_kk, d_beta_a, dg_decay);
-  check_aligned(d_scores, op, "d_scores", 16);
+  if (!scores_in_kernel) check_aligned(d_scores, op, "d_scores", 16);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(q.device());
+  const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
+  const auto launch = [&](auto kernel, int bytes) {
+    PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    kernel<<<static_cast<unsigned>(chunks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        rows, scores, scores_in_kernel ? nullptr : d_scores.data_ptr<float>(), bits(inverse), bits(d_inverse),
+        g.data_ptr<float>(), beta.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()),
+        reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()), d_beta_a.data_ptr<float>(), dg_decay.data_ptr<float>());
+    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_rows_kernel");
+  };
   with_head_dim(q.size(4), [&](auto head_dim) {
     constexpr int D = decltype(head_dim)::value;
-    const auto kernel = gdn_backward_gates_rows_kernel<D, __nv_bfloat16>;
-    constexpr int bytes = gates_rows_shared_bytes<D>();
-    PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
-    kernel<<<static_cast<unsigned>(chunks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        rows, d_scores.data_ptr<float>(), bits(inverse), bits(d_inverse), g.data_ptr<float>(), beta.data_ptr<float>(),
-        reinterpret_cast<__nv_bfloat16*>(d_qk.data_ptr()), reinterpret_cast<__nv_bfloat16*>(d_kk.data_ptr()),
-        d_beta_a.data_ptr<float>(), dg_decay.data_ptr<float>());
-    PRIME_CUDA_CHECK_LAUNCH("gdn_backward_gates_rows_kernel");
+    if (scores_in_kernel)
+      launch(gdn_backward_gates_rows_kernel<D, true>, gates_rows_shared_bytes<D>());
+    else
+      launch(gdn_backward_gates_rows_kernel<D, false>, gates_rows_shared_bytes<D>());
   });
 }
 

@@ -6,10 +6,10 @@
 // dU again and dT reading dW back. Every product is the bf16 MMA chunk_gemm issues (m16n8k16, fragments from
 // ldmatrix, the depth in ascending order, accumulated in place from zero) and each epilogue takes chunk_gemm's
 // order of operations (gdn_backward_sums.cuh; dT's two column scales rounded each on its own, then added, as
-// chunk_gemm's epilogue rounds them): dW, dT, dV and the dots are its bits. Head dims 64 and 128 (at 32, S's
-// space is smaller than dW's: those chunks keep chunk_gemm's launches). Shared memory (ValueShared): dU [64][D],
-// S [D][D] (dW [64][D] once S is read), T [64][64], v and k [64][D], bf16 rows of ld_of(width) elements; 94 KB
-// at D = 128, two blocks per SM. dU and S arrive first (one cp.async group), T, v and k while dW is formed.
+// chunk_gemm's epilogue rounds them): dW, dT, dV and the dots are its bits. Shared memory (ValueShared): dU [64][D],
+// S [D][D] (dW [64][D] once S is read: 64 rows at D = 32), T [64][64], v and k [64][D], bf16 rows of ld_of(width)
+// elements; 94 KB at D = 128, two blocks per SM. dU and S arrive first (one cp.async group), T, v and k while dW
+// is formed.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -54,8 +54,9 @@ struct ValueParams {
 template <int D>
 struct ValueShared {
   static constexpr int kLd = ld_of(D);
-  static_assert(D >= kChunk, "S's space takes dW [64][D] once read");
-  static constexpr int kDu = 0, kS = kDu + kChunk * kLd, kT = kS + D * kLd, kV = kT + kChunk * kLd64,
+  // S's space takes dW [64][D] once read: D rows, or 64 where D is 32.
+  static constexpr int kSRows = D > kChunk ? D : kChunk;
+  static constexpr int kDu = 0, kS = kDu + kChunk * kLd, kT = kS + kSRows * kLd, kV = kT + kChunk * kLd64,
                        kK = kV + kChunk * kLd, kElements = kK + kChunk * kLd;
   static constexpr int kBytes = kElements * static_cast<int>(sizeof(Bf16));
 };
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_backward_value_kernel(const V
 
 bool gdn_backward_value_apply(const at::Tensor& d_u, const at::Tensor& states, const at::Tensor& v,
                               const at::Tensor& k) {
-  if (!gdn_backward_key_rows_apply(v, k) || v.size(4) < kChunk || !d_u.defined() || !states.defined()) return false;
+  if (!gdn_backward_key_rows_apply(v, k) || !d_u.defined() || !states.defined()) return false;
   const int64_t MN = v.size(0) * v.size(1) * v.size(2), D = v.size(4);
   for (const at::Tensor* x : {&d_u, &states})
     if (!x->is_cuda() || x->device() != v.device() || x->scalar_type() != at::kBFloat16 || !x->is_contiguous() ||
@@ -164,7 +165,7 @@ void launch_gdn_backward_value(const GdnBackwardValue& x) {
   const char* op = "gdn_backward_value";
   PRIME_CHECK(gdn_backward_value_apply(x.d_u, x.states, x.v, x.k), op,
               ": d_u and states must be contiguous bf16 CUDA tensors on 16 bytes with v and k's chunks, and v and k ",
-              "bf16 rows [B,H,N,64,D] of head dim 64 or 128 on 16 bytes (d_u ",
+              "bf16 rows [B,H,N,64,D] of head dim 32, 64 or 128 on 16 bytes (d_u ",
               x.d_u.defined() ? x.d_u.sizes() : at::IntArrayRef{}, ", states ",
               x.states.defined() ? x.states.sizes() : at::IntArrayRef{}, ", v ",
               x.v.defined() ? x.v.sizes() : at::IntArrayRef{}, ")");
@@ -213,6 +214,7 @@ void launch_gdn_backward_value(const GdnBackwardValue& x) {
                          "gdn_backward_value_kernel");
   };
   switch (D) {
+    case 32: launch(std::integral_constant<int, 32>{}); break;
     case 64: launch(std::integral_constant<int, 64>{}); break;
     default: launch(std::integral_constant<int, 128>{}); break;
   }

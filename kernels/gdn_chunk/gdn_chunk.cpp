@@ -272,7 +272,7 @@ Bf16Walk bf16_walk(const at::Tensor& q) {
 // MMAs' fused walk where PRIME_GDN_FORWARD_WALK gives that walk (it keeps them as it walks; no K_d, which
 // only the backward's split walk reads and then forms), else on the split walk (K_d too).
 struct Bf16Scratch {
-  at::Tensor w, u, k_decayed, decay, states;
+  at::Tensor w, u, k_decayed, decay, states, inverse;
 };
 Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                          const at::Tensor& beta, const at::Tensor& state, const at::Tensor& chunk_starts,
@@ -285,6 +285,9 @@ Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Ten
   const Bf16Walk asked = bf16_walk(q);
   const Bf16Walk walk = for_backward && asked != Bf16Walk::fused_wgmma ? Bf16Walk::split : asked;
   scratch.split_inverse = for_backward;  // experiments/gdn_bf16_backward: the decay parameters' gradient
+  // T rounded to bf16 for a backward whose products are bf16 (they round it so as they load it): prep has it.
+  if (for_backward && gdn_bf16_backward_products() == GemmPrecision::Bf16)
+    scratch.inverse = new_output({M, N, kForwardChunk, kForwardChunk}, q.options());
   if (walk != Bf16Walk::split) {
     scratch.gamma = new_output({M, N, kForwardChunk}, q.options().dtype(at::kDouble));
     scratch.walk_wgmma = walk == Bf16Walk::fused_wgmma;
@@ -301,7 +304,7 @@ Bf16Scratch forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Ten
                                   g.contiguous(), beta.contiguous(), contiguous_aligned(flat_or_undefined(state, 2), 32),
                                   chunk_starts.defined() ? chunk_starts.contiguous() : chunk_starts, scratch,
                                   final_state.view({M, D, D}), o);
-  return {scratch.w, scratch.u, scratch.k_decayed, scratch.decay, scratch.states};
+  return {scratch.w, scratch.u, scratch.k_decayed, scratch.decay, scratch.states, scratch.inverse};
 #else
   (void)k, (void)v, (void)g, (void)beta, (void)state, (void)chunk_starts, (void)o, (void)final_state, (void)M, (void)D,
       (void)N, (void)for_backward;
@@ -461,8 +464,8 @@ struct GdnChunkFused : public torch::autograd::Function<GdnChunkFused> {
 // too, its gradient taken in fp32 and the inputs' gradients returned in fp32: no rounding beyond the
 // forward's own); g, beta and the state fp32. The forward keeps its bf16 per-chunk results (forward_bf16's
 // for_backward: on the warpgroup walk where it runs, else the split walk); the backward is
-// gdn_chunk_backward on them, in fp32, with each chunk's (I + A)^-1 formed again (the bf16 prep does not
-// write it).
+// gdn_chunk_backward on them, in fp32, with each chunk's (I + A)^-1 as prep formed it, rounded to bf16 for
+// bf16 products (else formed again in the backward, in fp32).
 struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
   static variable_list forward(AutogradContext* context, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
@@ -474,7 +477,8 @@ struct GdnChunkFusedBf16 : public torch::autograd::Function<GdnChunkFusedBf16> {
     at::Tensor o = new_output({B, T, H, D}, qc.options());
     at::Tensor final_state = new_output({B, H, D, D}, q.options().dtype(at::kFloat));
     const Bf16Scratch s = forward_bf16(qc, kc, vc, gc, bc, state, starts, o, final_state, /*for_backward=*/true);
-    context->save_for_backward({qc, kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay, s.states, starts_or_empty});
+    context->save_for_backward(
+        {qc, kc, vc, gc, bc, s.w, s.u, s.k_decayed, s.decay, s.states, starts_or_empty, s.inverse});
     context->saved_data["has_state"] = state.defined();
     context->saved_data["leaves"] = static_cast<int64_t>(q.scalar_type());
     return {o.to(q.scalar_type()), final_state};

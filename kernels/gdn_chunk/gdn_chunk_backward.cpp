@@ -139,6 +139,7 @@ struct ChainRule {
   at::Tensor d_scores, qk, kk, p;  // dO U^T, Q K^T, K K^T, T^T dT T^T (all [64][64]; qk, kk and p undefined
                                    // where the gates kernel forms them from q, k, T and dT: gate_parts)
   at::Tensor inverse, d_inverse;   // T and dT (bf16), where the gates kernel forms P
+  at::Tensor d_o_rows, u_rows;     // dO's and U's bf16 rows, where the gates kernel forms d_scores (undefined)
   at::Tensor d_q_decayed, d_k_in, d_k_decayed, d_v_in;  // d(e^Gamma Q), d(beta e^Gamma K), dK_d, d(beta V)
   at::Tensor chunk_decay, d_chunk_decay;  // e^{Gamma_C} and its gradient, [M,N]
 };
@@ -228,15 +229,20 @@ GateParts gate_parts(const ChainRule& c, const Products& product) {
   const auto gate_product = [&](const at::Tensor& in) {
     return bf16_products ? at::empty(in.sizes(), in.options().dtype(at::kBFloat16)) : in;
   };
-  out.d_qk = gate_product(c.d_scores), out.d_kk = gate_product(c.p.defined() ? c.p : c.d_scores);
   const at::Tensor g = c.g.view({MN, kChunk}), beta = c.beta.view({MN, kChunk});
-  if (c.qk.defined())
+  if (c.qk.defined()) {
+    out.d_qk = gate_product(c.d_scores), out.d_kk = gate_product(c.p);
     detail::launch_gdn_backward_gates(chunks(c.d_scores), chunks(c.qk), chunks(c.p), chunks(c.kk), g, beta,
                                       chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a, out.dg_decay);
-  else
-    detail::launch_gdn_backward_gates_from_rows(chunks(c.d_scores), c.q, c.k, chunks(c.inverse), chunks(c.d_inverse),
-                                                g, beta, chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a,
-                                                out.dg_decay);
+  } else {  // bf16 products
+    const at::TensorOptions bf16 = c.g.options().dtype(at::kBFloat16);
+    // [M,N,C,C], as the products that read them batch it
+    const std::vector<int64_t> sizes{c.g.size(0), c.g.size(1), kChunk, kChunk};
+    out.d_qk = at::empty(sizes, bf16), out.d_kk = at::empty(sizes, bf16);
+    detail::launch_gdn_backward_gates_from_rows(
+        c.d_scores.defined() ? chunks(c.d_scores) : c.d_scores, {c.d_o_rows, c.u_rows}, c.q, c.k, chunks(c.inverse),
+        chunks(c.d_inverse), g, beta, chunks(out.d_qk), chunks(out.d_kk), out.d_beta_a, out.dg_decay);
+  }
   return out;
 }
 
@@ -526,13 +532,26 @@ GdnChunkGrads gdn_chunk_backward(const GdnChunkSaved& s, const at::Tensor& d_out
     c.d_k_decayed = product(U, transposed(G));
     G = at::Tensor();
   }
-  c.d_scores = product(d_o, transposed(U));
+  // d_scores = dO U^T: in the gates kernel from the rows where it forms its other operands and the last products
+  // are kernels too (PRIME_GDN_BACKWARD_SUMS=kernels; the same bits as this product).
+  bool scores_in_gates = false;
+#ifdef PRIME_WITH_CUDA
+  if (grams_in_kernels && sums_on == GdnBackwardSums::Kernels && U.is_contiguous() && U.numel() == q.numel()) {
+    const at::Tensor u_rows = U.view(q.sizes());
+    scores_in_gates = detail::gdn_backward_key_rows_apply(d_o, u_rows);
+    if (scores_in_gates) c.d_o_rows = d_o, c.u_rows = u_rows;
+  }
+#endif
+  if (!scores_in_gates) c.d_scores = product(d_o, transposed(U));
   if (!sums) S = U = at::Tensor();  // (fp32 copies for fp32 products: 1 GB each at (4,8192,32,128))
   c.chunk_decay = s.decay;
 
   // The solve: U' = T diag(beta) V, W = T diag(beta e^Gamma) K, T = (I + A)^-1.
   if (!grams_in_kernels) c.kk = product(k, transposed(k));
   at::Tensor inverse = s.inverse;
+  // (a bf16 T, the bf16 forward's for bf16 products, is formed again in fp32 for fp32 ones)
+  if (inverse.defined() && inverse.scalar_type() == at::kBFloat16 && operand_type != at::kBFloat16)
+    inverse = at::Tensor();
   if (!inverse.defined() && grams_in_kernels) {
     inverse = ops.inverse_from_keys(k, c.g, c.beta, operand_type == at::kBFloat16 ? at::kBFloat16 : work);
   } else if (!inverse.defined() && on_kernels && ops.inverse_from_gram) {

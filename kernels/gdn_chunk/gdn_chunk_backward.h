@@ -29,7 +29,8 @@ namespace prime::kernels {
 
 // What the fused forward keeps for its backward. q, k, v [B,T,H,D] and g, beta [B,T,H] (the
 // inputs); w, u (U_n), k_decayed [M,N,64,D], decay [M,N] = e^{Gamma_C}, states [M,N,D,D] (S_n);
-// inverse [M,N,64,64] = T, or undefined (the backward then forms it with ops.inverse); M = B*H,
+// inverse [M,N,64,64] = T (from the bf16 forward: rounded to bf16, which only bf16 products take), or
+// undefined (the backward then forms it with ops.inverse); M = B*H,
 // N = ceil(T / 64); starts [N] bool or undefined (packed documents' first chunks). All in q's dtype
 // (fp32 or float64), or, from the bf16 forward, q, k, v, w, u, k_decayed and states bf16 with the
 // rest fp32: then the backward runs in fp32 on their values and every gradient is fp32. The bf16
@@ -87,9 +88,9 @@ GdnBackwardWalk gdn_bf16_backward_walk();
 
 // Where the backward with bf16 products on CUDA forms its chain rule's last products after the fused reverse walk:
 // PRIME_GDN_BACKWARD_SUMS (read at each call) "kernels" or unset, the value side (dW, dT, dv) and dq and dk each in
-// one kernel per chunk that reads its operands once, where they take them; "value", that kernel for the value side
-// and dq and dk as chunk_gemm sums; "products", every one of them on chunk_gemm's launches (to time the three);
-// anything else a UserError. All three give the same bits.
+// one kernel per chunk that reads its operands once, and d_scores = dO U^T in the gates kernel, where they take
+// them; "value", that kernel for the value side and the rest as chunk_gemm products; "products", every one of them
+// on chunk_gemm's launches (to time the three); anything else a UserError. All three give the same bits.
 enum class GdnBackwardSums { Kernels, Value, Products };
 GdnBackwardSums gdn_backward_sums();
 

@@ -66,16 +66,23 @@ void launch_gdn_backward_gates(const at::Tensor& d_scores, const at::Tensor& qk,
 // of the same sizes (per_chunk_rows: a per-chunk copy, or a view of the time-major inputs) with D 32, 64 or 128,
 // each row contiguous, every stride a multiple of 8 elements and the data on 16 bytes.
 bool gdn_backward_key_rows_apply(const at::Tensor& q, const at::Tensor& k);
+// dO's and U's bf16 rows [B,H,N,64,D] (as gdn_backward_key_rows_apply takes them, with q's sizes), from which
+// launch_gdn_backward_gates_from_rows forms d_scores = dO U^T itself.
+struct GdnScoreRows {
+  at::Tensor d_o, u;
+};
 // launch_gdn_backward_gates with its [64][64] operands formed in the kernel on the tensor cores: Q K^T and K K^T
-// from q and k (gdn_backward_key_rows_apply; chunk c = (b H + h) N + n of d_scores' MN) as bf16 products with
+// from q and k (gdn_backward_key_rows_apply; chunk c = (b H + h) N + n of d_qk's MN) as bf16 products with
 // fp32 accumulation (what a bf16 chunk_gemm product of q and k^T gives, summed in another order), and
 // P = T^T dT T^T from T and dT (inverse, d_inverse: bf16 [MN,64,64], contiguous, on 16 bytes), T^T dT carried
 // in bf16 hi and lo parts into its product with T^T. No [MN,64,64] fp32 Q K^T, K K^T or P in memory; d_qk
-// and d_kk bf16.
-void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const at::Tensor& q, const at::Tensor& k,
-                                         const at::Tensor& inverse, const at::Tensor& d_inverse, const at::Tensor& g,
-                                         const at::Tensor& beta, const at::Tensor& d_qk, const at::Tensor& d_kk,
-                                         const at::Tensor& d_beta_a, const at::Tensor& dg_decay);
+// and d_kk bf16. Either d_scores is given (fp32 [MN,64,64], on 16 bytes) or, d_scores undefined, score_rows:
+// then d_scores = dO U^T is formed in the kernel too, as chunk_gemm's bf16 product forms it (the same bits).
+void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const GdnScoreRows& score_rows,
+                                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& inverse,
+                                         const at::Tensor& d_inverse, const at::Tensor& g, const at::Tensor& beta,
+                                         const at::Tensor& d_qk, const at::Tensor& d_kk, const at::Tensor& d_beta_a,
+                                         const at::Tensor& dg_decay);
 // dq = dq_products + e^Gamma d_q_decayed, dk = dk_products + beta e^Gamma d_k_in +
 // e^{Gamma_C - Gamma} d_k_decayed, dv = beta d_v_in, and dg, d_beta in full (with d_beta_a,
 // dg_decay from the gates and d_chunk_decay [MN] times chunk_decay [MN] = e^{Gamma_C}), all
@@ -135,7 +142,7 @@ struct GdnBackwardValue {
   at::Tensor d_w, d_inverse, dv, v_dots;
 };
 // Whether launch_gdn_backward_value takes these operands: bf16 CUDA d_u [MN,64,D] and states [MN,D,D],
-// contiguous and on 16 bytes, with v and k rows as gdn_backward_key_rows_apply takes them, D 64 or 128.
+// contiguous and on 16 bytes, with v and k rows as gdn_backward_key_rows_apply takes them (D 32, 64 or 128).
 bool gdn_backward_value_apply(const at::Tensor& d_u, const at::Tensor& states, const at::Tensor& v,
                               const at::Tensor& k);
 void launch_gdn_backward_value(const GdnBackwardValue& value);
@@ -189,6 +196,7 @@ bool gdn_backward_walk_bf16_fits_device(int64_t head_dim, int device);
 // to bf16 (training: its saved W and U' then carry the inverse's rounding no more).
 struct GdnForwardBf16Scratch {
   at::Tensor w, u, gamma, k_decayed, decay, states;
+  at::Tensor inverse;  // [M,N,64,64] bf16 or undefined: each chunk's T rounded to bf16 (with split_inverse only)
   bool walk_wgmma = false;
   bool split_inverse = false;
 };

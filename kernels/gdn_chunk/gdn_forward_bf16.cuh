@@ -25,6 +25,7 @@ struct Bf16Params {
   float* decay;                   // [M,N], split walk, or kept by the warpgroup walk (else null)
   Bf16* states;                   // [M,N,D,D], split walk, or kept by the warpgroup walk (then U_n too)
   double* gamma;                  // [M,N,64], fused walk only: each chunk's prefix sums of the gates
+  Bf16* inverse;                  // [M,N,64,64] or null: each chunk's T rounded to bf16 (prep, training)
   const float* initial;           // [M,D,D] or null (zeros)
   float* final_state;             // [M,D,D]
   const bool* starts;             // [N] or null

@@ -6,7 +6,8 @@
 // state carried from chunk to chunk kept in fp32.
 //  - prep, one block per (chunk, batch and head): A = strictly-lower(beta K K^T * e^{Gi - Gj}),
 //    T = (I + A)^-1 (unit_lower_inverse_64_tf32), W = T diag(beta e^G) K, U' = T diag(beta) V (T in
-//    bf16, or for training split into hi + lo, two MMAs per step: experiments/gdn_bf16_backward);
+//    bf16, or for training split into hi + lo, two MMAs per step: experiments/gdn_bf16_backward; then
+//    the hi part, bf16(T), may go to memory too: the backward's bf16 products read it);
 //    for the split walk also K_d = diag(e^{G_end - G}) K and e^{G_end}, for the fused walk the
 //    chunk's G (float64).
 //  - the fused walk (gdn_forward_bf16_walk_kernels.cu, where its block fits the device): the scan
@@ -122,6 +123,7 @@ __global__ void __launch_bounds__(kThreads, 3) gdn_forward_prep_bf16_kernel(cons
 #pragma unroll
       for (int e = 0; e < 8; ++e) residual[e] = tm[r * kLdC + c + e] - rounded[e];
       *reinterpret_cast<uint4*>(tb + r * kLdT + c) = hi;
+      if (p.inverse != nullptr) *reinterpret_cast<uint4*>(p.inverse + (row0 + r) * kChunk + c) = hi;
       lo[i] = pack8(residual);
     }
     __syncthreads();  // every fp32 value of T is read
@@ -440,6 +442,11 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
     check_operand_sizes(*tensor, op, name, at::kBFloat16, {M, N, kChunk, D});
     check_aligned(*tensor, op, name, 16);
   }
+  if (scratch.inverse.defined()) {
+    PRIME_CHECK(scratch.split_inverse, op, ": T goes to memory only from the split inverse (training's prep)");
+    check_operand_sizes(scratch.inverse, op, "inverse", at::kBFloat16, {M, N, kChunk, kChunk});
+    check_aligned(scratch.inverse, op, "inverse", 16);
+  }
   check_operand_sizes(final_state, op, "final_state", at::kFloat, {M, D, D});
   if (initial.defined()) check_operand_sizes(initial, op, "initial", at::kFloat, {M, D, D});
   if (starts.defined()) check_operand_sizes(starts, op, "starts", at::kBool, {N});
@@ -459,6 +466,7 @@ void launch_gdn_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at:
   p.num_chunks = static_cast<int>(N);
   p.w = reinterpret_cast<Bf16*>(scratch.w.data_ptr());
   p.u = reinterpret_cast<Bf16*>(scratch.u.data_ptr());
+  if (scratch.inverse.defined()) p.inverse = reinterpret_cast<Bf16*>(scratch.inverse.data_ptr());
   if (fused_walk) {
     p.gamma = scratch.gamma.data_ptr<double>();
     if (keeps) {
