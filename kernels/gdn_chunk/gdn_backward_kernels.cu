@@ -724,6 +724,9 @@ void launch_gdn_backward_scores(const at::Tensor& qk, const at::Tensor& g, const
 
 namespace {
 
+// A bf16 tensor's data as the kernels take it.
+const __nv_bfloat16* bits(const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); }
+
 // The gates kernels' operands but Q K^T and K K^T (`chunks` of them), checked; d_scores and p undefined where
 // the kernel forms them (then the outputs are bf16).
 void check_gate_operands(const char* op, int64_t chunks, const at::Tensor& d_scores, const at::Tensor& p,
@@ -761,7 +764,6 @@ KeyRows key_rows(const char* op, const at::Tensor& q, const at::Tensor& k, int64
               "16 bytes (q ", q.defined() ? q.sizes() : at::IntArrayRef{}, ", k ", k.sizes(), ")");
   PRIME_CHECK(k.size(0) * k.size(1) * k.size(2) == chunks, op, ": k ", k.sizes(), " holds ",
               k.size(0) * k.size(1) * k.size(2), " chunks, want ", chunks);
-  const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
   return KeyRows{q.defined() ? bits(q) : nullptr,       bits(k), q.defined() ? chunk_rows_of(q) : ChunkRows{},
                  chunk_rows_of(k), static_cast<int>(k.size(1)), static_cast<int>(k.size(2))};
 }
@@ -820,16 +822,14 @@ void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const GdnSc
   const int64_t chunks = d_qk.size(0);
   PRIME_CHECK(q.defined(), op, ": q is undefined");
   const bool scores_in_kernel = !d_scores.defined();
-  PRIME_CHECK(scores_in_kernel == (score_rows.d_o.defined() && score_rows.u.defined()) &&
-                  (scores_in_kernel || (!score_rows.d_o.defined() && !score_rows.u.defined())),
-              op, ": give either d_scores or dO's and U's rows");
+  PRIME_CHECK(score_rows.d_o.defined() == scores_in_kernel && score_rows.u.defined() == scores_in_kernel, op,
+              ": give either d_scores or dO's and U's rows");
   const KeyRows rows = key_rows(op, q, k, chunks);
   ScoreRows scores{};
   if (scores_in_kernel) {
     PRIME_CHECK(gdn_backward_key_rows_apply(score_rows.d_o, score_rows.u) && score_rows.d_o.sizes() == q.sizes(), op,
                 ": dO and U must be bf16 CUDA rows of q's sizes ", q.sizes(), ", each row contiguous and on 16 bytes ",
                 "(dO ", score_rows.d_o.sizes(), ", U ", score_rows.u.sizes(), ")");
-    const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
     scores = ScoreRows{bits(score_rows.d_o), bits(score_rows.u), chunk_rows_of(score_rows.d_o),
                        chunk_rows_of(score_rows.u)};
   }
@@ -843,7 +843,6 @@ void launch_gdn_backward_gates_from_rows(const at::Tensor& d_scores, const GdnSc
   if (!scores_in_kernel) check_aligned(d_scores, op, "d_scores", 16);
   if (chunks == 0) return;
   const at::cuda::CUDAGuard guard(q.device());
-  const auto bits = [](const at::Tensor& x) { return reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()); };
   const auto launch = [&](auto kernel, int bytes) {
     PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     kernel<<<static_cast<unsigned>(chunks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
