@@ -161,6 +161,11 @@ TEST_CASE("wgmma layout: GDN's warpgroup walk's descriptors read the elements it
   for (int t = 0; t < 8; ++t)  // the scores: B[j][n] = K[n][16 t + j]
     for (int n = 0; n < 64; ++n)
       for (int j = 0; j < 16; ++j) REQUIRE(k.at(k_major_read(desc.k_by_depth(t), n, j)) == n * 128 + 16 * t + j);
+  for (int row : {0, 32})  // the scores' columns row .. row + 31 (m64n32k16): B[j][n] = K[row + n][16 t + j]
+    for (int t = 0; t < 8; ++t)
+      for (int n = 0; n < 32; ++n)
+        for (int j = 0; j < 16; ++j)
+          REQUIRE(k.at(k_major_read(desc.k_rows_by_depth(t, row), n, j)) == (row + n) * 128 + 16 * t + j);
   for (int t = 0; t < 4; ++t)  // P's rows: A[m][j] = P[m][16 t + j]
     for (int m = 0; m < 64; ++m)
       for (int j = 0; j < 16; ++j) REQUIRE(scores.at(k_major_read(desc.scores_by_depth(t), m, j)) == m * 64 + 16 * t + j);

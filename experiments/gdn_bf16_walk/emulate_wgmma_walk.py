@@ -7,11 +7,12 @@ guard), bf16 rounding off, against the walk's math in float64 over three chunks 
 chunk and an initial state. A wrong offset or descriptor shows as an error of order one; the port
 matches to ~1e-14. The threads run one after another, so it checks addresses, not the barriers.
 
-  python3 experiments/gdn_bf16_walk/emulate_wgmma_walk.py [--double-buffer-wu]
+  python3 experiments/gdn_bf16_walk/emulate_wgmma_walk.py [--whole-scores] [--double-buffer-wu]
 
---double-buffer-wu emulates wgmma_wu_double_buffer.patch: W and U' double-buffered and fetched with
-Q and K a chunk ahead. --split-scores emulates wgmma_split_scores.patch: the scores' columns 32 g ..
-formed by group g of 0 and 1 on the m64n32k16 shape (16 accumulators a thread).
+The scores are formed as the kernel forms them: columns 32 g .. by group g of 0 and 1 on the m64n32k16
+shape (16 accumulators a thread). --whole-scores emulates the form before, group 0 forming all 64
+columns; --double-buffer-wu emulates wgmma_wu_double_buffer.patch (written against that form): W and U'
+double-buffered and fetched with Q and K a chunk ahead.
 """
 import argparse
 
@@ -19,8 +20,9 @@ import numpy as np
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument('--double-buffer-wu', action='store_true', help="emulate wgmma_wu_double_buffer.patch")
-parser.add_argument('--split-scores', action='store_true', help="emulate wgmma_split_scores.patch")
+parser.add_argument('--whole-scores', action='store_true', help="group 0 forms all of the scores (the form before)")
 args = parser.parse_args()
+args.split_scores = not args.whole_scores
 rng = np.random.default_rng(1)
 kChunk, D = 64, 128
 kMatrix = kChunk * D * 2

@@ -14,9 +14,9 @@
 # PATCH: walk_direct_stores.patch (the walks write O from the registers), walk_qs_early.patch (the
 # fused walk forms Q S before its second barrier): both measured, not kept; fused64.patch (two
 # 8-warp blocks per head; run_fused64_gpu.sh times its three walks); wgmma_wu_double_buffer.patch
-# (the warpgroup walk double-buffers W and U' and fetches them a chunk ahead) and
-# wgmma_split_scores.patch (the warpgroup walk's scores split between two groups): time these two
-# with PRIME_GDN_FORWARD_WALK=wgmma set. The patches measured and kept are in the tree; REPORT.md has
+# (the warpgroup walk double-buffers W and U' and fetches them a chunk ahead; measured, not kept, and
+# written against the walk before its scores were split, so it no longer applies): time it with
+# PRIME_GDN_FORWARD_WALK=wgmma set. The patches measured and kept are in the tree; REPORT.md has
 # each one's prediction and result.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

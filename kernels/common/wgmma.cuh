@@ -131,6 +131,23 @@ __device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, b
 #endif
 }
 
+// D[64 x 32] (+)= A B, both by descriptor (the m64n32k16 shape: 16 accumulators a thread, d[4 j + 2 i
+// + e] = D(16 w + g + 8 i, 8 j + 2 t + e), j < 4): A K-major; TransB: B is MN-major.
+template <bool TransB>
+__device__ __forceinline__ void mma_ss_n32(float (&d)[16], uint64_t a, uint64_t b, bool accumulate) {
+#if PRIME_WGMMA_ENABLED
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %19, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+               "%16, %17, p, 1, 1, 0, %18;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                 "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+               : "l"(a), "l"(b), "n"(TransB ? 1 : 0), "r"(static_cast<int>(accumulate)));
+#else
+  __trap();
+#endif
+}
+
 #undef PRIME_WGMMA_D32
 #undef PRIME_WGMMA_D32_LIST
 

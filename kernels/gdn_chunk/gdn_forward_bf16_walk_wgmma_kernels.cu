@@ -9,9 +9,9 @@
 // with Q_n, K_n, W_n, U'_n and the gates' prefix sums G in shared memory (every matrix in the
 // 128-byte swizzle of wgmma_layout.h):
 //   bf16(S) to shared memory; barrier;
-//   groups 0, 1: W_n S on columns 64 g ..; U_n = U'_n - W_n S, stored as bf16 U_n and
-//     bf16(diag(e^{G_end - G}) U_n); group 0 then the decayed causal scores P = (Q K^T) * e^{Gi - Gj},
-//     j <= i, as bf16;
+//   groups 0, 1: W_n S on columns 64 g .. and the decayed causal scores P = (Q K^T) * e^{Gi - Gj},
+//     j <= i, on columns 32 g .. (m64n32k16); U_n = U'_n - W_n S, stored as bf16 U_n and
+//     bf16(diag(e^{G_end - G}) U_n), while the scores' MMAs run; then P as bf16;
 //   groups 2, 3: diag(e^G) (Q_n S) on columns 64 (g - 2) .., kept in the registers; barrier;
 //   groups 2, 3: O_n = that + P U_n, to o from the registers;
 //   every group: S = e^{G_end} S + K_n^T diag(e^{G_end - G}) U_n on its block.
@@ -146,11 +146,15 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
                                  base_at + L::kUb, base_at + L::kUd};
       // Each batch fenced and committed inside its branch (the branches are warpgroup-uniform), so
       // ptxas need not close an open batch where they join.
-      float acc[32];
-      if (group < 2) {  // W_n S, columns 64 g ..
+      float acc[32], scores[16];
+      if (group < 2) {  // W_n S, columns 64 g .., then the scores' columns 32 g ..: two batches
         fence();
 #pragma unroll
         for (int k = 0; k < D / 16; ++k) mma_ss<true>(acc, desc.w_by_depth(k), desc.s_by_depth(k, 64 * group), k > 0);
+        commit();
+#pragma unroll
+        for (int k = 0; k < D / 16; ++k)
+          mma_ss_n32<false>(scores, desc.q_by_depth(k), desc.k_rows_by_depth(k, 32 * group), k > 0);
         commit();
       } else {  // Q_n S, columns 64 (g - 2) ..
         fence();
@@ -159,7 +163,10 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
           mma_ss<true>(acc, desc.q_by_depth(k), desc.s_by_depth(k, 64 * (group - 2)), k > 0);
         commit();
       }
-      wait<0>();
+      if (group < 2)
+        wait<1>();  // W_n S; the scores may still run
+      else
+        wait<0>();
       fence_operands(acc);
       if (group < 2) {  // U_n = U'_n - W_n S, and its rows decayed to the chunk's end
         const float f_lo = expf(static_cast<float>(gamma_end - gamma[row0]));
@@ -172,22 +179,22 @@ __global__ void __launch_bounds__(WgmmaWalk::kThreads, 1) gdn_forward_walk_bf16_
           *reinterpret_cast<uint32_t*>(base + L::kUb + at) = bf16_pair(u0, u1);
           *reinterpret_cast<uint32_t*>(base + L::kUd + at) = bf16_pair(f * u0, f * u1);
         }
-        if (group == 0) {  // the decayed causal scores, into acc (W_n S is spent)
-          fence();
+        // The decayed causal scores on columns 32 g ..: a warp whose rows all lie above them (group 1,
+        // rows 0 .. 31) writes zeros.
+        wait<0>();
+        fence_operands(scores);
+        const bool above = group == 1 && row0 < 32;
 #pragma unroll
-          for (int k = 0; k < D / 16; ++k) mma_ss<false>(acc, desc.q_by_depth(k), desc.k_by_depth(k), k > 0);
-          commit();
-          wait<0>();
-          fence_operands(acc);
-#pragma unroll
-          for (int e = 0; e < 32; e += 2) {
-            const int i = row0 + 8 * ((e / 2) % 2), j = accumulator_col(e);
+        for (int e = 0; e < 16; e += 2) {
+          const int i = row0 + 8 * ((e / 2) % 2), j = 32 * group + accumulator_col(e);
+          float x0 = 0.0f, x1 = 0.0f;
+          if (!above) {
             const double gi = gamma[i];
-            const float x0 = j <= i ? expf(static_cast<float>(gi - gamma[j])) * acc[e] : 0.0f;
-            const float x1 = j + 1 <= i ? expf(static_cast<float>(gi - gamma[j + 1])) * acc[e + 1] : 0.0f;
-            *reinterpret_cast<uint32_t*>(base + L::kScores + pair_at((e / 2) % 2, e / 4, 0, 0, kChunk)) =
-                bf16_pair(x0, x1);
+            x0 = j <= i ? expf(static_cast<float>(gi - gamma[j])) * scores[e] : 0.0f;
+            x1 = j + 1 <= i ? expf(static_cast<float>(gi - gamma[j + 1])) * scores[e + 1] : 0.0f;
           }
+          *reinterpret_cast<uint32_t*>(base + L::kScores + pair_at((e / 2) % 2, 4 * group + e / 4, 0, 0, kChunk)) =
+              bf16_pair(x0, x1);
         }
       } else {  // diag(e^G) (Q_n S)
         const float e_lo = expf(static_cast<float>(gamma[row0]));

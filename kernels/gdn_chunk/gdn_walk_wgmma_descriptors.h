@@ -28,6 +28,11 @@ struct WalkDescriptors {
   }
   // The scores Q_n K_n^T, depth step t: B[j][n] = K[n][16 t + j], K-major.
   PRIME_HOST_DEVICE constexpr uint64_t k_by_depth(int t) const { return by_depth(k, t); }
+  // The same for the scores' columns row .. row + 31 (row 0 or 32; the m64n32k16 shape): B[j][n] =
+  // K[row + n][16 t + j].
+  PRIME_HOST_DEVICE constexpr uint64_t k_rows_by_depth(int t, int row) const {
+    return advance(wgmma::k_major(k, 64, row, 0), wgmma::sw128_start(0, 16 * t, 64));
+  }
   // O_n += P U_n on columns col ..: A[m][j] = P[m][16 t + j] (K-major), B[j][n] = U_n[16 t + j][col + n]
   // (MN-major).
   PRIME_HOST_DEVICE constexpr uint64_t scores_by_depth(int t) const { return by_depth(scores, t); }
