@@ -369,6 +369,10 @@ void add_decode_command(CLI::App& app, DecodeOptions& options) {
       ->check(CLI::IsMember({"prefill", "synthetic"}))->group("Shape");
   command->add_option("--max-batch-tokens", options.bench.max_batch_tokens, "skip (B, P) with B x P above this (default: none)")
       ->group("Shape");
+  command->add_flag("--profile-step", options.bench.profile_step,
+                    "the last warm-up step of each point inside a profiler range (ncu --profile-from-start off "
+                    "--graph-profiling node: one step's kernels per point; at least 2 warm-up steps, 3 with a graph)")
+      ->group("Measurement");
   command->add_option("--hbm-gbps", options.hbm_gbps,
                       "memory bandwidth for the floor, GB/s (default: the device's peak, an H200's 4800, others' "
                       "from their memory clock and bus width; 4800 on the CPU)")

@@ -117,6 +117,39 @@ TEST_CASE("decode bench: --prefill-repeats times several prefills into fresh cac
   CHECK_THROWS_AS(eval::run_decode_bench(hybrid, options), UserError);
 }
 
+// --profile-step runs the last warm-up step inside a profiler range (on a CPU, without one): with
+// enough warm-up steps the row's cache sizes and floor are those of the same run without it.
+TEST_CASE("decode bench: --profile-step leaves the row's cache sizes and floor as they were", "[bench]") {
+  auto hybrid = gdn_hybrid();
+  eval::DecodeBenchOptions options;
+  options.prompts = {6};
+  options.batches = {2};
+  options.new_tokens = 3;
+  options.warmup = 3;
+  options.context = "synthetic";
+  const std::vector<eval::DecodeBenchRow> plain = eval::run_decode_bench(hybrid, options);
+  options.profile_step = true;
+  CHECK(eval::decode_steps(options, false) == 3 + 3);
+  options.warmup = 0;  // raised to what the profiled replay needs
+  CHECK(eval::decode_steps(options, false) == 2 + 3);
+  CHECK(eval::decode_steps(options, true) == 3 + 3);
+  options.profile_step = false;
+  CHECK(eval::decode_steps(options, false) == 0 + 3);
+  CHECK(eval::decode_steps(options, true) == 2 + 3);
+  options.profile_step = true;
+  options.warmup = 3;
+  const std::vector<eval::DecodeBenchRow> profiled = eval::run_decode_bench(hybrid, options);
+  REQUIRE(profiled.size() == plain.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    INFO(plain[i].mode);
+    CHECK(profiled[i].error.empty());
+    CHECK(profiled[i].decode_tokens_per_s > 0);
+    CHECK(profiled[i].kv_bytes_per_sequence == plain[i].kv_bytes_per_sequence);
+    CHECK(profiled[i].state_bytes_per_sequence == plain[i].state_bytes_per_sequence);
+    CHECK(profiled[i].step_bytes == Approx(plain[i].step_bytes));
+  }
+}
+
 TEST_CASE("decode bench: a mixture of experts' floor counts the experts its tokens pick", "[bench][moe]") {
   // 8 experts, 2 per token, 2 layers: each layer's 8 experts hold gate, up and down [32, 64].
   auto moe = eval::load_bench_model(

@@ -21,8 +21,11 @@
 # the same rounds), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
 # environment setting, on the build EXTRA_TESTS_BUILD names: tree unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
 # the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
-# `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
-# 400) allows. Results under $OUT, all.tgz among them.
+# `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), DECODE_MODELS (prime-bench decode
+# --model specs, space-separated: their graphed decode step timed on a synthetic context, DECODE_ARGS the
+# shape, default `--batch 64 --prompt 4096`) and DECODE_NCU (set: each of those models' one profiled step
+# under ncu, summed by kernel), each step while DEADLINE_S (default 400) allows. Results under $OUT,
+# all.tgz among them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -87,5 +90,24 @@ if [ -n "${NCU_DETAIL:-}" ]; then
       "$pb/tree/prime-bench" kernels --device cuda ${BENCH:---types GDN --dtype bf16} --profile &&
     grep -E "^  [a-z_]+.*\(|Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued" \
       "$OUT/ncu_detail.txt" | head -40
+fi
+if [ -n "${DECODE_MODELS:-}" ]; then
+  model_args=()
+  for model in $DECODE_MODELS; do model_args+=(--model "$model"); done
+  # shellcheck disable=SC2206  # DECODE_ARGS is a list of arguments
+  decode_args=(--device cuda --dtype bf16 --context synthetic --mode graph ${DECODE_ARGS:---batch 64 --prompt 4096})
+  run 150 decode $(with tree "$pb/tree/prime-bench") decode "${model_args[@]}" "${decode_args[@]}" &&
+    grep -E "^synthetic" "$OUT/decode.txt"
+  if [ -n "${DECODE_NCU:-}" ]; then
+    index=0
+    for model in $DECODE_MODELS; do
+      index=$(( index + 1 ))
+      run 60 "ncu_decode_$index" $(with tree ncu) --profile-from-start off --graph-profiling node \
+          --metrics gpu__time_duration.sum "$pb/tree/prime-bench" decode --model "$model" "${decode_args[@]}" \
+          --new-tokens 1 --profile-step &&
+        python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu_decode_$index.txt" "$model" |
+          tee "$OUT/ncu_decode_${index}_summary.txt" | head -16
+    done
+  fi
 fi
 echo "total: $(( $(date +%s) - start )) s"

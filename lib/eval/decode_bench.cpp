@@ -21,6 +21,7 @@
 #include "model/step_decoder.h"
 #include "eval/decode_fit.h"
 #include "eval/synthetic_context.h"
+#include "util/device_timing.h"
 #include "util/error.h"
 
 namespace prime::eval {
@@ -86,6 +87,21 @@ void check_modes(const std::vector<std::string>& modes) {
 
 }  // namespace
 
+namespace {
+
+// Untimed steps before the timed ones: a graph's first two are an eager step and the capture; with
+// profile_step the last two run through run_in_profiler_range, so the profiled one is a replay.
+int64_t warmup_steps(const DecodeBenchOptions& options, bool graph) {
+  const int64_t least = options.profile_step ? (graph ? 3 : 2) : (graph ? 2 : 0);
+  return std::max<int64_t>(options.warmup, least);
+}
+
+}  // namespace
+
+int64_t decode_steps(const DecodeBenchOptions& options, bool graph) {
+  return warmup_steps(options, graph) + options.new_tokens;
+}
+
 DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const std::string& mode,
                                 const DecodeBenchOptions& options) {
   if (batch < 1 || prompt < 1 || options.new_tokens < 1)
@@ -108,10 +124,9 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     const at::Tensor prompt_ids =
         at::randint(model.config().vocab_size, {batch, prompt}, generator, at::TensorOptions().dtype(at::kLong))
             .to(model.device());
-    // A graph's first two steps are an eager one and the capture: both belong to the warm-up.
     const bool graph = mode == "graph" && model::StepDecoder::graph_possible(model);
-    const int64_t warmup = graph ? std::max<int64_t>(options.warmup, 2) : options.warmup;
-    const int64_t total = prompt + warmup + options.new_tokens;
+    const int64_t warmup = warmup_steps(options, graph);
+    const int64_t total = prompt + decode_steps(options, graph);
     model::ModelCache cache = model.make_cache(batch, total);  // allocated once in every mode
     at::Tensor next;  // [B]
     if (options.context == "synthetic") {
@@ -150,7 +165,9 @@ DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt
     auto decode_step = [&](const at::Tensor& ids) {
       return decoder ? decoder->step(ids).argmax(-1) : model.forward(ids.unsqueeze(1), &cache).select(1, 0).argmax(-1);
     };
-    for (int64_t step = 0; step < warmup; ++step) next = decode_step(next);
+    const int64_t profiled = options.profile_step ? 2 : 0;
+    for (int64_t step = 0; step < warmup - profiled; ++step) next = decode_step(next);
+    if (profiled > 0) run_in_profiler_range([&] { next = decode_step(next); }, model.device());
     next.cpu();
     const auto start = Clock::now();
     for (int64_t step = 0; step < options.new_tokens; ++step) next = decode_step(next);
@@ -198,6 +215,7 @@ std::vector<DecodeBenchRow> run_decode_bench(BenchModel& bench, const DecodeBenc
   // allocator growth and thread-pool start-up, which would otherwise land in the first row.
   DecodeBenchOptions warm = options;
   warm.new_tokens = 2;
+  warm.profile_step = false;
   for (const auto& mode : options.modes)
     run_decode_point(bench, options.batches.empty() || options.fit_batch ? 1 : options.batches.front(), 16, mode, warm);
   std::vector<DecodeBenchRow> rows;
@@ -274,8 +292,9 @@ std::string decode_table_header(const DecodeBenchOptions& options, int name_widt
       << (options.context == "synthetic"   ? "a synthetic context of P tokens (no prefill)"
           : options.prefill_repeats > 1 ? "prefill P (the median of " + std::to_string(options.prefill_repeats) + " runs)"
                                         : std::string("prefill P"))
-      << ", then " << options.new_tokens << " steps (" << options.warmup
-      << " warm-up steps untimed, 2 with a graph); floor = (weights + B x cache traffic) / " << options.hbm_gbps
+      << ", then " << options.new_tokens << " steps (" << warmup_steps(options, false) << " warm-up steps untimed, "
+      << warmup_steps(options, true) << " with a graph" << (options.profile_step ? ", the last one profiled" : "")
+      << "); floor = (weights + B x cache traffic) / " << options.hbm_gbps
       << " GB/s; x dec, x cache: vs the first model in the same mode; x " << first_mode << ": vs the same model "
       << first_mode;
   if (options.fit_batch) {

@@ -42,6 +42,10 @@ struct DecodeBenchOptions {
   // decode step, without the prefill's cost.
   std::string context = "prefill";
   uint64_t seed = 0;
+  // The last warm-up step runs inside a profiler range (util/device_timing.h's run_in_profiler_range;
+  // at least two warm-up steps then, three with a graph, so the profiled step is a replay): `ncu
+  // --profile-from-start off --graph-profiling node` sees the kernels of exactly one step per point.
+  bool profile_step = false;
 };
 
 // A model ready to bench plus what a decode step reads of its weights: every tensor once, except
@@ -80,6 +84,10 @@ struct DecodeBenchRow {
   double step_seconds() const { return new_tokens > 0 ? decode_seconds / new_tokens : 0; }
   double floor_fraction() const { return step_seconds() > 0 ? floor_step_seconds / step_seconds() : 0; }
 };
+
+// The decode steps a point runs after its context: the warm-up (at least two where it runs a CUDA
+// graph: one eager step, then the capture; more with profile_step) and the timed steps.
+int64_t decode_steps(const DecodeBenchOptions& options, bool graph);
 
 // One (B, P, mode) point; a CUDA out-of-memory becomes row.error instead of an exception.
 DecodeBenchRow run_decode_point(BenchModel& bench, int64_t batch, int64_t prompt, const std::string& mode,

@@ -58,8 +58,7 @@ BatchFit fit_decode_batch(BenchModel& bench, int64_t prompt, const DecodeBenchOp
   fit.budget_bytes = budget_bytes(model.device(), options.memory_gib);
   fit.weight_bytes = held_bytes(bench);
   fit.reserve_bytes = static_cast<int64_t>(0.08 * static_cast<double>(fit.budget_bytes));
-  // A graph run's warm-up is at least two steps (run_decode_point).
-  const int64_t total = prompt + std::max<int64_t>(options.warmup, 2) + options.new_tokens;
+  const int64_t total = prompt + decode_steps(options, /*graph=*/true);  // the most a point's cache holds
   {
     at::NoGradGuard no_grad;
     model::ModelCache probe = model.make_cache(1, total);
