@@ -21,11 +21,12 @@
 # the same rounds), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
 # environment setting, on the build EXTRA_TESTS_BUILD names: tree unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
 # the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
-# `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), DECODE_MODELS (prime-bench decode
-# --model specs, space-separated: their graphed decode step timed on a synthetic context, DECODE_ARGS the
-# shape, default `--batch 64 --prompt 4096`) and DECODE_NCU (set: each of those models' one profiled step
-# under ncu, summed by kernel), each step while DEADLINE_S (default 400) allows. Results under $OUT,
-# all.tgz among them.
+# `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
+# 400) allows; before EXTRA_TESTS, DECODE_MODELS (prime-bench decode --model specs, space-separated: their
+# graphed decode step timed on a synthetic context, DECODE_ARGS the shape, default `--batch 64 --prompt
+# 4096`; DECODE_SETTINGS, VARIABLE=VALUE settings timed too, alternating over DECODE_ROUNDS rounds) and
+# DECODE_NCU (set: each of those models' one profiled step under ncu, summed by kernel; DECODE_NCU_DETAIL:
+# more ncu arguments for a closer look at the first model's step). Results under $OUT, all.tgz among them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -69,6 +70,40 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       grep -E '^(GDN|GKA|M2) +\(' "$OUT/bench_${name}_$round.txt" | head -1
   done
 done
+if [ -n "${DECODE_MODELS:-}" ]; then
+  model_args=()
+  for model in $DECODE_MODELS; do model_args+=(--model "$model"); done
+  # shellcheck disable=SC2206  # DECODE_ARGS is a list of arguments
+  decode_args=(--device cuda --dtype bf16 --context synthetic --mode graph ${DECODE_ARGS:---batch 64 --prompt 4096})
+  # DECODE_SETTINGS: space-separated VARIABLE=VALUE, each timed too (the tree's build under it), in the same rounds.
+  for round in $(seq 1 "${DECODE_ROUNDS:-1}"); do
+    for setting in default ${DECODE_SETTINGS:-}; do
+      name=decode_${round}_${setting%%=*} environment=()
+      [ "$setting" != default ] && environment=("$setting")
+      run 150 "$name" $(with tree env "${environment[@]}" "$pb/tree/prime-bench") decode "${model_args[@]}" \
+          "${decode_args[@]}" && grep -E "^synthetic" "$OUT/$name.txt" | tail -n "$(echo $DECODE_MODELS | wc -w)"
+    done
+  done
+  if [ -n "${DECODE_NCU_DETAIL:-}" ]; then  # more ncu arguments, on the first model's profiled step
+    # shellcheck disable=SC2086  # DECODE_NCU_DETAIL is a list of arguments
+    run 90 ncu_decode_detail $(with tree ncu) --profile-from-start off --graph-profiling node $DECODE_NCU_DETAIL \
+        "$pb/tree/prime-bench" decode --model "${DECODE_MODELS%% *}" "${decode_args[@]}" --new-tokens 1 \
+        --profile-step &&
+      grep -E "^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Registers|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Block Limit" \
+        "$OUT/ncu_decode_detail.txt" | head -60
+  fi
+  if [ -n "${DECODE_NCU:-}" ]; then
+    index=0
+    for model in $DECODE_MODELS; do
+      index=$(( index + 1 ))
+      run 60 "ncu_decode_$index" $(with tree ncu) --profile-from-start off --graph-profiling node \
+          --metrics gpu__time_duration.sum "$pb/tree/prime-bench" decode --model "$model" "${decode_args[@]}" \
+          --new-tokens 1 --profile-step &&
+        python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu_decode_$index.txt" "$model" |
+          tee "$OUT/ncu_decode_${index}_summary.txt" | head -16
+    done
+  fi
+fi
 if [ -n "${EXTRA_TESTS:-}" ]; then
   run 60 extra_tests $(with "${EXTRA_TESTS_BUILD:-tree}") ${EXTRA_TESTS_ENV:-} "$pb/tree/prime_tests" "$EXTRA_TESTS"
   grep -E "passed|failed|vs float64:" "$OUT/extra_tests.txt" | tail -4
@@ -90,24 +125,5 @@ if [ -n "${NCU_DETAIL:-}" ]; then
       "$pb/tree/prime-bench" kernels --device cuda ${BENCH:---types GDN --dtype bf16} --profile &&
     grep -E "^  [a-z_]+.*\(|Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued" \
       "$OUT/ncu_detail.txt" | head -40
-fi
-if [ -n "${DECODE_MODELS:-}" ]; then
-  model_args=()
-  for model in $DECODE_MODELS; do model_args+=(--model "$model"); done
-  # shellcheck disable=SC2206  # DECODE_ARGS is a list of arguments
-  decode_args=(--device cuda --dtype bf16 --context synthetic --mode graph ${DECODE_ARGS:---batch 64 --prompt 4096})
-  run 150 decode $(with tree "$pb/tree/prime-bench") decode "${model_args[@]}" "${decode_args[@]}" &&
-    grep -E "^synthetic" "$OUT/decode.txt"
-  if [ -n "${DECODE_NCU:-}" ]; then
-    index=0
-    for model in $DECODE_MODELS; do
-      index=$(( index + 1 ))
-      run 60 "ncu_decode_$index" $(with tree ncu) --profile-from-start off --graph-profiling node \
-          --metrics gpu__time_duration.sum "$pb/tree/prime-bench" decode --model "$model" "${decode_args[@]}" \
-          --new-tokens 1 --profile-step &&
-        python3 experiments/gpu/ncu_kernel_summary.py "$OUT/ncu_decode_$index.txt" "$model" |
-          tee "$OUT/ncu_decode_${index}_summary.txt" | head -16
-    done
-  fi
 fi
 echo "total: $(( $(date +%s) - start )) s"
