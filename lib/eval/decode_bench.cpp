@@ -85,10 +85,6 @@ void check_modes(const std::vector<std::string>& modes) {
       throw user_error("unknown decode mode '", mode, "' (eager, static, graph)");
 }
 
-}  // namespace
-
-namespace {
-
 // Untimed steps before the timed ones: a graph's first two are an eager step and the capture; with
 // profile_step the last two run through run_in_profiler_range, so the profiled one is a replay.
 int64_t warmup_steps(const DecodeBenchOptions& options, bool graph) {
