@@ -182,12 +182,12 @@ void run_kernels(SsmOptions& options) {
   std::cout << "\ndecode step of a layer (kernels/ssm_decode, kernels/attention_decode; ATTN: bf16 cache), TB/s = traffic "
                "floor / time; copy: a device-to-device copy of the state's size, same run; % of " << std::fixed
             << std::setprecision(1) << step.hbm_tbps << " TB/s\n"
-            << std::left << std::setw(6) << "type" << std::setw(24) << "shape" << std::right << std::setw(10) << "MB"
+            << std::left << std::setw(6) << "type" << std::setw(28) << "shape" << std::right << std::setw(10) << "MB"
             << std::setw(11) << "ours ms" << std::setw(8) << "TB/s" << std::setw(8) << "% HBM" << std::setw(11)
             << "torch ms" << std::setw(8) << "TB/s" << std::setw(8) << "ratio" << std::setw(11) << "copy TB/s"
             << std::setw(8) << "% copy\n";
   for (const auto& row : prime::eval::run_decode_step_bench(step, device)) {
-    std::cout << std::left << std::setw(6) << row.type << std::setw(24) << row.shape << std::right << std::fixed
+    std::cout << std::left << std::setw(6) << row.type << std::setw(28) << row.shape << std::right << std::fixed
               << std::setprecision(1) << std::setw(10) << row.floor_bytes / 1e6 << std::setprecision(4)
               << std::setw(11) << row.kernel_ms << std::setprecision(2) << std::setw(8) << row.kernel_tbps
               << std::setprecision(1) << std::setw(7) << 100 * row.kernel_fraction_of_hbm << "%"

@@ -9,10 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/decode_bench.h"
+#include "eval/decode_step_bench.h"
 #include "eval/packed_documents_bench.h"
 #include "io/source.h"
 #include "io/synthetic.h"
 #include "test_data_util.h"
+#include "test_helpers.h"
 #include "util/error.h"
 
 using namespace prime;
@@ -207,6 +209,37 @@ TEST_CASE("packed-documents bench: each SSM type's converted layer, packed and b
   }
   options.type = "SWA";
   CHECK_THROWS_WITH(eval::run_packed_documents_bench(options, at::kCPU), Contains("unknown SSM type 'SWA'"));
+}
+
+TEST_CASE("decode step bench: needs a CUDA device", "[bench]") {
+  CHECK_THROWS_AS(eval::run_decode_step_bench({}, at::kCPU), UserError);
+}
+
+TEST_CASE("decode step bench: GKA's step with its solve in float64 and fp32 and without it", "[bench][gpu]") {
+  if (!test::gpu_available_or_fail()) return;
+  eval::DecodeStepBenchOptions options;
+  options.batches = {3};
+  options.attention_points = {};
+  options.warmup = 1, options.repeats = 1, options.steps_per_repeat = 2;
+  std::vector<eval::DecodeStepBenchRow> gka;
+  for (const auto& row : eval::run_decode_step_bench(options, at::Device(at::kCUDA)))
+    if (row.type == "GKA") gka.push_back(row);
+  REQUIRE(gka.size() == 3);
+  CHECK(gka[0].shape == "B=3 H=32 128x128 N=30 f64");
+  CHECK(gka[1].shape == "B=3 H=32 128x128 N=30 f32");
+  CHECK(gka[2].shape == "B=3 H=32 128x128 N=0");
+  // Both fp32 states read and written (S alone without the solve), q, k, v and the three gates (S's decay alone
+  // without the solve) read in the solve dtype and o written in fp32, for each of the B H = 96 heads of D = 128.
+  const double state = 4.0 * 3 * 32 * 128 * 128, heads = 3 * 32, D = 128;
+  CHECK(gka[0].floor_bytes == 4 * state + heads * (8 * (3 * D + 3) + 4 * D));
+  CHECK(gka[1].floor_bytes == 4 * state + heads * (4 * (3 * D + 3) + 4 * D));
+  CHECK(gka[2].floor_bytes == 2 * state + heads * (4 * (3 * D + 1) + 4 * D));
+  for (const auto& row : gka) {
+    INFO(row.shape);
+    CHECK(row.kernel_ms > 0);
+    CHECK(row.torch_ms > 0);
+    CHECK(row.copy_tbps > 0);
+  }
 }
 
 TEST_CASE("prime-bench decode: several models side by side, bad input exits 1", "[bench][cli]") {

@@ -155,6 +155,87 @@ TEST_CASE("GKA decode kernel: steps equal float64 in both solve dtypes, the stat
                                         on_cuda(in.v, at::kDouble), {}, {}, {}, big, big, {}));
 }
 
+TEST_CASE("GKA decode kernel: the streamed walk over heads gives the per-head kernel's bits",
+          "[kernels][gpu][decode]") {
+  if (!test::gpu_available_or_fail()) return;
+  REQUIRE(kernels::built_with_cuda_kernels());
+  const test::PoisonOutputs poison;
+  at::NoGradGuard no_grad;
+  at::manual_seed(29);
+  // 320 heads: more than a block per multiprocessor on any current GPU, so blocks walk several heads;
+  // D = 128 and 64 (what the streamed kernel serves); no solve; no alpha and no decays. Three steps in a row.
+  const std::vector<Case> cases = {{10, 32, 128, 30, true, true}, {5, 64, 64, 30, true, true},
+                                   {10, 32, 128, 0, true, true},  {5, 64, 64, 30, false, false}};
+  const double r = 0.02;
+  for (const Case& c : cases) {
+    for (const at::ScalarType solve : {at::kDouble, at::kFloat}) {
+      INFO(c.name() + (solve == at::kDouble ? " float64 solve" : " fp32 solve"));
+      at::Tensor H = at::zeros({c.B, c.H, c.D, c.D}, at::kDouble), S = at::zeros_like(H);
+      for (int t = 0; t < 6; ++t)
+        reference_step(random_token(c.B, c.H, c.D, c.alpha, c.decays), H, S, c.num_iter, r, 0.1);
+      const at::Tensor kk0 = c.num_iter > 0 ? on_cuda(H, at::kFloat) : at::Tensor(), kv0 = on_cuda(S, at::kFloat);
+      at::Tensor kk[2], kv[2];
+      for (int way = 0; way < 2; ++way) kk[way] = kk0.defined() ? kk0.clone() : kk0, kv[way] = kv0.clone();
+      const kernels::GkaDecodeOptions options{r, c.num_iter, 0.1};
+      for (int t = 0; t < 3; ++t) {
+        const GkaToken in = random_token(c.B, c.H, c.D, c.alpha, c.decays);
+        const at::Tensor q = on_cuda(in.q, solve), k = on_cuda(in.k, solve), v = on_cuda(in.v, solve),
+                         alpha = on_cuda(in.alpha, solve), decay_kk = on_cuda(in.decay_kk, solve),
+                         decay_kv = on_cuda(in.decay_kv, solve);
+        at::Tensor o[2];
+        for (int way = 0; way < 2; ++way) {
+          const test::ScopedEnv streamed("PRIME_GKA_DECODE_STREAMED", way == 0 ? "1" : "0");
+          REQUIRE(kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk[way], kv[way], options));
+          o[way] = kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, kk[way], kv[way], options);
+        }
+        CHECK(at::equal(o[0], o[1]));  // the same operations in the same order (gka_decode_streamed_kernels.cu)
+      }
+      CHECK(at::equal(kv[0], kv[1]));
+      if (c.num_iter > 0) CHECK(at::equal(kk[0], kk[1]));
+    }
+  }
+}
+
+// Small enough for compute-sanitizer's memcheck and racecheck, big enough (160 heads) that blocks walk two heads.
+TEST_CASE("GKA decode kernel: one streamed step over 160 heads at D 128 and 64", "[kernels][gpu][decode]") {
+  if (!test::gpu_available_or_fail()) return;
+  at::NoGradGuard no_grad;
+  at::manual_seed(31);
+  for (const int64_t D : {128, 64}) {
+    INFO("D = " << D);
+    at::Tensor H = at::zeros({5, 32, D, D}, at::kDouble), S = at::zeros_like(H);
+    for (int t = 0; t < 3; ++t) reference_step(random_token(5, 32, D, true, true), H, S, 30, 0.02, 0.1);
+    at::Tensor kk = on_cuda(H, at::kFloat), kv = on_cuda(S, at::kFloat);
+    const GkaToken in = random_token(5, 32, D, true, true);
+    const at::Tensor got = kernels::gka_decode_step(on_cuda(in.q, at::kDouble), on_cuda(in.k, at::kDouble),
+                                                    on_cuda(in.v, at::kDouble), on_cuda(in.alpha, at::kDouble),
+                                                    on_cuda(in.decay_kk, at::kDouble),
+                                                    on_cuda(in.decay_kv, at::kDouble), kk, kv, {0.02, 30, 0.1});
+    const at::Tensor want = reference_step(in, H, S, 30, 0.02, 0.1);
+    CHECK(test::relative_error(got, want) <= 1e-6);
+    CHECK(test::relative_error(kk, H) <= 1e-6);
+    CHECK(test::relative_error(kv, S) <= 1e-6);
+  }
+}
+
+TEST_CASE("GKA decode kernel: PRIME_GKA_DECODE_STREAMED is read where the streamed kernel serves",
+          "[kernels][gpu][decode]") {
+  if (!test::gpu_available_or_fail()) return;
+  at::NoGradGuard no_grad;
+  const test::ScopedEnv bad("PRIME_GKA_DECODE_STREAMED", "2");
+  for (const int64_t D : {128, 64, 37}) {
+    INFO("D = " << D);
+    const GkaToken in = random_token(2, 3, D, true, true);
+    at::Tensor kk = on_cuda(at::zeros({2, 3, D, D}, at::kDouble), at::kFloat), kv = kk.clone();
+    const auto step = [&] {
+      kernels::gka_decode_step(on_cuda(in.q, at::kDouble), on_cuda(in.k, at::kDouble), on_cuda(in.v, at::kDouble),
+                               {}, {}, {}, kk, kv, {});
+    };
+    if (D == 37) CHECK_NOTHROW(step());
+    else CHECK_THROWS_WITH(step(), Catch::Matchers::Contains("PRIME_GKA_DECODE_STREAMED"));
+  }
+}
+
 TEST_CASE("GKA decode kernel: the mixer's step equals float64 and its torch step, graphed too",
           "[kernels][gpu][decode]") {
   if (!test::gpu_available_or_fail()) return;

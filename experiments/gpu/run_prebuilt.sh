@@ -26,7 +26,9 @@
 # graphed decode step timed on a synthetic context, DECODE_ARGS the shape, default `--batch 64 --prompt
 # 4096`; DECODE_SETTINGS, VARIABLE=VALUE settings timed too, alternating over DECODE_ROUNDS rounds) and
 # DECODE_NCU (set: each of those models' one profiled step under ncu, summed by kernel; DECODE_NCU_DETAIL:
-# more ncu arguments for a closer look at the first model's step). Results under $OUT, all.tgz among them.
+# more ncu arguments for a closer look at the first model's step; DECODE_STALLS, "REGEX [MODEL]": one launch of
+# that kernel in the first model's step, or MODEL's, its sections and its stall samples by SASS line, digested by
+# ncu_source_summary.py). Results under $OUT, all.tgz among them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -91,6 +93,24 @@ if [ -n "${DECODE_MODELS:-}" ]; then
         --profile-step &&
       grep -E "^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Registers|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Block Limit" \
         "$OUT/ncu_decode_detail.txt" | head -60
+  fi
+  if [ -n "${DECODE_STALLS:-}" ]; then  # "REGEX [MODEL]": one launch of a kernel in a model's profiled step
+    read -r regex model <<< "$DECODE_STALLS"
+    model=${model:-${DECODE_MODELS%% *}}
+    run 120 ncu_stalls_run $(with tree ncu) --profile-from-start off --graph-profiling node --kernel-name "regex:$regex" \
+        --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+        --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters -f \
+        --export "$OUT/ncu_stalls" "$pb/tree/prime-bench" decode --model "$model" "${decode_args[@]}" --new-tokens 1 \
+        --profile-step
+    if [ -f "$OUT/ncu_stalls.ncu-rep" ]; then
+      ncu --import "$OUT/ncu_stalls.ncu-rep" --page details > "$OUT/ncu_stalls.txt" 2>&1
+      grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Registers|Warp Cycles Per Issued|Issue Slots Busy|No Eligible" \
+        "$OUT/ncu_stalls.txt" | head -12
+      ncu --import "$OUT/ncu_stalls.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_stalls_source.csv" 2>&1 &&
+        python3 experiments/gpu/ncu_source_summary.py "$OUT/ncu_stalls_source.csv" > "$OUT/ncu_stalls_source.txt" 2>&1
+      head -30 "$OUT/ncu_stalls_source.txt"
+      rm -f "$OUT/ncu_stalls.ncu-rep" "$OUT/ncu_stalls_source.csv"
+    fi
   fi
   if [ -n "${DECODE_NCU:-}" ]; then
     index=0

@@ -29,67 +29,21 @@
 #include "kernels/common/cuda_check.cuh"
 #include "kernels/common/pdl.cuh"
 #include "kernels/common/prefetch.cuh"
+#include "kernels/common/switches.h"
 #include "kernels/ssm_decode/decode_inputs.cuh"
+#include "kernels/ssm_decode/gka_decode_step.cuh"
+#include "kernels/ssm_decode/gka_decode_streamed.h"
 #include "kernels/ssm_decode/ssm_decode_launch.h"
 
 namespace prime::kernels::detail {
 
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = kGkaThreads;
 constexpr int kMaxDim = 128;
 // Floats of a state a thread loads before it uses any: the state is read and written in place, so
 // a load the compiler must keep after the previous row's store would wait on its own round trip.
 constexpr int kFloatsInFlight = 16;
-
-template <typename S>
-struct GkaStep {
-  const S* q;         // [B, H, D]
-  const S* k;         // [B, H, D]
-  const S* v;         // [B, H, D]
-  const S* alpha;     // [B, H] or null (alpha = 1)
-  const S* decay_kk;  // [B, H] log decay of H, or null
-  const S* decay_kv;  // [B, H] log decay of S, or null
-  float* kk;          // [B, H, D, D] or null (num_iter == 0)
-  float* kv;          // [B, H, D, D]
-  float* o;           // [B, H, D]
-  int dim, num_iter;
-  double ridge, scale;
-};
-
-// The sum of one value per thread over the block (every thread gets it). `scratch` holds
-// kThreads / 32 values; the caller's next use of it must follow a barrier.
-template <typename S>
-__device__ __forceinline__ S block_sum(S value, S* scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = value;
-  __syncthreads();
-  S total = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) total += scratch[w];
-  return total;
-}
-
-// kC consecutive values at p (aligned to kC of them): one load or store.
-template <int kC, typename T>
-__device__ __forceinline__ void load_values(const T* p, T (&out)[kC]) {
-  if constexpr (kC == 2 && sizeof(T) == 8) {
-    const double2 pair = *reinterpret_cast<const double2*>(p);
-    out[0] = pair.x, out[1] = pair.y;
-  } else if constexpr (kC == 2) {
-    const float2 pair = *reinterpret_cast<const float2*>(p);
-    out[0] = pair.x, out[1] = pair.y;
-  } else {
-    out[0] = *p;
-  }
-}
-
-template <int kC>
-__device__ __forceinline__ void store_floats(float* p, const float (&values)[kC]) {
-  if constexpr (kC == 2) *reinterpret_cast<float2*>(p) = make_float2(values[0], values[1]);
-  else *p = values[0];
-}
 
 // Rows a thread owns: at most kMaxRows<kC> (D <= 128: ceil(D / (512 kC / D)) <= 32 / kC).
 template <int kC>
@@ -169,17 +123,12 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
         return static_cast<float>(value);
       });
     }
-    const S frob = sqrt(max(block_sum(squares, scratch), S(1e-30)));
-    const S lambda = frob * static_cast<S>(p.ridge);
-    const S eta = S(2) / (S(2) * lambda + frob);
-    const S spread = S(1) / (S(2) * (S(2) * static_cast<S>(p.ridge) + S(1)));
-    const S contraction = spread * spread;
-    const S one_minus_eta_lambda = S(1) - eta * lambda;
-    if (tid < D) x[tid] = eta * q[tid];
+    const GkaSolveScalars<S> solve(gka_block_sum(squares, scratch), p.ridge);
+    if (tid < D) x[tid] = solve.eta * q[tid];
     __syncthreads();
     S omega = 2;
     for (int iteration = 0; iteration < p.num_iter; ++iteration) {
-      omega = S(1) / (S(1) - contraction * omega);
+      omega = S(1) / (S(1) - solve.contraction * omega);
       if (active) {  // this group's part of (H x)_c for its columns (zero without rows), kChains chains
         S sums[kChains][kC] = {};
 #pragma unroll
@@ -197,11 +146,9 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
       if (tid < D) {
         S hx = 0;
         for (int gi = 0; gi < groups; ++gi) hx += partial[gi * D + tid];
-        const S eta_q = eta * q[tid];
-        const S base = iteration == 0 ? eta_q * omega : x_prev[tid] + omega * (eta_q - x_prev[tid]);
-        const S current = x[tid];
+        const S current = x[tid], previous = x_prev[tid];
         x_prev[tid] = current;
-        x[tid] = base + (one_minus_eta_lambda * omega) * current - (eta * omega) * hx;
+        x[tid] = solve.next(iteration, omega, solve.eta * q[tid], previous, current, hx);
       }
       __syncthreads();
     }
@@ -256,6 +203,21 @@ void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
   launch_kernel("gka_decode_kernel", gka_decode_kernel<S, kC>, heads, kThreads, bytes, stream, p);
 }
 
+// Whether the streamed kernel (gka_decode_streamed.h) takes this step: D = 64 or 128, the states 16-byte aligned
+// (its copies move 16 bytes), its shared memory within the device's, and PRIME_GKA_DECODE_STREAMED not "0".
+template <typename S>
+bool streamed(const GkaStep<S>& p, int device) {
+  const size_t bytes = gka_decode_streamed_shared_bytes(p.dim, sizeof(S) == 8);
+  const auto aligned = [](const float* state) {
+    return state == nullptr || reinterpret_cast<uintptr_t>(state) % 16 == 0;
+  };
+  return bytes > 0 && aligned(p.kk) && aligned(p.kv) &&
+         bytes <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin &&
+         environment_switch<bool>("PRIME_GKA_DECODE_STREAMED",
+                                  {{"1", true, "a CTA per multiprocessor walking heads (D = 64, 128)"},
+                                   {"0", false, "a CTA per head"}});
+}
+
 template <typename S>
 void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& alpha,
                   const at::Tensor& decay_kk, const at::Tensor& decay_kv, const at::Tensor& kk_state,
@@ -277,6 +239,10 @@ void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   p.scale = options.output_scale;
   const auto heads = static_cast<unsigned>(kv_state.size(0) * kv_state.size(1));
   const auto stream = at::cuda::getCurrentCUDAStream();
+  if (streamed(p, kv_state.get_device())) {
+    launch_gka_decode_streamed<S>(p, static_cast<int>(heads), stream);
+    return;
+  }
   if (D % 2 == 0) launch_columns<S, 2>(p, heads, stream);
   else launch_columns<S, 1>(p, heads, stream);
 }

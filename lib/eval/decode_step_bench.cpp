@@ -11,6 +11,7 @@
 #include "kernels/common/policy.h"
 #include "kernels/ssm_decode/ssm_decode.h"
 #include "model/gdn.h"
+#include "model/gka_core.h"
 #include "model/kv_cache.h"
 #include "model/mamba2.h"
 #include "util/device_timing.h"
@@ -59,6 +60,55 @@ std::string shape_text(int64_t B, int64_t H, int64_t rows, int64_t columns) {
          std::to_string(columns);
 }
 
+// GKA's step at batch B, solving in `solve` with num_iter iterations (0: S alone), as GkaMixer::step runs it:
+// the kernel where it serves, else the torch step on the states cast to the solve dtype and stored back.
+DecodeStepBenchRow gka_row(int64_t B, at::ScalarType solve, int num_iter, const DecodeStepBenchOptions& options,
+                           const at::Device& device) {
+  const int64_t H = options.gka_heads, D = options.gka_head_dim;
+  const auto fp32 = at::TensorOptions().device(device).dtype(at::kFloat);
+  const auto typed = fp32.dtype(solve);
+  const auto unit_rows = [&](const at::Tensor& t) { return t / t.norm(2, -1, true); };
+  const at::Tensor q = unit_rows(at::randn({B, H, D}, typed)), k = unit_rows(at::randn({B, H, D}, typed));
+  const at::Tensor v = at::randn({B, H, D}, typed), alpha = at::rand({B, H}, typed);
+  const at::Tensor decay_kk = -at::rand({B, H}, typed) * 0.1, decay_kv = -at::rand({B, H}, typed) * 0.1;
+  // States as a cache holds them some tokens in: H a sum of decayed k k^T (PSD), S random.
+  const at::Tensor keys = unit_rows(at::randn({B, H, 8, D}, fp32));
+  at::Tensor kk = num_iter > 0 ? at::matmul(keys.transpose(-1, -2), keys).contiguous() : at::Tensor();
+  at::Tensor kv = at::randn({B, H, D, D}, fp32) * 0.1;
+  const kernels::GkaDecodeOptions kernel_options{options.gka_ridge, num_iter, 1.0 / std::sqrt(static_cast<double>(D))};
+  PRIME_CHECK(kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk, kv, kernel_options),
+              "decode step benchmark: the GKA kernel does not serve ", kv.sizes());
+  model::GkaMixer::Prepared prepared;
+  prepared.q = q.unsqueeze(1), prepared.k = k.unsqueeze(1), prepared.v = v.unsqueeze(1);
+  prepared.alpha = alpha.unsqueeze(1);
+  prepared.log_decay_kk = decay_kk.unsqueeze(1), prepared.log_decay_kv = decay_kv.unsqueeze(1);
+  model::gka_detail::SolveOptions torch_options;
+  torch_options.ridge_strength = kernel_options.ridge_strength;
+  torch_options.num_iter = num_iter;
+  torch_options.output_scale = kernel_options.output_scale;
+  const auto step = [&] {
+    if (kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk, kv, kernel_options)) {
+      kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, kk, kv, kernel_options);
+      return;
+    }
+    at::Tensor kk_solve = kk.defined() ? kk.to(solve) : kk, kv_solve = kv.to(solve);
+    model::gka_detail::recurrent_step(prepared, 0, kk_solve, kv_solve, torch_options);
+    if (kk.defined()) kk.copy_(kk_solve);
+    kv.copy_(kv_solve);
+  };
+  // Floor: each state read and written (fp32); q, k, v, alpha and the two decays read in the solve dtype (without
+  // the solve neither alpha nor H's decay), o written (fp32).
+  const double states = num_iter > 0 ? 2.0 : 1.0, gates = num_iter > 0 ? 3.0 : 1.0;
+  const double element = static_cast<double>(at::elementSize(solve));
+  const double vectors = static_cast<double>(B * H) * (element * (3.0 * static_cast<double>(D) + gates) + 4.0 * D);
+  const double bytes = states * 8.0 * static_cast<double>(B * H * D * D) + vectors;
+  const std::string how =
+      num_iter == 0 ? "N=0" : "N=" + std::to_string(num_iter) + (solve == at::kDouble ? " f64" : " f32");
+  DecodeStepBenchRow row = measure("GKA", shape_text(B, H, D, D) + " " + how, bytes, step, options, device);
+  set_copy_reference(row, static_cast<int64_t>(states) * B * H * D * D, options, device);
+  return row;
+}
+
 }  // namespace
 
 std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptions& options,
@@ -98,6 +148,11 @@ std::vector<DecodeStepBenchRow> run_decode_step_bench(const DecodeStepBenchOptio
     rows.push_back(measure("M2", shape_text(B, H, P, N), m2_bytes,
                            [&] { model::ssd_step_in_place(x, delta, A, Bm, Cm, state); }, options, device));
     set_copy_reference(rows.back(), state.numel(), options, device);
+  }
+  for (const int64_t B : options.batches) {
+    rows.push_back(gka_row(B, at::kDouble, options.gka_num_iter, options, device));
+    rows.push_back(gka_row(B, at::kFloat, options.gka_num_iter, options, device));
+    rows.push_back(gka_row(B, at::kFloat, 0, options, device));
   }
   const auto bf16 = fp32.dtype(at::kBFloat16);
   for (const auto& [B, S] : options.attention_points) {

@@ -1,0 +1,24 @@
+// GKA's decode step with a CTA per multiprocessor taking head after head, the next head's states copied
+// into shared memory while it solves (gka_decode_streamed_kernels.cu). launch_gka_decode
+// (gka_decode_kernels.cu) takes it at D = 64 and 128 where the device gives a block its shared memory and
+// PRIME_GKA_DECODE_STREAMED is not "0"; elsewhere it launches the per-head kernel. CUDA builds only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/ssm_decode/gka_decode_step.cuh"
+
+namespace prime::kernels::detail {
+
+// Shared memory the streamed kernel takes at head dim `dim` (0: a dim it does not serve, all but 64 and
+// 128): the next head's two fp32 states, the partial sums and the vectors.
+size_t gka_decode_streamed_shared_bytes(int64_t dim, bool float64_solve);
+
+// p as the per-head kernel takes it (dim 64 or 128, the states' pointers 16-byte aligned), `heads` = B H.
+template <typename S>
+void launch_gka_decode_streamed(const GkaStep<S>& p, int heads, cudaStream_t stream);
+
+}  // namespace prime::kernels::detail
