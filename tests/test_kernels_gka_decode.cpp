@@ -233,6 +233,10 @@ TEST_CASE("GKA decode kernel: PRIME_GKA_DECODE_STREAMED is read where the stream
     };
     if (D == 37) CHECK_NOTHROW(step());
     else CHECK_THROWS_WITH(step(), Catch::Matchers::Contains("PRIME_GKA_DECODE_STREAMED"));
+    // Past the streamed kernel's table of weights (256 iterations) the per-head kernel solves.
+    const kernels::GkaDecodeOptions long_solve{0.02, 300, 1.0};
+    CHECK_NOTHROW(kernels::gka_decode_step(on_cuda(in.q, at::kDouble), on_cuda(in.k, at::kDouble),
+                                           on_cuda(in.v, at::kDouble), {}, {}, {}, kk, kv, long_solve));
   }
 }
 

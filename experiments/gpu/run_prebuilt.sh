@@ -24,7 +24,8 @@
 # `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
 # 400) allows; before EXTRA_TESTS, DECODE_MODELS (prime-bench decode --model specs, space-separated: their
 # graphed decode step timed on a synthetic context, DECODE_ARGS the shape, default `--batch 64 --prompt
-# 4096`; DECODE_SETTINGS, VARIABLE=VALUE settings timed too, alternating over DECODE_ROUNDS rounds) and
+# 4096`; DECODE_SETTINGS, VARIABLE=VALUE settings, or build:NAME for another packed build, timed too, alternating
+# over DECODE_ROUNDS rounds) and
 # DECODE_NCU (set: each of those models' one profiled step under ncu, summed by kernel; DECODE_NCU_DETAIL:
 # more ncu arguments for a closer look at the first model's step; DECODE_STALLS, "REGEX [MODEL]": one launch of
 # that kernel in the first model's step, or MODEL's, its sections and its stall samples by SASS line, digested by
@@ -80,9 +81,10 @@ if [ -n "${DECODE_MODELS:-}" ]; then
   # DECODE_SETTINGS: space-separated VARIABLE=VALUE, each timed too (the tree's build under it), in the same rounds.
   for round in $(seq 1 "${DECODE_ROUNDS:-1}"); do
     for setting in default ${DECODE_SETTINGS:-}; do
-      name=decode_${round}_${setting%%=*} environment=()
-      [ "$setting" != default ] && environment=("$setting")
-      run 150 "$name" $(with tree env "${environment[@]}" "$pb/tree/prime-bench") decode "${model_args[@]}" \
+      name=decode_${round}_${setting%%=*} environment=() build=tree
+      if [[ $setting == build:* ]]; then build=${setting#build:} name=decode_${round}_$build
+      elif [ "$setting" != default ]; then environment=("$setting"); fi
+      run 150 "$name" $(with "$build" env "${environment[@]}" "$pb/tree/prime-bench") decode "${model_args[@]}" \
           "${decode_args[@]}" && grep -E "^synthetic" "$OUT/$name.txt" | tail -n "$(echo $DECODE_MODELS | wc -w)"
     done
   done

@@ -203,15 +203,16 @@ void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
   launch_kernel("gka_decode_kernel", gka_decode_kernel<S, kC>, heads, kThreads, bytes, stream, p);
 }
 
-// Whether the streamed kernel (gka_decode_streamed.h) takes this step: D = 64 or 128, the states 16-byte aligned
-// (its copies move 16 bytes), its shared memory within the device's, and PRIME_GKA_DECODE_STREAMED not "0".
+// Whether the streamed kernel (gka_decode_streamed.h) takes this step: D = 64 or 128, at most
+// kGkaStreamedMaxIterations iterations, the states 16-byte aligned (its copies move 16 bytes), its shared memory
+// within the device's, and PRIME_GKA_DECODE_STREAMED not "0".
 template <typename S>
 bool streamed(const GkaStep<S>& p, int device) {
   const size_t bytes = gka_decode_streamed_shared_bytes(p.dim, sizeof(S) == 8);
   const auto aligned = [](const float* state) {
     return state == nullptr || reinterpret_cast<uintptr_t>(state) % 16 == 0;
   };
-  return bytes > 0 && aligned(p.kk) && aligned(p.kv) &&
+  return bytes > 0 && p.num_iter <= kGkaStreamedMaxIterations && aligned(p.kk) && aligned(p.kv) &&
          bytes <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin &&
          environment_switch<bool>("PRIME_GKA_DECODE_STREAMED",
                                   {{"1", true, "a CTA per multiprocessor walking heads (D = 64, 128)"},

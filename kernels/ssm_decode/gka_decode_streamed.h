@@ -1,7 +1,8 @@
 // GKA's decode step with a CTA per multiprocessor taking head after head, the next head's states copied
 // into shared memory while it solves (gka_decode_streamed_kernels.cu). launch_gka_decode
-// (gka_decode_kernels.cu) takes it at D = 64 and 128 where the device gives a block its shared memory and
-// PRIME_GKA_DECODE_STREAMED is not "0"; elsewhere it launches the per-head kernel. CUDA builds only.
+// (gka_decode_kernels.cu) takes it at D = 64 and 128 with at most kGkaStreamedMaxIterations iterations where the
+// device gives a block its shared memory and PRIME_GKA_DECODE_STREAMED is not "0"; elsewhere it launches the
+// per-head kernel. CUDA builds only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,6 +13,9 @@
 #include "kernels/ssm_decode/gka_decode_step.cuh"
 
 namespace prime::kernels::detail {
+
+// Chebyshev iterations the streamed kernel serves (its table of the omega weights; more: the per-head kernel).
+constexpr int kGkaStreamedMaxIterations = 256;
 
 // Shared memory the streamed kernel takes at head dim `dim` (0: a dim it does not serve, all but 64 and
 // 128): the next head's two fp32 states, the partial sums and the vectors.

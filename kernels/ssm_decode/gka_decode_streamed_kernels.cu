@@ -7,7 +7,8 @@
 // soon as this head's H is in registers, S's as soon as this head's S has been read. The stores go
 // out from registers as before, so a head's traffic overlaps the solve of the head after it.
 // With D a compile-time constant every thread owns a full block of rows (no per-row branch) and reads
-// its rows' x in 16-byte loads.
+// its rows' x in 16-byte loads. The omega weights, the same for every head (they depend on r alone), are
+// computed once per CTA, not by every thread at every iteration (a float64 division each).
 //
 // The arithmetic is the per-head kernel's, operation for operation (the same groups of rows, the same
 // four fma chains and their sum, the groups' partial sums added in group order, the same update), so
@@ -44,6 +45,7 @@ struct Shared {
   alignas(16) S q[kD];  // q, then q~
   alignas(16) S k[kD];
   alignas(16) S x[kD];
+  S omega[kGkaStreamedMaxIterations];  // the Chebyshev weights, the same for every head (they depend on r alone)
   S scratch[kThreads / 32];
 };
 
@@ -70,6 +72,14 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
   const bool solves = p.num_iter > 0;
   constexpr int64_t kMatrix = static_cast<int64_t>(kD) * kD;
 
+  if (tid == 0 && solves) {  // omega_{i+1} = 1 / (1 - contraction omega_i) from omega = 2, as the per-head kernel
+    const GkaSolveScalars<S> scalars(S(1), p.ridge);
+    S omega = 2;
+    for (int iteration = 0; iteration < p.num_iter; ++iteration) {
+      omega = S(1) / (S(1) - scalars.contraction * omega);
+      sh.omega[iteration] = omega;
+    }
+  }
   pdl_wait();  // the states and q, k, v come from kernels before (pdl.cuh)
   pdl_launch_dependents();
   int head = static_cast<int>(blockIdx.x);
@@ -124,9 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
         sh.x[tid] = x;
       }
       __syncthreads();
-      S omega = 2;
       for (int iteration = 0; iteration < p.num_iter; ++iteration) {
-        omega = S(1) / (S(1) - solve.contraction * omega);
         S sums[kChains][2] = {};
 #pragma unroll
         for (int r0 = 0; r0 < L::kRows; r0 += 4) {
@@ -153,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
           S hx = 0;
 #pragma unroll
           for (int gi = 0; gi < L::kGroups; ++gi) hx += sh.partial[gi * kD + tid];
-          const S updated = solve.next(iteration, omega, eta_q, x_prev, x, hx);
+          const S updated = solve.next(iteration, sh.omega[iteration], eta_q, x_prev, x, hx);
           x_prev = x;
           x = updated;
           sh.x[tid] = x;
