@@ -59,6 +59,20 @@ __device__ __forceinline__ void copy_state(float* stage, const float* state) {
   }
 }
 
+// Rows [row_begin, row_begin + kRows) of columns c0 and c0 + 1 of a state: each value read from the stage,
+// replaced by update(r, i, value) for the thread's r-th row and i-th column, and stored to the cache.
+template <int kD, int kRows, typename Update>
+__device__ __forceinline__ void update_rows(const float* stage, float* state, int row_begin, int c0,
+                                            const Update& update) {
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int row = row_begin + r;
+    const float2 previous = *reinterpret_cast<const float2*>(stage + row * kD + c0);
+    const float after[2] = {update(r, 0, previous.x), update(r, 1, previous.y)};
+    store_floats<2>(state + row * kD + c0, after);
+  }
+}
+
 template <typename S, int kD>
 __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const GkaStep<S> p, int heads) {
   using L = Layout<kD>;
@@ -107,21 +121,12 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
         const S decay = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
         S k_c[2];
         load_values<2>(sh.k + c0, k_c);
-#pragma unroll
-        for (int r = 0; r < L::kRows; ++r) {
-          const int row = row_begin + r;
-          const float2 previous = *reinterpret_cast<const float2*>(sh.stage_kk + row * kD + c0);
-          const float before[2] = {previous.x, previous.y};
-          float after[2];
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            const S value = fma(decay, static_cast<S>(before[i]), sh.k[row] * k_c[i]);
-            h[r][i] = value;
-            squares = fma(value, value, squares);
-            after[i] = static_cast<float>(value);
-          }
-          store_floats<2>(p.kk + matrix + row * kD + c0, after);
-        }
+        update_rows<kD, L::kRows>(sh.stage_kk, p.kk + matrix, row_begin, c0, [&](int r, int i, float previous) {
+          const S value = fma(decay, static_cast<S>(previous), sh.k[row_begin + r] * k_c[i]);
+          h[r][i] = value;
+          squares = fma(value, value, squares);
+          return static_cast<float>(value);
+        });
       }
       const GkaSolveScalars<S> solve(gka_block_sum(squares, sh.scratch), p.ridge);
       // Every thread has read its rows of the stage (before the sum's barrier): the next H may come in.
@@ -180,20 +185,11 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
       const S decay = p.decay_kv != nullptr ? exp(p.decay_kv[bh]) : S(1);
       S v_c[2], sums[2] = {};
       v_c[0] = p.v[bh * kD + c0], v_c[1] = p.v[bh * kD + c0 + 1];
-#pragma unroll
-      for (int r = 0; r < L::kRows; ++r) {
-        const int row = row_begin + r;
-        const float2 previous = *reinterpret_cast<const float2*>(sh.stage_kv + row * kD + c0);
-        const float before[2] = {previous.x, previous.y};
-        float after[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const S s = fma(decay, static_cast<S>(before[i]), sh.k[row] * v_c[i]);
-          sums[i] = fma(sh.q[row], s, sums[i]);
-          after[i] = static_cast<float>(s);
-        }
-        store_floats<2>(p.kv + matrix + row * kD + c0, after);
-      }
+      update_rows<kD, L::kRows>(sh.stage_kv, p.kv + matrix, row_begin, c0, [&](int r, int i, float previous) {
+        const S s = fma(decay, static_cast<S>(previous), sh.k[row_begin + r] * v_c[i]);
+        sums[i] = fma(sh.q[row_begin + r], s, sums[i]);
+        return static_cast<float>(s);
+      });
 #pragma unroll
       for (int i = 0; i < 2; ++i) sh.partial[g * kD + c0 + i] = sums[i];
     }
