@@ -375,7 +375,7 @@ TEST_CASE("an interrupted prime-convert leaves nothing, a killed one is cleaned 
     REQUIRE(child >= 0);
     if (child == 0) {
       ::signal(SIGPIPE, SIG_DFL);  // as from a shell, whatever this process does with it
-      const std::string binary = std::string(PRIME_BIN_DIR) + "/prime-convert";
+      const std::string binary = prime::test::bin_dir() + "/prime-convert";
       ::freopen("/dev/null", "w", stdout);
       ::execl(binary.c_str(), "prime-convert", "--source", source.c_str(), "--layer", "GDN", "--ratio", "1:1", "--out",
               out.c_str(), "--quiet", static_cast<char*>(nullptr));

@@ -40,7 +40,7 @@ TEST_CASE("in-memory conversion equals the written checkpoint and keeps attentio
   CHECK(at::equal(same.model->forward(ids), plain.model->forward(ids)));
 
   auto out = std::filesystem::temp_directory_path() / ("prime_inmem_" + std::to_string(::getpid()));
-  const std::string command = std::string(PRIME_BIN_DIR) + "/prime-convert --source " + source +
+  const std::string command = test::bin_dir() + "/prime-convert --source " + source +
                               " --pattern 'GDN-*' --out " + out.string() + " > /dev/null 2>&1";
   REQUIRE(std::system(command.c_str()) == 0);
   auto written = model::load_model(out.string(), {});

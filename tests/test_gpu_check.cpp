@@ -96,3 +96,17 @@ TEST_CASE("no test name holds a semicolon, which ctest would split into two unma
   }
   CHECK(names > 100);
 }
+
+TEST_CASE("the CLI tests run the apps from PRIME_TEST_BIN_DIR where the GPU runner moved them", "[gpu-check]") {
+  {
+    const prime::test::ScopedEnv unset("PRIME_TEST_BIN_DIR", nullptr);
+    CHECK(prime::test::bin_dir() == PRIME_BIN_DIR);
+  }
+  {
+    const prime::test::ScopedEnv empty("PRIME_TEST_BIN_DIR", "");
+    CHECK(prime::test::bin_dir() == PRIME_BIN_DIR);
+  }
+  const prime::test::ScopedEnv moved("PRIME_TEST_BIN_DIR", "/nonexistent/prime-apps");
+  CHECK(prime::test::bin_dir() == "/nonexistent/prime-apps");
+  CHECK(prime::test::run_cli("prime-bench --help").exit_code == 127);  // nothing there: the shell cannot find it
+}

@@ -58,10 +58,17 @@ struct CliRun {
   std::string output;
 };
 
-// Runs PRIME_BIN_DIR/<command> through the shell, stdout and stderr together, as a user would.
+// Where the apps the CLI tests run are: this build's bin folder (PRIME_BIN_DIR), or PRIME_TEST_BIN_DIR where set
+// (binaries built on one machine and run on another, as the GPU runner does).
+inline std::string bin_dir() {
+  const char* moved = std::getenv("PRIME_TEST_BIN_DIR");
+  return moved != nullptr && *moved != '\0' ? moved : PRIME_BIN_DIR;
+}
+
+// Runs bin_dir()/<command> through the shell, stdout and stderr together, as a user would.
 inline CliRun run_cli(const std::string& command) {
   std::string output;
-  FILE* pipe = ::popen((std::string(PRIME_BIN_DIR) + "/" + command + " 2>&1").c_str(), "r");
+  FILE* pipe = ::popen((bin_dir() + "/" + command + " 2>&1").c_str(), "r");
   std::array<char, 4096> buffer{};
   while (size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
   const int status = ::pclose(pipe);

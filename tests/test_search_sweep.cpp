@@ -156,7 +156,7 @@ TEST_CASE("prime-search: a worker killed with SIGKILL mid-trial has its trial re
   const std::string store_path = dir / "runs.db";
   // Trials long enough (64 steps) to be killed in the middle of one.
   const std::string spec_path = write_spec(dir, tiny_spec("kill", "16K"));
-  const std::string binary = std::string(PRIME_BIN_DIR) + "/prime-search";
+  const std::string binary = test::bin_dir() + "/prime-search";
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {

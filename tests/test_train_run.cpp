@@ -162,7 +162,7 @@ TEST_CASE("prime-train killed with SIGKILL and resumed gives the uninterrupted l
   const std::string killed_dir = dir / "killed";
   const pid_t child = ::fork();
   if (child == 0) {
-    const std::string command = std::string(PRIME_BIN_DIR) + "/" + common + " --out " + killed_dir + " >/dev/null 2>&1";
+    const std::string command = test::bin_dir() + "/" + common + " --out " + killed_dir + " >/dev/null 2>&1";
     ::execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -229,7 +229,7 @@ TEST_CASE("two Gloo ranks under torchrun give the loss curve of one rank with th
   // torchrun comes with the torch wheel setup.sh installs; --standalone has its rendezvous pick a
   // free port (a fixed one can be taken by another test or process).
   const auto two = run_shell("python3 -m torch.distributed.run --no-python --standalone --nproc-per-node 2 " +
-                             std::string(PRIME_BIN_DIR) + "/prime-train" + args + " --out " + (dir / "two"));
+                             test::bin_dir() + "/prime-train" + args + " --out " + (dir / "two"));
   INFO(two.output);
   REQUIRE(two.exit_code == 0);
   const std::vector<double> a = prime::test::step_losses(dir / "one/metrics.jsonl"), b = prime::test::step_losses(dir / "two/metrics.jsonl");

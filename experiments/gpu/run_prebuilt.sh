@@ -4,7 +4,7 @@
 # wheel (cu130) for sm_90a and sm_80, so its libprime.so, prime_tests and prime-bench run there as they are,
 # found through LD_LIBRARY_PATH. Pack them first:
 #   mkdir -p /tmp/pb/tree /tmp/pb/before
-#   cp build/libprime.so build/bin/prime_tests build/bin/prime-bench /tmp/pb/tree/
+#   cp build/libprime.so build/bin/prime_tests build/bin/prime-* /tmp/pb/tree/   (the apps: the CLI tests run them)
 #   (the build before a change: git stash, cmake --build build --target prime, cp build/libprime.so /tmp/pb/before/,
 #   git stash pop, build again; ccache makes both builds seconds)
 #   mkdir -p /tmp/pb/lib && cp -L "$(ldd build/bin/prime_tests | awk '/libpq/ {print $3}')" /tmp/pb/lib/
@@ -50,6 +50,7 @@ with() {
 }
 $(with tree ldd "$pb/tree/prime_tests") | grep "not found" && exit 1
 export PRIME_REQUIRE_CUDA=1
+export PRIME_TEST_BIN_DIR="$pb/tree"  # the CLI tests' apps: where they were packed, not where they were built
 # A library built in another checkout looks for its templates (model aliases) where that checkout was.
 export PRIME_TEMPLATES=${PRIME_TEMPLATES:-$PWD/templates}
 if [ -n "${TESTS:-}" ]; then
