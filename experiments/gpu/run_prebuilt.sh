@@ -100,8 +100,8 @@ if [ -n "${DECODE_MODELS:-}" ]; then
   if [ -n "${DECODE_STALLS:-}" ]; then  # "REGEX [MODEL]": one launch of a kernel in a model's profiled step
     read -r regex model <<< "$DECODE_STALLS"
     model=${model:-${DECODE_MODELS%% *}}
-    run 120 ncu_stalls_run $(with tree ncu) --profile-from-start off --graph-profiling node --kernel-name "regex:$regex" \
-        --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+    run 120 ncu_stalls_run $(with tree ncu) --profile-from-start off --graph-profiling node \
+        --kernel-name "regex:$regex" --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters -f \
         --export "$OUT/ncu_stalls" "$pb/tree/prime-bench" decode --model "$model" "${decode_args[@]}" --new-tokens 1 \
         --profile-step
@@ -109,7 +109,8 @@ if [ -n "${DECODE_MODELS:-}" ]; then
       ncu --import "$OUT/ncu_stalls.ncu-rep" --page details > "$OUT/ncu_stalls.txt" 2>&1
       grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Registers|Warp Cycles Per Issued|Issue Slots Busy|No Eligible" \
         "$OUT/ncu_stalls.txt" | head -12
-      ncu --import "$OUT/ncu_stalls.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_stalls_source.csv" 2>&1 &&
+      ncu --import "$OUT/ncu_stalls.ncu-rep" --page source --print-source sass --csv \
+        > "$OUT/ncu_stalls_source.csv" 2>&1 &&
         python3 experiments/gpu/ncu_source_summary.py "$OUT/ncu_stalls_source.csv" > "$OUT/ncu_stalls_source.txt" 2>&1
       head -30 "$OUT/ncu_stalls_source.txt"
       rm -f "$OUT/ncu_stalls.ncu-rep" "$OUT/ncu_stalls_source.csv"
