@@ -1,7 +1,7 @@
 // GKA's decode step with a CTA per multiprocessor walking heads (gka_decode_streamed.h), at D = 64 and 128.
 // The per-head kernel (gka_decode_kernels.cu) holds one head's H in the registers of all 512 threads,
 // so a multiprocessor runs one head at a time, and each head's state traffic and 30-iteration solve
-// follow one another: at B = 64 a head took ~33 us, a third of it its state's loads and stores. Here
+// follow one another (at B = 64 a head took ~33 us, its 256 KB of state traffic among them). Here
 // the CTA stays and takes head after head (blockIdx.x, + gridDim.x, ...), and while it solves one,
 // the next head's two states are copied into shared memory (cp.async, 2 x 64 KB at D = 128): H's as
 // soon as this head's H is in registers, S's as soon as this head's S has been read. The stores go
