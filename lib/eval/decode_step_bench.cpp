@@ -60,8 +60,8 @@ std::string shape_text(int64_t B, int64_t H, int64_t rows, int64_t columns) {
          std::to_string(columns);
 }
 
-// GKA's step at batch B, solving in `solve` with num_iter iterations (0: S alone), as GkaMixer::step runs it:
-// the kernel where it serves, else the torch step on the states cast to the solve dtype and stored back.
+// GKA's step at batch B, solving in `solve` with num_iter iterations (0: S alone), as GkaMixer::step runs it
+// (model::gka_detail::step_in_place).
 DecodeStepBenchRow gka_row(int64_t B, at::ScalarType solve, int num_iter, const DecodeStepBenchOptions& options,
                            const at::Device& device) {
   const int64_t H = options.gka_heads, D = options.gka_head_dim;
@@ -82,20 +82,11 @@ DecodeStepBenchRow gka_row(int64_t B, at::ScalarType solve, int num_iter, const 
   prepared.q = q.unsqueeze(1), prepared.k = k.unsqueeze(1), prepared.v = v.unsqueeze(1);
   prepared.alpha = alpha.unsqueeze(1);
   prepared.log_decay_kk = decay_kk.unsqueeze(1), prepared.log_decay_kv = decay_kv.unsqueeze(1);
-  model::gka_detail::SolveOptions torch_options;
-  torch_options.ridge_strength = kernel_options.ridge_strength;
-  torch_options.num_iter = num_iter;
-  torch_options.output_scale = kernel_options.output_scale;
-  const auto step = [&] {
-    if (kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk, kv, kernel_options)) {
-      kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, kk, kv, kernel_options);
-      return;
-    }
-    at::Tensor kk_solve = kk.defined() ? kk.to(solve) : kk, kv_solve = kv.to(solve);
-    model::gka_detail::recurrent_step(prepared, 0, kk_solve, kv_solve, torch_options);
-    if (kk.defined()) kk.copy_(kk_solve);
-    kv.copy_(kv_solve);
-  };
+  model::gka_detail::SolveOptions solve_options;
+  solve_options.ridge_strength = kernel_options.ridge_strength;
+  solve_options.num_iter = num_iter;
+  solve_options.output_scale = kernel_options.output_scale;
+  const auto step = [&] { model::gka_detail::step_in_place(prepared, kk, kv, solve_options); };
   // Floor: each state read and written (fp32); q, k, v, alpha and the two decays read in the solve dtype (without
   // the solve neither alpha nor H's decay), o written (fp32).
   const double states = num_iter > 0 ? 2.0 : 1.0, gates = num_iter > 0 ? 3.0 : 1.0;

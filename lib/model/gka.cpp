@@ -193,6 +193,21 @@ at::Tensor recurrent_step(const GkaMixer::Prepared& in, int64_t t, at::Tensor& k
   return at::matmul(q_tilde.unsqueeze(-2), kv_state).squeeze(-2) * options.output_scale;
 }
 
+at::Tensor step_in_place(const GkaMixer::Prepared& in, at::Tensor& kk_state, at::Tensor& kv_state,
+                         const SolveOptions& options) {
+  const kernels::GkaDecodeOptions kernel_options{options.ridge_strength, options.num_iter, options.output_scale};
+  const auto token = [](const at::Tensor& t) { return t.defined() ? t.select(1, 0) : t; };
+  const at::Tensor q = token(in.q), k = token(in.k), v = token(in.v), alpha = token(in.alpha),
+                   decay_kk = token(in.log_decay_kk), decay_kv = token(in.log_decay_kv);
+  if (kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk_state, kv_state, kernel_options))
+    return kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, kk_state, kv_state, kernel_options);
+  at::Tensor kk_solve = to_type(kk_state, in.q.scalar_type()), kv_solve = to_type(kv_state, in.q.scalar_type());
+  const at::Tensor o = recurrent_step(in, 0, kk_solve, kv_solve, options);
+  store_state(kk_state, kk_solve);
+  store_state(kv_state, kv_solve);
+  return o;
+}
+
 }  // namespace gka_detail
 
 namespace {
@@ -273,23 +288,9 @@ at::Tensor GkaMixer::step(const at::Tensor& x, LayerCache& cache) {
   GkaCache& gka_cache = *typed_cache<GkaCache>(&cache, x, "GKA", prefix_);
   Prepared prepared = fused_prepare(x, gka_cache);
   if (!prepared.q.defined()) prepared = prepare(x, &gka_cache);
-  const gka_detail::SolveOptions solve = solve_options(config_);
   // On CUDA one kernel does the step with the cache's states updated in place (kernels/ssm_decode).
-  const kernels::GkaDecodeOptions options{solve.ridge_strength, solve.num_iter, solve.output_scale};
-  const auto token = [](const at::Tensor& t) { return t.defined() ? t.select(1, 0) : t; };
-  const at::Tensor q = token(prepared.q), k = token(prepared.k), v = token(prepared.v), alpha = token(prepared.alpha),
-                   decay_kk = token(prepared.log_decay_kk), decay_kv = token(prepared.log_decay_kv);
-  if (kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, gka_cache.kk_state, gka_cache.kv_state, options)) {
-    const at::Tensor o = kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, gka_cache.kk_state,
-                                                  gka_cache.kv_state, options);
-    gka_cache.tokens += 1;
-    return finish(o.unsqueeze(1), prepared, x);
-  }
-  at::Tensor kk_state = to_type(gka_cache.kk_state, prepared.q.scalar_type());
-  at::Tensor kv_state = to_type(gka_cache.kv_state, prepared.q.scalar_type());
-  const at::Tensor o = gka_detail::recurrent_step(prepared, 0, kk_state, kv_state, solve);
-  store_state(gka_cache.kk_state, kk_state);
-  store_state(gka_cache.kv_state, kv_state);
+  const at::Tensor o =
+      gka_detail::step_in_place(prepared, gka_cache.kk_state, gka_cache.kv_state, solve_options(config_));
   gka_cache.tokens += 1;
   return finish(o.unsqueeze(1), prepared, x);
 }

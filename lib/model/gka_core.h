@@ -98,6 +98,14 @@ inline at::Tensor alpha_mix(const at::Tensor& q, const at::Tensor& x, const at::
 at::Tensor recurrent_step(const GkaMixer::Prepared& in, int64_t t, at::Tensor& kk_state,
                           at::Tensor& kv_state, const SolveOptions& options);
 
+// One decode step (token 0 of `in`) with the states kk_state (undefined when num_iter == 0) and kv_state
+// [B,H,D,D] updated in place, in their own dtype: the fused kernel (kernels/ssm_decode) where
+// kernels::gka_decode_apply serves, else recurrent_step on the states cast to the solve dtype (q's) and
+// stored back. Returns o [B,H,D] before the output norm. What GkaMixer::step and the decode-step benchmark
+// run.
+at::Tensor step_in_place(const GkaMixer::Prepared& in, at::Tensor& kk_state, at::Tensor& kv_state,
+                         const SolveOptions& options);
+
 struct ChunkedResult {
   at::Tensor o;         // [B,T,H,D] before the output norm
   at::Tensor kk_state;  // final H [B,H,D,D] (undefined if num_iter == 0)
