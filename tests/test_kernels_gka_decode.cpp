@@ -155,7 +155,7 @@ TEST_CASE("GKA decode kernel: steps equal float64 in both solve dtypes, the stat
                                         on_cuda(in.v, at::kDouble), {}, {}, {}, big, big, {}));
 }
 
-TEST_CASE("GKA decode kernel: the streamed walk over heads gives the per-head kernel's bits",
+TEST_CASE("GKA decode kernel: the streamed walk over heads and two heads a multiprocessor give the per-head bits",
           "[kernels][gpu][decode]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -164,6 +164,8 @@ TEST_CASE("GKA decode kernel: the streamed walk over heads gives the per-head ke
   at::manual_seed(29);
   // 320 heads: more than a block per multiprocessor on any current GPU, so blocks walk several heads;
   // D = 128 and 64 (what the streamed kernel serves); no solve; no alpha and no decays. Three steps in a row.
+  // The ways: the streamed kernel, the per-head kernel (two blocks to a multiprocessor for fp32 solves), and the
+  // default (fp32 at D = 128: the per-head kernel; else streamed).
   const std::vector<Case> cases = {{10, 32, 128, 30, true, true}, {5, 64, 64, 30, true, true},
                                    {10, 32, 128, 0, true, true},  {5, 64, 64, 30, false, false}};
   const double r = 0.02;
@@ -174,24 +176,29 @@ TEST_CASE("GKA decode kernel: the streamed walk over heads gives the per-head ke
       for (int t = 0; t < 6; ++t)
         reference_step(random_token(c.B, c.H, c.D, c.alpha, c.decays), H, S, c.num_iter, r, 0.1);
       const at::Tensor kk0 = c.num_iter > 0 ? on_cuda(H, at::kFloat) : at::Tensor(), kv0 = on_cuda(S, at::kFloat);
-      at::Tensor kk[2], kv[2];
-      for (int way = 0; way < 2; ++way) kk[way] = kk0.defined() ? kk0.clone() : kk0, kv[way] = kv0.clone();
+      const std::vector<std::string> ways = {"1", "0", ""};
+      std::vector<at::Tensor> kk(ways.size()), kv(ways.size());
+      for (size_t way = 0; way < ways.size(); ++way) kk[way] = kk0.defined() ? kk0.clone() : kk0, kv[way] = kv0.clone();
       const kernels::GkaDecodeOptions options{r, c.num_iter, 0.1};
       for (int t = 0; t < 3; ++t) {
         const GkaToken in = random_token(c.B, c.H, c.D, c.alpha, c.decays);
         const at::Tensor q = on_cuda(in.q, solve), k = on_cuda(in.k, solve), v = on_cuda(in.v, solve),
                          alpha = on_cuda(in.alpha, solve), decay_kk = on_cuda(in.decay_kk, solve),
                          decay_kv = on_cuda(in.decay_kv, solve);
-        at::Tensor o[2];
-        for (int way = 0; way < 2; ++way) {
-          const test::ScopedEnv streamed("PRIME_GKA_DECODE_STREAMED", way == 0 ? "1" : "0");
+        std::vector<at::Tensor> o(ways.size());
+        for (size_t way = 0; way < ways.size(); ++way) {
+          const test::ScopedEnv streamed("PRIME_GKA_DECODE_STREAMED", ways[way].c_str());
           REQUIRE(kernels::gka_decode_apply(q, k, v, alpha, decay_kk, decay_kv, kk[way], kv[way], options));
           o[way] = kernels::gka_decode_step(q, k, v, alpha, decay_kk, decay_kv, kk[way], kv[way], options);
         }
-        CHECK(at::equal(o[0], o[1]));  // the same operations in the same order (gka_decode_streamed_kernels.cu)
+        // The same operations in the same order (gka_decode_streamed_kernels.cu).
+        for (size_t way = 1; way < ways.size(); ++way) CHECK(at::equal(o[0], o[way]));
       }
-      CHECK(at::equal(kv[0], kv[1]));
-      if (c.num_iter > 0) CHECK(at::equal(kk[0], kk[1]));
+      for (size_t way = 1; way < ways.size(); ++way) {
+        INFO("way " << way);
+        CHECK(at::equal(kv[0], kv[way]));
+        if (c.num_iter > 0) CHECK(at::equal(kk[0], kk[way]));
+      }
     }
   }
 }

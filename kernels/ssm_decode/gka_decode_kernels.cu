@@ -14,7 +14,8 @@
 // coalesced (consecutive packs; 16 floats' loads in flight before their stores), and since H is
 // symmetric H x is formed by columns, (H x)_c = sum_j H[j][c] x_j, from registers in four fma
 // chains per column, x read from shared memory (one broadcast word per row); the G partial sums
-// meet in shared memory. The layouts tried and their times: kernels/README.md.
+// meet in shared memory. With an fp32 solve at D = 64 or 128 two blocks share a multiprocessor
+// (kBlocksPerMultiprocessor). The layouts tried and their times: kernels/README.md.
 // Arithmetic in S throughout, as the torch form's solve dtype: H = e^{g_kk} H + k k^T (one fma),
 // f = sqrt(max(||H||_F^2, 1e-30)), lambda = r f, eta = 2 / (2 lambda + f), the omega recurrence
 // with spread = 1 / (2 (2 r + 1)), x_0 = eta q, x' = base + omega (1 - eta lambda) x
@@ -73,14 +74,22 @@ __device__ __forceinline__ void for_rows(float* state, int D, int c0, int begin,
   }
 }
 
+// CTAs a multiprocessor holds at once: two for an fp32 solve with D a compile-time constant (64 or 128: no
+// per-row bounds to keep), where a head's H takes at most 32 registers a thread, half the register file at
+// D = 128, so while one head solves the other's state moves (59 registers, no spills); else one (a float64 H
+// fills the register file at D = 128, and spills within 64 registers at D = 64).
+template <typename S, int kFixedD>
+constexpr int kBlocksPerMultiprocessor = kFixedD > 0 && sizeof(S) == 4 ? 2 : 1;
+
 // Each thread owns kC adjacent columns (kC = 2 needs D even) for the rows of its group, and holds
-// those entries of H in registers.
-template <typename S, int kC>
-__global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p) {
+// those entries of H in registers. kFixedD: D as a compile-time constant (64, 128), or 0 for p.dim.
+template <typename S, int kC, int kFixedD = 0>
+__global__ void __launch_bounds__(kThreads, (kBlocksPerMultiprocessor<S, kFixedD>))
+    gka_decode_kernel(const GkaStep<S> p) {
   extern __shared__ __align__(16) unsigned char raw_shared[];
   constexpr int kRows = kMaxRows<kC>;
   constexpr int kChains = 4;
-  const int D = p.dim;
+  const int D = kFixedD > 0 ? kFixedD : p.dim;
   const int pairs = D / kC;  // column packs
   const int groups = kThreads / pairs;
   const int tid = static_cast<int>(threadIdx.x);
@@ -94,7 +103,9 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
   S* k = q + D;
   S* x = k + D;
   S* x_prev = x + D;
-  S* scratch = x_prev + D;  // kThreads / 32
+  S* scratch = x_prev + D;                // kThreads / 32
+  S* omegas = scratch + kThreads / 32;     // kGkaStreamedMaxIterations: the Chebyshev weights, where they fit
+  const bool tabled = p.num_iter <= kGkaStreamedMaxIterations;
 
   const int64_t bh = blockIdx.x;
   const int64_t matrix = bh * D * D;
@@ -123,12 +134,20 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
         return static_cast<float>(value);
       });
     }
-    const GkaSolveScalars<S> solve(gka_block_sum(squares, scratch), p.ridge);
+    if (tid == 0 && tabled) {  // the weights depend on r alone: computed once, not by every thread each iteration
+      const GkaSolveScalars<S> scalars(S(1), p.ridge);
+      S omega = 2;
+      for (int iteration = 0; iteration < p.num_iter; ++iteration) {
+        omega = S(1) / (S(1) - scalars.contraction * omega);
+        omegas[iteration] = omega;
+      }
+    }
+    const GkaSolveScalars<S> solve(gka_block_sum(squares, scratch), p.ridge);  // its barrier publishes the table
     if (tid < D) x[tid] = solve.eta * q[tid];
     __syncthreads();
     S omega = 2;
     for (int iteration = 0; iteration < p.num_iter; ++iteration) {
-      omega = S(1) / (S(1) - solve.contraction * omega);
+      omega = tabled ? omegas[iteration] : S(1) / (S(1) - solve.contraction * omega);
       if (active) {  // this group's part of (H x)_c for its columns (zero without rows), kChains chains
         S sums[kChains][kC] = {};
 #pragma unroll
@@ -184,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) gka_decode_kernel(const GkaStep<S> p
 template <typename S>
 size_t shared_bytes(int D, int columns) {
   const int groups = kThreads / (D / columns);
-  return (static_cast<size_t>(groups) * D + 4 * D + kThreads / 32) * sizeof(S);
+  return (static_cast<size_t>(groups) * D + 4 * D + kThreads / 32 + kGkaStreamedMaxIterations) * sizeof(S);
 }
 
 template <typename S>
@@ -192,31 +211,51 @@ const S* optional_data(const at::Tensor& t) {
   return t.defined() ? static_cast<const S*>(t.data_ptr()) : nullptr;
 }
 
-template <typename S, int kC>
+template <typename S, int kC, int kFixedD = 0>
 void launch_columns(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
   const int groups = kThreads / (p.dim / kC), rows = (p.dim + groups - 1) / groups;
   PRIME_CHECK(rows <= kMaxRows<kC>, "gka_decode: D = ", p.dim, " gives ", rows, " rows a thread, over ",
               kMaxRows<kC>);
   const size_t bytes = shared_bytes<S>(p.dim, kC);
-  PRIME_CUDA_CHECK(cudaFuncSetAttribute(gka_decode_kernel<S, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-  launch_kernel("gka_decode_kernel", gka_decode_kernel<S, kC>, heads, kThreads, bytes, stream, p);
+  const auto kernel = gka_decode_kernel<S, kC, kFixedD>;
+  PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  launch_kernel("gka_decode_kernel", kernel, heads, kThreads, bytes, stream, p);
 }
 
-// Whether the streamed kernel (gka_decode_streamed.h) takes this step: D = 64 or 128, at most
-// kGkaStreamedMaxIterations iterations, the states 16-byte aligned (its copies move 16 bytes), its shared memory
-// within the device's, and PRIME_GKA_DECODE_STREAMED not "0".
+// The per-head kernel at this D: compiled for D = 128 and 64, generic elsewhere.
+template <typename S>
+void launch_per_head(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
+  if (p.dim == 128) launch_columns<S, 2, 128>(p, heads, stream);
+  else if (p.dim == 64) launch_columns<S, 2, 64>(p, heads, stream);
+  else if (p.dim % 2 == 0) launch_columns<S, 2>(p, heads, stream);
+  else launch_columns<S, 1>(p, heads, stream);
+}
+
+enum class GkaDecodeLayout { automatic, streamed, per_head };
+
+// Which kernel takes this step. The streamed one (gka_decode_streamed.h) serves D = 64 and 128, at most
+// kGkaStreamedMaxIterations iterations, states 16-byte aligned (its copies move 16 bytes), its shared memory
+// within the device's. PRIME_GKA_DECODE_STREAMED: unset, the per-head kernel two to a multiprocessor for an fp32
+// solve at D = 128 (measured: kernels/README.md), else the streamed kernel where it serves; "1" the streamed
+// kernel where it serves; "0" the per-head kernel (two to a multiprocessor for fp32 at D = 64 too).
 template <typename S>
 bool streamed(const GkaStep<S>& p, int device) {
   const size_t bytes = gka_decode_streamed_shared_bytes(p.dim, sizeof(S) == 8);
   const auto aligned = [](const float* state) {
     return state == nullptr || reinterpret_cast<uintptr_t>(state) % 16 == 0;
   };
-  return bytes > 0 && p.num_iter <= kGkaStreamedMaxIterations && aligned(p.kk) && aligned(p.kv) &&
-         bytes <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin &&
-         environment_switch<bool>("PRIME_GKA_DECODE_STREAMED",
-                                  {{"1", true, "a CTA per multiprocessor walking heads (D = 64, 128)"},
-                                   {"0", false, "a CTA per head"}});
+  const bool serves = bytes > 0 && p.num_iter <= kGkaStreamedMaxIterations && aligned(p.kk) && aligned(p.kv) &&
+                      bytes <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
+  if (!serves) return false;
+  const auto layout = environment_switch<GkaDecodeLayout>(
+      "PRIME_GKA_DECODE_STREAMED",
+      {{"auto", GkaDecodeLayout::automatic,
+        "fp32 solves at D = 128: a CTA per head, two to a multiprocessor; else a CTA per multiprocessor walking "
+        "heads"},
+       {"1", GkaDecodeLayout::streamed, "a CTA per multiprocessor walking heads (D = 64, 128)"},
+       {"0", GkaDecodeLayout::per_head, "a CTA per head"}});
+  if (layout == GkaDecodeLayout::automatic) return sizeof(S) == 8 || p.dim != 128;  // fp32, D = 128: two a multiprocessor
+  return layout == GkaDecodeLayout::streamed;
 }
 
 template <typename S>
@@ -244,8 +283,7 @@ void launch_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     launch_gka_decode_streamed<S>(p, static_cast<int>(heads), stream);
     return;
   }
-  if (D % 2 == 0) launch_columns<S, 2>(p, heads, stream);
-  else launch_columns<S, 1>(p, heads, stream);
+  launch_per_head<S>(p, heads, stream);
 }
 
 }  // namespace

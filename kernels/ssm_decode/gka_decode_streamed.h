@@ -1,7 +1,8 @@
 // GKA's decode step with a CTA per multiprocessor taking head after head, the next head's states copied
 // into shared memory while it solves (gka_decode_streamed_kernels.cu). launch_gka_decode
 // (gka_decode_kernels.cu) takes it at D = 64 and 128 with at most kGkaStreamedMaxIterations iterations where the
-// device gives a block its shared memory and PRIME_GKA_DECODE_STREAMED is not "0"; elsewhere it launches the
+// device gives a block its shared memory, unless PRIME_GKA_DECODE_STREAMED asks for the per-head kernel ("0", or
+// unset for an fp32 solve at D = 128, where two per-head blocks share a multiprocessor); elsewhere it launches the
 // per-head kernel. CUDA builds only.
 #pragma once
 
