@@ -164,8 +164,8 @@ TEST_CASE("GKA decode kernel: the streamed walk over heads and two heads a multi
   at::manual_seed(29);
   // 320 heads: more than a block per multiprocessor on any current GPU, so blocks walk several heads;
   // D = 128 and 64 (what the streamed kernel serves); no solve; no alpha and no decays. Three steps in a row.
-  // The ways: the streamed kernel, the per-head kernel (two blocks to a multiprocessor for fp32 solves), and the
-  // default (fp32 at D = 128: the per-head kernel; else streamed).
+  // The ways: the streamed kernel (two blocks to a multiprocessor for fp32 solves at D = 128), the per-head kernel
+  // (two blocks to a multiprocessor for fp32 solves), and the default (the streamed kernel).
   const std::vector<Case> cases = {{10, 32, 128, 30, true, true}, {5, 64, 64, 30, true, true},
                                    {10, 32, 128, 0, true, true},  {5, 64, 64, 30, false, false}};
   const double r = 0.02;

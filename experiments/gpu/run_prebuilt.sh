@@ -18,8 +18,10 @@
 # .deps/lib (not all of .deps) and .gpu.
 # Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
 # builds alternating), VARIANTS (NAME=VARIABLE=VALUE ...: the tree's build timed under those settings too, in
-# the same rounds), then the optional EXTRA_TESTS_ENV + EXTRA_TESTS (one more spec under one more
-# environment setting, on the build EXTRA_TESTS_BUILD names: tree unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck), NCU_TITLE (ncu's kernel times of
+# the same rounds; BUILDS: the packed folders timed, default all), then the optional EXTRA_TESTS_ENV +
+# EXTRA_TESTS (one more spec under one more environment setting, on the build EXTRA_TESTS_BUILD names: tree
+# unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck, on SANITIZE_BUILD: tree
+# unless set), NCU_TITLE (ncu's kernel times of
 # the tree) and NCU_DETAIL (more ncu arguments for a closer look at some launches of the tree's bench, e.g.
 # `--set full -k regex:chunk_gemm --launch-skip 8 --launch-count 1`), each step while DEADLINE_S (default
 # 400) allows; before EXTRA_TESTS, DECODE_MODELS (prime-bench decode --model specs, space-separated: their
@@ -63,6 +65,8 @@ for dir in "$pb"/*/; do
   name=$(basename "$dir")
   [ "$name" != tree ] && [ -f "$dir/libprime.so" ] && builds+=("$name")
 done
+# BUILDS: space-separated packed folders, the only ones timed (default: all of them, tree first).
+if [ -n "${BUILDS+set}" ]; then read -r -a builds <<< "$BUILDS"; fi
 # VARIANTS: space-separated NAME=VARIABLE=VALUE, the tree's build timed again under each setting in the same rounds.
 for variant in ${VARIANTS:-}; do builds+=("$variant"); done
 for round in $(seq 1 "${ROUNDS:-2}"); do
@@ -134,7 +138,7 @@ if [ -n "${EXTRA_TESTS:-}" ]; then
 fi
 if [ -n "${SANITIZE:-}" ]; then
   for tool in memcheck racecheck; do
-    run 45 "sanitizer_$tool" $(with tree compute-sanitizer) --tool $tool "$pb/tree/prime_tests" "$SANITIZE"
+    run 45 "sanitizer_$tool" $(with "${SANITIZE_BUILD:-tree}" compute-sanitizer) --tool $tool "$pb/tree/prime_tests" "$SANITIZE"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_$tool.txt" | tail -1
   done
 fi

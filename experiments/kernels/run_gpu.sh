@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The kernels on one GPU, in one call: build, the [kernels] tests (outputs poisoned, float64 and
 # torch-ops references), compute-sanitizer on the kernel tests, `prime-bench kernels`, the 8B
-# decode step with and without the kernels, and the public anchor (fla's chunked GDN) timed on
+# decode step with and without the kernels, and the public anchors (fla, mamba_ssm, hybrid-model-factory) timed on
 # the same GPU. Results under $OUT. (All of it takes longer than one 10-minute device call: run
 # it in parts on a warm machine, or on your own GPU.)
-#   bash experiments/kernels/run_gpu.sh       (carry .deps, and third_party_fetched for the anchor:
-#   its fla/ folder from github.com/fla-org/flash-linear-attention, never committed)
+#   bash experiments/kernels/run_gpu.sh       (carry .deps, and third_party_fetched for the anchors:
+#   experiments/kernels/time_anchors.py says what it holds, never committed)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/prime-kernels-out}
@@ -56,6 +56,6 @@ timeout 200 build-gpu/bin/prime-bench decode --device cuda --dtype bf16 $models 
   --new-tokens 16 --mode graph --context synthetic > "$OUT/decode_32k_fit.txt" 2>&1
 echo "decode --fit-batch: exit $?"; tail -2 "$OUT/decode_32k_fit.txt"
 if [ -d third_party_fetched/fla ]; then
-  timeout 240 python3 experiments/kernels/time_anchor_fla.py > "$OUT/anchor_fla.txt" 2>&1
-  echo "anchor: exit $?"; tail -3 "$OUT/anchor_fla.txt"
+  timeout 240 python3 experiments/kernels/time_anchors.py > "$OUT/anchors.txt" 2>&1
+  echo "anchor: exit $?"; tail -6 "$OUT/anchors.txt"
 fi

@@ -134,14 +134,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerMultiprocessor<S, kFixedD
         return static_cast<float>(value);
       });
     }
-    if (tid == 0 && tabled) {  // the weights depend on r alone: computed once, not by every thread each iteration
-      const GkaSolveScalars<S> scalars(S(1), p.ridge);
-      S omega = 2;
-      for (int iteration = 0; iteration < p.num_iter; ++iteration) {
-        omega = S(1) / (S(1) - scalars.contraction * omega);
-        omegas[iteration] = omega;
-      }
-    }
+    if (tid == 0 && tabled) table_omegas(omegas, p.num_iter, p.ridge);  // once, not by every thread each iteration
     const GkaSolveScalars<S> solve(gka_block_sum(squares, scratch), p.ridge);  // its barrier publishes the table
     if (tid < D) x[tid] = solve.eta * q[tid];
     __syncthreads();
@@ -235,9 +228,9 @@ enum class GkaDecodeLayout { automatic, streamed, per_head };
 
 // Which kernel takes this step. The streamed one (gka_decode_streamed.h) serves D = 64 and 128, at most
 // kGkaStreamedMaxIterations iterations, states 16-byte aligned (its copies move 16 bytes), its shared memory
-// within the device's. PRIME_GKA_DECODE_STREAMED: unset, the per-head kernel two to a multiprocessor for an fp32
-// solve at D = 128 (measured: kernels/README.md), else the streamed kernel where it serves; "1" the streamed
-// kernel where it serves; "0" the per-head kernel (two to a multiprocessor for fp32 at D = 64 too).
+// within the device's; for an fp32 solve at D = 128 two of its blocks share a multiprocessor (measured ahead of
+// the per-head kernel's two: kernels/README.md). PRIME_GKA_DECODE_STREAMED: unset ("auto") or "1", the streamed
+// kernel where it serves; "0" the per-head kernel (two to a multiprocessor for an fp32 solve at D = 64 and 128).
 template <typename S>
 bool streamed(const GkaStep<S>& p, int device) {
   const size_t bytes = gka_decode_streamed_shared_bytes(p.dim, sizeof(S) == 8);
@@ -249,13 +242,10 @@ bool streamed(const GkaStep<S>& p, int device) {
   if (!serves) return false;
   const auto layout = environment_switch<GkaDecodeLayout>(
       "PRIME_GKA_DECODE_STREAMED",
-      {{"auto", GkaDecodeLayout::automatic,
-        "fp32 solves at D = 128: a CTA per head, two to a multiprocessor; else a CTA per multiprocessor walking "
-        "heads"},
-       {"1", GkaDecodeLayout::streamed, "a CTA per multiprocessor walking heads (D = 64, 128)"},
+      {{"auto", GkaDecodeLayout::automatic, "a CTA per multiprocessor walking heads (D = 64, 128), where it serves"},
+       {"1", GkaDecodeLayout::streamed, "the same as auto"},
        {"0", GkaDecodeLayout::per_head, "a CTA per head"}});
-  if (layout == GkaDecodeLayout::automatic) return sizeof(S) == 8 || p.dim != 128;  // fp32, D = 128: two a multiprocessor
-  return layout == GkaDecodeLayout::streamed;
+  return layout != GkaDecodeLayout::per_head;
 }
 
 template <typename S>

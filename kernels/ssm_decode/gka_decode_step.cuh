@@ -79,4 +79,16 @@ struct GkaSolveScalars {
   }
 };
 
+// The Chebyshev weights omega_1 .. omega_n into table (omega_{i+1} = 1 / (1 - contraction omega_i) from
+// omega = 2): they depend on r alone, so a block tables them once for all its heads and iterations.
+template <typename S>
+__device__ __forceinline__ void table_omegas(S* table, int num_iter, double ridge) {
+  const GkaSolveScalars<S> scalars(S(1), ridge);
+  S omega = 2;
+  for (int iteration = 0; iteration < num_iter; ++iteration) {
+    omega = S(1) / (S(1) - scalars.contraction * omega);
+    table[iteration] = omega;
+  }
+}
+
 }  // namespace prime::kernels::detail

@@ -6,6 +6,10 @@
 // the next head's two states are copied into shared memory (cp.async, 2 x 64 KB at D = 128): H's as
 // soon as this head's H is in registers, S's as soon as this head's S has been read. The stores go
 // out from registers as before, so a head's traffic overlaps the solve of the head after it.
+// For an fp32 solve at D = 128 (a head's H 32 registers a thread: half the register file) two blocks share a
+// multiprocessor, and each stages only the next head's S, reading its H straight from the cache (both blocks'
+// shared memory fits): each block's solve then has the other's traffic beside it (B = 64: 0.242 -> 0.228 ms
+// against the per-head kernel's two blocks on an H100; kernels/README.md).
 // With D a compile-time constant every thread owns a full block of rows (no per-row branch) and reads
 // its rows' x in 16-byte loads. The omega weights, the same for every head (they depend on r alone), are
 // computed once per CTA, not by every thread at every iteration (a float64 division each).
@@ -37,9 +41,14 @@ struct Layout {
   static_assert(kChunks % kThreads == 0, "every thread copies as many pieces");
 };
 
+// kPaired: two blocks to a multiprocessor (an fp32 solve at D = 128: 32 registers of H a thread, half the
+// register file a block); H is then read from the cache, not staged, so that both blocks' shared memory fits.
+template <typename S, int kD>
+constexpr bool kPaired = sizeof(S) == 4 && kD == 128;
+
 template <typename S, int kD>
 struct Shared {
-  float stage_kk[kD * kD];  // the next head's H (fp32, as the cache holds it)
+  float stage_kk[kPaired<S, kD> ? 4 : kD * kD];  // the next head's H (fp32, as the cache holds it), unless paired
   float stage_kv[kD * kD];  // the next head's S
   S partial[Layout<kD>::kGroups * kD];
   alignas(16) S q[kD];  // q, then q~
@@ -73,8 +82,33 @@ __device__ __forceinline__ void update_rows(const float* stage, float* state, in
   }
 }
 
+// H = e^{decay} H + k k^T for rows [row_begin, row_begin + kRows) of columns c0, c0 + 1, read straight from the
+// cache (all the thread's loads in flight, then its stores), into h and back; ||H||_F^2 added to `squares`.
+template <typename S, int kD, int kRows>
+__device__ __forceinline__ void update_h_in_place(float* state, int row_begin, int c0, S decay, const S* k,
+                                                  S (&h)[kRows][2], S& squares) {
+  float2 previous[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) previous[r] = *reinterpret_cast<const float2*>(state + (row_begin + r) * kD + c0);
+  const S k_c[2] = {k[c0], k[c0 + 1]};
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float before[2] = {previous[r].x, previous[r].y};
+    float after[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const S value = fma(decay, static_cast<S>(before[i]), k[row_begin + r] * k_c[i]);
+      h[r][i] = value;
+      squares = fma(value, value, squares);
+      after[i] = static_cast<float>(value);
+    }
+    store_floats<2>(state + (row_begin + r) * kD + c0, after);
+  }
+}
+
 template <typename S, int kD>
-__global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const GkaStep<S> p, int heads) {
+__global__ void __launch_bounds__(kThreads, kPaired<S, kD> ? 2 : 1)
+    gka_decode_streamed_kernel(const GkaStep<S> p, int heads) {
   using L = Layout<kD>;
   extern __shared__ __align__(16) unsigned char raw_shared[];
   auto& sh = *reinterpret_cast<Shared<S, kD>*>(raw_shared);
@@ -86,20 +120,13 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
   const bool solves = p.num_iter > 0;
   constexpr int64_t kMatrix = static_cast<int64_t>(kD) * kD;
 
-  if (tid == 0 && solves) {  // omega_{i+1} = 1 / (1 - contraction omega_i) from omega = 2, as the per-head kernel
-    const GkaSolveScalars<S> scalars(S(1), p.ridge);
-    S omega = 2;
-    for (int iteration = 0; iteration < p.num_iter; ++iteration) {
-      omega = S(1) / (S(1) - scalars.contraction * omega);
-      sh.omega[iteration] = omega;
-    }
-  }
+  if (tid == 0 && solves) table_omegas(sh.omega, p.num_iter, p.ridge);
   pdl_wait();  // the states and q, k, v come from kernels before (pdl.cuh)
   pdl_launch_dependents();
   int head = static_cast<int>(blockIdx.x);
   // In flight, oldest first: H(head), S(head); then, per head, H(next) once H(head) is in registers and
   // S(next) once S(head) is read (empty groups past the last head keep the count).
-  if (solves) copy_state<kD>(sh.stage_kk, p.kk + head * kMatrix);
+  if (solves && !kPaired<S, kD>) copy_state<kD>(sh.stage_kk, p.kk + head * kMatrix);
   cp_async_commit();
   copy_state<kD>(sh.stage_kv, p.kv + head * kMatrix);
   cp_async_commit();
@@ -117,12 +144,14 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
       // H = e^{g_kk} H + k k^T into registers and back to the cache; ||H||_F^2 on the way.
       S h[L::kRows][2];
       S squares = 0;
-      {
-        const S decay = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
+      const S decay_kk = p.decay_kk != nullptr ? exp(p.decay_kk[bh]) : S(1);
+      if constexpr (kPaired<S, kD>) {
+        update_h_in_place<S, kD, L::kRows>(p.kk + matrix, row_begin, c0, decay_kk, sh.k, h, squares);
+      } else {
         S k_c[2];
         load_values<2>(sh.k + c0, k_c);
         update_rows<kD, L::kRows>(sh.stage_kk, p.kk + matrix, row_begin, c0, [&](int r, int i, float previous) {
-          const S value = fma(decay, static_cast<S>(previous), sh.k[row_begin + r] * k_c[i]);
+          const S value = fma(decay_kk, static_cast<S>(previous), sh.k[row_begin + r] * k_c[i]);
           h[r][i] = value;
           squares = fma(value, value, squares);
           return static_cast<float>(value);
@@ -130,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1) gka_decode_streamed_kernel(const 
       }
       const GkaSolveScalars<S> solve(gka_block_sum(squares, sh.scratch), p.ridge);
       // Every thread has read its rows of the stage (before the sum's barrier): the next H may come in.
-      if (next < heads) copy_state<kD>(sh.stage_kk, p.kk + next * kMatrix);
+      if (next < heads && !kPaired<S, kD>) copy_state<kD>(sh.stage_kk, p.kk + next * kMatrix);
       cp_async_commit();
       S eta_q = 0, x = 0, x_prev = 0;
       if (owner) {
@@ -212,7 +241,8 @@ void launch_typed(const GkaStep<S>& p, int heads, int multiprocessors, cudaStrea
   const auto kernel = gka_decode_streamed_kernel<S, kD>;
   constexpr size_t kBytes = sizeof(Shared<S, kD>);
   PRIME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes)));
-  const int blocks = heads < multiprocessors ? heads : multiprocessors;
+  const int slots = (kPaired<S, kD> ? 2 : 1) * multiprocessors;
+  const int blocks = heads < slots ? heads : slots;
   launch_kernel("gka_decode_streamed_kernel", kernel, blocks, kThreads, kBytes, stream, p, heads);
 }
 
