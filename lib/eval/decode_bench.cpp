@@ -352,7 +352,12 @@ std::vector<DecodeBenchRow> run_decode_models(const std::vector<std::string>& sp
   for (const auto& spec : specs) name_width = std::max(name_width, std::min<int>(static_cast<int>(spec.size()), 60));
   if (log) *log << decode_table_header(options, name_width) << std::endl;
   for (const auto& spec : specs) {
-    BenchModel bench = load_bench_model(spec, load);  // one model in memory at a time
+    // One model in memory at a time, each starting from an empty allocator cache: the blocks a model before it
+    // left cached (split by its weights and caches) would otherwise fragment this one's largest allocations, and
+    // a fitted batch would come out of memory and be retried smaller (--fit-batch gave a different B after
+    // another model in the same run than alone).
+    release_cached_memory(load.device);
+    BenchModel bench = load_bench_model(spec, load);
     if (log) {
       *log << "# " << spec << ": " << bench.parameters << " parameters, " << bench.weight_bytes_per_step / 1e9
            << " GB of weights read per step";
