@@ -224,8 +224,6 @@ void launch_per_head(const GkaStep<S>& p, unsigned heads, cudaStream_t stream) {
   else launch_columns<S, 1>(p, heads, stream);
 }
 
-enum class GkaDecodeLayout { automatic, streamed, per_head };
-
 // Which kernel takes this step. The streamed one (gka_decode_streamed.h) serves D = 64 and 128, at most
 // kGkaStreamedMaxIterations iterations, states 16-byte aligned (its copies move 16 bytes), its shared memory
 // within the device's; for an fp32 solve at D = 128 two of its blocks share a multiprocessor (measured ahead of
@@ -240,12 +238,11 @@ bool streamed(const GkaStep<S>& p, int device) {
   const bool serves = bytes > 0 && p.num_iter <= kGkaStreamedMaxIterations && aligned(p.kk) && aligned(p.kv) &&
                       bytes <= at::cuda::getDeviceProperties(device)->sharedMemPerBlockOptin;
   if (!serves) return false;
-  const auto layout = environment_switch<GkaDecodeLayout>(
+  return environment_switch<bool>(
       "PRIME_GKA_DECODE_STREAMED",
-      {{"auto", GkaDecodeLayout::automatic, "a CTA per multiprocessor walking heads (D = 64, 128), where it serves"},
-       {"1", GkaDecodeLayout::streamed, "the same as auto"},
-       {"0", GkaDecodeLayout::per_head, "a CTA per head"}});
-  return layout != GkaDecodeLayout::per_head;
+      {{"auto", true, "a CTA per multiprocessor walking heads (D = 64, 128), where it serves"},
+       {"1", true, "the same as auto"},
+       {"0", false, "a CTA per head"}});
 }
 
 template <typename S>
