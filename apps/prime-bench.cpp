@@ -1,9 +1,9 @@
 // prime-bench: throughput measurements. One subcommand per thing measured.
 #include <CLI/CLI.hpp>
 
-#include <iostream>
-
+#include <algorithm>
 #include <iomanip>
+#include <iostream>
 #include <sstream>
 
 #include "convert/convert_bench.h"
@@ -132,6 +132,14 @@ void run_kernels(SsmOptions& options) {
                 << std::setw(7) << ratio(row.kernel_forward_backward_ms, row.torch_forward_backward_ms) << "x\n";
     else
       std::cout << std::setw(14) << "-" << std::setw(11) << "-" << std::setw(8) << "-" << "\n";
+  }
+  if (options.bench.dtype == at::kBFloat16 &&
+      std::find(options.bench.types.begin(), options.bench.types.end(), "GKA") != options.bench.types.end()) {
+    const auto solve = prime::eval::time_gka_solve_one_group(options.bench, device);
+    if (solve.ms > 0)
+      std::cout << "GKA bf16 solve alone on one warpgroup a chunk (kernels/gka_solve/gka_solve_one.h), " << solve.chunks
+                << " chunks, N=" << options.bench.gka_iterations << ", " << solve.blocks_per_multiprocessor
+                << " blocks a multiprocessor: " << std::setprecision(3) << solve.ms << " ms\n";
   }
   // The short conv through model::causal_conv_silu: the kernel under policy Auto, the torch form under Torch.
   prime::eval::ShortConvBenchOptions conv;

@@ -166,9 +166,9 @@ TEST_CASE("GKA bf16 forward: where it applies on CUDA", "[kernels][gka][gpu]") {
 }
 
 // Each form of the solve with the iterate held in registers: the default (registers), and on the
-// warpgroup MMAs (wgmma: D = 64 and 128; D = 32 takes the shared form), whose products add in
-// another order (their difference from the register form printed beside each form's error); an odd
-// iteration count too (the warpgroup solve runs iterations in pairs).
+// warpgroup MMAs (wgmma: D = 64 and 128; one-group: D = 128, D = 64 taking wgmma; D = 32 the shared
+// form), whose products add in another order (their difference from the register form printed beside
+// each form's error); an odd iteration count too (the warpgroup solve runs iterations in pairs).
 TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of float64", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -188,15 +188,19 @@ TEST_CASE("GKA bf16 forward: o and the final states within bf16 accuracy of floa
     const CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
     REQUIRE(applies(on_cuda));
     at::Tensor register_o;
-    for (const char* form : {"registers", "wgmma"}) {
+    for (const char* form : {"registers", "wgmma", "one-group"}) {
       INFO(form);
-      if (std::string(form) == "wgmma" && !kernels::gka_forward_wgmma_available(cuda)) continue;  // not a Hopper
+      const bool warpgroups = std::string(form) != "registers";
+      if (warpgroups && !kernels::gka_forward_wgmma_available(cuda)) continue;  // not a Hopper
       const test::ScopedEnv iterate("PRIME_GKA_FORWARD_ITERATE", form);
       const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D, shape.num_iter);
       CHECK(ours.o.scalar_type() == at::kFloat);
-      // The form that ran (no fallback passing for it): D = 32 keeps its iterate in shared memory.
+      // The form that ran (no fallback passing for it): D = 32 keeps its iterate in shared memory, D = 64 takes
+      // the warpgroup form for the one-group one.
       using kernels::GkaForwardIterate;
-      const GkaForwardIterate asked = std::string(form) == "wgmma" ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers;
+      const GkaForwardIterate asked = !warpgroups                               ? GkaForwardIterate::Registers
+                                      : std::string(form) == "wgmma" || shape.D != 128 ? GkaForwardIterate::Wgmma
+                                                                                       : GkaForwardIterate::OneGroup;
       CHECK(kernels::gka_forward_last_form() == (shape.D == 32 ? GkaForwardIterate::Shared : asked));
       check_against_float64(ours, inputs, shape.D,
                             std::string("bf16 forward, ") + form + ", B=" + std::to_string(shape.B) +
@@ -273,17 +277,19 @@ TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve kee
     const test::ScopedEnv unset("PRIME_GKA_FORWARD_ITERATE", nullptr);
     CHECK(kernels::gka_forward_iterate(at::kCPU) == GkaForwardIterate::Registers);
 #ifdef PRIME_WITH_CUDA
-    if (at::hasCUDA()) {  // a Hopper takes the warpgroup MMAs: the default build carries sm_90a code
+    if (at::hasCUDA()) {  // a Hopper takes one warpgroup a chunk: the default build carries sm_90a code
       const at::Device cuda(at::kCUDA, 0);
       const bool hopper = at::cuda::getDeviceProperties(0)->major == 9;
       CHECK(kernels::gka_forward_wgmma_available(cuda) == hopper);
-      CHECK(kernels::gka_forward_iterate(cuda) == (hopper ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers));
+      CHECK(kernels::gka_forward_iterate(cuda) ==
+            (hopper ? GkaForwardIterate::OneGroup : GkaForwardIterate::Registers));
     }
 #endif
   }
   for (const auto& [text, form] : {std::pair{"registers", GkaForwardIterate::Registers},
                                    std::pair{"shared", GkaForwardIterate::Shared},
-                                   std::pair{"wgmma", GkaForwardIterate::Wgmma}}) {
+                                   std::pair{"wgmma", GkaForwardIterate::Wgmma},
+                                   std::pair{"one-group", GkaForwardIterate::OneGroup}}) {
     const test::ScopedEnv set("PRIME_GKA_FORWARD_ITERATE", text);
     CHECK(kernels::gka_forward_iterate(at::kCPU) == form);
   }
@@ -296,7 +302,7 @@ TEST_CASE("GKA bf16 forward: PRIME_GKA_FORWARD_ITERATE picks where the solve kee
   CHECK_THROWS_WITH(kernels::gka_forward_iterate(at::kCPU),
                     Catch::Matchers::Contains("PRIME_GKA_FORWARD_ITERATE=cluster") &&
                         Catch::Matchers::Contains("\"registers\"") && Catch::Matchers::Contains("\"shared\"") &&
-                        Catch::Matchers::Contains("\"wgmma\""));
+                        Catch::Matchers::Contains("\"wgmma\"") && Catch::Matchers::Contains("\"one-group\""));
 }
 
 // The iterate in registers (8 warps at D = 128, 4 at D = 64) against the 16-warp form with the
@@ -335,8 +341,8 @@ TEST_CASE("GKA bf16 forward: the iterate in registers gives the shared-memory fo
 }
 
 // Small enough for compute-sanitizer's memcheck and racecheck (experiments/kernels/run_gpu.sh): the
-// shared-memory form (D = 32), the register form with 4 and 8 warps (D = 64, 128) and the solve on
-// the warpgroup MMAs (D = 64, 128).
+// shared-memory form (D = 32), the register form with 4 and 8 warps (D = 64, 128), the solve on
+// the warpgroup MMAs (D = 64, 128) and on one warpgroup a chunk (D = 128).
 TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][gka][gpu]") {
   if (!test::gpu_available_or_fail()) return;
   REQUIRE(kernels::built_with_cuda_kernels());
@@ -344,9 +350,11 @@ TEST_CASE("GKA bf16 forward: one small sequence for the sanitizer", "[kernels][g
   const test::ScopedEnv bf16("PRIME_SSM_CORE", "bf16");
   const at::NoGradGuard no_grad;
   for (const auto& [D, iterate] : {std::pair{32, "registers"}, std::pair{64, "registers"},
-                                   std::pair{128, "registers"}, std::pair{64, "wgmma"}, std::pair{128, "wgmma"}}) {
+                                   std::pair{128, "registers"}, std::pair{64, "wgmma"}, std::pair{128, "wgmma"},
+                                   std::pair{128, "one-group"}}) {
     INFO("D=" << D << " " << iterate);
-    if (std::string(iterate) == "wgmma" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0))) continue;
+    if (std::string(iterate) != "registers" && !kernels::gka_forward_wgmma_available(at::Device(at::kCUDA, 0)))
+      continue;
     const test::ScopedEnv form("PRIME_GKA_FORWARD_ITERATE", iterate);
     const CoreCase shape{1, 70, 1, D, true, true, false};
     const CoreInputs inputs = random_inputs(shape, 7);

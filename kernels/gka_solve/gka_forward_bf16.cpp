@@ -37,13 +37,15 @@ GkaForwardIterate gka_forward_iterate(const at::Device& device) {
   const char* value = std::getenv("PRIME_GKA_FORWARD_ITERATE");
   const std::string text = value ? value : "";
   if (text.empty())
-    return gka_forward_wgmma_available(device) ? GkaForwardIterate::Wgmma : GkaForwardIterate::Registers;
+    return gka_forward_wgmma_available(device) ? GkaForwardIterate::OneGroup : GkaForwardIterate::Registers;
   if (text == "registers") return GkaForwardIterate::Registers;
   if (text == "shared") return GkaForwardIterate::Shared;
   if (text == "wgmma") return GkaForwardIterate::Wgmma;
+  if (text == "one-group") return GkaForwardIterate::OneGroup;
   throw user_error("PRIME_GKA_FORWARD_ITERATE=", text, ": must be \"registers\" (the bf16 forward's solve keeps ",
-                   "its iterate in registers), \"shared\" (in shared memory) or \"wgmma\" (on Hopper's warpgroup ",
-                   "MMAs); unset, Hopper GPUs take \"wgmma\" and others \"registers\"");
+                   "its iterate in registers), \"shared\" (in shared memory), \"wgmma\" (on Hopper's warpgroup ",
+                   "MMAs) or \"one-group\" (on one warpgroup a chunk at head dim 128); unset, Hopper GPUs take ",
+                   "\"one-group\" and others \"registers\"");
 }
 
 GkaForwardIterate gka_forward_last_form() { return last_form.load(); }
@@ -124,13 +126,15 @@ GkaForwardBf16 gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const 
   const int form = detail::launch_gka_forward_bf16(
       qb, kb, vb, log_decays, alpha.defined() ? alpha.contiguous() : at::Tensor(), h_states, s_states, ridge_strength,
       num_iter, output_scale,
-      iterate == GkaForwardIterate::Registers ? detail::kIterateRegisters
-      : iterate == GkaForwardIterate::Wgmma   ? detail::kIterateWgmma
-                                              : detail::kIterateShared,
+      iterate == GkaForwardIterate::Registers  ? detail::kIterateRegisters
+      : iterate == GkaForwardIterate::Wgmma    ? detail::kIterateWgmma
+      : iterate == GkaForwardIterate::OneGroup ? detail::kIterateOneGroup
+                                               : detail::kIterateShared,
       out.o);
-  last_form = form == detail::kIterateRegisters ? GkaForwardIterate::Registers
-              : form == detail::kIterateWgmma   ? GkaForwardIterate::Wgmma
-                                                : GkaForwardIterate::Shared;
+  last_form = form == detail::kIterateRegisters  ? GkaForwardIterate::Registers
+              : form == detail::kIterateWgmma    ? GkaForwardIterate::Wgmma
+              : form == detail::kIterateOneGroup ? GkaForwardIterate::OneGroup
+                                                 : GkaForwardIterate::Shared;
 #endif
   out.kv_state = kv_final.transpose(1, 2).contiguous().view({B, H, D, D});
   return out;

@@ -28,11 +28,13 @@ bool gka_forward_bf16_apply(const at::Tensor& q, const at::Tensor& k, const at::
 
 // Where the per-chunk kernel's solve on `device` keeps its iterate: PRIME_GKA_FORWARD_ITERATE =
 // "registers" (2 (D / 32) warps own 32 x 32 blocks of it at D = 64 and 128; D = 32 keeps it in shared
-// memory), "shared" (16 warps, the iterate in shared memory, at every D) or "wgmma" (a warpgroup per
+// memory), "shared" (16 warps, the iterate in shared memory, at every D), "wgmma" (a warpgroup per
 // 64 columns holds it, the products on Hopper's warpgroup MMAs, at D = 64 and 128; other GPUs refuse
-// it). Unset: "wgmma" where gka_forward_wgmma_available(device), else "registers". Anything else: a
+// it) or "one-group" (one warpgroup a chunk holds all of it at D = 128, two chunks a multiprocessor, the
+// prologue and the epilogue in launches of their own; D = 64 takes "wgmma"; other GPUs refuse it).
+// Unset: "one-group" where gka_forward_wgmma_available(device), else "registers". Anything else: a
 // UserError.
-enum class GkaForwardIterate { Registers, Shared, Wgmma };
+enum class GkaForwardIterate { Registers, Shared, Wgmma, OneGroup };
 GkaForwardIterate gka_forward_iterate(const at::Device& device);
 
 // Whether `device` runs the wgmma form (a CUDA build with sm_90a code and a Hopper GPU).

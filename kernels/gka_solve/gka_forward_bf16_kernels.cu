@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(32 * Warps, 1) gka_forward_bf16_kernel(const F
   }
   cp_async_wait<0>();
   __syncthreads();  // q~ and S_0^T in place
-  chunk_matrix<D, Warps>(s.X, s.K, s.ld_d, s.P, s.ld_p, W);
+  chunk_matrix<D, Warps>(s.X, s.K, s.ld_d, s.P, s.ld_p, w_at);
   __syncthreads();
   write_output<D, Warps, Out>(p, c, s.X, s.ld_d, s.H, s.P.hi, s.ld_p, vs, s.ld_d, from_start);
 }
@@ -235,12 +235,15 @@ int launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::
     check_aligned(*tensor, op, name, 16);
   for (const at::Tensor* operand : {&k, &v, &log_decay, &alpha, &h_states, &s_states, &o})
     PRIME_CHECK(!operand->defined() || operand->device() == q.device(), op, ": operands on different devices");
-  PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma, op,
-              ": iterate form ", iterate);
-  const int form = D == 32 ? kIterateShared : iterate;  // what runs: D = 32 the shared form whatever is asked
+  PRIME_CHECK(iterate == kIterateShared || iterate == kIterateRegisters || iterate == kIterateWgmma ||
+                  iterate == kIterateOneGroup,
+              op, ": iterate form ", iterate);
+  // What runs: D = 32 the shared form whatever is asked, D = 64 the warpgroup form for the one-group one.
+  const int form = D == 32 ? kIterateShared : iterate == kIterateOneGroup && D != 128 ? kIterateWgmma : iterate;
   if (M == 0 || N == 0) return form;
-  if (form == kIterateWgmma && !gka_forward_bf16_wgmma_device(q.device()))
-    throw user_error("PRIME_GKA_FORWARD_ITERATE=wgmma: the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
+  if ((form == kIterateWgmma || form == kIterateOneGroup) && !gka_forward_bf16_wgmma_device(q.device()))
+    throw user_error("PRIME_GKA_FORWARD_ITERATE=", form == kIterateWgmma ? "wgmma" : "one-group",
+                     ": the warpgroup-MMA solve needs a Hopper GPU (sm_90), ",
                      at::cuda::getDeviceProperties(q.get_device())->major == 9
                          ? "a build with sm_90a code (PRIME_CUDA_ARCHITECTURES) and its first use outside a CUDA-graph "
                            "capture"
@@ -266,7 +269,9 @@ int launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::
   p.output_scale = static_cast<float>(output_scale);
   p.o = o.data_ptr();
   const bool fp32_out = o.scalar_type() == at::kFloat;
-  if (D == 32)
+  if (form == kIterateOneGroup)
+    launch_gka_forward_bf16_one_group(p, M, fp32_out, q.options());
+  else if (D == 32)
     fp32_out ? launch_typed<32, float>(p, M, form) : launch_typed<32, Bf16>(p, M, form);
   else if (D == 64)
     fp32_out ? launch_typed<64, float>(p, M, form) : launch_typed<64, Bf16>(p, M, form);

@@ -24,10 +24,11 @@ bool gka_forward_bf16_wgmma_device(const at::Device& device);
 // bf16 contiguous [B,T,H,D] (16-byte aligned), log_decay fp32 contiguous [B,T,H], alpha fp32
 // contiguous [B,T,H] or undefined (alpha = 1), h_states / s_states bf16 [B*H, nC, D, D] the H and
 // S^T entering each 64-step chunk (kernels/ssd_chunk's walk). D in {32, 64, 128}. iterate: where
-// the solve keeps its iterate, kIterateRegisters, kIterateShared or kIterateWgmma (the warpgroup
-// MMAs: a Hopper GPU); D = 32 takes the shared-memory form whichever is asked. Returns the form that
+// the solve keeps its iterate, kIterateRegisters, kIterateShared, kIterateWgmma (the warpgroup
+// MMAs: a Hopper GPU) or kIterateOneGroup (one warpgroup a chunk at D = 128, in three launches; D = 64
+// takes kIterateWgmma); D = 32 takes the shared-memory form whichever is asked. Returns the form that
 // ran.
-constexpr int kIterateShared = 0, kIterateRegisters = 1, kIterateWgmma = 2;
+constexpr int kIterateShared = 0, kIterateRegisters = 1, kIterateWgmma = 2, kIterateOneGroup = 3;
 int launch_gka_forward_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& log_decay,
                              const at::Tensor& alpha, const at::Tensor& h_states, const at::Tensor& s_states,
                              double ridge_strength, int num_iter, double output_scale, int iterate,

@@ -5,6 +5,8 @@
 // share a solve's result share o bit for bit.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <type_traits>
 
 #include "kernels/common/cp_async.cuh"
@@ -168,9 +170,21 @@ __device__ __forceinline__ void frob_by_direct_sums(const float* W, const float*
   }
 }
 
+// G_t (float64 sums of the chunk's log decays, 0 past T) into gamma [64] by warp 0 (scratch [64]); the
+// caller synchronises before gamma is read.
+__device__ __forceinline__ void scan_chunk_gamma(const ForwardParams& p, const ChunkPlace& c, double* gamma,
+                                                 float* scratch) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const float2 logs = make_float2(lane < c.valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
+                                    lane + 32 < c.valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
+    ssd_common::scan_gamma(logs, 1.0f, gamma, scratch);
+  }
+}
+
 // The prologue's loads, the block's Threads threads: the keys K [64][ld_of(D)] and H_0 [D][ld_of(D)]
-// by cp.async (with whatever `more` issues, in the same group), G_t (float64 sums of the log decays, 0
-// past T) into gamma [64] by warp 0 (scratch [64]); then the wait and a block barrier.
+// by cp.async (with whatever `more` issues, in the same group), G_t into gamma [64] (scan_chunk_gamma);
+// then the wait and a block barrier.
 template <int D, int Threads, typename More>
 __device__ __forceinline__ void load_prologue(const ForwardParams& p, const ChunkPlace& c, Bf16* keys, Bf16* h0,
                                               double* gamma, float* scratch, More&& more) {
@@ -178,12 +192,7 @@ __device__ __forceinline__ void load_prologue(const ForwardParams& p, const Chun
   copy_async<D, D, Threads>(h0, p.h_states + c.state_at, D);
   more();
   cp_async_commit();
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const float2 logs = make_float2(lane < c.valid ? p.log_decay[c.gate_first + lane * p.H] : 0.0f,
-                                    lane + 32 < c.valid ? p.log_decay[c.gate_first + (lane + 32) * p.H] : 0.0f);
-    ssd_common::scan_gamma(logs, 1.0f, gamma, scratch);
-  }
+  scan_chunk_gamma(p, c, gamma, scratch);
   cp_async_wait<0>();
   __syncthreads();
 }
@@ -194,12 +203,17 @@ __device__ __forceinline__ void fill_from_start(float* from_start, const double*
     from_start[threadIdx.x] = threadIdx.x < valid ? expf(static_cast<float>(gamma[threadIdx.x])) : 0.0f;
 }
 
-// W_tj = e^{G_t - G_j} for j <= t < valid (0 elsewhere) into W [64][kLdW]; the block's Threads threads.
+// W_tj = e^{G_t - G_j} for j <= t < valid, 0 elsewhere.
+__device__ __forceinline__ float weight_at(const double* gamma, int t, int j, int valid) {
+  return t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+}
+
+// W (weight_at) into W [64][kLdW]; the block's Threads threads.
 template <int Threads>
 __device__ __forceinline__ void fill_w(float* W, const double* gamma, int valid) {
   for (int i = threadIdx.x; i < kChunk * kChunk; i += Threads) {
     const int t = i / kChunk, j = i % kChunk;
-    W[t * kLdW + j] = t < valid && j <= t ? expf(static_cast<float>(gamma[t] - gamma[j])) : 0.0f;
+    W[t * kLdW + j] = weight_at(gamma, t, j, valid);
   }
 }
 
@@ -274,10 +288,10 @@ __device__ __forceinline__ float2 q_tilde(const ForwardParams& p, const ChunkPla
 }
 
 // The chunk matrix (q~ K^T) o W in bf16 into P [64][ld_p] from q~ (X, split) and the keys K, both
-// [64][ld_d]; the block's Warps warps each computing its roles' lower tiles.
-template <int D, int Warps>
+// [64][ld_d], W_tj = w_at(t, j); the block's Warps warps each computing its roles' lower tiles.
+template <int D, int Warps, typename WAt>
 __device__ __forceinline__ void chunk_matrix(const SplitMatrix& X, const SplitMatrix& K, int ld_d, const SplitMatrix& P,
-                                             int ld_p, const float* W) {
+                                             int ld_p, WAt&& w_at) {
   for_each_role<Warps>(D, [&](const Roles& r) {
     if (!r.p_owner) return;
     Acc scores[1];
@@ -285,8 +299,7 @@ __device__ __forceinline__ void chunk_matrix(const SplitMatrix& X, const SplitMa
     split_row_block_product<kSplitLeft, 1, /*Transposed=*/true>(scores, X, 16 * r.pr * ld_d, ld_d, D, K, ld_d,
                                                                 16 * r.pc);
     for_each_tile_pair(16 * r.pr, 16 * r.pc, [&](int e, int row, int col) {
-      store_split<false>(P, row * ld_p + col, scores[0].x[e] * W[row * kLdW + col],
-                         scores[0].x[e + 1] * W[row * kLdW + col + 1]);
+      store_split<false>(P, row * ld_p + col, scores[0].x[e] * w_at(row, col), scores[0].x[e + 1] * w_at(row, col + 1));
     });
   });
 }
@@ -327,3 +340,13 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const Chunk
 }
 
 }  // namespace prime::kernels::detail::gka_forward
+
+namespace prime::kernels::detail {
+
+// The bf16 forward at D = 128 with the solve on one warpgroup a chunk, in three launches on the current stream
+// (gka_forward_bf16_one_kernels.cu): p as the per-chunk kernel takes it, M = B H, o fp32 or bf16; its workspace
+// from `options`' device.
+void launch_gka_forward_bf16_one_group(const gka_forward::ForwardParams& p, int64_t M, bool fp32_out,
+                                       const at::TensorOptions& options);
+
+}  // namespace prime::kernels::detail

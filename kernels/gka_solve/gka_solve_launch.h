@@ -88,4 +88,12 @@ void launch_gka_chunk_adjoint_mma(const at::Tensor& q, const at::Tensor& keys, c
                                   const at::Tensor& grad, const at::Tensor& adjoints, const at::Tensor& d_q,
                                   const at::Tensor& d_from_start, const at::Tensor& d_frob);
 
+// The bf16 form's solve on one warpgroup a chunk (gka_solve_one_kernels.cu; gka_solve_one.h says the operands),
+// returning x [M,64,128] fp32.
+at::Tensor launch_gka_solve_one(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& h0,
+                                const at::Tensor& weights, const at::Tensor& from_start, const at::Tensor& frob,
+                                double ridge_strength, int num_iter);
+// Its blocks a multiprocessor of the current device (two where its 113 KB of shared memory fit twice).
+int gka_solve_one_blocks_per_multiprocessor();
+
 }  // namespace prime::kernels::detail

@@ -10,6 +10,8 @@
 #include <utility>
 
 #include "kernels/common/policy.h"
+#include "kernels/gka_solve/gka_forward_bf16.h"
+#include "kernels/gka_solve/gka_solve_one.h"
 #include "model/gdn.h"
 #include "model/gka_core.h"
 #include "model/mamba2.h"
@@ -223,6 +225,36 @@ std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, con
     rows.push_back(row);
   }
   return rows;
+}
+
+SolveTiming time_gka_solve_one_group(const SsmBenchOptions& options, const at::Device& device) {
+  SolveTiming timing;
+  if (options.head_dim != 128 || options.gka_iterations < 1 || !kernels::gka_forward_wgmma_available(device))
+    return timing;
+  const int64_t M = options.batch * options.heads * ((options.tokens + 63) / 64);
+  timing.chunks = M;
+  timing.blocks_per_multiprocessor = kernels::gka_solve_one_group_blocks_per_multiprocessor();
+  const auto bf16 = at::TensorOptions().device(device).dtype(at::kBFloat16);
+  const auto f32 = at::TensorOptions().device(device).dtype(at::kFloat);
+  auto unit = [&](std::vector<int64_t> sizes) {
+    const at::Tensor x = at::randn(sizes, f32);
+    return (x / x.norm(2, {-1}, true)).to(at::kBFloat16);
+  };
+  const at::Tensor q = unit({M, 64, 128}), keys = unit({M, 64, 128});
+  // H_0 a sum of 64 outer products (symmetric, positive semi-definite); the decays of the bench's log decays.
+  const at::Tensor history = unit({M, 64, 128}).to(at::kFloat);
+  const at::Tensor h0 = at::matmul(history.transpose(1, 2), history).to(bf16.dtype());
+  const at::Tensor G = at::cumsum(-at::softplus(at::randn({M, 64}, f32)) * 0.1, -1);
+  const at::Tensor lower = at::ones({64, 64}, f32).tril();
+  const at::Tensor weights = at::exp((G.unsqueeze(-1) - G.unsqueeze(-2)) * lower) * lower;
+  const at::Tensor from_start = at::exp(G).contiguous();
+  const at::Tensor frob = (h0.to(at::kFloat).norm(2, {1, 2}).unsqueeze(-1) * from_start + 1.0).contiguous();
+  timing.ms = median_ms(
+      [&] {
+        kernels::gka_solve_one_group(q, keys, h0, weights, from_start, frob, 0.02, options.gka_iterations);
+      },
+      device, options.warmup, options.repeats);
+  return timing;
 }
 
 }  // namespace prime::eval

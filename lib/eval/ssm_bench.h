@@ -40,6 +40,16 @@ struct KernelBenchRow {
 };
 std::vector<KernelBenchRow> run_kernel_bench(const SsmBenchOptions& options, const at::Device& device);
 
+// GKA's bf16 solve alone on one warpgroup a chunk (kernels/gka_solve/gka_solve_one.h) at the options' shape: its
+// B H ceil(T / 64) chunks of random systems, the options' iterations; the median time, or 0 where it does not run
+// (head dim other than 128, no iterations, not a Hopper GPU).
+struct SolveTiming {
+  int64_t chunks = 0;
+  int blocks_per_multiprocessor = 0;
+  double ms = 0;
+};
+SolveTiming time_gka_solve_one_group(const SsmBenchOptions& options, const at::Device& device);
+
 // For a profiler rather than a clock: each type's core on the kernels, forward+backward (forward
 // only without options.backward or for GDN in bf16), once as warm-up and once inside a profiler range
 // (run_in_profiler_range). Returns the shapes run, one per type with kernels.
