@@ -50,7 +50,8 @@ struct OneGroupOperands {
 // Rows [Rows][128] bf16 from src (row stride src_ld elements, rows 16-byte aligned) into the swizzled layout at
 // dst, 16 bytes a thread and step (the block's 128 threads); rows at or past `valid` are zeros (not read).
 template <int Rows>
-__device__ __forceinline__ void copy_swizzled_rows(unsigned char* dst, const __nv_bfloat16* src, size_t src_ld, int valid) {
+__device__ __forceinline__ void copy_swizzled_rows(unsigned char* dst, const __nv_bfloat16* src, size_t src_ld,
+                                                   int valid) {
   for (int i = threadIdx.x; i < Rows * 16; i += 128) {
     const int row = i / 16, col = 8 * (i % 16);
     const uint4 value =
