@@ -18,7 +18,8 @@
 # .deps/lib (not all of .deps) and .gpu.
 # Then on the GPU machine: TESTS (a prime_tests spec), BENCH (prime-bench kernels arguments), ROUNDS (the
 # builds alternating), VARIANTS (NAME=VARIABLE=VALUE ...: the tree's build timed under those settings too, in
-# the same rounds; BUILDS: the packed folders timed, default all), then the optional EXTRA_TESTS_ENV +
+# the same rounds, or NAME@FOLDER=VARIABLE=VALUE another packed build's; BUILDS: the packed folders timed, default
+# all), then the optional EXTRA_TESTS_ENV +
 # EXTRA_TESTS (one more spec under one more environment setting, on the build EXTRA_TESTS_BUILD names: tree
 # unless set, or another packed folder), SANITIZE (a spec under memcheck and racecheck, on SANITIZE_BUILD: tree
 # unless set), NCU_TITLE (ncu's kernel times of
@@ -67,12 +68,16 @@ for dir in "$pb"/*/; do
 done
 # BUILDS: space-separated packed folders, the only ones timed (default: all of them, tree first).
 if [ -n "${BUILDS+set}" ]; then read -r -a builds <<< "$BUILDS"; fi
-# VARIANTS: space-separated NAME=VARIABLE=VALUE, the tree's build timed again under each setting in the same rounds.
+# VARIANTS: space-separated NAME=VARIABLE=VALUE, the tree's build timed again under each setting in the same rounds;
+# NAME@FOLDER=VARIABLE=VALUE times the build packed in FOLDER under it instead.
 for variant in ${VARIANTS:-}; do builds+=("$variant"); done
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for build in "${builds[@]}"; do
     name=${build%%=*} lib=$build setting=()
-    if [ "$name" != "$build" ]; then lib=tree setting=("${build#*=}"); fi
+    if [ "$name" != "$build" ]; then
+      lib=tree setting=("${build#*=}")
+      if [[ $name == *@* ]]; then lib=${name#*@} name=${name%%@*}; fi
+    fi
     run 30 "bench_${name}_$round" $(with "$lib" env "${setting[@]}" "$pb/tree/prime-bench") kernels --device cuda \
         --repeats 5 ${BENCH:---types GDN --dtype bf16} &&
       grep -E '^(GDN|GKA|M2) +\(' "$OUT/bench_${name}_$round.txt" | head -1
