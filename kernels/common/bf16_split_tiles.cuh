@@ -35,8 +35,13 @@ __device__ __forceinline__ uint32_t bf16_pair(float a0, float a1) {
   const __nv_bfloat162 packed = __floats2bfloat162_rn(a0, a1);
   return *reinterpret_cast<const uint32_t*>(&packed);
 }
+// bf16x2 bits (as bf16_pair packs them) as two fp32 values by their bits: one shift and one mask, exact as the
+// bf16 conversion (which, through __nv_bfloat162, takes two byte permutes and two shifts).
+__device__ __forceinline__ float2 bf16_pair_values(uint32_t pair) {
+  return make_float2(__uint_as_float(pair << 16), __uint_as_float(pair & 0xffff0000u));
+}
 __device__ __forceinline__ uint32_t bf16_residual(float a0, float a1, uint32_t hi) {
-  const float2 rounded = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
+  const float2 rounded = bf16_pair_values(hi);
   return bf16_pair(a0 - rounded.x, a1 - rounded.y);
 }
 

@@ -61,6 +61,52 @@ __device__ __forceinline__ void for_each_role(int d, F&& f) {
   for (int role = static_cast<int>(threadIdx.x / 32); role < kWarps; role += Warps) f(Roles(kChunk, d, role));
 }
 
+// The two recurrences' scan for ||H_t||_F (frob_by_recurrences below), warp 0 alone: decay(t) = W_{t,t-1} = e^{g_t}
+// (t >= 1), cross_term(t) = k_t^T H_0 k_t and intra_term(t) = 2 sum_{i<t} W_ti (k_t . k_i)^2 + (k_t . k_t)^2 of each
+// row; ||H_t||_F into frob[64] (0 past `valid`).
+template <typename Decay, typename CrossTerm, typename IntraTerm>
+__device__ __forceinline__ void frob_scan(float h0_norm2, Decay&& decay, CrossTerm&& cross_term, IntraTerm&& intra_term,
+                                          const float* from_start, float* frob, int valid) {
+  const int lane = threadIdx.x % 32;
+  // Lane l: rows 2 l and 2 l + 1. Each recurrence is x_t = a_t x_{t-1} + b_t (x_{-1} = 0, a_0 = 0); the
+  // lane's two steps compose to x -> a x + b, and a scan over the lanes composes those.
+  float d[2], b_cross[2], b_intra[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int t = 2 * lane + u;
+    d[u] = t > 0 ? decay(t) : 0.0f;
+    b_cross[u] = cross_term(t);
+    b_intra[u] = intra_term(t);
+  }
+  float a_cross = d[1] * d[0], c_cross = d[1] * b_cross[0] + b_cross[1];
+  float a_intra = (d[1] * d[1]) * (d[0] * d[0]), c_intra = (d[1] * d[1]) * b_intra[0] + b_intra[1];
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const float pa_cross = __shfl_up_sync(0xffffffffu, a_cross, offset);
+    const float pc_cross = __shfl_up_sync(0xffffffffu, c_cross, offset);
+    const float pa_intra = __shfl_up_sync(0xffffffffu, a_intra, offset);
+    const float pc_intra = __shfl_up_sync(0xffffffffu, c_intra, offset);
+    if (lane >= offset) {  // this segment after the one before it
+      c_cross = a_cross * pc_cross + c_cross;
+      a_cross *= pa_cross;
+      c_intra = a_intra * pc_intra + c_intra;
+      a_intra *= pa_intra;
+    }
+  }
+  // The rows before the lane's (lane l - 1's result), then its two rows one step at a time.
+  float cross = __shfl_up_sync(0xffffffffu, c_cross, 1), intra = __shfl_up_sync(0xffffffffu, c_intra, 1);
+  if (lane == 0) cross = intra = 0.0f;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int t = 2 * lane + u;
+    cross = d[u] * cross + b_cross[u];
+    intra = (d[u] * d[u]) * intra + b_intra[u];
+    const float e = from_start[t];
+    const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
+    frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
+  }
+}
+
 // ||H_t||_F of the chunk's rows into frob[64] (0 past `valid`), from W and the squared gram [64][kLdW],
 // khk [64][4] (k_j^T H_0 k_j in D / 32 parts; overwritten) and ||H_0||^2 in kWarps parts; the
 // block's Warps warps. Two ways, within 1e-6 of float64 each; the forms that take the same way get the
@@ -97,43 +143,9 @@ __device__ __forceinline__ void frob_by_recurrences(const float* W, const float*
   if (warp == 0) {
     float h0_norm2 = 0.0f;
     for (int i = 0; i < kWarps; ++i) h0_norm2 += h0_parts[i];
-    // Lane l: rows 2 l and 2 l + 1. Each recurrence is x_t = a_t x_{t-1} + b_t (x_{-1} = 0, a_0 = 0); the
-    // lane's two steps compose to x -> a x + b, and a scan over the lanes composes those.
-    float d[2], b_cross[2], b_intra[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      d[u] = t > 0 ? W[t * kLdW + t - 1] : 0.0f;
-      b_cross[u] = khk[t * 4];
-      b_intra[u] = khk[t * 4 + 1];
-    }
-    float a_cross = d[1] * d[0], c_cross = d[1] * b_cross[0] + b_cross[1];
-    float a_intra = (d[1] * d[1]) * (d[0] * d[0]), c_intra = (d[1] * d[1]) * b_intra[0] + b_intra[1];
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const float pa_cross = __shfl_up_sync(0xffffffffu, a_cross, offset);
-      const float pc_cross = __shfl_up_sync(0xffffffffu, c_cross, offset);
-      const float pa_intra = __shfl_up_sync(0xffffffffu, a_intra, offset);
-      const float pc_intra = __shfl_up_sync(0xffffffffu, c_intra, offset);
-      if (lane >= offset) {  // this segment after the one before it
-        c_cross = a_cross * pc_cross + c_cross;
-        a_cross *= pa_cross;
-        c_intra = a_intra * pc_intra + c_intra;
-        a_intra *= pa_intra;
-      }
-    }
-    // The rows before the lane's (lane l - 1's result), then its two rows one step at a time.
-    float cross = __shfl_up_sync(0xffffffffu, c_cross, 1), intra = __shfl_up_sync(0xffffffffu, c_intra, 1);
-    if (lane == 0) cross = intra = 0.0f;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * lane + u;
-      cross = d[u] * cross + b_cross[u];
-      intra = (d[u] * d[u]) * intra + b_intra[u];
-      const float e = from_start[t];
-      const float square = e * e * h0_norm2 + 2.0f * e * cross + intra;
-      frob[t] = t < valid ? sqrtf(fmaxf(square, 1e-30f)) : 0.0f;
-    }
+    frob_scan(
+        h0_norm2, [&](int t) { return W[t * kLdW + t - 1]; }, [&](int t) { return khk[t * 4]; },
+        [&](int t) { return khk[t * 4 + 1]; }, from_start, frob, valid);
   }
 }
 

@@ -111,6 +111,9 @@ struct OneGroupSolve {
     float p[32], y0[32], y1[32];
 #pragma unroll
     for (int e = 0; e < 32; ++e) p[e] = y0[e] = y1[e] = 0.0f;
+    // x_prev's place may hold the caller's scratch until now (the barrier before run); the thread's own elements.
+#pragma unroll
+    for (int v = 0; v < 16; ++v) ops.x_prev[v * 128 + threadIdx.x % 128] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int iteration = 0; iteration < num_iter; ++iteration)
       step(ops, panel0, panel1, p, y0, y1, iteration, static_cast<float>(omegas.next()));
   }
@@ -127,7 +130,8 @@ struct OneGroupSolve {
   __device__ __forceinline__ void update(const OneGroupOperands& ops, int c, const float (&y)[32], int iteration,
                                          float w_iter) {
     const int thread = threadIdx.x % 128;
-    // x_new = w eta q + (1 - w) x_prev + w keep x - w eta y (x_prev = 0 at the first iteration).
+    // x_new = w eta q + (1 - w) x_prev + w keep x - w eta y (x_prev = 0 at the first iteration: zeros, and its
+    // weight too).
     const float w_before = iteration ? 1.0f - w_iter : 0.0f;
     float w_eta[2], w_keep[2];
 #pragma unroll
@@ -138,8 +142,7 @@ struct OneGroupSolve {
 #pragma unroll
     for (int v = 0; v < 8; ++v) {
       const int e0 = 32 * c + 4 * v;
-      float4 before4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (iteration) before4 = ops.x_prev[(8 * c + v) * 128 + thread];
+      const float4 before4 = ops.x_prev[(8 * c + v) * 128 + thread];
       const uint4 q4 = ops.q[(e0 / 8) * 128 + thread];
       const uint32_t q_pairs[2] = {(e0 / 4) % 2 ? q4.z : q4.x, (e0 / 4) % 2 ? q4.w : q4.y};
       const float before[4] = {before4.x, before4.y, before4.z, before4.w};
@@ -147,7 +150,7 @@ struct OneGroupSolve {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int e = e0 + i, r = (e / 2) % 2;
-        const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q_pairs[i / 2]));
+        const float2 q2 = bf16_tiles::bf16_pair_values(q_pairs[i / 2]);
         out[i] = fmaf(w_eta[r], i % 2 ? q2.y : q2.x,
                       fmaf(w_before, before[i], fmaf(w_keep[r], x[e], -w_eta[r] * y[4 * v + i])));
       }
