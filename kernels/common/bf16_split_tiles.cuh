@@ -45,6 +45,22 @@ __device__ __forceinline__ uint32_t bf16_residual(float a0, float a1, uint32_t h
   return bf16_pair(a0 - rounded.x, a1 - rounded.y);
 }
 
+// Values held as an accumulator's elements (as mma.sync or wgmma lays them out) split into the bf16 A fragments of
+// Steps depth steps of 16: step s is elements 8 s .. 8 s + 7, register r the pair (8 s + 2 r, 8 s + 2 r + 1); hi =
+// bf16(x) and lo = bf16(x - hi).
+template <int Steps>
+__device__ __forceinline__ void split_fragments(const float* x, uint32_t (&hi)[Steps][4], uint32_t (&lo)[Steps][4]) {
+#pragma unroll
+  for (int s = 0; s < Steps; ++s) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float a = x[8 * s + 2 * r], b = x[8 * s + 2 * r + 1];
+      hi[s][r] = bf16_pair(a, b);
+      lo[s][r] = bf16_residual(a, b, hi[s][r]);
+    }
+  }
+}
+
 // Stores the adjacent pair (a0, a1) at element `at` of m: hi = bf16(a), and with Split lo =
 // bf16(a - hi).
 template <bool Split>

@@ -158,15 +158,7 @@ struct WgmmaSolve {
     // P_c = x_lo K_c^T + x_hi K_c^T: depth step s is x's columns 16 s .. 16 s + 15 of this group,
     // accumulator tiles 2 s and 2 s + 1.
     uint32_t hi[kOwnSteps][4], lo[kOwnSteps][4];
-#pragma unroll
-    for (int s = 0; s < kOwnSteps; ++s) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float a = cur[8 * s + 2 * r], b = cur[8 * s + 2 * r + 1];
-        hi[s][r] = bf16_pair(a, b);
-        lo[s][r] = bf16_residual(a, b, hi[s][r]);
-      }
-    }
+    bf16_tiles::split_fragments(cur, hi, lo);
     fence();
 #pragma unroll
     for (int s = 0; s < kOwnSteps; ++s) {

@@ -24,7 +24,6 @@ namespace prime::kernels::detail::gka_bf16 {
 using gka::ChebyshevOmegas;
 using gka::RowFactors;
 using bf16_tiles::bf16_pair;
-using bf16_tiles::bf16_residual;
 
 constexpr int kOneGroupKeysBytes = 64 * 128 * 2, kOneGroupH0Bytes = 128 * 128 * 2;
 constexpr int kOneGroupSharedBytes = kOneGroupKeysBytes + kOneGroupH0Bytes + 16 * 128 * 16 + 8 * 128 * 16 +
@@ -167,15 +166,7 @@ struct OneGroupSolve {
     const int thread = threadIdx.x % 128;
     // P = x_lo K^T + x_hi K^T: depth step s is x's columns 16 s .. 16 s + 15, elements 8 s .. 8 s + 7.
     uint32_t hi[8][4], lo[8][4];
-#pragma unroll
-    for (int s = 0; s < 8; ++s) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float a = x[8 * s + 2 * r], b = x[8 * s + 2 * r + 1];
-        hi[s][r] = bf16_pair(a, b);
-        lo[s][r] = bf16_residual(a, b, hi[s][r]);
-      }
-    }
+    bf16_tiles::split_fragments(x, hi, lo);
     fence();
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
