@@ -224,18 +224,21 @@ TEST_CASE("GKA bf16 forward: bf16 operands give a bf16 o, and a core without dec
   const test::PoisonOutputs poison;
   const at::NoGradGuard no_grad;
   const at::Device cuda(at::kCUDA, 0);
-  for (const bool decays : {true, false}) {
-    INFO("decays " << decays);
-    const CoreCase shape{2, 160, 2, 64, true, true, false};
-    CoreInputs inputs = random_inputs(shape, 61 + decays);
-    if (!decays) inputs.in.log_decay_kv = inputs.in.log_decay_kk = at::Tensor();
-    CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
-    for (at::Tensor* row : {&on_cuda.in.q, &on_cuda.in.k, &on_cuda.in.v}) *row = row->to(at::kBFloat16);
-    REQUIRE(applies(on_cuda));
-    const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
-    CHECK(ours.o.scalar_type() == at::kBFloat16);
-    check_against_float64(ours, inputs, shape.D,
-                          std::string("bf16 forward, bf16 operands") + (decays ? "" : ", no decay"));
+  for (const int D : {64, 128}) {  // at D = 128 on Hopper the one-group form's bf16 output
+    for (const bool decays : {true, false}) {
+      INFO("D " << D << " decays " << decays);
+      const CoreCase shape{2, 160, 2, D, true, true, false};
+      CoreInputs inputs = random_inputs(shape, 61 + decays + D);
+      if (!decays) inputs.in.log_decay_kv = inputs.in.log_decay_kk = at::Tensor();
+      CoreInputs on_cuda = cast(inputs, cuda, at::kFloat);
+      for (at::Tensor* row : {&on_cuda.in.q, &on_cuda.in.k, &on_cuda.in.v}) *row = row->to(at::kBFloat16);
+      REQUIRE(applies(on_cuda));
+      const model::gka_detail::ChunkedResult ours = run_core(on_cuda, shape.D);
+      CHECK(ours.o.scalar_type() == at::kBFloat16);
+      check_against_float64(ours, inputs, shape.D,
+                            std::string("bf16 forward, bf16 operands, D=") + std::to_string(D) +
+                                (decays ? "" : ", no decay"));
+    }
   }
 }
 
