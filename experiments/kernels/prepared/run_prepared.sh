@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One GPU call for the prepared GKA one-group changes, on the builds pack_builds.sh packed into .gpu/prebuilt.tar.xz
+# (carry .deps/lib and .gpu), each part while the call's time allows (LIMIT_S, default 585 s from the start):
+#  1. the tree and FIRST (default foldall) alternating twice on GKA's bf16 forward, then `[gka],[wgmma]` and the
+#     sanitizer cases (memcheck, racecheck) on FIRST;
+#  2. OTHERS (default "fold both") and the tree once more, one round (results in $OUT/g);
+#  3. the tree's own `[gka]` tests (results in $OUT/t);
+#  4. the tree's GDN and Mamba-2 bf16 rows, the card's figures for the table (results in $OUT/r).
+#   bash experiments/kernels/prepared/pack_builds.sh fold=gka_forward_one_epilogue_folded.diff \
+#     both=gka_solve_one_early_h0_copies_async.diff foldall=gka_forward_one_epilogue_folded_all.diff
+#   then on the GPU machine: bash experiments/kernels/prepared/run_prepared.sh
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+start=$(date +%s)
+left() { echo $(( ${LIMIT_S:-585} - ($(date +%s) - start) )); }
+out=${OUT:-/tmp/prime-prepared-out}
+first=${FIRST:-foldall}
+gka="--types GKA --dtype bf16 --no-backward"
+sanitized="GKA bf16 forward: one small sequence for the sanitizer,GKA one-group solve: x within the bf16 form's bound of float64"
+prebuilt() { bash experiments/gpu/run_prebuilt.sh; }
+OUT=$out BUILDS="tree $first" ROUNDS=2 BENCH=$gka EXTRA_TESTS="[gka],[wgmma]" EXTRA_TESTS_BUILD=$first \
+  SANITIZE=$sanitized SANITIZE_BUILD=$first DEADLINE_S=$(( $(left) < 400 ? $(left) : 400 )) prebuilt
+OUT=$out/g BUILDS="${OTHERS:-fold both} tree" ROUNDS=1 BENCH=$gka DEADLINE_S=$(left) prebuilt
+OUT=$out/t TESTS="[gka]" BUILDS="" ROUNDS=0 DEADLINE_S=$(left) prebuilt
+OUT=$out/r BUILDS=tree ROUNDS=1 BENCH="--types GDN,M2 --dtype bf16" DEADLINE_S=$(left) prebuilt
