@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call for the prepared GKA one-group changes, on the builds pack_builds.sh packed into .gpu/prebuilt.tar.xz
 # (carry .deps/lib and .gpu), each part while the call's time allows (LIMIT_S, default 585 s from the start):
+#  0. experiments/kernels/wgmma_rate.cu (.gpu/wgmma_rate, built here by nvcc as its header says; else built there):
+#     the warpgroup MMAs' rate at the solve's shapes and their overlap with another block's FFMAs (a few seconds);
 #  1. the tree and FIRST (default foldall) alternating twice on GKA's bf16 forward, then `[gka],[wgmma]` and the
 #     sanitizer cases (memcheck, racecheck) on FIRST;
 #  2. OTHERS (default "fold both") and the tree once more, one round (results in $OUT/g);
@@ -18,6 +20,10 @@ first=${FIRST:-foldall}
 gka="--types GKA --dtype bf16 --no-backward"
 sanitized="GKA bf16 forward: one small sequence for the sanitizer,GKA one-group solve: x within the bf16 form's bound of float64"
 prebuilt() { bash experiments/gpu/run_prebuilt.sh; }
+mkdir -p "$out"
+probe=.gpu/wgmma_rate
+[ -x $probe ] || { probe=/tmp/wgmma_rate; nvcc -O3 -std=c++17 -arch=sm_90a -I. experiments/kernels/wgmma_rate.cu -o $probe; }
+timeout 60 $probe > "$out/wgmma_rate.txt" 2>&1; echo "wgmma_rate: exit $?"; cat "$out/wgmma_rate.txt"
 OUT=$out BUILDS="tree $first" ROUNDS=2 BENCH=$gka EXTRA_TESTS="[gka],[wgmma]" EXTRA_TESTS_BUILD=$first \
   SANITIZE=$sanitized SANITIZE_BUILD=$first DEADLINE_S=$(( $(left) < 400 ? $(left) : 400 )) prebuilt
 OUT=$out/g BUILDS="${OTHERS:-fold both} tree" ROUNDS=1 BENCH=$gka DEADLINE_S=$(left) prebuilt
